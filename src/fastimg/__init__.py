@@ -1,0 +1,3 @@
+"""fastimg: fast, reproducible Stable Diffusion img2img over exported engines."""
+
+__version__ = "0.1.0"
