@@ -1,0 +1,183 @@
+"""Write a verified ONNX engine folder: components, tokenizer, scheduler config, manifest.
+
+The folder is assembled under a hidden staging name beside the destination and renamed into place
+only after every component has passed verification, so an interrupted or failed export never
+leaves a folder that looks valid, and an existing engine survives until the new one is complete.
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fastimg import __version__
+from fastimg.errors import EngineError, InputError
+from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
+
+from . import onnx_export, verify
+from .loading import load_pipeline
+
+PRECISIONS = ("fp32", "fp16")
+
+
+def sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _file_entries(folder: Path, files: list[Path]) -> dict:
+    return {
+        str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in files
+    }
+
+
+def _check_destination(out: Path, overwrite: bool) -> None:
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out} exists and is not a folder: choose another output path")
+    if not any(out.iterdir()):
+        return
+    if not (out / MANIFEST).is_file():
+        raise InputError(
+            f"{out} exists and is not a fastimg engine folder; refusing to replace it: "
+            "choose another output path"
+        )
+    if not overwrite:
+        raise InputError(f"{out} already holds engines: pass --overwrite to replace them")
+
+
+def _model_family(pipe) -> str:
+    width = pipe.unet.config.cross_attention_dim
+    return {768: "sd1", 1024: "sd2"}.get(width, "sd-custom")
+
+
+def _write_tokenizer(pipe, folder: Path) -> dict:
+    tokenizer = pipe.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        from transformers.convert_slow_tokenizer import convert_slow_tokenizer
+
+        backend = convert_slow_tokenizer(tokenizer)
+    path = folder / "tokenizer" / "tokenizer.json"
+    path.parent.mkdir(parents=True)
+    backend.save(str(path))
+    return {
+        "path": "tokenizer/tokenizer.json",
+        "max_length": int(tokenizer.model_max_length),
+        "pad_id": int(tokenizer.pad_token_id),
+        "files": _file_entries(folder, [path]),
+    }
+
+
+def _write_scheduler(pipe, folder: Path) -> dict:
+    config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pipe.scheduler.config.items()}
+    config["_class_name"] = type(pipe.scheduler).__name__
+    path = folder / "scheduler" / "scheduler_config.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(config, indent=2, sort_keys=True))
+    return config
+
+
+def _tool_versions() -> dict:
+    import importlib.metadata as md
+
+    names = ("torch", "diffusers", "transformers", "onnx", "onnxruntime")
+    return {"fastimg": __version__, **{n: md.version(n) for n in names}}
+
+
+def _replace(staging: Path, out: Path) -> None:
+    backup = None
+    if out.exists():
+        backup = out.parent / f".{out.name}.old-{os.getpid()}"
+        os.rename(out, backup)
+    os.rename(staging, out)
+    if backup is not None:
+        shutil.rmtree(backup, ignore_errors=True)
+
+
+def export_engines(
+    model: str,
+    out: str | Path,
+    precision: str = "fp32",
+    overwrite: bool = False,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`."""
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    out = Path(out).absolute()
+    _check_destination(out, overwrite)
+    log(f"loading {model}")
+    pipe = load_pipeline(model)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        components = _export_components(pipe, staging, precision, log)
+        manifest = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "kind": "onnx",
+            "model_family": _model_family(pipe),
+            "source": str(model),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "precision": precision,
+            "vae_scale_factor": 2 ** (len(pipe.vae.config.block_out_channels) - 1),
+            "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
+            "latent_channels": int(pipe.vae.config.latent_channels),
+            "tokenizer": _write_tokenizer(pipe, staging),
+            "scheduler": _write_scheduler(pipe, staging),
+            "components": components,
+            "tools": _tool_versions(),
+        }
+        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        staging.chmod(0o755)
+        _replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log(f"engines written to {out}")
+    return out
+
+
+def _export_components(pipe, staging: Path, precision: str, log) -> dict:
+    specs = onnx_export.component_specs(pipe)
+    modules = onnx_export.torch_modules(pipe)
+    tolerance = verify.TOLERANCE[precision]
+    entries = {}
+    for name in COMPONENTS:
+        started = time.perf_counter()
+        log(f"exporting {name} ({precision})")
+        raw = onnx_export.export_component(pipe, name, modules[name], specs[name], staging / ".raw")
+        dest = staging / name / "model.onnx"
+        files = onnx_export.save_model(raw, dest, fp16=precision == "fp16")
+        shutil.rmtree(staging / ".raw")
+        parity = verify.compare(pipe, name, modules[name], dest)
+        parity["tolerance"] = tolerance
+        log(
+            f"  {name}: max abs error {parity['max_abs_error']:.3g}, "
+            f"relative {parity['max_rel_error']:.3g} (limit {tolerance:g}), "
+            f"{time.perf_counter() - started:.1f} s"
+        )
+        if not parity["max_rel_error"] <= tolerance:
+            raise EngineError(
+                f"{name} exported to ONNX differs from PyTorch: relative error "
+                f"{parity['max_rel_error']:.3g} exceeds {tolerance:g}; no engine was written"
+            )
+        entries[name] = {
+            "path": f"{name}/model.onnx",
+            "precision": precision,
+            "files": _file_entries(staging, files),
+            **specs[name].io(),
+            "parity": parity,
+        }
+    return entries

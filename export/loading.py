@@ -1,0 +1,60 @@
+"""Load a diffusers Stable Diffusion img2img pipeline from a local folder, a file, or a hub id."""
+
+from pathlib import Path
+
+from fastimg.errors import InputError
+
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+
+
+def load_pipeline(model: str):
+    """StableDiffusionImg2ImgPipeline in float32 on the CPU, with no safety checker."""
+    import diffusers
+
+    cls = diffusers.StableDiffusionImg2ImgPipeline
+    options = dict(safety_checker=None, requires_safety_checker=False)
+    path = Path(model)
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise InputError(
+                f"{path} is not a diffusers pipeline folder (it has no model_index.json): "
+                "pass the folder that save_pretrained wrote, a .safetensors file or a hub id"
+            )
+        pipe = _attempt(lambda: cls.from_pretrained(path, **options), f"folder {path}")
+    elif path.is_file():
+        if path.suffix not in SINGLE_FILE_SUFFIXES:
+            raise InputError(f"{path} is neither a folder nor a .safetensors/.ckpt checkpoint")
+        pipe = _attempt(lambda: cls.from_single_file(str(path), **options), f"checkpoint {path}")
+    elif path.suffix in SINGLE_FILE_SUFFIXES or model.startswith((".", "/", "~")):
+        raise InputError(f"{model} does not exist: check the path")
+    else:
+        pipe = _attempt(lambda: cls.from_pretrained(model, **options), f"hub model {model}")
+    check_supported(pipe)
+    return pipe
+
+
+def _attempt(load, what: str):
+    try:
+        return load()
+    except (OSError, ValueError, EnvironmentError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(
+            f"could not load the {what}: {first}. Check the name or path; a hub id needs "
+            "network access (or a filled Hugging Face cache), a folder must hold a complete "
+            "diffusers pipeline"
+        ) from None
+
+
+def check_supported(pipe) -> None:
+    """Refuse pipelines whose UNet needs inputs fastimg does not export yet (SDXL, LCM)."""
+    config = pipe.unet.config
+    if config.get("addition_embed_type") is not None:
+        raise InputError(
+            f"this UNet needs {config['addition_embed_type']!r} added conditioning (SDXL-style); "
+            "fastimg exports SD 1.x and 2.x pipelines for now"
+        )
+    if config.get("time_cond_proj_dim") is not None:
+        raise InputError(
+            "this UNet takes a guidance embedding (an LCM-distilled model); fastimg does not "
+            "export timestep_cond yet: use a model without it"
+        )

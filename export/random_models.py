@@ -1,0 +1,156 @@
+"""Random-weight Stable Diffusion pipelines of real architectures, written as diffusers folders.
+
+Model weights cannot be downloaded everywhere fastimg is tested, so tests and benchmarks build
+these. Speed does not depend on weight values, and parity with diffusers is checked on them.
+"""
+
+import tempfile
+from pathlib import Path
+
+from fastimg.errors import InputError
+
+from . import clip_vocab
+
+_SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+
+_TINY_UNET = dict(
+    sample_size=8,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+    cross_attention_dim=32,
+    attention_head_dim=4,
+    norm_num_groups=16,
+)
+_TINY_TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4)
+_TINY_VAE = dict(block_out_channels=(8, 16, 32, 32), layers_per_block=1, norm_num_groups=8)
+
+_SD15_UNET = dict(
+    sample_size=64,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280),
+    down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    cross_attention_dim=768,
+    attention_head_dim=8,
+)
+_SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)
+
+ARCHITECTURES = {
+    "tiny": dict(
+        unet=_TINY_UNET,
+        text=_TINY_TEXT,
+        vae=_TINY_VAE,
+        scheduler=(
+            "DDIMScheduler",
+            {**_SD_BETAS, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1},
+        ),
+        pad_token="<|endoftext|>",
+        real_vocab=False,
+    ),
+    "tiny-v": dict(
+        unet={**_TINY_UNET, "use_linear_projection": True},
+        text={**_TINY_TEXT, "hidden_act": "gelu"},
+        vae=_TINY_VAE,
+        scheduler=(
+            "EulerDiscreteScheduler",
+            {**_SD_BETAS, "prediction_type": "v_prediction", "timestep_spacing": "trailing"},
+        ),
+        pad_token="!",
+        real_vocab=False,
+    ),
+    "sd15": dict(
+        unet=_SD15_UNET,
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12),
+        vae=_SD_VAE,
+        scheduler=(
+            "PNDMScheduler",
+            {**_SD_BETAS, "skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1},
+        ),
+        pad_token="<|endoftext|>",
+        real_vocab=True,
+    ),
+    "sd2-v": dict(
+        unet={
+            **_SD15_UNET,
+            "sample_size": 96,
+            "attention_head_dim": (5, 10, 20, 20),
+            "cross_attention_dim": 1024,
+            "use_linear_projection": True,
+        },
+        text=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=23,
+            num_attention_heads=16,
+            hidden_act="gelu",
+            projection_dim=512,
+        ),
+        vae={**_SD_VAE, "sample_size": 768},
+        scheduler=(
+            "DDIMScheduler",
+            {
+                **_SD_BETAS,
+                "prediction_type": "v_prediction",
+                "clip_sample": False,
+                "set_alpha_to_one": False,
+                "steps_offset": 1,
+            },
+        ),
+        pad_token="!",
+        real_vocab=True,
+    ),
+}
+
+CLIP_VOCAB_SIZE = 49408
+
+
+def build_pipeline(arch: str, seed: int = 0):
+    """A StableDiffusionImg2ImgPipeline of architecture `arch` with seeded random weights."""
+    if arch not in ARCHITECTURES:
+        raise InputError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
+    import diffusers
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    spec = ARCHITECTURES[arch]
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        vocab_size = clip_vocab.write_vocab(Path(vocab_dir))
+        tokenizer = CLIPTokenizer.from_pretrained(
+            vocab_dir, pad_token=spec["pad_token"], model_max_length=77
+        )
+    torch.manual_seed(seed)
+    text_config = CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE if spec["real_vocab"] else vocab_size,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **spec["text"],
+    )
+    scheduler_class, scheduler_config = spec["scheduler"]
+    return diffusers.StableDiffusionImg2ImgPipeline(
+        vae=diffusers.AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            latent_channels=4,
+            **spec["vae"],
+        ),
+        text_encoder=CLIPTextModel(text_config).eval(),
+        tokenizer=tokenizer,
+        unet=diffusers.UNet2DConditionModel(in_channels=4, out_channels=4, **spec["unet"]),
+        scheduler=getattr(diffusers, scheduler_class)(**scheduler_config),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
+    """Write a random-weight diffusers pipeline folder for `arch` to `out`."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise InputError(f"{out} already exists and is not empty: choose another folder")
+    build_pipeline(arch, seed).save_pretrained(out)
+    return out

@@ -1,0 +1,163 @@
+"""img2img over an engine folder: prompt -> text engine, image -> VAE encoder -> noise -> sampler
+loop over the UNet -> VAE decoder -> images. Each stage is its own method so it can be timed."""
+
+import logging
+import math
+import secrets
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import images, samplers, schedules
+from .backends import load_session
+from .errors import EngineError, InputError
+from .manifest import COMPONENTS, Manifest, load_manifest
+from .rng import TorchCompatibleGenerator
+from .tokenizer import PromptTokenizer
+
+log = logging.getLogger("fastimg")
+
+MAX_IMAGES = 64
+
+
+def _check_finite(array: np.ndarray, stage: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise EngineError(
+            f"NaN or Inf appeared in the {stage}: the engine overflowed (fp16 VAEs often do); "
+            "export with --precision fp32"
+        )
+    return array
+
+
+def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
+    """The sampler to run: the one asked for, else the model's own, else ddim with a warning."""
+    if scheduler is not None:
+        if scheduler not in schedules.SAMPLERS:
+            raise InputError(
+                f"unknown scheduler {scheduler!r}: choose one of {', '.join(schedules.SAMPLERS)}"
+            )
+        return scheduler
+    own = schedules.default_sampler(manifest.scheduler)
+    if own is None:
+        log.warning(
+            "the model's scheduler %s has no fastimg sampler; using ddim with its config "
+            "(choose one with --scheduler)",
+            manifest.scheduler.get("_class_name"),
+        )
+        return "ddim"
+    return own
+
+
+class Img2ImgPipeline:
+    """Stable Diffusion img2img on exported engines, called like diffusers' pipeline."""
+
+    def __init__(self, manifest: Manifest, backend: str = "onnxruntime", threads: int | None = None):
+        self.manifest = manifest
+        self.tokenizer = PromptTokenizer(manifest)
+        self.sessions = {
+            name: load_session(backend, manifest.path(name), threads=threads) for name in COMPONENTS
+        }
+
+    @classmethod
+    def from_engines(
+        cls, folder: str | Path, backend: str = "onnxruntime", threads: int | None = None
+    ) -> "Img2ImgPipeline":
+        """Load every engine of an exported folder."""
+        return cls(load_manifest(folder), backend=backend, threads=threads)
+
+    def encode_prompt(self, prompt: str, negative_prompt: str | None, cfg: bool) -> np.ndarray:
+        """Text embeddings, [negative, positive] stacked on the batch axis under CFG."""
+        prompts = [negative_prompt or "", prompt] if cfg else [prompt]
+        ids = self.tokenizer(prompts)
+        out = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+        return out.astype(np.float32)
+
+    def encode_image(self, pixels: np.ndarray, rng: TorchCompatibleGenerator) -> np.ndarray:
+        """Scaled latent sample of the image: mean + std * eps from the encoder's moments."""
+        moments = self.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
+        mean, logvar = np.split(_check_finite(moments, "VAE encoder output"), 2, axis=1)
+        std = np.exp(np.float32(0.5) * np.clip(logvar, -30.0, 20.0))
+        z = mean + std * rng.randn(mean.shape)
+        return z * np.float32(self.manifest.vae_scaling_factor)
+
+    def denoise(
+        self,
+        latents: np.ndarray,
+        embeddings: np.ndarray,
+        plan: schedules.Plan,
+        guidance_scale: float,
+        rng: TorchCompatibleGenerator,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> np.ndarray:
+        """Noise the latents to the plan's first timestep, then run the sampler over the UNet."""
+        unet = self.sessions["unet"]
+        cfg = embeddings.shape[0] == 2 * latents.shape[0]
+        x = samplers.add_noise(latents, rng.randn(latents.shape), plan)
+
+        def denoise(x: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+            x_in = x * np.float32(plan.input_scale[i])
+            if cfg:
+                x_in = np.concatenate([x_in, x_in])
+            t = np.full(x_in.shape[0], plan.timesteps[i], dtype=np.float32)
+            out = unet.run({"sample": x_in, "timestep": t, "encoder_hidden_states": embeddings})
+            out = _check_finite(out["out_sample"], f"UNet output at step {i + 1}")
+            if cfg:
+                uncond, text = np.split(out, 2)
+                out = uncond + np.float32(guidance_scale) * (text - uncond)
+            if callback is not None:
+                callback(i + 1, plan.steps)
+            return samplers.predict(out, x, plan, i)
+
+        return samplers.SAMPLE[plan.sampler](denoise, x, plan, rng)
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        """uint8 NHWC images from latents."""
+        scaled = latents / np.float32(self.manifest.vae_scaling_factor)
+        pixels = self.sessions["vae_decoder"].run({"latent_sample": scaled})["sample"]
+        return images.to_uint8(_check_finite(pixels, "decoded image"))
+
+    def __call__(
+        self,
+        prompt: str,
+        image: Image.Image,
+        strength: float = 0.8,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        scheduler: str | None = None,
+        callback: Callable[[int, int], None] | None = None,
+    ) -> list[Image.Image]:
+        """Transform `image` toward `prompt`; the same seed gives diffusers' image for it."""
+        _validate(prompt, negative_prompt, guidance_scale, num_images_per_prompt, seed)
+        sampler = resolve_sampler(self.manifest, scheduler)
+        plan = schedules.make_plan(self.manifest.scheduler, sampler, num_inference_steps, strength)
+        seed = secrets.randbelow(2**32) if seed is None else seed
+        rng = TorchCompatibleGenerator(seed)
+        cfg = guidance_scale > 1.0
+        embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
+        embeddings = np.repeat(embeddings, num_images_per_prompt, axis=0)
+        pixels = images.to_pixels(image, self.manifest.vae_scale_factor)
+        z = self.encode_image(pixels, rng)
+        z = np.repeat(z, num_images_per_prompt, axis=0)
+        latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback)
+        self.last_run = {"seed": seed, "sampler": sampler, "steps": plan.steps}
+        return [Image.fromarray(a) for a in self.decode(latents)]
+
+
+def _validate(prompt, negative_prompt, guidance_scale, num_images, seed) -> None:
+    if not isinstance(prompt, str):
+        raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
+    if negative_prompt is not None and not isinstance(negative_prompt, str):
+        raise InputError("negative_prompt must be a string")
+    if not (isinstance(guidance_scale, int | float) and math.isfinite(guidance_scale)):
+        raise InputError(f"guidance must be a finite number, got {guidance_scale!r}")
+    if guidance_scale < 0:
+        raise InputError(f"guidance must be at least 0, got {guidance_scale}")
+    if not (isinstance(num_images, int) and 1 <= num_images <= MAX_IMAGES):
+        raise InputError(f"number of images must be between 1 and {MAX_IMAGES}, got {num_images}")
+    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise InputError(f"seed must be an integer in [0, 2**32), got {seed!r}")
