@@ -61,7 +61,7 @@ def learn_merges(text: str, num_merges: int) -> list[tuple[str, str]]:
     for _ in range(num_merges):
         pairs = collections.Counter()
         for symbols, freq in words.items():
-            for pair in zip(symbols, symbols[1:]):
+            for pair in zip(symbols, symbols[1:], strict=False):
                 pairs[pair] += freq
         if not pairs:
             break

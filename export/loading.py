@@ -11,6 +11,7 @@ def load_pipeline(model: str):
     """StableDiffusionImg2ImgPipeline in float32 on the CPU, with no safety checker."""
     import diffusers
 
+    quiet_hub_logging()
     cls = diffusers.StableDiffusionImg2ImgPipeline
     options = dict(safety_checker=None, requires_safety_checker=False)
     path = Path(model)
@@ -33,10 +34,20 @@ def load_pipeline(model: str):
     return pipe
 
 
+def quiet_hub_logging() -> None:
+    """Silence diffusers' and transformers' progress bars and advisory warnings."""
+    import diffusers
+    import transformers
+
+    for lib in (diffusers, transformers):
+        lib.utils.logging.disable_progress_bar()
+        lib.utils.logging.set_verbosity_error()
+
+
 def _attempt(load, what: str):
     try:
         return load()
-    except (OSError, ValueError, EnvironmentError) as exc:
+    except (OSError, ValueError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(
             f"could not load the {what}: {first}. Check the name or path; a hub id needs "

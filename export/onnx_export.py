@@ -4,6 +4,7 @@ I/O names follow optimum's convention; the UNet timestep is float32 of shape [ba
 fractional (Euler, Karras) timesteps survive and one call may carry several timesteps.
 """
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,9 +52,16 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
         ),
         "vae_encoder": ComponentSpec(
             {"sample": ("float32", img)},
-            {"latent_parameters": ("float32", ["batch", 2 * latent, "latent_height", "latent_width"])},
+            {
+                "latent_parameters": (
+                    "float32",
+                    ["batch", 2 * latent, "latent_height", "latent_width"],
+                )
+            },
         ),
-        "vae_decoder": ComponentSpec({"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}),
+        "vae_decoder": ComponentSpec(
+            {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
+        ),
     }
 
 
@@ -141,7 +149,9 @@ def export_component(pipe, name: str, module, spec: ComponentSpec, scratch: Path
         io: {i: d for i, d in enumerate(shape) if isinstance(d, str)}
         for io, (_, shape) in {**spec.inputs, **spec.outputs}.items()
     }
-    with torch.no_grad():
+    # The tracer's warnings (constant folding, traced shapes) concern its internals, not the user.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             sample_inputs(pipe, name, TRACE_BATCH, TRACE_LATENT),

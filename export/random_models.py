@@ -10,6 +10,7 @@ from pathlib import Path
 from fastimg.errors import InputError
 
 from . import clip_vocab
+from .loading import quiet_hub_logging
 
 _SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
@@ -114,6 +115,7 @@ def build_pipeline(arch: str, seed: int = 0):
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+    quiet_hub_logging()
     spec = ARCHITECTURES[arch]
     with tempfile.TemporaryDirectory() as vocab_dir:
         vocab_size = clip_vocab.write_vocab(Path(vocab_dir))

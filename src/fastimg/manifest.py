@@ -76,7 +76,9 @@ def load_manifest(folder: str | Path) -> Manifest:
             f"{path} has format version {version!r}, newer than this fastimg reads "
             f"({FORMAT_VERSION}): upgrade fastimg, or {_fix(folder)}"
         )
-    missing = [k for k in ("components", "scheduler", "tokenizer", "vae_scale_factor") if k not in data]
+    missing = [
+        k for k in ("components", "scheduler", "tokenizer", "vae_scale_factor") if k not in data
+    ]
     missing += [c for c in COMPONENTS if c not in data.get("components", {})]
     if missing:
         raise ManifestError(f"{path} lacks {', '.join(missing)}: {_fix(folder)}")

@@ -53,7 +53,9 @@ def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
 class Img2ImgPipeline:
     """Stable Diffusion img2img on exported engines, called like diffusers' pipeline."""
 
-    def __init__(self, manifest: Manifest, backend: str = "onnxruntime", threads: int | None = None):
+    def __init__(
+        self, manifest: Manifest, backend: str = "onnxruntime", threads: int | None = None
+    ):
         self.manifest = manifest
         self.tokenizer = PromptTokenizer(manifest)
         self.sessions = {

@@ -1,4 +1,4 @@
-"""Noise schedules as data: betas, timesteps, sigmas, and the per-step coefficients of one img2img run.
+"""Noise schedules as data: betas, timesteps, sigmas, and the per-step coefficients of a run.
 
 Every function mirrors the diffusers scheduler named beside it, from the same config keys, so that
 timesteps and sigmas come out equal (tests/runtime/test_schedules.py checks them against diffusers).
@@ -25,7 +25,11 @@ DIFFUSERS_CLASS = {
 # Each sampler's name fixes these keys, whatever the model's own config says.
 SAMPLER_OVERRIDES = {
     "dpmpp_2m": {"use_karras_sigmas": False, "solver_order": 2, "algorithm_type": "dpmsolver++"},
-    "dpmpp_2m_karras": {"use_karras_sigmas": True, "solver_order": 2, "algorithm_type": "dpmsolver++"},
+    "dpmpp_2m_karras": {
+        "use_karras_sigmas": True,
+        "solver_order": 2,
+        "algorithm_type": "dpmsolver++",
+    },
 }
 
 _COMMON = {
@@ -38,7 +42,11 @@ _COMMON = {
     "steps_offset": 0,
     "rescale_betas_zero_snr": False,
 }
-_THRESHOLDING = {"thresholding": False, "dynamic_thresholding_ratio": 0.995, "sample_max_value": 1.0}
+_THRESHOLDING = {
+    "thresholding": False,
+    "dynamic_thresholding_ratio": 0.995,
+    "sample_max_value": 1.0,
+}
 
 # The constructor defaults of diffusers' scheduler classes: a key missing from a model's config
 # takes these values, exactly as `SchedulerClass.from_config(config)` does.
@@ -143,7 +151,8 @@ def resolve_config(scheduler_config: dict, sampler: str) -> dict:
         if key in config and config[key] != supported:
             raise InputError(
                 f"scheduler setting {key}={config[key]!r} is not supported by fastimg's {sampler} "
-                f"sampler; pick another sampler with --scheduler or edit the engine's scheduler config"
+                "sampler; pick another sampler with --scheduler or edit the engine's scheduler "
+                "config"
             )
     if config["prediction_type"] not in ("epsilon", "v_prediction", "sample"):
         raise InputError(f"unknown prediction_type {config['prediction_type']!r}")

@@ -1,0 +1,1 @@
+"""fastimg's measurements against baseline diffusers (installed as fastimg_bench)."""

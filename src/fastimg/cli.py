@@ -1,0 +1,332 @@
+"""The fastimg command line. Heavy imports live inside the commands so --help stays instant."""
+
+import logging
+import sys
+from functools import wraps
+from pathlib import Path
+
+import click
+
+from .errors import FastImgError
+from .schedules import SAMPLERS
+
+EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
+ARCHITECTURES = ("tiny", "tiny-v", "sd15", "sd2-v")  # export/random_models.py defines them
+
+
+def _domain_errors(command):
+    """Turn fastimg's own errors into click errors: message on stderr, exit code 1."""
+
+    @wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except FastImgError as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
+
+
+def _echo_err(message: str) -> None:
+    click.echo(message, err=True)
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        _echo_err(f"{record.levelname.lower()}: {record.getMessage()}")
+
+
+@click.group()
+@click.version_option(package_name="fastimg")
+def cli() -> None:
+    """fastimg: fast, reproducible Stable Diffusion img2img.
+
+    Export a diffusers model once (fastimg export), then transform images with the engines
+    (fastimg transform). fastimg quickstart runs the whole path offline on a tiny model.
+    """
+    logger = logging.getLogger("fastimg")
+    if not logger.handlers:
+        logger.addHandler(_StderrHandler())
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+@cli.command("make-model")
+@click.argument("arch", type=click.Choice(ARCHITECTURES))
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@_domain_errors
+def make_model(arch: str, output: Path, seed: int) -> None:
+    """Write a random-weight diffusers pipeline of a real architecture (needs fastimg[export])."""
+    from .errors import require
+
+    require("torch", "export")
+    from fastimg_export.random_models import write_random_model
+
+    _echo_err(f"building random-weight {arch} pipeline")
+    write_random_model(arch, output, seed=seed)
+    click.echo(f"model written to {output}")
+
+
+@cli.command("export")
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Engine folder to create.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Weights and compute precision of the ONNX graphs.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing engine folder.")
+@_domain_errors
+def export(model: str, output: Path, precision: str, overwrite: bool) -> None:
+    """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
+    from .errors import require
+
+    require("torch", "export")
+    require("diffusers", "export")
+    from fastimg_export.engine_writer import export_engines
+
+    export_engines(model, output, precision=precision, overwrite=overwrite, log=_echo_err)
+    click.echo(f"engines written to {output}")
+
+
+def _output_paths(
+    inputs: list[Path], output: Path, count: int, seed: int
+) -> dict[Path, list[Path]]:
+    single_file = output.suffix.lower() == ".png" and len(inputs) == 1 and count == 1
+    if single_file:
+        return {inputs[0]: [output]}
+    return {src: [output / f"{src.stem}-{seed}-{k}.png" for k in range(count)] for src in inputs}
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--engines",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Engine folder written by fastimg export.",
+)
+@click.option("--prompt", required=True, help="What the image should become.")
+@click.option("--negative-prompt", default=None, help="What to steer away from.")
+@click.option(
+    "--strength",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=0.8,
+    show_default=True,
+    help="How much to change: 0 < strength <= 1.",
+)
+@click.option(
+    "--steps",
+    type=click.IntRange(1, 1000),
+    default=50,
+    show_default=True,
+    help="Scheduled steps; strength x steps of them run.",
+)
+@click.option(
+    "--guidance",
+    type=click.FloatRange(0),
+    default=7.5,
+    show_default=True,
+    help="Classifier-free guidance scale; 1 or less turns it off.",
+)
+@click.option(
+    "--seed",
+    type=click.IntRange(0, 2**32 - 1),
+    default=None,
+    help="Same seed, same image (as diffusers with that seed). Random if omitted.",
+)
+@click.option(
+    "--scheduler",
+    type=click.Choice(SAMPLERS),
+    default=None,
+    help="Sampler; default: the model's own scheduler.",
+)
+@click.option("--num-images", type=click.IntRange(1, 64), default=1, show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Output folder, or a .png path for a single image.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@_domain_errors
+def transform(
+    images: tuple[Path, ...],
+    engines: Path,
+    prompt: str,
+    negative_prompt: str | None,
+    strength: float,
+    steps: int,
+    guidance: float,
+    seed: int | None,
+    scheduler: str | None,
+    num_images: int,
+    output: Path,
+    overwrite: bool,
+) -> None:
+    """Transform IMAGES toward --prompt with the engines in --engines."""
+    import secrets
+
+    from . import schedules
+    from .images import load_image, save_png
+    from .pipeline import Img2ImgPipeline
+
+    schedules.img2img_start(steps, strength)  # fail on zero-step runs before loading anything
+    seed = secrets.randbelow(2**32) if seed is None else seed
+    plan = _output_paths(list(images), output, num_images, seed)
+    inputs = {p.resolve() for p in images}
+    for dest in (d for targets in plan.values() for d in targets):
+        if dest.resolve() in inputs:
+            raise click.UsageError(f"output {dest} is one of the input images; choose another -o")
+        if dest.exists() and not overwrite:
+            raise click.UsageError(f"{dest} already exists: pass --overwrite to replace it")
+    pipe = Img2ImgPipeline.from_engines(engines)
+    failures = []
+    for src, targets in plan.items():
+        try:
+            image = load_image(src)
+            with click.progressbar(length=1, label=f"{src.name}", file=sys.stderr) as bar:
+
+                def progress(step, total, bar=bar):
+                    bar.length = total
+                    bar.update(1)
+
+                results = pipe(
+                    prompt,
+                    image,
+                    strength=strength,
+                    num_inference_steps=steps,
+                    guidance_scale=guidance,
+                    negative_prompt=negative_prompt,
+                    num_images_per_prompt=num_images,
+                    seed=seed,
+                    scheduler=scheduler,
+                    callback=progress,
+                )
+        except FastImgError as exc:
+            failures.append(f"{src}: {exc}")
+            _echo_err(f"error: {src}: {exc}")
+            continue
+        meta = {
+            "fastimg:prompt": prompt,
+            "fastimg:negative_prompt": negative_prompt or "",
+            "fastimg:seed": seed,
+            "fastimg:strength": strength,
+            "fastimg:steps": steps,
+            "fastimg:guidance": guidance,
+            "fastimg:scheduler": pipe.last_run["sampler"],
+            "fastimg:source": src.name,
+            "fastimg:engines": str(engines),
+        }
+        for k, (result, dest) in enumerate(zip(results, targets, strict=True)):
+            save_png(result, dest, {**meta, "fastimg:index": k})
+            click.echo(str(dest))
+    if failures:
+        raise click.ClickException(
+            f"{len(failures)} of {len(plan)} images failed:\n  " + "\n  ".join(failures)
+        )
+
+
+@cli.command()
+@click.argument("engines", type=click.Path(path_type=Path))
+@_domain_errors
+def info(engines: Path) -> None:
+    """Show what an engine folder's manifest says."""
+    from .manifest import load_manifest
+    from .schedules import default_sampler
+
+    manifest = load_manifest(engines)
+    data = manifest.data
+    sched = manifest.scheduler
+    lines = [
+        f"engine folder   {manifest.folder}",
+        f"format          {data['format']} v{data['format_version']} ({data.get('kind')})",
+        f"model           {data.get('model_family')} from {data.get('source')}",
+        f"created         {data.get('created')}",
+        f"precision       {data.get('precision')}",
+        f"image multiple  {manifest.vae_scale_factor} px",
+        f"VAE scaling     {manifest.vae_scaling_factor}",
+        f"scheduler       {sched.get('_class_name')} ({sched.get('prediction_type', 'epsilon')}, "
+        f"{sched.get('timestep_spacing', 'default')} spacing) -> sampler "
+        f"{default_sampler(sched) or 'ddim (no equivalent)'}",
+        "components:",
+    ]
+    for name, entry in manifest.components.items():
+        size = sum(f["bytes"] for f in entry["files"].values()) / 1e6
+        parity = entry.get("parity", {})
+        lines.append(
+            f"  {name:<13} {entry['path']:<26} {size:9.1f} MB  vs torch: rel "
+            f"{parity.get('max_rel_error', float('nan')):.2e} (limit {parity.get('tolerance')})"
+        )
+        for side in ("inputs", "outputs"):
+            io = ", ".join(
+                f"{k} {v['dtype']}[{','.join(map(str, v['shape']))}]"
+                for k, v in entry[side].items()
+            )
+            lines.append(f"      {side:<8} {io}")
+    tools = ", ".join(f"{k} {v}" for k, v in data.get("tools", {}).items())
+    lines.append(f"tools           {tools}")
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.option(
+    "--workdir",
+    type=click.Path(path_type=Path),
+    default=Path("fastimg-quickstart"),
+    show_default=True,
+    help="Where the model, engines and result go.",
+)
+@_domain_errors
+def quickstart(workdir: Path) -> None:
+    """Offline tour: make a tiny model, export it, transform the bundled example image."""
+    from .errors import require
+
+    require("torch", "export")
+    from fastimg_export.engine_writer import export_engines
+    from fastimg_export.random_models import write_random_model
+
+    from .images import load_image, save_png
+    from .manifest import MANIFEST
+    from .pipeline import Img2ImgPipeline
+
+    model, engines, result = workdir / "tiny-model", workdir / "engines", workdir / "house.png"
+    if not (model / "model_index.json").is_file():
+        _echo_err(f"[1/3] building a random-weight tiny model in {model}")
+        write_random_model("tiny", model)
+    if not (engines / MANIFEST).is_file():
+        _echo_err(f"[2/3] exporting it to verified ONNX engines in {engines}")
+        export_engines(str(model), engines, overwrite=True, log=_echo_err)
+    _echo_err("[3/3] transforming the bundled example image")
+    pipe = Img2ImgPipeline.from_engines(engines)
+    prompt = "a watercolor painting of a cozy house at sunset"
+    (image,) = pipe(
+        prompt,
+        load_image(EXAMPLE_IMAGE),
+        strength=0.6,
+        num_inference_steps=20,
+        guidance_scale=7.5,
+        seed=0,
+    )
+    save_png(image, result, {"fastimg:prompt": prompt, "fastimg:seed": 0})
+    click.echo(f"done: {result.absolute()}")
+    click.echo(
+        "The tiny model has random weights, so the picture is noise-like; export a real "
+        "model with  fastimg export MODEL -o ENGINES  and run  fastimg transform IMAGE "
+        "--engines ENGINES --prompt TEXT -o OUT"
+    )
+
+
+def main() -> None:
+    """Console entry point."""
+    cli()

@@ -1,0 +1,206 @@
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fastimg.cli import cli
+from tests.conftest import psnr
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def picture(tmp_path, photo):
+    path = tmp_path / "in.png"
+    photo.save(path)
+    return path
+
+
+def transform(runner, engines, *args):
+    return runner.invoke(
+        cli,
+        [
+            "transform",
+            *map(str, args),
+            "--engines",
+            str(engines),
+            "--prompt",
+            "a red fox",
+            "--steps",
+            "4",
+            "--strength",
+            "0.5",
+        ],
+    )
+
+
+def test_transform_writes_images_with_metadata(runner, tiny, picture, tmp_path):
+    out = tmp_path / "out"
+    result = transform(runner, tiny[1], picture, "-o", out, "--seed", "9", "--num-images", "2")
+    assert result.exit_code == 0, result.output
+    written = sorted(out.iterdir())
+    assert [p.name for p in written] == ["in-9-0.png", "in-9-1.png"]
+    image = Image.open(written[0])
+    assert image.size == (88, 64)
+    assert image.text["fastimg:seed"] == "9" and image.text["fastimg:prompt"] == "a red fox"
+    assert image.text["fastimg:scheduler"] == "ddim"
+
+
+def test_same_seed_same_image_and_matches_the_python_api(runner, tiny, picture, tmp_path):
+    from fastimg.pipeline import Img2ImgPipeline
+
+    a, b = tmp_path / "a.png", tmp_path / "b.png"
+    for path in (a, b):
+        result = transform(
+            runner,
+            tiny[1],
+            picture,
+            "-o",
+            path,
+            "--seed",
+            "4",
+            "--scheduler",
+            "euler_a",
+            "--guidance",
+            "3",
+        )
+        assert result.exit_code == 0, result.output
+    assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+    api = Img2ImgPipeline.from_engines(tiny[1])(
+        "a red fox",
+        Image.open(picture),
+        strength=0.5,
+        num_inference_steps=4,
+        guidance_scale=3.0,
+        seed=4,
+        scheduler="euler_a",
+    )[0]
+    assert psnr(api, Image.open(a)) == float("inf")
+
+
+def test_rgba_and_palette_inputs_work(runner, tiny, photo, tmp_path):
+    photo.convert("RGBA").save(tmp_path / "rgba.png")
+    photo.convert("P").save(tmp_path / "pal.png")
+    result = transform(
+        runner,
+        tiny[1],
+        tmp_path / "rgba.png",
+        tmp_path / "pal.png",
+        "-o",
+        tmp_path / "out",
+        "--seed",
+        "1",
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "out").iterdir())) == 2
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--strength", "0.1"], "zero denoising steps"),
+        (["--strength", "0"], "0<x<=1"),
+        (["--strength", "1.5"], "0<x<=1"),
+        (["--steps", "0"], "1<=x<=1000"),
+        (["--scheduler", "pndm"], "'pndm' is not one of"),
+    ],
+)
+def test_bad_parameters_fail_with_a_message(runner, tiny, picture, tmp_path, args, message):
+    result = runner.invoke(
+        cli,
+        [
+            "transform",
+            str(picture),
+            "--engines",
+            str(tiny[1]),
+            "--prompt",
+            "x",
+            "--steps",
+            "4",
+            "-o",
+            str(tmp_path / "o"),
+            *args,
+        ],
+    )
+    assert result.exit_code != 0
+    assert message in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_missing_engine_folder(runner, picture, tmp_path):
+    result = transform(runner, tmp_path / "no-engines", picture, "-o", tmp_path / "o")
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "fastimg export" in result.output
+
+
+def test_unreadable_image_is_reported_and_others_still_run(runner, tiny, picture, tmp_path):
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    result = transform(runner, tiny[1], bad, picture, "-o", tmp_path / "o", "--seed", "1")
+    assert result.exit_code == 1
+    assert "bad.png" in result.output and "not an image" in result.output
+    assert "1 of 2 images failed" in result.output
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["in-1-0.png"]
+
+
+def test_existing_output_needs_overwrite_and_input_is_never_the_output(
+    runner, tiny, picture, tmp_path
+):
+    out = tmp_path / "x.png"
+    out.write_bytes(b"keep")
+    result = transform(runner, tiny[1], picture, "-o", out, "--seed", "1")
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert out.read_bytes() == b"keep"
+    before = picture.read_bytes()
+    result = transform(runner, tiny[1], picture, "-o", picture, "--seed", "1", "--overwrite")
+    assert result.exit_code == 2 and "is one of the input images" in result.output
+    assert picture.read_bytes() == before
+
+
+def test_info_shows_the_manifest(runner, tiny):
+    result = runner.invoke(cli, ["info", str(tiny[1])])
+    assert result.exit_code == 0, result.output
+    for text in (
+        "fastimg-engine v1",
+        "DDIMScheduler",
+        "sampler ddim",
+        "unet/model.onnx",
+        "timestep float32[batch]",
+        "vs torch: rel",
+    ):
+        assert text in result.output
+
+
+def test_info_on_a_folder_that_is_not_an_engine(runner, tmp_path):
+    result = runner.invoke(cli, ["info", str(tmp_path)])
+    assert result.exit_code == 1 and "no manifest.json" in result.output
+
+
+def test_make_model_and_export_through_the_cli(runner, tmp_path):
+    pytest.importorskip("torch")
+    model, engines = tmp_path / "m", tmp_path / "e"
+    result = runner.invoke(cli, ["make-model", "tiny", "-o", str(model)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(cli, ["export", str(model), "-o", str(engines)])
+    assert result.exit_code == 0, result.output
+    assert "unet: max abs error" in result.output and (engines / "manifest.json").is_file()
+    result = runner.invoke(cli, ["export", str(model), "-o", str(engines)])
+    assert result.exit_code == 1 and "--overwrite" in result.output
+
+
+def test_export_of_a_folder_that_is_not_a_pipeline(runner, tmp_path):
+    pytest.importorskip("torch")
+    result = runner.invoke(cli, ["export", str(tmp_path), "-o", str(tmp_path / "e")])
+    assert result.exit_code == 1 and "model_index.json" in result.output
+
+
+def test_quickstart_runs_offline_and_says_where_the_result_is(runner, tmp_path):
+    pytest.importorskip("torch")
+    result = runner.invoke(cli, ["quickstart", "--workdir", str(tmp_path / "qs")])
+    assert result.exit_code == 0, result.output
+    house = tmp_path / "qs" / "house.png"
+    assert str(house) in result.output
+    assert Image.open(house).size == (256, 256)

@@ -1,0 +1,45 @@
+"""Shared fixtures: random-weight tiny models and their exported engines, built once a session."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _build(tmp_path_factory, arch: str, precision: str = "fp32"):
+    pytest.importorskip("torch")
+    from fastimg_export.engine_writer import export_engines
+    from fastimg_export.random_models import write_random_model
+
+    root = tmp_path_factory.mktemp(f"{arch}-{precision}")
+    model = write_random_model(arch, root / "model")
+    engines = export_engines(str(model), root / "engines", precision=precision, log=lambda m: None)
+    return model, engines
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SD-1.x-style model."""
+    return _build(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_v(tmp_path_factory):
+    """(model folder, engine folder) of the tiny v-prediction, SD-2.x-style model."""
+    return _build(tmp_path_factory, "tiny-v")
+
+
+@pytest.fixture
+def photo():
+    """A deterministic non-square RGB image whose sides are not multiples of 8."""
+    rng = np.random.default_rng(0)
+    base = rng.random((9, 12, 3))
+    big = np.kron(base, np.ones((8, 8, 1)))[:68, :90]
+    return Image.fromarray((big * 255).astype(np.uint8))
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio of two uint8 images, in dB (inf when equal)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    mse = ((a - b) ** 2).mean()
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -1,0 +1,103 @@
+"""fastimg's output against diffusers' StableDiffusionImg2ImgPipeline, same seed, same settings."""
+
+import logging
+
+import numpy as np
+import pytest
+
+from fastimg import schedules
+from fastimg.pipeline import Img2ImgPipeline
+from tests.conftest import psnr
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+MIN_PSNR = 40.0
+
+
+def reference(model_dir):
+    from fastimg_export.loading import load_pipeline
+
+    pipe = load_pipeline(str(model_dir))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run_reference(pipe, config, sampler, image, seed, **kwargs):
+    cls = getattr(diffusers, schedules.DIFFUSERS_CLASS[sampler])
+    pipe.scheduler = cls.from_config(config, **schedules.SAMPLER_OVERRIDES.get(sampler, {}))
+    return pipe(image=image, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
+
+
+@pytest.fixture(scope="module", params=["tiny", "tiny_v"])
+def pair(request):
+    model, engines = request.getfixturevalue(request.param)
+    ref = reference(model)
+    return ref, dict(ref.scheduler.config), Img2ImgPipeline.from_engines(engines)
+
+
+@pytest.mark.parametrize("sampler", schedules.SAMPLERS)
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+@pytest.mark.parametrize("strength", [0.3, 1.0])
+def test_output_matches_diffusers(pair, photo, sampler, guidance, strength):
+    ref, config, ours = pair
+    settings = dict(
+        prompt="a red fox in the snow",
+        strength=strength,
+        num_inference_steps=10,
+        guidance_scale=guidance,
+        negative_prompt="blurry",
+        num_images_per_prompt=2,
+    )
+    expected = run_reference(ref, config, sampler, photo, seed=11, **settings)
+    got = ours(image=photo, seed=11, scheduler=sampler, **settings)
+    assert len(got) == 2
+    for e, g in zip(expected, got, strict=True):
+        assert g.size == e.size == (88, 64)  # floored to multiples of 8, as diffusers does
+        assert psnr(e, g) >= MIN_PSNR
+    # The two images of one call differ (fresh noise each), so the comparison is not vacuous.
+    assert psnr(got[0], got[1]) < MIN_PSNR
+    assert np.asarray(got[0]).std() > 10
+
+
+def test_default_sampler_is_the_models_own(tiny_v, photo):
+    model, engines = tiny_v
+    ref = reference(model)  # EulerDiscreteScheduler, trailing spacing, v-prediction
+    settings = dict(prompt="a house", strength=0.5, num_inference_steps=8, guidance_scale=5.0)
+    expected = ref(image=photo, generator=torch.Generator().manual_seed(2), **settings).images[0]
+    got = Img2ImgPipeline.from_engines(engines)(image=photo, seed=2, **settings)[0]
+    assert psnr(expected, got) >= MIN_PSNR
+
+
+def test_long_prompt_is_truncated_like_diffusers(tiny, photo, caplog):
+    logging.getLogger("fastimg").addHandler(caplog.handler)  # the CLI may stop propagation
+    model, engines = tiny
+    prompt = " ".join(["a watercolor painting of a mountain"] * 20)
+    settings = dict(prompt=prompt, strength=0.5, num_inference_steps=4, guidance_scale=3.0)
+    expected = reference(model)(
+        image=photo, generator=torch.Generator().manual_seed(5), **settings
+    ).images[0]
+    got = Img2ImgPipeline.from_engines(engines)(image=photo, seed=5, **settings)[0]
+    assert psnr(expected, got) >= MIN_PSNR
+    assert "truncated" in caplog.text
+    logging.getLogger("fastimg").removeHandler(caplog.handler)
+
+
+def test_fp16_engines_stay_close_to_fp32(tmp_path_factory, tiny, photo):
+    from fastimg_export.engine_writer import export_engines
+
+    model, engines = tiny
+    fp16 = export_engines(
+        str(model), tmp_path_factory.mktemp("fp16") / "e", precision="fp16", log=lambda m: None
+    )
+    settings = dict(
+        prompt="a cat",
+        strength=0.6,
+        num_inference_steps=10,
+        guidance_scale=7.5,
+        seed=1,
+        scheduler="euler",
+    )
+    full = Img2ImgPipeline.from_engines(engines)(image=photo, **settings)[0]
+    half = Img2ImgPipeline.from_engines(fp16)(image=photo, **settings)[0]
+    assert psnr(full, half) >= 25.0

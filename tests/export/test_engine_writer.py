@@ -1,0 +1,115 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fastimg.errors import EngineError, InputError
+from fastimg.manifest import COMPONENTS, MANIFEST, load_manifest
+
+pytest.importorskip("torch")
+from fastimg_export import engine_writer, verify  # noqa: E402
+
+
+def test_manifest_describes_every_component_and_file(tiny):
+    _, engines = tiny
+    manifest = load_manifest(engines)
+    data = manifest.data
+    assert data["precision"] == "fp32" and data["vae_scale_factor"] == 8
+    assert data["vae_scaling_factor"] == pytest.approx(0.18215)
+    assert data["scheduler"]["_class_name"] == "DDIMScheduler"
+    assert (engines / "scheduler" / "scheduler_config.json").is_file()
+    assert set(data["tools"]) >= {"torch", "diffusers", "onnx", "onnxruntime", "fastimg"}
+    for name in COMPONENTS:
+        entry = manifest.components[name]
+        assert entry["parity"]["max_rel_error"] <= entry["parity"]["tolerance"] == 1e-3
+        for rel, info in entry["files"].items():
+            assert engine_writer.sha256(engines / rel) == info["sha256"]
+    unet = manifest.components["unet"]["inputs"]
+    assert unet["timestep"] == {"dtype": "float32", "shape": ["batch"]}
+    assert unet["sample"]["shape"] == ["batch", 4, "latent_height", "latent_width"]
+    assert "latent_parameters" in manifest.components["vae_encoder"]["outputs"]
+
+
+def test_onnx_graphs_have_dynamic_batch_and_size(tiny):
+    import onnx
+
+    _, engines = tiny
+    graph = onnx.load(str(engines / "unet" / "model.onnx")).graph
+    dims = {
+        i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim]
+        for i in graph.input
+    }
+    assert dims["sample"] == ["batch", 4, "latent_height", "latent_width"]
+    assert dims["timestep"] == ["batch"]
+
+
+def test_existing_engines_are_not_replaced_without_overwrite(tiny, tmp_path):
+    model, _ = tiny
+    out = engine_writer.export_engines(str(model), tmp_path / "e", log=lambda m: None)
+    with pytest.raises(InputError, match="--overwrite"):
+        engine_writer.export_engines(str(model), out, log=lambda m: None)
+    (tmp_path / "user-data").mkdir()
+    (tmp_path / "user-data" / "notes.txt").write_text("keep me")
+    with pytest.raises(InputError, match="not a fastimg engine folder"):
+        engine_writer.export_engines(str(model), tmp_path / "user-data", overwrite=True)
+    assert (tmp_path / "user-data" / "notes.txt").read_text() == "keep me"
+
+
+def test_failed_verification_keeps_previous_engines_and_leaves_no_partial(
+    tiny, tmp_path, monkeypatch
+):
+    model, _ = tiny
+    out = engine_writer.export_engines(str(model), tmp_path / "e", log=lambda m: None)
+    before = (out / MANIFEST).read_text()
+    monkeypatch.setitem(verify.TOLERANCE, "fp32", 0.0)  # no export can pass this
+    with pytest.raises(EngineError, match="differs from PyTorch"):
+        engine_writer.export_engines(str(model), out, overwrite=True, log=lambda m: None)
+    assert (out / MANIFEST).read_text() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e"]
+
+
+def test_killed_export_leaves_no_folder_that_looks_valid(tiny, tmp_path):
+    model, _ = tiny
+    out = tmp_path / "killed"
+    code = (
+        "from fastimg_export.engine_writer import export_engines\n"
+        f"export_engines({str(model)!r}, {str(out)!r}, log=lambda m: print(m, flush=True))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("exporting unet"):
+            break
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".killed.partial-")]
+    assert leftovers and not any((p / MANIFEST).exists() for p in leftovers)
+    with pytest.raises(EngineError):
+        load_manifest(out)
+
+
+def test_large_models_are_saved_with_one_external_data_file(tiny, tmp_path, monkeypatch):
+    from fastimg_export import onnx_export
+
+    model, _ = tiny
+    monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 100_000)
+    out = engine_writer.export_engines(str(model), tmp_path / "ext", log=lambda m: None)
+    files = load_manifest(out).components["unet"]["files"]
+    assert sorted(files) == ["unet/model.onnx", "unet/model.onnx_data"]
+    assert files["unet/model.onnx_data"]["bytes"] > files["unet/model.onnx"]["bytes"]
+    assert os.path.getsize(out / "unet" / "model.onnx") < 1_000_000
+
+
+def test_unknown_precision_is_rejected(tiny, tmp_path):
+    with pytest.raises(InputError, match="precision"):
+        engine_writer.export_engines(str(tiny[0]), tmp_path / "x", precision="int4")
+
+
+def test_manifest_is_plain_json(tiny):
+    json.loads((Path(tiny[1]) / MANIFEST).read_text())

@@ -1,0 +1,82 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastimg.errors import InputError
+from fastimg.images import load_image, save_png, to_pixels, to_uint8
+
+
+def test_pixels_match_diffusers_preprocessing(photo):
+    diffusers = pytest.importorskip("diffusers")
+    processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=8)
+    expected = processor.preprocess(photo).numpy()
+    got = to_pixels(photo, 8)
+    assert got.shape == expected.shape == (1, 3, 64, 88)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_uint8_matches_diffusers_postprocessing():
+    diffusers = pytest.importorskip("diffusers")
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).uniform(-1.3, 1.3, (2, 3, 16, 24)).astype(np.float32)
+    processor = diffusers.image_processor.VaeImageProcessor(vae_scale_factor=8)
+    expected = np.stack([np.asarray(i) for i in processor.postprocess(torch.from_numpy(x))])
+    np.testing.assert_array_equal(to_uint8(x), expected)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "LA", "I;16"])
+def test_other_modes_are_converted_to_rgb(tmp_path, mode):
+    rgb = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))
+    image = (
+        rgb.convert(mode)
+        if mode != "I;16"
+        else Image.fromarray(np.random.default_rng(1).integers(0, 65535, (40, 48), dtype=np.uint16))
+    )
+    path = tmp_path / f"in.{'tiff' if mode == 'CMYK' else 'png'}"
+    image.save(path)
+    loaded = load_image(path)
+    assert loaded.mode == "RGB" and loaded.size == (48, 40)
+
+
+def test_transparency_is_composited_on_white(tmp_path):
+    image = Image.new("RGBA", (32, 32), (10, 20, 30, 0))
+    image.save(tmp_path / "clear.png")
+    assert np.asarray(load_image(tmp_path / "clear.png")).min() == 255
+
+
+def test_exif_orientation_is_honoured(tmp_path):
+    image = Image.new("RGB", (40, 24), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    image.save(tmp_path / "rotated.jpg", exif=exif)
+    assert load_image(tmp_path / "rotated.jpg").size == (24, 40)
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [(b"", "not an image"), (b"hello, I am text", "not an image"), (None, "damaged or truncated")],
+)
+def test_unreadable_files_give_clear_errors(tmp_path, content, message):
+    path = tmp_path / "bad.png"
+    if content is None:
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(path)
+        content = path.read_bytes()[:60]
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=message):
+        load_image(path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_image(tmp_path / "nope.png")
+
+
+def test_too_small_image_is_rejected():
+    with pytest.raises(InputError, match="too small"):
+        to_pixels(Image.new("RGB", (15, 64)), 8)
+
+
+def test_save_png_is_atomic_and_carries_metadata(tmp_path):
+    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "out.png", {"fastimg:seed": 3})
+    assert Image.open(path).text["fastimg:seed"] == "3"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
