@@ -28,6 +28,12 @@ def tiny_v(tmp_path_factory):
     return _build(tmp_path_factory, "tiny-v")
 
 
+@pytest.fixture(scope="session")
+def sd15(tmp_path_factory):
+    """(model folder, engine folder) of the full-size SD 1.5 architecture (slow: about 8 GB)."""
+    return _build(tmp_path_factory, "sd15")
+
+
 @pytest.fixture
 def photo():
     """A deterministic non-square RGB image whose sides are not multiples of 8."""

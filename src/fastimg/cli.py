@@ -101,8 +101,12 @@ def export(model: str, output: Path, precision: str, overwrite: bool) -> None:
 def _output_paths(
     inputs: list[Path], output: Path, count: int, seed: int
 ) -> dict[Path, list[Path]]:
-    single_file = output.suffix.lower() == ".png" and len(inputs) == 1 and count == 1
-    if single_file:
+    if output.suffix.lower() == ".png":
+        if len(inputs) * count != 1:
+            raise click.UsageError(
+                f"-o {output} names one file, but {len(inputs) * count} images would be "
+                "written: pass a folder"
+            )
         return {inputs[0]: [output]}
     return {src: [output / f"{src.stem}-{seed}-{k}.png" for k in range(count)] for src in inputs}
 
@@ -179,9 +183,10 @@ def transform(
 
     from . import schedules
     from .images import load_image, save_png
-    from .pipeline import Img2ImgPipeline
+    from .pipeline import Img2ImgPipeline, resolve_sampler
 
-    schedules.img2img_start(steps, strength)  # fail on zero-step runs before loading anything
+    # Zero-step runs fail here, before anything is loaded.
+    run_steps = steps - schedules.img2img_start(steps, strength)
     seed = secrets.randbelow(2**32) if seed is None else seed
     plan = _output_paths(list(images), output, num_images, seed)
     inputs = {p.resolve() for p in images}
@@ -191,16 +196,12 @@ def transform(
         if dest.exists() and not overwrite:
             raise click.UsageError(f"{dest} already exists: pass --overwrite to replace it")
     pipe = Img2ImgPipeline.from_engines(engines)
+    sampler = resolve_sampler(pipe.manifest, scheduler)
     failures = []
     for src, targets in plan.items():
         try:
             image = load_image(src)
-            with click.progressbar(length=1, label=f"{src.name}", file=sys.stderr) as bar:
-
-                def progress(step, total, bar=bar):
-                    bar.length = total
-                    bar.update(1)
-
+            with click.progressbar(length=run_steps, label=src.name, file=sys.stderr) as bar:
                 results = pipe(
                     prompt,
                     image,
@@ -210,8 +211,8 @@ def transform(
                     negative_prompt=negative_prompt,
                     num_images_per_prompt=num_images,
                     seed=seed,
-                    scheduler=scheduler,
-                    callback=progress,
+                    scheduler=sampler,
+                    callback=lambda step, total, bar=bar: bar.update(1),
                 )
         except FastImgError as exc:
             failures.append(f"{src}: {exc}")
@@ -224,7 +225,7 @@ def transform(
             "fastimg:strength": strength,
             "fastimg:steps": steps,
             "fastimg:guidance": guidance,
-            "fastimg:scheduler": pipe.last_run["sampler"],
+            "fastimg:scheduler": sampler,
             "fastimg:source": src.name,
             "fastimg:engines": str(engines),
         }

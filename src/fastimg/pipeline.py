@@ -123,7 +123,7 @@ class Img2ImgPipeline:
     def __call__(
         self,
         prompt: str,
-        image: Image.Image,
+        image: Image.Image | str | Path,
         strength: float = 0.8,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
@@ -135,6 +135,10 @@ class Img2ImgPipeline:
     ) -> list[Image.Image]:
         """Transform `image` toward `prompt`; the same seed gives diffusers' image for it."""
         _validate(prompt, negative_prompt, guidance_scale, num_images_per_prompt, seed)
+        if isinstance(image, str | Path):
+            image = images.load_image(image)
+        if not isinstance(image, Image.Image):
+            raise InputError(f"image must be a PIL image or a path, got {type(image).__name__}")
         sampler = resolve_sampler(self.manifest, scheduler)
         plan = schedules.make_plan(self.manifest.scheduler, sampler, num_inference_steps, strength)
         seed = secrets.randbelow(2**32) if seed is None else seed
@@ -146,7 +150,6 @@ class Img2ImgPipeline:
         z = self.encode_image(pixels, rng)
         z = np.repeat(z, num_images_per_prompt, axis=0)
         latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback)
-        self.last_run = {"seed": seed, "sampler": sampler, "steps": plan.steps}
         return [Image.fromarray(a) for a in self.decode(latents)]
 
 

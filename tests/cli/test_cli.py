@@ -204,3 +204,9 @@ def test_quickstart_runs_offline_and_says_where_the_result_is(runner, tmp_path):
     house = tmp_path / "qs" / "house.png"
     assert str(house) in result.output
     assert Image.open(house).size == (256, 256)
+
+
+def test_a_png_output_path_with_several_images_is_refused(runner, tiny, picture, tmp_path):
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "one.png", "--num-images", "2")
+    assert result.exit_code == 2 and "pass a folder" in result.output
+    assert not (tmp_path / "one.png").exists()

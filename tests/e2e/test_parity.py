@@ -1,6 +1,8 @@
 """fastimg's output against diffusers' StableDiffusionImg2ImgPipeline, same seed, same settings."""
 
+import json
 import logging
+import os
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
 
 MIN_PSNR = 40.0
+SLOW = pytest.mark.slow
 
 
 def reference(model_dir):
@@ -29,18 +32,26 @@ def run_reference(pipe, config, sampler, image, seed, **kwargs):
     return pipe(image=image, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny_v"])
+# The full-size sd15 parameter is slow: python -m pytest -m slow tests/e2e/test_parity.py
+@pytest.fixture(scope="module", params=["tiny", "tiny_v", pytest.param("sd15", marks=SLOW)])
 def pair(request):
     model, engines = request.getfixturevalue(request.param)
     ref = reference(model)
-    return ref, dict(ref.scheduler.config), Img2ImgPipeline.from_engines(engines)
+    return request.param, ref, dict(ref.scheduler.config), Img2ImgPipeline.from_engines(engines)
+
+
+def record(**row) -> None:
+    """Append one parity figure to $FASTIMG_PARITY_RESULTS (JSON lines), when it is set."""
+    if os.environ.get("FASTIMG_PARITY_RESULTS"):
+        with open(os.environ["FASTIMG_PARITY_RESULTS"], "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 @pytest.mark.parametrize("sampler", schedules.SAMPLERS)
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
 @pytest.mark.parametrize("strength", [0.3, 1.0])
 def test_output_matches_diffusers(pair, photo, sampler, guidance, strength):
-    ref, config, ours = pair
+    name, ref, config, ours = pair
     settings = dict(
         prompt="a red fox in the snow",
         strength=strength,
@@ -54,6 +65,15 @@ def test_output_matches_diffusers(pair, photo, sampler, guidance, strength):
     assert len(got) == 2
     for e, g in zip(expected, got, strict=True):
         assert g.size == e.size == (88, 64)  # floored to multiples of 8, as diffusers does
+        diff = int(np.abs(np.asarray(e, dtype=int) - np.asarray(g)).max())
+        record(
+            model=name,
+            sampler=sampler,
+            guidance=guidance,
+            strength=strength,
+            psnr_db=psnr(e, g),
+            max_pixel_diff=diff,
+        )
         assert psnr(e, g) >= MIN_PSNR
     # The two images of one call differ (fresh noise each), so the comparison is not vacuous.
     assert psnr(got[0], got[1]) < MIN_PSNR
