@@ -145,7 +145,6 @@ def export_engines(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log(f"engines written to {out}")
     return out
 
 

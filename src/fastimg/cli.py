@@ -108,6 +108,13 @@ def _output_paths(
                 "written: pass a folder"
             )
         return {inputs[0]: [output]}
+    stems = [src.stem for src in inputs]
+    clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
+    if clashes:
+        raise click.UsageError(
+            f"several inputs are named {', '.join(clashes)}: their outputs would collide; "
+            "transform them in separate runs or into separate folders"
+        )
     return {src: [output / f"{src.stem}-{seed}-{k}.png" for k in range(count)] for src in inputs}
 
 

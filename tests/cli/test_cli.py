@@ -210,3 +210,22 @@ def test_a_png_output_path_with_several_images_is_refused(runner, tiny, picture,
     result = transform(runner, tiny[1], picture, "-o", tmp_path / "one.png", "--num-images", "2")
     assert result.exit_code == 2 and "pass a folder" in result.output
     assert not (tmp_path / "one.png").exists()
+
+
+def test_inputs_with_the_same_name_are_refused_before_any_work(runner, tiny, photo, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        photo.save(tmp_path / folder / "x.png")
+    result = transform(
+        runner, tiny[1], tmp_path / "a" / "x.png", tmp_path / "b" / "x.png", "-o", tmp_path / "o"
+    )
+    assert result.exit_code == 2 and "would collide" in result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_architectures_are_the_exporters():
+    pytest.importorskip("torch")
+    from fastimg.cli import ARCHITECTURES
+    from fastimg_export.random_models import ARCHITECTURES as BUILT
+
+    assert ARCHITECTURES == tuple(BUILT)
