@@ -34,6 +34,12 @@ def sd15(tmp_path_factory):
     return _build(tmp_path_factory, "sd15")
 
 
+@pytest.fixture(scope="session")
+def sd2_v(tmp_path_factory):
+    """(model folder, engine folder) of the full-size SD 2.x v-prediction architecture (slow)."""
+    return _build(tmp_path_factory, "sd2-v")
+
+
 @pytest.fixture
 def photo():
     """A deterministic non-square RGB image whose sides are not multiples of 8."""

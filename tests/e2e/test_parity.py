@@ -32,8 +32,11 @@ def run_reference(pipe, config, sampler, image, seed, **kwargs):
     return pipe(image=image, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
 
 
-# The full-size sd15 parameter is slow: python -m pytest -m slow tests/e2e/test_parity.py
-@pytest.fixture(scope="module", params=["tiny", "tiny_v", pytest.param("sd15", marks=SLOW)])
+# The full-size architectures are slow: python -m pytest -m slow tests/e2e/test_parity.py
+@pytest.fixture(
+    scope="module",
+    params=["tiny", "tiny_v", pytest.param("sd15", marks=SLOW), pytest.param("sd2_v", marks=SLOW)],
+)
 def pair(request):
     model, engines = request.getfixturevalue(request.param)
     ref = reference(model)
