@@ -95,6 +95,26 @@ def _tool_versions() -> dict:
     return {"fastimg": __version__, **{n: md.version(n) for n in names}}
 
 
+def _remove_stale_staging(out: Path) -> None:
+    """Delete staging folders of earlier exports to `out` whose process no longer runs."""
+    for folder in out.parent.glob(f".{out.name}.partial-*"):
+        pid = folder.name.removeprefix(f".{out.name}.partial-").split("-", 1)[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    if os.name != "posix":
+        return True  # signal 0 is a probe only on POSIX; elsewhere keep every folder
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it exists, under another user
+    return True
+
+
 def _replace(staging: Path, out: Path) -> None:
     backup = None
     if out.exists():
@@ -120,7 +140,8 @@ def export_engines(
     log(f"loading {model}")
     pipe = load_pipeline(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    _remove_stale_staging(out)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         components = _export_components(pipe, staging, precision, log)
         manifest = {

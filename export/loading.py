@@ -48,7 +48,8 @@ def _attempt(load, what: str):
     try:
         return load()
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
         raise InputError(
             f"could not load the {what}: {first}. Check the name or path; a hub id needs "
             "network access (or a filled Hugging Face cache), a folder must hold a complete "

@@ -25,3 +25,14 @@ def test_unreachable_hub_id_names_the_cause_and_the_fix(monkeypatch):
 def test_local_folder_loads(tiny):
     pipe = load_pipeline(str(tiny[0]))
     assert pipe.safety_checker is None
+
+
+def test_single_file_checkpoint_that_cannot_be_converted(tmp_path, monkeypatch):
+    import safetensors.torch
+    import torch
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({"model.diffusion_model.x": torch.zeros(2)}, str(path))
+    with pytest.raises(InputError, match="could not load the checkpoint .*model.safetensors"):
+        load_pipeline(str(path))
