@@ -120,7 +120,12 @@ def _replace(staging: Path, out: Path) -> None:
     if out.exists():
         backup = out.parent / f".{out.name}.old-{os.getpid()}"
         os.rename(out, backup)
-    os.rename(staging, out)
+    try:
+        os.rename(staging, out)
+    except OSError:
+        if backup is not None:
+            os.rename(backup, out)
+        raise
     if backup is not None:
         shutil.rmtree(backup, ignore_errors=True)
 
@@ -152,7 +157,7 @@ def export_engines(
             "source": str(model),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "precision": precision,
-            "vae_scale_factor": 2 ** (len(pipe.vae.config.block_out_channels) - 1),
+            "vae_scale_factor": onnx_export.vae_scale_factor(pipe),
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
             "latent_channels": int(pipe.vae.config.latent_channels),
             "tokenizer": _write_tokenizer(pipe, staging),

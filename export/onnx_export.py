@@ -110,13 +110,18 @@ def torch_modules(pipe) -> dict:
     }
 
 
+def vae_scale_factor(pipe) -> int:
+    """Pixels per latent cell along each side (8 for SD)."""
+    return 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+
+
 def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed: int = 0):
     """Random torch inputs for one component at a given batch and latent size."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     h, w = latent_hw
-    factor = 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    factor = vae_scale_factor(pipe)
     latent = pipe.vae.config.latent_channels
     hidden = pipe.text_encoder.config.hidden_size
     length = pipe.tokenizer.model_max_length
