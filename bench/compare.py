@@ -19,13 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg.cli import EXAMPLE_IMAGE
-from fastimg.images import load_image
-
-
-def _psnr(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = ((a - b) ** 2).mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+from fastimg.images import load_image, psnr
 
 
 def _cpu_name() -> str:
@@ -97,7 +91,7 @@ def run(args) -> dict:
         "seconds": times,
         "median_seconds": median,
         "speedup_vs_diffusers": median["diffusers"] / median["fastimg"],
-        "psnr_db_vs_diffusers": _psnr(outputs["diffusers"], outputs["fastimg"]),
+        "psnr_db_vs_diffusers": psnr(outputs["diffusers"], outputs["fastimg"]),
         "max_pixel_diff": int(diff.max()),
     }
 

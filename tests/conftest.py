@@ -47,11 +47,3 @@ def photo():
     base = rng.random((9, 12, 3))
     big = np.kron(base, np.ones((8, 8, 1)))[:68, :90]
     return Image.fromarray((big * 255).astype(np.uint8))
-
-
-def psnr(a, b) -> float:
-    """Peak signal-to-noise ratio of two uint8 images, in dB (inf when equal)."""
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    mse = ((a - b) ** 2).mean()
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -83,3 +83,12 @@ def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str]) -> 
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def psnr(a, b) -> float:
+    """Peak signal-to-noise ratio of two 8-bit images (arrays or PIL), in dB; inf when equal."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {a.shape} and {b.shape}")
+    mse = ((a - b) ** 2).mean()
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))

@@ -4,7 +4,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from fastimg.cli import cli
-from tests.conftest import psnr
+from fastimg.images import psnr
 
 
 @pytest.fixture

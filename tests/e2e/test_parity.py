@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fastimg import schedules
+from fastimg.images import psnr
 from fastimg.pipeline import Img2ImgPipeline
-from tests.conftest import psnr
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

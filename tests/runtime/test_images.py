@@ -80,3 +80,15 @@ def test_save_png_is_atomic_and_carries_metadata(tmp_path):
     path = save_png(Image.new("RGB", (8, 8)), tmp_path / "out.png", {"fastimg:seed": 3})
     assert Image.open(path).text["fastimg:seed"] == "3"
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_psnr():
+    from fastimg.images import psnr
+
+    a = np.zeros((4, 4, 3), dtype=np.uint8)
+    b = a.copy()
+    assert psnr(a, b) == float("inf")
+    b[0, 0, 0] = 255  # mse = 255^2 / 48
+    assert psnr(a, b) == pytest.approx(10 * np.log10(48))
+    with pytest.raises(ValueError, match="shape"):
+        psnr(a, b[:2])
