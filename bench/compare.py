@@ -37,10 +37,9 @@ def run(args) -> dict:
     import diffusers
     import torch
 
-    from fastimg import schedules
     from fastimg.backends.onnxruntime import available_cores
     from fastimg.pipeline import Img2ImgPipeline
-    from fastimg_export.loading import load_pipeline
+    from fastimg_export.loading import diffusers_scheduler, load_pipeline
 
     image = load_image(args.image).resize((args.size, args.size))
     job = dict(
@@ -51,9 +50,7 @@ def run(args) -> dict:
     )
     ref = load_pipeline(args.model)
     ref.set_progress_bar_config(disable=True)
-    cls = getattr(diffusers, schedules.DIFFUSERS_CLASS[args.sampler])
-    overrides = schedules.SAMPLER_OVERRIDES.get(args.sampler, {})
-    ref.scheduler = cls.from_config(ref.scheduler.config, **overrides)
+    ref.scheduler = diffusers_scheduler(ref.scheduler.config, args.sampler)
     ours = Img2ImgPipeline.from_engines(args.engines)
 
     def diffusers_once():

@@ -34,6 +34,16 @@ def load_pipeline(model: str):
     return pipe
 
 
+def diffusers_scheduler(config: dict, sampler: str):
+    """diffusers' scheduler that fastimg's `sampler` reproduces, built from a scheduler config."""
+    import diffusers
+
+    from fastimg import schedules
+
+    cls = getattr(diffusers, schedules.DIFFUSERS_CLASS[sampler])
+    return cls.from_config({**config, **schedules.SAMPLER_OVERRIDES.get(sampler, {})})
+
+
 def quiet_hub_logging() -> None:
     """Silence diffusers' and transformers' progress bars and advisory warnings."""
     import diffusers

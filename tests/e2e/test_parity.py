@@ -27,8 +27,9 @@ def reference(model_dir):
 
 
 def run_reference(pipe, config, sampler, image, seed, **kwargs):
-    cls = getattr(diffusers, schedules.DIFFUSERS_CLASS[sampler])
-    pipe.scheduler = cls.from_config(config, **schedules.SAMPLER_OVERRIDES.get(sampler, {}))
+    from fastimg_export.loading import diffusers_scheduler
+
+    pipe.scheduler = diffusers_scheduler(config, sampler)
     return pipe(image=image, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
 
 

@@ -8,6 +8,7 @@ from fastimg.rng import TorchCompatibleGenerator
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+from fastimg_export.loading import diffusers_scheduler  # noqa: E402
 
 BASE = {
     "beta_start": 0.00085,
@@ -26,8 +27,7 @@ def model(x_in: np.ndarray, t: float) -> np.ndarray:
 
 
 def run_diffusers(config, sampler, steps, strength, z, seed):
-    cls = getattr(diffusers, schedules.DIFFUSERS_CLASS[sampler])
-    sched = cls.from_config({**config, **schedules.SAMPLER_OVERRIDES.get(sampler, {})})
+    sched = diffusers_scheduler(config, sampler)
     sched.set_timesteps(steps)
     start = schedules.img2img_start(steps, strength)
     timesteps = sched.timesteps[start:]

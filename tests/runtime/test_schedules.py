@@ -5,6 +5,7 @@ from fastimg import schedules
 from fastimg.errors import InputError
 
 diffusers = pytest.importorskip("diffusers")
+from fastimg_export.loading import diffusers_scheduler  # noqa: E402
 
 SD15 = {
     "_class_name": "PNDMScheduler",
@@ -17,11 +18,6 @@ SD15 = {
     "steps_offset": 1,
     "clip_sample": False,
 }
-
-
-def diffusers_scheduler(config, sampler):
-    cls = getattr(diffusers, schedules.DIFFUSERS_CLASS[sampler])
-    return cls.from_config({**config, **schedules.SAMPLER_OVERRIDES.get(sampler, {})})
 
 
 @pytest.mark.parametrize("cls_name", sorted(schedules.CLASS_DEFAULTS))
