@@ -12,6 +12,7 @@ from PIL import Image
 
 from . import images, samplers, schedules
 from .backends import load_session
+from .backends.select import resolve
 from .errors import EngineError, InputError
 from .manifest import COMPONENTS, Manifest, load_manifest
 from .rng import TorchCompatibleGenerator
@@ -20,6 +21,8 @@ from .tokenizer import PromptTokenizer
 log = logging.getLogger("fastimg")
 
 MAX_IMAGES = 64
+PROMPT_CACHE_SIZE = 32
+OPENVINO_CACHE = "openvino_cache"
 
 
 def _check_finite(array: np.ndarray, stage: str) -> np.ndarray:
@@ -54,27 +57,52 @@ class Img2ImgPipeline:
     """Stable Diffusion img2img on exported engines, called like diffusers' pipeline."""
 
     def __init__(
-        self, manifest: Manifest, backend: str = "onnxruntime", threads: int | None = None
+        self,
+        manifest: Manifest,
+        backend: str = "auto",
+        precision: str = "auto",
+        threads: int | None = None,
     ):
         self.manifest = manifest
+        self.backend, self.precision = resolve(backend, precision)
         self.tokenizer = PromptTokenizer(manifest)
+        cache_dir = None
+        if self.backend == "openvino":
+            cache_dir = _writable_cache(manifest.folder / OPENVINO_CACHE)
         self.sessions = {
-            name: load_session(backend, manifest.path(name), threads=threads) for name in COMPONENTS
+            name: load_session(
+                self.backend,
+                manifest.path(name),
+                threads=threads,
+                precision=self.precision,
+                cache_dir=cache_dir,
+            )
+            for name in COMPONENTS
         }
+        self._prompt_cache: dict[tuple[str, str | None, bool], np.ndarray] = {}
 
     @classmethod
     def from_engines(
-        cls, folder: str | Path, backend: str = "onnxruntime", threads: int | None = None
+        cls,
+        folder: str | Path,
+        backend: str = "auto",
+        precision: str = "auto",
+        threads: int | None = None,
     ) -> "Img2ImgPipeline":
-        """Load every engine of an exported folder."""
-        return cls(load_manifest(folder), backend=backend, threads=threads)
+        """Load every engine of an exported folder on the backend asked for (auto: fastest)."""
+        return cls(load_manifest(folder), backend=backend, precision=precision, threads=threads)
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, cfg: bool) -> np.ndarray:
-        """Text embeddings, [negative, positive] stacked on the batch axis under CFG."""
-        prompts = [negative_prompt or "", prompt] if cfg else [prompt]
-        ids = self.tokenizer(prompts)
-        out = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
-        return out.astype(np.float32)
+        """Text embeddings, [negative, positive] stacked on the batch axis under CFG; cached."""
+        key = (prompt, (negative_prompt or "") if cfg else None, cfg)
+        if key not in self._prompt_cache:
+            prompts = [negative_prompt or "", prompt] if cfg else [prompt]
+            ids = self.tokenizer(prompts)
+            out = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+            if len(self._prompt_cache) >= PROMPT_CACHE_SIZE:
+                self._prompt_cache.pop(next(iter(self._prompt_cache)))
+            self._prompt_cache[key] = out.astype(np.float32)
+        return self._prompt_cache[key]
 
     def encode_image(self, pixels: np.ndarray, rng: TorchCompatibleGenerator) -> np.ndarray:
         """Scaled latent sample of the image: mean + std * eps from the encoder's moments."""
@@ -151,6 +179,16 @@ class Img2ImgPipeline:
         z = np.repeat(z, num_images_per_prompt, axis=0)
         latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback)
         return [Image.fromarray(a) for a in self.decode(latents)]
+
+
+def _writable_cache(folder: Path) -> Path | None:
+    """`folder`, created if need be, or None where the engine folder is read-only."""
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError:
+        log.info("engine folder is read-only; compiled models will not be cached")
+        return None
+    return folder
 
 
 def _validate(prompt, negative_prompt, guidance_scale, num_images, seed) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from fastimg import schedules
+from fastimg.backends.select import installed
 from fastimg.images import psnr
 from fastimg.pipeline import Img2ImgPipeline
 
@@ -33,15 +34,31 @@ def run_reference(pipe, config, sampler, image, seed, **kwargs):
     return pipe(image=image, generator=torch.Generator("cpu").manual_seed(seed), **kwargs).images
 
 
+def exact(engines, backend="onnxruntime"):
+    """A pipeline on the fp32 path, the one that must match diffusers."""
+    return Img2ImgPipeline.from_engines(engines, backend=backend, precision="fp32")
+
+
+OPENVINO = pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[openvino]")
+
+
 # The full-size architectures are slow: python -m pytest -m slow tests/e2e/test_parity.py
 @pytest.fixture(
     scope="module",
-    params=["tiny", "tiny_v", pytest.param("sd15", marks=SLOW), pytest.param("sd2_v", marks=SLOW)],
+    params=[
+        ("tiny", "onnxruntime"),
+        pytest.param(("tiny", "openvino"), marks=OPENVINO),
+        ("tiny_v", "onnxruntime"),
+        pytest.param(("sd15", "onnxruntime"), marks=SLOW),
+        pytest.param(("sd2_v", "onnxruntime"), marks=SLOW),
+    ],
+    ids=lambda p: "-".join(p),
 )
 def pair(request):
-    model, engines = request.getfixturevalue(request.param)
+    name, backend = request.param
+    model, engines = request.getfixturevalue(name)
     ref = reference(model)
-    return request.param, ref, dict(ref.scheduler.config), Img2ImgPipeline.from_engines(engines)
+    return name, backend, ref, dict(ref.scheduler.config), exact(engines, backend)
 
 
 def record(**row) -> None:
@@ -55,7 +72,7 @@ def record(**row) -> None:
 @pytest.mark.parametrize("guidance", [1.0, 7.5])
 @pytest.mark.parametrize("strength", [0.3, 1.0])
 def test_output_matches_diffusers(pair, photo, sampler, guidance, strength):
-    name, ref, config, ours = pair
+    name, backend, ref, config, ours = pair
     settings = dict(
         prompt="a red fox in the snow",
         strength=strength,
@@ -72,6 +89,7 @@ def test_output_matches_diffusers(pair, photo, sampler, guidance, strength):
         diff = int(np.abs(np.asarray(e, dtype=int) - np.asarray(g)).max())
         record(
             model=name,
+            backend=backend,
             sampler=sampler,
             guidance=guidance,
             strength=strength,
@@ -89,7 +107,7 @@ def test_default_sampler_is_the_models_own(tiny_v, photo):
     ref = reference(model)  # EulerDiscreteScheduler, trailing spacing, v-prediction
     settings = dict(prompt="a house", strength=0.5, num_inference_steps=8, guidance_scale=5.0)
     expected = ref(image=photo, generator=torch.Generator().manual_seed(2), **settings).images[0]
-    got = Img2ImgPipeline.from_engines(engines)(image=photo, seed=2, **settings)[0]
+    got = exact(engines)(image=photo, seed=2, **settings)[0]
     assert psnr(expected, got) >= MIN_PSNR
 
 
@@ -101,7 +119,7 @@ def test_long_prompt_is_truncated_like_diffusers(tiny, photo, caplog):
     expected = reference(model)(
         image=photo, generator=torch.Generator().manual_seed(5), **settings
     ).images[0]
-    got = Img2ImgPipeline.from_engines(engines)(image=photo, seed=5, **settings)[0]
+    got = exact(engines)(image=photo, seed=5, **settings)[0]
     assert psnr(expected, got) >= MIN_PSNR
     assert "truncated" in caplog.text
     logging.getLogger("fastimg").removeHandler(caplog.handler)
@@ -122,6 +140,16 @@ def test_fp16_engines_stay_close_to_fp32(tmp_path_factory, tiny, photo):
         seed=1,
         scheduler="euler",
     )
-    full = Img2ImgPipeline.from_engines(engines)(image=photo, **settings)[0]
-    half = Img2ImgPipeline.from_engines(fp16)(image=photo, **settings)[0]
+    full = exact(engines)(image=photo, **settings)[0]
+    half = exact(fp16)(image=photo, **settings)[0]
     assert psnr(full, half) >= 25.0
+
+
+@OPENVINO
+def test_bf16_stays_close_to_fp32(tiny, photo):
+    settings = dict(prompt="a cat", strength=0.6, num_inference_steps=10, seed=1)
+    full = exact(tiny[1])(image=photo, **settings)[0]
+    bf16 = Img2ImgPipeline.from_engines(tiny[1], backend="openvino", precision="bf16")
+    assert (bf16.backend, bf16.precision) == ("openvino", "bf16")
+    fast = bf16(image=photo, **settings)[0]
+    assert 30.0 <= psnr(full, fast) < 80.0  # close, yet really computed in another precision
