@@ -19,7 +19,7 @@ from fastimg import __version__
 from fastimg.errors import EngineError, InputError
 from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
 
-from . import onnx_export, verify
+from . import attention, onnx_export, verify
 from .loading import load_pipeline
 
 PRECISIONS = ("fp32", "fp16")
@@ -205,4 +205,34 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
             **specs[name].io(),
             "parity": parity,
         }
+        fused = _write_fused_attention(pipe, name, modules[name], dest, tolerance, log)
+        if fused is not None:
+            entries[name]["variants"] = {"onnxruntime": fused}
+            entries[name]["files"].update(_file_entries(staging, [dest.parent / fused["path"]]))
+            fused["path"] = f"{name}/{fused['path']}"
     return entries
+
+
+def _write_fused_attention(pipe, name, module, dest: Path, tolerance: float, log) -> dict | None:
+    """Write NAME/model.mha.onnx (attention fused for ONNX Runtime) beside `dest`, verified."""
+    import onnx
+
+    graph = onnx.load(str(dest), load_external_data=False)  # the weights stay where they are
+    count = attention.fuse_attention(graph)
+    if count == 0:
+        return None
+    fused = dest.with_name("model.mha.onnx")
+    onnx.save(graph, str(fused))
+    parity = verify.compare(pipe, name, module, fused)
+    if not parity["max_rel_error"] <= tolerance:
+        fused.unlink()
+        log(
+            f"  {name}: fused attention differs from PyTorch "
+            f"({parity['max_rel_error']:.3g}); ONNX Runtime will run the standard graph"
+        )
+        return None
+    log(
+        f"  {name}: {count} attention blocks fused for ONNX Runtime, relative error "
+        f"{parity['max_rel_error']:.3g}"
+    )
+    return {"path": fused.name, "fused_attention": count, "parity": parity}

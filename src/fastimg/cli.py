@@ -308,6 +308,92 @@ def info(engines: Path) -> None:
 
 @cli.command()
 @click.option(
+    "--model",
+    default="tiny",
+    show_default=True,
+    help="Synthetic architecture (tiny, sd15, ...: built in models/NAME) or a diffusers "
+    "folder, .safetensors file or hub id.",
+)
+@click.option("--engines", default=None, help="Engine folder of MODEL [default: engines/NAME].")
+@click.option("--size", type=click.IntRange(64, 2048), default=512, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1000), default=4, show_default=True)
+@click.option(
+    "--strength", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True
+)
+@click.option("--guidance", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="ddim", show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    help="backend:precision to measure, repeatable [default: every one installed here].",
+)
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--cold-start/--no-cold-start", default=True, show_default=True)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Writes OUT.json and OUT.png [default: bench/results/NAME-SIZE].",
+)
+@click.option("--save-images", is_flag=True, help="Also write each side's output image.")
+@_domain_errors
+def bench(
+    model: str,
+    engines: str | None,
+    size: int,
+    steps: int,
+    guidance: float,
+    strength: float,
+    sampler: str,
+    seed: int,
+    backends: tuple[str, ...],
+    warmup: int,
+    repeats: int,
+    cold_start: bool,
+    out: Path | None,
+    save_images: bool,
+) -> None:
+    """Time one img2img job in diffusers and in each fastimg backend (needs fastimg[bench])."""
+    from .errors import require
+
+    require("torch", "bench")
+    require("diffusers", "bench")
+    from fastimg_bench import harness, report
+    from fastimg_bench.job import Job
+    from fastimg_bench.models import model_and_engines
+
+    from . import schedules
+
+    schedules.img2img_start(steps, strength)  # refuses a zero-step job before any loading
+    specs = harness.check_backends(list(backends) or harness.default_backends())
+    model_path, engines = model_and_engines(model, engines, log=_echo_err)
+    job = Job(
+        size=size, steps=steps, strength=strength, guidance=guidance, sampler=sampler, seed=seed
+    )
+    record = harness.run(
+        model_path,
+        engines,
+        job,
+        specs,
+        warmup=warmup,
+        repeats=repeats,
+        cold_start=cold_start,
+        log=_echo_err,
+    )
+    out = out or Path("bench/results") / f"{Path(engines).name}-{size}"
+    command = " ".join(["fastimg bench", *sys.argv[2:]])
+    written = report.save(record, out, command, images=save_images)
+    click.echo(report.table(record))
+    for path in written:
+        click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option(
     "--workdir",
     type=click.Path(path_type=Path),
     default=Path("fastimg-quickstart"),

@@ -44,9 +44,11 @@ class Manifest:
         """The latent scaling factor of the VAE (0.18215 for SD 1.x/2.x)."""
         return float(self.data["vae_scaling_factor"])
 
-    def path(self, component: str) -> Path:
-        """Absolute path of a component's model file."""
-        return self.folder / self.components[component]["path"]
+    def path(self, component: str, backend: str | None = None) -> Path:
+        """Absolute path of a component's model file, in the backend's own variant if any."""
+        entry = self.components[component]
+        variant = entry.get("variants", {}).get(backend)
+        return self.folder / (variant or entry)["path"]
 
 
 def _fix(folder: Path) -> str:

@@ -72,7 +72,7 @@ class Img2ImgPipeline:
         self.sessions = {
             name: load_session(
                 self.backend,
-                manifest.path(name),
+                manifest.path(name, self.backend),
                 threads=threads,
                 precision=self.precision,
                 cache_dir=cache_dir,

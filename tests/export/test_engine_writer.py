@@ -6,10 +6,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fastimg.errors import EngineError, InputError
 from fastimg.manifest import COMPONENTS, MANIFEST, load_manifest
+from fastimg.rng import TorchCompatibleGenerator
 
 pytest.importorskip("torch")
 from fastimg_export import engine_writer, verify  # noqa: E402
@@ -104,9 +106,16 @@ def test_large_models_are_saved_with_one_external_data_file(tiny, tmp_path, monk
     monkeypatch.setattr(onnx_export, "EXTERNAL_DATA_THRESHOLD", 100_000)
     out = engine_writer.export_engines(str(model), tmp_path / "ext", log=lambda m: None)
     files = load_manifest(out).components["unet"]["files"]
-    assert sorted(files) == ["unet/model.onnx", "unet/model.onnx_data"]
+    assert sorted(files) == ["unet/model.mha.onnx", "unet/model.onnx", "unet/model.onnx_data"]
+    # The attention-fused graph for ONNX Runtime points at the same weights, not a copy.
+    assert files["unet/model.mha.onnx"]["bytes"] < files["unet/model.onnx_data"]["bytes"] / 10
     assert files["unet/model.onnx_data"]["bytes"] > files["unet/model.onnx"]["bytes"]
     assert os.path.getsize(out / "unet" / "model.onnx") < 1_000_000
+    from fastimg.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(out, backend="onnxruntime")
+    latents = pipe.encode_image(np.zeros((1, 3, 64, 64), np.float32), TorchCompatibleGenerator(0))
+    assert latents.shape == (1, 4, 8, 8)
 
 
 def test_unknown_precision_is_rejected(tiny, tmp_path):

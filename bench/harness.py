@@ -1,0 +1,153 @@
+"""The benchmark: diffusers against each fastimg backend on one job, in one process, alternating.
+
+Each side is loaded once and warmed up; then every repeat runs each side once in turn, so slow
+drifts of the machine (heat, other load) fall on all sides alike. Speed-ups are ratios of
+medians taken in the same run. Cold start and peak memory come from fresh processes.
+"""
+
+import platform
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from fastimg.images import psnr
+
+from . import coldstart
+from .job import Job
+from .sides import DIFFUSERS, DiffusersSide, FastimgSide, parse_backend
+from .stages import STAGES
+
+
+def default_backends() -> list[str]:
+    """Every backend/precision pair this machine can run."""
+    from fastimg.backends.select import cpu_supports_bf16, installed
+
+    specs = ["onnxruntime:fp32"]
+    if installed("openvino"):
+        specs.append("openvino:fp32")
+        if cpu_supports_bf16():
+            specs.append("openvino:bf16")
+    return specs
+
+
+def check_backends(specs: list[str]) -> list[str]:
+    """The specs resolved ('auto' made concrete); an unusable one raises before any loading."""
+    from fastimg.backends.select import resolve
+
+    return [":".join(resolve(*parse_backend(spec))) for spec in specs]
+
+
+def _machine() -> dict:
+    from fastimg.backends.onnxruntime import available_cores
+
+    cpu = platform.processor()
+    flags = []
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        cpu = next(ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln)
+        flags = next(ln.split(":", 1)[1].split() for ln in info.splitlines() if "flags" in ln)
+    except (OSError, StopIteration):
+        pass
+    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+    return {
+        "cpu": cpu,
+        "cores": available_cores(),
+        "features": [f for f in wanted if f in flags],
+    }
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("fastimg", "torch", "diffusers", "onnxruntime", "openvino", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _summary(seconds: list[float], stages: list[dict]) -> dict:
+    median = statistics.median(seconds)
+    per_stage = {s: statistics.median(st[s] for st in stages) for s in (*STAGES, "overhead")}
+    unet_calls = [t for st in stages for t in st["unet_calls"]]
+    return {
+        "seconds": seconds,
+        "median_seconds": median,
+        "min_seconds": min(seconds),
+        "max_seconds": max(seconds),
+        "images_per_second": 1.0 / median,
+        "stages_median_seconds": per_stage,
+        "unet_call_median_seconds": statistics.median(unet_calls) if unet_calls else None,
+        "overhead_fraction": per_stage["overhead"] / median,
+    }
+
+
+def _fidelity(image, reference) -> dict:
+    diff = np.abs(np.asarray(image, dtype=int) - np.asarray(reference, dtype=int))
+    return {"psnr_db": psnr(image, reference), "max_pixel_diff": int(diff.max())}
+
+
+def run(
+    model: str,
+    engines: str,
+    job: Job,
+    backends: list[str],
+    warmup: int = 1,
+    repeats: int = 3,
+    cold_start: bool = True,
+    log=print,
+) -> dict:
+    """Benchmark `job` on diffusers and each fastimg backend; return the full record."""
+    log(f"loading diffusers from {model}")
+    sides = [DiffusersSide(model, job)]
+    for spec in backends:
+        log(f"loading fastimg engines {engines} on {spec}")
+        sides.append(FastimgSide(engines, job, *parse_backend(spec)))
+    first_call = {}
+    for side in sides:
+        for k in range(warmup):
+            log(f"warm-up {k + 1}/{warmup}: {side.name}")
+            _, _, stages = side.once()
+            first_call.setdefault(side.name, stages)
+    seconds = {side.name: [] for side in sides}
+    stages = {side.name: [] for side in sides}
+    images = {}
+    for r in range(repeats):
+        for side in sides:
+            images[side.name], took, st = side.once()
+            seconds[side.name].append(took)
+            stages[side.name].append(st)
+            log(f"repeat {r + 1}/{repeats}: {side.name} {took:.2f} s")
+    results = {}
+    fp32_reference = next((s.name for s in sides[1:] if s.name.endswith("fp32")), None)
+    for side in sides:
+        entry = _summary(seconds[side.name], stages[side.name])
+        entry["first_call_stages_seconds"] = first_call.get(side.name)
+        if side.name != DIFFUSERS:
+            entry["speedup_vs_diffusers"] = (
+                results[DIFFUSERS]["median_seconds"] / entry["median_seconds"]
+            )
+            entry["vs_diffusers"] = _fidelity(images[side.name], images[DIFFUSERS])
+            if fp32_reference and side.name != fp32_reference:
+                entry["vs_fastimg_fp32"] = _fidelity(images[side.name], images[fp32_reference])
+        results[side.name] = entry
+    if cold_start:
+        for side in sides:
+            log(f"cold start: {side.name}")
+            spec = DIFFUSERS if side.name == DIFFUSERS else side.spec
+            results[side.name]["cold_start"] = coldstart.measure(spec, job, model, engines)
+    return {
+        "machine": _machine(),
+        "versions": _versions(),
+        "model": model,
+        "engines": engines,
+        "job": {**job.to_dict(), "unet_calls": job.unet_calls()},
+        "warmup": warmup,
+        "repeats": repeats,
+        "import_runtime_seconds": coldstart.import_seconds(),
+        "sides": results,
+        "images": images,
+    }

@@ -1,0 +1,60 @@
+"""Per-stage timing: wrap each engine (fastimg) or module method (diffusers) with a stopwatch."""
+
+import time
+from collections import defaultdict
+from functools import wraps
+
+STAGES = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
+
+
+class StageClock:
+    """Collects (stage, seconds) for one call at a time."""
+
+    def __init__(self):
+        self.calls: dict[str, list[float]] = defaultdict(list)
+
+    def reset(self) -> None:
+        """Forget what the previous call recorded."""
+        self.calls = defaultdict(list)
+
+    def timed(self, stage: str, function):
+        """`function`, recording each call's duration under `stage`."""
+
+        @wraps(function)
+        def wrapper(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.calls[stage].append(time.perf_counter() - start)
+
+        return wrapper
+
+    def totals(self, end_to_end: float) -> dict:
+        """Seconds per stage for the last call, UNet calls listed, and the time outside them."""
+        stages = {stage: sum(self.calls.get(stage, [])) for stage in STAGES}
+        stages["unet_calls"] = list(self.calls.get("unet", []))
+        stages["overhead"] = end_to_end - sum(stages[s] for s in STAGES)
+        return stages
+
+
+class TimedSession:
+    """A fastimg engine session whose run() is timed under its component name."""
+
+    def __init__(self, session, stage: str, clock: StageClock):
+        self.input_names, self.output_names = session.input_names, session.output_names
+        self.run = clock.timed(stage, session.run)
+
+
+def time_fastimg(pipe, clock: StageClock) -> None:
+    """Time every engine call of a fastimg pipeline."""
+    for name, session in list(pipe.sessions.items()):
+        pipe.sessions[name] = TimedSession(session, name, clock)
+
+
+def time_diffusers(pipe, clock: StageClock) -> None:
+    """Time the text encoder, VAE encode/decode and UNet calls of a diffusers pipeline."""
+    pipe.text_encoder.forward = clock.timed("text_encoder", pipe.text_encoder.forward)
+    pipe.unet.forward = clock.timed("unet", pipe.unet.forward)
+    pipe.vae.encode = clock.timed("vae_encoder", pipe.vae.encode)
+    pipe.vae.decode = clock.timed("vae_decoder", pipe.vae.decode)

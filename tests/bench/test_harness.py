@@ -1,0 +1,83 @@
+import json
+
+import pytest
+from PIL import Image
+
+from fastimg_bench import harness, report
+from fastimg_bench.job import Job
+from fastimg_bench.sides import parse_backend
+from fastimg_bench.stages import StageClock
+
+pytest.importorskip("diffusers")
+
+
+def test_stage_clock_splits_a_call_into_stages_and_overhead():
+    clock = StageClock()
+    unet = clock.timed("unet", lambda x: x)
+    for _ in range(3):
+        unet(1)
+    clock.calls["vae_decoder"].append(0.5)
+    totals = clock.totals(end_to_end=2.0)
+    assert len(totals["unet_calls"]) == 3
+    assert totals["vae_decoder"] == 0.5 and totals["text_encoder"] == 0.0
+    assert totals["overhead"] == pytest.approx(2.0 - 0.5 - totals["unet"])
+    clock.reset()
+    assert clock.totals(1.0)["overhead"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [("openvino:bf16", ("openvino", "bf16")), ("onnxruntime", ("onnxruntime", "fp32"))],
+)
+def test_backend_specs(spec, expected):
+    assert parse_backend(spec) == expected
+
+
+@pytest.fixture(scope="module")
+def record(tiny):
+    model, engines = tiny
+    job = Job(size=64, steps=4, strength=0.5, guidance=3.0)
+    return harness.run(
+        str(model), str(engines), job, ["onnxruntime:fp32"], warmup=1, repeats=2, log=lambda m: 0
+    )
+
+
+def test_record_compares_every_side_with_diffusers(record):
+    sides = record["sides"]
+    assert list(sides) == ["diffusers", "fastimg onnxruntime fp32"]
+    ours, ref = sides["fastimg onnxruntime fp32"], sides["diffusers"]
+    assert len(ours["seconds"]) == len(ref["seconds"]) == 2
+    assert ours["speedup_vs_diffusers"] == pytest.approx(
+        ref["median_seconds"] / ours["median_seconds"]
+    )
+    assert ours["vs_diffusers"]["psnr_db"] >= 40.0  # the fp32 path is the exact one
+    assert record["job"]["unet_calls"] == 2
+
+
+def test_stages_account_for_the_whole_call(record):
+    for side in record["sides"].values():
+        st = side["stages_median_seconds"]
+        assert all(st[s] > 0 for s in ("vae_encoder", "unet", "vae_decoder"))
+        assert 0 <= side["overhead_fraction"] < 1
+        first = side["first_call_stages_seconds"]
+        assert len(first["unet_calls"]) == 2 and first["text_encoder"] > 0
+
+
+def test_cold_start_runs_in_a_fresh_process(record):
+    for side in record["sides"].values():
+        cold = side["cold_start"]
+        assert cold["seconds"] >= cold["first_image_seconds"] > 0
+        assert 0 < cold["peak_rss_mb"] < 8000
+    assert 0 < record["import_runtime_seconds"] < 10
+
+
+def test_report_writes_table_json_and_chart(record, tmp_path):
+    written = report.save(record, tmp_path / "r-s0.5", "fastimg bench ...", images=True)
+    data = json.loads((tmp_path / "r-s0.5.json").read_text())
+    assert data["command"] == "fastimg bench ..." and "images" not in data
+    assert data["sides"]["diffusers"]["median_seconds"] > 0
+    chart = Image.open(tmp_path / "r-s0.5.png")
+    assert chart.size[0] == 1000 and len(chart.getcolors(2**16)) > 5  # bars, not a blank page
+    assert len(written) == 4  # json, chart, one image per side
+    lines = report.table(record).splitlines()
+    assert lines[2].startswith("diffusers") and "x" in lines[3]
