@@ -5,6 +5,7 @@ drifts of the machine (heat, other load) fall on all sides alike. Speed-ups are 
 medians taken in the same run. Cold start and peak memory come from fresh processes.
 """
 
+import gc
 import platform
 import statistics
 from pathlib import Path
@@ -13,7 +14,7 @@ import numpy as np
 
 from fastimg.images import psnr
 
-from . import coldstart
+from . import coldstart, roofline
 from .job import Job
 from .sides import DIFFUSERS, DiffusersSide, FastimgSide, parse_backend
 from .stages import STAGES
@@ -134,11 +135,23 @@ def run(
             if fp32_reference and side.name != fp32_reference:
                 entry["vs_fastimg_fp32"] = _fidelity(images[side.name], images[fp32_reference])
         results[side.name] = entry
+    log("counting FLOPs per stage and measuring the matmul peak")
+    flops = roofline.stage_flops(sides[0])
+    cores = _machine()["cores"]
+    peaks = roofline.matmul_peak_gflops(cores)
+    for side in sides:
+        precision = "bf16" if side.name.endswith("bf16") else "fp32"
+        results[side.name]["roofline"] = roofline.efficiency(
+            results[side.name]["stages_median_seconds"], flops, peaks[precision]
+        )
+    specs = [(side.name, DIFFUSERS if side.name == DIFFUSERS else side.spec) for side in sides]
+    sides.clear()  # free every loaded model before the fresh processes load theirs
+    side = None  # noqa: F841 (the loop variable held the last side)
+    gc.collect()
     if cold_start:
-        for side in sides:
-            log(f"cold start: {side.name}")
-            spec = DIFFUSERS if side.name == DIFFUSERS else side.spec
-            results[side.name]["cold_start"] = coldstart.measure(spec, job, model, engines)
+        for name, spec in specs:
+            log(f"cold start: {name}")
+            results[name]["cold_start"] = coldstart.measure(spec, job, model, engines)
     return {
         "machine": _machine(),
         "versions": _versions(),
@@ -148,6 +161,11 @@ def run(
         "warmup": warmup,
         "repeats": repeats,
         "import_runtime_seconds": coldstart.import_seconds(),
+        "stage_gflop": {stage: count / 1e9 for stage, count in flops.items()},
+        "matmul_peak_gflop_per_s": peaks,
+        "best_possible_seconds": {
+            precision: sum(flops.values()) / 1e9 / peak for precision, peak in peaks.items()
+        },
         "sides": results,
         "images": images,
     }

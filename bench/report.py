@@ -50,7 +50,36 @@ def table(record: dict) -> str:
             f"{_fmt((s.get('vs_fastimg_fp32') or {}).get('psnr_db'), '{:.1f}'):>8}"
         )
     rows.append(f"importing the runtime: {record['import_runtime_seconds']:.3f} s")
+    if "stage_gflop" in record:
+        rows += _roofline_rows(record)
     return "\n".join(rows)
+
+
+def _roofline_rows(record: dict) -> list[str]:
+    peaks = record["matmul_peak_gflop_per_s"]
+    gflop = record["stage_gflop"]
+    rows = [
+        "",
+        "matmul peak here: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
+        + "; stage GFLOP: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in gflop.items()),
+        f"{'GFLOP/s (share of peak)':<26}" + "".join(f"{stage:>18}" for stage in STAGES),
+    ]
+    for name, side in record["sides"].items():
+        cells = []
+        for stage in STAGES:
+            r = side["roofline"][stage]
+            rate, share = r["gflop_per_s"], r["fraction_of_peak"]
+            cells.append("-" if rate is None else f"{rate:.0f} ({100 * share:.0f}%)")
+        rows.append(f"{name:<26}" + "".join(f"{c:>18}" for c in cells))
+    best = record["best_possible_seconds"]
+    ref = record["sides"]["diffusers"]["median_seconds"]
+    rows.append(
+        "at 100% of the peak the job would take "
+        + ", ".join(f"{s:.2f} s in {k} ({ref / s:.2f}x diffusers)" for k, s in best.items())
+    )
+    return rows
 
 
 def chart(record: dict, path: Path) -> None:

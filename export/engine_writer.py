@@ -6,7 +6,6 @@ leaves a folder that looks valid, and an existing engine survives until the new 
 """
 
 import datetime
-import hashlib
 import json
 import os
 import shutil
@@ -17,21 +16,13 @@ from pathlib import Path
 
 from fastimg import __version__
 from fastimg.errors import EngineError, InputError
+from fastimg.integrity import sha256
 from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
 
 from . import attention, onnx_export, verify
 from .loading import load_pipeline
 
 PRECISIONS = ("fp32", "fp16")
-
-
-def sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 24):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _file_entries(folder: Path, files: list[Path]) -> dict:

@@ -1,8 +1,14 @@
 """Shared fixtures: random-weight tiny models and their exported engines, built once a session."""
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 from PIL import Image
+
+# Verification stamps and other per-user caches go to a throwaway folder, not ~/.cache.
+os.environ["FASTIMG_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastimg-test-cache-")
 
 
 def _build(tmp_path_factory, arch: str, precision: str = "fp32"):
@@ -47,3 +53,22 @@ def photo():
     base = rng.random((9, 12, 3))
     big = np.kron(base, np.ones((8, 8, 1)))[:68, :90]
     return Image.fromarray((big * 255).astype(np.uint8))
+
+
+def cuda_gpu_present() -> bool:
+    """Whether a CUDA GPU is usable from this process (through CuPy)."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # no cupy, no driver, no device: all mean no GPU here
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if cuda_gpu_present():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (and CuPy); none here")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

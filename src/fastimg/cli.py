@@ -99,6 +99,19 @@ def export(model: str, output: Path, precision: str, overwrite: bool) -> None:
     click.echo(f"engines written to {output}")
 
 
+def _check_size(size: tuple[int, int] | int, manifest) -> None:
+    """Refuse a --size outside what the engines take, before any image is processed."""
+    from .images import MIN_SIDE
+
+    sides = (size,) if isinstance(size, int) else size
+    low, high = max(MIN_SIDE, manifest.vae_scale_factor), manifest.max_side
+    if not all(low <= side <= high for side in sides):
+        raise click.BadParameter(
+            f"each side must be between {low} and {high} pixels for these engines",
+            param_hint="--size",
+        )
+
+
 def _output_paths(
     inputs: list[Path], output: Path, count: int, seed: int
 ) -> dict[Path, list[Path]]:
@@ -185,6 +198,17 @@ def _output_paths(
     show_default=True,
     help="fp32 matches diffusers; bf16 (OpenVINO, CPUs with bf16) is about twice as fast.",
 )
+@click.option(
+    "--size",
+    default=None,
+    help="Resize inputs first: WIDTHxHEIGHT, or one number for the longer side (aspect kept).",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=None,
+    help="Refuse larger images before decoding them [default: 64 megapixels].",
+)
 @_domain_errors
 def transform(
     images: tuple[Path, ...],
@@ -201,15 +225,18 @@ def transform(
     overwrite: bool,
     backend: str,
     precision: str,
+    size: str | None,
+    max_pixels: int | None,
 ) -> None:
     """Transform IMAGES toward --prompt with the engines in --engines."""
     import secrets
 
     from . import schedules
-    from .images import load_image, save_png
+    from .images import MAX_PIXELS, load_image, parse_size, resize_to, save_png
     from .pipeline import Img2ImgPipeline, resolve_sampler
 
-    # Zero-step runs fail here, before anything is loaded.
+    # Bad settings fail here, before anything is loaded.
+    resize = parse_size(size) if size is not None else None
     run_steps = steps - schedules.img2img_start(steps, strength)
     seed = secrets.randbelow(2**32) if seed is None else seed
     plan = _output_paths(list(images), output, num_images, seed)
@@ -221,11 +248,15 @@ def transform(
             raise click.UsageError(f"{dest} already exists: pass --overwrite to replace it")
     pipe = Img2ImgPipeline.from_engines(engines, backend=backend, precision=precision)
     _echo_err(f"running on {pipe.backend} ({pipe.precision})")
+    if resize is not None:
+        _check_size(resize, pipe.manifest)
     sampler = resolve_sampler(pipe.manifest, scheduler)
     failures = []
     for src, targets in plan.items():
         try:
-            image = load_image(src)
+            image = load_image(src, max_pixels=max_pixels or MAX_PIXELS)
+            if resize is not None:
+                image = resize_to(image, resize)
             with click.progressbar(length=run_steps, label=src.name, file=sys.stderr) as bar:
                 results = pipe(
                     prompt,
@@ -266,13 +297,14 @@ def transform(
 
 @cli.command()
 @click.argument("engines", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Re-hash every file against the manifest (SHA-256).")
 @_domain_errors
-def info(engines: Path) -> None:
+def info(engines: Path, verify: bool) -> None:
     """Show what an engine folder's manifest says."""
     from .manifest import load_manifest
     from .schedules import default_sampler
 
-    manifest = load_manifest(engines)
+    manifest = load_manifest(engines, full_check=verify)
     data = manifest.data
     sched = manifest.scheduler
     lines = [
@@ -303,6 +335,8 @@ def info(engines: Path) -> None:
             lines.append(f"      {side:<8} {io}")
     tools = ", ".join(f"{k} {v}" for k, v in data.get("tools", {}).items())
     lines.append(f"tools           {tools}")
+    if verify:
+        lines.append(f"verified        SHA-256 of all {len(manifest.files)} files match")
     click.echo("\n".join(lines))
 
 

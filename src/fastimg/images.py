@@ -1,7 +1,10 @@
 """Image loading, conversion to the model's pixel space and back, and saving with metadata."""
 
+import logging
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,25 +12,83 @@ from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError
 
+log = logging.getLogger("fastimg")
+
 MIN_SIDE = 16  # smaller images give latents torch draws noise for on another code path
+MAX_PIXELS = 64_000_000  # 8000 x 8000; larger files are refused before they are decoded
 
 
-def load_image(path: str | Path) -> Image.Image:
-    """Open an image file as RGB, honouring EXIF orientation; transparency goes onto white."""
+def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open an image file as RGB, honouring EXIF orientation; transparency goes onto white.
+
+    Images over `max_pixels` are refused from their header, before decoding (decompression
+    bombs); of an animated image the first frame is used, with a warning.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist or is not a file")
     try:
-        with Image.open(path) as opened:
-            opened.load()
-            image = ImageOps.exif_transpose(opened)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check ourselves
+            with Image.open(path) as opened:
+                _check_pixels(path, opened.size, max_pixels)
+                if getattr(opened, "is_animated", False):
+                    log.warning("%s is animated: using its first frame", path)
+                    opened.seek(0)
+                opened.load()
+                image = ImageOps.exif_transpose(opened)
     except Image.DecompressionBombError as exc:
-        raise InputError(f"image {path} is too large to decode safely: {exc}") from None
+        raise InputError(
+            f"image {path} is over the limit of {max_pixels / 1e6:.1f} megapixels ({exc}): "
+            "downscale it first"
+        ) from None
     except UnidentifiedImageError:
-        raise InputError(f"{path} is not an image format that can be read") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+        if _looks_like_an_image(path):
+            raise InputError(
+                f"image {path} is damaged or truncated: its header is broken"
+            ) from None
+        raise InputError(
+            f"{path} is not an image format that can be read (use PNG, JPEG, WebP, GIF, BMP "
+            "or TIFF)"
+        ) from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise InputError(f"image {path} is damaged or truncated: {exc}") from None
     return to_rgb(image)
+
+
+IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\0", b"MM\0*")
+
+
+def _looks_like_an_image(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(12)
+    return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+    width, height = size
+    if width * height > max_pixels:
+        raise InputError(
+            f"image {path} is {width}x{height}, over the limit of {max_pixels / 1e6:.1f} "
+            "megapixels: downscale it first, or raise --max-pixels if you trust the file"
+        )
+
+
+def parse_size(text: str) -> tuple[int, int] | int:
+    """'768x512' -> (768, 512) exact; '512' -> 512, the longer side (aspect kept)."""
+    match = re.fullmatch(r"\s*(\d{1,6})\s*(?:[xX]\s*(\d{1,6}))?\s*", text)
+    if match is None:
+        raise InputError(f"size {text!r} is not WIDTHxHEIGHT (like 768x512) or one number")
+    width, height = match.groups()
+    return int(width) if height is None else (int(width), int(height))
+
+
+def resize_to(image: Image.Image, size: tuple[int, int] | int) -> Image.Image:
+    """`image` resized to `size` (width, height), or with its longer side scaled to `size`."""
+    if isinstance(size, int):
+        scale = size / max(image.size)
+        size = (max(1, round(image.size[0] * scale)), max(1, round(image.size[1] * scale)))
+    return image if image.size == size else image.resize(size, resample=Image.LANCZOS)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -46,7 +107,7 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def to_pixels(image: Image.Image, multiple: int) -> np.ndarray:
+def to_pixels(image: Image.Image, multiple: int, max_side: int | None = None) -> np.ndarray:
     """float32 NCHW in [-1, 1], each side floored to `multiple` and Lanczos-resized (diffusers)."""
     image = to_rgb(image)
     width, height = (side - side % multiple for side in image.size)
@@ -55,6 +116,11 @@ def to_pixels(image: Image.Image, multiple: int) -> np.ndarray:
             f"image of {image.size[0]}x{image.size[1]} pixels is too small: each side needs at "
             f"least {max(MIN_SIDE, multiple)} pixels"
         )
+    if max_side is not None and max(width, height) > max_side:
+        raise InputError(
+            f"image of {image.size[0]}x{image.size[1]} pixels is larger than these engines take "
+            f"(sides up to {max_side} px): shrink it, e.g. with --size {max_side}"
+        )
     if (width, height) != image.size:
         image = image.resize((width, height), resample=Image.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
@@ -62,8 +128,9 @@ def to_pixels(image: Image.Image, multiple: int) -> np.ndarray:
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """NHWC uint8 from decoder output in [-1, 1], rounded like diffusers' postprocess."""
-    images = np.clip(pixels * np.float32(0.5) + np.float32(0.5), 0, 1).transpose(0, 2, 3, 1)
+    """NHWC uint8 from decoder output in [-1, 1], rounded like diffusers' postprocess (NumPy or
+    CuPy in, the same kind out)."""
+    images = (pixels * np.float32(0.5) + np.float32(0.5)).clip(0, 1).transpose(0, 2, 3, 1)
     return (images * 255).round().astype(np.uint8)
 
 

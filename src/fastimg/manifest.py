@@ -5,11 +5,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EngineError, ManifestError
+from .integrity import verify_hashes
 
 FORMAT = "fastimg-engine"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# Dynamic ONNX engines take any size, but SD's attention memory grows with the fourth power of
+# the side; beyond this the run is refused up front instead of exhausting memory midway.
+DEFAULT_MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,20 @@ class Manifest:
         """The latent scaling factor of the VAE (0.18215 for SD 1.x/2.x)."""
         return float(self.data["vae_scaling_factor"])
 
+    @property
+    def max_side(self) -> int:
+        """The longest image side, in pixels, these engines accept."""
+        return int(self.data.get("shapes", {}).get("max_side", DEFAULT_MAX_SIDE))
+
+    @property
+    def files(self) -> dict[str, dict]:
+        """Every file the manifest names (relative path -> bytes, sha256)."""
+        named = dict(self.data.get("files", {}))
+        named.update(self.tokenizer.get("files", {}))
+        for entry in self.components.values():
+            named.update(entry.get("files", {}))
+        return named
+
     def path(self, component: str, backend: str | None = None) -> Path:
         """Absolute path of a component's model file, in the backend's own variant if any."""
         entry = self.components[component]
@@ -55,17 +73,36 @@ def _fix(folder: Path) -> str:
     return f"export it again with  fastimg export MODEL -o {folder}"
 
 
-def load_manifest(folder: str | Path) -> Manifest:
-    """Read and check `folder/manifest.json`, and that the files it names are present and whole."""
+def _not_an_engine(folder: Path) -> str:
+    """Why `folder` (without a manifest) is not an engine folder, and what to do instead."""
+    if (folder / "model_index.json").is_file():
+        if any((folder / part / "model.onnx").is_file() for part in ("unet", "vae_decoder")):
+            return (
+                f"{folder} holds ONNX files made by another tool (optimum's layout), without the "
+                "verified manifest fastimg reads: export the original diffusers model with  "
+                f"fastimg export MODEL -o {folder}-fastimg"
+            )
+        return (
+            f"{folder} is a diffusers model, not an engine folder: export it first with  "
+            f"fastimg export {folder} -o ENGINES  and pass --engines ENGINES"
+        )
+    return (
+        f"{folder} has no {MANIFEST}, so it is not a fastimg engine folder "
+        f"(or its export did not finish): {_fix(folder)}"
+    )
+
+
+def load_manifest(folder: str | Path, full_check: bool = False) -> Manifest:
+    """Read and check `folder/manifest.json`, and that the files it names are present and whole.
+
+    Sizes are always checked; hashes for files not verified before (or all, with full_check).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise EngineError(f"engine folder {folder} does not exist: {_fix(folder)}")
     path = folder / MANIFEST
     if not path.is_file():
-        raise ManifestError(
-            f"{folder} has no {MANIFEST}, so it is not a fastimg engine folder "
-            f"(or its export did not finish): {_fix(folder)}"
-        )
+        raise ManifestError(_not_an_engine(folder))
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -86,15 +123,13 @@ def load_manifest(folder: str | Path) -> Manifest:
         raise ManifestError(f"{path} lacks {', '.join(missing)}: {_fix(folder)}")
     manifest = Manifest(folder, data)
     check_files(manifest)
+    verify_hashes(folder, manifest.files, _fix(folder), full=full_check)
     return manifest
 
 
 def check_files(manifest: Manifest) -> None:
     """Raise EngineError if a file the manifest names is missing or has the wrong size."""
-    named = dict(manifest.data.get("files", {}))
-    for entry in manifest.components.values():
-        named.update(entry.get("files", {}))
-    for rel, info in named.items():
+    for rel, info in manifest.files.items():
         file = manifest.folder / rel
         if not file.is_file():
             raise EngineError(f"engine file {file} is missing: {_fix(manifest.folder)}")

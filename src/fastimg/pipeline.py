@@ -11,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from . import images, samplers, schedules
+from .arrays import PredrawnNoise, namespace, to_host
 from .backends import load_session
 from .backends.select import resolve
 from .errors import EngineError, InputError
@@ -25,13 +26,22 @@ PROMPT_CACHE_SIZE = 32
 OPENVINO_CACHE = "openvino_cache"
 
 
-def _check_finite(array: np.ndarray, stage: str) -> np.ndarray:
-    if not np.isfinite(array).all():
-        raise EngineError(
-            f"NaN or Inf appeared in the {stage}: the engine overflowed (fp16 VAEs often do); "
-            "export with --precision fp32"
-        )
+def _nan_error(stage: str) -> EngineError:
+    return EngineError(
+        f"NaN or Inf appeared in the {stage}: the engine overflowed (fp16 VAEs often do); "
+        "export (or build) with fp32, or run with --precision fp32"
+    )
+
+
+def _check_finite(array, stage: str):
+    if not bool(_finite(array)):
+        raise _nan_error(stage)
     return array
+
+
+def _finite(array):
+    """Whether every element is finite, as a 0-d array (no host round trip on a GPU)."""
+    return (array == array).all() & (abs(array) != float("inf")).all()
 
 
 def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
@@ -80,6 +90,8 @@ class Img2ImgPipeline:
             for name in COMPONENTS
         }
         self._prompt_cache: dict[tuple[str, str | None, bool], np.ndarray] = {}
+        self.device = getattr(self.sessions["unet"], "device", "cpu")
+        self.xp = namespace(self.device)
 
     @classmethod
     def from_engines(
@@ -101,15 +113,16 @@ class Img2ImgPipeline:
             out = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
             if len(self._prompt_cache) >= PROMPT_CACHE_SIZE:
                 self._prompt_cache.pop(next(iter(self._prompt_cache)))
-            self._prompt_cache[key] = out.astype(np.float32)
+            self._prompt_cache[key] = out.astype(np.float32, copy=True)
         return self._prompt_cache[key]
 
     def encode_image(self, pixels: np.ndarray, rng: TorchCompatibleGenerator) -> np.ndarray:
         """Scaled latent sample of the image: mean + std * eps from the encoder's moments."""
+        xp = self.xp
         moments = self.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
-        mean, logvar = np.split(_check_finite(moments, "VAE encoder output"), 2, axis=1)
-        std = np.exp(np.float32(0.5) * np.clip(logvar, -30.0, 20.0))
-        z = mean + std * rng.randn(mean.shape)
+        mean, logvar = xp.split(_check_finite(moments, "VAE encoder output"), 2, axis=1)
+        std = xp.exp(np.float32(0.5) * logvar.clip(-30.0, 20.0))
+        z = mean + std * xp.asarray(rng.randn(mean.shape))
         return z * np.float32(self.manifest.vae_scaling_factor)
 
     def denoise(
@@ -122,31 +135,39 @@ class Img2ImgPipeline:
         callback: Callable[[int, int], None] | None = None,
     ) -> np.ndarray:
         """Noise the latents to the plan's first timestep, then run the sampler over the UNet."""
-        unet = self.sessions["unet"]
+        xp, unet = self.xp, self.sessions["unet"]
         cfg = embeddings.shape[0] == 2 * latents.shape[0]
-        x = samplers.add_noise(latents, rng.randn(latents.shape), plan)
+        x = samplers.add_noise(latents, xp.asarray(rng.randn(latents.shape)), plan)
+        if xp is not np:  # the loop's noise goes to the device in one copy, drawn in order
+            rng = PredrawnNoise(rng, latents.shape, samplers.noise_draws(plan), xp)
+        finite = []  # per-step flags, read once after the loop: no host sync inside it
 
-        def denoise(x: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray]:
+        def denoise(x, i: int):
             x_in = x * np.float32(plan.input_scale[i])
             if cfg:
-                x_in = np.concatenate([x_in, x_in])
-            t = np.full(x_in.shape[0], plan.timesteps[i], dtype=np.float32)
+                x_in = xp.concatenate([x_in, x_in])
+            t = xp.full(x_in.shape[0], plan.timesteps[i], dtype=np.float32)
             out = unet.run({"sample": x_in, "timestep": t, "encoder_hidden_states": embeddings})
-            out = _check_finite(out["out_sample"], f"UNet output at step {i + 1}")
+            out = out["out_sample"]
+            finite.append(_finite(out))
             if cfg:
-                uncond, text = np.split(out, 2)
+                uncond, text = xp.split(out, 2)
                 out = uncond + np.float32(guidance_scale) * (text - uncond)
             if callback is not None:
                 callback(i + 1, plan.steps)
             return samplers.predict(out, x, plan, i)
 
-        return samplers.SAMPLE[plan.sampler](denoise, x, plan, rng)
+        x = samplers.SAMPLE[plan.sampler](denoise, x, plan, rng)
+        for i, ok in enumerate(finite):
+            if not bool(ok):
+                raise _nan_error(f"UNet output at step {i + 1}")
+        return x
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         """uint8 NHWC images from latents."""
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
         pixels = self.sessions["vae_decoder"].run({"latent_sample": scaled})["sample"]
-        return images.to_uint8(_check_finite(pixels, "decoded image"))
+        return to_host(images.to_uint8(_check_finite(pixels, "decoded image")))
 
     def __call__(
         self,
@@ -173,10 +194,10 @@ class Img2ImgPipeline:
         rng = TorchCompatibleGenerator(seed)
         cfg = guidance_scale > 1.0
         embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
-        embeddings = np.repeat(embeddings, num_images_per_prompt, axis=0)
-        pixels = images.to_pixels(image, self.manifest.vae_scale_factor)
+        embeddings = self.xp.repeat(embeddings, num_images_per_prompt, axis=0)
+        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.manifest.max_side)
         z = self.encode_image(pixels, rng)
-        z = np.repeat(z, num_images_per_prompt, axis=0)
+        z = self.xp.repeat(z, num_images_per_prompt, axis=0)
         latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback)
         return [Image.fromarray(a) for a in self.decode(latents)]
 
@@ -196,6 +217,13 @@ def _validate(prompt, negative_prompt, guidance_scale, num_images, seed) -> None
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise InputError("negative_prompt must be a string")
+    for text in (prompt, negative_prompt or ""):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError(
+                f"prompt {text!r} is not valid Unicode text (undecodable bytes?): pass it as UTF-8"
+            ) from None
     if not (isinstance(guidance_scale, int | float) and math.isfinite(guidance_scale)):
         raise InputError(f"guidance must be a finite number, got {guidance_scale!r}")
     if guidance_scale < 0:

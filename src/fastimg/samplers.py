@@ -3,6 +3,8 @@
 `denoise(x, i)` runs the model at step i of the plan and returns (x0, eps): the predicted clean
 latent and noise. `rng.randn(shape)` draws noise. Each sampler returns the final latent; the
 per-step coefficients come precomputed in the Plan, so the loop bodies have fixed shapes.
+Arrays may be NumPy or CuPy: the loops use only operators and array methods both share, and
+host scalars (NumPy float32), so on a GPU nothing in them waits for the device.
 """
 
 from collections.abc import Callable
@@ -19,7 +21,7 @@ def _f32(value) -> np.float32:
 
 
 def _clip(x0: np.ndarray, plan: Plan) -> np.ndarray:
-    return x0 if plan.clip_sample is None else np.clip(x0, -plan.clip_sample, plan.clip_sample)
+    return x0 if plan.clip_sample is None else x0.clip(-plan.clip_sample, plan.clip_sample)
 
 
 def ddim(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
@@ -96,6 +98,11 @@ SAMPLE = {
     "dpmpp_2m_karras": dpmpp_2m,
     "lcm": lcm,
 }
+
+
+def noise_draws(plan: Plan) -> int:
+    """How many times the plan's sampler calls rng.randn inside its loop."""
+    return {"euler_a": plan.steps, "lcm": plan.steps - 1}.get(plan.sampler, 0)
 
 
 def add_noise(z: np.ndarray, eps: np.ndarray, plan: Plan) -> np.ndarray:

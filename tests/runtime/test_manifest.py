@@ -1,4 +1,5 @@
 import json
+import os
 import shutil
 
 import pytest
@@ -50,3 +51,64 @@ def test_truncated_model_file(engines):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(EngineError, match="truncated"):
         load_manifest(engines)
+
+
+def flip_a_byte(path, keep_mtime=False):
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+    if keep_mtime:
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+@pytest.mark.parametrize(
+    "rel", ["unet/model.onnx", "unet/model.mha.onnx", "tokenizer/tokenizer.json"]
+)
+def test_a_changed_byte_is_caught_by_the_hash_before_loading(engines, rel):
+    flip_a_byte(engines / rel)
+    with pytest.raises(EngineError, match="does not match the SHA-256"):
+        load_manifest(engines)
+
+
+def test_verified_files_are_not_hashed_again_until_they_change(engines, monkeypatch):
+    from fastimg import integrity
+
+    load_manifest(engines)
+    hashed = []
+    original = integrity.sha256
+    monkeypatch.setattr(integrity, "sha256", lambda p: hashed.append(p) or original(p))
+    load_manifest(engines)
+    assert hashed == []
+    # Same size and mtime, different content: only the full check notices.
+    flip_a_byte(engines / "vae_encoder" / "model.onnx", keep_mtime=True)
+    load_manifest(engines)
+    with pytest.raises(EngineError, match="SHA-256"):
+        load_manifest(engines, full_check=True)
+
+
+def test_unwritable_cache_only_means_hashing_again(engines, monkeypatch, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    monkeypatch.setenv("FASTIMG_CACHE_DIR", str(blocker / "cache"))  # under a file: unwritable
+    assert load_manifest(engines).folder == engines
+    assert load_manifest(engines).folder == engines
+
+
+def test_a_diffusers_model_folder_is_named_as_such(tiny):
+    with pytest.raises(ManifestError, match="is a diffusers model.*fastimg export"):
+        load_manifest(tiny[0])
+
+
+def test_an_optimum_style_onnx_folder_is_named_as_such(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "model.onnx").write_bytes(b"onnx")
+    (tmp_path / "model_index.json").write_text("{}")
+    with pytest.raises(ManifestError, match="another tool"):
+        load_manifest(tmp_path)
+
+
+def test_manifest_without_shapes_takes_the_default_size_limit(engines):
+    from fastimg.manifest import DEFAULT_MAX_SIDE
+
+    assert load_manifest(engines).max_side == DEFAULT_MAX_SIDE

@@ -1,0 +1,198 @@
+"""The CLI against hostile inputs: every failure is a message and a non-zero exit, nothing lost."""
+
+import os
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fastimg.cli import cli
+from tests.corpus import awkward_images, bad_files, write
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+@pytest.fixture
+def picture(tmp_path, photo):
+    path = tmp_path / "in.png"
+    photo.save(path)
+    return path
+
+
+def transform(runner, engines, *args, prompt="a red fox"):
+    base = ["transform", "--engines", str(engines), "--prompt", prompt, "--steps", "2"]
+    return runner.invoke(cli, [*base, "--strength", "0.5", *map(str, args)])
+
+
+def test_a_batch_of_bad_files_reports_each_and_keeps_the_good_one(runner, tiny, picture, tmp_path):
+    bad = write(tmp_path / "bad", bad_files())
+    out = tmp_path / "out"
+    result = transform(runner, tiny[1], *bad.values(), picture, "-o", out, "--seed", "3")
+    assert result.exit_code == 1
+    assert f"{len(bad)} of {len(bad) + 1} images failed" in result.output
+    for name, (_, message) in bad_files().items():
+        assert f"{bad[name]}: " in result.output and message in result.output
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["in-3-0.png"]  # no temporary leftovers
+
+
+def test_awkward_but_valid_images_all_work(runner, tiny, tmp_path):
+    files = write(tmp_path / "awkward", awkward_images())
+    out = tmp_path / "out"
+    result = transform(runner, tiny[1], *files.values(), "-o", out, "--seed", "3")
+    assert result.exit_code == 0, result.output
+    assert "first frame" in result.output
+    written = {p.name: Image.open(p).size for p in out.iterdir()}
+    assert len(written) == len(files)
+    assert written["rotated-3-0.png"] == (40, 48)  # EXIF orientation honoured
+    assert written["extreme-aspect-3-0.png"] == (1024, 16)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--guidance", "-1"], "x>=0"),
+        (["--guidance", "nan"], "nan"),
+        (["--seed", "-1"], "0<=x<=4294967295"),
+        (["--seed", str(2**32)], "0<=x<=4294967295"),
+        (["--num-images", "0"], "1<=x<=64"),
+        (["--num-images", "65"], "1<=x<=64"),
+        (["--steps", "100000"], "1<=x<=1000"),
+        (["--size", "abc"], "WIDTHxHEIGHT"),
+        (["--size", "0x0"], "--size"),
+        (["--size", "8x8"], "--size"),
+        (["--size", "5000"], "between 16 and 2048"),
+        (["--max-pixels", "0"], "x>=1"),
+        (["--backend", "cuda-magic"], "is not one of"),
+        (["--precision", "int4"], "is not one of"),
+    ],
+)
+def test_parameters_outside_their_ranges_are_refused(
+    runner, tiny, picture, tmp_path, args, message
+):
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "o", *args)
+    assert result.exit_code == 2 or (result.exit_code == 1 and "error" in result.output.lower())
+    assert message in result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "",
+        "一只在雪地里的红狐狸",
+        "ثعلب أحمر في الثلج",
+        "рыжая лиса на снегу 🦊❄️",
+        "e\u0301\u200d\u2063 mixed\tcontrol\x00chars",
+    ],
+)
+def test_prompts_in_any_script_work(runner, tiny, picture, tmp_path, prompt):
+    result = transform(
+        runner, tiny[1], picture, "-o", tmp_path / "o.png", "--seed", "1", prompt=prompt
+    )
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "o.png").text["fastimg:prompt"] == prompt.replace("\x00", "\x00")
+
+
+def test_a_prompt_of_undecodable_bytes_is_refused(runner, tiny, picture, tmp_path):
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "o.png", prompt="fox \udcff")
+    assert result.exit_code == 1 and "not valid Unicode" in result.output
+    assert not (tmp_path / "o.png").exists()
+
+
+def test_a_very_long_prompt_is_truncated_with_a_warning(runner, tiny, picture, tmp_path):
+    prompt = "a watercolor painting of a mountain " * 30
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "o.png", prompt=prompt)
+    assert result.exit_code == 0, result.output
+    assert "truncated" in result.output
+
+
+def test_size_resizes_before_the_transform(runner, tiny, picture, tmp_path):
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "a.png", "--size", "64x48")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "a.png").size == (64, 48)
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "b.png", "--size", "45")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "b.png").size == (40, 32)  # 45x34, floored to multiples of 8
+
+
+@pytest.mark.parametrize("stage", ["vae_encoder", "unet", "vae_decoder"])
+def test_nan_is_reported_with_its_stage_and_nothing_is_saved(
+    runner, tiny, picture, tmp_path, monkeypatch, stage
+):
+    from fastimg import pipeline
+
+    real = pipeline.load_session
+
+    class Poisoned:
+        def __init__(self, session):
+            self.session = session
+            self.input_names, self.output_names = session.input_names, session.output_names
+
+        def run(self, feeds):
+            out = self.session.run(feeds)
+            return {k: np.full_like(v, np.nan) for k, v in out.items()}
+
+    def load(backend, path, **kwargs):
+        session = real(backend, path, **kwargs)
+        return Poisoned(session) if path.parent.name == stage else session
+
+    monkeypatch.setattr(pipeline, "load_session", load)
+    out = tmp_path / "o.png"
+    result = transform(runner, tiny[1], picture, "-o", out)
+    assert result.exit_code == 1
+    where = {
+        "vae_encoder": "VAE encoder",
+        "unet": "UNet output at step 1",
+        "vae_decoder": "decoded",
+    }
+    assert "NaN or Inf appeared" in result.output and where[stage] in result.output
+    assert not out.exists() and list(tmp_path.glob(".o.png*")) == []
+
+
+def test_a_failed_write_keeps_the_existing_output(runner, tiny, picture, tmp_path, monkeypatch):
+    out = tmp_path / "o.png"
+    out.write_bytes(b"previous result")
+
+    def broken_save(self, fp, *args, **kwargs):
+        fp.write(b"half a png")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    result = transform(runner, tiny[1], picture, "-o", out, "--overwrite")
+    assert result.exit_code != 0
+    assert out.read_bytes() == b"previous result"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "o.png"]
+
+
+def test_engine_folder_problems_are_reported(runner, tiny, picture, tmp_path):
+    import shutil
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    (engines / "manifest.json").write_text("{broken")
+    result = transform(runner, engines, picture, "-o", tmp_path / "o")
+    assert result.exit_code == 1 and "cannot be read" in result.output
+    result = transform(runner, tiny[0], picture, "-o", tmp_path / "o")
+    assert result.exit_code == 1 and "is a diffusers model" in result.output
+
+
+def test_info_verify_rehashes_every_file(runner, tiny, tmp_path):
+    import shutil
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    result = runner.invoke(cli, ["info", str(engines), "--verify"])
+    assert result.exit_code == 0 and "match" in result.output
+    path = engines / "text_encoder" / "model.onnx"
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-100] ^= 1
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert runner.invoke(cli, ["info", str(engines)]).exit_code == 0  # stamp trusted
+    result = runner.invoke(cli, ["info", str(engines), "--verify"])
+    assert result.exit_code == 1 and "SHA-256" in result.output
