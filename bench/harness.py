@@ -21,14 +21,16 @@ from .stages import STAGES
 
 
 def default_backends() -> list[str]:
-    """Every backend/precision pair this machine can run."""
-    from fastimg.backends.select import cpu_supports_bf16, installed
+    """Every backend/precision pair this machine can run (GPU ones where a GPU is usable)."""
+    from fastimg.backends.select import SUPPORTED, cpu_supports_bf16, unavailable
 
-    specs = ["onnxruntime:fp32"]
-    if installed("openvino"):
-        specs.append("openvino:fp32")
-        if cpu_supports_bf16():
-            specs.append("openvino:bf16")
+    specs = []
+    for backend in ("onnxruntime", "openvino", "onnxruntime-cuda", "tensorrt"):
+        if unavailable(backend) is not None:
+            continue
+        for precision in SUPPORTED[backend]:
+            if precision != "bf16" or cpu_supports_bf16():
+                specs.append(f"{backend}:{precision}")
     return specs
 
 

@@ -39,11 +39,37 @@ class StageClock:
 
 
 class TimedSession:
-    """A fastimg engine session whose run() is timed under its component name."""
+    """A fastimg engine session whose run() is timed under its component name.
+
+    GPU sessions are timed with CUDA events on their stream (the device time of the engine,
+    not the host time of queueing it); CPU sessions with the wall clock.
+    """
 
     def __init__(self, session, stage: str, clock: StageClock):
         self.input_names, self.output_names = session.input_names, session.output_names
-        self.run = clock.timed(stage, session.run)
+        self.device = getattr(session, "device", "cpu")
+        if hasattr(session, "stream"):
+            self.stream = session.stream
+        if self.device == "cuda":
+            self.run = _cuda_timed(stage, session, clock)
+        else:
+            self.run = clock.timed(stage, session.run)
+
+
+def _cuda_timed(stage: str, session, clock: StageClock):
+    import cupy
+
+    def run(feeds):
+        stream = getattr(session, "stream", None) or cupy.cuda.get_current_stream()
+        start, end = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record(stream)
+        out = session.run(feeds)
+        end.record(stream)
+        end.synchronize()
+        clock.calls[stage].append(cupy.cuda.get_elapsed_time(start, end) / 1000.0)
+        return out
+
+    return run
 
 
 def time_fastimg(pipe, clock: StageClock) -> None:

@@ -341,6 +341,90 @@ def info(engines: Path, verify: bool) -> None:
 
 
 @cli.command()
+@click.argument("engines", type=click.Path(path_type=Path))
+@click.option("--height", default="512", show_default=True, help="N, MIN-MAX or MIN:OPT:MAX px.")
+@click.option("--width", default="512", show_default=True, help="N, MIN-MAX or MIN:OPT:MAX px.")
+@click.option("--batch", default="1", show_default=True, help="Images per call: N or MIN-MAX.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option(
+    "--vae-precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="SD's VAE overflows in fp16; keep fp32 unless your VAE is fp16-safe.",
+)
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
+@click.option("--rebuild", is_flag=True, help="Build again even if these engines exist.")
+@_domain_errors
+def build(
+    engines: Path,
+    height: str,
+    width: str,
+    batch: str,
+    precision: str,
+    vae_precision: str,
+    opt_level: int,
+    rebuild: bool,
+) -> None:
+    """Build TensorRT engines for this GPU from ENGINES' ONNX (needs fastimg[tensorrt])."""
+    from .errors import require
+    from .manifest import load_manifest
+    from .profiles import Profile, parse_range
+
+    factor = load_manifest(engines).vae_scale_factor
+    profile = Profile(
+        height=parse_range(height, factor, "--height"),
+        width=parse_range(width, factor, "--width"),
+        batch=parse_range(batch, 1, "--batch"),
+    )
+    require("tensorrt", "tensorrt")
+    require("onnx", "export")
+    from fastimg_export.trt_build import build_engines
+
+    key = build_engines(
+        engines,
+        profile,
+        precision=precision,
+        vae_precision=vae_precision,
+        opt_level=opt_level,
+        rebuild=rebuild,
+        log=_echo_err,
+    )
+    click.echo(f"TensorRT engines {key} ready in {engines / 'tensorrt' / key}")
+
+
+@cli.command()
+@click.option(
+    "--check",
+    "check_engines",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run every available backend on these engines against the CPU reference.",
+)
+@_domain_errors
+def doctor(check_engines: Path | None) -> None:
+    """Show what this machine offers fastimg; with --check, verify each backend's output."""
+    from . import doctor as checkup
+
+    for label, value in checkup.machine_report():
+        click.echo(f"{label:<24}{value}")
+    if check_engines is None:
+        return
+    rows = checkup.check(check_engines, log=_echo_err)
+    click.echo(f"\ncheck against ONNX Runtime fp32 on the CPU ({check_engines}):")
+    for row in rows:
+        click.echo(
+            f"  {row['backend'] + ' ' + row['precision']:<26}{row['status']:<9}{row['detail']}"
+        )
+    bad = [r for r in rows if r["status"] in ("wrong", "failed")]
+    if bad:
+        raise click.ClickException(
+            f"{len(bad)} backend(s) gave wrong results or failed: "
+            + ", ".join(f"{r['backend']} {r['precision']}" for r in bad)
+        )
+
+
+@cli.command()
 @click.option(
     "--model",
     default="tiny",

@@ -60,6 +60,9 @@ class Manifest:
         named.update(self.tokenizer.get("files", {}))
         for entry in self.components.values():
             named.update(entry.get("files", {}))
+        for plans in self.data.get("tensorrt", {}).get("engines", {}).values():
+            for entry in plans["components"].values():
+                named.update(entry.get("files", {}))
         return named
 
     def path(self, component: str, backend: str | None = None) -> Path:

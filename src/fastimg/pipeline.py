@@ -1,6 +1,7 @@
 """img2img over an engine folder: prompt -> text engine, image -> VAE encoder -> noise -> sampler
 loop over the UNet -> VAE decoder -> images. Each stage is its own method so it can be timed."""
 
+import contextlib
 import logging
 import math
 import secrets
@@ -12,7 +13,7 @@ from PIL import Image
 
 from . import images, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
-from .backends import load_session
+from .backends import load_sessions
 from .backends.select import resolve
 from .errors import EngineError, InputError
 from .manifest import COMPONENTS, Manifest, load_manifest
@@ -24,6 +25,8 @@ log = logging.getLogger("fastimg")
 MAX_IMAGES = 64
 PROMPT_CACHE_SIZE = 32
 OPENVINO_CACHE = "openvino_cache"
+# Backends that compile the ONNX graphs keep what they compiled beside the engines.
+CACHES = {"openvino": OPENVINO_CACHE, "onnxruntime-tensorrt": "ort_tensorrt_cache"}
 
 
 def _nan_error(stage: str) -> EngineError:
@@ -74,24 +77,23 @@ class Img2ImgPipeline:
         threads: int | None = None,
     ):
         self.manifest = manifest
-        self.backend, self.precision = resolve(backend, precision)
+        self.backend, self.precision = resolve(backend, precision, manifest)
         self.tokenizer = PromptTokenizer(manifest)
         cache_dir = None
-        if self.backend == "openvino":
-            cache_dir = _writable_cache(manifest.folder / OPENVINO_CACHE)
-        self.sessions = {
-            name: load_session(
-                self.backend,
-                manifest.path(name, self.backend),
-                threads=threads,
-                precision=self.precision,
-                cache_dir=cache_dir,
-            )
-            for name in COMPONENTS
-        }
+        if self.backend in CACHES:
+            cache_dir = _writable_cache(manifest.folder / CACHES[self.backend])
+        self.sessions = load_sessions(
+            self.backend,
+            manifest,
+            COMPONENTS,
+            threads=threads,
+            precision=self.precision,
+            cache_dir=cache_dir,
+        )
         self._prompt_cache: dict[tuple[str, str | None, bool], np.ndarray] = {}
         self.device = getattr(self.sessions["unet"], "device", "cpu")
         self.xp = namespace(self.device)
+        self.stream = getattr(self.sessions["unet"], "stream", None)
 
     @classmethod
     def from_engines(
@@ -193,13 +195,15 @@ class Img2ImgPipeline:
         seed = secrets.randbelow(2**32) if seed is None else seed
         rng = TorchCompatibleGenerator(seed)
         cfg = guidance_scale > 1.0
-        embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
-        embeddings = self.xp.repeat(embeddings, num_images_per_prompt, axis=0)
-        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.manifest.max_side)
-        z = self.encode_image(pixels, rng)
-        z = self.xp.repeat(z, num_images_per_prompt, axis=0)
-        latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback)
-        return [Image.fromarray(a) for a in self.decode(latents)]
+        # GPU backends run all of the call's array work on their stream, in order.
+        with self.stream if self.stream is not None else contextlib.nullcontext():
+            embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
+            embeddings = self.xp.repeat(embeddings, num_images_per_prompt, axis=0)
+            pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.manifest.max_side)
+            z = self.encode_image(pixels, rng)
+            z = self.xp.repeat(z, num_images_per_prompt, axis=0)
+            latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback)
+            return [Image.fromarray(a) for a in self.decode(latents)]
 
 
 def _writable_cache(folder: Path) -> Path | None:

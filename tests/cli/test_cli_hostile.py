@@ -125,9 +125,9 @@ def test_size_resizes_before_the_transform(runner, tiny, picture, tmp_path):
 def test_nan_is_reported_with_its_stage_and_nothing_is_saved(
     runner, tiny, picture, tmp_path, monkeypatch, stage
 ):
-    from fastimg import pipeline
+    from fastimg import backends
 
-    real = pipeline.load_session
+    real = backends.load_session
 
     class Poisoned:
         def __init__(self, session):
@@ -142,7 +142,7 @@ def test_nan_is_reported_with_its_stage_and_nothing_is_saved(
         session = real(backend, path, **kwargs)
         return Poisoned(session) if path.parent.name == stage else session
 
-    monkeypatch.setattr(pipeline, "load_session", load)
+    monkeypatch.setattr(backends, "load_session", load)
     out = tmp_path / "o.png"
     result = transform(runner, tiny[1], picture, "-o", out)
     assert result.exit_code == 1

@@ -8,8 +8,11 @@ from ..errors import InputError
 if TYPE_CHECKING:
     import numpy as np
 
-BACKENDS = ("onnxruntime", "openvino")
-PRECISIONS = ("fp32", "bf16")
+BACKENDS = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime", "onnxruntime-tensorrt")
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
+# ONNX Runtime's TensorRT provider compiles engines on first use (minutes): asked for, never auto.
+AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 class Session(Protocol):
@@ -39,4 +42,24 @@ def load_session(
         from .openvino import OpenVinoSession
 
         return OpenVinoSession(path, threads=threads, precision=precision, cache_dir=cache_dir)
+    if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
+        from .onnxruntime_gpu import OnnxRuntimeCudaSession
+
+        provider = backend.removeprefix("onnxruntime-")
+        return OnnxRuntimeCudaSession(path, provider=provider, cache_dir=cache_dir)
     raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+
+def load_sessions(backend: str, manifest, components, **options) -> dict:
+    """One session per component of an engine folder, on a resolved backend."""
+    if backend == "tensorrt":
+        from ..gpu import compute_capability
+        from .tensorrt import TensorRTEngines
+        from .tensorrt_plans import find_plans
+
+        trt_version = __import__("tensorrt").__version__
+        engines = TensorRTEngines(find_plans(manifest, trt_version, compute_capability()))
+        return {name: engines.session(name) for name in components}
+    return {
+        name: load_session(backend, manifest.path(name, backend), **options) for name in components
+    }

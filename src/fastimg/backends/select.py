@@ -1,21 +1,39 @@
-"""Which backend and precision a run uses: what was asked for, else the fastest one here."""
+"""Which backend and precision a run uses: what was asked for, else the fastest one here.
+
+auto tries, in order: TensorRT (plans built for this GPU and TensorRT), ONNX Runtime's CUDA
+provider, OpenVINO (bf16 where the CPU has it), ONNX Runtime on the CPU; and says why it
+passed over a GPU backend when a GPU is present.
+"""
 
 import importlib.util
 import logging
 
-from ..errors import InputError, MissingDependencyError
-from . import BACKENDS, PRECISIONS
+from ..errors import EngineError, InputError, MissingDependencyError
+from . import AUTO_ORDER, BACKENDS, GPU_BACKENDS, PRECISIONS
 
 log = logging.getLogger("fastimg")
 
 BACKEND_CHOICES = ("auto", *BACKENDS)
 PRECISION_CHOICES = ("auto", *PRECISIONS)
-EXTRA = {"onnxruntime": "fastimg", "openvino": "openvino"}
+EXTRA = {
+    "onnxruntime": "fastimg",
+    "openvino": "openvino",
+    "tensorrt": "tensorrt",
+    "onnxruntime-cuda": "gpu",
+    "onnxruntime-tensorrt": "gpu",
+}
+SUPPORTED = {
+    "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16"),
+    "onnxruntime-cuda": ("fp32",),
+    "onnxruntime-tensorrt": ("fp16",),
+    "tensorrt": ("fp16", "fp32"),
+}
 
 
-def installed(backend: str) -> bool:
-    """Whether the backend's Python package can be imported here."""
-    return importlib.util.find_spec(backend) is not None
+def installed(package: str) -> bool:
+    """Whether a Python package can be imported here."""
+    return importlib.util.find_spec(package) is not None
 
 
 def cpu_supports_bf16() -> bool:
@@ -27,8 +45,45 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-def resolve(backend: str = "auto", precision: str = "auto") -> tuple[str, str]:
-    """(backend, precision) to run: 'auto' picks OpenVINO (bf16 where the CPU has it)."""
+def gpu_present() -> bool:
+    """Whether a CUDA GPU is visible (nvidia-smi or CuPy)."""
+    from ..gpu import gpus
+
+    return bool(gpus())
+
+
+def unavailable(backend: str, manifest=None) -> str | None:
+    """Why `backend` cannot run here (None when it can), in words a user can act on."""
+    if backend == "onnxruntime":
+        return None
+    if backend == "openvino":
+        return None if installed("openvino") else "not installed: pip install 'fastimg[openvino]'"
+    if not installed("cupy"):
+        return "needs CuPy for GPU arrays: pip install 'fastimg[gpu]'"
+    if not gpu_present():
+        return "no CUDA GPU is visible"
+    if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
+        from .onnxruntime_gpu import cuda_providers
+
+        provider = "Tensorrt" if backend.endswith("tensorrt") else "CUDA"
+        if f"{provider}ExecutionProvider" not in cuda_providers():
+            return f"this onnxruntime has no {provider} provider: install onnxruntime-gpu"
+        return None
+    if not installed("tensorrt"):
+        return "TensorRT is not installed: pip install 'fastimg[tensorrt]'"
+    if manifest is not None:
+        from ..gpu import compute_capability
+        from .tensorrt_plans import find_plans
+
+        try:
+            find_plans(manifest, __import__("tensorrt").__version__, compute_capability())
+        except EngineError as exc:
+            return str(exc)
+    return None
+
+
+def resolve(backend: str = "auto", precision: str = "auto", manifest=None) -> tuple[str, str]:
+    """(backend, precision) to run, 'auto' made concrete; errors name the fix."""
     if backend not in BACKEND_CHOICES:
         raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
     if precision not in PRECISION_CHOICES:
@@ -36,16 +91,45 @@ def resolve(backend: str = "auto", precision: str = "auto") -> tuple[str, str]:
             f"unknown precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)}"
         )
     if backend == "auto":
-        backend = "openvino" if installed("openvino") else "onnxruntime"
-    elif not installed(backend):
-        raise MissingDependencyError(
-            f"the {backend} backend is not installed: install it with  "
-            f"pip install 'fastimg[{EXTRA[backend]}]'"
-        )
+        backend = _auto(precision, manifest)
+    else:
+        reason = unavailable(backend, manifest)
+        if reason is not None:
+            error = MissingDependencyError if "install" in reason else EngineError
+            raise error(f"the {backend} backend cannot run here: {reason}")
     if precision == "auto":
-        precision = "bf16" if backend == "openvino" and cpu_supports_bf16() else "fp32"
-    if precision == "bf16" and backend != "openvino":
-        raise InputError("bf16 runs on the openvino backend only: add --backend openvino")
+        precision = _default_precision(backend, manifest)
+    if precision not in SUPPORTED[backend]:
+        hint = {"bf16": "--backend openvino", "fp16": "--backend tensorrt"}.get(precision, "")
+        raise InputError(
+            f"{precision} does not run on the {backend} backend (it runs "
+            f"{', '.join(SUPPORTED[backend])})" + (f": add {hint}" if hint else "")
+        )
     if precision == "bf16" and not cpu_supports_bf16():
         log.warning("this CPU has no native bf16; OpenVINO will emulate it slowly")
     return backend, precision
+
+
+def _auto(precision: str, manifest) -> str:
+    wanted = [b for b in AUTO_ORDER if precision == "auto" or precision in SUPPORTED[b]]
+    reasons = []
+    for backend in wanted:
+        reason = unavailable(backend, manifest)
+        if reason is None:
+            if reasons and gpu_present():
+                log.info("GPU backends passed over: %s", "; ".join(reasons))
+            return backend
+        if backend in GPU_BACKENDS:
+            reasons.append(f"{backend}: {reason}")
+    raise InputError(f"no backend here runs {precision}: {'; '.join(reasons)}")
+
+
+def _default_precision(backend: str, manifest) -> str:
+    if backend == "openvino":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if backend == "tensorrt" and manifest is not None:
+        from .tensorrt_plans import plan_sets
+
+        sets = list(plan_sets(manifest).values())
+        return sets[0]["precision"] if sets else "fp16"
+    return SUPPORTED[backend][0]

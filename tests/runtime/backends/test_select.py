@@ -1,18 +1,76 @@
 import pytest
 
 from fastimg.backends import select
-from fastimg.errors import InputError, MissingDependencyError
+from fastimg.errors import EngineError, InputError, MissingDependencyError
 
 
 @pytest.fixture
 def only(monkeypatch):
     """Pretend only the named backend packages are installed, on a CPU with or without bf16."""
 
-    def pretend(*packages, bf16=True):
+    def pretend(*packages, bf16=True, gpu=False):
         monkeypatch.setattr(select, "installed", lambda name: name in packages)
         monkeypatch.setattr(select, "cpu_supports_bf16", lambda: bf16)
+        monkeypatch.setattr(select, "gpu_present", lambda: gpu)
 
     return pretend
+
+
+@pytest.fixture
+def ready(monkeypatch):
+    """Pretend exactly the named backends can run (the others say why not)."""
+
+    def pretend(*backends, bf16=True):
+        monkeypatch.setattr(
+            select, "unavailable", lambda b, manifest=None: None if b in backends else "not here"
+        )
+        monkeypatch.setattr(select, "cpu_supports_bf16", lambda: bf16)
+        monkeypatch.setattr(select, "gpu_present", lambda: True)
+
+    return pretend
+
+
+def test_auto_prefers_tensorrt_then_onnxruntime_cuda_then_the_cpu(ready):
+    ready("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
+    assert select.resolve() == ("tensorrt", "fp16")
+    ready("onnxruntime-cuda", "openvino", "onnxruntime")
+    assert select.resolve() == ("onnxruntime-cuda", "fp32")
+    ready("openvino", "onnxruntime")
+    assert select.resolve() == ("openvino", "bf16")
+
+
+def test_auto_says_why_it_passed_over_the_gpu(ready, caplog):
+    import logging
+
+    logger = logging.getLogger("fastimg")
+    logger.addHandler(caplog.handler)
+    try:
+        ready("onnxruntime")
+        assert select.resolve() == ("onnxruntime", "fp32")
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert "tensorrt: not here" in caplog.text and "onnxruntime-cuda: not here" in caplog.text
+
+
+def test_auto_with_a_precision_picks_a_backend_that_runs_it(ready):
+    ready("tensorrt", "openvino", "onnxruntime")
+    assert select.resolve("auto", "bf16") == ("openvino", "bf16")
+    assert select.resolve("auto", "fp16") == ("tensorrt", "fp16")
+    ready("openvino", "onnxruntime")
+    with pytest.raises(InputError, match="no backend here runs fp16"):
+        select.resolve("auto", "fp16")
+
+
+def test_gpu_backends_without_cupy_or_gpu_say_what_is_missing(only):
+    only("onnxruntime", "tensorrt")
+    with pytest.raises(MissingDependencyError, match=r"CuPy.*fastimg\[gpu\]"):
+        select.resolve("tensorrt")
+    only("onnxruntime", "cupy", "tensorrt", gpu=False)
+    with pytest.raises(EngineError, match="no CUDA GPU is visible"):
+        select.resolve("tensorrt")
+    only("onnxruntime", "cupy", gpu=True)
+    with pytest.raises(MissingDependencyError, match="TensorRT is not installed"):
+        select.resolve("tensorrt")
 
 
 def test_auto_prefers_openvino_in_bf16_where_the_cpu_has_it(only):
@@ -45,7 +103,7 @@ def test_bf16_needs_openvino(only):
     with pytest.raises(InputError, match="--backend openvino"):
         select.resolve("onnxruntime", "bf16")
     only("onnxruntime")
-    with pytest.raises(InputError, match="--backend openvino"):
+    with pytest.raises(InputError, match="no backend here runs bf16"):
         select.resolve("auto", "bf16")
 
 

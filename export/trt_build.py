@@ -1,0 +1,194 @@
+"""Build TensorRT engines (plans) for the local GPU from an engine folder's ONNX files.
+
+Written against the TensorRT Python API of releases 10.x and 11.x: networks are strongly typed
+(11.x makes that the only kind; 10.x is asked for it with the STRONGLY_TYPED flag), so the
+precision of a plan is the precision of the ONNX graph it is parsed from. fp16 plans come from
+an fp16 copy of the graph (the exporter's converter, float32 I/O kept); the VAE stays fp32 by
+default because SD's VAE overflows in fp16.
+
+Plans are written under tensorrt/.KEY.partial-PID, renamed to tensorrt/KEY when all are built,
+and only then listed in the manifest (rewritten atomically), so an interrupted build leaves
+the folder as it was.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_major_minor
+from fastimg.errors import EngineError, InputError, require
+from fastimg.gpu import compute_capability
+from fastimg.integrity import sha256
+from fastimg.manifest import COMPONENTS, MANIFEST, Manifest, load_manifest
+from fastimg.profiles import Profile, input_shapes
+
+from . import onnx_export
+
+OPT_LEVELS = range(0, 6)
+
+
+def progress_monitor(trt, log):
+    """A TensorRT IProgressMonitor that prints the top-level build phases and their times."""
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self):
+            trt.IProgressMonitor.__init__(self)
+            self.started = {}
+
+        def phase_start(self, phase_name, parent_phase, num_steps):
+            self.started[phase_name] = time.perf_counter()
+            if parent_phase is None:
+                log(f"    {phase_name} ({num_steps} steps)")
+
+        def step_complete(self, phase_name, step):
+            return True  # False would cancel the build
+
+        def phase_finish(self, phase_name):
+            began = self.started.pop(phase_name, None)
+            if began is not None and not self.started:
+                log(f"    {phase_name} done in {time.perf_counter() - began:.1f} s")
+
+    return Monitor()
+
+
+def check_profile(profile: Profile, manifest: Manifest) -> None:
+    """Refuse a profile the engines cannot take (sizes off the latent grid, too large)."""
+    factor = manifest.vae_scale_factor
+    for name, r in (("height", profile.height), ("width", profile.width)):
+        if any(v % factor for v in r):
+            raise InputError(f"every {name} must be a multiple of {factor}, got {r}")
+        if r[2] > manifest.max_side or r[0] < 64:
+            raise InputError(f"{name} must lie between 64 and {manifest.max_side}, got {r}")
+    if profile.batch[2] > 16:
+        raise InputError(
+            f"a batch of up to {profile.batch[2]} images is more than fastimg builds for (16)"
+        )
+
+
+def _source_onnx(manifest: Manifest, component: str, precision: str, scratch: Path) -> Path:
+    """The ONNX file to parse for a component in `precision`, converted to fp16 if needed."""
+    exported = manifest.components[component].get("precision", manifest.data["precision"])
+    path = manifest.path(component)
+    if exported == precision:
+        return path
+    if exported == "fp16":
+        raise InputError(
+            f"{manifest.folder} was exported in fp16, so fp32 {component} plans cannot be built "
+            "from it: export again with --precision fp32"
+        )
+    dest = scratch / component / "model.onnx"
+    onnx_export.save_model(path, dest, fp16=True)
+    return dest
+
+
+def _build_plan(trt, logger, onnx_path: Path, shapes: dict, opt_level: int, cache, log) -> bytes:
+    builder = trt.Builder(logger)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.builder_optimization_level = opt_level
+    config.set_timing_cache(cache, False)
+    config.progress_monitor = progress_monitor(trt, log)
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise EngineError(
+            f"TensorRT could not build {onnx_path} (see its log above; out of GPU memory is the "
+            "usual cause: close other GPU programs or build a smaller profile)"
+        )
+    return bytes(plan)
+
+
+def _write_manifest(manifest: Manifest, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=manifest.folder)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, manifest.folder / MANIFEST)
+
+
+def build_engines(
+    folder: str | Path,
+    profile: Profile,
+    precision: str = "fp16",
+    vae_precision: str = "fp32",
+    opt_level: int = 3,
+    rebuild: bool = False,
+    log=print,
+) -> str:
+    """Build the four plans of `profile` for this GPU; return their key (kept if built already)."""
+    if precision not in PRECISIONS or vae_precision not in PRECISIONS:
+        raise InputError(f"precisions must be one of {', '.join(PRECISIONS)}")
+    if opt_level not in OPT_LEVELS:
+        raise InputError("the builder optimization level must be between 0 and 5")
+    manifest = load_manifest(folder)
+    check_profile(profile, manifest)
+    trt = require("tensorrt", "tensorrt")
+    capability = compute_capability()
+    key = engine_key(trt.__version__, capability, profile, precision, vae_precision)
+    if key in plan_sets(manifest) and not rebuild:
+        log(f"engines {key} are already built (pass --rebuild to build them again)")
+        return key
+    root = manifest.folder / "tensorrt"
+    root.mkdir(exist_ok=True)
+    sm = capability.replace(".", "")
+    cache_path = root / f"timing_trt{trt_major_minor(trt.__version__)}_sm{sm}.cache"
+    logger = trt.Logger(trt.Logger.WARNING)
+    config_for_cache = trt.Builder(logger).create_builder_config()
+    cache = config_for_cache.create_timing_cache(
+        cache_path.read_bytes() if cache_path.is_file() else b""
+    )
+    shapes = input_shapes(profile, manifest)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.partial-{os.getpid()}-", dir=root))
+    try:
+        entries = {}
+        with tempfile.TemporaryDirectory(dir=root) as scratch:
+            for component in COMPONENTS:
+                wanted = vae_precision if component.startswith("vae") else precision
+                log(f"building {component} ({wanted}, {profile.key()})")
+                started = time.perf_counter()
+                source = _source_onnx(manifest, component, wanted, Path(scratch))
+                plan = _build_plan(trt, logger, source, shapes[component], opt_level, cache, log)
+                path = staging / f"{component}.plan"
+                path.write_bytes(plan)
+                rel = f"tensorrt/{key}/{component}.plan"
+                entries[component] = {
+                    "path": rel,
+                    "precision": wanted,
+                    "files": {rel: {"bytes": path.stat().st_size, "sha256": sha256(path)}},
+                }
+                log(
+                    f"  {component}: {len(plan) / 2**20:.0f} MiB in "
+                    f"{time.perf_counter() - started:.0f} s"
+                )
+        cache_path.write_bytes(bytes(cache.serialize()))
+        final = root / key
+        if final.exists():
+            shutil.rmtree(final)
+        os.rename(staging, final)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    data = dict(manifest.data)
+    engines = dict(plan_sets(manifest))
+    engines[key] = {
+        "tensorrt": trt.__version__,
+        "compute_capability": capability,
+        "precision": precision,
+        "vae_precision": vae_precision,
+        "profile": profile.to_dict(),
+        "builder_optimization_level": opt_level,
+        "components": entries,
+    }
+    data["tensorrt"] = {"engines": engines}
+    _write_manifest(manifest, data)
+    return key

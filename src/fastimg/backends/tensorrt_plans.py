@@ -1,0 +1,96 @@
+"""Which TensorRT plans of an engine folder fit this machine, by engine key.
+
+A plan runs only on the TensorRT version and GPU architecture it was built with, for the
+shapes of its profile and in its precision; all four make up its key, and the manifest lists
+the plans under those keys. Nothing here imports TensorRT, so it is tested without a GPU.
+"""
+
+from dataclasses import dataclass
+
+from ..errors import EngineError
+from ..manifest import Manifest
+from ..profiles import Profile
+
+PRECISIONS = ("fp16", "fp32")
+
+
+def trt_major_minor(version: str) -> str:
+    """'10.13.0.35' -> '10.13': plans are portable within a minor release, not across."""
+    return ".".join(version.split(".")[:2])
+
+
+def engine_key(
+    trt_version: str, capability: str, profile: Profile, precision: str, vae_precision: str
+) -> str:
+    """The name a set of plans is stored and looked up under."""
+    sm = capability.replace(".", "")
+    return (
+        f"trt{trt_major_minor(trt_version)}_sm{sm}_{precision}_vae{vae_precision}_{profile.key()}"
+    )
+
+
+@dataclass(frozen=True)
+class PlanSet:
+    """The plans of one key: paths per component, their profile and precisions."""
+
+    key: str
+    paths: dict
+    profile: Profile
+    precision: str
+    vae_precision: str
+
+
+def plan_sets(manifest: Manifest) -> dict[str, dict]:
+    """Every plan set the manifest lists, by key."""
+    return manifest.data.get("tensorrt", {}).get("engines", {})
+
+
+def find_plans(
+    manifest: Manifest,
+    trt_version: str,
+    capability: str,
+    height: int | None = None,
+    width: int | None = None,
+    batch: int = 1,
+) -> PlanSet:
+    """The plan set built for this TensorRT and GPU whose profile admits the request.
+
+    Raises EngineError naming what was found and the `fastimg build` command that fixes it.
+    """
+    sets = plan_sets(manifest)
+    here = f"TensorRT {trt_major_minor(trt_version)} on a GPU of compute capability {capability}"
+    build = f"fastimg build {manifest.folder}"
+    if not sets:
+        raise EngineError(f"{manifest.folder} has no TensorRT engines: build them with  {build}")
+    matching = {
+        key: entry
+        for key, entry in sets.items()
+        if trt_major_minor(entry["tensorrt"]) == trt_major_minor(trt_version)
+        and entry["compute_capability"] == capability
+    }
+    if not matching:
+        found = "; ".join(
+            f"TensorRT {trt_major_minor(e['tensorrt'])} on compute capability "
+            f"{e['compute_capability']}"
+            for e in sets.values()
+        )
+        raise EngineError(
+            f"the TensorRT engines in {manifest.folder} were built for {found}, not for {here}; "
+            f"TensorRT cannot run them here: rebuild with  {build}"
+        )
+    for key, entry in matching.items():
+        profile = Profile.from_dict(entry["profile"])
+        if height is None or profile.admits(height, width, batch):
+            return PlanSet(
+                key,
+                {c: manifest.folder / p["path"] for c, p in entry["components"].items()},
+                profile,
+                entry["precision"],
+                entry["vae_precision"],
+            )
+    ranges = "; ".join(f"{Profile.from_dict(e['profile']).key()}" for e in matching.values())
+    raise EngineError(
+        f"a {width}x{height} image, {batch} per call, is outside every TensorRT profile built "
+        f"in {manifest.folder} ({ranges}): build one that covers it, e.g.  {build} "
+        f"--height {height} --width {width}"
+    )

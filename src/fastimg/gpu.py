@@ -1,0 +1,95 @@
+"""What CUDA GPU this machine has, asked of nvidia-smi or CuPy; never imports torch."""
+
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One CUDA device as the driver reports it."""
+
+    index: int
+    name: str
+    compute_capability: str  # "8.9"
+    memory_mib: int
+    driver: str
+
+
+def _from_nvidia_smi() -> list[Gpu]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    query = "index,name,compute_cap,memory.total,driver_version"
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader,nounits"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return parse_nvidia_smi(out)
+
+
+def parse_nvidia_smi(out: str) -> list[Gpu]:
+    """GPUs from nvidia-smi's CSV (index, name, compute_cap, memory MiB, driver)."""
+    gpus = []
+    for line in out.strip().splitlines():
+        fields = [f.strip() for f in line.split(",")]
+        if len(fields) != 5 or not fields[0].isdigit():
+            continue
+        index, name, capability, memory, driver = fields
+        gpus.append(
+            Gpu(
+                int(index),
+                name,
+                capability,
+                int(float(memory)) if memory[:1].isdigit() else 0,
+                driver,
+            )
+        )
+    return gpus
+
+
+def _from_cupy() -> list[Gpu]:
+    try:
+        import cupy
+
+        count = cupy.cuda.runtime.getDeviceCount()
+        driver = cupy.cuda.runtime.driverGetVersion()
+    except Exception:  # no cupy, no driver, no device
+        return []
+    gpus = []
+    for index in range(count):
+        props = cupy.cuda.runtime.getDeviceProperties(index)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        gpus.append(
+            Gpu(
+                index,
+                name,
+                f"{props['major']}.{props['minor']}",
+                int(props["totalGlobalMem"]) // 2**20,
+                f"CUDA driver API {driver // 1000}.{driver % 1000 // 10}",
+            )
+        )
+    return gpus
+
+
+def gpus() -> list[Gpu]:
+    """The CUDA GPUs here (empty without a driver or device)."""
+    return _from_nvidia_smi() or _from_cupy()
+
+
+def compute_capability(index: int = 0) -> str:
+    """Compute capability of GPU `index`, like '9.0'; raises EngineError without one."""
+    from .errors import EngineError
+
+    found = gpus()
+    if index >= len(found):
+        raise EngineError(
+            "no CUDA GPU is visible here (nvidia-smi and CuPy find none): TensorRT and the CUDA "
+            "backends need one; use --backend openvino or onnxruntime on the CPU"
+        )
+    return found[index].compute_capability

@@ -1,0 +1,59 @@
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from fastimg.cli import cli
+
+
+def test_doctor_describes_the_machine_and_every_backend():
+    result = CliRunner().invoke(cli, ["doctor"])
+    assert result.exit_code == 0, result.output
+    for label in ("cpu", "gpu", "onnxruntime providers", "backend tensorrt", "backend openvino"):
+        assert label in result.output
+    assert "backend onnxruntime " in result.output and "ready" in result.output
+
+
+def test_doctor_check_compares_each_backend_with_the_cpu_reference(tiny):
+    pytest.importorskip("openvino")
+    result = CliRunner().invoke(cli, ["doctor", "--check", str(tiny[1])])
+    assert result.exit_code == 0, result.output
+    assert "openvino fp32" in result.output and "ok" in result.output
+    assert "tensorrt fp16" in result.output and "skipped" in result.output
+
+
+def test_doctor_check_fails_when_a_backend_computes_wrong(tiny, monkeypatch):
+    pytest.importorskip("openvino")
+    from fastimg import doctor
+
+    monkeypatch.setitem(doctor.MIN_PSNR, "bf16", 200.0)  # no real image reaches this
+    result = CliRunner().invoke(cli, ["doctor", "--check", str(tiny[1])])
+    assert result.exit_code == 1
+    assert "wrong" in result.output and "openvino bf16" in result.output
+
+
+def test_build_without_tensorrt_names_the_extra(tiny, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    result = CliRunner().invoke(cli, ["build", str(tiny[1])])
+    assert result.exit_code == 1 and "fastimg[tensorrt]" in result.output
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--height", "500"], "multiple of 8"),
+        (["--width", "768-256"], "min <= opt <= max"),
+        (["--batch", "x"], "must be N"),
+        (["--opt-level", "9"], "0<=x<=5"),
+        (["--precision", "int8"], "is not one of"),
+    ],
+)
+def test_build_refuses_bad_profiles_before_touching_anything(tiny, args, message):
+    result = CliRunner().invoke(cli, ["build", str(tiny[1]), *args])
+    assert result.exit_code in (1, 2) and message in result.output
+    assert not (tiny[1] / "tensorrt").exists()
+
+
+def test_build_on_a_folder_that_is_not_an_engine(tmp_path):
+    result = CliRunner().invoke(cli, ["build", str(tmp_path)])
+    assert result.exit_code == 1 and "manifest.json" in result.output

@@ -1,0 +1,199 @@
+"""The TensorRT build flow against a stand-in `tensorrt` module (no GPU or TensorRT here).
+
+It checks what fastimg itself decides: the shapes given to each profile, the precision of the
+graph each plan is parsed from, the timing cache, the key, the manifest entries, atomicity and
+the rebuild rules. That TensorRT really builds and runs the plans is verified only on a GPU.
+"""
+
+import json
+import shutil
+import sys
+import types
+
+import pytest
+
+from fastimg.backends.tensorrt_plans import find_plans
+from fastimg.errors import EngineError, InputError
+from fastimg.manifest import load_manifest
+from fastimg.profiles import Profile
+
+pytest.importorskip("onnx")
+
+
+class FakeTensorRT(types.ModuleType):
+    """Records what the builder is asked to do; 'plans' are the parsed file's name and shapes."""
+
+    def __init__(self, fail_on=None):
+        super().__init__("tensorrt")
+        self.__version__ = "10.13.0.35"
+        self.fail_on, self.parsed, self.built = fail_on, [], []
+        trt = self
+
+        class Logger:
+            WARNING = 2
+
+            def __init__(self, level):
+                pass
+
+        class IProgressMonitor:
+            def __init__(self):
+                pass
+
+        class Cache:
+            def __init__(self, data):
+                self.data = data
+
+            def serialize(self):
+                return self.data + b"+"
+
+        class Config:
+            builder_optimization_level = None
+            progress_monitor = None
+
+            def __init__(self):
+                self.profiles = []
+
+            def create_timing_cache(self, data):
+                return Cache(data)
+
+            def set_timing_cache(self, cache, ignore_mismatch):
+                self.cache = cache
+
+            def add_optimization_profile(self, profile):
+                self.profiles.append(profile)
+
+        class Profile_:
+            def __init__(self):
+                self.shapes = {}
+
+            def set_shape(self, name, low, opt, high):
+                self.shapes[name] = (low, opt, high)
+
+        class Network:
+            pass
+
+        class Parser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                self.network = network
+
+            def parse_from_file(self, path):
+                trt.parsed.append(path)
+                self.network.path = path
+                return True
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                assert flags == 1 << 3  # strongly typed
+                return Network()
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile_()
+
+            def build_serialized_network(self, network, config):
+                config.progress_monitor.phase_start("Building", None, 1)
+                config.progress_monitor.phase_finish("Building")
+                if trt.fail_on and trt.fail_on in network.path:
+                    return None
+                trt.built.append((network.path, config.profiles[0].shapes))
+                return f"plan of {network.path}".encode()
+
+        class NetworkDefinitionCreationFlag:
+            STRONGLY_TYPED = 3
+
+        self.Logger, self.IProgressMonitor, self.Builder = Logger, IProgressMonitor, Builder
+        self.OnnxParser = Parser
+        self.NetworkDefinitionCreationFlag = NetworkDefinitionCreationFlag
+
+
+@pytest.fixture
+def engines(tiny, tmp_path, monkeypatch):
+    from fastimg_export import trt_build
+
+    monkeypatch.setattr(trt_build, "compute_capability", lambda: "8.9")
+    return shutil.copytree(tiny[1], tmp_path / "engines")
+
+
+def build(engines, fake, monkeypatch, **kwargs):
+    from fastimg_export.trt_build import build_engines
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    profile = kwargs.pop("profile", Profile((256, 256, 512), (256, 256, 512), (1, 1, 2)))
+    return build_engines(engines, profile, log=lambda m: None, **kwargs)
+
+
+def test_build_lists_verified_plans_under_their_key(engines, monkeypatch):
+    fake = FakeTensorRT()
+    key = build(engines, fake, monkeypatch)
+    assert key == "trt10.13_sm89_fp16_vaefp32_h256-256-512_w256-256-512_b1-1-2"
+    manifest = load_manifest(engines, full_check=True)  # plan hashes are in the manifest
+    plans = find_plans(manifest, "10.13.0.35", "8.9", 384, 256, 2)
+    assert sorted(plans.paths) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    assert plans.paths["unet"].read_bytes().startswith(b"plan of")
+    shapes = dict((path.split("/")[-2], s) for path, s in fake.built)
+    assert shapes["unet"]["sample"] == ((1, 4, 32, 32), (2, 4, 32, 32), (4, 4, 64, 64))
+    assert (engines / "tensorrt" / "timing_trt10.13_sm89.cache").read_bytes() == b"+"
+
+
+def test_fp16_plans_parse_an_fp16_copy_and_the_vae_stays_fp32(engines, monkeypatch):
+    import onnx
+
+    fake = FakeTensorRT()
+    build(engines, fake, monkeypatch)
+    by_component = {p.split("/")[-2]: p for p in map(str, fake.parsed)}
+    assert by_component["vae_decoder"] == str(engines / "vae_decoder" / "model.onnx")
+    assert by_component["unet"] != str(engines / "unet" / "model.onnx")  # converted copy
+    entry = load_manifest(engines).data["tensorrt"]["engines"]
+    (only,) = entry.values()
+    assert only["components"]["unet"]["precision"] == "fp16"
+    assert only["components"]["vae_decoder"]["precision"] == "fp32"
+    assert onnx.load(str(engines / "unet" / "model.onnx")).graph.initializer[0].data_type == 1
+
+
+def test_an_existing_build_is_kept_unless_rebuild(engines, monkeypatch):
+    fake = FakeTensorRT()
+    key = build(engines, fake, monkeypatch, precision="fp32")
+    again = FakeTensorRT()
+    assert build(engines, again, monkeypatch, precision="fp32") == key and again.built == []
+    assert build(engines, again, monkeypatch, precision="fp32", rebuild=True) == key
+    assert len(again.built) == 4
+
+
+def test_a_failed_build_leaves_the_folder_as_it_was(engines, monkeypatch):
+    before = (engines / "manifest.json").read_text()
+    with pytest.raises(EngineError, match="could not build"):
+        build(engines, FakeTensorRT(fail_on="unet"), monkeypatch)
+    assert (engines / "manifest.json").read_text() == before
+    assert [p.name for p in (engines / "tensorrt").iterdir() if p.is_dir()] == []
+
+
+@pytest.mark.parametrize(
+    "profile,message",
+    [
+        (Profile((252, 252, 252), (256, 256, 256)), "multiple of 8"),
+        (Profile((512, 512, 4096), (256, 256, 256)), "between 64 and 2048"),
+        (Profile((256, 256, 256), (256, 256, 256), (1, 1, 64)), "more than fastimg builds"),
+    ],
+)
+def test_profiles_the_engines_cannot_take_are_refused(engines, monkeypatch, profile, message):
+    with pytest.raises(InputError, match=message):
+        build(engines, FakeTensorRT(), monkeypatch, profile=profile)
+
+
+def test_without_tensorrt_the_error_names_the_extra(engines, monkeypatch):
+    from fastimg.errors import MissingDependencyError
+
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    from fastimg_export.trt_build import build_engines
+
+    with pytest.raises(MissingDependencyError, match=r"fastimg\[tensorrt\]"):
+        build_engines(engines, Profile((256,) * 3, (256,) * 3), log=lambda m: None)
+    data = json.loads((engines / "manifest.json").read_text())
+    assert "tensorrt" not in data
