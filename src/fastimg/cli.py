@@ -196,7 +196,8 @@ def _output_paths(
     type=click.Choice(PRECISION_CHOICES),
     default="auto",
     show_default=True,
-    help="fp32 matches diffusers; bf16 (OpenVINO, CPUs with bf16) is about twice as fast.",
+    help="fp32 matches diffusers; bf16 (OpenVINO on CPUs with bf16) is about twice as fast; "
+    "fp16 is TensorRT's.",
 )
 @click.option(
     "--size",
@@ -407,7 +408,7 @@ def doctor(check_engines: Path | None) -> None:
     from . import doctor as checkup
 
     for label, value in checkup.machine_report():
-        click.echo(f"{label:<24}{value}")
+        click.echo(f"{label:<26}{value}")
     if check_engines is None:
         return
     rows = checkup.check(check_engines, log=_echo_err)
