@@ -6,9 +6,7 @@ medians taken in the same run. Cold start and peak memory come from fresh proces
 """
 
 import gc
-import platform
 import statistics
-from pathlib import Path
 
 import numpy as np
 
@@ -43,20 +41,13 @@ def check_backends(specs: list[str]) -> list[str]:
 
 def _machine() -> dict:
     from fastimg.backends.onnxruntime import available_cores
+    from fastimg.doctor import CPU_FEATURES, cpu_info
 
-    cpu = platform.processor()
-    flags = []
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        cpu = next(ln.split(":", 1)[1].strip() for ln in info.splitlines() if "model name" in ln)
-        flags = next(ln.split(":", 1)[1].split() for ln in info.splitlines() if "flags" in ln)
-    except (OSError, StopIteration):
-        pass
-    wanted = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16")
+    name, flags = cpu_info()
     return {
-        "cpu": cpu,
+        "cpu": name,
         "cores": available_cores(),
-        "features": [f for f in wanted if f in flags],
+        "features": [f for f in CPU_FEATURES if f in flags],
     }
 
 
@@ -139,8 +130,8 @@ def run(
         results[side.name] = entry
     log("counting FLOPs per stage and measuring the matmul peak")
     flops = roofline.stage_flops(sides[0])
-    cores = _machine()["cores"]
-    peaks = roofline.matmul_peak_gflops(cores)
+    machine = _machine()
+    peaks = roofline.matmul_peak_gflops(machine["cores"])
     for side in sides:
         precision = "bf16" if side.name.endswith("bf16") else "fp32"
         results[side.name]["roofline"] = roofline.efficiency(
@@ -155,7 +146,7 @@ def run(
             log(f"cold start: {name}")
             results[name]["cold_start"] = coldstart.measure(spec, job, model, engines)
     return {
-        "machine": _machine(),
+        "machine": machine,
         "versions": _versions(),
         "model": model,
         "engines": engines,

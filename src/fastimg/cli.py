@@ -336,6 +336,11 @@ def info(engines: Path, verify: bool) -> None:
             lines.append(f"      {side:<8} {io}")
     tools = ", ".join(f"{k} {v}" for k, v in data.get("tools", {}).items())
     lines.append(f"tools           {tools}")
+    for key, plans in data.get("tensorrt", {}).get("engines", {}).items():
+        lines.append(
+            f"tensorrt        {key}: TensorRT {plans['tensorrt']}, compute capability "
+            f"{plans['compute_capability']}, {plans['precision']} (VAE {plans['vae_precision']})"
+        )
     if verify:
         lines.append(f"verified        SHA-256 of all {len(manifest.files)} files match")
     click.echo("\n".join(lines))

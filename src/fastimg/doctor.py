@@ -25,10 +25,8 @@ def _version(package: str) -> str | None:
         return None
 
 
-def cpu_summary() -> str:
-    """CPU model, cores available and the vector features that matter for inference."""
-    from .backends.onnxruntime import available_cores
-
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU's model name and feature flags (from /proc/cpuinfo where there is one)."""
     name, flags = platform.processor() or "unknown CPU", []
     try:
         with open("/proc/cpuinfo") as f:
@@ -37,6 +35,14 @@ def cpu_summary() -> str:
         flags = next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), [])
     except OSError:
         pass
+    return name, flags
+
+
+def cpu_summary() -> str:
+    """CPU model, cores available and the vector features that matter for inference."""
+    from .backends.onnxruntime import available_cores
+
+    name, flags = cpu_info()
     features = ", ".join(f for f in CPU_FEATURES if f in flags) or "none detected"
     return f"{name}, {available_cores()} cores available; {features}"
 

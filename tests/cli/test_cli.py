@@ -1,22 +1,9 @@
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from fastimg.cli import cli
 from fastimg.images import psnr
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
-def picture(tmp_path, photo):
-    path = tmp_path / "in.png"
-    photo.save(path)
-    return path
 
 
 def transform(runner, engines, *args):

@@ -4,23 +4,10 @@ import os
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 from fastimg.cli import cli
 from tests.corpus import awkward_images, bad_files, write
-
-
-@pytest.fixture
-def runner():
-    return CliRunner()
-
-
-@pytest.fixture
-def picture(tmp_path, photo):
-    path = tmp_path / "in.png"
-    photo.save(path)
-    return path
 
 
 def transform(runner, engines, *args, prompt="a red fox"):

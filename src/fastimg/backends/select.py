@@ -117,7 +117,7 @@ def _auto(precision: str, manifest) -> str:
         reason = unavailable(backend, manifest)
         if reason is None:
             if reasons and gpu_present():
-                log.info("GPU backends passed over: %s", "; ".join(reasons))
+                log.warning("GPU backends passed over: %s", "; ".join(reasons))
             return backend
         if backend in GPU_BACKENDS:
             reasons.append(f"{backend}: {reason}")

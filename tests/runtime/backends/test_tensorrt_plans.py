@@ -86,3 +86,14 @@ def test_plan_files_are_size_checked_like_onnx_files(manifest_with_plans):
     plan.write_bytes(b"truncated?")
     with pytest.raises(EngineError, match="truncated or changed"):
         load_manifest(manifest_with_plans.folder)
+
+
+def test_info_lists_the_plans(manifest_with_plans):
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+
+    result = CliRunner().invoke(cli, ["info", str(manifest_with_plans.folder)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("tensorrt        trt10.13_") == 3
+    assert "compute capability 9.0, fp16 (VAE fp32)" in result.output
