@@ -67,6 +67,8 @@ def _roofline_rows(record: dict) -> list[str]:
         f"{'GFLOP/s (share of peak)':<26}" + "".join(f"{stage:>18}" for stage in STAGES),
     ]
     for name, side in record["sides"].items():
+        if "roofline" not in side:
+            continue
         cells = []
         for stage in STAGES:
             r = side["roofline"][stage]
