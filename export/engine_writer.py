@@ -86,10 +86,10 @@ def _tool_versions() -> dict:
     return {"fastimg": __version__, **{n: md.version(n) for n in names}}
 
 
-def _remove_stale_staging(out: Path) -> None:
-    """Delete staging folders of earlier exports to `out` whose process no longer runs."""
-    for folder in out.parent.glob(f".{out.name}.partial-*"):
-        pid = folder.name.removeprefix(f".{out.name}.partial-").split("-", 1)[0]
+def remove_stale_staging(parent: Path, pattern: str) -> None:
+    """Delete staging folders `parent/pattern` (NAME.partial-PID-*) whose process is gone."""
+    for folder in parent.glob(pattern):
+        pid = folder.name.rsplit(".partial-", 1)[-1].split("-", 1)[0]
         if pid.isdigit() and not _process_alive(int(pid)):
             shutil.rmtree(folder, ignore_errors=True)
 
@@ -106,7 +106,8 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def _replace(staging: Path, out: Path) -> None:
+def replace_folder(staging: Path, out: Path) -> None:
+    """Move `staging` to `out`; an existing `out` is set aside first and removed after."""
     backup = None
     if out.exists():
         backup = out.parent / f".{out.name}.old-{os.getpid()}"
@@ -136,7 +137,7 @@ def export_engines(
     log(f"loading {model}")
     pipe = load_pipeline(model)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(out)
+    remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
     try:
         components = _export_components(pipe, staging, precision, log)
@@ -158,7 +159,7 @@ def export_engines(
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         staging.chmod(0o755)
-        _replace(staging, out)
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

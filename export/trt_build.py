@@ -26,6 +26,7 @@ from fastimg.manifest import COMPONENTS, MANIFEST, Manifest, load_manifest
 from fastimg.profiles import Profile, input_shapes
 
 from . import onnx_export
+from .engine_writer import remove_stale_staging, replace_folder
 
 OPT_LEVELS = range(0, 6)
 
@@ -140,6 +141,7 @@ def build_engines(
         return key
     root = manifest.folder / "tensorrt"
     root.mkdir(exist_ok=True)
+    remove_stale_staging(root, ".*.partial-*")  # left by builds that were killed
     sm = capability.replace(".", "")
     cache_path = root / f"timing_trt{trt_major_minor(trt.__version__)}_sm{sm}.cache"
     logger = trt.Logger(trt.Logger.WARNING)
@@ -151,30 +153,28 @@ def build_engines(
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.partial-{os.getpid()}-", dir=root))
     try:
         entries = {}
-        with tempfile.TemporaryDirectory(dir=root) as scratch:
-            for component in COMPONENTS:
-                wanted = vae_precision if component.startswith("vae") else precision
-                log(f"building {component} ({wanted}, {profile.key()})")
-                started = time.perf_counter()
-                source = _source_onnx(manifest, component, wanted, Path(scratch))
-                plan = _build_plan(trt, logger, source, shapes[component], opt_level, cache, log)
-                path = staging / f"{component}.plan"
-                path.write_bytes(plan)
-                rel = f"tensorrt/{key}/{component}.plan"
-                entries[component] = {
-                    "path": rel,
-                    "precision": wanted,
-                    "files": {rel: {"bytes": path.stat().st_size, "sha256": sha256(path)}},
-                }
-                log(
-                    f"  {component}: {len(plan) / 2**20:.0f} MiB in "
-                    f"{time.perf_counter() - started:.0f} s"
-                )
+        scratch = staging / ".fp16-onnx"  # inside staging: a killed build leaves one folder
+        for component in COMPONENTS:
+            wanted = vae_precision if component.startswith("vae") else precision
+            log(f"building {component} ({wanted}, {profile.key()})")
+            started = time.perf_counter()
+            source = _source_onnx(manifest, component, wanted, scratch)
+            plan = _build_plan(trt, logger, source, shapes[component], opt_level, cache, log)
+            path = staging / f"{component}.plan"
+            path.write_bytes(plan)
+            rel = f"tensorrt/{key}/{component}.plan"
+            entries[component] = {
+                "path": rel,
+                "precision": wanted,
+                "files": {rel: {"bytes": path.stat().st_size, "sha256": sha256(path)}},
+            }
+            log(
+                f"  {component}: {len(plan) / 2**20:.0f} MiB in "
+                f"{time.perf_counter() - started:.0f} s"
+            )
+        shutil.rmtree(scratch, ignore_errors=True)
         cache_path.write_bytes(bytes(cache.serialize()))
-        final = root / key
-        if final.exists():
-            shutil.rmtree(final)
-        os.rename(staging, final)
+        replace_folder(staging, root / key)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

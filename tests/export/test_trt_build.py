@@ -7,8 +7,12 @@ the rebuild rules. That TensorRT really builds and runs the plans is verified on
 
 import json
 import shutil
+import signal
+import subprocess
 import sys
+import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -23,10 +27,10 @@ pytest.importorskip("onnx")
 class FakeTensorRT(types.ModuleType):
     """Records what the builder is asked to do; 'plans' are the parsed file's name and shapes."""
 
-    def __init__(self, fail_on=None):
+    def __init__(self, fail_on=None, hang_on=None):
         super().__init__("tensorrt")
         self.__version__ = "10.13.0.35"
-        self.fail_on, self.parsed, self.built = fail_on, [], []
+        self.fail_on, self.hang_on, self.parsed, self.built = fail_on, hang_on, [], []
         trt = self
 
         class Logger:
@@ -100,8 +104,11 @@ class FakeTensorRT(types.ModuleType):
             def build_serialized_network(self, network, config):
                 config.progress_monitor.phase_start("Building", None, 1)
                 config.progress_monitor.phase_finish("Building")
-                if trt.fail_on and trt.fail_on in network.path:
+                if trt.fail_on and trt.fail_on in str(network.path):
                     return None
+                if trt.hang_on and trt.hang_on in str(network.path):
+                    print("building", trt.hang_on, flush=True)
+                    time.sleep(600)
                 trt.built.append((network.path, config.profiles[0].shapes))
                 return f"plan of {network.path}".encode()
 
@@ -197,3 +204,34 @@ def test_without_tensorrt_the_error_names_the_extra(engines, monkeypatch):
         build_engines(engines, Profile((256,) * 3, (256,) * 3), log=lambda m: None)
     data = json.loads((engines / "manifest.json").read_text())
     assert "tensorrt" not in data
+
+
+def test_a_killed_build_leaves_the_folder_as_it_was_and_is_swept(engines, monkeypatch):
+    before = (engines / "manifest.json").read_text()
+    code = (
+        "import sys\n"
+        "from tests.export.test_trt_build import FakeTensorRT\n"
+        "sys.modules['tensorrt'] = FakeTensorRT(hang_on='vae_encoder')\n"
+        "from fastimg_export import trt_build\n"
+        "from fastimg.profiles import Profile\n"
+        "trt_build.compute_capability = lambda: '8.9'\n"
+        f"trt_build.build_engines({str(engines)!r}, Profile((256,) * 3, (256,) * 3))\n"
+    )
+    root = Path(__file__).parents[2]
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=root, stdout=subprocess.PIPE, text=True
+    )
+    for line in proc.stdout:
+        if line.startswith("building vae_encoder"):
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (engines / "manifest.json").read_text() == before
+    partial = [p for p in (engines / "tensorrt").iterdir() if p.is_dir()]
+    assert len(partial) == 1 and partial[0].name.startswith(".trt10.13_")
+    assert (partial[0] / "unet.plan").is_file()  # killed half-way through the four plans
+    with pytest.raises(EngineError, match="no TensorRT engines"):
+        find_plans(load_manifest(engines), "10.13.0", "8.9")
+    build(engines, FakeTensorRT(), monkeypatch, profile=Profile((256,) * 3, (256,) * 3))
+    dirs = [p.name for p in (engines / "tensorrt").iterdir() if p.is_dir()]
+    assert dirs == ["trt10.13_sm89_fp16_vaefp32_h256_w256_b1"]  # the leftover was swept
