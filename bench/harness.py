@@ -52,15 +52,10 @@ def _machine() -> dict:
 
 
 def _versions() -> dict:
-    from importlib.metadata import PackageNotFoundError, version
+    from fastimg.doctor import package_version
 
-    found = {}
-    for package in ("fastimg", "torch", "diffusers", "onnxruntime", "openvino", "numpy"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return found
+    packages = ("fastimg", "torch", "diffusers", "onnxruntime", "openvino", "numpy")
+    return {p: v for p in packages if (v := package_version(p)) is not None}
 
 
 def _summary(seconds: list[float], stages: list[dict]) -> dict:

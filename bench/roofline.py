@@ -6,7 +6,7 @@ limit an engine runs, and what speed-up is possible at all.
 
 import time
 
-from .stages import STAGES
+from .stages import STAGES, diffusers_stages
 
 
 def stage_flops(diffusers_side) -> dict:
@@ -25,12 +25,7 @@ def stage_flops(diffusers_side) -> dict:
 
         return wrapper
 
-    targets = {
-        "text_encoder": (pipe.text_encoder, "forward"),
-        "unet": (pipe.unet, "forward"),
-        "vae_encoder": (pipe.vae, "encode"),
-        "vae_decoder": (pipe.vae, "decode"),
-    }
+    targets = diffusers_stages(pipe)
     for stage, (owner, name) in targets.items():
         originals[stage] = getattr(owner, name)
         setattr(owner, name, counting(stage, originals[stage]))

@@ -78,9 +78,17 @@ def time_fastimg(pipe, clock: StageClock) -> None:
         pipe.sessions[name] = TimedSession(session, name, clock)
 
 
+def diffusers_stages(pipe) -> dict:
+    """stage -> (object, method name) of a diffusers pipeline that runs that stage."""
+    return {
+        "text_encoder": (pipe.text_encoder, "forward"),
+        "unet": (pipe.unet, "forward"),
+        "vae_encoder": (pipe.vae, "encode"),
+        "vae_decoder": (pipe.vae, "decode"),
+    }
+
+
 def time_diffusers(pipe, clock: StageClock) -> None:
     """Time the text encoder, VAE encode/decode and UNet calls of a diffusers pipeline."""
-    pipe.text_encoder.forward = clock.timed("text_encoder", pipe.text_encoder.forward)
-    pipe.unet.forward = clock.timed("unet", pipe.unet.forward)
-    pipe.vae.encode = clock.timed("vae_encoder", pipe.vae.encode)
-    pipe.vae.decode = clock.timed("vae_decoder", pipe.vae.decode)
+    for stage, (owner, name) in diffusers_stages(pipe).items():
+        setattr(owner, name, clock.timed(stage, getattr(owner, name)))

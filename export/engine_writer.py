@@ -25,7 +25,8 @@ from .loading import load_pipeline
 PRECISIONS = ("fp32", "fp16")
 
 
-def _file_entries(folder: Path, files: list[Path]) -> dict:
+def file_entries(folder: Path, files: list[Path]) -> dict:
+    """Manifest entries (path relative to `folder` -> bytes, sha256) of `files`."""
     return {
         str(f.relative_to(folder)): {"bytes": f.stat().st_size, "sha256": sha256(f)} for f in files
     }
@@ -66,7 +67,7 @@ def _write_tokenizer(pipe, folder: Path) -> dict:
         "path": "tokenizer/tokenizer.json",
         "max_length": int(tokenizer.model_max_length),
         "pad_id": int(tokenizer.pad_token_id),
-        "files": _file_entries(folder, [path]),
+        "files": file_entries(folder, [path]),
     }
 
 
@@ -193,14 +194,14 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
         entries[name] = {
             "path": f"{name}/model.onnx",
             "precision": precision,
-            "files": _file_entries(staging, files),
+            "files": file_entries(staging, files),
             **specs[name].io(),
             "parity": parity,
         }
         fused = _write_fused_attention(pipe, name, modules[name], dest, tolerance, log)
         if fused is not None:
             entries[name]["variants"] = {"onnxruntime": fused}
-            entries[name]["files"].update(_file_entries(staging, [dest.parent / fused["path"]]))
+            entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
             fused["path"] = f"{name}/{fused['path']}"
     return entries
 

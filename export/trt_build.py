@@ -18,15 +18,15 @@ import tempfile
 import time
 from pathlib import Path
 
+from fastimg.atomic import write_atomically
 from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_major_minor
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import compute_capability
-from fastimg.integrity import sha256
 from fastimg.manifest import COMPONENTS, MANIFEST, Manifest, load_manifest
 from fastimg.profiles import Profile, input_shapes
 
 from . import onnx_export
-from .engine_writer import remove_stale_staging, replace_folder
+from .engine_writer import file_entries, remove_stale_staging, replace_folder
 
 OPT_LEVELS = range(0, 6)
 
@@ -110,13 +110,6 @@ def _build_plan(trt, logger, onnx_path: Path, shapes: dict, opt_level: int, cach
     return bytes(plan)
 
 
-def _write_manifest(manifest: Manifest, data: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=manifest.folder)
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, manifest.folder / MANIFEST)
-
-
 def build_engines(
     folder: str | Path,
     profile: Profile,
@@ -160,14 +153,8 @@ def build_engines(
             started = time.perf_counter()
             source = _source_onnx(manifest, component, wanted, scratch)
             plan = _build_plan(trt, logger, source, shapes[component], opt_level, cache, log)
-            path = staging / f"{component}.plan"
-            path.write_bytes(plan)
-            rel = f"tensorrt/{key}/{component}.plan"
-            entries[component] = {
-                "path": rel,
-                "precision": wanted,
-                "files": {rel: {"bytes": path.stat().st_size, "sha256": sha256(path)}},
-            }
+            (staging / f"{component}.plan").write_bytes(plan)
+            entries[component] = {"path": f"tensorrt/{key}/{component}.plan", "precision": wanted}
             log(
                 f"  {component}: {len(plan) / 2**20:.0f} MiB in "
                 f"{time.perf_counter() - started:.0f} s"
@@ -178,6 +165,8 @@ def build_engines(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    for entry in entries.values():
+        entry["files"] = file_entries(manifest.folder, [manifest.folder / entry["path"]])
     data = dict(manifest.data)
     engines = dict(plan_sets(manifest))
     engines[key] = {
@@ -190,5 +179,6 @@ def build_engines(
         "components": entries,
     }
     data["tensorrt"] = {"engines": engines}
-    _write_manifest(manifest, data)
+    text = json.dumps(data, indent=2).encode()
+    write_atomically(manifest.folder / MANIFEST, lambda f: f.write(text))
     return key

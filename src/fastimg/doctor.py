@@ -18,7 +18,8 @@ CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "am
 MIN_PSNR = {"fp32": 40.0, "bf16": 25.0, "fp16": 25.0}
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
+    """The installed version of a distribution, or None."""
     try:
         return version(package)
     except PackageNotFoundError:
@@ -52,7 +53,7 @@ def machine_report() -> list[tuple[str, str]]:
     from .gpu import gpus
 
     rows = [
-        ("fastimg", _version("fastimg") or "?"),
+        ("fastimg", package_version("fastimg") or "?"),
         ("python", f"{platform.python_version()} on {platform.system()} {platform.machine()}"),
         ("cpu", cpu_summary()),
     ]
@@ -70,7 +71,7 @@ def machine_report() -> list[tuple[str, str]]:
         rows.append(("gpu", "none visible (no nvidia-smi, or no device)"))
     rows.append(("cuda runtime", _cuda_runtime()))
     for package in ("cupy", "tensorrt", "onnxruntime", "onnxruntime-gpu", "openvino"):
-        rows.append((package, _version(package) or "not installed"))
+        rows.append((package, package_version(package) or "not installed"))
     rows.append(("onnxruntime providers", _ort_providers()))
     for backend in BACKENDS:
         reason = unavailable(backend)

@@ -1,5 +1,6 @@
 """What CUDA GPU this machine has, asked of nvidia-smi or CuPy; never imports torch."""
 
+import functools
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -77,8 +78,9 @@ def _from_cupy() -> list[Gpu]:
     return gpus
 
 
+@functools.cache
 def gpus() -> list[Gpu]:
-    """The CUDA GPUs here (empty without a driver or device)."""
+    """The CUDA GPUs here (empty without a driver or device); asked once per process."""
     return _from_nvidia_smi() or _from_cupy()
 
 

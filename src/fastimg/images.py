@@ -1,15 +1,14 @@
 """Image loading, conversion to the model's pixel space and back, and saving with metadata."""
 
 import logging
-import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
+from .atomic import write_atomically
 from .errors import InputError
 
 log = logging.getLogger("fastimg")
@@ -141,15 +140,7 @@ def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str]) -> 
     info = PngImagePlugin.PngInfo()
     for key, value in metadata.items():
         info.add_itxt(key, str(value))
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG", pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info))
 
 
 def psnr(a, b) -> float:

@@ -7,9 +7,9 @@ and inode match a previous successful check is trusted; `full=True` re-hashes ev
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from .atomic import write_atomically
 from .errors import EngineError
 
 STAMPS = "verified-files.json"
@@ -49,10 +49,7 @@ def _save_stamps(stamps: dict) -> None:
     folder = cache_dir()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".stamps.", dir=folder)
-        with os.fdopen(fd, "w") as f:
-            json.dump(stamps, f)
-        os.replace(tmp, folder / STAMPS)
+        write_atomically(folder / STAMPS, lambda f: f.write(json.dumps(stamps).encode()))
     except OSError:
         pass  # an unwritable cache only means hashing again next time
 

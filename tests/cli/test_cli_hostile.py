@@ -1,13 +1,11 @@
 """The CLI against hostile inputs: every failure is a message and a non-zero exit, nothing lost."""
 
-import os
-
 import numpy as np
 import pytest
 from PIL import Image
 
 from fastimg.cli import cli
-from tests.corpus import awkward_images, bad_files, write
+from tests.corpus import awkward_images, bad_files, flip_a_byte, write
 
 
 def transform(runner, engines, *args, prompt="a red fox"):
@@ -174,12 +172,7 @@ def test_info_verify_rehashes_every_file(runner, tiny, tmp_path):
     engines = shutil.copytree(tiny[1], tmp_path / "engines")
     result = runner.invoke(cli, ["info", str(engines), "--verify"])
     assert result.exit_code == 0 and "match" in result.output
-    path = engines / "text_encoder" / "model.onnx"
-    stat = path.stat()
-    data = bytearray(path.read_bytes())
-    data[-100] ^= 1
-    path.write_bytes(bytes(data))
-    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    flip_a_byte(engines / "text_encoder" / "model.onnx", keep_mtime=True)
     assert runner.invoke(cli, ["info", str(engines)]).exit_code == 0  # stamp trusted
     result = runner.invoke(cli, ["info", str(engines), "--verify"])
     assert result.exit_code == 1 and "SHA-256" in result.output

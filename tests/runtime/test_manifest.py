@@ -1,11 +1,11 @@
 import json
-import os
 import shutil
 
 import pytest
 
 from fastimg.errors import EngineError, ManifestError
 from fastimg.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from tests.corpus import flip_a_byte
 
 
 @pytest.fixture
@@ -51,15 +51,6 @@ def test_truncated_model_file(engines):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(EngineError, match="truncated"):
         load_manifest(engines)
-
-
-def flip_a_byte(path, keep_mtime=False):
-    stat = path.stat()
-    data = bytearray(path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    path.write_bytes(bytes(data))
-    if keep_mtime:
-        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ provider, OpenVINO (bf16 where the CPU has it), ONNX Runtime on the CPU; and say
 passed over a GPU backend when a GPU is present.
 """
 
+import functools
 import importlib.util
 import logging
 
@@ -36,6 +37,7 @@ def installed(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
 
+@functools.cache
 def cpu_supports_bf16() -> bool:
     """Whether OpenVINO reports native bf16 arithmetic on this CPU (AVX-512 BF16 or AMX)."""
     if not installed("openvino"):
