@@ -14,7 +14,14 @@ from fastimg.images import psnr
 
 from . import coldstart, roofline
 from .job import Job
-from .sides import DIFFUSERS, DiffusersSide, FastimgSide, parse_backend
+from .sides import (
+    DIFFUSERS,
+    DiffusersSide,
+    FastimgSide,
+    baseline_for,
+    diffusers_name,
+    parse_backend,
+)
 from .stages import STAGES
 
 
@@ -32,6 +39,16 @@ def default_backends() -> list[str]:
     return specs
 
 
+def baselines(specs: list[str]) -> list[tuple[str, str]]:
+    """The diffusers runs a benchmark of `specs` needs: the CPU fp32 one (every side's PSNR
+    reference), and each GPU side's on the same GPU in its precision."""
+    needed = [("cpu", "fp32")]
+    for spec in specs:
+        if baseline_for(spec) not in needed:
+            needed.append(baseline_for(spec))
+    return needed
+
+
 def check_backends(specs: list[str]) -> list[str]:
     """The specs resolved ('auto' made concrete); an unusable one raises before any loading."""
     from fastimg.backends.select import resolve
@@ -40,8 +57,7 @@ def check_backends(specs: list[str]) -> list[str]:
 
 
 def _machine() -> dict:
-    from fastimg.backends.onnxruntime import available_cores
-    from fastimg.doctor import CPU_FEATURES, cpu_info
+    from fastimg.machine import CPU_FEATURES, available_cores, cpu_info
 
     name, flags = cpu_info()
     return {
@@ -52,7 +68,7 @@ def _machine() -> dict:
 
 
 def _versions() -> dict:
-    from fastimg.doctor import package_version
+    from fastimg.machine import package_version
 
     packages = ("fastimg", "torch", "diffusers", "onnxruntime", "openvino", "numpy")
     return {p: v for p in packages if (v := package_version(p)) is not None}
@@ -90,8 +106,10 @@ def run(
     log=print,
 ) -> dict:
     """Benchmark `job` on diffusers and each fastimg backend; return the full record."""
-    log(f"loading diffusers from {model}")
-    sides = [DiffusersSide(model, job)]
+    sides = []
+    for device, precision in baselines(backends):
+        log(f"loading diffusers from {model} ({device}, {precision})")
+        sides.append(DiffusersSide(model, job, device, precision))
     for spec in backends:
         log(f"loading fastimg engines {engines} on {spec}")
         sides.append(FastimgSide(engines, job, *parse_backend(spec)))
@@ -111,15 +129,20 @@ def run(
             stages[side.name].append(st)
             log(f"repeat {r + 1}/{repeats}: {side.name} {took:.2f} s")
     results = {}
-    fp32_reference = next((s.name for s in sides[1:] if s.name.endswith("fp32")), None)
+    ours = [s for s in sides if isinstance(s, FastimgSide)]
+    fp32_reference = next((s.name for s in ours if s.name.endswith("fp32")), None)
     for side in sides:
         entry = _summary(seconds[side.name], stages[side.name])
         entry["first_call_stages_seconds"] = first_call.get(side.name)
         if side.name != DIFFUSERS:
-            entry["speedup_vs_diffusers"] = (
-                results[DIFFUSERS]["median_seconds"] / entry["median_seconds"]
-            )
             entry["vs_diffusers"] = _fidelity(images[side.name], images[DIFFUSERS])
+        if isinstance(side, FastimgSide):
+            # The speed-up is against diffusers on the same device (and GPU precision).
+            baseline = diffusers_name(*baseline_for(side.spec))
+            entry["baseline"] = baseline
+            entry["speedup_vs_diffusers"] = (
+                results[baseline]["median_seconds"] / entry["median_seconds"]
+            )
             if fp32_reference and side.name != fp32_reference:
                 entry["vs_fastimg_fp32"] = _fidelity(images[side.name], images[fp32_reference])
         results[side.name] = entry
@@ -128,13 +151,18 @@ def run(
     machine = _machine()
     peaks = roofline.matmul_peak_gflops(machine["cores"])
     for side in sides:
-        if isinstance(side, FastimgSide) and side.pipe.device != "cpu":
+        on_gpu = (
+            side.pipe.device != "cpu" if isinstance(side, FastimgSide) else side.device != "cpu"
+        )
+        if on_gpu:
             continue  # the measured peaks are the CPU's
         precision = "bf16" if side.name.endswith("bf16") else "fp32"
+        if precision not in peaks:
+            continue  # emulated here: no meaningful peak to compare with
         results[side.name]["roofline"] = roofline.efficiency(
             results[side.name]["stages_median_seconds"], flops, peaks[precision]
         )
-    specs = [(side.name, DIFFUSERS if side.name == DIFFUSERS else side.spec) for side in sides]
+    specs = [(s.name, s.spec if isinstance(s, FastimgSide) else s.name) for s in sides]
     sides.clear()  # free every loaded model before the fresh processes load theirs
     side = None  # noqa: F841 (the loop variable held the last side)
     gc.collect()

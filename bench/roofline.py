@@ -37,15 +37,28 @@ def stage_flops(diffusers_side) -> dict:
     return counts
 
 
+def native_precisions() -> tuple[str, ...]:
+    """The precisions this CPU multiplies natively: bf16 only with AVX-512 BF16 or AMX.
+
+    Elsewhere torch emulates bf16 matmuls at a few GFLOP/s, and measuring that "peak" would
+    take minutes and mean nothing.
+    """
+    from fastimg.machine import cpu_info
+
+    flags = cpu_info()[1]
+    return ("fp32", "bf16") if {"avx512_bf16", "amx_bf16"} & set(flags) else ("fp32",)
+
+
 def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> dict:
-    """Measured matrix-multiply GFLOP/s of this CPU in fp32 and bf16 (torch, `threads`)."""
+    """Measured matrix-multiply GFLOP/s of this CPU in each native precision (torch)."""
     import torch
 
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     peaks = {}
     try:
-        for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        for name in native_precisions():
+            dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
             a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
             for _ in range(2):
                 a @ b

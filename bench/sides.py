@@ -1,6 +1,9 @@
-"""The contenders: diffusers (torch fp32, the baseline) and fastimg on one backend/precision."""
+"""The contenders: diffusers (the baseline: torch fp32 on the CPU, or on the GPU of a GPU side)
+and fastimg on one backend/precision."""
 
 import time
+
+from fastimg.backends import GPU_BACKENDS
 
 from .job import Job
 from .stages import StageClock, time_diffusers, time_fastimg
@@ -14,18 +17,43 @@ def parse_backend(spec: str) -> tuple[str, str]:
     return backend, precision or "fp32"
 
 
+def diffusers_name(device: str = "cpu", precision: str = "fp32") -> str:
+    """'diffusers' for the CPU fp32 baseline, else 'diffusers cuda fp16' and the like."""
+    if (device, precision) == ("cpu", "fp32"):
+        return DIFFUSERS
+    return f"diffusers {device} {precision}"
+
+
+def parse_diffusers(name: str) -> tuple[str, str]:
+    """The inverse of diffusers_name: (device, precision)."""
+    parts = name.split()
+    return (parts[1], parts[2]) if len(parts) == 3 else ("cpu", "fp32")
+
+
+def baseline_for(spec: str) -> tuple[str, str]:
+    """(device, precision) of the diffusers run a fastimg side is compared with: the same GPU
+    in fp16 for an fp16 GPU side, in fp32 for another GPU side; the CPU in fp32 otherwise."""
+    backend, precision = parse_backend(spec)
+    if backend not in GPU_BACKENDS:
+        return "cpu", "fp32"
+    return "cuda", "fp16" if precision == "fp16" else "fp32"
+
+
 class DiffusersSide:
-    """diffusers' StableDiffusionImg2ImgPipeline on the CPU in fp32, the baseline."""
+    """diffusers' StableDiffusionImg2ImgPipeline: on the CPU in fp32 (the baseline of every
+    side), or on the GPU in the precision of the GPU sides it is compared with."""
 
-    name = DIFFUSERS
-
-    def __init__(self, model: str, job: Job):
+    def __init__(self, model: str, job: Job, device: str = "cpu", precision: str = "fp32"):
         import torch
 
         from fastimg_export.loading import diffusers_scheduler, load_pipeline
 
         self._torch, self.job = torch, job
+        self.name, self.device = diffusers_name(device, precision), device
         self.pipe = load_pipeline(model)
+        if (device, precision) != ("cpu", "fp32"):
+            dtype = {"fp16": torch.float16, "fp32": torch.float32}[precision]
+            self.pipe.to(device, dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.pipe.scheduler = diffusers_scheduler(self.pipe.scheduler.config, job.sampler)
         self.clock = StageClock()
@@ -43,8 +71,10 @@ class DiffusersSide:
             strength=job.strength,
             num_inference_steps=job.steps,
             guidance_scale=job.guidance,
-            generator=self._torch.Generator("cpu").manual_seed(job.seed),
+            generator=self._torch.Generator("cpu").manual_seed(job.seed),  # CPU noise anywhere
         ).images[0]
+        if self.device != "cpu":
+            self._torch.cuda.synchronize()
         seconds = time.perf_counter() - start
         return image, seconds, self.clock.totals(seconds)
 
@@ -59,8 +89,12 @@ class FastimgSide:
         self.pipe = Img2ImgPipeline.from_engines(
             engines, backend=backend, precision=precision, threads=threads
         )
-        self.name = f"fastimg {self.pipe.backend} {self.pipe.precision}"
+        engines = self.pipe.engines_for(job.size, job.size, 1)  # TensorRT: the job's plan set
+        self.name = f"fastimg {engines.backend} {engines.precision}"
+        if engines.plan_set:
+            self.name += f" (plans {engines.plan_set})"
         self.spec = f"{self.pipe.backend}:{self.pipe.precision}"
+        self.device = self.pipe.device
         self.clock = StageClock()
         time_fastimg(self.pipe, self.clock)
         self.image = job.load_image()

@@ -74,8 +74,7 @@ def _cuda_timed(stage: str, session, clock: StageClock):
 
 def time_fastimg(pipe, clock: StageClock) -> None:
     """Time every engine call of a fastimg pipeline."""
-    for name, session in list(pipe.sessions.items()):
-        pipe.sessions[name] = TimedSession(session, name, clock)
+    pipe.wrap_sessions(lambda name, session: TimedSession(session, name, clock))
 
 
 def diffusers_stages(pipe) -> dict:

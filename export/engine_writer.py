@@ -9,12 +9,12 @@ import datetime
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from fastimg import __version__
+from fastimg.atomic import make_staging_folder
 from fastimg.errors import EngineError, InputError
 from fastimg.integrity import sha256
 from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
@@ -139,7 +139,7 @@ def export_engines(
     pipe = load_pipeline(model)
     out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-{os.getpid()}-", dir=out.parent))
+    staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:
         components = _export_components(pipe, staging, precision, log)
         manifest = {
@@ -159,7 +159,6 @@ def export_engines(
             "tools": _tool_versions(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        staging.chmod(0o755)
         replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -11,17 +11,17 @@ and only then listed in the manifest (rewritten atomically), so an interrupted b
 the folder as it was.
 """
 
+import hashlib
 import json
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
-from fastimg.atomic import write_atomically
-from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_major_minor
+from fastimg.atomic import make_staging_folder, write_atomically
+from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_release
 from fastimg.errors import EngineError, InputError, require
-from fastimg.gpu import compute_capability
+from fastimg.gpu import device_properties
 from fastimg.manifest import COMPONENTS, MANIFEST, Manifest, load_manifest
 from fastimg.profiles import Profile, input_shapes
 
@@ -127,8 +127,11 @@ def build_engines(
     manifest = load_manifest(folder)
     check_profile(profile, manifest)
     trt = require("tensorrt", "tensorrt")
-    capability = compute_capability()
-    key = engine_key(trt.__version__, capability, profile, precision, vae_precision)
+    gpu_name, capability = device_properties()
+    graph = manifest.graph_digest()
+    key = engine_key(
+        trt.__version__, capability, profile, precision, vae_precision, opt_level, graph
+    )
     if key in plan_sets(manifest) and not rebuild:
         log(f"engines {key} are already built (pass --rebuild to build them again)")
         return key
@@ -136,14 +139,15 @@ def build_engines(
     root.mkdir(exist_ok=True)
     remove_stale_staging(root, ".*.partial-*")  # left by builds that were killed
     sm = capability.replace(".", "")
-    cache_path = root / f"timing_trt{trt_major_minor(trt.__version__)}_sm{sm}.cache"
+    gpu = hashlib.sha256(gpu_name.encode()).hexdigest()[:8]  # kernels are timed on this model
+    cache_path = root / f"timing_trt{trt_release(trt.__version__)}_sm{sm}_gpu{gpu}.cache"
     logger = trt.Logger(trt.Logger.WARNING)
     config_for_cache = trt.Builder(logger).create_builder_config()
     cache = config_for_cache.create_timing_cache(
         cache_path.read_bytes() if cache_path.is_file() else b""
     )
     shapes = input_shapes(profile, manifest)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.partial-{os.getpid()}-", dir=root))
+    staging = make_staging_folder(root, f".{key}.partial-{os.getpid()}-")
     try:
         entries = {}
         scratch = staging / ".fp16-onnx"  # inside staging: a killed build leaves one folder
@@ -176,6 +180,8 @@ def build_engines(
         "vae_precision": vae_precision,
         "profile": profile.to_dict(),
         "builder_optimization_level": opt_level,
+        "graph_sha256": graph,
+        "gpu": gpu_name,
         "components": entries,
     }
     data["tensorrt"] = {"engines": engines}

@@ -112,10 +112,19 @@ def _check_size(size: tuple[int, int] | int, manifest) -> None:
         )
 
 
+# Output names with these suffixes are files, not folders (only PNG is written for now).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif")
+
+
 def _output_paths(
     inputs: list[Path], output: Path, count: int, seed: int
 ) -> dict[Path, list[Path]]:
-    if output.suffix.lower() == ".png":
+    if output.suffix.lower() in IMAGE_SUFFIXES:
+        if output.suffix.lower() != ".png":
+            raise click.UsageError(
+                f"-o {output}: fastimg writes PNG images only (for now): name the file "
+                f"{output.with_suffix('.png')} or pass a folder"
+            )
         if len(inputs) * count != 1:
             raise click.UsageError(
                 f"-o {output} names one file, but {len(inputs) * count} images would be "
@@ -200,6 +209,12 @@ def _output_paths(
     "fp16 is TensorRT's.",
 )
 @click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=None,
+    help="CUDA device index for the GPU backends [default: the current device].",
+)
+@click.option(
     "--size",
     default=None,
     help="Resize inputs first: WIDTHxHEIGHT, or one number for the longer side (aspect kept).",
@@ -226,6 +241,7 @@ def transform(
     overwrite: bool,
     backend: str,
     precision: str,
+    device: int | None,
     size: str | None,
     max_pixels: int | None,
 ) -> None:
@@ -247,8 +263,9 @@ def transform(
             raise click.UsageError(f"output {dest} is one of the input images; choose another -o")
         if dest.exists() and not overwrite:
             raise click.UsageError(f"{dest} already exists: pass --overwrite to replace it")
-    pipe = Img2ImgPipeline.from_engines(engines, backend=backend, precision=precision)
-    _echo_err(f"running on {pipe.backend} ({pipe.precision})")
+    pipe = Img2ImgPipeline.from_engines(
+        engines, backend=backend, precision=precision, device=device
+    )
     if resize is not None:
         _check_size(resize, pipe.manifest)
     sampler = resolve_sampler(pipe.manifest, scheduler)
@@ -275,20 +292,9 @@ def transform(
             failures.append(f"{src}: {exc}")
             _echo_err(f"error: {src}: {exc}")
             continue
-        meta = {
-            "fastimg:prompt": prompt,
-            "fastimg:negative_prompt": negative_prompt or "",
-            "fastimg:seed": seed,
-            "fastimg:strength": strength,
-            "fastimg:steps": steps,
-            "fastimg:guidance": guidance,
-            "fastimg:scheduler": sampler,
-            "fastimg:source": src.name,
-            "fastimg:engines": str(engines),
-            "fastimg:backend": f"{pipe.backend} {pipe.precision}",
-        }
-        for k, (result, dest) in enumerate(zip(results, targets, strict=True)):
-            save_png(result, dest, {**meta, "fastimg:index": k})
+        for result, dest in zip(results, targets, strict=True):
+            meta = {**result.info, "fastimg:source": src.name, "fastimg:engines": str(engines)}
+            save_png(result, dest, meta)
             click.echo(str(dest))
     if failures:
         raise click.ClickException(
@@ -407,8 +413,14 @@ def build(
     default=None,
     help="Run every available backend on these engines against the CPU reference.",
 )
+@click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=None,
+    help="CUDA device index to check the GPU backends on [default: the current device].",
+)
 @_domain_errors
-def doctor(check_engines: Path | None) -> None:
+def doctor(check_engines: Path | None, device: int | None) -> None:
     """Show what this machine offers fastimg; with --check, verify each backend's output."""
     from . import doctor as checkup
 
@@ -416,7 +428,7 @@ def doctor(check_engines: Path | None) -> None:
         click.echo(f"{label:<26}{value}")
     if check_engines is None:
         return
-    rows = checkup.check(check_engines, log=_echo_err)
+    rows = checkup.check(check_engines, device=device, log=_echo_err)
     click.echo(f"\ncheck against ONNX Runtime fp32 on the CPU ({check_engines}):")
     for row in rows:
         click.echo(
@@ -555,7 +567,7 @@ def quickstart(workdir: Path) -> None:
         guidance_scale=7.5,
         seed=0,
     )
-    save_png(image, result, {"fastimg:prompt": prompt, "fastimg:seed": 0})
+    save_png(image, result, image.info)
     click.echo(f"done: {result.absolute()}")
     click.echo(
         "The tiny model has random weights, so the picture is noise-like; export a real "

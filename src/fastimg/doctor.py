@@ -1,51 +1,31 @@
 """`fastimg doctor`: what this machine offers fastimg, and whether each backend computes right.
 
-The check runs one fixed img2img job on every backend that can run here and compares each
-image with the CPU reference (ONNX Runtime, fp32) -- the way to verify a GPU install.
+The check runs one fixed img2img job on every backend that can run here, each in a fresh
+process, and compares each image with the CPU reference (ONNX Runtime, fp32) -- the way to
+verify a GPU install.
 """
 
+import json
 import platform
+import signal
+import subprocess
+import sys
+import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
 import numpy as np
 
 from .backends import BACKENDS
 from .backends.select import SUPPORTED, unavailable
+from .machine import cpu_summary, package_version
 
-CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 # PSNR a backend must reach against the CPU fp32 reference on the check job.
 MIN_PSNR = {"fp32": 40.0, "bf16": 25.0, "fp16": 25.0}
-
-
-def package_version(package: str) -> str | None:
-    """The installed version of a distribution, or None."""
-    try:
-        return version(package)
-    except PackageNotFoundError:
-        return None
-
-
-def cpu_info() -> tuple[str, list[str]]:
-    """The CPU's model name and feature flags (from /proc/cpuinfo where there is one)."""
-    name, flags = platform.processor() or "unknown CPU", []
-    try:
-        with open("/proc/cpuinfo") as f:
-            info = f.read().splitlines()
-        name = next((ln.split(":", 1)[1].strip() for ln in info if "model name" in ln), name)
-        flags = next((ln.split(":", 1)[1].split() for ln in info if ln.startswith("flags")), [])
-    except OSError:
-        pass
-    return name, flags
-
-
-def cpu_summary() -> str:
-    """CPU model, cores available and the vector features that matter for inference."""
-    from .backends.onnxruntime import available_cores
-
-    name, flags = cpu_info()
-    features = ", ".join(f for f in CPU_FEATURES if f in flags) or "none detected"
-    return f"{name}, {available_cores()} cores available; {features}"
+# Each check runs in its own interpreter, so a native crash (a segfault inside an engine) is
+# reported as a failed row instead of ending the doctor; this is its entry point.
+WORKER = "from fastimg.doctor import worker; worker()"
+CHECK_TIMEOUT_S = 1800
 
 
 def machine_report() -> list[tuple[str, str]]:
@@ -96,71 +76,117 @@ def _ort_providers() -> str:
     return ", ".join(onnxruntime.get_available_providers())
 
 
-def check(engines, log=print) -> list[dict]:
-    """Run the check job on each runnable backend/precision; compare with the CPU reference."""
+def check_job() -> dict:
+    """The fixed job every backend runs: small, guided, a few DDIM steps."""
     from .cli import EXAMPLE_IMAGE
-    from .images import load_image, psnr
-    from .manifest import load_manifest
-    from .pipeline import Img2ImgPipeline
+    from .images import load_image
 
-    manifest = load_manifest(engines)
-    image = load_image(EXAMPLE_IMAGE).resize((128, 128))
-    job = dict(
+    return dict(
         prompt="a watercolor house",
-        image=image,
+        image=load_image(EXAMPLE_IMAGE).resize((128, 128)),
         strength=0.5,
         num_inference_steps=4,
         guidance_scale=7.5,
         seed=0,
         scheduler="ddim",
     )
-    reference = Img2ImgPipeline(manifest, backend="onnxruntime", precision="fp32")(**job)[0]
+
+
+def worker() -> None:
+    """Run the check job once on one backend (argv: engines, backend, precision, device, out)."""
+    from .pipeline import Img2ImgPipeline
+
+    engines, backend, precision, device, out = sys.argv[1:6]
+    pipe = Img2ImgPipeline.from_engines(
+        engines, backend=backend, precision=precision, device=int(device) if device else None
+    )
+    job = check_job()
+    pipe(**job)  # the first call compiles and warms up
+    start = time.perf_counter()
+    (image,) = pipe(**job)
+    seconds = time.perf_counter() - start
+    image.save(out)
+    report = {
+        "seconds": seconds,
+        "ran": image.info["fastimg:precision"],
+        "plan_set": image.info.get("fastimg:plan_set"),
+    }
+    print(json.dumps(report), flush=True)
+
+
+def run_isolated(engines, backend: str, precision: str, device: int | None, out: Path) -> dict:
+    """Run the check job on one backend in a fresh interpreter; its report, or why it failed."""
+    command = [sys.executable, "-c", WORKER, str(engines), backend, precision]
+    command += ["" if device is None else str(device), str(out)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {CHECK_TIMEOUT_S} s"}
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        return {"error": f"crashed with {name} (signal {-proc.returncode}){_last_line(proc)}"}
+    if proc.returncode != 0:
+        return {"error": f"exited with code {proc.returncode}{_last_line(proc)}"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": f"printed no report{_last_line(proc)}"}
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+    return f": {lines[-1].strip()[:300]}" if lines else ""
+
+
+def check(engines, device: int | None = None, log=print) -> list[dict]:
+    """Run the check job on each runnable backend/precision; compare with the CPU reference."""
+    from PIL import Image
+
+    from .errors import EngineError
+    from .images import psnr
+    from .manifest import load_manifest
+
+    manifest = load_manifest(engines)
     rows = []
-    for backend in BACKENDS:
-        for precision in SUPPORTED[backend]:
-            if backend == "onnxruntime":
-                continue
-            reason = unavailable(backend, manifest)
-            if reason is not None:
+    with tempfile.TemporaryDirectory(prefix="fastimg-doctor-") as scratch:
+        reference_png = Path(scratch) / "reference.png"
+        log("computing the reference on onnxruntime (fp32)")
+        report = run_isolated(engines, "onnxruntime", "fp32", None, reference_png)
+        if "error" in report:
+            raise EngineError(f"the CPU reference (onnxruntime fp32) failed: {report['error']}")
+        reference = Image.open(reference_png).convert("RGB")
+        for backend in BACKENDS:
+            for precision in SUPPORTED[backend]:
+                if backend == "onnxruntime":
+                    continue
+                row = {"backend": backend, "precision": precision}
+                reason = unavailable(backend, manifest, device=device)
+                if reason is not None:
+                    rows.append({**row, "status": "skipped", "detail": reason})
+                    continue
+                log(f"checking {backend} ({precision})")
+                out = Path(scratch) / f"{backend}-{precision}.png"
+                report = run_isolated(engines, backend, precision, device, out)
+                if "error" in report:
+                    rows.append({**row, "status": "failed", "detail": report["error"]})
+                    continue
+                got = Image.open(out).convert("RGB")
+                score = psnr(reference, got)
+                diff = int(np.abs(np.asarray(reference, int) - np.asarray(got, int)).max())
+                plan = f", plans {report['plan_set']}" if report.get("plan_set") else ""
+                if report.get("ran", precision) != precision:
+                    plan += f"; ran as {report['ran']} (no native {precision} here)"
                 rows.append(
                     {
-                        "backend": backend,
-                        "precision": precision,
-                        "status": "skipped",
-                        "detail": reason,
+                        **row,
+                        "status": "ok" if score >= MIN_PSNR[precision] else "wrong",
+                        "psnr_db": score,
+                        "max_pixel_diff": diff,
+                        "seconds": report["seconds"],
+                        "plan_set": report.get("plan_set"),
+                        "ran": report.get("ran"),
+                        "detail": f"PSNR {score:.1f} dB (needs {MIN_PSNR[precision]:.0f}), max "
+                        f"difference {diff}, {report['seconds']:.2f} s{plan}",
                     }
                 )
-                continue
-            log(f"checking {backend} ({precision})")
-            try:
-                pipe = Img2ImgPipeline(manifest, backend=backend, precision=precision)
-                pipe(**job)  # the first call compiles and warms up
-                start = time.perf_counter()
-                got = pipe(**job)[0]
-                seconds = time.perf_counter() - start
-            except Exception as exc:  # a broken install must be reported, not crash the check
-                rows.append(
-                    {
-                        "backend": backend,
-                        "precision": precision,
-                        "status": "failed",
-                        "detail": f"{type(exc).__name__}: {exc}",
-                    }
-                )
-                continue
-            score = psnr(reference, got)
-            ok = score >= MIN_PSNR[precision]
-            diff = int(np.abs(np.asarray(reference, int) - np.asarray(got, int)).max())
-            rows.append(
-                {
-                    "backend": backend,
-                    "precision": precision,
-                    "status": "ok" if ok else "wrong",
-                    "psnr_db": score,
-                    "max_pixel_diff": diff,
-                    "seconds": seconds,
-                    "detail": f"PSNR {score:.1f} dB (needs {MIN_PSNR[precision]:.0f}), max "
-                    f"difference {diff}, {seconds:.2f} s",
-                }
-            )
     return rows

@@ -1,4 +1,8 @@
-"""What CUDA GPU this machine has, asked of nvidia-smi or CuPy; never imports torch."""
+"""What CUDA GPU this machine has, asked of nvidia-smi or CuPy; never imports torch.
+
+The list for reports comes from nvidia-smi (every GPU in the machine); the device a run uses and
+its compute capability come from the CUDA runtime, which honours CUDA_VISIBLE_DEVICES.
+"""
 
 import functools
 import shutil
@@ -84,14 +88,42 @@ def gpus() -> list[Gpu]:
     return _from_nvidia_smi() or _from_cupy()
 
 
-def compute_capability(index: int = 0) -> str:
-    """Compute capability of GPU `index`, like '9.0'; raises EngineError without one."""
-    from .errors import EngineError
+def current_device(device: int | None = None) -> int:
+    """The CUDA device to run on: `device`, else the runtime's current one (after
+    CUDA_VISIBLE_DEVICES); raises EngineError naming the devices there are."""
+    from .errors import EngineError, require
 
-    found = gpus()
-    if index >= len(found):
+    cupy = require("cupy", "gpu")
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception:  # CuPy raises its own CUDARuntimeError without a driver or device
+        count = 0
+    if count == 0:
         raise EngineError(
-            "no CUDA GPU is visible here (nvidia-smi and CuPy find none): TensorRT and the CUDA "
+            "no CUDA GPU is visible here (the CUDA runtime finds none): TensorRT and the CUDA "
             "backends need one; use --backend openvino or onnxruntime on the CPU"
         )
-    return found[index].compute_capability
+    if device is None:
+        return int(cupy.cuda.runtime.getDevice())
+    if not (isinstance(device, int) and 0 <= device < count):
+        raise EngineError(
+            f"there is no CUDA device {device!r} here: this process sees {count} "
+            f"(0 to {count - 1}, after CUDA_VISIBLE_DEVICES); pass --device with one of them"
+        )
+    return device
+
+
+def device_properties(device: int | None = None) -> tuple[str, str]:
+    """(name, compute capability like '9.0') of the CUDA device fastimg runs on."""
+    index = current_device(device)
+    import cupy
+
+    props = cupy.cuda.runtime.getDeviceProperties(index)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return name, f"{props['major']}.{props['minor']}"
+
+
+def compute_capability(device: int | None = None) -> str:
+    """Compute capability of the CUDA device fastimg runs on, asked of the CUDA runtime (which
+    honours CUDA_VISIBLE_DEVICES, unlike nvidia-smi); raises EngineError without one."""
+    return device_properties(device)[1]

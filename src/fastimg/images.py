@@ -100,10 +100,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        scaled = np.asarray(image, dtype=np.float64) / (65535.0 if image.mode != "I" else 1.0)
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        values = np.asarray(image, dtype=np.float64)
+        scaled = values / _full_scale(image.mode, values)
         return Image.fromarray((scaled.clip(0, 1) * 255).round().astype(np.uint8)).convert("RGB")
     return image.convert("RGB")
+
+
+def _full_scale(mode: str, values: np.ndarray) -> float:
+    """White for a high-bit-depth grayscale image: 16-bit modes 65535; 32-bit integers by the
+    range their values occupy (8, 16 or 31 bits); floats 1.0 when they lie in [0, 1], else 255."""
+    top = float(values.max(initial=0.0))
+    if mode.startswith("I;16"):
+        return 65535.0
+    if mode == "F":
+        return 1.0 if top <= 1.0 else 255.0
+    for bits in (8, 16):
+        if top <= 2**bits - 1:
+            return float(2**bits - 1)
+    return float(2**31 - 1)
 
 
 def to_pixels(image: Image.Image, multiple: int, max_side: int | None = None) -> np.ndarray:

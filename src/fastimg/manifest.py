@@ -1,5 +1,6 @@
 """The engine folder's manifest.json: the one thing the runtime reads to know an engine."""
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,15 @@ class Manifest:
             for entry in plans["components"].values():
                 named.update(entry.get("files", {}))
         return named
+
+    def graph_digest(self, components: tuple[str, ...] = COMPONENTS) -> str:
+        """SHA-256 over the recorded hashes of the components' files: which graphs these are."""
+        digest = hashlib.sha256()
+        for component in components:
+            files = self.components[component].get("files", {})
+            for rel in sorted(files):
+                digest.update(f"{component}/{rel}:{files[rel].get('sha256')}\n".encode())
+        return digest.hexdigest()
 
     def path(self, component: str, backend: str | None = None) -> Path:
         """Absolute path of a component's model file, in the backend's own variant if any."""

@@ -1,10 +1,19 @@
 """img2img over an engine folder: prompt -> text engine, image -> VAE encoder -> noise -> sampler
-loop over the UNet -> VAE decoder -> images. Each stage is its own method so it can be timed."""
+loop over the UNet -> VAE decoder -> images. Each stage is its own method so it can be timed.
 
-import contextlib
+One pipeline may be called from many threads at once: each call has its own generator and
+arrays, the prompt cache is locked, and each backend keeps what it cannot run twice at once
+behind a pool or a lock of its own. With TensorRT the plan set is chosen per call, by the
+image's size, the batch and the precision; `auto` falls back to the next backend (saying why)
+for a call that no plan set fits.
+"""
+
 import logging
 import math
+import numbers
 import secrets
+import threading
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +22,7 @@ from PIL import Image
 
 from . import images, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
-from .backends import load_sessions
+from .backends import CACHES, Engines, load_engines
 from .backends.select import resolve
 from .errors import EngineError, InputError
 from .manifest import COMPONENTS, Manifest, load_manifest
@@ -24,21 +33,25 @@ log = logging.getLogger("fastimg")
 
 MAX_IMAGES = 64
 PROMPT_CACHE_SIZE = 32
-OPENVINO_CACHE = "openvino_cache"
-# Backends that compile the ONNX graphs keep what they compiled beside the engines.
-CACHES = {"openvino": OPENVINO_CACHE, "onnxruntime-tensorrt": "ort_tensorrt_cache"}
+OPENVINO_CACHE = CACHES["openvino"]
+# TensorRT plan sets kept loaded at once (each holds its engines and activation memory).
+MAX_PLAN_SETS = 2
 
 
-def _nan_error(stage: str) -> EngineError:
+def _nan_error(stage: str, engines: Engines) -> EngineError:
+    fix = (
+        "run with --precision fp32 (the exact path)"
+        if engines.precision != "fp32"
+        else "the engine overflowed even in fp32: check the model, or export it again"
+    )
     return EngineError(
-        f"NaN or Inf appeared in the {stage}: the engine overflowed (fp16 VAEs often do); "
-        "export (or build) with fp32, or run with --precision fp32"
+        f"NaN or Inf appeared in the {stage} on {engines.backend} ({engines.precision}): {fix}"
     )
 
 
-def _check_finite(array, stage: str):
+def _check_finite(array, stage: str, engines: Engines):
     if not bool(_finite(array)):
-        raise _nan_error(stage)
+        raise _nan_error(stage, engines)
     return array
 
 
@@ -66,8 +79,24 @@ def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
     return own
 
 
+def describe(backend: str, precision: str) -> str:
+    """What a run on this backend and precision promises, in one line."""
+    if precision == "fp32":
+        return f"running on {backend} (fp32): the exact path, matching diffusers"
+    return (
+        f"running on {backend} ({precision}): the fast path, close to but not exactly "
+        "diffusers' output (--precision fp32 is the exact path)"
+    )
+
+
 class Img2ImgPipeline:
-    """Stable Diffusion img2img on exported engines, called like diffusers' pipeline."""
+    """Stable Diffusion img2img on exported engines, called like diffusers' pipeline.
+
+    `backend`/`precision` "auto" pick the fastest here (fp32 is the exact path, matching
+    diffusers; bf16 and fp16 are fast and close); `max_concurrency` is how many engine runs
+    may overlap per component when threads share the pipeline; `device` is the CUDA device
+    index for the GPU backends (default: the current one).
+    """
 
     def __init__(
         self,
@@ -75,25 +104,38 @@ class Img2ImgPipeline:
         backend: str = "auto",
         precision: str = "auto",
         threads: int | None = None,
+        max_concurrency: int = 1,
+        device: int | None = None,
     ):
+        if not (isinstance(max_concurrency, int) and max_concurrency >= 1):
+            raise InputError(
+                f"max_concurrency must be a whole number >= 1, got {max_concurrency!r}"
+            )
+        if device is not None and not (isinstance(device, int) and device >= 0):
+            raise InputError(f"device must be a CUDA device index (0, 1, ...), got {device!r}")
         self.manifest = manifest
-        self.backend, self.precision = resolve(backend, precision, manifest)
+        self.backend, self.precision = resolve(backend, precision, manifest, device=device)
+        self._auto = backend == "auto"
+        self._options = {"threads": threads, "max_concurrency": max_concurrency, "device": device}
         self.tokenizer = PromptTokenizer(manifest)
-        cache_dir = None
-        if self.backend in CACHES:
-            cache_dir = _writable_cache(manifest.folder / CACHES[self.backend])
-        self.sessions = load_sessions(
-            self.backend,
-            manifest,
-            COMPONENTS,
-            threads=threads,
-            precision=self.precision,
-            cache_dir=cache_dir,
-        )
-        self._prompt_cache: dict[tuple[str, str | None, bool], np.ndarray] = {}
-        self.device = getattr(self.sessions["unet"], "device", "cpu")
-        self.xp = namespace(self.device)
-        self.stream = getattr(self.sessions["unet"], "stream", None)
+        self._lock = threading.Lock()
+        self._prompt_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._loaded: OrderedDict[str | None, Engines] = OrderedDict()
+        self._fallback: Engines | None = None
+        self._wrap: Callable[[str, object], object] | None = None
+        if self.backend != "tensorrt":  # TensorRT loads the plan set each call needs
+            engines = self._loaded[None] = self._load(self.backend, self.precision)
+            if engines.precision != self.precision:
+                log.warning(
+                    "%s was asked for, but %s compiled %s on this machine (the CPU has no "
+                    "native %s)",
+                    self.precision,
+                    self.backend,
+                    engines.precision,
+                    self.precision,
+                )
+                self.precision = engines.precision
+        log.info(describe(self.backend, self.precision))
 
     @classmethod
     def from_engines(
@@ -102,27 +144,136 @@ class Img2ImgPipeline:
         backend: str = "auto",
         precision: str = "auto",
         threads: int | None = None,
+        max_concurrency: int = 1,
+        device: int | None = None,
     ) -> "Img2ImgPipeline":
         """Load every engine of an exported folder on the backend asked for (auto: fastest)."""
-        return cls(load_manifest(folder), backend=backend, precision=precision, threads=threads)
+        return cls(
+            load_manifest(folder),
+            backend=backend,
+            precision=precision,
+            threads=threads,
+            max_concurrency=max_concurrency,
+            device=device,
+        )
 
-    def encode_prompt(self, prompt: str, negative_prompt: str | None, cfg: bool) -> np.ndarray:
+    @property
+    def exact(self) -> bool:
+        """Whether this pipeline runs the exact path (fp32, matching diffusers' images)."""
+        return self.precision == "fp32"
+
+    @property
+    def device(self) -> str:
+        """'cpu', or 'cuda:N' for the GPU backends."""
+        engines = self._primary()
+        if engines is None:  # TensorRT before its first call
+            return f"cuda:{self._options['device'] or 0}"
+        return "cpu" if engines.device == "cpu" else f"cuda:{engines.device_index}"
+
+    @property
+    def sessions(self) -> dict:
+        """component -> session of the engines loaded most recently (empty before a TensorRT
+        pipeline's first call)."""
+        engines = self._primary()
+        return {} if engines is None else engines.sessions
+
+    @property
+    def xp(self):
+        """The array module of the main engines: numpy, or cupy on a GPU."""
+        engines = self._primary()
+        return namespace("cuda") if engines is None else engines.xp
+
+    @xp.setter
+    def xp(self, module) -> None:
+        self._primary().xp = module
+
+    def _primary(self) -> Engines | None:
+        return next(reversed(self._loaded.values()), None)
+
+    def wrap_sessions(self, wrap: Callable[[str, object], object]) -> None:
+        """Replace every session, now and as plan sets load, by wrap(component, session)."""
+        self._wrap = wrap
+        for engines in (*self._loaded.values(), self._fallback):
+            if engines is not None:
+                engines.sessions = {n: wrap(n, s) for n, s in engines.sessions.items()}
+
+    def _load(self, backend: str, precision: str, plans=None) -> Engines:
+        engines = load_engines(
+            backend, self.manifest, COMPONENTS, precision, plans=plans, **self._options
+        )
+        engines.xp = namespace(engines.device)
+        if self._wrap is not None:
+            engines.sessions = {n: self._wrap(n, s) for n, s in engines.sessions.items()}
+        return engines
+
+    def engines_for(self, height: int, width: int, batch: int) -> Engines:
+        """The engines that run a call of `batch` images of height x width pixels."""
+        if self.backend != "tensorrt":
+            return self._loaded[None]
+        from .backends.select import tensorrt_plans_here
+
+        try:
+            plans = tensorrt_plans_here(
+                self.manifest,
+                self._options["device"],
+                height=height,
+                width=width,
+                batch=batch,
+                precision=self.precision,
+            )
+        except EngineError as exc:
+            if not self._auto:
+                raise
+            return self._fallback_engines(f"{width}x{height}, {batch} per call: {exc}")
+        with self._lock:
+            engines = self._loaded.get(plans.key)
+            if engines is None:
+                engines = self._loaded[plans.key] = self._load("tensorrt", self.precision, plans)
+                while len(self._loaded) > MAX_PLAN_SETS:
+                    self._loaded.popitem(last=False)
+            self._loaded.move_to_end(plans.key)
+            return engines
+
+    def _fallback_engines(self, reason: str) -> Engines:
+        with self._lock:
+            if self._fallback is None:
+                backend, precision = resolve(
+                    "auto", "auto", self.manifest, self._options["device"], exclude=("tensorrt",)
+                )
+                self._fallback = self._load(backend, precision)
+            log.warning("TensorRT passed over for %s; running on %s", reason, self._fallback.label)
+            return self._fallback
+
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str | None, cfg: bool, engines: Engines | None = None
+    ) -> np.ndarray:
         """Text embeddings, [negative, positive] stacked on the batch axis under CFG; cached."""
-        key = (prompt, (negative_prompt or "") if cfg else None, cfg)
-        if key not in self._prompt_cache:
-            prompts = [negative_prompt or "", prompt] if cfg else [prompt]
-            ids = self.tokenizer(prompts)
-            out = self.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
-            if len(self._prompt_cache) >= PROMPT_CACHE_SIZE:
-                self._prompt_cache.pop(next(iter(self._prompt_cache)))
-            self._prompt_cache[key] = out.astype(np.float32, copy=True)
-        return self._prompt_cache[key]
+        engines = engines or self._primary()
+        key = (prompt, (negative_prompt or "") if cfg else None, cfg, engines.label)
+        with self._lock:
+            cached = self._prompt_cache.get(key)
+            if cached is not None:
+                self._prompt_cache.move_to_end(key)
+                return cached
+        prompts = [negative_prompt or "", prompt] if cfg else [prompt]
+        ids = self.tokenizer(prompts)
+        out = engines.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+        out = out.astype(np.float32, copy=True)
+        with self._lock:
+            self._prompt_cache[key] = out
+            while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
+                self._prompt_cache.popitem(last=False)
+        return out
 
-    def encode_image(self, pixels: np.ndarray, rng: TorchCompatibleGenerator) -> np.ndarray:
+    def encode_image(
+        self, pixels: np.ndarray, rng: TorchCompatibleGenerator, engines: Engines | None = None
+    ) -> np.ndarray:
         """Scaled latent sample of the image: mean + std * eps from the encoder's moments."""
-        xp = self.xp
-        moments = self.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
-        mean, logvar = xp.split(_check_finite(moments, "VAE encoder output"), 2, axis=1)
+        engines = engines or self._primary()
+        xp = engines.xp
+        moments = engines.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
+        moments = _check_finite(moments, "VAE encoder output", engines)
+        mean, logvar = xp.split(moments, 2, axis=1)
         std = xp.exp(np.float32(0.5) * logvar.clip(-30.0, 20.0))
         z = mean + std * xp.asarray(rng.randn(mean.shape))
         return z * np.float32(self.manifest.vae_scaling_factor)
@@ -135,9 +286,11 @@ class Img2ImgPipeline:
         guidance_scale: float,
         rng: TorchCompatibleGenerator,
         callback: Callable[[int, int], None] | None = None,
+        engines: Engines | None = None,
     ) -> np.ndarray:
         """Noise the latents to the plan's first timestep, then run the sampler over the UNet."""
-        xp, unet = self.xp, self.sessions["unet"]
+        engines = engines or self._primary()
+        xp, unet = engines.xp, engines.sessions["unet"]
         cfg = embeddings.shape[0] == 2 * latents.shape[0]
         x = samplers.add_noise(latents, xp.asarray(rng.randn(latents.shape)), plan)
         if xp is not np:  # the loop's noise goes to the device in one copy, drawn in order
@@ -162,14 +315,15 @@ class Img2ImgPipeline:
         x = samplers.SAMPLE[plan.sampler](denoise, x, plan, rng)
         for i, ok in enumerate(finite):
             if not bool(ok):
-                raise _nan_error(f"UNet output at step {i + 1}")
+                raise _nan_error(f"UNet output at step {i + 1}", engines)
         return x
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def decode(self, latents: np.ndarray, engines: Engines | None = None) -> np.ndarray:
         """uint8 NHWC images from latents."""
+        engines = engines or self._primary()
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
-        pixels = self.sessions["vae_decoder"].run({"latent_sample": scaled})["sample"]
-        return to_host(images.to_uint8(_check_finite(pixels, "decoded image")))
+        pixels = engines.sessions["vae_decoder"].run({"latent_sample": scaled})["sample"]
+        return to_host(images.to_uint8(_check_finite(pixels, "decoded image", engines)))
 
     def __call__(
         self,
@@ -184,8 +338,21 @@ class Img2ImgPipeline:
         scheduler: str | None = None,
         callback: Callable[[int, int], None] | None = None,
     ) -> list[Image.Image]:
-        """Transform `image` toward `prompt`; the same seed gives diffusers' image for it."""
-        _validate(prompt, negative_prompt, guidance_scale, num_images_per_prompt, seed)
+        """Transform `image` toward `prompt`; the same seed gives diffusers' image for it.
+
+        Each image's `info` holds the settings, the seed (drawn when none was given), and the
+        backend and precision that made it (`fastimg:*` keys, saved as PNG text by the CLI).
+        """
+        checked = _validate(
+            prompt,
+            negative_prompt,
+            strength,
+            guidance_scale,
+            num_inference_steps,
+            num_images_per_prompt,
+            seed,
+        )
+        strength, guidance_scale, num_inference_steps, num_images_per_prompt, seed = checked
         if isinstance(image, str | Path):
             image = images.load_image(image)
         if not isinstance(image, Image.Image):
@@ -195,28 +362,39 @@ class Img2ImgPipeline:
         seed = secrets.randbelow(2**32) if seed is None else seed
         rng = TorchCompatibleGenerator(seed)
         cfg = guidance_scale > 1.0
-        # GPU backends run all of the call's array work on their stream, in order.
-        with self.stream if self.stream is not None else contextlib.nullcontext():
-            embeddings = self.encode_prompt(prompt, negative_prompt, cfg)
-            embeddings = self.xp.repeat(embeddings, num_images_per_prompt, axis=0)
-            pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.manifest.max_side)
-            z = self.encode_image(pixels, rng)
-            z = self.xp.repeat(z, num_images_per_prompt, axis=0)
-            latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback)
-            return [Image.fromarray(a) for a in self.decode(latents)]
+        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.manifest.max_side)
+        engines = self.engines_for(pixels.shape[2], pixels.shape[3], num_images_per_prompt)
+        # GPU backends run all of the call's array work on their device and stream, in order.
+        with engines.activate():
+            embeddings = self.encode_prompt(prompt, negative_prompt, cfg, engines)
+            embeddings = engines.xp.repeat(embeddings, num_images_per_prompt, axis=0)
+            z = self.encode_image(pixels, rng, engines)
+            z = engines.xp.repeat(z, num_images_per_prompt, axis=0)
+            latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback, engines)
+            decoded = self.decode(latents, engines)
+        settings = {
+            "fastimg:prompt": prompt,
+            "fastimg:negative_prompt": negative_prompt or "",
+            "fastimg:seed": seed,
+            "fastimg:strength": strength,
+            "fastimg:steps": num_inference_steps,
+            "fastimg:guidance": guidance_scale,
+            "fastimg:scheduler": sampler,
+            "fastimg:backend": engines.backend,
+            "fastimg:precision": engines.precision,
+        }
+        if engines.plan_set:
+            settings["fastimg:plan_set"] = engines.plan_set
+        results = []
+        for k, array in enumerate(decoded):
+            result = Image.fromarray(array)
+            result.info.update(settings, **{"fastimg:index": k})
+            results.append(result)
+        return results
 
 
-def _writable_cache(folder: Path) -> Path | None:
-    """`folder`, created if need be, or None where the engine folder is read-only."""
-    try:
-        folder.mkdir(exist_ok=True)
-    except OSError:
-        log.info("engine folder is read-only; compiled models will not be cached")
-        return None
-    return folder
-
-
-def _validate(prompt, negative_prompt, guidance_scale, num_images, seed) -> None:
+def _validate(prompt, negative_prompt, strength, guidance, steps, num_images, seed) -> tuple:
+    """Check the call's values once, at entry; numbers of any real type become Python's own."""
     if not isinstance(prompt, str):
         raise InputError(f"prompt must be a string, got {type(prompt).__name__}")
     if negative_prompt is not None and not isinstance(negative_prompt, str):
@@ -228,11 +406,31 @@ def _validate(prompt, negative_prompt, guidance_scale, num_images, seed) -> None
             raise InputError(
                 f"prompt {text!r} is not valid Unicode text (undecodable bytes?): pass it as UTF-8"
             ) from None
-    if not (isinstance(guidance_scale, int | float) and math.isfinite(guidance_scale)):
-        raise InputError(f"guidance must be a finite number, got {guidance_scale!r}")
-    if guidance_scale < 0:
-        raise InputError(f"guidance must be at least 0, got {guidance_scale}")
-    if not (isinstance(num_images, int) and 1 <= num_images <= MAX_IMAGES):
+    strength = _real(strength, "strength")
+    guidance = _real(guidance, "guidance")
+    if guidance < 0:
+        raise InputError(f"guidance must be at least 0, got {guidance}")
+    steps = _whole(steps, "num_inference_steps")
+    num_images = _whole(num_images, "number of images")
+    if not 1 <= num_images <= MAX_IMAGES:
         raise InputError(f"number of images must be between 1 and {MAX_IMAGES}, got {num_images}")
-    if seed is not None and not (isinstance(seed, int) and 0 <= seed < 2**32):
-        raise InputError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    if seed is not None:
+        seed = _whole(seed, "seed")
+        if not 0 <= seed < 2**32:
+            raise InputError(f"seed must be an integer in [0, 2**32), got {seed!r}")
+    return strength, guidance, steps, num_images, seed
+
+
+def _real(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise InputError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
+def _whole(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    return int(value)

@@ -370,6 +370,12 @@ def _vp(sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def make_plan(scheduler_config: dict, sampler: str, steps: int, strength: float) -> Plan:
     """Per-step coefficients for an img2img run of `steps` scheduled steps at `strength`."""
     config = resolve_config(scheduler_config, sampler)
+    trained = int(config["num_train_timesteps"])
+    if steps > trained:
+        raise InputError(
+            f"{steps} steps is more than the {trained} timesteps this model was trained with "
+            f"(as diffusers, fastimg refuses it): use at most {trained} steps"
+        )
     start = img2img_start(steps, strength)
     timesteps, sigmas = full_schedule(config, sampler, steps)
     ac = alphas_cumprod(config).astype(np.float64)

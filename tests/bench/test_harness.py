@@ -33,6 +33,18 @@ def test_backend_specs(spec, expected):
     assert parse_backend(spec) == expected
 
 
+def test_gpu_sides_are_compared_with_diffusers_on_the_gpu_in_their_precision():
+    from fastimg_bench.sides import baseline_for, diffusers_name, parse_diffusers
+
+    assert harness.baselines(["onnxruntime:fp32", "openvino:bf16"]) == [("cpu", "fp32")]
+    gpu = ["tensorrt:fp16", "onnxruntime-cuda:fp32", "openvino:fp32", "tensorrt:fp32"]
+    assert harness.baselines(gpu) == [("cpu", "fp32"), ("cuda", "fp16"), ("cuda", "fp32")]
+    assert baseline_for("onnxruntime-tensorrt:fp16") == ("cuda", "fp16")
+    assert baseline_for("openvino:bf16") == ("cpu", "fp32")
+    assert diffusers_name() == "diffusers"
+    assert parse_diffusers(diffusers_name("cuda", "fp16")) == ("cuda", "fp16")
+
+
 @pytest.fixture(scope="module")
 def record(tiny):
     model, engines = tiny
@@ -51,6 +63,7 @@ def test_record_compares_every_side_with_diffusers(record):
         ref["median_seconds"] / ours["median_seconds"]
     )
     assert ours["vs_diffusers"]["psnr_db"] >= 40.0  # the fp32 path is the exact one
+    assert ours["baseline"] == "diffusers"
     assert record["job"]["unet_calls"] == 2
 
 

@@ -216,3 +216,47 @@ def test_cli_architectures_are_the_exporters():
     from fastimg_export.random_models import ARCHITECTURES as BUILT
 
     assert ARCHITECTURES == tuple(BUILT)
+
+
+@pytest.mark.parametrize("name", ["x.jpg", "x.JPEG", "x.webp"])
+def test_an_output_file_in_another_format_is_refused_not_made_a_folder(
+    runner, tiny, picture, tmp_path, name
+):
+    out = tmp_path / "out" / name
+    result = transform(runner, tiny[1], picture, "-o", out)
+    assert result.exit_code == 2
+    assert "PNG images only" in result.output and "x.png" in result.output
+    assert not out.exists() and not out.parent.exists()
+
+
+def test_several_outputs_to_one_file_are_refused(runner, tiny, picture, tmp_path):
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "x.png", "--num-images", "2")
+    assert result.exit_code == 2 and "names one file" in result.output
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_each_run_says_and_records_the_backend_and_precision(runner, tiny, picture, tmp_path):
+    import os
+    import stat
+
+    saved = os.umask(0o022)
+    try:
+        result = transform(runner, tiny[1], picture, "-o", tmp_path / "x.png", "--seed", "1")
+    finally:
+        os.umask(saved)
+    assert result.exit_code == 0, result.output
+    image = Image.open(tmp_path / "x.png")
+    backend, precision = image.text["fastimg:backend"], image.text["fastimg:precision"]
+    assert f"running on {backend} ({precision})" in result.output
+    path = "the exact path" if precision == "fp32" else "the fast path"
+    assert path in result.output
+    assert stat.S_IMODE((tmp_path / "x.png").stat().st_mode) == 0o644  # not mkstemp's 0600
+
+
+def test_the_exact_path_is_named_as_such(runner, tiny, picture, tmp_path):
+    result = transform(
+        runner, tiny[1], picture, "-o", tmp_path / "x.png", "--precision", "fp32", "--seed", "1"
+    )
+    assert result.exit_code == 0, result.output
+    assert "(fp32): the exact path, matching diffusers" in result.output
+    assert Image.open(tmp_path / "x.png").text["fastimg:precision"] == "fp32"

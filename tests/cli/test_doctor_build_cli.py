@@ -14,12 +14,38 @@ def test_doctor_describes_the_machine_and_every_backend():
     assert "backend onnxruntime " in result.output and "ready" in result.output
 
 
+def row(output: str, label: str) -> str:
+    """The line of doctor's check table for `label` ('openvino fp32')."""
+    (line,) = [ln for ln in output.splitlines() if ln.strip().startswith(label + " ")]
+    return line
+
+
 def test_doctor_check_compares_each_backend_with_the_cpu_reference(tiny):
     pytest.importorskip("openvino")
     result = CliRunner().invoke(cli, ["doctor", "--check", str(tiny[1])])
     assert result.exit_code == 0, result.output
-    assert "openvino fp32" in result.output and "ok" in result.output
-    assert "tensorrt fp16" in result.output and "skipped" in result.output
+    assert row(result.output, "openvino fp32").split()[2] == "ok"
+    assert "PSNR" in row(result.output, "openvino fp32")
+    assert row(result.output, "tensorrt fp16").split()[2] == "skipped"
+
+
+def test_doctor_check_survives_a_native_crash_in_one_backend(tiny, monkeypatch):
+    pytest.importorskip("openvino")
+    from fastimg import doctor
+
+    crash = (
+        "import ctypes, sys\n"
+        "if sys.argv[2:4] == ['openvino', 'fp32']:\n"
+        "    ctypes.string_at(0)  # a segmentation fault, as inside a native engine\n"
+        f"{doctor.WORKER}\n"
+    )
+    monkeypatch.setattr(doctor, "WORKER", crash)
+    result = CliRunner().invoke(cli, ["doctor", "--check", str(tiny[1])])
+    assert result.exit_code == 1
+    crashed = row(result.output, "openvino fp32")
+    assert crashed.split()[2] == "failed" and "SIGSEGV" in crashed
+    assert row(result.output, "openvino bf16").split()[2] == "ok"  # the doctor went on
+    assert "openvino fp32" in result.output.splitlines()[-1]
 
 
 def test_doctor_check_fails_when_a_backend_computes_wrong(tiny, monkeypatch):
@@ -29,7 +55,8 @@ def test_doctor_check_fails_when_a_backend_computes_wrong(tiny, monkeypatch):
     monkeypatch.setitem(doctor.MIN_PSNR, "bf16", 200.0)  # no real image reaches this
     result = CliRunner().invoke(cli, ["doctor", "--check", str(tiny[1])])
     assert result.exit_code == 1
-    assert "wrong" in result.output and "openvino bf16" in result.output
+    assert row(result.output, "openvino bf16").split()[2] == "wrong"
+    assert row(result.output, "openvino fp32").split()[2] == "ok"
 
 
 def test_build_without_tensorrt_names_the_extra(tiny, monkeypatch):

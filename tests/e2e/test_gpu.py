@@ -16,8 +16,16 @@ JOB = dict(prompt="a red fox", strength=0.6, num_inference_steps=8, guidance_sca
 
 @pytest.fixture(scope="module")
 def reference(tiny, photo_module):
+    """The CPU image (ONNX Runtime fp32) for the job with a given sampler, computed once each."""
     cpu = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
-    return cpu(image=photo_module, **JOB)[0]
+    images = {}
+
+    def image(sampler: str):
+        if sampler not in images:
+            images[sampler] = cpu(image=photo_module, **{**JOB, "scheduler": sampler})[0]
+        return images[sampler]
+
+    return image
 
 
 @pytest.fixture(scope="module")
@@ -41,15 +49,18 @@ def _require(backend: str, tiny):
 @pytest.mark.parametrize("sampler", ["ddim", "euler_a", "dpmpp_2m"])
 def test_onnxruntime_cuda_matches_the_cpu(tiny, reference, photo_module, sampler):
     _require("onnxruntime-cuda", tiny)
-    cpu = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
-    expected = cpu(image=photo_module, **{**JOB, "scheduler": sampler})[0]
-    gpu = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime-cuda")
-    assert gpu.device == "cuda"
-    assert psnr(expected, gpu(image=photo_module, **{**JOB, "scheduler": sampler})[0]) >= 40.0
+    gpu = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime-cuda", device=0)
+    assert gpu.device == "cuda:0"
+    got = gpu(image=photo_module, **{**JOB, "scheduler": sampler})[0]
+    assert got.info["fastimg:backend"] == "onnxruntime-cuda"
+    assert psnr(reference(sampler), got) >= 40.0
 
 
+@pytest.mark.parametrize("precision,min_psnr", [("fp32", 35.0), ("fp16", 25.0)])
 @pytest.mark.parametrize("static", [True, False])
-def test_tensorrt_builds_and_matches_the_cpu(tiny, tmp_path, reference, photo_module, static):
+def test_tensorrt_builds_and_matches_the_cpu(
+    tiny, tmp_path, reference, photo_module, static, precision, min_psnr
+):
     pytest.importorskip("tensorrt")
     import shutil
 
@@ -58,10 +69,12 @@ def test_tensorrt_builds_and_matches_the_cpu(tiny, tmp_path, reference, photo_mo
 
     engines = shutil.copytree(tiny[1], tmp_path / "engines")
     size = (64, 64, 64) if static else (64, 64, 128)
-    build_engines(engines, Profile(size, size), precision="fp32", log=print)
+    key = build_engines(engines, Profile(size, size), precision=precision, log=print)
     _require("tensorrt", (None, engines))
-    pipe = Img2ImgPipeline.from_engines(engines, backend="tensorrt")
-    first = pipe(image=photo_module, **JOB)[0]
-    again = pipe(image=photo_module, **JOB)[0]  # replayed from CUDA graphs when static
-    assert psnr(reference, first) >= 35.0
+    pipe = Img2ImgPipeline.from_engines(engines, backend="tensorrt", precision=precision)
+    job = {**JOB, "scheduler": "ddim"}
+    first = pipe(image=photo_module, **job)[0]
+    again = pipe(image=photo_module, **job)[0]  # replayed from CUDA graphs when static
+    assert first.info["fastimg:plan_set"] == key and first.info["fastimg:precision"] == precision
+    assert psnr(reference("ddim"), first) >= min_psnr
     assert psnr(first, again) == float("inf")

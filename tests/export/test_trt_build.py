@@ -6,8 +6,10 @@ the rebuild rules. That TensorRT really builds and runs the plans is verified on
 """
 
 import json
+import os
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -18,7 +20,7 @@ import pytest
 
 from fastimg.backends.tensorrt_plans import find_plans
 from fastimg.errors import EngineError, InputError
-from fastimg.manifest import load_manifest
+from fastimg.manifest import Manifest, load_manifest
 from fastimg.profiles import Profile
 
 pytest.importorskip("onnx")
@@ -124,7 +126,7 @@ class FakeTensorRT(types.ModuleType):
 def engines(tiny, tmp_path, monkeypatch):
     from fastimg_export import trt_build
 
-    monkeypatch.setattr(trt_build, "compute_capability", lambda: "8.9")
+    monkeypatch.setattr(trt_build, "device_properties", lambda: ("NVIDIA L4", "8.9"))
     return shutil.copytree(tiny[1], tmp_path / "engines")
 
 
@@ -138,15 +140,23 @@ def build(engines, fake, monkeypatch, **kwargs):
 
 def test_build_lists_verified_plans_under_their_key(engines, monkeypatch):
     fake = FakeTensorRT()
-    key = build(engines, fake, monkeypatch)
-    assert key == "trt10.13_sm89_fp16_vaefp32_h256-256-512_w256-256-512_b1-1-2"
+    saved = os.umask(0o022)
+    try:
+        key = build(engines, fake, monkeypatch)
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE((engines / "tensorrt" / key).stat().st_mode) == 0o755  # not mkdtemp's
+    assert stat.S_IMODE((engines / "manifest.json").stat().st_mode) == 0o644  # kept
+    graph = load_manifest(engines).graph_digest()
+    assert key == f"trt10.13.0_sm89_fp16_vaefp32_o3_g{graph[:10]}_h256-256-512_w256-256-512_b1-1-2"
     manifest = load_manifest(engines, full_check=True)  # plan hashes are in the manifest
     plans = find_plans(manifest, "10.13.0.35", "8.9", 384, 256, 2)
     assert sorted(plans.paths) == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     assert plans.paths["unet"].read_bytes().startswith(b"plan of")
     shapes = dict((path.split("/")[-2], s) for path, s in fake.built)
     assert shapes["unet"]["sample"] == ((1, 4, 32, 32), (2, 4, 32, 32), (4, 4, 64, 64))
-    assert (engines / "tensorrt" / "timing_trt10.13_sm89.cache").read_bytes() == b"+"
+    (cache,) = (engines / "tensorrt").glob("timing_*.cache")
+    assert cache.name.startswith("timing_trt10.13.0_sm89_gpu") and cache.read_bytes() == b"+"
 
 
 def test_fp16_plans_parse_an_fp16_copy_and_the_vae_stays_fp32(engines, monkeypatch):
@@ -171,6 +181,23 @@ def test_an_existing_build_is_kept_unless_rebuild(engines, monkeypatch):
     assert build(engines, again, monkeypatch, precision="fp32") == key and again.built == []
     assert build(engines, again, monkeypatch, precision="fp32", rebuild=True) == key
     assert len(again.built) == 4
+
+
+def test_another_opt_level_or_graph_builds_new_plans_instead_of_returning_the_old(
+    engines, monkeypatch
+):
+    first = build(engines, FakeTensorRT(), monkeypatch, opt_level=3)
+    fake = FakeTensorRT()
+    second = build(engines, fake, monkeypatch, opt_level=5)
+    assert second != first and len(fake.built) == 4
+    entries = load_manifest(engines).data["tensorrt"]["engines"]
+    assert entries[second]["builder_optimization_level"] == 5
+    assert entries[first]["builder_optimization_level"] == 3
+    # Another graph in the same folder (a re-export with other weights) is another key too.
+    data = json.loads((engines / "manifest.json").read_text())
+    entry = data["components"]["unet"]["files"]["unet/model.onnx"]
+    entry["sha256"] = "0" * 64
+    assert Manifest(engines, data).graph_digest() != load_manifest(engines).graph_digest()
 
 
 def test_a_failed_build_leaves_the_folder_as_it_was(engines, monkeypatch):
@@ -214,7 +241,7 @@ def test_a_killed_build_leaves_the_folder_as_it_was_and_is_swept(engines, monkey
         "sys.modules['tensorrt'] = FakeTensorRT(hang_on='vae_encoder')\n"
         "from fastimg_export import trt_build\n"
         "from fastimg.profiles import Profile\n"
-        "trt_build.compute_capability = lambda: '8.9'\n"
+        "trt_build.device_properties = lambda: ('NVIDIA L4', '8.9')\n"
         f"trt_build.build_engines({str(engines)!r}, Profile((256,) * 3, (256,) * 3))\n"
     )
     root = Path(__file__).parents[2]
@@ -228,10 +255,11 @@ def test_a_killed_build_leaves_the_folder_as_it_was_and_is_swept(engines, monkey
     proc.wait()
     assert (engines / "manifest.json").read_text() == before
     partial = [p for p in (engines / "tensorrt").iterdir() if p.is_dir()]
-    assert len(partial) == 1 and partial[0].name.startswith(".trt10.13_")
+    assert len(partial) == 1 and partial[0].name.startswith(".trt10.13.0_")
     assert (partial[0] / "unet.plan").is_file()  # killed half-way through the four plans
     with pytest.raises(EngineError, match="no TensorRT engines"):
         find_plans(load_manifest(engines), "10.13.0", "8.9")
     build(engines, FakeTensorRT(), monkeypatch, profile=Profile((256,) * 3, (256,) * 3))
     dirs = [p.name for p in (engines / "tensorrt").iterdir() if p.is_dir()]
-    assert dirs == ["trt10.13_sm89_fp16_vaefp32_h256_w256_b1"]  # the leftover was swept
+    assert len(dirs) == 1 and dirs[0].startswith("trt10.13.0_sm89_fp16_vaefp32_o3_g")
+    assert dirs[0].endswith("_h256_w256_b1")  # the leftover was swept

@@ -92,3 +92,22 @@ def test_psnr():
     assert psnr(a, b) == pytest.approx(10 * np.log10(48))
     with pytest.raises(ValueError, match="shape"):
         psnr(a, b[:2])
+
+
+@pytest.mark.parametrize(
+    "mode,top",
+    [("I", 255), ("I", 65535), ("I", 2**31 - 1), ("I;16", 65535), ("F", 1.0), ("F", 255.0)],
+)
+def test_high_bit_depth_grayscale_is_scaled_by_its_range_not_clipped(mode, top):
+    from fastimg.images import to_rgb
+
+    ramp = np.linspace(0, top, 64, dtype=np.float64).reshape(1, 64).repeat(4, axis=0)
+    dtype = {"I": np.int32, "I;16": np.uint16, "F": np.float32}[mode]
+    image = Image.fromarray(ramp.astype(dtype), mode=mode if mode != "I;16" else None)
+    if mode == "I;16":
+        image = Image.frombytes("I;16", (64, 4), ramp.astype("<u2").tobytes())
+    assert image.mode == mode
+    gray = np.asarray(to_rgb(image))[..., 0].astype(int)
+    assert gray[0, 0] == 0 and gray[0, -1] == 255
+    assert abs(gray[0, 32] - 130) <= 2  # mid-grey stays mid-grey (32/63 of white)
+    assert len(np.unique(gray)) > 32  # a ramp, not black and white

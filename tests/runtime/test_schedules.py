@@ -48,8 +48,8 @@ def test_timesteps_and_sigmas_equal_diffusers(sampler, spacing, steps):
         schedules.resolve_config(config, sampler), sampler, steps
     )
     np.testing.assert_array_equal(timesteps, ref.timesteps.numpy())
-    if sigmas is None:
-        assert not hasattr(ref, "sigmas") or sampler in ("ddim", "lcm")
+    if sampler in ("ddim", "lcm"):  # these step on alphas; diffusers keeps no sigmas for them
+        assert sigmas is None and not hasattr(ref, "sigmas")
     else:
         np.testing.assert_allclose(sigmas, ref.sigmas.numpy(), rtol=1e-6, atol=0)
 
@@ -72,11 +72,23 @@ def test_default_sampler_follows_the_model_scheduler_class():
     assert schedules.default_sampler(SD15) is None
 
 
+@pytest.mark.parametrize("sampler", schedules.SAMPLERS)
 @pytest.mark.parametrize(
-    "steps,strength,start", [(10, 0.3, 7), (10, 1.0, 0), (4, 0.5, 2), (1, 1.0, 0), (3, 0.34, 2)]
+    "steps,strength", [(10, 0.3), (10, 1.0), (4, 0.5), (1, 1.0), (3, 0.34), (50, 0.75), (7, 0.99)]
 )
-def test_img2img_start_matches_diffusers_get_timesteps(steps, strength, start):
-    assert schedules.img2img_start(steps, strength) == start
+def test_img2img_start_matches_diffusers_get_timesteps(sampler, steps, strength):
+    from types import SimpleNamespace
+
+    ref = diffusers_scheduler(SD15, sampler)
+    ref.set_timesteps(steps)
+    pipe = SimpleNamespace(scheduler=ref)  # get_timesteps reads only self.scheduler
+    timesteps, run = diffusers.StableDiffusionImg2ImgPipeline.get_timesteps(
+        pipe, steps, strength, "cpu"
+    )
+    start = schedules.img2img_start(steps, strength)
+    assert steps - start == run
+    plan = schedules.make_plan(SD15, sampler, steps, strength)
+    np.testing.assert_allclose(plan.timesteps, timesteps.numpy().astype(np.float32), rtol=1e-6)
 
 
 @pytest.mark.parametrize("steps,strength", [(2, 0.4), (10, 0.05)])

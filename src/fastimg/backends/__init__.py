@@ -1,5 +1,7 @@
 """Engine backends behind one small interface: load a component, run it on named arrays."""
 
+import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
@@ -13,6 +15,8 @@ GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
 # ONNX Runtime's TensorRT provider compiles engines on first use (minutes): asked for, never auto.
 AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Backends that compile the ONNX graphs keep what they compiled beside the engines, by key.
+CACHES = {"openvino": "openvino_cache", "onnxruntime-tensorrt": "ort_tensorrt_cache"}
 
 
 class Session(Protocol):
@@ -22,8 +26,73 @@ class Session(Protocol):
     output_names: list[str]
 
     def run(self, feeds: "dict[str, np.ndarray]") -> "dict[str, np.ndarray]":
-        """Run the engine on `feeds` and return every output by name."""
+        """Run the engine on `feeds` and return every output by name (safe from any thread)."""
         ...
+
+
+@dataclass
+class Engines:
+    """The components of an engine folder loaded on one backend (and TensorRT plan set)."""
+
+    backend: str
+    precision: str
+    sessions: dict
+    plan_set: str | None = None
+    device: str = "cpu"
+    device_index: int | None = None
+    stream: object = field(default=None, repr=False)
+    xp: object = field(default=None, repr=False)  # numpy, or cupy on a GPU
+
+    @property
+    def label(self) -> str:
+        """'openvino bf16', 'tensorrt fp16 (plans KEY)': what ran, in words."""
+        plans = f" (plans {self.plan_set})" if self.plan_set else ""
+        return f"{self.backend} {self.precision}{plans}"
+
+    def activate(self):
+        """A context in which array work runs on these engines' device and stream."""
+        if self.device == "cpu":
+            return contextlib.nullcontext()
+        import cupy
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(cupy.cuda.Device(self.device_index or 0))
+        if self.stream is not None:
+            stack.enter_context(self.stream)
+        return stack
+
+
+def compiled_cache(backend: str, manifest, component: str, precision: str, options: dict):
+    """The keyed folder for what `backend` compiles of `component`, or None (nothing cached)."""
+    if backend not in CACHES:
+        return None
+    from ..compiled import keyed_folder
+    from ..machine import cpu_identity, package_version
+
+    if backend == "openvino":
+        device = cpu_identity()
+        version = package_version("openvino")
+    else:
+        from ..gpu import device_properties
+
+        name, capability = device_properties(options.get("device"))
+        device = f"{name} sm{capability}"
+        version = f"onnxruntime {_ort_version()}, tensorrt {package_version('tensorrt')}"
+    parts = {
+        "backend": backend,
+        "version": version,
+        "precision": precision,
+        "device": device,
+        "options": options,
+        "graph": manifest.graph_digest((component,)),
+    }
+    return keyed_folder(manifest.folder / CACHES[backend], component, parts)
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
 
 
 def load_session(
@@ -32,34 +101,77 @@ def load_session(
     threads: int | None = None,
     precision: str = "fp32",
     cache_dir: Path | None = None,
+    max_concurrency: int = 1,
+    device: int | None = None,
 ) -> Session:
     """Load the model file at `path` with the named (already resolved) backend."""
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeSession
 
-        return OnnxRuntimeSession(path, threads=threads)
+        return OnnxRuntimeSession(path, threads=threads, max_concurrency=max_concurrency)
     if backend == "openvino":
         from .openvino import OpenVinoSession
 
-        return OpenVinoSession(path, threads=threads, precision=precision, cache_dir=cache_dir)
+        return OpenVinoSession(
+            path,
+            threads=threads,
+            precision=precision,
+            cache_dir=cache_dir,
+            max_concurrency=max_concurrency,
+        )
     if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
         from .onnxruntime_gpu import OnnxRuntimeCudaSession
 
         provider = backend.removeprefix("onnxruntime-")
-        return OnnxRuntimeCudaSession(path, provider=provider, cache_dir=cache_dir)
+        return OnnxRuntimeCudaSession(
+            path, provider=provider, cache_dir=cache_dir, device=device or 0
+        )
     raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
 
-def load_sessions(backend: str, manifest, components, **options) -> dict:
-    """One session per component of an engine folder, on a resolved backend."""
+def load_engines(
+    backend: str,
+    manifest,
+    components,
+    precision: str,
+    threads: int | None = None,
+    max_concurrency: int = 1,
+    device: int | None = None,
+    plans=None,
+) -> Engines:
+    """Every component of an engine folder on a resolved backend (TensorRT: the plan set
+    `plans`), with its compiled cache keyed to this backend, precision, device and graph."""
     if backend == "tensorrt":
-        from ..gpu import compute_capability
         from .tensorrt import TensorRTEngines
-        from .tensorrt_plans import find_plans
 
-        trt_version = __import__("tensorrt").__version__
-        engines = TensorRTEngines(find_plans(manifest, trt_version, compute_capability()))
-        return {name: engines.session(name) for name in components}
-    return {
-        name: load_session(backend, manifest.path(name, backend), **options) for name in components
-    }
+        shared = TensorRTEngines(plans, device=device or 0)
+        sessions = {name: shared.session(name) for name in components}
+        return Engines(
+            backend, plans.precision, sessions, plans.key, "cuda", device or 0, shared.stream
+        )
+    options = {"threads": threads, "max_concurrency": max_concurrency}
+    if backend != "openvino":
+        options = {"device": device}
+    sessions = {}
+    for name in components:
+        cache_dir = compiled_cache(backend, manifest, name, precision, options)
+        sessions[name] = load_session(
+            backend,
+            manifest.path(name, backend),
+            threads=threads,
+            precision=precision,
+            cache_dir=cache_dir,
+            max_concurrency=max_concurrency,
+            device=device,
+        )
+    # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).
+    effective = sorted({getattr(s, "precision", precision) for s in sessions.values()})
+    gpu = backend in GPU_BACKENDS
+    return Engines(
+        backend,
+        "+".join(effective),
+        sessions,
+        None,
+        "cuda" if gpu else "cpu",
+        (device or 0) if gpu else None,
+    )

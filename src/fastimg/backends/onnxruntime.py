@@ -1,25 +1,22 @@
 """ONNX Runtime on the CPU."""
 
-import os
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EngineError
-
-
-def available_cores() -> int:
-    """Cores this process may run on (affinity- and container-aware where the OS says)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
+from ..machine import available_cores
 
 
 class OnnxRuntimeSession:
-    """An onnxruntime.InferenceSession with threads set from the cores available."""
+    """An onnxruntime.InferenceSession with threads set from the cores available.
 
-    def __init__(self, path: Path, threads: int | None = None):
+    ONNX Runtime's run() may be called from several threads at once; at most `max_concurrency`
+    calls run together (each already uses every core given to it).
+    """
+
+    def __init__(self, path: Path, threads: int | None = None, max_concurrency: int = 1):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -35,8 +32,10 @@ class OnnxRuntimeSession:
             ) from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self._slots = threading.BoundedSemaphore(max_concurrency)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on `feeds`; every output comes back by name."""
-        outputs = self._session.run(self.output_names, feeds)
+        with self._slots:
+            outputs = self._session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outputs, strict=True))

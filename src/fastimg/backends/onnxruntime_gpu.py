@@ -1,10 +1,12 @@
 """ONNX Runtime's CUDA and TensorRT execution providers, for GPUs without a TensorRT install.
 
 Inputs and outputs stay on the device: they are CuPy arrays bound to the session with
-IOBinding. ONNX Runtime runs on its own stream, so inputs are synchronized before each run.
+IOBinding. ONNX Runtime runs on its own stream, so inputs are synchronized before each run;
+runs of one session are serialized (the GPU would gain nothing from overlapping them).
 """
 
 import math
+import threading
 from pathlib import Path
 
 from ..errors import EngineError, require
@@ -28,7 +30,13 @@ class OnnxRuntimeCudaSession:
 
     device = "cuda"
 
-    def __init__(self, path: Path, provider: str = "cuda", cache_dir: Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        provider: str = "cuda",
+        cache_dir: Path | None = None,
+        device: int = 0,
+    ):
         import onnxruntime as ort
 
         self.cp = require("cupy", "gpu")
@@ -40,7 +48,7 @@ class OnnxRuntimeCudaSession:
             )
         providers = []
         for name in PROVIDERS[provider]:
-            options = {"device_id": 0}
+            options = {"device_id": device}
             if name == "TensorrtExecutionProvider":
                 options.update(trt_fp16_enable=True, trt_engine_cache_enable=cache_dir is not None)
                 if cache_dir is not None:
@@ -53,9 +61,15 @@ class OnnxRuntimeCudaSession:
         self._types = {i.name: i.type for i in self._session.get_inputs()}
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.device_id = device
+        self._lock = threading.Lock()
 
     def run(self, feeds: dict) -> dict:
         """Run on device arrays (NumPy inputs are copied up); outputs come back as CuPy."""
+        with self._lock, self.cp.cuda.Device(self.device_id):
+            return self._run(feeds)
+
+    def _run(self, feeds: dict) -> dict:
         cp = self.cp
         binding = self._session.io_binding()
         keep = []
@@ -63,9 +77,11 @@ class OnnxRuntimeCudaSession:
             dtype = "int64" if self._types[name] == "tensor(int64)" else "float32"
             array = cp.ascontiguousarray(cp.asarray(feeds[name], dtype=dtype))
             keep.append(array)
-            binding.bind_input(name, "cuda", 0, array.dtype, array.shape, array.data.ptr)
+            binding.bind_input(
+                name, "cuda", self.device_id, array.dtype, array.shape, array.data.ptr
+            )
         for name in self.output_names:
-            binding.bind_output(name, "cuda", 0)
+            binding.bind_output(name, "cuda", self.device_id)
         cp.cuda.get_current_stream().synchronize()  # ONNX Runtime reads on its own stream
         self._session.run_with_iobinding(binding)
         outputs = {}

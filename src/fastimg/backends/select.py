@@ -54,8 +54,11 @@ def gpu_present() -> bool:
     return bool(gpus())
 
 
-def unavailable(backend: str, manifest=None) -> str | None:
-    """Why `backend` cannot run here (None when it can), in words a user can act on."""
+def unavailable(
+    backend: str, manifest=None, device: int | None = None, precision: str = "auto"
+) -> str | None:
+    """Why `backend` cannot run here (in `precision`, if given; None when it can), in words a
+    user can act on."""
     if backend == "onnxruntime":
         return None
     if backend == "openvino":
@@ -64,6 +67,13 @@ def unavailable(backend: str, manifest=None) -> str | None:
         return "needs CuPy for GPU arrays: pip install 'fastimg[gpu]'"
     if not gpu_present():
         return "no CUDA GPU is visible"
+    if device is not None:
+        from ..gpu import current_device
+
+        try:
+            current_device(device)
+        except EngineError as exc:
+            return str(exc)
     if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
         from .onnxruntime_gpu import cuda_providers
 
@@ -74,18 +84,33 @@ def unavailable(backend: str, manifest=None) -> str | None:
     if not installed("tensorrt"):
         return "TensorRT is not installed: pip install 'fastimg[tensorrt]'"
     if manifest is not None:
-        from ..gpu import compute_capability
-        from .tensorrt_plans import find_plans
-
+        wanted = precision if precision in SUPPORTED["tensorrt"] else None
         try:
-            find_plans(manifest, __import__("tensorrt").__version__, compute_capability())
+            tensorrt_plans_here(manifest, device, precision=wanted)
         except EngineError as exc:
             return str(exc)
     return None
 
 
-def resolve(backend: str = "auto", precision: str = "auto", manifest=None) -> tuple[str, str]:
-    """(backend, precision) to run, 'auto' made concrete; errors name the fix."""
+def tensorrt_plans_here(manifest, device: int | None = None, **request):
+    """The plan set for this TensorRT and GPU that fits `request` (height, width, batch,
+    precision; any when not given); raises EngineError saying why there is none."""
+    from ..gpu import compute_capability
+    from .tensorrt_plans import find_plans
+
+    version = __import__("tensorrt").__version__
+    return find_plans(manifest, version, compute_capability(device), **request)
+
+
+def resolve(
+    backend: str = "auto",
+    precision: str = "auto",
+    manifest=None,
+    device: int | None = None,
+    exclude: tuple[str, ...] = (),
+) -> tuple[str, str]:
+    """(backend, precision) to run, 'auto' made concrete (never one of `exclude`); errors
+    name the fix."""
     if backend not in BACKEND_CHOICES:
         raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKEND_CHOICES)}")
     if precision not in PRECISION_CHOICES:
@@ -93,30 +118,32 @@ def resolve(backend: str = "auto", precision: str = "auto", manifest=None) -> tu
             f"unknown precision {precision!r}: choose one of {', '.join(PRECISION_CHOICES)}"
         )
     if backend == "auto":
-        backend = _auto(precision, manifest)
+        backend = _auto(precision, manifest, device, exclude)
     else:
-        reason = unavailable(backend, manifest)
+        reason = unavailable(backend, manifest, device, precision)
         if reason is not None:
             error = MissingDependencyError if "install" in reason else EngineError
             raise error(f"the {backend} backend cannot run here: {reason}")
     if precision == "auto":
-        precision = _default_precision(backend, manifest)
+        precision = _default_precision(backend, manifest, device)
     if precision not in SUPPORTED[backend]:
         hint = {"bf16": "--backend openvino", "fp16": "--backend tensorrt"}.get(precision, "")
         raise InputError(
             f"{precision} does not run on the {backend} backend (it runs "
             f"{', '.join(SUPPORTED[backend])})" + (f": add {hint}" if hint else "")
         )
-    if precision == "bf16" and not cpu_supports_bf16():
-        log.warning("this CPU has no native bf16; OpenVINO will emulate it slowly")
     return backend, precision
 
 
-def _auto(precision: str, manifest) -> str:
-    wanted = [b for b in AUTO_ORDER if precision == "auto" or precision in SUPPORTED[b]]
+def _auto(precision: str, manifest, device, exclude) -> str:
+    wanted = [
+        b
+        for b in AUTO_ORDER
+        if (precision == "auto" or precision in SUPPORTED[b]) and b not in exclude
+    ]
     reasons = []
     for backend in wanted:
-        reason = unavailable(backend, manifest)
+        reason = unavailable(backend, manifest, device, precision)
         if reason is None:
             if reasons and gpu_present():
                 log.warning("GPU backends passed over: %s", "; ".join(reasons))
@@ -126,12 +153,15 @@ def _auto(precision: str, manifest) -> str:
     raise InputError(f"no backend here runs {precision}: {'; '.join(reasons)}")
 
 
-def _default_precision(backend: str, manifest) -> str:
+def _default_precision(backend: str, manifest, device) -> str:
     if backend == "openvino":
         return "bf16" if cpu_supports_bf16() else "fp32"
     if backend == "tensorrt" and manifest is not None:
-        from .tensorrt_plans import plan_sets
-
-        sets = list(plan_sets(manifest).values())
-        return sets[0]["precision"] if sets else "fp16"
+        # fp16 where plans for this TensorRT and GPU exist in fp16, else what exists.
+        for precision in SUPPORTED["tensorrt"]:
+            try:
+                tensorrt_plans_here(manifest, device, precision=precision)
+            except EngineError:
+                continue
+            return precision
     return SUPPORTED[backend][0]

@@ -1,14 +1,23 @@
 """TensorRT plans on one CUDA stream, with nothing between the engines but CuPy buffers.
 
 Each plan is deserialized once. Every execution context draws its activations from one block
-sized for the largest engine (the engines run one after another on the same stream, so they
-can share it). Input and output buffers are allocated once per shape and bound by address;
-where the profile is static, each engine's launch is captured once into a CUDA graph and
-replayed. Written against TensorRT 10.x/11.x's name-based I/O API; not run on a GPU here.
+sized for the largest engine: the engines of a plan set run one at a time (a lock), on one
+stream, so they can share it. Input and output buffers are allocated per input shape and bound
+by address, for the most recent few shapes only (an LRU: each shape holds device memory and,
+where the profile is static, a CUDA graph of the engine's launch, captured on a private stream
+so that other threads' work on the shared stream never lands in it). Calls from several threads
+are safe: each run copies its feeds in, launches and copies its outputs out under the lock, all
+in the shared stream's order. Written against TensorRT 10.1+/11.x's name-based I/O API.
 """
+
+import threading
+from collections import OrderedDict
 
 from ..errors import EngineError, require
 from .tensorrt_plans import PlanSet
+
+# Input shapes kept bound per engine; older ones are freed (their buffers and CUDA graph).
+MAX_SHAPES = 4
 
 
 class _Slot:
@@ -19,30 +28,34 @@ class _Slot:
 
 
 class TensorRTEngines:
-    """The four engines of a plan set, their shared stream and activation memory."""
+    """The four engines of a plan set, their shared stream, activation memory and lock."""
 
-    def __init__(self, plans: PlanSet):
+    def __init__(self, plans: PlanSet, device: int = 0):
         self.trt = trt = require("tensorrt", "tensorrt")
         self.cp = cp = require("cupy", "gpu")
-        self.plans = plans
+        self.plans, self.device_id = plans, device
+        self.lock = threading.Lock()
         self.logger = trt.Logger(trt.Logger.WARNING)
-        runtime = trt.Runtime(self.logger)
-        self.engines = {}
-        for component, path in plans.paths.items():
-            engine = runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
-                raise EngineError(
-                    f"TensorRT could not load {path} (built by another TensorRT version or for "
-                    f"another GPU?): rebuild with  fastimg build {path.parents[2]} --rebuild"
-                )
-            self.engines[component] = engine
-        self.stream = cp.cuda.Stream(non_blocking=True)
-        size = max(engine.device_memory_size_v2 for engine in self.engines.values())
-        self.activations = cp.cuda.alloc(max(size, 1))
+        with cp.cuda.Device(device):
+            runtime = trt.Runtime(self.logger)
+            self.engines = {}
+            for component, path in plans.paths.items():
+                engine = runtime.deserialize_cuda_engine(path.read_bytes())
+                if engine is None:
+                    raise EngineError(
+                        f"TensorRT could not load {path} (built by another TensorRT version or "
+                        f"for another GPU?): rebuild with  fastimg build {path.parents[2]} "
+                        "--rebuild"
+                    )
+                self.engines[component] = engine
+            self.stream = cp.cuda.Stream(non_blocking=True)
+            self.capture_stream = cp.cuda.Stream(non_blocking=True)
+            size = max(engine.device_memory_size_v2 for engine in self.engines.values())
+            self.activations = cp.cuda.alloc(max(size, 1))
         self.activation_bytes = size
 
     def session(self, component: str) -> "TensorRTSession":
-        """A session for one component, sharing this set's stream and activation memory."""
+        """A session for one component, sharing this set's stream, memory and lock."""
         return TensorRTSession(self, self.engines[component], self.plans.profile.static)
 
 
@@ -54,16 +67,17 @@ class TensorRTSession:
     def __init__(self, shared: TensorRTEngines, engine, use_graphs: bool):
         trt, self.cp = shared.trt, shared.cp
         self.shared, self.engine, self.use_graphs = shared, engine, use_graphs
-        self.stream = shared.stream
+        self.stream, self.device_id = shared.stream, shared.device_id
         strategy = trt.ExecutionContextAllocationStrategy.USER_MANAGED
-        self.context = engine.create_execution_context(strategy)
-        self.context.set_device_memory(shared.activations.ptr, shared.activation_bytes)
+        with self.cp.cuda.Device(self.device_id):
+            self.context = engine.create_execution_context(strategy)
+            self.context.set_device_memory(shared.activations.ptr, shared.activation_bytes)
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         self.dtypes = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in names}
-        self._slots: dict[tuple, _Slot] = {}
+        self._slots: OrderedDict[tuple, _Slot] = OrderedDict()
         self._bound: tuple | None = None
 
     def _slot(self, signature: tuple) -> _Slot:
@@ -72,6 +86,7 @@ class TensorRTSession:
             cp = self.cp
             for name, shape in signature:
                 if not self.context.set_input_shape(name, shape):
+                    self._bound = None
                     raise EngineError(
                         f"input {name} of shape {shape} is outside this engine's profile: "
                         "build engines for this size with  fastimg build"
@@ -83,6 +98,9 @@ class TensorRTSession:
             }
             slot = self._slots[signature] = _Slot(inputs, outputs)
             self._bound = None
+            while len(self._slots) > MAX_SHAPES:
+                self._slots.popitem(last=False)  # its buffers and graph are freed with it
+        self._slots.move_to_end(signature)
         if self._bound != signature:
             for name, shape in signature:
                 self.context.set_input_shape(name, shape)
@@ -95,7 +113,7 @@ class TensorRTSession:
         """Run the engine on `feeds` (NumPy or CuPy arrays) on the shared stream."""
         cp = self.cp
         signature = tuple((n, tuple(feeds[n].shape)) for n in self.input_names)
-        with self.stream:
+        with self.shared.lock, cp.cuda.Device(self.device_id), self.stream:
             slot = self._slot(signature)
             for name in self.input_names:
                 slot.inputs[name][...] = cp.asarray(feeds[name], dtype=self.dtypes[name])
@@ -109,10 +127,13 @@ class TensorRTSession:
         if not self.context.execute_async_v3(self.stream.ptr):
             raise EngineError("TensorRT failed to run an engine (see its log above)")
         slot.runs += 1
-        # The first run lets TensorRT finish its deferred setup; the second is captured.
+        # The first run lets TensorRT finish its deferred setup; the second is captured, on a
+        # stream no other code uses, after the first has finished.
         if self.use_graphs and slot.runs == 1:
-            self.stream.begin_capture()
+            self.stream.synchronize()
+            capture = self.shared.capture_stream
+            capture.begin_capture()
             try:
-                self.context.execute_async_v3(self.stream.ptr)
+                self.context.execute_async_v3(capture.ptr)
             finally:
-                slot.graph = self.stream.end_capture()
+                slot.graph = capture.end_capture()

@@ -22,7 +22,7 @@ def ready(monkeypatch):
 
     def pretend(*backends, bf16=True):
         monkeypatch.setattr(
-            select, "unavailable", lambda b, manifest=None: None if b in backends else "not here"
+            select, "unavailable", lambda b, *args: None if b in backends else "not here"
         )
         monkeypatch.setattr(select, "cpu_supports_bf16", lambda: bf16)
         monkeypatch.setattr(select, "gpu_present", lambda: True)
@@ -123,3 +123,14 @@ def test_bf16_detection_agrees_with_the_cpu_flags():
         assert select.cpu_supports_bf16()
     elif "avx512f" not in flags:
         assert not select.cpu_supports_bf16()
+
+
+def test_a_cuda_device_that_is_not_there_is_named_with_those_that_are(only, monkeypatch):
+    import sys
+
+    from tests.runtime.test_gpu import fake_cupy
+
+    only("onnxruntime", "cupy", "tensorrt", gpu=True)
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy([("NVIDIA L4", 8, 9)]))
+    with pytest.raises(EngineError, match=r"no CUDA device 5.*sees 1"):
+        select.resolve("tensorrt", device=5)
