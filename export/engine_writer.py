@@ -202,6 +202,8 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
             entries[name]["variants"] = {"onnxruntime": fused}
             entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
             fused["path"] = f"{name}/{fused['path']}"
+    # The runtime checks that the tokenizer's ids fit the text encoder's embedding.
+    entries["text_encoder"]["vocab_size"] = int(pipe.text_encoder.config.vocab_size)
     return entries
 
 

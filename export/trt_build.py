@@ -11,6 +11,7 @@ and only then listed in the manifest (rewritten atomically), so an interrupted b
 the folder as it was.
 """
 
+import contextlib
 import hashlib
 import json
 import os
@@ -118,8 +119,10 @@ def build_engines(
     opt_level: int = 3,
     rebuild: bool = False,
     log=print,
+    device: int | None = None,
 ) -> str:
-    """Build the four plans of `profile` for this GPU; return their key (kept if built already)."""
+    """Build the four plans of `profile` for this GPU (CUDA device `device`, default: the
+    current one); return their key (kept if built already)."""
     if precision not in PRECISIONS or vae_precision not in PRECISIONS:
         raise InputError(f"precisions must be one of {', '.join(PRECISIONS)}")
     if opt_level not in OPT_LEVELS:
@@ -127,7 +130,7 @@ def build_engines(
     manifest = load_manifest(folder)
     check_profile(profile, manifest)
     trt = require("tensorrt", "tensorrt")
-    gpu_name, capability = device_properties()
+    gpu_name, capability = device_properties(device)
     graph = manifest.graph_digest()
     key = engine_key(
         trt.__version__, capability, profile, precision, vae_precision, opt_level, graph
@@ -148,21 +151,28 @@ def build_engines(
     )
     shapes = input_shapes(profile, manifest)
     staging = make_staging_folder(root, f".{key}.partial-{os.getpid()}-")
+    on_device = contextlib.nullcontext()
+    if device is not None:
+        on_device = require("cupy", "gpu").cuda.Device(device)
     try:
-        entries = {}
-        scratch = staging / ".fp16-onnx"  # inside staging: a killed build leaves one folder
-        for component in COMPONENTS:
-            wanted = vae_precision if component.startswith("vae") else precision
-            log(f"building {component} ({wanted}, {profile.key()})")
-            started = time.perf_counter()
-            source = _source_onnx(manifest, component, wanted, scratch)
-            plan = _build_plan(trt, logger, source, shapes[component], opt_level, cache, log)
-            (staging / f"{component}.plan").write_bytes(plan)
-            entries[component] = {"path": f"tensorrt/{key}/{component}.plan", "precision": wanted}
-            log(
-                f"  {component}: {len(plan) / 2**20:.0f} MiB in "
-                f"{time.perf_counter() - started:.0f} s"
-            )
+        with on_device:  # TensorRT builds on the current CUDA device
+            entries = {}
+            scratch = staging / ".fp16-onnx"  # inside staging: a killed build leaves one folder
+            for component in COMPONENTS:
+                wanted = vae_precision if component.startswith("vae") else precision
+                log(f"building {component} ({wanted}, {profile.key()})")
+                started = time.perf_counter()
+                source = _source_onnx(manifest, component, wanted, scratch)
+                plan = _build_plan(trt, logger, source, shapes[component], opt_level, cache, log)
+                (staging / f"{component}.plan").write_bytes(plan)
+                entries[component] = {
+                    "path": f"tensorrt/{key}/{component}.plan",
+                    "precision": wanted,
+                }
+                log(
+                    f"  {component}: {len(plan) / 2**20:.0f} MiB in "
+                    f"{time.perf_counter() - started:.0f} s"
+                )
         shutil.rmtree(scratch, ignore_errors=True)
         cache_path.write_bytes(bytes(cache.serialize()))
         replace_folder(staging, root / key)

@@ -1,10 +1,11 @@
 """Stand-in TensorRT plan sets listed in an engine folder's manifest, for tests without a GPU."""
 
+import hashlib
 import json
 from pathlib import Path
 
 from fastimg.backends.tensorrt_plans import engine_key
-from fastimg.manifest import COMPONENTS
+from fastimg.manifest import COMPONENTS, Manifest
 from fastimg.profiles import Profile
 
 
@@ -14,6 +15,7 @@ def write_plan_sets(
     """List a plan set per (profile, compute capability, precision) in `engines`' manifest,
     with small stand-in plan files; return their keys in order."""
     data = json.loads((engines / "manifest.json").read_text())
+    graph = Manifest(engines, data).graph_digest()
     listed, keys = {}, []
     for k, (profile, capability, precision) in enumerate(sets):
         key = engine_key(trt, capability, profile, precision, "fp32", 3, f"{k:010d}")
@@ -22,7 +24,8 @@ def write_plan_sets(
             rel = f"tensorrt/{key}/{component}.plan"
             (engines / rel).parent.mkdir(parents=True, exist_ok=True)
             (engines / rel).write_bytes(b"plan")
-            components[component] = {"path": rel, "files": {rel: {"bytes": 4}}}
+            digest = hashlib.sha256(b"plan").hexdigest()
+            components[component] = {"path": rel, "files": {rel: {"bytes": 4, "sha256": digest}}}
         listed[key] = {
             "tensorrt": trt,
             "compute_capability": capability,
@@ -30,6 +33,7 @@ def write_plan_sets(
             "vae_precision": "fp32",
             "profile": profile.to_dict(),
             "components": components,
+            "graph_sha256": graph,
         }
         keys.append(key)
     data["tensorrt"] = {"engines": listed}

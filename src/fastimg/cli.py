@@ -249,7 +249,7 @@ def transform(
     import secrets
 
     from . import schedules
-    from .images import MAX_PIXELS, load_image, parse_size, resize_to, save_png
+    from .images import MAX_PIXELS, load_image, parse_size, resize_to
     from .pipeline import Img2ImgPipeline, resolve_sampler
 
     # Bad settings fail here, before anything is loaded.
@@ -269,7 +269,7 @@ def transform(
     if resize is not None:
         _check_size(resize, pipe.manifest)
     sampler = resolve_sampler(pipe.manifest, scheduler)
-    failures = []
+    failures = 0
     for src, targets in plan.items():
         try:
             image = load_image(src, max_pixels=max_pixels or MAX_PIXELS)
@@ -288,18 +288,30 @@ def transform(
                     scheduler=sampler,
                     callback=lambda step, total, bar=bar: bar.update(1),
                 )
+            for result, dest in zip(results, targets, strict=True):
+                meta = {**result.info, "fastimg:source": src.name, "fastimg:engines": str(engines)}
+                _save(result, dest, meta)
+                click.echo(str(dest))
         except FastImgError as exc:
-            failures.append(f"{src}: {exc}")
+            failures += 1  # said once, here; the batch goes on with the next input
             _echo_err(f"error: {src}: {exc}")
-            continue
-        for result, dest in zip(results, targets, strict=True):
-            meta = {**result.info, "fastimg:source": src.name, "fastimg:engines": str(engines)}
-            save_png(result, dest, meta)
-            click.echo(str(dest))
     if failures:
-        raise click.ClickException(
-            f"{len(failures)} of {len(plan)} images failed:\n  " + "\n  ".join(failures)
-        )
+        raise click.ClickException(f"{failures} of {len(plan)} images failed (each is named above)")
+
+
+def _save(image, dest: Path, metadata: dict) -> None:
+    """Save an output PNG; a write that fails (disk full, no permission) is an OutputError."""
+    from .errors import OutputError
+    from .images import save_png
+
+    try:
+        save_png(image, dest, metadata)
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise OutputError(
+            f"cannot write {dest} ({reason}); nothing was left half-written: free space or "
+            "choose another -o"
+        ) from None
 
 
 @cli.command()
@@ -367,6 +379,12 @@ def info(engines: Path, verify: bool) -> None:
 )
 @click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
 @click.option("--rebuild", is_flag=True, help="Build again even if these engines exist.")
+@click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=None,
+    help="CUDA device to build for [default: the current device].",
+)
 @_domain_errors
 def build(
     engines: Path,
@@ -377,6 +395,7 @@ def build(
     vae_precision: str,
     opt_level: int,
     rebuild: bool,
+    device: int | None,
 ) -> None:
     """Build TensorRT engines for this GPU from ENGINES' ONNX (needs fastimg[tensorrt])."""
     from .errors import require
@@ -401,6 +420,7 @@ def build(
         opt_level=opt_level,
         rebuild=rebuild,
         log=_echo_err,
+        device=device,
     )
     click.echo(f"TensorRT engines {key} ready in {engines / 'tensorrt' / key}")
 

@@ -11,6 +11,7 @@ run and crashed). Each folder records its key in key.json; a folder whose record
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from .atomic import write_atomically
 log = logging.getLogger("fastimg")
 
 KEY_FILE = "key.json"
+# Compiled sets kept per component (each can be gigabytes): the most recently used survive.
+KEEP = 3
 
 
 def cache_key(parts: dict) -> str:
@@ -29,7 +32,8 @@ def cache_key(parts: dict) -> str:
 def keyed_folder(root: Path, label: str, parts: dict) -> Path | None:
     """`root/LABEL-KEY`, ready for a backend's compiled files; None where it cannot be written.
 
-    Loose files directly in `root` (caches written before keys existed) are removed.
+    Loose files directly in `root` (caches written before keys existed) are removed, and of the
+    LABEL folders only the KEEP most recently used are kept.
     """
     folder = root / f"{label}-{cache_key(parts)}"
     try:
@@ -47,10 +51,24 @@ def keyed_folder(root: Path, label: str, parts: dict) -> Path | None:
                     stale.unlink()
             text = json.dumps(parts, indent=2, sort_keys=True).encode()
             write_atomically(record, lambda f: f.write(text))
+        os.utime(record)  # its time is when this key was last used
+        _prune(root, label, keep=folder)
     except OSError as exc:
         log.info("compiled models will not be cached (%s cannot be written: %s)", root, exc)
         return None
     return folder
+
+
+def _prune(root: Path, label: str, keep: Path) -> None:
+    def last_used(folder: Path) -> float:
+        try:
+            return (folder / KEY_FILE).stat().st_mtime
+        except OSError:
+            return 0.0
+
+    siblings = [f for f in root.glob(f"{label}-*") if f.is_dir() and f != keep]
+    for stale in sorted(siblings, key=last_used, reverse=True)[KEEP - 1 :]:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def _recorded(record: Path) -> dict | None:

@@ -26,6 +26,7 @@ MIN_PSNR = {"fp32": 40.0, "bf16": 25.0, "fp16": 25.0}
 # reported as a failed row instead of ending the doctor; this is its entry point.
 WORKER = "from fastimg.doctor import worker; worker()"
 CHECK_TIMEOUT_S = 1800
+CHECK_SIZE = (128, 128)  # height, width of the check job, where the engines take it
 
 
 def machine_report() -> list[tuple[str, str]]:
@@ -76,14 +77,14 @@ def _ort_providers() -> str:
     return ", ".join(onnxruntime.get_available_providers())
 
 
-def check_job() -> dict:
+def check_job(height: int, width: int) -> dict:
     """The fixed job every backend runs: small, guided, a few DDIM steps."""
     from .cli import EXAMPLE_IMAGE
     from .images import load_image
 
     return dict(
         prompt="a watercolor house",
-        image=load_image(EXAMPLE_IMAGE).resize((128, 128)),
+        image=load_image(EXAMPLE_IMAGE).resize((width, height)),
         strength=0.5,
         num_inference_steps=4,
         guidance_scale=7.5,
@@ -93,14 +94,15 @@ def check_job() -> dict:
 
 
 def worker() -> None:
-    """Run the check job once on one backend (argv: engines, backend, precision, device, out)."""
+    """Run the check job once on one backend (argv: engines, backend, precision, device,
+    height, width, out)."""
     from .pipeline import Img2ImgPipeline
 
-    engines, backend, precision, device, out = sys.argv[1:6]
+    engines, backend, precision, device, height, width, out = sys.argv[1:8]
     pipe = Img2ImgPipeline.from_engines(
         engines, backend=backend, precision=precision, device=int(device) if device else None
     )
-    job = check_job()
+    job = check_job(int(height), int(width))
     pipe(**job)  # the first call compiles and warms up
     start = time.perf_counter()
     (image,) = pipe(**job)
@@ -114,17 +116,22 @@ def worker() -> None:
     print(json.dumps(report), flush=True)
 
 
-def run_isolated(engines, backend: str, precision: str, device: int | None, out: Path) -> dict:
+def run_isolated(
+    engines, backend: str, precision: str, device: int | None, size: tuple[int, int], out: Path
+) -> dict:
     """Run the check job on one backend in a fresh interpreter; its report, or why it failed."""
     command = [sys.executable, "-c", WORKER, str(engines), backend, precision]
-    command += ["" if device is None else str(device), str(out)]
+    command += ["" if device is None else str(device), *map(str, size), str(out)]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {CHECK_TIMEOUT_S} s"}
     if proc.returncode < 0:
-        name = signal.Signals(-proc.returncode).name
-        return {"error": f"crashed with {name} (signal {-proc.returncode}){_last_line(proc)}"}
+        try:
+            name = f"{signal.Signals(-proc.returncode).name} (signal {-proc.returncode})"
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-proc.returncode}"
+        return {"error": f"crashed with {name}{_last_line(proc)}"}
     if proc.returncode != 0:
         return {"error": f"exited with code {proc.returncode}{_last_line(proc)}"}
     try:
@@ -138,6 +145,20 @@ def _last_line(proc: subprocess.CompletedProcess) -> str:
     return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
+def check_size(manifest, backend: str, precision: str, device: int | None) -> tuple[int, int]:
+    """The check job's size on a backend: CHECK_SIZE, or for TensorRT a size its plans take."""
+    if backend != "tensorrt":
+        return CHECK_SIZE
+    from .backends.select import tensorrt_plans_here
+    from .profiles import Profile
+
+    plans = tensorrt_plans_here(manifest, device, precision=precision)
+    profile: Profile = plans.profile
+    if profile.admits(*CHECK_SIZE, 1):
+        return CHECK_SIZE
+    return profile.height[1], profile.width[1]  # the profile's optimum
+
+
 def check(engines, device: int | None = None, log=print) -> list[dict]:
     """Run the check job on each runnable backend/precision; compare with the CPU reference."""
     from PIL import Image
@@ -147,32 +168,42 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
     from .manifest import load_manifest
 
     manifest = load_manifest(engines)
-    rows = []
+    rows, references = [], {}
     with tempfile.TemporaryDirectory(prefix="fastimg-doctor-") as scratch:
-        reference_png = Path(scratch) / "reference.png"
-        log("computing the reference on onnxruntime (fp32)")
-        report = run_isolated(engines, "onnxruntime", "fp32", None, reference_png)
-        if "error" in report:
-            raise EngineError(f"the CPU reference (onnxruntime fp32) failed: {report['error']}")
-        reference = Image.open(reference_png).convert("RGB")
+
+        def reference(size: tuple[int, int]):
+            if size not in references:
+                png = Path(scratch) / f"reference-{size[0]}x{size[1]}.png"
+                log(f"computing the reference on onnxruntime (fp32) at {size[1]}x{size[0]}")
+                report = run_isolated(engines, "onnxruntime", "fp32", None, size, png)
+                if "error" in report:
+                    raise EngineError(
+                        f"the CPU reference (onnxruntime fp32) failed: {report['error']}"
+                    )
+                references[size] = Image.open(png).convert("RGB")
+            return references[size]
+
+        reference(CHECK_SIZE)
         for backend in BACKENDS:
             for precision in SUPPORTED[backend]:
                 if backend == "onnxruntime":
                     continue
                 row = {"backend": backend, "precision": precision}
-                reason = unavailable(backend, manifest, device=device)
+                reason = unavailable(backend, manifest, device=device, precision=precision)
                 if reason is not None:
                     rows.append({**row, "status": "skipped", "detail": reason})
                     continue
+                size = check_size(manifest, backend, precision, device)
                 log(f"checking {backend} ({precision})")
                 out = Path(scratch) / f"{backend}-{precision}.png"
-                report = run_isolated(engines, backend, precision, device, out)
+                report = run_isolated(engines, backend, precision, device, size, out)
                 if "error" in report:
                     rows.append({**row, "status": "failed", "detail": report["error"]})
                     continue
+                expected = reference(size)
                 got = Image.open(out).convert("RGB")
-                score = psnr(reference, got)
-                diff = int(np.abs(np.asarray(reference, int) - np.asarray(got, int)).max())
+                score = psnr(expected, got)
+                diff = int(np.abs(np.asarray(expected, int) - np.asarray(got, int)).max())
                 plan = f", plans {report['plan_set']}" if report.get("plan_set") else ""
                 if report.get("ran", precision) != precision:
                     plan += f"; ran as {report['ran']} (no native {precision} here)"
@@ -186,7 +217,8 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
                         "plan_set": report.get("plan_set"),
                         "ran": report.get("ran"),
                         "detail": f"PSNR {score:.1f} dB (needs {MIN_PSNR[precision]:.0f}), max "
-                        f"difference {diff}, {report['seconds']:.2f} s{plan}",
+                        f"difference {diff}, {report['seconds']:.2f} s at {size[1]}x{size[0]}"
+                        f"{plan}",
                     }
                 )
     return rows

@@ -9,6 +9,10 @@ class InputError(FastImgError):
     """A user-supplied value (image, prompt, parameter) cannot be used as given."""
 
 
+class OutputError(FastImgError):
+    """An output cannot be written (disk full, no permission); nothing is left half-written."""
+
+
 class EngineError(FastImgError):
     """An engine file is missing, damaged, or cannot run here."""
 

@@ -6,11 +6,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import EngineError, ManifestError
-from .integrity import verify_hashes
+from .integrity import verify_files
 
 FORMAT = "fastimg-engine"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 2**20
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # Dynamic ONNX engines take any size, but SD's attention memory grows with the fourth power of
 # the side; beyond this the run is refused up front instead of exhausting memory midway.
@@ -66,6 +67,20 @@ class Manifest:
                 named.update(entry.get("files", {}))
         return named
 
+    def opened_files(self) -> dict[str, str]:
+        """Every file the runtime may open (relative path -> what it is), on any backend:
+        component graphs and their variants, the tokenizer, TensorRT plans. The graphs' external
+        data is found in the graphs themselves when they are verified."""
+        opened = {self.tokenizer["path"]: "the tokenizer"}
+        for name, entry in self.components.items():
+            opened.setdefault(entry["path"], f"component {name}'s graph")
+            for backend, variant in entry.get("variants", {}).items():
+                opened.setdefault(variant["path"], f"component {name}'s {backend} graph")
+        for key, plans in self.data.get("tensorrt", {}).get("engines", {}).items():
+            for name, entry in plans["components"].items():
+                opened.setdefault(entry["path"], f"TensorRT plan set {key}'s {name}")
+        return opened
+
     def graph_digest(self, components: tuple[str, ...] = COMPONENTS) -> str:
         """SHA-256 over the recorded hashes of the components' files: which graphs these are."""
         digest = hashlib.sha256()
@@ -106,9 +121,10 @@ def _not_an_engine(folder: Path) -> str:
 
 
 def load_manifest(folder: str | Path, full_check: bool = False) -> Manifest:
-    """Read and check `folder/manifest.json`, and that the files it names are present and whole.
+    """Read `folder/manifest.json`, check it against the schema, and verify every file the
+    runtime may open: inside the folder, listed, of the listed size and SHA-256.
 
-    Sizes are always checked; hashes for files not verified before (or all, with full_check).
+    Hashes are checked for files not verified before (or all, with full_check).
     """
     folder = Path(folder)
     if not folder.is_dir():
@@ -117,37 +133,23 @@ def load_manifest(folder: str | Path, full_check: bool = False) -> Manifest:
     if not path.is_file():
         raise ManifestError(_not_an_engine(folder))
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{path} is over {MAX_MANIFEST_BYTES // 2**20} MB, far more than any manifest: "
+                f"{_fix(folder)}"
+            )
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ManifestError(f"{path} cannot be read ({exc}): {_fix(folder)}") from None
+    except RecursionError:
+        raise ManifestError(
+            f"{path} is nested too deeply to be a manifest: {_fix(folder)}"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ManifestError(f"{path} is not a fastimg engine manifest: {_fix(folder)}")
-    version = data.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise ManifestError(
-            f"{path} has format version {version!r}, newer than this fastimg reads "
-            f"({FORMAT_VERSION}): upgrade fastimg, or {_fix(folder)}"
-        )
-    missing = [
-        k for k in ("components", "scheduler", "tokenizer", "vae_scale_factor") if k not in data
-    ]
-    missing += [c for c in COMPONENTS if c not in data.get("components", {})]
-    if missing:
-        raise ManifestError(f"{path} lacks {', '.join(missing)}: {_fix(folder)}")
+    from .schema import validate  # pydantic loads only when a folder does
+
+    validate(data, str(path), _fix(folder))
     manifest = Manifest(folder, data)
-    check_files(manifest)
-    verify_hashes(folder, manifest.files, _fix(folder), full=full_check)
+    verify_files(folder, manifest.files, manifest.opened_files(), _fix(folder), full=full_check)
     return manifest
-
-
-def check_files(manifest: Manifest) -> None:
-    """Raise EngineError if a file the manifest names is missing or has the wrong size."""
-    for rel, info in manifest.files.items():
-        file = manifest.folder / rel
-        if not file.is_file():
-            raise EngineError(f"engine file {file} is missing: {_fix(manifest.folder)}")
-        if file.stat().st_size != info["bytes"]:
-            raise EngineError(
-                f"engine file {file} is {file.stat().st_size} bytes, the manifest says "
-                f"{info['bytes']}: it is truncated or changed; {_fix(manifest.folder)}"
-            )

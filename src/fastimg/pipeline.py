@@ -22,16 +22,19 @@ from PIL import Image
 
 from . import images, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
-from .backends import CACHES, Engines, load_engines
+from .backends import CACHES, GPU_BACKENDS, Engines, load_engines
 from .backends.select import resolve
 from .errors import EngineError, InputError
 from .manifest import COMPONENTS, Manifest, load_manifest
 from .rng import TorchCompatibleGenerator
-from .tokenizer import PromptTokenizer
+from .tokenizer import PromptTokenizer, quote
 
 log = logging.getLogger("fastimg")
 
 MAX_IMAGES = 64
+# The text encoder reads 77 tokens (a few hundred characters); longer prompts are cut, and a
+# prompt beyond this is refused before it costs memory, time and log space.
+MAX_PROMPT_CHARS = 20_000
 PROMPT_CACHE_SIZE = 32
 OPENVINO_CACHE = CACHES["openvino"]
 # TensorRT plan sets kept loaded at once (each holds its engines and activation memory).
@@ -115,10 +118,15 @@ class Img2ImgPipeline:
             raise InputError(f"device must be a CUDA device index (0, 1, ...), got {device!r}")
         self.manifest = manifest
         self.backend, self.precision = resolve(backend, precision, manifest, device=device)
-        self._auto = backend == "auto"
+        self._auto, self._asked_precision = backend == "auto", precision
+        if self.backend in GPU_BACKENDS and device is None:
+            from .gpu import current_device
+
+            device = current_device()  # one device for plans, caches and buffers alike
         self._options = {"threads": threads, "max_concurrency": max_concurrency, "device": device}
         self.tokenizer = PromptTokenizer(manifest)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the prompt cache and the loaded engines
+        self._loading = threading.Lock()  # one plan set loads at a time, outside self._lock
         self._prompt_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self._loaded: OrderedDict[str | None, Engines] = OrderedDict()
         self._fallback: Engines | None = None
@@ -185,10 +193,20 @@ class Img2ImgPipeline:
 
     @xp.setter
     def xp(self, module) -> None:
-        self._primary().xp = module
+        self._default_engines().xp = module
 
     def _primary(self) -> Engines | None:
-        return next(reversed(self._loaded.values()), None)
+        with self._lock:
+            return next(reversed(self._loaded.values()), None)
+
+    def _default_engines(self) -> Engines:
+        engines = self._primary()
+        if engines is None:
+            raise EngineError(
+                "no TensorRT plan set is loaded before the first call: call the pipeline, or "
+                "pass engines=pipe.engines_for(height, width, batch) to the stage methods"
+            )
+        return engines
 
     def wrap_sessions(self, wrap: Callable[[str, object], object]) -> None:
         """Replace every session, now and as plan sets load, by wrap(component, session)."""
@@ -225,30 +243,38 @@ class Img2ImgPipeline:
             if not self._auto:
                 raise
             return self._fallback_engines(f"{width}x{height}, {batch} per call: {exc}")
-        with self._lock:
-            engines = self._loaded.get(plans.key)
+        with self._loading:
+            with self._lock:
+                engines = self._loaded.get(plans.key)
             if engines is None:
-                engines = self._loaded[plans.key] = self._load("tensorrt", self.precision, plans)
+                engines = self._load("tensorrt", self.precision, plans)
+            with self._lock:
+                self._loaded[plans.key] = engines
+                self._loaded.move_to_end(plans.key)
                 while len(self._loaded) > MAX_PLAN_SETS:
                     self._loaded.popitem(last=False)
-            self._loaded.move_to_end(plans.key)
             return engines
 
     def _fallback_engines(self, reason: str) -> Engines:
-        with self._lock:
+        with self._loading:
             if self._fallback is None:
+                # The precision asked for is kept: an exact (fp32) pipeline stays exact.
                 backend, precision = resolve(
-                    "auto", "auto", self.manifest, self._options["device"], exclude=("tensorrt",)
+                    "auto",
+                    self._asked_precision,
+                    self.manifest,
+                    self._options["device"],
+                    exclude=("tensorrt",),
                 )
                 self._fallback = self._load(backend, precision)
-            log.warning("TensorRT passed over for %s; running on %s", reason, self._fallback.label)
-            return self._fallback
+        log.warning("TensorRT passed over for %s; running on %s", reason, self._fallback.label)
+        return self._fallback
 
     def encode_prompt(
         self, prompt: str, negative_prompt: str | None, cfg: bool, engines: Engines | None = None
     ) -> np.ndarray:
         """Text embeddings, [negative, positive] stacked on the batch axis under CFG; cached."""
-        engines = engines or self._primary()
+        engines = engines or self._default_engines()
         key = (prompt, (negative_prompt or "") if cfg else None, cfg, engines.label)
         with self._lock:
             cached = self._prompt_cache.get(key)
@@ -269,7 +295,7 @@ class Img2ImgPipeline:
         self, pixels: np.ndarray, rng: TorchCompatibleGenerator, engines: Engines | None = None
     ) -> np.ndarray:
         """Scaled latent sample of the image: mean + std * eps from the encoder's moments."""
-        engines = engines or self._primary()
+        engines = engines or self._default_engines()
         xp = engines.xp
         moments = engines.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
         moments = _check_finite(moments, "VAE encoder output", engines)
@@ -289,7 +315,7 @@ class Img2ImgPipeline:
         engines: Engines | None = None,
     ) -> np.ndarray:
         """Noise the latents to the plan's first timestep, then run the sampler over the UNet."""
-        engines = engines or self._primary()
+        engines = engines or self._default_engines()
         xp, unet = engines.xp, engines.sessions["unet"]
         cfg = embeddings.shape[0] == 2 * latents.shape[0]
         x = samplers.add_noise(latents, xp.asarray(rng.randn(latents.shape)), plan)
@@ -320,7 +346,7 @@ class Img2ImgPipeline:
 
     def decode(self, latents: np.ndarray, engines: Engines | None = None) -> np.ndarray:
         """uint8 NHWC images from latents."""
-        engines = engines or self._primary()
+        engines = engines or self._default_engines()
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
         pixels = engines.sessions["vae_decoder"].run({"latent_sample": scaled})["sample"]
         return to_host(images.to_uint8(_check_finite(pixels, "decoded image", engines)))
@@ -400,11 +426,17 @@ def _validate(prompt, negative_prompt, strength, guidance, steps, num_images, se
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise InputError("negative_prompt must be a string")
     for text in (prompt, negative_prompt or ""):
+        if len(text) > MAX_PROMPT_CHARS:
+            raise InputError(
+                f"a prompt of {len(text)} characters is more than the {MAX_PROMPT_CHARS} fastimg "
+                f"takes (the text encoder reads only its first 77 tokens): shorten {quote(text)}"
+            )
         try:
             text.encode("utf-8")
         except UnicodeEncodeError:
             raise InputError(
-                f"prompt {text!r} is not valid Unicode text (undecodable bytes?): pass it as UTF-8"
+                f"prompt {quote(text)} is not valid Unicode text (undecodable bytes?): pass it as "
+                "UTF-8"
             ) from None
     strength = _real(strength, "strength")
     guidance = _real(guidance, "guidance")

@@ -229,12 +229,6 @@ def test_an_output_file_in_another_format_is_refused_not_made_a_folder(
     assert not out.exists() and not out.parent.exists()
 
 
-def test_several_outputs_to_one_file_are_refused(runner, tiny, picture, tmp_path):
-    result = transform(runner, tiny[1], picture, "-o", tmp_path / "x.png", "--num-images", "2")
-    assert result.exit_code == 2 and "names one file" in result.output
-    assert not (tmp_path / "x.png").exists()
-
-
 def test_each_run_says_and_records_the_backend_and_precision(runner, tiny, picture, tmp_path):
     import os
     import stat

@@ -20,7 +20,7 @@ def test_a_batch_of_bad_files_reports_each_and_keeps_the_good_one(runner, tiny, 
     assert result.exit_code == 1
     assert f"{len(bad)} of {len(bad) + 1} images failed" in result.output
     for name, (_, message) in bad_files().items():
-        assert f"{bad[name]}: " in result.output and message in result.output
+        assert result.output.count(f"{bad[name]}: ") == 1 and message in result.output
     assert "Traceback" not in result.output
     assert sorted(p.name for p in out.iterdir()) == ["in-3-0.png"]  # no temporary leftovers
 
@@ -153,6 +153,30 @@ def test_a_failed_write_keeps_the_existing_output(runner, tiny, picture, tmp_pat
     assert result.exit_code != 0
     assert out.read_bytes() == b"previous result"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png", "o.png"]
+
+
+def test_a_full_disk_fails_that_output_and_the_batch_goes_on(
+    runner, tiny, picture, tmp_path, monkeypatch
+):
+    import errno
+
+    second = tmp_path / "second.png"
+    Image.open(picture).save(second)
+    real_save, calls = Image.Image.save, []
+
+    def full_once(self, fp, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", full_once)
+    out = tmp_path / "out"
+    result = transform(runner, tiny[1], picture, second, "-o", out, "--seed", "1")
+    assert result.exit_code == 1
+    assert "cannot write" in result.output and "No space left on device" in result.output
+    assert "1 of 2 images failed" in result.output and "Traceback" not in result.output
+    assert sorted(p.name for p in out.iterdir()) == ["second-1-0.png"]
 
 
 def test_engine_folder_problems_are_reported(runner, tiny, picture, tmp_path):

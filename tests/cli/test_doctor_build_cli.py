@@ -84,3 +84,30 @@ def test_build_refuses_bad_profiles_before_touching_anything(tiny, args, message
 def test_build_on_a_folder_that_is_not_an_engine(tmp_path):
     result = CliRunner().invoke(cli, ["build", str(tmp_path)])
     assert result.exit_code == 1 and "manifest.json" in result.output
+
+
+def test_the_check_job_takes_a_size_the_tensorrt_plans_admit(tiny, tmp_path, monkeypatch):
+    import shutil
+
+    from fastimg import doctor, gpu
+    from fastimg.backends import select
+    from fastimg.backends.tensorrt_plans import find_plans
+    from fastimg.manifest import load_manifest
+    from fastimg.profiles import Profile
+    from tests.plan_sets import write_plan_sets
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    static = Profile((512,) * 3, (512,) * 3)  # what  fastimg build  makes by default
+    dynamic = Profile((64, 64, 256), (64, 64, 256))
+    write_plan_sets(engines, [(static, "8.9", "fp16"), (dynamic, "8.9", "fp32")])
+    monkeypatch.setattr(gpu, "current_device", lambda device=None: 0)
+
+    monkeypatch.setattr(
+        select,
+        "tensorrt_plans_here",
+        lambda manifest, device=None, **request: find_plans(manifest, "10.13.0", "8.9", **request),
+    )
+    manifest = load_manifest(engines)
+    assert doctor.check_size(manifest, "tensorrt", "fp16", None) == (512, 512)
+    assert doctor.check_size(manifest, "tensorrt", "fp32", None) == doctor.CHECK_SIZE
+    assert doctor.check_size(manifest, "openvino", "bf16", None) == doctor.CHECK_SIZE

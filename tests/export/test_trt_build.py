@@ -126,7 +126,7 @@ class FakeTensorRT(types.ModuleType):
 def engines(tiny, tmp_path, monkeypatch):
     from fastimg_export import trt_build
 
-    monkeypatch.setattr(trt_build, "device_properties", lambda: ("NVIDIA L4", "8.9"))
+    monkeypatch.setattr(trt_build, "device_properties", lambda device=None: ("NVIDIA L4", "8.9"))
     return shutil.copytree(tiny[1], tmp_path / "engines")
 
 
@@ -241,7 +241,7 @@ def test_a_killed_build_leaves_the_folder_as_it_was_and_is_swept(engines, monkey
         "sys.modules['tensorrt'] = FakeTensorRT(hang_on='vae_encoder')\n"
         "from fastimg_export import trt_build\n"
         "from fastimg.profiles import Profile\n"
-        "trt_build.device_properties = lambda: ('NVIDIA L4', '8.9')\n"
+        "trt_build.device_properties = lambda device=None: ('NVIDIA L4', '8.9')\n"
         f"trt_build.build_engines({str(engines)!r}, Profile((256,) * 3, (256,) * 3))\n"
     )
     root = Path(__file__).parents[2]

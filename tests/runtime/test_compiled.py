@@ -110,3 +110,20 @@ def test_precisions_in_sequence_across_processes_on_one_folder(tmp_path, tiny, p
             )
         assert proc.returncode == 0, f"run {k} ({options}): {proc.returncode}\n{proc.stderr}"
     assert (tmp_path / "out5.png").is_file()
+
+
+def test_only_the_most_recently_used_keys_of_a_component_are_kept(tmp_path):
+    import os
+
+    from fastimg.compiled import KEEP
+
+    folders = []
+    for k in range(KEEP + 2):
+        folders.append(keyed_folder(tmp_path, "unet", {**PARTS, "graph": str(k)}))
+        os.utime(folders[-1] / KEY_FILE, (k, k))  # older keys were used longer ago
+    keyed_folder(tmp_path, "text_encoder", PARTS)  # another component is not counted
+    current = keyed_folder(tmp_path, "unet", {**PARTS, "graph": "0"})  # used again: newest
+    kept = sorted(f for f in tmp_path.glob("unet-*"))
+    assert len(kept) == KEEP and current in kept
+    assert folders[-1] in kept and folders[1] not in kept
+    assert len(list(tmp_path.glob("text_encoder-*"))) == 1

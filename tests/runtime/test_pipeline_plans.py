@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from fastimg import pipeline
+from fastimg import gpu, pipeline
 from fastimg.backends import select
 from fastimg.backends.tensorrt_plans import find_plans
 from fastimg.errors import EngineError
@@ -38,6 +38,7 @@ def plans(tiny, tmp_path, monkeypatch):
         "unavailable",
         lambda b, *a, **k: None if b == "tensorrt" else real_unavailable(b, *a, **k),
     )
+    monkeypatch.setattr(gpu, "current_device", lambda device=None: 0)
     monkeypatch.setattr(
         select,
         "tensorrt_plans_here",
@@ -125,3 +126,16 @@ def test_auto_passes_over_tensorrt_for_a_call_no_plan_fits(plans, photo, caplog)
     explicit = pipeline.Img2ImgPipeline.from_engines(engines, backend="tensorrt")
     with pytest.raises(EngineError, match="256x256.*outside every TensorRT profile"):
         explicit(image=photo.resize((256, 256)), **JOB)
+
+
+def test_the_fallback_keeps_the_precision_asked_for(plans, photo, monkeypatch):
+    engines, keys, loaded = plans
+    asked = []
+    real = pipeline.resolve
+    monkeypatch.setattr(pipeline, "resolve", lambda *a, **k: asked.append(a[:2]) or real(*a, **k))
+    monkeypatch.setattr(select, "cpu_supports_bf16", lambda: True)
+    pipe = pipeline.Img2ImgPipeline.from_engines(engines, precision="fp32")  # the exact path
+    assert (pipe.backend, pipe.precision) == ("tensorrt", "fp32")
+    (image,) = pipe(image=photo.resize((256, 256)), **JOB)
+    assert asked[-1] == ("auto", "fp32")  # not "auto": that would pick bf16 on this CPU
+    assert image.info["fastimg:precision"] == "fp32"

@@ -86,3 +86,32 @@ def test_a_worker_that_cannot_be_made_is_not_counted():
             pass
     with pool.lend() as worker:
         assert worker == "worker"
+
+
+def test_a_failed_worker_frees_its_place_for_a_caller_already_waiting():
+    started, attempts = threading.Event(), []
+
+    def make():
+        attempts.append(1)
+        if len(attempts) == 1:
+            started.set()
+            threading.Event().wait(0.2)  # the second caller queues up meanwhile
+            raise RuntimeError("out of memory")
+        return "worker"
+
+    pool = Pool(make, size=1)
+
+    def first():
+        with pytest.raises(RuntimeError):
+            with pool.lend():
+                pass
+
+    def second():
+        started.wait()
+        with pool.lend() as worker:
+            return worker
+
+    with ThreadPoolExecutor(max_workers=2) as executor:
+        failing, waiting = executor.submit(first), executor.submit(second)
+        failing.result(timeout=10)
+        assert waiting.result(timeout=10) == "worker"

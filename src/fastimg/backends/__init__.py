@@ -103,8 +103,10 @@ def load_session(
     cache_dir: Path | None = None,
     max_concurrency: int = 1,
     device: int | None = None,
+    names: tuple[str, ...] = (),
 ) -> Session:
-    """Load the model file at `path` with the named (already resolved) backend."""
+    """Load the model file at `path` with the named (already resolved) backend; `names` are
+    the graph's I/O names as the manifest gives them."""
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeSession
 
@@ -118,6 +120,7 @@ def load_session(
             precision=precision,
             cache_dir=cache_dir,
             max_concurrency=max_concurrency,
+            names=names,
         )
     if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
         from .onnxruntime_gpu import OnnxRuntimeCudaSession
@@ -145,17 +148,22 @@ def load_engines(
         from .tensorrt import TensorRTEngines
 
         shared = TensorRTEngines(plans, device=device or 0)
-        sessions = {name: shared.session(name) for name in components}
+        sessions = {
+            name: _checked(shared.session(name), backend, manifest, name) for name in components
+        }
         return Engines(
             backend, plans.precision, sessions, plans.key, "cuda", device or 0, shared.stream
         )
-    options = {"threads": threads, "max_concurrency": max_concurrency}
-    if backend != "openvino":
+    if backend == "openvino":
+        from .openvino import compile_config
+
+        options = compile_config(precision, threads, max_concurrency)  # what is compiled with
+    else:
         options = {"device": device}
     sessions = {}
     for name in components:
         cache_dir = compiled_cache(backend, manifest, name, precision, options)
-        sessions[name] = load_session(
+        session = load_session(
             backend,
             manifest.path(name, backend),
             threads=threads,
@@ -163,7 +171,9 @@ def load_engines(
             cache_dir=cache_dir,
             max_concurrency=max_concurrency,
             device=device,
+            names=(*manifest.components[name]["inputs"], *manifest.components[name]["outputs"]),
         )
+        sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).
     effective = sorted({getattr(s, "precision", precision) for s in sessions.values()})
     gpu = backend in GPU_BACKENDS
@@ -175,3 +185,10 @@ def load_engines(
         "cuda" if gpu else "cpu",
         (device or 0) if gpu else None,
     )
+
+
+def _checked(session, backend: str, manifest, component: str):
+    from .checked import CheckedSession
+
+    spec = manifest.components[component]
+    return CheckedSession(session, component, spec, manifest.vae_scale_factor, backend)

@@ -32,6 +32,10 @@ class OnnxRuntimeSession:
             ) from None
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.signature = {
+            arg.name: (arg.type, len(arg.shape) if isinstance(arg.shape, list) else None)
+            for arg in [*self._session.get_inputs(), *self._session.get_outputs()]
+        }
         self._slots = threading.BoundedSemaphore(max_concurrency)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -61,6 +61,10 @@ class OnnxRuntimeCudaSession:
         self._types = {i.name: i.type for i in self._session.get_inputs()}
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]
+        self.signature = {
+            arg.name: (arg.type, len(arg.shape) if isinstance(arg.shape, list) else None)
+            for arg in [*self._session.get_inputs(), *self._session.get_outputs()]
+        }
         self.device_id = device
         self._lock = threading.Lock()
 

@@ -24,6 +24,11 @@ def compile_config(precision: str, threads: int | None, max_concurrency: int) ->
     return config
 
 
+def compiled_precision(hint) -> str:
+    """'bf16' or 'fp32': what a compiled model's INFERENCE_PRECISION_HINT (an ov.Type) says."""
+    return "bf16" if hint.get_type_name() == "bf16" else "fp32"
+
+
 class OpenVinoSession:
     """A compiled OpenVINO model and a pool of infer requests (one per concurrent caller)."""
 
@@ -34,6 +39,7 @@ class OpenVinoSession:
         precision: str = "fp32",
         cache_dir: Path | None = None,
         max_concurrency: int = 1,
+        names: tuple[str, ...] = (),
     ):
         ov = require("openvino", "openvino")
         config = compile_config(precision, threads, max_concurrency)
@@ -47,14 +53,28 @@ class OpenVinoSession:
                 "or run with --backend onnxruntime"
             ) from None
         # On a CPU without native bf16 OpenVINO quietly compiles f32: say what it really runs.
-        hint = str(compiled.get_property("INFERENCE_PRECISION_HINT")).lower()
-        self.precision = "bf16" if "bf16" in hint else "fp32"
+        self.precision = compiled_precision(compiled.get_property("INFERENCE_PRECISION_HINT"))
         self._requests = Pool(compiled.create_infer_request, max_concurrency)
-        self.input_names = [port.get_any_name() for port in compiled.inputs]
-        self.output_names = [port.get_any_name() for port in compiled.outputs]
+        # A port may carry several tensor names; the graph's own I/O name is the one wanted.
+        self.input_names = [_name(port, names) for port in compiled.inputs]
+        self.output_names = [_name(port, names) for port in compiled.outputs]
+        self.signature = {
+            _name(port, names): (port.get_element_type().get_type_name(), _rank(port))
+            for port in [*compiled.inputs, *compiled.outputs]
+        }
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the compiled model on `feeds`; outputs are copied out of the request."""
         with self._requests.lend() as request:
             result = request.infer(feeds)
             return {name: np.array(result[name]) for name in self.output_names}
+
+
+def _rank(port) -> int | None:
+    rank = port.get_partial_shape().rank
+    return rank.get_length() if rank.is_static else None
+
+
+def _name(port, wanted: tuple[str, ...]) -> str:
+    """The port's name among `wanted` (the manifest's I/O names), else any of its names."""
+    return next((n for n in wanted if n in port.get_names()), None) or port.get_any_name()

@@ -1,7 +1,6 @@
 """Sharing one loaded engine between threads: a pool of workers, each lent to one caller."""
 
 import contextlib
-import queue
 import threading
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
@@ -12,16 +11,17 @@ T = TypeVar("T")
 class Pool(Generic[T]):
     """Up to `size` workers (infer requests, execution contexts), made on first demand.
 
-    A caller borrows one with `with pool.lend() as worker:` and waits while all are busy.
+    A caller borrows one with `with pool.lend() as worker:` and waits while all are busy; a
+    worker that could not be made frees its place for the next caller.
     """
 
     def __init__(self, make: Callable[[], T], size: int):
         if not (isinstance(size, int) and size >= 1):
             raise ValueError(f"a pool needs at least one worker, got {size!r}")
         self._make, self.size = make, size
-        self._idle: queue.LifoQueue[T] = queue.LifoQueue()
+        self._idle: list[T] = []
         self._made = 0
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
 
     @contextlib.contextmanager
     def lend(self) -> Iterator[T]:
@@ -30,22 +30,21 @@ class Pool(Generic[T]):
         try:
             yield worker
         finally:
-            self._idle.put(worker)
+            with self._changed:
+                self._idle.append(worker)
+                self._changed.notify()
 
     def _take(self) -> T:
-        try:
-            return self._idle.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            grow = self._made < self.size
-            if grow:
-                self._made += 1
-        if not grow:
-            return self._idle.get()
+        with self._changed:
+            while not self._idle and self._made >= self.size:
+                self._changed.wait()
+            if self._idle:
+                return self._idle.pop()
+            self._made += 1
         try:
             return self._make()
         except BaseException:
-            with self._lock:
+            with self._changed:
                 self._made -= 1
+                self._changed.notify()
             raise

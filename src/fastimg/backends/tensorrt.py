@@ -13,6 +13,8 @@ in the shared stream's order. Written against TensorRT 10.1+/11.x's name-based I
 import threading
 from collections import OrderedDict
 
+import numpy as np
+
 from ..errors import EngineError, require
 from .tensorrt_plans import PlanSet
 
@@ -77,6 +79,9 @@ class TensorRTSession:
         self.input_names = [n for n in names if is_input[n]]
         self.output_names = [n for n in names if not is_input[n]]
         self.dtypes = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in names}
+        self.signature = {
+            n: (np.dtype(self.dtypes[n]).name, len(engine.get_tensor_shape(n))) for n in names
+        }
         self._slots: OrderedDict[tuple, _Slot] = OrderedDict()
         self._bound: tuple | None = None
 

@@ -78,16 +78,23 @@ def find_plans(
     build = f"fastimg build {manifest.folder}"
     if not sets:
         raise EngineError(f"{manifest.folder} has no TensorRT engines: build them with  {build}")
+    graph = manifest.graph_digest()
+    current = {k: e for k, e in sets.items() if e.get("graph_sha256") == graph}
+    if not current:
+        raise EngineError(
+            f"the TensorRT engines in {manifest.folder} were built from other graphs than the "
+            f"ONNX files there now (exported again since?): rebuild with  {build} --rebuild"
+        )
     matching = {
         key: entry
-        for key, entry in sets.items()
+        for key, entry in current.items()
         if trt_release(entry["tensorrt"]) == trt_release(trt_version)
         and entry["compute_capability"] == capability
     }
     if not matching:
         found = "; ".join(
             f"TensorRT {trt_release(e['tensorrt'])} on compute capability {e['compute_capability']}"
-            for e in sets.values()
+            for e in current.values()
         )
         raise EngineError(
             f"the TensorRT engines in {manifest.folder} were built for {found}, not for {here}; "

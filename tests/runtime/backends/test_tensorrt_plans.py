@@ -97,3 +97,15 @@ def test_info_lists_the_plans(manifest_with_plans):
     assert result.exit_code == 0, result.output
     assert result.output.count("tensorrt        trt10.13.0_") == 4
     assert "compute capability 9.0, fp16 (VAE fp32)" in result.output
+
+
+def test_plans_built_from_other_graphs_are_never_loaded(manifest_with_plans):
+    import json
+
+    folder = manifest_with_plans.folder
+    data = json.loads((folder / "manifest.json").read_text())
+    for entry in data["tensorrt"]["engines"].values():
+        entry["graph_sha256"] = "0" * 64  # as after a re-export with other weights
+    (folder / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineError, match="built from other graphs.*--rebuild"):
+        find_plans(load_manifest(folder), "10.13.0", "8.9", 512, 512, 1)

@@ -124,6 +124,9 @@ class FakeEngine:
     def get_tensor_dtype(self, name):
         return np.float32
 
+    def get_tensor_shape(self, name):
+        return (-1, -1)  # dynamic, as the profile allows
+
     def create_execution_context(self, strategy):
         return self.context
 
@@ -210,3 +213,8 @@ def test_threads_sharing_a_session_each_get_their_own_result():
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_the_session_describes_its_graph_for_the_manifest_check():
+    run, _, _ = session(static=False)
+    assert run.signature == {"x": ("float32", 2), "y": ("float32", 2)}
