@@ -20,6 +20,7 @@ from fastimg.integrity import sha256
 from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
 
 from . import attention, onnx_export, verify
+from .folders import replace_folder, writer_lock
 from .loading import load_pipeline
 
 PRECISIONS = ("fp32", "fp16")
@@ -107,22 +108,6 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def replace_folder(staging: Path, out: Path) -> None:
-    """Move `staging` to `out`; an existing `out` is set aside first and removed after."""
-    backup = None
-    if out.exists():
-        backup = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.rename(out, backup)
-    try:
-        os.rename(staging, out)
-    except OSError:
-        if backup is not None:
-            os.rename(backup, out)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup, ignore_errors=True)
-
-
 def export_engines(
     model: str,
     out: str | Path,
@@ -135,9 +120,14 @@ def export_engines(
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out = Path(out).absolute()
     _check_destination(out, overwrite)
+    with writer_lock(out):
+        _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
+        return _export_locked(model, out, precision, log)
+
+
+def _export_locked(model: str, out: Path, precision: str, log) -> Path:
     log(f"loading {model}")
     pipe = load_pipeline(model)
-    out.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:

@@ -27,7 +27,8 @@ from fastimg.manifest import COMPONENTS, MANIFEST, Manifest, load_manifest
 from fastimg.profiles import Profile, input_shapes
 
 from . import onnx_export
-from .engine_writer import file_entries, remove_stale_staging, replace_folder
+from .engine_writer import file_entries, remove_stale_staging
+from .folders import replace_folder, writer_lock
 
 OPT_LEVELS = range(0, 6)
 
@@ -127,8 +128,15 @@ def build_engines(
         raise InputError(f"precisions must be one of {', '.join(PRECISIONS)}")
     if opt_level not in OPT_LEVELS:
         raise InputError("the builder optimization level must be between 0 and 5")
+    check_profile(profile, load_manifest(folder))
+    with writer_lock(Path(folder).absolute()):  # no export or build writes it meanwhile
+        return _build_locked(
+            folder, profile, precision, vae_precision, opt_level, rebuild, log, device
+        )
+
+
+def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild, log, device):
     manifest = load_manifest(folder)
-    check_profile(profile, manifest)
     trt = require("tensorrt", "tensorrt")
     gpu_name, capability = device_properties(device)
     graph = manifest.graph_digest()
