@@ -22,6 +22,7 @@ from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
 from . import attention, onnx_export, verify
 from .folders import replace_folder, writer_lock
 from .loading import load_pipeline
+from .memory_model import memory_model
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -146,6 +147,7 @@ def _export_locked(model: str, out: Path, precision: str, log) -> Path:
             "tokenizer": _write_tokenizer(pipe, staging),
             "scheduler": _write_scheduler(pipe, staging),
             "components": components,
+            "memory": memory_model(pipe),
             "tools": _tool_versions(),
         }
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))

@@ -23,7 +23,7 @@ from fastimg.atomic import make_staging_folder, write_atomically
 from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_release
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import device_properties
-from fastimg.manifest import COMPONENTS, MANIFEST, Manifest, load_manifest
+from fastimg.manifest import COMPONENTS, DEFAULT_MAX_SIDE, MANIFEST, Manifest, load_manifest
 from fastimg.profiles import Profile, input_shapes
 
 from . import onnx_export
@@ -63,8 +63,9 @@ def check_profile(profile: Profile, manifest: Manifest) -> None:
     for name, r in (("height", profile.height), ("width", profile.width)):
         if any(v % factor for v in r):
             raise InputError(f"every {name} must be a multiple of {factor}, got {r}")
-        if r[2] > manifest.max_side or r[0] < 64:
-            raise InputError(f"{name} must lie between 64 and {manifest.max_side}, got {r}")
+        limit = manifest.max_side or DEFAULT_MAX_SIDE
+        if r[2] > limit or r[0] < 64:
+            raise InputError(f"{name} must lie between 64 and {limit}, got {r}")
     if profile.batch[2] > 16:
         raise InputError(
             f"a batch of up to {profile.batch[2]} images is more than fastimg builds for (16)"

@@ -99,12 +99,12 @@ def export(model: str, output: Path, precision: str, overwrite: bool) -> None:
     click.echo(f"engines written to {output}")
 
 
-def _check_size(size: tuple[int, int] | int, manifest) -> None:
+def _check_size(size: tuple[int, int] | int, pipe) -> None:
     """Refuse a --size outside what the engines take, before any image is processed."""
     from .images import MIN_SIDE
 
     sides = (size,) if isinstance(size, int) else size
-    low, high = max(MIN_SIDE, manifest.vae_scale_factor), manifest.max_side
+    low, high = max(MIN_SIDE, pipe.manifest.vae_scale_factor), pipe.max_side
     if not all(low <= side <= high for side in sides):
         raise click.BadParameter(
             f"each side must be between {low} and {high} pixels for these engines",
@@ -267,7 +267,7 @@ def transform(
         engines, backend=backend, precision=precision, device=device
     )
     if resize is not None:
-        _check_size(resize, pipe.manifest)
+        _check_size(resize, pipe)
     sampler = resolve_sampler(pipe.manifest, scheduler)
     failures = 0
     for src, targets in plan.items():

@@ -14,7 +14,7 @@ MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 2**20
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # Dynamic ONNX engines take any size, but SD's attention memory grows with the fourth power of
-# the side; beyond this the run is refused up front instead of exhausting memory midway.
+# the side. Where neither the manifest nor its memory model says more, this is the limit.
 DEFAULT_MAX_SIDE = 2048
 
 
@@ -51,9 +51,10 @@ class Manifest:
         return float(self.data["vae_scaling_factor"])
 
     @property
-    def max_side(self) -> int:
-        """The longest image side, in pixels, these engines accept."""
-        return int(self.data.get("shapes", {}).get("max_side", DEFAULT_MAX_SIDE))
+    def max_side(self) -> int | None:
+        """The longest image side the manifest itself allows (None: no limit is stated)."""
+        side = self.data.get("shapes", {}).get("max_side")
+        return None if side is None else int(side)
 
     @property
     def files(self) -> dict[str, dict]:

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import images, samplers, schedules
+from . import images, memory, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
 from .backends import CACHES, GPU_BACKENDS, Engines, load_engines
 from .backends.select import resolve
 from .errors import EngineError, InputError
-from .manifest import COMPONENTS, Manifest, load_manifest
+from .manifest import COMPONENTS, DEFAULT_MAX_SIDE, Manifest, load_manifest
 from .rng import TorchCompatibleGenerator
 from .tokenizer import PromptTokenizer, quote
 
@@ -143,6 +143,7 @@ class Img2ImgPipeline:
                     self.precision,
                 )
                 self.precision = engines.precision
+        self.max_side = self._max_side()
         log.info(describe(self.backend, self.precision))
 
     @classmethod
@@ -163,6 +164,27 @@ class Img2ImgPipeline:
             threads=threads,
             max_concurrency=max_concurrency,
             device=device,
+        )
+
+    def _max_side(self) -> int:
+        """The longest image side these engines take here: what the manifest states, bounded
+        by what one image's activations can have of the memory free now (TensorRT plans bound
+        their own sizes)."""
+        stated = self.manifest.max_side
+        fits = None
+        if self.backend != "tensorrt":
+            free = memory.free_bytes(self.device)
+            fits = memory.largest_side(self.manifest, free, fused=self._fused())
+        sides = [side for side in (stated, fits) if side is not None]
+        return min(sides) if sides else DEFAULT_MAX_SIDE
+
+    def _fused(self) -> frozenset:
+        """The components this backend runs with attention fused (never holding the scores)."""
+        if self.backend != "onnxruntime":
+            return frozenset()
+        components = self.manifest.components
+        return frozenset(
+            c for c in components if "onnxruntime" in components[c].get("variants", {})
         )
 
     @property
@@ -313,43 +335,64 @@ class Img2ImgPipeline:
         rng: TorchCompatibleGenerator,
         callback: Callable[[int, int], None] | None = None,
         engines: Engines | None = None,
+        chunk: int | None = None,
     ) -> np.ndarray:
-        """Noise the latents to the plan's first timestep, then run the sampler over the UNet."""
+        """Noise the latents to the plan's first timestep, then run the sampler over the UNet
+        (`chunk` images per UNet call at most: the images are independent, so memory, not
+        the result, depends on it)."""
         engines = engines or self._default_engines()
         xp, unet = engines.xp, engines.sessions["unet"]
-        cfg = embeddings.shape[0] == 2 * latents.shape[0]
+        n = latents.shape[0]
+        chunk = chunk or n
+        cfg = embeddings.shape[0] == 2 * n
         x = samplers.add_noise(latents, xp.asarray(rng.randn(latents.shape)), plan)
         if xp is not np:  # the loop's noise goes to the device in one copy, drawn in order
             rng = PredrawnNoise(rng, latents.shape, samplers.noise_draws(plan), xp)
-        finite = []  # per-step flags, read once after the loop: no host sync inside it
+        finite = []  # (step, flag), read once after the loop: no host sync inside it
 
-        def denoise(x, i: int):
-            x_in = x * np.float32(plan.input_scale[i])
+        def unet_on(x_in, j: int, i: int):
+            """The guided noise prediction for images j .. j + len(x_in) - 1."""
+            emb = embeddings[j : j + len(x_in)]
             if cfg:
+                emb = xp.concatenate([emb, embeddings[n + j : n + j + len(x_in)]])
                 x_in = xp.concatenate([x_in, x_in])
             t = xp.full(x_in.shape[0], plan.timesteps[i], dtype=np.float32)
-            out = unet.run({"sample": x_in, "timestep": t, "encoder_hidden_states": embeddings})
+            out = unet.run({"sample": x_in, "timestep": t, "encoder_hidden_states": emb})
             out = out["out_sample"]
-            finite.append(_finite(out))
+            finite.append((i, _finite(out)))
             if cfg:
                 uncond, text = xp.split(out, 2)
                 out = uncond + np.float32(guidance_scale) * (text - uncond)
+            return out
+
+        def denoise(x, i: int):
+            x_in = x * np.float32(plan.input_scale[i])
+            outs = [unet_on(x_in[j : j + chunk], j, i) for j in range(0, n, chunk)]
+            out = outs[0] if len(outs) == 1 else xp.concatenate(outs)
             if callback is not None:
                 callback(i + 1, plan.steps)
             return samplers.predict(out, x, plan, i)
 
         x = samplers.SAMPLE[plan.sampler](denoise, x, plan, rng)
-        for i, ok in enumerate(finite):
+        for i, ok in finite:
             if not bool(ok):
                 raise _nan_error(f"UNet output at step {i + 1}", engines)
         return x
 
-    def decode(self, latents: np.ndarray, engines: Engines | None = None) -> np.ndarray:
-        """uint8 NHWC images from latents."""
+    def decode(
+        self, latents: np.ndarray, engines: Engines | None = None, chunk: int | None = None
+    ) -> np.ndarray:
+        """uint8 NHWC images from latents, decoded `chunk` images at a time."""
         engines = engines or self._default_engines()
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
-        pixels = engines.sessions["vae_decoder"].run({"latent_sample": scaled})["sample"]
-        return to_host(images.to_uint8(_check_finite(pixels, "decoded image", engines)))
+        chunk, decoded = chunk or len(scaled), []
+        for j in range(0, len(scaled), chunk):
+            part = {"latent_sample": scaled[j : j + chunk]}
+            pixels = engines.sessions["vae_decoder"].run(part)["sample"]
+            decoded.append(
+                to_host(images.to_uint8(_check_finite(pixels, "decoded image", engines)))
+            )
+        return decoded[0] if len(decoded) == 1 else np.concatenate(decoded)
 
     def __call__(
         self,
@@ -388,16 +431,25 @@ class Img2ImgPipeline:
         seed = secrets.randbelow(2**32) if seed is None else seed
         rng = TorchCompatibleGenerator(seed)
         cfg = guidance_scale > 1.0
-        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.manifest.max_side)
-        engines = self.engines_for(pixels.shape[2], pixels.shape[3], num_images_per_prompt)
+        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
+        height, width = pixels.shape[2], pixels.shape[3]
+        chunk = num_images_per_prompt
+        if self.backend != "tensorrt":  # (TensorRT's activation memory is allocated at load)
+            free = memory.free_bytes(self.device)
+            chunk = memory.images_per_call(
+                self.manifest, height, width, num_images_per_prompt, cfg, free, self._fused()
+            )
+        engines = self.engines_for(height, width, num_images_per_prompt)
         # GPU backends run all of the call's array work on their device and stream, in order.
         with engines.activate():
             embeddings = self.encode_prompt(prompt, negative_prompt, cfg, engines)
             embeddings = engines.xp.repeat(embeddings, num_images_per_prompt, axis=0)
             z = self.encode_image(pixels, rng, engines)
             z = engines.xp.repeat(z, num_images_per_prompt, axis=0)
-            latents = self.denoise(z, embeddings, plan, guidance_scale, rng, callback, engines)
-            decoded = self.decode(latents, engines)
+            latents = self.denoise(
+                z, embeddings, plan, guidance_scale, rng, callback, engines, chunk
+            )
+            decoded = self.decode(latents, engines, chunk)
         settings = {
             "fastimg:prompt": prompt,
             "fastimg:negative_prompt": negative_prompt or "",

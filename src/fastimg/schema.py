@@ -193,6 +193,14 @@ class TensorRT(_Strict):
     engines: Annotated[dict[Name, PlanSet], Field(max_length=256)] = {}
 
 
+class MemoryModel(_Strict):
+    """Activation bytes of one call: per image pixel, and per pair of latent tokens."""
+
+    per_pixel: Annotated[float, Field(ge=0, le=1e9)]
+    per_token_pair: Annotated[float, Field(ge=0, le=1e6)]
+    weights_factor: Annotated[float, Field(ge=0, le=100)] = 0.0
+
+
 class EngineManifest(_Strict):
     """manifest.json as the runtime reads it."""
 
@@ -213,6 +221,7 @@ class EngineManifest(_Strict):
     files: Files = {}
     tools: dict[Name, Text] = {}
     tensorrt: TensorRT = TensorRT()
+    memory: dict[Literal[COMPONENTS], MemoryModel] = {}  # type: ignore[valid-type]
 
     @model_validator(mode="after")
     def _complete(self):

@@ -99,7 +99,16 @@ def test_an_optimum_style_onnx_folder_is_named_as_such(tmp_path):
         load_manifest(tmp_path)
 
 
-def test_manifest_without_shapes_takes_the_default_size_limit(engines):
+def test_without_a_memory_model_or_stated_limit_the_default_size_limit_holds(engines):
     from fastimg.manifest import DEFAULT_MAX_SIDE
+    from fastimg.pipeline import Img2ImgPipeline
 
-    assert load_manifest(engines).max_side == DEFAULT_MAX_SIDE
+    assert load_manifest(engines).max_side is None  # the export states no limit
+    data = json.loads((engines / MANIFEST).read_text())
+    del data["memory"]  # as folders exported before the memory model
+    (engines / MANIFEST).write_text(json.dumps(data))
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime")
+    assert pipe.max_side == DEFAULT_MAX_SIDE
+    data["shapes"] = {"max_side": 1024}
+    (engines / MANIFEST).write_text(json.dumps(data))
+    assert Img2ImgPipeline.from_engines(engines, backend="onnxruntime").max_side == 1024

@@ -1,0 +1,71 @@
+"""Peak memory of one engine call beyond the loaded engine, as fastimg.memory estimates it.
+
+    python -m fastimg_bench.memory_probe ENGINES COMPONENT BACKEND SIZE BATCH
+
+loads COMPONENT of ENGINES on BACKEND (fp32), runs it once at 64 px, then once at SIZE x SIZE
+with BATCH images, and prints one JSON line: the growth of the process' peak resident memory
+(VmHWM) over that call, and fastimg.memory's estimate for it. Run each in a fresh process.
+"""
+
+import json
+import sys
+import time
+
+import numpy as np
+
+
+def _peak_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("no VmHWM in /proc/self/status")
+
+
+def main() -> None:
+    """Measure one call; print its JSON line."""
+    from fastimg.backends import load_session
+    from fastimg.manifest import load_manifest
+    from fastimg.memory import call_bytes
+
+    engines, component, backend = sys.argv[1:4]
+    size, batch = int(sys.argv[4]), int(sys.argv[5])
+    manifest = load_manifest(engines)
+    spec = manifest.components[component]
+    session = load_session(
+        backend,
+        manifest.path(component, backend),
+        precision="fp32",
+        names=(*spec["inputs"], *spec["outputs"]),
+    )
+
+    def feeds(side: int, n: int) -> dict:
+        bound = {"batch": n, "height": side, "width": side, "sequence": 77}
+        bound["latent_height"] = bound["latent_width"] = side // manifest.vae_scale_factor
+        arrays = {}
+        for name, io in spec["inputs"].items():
+            shape = [bound[d] if isinstance(d, str) else d for d in io["shape"]]
+            arrays[name] = np.zeros(shape, dtype=io["dtype"])
+        return arrays
+
+    session.run(feeds(64, 1))
+    before = _peak_rss()
+    start = time.perf_counter()
+    session.run(feeds(size, batch))
+    fused = backend == "openvino" or (
+        backend == "onnxruntime" and "onnxruntime" in spec.get("variants", {})
+    )
+    report = {
+        "component": component,
+        "backend": backend,
+        "size": size,
+        "batch": batch,
+        "measured_mib": round((_peak_rss() - before) / 2**20),
+        "estimated_mib": round(call_bytes(manifest, component, size, size, batch, fused) / 2**20),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""The activation-memory coefficients each component gets in the manifest (see fastimg.memory).
+
+One call of `batch` images of H x W pixels is taken to need
+
+    weights_factor * weight bytes + batch * (per_pixel * H * W + per_token_pair * T**2)
+
+bytes beyond the loaded weights, T being the latent tokens. per_pixel counts LIVE tensors of the
+component's full-resolution channels in fp32 (the UNet's at the latent resolution);
+per_token_pair is one attention score matrix and its softmax at the first resolution with
+attention, for backends that hold the scores whole; weights_factor is the scratch memory a
+backend sets up per call in proportion to the weights (OpenVINO's UNet). The constants were
+measured on the sd15 architecture, ONNX Runtime and OpenVINO on the CPU, 128-1024 px, as the
+peak resident memory of one call beyond the loaded engine (bench/memory_probe.py; figures in
+bench/results/memory-sd15.md), and rounded up: the estimate errs on the side of refusing.
+"""
+
+LIVE = {"vae_decoder": 13, "vae_encoder": 6, "unet": 100}
+WEIGHTS_FACTOR = {"unet": 0.6}
+SCORE_BYTES = 2 * 4  # an fp32 attention score matrix and its softmax
+
+
+def memory_model(pipe) -> dict:
+    """Per component, the coefficients fastimg.memory evaluates."""
+    levels = len(pipe.vae.config.block_out_channels) - 1
+    vae_channels = pipe.vae.config.block_out_channels[0]
+    unet = pipe.unet.config
+    vae_scores = SCORE_BYTES if getattr(pipe.vae.config, "mid_block_add_attention", True) else 0
+    model = {
+        "vae_encoder": {"per_pixel": LIVE["vae_encoder"] * vae_channels * 4},
+        "vae_decoder": {"per_pixel": LIVE["vae_decoder"] * vae_channels * 4},
+        "unet": {"per_pixel": LIVE["unet"] * unet.block_out_channels[0] * 4 / 4**levels},
+    }
+    model["vae_encoder"]["per_token_pair"] = model["vae_decoder"]["per_token_pair"] = vae_scores
+    model["unet"]["per_token_pair"] = _unet_scores(unet)
+    for component, entry in model.items():
+        entry["weights_factor"] = WEIGHTS_FACTOR.get(component, 0.0)
+    return model
+
+
+def _unet_scores(config) -> float:
+    """Score bytes per pair of latent tokens at the UNet's first level with attention."""
+    for level, block in enumerate(config.down_block_types):
+        if "CrossAttn" in block:
+            heads = config.num_attention_heads or config.attention_head_dim
+            heads = heads[level] if isinstance(heads, list | tuple) else heads
+            return SCORE_BYTES * heads / 16**level  # each level halves both sides
+    return 0.0

@@ -1,0 +1,127 @@
+"""How much memory a call's activations need, estimated from the manifest, and what fits.
+
+The manifest's `memory` section gives, per component, coefficients recorded at export: one call
+of `batch` images of H x W pixels needs about
+
+    weights_factor * weight bytes + batch * (per_pixel * H * W + per_token_pair * T**2)
+
+bytes beyond the loaded weights, T = (H / f) * (W / f): scratch set up per call, convolution
+activations growing with the pixels, attention scores with the square of the latent tokens.
+Where the backend runs attention fused (OpenVINO; ONNX Runtime on the MultiHeadAttention
+variants) the scores are never held whole and the last term is left out. A call that cannot
+fit in the memory free now is refused with the numbers before it starts; a large batch runs in
+chunks of the images that fit, so it needs no more memory than a small one; and the largest
+side the engines take follows from the same formula.
+"""
+
+from .errors import InputError
+
+# Of the memory free when a call starts, what its activations may use (the rest is headroom
+# for the allocator's own rounding and for the process around it).
+SHARE = 0.8
+MAX_IMAGES_PER_CALL = 8
+SIDE_STEP = 64
+LARGEST_SIDE = 16_384
+
+
+def call_bytes(
+    manifest, component: str, height: int, width: int, batch: int, fused: bool = False
+) -> int | None:
+    """Estimated activation bytes of one call of `component`; None without a memory model."""
+    model = manifest.data.get("memory", {}).get(component)
+    if model is None:
+        return None
+    factor = manifest.vae_scale_factor
+    tokens = (height // factor) * (width // factor)
+    scores = 0 if fused else model["per_token_pair"] * tokens * tokens
+    factor_of_weights = model.get("weights_factor", 0.0)
+    scratch = factor_of_weights * _weight_bytes(manifest, component) if factor_of_weights else 0
+    return int(scratch + batch * (model["per_pixel"] * height * width + scores))
+
+
+def _weight_bytes(manifest, component: str) -> int:
+    files = manifest.components[component].get("files", {})
+    return sum(entry["bytes"] for rel, entry in files.items() if not rel.endswith(".mha.onnx"))
+
+
+def needs(
+    manifest, height: int, width: int, images: int, cfg: bool, fused: frozenset = frozenset()
+) -> dict[str, int]:
+    """Estimated bytes of each component's call when `images` images run per call (`fused`:
+    the components whose attention the backend runs fused)."""
+    per_call = {"vae_encoder": 1, "unet": images * (2 if cfg else 1), "vae_decoder": images}
+    estimates = {}
+    for component, batch in per_call.items():
+        estimate = call_bytes(manifest, component, height, width, batch, component in fused)
+        if estimate is not None:
+            estimates[component] = estimate
+    return estimates
+
+
+def free_bytes(device: str = "cpu") -> int | None:
+    """Memory free for activations now: MemAvailable on Linux, the GPU's free memory on CUDA;
+    None where it cannot be known."""
+    if device.startswith("cuda"):
+        try:
+            import cupy
+
+            return int(cupy.cuda.runtime.memGetInfo()[0])
+        except Exception:  # no CuPy or no driver: nothing to go by
+            return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def images_per_call(
+    manifest,
+    height: int,
+    width: int,
+    images: int,
+    cfg: bool,
+    free: int | None,
+    fused: frozenset = frozenset(),
+) -> int:
+    """How many of `images` to run per engine call so that the call fits in `free` bytes;
+    an InputError with the numbers when not even one image fits."""
+    cap = min(images, MAX_IMAGES_PER_CALL)
+    one = needs(manifest, height, width, 1, cfg, fused)
+    if free is None or not one:
+        return cap
+    budget = free * SHARE
+    component, need = max(one.items(), key=lambda item: item[1])
+    if need > budget:
+        side = largest_side(manifest, free, cfg, fused)
+        raise InputError(
+            f"a {width}x{height} image needs about {need / 2**30:.1f} GiB for the "
+            f"{component} (estimated), and {budget / 2**30:.1f} GiB are free for it here: "
+            f"use a smaller image, e.g. --size {side}"
+        )
+    fits = 1
+    while fits < cap and _peak(manifest, height, width, fits + 1, cfg, fused) <= budget:
+        fits += 1
+    return fits
+
+
+def largest_side(
+    manifest, free: int | None, cfg: bool = True, fused: frozenset = frozenset()
+) -> int | None:
+    """The longest side of a square image whose one-image call fits in `free` bytes."""
+    if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused):
+        return None
+    budget, side = free * SHARE, SIDE_STEP
+    while side < LARGEST_SIDE:
+        bigger = side + SIDE_STEP
+        if _peak(manifest, bigger, bigger, 1, cfg, fused) > budget:
+            break
+        side = bigger
+    return side
+
+
+def _peak(manifest, height: int, width: int, images: int, cfg: bool, fused: frozenset) -> int:
+    return max(needs(manifest, height, width, images, cfg, fused).values())

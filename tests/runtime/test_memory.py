@@ -1,0 +1,107 @@
+"""Activation memory: estimated from the manifest, large batches in chunks, refusals in numbers."""
+
+import numpy as np
+import pytest
+
+from fastimg import memory
+from fastimg.errors import InputError
+from fastimg.manifest import Manifest
+from fastimg.pipeline import Img2ImgPipeline
+
+GiB = 2**30
+
+
+def manifest(**models) -> Manifest:
+    data = {"vae_scale_factor": 8, "memory": models}
+    return Manifest(folder=None, data=data)
+
+
+SD15_LIKE = manifest(
+    vae_encoder={"per_pixel": 3072, "per_token_pair": 8},
+    vae_decoder={"per_pixel": 6144, "per_token_pair": 8},
+    unet={"per_pixel": 600, "per_token_pair": 8},
+)
+
+
+def test_the_estimate_grows_with_pixels_and_with_the_square_of_the_tokens():
+    at_512 = memory.call_bytes(SD15_LIKE, "vae_decoder", 512, 512, 1)
+    assert at_512 == 6144 * 512 * 512 + 8 * 4096**2
+    assert memory.call_bytes(SD15_LIKE, "vae_decoder", 512, 512, 3) == 3 * at_512
+    at_2048 = memory.call_bytes(SD15_LIKE, "vae_decoder", 2048, 2048, 1)
+    assert at_2048 > 16 * at_512  # the attention term takes over
+    assert memory.call_bytes(manifest(), "unet", 512, 512, 1) is None  # no model, no estimate
+
+
+def test_a_large_batch_runs_in_chunks_that_fit():
+    free = 8 * GiB  # 6.4 GiB for activations: the decoder's 1.6 GiB per image fits three times
+    assert memory.images_per_call(SD15_LIKE, 512, 512, 64, True, free) == 3
+    assert memory.images_per_call(SD15_LIKE, 256, 256, 64, True, free) == 8  # the cap
+    assert memory.images_per_call(SD15_LIKE, 512, 512, 2, True, free) == 2
+    assert memory.images_per_call(SD15_LIKE, 512, 512, 64, True, None) == 8  # unknown: capped
+
+
+def test_a_call_that_cannot_fit_is_refused_with_the_numbers():
+    with pytest.raises(InputError) as error:
+        memory.images_per_call(SD15_LIKE, 2048, 2048, 1, True, 16 * GiB)
+    message = str(error.value)  # the UNet's two (guided) score matrices dominate at 2048
+    assert "2048x2048 image needs about 68.7 GiB for the unet (estimated)" in message
+    assert "12.8 GiB are free" in message and "--size 1216" in message
+    fused = frozenset({"unet", "vae_decoder", "vae_encoder"})  # no score matrices held whole
+    with pytest.raises(InputError, match="needs about 24.0 GiB for the vae_decoder"):
+        memory.images_per_call(SD15_LIKE, 2048, 2048, 1, True, 16 * GiB, fused)
+
+
+def test_the_largest_side_follows_the_memory_free():
+    small, large = memory.largest_side(SD15_LIKE, 4 * GiB), memory.largest_side(SD15_LIKE, 64 * GiB)
+    assert small % 64 == 0 and small < large
+    assert max(memory.needs(SD15_LIKE, small, small, 1, True).values()) <= 4 * GiB * memory.SHARE
+    bigger = small + memory.SIDE_STEP
+    assert max(memory.needs(SD15_LIKE, bigger, bigger, 1, True).values()) > 4 * GiB * 0.8
+
+
+class BatchRecorder:
+    """Wraps a session and records the batch of every call."""
+
+    def __init__(self, session, batches):
+        self.session, self.batches = session, batches
+        self.input_names, self.output_names = session.input_names, session.output_names
+
+    def run(self, feeds):
+        self.batches.append(next(iter(feeds.values())).shape[0])
+        return self.session.run(feeds)
+
+
+def test_a_large_batch_needs_no_more_than_a_small_one_and_gives_the_same_images(
+    tiny, photo, monkeypatch
+):
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
+    job = dict(prompt="a cat", image=photo, strength=0.5, num_inference_steps=4, seed=5)
+    whole = pipe(num_images_per_prompt=6, **job)
+    unet, decoder = [], []
+    pipe.sessions["unet"] = BatchRecorder(pipe.sessions["unet"], unet)
+    pipe.sessions["vae_decoder"] = BatchRecorder(pipe.sessions["vae_decoder"], decoder)
+    per_image = memory.needs(pipe.manifest, 64, 88, 1, True)
+    two_images = max(memory.needs(pipe.manifest, 64, 88, 2, True).values())
+    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": int(two_images / memory.SHARE))
+    assert per_image  # the exported tiny engines carry a memory model
+    chunked = pipe(num_images_per_prompt=6, **job)
+    assert max(unet) == 4 and max(decoder) == 2  # two images (under guidance: four) per call
+    for a, b in zip(whole, chunked, strict=True):
+        np.testing.assert_allclose(np.asarray(a, float), np.asarray(b, float), atol=1)
+
+
+def test_an_image_that_cannot_fit_is_refused_before_anything_runs(tiny, photo, monkeypatch):
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
+    calls = []
+    pipe.sessions["vae_encoder"] = BatchRecorder(pipe.sessions["vae_encoder"], calls)
+    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": 1000)
+    with pytest.raises(InputError, match="88x64 image needs about .* GiB for the .* are free"):
+        pipe("a cat", photo, strength=0.5, num_inference_steps=4, seed=5)
+    assert calls == []
+
+
+def test_the_longest_side_comes_from_the_memory_free(tiny, monkeypatch):
+    roomy = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
+    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": 64 * 2**20)
+    tight = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
+    assert tight.max_side < roomy.max_side and tight.max_side % 64 == 0
