@@ -24,6 +24,7 @@ class Manifest:
 
     folder: Path
     data: dict
+    verified: tuple[str, ...] = ()  # the files checked against their SHA-256 when it loaded
 
     @property
     def components(self) -> dict:
@@ -152,5 +153,7 @@ def load_manifest(folder: str | Path, full_check: bool = False) -> Manifest:
 
     validate(data, str(path), _fix(folder))
     manifest = Manifest(folder, data)
-    verify_files(folder, manifest.files, manifest.opened_files(), _fix(folder), full=full_check)
-    return manifest
+    verified = verify_files(
+        folder, manifest.files, manifest.opened_files(), _fix(folder), full=full_check
+    )
+    return Manifest(folder, data, tuple(verified))

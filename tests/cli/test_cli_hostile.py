@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 
 from fastimg.cli import cli
+from fastimg.manifest import load_manifest
 from tests.corpus import awkward_images, bad_files, flip_a_byte, write
 
 
@@ -196,6 +197,9 @@ def test_info_verify_rehashes_every_file(runner, tiny, tmp_path):
     engines = shutil.copytree(tiny[1], tmp_path / "engines")
     result = runner.invoke(cli, ["info", str(engines), "--verify"])
     assert result.exit_code == 0 and "match" in result.output
+    manifest = load_manifest(engines)
+    assert f"all {len(manifest.verified)} files fastimg opens match" in result.output
+    assert set(manifest.verified) == set(manifest.files)  # all listed files are opened here
     flip_a_byte(engines / "text_encoder" / "model.onnx", keep_mtime=True)
     assert runner.invoke(cli, ["info", str(engines)]).exit_code == 0  # stamp trusted
     result = runner.invoke(cli, ["info", str(engines), "--verify"])
