@@ -250,9 +250,11 @@ def transform(
 
     from . import schedules
     from .images import MAX_PIXELS, load_image, parse_size, resize_to
-    from .pipeline import Img2ImgPipeline, resolve_sampler
+    from .pipeline import Img2ImgPipeline, check_prompt, resolve_sampler
 
     # Bad settings fail here, before anything is loaded.
+    for text in (prompt, negative_prompt or ""):
+        check_prompt(text)
     resize = parse_size(size) if size is not None else None
     run_steps = steps - schedules.img2img_start(steps, strength)
     seed = secrets.randbelow(2**32) if seed is None else seed

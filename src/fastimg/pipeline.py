@@ -471,6 +471,21 @@ class Img2ImgPipeline:
         return results
 
 
+def check_prompt(text: str) -> None:
+    """Refuse a prompt that is too long or not valid Unicode, quoting only its start."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(
+            f"a prompt of {len(text)} characters is more than the {MAX_PROMPT_CHARS} fastimg "
+            f"takes (the text encoder reads only its first 77 tokens): shorten {quote(text)}"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"prompt {quote(text)} is not valid Unicode text (undecodable bytes?): pass it as UTF-8"
+        ) from None
+
+
 def _validate(prompt, negative_prompt, strength, guidance, steps, num_images, seed) -> tuple:
     """Check the call's values once, at entry; numbers of any real type become Python's own."""
     if not isinstance(prompt, str):
@@ -478,18 +493,7 @@ def _validate(prompt, negative_prompt, strength, guidance, steps, num_images, se
     if negative_prompt is not None and not isinstance(negative_prompt, str):
         raise InputError("negative_prompt must be a string")
     for text in (prompt, negative_prompt or ""):
-        if len(text) > MAX_PROMPT_CHARS:
-            raise InputError(
-                f"a prompt of {len(text)} characters is more than the {MAX_PROMPT_CHARS} fastimg "
-                f"takes (the text encoder reads only its first 77 tokens): shorten {quote(text)}"
-            )
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InputError(
-                f"prompt {quote(text)} is not valid Unicode text (undecodable bytes?): pass it as "
-                "UTF-8"
-            ) from None
+        check_prompt(text)
     strength = _real(strength, "strength")
     guidance = _real(guidance, "guidance")
     if guidance < 0:

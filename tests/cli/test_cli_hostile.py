@@ -92,10 +92,23 @@ def test_a_prompt_of_undecodable_bytes_is_refused(runner, tiny, picture, tmp_pat
 
 
 def test_a_very_long_prompt_is_truncated_with_a_warning(runner, tiny, picture, tmp_path):
-    prompt = "a watercolor painting of a mountain " * 30
+    prompt = "a watercolor painting of a mountain " * 300
     result = transform(runner, tiny[1], picture, "-o", tmp_path / "o.png", prompt=prompt)
     assert result.exit_code == 0, result.output
     assert "truncated" in result.output
+    assert len(result.output) < 2000  # the warning quotes the prompt's start, not 10 KB
+
+
+def test_a_prompt_beyond_the_limit_is_refused_before_anything_loads(
+    runner, tiny, picture, tmp_path
+):
+    from fastimg.pipeline import MAX_PROMPT_CHARS
+
+    prompt = "fox " * (MAX_PROMPT_CHARS // 4 + 1)
+    result = transform(runner, tiny[1], picture, "-o", tmp_path / "o.png", prompt=prompt)
+    assert result.exit_code == 1
+    assert f"more than the {MAX_PROMPT_CHARS} fastimg takes" in result.output
+    assert len(result.output) < 1000 and not (tmp_path / "o.png").exists()
 
 
 def test_size_resizes_before_the_transform(runner, tiny, picture, tmp_path):
@@ -138,6 +151,12 @@ def test_nan_is_reported_with_its_stage_and_nothing_is_saved(
         "vae_decoder": "decoded",
     }
     assert "NaN or Inf appeared" in result.output and where[stage] in result.output
+    (line,) = [ln for ln in result.output.splitlines() if "NaN or Inf" in ln]
+    precision = "fp32" if "(fp32)" in line else None
+    if precision == "fp32":  # an fp32 run is not told to blame fp16 or to switch to fp32
+        assert "fp16" not in line and "--precision fp32" not in line
+    else:
+        assert "--precision fp32" in line
     assert not out.exists() and list(tmp_path.glob(".o.png*")) == []
 
 
