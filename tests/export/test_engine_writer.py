@@ -1,8 +1,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 from fastimg.errors import EngineError, InputError
 from fastimg.manifest import COMPONENTS, MANIFEST, load_manifest
 from fastimg.rng import TorchCompatibleGenerator
+from tests.export.exporting import start_export
 
 pytest.importorskip("torch")
 from fastimg_export import engine_writer, verify  # noqa: E402
@@ -78,14 +77,7 @@ def test_failed_verification_keeps_previous_engines_and_leaves_no_partial(
 def test_killed_export_leaves_no_folder_that_looks_valid(tiny, tmp_path):
     model, _ = tiny
     out = tmp_path / "killed"
-    code = (
-        "from fastimg_export.engine_writer import export_engines\n"
-        f"export_engines({str(model)!r}, {str(out)!r}, log=lambda m: print(m, flush=True))\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("exporting unet"):
-            break
+    proc = start_export(model, out, until="exporting unet")
     time.sleep(0.3)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -1,12 +1,10 @@
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from fastimg.errors import InputError
 from fastimg_export import folders
+from tests.export.exporting import start_export
 
 
 def test_a_second_writer_is_refused_while_the_first_holds_the_lock(tmp_path):
@@ -58,19 +56,7 @@ def test_two_exports_to_one_new_folder_do_not_both_succeed(tiny, tmp_path):
 
     model, _ = tiny
     out = tmp_path / "engines"
-    code = (
-        "from fastimg_export.engine_writer import export_engines\n"
-        f"export_engines({str(model)!r}, {str(out)!r}, log=lambda m: print(m, flush=True))\n"
-    )
-    first = subprocess.Popen(
-        [sys.executable, "-c", code],
-        stdout=subprocess.PIPE,
-        text=True,
-        cwd=Path(__file__).parents[2],
-    )
-    for line in first.stdout:
-        if line.startswith("exporting"):
-            break
+    first = start_export(model, out, until="exporting")
     with pytest.raises(InputError, match="another fastimg process is writing"):
         export_engines(str(model), out, log=lambda m: None)
     assert first.wait(timeout=600) == 0
