@@ -4,7 +4,7 @@ from pathlib import Path
 
 from fastimg.manifest import MANIFEST
 
-SYNTHETIC = ("tiny", "tiny-v", "sd15", "sd2-v")
+SYNTHETIC = ("tiny", "tiny-v", "tiny-lcm", "sd15", "lcm", "sd2-v")
 
 
 def model_and_engines(model: str, engines: str | None, log=print) -> tuple[str, str]:

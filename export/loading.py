@@ -68,15 +68,10 @@ def _attempt(load, what: str):
 
 
 def check_supported(pipe) -> None:
-    """Refuse pipelines whose UNet needs inputs fastimg does not export yet (SDXL, LCM)."""
+    """Refuse pipelines whose UNet needs inputs fastimg does not export yet (SDXL)."""
     config = pipe.unet.config
     if config.get("addition_embed_type") is not None:
         raise InputError(
             f"this UNet needs {config['addition_embed_type']!r} added conditioning (SDXL-style); "
-            "fastimg exports SD 1.x and 2.x pipelines for now"
-        )
-    if config.get("time_cond_proj_dim") is not None:
-        raise InputError(
-            "this UNet takes a guidance embedding (an LCM-distilled model); fastimg does not "
-            "export timestep_cond yet: use a model without it"
+            "fastimg exports SD 1.x and 2.x pipelines (LCM-distilled ones included) for now"
         )

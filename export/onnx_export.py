@@ -47,6 +47,7 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
                 "sample": ("float32", lat),
                 "timestep": ("float32", ["batch"]),
                 "encoder_hidden_states": ("float32", ["batch", "sequence", hidden]),
+                **_unet_conditioning(pipe.unet.config),
             },
             {"out_sample": ("float32", lat)},
         ),
@@ -63,6 +64,14 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
             {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
         ),
     }
+
+
+def _unet_conditioning(config) -> dict:
+    """The UNet's extra conditioning inputs: an LCM-distilled UNet's guidance embedding."""
+    extra = {}
+    if config.get("time_cond_proj_dim") is not None:
+        extra["timestep_cond"] = ("float32", ["batch", int(config["time_cond_proj_dim"])])
+    return extra
 
 
 def torch_modules(pipe) -> dict:
@@ -83,8 +92,14 @@ def torch_modules(pipe) -> dict:
             super().__init__()
             self.model = model
 
-        def forward(self, sample, timestep, encoder_hidden_states):
-            return self.model(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+        def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+            return self.model(
+                sample,
+                timestep,
+                encoder_hidden_states,
+                timestep_cond=timestep_cond,
+                return_dict=False,
+            )[0]
 
     class VaeEncoder(torch.nn.Module):
         def __init__(self, vae):
@@ -129,11 +144,15 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
         vocab = min(pipe.text_encoder.config.vocab_size, len(pipe.tokenizer))
         return (torch.randint(0, vocab, (batch, length), generator=g),)
     if name == "unet":
-        return (
+        inputs = (
             torch.randn(batch, latent, h, w, generator=g),
             torch.rand(batch, generator=g) * 999,
             torch.randn(batch, length, hidden, generator=g),
         )
+        cond_dim = pipe.unet.config.get("time_cond_proj_dim")
+        if cond_dim is not None:  # a guidance embedding: sines and cosines
+            inputs += (torch.rand(batch, cond_dim, generator=g) * 2 - 1,)
+        return inputs
     if name == "vae_encoder":
         return (torch.rand(batch, 3, h * factor, w * factor, generator=g) * 2 - 1,)
     return (torch.randn(batch, latent, h, w, generator=g),)

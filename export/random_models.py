@@ -38,6 +38,20 @@ _SD15_UNET = dict(
 )
 _SD_VAE = dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2, sample_size=512)
 
+# The scheduler config an LCM-distilled SD 1.5 ships with (SimianLuo/LCM_Dreamshaper_v7).
+_LCM_SCHEDULER = (
+    "LCMScheduler",
+    {
+        **_SD_BETAS,
+        "original_inference_steps": 50,
+        "timestep_scaling": 10.0,
+        "clip_sample": False,
+        "set_alpha_to_one": True,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+    },
+)
+
 ARCHITECTURES = {
     "tiny": dict(
         unet=_TINY_UNET,
@@ -61,6 +75,14 @@ ARCHITECTURES = {
         pad_token="!",
         real_vocab=False,
     ),
+    "tiny-lcm": dict(
+        unet={**_TINY_UNET, "time_cond_proj_dim": 32},
+        text=_TINY_TEXT,
+        vae=_TINY_VAE,
+        scheduler=_LCM_SCHEDULER,
+        pad_token="<|endoftext|>",
+        real_vocab=False,
+    ),
     "sd15": dict(
         unet=_SD15_UNET,
         text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12),
@@ -69,6 +91,14 @@ ARCHITECTURES = {
             "PNDMScheduler",
             {**_SD_BETAS, "skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1},
         ),
+        pad_token="<|endoftext|>",
+        real_vocab=True,
+    ),
+    "lcm": dict(
+        unet={**_SD15_UNET, "time_cond_proj_dim": 256},
+        text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12),
+        vae=_SD_VAE,
+        scheduler=_LCM_SCHEDULER,
         pad_token="<|endoftext|>",
         real_vocab=True,
     ),

@@ -35,6 +35,12 @@ def tiny_v(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_lcm(tmp_path_factory):
+    """(model folder, engine folder) of the tiny LCM-distilled model (timestep_cond input)."""
+    return _build(tmp_path_factory, "tiny-lcm")
+
+
+@pytest.fixture(scope="session")
 def sd15(tmp_path_factory):
     """(model folder, engine folder) of the full-size SD 1.5 architecture (slow: about 8 GB)."""
     return _build(tmp_path_factory, "sd15")

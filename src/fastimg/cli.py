@@ -12,7 +12,8 @@ from .errors import FastImgError
 from .schedules import SAMPLERS
 
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
-ARCHITECTURES = ("tiny", "tiny-v", "sd15", "sd2-v")  # export/random_models.py defines them
+# export/random_models.py defines them
+ARCHITECTURES = ("tiny", "tiny-v", "tiny-lcm", "sd15", "lcm", "sd2-v")
 
 
 def _domain_errors(command):

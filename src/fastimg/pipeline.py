@@ -82,6 +82,19 @@ def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
     return own
 
 
+# Inputs every UNet takes; anything else it lists is extra conditioning, built by CONDITIONING.
+UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
+
+
+def _guidance_cond(spec: dict, images: int, guidance_scale: float) -> np.ndarray:
+    """An LCM-distilled UNet's timestep_cond: the embedding of w = guidance - 1 (diffusers)."""
+    w = np.full(images, guidance_scale - 1.0, dtype=np.float32)
+    return schedules.guidance_embedding(w, int(spec["shape"][-1]))
+
+
+CONDITIONING = {"timestep_cond": _guidance_cond}
+
+
 def describe(backend: str, precision: str) -> str:
     """What a run on this backend and precision promises, in one line."""
     if precision == "fp32":
@@ -125,6 +138,17 @@ class Img2ImgPipeline:
             device = current_device()  # one device for plans, caches and buffers alike
         self._options = {"threads": threads, "max_concurrency": max_concurrency, "device": device}
         self.tokenizer = PromptTokenizer(manifest)
+        unet_inputs = manifest.components["unet"]["inputs"]
+        extra = [name for name in unet_inputs if name not in UNET_INPUTS]
+        unknown = [name for name in extra if name not in CONDITIONING]
+        if unknown:
+            raise EngineError(
+                f"the UNet takes {', '.join(unknown)}, which this fastimg cannot build: "
+                "upgrade fastimg"
+            )
+        self.conditioning = {name: unet_inputs[name] for name in extra}
+        # An LCM-distilled UNet is guided by its timestep_cond, not by a CFG batch.
+        self.distilled = "timestep_cond" in self.conditioning
         self._lock = threading.Lock()  # the prompt cache and the loaded engines
         self._loading = threading.Lock()  # one plan set loads at a time, outside self._lock
         self._prompt_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
@@ -336,10 +360,11 @@ class Img2ImgPipeline:
         callback: Callable[[int, int], None] | None = None,
         engines: Engines | None = None,
         chunk: int | None = None,
+        conditioning: dict | None = None,
     ) -> np.ndarray:
         """Noise the latents to the plan's first timestep, then run the sampler over the UNet
         (`chunk` images per UNet call at most: the images are independent, so memory, not
-        the result, depends on it)."""
+        the result, depends on it; `conditioning`: extra UNet inputs, one row per image)."""
         engines = engines or self._default_engines()
         xp, unet = engines.xp, engines.sessions["unet"]
         n = latents.shape[0]
@@ -350,14 +375,19 @@ class Img2ImgPipeline:
             rng = PredrawnNoise(rng, latents.shape, samplers.noise_draws(plan), xp)
         finite = []  # (step, flag), read once after the loop: no host sync inside it
 
+        extra = {name: xp.asarray(rows) for name, rows in (conditioning or {}).items()}
+
         def unet_on(x_in, j: int, i: int):
             """The guided noise prediction for images j .. j + len(x_in) - 1."""
             emb = embeddings[j : j + len(x_in)]
+            feeds = {name: rows[j : j + len(x_in)] for name, rows in extra.items()}
             if cfg:
                 emb = xp.concatenate([emb, embeddings[n + j : n + j + len(x_in)]])
                 x_in = xp.concatenate([x_in, x_in])
+                feeds = {name: xp.concatenate([rows, rows]) for name, rows in feeds.items()}
             t = xp.full(x_in.shape[0], plan.timesteps[i], dtype=np.float32)
-            out = unet.run({"sample": x_in, "timestep": t, "encoder_hidden_states": emb})
+            feeds.update(sample=x_in, timestep=t, encoder_hidden_states=emb)
+            out = unet.run(feeds)
             out = out["out_sample"]
             finite.append((i, _finite(out)))
             if cfg:
@@ -427,10 +457,26 @@ class Img2ImgPipeline:
         if not isinstance(image, Image.Image):
             raise InputError(f"image must be a PIL image or a path, got {type(image).__name__}")
         sampler = resolve_sampler(self.manifest, scheduler)
-        plan = schedules.make_plan(self.manifest.scheduler, sampler, num_inference_steps, strength)
+        plan = schedules.make_plan(
+            self.manifest.scheduler,
+            sampler,
+            num_inference_steps,
+            strength,
+            strength_in_schedule=self.distilled,  # as LatentConsistencyModelImg2ImgPipeline
+        )
         seed = secrets.randbelow(2**32) if seed is None else seed
         rng = TorchCompatibleGenerator(seed)
-        cfg = guidance_scale > 1.0
+        cfg = guidance_scale > 1.0 and not self.distilled
+        if self.distilled and negative_prompt:
+            log.warning(
+                "an LCM-distilled model takes no negative prompt (as in diffusers): ignored"
+            )
+            negative_prompt = None
+        conditioning = {
+            name: build(self.conditioning[name], num_images_per_prompt, guidance_scale)
+            for name, build in CONDITIONING.items()
+            if name in self.conditioning
+        }
         pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
         height, width = pixels.shape[2], pixels.shape[3]
         chunk = num_images_per_prompt
@@ -447,7 +493,7 @@ class Img2ImgPipeline:
             z = self.encode_image(pixels, rng, engines)
             z = engines.xp.repeat(z, num_images_per_prompt, axis=0)
             latents = self.denoise(
-                z, embeddings, plan, guidance_scale, rng, callback, engines, chunk
+                z, embeddings, plan, guidance_scale, rng, callback, engines, chunk, conditioning
             )
             decoded = self.decode(latents, engines, chunk)
         settings = {

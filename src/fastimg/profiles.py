@@ -92,13 +92,18 @@ def input_shapes(profile: Profile, manifest) -> dict[str, dict[str, tuple[tuple,
         return tuple(make(k) for k in range(3))
 
     unet_batch = (b[0], 2 * b[1], 2 * b[2])
+    unet = {
+        "sample": shapes(lambda k: (unet_batch[k], channels, lat_h[k], lat_w[k])),
+        "timestep": shapes(lambda k: (unet_batch[k],)),
+        "encoder_hidden_states": shapes(lambda k: (unet_batch[k], TEXT_LENGTH, hidden)),
+    }
+    for name, spec in manifest.components["unet"]["inputs"].items():
+        if name not in unet:  # extra conditioning, one row per image: [batch, n, ...]
+            rest = tuple(spec["shape"][1:])
+            unet[name] = shapes(lambda k, rest=rest: (unet_batch[k], *rest))
     return {
         "text_encoder": {"input_ids": ((1, TEXT_LENGTH), (2, TEXT_LENGTH), (2, TEXT_LENGTH))},
         "vae_encoder": {"sample": shapes(lambda k: (1, 3, h[k], w[k]))},
-        "unet": {
-            "sample": shapes(lambda k: (unet_batch[k], channels, lat_h[k], lat_w[k])),
-            "timestep": shapes(lambda k: (unet_batch[k],)),
-            "encoder_hidden_states": shapes(lambda k: (unet_batch[k], TEXT_LENGTH, hidden)),
-        },
+        "unet": unet,
         "vae_decoder": {"latent_sample": shapes(lambda k: (b[k], channels, lat_h[k], lat_w[k]))},
     }

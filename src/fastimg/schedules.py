@@ -277,12 +277,24 @@ def _dpm_timesteps(config: dict, n: int, ac: np.ndarray) -> np.ndarray:
     raise _spacing_error(config)
 
 
-def _lcm_timesteps(config: dict, n: int) -> np.ndarray:
-    """LCMScheduler.set_timesteps(n) at strength 1, as StableDiffusionImg2ImgPipeline calls it."""
+def _lcm_timesteps(config: dict, n: int, strength: float = 1.0) -> np.ndarray:
+    """LCMScheduler.set_timesteps(n, strength=strength): at strength 1 as
+    StableDiffusionImg2ImgPipeline calls it, otherwise as LatentConsistencyModelImg2ImgPipeline
+    does (the strength cuts the distillation schedule before n steps are picked from it)."""
     original = config["original_inference_steps"]
-    origin = np.arange(1, original + 1) * (config["num_train_timesteps"] // original) - 1
+    origin = np.arange(1, int(original * strength) + 1) * (
+        config["num_train_timesteps"] // original
+    )
+    origin = origin - 1
     if n > original:
         raise InputError(f"the lcm sampler allows at most {original} steps, got {n}")
+    if len(origin) // n < 1:
+        need = math.ceil(n / original * 100) / 100
+        raise InputError(
+            f"{n} LCM steps at strength {strength} leave fewer than one distillation step each "
+            f"({original} x {strength} = {int(original * strength)}): lower --steps or raise "
+            f"--strength to at least {need}"
+        )
     indices = np.floor(np.linspace(0, len(origin), num=n, endpoint=False)).astype(np.int64)
     return origin[::-1][indices].astype(np.int64)
 
@@ -367,8 +379,18 @@ def _vp(sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return alpha, sigmas * alpha
 
 
-def make_plan(scheduler_config: dict, sampler: str, steps: int, strength: float) -> Plan:
-    """Per-step coefficients for an img2img run of `steps` scheduled steps at `strength`."""
+def make_plan(
+    scheduler_config: dict,
+    sampler: str,
+    steps: int,
+    strength: float,
+    strength_in_schedule: bool = False,
+) -> Plan:
+    """Per-step coefficients for an img2img run of `steps` scheduled steps at `strength`.
+
+    `strength_in_schedule`: the LCM img2img semantics (LatentConsistencyModelImg2ImgPipeline)
+    for the lcm sampler, where all `steps` run on a schedule the strength has cut.
+    """
     config = resolve_config(scheduler_config, sampler)
     trained = int(config["num_train_timesteps"])
     if steps > trained:
@@ -376,8 +398,13 @@ def make_plan(scheduler_config: dict, sampler: str, steps: int, strength: float)
             f"{steps} steps is more than the {trained} timesteps this model was trained with "
             f"(as diffusers, fastimg refuses it): use at most {trained} steps"
         )
-    start = img2img_start(steps, strength)
-    timesteps, sigmas = full_schedule(config, sampler, steps)
+    if sampler == "lcm" and strength_in_schedule:
+        if not 0 < strength <= 1:
+            raise InputError(f"strength must be in (0, 1], got {strength}")
+        start, timesteps, sigmas = 0, _lcm_timesteps(config, steps, strength), None
+    else:
+        start = img2img_start(steps, strength)
+        timesteps, sigmas = full_schedule(config, sampler, steps)
     ac = alphas_cumprod(config).astype(np.float64)
     ts = timesteps[start:]
     common = {"sampler": sampler, "prediction_type": config["prediction_type"]}
@@ -436,3 +463,17 @@ def make_plan(scheduler_config: dict, sampler: str, steps: int, strength: float)
         sigmas=run_sigmas,
         second_order=second,
     )
+
+
+def guidance_embedding(w: np.ndarray, dim: int) -> np.ndarray:
+    """float32 [len(w), dim] sinusoidal embedding of guidance scales `w`, as diffusers'
+    get_guidance_scale_embedding builds an LCM-distilled UNet's timestep_cond."""
+    w = np.asarray(w, dtype=np.float32) * np.float32(1000.0)
+    half = dim // 2
+    step = np.float32(np.log(np.float32(10000.0))) / np.float32(half - 1)
+    freqs = np.exp(np.arange(half, dtype=np.float32) * -step)
+    emb = w[:, None] * freqs[None, :]
+    emb = np.concatenate([np.sin(emb), np.cos(emb)], axis=1)
+    if dim % 2:
+        emb = np.pad(emb, ((0, 0), (0, 1)))
+    return emb.astype(np.float32)
