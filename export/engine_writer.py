@@ -21,7 +21,7 @@ from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
 
 from . import attention, onnx_export, verify
 from .folders import replace_folder, writer_lock
-from .loading import load_pipeline
+from .loading import check_vae_fits, load_pipeline, load_vae
 from .memory_model import memory_model
 
 PRECISIONS = ("fp32", "fp16")
@@ -115,20 +115,27 @@ def export_engines(
     precision: str = "fp32",
     overwrite: bool = False,
     log: Callable[[str], None] = print,
+    vae: str | None = None,
 ) -> Path:
-    """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`."""
+    """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`;
+    `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     out = Path(out).absolute()
     _check_destination(out, overwrite)
     with writer_lock(out):
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
-        return _export_locked(model, out, precision, log)
+        return _export_locked(model, out, precision, log, vae)
 
 
-def _export_locked(model: str, out: Path, precision: str, log) -> Path:
+def _export_locked(model: str, out: Path, precision: str, log, vae: str | None) -> Path:
     log(f"loading {model}")
     pipe = load_pipeline(model)
+    if vae is not None:
+        log(f"loading the VAE {vae}")
+        replacement = load_vae(vae)
+        check_vae_fits(pipe, replacement, vae)
+        pipe.vae = replacement
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:
@@ -144,6 +151,7 @@ def _export_locked(model: str, out: Path, precision: str, log) -> Path:
             "vae_scale_factor": onnx_export.vae_scale_factor(pipe),
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
             "latent_channels": int(pipe.vae.config.latent_channels),
+            "vae": {"kind": onnx_export.vae_kind(pipe.vae), "source": vae or str(model)},
             "tokenizer": _write_tokenizer(pipe, staging),
             "scheduler": _write_scheduler(pipe, staging),
             "components": components,

@@ -34,6 +34,57 @@ def load_pipeline(model: str):
     return pipe
 
 
+VAE_CLASSES = ("AutoencoderTiny", "AutoencoderKL")
+
+
+def load_vae(source: str):
+    """A VAE (AutoencoderTiny, e.g. TAESD, or AutoencoderKL) from a folder or hub id, to use in
+    place of a model's own; a model folder with a vae/ inside is taken too."""
+    import json
+
+    import diffusers
+
+    quiet_hub_logging()
+    path = Path(source)
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file() and (path / "vae").is_dir():
+            path = path / "vae"
+        config = path / "config.json"
+        if not (path.is_dir() and config.is_file()):
+            raise InputError(
+                f"{source} is not a VAE folder (it has no config.json): pass a folder written by "
+                "AutoencoderTiny/AutoencoderKL.save_pretrained, a model folder with a vae/ in "
+                "it, or a hub id such as madebyollin/taesd"
+            )
+        try:
+            name = json.loads(config.read_text()).get("_class_name")
+        except (ValueError, AttributeError):
+            name = None
+        if name not in VAE_CLASSES:
+            raise InputError(
+                f"{source} holds a {name or 'model of unknown kind'}, not a VAE "
+                f"({' or '.join(VAE_CLASSES)}): pass the VAE's own folder"
+            )
+        cls = getattr(diffusers, name)
+        return _attempt(lambda: cls.from_pretrained(path), f"VAE folder {path}")
+    if path.suffix or source.startswith((".", "/", "~")):
+        raise InputError(f"VAE {source} does not exist: check the path")
+    vae = _attempt(lambda: diffusers.AutoModel.from_pretrained(source), f"hub VAE {source}")
+    if type(vae).__name__ not in VAE_CLASSES:
+        raise InputError(f"{source} is a {type(vae).__name__}, not a VAE: pass a VAE's hub id")
+    return vae
+
+
+def check_vae_fits(pipe, vae, source: str) -> None:
+    """Refuse a VAE whose latents are not the ones the model's UNet denoises."""
+    latent, unet = vae.config.latent_channels, pipe.unet.config.in_channels
+    if latent != unet:
+        raise InputError(
+            f"the VAE {source} makes {latent}-channel latents, but this model's UNet takes "
+            f"{unet}: it is a VAE for another architecture"
+        )
+
+
 def diffusers_scheduler(config: dict, sampler: str):
     """diffusers' scheduler that fastimg's `sampler` reproduces, built from a scheduler config."""
     import diffusers

@@ -24,7 +24,10 @@ def memory_model(pipe) -> dict:
     levels = len(pipe.vae.config.block_out_channels) - 1
     vae_channels = pipe.vae.config.block_out_channels[0]
     unet = pipe.unet.config
-    vae_scores = SCORE_BYTES if getattr(pipe.vae.config, "mid_block_add_attention", True) else 0
+    tiny = type(pipe.vae).__name__ == "AutoencoderTiny"  # (TAESD has no attention)
+    vae_scores = (
+        0 if tiny or not pipe.vae.config.get("mid_block_add_attention", True) else SCORE_BYTES
+    )
     model = {
         "vae_encoder": {"per_pixel": LIVE["vae_encoder"] * vae_channels * 4},
         "vae_decoder": {"per_pixel": LIVE["vae_decoder"] * vae_channels * 4},

@@ -51,19 +51,25 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
             },
             {"out_sample": ("float32", lat)},
         ),
-        "vae_encoder": ComponentSpec(
-            {"sample": ("float32", img)},
-            {
-                "latent_parameters": (
-                    "float32",
-                    ["batch", 2 * latent, "latent_height", "latent_width"],
-                )
-            },
-        ),
+        "vae_encoder": ComponentSpec({"sample": ("float32", img)}, _encoder_output(pipe.vae)),
         "vae_decoder": ComponentSpec(
             {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
         ),
     }
+
+
+def vae_kind(vae) -> str:
+    """'tiny' for an AutoencoderTiny (TAESD), whose encoder gives latents directly; else 'kl'."""
+    return "tiny" if type(vae).__name__ == "AutoencoderTiny" else "kl"
+
+
+def _encoder_output(vae) -> dict:
+    """A KL encoder's mean and log-variance moments, or a tiny encoder's latents."""
+    latent = vae.config.latent_channels
+    if vae_kind(vae) == "tiny":
+        return {"latents": ("float32", ["batch", latent, "latent_height", "latent_width"])}
+    shape = ["batch", 2 * latent, "latent_height", "latent_width"]
+    return {"latent_parameters": ("float32", shape)}
 
 
 def _unet_conditioning(config) -> dict:
@@ -107,7 +113,10 @@ def torch_modules(pipe) -> dict:
             self.vae = vae
 
         def forward(self, sample):
-            return self.vae.encode(sample).latent_dist.parameters
+            encoded = self.vae.encode(sample)
+            return (
+                encoded.latents if vae_kind(self.vae) == "tiny" else encoded.latent_dist.parameters
+            )
 
     class VaeDecoder(torch.nn.Module):
         def __init__(self, vae):

@@ -179,10 +179,24 @@ def build_pipeline(arch: str, seed: int = 0):
     )
 
 
+# Standalone VAEs, written as a VAE folder (what --vae takes): TAESD's shapes are the defaults.
+VAES = {"taesd": {}}
+
+
+def build_vae(arch: str, seed: int = 0):
+    """An AutoencoderTiny of the named shapes with seeded random weights."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(seed)
+    return diffusers.AutoencoderTiny(**VAES[arch]).eval()
+
+
 def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
-    """Write a random-weight diffusers pipeline folder for `arch` to `out`."""
+    """Write a random-weight diffusers pipeline (or, for a VAE name, VAE) folder to `out`."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise InputError(f"{out} already exists and is not empty: choose another folder")
-    build_pipeline(arch, seed).save_pretrained(out)
+    model = build_vae(arch, seed) if arch in VAES else build_pipeline(arch, seed)
+    model.save_pretrained(out)
     return out

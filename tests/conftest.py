@@ -11,14 +11,17 @@ from PIL import Image
 os.environ["FASTIMG_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastimg-test-cache-")
 
 
-def _build(tmp_path_factory, arch: str, precision: str = "fp32"):
+def _build(tmp_path_factory, arch: str, precision: str = "fp32", vae: str | None = None):
     pytest.importorskip("torch")
     from fastimg_export.engine_writer import export_engines
     from fastimg_export.random_models import write_random_model
 
-    root = tmp_path_factory.mktemp(f"{arch}-{precision}")
+    root = tmp_path_factory.mktemp(f"{arch}-{vae or 'own'}-{precision}")
     model = write_random_model(arch, root / "model")
-    engines = export_engines(str(model), root / "engines", precision=precision, log=lambda m: None)
+    vae_folder = None if vae is None else str(write_random_model(vae, root / vae))
+    engines = export_engines(
+        str(model), root / "engines", precision=precision, log=lambda m: None, vae=vae_folder
+    )
     return model, engines
 
 
@@ -38,6 +41,13 @@ def tiny_v(tmp_path_factory):
 def tiny_lcm(tmp_path_factory):
     """(model folder, engine folder) of the tiny LCM-distilled model (timestep_cond input)."""
     return _build(tmp_path_factory, "tiny-lcm")
+
+
+@pytest.fixture(scope="session")
+def tiny_taesd(tmp_path_factory):
+    """(model folder, engine folder) of the tiny model exported with a TAESD-shaped tiny VAE
+    (random weights) in place of its own; the VAE folder is beside the model, as `taesd`."""
+    return _build(tmp_path_factory, "tiny", vae="taesd")
 
 
 @pytest.fixture(scope="session")

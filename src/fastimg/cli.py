@@ -12,8 +12,8 @@ from .errors import FastImgError
 from .schedules import SAMPLERS
 
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
-# export/random_models.py defines them
-ARCHITECTURES = ("tiny", "tiny-v", "tiny-lcm", "sd15", "lcm", "sd2-v")
+# export/random_models.py defines them: pipelines, then standalone VAEs
+ARCHITECTURES = ("tiny", "tiny-v", "tiny-lcm", "sd15", "lcm", "sd2-v", "taesd")
 
 
 def _domain_errors(command):
@@ -87,8 +87,14 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     help="Weights and compute precision of the ONNX graphs.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing engine folder.")
+@click.option(
+    "--vae",
+    default=None,
+    help="A VAE folder or hub id to use in place of the model's own, e.g. TAESD "
+    "(madebyollin/taesd) for a tiny, fast autoencoder.",
+)
 @_domain_errors
-def export(model: str, output: Path, precision: str, overwrite: bool) -> None:
+def export(model: str, output: Path, precision: str, overwrite: bool, vae: str | None) -> None:
     """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
     from .errors import require
 
@@ -96,7 +102,7 @@ def export(model: str, output: Path, precision: str, overwrite: bool) -> None:
     require("diffusers", "export")
     from fastimg_export.engine_writer import export_engines
 
-    export_engines(model, output, precision=precision, overwrite=overwrite, log=_echo_err)
+    export_engines(model, output, precision=precision, overwrite=overwrite, log=_echo_err, vae=vae)
     click.echo(f"engines written to {output}")
 
 
@@ -336,7 +342,9 @@ def info(engines: Path, verify: bool) -> None:
         f"created         {data.get('created')}",
         f"precision       {data.get('precision')}",
         f"image multiple  {manifest.vae_scale_factor} px",
-        f"VAE scaling     {manifest.vae_scaling_factor}",
+        f"VAE             {data.get('vae', {}).get('kind', 'kl')} from "
+        f"{data.get('vae', {}).get('source', data.get('source'))}, scaling "
+        f"{manifest.vae_scaling_factor}",
         f"scheduler       {sched.get('_class_name')} ({sched.get('prediction_type', 'epsilon')}, "
         f"{sched.get('timestep_spacing', 'default')} spacing) -> sampler "
         f"{default_sampler(sched) or 'ddim (no equivalent)'}",

@@ -340,14 +340,18 @@ class Img2ImgPipeline:
     def encode_image(
         self, pixels: np.ndarray, rng: TorchCompatibleGenerator, engines: Engines | None = None
     ) -> np.ndarray:
-        """Scaled latent sample of the image: mean + std * eps from the encoder's moments."""
+        """Scaled latents of the image: from a KL encoder's moments, a sample mean + std * eps
+        (one draw of the generator); from a tiny encoder (TAESD), its latents as they are."""
         engines = engines or self._default_engines()
         xp = engines.xp
-        moments = engines.sessions["vae_encoder"].run({"sample": pixels})["latent_parameters"]
-        moments = _check_finite(moments, "VAE encoder output", engines)
-        mean, logvar = xp.split(moments, 2, axis=1)
-        std = xp.exp(np.float32(0.5) * logvar.clip(-30.0, 20.0))
-        z = mean + std * xp.asarray(rng.randn(mean.shape))
+        out = engines.sessions["vae_encoder"].run({"sample": pixels})
+        if "latents" in out:
+            z = _check_finite(out["latents"], "VAE encoder output", engines)
+        else:
+            moments = _check_finite(out["latent_parameters"], "VAE encoder output", engines)
+            mean, logvar = xp.split(moments, 2, axis=1)
+            std = xp.exp(np.float32(0.5) * logvar.clip(-30.0, 20.0))
+            z = mean + std * xp.asarray(rng.randn(mean.shape))
         return z * np.float32(self.manifest.vae_scaling_factor)
 
     def denoise(

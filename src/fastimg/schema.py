@@ -201,6 +201,13 @@ class MemoryModel(_Strict):
     weights_factor: Annotated[float, Field(ge=0, le=100)] = 0.0
 
 
+class Vae(_Strict):
+    """Which autoencoder the engines hold: SD's KL VAE or a tiny one (TAESD)."""
+
+    kind: Literal["kl", "tiny"] = "kl"
+    source: Text | None = None
+
+
 class EngineManifest(_Strict):
     """manifest.json as the runtime reads it."""
 
@@ -214,6 +221,7 @@ class EngineManifest(_Strict):
     vae_scale_factor: Annotated[int, Field(ge=1, le=64)]
     vae_scaling_factor: Annotated[float, Field(gt=0, le=100)]
     latent_channels: Annotated[int, Field(ge=1, le=64)] = 4
+    vae: Vae = Vae()
     shapes: Shapes = Shapes()
     tokenizer: Tokenizer
     scheduler: Scheduler

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -213,7 +215,10 @@ def test_inputs_with_the_same_name_are_refused_before_any_work(runner, tiny, pho
 def test_cli_architectures_are_the_exporters():
     pytest.importorskip("torch")
     from fastimg.cli import ARCHITECTURES
-    from fastimg_export.random_models import ARCHITECTURES as BUILT
+    from fastimg_export.random_models import ARCHITECTURES as PIPELINES
+    from fastimg_export.random_models import VAES
+
+    BUILT = {**PIPELINES, **VAES}
 
     assert ARCHITECTURES == tuple(BUILT)
 
@@ -254,3 +259,37 @@ def test_the_exact_path_is_named_as_such(runner, tiny, picture, tmp_path):
     assert result.exit_code == 0, result.output
     assert "(fp32): the exact path, matching diffusers" in result.output
     assert Image.open(tmp_path / "x.png").text["fastimg:precision"] == "fp32"
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda folder, model: model / "unet", "holds a UNet2DConditionModel, not a VAE"),
+        (lambda folder, model: folder, "is not a VAE folder (it has no config.json)"),
+        (lambda folder, model: folder / "missing-vae", "does not exist"),
+        (lambda folder, model: folder / "wide", "makes 16-channel latents"),
+    ],
+)
+def test_a_vae_that_does_not_fit_is_refused_before_any_export_work(
+    runner, tiny, tmp_path, make, message
+):
+    pytest.importorskip("torch")
+    import diffusers
+
+    wide = tmp_path / "wide"
+    diffusers.AutoencoderTiny(latent_channels=16).save_pretrained(wide)  # another architecture
+    (tmp_path / "notes.txt").write_text("not a model")
+    out = tmp_path / "engines"
+    vae = make(tmp_path, tiny[0])
+    result = runner.invoke(cli, ["export", str(tiny[0]), "-o", str(out), "--vae", str(vae)])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert not out.exists() and not list(tmp_path.glob(".engines*"))
+
+
+def test_make_model_writes_a_taesd_shaped_vae_folder(runner, tmp_path):
+    pytest.importorskip("torch")
+    result = runner.invoke(cli, ["make-model", "taesd", "-o", str(tmp_path / "taesd")])
+    assert result.exit_code == 0, result.output
+    config = json.loads((tmp_path / "taesd" / "config.json").read_text())
+    assert config["_class_name"] == "AutoencoderTiny"
+    assert config["encoder_block_out_channels"] == [64, 64, 64, 64]
