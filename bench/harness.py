@@ -74,7 +74,7 @@ def _versions() -> dict:
     return {p: v for p in packages if (v := package_version(p)) is not None}
 
 
-def _summary(seconds: list[float], stages: list[dict]) -> dict:
+def _summary(seconds: list[float], stages: list[dict], batch: int = 1) -> dict:
     median = statistics.median(seconds)
     per_stage = {s: statistics.median(st[s] for st in stages) for s in (*STAGES, "overhead")}
     unet_calls = [t for st in stages for t in st["unet_calls"]]
@@ -83,11 +83,19 @@ def _summary(seconds: list[float], stages: list[dict]) -> dict:
         "median_seconds": median,
         "min_seconds": min(seconds),
         "max_seconds": max(seconds),
-        "images_per_second": 1.0 / median,
+        "images_per_second": batch / median,
+        "seconds_per_image": median / batch,
         "stages_median_seconds": per_stage,
         "unet_call_median_seconds": statistics.median(unet_calls) if unet_calls else None,
         "overhead_fraction": per_stage["overhead"] / median,
     }
+
+
+def _distilled(engines: str) -> bool:
+    """Whether the engines' UNet is LCM-distilled (it takes a guidance embedding)."""
+    from fastimg.manifest import load_manifest
+
+    return "timestep_cond" in load_manifest(engines).components["unet"]["inputs"]
 
 
 def _fidelity(image, reference) -> dict:
@@ -132,7 +140,7 @@ def run(
     ours = [s for s in sides if isinstance(s, FastimgSide)]
     fp32_reference = next((s.name for s in ours if s.name.endswith("fp32")), None)
     for side in sides:
-        entry = _summary(seconds[side.name], stages[side.name])
+        entry = _summary(seconds[side.name], stages[side.name], job.batch)
         entry["first_call_stages_seconds"] = first_call.get(side.name)
         if side.name != DIFFUSERS:
             entry["vs_diffusers"] = _fidelity(images[side.name], images[DIFFUSERS])
@@ -175,7 +183,7 @@ def run(
         "versions": _versions(),
         "model": model,
         "engines": engines,
-        "job": {**job.to_dict(), "unet_calls": job.unet_calls()},
+        "job": {**job.to_dict(), "unet_calls": job.unet_calls(_distilled(engines))},
         "warmup": warmup,
         "repeats": repeats,
         "import_runtime_seconds": coldstart.import_seconds(),

@@ -19,15 +19,20 @@ class Job:
     seed: int = 0
     prompt: str = "a watercolor painting of a cozy house at sunset"
     image: str = str(EXAMPLE_IMAGE)
+    batch: int = 1  # images per call (num_images_per_prompt), as a stream batch
+    vae: str | None = None  # a VAE folder in place of the model's own, on both sides
 
     def load_image(self):
         """The input image, resized to size x size."""
         return load_image(Path(self.image)).resize((self.size, self.size))
 
-    def unet_calls(self) -> int:
-        """UNet evaluations per image (steps actually run at this strength)."""
+    def unet_calls(self, distilled: bool = False) -> int:
+        """UNet evaluations per call (steps actually run at this strength; an LCM-distilled
+        model on the lcm sampler runs every step, the strength cutting its schedule)."""
         from fastimg.schedules import img2img_start
 
+        if distilled and self.sampler == "lcm":
+            return self.steps
         return self.steps - img2img_start(self.steps, self.strength)
 
     def to_dict(self) -> dict:

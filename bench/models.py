@@ -4,30 +4,47 @@ from pathlib import Path
 
 from fastimg.manifest import MANIFEST
 
-SYNTHETIC = ("tiny", "tiny-v", "tiny-lcm", "sd15", "lcm", "sd2-v")
+SYNTHETIC = ("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo")
 
 
-def model_and_engines(model: str, engines: str | None, log=print) -> tuple[str, str]:
-    """The model to load in diffusers and its fastimg engine folder, made if missing.
+SYNTHETIC_VAES = ("taesd",)
+
+
+def _synthetic(name: str, marker: str, log) -> str:
+    """The random-weight model `name` in models/NAME, built if absent."""
+    folder = Path("models") / name
+    if not (folder / marker).is_file():
+        from fastimg_export.random_models import write_random_model
+
+        log(f"building the random-weight {name} model in {folder}")
+        write_random_model(name, folder)
+    return str(folder)
+
+
+def model_and_engines(
+    model: str, engines: str | None, vae: str | None = None, log=print
+) -> tuple[str, str, str | None]:
+    """The model to load in diffusers, its fastimg engine folder (made if missing) and the VAE
+    folder both sides use in place of the model's own (None: the model's).
 
     A synthetic architecture name means the random-weight model in models/NAME (built if
-    absent); any other MODEL is a diffusers folder, single file or hub id. Engines default to
-    engines/NAME and are exported when the folder has no manifest.
+    absent), `taesd` likewise for the VAE; any other MODEL is a diffusers folder, single file
+    or hub id. Engines default to engines/NAME (engines/NAME-VAE with another VAE) and are
+    exported when the folder has no manifest.
     """
     if model in SYNTHETIC and not Path(model).exists():
-        folder = Path("models") / model
-        if not (folder / "model_index.json").is_file():
-            from fastimg_export.random_models import write_random_model
-
-            log(f"building the random-weight {model} model in {folder}")
-            write_random_model(model, folder)
-        name, model = model, str(folder)
+        name, model = model, _synthetic(model, "model_index.json", log)
     else:
         name = Path(model.rstrip("/")).name.removesuffix(".safetensors").replace("/", "-")
+    if vae is not None:
+        if vae in SYNTHETIC_VAES and not Path(vae).exists():
+            name, vae = f"{name}-{vae}", _synthetic(vae, "config.json", log)
+        else:
+            name = f"{name}-{Path(vae.rstrip('/')).name.replace('/', '-')}"
     engines = engines or str(Path("engines") / name)
     if not (Path(engines) / MANIFEST).is_file():
         from fastimg_export.engine_writer import export_engines
 
         log(f"exporting {model} to {engines}")
-        export_engines(model, Path(engines), log=log)
-    return model, engines
+        export_engines(model, Path(engines), log=log, vae=vae)
+    return model, engines, vae

@@ -26,7 +26,9 @@ def table(record: dict) -> str:
     head = (
         f"{Path(record['model']).name} {job['size']}x{job['size']}, {job['sampler']}, "
         f"{job['steps']} steps at strength {job['strength']} ({job['unet_calls']} UNet calls), "
-        f"guidance {job['guidance']}, seed {job['seed']}; {record['machine']['cores']} cores, "
+        f"guidance {job['guidance']}, seed {job['seed']}, {job.get('batch', 1)} image(s) per "
+        f"call, VAE {Path(job['vae']).name if job.get('vae') else 'the model own'}; "
+        f"{record['machine']['cores']} cores, "
         f"median of {record['repeats']} after {record['warmup']} warm-up"
     )
     columns = (

@@ -51,6 +51,16 @@ class DiffusersSide:
         self._torch, self.job = torch, job
         self.name, self.device = diffusers_name(device, precision), device
         self.pipe = load_pipeline(model)
+        if job.vae is not None:  # the same autoencoder as the fastimg engines
+            from fastimg_export.loading import load_vae
+
+            self.pipe.vae = load_vae(job.vae)
+        if self.pipe.unet.config.get("time_cond_proj_dim") and job.sampler == "lcm":
+            import diffusers  # an LCM-distilled model runs in diffusers' LCM img2img pipeline
+
+            self.pipe = diffusers.LatentConsistencyModelImg2ImgPipeline(
+                **self.pipe.components, requires_safety_checker=False
+            )
         if (device, precision) != ("cpu", "fp32"):
             dtype = {"fp16": torch.float16, "fp32": torch.float32}[precision]
             self.pipe.to(device, dtype)
@@ -71,6 +81,7 @@ class DiffusersSide:
             strength=job.strength,
             num_inference_steps=job.steps,
             guidance_scale=job.guidance,
+            num_images_per_prompt=job.batch,
             generator=self._torch.Generator("cpu").manual_seed(job.seed),  # CPU noise anywhere
         ).images[0]
         if self.device != "cpu":
@@ -89,7 +100,7 @@ class FastimgSide:
         self.pipe = Img2ImgPipeline.from_engines(
             engines, backend=backend, precision=precision, threads=threads
         )
-        engines = self.pipe.engines_for(job.size, job.size, 1)  # TensorRT: the job's plan set
+        engines = self.pipe.engines_for(job.size, job.size, job.batch)  # TensorRT: its plan set
         self.name = f"fastimg {engines.backend} {engines.precision}"
         if engines.plan_set:
             self.name += f" (plans {engines.plan_set})"
@@ -104,12 +115,13 @@ class FastimgSide:
         job = self.job
         self.clock.reset()
         start = time.perf_counter()
-        (image,) = self.pipe(
+        image, *_ = self.pipe(
             prompt=job.prompt,
             image=self.image,
             strength=job.strength,
             num_inference_steps=job.steps,
             guidance_scale=job.guidance,
+            num_images_per_prompt=job.batch,
             seed=job.seed,
             scheduler=job.sampler,
         )

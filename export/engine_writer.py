@@ -22,6 +22,7 @@ from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
 from . import attention, onnx_export, verify
 from .folders import replace_folder, writer_lock
 from .loading import check_vae_fits, load_pipeline, load_vae
+from .lora import check_sources, fuse_loras
 from .memory_model import memory_model
 
 PRECISIONS = ("fp32", "fp16")
@@ -116,19 +117,22 @@ def export_engines(
     overwrite: bool = False,
     log: Callable[[str], None] = print,
     vae: str | None = None,
+    loras: list[str] = (),
 ) -> Path:
     """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`;
-    `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE."""
+    `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE; `loras`
+    ('FILE_OR_ID[:SCALE]') are fused into the weights first."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    lora_sources = check_sources(list(loras))
     out = Path(out).absolute()
     _check_destination(out, overwrite)
     with writer_lock(out):
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
-        return _export_locked(model, out, precision, log, vae)
+        return _export_locked(model, out, precision, log, vae, lora_sources)
 
 
-def _export_locked(model: str, out: Path, precision: str, log, vae: str | None) -> Path:
+def _export_locked(model: str, out: Path, precision: str, log, vae, loras) -> Path:
     log(f"loading {model}")
     pipe = load_pipeline(model)
     if vae is not None:
@@ -136,6 +140,7 @@ def _export_locked(model: str, out: Path, precision: str, log, vae: str | None) 
         replacement = load_vae(vae)
         check_vae_fits(pipe, replacement, vae)
         pipe.vae = replacement
+    fused = fuse_loras(pipe, loras, log)
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:
@@ -152,6 +157,7 @@ def _export_locked(model: str, out: Path, precision: str, log, vae: str | None) 
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
             "latent_channels": int(pipe.vae.config.latent_channels),
             "vae": {"kind": onnx_export.vae_kind(pipe.vae), "source": vae or str(model)},
+            "loras": fused,
             "tokenizer": _write_tokenizer(pipe, staging),
             "scheduler": _write_scheduler(pipe, staging),
             "components": components,

@@ -52,6 +52,21 @@ _LCM_SCHEDULER = (
     },
 )
 
+# SD-Turbo as stabilityai/sd-turbo lays it out: an SD 2.1-base UNet (linear projections, heads
+# per block), a 1024-wide 23-layer text encoder, epsilon prediction, Euler ancestral, trailing.
+_TURBO_SCHEDULER = (
+    "EulerAncestralDiscreteScheduler",
+    {**_SD_BETAS, "timestep_spacing": "trailing", "steps_offset": 1},
+)
+_SD2_TEXT = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=23,
+    num_attention_heads=16,
+    hidden_act="gelu",
+    projection_dim=512,
+)
+
 ARCHITECTURES = {
     "tiny": dict(
         unet=_TINY_UNET,
@@ -83,6 +98,14 @@ ARCHITECTURES = {
         pad_token="<|endoftext|>",
         real_vocab=False,
     ),
+    "tiny-turbo": dict(
+        unet={**_TINY_UNET, "use_linear_projection": True, "attention_head_dim": (2, 4)},
+        text={**_TINY_TEXT, "hidden_act": "gelu"},
+        vae=_TINY_VAE,
+        scheduler=_TURBO_SCHEDULER,
+        pad_token="!",
+        real_vocab=False,
+    ),
     "sd15": dict(
         unet=_SD15_UNET,
         text=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12),
@@ -110,14 +133,7 @@ ARCHITECTURES = {
             "cross_attention_dim": 1024,
             "use_linear_projection": True,
         },
-        text=dict(
-            hidden_size=1024,
-            intermediate_size=4096,
-            num_hidden_layers=23,
-            num_attention_heads=16,
-            hidden_act="gelu",
-            projection_dim=512,
-        ),
+        text=_SD2_TEXT,
         vae={**_SD_VAE, "sample_size": 768},
         scheduler=(
             "DDIMScheduler",
@@ -129,6 +145,19 @@ ARCHITECTURES = {
                 "steps_offset": 1,
             },
         ),
+        pad_token="!",
+        real_vocab=True,
+    ),
+    "sd-turbo": dict(
+        unet={
+            **_SD15_UNET,
+            "attention_head_dim": (5, 10, 20, 20),
+            "cross_attention_dim": 1024,
+            "use_linear_projection": True,
+        },
+        text=_SD2_TEXT,
+        vae=_SD_VAE,
+        scheduler=_TURBO_SCHEDULER,
         pad_token="!",
         real_vocab=True,
     ),
@@ -181,6 +210,9 @@ def build_pipeline(arch: str, seed: int = 0):
 
 # Standalone VAEs, written as a VAE folder (what --vae takes): TAESD's shapes are the defaults.
 VAES = {"taesd": {}}
+# LoRA files for a base architecture, in diffusers' format: (base, also on the text encoder).
+LORAS = {"tiny-lora": ("tiny", True), "sd15-lora": ("sd15", False)}
+LORA_RANK = 4
 
 
 def build_vae(arch: str, seed: int = 0):
@@ -192,11 +224,47 @@ def build_vae(arch: str, seed: int = 0):
     return diffusers.AutoencoderTiny(**VAES[arch]).eval()
 
 
+def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
+    """A .safetensors LoRA in diffusers' format with random weights on the attention
+    projections of the base model's UNet (and text encoder, for tiny-lora)."""
+    import diffusers
+    import torch
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    base, text = LORAS[arch]
+    pipe = build_pipeline(base, seed)
+    torch.manual_seed(seed + 1)
+
+    def adapter(model, targets):
+        # init_lora_weights=False: random A and B, so the LoRA really changes the model
+        config = LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights=False,
+                            target_modules=targets)  # fmt: skip
+        inject_adapter_in_model(config, model)  # (transformers' own add_adapter needs newer peft)
+        return get_peft_model_state_dict(model)
+
+    unet = adapter(pipe.unet, ["to_q", "to_k", "to_v", "to_out.0"])
+    text_encoder = adapter(pipe.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    diffusers.StableDiffusionImg2ImgPipeline.save_lora_weights(
+        out.parent,
+        unet_lora_layers=unet,
+        text_encoder_lora_layers=text_encoder if text else None,
+        weight_name=out.name,
+    )
+    return out
+
+
 def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
-    """Write a random-weight diffusers pipeline (or, for a VAE name, VAE) folder to `out`."""
+    """Write a random-weight diffusers pipeline folder (a VAE folder for a VAE name, a
+    .safetensors file for a LoRA name) to `out`."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise InputError(f"{out} already exists and is not empty: choose another folder")
+    if out.exists() and (out.is_file() or any(out.iterdir())):
+        raise InputError(f"{out} already exists and is not empty: choose another path")
+    if arch in LORAS:
+        if out.suffix != ".safetensors":
+            raise InputError(f"a LoRA is one .safetensors file: name it {out.stem}.safetensors")
+        return write_random_lora(arch, out, seed)
     model = build_vae(arch, seed) if arch in VAES else build_pipeline(arch, seed)
     model.save_pretrained(out)
     return out

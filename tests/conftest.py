@@ -11,16 +11,25 @@ from PIL import Image
 os.environ["FASTIMG_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastimg-test-cache-")
 
 
-def _build(tmp_path_factory, arch: str, precision: str = "fp32", vae: str | None = None):
+def _build(tmp_path_factory, arch: str, precision: str = "fp32", vae: str | None = None, lora=None):
     pytest.importorskip("torch")
     from fastimg_export.engine_writer import export_engines
     from fastimg_export.random_models import write_random_model
 
-    root = tmp_path_factory.mktemp(f"{arch}-{vae or 'own'}-{precision}")
+    root = tmp_path_factory.mktemp(f"{arch}-{vae or 'own'}-{lora and lora[0]}-{precision}")
     model = write_random_model(arch, root / "model")
     vae_folder = None if vae is None else str(write_random_model(vae, root / vae))
+    loras = []
+    if lora is not None:  # (name, scale): written as root/NAME.safetensors
+        name, scale = lora
+        loras = [f"{write_random_model(name, root / f'{name}.safetensors')}:{scale}"]
     engines = export_engines(
-        str(model), root / "engines", precision=precision, log=lambda m: None, vae=vae_folder
+        str(model),
+        root / "engines",
+        precision=precision,
+        log=lambda m: None,
+        vae=vae_folder,
+        loras=loras,
     )
     return model, engines
 
@@ -48,6 +57,19 @@ def tiny_taesd(tmp_path_factory):
     """(model folder, engine folder) of the tiny model exported with a TAESD-shaped tiny VAE
     (random weights) in place of its own; the VAE folder is beside the model, as `taesd`."""
     return _build(tmp_path_factory, "tiny", vae="taesd")
+
+
+@pytest.fixture(scope="session")
+def tiny_lora(tmp_path_factory):
+    """(model folder, engine folder) of the tiny model with tiny-lora (UNet and text encoder)
+    fused at scale 0.8; the LoRA file is model/../tiny-lora.safetensors."""
+    return _build(tmp_path_factory, "tiny", lora=("tiny-lora", 0.8))
+
+
+@pytest.fixture(scope="session")
+def tiny_turbo(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SD-Turbo layout (Euler ancestral, trailing)."""
+    return _build(tmp_path_factory, "tiny-turbo")
 
 
 @pytest.fixture(scope="session")

@@ -12,8 +12,12 @@ from .errors import FastImgError
 from .schedules import SAMPLERS
 
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
-# export/random_models.py defines them: pipelines, then standalone VAEs
-ARCHITECTURES = ("tiny", "tiny-v", "tiny-lcm", "sd15", "lcm", "sd2-v", "taesd")
+# export/random_models.py defines them: pipelines, standalone VAEs, LoRA files
+ARCHITECTURES = (
+    *("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo"),
+    "taesd",
+    *("tiny-lora", "sd15-lora"),
+)
 
 
 def _domain_errors(command):
@@ -55,11 +59,17 @@ def cli() -> None:
 
 @cli.command("make-model")
 @click.argument("arch", type=click.Choice(ARCHITECTURES))
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="Folder.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder (a .safetensors file for a LoRA).",
+)
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @_domain_errors
 def make_model(arch: str, output: Path, seed: int) -> None:
-    """Write a random-weight diffusers pipeline of a real architecture (needs fastimg[export])."""
+    """Write a random-weight pipeline, VAE or LoRA of a real architecture (fastimg[export])."""
     from .errors import require
 
     require("torch", "export")
@@ -93,8 +103,23 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     help="A VAE folder or hub id to use in place of the model's own, e.g. TAESD "
     "(madebyollin/taesd) for a tiny, fast autoencoder.",
 )
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="FILE_OR_ID[:SCALE]",
+    help="Fuse a LoRA into the weights before export, at SCALE (default 1); repeatable. "
+    "SD 1.5 + latent-consistency/lcm-lora-sdv1-5 + --scheduler lcm runs in 4 steps.",
+)
 @_domain_errors
-def export(model: str, output: Path, precision: str, overwrite: bool, vae: str | None) -> None:
+def export(
+    model: str,
+    output: Path,
+    precision: str,
+    overwrite: bool,
+    vae: str | None,
+    loras: tuple[str, ...],
+) -> None:
     """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
     from .errors import require
 
@@ -102,7 +127,15 @@ def export(model: str, output: Path, precision: str, overwrite: bool, vae: str |
     require("diffusers", "export")
     from fastimg_export.engine_writer import export_engines
 
-    export_engines(model, output, precision=precision, overwrite=overwrite, log=_echo_err, vae=vae)
+    export_engines(
+        model,
+        output,
+        precision=precision,
+        overwrite=overwrite,
+        log=_echo_err,
+        vae=vae,
+        loras=list(loras),
+    )
     click.echo(f"engines written to {output}")
 
 
@@ -255,7 +288,6 @@ def transform(
     """Transform IMAGES toward --prompt with the engines in --engines."""
     import secrets
 
-    from . import schedules
     from .images import MAX_PIXELS, load_image, parse_size, resize_to
     from .pipeline import Img2ImgPipeline, check_prompt, resolve_sampler
 
@@ -263,7 +295,6 @@ def transform(
     for text in (prompt, negative_prompt or ""):
         check_prompt(text)
     resize = parse_size(size) if size is not None else None
-    run_steps = steps - schedules.img2img_start(steps, strength)
     seed = secrets.randbelow(2**32) if seed is None else seed
     plan = _output_paths(list(images), output, num_images, seed)
     inputs = {p.resolve() for p in images}
@@ -278,6 +309,7 @@ def transform(
     if resize is not None:
         _check_size(resize, pipe)
     sampler = resolve_sampler(pipe.manifest, scheduler)
+    run_steps = pipe.plan(sampler, steps, strength).steps  # a bad combination fails here
     failures = 0
     for src, targets in plan.items():
         try:
@@ -363,6 +395,11 @@ def info(engines: Path, verify: bool) -> None:
                 for k, v in entry[side].items()
             )
             lines.append(f"      {side:<8} {io}")
+    for lora in data.get("loras", []):
+        lines.append(
+            f"lora            {lora['name']} at scale {lora['scale']:g} "
+            f"(SHA-256 {lora['sha256'][:16]}..., {lora['source']})"
+        )
     tools = ", ".join(f"{k} {v}" for k, v in data.get("tools", {}).items())
     lines.append(f"tools           {tools}")
     for key, plans in data.get("tensorrt", {}).get("engines", {}).items():
@@ -509,6 +546,19 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     help="Writes OUT.json and OUT.png [default: bench/results/NAME-SIZE].",
 )
 @click.option("--save-images", is_flag=True, help="Also write each side's output image.")
+@click.option(
+    "--vae",
+    default=None,
+    help="A VAE folder or hub id both sides use in place of the model's own (taesd: a "
+    "random-weight TAESD built in models/taesd).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Images per call (throughput, as a stream batch); speeds are per image.",
+)
 @_domain_errors
 def bench(
     model: str,
@@ -525,6 +575,8 @@ def bench(
     cold_start: bool,
     out: Path | None,
     save_images: bool,
+    vae: str | None,
+    batch: int,
 ) -> None:
     """Time one img2img job in diffusers and in each fastimg backend (needs fastimg[bench])."""
     from .errors import require
@@ -539,9 +591,16 @@ def bench(
 
     schedules.img2img_start(steps, strength)  # refuses a zero-step job before any loading
     specs = harness.check_backends(list(backends) or harness.default_backends())
-    model_path, engines = model_and_engines(model, engines, log=_echo_err)
+    model_path, engines, vae = model_and_engines(model, engines, vae, log=_echo_err)
     job = Job(
-        size=size, steps=steps, strength=strength, guidance=guidance, sampler=sampler, seed=seed
+        size=size,
+        steps=steps,
+        strength=strength,
+        guidance=guidance,
+        sampler=sampler,
+        seed=seed,
+        batch=batch,
+        vae=vae,
     )
     record = harness.run(
         model_path,
@@ -553,7 +612,9 @@ def bench(
         cold_start=cold_start,
         log=_echo_err,
     )
-    out = out or Path("bench/results") / f"{Path(engines).name}-{size}"
+    out = out or Path("bench/results") / (
+        f"{Path(engines).name}-{size}" + (f"-batch{batch}" if batch > 1 else "")
+    )
     command = " ".join(["fastimg bench", *sys.argv[2:]])
     written = report.save(record, out, command, images=save_images)
     click.echo(report.table(record))

@@ -202,6 +202,16 @@ class Img2ImgPipeline:
         sides = [side for side in (stated, fits) if side is not None]
         return min(sides) if sides else DEFAULT_MAX_SIDE
 
+    def plan(self, sampler: str, steps: int, strength: float) -> schedules.Plan:
+        """The per-step coefficients of a call (its .steps: the UNet steps that run)."""
+        return schedules.make_plan(
+            self.manifest.scheduler,
+            sampler,
+            steps,
+            strength,
+            strength_in_schedule=self.distilled,  # as LatentConsistencyModelImg2ImgPipeline
+        )
+
     def _fused(self) -> frozenset:
         """The components this backend runs with attention fused (never holding the scores)."""
         if self.backend != "onnxruntime":
@@ -461,13 +471,7 @@ class Img2ImgPipeline:
         if not isinstance(image, Image.Image):
             raise InputError(f"image must be a PIL image or a path, got {type(image).__name__}")
         sampler = resolve_sampler(self.manifest, scheduler)
-        plan = schedules.make_plan(
-            self.manifest.scheduler,
-            sampler,
-            num_inference_steps,
-            strength,
-            strength_in_schedule=self.distilled,  # as LatentConsistencyModelImg2ImgPipeline
-        )
+        plan = self.plan(sampler, num_inference_steps, strength)
         seed = secrets.randbelow(2**32) if seed is None else seed
         rng = TorchCompatibleGenerator(seed)
         cfg = guidance_scale > 1.0 and not self.distilled

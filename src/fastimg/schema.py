@@ -208,6 +208,15 @@ class Vae(_Strict):
     source: Text | None = None
 
 
+class Lora(_Strict):
+    """A LoRA fused into the weights at export."""
+
+    name: Text
+    source: Text
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    scale: Annotated[float, Field(ge=-10, le=10)]
+
+
 class EngineManifest(_Strict):
     """manifest.json as the runtime reads it."""
 
@@ -222,6 +231,7 @@ class EngineManifest(_Strict):
     vae_scaling_factor: Annotated[float, Field(gt=0, le=100)]
     latent_channels: Annotated[int, Field(ge=1, le=64)] = 4
     vae: Vae = Vae()
+    loras: Annotated[list[Lora], Field(max_length=64)] = []
     shapes: Shapes = Shapes()
     tokenizer: Tokenizer
     scheduler: Scheduler

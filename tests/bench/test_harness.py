@@ -94,3 +94,31 @@ def test_report_writes_table_json_and_chart(record, tmp_path):
     assert len(written) == 4  # json, chart, one image per side
     lines = report.table(record).splitlines()
     assert lines[2].startswith("diffusers") and "x" in lines[3]
+
+
+def test_both_sides_use_the_same_tiny_vae_and_batch(tiny_taesd):
+    model, engines = tiny_taesd
+    job = Job(
+        size=64, steps=2, strength=0.5, guidance=0.0, batch=2, vae=str(model.parent / "taesd")
+    )
+    record = harness.run(
+        str(model), str(engines), job, ["onnxruntime:fp32"], warmup=0, repeats=1,
+        cold_start=False, log=lambda m: 0,
+    )  # fmt: skip
+    ours = record["sides"]["fastimg onnxruntime fp32"]
+    assert ours["images_per_second"] == pytest.approx(2 / ours["median_seconds"])
+    assert ours["seconds_per_image"] == pytest.approx(ours["median_seconds"] / 2)
+    assert ours["vs_diffusers"]["psnr_db"] >= 40.0  # diffusers ran with the same TAESD
+    assert record["job"]["batch"] == 2 and record["job"]["vae"].endswith("taesd")
+    assert "2 image(s) per call, VAE taesd" in report.table(record)
+
+
+def test_an_lcm_model_is_measured_against_diffusers_lcm_pipeline(tiny_lcm):
+    model, engines = tiny_lcm
+    job = Job(size=64, steps=4, strength=0.5, guidance=8.0, sampler="lcm")
+    record = harness.run(
+        str(model), str(engines), job, ["onnxruntime:fp32"], warmup=0, repeats=1,
+        cold_start=False, log=lambda m: 0,
+    )  # fmt: skip
+    assert record["job"]["unet_calls"] == 4  # every LCM step runs; the strength cuts the schedule
+    assert record["sides"]["fastimg onnxruntime fp32"]["vs_diffusers"]["psnr_db"] >= 40.0

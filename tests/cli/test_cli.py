@@ -216,9 +216,9 @@ def test_cli_architectures_are_the_exporters():
     pytest.importorskip("torch")
     from fastimg.cli import ARCHITECTURES
     from fastimg_export.random_models import ARCHITECTURES as PIPELINES
-    from fastimg_export.random_models import VAES
+    from fastimg_export.random_models import LORAS, VAES
 
-    BUILT = {**PIPELINES, **VAES}
+    BUILT = {**PIPELINES, **VAES, **LORAS}
 
     assert ARCHITECTURES == tuple(BUILT)
 
@@ -293,3 +293,70 @@ def test_make_model_writes_a_taesd_shaped_vae_folder(runner, tmp_path):
     config = json.loads((tmp_path / "taesd" / "config.json").read_text())
     assert config["_class_name"] == "AutoencoderTiny"
     assert config["encoder_block_out_channels"] == [64, 64, 64, 64]
+
+
+def _lora(path, shapes: dict):
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({key: torch.zeros(shape) for key, shape in shapes.items()}, str(path))
+    return path
+
+
+ATTN = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
+
+
+@pytest.mark.parametrize(
+    "make,message",
+    [
+        (lambda d: d / "missing.safetensors", "LoRA file"),
+        (lambda d: d, "is a folder"),
+        (
+            lambda d: _lora(
+                d / "other.safetensors",
+                {f"{ATTN}.lora_A.weight": (4, 320), f"{ATTN}.lora_B.weight": (320, 4)},
+            ),
+            "does not fit this model",
+        ),
+        (
+            lambda d: _lora(
+                d / "nothing.safetensors",
+                {
+                    "unet.no_such_block.to_q.lora_A.weight": (4, 32),
+                    "unet.no_such_block.to_q.lora_B.weight": (32, 4),
+                },
+            ),
+            "not found in the base model",
+        ),
+        (lambda d: _lora(d / "weights.safetensors", {"foo": (3,)}), "or is not a LoRA"),
+    ],
+)
+def test_a_lora_that_does_not_fit_is_refused_before_any_export_work(
+    runner, tiny, tmp_path, make, message
+):
+    pytest.importorskip("torch")
+    folder = tmp_path / "loras"
+    folder.mkdir()
+    out = tmp_path / "engines"
+    lora = make(folder)
+    result = runner.invoke(cli, ["export", str(tiny[0]), "-o", str(out), "--lora", f"{lora}:0.5"])
+    assert result.exit_code == 1 and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not out.exists() and not list(tmp_path.glob(".engines*"))
+
+
+@pytest.mark.parametrize(
+    "spec,parsed",
+    [
+        ("a.safetensors", ("a.safetensors", 1.0)),
+        ("a.safetensors:0.8", ("a.safetensors", 0.8)),
+        ("latent-consistency/lcm-lora-sdv1-5", ("latent-consistency/lcm-lora-sdv1-5", 1.0)),
+        ("org/name:-0.5", ("org/name", -0.5)),
+        ("C:/loras/a.safetensors", ("C:/loras/a.safetensors", 1.0)),
+    ],
+)
+def test_lora_specs_are_parsed(spec, parsed):
+    pytest.importorskip("torch")
+    from fastimg_export.lora import parse_lora
+
+    assert parse_lora(spec) == parsed

@@ -20,7 +20,7 @@ OPTIONS = {
     "--guidance": st.sampled_from(["0", "1", "7.5", "1e6", *NUMBERISH]),
     "--seed": st.sampled_from(["0", "42", "4294967295", "4294967296", *NUMBERISH]),
     "--num-images": st.sampled_from(["1", "2", "65", *NUMBERISH]),
-    "--size": st.sampled_from(["16", "32x24", "24x32", "8x8", "3000", "12x", "x", *NUMBERISH]),
+    "--size": st.sampled_from(["16", "32x24", "24x32", "8x8", "20000", "12x", "x", *NUMBERISH]),
     "--scheduler": st.sampled_from(["ddim", "euler_a", "lcm", "pndm", "", "DDIM"]),
     "--max-pixels": st.sampled_from(["1", "100", "100000000", *NUMBERISH]),
     "--negative-prompt": st.text(max_size=30),
