@@ -177,7 +177,11 @@ def run(
     if cold_start:
         for name, spec in specs:
             log(f"cold start: {name}")
-            results[name]["cold_start"] = coldstart.measure(spec, job, model, engines)
+            try:
+                results[name]["cold_start"] = coldstart.measure(spec, job, model, engines)
+            except RuntimeError as exc:  # one failed fresh process must not lose the run
+                log(f"cold start of {name} failed: {str(exc).splitlines()[-1]}")
+                results[name]["cold_start"] = {"error": str(exc)[-2000:]}
     return {
         "machine": machine,
         "versions": _versions(),

@@ -110,3 +110,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def lcm(tmp_path_factory):
+    """The full-size LCM-distilled SD 1.5 architecture (slow)."""
+    return _build(tmp_path_factory, "lcm")
+
+
+@pytest.fixture(scope="session")
+def sd_turbo(tmp_path_factory):
+    """The full-size SD-Turbo architecture (slow)."""
+    return _build(tmp_path_factory, "sd-turbo")
+
+
+@pytest.fixture(scope="session")
+def sd15_taesd_lora(tmp_path_factory):
+    """Full-size SD 1.5 with TAESD in place of its VAE and sd15-lora fused at 1.0 (slow)."""
+    return _build(tmp_path_factory, "sd15", vae="taesd", lora=("sd15-lora", 1.0))

@@ -25,16 +25,25 @@ LARGEST_SIDE = 16_384
 
 
 def call_bytes(
-    manifest, component: str, height: int, width: int, batch: int, fused: bool = False
+    manifest,
+    component: str,
+    height: int,
+    width: int,
+    batch: int,
+    fused: bool = False,
+    scratch: bool = False,
 ) -> int | None:
-    """Estimated activation bytes of one call of `component`; None without a memory model."""
+    """Estimated activation bytes of one call of `component`; None without a memory model.
+
+    `fused`: the backend runs attention without holding the scores; `scratch`: it sets up
+    scratch memory per call in proportion to the weights (OpenVINO)."""
     model = manifest.data.get("memory", {}).get(component)
     if model is None:
         return None
     factor = manifest.vae_scale_factor
     tokens = (height // factor) * (width // factor)
     scores = 0 if fused else model["per_token_pair"] * tokens * tokens
-    factor_of_weights = model.get("weights_factor", 0.0)
+    factor_of_weights = model.get("weights_factor", 0.0) if scratch else 0.0
     scratch = factor_of_weights * _weight_bytes(manifest, component) if factor_of_weights else 0
     return int(scratch + batch * (model["per_pixel"] * height * width + scores))
 
@@ -45,14 +54,21 @@ def _weight_bytes(manifest, component: str) -> int:
 
 
 def needs(
-    manifest, height: int, width: int, images: int, cfg: bool, fused: frozenset = frozenset()
+    manifest,
+    height: int,
+    width: int,
+    images: int,
+    cfg: bool,
+    fused: frozenset = frozenset(),
+    scratch: bool = False,
 ) -> dict[str, int]:
     """Estimated bytes of each component's call when `images` images run per call (`fused`:
-    the components whose attention the backend runs fused)."""
+    the components whose attention the backend runs fused; `scratch`: see call_bytes)."""
     per_call = {"vae_encoder": 1, "unet": images * (2 if cfg else 1), "vae_decoder": images}
     estimates = {}
     for component, batch in per_call.items():
-        estimate = call_bytes(manifest, component, height, width, batch, component in fused)
+        fuses = component in fused
+        estimate = call_bytes(manifest, component, height, width, batch, fuses, scratch)
         if estimate is not None:
             estimates[component] = estimate
     return estimates
@@ -86,42 +102,51 @@ def images_per_call(
     cfg: bool,
     free: int | None,
     fused: frozenset = frozenset(),
+    scratch: bool = False,
 ) -> int:
     """How many of `images` to run per engine call so that the call fits in `free` bytes;
     an InputError with the numbers when not even one image fits."""
     cap = min(images, MAX_IMAGES_PER_CALL)
-    one = needs(manifest, height, width, 1, cfg, fused)
+    one = needs(manifest, height, width, 1, cfg, fused, scratch)
     if free is None or not one:
         return cap
     budget = free * SHARE
     component, need = max(one.items(), key=lambda item: item[1])
     if need > budget:
-        side = largest_side(manifest, free, cfg, fused)
+        side = largest_side(manifest, free, cfg, fused, scratch)
+        fix = f"use a smaller image, e.g. --size {side}" if side else "free some memory first"
         raise InputError(
             f"a {width}x{height} image needs about {need / 2**30:.1f} GiB for the "
-            f"{component} (estimated), and {budget / 2**30:.1f} GiB are free for it here: "
-            f"use a smaller image, e.g. --size {side}"
+            f"{component} (estimated), and {budget / 2**30:.1f} GiB are free for it here: {fix}"
         )
     fits = 1
-    while fits < cap and _peak(manifest, height, width, fits + 1, cfg, fused) <= budget:
+    while fits < cap and _peak(manifest, height, width, fits + 1, cfg, fused, scratch) <= budget:
         fits += 1
     return fits
 
 
 def largest_side(
-    manifest, free: int | None, cfg: bool = True, fused: frozenset = frozenset()
+    manifest,
+    free: int | None,
+    cfg: bool = True,
+    fused: frozenset = frozenset(),
+    scratch: bool = False,
 ) -> int | None:
-    """The longest side of a square image whose one-image call fits in `free` bytes."""
-    if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused):
+    """The longest side of a square image whose one-image call fits in `free` bytes; None
+    when it cannot be known, or not even the smallest fits now (each call checks again)."""
+    if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch):
         return None
-    budget, side = free * SHARE, SIDE_STEP
+    budget = free * SHARE
+    if _peak(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch) > budget:
+        return None
+    side = SIDE_STEP
     while side < LARGEST_SIDE:
         bigger = side + SIDE_STEP
-        if _peak(manifest, bigger, bigger, 1, cfg, fused) > budget:
+        if _peak(manifest, bigger, bigger, 1, cfg, fused, scratch) > budget:
             break
         side = bigger
     return side
 
 
-def _peak(manifest, height: int, width: int, images: int, cfg: bool, fused: frozenset) -> int:
-    return max(needs(manifest, height, width, images, cfg, fused).values())
+def _peak(manifest, height, width, images, cfg, fused, scratch) -> int:
+    return max(needs(manifest, height, width, images, cfg, fused, scratch).values())

@@ -198,7 +198,12 @@ class Img2ImgPipeline:
         fits = None
         if self.backend != "tensorrt":
             free = memory.free_bytes(self.device)
-            fits = memory.largest_side(self.manifest, free, fused=self._fused())
+            fits = memory.largest_side(
+                self.manifest,
+                free,
+                fused=self._fused(self.backend),
+                scratch=self.backend == "openvino",
+            )
         sides = [side for side in (stated, fits) if side is not None]
         return min(sides) if sides else DEFAULT_MAX_SIDE
 
@@ -212,11 +217,14 @@ class Img2ImgPipeline:
             strength_in_schedule=self.distilled,  # as LatentConsistencyModelImg2ImgPipeline
         )
 
-    def _fused(self) -> frozenset:
-        """The components this backend runs with attention fused (never holding the scores)."""
-        if self.backend != "onnxruntime":
-            return frozenset()
+    def _fused(self, backend: str) -> frozenset:
+        """The components `backend` runs with attention fused (never holding the scores):
+        OpenVINO fuses every attention itself, ONNX Runtime runs the fused variant graphs."""
         components = self.manifest.components
+        if backend == "openvino":
+            return frozenset(components)
+        if backend != "onnxruntime":
+            return frozenset()
         return frozenset(
             c for c in components if "onnxruntime" in components[c].get("variants", {})
         )
@@ -487,13 +495,19 @@ class Img2ImgPipeline:
         }
         pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
         height, width = pixels.shape[2], pixels.shape[3]
-        chunk = num_images_per_prompt
-        if self.backend != "tensorrt":  # (TensorRT's activation memory is allocated at load)
-            free = memory.free_bytes(self.device)
-            chunk = memory.images_per_call(
-                self.manifest, height, width, num_images_per_prompt, cfg, free, self._fused()
-            )
         engines = self.engines_for(height, width, num_images_per_prompt)
+        chunk = num_images_per_prompt
+        if engines.backend != "tensorrt":  # (TensorRT's activation memory is allocated at load)
+            chunk = memory.images_per_call(
+                self.manifest,
+                height,
+                width,
+                num_images_per_prompt,
+                cfg,
+                memory.free_bytes(engines.device),
+                self._fused(engines.backend),
+                scratch=engines.backend == "openvino",  # per-call scratch of its weights
+            )
         # GPU backends run all of the call's array work on their device and stream, in order.
         with engines.activate():
             embeddings = self.encode_prompt(prompt, negative_prompt, cfg, engines)

@@ -105,3 +105,16 @@ def test_the_longest_side_comes_from_the_memory_free(tiny, monkeypatch):
     monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": 64 * 2**20)
     tight = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
     assert tight.max_side < roomy.max_side and tight.max_side % 64 == 0
+
+
+def test_scratch_counts_for_openvino_only_and_nothing_fitting_leaves_the_side_open():
+    model = {"per_pixel": 100, "per_token_pair": 0, "weights_factor": 0.5}
+    data = {"vae_scale_factor": 8, "memory": {"unet": model}}
+    files = {"unet/model.onnx": {"bytes": 2 * GiB}}
+    tiny = Manifest(folder=None, data={**data, "components": {"unet": {"files": files}}})
+    plain = memory.call_bytes(tiny, "unet", 64, 64, 1)
+    assert memory.call_bytes(tiny, "unet", 64, 64, 1, scratch=True) == plain + GiB
+    assert memory.largest_side(tiny, int(0.5 * GiB), scratch=True) is None  # 1 GiB scratch
+    assert memory.largest_side(tiny, int(0.5 * GiB)) > 64
+    with pytest.raises(InputError, match="free some memory first"):
+        memory.images_per_call(tiny, 64, 64, 1, False, int(0.5 * GiB), scratch=True)
