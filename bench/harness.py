@@ -112,8 +112,10 @@ def run(
     repeats: int = 3,
     cold_start: bool = True,
     log=print,
+    peers: list = (),
 ) -> dict:
-    """Benchmark `job` on diffusers and each fastimg backend; return the full record."""
+    """Benchmark `job` on diffusers, each fastimg backend and each peer (PeerSpec, a runtime in
+    its own interpreter); return the full record."""
     sides = []
     for device, precision in baselines(backends):
         log(f"loading diffusers from {model} ({device}, {precision})")
@@ -121,6 +123,30 @@ def run(
     for spec in backends:
         log(f"loading fastimg engines {engines} on {spec}")
         sides.append(FastimgSide(engines, job, *parse_backend(spec)))
+    peer_sides = []
+    try:
+        for peer in peers:
+            from .peers.optimum_intel import SIDES
+
+            log(f"loading the peer {peer.label} ({peer.python})")
+            peer_sides.append(SIDES[peer.name](peer, model, job, log=log))
+    except BaseException:
+        _close_peers(peer_sides)
+        raise
+    sides += peer_sides
+    try:
+        return _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start, log)
+    finally:
+        _close_peers(peer_sides)
+
+
+def _close_peers(peer_sides: list) -> None:
+    for side in peer_sides:
+        side.close()
+        side.finish()
+
+
+def _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start, log) -> dict:
     first_call = {}
     for side in sides:
         for k in range(warmup):
@@ -144,6 +170,12 @@ def run(
         entry["first_call_stages_seconds"] = first_call.get(side.name)
         if side.name != DIFFUSERS:
             entry["vs_diffusers"] = _fidelity(images[side.name], images[DIFFUSERS])
+        if side in peer_sides:
+            entry["baseline"] = DIFFUSERS
+            entry["speedup_vs_diffusers"] = (
+                results[DIFFUSERS]["median_seconds"] / entry["median_seconds"]
+            )
+            entry["precision"] = side.precision
         if isinstance(side, FastimgSide):
             # The speed-up is against diffusers on the same device (and GPU precision).
             baseline = diffusers_name(*baseline_for(side.spec))
@@ -154,6 +186,11 @@ def run(
             if fp32_reference and side.name != fp32_reference:
                 entry["vs_fastimg_fp32"] = _fidelity(images[side.name], images[fp32_reference])
         results[side.name] = entry
+    for side in ours:
+        results[side.name]["speedup_vs_peers"] = {
+            peer.name: results[peer.name]["median_seconds"] / results[side.name]["median_seconds"]
+            for peer in peer_sides
+        }
     log("counting FLOPs per stage and measuring the matmul peak")
     flops = roofline.stage_flops(sides[0])
     machine = _machine()
@@ -164,13 +201,21 @@ def run(
         )
         if on_gpu:
             continue  # the measured peaks are the CPU's
-        precision = "bf16" if side.name.endswith("bf16") else "fp32"
+        precision = getattr(side, "precision", None) or (
+            "bf16" if side.name.endswith("bf16") else "fp32"
+        )
         if precision not in peaks:
             continue  # emulated here: no meaningful peak to compare with
         results[side.name]["roofline"] = roofline.efficiency(
             results[side.name]["stages_median_seconds"], flops, peaks[precision]
         )
-    specs = [(s.name, s.spec if isinstance(s, FastimgSide) else s.name) for s in sides]
+    specs = [
+        (s.name, s.spec if isinstance(s, FastimgSide) else s.name)
+        for s in sides
+        if s not in peer_sides
+    ]
+    for side in peer_sides:  # each worker's own peak, then its memory is given back
+        results[side.name]["peak_rss_mb"] = side.close().get("peak_rss_mb")
     sides.clear()  # free every loaded model before the fresh processes load theirs
     side = None  # noqa: F841 (the loop variable held the last side)
     gc.collect()
@@ -182,6 +227,14 @@ def run(
             except RuntimeError as exc:  # one failed fresh process must not lose the run
                 log(f"cold start of {name} failed: {str(exc).splitlines()[-1]}")
                 results[name]["cold_start"] = {"error": str(exc)[-2000:]}
+        for side in peer_sides:  # with its compiled blobs cached, then with none
+            for cached, key in ((True, "cold_start"), (False, "cold_start_uncached")):
+                log(f"cold start: {side.name} ({'cached' if cached else 'uncached'} compile)")
+                try:
+                    results[side.name][key] = side.cold_start(cached)
+                except RuntimeError as exc:
+                    log(f"cold start of {side.name} failed: {str(exc).splitlines()[-1]}")
+                    results[side.name][key] = {"error": str(exc)[-2000:]}
     return {
         "machine": machine,
         "versions": _versions(),
@@ -196,6 +249,7 @@ def run(
         "best_possible_seconds": {
             precision: sum(flops.values()) / 1e9 / peak for precision, peak in peaks.items()
         },
+        "peers": {side.name: side.versions for side in peer_sides},
         "sides": results,
         "images": images,
     }

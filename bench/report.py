@@ -32,7 +32,7 @@ def table(record: dict) -> str:
         f"median of {record['repeats']} after {record['warmup']} warm-up"
     )
     columns = (
-        f"{'side':<26}{'median s':>9}{'min-max':>14}{'img/s':>7}{'speedup':>8}"
+        f"{'side':<34}{'median s':>9}{'min-max':>14}{'img/s':>7}{'speedup':>8}"
         f"{'text':>7}{'vae enc':>8}{'unet':>7}{'vae dec':>8}{'ovh %':>7}"
         f"{'cold s':>8}{'RSS MB':>8}{'PSNR dB':>8}{'maxdiff':>8}{'vs fp32':>8}"
     )
@@ -42,7 +42,7 @@ def table(record: dict) -> str:
         cold = s.get("cold_start") or {}
         fid = s.get("vs_diffusers") or {}
         rows.append(
-            f"{name:<26}{s['median_seconds']:>9.2f}"
+            f"{name:<34}{s['median_seconds']:>9.2f}"
             f"{s['min_seconds']:>7.2f}-{s['max_seconds']:<6.2f}{s['images_per_second']:>7.3f}"
             f"{_fmt(s.get('speedup_vs_diffusers'), '{:.2f}x'):>8}"
             f"{st['text_encoder']:>7.2f}{st['vae_encoder']:>8.2f}{st['unet']:>7.2f}"
@@ -51,10 +51,24 @@ def table(record: dict) -> str:
             f"{_fmt(fid.get('psnr_db'), '{:.1f}'):>8}{_fmt(fid.get('max_pixel_diff'), '{}'):>8}"
             f"{_fmt((s.get('vs_fastimg_fp32') or {}).get('psnr_db'), '{:.1f}'):>8}"
         )
+    rows += _peer_rows(record)
     rows.append(f"importing the runtime: {record['import_runtime_seconds']:.3f} s")
     if "stage_gflop" in record:
         rows += _roofline_rows(record)
     return "\n".join(rows)
+
+
+def _peer_rows(record: dict) -> list[str]:
+    """fastimg against each peer (ratio of medians), and the peers' cold starts uncached."""
+    rows = []
+    for name, side in record["sides"].items():
+        for peer, ratio in (side.get("speedup_vs_peers") or {}).items():
+            rows.append(f"{name} is {ratio:.2f}x {peer}")
+    for name, side in record["sides"].items():
+        uncached = side.get("cold_start_uncached")
+        if uncached and "seconds" in uncached:
+            rows.append(f"{name}: cold start {uncached['seconds']:.1f} s with nothing compiled")
+    return rows
 
 
 def _roofline_rows(record: dict) -> list[str]:
@@ -66,7 +80,7 @@ def _roofline_rows(record: dict) -> list[str]:
         + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in peaks.items())
         + "; stage GFLOP: "
         + ", ".join(f"{k} {v:.0f}" for k, v in gflop.items()),
-        f"{'GFLOP/s (share of peak)':<26}" + "".join(f"{stage:>18}" for stage in STAGES),
+        f"{'GFLOP/s (share of peak)':<34}" + "".join(f"{stage:>18}" for stage in STAGES),
     ]
     for name, side in record["sides"].items():
         if "roofline" not in side:
@@ -76,7 +90,7 @@ def _roofline_rows(record: dict) -> list[str]:
             r = side["roofline"][stage]
             rate, share = r["gflop_per_s"], r["fraction_of_peak"]
             cells.append("-" if rate is None else f"{rate:.0f} ({100 * share:.0f}%)")
-        rows.append(f"{name:<26}" + "".join(f"{c:>18}" for c in cells))
+        rows.append(f"{name:<34}" + "".join(f"{c:>18}" for c in cells))
     best = record["best_possible_seconds"]
     ref = record["sides"]["diffusers"]["median_seconds"]
     rows.append(

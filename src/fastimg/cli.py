@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .backends.select import BACKEND_CHOICES, PRECISION_CHOICES
-from .errors import FastImgError
+from .errors import FastImgError, InputError
 from .schedules import SAMPLERS
 
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
@@ -559,6 +559,15 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     show_default=True,
     help="Images per call (throughput, as a stream batch); speeds are per image.",
 )
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="NAME[:PRECISION]=PYTHON",
+    help="Also measure another runtime, run by its own interpreter, repeatable: "
+    "optimum-intel=/path/to/venv/bin/python (its default precision; :fp32 or :bf16 to set "
+    "one). bench/peers/README.md makes that environment.",
+)
 @_domain_errors
 def bench(
     model: str,
@@ -577,8 +586,10 @@ def bench(
     save_images: bool,
     vae: str | None,
     batch: int,
+    peers: tuple[str, ...],
 ) -> None:
-    """Time one img2img job in diffusers and in each fastimg backend (needs fastimg[bench])."""
+    """Time one img2img job in diffusers, in each fastimg backend and in each peer runtime
+    (needs fastimg[bench])."""
     from .errors import require
 
     require("torch", "bench")
@@ -586,10 +597,17 @@ def bench(
     from fastimg_bench import harness, report
     from fastimg_bench.job import Job
     from fastimg_bench.models import model_and_engines
+    from fastimg_bench.peers import check_interpreter, parse_peer
 
     from . import schedules
 
     schedules.img2img_start(steps, strength)  # refuses a zero-step job before any loading
+    peer_specs = [parse_peer(text) for text in peers]
+    if peer_specs and vae is not None:
+        raise InputError("a peer runs the model's own VAE: leave out --vae, or the --peer")
+    for peer in peer_specs:  # a missing or broken interpreter is refused before any loading
+        _echo_err(f"checking the {peer.name} interpreter {peer.python}")
+        check_interpreter(peer)
     specs = harness.check_backends(list(backends) or harness.default_backends())
     model_path, engines, vae = model_and_engines(model, engines, vae, log=_echo_err)
     job = Job(
@@ -611,6 +629,7 @@ def bench(
         repeats=repeats,
         cold_start=cold_start,
         log=_echo_err,
+        peers=peer_specs,
     )
     out = out or Path("bench/results") / (
         f"{Path(engines).name}-{size}" + (f"-batch{batch}" if batch > 1 else "")

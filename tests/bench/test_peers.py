@@ -1,0 +1,206 @@
+"""Peers in the bench: the --peer form, the refusals of a missing or broken interpreter, the
+model copy for older transformers, and a whole run against a stand-in optimum-intel."""
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fastimg.cli import cli
+from fastimg.errors import InputError
+
+pytest.importorskip("diffusers")
+
+from fastimg_bench import harness, report  # noqa: E402
+from fastimg_bench.job import Job  # noqa: E402
+from fastimg_bench.peers import PeerSpec, check_interpreter, parse_peer  # noqa: E402
+from fastimg_bench.peers.optimum_intel import prefix_text_encoder_keys  # noqa: E402
+
+STAND_IN = Path(__file__).with_name("stand_in_peer")
+
+
+def executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IXUSR)
+    return path
+
+
+@pytest.fixture
+def stand_in_python(tmp_path):
+    """An 'interpreter' that is this one with the stand-in optimum-intel importable."""
+    return executable(
+        tmp_path / "peer-python",
+        f'#!/bin/sh\nPYTHONPATH="{STAND_IN}" exec "{sys.executable}" "$@"\n',
+    )
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("optimum-intel=/v/bin/python", PeerSpec("optimum-intel", "default", "/v/bin/python")),
+        ("optimum-intel:fp32=/v/bin/python", PeerSpec("optimum-intel", "fp32", "/v/bin/python")),
+        ("optimum-intel:bf16= py ", PeerSpec("optimum-intel", "bf16", "py")),
+    ],
+)
+def test_peer_specs(text, expected):
+    assert parse_peer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("optimum-intel", "names no interpreter"),
+        ("optimum-intel=", "names no interpreter"),
+        ("tensorrt-demo=/bin/python", "no peer called 'tensorrt-demo'"),
+        ("optimum-intel:int4=/bin/python", "precision 'int4' is not one of"),
+    ],
+)
+def test_bad_peer_specs_say_the_form(text, message):
+    with pytest.raises(InputError, match=message):
+        parse_peer(text)
+
+
+def test_a_missing_or_broken_interpreter_is_refused_with_the_recipe(tmp_path):
+    cases = {
+        "does not exist": tmp_path / "nothing" / "python",
+        "is not an executable": tmp_path,
+        "cannot import its packages (ModuleNotFoundError": Path(sys.executable),
+    }
+    not_executable = tmp_path / "python-text"
+    not_executable.write_text("#!/bin/sh\n")
+    cases["is not an executable "] = not_executable
+    crashes = executable(
+        tmp_path / "crashes", "#!/bin/sh\necho 'Segmentation fault' >&2\nexit 139\n"
+    )
+    cases["cannot import its packages (Segmentation fault)"] = crashes
+    chatty = executable(tmp_path / "chatty", "#!/bin/sh\necho hello\n")
+    cases["answered the version probe with 'hello'"] = chatty
+    for message, python in cases.items():
+        with pytest.raises(InputError) as caught:
+            check_interpreter(PeerSpec("optimum-intel", "default", str(python)))
+        assert message.strip() in str(caught.value) and "bench/peers/README.md" in str(caught.value)
+
+
+def test_the_stand_in_interpreter_passes_the_probe(stand_in_python):
+    versions = check_interpreter(PeerSpec("optimum-intel", "default", str(stand_in_python)))
+    assert versions["optimum-intel"] == "0.0.0" and "diffusers" in versions
+
+
+def test_the_cli_refuses_a_broken_peer_before_loading_anything(tiny, tmp_path):
+    model, engines = tiny
+    args = ["bench", "--model", str(model), "--engines", str(engines), "--size", "64"]
+    args += ["--no-cold-start", "-o", str(tmp_path / "r")]
+    result = CliRunner().invoke(cli, [*args, "--peer", f"optimum-intel={tmp_path / 'none'}"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.output and "Traceback" not in result.output
+    assert "loading diffusers" not in result.output and not (tmp_path / "r.json").exists()
+    taesd = ["--vae", str(tmp_path), "--peer", f"optimum-intel={sys.executable}"]
+    result = CliRunner().invoke(cli, [*args, *taesd])
+    assert result.exit_code == 1 and "the model's own VAE" in result.output
+
+
+def test_the_text_encoder_copy_carries_the_prefix_older_transformers_expect(tiny, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    model, _ = tiny
+    copy = tmp_path / "copy"
+    shutil.copytree(model, copy)
+    before = load_file(copy / "text_encoder" / "model.safetensors")
+    assert prefix_text_encoder_keys(copy)
+    after = load_file(copy / "text_encoder" / "model.safetensors")
+
+    def prefixed(key):
+        return key if key.startswith("text_model.") else "text_model." + key
+
+    assert sorted(after) == sorted(map(prefixed, before))
+    assert all((after[prefixed(key)] == value).all() for key, value in before.items())
+    assert not prefix_text_encoder_keys(copy)  # once is enough
+
+
+@pytest.fixture(scope="module")
+def peer_record(tiny, tmp_path_factory):
+    """A bench run of ONNX Runtime against the stand-in peer at its default and in fp32."""
+    model, engines = tiny
+    folder = tmp_path_factory.mktemp("peer")
+    python = executable(
+        folder / "peer-python",
+        f'#!/bin/sh\nPYTHONPATH="{STAND_IN}" exec "{sys.executable}" "$@"\n',
+    )
+    calls = folder / "calls.jsonl"
+    os.environ["FASTIMG_PEER_CACHE"] = str(folder / "cache")
+    os.environ["STAND_IN_PEER_LOG"] = str(calls)
+    try:
+        peers = [parse_peer(f"optimum-intel={python}"), parse_peer(f"optimum-intel:fp32={python}")]
+        job = Job(size=64, steps=4, strength=0.5, guidance=0.0)
+        record = harness.run(
+            str(model), str(engines), job, ["onnxruntime:fp32"], warmup=1, repeats=2,
+            log=lambda m: 0, peers=peers,
+        )  # fmt: skip
+    finally:
+        del os.environ["FASTIMG_PEER_CACHE"], os.environ["STAND_IN_PEER_LOG"]
+    return record, [json.loads(line) for line in calls.read_text().splitlines()], folder
+
+
+def test_a_peer_is_a_side_compared_with_diffusers_and_with_fastimg(peer_record):
+    record, _, _ = peer_record
+    sides = record["sides"]
+    peer, peer_fp32 = sides["optimum-intel fp32 (its default)"], sides["optimum-intel fp32"]
+    ours = sides["fastimg onnxruntime fp32"]
+    for side in (peer, peer_fp32):
+        assert len(side["seconds"]) == 2 and side["baseline"] == "diffusers"
+        assert side["vs_diffusers"]["psnr_db"] >= 40.0  # same image, size, sampler, seed, steps
+        assert side["speedup_vs_diffusers"] == pytest.approx(
+            sides["diffusers"]["median_seconds"] / side["median_seconds"]
+        )
+        assert side["stages_median_seconds"]["unet"] > 0  # timed inside the worker
+        assert side["unet_call_median_seconds"] > 0
+        assert side["peak_rss_mb"] > 0
+    assert ours["speedup_vs_peers"]["optimum-intel fp32"] == pytest.approx(
+        peer_fp32["median_seconds"] / ours["median_seconds"]
+    )
+    assert record["peers"]["optimum-intel fp32"]["optimum-intel"] == "0.0.0"
+    assert "fastimg onnxruntime fp32 is" in report.table(record)
+
+
+def test_the_peer_runs_static_shapes_without_a_guidance_half_and_caches_per_precision(
+    peer_record,
+):
+    record, calls, folder = peer_record
+    shapes = [c["unet_shapes"] for c in calls if "unet_shapes" in c]
+    assert shapes and all(s["sample"][0] == 1 for s in shapes[1::2])  # guidance 0: batch 1
+    configs = [c["ov_config"] for c in calls if "ov_config" in c and not c["export"]]
+    assert {c.get("INFERENCE_PRECISION_HINT") for c in configs} == {None, "f32"}
+    warm = {c["CACHE_DIR"] for c in configs if "CACHE_DIR" in c}
+    assert len(warm) == 2  # one compiled cache per precision
+    assert sum(1 for c in calls if c.get("export")) == 1  # the IR is exported once
+    for name in ("optimum-intel fp32 (its default)", "optimum-intel fp32"):
+        side = record["sides"][name]
+        assert side["cold_start"]["compiled_cache"] == "warm"
+        assert side["cold_start_uncached"]["compiled_cache"] == "none"
+        assert side["cold_start"]["seconds"] >= side["cold_start"]["first_image_seconds"] > 0
+    assert not list(folder.glob("cache/*/model.partial"))  # the copy was completed
+
+
+def test_a_peer_that_fails_to_load_is_an_error_naming_the_interpreter(tiny, tmp_path):
+    model, engines = tiny
+    python = executable(
+        tmp_path / "peer-python",
+        f'#!/bin/sh\nSTAND_IN_FAIL=1 PYTHONPATH="{STAND_IN}" exec "{sys.executable}" "$@"\n',
+    )
+    (tmp_path / "cache").mkdir()
+    os.environ["FASTIMG_PEER_CACHE"] = str(tmp_path / "cache")
+    try:
+        with pytest.raises(InputError, match="could not load") as caught:
+            harness.run(
+                str(model), str(engines), Job(size=64), [], warmup=0, repeats=1,
+                cold_start=False, log=lambda m: 0, peers=[parse_peer(f"optimum-intel={python}")],
+            )  # fmt: skip
+    finally:
+        del os.environ["FASTIMG_PEER_CACHE"]
+    assert str(python) in str(caught.value) and "stand-in refuses" in str(caught.value)
