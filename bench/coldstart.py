@@ -29,13 +29,21 @@ def _peak_rss_mb() -> float:
 def child(spec: dict) -> dict:
     """Load the side `spec` names, make one image, report times since process start."""
     from .job import Job
-    from .sides import DIFFUSERS, DiffusersSide, FastimgSide, parse_backend, parse_diffusers
+    from .sides import (
+        DIFFUSERS,
+        DiffusersSide,
+        FastimgSide,
+        parse_backend,
+        parse_diffusers,
+        parse_shapes,
+    )
 
     job = Job(**spec["job"])
     if spec["side"].startswith(DIFFUSERS):
         side = DiffusersSide(spec["model"], job, *parse_diffusers(spec["side"]))
     else:
-        side = FastimgSide(spec["engines"], job, *parse_backend(spec["side"]))
+        backend = parse_backend(spec["side"])
+        side = FastimgSide(spec["engines"], job, *backend, shapes=parse_shapes(spec["side"]))
     loaded = time.time()
     side.once()
     done = time.time()

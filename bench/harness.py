@@ -21,6 +21,7 @@ from .sides import (
     baseline_for,
     diffusers_name,
     parse_backend,
+    parse_shapes,
 )
 from .stages import STAGES
 
@@ -36,6 +37,8 @@ def default_backends() -> list[str]:
         for precision in SUPPORTED[backend]:
             if precision != "bf16" or cpu_supports_bf16():
                 specs.append(f"{backend}:{precision}")
+                if backend == "openvino":  # its static shapes, measured beside the dynamic
+                    specs.append(f"{backend}:{precision}:static")
     return specs
 
 
@@ -51,9 +54,24 @@ def baselines(specs: list[str]) -> list[tuple[str, str]]:
 
 def check_backends(specs: list[str]) -> list[str]:
     """The specs resolved ('auto' made concrete); an unusable one raises before any loading."""
+    from fastimg.backends import SHAPES
     from fastimg.backends.select import resolve
+    from fastimg.errors import InputError
 
-    return [":".join(resolve(*parse_backend(spec))) for spec in specs]
+    resolved = []
+    for spec in specs:
+        backend, precision = resolve(*parse_backend(spec))
+        shapes = parse_shapes(spec)
+        if shapes not in SHAPES:
+            raise InputError(
+                f"--backend {spec}: shapes {shapes!r} is not one of {', '.join(SHAPES)}"
+            )
+        if shapes != "dynamic" and backend != "openvino":
+            raise InputError(
+                f"--backend {spec}: static shapes are OpenVINO's (openvino:{precision}:{shapes})"
+            )
+        resolved.append(f"{backend}:{precision}" + ("" if shapes == "dynamic" else f":{shapes}"))
+    return resolved
 
 
 def _machine() -> dict:
@@ -122,7 +140,7 @@ def run(
         sides.append(DiffusersSide(model, job, device, precision))
     for spec in backends:
         log(f"loading fastimg engines {engines} on {spec}")
-        sides.append(FastimgSide(engines, job, *parse_backend(spec)))
+        sides.append(FastimgSide(engines, job, *parse_backend(spec), shapes=parse_shapes(spec)))
     peer_sides = []
     try:
         for peer in peers:
@@ -201,9 +219,7 @@ def _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start
         )
         if on_gpu:
             continue  # the measured peaks are the CPU's
-        precision = getattr(side, "precision", None) or (
-            "bf16" if side.name.endswith("bf16") else "fp32"
-        )
+        precision = getattr(side, "precision", "fp32")  # diffusers: fp32 on the CPU
         if precision not in peaks:
             continue  # emulated here: no meaningful peak to compare with
         results[side.name]["roofline"] = roofline.efficiency(

@@ -13,8 +13,15 @@ DIFFUSERS = "diffusers"
 
 def parse_backend(spec: str) -> tuple[str, str]:
     """'openvino:bf16' -> ('openvino', 'bf16'); a bare backend name means fp32."""
-    backend, _, precision = spec.partition(":")
+    backend, _, rest = spec.partition(":")
+    precision = rest.partition(":")[0]
     return backend, precision or "fp32"
+
+
+def parse_shapes(spec: str) -> str:
+    """'openvino:fp32:static' -> 'static': OpenVINO's shapes mode, dynamic unless named."""
+    parts = spec.split(":")
+    return parts[2] if len(parts) > 2 and parts[2] else "dynamic"
 
 
 def diffusers_name(device: str = "cpu", precision: str = "fp32") -> str:
@@ -93,18 +100,30 @@ class DiffusersSide:
 class FastimgSide:
     """fastimg's pipeline on one backend and precision."""
 
-    def __init__(self, engines: str, job: Job, backend: str, precision: str, threads=None):
+    def __init__(
+        self,
+        engines: str,
+        job: Job,
+        backend: str,
+        precision: str,
+        threads=None,
+        shapes: str = "dynamic",
+    ):
         from fastimg.pipeline import Img2ImgPipeline
 
         self.job = job
         self.pipe = Img2ImgPipeline.from_engines(
-            engines, backend=backend, precision=precision, threads=threads
+            engines, backend=backend, precision=precision, threads=threads, shapes=shapes
         )
         engines = self.pipe.engines_for(job.size, job.size, job.batch)  # TensorRT: its plan set
+        self.precision = engines.precision
         self.name = f"fastimg {engines.backend} {engines.precision}"
         if engines.plan_set:
             self.name += f" (plans {engines.plan_set})"
         self.spec = f"{self.pipe.backend}:{self.pipe.precision}"
+        if shapes != "dynamic":
+            self.name += f" {shapes}"
+            self.spec += f":{shapes}"
         self.device = self.pipe.device
         self.clock = StageClock()
         time_fastimg(self.pipe, self.clock)

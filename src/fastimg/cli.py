@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from .backends import SHAPES
 from .backends.select import BACKEND_CHOICES, PRECISION_CHOICES
 from .errors import FastImgError, InputError
 from .schedules import SAMPLERS
@@ -255,6 +256,14 @@ def _output_paths(
     help="CUDA device index for the GPU backends [default: the current device].",
 )
 @click.option(
+    "--shapes",
+    type=click.Choice(SHAPES),
+    default="dynamic",
+    show_default=True,
+    help="OpenVINO: also compile each call's exact shapes (static; auto: from a shape's "
+    "second call on, so a size seen once pays no compile). Images are the same either way.",
+)
+@click.option(
     "--size",
     default=None,
     help="Resize inputs first: WIDTHxHEIGHT, or one number for the longer side (aspect kept).",
@@ -282,6 +291,7 @@ def transform(
     backend: str,
     precision: str,
     device: int | None,
+    shapes: str,
     size: str | None,
     max_pixels: int | None,
 ) -> None:
@@ -304,7 +314,7 @@ def transform(
         if dest.exists() and not overwrite:
             raise click.UsageError(f"{dest} already exists: pass --overwrite to replace it")
     pipe = Img2ImgPipeline.from_engines(
-        engines, backend=backend, precision=precision, device=device
+        engines, backend=backend, precision=precision, device=device, shapes=shapes
     )
     if resize is not None:
         _check_size(resize, pipe)
@@ -533,7 +543,8 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     "--backend",
     "backends",
     multiple=True,
-    help="backend:precision to measure, repeatable [default: every one installed here].",
+    help="backend:precision to measure, repeatable; openvino:fp32:static (or :auto) for "
+    "OpenVINO's static shapes [default: every one installed here, OpenVINO both ways].",
 )
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)

@@ -22,7 +22,7 @@ from PIL import Image
 
 from . import images, memory, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
-from .backends import CACHES, GPU_BACKENDS, Engines, load_engines
+from .backends import CACHES, GPU_BACKENDS, SHAPES, Engines, load_engines
 from .backends.select import resolve
 from .errors import EngineError, InputError
 from .manifest import COMPONENTS, DEFAULT_MAX_SIDE, Manifest, load_manifest
@@ -111,7 +111,8 @@ class Img2ImgPipeline:
     `backend`/`precision` "auto" pick the fastest here (fp32 is the exact path, matching
     diffusers; bf16 and fp16 are fast and close); `max_concurrency` is how many engine runs
     may overlap per component when threads share the pipeline; `device` is the CUDA device
-    index for the GPU backends (default: the current one).
+    index for the GPU backends (default: the current one); `shapes` is whether OpenVINO also
+    compiles each call's exact shapes ("static"; "auto": from a shape's second call on).
     """
 
     def __init__(
@@ -122,6 +123,7 @@ class Img2ImgPipeline:
         threads: int | None = None,
         max_concurrency: int = 1,
         device: int | None = None,
+        shapes: str = "dynamic",
     ):
         if not (isinstance(max_concurrency, int) and max_concurrency >= 1):
             raise InputError(
@@ -129,6 +131,8 @@ class Img2ImgPipeline:
             )
         if device is not None and not (isinstance(device, int) and device >= 0):
             raise InputError(f"device must be a CUDA device index (0, 1, ...), got {device!r}")
+        if shapes not in SHAPES:
+            raise InputError(f"shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
         self.manifest = manifest
         self.backend, self.precision = resolve(backend, precision, manifest, device=device)
         self._auto, self._asked_precision = backend == "auto", precision
@@ -137,6 +141,7 @@ class Img2ImgPipeline:
 
             device = current_device()  # one device for plans, caches and buffers alike
         self._options = {"threads": threads, "max_concurrency": max_concurrency, "device": device}
+        self.shapes = shapes
         self.tokenizer = PromptTokenizer(manifest)
         unet_inputs = manifest.components["unet"]["inputs"]
         extra = [name for name in unet_inputs if name not in UNET_INPUTS]
@@ -179,6 +184,7 @@ class Img2ImgPipeline:
         threads: int | None = None,
         max_concurrency: int = 1,
         device: int | None = None,
+        shapes: str = "dynamic",
     ) -> "Img2ImgPipeline":
         """Load every engine of an exported folder on the backend asked for (auto: fastest)."""
         return cls(
@@ -188,6 +194,7 @@ class Img2ImgPipeline:
             threads=threads,
             max_concurrency=max_concurrency,
             device=device,
+            shapes=shapes,
         )
 
     def _max_side(self) -> int:
@@ -281,7 +288,13 @@ class Img2ImgPipeline:
 
     def _load(self, backend: str, precision: str, plans=None) -> Engines:
         engines = load_engines(
-            backend, self.manifest, COMPONENTS, precision, plans=plans, **self._options
+            backend,
+            self.manifest,
+            COMPONENTS,
+            precision,
+            plans=plans,
+            shapes=self.shapes,
+            **self._options,
         )
         engines.xp = namespace(engines.device)
         if self._wrap is not None:

@@ -122,3 +122,27 @@ def test_an_lcm_model_is_measured_against_diffusers_lcm_pipeline(tiny_lcm):
     )  # fmt: skip
     assert record["job"]["unet_calls"] == 4  # every LCM step runs; the strength cuts the schedule
     assert record["sides"]["fastimg onnxruntime fp32"]["vs_diffusers"]["psnr_db"] >= 40.0
+
+
+def test_static_shapes_are_an_openvino_side_of_their_own(tiny):
+    from fastimg.errors import InputError
+    from fastimg_bench.sides import parse_shapes
+
+    assert parse_shapes("openvino:bf16:static") == "static"
+    assert parse_shapes("openvino:fp32") == parse_shapes("openvino") == "dynamic"
+    assert harness.check_backends(["openvino:fp32:auto"]) == ["openvino:fp32:auto"]
+    with pytest.raises(InputError, match="static shapes are OpenVINO's"):
+        harness.check_backends(["onnxruntime:fp32:static"])
+    with pytest.raises(InputError, match="'frozen' is not one of"):
+        harness.check_backends(["openvino:fp32:frozen"])
+    assert "openvino:fp32:static" in harness.default_backends()
+    model, engines = tiny
+    record = harness.run(
+        str(model), str(engines), Job(size=64, steps=4, strength=0.5),
+        ["openvino:fp32", "openvino:fp32:static"], warmup=1, repeats=1, log=lambda m: 0,
+    )  # fmt: skip
+    static = record["sides"]["fastimg openvino fp32 static"]
+    assert static["vs_diffusers"]["psnr_db"] >= 40.0
+    assert static["vs_fastimg_fp32"]["psnr_db"] >= 60.0  # the same image as the dynamic side
+    assert static["cold_start"]["seconds"] > 0  # its fresh process ran static shapes too
+    assert "roofline" in static

@@ -360,3 +360,21 @@ def test_lora_specs_are_parsed(spec, parsed):
     from fastimg_export.lora import parse_lora
 
     assert parse_lora(spec) == parsed
+
+
+def test_static_shapes_give_the_same_images_as_dynamic_ones(runner, tiny, picture, tmp_path):
+    import shutil
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")  # its caches fill up here
+    images = {}
+    for shapes in ("dynamic", "static", "auto"):
+        out = tmp_path / f"{shapes}.png"
+        args = ["--backend", "openvino", "--precision", "fp32", "--seed", "4"]
+        result = transform(runner, engines, picture, "-o", out, *args, "--shapes", shapes)
+        assert result.exit_code == 0, result.output
+        images[shapes] = np.asarray(Image.open(out).convert("RGB"))
+    assert psnr(images["static"], images["dynamic"]) >= 60.0
+    assert psnr(images["auto"], images["dynamic"]) >= 60.0
+    assert list((engines / "openvino_cache").glob("unet-static-*"))
+    result = transform(runner, engines, picture, "-o", tmp_path / "x.png", "--shapes", "frozen")
+    assert result.exit_code == 2 and "'frozen' is not one of" in result.output

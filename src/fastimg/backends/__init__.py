@@ -15,6 +15,8 @@ GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
 # ONNX Runtime's TensorRT provider compiles engines on first use (minutes): asked for, never auto.
 AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
 PRECISIONS = ("fp32", "bf16", "fp16")
+# Whether OpenVINO also compiles each call's exact input shapes (auto: from a shape's 2nd call).
+SHAPES = ("dynamic", "static", "auto")
 # Backends that compile the ONNX graphs keep what they compiled beside the engines, by key.
 CACHES = {"openvino": "openvino_cache", "onnxruntime-tensorrt": "ort_tensorrt_cache"}
 
@@ -62,8 +64,11 @@ class Engines:
         return stack
 
 
-def compiled_cache(backend: str, manifest, component: str, precision: str, options: dict):
-    """The keyed folder for what `backend` compiles of `component`, or None (nothing cached)."""
+def compiled_cache(
+    backend: str, manifest, component: str, precision: str, options: dict, label: str = ""
+):
+    """The keyed folder for what `backend` compiles of `component` (under COMPONENT+LABEL:
+    each label keeps its own most recent keys), or None (nothing cached)."""
     if backend not in CACHES:
         return None
     from ..compiled import keyed_folder
@@ -86,7 +91,7 @@ def compiled_cache(backend: str, manifest, component: str, precision: str, optio
         "options": options,
         "graph": manifest.graph_digest((component,)),
     }
-    return keyed_folder(manifest.folder / CACHES[backend], component, parts)
+    return keyed_folder(manifest.folder / CACHES[backend], component + label, parts)
 
 
 def _ort_version() -> str:
@@ -104,9 +109,12 @@ def load_session(
     max_concurrency: int = 1,
     device: int | None = None,
     names: tuple[str, ...] = (),
+    shapes: str = "dynamic",
+    static_cache=None,
 ) -> Session:
     """Load the model file at `path` with the named (already resolved) backend; `names` are
-    the graph's I/O names as the manifest gives them."""
+    the graph's I/O names as the manifest gives them; `shapes` and `static_cache` (shapes ->
+    cache folder) say whether OpenVINO also compiles each call's exact shapes."""
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeSession
 
@@ -121,6 +129,8 @@ def load_session(
             cache_dir=cache_dir,
             max_concurrency=max_concurrency,
             names=names,
+            shapes=shapes,
+            static_cache=static_cache,
         )
     if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
         from .onnxruntime_gpu import OnnxRuntimeCudaSession
@@ -141,9 +151,11 @@ def load_engines(
     max_concurrency: int = 1,
     device: int | None = None,
     plans=None,
+    shapes: str = "dynamic",
 ) -> Engines:
     """Every component of an engine folder on a resolved backend (TensorRT: the plan set
-    `plans`), with its compiled cache keyed to this backend, precision, device and graph."""
+    `plans`), with its compiled cache keyed to this backend, precision, device and graph
+    (and, for OpenVINO's static shapes, to the shapes)."""
     if backend == "tensorrt":
         from .tensorrt import TensorRTEngines
 
@@ -163,6 +175,11 @@ def load_engines(
     sessions = {}
     for name in components:
         cache_dir = compiled_cache(backend, manifest, name, precision, options)
+
+        def static_cache(input_shapes: dict, name=name) -> Path | None:
+            keyed = {**options, "static_shapes": input_shapes}
+            return compiled_cache(backend, manifest, name, precision, keyed, label="-static")
+
         session = load_session(
             backend,
             manifest.path(name, backend),
@@ -172,6 +189,8 @@ def load_engines(
             max_concurrency=max_concurrency,
             device=device,
             names=(*manifest.components[name]["inputs"], *manifest.components[name]["outputs"]),
+            shapes=shapes if backend == "openvino" else "dynamic",
+            static_cache=static_cache,
         )
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).

@@ -1,11 +1,20 @@
-"""OpenVINO on the CPU: reads the exported ONNX, compiles once, caches the compiled model."""
+"""OpenVINO on the CPU: reads the exported ONNX, compiles once, caches the compiled model.
 
+With static shapes the graph is compiled for each call's exact input shapes (OpenVINO then
+plans its kernels and memory for those sizes): always ('static'), or from the second call of a
+shape on ('auto'), so that a size seen once does not pay a compile.
+"""
+
+import threading
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import EngineError, require
 from ..machine import available_cores
+from . import SHAPES
 from .pool import Pool
 
 OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
@@ -30,7 +39,12 @@ def compiled_precision(hint) -> str:
 
 
 class OpenVinoSession:
-    """A compiled OpenVINO model and a pool of infer requests (one per concurrent caller)."""
+    """A compiled OpenVINO model and a pool of infer requests (one per concurrent caller).
+
+    One compiled model is held at a time (each holds its own copy of the weights): with static
+    shapes a call of new shapes replaces it with one compiled for them; with 'auto' a shape's
+    first call runs on the dynamic model and its second compiles it.
+    """
 
     def __init__(
         self,
@@ -40,34 +54,112 @@ class OpenVinoSession:
         cache_dir: Path | None = None,
         max_concurrency: int = 1,
         names: tuple[str, ...] = (),
+        shapes: str = "dynamic",
+        static_cache: Callable[[dict], Path | None] | None = None,
     ):
         ov = require("openvino", "openvino")
-        config = compile_config(precision, threads, max_concurrency)
+        if shapes not in SHAPES:
+            raise ValueError(f"shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
+        self._core, self._path, self._names = ov.Core(), path, names
+        self._config = compile_config(precision, threads, max_concurrency)
+        self._max_concurrency, self.shapes = max_concurrency, shapes
+        self._cache_dir, self._static_cache = cache_dir, static_cache
+        self._seen: Counter = Counter()
+        self._lock = threading.Lock()
+        self._shape_key = None  # the shapes the held model was compiled for (None: dynamic)
+        if shapes == "static":  # nothing compiled until the first call says the shapes
+            model = self._read()
+            self._requests = None
+            self.precision = "bf16" if precision == "bf16" and _native_bf16(self._core) else "fp32"
+        else:
+            model = self._compile(str(path), cache_dir)
+            # On a CPU without native bf16 OpenVINO quietly compiles f32: say what it runs.
+            self.precision = compiled_precision(model.get_property("INFERENCE_PRECISION_HINT"))
+            self._requests = Pool(model.create_infer_request, max_concurrency)
+        # A port may carry several tensor names; the graph's own I/O name is the one wanted.
+        self.input_names = [_name(port, names) for port in model.inputs]
+        self.output_names = [_name(port, names) for port in model.outputs]
+        self.signature = {
+            _name(port, names): (port.get_element_type().get_type_name(), _rank(port))
+            for port in [*model.inputs, *model.outputs]
+        }
+
+    def _read(self):
+        try:
+            return self._core.read_model(str(self._path))
+        except Exception as exc:  # OpenVINO raises untyped RuntimeErrors
+            raise EngineError(
+                f"OpenVINO cannot read {self._path}: {exc}. Re-export the engine folder, "
+                "or run with --backend onnxruntime"
+            ) from None
+
+    def _compile(self, model, cache_dir: Path | None):
+        config = dict(self._config)
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
         try:
-            compiled = ov.Core().compile_model(str(path), "CPU", config)
+            return self._core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises untyped RuntimeErrors
             raise EngineError(
-                f"OpenVINO cannot load {path}: {exc}. Re-export the engine folder, "
+                f"OpenVINO cannot load {self._path}: {exc}. Re-export the engine folder, "
                 "or run with --backend onnxruntime"
             ) from None
-        # On a CPU without native bf16 OpenVINO quietly compiles f32: say what it really runs.
-        self.precision = compiled_precision(compiled.get_property("INFERENCE_PRECISION_HINT"))
-        self._requests = Pool(compiled.create_infer_request, max_concurrency)
-        # A port may carry several tensor names; the graph's own I/O name is the one wanted.
-        self.input_names = [_name(port, names) for port in compiled.inputs]
-        self.output_names = [_name(port, names) for port in compiled.outputs]
-        self.signature = {
-            _name(port, names): (port.get_element_type().get_type_name(), _rank(port))
-            for port in [*compiled.inputs, *compiled.outputs]
-        }
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the compiled model on `feeds`; outputs are copied out of the request."""
-        with self._requests.lend() as request:
+        with self._requests_for(feeds).lend() as request:
             result = request.infer(feeds)
             return {name: np.array(result[name]) for name in self.output_names}
+
+    @property
+    def static_shapes(self) -> dict[str, tuple[int, ...]] | None:
+        """The input shapes the held model was compiled for; None while it is the dynamic one."""
+        with self._lock:
+            return None if self._shape_key is None else dict(self._shape_key)
+
+    def _requests_for(self, feeds: dict[str, np.ndarray]) -> Pool:
+        """The requests of the model that runs these feeds, compiled for them if need be."""
+        if self.shapes == "dynamic":
+            return self._requests
+        key = tuple(sorted((name, tuple(array.shape)) for name, array in feeds.items()))
+        with self._lock:
+            if key == self._shape_key:
+                return self._requests
+            if len(self._seen) > 1000:
+                self._seen.clear()
+            self._seen[key] += 1
+            if self.shapes == "auto" and self._seen[key] < 2:  # a shape seen once: dynamic
+                if self._shape_key is not None or self._requests is None:
+                    self._requests = None  # (callers still running keep their model alive)
+                    self._requests = self._pool(self._compile(str(self._path), self._cache_dir))
+                    self._shape_key = None
+                return self._requests
+            self._requests = None  # the old model goes before the new one is compiled
+            self._requests = self._pool(self._compile_static(dict(key)))
+            self._shape_key = key
+            return self._requests
+
+    def _pool(self, compiled) -> Pool:
+        return Pool(compiled.create_infer_request, self._max_concurrency)
+
+    def _compile_static(self, shapes: dict[str, tuple[int, ...]]):
+        ov = require("openvino", "openvino")
+        model = self._read()
+        model.reshape(
+            {
+                port: ov.PartialShape(list(shapes[name]))
+                for port in model.inputs
+                if (name := _name(port, self._names)) in shapes
+            }
+        )
+        cache = None
+        if self._static_cache is not None:
+            cache = self._static_cache({name: list(shape) for name, shape in shapes.items()})
+        return self._compile(model, cache)
+
+
+def _native_bf16(core) -> bool:
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _rank(port) -> int | None:

@@ -17,3 +17,93 @@ def test_concurrency_above_one_asks_for_one_stream_per_request():
     assert config["PERFORMANCE_HINT"] == "THROUGHPUT"
     assert config["PERFORMANCE_HINT_NUM_REQUESTS"] == 3
     assert config["INFERENCE_PRECISION_HINT"] == "bf16"
+
+
+@pytest.fixture
+def own_engines(tiny, tmp_path):
+    """A private copy of the tiny engines (these tests fill its compiled caches)."""
+    import shutil
+
+    return shutil.copytree(tiny[1], tmp_path / "engines")
+
+
+def _transform(pipe, photo, size=64, seed=5, prompt="a red fox"):
+    import numpy as np
+
+    (image,) = pipe(
+        prompt, photo.resize((size, size)), strength=0.5, num_inference_steps=4,
+        guidance_scale=3.0, seed=seed,
+    )  # fmt: skip
+    return np.asarray(image)
+
+
+def test_static_and_dynamic_shapes_make_the_same_image(own_engines, photo):
+    import numpy as np
+
+    from fastimg.images import psnr
+    from fastimg.pipeline import Img2ImgPipeline
+
+    dynamic = Img2ImgPipeline.from_engines(own_engines, backend="openvino", precision="fp32")
+    static = Img2ImgPipeline.from_engines(
+        own_engines, backend="openvino", precision="fp32", shapes="static"
+    )
+    unet = static._loaded[None].sessions["unet"].session
+    assert unet.static_shapes is None  # nothing compiled before a call says the shapes
+    for size in (64, 96):
+        ours, theirs = _transform(static, photo, size), _transform(dynamic, photo, size)
+        assert psnr(ours, theirs) >= 60.0 and np.abs(ours.astype(int) - theirs).max() <= 1
+        assert unet.static_shapes["sample"] == (2, 4, size // 8, size // 8)  # guided: batch 2
+    assert dynamic._loaded[None].sessions["unet"].session.static_shapes is None
+
+
+def test_auto_compiles_a_shape_on_its_second_call_and_holds_one_model(own_engines, photo):
+    from fastimg.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(
+        own_engines, backend="openvino", precision="fp32", shapes="auto"
+    )
+    sessions = {name: s.session for name, s in pipe._loaded[None].sessions.items()}
+    _transform(pipe, photo, 64)  # the UNet runs 2 steps (its 2nd call compiles); the rest once
+    assert sessions["unet"].static_shapes["sample"][2:] == (8, 8)
+    assert sessions["vae_encoder"].static_shapes is None
+    _transform(pipe, photo, 64, prompt="a fox")  # (a new prompt: the text encoder runs again)
+    assert all(s.static_shapes is not None for s in sessions.values())
+    _transform(pipe, photo, 72)  # a new size: its first VAE calls go back to the dynamic model
+    assert sessions["vae_decoder"].static_shapes is None
+    assert sessions["unet"].static_shapes["sample"][2:] == (9, 9)  # one model held, the newest
+
+
+def test_static_compiles_are_cached_per_shape_and_reused_by_a_new_process(own_engines, photo):
+    import json
+    import subprocess
+    import sys
+
+    from fastimg.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(
+        own_engines, backend="openvino", precision="fp32", shapes="static"
+    )
+    _transform(pipe, photo, 64)
+    _transform(pipe, photo, 96)
+    folders = sorted((own_engines / "openvino_cache").glob("unet-static-*"))
+    shapes = [json.loads((f / "key.json").read_text())["options"]["static_shapes"] for f in folders]
+    assert sorted(s["sample"][2] for s in shapes) == [8, 12]
+    assert all(any(p.suffix == ".blob" for p in f.iterdir()) for f in folders)
+    stamps = {p: p.stat().st_mtime_ns for f in folders for p in f.glob("*.blob")}
+    code = (
+        "from PIL import Image; from fastimg.pipeline import Img2ImgPipeline; "
+        f"p = Img2ImgPipeline.from_engines({str(own_engines)!r}, backend='openvino', "
+        "precision='fp32', shapes='static'); "
+        "p('a red fox', Image.new('RGB', (64, 64)), strength=0.5, num_inference_steps=4, seed=1)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # loaded, not compiled again
+    assert sorted((own_engines / "openvino_cache").glob("unet-static-*")) == folders
+
+
+def test_an_unknown_shapes_mode_is_refused(tiny):
+    from fastimg.errors import InputError
+    from fastimg.pipeline import Img2ImgPipeline
+
+    with pytest.raises(InputError, match="shapes must be one of dynamic, static, auto"):
+        Img2ImgPipeline.from_engines(tiny[1], backend="openvino", shapes="frozen")
