@@ -35,6 +35,8 @@ def default_backends() -> list[str]:
         if unavailable(backend) is not None:
             continue
         for precision in SUPPORTED[backend]:
+            if precision == "int8":
+                continue  # only engines exported with --int8 have it: asked for by name
             if precision != "bf16" or cpu_supports_bf16():
                 specs.append(f"{backend}:{precision}")
                 if backend == "openvino":  # its static shapes, measured beside the dynamic

@@ -118,21 +118,31 @@ def export_engines(
     log: Callable[[str], None] = print,
     vae: str | None = None,
     loras: list[str] = (),
+    int8_images: int = 0,
 ) -> Path:
     """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`;
     `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE; `loras`
-    ('FILE_OR_ID[:SCALE]') are fused into the weights first."""
+    ('FILE_OR_ID[:SCALE]') are fused into the weights first; `int8_images` > 0 also writes
+    an int8 UNet for OpenVINO, calibrated on that many images."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if int8_images:
+        from fastimg.errors import require
+
+        require("nncf", "int8")  # before any export work
+        if int8_images < 2:
+            raise InputError("an int8 export needs at least 2 calibration images")
     lora_sources = check_sources(list(loras))
     out = Path(out).absolute()
     _check_destination(out, overwrite)
     with writer_lock(out):
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
-        return _export_locked(model, out, precision, log, vae, lora_sources)
+        return _export_locked(model, out, precision, log, vae, lora_sources, int8_images)
 
 
-def _export_locked(model: str, out: Path, precision: str, log, vae, loras) -> Path:
+def _export_locked(
+    model: str, out: Path, precision: str, log, vae, loras, int8_images: int = 0
+) -> Path:
     log(f"loading {model}")
     pipe = load_pipeline(model)
     if vae is not None:
@@ -145,6 +155,13 @@ def _export_locked(model: str, out: Path, precision: str, log, vae, loras) -> Pa
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:
         components = _export_components(pipe, staging, precision, log)
+        if int8_images:
+            from .quantize import INT8_VARIANT, write_int8_unet
+
+            variant, files = write_int8_unet(pipe, staging, int8_images, log)
+            unet = components["unet"]
+            unet.setdefault("variants", {})[INT8_VARIANT] = variant
+            unet["files"].update(file_entries(staging, files))
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,

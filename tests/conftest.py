@@ -11,12 +11,20 @@ from PIL import Image
 os.environ["FASTIMG_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastimg-test-cache-")
 
 
-def _build(tmp_path_factory, arch: str, precision: str = "fp32", vae: str | None = None, lora=None):
+def _build(
+    tmp_path_factory,
+    arch: str,
+    precision: str = "fp32",
+    vae: str | None = None,
+    lora=None,
+    int8_images: int = 0,
+):
     pytest.importorskip("torch")
     from fastimg_export.engine_writer import export_engines
     from fastimg_export.random_models import write_random_model
 
-    root = tmp_path_factory.mktemp(f"{arch}-{vae or 'own'}-{lora and lora[0]}-{precision}")
+    label = f"{arch}-{vae or 'own'}-{lora and lora[0]}-{precision}" + ("-int8" * bool(int8_images))
+    root = tmp_path_factory.mktemp(label)
     model = write_random_model(arch, root / "model")
     vae_folder = None if vae is None else str(write_random_model(vae, root / vae))
     loras = []
@@ -30,6 +38,7 @@ def _build(tmp_path_factory, arch: str, precision: str = "fp32", vae: str | None
         log=lambda m: None,
         vae=vae_folder,
         loras=loras,
+        int8_images=int8_images,
     )
     return model, engines
 
@@ -38,6 +47,13 @@ def _build(tmp_path_factory, arch: str, precision: str = "fp32", vae: str | None
 def tiny(tmp_path_factory):
     """(model folder, engine folder) of the tiny SD-1.x-style model."""
     return _build(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_int8(tmp_path_factory):
+    """(model folder, engine folder) of the tiny model with an int8 UNet for OpenVINO."""
+    pytest.importorskip("nncf")
+    return _build(tmp_path_factory, "tiny", int8_images=3)
 
 
 @pytest.fixture(scope="session")

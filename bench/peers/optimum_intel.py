@@ -16,7 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
-from fastimg.errors import InputError
+from fastimg.errors import InputError, OutputError
 
 from . import RECIPE, PeerSpec, check_interpreter
 
@@ -81,9 +81,17 @@ def prepare_model(model: str, root: Path, log=print) -> Path:
     log(f"writing a copy of {model} for the peer in {copy}")
     staging = folder / "model.partial"
     shutil.rmtree(staging, ignore_errors=True)
-    load_pipeline(model).save_pretrained(staging, safe_serialization=True)
-    prefix_text_encoder_keys(staging)
-    os.replace(staging, copy)
+    pipe = load_pipeline(model)
+    try:
+        pipe.save_pretrained(staging, safe_serialization=True)
+        prefix_text_encoder_keys(staging)
+        os.replace(staging, copy)
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(
+            f"could not write the peer's copy of {model} in {folder}: {exc}. Free some space "
+            "there, or point FASTIMG_PEER_CACHE at a disk with room"
+        ) from None
     return folder
 
 

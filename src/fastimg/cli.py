@@ -112,6 +112,19 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     help="Fuse a LoRA into the weights before export, at SCALE (default 1); repeatable. "
     "SD 1.5 + latent-consistency/lcm-lora-sdv1-5 + --scheduler lcm runs in 4 steps.",
 )
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also write an int8 UNet for OpenVINO (--precision int8 at run time), quantized "
+    "with NNCF on calibration images; its error is recorded (needs fastimg[int8]).",
+)
+@click.option(
+    "--int8-images",
+    type=click.IntRange(2, 64),
+    default=4,
+    show_default=True,
+    help="Calibration images for --int8 (one is held out to measure the error).",
+)
 @_domain_errors
 def export(
     model: str,
@@ -120,6 +133,8 @@ def export(
     overwrite: bool,
     vae: str | None,
     loras: tuple[str, ...],
+    int8: bool,
+    int8_images: int,
 ) -> None:
     """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
     from .errors import require
@@ -136,6 +151,7 @@ def export(
         log=_echo_err,
         vae=vae,
         loras=list(loras),
+        int8_images=int8_images if int8 else 0,
     )
     click.echo(f"engines written to {output}")
 
@@ -247,7 +263,7 @@ def _output_paths(
     default="auto",
     show_default=True,
     help="fp32 matches diffusers; bf16 (OpenVINO on CPUs with bf16) is about twice as fast; "
-    "fp16 is TensorRT's.",
+    "fp16 is TensorRT's; int8 runs the int8 UNet of engines exported with --int8 (OpenVINO).",
 )
 @click.option(
     "--device",

@@ -21,7 +21,9 @@ from .backends.select import SUPPORTED, unavailable
 from .machine import cpu_summary, package_version
 
 # PSNR a backend must reach against the CPU fp32 reference on the check job.
-MIN_PSNR = {"fp32": 40.0, "bf16": 25.0, "fp16": 25.0}
+# int8's loss depends on the weights quantized (the export records it per layer); random test
+# weights make it a lower bound, so its row checks that it runs in the right neighbourhood.
+MIN_PSNR = {"fp32": 40.0, "bf16": 25.0, "fp16": 25.0, "int8": 15.0}
 # Each check runs in its own interpreter, so a native crash (a segfault inside an engine) is
 # reported as a failed row instead of ending the doctor; this is its entry point.
 WORKER = "from fastimg.doctor import worker; worker()"

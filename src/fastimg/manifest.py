@@ -78,6 +78,8 @@ class Manifest:
             opened.setdefault(entry["path"], f"component {name}'s graph")
             for backend, variant in entry.get("variants", {}).items():
                 opened.setdefault(variant["path"], f"component {name}'s {backend} graph")
+                if variant.get("weights"):
+                    opened.setdefault(variant["weights"], f"component {name}'s {backend} weights")
         for key, plans in self.data.get("tensorrt", {}).get("engines", {}).items():
             for name, entry in plans["components"].items():
                 opened.setdefault(entry["path"], f"TensorRT plan set {key}'s {name}")

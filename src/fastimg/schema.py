@@ -80,10 +80,39 @@ class TensorSpec(_Strict):
         return self
 
 
+Error = Annotated[float, Field(ge=0, le=1e6)]
+
+
+class LayerError(_Strict):
+    """One layer of a quantized graph and the relative RMS error of its output."""
+
+    name: Annotated[str, StringConstraints(max_length=256)]
+    relative_rms_error: Error
+
+
+class QuantizationError(_Strict):
+    """What quantization cost: the graph's output error and its layers' errors."""
+
+    output_relative_rms_error: Error
+    layers: Annotated[int, Field(ge=0, le=1_000_000)]
+    median_relative_rms_error: Error
+    max_relative_rms_error: Error
+    worst_layers: Annotated[list[LayerError], Field(max_length=100)] = []
+
+
+class Quantization(_Strict):
+    """How a quantized variant was made and what it cost."""
+
+    method: Annotated[str, StringConstraints(max_length=64)]
+    error: QuantizationError
+
+
 class Variant(_Strict):
-    """Another graph file of a component that one backend loads instead."""
+    """Another graph file of a component that one backend (or precision) loads instead."""
 
     path: RelPath
+    weights: RelPath | None = None  # an OpenVINO IR's .bin, opened with its .xml
+    quantization: Quantization | None = None
 
 
 class Component(_Strict):

@@ -14,7 +14,9 @@ BACKENDS = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime", "onnxrunt
 GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
 # ONNX Runtime's TensorRT provider compiles engines on first use (minutes): asked for, never auto.
 AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("fp32", "bf16", "fp16", "int8")
+# The manifest's name for a component's int8 OpenVINO graph (what --precision int8 loads).
+INT8_VARIANT = "openvino-int8"
 # Whether OpenVINO also compiles each call's exact input shapes (auto: from a shape's 2nd call).
 SHAPES = ("dynamic", "static", "auto")
 # Backends that compile the ONNX graphs keep what they compiled beside the engines, by key.
@@ -180,9 +182,10 @@ def load_engines(
             keyed = {**options, "static_shapes": input_shapes}
             return compiled_cache(backend, manifest, name, precision, keyed, label="-static")
 
+        variant = INT8_VARIANT if backend == "openvino" and precision == "int8" else backend
         session = load_session(
             backend,
-            manifest.path(name, backend),
+            manifest.path(name, variant),
             threads=threads,
             precision=precision,
             cache_dir=cache_dir,
@@ -195,6 +198,8 @@ def load_engines(
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).
     effective = sorted({getattr(s, "precision", precision) for s in sessions.values()})
+    if precision == "int8":  # the UNet's int8; the rest runs as OpenVINO's default here
+        effective = ["int8"]
     gpu = backend in GPU_BACKENDS
     return Engines(
         backend,

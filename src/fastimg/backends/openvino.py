@@ -22,10 +22,9 @@ OV_PRECISION = {"fp32": "f32", "bf16": "bf16"}
 
 def compile_config(precision: str, threads: int | None, max_concurrency: int) -> dict:
     """The properties a model is compiled with (they are part of its cache key too)."""
-    config = {
-        "INFERENCE_PRECISION_HINT": OV_PRECISION[precision],
-        "INFERENCE_NUM_THREADS": threads or available_cores(),
-    }
+    config = {"INFERENCE_NUM_THREADS": threads or available_cores()}
+    if precision in OV_PRECISION:  # int8: the graph's own int8, OpenVINO's default elsewhere
+        config["INFERENCE_PRECISION_HINT"] = OV_PRECISION[precision]
     if max_concurrency > 1:  # one stream per concurrent request, the cores shared out
         config.update(PERFORMANCE_HINT="THROUGHPUT", PERFORMANCE_HINT_NUM_REQUESTS=max_concurrency)
     else:

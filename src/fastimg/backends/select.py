@@ -25,7 +25,7 @@ EXTRA = {
 }
 SUPPORTED = {
     "onnxruntime": ("fp32",),
-    "openvino": ("fp32", "bf16"),
+    "openvino": ("fp32", "bf16", "int8"),
     "onnxruntime-cuda": ("fp32",),
     "onnxruntime-tensorrt": ("fp16",),
     "tensorrt": ("fp16", "fp32"),
@@ -62,7 +62,17 @@ def unavailable(
     if backend == "onnxruntime":
         return None
     if backend == "openvino":
-        return None if installed("openvino") else "not installed: pip install 'fastimg[openvino]'"
+        if not installed("openvino"):
+            return "not installed: pip install 'fastimg[openvino]'"
+        if precision == "int8" and manifest is not None:
+            from . import INT8_VARIANT
+
+            if INT8_VARIANT not in manifest.components["unet"].get("variants", {}):
+                return (
+                    "these engines have no int8 UNet: export them with  fastimg export MODEL "
+                    "-o FOLDER --int8  (needs fastimg[int8])"
+                )
+        return None
     if not installed("cupy"):
         return "needs CuPy for GPU arrays: pip install 'fastimg[gpu]'"
     if not gpu_present():
@@ -128,6 +138,7 @@ def resolve(
         precision = _default_precision(backend, manifest, device)
     if precision not in SUPPORTED[backend]:
         hint = {"bf16": "--backend openvino", "fp16": "--backend tensorrt"}.get(precision, "")
+        hint = {"int8": "--backend openvino"}.get(precision, hint)
         raise InputError(
             f"{precision} does not run on the {backend} backend (it runs "
             f"{', '.join(SUPPORTED[backend])})" + (f": add {hint}" if hint else "")
@@ -148,7 +159,7 @@ def _auto(precision: str, manifest, device, exclude) -> str:
             if reasons and gpu_present():
                 log.warning("GPU backends passed over: %s", "; ".join(reasons))
             return backend
-        if backend in GPU_BACKENDS:
+        if backend in GPU_BACKENDS or precision != "auto":
             reasons.append(f"{backend}: {reason}")
     raise InputError(f"no backend here runs {precision}: {'; '.join(reasons)}")
 

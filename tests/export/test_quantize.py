@@ -1,0 +1,110 @@
+"""The int8 UNet: written beside the fp32 graphs, its error recorded, run by --precision int8."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastimg.cli import cli
+from fastimg.errors import EngineError, MissingDependencyError
+from fastimg.manifest import MANIFEST, load_manifest
+
+pytest.importorskip("nncf")
+pytest.importorskip("openvino")
+
+
+def test_the_manifest_lists_the_int8_unet_its_files_and_its_error(tiny_int8):
+    _, engines = tiny_int8
+    manifest = load_manifest(engines)
+    unet = manifest.components["unet"]
+    variant = unet["variants"]["openvino-int8"]
+    assert variant["path"] == "unet/model.int8.xml" and variant["weights"] == "unet/model.int8.bin"
+    for rel in ("model.int8.xml", "model.int8.bin"):
+        entry = unet["files"][f"unet/{rel}"] if f"unet/{rel}" in unet["files"] else None
+        assert entry and entry["bytes"] == (engines / "unet" / rel).stat().st_size
+    quantization = variant["quantization"]
+    assert quantization["method"] == "hybrid-int8"
+    assert quantization["calibration"]["unet_calls"] > 0  # one image held out of it
+    error = quantization["error"]
+    assert error["layers"] > 10 and len(error["worst_layers"]) == min(20, error["layers"])
+    worst = [layer["relative_rms_error"] for layer in error["worst_layers"]]
+    assert worst == sorted(worst, reverse=True) and worst[0] == error["max_relative_rms_error"]
+    assert 0 < error["median_relative_rms_error"] <= error["max_relative_rms_error"]
+    assert 0 < error["output_relative_rms_error"] < 1
+    assert "unet/model.int8.bin" in manifest.opened_files()
+
+
+def test_int8_runs_on_openvino_and_differs_from_fp32_within_its_recorded_error(tiny_int8, photo):
+    from fastimg.images import psnr
+    from fastimg.pipeline import Img2ImgPipeline
+
+    _, engines = tiny_int8
+    kwargs = dict(strength=0.5, num_inference_steps=4, guidance_scale=3.0, seed=2)
+    image = photo.resize((64, 64))
+    int8 = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="int8")
+    fp32 = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="fp32")
+    assert int8.precision == "int8" and not int8.exact
+    (ours,), (reference,) = int8("a red fox", image, **kwargs), fp32("a red fox", image, **kwargs)
+    assert ours.info["fastimg:precision"] == "int8"
+    assert not np.array_equal(np.asarray(ours), np.asarray(reference))  # the int8 graph ran
+    assert psnr(ours, reference) > 15.0
+    static = Img2ImgPipeline.from_engines(
+        engines, backend="openvino", precision="int8", shapes="static"
+    )
+    (again,) = static("a red fox", image, **kwargs)
+    assert psnr(again, ours) >= 40.0  # static shapes change nothing but speed
+
+
+def test_int8_is_refused_where_it_cannot_run(tiny, tiny_int8):
+    from fastimg.errors import InputError
+    from fastimg.pipeline import Img2ImgPipeline
+
+    with pytest.raises(EngineError, match="no int8 UNet: export them with .*--int8"):
+        Img2ImgPipeline.from_engines(tiny[1], backend="openvino", precision="int8")
+    with pytest.raises(InputError, match="no backend here runs int8: openvino: these engines"):
+        Img2ImgPipeline.from_engines(tiny[1], precision="int8")
+    with pytest.raises(InputError, match="int8 does not run on the onnxruntime backend.*openvino"):
+        Img2ImgPipeline.from_engines(tiny_int8[1], backend="onnxruntime", precision="int8")
+
+
+def test_a_changed_int8_weight_file_is_caught(tiny_int8, tmp_path):
+    from tests.corpus import flip_a_byte
+
+    engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
+    flip_a_byte(engines / "unet" / "model.int8.bin", keep_mtime=True)
+    result = CliRunner().invoke(cli, ["info", str(engines), "--verify"])
+    assert result.exit_code == 1 and "model.int8.bin" in result.output
+
+
+def test_int8_export_without_nncf_names_the_extra_before_any_work(tiny, tmp_path, monkeypatch):
+    import sys
+
+    from fastimg_export.engine_writer import export_engines
+
+    monkeypatch.setitem(sys.modules, "nncf", None)  # as if not installed
+    with pytest.raises(MissingDependencyError, match=r"fastimg\[int8\]"):
+        export_engines(str(tiny[0]), tmp_path / "e", log=lambda m: None, int8_images=2)
+    assert not (tmp_path / "e").exists()
+
+
+def test_the_cli_exports_and_runs_int8(tiny, tmp_path, photo):
+    runner = CliRunner()
+    out = tmp_path / "engines"
+    args = ["export", str(tiny[0]), "-o", str(out), "--int8", "--int8-images", "2"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "unet int8: output relative RMS error" in result.output
+    assert (
+        "openvino-int8"
+        in json.loads((out / MANIFEST).read_text())["components"]["unet"]["variants"]
+    )
+    photo.save(tmp_path / "in.png")
+    result = runner.invoke(
+        cli,
+        ["transform", str(tmp_path / "in.png"), "--engines", str(out), "--prompt", "a fox",
+         "--precision", "int8", "-o", str(tmp_path / "o.png"), "--steps", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "running on openvino (int8): the fast path" in result.output
