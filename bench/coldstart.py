@@ -39,6 +39,10 @@ def child(spec: dict) -> dict:
     )
 
     job = Job(**spec["job"])
+    if spec.get("uncached"):  # nothing compiled is read or kept: the first run on a machine
+        import fastimg.backends
+
+        fastimg.backends.compiled_cache = lambda *args, **kwargs: None
     if spec["side"].startswith(DIFFUSERS):
         side = DiffusersSide(spec["model"], job, *parse_diffusers(spec["side"]))
     else:
@@ -56,9 +60,16 @@ def child(spec: dict) -> dict:
     }
 
 
-def measure(side: str, job, model: str, engines: str) -> dict:
-    """Run a cold start in a fresh interpreter; seconds from spawn to first image, peak RSS."""
-    spec = {"side": side, "job": job.to_dict(), "model": model, "engines": engines}
+def measure(side: str, job, model: str, engines: str, uncached: bool = False) -> dict:
+    """Run a cold start in a fresh interpreter; seconds from spawn to first image, peak RSS
+    (`uncached`: with no compiled model read from or written to the engines' caches)."""
+    spec = {
+        "side": side,
+        "job": job.to_dict(),
+        "model": model,
+        "engines": engines,
+        "uncached": uncached,
+    }
     spawned = time.time()
     proc = subprocess.run(
         [sys.executable, "-m", "fastimg_bench.coldstart", json.dumps(spec)],

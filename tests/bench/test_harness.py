@@ -145,4 +145,7 @@ def test_static_shapes_are_an_openvino_side_of_their_own(tiny):
     assert static["vs_diffusers"]["psnr_db"] >= 40.0
     assert static["vs_fastimg_fp32"]["psnr_db"] >= 60.0  # the same image as the dynamic side
     assert static["cold_start"]["seconds"] > 0  # its fresh process ran static shapes too
+    assert static["cold_start_uncached"]["seconds"] > 0  # and once with nothing compiled
+    assert "cold_start_uncached" not in record["sides"]["diffusers"]
+    assert "with nothing compiled" in report.table(record)
     assert "roofline" in static
