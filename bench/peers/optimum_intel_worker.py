@@ -138,6 +138,10 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     replies = os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1)
     sys.stdout = sys.stderr  # whatever the libraries print must not mix with the replies
+    # OpenVINO's telemetry forks from a thread; a child forked while this thread waits on
+    # sys.stdin would hang forever closing it (the lock is held), so requests come another way.
+    requests = os.fdopen(os.dup(sys.stdin.fileno()), "r")
+    sys.stdin = open(os.devnull)
 
     def log(text: str) -> None:
         print(f"[optimum-intel] {text}", file=sys.stderr, flush=True)
@@ -161,7 +165,7 @@ def main() -> None:
         )
         + "\n"
     )
-    for line in sys.stdin:
+    for line in requests:
         request = json.loads(line)
         if "quit" in request:
             replies.write(json.dumps({"peak_rss_mb": peak_rss_mb()}) + "\n")

@@ -204,3 +204,25 @@ def test_a_peer_that_fails_to_load_is_an_error_naming_the_interpreter(tiny, tmp_
     finally:
         del os.environ["FASTIMG_PEER_CACHE"]
     assert str(python) in str(caught.value) and "stand-in refuses" in str(caught.value)
+
+
+def test_no_peer_process_outlives_the_run(peer_record):
+    import time
+
+    _, _, folder = peer_record
+
+    def left() -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                command = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if str(folder) in command:
+                found.append(f"{proc.name}: {command[:120]}")
+        return found
+
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert left() == []

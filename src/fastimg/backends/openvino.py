@@ -129,11 +129,12 @@ class OpenVinoSession:
             self._seen[key] += 1
             if self.shapes == "auto" and self._seen[key] < 2:  # a shape seen once: dynamic
                 if self._shape_key is not None or self._requests is None:
-                    self._requests = None  # (callers still running keep their model alive)
+                    # (callers still running keep their model alive until they are done)
+                    self._requests, self._shape_key = None, None
                     self._requests = self._pool(self._compile(str(self._path), self._cache_dir))
-                    self._shape_key = None
                 return self._requests
-            self._requests = None  # the old model goes before the new one is compiled
+            # The old model goes before the new one is compiled (and stays gone if that fails).
+            self._requests, self._shape_key = None, None
             self._requests = self._pool(self._compile_static(dict(key)))
             self._shape_key = key
             return self._requests

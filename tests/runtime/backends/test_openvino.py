@@ -107,3 +107,25 @@ def test_an_unknown_shapes_mode_is_refused(tiny):
 
     with pytest.raises(InputError, match="shapes must be one of dynamic, static, auto"):
         Img2ImgPipeline.from_engines(tiny[1], backend="openvino", shapes="frozen")
+
+
+def test_a_failed_static_compile_is_tried_again_not_left_half_done(own_engines, monkeypatch):
+    import numpy as np
+
+    from fastimg.backends.openvino import OpenVinoSession
+    from fastimg.errors import EngineError
+
+    session = OpenVinoSession(own_engines / "vae_decoder" / "model.onnx", shapes="static")
+    feeds = {session.input_names[0]: np.zeros((1, 4, 8, 8), np.float32)}
+    session.run(feeds)
+    real = session._compile_static
+    monkeypatch.setattr(session, "_compile_static", lambda shapes: (_ for _ in ()).throw(
+        EngineError("no memory for it")))  # fmt: skip
+    other = {session.input_names[0]: np.zeros((1, 4, 9, 9), np.float32)}
+    with pytest.raises(EngineError, match="no memory"):
+        session.run(other)
+    with pytest.raises(EngineError, match="no memory"):
+        session.run(feeds)  # the old model was let go before the failed compile
+    monkeypatch.setattr(session, "_compile_static", real)
+    assert session.run(other)[session.output_names[0]].shape[-1] == 72
+    assert session.static_shapes[session.input_names[0]] == (1, 4, 9, 9)
