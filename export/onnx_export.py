@@ -235,4 +235,9 @@ def save_model(raw: Path, dest: Path, fp16: bool) -> list[Path]:
         all_tensors_to_one_file=True,
         location=DATA_FILE,
     )
-    return [dest, dest.parent / DATA_FILE] if external else [dest]
+    files = [dest, dest.parent / DATA_FILE] if external else [dest]
+    from fastimg.atomic import public_mode
+
+    for path in files:  # onnx writes external data readable by its owner only
+        public_mode(path)
+    return files

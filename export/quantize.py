@@ -7,6 +7,7 @@ produces on calibration images. AMX and VNNI run int8 products at twice the bf16
 quantization cost is measured layer by layer and on the UNet's output, and recorded.
 """
 
+import logging
 import time
 from pathlib import Path
 
@@ -56,6 +57,7 @@ def calibration_feeds(pipe, images: int, log=print) -> list[dict[str, np.ndarray
         feeds.append(feed)
 
     hook = pipe.unet.register_forward_pre_hook(capture, with_kwargs=True)
+    pipe.set_progress_bar_config(disable=True)  # each image is logged instead
     try:
         for index in range(images):
             log(f"  calibration image {index + 1}/{images} ({side}x{side})")
@@ -97,6 +99,7 @@ def quantize_unet(onnx_path: Path, feeds: list[dict[str, np.ndarray]]):
         AdvancedSmoothQuantParameters,
     )
 
+    logging.getLogger("nncf").setLevel(logging.WARNING)  # not a line per layer it skips
     model = ov.Core().read_model(str(onnx_path))
     weighted = weighted_matmuls(model)
     compressed = nncf.compress_weights(
@@ -173,6 +176,10 @@ def write_int8_unet(pipe, staging: Path, images: int, log=print) -> tuple[dict, 
     errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
     xml = onnx_path.with_name(INT8_FILE)
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    from fastimg.atomic import public_mode
+
+    for path in (xml, xml.with_suffix(".bin")):
+        public_mode(path)
     log(
         f"  unet int8: output relative RMS error {errors['output_relative_rms_error']:.3g}, "
         f"{errors['layers']} layers (median {errors['median_relative_rms_error']:.3g}, "

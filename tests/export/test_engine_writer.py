@@ -103,6 +103,10 @@ def test_large_models_are_saved_with_one_external_data_file(tiny, tmp_path, monk
     assert files["unet/model.mha.onnx"]["bytes"] < files["unet/model.onnx_data"]["bytes"] / 10
     assert files["unet/model.onnx_data"]["bytes"] > files["unet/model.onnx"]["bytes"]
     assert os.path.getsize(out / "unet" / "model.onnx") < 1_000_000
+    umask = os.umask(0)
+    os.umask(umask)
+    for rel in files:  # the weights are as readable as any other file the export writes
+        assert (out / rel).stat().st_mode & 0o777 == 0o666 & ~umask
     from fastimg.pipeline import Img2ImgPipeline
 
     pipe = Img2ImgPipeline.from_engines(out, backend="onnxruntime")
