@@ -184,7 +184,7 @@ def _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start
             log(f"repeat {r + 1}/{repeats}: {side.name} {took:.2f} s")
     results = {}
     ours = [s for s in sides if isinstance(s, FastimgSide)]
-    fp32_reference = next((s.name for s in ours if s.name.endswith("fp32")), None)
+    fp32_reference = next((s.name for s in ours if s.precision == "fp32"), None)
     for side in sides:
         entry = _summary(seconds[side.name], stages[side.name], job.batch)
         entry["first_call_stages_seconds"] = first_call.get(side.name)
