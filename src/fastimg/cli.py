@@ -421,6 +421,17 @@ def info(engines: Path, verify: bool) -> None:
                 for k, v in entry[side].items()
             )
             lines.append(f"      {side:<8} {io}")
+        for backend, variant in entry.get("variants", {}).items():
+            line = f"      {backend:<14} {variant['path']}"
+            if "quantization" in variant:
+                q, error = variant["quantization"], variant["quantization"]["error"]
+                line += (
+                    f"  {q['method']}: output relative RMS error "
+                    f"{error['output_relative_rms_error']:.3g}, {error['layers']} layers "
+                    f"(median {error['median_relative_rms_error']:.3g}, "
+                    f"worst {error['max_relative_rms_error']:.3g})"
+                )
+            lines.append(line)
     for lora in data.get("loras", []):
         lines.append(
             f"lora            {lora['name']} at scale {lora['scale']:g} "

@@ -108,3 +108,8 @@ def test_the_cli_exports_and_runs_int8(tiny, tmp_path, photo):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "running on openvino (int8): the fast path" in result.output
+    result = runner.invoke(cli, ["info", str(out)])
+    assert result.exit_code == 0
+    assert "openvino-int8  unet/model.int8.xml  hybrid-int8: output relative RMS error" in (
+        result.output
+    )
