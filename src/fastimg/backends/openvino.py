@@ -69,7 +69,9 @@ class OpenVinoSession:
         if shapes == "static":  # nothing compiled until the first call says the shapes
             model = self._read()
             self._requests = None
-            self.precision = "bf16" if precision == "bf16" and _native_bf16(self._core) else "fp32"
+            from .select import cpu_supports_bf16
+
+            self.precision = "bf16" if precision == "bf16" and cpu_supports_bf16() else "fp32"
         else:
             model = self._compile(str(path), cache_dir)
             # On a CPU without native bf16 OpenVINO quietly compiles f32: say what it runs.
@@ -156,10 +158,6 @@ class OpenVinoSession:
         if self._static_cache is not None:
             cache = self._static_cache({name: list(shape) for name, shape in shapes.items()})
         return self._compile(model, cache)
-
-
-def _native_bf16(core) -> bool:
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 def _rank(port) -> int | None:
