@@ -132,3 +132,50 @@ def test_a_failed_static_compile_is_tried_again_not_left_half_done(own_engines, 
     monkeypatch.setattr(session, "_compile_static", real)
     assert session.run(other)[session.output_names[0]].shape[-1] == 72
     assert session.static_shapes[session.input_names[0]] == (1, 4, 9, 9)
+
+
+def _static_session(engines, cache):
+    from fastimg.backends.openvino import OpenVinoSession
+
+    cache.mkdir(exist_ok=True)
+    return OpenVinoSession(
+        engines / "vae_decoder" / "model.onnx", shapes="static", static_cache=lambda shapes: cache
+    )
+
+
+def test_a_cached_static_compile_is_imported_from_its_blob_without_compiling(
+    own_engines, tmp_path, monkeypatch
+):
+    import numpy as np
+
+    from fastimg.backends.openvino import OpenVinoSession
+
+    first = _static_session(own_engines, tmp_path / "cache")
+    feeds = {first.input_names[0]: np.random.default_rng(0).standard_normal((1, 4, 8, 8))}
+    feeds = {name: array.astype(np.float32) for name, array in feeds.items()}
+    expected = first.run(feeds)[first.output_names[0]]
+    assert len(list((tmp_path / "cache").glob("*.blob"))) == 1
+
+    second = _static_session(own_engines, tmp_path / "cache")
+    monkeypatch.setattr(OpenVinoSession, "_compile", lambda *a: pytest.fail("compiled again"))
+    np.testing.assert_array_equal(second.run(feeds)[second.output_names[0]], expected)
+
+
+@pytest.mark.parametrize("damage", ["body", "header"])
+def test_a_damaged_static_blob_is_compiled_again(own_engines, tmp_path, damage):
+    import numpy as np
+
+    first = _static_session(own_engines, tmp_path / "cache")
+    feeds = {first.input_names[0]: np.ones((1, 4, 8, 8), np.float32)}
+    expected = first.run(feeds)[first.output_names[0]]
+    (blob,) = (tmp_path / "cache").glob("*.blob")
+    data = blob.read_bytes()
+    start = data.index(b"/>\n") + 3
+    blob.chmod(0o644)
+    if damage == "body":
+        blob.write_bytes(data[:start] + b"not a compiled model")
+    else:
+        blob.write_bytes(b"<?xml something else" + data[start:])
+
+    second = _static_session(own_engines, tmp_path / "cache")
+    np.testing.assert_array_equal(second.run(feeds)[second.output_names[0]], expected)
