@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from fastimg.backends import select
 from fastimg.pipeline import describe
 
@@ -27,13 +29,14 @@ def test_the_default_is_fast_where_the_cpu_has_bf16_and_exact_where_it_has_not(m
     assert "the exact path, matching diffusers" in describe(backend, precision)
 
 
-def _commands() -> list[list[str]]:
-    """Every `fastimg ...` command line in the README's bash blocks, continuations joined."""
+def _commands(text: str | None = None) -> list[list[str]]:
+    """Every `fastimg ...` command line in the README's (or `text`'s) bash blocks, continuations
+    joined."""
     import re
     import shlex
 
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+    for block in re.findall(r"```bash\n(.*?)```", text or README.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
             for part in line.split("&&"):
@@ -53,3 +56,43 @@ def test_every_option_the_readme_shows_exists():
         known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
         used = {w.split("=")[0] for w in words[1:] if w.startswith("-")}
         assert used <= known, (words, used - known)
+
+
+def test_the_workflows_run_as_the_readme_types_them(tiny, photo, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+    from fastimg.labels import read_labels
+
+    workflows = README.read_text().split("## Workflows")[1].split("\n## ")[0]
+    monkeypatch.chdir(tmp_path)
+    photo.save("photo.jpg")
+    photo.save("product.png")
+    (tmp_path / "interiors" / "kitchen").mkdir(parents=True)
+    photo.save("interiors/hall.png")
+    photo.save("interiors/kitchen/sink.png")
+    with open("jobs.csv", "w") as f:
+        f.write("image,prompt,strength,seed\nphoto.jpg,a fox,0.5,1\nproduct.png,a cat,0.3,2\n")
+    pytest.importorskip("c2pa")
+    pytest.importorskip("av")
+    from tests.pki import make_pki
+    from tests.runtime.test_video import make_video, pictures
+
+    make_pki(tmp_path)  # chain.pem, key.pem
+    make_video(tmp_path / "clip.mp4", pictures(6))
+    ran = 0
+    for words in _commands(workflows):
+        words = [str(tiny[1]) if word == "engines/sd15" else word for word in words]
+        result = CliRunner().invoke(cli, words)
+        assert result.exit_code == 0, (words, result.output)
+        ran += 1
+    assert ran == 7
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "1-photo-s0.5-1.png", "2-product-s0.3-2.png", "photo-grid.png", "photo-s0.25-42.png",
+        "photo-s0.5-42.png", "photo-s0.75-42.png",
+    ]  # fmt: skip
+    assert len(list((tmp_path / "ab-test").glob("product-s0.8-*.webp"))) == 4
+    assert (tmp_path / "restyled" / "kitchen" / "sink-s0.8-1.jpg").is_file()
+    assert read_labels(tmp_path / "signed" / "photo-s0.8-42.png")["c2pa"]
+    assert len(list((tmp_path / "clip-frames").iterdir())) == 6
+    assert (tmp_path / "clip-painted.mp4").is_file()

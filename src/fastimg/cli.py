@@ -2,14 +2,14 @@
 
 import logging
 import sys
-from functools import wraps
 from pathlib import Path
 
 import click
 
-from .backends import SHAPES
-from .backends.select import BACKEND_CHOICES, PRECISION_CHOICES
-from .errors import FastImgError, InputError
+from .cli_batch import inspect_images, run_jobs, transform
+from .cli_common import domain_errors, echo_err
+from .cli_video import video
+from .errors import InputError
 from .schedules import SAMPLERS
 
 EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
@@ -21,21 +21,7 @@ ARCHITECTURES = (
 )
 
 
-def _domain_errors(command):
-    """Turn fastimg's own errors into click errors: message on stderr, exit code 1."""
-
-    @wraps(command)
-    def wrapper(*args, **kwargs):
-        try:
-            return command(*args, **kwargs)
-        except FastImgError as exc:
-            raise click.ClickException(str(exc)) from None
-
-    return wrapper
-
-
-def _echo_err(message: str) -> None:
-    click.echo(message, err=True)
+_domain_errors, _echo_err = domain_errors, echo_err
 
 
 class _StderrHandler(logging.Handler):
@@ -154,231 +140,6 @@ def export(
         int8_images=int8_images if int8 else 0,
     )
     click.echo(f"engines written to {output}")
-
-
-def _check_size(size: tuple[int, int] | int, pipe) -> None:
-    """Refuse a --size outside what the engines take, before any image is processed."""
-    from .images import MIN_SIDE
-
-    sides = (size,) if isinstance(size, int) else size
-    low, high = max(MIN_SIDE, pipe.manifest.vae_scale_factor), pipe.max_side
-    if not all(low <= side <= high for side in sides):
-        raise click.BadParameter(
-            f"each side must be between {low} and {high} pixels for these engines",
-            param_hint="--size",
-        )
-
-
-# Output names with these suffixes are files, not folders (only PNG is written for now).
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".gif", ".avif")
-
-
-def _output_paths(
-    inputs: list[Path], output: Path, count: int, seed: int
-) -> dict[Path, list[Path]]:
-    if output.suffix.lower() in IMAGE_SUFFIXES:
-        if output.suffix.lower() != ".png":
-            raise click.UsageError(
-                f"-o {output}: fastimg writes PNG images only (for now): name the file "
-                f"{output.with_suffix('.png')} or pass a folder"
-            )
-        if len(inputs) * count != 1:
-            raise click.UsageError(
-                f"-o {output} names one file, but {len(inputs) * count} images would be "
-                "written: pass a folder"
-            )
-        return {inputs[0]: [output]}
-    stems = [src.stem for src in inputs]
-    clashes = sorted({stem for stem in stems if stems.count(stem) > 1})
-    if clashes:
-        raise click.UsageError(
-            f"several inputs are named {', '.join(clashes)}: their outputs would collide; "
-            "transform them in separate runs or into separate folders"
-        )
-    return {src: [output / f"{src.stem}-{seed}-{k}.png" for k in range(count)] for src in inputs}
-
-
-@cli.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option(
-    "--engines",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Engine folder written by fastimg export.",
-)
-@click.option("--prompt", required=True, help="What the image should become.")
-@click.option("--negative-prompt", default=None, help="What to steer away from.")
-@click.option(
-    "--strength",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=0.8,
-    show_default=True,
-    help="How much to change: 0 < strength <= 1.",
-)
-@click.option(
-    "--steps",
-    type=click.IntRange(1, 1000),
-    default=50,
-    show_default=True,
-    help="Scheduled steps; strength x steps of them run.",
-)
-@click.option(
-    "--guidance",
-    type=click.FloatRange(0),
-    default=7.5,
-    show_default=True,
-    help="Classifier-free guidance scale; 1 or less turns it off.",
-)
-@click.option(
-    "--seed",
-    type=click.IntRange(0, 2**32 - 1),
-    default=None,
-    help="Same seed, same image (as diffusers with that seed). Random if omitted.",
-)
-@click.option(
-    "--scheduler",
-    type=click.Choice(SAMPLERS),
-    default=None,
-    help="Sampler; default: the model's own scheduler.",
-)
-@click.option("--num-images", type=click.IntRange(1, 64), default=1, show_default=True)
-@click.option(
-    "-o",
-    "--output",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Output folder, or a .png path for a single image.",
-)
-@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option(
-    "--backend",
-    type=click.Choice(BACKEND_CHOICES),
-    default="auto",
-    show_default=True,
-    help="Engine runtime; auto picks the fastest installed one and says which.",
-)
-@click.option(
-    "--precision",
-    type=click.Choice(PRECISION_CHOICES),
-    default="auto",
-    show_default=True,
-    help="fp32 matches diffusers; bf16 (OpenVINO on CPUs with bf16) is about twice as fast; "
-    "fp16 is TensorRT's; int8 runs the int8 UNet of engines exported with --int8 (OpenVINO).",
-)
-@click.option(
-    "--device",
-    type=click.IntRange(0),
-    default=None,
-    help="CUDA device index for the GPU backends [default: the current device].",
-)
-@click.option(
-    "--shapes",
-    type=click.Choice(SHAPES),
-    default="dynamic",
-    show_default=True,
-    help="OpenVINO: also compile each call's exact shapes (static; auto: from a shape's "
-    "second call on, so a size seen once pays no compile). Images are the same either way.",
-)
-@click.option(
-    "--size",
-    default=None,
-    help="Resize inputs first: WIDTHxHEIGHT, or one number for the longer side (aspect kept).",
-)
-@click.option(
-    "--max-pixels",
-    type=click.IntRange(1),
-    default=None,
-    help="Refuse larger images before decoding them [default: 64 megapixels].",
-)
-@_domain_errors
-def transform(
-    images: tuple[Path, ...],
-    engines: Path,
-    prompt: str,
-    negative_prompt: str | None,
-    strength: float,
-    steps: int,
-    guidance: float,
-    seed: int | None,
-    scheduler: str | None,
-    num_images: int,
-    output: Path,
-    overwrite: bool,
-    backend: str,
-    precision: str,
-    device: int | None,
-    shapes: str,
-    size: str | None,
-    max_pixels: int | None,
-) -> None:
-    """Transform IMAGES toward --prompt with the engines in --engines."""
-    import secrets
-
-    from .images import MAX_PIXELS, load_image, parse_size, resize_to
-    from .pipeline import Img2ImgPipeline, check_prompt, resolve_sampler
-
-    # Bad settings fail here, before anything is loaded.
-    for text in (prompt, negative_prompt or ""):
-        check_prompt(text)
-    resize = parse_size(size) if size is not None else None
-    seed = secrets.randbelow(2**32) if seed is None else seed
-    plan = _output_paths(list(images), output, num_images, seed)
-    inputs = {p.resolve() for p in images}
-    for dest in (d for targets in plan.values() for d in targets):
-        if dest.resolve() in inputs:
-            raise click.UsageError(f"output {dest} is one of the input images; choose another -o")
-        if dest.exists() and not overwrite:
-            raise click.UsageError(f"{dest} already exists: pass --overwrite to replace it")
-    pipe = Img2ImgPipeline.from_engines(
-        engines, backend=backend, precision=precision, device=device, shapes=shapes
-    )
-    if resize is not None:
-        _check_size(resize, pipe)
-    sampler = resolve_sampler(pipe.manifest, scheduler)
-    run_steps = pipe.plan(sampler, steps, strength).steps  # a bad combination fails here
-    failures = 0
-    for src, targets in plan.items():
-        try:
-            image = load_image(src, max_pixels=max_pixels or MAX_PIXELS)
-            if resize is not None:
-                image = resize_to(image, resize)
-            with click.progressbar(length=run_steps, label=src.name, file=sys.stderr) as bar:
-                results = pipe(
-                    prompt,
-                    image,
-                    strength=strength,
-                    num_inference_steps=steps,
-                    guidance_scale=guidance,
-                    negative_prompt=negative_prompt,
-                    num_images_per_prompt=num_images,
-                    seed=seed,
-                    scheduler=sampler,
-                    callback=lambda step, total, bar=bar: bar.update(1),
-                )
-            for result, dest in zip(results, targets, strict=True):
-                meta = {**result.info, "fastimg:source": src.name, "fastimg:engines": str(engines)}
-                _save(result, dest, meta)
-                click.echo(str(dest))
-        except FastImgError as exc:
-            failures += 1  # said once, here; the batch goes on with the next input
-            _echo_err(f"error: {src}: {exc}")
-    if failures:
-        raise click.ClickException(f"{failures} of {len(plan)} images failed (each is named above)")
-
-
-def _save(image, dest: Path, metadata: dict) -> None:
-    """Save an output PNG; a write that fails (disk full, no permission) is an OutputError."""
-    from .errors import OutputError
-    from .images import save_png
-
-    try:
-        save_png(image, dest, metadata)
-    except OSError as exc:
-        reason = exc.strerror or str(exc) or type(exc).__name__
-        raise OutputError(
-            f"cannot write {dest} ({reason}); nothing was left half-written: free space or "
-            "choose another -o"
-        ) from None
 
 
 @cli.command()
@@ -696,7 +457,8 @@ def quickstart(workdir: Path) -> None:
     from fastimg_export.engine_writer import export_engines
     from fastimg_export.random_models import write_random_model
 
-    from .images import load_image, save_png
+    from .images import load_image
+    from .labels import save_image
     from .manifest import MANIFEST
     from .pipeline import Img2ImgPipeline
 
@@ -718,13 +480,19 @@ def quickstart(workdir: Path) -> None:
         guidance_scale=7.5,
         seed=0,
     )
-    save_png(image, result, image.info)
+    save_image(image, result, image.info)
     click.echo(f"done: {result.absolute()}")
     click.echo(
         "The tiny model has random weights, so the picture is noise-like; export a real "
         "model with  fastimg export MODEL -o ENGINES  and run  fastimg transform IMAGE "
         "--engines ENGINES --prompt TEXT -o OUT"
     )
+
+
+cli.add_command(transform)
+cli.add_command(run_jobs)
+cli.add_command(inspect_images)
+cli.add_command(video)
 
 
 def main() -> None:

@@ -6,9 +6,8 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .atomic import write_atomically
 from .errors import InputError
 
 log = logging.getLogger("fastimg")
@@ -42,7 +41,7 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
             "downscale it first"
         ) from None
     except UnidentifiedImageError:
-        if _looks_like_an_image(path):
+        if looks_like_an_image(path):
             raise InputError(
                 f"image {path} is damaged or truncated: its header is broken"
             ) from None
@@ -58,9 +57,13 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
 IMAGE_SIGNATURES = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"BM", b"II*\0", b"MM\0*")
 
 
-def _looks_like_an_image(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(12)
+def looks_like_an_image(path: Path) -> bool:
+    """Whether the file starts like an image format fastimg reads (its suffix aside)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(12)
+    except OSError:
+        return False
     return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
@@ -146,16 +149,6 @@ def to_uint8(pixels: np.ndarray) -> np.ndarray:
     CuPy in, the same kind out)."""
     images = (pixels * np.float32(0.5) + np.float32(0.5)).clip(0, 1).transpose(0, 2, 3, 1)
     return (images * 255).round().astype(np.uint8)
-
-
-def save_png(image: Image.Image, path: str | Path, metadata: dict[str, str]) -> Path:
-    """Write `image` as PNG with text metadata, atomically (temporary file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    for key, value in metadata.items():
-        info.add_itxt(key, str(value))
-    return write_atomically(path, lambda f: image.save(f, format="PNG", pnginfo=info))
 
 
 def psnr(a, b) -> float:

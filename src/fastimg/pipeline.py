@@ -173,6 +173,11 @@ class Img2ImgPipeline:
                 )
                 self.precision = engines.precision
         self.max_side = self._max_side()
+        # What outputs name the model by (A1111's "Model" and "Model hash" read them).
+        self.model_info = {
+            "fastimg:model": _model_name(manifest),
+            "fastimg:model_hash": manifest.graph_digest(("unet",))[:10],
+        }
         log.info(describe(self.backend, self.precision))
 
     @classmethod
@@ -541,6 +546,7 @@ class Img2ImgPipeline:
             "fastimg:scheduler": sampler,
             "fastimg:backend": engines.backend,
             "fastimg:precision": engines.precision,
+            **self.model_info,
         }
         if engines.plan_set:
             settings["fastimg:plan_set"] = engines.plan_set
@@ -550,6 +556,12 @@ class Img2ImgPipeline:
             result.info.update(settings, **{"fastimg:index": k})
             results.append(result)
         return results
+
+
+def _model_name(manifest: Manifest) -> str:
+    """The name of what was exported (hub repo, folder or checkpoint file, as A1111 names it)."""
+    name = Path(str(manifest.data.get("source") or manifest.folder.resolve().name))
+    return name.stem if name.suffix in (".safetensors", ".ckpt") else name.name
 
 
 def check_prompt(text: str) -> None:

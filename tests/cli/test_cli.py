@@ -31,7 +31,7 @@ def test_transform_writes_images_with_metadata(runner, tiny, picture, tmp_path):
     result = transform(runner, tiny[1], picture, "-o", out, "--seed", "9", "--num-images", "2")
     assert result.exit_code == 0, result.output
     written = sorted(out.iterdir())
-    assert [p.name for p in written] == ["in-9-0.png", "in-9-1.png"]
+    assert [p.name for p in written] == ["in-s0.5-9-0.png", "in-s0.5-9-1.png"]
     image = Image.open(written[0])
     assert image.size == (88, 64)
     assert image.text["fastimg:seed"] == "9" and image.text["fastimg:prompt"] == "a red fox"
@@ -132,7 +132,7 @@ def test_unreadable_image_is_reported_and_others_still_run(runner, tiny, picture
     assert result.exit_code == 1
     assert "bad.png" in result.output and "not an image" in result.output
     assert "1 of 2 images failed" in result.output
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["in-1-0.png"]
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["in-s0.5-1.png"]
 
 
 def test_existing_output_needs_overwrite_and_input_is_never_the_output(
@@ -223,14 +223,24 @@ def test_cli_architectures_are_the_exporters():
     assert ARCHITECTURES == tuple(BUILT)
 
 
-@pytest.mark.parametrize("name", ["x.jpg", "x.JPEG", "x.webp"])
-def test_an_output_file_in_another_format_is_refused_not_made_a_folder(
+@pytest.mark.parametrize("name,fmt", [("x.jpg", "JPEG"), ("x.JPEG", "JPEG"), ("x.webp", "WEBP")])
+def test_an_output_file_is_written_in_the_format_its_suffix_names(
+    runner, tiny, picture, tmp_path, name, fmt
+):
+    out = tmp_path / "out" / name
+    result = transform(runner, tiny[1], picture, "-o", out, "--seed", "1")
+    assert result.exit_code == 0, result.output
+    assert out.is_file() and Image.open(out).format == fmt
+
+
+@pytest.mark.parametrize("name", ["x.bmp", "x.tif", "x.gif"])
+def test_an_output_file_in_a_format_without_labels_is_refused_not_made_a_folder(
     runner, tiny, picture, tmp_path, name
 ):
     out = tmp_path / "out" / name
     result = transform(runner, tiny[1], picture, "-o", out)
     assert result.exit_code == 2
-    assert "PNG images only" in result.output and "x.png" in result.output
+    assert "PNG (.png), JPEG (.jpg, .jpeg) or WebP (.webp)" in result.output
     assert not out.exists() and not out.parent.exists()
 
 

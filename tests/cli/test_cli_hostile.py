@@ -21,9 +21,9 @@ def test_a_batch_of_bad_files_reports_each_and_keeps_the_good_one(runner, tiny, 
     assert result.exit_code == 1
     assert f"{len(bad)} of {len(bad) + 1} images failed" in result.output
     for name, (_, message) in bad_files().items():
-        assert result.output.count(f"{bad[name]}: ") == 1 and message in result.output
+        assert result.output.count(f"{bad[name]} (") == 1 and message in result.output
     assert "Traceback" not in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["in-3-0.png"]  # no temporary leftovers
+    assert sorted(p.name for p in out.iterdir()) == ["in-s0.5-3.png"]  # no temporary leftovers
 
 
 def test_awkward_but_valid_images_all_work(runner, tiny, tmp_path):
@@ -34,8 +34,8 @@ def test_awkward_but_valid_images_all_work(runner, tiny, tmp_path):
     assert "first frame" in result.output
     written = {p.name: Image.open(p).size for p in out.iterdir()}
     assert len(written) == len(files)
-    assert written["rotated-3-0.png"] == (40, 48)  # EXIF orientation honoured
-    assert written["extreme-aspect-3-0.png"] == (1024, 16)
+    assert written["rotated-s0.5-3.png"] == (40, 48)  # EXIF orientation honoured
+    assert written["extreme-aspect-s0.5-3.png"] == (1024, 16)
 
 
 @pytest.mark.parametrize(
@@ -196,7 +196,7 @@ def test_a_full_disk_fails_that_output_and_the_batch_goes_on(
     assert result.exit_code == 1
     assert "cannot write" in result.output and "No space left on device" in result.output
     assert "1 of 2 images failed" in result.output and "Traceback" not in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["second-1-0.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["second-s0.5-1.png"]
 
 
 def test_engine_folder_problems_are_reported(runner, tiny, picture, tmp_path):

@@ -3,7 +3,7 @@ import pytest
 from PIL import Image
 
 from fastimg.errors import InputError
-from fastimg.images import load_image, save_png, to_pixels, to_uint8
+from fastimg.images import load_image, to_pixels, to_uint8
 
 
 def test_pixels_match_diffusers_preprocessing(photo):
@@ -74,12 +74,6 @@ def test_missing_file(tmp_path):
 def test_too_small_image_is_rejected():
     with pytest.raises(InputError, match="too small"):
         to_pixels(Image.new("RGB", (15, 64)), 8)
-
-
-def test_save_png_is_atomic_and_carries_metadata(tmp_path):
-    path = save_png(Image.new("RGB", (8, 8)), tmp_path / "out.png", {"fastimg:seed": 3})
-    assert Image.open(path).text["fastimg:seed"] == "3"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
 
 
 def test_psnr():

@@ -1,0 +1,116 @@
+import click
+import pytest
+
+from fastimg import video as videos
+from fastimg.cli_video import video
+from tests.runtime.test_video import full_disk, leftovers, make_video, pictures, probe
+
+pytest.importorskip("av")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """12 frames at 8 fps with AAC audio; frames 6 to 8 repeat frame 5."""
+    return make_video(tmp_path_factory.mktemp("clip") / "in.mp4", pictures(12, static=(5, 6, 7)))
+
+
+def _video(runner, engines, *args):
+    group = click.Group()  # as fastimg.cli will hold it
+    group.add_command(video)
+    return runner.invoke(
+        group,
+        ["video", *map(str, args), "--engines", str(engines), "--backend", "onnxruntime",
+         "--prompt", "a red fox", "--steps", "2", "--guidance", "3"],
+    )  # fmt: skip
+
+
+def _refused(result, code: int) -> None:
+    assert result.exit_code == code, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+
+
+def test_a_video_is_written_and_its_path_printed(runner, tiny, clip, tmp_path):
+    out = tmp_path / "out.mp4"
+    result = _video(runner, tiny[1], clip, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{out}\n"
+    assert "12 frames" in result.stderr and "9 transformed, 3 reused" in result.stderr
+    assert "audio: copied (aac)" in result.stderr
+    got = probe(out)
+    assert got["frames"] == 12 and got["rate"] == 8 and got["audio"] == "aac"
+    assert got["metadata"]["comment"].startswith("a red fox")
+
+
+def test_no_audio_and_no_metadata_leave_them_out(runner, tiny, clip, tmp_path):
+    out = tmp_path / "out.mkv"
+    result = _video(runner, tiny[1], clip, "-o", out, "--no-audio", "--no-metadata", "-q")
+    assert result.exit_code == 0, result.output
+    # -q: no progress and no summary (what runs it is still said, as by every command)
+    assert [line for line in result.stderr.splitlines() if "running on" not in line] == []
+    got = probe(out)
+    assert got["audio"] is None and "comment" not in got["metadata"]
+
+
+def test_an_existing_output_is_refused_and_left_as_it_was(runner, tiny, clip, tmp_path):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier video")
+    result = _video(runner, tiny[1], clip, "-o", out)
+    _refused(result, 2)
+    assert "already exists: pass --overwrite" in result.stderr
+    assert out.read_bytes() == b"an earlier video"
+
+
+def test_resume_needs_frames_kept_as_files(runner, tiny, clip, tmp_path):
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "out.mp4", "--resume")
+    _refused(result, 2)
+    assert "--frames-dir" in result.stderr
+
+
+def test_a_folder_output_resumes(runner, tiny, clip, tmp_path):
+    out = tmp_path / "frames"
+    assert _video(runner, tiny[1], clip, "-o", out).exit_code == 0
+    (out / "frame-000012.png").unlink()
+    again = _video(runner, tiny[1], clip, "-o", out)
+    _refused(again, 2)
+    assert "--resume" in again.stderr
+    resumed = _video(runner, tiny[1], clip, "-o", out, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert "1 transformed, 0 reused" in resumed.stderr and "11 kept" in resumed.stderr
+    assert len(list(out.iterdir())) == 12
+
+
+def test_a_file_that_is_not_a_video_is_refused_clearly(runner, tiny, tmp_path):
+    source = tmp_path / "notes.mp4"
+    source.write_text("not a video")
+    result = _video(runner, tiny[1], source, "-o", tmp_path / "out.mp4")
+    _refused(result, 2)
+    assert f"{source} cannot be read as a video" in result.stderr
+    assert not (tmp_path / "out.mp4").exists()
+
+
+def test_a_full_disk_is_an_error_that_leaves_no_file(runner, tiny, clip, tmp_path, monkeypatch):
+    full_disk(monkeypatch)
+    out = tmp_path / "out.mp4"
+    result = _video(runner, tiny[1], clip, "-o", out)
+    _refused(result, 1)
+    assert f"cannot write {out}: no space left on device" in result.stderr
+    assert not out.exists() and leftovers(tmp_path) == []
+
+
+def test_a_missing_encoder_is_named(runner, tiny, clip, tmp_path, monkeypatch):
+    monkeypatch.setitem(videos.VIDEO_FORMATS, ".mp4", ("mp4", "no-such-encoder", "aac"))
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "out.mp4")
+    _refused(result, 1)
+    assert "no no-such-encoder encoder for .mp4: write .mov" in result.stderr
+
+
+def test_fps_is_for_frame_folders(runner, tiny, clip, tmp_path):
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "out.mp4", "--fps", "30")
+    _refused(result, 2)
+    assert "keeps its own frame rate" in result.stderr
+
+
+def test_help_says_why_the_seed_is_fixed(runner):
+    result = runner.invoke(video, ["--help"])
+    assert result.exit_code == 0
+    assert "same noise" in result.output and "--reuse-threshold" in result.output
