@@ -25,6 +25,9 @@ log = logging.getLogger("fastimg")
 # The settings a sweep can vary, in the order names and contact sheets list them.
 SWEPT = ("strength", "guidance", "steps", "seed")
 NAME_FIELDS = ("stem", "strength", "guidance", "steps", "seed", "sampler", "index", "row")
+PREFIX = {"guidance": "g", "steps": "steps"}  # in default names: photo-s0.5-g7.5-steps30-1
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what outputs are written as
+UNLABELLED_SUFFIXES = (".tif", ".tiff", ".bmp", ".gif", ".avif")  # formats without the labels
 MAX_JOBS = 100_000
 SEED_LIMIT = 2**32
 
@@ -128,7 +131,7 @@ def default_name(jobs: list[Job], from_job_file: bool = False) -> str:
     """The output name template: the input's stem, its strength, what else varies, its seed."""
     parts = ["{row}-{stem}" if from_job_file else "{stem}", "s{strength}"]
     swept = varying(jobs)
-    parts += [f"{key[0]}{{{key}}}" for key in ("guidance", "steps") if key in swept]
+    parts += [f"{PREFIX[key]}{{{key}}}" for key in ("guidance", "steps") if key in swept]
     parts.append("{seed}")
     if any(job.count > 1 for job in jobs):
         parts.append("{index}")
@@ -137,6 +140,11 @@ def default_name(jobs: list[Job], from_job_file: bool = False) -> str:
 
 class _NameFormatter(string.Formatter):
     """str.format with numbers written short (0.5, not 0.500000) and unknown fields refused."""
+
+    def get_field(self, field_name, args, kwargs):
+        if field_name not in NAME_FIELDS:  # no {seed[0]}, {stem.upper}: plain fields only
+            return self.get_value(field_name, args, kwargs), field_name
+        return super().get_field(field_name, args, kwargs)
 
     def get_value(self, key, args, kwargs):
         if key not in kwargs:
@@ -158,7 +166,7 @@ def name_outputs(
     jobs: list[Job],
     output: Path,
     template: str | None = None,
-    fmt: str = "png",
+    fmt: str | None = None,
     single_file: bool = False,
 ) -> list[Job]:
     """`jobs` with their output paths: OUTPUT/SUBFOLDER/NAME.SUFFIX from the name template
@@ -175,7 +183,7 @@ def name_outputs(
     from_job_file = any(job.row is not None for job in jobs)
     template = template or default_name(jobs, from_job_file)
     _check_template(template)
-    suffix = "." + ("jpg" if fmt == "jpeg" else fmt)
+    suffix = "." + {None: "png", "jpeg": "jpg"}.get(fmt, fmt)
     formatter = _NameFormatter()
     named = []
     for job in jobs:
@@ -192,14 +200,33 @@ def name_outputs(
                 }  # fmt: skip
                 try:
                     name = formatter.format(template, **values)
-                except (ValueError, IndexError) as exc:
+                except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
                     raise InputError(f"--name {template!r} cannot be used: {exc}") from None
-            path = Path(name)
-            if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+            path = _output_name(str(name), job, fmt)
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
                 path = path.with_name(path.name + suffix)
             paths.append(output / job.source.subfolder / path)
         named.append(replace(job, outputs=tuple(paths)))
     return named
+
+
+def _output_name(name: str, job: Job, fmt: str | None) -> Path:
+    """`name` as a path inside -o, refused when it would leave it, names no file, names a
+    format that cannot carry the labels, or contradicts --format."""
+    path = Path(name)
+    where = f"the output name {name!r} ({job.label})"
+    if path.is_absolute() or ".." in path.parts or path.name in ("", "."):
+        raise InputError(f"{where} must name a file inside -o, not climb out of it or be empty")
+    suffix = path.suffix.lower()
+    if suffix in UNLABELLED_SUFFIXES:
+        raise InputError(
+            f"{where} asks for {suffix[1:].upper()}, which cannot carry the labels: fastimg writes "
+            "PNG (.png), JPEG (.jpg, .jpeg) or WebP (.webp)"
+        )
+    named = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".webp": "webp"}.get(suffix)
+    if fmt is not None and named is not None and named != fmt:
+        raise InputError(f"{where} is {named.upper()}, but --format says {fmt}")
+    return path
 
 
 def _check_template(template: str) -> None:
@@ -234,7 +261,7 @@ def check_outputs(jobs: list[Job], overwrite: bool = False, skip_existing: bool 
                 raise InputError(
                     f"two outputs would be written to {path}: {other.label} and {job.label}; "
                     "put what tells them apart into --name (e.g. {strength}, {guidance}, "
-                    "{steps}, {seed}, {row}) or write them to separate folders"
+                    "{steps}, {seed}, {row}, {index}) or write them to separate folders"
                 )
             if key in inputs:
                 raise InputError(f"output {path} is one of the input images: choose another -o")
@@ -293,8 +320,14 @@ def run_jobs(
         for job, (sampler, run_steps) in zip(planned.jobs, steps, strict=True):
             missing = [path for path in job.outputs if path not in existing]
             if not missing:
-                report.skipped.extend(job.outputs)
-                progress.skip(str(job.outputs[0]))
+                reasons = [_made_otherwise(path, job, sampler) for path in job.outputs]
+                differs = next((reason for reason in reasons if reason), None)
+                if differs is not None:
+                    report.failed.append((job, differs))
+                    progress.fail(job.label, differs)
+                else:
+                    report.skipped.extend(job.outputs)
+                    progress.skip(str(job.outputs[0]))
                 continue
             progress.start(job.source.path.name, run_steps)
             try:
@@ -324,8 +357,11 @@ def run_jobs(
                     save_image(result, path, info, quality=quality, metadata=metadata,
                                signer=signer)  # fmt: skip
                     report.written.append(path)
-                    if keep_images:
-                        report.images[path] = result
+                    if keep_images:  # a sheet's cell: a thumbnail is enough
+                        thumbnail = result.copy()
+                        thumbnail.thumbnail((SHEET_CELL, SHEET_CELL))
+                        thumbnail.info = dict(result.info)
+                        report.images[path] = thumbnail
                     if on_written is not None:
                         on_written(path)
                 progress.finish(str(missing[-1]))
@@ -333,6 +369,39 @@ def run_jobs(
                 report.failed.append((job, str(exc)))
                 progress.fail(job.label, str(exc))
     return report
+
+
+def _made_otherwise(path: Path, job: Job, sampler: str) -> str | None:
+    """Why an existing output is not this job's image (its labels name other settings), or
+    None; an output without labels (written with --no-metadata) cannot tell, and is kept."""
+    from .labels import read_labels
+
+    try:
+        recorded = read_labels(path)["fastimg"]
+    except FastImgError:
+        return f"{path} exists but cannot be read: delete it, or pass --overwrite"
+    wanted = {
+        "prompt": job.prompt, "negative_prompt": job.negative_prompt or "", "seed": job.seed,
+        "strength": float(job.strength), "steps": job.steps, "guidance": float(job.guidance),
+        "scheduler": sampler,
+    }  # fmt: skip
+    for key, value in wanted.items():
+        old = recorded.get(f"fastimg:{key}")
+        if old is not None and not _same(old, value):
+            return (
+                f"{path} exists but was made with {key} {old!r}, not {value!r}: pass --overwrite "
+                "to replace it, or write to another -o"
+            )
+    return None
+
+
+def _same(recorded: str, value) -> bool:
+    if isinstance(value, float):
+        try:
+            return float(recorded) == value
+        except ValueError:
+            return False
+    return str(recorded) == str(value)
 
 
 def check_jobs(pipe, jobs: list[Job]) -> list[tuple[str, int]]:
@@ -355,6 +424,8 @@ def check_jobs(pipe, jobs: list[Job]) -> list[tuple[str, int]]:
     return planned
 
 
+MAX_SHEET_SIDE = 64  # rows or columns (grid.MAX_ROWS, grid.MAX_COLUMNS)
+SHEET_CELL = 256  # the longer side of a contact sheet's cells
 SHEET_LABELS = {"strength": "strength", "guidance": "guidance", "steps": "steps", "seed": "seed",
                 "index": "image"}  # fmt: skip
 
@@ -372,6 +443,13 @@ def plan_sheets(planned: Outputs, output: Path) -> dict[Path, list[Job]]:
             )
         jobs.append(job)
     outputs = {path.resolve(): job for job in planned.jobs for path in job.outputs}
+    for sheet, jobs in sheets.items():
+        rows, columns, _ = sheet_layout(jobs)
+        if max(len(rows), len(columns)) > MAX_SHEET_SIDE:
+            raise InputError(
+                f"the contact sheet {sheet} would have {len(rows)} rows and {len(columns)} "
+                f"columns, more than {MAX_SHEET_SIDE}: sweep fewer values, or leave out --grid"
+            )
     for sheet in sheets:
         if sheet.resolve() in outputs:
             raise InputError(
@@ -426,7 +504,7 @@ def write_sheets(
     from PIL import Image
 
     from .grid import contact_sheet
-    from .labels import save_image
+    from .labels import read_labels, save_image
 
     failed = {path for job, _ in report.failed for path in job.outputs}
     written = []
@@ -434,19 +512,31 @@ def write_sheets(
         rows, columns, places = sheet_layout(jobs)
         if len(places) < 2:
             continue  # one image is its own sheet
-        cells, info = {}, None
+        cells, settings = {}, None
         for path, place in places.items():
             image = report.images.get(path)
-            if image is None and path not in failed and path.exists():
-                with Image.open(path) as opened:
-                    image = opened.convert("RGB")
+            if path in failed:
+                cells[place] = None  # drawn as a failed cell
+                continue
+            if image is None and path.exists():
+                try:
+                    with Image.open(path) as opened:
+                        image = opened.convert("RGB")
+                    image.info = {**read_labels(path)["fastimg"]}
+                except (OSError, ValueError, FastImgError) as exc:
+                    log.warning("%s left out of the contact sheet %s: %s", path, sheet, exc)
+                    continue
             if image is not None:
                 cells[place] = image
-                info = info or dict(getattr(image, "info", {}))
+                if settings is None and "fastimg:scheduler" in image.info:
+                    settings = {k: v for k, v in image.info.items() if k.startswith("fastimg:")}
+        if not any(cell is not None for cell in cells.values()):
+            log.warning("no contact sheet for %s: none of its images was made", sheet)
+            continue
         title = f"{jobs[0].source.path.name}: {jobs[0].prompt}"
         picture = contact_sheet(cells, rows, columns, title=title)
-        settings = {k: v for k, v in (info or {}).items() if k.startswith("fastimg:")}
-        settings["fastimg:sheet"] = "contact sheet"
-        save_image(picture, sheet, settings, metadata=metadata, signer=signer)
+        labelled = metadata and settings is not None  # (images kept without labels: none)
+        settings = {**(settings or {}), "fastimg:sheet": "contact sheet"}
+        save_image(picture, sheet, settings, metadata=labelled, signer=signer)
         written.append(sheet)
     return written

@@ -163,7 +163,7 @@ def output_options(command):
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
-def _one(values: tuple[str, ...], option: str) -> str | None:
+def one(values: tuple[str, ...], option: str) -> str | None:
     """A text option given at most once (click would silently keep the last of several)."""
     if len(values) > 1:
         raise click.UsageError(
@@ -173,13 +173,14 @@ def _one(values: tuple[str, ...], option: str) -> str | None:
     return values[0] if values else None
 
 
-def _output_target(output: Path, fmt: str | None) -> tuple[bool, str]:
-    """Whether -o names one file, and the format the outputs are written in."""
+def _output_target(output: Path, fmt: str | None) -> tuple[bool, str | None]:
+    """Whether -o names one file, and the format the outputs are written in (None: as their
+    names say, else PNG)."""
     from .labels import output_format
 
     single = output.suffix.lower() in IMAGE_SUFFIXES
     if not single:
-        return False, (fmt or "png").lower()
+        return False, fmt.lower() if fmt else None
     try:
         written = output_format(output, None)
     except InputError as exc:
@@ -190,10 +191,15 @@ def _output_target(output: Path, fmt: str | None) -> tuple[bool, str]:
     return True, written
 
 
-def c2pa_signer(cert: Path | None, key: Path | None):
+def c2pa_signer(cert: Path | None, key: Path | None, no_metadata: bool = False):
     """The C2PA signer of --c2pa-cert and --c2pa-key (checked before any work), or None."""
     if cert is None and key is None:
         return None
+    if no_metadata:
+        raise click.UsageError(
+            "--no-metadata writes no AI label, but C2PA credentials are one (they say the image "
+            "was made by fastimg with a trained model): pass one or the other"
+        )
     if cert is None or key is None:
         given, missing = (
             ("--c2pa-cert", "--c2pa-key") if key is None else ("--c2pa-key", "--c2pa-cert")
@@ -234,7 +240,7 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         batch.check_sheets(sheets, settings["overwrite"], settings["skip_existing"])
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
-    signer = c2pa_signer(settings["c2pa_cert"], settings["c2pa_key"])
+    signer = c2pa_signer(settings["c2pa_cert"], settings["c2pa_key"], settings["no_metadata"])
     pipe = Img2ImgPipeline.from_engines(
         settings["engines"],
         backend=settings["backend"],
@@ -256,7 +262,7 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         resize=resize,
         max_pixels=settings["max_pixels"],
         progress=progress,
-        on_written=lambda path: click.echo(str(path)),
+        on_written=lambda path: progress.aside(lambda: click.echo(str(path))),
         keep_images=bool(sheets),
         signer=signer,
     )
@@ -343,7 +349,12 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     from . import batch
     from .sources import collect_sources
 
-    prompt, negative_prompt = _one(prompt, "--prompt"), _one(negative_prompt, "--negative-prompt")
+    prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
+    if settings["skip_existing"] and seed is None:
+        raise click.UsageError(
+            "--skip-existing needs --seed: random seeds give new names every run, so nothing "
+            "would be found to skip"
+        )
     if variants is not None:
         if seed is not None and len(seed) > 1:
             raise click.UsageError("--variants takes one --seed to count from, not a list")
@@ -353,12 +364,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     if grid and single:
         raise click.UsageError("--grid writes a contact sheet beside the outputs: -o a folder")
     sweep = batch.Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
-    if settings["skip_existing"] and seed is None:
-        raise click.UsageError(
-            "--skip-existing needs --seed: random seeds give new names every run, so nothing "
-            "would be found to skip"
-        )
-    sources = collect_sources(list(images), recursive=recursive)
+    sources = collect_sources(list(images), recursive=recursive, exclude=settings["output"])
     try:
         jobs = batch.plan_sweep(sources, prompt, sweep, negative_prompt, scheduler, num_images)
     except InputError as exc:
@@ -393,8 +399,8 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
 
     single, settings["fmt"] = _output_target(settings["output"], settings["fmt"])
     defaults = {
-        "prompt": _one(prompt, "--prompt"),
-        "negative_prompt": _one(negative_prompt, "--negative-prompt"),
+        "prompt": one(prompt, "--prompt"),
+        "negative_prompt": one(negative_prompt, "--negative-prompt"),
         "strength": strength,
         "steps": steps,
         "guidance": guidance,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli_batch import GUIDANCE, SEED, STEPS, STRENGTH, engine_options, scheduler_option
+from .cli_batch import GUIDANCE, SEED, STEPS, STRENGTH, engine_options, one, scheduler_option
 from .cli_common import domain_errors, echo_err
 from .errors import InputError
 from .video import DEFAULT_REUSE_THRESHOLD
@@ -21,8 +21,8 @@ from .video import DEFAULT_REUSE_THRESHOLD
     required=True,
     help="A video (.mp4, .mov, .mkv: H.264; .webm: VP9), or a folder for one PNG per frame.",
 )
-@click.option("--prompt", required=True, help="What every frame should become.")
-@click.option("--negative-prompt", default=None, help="What to steer away from.")
+@click.option("--prompt", multiple=True, required=True, help="What every frame should become.")
+@click.option("--negative-prompt", multiple=True, help="What to steer away from.")
 @click.option(
     "--strength",
     type=STRENGTH,
@@ -112,6 +112,8 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
     """
     from . import video as videos
     from .pipeline import Img2ImgPipeline
+
+    prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
 
     where = dict(frames_dir=frames_dir, overwrite=overwrite, resume=resume, fps=fps)
     try:  # a run that cannot work is refused before the engines load

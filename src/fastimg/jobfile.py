@@ -164,7 +164,7 @@ def _text(value, column: str) -> str:
 def _real(value, column: str, low: float, high: float, low_open=False, whole=False) -> float:
     try:
         number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         number = math.nan
     if isinstance(value, str) and whole and not value.strip().lstrip("+").isdigit():
         number = math.nan

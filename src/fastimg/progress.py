@@ -125,6 +125,17 @@ class BatchProgress:
             self._idle()
             self._event(redraw=False, line=f"{self._count()} {_one_line(output)}  {reason}")
 
+    def aside(self, write: Callable[[], None]) -> None:
+        """Run `write` (output of its own, such as a path on stdout) without garbling the bar:
+        the bar is cleared first and drawn again after."""
+        with self._lock:
+            if self.mode != "bar" or self._closed or not self._drawn:
+                write()
+                return
+            self._clear()
+            write()
+            self._draw(self.snapshot())
+
     def snapshot(self) -> Progress:
         """The batch's state now."""
         with self._lock:

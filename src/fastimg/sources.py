@@ -19,16 +19,20 @@ class Source:
     subfolder: Path = Path()
 
 
-def collect_sources(paths: list[Path], recursive: bool = False) -> list[Source]:
+def collect_sources(
+    paths: list[Path], recursive: bool = False, exclude: Path | None = None
+) -> list[Source]:
     """The input images named by `paths`: files as given, folders' image files in name order.
 
     A folder's files that are not images (by their first bytes, not their suffix) are skipped
-    with a note; `recursive` also walks subfolders (hidden ones are skipped).
+    with a note; `recursive` also walks subfolders (hidden ones, and `exclude` -- the output
+    folder, when it lies inside an input folder -- are skipped).
     """
     sources: list[Source] = []
+    skip = exclude.resolve() if exclude is not None else None
     for path in paths:
         if path.is_dir():
-            found = _folder_images(path, recursive)
+            found = _folder_images(path, recursive, skip)
             if not found:
                 where = "or its subfolders " if recursive else ""
                 hint = "" if recursive else " (pass --recursive to look in subfolders)"
@@ -41,12 +45,14 @@ def collect_sources(paths: list[Path], recursive: bool = False) -> list[Source]:
     return sources
 
 
-def _folder_images(folder: Path, recursive: bool) -> list[Source]:
+def _folder_images(folder: Path, recursive: bool, skip: Path | None) -> list[Source]:
     found, skipped = [], []
     candidates = folder.rglob("*") if recursive else folder.iterdir()
     for path in sorted(candidates):
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts) or not path.is_file():
+            continue
+        if skip is not None and path.resolve().is_relative_to(skip):
             continue
         if looks_like_an_image(path):
             found.append(Source(path, relative.parent))

@@ -58,8 +58,8 @@ SEED_LIMIT = 2**32
 # AVColorPrimaries and AVColorTransferCharacteristic all number BT.709 1; AVColorRange: MPEG 1):
 # untagged video is read as BT.601 by some players and BT.709 by others.
 BT709, LIMITED_RANGE = 1, 1
-SETTINGS_CHECKED = ("prompt", "negative_prompt", "seed", "strength", "steps", "guidance",
-                    "scheduler")  # fmt: skip
+SETTINGS_CHECKED = ("source", "model_hash", "prompt", "negative_prompt", "seed", "strength",
+                    "steps", "guidance", "scheduler")  # fmt: skip
 
 
 def _av():
@@ -417,7 +417,8 @@ def transform_video(
                                     guidance, seed, sampler)  # fmt: skip
     kept = plan.existing if resume else {}
     if kept:
-        _check_kept(kept[min(kept)], settings)
+        for path in kept.values():  # each, as frames of another run may have been added
+            _check_kept(path, settings)
     clip = open_clip(source, fps=fps, audio=audio and plan.video_format is not None)
     sink = VideoSink(dest, clip, settings, metadata) if plan.video_format else None
     if progress is None:
@@ -438,6 +439,10 @@ def transform_video(
         if sink is not None:
             sink.finish()
             report.audio = sink.audio_note if audio else "left out"
+        if overwrite and not resume:  # frames of a longer earlier run are not this video's
+            for index, path in plan.existing.items():
+                if index > report.frames:
+                    path.unlink(missing_ok=True)
     except BaseException:
         if sink is not None:
             sink.abort()

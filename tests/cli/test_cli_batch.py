@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -199,3 +200,74 @@ def test_a_c2pa_key_that_does_not_match_is_refused_before_any_work(runner, tiny,
     half = _transform(runner, tiny[1], picture, "-o", out, "--seed", "1", "--c2pa-cert",
                       mine.chain)  # fmt: skip
     assert half.exit_code == 2 and "--c2pa-cert needs --c2pa-key too" in half.output
+
+
+def test_a_grid_is_drawn_again_from_kept_jpegs_and_a_failed_input_gets_no_sheet(
+    runner, tiny, picture, tmp_path
+):
+    args = (picture, "-o", tmp_path / "g", "--strength", "0.5,1", "--seed", "1", "--grid",
+            "--format", "jpeg")  # fmt: skip
+    assert _transform(runner, tiny[1], *args).exit_code == 0
+    (tmp_path / "g" / "in-grid.png").unlink()
+    again = _transform(runner, tiny[1], *args, "--skip-existing")
+    assert again.exit_code == 0, again.output
+    assert "Seed: 1" in runner.invoke(cli, ["inspect", str(tmp_path / "g" / "in-grid.png")]).output
+
+    (tmp_path / "bad.png").write_text("not an image")
+    bad = _transform(runner, tiny[1], tmp_path / "bad.png", "-o", tmp_path / "b", "--strength",
+                     "0.5,1", "--seed", "1", "--grid")  # fmt: skip
+    assert bad.exit_code == 1 and "2 of 2 images failed" in bad.output
+    assert "Traceback" not in bad.output and not (tmp_path / "b" / "bad-grid.png").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--variants", "65", "--grid"], "more than 64"),
+        (["--name", "{seed[0]}"], "unknown field {seed[0]}"),
+        (["--name", "{stem.upper}"], "unknown field {stem.upper}"),
+        (["--name", "{stem:.0}"], "must name a file inside -o"),
+        (["--name", "{stem:/>12}"], "must name a file inside -o"),
+        (["--name", "{stem}.tif"], "TIF, which cannot carry the labels"),
+        (["--name", "{stem}.jpg", "--format", "webp"], "is JPEG, but --format says webp"),
+        (["--variants", "2", "--skip-existing"], "--skip-existing needs --seed"),
+        (["--no-metadata", "--c2pa-cert", "c.pem", "--c2pa-key", "k.pem"], "pass one or the"),
+    ],
+)
+def test_more_plans_that_cannot_work_are_refused_before_any_work(
+    runner, tiny, picture, tmp_path, args, message
+):
+    seed = [] if "--skip-existing" in args else ["--seed", "1"]
+    result = _transform(runner, tiny[1], picture, "-o", tmp_path / "o", *seed, *args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "o").exists() and not Path("/in.png").exists()
+
+
+def test_skip_existing_does_not_take_an_output_made_with_other_settings(
+    runner, tiny, picture, tmp_path
+):
+    out = tmp_path / "o"
+    first = _transform(runner, tiny[1], picture, "-o", out, "--seed", "1", "--strength", "0.5")
+    assert first.exit_code == 0
+    (made,) = out.iterdir()
+    before = made.read_bytes()
+    args = ["transform", str(picture), "--engines", str(tiny[1]), "--prompt", "a cat", "--steps",
+            "4", "--guidance", "3", "--seed", "1", "--strength", "0.5", "-o", str(out)]  # fmt: skip
+    other = runner.invoke(cli, [*args, "--skip-existing"])
+    assert other.exit_code == 1
+    assert "was made with prompt 'a red fox', not 'a cat'" in other.output
+    assert made.read_bytes() == before
+
+
+def test_an_output_folder_inside_the_input_folder_is_not_taken_as_input(
+    runner, tiny, photo, tmp_path
+):
+    (tmp_path / "photos").mkdir()
+    photo.save(tmp_path / "photos" / "a.png")
+    args = (tmp_path / "photos", "-r", "-o", tmp_path / "photos" / "out", "--seed", "1",
+            "--strength", "0.5")  # fmt: skip
+    assert _transform(runner, tiny[1], *args).exit_code == 0
+    resumed = _transform(runner, tiny[1], *args, "--skip-existing")
+    assert resumed.exit_code == 0, resumed.output
+    assert "kept 1 output(s)" in resumed.output

@@ -114,3 +114,10 @@ def test_help_says_why_the_seed_is_fixed(runner):
     result = runner.invoke(video, ["--help"])
     assert result.exit_code == 0
     assert "same noise" in result.output and "--reuse-threshold" in result.output
+
+
+def test_a_prompt_given_twice_is_refused(runner, tiny, clip, tmp_path):
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "o.mp4", "--prompt", "a dog")
+    _refused(result, 2)
+    assert "--prompt was given 2 times" in result.output
+    assert not (tmp_path / "o.mp4").exists()

@@ -37,7 +37,7 @@ def test_default_names_carry_what_varies_so_a_sweep_never_collides_with_itself(t
     jobs = batch.name_outputs(batch.plan_sweep(_sources("a.png"), "fox", sweep), tmp_path)
     names = [job.outputs[0].name for job in jobs]
     assert len(set(names)) == len(names) == 12
-    assert "a-s0.25-s20-1.png" in names and "a-s0.75-s30-2.png" in names
+    assert "a-s0.25-steps20-1.png" in names and "a-s0.75-steps30-2.png" in names
     planned = batch.check_outputs(jobs)
     assert planned.existing == []
 
@@ -156,10 +156,16 @@ def test_skipped_jobs_are_not_run_again(pipe, photo, tmp_path):
     photo.save(tmp_path / "in.png")
     jobs = [_job(tmp_path / "in.png", tmp_path / "a.png"), _job(tmp_path / "in.png",
             tmp_path / "b.png", seed=2)]  # fmt: skip
-    (tmp_path / "a.png").write_bytes(b"finished earlier")
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")  # finished earlier, without labels
+    before = (tmp_path / "a.png").read_bytes()
     report = batch.run_jobs(pipe, batch.check_outputs(jobs, skip_existing=True))
     assert report.skipped == [tmp_path / "a.png"] and report.written == [tmp_path / "b.png"]
-    assert (tmp_path / "a.png").read_bytes() == b"finished earlier"
+    assert (tmp_path / "a.png").read_bytes() == before
+
+    (tmp_path / "b.png").rename(tmp_path / "a.png")  # made with seed 2, not this job's seed 1
+    report = batch.run_jobs(pipe, batch.check_outputs(jobs, skip_existing=True))
+    ((job, reason),) = report.failed
+    assert job is jobs[0] and "was made with seed '2', not 1" in reason
 
 
 def test_a_job_that_cannot_run_is_refused_before_any_work(pipe, photo, tmp_path):

@@ -190,3 +190,19 @@ def test_eta_is_formatted_as_minutes_or_hours(seconds, text):
     progress = BatchProgress(2, stream=stream, clock=clock)
     run_image(progress, clock, "a", steps=1, dt=seconds)
     assert f"ETA {text}" in stream.getvalue()
+
+
+def test_output_of_its_own_goes_between_bar_redraws_not_into_the_bar():
+    clock, stream = FakeClock(), Stream(tty=True)
+    progress = BatchProgress(2, stream=stream, clock=clock)
+    progress.start("a.png", 4)
+    drawn = stream.getvalue()
+    progress.aside(lambda: stream.write("out/a.png\n"))
+    after = stream.getvalue()[len(drawn) :]
+    cleared, rest = after.split("out/a.png\n")
+    assert cleared.startswith("\r") and cleared.strip() == ""  # the bar wiped first
+    assert rest.startswith("\r[") and "0/2 images" in rest  # then drawn again below
+    progress.close()
+    lines = BatchProgress(1, stream=Stream(), clock=clock)
+    lines.aside(lambda: lines.stream.write("x\n"))
+    assert lines.stream.getvalue() == "x\n"

@@ -380,3 +380,14 @@ def test_the_video_is_tagged_bt709_as_it_is_encoded(pipe, clip, tmp_path):
     with av.open(str(tmp_path / "out.mp4")) as container:
         frame = next(container.decode(video=0))
     assert (frame.colorspace, frame.color_range) == (video.BT709, video.LIMITED_RANGE)
+
+
+def test_frames_of_another_video_are_not_resumed_and_stale_frames_are_removed(pipe, clip, tmp_path):
+    out = tmp_path / "frames"
+    transform_video(pipe, clip, out, reuse_threshold=0, **SETTINGS)
+    other = make_video(tmp_path / "other.mp4", pictures(5, seed=3))
+    with pytest.raises(InputError, match="was made with source 'in.mp4', but this run uses"):
+        transform_video(pipe, other, out, reuse_threshold=0, resume=True, **SETTINGS)
+    report = transform_video(pipe, other, out, reuse_threshold=0, overwrite=True, **SETTINGS)
+    assert report.frames == 5
+    assert sorted(p.name for p in out.iterdir()) == [f"frame-{i:06d}.png" for i in range(1, 6)]
