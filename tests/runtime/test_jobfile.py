@@ -80,8 +80,11 @@ def test_every_bad_row_is_named_with_its_reason_before_any_work(images):
         ("jobs.jsonl", '{"image": "a.png", "prompt": 3}\n', "prompt must be text"),
         ("jobs.jsonl", '{"image": "a.png"}\n', "no prompt (give the row one, or pass --prompt"),
         ("jobs.txt", "a.png\n", "must be a .csv (with a header row) or a .jsonl file"),
-        ("jobs.jsonl", '{"image": "a.png", "prompt": "x", "seed": 1' + "0" * 400 + "}\n",
-         "seed 1000"),  # fmt: skip
+        (
+            "jobs.jsonl",
+            '{"image": "a.png", "prompt": "x", "seed": 1' + "0" * 400 + "}\n",
+            "seed 1000",
+        ),  # fmt: skip
     ],
 )
 def test_malformed_job_files_are_refused_with_the_reason(images, name, content, message):
