@@ -8,6 +8,7 @@ import click
 
 from .cli_batch import inspect_images, run_jobs, transform
 from .cli_common import domain_errors, echo_err
+from .cli_serve import serve
 from .cli_video import video
 from .errors import InputError
 from .schedules import SAMPLERS
@@ -493,6 +494,7 @@ cli.add_command(transform)
 cli.add_command(run_jobs)
 cli.add_command(inspect_images)
 cli.add_command(video)
+cli.add_command(serve)
 
 
 def main() -> None:

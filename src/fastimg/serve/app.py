@@ -1,0 +1,674 @@
+"""The HTTP API: one Img2ImgPipeline, loaded once, behind admission, on uvicorn.
+
+    GET  /v1/health    200 {"status": "ready"} once the engines are loaded, else 503
+    GET  /v1/info      model, backend, precision, sizes and samplers accepted
+    POST /v1/img2img   multipart (file `image` + fields) or JSON (`image` as base64)
+    GET  /metrics      Prometheus text
+
+A request is read within the upload limit, its fields checked as the CLI checks them (422),
+its image header checked against the pixel limit (413), then it waits for a run slot (429
+when the queue is full, 504 past its deadline) and runs in a worker thread, never on the
+event loop. A client that goes away is dropped from the queue, or stopped at the next step.
+"""
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import functools
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import signal
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import click
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
+from uvicorn.server import HANDLED_SIGNALS
+
+from .. import batch
+from ..cli_batch import FORMATS, GUIDANCE, SEED, STEPS, STRENGTH
+from ..errors import EngineError, FastImgError, InputError
+from ..images import MAX_PIXELS, load_image
+from ..labels import save_image
+from ..pipeline import MAX_IMAGES
+from ..schedules import SAMPLERS, default_sampler
+from ..sources import Source
+from .admission import (
+    Admission,
+    Busy,
+    Closed,
+    Expired,
+    TooLarge,
+    authorized,
+    check_length,
+    check_pixels,
+    limited,
+)
+from .metrics import Metrics
+
+log = logging.getLogger("fastimg")
+
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+# The request fields, each checked by the CLI's own type for its option.
+NUMBERS = {
+    "strength": STRENGTH,
+    "steps": STEPS,
+    "guidance": GUIDANCE,
+    "seed": SEED,
+    "num_images": click.IntRange(1, MAX_IMAGES),
+    "quality": click.IntRange(1, 100),
+}
+CHOICES = {"sampler": click.Choice(SAMPLERS), "format": click.Choice(FORMATS, case_sensitive=False)}
+TEXTS = ("prompt", "negative_prompt")
+FIELDS = ("image", *TEXTS, *NUMBERS, *CHOICES)
+JOB_FIELDS = {"negative_prompt": "negative_prompt", "strength": "strength", "steps": "steps",
+              "guidance": "guidance", "seed": "seed", "sampler": "sampler",
+              "num_images": "count"}  # fmt: skip
+MAX_FIELD_BYTES = 1 << 20  # a text field of a multipart body (prompts are 20,000 chars at most)
+MAX_SETTINGS_HEADER = 8192  # clients refuse response headers much beyond this
+SHORT_PROMPT = 200  # characters of a prompt kept when the settings header would be too long
+UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `fastimg serve` runs: the engines and their options, and the admission limits."""
+
+    engines: Path | None = None
+    backend: str = "auto"
+    precision: str = "auto"
+    device: int | None = None
+    shapes: str = "dynamic"
+    workers: int = 1  # requests running at once (the pipeline's max_concurrency)
+    max_queue: int = 16  # requests waiting beyond those
+    timeout: float = 300.0  # seconds from arrival to response, at most
+    max_upload_bytes: int = 20 << 20
+    max_pixels: int = MAX_PIXELS
+    api_key: str | None = None
+    cors: tuple[str, ...] = ()
+
+
+class Refusal(Exception):
+    """A request answered with an error status and {"detail": message}."""
+
+    def __init__(self, status: int, message: str, outcome: str | None = None, headers=None):
+        super().__init__(message)
+        self.status, self.outcome, self.headers = status, outcome or str(status), headers
+
+    def response(self) -> Response:
+        return JSONResponse({"detail": str(self)}, status_code=self.status, headers=self.headers)
+
+
+class Aborted(Exception):
+    """Raised between engine steps to stop a run whose client left or whose deadline passed."""
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A checked request: its job, the image bytes, and how to encode the result."""
+
+    job: batch.Job
+    sampler: str
+    data: bytes
+    name: str
+    source: str | None  # the uploaded file's name, labelled into the outputs
+    fmt: str
+    quality: int | None
+
+
+@dataclass(frozen=True)
+class Result:
+    settings: dict
+    encoded: list[bytes]
+
+
+class Service:
+    """The pipeline and everything around it that outlives one request."""
+
+    def __init__(self, options: ServeOptions, load=None):
+        if load is None and options.engines is None:
+            raise ValueError("ServeOptions.engines names no engine folder, and no loader was given")
+        self.options = options
+        self.admission = Admission(options.workers, options.max_queue)
+        self.metrics = Metrics(self.admission)
+        self.executor = ThreadPoolExecutor(options.workers, thread_name_prefix="fastimg-serve")
+        self.state, self.error = "loading", None
+        self.pipe = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_failure = None  # called with the message when the engines cannot be loaded
+        self._load = load or self._load_engines
+
+    def _load_engines(self):
+        from ..pipeline import Img2ImgPipeline
+
+        o = self.options
+        pipe = Img2ImgPipeline.from_engines(
+            o.engines,
+            backend=o.backend,
+            precision=o.precision,
+            max_concurrency=o.workers,
+            device=o.device,
+            shapes=o.shapes,
+        )
+        if pipe.device == "cpu":  # (a GPU run returns before the device is done: untimed)
+            pipe.wrap_sessions(self.metrics.timed)
+        return pipe
+
+    async def load(self) -> None:
+        """Load the engines in a thread; the server answers (health: loading) meanwhile."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            pipe = await loop.run_in_executor(None, self._load)
+        except Exception as exc:
+            self.state, self.error = "failed", str(exc) or type(exc).__name__
+            log.error("the engines could not be loaded: %s", self.error)
+            if self.on_failure is not None:
+                self.on_failure(self.error)
+            return
+        self.pipe = pipe
+        if self.state == "loading":
+            self.state = "ready"
+        log.info(
+            "engines loaded in %.1f s: %s on %s (%s); ready",
+            time.monotonic() - started,
+            pipe.model_info.get("fastimg:model"),
+            pipe.backend,
+            pipe.precision,
+        )
+
+    def stop(self) -> None:
+        """Admit nothing more: new requests get 503, queued ones too; running ones finish."""
+        if self.state != "failed":
+            self.state = "stopping"
+        self.admission.close()
+
+    def stop_soon(self) -> None:
+        """`stop` on the event loop (from a signal handler, or another thread)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.stop)
+
+    # --- a request -----------------------------------------------------------------------------
+
+    async def img2img(self, request: Request) -> Response:
+        arrived = time.monotonic()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.options.timeout
+        try:
+            if self.state != "ready" or self.admission.closed:
+                raise Refusal(503, self._unavailable())
+            upload = await self._read(request)
+            await asyncio.to_thread(self._check_image, upload)
+            result = await self._run(request, upload, deadline)
+        except Refusal as exc:
+            self.metrics.count(exc.outcome)
+            return exc.response()
+        except TooLarge as exc:
+            return self._refuse(413, str(exc))
+        except InputError as exc:
+            return self._refuse(422, str(exc))
+        except Busy as exc:
+            return self._refuse(429, str(exc), headers={"Retry-After": str(exc.retry_after)})
+        except Closed as exc:
+            return self._refuse(503, str(exc))
+        except Expired:
+            message = f"no result within the server's deadline of {self.options.timeout:g} s"
+            return self._refuse(504, f"{message}: try again later", "timeout")
+        except (ClientDisconnect, _Gone):
+            self.metrics.count("disconnected")
+            return Response(status_code=499)  # nobody is there to read it
+        except FastImgError as exc:
+            return self._refuse(500, str(exc), "error")
+        except Exception as exc:
+            log.exception("img2img request failed")
+            return self._refuse(500, f"internal error: {type(exc).__name__}: {exc}", "error")
+        self.metrics.count("ok")
+        self.metrics.images.inc(len(result.encoded))
+        self.metrics.latency.observe(time.monotonic() - arrived)
+        return _respond(result, upload.fmt)
+
+    def _refuse(self, status: int, message: str, outcome=None, headers=None) -> Response:
+        refusal = Refusal(status, message, outcome, headers)
+        self.metrics.count(refusal.outcome)
+        return refusal.response()
+
+    def _unavailable(self) -> str:
+        if self.state == "loading":
+            return "the engines are still loading: retry when /v1/health says ready"
+        if self.state == "failed":
+            return f"the engines could not be loaded: {self.error}"
+        return "the server is shutting down: send the request to another instance"
+
+    async def _read(self, request: Request) -> Upload:
+        """The request's fields and image, read within the upload limit and checked."""
+        limit = self.options.max_upload_bytes
+        check_length(request.headers.get("content-length"), limit)
+        kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        body = limited(request.stream(), limit)
+        if kind == "multipart/form-data":
+            fields, data, source = await _read_multipart(request, body)
+        elif kind == "application/json":
+            fields, data, source = _read_json(b"".join([chunk async for chunk in body]))
+        else:
+            raise Refusal(
+                415,
+                "send multipart/form-data (the file `image` and the fields) or "
+                "application/json (`image` as base64 and the fields)",
+            )
+        return self._upload(fields, data, source)
+
+    def _upload(self, fields: dict, data: bytes, source: str | None) -> Upload:
+        unknown = [key for key in fields if key not in FIELDS]
+        if unknown:
+            raise InputError(f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+        values = {key: _convert(key, value) for key, value in fields.items() if value is not None}
+        if "prompt" not in values:
+            raise InputError("prompt is required: what the image should become")
+        values.setdefault("seed", secrets.randbelow(batch.SEED_LIMIT))
+        values["negative_prompt"] = values.get("negative_prompt") or None
+        name = _safe_name(source)
+        job = batch.Job(
+            Source(Path(name)),
+            values["prompt"],
+            **{JOB_FIELDS[key]: values[key] for key in JOB_FIELDS if key in values},
+        )
+        ((sampler, _steps),) = batch.check_jobs(self.pipe, [job])
+        fmt = values.get("format", "png").lower()
+        source = name if source else None
+        return Upload(job, sampler, data, name, source, fmt, values.get("quality"))
+
+    def _check_image(self, upload: Upload) -> None:
+        """Refuse an image over the pixel limit from its header (413); a file that is no image
+        is refused as the CLI refuses it (422). Nothing is decoded here."""
+        if not check_pixels(upload.data, upload.name, self.options.max_pixels):
+            with _scratch() as folder:
+                _load(folder, upload, self.options.max_pixels)  # raises the loader's message
+
+    async def _run(self, request: Request, upload: Upload, deadline: float) -> Result:
+        """Wait for a slot and run, while watching for the client to leave."""
+        abort = threading.Event()
+        gone = asyncio.ensure_future(_disconnected(request))
+        work = asyncio.ensure_future(self._admit_and_run(upload, abort, deadline))
+        work.add_done_callback(_retrieve)  # its error may come after nobody awaits it
+        try:
+            await asyncio.wait({gone, work}, return_when=asyncio.FIRST_COMPLETED)
+            if work.done():
+                return work.result()
+            raise _Gone()
+        finally:
+            gone.cancel()
+            abort.set()  # a run still going (client gone, deadline passed) stops at its next step
+            if not work.done():
+                work.cancel()  # a queued request leaves the queue without running
+                await asyncio.wait({work})
+
+    async def _admit_and_run(self, upload: Upload, abort: threading.Event, deadline: float):
+        loop = asyncio.get_running_loop()
+        queued = time.monotonic()
+        await self.admission.acquire(deadline)
+        started = time.monotonic()
+        self.metrics.queue_wait.observe(started - queued)
+        try:
+            running = loop.run_in_executor(self.executor, self._work, upload, abort)
+        except BaseException:  # (the executor is shut down)
+            self.admission.release()
+            raise
+        # The slot is held until the thread is done, even when nobody awaits it any more.
+        running.add_done_callback(functools.partial(self._finished, started))
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), deadline - loop.time())
+        except asyncio.TimeoutError:  # (the caller stops the run)
+            raise Expired() from None
+
+    def _finished(self, started: float, running: asyncio.Future) -> None:
+        self.admission.release()
+        if not running.cancelled() and running.exception() is None:
+            self.admission.observe(time.monotonic() - started)
+
+    def _work(self, upload: Upload, abort: threading.Event) -> Result:
+        """Decode, run and encode, in a worker thread."""
+
+        def callback(step: int, total: int) -> None:
+            if abort.is_set():
+                raise Aborted()
+
+        job = upload.job
+        with _scratch() as folder:
+            image = _load(folder, upload, self.options.max_pixels)
+            if abort.is_set():
+                raise Aborted()
+            results = self.pipe(
+                job.prompt,
+                image,
+                strength=job.strength,
+                num_inference_steps=job.steps,
+                guidance_scale=job.guidance,
+                negative_prompt=job.negative_prompt,
+                num_images_per_prompt=job.count,
+                seed=job.seed,
+                scheduler=upload.sampler,
+                callback=callback,
+            )
+            if abort.is_set():
+                raise Aborted()
+            source = {"fastimg:source": upload.source} if upload.source else {}
+            encoded = []
+            for k, result in enumerate(results):
+                path = folder / "out" / f"{k}{SUFFIXES[upload.fmt]}"
+                save_image(result, path, {**result.info, **source}, upload.fmt, upload.quality)
+                encoded.append(path.read_bytes())
+        settings = {k: v for k, v in results[0].info.items() if k.startswith("fastimg:")}
+        settings.pop("fastimg:index", None)
+        return Result({**settings, **source}, encoded)
+
+    # --- the other endpoints -------------------------------------------------------------------
+
+    def health(self) -> JSONResponse:
+        if self.state == "ready" and not self.admission.closed:
+            return JSONResponse({"status": "ready"})
+        body = {"status": self.state}
+        if self.error:
+            body["detail"] = self.error
+        return JSONResponse(body, status_code=503)
+
+    def info(self) -> JSONResponse:
+        if self.pipe is None:
+            return JSONResponse({"detail": self._unavailable()}, status_code=503)
+        pipe, o = self.pipe, self.options
+        manifest = pipe.manifest
+        return JSONResponse(
+            {
+                "model": pipe.model_info.get("fastimg:model"),
+                "model_hash": pipe.model_info.get("fastimg:model_hash"),
+                "family": manifest.data.get("model_family"),
+                "backend": pipe.backend,
+                "precision": pipe.precision,
+                "exact": pipe.exact,
+                "max_side": pipe.max_side,
+                "size_multiple": manifest.vae_scale_factor,
+                "max_pixels": o.max_pixels,
+                "max_upload_bytes": o.max_upload_bytes,
+                "max_images": MAX_IMAGES,
+                "samplers": list(SAMPLERS),
+                "default_sampler": default_sampler(manifest.scheduler) or "ddim",
+                "formats": list(FORMATS),
+                "workers": o.workers,
+                "max_queue": o.max_queue,
+                "timeout": o.timeout,
+            }
+        )
+
+    def render_metrics(self) -> Response:
+        content, media_type = self.metrics.render()
+        return Response(content, media_type=media_type)
+
+
+class _Gone(Exception):
+    """The client disconnected before its result was ready."""
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
+async def _disconnected(request: Request) -> None:
+    """Return when the client disconnects (the body is read by then: only that can come)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _read_multipart(request: Request, body) -> tuple[dict, bytes, str | None]:
+    parser = MultiPartParser(
+        request.headers,
+        body,
+        max_files=1,
+        max_fields=len(FIELDS),
+        max_part_size=MAX_FIELD_BYTES,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise Refusal(400, f"the multipart body cannot be read: {exc.message}") from None
+    try:
+        fields, upload = {}, None
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "image":
+                    raise InputError(f"the file goes in the field 'image', not {key!r}")
+                upload = value
+            elif key == "image":
+                raise InputError("the field 'image' must be a file (the picture), not text")
+            elif key in fields:
+                raise InputError(f"the field {key!r} is given twice: give it once")
+            else:
+                fields[key] = value
+        if upload is None:
+            raise InputError("no image: send the picture as the file field 'image'")
+        return fields, await upload.read(), upload.filename or None
+    finally:
+        await form.close()
+
+
+def _read_json(raw: bytes) -> tuple[dict, bytes, None]:
+    try:
+        fields = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Refusal(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise InputError('the JSON body must be an object: {"image": base64, "prompt": ...}')
+    image = fields.pop("image", None)
+    if not isinstance(image, str) or not image:
+        raise InputError("no image: send the picture as base64 text in the field 'image'")
+    if image.startswith("data:"):  # a data URL, as a browser's FileReader makes it
+        image = image.partition(",")[2]
+    try:
+        data = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the field 'image' is not valid base64") from None
+    return fields, data, None
+
+
+def _convert(key: str, value):
+    """A field's value checked by the CLI's type for it (same ranges, same messages)."""
+    if key in TEXTS:
+        if not isinstance(value, str):
+            raise InputError(f"Invalid value for {key!r}: {value!r} is not text.")
+        return value
+    kind = NUMBERS.get(key) or CHOICES[key]
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        what = "text" if key in CHOICES else "a number"
+        raise InputError(f"Invalid value for {key!r}: {value!r} is not {what}.")
+    if isinstance(kind, click.IntRange) and isinstance(value, float):
+        if not value.is_integer():
+            raise InputError(f"Invalid value for {key!r}: {value!r} is not a valid integer.")
+        value = int(value)
+    try:
+        converted = kind.convert(value, None, None)
+    except click.BadParameter as exc:
+        raise InputError(f"Invalid value for {key!r}: {exc.message}") from None
+    if isinstance(converted, float) and not math.isfinite(converted):
+        raise InputError(f"Invalid value for {key!r}: {value!r} is not a finite number.")
+    return converted
+
+
+def _safe_name(filename: str | None) -> str:
+    """A file name for an upload: its base name in safe characters, or `upload`."""
+    name = UNSAFE_NAME_CHARS.sub("_", Path(filename or "").name).lstrip(".")[:100]
+    return name or "upload"
+
+
+@contextlib.contextmanager
+def _scratch():
+    """A private folder for one request's files, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="fastimg-serve-") as folder:
+        yield Path(folder)
+
+
+def _load(folder: Path, upload: Upload, max_pixels: int):
+    """The upload decoded as `fastimg transform` decodes a file (load_image), its messages
+    naming the upload rather than the scratch folder."""
+    path = folder / "in" / upload.name
+    path.parent.mkdir()
+    path.write_bytes(upload.data)
+    try:
+        return load_image(path, max_pixels=max_pixels)
+    except InputError as exc:
+        raise InputError(str(exc).replace(f"{path.parent}{os.sep}", "")) from None
+
+
+def _respond(result: Result, fmt: str) -> Response:
+    seed = result.settings.get("fastimg:seed")
+    headers = {"X-Fastimg-Seed": str(seed), "X-Fastimg-Settings": _settings_header(result.settings)}
+    if len(result.encoded) == 1:
+        return Response(result.encoded[0], media_type=MEDIA_TYPES[fmt], headers=headers)
+    images = [
+        {"data": base64.b64encode(data).decode("ascii"), "format": fmt, "seed": seed, "index": k}
+        for k, data in enumerate(result.encoded)
+    ]
+    return JSONResponse({"images": images, "settings": result.settings}, headers=headers)
+
+
+def _settings_header(settings: dict) -> str:
+    """The settings as ASCII JSON; prompts are shortened when the header would be too long
+    (the images carry them whole)."""
+    text = json.dumps(settings, ensure_ascii=True, separators=(",", ":"))
+    if len(text) <= MAX_SETTINGS_HEADER:
+        return text
+    short = dict(settings)
+    for key in ("fastimg:prompt", "fastimg:negative_prompt"):
+        if len(str(short.get(key, ""))) > SHORT_PROMPT:
+            short[key] = str(short[key])[:SHORT_PROMPT] + "..."
+    short["fastimg:shortened"] = True
+    text = json.dumps(short, ensure_ascii=True, separators=(",", ":"))
+    if len(text) <= MAX_SETTINGS_HEADER:
+        return text
+    return json.dumps({"fastimg:seed": settings.get("fastimg:seed"), "fastimg:shortened": True})
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+def create_app(options: ServeOptions, load=None) -> FastAPI:
+    """The FastAPI app; `load` (for tests) returns a pipeline in place of loading the engines.
+
+    The engines load in the background once the app starts (the lifespan), so that health can
+    say "loading" meanwhile; `app.state.service` is the Service.
+    """
+    service = Service(options, load)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        service.loop = asyncio.get_running_loop()
+        loading = asyncio.ensure_future(service.load())
+        try:
+            yield
+        finally:
+            service.stop()
+            loading.cancel()
+            await asyncio.to_thread(service.executor.shutdown, True)  # running jobs end
+
+    async def authorize(request: Request) -> None:
+        key = options.api_key
+        if key and not authorized(request.headers.get("authorization"), key):
+            if request.url.path == "/v1/img2img":
+                service.metrics.count("401")
+            raise HTTPException(
+                401,
+                "missing or wrong API key: send the header  Authorization: Bearer KEY",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+
+    app = FastAPI(
+        title="fastimg",
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+    app.state.service = service
+    if options.cors:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(options.cors),
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type"],
+            expose_headers=["X-Fastimg-Seed", "X-Fastimg-Settings", "Retry-After"],
+        )
+    guarded = [Depends(authorize)]
+
+    @app.get("/v1/health")
+    async def health() -> Response:
+        return service.health()
+
+    @app.get("/v1/info", dependencies=guarded)
+    async def info() -> Response:
+        return service.info()
+
+    @app.post("/v1/img2img", dependencies=guarded)
+    async def img2img(request: Request) -> Response:
+        return await service.img2img(request)
+
+    @app.get("/metrics", dependencies=guarded)
+    async def metrics() -> Response:
+        return service.render_metrics()
+
+    return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn's server, whose SIGTERM (or SIGINT) also stops admission at once, and which
+    exits normally after a graceful stop (uvicorn raises the signal again once stopped, which
+    would end the process by the signal)."""
+
+    def __init__(self, config: uvicorn.Config, service: Service):
+        super().__init__(config)
+        self.service = service
+
+    def handle_exit(self, sig, frame) -> None:
+        self.service.stop_soon()
+        super().handle_exit(sig, frame)
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        original = {sig: signal.signal(sig, self.handle_exit) for sig in HANDLED_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in original.items():
+                signal.signal(sig, handler)
+
+
+def run_server(options: ServeOptions, host: str, port: int, load=None) -> None:
+    """Run the API on host:port until SIGTERM or SIGINT; the engines load once it is up.
+
+    On a signal it stops admitting, lets running requests finish, and returns. Engines that
+    cannot be loaded stop the server with an EngineError.
+    """
+    app = create_app(options, load)
+    service = app.state.service
+    config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
+    server = Server(config, service)
+    service.on_failure = lambda message: setattr(server, "should_exit", True)
+    server.run()
+    if service.state == "failed":
+        raise EngineError(f"the engines could not be loaded: {service.error}")

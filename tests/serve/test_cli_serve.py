@@ -1,0 +1,169 @@
+"""`fastimg serve`: its options, what it refuses before starting, and a graceful SIGTERM."""
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from click.testing import CliRunner
+
+from fastimg.cli_serve import serve
+
+SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "python_multipart", "prometheus_client")
+
+
+@pytest.fixture
+def runner():
+    return CliRunner()
+
+
+def test_help_lists_the_options(runner):
+    result = runner.invoke(serve, ["--help"])
+    assert result.exit_code == 0
+    for option in ("ENGINES", "--host", "--port", "--workers", "--max-queue", "--timeout",
+                   "--max-upload-mb", "--max-pixels", "--api-key", "FASTIMG_API_KEY", "--cors",
+                   "--backend", "--precision", "--device", "--shapes"):  # fmt: skip
+        assert option in result.output
+    assert "--engines" not in result.output  # ENGINES is the argument
+
+
+def test_the_cli_imports_nothing_of_the_server():
+    code = (
+        "import sys, fastimg.cli, fastimg.cli_serve\n"
+        f"loaded = [m for m in {SERVE_MODULES!r} if m in sys.modules]\n"
+        "assert not loaded, loaded\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_binding_beyond_loopback_needs_an_api_key(runner, tmp_path, monkeypatch):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("prometheus_client")
+    monkeypatch.delenv("FASTIMG_API_KEY", raising=False)
+    missing = tmp_path / "no-engines"
+    for host in ("0.0.0.0", "192.168.1.5", "::"):
+        result = runner.invoke(serve, [str(missing), "--host", host])
+        assert result.exit_code == 2
+        assert f"--host {host} serves other machines too: pass --api-key" in result.output
+    empty = runner.invoke(serve, [str(missing), "--host", "0.0.0.0", "--api-key", ""])
+    assert empty.exit_code == 2
+    # with the key from the environment it goes on, to refuse the folder (no server starts)
+    keyed = runner.invoke(serve, [str(missing), "--host", "0.0.0.0"],
+                          env={"FASTIMG_API_KEY": "s3cret"})  # fmt: skip
+    assert keyed.exit_code == 1 and "serves other machines" not in keyed.output
+    assert str(missing) in keyed.output
+
+
+def test_without_the_serve_extra_the_command_names_it(runner, monkeypatch, tmp_path):
+    for name in [m for m in sys.modules if m == "fastimg.serve" or m.startswith("fastimg.serve.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "fastapi", None)  # as if not installed
+    result = runner.invoke(serve, [str(tmp_path)])
+    assert result.exit_code == 1
+    assert "fastapi is not installed: install it with  pip install 'fastimg[serve]'" in (
+        result.output
+    )
+
+
+# --- a real process ----------------------------------------------------------------------------
+
+# The server, with each engine run held until the test writes to the FIFO argv[1].
+HELD_SERVER = """
+import sys
+from fastimg.cli_serve import serve
+from fastimg.pipeline import Img2ImgPipeline
+
+release, run = sys.argv[1], Img2ImgPipeline.__call__
+
+def held(self, *args, **kwargs):
+    print("fastimg-test: running", flush=True)
+    with open(release, "rb") as fifo:  # until the test opens it and writes
+        fifo.read(1)
+    return run(self, *args, **kwargs)
+
+Img2ImgPipeline.__call__ = held
+serve(sys.argv[2:], prog_name="fastimg serve")
+"""
+
+
+class Output:
+    """The lines a process prints, read in a thread so that waiting for one can time out."""
+
+    def __init__(self, stream):
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, args=(stream,), daemon=True).start()
+
+    def _read(self, stream):
+        for line in stream:
+            self.lines.put(line)
+
+    def expect(self, pattern: str, timeout: float = 60.0) -> re.Match:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(end - time.monotonic(), 0.01))
+            except queue.Empty:
+                raise AssertionError(f"no line matched {pattern!r}; got {self.seen}") from None
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs a FIFO")
+def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny, tmp_path, photo):
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("uvicorn")
+    release = tmp_path / "release"
+    os.mkfifo(release)
+    picture = tmp_path / "in.png"
+    photo.save(picture)
+    command = [sys.executable, "-c", HELD_SERVER, str(release), str(tiny[1]), "--port", "0",
+               "--backend", "onnxruntime", "--precision", "fp32"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("FASTIMG_API_KEY", None)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        output = Output(process.stdout)
+        port = output.expect(r"Uvicorn running on http://127\.0\.0\.1:(\d+)").group(1)
+        url = f"http://127.0.0.1:{port}"
+        end = time.monotonic() + 60
+        while httpx.get(f"{url}/v1/health").status_code != 200:  # the engines load
+            assert time.monotonic() < end and process.poll() is None, output.seen
+            time.sleep(0.05)
+        answer = {}
+
+        def transform():
+            answer["response"] = httpx.post(
+                f"{url}/v1/img2img",
+                files={"image": ("in.png", picture.read_bytes(), "image/png")},
+                data={"prompt": "a cat", "strength": "0.5", "steps": "2", "seed": "3"},
+                timeout=60,
+            )
+
+        client = threading.Thread(target=transform)
+        client.start()
+        output.expect("fastimg-test: running")
+        process.send_signal(signal.SIGTERM)
+        output.expect("Waiting for connections to close")  # stopped accepting; one in flight
+        with open(release, "wb") as fifo:
+            fifo.write(b"g")
+        client.join(60)
+        response = answer["response"]
+        assert response.status_code == 200
+        assert response.headers["content-type"] == "image/png"
+        assert response.content.startswith(b"\x89PNG")
+        assert process.wait(60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
