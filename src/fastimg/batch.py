@@ -337,18 +337,8 @@ def run_jobs(
                         job.source.path,
                         image if resize is None else resize_to(image, resize),
                     )
-                results = pipe(
-                    job.prompt,
-                    loaded[1],
-                    strength=job.strength,
-                    num_inference_steps=job.steps,
-                    guidance_scale=job.guidance,
-                    negative_prompt=job.negative_prompt,
-                    num_images_per_prompt=job.count,
-                    seed=job.seed,
-                    scheduler=sampler,
-                    callback=lambda step, total: progress.step(step),
-                )
+                results = transform(pipe, job, loaded[1], sampler,
+                                    lambda step, total: progress.step(step))  # fmt: skip
                 for result, path in zip(results, job.outputs, strict=True):
                     if path not in missing:
                         continue
@@ -402,6 +392,22 @@ def _same(recorded: str, value) -> bool:
         except ValueError:
             return False
     return str(recorded) == str(value)
+
+
+def transform(pipe, job: Job, image, sampler: str, callback: Callable | None = None) -> list:
+    """The images `pipe` makes of `image` with `job`'s settings and the resolved `sampler`."""
+    return pipe(
+        job.prompt,
+        image,
+        strength=job.strength,
+        num_inference_steps=job.steps,
+        guidance_scale=job.guidance,
+        negative_prompt=job.negative_prompt,
+        num_images_per_prompt=job.count,
+        seed=job.seed,
+        scheduler=sampler,
+        callback=callback,
+    )
 
 
 def check_jobs(pipe, jobs: list[Job]) -> list[tuple[str, int]]:

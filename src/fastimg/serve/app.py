@@ -353,18 +353,7 @@ class Service:
             image = _load(folder, upload, self.options.max_pixels)
             if abort.is_set():
                 raise Aborted()
-            results = self.pipe(
-                job.prompt,
-                image,
-                strength=job.strength,
-                num_inference_steps=job.steps,
-                guidance_scale=job.guidance,
-                negative_prompt=job.negative_prompt,
-                num_images_per_prompt=job.count,
-                seed=job.seed,
-                scheduler=upload.sampler,
-                callback=callback,
-            )
+            results = batch.transform(self.pipe, job, image, upload.sampler, callback)
             if abort.is_set():
                 raise Aborted()
             source = {"fastimg:source": upload.source} if upload.source else {}
