@@ -4,6 +4,8 @@
     GET  /v1/info      model, backend, precision, sizes and samplers accepted
     POST /v1/img2img   multipart (file `image` + fields) or JSON (`image` as base64)
     GET  /metrics      Prometheus text
+    GET  /             the web page (static/; served without a key: it holds no secrets)
+    WS   /v1/stream    webcam frames in, transformed JPEGs out; the newest frame wins
 
 A request is read within the upload limit, its fields checked as the CLI checks them (422),
 its image header checked against the pixel limit (413), then it waits for a run slot (429
@@ -15,7 +17,9 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import functools
+import hmac
 import json
 import logging
 import math
@@ -32,12 +36,15 @@ from pathlib import Path
 
 import click
 import uvicorn
-from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from prometheus_client import Counter
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
+from starlette.staticfiles import StaticFiles
+from starlette.websockets import WebSocketDisconnect
 from uvicorn.server import HANDLED_SIGNALS
 
 from .. import batch
@@ -84,6 +91,17 @@ MAX_FIELD_BYTES = 1 << 20  # a text field of a multipart body (prompts are 20,00
 MAX_SETTINGS_HEADER = 8192  # clients refuse response headers much beyond this
 SHORT_PROMPT = 200  # characters of a prompt kept when the settings header would be too long
 UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
+STATIC = Path(__file__).parent / "static"
+# The page's resources come from this server only (it must work offline, too).
+PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
+               "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'")  # fmt: skip
+# The stream's settings: the transform's fields less those of one request's output.
+STREAM_FIELDS = (*TEXTS, "strength", "steps", "guidance", "seed", "sampler", "quality")
+STREAM_PROTOCOL = "fastimg"  # the WebSocket subprotocol the server answers with
+KEY_PROTOCOL = "fastimg.key."  # + the API key in base64url: a browser cannot send headers
+# WebSocket close codes (RFC 6455, 7.4.1)
+GOING_AWAY, POLICY, TRY_AGAIN = 1001, 1008, 1013
+MAX_REASON_BYTES = 123  # a close frame's reason
 
 
 @dataclass(frozen=True)
@@ -153,6 +171,13 @@ class Service:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_failure = None  # called with the message when the engines cannot be loaded
         self._load = load or self._load_engines
+        self.streams: set[Stream] = set()
+        self.frames = Counter(
+            "fastimg_stream_frames",
+            "Frames received on /v1/stream by outcome (ok, dropped, error, busy)",
+            ["outcome"],
+            registry=self.metrics.registry,
+        )
 
     def _load_engines(self):
         from ..pipeline import Img2ImgPipeline
@@ -198,6 +223,8 @@ class Service:
         if self.state != "failed":
             self.state = "stopping"
         self.admission.close()
+        for stream in list(self.streams):
+            stream.stop()
 
     def stop_soon(self) -> None:
         """`stop` on the event loop (from a signal handler, or another thread)."""
@@ -366,6 +393,83 @@ class Service:
         settings.pop("fastimg:index", None)
         return Result({**settings, **source}, encoded)
 
+    # --- a stream ------------------------------------------------------------------------------
+
+    async def stream(self, websocket: WebSocket) -> None:
+        """/v1/stream, a WebSocket:
+
+            client: {"prompt": ..., "strength": ..., ...}  the settings, once (JSON text)
+            server: {"type": "ready", "settings": {"prompt", "seed", "sampler"}}
+            client: a frame (binary: JPEG, PNG or WebP), as often as it likes
+            server: {"type": "result", "frame": n, "ms", "received", "dropped"}, then the
+                    transformed frame n as a binary JPEG message
+            server: {"type": "error", "detail": ..., ["frame": n]}  a frame refused; the
+                    stream goes on
+
+        The settings are those of POST /v1/img2img but one image per frame, always JPEG
+        (`quality` applies); a missing seed is drawn once, for the whole stream. A frame that
+        arrives while another is transformed waits in a slot of one: a newer frame replaces
+        it (counted in "dropped", the total so far, as "received" is). Each transform takes a
+        run slot through the same admission as the HTTP requests. With an API key, the client
+        offers the subprotocol  fastimg.key.BASE64URL(KEY)  (browsers cannot send headers;
+        a query parameter would end up in access logs). Refusals send an "error" message then
+        close: 1008 for a missing key or bad settings, 1013 while the engines load, 1001 when
+        the server is shutting down (after the frame that runs is sent). Browsers may open it
+        from this server's page and the --cors origins only.
+        """
+        offered = websocket.scope.get("subprotocols", [])
+        await websocket.accept(STREAM_PROTOCOL if STREAM_PROTOCOL in offered else None)
+        try:
+            origin = websocket.headers.get("origin")
+            if not _same_origin(origin, websocket.headers.get("host"), self.options.cors):
+                await _refuse_stream(websocket, POLICY, f"pages from {origin} may not use this "
+                                     "stream: start the server with --cors ORIGIN")  # fmt: skip
+                return
+            key = self.options.api_key
+            if key and not _key_offered(offered, key):
+                await _refuse_stream(websocket, POLICY, "missing or wrong API key: offer the "
+                                     f"subprotocol {KEY_PROTOCOL}BASE64URL(KEY)")  # fmt: skip
+                return
+            if self.state != "ready" or self.admission.closed:
+                code = GOING_AWAY if self.state == "stopping" else TRY_AGAIN
+                await _refuse_stream(websocket, code, self._unavailable())
+                return
+            try:
+                template = self._stream_settings(await websocket.receive())
+            except InputError as exc:
+                await _refuse_stream(websocket, POLICY, str(exc))
+                return
+            settings = {"prompt": template.job.prompt, "seed": template.job.seed,
+                        "sampler": template.sampler}  # fmt: skip
+            await websocket.send_json({"type": "ready", "settings": settings})
+            stream = Stream(self, websocket, template)
+            self.streams.add(stream)
+            if self.admission.closed:  # (stopped while the settings came)
+                stream.stop()
+            try:
+                await stream.run()
+            finally:
+                self.streams.discard(stream)
+        except WebSocketDisconnect:
+            pass  # the client left
+
+    def _stream_settings(self, message: dict) -> Upload:
+        """The stream's first message checked as a request's fields are: an Upload to fill
+        with each frame."""
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        try:
+            fields = json.loads(message.get("text") or "")
+        except ValueError:
+            fields = None
+        if not isinstance(fields, dict):
+            raise InputError('send the settings first, as a JSON text message: {"prompt": ...}')
+        unknown = [key for key in fields if key not in STREAM_FIELDS]
+        if unknown:
+            raise InputError(f"unknown setting {unknown[0]!r}: the settings are "
+                             f"{', '.join(STREAM_FIELDS)}")  # fmt: skip
+        return self._upload({**fields, "format": "jpeg"}, b"", None)
+
     # --- the other endpoints -------------------------------------------------------------------
 
     def health(self) -> JSONResponse:
@@ -406,6 +510,140 @@ class Service:
     def render_metrics(self) -> Response:
         content, media_type = self.metrics.render()
         return Response(content, media_type=media_type)
+
+
+class Stream:
+    """One /v1/stream connection: a receiver keeps the newest frame in `newest`; `run`
+    transforms whatever is newest each time the previous transform is done."""
+
+    def __init__(self, service: Service, websocket: WebSocket, template: Upload):
+        self.service, self.websocket, self.template = service, websocket, template
+        self.newest: tuple[int, bytes] | None = None
+        self.received = self.dropped = 0
+        self.changed = asyncio.Event()  # a frame came, the client left, or the server stops
+        self.stopping = False
+        self.sending = asyncio.Lock()  # a result's two messages go out together
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.changed.set()
+
+    async def receive(self) -> None:
+        """Take frames until the client leaves; a frame not yet taken is replaced (dropped)."""
+        while True:
+            message = await self.websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            data = message.get("bytes")
+            if data is None:
+                await self._error("send frames as binary messages (JPEG or PNG)")
+                continue
+            self.received += 1
+            if self.newest is not None:
+                self.dropped += 1
+                self.service.frames.labels("dropped").inc()
+            self.newest = (self.received, data)
+            self.changed.set()
+
+    async def run(self) -> None:
+        receiver = asyncio.ensure_future(self.receive())
+        receiver.add_done_callback(lambda task: self.changed.set())
+        try:
+            while True:
+                await self.changed.wait()
+                self.changed.clear()
+                if receiver.done() or self.stopping:
+                    break
+                if self.newest is not None:
+                    frame, self.newest = self.newest, None
+                    if not await self._transform(*frame, receiver):
+                        break
+            if self.stopping and not receiver.done():
+                await _refuse_stream(self.websocket, GOING_AWAY, self.service._unavailable())
+        finally:
+            receiver.cancel()
+            await asyncio.wait({receiver})
+            _retrieve(receiver)  # (a send that failed because the client left)
+
+    async def _transform(self, index: int, data: bytes, receiver: asyncio.Future) -> bool:
+        """Transform one frame and send the result; False when the stream should end."""
+        service, o = self.service, self.service.options
+        if len(data) > o.max_upload_bytes:
+            await self._error(f"frame {index} is {len(data)} bytes, over the limit of "
+                              f"{o.max_upload_bytes} bytes: send smaller frames")  # fmt: skip
+            return True
+        upload = dataclasses.replace(self.template, data=data, name=f"frame-{index}")
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        abort = threading.Event()
+        work = asyncio.ensure_future(service._admit_and_run(upload, abort, loop.time() + o.timeout))
+        work.add_done_callback(_retrieve)
+        try:
+            await asyncio.wait({work, receiver}, return_when=asyncio.FIRST_COMPLETED)
+            if not work.done():
+                return False  # the client left: the run stops at its next step
+            result = work.result()
+        except Closed:
+            return True  # (stop() has been called: the loop closes with 1001)
+        except Busy as exc:
+            await self._error(str(exc), "busy", frame=index)
+            return True
+        except Expired:
+            await self._error(f"frame {index} took longer than the server's deadline of "
+                              f"{o.timeout:g} s", frame=index)  # fmt: skip
+            return True
+        except FastImgError as exc:
+            await self._error(str(exc), frame=index)
+            return True
+        except Exception as exc:
+            log.exception("stream frame failed")
+            await self._error(f"internal error: {type(exc).__name__}: {exc}", frame=index)
+            return True
+        finally:
+            if not work.done():
+                abort.set()
+                work.cancel()
+                await asyncio.wait({work})
+        service.frames.labels("ok").inc()
+        ms = round((time.monotonic() - started) * 1000, 1)
+        counts = {"received": self.received, "dropped": self.dropped}
+        async with self.sending:
+            await self.websocket.send_json({"type": "result", "frame": index, "ms": ms, **counts})
+            await self.websocket.send_bytes(result.encoded[0])
+        return True
+
+    async def _error(self, detail: str, outcome: str = "error", **extra) -> None:
+        self.service.frames.labels(outcome).inc()
+        async with self.sending:
+            await self.websocket.send_json({"type": "error", "detail": detail, **extra})
+
+
+def _same_origin(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a WebSocket may be opened from `origin`: browsers send one and apply no CORS
+    to WebSockets, so a page elsewhere could otherwise use the stream (clients that are no
+    browser send none)."""
+    if origin is None or origin in allowed:
+        return True
+    return origin.partition("://")[2] == host
+
+
+def _key_offered(subprotocols: list[str], api_key: str) -> bool:
+    """Whether a subprotocol carries `api_key` (base64url, unpadded), compared in constant
+    time; a browser's WebSocket cannot send an Authorization header."""
+    expected = base64.urlsafe_b64encode(api_key.encode("utf-8")).rstrip(b"=")
+    found = False
+    for offered in subprotocols:
+        if offered.startswith(KEY_PROTOCOL):
+            token = offered[len(KEY_PROTOCOL) :].encode("utf-8", "replace")
+            found |= hmac.compare_digest(token, expected)
+    return found
+
+
+async def _refuse_stream(websocket: WebSocket, code: int, detail: str) -> None:
+    """An "error" message naming the problem, then the close frame with `code`."""
+    await websocket.send_json({"type": "error", "detail": detail})
+    reason = detail.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
+    await websocket.close(code, reason)
 
 
 class _Gone(Exception):
@@ -617,6 +855,16 @@ def create_app(options: ServeOptions, load=None) -> FastAPI:
     @app.get("/metrics", dependencies=guarded)
     async def metrics() -> Response:
         return service.render_metrics()
+
+    @app.websocket("/v1/stream")
+    async def stream(websocket: WebSocket) -> None:
+        await service.stream(websocket)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
     return app
 

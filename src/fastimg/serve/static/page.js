@@ -1,0 +1,282 @@
+// The fastimg page: an image (file, drop or webcam frame) and settings in, the transformed
+// image out through POST /v1/img2img; or, in stream mode, webcam frames over the WebSocket
+// /v1/stream (the server keeps only the newest frame while it is busy).
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const MAX_FRAME_SIDE = 512; // webcam frames are scaled down to this (a multiple of 8)
+const FRAME_INTERVAL_MS = 66; // at most ~15 frames/s offered to the stream
+let source = null; // the input image (a Blob)
+let camera = null; // the webcam's MediaStream
+let socket = null; // the stream's WebSocket
+let history = [];
+
+// --- settings ---------------------------------------------------------------------------------
+
+function settings() {
+  const fields = {
+    prompt: $("prompt").value,
+    negative_prompt: $("negative").value,
+    strength: $("strength").value,
+    steps: $("steps").value,
+    seed: $("seed").value,
+    sampler: $("sampler").value,
+  };
+  // Empty fields are left to the server (a random seed, the model's default sampler).
+  return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== ""));
+}
+
+function authorization() {
+  const key = $("key").value;
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+function showError(message) {
+  $("error").textContent = message;
+  $("error").hidden = !message;
+}
+
+async function loadInfo() {
+  const response = await fetch("/v1/info", { headers: authorization() });
+  if (response.status === 401) {
+    $("key-field").hidden = false;
+    $("model").textContent = "this server needs its API key";
+    return;
+  }
+  if (!response.ok) {
+    $("model").textContent = (await detail(response)) + " (retrying)";
+    setTimeout(loadInfo, 2000);
+    return;
+  }
+  const info = await response.json();
+  $("model").textContent = `${info.model} · ${info.backend} · ${info.precision}`;
+  const sampler = $("sampler");
+  sampler.length = 1;
+  for (const name of info.samplers) sampler.add(new Option(name, name));
+}
+
+async function detail(response) {
+  try {
+    const body = await response.json();
+    return `${response.status}: ${body.detail}`;
+  } catch {
+    return `${response.status}: ${response.statusText}`;
+  }
+}
+
+// --- the input ----------------------------------------------------------------------------------
+
+function useImage(blob) {
+  source = blob;
+  $("input").src = URL.createObjectURL(blob);
+  $("input").hidden = false;
+  $("transform").disabled = false;
+}
+
+$("file").addEventListener("change", () => {
+  if ($("file").files.length) useImage($("file").files[0]);
+});
+
+const drop = $("drop");
+drop.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drop.classList.add("over");
+});
+drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drop.classList.remove("over");
+  const file = [...event.dataTransfer.files].find((f) => f.type.startsWith("image/"));
+  if (file) useImage(file);
+});
+
+async function toggleWebcam() {
+  if (camera) {
+    stopStream();
+    camera.getTracks().forEach((track) => track.stop());
+    camera = null;
+  } else {
+    try {
+      camera = await navigator.mediaDevices.getUserMedia({ video: true });
+    } catch (error) {
+      showError(`the webcam cannot be used: ${error.message}`);
+      return;
+    }
+    $("video").srcObject = camera;
+  }
+  $("video").hidden = !camera;
+  $("input").hidden = !!camera;
+  $("snap").hidden = $("stream").hidden = !camera;
+  $("webcam").textContent = camera ? "Stop webcam" : "Webcam";
+}
+
+function frame(type = "image/jpeg") {
+  // The webcam's current picture, scaled down, as a Blob.
+  const video = $("video");
+  if (!video.videoWidth) return Promise.resolve(null); // (not playing yet)
+  const scale = Math.min(1, MAX_FRAME_SIDE / Math.max(video.videoWidth, video.videoHeight));
+  const canvas = $("canvas");
+  canvas.width = Math.round((video.videoWidth * scale) / 8) * 8;
+  canvas.height = Math.round((video.videoHeight * scale) / 8) * 8;
+  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  return new Promise((resolve) => canvas.toBlob(resolve, type, 0.85));
+}
+
+if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
+  $("webcam").hidden = false;
+  $("webcam").addEventListener("click", toggleWebcam);
+  $("snap").addEventListener("click", async () => {
+    const blob = await frame("image/png");
+    if (!blob) return;
+    await toggleWebcam(); // show the frame taken, not the live picture
+    useImage(blob);
+  });
+  $("stream").addEventListener("click", () => (socket ? stopStream() : startStream()));
+}
+
+// --- one transform ------------------------------------------------------------------------------
+
+async function transform() {
+  const form = new FormData();
+  form.append("image", source, source.name || "image.png");
+  for (const [name, value] of Object.entries(settings())) form.append(name, value);
+  showError("");
+  $("transform").disabled = true;
+  $("timing").textContent = "transforming…";
+  const started = performance.now();
+  try {
+    const response = await fetch("/v1/img2img", {
+      method: "POST",
+      body: form,
+      headers: authorization(),
+    });
+    if (!response.ok) {
+      const retry = response.headers.get("Retry-After");
+      showError((await detail(response)) + (retry ? ` (retry in ${retry} s)` : ""));
+      $("timing").textContent = "";
+      return;
+    }
+    const image = URL.createObjectURL(await response.blob());
+    const ms = Math.round(performance.now() - started);
+    const entry = {
+      image,
+      timing: `${ms} ms`,
+      settings: describe(response.headers.get("X-Fastimg-Settings")),
+    };
+    addToHistory(entry);
+  } catch (error) {
+    showError(`the server cannot be reached: ${error.message}`);
+    $("timing").textContent = "";
+  } finally {
+    $("transform").disabled = false;
+  }
+}
+
+function describe(header) {
+  // The server's settings (X-Fastimg-Settings), short.
+  if (!header) return "";
+  const s = JSON.parse(header);
+  const v = (key) => s[`fastimg:${key}`];
+  return `seed ${v("seed")} · strength ${v("strength")} · steps ${v("steps")} · ` +
+    `guidance ${v("guidance")} · ${v("scheduler")}`;
+}
+
+function show(entry) {
+  $("result").src = entry.image;
+  $("timing").textContent = entry.timing;
+  $("settings").textContent = entry.settings;
+  for (const thumb of $("history").children) {
+    thumb.classList.toggle("shown", thumb.src === entry.image);
+  }
+}
+
+function addToHistory(entry) {
+  history.push(entry);
+  const thumb = new Image();
+  thumb.src = entry.image;
+  thumb.title = `${entry.timing} · ${entry.settings}`;
+  thumb.addEventListener("click", () => show(entry));
+  $("history").prepend(thumb);
+  show(entry);
+}
+
+$("transform").addEventListener("click", transform);
+$("strength").addEventListener("input", () => {
+  $("strength-value").textContent = Number($("strength").value).toFixed(2);
+});
+$("random").addEventListener("click", () => {
+  $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0];
+});
+$("key").addEventListener("change", loadInfo);
+
+// --- stream mode --------------------------------------------------------------------------------
+
+function keyProtocol(key) {
+  // The API key as a WebSocket subprotocol (a browser cannot send an Authorization header).
+  const bytes = new TextEncoder().encode(key);
+  const base64 = btoa(String.fromCharCode(...bytes));
+  return "fastimg.key." + base64.replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+}
+
+function startStream() {
+  const url = `${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/v1/stream`;
+  const key = $("key").value;
+  socket = new WebSocket(url, key ? ["fastimg", keyProtocol(key)] : ["fastimg"]);
+  socket.binaryType = "blob";
+  const stats = { results: [], meta: null, shown: null, timer: null, sending: false };
+  socket.addEventListener("open", () => socket.send(JSON.stringify(settings())));
+  socket.addEventListener("message", (event) => {
+    if (event.data instanceof Blob) return showFrame(event.data, stats);
+    const message = JSON.parse(event.data);
+    if (message.type === "ready") {
+      showError("");
+      stats.timer = setInterval(() => offerFrame(stats), FRAME_INTERVAL_MS);
+      $("settings").textContent = `stream · seed ${message.settings.seed}`;
+    } else if (message.type === "result") {
+      stats.meta = message;
+    } else if (message.type === "error") {
+      showError(message.detail);
+    }
+  });
+  socket.addEventListener("close", (event) => {
+    clearInterval(stats.timer);
+    if (event.code !== 1000 && event.code !== 1005) {
+      showError(`the stream closed (${event.code}) ${event.reason}`);
+    }
+    socket = null;
+    $("stream").textContent = "Stream";
+  });
+  $("stream").textContent = "Stop stream";
+}
+
+async function offerFrame(stats) {
+  // Offer the newest picture unless the last one is still on its way.
+  if (!socket || socket.readyState !== WebSocket.OPEN || stats.sending || socket.bufferedAmount) {
+    return;
+  }
+  stats.sending = true;
+  try {
+    const blob = await frame();
+    if (blob && socket && socket.readyState === WebSocket.OPEN) socket.send(blob);
+  } finally {
+    stats.sending = false;
+  }
+}
+
+function showFrame(blob, stats) {
+  const now = performance.now();
+  stats.results = stats.results.filter((t) => now - t < 2000).concat([now]);
+  const fps = stats.results.length > 1
+    ? (stats.results.length - 1) / ((now - stats.results[0]) / 1000) : 0;
+  const meta = stats.meta || { ms: 0, dropped: 0 };
+  if (stats.shown) URL.revokeObjectURL(stats.shown); // (history keeps its own images)
+  stats.shown = $("result").src = URL.createObjectURL(blob);
+  $("timing").textContent =
+    `${fps.toFixed(1)} frames/s · ${meta.ms} ms per frame · ${meta.dropped} frames dropped`;
+}
+
+function stopStream() {
+  if (socket) socket.close(1000);
+}
+
+loadInfo();

@@ -1,0 +1,204 @@
+"""The web page at / in a real headless browser (Debian's chromium and chromedriver, driven by
+Selenium) against a live server on the tiny model.
+
+Screenshots are kept as test artifacts: in the folder FASTIMG_ARTIFACTS names when it is set
+(CI: tests/artifacts), else in the test's tmp folder.
+"""
+
+import base64
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+
+from fastimg.pipeline import Img2ImgPipeline  # noqa: E402
+from fastimg.serve import ServeOptions  # noqa: E402
+from fastimg.serve.app import PAGE_POLICY  # noqa: E402
+from tests.serve.test_app import decoded, live, ready  # noqa: E402
+from tests.serve.test_stream import frame_count  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    return Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
+
+
+@pytest.fixture
+def picture(tmp_path, photo):
+    path = tmp_path / "in.png"
+    photo.save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def browser():
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", "--window-size=1280,900",
+                     "--use-fake-ui-for-media-stream",  # allow the webcam without asking
+                     "--use-fake-device-for-media-stream"):  # fmt: skip
+        options.add_argument(argument)
+    service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
+    driver = webdriver.Chrome(options=options, service=service)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+@pytest.fixture
+def artifacts(tmp_path, request):
+    """Where this test's screenshots go."""
+    folder = Path(os.environ.get("FASTIMG_ARTIFACTS") or tmp_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    return lambda name: str(folder / f"{request.node.name}-{name}.png")
+
+
+def wait(driver, condition, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout).until(lambda d: condition(d))
+
+
+def by_id(driver, name):
+    return driver.find_element("id", name)
+
+
+def fill(driver, **fields):
+    """Set the page's fields (by element id) as a user would."""
+    for name, value in fields.items():
+        element = by_id(driver, name)
+        if element.get_attribute("type") == "range":  # (sliders take no typing)
+            driver.execute_script(
+                "arguments[0].value = arguments[1];arguments[0].dispatchEvent(new Event('input'));",
+                element,
+                str(value),
+            )
+        else:
+            element.clear()
+            element.send_keys(str(value))
+
+
+def result_size(driver) -> tuple[int, int]:
+    return tuple(driver.execute_script(
+        "const r = document.getElementById('result'); return [r.naturalWidth, r.naturalHeight];"
+    ))  # fmt: skip
+
+
+def result_pixels_png(driver) -> bytes:
+    """The result image as the page shows it, read back through a canvas."""
+    data_url = driver.execute_script(
+        "const r = document.getElementById('result'); const c = document.createElement('canvas');"
+        "c.width = r.naturalWidth; c.height = r.naturalHeight;"
+        "c.getContext('2d').drawImage(r, 0, 0); return c.toDataURL('image/png');"
+    )
+    return base64.b64decode(data_url.partition(",")[2])
+
+
+def test_the_page_is_served_without_a_key_and_offline(pipe):
+    with live(ServeOptions(api_key="s3cret"), lambda: pipe) as (client, service):
+        page = client.get("/")
+        assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+        assert page.headers["content-security-policy"] == PAGE_POLICY
+        assert "s3cret" not in page.text
+        for asset in re.findall(r'(?:src|href)="([^"]+)"', page.text):
+            assert asset.startswith("/static/"), asset  # nothing from elsewhere
+            assert client.get(asset).status_code == 200
+
+
+def test_an_uploaded_image_is_transformed_and_shown_with_its_timing(
+    browser, pipe, picture, artifacts
+):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        wait(browser, lambda d: by_id(d, "sampler").find_elements("tag name", "option")[1:])
+        by_id(browser, "file").send_keys(str(picture))
+        fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11)
+        assert by_id(browser, "strength-value").text == "0.60"
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        assert result_size(browser) == (88, 64)
+        assert "seed 11" in by_id(browser, "settings").text
+        assert len(browser.find_elements("css selector", "#history img")) == 1
+        assert by_id(browser, "error").is_displayed() is False
+        browser.save_screenshot(artifacts("result"))
+
+        fields = {"prompt": "a cat", "steps": "3", "strength": "0.6", "seed": "11"}
+        http = client.post(
+            "/v1/img2img", files={"image": ("in.png", picture.read_bytes())}, data=fields
+        )
+        np.testing.assert_array_equal(decoded(result_pixels_png(browser)), decoded(http.content))
+
+        by_id(browser, "random").click()  # a second one, with a new seed, joins the history
+        seed = by_id(browser, "seed").get_attribute("value")
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: len(d.find_elements("css selector", "#history img")) == 2)
+        assert f"seed {seed}" in by_id(browser, "settings").text
+        browser.find_elements("css selector", "#history img")[1].click()  # the first again
+        assert "seed 11" in by_id(browser, "settings").text
+
+
+def test_a_refused_request_shows_the_servers_message(browser, pipe, picture, artifacts):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        by_id(browser, "file").send_keys(str(picture))
+        fill(browser, prompt="a cat", steps=4, strength=0.1)  # rounds to zero steps
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: by_id(d, "error").is_displayed())
+        error = by_id(browser, "error").text
+        assert error.startswith("422: ") and "runs zero denoising steps" in error
+        browser.save_screenshot(artifacts("error"))
+
+
+def test_with_an_api_key_the_page_asks_for_it(browser, pipe, picture):
+    with live(ServeOptions(api_key="s3cret"), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        wait(browser, lambda d: by_id(d, "key-field").is_displayed())
+        by_id(browser, "file").send_keys(str(picture))
+        fill(browser, prompt="a cat", steps=3, strength=0.6)
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: by_id(d, "error").is_displayed())
+        assert by_id(browser, "error").text.startswith("401: missing or wrong API key")
+        fill(browser, key="s3cret")
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        assert by_id(browser, "error").is_displayed() is False
+
+
+def test_stream_mode_sends_webcam_frames_and_shows_frames_per_second(browser, pipe, artifacts):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        fill(browser, prompt="a cat", steps=2, strength=0.5, seed=5)
+        by_id(browser, "webcam").click()  # Chromium's fake camera
+        wait(browser, lambda d: by_id(d, "stream").is_displayed())
+        by_id(browser, "stream").click()
+        wait(browser, lambda d: "frames/s" in by_id(d, "timing").text)
+        wait(browser, lambda d: frame_count(service, "ok") >= 3)
+        assert re.search(r"[\d.]+ frames/s · [\d.]+ ms per frame · \d+ frames dropped",
+                         by_id(browser, "timing").text)  # fmt: skip
+        width, height = result_size(browser)
+        assert width % 8 == 0 and max(width, height) <= 512
+        assert by_id(browser, "settings").text == "stream · seed 5"
+        browser.save_screenshot(artifacts("stream"))
+        by_id(browser, "stream").click()  # stop
+        wait(browser, lambda d: by_id(d, "stream").text == "Stream")
+        wait(browser, lambda d: not service.streams)

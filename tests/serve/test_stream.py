@@ -1,0 +1,263 @@
+"""The frame stream (WebSocket /v1/stream) through the `websockets` client against a live
+server on the tiny model; where a run must stay busy, the pipeline is held at its first step
+(Gated), so that which frames are dropped is decided by the test, not by timing."""
+
+import base64
+import io
+import json
+import threading
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+pytest.importorskip("prometheus_client")
+pytest.importorskip("httpx")
+pytest.importorskip("uvicorn")
+websockets = pytest.importorskip("websockets")
+
+from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.sync.client import connect  # noqa: E402
+
+from fastimg.pipeline import Img2ImgPipeline  # noqa: E402
+from fastimg.serve import ServeOptions  # noqa: E402
+from tests.serve.test_app import Gated, decoded, live, ready, wait_for  # noqa: E402
+
+SETTINGS = {"prompt": "a cat", "strength": 0.6, "steps": 3, "guidance": 5, "seed": 11}
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny):
+    return Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
+
+
+@pytest.fixture
+def frames(photo):
+    """Four different frames (PNG bytes) of the same size."""
+    pixels = np.asarray(photo)
+    variants = [pixels, pixels[::-1], pixels[:, ::-1], 255 - pixels]
+    return [png(Image.fromarray(np.ascontiguousarray(v))) for v in variants]
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def open_stream(client, key: str | None = None, origin: str | None = None):
+    """A WebSocket to the server of `client` (httpx), offering the key as the page does."""
+    url = f"ws://{client.base_url.host}:{client.base_url.port}/v1/stream"
+    protocols = ["fastimg"]
+    if key is not None:
+        token = base64.urlsafe_b64encode(key.encode()).rstrip(b"=").decode()
+        protocols.append(f"fastimg.key.{token}")
+    return connect(url, subprotocols=protocols, origin=origin, max_size=None, proxy=None,
+                   open_timeout=30)  # fmt: skip
+
+
+def message(ws) -> dict:
+    text = ws.recv(timeout=60)
+    assert isinstance(text, str), "expected a JSON text message"
+    return json.loads(text)
+
+
+def result(ws) -> tuple[dict, bytes]:
+    """The next result: its JSON message and the JPEG after it."""
+    meta = message(ws)
+    assert meta["type"] == "result", meta
+    jpeg = ws.recv(timeout=60)
+    assert isinstance(jpeg, bytes) and jpeg[:3] == b"\xff\xd8\xff"  # a JPEG
+    return meta, jpeg
+
+
+def closed_with(ws) -> int:
+    """The close code the server sent (after any messages still to come)."""
+    with pytest.raises(ConnectionClosed):
+        while True:
+            ws.recv(timeout=30)
+    return ws.close_code
+
+
+def frame_count(service, outcome: str) -> float:
+    sample = {"outcome": outcome}
+    return service.metrics.registry.get_sample_value("fastimg_stream_frames_total", sample) or 0
+
+
+def started(settings=SETTINGS, **kwargs):
+    """A connected stream that has sent `settings` and been told it is ready."""
+    ws = open_stream(**kwargs)
+    ws.send(json.dumps(settings))
+    assert message(ws)["type"] == "ready"
+    return ws
+
+
+def test_each_frame_comes_back_as_the_http_apis_jpeg(pipe, frames):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        with started(client=client) as ws:
+            assert ws.subprotocol == "fastimg"
+            for k, frame in enumerate(frames[:2], 1):
+                ws.send(frame)
+                meta, jpeg = result(ws)
+                assert meta["frame"] == k and meta["dropped"] == 0 and meta["ms"] > 0
+                fields = {key: str(value) for key, value in SETTINGS.items()}
+                http = client.post(
+                    "/v1/img2img",
+                    files={"image": ("frame.png", frame, "image/png")},
+                    data={**fields, "format": "jpeg"},
+                )
+                assert http.status_code == 200, http.text
+                np.testing.assert_array_equal(decoded(jpeg), decoded(http.content))
+                with Image.open(io.BytesIO(jpeg)) as image:
+                    assert image.format == "JPEG" and image.size == (88, 64)  # 90x68 to /8
+        assert frame_count(service, "ok") == 2
+
+
+def test_the_newest_frame_wins_and_the_others_are_dropped(pipe, frames):
+    gated = Gated(pipe)
+    try:
+        with live(ServeOptions(), lambda: gated) as (client, service):
+            ready(client)
+            with started(client=client) as ws:
+                ws.send(frames[0])
+                assert gated.entered.wait(30)  # frame 1 is held at its first step
+                for frame in frames[1:]:
+                    ws.send(frame)
+                (stream,) = service.streams
+                wait_for(lambda: stream.received == 4)
+                gated.release.set()
+                first, _ = result(ws)
+                newest, jpeg = result(ws)
+                assert (first["frame"], first["received"], first["dropped"]) == (1, 4, 2)
+                assert (newest["frame"], newest["received"], newest["dropped"]) == (4, 4, 2)
+                assert len(gated.prompts) == 2  # frames 2 and 3 never ran
+                expected = client.post(
+                    "/v1/img2img",
+                    files={"image": ("frame.png", frames[3], "image/png")},
+                    data={**{k: str(v) for k, v in SETTINGS.items()}, "format": "jpeg"},
+                )
+                np.testing.assert_array_equal(decoded(jpeg), decoded(expected.content))
+            assert frame_count(service, "dropped") == 2
+    finally:
+        gated.release.set()
+
+
+@pytest.mark.parametrize(
+    "first,detail",
+    [
+        ("not json", "send the settings first"),
+        (b"\x89PNG", "send the settings first"),
+        ({"prompt": "a cat", "strength": 1.5}, "Invalid value for 'strength'"),
+        ({"prompt": "a cat", "num_images": 2}, "unknown setting 'num_images'"),
+        ({"strength": 0.5}, "prompt is required"),
+        ({"prompt": "a cat", "strength": 0.1, "steps": 4}, "runs zero denoising steps"),
+    ],
+)
+def test_bad_settings_are_named_then_closed_with_1008(pipe, first, detail):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        with open_stream(client) as ws:
+            ws.send(json.dumps(first) if isinstance(first, dict) else first)
+            error = message(ws)
+            assert error["type"] == "error" and detail in error["detail"]
+            assert closed_with(ws) == 1008
+
+
+def test_with_an_api_key_the_stream_needs_it(pipe, frames):
+    with live(ServeOptions(api_key="s3cret ü"), lambda: pipe) as (client, service):
+        ready(client)
+        for key in (None, "wrong", "s3cret"):
+            with open_stream(client, key) as ws:
+                error = message(ws)
+                assert error["type"] == "error" and "API key" in error["detail"]
+                assert closed_with(ws) == 1008
+        with started(client=client, key="s3cret ü") as ws:
+            ws.send(frames[0])
+            assert result(ws)[0]["frame"] == 1
+        assert client.get("/").status_code == 200  # the page needs no key: it holds none
+
+
+def test_streams_take_run_slots_from_the_same_admission(pipe, frames):
+    gated = Gated(pipe)
+    upload = {"image": ("in.png", frames[0], "image/png")}
+    fields = {k: str(v) for k, v in SETTINGS.items()}
+    try:
+        with live(ServeOptions(workers=1, max_queue=0), lambda: gated) as (client, service):
+            ready(client)
+            with started(client=client) as ws:
+                ws.send(frames[0])
+                assert gated.entered.wait(30)
+                assert service.admission.running == 1
+                busy = client.post("/v1/img2img", files=upload, data=fields)
+                assert busy.status_code == 429  # the one worker runs the stream's frame
+                gated.release.set()
+                assert result(ws)[0]["frame"] == 1
+                wait_for(lambda: service.admission.running == 0)
+                assert client.post("/v1/img2img", files=upload, data=fields).status_code == 200
+    finally:
+        gated.release.set()
+
+
+def test_stopping_finishes_the_running_frame_then_closes_with_1001(pipe, frames):
+    gated = Gated(pipe)
+    try:
+        with live(ServeOptions(), lambda: gated) as (client, service):
+            ready(client)
+            with started(client=client) as ws:
+                ws.send(frames[0])
+                assert gated.entered.wait(30)
+                service.stop_soon()  # what SIGTERM does first
+                wait_for(lambda: service.admission.closed)
+                gated.release.set()
+                assert result(ws)[0]["frame"] == 1  # what runs finishes
+                error = message(ws)
+                assert error["type"] == "error" and "shutting down" in error["detail"]
+                assert closed_with(ws) == 1001
+            with open_stream(client) as late:
+                assert "shutting down" in message(late)["detail"]
+                assert closed_with(late) == 1001
+    finally:
+        gated.release.set()
+
+
+def test_a_frame_that_is_no_image_is_named_and_the_stream_goes_on(pipe, frames):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        with started(client=client) as ws:
+            ws.send(b"just text")
+            error = message(ws)
+            assert error["type"] == "error" and error["frame"] == 1
+            assert "frame-1 is not an image" in error["detail"]
+            ws.send(frames[0])
+            assert result(ws)[0]["frame"] == 2
+
+
+def test_while_the_engines_load_the_stream_is_closed_with_1013(pipe):
+    loaded = threading.Event()
+
+    def load():
+        assert loaded.wait(60)
+        return pipe
+
+    with live(ServeOptions(), load) as (client, service):
+        try:
+            with open_stream(client) as ws:
+                assert "still loading" in message(ws)["detail"]
+                assert closed_with(ws) == 1013
+        finally:
+            loaded.set()
+
+
+def test_only_this_servers_page_and_the_cors_origins_may_open_a_stream(pipe):
+    cors = ("https://app.example",)
+    with live(ServeOptions(cors=cors), lambda: pipe) as (client, service):
+        ready(client)
+        own = f"http://{client.base_url.host}:{client.base_url.port}"
+        for origin in (own, "https://app.example", None):
+            with started(client=client, origin=origin):
+                pass
+        with open_stream(client, origin="https://evil.example") as ws:
+            assert "pages from https://evil.example may not" in message(ws)["detail"]
+            assert closed_with(ws) == 1008
