@@ -77,14 +77,9 @@ def check_backends(specs: list[str]) -> list[str]:
 
 
 def _machine() -> dict:
-    from fastimg.machine import CPU_FEATURES, available_cores, cpu_info
+    from fastimg.machine import machine_record
 
-    name, flags = cpu_info()
-    return {
-        "cpu": name,
-        "cores": available_cores(),
-        "features": [f for f in CPU_FEATURES if f in flags],
-    }
+    return machine_record()
 
 
 def _versions() -> dict:

@@ -42,14 +42,9 @@ PROMPT = "a watercolour painting of a lighthouse"
 
 def _machine() -> dict:
     """The CPU as bench/harness.py names it in its records."""
-    from fastimg.machine import CPU_FEATURES, available_cores, cpu_info
+    from fastimg.machine import machine_record
 
-    name, flags = cpu_info()
-    return {
-        "cpu": name,
-        "cores": available_cores(),
-        "features": [f for f in CPU_FEATURES if f in flags],
-    }
+    return machine_record()
 
 
 def _versions() -> dict:

@@ -53,3 +53,13 @@ def cpu_summary() -> str:
     name, flags = cpu_info()
     features = ", ".join(f for f in CPU_FEATURES if f in flags) or "none detected"
     return f"{name}, {available_cores()} cores available; {features}"
+
+
+def machine_record() -> dict:
+    """The CPU as benchmark records name it: its model, the cores used, its instruction sets."""
+    name, flags = cpu_info()
+    return {
+        "cpu": name,
+        "cores": available_cores(),
+        "features": [f for f in CPU_FEATURES if f in flags],
+    }
