@@ -144,3 +144,11 @@ def sd_turbo(tmp_path_factory):
 def sd15_taesd_lora(tmp_path_factory):
     """Full-size SD 1.5 with TAESD in place of its VAE and sd15-lora fused at 1.0 (slow)."""
     return _build(tmp_path_factory, "sd15", vae="taesd", lora=("sd15-lora", 1.0))
+
+
+@pytest.fixture
+def picture(tmp_path, photo):
+    """The shared test photo saved as in.png."""
+    path = tmp_path / "in.png"
+    photo.save(path)
+    return path

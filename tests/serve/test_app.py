@@ -28,24 +28,11 @@ uvicorn = pytest.importorskip("uvicorn")
 from fastimg.errors import EngineError  # noqa: E402
 from fastimg.images import load_image  # noqa: E402
 from fastimg.labels import TRAINED_ALGORITHMIC_MEDIA, read_labels  # noqa: E402
-from fastimg.pipeline import Img2ImgPipeline  # noqa: E402
 from fastimg.serve import ServeOptions, create_app, run_server  # noqa: E402
 from fastimg.serve.app import MAX_SETTINGS_HEADER, Server, _settings_header  # noqa: E402
 
 SETTINGS = {"prompt": "a cat", "strength": "0.6", "steps": "3", "guidance": "5", "seed": "11"}
 CALL = dict(strength=0.6, num_inference_steps=3, guidance_scale=5.0, seed=11)
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny):
-    return Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
-
-
-@pytest.fixture
-def picture(tmp_path, photo):
-    path = tmp_path / "in.png"
-    photo.save(path)
-    return path
 
 
 @contextlib.contextmanager

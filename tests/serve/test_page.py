@@ -19,7 +19,6 @@ pytest.importorskip("prometheus_client")
 pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 
-from fastimg.pipeline import Img2ImgPipeline  # noqa: E402
 from fastimg.serve import ServeOptions  # noqa: E402
 from fastimg.serve.app import PAGE_POLICY  # noqa: E402
 from tests.serve.test_app import decoded, live, ready  # noqa: E402
@@ -27,18 +26,6 @@ from tests.serve.test_stream import frame_count  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny):
-    return Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
-
-
-@pytest.fixture
-def picture(tmp_path, photo):
-    path = tmp_path / "in.png"
-    photo.save(path)
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -20,16 +20,10 @@ websockets = pytest.importorskip("websockets")
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
-from fastimg.pipeline import Img2ImgPipeline  # noqa: E402
 from fastimg.serve import ServeOptions  # noqa: E402
 from tests.serve.test_app import Gated, decoded, live, ready, wait_for  # noqa: E402
 
 SETTINGS = {"prompt": "a cat", "strength": 0.6, "steps": 3, "guidance": 5, "seed": 11}
-
-
-@pytest.fixture(scope="module")
-def pipe(tiny):
-    return Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
 
 
 @pytest.fixture
