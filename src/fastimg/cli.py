@@ -293,8 +293,10 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     """Show what this machine offers fastimg; with --check, verify each backend's output."""
     from . import doctor as checkup
 
-    for label, value in checkup.machine_report():
-        click.echo(f"{label:<26}{value}")
+    report = checkup.machine_report()
+    width = max(len(label) for label, _ in report) + 2
+    for label, value in report:
+        click.echo(f"{label:<{width}}{value}")
     if check_engines is None:
         return
     rows = checkup.check(check_engines, device=device, log=_echo_err)

@@ -18,7 +18,7 @@ import numpy as np
 
 from .backends import BACKENDS
 from .backends.select import SUPPORTED, unavailable
-from .machine import cpu_summary, package_version
+from .machine import cpu_summary, module_version, package_version
 
 # PSNR a backend must reach against the CPU fp32 reference on the check job.
 # int8's loss depends on the weights quantized (the export records it per layer); random test
@@ -53,7 +53,9 @@ def machine_report() -> list[tuple[str, str]]:
     else:
         rows.append(("gpu", "none visible (no nvidia-smi, or no device)"))
     rows.append(("cuda runtime", _cuda_runtime()))
-    for package in ("cupy", "tensorrt", "onnxruntime", "onnxruntime-gpu", "openvino"):
+    for module in ("cupy", "tensorrt", "openvino"):
+        rows.append((module, module_version(module) or "not installed"))
+    for package in ("onnxruntime", "onnxruntime-gpu"):  # one module, two distributions
         rows.append((package, package_version(package) or "not installed"))
     rows.append(("onnxruntime providers", _ort_providers()))
     for backend in BACKENDS:

@@ -17,6 +17,18 @@ def package_version(package: str) -> str | None:
         return None
 
 
+def module_version(module: str) -> str | None:
+    """The version of the distribution that provides an importable module (cupy from
+    cupy-cuda13x, say) with that distribution's name where it differs, or None."""
+    from importlib.metadata import packages_distributions
+
+    for dist in packages_distributions().get(module, []):
+        found = package_version(dist)
+        if found is not None:
+            return found if dist == module else f"{found} ({dist})"
+    return package_version(module)
+
+
 @functools.cache
 def cpu_info() -> tuple[str, tuple[str, ...]]:
     """The CPU's model name and feature flags (from /proc/cpuinfo where there is one)."""
@@ -56,10 +68,21 @@ def cpu_summary() -> str:
 
 
 def machine_record() -> dict:
-    """The CPU as benchmark records name it: its model, the cores used, its instruction sets."""
+    """The machine as benchmark records name it: the CPU's model, the cores used, its
+    instruction sets, and the GPUs where there are any."""
+    from .gpu import gpus
+
     name, flags = cpu_info()
-    return {
+    record = {
         "cpu": name,
         "cores": available_cores(),
         "features": [f for f in CPU_FEATURES if f in flags],
     }
+    found = gpus()
+    if found:
+        record["gpus"] = [
+            f"{g.name}, compute capability {g.compute_capability}, {g.memory_mib} MiB, "
+            f"driver {g.driver}"
+            for g in found
+        ]
+    return record

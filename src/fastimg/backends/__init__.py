@@ -66,6 +66,18 @@ class Engines:
         return stack
 
 
+def graph_variant(backend: str, precision: str) -> str:
+    """The manifest variant a backend runs where a component has one: the int8 UNet for
+    OpenVINO int8, else the backend's own (ONNX Runtime's fused attention graphs on the CPU).
+
+    ONNX Runtime CUDA keeps the standard graphs: with the fused MultiHeadAttention graphs the
+    sd15 512 job on an H200 in fp32 took 0.36 s against 0.32 s (bench/results/README.md).
+    """
+    if backend == "openvino" and precision == "int8":
+        return INT8_VARIANT
+    return backend
+
+
 def compiled_cache(
     backend: str, manifest, component: str, precision: str, options: dict, label: str = ""
 ):
@@ -182,7 +194,7 @@ def load_engines(
             keyed = {**options, "static_shapes": input_shapes}
             return compiled_cache(backend, manifest, name, precision, keyed, label="-static")
 
-        variant = INT8_VARIANT if backend == "openvino" and precision == "int8" else backend
+        variant = graph_variant(backend, precision)
         session = load_session(
             backend,
             manifest.path(name, variant),

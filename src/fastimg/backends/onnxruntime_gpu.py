@@ -17,6 +17,42 @@ PROVIDERS = {
 }
 
 
+_dlls_loaded = False
+
+
+def preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels (or torch's) before the first GPU session.
+
+    onnxruntime-gpu does not find those wheels' libraries by itself on Linux: without this, a
+    session asked for the CUDA provider silently runs on the CPU instead.
+    """
+    global _dlls_loaded
+    import onnxruntime as ort
+
+    if _dlls_loaded or not hasattr(ort, "preload_dlls"):  # preload_dlls: onnxruntime >= 1.21
+        return
+    _dlls_loaded = True
+    try:
+        ort.preload_dlls()
+    except Exception:  # libraries on the loader's path are still found the usual way
+        pass
+
+
+def tensorrt_libraries_found() -> bool:
+    """Whether TensorRT's libraries can be loaded here (ONNX Runtime's TensorRT provider is
+    listed by every onnxruntime-gpu build, with or without them)."""
+    import ctypes
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        return True  # its wheels load libnvinfer from tensorrt_libs when imported
+    try:
+        ctypes.CDLL("libnvinfer.so.10")
+    except OSError:
+        return False
+    return True
+
+
 def cuda_providers() -> list[str]:
     """The GPU execution providers this onnxruntime build offers."""
     import onnxruntime as ort
@@ -54,10 +90,24 @@ class OnnxRuntimeCudaSession:
                 if cache_dir is not None:
                     options["trt_engine_cache_path"] = str(cache_dir)
             providers.append((name, options))
+        preload_cuda_libraries()
         try:
             self._session = ort.InferenceSession(str(path), providers=providers)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EngineError(f"ONNX Runtime cannot load {path} on the GPU: {exc}") from None
+        landed = self._session.get_providers()
+        if provider == "tensorrt" and "TensorrtExecutionProvider" not in landed:
+            raise EngineError(
+                f"ONNX Runtime could not start its TensorRT provider for {path} (TensorRT's "
+                "libnvinfer.so.10 is not found): install TensorRT 10 (pip install "
+                "'fastimg[tensorrt]'), or run --backend onnxruntime-cuda"
+            )
+        if "CUDAExecutionProvider" not in landed:
+            raise EngineError(
+                f"ONNX Runtime fell back to the CPU for {path}: its CUDAExecutionProvider "
+                "could not load the CUDA libraries (CUDA 13 and cuDNN 9 for onnxruntime-gpu "
+                ">= 1.24: pip install 'onnxruntime-gpu[cuda,cudnn]')"
+            )
         self._types = {i.name: i.type for i in self._session.get_inputs()}
         self.input_names = [i.name for i in self._session.get_inputs()]
         self.output_names = [o.name for o in self._session.get_outputs()]

@@ -85,11 +85,16 @@ def unavailable(
         except EngineError as exc:
             return str(exc)
     if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
-        from .onnxruntime_gpu import cuda_providers
+        from .onnxruntime_gpu import cuda_providers, tensorrt_libraries_found
 
         provider = "Tensorrt" if backend.endswith("tensorrt") else "CUDA"
         if f"{provider}ExecutionProvider" not in cuda_providers():
             return f"this onnxruntime has no {provider} provider: install onnxruntime-gpu"
+        if provider == "Tensorrt" and not tensorrt_libraries_found():
+            return (
+                "TensorRT's libraries (libnvinfer.so.10) are not found: pip install "
+                "'fastimg[tensorrt]'"
+            )
         return None
     if not installed("tensorrt"):
         return "TensorRT is not installed: pip install 'fastimg[tensorrt]'"

@@ -134,3 +134,16 @@ def test_a_cuda_device_that_is_not_there_is_named_with_those_that_are(only, monk
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy([("NVIDIA L4", 8, 9)]))
     with pytest.raises(EngineError, match=r"no CUDA device 5.*sees 1"):
         select.resolve("tensorrt", device=5)
+
+
+def test_onnxruntime_tensorrt_without_tensorrts_libraries_says_so(only, monkeypatch):
+    from fastimg.backends import onnxruntime_gpu
+
+    only("onnxruntime", "cupy", gpu=True)
+    monkeypatch.setattr(
+        onnxruntime_gpu, "cuda_providers", lambda: ["TensorrtExecutionProvider", "CUDA"]
+    )
+    monkeypatch.setattr(onnxruntime_gpu, "tensorrt_libraries_found", lambda: False)
+    assert "libnvinfer.so.10" in select.unavailable("onnxruntime-tensorrt")
+    monkeypatch.setattr(onnxruntime_gpu, "tensorrt_libraries_found", lambda: True)
+    assert select.unavailable("onnxruntime-tensorrt") is None
