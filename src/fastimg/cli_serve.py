@@ -79,11 +79,40 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     help="Let web pages from ORIGIN (https://app.example) call the API; repeatable. Off "
     "unless given.",
 )
+@click.option(
+    "--ray",
+    "on_ray",
+    is_flag=True,
+    help="Serve with Ray Serve: replicas on a Ray cluster (this machine's unless "
+    "--ray-address), each loading the engines once (needs fastimg[ray]).",
+)
+@click.option(
+    "--replicas",
+    default=None,
+    metavar="N|MIN-MAX",
+    help="--ray: N replicas, or MIN-MAX autoscaled on queue length [default: one per GPU "
+    "on the GPU backends, else one per --replica-cpus cores of the cluster].",
+)
+@click.option(
+    "--replica-cpus",
+    type=click.IntRange(1),
+    default=None,
+    help="--ray: CPU cores each replica reserves and runs on [default: 1 with a GPU, else "
+    "this machine's cores].",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="--ray: the cluster to join (ray://host:10001 or host:6379) [default: RAY_ADDRESS, "
+    "else Ray started on this machine].",
+)
 @engine_options
 @domain_errors
 def serve(engines: Path, host: str, port: int, workers: int, max_queue: int, timeout: float,
           max_upload_mb: float, max_pixels: int | None, api_key: str | None,
-          cors: tuple[str, ...], backend: str, precision: str, device: int | None,
+          cors: tuple[str, ...], on_ray: bool, replicas: str | None, replica_cpus: int | None,
+          ray_address: str | None, backend: str, precision: str, device: int | None,
           shapes: str) -> None:  # fmt: skip
     """Serve img2img on the engines in ENGINES over HTTP, loading them once.
 
@@ -92,6 +121,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_queue: int, tim
     num_images, format, quality) and returns the image with its settings and seed in the
     X-Fastimg-* headers and in its labels. GET /v1/health, /v1/info and /metrics
     (Prometheus) say how it is doing. SIGTERM stops admitting, finishes what runs, and exits.
+    With --ray the same API runs as Ray Serve replicas behind Ray's proxy on HOST:PORT.
     """
     from .manifest import load_manifest
     from .serve.admission import is_loopback
@@ -101,6 +131,8 @@ def serve(engines: Path, host: str, port: int, workers: int, max_queue: int, tim
             f"--host {host} serves other machines too: pass --api-key (or set "
             "FASTIMG_API_KEY) so that only clients with the key are served, or bind 127.0.0.1"
         )
+    if not on_ray and (replicas or replica_cpus or ray_address):
+        raise click.UsageError("--replicas, --replica-cpus and --ray-address go with --ray")
     load_manifest(engines)  # a folder that is no engine folder fails here, before the server
     from .images import MAX_PIXELS
     from .serve import ServeOptions, run_server
@@ -119,5 +151,31 @@ def serve(engines: Path, host: str, port: int, workers: int, max_queue: int, tim
         api_key=api_key or None,
         cors=tuple(cors),
     )
+    if on_ray:
+        _serve_on_ray(options, host, port, replicas, replica_cpus, ray_address)
+        return
     echo_err(f"loading {engines} once the server is up; /v1/health says ready when it is")
     run_server(options, host, port)
+
+
+def _serve_on_ray(options, host: str, port: int, replicas: str | None, cpus: int | None,
+                  address: str | None) -> None:  # fmt: skip
+    """Deploy on Ray Serve with the replicas and resources asked for (or the defaults)."""
+    import dataclasses
+
+    from .errors import require
+    from .ray_cluster import GPU_BACKENDS, cluster_has_gpus, connect
+    from .serve.ray_app import Placement, Replicas, default_replicas, run_on_ray
+
+    require("ray", "ray")
+    parsed = Replicas.parse(replicas) if replicas else None
+    ray = connect(address, echo_err)
+    gpus = options.backend in GPU_BACKENDS or (options.backend == "auto" and cluster_has_gpus(ray))
+    if cpus is None:
+        from .machine import available_cores
+
+        cpus = 1 if gpus else available_cores()
+    if not gpus:
+        options = dataclasses.replace(options, threads=cpus)
+    parsed = parsed or default_replicas(ray, gpus, cpus)
+    run_on_ray(options, host, port, Placement(parsed, cpus, address), echo_err)

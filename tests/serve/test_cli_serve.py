@@ -167,3 +167,60 @@ def test_sigterm_finishes_the_request_in_flight_and_exits_0(tiny, tmp_path, phot
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+# --- on Ray ------------------------------------------------------------------------------------
+
+
+def test_ray_options_without_ray_are_refused(runner, tiny):
+    for extra in (["--replicas", "2"], ["--replica-cpus", "1"], ["--ray-address", "x:6379"]):
+        result = runner.invoke(serve, [str(tiny[1]), *extra])
+        assert result.exit_code == 2 and "go with --ray" in result.output
+
+
+def test_ray_without_the_ray_extra_names_it(runner, monkeypatch, tiny):
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed
+    result = runner.invoke(serve, [str(tiny[1]), "--ray"])
+    assert result.exit_code == 1
+    assert "ray is not installed: install it with  pip install 'fastimg[ray]'" in result.output
+
+
+def test_serve_on_ray_as_typed_serves_and_stops_on_sigterm(tiny, tmp_path, photo):
+    pytest.importorskip("ray.serve")
+    httpx = pytest.importorskip("httpx")
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    picture = tmp_path / "in.png"
+    photo.save(picture)
+    command = ["fastimg", "serve", str(tiny[1]), "--ray", "--replicas", "1",
+               "--replica-cpus", "1", "--port", str(port), "--backend", "onnxruntime",
+               "--precision", "fp32"]  # fmt: skip
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name in ("FASTIMG_API_KEY", "RAY_ADDRESS"):
+        env.pop(name, None)
+    bin_dir = os.path.dirname(sys.executable)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env
+    )
+    try:
+        output = Output(process.stdout)
+        output.expect(r"serving on http://127\.0\.0\.1:\d+ \(Ray Serve\)", timeout=240)
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/v1/health").json() == {"status": "ready"}
+        response = httpx.post(
+            f"{url}/v1/img2img",
+            files={"image": ("in.png", picture.read_bytes(), "image/png")},
+            data={"prompt": "a cat", "strength": "0.5", "steps": "2", "seed": "3"},
+            timeout=120,
+        )
+        assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(120) == 0, output.seen
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -114,6 +114,7 @@ class ServeOptions:
     device: int | None = None
     shapes: str = "dynamic"
     workers: int = 1  # requests running at once (the pipeline's max_concurrency)
+    threads: int | None = None  # CPU threads of the pipeline (None: every core here)
     max_queue: int = 16  # requests waiting beyond those
     timeout: float = 300.0  # seconds from arrival to response, at most
     max_upload_bytes: int = 20 << 20
@@ -187,6 +188,7 @@ class Service:
             o.engines,
             backend=o.backend,
             precision=o.precision,
+            threads=o.threads,
             max_concurrency=o.workers,
             device=o.device,
             shapes=o.shapes,
@@ -792,11 +794,13 @@ def _settings_header(settings: dict) -> str:
 # --- the app -----------------------------------------------------------------------------------
 
 
-def create_app(options: ServeOptions, load=None) -> FastAPI:
+def create_app(options: ServeOptions, load=None, wait_for_engines: bool = False) -> FastAPI:
     """The FastAPI app; `load` (for tests) returns a pipeline in place of loading the engines.
 
     The engines load in the background once the app starts (the lifespan), so that health can
-    say "loading" meanwhile; `app.state.service` is the Service.
+    say "loading" meanwhile; with `wait_for_engines` (a Ray Serve replica, which takes traffic
+    once its start-up ends) the start-up waits for them and fails if they cannot be loaded.
+    `app.state.service` is the Service.
     """
     service = Service(options, load)
 
@@ -804,6 +808,10 @@ def create_app(options: ServeOptions, load=None) -> FastAPI:
     async def lifespan(app: FastAPI):
         service.loop = asyncio.get_running_loop()
         loading = asyncio.ensure_future(service.load())
+        if wait_for_engines:
+            await loading
+            if service.state == "failed":
+                raise EngineError(f"the engines could not be loaded: {service.error}")
         try:
             yield
         finally:
