@@ -152,3 +152,21 @@ def picture(tmp_path, photo):
     path = tmp_path / "in.png"
     photo.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """One local Ray cluster (2 CPUs, 127.0.0.1) for a module; skipped without Ray."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture
+def square(tmp_path):
+    """A 64x64 noise image, square.png."""
+    pixels = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    path = tmp_path / "square.png"
+    Image.fromarray(pixels).save(path)
+    return path

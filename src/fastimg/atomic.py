@@ -41,7 +41,7 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
 
     A replaced file keeps its mode; a new one gets the umask's.
     """
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
@@ -51,6 +51,20 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
+
+
+def leftover_temporaries(path: Path) -> list[Path]:
+    """Temporaries of `path` that a writer killed mid-write (SIGKILL, a lost machine) left."""
+    prefix = _temporary_prefix(path)
+    try:
+        return [p for p in path.parent.iterdir() if p.name.startswith(prefix)
+                and p.name.endswith(".tmp")]  # fmt: skip
+    except OSError:
+        return []
 
 
 def make_staging_folder(parent: Path, prefix: str) -> Path:

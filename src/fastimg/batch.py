@@ -320,14 +320,7 @@ def run_jobs(
         for job, (sampler, run_steps) in zip(planned.jobs, steps, strict=True):
             missing = [path for path in job.outputs if path not in existing]
             if not missing:
-                reasons = [_made_otherwise(path, job, sampler) for path in job.outputs]
-                differs = next((reason for reason in reasons if reason), None)
-                if differs is not None:
-                    report.failed.append((job, differs))
-                    progress.fail(job.label, differs)
-                else:
-                    report.skipped.extend(job.outputs)
-                    progress.skip(str(job.outputs[0]))
+                settle_made(job, sampler, report, progress)
                 continue
             progress.start(job.source.path.name, run_steps)
             try:
@@ -359,6 +352,18 @@ def run_jobs(
                 report.failed.append((job, str(exc)))
                 progress.fail(job.label, str(exc))
     return report
+
+
+def settle_made(job: Job, sampler: str, report: Report, progress) -> None:
+    """Report a job whose outputs all exist: kept, or failed when one was made otherwise."""
+    reasons = [_made_otherwise(path, job, sampler) for path in job.outputs]
+    differs = next((reason for reason in reasons if reason), None)
+    if differs is not None:
+        report.failed.append((job, differs))
+        progress.fail(job.label, differs)
+    else:
+        report.skipped.extend(job.outputs)
+        progress.skip(str(job.outputs[0]))
 
 
 def _made_otherwise(path: Path, job: Job, sampler: str) -> str | None:

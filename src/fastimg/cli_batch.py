@@ -210,17 +210,62 @@ def c2pa_signer(cert: Path | None, key: Path | None, no_metadata: bool = False):
     return load_signer(cert, key)
 
 
-def _check_size(size, pipe) -> None:
+def _check_size(size, manifest, max_side: int) -> None:
     """Refuse a --size outside what the engines take, before any image is processed."""
     from .images import MIN_SIDE
 
     sides = (size,) if isinstance(size, int) else size
-    low, high = max(MIN_SIDE, pipe.manifest.vae_scale_factor), pipe.max_side
+    low, high = max(MIN_SIDE, manifest.vae_scale_factor), max_side
     if not all(low <= side <= high for side in sides):
         raise click.BadParameter(
             f"each side must be between {low} and {high} pixels for these engines",
             param_hint="--size",
         )
+
+
+def ray_options(command):
+    """--ray and how the batch is spread over the Ray cluster."""
+    options = [
+        click.option(
+            "--ray",
+            is_flag=True,
+            help="Spread the batch over a Ray cluster (workers each load the engines once); "
+            "needs fastimg[ray].",
+        ),
+        click.option(
+            "--ray-address",
+            default=None,
+            help="Ray cluster to join [default: RAY_ADDRESS, else Ray started on this machine].",
+        ),
+        click.option(
+            "--ray-workers",
+            type=click.IntRange(1, 1024),
+            default=None,
+            help="Workers (Ray actors), each holding its own engines [default: 2].",
+        ),
+        click.option(
+            "--replica-cpus",
+            type=click.FloatRange(0, min_open=True),
+            default=None,
+            help="CPUs each worker reserves [default: 1]; GPU backends also reserve one GPU.",
+        ),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def _check_ray_options(settings: dict) -> None:
+    """Refuse the --ray-* options without --ray, and --ray without Ray installed."""
+    from .errors import require
+
+    given = [f"--{key.replace('_', '-')}" for key in RAY_SETTINGS if settings[key] is not None]
+    if not settings["ray"]:
+        if given:
+            raise click.UsageError(f"{given[0]} needs --ray")
+        return
+    require("ray", "ray")
+
+
+RAY_SETTINGS = ("ray_address", "ray_workers", "replica_cpus")
 
 
 def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
@@ -240,22 +285,26 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         batch.check_sheets(sheets, settings["overwrite"], settings["skip_existing"])
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
+    _check_ray_options(settings)
     signer = c2pa_signer(settings["c2pa_cert"], settings["c2pa_key"], settings["no_metadata"])
-    pipe = Img2ImgPipeline.from_engines(
-        settings["engines"],
-        backend=settings["backend"],
-        precision=settings["precision"],
-        device=settings["device"],
-        shapes=settings["shapes"],
-    )
-    if resize is not None:
-        _check_size(resize, pipe)
-    batch.check_jobs(pipe, planned.jobs)  # every job can run, before the first one does
+    load_options = {
+        "folder": settings["engines"],
+        "backend": settings["backend"],
+        "precision": settings["precision"],
+        "device": settings["device"],
+        "shapes": settings["shapes"],
+    }
+    if settings["ray"]:
+        run = _ray_runner(planned, load_options, resize, settings)
+    else:
+        pipe = Img2ImgPipeline.from_engines(**load_options)
+        if resize is not None:
+            _check_size(resize, pipe.manifest, pipe.max_side)
+        batch.check_jobs(pipe, planned.jobs)  # every job can run, before the first one does
+        run = functools.partial(batch.run_jobs, pipe, planned)
     mode = "quiet" if settings["quiet"] else "auto"
     progress = BatchProgress(len(planned.jobs), stream=sys.stderr, mode=mode)
-    report = batch.run_jobs(
-        pipe,
-        planned,
+    report = run(
         quality=settings["quality"],
         metadata=not settings["no_metadata"],
         extra_info={"fastimg:engines": str(settings["engines"])},
@@ -280,6 +329,31 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         raise click.ClickException(
             f"{failed} of {total} images failed (each is named above); the others are written"
         )
+
+
+def _ray_runner(planned, load_options: dict, resize, settings: dict):
+    """run_jobs_on_ray with the --ray options, once every job is checked on this machine (from
+    the engines' manifest: no engines load here)."""
+    from . import batch
+    from .manifest import DEFAULT_MAX_SIDE, load_manifest
+    from .pipeline import Planner
+    from .ray_batch import run_jobs_on_ray
+
+    cpus = settings["replica_cpus"]
+    # each worker's CPU sessions run on the cores it reserved, not on every core of its node
+    load_options = {**load_options, "threads": max(1, int(cpus or 1))}
+    planner = Planner(load_manifest(load_options["folder"]))
+    if resize is not None:
+        _check_size(resize, planner.manifest, planner.manifest.max_side or DEFAULT_MAX_SIDE)
+    batch.check_jobs(planner, planned.jobs)
+    return functools.partial(
+        run_jobs_on_ray,
+        planned,
+        load_options,
+        workers=settings["ray_workers"] or 2,
+        cpus=cpus,
+        address=settings["ray_address"],
+    )
 
 
 @click.command()
@@ -336,6 +410,7 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
 )
 @output_options
 @engine_options
+@ray_options
 @domain_errors
 def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, variants,
               scheduler, num_images, recursive, grid, **settings) -> None:  # fmt: skip
@@ -385,6 +460,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
 )
 @output_options
 @engine_options
+@ray_options
 @domain_errors
 def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, scheduler,
              **settings) -> None:  # fmt: skip

@@ -221,13 +221,7 @@ class Img2ImgPipeline:
 
     def plan(self, sampler: str, steps: int, strength: float) -> schedules.Plan:
         """The per-step coefficients of a call (its .steps: the UNet steps that run)."""
-        return schedules.make_plan(
-            self.manifest.scheduler,
-            sampler,
-            steps,
-            strength,
-            strength_in_schedule=self.distilled,  # as LatentConsistencyModelImg2ImgPipeline
-        )
+        return plan_for(self.manifest, sampler, steps, strength)
 
     def _fused(self, backend: str) -> frozenset:
         """The components `backend` runs with attention fused (never holding the scores):
@@ -556,6 +550,31 @@ class Img2ImgPipeline:
             result.info.update(settings, **{"fastimg:index": k})
             results.append(result)
         return results
+
+
+def plan_for(manifest: Manifest, sampler: str, steps: int, strength: float) -> schedules.Plan:
+    """The per-step coefficients of a call on `manifest`'s engines, with none of them loaded."""
+    return schedules.make_plan(
+        manifest.scheduler,
+        sampler,
+        steps,
+        strength,
+        # an LCM-distilled UNet (timestep_cond input) cuts its schedule by the strength, as
+        # LatentConsistencyModelImg2ImgPipeline
+        strength_in_schedule="timestep_cond" in manifest.components["unet"]["inputs"],
+    )
+
+
+class Planner:
+    """What `batch.check_jobs` needs of a pipeline (.manifest, .plan), from the manifest alone:
+    a batch is checked on a machine that loads no engines."""
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+
+    def plan(self, sampler: str, steps: int, strength: float) -> schedules.Plan:
+        """The per-step coefficients of a call (its .steps: the UNet steps that run)."""
+        return plan_for(self.manifest, sampler, steps, strength)
 
 
 def _model_name(manifest: Manifest) -> str:

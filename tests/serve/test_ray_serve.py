@@ -63,22 +63,16 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def served(tiny):
+def served(tiny, ray_cluster):
     """Two replicas of the tiny model behind Ray's proxy on a local cluster; its URL."""
-    ray = pytest.importorskip("ray")
     pytest.importorskip("ray.serve")
     from fastimg.serve.ray_app import Placement, deploy, undeploy
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    try:
-        options = ServeOptions(
-            engines=tiny[1], backend="onnxruntime", precision="fp32", threads=1, api_key=KEY
-        )
-        url = deploy(options, "127.0.0.1", _free_port(), Placement(Replicas(2, 2), cpus=1))
-        yield url
-        undeploy()
-    finally:
-        ray.shutdown()
+    options = ServeOptions(
+        engines=tiny[1], backend="onnxruntime", precision="fp32", threads=1, api_key=KEY
+    )
+    yield deploy(options, "127.0.0.1", _free_port(), Placement(Replicas(2, 2), cpus=1))
+    undeploy()
 
 
 def _png(color=(200, 40, 10)) -> bytes:
