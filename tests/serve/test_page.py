@@ -116,17 +116,24 @@ def test_an_uploaded_image_is_transformed_and_shown_with_its_timing(
         browser.get(str(client.base_url) + "/")
         wait(browser, lambda d: by_id(d, "sampler").find_elements("tag name", "option")[1:])
         by_id(browser, "file").send_keys(str(picture))
-        fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11)
+        fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11, guidance=4.5)
         assert by_id(browser, "strength-value").text == "0.60"
         by_id(browser, "transform").click()
         wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
         assert result_size(browser) == (88, 64)
         assert "seed 11" in by_id(browser, "settings").text
+        assert "guidance 4.5" in by_id(browser, "settings").text
         assert len(browser.find_elements("css selector", "#history img")) == 1
         assert by_id(browser, "error").is_displayed() is False
         browser.save_screenshot(artifacts("result"))
 
-        fields = {"prompt": "a cat", "steps": "3", "strength": "0.6", "seed": "11"}
+        fields = {
+            "prompt": "a cat",
+            "steps": "3",
+            "strength": "0.6",
+            "seed": "11",
+            "guidance": "4.5",
+        }
         http = client.post(
             "/v1/img2img", files={"image": ("in.png", picture.read_bytes())}, data=fields
         )

@@ -19,10 +19,11 @@ function settings() {
     negative_prompt: $("negative").value,
     strength: $("strength").value,
     steps: $("steps").value,
+    guidance: $("guidance").value,
     seed: $("seed").value,
     sampler: $("sampler").value,
   };
-  // Empty fields are left to the server (a random seed, the model's default sampler).
+  // Empty fields are left to the server (a random seed, the default guidance and sampler).
   return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== ""));
 }
 
