@@ -17,9 +17,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import dataclasses
 import functools
-import hmac
 import json
 import logging
 import math
@@ -67,6 +65,7 @@ from .admission import (
     limited,
 )
 from .metrics import Metrics
+from .stream import Stream, open_stream, retrieve
 
 log = logging.getLogger("fastimg")
 
@@ -97,11 +96,6 @@ PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self'
                "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'")  # fmt: skip
 # The stream's settings: the transform's fields less those of one request's output.
 STREAM_FIELDS = (*TEXTS, "strength", "steps", "guidance", "seed", "sampler", "quality")
-STREAM_PROTOCOL = "fastimg"  # the WebSocket subprotocol the server answers with
-KEY_PROTOCOL = "fastimg.key."  # + the API key in base64url: a browser cannot send headers
-# WebSocket close codes (RFC 6455, 7.4.1)
-GOING_AWAY, POLICY, TRY_AGAIN = 1001, 1008, 1013
-MAX_REASON_BYTES = 123  # a close frame's reason
 
 
 @dataclass(frozen=True)
@@ -334,7 +328,7 @@ class Service:
         abort = threading.Event()
         gone = asyncio.ensure_future(_disconnected(request))
         work = asyncio.ensure_future(self._admit_and_run(upload, abort, deadline))
-        work.add_done_callback(_retrieve)  # its error may come after nobody awaits it
+        work.add_done_callback(retrieve)  # its error may come after nobody awaits it
         try:
             await asyncio.wait({gone, work}, return_when=asyncio.FIRST_COMPLETED)
             if work.done():
@@ -398,62 +392,8 @@ class Service:
     # --- a stream ------------------------------------------------------------------------------
 
     async def stream(self, websocket: WebSocket) -> None:
-        """/v1/stream, a WebSocket:
-
-            client: {"prompt": ..., "strength": ..., ...}  the settings, once (JSON text)
-            server: {"type": "ready", "settings": {"prompt", "seed", "sampler"}}
-            client: a frame (binary: JPEG, PNG or WebP), as often as it likes
-            server: {"type": "result", "frame": n, "ms", "received", "dropped"}, then the
-                    transformed frame n as a binary JPEG message
-            server: {"type": "error", "detail": ..., ["frame": n]}  a frame refused; the
-                    stream goes on
-
-        The settings are those of POST /v1/img2img but one image per frame, always JPEG
-        (`quality` applies); a missing seed is drawn once, for the whole stream. A frame that
-        arrives while another is transformed waits in a slot of one: a newer frame replaces
-        it (counted in "dropped", the total so far, as "received" is). Each transform takes a
-        run slot through the same admission as the HTTP requests. With an API key, the client
-        offers the subprotocol  fastimg.key.BASE64URL(KEY)  (browsers cannot send headers;
-        a query parameter would end up in access logs). Refusals send an "error" message then
-        close: 1008 for a missing key or bad settings, 1013 while the engines load, 1001 when
-        the server is shutting down (after the frame that runs is sent). Browsers may open it
-        from this server's page and the --cors origins only.
-        """
-        offered = websocket.scope.get("subprotocols", [])
-        await websocket.accept(STREAM_PROTOCOL if STREAM_PROTOCOL in offered else None)
-        try:
-            origin = websocket.headers.get("origin")
-            if not _same_origin(origin, websocket.headers.get("host"), self.options.cors):
-                await _refuse_stream(websocket, POLICY, f"pages from {origin} may not use this "
-                                     "stream: start the server with --cors ORIGIN")  # fmt: skip
-                return
-            key = self.options.api_key
-            if key and not _key_offered(offered, key):
-                await _refuse_stream(websocket, POLICY, "missing or wrong API key: offer the "
-                                     f"subprotocol {KEY_PROTOCOL}BASE64URL(KEY)")  # fmt: skip
-                return
-            if self.state != "ready" or self.admission.closed:
-                code = GOING_AWAY if self.state == "stopping" else TRY_AGAIN
-                await _refuse_stream(websocket, code, self._unavailable())
-                return
-            try:
-                template = self._stream_settings(await websocket.receive())
-            except InputError as exc:
-                await _refuse_stream(websocket, POLICY, str(exc))
-                return
-            settings = {"prompt": template.job.prompt, "seed": template.job.seed,
-                        "sampler": template.sampler}  # fmt: skip
-            await websocket.send_json({"type": "ready", "settings": settings})
-            stream = Stream(self, websocket, template)
-            self.streams.add(stream)
-            if self.admission.closed:  # (stopped while the settings came)
-                stream.stop()
-            try:
-                await stream.run()
-            finally:
-                self.streams.discard(stream)
-        except WebSocketDisconnect:
-            pass  # the client left
+        """/v1/stream: the protocol and its refusals are in fastimg.serve.stream."""
+        await open_stream(self, websocket)
 
     def _stream_settings(self, message: dict) -> Upload:
         """The stream's first message checked as a request's fields are: an Upload to fill
@@ -514,147 +454,8 @@ class Service:
         return Response(content, media_type=media_type)
 
 
-class Stream:
-    """One /v1/stream connection: a receiver keeps the newest frame in `newest`; `run`
-    transforms whatever is newest each time the previous transform is done."""
-
-    def __init__(self, service: Service, websocket: WebSocket, template: Upload):
-        self.service, self.websocket, self.template = service, websocket, template
-        self.newest: tuple[int, bytes] | None = None
-        self.received = self.dropped = 0
-        self.changed = asyncio.Event()  # a frame came, the client left, or the server stops
-        self.stopping = False
-        self.sending = asyncio.Lock()  # a result's two messages go out together
-
-    def stop(self) -> None:
-        self.stopping = True
-        self.changed.set()
-
-    async def receive(self) -> None:
-        """Take frames until the client leaves; a frame not yet taken is replaced (dropped)."""
-        while True:
-            message = await self.websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            data = message.get("bytes")
-            if data is None:
-                await self._error("send frames as binary messages (JPEG or PNG)")
-                continue
-            self.received += 1
-            if self.newest is not None:
-                self.dropped += 1
-                self.service.frames.labels("dropped").inc()
-            self.newest = (self.received, data)
-            self.changed.set()
-
-    async def run(self) -> None:
-        receiver = asyncio.ensure_future(self.receive())
-        receiver.add_done_callback(lambda task: self.changed.set())
-        try:
-            while True:
-                await self.changed.wait()
-                self.changed.clear()
-                if receiver.done() or self.stopping:
-                    break
-                if self.newest is not None:
-                    frame, self.newest = self.newest, None
-                    if not await self._transform(*frame, receiver):
-                        break
-            if self.stopping and not receiver.done():
-                await _refuse_stream(self.websocket, GOING_AWAY, self.service._unavailable())
-        finally:
-            receiver.cancel()
-            await asyncio.wait({receiver})
-            _retrieve(receiver)  # (a send that failed because the client left)
-
-    async def _transform(self, index: int, data: bytes, receiver: asyncio.Future) -> bool:
-        """Transform one frame and send the result; False when the stream should end."""
-        service, o = self.service, self.service.options
-        if len(data) > o.max_upload_bytes:
-            await self._error(f"frame {index} is {len(data)} bytes, over the limit of "
-                              f"{o.max_upload_bytes} bytes: send smaller frames")  # fmt: skip
-            return True
-        upload = dataclasses.replace(self.template, data=data, name=f"frame-{index}")
-        loop = asyncio.get_running_loop()
-        started = time.monotonic()
-        abort = threading.Event()
-        work = asyncio.ensure_future(service._admit_and_run(upload, abort, loop.time() + o.timeout))
-        work.add_done_callback(_retrieve)
-        try:
-            await asyncio.wait({work, receiver}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():
-                return False  # the client left: the run stops at its next step
-            result = work.result()
-        except Closed:
-            return True  # (stop() has been called: the loop closes with 1001)
-        except Busy as exc:
-            await self._error(str(exc), "busy", frame=index)
-            return True
-        except Expired:
-            await self._error(f"frame {index} took longer than the server's deadline of "
-                              f"{o.timeout:g} s", frame=index)  # fmt: skip
-            return True
-        except FastImgError as exc:
-            await self._error(str(exc), frame=index)
-            return True
-        except Exception as exc:
-            log.exception("stream frame failed")
-            await self._error(f"internal error: {type(exc).__name__}: {exc}", frame=index)
-            return True
-        finally:
-            if not work.done():
-                abort.set()
-                work.cancel()
-                await asyncio.wait({work})
-        service.frames.labels("ok").inc()
-        ms = round((time.monotonic() - started) * 1000, 1)
-        counts = {"received": self.received, "dropped": self.dropped}
-        async with self.sending:
-            await self.websocket.send_json({"type": "result", "frame": index, "ms": ms, **counts})
-            await self.websocket.send_bytes(result.encoded[0])
-        return True
-
-    async def _error(self, detail: str, outcome: str = "error", **extra) -> None:
-        self.service.frames.labels(outcome).inc()
-        async with self.sending:
-            await self.websocket.send_json({"type": "error", "detail": detail, **extra})
-
-
-def _same_origin(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a WebSocket may be opened from `origin`: browsers send one and apply no CORS
-    to WebSockets, so a page elsewhere could otherwise use the stream (clients that are no
-    browser send none)."""
-    if origin is None or origin in allowed:
-        return True
-    return origin.partition("://")[2] == host
-
-
-def _key_offered(subprotocols: list[str], api_key: str) -> bool:
-    """Whether a subprotocol carries `api_key` (base64url, unpadded), compared in constant
-    time; a browser's WebSocket cannot send an Authorization header."""
-    expected = base64.urlsafe_b64encode(api_key.encode("utf-8")).rstrip(b"=")
-    found = False
-    for offered in subprotocols:
-        if offered.startswith(KEY_PROTOCOL):
-            token = offered[len(KEY_PROTOCOL) :].encode("utf-8", "replace")
-            found |= hmac.compare_digest(token, expected)
-    return found
-
-
-async def _refuse_stream(websocket: WebSocket, code: int, detail: str) -> None:
-    """An "error" message naming the problem, then the close frame with `code`."""
-    await websocket.send_json({"type": "error", "detail": detail})
-    reason = detail.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
-    await websocket.close(code, reason)
-
-
 class _Gone(Exception):
     """The client disconnected before its result was ready."""
-
-
-def _retrieve(task: asyncio.Future) -> None:
-    if not task.cancelled():
-        task.exception()
 
 
 async def _disconnected(request: Request) -> None:
