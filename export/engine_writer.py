@@ -17,7 +17,7 @@ from fastimg import __version__
 from fastimg.atomic import make_staging_folder
 from fastimg.errors import EngineError, InputError
 from fastimg.integrity import sha256
-from fastimg.manifest import COMPONENTS, FORMAT, FORMAT_VERSION, MANIFEST
+from fastimg.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 
 from . import attention, onnx_export, verify
 from .folders import replace_folder, writer_lock
@@ -52,26 +52,50 @@ def _check_destination(out: Path, overwrite: bool) -> None:
 
 
 def _model_family(pipe) -> str:
+    if onnx_export.is_sdxl(pipe):
+        return "sdxl-refiner" if pipe.config.requires_aesthetics_score else "sdxl"
     width = pipe.unet.config.cross_attention_dim
     return {768: "sd1", 1024: "sd2"}.get(width, "sd-custom")
 
 
-def _write_tokenizer(pipe, folder: Path) -> dict:
-    tokenizer = pipe.tokenizer
+def _write_tokenizer(pipe, folder: Path, name: str = "tokenizer") -> dict:
+    tokenizer = getattr(pipe, name)
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         from transformers.convert_slow_tokenizer import convert_slow_tokenizer
 
         backend = convert_slow_tokenizer(tokenizer)
-    path = folder / "tokenizer" / "tokenizer.json"
+    path = folder / name / "tokenizer.json"
     path.parent.mkdir(parents=True)
     backend.save(str(path))
     return {
-        "path": "tokenizer/tokenizer.json",
+        "path": f"{name}/tokenizer.json",
         "max_length": int(tokenizer.model_max_length),
         "pad_id": int(tokenizer.pad_token_id),
         "files": file_entries(folder, [path]),
     }
+
+
+def _first_tokenizer(pipe) -> str:
+    """The tokenizer the manifest's `tokenizer` entry names (the refiner has only its second)."""
+    return "tokenizer" if getattr(pipe, "tokenizer", None) is not None else "tokenizer_2"
+
+
+def _xl_entries(pipe, folder: Path, first: dict) -> dict:
+    """An SDXL manifest's additions: the second tokenizer (the refiner's only one) and how
+    prompts become the UNet's embeddings and added conditioning, from the pipeline config."""
+    encoders = [n for n in onnx_export.component_names(pipe) if n.startswith("text_encoder")]
+    second = first if pipe.text_encoder is None else None  # (the refiner has one)
+    entries = {
+        "tokenizer_2": second or _write_tokenizer(pipe, folder, "tokenizer_2"),
+        "text_conditioning": {
+            "text_encoders": encoders,
+            "pooled": "text_encoder_2",
+            "force_zeros_for_empty_prompt": bool(pipe.config.force_zeros_for_empty_prompt),
+            "requires_aesthetics_score": bool(pipe.config.requires_aesthetics_score),
+        },
+    }
+    return entries
 
 
 def _write_scheduler(pipe, folder: Path) -> dict:
@@ -150,6 +174,10 @@ def _export_locked(
         replacement = load_vae(vae)
         check_vae_fits(pipe, replacement, vae)
         pipe.vae = replacement
+    if int8_images and onnx_export.is_sdxl(pipe):
+        raise InputError(
+            "an int8 UNet is not made for SDXL yet: export it without --int8 (fp32 or fp16)"
+        )
     fused = fuse_loras(pipe, loras, log)
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
@@ -175,12 +203,14 @@ def _export_locked(
             "latent_channels": int(pipe.vae.config.latent_channels),
             "vae": {"kind": onnx_export.vae_kind(pipe.vae), "source": vae or str(model)},
             "loras": fused,
-            "tokenizer": _write_tokenizer(pipe, staging),
+            "tokenizer": _write_tokenizer(pipe, staging, _first_tokenizer(pipe)),
             "scheduler": _write_scheduler(pipe, staging),
             "components": components,
             "memory": memory_model(pipe),
             "tools": _tool_versions(),
         }
+        if onnx_export.is_sdxl(pipe):
+            manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(staging, out)
     except BaseException:
@@ -192,14 +222,15 @@ def _export_locked(
 def _export_components(pipe, staging: Path, precision: str, log) -> dict:
     specs = onnx_export.component_specs(pipe)
     modules = onnx_export.torch_modules(pipe)
-    tolerance = verify.TOLERANCE[precision]
     entries = {}
-    for name in COMPONENTS:
+    for name in onnx_export.component_names(pipe):
         started = time.perf_counter()
-        log(f"exporting {name} ({precision})")
+        wanted = _component_precision(pipe, name, precision)
+        log(f"exporting {name} ({wanted})")
         raw = onnx_export.export_component(pipe, name, modules[name], specs[name], staging / ".raw")
         dest = staging / name / "model.onnx"
-        files = onnx_export.save_model(raw, dest, fp16=precision == "fp16")
+        tolerance = verify.TOLERANCE[wanted]
+        files = onnx_export.save_model(raw, dest, fp16=wanted == "fp16")
         shutil.rmtree(staging / ".raw")
         parity = verify.compare(pipe, name, modules[name], dest)
         parity["tolerance"] = tolerance
@@ -215,7 +246,7 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
             )
         entries[name] = {
             "path": f"{name}/model.onnx",
-            "precision": precision,
+            "precision": wanted,
             "files": file_entries(staging, files),
             **specs[name].io(),
             "parity": parity,
@@ -226,8 +257,17 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
             entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
             fused["path"] = f"{name}/{fused['path']}"
     # The runtime checks that the tokenizer's ids fit the text encoder's embedding.
-    entries["text_encoder"]["vocab_size"] = int(pipe.text_encoder.config.vocab_size)
+    for name in entries:
+        if name.startswith("text_encoder"):
+            entries[name]["vocab_size"] = int(getattr(pipe, name).config.vocab_size)
     return entries
+
+
+def _component_precision(pipe, name: str, precision: str) -> str:
+    """The precision a component is saved in: SDXL's VAE stays fp32 where its config says it
+    overflows in fp16 (force_upcast, as diffusers upcasts it), whatever was asked."""
+    upcast = onnx_export.is_sdxl(pipe) and pipe.vae.config.get("force_upcast", False)
+    return "fp32" if upcast and name.startswith("vae") else precision
 
 
 def _write_fused_attention(pipe, name, module, dest: Path, tolerance: float, log) -> dict | None:

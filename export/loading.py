@@ -8,12 +8,11 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
 
 
 def load_pipeline(model: str):
-    """StableDiffusionImg2ImgPipeline in float32 on the CPU, with no safety checker."""
+    """StableDiffusionImg2ImgPipeline (StableDiffusionXLImg2ImgPipeline for an SDXL model) in
+    float32 on the CPU, with no safety checker and no watermarker."""
     import diffusers
 
     quiet_hub_logging()
-    cls = diffusers.StableDiffusionImg2ImgPipeline
-    options = dict(safety_checker=None, requires_safety_checker=False)
     path = Path(model)
     if path.is_dir():
         if not (path / "model_index.json").is_file():
@@ -21,17 +20,56 @@ def load_pipeline(model: str):
                 f"{path} is not a diffusers pipeline folder (it has no model_index.json): "
                 "pass the folder that save_pretrained wrote, a .safetensors file or a hub id"
             )
+        cls, options = pipeline_class(_model_index(path / "model_index.json"))
         pipe = _attempt(lambda: cls.from_pretrained(path, **options), f"folder {path}")
     elif path.is_file():
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise InputError(f"{path} is neither a folder nor a .safetensors/.ckpt checkpoint")
+        cls, options = pipeline_class({})
         pipe = _attempt(lambda: cls.from_single_file(str(path), **options), f"checkpoint {path}")
     elif path.suffix in SINGLE_FILE_SUFFIXES or model.startswith((".", "/", "~")):
         raise InputError(f"{model} does not exist: check the path")
     else:
+        load_index = diffusers.DiffusionPipeline.load_config
+        index = _attempt(lambda: load_index(model), f"hub model {model}")
+        cls, options = pipeline_class(index)
         pipe = _attempt(lambda: cls.from_pretrained(model, **options), f"hub model {model}")
     check_supported(pipe)
     return pipe
+
+
+def pipeline_class(model_index: dict):
+    """The img2img pipeline class for a model_index.json, and the options it loads with."""
+    import diffusers
+
+    if is_sdxl_index(model_index):
+        return diffusers.StableDiffusionXLImg2ImgPipeline, dict(add_watermarker=False)
+    return diffusers.StableDiffusionImg2ImgPipeline, dict(
+        safety_checker=None, requires_safety_checker=False
+    )
+
+
+def is_sdxl_index(model_index: dict) -> bool:
+    """Whether a model_index.json describes an SDXL pipeline (it has a second text encoder)."""
+    name = str(model_index.get("_class_name", ""))
+    return "text_encoder_2" in model_index or name.startswith("StableDiffusionXL")
+
+
+def is_sdxl(pipe) -> bool:
+    """Whether a loaded pipeline has SDXL's two-encoder, added-conditioning layout."""
+    return hasattr(pipe, "text_encoder_2")
+
+
+def _model_index(path: Path) -> dict:
+    import json
+
+    try:
+        index = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(
+            f"{path} cannot be read as JSON ({exc}): the model folder is damaged"
+        ) from None
+    return index if isinstance(index, dict) else {}
 
 
 VAE_CLASSES = ("AutoencoderTiny", "AutoencoderKL")
@@ -119,10 +157,30 @@ def _attempt(load, what: str):
 
 
 def check_supported(pipe) -> None:
-    """Refuse pipelines whose UNet needs inputs fastimg does not export yet (SDXL)."""
+    """Refuse pipelines whose UNet needs inputs fastimg does not export yet."""
     config = pipe.unet.config
-    if config.get("addition_embed_type") is not None:
+    added = config.get("addition_embed_type")
+    if not is_sdxl(pipe):
+        if added is not None:
+            raise InputError(
+                f"this UNet needs {added!r} added conditioning, but the pipeline is not an SDXL "
+                "one: fastimg exports SD 1.x/2.x and SDXL (base, refiner, turbo) img2img pipelines"
+            )
+        return
+    if added != "text_time":
         raise InputError(
-            f"this UNet needs {config['addition_embed_type']!r} added conditioning (SDXL-style); "
-            "fastimg exports SD 1.x and 2.x pipelines (LCM-distilled ones included) for now"
+            f"this SDXL pipeline's UNet takes {added!r} added conditioning; fastimg exports "
+            "SDXL UNets with 'text_time' conditioning (base, refiner, turbo) only"
         )
+    if config.get("time_cond_proj_dim") is not None:
+        raise InputError(
+            "this SDXL UNet is LCM-distilled (time_cond_proj_dim): fastimg does not export "
+            "LCM-distilled SDXL UNets yet (SD 1.x LCMs and SDXL-Turbo it does)"
+        )
+    if pipe.vae.config.get("latents_mean") is not None:
+        raise InputError(
+            "this SDXL VAE normalizes latents with latents_mean/latents_std (Playground-style): "
+            "fastimg does not export that yet"
+        )
+    if getattr(pipe, "text_encoder_2", None) is None:
+        raise InputError("this SDXL pipeline has no text_encoder_2: it cannot be exported")

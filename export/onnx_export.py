@@ -28,8 +28,27 @@ class ComponentSpec:
         }
 
 
+SD_COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+
+
+def component_names(pipe) -> tuple[str, ...]:
+    """The graphs exported for this pipeline: SD's four, or SDXL's with text_encoder_2 (and
+    no text_encoder for the refiner)."""
+    if not is_sdxl(pipe):
+        return SD_COMPONENTS
+    first = ("text_encoder",) if pipe.text_encoder is not None else ()
+    return (*first, "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+
+
+def is_sdxl(pipe) -> bool:
+    """Whether the pipeline has SDXL's second text encoder and added conditioning."""
+    return hasattr(pipe, "text_encoder_2")
+
+
 def component_specs(pipe) -> dict[str, ComponentSpec]:
-    """I/O of the four graphs for this pipeline's dimensions."""
+    """I/O of the graphs for this pipeline's dimensions."""
+    if is_sdxl(pipe):
+        return _xl_specs(pipe)
     hidden = pipe.text_encoder.config.hidden_size
     latent = pipe.vae.config.latent_channels
     lat = ["batch", latent, "latent_height", "latent_width"]
@@ -56,6 +75,58 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
             {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
         ),
     }
+
+
+def _xl_specs(pipe) -> dict[str, ComponentSpec]:
+    """SDXL's graphs: penultimate hidden states of each text encoder (and the second one's
+    projected pooled output), a UNet with text_embeds and time_ids, the VAE's two halves."""
+    latent = pipe.vae.config.latent_channels
+    lat = ["batch", latent, "latent_height", "latent_width"]
+    img = ["batch", 3, "height", "width"]
+    width = int(pipe.unet.config.cross_attention_dim)
+    specs = {}
+    for name in component_names(pipe)[:-3]:
+        encoder = getattr(pipe, name)
+        outputs = {"hidden_states": ("float32", ["batch", "sequence", encoder.config.hidden_size])}
+        if name == "text_encoder_2":
+            outputs["text_embeds"] = ("float32", ["batch", encoder.config.projection_dim])
+        specs[name] = ComponentSpec({"input_ids": ("int64", ["batch", "sequence"])}, outputs)
+    specs["unet"] = ComponentSpec(
+        {
+            "sample": ("float32", lat),
+            "timestep": ("float32", ["batch"]),
+            "encoder_hidden_states": ("float32", ["batch", "sequence", width]),
+            "text_embeds": ("float32", ["batch", pipe.text_encoder_2.config.projection_dim]),
+            "time_ids": ("float32", ["batch", time_id_count(pipe)]),
+        },
+        {"out_sample": ("float32", lat)},
+    )
+    specs["vae_encoder"] = ComponentSpec({"sample": ("float32", img)}, _encoder_output(pipe.vae))
+    specs["vae_decoder"] = ComponentSpec(
+        {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
+    )
+    return specs
+
+
+def time_id_count(pipe) -> int:
+    """How many micro-conditioning values the SDXL UNet embeds: 6 (sizes and crop), or 5 for
+    the refiner (aesthetic score in place of the target size), as diffusers checks per call."""
+    config = pipe.unet.config
+    pooled = pipe.text_encoder_2.config.projection_dim
+    count, rest = divmod(
+        config.projection_class_embeddings_input_dim - pooled, config.addition_time_embed_dim
+    )
+    expected = 5 if pipe.config.requires_aesthetics_score else 6
+    if rest or count != expected:
+        from fastimg.errors import InputError
+
+        raise InputError(
+            f"this SDXL UNet embeds {config.projection_class_embeddings_input_dim} added values, "
+            f"not {expected} time ids of {config.addition_time_embed_dim} and a pooled "
+            f"embedding of {pooled} (requires_aesthetics_score="
+            f"{pipe.config.requires_aesthetics_score}): the model's config is inconsistent"
+        )
+    return count
 
 
 def vae_kind(vae) -> str:
@@ -126,11 +197,45 @@ def torch_modules(pipe) -> dict:
         def forward(self, latent_sample):
             return self.vae.decode(latent_sample, return_dict=False)[0]
 
+    class PenultimateTextEncoder(torch.nn.Module):
+        """SDXL's text encoder: hidden_states[-2], and the projected pooled output if any."""
+
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids):
+            out = self.model(input_ids, output_hidden_states=True)
+            hidden = out.hidden_states[-2]
+            pooled = getattr(out, "text_embeds", None)
+            return hidden if pooled is None else (hidden, pooled)
+
+    class UNetXL(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, sample, timestep, encoder_hidden_states, text_embeds, time_ids):
+            added = {"text_embeds": text_embeds, "time_ids": time_ids}
+            return self.model(
+                sample,
+                timestep,
+                encoder_hidden_states,
+                added_cond_kwargs=added,
+                return_dict=False,
+            )[0]
+
+    vae = {"vae_encoder": VaeEncoder(pipe.vae).eval(), "vae_decoder": VaeDecoder(pipe.vae).eval()}
+    if is_sdxl(pipe):
+        encoders = {
+            name: PenultimateTextEncoder(getattr(pipe, name)).eval()
+            for name in component_names(pipe)[:-3]
+        }
+        return {**encoders, "unet": UNetXL(pipe.unet).eval(), **vae}
     return {
         "text_encoder": TextEncoder(pipe.text_encoder).eval(),
         "unet": UNet(pipe.unet).eval(),
-        "vae_encoder": VaeEncoder(pipe.vae).eval(),
-        "vae_decoder": VaeDecoder(pipe.vae).eval(),
+        **vae,
     }
 
 
@@ -147,10 +252,17 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
     h, w = latent_hw
     factor = vae_scale_factor(pipe)
     latent = pipe.vae.config.latent_channels
-    hidden = pipe.text_encoder.config.hidden_size
-    length = pipe.tokenizer.model_max_length
-    if name == "text_encoder":
-        vocab = min(pipe.text_encoder.config.vocab_size, len(pipe.tokenizer))
+    if is_sdxl(pipe):
+        encoder, tokenizer = pipe.text_encoder_2, pipe.tokenizer_2
+        if name == "text_encoder":
+            encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
+        hidden = pipe.unet.config.cross_attention_dim
+    else:
+        encoder, tokenizer = pipe.text_encoder, pipe.tokenizer
+        hidden = encoder.config.hidden_size
+    length = tokenizer.model_max_length
+    if name.startswith("text_encoder"):
+        vocab = min(encoder.config.vocab_size, len(tokenizer))
         return (torch.randint(0, vocab, (batch, length), generator=g),)
     if name == "unet":
         inputs = (
@@ -158,6 +270,10 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
             torch.rand(batch, generator=g) * 999,
             torch.randn(batch, length, hidden, generator=g),
         )
+        if is_sdxl(pipe):  # a pooled embedding, and sizes (or an aesthetic score) as time ids
+            pooled = torch.randn(batch, pipe.text_encoder_2.config.projection_dim, generator=g)
+            sizes = torch.randint(0, 1025, (batch, time_id_count(pipe)), generator=g)
+            return (*inputs, pooled, sizes.float())
         cond_dim = pipe.unet.config.get("time_cond_proj_dim")
         if cond_dim is not None:  # a guidance embedding: sines and cosines
             inputs += (torch.rand(batch, cond_dim, generator=g) * 2 - 1,)

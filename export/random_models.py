@@ -165,46 +165,254 @@ ARCHITECTURES = {
 
 CLIP_VOCAB_SIZE = 49408
 
+# SDXL layouts (StableDiffusionXLImg2ImgPipeline): CLIP-L and OpenCLIP bigG with projection, a
+# UNet with "text_time" added conditioning; addition_time_embed_dim * time ids + the pooled
+# width must equal projection_class_embeddings_input_dim (diffusers checks it per call).
+_XL_SCHEDULER = (
+    "EulerDiscreteScheduler",
+    {
+        **_SD_BETAS,
+        "steps_offset": 1,
+        "timestep_spacing": "leading",
+        "interpolation_type": "linear",
+        "use_karras_sigmas": False,
+    },
+)
+_TINY_XL_TEXT = _TINY_TEXT
+# Wider than the first encoder, so a wrong concatenation or pooled width cannot pass unseen.
+_TINY_XL_TEXT_2 = dict(
+    hidden_size=48,
+    intermediate_size=96,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    hidden_act="gelu",
+    projection_dim=40,
+)
+_TINY_XL_UNET = dict(
+    sample_size=8,
+    layers_per_block=1,
+    block_out_channels=(32, 64),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2),
+    attention_head_dim=(2, 4),
+    use_linear_projection=True,
+    norm_num_groups=16,
+    cross_attention_dim=32 + 48,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=8,
+    projection_class_embeddings_input_dim=8 * 6 + 40,
+)
+_TINY_XL_REFINER_UNET = {
+    **_TINY_XL_UNET,
+    "cross_attention_dim": 48,
+    "projection_class_embeddings_input_dim": 8 * 5 + 40,
+}
+# stabilityai/stable-diffusion-xl-base-1.0 (sdxl-turbo has the same UNet, sample_size 64).
+_SDXL_UNET = dict(
+    sample_size=128,
+    layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    transformer_layers_per_block=(1, 2, 10),
+    attention_head_dim=(5, 10, 20),
+    use_linear_projection=True,
+    cross_attention_dim=2048,
+    addition_embed_type="text_time",
+    addition_embed_type_num_heads=64,
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+)
+# stabilityai/stable-diffusion-xl-refiner-1.0: its own UNet, conditioned on bigG alone.
+_SDXL_REFINER_UNET = dict(
+    sample_size=128,
+    layers_per_block=2,
+    block_out_channels=(384, 768, 1536, 1536),
+    down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 2 + ("DownBlock2D",),
+    up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 2 + ("UpBlock2D",),
+    transformer_layers_per_block=4,
+    attention_head_dim=(6, 12, 24, 24),
+    use_linear_projection=True,
+    cross_attention_dim=1280,
+    addition_embed_type="text_time",
+    addition_embed_type_num_heads=64,
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2560,
+)
+_CLIP_L = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    hidden_act="quick_gelu",
+    projection_dim=768,
+)
+_CLIP_BIGG = dict(
+    hidden_size=1280,
+    intermediate_size=5120,
+    num_hidden_layers=32,
+    num_attention_heads=20,
+    hidden_act="gelu",
+    projection_dim=1280,
+)
+_SDXL_VAE = {**_SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
+_TINY_XL_VAE = {**_TINY_VAE, "scaling_factor": 0.13025}
+_XL_BASE = dict(pad_token="<|endoftext|>", pad_token_2="!")
+_XL_REFINER = dict(
+    text=None, pad_token_2="!", requires_aesthetics_score=True, force_zeros_for_empty_prompt=False
+)
+
+# StableDiffusionXLImg2ImgPipeline layouts: text=None means no first text encoder (refiner).
+XL_ARCHITECTURES = {
+    "tiny-sdxl": dict(
+        unet=_TINY_XL_UNET,
+        text=_TINY_XL_TEXT,
+        text_2=_TINY_XL_TEXT_2,
+        vae=_TINY_XL_VAE,
+        scheduler=_XL_SCHEDULER,
+        real_vocab=False,
+        **_XL_BASE,
+    ),
+    "tiny-sdxl-refiner": dict(
+        unet=_TINY_XL_REFINER_UNET,
+        text_2=_TINY_XL_TEXT_2,
+        vae=_TINY_XL_VAE,
+        scheduler=_XL_SCHEDULER,
+        real_vocab=False,
+        **_XL_REFINER,
+    ),
+    "tiny-sdxl-turbo": dict(
+        unet=_TINY_XL_UNET,
+        text=_TINY_XL_TEXT,
+        text_2=_TINY_XL_TEXT_2,
+        vae=_TINY_XL_VAE,
+        scheduler=_TURBO_SCHEDULER,
+        real_vocab=False,
+        **_XL_BASE,
+    ),
+    "sdxl": dict(
+        unet=_SDXL_UNET,
+        text=_CLIP_L,
+        text_2=_CLIP_BIGG,
+        vae=_SDXL_VAE,
+        scheduler=_XL_SCHEDULER,
+        real_vocab=True,
+        **_XL_BASE,
+    ),
+    "sdxl-refiner": dict(
+        unet=_SDXL_REFINER_UNET,
+        text_2=_CLIP_BIGG,
+        vae=_SDXL_VAE,
+        scheduler=_XL_SCHEDULER,
+        real_vocab=True,
+        **_XL_REFINER,
+    ),
+    "sdxl-turbo": dict(
+        unet={**_SDXL_UNET, "sample_size": 64},
+        text=_CLIP_L,
+        text_2=_CLIP_BIGG,
+        vae={**_SDXL_VAE, "sample_size": 512},
+        scheduler=_TURBO_SCHEDULER,
+        real_vocab=True,
+        **_XL_BASE,
+    ),
+}
+ARCHITECTURES.update(XL_ARCHITECTURES)
+
 
 def build_pipeline(arch: str, seed: int = 0):
-    """A StableDiffusionImg2ImgPipeline of architecture `arch` with seeded random weights."""
+    """A StableDiffusionImg2ImgPipeline (or, for an SDXL layout, a
+    StableDiffusionXLImg2ImgPipeline) of architecture `arch` with seeded random weights."""
     if arch not in ARCHITECTURES:
         raise InputError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
     import diffusers
-    import torch
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextModel
 
     quiet_hub_logging()
     spec = ARCHITECTURES[arch]
-    with tempfile.TemporaryDirectory() as vocab_dir:
-        vocab_size = clip_vocab.write_vocab(Path(vocab_dir))
-        tokenizer = CLIPTokenizer.from_pretrained(
-            vocab_dir, pad_token=spec["pad_token"], model_max_length=77
-        )
-    torch.manual_seed(seed)
-    text_config = CLIPTextConfig(
-        vocab_size=CLIP_VOCAB_SIZE if spec["real_vocab"] else vocab_size,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **spec["text"],
-    )
+    if arch in XL_ARCHITECTURES:
+        return _build_xl_pipeline(spec, seed)
+    tokenizer = _tokenizer(spec["pad_token"])
+    _seed(seed)
     scheduler_class, scheduler_config = spec["scheduler"]
     return diffusers.StableDiffusionImg2ImgPipeline(
-        vae=diffusers.AutoencoderKL(
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            latent_channels=4,
-            **spec["vae"],
-        ),
-        text_encoder=CLIPTextModel(text_config).eval(),
+        vae=_vae(spec),
+        text_encoder=CLIPTextModel(_text_config(spec, spec["text"], tokenizer)).eval(),
         tokenizer=tokenizer,
         unet=diffusers.UNet2DConditionModel(in_channels=4, out_channels=4, **spec["unet"]),
         scheduler=getattr(diffusers, scheduler_class)(**scheduler_config),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def _build_xl_pipeline(spec: dict, seed: int):
+    """A StableDiffusionXLImg2ImgPipeline with seeded random weights, without a watermarker."""
+    import diffusers
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+    text, text_encoder, tokenizer = spec.get("text"), None, None
+    if text is not None:
+        tokenizer = _tokenizer(spec["pad_token"])
+    tokenizer_2 = _tokenizer(spec["pad_token_2"])
+    _seed(seed)
+    if text is not None:
+        text_encoder = CLIPTextModel(_text_config(spec, text, tokenizer)).eval()
+    config_2 = _text_config(spec, spec["text_2"], tokenizer_2)
+    scheduler_class, scheduler_config = spec["scheduler"]
+    return diffusers.StableDiffusionXLImg2ImgPipeline(
+        vae=_vae(spec),
+        text_encoder=text_encoder,
+        text_encoder_2=CLIPTextModelWithProjection(config_2).eval(),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=diffusers.UNet2DConditionModel(in_channels=4, out_channels=4, **spec["unet"]),
+        scheduler=getattr(diffusers, scheduler_class)(**scheduler_config),
+        requires_aesthetics_score=spec.get("requires_aesthetics_score", False),
+        force_zeros_for_empty_prompt=spec.get("force_zeros_for_empty_prompt", True),
+        add_watermarker=False,
+    )
+
+
+def _tokenizer(pad_token: str):
+    """A CLIP tokenizer over the small generated vocabulary, padding with `pad_token`."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as vocab_dir:
+        clip_vocab.write_vocab(Path(vocab_dir))
+        return CLIPTokenizer.from_pretrained(vocab_dir, pad_token=pad_token, model_max_length=77)
+
+
+def _seed(seed: int) -> None:
+    import torch
+
+    torch.manual_seed(seed)
+
+
+def _text_config(spec: dict, text: dict, tokenizer):
+    """A CLIPTextConfig of the given shapes whose special ids are the tokenizer's."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        vocab_size=CLIP_VOCAB_SIZE if spec["real_vocab"] else len(tokenizer),
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **text,
+    )
+
+
+def _vae(spec: dict):
+    import diffusers
+
+    return diffusers.AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        **spec["vae"],
     )
 
 

@@ -129,7 +129,14 @@ def build_engines(
         raise InputError(f"precisions must be one of {', '.join(PRECISIONS)}")
     if opt_level not in OPT_LEVELS:
         raise InputError("the builder optimization level must be between 0 and 5")
-    check_profile(profile, load_manifest(folder))
+    manifest = load_manifest(folder)
+    if manifest.text_encoders != ("text_encoder",):
+        raise InputError(
+            f"{folder} holds {manifest.data.get('model_family')} engines (two text encoders and "
+            "added conditioning): TensorRT plans are built for SD 1.x/2.x engine folders only "
+            "for now; run it on onnxruntime or openvino"
+        )
+    check_profile(profile, manifest)
     with writer_lock(Path(folder).absolute()):  # no export or build writes it meanwhile
         return _build_locked(
             folder, profile, precision, vae_precision, opt_level, rebuild, log, device

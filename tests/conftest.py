@@ -89,6 +89,26 @@ def tiny_turbo(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SDXL base layout (two text encoders,
+    text_time added conditioning, Euler leading)."""
+    return _build(tmp_path_factory, "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refiner(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SDXL refiner layout (text_encoder_2 only,
+    aesthetic score in the time ids)."""
+    return _build(tmp_path_factory, "tiny-sdxl-refiner")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_turbo(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SDXL-Turbo layout (Euler ancestral, trailing)."""
+    return _build(tmp_path_factory, "tiny-sdxl-turbo")
+
+
+@pytest.fixture(scope="session")
 def sd15(tmp_path_factory):
     """(model folder, engine folder) of the full-size SD 1.5 architecture (slow: about 8 GB)."""
     return _build(tmp_path_factory, "sd15")

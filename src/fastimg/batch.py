@@ -48,6 +48,7 @@ class Job:
     row: int | None = None  # its row in a job file (1: the first job)
     name: str | None = None  # its own output name (a job file's output column)
     outputs: tuple[Path, ...] = ()
+    sdxl: tuple[tuple[str, object], ...] = ()  # SDXL-only arguments (prompt_2, sizes, ...)
 
     @property
     def label(self) -> str:
@@ -78,8 +79,10 @@ def plan_sweep(
     negative_prompt: str | None = None,
     sampler: str | None = None,
     count: int = 1,
+    sdxl: tuple[tuple[str, object], ...] = (),
 ) -> list[Job]:
-    """One job per input and combination of the swept values, inputs outermost.
+    """One job per input and combination of the swept values, inputs outermost (`sdxl`: the
+    SDXL-only arguments of every job).
 
     Without seeds each input draws its own random seed (the same one across its other swept
     values, so a strength sweep compares like with like).
@@ -97,7 +100,16 @@ def plan_sweep(
         ):
             jobs.append(
                 Job(
-                    source, prompt, negative_prompt, strength, steps, guidance, seed, sampler, count
+                    source,
+                    prompt,
+                    negative_prompt,
+                    strength,
+                    steps,
+                    guidance,
+                    seed,
+                    sampler,
+                    count,
+                    sdxl=sdxl,
                 )  # fmt: skip
             )
     return jobs
@@ -412,21 +424,23 @@ def transform(pipe, job: Job, image, sampler: str, callback: Callable | None = N
         seed=job.seed,
         scheduler=sampler,
         callback=callback,
+        **dict(job.sdxl),
     )
 
 
 def check_jobs(pipe, jobs: list[Job]) -> list[tuple[str, int]]:
     """Each job's sampler and the steps it runs; a prompt, sampler or strength-and-steps
     combination that cannot run is refused here, naming the job, before any work."""
-    from .pipeline import check_prompt, resolve_sampler
+    from .pipeline import check_prompt, check_sdxl_arguments, resolve_sampler
 
     planned, checked = [], {}
     for job in jobs:
-        key = (job.sampler, job.steps, job.strength, job.prompt, job.negative_prompt)
+        key = (job.sampler, job.steps, job.strength, job.prompt, job.negative_prompt, job.sdxl)
         if key not in checked:
             try:
                 for text in (job.prompt, job.negative_prompt or ""):
                     check_prompt(text)
+                check_sdxl_arguments(pipe.manifest, dict(job.sdxl))
                 sampler = resolve_sampler(pipe.manifest, job.sampler)
                 checked[key] = (sampler, pipe.plan(sampler, job.steps, job.strength).steps)
             except InputError as exc:

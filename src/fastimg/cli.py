@@ -17,6 +17,7 @@ EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
 # export/random_models.py defines them: pipelines, standalone VAEs, LoRA files
 ARCHITECTURES = (
     *("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo"),
+    *("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sdxl-turbo", "sdxl", "sdxl-refiner", "sdxl-turbo"),
     "taesd",
     *("tiny-lora", "sd15-lora"),
 )

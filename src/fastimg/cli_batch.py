@@ -12,6 +12,7 @@ from .backends.select import BACKEND_CHOICES, PRECISION_CHOICES
 from .cli_common import domain_errors, echo_err
 from .errors import InputError
 from .schedules import SAMPLERS
+from .sdxl import SDXL_ARGUMENTS
 
 FORMATS = ("png", "jpeg", "webp")
 WRITTEN_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -40,6 +41,50 @@ STRENGTH = click.FloatRange(0, 1, min_open=True)
 STEPS = click.IntRange(1, 1000)
 GUIDANCE = click.FloatRange(0)
 SEED = click.IntRange(0, 2**32 - 1)
+
+
+class Pair(click.ParamType):
+    """Two whole numbers, HEIGHTxWIDTH or TOP,LEFT: 1024x768."""
+
+    name = "pair"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = str(value).lower().replace("x", ",").split(",")
+        try:
+            first, second = (int(part.strip()) for part in parts)
+        except ValueError:
+            self.fail(f"{value!r} is not two whole numbers such as 1024x768", param, ctx)
+        if min(first, second) < 0:
+            self.fail(f"{value!r} has a negative number", param, ctx)
+        return first, second
+
+
+def sdxl_options(command):
+    """StableDiffusionXLImg2ImgPipeline's extra arguments (SDXL engine folders only)."""
+    options = [
+        click.option("--prompt-2", help="SDXL: the second text encoder's prompt [--prompt]."),
+        click.option(
+            "--negative-prompt-2", help="SDXL: the second encoder's negative [--negative-prompt]."
+        ),
+        click.option(
+            "--original-size",
+            type=Pair(),
+            help="SDXL: HEIGHTxWIDTH conditioning the UNet on the source size [the input's].",
+        ),
+        click.option(
+            "--crops-coords-top-left", type=Pair(), help="SDXL: crop TOP,LEFT conditioning [0,0]."
+        ),
+        click.option(
+            "--target-size", type=Pair(), help="SDXL base: HEIGHTxWIDTH [the input's size]."
+        ),
+        click.option("--aesthetic-score", type=float, help="SDXL refiner: [6.0]."),
+        click.option("--negative-aesthetic-score", type=float, help="SDXL refiner: [2.5]."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
 
 scheduler_option = click.option(
@@ -408,6 +453,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     is_flag=True,
     help="Also write a labelled contact sheet per input (STEM-grid.png) of the swept values.",
 )
+@sdxl_options
 @output_options
 @engine_options
 @ray_options
@@ -425,6 +471,8 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     from .sources import collect_sources
 
     prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
+    given = {name: settings.pop(name) for name in SDXL_ARGUMENTS}
+    sdxl = tuple((name, value) for name, value in given.items() if value is not None)
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "
@@ -441,7 +489,9 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     sweep = batch.Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
     sources = collect_sources(list(images), recursive=recursive, exclude=settings["output"])
     try:
-        jobs = batch.plan_sweep(sources, prompt, sweep, negative_prompt, scheduler, num_images)
+        jobs = batch.plan_sweep(
+            sources, prompt, sweep, negative_prompt, scheduler, num_images, sdxl
+        )
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
     _run(jobs, single, settings, grid=grid)

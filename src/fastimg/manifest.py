@@ -13,6 +13,10 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 2**20
 COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# SDXL folders have a second text encoder (the refiner has only that one), each with its
+# tokenizer: the manifest's text_conditioning.text_encoders names those present.
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 # Dynamic ONNX engines take any size, but SD's attention memory grows with the fourth power of
 # the side. Where neither the manifest nor its memory model says more, this is the limit.
 DEFAULT_MAX_SIDE = 2048
@@ -42,6 +46,25 @@ class Manifest:
         return self.data["tokenizer"]
 
     @property
+    def text_conditioning(self) -> dict:
+        """How prompts become UNet inputs (SDXL: encoders, pooled, config flags); {} for SD."""
+        return self.data.get("text_conditioning") or {}
+
+    @property
+    def text_encoders(self) -> tuple[str, ...]:
+        """The text encoder components, in the order their states are concatenated."""
+        return tuple(self.text_conditioning.get("text_encoders", ("text_encoder",)))
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """Every component the pipeline loads: the text encoders, unet, vae_encoder/decoder."""
+        return (*self.text_encoders, *COMPONENTS[1:])
+
+    def tokenizer_of(self, encoder: str) -> dict:
+        """The tokenizer entry that feeds `encoder`."""
+        return self.data[TOKENIZER_OF[encoder]]
+
+    @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side."""
         return int(self.data["vae_scale_factor"])
@@ -62,6 +85,7 @@ class Manifest:
         """Every file the manifest names (relative path -> bytes, sha256)."""
         named = dict(self.data.get("files", {}))
         named.update(self.tokenizer.get("files", {}))
+        named.update(self.data.get("tokenizer_2", {}).get("files", {}))
         for entry in self.components.values():
             named.update(entry.get("files", {}))
         for plans in self.data.get("tensorrt", {}).get("engines", {}).values():
@@ -74,6 +98,8 @@ class Manifest:
         component graphs and their variants, the tokenizer, TensorRT plans. The graphs' external
         data is found in the graphs themselves when they are verified."""
         opened = {self.tokenizer["path"]: "the tokenizer"}
+        if "tokenizer_2" in self.data:
+            opened.setdefault(self.data["tokenizer_2"]["path"], "the second tokenizer")
         for name, entry in self.components.items():
             opened.setdefault(entry["path"], f"component {name}'s graph")
             for backend, variant in entry.get("variants", {}).items():
@@ -85,10 +111,11 @@ class Manifest:
                 opened.setdefault(entry["path"], f"TensorRT plan set {key}'s {name}")
         return opened
 
-    def graph_digest(self, components: tuple[str, ...] = COMPONENTS) -> str:
-        """SHA-256 over the recorded hashes of the components' files: which graphs these are."""
+    def graph_digest(self, components: tuple[str, ...] | None = None) -> str:
+        """SHA-256 over the recorded hashes of the components' files (default: all the folder
+        has): which graphs these are."""
         digest = hashlib.sha256()
-        for component in components:
+        for component in components or self.component_names:
             files = self.components[component].get("files", {})
             for rel in sorted(files):
                 digest.update(f"{component}/{rel}:{files[rel].get('sha256')}\n".encode())

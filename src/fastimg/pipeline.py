@@ -15,6 +15,7 @@ import secrets
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +26,9 @@ from .arrays import PredrawnNoise, namespace, to_host
 from .backends import CACHES, GPU_BACKENDS, SHAPES, Engines, load_engines
 from .backends.select import resolve
 from .errors import EngineError, InputError
-from .manifest import COMPONENTS, DEFAULT_MAX_SIDE, Manifest, load_manifest
+from .manifest import DEFAULT_MAX_SIDE, Manifest, load_manifest
 from .rng import TorchCompatibleGenerator
+from .sdxl import BASE_ONLY, REFINER_ONLY, SDXL_ARGUMENTS
 from .tokenizer import PromptTokenizer, quote
 
 log = logging.getLogger("fastimg")
@@ -86,13 +88,60 @@ def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
 UNET_INPUTS = ("sample", "timestep", "encoder_hidden_states")
 
 
-def _guidance_cond(spec: dict, images: int, guidance_scale: float) -> np.ndarray:
+@dataclass(frozen=True)
+class Call:
+    """What the UNet's extra conditioning is built from, for one call."""
+
+    images: int
+    guidance_scale: float
+    cfg: bool = False
+    height: int = 0
+    width: int = 0
+    pooled: np.ndarray | None = None  # SDXL's pooled text embeddings: [negative, positive]
+    micro: dict = field(default_factory=dict)  # SDXL's size, crop and aesthetic arguments
+    requires_aesthetics_score: bool = False
+
+
+def _guidance_cond(spec: dict, call: Call) -> np.ndarray:
     """An LCM-distilled UNet's timestep_cond: the embedding of w = guidance - 1 (diffusers)."""
-    w = np.full(images, guidance_scale - 1.0, dtype=np.float32)
+    w = np.full(call.images, call.guidance_scale - 1.0, dtype=np.float32)
     return schedules.guidance_embedding(w, int(spec["shape"][-1]))
 
 
-CONDITIONING = {"timestep_cond": _guidance_cond}
+def _text_embeds(spec: dict, call: Call) -> np.ndarray:
+    """SDXL's pooled text embedding, one row per image ([negatives, positives] under CFG)."""
+    return np.repeat(to_host(call.pooled), call.images, axis=0)
+
+
+def _time_ids(spec: dict, call: Call) -> np.ndarray:
+    """SDXL's micro-conditioning as StableDiffusionXLImg2ImgPipeline._get_add_time_ids:
+    original size, crop top-left, then the target size (the refiner: the aesthetic score).
+    The negative row keeps the crop, except the refiner's, whose crop is (0, 0)."""
+    micro, processed = call.micro, (call.height, call.width)
+    original = micro.get("original_size") or processed
+    crop = micro.get("crops_coords_top_left") or (0, 0)
+    if call.requires_aesthetics_score:
+        score = micro.get("aesthetic_score")
+        negative_score = micro.get("negative_aesthetic_score")
+        positive = [*original, *crop, 6.0 if score is None else score]
+        negative = [*original, 0, 0, 2.5 if negative_score is None else negative_score]
+    else:
+        positive = negative = [*original, *crop, *(micro.get("target_size") or processed)]
+    if len(positive) != int(spec["shape"][-1]):
+        raise EngineError(
+            f"the UNet takes {spec['shape'][-1]} time ids, but the manifest's "
+            f"requires_aesthetics_score={call.requires_aesthetics_score} gives {len(positive)}: "
+            "the engine folder is inconsistent; export it again"
+        )
+    rows = [negative] * call.images * call.cfg + [positive] * call.images
+    return np.array(rows, dtype=np.float32)
+
+
+CONDITIONING = {
+    "timestep_cond": _guidance_cond,
+    "text_embeds": _text_embeds,
+    "time_ids": _time_ids,
+}
 
 
 def describe(backend: str, precision: str) -> str:
@@ -142,7 +191,8 @@ class Img2ImgPipeline:
             device = current_device()  # one device for plans, caches and buffers alike
         self._options = {"threads": threads, "max_concurrency": max_concurrency, "device": device}
         self.shapes = shapes
-        self.tokenizer = PromptTokenizer(manifest)
+        self.tokenizers = {e: PromptTokenizer(manifest, e) for e in manifest.text_encoders}
+        self.tokenizer = next(iter(self.tokenizers.values()))
         unet_inputs = manifest.components["unet"]["inputs"]
         extra = [name for name in unet_inputs if name not in UNET_INPUTS]
         unknown = [name for name in extra if name not in CONDITIONING]
@@ -289,7 +339,7 @@ class Img2ImgPipeline:
         engines = load_engines(
             backend,
             self.manifest,
-            COMPONENTS,
+            self.manifest.component_names,
             precision,
             plans=plans,
             shapes=self.shapes,
@@ -350,22 +400,71 @@ class Img2ImgPipeline:
         self, prompt: str, negative_prompt: str | None, cfg: bool, engines: Engines | None = None
     ) -> np.ndarray:
         """Text embeddings, [negative, positive] stacked on the batch axis under CFG; cached."""
+        return self.encode_text(prompt, negative_prompt, cfg, engines)["encoder_hidden_states"]
+
+    def encode_text(
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        cfg: bool,
+        engines: Engines | None = None,
+        prompt_2: str | None = None,
+        negative_prompt_2: str | None = None,
+    ) -> dict:
+        """The UNet's text inputs, [negative, positive] on the batch axis under CFG, cached:
+        encoder_hidden_states, and for SDXL text_embeds (the second encoder's pooled output),
+        encoded as StableDiffusionXLImg2ImgPipeline.encode_prompt does."""
         engines = engines or self._default_engines()
-        key = (prompt, (negative_prompt or "") if cfg else None, cfg, engines.label)
+        sdxl = bool(self.manifest.text_conditioning)
+        if not sdxl:
+            negative_prompt = negative_prompt or ""
+        key = (prompt, prompt_2, negative_prompt, negative_prompt_2, cfg, engines.label)
+        if not cfg:
+            key = (prompt, prompt_2, None, None, cfg, engines.label)
         with self._lock:
             cached = self._prompt_cache.get(key)
             if cached is not None:
                 self._prompt_cache.move_to_end(key)
                 return cached
-        prompts = [negative_prompt or "", prompt] if cfg else [prompt]
-        ids = self.tokenizer(prompts)
-        out = engines.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
-        out = out.astype(np.float32, copy=True)
+        if sdxl:
+            negatives = (negative_prompt, negative_prompt_2)
+            out = self._encode_xl(prompt, prompt_2, negatives, cfg, engines)
+        else:
+            prompts = [negative_prompt, prompt] if cfg else [prompt]
+            ids = self.tokenizer(prompts)
+            hidden = engines.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+            out = {"encoder_hidden_states": hidden.astype(np.float32, copy=True)}
         with self._lock:
             self._prompt_cache[key] = out
             while len(self._prompt_cache) > PROMPT_CACHE_SIZE:
                 self._prompt_cache.popitem(last=False)
         return out
+
+    def _encode_xl(self, prompt, prompt_2, negatives, cfg, engines) -> dict:
+        """Each encoder's penultimate states concatenated, pooled from text_encoder_2; the
+        i-th encoder present reads the i-th of (prompt, prompt_2), so the refiner reads only
+        `prompt`, as in diffusers. Without a negative prompt and with
+        force_zeros_for_empty_prompt, the negative embeddings are zeros."""
+        xp, conditioning = engines.xp, self.manifest.text_conditioning
+        negative_prompt, negative_prompt_2 = negatives
+        zeros = negative_prompt is None and conditioning.get("force_zeros_for_empty_prompt")
+        texts = [[prompt, prompt_2 or prompt]]
+        if cfg and not zeros:
+            negative_prompt = negative_prompt or ""
+            texts.insert(0, [negative_prompt, negative_prompt_2 or negative_prompt])
+        states, pooled = [], None
+        for k, encoder in enumerate(self.manifest.text_encoders):
+            ids = self.tokenizers[encoder]([row[k] for row in texts])
+            out = engines.sessions[encoder].run({"input_ids": ids})
+            states.append(out["hidden_states"])
+            if encoder == conditioning.get("pooled"):
+                pooled = out["text_embeds"]
+        hidden = xp.concatenate(states, axis=-1).astype(np.float32, copy=True)
+        pooled = pooled.astype(np.float32, copy=True)
+        if cfg and zeros:
+            hidden = xp.concatenate([xp.zeros_like(hidden), hidden])
+            pooled = xp.concatenate([xp.zeros_like(pooled), pooled])
+        return {"encoder_hidden_states": hidden, "text_embeds": pooled}
 
     def encode_image(
         self, pixels: np.ndarray, rng: TorchCompatibleGenerator, engines: Engines | None = None
@@ -409,16 +508,24 @@ class Img2ImgPipeline:
             rng = PredrawnNoise(rng, latents.shape, samplers.noise_draws(plan), xp)
         finite = []  # (step, flag), read once after the loop: no host sync inside it
 
+        # One row per image, or (SDXL's text_embeds, time_ids) [negatives, positives] under CFG.
         extra = {name: xp.asarray(rows) for name, rows in (conditioning or {}).items()}
+        paired = {name for name, rows in extra.items() if cfg and rows.shape[0] == 2 * n}
+
+        def rows_for(name: str, j: int, count: int):
+            """The conditioning rows of images j .. j + count - 1, both halves under CFG."""
+            rows = extra[name]
+            if name in paired:
+                return xp.concatenate([rows[j : j + count], rows[n + j : n + j + count]])
+            return xp.concatenate([rows[j : j + count]] * 2) if cfg else rows[j : j + count]
 
         def unet_on(x_in, j: int, i: int):
             """The guided noise prediction for images j .. j + len(x_in) - 1."""
             emb = embeddings[j : j + len(x_in)]
-            feeds = {name: rows[j : j + len(x_in)] for name, rows in extra.items()}
+            feeds = {name: rows_for(name, j, len(x_in)) for name in extra}
             if cfg:
                 emb = xp.concatenate([emb, embeddings[n + j : n + j + len(x_in)]])
                 x_in = xp.concatenate([x_in, x_in])
-                feeds = {name: xp.concatenate([rows, rows]) for name, rows in feeds.items()}
             t = xp.full(x_in.shape[0], plan.timesteps[i], dtype=np.float32)
             feeds.update(sample=x_in, timestep=t, encoder_hidden_states=emb)
             out = unet.run(feeds)
@@ -470,12 +577,31 @@ class Img2ImgPipeline:
         seed: int | None = None,
         scheduler: str | None = None,
         callback: Callable[[int, int], None] | None = None,
+        prompt_2: str | None = None,
+        negative_prompt_2: str | None = None,
+        original_size: tuple[int, int] | None = None,
+        crops_coords_top_left: tuple[int, int] | None = None,
+        target_size: tuple[int, int] | None = None,
+        aesthetic_score: float | None = None,
+        negative_aesthetic_score: float | None = None,
     ) -> list[Image.Image]:
         """Transform `image` toward `prompt`; the same seed gives diffusers' image for it.
 
         Each image's `info` holds the settings, the seed (drawn when none was given), and the
         backend and precision that made it (`fastimg:*` keys, saved as PNG text by the CLI).
+        SDXL folders also take StableDiffusionXLImg2ImgPipeline's `prompt_2`,
+        `negative_prompt_2`, `original_size`, `crops_coords_top_left`, `target_size` (base) and
+        `aesthetic_score`, `negative_aesthetic_score` (refiner); None means diffusers' default.
         """
+        micro = self._check_sdxl_arguments(
+            prompt_2=prompt_2,
+            negative_prompt_2=negative_prompt_2,
+            original_size=original_size,
+            crops_coords_top_left=crops_coords_top_left,
+            target_size=target_size,
+            aesthetic_score=aesthetic_score,
+            negative_aesthetic_score=negative_aesthetic_score,
+        )
         checked = _validate(
             prompt,
             negative_prompt,
@@ -500,11 +626,6 @@ class Img2ImgPipeline:
                 "an LCM-distilled model takes no negative prompt (as in diffusers): ignored"
             )
             negative_prompt = None
-        conditioning = {
-            name: build(self.conditioning[name], num_images_per_prompt, guidance_scale)
-            for name, build in CONDITIONING.items()
-            if name in self.conditioning
-        }
         pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
         height, width = pixels.shape[2], pixels.shape[3]
         engines = self.engines_for(height, width, num_images_per_prompt)
@@ -522,8 +643,27 @@ class Img2ImgPipeline:
             )
         # GPU backends run all of the call's array work on their device and stream, in order.
         with engines.activate():
-            embeddings = self.encode_prompt(prompt, negative_prompt, cfg, engines)
+            text = self.encode_text(
+                prompt, negative_prompt, cfg, engines, micro.get("prompt_2"),
+                micro.get("negative_prompt_2"),
+            )  # fmt: skip
+            embeddings = text["encoder_hidden_states"]
             embeddings = engines.xp.repeat(embeddings, num_images_per_prompt, axis=0)
+            call = Call(
+                num_images_per_prompt,
+                guidance_scale,
+                cfg,
+                height,
+                width,
+                text.get("text_embeds"),
+                micro,
+                bool(self.manifest.text_conditioning.get("requires_aesthetics_score")),
+            )
+            conditioning = {
+                name: build(self.conditioning[name], call)
+                for name, build in CONDITIONING.items()
+                if name in self.conditioning
+            }
             z = self.encode_image(pixels, rng, engines)
             z = engines.xp.repeat(z, num_images_per_prompt, axis=0)
             latents = self.denoise(
@@ -550,6 +690,64 @@ class Img2ImgPipeline:
             result.info.update(settings, **{"fastimg:index": k})
             results.append(result)
         return results
+
+    def _check_sdxl_arguments(self, **given) -> dict:
+        """The SDXL-only arguments given, checked against this folder's model family."""
+        return check_sdxl_arguments(self.manifest, given)
+
+
+def check_sdxl_arguments(manifest: Manifest, given: dict) -> dict:
+    """The SDXL-only arguments that are not None, checked and normalized; refused (naming the
+    mismatch) where the folder is not SDXL, or is the base given the refiner's or the refiner
+    given the base's."""
+    given = {name: value for name, value in given.items() if value is not None}
+    unknown = [name for name in given if name not in SDXL_ARGUMENTS]
+    if unknown:
+        raise InputError(f"unknown SDXL argument {', '.join(unknown)}")
+    family = manifest.data.get("model_family") or "sd"
+    conditioning = manifest.text_conditioning
+    if not conditioning:
+        if given:
+            raise InputError(
+                f"{', '.join(given)} {'is an' if len(given) == 1 else 'are'} SDXL "
+                f"argument{'s' * (len(given) > 1)}, but this engine folder holds a {family} "
+                "model (the SD 1.x/2.x layout: one text encoder, no added conditioning): "
+                "leave them out, or use an SDXL engine folder"
+            )
+        return {}
+    refiner = bool(conditioning.get("requires_aesthetics_score"))
+    wrong = [n for n in (BASE_ONLY if refiner else REFINER_ONLY) if n in given]
+    if wrong:
+        kind = "the SDXL refiner (requires_aesthetics_score)" if refiner else "SDXL base"
+        other = "the base's target_size" if refiner else "the refiner's aesthetic scores"
+        raise InputError(
+            f"{', '.join(wrong)} does not apply to {kind}, whose UNet takes {other} "
+            f"instead of it: leave it out"
+        )
+    if "prompt_2" in given and "text_encoder" not in manifest.text_encoders:
+        log.warning("the SDXL refiner has one text encoder: prompt_2 is ignored (as diffusers)")
+    for name in ("prompt_2", "negative_prompt_2"):
+        if name in given:
+            if not isinstance(given[name], str):
+                raise InputError(f"{name} must be a string")
+            check_prompt(given[name])
+    for name in ("original_size", "crops_coords_top_left", "target_size"):
+        if name in given:
+            given[name] = _pair(given[name], name, least=0 if name.startswith("crops") else 1)
+    for name in REFINER_ONLY:
+        if name in given:
+            given[name] = _real(given[name], name)
+    return given
+
+
+def _pair(value, name: str, least: int) -> tuple[int, int]:
+    """(height, width) or (top, left) as two whole numbers >= least."""
+    if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != 2:
+        raise InputError(f"{name} must be two whole numbers (height, width), got {value!r}")
+    pair = tuple(_whole(v, name) for v in value)
+    if min(pair) < least or max(pair) > 2**20:
+        raise InputError(f"{name} must be two whole numbers in [{least}, 2**20], got {value!r}")
+    return pair
 
 
 def plan_for(manifest: Manifest, sampler: str, steps: int, strength: float) -> schedules.Plan:

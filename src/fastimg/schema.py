@@ -22,7 +22,7 @@ from pydantic import (
 )
 
 from .errors import ManifestError
-from .manifest import COMPONENTS, FORMAT, FORMAT_VERSION
+from .manifest import COMPONENTS, FORMAT, FORMAT_VERSION, TEXT_ENCODERS, TOKENIZER_OF
 
 MAX_FILES = 10_000
 MAX_FILE_BYTES = 2**40  # 1 TiB
@@ -134,6 +134,28 @@ class Tokenizer(_Strict):
     max_length: Annotated[int, Field(ge=1, le=MAX_TOKENS)]
     pad_id: Annotated[int, Field(ge=0, le=10_000_000)]
     files: Files = {}
+
+
+class TextConditioning(_Strict):
+    """SDXL: which text encoders exist (states concatenated in this order), which gives the
+    pooled embedding, and the pipeline config flags diffusers reads for the negative prompt
+    and the UNet's time ids."""
+
+    text_encoders: Annotated[
+        list[Literal[TEXT_ENCODERS]],  # type: ignore[valid-type]
+        Field(min_length=1, max_length=2),
+    ]
+    pooled: Literal["text_encoder_2"]
+    force_zeros_for_empty_prompt: bool = False
+    requires_aesthetics_score: bool = False
+
+    @model_validator(mode="after")
+    def _pooled_present(self):
+        if len(set(self.text_encoders)) != len(self.text_encoders):
+            raise ValueError("text_encoders names an encoder twice")
+        if self.pooled not in self.text_encoders:
+            raise ValueError(f"the pooled encoder {self.pooled} is not among text_encoders")
+        return self
 
 
 class Shapes(_Strict):
@@ -263,6 +285,8 @@ class EngineManifest(_Strict):
     loras: Annotated[list[Lora], Field(max_length=64)] = []
     shapes: Shapes = Shapes()
     tokenizer: Tokenizer
+    tokenizer_2: Tokenizer | None = None
+    text_conditioning: TextConditioning | None = None
     scheduler: Scheduler
     components: dict[Name, Component]
     files: Files = {}
@@ -272,9 +296,15 @@ class EngineManifest(_Strict):
 
     @model_validator(mode="after")
     def _complete(self):
-        missing = [c for c in COMPONENTS if c not in self.components]
+        encoders = ("text_encoder",)
+        if self.text_conditioning is not None:
+            encoders = tuple(self.text_conditioning.text_encoders)
+        missing = [c for c in (*encoders, *COMPONENTS[1:]) if c not in self.components]
         if missing:
             raise ValueError(f"components lacks {', '.join(missing)}")
+        tokenizers = {TOKENIZER_OF[e] for e in encoders}
+        if "tokenizer_2" in tokenizers and self.tokenizer_2 is None:
+            raise ValueError("text_encoder_2 is listed, but tokenizer_2 is missing")
         factor = self.vae_scale_factor
         if factor & (factor - 1):
             raise ValueError(f"vae_scale_factor {factor} is not a power of two")

@@ -24,10 +24,10 @@ class PromptTokenizer:
     must be in its vocabulary, and its ids must fit the text encoder's embedding.
     """
 
-    def __init__(self, manifest: Manifest):
+    def __init__(self, manifest: Manifest, encoder: str = "text_encoder"):
         from tokenizers import Tokenizer
 
-        spec = manifest.tokenizer
+        spec = manifest.tokenizer_of(encoder)
         path = manifest.folder / spec["path"]
         fix = f"export it again with  fastimg export MODEL -o {manifest.folder}"
         try:
@@ -44,7 +44,7 @@ class PromptTokenizer:
                 f"tokenizer.pad_id {pad_id} is not in the tokenizer's vocabulary (ids 0 to "
                 f"{vocab - 1}): {fix}"
             )
-        self.rows = manifest.components["text_encoder"].get("vocab_size")
+        self.rows = manifest.components[encoder].get("vocab_size")
         if self.rows is not None and vocab > self.rows:
             raise ManifestError(
                 f"the tokenizer has ids up to {vocab - 1}, but the text encoder embeds only "

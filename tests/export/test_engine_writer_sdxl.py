@@ -1,0 +1,105 @@
+"""SDXL exports: the manifest names both encoders, both tokenizers and the added conditioning."""
+
+import pytest
+
+from fastimg.errors import InputError
+from fastimg.manifest import load_manifest
+
+pytest.importorskip("torch")
+from fastimg_export import onnx_export, random_models  # noqa: E402
+
+
+def test_base_manifest_names_the_second_encoder_and_the_added_conditioning(tiny_sdxl):
+    manifest = load_manifest(tiny_sdxl[1])
+    data = manifest.data
+    assert data["model_family"] == "sdxl"
+    assert data["text_conditioning"] == {
+        "text_encoders": ["text_encoder", "text_encoder_2"],
+        "pooled": "text_encoder_2",
+        "force_zeros_for_empty_prompt": True,
+        "requires_aesthetics_score": False,
+    }
+    assert data["tokenizer"]["pad_id"] != data["tokenizer_2"]["pad_id"]  # "!" pads the second
+    assert data["vae_scaling_factor"] == pytest.approx(0.13025)
+    components = manifest.components
+    assert list(components) == [
+        "text_encoder",
+        "text_encoder_2",
+        "unet",
+        "vae_encoder",
+        "vae_decoder",
+    ]
+    assert list(components["text_encoder"]["outputs"]) == ["hidden_states"]
+    assert list(components["text_encoder_2"]["outputs"]) == ["hidden_states", "text_embeds"]
+    unet = components["unet"]["inputs"]
+    assert unet["encoder_hidden_states"]["shape"] == ["batch", "sequence", 80]
+    assert unet["text_embeds"] == {"dtype": "float32", "shape": ["batch", 40]}
+    assert unet["time_ids"] == {"dtype": "float32", "shape": ["batch", 6]}
+    for entry in components.values():
+        assert entry["parity"]["max_rel_error"] <= 1e-3
+    assert {"tokenizer/tokenizer.json", "tokenizer_2/tokenizer.json"} <= set(manifest.files)
+
+
+def test_refiner_manifest_has_only_the_second_encoder(tiny_sdxl_refiner):
+    data = load_manifest(tiny_sdxl_refiner[1]).data
+    assert data["model_family"] == "sdxl-refiner"
+    assert "text_encoder" not in data["components"]
+    assert data["text_conditioning"]["text_encoders"] == ["text_encoder_2"]
+    assert data["text_conditioning"]["requires_aesthetics_score"] is True
+    assert data["text_conditioning"]["force_zeros_for_empty_prompt"] is False
+    assert data["tokenizer"] == data["tokenizer_2"]
+    unet = data["components"]["unet"]["inputs"]
+    assert unet["encoder_hidden_states"]["shape"][-1] == 48
+    assert unet["time_ids"]["shape"] == ["batch", 5]
+
+
+@pytest.mark.parametrize("arch", sorted(random_models.XL_ARCHITECTURES))
+def test_sdxl_layouts_add_up_as_diffusers_checks(arch):
+    spec = random_models.XL_ARCHITECTURES[arch]
+    unet, text_2 = spec["unet"], spec["text_2"]
+    ids = 5 if spec.get("requires_aesthetics_score") else 6
+    pooled = text_2["projection_dim"]
+    added = unet["addition_time_embed_dim"] * ids + pooled
+    assert unet["projection_class_embeddings_input_dim"] == added
+    width = text_2["hidden_size"] + (spec["text"]["hidden_size"] if spec.get("text") else 0)
+    assert unet["cross_attention_dim"] == width
+
+
+def test_tensorrt_plans_are_refused_for_sdxl_folders(tiny_sdxl):
+    from fastimg.profiles import Profile
+    from fastimg_export.trt_build import build_engines
+
+    profile = Profile(height=(64, 64, 64), width=(64, 64, 64), batch=(1, 1, 1))
+    with pytest.raises(InputError, match="sdxl engines .*SD 1.x/2.x engine folders only"):
+        build_engines(tiny_sdxl[1], profile)
+
+
+def test_int8_is_refused_for_sdxl(tiny_sdxl, tmp_path):
+    pytest.importorskip("nncf")
+    from fastimg_export.engine_writer import export_engines
+
+    with pytest.raises(InputError, match="int8 UNet is not made for SDXL"):
+        export_engines(str(tiny_sdxl[0]), tmp_path / "e", log=lambda m: None, int8_images=2)
+
+
+def test_component_names_follow_the_layout():
+    assert onnx_export.component_names(object()) == onnx_export.SD_COMPONENTS
+
+
+def test_fp16_export_keeps_the_sdxl_vae_in_fp32(tiny_sdxl_refiner, tmp_path, photo):
+    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg_export.engine_writer import export_engines
+
+    folder = export_engines(
+        str(tiny_sdxl_refiner[0]), tmp_path / "fp16", precision="fp16", log=lambda m: None
+    )
+    components = load_manifest(folder).components
+    assert {n: c["precision"] for n, c in components.items()} == {
+        "text_encoder_2": "fp16",
+        "unet": "fp16",
+        "vae_encoder": "fp32",  # force_upcast: SDXL's VAE overflows in fp16
+        "vae_decoder": "fp32",
+    }
+    assert components["vae_decoder"]["parity"]["tolerance"] == 1e-3
+    pipe = Img2ImgPipeline.from_engines(folder, backend="onnxruntime", precision="fp32")
+    assert pipe("a cat", photo, strength=0.5, num_inference_steps=2, seed=1)[0].size == (88, 64)
