@@ -1,0 +1,99 @@
+"""Does a backend gain from running same-shape requests in one engine call? Measured.
+
+    python -m fastimg_bench.batching ENGINES --backend onnxruntime:fp32 --size 256 --batch 1,2,4
+
+One process per backend; for each batch size B the same img2img job runs with B images per
+call (`num_images_per_prompt`: the UNet, text and VAE calls take B images at once, as a server
+batching B same-shape requests would), alternating the sizes round by round after a warm-up of
+each, and reports the median seconds per image and the gain over B = 1. The serving side batches
+requests only on a backend where this gain is worth the wait for a batch to fill.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+PROMPT = "a watercolour painting of a lighthouse"
+
+
+def measure(engines: str, backend: str, precision: str, size: int, batches: list[int],
+            steps: int, strength: float, guidance: float, repeats: int) -> dict:  # fmt: skip
+    """Median seconds per image for each batch size, sizes alternated round by round."""
+    from fastimg.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(engines, backend=backend, precision=precision)
+    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels)
+    job = dict(strength=strength, num_inference_steps=steps, guidance_scale=guidance, seed=1)
+
+    def run(batch: int) -> float:
+        started = time.perf_counter()
+        pipe(PROMPT, image, num_images_per_prompt=batch, **job)
+        return (time.perf_counter() - started) / batch
+
+    for batch in batches:  # warm-up: compiles and caches per shape
+        run(batch)
+    seconds = {batch: [] for batch in batches}
+    for _ in range(repeats):
+        for batch in batches:
+            seconds[batch].append(run(batch))
+    median = {batch: statistics.median(values) for batch, values in seconds.items()}
+    base = median[batches[0]]
+    return {
+        "backend": pipe.backend,
+        "precision": pipe.precision,
+        "seconds_per_image": {str(b): round(median[b], 4) for b in batches},
+        "all_seconds_per_image": {str(b): [round(v, 4) for v in seconds[b]] for b in batches},
+        "gain_over_first": {str(b): round(base / median[b], 3) for b in batches},
+    }
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("engines")
+    parser.add_argument("--backend", action="append", required=True, help="backend:precision")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--batch", default="1,2,4", help="batch sizes, the first the baseline")
+    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--strength", type=float, default=0.5)
+    parser.add_argument("--guidance", type=float, default=0.0)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("-o", "--out", type=Path, default=None, help="write the record here")
+    args = parser.parse_args(argv)
+    from fastimg.machine import machine_record
+
+    batches = [int(b) for b in args.batch.split(",")]
+    record = {
+        "command": "python -m fastimg_bench.batching " + " ".join(argv or sys.argv[1:]),
+        "machine": machine_record(),
+        "job": {
+            "size": args.size,
+            "steps": args.steps,
+            "strength": args.strength,
+            "guidance": args.guidance,
+            "repeats": args.repeats,
+        },  # fmt: skip
+        "sides": [],
+    }
+    for spec in args.backend:
+        backend, _, precision = spec.partition(":")
+        side = measure(args.engines, backend, precision or "auto", args.size, batches,
+                       args.steps, args.strength, args.guidance, args.repeats)  # fmt: skip
+        record["sides"].append(side)
+        gains = ", ".join(f"x{b}: {g:.2f}" for b, g in side["gain_over_first"].items())
+        print(f"{side['backend']} {side['precision']}: per image {side['seconds_per_image']} s; "
+              f"gain {gains}")  # fmt: skip
+    if args.out is not None:
+        args.out.write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
