@@ -4,10 +4,11 @@ from pathlib import Path
 
 from fastimg.manifest import MANIFEST
 
-SYNTHETIC = ("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo")
-
-
-SYNTHETIC_VAES = ("taesd",)
+SYNTHETIC = (
+    *("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo"),
+    *("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sdxl-turbo", "sdxl", "sdxl-refiner", "sdxl-turbo"),
+)
+SYNTHETIC_VAES = ("taesd", "taesdxl")
 
 
 def _synthetic(name: str, marker: str, log) -> str:

@@ -6,6 +6,7 @@ leaves a folder that looks valid, and an existing engine survives until the new 
 """
 
 import datetime
+import gc
 import json
 import os
 import shutil
@@ -182,7 +183,8 @@ def _export_locked(
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:
-        components = _export_components(pipe, staging, precision, log)
+        keep = bool(int8_images)  # the int8 calibration runs the whole torch pipeline
+        components = _export_components(pipe, staging, precision, log, keep)
         if int8_images:
             from .quantize import INT8_VARIANT, write_int8_unet
 
@@ -213,26 +215,41 @@ def _export_locked(
             manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(staging, out)
+        log(f"peak memory of this process: {peak_memory_bytes() / 2**30:.1f} GiB")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
 
 
-def _export_components(pipe, staging: Path, precision: str, log) -> dict:
+def _export_components(pipe, staging: Path, precision: str, log, keep_weights: bool) -> dict:
+    """Export, save and verify each component; the UNet goes last, and unless `keep_weights`
+    each torch model's weights are freed as soon as no later component needs them, so that
+    SDXL's 10 GB UNet is exported and checked with little else in memory."""
     specs = onnx_export.component_specs(pipe)
     modules = onnx_export.torch_modules(pipe)
+    names = onnx_export.component_names(pipe)
+    order = sorted(names, key=lambda name: name == "unet")
     entries = {}
-    for name in onnx_export.component_names(pipe):
+    for k, name in enumerate(order):
         started = time.perf_counter()
         wanted = _component_precision(pipe, name, precision)
-        log(f"exporting {name} ({wanted})")
+        why = ""
+        if wanted != precision:
+            why = (
+                ": this VAE overflows in fp16 (its config says force_upcast, and diffusers "
+                "upcasts it too); --vae madebyollin/sdxl-vae-fp16-fix is one made for fp16"
+            )
+        log(f"exporting {name} ({wanted}{why})")
+        reference = verify.reference(pipe, name, modules[name])
         raw = onnx_export.export_component(pipe, name, modules[name], specs[name], staging / ".raw")
+        if not keep_weights:
+            release_weights(pipe, order[k + 1 :])
         dest = staging / name / "model.onnx"
         tolerance = verify.TOLERANCE[wanted]
         files = onnx_export.save_model(raw, dest, fp16=wanted == "fp16")
         shutil.rmtree(staging / ".raw")
-        parity = verify.compare(pipe, name, modules[name], dest)
+        parity = verify.compare(reference, dest)
         parity["tolerance"] = tolerance
         log(
             f"  {name}: max abs error {parity['max_abs_error']:.3g}, "
@@ -251,7 +268,7 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
             **specs[name].io(),
             "parity": parity,
         }
-        fused = _write_fused_attention(pipe, name, modules[name], dest, tolerance, log)
+        fused = _write_fused_attention(reference, dest, tolerance, log)
         if fused is not None:
             entries[name]["variants"] = {"onnxruntime": fused}
             entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
@@ -260,7 +277,32 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
     for name in entries:
         if name.startswith("text_encoder"):
             entries[name]["vocab_size"] = int(getattr(pipe, name).config.vocab_size)
-    return entries
+    return {name: entries[name] for name in names}
+
+
+def peak_memory_bytes() -> int:
+    """The largest resident set this process has had (Linux and macOS)."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024
+
+
+# The pipeline attribute whose weights each exported component reads.
+OWNER = {"vae_encoder": "vae", "vae_decoder": "vae"}
+
+
+def release_weights(pipe, remaining) -> None:
+    """Free the weights of every torch model that none of the `remaining` components reads;
+    configs stay, so the manifest can still be written from them."""
+    needed = {OWNER.get(name, name) for name in remaining}
+    for name in onnx_export.component_names(pipe):
+        owner = OWNER.get(name, name)
+        model = getattr(pipe, owner)
+        if owner not in needed and model is not None and model.device.type != "meta":
+            model.to("meta")
+    gc.collect()
 
 
 def _component_precision(pipe, name: str, precision: str) -> str:
@@ -270,7 +312,7 @@ def _component_precision(pipe, name: str, precision: str) -> str:
     return "fp32" if upcast and name.startswith("vae") else precision
 
 
-def _write_fused_attention(pipe, name, module, dest: Path, tolerance: float, log) -> dict | None:
+def _write_fused_attention(reference, dest: Path, tolerance: float, log) -> dict | None:
     """Write NAME/model.mha.onnx (attention fused for ONNX Runtime) beside `dest`, verified."""
     import onnx
 
@@ -280,7 +322,8 @@ def _write_fused_attention(pipe, name, module, dest: Path, tolerance: float, log
         return None
     fused = dest.with_name("model.mha.onnx")
     onnx.save(graph, str(fused))
-    parity = verify.compare(pipe, name, module, fused)
+    parity = verify.compare(reference, fused)
+    name = reference.name
     if not parity["max_rel_error"] <= tolerance:
         fused.unlink()
         log(

@@ -25,7 +25,8 @@ def load_pipeline(model: str):
     elif path.is_file():
         if path.suffix not in SINGLE_FILE_SUFFIXES:
             raise InputError(f"{path} is neither a folder nor a .safetensors/.ckpt checkpoint")
-        cls, options = pipeline_class({})
+        index = {"_class_name": "StableDiffusionXLImg2ImgPipeline"} if _is_xl_file(path) else {}
+        cls, options = pipeline_class(index)
         pipe = _attempt(lambda: cls.from_single_file(str(path), **options), f"checkpoint {path}")
     elif path.suffix in SINGLE_FILE_SUFFIXES or model.startswith((".", "/", "~")):
         raise InputError(f"{model} does not exist: check the path")
@@ -36,6 +37,26 @@ def load_pipeline(model: str):
         pipe = _attempt(lambda: cls.from_pretrained(model, **options), f"hub model {model}")
     check_supported(pipe)
     return pipe
+
+
+def _is_xl_file(path: Path) -> bool:
+    """Whether a single-file checkpoint holds an SDXL model: its text encoders are stored under
+    conditioner.embedders (Stability's SGM layout), an SD 1.x/2.x one's under cond_stage_model.
+    A .safetensors file is judged from its header alone."""
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as checkpoint:
+                keys = list(checkpoint.keys())
+        else:
+            import torch
+
+            state = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+            keys = list(state.get("state_dict", state))
+    except Exception:  # unreadable: from_single_file names the problem
+        return False
+    return any(key.startswith("conditioner.embedders.") for key in keys)
 
 
 def pipeline_class(model_index: dict):
@@ -113,6 +134,10 @@ def load_vae(source: str):
     return vae
 
 
+# Tiny autoencoders on the hub whose shapes are alike but whose latents are each family's own.
+TINY_VAES = {"madebyollin/taesd": False, "madebyollin/taesdxl": True}  # hub id: for SDXL
+
+
 def check_vae_fits(pipe, vae, source: str) -> None:
     """Refuse a VAE whose latents are not the ones the model's UNet denoises."""
     latent, unet = vae.config.latent_channels, pipe.unet.config.in_channels
@@ -120,6 +145,14 @@ def check_vae_fits(pipe, vae, source: str) -> None:
         raise InputError(
             f"the VAE {source} makes {latent}-channel latents, but this model's UNet takes "
             f"{unet}: it is a VAE for another architecture"
+        )
+    sdxl = is_sdxl(pipe)
+    if TINY_VAES.get(source.strip("/").lower(), sdxl) != sdxl:
+        want = next(hub for hub, for_sdxl in TINY_VAES.items() if for_sdxl == sdxl)
+        family = "SDXL" if sdxl else "SD 1.x/2.x"
+        raise InputError(
+            f"the VAE {source} is the tiny autoencoder of another model family (its latents "
+            f"are not this {family} model's): use {want}"
         )
 
 

@@ -416,10 +416,15 @@ def _vae(spec: dict):
     )
 
 
-# Standalone VAEs, written as a VAE folder (what --vae takes): TAESD's shapes are the defaults.
-VAES = {"taesd": {}}
+# Standalone VAEs, written as a VAE folder (what --vae takes): TAESD's shapes are the defaults,
+# and TAESDXL (madebyollin/taesdxl) has the same ones (only its trained weights differ).
+VAES = {"taesd": {}, "taesdxl": {}}
 # LoRA files for a base architecture, in diffusers' format: (base, also on the text encoder).
-LORAS = {"tiny-lora": ("tiny", True), "sd15-lora": ("sd15", False)}
+LORAS = {
+    "tiny-lora": ("tiny", True),
+    "sd15-lora": ("sd15", False),
+    "tiny-sdxl-lora": ("tiny-sdxl", True),
+}
 LORA_RANK = 4
 
 
@@ -434,7 +439,8 @@ def build_vae(arch: str, seed: int = 0):
 
 def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
     """A .safetensors LoRA in diffusers' format with random weights on the attention
-    projections of the base model's UNet (and text encoder, for tiny-lora)."""
+    projections of the base model's UNet (and text encoders, for tiny-lora and
+    tiny-sdxl-lora)."""
     import diffusers
     import torch
     from peft import LoraConfig, inject_adapter_in_model
@@ -452,12 +458,22 @@ def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
         return get_peft_model_state_dict(model)
 
     unet = adapter(pipe.unet, ["to_q", "to_k", "to_v", "to_out.0"])
-    text_encoder = adapter(pipe.text_encoder, ["q_proj", "k_proj", "v_proj", "out_proj"])
+    projections = ["q_proj", "k_proj", "v_proj", "out_proj"]
+    text_encoder = adapter(pipe.text_encoder, projections) if text else None
     out.parent.mkdir(parents=True, exist_ok=True)
+    if hasattr(pipe, "text_encoder_2"):  # SDXL: both text encoders
+        diffusers.StableDiffusionXLImg2ImgPipeline.save_lora_weights(
+            out.parent,
+            unet_lora_layers=unet,
+            text_encoder_lora_layers=text_encoder,
+            text_encoder_2_lora_layers=adapter(pipe.text_encoder_2, projections),
+            weight_name=out.name,
+        )
+        return out
     diffusers.StableDiffusionImg2ImgPipeline.save_lora_weights(
         out.parent,
         unet_lora_layers=unet,
-        text_encoder_lora_layers=text_encoder if text else None,
+        text_encoder_lora_layers=text_encoder,
         weight_name=out.name,
     )
     return out

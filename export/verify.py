@@ -1,5 +1,6 @@
 """Check an exported graph against the PyTorch module it came from, on random inputs."""
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,27 +14,47 @@ TOLERANCE = {"fp32": 1e-3, "fp16": 3e-2}
 CHECK_SHAPES = [(onnx_export.TRACE_BATCH, onnx_export.TRACE_LATENT), (1, (8, 10))]
 
 
-def compare(pipe, name: str, module, model_path: Path) -> dict:
-    """Errors of the ONNX graph at `model_path` against `module` over CHECK_SHAPES."""
-    import onnxruntime as ort
+@dataclass(frozen=True)
+class Reference:
+    """The module's outputs on CHECK_SHAPES' inputs, kept so that its weights can be freed
+    before the exported graph is loaded to be checked."""
+
+    name: str
+    cases: list  # (inputs as NumPy arrays in the graph's input order, outputs as NumPy arrays)
+
+
+def reference(pipe, name: str, module) -> Reference:
+    """Run `module` on random inputs of every CHECK_SHAPES entry and keep what it returned."""
     import torch
 
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    names = [i.name for i in session.get_inputs()]
-    max_abs = max_rel = 0.0
+    cases = []
     for batch, latent_hw in CHECK_SHAPES:
         inputs = onnx_export.sample_inputs(pipe, name, batch, latent_hw, seed=1)
         with torch.no_grad():
             expected = module(*inputs)
         expected = expected if isinstance(expected, tuple) else (expected,)
-        got = session.run(None, {n: t.numpy() for n, t in zip(names, inputs, strict=True)})
-        for ref, out in zip(expected, got, strict=True):
-            ref = ref.numpy()
-            if out.shape != ref.shape:
-                raise RuntimeError(f"{name}: ONNX output {out.shape} != torch {ref.shape}")
-            err = float(np.abs(out.astype(np.float64) - ref).max())
+        cases.append(([t.numpy() for t in inputs], [t.numpy() for t in expected]))
+    return Reference(name, cases)
+
+
+def compare(ref: Reference, model_path: Path) -> dict:
+    """Errors of the ONNX graph at `model_path` against the reference outputs."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # Pre-packing copies the weights; a check run does not need it, and SDXL's UNet is 10 GB.
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    max_abs = max_rel = 0.0
+    for inputs, expected in ref.cases:
+        got = session.run(None, dict(zip(names, inputs, strict=True)))
+        for want, out in zip(expected, got, strict=True):
+            if out.shape != want.shape:
+                raise RuntimeError(f"{ref.name}: ONNX output {out.shape} != torch {want.shape}")
+            err = float(np.abs(out.astype(np.float64) - want).max())
             max_abs = max(max_abs, err)
-            max_rel = max(max_rel, err / max(float(np.abs(ref).max()), 1e-12))
+            max_rel = max(max_rel, err / max(float(np.abs(want).max()), 1e-12))
     return {
         "max_abs_error": max_abs,
         "max_rel_error": max_rel,

@@ -103,6 +103,20 @@ def tiny_sdxl_refiner(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_taesdxl(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SDXL base exported with a TAESDXL-shaped tiny
+    VAE (written beside the model as taesdxl/)."""
+    return _build(tmp_path_factory, "tiny-sdxl", vae="taesdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_lora(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SDXL base with tiny-sdxl-lora (UNet and both
+    text encoders) fused at scale 0.7; the LoRA file is model/../tiny-sdxl-lora.safetensors."""
+    return _build(tmp_path_factory, "tiny-sdxl", lora=("tiny-sdxl-lora", 0.7))
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl_turbo(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL-Turbo layout (Euler ancestral, trailing)."""
     return _build(tmp_path_factory, "tiny-sdxl-turbo")

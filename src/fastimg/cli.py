@@ -18,8 +18,8 @@ EXAMPLE_IMAGE = Path(__file__).parent / "assets" / "example.png"
 ARCHITECTURES = (
     *("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo"),
     *("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sdxl-turbo", "sdxl", "sdxl-refiner", "sdxl-turbo"),
-    "taesd",
-    *("tiny-lora", "sd15-lora"),
+    *("taesd", "taesdxl"),
+    *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
 )
 
 
@@ -90,7 +90,7 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     "--vae",
     default=None,
     help="A VAE folder or hub id to use in place of the model's own, e.g. TAESD "
-    "(madebyollin/taesd) for a tiny, fast autoencoder.",
+    "(madebyollin/taesd; madebyollin/taesdxl for SDXL) for a tiny, fast autoencoder.",
 )
 @click.option(
     "--lora",
@@ -352,8 +352,8 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
 @click.option(
     "--vae",
     default=None,
-    help="A VAE folder or hub id both sides use in place of the model's own (taesd: a "
-    "random-weight TAESD built in models/taesd).",
+    help="A VAE folder or hub id both sides use in place of the model's own (taesd, "
+    "taesdxl: a random-weight tiny autoencoder built in models/NAME).",
 )
 @click.option(
     "--batch",

@@ -49,3 +49,21 @@ def test_the_manifest_lists_the_lora_and_info_shows_it(tiny_lora, lora_file):
     assert lora["components"] == ["text_encoder", "unet"]
     result = CliRunner().invoke(cli, ["info", str(tiny_lora[1])])
     assert "lora            tiny-lora.safetensors at scale 0.8" in result.output
+
+
+def test_a_fused_sdxl_lora_matches_diffusers_with_the_lora_fused(tiny_sdxl_lora, photo):
+    from tests.e2e.test_parity import reference, run_reference
+
+    model, engines = tiny_sdxl_lora
+    ref = reference(model)
+    ref.load_lora_weights(str(model.parent / "tiny-sdxl-lora.safetensors"), adapter_name="x")
+    ref.fuse_lora(adapter_names=["x"], lora_scale=0.7)
+    config = dict(ref.scheduler.config)
+    expected = run_reference(ref, config, "euler", photo, seed=2, **SETTINGS)
+    ours = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    got = ours(image=photo, seed=2, scheduler="euler", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+    plain = run_reference(reference(model), config, "euler", photo, seed=2, **SETTINGS)
+    assert psnr(plain[0], got[0]) < 40.0  # the LoRA changed the image
+    (lora,) = json.loads((engines / "manifest.json").read_text())["loras"]
+    assert lora["components"] == ["text_encoder", "text_encoder_2", "unet"]

@@ -116,3 +116,19 @@ def test_turbo_layout_matches_in_one_or_two_steps(tiny_sdxl_turbo, photo, steps,
     got = exact(tiny_sdxl_turbo[1])(image=photo, seed=9, guidance_scale=0.0, **settings)[0]
     assert got.info["fastimg:scheduler"] == "euler_a"
     assert psnr(expected, got) >= MIN_PSNR
+
+
+def test_taesdxl_in_place_of_the_vae_matches_diffusers_with_autoencoder_tiny(
+    tiny_sdxl_taesdxl, photo
+):
+    import json
+
+    model, engines = tiny_sdxl_taesdxl
+    ref = reference(model)
+    ref.vae = diffusers.AutoencoderTiny.from_pretrained(model.parent / "taesdxl")
+    manifest = json.loads((engines / "manifest.json").read_text())
+    assert manifest["vae"]["kind"] == "tiny" and manifest["vae_scaling_factor"] == 1.0
+    assert manifest["components"]["vae_decoder"]["precision"] == "fp32"
+    pair = (ref, dict(ref.scheduler.config), exact(engines))
+    compare(pair, photo, "euler_a", strength=0.6, guidance_scale=5.0, num_images_per_prompt=2)
+    compare(pair, photo, "euler", strength=1.0, guidance_scale=0.0)

@@ -90,9 +90,13 @@ def test_fp16_export_keeps_the_sdxl_vae_in_fp32(tiny_sdxl_refiner, tmp_path, pho
     from fastimg.pipeline import Img2ImgPipeline
     from fastimg_export.engine_writer import export_engines
 
+    said = []
     folder = export_engines(
-        str(tiny_sdxl_refiner[0]), tmp_path / "fp16", precision="fp16", log=lambda m: None
+        str(tiny_sdxl_refiner[0]), tmp_path / "fp16", precision="fp16", log=said.append
     )
+    assert any(line.startswith("exporting vae_decoder (fp32: this VAE overflows in fp16")
+               and "sdxl-vae-fp16-fix" in line for line in said)  # fmt: skip
+    assert "exporting unet (fp16)" in said
     components = load_manifest(folder).components
     assert {n: c["precision"] for n, c in components.items()} == {
         "text_encoder_2": "fp16",

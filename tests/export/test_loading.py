@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fastimg.errors import InputError
@@ -72,3 +74,45 @@ def test_unsupported_layouts_are_refused_with_the_reason(unet, sdxl, vae, messag
 
     with pytest.raises(InputError, match=message):
         check_supported(_fake(unet, sdxl, vae))
+
+
+def test_a_tiny_vae_of_another_family_is_refused_by_its_hub_id():
+    from types import SimpleNamespace as Fake
+
+    from fastimg_export.loading import check_vae_fits
+
+    vae = Fake(config=Fake(latent_channels=4))
+    sd = Fake(unet=Fake(config=Fake(in_channels=4)))
+    xl = Fake(unet=Fake(config=Fake(in_channels=4)), text_encoder_2=None)
+    check_vae_fits(sd, vae, "madebyollin/taesd")
+    check_vae_fits(xl, vae, "madebyollin/taesdxl")
+    check_vae_fits(xl, vae, "someone/their-own-vae")  # unknown ids are judged by shape only
+    with pytest.raises(InputError, match="this SDXL model's.*use madebyollin/taesdxl"):
+        check_vae_fits(xl, vae, "madebyollin/taesd")
+    with pytest.raises(InputError, match="this SD 1.x/2.x model's.*use madebyollin/taesd$"):
+        check_vae_fits(sd, vae, "madebyollin/TAESDXL")
+
+
+@pytest.mark.parametrize(
+    "key,chosen",
+    [
+        ("conditioner.embedders.1.model.ln_final.weight", "StableDiffusionXLImg2ImgPipeline"),
+        ("cond_stage_model.transformer.text_model.final_layer_norm.weight",
+         "StableDiffusionImg2ImgPipeline"),
+    ],
+)  # fmt: skip
+def test_a_single_file_sdxl_checkpoint_loads_as_sdxl(tmp_path, monkeypatch, key, chosen):
+    import diffusers
+    import safetensors.torch
+    import torch
+
+    path = tmp_path / "model.safetensors"
+    safetensors.torch.save_file({key: torch.zeros(2)}, str(path))
+    for name in ("StableDiffusionXLImg2ImgPipeline", "StableDiffusionImg2ImgPipeline"):
+
+        def loading(checkpoint, name=name, **options):
+            raise ValueError(f"{name} asked to load {Path(checkpoint).name}")
+
+        monkeypatch.setattr(getattr(diffusers, name), "from_single_file", loading)
+    with pytest.raises(InputError, match=f"{chosen} asked to load model.safetensors"):
+        load_pipeline(str(path))
