@@ -413,9 +413,20 @@ def _same(recorded: str, value) -> bool:
 
 def transform(pipe, job: Job, image, sampler: str, callback: Callable | None = None) -> list:
     """The images `pipe` makes of `image` with `job`'s settings and the resolved `sampler`."""
-    return pipe(
-        job.prompt,
-        image,
+    return pipe(**call_arguments(job, image, sampler), callback=callback)
+
+
+def transform_many(pipe, jobs: list[tuple], callback: Callable | None = None) -> list[list]:
+    """For each (job, image, sampler), what `transform` makes of it; the jobs that share an
+    image size and settings run as one batch (Img2ImgPipeline.call_many)."""
+    return pipe.call_many([call_arguments(*job) for job in jobs], callback)
+
+
+def call_arguments(job: Job, image, sampler: str) -> dict:
+    """The pipeline's arguments for `job` on `image`."""
+    return dict(
+        prompt=job.prompt,
+        image=image,
         strength=job.strength,
         num_inference_steps=job.steps,
         guidance_scale=job.guidance,
@@ -423,7 +434,6 @@ def transform(pipe, job: Job, image, sampler: str, callback: Callable | None = N
         num_images_per_prompt=job.count,
         seed=job.seed,
         scheduler=sampler,
-        callback=callback,
         **dict(job.sdxl),
     )
 

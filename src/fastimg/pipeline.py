@@ -27,7 +27,7 @@ from .backends import CACHES, GPU_BACKENDS, SHAPES, Engines, load_engines
 from .backends.select import resolve
 from .errors import EngineError, InputError
 from .manifest import DEFAULT_MAX_SIDE, Manifest, load_manifest
-from .rng import TorchCompatibleGenerator
+from .rng import StackedGenerators, TorchCompatibleGenerator
 from .sdxl import BASE_ONLY, REFINER_ONLY, SDXL_ARGUMENTS
 from .tokenizer import PromptTokenizer, quote
 
@@ -142,6 +142,47 @@ CONDITIONING = {
     "text_embeds": _text_embeds,
     "time_ids": _time_ids,
 }
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call checked and ready to run; calls with the same `key` can share engine calls."""
+
+    prompt: str
+    negative_prompt: str | None
+    micro: dict
+    seed: int
+    rng: TorchCompatibleGenerator
+    pixels: np.ndarray
+    count: int
+    sampler: str
+    plan: schedules.Plan
+    strength: float
+    steps: int
+    guidance_scale: float
+    cfg: bool
+
+    @property
+    def key(self) -> tuple:
+        """What calls batched together must share: the image size and the sampling."""
+        return (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
+
+
+def _stack(parts: list, counts: list[int], cfg: bool, xp):
+    """Per-request rows as one batch's; under CFG, rows that come as [negatives, positives]
+    stay so: every request's negatives first, then every request's positives."""
+    if len(parts) == 1:
+        return parts[0]
+    if cfg and all(len(part) == 2 * c for part, c in zip(parts, counts, strict=True)):
+        halves = [part[:c] for part, c in zip(parts, counts, strict=True)]
+        halves += [part[c:] for part, c in zip(parts, counts, strict=True)]
+        return xp.concatenate(halves)
+    return xp.concatenate(parts)
+
+
+def _generators(rngs: list, rows: list[int]):
+    """One generator for one request, else each request's rows drawn from its own."""
+    return rngs[0] if len(rngs) == 1 else StackedGenerators(rngs, rows)
 
 
 def describe(backend: str, precision: str) -> str:
@@ -467,13 +508,25 @@ class Img2ImgPipeline:
         return {"encoder_hidden_states": hidden, "text_embeds": pooled}
 
     def encode_image(
-        self, pixels: np.ndarray, rng: TorchCompatibleGenerator, engines: Engines | None = None
+        self,
+        pixels: np.ndarray,
+        rng: TorchCompatibleGenerator,
+        engines: Engines | None = None,
+        chunk: int | None = None,
     ) -> np.ndarray:
-        """Scaled latents of the image: from a KL encoder's moments, a sample mean + std * eps
-        (one draw of the generator); from a tiny encoder (TAESD), its latents as they are."""
+        """Scaled latents of the images (`chunk` per encoder call at most): from a KL encoder's
+        moments, a sample mean + std * eps (one draw of the generator); from a tiny encoder
+        (TAESD), its latents as they are."""
         engines = engines or self._default_engines()
-        xp = engines.xp
-        out = engines.sessions["vae_encoder"].run({"sample": pixels})
+        xp, encoder = engines.xp, engines.sessions["vae_encoder"]
+        chunk = chunk or len(pixels)
+        outs = [
+            encoder.run({"sample": pixels[j : j + chunk]}) for j in range(0, len(pixels), chunk)
+        ]
+        out = {
+            name: outs[0][name] if len(outs) == 1 else xp.concatenate([o[name] for o in outs])
+            for name in outs[0]
+        }
         if "latents" in out:
             z = _check_finite(out["latents"], "VAE encoder output", engines)
         else:
@@ -593,7 +646,16 @@ class Img2ImgPipeline:
         `negative_prompt_2`, `original_size`, `crops_coords_top_left`, `target_size` (base) and
         `aesthetic_score`, `negative_aesthetic_score` (refiner); None means diffusers' default.
         """
-        micro = self._check_sdxl_arguments(
+        request = self._prepare(
+            prompt,
+            image,
+            strength,
+            num_inference_steps,
+            guidance_scale,
+            negative_prompt,
+            num_images_per_prompt,
+            seed,
+            scheduler,
             prompt_2=prompt_2,
             negative_prompt_2=negative_prompt_2,
             original_size=original_size,
@@ -602,6 +664,43 @@ class Img2ImgPipeline:
             aesthetic_score=aesthetic_score,
             negative_aesthetic_score=negative_aesthetic_score,
         )
+        return self._run([request], callback)[0]
+
+    def call_many(
+        self, calls: list[dict], callback: Callable[[int, int], None] | None = None
+    ) -> list[list[Image.Image]]:
+        """Several calls (each a dict of __call__'s arguments less `callback`), those with the
+        same image size, sampler, steps, strength and guidance run as one batch per engine
+        call; each call's images are the ones __call__ gives it alone (its own seed's noise,
+        prompt and image). Every call is checked before any runs."""
+        requests = [self._prepare(**call) for call in calls]
+        groups: dict[tuple, list[int]] = {}
+        for k, request in enumerate(requests):
+            groups.setdefault(request.key, []).append(k)
+        results: list[list[Image.Image]] = [[] for _ in requests]
+        for members in groups.values():
+            made = self._run([requests[k] for k in members], callback)
+            for k, images_made in zip(members, made, strict=True):
+                results[k] = images_made
+        return results
+
+    def _prepare(
+        self,
+        prompt: str,
+        image: Image.Image | str | Path,
+        strength: float = 0.8,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 7.5,
+        negative_prompt: str | None = None,
+        num_images_per_prompt: int = 1,
+        seed: int | None = None,
+        scheduler: str | None = None,
+        **sdxl,
+    ) -> "Request":
+        """One call's arguments checked, its seed drawn and its image read into pixels."""
+        micro = self._check_sdxl_arguments(**{key: sdxl.pop(key, None) for key in SDXL_ARGUMENTS})
+        if sdxl:
+            raise InputError(f"unknown argument {next(iter(sdxl))!r}")
         checked = _validate(
             prompt,
             negative_prompt,
@@ -619,77 +718,136 @@ class Img2ImgPipeline:
         sampler = resolve_sampler(self.manifest, scheduler)
         plan = self.plan(sampler, num_inference_steps, strength)
         seed = secrets.randbelow(2**32) if seed is None else seed
-        rng = TorchCompatibleGenerator(seed)
-        cfg = guidance_scale > 1.0 and not self.distilled
         if self.distilled and negative_prompt:
             log.warning(
                 "an LCM-distilled model takes no negative prompt (as in diffusers): ignored"
             )
             negative_prompt = None
-        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
-        height, width = pixels.shape[2], pixels.shape[3]
-        engines = self.engines_for(height, width, num_images_per_prompt)
-        chunk = num_images_per_prompt
+        return Request(
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            micro=micro,
+            seed=seed,
+            rng=TorchCompatibleGenerator(seed),
+            pixels=images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side),
+            count=num_images_per_prompt,
+            sampler=sampler,
+            plan=plan,
+            strength=strength,
+            steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            cfg=guidance_scale > 1.0 and not self.distilled,
+        )
+
+    def _run(self, group: list["Request"], callback) -> list[list[Image.Image]]:
+        """Run requests that share a key as one batch; each request's images, in order."""
+        first = group[0]
+        height, width = first.pixels.shape[2], first.pixels.shape[3]
+        cfg, guidance_scale = first.cfg, first.guidance_scale
+        counts = [request.count for request in group]
+        total = sum(counts)
+        engines = self.engines_for(height, width, total)
+        chunk = total
         if engines.backend != "tensorrt":  # (TensorRT's activation memory is allocated at load)
             chunk = memory.images_per_call(
                 self.manifest,
                 height,
                 width,
-                num_images_per_prompt,
+                total,
                 cfg,
                 memory.free_bytes(engines.device),
                 self._fused(engines.backend),
                 scratch=engines.backend == "openvino",  # per-call scratch of its weights
             )
+        aesthetics = bool(self.manifest.text_conditioning.get("requires_aesthetics_score"))
         # GPU backends run all of the call's array work on their device and stream, in order.
         with engines.activate():
-            text = self.encode_text(
-                prompt, negative_prompt, cfg, engines, micro.get("prompt_2"),
-                micro.get("negative_prompt_2"),
-            )  # fmt: skip
-            embeddings = text["encoder_hidden_states"]
-            embeddings = engines.xp.repeat(embeddings, num_images_per_prompt, axis=0)
-            call = Call(
-                num_images_per_prompt,
-                guidance_scale,
+            xp = engines.xp
+            texts = [
+                self.encode_text(
+                    r.prompt,
+                    r.negative_prompt,
+                    cfg,
+                    engines,
+                    r.micro.get("prompt_2"),
+                    r.micro.get("negative_prompt_2"),
+                )  # fmt: skip
+                for r in group
+            ]
+            embeddings = _stack(
+                [
+                    xp.repeat(t["encoder_hidden_states"], c, axis=0)
+                    for t, c in zip(texts, counts, strict=True)
+                ],
+                counts,
                 cfg,
-                height,
-                width,
-                text.get("text_embeds"),
-                micro,
-                bool(self.manifest.text_conditioning.get("requires_aesthetics_score")),
+                xp,
             )
-            conditioning = {
-                name: build(self.conditioning[name], call)
-                for name, build in CONDITIONING.items()
-                if name in self.conditioning
-            }
-            z = self.encode_image(pixels, rng, engines)
-            z = engines.xp.repeat(z, num_images_per_prompt, axis=0)
+            conditioning = {}
+            for name, build in CONDITIONING.items():
+                if name in self.conditioning:
+                    rows = [
+                        build(
+                            self.conditioning[name],
+                            Call(
+                                c,
+                                guidance_scale,
+                                cfg,
+                                height,
+                                width,
+                                t.get("text_embeds"),
+                                r.micro,
+                                aesthetics,
+                            ),
+                        )  # fmt: skip
+                        for r, t, c in zip(group, texts, counts, strict=True)
+                    ]
+                    conditioning[name] = _stack(rows, counts, cfg, np)
+            rngs = [r.rng for r in group]
+            pixels = np.concatenate([r.pixels for r in group]) if len(group) > 1 else first.pixels
+            z = self.encode_image(pixels, _generators(rngs, [1] * len(group)), engines, chunk)
+            z = xp.repeat(z, counts, axis=0) if len(group) > 1 else xp.repeat(z, total, axis=0)
             latents = self.denoise(
-                z, embeddings, plan, guidance_scale, rng, callback, engines, chunk, conditioning
+                z,
+                embeddings,
+                first.plan,
+                guidance_scale,
+                _generators(rngs, counts),
+                callback,
+                engines,
+                chunk,
+                conditioning,
             )
             decoded = self.decode(latents, engines, chunk)
+        results, start = [], 0
+        for request in group:
+            settings = self._settings(request, engines)
+            made = []
+            for k, array in enumerate(decoded[start : start + request.count]):
+                result = Image.fromarray(array)
+                result.info.update(settings, **{"fastimg:index": k})
+                made.append(result)
+            results.append(made)
+            start += request.count
+        return results
+
+    def _settings(self, request: "Request", engines: Engines) -> dict:
+        """What each image of `request` is labelled with."""
         settings = {
-            "fastimg:prompt": prompt,
-            "fastimg:negative_prompt": negative_prompt or "",
-            "fastimg:seed": seed,
-            "fastimg:strength": strength,
-            "fastimg:steps": num_inference_steps,
-            "fastimg:guidance": guidance_scale,
-            "fastimg:scheduler": sampler,
+            "fastimg:prompt": request.prompt,
+            "fastimg:negative_prompt": request.negative_prompt or "",
+            "fastimg:seed": request.seed,
+            "fastimg:strength": request.strength,
+            "fastimg:steps": request.steps,
+            "fastimg:guidance": request.guidance_scale,
+            "fastimg:scheduler": request.sampler,
             "fastimg:backend": engines.backend,
             "fastimg:precision": engines.precision,
             **self.model_info,
         }
         if engines.plan_set:
             settings["fastimg:plan_set"] = engines.plan_set
-        results = []
-        for k, array in enumerate(decoded):
-            result = Image.fromarray(array)
-            result.info.update(settings, **{"fastimg:index": k})
-            results.append(result)
-        return results
+        return settings
 
     def _check_sdxl_arguments(self, **given) -> dict:
         """The SDXL-only arguments given, checked against this folder's model family."""

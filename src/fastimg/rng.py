@@ -46,3 +46,22 @@ def _box_muller(u: np.ndarray) -> np.ndarray:
     radius = np.sqrt(np.float32(-2.0) * np.log(np.float32(1.0) - blocks[:, 0]))
     theta = np.float32(2.0 * np.pi) * blocks[:, 1]
     return np.concatenate([radius * np.cos(theta), radius * np.sin(theta)], axis=1).reshape(-1)
+
+
+class StackedGenerators:
+    """Several generators as one: `randn(shape)` draws each one's rows (`rows[k]` along the
+    first axis) from generator k, in order, so that requests batched together get the noise
+    each would get alone."""
+
+    def __init__(self, generators: list, rows: list[int]):
+        if len(generators) != len(rows):
+            raise ValueError(f"{len(generators)} generators for {len(rows)} row counts")
+        self.generators, self.rows = list(generators), list(rows)
+
+    def randn(self, shape: tuple[int, ...]) -> np.ndarray:
+        """Normal noise of `shape`, whose first axis is the sum of the rows."""
+        shape = tuple(shape)
+        if shape[0] != sum(self.rows):
+            raise ValueError(f"noise of {shape[0]} rows asked for, the generators give {self.rows}")
+        parts = [g.randn((n, *shape[1:])) for g, n in zip(self.generators, self.rows, strict=True)]
+        return np.concatenate(parts)

@@ -26,3 +26,16 @@ def test_randn_refuses_shapes_that_take_torchs_scalar_path():
 def test_seed_out_of_range_is_rejected():
     with pytest.raises(ValueError, match="seed"):
         TorchCompatibleGenerator(-1)
+
+
+def test_stacked_generators_give_each_request_its_own_stream():
+    from fastimg.rng import StackedGenerators, TorchCompatibleGenerator
+
+    stacked = StackedGenerators([TorchCompatibleGenerator(s) for s in (1, 2)], [1, 3])
+    alone = [TorchCompatibleGenerator(1), TorchCompatibleGenerator(2)]
+    for _ in range(2):  # consecutive draws continue each stream
+        got = stacked.randn((4, 4, 3, 5))
+        want = np.concatenate([alone[0].randn((1, 4, 3, 5)), alone[1].randn((3, 4, 3, 5))])
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="rows"):
+        stacked.randn((3, 4, 3, 5))
