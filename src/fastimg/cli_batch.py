@@ -384,9 +384,6 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     from .pipeline import Planner
     from .ray_batch import run_jobs_on_ray
 
-    cpus = settings["replica_cpus"]
-    # each worker's CPU sessions run on the cores it reserved, not on every core of its node
-    load_options = {**load_options, "threads": max(1, int(cpus or 1))}
     planner = Planner(load_manifest(load_options["folder"]))
     if resize is not None:
         _check_size(resize, planner.manifest, planner.manifest.max_side or DEFAULT_MAX_SIDE)
@@ -396,7 +393,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
         planned,
         load_options,
         workers=settings["ray_workers"] or 2,
-        cpus=cpus,
+        cpus=settings["replica_cpus"],
         address=settings["ray_address"],
     )
 

@@ -37,6 +37,15 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     help="Requests running at once on the one pipeline (its max_concurrency).",
 )
 @click.option(
+    "--max-batch",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Queued requests with the same image size and settings (prompts, seeds and images "
+    "may differ) run together, this many per engine run at most; each gets the image it "
+    "would get alone. [default: 4 on the CPU, where it was measured faster per image; 1 on "
+    "a GPU]",
+)
+@click.option(
     "--max-queue",
     type=click.IntRange(0, 10_000),
     default=16,
@@ -109,7 +118,8 @@ def _engines_as_argument(command: click.Command) -> click.Command:
 )
 @engine_options
 @domain_errors
-def serve(engines: Path, host: str, port: int, workers: int, max_queue: int, timeout: float,
+def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | None,
+          max_queue: int, timeout: float,
           max_upload_mb: float, max_pixels: int | None, api_key: str | None,
           cors: tuple[str, ...], on_ray: bool, replicas: str | None, replica_cpus: int | None,
           ray_address: str | None, backend: str, precision: str, device: int | None,
@@ -144,6 +154,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_queue: int, tim
         device=device,
         shapes=shapes,
         workers=workers,
+        max_batch=max_batch,
         max_queue=max_queue,
         timeout=timeout,
         max_upload_bytes=int(max_upload_mb * 2**20),
@@ -161,21 +172,9 @@ def serve(engines: Path, host: str, port: int, workers: int, max_queue: int, tim
 def _serve_on_ray(options, host: str, port: int, replicas: str | None, cpus: int | None,
                   address: str | None) -> None:  # fmt: skip
     """Deploy on Ray Serve with the replicas and resources asked for (or the defaults)."""
-    import dataclasses
-
     from .errors import require
-    from .ray_cluster import GPU_BACKENDS, cluster_has_gpus, connect
-    from .serve.ray_app import Placement, Replicas, default_replicas, run_on_ray
+    from .serve.ray_app import Placement, Replicas, run_on_ray
 
     require("ray", "ray")
     parsed = Replicas.parse(replicas) if replicas else None
-    ray = connect(address, echo_err)
-    gpus = options.backend in GPU_BACKENDS or (options.backend == "auto" and cluster_has_gpus(ray))
-    if cpus is None:
-        from .machine import available_cores
-
-        cpus = 1 if gpus else available_cores()
-    if not gpus:
-        options = dataclasses.replace(options, threads=cpus)
-    parsed = parsed or default_replicas(ray, gpus, cpus)
     run_on_ray(options, host, port, Placement(parsed, cpus, address), echo_err)

@@ -99,7 +99,7 @@ def _settle_existing(planned, steps: list, report, progress) -> list[int]:
 
 def _results(planned, todo, load_options, workers, cpus, address, run_options):
     """(index, outcome) of each job in `todo` as its worker finishes it."""
-    from .ray_cluster import cluster_has_gpus, connect, worker_resources
+    from .ray_cluster import check_room, connect, place_workers
 
     ray = connect(address)
     from ray import data
@@ -107,14 +107,17 @@ def _results(planned, todo, load_options, workers, cpus, address, run_options):
     context = data.DataContext.get_current()
     context.enable_progress_bars = False  # the batch's own progress display shows it
     context.print_on_execution_start = False
-    backend = load_options.get("backend", "auto")
-    resources = worker_resources(backend, cpus, cluster_has_gpus(ray))
+    placed = place_workers(ray, load_options.get("backend", "auto"), cpus)
+    pool = min(workers, len(todo))
+    check_room(ray, placed, pool, "--ray-workers or --replica-cpus")
+    # each worker's CPU sessions run on the cores it reserved, not on every core of its node
+    load_options = {**load_options, "threads": placed.threads}
     rows = [{"index": index} for index in todo]
     indices = data.from_items(rows, override_num_blocks=len(todo))  # a job per block and retry
     results = indices.map_batches(
         BatchWorker,
         batch_size=1,
-        compute=data.ActorPoolStrategy(size=min(workers, len(todo))),
+        compute=data.ActorPoolStrategy(size=pool),
         fn_constructor_kwargs={
             "load_options": load_options,
             "jobs": planned.jobs,
@@ -124,7 +127,7 @@ def _results(planned, todo, load_options, workers, cpus, address, run_options):
         # a killed worker loses nothing: the actor comes back and its job runs again
         max_restarts=-1,
         max_task_retries=-1,
-        **resources,
+        **placed.resources,
     )
     try:
         for row in results.iter_rows():

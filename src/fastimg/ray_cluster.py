@@ -5,6 +5,7 @@ asks of the cluster (CPUs, a GPU) and connects to it.
 """
 
 import os
+from dataclasses import dataclass
 
 from .errors import InputError, require
 
@@ -30,15 +31,43 @@ def connect(address: str | None = None, log=None):
     return ray
 
 
-def worker_resources(backend: str, cpus: float | None, gpu_present: bool) -> dict:
-    """What one replica or worker reserves: a whole GPU on the GPU backends (and on auto where
-    the cluster has GPUs), else `cpus` CPU cores (default 1)."""
+@dataclass(frozen=True)
+class Workers:
+    """What each replica or batch worker reserves on the cluster (`resources`, Ray's actor
+    options) and the CPU threads its sessions use (None on a GPU, where the GPU does the work)."""
+
+    resources: dict
+    threads: int | None
+
+    @property
+    def gpu(self) -> bool:
+        return "num_gpus" in self.resources
+
+
+def place_workers(ray, backend: str, cpus: float | None, default_cpus: float = 1) -> Workers:
+    """A whole GPU each on the GPU backends (and on auto where the cluster has GPUs), with
+    `cpus` cores (default 1); else `cpus` cores each (default `default_cpus`), whose count is
+    also the threads of its sessions, so that workers sharing a node do not fight for cores."""
     if cpus is not None and cpus <= 0:
         raise InputError(f"--replica-cpus must be above 0, got {cpus}")
-    wants_gpu = backend in GPU_BACKENDS or (backend == "auto" and gpu_present)
-    if wants_gpu:
-        return {"num_cpus": cpus if cpus is not None else 1, "num_gpus": 1}
-    return {"num_cpus": cpus if cpus is not None else 1}
+    if backend in GPU_BACKENDS or (backend == "auto" and cluster_has_gpus(ray)):
+        return Workers({"num_cpus": cpus if cpus is not None else 1, "num_gpus": 1}, None)
+    cpus = cpus if cpus is not None else default_cpus
+    return Workers({"num_cpus": cpus}, max(1, int(cpus)))
+
+
+def check_room(ray, workers: Workers, count: int, flags: str) -> None:
+    """Refuse `count` workers that the cluster cannot hold at once: Ray would wait for the
+    missing ones without a word."""
+    have = ray.cluster_resources()
+    for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        each = workers.resources.get(key, 0)
+        if count * each > have.get(name, 0):
+            raise InputError(
+                f"{count} worker(s) reserving {each:g} {name}(s) each need {count * each:g} "
+                f"{name}s, but the Ray cluster has {have.get(name, 0):g}: lower {flags}, or "
+                "add nodes to the cluster"
+            )
 
 
 def cluster_has_gpus(ray) -> bool:

@@ -230,3 +230,43 @@ def test_the_bearer_token_must_match():
     assert not authorized(None, "s3cret")
     assert not authorized("Bearer s3cret-and-more", "s3cret")
     assert not authorized("Bearer sécret", "s3cret")  # non-ASCII compares too, and differs
+
+
+def test_a_slot_holder_takes_waiters_of_its_batch_key_into_its_run():
+    async def scenario():
+        gate = Admission(workers=1, max_queue=8)
+        assert await gate.acquire(FAR, key="k", payload="holder") is True
+        names = ["a", "other", "b", "plain", "c"]
+        keys = {"a": "k", "other": "x", "b": "k", "plain": None, "c": "k"}
+        tasks = {n: asyncio.ensure_future(gate.acquire(FAR, keys[n], n)) for n in names}
+        await until(lambda: gate.waiting == 5)
+        assert gate.take("k", 2) == ["a", "b"]  # oldest first, up to the limit
+        assert await tasks["a"] is False and await tasks["b"] is False  # they ride along
+        assert (gate.running, gate.waiting) == (1, 3)
+        assert gate.take("nothing queued has this key", 4) == []
+        gate.release()  # the slot goes to the oldest waiter left, whatever its key
+        assert await tasks["other"] is True
+        assert gate.take("k", 8) == ["c"] and await tasks["c"] is False
+        gate.release()
+        assert await tasks["plain"] is True  # a waiter without a key is never taken
+        gate.release()
+        assert (gate.running, gate.waiting) == (0, 0)
+
+    run(scenario())
+
+
+def test_a_taken_waiter_that_leaves_gives_back_no_slot():
+    async def scenario():
+        gate = Admission(workers=1, max_queue=2)
+        await gate.acquire(FAR, "k")
+        rider = asyncio.ensure_future(gate.acquire(FAR, "k", "r"))
+        await until(lambda: gate.waiting == 1)
+        assert gate.take("k", 1) == ["r"]
+        rider.cancel()  # its client left after it was taken, before it resumed
+        with pytest.raises(asyncio.CancelledError):
+            await rider
+        assert gate.running == 1  # still the holder's slot, not released by the rider
+        gate.release()
+        assert gate.running == 0
+
+    run(scenario())

@@ -7,6 +7,7 @@ timing.
 
 import base64
 import contextlib
+import functools
 import io
 import json
 import socket
@@ -89,6 +90,10 @@ class Gated:
         self.entered = threading.Event()
         self.release = threading.Event()
         self.prompts: list[str] = []
+        self.batches: list[list[str]] = []  # the prompts of each batched run
+        self.batch_entered = threading.Event()
+        self.batch_release = threading.Event()  # batched runs are held only while it is clear
+        self.batch_release.set()
         self.steps: list[int] = []
 
     def __getattr__(self, name):
@@ -96,16 +101,25 @@ class Gated:
 
     def __call__(self, prompt, image, callback=None, **settings):
         self.prompts.append(prompt)
+        held = self._held(callback, self.entered, self.release)
+        return self.pipe(prompt, image, callback=held, **settings)
 
+    def call_many(self, calls, callback=None):
+        self.batches.append([call["prompt"] for call in calls])
+        self.prompts += self.batches[-1]
+        held = self._held(callback, self.batch_entered, self.batch_release)
+        return self.pipe.call_many(calls, held)
+
+    def _held(self, callback, entered: threading.Event, release: threading.Event):
         def held(step, total):
             self.steps.append(step)
             if step == 1:
-                self.entered.set()
-                assert self.release.wait(60)
+                entered.set()
+                assert release.wait(60)
             if callback is not None:
                 callback(step, total)
 
-        return self.pipe(prompt, image, callback=held, **settings)
+        return held
 
 
 @pytest.fixture(scope="module")
@@ -255,6 +269,8 @@ def test_info_describes_the_engines(server, pipe):
         ({"strength": "0.1", "steps": "4"}, "runs zero denoising steps"),
         ({"seed": "-1"}, "Invalid value for 'seed'"),
         ({"colour": "red"}, "unknown field 'colour'"),
+        ({"prompt_2": "fur"}, "prompt_2"),  # an SDXL field on an SD 1.x folder
+        ({"original_size": "big"}, "Invalid value for 'original_size'"),
     ],
 )
 def test_fields_are_checked_as_the_cli_checks_them(server, picture, fields, message):
@@ -341,6 +357,35 @@ def test_uploads_over_the_limit_are_refused(pipe, picture):
         small = client.post("/v1/img2img", **multipart(picture))  # 90x68: over 64x64 pixels
         assert small.status_code == 413 and "over the limit of" in small.json()["detail"]
         assert count(service, "413") == 3
+
+
+def test_sdxl_fields_reach_the_pipeline_as_its_arguments(tiny_sdxl, picture):
+    from fastimg.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_sdxl[1], backend="onnxruntime", precision="fp32")
+    micro = dict(prompt_2="fur", negative_prompt_2="blur", original_size=(512, 384),
+                 crops_coords_top_left=(8, 16), target_size=(256, 320))  # fmt: skip
+    with live(ServeOptions(), lambda: pipe) as (client, _):
+        ready(client)
+        assert client.get("/v1/info").json()["sdxl_fields"][0] == "prompt_2"
+        form = client.post("/v1/img2img", **multipart(picture, negative_prompt="ugly",
+                           prompt_2="fur", negative_prompt_2="blur", original_size="512x384",
+                           crops_coords_top_left="8,16", target_size="256x320"))  # fmt: skip
+        assert form.status_code == 200, form.text
+        as_json = {**SETTINGS, "negative_prompt": "ugly", **micro, "strength": 0.6, "steps": 3,
+                   "guidance": 5, "seed": 11, "image": base64.b64encode(picture.read_bytes())
+                   .decode()}  # fmt: skip
+        as_json.update(original_size=[512, 384], crops_coords_top_left=[8, 16],
+                       target_size=[256, 320])  # fmt: skip
+        sent = client.post("/v1/img2img", json=as_json)
+        assert sent.status_code == 200, sent.text
+        refiner_only = client.post("/v1/img2img", **multipart(picture, aesthetic_score="7"))
+        assert refiner_only.status_code == 422 and "aesthetic_score" in refiner_only.text
+    expected = pipe("a cat", load_image(picture), negative_prompt="ugly", **micro, **CALL)[0]
+    plain = pipe("a cat", load_image(picture), negative_prompt="ugly", **CALL)[0]
+    for response in (form, sent):
+        np.testing.assert_array_equal(decoded(response.content), np.asarray(expected))
+    assert not np.array_equal(np.asarray(plain), np.asarray(expected))  # they changed the image
 
 
 # --- admission ---------------------------------------------------------------------------------
@@ -441,6 +486,74 @@ def test_stopping_turns_away_the_queue_and_newcomers_but_finishes_what_runs(pipe
         gated.release.set()
         assert running.result().status_code == 200
         assert gated.prompts == ["runs"]
+
+
+def test_queued_requests_of_one_shape_run_as_one_batch_each_as_if_alone(pipe, picture, tmp_path):
+    wide = tmp_path / "wide.png"
+    Image.open(picture).resize((96, 64)).save(wide)
+    options = dict(workers=1, max_queue=8, max_batch=3)
+    with (
+        gated_server(pipe, **options) as (client, service, gated, _),
+        ThreadPoolExecutor(8) as pool,
+    ):
+        post = functools.partial(client.post, "/v1/img2img")
+        first = pool.submit(post, **multipart(picture, prompt="first"))
+        assert gated.entered.wait(30)
+        queued = {}
+        for k, (prompt, image) in enumerate([("a", picture), ("b", picture), ("wide", wide),
+                                             ("c", picture), ("d", picture)]):  # fmt: skip
+            queued[prompt] = pool.submit(post, **multipart(image, prompt=prompt, seed=str(k)))
+            wait_for(lambda k=k: service.admission.waiting == k + 1)
+        gated.release.set()
+        assert first.result().status_code == 200
+        answers = {prompt: future.result() for prompt, future in queued.items()}
+        # "a" got the slot and took the next two of its shape; "wide" and "d" ran after it.
+        assert gated.batches[0] == ["a", "b", "c"]
+        assert gated.prompts == ["first", "a", "b", "c", "wide", "d"]
+        for k, (prompt, response) in enumerate(answers.items()):
+            assert response.status_code == 200, response.text
+            image = load_image(wide if prompt == "wide" else picture)
+            expected = pipe(prompt, image, **{**CALL, "seed": k})[0]
+            np.testing.assert_array_equal(decoded(response.content), np.asarray(expected))
+            assert json.loads(response.headers["x-fastimg-settings"])["fastimg:prompt"] == prompt
+        batches = service.metrics.registry.get_sample_value("fastimg_batch_requests_sum")
+        assert batches == 1 + 3 + 1 + 1  # first, [a, b, c], wide, d
+
+
+def test_a_rider_whose_client_leaves_does_not_stop_the_batch(pipe, picture):
+    with gated_server(pipe, workers=1, max_queue=4, max_batch=4) as (client, service, gated, pool):
+        gated.batch_release.clear()
+        first = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="first"))
+        assert gated.entered.wait(30)
+        stays = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="stays"))
+        wait_for(lambda: service.admission.waiting == 1)
+        leaver = raw_request(client, picture, prompt="leaver")
+        wait_for(lambda: service.admission.waiting == 2)
+        gated.release.set()
+        assert first.result().status_code == 200
+        assert gated.batch_entered.wait(30) and gated.batches == [["stays", "leaver"]]
+        leaver.close()  # while the batch it rides in is held at its first step
+        wait_for(lambda: count(service, "disconnected") == 1)
+        gated.batch_release.set()
+        response = stays.result()
+        assert response.status_code == 200
+        expected = pipe("stays", load_image(picture), **CALL)[0]
+        np.testing.assert_array_equal(decoded(response.content), np.asarray(expected))
+
+
+def test_batching_is_off_with_max_batch_1(pipe, picture):
+    with gated_server(pipe, workers=1, max_queue=4, max_batch=1) as (client, service, gated, pool):
+        first = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="first"))
+        assert gated.entered.wait(30)
+        rest = []
+        for k, prompt in enumerate("ab"):
+            rest.append(
+                pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt=prompt))
+            )
+            wait_for(lambda k=k: service.admission.waiting == k + 1)
+        gated.release.set()
+        assert [f.result().status_code for f in (first, *rest)] == [200] * 3
+        assert gated.batches == [] and gated.prompts == ["first", "a", "b"]
 
 
 # --- who may ask -------------------------------------------------------------------------------

@@ -224,3 +224,12 @@ def test_serve_on_ray_as_typed_serves_and_stops_on_sigterm(tiny, tmp_path, photo
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_replicas_the_cluster_cannot_hold_are_refused_before_deploying(runner, tiny, ray_cluster):
+    pytest.importorskip("ray.serve")
+    # the README's cluster example on this 2-CPU local cluster: 2 x 8 CPUs would wait forever
+    result = runner.invoke(serve, [str(tiny[1]), "--ray", "--replicas", "2", "--replica-cpus", "8"])
+    assert result.exit_code == 1
+    assert "need 16 CPUs, but the Ray cluster has 2" in result.output
+    assert "lower --replicas or --replica-cpus" in result.output

@@ -43,17 +43,20 @@ def test_a_fixed_count_is_num_replicas_and_a_range_autoscales_on_queue_length():
     }
 
 
+class _Cluster:
+    """What the code asks of a connected ray module: the cluster's resources."""
+
+    def __init__(self, **resources):
+        self.resources = resources
+
+    def cluster_resources(self):
+        return self.resources
+
+
 def test_the_default_is_one_replica_per_gpu_else_per_replica_cpus():
-    class Cluster:
-        def __init__(self, **resources):
-            self.resources = resources
-
-        def cluster_resources(self):
-            return self.resources
-
-    assert default_replicas(Cluster(CPU=32.0, GPU=4.0), gpus=True, cpus=1) == Replicas(4, 4)
-    assert default_replicas(Cluster(CPU=32.0), gpus=False, cpus=8) == Replicas(4, 4)
-    assert default_replicas(Cluster(CPU=2.0), gpus=False, cpus=8) == Replicas(1, 1)
+    assert default_replicas(_Cluster(CPU=32.0, GPU=4.0), gpus=True, cpus=1) == Replicas(4, 4)
+    assert default_replicas(_Cluster(CPU=32.0), gpus=False, cpus=8) == Replicas(4, 4)
+    assert default_replicas(_Cluster(CPU=2.0), gpus=False, cpus=8) == Replicas(1, 1)
 
 
 def _free_port() -> int:
@@ -97,9 +100,10 @@ def _transform(url: str, attempts: int = 1):
         except httpx.TransportError:
             if attempt == attempts - 1:
                 raise
-            continue
-        if response.status_code < 500 or attempt == attempts - 1:
-            return response
+        else:
+            if response.status_code < 500 or attempt == attempts - 1:
+                return response
+        time.sleep(min(0.25 * 2**attempt, 4.0))  # back off while Ray replaces the replica
 
 
 def _pixels(response) -> np.ndarray:
@@ -132,7 +136,7 @@ def test_a_replica_killed_while_requests_run_loses_none(served):
     results: dict[int, object] = {}
 
     def client(i: int) -> None:
-        results[i] = _transform(served, attempts=4)
+        results[i] = _transform(served, attempts=8)
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(6)]
     for thread in threads:
@@ -157,3 +161,32 @@ def test_a_replica_killed_while_requests_run_loses_none(served):
     while _replica_states() != {"RUNNING": 2}:  # Ray Serve replaced the killed replica
         assert time.monotonic() < end, _replica_states()
         time.sleep(0.5)
+
+
+def test_workers_reserve_a_gpu_or_their_cores_and_run_on_those_cores():
+    from fastimg.ray_cluster import place_workers
+
+    gpu = place_workers(_Cluster(CPU=8.0, GPU=2.0), "onnxruntime-cuda", None, default_cpus=8)
+    assert gpu.resources == {"num_cpus": 1, "num_gpus": 1} and gpu.threads is None and gpu.gpu
+    auto = place_workers(_Cluster(CPU=8.0, GPU=2.0), "auto", 2)
+    assert auto.resources == {"num_cpus": 2, "num_gpus": 1}
+    cpu = place_workers(_Cluster(CPU=8.0, GPU=2.0), "openvino", None, default_cpus=4)
+    assert cpu.resources == {"num_cpus": 4} and cpu.threads == 4 and not cpu.gpu
+    assert place_workers(_Cluster(CPU=8.0), "auto", 0.5).threads == 1
+    with pytest.raises(InputError, match="--replica-cpus must be above 0"):
+        place_workers(_Cluster(CPU=8.0), "auto", 0)
+
+
+def test_more_workers_than_the_cluster_holds_are_refused_not_left_waiting():
+    from fastimg.ray_cluster import Workers, check_room
+
+    cpus_8 = Workers({"num_cpus": 8}, 8)
+    check_room(_Cluster(CPU=16.0), cpus_8, 2, "--replicas")
+    with pytest.raises(InputError) as refused:
+        check_room(_Cluster(CPU=2.0), cpus_8, 2, "--replicas or --replica-cpus")
+    message = str(refused.value)
+    assert "need 16 CPUs, but the Ray cluster has 2" in message
+    assert "lower --replicas or --replica-cpus" in message
+    with pytest.raises(InputError, match="need 3 GPUs, but the Ray cluster has 2"):
+        check_room(_Cluster(CPU=16.0, GPU=2.0), Workers({"num_cpus": 1, "num_gpus": 1}, None), 3,
+                   "--replicas")  # fmt: skip

@@ -51,7 +51,9 @@ class Admission:
     `acquire` returns when the caller holds a run slot; `release` passes the slot to the
     oldest waiter still there. A waiter whose deadline passes, or whose task is cancelled
     (its client went away), leaves the queue without ever running. `close` admits nothing
-    more and turns every waiter away; slots already held finish normally.
+    more and turns every waiter away; slots already held finish normally. A slot holder may
+    `take` waiters that can share its run (the same batch key): they leave the queue and
+    their `acquire` returns False, meaning they run in the holder's slot.
     """
 
     def __init__(self, workers: int, max_queue: int):
@@ -61,6 +63,7 @@ class Admission:
         self.running = 0
         self.closed = False
         self._waiting: deque[asyncio.Future] = deque()
+        self._riders: dict[asyncio.Future, tuple] = {}  # a waiter's (batch key, payload)
         self._run_seconds: float | None = None
 
     @property
@@ -68,8 +71,10 @@ class Admission:
         """Requests in the queue now."""
         return len(self._waiting)
 
-    async def acquire(self, deadline: float) -> None:
-        """Take a run slot, waiting in the queue until `deadline` (the loop's clock) at most."""
+    async def acquire(self, deadline: float, key=None, payload=None) -> bool:
+        """Take a run slot (True), waiting in the queue until `deadline` (the loop's clock) at
+        most; False when a slot holder took this waiter (`payload`) into its run instead.
+        Waiters with a `key` other than None may be taken by holders of the same key."""
         if self.closed:
             raise Closed()
         loop = asyncio.get_running_loop()
@@ -77,19 +82,37 @@ class Admission:
             raise Expired()
         if self.running < self.workers and not self._waiting:
             self.running += 1
-            return
+            return True
         if len(self._waiting) >= self.max_queue:
             raise Busy(self.retry_after())
         ticket = loop.create_future()
         self._waiting.append(ticket)
+        if key is not None:
+            self._riders[ticket] = (key, payload)
         timer = loop.call_at(deadline, self._expire, ticket)
         try:
-            await ticket
+            return await ticket
         except BaseException:  # expired, cancelled (the client left), or turned away by close()
             self._leave(ticket)
             raise
         finally:
             timer.cancel()
+            self._riders.pop(ticket, None)
+
+    def take(self, key, limit: int) -> list:
+        """The payloads of up to `limit` waiters with batch `key`, oldest first, taken out of
+        the queue to run in the caller's slot."""
+        taken = []
+        for ticket in list(self._waiting):
+            if len(taken) >= limit:
+                break
+            rider = self._riders.get(ticket)
+            if rider is None or rider[0] != key or ticket.done():
+                continue
+            self._waiting.remove(ticket)
+            ticket.set_result(False)
+            taken.append(rider[1])
+        return taken
 
     def _expire(self, ticket: asyncio.Future) -> None:
         if not ticket.done():
@@ -100,14 +123,15 @@ class Admission:
         if ticket in self._waiting:
             self._waiting.remove(ticket)
         if ticket.done() and not ticket.cancelled() and ticket.exception() is None:
-            self.release()
+            if ticket.result():  # (a slot, not a seat in another's run)
+                self.release()
 
     def release(self) -> None:
         """Give the slot back: to the oldest waiter, else to the pool."""
         while self._waiting:
             ticket = self._waiting.popleft()
             if not ticket.done():
-                ticket.set_result(None)  # the slot passes on: running stays the same
+                ticket.set_result(True)  # the slot passes on: running stays the same
                 return
         self.running -= 1
 
@@ -165,9 +189,10 @@ def _over(size: int, limit: int, at_least: bool = False) -> str:
     )
 
 
-def check_pixels(data: bytes, name: str, max_pixels: int) -> bool:
-    """Refuse an image over `max_pixels` from its header, before decoding it. Returns whether
-    the header could be read at all (a file that is not an image is for the loader to name)."""
+def check_pixels(data: bytes, name: str, max_pixels: int) -> tuple[int, int] | None:
+    """Refuse an image over `max_pixels` from its header, before decoding it. Returns its
+    (width, height), or None when the header cannot be read (a file that is not an image is
+    for the loader to name)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # checked here
@@ -179,13 +204,13 @@ def check_pixels(data: bytes, name: str, max_pixels: int) -> bool:
             "downscale it first"
         ) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError):
-        return False
+        return None
     if width * height > max_pixels:
         raise TooLarge(
             f"image {name} is {width}x{height}, over the limit of {max_pixels / 1e6:.1f} "
             "megapixels this server takes: downscale it first"
         )
-    return True
+    return width, height
 
 
 # --- who may ask -------------------------------------------------------------------------------

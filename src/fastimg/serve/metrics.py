@@ -18,6 +18,7 @@ from prometheus_client import (
 OUTCOMES = ("ok", "400", "401", "413", "415", "422", "429", "503", "timeout", "disconnected",
             "error")  # fmt: skip
 SECONDS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+BATCH_SIZES = (1, 2, 3, 4, 6, 8, 12, 16)
 STAGE_SECONDS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
@@ -49,6 +50,12 @@ class Metrics:
             "Seconds per engine call, by component (CPU backends only)",
             ["stage"],
             buckets=STAGE_SECONDS,
+            registry=registry,
+        )
+        self.batch = Histogram(
+            "fastimg_batch_requests",
+            "Requests run together in one batch of engine calls",
+            buckets=BATCH_SIZES,
             registry=registry,
         )
         self.images = Counter("fastimg_images", "Images returned", registry=registry)

@@ -6,13 +6,14 @@ stream). A replica takes traffic once its engines are loaded, reserves a GPU (GP
 its CPU cores, and is restarted by Ray if it dies or its engines fail.
 """
 
+import dataclasses
 import re
 import signal
 import threading
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..ray_cluster import cluster_has_gpus, connect, worker_resources
+from ..ray_cluster import check_room, connect, place_workers
 from .app import ServeOptions, create_app
 
 APP_NAME = "fastimg"
@@ -55,7 +56,7 @@ class Replicas:
         return replicas
 
 
-def default_replicas(ray, gpus: bool, cpus: int) -> Replicas:
+def default_replicas(ray, gpus: bool, cpus: float) -> Replicas:
     """One replica per GPU of the cluster, else one per `cpus` of its cores."""
     resources = ray.cluster_resources()
     count = int(resources.get("GPU", 0)) if gpus else int(resources.get("CPU", 0) // cpus)
@@ -86,22 +87,32 @@ def deployment_options(options: ServeOptions, replicas: Replicas, resources: dic
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the replicas run: how many, the CPU cores each reserves (None: 1), the cluster
+    """Where the replicas run: how many (None: one per GPU, else one per `cpus` cores of the
+    cluster), the CPU cores each reserves (None: 1 on a GPU, else every core here), the cluster
     (None: RAY_ADDRESS, else Ray started here)."""
 
-    replicas: Replicas
+    replicas: Replicas | None = None
     cpus: float | None = None
     address: str | None = None
 
 
 def deploy(options: ServeOptions, host: str, port: int, placement: Placement, log=print) -> str:
-    """Deploy the app on the Ray cluster and return its URL once every replica is ready."""
+    """Deploy the app on the Ray cluster and return its URL once every replica is ready; the
+    replicas' count and resources are decided here, and refused when the cluster cannot hold
+    them."""
     ray = connect(placement.address, log)
     from ray import serve
 
-    replicas = placement.replicas
-    resources = worker_resources(options.backend, placement.cpus, cluster_has_gpus(ray))
-    settings = deployment_options(options, replicas, resources)
+    from ..machine import available_cores
+
+    workers = place_workers(ray, options.backend, placement.cpus, available_cores())
+    if workers.threads is not None:  # each CPU replica runs on the cores it reserved
+        options = dataclasses.replace(options, threads=workers.threads)
+    replicas = placement.replicas or default_replicas(
+        ray, workers.gpu, workers.resources["num_cpus"]
+    )
+    check_room(ray, workers, replicas.low, "--replicas or --replica-cpus")
+    settings = deployment_options(options, replicas, workers.resources)
     ingress = serve.deployment(**settings)(serve.ingress()(Replica))
     serve.start(http_options={"host": host, "port": port})
     count = (
@@ -109,7 +120,7 @@ def deploy(options: ServeOptions, host: str, port: int, placement: Placement, lo
         if replicas.low == replicas.high
         else (f"{replicas.low} to {replicas.high} (autoscaled)")
     )
-    log(f"deploying {count} replica(s), each reserving {resources}")
+    log(f"deploying {count} replica(s), each reserving {workers.resources}")
     serve.run(ingress.bind(options), name=APP_NAME, route_prefix="/")
     return f"http://{host}:{port}"
 
@@ -124,6 +135,7 @@ def undeploy() -> None:
 
 def run_on_ray(options: ServeOptions, host: str, port: int, placement: Placement, log=print):
     """Serve on Ray until SIGTERM or SIGINT, then stop gracefully."""
+    connect(placement.address, log)  # first: ray.init installs signal handlers of its own
     stop = threading.Event()
     previous = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
