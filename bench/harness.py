@@ -2,14 +2,19 @@
 
 Each side is loaded once and warmed up; then every repeat runs each side once in turn, so slow
 drifts of the machine (heat, other load) fall on all sides alike. Speed-ups are ratios of
-medians taken in the same run. Cold start and peak memory come from fresh processes.
+medians taken in the same run. Cold start and peak memory come from fresh processes. Sides
+whose weights do not fit in memory together (SDXL's on a 24 GiB machine) are measured one after
+another instead, each freed before the next loads.
 """
 
 import gc
 import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
+from fastimg.errors import FastImgError
 from fastimg.images import psnr
 
 from . import coldstart, roofline
@@ -130,29 +135,173 @@ def run(
     peers: list = (),
 ) -> dict:
     """Benchmark `job` on diffusers, each fastimg backend and each peer (PeerSpec, a runtime in
-    its own interpreter); return the full record."""
-    sides = []
-    for device, precision in baselines(backends):
-        log(f"loading diffusers from {model} ({device}, {precision})")
-        sides.append(DiffusersSide(model, job, device, precision))
-    for spec in backends:
-        log(f"loading fastimg engines {engines} on {spec}")
-        sides.append(FastimgSide(engines, job, *parse_backend(spec), shapes=parse_shapes(spec)))
-    peer_sides = []
-    try:
-        for peer in peers:
-            from .peers.optimum_intel import SIDES
+    its own interpreter); return the full record. Sides are loaded together and alternated,
+    unless their weights do not fit in memory together: then each is loaded, measured and
+    freed in turn (the record says which)."""
+    makers = [
+        (
+            lambda d=device, p=precision: DiffusersSide(model, job, d, p),
+            f"diffusers from {model} ({device}, {precision})",
+        )  # fmt: skip
+        for device, precision in baselines(backends)
+    ]
+    makers += [
+        (
+            lambda s=spec: FastimgSide(engines, job, *parse_backend(s), shapes=parse_shapes(s)),
+            f"fastimg engines {engines} on {spec}",
+        )  # fmt: skip
+        for spec in backends
+    ]
+    for peer in peers:
+        from .peers.optimum_intel import SIDES
 
-            log(f"loading the peer {peer.label} ({peer.python})")
-            peer_sides.append(SIDES[peer.name](peer, model, job, log=log))
-    except BaseException:
-        _close_peers(peer_sides)
-        raise
-    sides += peer_sides
+        makers.append(
+            (
+                lambda p=peer: SIDES[p.name](p, model, job, log=log),
+                f"the peer {peer.label} ({peer.python})",
+            )  # fmt: skip
+        )
+    together = fit_together(model, engines, len(makers))
+    if not together:
+        log("the sides do not fit in memory together: each is loaded, measured and freed in turn")
+    collect = _alternated if together else _one_at_a_time
+    measured = collect(makers, warmup, repeats, log)
+    record = _summarize(measured, model, engines, job, cold_start, log)
+    record["sides_loaded"] = "together, alternated" if together else "one at a time"
+    if measured.failed:
+        record["failed_sides"] = measured.failed
+    return record
+
+
+def fit_together(model: str, engines: str, sides: int) -> bool:
+    """Whether every side's weights (each about the engine folder's) fit in the memory free
+    now, twice over for what the runtimes copy or compile."""
+    from fastimg.memory import free_bytes
+
+    free = free_bytes("cpu")
+    weights = sum(f.stat().st_size for f in Path(engines).rglob("*.onnx*") if f.is_file())
+    weights += sum(f.stat().st_size for f in Path(engines).rglob("*.data") if f.is_file())
+    return free is None or 2 * weights * sides <= free
+
+
+@dataclass
+class Measured:
+    """What the runs of every side left: times, stages, images, and how to name each side."""
+
+    seconds: dict = field(default_factory=dict)
+    stages: dict = field(default_factory=dict)
+    first_call: dict = field(default_factory=dict)
+    images: dict = field(default_factory=dict)
+    kinds: dict = field(default_factory=dict)  # name: "diffusers", "fastimg" or "peer"
+    specs: dict = field(default_factory=dict)  # name: the spec a fresh process is started with
+    devices: dict = field(default_factory=dict)
+    precisions: dict = field(default_factory=dict)
+    peer_versions: dict = field(default_factory=dict)
+    peer_memory: dict = field(default_factory=dict)
+    peer_sides: list = field(default_factory=list)  # kept open for their cold starts
+    flops: dict | None = None
+    warmup: int = 0
+    failed: dict = field(default_factory=dict)  # label: why the side could not be measured
+
+    def drop(self, label: str, side, reason: str) -> None:
+        """Forget a side that failed to load (None) or to run, saying why under `label`."""
+        self.failed[label] = reason
+        if side is None:
+            return
+        for table in (self.seconds, self.stages, self.kinds, self.specs, self.devices,
+                      self.precisions, self.first_call, self.images):  # fmt: skip
+            table.pop(side.name, None)
+
+    def add(self, side, peer: bool) -> None:
+        """Register `side` before its runs."""
+        name = side.name
+        self.seconds[name], self.stages[name] = [], []
+        if peer:
+            self.kinds[name] = "peer"
+            self.peer_versions[name] = side.versions
+            self.peer_sides.append(side)
+        else:
+            self.kinds[name] = "fastimg" if isinstance(side, FastimgSide) else "diffusers"
+            self.specs[name] = side.spec if isinstance(side, FastimgSide) else name
+        self.devices[name] = side.pipe.device if isinstance(side, FastimgSide) else side.device
+        self.precisions[name] = getattr(side, "precision", "fp32")
+
+    def warm(self, side, warmup: int, log) -> None:
+        self.warmup = warmup
+        for k in range(warmup):
+            log(f"warm-up {k + 1}/{warmup}: {side.name}")
+            _, _, stages = side.once()
+            self.first_call.setdefault(side.name, stages)
+
+    def once(self, side, label: str, log) -> None:
+        self.images[side.name], took, stages = side.once()
+        self.seconds[side.name].append(took)
+        self.stages[side.name].append(stages)
+        log(f"{label}: {side.name} {took:.2f} s")
+
+    def count_flops(self, side, log) -> None:
+        """FLOPs per stage, counted on the first side (diffusers) while it is loaded."""
+        if self.flops is None:
+            log("counting FLOPs per stage")
+            self.flops = roofline.stage_flops(side)
+
+
+def _is_peer(side) -> bool:
+    return not isinstance(side, FastimgSide | DiffusersSide)
+
+
+def _alternated(makers, warmup: int, repeats: int, log) -> Measured:
+    """All sides loaded, warmed up, then each repeat runs every side once in turn."""
+    measured, sides = Measured(), []
     try:
-        return _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start, log)
-    finally:
-        _close_peers(peer_sides)
+        for make, label in makers:
+            log(f"loading {label}")
+            sides.append(make())
+            measured.add(sides[-1], _is_peer(sides[-1]))
+        for side in sides:
+            measured.warm(side, warmup, log)
+        for r in range(repeats):
+            for side in sides:
+                measured.once(side, f"repeat {r + 1}/{repeats}", log)
+        measured.count_flops(sides[0], log)
+    except BaseException:
+        _close_peers(measured.peer_sides)
+        raise
+    sides.clear()  # free every loaded model before the fresh processes load theirs
+    gc.collect()
+    return measured
+
+
+def _one_at_a_time(makers, warmup: int, repeats: int, log) -> Measured:
+    """Each side loaded, warmed up, run `repeats` times and freed before the next loads."""
+    measured = Measured()
+    try:
+        for k, (make, label) in enumerate(makers):
+            log(f"loading {label}")
+            side = None
+            try:
+                side = make()
+                measured.add(side, _is_peer(side))
+                measured.warm(side, warmup, log)
+                for r in range(repeats):
+                    measured.once(side, f"repeat {r + 1}/{repeats}", log)
+            except FastImgError as exc:  # (e.g. it does not fit in memory here): said, skipped
+                if k == 0:
+                    raise  # diffusers, the reference of every side
+                log(f"{label} failed: {exc}")
+                measured.drop(label, side, str(exc))
+                side = None
+                gc.collect()
+                continue
+            measured.count_flops(side, log)
+            if _is_peer(side):
+                measured.peer_memory[side.name] = side.close().get("peak_rss_mb")
+            side = None
+            gc.collect()
+    except BaseException:
+        _close_peers(measured.peer_sides)
+        raise
+    return measured
 
 
 def _close_peers(peer_sides: list) -> None:
@@ -161,79 +310,66 @@ def _close_peers(peer_sides: list) -> None:
         side.finish()
 
 
-def _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start, log) -> dict:
-    first_call = {}
-    for side in sides:
-        for k in range(warmup):
-            log(f"warm-up {k + 1}/{warmup}: {side.name}")
-            _, _, stages = side.once()
-            first_call.setdefault(side.name, stages)
-    seconds = {side.name: [] for side in sides}
-    stages = {side.name: [] for side in sides}
-    images = {}
-    for r in range(repeats):
-        for side in sides:
-            images[side.name], took, st = side.once()
-            seconds[side.name].append(took)
-            stages[side.name].append(st)
-            log(f"repeat {r + 1}/{repeats}: {side.name} {took:.2f} s")
+def _summarize(measured: Measured, model, engines, job, cold_start: bool, log) -> dict:
+    """The record: each side's times against diffusers and the peers, fidelity, rooflines and
+    cold starts."""
+    try:
+        return _record(measured, model, engines, job, cold_start, log)
+    finally:
+        _close_peers(measured.peer_sides)
+
+
+def _record(measured: Measured, model, engines, job, cold_start: bool, log) -> dict:
+    m = measured
+    names = list(m.seconds)
     results = {}
-    ours = [s for s in sides if isinstance(s, FastimgSide)]
-    fp32_reference = next((s.name for s in ours if s.precision == "fp32"), None)
-    for side in sides:
-        entry = _summary(seconds[side.name], stages[side.name], job.batch)
-        entry["first_call_stages_seconds"] = first_call.get(side.name)
-        if side.name != DIFFUSERS:
-            entry["vs_diffusers"] = _fidelity(images[side.name], images[DIFFUSERS])
-        if side in peer_sides:
+    ours = [name for name in names if m.kinds[name] == "fastimg"]
+    peers = [name for name in names if m.kinds[name] == "peer"]
+    fp32_reference = next((name for name in ours if m.precisions[name] == "fp32"), None)
+    for name in names:
+        entry = _summary(m.seconds[name], m.stages[name], job.batch)
+        entry["first_call_stages_seconds"] = m.first_call.get(name)
+        if name != DIFFUSERS:
+            entry["vs_diffusers"] = _fidelity(m.images[name], m.images[DIFFUSERS])
+        if m.kinds[name] == "peer":
             entry["baseline"] = DIFFUSERS
             entry["speedup_vs_diffusers"] = (
                 results[DIFFUSERS]["median_seconds"] / entry["median_seconds"]
             )
-            entry["precision"] = side.precision
-        if isinstance(side, FastimgSide):
+            entry["precision"] = m.precisions[name]
+        if m.kinds[name] == "fastimg":
             # The speed-up is against diffusers on the same device (and GPU precision).
-            baseline = diffusers_name(*baseline_for(side.spec))
+            baseline = diffusers_name(*baseline_for(m.specs[name]))
             entry["baseline"] = baseline
             entry["speedup_vs_diffusers"] = (
                 results[baseline]["median_seconds"] / entry["median_seconds"]
             )
-            if fp32_reference and side.name != fp32_reference:
-                entry["vs_fastimg_fp32"] = _fidelity(images[side.name], images[fp32_reference])
-        results[side.name] = entry
-    for side in ours:
-        results[side.name]["speedup_vs_peers"] = {
-            peer.name: results[peer.name]["median_seconds"] / results[side.name]["median_seconds"]
-            for peer in peer_sides
+            if fp32_reference and name != fp32_reference:
+                entry["vs_fastimg_fp32"] = _fidelity(m.images[name], m.images[fp32_reference])
+        results[name] = entry
+    for name in ours:
+        results[name]["speedup_vs_peers"] = {
+            peer: results[peer]["median_seconds"] / results[name]["median_seconds"]
+            for peer in peers
         }
-    log("counting FLOPs per stage and measuring the matmul peak")
-    flops = roofline.stage_flops(sides[0])
+    log("measuring the matmul peak")
+    flops = m.flops
     machine = _machine()
     peaks = roofline.matmul_peak_gflops(machine["cores"])
-    for side in sides:
-        on_gpu = (
-            side.pipe.device != "cpu" if isinstance(side, FastimgSide) else side.device != "cpu"
-        )
-        if on_gpu:
+    for name in names:
+        if m.devices[name] != "cpu":
             continue  # the measured peaks are the CPU's
-        precision = getattr(side, "precision", "fp32")  # diffusers: fp32 on the CPU
-        if precision not in peaks:
+        if m.precisions[name] not in peaks:
             continue  # emulated here: no meaningful peak to compare with
-        results[side.name]["roofline"] = roofline.efficiency(
-            results[side.name]["stages_median_seconds"], flops, peaks[precision]
+        results[name]["roofline"] = roofline.efficiency(
+            results[name]["stages_median_seconds"], flops, peaks[m.precisions[name]]
         )
-    specs = [
-        (s.name, s.spec if isinstance(s, FastimgSide) else s.name)
-        for s in sides
-        if s not in peer_sides
-    ]
-    for side in peer_sides:  # each worker's own peak, then its memory is given back
-        results[side.name]["peak_rss_mb"] = side.close().get("peak_rss_mb")
-    sides.clear()  # free every loaded model before the fresh processes load theirs
-    side = None  # noqa: F841 (the loop variable held the last side)
-    gc.collect()
+    for side in m.peer_sides:  # each worker's own peak, then its memory is given back
+        if side.name not in m.peer_memory:
+            m.peer_memory[side.name] = side.close().get("peak_rss_mb")
+        results[side.name]["peak_rss_mb"] = m.peer_memory[side.name]
     if cold_start:
-        for name, spec in specs:
+        for name, spec in m.specs.items():
             log(f"cold start: {name}")
             try:
                 results[name]["cold_start"] = coldstart.measure(spec, job, model, engines)
@@ -247,7 +383,7 @@ def _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start
                     results[name]["cold_start_uncached"] = uncached
                 except RuntimeError as exc:
                     results[name]["cold_start_uncached"] = {"error": str(exc)[-2000:]}
-        for side in peer_sides:  # with its compiled blobs cached, then with none
+        for side in m.peer_sides:  # with its compiled blobs cached, then with none
             for cached, key in ((True, "cold_start"), (False, "cold_start_uncached")):
                 log(f"cold start: {side.name} ({'cached' if cached else 'uncached'} compile)")
                 try:
@@ -261,15 +397,15 @@ def _measure(sides, peer_sides, model, engines, job, warmup, repeats, cold_start
         "model": model,
         "engines": engines,
         "job": {**job.to_dict(), "unet_calls": job.unet_calls(_distilled(engines))},
-        "warmup": warmup,
-        "repeats": repeats,
+        "warmup": m.warmup,
+        "repeats": max(len(v) for v in m.seconds.values()),
         "import_runtime_seconds": coldstart.import_seconds(),
         "stage_gflop": {stage: count / 1e9 for stage, count in flops.items()},
         "matmul_peak_gflop_per_s": peaks,
         "best_possible_seconds": {
             precision: sum(flops.values()) / 1e9 / peak for precision, peak in peaks.items()
         },
-        "peers": {side.name: side.versions for side in peer_sides},
+        "peers": m.peer_versions,
         "sides": results,
-        "images": images,
+        "images": m.images,
     }

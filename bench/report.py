@@ -52,6 +52,10 @@ def table(record: dict) -> str:
             f"{_fmt((s.get('vs_fastimg_fp32') or {}).get('psnr_db'), '{:.1f}'):>8}"
         )
     rows += _peer_rows(record)
+    for label, reason in (record.get("failed_sides") or {}).items():
+        rows.append(f"not measured: {label}: {reason}")
+    if record.get("sides_loaded") == "one at a time":
+        rows.append("the sides did not fit in memory together: each ran alone, one after another")
     rows.append(f"importing the runtime: {record['import_runtime_seconds']:.3f} s")
     if "stage_gflop" in record:
         rows += _roofline_rows(record)

@@ -1,8 +1,10 @@
+import gc
 import json
 
 import pytest
 from PIL import Image
 
+from fastimg.errors import EngineError
 from fastimg_bench import harness, report
 from fastimg_bench.job import Job
 from fastimg_bench.sides import parse_backend
@@ -149,3 +151,38 @@ def test_static_shapes_are_an_openvino_side_of_their_own(tiny):
     assert "cold_start_uncached" not in record["sides"]["diffusers"]
     assert "with nothing compiled" in report.table(record)
     assert "roofline" in static
+
+
+def test_sides_too_big_to_share_memory_are_measured_one_at_a_time(tiny, monkeypatch):
+    model, engines = tiny
+    assert harness.fit_together(str(model), str(engines), 2)  # the tiny model fits, of course
+    assert not harness.fit_together(str(model), str(engines), 10**9)
+    monkeypatch.setattr(harness, "fit_together", lambda *args: False)
+    loaded, said = [], []
+    original = harness.FastimgSide.__init__
+
+    def loading(self, engines, job, backend, precision, **kwargs):
+        gc.collect()
+        loaded.append(sum(isinstance(o, harness.DiffusersSide) for o in gc.get_objects()))
+        if backend == "openvino":
+            raise EngineError("a 512x512 image needs about 6.2 GiB for the unet (estimated)")
+        original(self, engines, job, backend, precision, **kwargs)
+
+    monkeypatch.setattr(harness.FastimgSide, "__init__", loading)
+    record = harness.run(
+        str(model), str(engines), Job(size=64, steps=4, strength=0.5, guidance=3.0),
+        ["onnxruntime:fp32", "openvino:fp32"], warmup=1, repeats=2, cold_start=False,
+        log=said.append,
+    )  # fmt: skip
+    assert record["sides_loaded"] == "one at a time"
+    assert any("one at a time" in line or "in turn" in line for line in said)
+    assert loaded == [0, 0]  # diffusers was freed before fastimg's engines loaded
+    # a side that cannot run here is said and skipped; the others are measured
+    assert list(record["sides"]) == ["diffusers", "fastimg onnxruntime fp32"]
+    (failed,) = record["failed_sides"].items()
+    assert "openvino:fp32" in failed[0] and "6.2 GiB" in failed[1]
+    assert "not measured: " in report.table(record) and "each ran alone" in report.table(record)
+    ours = record["sides"]["fastimg onnxruntime fp32"]
+    assert len(ours["seconds"]) == len(record["sides"]["diffusers"]["seconds"]) == 2
+    assert ours["vs_diffusers"]["psnr_db"] >= 40.0
+    assert record["stage_gflop"]["unet"] > 0 and record["warmup"] == 1
