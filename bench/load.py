@@ -292,10 +292,23 @@ def summarize(records: list[dict], wall: float) -> dict:
     }
 
 
+def batch_counts(client, url: str) -> tuple[float, float]:
+    """(requests run, engine runs) so far, from the server's fastimg_batch_requests histogram."""
+    values = {}
+    for line in client.get(f"{url}/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in ("fastimg_batch_requests_sum", "fastimg_batch_requests_count"):
+            values[name] = float(value)
+    return values.get("fastimg_batch_requests_sum", 0.0), values.get(
+        "fastimg_batch_requests_count", 0.0
+    )
+
+
 def run(engines: str, clients: int, seconds: float, max_requests: int | None = None,
         size: int = 64, steps: int = 2, strength: float = 0.6, guidance: float = 5.0,
         seeds: int = 4, workers: int = 1, max_queue: int = 16, timeout: float = 300.0,
-        backend: str = "auto", ready_timeout: float = 900.0, log=print) -> dict:  # fmt: skip
+        backend: str = "auto", ready_timeout: float = 900.0, log=print,
+        max_batch: int | None = None) -> dict:  # fmt: skip
     """Start the server, load it, check the results, stop it; the full record."""
     import httpx
 
@@ -315,6 +328,8 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
         "--backend",
         backend,
     ]
+    if max_batch is not None:
+        serve_args += ["--max-batch", str(max_batch)]
     image = test_image(size)
     client_timeout = timeout + 60  # the server answers 504 by its deadline; past this: lost
     server = Server(engines, serve_args)
@@ -336,6 +351,7 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
                     )
                 references[seed] = pixels(response.content)
             info = probe.get(f"{server.url}/v1/info").json()
+            batches_before = batch_counts(probe, server.url)
         rss_warm = server.rss.sample()
         load = Load(max_requests, seconds, seeds)
         log(
@@ -364,6 +380,8 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
         rss_end = server.rss.sample()
         during = [mb for t, mb in server.rss.samples if load_start_t <= t <= load_end_t + 0.1]
         with httpx.Client() as probe:  # the server alone again: the same image for seed 0
+            after = batch_counts(probe, server.url)
+            requests_run, runs = (a - b for a, b in zip(after, batches_before, strict=True))
             response = post(probe, server.url, image, 0, settings, client_timeout)
             alone_after = response.status_code == 200 and _matches(response, 0, references[0])
         log("stopping the server (SIGTERM)")
@@ -406,8 +424,11 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
             "max_queue": max_queue,
             "timeout": timeout,
             "backend": backend,
+            "max_batch": max_batch,
             "prompt": PROMPT,
         },
+        "engine_runs_during_load": runs,
+        "requests_per_engine_run": requests_run / runs if runs else None,
         "ready_seconds": ready_s,
         "reference_seconds": reference_s,
         **summary,
@@ -439,6 +460,7 @@ def table(record: dict) -> str:
         ("lost / corrupted", f"{record['lost']} / {record['corrupted']}"),
         ("latency p50/p95/p99 (200s)", f"{s(lat['p50'])} / {s(lat['p95'])} / {s(lat['p99'])} s"),
         ("throughput", f"{s(record['images_per_second'])} images/s"),
+        ("requests per engine run", s(record.get("requests_per_engine_run"))),
         (
             "server RSS MiB ready/warm/load peak/end",
             " / ".join(
@@ -482,6 +504,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=4, help="seed pool 0..K-1, one reference each")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--max-queue", type=int, default=16)
+    p.add_argument("--max-batch", type=int, default=None, help="the server's --max-batch")
     p.add_argument("--timeout", type=float, default=300.0, help="the server's --timeout")
     p.add_argument("--backend", default="auto")
     p.add_argument("--ready-timeout", type=float, default=900.0)
@@ -509,6 +532,7 @@ def main(argv: list[str] | None = None) -> int:
         timeout=args.timeout,
         backend=args.backend,
         ready_timeout=args.ready_timeout,
+        max_batch=args.max_batch,
     )
     record = {
         "command": "python -m fastimg_bench.load " + shlex.join(map(str, argv)),

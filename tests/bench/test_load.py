@@ -46,7 +46,23 @@ def test_load_run_loses_and_corrupts_nothing_and_records_it(tiny, tmp_path, caps
     assert rss["peak_mb"] >= rss["end_mb"] and isinstance(rss["flat"], bool)
     assert record["seed_0_alone_after_load_matches"] is True
     assert record["server_exit_code"] == 0 and record["server_exited_cleanly"]
+    assert record["requests_per_engine_run"] == 1.0  # nothing queued, so nothing batched
     assert "lost / corrupted" in capsys.readouterr().out
+
+
+def test_queued_requests_are_batched_under_load_and_each_image_is_still_its_own(tiny, tmp_path):
+    out = tmp_path / "batched.json"
+    argv = [str(tiny[1]), "--clients", "4", "--seconds", "8", "--requests", "24", "--seeds", "4",
+            "--max-queue", "8", "--max-batch", "4", "--backend", "onnxruntime",
+            "-o", str(out)]  # fmt: skip
+
+    assert load.main(argv) == 0
+    record = json.loads(out.read_text())
+    assert record["settings"]["max_batch"] == 4
+    assert record["lost"] == 0 and record["corrupted"] == 0  # each checked against it alone
+    assert record["by_status"]["200"] == record["requests"]
+    assert record["engine_runs_during_load"] < record["requests"]
+    assert 1.0 < record["requests_per_engine_run"] <= 4.0
 
 
 def test_a_pixel_changed_or_a_wrong_seed_counts_as_corrupted():
