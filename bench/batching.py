@@ -2,11 +2,12 @@
 
     python -m fastimg_bench.batching ENGINES --backend onnxruntime:fp32 --size 256 --batch 1,2,4
 
-One process per backend; for each batch size B the same img2img job runs with B images per
-call (`num_images_per_prompt`: the UNet, text and VAE calls take B images at once, as a server
-batching B same-shape requests would), alternating the sizes round by round after a warm-up of
-each, and reports the median seconds per image and the gain over B = 1. The serving side batches
-requests only on a backend where this gain is worth the wait for a batch to fill.
+For each batch size B, B requests of one shape with their own images, prompts and seeds run
+as the server runs them when it batches (`Img2ImgPipeline.call_many`: one text, VAE encoder,
+UNet and VAE decoder call for all B), alternating the sizes round by round after a warm-up of
+each; the record gives the median seconds per image and the gain over B = 1. (Until 2026-11-26
+this ran one request with B images, `num_images_per_prompt`, which encodes its one image once:
+that overstated the gain for requests with images of their own.)
 """
 
 import argparse
@@ -28,13 +29,19 @@ def measure(engines: str, backend: str, precision: str, size: int, batches: list
     from fastimg.pipeline import Img2ImgPipeline
 
     pipe = Img2ImgPipeline.from_engines(engines, backend=backend, precision=precision)
-    pixels = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    image = Image.fromarray(pixels)
-    job = dict(strength=strength, num_inference_steps=steps, guidance_scale=guidance, seed=1)
+    rng = np.random.default_rng(0)
+    images = [
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+        for _ in range(max(batches))
+    ]
+    job = dict(strength=strength, num_inference_steps=steps, guidance_scale=guidance)
 
     def run(batch: int) -> float:
+        calls = [
+            dict(prompt=f"{PROMPT}, {k}", image=images[k], seed=k, **job) for k in range(batch)
+        ]
         started = time.perf_counter()
-        pipe(PROMPT, image, num_images_per_prompt=batch, **job)
+        pipe.call_many(calls)
         return (time.perf_counter() - started) / batch
 
     for batch in batches:  # warm-up: compiles and caches per shape

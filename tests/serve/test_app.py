@@ -541,6 +541,18 @@ def test_a_rider_whose_client_leaves_does_not_stop_the_batch(pipe, picture):
         np.testing.assert_array_equal(decoded(response.content), np.asarray(expected))
 
 
+def test_batching_is_on_by_default_only_where_it_was_measured_to_pay(pipe):
+    class OnOpenVINO(Gated):
+        backend = "openvino"
+
+    for options, loaded, expected in ((ServeOptions(), lambda: OnOpenVINO(pipe), 4),
+                                      (ServeOptions(), lambda: pipe, 1),  # ONNX Runtime
+                                      (ServeOptions(max_batch=2), lambda: pipe, 2)):  # fmt: skip
+        with live(options, loaded) as (client, service):
+            ready(client)
+            assert service.max_batch == expected
+
+
 def test_batching_is_off_with_max_batch_1(pipe, picture):
     with gated_server(pipe, workers=1, max_queue=4, max_batch=1) as (client, service, gated, pool):
         first = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="first"))

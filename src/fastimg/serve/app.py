@@ -99,10 +99,11 @@ MAX_SETTINGS_HEADER = 8192  # clients refuse response headers much beyond this
 SHORT_PROMPT = 200  # characters of a prompt kept when the settings header would be too long
 UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
 STATIC = Path(__file__).parent / "static"
-# Requests per engine run on the CPU backends by default: 2 and 4 same-shape images per call
-# were 1.22-1.33x faster per image than one (bench/results/batching-sd15-256.json). On a GPU it
-# is unmeasured, so 1 unless --max-batch says otherwise.
-BATCH_ON_CPU = 4
+# Requests per engine run by default, where batching was measured to pay (requests with images
+# of their own, bench/results/batching-sd15-256.json, 2-core EPYC): OpenVINO ran 1.37x (2) and
+# 1.43x (4) faster per image; ONNX Runtime 0.97x and 0.94x, so it runs them one by one, as do
+# the GPU backends (unmeasured).
+BATCH_BY_BACKEND = {"openvino": 4}
 # The page's resources come from this server only (it must work offline, too).
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
                "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'")  # fmt: skip
@@ -121,7 +122,7 @@ class ServeOptions:
     device: int | None = None
     shapes: str = "dynamic"
     workers: int = 1  # requests running at once (the pipeline's max_concurrency)
-    max_batch: int | None = None  # requests per engine run (None: BATCH_ON_CPU on the CPU, else 1)
+    max_batch: int | None = None  # requests per engine run (None: BATCH_BY_BACKEND's, else 1)
     threads: int | None = None  # CPU threads of the pipeline (None: every core here)
     max_queue: int = 16  # requests waiting beyond those
     timeout: float = 300.0  # seconds from arrival to response, at most
@@ -199,7 +200,7 @@ class Service:
         self.loop: asyncio.AbstractEventLoop | None = None
         self.on_failure = None  # called with the message when the engines cannot be loaded
         self._load = load or self._load_engines
-        self.max_batch = options.max_batch or 1  # (set from the engines' device once loaded)
+        self.max_batch = options.max_batch or 1  # (None: set by the backend once loaded)
         self.streams: set[Stream] = set()
         self.frames = Counter(
             "fastimg_stream_frames",
@@ -238,8 +239,8 @@ class Service:
                 self.on_failure(self.error)
             return
         self.pipe = pipe
-        if self.options.max_batch is None and getattr(pipe, "device", "cpu") == "cpu":
-            self.max_batch = BATCH_ON_CPU
+        if self.options.max_batch is None:
+            self.max_batch = BATCH_BY_BACKEND.get(getattr(pipe, "backend", None), 1)
         if self.state == "loading":
             self.state = "ready"
         log.info(
