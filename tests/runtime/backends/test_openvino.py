@@ -179,3 +179,25 @@ def test_a_damaged_static_blob_is_compiled_again(own_engines, tmp_path, damage):
 
     second = _static_session(own_engines, tmp_path / "cache")
     np.testing.assert_array_equal(second.run(feeds)[second.output_names[0]], expected)
+
+
+def test_a_cache_entry_written_by_another_process_at_once_falls_back_to_compiling(
+    own_engines, monkeypatch, tmp_path
+):
+    pytest.importorskip("openvino")
+    import openvino as ov
+
+    from fastimg.backends.openvino import OpenVinoSession
+
+    original, configs = ov.Core.compile_model, []
+
+    def racing(core, model, device, config):
+        configs.append(dict(config))
+        if "CACHE_DIR" in config:  # what a concurrent writer of the same blob caused in CI
+            raise RuntimeError("filesystem error: cannot set permissions: No such file")
+        return original(core, model, device, config)
+
+    monkeypatch.setattr(ov.Core, "compile_model", racing)
+    session = OpenVinoSession(own_engines / "vae_decoder" / "model.onnx", cache_dir=tmp_path)
+    assert "latent_sample" in session.input_names
+    assert ["CACHE_DIR" in c for c in configs] == [True, False]
