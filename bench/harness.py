@@ -179,8 +179,8 @@ def fit_together(model: str, engines: str, sides: int) -> bool:
     from fastimg.memory import free_bytes
 
     free = free_bytes("cpu")
+    # (*.onnx* takes the graphs and their external weights, model.onnx_data)
     weights = sum(f.stat().st_size for f in Path(engines).rglob("*.onnx*") if f.is_file())
-    weights += sum(f.stat().st_size for f in Path(engines).rglob("*.data") if f.is_file())
     return free is None or 2 * weights * sides <= free
 
 
