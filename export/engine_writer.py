@@ -175,20 +175,22 @@ def _export_locked(
         replacement = load_vae(vae)
         check_vae_fits(pipe, replacement, vae)
         pipe.vae = replacement
-    if int8_images and onnx_export.is_sdxl(pipe):
-        raise InputError(
-            "an int8 UNet is not made for SDXL yet: export it without --int8 (fp32 or fp16)"
-        )
     fused = fuse_loras(pipe, loras, log)
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:
-        keep = bool(int8_images)  # the int8 calibration runs the whole torch pipeline
-        components = _export_components(pipe, staging, precision, log, keep)
+        feeds = []
+        if int8_images:  # first, while the whole torch pipeline is there to run
+            from .quantize import calibration_feeds
+
+            log(f"running {int8_images} calibration images for the int8 UNet")
+            feeds = calibration_feeds(pipe, int8_images, log)
+        components = _export_components(pipe, staging, precision, log)
         if int8_images:
             from .quantize import INT8_VARIANT, write_int8_unet
 
-            variant, files = write_int8_unet(pipe, staging, int8_images, log)
+            scale = onnx_export.vae_scale_factor(pipe)
+            variant, files = write_int8_unet(feeds, staging, int8_images, scale, log)
             unet = components["unet"]
             unet.setdefault("variants", {})[INT8_VARIANT] = variant
             unet["files"].update(file_entries(staging, files))
@@ -222,10 +224,10 @@ def _export_locked(
     return out
 
 
-def _export_components(pipe, staging: Path, precision: str, log, keep_weights: bool) -> dict:
-    """Export, save and verify each component; the UNet goes last, and unless `keep_weights`
-    each torch model's weights are freed as soon as no later component needs them, so that
-    SDXL's 10 GB UNet is exported and checked with little else in memory."""
+def _export_components(pipe, staging: Path, precision: str, log) -> dict:
+    """Export, save and verify each component; the UNet goes last, and each torch model's
+    weights are freed as soon as no later component needs them, so that SDXL's 10 GB UNet is
+    exported and checked with little else in memory."""
     specs = onnx_export.component_specs(pipe)
     modules = onnx_export.torch_modules(pipe)
     names = onnx_export.component_names(pipe)
@@ -243,8 +245,7 @@ def _export_components(pipe, staging: Path, precision: str, log, keep_weights: b
         log(f"exporting {name} ({wanted}{why})")
         reference = verify.reference(pipe, name, modules[name])
         raw = onnx_export.export_component(pipe, name, modules[name], specs[name], staging / ".raw")
-        if not keep_weights:
-            release_weights(pipe, order[k + 1 :])
+        release_weights(pipe, order[k + 1 :])
         dest = staging / name / "model.onnx"
         tolerance = verify.TOLERANCE[wanted]
         files = onnx_export.save_model(raw, dest, fp16=wanted == "fp16")

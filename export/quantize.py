@@ -30,7 +30,8 @@ INT8_VARIANT = "openvino-int8"  # the manifest's name for it (fastimg.backends.I
 
 def calibration_feeds(pipe, images: int, log=print) -> list[dict[str, np.ndarray]]:
     """UNet inputs (by ONNX input name) that diffusers' img2img makes on `images` calibration
-    images at the model's native size, with classifier-free guidance (its CFG batch)."""
+    images at the model's native size, with classifier-free guidance (its CFG batch); SDXL's
+    text_embeds and time_ids among them."""
     import torch
 
     from fastimg.cli import EXAMPLE_IMAGE
@@ -54,6 +55,8 @@ def calibration_feeds(pipe, images: int, log=print) -> list[dict[str, np.ndarray
         }
         if kwargs.get("timestep_cond") is not None:
             feed["timestep_cond"] = kwargs["timestep_cond"].float().numpy().copy()
+        for name, value in (kwargs.get("added_cond_kwargs") or {}).items():  # SDXL's text_time
+            feed[name] = value.float().numpy().copy()
         feeds.append(feed)
 
     hook = pipe.unet.register_forward_pre_hook(capture, with_kwargs=True)
@@ -163,13 +166,16 @@ def _relative_rms(ours: np.ndarray, reference: np.ndarray) -> float:
     return error / scale if scale > 0 else error
 
 
-def write_int8_unet(pipe, staging: Path, images: int, log=print) -> tuple[dict, list[Path]]:
-    """Write unet/model.int8.xml (+ .bin) beside the exported UNet: its manifest variant
-    entry (with the recorded error) and the files written."""
+def write_int8_unet(
+    feeds: list[dict[str, np.ndarray]], staging: Path, images: int, vae_scale_factor: int, log=print
+) -> tuple[dict, list[Path]]:
+    """Write unet/model.int8.xml (+ .bin) beside the exported UNet, quantized on the
+    `calibration_feeds` made from `images` images: its manifest variant entry (with the
+    recorded error) and the files written."""
     ov = require("openvino", "int8")
     started = time.perf_counter()
-    log(f"quantizing the UNet to int8 ({METHOD}) on {images} calibration images")
-    feeds = calibration_feeds(pipe, images, log)
+    log(f"quantizing the UNet to int8 ({METHOD}) on {len(feeds)} calibration UNet calls")
+    feeds = list(feeds)
     held_out = feeds.pop()  # measured on, never calibrated on
     onnx_path = staging / "unet" / "model.onnx"
     quantized = quantize_unet(onnx_path, feeds)
@@ -193,7 +199,7 @@ def write_int8_unet(pipe, staging: Path, images: int, log=print) -> tuple[dict, 
             "calibration": {
                 "unet_calls": len(feeds),
                 "images": images,
-                "size": int(held_out["sample"].shape[-1]) * pipe.vae_scale_factor,
+                "size": int(held_out["sample"].shape[-1]) * vae_scale_factor,
                 "steps": CALIBRATION_STEPS,
                 "strength": CALIBRATION_STRENGTH,
                 "guidance": CALIBRATION_GUIDANCE,

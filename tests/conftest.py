@@ -96,6 +96,13 @@ def tiny_sdxl(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_int8(tmp_path_factory):
+    """(model folder, engine folder) of the tiny SDXL base with an int8 UNet for OpenVINO."""
+    pytest.importorskip("nncf")
+    return _build(tmp_path_factory, "tiny-sdxl", int8_images=3)
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl_refiner(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL refiner layout (text_encoder_2 only,
     aesthetic score in the time ids)."""

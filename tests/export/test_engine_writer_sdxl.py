@@ -74,14 +74,6 @@ def test_tensorrt_plans_are_refused_for_sdxl_folders(tiny_sdxl):
         build_engines(tiny_sdxl[1], profile)
 
 
-def test_int8_is_refused_for_sdxl(tiny_sdxl, tmp_path):
-    pytest.importorskip("nncf")
-    from fastimg_export.engine_writer import export_engines
-
-    with pytest.raises(InputError, match="int8 UNet is not made for SDXL"):
-        export_engines(str(tiny_sdxl[0]), tmp_path / "e", log=lambda m: None, int8_images=2)
-
-
 def test_component_names_follow_the_layout():
     assert onnx_export.component_names(object()) == onnx_export.SD_COMPONENTS
 

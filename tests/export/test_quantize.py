@@ -113,3 +113,56 @@ def test_the_cli_exports_and_runs_int8(tiny, tmp_path, photo):
     assert "openvino-int8  unet/model.int8.xml  hybrid-int8: output relative RMS error" in (
         result.output
     )
+
+
+def test_an_sdxl_int8_unet_is_calibrated_with_its_added_conditioning_and_runs(
+    tiny_sdxl_int8, photo
+):
+    from fastimg.images import psnr
+    from fastimg.pipeline import Img2ImgPipeline
+
+    _, engines = tiny_sdxl_int8
+    variant = load_manifest(engines).components["unet"]["variants"]["openvino-int8"]
+    error = variant["quantization"]["error"]
+    assert variant["quantization"]["calibration"]["unet_calls"] > 0
+    assert error["layers"] > 10 and 0 < error["output_relative_rms_error"] < 1
+    import openvino as ov
+
+    graph = ov.Core().read_model(engines / variant["path"])
+    inputs = {port.get_any_name() for port in graph.inputs}
+    assert {"text_embeds", "time_ids", "encoder_hidden_states"} <= inputs
+    kwargs = dict(
+        strength=0.6, num_inference_steps=4, guidance_scale=4.0, seed=3,
+        prompt_2="in the style of an etching", negative_prompt="blurry",
+        original_size=(96, 64), target_size=(64, 64),
+    )  # fmt: skip
+    image = photo.resize((64, 64))
+    int8 = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="int8")
+    fp32 = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="fp32")
+    (ours,), (reference,) = int8("a red fox", image, **kwargs), fp32("a red fox", image, **kwargs)
+    assert ours.info["fastimg:precision"] == "int8"
+    assert not np.array_equal(np.asarray(ours), np.asarray(reference))  # the int8 graph ran
+    assert psnr(ours, reference) > 15.0
+    (other,) = int8("a red fox", image, **{**kwargs, "original_size": (256, 256)})
+    assert not np.array_equal(np.asarray(other), np.asarray(ours))  # time_ids reach the UNet
+
+
+def test_the_cli_exports_and_runs_an_int8_sdxl_refiner(tmp_path, photo):
+    from fastimg_export.random_models import write_random_model
+
+    model = write_random_model("tiny-sdxl-refiner", tmp_path / "model")
+    runner = CliRunner()
+    out = tmp_path / "engines"
+    args = ["export", str(model), "-o", str(out), "--int8-images", "2", "--int8"]
+    result = runner.invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "unet int8: output relative RMS error" in result.output
+    photo.save(tmp_path / "in.png")
+    result = runner.invoke(
+        cli,
+        ["transform", str(tmp_path / "in.png"), "--engines", str(out), "--prompt", "a fox",
+         "--precision", "int8", "--aesthetic-score", "7", "-o", str(tmp_path / "o.png"),
+         "--steps", "3", "--size", "64x64"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "running on openvino (int8)" in result.output and (tmp_path / "o.png").is_file()
