@@ -205,7 +205,11 @@ def _export_locked(
             "vae_scale_factor": onnx_export.vae_scale_factor(pipe),
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
             "latent_channels": int(pipe.vae.config.latent_channels),
-            "vae": {"kind": onnx_export.vae_kind(pipe.vae), "source": vae or str(model)},
+            "vae": {
+                "kind": onnx_export.vae_kind(pipe.vae),
+                "source": vae or str(model),
+                "overflows_in_fp16": _vae_overflows_in_fp16(pipe),
+            },
             "loras": fused,
             "tokenizer": _write_tokenizer(pipe, staging, _first_tokenizer(pipe)),
             "scheduler": _write_scheduler(pipe, staging),
@@ -309,8 +313,12 @@ def release_weights(pipe, remaining) -> None:
 def _component_precision(pipe, name: str, precision: str) -> str:
     """The precision a component is saved in: SDXL's VAE stays fp32 where its config says it
     overflows in fp16 (force_upcast, as diffusers upcasts it), whatever was asked."""
-    upcast = onnx_export.is_sdxl(pipe) and pipe.vae.config.get("force_upcast", False)
-    return "fp32" if upcast and name.startswith("vae") else precision
+    return "fp32" if _vae_overflows_in_fp16(pipe) and name.startswith("vae") else precision
+
+
+def _vae_overflows_in_fp16(pipe) -> bool:
+    """Whether diffusers would upcast this VAE: SDXL's pipeline does where force_upcast is set."""
+    return bool(onnx_export.is_sdxl(pipe) and pipe.vae.config.get("force_upcast", False))
 
 
 def _write_fused_attention(reference, dest: Path, tolerance: float, log) -> dict | None:

@@ -23,7 +23,7 @@ from fastimg.atomic import make_staging_folder, write_atomically
 from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_release
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import device_properties
-from fastimg.manifest import COMPONENTS, DEFAULT_MAX_SIDE, MANIFEST, Manifest, load_manifest
+from fastimg.manifest import DEFAULT_MAX_SIDE, MANIFEST, Manifest, load_manifest
 from fastimg.profiles import Profile, input_shapes
 
 from . import onnx_export
@@ -123,18 +123,18 @@ def build_engines(
     log=print,
     device: int | None = None,
 ) -> str:
-    """Build the four plans of `profile` for this GPU (CUDA device `device`, default: the
-    current one); return their key (kept if built already)."""
+    """Build a plan per component (SDXL: both text encoders) of `profile` for this GPU (CUDA
+    device `device`, default: the current one); return their key (kept if built already)."""
     if precision not in PRECISIONS or vae_precision not in PRECISIONS:
         raise InputError(f"precisions must be one of {', '.join(PRECISIONS)}")
     if opt_level not in OPT_LEVELS:
         raise InputError("the builder optimization level must be between 0 and 5")
     manifest = load_manifest(folder)
-    if manifest.text_encoders != ("text_encoder",):
+    if vae_precision == "fp16" and manifest.data.get("vae", {}).get("overflows_in_fp16"):
         raise InputError(
-            f"{folder} holds {manifest.data.get('model_family')} engines (two text encoders and "
-            "added conditioning): TensorRT plans are built for SD 1.x/2.x engine folders only "
-            "for now; run it on onnxruntime or openvino"
+            f"the VAE in {folder} overflows in fp16 (SDXL's, as its config's force_upcast says; "
+            "diffusers upcasts it too): build with --vae-precision fp32 (the default), or export "
+            "with --vae madebyollin/sdxl-vae-fp16-fix, a VAE made for fp16"
         )
     check_profile(profile, manifest)
     with writer_lock(Path(folder).absolute()):  # no export or build writes it meanwhile
@@ -174,7 +174,7 @@ def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild,
         with on_device:  # TensorRT builds on the current CUDA device
             entries = {}
             scratch = staging / ".fp16-onnx"  # inside staging: a killed build leaves one folder
-            for component in COMPONENTS:
+            for component in manifest.component_names:  # SDXL: both text encoders
                 wanted = vae_precision if component.startswith("vae") else precision
                 log(f"building {component} ({wanted}, {profile.key()})")
                 started = time.perf_counter()

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from fastimg.backends.tensorrt_plans import engine_key
-from fastimg.manifest import COMPONENTS, Manifest
+from fastimg.manifest import Manifest
 from fastimg.profiles import Profile
 
 
@@ -15,12 +15,13 @@ def write_plan_sets(
     """List a plan set per (profile, compute capability, precision) in `engines`' manifest,
     with small stand-in plan files; return their keys in order."""
     data = json.loads((engines / "manifest.json").read_text())
-    graph = Manifest(engines, data).graph_digest()
+    manifest = Manifest(engines, data)
+    graph = manifest.graph_digest()
     listed, keys = {}, []
     for k, (profile, capability, precision) in enumerate(sets):
         key = engine_key(trt, capability, profile, precision, "fp32", 3, f"{k:010d}")
         components = {}
-        for component in COMPONENTS:
+        for component in manifest.component_names:
             rel = f"tensorrt/{key}/{component}.plan"
             (engines / rel).parent.mkdir(parents=True, exist_ok=True)
             (engines / rel).write_bytes(b"plan")

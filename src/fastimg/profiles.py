@@ -79,8 +79,9 @@ class Profile:
 def input_shapes(profile: Profile, manifest) -> dict[str, dict[str, tuple[tuple, tuple, tuple]]]:
     """component -> input -> (min, opt, max) shapes, as the pipeline will call each engine.
 
-    The text encoder sees 1 or 2 prompts (2 under guidance), the VAE encoder one image, the
-    UNet every image twice under guidance, the VAE decoder every image.
+    Each text encoder sees 1 or 2 prompts (2 under guidance), the VAE encoder one image, the
+    UNet every image twice under guidance (with SDXL's text_embeds and time_ids a row per
+    UNet image), the VAE decoder every image.
     """
     factor = manifest.vae_scale_factor
     channels = int(manifest.data.get("latent_channels", 4))
@@ -101,8 +102,9 @@ def input_shapes(profile: Profile, manifest) -> dict[str, dict[str, tuple[tuple,
         if name not in unet:  # extra conditioning, one row per image: [batch, n, ...]
             rest = tuple(spec["shape"][1:])
             unet[name] = shapes(lambda k, rest=rest: (unet_batch[k], *rest))
+    text = {"input_ids": ((1, TEXT_LENGTH), (2, TEXT_LENGTH), (2, TEXT_LENGTH))}
     return {
-        "text_encoder": {"input_ids": ((1, TEXT_LENGTH), (2, TEXT_LENGTH), (2, TEXT_LENGTH))},
+        **{encoder: text for encoder in manifest.text_encoders},
         "vae_encoder": {"sample": shapes(lambda k: (1, 3, h[k], w[k]))},
         "unet": unet,
         "vae_decoder": {"latent_sample": shapes(lambda k: (b[k], channels, lat_h[k], lat_w[k]))},

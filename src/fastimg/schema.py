@@ -24,6 +24,8 @@ from pydantic import (
 from .errors import ManifestError
 from .manifest import COMPONENTS, FORMAT, FORMAT_VERSION, TEXT_ENCODERS, TOKENIZER_OF
 
+PLAN_COMPONENTS = (*TEXT_ENCODERS, *COMPONENTS[1:])
+
 MAX_FILES = 10_000
 MAX_FILE_BYTES = 2**40  # 1 TiB
 MAX_TRAIN_TIMESTEPS = 10_000
@@ -227,14 +229,15 @@ class PlanComponent(_Strict):
 
 
 class PlanSet(_Strict):
-    """The four plans built for one TensorRT release, GPU, precision and profile."""
+    """The plans (one per component) built for one TensorRT release, GPU, precision and
+    profile."""
 
     tensorrt: Annotated[str, StringConstraints(pattern=r"^\d+(\.\d+){0,3}$")]
     compute_capability: Annotated[str, StringConstraints(pattern=r"^\d{1,2}\.\d{1,2}$")]
     precision: Literal["fp16", "fp32"]
     vae_precision: Literal["fp16", "fp32"]
     profile: Profile
-    components: dict[Literal[COMPONENTS], PlanComponent]  # type: ignore[valid-type]
+    components: dict[Literal[PLAN_COMPONENTS], PlanComponent]  # type: ignore[valid-type]
     graph_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
@@ -257,6 +260,7 @@ class Vae(_Strict):
 
     kind: Literal["kl", "tiny"] = "kl"
     source: Text | None = None
+    overflows_in_fp16: bool = False  # SDXL's VAE (force_upcast): kept fp32
 
 
 class Lora(_Strict):
@@ -302,6 +306,13 @@ class EngineManifest(_Strict):
         missing = [c for c in (*encoders, *COMPONENTS[1:]) if c not in self.components]
         if missing:
             raise ValueError(f"components lacks {', '.join(missing)}")
+        needed = {*encoders, *COMPONENTS[1:]}
+        for key, plans in self.tensorrt.engines.items():
+            if set(plans.components) != needed:
+                raise ValueError(
+                    f"the TensorRT plan set {key} has plans for "
+                    f"{', '.join(sorted(plans.components))}, not for {', '.join(sorted(needed))}"
+                )
         tokenizers = {TOKENIZER_OF[e] for e in encoders}
         if "tokenizer_2" in tokenizers and self.tokenizer_2 is None:
             raise ValueError("text_encoder_2 is listed, but tokenizer_2 is missing")

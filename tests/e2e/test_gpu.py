@@ -78,3 +78,24 @@ def test_tensorrt_builds_and_matches_the_cpu(
     assert first.info["fastimg:plan_set"] == key and first.info["fastimg:precision"] == precision
     assert psnr(reference("ddim"), first) >= min_psnr
     assert psnr(first, again) == float("inf")
+
+
+@pytest.mark.parametrize("layout", ["tiny_sdxl", "tiny_sdxl_refiner"])
+def test_tensorrt_builds_sdxl_plans_that_match_the_cpu(layout, request, tmp_path, photo_module):
+    pytest.importorskip("tensorrt")
+    import shutil
+
+    from fastimg.profiles import Profile
+    from fastimg_export.trt_build import build_engines
+
+    engines = shutil.copytree(request.getfixturevalue(layout)[1], tmp_path / "engines")
+    key = build_engines(engines, Profile((64, 64, 64), (64, 64, 64)), precision="fp32", log=print)
+    _require("tensorrt", (None, engines))
+    job = {**JOB, "scheduler": "euler_a", "negative_prompt": "blurry"}
+    if layout == "tiny_sdxl":
+        job["prompt_2"] = "an etching"
+    cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    gpu = Img2ImgPipeline.from_engines(engines, backend="tensorrt", precision="fp32")
+    (ours,), (reference,) = gpu(image=photo_module, **job), cpu(image=photo_module, **job)
+    assert ours.info["fastimg:plan_set"] == key
+    assert psnr(reference, ours) >= 35.0

@@ -2,7 +2,6 @@
 
 import pytest
 
-from fastimg.errors import InputError
 from fastimg.manifest import load_manifest
 
 pytest.importorskip("torch")
@@ -63,15 +62,6 @@ def test_sdxl_layouts_add_up_as_diffusers_checks(arch):
     assert unet["projection_class_embeddings_input_dim"] == added
     width = text_2["hidden_size"] + (spec["text"]["hidden_size"] if spec.get("text") else 0)
     assert unet["cross_attention_dim"] == width
-
-
-def test_tensorrt_plans_are_refused_for_sdxl_folders(tiny_sdxl):
-    from fastimg.profiles import Profile
-    from fastimg_export.trt_build import build_engines
-
-    profile = Profile(height=(64, 64, 64), width=(64, 64, 64), batch=(1, 1, 1))
-    with pytest.raises(InputError, match="sdxl engines .*SD 1.x/2.x engine folders only"):
-        build_engines(tiny_sdxl[1], profile)
 
 
 def test_component_names_follow_the_layout():

@@ -263,3 +263,59 @@ def test_a_killed_build_leaves_the_folder_as_it_was_and_is_swept(engines, monkey
     dirs = [p.name for p in (engines / "tensorrt").iterdir() if p.is_dir()]
     assert len(dirs) == 1 and dirs[0].startswith("trt10.13.0_sm89_fp16_vaefp32_o3_g")
     assert dirs[0].endswith("_h256_w256_b1")  # the leftover was swept
+
+
+@pytest.mark.parametrize("layout", ["tiny_sdxl", "tiny_sdxl_refiner"])
+def test_sdxl_plans_cover_each_text_encoder_and_the_added_conditioning(
+    layout, request, tmp_path, monkeypatch
+):
+    from fastimg_export import trt_build
+
+    monkeypatch.setattr(trt_build, "device_properties", lambda device=None: ("NVIDIA L4", "8.9"))
+    engines = shutil.copytree(request.getfixturevalue(layout)[1], tmp_path / "engines")
+    manifest = load_manifest(engines)
+    fake = FakeTensorRT()
+    profile = Profile((64, 64, 128), (64, 64, 128), (1, 1, 2))
+    build(engines, fake, monkeypatch, profile=profile)
+    shapes = {path.split("/")[-2]: s for path, s in fake.built}
+    assert sorted(shapes) == sorted(manifest.component_names)
+    for encoder in manifest.text_encoders:
+        assert shapes[encoder] == {"input_ids": ((1, 77), (2, 77), (2, 77))}
+    unet_inputs = manifest.components["unet"]["inputs"]
+    pooled = unet_inputs["text_embeds"]["shape"][-1]
+    time_ids = unet_inputs["time_ids"]["shape"][-1]
+    assert time_ids == (5 if layout == "tiny_sdxl_refiner" else 6)
+    assert shapes["unet"]["text_embeds"] == ((1, pooled), (2, pooled), (4, pooled))
+    assert shapes["unet"]["time_ids"] == ((1, time_ids), (2, time_ids), (4, time_ids))
+    width = unet_inputs["encoder_hidden_states"]["shape"][-1]
+    assert shapes["unet"]["encoder_hidden_states"][2] == (4, 77, width)
+    plans = find_plans(load_manifest(engines, full_check=True), "10.13.0", "8.9", 128, 64, 2)
+    assert sorted(plans.paths) == sorted(manifest.component_names)
+    entry = next(iter(load_manifest(engines).data["tensorrt"]["engines"].values()))
+    assert entry["components"]["vae_decoder"]["precision"] == "fp32"
+
+
+def test_fp16_vae_plans_are_refused_for_a_vae_that_overflows_in_fp16(
+    tiny_sdxl, tmp_path, monkeypatch
+):
+    engines = shutil.copytree(tiny_sdxl[1], tmp_path / "engines")
+    assert load_manifest(engines).data["vae"]["overflows_in_fp16"] is True
+    fake = FakeTensorRT()
+    with pytest.raises(InputError, match="overflows in fp16.*--vae-precision fp32.*fp16-fix"):
+        build(engines, fake, monkeypatch, vae_precision="fp16")
+    assert fake.built == [] and not (engines / "tensorrt").exists()
+
+
+def test_a_plan_set_missing_a_component_of_the_folder_is_refused(tiny_sdxl, tmp_path):
+    from fastimg.errors import ManifestError
+    from tests.plan_sets import write_plan_sets
+
+    engines = shutil.copytree(tiny_sdxl[1], tmp_path / "engines")
+    write_plan_sets(engines, [(Profile((64,) * 3, (64,) * 3), "8.9", "fp16")])
+    data = json.loads((engines / "manifest.json").read_text())
+    (entry,) = data["tensorrt"]["engines"].values()
+    assert "text_encoder_2" in entry["components"]
+    del entry["components"]["text_encoder_2"]
+    (engines / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="has plans for .* not for .*text_encoder_2"):
+        load_manifest(engines)

@@ -7,6 +7,7 @@ the plan set: what is tested is which set the pipeline picks, loads and reports.
 import logging
 import shutil
 
+import numpy as np
 import pytest
 
 from fastimg import gpu, pipeline
@@ -28,7 +29,11 @@ SETS = {
 def plans(tiny, tmp_path, monkeypatch):
     """An engine folder with plan sets A-D for TensorRT 10.13.0 on sm 8.9, and a fake TensorRT
     loader; returns (folder, name -> key, keys loaded so far)."""
-    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    return _with_plan_sets(tiny[1], tmp_path, monkeypatch)
+
+
+def _with_plan_sets(source, tmp_path, monkeypatch):
+    engines = shutil.copytree(source, tmp_path / "engines")
     written = write_plan_sets(engines, [(p, "8.9", x) for p, x in SETS.values()])
     keys = dict(zip(SETS, written, strict=True))
 
@@ -63,6 +68,21 @@ def plans(tiny, tmp_path, monkeypatch):
 
 
 JOB = dict(prompt="a cat", strength=0.5, num_inference_steps=4, seed=3)
+
+
+def test_an_sdxl_folder_runs_its_plan_set_with_both_text_encoders(tiny_sdxl, tmp_path, photo):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        engines, keys, loaded = _with_plan_sets(tiny_sdxl[1], tmp_path, monkeypatch)
+        pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+        job = {**JOB, "prompt_2": "an etching", "guidance_scale": 3.0}
+        (image,) = pipe(image=photo, **job)
+        assert image.info["fastimg:plan_set"] == keys["A"] and loaded == [keys["A"]]
+        assert set(pipe._loaded[keys["A"]].sessions) == {
+            "text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder"
+        }  # fmt: skip
+    cpu = pipeline.Img2ImgPipeline.from_engines(tiny_sdxl[1], backend="onnxruntime")
+    (reference,) = cpu(image=photo, **job)
+    assert np.array_equal(np.asarray(image), np.asarray(reference))  # the stand-ins ran it all
 
 
 def test_auto_picks_fp16_plans_and_loads_nothing_before_the_first_call(plans):

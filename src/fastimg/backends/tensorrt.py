@@ -30,7 +30,8 @@ class _Slot:
 
 
 class TensorRTEngines:
-    """The four engines of a plan set, their shared stream, activation memory and lock."""
+    """The engines of a plan set (one per component), their shared stream, activation memory
+    and lock."""
 
     def __init__(self, plans: PlanSet, device: int = 0):
         self.trt = trt = require("tensorrt", "tensorrt")
