@@ -26,14 +26,14 @@ def stage_flops(diffusers_side) -> dict:
         return wrapper
 
     targets = diffusers_stages(pipe)
-    for stage, (owner, name) in targets.items():
-        originals[stage] = getattr(owner, name)
-        setattr(owner, name, counting(stage, originals[stage]))
+    for stage, owner, name in targets:
+        originals[id(owner), name] = getattr(owner, name)
+        setattr(owner, name, counting(stage, originals[id(owner), name]))
     try:
         diffusers_side.once()
     finally:
-        for stage, (owner, name) in targets.items():
-            setattr(owner, name, originals[stage])
+        for _, owner, name in targets:
+            setattr(owner, name, originals[id(owner), name])
     return counts
 
 

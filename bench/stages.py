@@ -72,22 +72,31 @@ def _cuda_timed(stage: str, session, clock: StageClock):
     return run
 
 
+def stage_of(component: str) -> str:
+    """The stage a component's time counts under: SDXL's two text encoders share one."""
+    return "text_encoder" if component.startswith("text_encoder") else component
+
+
 def time_fastimg(pipe, clock: StageClock) -> None:
     """Time every engine call of a fastimg pipeline."""
-    pipe.wrap_sessions(lambda name, session: TimedSession(session, name, clock))
+    pipe.wrap_sessions(lambda name, session: TimedSession(session, stage_of(name), clock))
 
 
-def diffusers_stages(pipe) -> dict:
-    """stage -> (object, method name) of a diffusers pipeline that runs that stage."""
-    return {
-        "text_encoder": (pipe.text_encoder, "forward"),
-        "unet": (pipe.unet, "forward"),
-        "vae_encoder": (pipe.vae, "encode"),
-        "vae_decoder": (pipe.vae, "decode"),
-    }
+def diffusers_stages(pipe) -> list[tuple[str, object, str]]:
+    """(stage, object, method name) for each part of a diffusers pipeline that runs a stage;
+    SDXL's text encoders both count as the text_encoder stage (the refiner has only one)."""
+    encoders = [
+        getattr(pipe, name, None) for name in ("text_encoder", "text_encoder_2")
+    ]  # fmt: skip
+    return [
+        *(("text_encoder", encoder, "forward") for encoder in encoders if encoder is not None),
+        ("unet", pipe.unet, "forward"),
+        ("vae_encoder", pipe.vae, "encode"),
+        ("vae_decoder", pipe.vae, "decode"),
+    ]
 
 
 def time_diffusers(pipe, clock: StageClock) -> None:
-    """Time the text encoder, VAE encode/decode and UNet calls of a diffusers pipeline."""
-    for stage, (owner, name) in diffusers_stages(pipe).items():
+    """Time the text encoders, VAE encode/decode and UNet calls of a diffusers pipeline."""
+    for stage, owner, name in diffusers_stages(pipe):
         setattr(owner, name, clock.timed(stage, getattr(owner, name)))

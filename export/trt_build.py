@@ -130,7 +130,7 @@ def build_engines(
     if opt_level not in OPT_LEVELS:
         raise InputError("the builder optimization level must be between 0 and 5")
     manifest = load_manifest(folder)
-    if vae_precision == "fp16" and manifest.data.get("vae", {}).get("overflows_in_fp16"):
+    if vae_precision == "fp16" and manifest.vae_overflows_in_fp16:
         raise InputError(
             f"the VAE in {folder} overflows in fp16 (SDXL's, as its config's force_upcast says; "
             "diffusers upcasts it too): build with --vae-precision fp32 (the default), or export "

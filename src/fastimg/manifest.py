@@ -56,6 +56,17 @@ class Manifest:
         return tuple(self.text_conditioning.get("text_encoders", ("text_encoder",)))
 
     @property
+    def vae_overflows_in_fp16(self) -> bool:
+        """Whether the VAE overflows in fp16 (SDXL's, whose config says force_upcast), so that
+        it must run in fp32; for folders exported before the manifest said so, assumed of an
+        SDXL folder's KL VAE exported in fp32."""
+        vae = self.data.get("vae") or {}
+        if "overflows_in_fp16" in vae:
+            return bool(vae["overflows_in_fp16"])
+        decoder = self.components["vae_decoder"].get("precision", self.data.get("precision"))
+        return bool(self.text_conditioning) and vae.get("kind", "kl") == "kl" and decoder == "fp32"
+
+    @property
     def component_names(self) -> tuple[str, ...]:
         """Every component the pipeline loads: the text encoders, unet, vae_encoder/decoder."""
         return (*self.text_encoders, *COMPONENTS[1:])

@@ -805,7 +805,9 @@ class Img2ImgPipeline:
                     conditioning[name] = _stack(rows, counts, cfg, np)
             rngs = [r.rng for r in group]
             pixels = np.concatenate([r.pixels for r in group]) if len(group) > 1 else first.pixels
-            z = self.encode_image(pixels, _generators(rngs, [1] * len(group)), engines, chunk)
+            # TensorRT's VAE encoder plans take one image per call (profiles.input_shapes).
+            per_encode = 1 if engines.backend == "tensorrt" else chunk
+            z = self.encode_image(pixels, _generators(rngs, [1] * len(group)), engines, per_encode)
             z = xp.repeat(z, counts, axis=0) if len(group) > 1 else xp.repeat(z, total, axis=0)
             latents = self.denoise(
                 z,

@@ -260,7 +260,7 @@ class Vae(_Strict):
 
     kind: Literal["kl", "tiny"] = "kl"
     source: Text | None = None
-    overflows_in_fp16: bool = False  # SDXL's VAE (force_upcast): kept fp32
+    overflows_in_fp16: bool | None = None  # SDXL's VAE (force_upcast): kept fp32
 
 
 class Lora(_Strict):
@@ -311,7 +311,10 @@ class EngineManifest(_Strict):
             if set(plans.components) != needed:
                 raise ValueError(
                     f"the TensorRT plan set {key} has plans for "
-                    f"{', '.join(sorted(plans.components))}, not for {', '.join(sorted(needed))}"
+                    f"{', '.join(sorted(plans.components))}, not for {', '.join(sorted(needed))} "
+                    "(build it again with  fastimg build FOLDER --rebuild, or remove "
+                    "tensorrt.engines."
+                    f"{key} from the manifest)"
                 )
         tokenizers = {TOKENIZER_OF[e] for e in encoders}
         if "tokenizer_2" in tokenizers and self.tokenizer_2 is None:

@@ -186,3 +186,30 @@ def test_sides_too_big_to_share_memory_are_measured_one_at_a_time(tiny, monkeypa
     assert len(ours["seconds"]) == len(record["sides"]["diffusers"]["seconds"]) == 2
     assert ours["vs_diffusers"]["psnr_db"] >= 40.0
     assert record["stage_gflop"]["unet"] > 0 and record["warmup"] == 1
+
+
+@pytest.mark.parametrize("layout,encoders", [("tiny_sdxl", 2), ("tiny_sdxl_refiner", 1)])
+def test_sdxl_text_encoders_are_timed_as_the_text_stage_on_both_sides(
+    layout, encoders, request, photo
+):
+    import torch
+    from diffusers import StableDiffusionXLImg2ImgPipeline
+
+    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg_bench.stages import time_diffusers, time_fastimg
+
+    model, engines = request.getfixturevalue(layout)
+    image = photo.resize((64, 64))
+    ours, theirs = StageClock(), StageClock()
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime")
+    time_fastimg(pipe, ours)
+    pipe("a fox", image, strength=0.5, num_inference_steps=2, guidance_scale=0.0, seed=1)
+    reference = StableDiffusionXLImg2ImgPipeline.from_pretrained(model)
+    reference.set_progress_bar_config(disable=True)
+    time_diffusers(reference, theirs)
+    generator = torch.Generator().manual_seed(1)
+    reference("a fox", image=image, strength=0.5, num_inference_steps=2, guidance_scale=0.0,
+              generator=generator)  # fmt: skip
+    for clock in (ours, theirs):
+        assert len(clock.calls["text_encoder"]) == encoders and "text_encoder_2" not in clock.calls
+        assert clock.totals(10.0)["text_encoder"] > 0

@@ -112,3 +112,19 @@ def test_without_a_memory_model_or_stated_limit_the_default_size_limit_holds(eng
     data["shapes"] = {"max_side": 1024}
     (engines / MANIFEST).write_text(json.dumps(data))
     assert Img2ImgPipeline.from_engines(engines, backend="onnxruntime").max_side == 1024
+
+
+def test_whether_the_vae_overflows_in_fp16_is_read_or_inferred_for_older_folders(
+    tiny, tiny_sdxl, tiny_sdxl_taesdxl, tmp_path
+):
+    assert load_manifest(tiny_sdxl[1]).vae_overflows_in_fp16 is True
+    assert load_manifest(tiny[1]).vae_overflows_in_fp16 is False
+    assert load_manifest(tiny_sdxl_taesdxl[1]).vae_overflows_in_fp16 is False
+    older = shutil.copytree(tiny_sdxl[1], tmp_path / "older")
+    data = json.loads((older / "manifest.json").read_text())
+    del data["vae"]["overflows_in_fp16"]  # exported before the manifest said so
+    (older / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(older).vae_overflows_in_fp16 is True
+    data["components"]["vae_decoder"]["precision"] = "fp16"  # a VAE made for fp16
+    (older / "manifest.json").write_text(json.dumps(data))
+    assert load_manifest(older).vae_overflows_in_fp16 is False

@@ -14,7 +14,7 @@ from fastimg import gpu, pipeline
 from fastimg.backends import select
 from fastimg.backends.tensorrt_plans import find_plans
 from fastimg.errors import EngineError
-from fastimg.profiles import Profile
+from fastimg.profiles import Profile, input_shapes
 from tests.plan_sets import write_plan_sets
 
 SETS = {
@@ -61,13 +61,48 @@ def _with_plan_sets(source, tmp_path, monkeypatch):
             plans.precision,
             plans.key,
         )
+        limits = input_shapes(plans.profile, manifest)
+        for name, session in stand_in.sessions.items():
+            stand_in.sessions[name] = WithinProfile(session, name, limits[name])
         return stand_in
 
     monkeypatch.setattr(pipeline, "load_engines", load)
     return engines, keys, loaded
 
 
+class WithinProfile:
+    """A stand-in engine that fails a call TensorRT would refuse: a feed outside the shapes
+    its plan was built for (profiles.input_shapes)."""
+
+    def __init__(self, session, name: str, limits: dict):
+        self._session, self._name, self._limits = session, name, limits
+
+    def __getattr__(self, attribute):
+        return getattr(self._session, attribute)
+
+    def run(self, feeds):
+        for input_name, (low, _, high) in self._limits.items():
+            shape = tuple(feeds[input_name].shape)
+            inside = all(a <= v <= b for a, v, b in zip(low, shape, high, strict=True))
+            assert inside, f"{self._name}.{input_name} {shape} is outside {low}..{high}"
+        return self._session.run(feeds)
+
+
 JOB = dict(prompt="a cat", strength=0.5, num_inference_steps=4, seed=3)
+
+
+def test_batched_calls_keep_every_engine_within_its_plan_profile(plans, photo):
+    engines, keys, loaded = plans
+    pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+    calls = [
+        {**JOB, "image": photo.resize((120, 120)), "seed": seed, "guidance_scale": 4.0}
+        for seed in (1, 2)
+    ]
+    results = pipe.call_many(calls)  # two requests, one image each: set B (batch 1-2)
+    assert [im.info["fastimg:plan_set"] for (im,) in results] == [keys["B"]] * 2
+    for call, (image,) in zip(calls, results, strict=True):
+        (alone,) = pipe(**call)
+        assert np.array_equal(np.asarray(image), np.asarray(alone))
 
 
 def test_an_sdxl_folder_runs_its_plan_set_with_both_text_encoders(tiny_sdxl, tmp_path, photo):

@@ -125,10 +125,12 @@ def load_session(
     names: tuple[str, ...] = (),
     shapes: str = "dynamic",
     static_cache=None,
+    fp16: bool = True,
 ) -> Session:
     """Load the model file at `path` with the named (already resolved) backend; `names` are
     the graph's I/O names as the manifest gives them; `shapes` and `static_cache` (shapes ->
-    cache folder) say whether OpenVINO also compiles each call's exact shapes."""
+    cache folder) say whether OpenVINO also compiles each call's exact shapes; `fp16` False
+    keeps ONNX Runtime's TensorRT engines in fp32 (a VAE that overflows in fp16)."""
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeSession
 
@@ -151,7 +153,7 @@ def load_session(
 
         provider = backend.removeprefix("onnxruntime-")
         return OnnxRuntimeCudaSession(
-            path, provider=provider, cache_dir=cache_dir, device=device or 0
+            path, provider=provider, cache_dir=cache_dir, device=device or 0, fp16=fp16
         )
     raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
 
@@ -187,10 +189,15 @@ def load_engines(
     else:
         options = {"device": device}
     sessions = {}
+    base_options = options
     for name in components:
+        options = base_options
+        fp16 = backend == "onnxruntime-tensorrt"  # its TensorRT engines are built in fp16
+        if fp16 and name.startswith("vae") and manifest.vae_overflows_in_fp16:
+            fp16, options = False, {**base_options, "fp16": False}  # SDXL's VAE: fp32
         cache_dir = compiled_cache(backend, manifest, name, precision, options)
 
-        def static_cache(input_shapes: dict, name=name) -> Path | None:
+        def static_cache(input_shapes: dict, name=name, options=options) -> Path | None:
             keyed = {**options, "static_shapes": input_shapes}
             return compiled_cache(backend, manifest, name, precision, keyed, label="-static")
 
@@ -206,6 +213,7 @@ def load_engines(
             names=(*manifest.components[name]["inputs"], *manifest.components[name]["outputs"]),
             shapes=shapes if backend == "openvino" else "dynamic",
             static_cache=static_cache,
+            fp16=fp16,
         )
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).

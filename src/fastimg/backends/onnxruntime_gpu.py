@@ -72,6 +72,7 @@ class OnnxRuntimeCudaSession:
         provider: str = "cuda",
         cache_dir: Path | None = None,
         device: int = 0,
+        fp16: bool = True,
     ):
         import onnxruntime as ort
 
@@ -86,7 +87,7 @@ class OnnxRuntimeCudaSession:
         for name in PROVIDERS[provider]:
             options = {"device_id": device}
             if name == "TensorrtExecutionProvider":
-                options.update(trt_fp16_enable=True, trt_engine_cache_enable=cache_dir is not None)
+                options.update(trt_fp16_enable=fp16, trt_engine_cache_enable=cache_dir is not None)
                 if cache_dir is not None:
                     options["trt_engine_cache_path"] = str(cache_dir)
             providers.append((name, options))

@@ -91,3 +91,30 @@ def test_onnxruntime_on_cuda_runs_the_standard_graphs_the_cpu_its_fused_ones():
     assert graph_variant("onnxruntime", "fp32") == "onnxruntime"
     assert graph_variant("openvino", "int8") == INT8_VARIANT
     assert graph_variant("tensorrt", "fp16") == "tensorrt"
+
+
+@pytest.mark.parametrize("layout,vae_fp16", [("tiny_sdxl", False), ("tiny", True)])
+def test_the_tensorrt_provider_keeps_a_vae_that_overflows_in_fp16_in_fp32(
+    layout, vae_fp16, request, monkeypatch
+):
+    import fastimg.backends as backends
+    from fastimg.manifest import load_manifest
+
+    manifest = load_manifest(request.getfixturevalue(layout)[1])
+    made, keyed = {}, {}
+
+    class StandIn:
+        def __init__(self, path, provider, cache_dir, device, fp16):
+            made[path.parent.name] = fp16
+
+    def cache(backend, manifest, name, precision, options, label=""):
+        keyed[name] = dict(options)
+
+    monkeypatch.setattr(onnxruntime_gpu, "OnnxRuntimeCudaSession", StandIn)
+    monkeypatch.setattr(backends, "_checked", lambda session, *args: session)
+    monkeypatch.setattr(backends, "compiled_cache", cache)
+    backends.load_engines("onnxruntime-tensorrt", manifest, manifest.component_names, "fp16")
+    for name in manifest.component_names:
+        fp16 = vae_fp16 or not name.startswith("vae")
+        assert made[name] is fp16
+        assert ("fp16" in keyed[name]) is not fp16  # another engine, another cache key
