@@ -80,8 +80,11 @@ def test_tensorrt_builds_and_matches_the_cpu(
     assert psnr(first, again) == float("inf")
 
 
+@pytest.mark.parametrize("precision,min_psnr", [("fp32", 35.0), ("fp16", 25.0)])
 @pytest.mark.parametrize("layout", ["tiny_sdxl", "tiny_sdxl_refiner"])
-def test_tensorrt_builds_sdxl_plans_that_match_the_cpu(layout, request, tmp_path, photo_module):
+def test_tensorrt_builds_sdxl_plans_that_match_the_cpu(
+    layout, precision, min_psnr, request, tmp_path, photo_module
+):
     pytest.importorskip("tensorrt")
     import shutil
 
@@ -89,13 +92,17 @@ def test_tensorrt_builds_sdxl_plans_that_match_the_cpu(layout, request, tmp_path
     from fastimg_export.trt_build import build_engines
 
     engines = shutil.copytree(request.getfixturevalue(layout)[1], tmp_path / "engines")
-    key = build_engines(engines, Profile((64, 64, 64), (64, 64, 64)), precision="fp32", log=print)
+    profile = Profile((64, 64, 128), (64, 64, 128), (1, 1, 2))  # dynamic, batched
+    key = build_engines(engines, profile, precision=precision, log=print)
     _require("tensorrt", (None, engines))
     job = {**JOB, "scheduler": "euler_a", "negative_prompt": "blurry"}
     if layout == "tiny_sdxl":
         job["prompt_2"] = "an etching"
     cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
-    gpu = Img2ImgPipeline.from_engines(engines, backend="tensorrt", precision="fp32")
+    gpu = Img2ImgPipeline.from_engines(engines, backend="tensorrt", precision=precision)
     (ours,), (reference,) = gpu(image=photo_module, **job), cpu(image=photo_module, **job)
     assert ours.info["fastimg:plan_set"] == key
-    assert psnr(reference, ours) >= 35.0
+    assert psnr(reference, ours) >= min_psnr
+    calls = [{**job, "image": photo_module, "seed": seed} for seed in (5, 6)]
+    for (batched,), call in zip(gpu.call_many(calls), calls, strict=True):  # two per call
+        assert psnr(cpu(**call)[0], batched) >= min_psnr

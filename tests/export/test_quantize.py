@@ -166,3 +166,26 @@ def test_the_cli_exports_and_runs_an_int8_sdxl_refiner(tmp_path, photo):
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "running on openvino (int8)" in result.output and (tmp_path / "o.png").is_file()
+
+
+def test_an_int8_export_frees_each_torch_model_once_its_graph_is_written(
+    tiny, tmp_path, monkeypatch
+):
+    from fastimg_export import engine_writer
+
+    freed, real = [], engine_writer.release_weights
+
+    def release(pipe, remaining):
+        real(pipe, remaining)
+        freed.append(
+            sorted(
+                name
+                for name in ("text_encoder", "unet", "vae")
+                if getattr(pipe, name).device.type == "meta"
+            )
+        )
+
+    monkeypatch.setattr(engine_writer, "release_weights", release)
+    engine_writer.export_engines(str(tiny[0]), tmp_path / "e", log=lambda m: None, int8_images=2)
+    assert freed[0] == ["text_encoder"]  # calibrated first, so nothing is kept for it
+    assert freed[-1] == ["text_encoder", "unet", "vae"]
