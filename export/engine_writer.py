@@ -25,6 +25,7 @@ from .folders import replace_folder, writer_lock
 from .loading import check_vae_fits, load_pipeline, load_vae
 from .lora import check_sources, fuse_loras
 from .memory_model import memory_model
+from .memory_watch import PeakWatch
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -160,9 +161,11 @@ def export_engines(
     lora_sources = check_sources(list(loras))
     out = Path(out).absolute()
     _check_destination(out, overwrite)
-    with writer_lock(out):
+    with writer_lock(out), PeakWatch() as memory:
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
-        return _export_locked(model, out, precision, log, vae, lora_sources, int8_images)
+        written = _export_locked(model, out, precision, log, vae, lora_sources, int8_images)
+    log(f"peak memory: {memory.describe()}")
+    return written
 
 
 def _export_locked(
@@ -221,7 +224,6 @@ def _export_locked(
             manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(staging, out)
-        log(f"peak memory of this process: {peak_memory_bytes() / 2**30:.1f} GiB")
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -283,15 +285,6 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
         if name.startswith("text_encoder"):
             entries[name]["vocab_size"] = int(getattr(pipe, name).config.vocab_size)
     return {name: entries[name] for name in names}
-
-
-def peak_memory_bytes() -> int:
-    """The largest resident set this process has had (Linux and macOS)."""
-    import resource
-    import sys
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
 
 
 # The pipeline attribute whose weights each exported component reads.

@@ -31,26 +31,40 @@ def call_bytes(
     width: int,
     batch: int,
     fused: bool = False,
-    scratch: bool = False,
+    scratch: str | None = None,
 ) -> int | None:
     """Estimated activation bytes of one call of `component`; None without a memory model.
 
-    `fused`: the backend runs attention without holding the scores; `scratch`: it sets up
-    scratch memory per call in proportion to the weights (OpenVINO)."""
+    `fused`: the backend runs attention without holding the scores; `scratch`: the graph
+    variant (backends.graph_variant) in proportion to whose weights the backend sets up
+    scratch memory per call (OpenVINO), None where it sets up none."""
     model = manifest.data.get("memory", {}).get(component)
     if model is None:
         return None
     factor = manifest.vae_scale_factor
     tokens = (height // factor) * (width // factor)
     scores = 0 if fused else model["per_token_pair"] * tokens * tokens
-    factor_of_weights = model.get("weights_factor", 0.0) if scratch else 0.0
-    scratch = factor_of_weights * _weight_bytes(manifest, component) if factor_of_weights else 0
-    return int(scratch + batch * (model["per_pixel"] * height * width + scores))
+    factor_of_weights = model.get("weights_factor", 0.0) if scratch is not None else 0.0
+    held = (
+        factor_of_weights * weight_bytes(manifest, component, scratch) if factor_of_weights else 0
+    )
+    return int(held + batch * (model["per_pixel"] * height * width + scores))
 
 
-def _weight_bytes(manifest, component: str) -> int:
-    files = manifest.components[component].get("files", {})
-    return sum(entry["bytes"] for rel, entry in files.items() if not rel.endswith(".mha.onnx"))
+def weight_bytes(manifest, component: str, variant: str | None = None) -> int:
+    """Bytes of the files of the graph a backend loads for `component`: the variant's own
+    (the int8 UNet) where the component has `variant`, else the standard graph's."""
+    entry = manifest.components[component]
+    files, variants = entry.get("files", {}), entry.get("variants", {})
+    if variant in variants:
+        chosen = {variants[variant].get("path"), variants[variant].get("weights")}
+        return sum(files[rel]["bytes"] for rel in chosen if rel in files)
+    others = {rel for v in variants.values() for rel in (v.get("path"), v.get("weights"))}
+    return sum(
+        item["bytes"]
+        for rel, item in files.items()
+        if rel not in others and not rel.endswith(".mha.onnx")
+    )
 
 
 def needs(
@@ -60,7 +74,7 @@ def needs(
     images: int,
     cfg: bool,
     fused: frozenset = frozenset(),
-    scratch: bool = False,
+    scratch: str | None = None,
 ) -> dict[str, int]:
     """Estimated bytes of each component's call when `images` images run per call (`fused`:
     the components whose attention the backend runs fused; `scratch`: see call_bytes)."""
@@ -75,8 +89,8 @@ def needs(
 
 
 def free_bytes(device: str = "cpu") -> int | None:
-    """Memory free for activations now: MemAvailable on Linux, the GPU's free memory on CUDA;
-    None where it cannot be known."""
+    """Memory free for activations now: MemAvailable on Linux (after handing back what this
+    process has freed), the GPU's free memory on CUDA; None where it cannot be known."""
     if device.startswith("cuda"):
         try:
             import cupy
@@ -84,6 +98,7 @@ def free_bytes(device: str = "cpu") -> int | None:
             return int(cupy.cuda.runtime.memGetInfo()[0])
         except Exception:  # no CuPy or no driver: nothing to go by
             return None
+    return_freed_memory()
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -94,6 +109,27 @@ def free_bytes(device: str = "cpu") -> int | None:
     return None
 
 
+def return_freed_memory() -> None:
+    """Hand the memory this process has freed back to the system. glibc keeps freed heap
+    pages for reuse, so after engines are dropped (ONNX Runtime's SDXL: 7.5 of its 14.5 GiB)
+    the system sees them as taken until malloc_trim; elsewhere this does nothing."""
+    import ctypes
+    import ctypes.util
+
+    global _trim
+    if _trim is None:
+        name = ctypes.util.find_library("c")
+        try:
+            _trim = getattr(ctypes.CDLL(name), "malloc_trim", False) if name else False
+        except OSError:
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim = None  # glibc's malloc_trim once looked up; False where there is none
+
+
 def images_per_call(
     manifest,
     height: int,
@@ -102,7 +138,7 @@ def images_per_call(
     cfg: bool,
     free: int | None,
     fused: frozenset = frozenset(),
-    scratch: bool = False,
+    scratch: str | None = None,
 ) -> int:
     """How many of `images` to run per engine call so that the call fits in `free` bytes;
     an InputError with the numbers when not even one image fits."""
@@ -130,7 +166,7 @@ def largest_side(
     free: int | None,
     cfg: bool = True,
     fused: frozenset = frozenset(),
-    scratch: bool = False,
+    scratch: str | None = None,
 ) -> int | None:
     """The longest side of a square image whose one-image call fits in `free` bytes; None
     when it cannot be known, or not even the smallest fits now (each call checks again)."""

@@ -23,7 +23,7 @@ from PIL import Image
 
 from . import images, memory, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
-from .backends import CACHES, GPU_BACKENDS, SHAPES, Engines, load_engines
+from .backends import CACHES, GPU_BACKENDS, SHAPES, Engines, graph_variant, load_engines
 from .backends.select import resolve
 from .errors import EngineError, InputError
 from .manifest import DEFAULT_MAX_SIDE, Manifest, load_manifest
@@ -180,6 +180,12 @@ def _stack(parts: list, counts: list[int], cfg: bool, xp):
     return xp.concatenate(parts)
 
 
+def _scratch(backend: str, precision: str) -> str | None:
+    """The graph whose weights `backend` sets up per-call scratch memory for (OpenVINO: the
+    int8 UNet's under int8, the standard graphs' otherwise); None for the other backends."""
+    return graph_variant(backend, precision) if backend == "openvino" else None
+
+
 def _generators(rngs: list, rows: list[int]):
     """One generator for one request, else each request's rows drawn from its own."""
     return rngs[0] if len(rngs) == 1 else StackedGenerators(rngs, rows)
@@ -305,7 +311,7 @@ class Img2ImgPipeline:
                 self.manifest,
                 free,
                 fused=self._fused(self.backend),
-                scratch=self.backend == "openvino",
+                scratch=_scratch(self.backend, self.precision),
             )
         sides = [side for side in (stated, fits) if side is not None]
         return min(sides) if sides else DEFAULT_MAX_SIDE
@@ -757,7 +763,7 @@ class Img2ImgPipeline:
                 cfg,
                 memory.free_bytes(engines.device),
                 self._fused(engines.backend),
-                scratch=engines.backend == "openvino",  # per-call scratch of its weights
+                scratch=_scratch(engines.backend, engines.precision),
             )
         aesthetics = bool(self.manifest.text_conditioning.get("requires_aesthetics_score"))
         # GPU backends run all of the call's array work on their device and stream, in order.

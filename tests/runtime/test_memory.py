@@ -1,5 +1,7 @@
 """Activation memory: estimated from the manifest, large batches in chunks, refusals in numbers."""
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -113,8 +115,53 @@ def test_scratch_counts_for_openvino_only_and_nothing_fitting_leaves_the_side_op
     files = {"unet/model.onnx": {"bytes": 2 * GiB}}
     tiny = Manifest(folder=None, data={**data, "components": {"unet": {"files": files}}})
     plain = memory.call_bytes(tiny, "unet", 64, 64, 1)
-    assert memory.call_bytes(tiny, "unet", 64, 64, 1, scratch=True) == plain + GiB
-    assert memory.largest_side(tiny, int(0.5 * GiB), scratch=True) is None  # 1 GiB scratch
+    assert memory.call_bytes(tiny, "unet", 64, 64, 1, scratch="openvino") == plain + GiB
+    assert memory.largest_side(tiny, int(0.5 * GiB), scratch="openvino") is None  # 1 GiB
     assert memory.largest_side(tiny, int(0.5 * GiB)) > 64
     with pytest.raises(InputError, match="free some memory first"):
-        memory.images_per_call(tiny, 64, 64, 1, False, int(0.5 * GiB), scratch=True)
+        memory.images_per_call(tiny, 64, 64, 1, False, int(0.5 * GiB), scratch="openvino")
+
+
+def test_scratch_follows_the_weights_of_the_graph_that_runs():
+    model = {"per_pixel": 100, "per_token_pair": 0, "weights_factor": 0.5}
+    files = {
+        "unet/model.onnx": {"bytes": 1 * GiB},
+        "unet/model.onnx_data": {"bytes": 9 * GiB},
+        "unet/model.mha.onnx": {"bytes": 2**20},
+        "unet/model.int8.xml": {"bytes": 2**20},
+        "unet/model.int8.bin": {"bytes": 2 * GiB},
+    }
+    variants = {
+        "onnxruntime": {"path": "unet/model.mha.onnx"},
+        "openvino-int8": {"path": "unet/model.int8.xml", "weights": "unet/model.int8.bin"},
+    }
+    unet = {"files": files, "variants": variants}
+    data = {"vae_scale_factor": 8, "memory": {"unet": model}, "components": {"unet": unet}}
+    manifest = Manifest(folder=None, data=data)
+    assert memory.weight_bytes(manifest, "unet") == 10 * GiB  # the fp32 graph only
+    assert memory.weight_bytes(manifest, "unet", "openvino") == 10 * GiB
+    assert memory.weight_bytes(manifest, "unet", "openvino-int8") == 2 * GiB + 2**20
+    plain = memory.call_bytes(manifest, "unet", 64, 64, 1)
+    fp32 = memory.call_bytes(manifest, "unet", 64, 64, 1, scratch="openvino")
+    int8 = memory.call_bytes(manifest, "unet", 64, 64, 1, scratch="openvino-int8")
+    assert fp32 == plain + 5 * GiB and int8 == plain + GiB + 2**19
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
+def test_memory_freed_by_the_process_counts_as_free_again():
+    import ctypes
+
+    from fastimg_export.memory_watch import anonymous_bytes
+
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    blocks = [libc.malloc(64 * 1024) for _ in range(4096)]  # 256 MiB on the heap (< 128 KiB)
+    for block in blocks:
+        ctypes.memset(block, 1, 64 * 1024)
+    for block in blocks[:-1]:  # the last one pins the top of the heap
+        libc.free(block)
+    held = anonymous_bytes()
+    memory.free_bytes()  # hands the freed blocks back before measuring
+    assert anonymous_bytes() < held - 200 * 2**20
+    libc.free(blocks[-1])
