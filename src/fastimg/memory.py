@@ -156,7 +156,9 @@ def images_per_call(
             f"{component} (estimated), and {budget / 2**30:.1f} GiB are free for it here: {fix}"
         )
     fits = 1
-    while fits < cap and _peak(manifest, height, width, fits + 1, cfg, fused, scratch) <= budget:
+    while (
+        fits < cap and peak_bytes(manifest, height, width, fits + 1, cfg, fused, scratch) <= budget
+    ):
         fits += 1
     return fits
 
@@ -173,16 +175,18 @@ def largest_side(
     if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch):
         return None
     budget = free * SHARE
-    if _peak(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch) > budget:
+    if peak_bytes(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch) > budget:
         return None
     side = SIDE_STEP
     while side < LARGEST_SIDE:
         bigger = side + SIDE_STEP
-        if _peak(manifest, bigger, bigger, 1, cfg, fused, scratch) > budget:
+        if peak_bytes(manifest, bigger, bigger, 1, cfg, fused, scratch) > budget:
             break
         side = bigger
     return side
 
 
-def _peak(manifest, height, width, images, cfg, fused, scratch) -> int:
-    return max(needs(manifest, height, width, images, cfg, fused, scratch).values())
+def peak_bytes(manifest, height, width, images, cfg, fused=frozenset(), scratch=None) -> int:
+    """The estimated bytes of the largest component call when `images` images run per call
+    (0 without a memory model)."""
+    return max(needs(manifest, height, width, images, cfg, fused, scratch).values(), default=0)

@@ -254,6 +254,10 @@ class Img2ImgPipeline:
         self._lock = threading.Lock()  # the prompt cache and the loaded engines
         self._loading = threading.Lock()  # one plan set loads at a time, outside self._lock
         self._prompt_cache: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        # Per loaded engines, the estimated bytes of the largest call that ran on them: the
+        # backends keep that memory for the next call (OpenVINO's scratch, ONNX Runtime's
+        # arena), so it is no longer free, yet theirs to reuse.
+        self._kept: dict[str, int] = {}
         self._loaded: OrderedDict[str | None, Engines] = OrderedDict()
         self._fallback: Engines | None = None
         self._wrap: Callable[[str, object], object] | None = None
@@ -753,18 +757,16 @@ class Img2ImgPipeline:
         counts = [request.count for request in group]
         total = sum(counts)
         engines = self.engines_for(height, width, total)
-        chunk = total
+        chunk, kept = total, 0
+        fused, scratch = self._fused(engines.backend), _scratch(engines.backend, engines.precision)
         if engines.backend != "tensorrt":  # (TensorRT's activation memory is allocated at load)
+            free = memory.free_bytes(engines.device)
+            if free is not None:  # what earlier calls left with the engines is theirs to reuse
+                free += self._kept.get(engines.label, 0)
             chunk = memory.images_per_call(
-                self.manifest,
-                height,
-                width,
-                total,
-                cfg,
-                memory.free_bytes(engines.device),
-                self._fused(engines.backend),
-                scratch=_scratch(engines.backend, engines.precision),
+                self.manifest, height, width, total, cfg, free, fused, scratch
             )
+            kept = memory.peak_bytes(self.manifest, height, width, chunk, cfg, fused, scratch)
         aesthetics = bool(self.manifest.text_conditioning.get("requires_aesthetics_score"))
         # GPU backends run all of the call's array work on their device and stream, in order.
         with engines.activate():
@@ -827,6 +829,8 @@ class Img2ImgPipeline:
                 conditioning,
             )
             decoded = self.decode(latents, engines, chunk)
+        with self._lock:
+            self._kept[engines.label] = max(self._kept.get(engines.label, 0), kept)
         results, start = [], 0
         for request in group:
             settings = self._settings(request, engines)
