@@ -189,15 +189,15 @@ def load_engines(
     else:
         options = {"device": device}
     sessions = {}
-    base_options = options
     for name in components:
-        options = base_options
-        fp16 = backend == "onnxruntime-tensorrt"  # its TensorRT engines are built in fp16
-        if fp16 and name.startswith("vae") and manifest.vae_overflows_in_fp16:
-            fp16, options = False, {**base_options, "fp16": False}  # SDXL's VAE: fp32
-        cache_dir = compiled_cache(backend, manifest, name, precision, options)
+        # ONNX Runtime's TensorRT engines are built in fp16, except for a VAE that overflows in
+        # it (SDXL's): that one is fp32, and keyed so.
+        fp16 = not (name.startswith("vae") and manifest.vae_overflows_in_fp16)
+        kept_fp32 = backend == "onnxruntime-tensorrt" and not fp16
+        compiled_with = {**options, "fp16": False} if kept_fp32 else options
+        cache_dir = compiled_cache(backend, manifest, name, precision, compiled_with)
 
-        def static_cache(input_shapes: dict, name=name, options=options) -> Path | None:
+        def static_cache(input_shapes: dict, name=name) -> Path | None:
             keyed = {**options, "static_shapes": input_shapes}
             return compiled_cache(backend, manifest, name, precision, keyed, label="-static")
 
