@@ -24,7 +24,7 @@ def _peak_rss() -> int:
 
 def main() -> None:
     """Measure one call; print its JSON line."""
-    from fastimg.backends import load_session
+    from fastimg.backends import graph_variant, load_session
     from fastimg.manifest import load_manifest
     from fastimg.memory import call_bytes
 
@@ -55,6 +55,7 @@ def main() -> None:
     fused = backend == "openvino" or (
         backend == "onnxruntime" and "onnxruntime" in spec.get("variants", {})
     )
+    scratch = graph_variant(backend, "fp32") if backend == "openvino" else None
     report = {
         "component": component,
         "backend": backend,
@@ -62,7 +63,17 @@ def main() -> None:
         "batch": batch,
         "measured_mib": round((_peak_rss() - before) / 2**20),
         "estimated_mib": round(
-            call_bytes(manifest, component, size, size, batch, fused, backend == "openvino") / 2**20
+            call_bytes(
+                manifest,
+                component,
+                size,
+                size,
+                batch,
+                fused,
+                scratch,
+                graph_variant(backend, "fp32"),
+            )
+            / 2**20
         ),
         "seconds": round(time.perf_counter() - start, 1),
     }

@@ -20,11 +20,11 @@ from fastimg.errors import EngineError, InputError
 from fastimg.integrity import sha256
 from fastimg.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 
-from . import attention, onnx_export, verify
+from . import attention, onnx_export, verify, winograd
 from .folders import replace_folder, writer_lock
 from .loading import check_vae_fits, load_pipeline, load_vae
 from .lora import check_sources, fuse_loras
-from .memory_model import memory_model
+from .memory_model import WINOGRAD_ACTIVATIONS, memory_model
 from .memory_watch import PeakWatch
 
 PRECISIONS = ("fp32", "fp16")
@@ -275,7 +275,7 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
             **specs[name].io(),
             "parity": parity,
         }
-        fused = _write_fused_attention(reference, dest, tolerance, log)
+        fused = _write_onnxruntime_graph(reference, dest, tolerance, log)
         if fused is not None:
             entries[name]["variants"] = {"onnxruntime": fused}
             entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
@@ -314,27 +314,38 @@ def _vae_overflows_in_fp16(pipe) -> bool:
     return bool(onnx_export.is_sdxl(pipe) and pipe.vae.config.get("force_upcast", False))
 
 
-def _write_fused_attention(reference, dest: Path, tolerance: float, log) -> dict | None:
-    """Write NAME/model.mha.onnx (attention fused for ONNX Runtime) beside `dest`, verified."""
+def _write_onnxruntime_graph(reference, dest: Path, tolerance: float, log) -> dict | None:
+    """Write NAME/model.ort.onnx beside `dest`: the graph ONNX Runtime runs on the CPU, with
+    attention fused and 3x3 convolutions in Winograd form, verified against PyTorch."""
     import onnx
 
     graph = onnx.load(str(dest), load_external_data=False)  # the weights stay where they are
-    count = attention.fuse_attention(graph)
-    if count == 0:
+    fused_count = attention.fuse_attention(graph)
+    filters = winograd.filter_bytes(graph)
+    convolutions = winograd.rewrite_convolutions(graph)
+    if fused_count == 0 and convolutions == 0:
         return None
-    fused = dest.with_name("model.mha.onnx")
+    fused = dest.with_name("model.ort.onnx")
     onnx.save(graph, str(fused))
     parity = verify.compare(reference, fused)
     name = reference.name
     if not parity["max_rel_error"] <= tolerance:
         fused.unlink()
         log(
-            f"  {name}: fused attention differs from PyTorch "
+            f"  {name}: ONNX Runtime's rewritten graph differs from PyTorch "
             f"({parity['max_rel_error']:.3g}); ONNX Runtime will run the standard graph"
         )
         return None
     log(
-        f"  {name}: {count} attention blocks fused for ONNX Runtime, relative error "
-        f"{parity['max_rel_error']:.3g}"
+        f"  {name}: ONNX Runtime's graph: attention blocks fused {fused_count}, convolutions in "
+        f"Winograd form {convolutions}, relative error {parity['max_rel_error']:.3g}"
     )
-    return {"path": fused.name, "fused_attention": count, "parity": parity}
+    variant = {"path": fused.name, "fused_attention": fused_count, "parity": parity}
+    if convolutions:
+        variant["winograd"] = {
+            "convolutions": convolutions,
+            # the transformed filters ONNX Runtime computes at load, beyond the files' weights
+            "extra_bytes": 3 * filters,
+            "activation_factor": WINOGRAD_ACTIVATIONS.get(name, 1.0),
+        }
+    return variant

@@ -50,6 +50,18 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_winograd(tmp_path_factory):
+    """(model folder, engine folder) of the tiny model with every 3x3 convolution of 8 to 64
+    channels in Winograd form for ONNX Runtime (full-size models have them from 128)."""
+    pytest.importorskip("torch")
+    from fastimg_export import winograd
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(winograd, "MIN_CHANNELS", 8)
+        return _build(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
 def tiny_int8(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with an int8 UNet for OpenVINO."""
     pytest.importorskip("nncf")

@@ -32,12 +32,14 @@ def call_bytes(
     batch: int,
     fused: bool = False,
     scratch: str | None = None,
+    variant: str | None = None,
 ) -> int | None:
     """Estimated activation bytes of one call of `component`; None without a memory model.
 
     `fused`: the backend runs attention without holding the scores; `scratch`: the graph
     variant (backends.graph_variant) in proportion to whose weights the backend sets up
-    scratch memory per call (OpenVINO), None where it sets up none."""
+    scratch memory per call (OpenVINO), None where it sets up none; `variant`: the graph
+    variant the backend runs, whose Winograd convolutions hold more activations."""
     model = manifest.data.get("memory", {}).get(component)
     if model is None:
         return None
@@ -48,7 +50,18 @@ def call_bytes(
     held = (
         factor_of_weights * weight_bytes(manifest, component, scratch) if factor_of_weights else 0
     )
-    return int(held + batch * (model["per_pixel"] * height * width + scores))
+    per_pixel = model["per_pixel"] * activation_factor(manifest, component, variant)
+    return int(held + batch * (per_pixel * height * width + scores))
+
+
+def activation_factor(manifest, component: str, variant: str | None) -> float:
+    """How many times the standard graph's activations the `variant` graph holds (its
+    Winograd convolutions' transformed tiles); 1 for every other graph."""
+    if variant is None:
+        return 1.0
+    entry = manifest.data.get("components", {}).get(component, {})
+    winograd = entry.get("variants", {}).get(variant, {}).get("winograd", {})
+    return float(winograd.get("activation_factor", 1.0))
 
 
 def weight_bytes(manifest, component: str, variant: str | None = None) -> int:
@@ -63,7 +76,7 @@ def weight_bytes(manifest, component: str, variant: str | None = None) -> int:
     return sum(
         item["bytes"]
         for rel, item in files.items()
-        if rel not in others and not rel.endswith(".mha.onnx")
+        if rel not in others and not rel.endswith((".mha.onnx", ".ort.onnx"))
     )
 
 
@@ -75,14 +88,16 @@ def needs(
     cfg: bool,
     fused: frozenset = frozenset(),
     scratch: str | None = None,
+    variant: str | None = None,
 ) -> dict[str, int]:
     """Estimated bytes of each component's call when `images` images run per call (`fused`:
-    the components whose attention the backend runs fused; `scratch`: see call_bytes)."""
+    the components whose attention the backend runs fused; `scratch`, `variant`: see
+    call_bytes)."""
     per_call = {"vae_encoder": 1, "unet": images * (2 if cfg else 1), "vae_decoder": images}
     estimates = {}
     for component, batch in per_call.items():
         fuses = component in fused
-        estimate = call_bytes(manifest, component, height, width, batch, fuses, scratch)
+        estimate = call_bytes(manifest, component, height, width, batch, fuses, scratch, variant)
         if estimate is not None:
             estimates[component] = estimate
     return estimates
@@ -139,17 +154,18 @@ def images_per_call(
     free: int | None,
     fused: frozenset = frozenset(),
     scratch: str | None = None,
+    variant: str | None = None,
 ) -> int:
     """How many of `images` to run per engine call so that the call fits in `free` bytes;
     an InputError with the numbers when not even one image fits."""
     cap = min(images, MAX_IMAGES_PER_CALL)
-    one = needs(manifest, height, width, 1, cfg, fused, scratch)
+    one = needs(manifest, height, width, 1, cfg, fused, scratch, variant)
     if free is None or not one:
         return cap
     budget = free * SHARE
     component, need = max(one.items(), key=lambda item: item[1])
     if need > budget:
-        side = largest_side(manifest, free, cfg, fused, scratch)
+        side = largest_side(manifest, free, cfg, fused, scratch, variant)
         fix = f"use a smaller image, e.g. --size {side}" if side else "free some memory first"
         raise InputError(
             f"a {width}x{height} image needs about {need / 2**30:.1f} GiB for the "
@@ -157,7 +173,8 @@ def images_per_call(
         )
     fits = 1
     while (
-        fits < cap and peak_bytes(manifest, height, width, fits + 1, cfg, fused, scratch) <= budget
+        fits < cap
+        and peak_bytes(manifest, height, width, fits + 1, cfg, fused, scratch, variant) <= budget
     ):
         fits += 1
     return fits
@@ -169,24 +186,28 @@ def largest_side(
     cfg: bool = True,
     fused: frozenset = frozenset(),
     scratch: str | None = None,
+    variant: str | None = None,
 ) -> int | None:
     """The longest side of a square image whose one-image call fits in `free` bytes; None
     when it cannot be known, or not even the smallest fits now (each call checks again)."""
-    if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch):
+    if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch, variant):
         return None
     budget = free * SHARE
-    if peak_bytes(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch) > budget:
+    if peak_bytes(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch, variant) > budget:
         return None
     side = SIDE_STEP
     while side < LARGEST_SIDE:
         bigger = side + SIDE_STEP
-        if peak_bytes(manifest, bigger, bigger, 1, cfg, fused, scratch) > budget:
+        if peak_bytes(manifest, bigger, bigger, 1, cfg, fused, scratch, variant) > budget:
             break
         side = bigger
     return side
 
 
-def peak_bytes(manifest, height, width, images, cfg, fused=frozenset(), scratch=None) -> int:
+def peak_bytes(
+    manifest, height, width, images, cfg, fused=frozenset(), scratch=None, variant=None
+) -> int:
     """The estimated bytes of the largest component call when `images` images run per call
     (0 without a memory model)."""
-    return max(needs(manifest, height, width, images, cfg, fused, scratch).values(), default=0)
+    estimates = needs(manifest, height, width, images, cfg, fused, scratch, variant)
+    return max(estimates.values(), default=0)

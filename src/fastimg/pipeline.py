@@ -316,6 +316,7 @@ class Img2ImgPipeline:
                 free,
                 fused=self._fused(self.backend),
                 scratch=_scratch(self.backend, self.precision),
+                variant=graph_variant(self.backend, self.precision),
             )
         sides = [side for side in (stated, fits) if side is not None]
         return min(sides) if sides else DEFAULT_MAX_SIDE
@@ -759,14 +760,17 @@ class Img2ImgPipeline:
         engines = self.engines_for(height, width, total)
         chunk, kept = total, 0
         fused, scratch = self._fused(engines.backend), _scratch(engines.backend, engines.precision)
+        variant = graph_variant(engines.backend, engines.precision)
         if engines.backend != "tensorrt":  # (TensorRT's activation memory is allocated at load)
             free = memory.free_bytes(engines.device)
             if free is not None:  # what earlier calls left with the engines is theirs to reuse
                 free += self._kept.get(engines.label, 0)
             chunk = memory.images_per_call(
-                self.manifest, height, width, total, cfg, free, fused, scratch
+                self.manifest, height, width, total, cfg, free, fused, scratch, variant
             )
-            kept = memory.peak_bytes(self.manifest, height, width, chunk, cfg, fused, scratch)
+            kept = memory.peak_bytes(
+                self.manifest, height, width, chunk, cfg, fused, scratch, variant
+            )
         aesthetics = bool(self.manifest.text_conditioning.get("requires_aesthetics_score"))
         # GPU backends run all of the call's array work on their device and stream, in order.
         with engines.activate():

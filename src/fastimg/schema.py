@@ -109,12 +109,22 @@ class Quantization(_Strict):
     error: QuantizationError
 
 
+class Winograd(_Strict):
+    """The convolutions a graph computes in Winograd form, and the memory their transformed
+    filters take beyond the files' weights once loaded."""
+
+    convolutions: Annotated[int, Field(ge=0, le=100_000)]
+    extra_bytes: Annotated[int, Field(ge=0, le=MAX_FILE_BYTES)]
+    activation_factor: Annotated[float, Field(ge=1, le=100)] = 1.0  # see fastimg.memory
+
+
 class Variant(_Strict):
     """Another graph file of a component that one backend (or precision) loads instead."""
 
     path: RelPath
     weights: RelPath | None = None  # an OpenVINO IR's .bin, opened with its .xml
     quantization: Quantization | None = None
+    winograd: Winograd | None = None
 
 
 class Component(_Strict):

@@ -210,7 +210,7 @@ def hostile_engines() -> dict[str, tuple[Callable[[Path], None], str]]:
             "is not listed in the manifest's files",
         ),
         "unlisted variant path": (
-            _unlisted_copy("unet/model.mha.onnx", (*unet, "variants", "onnxruntime", "path")),
+            _unlisted_copy("unet/model.ort.onnx", (*unet, "variants", "onnxruntime", "path")),
             "is not listed in the manifest's files",
         ),
         "unlisted tokenizer path": (
@@ -263,6 +263,12 @@ def hostile_engines() -> dict[str, tuple[Callable[[Path], None], str]]:
         "max_side Infinity": (
             raw_manifest_value("shapes", '{"max_side": Infinity}'),
             "shapes.max_side",
+        ),
+        "winograd extra_bytes -1": (
+            setting(
+                *unet, "variants", "onnxruntime", "winograd", {"convolutions": 1, "extra_bytes": -1}
+            ),
+            "winograd.extra_bytes",
         ),
         "shapes as a list": (setting("shapes", [2048]), "field shapes is invalid"),
         "component as a list": (setting(*unet, ["unet/model.onnx"]), "components.unet"),

@@ -49,6 +49,7 @@ OPENVINO = pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[o
         ("tiny", "onnxruntime"),
         pytest.param(("tiny", "openvino"), marks=OPENVINO),
         ("tiny_v", "onnxruntime"),
+        ("tiny_winograd", "onnxruntime"),
         pytest.param(("sd15", "onnxruntime"), marks=SLOW),
         pytest.param(("sd2_v", "onnxruntime"), marks=SLOW),
     ],

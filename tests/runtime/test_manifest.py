@@ -54,7 +54,7 @@ def test_truncated_model_file(engines):
 
 
 @pytest.mark.parametrize(
-    "rel", ["unet/model.onnx", "unet/model.mha.onnx", "tokenizer/tokenizer.json"]
+    "rel", ["unet/model.onnx", "unet/model.ort.onnx", "tokenizer/tokenizer.json"]
 )
 def test_a_changed_byte_is_caught_by_the_hash_before_loading(engines, rel):
     flip_a_byte(engines / rel)

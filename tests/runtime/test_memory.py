@@ -149,6 +149,41 @@ def test_scratch_follows_the_weights_of_the_graph_that_runs():
     assert fp32 == plain + 5 * GiB and int8 == plain + GiB + 2**19
 
 
+def test_winograd_graphs_are_estimated_with_their_larger_activations():
+    model = {"per_pixel": 100, "per_token_pair": 8}
+    winograd = {"convolutions": 3, "extra_bytes": 1, "activation_factor": 1.8}
+    decoder = {"files": {}, "variants": {"onnxruntime": {"path": "x", "winograd": winograd}}}
+    data = {
+        "vae_scale_factor": 8,
+        "memory": {"vae_decoder": model},
+        "components": {"vae_decoder": decoder},
+    }
+    manifest = Manifest(folder=None, data=data)
+    scores = 8 * 64**2
+    assert memory.call_bytes(manifest, "vae_decoder", 64, 64, 1) == 100 * 64 * 64 + scores
+    for other in ("openvino", "onnxruntime-cuda", None):
+        assert memory.call_bytes(manifest, "vae_decoder", 64, 64, 1, variant=other) == (
+            100 * 64 * 64 + scores
+        )
+    on_winograd = memory.call_bytes(manifest, "vae_decoder", 64, 64, 2, variant="onnxruntime")
+    assert on_winograd == int(2 * (180 * 64 * 64 + scores))
+
+
+def test_the_pipeline_checks_a_winograd_call_against_its_own_estimate(
+    tiny_winograd, photo, monkeypatch
+):
+    pipe = Img2ImgPipeline.from_engines(tiny_winograd[1], backend="onnxruntime")
+    fused = pipe._fused("onnxruntime")
+    standard = memory.peak_bytes(pipe.manifest, 64, 64, 1, True, fused)
+    winograd = memory.peak_bytes(pipe.manifest, 64, 64, 1, True, fused, variant="onnxruntime")
+    assert winograd > standard
+    between = int((standard + winograd) / 2 / memory.SHARE)
+    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": between)
+    job = dict(prompt="a cat", image=photo.resize((64, 64)), strength=0.5, seed=1)
+    with pytest.raises(InputError, match="GiB are free"):
+        pipe(**job, num_inference_steps=2)
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc")
 def test_memory_freed_by_the_process_counts_as_free_again():
     import ctypes
