@@ -157,6 +157,10 @@ def _auto(precision: str, manifest, device, exclude) -> str:
         for b in AUTO_ORDER
         if (precision == "auto" or precision in SUPPORTED[b]) and b not in exclude
     ]
+    cpu_fp32 = precision == "fp32" or (precision == "auto" and not cpu_supports_bf16())
+    if cpu_fp32 and has_winograd_graphs(manifest) and {"openvino", "onnxruntime"} <= set(wanted):
+        wanted.remove("onnxruntime")
+        wanted.insert(wanted.index("openvino"), "onnxruntime")
     reasons = []
     for backend in wanted:
         reason = unavailable(backend, manifest, device, precision)
@@ -167,6 +171,18 @@ def _auto(precision: str, manifest, device, exclude) -> str:
         if backend in GPU_BACKENDS or precision != "auto":
             reasons.append(f"{backend}: {reason}")
     raise InputError(f"no backend here runs {precision}: {'; '.join(reasons)}")
+
+
+def has_winograd_graphs(manifest) -> bool:
+    """Whether ONNX Runtime's graphs of this engine folder run convolutions in Winograd form:
+    in fp32 on the CPU they ran sd15's 512 job 1.38x faster than OpenVINO (2-core AVX2 EPYC,
+    bench/results/sd15-512-winograd.json), so auto picks ONNX Runtime for fp32 there."""
+    if manifest is None:
+        return False
+    return any(
+        entry.get("variants", {}).get("onnxruntime", {}).get("winograd")
+        for entry in manifest.components.values()
+    )
 
 
 def _default_precision(backend: str, manifest, device) -> str:

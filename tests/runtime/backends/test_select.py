@@ -80,6 +80,29 @@ def test_auto_prefers_openvino_in_bf16_where_the_cpu_has_it(only):
     assert select.resolve() == ("openvino", "fp32")
 
 
+def with_winograd(convolutions: int):
+    from fastimg.manifest import Manifest
+
+    variant = {"path": "unet/model.ort.onnx"}
+    if convolutions:
+        variant["winograd"] = {"convolutions": convolutions, "extra_bytes": 1}
+    unet = {"path": "unet/model.onnx", "variants": {"onnxruntime": variant}}
+    return Manifest(folder=None, data={"components": {"unet": unet}})
+
+
+def test_auto_prefers_onnxruntime_for_fp32_where_its_graphs_have_winograd_convolutions(only):
+    faster, plain = with_winograd(18), with_winograd(0)
+    only("onnxruntime", "openvino", bf16=False)
+    assert select.resolve(manifest=faster) == ("onnxruntime", "fp32")
+    assert select.resolve(manifest=plain) == ("openvino", "fp32")
+    assert select.resolve("auto", "fp32", manifest=faster) == ("onnxruntime", "fp32")
+    assert select.resolve("openvino", "auto", manifest=faster) == ("openvino", "fp32")
+    only("onnxruntime", "openvino", bf16=True)  # bf16 on OpenVINO stays the CPU's default
+    assert select.resolve(manifest=faster) == ("openvino", "bf16")
+    assert select.resolve("auto", "fp32", manifest=faster) == ("onnxruntime", "fp32")
+    assert select.resolve("auto", "bf16", manifest=faster) == ("openvino", "bf16")
+
+
 def test_auto_falls_back_to_onnxruntime_fp32(only):
     only("onnxruntime")
     assert select.resolve() == ("onnxruntime", "fp32")
