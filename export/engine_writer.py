@@ -6,6 +6,7 @@ leaves a folder that looks valid, and an existing engine survives until the new 
 """
 
 import datetime
+import errno
 import gc
 import json
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from fastimg import __version__
 from fastimg.atomic import make_staging_folder
-from fastimg.errors import EngineError, InputError
+from fastimg.errors import EngineError, InputError, OutputError
 from fastimg.integrity import sha256
 from fastimg.manifest import FORMAT, FORMAT_VERSION, MANIFEST
 
@@ -224,10 +225,26 @@ def _export_locked(
             manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
         replace_folder(staging, out)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise _disk_full(out) from None
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _disk_full(out: Path) -> OutputError:
+    """The error for an export that ran out of disk space (its staging folder is gone)."""
+    free = shutil.disk_usage(out.parent).free / 1e9
+    return OutputError(
+        f"the disk holding {out.parent} is full ({free:.1f} GB free after removing the partial "
+        f"export): an export needs about twice the size of the model's weights free while it "
+        f"writes the UNet (SDXL: about 25 GB); free some space and export again. Nothing was "
+        f"written to {out}"
+    )
 
 
 def _export_components(pipe, staging: Path, precision: str, log) -> dict:

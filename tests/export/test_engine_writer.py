@@ -91,6 +91,35 @@ def test_killed_export_leaves_no_folder_that_looks_valid(tiny, tmp_path):
     load_manifest(out)
 
 
+def test_a_full_disk_stops_the_export_with_the_fix_and_leaves_nothing(
+    tiny, tmp_path, monkeypatch
+):
+    import errno
+
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+    from fastimg_export import onnx_export
+
+    model, _ = tiny
+    saved = onnx_export.save_model
+    written = []
+
+    def fill_the_disk(raw, dest, fp16=False):
+        if dest.parent.name == "unet":  # after the text encoder and the VAE were written
+            raise OSError(errno.ENOSPC, "No space left on device", str(dest))
+        written.append(dest)
+        return saved(raw, dest, fp16=fp16)
+
+    monkeypatch.setattr(onnx_export, "save_model", fill_the_disk)
+    out = tmp_path / "full"
+    result = CliRunner().invoke(cli, ["export", str(model), "-o", str(out)])
+    assert result.exit_code == 1 and written
+    assert "is full" in result.output and "free some space and export again" in result.output
+    assert "Traceback" not in result.output and result.exception.__class__ is SystemExit
+    assert list(tmp_path.iterdir()) == []  # no engine folder and no partial one
+
+
 def test_large_models_are_saved_with_one_external_data_file(tiny, tmp_path, monkeypatch):
     from fastimg_export import onnx_export
 
