@@ -91,9 +91,7 @@ def test_killed_export_leaves_no_folder_that_looks_valid(tiny, tmp_path):
     load_manifest(out)
 
 
-def test_a_full_disk_stops_the_export_with_the_fix_and_leaves_nothing(
-    tiny, tmp_path, monkeypatch
-):
+def test_a_full_disk_stops_the_export_with_the_fix_and_leaves_nothing(tiny, tmp_path, monkeypatch):
     import errno
 
     from click.testing import CliRunner
