@@ -53,7 +53,8 @@ def main() -> None:
     start = time.perf_counter()
     session.run(feeds(size, batch))
     fused = backend == "openvino" or (
-        backend == "onnxruntime" and "onnxruntime" in spec.get("variants", {})
+        backend == "onnxruntime"
+        and spec.get("variants", {}).get("onnxruntime", {}).get("fused_attention", 0) > 0
     )
     scratch = graph_variant(backend, "fp32") if backend == "openvino" else None
     report = {

@@ -333,15 +333,24 @@ def _vae_overflows_in_fp16(pipe) -> bool:
 
 def _write_onnxruntime_graph(reference, dest: Path, tolerance: float, log) -> dict | None:
     """Write NAME/model.ort.onnx beside `dest`: the graph ONNX Runtime runs on the CPU, with
-    attention fused and 3x3 convolutions in Winograd form, verified against PyTorch."""
+    attention fused and 3x3 convolutions in Winograd form, verified against PyTorch (with
+    attention fused only where the whole does not pass)."""
+    variant, converted = _rewritten_graph(reference, dest, tolerance, log, True)
+    if variant is None and converted:
+        variant, _ = _rewritten_graph(reference, dest, tolerance, log, False)
+    return variant
+
+
+def _rewritten_graph(reference, dest: Path, tolerance, log, convolutions_too):
+    """(the variant entry or None, how many convolutions were converted)."""
     import onnx
 
     graph = onnx.load(str(dest), load_external_data=False)  # the weights stay where they are
     fused_count = attention.fuse_attention(graph)
-    filters = winograd.filter_bytes(graph)
-    convolutions = winograd.rewrite_convolutions(graph)
+    filters = winograd.filter_bytes(graph) if convolutions_too else 0
+    convolutions = winograd.rewrite_convolutions(graph) if convolutions_too else 0
     if fused_count == 0 and convolutions == 0:
-        return None
+        return None, 0
     fused = dest.with_name("model.ort.onnx")
     onnx.save(graph, str(fused))
     parity = verify.compare(reference, fused)
@@ -350,9 +359,14 @@ def _write_onnxruntime_graph(reference, dest: Path, tolerance: float, log) -> di
         fused.unlink()
         log(
             f"  {name}: ONNX Runtime's rewritten graph differs from PyTorch "
-            f"({parity['max_rel_error']:.3g}); ONNX Runtime will run the standard graph"
+            f"({parity['max_rel_error']:.3g})"
+            + (
+                "; trying attention fusion alone"
+                if convolutions
+                else "; ONNX Runtime will run the standard graph"
+            )
         )
-        return None
+        return None, convolutions
     log(
         f"  {name}: ONNX Runtime's graph: attention blocks fused {fused_count}, convolutions in "
         f"Winograd form {convolutions}, relative error {parity['max_rel_error']:.3g}"
@@ -365,4 +379,4 @@ def _write_onnxruntime_graph(reference, dest: Path, tolerance: float, log) -> di
             "extra_bytes": 3 * filters,
             "activation_factor": WINOGRAD_ACTIVATIONS.get(name, 1.0),
         }
-    return variant
+    return variant, convolutions

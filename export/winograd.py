@@ -129,7 +129,7 @@ def rewrite_convolutions(model: onnx.ModelProto) -> int:
             bias = constants.add(f"zeros_{out_channels}", np.zeros(out_channels, np.float32))
         rewritten.extend(
             _winograd_nodes(
-                f"{node.name or node.output[0]}/winograd",
+                f"{node.output[0]}/winograd",  # (outputs are unique; node names need not be)
                 node.input[0],
                 node.input[1],
                 bias,

@@ -167,6 +167,9 @@ def images_per_call(
     if need > budget:
         side = largest_side(manifest, free, cfg, fused, scratch, variant)
         fix = f"use a smaller image, e.g. --size {side}" if side else "free some memory first"
+        factor = activation_factor(manifest, component, variant)
+        if factor > 1:  # ONNX Runtime's Winograd graphs: OpenVINO's standard ones hold less
+            fix += f", or run it with --backend openvino (about {factor:g}x less here)"
         raise InputError(
             f"a {width}x{height} image needs about {need / 2**30:.1f} GiB for the "
             f"{component} (estimated), and {budget / 2**30:.1f} GiB are free for it here: {fix}"

@@ -334,7 +334,9 @@ class Img2ImgPipeline:
         if backend != "onnxruntime":
             return frozenset()
         return frozenset(
-            c for c in components if "onnxruntime" in components[c].get("variants", {})
+            c
+            for c in components
+            if components[c].get("variants", {}).get("onnxruntime", {}).get("fused_attention")
         )
 
     @property

@@ -160,3 +160,19 @@ def test_export_writes_convolutions_in_winograd_form_for_onnxruntime(tiny_winogr
         assert converted == variant["winograd"]["convolutions"]
         # OpenVINO reads the standard graph, which keeps its convolutions.
         assert manifest.path(name, "openvino").name == "model.onnx"
+
+
+def test_a_winograd_graph_that_fails_parity_falls_back_to_attention_alone(
+    tiny, tmp_path, monkeypatch
+):
+    from fastimg_export.engine_writer import export_engines
+
+    monkeypatch.setattr(winograd, "MIN_CHANNELS", 8)
+    monkeypatch.setattr(winograd, "B_T", winograd.B_T * 1.01)  # a wrong input transform
+    lines = []
+    out = export_engines(str(tiny[0]), tmp_path / "fallback", log=lines.append)
+    assert any("trying attention fusion alone" in line for line in lines)
+    variant = load_manifest(out).components["unet"]["variants"]["onnxruntime"]
+    assert variant["fused_attention"] > 0 and "winograd" not in variant
+    graph = onnx.load(str(out / variant["path"]), load_external_data=False).graph
+    assert not any("/winograd/" in n.name for n in graph.node)

@@ -167,6 +167,11 @@ def test_winograd_graphs_are_estimated_with_their_larger_activations():
         )
     on_winograd = memory.call_bytes(manifest, "vae_decoder", 64, 64, 2, variant="onnxruntime")
     assert on_winograd == int(2 * (180 * 64 * 64 + scores))
+    # A refusal on these graphs names OpenVINO, whose standard graphs hold less.
+    tight = int(memory.call_bytes(manifest, "vae_decoder", 512, 512, 1) / memory.SHARE) + 1
+    memory.images_per_call(manifest, 512, 512, 1, False, tight)  # fits on the standard graph
+    with pytest.raises(InputError, match=r"--backend openvino \(about 1.8x less here\)"):
+        memory.images_per_call(manifest, 512, 512, 1, False, tight, variant="onnxruntime")
 
 
 def test_the_pipeline_checks_a_winograd_call_against_its_own_estimate(

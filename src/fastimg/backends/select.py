@@ -157,8 +157,11 @@ def _auto(precision: str, manifest, device, exclude) -> str:
         for b in AUTO_ORDER
         if (precision == "auto" or precision in SUPPORTED[b]) and b not in exclude
     ]
-    cpu_fp32 = precision == "fp32" or (precision == "auto" and not cpu_supports_bf16())
-    if cpu_fp32 and has_winograd_graphs(manifest) and {"openvino", "onnxruntime"} <= set(wanted):
+    if (
+        {"openvino", "onnxruntime"} <= set(wanted)
+        and has_winograd_graphs(manifest)
+        and (precision == "fp32" or (precision == "auto" and not cpu_supports_bf16()))
+    ):
         wanted.remove("onnxruntime")
         wanted.insert(wanted.index("openvino"), "onnxruntime")
     reasons = []
