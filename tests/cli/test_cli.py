@@ -388,3 +388,19 @@ def test_static_shapes_give_the_same_images_as_dynamic_ones(runner, tiny, pictur
     assert list((engines / "openvino_cache").glob("unet-static-*"))
     result = transform(runner, engines, picture, "-o", tmp_path / "x.png", "--shapes", "frozen")
     assert result.exit_code == 2 and "'frozen' is not one of" in result.output
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+def test_auto_runs_winograd_graphs_on_onnxruntime_where_openvino_would_run_fp32(
+    runner, tiny_winograd, picture, tmp_path, monkeypatch, bf16
+):
+    from fastimg.backends import select
+
+    if not select.installed("openvino"):
+        pytest.skip("needs fastimg[openvino] to have a choice")
+    monkeypatch.setattr(select, "cpu_supports_bf16", lambda: bf16)
+    result = transform(runner, tiny_winograd[1], picture, "-o", tmp_path / "x.png")
+    assert result.exit_code == 0, result.output
+    # (where the CPU really lacks bf16, OpenVINO then compiles fp32 and says so)
+    expected = "running on openvino (" if bf16 else "running on onnxruntime (fp32)"
+    assert expected in result.output
