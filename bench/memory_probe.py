@@ -54,7 +54,7 @@ def main() -> None:
     session.run(feeds(size, batch))
     fused = backend == "openvino" or (
         backend == "onnxruntime"
-        and spec.get("variants", {}).get("onnxruntime", {}).get("fused_attention", 0) > 0
+        and manifest.variant(component, "onnxruntime").get("fused_attention", 0) > 0
     )
     scratch = graph_variant(backend, "fp32") if backend == "openvino" else None
     report = {

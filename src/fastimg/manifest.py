@@ -132,11 +132,15 @@ class Manifest:
                 digest.update(f"{component}/{rel}:{files[rel].get('sha256')}\n".encode())
         return digest.hexdigest()
 
+    def variant(self, component: str, name: str | None) -> dict:
+        """A component's variant entry `name` (a backend's own graph), or {} where it has none."""
+        entry = self.data.get("components", {}).get(component, {})
+        return entry.get("variants", {}).get(name, {}) if name else {}
+
     def path(self, component: str, backend: str | None = None) -> Path:
         """Absolute path of a component's model file, in the backend's own variant if any."""
-        entry = self.components[component]
-        variant = entry.get("variants", {}).get(backend)
-        return self.folder / (variant or entry)["path"]
+        entry = self.variant(component, backend) or self.components[component]
+        return self.folder / entry["path"]
 
 
 def _fix(folder: Path) -> str:

@@ -57,10 +57,7 @@ def call_bytes(
 def activation_factor(manifest, component: str, variant: str | None) -> float:
     """How many times the standard graph's activations the `variant` graph holds (its
     Winograd convolutions' transformed tiles); 1 for every other graph."""
-    if variant is None:
-        return 1.0
-    entry = manifest.data.get("components", {}).get(component, {})
-    winograd = entry.get("variants", {}).get(variant, {}).get("winograd", {})
+    winograd = manifest.variant(component, variant).get("winograd", {})
     return float(winograd.get("activation_factor", 1.0))
 
 

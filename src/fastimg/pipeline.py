@@ -334,9 +334,7 @@ class Img2ImgPipeline:
         if backend != "onnxruntime":
             return frozenset()
         return frozenset(
-            c
-            for c in components
-            if components[c].get("variants", {}).get("onnxruntime", {}).get("fused_attention")
+            c for c in components if self.manifest.variant(c, "onnxruntime").get("fused_attention")
         )
 
     @property

@@ -182,10 +182,7 @@ def has_winograd_graphs(manifest) -> bool:
     bench/results/sd15-512-winograd.json), so auto picks ONNX Runtime for fp32 there."""
     if manifest is None:
         return False
-    return any(
-        entry.get("variants", {}).get("onnxruntime", {}).get("winograd")
-        for entry in manifest.components.values()
-    )
+    return any(manifest.variant(c, "onnxruntime").get("winograd") for c in manifest.components)
 
 
 def _default_precision(backend: str, manifest, device) -> str:
