@@ -26,7 +26,7 @@ PROMPT = "a watercolour painting of a lighthouse"
 def measure(engines: str, backend: str, precision: str, size: int, batches: list[int],
             steps: int, strength: float, guidance: float, repeats: int) -> dict:  # fmt: skip
     """Median seconds per image for each batch size, sizes alternated round by round."""
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     pipe = Img2ImgPipeline.from_engines(engines, backend=backend, precision=precision)
     rng = np.random.default_rng(0)

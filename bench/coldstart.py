@@ -87,7 +87,7 @@ def measure(side: str, job, model: str, engines: str, uncached: bool = False) ->
 def import_seconds(repeats: int = 5) -> float:
     """Median seconds to import the runtime (pipeline and ONNX Runtime) in a fresh interpreter."""
     code = (
-        "import time; t = time.perf_counter(); import fastimg.pipeline, onnxruntime; "
+        "import time; t = time.perf_counter(); import fastimg.diffusion.pipeline, onnxruntime; "
         "print(time.perf_counter() - t)"
     )
     times = sorted(

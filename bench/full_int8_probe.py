@@ -30,7 +30,7 @@ def main() -> None:
     )
 
     from fastimg.backends.openvino import compile_config
-    from fastimg.manifest import load_manifest
+    from fastimg.engine_folder.manifest import load_manifest
 
     from .layers import feeds_for
 

@@ -45,8 +45,8 @@ timeout 60 fastimg doctor
 
 step "GPU tests"
 timeout "$(left 200)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt -q -rs \
-    tests/e2e/test_gpu.py tests/runtime/test_gpu.py tests/runtime/test_arrays.py \
-    tests/runtime/backends tests/runtime/test_pipeline_plans.py 2>&1 | tail -60
+    tests/e2e/test_gpu.py tests/test_gpu.py tests/diffusion/test_arrays.py \
+    tests/backends tests/diffusion/test_pipeline_plans.py 2>&1 | tail -60
 
 step "fastimg doctor --check on the tiny model"
 timeout 120 fastimg make-model tiny -o /tmp/models/tiny >/dev/null &&

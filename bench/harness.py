@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from fastimg.errors import FastImgError
-from fastimg.images import psnr
+from fastimg.media.images import psnr
 
 from . import coldstart, roofline
 from .job import Job
@@ -113,7 +113,7 @@ def _summary(seconds: list[float], stages: list[dict], batch: int = 1) -> dict:
 
 def _distilled(engines: str) -> bool:
     """Whether the engines' UNet is LCM-distilled (it takes a guidance embedding)."""
-    from fastimg.manifest import load_manifest
+    from fastimg.engine_folder.manifest import load_manifest
 
     return "timestep_cond" in load_manifest(engines).components["unet"]["inputs"]
 
@@ -176,7 +176,7 @@ def run(
 def fit_together(model: str, engines: str, sides: int) -> bool:
     """Whether every side's weights (each about the engine folder's) fit in the memory free
     now, twice over for what the runtimes copy or compile."""
-    from fastimg.memory import free_bytes
+    from fastimg.diffusion.memory import free_bytes
 
     free = free_bytes("cpu")
     # (*.onnx* takes the graphs and their external weights, model.onnx_data)

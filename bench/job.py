@@ -3,8 +3,7 @@
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastimg.cli import EXAMPLE_IMAGE
-from fastimg.images import load_image
+from fastimg.media.images import EXAMPLE_IMAGE, load_image
 
 
 @dataclass(frozen=True)
@@ -29,7 +28,7 @@ class Job:
     def unet_calls(self, distilled: bool = False) -> int:
         """UNet evaluations per call (steps actually run at this strength; an LCM-distilled
         model on the lcm sampler runs every step, the strength cutting its schedule)."""
-        from fastimg.schedules import img2img_start
+        from fastimg.diffusion.schedules import img2img_start
 
         if distilled and self.sampler == "lcm":
             return self.steps

@@ -44,7 +44,7 @@ def profile(engines: str, component: str, size: int, precision: str, shapes: str
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config
-    from fastimg.manifest import load_manifest
+    from fastimg.engine_folder.manifest import load_manifest
 
     manifest = load_manifest(engines)
     variant = "openvino-int8" if precision == "int8" else "openvino"

@@ -106,9 +106,8 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = tempfile.NamedTemporaryFile(prefix="fastimg-load-server-", suffix=".log")
         self.args = [str(engines), "--host", "127.0.0.1", "--port", str(self.port), *serve_args]
-        code = "import sys; from fastimg.cli import main; sys.argv[0] = 'fastimg'; main()"
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", code, "serve", *self.args],
+            [sys.executable, "-m", "fastimg", "serve", *self.args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -168,7 +167,7 @@ def test_image(size: int) -> bytes:
     """The bundled example picture, size x size, as PNG bytes."""
     from PIL import Image
 
-    from fastimg.cli import EXAMPLE_IMAGE
+    from fastimg.media.images import EXAMPLE_IMAGE
 
     with Image.open(EXAMPLE_IMAGE) as image:
         picture = image.convert("RGB").resize((size, size))

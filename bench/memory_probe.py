@@ -1,10 +1,11 @@
-"""Peak memory of one engine call beyond the loaded engine, as fastimg.memory estimates it.
+"""Peak memory of one engine call beyond the loaded engine, as fastimg.diffusion.memory
+estimates it.
 
     python -m fastimg_bench.memory_probe ENGINES COMPONENT BACKEND SIZE BATCH
 
 loads COMPONENT of ENGINES on BACKEND (fp32), runs it once at 64 px, then once at SIZE x SIZE
 with BATCH images, and prints one JSON line: the growth of the process' peak resident memory
-(VmHWM) over that call, and fastimg.memory's estimate for it. Run each in a fresh process.
+(VmHWM) over that call, and fastimg.diffusion.memory's estimate for it. Run each in a fresh process.
 """
 
 import json
@@ -25,8 +26,8 @@ def _peak_rss() -> int:
 def main() -> None:
     """Measure one call; print its JSON line."""
     from fastimg.backends import graph_variant, load_session
-    from fastimg.manifest import load_manifest
-    from fastimg.memory import call_bytes
+    from fastimg.diffusion.memory import call_bytes
+    from fastimg.engine_folder.manifest import load_manifest
 
     engines, component, backend = sys.argv[1:4]
     size, batch = int(sys.argv[4]), int(sys.argv[5])

@@ -109,7 +109,7 @@ class FastimgSide:
         threads=None,
         shapes: str = "dynamic",
     ):
-        from fastimg.pipeline import Img2ImgPipeline
+        from fastimg.diffusion.pipeline import Img2ImgPipeline
 
         self.job = job
         self.pipe = Img2ImgPipeline.from_engines(

@@ -160,7 +160,7 @@ def diffusers_scheduler(config: dict, sampler: str):
     """diffusers' scheduler that fastimg's `sampler` reproduces, built from a scheduler config."""
     import diffusers
 
-    from fastimg import schedules
+    from fastimg.diffusion import schedules
 
     cls = getattr(diffusers, schedules.DIFFUSERS_CLASS[sampler])
     return cls.from_config({**config, **schedules.SAMPLER_OVERRIDES.get(sampler, {})})

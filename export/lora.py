@@ -83,7 +83,7 @@ def _digest(source: str) -> str:
     """SHA-256 of a local LoRA file; of its tensors (sorted by name) for a hub id."""
     path = Path(source)
     if path.is_file():
-        from fastimg.integrity import sha256
+        from fastimg.engine_folder.integrity import sha256
 
         return sha256(path)
     from diffusers import StableDiffusionPipeline

@@ -1,4 +1,5 @@
-"""The activation-memory coefficients each component gets in the manifest (see fastimg.memory).
+"""The activation-memory coefficients each component gets in the manifest (see
+fastimg.diffusion.memory).
 
 One call of `batch` images of H x W pixels is taken to need
 
@@ -25,7 +26,7 @@ SCORE_BYTES = 2 * 4  # an fp32 attention score matrix and its softmax
 
 
 def memory_model(pipe) -> dict:
-    """Per component, the coefficients fastimg.memory evaluates."""
+    """Per component, the coefficients fastimg.diffusion.memory evaluates."""
     levels = len(pipe.vae.config.block_out_channels) - 1
     vae_channels = pipe.vae.config.block_out_channels[0]
     unet = pipe.unet.config

@@ -34,8 +34,7 @@ def calibration_feeds(pipe, images: int, log=print) -> list[dict[str, np.ndarray
     text_embeds and time_ids among them."""
     import torch
 
-    from fastimg.cli import EXAMPLE_IMAGE
-    from fastimg.images import load_image
+    from fastimg.media.images import EXAMPLE_IMAGE, load_image
 
     side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
     photo = load_image(EXAMPLE_IMAGE).resize((side, side))

@@ -21,10 +21,10 @@ from pathlib import Path
 
 from fastimg.atomic import make_staging_folder, write_atomically
 from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_release
+from fastimg.engine_folder.manifest import DEFAULT_MAX_SIDE, MANIFEST, Manifest, load_manifest
+from fastimg.engine_folder.profiles import Profile, input_shapes
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import device_properties
-from fastimg.manifest import DEFAULT_MAX_SIDE, MANIFEST, Manifest, load_manifest
-from fastimg.profiles import Profile, input_shapes
 
 from . import onnx_export
 from .engine_writer import file_entries, remove_stale_staging

@@ -5,8 +5,8 @@ import json
 from pathlib import Path
 
 from fastimg.backends.tensorrt_plans import engine_key
-from fastimg.manifest import Manifest
-from fastimg.profiles import Profile
+from fastimg.engine_folder.manifest import Manifest
+from fastimg.engine_folder.profiles import Profile
 
 
 def write_plan_sets(

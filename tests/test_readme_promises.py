@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fastimg.backends import select
-from fastimg.pipeline import describe
+from fastimg.diffusion.pipeline import describe
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -47,7 +47,7 @@ def _commands(text: str | None = None) -> list[list[str]]:
 
 
 def test_every_option_the_readme_shows_exists():
-    from fastimg.cli import cli
+    from fastimg.cli.main import cli
 
     commands = _commands()
     assert len(commands) >= 10
@@ -61,8 +61,8 @@ def test_every_option_the_readme_shows_exists():
 def test_the_workflows_run_as_the_readme_types_them(tiny, photo, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from fastimg.cli import cli
-    from fastimg.labels import read_labels
+    from fastimg.cli.main import cli
+    from fastimg.media.labels import read_labels
 
     workflows = README.read_text().split("## Workflows")[1].split("\n## ")[0]
     monkeypatch.chdir(tmp_path)
@@ -76,7 +76,7 @@ def test_the_workflows_run_as_the_readme_types_them(tiny, photo, tmp_path, monke
     pytest.importorskip("c2pa")
     pytest.importorskip("av")
     from tests.pki import make_pki
-    from tests.runtime.test_video import make_video, pictures
+    from tests.workflows.test_video import make_video, pictures
 
     make_pki(tmp_path)  # chain.pem, key.pem
     make_video(tmp_path / "clip.mp4", pictures(6))

@@ -195,7 +195,7 @@ def test_sdxl_text_encoders_are_timed_as_the_text_stage_on_both_sides(
     import torch
     from diffusers import StableDiffusionXLImg2ImgPipeline
 
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
     from fastimg_bench.stages import time_diffusers, time_fastimg
 
     model, engines = request.getfixturevalue(layout)

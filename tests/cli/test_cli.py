@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli import cli
-from fastimg.images import psnr
+from fastimg.cli.main import cli
+from fastimg.media.images import psnr
 
 
 def transform(runner, engines, *args):
@@ -39,7 +39,7 @@ def test_transform_writes_images_with_metadata(runner, tiny, picture, tmp_path):
 
 
 def test_same_seed_same_image_and_matches_the_python_api(runner, tiny, picture, tmp_path):
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     a, b = tmp_path / "a.png", tmp_path / "b.png"
     for path in (a, b):
@@ -214,7 +214,7 @@ def test_inputs_with_the_same_name_are_refused_before_any_work(runner, tiny, pho
 
 def test_cli_architectures_are_the_exporters():
     pytest.importorskip("torch")
-    from fastimg.cli import ARCHITECTURES
+    from fastimg.cli.main import ARCHITECTURES
     from fastimg_export.random_models import ARCHITECTURES as PIPELINES
     from fastimg_export.random_models import LORAS, VAES
 

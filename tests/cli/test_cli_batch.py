@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli import cli
+from fastimg.cli.main import cli
 
 
 def _transform(runner, engines, *args):
@@ -167,7 +167,7 @@ def test_run_takes_a_job_file_and_refuses_a_bad_one_before_any_work(runner, tiny
 
 def test_c2pa_credentials_are_signed_and_verified_by_c2pas_reader(runner, tiny, picture, tmp_path):
     pytest.importorskip("c2pa")
-    from fastimg.c2pa_signing import read_manifest
+    from fastimg.media.c2pa import read_manifest
     from tests.pki import make_pki
 
     pki = make_pki(tmp_path)

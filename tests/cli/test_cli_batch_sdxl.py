@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli import cli
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.cli.main import cli
+from fastimg.diffusion.pipeline import Img2ImgPipeline
 
 pytest.importorskip("torch")
 

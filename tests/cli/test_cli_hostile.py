@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli import cli
-from fastimg.manifest import load_manifest
+from fastimg.cli.main import cli
+from fastimg.engine_folder.manifest import load_manifest
 from tests.corpus import awkward_images, bad_files, flip_a_byte, write
 
 
@@ -102,7 +102,7 @@ def test_a_very_long_prompt_is_truncated_with_a_warning(runner, tiny, picture, t
 def test_a_prompt_beyond_the_limit_is_refused_before_anything_loads(
     runner, tiny, picture, tmp_path
 ):
-    from fastimg.pipeline import MAX_PROMPT_CHARS
+    from fastimg.diffusion.pipeline import MAX_PROMPT_CHARS
 
     prompt = "fox " * (MAX_PROMPT_CHARS // 4 + 1)
     result = transform(runner, tiny[1], picture, "-o", tmp_path / "o.png", prompt=prompt)

@@ -1,9 +1,9 @@
 import click
 import pytest
 
-from fastimg import video as videos
-from fastimg.cli_video import video
-from tests.runtime.test_video import full_disk, leftovers, make_video, pictures, probe
+from fastimg.cli.video import video
+from fastimg.workflows import video as videos
+from tests.workflows.test_video import full_disk, leftovers, make_video, pictures, probe
 
 pytest.importorskip("av")
 
@@ -15,7 +15,7 @@ def clip(tmp_path_factory):
 
 
 def _video(runner, engines, *args):
-    group = click.Group()  # as fastimg.cli will hold it
+    group = click.Group()  # as the fastimg command group will hold it
     group.add_command(video)
     return runner.invoke(
         group,

@@ -3,7 +3,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from fastimg.cli import cli
+from fastimg.cli.main import cli
 
 
 def test_doctor_describes_the_machine_and_every_backend():
@@ -31,7 +31,7 @@ def test_doctor_check_compares_each_backend_with_the_cpu_reference(tiny):
 
 def test_doctor_check_survives_a_native_crash_in_one_backend(tiny, monkeypatch):
     pytest.importorskip("openvino")
-    from fastimg import doctor
+    from fastimg.workflows import doctor
 
     crash = (
         "import ctypes, sys\n"
@@ -50,7 +50,7 @@ def test_doctor_check_survives_a_native_crash_in_one_backend(tiny, monkeypatch):
 
 def test_doctor_check_fails_when_a_backend_computes_wrong(tiny, monkeypatch):
     pytest.importorskip("openvino")
-    from fastimg import doctor
+    from fastimg.workflows import doctor
 
     monkeypatch.setitem(doctor.MIN_PSNR, "bf16", 200.0)  # no real image reaches this
     result = CliRunner().invoke(cli, ["doctor", "--check", str(tiny[1])])
@@ -89,11 +89,12 @@ def test_build_on_a_folder_that_is_not_an_engine(tmp_path):
 def test_the_check_job_takes_a_size_the_tensorrt_plans_admit(tiny, tmp_path, monkeypatch):
     import shutil
 
-    from fastimg import doctor, gpu
+    from fastimg import gpu
     from fastimg.backends import select
     from fastimg.backends.tensorrt_plans import find_plans
-    from fastimg.manifest import load_manifest
-    from fastimg.profiles import Profile
+    from fastimg.engine_folder.manifest import load_manifest
+    from fastimg.engine_folder.profiles import Profile
+    from fastimg.workflows import doctor
     from tests.plan_sets import write_plan_sets
 
     engines = shutil.copytree(tiny[1], tmp_path / "engines")

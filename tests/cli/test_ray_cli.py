@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli import cli
+from fastimg.cli.main import cli
 
 ray = pytest.importorskip("ray")
 
@@ -80,7 +80,7 @@ def test_ray_options_need_ray(runner, tiny, square, tmp_path):
 def test_an_impossible_job_is_refused_before_any_worker_starts(
     runner, ray_cluster, tiny, square, tmp_path, monkeypatch
 ):
-    from fastimg import ray_cluster as cluster_module
+    from fastimg.workflows import ray_cluster as cluster_module
 
     def no_cluster(*args, **kwargs):
         raise AssertionError("Ray was reached before every job was checked")
@@ -98,7 +98,7 @@ def test_an_impossible_job_is_refused_before_any_worker_starts(
 
 def test_c2pa_credentials_are_signed_on_the_workers(runner, ray_cluster, tiny, square, tmp_path):
     pytest.importorskip("c2pa")
-    from fastimg.c2pa_signing import read_manifest
+    from fastimg.media.c2pa import read_manifest
     from tests.pki import make_pki
 
     pki = make_pki(tmp_path)

@@ -64,7 +64,8 @@ def bad_files() -> dict[str, tuple[bytes, str]]:
         "tiny.png": (_png_bytes(Image.new("RGB", (4, 4))), "too small"),
         "one-pixel.png": (_png_bytes(Image.new("RGB", (1, 1))), "too small"),
         "thin.png": (_png_bytes(Image.new("RGB", (4000, 8))), "too small"),
-        # longer than any engine takes, whatever the memory free (fastimg.memory.LARGEST_SIDE)
+        # longer than any engine takes, whatever the memory free
+        # (fastimg.diffusion.memory.LARGEST_SIDE)
         "huge-side.png": (_png_bytes(Image.new("RGB", (16_448, 64))), "larger than these engines"),
         "document.pdf": (b"%PDF-1.4\n1 0 obj\n<< /Type /Catalog >>\nendobj\n", "not an image"),
         "archive.zip": (b"PK\x03\x04" + bytes(60), "not an image format"),

@@ -6,8 +6,8 @@ the image with ONNX Runtime fp32 on the CPU for the same seed.
 
 import pytest
 
-from fastimg.images import psnr
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import psnr
 
 pytestmark = pytest.mark.gpu
 
@@ -39,7 +39,7 @@ def photo_module():
 
 def _require(backend: str, tiny):
     from fastimg.backends.select import unavailable
-    from fastimg.manifest import load_manifest
+    from fastimg.engine_folder.manifest import load_manifest
 
     reason = unavailable(backend, load_manifest(tiny[1]))
     if reason is not None:
@@ -64,7 +64,7 @@ def test_tensorrt_builds_and_matches_the_cpu(
     pytest.importorskip("tensorrt")
     import shutil
 
-    from fastimg.profiles import Profile
+    from fastimg.engine_folder.profiles import Profile
     from fastimg_export.trt_build import build_engines
 
     engines = shutil.copytree(tiny[1], tmp_path / "engines")
@@ -88,7 +88,7 @@ def test_tensorrt_builds_sdxl_plans_that_match_the_cpu(
     pytest.importorskip("tensorrt")
     import shutil
 
-    from fastimg.profiles import Profile
+    from fastimg.engine_folder.profiles import Profile
     from fastimg_export.trt_build import build_engines
 
     engines = shutil.copytree(request.getfixturevalue(layout)[1], tmp_path / "engines")

@@ -7,10 +7,10 @@ import os
 import numpy as np
 import pytest
 
-from fastimg import schedules
 from fastimg.backends.select import installed
-from fastimg.images import psnr
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.diffusion import schedules
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import psnr
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -5,8 +5,8 @@ python -m pytest -m slow tests/e2e/test_parity_fast_models_slow.py
 
 import pytest
 
-from fastimg.images import psnr
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import psnr
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from fastimg.images import psnr
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import psnr
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -77,7 +77,7 @@ def test_an_lcm_model_runs_without_a_guidance_batch(lcm_ours, photo):
 
 
 def test_the_guidance_embedding_equals_diffusers():
-    from fastimg.schedules import guidance_embedding
+    from fastimg.diffusion.schedules import guidance_embedding
 
     w = np.array([0.0, 3.5, 7.5], dtype=np.float32)
     ours = guidance_embedding(w, 256)

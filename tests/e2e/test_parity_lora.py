@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from fastimg.images import psnr
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import psnr
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
@@ -40,8 +40,8 @@ def test_a_fused_lora_matches_diffusers_with_the_lora_fused(tiny_lora, lora_file
 def test_the_manifest_lists_the_lora_and_info_shows_it(tiny_lora, lora_file):
     from click.testing import CliRunner
 
-    from fastimg.cli import cli
-    from fastimg.integrity import sha256
+    from fastimg.cli.main import cli
+    from fastimg.engine_folder.integrity import sha256
 
     (lora,) = json.loads((tiny_lora[1] / "manifest.json").read_text())["loras"]
     assert lora["name"] == "tiny-lora.safetensors" and lora["scale"] == 0.8

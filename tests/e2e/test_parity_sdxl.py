@@ -4,8 +4,8 @@ on the tiny SDXL base and refiner layouts."""
 import numpy as np
 import pytest
 
-from fastimg import schedules
-from fastimg.images import psnr
+from fastimg.diffusion import schedules
+from fastimg.media.images import psnr
 from tests.e2e.test_parity import MIN_PSNR, exact, record, reference, run_reference
 
 torch = pytest.importorskip("torch")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from fastimg.images import psnr
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import psnr
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")

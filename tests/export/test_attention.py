@@ -4,7 +4,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from fastimg.manifest import load_manifest  # noqa: E402
+from fastimg.engine_folder.manifest import load_manifest  # noqa: E402
 from fastimg_export.attention import fuse_attention  # noqa: E402
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fastimg.diffusion.rng import TorchCompatibleGenerator
+from fastimg.engine_folder.manifest import COMPONENTS, MANIFEST, load_manifest
 from fastimg.errors import EngineError, InputError
-from fastimg.manifest import COMPONENTS, MANIFEST, load_manifest
-from fastimg.rng import TorchCompatibleGenerator
 from tests.export.exporting import start_export
 
 pytest.importorskip("torch")
@@ -96,7 +96,7 @@ def test_a_full_disk_stops_the_export_with_the_fix_and_leaves_nothing(tiny, tmp_
 
     from click.testing import CliRunner
 
-    from fastimg.cli import cli
+    from fastimg.cli.main import cli
     from fastimg_export import onnx_export
 
     model, _ = tiny
@@ -134,7 +134,7 @@ def test_large_models_are_saved_with_one_external_data_file(tiny, tmp_path, monk
     os.umask(umask)
     for rel in files:  # the weights are as readable as any other file the export writes
         assert (out / rel).stat().st_mode & 0o777 == 0o666 & ~umask
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     pipe = Img2ImgPipeline.from_engines(out, backend="onnxruntime")
     latents = pipe.encode_image(np.zeros((1, 3, 64, 64), np.float32), TorchCompatibleGenerator(0))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from fastimg.manifest import load_manifest
+from fastimg.engine_folder.manifest import load_manifest
 
 pytest.importorskip("torch")
 from fastimg_export import onnx_export, random_models  # noqa: E402
@@ -69,7 +69,7 @@ def test_component_names_follow_the_layout():
 
 
 def test_fp16_export_keeps_the_sdxl_vae_in_fp32(tiny_sdxl_refiner, tmp_path, photo):
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
     from fastimg_export.engine_writer import export_engines
 
     said = []

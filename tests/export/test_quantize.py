@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fastimg.cli import cli
+from fastimg.cli.main import cli
+from fastimg.engine_folder.manifest import MANIFEST, load_manifest
 from fastimg.errors import EngineError, MissingDependencyError
-from fastimg.manifest import MANIFEST, load_manifest
 
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
@@ -37,8 +37,8 @@ def test_the_manifest_lists_the_int8_unet_its_files_and_its_error(tiny_int8):
 
 
 def test_int8_runs_on_openvino_and_differs_from_fp32_within_its_recorded_error(tiny_int8, photo):
-    from fastimg.images import psnr
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
 
     _, engines = tiny_int8
     kwargs = dict(strength=0.5, num_inference_steps=4, guidance_scale=3.0, seed=2)
@@ -58,8 +58,8 @@ def test_int8_runs_on_openvino_and_differs_from_fp32_within_its_recorded_error(t
 
 
 def test_int8_is_refused_where_it_cannot_run(tiny, tiny_int8):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
     from fastimg.errors import InputError
-    from fastimg.pipeline import Img2ImgPipeline
 
     with pytest.raises(EngineError, match="no int8 UNet: export them with .*--int8"):
         Img2ImgPipeline.from_engines(tiny[1], backend="openvino", precision="int8")
@@ -118,8 +118,8 @@ def test_the_cli_exports_and_runs_int8(tiny, tmp_path, photo):
 def test_an_sdxl_int8_unet_is_calibrated_with_its_added_conditioning_and_runs(
     tiny_sdxl_int8, photo
 ):
-    from fastimg.images import psnr
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
 
     _, engines = tiny_sdxl_int8
     variant = load_manifest(engines).components["unet"]["variants"]["openvino-int8"]

@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 
 from fastimg.backends.tensorrt_plans import find_plans
+from fastimg.engine_folder.manifest import Manifest, load_manifest
+from fastimg.engine_folder.profiles import Profile
 from fastimg.errors import EngineError, InputError
-from fastimg.manifest import Manifest, load_manifest
-from fastimg.profiles import Profile
 
 pytest.importorskip("onnx")
 
@@ -240,7 +240,7 @@ def test_a_killed_build_leaves_the_folder_as_it_was_and_is_swept(engines, monkey
         "from tests.export.test_trt_build import FakeTensorRT\n"
         "sys.modules['tensorrt'] = FakeTensorRT(hang_on='vae_encoder')\n"
         "from fastimg_export import trt_build\n"
-        "from fastimg.profiles import Profile\n"
+        "from fastimg.engine_folder.profiles import Profile\n"
         "trt_build.device_properties = lambda device=None: ('NVIDIA L4', '8.9')\n"
         f"trt_build.build_engines({str(engines)!r}, Profile((256,) * 3, (256,) * 3))\n"
     )

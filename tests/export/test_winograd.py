@@ -6,7 +6,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from fastimg.manifest import load_manifest  # noqa: E402
+from fastimg.engine_folder.manifest import load_manifest  # noqa: E402
 from fastimg_export import winograd  # noqa: E402
 
 

@@ -27,8 +27,8 @@ httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
 from fastimg.errors import EngineError  # noqa: E402
-from fastimg.images import load_image  # noqa: E402
-from fastimg.labels import TRAINED_ALGORITHMIC_MEDIA, read_labels  # noqa: E402
+from fastimg.media.images import load_image  # noqa: E402
+from fastimg.media.labels import TRAINED_ALGORITHMIC_MEDIA, read_labels  # noqa: E402
 from fastimg.serve import ServeOptions, create_app, run_server  # noqa: E402
 from fastimg.serve.app import MAX_SETTINGS_HEADER, Server, _settings_header  # noqa: E402
 
@@ -360,7 +360,7 @@ def test_uploads_over_the_limit_are_refused(pipe, picture):
 
 
 def test_sdxl_fields_reach_the_pipeline_as_its_arguments(tiny_sdxl, picture):
-    from fastimg.pipeline import Img2ImgPipeline
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     pipe = Img2ImgPipeline.from_engines(tiny_sdxl[1], backend="onnxruntime", precision="fp32")
     micro = dict(prompt_2="fur", negative_prompt_2="blur", original_size=(512, 384),

@@ -12,7 +12,7 @@ import time
 import pytest
 from click.testing import CliRunner
 
-from fastimg.cli_serve import serve
+from fastimg.cli.serve import serve
 
 SERVE_MODULES = ("fastapi", "starlette", "uvicorn", "python_multipart", "prometheus_client")
 
@@ -34,7 +34,7 @@ def test_help_lists_the_options(runner):
 
 def test_the_cli_imports_nothing_of_the_server():
     code = (
-        "import sys, fastimg.cli, fastimg.cli_serve\n"
+        "import sys, fastimg.cli.main, fastimg.cli.serve\n"
         f"loaded = [m for m in {SERVE_MODULES!r} if m in sys.modules]\n"
         "assert not loaded, loaded\n"
     )
@@ -76,8 +76,8 @@ def test_without_the_serve_extra_the_command_names_it(runner, monkeypatch, tmp_p
 # The server, with each engine run held until the test writes to the FIFO argv[1].
 HELD_SERVER = """
 import sys
-from fastimg.cli_serve import serve
-from fastimg.pipeline import Img2ImgPipeline
+from fastimg.cli.serve import serve
+from fastimg.diffusion.pipeline import Img2ImgPipeline
 
 release, run = sys.argv[1], Img2ImgPipeline.__call__
 

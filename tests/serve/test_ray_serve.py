@@ -164,7 +164,7 @@ def test_a_replica_killed_while_requests_run_loses_none(served):
 
 
 def test_workers_reserve_a_gpu_or_their_cores_and_run_on_those_cores():
-    from fastimg.ray_cluster import place_workers
+    from fastimg.workflows.ray_cluster import place_workers
 
     gpu = place_workers(_Cluster(CPU=8.0, GPU=2.0), "onnxruntime-cuda", None, default_cpus=8)
     assert gpu.resources == {"num_cpus": 1, "num_gpus": 1} and gpu.threads is None and gpu.gpu
@@ -178,7 +178,7 @@ def test_workers_reserve_a_gpu_or_their_cores_and_run_on_those_cores():
 
 
 def test_more_workers_than_the_cluster_holds_are_refused_not_left_waiting():
-    from fastimg.ray_cluster import Workers, check_room
+    from fastimg.workflows.ray_cluster import Workers, check_room
 
     cpus_8 = Workers({"num_cpus": 8}, 8)
     check_room(_Cluster(CPU=16.0), cpus_8, 2, "--replicas")

@@ -9,9 +9,9 @@ TensorRT, so it is tested without a GPU.
 
 from dataclasses import dataclass
 
+from ..engine_folder.manifest import Manifest
+from ..engine_folder.profiles import Profile
 from ..errors import EngineError
-from ..manifest import Manifest
-from ..profiles import Profile
 
 PRECISIONS = ("fp16", "fp32")
 

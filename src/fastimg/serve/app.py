@@ -46,15 +46,15 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.server import HANDLED_SIGNALS
 
-from .. import batch
-from ..cli_batch import FORMATS, GUIDANCE, SEED, STEPS, STRENGTH, Pair
+from ..cli.batch import FORMATS, GUIDANCE, SEED, STEPS, STRENGTH, Pair
+from ..diffusion.pipeline import MAX_IMAGES
+from ..diffusion.schedules import SAMPLERS, default_sampler
 from ..errors import EngineError, FastImgError, InputError
-from ..images import MAX_PIXELS, load_image
-from ..labels import save_image
-from ..pipeline import MAX_IMAGES
-from ..schedules import SAMPLERS, default_sampler
-from ..sdxl import SDXL_ARGUMENTS
-from ..sources import Source
+from ..media.images import MAX_PIXELS, load_image
+from ..media.labels import save_image
+from ..settings import SDXL_ARGUMENTS
+from ..workflows import batch
+from ..workflows.sources import Source
 from .admission import (
     Admission,
     Busy,
@@ -210,7 +210,7 @@ class Service:
         )
 
     def _load_engines(self):
-        from ..pipeline import Img2ImgPipeline
+        from ..diffusion.pipeline import Img2ImgPipeline
 
         o = self.options
         pipe = Img2ImgPipeline.from_engines(

@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..ray_cluster import check_room, connect, place_workers
+from ..workflows.ray_cluster import check_room, connect, place_workers
 from .app import ServeOptions, create_app
 
 APP_NAME = "fastimg"

@@ -1,0 +1,180 @@
+"""The serve command: the engines loaded once, behind an HTTP API. A thin layer over
+fastimg.serve, whose dependencies (the `serve` extra) are imported only when it runs."""
+
+from pathlib import Path
+
+import click
+
+from .batch import engine_options
+from .common import domain_errors, echo_err
+
+
+def _engines_as_argument(command: click.Command) -> click.Command:
+    """engine_options without its --engines: serve takes the folder as its ENGINES argument."""
+    command.params = [
+        param
+        for param in command.params
+        if not (isinstance(param, click.Option) and "--engines" in param.opts)
+    ]
+    return command
+
+
+@_engines_as_argument
+@click.command("serve")
+@click.argument("engines", type=click.Path(path_type=Path))
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to listen on; anything but loopback needs --api-key.",
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Requests running at once on the one pipeline (its max_concurrency).",
+)
+@click.option(
+    "--max-batch",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Queued requests with the same image size and settings (prompts, seeds and images "
+    "may differ) run together, this many per engine run at most; each gets the image it "
+    "would get alone; 1: no batching. [default: 4 on OpenVINO, measured 1.4x faster per "
+    "image; 1 on ONNX Runtime, measured no faster, and on the GPU backends]",
+)
+@click.option(
+    "--max-queue",
+    type=click.IntRange(0, 10_000),
+    default=16,
+    show_default=True,
+    help="Requests waiting beyond those; more are answered 429 with Retry-After.",
+)
+@click.option(
+    "--timeout",
+    type=click.FloatRange(0, min_open=True),
+    default=300.0,
+    show_default=True,
+    help="Seconds a request may wait and run before it is answered 504 (a run stops at its "
+    "next step).",
+)
+@click.option(
+    "--max-upload-mb",
+    type=click.FloatRange(0, min_open=True),
+    default=20.0,
+    show_default=True,
+    help="Largest request body (image and fields; base64 in JSON adds a third), in MiB.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=None,
+    help="Refuse larger images from their header, before decoding [default: 64 megapixels].",
+)
+@click.option(
+    "--api-key",
+    envvar="FASTIMG_API_KEY",
+    show_envvar=True,
+    default=None,
+    help="Serve only requests with  Authorization: Bearer KEY  (health aside); required "
+    "beyond loopback. Prefer the environment variable: arguments are visible to other users.",
+)
+@click.option(
+    "--cors",
+    multiple=True,
+    metavar="ORIGIN",
+    help="Let web pages from ORIGIN (https://app.example) call the API; repeatable. Off "
+    "unless given.",
+)
+@click.option(
+    "--ray",
+    "on_ray",
+    is_flag=True,
+    help="Serve with Ray Serve: replicas on a Ray cluster (this machine's unless "
+    "--ray-address), each loading the engines once (needs fastimg[ray]).",
+)
+@click.option(
+    "--replicas",
+    default=None,
+    metavar="N|MIN-MAX",
+    help="--ray: N replicas, or MIN-MAX autoscaled on queue length [default: one per GPU "
+    "on the GPU backends, else one per --replica-cpus cores of the cluster].",
+)
+@click.option(
+    "--replica-cpus",
+    type=click.IntRange(1),
+    default=None,
+    help="--ray: CPU cores each replica reserves and runs on [default: 1 with a GPU, else "
+    "this machine's cores].",
+)
+@click.option(
+    "--ray-address",
+    default=None,
+    metavar="ADDR",
+    help="--ray: the cluster to join (ray://host:10001 or host:6379) [default: RAY_ADDRESS, "
+    "else Ray started on this machine].",
+)
+@engine_options
+@domain_errors
+def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | None,
+          max_queue: int, timeout: float,
+          max_upload_mb: float, max_pixels: int | None, api_key: str | None,
+          cors: tuple[str, ...], on_ray: bool, replicas: str | None, replica_cpus: int | None,
+          ray_address: str | None, backend: str, precision: str, device: int | None,
+          shapes: str) -> None:  # fmt: skip
+    """Serve img2img on the engines in ENGINES over HTTP, loading them once.
+
+    POST /v1/img2img takes an image (multipart file `image`, or base64 in JSON) and the
+    transform's fields (prompt, negative_prompt, strength, steps, guidance, seed, sampler,
+    num_images, format, quality) and returns the image with its settings and seed in the
+    X-Fastimg-* headers and in its labels. GET /v1/health, /v1/info and /metrics
+    (Prometheus) say how it is doing. SIGTERM stops admitting, finishes what runs, and exits.
+    With --ray the same API runs as Ray Serve replicas behind Ray's proxy on HOST:PORT.
+    """
+    from ..engine_folder.manifest import load_manifest
+    from ..serve.admission import is_loopback
+
+    if not api_key and not is_loopback(host):
+        raise click.UsageError(
+            f"--host {host} serves other machines too: pass --api-key (or set "
+            "FASTIMG_API_KEY) so that only clients with the key are served, or bind 127.0.0.1"
+        )
+    if not on_ray and (replicas or replica_cpus or ray_address):
+        raise click.UsageError("--replicas, --replica-cpus and --ray-address go with --ray")
+    load_manifest(engines)  # a folder that is no engine folder fails here, before the server
+    from ..media.images import MAX_PIXELS
+    from ..serve import ServeOptions, run_server
+
+    options = ServeOptions(
+        engines=engines,
+        backend=backend,
+        precision=precision,
+        device=device,
+        shapes=shapes,
+        workers=workers,
+        max_batch=max_batch,
+        max_queue=max_queue,
+        timeout=timeout,
+        max_upload_bytes=int(max_upload_mb * 2**20),
+        max_pixels=max_pixels or MAX_PIXELS,
+        api_key=api_key or None,
+        cors=tuple(cors),
+    )
+    if on_ray:
+        _serve_on_ray(options, host, port, replicas, replica_cpus, ray_address)
+        return
+    echo_err(f"loading {engines} once the server is up; /v1/health says ready when it is")
+    run_server(options, host, port)
+
+
+def _serve_on_ray(options, host: str, port: int, replicas: str | None, cpus: int | None,
+                  address: str | None) -> None:  # fmt: skip
+    """Deploy on Ray Serve with the replicas and resources asked for (or the defaults)."""
+    from ..errors import require
+    from ..serve.ray_app import Placement, Replicas, run_on_ray
+
+    require("ray", "ray")
+    parsed = Replicas.parse(replicas) if replicas else None
+    run_on_ray(options, host, port, Placement(parsed, cpus, address), echo_err)

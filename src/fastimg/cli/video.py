@@ -1,0 +1,154 @@
+"""The video command: a video (or a folder of frames) redrawn frame by frame. A thin layer over
+fastimg.workflows.video."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..workflows.video import DEFAULT_REUSE_THRESHOLD
+from .batch import GUIDANCE, SEED, STEPS, STRENGTH, engine_options, one, scheduler_option
+from .common import domain_errors, echo_err
+
+
+@click.command("video")
+@click.argument("source", metavar="IN", type=click.Path(path_type=Path))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="A video (.mp4, .mov, .mkv: H.264; .webm: VP9), or a folder for one PNG per frame.",
+)
+@click.option("--prompt", multiple=True, required=True, help="What every frame should become.")
+@click.option("--negative-prompt", multiple=True, help="What to steer away from.")
+@click.option(
+    "--strength",
+    type=STRENGTH,
+    default=0.5,
+    show_default=True,
+    help="How much to change each frame, 0 < strength <= 1 (lower stays closer to the video).",
+)
+@click.option(
+    "--steps",
+    type=STEPS,
+    default=50,
+    show_default=True,
+    help="Scheduled steps (strength x steps of them run per frame).",
+)
+@click.option(
+    "--guidance",
+    type=GUIDANCE,
+    default=7.5,
+    show_default=True,
+    help="Classifier-free guidance scale (1 or less turns it off).",
+)
+@click.option(
+    "--seed",
+    type=SEED,
+    default=0,
+    show_default=True,
+    help="The seed of every frame: one fixed seed gives every frame the same noise, so the "
+    "noise does not flicker from frame to frame.",
+)
+@scheduler_option
+@click.option(
+    "--reuse-threshold",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_REUSE_THRESHOLD,
+    show_default=True,
+    help="A frame whose input differs from the last transformed one by less than this (mean "
+    "absolute difference, pixels from 0 to 1) reuses its output, skipping the model; 0 "
+    "transforms every frame.",
+)
+@click.option(
+    "--no-audio",
+    is_flag=True,
+    help="Leave the audio out (by default it is copied, or re-encoded where the container "
+    "cannot take its codec).",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(0, 1000, min_open=True),
+    default=None,
+    help="Frame rate of a video made from a folder of frames [default: 24]; a video IN "
+    "keeps its own.",
+)
+@click.option(
+    "--frames-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also keep each frame as a PNG in this folder, so that --resume can finish an "
+    "interrupted video.",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace an existing output (and existing frames, unless --resume).",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Keep the frames already in the frame folder (-o DIR, or --frames-dir) and make "
+    "only the missing ones.",
+)
+@click.option(
+    "--no-metadata",
+    is_flag=True,
+    help="Write no prompt, settings or AI label into the video or the frames.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@engine_options
+@domain_errors
+def video(source, output, prompt, negative_prompt, strength, steps, guidance, seed, scheduler,
+          reuse_threshold, no_audio, fps, frames_dir, overwrite, resume, no_metadata, quiet,
+          **engine) -> None:  # fmt: skip
+    """Redraw IN (a video file, or a folder of frame images) frame by frame toward --prompt.
+
+    The output video keeps IN's frame rate, frame times and audio; a folder -o gets
+    frame-000001.png on. An interrupted run leaves no partial video: keep the frames with
+    --frames-dir (or -o a folder) and run again with --resume to finish it.
+    """
+    from ..diffusion.pipeline import Img2ImgPipeline
+    from ..workflows import video as videos
+
+    prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
+
+    where = dict(frames_dir=frames_dir, overwrite=overwrite, resume=resume, fps=fps)
+    try:  # a run that cannot work is refused before the engines load
+        total = videos.plan_video(source, output, **where).total
+    except InputError as exc:
+        raise click.UsageError(str(exc)) from None
+    pipe = Img2ImgPipeline.from_engines(
+        engine["engines"],
+        backend=engine["backend"],
+        precision=engine["precision"],
+        device=engine["device"],
+        shapes=engine["shapes"],
+    )
+    progress = videos.FrameProgress(total, stream=sys.stderr, mode="quiet" if quiet else "auto")
+    report = videos.transform_video(
+        pipe,
+        source,
+        output,
+        prompt=prompt,
+        negative_prompt=negative_prompt,
+        strength=strength,
+        steps=steps,
+        guidance=guidance,
+        seed=seed,
+        sampler=scheduler,
+        reuse_threshold=reuse_threshold,
+        audio=not no_audio,
+        metadata=not no_metadata,
+        progress=progress,
+        **where,
+    )
+    click.echo(str(report.output))
+    if not quiet:
+        echo_err(
+            f"{report.frames} frames in {report.seconds:.1f} s: {report.transformed} "
+            f"transformed, {report.reused} reused (input nearly unchanged), {report.kept} kept "
+            f"from an earlier run; audio: {report.audio}"
+        )

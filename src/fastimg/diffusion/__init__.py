@@ -1,0 +1,1 @@
+"""The diffusion call: schedules, samplers, seeded noise, prompts and the img2img pipeline."""

@@ -1,0 +1,203 @@
+"""The engine folder's manifest.json: the one thing the runtime reads to know an engine."""
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import EngineError, ManifestError
+from .integrity import verify_files
+
+FORMAT = "fastimg-engine"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MAX_MANIFEST_BYTES = 16 * 2**20
+COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
+# SDXL folders have a second text encoder (the refiner has only that one), each with its
+# tokenizer: the manifest's text_conditioning.text_encoders names those present.
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
+TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+# Dynamic ONNX engines take any size, but SD's attention memory grows with the fourth power of
+# the side. Where neither the manifest nor its memory model says more, this is the limit.
+DEFAULT_MAX_SIDE = 2048
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated manifest and the folder it describes."""
+
+    folder: Path
+    data: dict
+    verified: tuple[str, ...] = ()  # the files checked against their SHA-256 when it loaded
+
+    @property
+    def components(self) -> dict:
+        """Per-component entries: path, files, inputs, outputs, parity."""
+        return self.data["components"]
+
+    @property
+    def scheduler(self) -> dict:
+        """The model's scheduler config as exported."""
+        return self.data["scheduler"]
+
+    @property
+    def tokenizer(self) -> dict:
+        """Tokenizer file and its max_length, pad_id."""
+        return self.data["tokenizer"]
+
+    @property
+    def text_conditioning(self) -> dict:
+        """How prompts become UNet inputs (SDXL: encoders, pooled, config flags); {} for SD."""
+        return self.data.get("text_conditioning") or {}
+
+    @property
+    def text_encoders(self) -> tuple[str, ...]:
+        """The text encoder components, in the order their states are concatenated."""
+        return tuple(self.text_conditioning.get("text_encoders", ("text_encoder",)))
+
+    @property
+    def vae_overflows_in_fp16(self) -> bool:
+        """Whether the VAE overflows in fp16 (SDXL's, whose config says force_upcast), so that
+        it must run in fp32; for folders exported before the manifest said so, assumed of an
+        SDXL folder's KL VAE exported in fp32."""
+        vae = self.data.get("vae") or {}
+        if "overflows_in_fp16" in vae:
+            return bool(vae["overflows_in_fp16"])
+        decoder = self.components["vae_decoder"].get("precision", self.data.get("precision"))
+        return bool(self.text_conditioning) and vae.get("kind", "kl") == "kl" and decoder == "fp32"
+
+    @property
+    def component_names(self) -> tuple[str, ...]:
+        """Every component the pipeline loads: the text encoders, unet, vae_encoder/decoder."""
+        return (*self.text_encoders, *COMPONENTS[1:])
+
+    def tokenizer_of(self, encoder: str) -> dict:
+        """The tokenizer entry that feeds `encoder`."""
+        return self.data[TOKENIZER_OF[encoder]]
+
+    @property
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side."""
+        return int(self.data["vae_scale_factor"])
+
+    @property
+    def vae_scaling_factor(self) -> float:
+        """The latent scaling factor of the VAE (0.18215 for SD 1.x/2.x)."""
+        return float(self.data["vae_scaling_factor"])
+
+    @property
+    def max_side(self) -> int | None:
+        """The longest image side the manifest itself allows (None: no limit is stated)."""
+        side = self.data.get("shapes", {}).get("max_side")
+        return None if side is None else int(side)
+
+    @property
+    def files(self) -> dict[str, dict]:
+        """Every file the manifest names (relative path -> bytes, sha256)."""
+        named = dict(self.data.get("files", {}))
+        named.update(self.tokenizer.get("files", {}))
+        named.update(self.data.get("tokenizer_2", {}).get("files", {}))
+        for entry in self.components.values():
+            named.update(entry.get("files", {}))
+        for plans in self.data.get("tensorrt", {}).get("engines", {}).values():
+            for entry in plans["components"].values():
+                named.update(entry.get("files", {}))
+        return named
+
+    def opened_files(self) -> dict[str, str]:
+        """Every file the runtime may open (relative path -> what it is), on any backend:
+        component graphs and their variants, the tokenizer, TensorRT plans. The graphs' external
+        data is found in the graphs themselves when they are verified."""
+        opened = {self.tokenizer["path"]: "the tokenizer"}
+        if "tokenizer_2" in self.data:
+            opened.setdefault(self.data["tokenizer_2"]["path"], "the second tokenizer")
+        for name, entry in self.components.items():
+            opened.setdefault(entry["path"], f"component {name}'s graph")
+            for backend, variant in entry.get("variants", {}).items():
+                opened.setdefault(variant["path"], f"component {name}'s {backend} graph")
+                if variant.get("weights"):
+                    opened.setdefault(variant["weights"], f"component {name}'s {backend} weights")
+        for key, plans in self.data.get("tensorrt", {}).get("engines", {}).items():
+            for name, entry in plans["components"].items():
+                opened.setdefault(entry["path"], f"TensorRT plan set {key}'s {name}")
+        return opened
+
+    def graph_digest(self, components: tuple[str, ...] | None = None) -> str:
+        """SHA-256 over the recorded hashes of the components' files (default: all the folder
+        has): which graphs these are."""
+        digest = hashlib.sha256()
+        for component in components or self.component_names:
+            files = self.components[component].get("files", {})
+            for rel in sorted(files):
+                digest.update(f"{component}/{rel}:{files[rel].get('sha256')}\n".encode())
+        return digest.hexdigest()
+
+    def variant(self, component: str, name: str | None) -> dict:
+        """A component's variant entry `name` (a backend's own graph), or {} where it has none."""
+        entry = self.data.get("components", {}).get(component, {})
+        return entry.get("variants", {}).get(name, {}) if name else {}
+
+    def path(self, component: str, backend: str | None = None) -> Path:
+        """Absolute path of a component's model file, in the backend's own variant if any."""
+        entry = self.variant(component, backend) or self.components[component]
+        return self.folder / entry["path"]
+
+
+def _fix(folder: Path) -> str:
+    return f"export it again with  fastimg export MODEL -o {folder}"
+
+
+def _not_an_engine(folder: Path) -> str:
+    """Why `folder` (without a manifest) is not an engine folder, and what to do instead."""
+    if (folder / "model_index.json").is_file():
+        if any((folder / part / "model.onnx").is_file() for part in ("unet", "vae_decoder")):
+            return (
+                f"{folder} holds ONNX files made by another tool (optimum's layout), without the "
+                "verified manifest fastimg reads: export the original diffusers model with  "
+                f"fastimg export MODEL -o {folder}-fastimg"
+            )
+        return (
+            f"{folder} is a diffusers model, not an engine folder: export it first with  "
+            f"fastimg export {folder} -o ENGINES  and pass --engines ENGINES"
+        )
+    return (
+        f"{folder} has no {MANIFEST}, so it is not a fastimg engine folder "
+        f"(or its export did not finish): {_fix(folder)}"
+    )
+
+
+def load_manifest(folder: str | Path, full_check: bool = False) -> Manifest:
+    """Read `folder/manifest.json`, check it against the schema, and verify every file the
+    runtime may open: inside the folder, listed, of the listed size and SHA-256.
+
+    Hashes are checked for files not verified before (or all, with full_check).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise EngineError(f"engine folder {folder} does not exist: {_fix(folder)}")
+    path = folder / MANIFEST
+    if not path.is_file():
+        raise ManifestError(_not_an_engine(folder))
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{path} is over {MAX_MANIFEST_BYTES // 2**20} MB, far more than any manifest: "
+                f"{_fix(folder)}"
+            )
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ManifestError(f"{path} cannot be read ({exc}): {_fix(folder)}") from None
+    except RecursionError:
+        raise ManifestError(
+            f"{path} is nested too deeply to be a manifest: {_fix(folder)}"
+        ) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ManifestError(f"{path} is not a fastimg engine manifest: {_fix(folder)}")
+    from .schema import validate  # pydantic loads only when a folder does
+
+    validate(data, str(path), _fix(folder))
+    manifest = Manifest(folder, data)
+    verified = verify_files(
+        folder, manifest.files, manifest.opened_files(), _fix(folder), full=full_check
+    )
+    return Manifest(folder, data, tuple(verified))

@@ -1,0 +1,227 @@
+"""`fastimg doctor`: what this machine offers fastimg, and whether each backend computes right.
+
+The check runs one fixed img2img job on every backend that can run here, each in a fresh
+process, and compares each image with the CPU reference (ONNX Runtime, fp32) -- the way to
+verify a GPU install.
+"""
+
+import json
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..backends import BACKENDS
+from ..backends.select import SUPPORTED, unavailable
+from ..machine import cpu_summary, module_version, package_version
+
+# PSNR a backend must reach against the CPU fp32 reference on the check job.
+# int8's loss depends on the weights quantized (the export records it per layer); random test
+# weights make it a lower bound, so its row checks that it runs in the right neighbourhood.
+MIN_PSNR = {"fp32": 40.0, "bf16": 25.0, "fp16": 25.0, "int8": 15.0}
+# Each check runs in its own interpreter, so a native crash (a segfault inside an engine) is
+# reported as a failed row instead of ending the doctor; this is its entry point.
+WORKER = "from fastimg.workflows.doctor import worker; worker()"
+CHECK_TIMEOUT_S = 1800
+CHECK_SIZE = (128, 128)  # height, width of the check job, where the engines take it
+
+
+def machine_report() -> list[tuple[str, str]]:
+    """(label, value) lines describing the machine as fastimg sees it."""
+    from ..gpu import gpus
+
+    rows = [
+        ("fastimg", package_version("fastimg") or "?"),
+        ("python", f"{platform.python_version()} on {platform.system()} {platform.machine()}"),
+        ("cpu", cpu_summary()),
+    ]
+    found = gpus()
+    if found:
+        for gpu in found:
+            rows.append(
+                (
+                    f"gpu {gpu.index}",
+                    f"{gpu.name}, compute capability {gpu.compute_capability}, "
+                    f"{gpu.memory_mib} MiB, driver {gpu.driver}",
+                )
+            )
+    else:
+        rows.append(("gpu", "none visible (no nvidia-smi, or no device)"))
+    rows.append(("cuda runtime", _cuda_runtime()))
+    for module in ("cupy", "tensorrt", "openvino"):
+        rows.append((module, module_version(module) or "not installed"))
+    for package in ("onnxruntime", "onnxruntime-gpu"):  # one module, two distributions
+        rows.append((package, package_version(package) or "not installed"))
+    rows.append(("onnxruntime providers", _ort_providers()))
+    for backend in BACKENDS:
+        reason = unavailable(backend)
+        state = "ready" if reason is None else f"unavailable: {reason}"
+        rows.append((f"backend {backend}", f"{state} ({', '.join(SUPPORTED[backend])})"))
+    return rows
+
+
+def _cuda_runtime() -> str:
+    try:
+        import cupy
+
+        v = cupy.cuda.runtime.runtimeGetVersion()
+        return f"{v // 1000}.{v % 1000 // 10} (through CuPy)"
+    except Exception:  # no cupy or no driver
+        return "unknown (CuPy not installed or no driver)"
+
+
+def _ort_providers() -> str:
+    import onnxruntime
+
+    return ", ".join(onnxruntime.get_available_providers())
+
+
+def check_job(height: int, width: int) -> dict:
+    """The fixed job every backend runs: small, guided, a few DDIM steps."""
+    from ..media.images import EXAMPLE_IMAGE, load_image
+
+    return dict(
+        prompt="a watercolor house",
+        image=load_image(EXAMPLE_IMAGE).resize((width, height)),
+        strength=0.5,
+        num_inference_steps=4,
+        guidance_scale=7.5,
+        seed=0,
+        scheduler="ddim",
+    )
+
+
+def worker() -> None:
+    """Run the check job once on one backend (argv: engines, backend, precision, device,
+    height, width, out)."""
+    from ..diffusion.pipeline import Img2ImgPipeline
+
+    engines, backend, precision, device, height, width, out = sys.argv[1:8]
+    pipe = Img2ImgPipeline.from_engines(
+        engines, backend=backend, precision=precision, device=int(device) if device else None
+    )
+    job = check_job(int(height), int(width))
+    pipe(**job)  # the first call compiles and warms up
+    start = time.perf_counter()
+    (image,) = pipe(**job)
+    seconds = time.perf_counter() - start
+    image.save(out)
+    report = {
+        "seconds": seconds,
+        "ran": image.info["fastimg:precision"],
+        "plan_set": image.info.get("fastimg:plan_set"),
+    }
+    print(json.dumps(report), flush=True)
+
+
+def run_isolated(
+    engines, backend: str, precision: str, device: int | None, size: tuple[int, int], out: Path
+) -> dict:
+    """Run the check job on one backend in a fresh interpreter; its report, or why it failed."""
+    command = [sys.executable, "-c", WORKER, str(engines), backend, precision]
+    command += ["" if device is None else str(device), *map(str, size), str(out)]
+    try:
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"error": f"no result within {CHECK_TIMEOUT_S} s"}
+    if proc.returncode < 0:
+        try:
+            name = f"{signal.Signals(-proc.returncode).name} (signal {-proc.returncode})"
+        except ValueError:  # a real-time signal has no name
+            name = f"signal {-proc.returncode}"
+        return {"error": f"crashed with {name}{_last_line(proc)}"}
+    if proc.returncode != 0:
+        return {"error": f"exited with code {proc.returncode}{_last_line(proc)}"}
+    try:
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"error": f"printed no report{_last_line(proc)}"}
+
+
+def _last_line(proc: subprocess.CompletedProcess) -> str:
+    lines = [ln for ln in (proc.stderr or "").strip().splitlines() if ln.strip()]
+    return f": {lines[-1].strip()[:300]}" if lines else ""
+
+
+def check_size(manifest, backend: str, precision: str, device: int | None) -> tuple[int, int]:
+    """The check job's size on a backend: CHECK_SIZE, or for TensorRT a size its plans take."""
+    if backend != "tensorrt":
+        return CHECK_SIZE
+    from ..backends.select import tensorrt_plans_here
+    from ..engine_folder.profiles import Profile
+
+    plans = tensorrt_plans_here(manifest, device, precision=precision)
+    profile: Profile = plans.profile
+    if profile.admits(*CHECK_SIZE, 1):
+        return CHECK_SIZE
+    return profile.height[1], profile.width[1]  # the profile's optimum
+
+
+def check(engines, device: int | None = None, log=print) -> list[dict]:
+    """Run the check job on each runnable backend/precision; compare with the CPU reference."""
+    from PIL import Image
+
+    from ..engine_folder.manifest import load_manifest
+    from ..errors import EngineError
+    from ..media.images import psnr
+
+    manifest = load_manifest(engines)
+    rows, references = [], {}
+    with tempfile.TemporaryDirectory(prefix="fastimg-doctor-") as scratch:
+
+        def reference(size: tuple[int, int]):
+            if size not in references:
+                png = Path(scratch) / f"reference-{size[0]}x{size[1]}.png"
+                log(f"computing the reference on onnxruntime (fp32) at {size[1]}x{size[0]}")
+                report = run_isolated(engines, "onnxruntime", "fp32", None, size, png)
+                if "error" in report:
+                    raise EngineError(
+                        f"the CPU reference (onnxruntime fp32) failed: {report['error']}"
+                    )
+                references[size] = Image.open(png).convert("RGB")
+            return references[size]
+
+        reference(CHECK_SIZE)
+        for backend in BACKENDS:
+            for precision in SUPPORTED[backend]:
+                if backend == "onnxruntime":
+                    continue
+                row = {"backend": backend, "precision": precision}
+                reason = unavailable(backend, manifest, device=device, precision=precision)
+                if reason is not None:
+                    rows.append({**row, "status": "skipped", "detail": reason})
+                    continue
+                size = check_size(manifest, backend, precision, device)
+                log(f"checking {backend} ({precision})")
+                out = Path(scratch) / f"{backend}-{precision}.png"
+                report = run_isolated(engines, backend, precision, device, size, out)
+                if "error" in report:
+                    rows.append({**row, "status": "failed", "detail": report["error"]})
+                    continue
+                expected = reference(size)
+                got = Image.open(out).convert("RGB")
+                score = psnr(expected, got)
+                diff = int(np.abs(np.asarray(expected, int) - np.asarray(got, int)).max())
+                plan = f", plans {report['plan_set']}" if report.get("plan_set") else ""
+                if report.get("ran", precision) != precision:
+                    plan += f"; ran as {report['ran']} (no native {precision} here)"
+                rows.append(
+                    {
+                        **row,
+                        "status": "ok" if score >= MIN_PSNR[precision] else "wrong",
+                        "psnr_db": score,
+                        "max_pixel_diff": diff,
+                        "seconds": report["seconds"],
+                        "plan_set": report.get("plan_set"),
+                        "ran": report.get("ran"),
+                        "detail": f"PSNR {score:.1f} dB (needs {MIN_PSNR[precision]:.0f}), max "
+                        f"difference {diff}, {report['seconds']:.2f} s at {size[1]}x{size[0]}"
+                        f"{plan}",
+                    }
+                )
+    return rows

@@ -1,0 +1,178 @@
+"""Job files: a CSV (with a header row) or JSONL file whose rows are img2img jobs, read and
+validated whole, so that a bad row is refused, with its number and reason, before any work."""
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+
+from ..diffusion.schedules import SAMPLERS
+from ..errors import InputError
+from ..media.images import looks_like_an_image
+from .batch import MAX_JOBS, SEED_LIMIT, Job
+from .sources import Source
+
+COLUMNS = ("image", "prompt", "negative_prompt", "strength", "steps", "guidance", "seed",
+           "sampler", "output")  # fmt: skip
+MAX_BYTES = 64 * 2**20
+MAX_ERRORS = 10
+
+
+def read_job_file(path: Path, defaults: dict | None = None) -> list[Job]:
+    """The jobs of a .csv or .jsonl file; `defaults` fill the columns a row leaves empty
+    (prompt, negative_prompt, strength, steps, guidance, seed, sampler); image paths are
+    relative to the file's folder. Every row is checked before any is returned."""
+    rows = _rows(path)
+    if not rows:
+        raise InputError(f"job file {path} has no jobs")
+    if len(rows) > MAX_JOBS:
+        raise InputError(f"job file {path} has {len(rows)} jobs, more than {MAX_JOBS}: split it")
+    defaults = defaults or {}
+    jobs, errors = [], []
+    for number, (line, row) in enumerate(rows, start=1):
+        try:
+            jobs.append(_job(row, number, path.parent, defaults))
+        except InputError as exc:
+            errors.append(f"row {number} (line {line}): {exc}")
+    if errors:
+        more = f"\n  ... and {len(errors) - MAX_ERRORS} more" if len(errors) > MAX_ERRORS else ""
+        listed = "\n  ".join(errors[:MAX_ERRORS])
+        raise InputError(
+            f"job file {path} has {len(errors)} bad row(s); nothing was run:\n  {listed}{more}"
+        )
+    return jobs
+
+
+def _rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) of each job row."""
+    if not path.is_file():
+        raise InputError(f"job file {path} does not exist or is not a file")
+    if path.stat().st_size > MAX_BYTES:
+        raise InputError(f"job file {path} is over {MAX_BYTES // 2**20} MB: split it")
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"job file {path} is not UTF-8 text ({exc}): save it as UTF-8") from None
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _csv_rows(path, text)
+    if suffix in (".jsonl", ".ndjson"):
+        return _jsonl_rows(path, text)
+    raise InputError(f"job file {path} must be a .csv (with a header row) or a .jsonl file")
+
+
+def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    try:
+        header = [name.strip() for name in next(reader, [])]
+        _check_columns(path, header)
+        rows = []
+        for values in reader:
+            if not any(value.strip() for value in values):
+                continue  # blank lines
+            if len(values) > len(header):
+                raise InputError(
+                    f"job file {path} line {reader.line_num}: {len(values)} values for "
+                    f"{len(header)} columns (quote values that contain commas)"
+                )
+            rows.append((reader.line_num, dict(zip(header, values, strict=False))))
+    except csv.Error as exc:
+        raise InputError(
+            f"job file {path} line {reader.line_num} is not valid CSV: {exc}"
+        ) from None
+    return rows
+
+
+def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    rows = []
+    for line, content in enumerate(text.splitlines(), start=1):
+        if not content.strip():
+            continue
+        try:
+            row = json.loads(content)
+        except ValueError as exc:
+            raise InputError(f"job file {path} line {line} is not valid JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise InputError(f"job file {path} line {line} is not a JSON object ({{...}})")
+        _check_columns(path, list(row), line)
+        rows.append((line, row))
+    return rows
+
+
+def _check_columns(path: Path, names: list[str], line: int | None = None) -> None:
+    unknown = [name for name in names if name not in COLUMNS]
+    where = f" line {line}" if line else ""
+    if unknown:
+        raise InputError(
+            f"job file {path}{where} has unknown column(s) {', '.join(map(repr, unknown))}: "
+            f"the columns are {', '.join(COLUMNS)}"
+        )
+    if line is None and "image" not in names:
+        raise InputError(f"job file {path} has no 'image' column: the columns are "
+                         f"{', '.join(COLUMNS)}")  # fmt: skip
+
+
+def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
+    values = {key: value for key, value in row.items() if not _empty(value)}
+    values = {**{k: v for k, v in defaults.items() if v is not None}, **values}
+    if "image" not in values:
+        raise InputError("no image")
+    image = Path(_text(values["image"], "image"))
+    image = image if image.is_absolute() else folder / image
+    if not image.is_file():
+        raise InputError(f"image {image} does not exist or is not a file")
+    if not looks_like_an_image(image):
+        raise InputError(f"{image} is not an image (PNG, JPEG, WebP, GIF, BMP or TIFF)")
+    if "prompt" not in values:
+        raise InputError("no prompt (give the row one, or pass --prompt for rows without)")
+    sampler = values.get("sampler")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise InputError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
+    name = values.get("output")
+    if name is not None:
+        name = _text(name, "output")
+        if Path(name).is_absolute() or ".." in Path(name).parts:
+            raise InputError(f"output {name!r} must be a name inside -o, not a path out of it")
+    seed = values.get("seed")
+    return Job(
+        Source(image),
+        prompt=_text(values["prompt"], "prompt"),
+        negative_prompt=_text(values["negative_prompt"], "negative_prompt")
+        if "negative_prompt" in values
+        else None,
+        strength=_real(values.get("strength", 0.8), "strength", 0.0, 1.0, low_open=True),
+        steps=int(_real(values.get("steps", 50), "steps", 1, 1000, whole=True)),
+        guidance=_real(values.get("guidance", 7.5), "guidance", 0.0, math.inf),
+        seed=None if seed is None else int(_real(seed, "seed", 0, SEED_LIMIT - 1, whole=True)),
+        sampler=sampler,
+        row=number,
+        name=name,
+    )
+
+
+def _empty(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _text(value, column: str) -> str:
+    if not isinstance(value, str):
+        raise InputError(f"{column} must be text, got {value!r}")
+    return value
+
+
+def _real(value, column: str, low: float, high: float, low_open=False, whole=False) -> float:
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if isinstance(value, str) and whole and not value.strip().lstrip("+").isdigit():
+        number = math.nan
+    if whole and math.isfinite(number) and number != int(number):
+        number = math.nan
+    in_range = (number > low if low_open else number >= low) and number <= high
+    if not (math.isfinite(number) and in_range):
+        kind = "a whole number" if whole else "a number"
+        bounds = f"{'above' if low_open else 'from'} {low:g} up to {high:g}"
+        raise InputError(f"{column} {value!r} is not {kind} {bounds}")
+    return number

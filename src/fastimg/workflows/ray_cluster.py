@@ -1,0 +1,75 @@
+"""Joining a Ray cluster for `serve --ray` and the batch commands' `--ray` (fastimg[ray]).
+
+Each replica or batch worker loads the engines once and holds them; this module says what one
+asks of the cluster (CPUs, a GPU) and connects to it.
+"""
+
+import os
+from dataclasses import dataclass
+
+from ..errors import InputError, require
+
+GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
+
+
+def connect(address: str | None = None, log=None):
+    """Connect to the Ray cluster at `address` (else RAY_ADDRESS, else start one here); return
+    the ray module."""
+    ray = require("ray", "ray")
+    if ray.is_initialized():
+        return ray
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if log is not None:
+        log(f"joining the Ray cluster at {address}" if address else "starting Ray on this machine")
+    try:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    except ConnectionError as exc:
+        raise InputError(
+            f"no Ray cluster answers at {address}: start one (ray start --head) or leave out "
+            f"--ray-address to start Ray on this machine ({exc})"
+        ) from None
+    return ray
+
+
+@dataclass(frozen=True)
+class Workers:
+    """What each replica or batch worker reserves on the cluster (`resources`, Ray's actor
+    options) and the CPU threads its sessions use (None on a GPU, where the GPU does the work)."""
+
+    resources: dict
+    threads: int | None
+
+    @property
+    def gpu(self) -> bool:
+        return "num_gpus" in self.resources
+
+
+def place_workers(ray, backend: str, cpus: float | None, default_cpus: float = 1) -> Workers:
+    """A whole GPU each on the GPU backends (and on auto where the cluster has GPUs), with
+    `cpus` cores (default 1); else `cpus` cores each (default `default_cpus`), whose count is
+    also the threads of its sessions, so that workers sharing a node do not fight for cores."""
+    if cpus is not None and cpus <= 0:
+        raise InputError(f"--replica-cpus must be above 0, got {cpus}")
+    if backend in GPU_BACKENDS or (backend == "auto" and cluster_has_gpus(ray)):
+        return Workers({"num_cpus": cpus if cpus is not None else 1, "num_gpus": 1}, None)
+    cpus = cpus if cpus is not None else default_cpus
+    return Workers({"num_cpus": cpus}, max(1, int(cpus)))
+
+
+def check_room(ray, workers: Workers, count: int, flags: str) -> None:
+    """Refuse `count` workers that the cluster cannot hold at once: Ray would wait for the
+    missing ones without a word."""
+    have = ray.cluster_resources()
+    for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
+        each = workers.resources.get(key, 0)
+        if count * each > have.get(name, 0):
+            raise InputError(
+                f"{count} worker(s) reserving {each:g} {name}(s) each need {count * each:g} "
+                f"{name}s, but the Ray cluster has {have.get(name, 0):g}: lower {flags}, or "
+                "add nodes to the cluster"
+            )
+
+
+def cluster_has_gpus(ray) -> bool:
+    """Whether the connected cluster offers any GPU."""
+    return ray.cluster_resources().get("GPU", 0) > 0

@@ -1,0 +1,108 @@
+import json
+
+import pytest
+
+from fastimg.errors import InputError
+from fastimg.workflows.jobfile import read_job_file
+
+
+@pytest.fixture
+def images(tmp_path, photo):
+    for name in ("a.png", "b.jpg"):
+        photo.save(tmp_path / name)
+    return tmp_path
+
+
+def test_a_csv_job_file_gives_one_job_per_row_with_defaults_filling_gaps(images):
+    jobs_csv = images / "jobs.csv"
+    jobs_csv.write_text(
+        "image,prompt,strength,seed,sampler,output\n"
+        'a.png,"a fox, in snow",0.3,7,euler_a,\n'
+        "\n"
+        "b.jpg,,,,,cats/b-final.webp\n",
+        encoding="utf-8",
+    )
+    a, b = read_job_file(jobs_csv, {"prompt": "a cat", "steps": 20, "seed": None})
+    assert (a.source.path, a.prompt, a.strength, a.seed, a.sampler) == (
+        images / "a.png", "a fox, in snow", 0.3, 7, "euler_a"
+    )  # fmt: skip
+    assert (a.steps, a.guidance, a.row, a.name) == (20, 7.5, 1, None)
+    assert (b.prompt, b.strength, b.seed, b.row) == ("a cat", 0.8, None, 2)
+    assert b.name == "cats/b-final.webp"
+
+
+def test_a_jsonl_job_file_takes_numbers_or_text(images):
+    jobs_jsonl = images / "jobs.jsonl"
+    rows = [{"image": "a.png", "prompt": "x", "steps": 30, "guidance": "4"},
+            {"image": str(images / "b.jpg"), "prompt": "y", "negative_prompt": "blur"}]  # fmt: skip
+    jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
+    a, b = read_job_file(jobs_jsonl)
+    assert (a.steps, a.guidance, b.negative_prompt) == (30, 4.0, "blur")
+
+
+def test_every_bad_row_is_named_with_its_reason_before_any_work(images):
+    jobs_csv = images / "jobs.csv"
+    jobs_csv.write_text(
+        "image,prompt,strength,steps,seed,sampler,output\n"
+        "a.png,ok,0.5,20,1,ddim,\n"
+        "missing.png,x,0.5,20,1,,\n"
+        "a.png,x,1.5,20,1,,\n"
+        "a.png,x,0.5,2.5,1,,\n"
+        "a.png,x,0.5,20,-1,,\n"
+        "a.png,x,0.5,20,1,pndm,\n"
+        "a.png,x,0.5,20,1,,../../etc/passwd\n"
+        "jobs.csv,x,0.5,20,1,,\n"
+    )
+    with pytest.raises(InputError) as caught:
+        read_job_file(jobs_csv)
+    message = str(caught.value)
+    assert "7 bad row(s); nothing was run" in message
+    for expected in (
+        "row 2 (line 3): image", "missing.png does not exist",
+        "row 3 (line 4): strength '1.5' is not a number above 0 up to 1",
+        "row 4 (line 5): steps '2.5' is not a whole number",
+        "row 5 (line 6): seed '-1'", "row 6 (line 7): sampler 'pndm' is not one of",
+        "row 7 (line 8): output '../../etc/passwd' must be a name inside -o",
+        "row 8 (line 9):", "jobs.csv is not an image",
+    ):  # fmt: skip
+        assert expected in message
+
+
+@pytest.mark.parametrize(
+    "name,content,message",
+    [
+        ("jobs.csv", "image,prompt,colour\na.png,x,red\n", "unknown column(s) 'colour'"),
+        ("jobs.csv", "prompt\nx\n", "no 'image' column"),
+        ("jobs.csv", "image,prompt\n", "has no jobs"),
+        ("jobs.csv", "image,prompt\na.png,x,extra\n", "3 values for 2 columns"),
+        ("jobs.jsonl", '{"image": "a.png"\n', "line 1 is not valid JSON"),
+        ("jobs.jsonl", '["a.png"]\n', "line 1 is not a JSON object"),
+        ("jobs.jsonl", '{"image": "a.png", "prompt": 3}\n', "prompt must be text"),
+        ("jobs.jsonl", '{"image": "a.png"}\n', "no prompt (give the row one, or pass --prompt"),
+        ("jobs.txt", "a.png\n", "must be a .csv (with a header row) or a .jsonl file"),
+        (
+            "jobs.jsonl",
+            '{"image": "a.png", "prompt": "x", "seed": 1' + "0" * 400 + "}\n",
+            "seed 1000",
+        ),  # fmt: skip
+    ],
+)
+def test_malformed_job_files_are_refused_with_the_reason(images, name, content, message):
+    (images / name).write_text(content)
+    with pytest.raises(InputError) as caught:
+        read_job_file(images / name)
+    assert message in str(caught.value)
+
+
+def test_a_job_file_that_is_not_utf8_or_missing_is_refused(images):
+    (images / "jobs.csv").write_bytes(b"image,prompt\na.png,caf\xe9\n")
+    with pytest.raises(InputError, match="not UTF-8 text"):
+        read_job_file(images / "jobs.csv")
+    with pytest.raises(InputError, match="does not exist"):
+        read_job_file(images / "none.csv")
+
+
+def test_a_byte_order_mark_from_a_spreadsheet_is_accepted(images):
+    (images / "jobs.csv").write_bytes("image,prompt\na.png,x\n".encode("utf-8-sig"))
+    (job,) = read_job_file(images / "jobs.csv")
+    assert job.prompt == "x"

@@ -1,0 +1,152 @@
+"""A batch spread over a local Ray cluster with Ray Data gives what run_jobs gives in-process."""
+
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastimg.errors import InputError
+from fastimg.workflows import batch
+from fastimg.workflows.sources import Source
+
+ray = pytest.importorskip("ray")
+
+SETTINGS = {"quality": None, "metadata": True, "extra_info": {"fastimg:engines": "tiny"}}
+
+
+def _plan(picture, out, strengths=(0.5, 0.75), seeds=(1, 2, 3), skip_existing=False):
+    sweep = batch.Sweep(strength=strengths, guidance=(3.0,), steps=(4,), seeds=seeds)
+    jobs = batch.plan_sweep([Source(picture)], "a red fox", sweep)
+    return batch.check_outputs(batch.name_outputs(jobs, out), skip_existing=skip_existing)
+
+
+def _load(engines):
+    return {"folder": engines, "backend": "auto", "precision": "fp32"}
+
+
+def _reference(engines, planned):
+    """Each output's pixels, made in-process by run_jobs."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(engines, precision="fp32")
+    report = batch.run_jobs(pipe, planned, **SETTINGS)
+    assert not report.failed
+    return {path.name: np.asarray(Image.open(path)) for path in report.written}
+
+
+def _check_outputs(out, expected):
+    """`out` holds exactly the expected images (no temporaries), each with the same pixels."""
+    assert sorted(os.listdir(out)) == sorted(expected)
+    for name, pixels in expected.items():
+        assert np.array_equal(np.asarray(Image.open(out / name)), pixels), name
+
+
+def test_ray_workers_write_each_output_once_with_run_jobs_pixels(
+    ray_cluster, tiny, square, tmp_path
+):
+    from fastimg.workflows.ray_batch import run_jobs_on_ray
+
+    expected = _reference(tiny[1], _plan(square, tmp_path / "local"))
+    planned = _plan(square, tmp_path / "ray")
+    written = []
+    report = run_jobs_on_ray(
+        planned, _load(tiny[1]), workers=2, on_written=written.append, keep_images=True, **SETTINGS
+    )
+    assert not report.failed and not report.skipped
+    assert report.written == [path for job in planned.jobs for path in job.outputs]
+    assert sorted(written) == sorted(report.written)  # each reported once, as it was written
+    assert set(report.images) == set(report.written)  # thumbnails for the sheets, with labels
+    assert all("fastimg:seed" in image.info for image in report.images.values())
+    _check_outputs(tmp_path / "ray", expected)
+
+
+def test_existing_outputs_are_kept_on_the_driver(ray_cluster, tiny, square, tmp_path):
+    from fastimg.workflows.ray_batch import run_jobs_on_ray
+
+    out = tmp_path / "out"
+    first = _plan(square, out, strengths=(0.5,), seeds=(5, 6))
+    run_jobs_on_ray(first, _load(tiny[1]), workers=1, **SETTINGS)
+    stamps = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = _plan(square, out, strengths=(0.5,), seeds=(5, 6, 7), skip_existing=True)
+    report = run_jobs_on_ray(again, _load(tiny[1]), workers=2, **SETTINGS)
+    assert sorted(report.skipped) == sorted(stamps)
+    assert [p.name for p in report.written] == ["square-s0.5-7.png"]
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+
+
+def _worker_pids():
+    """PIDs of the live Ray Data map workers (from the GCS actor table: no dashboard needed)."""
+    from ray._private import state
+
+    actors = state.actors(actor_state_name="ALIVE").values()
+    return [actor["Pid"] for actor in actors if "MapWorker" in actor["ActorClassName"]]
+
+
+def _kill_a_worker_when(outputs, killed: list, stop: threading.Event):
+    """SIGKILL one map worker once `outputs()` finds the first output; note how many were out."""
+    while not stop.is_set():
+        done = outputs()
+        if done:
+            pids = _worker_pids()
+            if pids:
+                os.kill(pids[0], signal.SIGKILL)
+                killed.append((pids[0], done))
+                return
+        time.sleep(0.01)
+
+
+def test_a_killed_worker_loses_nothing(ray_cluster, tiny, square, tmp_path):
+    from fastimg.workflows.ray_batch import run_jobs_on_ray
+
+    expected = _reference(tiny[1], _plan(square, tmp_path / "local", seeds=(1, 2, 3, 4)))
+    out = tmp_path / "ray"
+    planned = _plan(square, out, seeds=(1, 2, 3, 4))
+    killed, stop = [], threading.Event()
+    outputs = lambda: out.exists() and sum(p.suffix == ".png" for p in out.iterdir())  # noqa: E731
+    killer = threading.Thread(target=_kill_a_worker_when, args=(outputs, killed, stop))
+    killer.start()
+    try:
+        report = run_jobs_on_ray(planned, _load(tiny[1]), workers=2, **SETTINGS)
+    finally:
+        stop.set()
+        killer.join()
+    assert killed and killed[0][1] < len(expected), "no worker was killed mid-batch"
+    assert not report.failed
+    assert sorted(report.written) == sorted(p for job in planned.jobs for p in job.outputs)
+    _check_outputs(out, expected)
+
+
+def test_an_impossible_job_is_refused_on_the_driver_before_ray_starts(
+    ray_cluster, tiny, square, tmp_path, monkeypatch
+):
+    from fastimg.workflows import ray_batch
+    from fastimg.workflows import ray_cluster as cluster_module
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("Ray was reached before every job was checked")
+
+    monkeypatch.setattr(cluster_module, "connect", no_cluster)
+    planned = _plan(square, tmp_path / "out", strengths=(0.5, 0.1), seeds=(1,))
+    with pytest.raises(InputError, match="zero denoising steps") as refused:
+        ray_batch.run_jobs_on_ray(planned, _load(tiny[1]), workers=2, **SETTINGS)
+    assert "strength 0.1" in str(refused.value)  # the job is named
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_light_planner_plans_as_the_pipeline(tiny):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline, Planner, resolve_sampler
+    from fastimg.engine_folder.manifest import load_manifest
+
+    pipe = Img2ImgPipeline.from_engines(tiny[1], precision="fp32")
+    planner = Planner(load_manifest(tiny[1]))
+    sampler = resolve_sampler(planner.manifest, None)
+    ours, theirs = planner.plan(sampler, 10, 0.3), pipe.plan(sampler, 10, 0.3)
+    assert ours.steps == theirs.steps == 3
+    assert np.array_equal(ours.timesteps, theirs.timesteps)
+    jobs = batch.plan_sweep([Source(tiny[1] / "x.png")], "a fox",
+                            batch.Sweep(strength=(0.3, 1.0), steps=(4, 10)))  # fmt: skip
+    assert batch.check_jobs(planner, jobs) == batch.check_jobs(pipe, jobs)
