@@ -176,7 +176,7 @@ def run(
 def fit_together(model: str, engines: str, sides: int) -> bool:
     """Whether every side's weights (each about the engine folder's) fit in the memory free
     now, twice over for what the runtimes copy or compile."""
-    from fastimg.diffusion.memory import free_bytes
+    from fastimg.machine import free_bytes
 
     free = free_bytes("cpu")
     # (*.onnx* takes the graphs and their external weights, model.onnx_data)

@@ -25,7 +25,8 @@ def _peak_rss() -> int:
 
 def main() -> None:
     """Measure one call; print its JSON line."""
-    from fastimg.backends import graph_variant, load_session
+    from fastimg.backends import LoadOptions, load_session
+    from fastimg.diffusion.engine_set import estimate_kind
     from fastimg.diffusion.memory import call_bytes
     from fastimg.engine_folder.manifest import load_manifest
 
@@ -33,11 +34,9 @@ def main() -> None:
     size, batch = int(sys.argv[4]), int(sys.argv[5])
     manifest = load_manifest(engines)
     spec = manifest.components[component]
+    names = (*spec["inputs"], *spec["outputs"])
     session = load_session(
-        backend,
-        manifest.path(component, backend),
-        precision="fp32",
-        names=(*spec["inputs"], *spec["outputs"]),
+        backend, manifest.path(component, backend), LoadOptions(precision="fp32", names=names)
     )
 
     def feeds(side: int, n: int) -> dict:
@@ -53,11 +52,7 @@ def main() -> None:
     before = _peak_rss()
     start = time.perf_counter()
     session.run(feeds(size, batch))
-    fused = backend == "openvino" or (
-        backend == "onnxruntime"
-        and manifest.variant(component, "onnxruntime").get("fused_attention", 0) > 0
-    )
-    scratch = graph_variant(backend, "fp32") if backend == "openvino" else None
+    kind = estimate_kind(manifest, backend, "fp32")
     report = {
         "component": component,
         "backend": backend,
@@ -71,9 +66,9 @@ def main() -> None:
                 size,
                 size,
                 batch,
-                fused,
-                scratch,
-                graph_variant(backend, "fp32"),
+                component in kind["fused"],
+                kind["scratch"],
+                kind["variant"],
             )
             / 2**20
         ),

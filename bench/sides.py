@@ -3,7 +3,7 @@ and fastimg on one backend/precision."""
 
 import time
 
-from fastimg.backends import GPU_BACKENDS
+from fastimg.backends.registry import GPU_BACKENDS
 
 from .job import Job
 from .stages import StageClock, time_diffusers, time_fastimg

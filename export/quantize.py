@@ -25,7 +25,6 @@ CALIBRATION_PROMPTS = (
 CALIBRATION_STEPS, CALIBRATION_STRENGTH, CALIBRATION_GUIDANCE = 4, 0.75, 7.5
 WORST_LAYERS = 20  # the layers with the largest error, listed by name in the manifest
 INT8_FILE = "model.int8.xml"
-INT8_VARIANT = "openvino-int8"  # the manifest's name for it (fastimg.backends.INT8_VARIANT)
 
 
 def calibration_feeds(pipe, images: int, log=print) -> list[dict[str, np.ndarray]]:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from fastimg.backends import select
-from fastimg.diffusion.pipeline import describe
+from fastimg.diffusion.engine_set import describe_run
 
 README = Path(__file__).parents[1] / "README.md"
 
@@ -22,11 +22,11 @@ def test_the_default_is_fast_where_the_cpu_has_bf16_and_exact_where_it_has_not(m
     monkeypatch.setattr(select, "cpu_supports_bf16", lambda: True)
     backend, precision = select.resolve()
     assert (backend, precision) == ("openvino", "bf16")
-    assert "the fast path" in describe(backend, precision)
+    assert "the fast path" in describe_run(backend, precision)
     monkeypatch.setattr(select, "cpu_supports_bf16", lambda: False)
     backend, precision = select.resolve()
     assert (backend, precision) == ("openvino", "fp32")
-    assert "the exact path, matching diffusers" in describe(backend, precision)
+    assert "the exact path, matching diffusers" in describe_run(backend, precision)
 
 
 def _commands(text: str | None = None) -> list[list[str]]:

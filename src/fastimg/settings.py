@@ -1,5 +1,34 @@
-"""The arguments only SDXL engine folders take (StableDiffusionXLImg2ImgPipeline's names)."""
+"""Every setting of an img2img call, defined once: its names, type, range, default and help.
 
+The CLI's options (fastimg.cli.options), the job files' columns (workflows.jobfile), the HTTP
+API's fields (serve) and the pipeline's checks are all derived from SETTINGS, and one
+`CallSettings` value carries a call's settings from any of them into the pipeline. The Python
+API keeps diffusers' argument names (`Setting.name`); the CLI, job files and HTTP API use the
+shorter `Setting.field` (--steps, steps) where diffusers' name is long.
+
+A new call setting is one more `Setting` in SETTINGS (and a field of CallSettings): the CLI
+option, the job-file column and the HTTP field follow from it.
+"""
+
+import math
+import numbers
+from dataclasses import dataclass, fields, replace
+
+from .errors import InputError
+
+SEED_LIMIT = 2**32
+MAX_IMAGES = 64
+# The text encoder reads 77 tokens (a few hundred characters); longer prompts are cut, and a
+# prompt beyond this is refused before it costs memory, time and log space.
+MAX_PROMPT_CHARS = 20_000
+SHOWN = 80  # characters of a prompt quoted in a message
+# What outputs are written as (--format, the HTTP `format` field).
+FORMATS = ("png", "jpeg", "webp")
+
+# The samplers fastimg runs (diffusion.samplers has one function each).
+SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
+
+# The arguments only SDXL engine folders take (StableDiffusionXLImg2ImgPipeline's names).
 SDXL_ARGUMENTS = (
     "prompt_2",
     "negative_prompt_2",
@@ -12,3 +41,309 @@ SDXL_ARGUMENTS = (
 # The refiner (requires_aesthetics_score) takes the scores; the base alone takes target_size.
 REFINER_ONLY = ("aesthetic_score", "negative_aesthetic_score")
 BASE_ONLY = ("target_size",)
+
+TEXT, REAL, WHOLE, CHOICE, PAIR = "text", "real", "whole", "choice", "pair"
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One call setting: diffusers' name, the CLI/job-file/HTTP name, its type and range."""
+
+    name: str  # the Python API's (diffusers') argument name
+    kind: str  # TEXT, REAL, WHOLE, CHOICE or PAIR
+    help: str
+    default: object = None
+    field: str = ""  # the name in job files, HTTP fields and CLI options ('' : `name`)
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    # Refused above this where settings arrive as text (CLI, job files, HTTP) before anything
+    # loads; the Python API leaves it to the model's own schedule (which says why).
+    cap: float | None = None
+    choices: tuple[str, ...] = ()
+    sdxl: bool = False  # SDXL engine folders only
+    sweeps: bool = False  # `fastimg transform` takes a comma-separated list of values
+
+    @property
+    def key(self) -> str:
+        """The setting's name outside the Python API: job-file column, HTTP field, --option."""
+        return self.field or self.name
+
+    @property
+    def option(self) -> str:
+        """Its command-line option: --negative-prompt."""
+        return "--" + self.key.replace("_", "-")
+
+    def range_text(self) -> str:
+        """The range as click writes it: 0<x<=1, x>=0, 1<=x<=64 ('' when unbounded)."""
+        high = self.high if self.high is not None else self.cap
+        if self.low is None and high is None:
+            return ""
+        low = "" if self.low is None else f"{_show(self.low)}{'<' if self.low_open else '<='}"
+        return f"{low}x{'' if high is None else f'<={_show(high)}'}"
+
+    def check(self, value):
+        """A value given to the Python API checked (numbers of any real type become Python's
+        own; None stays None for optional settings)."""
+        if value is None:
+            return None
+        if self.kind in (TEXT, CHOICE):
+            if not isinstance(value, str):
+                raise InputError(f"{self.name} must be a string, got {type(value).__name__}")
+            if self.kind == TEXT:
+                check_prompt(value)
+            elif value not in self.choices:
+                raise InputError(
+                    f"unknown {self.name} {value!r}: choose one of {', '.join(self.choices)}"
+                )
+            return value
+        if self.kind == PAIR:
+            return _pair(value, self.name, least=0 if self.name.startswith("crops") else 1)
+        if self.kind == WHOLE:
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise InputError(f"{self.name} must be a whole number, got {value!r}")
+            number = int(value)
+        else:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise InputError(f"{self.name} must be a number, got {value!r}")
+            number = float(value)
+            if not math.isfinite(number):
+                raise InputError(f"{self.name} must be a finite number, got {value!r}")
+        if not self._in_range(number, self.high):
+            raise InputError(f"{self.name} must be {self._range_words()}, got {value!r}")
+        return number
+
+    def parse(self, raw):
+        """A value that arrived as text or JSON (a job-file cell, an HTTP field) converted
+        and checked against the setting's range and cap, with click's wording."""
+        what = f"Invalid value for {self.key!r}"
+        if self.kind == TEXT:
+            if not isinstance(raw, str):
+                raise InputError(f"{what}: {raw!r} is not text.")
+            check_prompt(raw)
+            return raw
+        if self.kind == PAIR:
+            if isinstance(raw, list) and len(raw) == 2 and all(_integer(v) for v in raw):
+                raw = f"{raw[0]}x{raw[1]}"  # (JSON: [height, width])
+            if not isinstance(raw, str):
+                raise InputError(f"{what}: {raw!r} is not HEIGHTxWIDTH.")
+            return parse_pair(raw, what)
+        if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+            kind = "text" if self.kind == CHOICE else "a number"
+            raise InputError(f"{what}: {raw!r} is not {kind}.")
+        if self.kind == CHOICE:
+            if str(raw) not in self.choices:
+                listed = ", ".join(map(repr, self.choices))
+                raise InputError(f"{what}: {str(raw)!r} is not one of {listed}.")
+            return str(raw)
+        try:
+            if self.kind == WHOLE:
+                if isinstance(raw, float) and not raw.is_integer():
+                    raise ValueError
+                number = int(raw)
+            else:
+                number = float(raw)
+        except (ValueError, OverflowError):
+            kind = "integer" if self.kind == WHOLE else "float"
+            raise InputError(f"{what}: {raw!r} is not a valid {kind}.") from None
+        if self.kind == REAL and not math.isfinite(number):
+            raise InputError(f"{what}: {raw!r} is not a finite number.")
+        high = self.cap if self.cap is not None else self.high
+        if not self._in_range(number, high):
+            raise InputError(f"{what}: {number} is not in the range {self.range_text()}.")
+        return number
+
+    def _in_range(self, number: float, high: float | None) -> bool:
+        low = self.low
+        above = low is None or (number > low if self.low_open else number >= low)
+        return above and (high is None or number <= high)
+
+    def _range_words(self) -> str:
+        low, high = self.low, self.high
+        if high is None:
+            return f"at least {_show(low)}"
+        if self.low_open:
+            return f"in ({_show(low)}, {_show(high)}]"
+        return f"between {_show(low)} and {_show(high)}"
+
+
+def _show(number: float) -> str:
+    return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+SETTINGS = (
+    Setting("prompt", TEXT, "What the image should become."),
+    Setting("negative_prompt", TEXT, "What to steer away from."),
+    Setting(
+        "strength",
+        REAL,
+        "How much to change, 0 < strength <= 1.",
+        default=0.8,
+        low=0,
+        high=1,
+        low_open=True,
+        sweeps=True,
+    ),
+    Setting(
+        "num_inference_steps",
+        WHOLE,
+        "Scheduled steps (strength x steps of them run).",
+        default=50,
+        field="steps",
+        low=1,
+        cap=1000,
+        sweeps=True,
+    ),
+    Setting(
+        "guidance_scale",
+        REAL,
+        "Classifier-free guidance scale (1 or less turns it off).",
+        default=7.5,
+        field="guidance",
+        low=0,
+        sweeps=True,
+    ),
+    Setting(
+        "seed",
+        WHOLE,
+        "Same seed, same image (as diffusers with that seed).",
+        low=0,
+        high=SEED_LIMIT - 1,
+        sweeps=True,
+    ),
+    Setting(
+        "num_images_per_prompt",
+        WHOLE,
+        "Images per call from one seed (diffusers' num_images_per_prompt).",
+        default=1,
+        field="num_images",
+        low=1,
+        high=MAX_IMAGES,
+    ),
+    Setting(
+        "scheduler",
+        CHOICE,
+        "Sampler; default: the model's own scheduler.",
+        field="sampler",
+        choices=SAMPLERS,
+    ),
+    Setting("prompt_2", TEXT, "SDXL: the second text encoder's prompt [--prompt].", sdxl=True),
+    Setting(
+        "negative_prompt_2",
+        TEXT,
+        "SDXL: the second encoder's negative [--negative-prompt].",
+        sdxl=True,
+    ),
+    Setting(
+        "original_size",
+        PAIR,
+        "SDXL: HEIGHTxWIDTH conditioning the UNet on the source size [the input's].",
+        sdxl=True,
+    ),
+    Setting("crops_coords_top_left", PAIR, "SDXL: crop TOP,LEFT conditioning [0,0].", sdxl=True),
+    Setting("target_size", PAIR, "SDXL base: HEIGHTxWIDTH [the input's size].", sdxl=True),
+    Setting("aesthetic_score", REAL, "SDXL refiner: [6.0].", sdxl=True),
+    Setting("negative_aesthetic_score", REAL, "SDXL refiner: [2.5].", sdxl=True),
+)
+BY_NAME = {setting.name: setting for setting in SETTINGS}
+BY_KEY = {setting.key: setting for setting in SETTINGS}
+# How outputs are encoded: fields of an HTTP request and options of the batch commands.
+FORMAT = Setting("format", CHOICE, "Output format.", choices=FORMATS)
+QUALITY = Setting("quality", WHOLE, "JPEG and WebP quality [default: 95].", low=1, high=100)
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """One call's settings, as the CLI, a job file, a video or an HTTP request gave them, by
+    diffusers' names; `sdxl` holds the SDXL-only ones that were given, as (name, value)."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    strength: float = 0.8
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int | None = None
+    num_images_per_prompt: int = 1
+    scheduler: str | None = None
+    sdxl: tuple[tuple[str, object], ...] = ()
+
+    def arguments(self) -> dict:
+        """The pipeline's keyword arguments (Img2ImgPipeline.__call__), less the image."""
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "sdxl"}
+        return {**values, **dict(self.sdxl)}
+
+    def value(self, name: str):
+        """A setting's value by its diffusers name, SDXL ones included (None: not given)."""
+        if name in SDXL_ARGUMENTS:
+            return dict(self.sdxl).get(name)
+        return getattr(self, name)
+
+    def with_values(self, **values) -> "CallSettings":
+        """A copy with some settings replaced (diffusers' names)."""
+        return replace(self, **values)
+
+
+def from_fields(values: dict, parse: bool = True) -> CallSettings:
+    """The CallSettings of {key or name: value} (job-file columns, HTTP fields, CLI options);
+    raw text or JSON values are parsed (`parse`) as each setting takes them. Keys that are not
+    settings are the caller's to refuse beforehand."""
+    given = {}
+    for key, value in values.items():
+        setting = BY_KEY.get(key) or BY_NAME[key]
+        if value is None:
+            continue
+        given[setting.name] = setting.parse(value) if parse else value
+    sdxl = tuple((name, given.pop(name)) for name in SDXL_ARGUMENTS if name in given)
+    return CallSettings(**given, sdxl=sdxl)
+
+
+def check_prompt(text: str) -> None:
+    """Refuse a prompt that is too long or not valid Unicode, quoting only its start."""
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InputError(
+            f"a prompt of {len(text)} characters is more than the {MAX_PROMPT_CHARS} fastimg "
+            f"takes (the text encoder reads only its first 77 tokens): shorten {quote(text)}"
+        )
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"prompt {quote(text)} is not valid Unicode text (undecodable bytes?): pass it as UTF-8"
+        ) from None
+
+
+def quote(prompt: str) -> str:
+    """A prompt as messages show it: its first SHOWN characters."""
+    return repr(prompt if len(prompt) <= SHOWN else prompt[:SHOWN] + "...")
+
+
+def parse_pair(text: str, what: str = "a pair") -> tuple[int, int]:
+    """Two whole numbers written HEIGHTxWIDTH or TOP,LEFT: '1024x768' -> (1024, 768)."""
+    parts = text.lower().replace("x", ",").split(",")
+    try:
+        first, second = (int(part.strip()) for part in parts)
+    except ValueError:
+        raise InputError(f"{what}: {text!r} is not two whole numbers such as 1024x768") from None
+    if min(first, second) < 0:
+        raise InputError(f"{what}: {text!r} has a negative number")
+    return first, second
+
+
+def _pair(value, name: str, least: int) -> tuple[int, int]:
+    """(height, width) or (top, left) as two whole numbers >= least."""
+    if isinstance(value, str) or not hasattr(value, "__len__") or len(value) != 2:
+        raise InputError(f"{name} must be two whole numbers (height, width), got {value!r}")
+    pair = tuple(_whole(v, name) for v in value)
+    if min(pair) < least or max(pair) > 2**20:
+        raise InputError(f"{name} must be two whole numbers in [{least}, 2**20], got {value!r}")
+    return pair
+
+
+def _whole(value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    return int(value)

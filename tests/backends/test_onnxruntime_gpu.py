@@ -85,7 +85,8 @@ def test_tensorrt_libraries_count_as_found_from_the_wheel_or_the_loader(monkeypa
 
 
 def test_onnxruntime_on_cuda_runs_the_standard_graphs_the_cpu_its_fused_ones():
-    from fastimg.backends import INT8_VARIANT, graph_variant
+    from fastimg.backends import graph_variant
+    from fastimg.backends.registry import INT8_VARIANT
 
     assert graph_variant("onnxruntime-cuda", "fp32") == "onnxruntime-cuda"  # no such variant
     assert graph_variant("onnxruntime", "fp32") == "onnxruntime"

@@ -102,7 +102,7 @@ def test_a_very_long_prompt_is_truncated_with_a_warning(runner, tiny, picture, t
 def test_a_prompt_beyond_the_limit_is_refused_before_anything_loads(
     runner, tiny, picture, tmp_path
 ):
-    from fastimg.diffusion.pipeline import MAX_PROMPT_CHARS
+    from fastimg.settings import MAX_PROMPT_CHARS
 
     prompt = "fox " * (MAX_PROMPT_CHARS // 4 + 1)
     result = transform(runner, tiny[1], picture, "-o", tmp_path / "o.png", prompt=prompt)
@@ -137,8 +137,8 @@ def test_nan_is_reported_with_its_stage_and_nothing_is_saved(
             out = self.session.run(feeds)
             return {k: np.full_like(v, np.nan) for k, v in out.items()}
 
-    def load(backend, path, **kwargs):
-        session = real(backend, path, **kwargs)
+    def load(backend, path, options):
+        session = real(backend, path, options)
         return Poisoned(session) if path.parent.name == stage else session
 
     monkeypatch.setattr(backends, "load_session", load)

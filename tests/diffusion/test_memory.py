@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from fastimg import machine
 from fastimg.diffusion import memory
 from fastimg.diffusion.pipeline import Img2ImgPipeline
 from fastimg.engine_folder.manifest import Manifest
@@ -86,7 +87,7 @@ def test_a_large_batch_needs_no_more_than_a_small_one_and_gives_the_same_images(
     pipe.sessions["vae_decoder"] = BatchRecorder(pipe.sessions["vae_decoder"], decoder)
     per_image = memory.needs(pipe.manifest, 64, 88, 1, True)
     two_images = max(memory.needs(pipe.manifest, 64, 88, 2, True).values())
-    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": int(two_images / memory.SHARE))
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": int(two_images / memory.SHARE))
     assert per_image  # the exported tiny engines carry a memory model
     chunked = pipe(num_images_per_prompt=6, **job)
     assert max(unet) == 4 and max(decoder) == 2  # two images (under guidance: four) per call
@@ -98,7 +99,7 @@ def test_an_image_that_cannot_fit_is_refused_before_anything_runs(tiny, photo, m
     pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
     calls = []
     pipe.sessions["vae_encoder"] = BatchRecorder(pipe.sessions["vae_encoder"], calls)
-    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": 1000)
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": 1000)
     with pytest.raises(InputError, match="88x64 image needs about .* GiB for the .* are free"):
         pipe("a cat", photo, strength=0.5, num_inference_steps=4, seed=5)
     assert calls == []
@@ -106,7 +107,7 @@ def test_an_image_that_cannot_fit_is_refused_before_anything_runs(tiny, photo, m
 
 def test_the_longest_side_comes_from_the_memory_free(tiny, monkeypatch):
     roomy = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
-    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": 64 * 2**20)
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": 64 * 2**20)
     tight = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
     assert tight.max_side < roomy.max_side and tight.max_side % 64 == 0
 
@@ -178,12 +179,12 @@ def test_the_pipeline_checks_a_winograd_call_against_its_own_estimate(
     tiny_winograd, photo, monkeypatch
 ):
     pipe = Img2ImgPipeline.from_engines(tiny_winograd[1], backend="onnxruntime")
-    fused = pipe._fused("onnxruntime")
+    fused = pipe.engines.fused("onnxruntime")
     standard = memory.peak_bytes(pipe.manifest, 64, 64, 1, True, fused)
     winograd = memory.peak_bytes(pipe.manifest, 64, 64, 1, True, fused, variant="onnxruntime")
     assert winograd > standard
     between = int((standard + winograd) / 2 / memory.SHARE)
-    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": between)
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": between)
     job = dict(prompt="a cat", image=photo.resize((64, 64)), strength=0.5, seed=1)
     with pytest.raises(InputError, match="GiB are free"):
         pipe(**job, num_inference_steps=2)
@@ -204,18 +205,18 @@ def test_memory_freed_by_the_process_counts_as_free_again():
     for block in blocks[:-1]:  # the last one pins the top of the heap
         libc.free(block)
     held = anonymous_bytes()
-    memory.free_bytes()  # hands the freed blocks back before measuring
+    machine.free_bytes()  # hands the freed blocks back before measuring
     assert anonymous_bytes() < held - 200 * 2**20
     libc.free(blocks[-1])
 
 
 def test_memory_the_engines_kept_from_an_earlier_call_is_theirs_to_reuse(tiny, photo, monkeypatch):
     pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
-    fused = pipe._fused("onnxruntime")
+    fused = pipe.engines.fused("onnxruntime")
     one = memory.peak_bytes(pipe.manifest, 64, 88, 1, True, fused)
     two = memory.peak_bytes(pipe.manifest, 64, 88, 2, True, fused)
     free = [int(one / memory.SHARE) + 1]
-    monkeypatch.setattr(memory, "free_bytes", lambda device="cpu": free[0])
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": free[0])
     job = dict(prompt="a cat", image=photo, strength=0.5, num_inference_steps=4, seed=5)
     (first,) = pipe(**job)
     free[0] -= one  # the engines hold on to that call's memory (OpenVINO does, and arenas)

@@ -17,7 +17,7 @@ def pipe(tiny):
         (dict(num_inference_steps=3, strength=0.2), "zero denoising steps"),
         (dict(guidance_scale=float("nan")), "finite"),
         (dict(guidance_scale=-1.0), "at least 0"),
-        (dict(num_images_per_prompt=0), "number of images"),
+        (dict(num_images_per_prompt=0), "num_images_per_prompt must be between 1 and 64"),
         (dict(seed=2**32), "seed"),
         (dict(scheduler="pndm"), "unknown scheduler"),
         (dict(prompt=["a", "b"]), "prompt must be a string"),

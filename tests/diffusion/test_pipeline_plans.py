@@ -13,7 +13,8 @@ import pytest
 from fastimg import gpu
 from fastimg.backends import select
 from fastimg.backends.tensorrt_plans import find_plans
-from fastimg.diffusion import pipeline
+from fastimg.diffusion import engine_set
+from fastimg.diffusion.pipeline import Img2ImgPipeline
 from fastimg.engine_folder.profiles import Profile, input_shapes
 from fastimg.errors import EngineError
 from tests.plan_sets import write_plan_sets
@@ -38,7 +39,7 @@ def _with_plan_sets(source, tmp_path, monkeypatch):
     written = write_plan_sets(engines, [(p, "8.9", x) for p, x in SETS.values()])
     keys = dict(zip(SETS, written, strict=True))
 
-    real_unavailable, real_load = select.unavailable, pipeline.load_engines
+    real_unavailable, real_load = select.unavailable, engine_set.load_engines
     monkeypatch.setattr(
         select,
         "unavailable",
@@ -67,7 +68,7 @@ def _with_plan_sets(source, tmp_path, monkeypatch):
             stand_in.sessions[name] = WithinProfile(session, name, limits[name])
         return stand_in
 
-    monkeypatch.setattr(pipeline, "load_engines", load)
+    monkeypatch.setattr(engine_set, "load_engines", load)
     return engines, keys, loaded
 
 
@@ -94,7 +95,7 @@ JOB = dict(prompt="a cat", strength=0.5, num_inference_steps=4, seed=3)
 
 def test_batched_calls_keep_every_engine_within_its_plan_profile(plans, photo):
     engines, keys, loaded = plans
-    pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+    pipe = Img2ImgPipeline.from_engines(engines)
     calls = [
         {**JOB, "image": photo.resize((120, 120)), "seed": seed, "guidance_scale": 4.0}
         for seed in (1, 2)
@@ -109,27 +110,27 @@ def test_batched_calls_keep_every_engine_within_its_plan_profile(plans, photo):
 def test_an_sdxl_folder_runs_its_plan_set_with_both_text_encoders(tiny_sdxl, tmp_path, photo):
     with pytest.MonkeyPatch.context() as monkeypatch:
         engines, keys, loaded = _with_plan_sets(tiny_sdxl[1], tmp_path, monkeypatch)
-        pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+        pipe = Img2ImgPipeline.from_engines(engines)
         job = {**JOB, "prompt_2": "an etching", "guidance_scale": 3.0}
         (image,) = pipe(image=photo, **job)
         assert image.info["fastimg:plan_set"] == keys["A"] and loaded == [keys["A"]]
-        assert set(pipe._loaded[keys["A"]].sessions) == {
+        assert set(pipe.engines._loaded[keys["A"]].sessions) == {
             "text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder"
         }  # fmt: skip
-    cpu = pipeline.Img2ImgPipeline.from_engines(tiny_sdxl[1], backend="onnxruntime")
+    cpu = Img2ImgPipeline.from_engines(tiny_sdxl[1], backend="onnxruntime")
     (reference,) = cpu(image=photo, **job)
     assert np.array_equal(np.asarray(image), np.asarray(reference))  # the stand-ins ran it all
 
 
 def test_auto_picks_fp16_plans_and_loads_nothing_before_the_first_call(plans):
     engines, keys, loaded = plans
-    pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+    pipe = Img2ImgPipeline.from_engines(engines)
     assert (pipe.backend, pipe.precision, loaded) == ("tensorrt", "fp16", [])
 
 
 def test_each_call_runs_the_plan_set_that_fits_its_size_and_batch(plans, photo):
     engines, keys, loaded = plans
-    pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+    pipe = Img2ImgPipeline.from_engines(engines)
     (small,) = pipe(image=photo, **JOB)  # 90x68 -> 88x64: the static set A
     assert small.info["fastimg:plan_set"] == keys["A"]
     assert small.info["fastimg:precision"] == "fp16" and small.info["fastimg:backend"] == "tensorrt"
@@ -144,22 +145,22 @@ def test_each_call_runs_the_plan_set_that_fits_its_size_and_batch(plans, photo):
 
 def test_loaded_plan_sets_are_bounded_and_reused(plans, photo):
     engines, keys, loaded = plans
-    pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+    pipe = Img2ImgPipeline.from_engines(engines)
     pipe(image=photo, **JOB)  # A
     pipe(image=photo, num_images_per_prompt=2, **JOB)  # B
     pipe(image=photo.resize((120, 120)), **JOB)  # B again: nothing loaded
     assert loaded == [keys["A"], keys["B"]]
     (image,) = pipe(image=photo.resize((136, 136)), **JOB)  # D: A, the oldest, is let go
     assert image.info["fastimg:plan_set"] == keys["D"]
-    assert list(pipe._loaded) == [keys["B"], keys["D"]]
+    assert list(pipe.engines._loaded) == [keys["B"], keys["D"]]
     pipe(image=photo, **JOB)
     assert loaded == [keys["A"], keys["B"], keys["D"], keys["A"]]
-    assert len(pipe._loaded) == pipeline.MAX_PLAN_SETS
+    assert len(pipe.engines._loaded) == engine_set.MAX_PLAN_SETS
 
 
 def test_precision_picks_among_the_plan_sets(plans, photo):
     engines, keys, loaded = plans
-    pipe = pipeline.Img2ImgPipeline.from_engines(engines, backend="tensorrt", precision="fp32")
+    pipe = Img2ImgPipeline.from_engines(engines, backend="tensorrt", precision="fp32")
     (image,) = pipe(image=photo, **JOB)
     assert image.info["fastimg:plan_set"] == keys["C"] and pipe.precision == "fp32"
     with pytest.raises(EngineError, match="outside every TensorRT profile.*fastimg build"):
@@ -171,16 +172,16 @@ def test_auto_passes_over_tensorrt_for_a_call_no_plan_fits(plans, photo, caplog)
     logger = logging.getLogger("fastimg")
     logger.addHandler(caplog.handler)
     try:
-        pipe = pipeline.Img2ImgPipeline.from_engines(engines)
+        pipe = Img2ImgPipeline.from_engines(engines)
         (image,) = pipe(image=photo.resize((256, 256)), **JOB)
     finally:
         logger.removeHandler(caplog.handler)
     # the next backend in auto's order: onnxruntime-cuda where a GPU is usable (H200 run)
     assert image.info["fastimg:backend"] in ("openvino", "onnxruntime", "onnxruntime-cuda")
     assert "fastimg:plan_set" not in image.info
-    assert "TensorRT passed over for 256x256" in caplog.text and "fastimg build" in caplog.text
+    assert "tensorrt passed over for 256x256" in caplog.text and "fastimg build" in caplog.text
     assert loaded == []
-    explicit = pipeline.Img2ImgPipeline.from_engines(engines, backend="tensorrt")
+    explicit = Img2ImgPipeline.from_engines(engines, backend="tensorrt")
     with pytest.raises(EngineError, match="256x256.*outside every TensorRT profile"):
         explicit(image=photo.resize((256, 256)), **JOB)
 
@@ -188,10 +189,10 @@ def test_auto_passes_over_tensorrt_for_a_call_no_plan_fits(plans, photo, caplog)
 def test_the_fallback_keeps_the_precision_asked_for(plans, photo, monkeypatch):
     engines, keys, loaded = plans
     asked = []
-    real = pipeline.resolve
-    monkeypatch.setattr(pipeline, "resolve", lambda *a, **k: asked.append(a[:2]) or real(*a, **k))
+    real = engine_set.resolve
+    monkeypatch.setattr(engine_set, "resolve", lambda *a, **k: asked.append(a[:2]) or real(*a, **k))
     monkeypatch.setattr(select, "cpu_supports_bf16", lambda: True)
-    pipe = pipeline.Img2ImgPipeline.from_engines(engines, precision="fp32")  # the exact path
+    pipe = Img2ImgPipeline.from_engines(engines, precision="fp32")  # the exact path
     assert (pipe.backend, pipe.precision) == ("tensorrt", "fp32")
     (image,) = pipe(image=photo.resize((256, 256)), **JOB)
     assert asked[-1] == ("auto", "fp32")  # not "auto": that would pick bf16 on this CPU

@@ -5,9 +5,12 @@ import sys
 
 import pytest
 
+from fastimg.backends.registry import describe
 from fastimg.backends.select import installed
-from fastimg.diffusion.pipeline import OPENVINO_CACHE, Img2ImgPipeline
+from fastimg.diffusion.pipeline import Img2ImgPipeline
 from fastimg.media.images import psnr
+
+OPENVINO_CACHE = describe("openvino").cache
 
 
 class CountingSession:
@@ -39,7 +42,7 @@ def test_prompt_cache_is_bounded(tiny):
     pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
     for k in range(100):
         pipe.encode_prompt(f"prompt {k}", None, cfg=False)
-    assert len(pipe._prompt_cache) <= 32
+    assert len(pipe.prompts.cache) <= 32
 
 
 def test_onnxruntime_leaves_the_engine_folder_alone(tmp_path, tiny):

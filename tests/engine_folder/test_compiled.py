@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
+from fastimg.backends.registry import describe
 from fastimg.backends.select import installed
-from fastimg.diffusion.pipeline import OPENVINO_CACHE, Img2ImgPipeline
+from fastimg.diffusion.pipeline import Img2ImgPipeline
 from fastimg.engine_folder.compiled import KEY_FILE, cache_key, keyed_folder
+
+OPENVINO_CACHE = describe("openvino").cache
 
 PARTS = {"backend": "openvino", "version": "2026.4", "precision": "fp32", "device": "cpu A"}
 

@@ -137,16 +137,17 @@ def test_an_impossible_job_is_refused_on_the_driver_before_ray_starts(
     assert not (tmp_path / "out").exists()
 
 
-def test_the_light_planner_plans_as_the_pipeline(tiny):
-    from fastimg.diffusion.pipeline import Img2ImgPipeline, Planner, resolve_sampler
+def test_jobs_checked_from_the_manifest_alone_plan_as_the_pipeline(tiny):
+    from fastimg.diffusion.checks import plan_for, resolve_sampler
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
     from fastimg.engine_folder.manifest import load_manifest
 
     pipe = Img2ImgPipeline.from_engines(tiny[1], precision="fp32")
-    planner = Planner(load_manifest(tiny[1]))
-    sampler = resolve_sampler(planner.manifest, None)
-    ours, theirs = planner.plan(sampler, 10, 0.3), pipe.plan(sampler, 10, 0.3)
+    manifest = load_manifest(tiny[1])
+    sampler = resolve_sampler(manifest, None)
+    ours, theirs = plan_for(manifest, sampler, 10, 0.3), pipe.plan(sampler, 10, 0.3)
     assert ours.steps == theirs.steps == 3
     assert np.array_equal(ours.timesteps, theirs.timesteps)
     jobs = batch.plan_sweep([Source(tiny[1] / "x.png")], "a fox",
                             batch.Sweep(strength=(0.3, 1.0), steps=(4, 10)))  # fmt: skip
-    assert batch.check_jobs(planner, jobs) == batch.check_jobs(pipe, jobs)
+    assert batch.check_jobs(manifest, jobs) == batch.check_jobs(pipe.manifest, jobs)

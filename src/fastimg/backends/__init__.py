@@ -1,26 +1,19 @@
 """Engine backends behind one small interface: load a component, run it on named arrays."""
 
 import contextlib
+import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InputError
+from .registry import BACKENDS, REGISTRY, describe
 
 if TYPE_CHECKING:
     import numpy as np
 
-BACKENDS = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime", "onnxruntime-tensorrt")
-GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
-# ONNX Runtime's TensorRT provider compiles engines on first use (minutes): asked for, never auto.
-AUTO_ORDER = ("tensorrt", "onnxruntime-cuda", "openvino", "onnxruntime")
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-# The manifest's name for a component's int8 OpenVINO graph (what --precision int8 loads).
-INT8_VARIANT = "openvino-int8"
 # Whether OpenVINO also compiles each call's exact input shapes (auto: from a shape's 2nd call).
 SHAPES = ("dynamic", "static", "auto")
-# Backends that compile the ONNX graphs keep what they compiled beside the engines, by key.
-CACHES = {"openvino": "openvino_cache", "onnxruntime-tensorrt": "ort_tensorrt_cache"}
 
 
 class Session(Protocol):
@@ -67,15 +60,8 @@ class Engines:
 
 
 def graph_variant(backend: str, precision: str) -> str:
-    """The manifest variant a backend runs where a component has one: the int8 UNet for
-    OpenVINO int8, else the backend's own (ONNX Runtime's fused attention graphs on the CPU).
-
-    ONNX Runtime CUDA keeps the standard graphs: with the fused MultiHeadAttention graphs the
-    sd15 512 job on an H200 in fp32 took 0.36 s against 0.32 s (bench/results/README.md).
-    """
-    if backend == "openvino" and precision == "int8":
-        return INT8_VARIANT
-    return backend
+    """The manifest variant `backend` runs in `precision` where a component has one."""
+    return describe(backend).graph_variant(precision)
 
 
 def compiled_cache(
@@ -83,12 +69,13 @@ def compiled_cache(
 ):
     """The keyed folder for what `backend` compiles of `component` (under COMPONENT+LABEL:
     each label keeps its own most recent keys), or None (nothing cached)."""
-    if backend not in CACHES:
+    folder = describe(backend).cache
+    if folder is None:
         return None
     from ..engine_folder.compiled import keyed_folder
     from ..machine import cpu_identity, package_version
 
-    if backend == "openvino":
+    if not describe(backend).gpu:
         device = cpu_identity()
         version = package_version("openvino")
     else:
@@ -105,7 +92,7 @@ def compiled_cache(
         "options": options,
         "graph": manifest.graph_digest((component,)),
     }
-    return keyed_folder(manifest.folder / CACHES[backend], component + label, parts)
+    return keyed_folder(manifest.folder / folder, component + label, parts)
 
 
 def _ort_version() -> str:
@@ -114,48 +101,32 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def load_session(
-    backend: str,
-    path: Path,
-    threads: int | None = None,
-    precision: str = "fp32",
-    cache_dir: Path | None = None,
-    max_concurrency: int = 1,
-    device: int | None = None,
-    names: tuple[str, ...] = (),
-    shapes: str = "dynamic",
-    static_cache=None,
-    fp16: bool = True,
-) -> Session:
-    """Load the model file at `path` with the named (already resolved) backend; `names` are
-    the graph's I/O names as the manifest gives them; `shapes` and `static_cache` (shapes ->
-    cache folder) say whether OpenVINO also compiles each call's exact shapes; `fp16` False
-    keeps ONNX Runtime's TensorRT engines in fp32 (a VAE that overflows in fp16)."""
-    if backend == "onnxruntime":
-        from .onnxruntime import OnnxRuntimeSession
+@dataclass(frozen=True)
+class LoadOptions:
+    """How one component's session is loaded; each backend's loader takes what applies to it.
 
-        return OnnxRuntimeSession(path, threads=threads, max_concurrency=max_concurrency)
-    if backend == "openvino":
-        from .openvino import OpenVinoSession
+    `names` are the graph's I/O names as the manifest gives them; `shapes` and `static_cache`
+    (shapes -> cache folder) say whether OpenVINO also compiles each call's exact shapes;
+    `fp16` False keeps ONNX Runtime's TensorRT engines in fp32 (a VAE that overflows in fp16).
+    """
 
-        return OpenVinoSession(
-            path,
-            threads=threads,
-            precision=precision,
-            cache_dir=cache_dir,
-            max_concurrency=max_concurrency,
-            names=names,
-            shapes=shapes,
-            static_cache=static_cache,
-        )
-    if backend in ("onnxruntime-cuda", "onnxruntime-tensorrt"):
-        from .onnxruntime_gpu import OnnxRuntimeCudaSession
+    threads: int | None = None
+    precision: str = "fp32"
+    cache_dir: Path | None = None
+    max_concurrency: int = 1
+    device: int | None = None
+    names: tuple[str, ...] = ()
+    shapes: str = "dynamic"
+    static_cache: object = None
+    fp16: bool = True
 
-        provider = backend.removeprefix("onnxruntime-")
-        return OnnxRuntimeCudaSession(
-            path, provider=provider, cache_dir=cache_dir, device=device or 0, fp16=fp16
-        )
-    raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+
+def load_session(backend: str, path: Path, options: LoadOptions = LoadOptions()) -> Session:
+    """Load the model file at `path` with the named (already resolved) backend's loader."""
+    if backend not in REGISTRY:
+        raise InputError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+    module, _, name = describe(backend).loader.partition(":")
+    return getattr(importlib.import_module(module), name)(path, options)
 
 
 def load_engines(
@@ -172,10 +143,10 @@ def load_engines(
     """Every component of an engine folder on a resolved backend (TensorRT: the plan set
     `plans`), with its compiled cache keyed to this backend, precision, device and graph
     (and, for OpenVINO's static shapes, to the shapes)."""
-    if backend == "tensorrt":
-        from .tensorrt import TensorRTEngines
-
-        shared = TensorRTEngines(plans, device=device or 0)
+    description = describe(backend)
+    if description.plan_sets:
+        module, _, name = description.loader.partition(":")
+        shared = getattr(importlib.import_module(module), name)(plans, device=device or 0)
         sessions = {
             name: _checked(shared.session(name), backend, manifest, name) for name in components
         }
@@ -201,26 +172,26 @@ def load_engines(
             keyed = {**options, "static_shapes": input_shapes}
             return compiled_cache(backend, manifest, name, precision, keyed, label="-static")
 
-        variant = graph_variant(backend, precision)
-        session = load_session(
-            backend,
-            manifest.path(name, variant),
+        load = LoadOptions(
             threads=threads,
             precision=precision,
             cache_dir=cache_dir,
             max_concurrency=max_concurrency,
             device=device,
             names=(*manifest.components[name]["inputs"], *manifest.components[name]["outputs"]),
-            shapes=shapes if backend == "openvino" else "dynamic",
+            shapes=shapes if description.static_shapes else "dynamic",
             static_cache=static_cache,
             fp16=fp16,
+        )
+        session = load_session(
+            backend, manifest.path(name, graph_variant(backend, precision)), load
         )
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).
     effective = sorted({getattr(s, "precision", precision) for s in sessions.values()})
     if precision == "int8":  # the UNet's int8; the rest runs as OpenVINO's default here
         effective = ["int8"]
-    gpu = backend in GPU_BACKENDS
+    gpu = description.gpu
     return Engines(
         backend,
         "+".join(effective),

@@ -43,3 +43,10 @@ class OnnxRuntimeSession:
         with self._slots:
             outputs = self._session.run(self.output_names, feeds)
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+def load_session(path: Path, options) -> OnnxRuntimeSession:
+    """The registry's loader: a CPU session with the threads and concurrency asked for."""
+    return OnnxRuntimeSession(
+        path, threads=options.threads, max_concurrency=options.max_concurrency
+    )

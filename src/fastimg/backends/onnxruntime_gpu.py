@@ -145,3 +145,19 @@ class OnnxRuntimeCudaSession:
             memory = cp.cuda.UnownedMemory(value.data_ptr(), math.prod(shape) * 4, value)
             outputs[name] = cp.ndarray(shape, cp.float32, cp.cuda.MemoryPointer(memory, 0)).copy()
         return outputs
+
+
+def load_cuda_session(path: Path, options) -> OnnxRuntimeCudaSession:
+    """The registry's loader for onnxruntime-cuda."""
+    return OnnxRuntimeCudaSession(path, provider="cuda", device=options.device or 0)
+
+
+def load_tensorrt_session(path: Path, options) -> OnnxRuntimeCudaSession:
+    """The registry's loader for onnxruntime-tensorrt: engines cached in `cache_dir`."""
+    return OnnxRuntimeCudaSession(
+        path,
+        provider="tensorrt",
+        cache_dir=options.cache_dir,
+        device=options.device or 0,
+        fp16=options.fp16,
+    )

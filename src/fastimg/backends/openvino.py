@@ -219,3 +219,17 @@ def _rank(port) -> int | None:
 def _name(port, wanted: tuple[str, ...]) -> str:
     """The port's name among `wanted` (the manifest's I/O names), else any of its names."""
     return next((n for n in wanted if n in port.get_names()), None) or port.get_any_name()
+
+
+def load_session(path: Path, options) -> OpenVinoSession:
+    """The registry's loader: a compiled model with its caches, precision and shapes."""
+    return OpenVinoSession(
+        path,
+        threads=options.threads,
+        precision=options.precision,
+        cache_dir=options.cache_dir,
+        max_concurrency=options.max_concurrency,
+        names=options.names,
+        shapes=options.shapes,
+        static_cache=options.static_cache,
+    )

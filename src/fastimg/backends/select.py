@@ -10,26 +10,12 @@ import importlib.util
 import logging
 
 from ..errors import EngineError, InputError, MissingDependencyError
-from . import AUTO_ORDER, BACKENDS, GPU_BACKENDS, PRECISIONS
+from .registry import AUTO_ORDER, BACKEND_CHOICES, INT8_VARIANT, PRECISION_CHOICES, REGISTRY
 
 log = logging.getLogger("fastimg")
 
-BACKEND_CHOICES = ("auto", *BACKENDS)
-PRECISION_CHOICES = ("auto", *PRECISIONS)
-EXTRA = {
-    "onnxruntime": "fastimg",
-    "openvino": "openvino",
-    "tensorrt": "tensorrt",
-    "onnxruntime-cuda": "gpu",
-    "onnxruntime-tensorrt": "gpu",
-}
-SUPPORTED = {
-    "onnxruntime": ("fp32",),
-    "openvino": ("fp32", "bf16", "int8"),
-    "onnxruntime-cuda": ("fp32",),
-    "onnxruntime-tensorrt": ("fp16",),
-    "tensorrt": ("fp16", "fp32"),
-}
+# The precisions each backend runs (its default first).
+SUPPORTED = {name: backend.precisions for name, backend in REGISTRY.items()}
 
 
 def installed(package: str) -> bool:
@@ -65,8 +51,6 @@ def unavailable(
         if not installed("openvino"):
             return "not installed: pip install 'fastimg[openvino]'"
         if precision == "int8" and manifest is not None:
-            from . import INT8_VARIANT
-
             if INT8_VARIANT not in manifest.components["unet"].get("variants", {}):
                 return (
                     "these engines have no int8 UNet: export them with  fastimg export MODEL "
@@ -171,7 +155,7 @@ def _auto(precision: str, manifest, device, exclude) -> str:
             if reasons and gpu_present():
                 log.warning("GPU backends passed over: %s", "; ".join(reasons))
             return backend
-        if backend in GPU_BACKENDS or precision != "auto":
+        if REGISTRY[backend].gpu or precision != "auto":
             reasons.append(f"{backend}: {reason}")
     raise InputError(f"no backend here runs {precision}: {'; '.join(reasons)}")
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import click
 
 from ..backends import SHAPES
-from ..backends.select import BACKEND_CHOICES, PRECISION_CHOICES
+from ..backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
 from ..diffusion.schedules import SAMPLERS
 from ..errors import InputError
-from ..settings import SDXL_ARGUMENTS
+from ..settings import SDXL_ARGUMENTS, SEED_LIMIT
 from .common import domain_errors, echo_err
 
 FORMATS = ("png", "jpeg", "webp")
@@ -345,7 +345,9 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         pipe = Img2ImgPipeline.from_engines(**load_options)
         if resize is not None:
             _check_size(resize, pipe.manifest, pipe.max_side)
-        batch.check_jobs(pipe, planned.jobs)  # every job can run, before the first one does
+        batch.check_jobs(
+            pipe.manifest, planned.jobs
+        )  # every job can run, before the first one does
         run = functools.partial(batch.run_jobs, pipe, planned)
     mode = "quiet" if settings["quiet"] else "auto"
     progress = BatchProgress(len(planned.jobs), stream=sys.stderr, mode=mode)
@@ -379,15 +381,14 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
 def _ray_runner(planned, load_options: dict, resize, settings: dict):
     """run_jobs_on_ray with the --ray options, once every job is checked on this machine (from
     the engines' manifest: no engines load here)."""
-    from ..diffusion.pipeline import Planner
     from ..engine_folder.manifest import DEFAULT_MAX_SIDE, load_manifest
     from ..workflows import batch
     from ..workflows.ray_batch import run_jobs_on_ray
 
-    planner = Planner(load_manifest(load_options["folder"]))
+    manifest = load_manifest(load_options["folder"])
     if resize is not None:
-        _check_size(resize, planner.manifest, planner.manifest.max_side or DEFAULT_MAX_SIDE)
-    batch.check_jobs(planner, planned.jobs)
+        _check_size(resize, manifest, manifest.max_side or DEFAULT_MAX_SIDE)
+    batch.check_jobs(manifest, planned.jobs)
     return functools.partial(
         run_jobs_on_ray,
         planned,
@@ -478,7 +479,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     if variants is not None:
         if seed is not None and len(seed) > 1:
             raise click.UsageError("--variants takes one --seed to count from, not a list")
-        first = seed[0] if seed else secrets.randbelow(batch.SEED_LIMIT)
+        first = seed[0] if seed else secrets.randbelow(SEED_LIMIT)
         seed = batch.variant_seeds(first, variants)
     single, settings["fmt"] = _output_target(settings["output"], settings["fmt"])
     if grid and single:

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InputError
-
-SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
+from ..settings import SAMPLERS
 
 DIFFUSERS_CLASS = {
     "ddim": "DDIMScheduler",

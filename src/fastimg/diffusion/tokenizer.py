@@ -6,15 +6,9 @@ import numpy as np
 
 from ..engine_folder.manifest import Manifest
 from ..errors import EngineError, ManifestError
+from ..settings import quote
 
 log = logging.getLogger("fastimg")
-
-SHOWN = 80  # characters of a prompt quoted in a message
-
-
-def quote(prompt: str) -> str:
-    """A prompt as messages show it: its first SHOWN characters."""
-    return repr(prompt if len(prompt) <= SHOWN else prompt[:SHOWN] + "...")
 
 
 class PromptTokenizer:

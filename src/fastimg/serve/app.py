@@ -46,13 +46,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocketDisconnect
 from uvicorn.server import HANDLED_SIGNALS
 
+from ..backends.registry import serve_batch
 from ..cli.batch import FORMATS, GUIDANCE, SEED, STEPS, STRENGTH, Pair
-from ..diffusion.pipeline import MAX_IMAGES
 from ..diffusion.schedules import SAMPLERS, default_sampler
 from ..errors import EngineError, FastImgError, InputError
 from ..media.images import MAX_PIXELS, load_image
 from ..media.labels import save_image
-from ..settings import SDXL_ARGUMENTS
+from ..settings import MAX_IMAGES, SDXL_ARGUMENTS, SEED_LIMIT
 from ..workflows import batch
 from ..workflows.sources import Source
 from .admission import (
@@ -99,11 +99,6 @@ MAX_SETTINGS_HEADER = 8192  # clients refuse response headers much beyond this
 SHORT_PROMPT = 200  # characters of a prompt kept when the settings header would be too long
 UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
 STATIC = Path(__file__).parent / "static"
-# Requests per engine run by default, where batching was measured to pay (requests with images
-# of their own, bench/results/batching-sd15-256.json, 2-core EPYC): OpenVINO ran 1.37x (2) and
-# 1.43x (4) faster per image; ONNX Runtime 0.97x and 0.94x, so it runs them one by one, as do
-# the GPU backends (unmeasured).
-BATCH_BY_BACKEND = {"openvino": 4}
 # The page's resources come from this server only (it must work offline, too).
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
                "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'")  # fmt: skip
@@ -122,7 +117,7 @@ class ServeOptions:
     device: int | None = None
     shapes: str = "dynamic"
     workers: int = 1  # requests running at once (the pipeline's max_concurrency)
-    max_batch: int | None = None  # requests per engine run (None: BATCH_BY_BACKEND's, else 1)
+    max_batch: int | None = None  # requests per engine run (None: the backend's serve_batch)
     threads: int | None = None  # CPU threads of the pipeline (None: every core here)
     max_queue: int = 16  # requests waiting beyond those
     timeout: float = 300.0  # seconds from arrival to response, at most
@@ -240,7 +235,7 @@ class Service:
             return
         self.pipe = pipe
         if self.options.max_batch is None:
-            self.max_batch = BATCH_BY_BACKEND.get(getattr(pipe, "backend", None), 1)
+            self.max_batch = serve_batch(getattr(pipe, "backend", None))
         if self.state == "loading":
             self.state = "ready"
         log.info(
@@ -341,7 +336,7 @@ class Service:
         values = {key: _convert(key, value) for key, value in fields.items() if value is not None}
         if "prompt" not in values:
             raise InputError("prompt is required: what the image should become")
-        values.setdefault("seed", secrets.randbelow(batch.SEED_LIMIT))
+        values.setdefault("seed", secrets.randbelow(SEED_LIMIT))
         values["negative_prompt"] = values.get("negative_prompt") or None
         name = _safe_name(source)
         sdxl = tuple((key, values[key]) for key in SDXL_ARGUMENTS if key in values)
@@ -351,7 +346,7 @@ class Service:
             **{JOB_FIELDS[key]: values[key] for key in JOB_FIELDS if key in values},
             sdxl=sdxl,
         )
-        ((sampler, _steps),) = batch.check_jobs(self.pipe, [job])
+        ((sampler, _steps),) = batch.check_jobs(self.pipe.manifest, [job])
         fmt = values.get("format", "png").lower()
         source = name if source else None
         return Upload(job, sampler, data, name, source, fmt, values.get("quality"))

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import FastImgError, InputError
+from ..settings import SEED_LIMIT, CallSettings
 from .sources import Source
 
 log = logging.getLogger("fastimg")
@@ -29,7 +30,6 @@ PREFIX = {"guidance": "g", "steps": "steps"}  # in default names: photo-s0.5-g7.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what outputs are written as
 UNLABELLED_SUFFIXES = (".tif", ".tiff", ".bmp", ".gif", ".avif")  # formats without the labels
 MAX_JOBS = 100_000
-SEED_LIMIT = 2**32
 
 
 @dataclass(frozen=True)
@@ -324,7 +324,7 @@ def run_jobs(
     from ..media.labels import save_image
     from .progress import BatchProgress
 
-    steps = check_jobs(pipe, planned.jobs)
+    steps = check_jobs(pipe.manifest, planned.jobs)
     progress = progress or BatchProgress(len(planned.jobs), mode="quiet", callback=callback)
     existing, report = set(planned.existing), Report()
     loaded: tuple[Path, object] | None = None  # sweeps load each input once
@@ -422,37 +422,39 @@ def transform_many(pipe, jobs: list[tuple], callback: Callable | None = None) ->
     return pipe.call_many([call_arguments(*job) for job in jobs], callback)
 
 
-def call_arguments(job: Job, image, sampler: str) -> dict:
-    """The pipeline's arguments for `job` on `image`."""
-    return dict(
+def call_settings(job: Job) -> CallSettings:
+    """`job`'s settings as the pipeline takes them."""
+    return CallSettings(
         prompt=job.prompt,
-        image=image,
+        negative_prompt=job.negative_prompt,
         strength=job.strength,
         num_inference_steps=job.steps,
         guidance_scale=job.guidance,
-        negative_prompt=job.negative_prompt,
-        num_images_per_prompt=job.count,
         seed=job.seed,
-        scheduler=sampler,
-        **dict(job.sdxl),
+        num_images_per_prompt=job.count,
+        scheduler=job.sampler,
+        sdxl=job.sdxl,
     )
 
 
-def check_jobs(pipe, jobs: list[Job]) -> list[tuple[str, int]]:
-    """Each job's sampler and the steps it runs; a prompt, sampler or strength-and-steps
-    combination that cannot run is refused here, naming the job, before any work."""
-    from ..diffusion.pipeline import check_prompt, check_sdxl_arguments, resolve_sampler
+def call_arguments(job: Job, image, sampler: str) -> dict:
+    """The pipeline's arguments for `job` on `image`, with the sampler resolved."""
+    return {**call_settings(job).arguments(), "image": image, "scheduler": sampler}
+
+
+def check_jobs(manifest, jobs: list[Job]) -> list[tuple[str, int]]:
+    """Each job's sampler and the steps it runs, checked against `manifest`'s engines; a
+    prompt, sampler or strength-and-steps combination that cannot run is refused here,
+    naming the job, before any work."""
+    from ..diffusion.checks import check_call
 
     planned, checked = [], {}
     for job in jobs:
         key = (job.sampler, job.steps, job.strength, job.prompt, job.negative_prompt, job.sdxl)
         if key not in checked:
             try:
-                for text in (job.prompt, job.negative_prompt or ""):
-                    check_prompt(text)
-                check_sdxl_arguments(pipe.manifest, dict(job.sdxl))
-                sampler = resolve_sampler(pipe.manifest, job.sampler)
-                checked[key] = (sampler, pipe.plan(sampler, job.steps, job.strength).steps)
+                call = check_call(manifest, call_settings(job))
+                checked[key] = (call.sampler, call.steps)
             except InputError as exc:
                 raise InputError(f"{job.label}: {exc}") from None
         planned.append(checked[key])

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends import BACKENDS
+from ..backends.registry import BACKENDS
 from ..backends.select import SUPPORTED, unavailable
 from ..machine import cpu_summary, module_version, package_version
 

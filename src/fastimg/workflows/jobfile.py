@@ -10,7 +10,8 @@ from pathlib import Path
 from ..diffusion.schedules import SAMPLERS
 from ..errors import InputError
 from ..media.images import looks_like_an_image
-from .batch import MAX_JOBS, SEED_LIMIT, Job
+from ..settings import SEED_LIMIT
+from .batch import MAX_JOBS, Job
 from .sources import Source
 
 COLUMNS = ("image", "prompt", "negative_prompt", "strength", "steps", "guidance", "seed",

@@ -60,14 +60,13 @@ def run_jobs_on_ray(
 ):
     """Run every job of `planned` on `workers` Ray actors holding the engines (loaded with
     `load_options`, Img2ImgPipeline.from_engines' arguments): batch.run_jobs' outcome."""
-    from ..diffusion.pipeline import Planner
     from ..engine_folder.manifest import load_manifest
     from .batch import Report, check_jobs
     from .progress import BatchProgress
 
     if not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"--ray-workers must be a whole number >= 1, got {workers!r}")
-    steps = check_jobs(Planner(load_manifest(load_options["folder"])), planned.jobs)
+    steps = check_jobs(load_manifest(load_options["folder"]), planned.jobs)
     progress = progress or BatchProgress(len(planned.jobs), mode="quiet", callback=callback)
     report = Report()
     with progress:

@@ -7,9 +7,8 @@ asks of the cluster (CPUs, a GPU) and connects to it.
 import os
 from dataclasses import dataclass
 
+from ..backends.registry import GPU_BACKENDS
 from ..errors import InputError, require
-
-GPU_BACKENDS = ("tensorrt", "onnxruntime-cuda", "onnxruntime-tensorrt")
 
 
 def connect(address: str | None = None, log=None):

@@ -29,6 +29,7 @@ import numpy as np
 
 from ..atomic import public_mode
 from ..errors import EngineError, InputError, OutputError, require
+from ..settings import SEED_LIMIT
 from .progress import BatchProgress
 
 log = logging.getLogger("fastimg")
@@ -53,7 +54,6 @@ DEFAULT_FPS = Fraction(24)
 DEFAULT_REUSE_THRESHOLD = 0.01
 FRAME_NAME = "frame-{:06d}.png"
 FRAME_FILE = re.compile(r"frame-(\d{6,})\.png")
-SEED_LIMIT = 2**32
 # Frames are encoded as BT.709 limited-range YUV and tagged so (FFmpeg's AVColorSpace,
 # AVColorPrimaries and AVColorTransferCharacteristic all number BT.709 1; AVColorRange: MPEG 1):
 # untagged video is read as BT.601 by some players and BT.709 by others.
@@ -460,7 +460,7 @@ def _settings(pipe, source, prompt, negative_prompt, strength, steps, guidance, 
     from .sources import Source
 
     job = Job(Source(source), prompt, negative_prompt, strength, steps, guidance, seed, sampler)
-    ((sampler, run_steps),) = check_jobs(pipe, [job])
+    ((sampler, run_steps),) = check_jobs(pipe.manifest, [job])
     settings = {
         "fastimg:prompt": prompt,
         "fastimg:negative_prompt": negative_prompt or "",

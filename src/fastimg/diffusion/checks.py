@@ -1,0 +1,98 @@
+"""A call's settings checked against an engine folder, with none of its engines loaded: the
+sampler it runs, its schedule's per-step plan and its SDXL arguments. The pipeline checks
+every call here at entry, and a batch or a Ray driver checks all its jobs here before any runs.
+"""
+
+import logging
+from dataclasses import dataclass
+
+from ..engine_folder.manifest import Manifest
+from ..errors import InputError
+from ..settings import BY_NAME, SAMPLERS, CallSettings
+from . import schedules
+from .conditioning import check_sdxl_arguments
+
+log = logging.getLogger("fastimg")
+
+_WARNED: set[tuple] = set()  # (folder, scheduler class) whose fallback to ddim was said once
+
+
+@dataclass(frozen=True)
+class CheckedCall:
+    """A call's settings with every value checked, its sampler resolved and its plan made."""
+
+    settings: CallSettings
+    sampler: str
+    plan: schedules.Plan
+    micro: dict  # the SDXL arguments, normalized
+
+    @property
+    def steps(self) -> int:
+        """The UNet steps that run (strength x the scheduled steps)."""
+        return self.plan.steps
+
+
+def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
+    """The sampler to run: the one asked for, else the model's own, else ddim with a warning
+    (once per engine folder)."""
+    if scheduler is not None:
+        if scheduler not in SAMPLERS:
+            raise InputError(
+                f"unknown scheduler {scheduler!r}: choose one of {', '.join(SAMPLERS)}"
+            )
+        return scheduler
+    own = schedules.default_sampler(manifest.scheduler)
+    if own is None:
+        name = manifest.scheduler.get("_class_name")
+        if (manifest.folder, name) not in _WARNED:
+            _WARNED.add((manifest.folder, name))
+            log.warning(
+                "the model's scheduler %s has no fastimg sampler; using ddim with its config "
+                "(choose one with --scheduler)",
+                name,
+            )
+        return "ddim"
+    return own
+
+
+def plan_for(manifest: Manifest, sampler: str, steps: int, strength: float) -> schedules.Plan:
+    """The per-step coefficients of a call on `manifest`'s engines."""
+    return schedules.make_plan(
+        manifest.scheduler,
+        sampler,
+        steps,
+        strength,
+        # an LCM-distilled UNet (timestep_cond input) cuts its schedule by the strength, as
+        # LatentConsistencyModelImg2ImgPipeline
+        strength_in_schedule="timestep_cond" in manifest.components["unet"]["inputs"],
+    )
+
+
+def check_values(settings: CallSettings) -> CallSettings:
+    """Every value checked as the Python API takes it (numbers of any real type become
+    Python's own); the prompt is required."""
+    if not isinstance(settings.prompt, str):
+        raise InputError(f"prompt must be a string, got {type(settings.prompt).__name__}")
+    checked = {
+        name: BY_NAME[name].check(settings.value(name))
+        for name in (
+            "prompt",
+            "negative_prompt",
+            "strength",
+            "guidance_scale",
+            "num_inference_steps",
+            "num_images_per_prompt",
+            "seed",
+        )
+    }
+    return settings.with_values(**checked)
+
+
+def check_call(manifest: Manifest, settings: CallSettings) -> CheckedCall:
+    """`settings` checked against `manifest`'s engines: values, SDXL arguments, sampler and
+    the plan (a strength and step count that run no step are refused here)."""
+    settings = check_values(settings)
+    micro = check_sdxl_arguments(manifest, dict(settings.sdxl))
+    sampler = resolve_sampler(manifest, settings.scheduler)
+    plan = plan_for(manifest, sampler, settings.num_inference_steps, settings.strength)
+    return CheckedCall(settings, sampler, plan, micro)

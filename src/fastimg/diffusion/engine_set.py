@@ -1,0 +1,249 @@
+"""The engines a pipeline runs on: one set loaded up front, or, for a backend of prebuilt plan
+sets (TensorRT), the set that fits each call's shape (a few kept loaded, least recently used
+dropped first), with `auto`'s fallback for a call that no plan set fits.
+
+It also answers what the memory estimate needs of the engines that run a call: which
+components run attention fused, which graph keeps per-call scratch memory, which graph
+variant runs, and what earlier calls left with the engines (theirs to reuse).
+"""
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+
+from .. import machine
+from ..backends import Engines, graph_variant, load_engines, select
+from ..backends.registry import describe
+from ..backends.select import resolve
+from ..engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest
+from ..errors import EngineError
+from . import memory
+from .arrays import namespace
+
+log = logging.getLogger("fastimg")
+
+# Plan sets kept loaded at once (each holds its engines and activation memory).
+MAX_PLAN_SETS = 2
+
+
+def describe_run(backend: str, precision: str) -> str:
+    """What a run on this backend and precision promises, in one line."""
+    if precision == "fp32":
+        return f"running on {backend} (fp32): the exact path, matching diffusers"
+    return (
+        f"running on {backend} ({precision}): the fast path, close to but not exactly "
+        "diffusers' output (--precision fp32 is the exact path)"
+    )
+
+
+def fused_components(manifest: Manifest, backend: str) -> frozenset:
+    """The components `backend` runs with attention fused (never holding the scores): those
+    it fuses itself, or those whose variant graph for it has fused attention."""
+    kind = describe(backend).fused_attention
+    if kind == "all":
+        return frozenset(manifest.components)
+    if kind == "none":
+        return frozenset()
+    return frozenset(
+        c for c in manifest.components if manifest.variant(c, backend).get("fused_attention")
+    )
+
+
+def estimate_kind(manifest: Manifest, backend: str, precision: str) -> dict:
+    """What the memory estimate needs to know of a backend: the components it runs with
+    attention fused, the graph whose weights it keeps per-call scratch for (None: none), and
+    the graph variant it runs (memory.call_bytes' fused, scratch and variant)."""
+    variant = graph_variant(backend, precision)
+    return {
+        "fused": fused_components(manifest, backend),
+        "scratch": variant if describe(backend).per_call_scratch else None,
+        "variant": variant,
+    }
+
+
+class EngineSet:
+    """The loaded engines of one engine folder on one resolved backend and precision."""
+
+    def __init__(
+        self,
+        manifest: Manifest,
+        backend: str,
+        precision: str,
+        options: dict,
+        shapes: str,
+        auto: bool,
+        asked_precision: str,
+    ):
+        self.manifest, self.backend, self.precision = manifest, backend, precision
+        self.options, self.shapes = options, shapes
+        self._auto, self._asked_precision = auto, asked_precision
+        self._lock = threading.Lock()  # the loaded engines and what calls left with them
+        self._loading = threading.Lock()  # one plan set loads at a time, outside self._lock
+        # Per loaded engines, the estimated bytes of the largest call that ran on them: the
+        # backends keep that memory for the next call (OpenVINO's scratch, ONNX Runtime's
+        # arena), so it is no longer free, yet theirs to reuse.
+        self._kept: dict[str, int] = {}
+        self._loaded: OrderedDict[str | None, Engines] = OrderedDict()
+        self._fallback: Engines | None = None
+        self._wrap: Callable[[str, object], object] | None = None
+        if not describe(backend).plan_sets:  # plan sets load as calls need them
+            engines = self._loaded[None] = self._load(backend, precision)
+            if engines.precision != precision:
+                log.warning(
+                    "%s was asked for, but %s compiled %s on this machine (the CPU has no "
+                    "native %s)",
+                    precision,
+                    backend,
+                    engines.precision,
+                    precision,
+                )
+                self.precision = engines.precision
+
+    def primary(self) -> Engines | None:
+        """The engines loaded most recently (None before a plan-set backend's first call)."""
+        with self._lock:
+            return next(reversed(self._loaded.values()), None)
+
+    def default(self) -> Engines:
+        """The engines a stage method runs on when it is given none."""
+        engines = self.primary()
+        if engines is None:
+            raise EngineError(
+                "no TensorRT plan set is loaded before the first call: call the pipeline, or "
+                "pass engines=pipe.engines_for(height, width, batch) to the stage methods"
+            )
+        return engines
+
+    def wrap_sessions(self, wrap: Callable[[str, object], object]) -> None:
+        """Replace every session, now and as plan sets load, by wrap(component, session)."""
+        self._wrap = wrap
+        for engines in (*self._loaded.values(), self._fallback):
+            if engines is not None:
+                engines.sessions = {n: wrap(n, s) for n, s in engines.sessions.items()}
+
+    def _load(self, backend: str, precision: str, plans=None) -> Engines:
+        engines = load_engines(
+            backend,
+            self.manifest,
+            self.manifest.component_names,
+            precision,
+            plans=plans,
+            shapes=self.shapes,
+            **self.options,
+        )
+        engines.xp = namespace(engines.device)
+        if self._wrap is not None:
+            engines.sessions = {n: self._wrap(n, s) for n, s in engines.sessions.items()}
+        return engines
+
+    def for_call(self, height: int, width: int, batch: int) -> Engines:
+        """The engines that run a call of `batch` images of height x width pixels."""
+        if not describe(self.backend).plan_sets:
+            return self._loaded[None]
+        try:
+            plans = select.tensorrt_plans_here(
+                self.manifest,
+                self.options["device"],
+                height=height,
+                width=width,
+                batch=batch,
+                precision=self.precision,
+            )
+        except EngineError as exc:
+            if not self._auto:
+                raise
+            return self._fallback_engines(f"{width}x{height}, {batch} per call: {exc}")
+        with self._loading:
+            with self._lock:
+                engines = self._loaded.get(plans.key)
+            if engines is None:
+                engines = self._load(self.backend, self.precision, plans)
+            with self._lock:
+                self._loaded[plans.key] = engines
+                self._loaded.move_to_end(plans.key)
+                while len(self._loaded) > MAX_PLAN_SETS:
+                    self._loaded.popitem(last=False)
+            return engines
+
+    def _fallback_engines(self, reason: str) -> Engines:
+        with self._loading:
+            if self._fallback is None:
+                # The precision asked for is kept: an exact (fp32) pipeline stays exact.
+                backend, precision = resolve(
+                    "auto",
+                    self._asked_precision,
+                    self.manifest,
+                    self.options["device"],
+                    exclude=(self.backend,),
+                )
+                self._fallback = self._load(backend, precision)
+        log.warning(
+            "%s passed over for %s; running on %s", self.backend, reason, self._fallback.label
+        )
+        return self._fallback
+
+    # --- memory ---------------------------------------------------------------------------------
+
+    def fused(self, backend: str) -> frozenset:
+        """The components `backend` runs with attention fused (never holding the scores)."""
+        return fused_components(self.manifest, backend)
+
+    def estimate_kind(self, backend: str, precision: str) -> dict:
+        """What the memory estimate needs to know of `backend` (estimate_kind)."""
+        return estimate_kind(self.manifest, backend, precision)
+
+    def max_side(self, device: str) -> int:
+        """The longest image side these engines take here: what the manifest states, bounded
+        by what one image's activations can have of the memory free now (plan sets bound
+        their own sizes)."""
+        stated = self.manifest.max_side
+        fits = None
+        if not describe(self.backend).plan_sets:
+            fits = memory.largest_side(
+                self.manifest,
+                machine.free_bytes(device),
+                **self.estimate_kind(self.backend, self.precision),
+            )
+        sides = [side for side in (stated, fits) if side is not None]
+        return min(sides) if sides else DEFAULT_MAX_SIDE
+
+    def images_per_call(
+        self, engines: Engines, height: int, width: int, total: int, cfg: bool
+    ) -> tuple[int, int]:
+        """(images per engine call, bytes that call holds) for `total` images on `engines`,
+        refused with the numbers when one image cannot fit in the memory free."""
+        if describe(engines.backend).plan_sets:  # (their activation memory is set at load)
+            return total, 0
+        kind = self.estimate_kind(engines.backend, engines.precision)
+        free = machine.free_bytes(engines.device)
+        if free is not None:  # what earlier calls left with the engines is theirs to reuse
+            with self._lock:
+                free += self._kept.get(engines.label, 0)
+        chunk = memory.images_per_call(
+            self.manifest,
+            height,
+            width,
+            total,
+            cfg,
+            free,
+            kind["fused"],
+            kind["scratch"],
+            kind["variant"],
+        )
+        held = memory.peak_bytes(
+            self.manifest,
+            height,
+            width,
+            chunk,
+            cfg,
+            kind["fused"],
+            kind["scratch"],
+            kind["variant"],
+        )
+        return chunk, held
+
+    def keep(self, engines: Engines, held: int) -> None:
+        """Record that a call held `held` bytes on `engines` (the backend keeps them)."""
+        with self._lock:
+            self._kept[engines.label] = max(self._kept.get(engines.label, 0), held)
