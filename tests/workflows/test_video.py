@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from fastimg.errors import EngineError, InputError, OutputError
-from fastimg.media.labels import read_labels
+from fastimg.media.label_reader import read_labels
 from fastimg.workflows import video
 from fastimg.workflows.video import FrameProgress, frame_files, transform_video
 

@@ -547,7 +547,7 @@ def inspect_images(images: tuple[Path, ...], as_json: bool) -> None:
     """Print what IMAGES carry: generation parameters, the AI-generated label, C2PA."""
     import json
 
-    from ..media.labels import read_labels
+    from ..media.label_reader import read_labels
 
     for path in images:
         labels = read_labels(path)

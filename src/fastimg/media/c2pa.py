@@ -11,15 +11,21 @@ import datetime as dt
 import io
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, OutputError, require
+from .formats import FORMAT_NAMES
+from .vocabulary import (
+    SETTING_PREFIX,
+    TRAINED_ALGORITHMIC_MEDIA,
+    encodable_text,
+    fastimg_items,
+    version,
+)
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 SUFFIXES = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
-FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 # The extended key usages C2PA accepts for claim signing (C2PA 2.x §14.5.1; c2pa-rs's
 # sdk/src/crypto/cose/valid_eku_oids.cfg, and C2PA's own c2pa-kp-claimSigning). c2pa-rs
 # 0.91 takes emailProtection, timeStamping and OCSPSigning by itself; the others only when its
@@ -43,7 +49,6 @@ SUPPORTED_KEYS = (
     "or RSA of 2048 bits or more (ps256)"
 )
 EC_ALGORITHMS = {"secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"}
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -260,24 +265,18 @@ def _sign(signer: C2paSigner, data: bytes, mime: str, manifest: dict) -> bytes:
 
 def _manifest(settings: dict, title: str) -> dict:
     """The manifest definition: generator, title, and the c2pa.created action."""
-    from .labels import TRAINED_ALGORITHMIC_MEDIA, version  # here: labels may import this module
-
     fastimg = {"name": "fastimg", "version": version()}
     created = {
         "action": "c2pa.created",
         "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
         "softwareAgent": fastimg,
     }
-    own = {
-        k[8:]: _json_value(v)
-        for k, v in settings.items()
-        if isinstance(k, str) and k.startswith("fastimg:")
-    }
+    own = {k[len(SETTING_PREFIX) :]: _json_value(v) for k, v in fastimg_items(settings)}
     if own:
         created["parameters"] = {"fastimg": own}
     return {
         "claim_generator_info": [fastimg],
-        "title": _text(title),
+        "title": encodable_text(title),
         "assertions": [{"label": "c2pa.actions", "data": {"actions": [created]}}],
     }
 
@@ -288,12 +287,7 @@ def _json_value(value):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
-    return _text(value)
-
-
-def _text(value) -> str:
-    """`str(value)` with lone surrogates (undecodable argv bytes) as U+FFFD, so it encodes."""
-    return LONE_SURROGATE.sub("\ufffd", str(value))
+    return encodable_text(value)
 
 
 def _context(thumbnail: bool = True, anchors: bytes | None = None):

@@ -381,7 +381,7 @@ def settle_made(job: Job, sampler: str, report: Report, progress) -> None:
 def _made_otherwise(path: Path, job: Job, sampler: str) -> str | None:
     """Why an existing output is not this job's image (its labels name other settings), or
     None; an output without labels (written with --no-metadata) cannot tell, and is kept."""
-    from ..media.labels import read_labels
+    from ..media.label_reader import read_labels
 
     try:
         recorded = read_labels(path)["fastimg"]
@@ -539,7 +539,8 @@ def write_sheets(
     from PIL import Image
 
     from ..media.grid import contact_sheet
-    from ..media.labels import read_labels, save_image
+    from ..media.label_reader import read_labels
+    from ..media.labels import save_image
 
     failed = {path for job, _ in report.failed for path in job.outputs}
     written = []
