@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import FastImgError, InputError
+from ..media.formats import UNLABELLED_SUFFIXES, WRITTEN_SUFFIXES
 from .sources import Source
 
 log = logging.getLogger("fastimg")
@@ -26,8 +27,6 @@ log = logging.getLogger("fastimg")
 SWEPT = ("strength", "guidance", "steps", "seed")
 NAME_FIELDS = ("stem", "strength", "guidance", "steps", "seed", "sampler", "index", "row")
 PREFIX = {"guidance": "g", "steps": "steps"}  # in default names: photo-s0.5-g7.5-steps30-1
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what outputs are written as
-UNLABELLED_SUFFIXES = (".tif", ".tiff", ".bmp", ".gif", ".avif")  # formats without the labels
 MAX_JOBS = 100_000
 SEED_LIMIT = 2**32
 
@@ -215,7 +214,7 @@ def name_outputs(
                 except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
                     raise InputError(f"--name {template!r} cannot be used: {exc}") from None
             path = _output_name(str(name), job, fmt)
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if path.suffix.lower() not in WRITTEN_SUFFIXES:
                 path = path.with_name(path.name + suffix)
             paths.append(output / job.source.subfolder / path)
         named.append(replace(job, outputs=tuple(paths)))
