@@ -467,3 +467,22 @@ def test_import_does_not_load_c2pa():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.jpg", "out.webp"])
+def test_encode_image_signs_as_save_image_does(pki, tmp_path, name):
+    # c2pa gives each manifest new UUIDs (and ECDSA a random nonce), so two signings of one
+    # image differ in those bytes: compared are what the files carry, read back.
+    signer = load_signer(pki.chain, pki.key)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    saved = labels.save_image(image, tmp_path / name, SETTINGS, signer=signer)
+    encoded = labels.encode_image(image, SETTINGS, signer=signer, name=name)
+    (tmp_path / f"encoded-{name}").write_bytes(encoded)
+    assert read_labels(tmp_path / f"encoded-{name}") == read_labels(saved)
+    assert pixels(encoded).tolist() == pixels(saved.read_bytes()).tolist()
+    from_file, from_bytes = read_manifest(saved), read_manifest(encoded)
+    for summary in (from_file, from_bytes):
+        assert summary["signature_valid"] and summary["hashes_match"]
+        assert (summary["title"], summary["digital_source_type"]) == (name, TRAINED)
+    unsigned = {k: v for k, v in from_file.items() if k != "signed_at"}
+    assert unsigned == {k: v for k, v in from_bytes.items() if k != "signed_at"}

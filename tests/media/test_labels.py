@@ -440,3 +440,54 @@ def test_text_that_cannot_be_encoded_is_replaced_not_fatal(tmp_path, noise):
     for suffix in SUFFIXES:
         found = read_labels(labels.save_image(noise, tmp_path / f"o.{suffix}", settings))
         assert found["fastimg"]["fastimg:prompt"] == "fox\ufffd"
+
+
+# --- in memory: encode_image writes the bytes save_image writes --------------------------------
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.jpg", "out.jpeg", "out.webp"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P"])
+@pytest.mark.parametrize("metadata", [True, False])
+def test_encode_image_gives_the_bytes_save_image_writes(tmp_path, noise, name, mode, metadata):
+    image = noise.convert(mode)
+    image.info["icc_profile"] = b"not carried"
+    for quality in (None, 40):
+        saved = labels.save_image(image, tmp_path / name, SETTINGS, None, quality, metadata)
+        by_name = labels.encode_image(image, SETTINGS, None, quality, metadata, name=name)
+        fmt = labels.output_format(name).lower()
+        by_format = labels.encode_image(image, SETTINGS, fmt, quality, metadata)
+        assert by_name == by_format == saved.read_bytes()
+
+
+def test_encode_image_signs_what_save_image_signs(tmp_path, noise, monkeypatch):
+    calls = []
+
+    def sign_image(signer, data, fmt, settings, title=None):
+        calls.append((signer, data, fmt, settings, title))
+        return b"signed:" + data
+
+    monkeypatch.setattr(labels, "sign_image", sign_image)
+    for name in ("out.png", "out.jpg", "out.webp"):
+        for metadata in (True, False):
+            calls.clear()
+            saved = labels.save_image(
+                noise, tmp_path / name, SETTINGS, signer="s", metadata=metadata
+            )
+            encoded = labels.encode_image(noise, SETTINGS, signer="s", metadata=metadata, name=name)
+            assert encoded == saved.read_bytes() and encoded.startswith(b"signed:")
+            assert calls[0] == calls[1] and calls[0][3] == (SETTINGS if metadata else {})
+            assert calls[0][4] == name
+    labels.encode_image(noise, SETTINGS, "webp", signer="s")
+    assert calls[-1][4] is None  # sign_image then titles it image.webp
+
+
+def test_encode_image_refuses_what_save_image_refuses(noise):
+    with pytest.raises(InputError, match="cannot write the image: format 'gif' is not one"):
+        labels.encode_image(noise, SETTINGS, "gif")
+    with pytest.raises(InputError, match="cannot write the image: the name has no suffix"):
+        labels.encode_image(noise, SETTINGS)
+    with pytest.raises(InputError, match="quality 0 is not a whole number"):
+        labels.encode_image(noise, SETTINGS, "jpeg", quality=0)
+    long = {**SETTINGS, "fastimg:prompt": "fox " * 20000}
+    with pytest.raises(InputError, match="cannot write upload.jpg: its labels .* over the 64 KiB"):
+        labels.encode_image(noise, long, "jpeg", name="upload.jpg")

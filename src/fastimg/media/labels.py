@@ -182,28 +182,21 @@ def save_image(
 
     `quality` (1-100) is for JPEG and WebP, 95 by default for both; PNG ignores it. With
     `metadata=False` the file carries no text chunks, EXIF or XMP, nor anything from
-    `image.info`. `signer` (c2pa_signing.load_signer) adds a signed C2PA manifest (without
+    `image.info`. `signer` (c2pa.load_signer) adds a signed C2PA manifest (without
     the settings when `metadata=False`). A write that fails is an OutputError, and leaves no
     partial file.
     """
     path = Path(path)
     fmt = output_format(path, fmt)
-    options = {}
-    if fmt in DEFAULT_QUALITY:
-        options["quality"] = _quality(quality, fmt)
-    bare = _bare(image, fmt)
-    if metadata:
-        options.update(_labels(fmt, settings, bare.size, path))
+    bare, options = _encoding(image, settings, fmt, quality, metadata, path)
     if signer is None:
 
         def write(f):
             bare.save(f, format=fmt, **options)
 
     else:  # signed in memory, so that the file is written whole, credentials and all
-        encoded = io.BytesIO()
-        bare.save(encoded, format=fmt, **options)
         credentials = settings if metadata else {}
-        signed = sign_image(signer, encoded.getvalue(), fmt, credentials, title=path.name)
+        signed = _signed(bare, fmt, options, signer, credentials, title=path.name)
 
         def write(f):
             f.write(signed)
@@ -213,6 +206,50 @@ def save_image(
         return write_atomically(path, write)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def encode_image(
+    image: Image.Image,
+    settings: dict,
+    fmt: str | None = None,
+    quality: int | None = None,
+    metadata: bool = True,
+    signer=None,
+    name: str | None = None,
+) -> bytes:
+    """The bytes save_image would write for `image` to a file called `name`, labels and all.
+
+    The format is `fmt` (png, jpeg, jpg, webp), else `name`'s suffix; `quality`, `metadata`
+    and `signer` are save_image's. `name` is the C2PA manifest's title when signing (by
+    default image.png, image.jpg or image.webp) and what messages call the image.
+    """
+    where = name or "the image"
+    fmt = output_format(where, fmt)
+    bare, options = _encoding(image, settings, fmt, quality, metadata, where)
+    if signer is not None:
+        return _signed(bare, fmt, options, signer, settings if metadata else {}, title=name)
+    encoded = io.BytesIO()
+    bare.save(encoded, format=fmt, **options)
+    return encoded.getvalue()
+
+
+def _encoding(image, settings: dict, fmt: str, quality, metadata: bool, where) -> tuple:
+    """(the image as `fmt` stores it, Pillow's save options with the labels): what save_image
+    and encode_image both write; `where` names the output in messages."""
+    options = {}
+    if fmt in DEFAULT_QUALITY:
+        options["quality"] = _quality(quality, fmt)
+    bare = _bare(image, fmt)
+    if metadata:
+        options.update(_label_options(fmt, settings, bare.size, where))
+    return bare, options
+
+
+def _signed(bare, fmt: str, options: dict, signer, credentials: dict, title) -> bytes:
+    """The encoded file with a C2PA manifest signed by `signer` (its settings: `credentials`)."""
+    encoded = io.BytesIO()
+    bare.save(encoded, format=fmt, **options)
+    return sign_image(signer, encoded.getvalue(), fmt, credentials, title=title)
 
 
 def _quality(quality: int | None, fmt: str) -> int:
@@ -234,7 +271,7 @@ def _bare(image: Image.Image, fmt: str) -> Image.Image:
     return bare
 
 
-def _labels(fmt: str, settings: dict, size: tuple[int, int], path: Path) -> dict:
+def _label_options(fmt: str, settings: dict, size: tuple[int, int], where) -> dict:
     """Pillow save options that write the labels in `fmt`'s places."""
     text = parameters_text(settings, size)
     xmp = xmp_packet(settings)
@@ -248,7 +285,7 @@ def _labels(fmt: str, settings: dict, size: tuple[int, int], path: Path) -> dict
     exif = _exif(text)
     if fmt == "JPEG" and max(len(exif), len(JPEG_XMP_HEADER) + len(xmp)) > JPEG_SEGMENT_BYTES:
         raise InputError(
-            f"cannot write {path}: its labels (prompt and settings) are over the 64 KiB a JPEG "
+            f"cannot write {where}: its labels (prompt and settings) are over the 64 KiB a JPEG "
             "metadata segment holds; write PNG or WebP, or shorten the prompt"
         )
     return {"exif": exif, "xmp": xmp}
