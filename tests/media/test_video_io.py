@@ -30,7 +30,7 @@ def test_a_clip_reads_its_frames_and_audio_and_a_sink_writes_them_back(tmp_path)
     sink = VideoSink(out, clip, {}, metadata=False)
     frames = 0
     try:
-        for item in clip.items():
+        for item in clip.frames_and_audio():
             if isinstance(item, Frame):
                 frames += 1
                 assert item.index == frames and item.image.size == (64, 48)
@@ -64,7 +64,7 @@ def test_frame_folders_are_read_by_content_in_natural_order(tmp_path):
     (tmp_path / "sub").mkdir()
     assert [p.name for p in frame_files(tmp_path)] == ["shot1.png", "shot2.png", "shot10.png"]
     clip = open_clip(tmp_path, fps=12)
-    frames = list(clip.items())
+    frames = list(clip.frames_and_audio())
     assert (clip.rate, clip.total, [f.index for f in frames]) == (12, 3, [1, 2, 3])
     assert np.array_equal(np.asarray(frames[0].image), pictures(1, seed=1)[0])
     with pytest.raises(InputError, match="holds no frame images"):

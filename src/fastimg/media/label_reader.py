@@ -28,7 +28,7 @@ def read_labels(path: str | Path) -> dict:
         data = path.read_bytes()
         with Image.open(io.BytesIO(data)) as image:
             fmt, size, info = image.format, image.size, dict(image.info)
-            exif = None if fmt == "PNG" else _getexif(image)
+            exif = None if fmt == "PNG" else _exif_or_none(image)
     except UnidentifiedImageError:
         raise InputError(f"{path} is not an image that can be read") from None
     except Image.DecompressionBombError as exc:
@@ -38,11 +38,11 @@ def read_labels(path: str | Path) -> dict:
 
     if fmt == "PNG":
         texts, exif_body, c2pa = _png_metadata(data)
-        parameters = texts.get("parameters") or _comment(_load_exif(exif_body))
+        parameters = texts.get("parameters") or _user_comment(_exif_from_body(exif_body))
         xmp = texts.get(PNG_XMP_KEY, "").encode("utf-8") or None
         own = {k: v for k, v in texts.items() if k.startswith("fastimg:")}
     else:
-        parameters = _comment(exif)
+        parameters = _user_comment(exif)
         xmp = info.get("xmp")
         own = {}
         c2pa = _has_c2pa(fmt, data)
@@ -110,7 +110,7 @@ def _inflate(data: bytes) -> bytes:
     return out
 
 
-def _getexif(image: Image.Image) -> Image.Exif | None:
+def _exif_or_none(image: Image.Image) -> Image.Exif | None:
     """The image's EXIF; None when it is damaged (the rest of the file may still be read)."""
     try:
         return image.getexif()
@@ -118,7 +118,7 @@ def _getexif(image: Image.Image) -> Image.Exif | None:
         return None
 
 
-def _load_exif(body: bytes | None) -> Image.Exif | None:
+def _exif_from_body(body: bytes | None) -> Image.Exif | None:
     if not body:
         return None
     exif = Image.Exif()
@@ -129,7 +129,7 @@ def _load_exif(body: bytes | None) -> Image.Exif | None:
     return exif
 
 
-def _comment(exif: Image.Exif | None) -> str | None:
+def _user_comment(exif: Image.Exif | None) -> str | None:
     """EXIF UserComment as text (A1111's JPEG/WebP parameters); None when there is none."""
     try:
         raw = exif.get_ifd(ExifTags.IFD.Exif).get(ExifTags.Base.UserComment) if exif else None

@@ -63,12 +63,12 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
     fields = {
         "Steps": settings["fastimg:steps"],
         "Sampler": SAMPLER_NAMES.get(scheduler, scheduler),
-        "CFG scale": _number(settings["fastimg:guidance"]),
+        "CFG scale": _short_number(settings["fastimg:guidance"]),
         "Seed": settings["fastimg:seed"],
         "Size": f"{size[0]}x{size[1]}",
         "Model hash": settings.get("fastimg:model_hash") or None,
         "Model": settings.get("fastimg:model") or None,
-        "Denoising strength": _number(settings["fastimg:strength"]),
+        "Denoising strength": _short_number(settings["fastimg:strength"]),
         "Version": f"fastimg {version()}",
     }
     line = ", ".join(
@@ -79,7 +79,7 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
     return f"{encodable_text(settings['fastimg:prompt'])}{negative_line}\n{line}".strip()
 
 
-def _number(value) -> str:
+def _short_number(value) -> str:
     """A number without needless trailing zeros: 7.0 -> '7', 7.5 -> '7.5', '0.50' -> '0.5'."""
     try:
         number = float(value)
@@ -238,8 +238,8 @@ def _encoding(image, settings: dict, fmt: str, quality, metadata: bool, where) -
     and encode_image both write; `where` names the output in messages."""
     options = {}
     if fmt in DEFAULT_QUALITY:
-        options["quality"] = _quality(quality, fmt)
-    bare = _bare(image, fmt)
+        options["quality"] = _checked_quality(quality, fmt)
+    bare = _storable_copy(image, fmt)
     if metadata:
         options.update(_label_options(fmt, settings, bare.size, where))
     return bare, options
@@ -252,7 +252,7 @@ def _signed(bare, fmt: str, options: dict, signer, credentials: dict, title) -> 
     return sign_image(signer, encoded.getvalue(), fmt, credentials, title=title)
 
 
-def _quality(quality: int | None, fmt: str) -> int:
+def _checked_quality(quality: int | None, fmt: str) -> int:
     if quality is None:
         return DEFAULT_QUALITY[fmt]
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
@@ -260,7 +260,7 @@ def _quality(quality: int | None, fmt: str) -> int:
     return quality
 
 
-def _bare(image: Image.Image, fmt: str) -> Image.Image:
+def _storable_copy(image: Image.Image, fmt: str) -> Image.Image:
     """A copy of `image` in a mode `fmt` stores, with no `info` for Pillow to carry into the file
     (Pillow writes e.g. an input's ICC profile and transparency from `info`)."""
     if image.mode in STORED_MODES[fmt]:
@@ -282,7 +282,7 @@ def _label_options(fmt: str, settings: dict, size: tuple[int, int], where) -> di
         for key, value in fastimg_items(settings):
             info.add_itxt(key, encodable_text(value))
         return {"pnginfo": info}
-    exif = _exif(text)
+    exif = _user_comment_exif(text)
     if fmt == "JPEG" and max(len(exif), len(JPEG_XMP_HEADER) + len(xmp)) > JPEG_SEGMENT_BYTES:
         raise InputError(
             f"cannot write {where}: its labels (prompt and settings) are over the 64 KiB a JPEG "
@@ -291,7 +291,7 @@ def _label_options(fmt: str, settings: dict, size: tuple[int, int], where) -> di
     return {"exif": exif, "xmp": xmp}
 
 
-def _exif(text: str) -> bytes:
+def _user_comment_exif(text: str) -> bytes:
     """EXIF that holds `text` in UserComment byte for byte as A1111 writes it (piexif.dump of
     UserComment.dump(text, encoding="unicode")): a big-endian TIFF block, IFD0 with Software and
     the Exif IFD's offset, the Exif IFD with UserComment typed UNDEFINED, b"UNICODE\\0" then

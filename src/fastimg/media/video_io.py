@@ -65,7 +65,7 @@ class Frame:
 @dataclass
 class Clip:
     """An opened input: frame rate, time base, frame count (an estimate; 0: unknown), and the
-    audio stream kept (PyAV's, None for none); `items()` reads frames and audio packets."""
+    audio stream kept (PyAV's, None for none); `frames_and_audio()` reads them."""
 
     path: Path
     rate: Fraction
@@ -75,9 +75,9 @@ class Clip:
     container: object | None = None
     files: tuple[Path, ...] = ()
 
-    def items(self) -> Iterator:
+    def frames_and_audio(self) -> Iterator:
         """Frames, and the kept audio stream's packets, in the order the file holds them."""
-        return _video_items(self) if self.container is not None else _folder_items(self)
+        return _video_frames_and_audio(self) if self.container is not None else _folder_frames(self)
 
     def close(self) -> None:
         """Close the file (a frame folder has none open)."""
@@ -163,7 +163,7 @@ def _frame_count(container, stream, rate: Fraction) -> int:
     return 0
 
 
-def _video_items(clip: Clip) -> Iterator:
+def _video_frames_and_audio(clip: Clip) -> Iterator:
     """Decoded frames and the audio packets, one packet at a time (memory stays flat)."""
     av = _av()
     stream = clip.container.streams.video[0]
@@ -186,7 +186,7 @@ def _video_items(clip: Clip) -> Iterator:
         raise InputError(f"{clip.path} holds no video frame that can be decoded")
 
 
-def _folder_items(clip: Clip) -> Iterator[Frame]:
+def _folder_frames(clip: Clip) -> Iterator[Frame]:
     """The folder's frames, loaded one at a time."""
     for index, path in enumerate(clip.files, 1):
         yield Frame(index, load_image(path), index - 1)
@@ -252,16 +252,16 @@ class VideoSink:
     def __init__(self, dest: Path, clip: Clip, settings: dict, metadata: bool = True):
         self.dest, self.clip, self.settings, self.metadata = dest, clip, settings, metadata
         self.muxer, self.codec, self.audio_codec = VIDEO_FORMATS[dest.suffix.lower()]
-        self.part: Path | None = None
-        self.file = None
+        self.temp_path: Path | None = None
+        self.temp_file = None
         self.container = None
-        self.video = None
-        self.audio_out = None
+        self.video_stream = None
+        self.audio_stream = None
         self.copy_audio = False
         self.audio_note = "none"
-        self.pending: list = []
+        self.pending_audio: list = []
         self.last_pts: int | None = None
-        self.step = max(1, round(1 / (clip.rate * clip.time_base)))  # one frame, in time base
+        self.frame_step = max(1, round(1 / (clip.rate * clip.time_base)))  # one frame, in time base
 
     def write(self, frame: Frame, image) -> None:
         """Encode `image` as `frame`'s output, at `frame`'s time."""
@@ -270,20 +270,20 @@ class VideoSink:
             if self.container is None:
                 self._open(image.size)
             out = av.VideoFrame.from_image(image).reformat(
-                self.video.width,
-                self.video.height,
+                self.video_stream.width,
+                self.video_stream.height,
                 "yuv420p",
                 dst_colorspace="ITU709",
                 dst_color_range="MPEG",
             )
             out.pts = self._pts(frame.pts)
             out.time_base = self.clip.time_base
-            self.container.mux(self.video.encode(out))
+            self.container.mux(self.video_stream.encode(out))
 
     def audio(self, packet) -> None:
         """Mux (copy or re-encode) one of the input's audio packets."""
         if self.container is None:
-            self.pending.append(packet)
+            self.pending_audio.append(packet)
             return
         with self._writing():
             self._mux_audio(packet)
@@ -293,24 +293,24 @@ class VideoSink:
         with self._writing():
             if self.container is None:
                 raise OutputError(f"no frame was written to {self.dest}")
-            self.container.mux(self.video.encode(None))
-            if self.audio_out is not None and not self.copy_audio:
-                self.container.mux(self.audio_out.encode(None))
+            self.container.mux(self.video_stream.encode(None))
+            if self.audio_stream is not None and not self.copy_audio:
+                self.container.mux(self.audio_stream.encode(None))
             self.container.close()
-            self.file.close()
-            public_mode(self.part, like=self.dest)
-            os.replace(self.part, self.dest)
+            self.temp_file.close()
+            public_mode(self.temp_path, like=self.dest)
+            os.replace(self.temp_path, self.dest)
 
     def abort(self) -> None:
         """Remove the temporary file; `dest` stays as it was."""
-        if self.file is not None:
+        if self.temp_file is not None:
             with contextlib.suppress(Exception):
-                self.file.close()  # first, so that closing the container writes no trailer
+                self.temp_file.close()  # first, so that closing the container writes no trailer
         if self.container is not None:
             with contextlib.suppress(Exception):
                 self.container.close()
-        if self.part is not None:
-            self.part.unlink(missing_ok=True)
+        if self.temp_path is not None:
+            self.temp_path.unlink(missing_ok=True)
 
     @contextlib.contextmanager
     def _writing(self):
@@ -327,9 +327,9 @@ class VideoSink:
         av = _av()
         width, height = (side - side % 2 for side in size)  # yuv420p takes even sides
         self.dest.parent.mkdir(parents=True, exist_ok=True)
-        self.part, self.file = _part_file(self.dest)
-        self.container = av.open(self.file, "w", format=self.muxer)
-        self.video = self.container.add_stream(
+        self.temp_path, self.temp_file = _part_file(self.dest)
+        self.container = av.open(self.temp_file, "w", format=self.muxer)
+        self.video_stream = self.container.add_stream(
             self.codec,
             rate=self.clip.rate,
             time_base=self.clip.time_base,  # the input's frame times, kept as they are
@@ -337,7 +337,7 @@ class VideoSink:
             height=height,
             options=dict(ENCODER_OPTIONS.get(self.codec, {})),
         )
-        context = self.video.codec_context
+        context = self.video_stream.codec_context
         context.pix_fmt = "yuv420p"
         context.colorspace = context.color_primaries = context.color_trc = BT709
         context.color_range = LIMITED_RANGE
@@ -345,14 +345,14 @@ class VideoSink:
             self._add_audio()
         if self.metadata:
             self.container.metadata["comment"] = parameters_text(self.settings, (width, height))
-        pending, self.pending = self.pending, []
+        pending, self.pending_audio = self.pending_audio, []
         for packet in pending:
             self._mux_audio(packet)
 
     def _pts(self, pts: int | None) -> int:
         """`pts`, or one frame after the last where it is missing or not increasing."""
         if pts is None or (self.last_pts is not None and pts <= self.last_pts):
-            pts = 0 if self.last_pts is None else self.last_pts + self.step
+            pts = 0 if self.last_pts is None else self.last_pts + self.frame_step
         self.last_pts = pts
         return pts
 
@@ -360,7 +360,7 @@ class VideoSink:
         template = self.clip.audio
         name = template.codec_context.name if template.codec_context else "unknown"
         try:
-            self.audio_out = self.container.add_stream_from_template(template)
+            self.audio_stream = self.container.add_stream_from_template(template)
             self.copy_audio, self.audio_note = True, f"copied ({name})"
             return
         except ValueError:  # the container does not take this codec
@@ -377,17 +377,17 @@ class VideoSink:
             self.audio_note = f"dropped ({name} does not fit {self.dest.suffix})"
             return
         rate, layout, fmt = settings
-        self.audio_out = self.container.add_stream(self.audio_codec, rate=rate)
-        self.audio_out.layout, self.audio_out.format = layout, fmt
-        self.audio_note = f"re-encoded ({name} to {self.audio_out.codec_context.name})"
+        self.audio_stream = self.container.add_stream(self.audio_codec, rate=rate)
+        self.audio_stream.layout, self.audio_stream.format = layout, fmt
+        self.audio_note = f"re-encoded ({name} to {self.audio_stream.codec_context.name})"
 
     def _mux_audio(self, packet) -> None:
-        if self.audio_out is None:
+        if self.audio_stream is None:
             return
         if self.copy_audio:
             if packet.dts is None:  # the demuxer's empty packets that flush decoders
                 return
-            packet.stream = self.audio_out
+            packet.stream = self.audio_stream
             self.container.mux(packet)
             return
         av = _av()
@@ -398,7 +398,7 @@ class VideoSink:
                         self.clip.path, _reason(exc))  # fmt: skip
             return
         for frame in frames:
-            self.container.mux(self.audio_out.encode(frame))
+            self.container.mux(self.audio_stream.encode(frame))
 
 
 def _audio_settings(codec: str, template) -> tuple[int, str, str] | None:

@@ -197,7 +197,7 @@ def transform_video(
     if not 0 <= reuse_threshold <= 1:
         raise InputError(f"reuse threshold {reuse_threshold!r} is not between 0 and 1")
     seed = secrets.randbelow(SEED_LIMIT) if seed is None else seed
-    settings, run_steps = _settings(pipe, source, prompt, negative_prompt, strength, steps,
+    settings, run_steps = _labels_and_steps(pipe, source, prompt, negative_prompt, strength, steps,
                                     guidance, seed, sampler)  # fmt: skip
     kept = plan.existing if resume else {}
     if kept:
@@ -208,10 +208,10 @@ def transform_video(
     if progress is None:
         progress = FrameProgress(clip.total, mode="quiet", callback=callback)
     report = VideoReport(dest)
-    run = _Run(pipe, clip, plan, settings, run_steps, reuse_threshold, metadata, progress)
+    run = _FrameMaker(pipe, clip, plan, settings, run_steps, reuse_threshold, metadata, progress)
     try:
         with progress:
-            for item in clip.items():
+            for item in clip.frames_and_audio():
                 if not isinstance(item, Frame):
                     sink.audio(item)
                     continue
@@ -237,7 +237,9 @@ def transform_video(
     return report
 
 
-def _settings(pipe, source, prompt, negative_prompt, strength, steps, guidance, seed, sampler):
+def _labels_and_steps(
+    pipe, source, prompt, negative_prompt, strength, steps, guidance, seed, sampler
+):
     """The run's labels (fastimg:* settings) and its UNet steps per frame; a prompt, sampler or
     strength-and-steps pair that cannot run is refused here, before any work."""
     from .batch import Job, check_jobs
@@ -280,7 +282,7 @@ def _check_kept(path: Path, settings: dict) -> None:
             )
 
 
-class _Run:
+class _FrameMaker:
     """The per-frame decision: keep a frame already written, reuse the last output, or
     transform; transformed and reused frames are written to the frame folder, if any."""
 
