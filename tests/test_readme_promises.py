@@ -62,7 +62,7 @@ def test_the_workflows_run_as_the_readme_types_them(tiny, photo, tmp_path, monke
     from click.testing import CliRunner
 
     from fastimg.cli.main import cli
-    from fastimg.media.labels import read_labels
+    from fastimg.media.label_reader import read_labels
 
     workflows = README.read_text().split("## Workflows")[1].split("\n## ")[0]
     monkeypatch.chdir(tmp_path)

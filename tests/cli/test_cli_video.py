@@ -2,7 +2,7 @@ import click
 import pytest
 
 from fastimg.cli.video import video
-from fastimg.workflows import video as videos
+from fastimg.media import video_io
 from tests.workflows.test_video import full_disk, leftovers, make_video, pictures, probe
 
 pytest.importorskip("av")
@@ -98,7 +98,7 @@ def test_a_full_disk_is_an_error_that_leaves_no_file(runner, tiny, clip, tmp_pat
 
 
 def test_a_missing_encoder_is_named(runner, tiny, clip, tmp_path, monkeypatch):
-    monkeypatch.setitem(videos.VIDEO_FORMATS, ".mp4", ("mp4", "no-such-encoder", "aac"))
+    monkeypatch.setitem(video_io.VIDEO_FORMATS, ".mp4", ("mp4", "no-such-encoder", "aac"))
     result = _video(runner, tiny[1], clip, "-o", tmp_path / "out.mp4")
     _refused(result, 1)
     assert "no no-such-encoder encoder for .mp4: write .mov" in result.stderr

@@ -24,10 +24,12 @@ from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: E402
 from fastimg.errors import InputError, MissingDependencyError, OutputError  # noqa: E402
 from fastimg.media import labels  # noqa: E402
 from fastimg.media.c2pa import load_signer, read_manifest, sign_image  # noqa: E402
+from fastimg.media.label_reader import read_labels  # noqa: E402
+from fastimg.media.vocabulary import version  # noqa: E402
 from tests.pki import key_pem, make_ca, make_leaf, make_pki, pem, write_pki  # noqa: E402
 
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-VERSION = labels.version()
+VERSION = version()
 MIME = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")
 CLAIM_SIGNING = x509.ObjectIdentifier("1.3.6.1.4.1.62558.2.1")  # c2pa-kp-claimSigning
@@ -239,11 +241,11 @@ def test_labels_written_by_save_image_survive_signing(pki, tmp_path, suffix):
     image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8))
     path = labels.save_image(image, tmp_path / f"out.{suffix}", SETTINGS)
     fmt = labels.output_format(path)
-    before = labels.read_labels(path)
+    before = read_labels(path)
     assert before["c2pa"] is False
 
     path.write_bytes(sign_image(load_signer(pki.chain, pki.key), path.read_bytes(), fmt, SETTINGS))
-    after = labels.read_labels(path)
+    after = read_labels(path)
     assert after["c2pa"] is True
     assert {k: v for k, v in after.items() if k != "c2pa"} == {
         k: v for k, v in before.items() if k != "c2pa"
@@ -465,3 +467,22 @@ def test_import_does_not_load_c2pa():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", ["out.png", "out.jpg", "out.webp"])
+def test_encode_image_signs_as_save_image_does(pki, tmp_path, name):
+    # c2pa gives each manifest new UUIDs (and ECDSA a random nonce), so two signings of one
+    # image differ in those bytes: compared are what the files carry, read back.
+    signer = load_signer(pki.chain, pki.key)
+    image = Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8))
+    saved = labels.save_image(image, tmp_path / name, SETTINGS, signer=signer)
+    encoded = labels.encode_image(image, SETTINGS, signer=signer, name=name)
+    (tmp_path / f"encoded-{name}").write_bytes(encoded)
+    assert read_labels(tmp_path / f"encoded-{name}") == read_labels(saved)
+    assert pixels(encoded).tolist() == pixels(saved.read_bytes()).tolist()
+    from_file, from_bytes = read_manifest(saved), read_manifest(encoded)
+    for summary in (from_file, from_bytes):
+        assert summary["signature_valid"] and summary["hashes_match"]
+        assert (summary["title"], summary["digital_source_type"]) == (name, TRAINED)
+    unsigned = {k: v for k, v in from_file.items() if k != "signed_at"}
+    assert unsigned == {k: v for k, v in from_bytes.items() if k != "signed_at"}

@@ -13,13 +13,14 @@ from xml.etree import ElementTree
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms, PngImagePlugin
+from PIL import Image, ImageCms
 
 from fastimg.errors import InputError, OutputError
-from fastimg.media import labels
+from fastimg.media import labels, vocabulary
+from fastimg.media.label_reader import read_labels
 
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
-VERSION = labels.version()
+VERSION = vocabulary.version()
 SUFFIXES = ["png", "jpg", "webp"]
 SETTINGS = {
     "fastimg:prompt": "a red fox in the snow",
@@ -208,7 +209,7 @@ def test_xmp_packet_is_well_formed_and_escaped():
     found = {child.tag: child.text for child in description}
     assert found["{http://iptc.org/std/Iptc4xmpExt/2008-02-29/}DigitalSourceType"] == TRAINED
     assert found["{http://ns.adobe.com/xap/1.0/}CreatorTool"] == f"fastimg {VERSION}"
-    ns = f"{{{labels.FASTIMG_NS}}}"
+    ns = f"{{{vocabulary.FASTIMG_NS}}}"
     assert found[f"{ns}prompt"] == prompt.replace("\x07", "\ufffd")  # XML cannot hold a BEL
     assert found[f"{ns}seed"] == "1234" and found[f"{ns}source"] == "fox.jpg"
     assert not any(tag.endswith("}other") for tag in found)  # only fastimg:* settings
@@ -322,7 +323,7 @@ def test_no_metadata_leaves_none_even_from_the_images_info(tmp_path, noise, exiv
         assert not {m for m, _ in jpeg_segments(data)} & {0xE1, 0xE2, 0xEB, 0xFE}  # APPn, COM
     else:
         assert [kind for kind, _ in webp_chunks(data)] == [b"VP8 "]
-    found = labels.read_labels(path)
+    found = read_labels(path)
     assert (found["parameters"], found["digital_source_type"], found["fastimg"]) == (None, None, {})
 
 
@@ -419,7 +420,7 @@ def test_alpha_is_kept_where_the_format_holds_it(tmp_path, suffix, mode):
 def test_sixteen_bit_grayscale_is_written_as_jpeg(tmp_path):
     image = Image.fromarray(np.full((16, 16), 65535, dtype=np.uint16))
     path = labels.save_image(image, tmp_path / "out.jpg", SETTINGS)
-    assert labels.read_labels(path)["parameters"] == labels.parameters_text(SETTINGS, (16, 16))
+    assert read_labels(path)["parameters"] == labels.parameters_text(SETTINGS, (16, 16))
 
 
 def test_labels_too_long_for_a_jpeg_segment_are_refused(tmp_path, noise):
@@ -427,7 +428,7 @@ def test_labels_too_long_for_a_jpeg_segment_are_refused(tmp_path, noise):
     with pytest.raises(InputError, match="64 KiB.*PNG or WebP"):
         labels.save_image(noise, tmp_path / "out.jpg", settings)
     assert (
-        labels.read_labels(labels.save_image(noise, tmp_path / "out.webp", settings))["fastimg"][
+        read_labels(labels.save_image(noise, tmp_path / "out.webp", settings))["fastimg"][
             "fastimg:prompt"
         ]
         == settings["fastimg:prompt"]
@@ -437,121 +438,56 @@ def test_labels_too_long_for_a_jpeg_segment_are_refused(tmp_path, noise):
 def test_text_that_cannot_be_encoded_is_replaced_not_fatal(tmp_path, noise):
     settings = {**SETTINGS, "fastimg:prompt": "fox\udcff"}  # an undecodable argv byte
     for suffix in SUFFIXES:
-        found = labels.read_labels(labels.save_image(noise, tmp_path / f"o.{suffix}", settings))
+        found = read_labels(labels.save_image(noise, tmp_path / f"o.{suffix}", settings))
         assert found["fastimg"]["fastimg:prompt"] == "fox\ufffd"
 
 
-# --- reading -----------------------------------------------------------------------------------
+# --- in memory: encode_image writes the bytes save_image writes --------------------------------
 
 
-@pytest.mark.parametrize("suffix,fmt", [("png", "PNG"), ("jpg", "JPEG"), ("webp", "WEBP")])
-def test_read_labels_of_our_outputs(tmp_path, noise, suffix, fmt):
-    settings = {**SETTINGS, "fastimg:prompt": "a fox\r\n<&> 狐", "fastimg:odd key/é": "x"}
-    settings["fastimg:_x0041_"] = "a literal escape-like key"
-    path = labels.save_image(noise, tmp_path / f"out.{suffix}", settings)
-    assert labels.read_labels(path) == {
-        "format": fmt,
-        "size": (64, 48),
-        "parameters": labels.parameters_text(settings, (64, 48)),
-        "digital_source_type": TRAINED,
-        "creator_tool": f"fastimg {VERSION}",
-        "fastimg": {key: str(value) for key, value in settings.items()},
-        "c2pa": False,
-    }
+@pytest.mark.parametrize("name", ["out.png", "out.jpg", "out.jpeg", "out.webp"])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "P"])
+@pytest.mark.parametrize("metadata", [True, False])
+def test_encode_image_gives_the_bytes_save_image_writes(tmp_path, noise, name, mode, metadata):
+    image = noise.convert(mode)
+    image.info["icc_profile"] = b"not carried"
+    for quality in (None, 40):
+        saved = labels.save_image(image, tmp_path / name, SETTINGS, None, quality, metadata)
+        by_name = labels.encode_image(image, SETTINGS, None, quality, metadata, name=name)
+        fmt = labels.output_format(name).lower()
+        by_format = labels.encode_image(image, SETTINGS, fmt, quality, metadata)
+        assert by_name == by_format == saved.read_bytes()
 
 
-def a1111_text(prompt: str) -> str:
-    return (
-        f"{prompt}\nNegative prompt: ugly\nSteps: 30, Sampler: Euler a, CFG scale: 7, "
-        "Seed: 965400086, Size: 512x512, Model hash: 45dee52b, Version: v1.10.1"
-    )
+def test_encode_image_signs_what_save_image_signs(tmp_path, noise, monkeypatch):
+    calls = []
+
+    def sign_image(signer, data, fmt, settings, title=None):
+        calls.append((signer, data, fmt, settings, title))
+        return b"signed:" + data
+
+    monkeypatch.setattr(labels, "sign_image", sign_image)
+    for name in ("out.png", "out.jpg", "out.webp"):
+        for metadata in (True, False):
+            calls.clear()
+            saved = labels.save_image(
+                noise, tmp_path / name, SETTINGS, signer="s", metadata=metadata
+            )
+            encoded = labels.encode_image(noise, SETTINGS, signer="s", metadata=metadata, name=name)
+            assert encoded == saved.read_bytes() and encoded.startswith(b"signed:")
+            assert calls[0] == calls[1] and calls[0][3] == (SETTINGS if metadata else {})
+            assert calls[0][4] == name
+    labels.encode_image(noise, SETTINGS, "webp", signer="s")
+    assert calls[-1][4] is None  # sign_image then titles it image.webp
 
 
-def test_read_labels_of_an_a1111_png(tmp_path):
-    info = PngImagePlugin.PngInfo()
-    info.add_text("parameters", a1111_text("girl with a beret, 狐"))
-    Image.new("RGB", (40, 24)).save(tmp_path / "a1111.png", pnginfo=info)
-    assert labels.read_labels(tmp_path / "a1111.png") == {
-        "format": "PNG",
-        "size": (40, 24),
-        "parameters": a1111_text("girl with a beret, 狐"),
-        "digital_source_type": None,
-        "creator_tool": None,
-        "fastimg": {},
-        "c2pa": False,
-    }
-
-
-@pytest.mark.parametrize(
-    "endian,comment",
-    [
-        (">", lambda t: b"UNICODE\0" + t.encode("utf-16-be")),  # A1111 (piexif)
-        ("<", lambda t: b"UNICODE\0" + t.encode("utf-16-le")),  # little-endian writers
-        ("<", lambda t: b"ASCII\0\0\0" + t.encode("ascii", "replace")),
-    ],
-)
-def test_read_labels_of_a_jpeg_with_a_user_comment(tmp_path, endian, comment):
-    text = a1111_text("a castle, dusk")
-    exif = Image.Exif()
-    exif.endian = endian
-    exif.get_ifd(0x8769)[0x9286] = comment(text)
-    Image.new("RGB", (40, 24)).save(tmp_path / "other.jpg", exif=exif.tobytes())
-    found = labels.read_labels(tmp_path / "other.jpg")
-    assert (found["format"], found["size"], found["parameters"]) == ("JPEG", (40, 24), text)
-    assert (found["digital_source_type"], found["fastimg"], found["c2pa"]) == (None, {}, False)
-
-
-@pytest.mark.parametrize("suffix", [*SUFFIXES, "gif", "bmp"])
-def test_read_labels_of_a_file_without_any(tmp_path, suffix):
-    Image.new("RGB", (20, 10)).save(tmp_path / f"plain.{suffix}")
-    found = labels.read_labels(tmp_path / f"plain.{suffix}")
-    assert found["size"] == (20, 10)
-    assert [found[k] for k in ("parameters", "digital_source_type", "creator_tool")] == [None] * 3
-    assert found["fastimg"] == {} and found["c2pa"] is False
-
-
-def png_with_chunk(data: bytes, kind: bytes, body: bytes) -> bytes:
-    chunk = struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    return data[:-12] + chunk + data[-12:]  # before IEND
-
-
-def test_c2pa_manifests_are_noticed(tmp_path, noise):
-    jumbf = b"\0\0\0\x20jumb\0\0\0\x18jumdc2pa\0\x11\0\x10\x80\0\xaa\0\x38\x9b\x71\x03c2pa\0"
-    png = labels.save_image(noise, tmp_path / "out.png", SETTINGS).read_bytes()
-    (tmp_path / "c2pa.png").write_bytes(png_with_chunk(png, b"caBX", jumbf))
-    jpeg = labels.save_image(noise, tmp_path / "out.jpg", SETTINGS).read_bytes()
-    app11 = b"\xff\xeb" + struct.pack(">H", 2 + 8 + len(jumbf)) + b"JP\0\x01\0\0\0\x01" + jumbf
-    (tmp_path / "c2pa.jpg").write_bytes(jpeg[:2] + app11 + jpeg[2:])
-    webp = labels.save_image(noise, tmp_path / "out.webp", SETTINGS).read_bytes()
-    webp += b"C2PA" + struct.pack("<I", len(jumbf)) + jumbf + b"\0" * (len(jumbf) % 2)
-    (tmp_path / "c2pa.webp").write_bytes(webp[:4] + struct.pack("<I", len(webp) - 8) + webp[8:])
-    for suffix in SUFFIXES:
-        assert labels.read_labels(tmp_path / f"out.{suffix}")["c2pa"] is False
-        found = labels.read_labels(tmp_path / f"c2pa.{suffix}")
-        assert found["c2pa"] is True and found["digital_source_type"] == TRAINED
-
-
-def test_read_labels_reads_text_chunks_after_the_image_data(tmp_path):
-    Image.new("RGB", (8, 8)).save(tmp_path / "plain.png")
-    data = (tmp_path / "plain.png").read_bytes()
-    body = b"parameters\0\0" + zlib.compress(b"late text\nSteps: 1, Sampler: DDIM, CFG scale: 1")
-    (tmp_path / "late.png").write_bytes(png_with_chunk(data, b"zTXt", body))
-    found = labels.read_labels(tmp_path / "late.png")
-    assert found["parameters"] == "late text\nSteps: 1, Sampler: DDIM, CFG scale: 1"
-
-
-@pytest.mark.parametrize(
-    "content,message",
-    [
-        (None, "does not exist"),
-        (b"hello, I am text", "not an image"),
-        (b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR\0\0", "damaged"),
-    ],
-)
-def test_read_labels_of_a_bad_file_is_an_input_error(tmp_path, content, message):
-    path = tmp_path / "bad.png"
-    if content is not None:
-        path.write_bytes(content)
-    with pytest.raises(InputError, match=message) as info:
-        labels.read_labels(path)
-    assert str(path) in str(info.value)
+def test_encode_image_refuses_what_save_image_refuses(noise):
+    with pytest.raises(InputError, match="cannot write the image: format 'gif' is not one"):
+        labels.encode_image(noise, SETTINGS, "gif")
+    with pytest.raises(InputError, match="cannot write the image: the name has no suffix"):
+        labels.encode_image(noise, SETTINGS)
+    with pytest.raises(InputError, match="quality 0 is not a whole number"):
+        labels.encode_image(noise, SETTINGS, "jpeg", quality=0)
+    long = {**SETTINGS, "fastimg:prompt": "fox " * 20000}
+    with pytest.raises(InputError, match="cannot write upload.jpg: its labels .* over the 64 KiB"):
+        labels.encode_image(noise, long, "jpeg", name="upload.jpg")

@@ -28,7 +28,8 @@ uvicorn = pytest.importorskip("uvicorn")
 
 from fastimg.errors import EngineError  # noqa: E402
 from fastimg.media.images import load_image  # noqa: E402
-from fastimg.media.labels import TRAINED_ALGORITHMIC_MEDIA, read_labels  # noqa: E402
+from fastimg.media.label_reader import read_labels  # noqa: E402
+from fastimg.media.vocabulary import TRAINED_ALGORITHMIC_MEDIA  # noqa: E402
 from fastimg.serve import ServeOptions, create_app, run_server  # noqa: E402
 from fastimg.serve.app import MAX_SETTINGS_HEADER, Server, _settings_header  # noqa: E402
 

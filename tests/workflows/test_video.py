@@ -4,16 +4,17 @@ import logging
 import os
 import wave
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fastimg.errors import EngineError, InputError, OutputError
-from fastimg.media.labels import read_labels
+from fastimg.media import video_io
+from fastimg.media.label_reader import read_labels
+from fastimg.media.video_io import frame_files
 from fastimg.workflows import video
-from fastimg.workflows.video import FrameProgress, frame_files, transform_video
+from fastimg.workflows.video import FrameProgress, transform_video
 
 av = pytest.importorskip("av")
 
@@ -309,13 +310,13 @@ class FullDisk:
 
 def full_disk(monkeypatch, room: int = 1000):
     """Make the temporary video file fail with ENOSPC after `room` bytes."""
-    real = video._part_file
+    real = video_io._part_file
 
     def part_file(dest):
         path, file = real(dest)
         return path, FullDisk(file, room)
 
-    monkeypatch.setattr(video, "_part_file", part_file)
+    monkeypatch.setattr(video_io, "_part_file", part_file)
 
 
 def test_a_full_disk_leaves_no_partial_video_and_the_old_one_intact(
@@ -334,7 +335,7 @@ def test_a_full_disk_leaves_no_partial_video_and_the_old_one_intact(
 
 
 def test_a_missing_encoder_is_named_with_suffixes_that_work(clip, tmp_path, monkeypatch):
-    monkeypatch.setitem(video.VIDEO_FORMATS, ".mp4", ("mp4", "no-such-encoder", "aac"))
+    monkeypatch.setitem(video_io.VIDEO_FORMATS, ".mp4", ("mp4", "no-such-encoder", "aac"))
     with pytest.raises(EngineError, match="no no-such-encoder encoder for .mp4: write .mov"):
         video.plan_video(clip, tmp_path / "out.mp4")
     assert list(tmp_path.iterdir()) == []
@@ -346,7 +347,7 @@ def test_no_audio_leaves_the_audio_out(pipe, clip, tmp_path):
 
 
 def test_audio_that_fits_nowhere_is_dropped_with_a_warning(pipe, clip, tmp_path, monkeypatch):
-    monkeypatch.setitem(video.VIDEO_FORMATS, ".webm", ("webm", "libvpx-vp9", "no-such-audio"))
+    monkeypatch.setitem(video_io.VIDEO_FORMATS, ".webm", ("webm", "libvpx-vp9", "no-such-audio"))
     records = []
     handler = logging.Handler()
     handler.emit = records.append
@@ -369,17 +370,11 @@ def test_reused_video_frames_are_encoded_alike(pipe, clip, tmp_path):
     assert min(change[3], change[8]) > 5
 
 
-def test_frame_times_that_are_missing_or_go_back_are_put_one_frame_on():
-    clip = video.Clip(Path("in.mp4"), Fraction(8), Fraction(1, 16384), 4)
-    sink = video.VideoSink(Path("out.mp4"), clip, {})
-    assert [sink._pts(pts) for pts in (None, 2048, 2048, 100, 8192)] == [0, 2048, 4096, 6144, 8192]
-
-
 def test_the_video_is_tagged_bt709_as_it_is_encoded(pipe, clip, tmp_path):
     transform_video(pipe, clip, tmp_path / "out.mp4", audio=False, **SETTINGS)
     with av.open(str(tmp_path / "out.mp4")) as container:
         frame = next(container.decode(video=0))
-    assert (frame.colorspace, frame.color_range) == (video.BT709, video.LIMITED_RANGE)
+    assert (frame.colorspace, frame.color_range) == (video_io.BT709, video_io.LIMITED_RANGE)
 
 
 def test_frames_of_another_video_are_not_resumed_and_stale_frames_are_removed(pipe, clip, tmp_path):

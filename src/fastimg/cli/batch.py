@@ -11,13 +11,11 @@ from ..backends import SHAPES
 from ..backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
 from ..diffusion.schedules import SAMPLERS
 from ..errors import InputError
+from ..media.formats import IMAGE_FILE_SUFFIXES
 from ..settings import SDXL_ARGUMENTS, SEED_LIMIT
 from .common import domain_errors, echo_err
 
 FORMATS = ("png", "jpeg", "webp")
-WRITTEN_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-# Names with these suffixes are meant as one file, not a folder.
-IMAGE_SUFFIXES = (*WRITTEN_SUFFIXES, ".tif", ".tiff", ".bmp", ".gif", ".avif")
 
 
 class ValueList(click.ParamType):
@@ -223,7 +221,7 @@ def _output_target(output: Path, fmt: str | None) -> tuple[bool, str | None]:
     names say, else PNG)."""
     from ..media.labels import output_format
 
-    single = output.suffix.lower() in IMAGE_SUFFIXES
+    single = output.suffix.lower() in IMAGE_FILE_SUFFIXES
     if not single:
         return False, fmt.lower() if fmt else None
     try:
@@ -548,7 +546,7 @@ def inspect_images(images: tuple[Path, ...], as_json: bool) -> None:
     """Print what IMAGES carry: generation parameters, the AI-generated label, C2PA."""
     import json
 
-    from ..media.labels import read_labels
+    from ..media.label_reader import read_labels
 
     for path in images:
         labels = read_labels(path)

@@ -11,15 +11,21 @@ import datetime as dt
 import io
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError, OutputError, require
+from .formats import FORMAT_NAMES
+from .vocabulary import (
+    SETTING_PREFIX,
+    TRAINED_ALGORITHMIC_MEDIA,
+    encodable_text,
+    fastimg_items,
+    version,
+)
 
 MIME_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 SUFFIXES = {"PNG": "png", "JPEG": "jpg", "WEBP": "webp"}
-FORMAT_NAMES = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG", "webp": "WEBP"}
 # The extended key usages C2PA accepts for claim signing (C2PA 2.x §14.5.1; c2pa-rs's
 # sdk/src/crypto/cose/valid_eku_oids.cfg, and C2PA's own c2pa-kp-claimSigning). c2pa-rs
 # 0.91 takes emailProtection, timeStamping and OCSPSigning by itself; the others only when its
@@ -43,7 +49,6 @@ SUPPORTED_KEYS = (
     "or RSA of 2048 bits or more (ps256)"
 )
 EC_ALGORITHMS = {"secp256r1": "es256", "secp384r1": "es384", "secp521r1": "es512"}
-LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -78,7 +83,7 @@ def load_signer(cert_path, key_path, tsa_url: str | None = None) -> C2paSigner:
     return signer
 
 
-def _read(path: Path, what: str) -> bytes:
+def _read_pem(path: Path, what: str) -> bytes:
     try:
         return path.read_bytes()
     except FileNotFoundError:
@@ -93,7 +98,7 @@ def _load_chain(path: Path) -> list:
     """The certificates of a PEM file, in its order."""
     from cryptography import x509
 
-    data = _read(path, "certificate")
+    data = _read_pem(path, "certificate")
     try:
         return x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -108,7 +113,7 @@ def _load_key(path: Path):
     from cryptography.exceptions import UnsupportedAlgorithm
     from cryptography.hazmat.primitives import serialization
 
-    data = _read(path, "key")
+    data = _read_pem(path, "key")
     try:
         return serialization.load_pem_private_key(data, password=None)
     except TypeError:  # cryptography's way of saying it needs a password
@@ -217,7 +222,7 @@ def _check_sdk_accepts(signer: C2paSigner) -> None:
     probe = io.BytesIO()
     Image.new("RGB", (8, 8)).save(probe, format="PNG")
     try:
-        _sign(signer, probe.getvalue(), "image/png", _manifest({}, "probe.png"))
+        _sdk_sign(signer, probe.getvalue(), "image/png", _manifest({}, "probe.png"))
     except c2pa.C2paError as exc:
         needs = CERTIFICATE_NEEDS
         if signer.tsa_url:
@@ -239,18 +244,18 @@ def sign_image(
         raise InputError(f"C2PA credentials are written to PNG, JPEG or WebP, not {fmt}")
     manifest = _manifest(settings, title or f"image.{SUFFIXES[fmt.upper()]}")
     try:
-        return _sign(signer, data, mime, manifest)
+        return _sdk_sign(signer, data, mime, manifest)
     except c2pa.C2paError as exc:
         raise OutputError(f"cannot sign the image with C2PA credentials: {exc}") from None
 
 
-def _sign(signer: C2paSigner, data: bytes, mime: str, manifest: dict) -> bytes:
+def _sdk_sign(signer: C2paSigner, data: bytes, mime: str, manifest: dict) -> bytes:
     """The signed file; c2pa.C2paError when the SDK refuses."""
     c2pa = require("c2pa", "c2pa")
     info = c2pa.C2paSignerInfo(signer.alg, signer.chain_pem, signer.key_pem, signer.tsa_url)
     signed = io.BytesIO()
     with (
-        _context(thumbnail=False) as context,
+        _sdk_context(thumbnail=False) as context,
         c2pa.Signer.from_info(info) as sdk_signer,
         c2pa.Builder(manifest, context) as builder,
     ):
@@ -260,24 +265,18 @@ def _sign(signer: C2paSigner, data: bytes, mime: str, manifest: dict) -> bytes:
 
 def _manifest(settings: dict, title: str) -> dict:
     """The manifest definition: generator, title, and the c2pa.created action."""
-    from .labels import TRAINED_ALGORITHMIC_MEDIA, version  # here: labels may import this module
-
     fastimg = {"name": "fastimg", "version": version()}
     created = {
         "action": "c2pa.created",
         "digitalSourceType": TRAINED_ALGORITHMIC_MEDIA,
         "softwareAgent": fastimg,
     }
-    own = {
-        k[8:]: _json_value(v)
-        for k, v in settings.items()
-        if isinstance(k, str) and k.startswith("fastimg:")
-    }
+    own = {k[len(SETTING_PREFIX) :]: _json_value(v) for k, v in fastimg_items(settings)}
     if own:
         created["parameters"] = {"fastimg": own}
     return {
         "claim_generator_info": [fastimg],
-        "title": _text(title),
+        "title": encodable_text(title),
         "assertions": [{"label": "c2pa.actions", "data": {"actions": [created]}}],
     }
 
@@ -288,15 +287,10 @@ def _json_value(value):
         return value
     if isinstance(value, float) and math.isfinite(value):
         return value
-    return _text(value)
+    return encodable_text(value)
 
 
-def _text(value) -> str:
-    """`str(value)` with lone surrogates (undecodable argv bytes) as U+FFFD, so it encodes."""
-    return LONE_SURROGATE.sub("\ufffd", str(value))
-
-
-def _context(thumbnail: bool = True, anchors: bytes | None = None):
+def _sdk_context(thumbnail: bool = True, anchors: bytes | None = None):
     """A c2pa Context that accepts C2PA's EKUs and trusts `anchors` (PEM CA certificates)."""
     c2pa = require("c2pa", "c2pa")
     settings = {"trust": {"trust_config": "\n".join(C2PA_EKUS) + "\n"}}
@@ -321,7 +315,7 @@ def read_manifest(
     mime = _mime(data, fmt)
     anchors = _read_anchors(Path(trust_anchors)) if trust_anchors is not None else None
     try:
-        with _context(anchors=anchors) as context:
+        with _sdk_context(anchors=anchors) as context:
             reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
             if reader is None:
                 return None
@@ -329,7 +323,7 @@ def read_manifest(
                 store = json.loads(reader.json())
     except c2pa.C2paError as exc:
         raise InputError(f"cannot read the C2PA manifest of {name}: {exc}") from None
-    return _summary(store)
+    return _manifest_summary(store)
 
 
 def _read_image(path) -> tuple[str, bytes]:
@@ -362,14 +356,14 @@ def _read_anchors(path: Path) -> bytes:
     """The CA certificates of a PEM file, as PEM."""
     from cryptography import x509
 
-    data = _read(path, "trust anchors file")
+    data = _read_pem(path, "trust anchors file")
     try:
         return _pem(x509.load_pem_x509_certificates(data))
     except ValueError:
         raise InputError(f"the C2PA trust anchors file {path} holds no PEM certificate") from None
 
 
-def _summary(store: dict) -> dict:
+def _manifest_summary(store: dict) -> dict:
     """What the active manifest says, and what c2pa's validation found."""
     manifest = store.get("manifests", {}).get(store.get("active_manifest"), {})
     results = (store.get("validation_results") or {}).get("activeManifest") or {}

@@ -32,7 +32,7 @@ def contact_sheet(
     cell_size: int = 256,
 ) -> Image.Image:
     """A white RGB grid of `cells[(row, column)]`, captioned; None or absent cells drawn empty."""
-    _check(cells, rows, columns, cell_size)
+    _check_layout(cells, rows, columns, cell_size)
     font_size = max(10, min(20, cell_size // 16))
     font = ImageFont.load_default(size=font_size)
     title_font = ImageFont.load_default(size=round(font_size * 1.4)) if title else font
@@ -43,7 +43,7 @@ def contact_sheet(
 
     header_w = 0
     if show_rows:
-        widest = max(font.getlength(_clean(label, font)) for label in rows)
+        widest = max(font.getlength(_one_line(label, font)) for label in rows)
         header_w = min(int(widest) + 1, cell_size) + pad
     title_h = _line_height(title_font) + pad if title else 0
     header_h = line_h + pad // 2 if show_columns else 0
@@ -58,33 +58,35 @@ def contact_sheet(
     sheet = Image.new("RGB", (width, height), BACKGROUND)
     draw = ImageDraw.Draw(sheet)
     if title:
-        _text(draw, (pad, pad), title, title_font, width - 2 * pad)
+        _draw_label(draw, (pad, pad), title, title_font, width - 2 * pad)
     if show_columns:
         for c, column in enumerate(columns):
             x, y = origin(0, c)
-            _text(draw, (x, y - header_h), column, font, cell_size, centre=True)
+            _draw_label(draw, (x, y - header_h), column, font, cell_size, centre=True)
     for r, row in enumerate(rows):
         if show_rows:
             y = origin(r, 0)[1] + (cell_size - line_h) // 2
-            _text(draw, (pad, y), row, font, header_w - pad)
+            _draw_label(draw, (pad, y), row, font, header_w - pad)
         for c, column in enumerate(columns):
             x, y = origin(r, c)
             image = cells.get((row, column))
             if image is not None:
-                thumb = _fit(image, cell_size)
+                thumb = _fit_in_cell(image, cell_size)
                 offset = ((cell_size - thumb.width) // 2, (cell_size - thumb.height) // 2)
                 sheet.paste(thumb, (x + offset[0], y + offset[1]))
             else:
                 state = "failed" if (row, column) in cells else "missing"
                 draw.rectangle((x, y, x + cell_size - 1, y + cell_size - 1), fill=EMPTY)
                 centre_y = y + (cell_size - line_h) // 2
-                _text(draw, (x, centre_y), state, font, cell_size, centre=True, fill=EMPTY_TEXT)
+                _draw_label(
+                    draw, (x, centre_y), state, font, cell_size, centre=True, fill=EMPTY_TEXT
+                )
             caption = " · ".join(label for label in (row, column) if label)
-            _text(draw, (x, y + cell_size + pad // 4), caption, font, cell_size, centre=True)
+            _draw_label(draw, (x, y + cell_size + pad // 4), caption, font, cell_size, centre=True)
     return sheet
 
 
-def _check(cells, rows: list[str], columns: list[str], cell_size: int) -> None:
+def _check_layout(cells, rows: list[str], columns: list[str], cell_size: int) -> None:
     if not rows or not columns:
         raise ValueError("a contact sheet needs at least one row and one column")
     if len(rows) > MAX_ROWS or len(columns) > MAX_COLUMNS:
@@ -101,7 +103,7 @@ def _check(cells, rows: list[str], columns: list[str], cell_size: int) -> None:
         raise ValueError(f"cells outside the listed rows and columns: {sorted(stray)[:5]}")
 
 
-def _fit(image: Image.Image, cell_size: int) -> Image.Image:
+def _fit_in_cell(image: Image.Image, cell_size: int) -> Image.Image:
     """`image` in RGB (transparency over white), its longer side scaled to `cell_size`."""
     if image.mode != "RGB":
         if "A" in image.getbands() or "transparency" in image.info:
@@ -121,7 +123,7 @@ def _line_height(font: Font) -> int:
     return font.getbbox("ÁÉgjy|")[3] + 2
 
 
-def _clean(text: str, font: Font) -> str:
+def _one_line(text: str, font: Font) -> str:
     """`text` on one line: control characters become spaces, whitespace collapsed."""
     text = "".join(" " if unicodedata.category(ch) == "Cc" else ch for ch in text)
     text = " ".join(text.split())
@@ -148,7 +150,7 @@ def _shorten(text: str, font: Font, width: float) -> str:
     return text[:lo].rstrip() + ellipsis
 
 
-def _text(
+def _draw_label(
     draw: ImageDraw.ImageDraw,
     xy: tuple[int, int],
     text: str,
@@ -157,7 +159,7 @@ def _text(
     centre: bool = False,
     fill: tuple[int, int, int] = TEXT,
 ) -> None:
-    text = _shorten(_clean(text, font), font, width)
+    text = _shorten(_one_line(text, font), font, width)
     if not text:
         return
     x, y = xy

@@ -1,5 +1,7 @@
-"""Image loading, conversion to the model's pixel space and back, and saving with metadata."""
+"""Image loading (from files and from bytes), resizing, and conversion to the model's pixel space
+and back. Writing images with their labels is media.labels'."""
 
+import io
 import logging
 import re
 import warnings
@@ -27,32 +29,43 @@ def load_image(path: str | Path, max_pixels: int = MAX_PIXELS) -> Image.Image:
     path = Path(path)
     if not path.is_file():
         raise InputError(f"image {path} does not exist or is not a file")
+    return _decode(path, str(path), max_pixels, lambda: looks_like_an_image(path))
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """An image file's bytes as RGB, with load_image's checks and messages (naming `name`)."""
+    return _decode(io.BytesIO(data), name, max_pixels, lambda: starts_like_an_image(data))
+
+
+def _decode(source, name: str, max_pixels: int, recognised) -> Image.Image:
+    """`source` (a path or a binary file) decoded as load_image describes; `recognised()` tells
+    whether a file Pillow cannot open starts like an image (a broken header, not another format)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we check ourselves
-            with Image.open(path) as opened:
-                _check_pixels(path, opened.size, max_pixels)
+            with Image.open(source) as opened:
+                _check_pixels(name, opened.size, max_pixels)
                 if getattr(opened, "is_animated", False):
-                    log.warning("%s is animated: using its first frame", path)
+                    log.warning("%s is animated: using its first frame", name)
                     opened.seek(0)
                 opened.load()
                 image = ImageOps.exif_transpose(opened)
     except Image.DecompressionBombError as exc:
         raise InputError(
-            f"image {path} is over the limit of {max_pixels / 1e6:.1f} megapixels ({exc}): "
+            f"image {name} is over the limit of {max_pixels / 1e6:.1f} megapixels ({exc}): "
             "downscale it first"
         ) from None
     except UnidentifiedImageError:
-        if looks_like_an_image(path):
+        if recognised():
             raise InputError(
-                f"image {path} is damaged or truncated: its header is broken"
+                f"image {name} is damaged or truncated: its header is broken"
             ) from None
         raise InputError(
-            f"{path} is not an image format that can be read (use PNG, JPEG, WebP, GIF, BMP "
+            f"{name} is not an image format that can be read (use PNG, JPEG, WebP, GIF, BMP "
             "or TIFF)"
         ) from None
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise InputError(f"image {path} is damaged or truncated: {exc}") from None
+        raise InputError(f"image {name} is damaged or truncated: {exc}") from None
     return to_rgb(image)
 
 
@@ -66,14 +79,19 @@ def looks_like_an_image(path: Path) -> bool:
             head = f.read(12)
     except OSError:
         return False
-    return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+    return starts_like_an_image(head)
 
 
-def _check_pixels(path: Path, size: tuple[int, int], max_pixels: int) -> None:
+def starts_like_an_image(data: bytes) -> bool:
+    """Whether `data` (a file's first 12 bytes or more) starts like an image fastimg reads."""
+    return data.startswith(IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+def _check_pixels(name: str, size: tuple[int, int], max_pixels: int) -> None:
     width, height = size
     if width * height > max_pixels:
         raise InputError(
-            f"image {path} is {width}x{height}, over the limit of {max_pixels / 1e6:.1f} "
+            f"image {name} is {width}x{height}, over the limit of {max_pixels / 1e6:.1f} "
             "megapixels: downscale it first, or raise --max-pixels if you trust the file"
         )
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..errors import FastImgError, InputError
+from ..media.formats import UNLABELLED_SUFFIXES, WRITTEN_SUFFIXES
 from ..settings import SEED_LIMIT, CallSettings
 from .sources import Source
 
@@ -27,8 +28,6 @@ log = logging.getLogger("fastimg")
 SWEPT = ("strength", "guidance", "steps", "seed")
 NAME_FIELDS = ("stem", "strength", "guidance", "steps", "seed", "sampler", "index", "row")
 PREFIX = {"guidance": "g", "steps": "steps"}  # in default names: photo-s0.5-g7.5-steps30-1
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")  # what outputs are written as
-UNLABELLED_SUFFIXES = (".tif", ".tiff", ".bmp", ".gif", ".avif")  # formats without the labels
 MAX_JOBS = 100_000
 
 
@@ -215,7 +214,7 @@ def name_outputs(
                 except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
                     raise InputError(f"--name {template!r} cannot be used: {exc}") from None
             path = _output_name(str(name), job, fmt)
-            if path.suffix.lower() not in IMAGE_SUFFIXES:
+            if path.suffix.lower() not in WRITTEN_SUFFIXES:
                 path = path.with_name(path.name + suffix)
             paths.append(output / job.source.subfolder / path)
         named.append(replace(job, outputs=tuple(paths)))
@@ -381,7 +380,7 @@ def settle_made(job: Job, sampler: str, report: Report, progress) -> None:
 def _made_otherwise(path: Path, job: Job, sampler: str) -> str | None:
     """Why an existing output is not this job's image (its labels name other settings), or
     None; an output without labels (written with --no-metadata) cannot tell, and is kept."""
-    from ..media.labels import read_labels
+    from ..media.label_reader import read_labels
 
     try:
         recorded = read_labels(path)["fastimg"]
@@ -541,7 +540,8 @@ def write_sheets(
     from PIL import Image
 
     from ..media.grid import contact_sheet
-    from ..media.labels import read_labels, save_image
+    from ..media.label_reader import read_labels
+    from ..media.labels import save_image
 
     failed = {path for job, _ in report.failed for path in job.outputs}
     written = []

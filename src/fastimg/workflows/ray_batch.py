@@ -185,7 +185,7 @@ def _thumbnail(path: Path):
     None when it cannot be read back (write_sheets then reads or leaves it out)."""
     from PIL import Image
 
-    from ..media.labels import read_labels
+    from ..media.label_reader import read_labels
     from .batch import SHEET_CELL
 
     try:
