@@ -47,7 +47,7 @@ def _commands(text: str | None = None) -> list[list[str]]:
 
 
 def test_every_option_the_readme_shows_exists():
-    from fastimg.cli.main import cli
+    from fastimg.cli import cli
 
     commands = _commands()
     assert len(commands) >= 10
@@ -61,7 +61,7 @@ def test_every_option_the_readme_shows_exists():
 def test_the_workflows_run_as_the_readme_types_them(tiny, photo, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from fastimg.cli.main import cli
+    from fastimg.cli import cli
     from fastimg.media.label_reader import read_labels
 
     workflows = README.read_text().split("## Workflows")[1].split("\n## ")[0]

@@ -54,6 +54,7 @@ class Setting:
     help: str
     default: object = None
     field: str = ""  # the name in job files, HTTP fields and CLI options ('' : `name`)
+    flag: str = ""  # its command-line option where that is not --KEY
     low: float | None = None
     high: float | None = None
     low_open: bool = False
@@ -72,7 +73,7 @@ class Setting:
     @property
     def option(self) -> str:
         """Its command-line option: --negative-prompt."""
-        return "--" + self.key.replace("_", "-")
+        return self.flag or "--" + self.key.replace("_", "-")
 
     def range_text(self) -> str:
         """The range as click writes it: 0<x<=1, x>=0, 1<=x<=64 ('' when unbounded)."""
@@ -127,7 +128,10 @@ class Setting:
                 raw = f"{raw[0]}x{raw[1]}"  # (JSON: [height, width])
             if not isinstance(raw, str):
                 raise InputError(f"{what}: {raw!r} is not HEIGHTxWIDTH.")
-            return parse_pair(raw, what)
+            try:
+                return parse_pair(raw)
+            except ValueError as exc:
+                raise InputError(f"{what}: {exc}") from None
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
             kind = "text" if self.kind == CHOICE else "a number"
             raise InputError(f"{what}: {raw!r} is not {kind}.")
@@ -229,6 +233,7 @@ SETTINGS = (
         CHOICE,
         "Sampler; default: the model's own scheduler.",
         field="sampler",
+        flag="--scheduler",
         choices=SAMPLERS,
     ),
     Setting("prompt_2", TEXT, "SDXL: the second text encoder's prompt [--prompt].", sdxl=True),
@@ -321,15 +326,16 @@ def quote(prompt: str) -> str:
     return repr(prompt if len(prompt) <= SHOWN else prompt[:SHOWN] + "...")
 
 
-def parse_pair(text: str, what: str = "a pair") -> tuple[int, int]:
-    """Two whole numbers written HEIGHTxWIDTH or TOP,LEFT: '1024x768' -> (1024, 768)."""
+def parse_pair(text: str) -> tuple[int, int]:
+    """Two whole numbers written HEIGHTxWIDTH or TOP,LEFT: '1024x768' -> (1024, 768); a
+    ValueError says what is wrong with any other text."""
     parts = text.lower().replace("x", ",").split(",")
     try:
         first, second = (int(part.strip()) for part in parts)
     except ValueError:
-        raise InputError(f"{what}: {text!r} is not two whole numbers such as 1024x768") from None
+        raise ValueError(f"{text!r} is not two whole numbers such as 1024x768") from None
     if min(first, second) < 0:
-        raise InputError(f"{what}: {text!r} has a negative number")
+        raise ValueError(f"{text!r} has a negative number")
     return first, second
 
 

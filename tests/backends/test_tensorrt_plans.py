@@ -91,7 +91,7 @@ def test_plan_files_are_size_checked_like_onnx_files(manifest_with_plans):
 def test_info_lists_the_plans(manifest_with_plans):
     from click.testing import CliRunner
 
-    from fastimg.cli.main import cli
+    from fastimg.cli import cli
 
     result = CliRunner().invoke(cli, ["info", str(manifest_with_plans.folder)])
     assert result.exit_code == 0, result.output

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 from fastimg.errors import InputError
 
 pytest.importorskip("diffusers")

@@ -3,7 +3,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 
 pytest.importorskip("diffusers")
 

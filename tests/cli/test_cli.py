@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 from fastimg.media.images import psnr
 
 
@@ -214,7 +214,7 @@ def test_inputs_with_the_same_name_are_refused_before_any_work(runner, tiny, pho
 
 def test_cli_architectures_are_the_exporters():
     pytest.importorskip("torch")
-    from fastimg.cli.main import ARCHITECTURES
+    from fastimg.cli.engines import ARCHITECTURES
     from fastimg_export.random_models import ARCHITECTURES as PIPELINES
     from fastimg_export.random_models import LORAS, VAES
 

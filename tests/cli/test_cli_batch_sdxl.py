@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 from fastimg.diffusion.pipeline import Img2ImgPipeline
 
 pytest.importorskip("torch")

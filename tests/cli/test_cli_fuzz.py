@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 
 NUMBERISH = ["-1", "0", "nan", "inf", "-inf", "1e309", "abc", "", " ", "0x10", "2.5", "1_0"]
 OPTIONS = {

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 from fastimg.engine_folder.manifest import load_manifest
 from tests.corpus import awkward_images, bad_files, flip_a_byte, write
 

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 from tests.corpus.engines import hostile_engines
 
 CASES = hostile_engines()

@@ -3,7 +3,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 
 
 def test_doctor_describes_the_machine_and_every_backend():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 
 ray = pytest.importorskip("ray")
 

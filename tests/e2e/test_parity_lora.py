@@ -40,7 +40,7 @@ def test_a_fused_lora_matches_diffusers_with_the_lora_fused(tiny_lora, lora_file
 def test_the_manifest_lists_the_lora_and_info_shows_it(tiny_lora, lora_file):
     from click.testing import CliRunner
 
-    from fastimg.cli.main import cli
+    from fastimg.cli import cli
     from fastimg.engine_folder.integrity import sha256
 
     (lora,) = json.loads((tiny_lora[1] / "manifest.json").read_text())["loras"]

@@ -56,7 +56,7 @@ def test_the_manifest_says_which_vae_the_engines_hold(tiny_taesd):
 def test_info_names_the_vae(tiny_taesd):
     from click.testing import CliRunner
 
-    from fastimg.cli.main import cli
+    from fastimg.cli import cli
 
     result = CliRunner().invoke(cli, ["info", str(tiny_taesd[1])])
     assert result.exit_code == 0 and "VAE             tiny from " in result.output

@@ -96,7 +96,7 @@ def test_a_full_disk_stops_the_export_with_the_fix_and_leaves_nothing(tiny, tmp_
 
     from click.testing import CliRunner
 
-    from fastimg.cli.main import cli
+    from fastimg.cli import cli
     from fastimg_export import onnx_export
 
     model, _ = tiny

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from fastimg.cli.main import cli
+from fastimg.cli import cli
 from fastimg.engine_folder.manifest import MANIFEST, load_manifest
 from fastimg.errors import EngineError, MissingDependencyError
 

@@ -1,6 +1,7 @@
 """The video command: a video (or a folder of frames) redrawn frame by frame. A thin layer over
 fastimg.workflows.video."""
 
+import functools
 import sys
 from pathlib import Path
 
@@ -8,8 +9,8 @@ import click
 
 from ..errors import InputError
 from ..workflows.video import DEFAULT_REUSE_THRESHOLD
-from .batch import GUIDANCE, SEED, STEPS, STRENGTH, engine_options, one, scheduler_option
 from .common import domain_errors, echo_err
+from .options import engine_options, one, prompt_options, scheduler_option, setting_option
 
 
 @click.command("video")
@@ -21,32 +22,21 @@ from .common import domain_errors, echo_err
     required=True,
     help="A video (.mp4, .mov, .mkv: H.264; .webm: VP9), or a folder for one PNG per frame.",
 )
-@click.option("--prompt", multiple=True, required=True, help="What every frame should become.")
-@click.option("--negative-prompt", multiple=True, help="What to steer away from.")
-@click.option(
-    "--strength",
-    type=STRENGTH,
+@functools.partial(prompt_options, help_prompt="What every frame should become.")
+@setting_option(
+    "strength",
     default=0.5,
     show_default=True,
     help="How much to change each frame, 0 < strength <= 1 (lower stays closer to the video).",
 )
-@click.option(
-    "--steps",
-    type=STEPS,
-    default=50,
+@setting_option(
+    "num_inference_steps",
     show_default=True,
     help="Scheduled steps (strength x steps of them run per frame).",
 )
-@click.option(
-    "--guidance",
-    type=GUIDANCE,
-    default=7.5,
-    show_default=True,
-    help="Classifier-free guidance scale (1 or less turns it off).",
-)
-@click.option(
-    "--seed",
-    type=SEED,
+@setting_option("guidance_scale", show_default=True)
+@setting_option(
+    "seed",
     default=0,
     show_default=True,
     help="The seed of every frame: one fixed seed gives every frame the same noise, so the "

@@ -1,0 +1,180 @@
+"""The commands that check and measure: doctor (what runs here, and whether an engine folder
+gives the right images on each backend) and bench (fastimg against diffusers and its peers)."""
+
+import sys
+from pathlib import Path
+
+import click
+
+from ..errors import InputError
+from ..settings import SAMPLERS
+from .common import domain_errors, echo_err
+
+
+@click.command()
+@click.option(
+    "--check",
+    "check_engines",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run every available backend on these engines against the CPU reference.",
+)
+@click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=None,
+    help="CUDA device index to check the GPU backends on [default: the current device].",
+)
+@domain_errors
+def doctor(check_engines: Path | None, device: int | None) -> None:
+    """Show what this machine offers fastimg; with --check, verify each backend's output."""
+    from ..workflows import doctor as checkup
+
+    report = checkup.machine_report()
+    width = max(len(label) for label, _ in report) + 2
+    for label, value in report:
+        click.echo(f"{label:<{width}}{value}")
+    if check_engines is None:
+        return
+    rows = checkup.check(check_engines, device=device, log=echo_err)
+    click.echo(f"\ncheck against ONNX Runtime fp32 on the CPU ({check_engines}):")
+    for row in rows:
+        click.echo(
+            f"  {row['backend'] + ' ' + row['precision']:<26}{row['status']:<9}{row['detail']}"
+        )
+    bad = [r for r in rows if r["status"] in ("wrong", "failed")]
+    if bad:
+        raise click.ClickException(
+            f"{len(bad)} backend(s) gave wrong results or failed: "
+            + ", ".join(f"{r['backend']} {r['precision']}" for r in bad)
+        )
+
+
+@click.command()
+@click.option(
+    "--model",
+    default="tiny",
+    show_default=True,
+    help="Synthetic architecture (tiny, sd15, ...: built in models/NAME) or a diffusers "
+    "folder, .safetensors file or hub id.",
+)
+@click.option("--engines", default=None, help="Engine folder of MODEL [default: engines/NAME].")
+@click.option("--size", type=click.IntRange(64, 2048), default=512, show_default=True)
+@click.option("--steps", type=click.IntRange(1, 1000), default=4, show_default=True)
+@click.option(
+    "--strength", type=click.FloatRange(0, 1, min_open=True), default=0.5, show_default=True
+)
+@click.option("--guidance", type=click.FloatRange(0), default=0.0, show_default=True)
+@click.option("--sampler", type=click.Choice(SAMPLERS), default="ddim", show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option(
+    "--backend",
+    "backends",
+    multiple=True,
+    help="backend:precision to measure, repeatable; openvino:fp32:static (or :auto) for "
+    "OpenVINO's static shapes [default: every one installed here, OpenVINO both ways].",
+)
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
+@click.option("--cold-start/--no-cold-start", default=True, show_default=True)
+@click.option(
+    "-o",
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Writes OUT.json and OUT.png [default: bench/results/NAME-SIZE].",
+)
+@click.option("--save-images", is_flag=True, help="Also write each side's output image.")
+@click.option(
+    "--vae",
+    default=None,
+    help="A VAE folder or hub id both sides use in place of the model's own (taesd, "
+    "taesdxl: a random-weight tiny autoencoder built in models/NAME).",
+)
+@click.option(
+    "--batch",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Images per call (throughput, as a stream batch); speeds are per image.",
+)
+@click.option(
+    "--peer",
+    "peers",
+    multiple=True,
+    metavar="NAME[:PRECISION]=PYTHON",
+    help="Also measure another runtime, run by its own interpreter, repeatable: "
+    "optimum-intel=/path/to/venv/bin/python (its default precision; :fp32 or :bf16 to set "
+    "one). bench/peers/README.md makes that environment.",
+)
+@domain_errors
+def bench(
+    model: str,
+    engines: str | None,
+    size: int,
+    steps: int,
+    guidance: float,
+    strength: float,
+    sampler: str,
+    seed: int,
+    backends: tuple[str, ...],
+    warmup: int,
+    repeats: int,
+    cold_start: bool,
+    out: Path | None,
+    save_images: bool,
+    vae: str | None,
+    batch: int,
+    peers: tuple[str, ...],
+) -> None:
+    """Time one img2img job in diffusers, in each fastimg backend and in each peer runtime
+    (needs fastimg[bench])."""
+    from ..errors import require
+
+    require("torch", "bench")
+    require("diffusers", "bench")
+    from fastimg_bench import harness, report
+    from fastimg_bench.job import Job
+    from fastimg_bench.models import model_and_engines
+    from fastimg_bench.peers import check_interpreter, parse_peer
+
+    from ..diffusion import schedules
+
+    schedules.img2img_start(steps, strength)  # refuses a zero-step job before any loading
+    peer_specs = [parse_peer(text) for text in peers]
+    if peer_specs and vae is not None:
+        raise InputError("a peer runs the model's own VAE: leave out --vae, or the --peer")
+    for peer in peer_specs:  # a missing or broken interpreter is refused before any loading
+        echo_err(f"checking the {peer.name} interpreter {peer.python}")
+        check_interpreter(peer)
+    specs = harness.check_backends(list(backends) or harness.default_backends())
+    model_path, engines, vae = model_and_engines(model, engines, vae, log=echo_err)
+    job = Job(
+        size=size,
+        steps=steps,
+        strength=strength,
+        guidance=guidance,
+        sampler=sampler,
+        seed=seed,
+        batch=batch,
+        vae=vae,
+    )
+    record = harness.run(
+        model_path,
+        engines,
+        job,
+        specs,
+        warmup=warmup,
+        repeats=repeats,
+        cold_start=cold_start,
+        log=echo_err,
+        peers=peer_specs,
+    )
+    out = out or Path("bench/results") / (
+        f"{Path(engines).name}-{size}" + (f"-batch{batch}" if batch > 1 else "")
+    )
+    command = " ".join(["fastimg bench", *sys.argv[2:]])
+    written = report.save(record, out, command, images=save_images)
+    click.echo(report.table(record))
+    for path in written:
+        click.echo(f"wrote {path}")

@@ -1,0 +1,246 @@
+"""The engine folder commands: make-model (random-weight models of the real architectures),
+export (a diffusers model to verified ONNX engines), info (what a folder holds) and build
+(TensorRT plans for this GPU)."""
+
+from pathlib import Path
+
+import click
+
+from .common import domain_errors, echo_err
+
+# export/random_models.py defines them: pipelines, standalone VAEs, LoRA files
+ARCHITECTURES = (
+    *("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo"),
+    *("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sdxl-turbo", "sdxl", "sdxl-refiner", "sdxl-turbo"),
+    *("taesd", "taesdxl"),
+    *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
+)
+
+
+@click.command("make-model")
+@click.argument("arch", type=click.Choice(ARCHITECTURES))
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Folder (a .safetensors file for a LoRA).",
+)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@domain_errors
+def make_model(arch: str, output: Path, seed: int) -> None:
+    """Write a random-weight pipeline, VAE or LoRA of a real architecture (fastimg[export])."""
+    from ..errors import require
+
+    require("torch", "export")
+    from fastimg_export.random_models import write_random_model
+
+    echo_err(f"building random-weight {arch} pipeline")
+    write_random_model(arch, output, seed=seed)
+    click.echo(f"model written to {output}")
+
+
+@click.command("export")
+@click.argument("model")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Engine folder to create.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="Weights and compute precision of the ONNX graphs.",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing engine folder.")
+@click.option(
+    "--vae",
+    default=None,
+    help="A VAE folder or hub id to use in place of the model's own, e.g. TAESD "
+    "(madebyollin/taesd; madebyollin/taesdxl for SDXL) for a tiny, fast autoencoder.",
+)
+@click.option(
+    "--lora",
+    "loras",
+    multiple=True,
+    metavar="FILE_OR_ID[:SCALE]",
+    help="Fuse a LoRA into the weights before export, at SCALE (default 1); repeatable. "
+    "SD 1.5 + latent-consistency/lcm-lora-sdv1-5 + --scheduler lcm runs in 4 steps.",
+)
+@click.option(
+    "--int8",
+    is_flag=True,
+    help="Also write an int8 UNet for OpenVINO (--precision int8 at run time), quantized "
+    "with NNCF on calibration images; its error is recorded (needs fastimg[int8]).",
+)
+@click.option(
+    "--int8-images",
+    type=click.IntRange(2, 64),
+    default=4,
+    show_default=True,
+    help="Calibration images for --int8 (one is held out to measure the error).",
+)
+@domain_errors
+def export(
+    model: str,
+    output: Path,
+    precision: str,
+    overwrite: bool,
+    vae: str | None,
+    loras: tuple[str, ...],
+    int8: bool,
+    int8_images: int,
+) -> None:
+    """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
+    from ..errors import require
+
+    require("torch", "export")
+    require("diffusers", "export")
+    from fastimg_export.engine_writer import export_engines
+
+    export_engines(
+        model,
+        output,
+        precision=precision,
+        overwrite=overwrite,
+        log=echo_err,
+        vae=vae,
+        loras=list(loras),
+        int8_images=int8_images if int8 else 0,
+    )
+    click.echo(f"engines written to {output}")
+
+
+@click.command()
+@click.argument("engines", type=click.Path(path_type=Path))
+@click.option("--verify", is_flag=True, help="Re-hash every file against the manifest (SHA-256).")
+@domain_errors
+def info(engines: Path, verify: bool) -> None:
+    """Show what an engine folder's manifest says."""
+    from ..diffusion.schedules import default_sampler
+    from ..engine_folder.manifest import load_manifest
+
+    manifest = load_manifest(engines, full_check=verify)
+    data = manifest.data
+    sched = manifest.scheduler
+    lines = [
+        f"engine folder   {manifest.folder}",
+        f"format          {data['format']} v{data['format_version']} ({data.get('kind')})",
+        f"model           {data.get('model_family')} from {data.get('source')}",
+        f"created         {data.get('created')}",
+        f"precision       {data.get('precision')}",
+        f"image multiple  {manifest.vae_scale_factor} px",
+        f"VAE             {data.get('vae', {}).get('kind', 'kl')} from "
+        f"{data.get('vae', {}).get('source', data.get('source'))}, scaling "
+        f"{manifest.vae_scaling_factor}",
+        f"scheduler       {sched.get('_class_name')} ({sched.get('prediction_type', 'epsilon')}, "
+        f"{sched.get('timestep_spacing', 'default')} spacing) -> sampler "
+        f"{default_sampler(sched) or 'ddim (no equivalent)'}",
+        "components:",
+    ]
+    for name, entry in manifest.components.items():
+        size = sum(f["bytes"] for f in entry["files"].values()) / 1e6
+        parity = entry.get("parity", {})
+        lines.append(
+            f"  {name:<13} {entry['path']:<26} {size:9.1f} MB  vs torch: rel "
+            f"{parity.get('max_rel_error', float('nan')):.2e} (limit {parity.get('tolerance')})"
+        )
+        for side in ("inputs", "outputs"):
+            io = ", ".join(
+                f"{k} {v['dtype']}[{','.join(map(str, v['shape']))}]"
+                for k, v in entry[side].items()
+            )
+            lines.append(f"      {side:<8} {io}")
+        for backend, variant in entry.get("variants", {}).items():
+            line = f"      {backend:<14} {variant['path']}"
+            if "quantization" in variant:
+                q, error = variant["quantization"], variant["quantization"]["error"]
+                line += (
+                    f"  {q['method']}: output relative RMS error "
+                    f"{error['output_relative_rms_error']:.3g}, {error['layers']} layers "
+                    f"(median {error['median_relative_rms_error']:.3g}, "
+                    f"worst {error['max_relative_rms_error']:.3g})"
+                )
+            lines.append(line)
+    for lora in data.get("loras", []):
+        lines.append(
+            f"lora            {lora['name']} at scale {lora['scale']:g} "
+            f"(SHA-256 {lora['sha256'][:16]}..., {lora['source']})"
+        )
+    tools = ", ".join(f"{k} {v}" for k, v in data.get("tools", {}).items())
+    lines.append(f"tools           {tools}")
+    for key, plans in data.get("tensorrt", {}).get("engines", {}).items():
+        lines.append(
+            f"tensorrt        {key}: TensorRT {plans['tensorrt']}, compute capability "
+            f"{plans['compute_capability']}, {plans['precision']} (VAE {plans['vae_precision']})"
+        )
+    if verify:
+        lines.append(
+            f"verified        SHA-256 of all {len(manifest.verified)} files fastimg opens match"
+        )
+    click.echo("\n".join(lines))
+
+
+@click.command()
+@click.argument("engines", type=click.Path(path_type=Path))
+@click.option("--height", default="512", show_default=True, help="N, MIN-MAX or MIN:OPT:MAX px.")
+@click.option("--width", default="512", show_default=True, help="N, MIN-MAX or MIN:OPT:MAX px.")
+@click.option("--batch", default="1", show_default=True, help="Images per call: N or MIN-MAX.")
+@click.option("--precision", type=click.Choice(["fp16", "fp32"]), default="fp16", show_default=True)
+@click.option(
+    "--vae-precision",
+    type=click.Choice(["fp32", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="SD's VAE overflows in fp16; keep fp32 unless your VAE is fp16-safe.",
+)
+@click.option("--opt-level", type=click.IntRange(0, 5), default=3, show_default=True)
+@click.option("--rebuild", is_flag=True, help="Build again even if these engines exist.")
+@click.option(
+    "--device",
+    type=click.IntRange(0),
+    default=None,
+    help="CUDA device to build for [default: the current device].",
+)
+@domain_errors
+def build(
+    engines: Path,
+    height: str,
+    width: str,
+    batch: str,
+    precision: str,
+    vae_precision: str,
+    opt_level: int,
+    rebuild: bool,
+    device: int | None,
+) -> None:
+    """Build TensorRT engines for this GPU from ENGINES' ONNX (needs fastimg[tensorrt])."""
+    from ..engine_folder.manifest import load_manifest
+    from ..engine_folder.profiles import Profile, parse_range
+    from ..errors import require
+
+    factor = load_manifest(engines).vae_scale_factor
+    profile = Profile(
+        height=parse_range(height, factor, "--height"),
+        width=parse_range(width, factor, "--width"),
+        batch=parse_range(batch, 1, "--batch"),
+    )
+    require("tensorrt", "tensorrt")
+    require("onnx", "export")
+    from fastimg_export.trt_build import build_engines
+
+    key = build_engines(
+        engines,
+        profile,
+        precision=precision,
+        vae_precision=vae_precision,
+        opt_level=opt_level,
+        rebuild=rebuild,
+        log=echo_err,
+        device=device,
+    )
+    click.echo(f"TensorRT engines {key} ready in {engines / 'tensorrt' / key}")

@@ -1,0 +1,326 @@
+"""Click options derived from fastimg.settings, and the option groups the batch and video
+commands share (engines, outputs, Ray). A call setting's option, type, range and help come
+from its `Setting`; commands add only what is their own (sweeps, defaults for rows)."""
+
+import functools
+from pathlib import Path
+
+import click
+
+from ..backends import SHAPES
+from ..backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
+from ..errors import InputError
+from ..media.formats import IMAGE_FILE_SUFFIXES
+from ..settings import BY_NAME, CHOICE, FORMATS, PAIR, REAL, SETTINGS, WHOLE, Setting, parse_pair
+
+_UNSET = object()
+
+
+class Pair(click.ParamType):
+    """Two whole numbers, HEIGHTxWIDTH or TOP,LEFT: 1024x768."""
+
+    name = "pair"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_pair(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def click_type(setting: Setting) -> click.ParamType:
+    """The click type that takes `setting` from the command line, with its range (the cap
+    where the Python API leaves the upper bound to the model)."""
+    high = setting.high if setting.high is not None else setting.cap
+    if setting.kind == REAL:
+        if setting.low is None and high is None:
+            return click.FLOAT
+        return click.FloatRange(setting.low, high, min_open=setting.low_open)
+    if setting.kind == WHOLE:
+        return click.IntRange(setting.low, high)
+    if setting.kind == CHOICE:
+        return click.Choice(setting.choices)
+    if setting.kind == PAIR:
+        return Pair()
+    return click.STRING
+
+
+def setting_option(name: str, help: str | None = None, default=_UNSET, **options):
+    """The click option of the call setting `name` (diffusers' name), its help and default
+    from fastimg.settings unless the command says otherwise."""
+    setting = BY_NAME[name]
+    if default is _UNSET:
+        default = setting.default
+    options.setdefault("type", click_type(setting))
+    return click.option(setting.option, default=default, help=help or setting.help, **options)
+
+
+def sweep_option(name: str, help_more: str = ""):
+    """A setting `fastimg transform` sweeps: comma-separated values, each checked."""
+    setting = BY_NAME[name]
+    default = None if setting.default is None else str(setting.default)
+    return setting_option(
+        name,
+        help=f"{setting.help.rstrip('.')}; a list sweeps{': 0.25,0.5,0.75' * (name == 'strength')}."
+        + help_more,
+        default=default,
+        type=ValueList(click_type(setting)),
+        show_default=default is not None,
+    )
+
+
+def prompt_options(command, required: bool = True, help_prompt: str | None = None):
+    """--prompt and --negative-prompt, each given at most once (see `one`)."""
+    command = setting_option("negative_prompt", multiple=True, default=None)(command)
+    return setting_option(
+        "prompt", help=help_prompt, multiple=True, required=required, default=None
+    )(command)
+
+
+def sdxl_options(command):
+    """StableDiffusionXLImg2ImgPipeline's extra arguments (SDXL engine folders only)."""
+    for setting in reversed([s for s in SETTINGS if s.sdxl]):
+        command = setting_option(setting.name)(command)
+    return command
+
+
+def scheduler_option(command, help: str | None = None):
+    """--scheduler: a sampler, or the model's own scheduler."""
+    return setting_option("scheduler", help=help)(command)
+
+
+class ValueList(click.ParamType):
+    """Comma-separated values, each checked by `item` (a click type): 0.25,0.5,0.75."""
+
+    name = "list"
+
+    def __init__(self, item: click.ParamType):
+        self.item = item
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        parts = [part.strip() for part in str(value).split(",")]
+        if not all(parts):
+            self.fail(f"{value!r} has an empty value: write values like 0.25,0.5,0.75", param, ctx)
+        return tuple(self.item.convert(part, param, ctx) for part in parts)
+
+
+def engine_options(command):
+    """--engines and the options that choose how they run."""
+    options = [
+        click.option(
+            "--engines",
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Engine folder written by fastimg export.",
+        ),
+        click.option(
+            "--backend",
+            type=click.Choice(BACKEND_CHOICES),
+            default="auto",
+            show_default=True,
+            help="Engine runtime; auto picks the fastest installed one and says which.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(PRECISION_CHOICES),
+            default="auto",
+            show_default=True,
+            help="fp32 matches diffusers; bf16 (OpenVINO on CPUs with bf16) is about twice as "
+            "fast; fp16 is TensorRT's; int8 runs the int8 UNet of engines exported with --int8 "
+            "(OpenVINO).",
+        ),
+        click.option(
+            "--device",
+            type=click.IntRange(0),
+            default=None,
+            help="CUDA device index for the GPU backends [default: the current device].",
+        ),
+        click.option(
+            "--shapes",
+            type=click.Choice(SHAPES),
+            default="dynamic",
+            show_default=True,
+            help="OpenVINO: also compile each call's exact shapes (static; auto: from a shape's "
+            "second call on, so a size seen once pays no compile). Images are the same either "
+            "way.",
+        ),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def output_options(command):
+    """Where outputs go, their names and formats, what they carry, and how progress shows."""
+    options = [
+        click.option(
+            "-o",
+            "--output",
+            type=click.Path(path_type=Path),
+            required=True,
+            help="Output folder (or one .png/.jpg/.webp file for a single image).",
+        ),
+        click.option(
+            "--name",
+            default=None,
+            help="Output name template: {stem} {strength} {guidance} {steps} {seed} {sampler} "
+            "{index} {row} [default: {stem}-s{strength}-{seed}, plus what else is swept].",
+        ),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS, case_sensitive=False),
+            default=None,
+            help="Output format [default: from -o's suffix, else png].",
+        ),
+        click.option(
+            "--quality",
+            type=click.IntRange(1, 100),
+            default=None,
+            help="JPEG and WebP quality [default: 95].",
+        ),
+        click.option(
+            "--no-metadata",
+            is_flag=True,
+            help="Write no prompt, settings or AI label into the outputs.",
+        ),
+        click.option(
+            "--c2pa-cert",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="Sign each output with C2PA Content Credentials: the PEM certificate chain "
+            "(signing certificate first); needs --c2pa-key and fastimg[c2pa].",
+        ),
+        click.option(
+            "--c2pa-key",
+            type=click.Path(path_type=Path),
+            default=None,
+            help="The PEM private key of --c2pa-cert.",
+        ),
+        click.option("--overwrite", is_flag=True, help="Replace existing output files."),
+        click.option(
+            "--skip-existing",
+            is_flag=True,
+            help="Keep outputs that exist and make only the missing ones (resume a batch).",
+        ),
+        click.option("--quiet", "-q", is_flag=True, help="No progress display."),
+        click.option(
+            "--size",
+            default=None,
+            help="Resize inputs first: WIDTHxHEIGHT, or one number for the longer side.",
+        ),
+        click.option(
+            "--max-pixels",
+            type=click.IntRange(1),
+            default=None,
+            help="Refuse larger images before decoding them [default: 64 megapixels].",
+        ),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def one(values: tuple[str, ...], option: str) -> str | None:
+    """A text option given at most once (click would silently keep the last of several)."""
+    if len(values) > 1:
+        raise click.UsageError(
+            f"{option} was given {len(values)} times: give it once (for several prompts, "
+            "write a job file and use fastimg run)"
+        )
+    return values[0] if values else None
+
+
+def output_target(output: Path, fmt: str | None) -> tuple[bool, str | None]:
+    """Whether -o names one file, and the format the outputs are written in (None: as their
+    names say, else PNG)."""
+    from ..media.labels import output_format
+
+    single = output.suffix.lower() in IMAGE_FILE_SUFFIXES
+    if not single:
+        return False, fmt.lower() if fmt else None
+    try:
+        written = output_format(output, None)
+    except InputError as exc:
+        raise click.UsageError(f"-o {output}: {exc}") from None
+    written = written.lower()
+    if fmt is not None and fmt.lower() != written:
+        raise click.UsageError(f"-o {output} is {written.upper()} but --format says {fmt}")
+    return True, written
+
+
+def c2pa_signer(cert: Path | None, key: Path | None, no_metadata: bool = False):
+    """The C2PA signer of --c2pa-cert and --c2pa-key (checked before any work), or None."""
+    if cert is None and key is None:
+        return None
+    if no_metadata:
+        raise click.UsageError(
+            "--no-metadata writes no AI label, but C2PA credentials are one (they say the image "
+            "was made by fastimg with a trained model): pass one or the other"
+        )
+    if cert is None or key is None:
+        given, missing = (
+            ("--c2pa-cert", "--c2pa-key") if key is None else ("--c2pa-key", "--c2pa-cert")
+        )
+        raise click.UsageError(f"{given} needs {missing} too")  # fmt: skip
+    from ..media.c2pa import load_signer
+
+    return load_signer(cert, key)
+
+
+def check_size(size, manifest, max_side: int) -> None:
+    """Refuse a --size outside what the engines take, before any image is processed."""
+    from ..media.images import MIN_SIDE
+
+    sides = (size,) if isinstance(size, int) else size
+    low, high = max(MIN_SIDE, manifest.vae_scale_factor), max_side
+    if not all(low <= side <= high for side in sides):
+        raise click.BadParameter(
+            f"each side must be between {low} and {high} pixels for these engines",
+            param_hint="--size",
+        )
+
+
+def ray_options(command):
+    """--ray and how the batch is spread over the Ray cluster."""
+    options = [
+        click.option(
+            "--ray",
+            is_flag=True,
+            help="Spread the batch over a Ray cluster (workers each load the engines once); "
+            "needs fastimg[ray].",
+        ),
+        click.option(
+            "--ray-address",
+            default=None,
+            help="Ray cluster to join [default: RAY_ADDRESS, else Ray started on this machine].",
+        ),
+        click.option(
+            "--ray-workers",
+            type=click.IntRange(1, 1024),
+            default=None,
+            help="Workers (Ray actors), each holding its own engines [default: 2].",
+        ),
+        click.option(
+            "--replica-cpus",
+            type=click.FloatRange(0, min_open=True),
+            default=None,
+            help="CPUs each worker reserves [default: 1]; GPU backends also reserve one GPU.",
+        ),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def check_ray_options(settings: dict) -> None:
+    """Refuse the --ray-* options without --ray, and --ray without Ray installed."""
+    from ..errors import require
+
+    given = [f"--{key.replace('_', '-')}" for key in RAY_SETTINGS if settings[key] is not None]
+    if not settings["ray"]:
+        if given:
+            raise click.UsageError(f"{given[0]} needs --ray")
+        return
+    require("ray", "ray")
+
+
+RAY_SETTINGS = ("ray_address", "ray_workers", "replica_cpus")
