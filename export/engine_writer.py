@@ -18,7 +18,7 @@ from pathlib import Path
 from fastimg import __version__
 from fastimg.atomic import make_staging_folder
 from fastimg.engine_folder.integrity import sha256
-from fastimg.engine_folder.manifest import FORMAT, FORMAT_VERSION, MANIFEST
+from fastimg.engine_folder.layout import FORMAT, FORMAT_VERSION, MANIFEST
 from fastimg.errors import EngineError, InputError, OutputError
 
 from . import attention, onnx_export, verify, winograd

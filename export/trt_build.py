@@ -21,7 +21,8 @@ from pathlib import Path
 
 from fastimg.atomic import make_staging_folder, write_atomically
 from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_release
-from fastimg.engine_folder.manifest import DEFAULT_MAX_SIDE, MANIFEST, Manifest, load_manifest
+from fastimg.engine_folder.layout import MANIFEST
+from fastimg.engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest, load_manifest
 from fastimg.engine_folder.profiles import Profile, input_shapes
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import device_properties

@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-from fastimg.engine_folder.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from fastimg.engine_folder.layout import FORMAT_VERSION, MANIFEST
+from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import EngineError, ManifestError
 from tests.corpus import flip_a_byte
 

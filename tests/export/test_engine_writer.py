@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fastimg.diffusion.rng import TorchCompatibleGenerator
-from fastimg.engine_folder.manifest import COMPONENTS, MANIFEST, load_manifest
+from fastimg.engine_folder.layout import COMPONENTS, MANIFEST
+from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import EngineError, InputError
 from tests.export.exporting import start_export
 

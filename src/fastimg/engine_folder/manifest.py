@@ -7,16 +7,9 @@ from pathlib import Path
 
 from ..errors import EngineError, ManifestError
 from .integrity import verify_files
+from .layout import COMPONENTS, FORMAT, MANIFEST, TOKENIZER_OF
 
-FORMAT = "fastimg-engine"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
 MAX_MANIFEST_BYTES = 16 * 2**20
-COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-# SDXL folders have a second text encoder (the refiner has only that one), each with its
-# tokenizer: the manifest's text_conditioning.text_encoders names those present.
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 # Dynamic ONNX engines take any size, but SD's attention memory grows with the fourth power of
 # the side. Where neither the manifest nor its memory model says more, this is the limit.
 DEFAULT_MAX_SIDE = 2048

@@ -22,9 +22,14 @@ from pydantic import (
 )
 
 from ..errors import ManifestError
-from .manifest import COMPONENTS, FORMAT, FORMAT_VERSION, TEXT_ENCODERS, TOKENIZER_OF
-
-PLAN_COMPONENTS = (*TEXT_ENCODERS, *COMPONENTS[1:])
+from .layout import (
+    COMPONENTS,
+    FORMAT,
+    FORMAT_VERSION,
+    PLAN_COMPONENTS,
+    TEXT_ENCODERS,
+    TOKENIZER_OF,
+)
 
 MAX_FILES = 10_000
 MAX_FILE_BYTES = 2**40  # 1 TiB
