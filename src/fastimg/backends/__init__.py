@@ -85,7 +85,7 @@ def compiled_cache(
     each label keeps its own most recent keys), or None (nothing cached)."""
     if backend not in CACHES:
         return None
-    from ..engine_folder.compiled import keyed_folder
+    from ..engine_folder.compiled_cache import keyed_folder
     from ..machine import cpu_identity, package_version
 
     if backend == "openvino":

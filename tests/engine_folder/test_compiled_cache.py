@@ -10,7 +10,7 @@ import pytest
 
 from fastimg.backends.select import installed
 from fastimg.diffusion.pipeline import OPENVINO_CACHE, Img2ImgPipeline
-from fastimg.engine_folder.compiled import KEY_FILE, cache_key, keyed_folder
+from fastimg.engine_folder.compiled_cache import KEY_FILE, cache_key, keyed_folder
 
 PARTS = {"backend": "openvino", "version": "2026.4", "precision": "fp32", "device": "cpu A"}
 
@@ -115,7 +115,7 @@ def test_precisions_in_sequence_across_processes_on_one_folder(tmp_path, tiny, p
 def test_only_the_most_recently_used_keys_of_a_component_are_kept(tmp_path):
     import os
 
-    from fastimg.engine_folder.compiled import KEEP
+    from fastimg.engine_folder.compiled_cache import KEEP
 
     folders = []
     for k in range(KEEP + 2):
