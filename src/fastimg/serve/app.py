@@ -518,7 +518,7 @@ class Service:
             {
                 "model": pipe.model_info.get("fastimg:model"),
                 "model_hash": pipe.model_info.get("fastimg:model_hash"),
-                "family": manifest.data.get("model_family"),
+                "family": manifest.model_family,
                 "backend": pipe.backend,
                 "precision": pipe.precision,
                 "exact": pipe.exact,
