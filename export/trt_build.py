@@ -13,7 +13,6 @@ the folder as it was.
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -24,6 +23,7 @@ from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, trt_release
 from fastimg.engine_folder.layout import MANIFEST
 from fastimg.engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest, load_manifest
 from fastimg.engine_folder.profiles import Profile, input_shapes
+from fastimg.engine_folder.schema import serialise
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import device_properties
 
@@ -212,6 +212,7 @@ def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild,
         "components": entries,
     }
     data["tensorrt"] = {"engines": engines}
-    text = json.dumps(data, indent=2).encode()
+    fix = "this is a bug in the build; please report it"
+    text = serialise(data, f"the manifest written to {manifest.folder}", fix).encode()
     write_atomically(manifest.folder / MANIFEST, lambda f: f.write(text))
     return key

@@ -171,3 +171,19 @@ def test_manifest_data_is_checked_when_a_manifest_is_made_from_it():
 
     with pytest.raises(ManifestError, match="field latent_channels is invalid"):
         Manifest.from_data(None, complete(latent_channels="4"))
+
+
+def test_manifest_text_is_written_only_for_data_the_schema_accepts():
+    from fastimg.engine_folder.schema import serialise
+    from tests.manifests import complete
+
+    data = complete(tools={"onnx": "1.17"})
+    assert json.loads(serialise(data, "here", "fix it")) == data
+    with pytest.raises(ManifestError, match="field vae_scale_factor is missing.*: fix it"):
+        serialise({k: v for k, v in data.items() if k != "vae_scale_factor"}, "here", "fix it")
+    with pytest.raises(ManifestError, match="field memory.unet.per_pixel is invalid"):
+        serialise(
+            {**data, "memory": {"unet": {"per_pixel": float("nan"), "per_token_pair": 0}}},
+            "here",
+            "fix it",
+        )
