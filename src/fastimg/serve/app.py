@@ -49,6 +49,7 @@ from uvicorn.server import HANDLED_SIGNALS
 from ..cli.batch import FORMATS, GUIDANCE, SEED, STEPS, STRENGTH, Pair
 from ..diffusion.pipeline import MAX_IMAGES
 from ..diffusion.schedules import SAMPLERS, default_sampler
+from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import EngineError, FastImgError, InputError
 from ..media.images import MAX_PIXELS, load_image
 from ..media.labels import save_image
@@ -117,6 +118,7 @@ class ServeOptions:
     """How `fastimg serve` runs: the engines and their options, and the admission limits."""
 
     engines: Path | None = None
+    manifest: Manifest | None = None  # the engines' manifest, where this process loaded it
     backend: str = "auto"
     precision: str = "auto"
     device: int | None = None
@@ -213,8 +215,8 @@ class Service:
         from ..diffusion.pipeline import Img2ImgPipeline
 
         o = self.options
-        pipe = Img2ImgPipeline.from_engines(
-            o.engines,
+        pipe = Img2ImgPipeline(
+            o.manifest or load_manifest(o.engines),
             backend=o.backend,
             precision=o.precision,
             threads=o.threads,
