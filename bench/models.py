@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from fastimg.engine_folder.manifest import MANIFEST
+from fastimg.engine_folder.layout import MANIFEST
 
 SYNTHETIC = (
     *("tiny", "tiny-v", "tiny-lcm", "tiny-turbo", "sd15", "lcm", "sd2-v", "sd-turbo"),

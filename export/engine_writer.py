@@ -18,7 +18,8 @@ from pathlib import Path
 from fastimg import __version__
 from fastimg.atomic import make_staging_folder
 from fastimg.engine_folder.integrity import sha256
-from fastimg.engine_folder.manifest import FORMAT, FORMAT_VERSION, MANIFEST
+from fastimg.engine_folder.layout import FORMAT, FORMAT_VERSION, MANIFEST
+from fastimg.engine_folder.schema import serialise
 from fastimg.errors import EngineError, InputError, OutputError
 
 from . import attention, onnx_export, verify, winograd
@@ -223,7 +224,9 @@ def _export_locked(
         }
         if onnx_export.is_sdxl(pipe):
             manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        fix = "this is a bug in the export; please report it"
+        text = serialise(manifest, f"the manifest written for {model}", fix)
+        (staging / MANIFEST).write_text(text)
         replace_folder(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

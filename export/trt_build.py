@@ -13,16 +13,17 @@ the folder as it was.
 
 import contextlib
 import hashlib
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
 from fastimg.atomic import make_staging_folder, write_atomically
-from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, plan_sets, trt_release
-from fastimg.engine_folder.manifest import DEFAULT_MAX_SIDE, MANIFEST, Manifest, load_manifest
+from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, trt_release
+from fastimg.engine_folder.layout import MANIFEST
+from fastimg.engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest, load_manifest
 from fastimg.engine_folder.profiles import Profile, input_shapes
+from fastimg.engine_folder.schema import serialise
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import device_properties
 
@@ -74,7 +75,7 @@ def check_profile(profile: Profile, manifest: Manifest) -> None:
 
 def _source_onnx(manifest: Manifest, component: str, precision: str, scratch: Path) -> Path:
     """The ONNX file to parse for a component in `precision`, converted to fp16 if needed."""
-    exported = manifest.components[component].get("precision", manifest.data["precision"])
+    exported = manifest.component_precision(component)
     path = manifest.path(component)
     if exported == precision:
         return path
@@ -151,7 +152,7 @@ def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild,
     key = engine_key(
         trt.__version__, capability, profile, precision, vae_precision, opt_level, graph
     )
-    if key in plan_sets(manifest) and not rebuild:
+    if key in manifest.plan_sets and not rebuild:
         log(f"engines {key} are already built (pass --rebuild to build them again)")
         return key
     root = manifest.folder / "tensorrt"
@@ -198,7 +199,7 @@ def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild,
     for entry in entries.values():
         entry["files"] = file_entries(manifest.folder, [manifest.folder / entry["path"]])
     data = dict(manifest.data)
-    engines = dict(plan_sets(manifest))
+    engines = dict(manifest.plan_sets)
     engines[key] = {
         "tensorrt": trt.__version__,
         "compute_capability": capability,
@@ -211,6 +212,7 @@ def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild,
         "components": entries,
     }
     data["tensorrt"] = {"engines": engines}
-    text = json.dumps(data, indent=2).encode()
+    fix = "this is a bug in the build; please report it"
+    text = serialise(data, f"the manifest written to {manifest.folder}", fix).encode()
     write_atomically(manifest.folder / MANIFEST, lambda f: f.write(text))
     return key

@@ -15,7 +15,7 @@ def write_plan_sets(
     """List a plan set per (profile, compute capability, precision) in `engines`' manifest,
     with small stand-in plan files; return their keys in order."""
     data = json.loads((engines / "manifest.json").read_text())
-    manifest = Manifest(engines, data)
+    manifest = Manifest.from_data(engines, data)
     graph = manifest.graph_digest()
     listed, keys = {}, []
     for k, (profile, capability, precision) in enumerate(sets):

@@ -69,7 +69,7 @@ def prefix_text_encoder_keys(folder: Path) -> bool:
 
 def prepare_model(model: str, root: Path, log=print) -> Path:
     """A diffusers folder of `model` the peer's versions read correctly (made once, cached)."""
-    from fastimg.engine_folder.compiled import cache_key
+    from fastimg.engine_folder.compiled_cache import cache_key
 
     name = Path(model.rstrip("/")).name.removesuffix(".safetensors").replace("/", "-")
     folder = root / f"{name}-{cache_key(model_identity(model))}"
@@ -97,7 +97,7 @@ def prepare_model(model: str, root: Path, log=print) -> Path:
 
 def blob_cache(folder: Path, spec: PeerSpec, versions: dict, static: bool, job) -> Path:
     """The OpenVINO CACHE_DIR of one precision, shape, CPU and set of peer versions."""
-    from fastimg.engine_folder.compiled import cache_key
+    from fastimg.engine_folder.compiled_cache import cache_key
     from fastimg.machine import cpu_identity
 
     parts = {
@@ -209,7 +209,7 @@ class OptimumIntelSide:
 
     def worker_spec(self, cache: Path | None) -> dict:
         """What the worker loads: the IR, the shapes, the precision, the scheduler."""
-        from fastimg.engine_folder.compiled import cache_key
+        from fastimg.engine_folder.compiled_cache import cache_key
         from fastimg_export.loading import diffusers_scheduler
 
         with open(self.folder / "model" / "scheduler" / "scheduler_config.json") as f:

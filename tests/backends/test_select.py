@@ -82,12 +82,13 @@ def test_auto_prefers_openvino_in_bf16_where_the_cpu_has_it(only):
 
 def with_winograd(convolutions: int):
     from fastimg.engine_folder.manifest import Manifest
+    from tests.manifests import complete
 
     variant = {"path": "unet/model.ort.onnx"}
     if convolutions:
         variant["winograd"] = {"convolutions": convolutions, "extra_bytes": 1}
     unet = {"path": "unet/model.onnx", "variants": {"onnxruntime": variant}}
-    return Manifest(folder=None, data={"components": {"unet": unet}})
+    return Manifest.from_data(None, complete({"unet": unet}))
 
 
 def test_auto_prefers_onnxruntime_for_fp32_where_its_graphs_have_winograd_convolutions(only):

@@ -10,13 +10,13 @@ from fastimg.diffusion import memory
 from fastimg.diffusion.pipeline import Img2ImgPipeline
 from fastimg.engine_folder.manifest import Manifest
 from fastimg.errors import InputError
+from tests.manifests import SHA, complete
 
 GiB = 2**30
 
 
 def manifest(**models) -> Manifest:
-    data = {"vae_scale_factor": 8, "memory": models}
-    return Manifest(folder=None, data=data)
+    return Manifest.from_data(None, complete(memory=models))
 
 
 SD15_LIKE = manifest(
@@ -114,9 +114,9 @@ def test_the_longest_side_comes_from_the_memory_free(tiny, monkeypatch):
 
 def test_scratch_counts_for_openvino_only_and_nothing_fitting_leaves_the_side_open():
     model = {"per_pixel": 100, "per_token_pair": 0, "weights_factor": 0.5}
-    data = {"vae_scale_factor": 8, "memory": {"unet": model}}
-    files = {"unet/model.onnx": {"bytes": 2 * GiB}}
-    tiny = Manifest(folder=None, data={**data, "components": {"unet": {"files": files}}})
+    files = {"unet/model.onnx": {"bytes": 2 * GiB, "sha256": SHA}}
+    data = complete({"unet": {"files": files}}, memory={"unet": model})
+    tiny = Manifest.from_data(None, data)
     plain = memory.call_bytes(tiny, "unet", 64, 64, 1)
     assert memory.call_bytes(tiny, "unet", 64, 64, 1, scratch="openvino") == plain + GiB
     assert memory.largest_side(tiny, int(0.5 * GiB), scratch="openvino") is None  # 1 GiB
@@ -128,19 +128,18 @@ def test_scratch_counts_for_openvino_only_and_nothing_fitting_leaves_the_side_op
 def test_scratch_follows_the_weights_of_the_graph_that_runs():
     model = {"per_pixel": 100, "per_token_pair": 0, "weights_factor": 0.5}
     files = {
-        "unet/model.onnx": {"bytes": 1 * GiB},
-        "unet/model.onnx_data": {"bytes": 9 * GiB},
-        "unet/model.mha.onnx": {"bytes": 2**20},
-        "unet/model.int8.xml": {"bytes": 2**20},
-        "unet/model.int8.bin": {"bytes": 2 * GiB},
+        "unet/model.onnx": {"bytes": 1 * GiB, "sha256": SHA},
+        "unet/model.onnx_data": {"bytes": 9 * GiB, "sha256": SHA},
+        "unet/model.mha.onnx": {"bytes": 2**20, "sha256": SHA},
+        "unet/model.int8.xml": {"bytes": 2**20, "sha256": SHA},
+        "unet/model.int8.bin": {"bytes": 2 * GiB, "sha256": SHA},
     }
     variants = {
         "onnxruntime": {"path": "unet/model.mha.onnx"},
         "openvino-int8": {"path": "unet/model.int8.xml", "weights": "unet/model.int8.bin"},
     }
     unet = {"files": files, "variants": variants}
-    data = {"vae_scale_factor": 8, "memory": {"unet": model}, "components": {"unet": unet}}
-    manifest = Manifest(folder=None, data=data)
+    manifest = Manifest.from_data(None, complete({"unet": unet}, memory={"unet": model}))
     assert memory.weight_bytes(manifest, "unet") == 10 * GiB  # the fp32 graph only
     assert memory.weight_bytes(manifest, "unet", "openvino") == 10 * GiB
     assert memory.weight_bytes(manifest, "unet", "openvino-int8") == 2 * GiB + 2**20
@@ -154,12 +153,8 @@ def test_winograd_graphs_are_estimated_with_their_larger_activations():
     model = {"per_pixel": 100, "per_token_pair": 8}
     winograd = {"convolutions": 3, "extra_bytes": 1, "activation_factor": 1.8}
     decoder = {"files": {}, "variants": {"onnxruntime": {"path": "x", "winograd": winograd}}}
-    data = {
-        "vae_scale_factor": 8,
-        "memory": {"vae_decoder": model},
-        "components": {"vae_decoder": decoder},
-    }
-    manifest = Manifest(folder=None, data=data)
+    data = complete({"vae_decoder": decoder}, memory={"vae_decoder": model})
+    manifest = Manifest.from_data(None, data)
     scores = 8 * 64**2
     assert memory.call_bytes(manifest, "vae_decoder", 64, 64, 1) == 100 * 64 * 64 + scores
     for other in ("openvino", "onnxruntime-cuda", None):

@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from fastimg.engine_folder import integrity
-from fastimg.engine_folder.manifest import MANIFEST, load_manifest
+from fastimg.engine_folder.layout import MANIFEST
+from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import ManifestError
 from tests.corpus.engines import entry
 

@@ -3,7 +3,8 @@ import shutil
 
 import pytest
 
-from fastimg.engine_folder.manifest import FORMAT_VERSION, MANIFEST, load_manifest
+from fastimg.engine_folder.layout import FORMAT_VERSION, MANIFEST
+from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import EngineError, ManifestError
 from tests.corpus import flip_a_byte
 
@@ -128,3 +129,61 @@ def test_whether_the_vae_overflows_in_fp16_is_read_or_inferred_for_older_folders
     data["components"]["vae_decoder"]["precision"] = "fp16"  # a VAE made for fp16
     (older / "manifest.json").write_text(json.dumps(data))
     assert load_manifest(older).vae_overflows_in_fp16 is False
+
+
+def test_the_manifest_answers_by_name_from_the_checked_model(tiny):
+    manifest = load_manifest(tiny[1])
+    data = json.loads((tiny[1] / MANIFEST).read_text())
+    assert manifest.model_family == data["model_family"]
+    assert manifest.source == data["source"]
+    assert manifest.kind == "onnx" and manifest.created == data["created"]
+    assert manifest.format_version == FORMAT_VERSION
+    assert manifest.precision == data["precision"]
+    assert manifest.latent_channels == data["latent_channels"] == 4
+    assert manifest.vae_kind == data["vae"]["kind"] and manifest.vae_source == data["vae"]["source"]
+    assert manifest.tools == data["tools"] and manifest.plan_sets == {}
+    assert data["memory"] and manifest.memory_model("text_encoder") is None
+    for component, recorded in data["memory"].items():
+        assert manifest.memory_model(component).per_pixel == recorded["per_pixel"]
+    for component in manifest.component_names:
+        assert manifest.component_precision(component) == data["precision"]
+
+
+def test_fields_a_manifest_leaves_out_take_the_schema_defaults():
+    from fastimg.engine_folder.manifest import Manifest
+    from tests.manifests import complete
+
+    data = complete({"unet": {"precision": "fp16"}}, source="checkpoints/model.safetensors")
+    manifest = Manifest.from_data(None, data)
+    assert manifest.model_family is None and manifest.precision == "fp32"
+    assert manifest.latent_channels == 4 and manifest.vae_kind == "kl"
+    assert manifest.memory_model("unet") is None and manifest.loras == []
+    assert manifest.component_precision("unet") == "fp16"
+    assert manifest.component_precision("vae_decoder") == "fp32"
+    assert manifest.model_name == "model"  # a checkpoint is named by its file, as A1111 does
+    assert manifest.vae_source == "checkpoints/model.safetensors"
+    assert Manifest.from_data(None, {**data, "source": "org/repo"}).model_name == "repo"
+
+
+def test_manifest_data_is_checked_when_a_manifest_is_made_from_it():
+    from fastimg.engine_folder.manifest import Manifest
+    from tests.manifests import complete
+
+    with pytest.raises(ManifestError, match="field latent_channels is invalid"):
+        Manifest.from_data(None, complete(latent_channels="4"))
+
+
+def test_manifest_text_is_written_only_for_data_the_schema_accepts():
+    from fastimg.engine_folder.schema import serialise
+    from tests.manifests import complete
+
+    data = complete(tools={"onnx": "1.17"})
+    assert json.loads(serialise(data, "here", "fix it")) == data
+    with pytest.raises(ManifestError, match="field vae_scale_factor is missing.*: fix it"):
+        serialise({k: v for k, v in data.items() if k != "vae_scale_factor"}, "here", "fix it")
+    with pytest.raises(ManifestError, match="field memory.unet.per_pixel is invalid"):
+        serialise(
+            {**data, "memory": {"unet": {"per_pixel": float("nan"), "per_token_pair": 0}}},
+            "here",
+            "fix it",
+        )

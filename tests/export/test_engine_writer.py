@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from fastimg.diffusion.rng import TorchCompatibleGenerator
-from fastimg.engine_folder.manifest import COMPONENTS, MANIFEST, load_manifest
+from fastimg.engine_folder.layout import COMPONENTS, MANIFEST
+from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import EngineError, InputError
 from tests.export.exporting import start_export
 
@@ -148,3 +149,24 @@ def test_unknown_precision_is_rejected(tiny, tmp_path):
 
 def test_manifest_is_plain_json(tiny):
     json.loads((Path(tiny[1]) / MANIFEST).read_text())
+
+
+def test_the_manifest_is_written_from_the_schema_model(tiny):
+    from fastimg.engine_folder.schema import EngineManifest
+
+    text = (Path(tiny[1]) / MANIFEST).read_text()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in the manifest"))
+    model = EngineManifest.model_validate(data)
+    assert model.model_dump(mode="json", exclude_unset=True) == data
+
+
+def test_an_export_whose_manifest_the_runtime_would_refuse_writes_no_folder(
+    tiny, tmp_path, monkeypatch
+):
+    from fastimg.errors import ManifestError
+
+    monkeypatch.setattr(engine_writer, "_tool_versions", lambda: {"torch": 2})  # not text
+    with pytest.raises(ManifestError, match="field tools.torch is invalid"):
+        engine_writer.export_engines(str(tiny[0]), tmp_path / "e", log=lambda m: None)
+    assert not (tmp_path / "e").exists()
+    assert not list(tmp_path.glob(".e.partial-*"))

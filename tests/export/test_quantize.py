@@ -8,7 +8,8 @@ import pytest
 from click.testing import CliRunner
 
 from fastimg.cli import cli
-from fastimg.engine_folder.manifest import MANIFEST, load_manifest
+from fastimg.engine_folder.layout import MANIFEST
+from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import EngineError, MissingDependencyError
 
 pytest.importorskip("nncf")

@@ -233,3 +233,25 @@ def test_replicas_the_cluster_cannot_hold_are_refused_before_deploying(runner, t
     assert result.exit_code == 1
     assert "need 16 CPUs, but the Ray cluster has 2" in result.output
     assert "lower --replicas or --replica-cpus" in result.output
+
+
+def test_serve_loads_and_verifies_the_manifest_once(runner, tiny, monkeypatch):
+    pytest.importorskip("fastapi")
+    pytest.importorskip("prometheus_client")
+    import fastimg.serve
+    from fastimg.engine_folder import manifest as manifest_module
+    from fastimg.serve.app import Service
+
+    verified, loaded = [], []
+    original = manifest_module.verify_files
+    monkeypatch.setattr(
+        manifest_module, "verify_files", lambda *a, **k: verified.append(a[0]) or original(*a, **k)
+    )
+    monkeypatch.setattr(
+        fastimg.serve,
+        "run_server",
+        lambda options, host, port: loaded.append(Service(options)._load_engines()),
+    )
+    result = runner.invoke(serve, [str(tiny[1]), "--backend", "onnxruntime"])
+    assert result.exit_code == 0, result.output
+    assert loaded[0].manifest.folder == tiny[1] and verified == [tiny[1]]

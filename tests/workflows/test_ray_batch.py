@@ -151,3 +151,30 @@ def test_jobs_checked_from_the_manifest_alone_plan_as_the_pipeline(tiny):
     jobs = batch.plan_sweep([Source(tiny[1] / "x.png")], "a fox",
                             batch.Sweep(strength=(0.3, 1.0), steps=(4, 10)))  # fmt: skip
     assert batch.check_jobs(manifest, jobs) == batch.check_jobs(pipe.manifest, jobs)
+
+
+def test_a_ray_batch_loads_and_verifies_the_manifest_once_on_the_driver(
+    tiny, square, tmp_path, monkeypatch
+):
+    from fastimg.cli.batch import _ray_runner
+    from fastimg.engine_folder import manifest as manifest_module
+    from fastimg.workflows import ray_cluster as cluster_module
+
+    class Reached(Exception):
+        pass
+
+    def no_cluster(*args, **kwargs):
+        raise Reached
+
+    verified = []
+    original = manifest_module.verify_files
+    monkeypatch.setattr(
+        manifest_module, "verify_files", lambda *a, **k: verified.append(a[0]) or original(*a, **k)
+    )
+    monkeypatch.setattr(cluster_module, "connect", no_cluster)
+    planned = _plan(square, tmp_path / "out")
+    settings = {"ray_workers": 2, "replica_cpus": None, "ray_address": None}
+    run = _ray_runner(planned, _load(tiny[1]), None, settings)
+    with pytest.raises(Reached):  # every job checked, the cluster next
+        run(**SETTINGS)
+    assert verified == [tiny[1]]

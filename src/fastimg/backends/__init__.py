@@ -72,7 +72,7 @@ def compiled_cache(
     folder = describe(backend).cache
     if folder is None:
         return None
-    from ..engine_folder.compiled import keyed_folder
+    from ..engine_folder.compiled_cache import keyed_folder
     from ..machine import cpu_identity, package_version
 
     if not describe(backend).gpu:

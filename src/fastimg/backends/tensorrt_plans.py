@@ -53,11 +53,6 @@ class PlanSet:
     vae_precision: str
 
 
-def plan_sets(manifest: Manifest) -> dict[str, dict]:
-    """Every plan set the manifest lists, by key."""
-    return manifest.data.get("tensorrt", {}).get("engines", {})
-
-
 def find_plans(
     manifest: Manifest,
     trt_version: str,
@@ -73,7 +68,7 @@ def find_plans(
     (NoFittingPlans where only the size or precision is wrong) naming what was found and the
     `fastimg build` command that fixes it.
     """
-    sets = plan_sets(manifest)
+    sets = manifest.plan_sets
     here = f"TensorRT {trt_release(trt_version)} on a GPU of compute capability {capability}"
     build = f"fastimg build {manifest.folder}"
     if not sets:

@@ -110,6 +110,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
         workers=settings["ray_workers"] or 2,
         cpus=settings["replica_cpus"],
         address=settings["ray_address"],
+        manifest=manifest,
     )
 
 

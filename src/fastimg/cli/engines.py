@@ -122,20 +122,19 @@ def export(
 def info(engines: Path, verify: bool) -> None:
     """Show what an engine folder's manifest says."""
     from ..diffusion.schedules import default_sampler
+    from ..engine_folder.layout import FORMAT
     from ..engine_folder.manifest import load_manifest
 
     manifest = load_manifest(engines, full_check=verify)
-    data = manifest.data
     sched = manifest.scheduler
     lines = [
         f"engine folder   {manifest.folder}",
-        f"format          {data['format']} v{data['format_version']} ({data.get('kind')})",
-        f"model           {data.get('model_family')} from {data.get('source')}",
-        f"created         {data.get('created')}",
-        f"precision       {data.get('precision')}",
+        f"format          {FORMAT} v{manifest.format_version} ({manifest.kind})",
+        f"model           {manifest.model_family} from {manifest.source}",
+        f"created         {manifest.created}",
+        f"precision       {manifest.precision}",
         f"image multiple  {manifest.vae_scale_factor} px",
-        f"VAE             {data.get('vae', {}).get('kind', 'kl')} from "
-        f"{data.get('vae', {}).get('source', data.get('source'))}, scaling "
+        f"VAE             {manifest.vae_kind} from {manifest.vae_source}, scaling "
         f"{manifest.vae_scaling_factor}",
         f"scheduler       {sched.get('_class_name')} ({sched.get('prediction_type', 'epsilon')}, "
         f"{sched.get('timestep_spacing', 'default')} spacing) -> sampler "
@@ -166,14 +165,14 @@ def info(engines: Path, verify: bool) -> None:
                     f"worst {error['max_relative_rms_error']:.3g})"
                 )
             lines.append(line)
-    for lora in data.get("loras", []):
+    for lora in manifest.loras:
         lines.append(
-            f"lora            {lora['name']} at scale {lora['scale']:g} "
-            f"(SHA-256 {lora['sha256'][:16]}..., {lora['source']})"
+            f"lora            {lora.name} at scale {lora.scale:g} "
+            f"(SHA-256 {lora.sha256[:16]}..., {lora.source})"
         )
-    tools = ", ".join(f"{k} {v}" for k, v in data.get("tools", {}).items())
+    tools = ", ".join(f"{k} {v}" for k, v in manifest.tools.items())
     lines.append(f"tools           {tools}")
-    for key, plans in data.get("tensorrt", {}).get("engines", {}).items():
+    for key, plans in manifest.plan_sets.items():
         lines.append(
             f"tensorrt        {key}: TensorRT {plans['tensorrt']}, compute capability "
             f"{plans['compute_capability']}, {plans['precision']} (VAE {plans['vae_precision']})"

@@ -52,7 +52,7 @@ def quickstart(workdir: Path) -> None:
     from fastimg_export.random_models import write_random_model
 
     from ..diffusion.pipeline import Img2ImgPipeline
-    from ..engine_folder.manifest import MANIFEST
+    from ..engine_folder.layout import MANIFEST
     from ..media.images import load_image
     from ..media.labels import save_image
 

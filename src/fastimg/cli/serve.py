@@ -1,6 +1,7 @@
 """The serve command: the engines loaded once, behind an HTTP API. A thin layer over
 fastimg.serve, whose dependencies (the `serve` extra) are imported only when it runs."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -143,7 +144,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         )
     if not on_ray and (replicas or replica_cpus or ray_address):
         raise click.UsageError("--replicas, --replica-cpus and --ray-address go with --ray")
-    load_manifest(engines)  # a folder that is no engine folder fails here, before the server
+    manifest = load_manifest(engines)  # a folder that is no engine folder fails here, first
     from ..media.images import MAX_PIXELS
     from ..serve import ServeOptions, run_server
 
@@ -166,7 +167,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         _serve_on_ray(options, host, port, replicas, replica_cpus, ray_address)
         return
     echo_err(f"loading {engines} once the server is up; /v1/health says ready when it is")
-    run_server(options, host, port)
+    run_server(replace(options, manifest=manifest), host, port)
 
 
 def _serve_on_ray(options, host: str, port: int, replicas: str | None, cpus: int | None,

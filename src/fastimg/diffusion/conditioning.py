@@ -121,7 +121,7 @@ def check_sdxl_arguments(manifest: Manifest, given: dict) -> dict:
     conditioning = manifest.text_conditioning
     if not conditioning:
         if given:
-            family = manifest.data.get("model_family") or "sd"
+            family = manifest.model_family or "sd"
             raise InputError(
                 f"{', '.join(given)} {'is an' if len(given) == 1 else 'are'} SDXL "
                 f"argument{'s' * (len(given) > 1)}, but this engine folder holds a {family} "

@@ -40,17 +40,17 @@ def call_bytes(
     variant (backends.graph_variant) in proportion to whose weights the backend sets up
     scratch memory per call (OpenVINO), None where it sets up none; `variant`: the graph
     variant the backend runs, whose Winograd convolutions hold more activations."""
-    model = manifest.data.get("memory", {}).get(component)
+    model = manifest.memory_model(component)
     if model is None:
         return None
     factor = manifest.vae_scale_factor
     tokens = (height // factor) * (width // factor)
-    scores = 0 if fused else model["per_token_pair"] * tokens * tokens
-    factor_of_weights = model.get("weights_factor", 0.0) if scratch is not None else 0.0
+    scores = 0 if fused else model.per_token_pair * tokens * tokens
+    factor_of_weights = model.weights_factor if scratch is not None else 0.0
     held = (
         factor_of_weights * weight_bytes(manifest, component, scratch) if factor_of_weights else 0
     )
-    per_pixel = model["per_pixel"] * activation_factor(manifest, component, variant)
+    per_pixel = model.per_pixel * activation_factor(manifest, component, variant)
     return int(held + batch * (per_pixel * height * width + scores))
 
 

@@ -134,7 +134,7 @@ class Img2ImgPipeline:
         self.max_side = self.engines.max_side(self.device)
         # What outputs name the model by (A1111's "Model" and "Model hash" read them).
         self.model_info = {
-            "fastimg:model": _model_name(manifest),
+            "fastimg:model": manifest.model_name,
             "fastimg:model_hash": manifest.graph_digest(("unet",))[:10],
         }
         log.info(describe_run(self.backend, self.precision))
@@ -522,9 +522,3 @@ class Img2ImgPipeline:
         if engines.plan_set:
             labels["fastimg:plan_set"] = engines.plan_set
         return labels
-
-
-def _model_name(manifest: Manifest) -> str:
-    """The name of what was exported (hub repo, folder or checkpoint file, as A1111 names it)."""
-    name = Path(str(manifest.data.get("source") or manifest.folder.resolve().name))
-    return name.stem if name.suffix in (".safetensors", ".ckpt") else name.name

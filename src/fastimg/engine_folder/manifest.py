@@ -1,22 +1,21 @@
 """The engine folder's manifest.json: the one thing the runtime reads to know an engine."""
 
+from __future__ import annotations
+
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import EngineError, ManifestError
 from .integrity import verify_files
+from .layout import COMPONENTS, FORMAT, MANIFEST, TOKENIZER_OF
 
-FORMAT = "fastimg-engine"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
+if TYPE_CHECKING:
+    from .schema import EngineManifest, Lora, MemoryModel
+
 MAX_MANIFEST_BYTES = 16 * 2**20
-COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
-# SDXL folders have a second text encoder (the refiner has only that one), each with its
-# tokenizer: the manifest's text_conditioning.text_encoders names those present.
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
-TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 # Dynamic ONNX engines take any size, but SD's attention memory grows with the fourth power of
 # the side. Where neither the manifest nor its memory model says more, this is the limit.
 DEFAULT_MAX_SIDE = 2048
@@ -24,11 +23,96 @@ DEFAULT_MAX_SIDE = 2048
 
 @dataclass(frozen=True)
 class Manifest:
-    """A parsed, validated manifest and the folder it describes."""
+    """A manifest checked against the schema, and the folder it describes."""
 
     folder: Path
-    data: dict
+    data: dict  # manifest.json as read: what is written back when plan sets are added
+    model: EngineManifest = field(repr=False, compare=False)  # `data` as the schema checked it
     verified: tuple[str, ...] = ()  # the files checked against their SHA-256 when it loaded
+
+    @classmethod
+    def from_data(cls, folder: Path | None, data: dict) -> Manifest:
+        """The manifest `data` of `folder`, checked against the schema (a ManifestError
+        naming the first bad field otherwise); its files are not verified."""
+        from .schema import validate  # pydantic loads only when a folder does
+
+        return cls(folder, data, validate(data, f"the manifest of {folder}", _fix(folder)))
+
+    @property
+    def model_family(self) -> str | None:
+        """The exported model's family ('sd15', 'sdxl', ...) as the export recorded it."""
+        return self.model.model_family
+
+    @property
+    def source(self) -> str | None:
+        """What was exported (hub repo, folder or checkpoint file), as given to the export."""
+        return self.model.source
+
+    @property
+    def model_name(self) -> str:
+        """The name of what was exported (a checkpoint file without its suffix, as A1111 names
+        it); the folder's name where the manifest names no source."""
+        name = Path(str(self.source or self.folder.resolve().name))
+        return name.stem if name.suffix in (".safetensors", ".ckpt") else name.name
+
+    @property
+    def kind(self) -> str | None:
+        """What the engines are ('onnx')."""
+        return self.model.kind
+
+    @property
+    def created(self) -> str | None:
+        """When the export wrote the folder (ISO 8601)."""
+        return self.model.created
+
+    @property
+    def format_version(self) -> int:
+        """The version of the manifest format the folder is written in."""
+        return self.model.format_version
+
+    @property
+    def precision(self) -> str:
+        """The precision the components were exported in, unless one says otherwise."""
+        return self.model.precision
+
+    def component_precision(self, component: str) -> str:
+        """The precision `component`'s graph was exported in."""
+        return self.model.components[component].precision or self.precision
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of the VAE's latents (4 for SD 1.x/2.x and SDXL)."""
+        return self.model.latent_channels
+
+    @property
+    def vae_kind(self) -> str:
+        """'kl' (SD's VAE) or 'tiny' (TAESD)."""
+        return self.model.vae.kind
+
+    @property
+    def vae_source(self) -> str | None:
+        """Where the VAE came from: its own source where one replaced the model's."""
+        vae = self.data.get("vae", {})
+        return vae["source"] if "source" in vae else self.source
+
+    @property
+    def loras(self) -> list[Lora]:
+        """The LoRAs fused into the weights at export."""
+        return list(self.model.loras)
+
+    @property
+    def tools(self) -> dict[str, str]:
+        """The versions of the tools that exported the folder."""
+        return dict(self.model.tools)
+
+    def memory_model(self, component: str) -> MemoryModel | None:
+        """The activation memory model of `component`; None where the export recorded none."""
+        return self.model.memory.get(component)
+
+    @property
+    def plan_sets(self) -> dict[str, dict]:
+        """Every TensorRT plan set the folder lists, by key."""
+        return self.data.get("tensorrt", {}).get("engines", {})
 
     @property
     def components(self) -> dict:
@@ -78,18 +162,17 @@ class Manifest:
     @property
     def vae_scale_factor(self) -> int:
         """Pixels per latent cell along each side."""
-        return int(self.data["vae_scale_factor"])
+        return self.model.vae_scale_factor
 
     @property
     def vae_scaling_factor(self) -> float:
         """The latent scaling factor of the VAE (0.18215 for SD 1.x/2.x)."""
-        return float(self.data["vae_scaling_factor"])
+        return self.model.vae_scaling_factor
 
     @property
     def max_side(self) -> int | None:
         """The longest image side the manifest itself allows (None: no limit is stated)."""
-        side = self.data.get("shapes", {}).get("max_side")
-        return None if side is None else int(side)
+        return self.model.shapes.max_side
 
     @property
     def files(self) -> dict[str, dict]:
@@ -99,7 +182,7 @@ class Manifest:
         named.update(self.data.get("tokenizer_2", {}).get("files", {}))
         for entry in self.components.values():
             named.update(entry.get("files", {}))
-        for plans in self.data.get("tensorrt", {}).get("engines", {}).values():
+        for plans in self.plan_sets.values():
             for entry in plans["components"].values():
                 named.update(entry.get("files", {}))
         return named
@@ -117,7 +200,7 @@ class Manifest:
                 opened.setdefault(variant["path"], f"component {name}'s {backend} graph")
                 if variant.get("weights"):
                     opened.setdefault(variant["weights"], f"component {name}'s {backend} weights")
-        for key, plans in self.data.get("tensorrt", {}).get("engines", {}).items():
+        for key, plans in self.plan_sets.items():
             for name, entry in plans["components"].items():
                 opened.setdefault(entry["path"], f"TensorRT plan set {key}'s {name}")
         return opened
@@ -195,9 +278,8 @@ def load_manifest(folder: str | Path, full_check: bool = False) -> Manifest:
         raise ManifestError(f"{path} is not a fastimg engine manifest: {_fix(folder)}")
     from .schema import validate  # pydantic loads only when a folder does
 
-    validate(data, str(path), _fix(folder))
-    manifest = Manifest(folder, data)
+    manifest = Manifest(folder, data, validate(data, str(path), _fix(folder)))
     verified = verify_files(
         folder, manifest.files, manifest.opened_files(), _fix(folder), full=full_check
     )
-    return Manifest(folder, data, tuple(verified))
+    return Manifest(folder, data, manifest.model, tuple(verified))

@@ -84,7 +84,7 @@ def input_shapes(profile: Profile, manifest) -> dict[str, dict[str, tuple[tuple,
     UNet image), the VAE decoder every image.
     """
     factor = manifest.vae_scale_factor
-    channels = int(manifest.data.get("latent_channels", 4))
+    channels = manifest.latent_channels
     hidden = manifest.components["unet"]["inputs"]["encoder_hidden_states"]["shape"][-1]
     h, w, b = profile.height, profile.width, profile.batch
     lat_h, lat_w = tuple(v // factor for v in h), tuple(v // factor for v in w)

@@ -6,6 +6,7 @@ naming the field instead of a traceback, an allocation of gigabytes or a file re
 folder. Fields the runtime does not read may be anything (they are only displayed).
 """
 
+import json
 import math
 import re
 from pathlib import PurePosixPath, PureWindowsPath
@@ -22,9 +23,14 @@ from pydantic import (
 )
 
 from ..errors import ManifestError
-from .manifest import COMPONENTS, FORMAT, FORMAT_VERSION, TEXT_ENCODERS, TOKENIZER_OF
-
-PLAN_COMPONENTS = (*TEXT_ENCODERS, *COMPONENTS[1:])
+from .layout import (
+    COMPONENTS,
+    FORMAT,
+    FORMAT_VERSION,
+    PLAN_COMPONENTS,
+    TEXT_ENCODERS,
+    TOKENIZER_OF,
+)
 
 MAX_FILES = 10_000
 MAX_FILE_BYTES = 2**40  # 1 TiB
@@ -360,6 +366,14 @@ def validate(data: Any, where: str, fix: str) -> EngineManifest:
         ) from None
     except RecursionError:
         raise ManifestError(f"{where} is nested too deeply to be a manifest: {fix}") from None
+
+
+def serialise(data: dict, where: str, fix: str) -> str:
+    """manifest.json's text for `data`, written from the checked model (keys as given, no
+    NaN), so that nothing writes a manifest the runtime would refuse; a ManifestError else."""
+    model = validate(data, where, fix)
+    fields = model.model_dump(mode="json", exclude_unset=True)
+    return json.dumps(fields, indent=2, allow_nan=False)
 
 
 def _describe(error: dict) -> str:

@@ -49,6 +49,7 @@ from uvicorn.server import HANDLED_SIGNALS
 from ..backends.registry import serve_batch
 from ..cli.batch import FORMATS, GUIDANCE, SEED, STEPS, STRENGTH, Pair
 from ..diffusion.schedules import SAMPLERS, default_sampler
+from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import EngineError, FastImgError, InputError
 from ..media.images import MAX_PIXELS, load_image
 from ..media.labels import save_image
@@ -112,6 +113,7 @@ class ServeOptions:
     """How `fastimg serve` runs: the engines and their options, and the admission limits."""
 
     engines: Path | None = None
+    manifest: Manifest | None = None  # the engines' manifest, where this process loaded it
     backend: str = "auto"
     precision: str = "auto"
     device: int | None = None
@@ -208,8 +210,8 @@ class Service:
         from ..diffusion.pipeline import Img2ImgPipeline
 
         o = self.options
-        pipe = Img2ImgPipeline.from_engines(
-            o.engines,
+        pipe = Img2ImgPipeline(
+            o.manifest or load_manifest(o.engines),
             backend=o.backend,
             precision=o.precision,
             threads=o.threads,
@@ -513,7 +515,7 @@ class Service:
             {
                 "model": pipe.model_info.get("fastimg:model"),
                 "model_hash": pipe.model_info.get("fastimg:model_hash"),
-                "family": manifest.data.get("model_family"),
+                "family": manifest.model_family,
                 "backend": pipe.backend,
                 "precision": pipe.precision,
                 "exact": pipe.exact,

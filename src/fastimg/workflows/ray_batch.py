@@ -56,17 +56,20 @@ def run_jobs_on_ray(
     callback: Callable | None = None,
     on_written: Callable[[Path], None] | None = None,
     keep_images: bool = False,
+    manifest=None,
     **run_options,
 ):
     """Run every job of `planned` on `workers` Ray actors holding the engines (loaded with
-    `load_options`, Img2ImgPipeline.from_engines' arguments): batch.run_jobs' outcome."""
+    `load_options`, Img2ImgPipeline.from_engines' arguments): batch.run_jobs' outcome.
+    `manifest`: the engines' manifest where this process loaded it already (else loaded here)."""
     from ..engine_folder.manifest import load_manifest
     from .batch import Report, check_jobs
     from .progress import BatchProgress
 
     if not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"--ray-workers must be a whole number >= 1, got {workers!r}")
-    steps = check_jobs(load_manifest(load_options["folder"]), planned.jobs)
+    manifest = manifest or load_manifest(load_options["folder"])
+    steps = check_jobs(manifest, planned.jobs)
     progress = progress or BatchProgress(len(planned.jobs), mode="quiet", callback=callback)
     report = Report()
     with progress:

@@ -11,7 +11,7 @@ import pytest
 from fastimg.backends.registry import describe
 from fastimg.backends.select import installed
 from fastimg.diffusion.pipeline import Img2ImgPipeline
-from fastimg.engine_folder.compiled import KEY_FILE, cache_key, keyed_folder
+from fastimg.engine_folder.compiled_cache import KEY_FILE, cache_key, keyed_folder
 
 OPENVINO_CACHE = describe("openvino").cache
 
@@ -118,7 +118,7 @@ def test_precisions_in_sequence_across_processes_on_one_folder(tmp_path, tiny, p
 def test_only_the_most_recently_used_keys_of_a_component_are_kept(tmp_path):
     import os
 
-    from fastimg.engine_folder.compiled import KEEP
+    from fastimg.engine_folder.compiled_cache import KEEP
 
     folders = []
     for k in range(KEEP + 2):
