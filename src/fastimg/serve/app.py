@@ -47,13 +47,13 @@ from starlette.websockets import WebSocketDisconnect
 from uvicorn.server import HANDLED_SIGNALS
 
 from ..backends.registry import serve_batch
-from ..cli.batch import FORMATS, GUIDANCE, SEED, STEPS, STRENGTH, Pair
+from ..cli.options import Pair, click_type
 from ..diffusion.schedules import SAMPLERS, default_sampler
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import EngineError, FastImgError, InputError
 from ..media.images import MAX_PIXELS, load_image
 from ..media.labels import save_image
-from ..settings import MAX_IMAGES, SDXL_ARGUMENTS, SEED_LIMIT
+from ..settings import BY_NAME, FORMATS, MAX_IMAGES, SDXL_ARGUMENTS, SEED_LIMIT
 from ..workflows import batch
 from ..workflows.sources import Source
 from .admission import (
@@ -76,10 +76,10 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 SUFFIXES = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
 # The request fields, each checked by the CLI's own type for its option.
 NUMBERS = {
-    "strength": STRENGTH,
-    "steps": STEPS,
-    "guidance": GUIDANCE,
-    "seed": SEED,
+    "strength": click_type(BY_NAME["strength"]),
+    "steps": click_type(BY_NAME["num_inference_steps"]),
+    "guidance": click_type(BY_NAME["guidance_scale"]),
+    "seed": click_type(BY_NAME["seed"]),
     "num_images": click.IntRange(1, MAX_IMAGES),
     "quality": click.IntRange(1, 100),
 }
