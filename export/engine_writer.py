@@ -17,6 +17,7 @@ from pathlib import Path
 
 from fastimg import __version__
 from fastimg.atomic import make_staging_folder
+from fastimg.backends.registry import INT8_VARIANT
 from fastimg.engine_folder.integrity import sha256
 from fastimg.engine_folder.layout import FORMAT, FORMAT_VERSION, MANIFEST
 from fastimg.engine_folder.schema import serialise
@@ -192,7 +193,7 @@ def _export_locked(
             feeds = calibration_feeds(pipe, int8_images, log)
         components = _export_components(pipe, staging, precision, log)
         if int8_images:
-            from .quantize import INT8_VARIANT, write_int8_unet
+            from .quantize import write_int8_unet
 
             scale = onnx_export.vae_scale_factor(pipe)
             variant, files = write_int8_unet(feeds, staging, int8_images, scale, log)
@@ -227,6 +228,13 @@ def _export_locked(
         fix = "this is a bug in the export; please report it"
         text = serialise(manifest, f"the manifest written for {model}", fix)
         (staging / MANIFEST).write_text(text)
+        if int8_images:  # the int8 images' distance from fp32's, measured on the whole folder
+            from .quantize import image_error
+
+            size = variant["quantization"]["calibration"]["size"]
+            variant["quantization"]["image"] = image_error(staging, size, log)
+            text = serialise(manifest, f"the manifest written for {model}", fix)
+            (staging / MANIFEST).write_text(text)
         replace_folder(staging, out)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

@@ -24,6 +24,16 @@ CALIBRATION_PROMPTS = (
 )
 CALIBRATION_STEPS, CALIBRATION_STRENGTH, CALIBRATION_GUIDANCE = 4, 0.75, 7.5
 WORST_LAYERS = 20  # the layers with the largest error, listed by name in the manifest
+# The img2img call whose images int8 and fp32 are compared on at export (CFG on, two UNet
+# steps), at the model's native size; recorded in the manifest with the PSNR it gave.
+IDENTICAL_DB = 999.0  # recorded where the images are equal (PSNR infinite)
+CHECK_JOB = {
+    "prompt": CALIBRATION_PROMPTS[1],
+    "strength": 0.5,
+    "num_inference_steps": 4,
+    "guidance_scale": 3.0,
+    "seed": 0,
+}
 INT8_FILE = "model.int8.xml"
 
 
@@ -207,3 +217,29 @@ def write_int8_unet(
         },
     }
     return variant, [xml, xml.with_suffix(".bin")]
+
+
+def image_error(folder: Path, size: int, log=print) -> dict:
+    """The PSNR of the int8 UNet's image against fp32's, both on OpenVINO, on CHECK_JOB at
+    `size` x `size` (the example photo), in the complete engine folder `folder`; what it
+    compiled is removed again (it is keyed to this machine)."""
+    import shutil
+
+    from fastimg.backends.registry import describe
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.engine_folder.manifest import load_manifest
+    from fastimg.machine import cpu_summary
+    from fastimg.media.images import EXAMPLE_IMAGE, load_image, psnr
+
+    manifest = load_manifest(folder)
+    photo = load_image(EXAMPLE_IMAGE).resize((size, size))
+    images = {}
+    for precision in ("fp32", "int8"):
+        pipe = Img2ImgPipeline(manifest, backend="openvino", precision=precision)
+        (images[precision],) = pipe(image=photo, **CHECK_JOB)
+        del pipe
+    shutil.rmtree(folder / describe("openvino").cache, ignore_errors=True)
+    measured = min(psnr(images["int8"], images["fp32"]), IDENTICAL_DB)
+    log(f"  unet int8: images {measured:.1f} dB from fp32's ({size}x{size}, OpenVINO)")
+    return {"psnr_db": round(measured, 2), "job": {**CHECK_JOB, "size": size},
+            "measured_on": cpu_summary()[:256]}  # fmt: skip

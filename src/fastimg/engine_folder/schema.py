@@ -108,11 +108,32 @@ class QuantizationError(_Strict):
     worst_layers: Annotated[list[LayerError], Field(max_length=100)] = []
 
 
+class CheckJob(_Strict):
+    """The img2img call a quantized variant's images were compared on (diffusers' names)."""
+
+    prompt: Annotated[str, StringConstraints(max_length=1000)]
+    size: Annotated[int, Field(ge=8, le=16_384)]
+    strength: Annotated[float, Field(gt=0, le=1)]
+    num_inference_steps: Annotated[int, Field(ge=1, le=1000)]
+    guidance_scale: Annotated[float, Field(ge=0, le=100)]
+    seed: Annotated[int, Field(ge=0, lt=2**32)]
+
+
+class ImageError(_Strict):
+    """How far the images of a quantized variant are from fp32's on one job, on the CPU the
+    export ran on (OpenVINO compiles other int8 kernels on other CPUs)."""
+
+    psnr_db: Annotated[float, Field(ge=0, le=1000)]
+    job: CheckJob
+    measured_on: Annotated[str, StringConstraints(max_length=256)]
+
+
 class Quantization(_Strict):
     """How a quantized variant was made and what it cost."""
 
     method: Annotated[str, StringConstraints(max_length=64)]
     error: QuantizationError
+    image: ImageError | None = None  # (folders exported before it was measured have none)
 
 
 class Winograd(_Strict):
