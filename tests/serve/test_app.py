@@ -1,21 +1,13 @@
-"""The HTTP API through httpx against a live uvicorn server (in a thread) on the tiny model.
-
-Where a test needs a run to stay busy, the pipeline is the tiny one held at its first step on
-an Event (Gated), so that queueing, deadlines and disconnects are decided by the test, not by
-timing.
-"""
+"""The HTTP API's routes through httpx against a live uvicorn server (in a thread) on the tiny
+model: start-up, transforms, refusals, who may ask, and metrics."""
 
 import base64
-import contextlib
-import functools
 import io
 import json
-import socket
 import struct
+import tempfile
 import threading
-import time
 import zlib
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -26,101 +18,21 @@ pytest.importorskip("prometheus_client")
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
 
-from fastimg.errors import EngineError  # noqa: E402
 from fastimg.media.images import load_image  # noqa: E402
 from fastimg.media.label_reader import read_labels  # noqa: E402
 from fastimg.media.vocabulary import TRAINED_ALGORITHMIC_MEDIA  # noqa: E402
-from fastimg.serve import ServeOptions, create_app, run_server  # noqa: E402
-from fastimg.serve.app import MAX_SETTINGS_HEADER, Server, _settings_header  # noqa: E402
-
-SETTINGS = {"prompt": "a cat", "strength": "0.6", "steps": "3", "guidance": "5", "seed": "11"}
-CALL = dict(strength=0.6, num_inference_steps=3, guidance_scale=5.0, seed=11)
-
-
-@contextlib.contextmanager
-def live(options: ServeOptions, load=None):
-    """A server on a free loopback port, in a thread; yields (client, service)."""
-    app = create_app(options, load)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-    server = Server(config, app.state.service)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    wait_for(lambda: server.started or not thread.is_alive())
-    assert server.started, "the server did not start"
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
-            yield client, app.state.service
-    finally:
-        server.should_exit = True
-        thread.join(30)
-
-
-def wait_for(condition, timeout: float = 30.0) -> None:
-    """Wait until `condition()` holds (it is state another thread changes)."""
-    end = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > end:
-            raise AssertionError("timed out waiting for the server")
-        time.sleep(0.01)
-
-
-def ready(client) -> None:
-    wait_for(lambda: client.get("/v1/health").status_code == 200)
-
-
-def count(service, outcome: str) -> float:
-    return service.metrics.registry.get_sample_value("fastimg_requests_total", {"outcome": outcome})
-
-
-def multipart(picture, **fields):
-    return dict(files={"image": (picture.name, picture.read_bytes(), "image/png")},
-                data={**SETTINGS, **fields})  # fmt: skip
-
-
-def decoded(data: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(data)) as image:
-        return np.asarray(image.convert("RGB"))
-
-
-class Gated:
-    """The tiny pipeline, each run held at its first step until `release` is set."""
-
-    def __init__(self, pipe):
-        self.pipe = pipe
-        self.entered = threading.Event()
-        self.release = threading.Event()
-        self.prompts: list[str] = []
-        self.batches: list[list[str]] = []  # the prompts of each batched run
-        self.batch_entered = threading.Event()
-        self.batch_release = threading.Event()  # batched runs are held only while it is clear
-        self.batch_release.set()
-        self.steps: list[int] = []
-
-    def __getattr__(self, name):
-        return getattr(self.pipe, name)
-
-    def __call__(self, prompt, image, callback=None, **settings):
-        self.prompts.append(prompt)
-        held = self._held(callback, self.entered, self.release)
-        return self.pipe(prompt, image, callback=held, **settings)
-
-    def call_many(self, calls, callback=None):
-        self.batches.append([call["prompt"] for call in calls])
-        self.prompts += self.batches[-1]
-        held = self._held(callback, self.batch_entered, self.batch_release)
-        return self.pipe.call_many(calls, held)
-
-    def _held(self, callback, entered: threading.Event, release: threading.Event):
-        def held(step, total):
-            self.steps.append(step)
-            if step == 1:
-                entered.set()
-                assert release.wait(60)
-            if callback is not None:
-                callback(step, total)
-
-        return held
+from fastimg.serve import ServeOptions  # noqa: E402
+from fastimg.serve.app import MAX_SETTINGS_HEADER, settings_header  # noqa: E402
+from tests.serve.harness import (  # noqa: E402
+    CALL,
+    SETTINGS,
+    count,
+    decoded,
+    live,
+    multipart,
+    ready,
+    wait_for,
+)
 
 
 @pytest.fixture(scope="module")
@@ -164,14 +76,6 @@ def test_engines_that_cannot_load_are_reported(tmp_path):
         health = client.get("/v1/health")
         assert health.status_code == 503
         assert health.json() == {"status": "failed", "detail": "no engines here"}
-
-
-def test_the_server_stops_with_the_reason_when_the_engines_cannot_load():
-    def load():
-        raise EngineError("engine unet.onnx is damaged")
-
-    with pytest.raises(EngineError, match="could not be loaded: engine unet.onnx is damaged"):
-        run_server(ServeOptions(), "127.0.0.1", 0, load=load)
 
 
 # --- transforms --------------------------------------------------------------------------------
@@ -295,7 +199,7 @@ def test_bodies_that_are_neither_form_nor_json_are_refused(server):
 
 def test_long_prompts_are_shortened_in_the_header_only():
     settings = {"fastimg:prompt": "ü" * 20_000, "fastimg:seed": 5, "fastimg:steps": 4}
-    header = _settings_header(settings)
+    header = settings_header(settings)
     assert header.isascii() and len(header) <= MAX_SETTINGS_HEADER
     short = json.loads(header)
     assert short["fastimg:shortened"] is True and short["fastimg:seed"] == 5
@@ -310,6 +214,19 @@ def test_a_file_that_is_no_image_is_refused(server, tmp_path):
     response = client.post("/v1/img2img", **multipart(notes))
     assert response.status_code == 422
     assert response.json()["detail"].startswith("notes.png is not an image format")
+    assert count(service, "422") == before + 1
+
+
+def test_a_jpeg_whose_labels_are_over_64_kib_is_refused_naming_no_server_path(server, picture):
+    client, service = server
+    before = count(service, "422")
+    long = "fox " * 5000  # 20,000 characters each: labels over a JPEG segment's 64 KiB
+    fields = dict(prompt=long, negative_prompt=long, format="jpeg")
+    response = client.post("/v1/img2img", **multipart(picture, **fields))
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert "64 KiB" in detail and "PNG or WebP" in detail
+    assert tempfile.gettempdir() not in detail and "fastimg-serve" not in detail
     assert count(service, "422") == before + 1
 
 
@@ -387,186 +304,6 @@ def test_sdxl_fields_reach_the_pipeline_as_its_arguments(tiny_sdxl, picture):
     for response in (form, sent):
         np.testing.assert_array_equal(decoded(response.content), np.asarray(expected))
     assert not np.array_equal(np.asarray(plain), np.asarray(expected))  # they changed the image
-
-
-# --- admission ---------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def gated_server(pipe, **options):
-    gated = Gated(pipe)
-    try:
-        with live(ServeOptions(**options), lambda: gated) as (client, service):
-            ready(client)
-            with ThreadPoolExecutor(4) as pool:
-                yield client, service, gated, pool
-                gated.release.set()  # (before the pool waits for the requests)
-    finally:
-        gated.release.set()
-
-
-def test_a_full_queue_is_answered_429_with_retry_after(pipe, picture):
-    with gated_server(pipe, workers=1, max_queue=1) as (client, service, gated, pool):
-        first = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="first"))
-        assert gated.entered.wait(30)
-        second = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="second"))
-        wait_for(lambda: service.admission.waiting == 1)
-        third = client.post("/v1/img2img", **multipart(picture, prompt="third"))
-        assert third.status_code == 429
-        assert int(third.headers["retry-after"]) >= 1
-        gated.release.set()
-        assert first.result().status_code == 200 and second.result().status_code == 200
-        assert gated.prompts == ["first", "second"]
-        assert count(service, "429") == 1 and count(service, "ok") == 2
-
-
-def test_requests_past_their_deadline_are_answered_504(pipe, picture):
-    with gated_server(pipe, workers=1, max_queue=2, timeout=2.0) as (client, service, gated, pool):
-        running = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="runs"))
-        wait_for(lambda: service.admission.running == 1)
-        queued = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="waits"))
-        assert running.result().status_code == 504
-        assert queued.result().status_code == 504
-        assert "deadline" in queued.result().json()["detail"]
-        gated.release.set()
-        wait_for(lambda: service.admission.running == 0)
-        assert "waits" not in gated.prompts  # the queued one never ran
-        assert gated.steps in ([], [1])  # and the running one stopped at its next step
-        assert count(service, "timeout") == 2
-
-
-def raw_request(client, picture, **fields) -> socket.socket:
-    """A socket that has sent a whole img2img request (to be closed before the answer)."""
-    request = client.build_request("POST", "/v1/img2img", **multipart(picture, **fields))
-    body = request.read()
-    head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
-    sock = socket.create_connection((client.base_url.host, client.base_url.port))
-    sock.sendall(f"POST /v1/img2img HTTP/1.1\r\n{head}\r\n".encode() + body)
-    return sock
-
-
-def test_a_client_that_leaves_the_queue_is_never_run(pipe, picture):
-    with gated_server(pipe, workers=1, max_queue=2) as (client, service, gated, pool):
-        first = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="first"))
-        assert gated.entered.wait(30)
-        leaver = raw_request(client, picture, prompt="leaver")
-        wait_for(lambda: service.admission.waiting == 1)
-        leaver.close()
-        wait_for(lambda: count(service, "disconnected") == 1)
-        assert service.admission.waiting == 0
-        gated.release.set()
-        assert first.result().status_code == 200
-        wait_for(lambda: service.admission.running == 0)
-        assert gated.prompts == ["first"]
-
-
-def test_a_client_that_leaves_while_running_stops_the_run_at_the_next_step(pipe, picture):
-    with gated_server(pipe, workers=1, max_queue=2) as (client, service, gated, pool):
-        leaver = raw_request(client, picture, prompt="leaver", steps="4", strength="1")
-        assert gated.entered.wait(30)
-        leaver.close()
-        wait_for(lambda: count(service, "disconnected") == 1)
-        gated.release.set()
-        wait_for(lambda: service.admission.running == 0)
-        assert gated.steps == [1]  # of 4
-        after = client.post("/v1/img2img", **multipart(picture))  # the slot is free again
-        assert after.status_code == 200
-
-
-def test_stopping_turns_away_the_queue_and_newcomers_but_finishes_what_runs(pipe, picture):
-    with gated_server(pipe, workers=1, max_queue=2) as (client, service, gated, pool):
-        running = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="runs"))
-        assert gated.entered.wait(30)
-        queued = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="waits"))
-        wait_for(lambda: service.admission.waiting == 1)
-        service.stop_soon()  # what SIGTERM does first
-        assert queued.result().status_code == 503
-        late = client.post("/v1/img2img", **multipart(picture))
-        assert late.status_code == 503 and "shutting down" in late.json()["detail"]
-        assert client.get("/v1/health").json() == {"status": "stopping"}
-        gated.release.set()
-        assert running.result().status_code == 200
-        assert gated.prompts == ["runs"]
-
-
-def test_queued_requests_of_one_shape_run_as_one_batch_each_as_if_alone(pipe, picture, tmp_path):
-    wide = tmp_path / "wide.png"
-    Image.open(picture).resize((96, 64)).save(wide)
-    options = dict(workers=1, max_queue=8, max_batch=3)
-    with (
-        gated_server(pipe, **options) as (client, service, gated, _),
-        ThreadPoolExecutor(8) as pool,
-    ):
-        post = functools.partial(client.post, "/v1/img2img")
-        first = pool.submit(post, **multipart(picture, prompt="first"))
-        assert gated.entered.wait(30)
-        queued = {}
-        for k, (prompt, image) in enumerate([("a", picture), ("b", picture), ("wide", wide),
-                                             ("c", picture), ("d", picture)]):  # fmt: skip
-            queued[prompt] = pool.submit(post, **multipart(image, prompt=prompt, seed=str(k)))
-            wait_for(lambda k=k: service.admission.waiting == k + 1)
-        gated.release.set()
-        assert first.result().status_code == 200
-        answers = {prompt: future.result() for prompt, future in queued.items()}
-        # "a" got the slot and took the next two of its shape; "wide" and "d" ran after it.
-        assert gated.batches[0] == ["a", "b", "c"]
-        assert gated.prompts == ["first", "a", "b", "c", "wide", "d"]
-        for k, (prompt, response) in enumerate(answers.items()):
-            assert response.status_code == 200, response.text
-            image = load_image(wide if prompt == "wide" else picture)
-            expected = pipe(prompt, image, **{**CALL, "seed": k})[0]
-            np.testing.assert_array_equal(decoded(response.content), np.asarray(expected))
-            assert json.loads(response.headers["x-fastimg-settings"])["fastimg:prompt"] == prompt
-        batches = service.metrics.registry.get_sample_value("fastimg_batch_requests_sum")
-        assert batches == 1 + 3 + 1 + 1  # first, [a, b, c], wide, d
-
-
-def test_a_rider_whose_client_leaves_does_not_stop_the_batch(pipe, picture):
-    with gated_server(pipe, workers=1, max_queue=4, max_batch=4) as (client, service, gated, pool):
-        gated.batch_release.clear()
-        first = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="first"))
-        assert gated.entered.wait(30)
-        stays = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="stays"))
-        wait_for(lambda: service.admission.waiting == 1)
-        leaver = raw_request(client, picture, prompt="leaver")
-        wait_for(lambda: service.admission.waiting == 2)
-        gated.release.set()
-        assert first.result().status_code == 200
-        assert gated.batch_entered.wait(30) and gated.batches == [["stays", "leaver"]]
-        leaver.close()  # while the batch it rides in is held at its first step
-        wait_for(lambda: count(service, "disconnected") == 1)
-        gated.batch_release.set()
-        response = stays.result()
-        assert response.status_code == 200
-        expected = pipe("stays", load_image(picture), **CALL)[0]
-        np.testing.assert_array_equal(decoded(response.content), np.asarray(expected))
-
-
-def test_batching_is_on_by_default_only_where_it_was_measured_to_pay(pipe):
-    class OnOpenVINO(Gated):
-        backend = "openvino"
-
-    for options, loaded, expected in ((ServeOptions(), lambda: OnOpenVINO(pipe), 4),
-                                      (ServeOptions(), lambda: pipe, 1),  # ONNX Runtime
-                                      (ServeOptions(max_batch=2), lambda: pipe, 2)):  # fmt: skip
-        with live(options, loaded) as (client, service):
-            ready(client)
-            assert service.max_batch == expected
-
-
-def test_batching_is_off_with_max_batch_1(pipe, picture):
-    with gated_server(pipe, workers=1, max_queue=4, max_batch=1) as (client, service, gated, pool):
-        first = pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt="first"))
-        assert gated.entered.wait(30)
-        rest = []
-        for k, prompt in enumerate("ab"):
-            rest.append(
-                pool.submit(client.post, "/v1/img2img", **multipart(picture, prompt=prompt))
-            )
-            wait_for(lambda k=k: service.admission.waiting == k + 1)
-        gated.release.set()
-        assert [f.result().status_code for f in (first, *rest)] == [200] * 3
-        assert gated.batches == [] and gated.prompts == ["first", "a", "b"]
 
 
 # --- who may ask -------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ pytest.importorskip("uvicorn")
 
 from fastimg.serve import ServeOptions  # noqa: E402
 from fastimg.serve.app import PAGE_POLICY  # noqa: E402
-from tests.serve.test_app import decoded, live, ready  # noqa: E402
+from tests.serve.harness import decoded, live, ready  # noqa: E402
 from tests.serve.test_stream import frame_count  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

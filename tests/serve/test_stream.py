@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 from fastimg.serve import ServeOptions  # noqa: E402
-from tests.serve.test_app import Gated, decoded, live, ready, wait_for  # noqa: E402
+from tests.serve.harness import Gated, decoded, live, ready, wait_for  # noqa: E402
 
 SETTINGS = {"prompt": "a cat", "strength": 0.6, "steps": 3, "guidance": 5, "seed": 11}
 

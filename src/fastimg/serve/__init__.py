@@ -9,6 +9,8 @@ from ..errors import require
 for _module in ("fastapi", "uvicorn", "python_multipart", "prometheus_client"):
     require(_module, "serve")
 
-from .app import ServeOptions, create_app, run_server  # noqa: E402
+from .app import create_app  # noqa: E402
+from .server import run_server  # noqa: E402
+from .service import ServeOptions  # noqa: E402
 
 __all__ = ["ServeOptions", "create_app", "run_server"]

@@ -65,6 +65,7 @@ class Metrics:
         running.set_function(lambda: admission.running)
 
     def count(self, outcome: str) -> None:
+        """One more request answered with `outcome` (ok, a status code, timeout, ...)."""
         self.requests.labels(outcome).inc()
 
     def render(self) -> tuple[bytes, str]:
@@ -85,6 +86,7 @@ class TimedSession:
         self._session, self._histogram = session, histogram
 
     def run(self, feeds):
+        """The session's run, timed."""
         start = time.perf_counter()
         try:
             return self._session.run(feeds)

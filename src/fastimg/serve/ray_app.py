@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 from ..errors import InputError
 from ..workflows.ray_cluster import check_room, connect, place_workers
-from .app import ServeOptions, create_app
+from .app import create_app
+from .service import ServeOptions
 
 APP_NAME = "fastimg"
 

@@ -26,16 +26,14 @@ import hmac
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
 
 from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from ..errors import FastImgError, InputError
 from .admission import Busy, Closed, Expired
-
-if TYPE_CHECKING:
-    from .app import Service, Upload
+from .requests import ImageRequest
+from .service import Service, retrieve
 
 log = logging.getLogger("fastimg")
 
@@ -46,7 +44,7 @@ GOING_AWAY, POLICY, TRY_AGAIN = 1001, 1008, 1013
 MAX_REASON_BYTES = 123  # a close frame's reason
 
 
-async def open_stream(service: "Service", websocket: WebSocket) -> None:
+async def open_stream(service: Service, websocket: WebSocket) -> None:
     """Accept /v1/stream, check its origin, key and settings, then run it until the client
     leaves or the server stops."""
     offered = websocket.scope.get("subprotocols", [])
@@ -64,12 +62,12 @@ async def open_stream(service: "Service", websocket: WebSocket) -> None:
             detail = f"missing or wrong API key: offer the subprotocol {KEY_PROTOCOL}BASE64URL(KEY)"
             await refuse_stream(websocket, POLICY, detail)
             return
-        if service.state != "ready" or service.admission.closed:
+        if not service.accepting:
             code = GOING_AWAY if service.state == "stopping" else TRY_AGAIN
-            await refuse_stream(websocket, code, service._unavailable())
+            await refuse_stream(websocket, code, service.unavailable_reason())
             return
         try:
-            template = service._stream_settings(await websocket.receive())
+            template = service.stream_request(await websocket.receive())
         except InputError as exc:
             await refuse_stream(websocket, POLICY, str(exc))
             return
@@ -92,7 +90,7 @@ class Stream:
     """One /v1/stream connection: a receiver keeps the newest frame in `newest`; `run`
     transforms whatever is newest each time the previous transform is done."""
 
-    def __init__(self, service: "Service", websocket: WebSocket, template: "Upload"):
+    def __init__(self, service: Service, websocket: WebSocket, template: ImageRequest):
         self.service, self.websocket, self.template = service, websocket, template
         self.newest: tuple[int, bytes] | None = None
         self.received = self.dropped = 0
@@ -101,6 +99,7 @@ class Stream:
         self.sending = asyncio.Lock()  # a result's two messages go out together
 
     def stop(self) -> None:
+        """End the stream: the frame that runs is sent, then it closes with 1001."""
         self.stopping = True
         self.changed.set()
 
@@ -122,6 +121,8 @@ class Stream:
             self.changed.set()
 
     async def run(self) -> None:
+        """Transform the newest frame each time the last is sent, until the client leaves or
+        the stream is stopped."""
         receiver = asyncio.ensure_future(self.receive())
         receiver.add_done_callback(lambda task: self.changed.set())
         try:
@@ -135,7 +136,7 @@ class Stream:
                     if not await self._transform(*frame, receiver):
                         break
             if self.stopping and not receiver.done():
-                await refuse_stream(self.websocket, GOING_AWAY, self.service._unavailable())
+                await refuse_stream(self.websocket, GOING_AWAY, self.service.unavailable_reason())
         finally:
             receiver.cancel()
             await asyncio.wait({receiver})
@@ -148,11 +149,12 @@ class Stream:
             await self._error(f"frame {index} is {len(data)} bytes, over the limit of "
                               f"{o.max_upload_bytes} bytes: send smaller frames")  # fmt: skip
             return True
-        upload = dataclasses.replace(self.template, data=data, name=f"frame-{index}")
+        request = dataclasses.replace(self.template, data=data, name=f"frame-{index}")
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         abort = threading.Event()
-        work = asyncio.ensure_future(service._admit_and_run(upload, abort, loop.time() + o.timeout))
+        deadline = loop.time() + o.timeout
+        work = asyncio.ensure_future(service.admit_and_run(request, abort, deadline))
         work.add_done_callback(retrieve)
         try:
             await asyncio.wait({work, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -220,9 +222,3 @@ async def refuse_stream(websocket: WebSocket, code: int, detail: str) -> None:
     await websocket.send_json({"type": "error", "detail": detail})
     reason = detail.encode("utf-8")[:MAX_REASON_BYTES].decode("utf-8", "ignore")
     await websocket.close(code, reason)
-
-
-def retrieve(task: asyncio.Future) -> None:
-    """Consume a finished task's exception (one that no one awaits would be logged)."""
-    if not task.cancelled():
-        task.exception()

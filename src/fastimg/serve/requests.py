@@ -1,0 +1,230 @@
+"""An img2img request read and checked: its body within the upload limit, its fields parsed as
+fastimg.settings defines them (the HTTP field of each setting is its `key`), its image kept as
+bytes until a worker decodes it.
+
+The fields are the call settings (SETTINGS: a setting added there is a field here), plus the
+`image` and how the result is encoded (`format`, `quality`). Values arrive as text (multipart)
+or JSON and are refused with the CLI's wording: "Invalid value for 'strength': 1.5 is not in
+the range 0<x<=1."
+"""
+
+import base64
+import binascii
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import Request
+from starlette.websockets import WebSocketDisconnect
+
+from ..errors import InputError
+from ..settings import (
+    BY_KEY,
+    FORMAT,
+    FORMATS,
+    QUALITY,
+    SEED_LIMIT,
+    SETTINGS,
+    CallSettings,
+    from_fields,
+)
+from ..workflows import batch
+from ..workflows.sources import Source
+from .admission import check_length, limited
+
+# How the result of one request is encoded (not call settings).
+OUTPUT_FIELDS = {FORMAT.key: FORMAT, QUALITY.key: QUALITY}
+FIELDS = ("image", *(setting.key for setting in SETTINGS), *OUTPUT_FIELDS)
+SDXL_FIELDS = tuple(setting.key for setting in SETTINGS if setting.sdxl)
+# The stream's settings: a request's fields less its image and the shape of its output (one
+# JPEG per frame).
+STREAM_FIELDS = tuple(key for key in FIELDS if key not in ("image", "format", "num_images"))
+MAX_FIELD_BYTES = 1 << 20  # a text field of a multipart body (prompts are 20,000 chars at most)
+UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
+
+
+class Refusal(Exception):
+    """A request answered with an error status and {"detail": message}."""
+
+    def __init__(self, status: int, message: str, outcome: str | None = None, headers=None):
+        super().__init__(message)
+        self.status, self.outcome, self.headers = status, outcome or str(status), headers
+
+    def response(self) -> Response:
+        """The JSON error response: {"detail": message} with the status and headers."""
+        return JSONResponse({"detail": str(self)}, status_code=self.status, headers=self.headers)
+
+
+@dataclass(frozen=True)
+class Body:
+    """A request body as sent: its fields (text or JSON values), the image's bytes, and the
+    uploaded file's own name (None for JSON)."""
+
+    fields: dict
+    data: bytes
+    filename: str | None
+
+
+@dataclass(frozen=True)
+class ImageRequest:
+    """A checked request: its job, the image bytes, and how to encode the result."""
+
+    job: batch.Job
+    sampler: str
+    data: bytes
+    name: str  # a safe name for the image, used in messages
+    source: str | None  # the uploaded file's name, labelled into the outputs
+    fmt: str
+    quality: int | None
+    size: tuple[int, int] | None = None  # (width, height) from the image's header
+
+    @property
+    def batch_key(self) -> tuple | None:
+        """What requests run in one batch share (their prompts, seeds and images differ);
+        None for a request that runs alone (several images, or a size not known yet)."""
+        job = self.job
+        if self.size is None or job.count != 1:
+            return None
+        return (self.size, self.sampler, job.steps, job.strength, job.guidance)
+
+
+async def read_body(request: Request, limit: int) -> Body:
+    """The request's fields and image, read within `limit` bytes: multipart/form-data (the
+    file `image`) or application/json (`image` as base64)."""
+    check_length(request.headers.get("content-length"), limit)
+    kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    body = limited(request.stream(), limit)
+    if kind == "multipart/form-data":
+        return await _read_multipart(request, body)
+    if kind == "application/json":
+        return _read_json(b"".join([chunk async for chunk in body]))
+    raise Refusal(
+        415,
+        "send multipart/form-data (the file `image` and the fields) or "
+        "application/json (`image` as base64 and the fields)",
+    )
+
+
+def check_body(body: Body, manifest) -> ImageRequest:
+    """The body's fields parsed and checked against the engines of `manifest`, as the CLI
+    checks its options; a missing seed is drawn here."""
+    unknown = [key for key in body.fields if key not in FIELDS]
+    if unknown:
+        raise InputError(f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
+    values = {key: _parse(key, value) for key, value in body.fields.items() if value is not None}
+    if "prompt" not in values:
+        raise InputError("prompt is required: what the image should become")
+    fmt = values.pop(FORMAT.key, "png")
+    quality = values.pop(QUALITY.key, None)
+    settings = from_fields(values, parse=False)
+    if settings.seed is None:
+        settings = settings.with_values(seed=secrets.randbelow(SEED_LIMIT))
+    settings = settings.with_values(negative_prompt=settings.negative_prompt or None)
+    name = _safe_name(body.filename)
+    job = _job(settings, name)
+    ((sampler, _steps),) = batch.check_jobs(manifest, [job])
+    source = name if body.filename else None
+    return ImageRequest(job, sampler, body.data, name, source, fmt, quality)
+
+
+def check_stream_settings(message: dict, manifest) -> ImageRequest:
+    """A stream's first message (JSON text) checked as a request's fields are: an
+    ImageRequest without an image, to fill with each frame."""
+    if message["type"] == "websocket.disconnect":
+        raise WebSocketDisconnect(message.get("code", 1000))
+    try:
+        fields = json.loads(message.get("text") or "")
+    except ValueError:
+        fields = None
+    if not isinstance(fields, dict):
+        raise InputError('send the settings first, as a JSON text message: {"prompt": ...}')
+    unknown = [key for key in fields if key not in STREAM_FIELDS]
+    if unknown:
+        raise InputError(f"unknown setting {unknown[0]!r}: the settings are "
+                         f"{', '.join(STREAM_FIELDS)}")  # fmt: skip
+    return check_body(Body({**fields, "format": "jpeg"}, b"", None), manifest)
+
+
+def _job(settings: CallSettings, name: str) -> batch.Job:
+    """The workflow's Job for one request's settings (its input named `name`)."""
+    return batch.Job(
+        Source(Path(name)),
+        settings.prompt,
+        negative_prompt=settings.negative_prompt,
+        strength=settings.strength,
+        steps=settings.num_inference_steps,
+        guidance=settings.guidance_scale,
+        seed=settings.seed,
+        sampler=settings.scheduler,
+        count=settings.num_images_per_prompt,
+        sdxl=settings.sdxl,
+    )
+
+
+def _parse(key: str, raw):
+    """One field's value parsed by its setting (same ranges, same messages as the CLI's)."""
+    if key == FORMAT.key and isinstance(raw, str) and raw.lower() in FORMATS:
+        raw = raw.lower()  # (any case: PNG, png)
+    return (OUTPUT_FIELDS.get(key) or BY_KEY[key]).parse(raw)
+
+
+async def _read_multipart(request: Request, body) -> Body:
+    parser = MultiPartParser(
+        request.headers,
+        body,
+        max_files=1,
+        max_fields=len(FIELDS),
+        max_part_size=MAX_FIELD_BYTES,
+    )
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        raise Refusal(400, f"the multipart body cannot be read: {exc.message}") from None
+    try:
+        fields, upload = {}, None
+        for key, value in form.multi_items():
+            if isinstance(value, UploadFile):
+                if key != "image":
+                    raise InputError(f"the file goes in the field 'image', not {key!r}")
+                upload = value
+            elif key == "image":
+                raise InputError("the field 'image' must be a file (the picture), not text")
+            elif key in fields:
+                raise InputError(f"the field {key!r} is given twice: give it once")
+            else:
+                fields[key] = value
+        if upload is None:
+            raise InputError("no image: send the picture as the file field 'image'")
+        return Body(fields, await upload.read(), upload.filename or None)
+    finally:
+        await form.close()
+
+
+def _read_json(raw: bytes) -> Body:
+    try:
+        fields = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Refusal(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(fields, dict):
+        raise InputError('the JSON body must be an object: {"image": base64, "prompt": ...}')
+    image = fields.pop("image", None)
+    if not isinstance(image, str) or not image:
+        raise InputError("no image: send the picture as base64 text in the field 'image'")
+    if image.startswith("data:"):  # a data URL, as a browser's FileReader makes it
+        image = image.partition(",")[2]
+    try:
+        data = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError("the field 'image' is not valid base64") from None
+    return Body(fields, data, None)
+
+
+def _safe_name(filename: str | None) -> str:
+    """A file name for an upload: its base name in safe characters, or `upload`."""
+    name = UNSAFE_NAME_CHARS.sub("_", Path(filename or "").name).lstrip(".")[:100]
+    return name or "upload"

@@ -1,0 +1,327 @@
+"""The Service: one Img2ImgPipeline, loaded once, and what outlives one request around it.
+
+It loads the engines in a thread, admits checked requests through Admission (a bounded queue
+in front of `workers` run slots), batches queued requests that can share a run (same image size
+and settings, up to `max_batch`), runs them in worker threads, never on the event loop, and
+hands each request its encoded images (decoded from and encoded to memory).
+"""
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Counter
+
+from ..backends.registry import serve_batch
+from ..diffusion.schedules import default_sampler
+from ..engine_folder.manifest import Manifest, load_manifest
+from ..errors import InputError
+from ..media.images import MAX_PIXELS, decode_image
+from ..media.labels import encode_image
+from ..settings import FORMATS, MAX_IMAGES, SAMPLERS
+from ..workflows import batch
+from .admission import Admission, Closed, Expired, check_pixels
+from .metrics import Metrics
+from .requests import SDXL_FIELDS, Body, ImageRequest, check_body, check_stream_settings
+
+log = logging.getLogger("fastimg")
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How `fastimg serve` runs: the engines and their options, and the admission limits."""
+
+    engines: Path | None = None
+    manifest: Manifest | None = None  # the engines' manifest, where this process loaded it
+    backend: str = "auto"
+    precision: str = "auto"
+    device: int | None = None
+    shapes: str = "dynamic"
+    workers: int = 1  # requests running at once (the pipeline's max_concurrency)
+    max_batch: int | None = None  # requests per engine run (None: the backend's serve_batch)
+    threads: int | None = None  # CPU threads of the pipeline (None: every core here)
+    max_queue: int = 16  # requests waiting beyond those
+    timeout: float = 300.0  # seconds from arrival to response, at most
+    max_upload_bytes: int = 20 << 20
+    max_pixels: int = MAX_PIXELS
+    api_key: str | None = None
+    cors: tuple[str, ...] = ()
+
+
+class Aborted(Exception):
+    """Raised between engine steps to stop a run whose client left or whose deadline passed."""
+
+
+@dataclass
+class Entry:
+    """A request admitted to a run: the request, its stop flag, and where its Result goes."""
+
+    request: ImageRequest
+    abort: threading.Event
+    result: asyncio.Future
+
+
+@dataclass(frozen=True)
+class Result:
+    """A request's images, encoded, and the settings they were made with (fastimg:* labels)."""
+
+    settings: dict
+    encoded: list[bytes]
+
+
+class Service:
+    """The pipeline and everything around it that outlives one request."""
+
+    def __init__(self, options: ServeOptions, load=None):
+        if load is None and options.engines is None:
+            raise ValueError("ServeOptions.engines names no engine folder, and no loader was given")
+        self.options = options
+        self.admission = Admission(options.workers, options.max_queue)
+        self.metrics = Metrics(self.admission)
+        self.executor = ThreadPoolExecutor(options.workers, thread_name_prefix="fastimg-serve")
+        self.state, self.error = "loading", None
+        self.pipe = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.on_failure = None  # called with the message when the engines cannot be loaded
+        self._load = load or self._load_engines
+        self.max_batch = options.max_batch or 1  # (None: set by the backend once loaded)
+        self.streams: set = set()  # the open /v1/stream connections (each has `stop()`)
+        self.frames = Counter(
+            "fastimg_stream_frames",
+            "Frames received on /v1/stream by outcome (ok, dropped, error, busy)",
+            ["outcome"],
+            registry=self.metrics.registry,
+        )
+
+    def _load_engines(self):
+        from ..diffusion.pipeline import Img2ImgPipeline
+
+        o = self.options
+        pipe = Img2ImgPipeline(
+            o.manifest or load_manifest(o.engines),
+            backend=o.backend,
+            precision=o.precision,
+            threads=o.threads,
+            max_concurrency=o.workers,
+            device=o.device,
+            shapes=o.shapes,
+        )
+        if pipe.device == "cpu":  # (a GPU run returns before the device is done: untimed)
+            pipe.wrap_sessions(self.metrics.timed)
+        return pipe
+
+    async def load(self) -> None:
+        """Load the engines in a thread; the server answers (health: loading) meanwhile."""
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            pipe = await loop.run_in_executor(None, self._load)
+        except Exception as exc:
+            self.state, self.error = "failed", str(exc) or type(exc).__name__
+            log.error("the engines could not be loaded: %s", self.error)
+            if self.on_failure is not None:
+                self.on_failure(self.error)
+            return
+        self.pipe = pipe
+        if self.options.max_batch is None:
+            self.max_batch = serve_batch(getattr(pipe, "backend", None))
+        if self.state == "loading":
+            self.state = "ready"
+        log.info(
+            "engines loaded in %.1f s: %s on %s (%s); ready",
+            time.monotonic() - started,
+            pipe.model_info.get("fastimg:model"),
+            pipe.backend,
+            pipe.precision,
+        )
+
+    def stop(self) -> None:
+        """Admit nothing more: new requests get 503, queued ones too; running ones finish."""
+        if self.state != "failed":
+            self.state = "stopping"
+        self.admission.close()
+        for stream in list(self.streams):
+            stream.stop()
+
+    def stop_soon(self) -> None:
+        """`stop` on the event loop (from a signal handler, or another thread)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.stop)
+
+    @property
+    def accepting(self) -> bool:
+        """Whether requests are admitted now (the engines are loaded and it is not stopping)."""
+        return self.state == "ready" and not self.admission.closed
+
+    def unavailable_reason(self) -> str:
+        """Why requests are not admitted now (loading, failed, or shutting down)."""
+        if self.state == "loading":
+            return "the engines are still loading: retry when /v1/health says ready"
+        if self.state == "failed":
+            return f"the engines could not be loaded: {self.error}"
+        return "the server is shutting down: send the request to another instance"
+
+    # --- a request -----------------------------------------------------------------------------
+
+    def check_request(self, body: Body) -> ImageRequest:
+        """A body's fields checked against the loaded engines (InputError: 422)."""
+        return check_body(body, self.pipe.manifest)
+
+    def stream_request(self, message: dict) -> ImageRequest:
+        """A stream's first message checked as a request's fields are: an ImageRequest to fill
+        with each frame."""
+        return check_stream_settings(message, self.pipe.manifest)
+
+    def image_size(self, request: ImageRequest) -> tuple[int, int] | None:
+        """The image's (width, height) from its header: over the pixel limit, refused (413); a
+        file that is no image is refused as the CLI refuses it (422). Nothing is decoded but a
+        file whose header Pillow cannot read, for the loader's message."""
+        size = check_pixels(request.data, request.name, self.options.max_pixels)
+        if size is None:
+            decode_image(request.data, request.name, self.options.max_pixels)
+        return size
+
+    async def admit_and_run(self, request: ImageRequest, abort: threading.Event, deadline: float):
+        """Wait for a slot, then run with the waiters that can share the run (same batch key,
+        up to max_batch in all); or ride in the run of the holder that took this request.
+        Returns the request's Result; Busy, Closed, Expired or the run's error otherwise."""
+        loop = asyncio.get_running_loop()
+        queued = time.monotonic()
+        entry = Entry(request, abort, loop.create_future())
+        entry.result.add_done_callback(retrieve)  # (its client may be gone by then)
+        key = request.batch_key if self.max_batch > 1 else None
+        holds = await self.admission.acquire(deadline, key, entry)
+        started = time.monotonic()
+        self.metrics.queue_wait.observe(started - queued)
+        if holds:
+            entries = [entry]
+            if key is not None:
+                entries += self.admission.take(key, self.max_batch - 1)
+            try:
+                running = loop.run_in_executor(self.executor, self._work, entries)
+            except BaseException as exc:  # (the executor is shut down)
+                self.admission.release()
+                for rider in entries[1:]:
+                    rider.result.set_exception(Closed() if isinstance(exc, RuntimeError) else exc)
+                raise
+            # The slot is held until the thread is done, even when nobody awaits it any more.
+            running.add_done_callback(functools.partial(self._finished, started, entries))
+        try:
+            return await asyncio.wait_for(asyncio.shield(entry.result), deadline - loop.time())
+        except asyncio.TimeoutError:  # (the caller stops the run)
+            raise Expired() from None
+
+    def _finished(self, started: float, entries: list[Entry], running: asyncio.Future) -> None:
+        """Free the slot and hand each request of the run its Result or error."""
+        self.admission.release()
+        error = asyncio.CancelledError() if running.cancelled() else running.exception()
+        if error is None:
+            self.admission.observe(time.monotonic() - started)
+        outcomes = [error] * len(entries) if error is not None else running.result()
+        for entry, outcome in zip(entries, outcomes, strict=True):
+            if entry.result.done():
+                continue
+            if isinstance(outcome, BaseException):
+                entry.result.set_exception(outcome)
+            else:
+                entry.result.set_result(outcome)
+
+    def _work(self, entries: list[Entry]) -> list:
+        """Decode, run (as one batch when there are several) and encode, in a worker thread;
+        each entry's Result, or the error that ended it."""
+
+        def callback(step: int, total: int) -> None:
+            """Stop the run between steps once no request of it is waiting any more."""
+            if all(entry.abort.is_set() for entry in entries):
+                raise Aborted()
+
+        outcomes: list = [None] * len(entries)
+        decoded = []
+        for k, entry in enumerate(entries):
+            try:
+                if entry.abort.is_set():
+                    raise Aborted()
+                request = entry.request
+                image = decode_image(request.data, request.name, self.options.max_pixels)
+                decoded.append((k, image))
+            except (Aborted, InputError) as exc:
+                outcomes[k] = exc
+        for k, results in self._transform(entries, decoded, callback):
+            if isinstance(results, BaseException):
+                outcomes[k] = results
+                continue
+            outcomes[k] = _encode(entries[k].request, results)
+        return outcomes
+
+    def _transform(self, entries: list[Entry], decoded: list, callback):
+        """(index, images or error) of each decoded request: one batched run, or, when the
+        batch is refused as a whole (one request's input), each request alone."""
+        jobs = [(entries[k].request.job, image, entries[k].request.sampler) for k, image in decoded]
+        if not jobs:
+            return []
+        self.metrics.batch.observe(len(jobs))
+        if len(jobs) > 1:
+            try:
+                made = batch.transform_many(self.pipe, jobs, callback)
+                return [(k, images) for (k, _), images in zip(decoded, made, strict=True)]
+            except InputError:
+                pass
+        done = []
+        for (k, _), job in zip(decoded, jobs, strict=True):
+            try:
+                done.append((k, batch.transform(self.pipe, *job, callback)))
+            except (Aborted, InputError) as exc:
+                if len(jobs) == 1:
+                    raise
+                done.append((k, exc))
+        return done
+
+    # --- what the engines are ------------------------------------------------------------------
+
+    def info(self) -> dict:
+        """/v1/info: the model, backend, limits and the settings accepted (engines loaded)."""
+        pipe, o = self.pipe, self.options
+        manifest = pipe.manifest
+        return {
+            "model": pipe.model_info.get("fastimg:model"),
+            "model_hash": pipe.model_info.get("fastimg:model_hash"),
+            "family": manifest.model_family,
+            "backend": pipe.backend,
+            "precision": pipe.precision,
+            "exact": pipe.exact,
+            "max_side": pipe.max_side,
+            "size_multiple": manifest.vae_scale_factor,
+            "max_pixels": o.max_pixels,
+            "max_upload_bytes": o.max_upload_bytes,
+            "max_images": MAX_IMAGES,
+            "sdxl_fields": list(SDXL_FIELDS) if manifest.text_conditioning else [],
+            "samplers": list(SAMPLERS),
+            "default_sampler": default_sampler(manifest.scheduler) or "ddim",
+            "formats": list(FORMATS),
+            "workers": o.workers,
+            "max_queue": o.max_queue,
+            "timeout": o.timeout,
+        }
+
+
+def _encode(request: ImageRequest, images: list) -> Result:
+    """The images encoded in the request's format, with their labels, and their settings."""
+    source = {"fastimg:source": request.source} if request.source else {}
+    encoded = [
+        encode_image(image, {**image.info, **source}, request.fmt, request.quality)
+        for image in images
+    ]
+    settings = {k: v for k, v in images[0].info.items() if k.startswith("fastimg:")}
+    settings.pop("fastimg:index", None)
+    return Result({**settings, **source}, encoded)
+
+
+def retrieve(task: asyncio.Future) -> None:
+    """Consume a finished task's exception (one that no one awaits would be logged)."""
+    if not task.cancelled():
+        task.exception()
