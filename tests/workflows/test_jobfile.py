@@ -23,11 +23,11 @@ def test_a_csv_job_file_gives_one_job_per_row_with_defaults_filling_gaps(images)
         encoding="utf-8",
     )
     a, b = read_job_file(jobs_csv, {"prompt": "a cat", "steps": 20, "seed": None})
-    assert (a.source.path, a.prompt, a.strength, a.seed, a.sampler) == (
+    assert (a.source.path, a.call.prompt, a.call.strength, a.call.seed, a.call.scheduler) == (
         images / "a.png", "a fox, in snow", 0.3, 7, "euler_a"
     )  # fmt: skip
-    assert (a.steps, a.guidance, a.row, a.name) == (20, 7.5, 1, None)
-    assert (b.prompt, b.strength, b.seed, b.row) == ("a cat", 0.8, None, 2)
+    assert (a.call.num_inference_steps, a.call.guidance_scale, a.row, a.name) == (20, 7.5, 1, None)
+    assert (b.call.prompt, b.call.strength, b.call.seed, b.row) == ("a cat", 0.8, None, 2)
     assert b.name == "cats/b-final.webp"
 
 
@@ -37,7 +37,9 @@ def test_a_jsonl_job_file_takes_numbers_or_text(images):
             {"image": str(images / "b.jpg"), "prompt": "y", "negative_prompt": "blur"}]  # fmt: skip
     jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
     a, b = read_job_file(jobs_jsonl)
-    assert (a.steps, a.guidance, b.negative_prompt) == (30, 4.0, "blur")
+    assert (a.call.num_inference_steps, a.call.guidance_scale, b.call.negative_prompt) == (
+        30, 4.0, "blur"
+    )  # fmt: skip
 
 
 def test_every_bad_row_is_named_with_its_reason_before_any_work(images):
@@ -105,4 +107,4 @@ def test_a_job_file_that_is_not_utf8_or_missing_is_refused(images):
 def test_a_byte_order_mark_from_a_spreadsheet_is_accepted(images):
     (images / "jobs.csv").write_bytes("image,prompt\na.png,x\n".encode("utf-8-sig"))
     (job,) = read_job_file(images / "jobs.csv")
-    assert job.prompt == "x"
+    assert job.call.prompt == "x"

@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from fastimg.errors import InputError
+from fastimg.settings import CallSettings
 from fastimg.workflows import batch
 from fastimg.workflows.sources import Source
 
@@ -20,7 +21,7 @@ SETTINGS = {"quality": None, "metadata": True, "extra_info": {"fastimg:engines":
 
 def _plan(picture, out, strengths=(0.5, 0.75), seeds=(1, 2, 3), skip_existing=False):
     sweep = batch.Sweep(strength=strengths, guidance=(3.0,), steps=(4,), seeds=seeds)
-    jobs = batch.plan_sweep([Source(picture)], "a red fox", sweep)
+    jobs = batch.plan_sweep([Source(picture)], CallSettings("a red fox"), sweep)
     return batch.check_outputs(batch.name_outputs(jobs, out), skip_existing=skip_existing)
 
 
@@ -148,6 +149,6 @@ def test_jobs_checked_from_the_manifest_alone_plan_as_the_pipeline(tiny):
     ours, theirs = plan_for(manifest, sampler, 10, 0.3), pipe.plan(sampler, 10, 0.3)
     assert ours.steps == theirs.steps == 3
     assert np.array_equal(ours.timesteps, theirs.timesteps)
-    jobs = batch.plan_sweep([Source(tiny[1] / "x.png")], "a fox",
+    jobs = batch.plan_sweep([Source(tiny[1] / "x.png")], CallSettings("a fox"),
                             batch.Sweep(strength=(0.3, 1.0), steps=(4, 10)))  # fmt: skip
     assert batch.check_jobs(manifest, jobs) == batch.check_jobs(pipe.manifest, jobs)

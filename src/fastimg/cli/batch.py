@@ -12,7 +12,7 @@ from ..backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
 from ..diffusion.schedules import SAMPLERS
 from ..errors import InputError
 from ..media.formats import IMAGE_FILE_SUFFIXES
-from ..settings import SDXL_ARGUMENTS, SEED_LIMIT
+from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, from_fields
 from .common import domain_errors, echo_err
 
 FORMATS = ("png", "jpeg", "webp")
@@ -369,8 +369,8 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         if settings["quiet"]:  # (otherwise the progress display named each as it failed)
             for job, reason in report.failed:
                 echo_err(f"error: {job.label}: {reason}")
-        failed = sum(job.count for job, _ in report.failed)
-        total = sum(job.count for job in planned.jobs)
+        failed = sum(job.call.num_images_per_prompt for job, _ in report.failed)
+        total = sum(job.call.num_images_per_prompt for job in planned.jobs)
         raise click.ClickException(
             f"{failed} of {total} images failed (each is named above); the others are written"
         )
@@ -467,8 +467,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     from ..workflows.sources import collect_sources
 
     prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
-    given = {name: settings.pop(name) for name in SDXL_ARGUMENTS}
-    sdxl = tuple((name, value) for name, value in given.items() if value is not None)
+    sdxl = {name: settings.pop(name) for name in SDXL_ARGUMENTS}
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "
@@ -484,10 +483,10 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         raise click.UsageError("--grid writes a contact sheet beside the outputs: -o a folder")
     sweep = batch.Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
     sources = collect_sources(list(images), recursive=recursive, exclude=settings["output"])
+    given = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": scheduler,
+             "num_images": num_images, **sdxl}  # fmt: skip
     try:
-        jobs = batch.plan_sweep(
-            sources, prompt, sweep, negative_prompt, scheduler, num_images, sdxl
-        )
+        jobs = batch.plan_sweep(sources, from_fields(given, parse=False), sweep)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
     _run(jobs, single, settings, grid=grid)
@@ -530,7 +529,7 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
         "sampler": scheduler,
     }
     planned = read_job_file(jobs, defaults)
-    if settings["skip_existing"] and seed is None and any(job.seed is None for job in planned):
+    if settings["skip_existing"] and seed is None and any(j.call.seed is None for j in planned):
         raise click.UsageError(
             "--skip-existing needs a seed for every row (a seed column or --seed): random "
             "seeds give new names every run, so nothing would be found to skip"

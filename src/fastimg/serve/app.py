@@ -52,7 +52,7 @@ from ..diffusion.schedules import SAMPLERS, default_sampler
 from ..errors import EngineError, FastImgError, InputError
 from ..media.images import MAX_PIXELS, load_image
 from ..media.labels import save_image
-from ..settings import MAX_IMAGES, SDXL_ARGUMENTS, SEED_LIMIT
+from ..settings import BY_KEY, MAX_IMAGES, SEED_LIMIT, from_fields
 from ..workflows import batch
 from ..workflows.sources import Source
 from .admission import (
@@ -91,9 +91,6 @@ SDXL_PAIRS = ("original_size", "crops_coords_top_left", "target_size")
 SDXL_SCORES = {"aesthetic_score": click.FLOAT, "negative_aesthetic_score": click.FLOAT}
 SDXL_FIELDS = (*SDXL_TEXTS, *SDXL_PAIRS, *SDXL_SCORES)
 FIELDS = ("image", *TEXTS, *NUMBERS, *CHOICES, *SDXL_FIELDS)
-JOB_FIELDS = {"negative_prompt": "negative_prompt", "strength": "strength", "steps": "steps",
-              "guidance": "guidance", "seed": "seed", "sampler": "sampler",
-              "num_images": "count"}  # fmt: skip
 MAX_FIELD_BYTES = 1 << 20  # a text field of a multipart body (prompts are 20,000 chars at most)
 MAX_SETTINGS_HEADER = 8192  # clients refuse response headers much beyond this
 SHORT_PROMPT = 200  # characters of a prompt kept when the settings header would be too long
@@ -159,10 +156,11 @@ class Upload:
     def batch_key(self) -> tuple | None:
         """What requests run in one batch share (their prompts, seeds and images differ);
         None for a request that runs alone (several images, or a size not known yet)."""
-        job = self.job
-        if self.size is None or job.count != 1:
+        call = self.job.call
+        if self.size is None or call.num_images_per_prompt != 1:
             return None
-        return (self.size, self.sampler, job.steps, job.strength, job.guidance)
+        return (self.size, self.sampler, call.num_inference_steps, call.strength,
+                call.guidance_scale)  # fmt: skip
 
 
 @dataclass
@@ -339,13 +337,8 @@ class Service:
         values.setdefault("seed", secrets.randbelow(SEED_LIMIT))
         values["negative_prompt"] = values.get("negative_prompt") or None
         name = _safe_name(source)
-        sdxl = tuple((key, values[key]) for key in SDXL_ARGUMENTS if key in values)
-        job = batch.Job(
-            Source(Path(name)),
-            values["prompt"],
-            **{JOB_FIELDS[key]: values[key] for key in JOB_FIELDS if key in values},
-            sdxl=sdxl,
-        )
+        call = from_fields({k: v for k, v in values.items() if k in BY_KEY}, parse=False)
+        job = batch.Job(Source(Path(name)), call)
         ((sampler, _steps),) = batch.check_jobs(self.pipe.manifest, [job])
         fmt = values.get("format", "png").lower()
         source = name if source else None

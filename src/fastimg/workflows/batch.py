@@ -19,50 +19,51 @@ from pathlib import Path
 
 from ..errors import FastImgError, InputError
 from ..media.formats import UNLABELLED_SUFFIXES, WRITTEN_SUFFIXES
-from ..settings import SEED_LIMIT, CallSettings
+from ..settings import BY_KEY, BY_NAME, REAL, SEED_LIMIT, CallSettings
 from .sources import Source
 
 log = logging.getLogger("fastimg")
 
 # The settings a sweep can vary, in the order names and contact sheets list them.
 SWEPT = ("strength", "guidance", "steps", "seed")
-NAME_FIELDS = ("stem", "strength", "guidance", "steps", "seed", "sampler", "index", "row")
+# The settings (by key) that name templates take, beside the input's stem, the image's index
+# and the job-file row.
+NAMED_SETTINGS = ("strength", "guidance", "steps", "seed", "sampler")
+NAME_FIELDS = ("stem", *NAMED_SETTINGS, "index", "row")
 PREFIX = {"guidance": "g", "steps": "steps"}  # in default names: photo-s0.5-g7.5-steps30-1
 MAX_JOBS = 100_000
 
 
 @dataclass(frozen=True)
 class Job:
-    """One img2img call: an input, its settings, and the files its images are written to."""
+    """One img2img call of a batch: an input, the call's settings, and the files its images
+    are written to."""
 
     source: Source
-    prompt: str
-    negative_prompt: str | None = None
-    strength: float = 0.8
-    steps: int = 50
-    guidance: float = 7.5
-    seed: int | None = None
-    sampler: str | None = None
-    count: int = 1  # images from the one seed (diffusers' num_images_per_prompt)
+    call: CallSettings
     row: int | None = None  # its row in a job file (1: the first job)
     name: str | None = None  # its own output name (a job file's output column)
     outputs: tuple[Path, ...] = ()
-    sdxl: tuple[tuple[str, object], ...] = ()  # SDXL-only arguments (prompt_2, sizes, ...)
 
     @property
     def label(self) -> str:
         """How messages name this job: its job-file row or its input, and its settings."""
         where = f"row {self.row}: {self.source.path}" if self.row else str(self.source.path)
-        return f"{where} (strength {_number(self.strength)}, seed {self.seed})"
+        return f"{where} (strength {_number(self.call.strength)}, seed {self.call.seed})"
+
+    def value_by_key(self, key: str):
+        """A setting's value by its job-file/CLI key (steps, guidance, sampler, ...)."""
+        return self.call.value(BY_KEY[key].name)
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """Values to try; each combination is one job per input (seeds None: a random one each)."""
+    """Values to try in place of the call's own; each combination is one job per input (an
+    empty tuple: the call's value; no seeds here or in the call: a random one per input)."""
 
-    strength: tuple[float, ...] = (0.8,)
-    guidance: tuple[float, ...] = (7.5,)
-    steps: tuple[int, ...] = (50,)
+    strength: tuple[float, ...] = ()
+    guidance: tuple[float, ...] = ()
+    steps: tuple[int, ...] = ()
     seeds: tuple[int, ...] | None = None
 
 
@@ -71,53 +72,41 @@ def variant_seeds(first: int, count: int) -> tuple[int, ...]:
     return tuple((first + k) % SEED_LIMIT for k in range(count))
 
 
-def plan_sweep(
-    sources: list[Source],
-    prompt: str,
-    sweep: Sweep = Sweep(),
-    negative_prompt: str | None = None,
-    sampler: str | None = None,
-    count: int = 1,
-    sdxl: tuple[tuple[str, object], ...] = (),
-) -> list[Job]:
-    """One job per input and combination of the swept values, inputs outermost (`sdxl`: the
-    SDXL-only arguments of every job).
+def plan_sweep(sources: list[Source], call: CallSettings, sweep: Sweep = Sweep()) -> list[Job]:
+    """One job per input and combination of the swept values (each in place of `call`'s own),
+    inputs outermost.
 
     Without seeds each input draws its own random seed (the same one across its other swept
     values, so a strength sweep compares like with like).
     """
-    combos = len(sweep.strength) * len(sweep.guidance) * len(sweep.steps)
-    total = len(sources) * combos * (len(sweep.seeds) if sweep.seeds else 1)
+    strengths = sweep.strength or (call.strength,)
+    guidances = sweep.guidance or (call.guidance_scale,)
+    steps = sweep.steps or (call.num_inference_steps,)
+    given_seeds = sweep.seeds or ((call.seed,) if call.seed is not None else None)
+    combos = len(strengths) * len(guidances) * len(steps)
+    total = len(sources) * combos * (len(given_seeds) if given_seeds else 1)
     if total > MAX_JOBS:
         raise InputError(f"this sweep makes {total} jobs, more than {MAX_JOBS}: split it")
     _check_stems(sources)
     jobs = []
     for source in sources:
-        seeds = sweep.seeds or (secrets.randbelow(SEED_LIMIT),)
-        for strength, guidance, steps, seed in itertools.product(
-            sweep.strength, sweep.guidance, sweep.steps, seeds
+        seeds = given_seeds or (secrets.randbelow(SEED_LIMIT),)
+        for strength, guidance, step_count, seed in itertools.product(
+            strengths, guidances, steps, seeds
         ):
-            jobs.append(
-                Job(
-                    source,
-                    prompt,
-                    negative_prompt,
-                    strength,
-                    steps,
-                    guidance,
-                    seed,
-                    sampler,
-                    count,
-                    sdxl=sdxl,
-                )  # fmt: skip
-            )
+            values = dict(strength=strength, guidance_scale=guidance,
+                          num_inference_steps=step_count, seed=seed)  # fmt: skip
+            jobs.append(Job(source, call.with_values(**values)))
     return jobs
 
 
 def draw_seeds(jobs: list[Job]) -> list[Job]:
     """`jobs` with a random seed drawn for each that has none."""
-    return [job if job.seed is not None else replace(job, seed=secrets.randbelow(SEED_LIMIT))
-            for job in jobs]  # fmt: skip
+    return [
+        job if job.call.seed is not None
+        else replace(job, call=job.call.with_values(seed=secrets.randbelow(SEED_LIMIT)))
+        for job in jobs
+    ]  # fmt: skip
 
 
 def _check_stems(sources: list[Source]) -> None:
@@ -135,7 +124,7 @@ def _check_stems(sources: list[Source]) -> None:
 
 def varying(jobs: list[Job]) -> tuple[str, ...]:
     """The swept settings that take more than one value among `jobs`, in SWEPT order."""
-    return tuple(key for key in SWEPT if len({getattr(job, key) for job in jobs}) > 1)
+    return tuple(key for key in SWEPT if len({job.value_by_key(key) for job in jobs}) > 1)
 
 
 def default_name(jobs: list[Job], from_job_file: bool = False) -> str:
@@ -144,7 +133,7 @@ def default_name(jobs: list[Job], from_job_file: bool = False) -> str:
     swept = varying(jobs)
     parts += [f"{PREFIX[key]}{{{key}}}" for key in ("guidance", "steps") if key in swept]
     parts.append("{seed}")
-    if any(job.count > 1 for job in jobs):
+    if any(job.call.num_images_per_prompt > 1 for job in jobs):
         parts.append("{index}")
     return "-".join(parts)
 
@@ -185,8 +174,8 @@ def name_outputs(
     names a single file."""
     jobs = draw_seeds(jobs)
     if single_file:
-        if len(jobs) != 1 or jobs[0].count != 1:
-            total = sum(job.count for job in jobs)
+        if len(jobs) != 1 or jobs[0].call.num_images_per_prompt != 1:
+            total = sum(job.call.num_images_per_prompt for job in jobs)
             raise InputError(
                 f"-o {output} names one file, but {total} images would be written: pass a folder"
             )
@@ -199,16 +188,13 @@ def name_outputs(
     named = []
     for job in jobs:
         paths = []
-        for index in range(job.count):
+        count = job.call.num_images_per_prompt
+        for index in range(count):
             if job.name is not None:
                 own = Path(job.name)
-                name = job.name if job.count == 1 else own.with_stem(f"{own.stem}-{index}")
+                name = job.name if count == 1 else own.with_stem(f"{own.stem}-{index}")
             else:
-                values = {
-                    "stem": job.source.path.stem, "strength": float(job.strength),
-                    "guidance": float(job.guidance), "steps": job.steps, "seed": job.seed,
-                    "sampler": job.sampler or "default", "index": index, "row": job.row or 0,
-                }  # fmt: skip
+                values = _template_values(job, index)
                 try:
                     name = formatter.format(template, **values)
                 except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
@@ -219,6 +205,17 @@ def name_outputs(
             paths.append(output / job.source.subfolder / path)
         named.append(replace(job, outputs=tuple(paths)))
     return named
+
+
+def _template_values(job: Job, index: int) -> dict:
+    """What the name template's fields stand for in `job`'s `index`th image."""
+    values = {"stem": job.source.path.stem, "index": index, "row": job.row or 0}
+    for key in NAMED_SETTINGS:
+        value = job.value_by_key(key)
+        if BY_KEY[key].kind == REAL:
+            value = float(value)
+        values[key] = "default" if value is None else value  # (the sampler: the model's own)
+    return values
 
 
 def _output_name(name: str, job: Job, fmt: str | None) -> Path:
@@ -386,13 +383,9 @@ def _made_otherwise(path: Path, job: Job, sampler: str) -> str | None:
         recorded = read_labels(path)["fastimg"]
     except FastImgError:
         return f"{path} exists but cannot be read: delete it, or pass --overwrite"
-    wanted = {
-        "prompt": job.prompt, "negative_prompt": job.negative_prompt or "", "seed": job.seed,
-        "strength": float(job.strength), "steps": job.steps, "guidance": float(job.guidance),
-        "scheduler": sampler,
-    }  # fmt: skip
-    for key, value in wanted.items():
-        old = recorded.get(f"fastimg:{key}")
+    for label, value in setting_labels(job.call, sampler).items():
+        key = label.removeprefix("fastimg:")
+        old = recorded.get(label)
         if old is not None and not _same(old, value):
             return (
                 f"{path} exists but was made with {key} {old!r}, not {value!r}: pass --overwrite "
@@ -421,24 +414,23 @@ def transform_many(pipe, jobs: list[tuple], callback: Callable | None = None) ->
     return pipe.call_many([call_arguments(*job) for job in jobs], callback)
 
 
-def call_settings(job: Job) -> CallSettings:
-    """`job`'s settings as the pipeline takes them."""
-    return CallSettings(
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        strength=job.strength,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance,
-        seed=job.seed,
-        num_images_per_prompt=job.count,
-        scheduler=job.sampler,
-        sdxl=job.sdxl,
-    )
-
-
 def call_arguments(job: Job, image, sampler: str) -> dict:
     """The pipeline's arguments for `job` on `image`, with the sampler resolved."""
-    return {**call_settings(job).arguments(), "image": image, "scheduler": sampler}
+    return {**job.call.arguments(), "image": image, "scheduler": sampler}
+
+
+def setting_labels(call: CallSettings, sampler: str) -> dict:
+    """The fastimg:* settings labels of an image made with `call` on `sampler`, as the
+    pipeline writes them."""
+    return {
+        "fastimg:prompt": call.prompt,
+        "fastimg:negative_prompt": call.negative_prompt or "",
+        "fastimg:seed": call.seed,
+        "fastimg:strength": float(call.strength),
+        "fastimg:steps": call.num_inference_steps,
+        "fastimg:guidance": float(call.guidance_scale),
+        "fastimg:scheduler": sampler,
+    }
 
 
 def check_jobs(manifest, jobs: list[Job]) -> list[tuple[str, int]]:
@@ -449,13 +441,14 @@ def check_jobs(manifest, jobs: list[Job]) -> list[tuple[str, int]]:
 
     planned, checked = [], {}
     for job in jobs:
-        key = (job.sampler, job.steps, job.strength, job.prompt, job.negative_prompt, job.sdxl)
-        if key not in checked:
-            try:
-                call = check_call(manifest, call_settings(job))
+        key = job.call.with_values(seed=None)  # the seeds of a sweep share one sampler and plan
+        try:
+            BY_NAME["seed"].check(job.call.seed)
+            if key not in checked:
+                call = check_call(manifest, job.call)
                 checked[key] = (call.sampler, call.steps)
-            except InputError as exc:
-                raise InputError(f"{job.label}: {exc}") from None
+        except InputError as exc:
+            raise InputError(f"{job.label}: {exc}") from None
         planned.append(checked[key])
     return planned
 
@@ -509,13 +502,14 @@ def check_sheets(sheets: dict[Path, list[Job]], overwrite: bool, skip_existing: 
 def sheet_layout(jobs: list[Job]) -> tuple[list[str], list[str], dict[Path, tuple[str, str]]]:
     """Rows, columns and each output's (row, column): the first swept setting across, the
     others down."""
-    keys = list(varying(jobs)) + (["index"] if any(job.count > 1 for job in jobs) else [])
+    several = any(job.call.num_images_per_prompt > 1 for job in jobs)
+    keys = list(varying(jobs)) + (["index"] if several else [])
     rows: list[str] = []
     columns: list[str] = []
     places: dict[Path, tuple[str, str]] = {}
     for job in jobs:
         for index, path in enumerate(job.outputs):
-            values = {**{key: getattr(job, key) for key in SWEPT}, "index": index}
+            values = {**{key: job.value_by_key(key) for key in SWEPT}, "index": index}
             labels = [f"{SHEET_LABELS[key]} {_value(values[key])}" for key in keys]
             column, row = (labels[0] if labels else ""), " · ".join(labels[1:])
             columns += [column] if column not in columns else []
@@ -570,7 +564,7 @@ def write_sheets(
         if not any(cell is not None for cell in cells.values()):
             log.warning("no contact sheet for %s: none of its images was made", sheet)
             continue
-        title = f"{jobs[0].source.path.name}: {jobs[0].prompt}"
+        title = f"{jobs[0].source.path.name}: {jobs[0].call.prompt}"
         picture = contact_sheet(cells, rows, columns, title=title)
         labelled = metadata and settings is not None  # (images kept without labels: none)
         settings = {**(settings or {}), "fastimg:sheet": "contact sheet"}

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..diffusion.schedules import SAMPLERS
 from ..errors import InputError
 from ..media.images import looks_like_an_image
-from ..settings import SEED_LIMIT
+from ..settings import SEED_LIMIT, CallSettings
 from .batch import MAX_JOBS, Job
 from .sources import Source
 
@@ -136,20 +136,18 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise InputError(f"output {name!r} must be a name inside -o, not a path out of it")
     seed = values.get("seed")
-    return Job(
-        Source(image),
+    call = CallSettings(
         prompt=_text(values["prompt"], "prompt"),
         negative_prompt=_text(values["negative_prompt"], "negative_prompt")
         if "negative_prompt" in values
         else None,
         strength=_real(values.get("strength", 0.8), "strength", 0.0, 1.0, low_open=True),
-        steps=int(_real(values.get("steps", 50), "steps", 1, 1000, whole=True)),
-        guidance=_real(values.get("guidance", 7.5), "guidance", 0.0, math.inf),
+        num_inference_steps=int(_real(values.get("steps", 50), "steps", 1, 1000, whole=True)),
+        guidance_scale=_real(values.get("guidance", 7.5), "guidance", 0.0, math.inf),
         seed=None if seed is None else int(_real(seed, "seed", 0, SEED_LIMIT - 1, whole=True)),
-        sampler=sampler,
-        row=number,
-        name=name,
+        scheduler=sampler,
     )
+    return Job(Source(image), call, row=number, name=name)
 
 
 def _empty(value) -> bool:

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..media.images import load_image, resize_to
 from ..media.labels import save_image
 from ..media.video_io import Frame, VideoSink, check_encoder, open_clip, video_format
-from ..settings import SEED_LIMIT
+from ..settings import SEED_LIMIT, CallSettings
 from .progress import BatchProgress
 
 log = logging.getLogger("fastimg")
@@ -245,7 +245,8 @@ def _labels_and_steps(
     from .batch import Job, check_jobs
     from .sources import Source
 
-    job = Job(Source(source), prompt, negative_prompt, strength, steps, guidance, seed, sampler)
+    call = CallSettings(prompt, negative_prompt, strength, steps, guidance, seed, scheduler=sampler)
+    job = Job(Source(source), call)
     ((sampler, run_steps),) = check_jobs(pipe.manifest, [job])
     settings = {
         "fastimg:prompt": prompt,
