@@ -1,5 +1,5 @@
 """The batch commands: transform (files, folders, sweeps, variants, contact sheets), run (job
-files) and inspect (what an image carries). Each is a thin layer over fastimg.workflows.batch."""
+files) and inspect (what an image carries). Each is a thin layer over fastimg.workflows."""
 
 import functools
 import sys
@@ -315,17 +315,19 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
     """Name, check and run `jobs` with the shared options; print each output's path."""
     from ..diffusion.pipeline import Img2ImgPipeline
     from ..media.images import parse_size
-    from ..workflows import batch
+    from ..workflows import runner
+    from ..workflows.naming import check_outputs, name_outputs
     from ..workflows.progress import BatchProgress
+    from ..workflows.sheets import check_sheets, plan_sheets, write_sheets
 
     resize = parse_size(settings["size"]) if settings["size"] is not None else None
     try:  # a plan that cannot work is a usage error, refused before anything loads
-        jobs = batch.name_outputs(
+        jobs = name_outputs(
             jobs, settings["output"], settings["name"], settings["fmt"], single_file=single
         )
-        planned = batch.check_outputs(jobs, settings["overwrite"], settings["skip_existing"])
-        sheets = batch.plan_sheets(planned, settings["output"]) if grid else {}
-        batch.check_sheets(sheets, settings["overwrite"], settings["skip_existing"])
+        planned = check_outputs(jobs, settings["overwrite"], settings["skip_existing"])
+        sheets = plan_sheets(planned, settings["output"]) if grid else {}
+        check_sheets(sheets, settings["overwrite"], settings["skip_existing"])
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
     _check_ray_options(settings)
@@ -343,10 +345,8 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         pipe = Img2ImgPipeline.from_engines(**load_options)
         if resize is not None:
             _check_size(resize, pipe.manifest, pipe.max_side)
-        batch.check_jobs(
-            pipe.manifest, planned.jobs
-        )  # every job can run, before the first one does
-        run = functools.partial(batch.run_jobs, pipe, planned)
+        batch = runner.plan(pipe.manifest, planned)  # every job can run, before the first does
+        run = functools.partial(runner.run, pipe, batch)
     mode = "quiet" if settings["quiet"] else "auto"
     progress = BatchProgress(len(planned.jobs), stream=sys.stderr, mode=mode)
     report = run(
@@ -361,7 +361,7 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         signer=signer,
     )
     metadata = not settings["no_metadata"]
-    for path in batch.write_sheets(sheets, planned, report, metadata, signer):
+    for path in write_sheets(sheets, report, metadata, signer):
         click.echo(str(path))
     if report.skipped:
         echo_err(f"kept {len(report.skipped)} output(s) already there (--skip-existing)")
@@ -369,27 +369,26 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         if settings["quiet"]:  # (otherwise the progress display named each as it failed)
             for job, reason in report.failed:
                 echo_err(f"error: {job.label}: {reason}")
-        failed = sum(job.call.num_images_per_prompt for job, _ in report.failed)
-        total = sum(job.call.num_images_per_prompt for job in planned.jobs)
+        failed = sum(job.images for job, _ in report.failed)
+        total = sum(job.images for job in planned.jobs)
         raise click.ClickException(
             f"{failed} of {total} images failed (each is named above); the others are written"
         )
 
 
 def _ray_runner(planned, load_options: dict, resize, settings: dict):
-    """run_jobs_on_ray with the --ray options, once every job is checked on this machine (from
+    """run_on_ray with the --ray options, once every job is checked on this machine (from
     the engines' manifest: no engines load here)."""
     from ..engine_folder.manifest import DEFAULT_MAX_SIDE, load_manifest
-    from ..workflows import batch
-    from ..workflows.ray_batch import run_jobs_on_ray
+    from ..workflows import runner
+    from ..workflows.ray_batch import run_on_ray
 
     manifest = load_manifest(load_options["folder"])
     if resize is not None:
         _check_size(resize, manifest, manifest.max_side or DEFAULT_MAX_SIDE)
-    batch.check_jobs(manifest, planned.jobs)
     return functools.partial(
-        run_jobs_on_ray,
-        planned,
+        run_on_ray,
+        runner.plan(manifest, planned),
         load_options,
         workers=settings["ray_workers"] or 2,
         cpus=settings["replica_cpus"],
@@ -463,7 +462,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     """
     import secrets
 
-    from ..workflows import batch
+    from ..workflows.jobs import Sweep, plan_sweep, variant_seeds
     from ..workflows.sources import collect_sources
 
     prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
@@ -477,16 +476,16 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         if seed is not None and len(seed) > 1:
             raise click.UsageError("--variants takes one --seed to count from, not a list")
         first = seed[0] if seed else secrets.randbelow(SEED_LIMIT)
-        seed = batch.variant_seeds(first, variants)
+        seed = variant_seeds(first, variants)
     single, settings["fmt"] = _output_target(settings["output"], settings["fmt"])
     if grid and single:
         raise click.UsageError("--grid writes a contact sheet beside the outputs: -o a folder")
-    sweep = batch.Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
+    sweep = Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
     sources = collect_sources(list(images), recursive=recursive, exclude=settings["output"])
     given = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": scheduler,
              "num_images": num_images, **sdxl}  # fmt: skip
     try:
-        jobs = batch.plan_sweep(sources, from_fields(given, parse=False), sweep)
+        jobs = plan_sweep(sources, from_fields(given, parse=False), sweep)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
     _run(jobs, single, settings, grid=grid)

@@ -53,7 +53,8 @@ from ..errors import EngineError, FastImgError, InputError
 from ..media.images import MAX_PIXELS, load_image
 from ..media.labels import save_image
 from ..settings import BY_KEY, MAX_IMAGES, SEED_LIMIT, from_fields
-from ..workflows import batch
+from ..workflows import runner
+from ..workflows.jobs import Job
 from ..workflows.sources import Source
 from .admission import (
     Admission,
@@ -143,7 +144,7 @@ class Aborted(Exception):
 class Upload:
     """A checked request: its job, the image bytes, and how to encode the result."""
 
-    job: batch.Job
+    job: Job
     sampler: str
     data: bytes
     name: str
@@ -338,8 +339,9 @@ class Service:
         values["negative_prompt"] = values.get("negative_prompt") or None
         name = _safe_name(source)
         call = from_fields({k: v for k, v in values.items() if k in BY_KEY}, parse=False)
-        job = batch.Job(Source(Path(name)), call)
-        ((sampler, _steps),) = batch.check_jobs(self.pipe.manifest, [job])
+        job = Job(Source(Path(name)), call)
+        (checked,) = runner.check_jobs(self.pipe.manifest, [job])
+        sampler = checked.sampler
         fmt = values.get("format", "png").lower()
         source = name if source else None
         return Upload(job, sampler, data, name, source, fmt, values.get("quality"))
@@ -450,14 +452,14 @@ class Service:
         self.metrics.batch.observe(len(jobs))
         if len(jobs) > 1:
             try:
-                made = batch.transform_many(self.pipe, jobs, callback)
+                made = runner.transform_many(self.pipe, jobs, callback)
                 return [(k, images) for (k, _), images in zip(ready, made, strict=True)]
             except InputError:
                 pass
         done = []
         for (k, _), job in zip(ready, jobs, strict=True):
             try:
-                done.append((k, batch.transform(self.pipe, *job, callback)))
+                done.append((k, runner.transform(self.pipe, *job, callback)))
             except (Aborted, InputError) as exc:
                 if len(jobs) == 1:
                     raise

@@ -11,7 +11,7 @@ from ..diffusion.schedules import SAMPLERS
 from ..errors import InputError
 from ..media.images import looks_like_an_image
 from ..settings import SEED_LIMIT, CallSettings
-from .batch import MAX_JOBS, Job
+from .jobs import MAX_JOBS, Job
 from .sources import Source
 
 COLUMNS = ("image", "prompt", "negative_prompt", "strength", "steps", "guidance", "seed",

@@ -242,12 +242,14 @@ def _labels_and_steps(
 ):
     """The run's labels (fastimg:* settings) and its UNet steps per frame; a prompt, sampler or
     strength-and-steps pair that cannot run is refused here, before any work."""
-    from .batch import Job, check_jobs
+    from .jobs import Job
+    from .runner import check_jobs
     from .sources import Source
 
     call = CallSettings(prompt, negative_prompt, strength, steps, guidance, seed, scheduler=sampler)
     job = Job(Source(source), call)
-    ((sampler, run_steps),) = check_jobs(pipe.manifest, [job])
+    (checked,) = check_jobs(pipe.manifest, [job])
+    sampler, run_steps = checked.sampler, checked.steps
     settings = {
         "fastimg:prompt": prompt,
         "fastimg:negative_prompt": negative_prompt or "",
