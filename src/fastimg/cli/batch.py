@@ -510,8 +510,9 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
              **settings) -> None:  # fmt: skip
     """Run the jobs of a CSV (with a header row) or JSONL file.
 
-    Columns: image, prompt, negative_prompt, strength, steps, guidance, seed, sampler, output
-    (only image is required; the options fill what a row leaves empty). Every row is checked
+    Columns: image, the settings (prompt, negative_prompt, strength, steps, guidance, seed,
+    num_images, sampler, the SDXL ones), output (only image is required; the options fill what
+    a row leaves empty). Every row is checked
     before the first image is made; outputs are named {row}-{stem}-s{strength}-{seed} unless
     a row's output column or --name says otherwise.
     """
