@@ -61,7 +61,7 @@ def test_a_job_reads_its_settings_by_their_keys_and_labels_what_it_makes():
     job = Job(Source(Path("a.png")), CallSettings("fox", strength=0.5, seed=3, scheduler="lcm"))
     assert (job.value_by_key("strength"), job.value_by_key("steps")) == (0.5, 50)
     assert (job.value_by_key("guidance"), job.value_by_key("sampler")) == (7.5, "lcm")
-    assert job.label == "a.png (strength 0.5, seed 3)" and job.images == 1
+    assert job.label == "a.png (strength 0.5, seed 3)" and job.image_count == 1
     labels = setting_labels(job.call, "euler")
     assert labels["fastimg:scheduler"] == "euler" and labels["fastimg:negative_prompt"] == ""
     assert (labels["fastimg:steps"], labels["fastimg:guidance"]) == (50, 7.5)

@@ -369,8 +369,8 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         if settings["quiet"]:  # (otherwise the progress display named each as it failed)
             for job, reason in report.failed:
                 echo_err(f"error: {job.label}: {reason}")
-        failed = sum(job.images for job, _ in report.failed)
-        total = sum(job.images for job in planned.jobs)
+        failed = sum(job.image_count for job, _ in report.failed)
+        total = sum(job.image_count for job in planned.jobs)
         raise click.ClickException(
             f"{failed} of {total} images failed (each is named above); the others are written"
         )

@@ -23,9 +23,11 @@ MAX_ERRORS = 10
 
 
 def read_job_file(path: Path, defaults: dict | None = None) -> list[Job]:
-    """The jobs of a .csv or .jsonl file; `defaults` ({column: value}, None: no default) fill
-    the settings' columns a row leaves empty; image paths are relative to the file's folder.
-    Every row is checked before any is returned."""
+    """The jobs of a .csv or .jsonl file, every row checked before any is returned.
+
+    `defaults` ({column: value}, None: no default) fill the settings' columns a row leaves empty;
+    image paths are relative to the file's folder.
+    """
     rows = _rows(path)
     if not rows:
         raise InputError(f"job file {path} has no jobs")
@@ -66,6 +68,7 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) of each non-blank CSV row."""
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [name.strip() for name in next(reader, [])]
@@ -88,6 +91,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) of each non-blank JSON line."""
     rows = []
     for line, content in enumerate(text.splitlines(), start=1):
         if not content.strip():
@@ -148,10 +152,12 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
 
 
 def _empty(value) -> bool:
+    """Whether a cell is empty (missing, or only whitespace): its default fills it."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _text(value, column: str) -> str:
+    """A job's own text cell (image, output), refused when it is not text."""
     if not isinstance(value, str):
         raise InputError(f"{column} must be text, got {value!r}")
     return value

@@ -23,8 +23,7 @@ MAX_JOBS = 100_000
 
 @dataclass(frozen=True)
 class Job:
-    """One img2img call of a batch: an input, the call's settings, and the files its images
-    are written to."""
+    """One img2img call of a batch: an input, the call's settings, its output files."""
 
     source: Source
     call: CallSettings
@@ -39,7 +38,7 @@ class Job:
         return f"{where} (strength {shown(self.call.strength)}, seed {self.call.seed})"
 
     @property
-    def images(self) -> int:
+    def image_count(self) -> int:
         """How many images the job makes (diffusers' num_images_per_prompt)."""
         return self.call.num_images_per_prompt
 
@@ -50,8 +49,11 @@ class Job:
 
 @dataclass(frozen=True)
 class Sweep:
-    """Values to try in place of the call's own; each combination is one job per input (an
-    empty tuple: the call's value; no seeds here or in the call: a random one per input)."""
+    """Values to try in place of the call's own: each combination is one job per input.
+
+    An empty tuple keeps the call's value; with no seeds here or in the call, each input draws a
+    random one.
+    """
 
     strength: tuple[float, ...] = ()
     guidance: tuple[float, ...] = ()
@@ -65,11 +67,10 @@ def variant_seeds(first: int, count: int) -> tuple[int, ...]:
 
 
 def plan_sweep(sources: list[Source], call: CallSettings, sweep: Sweep = Sweep()) -> list[Job]:
-    """One job per input and combination of the swept values (each in place of `call`'s own),
-    inputs outermost.
+    """One job per input and combination of the swept values, inputs outermost.
 
-    Without seeds each input draws its own random seed (the same one across its other swept
-    values, so a strength sweep compares like with like).
+    Each swept value replaces `call`'s own. Without seeds each input draws its own random seed (the
+    same one across its other swept values, so a strength sweep compares like with like).
     """
     strengths = sweep.strength or (call.strength,)
     guidances = sweep.guidance or (call.guidance_scale,)
@@ -125,8 +126,7 @@ def shown(value) -> str:
 
 
 def setting_labels(call: CallSettings, sampler: str) -> dict:
-    """The fastimg:* settings labels of an image made with `call` on `sampler` (as the
-    pipeline writes them)."""
+    """The fastimg:* labels, as the pipeline writes them, of an image of `call` on `sampler`."""
     return {
         "fastimg:prompt": call.prompt,
         "fastimg:negative_prompt": call.negative_prompt or "",

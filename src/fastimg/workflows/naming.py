@@ -18,16 +18,16 @@ from .jobs import Job, draw_seeds, shown, varying
 # and the job-file row.
 NAMED_SETTINGS = ("strength", "guidance", "steps", "seed", "sampler")
 NAME_FIELDS = ("stem", *NAMED_SETTINGS, "index", "row")
-PREFIX = {"guidance": "g", "steps": "steps"}  # in default names: photo-s0.5-g7.5-steps30-1
+SWEPT_NAME_PREFIX = {"guidance": "g", "steps": "steps"}  # default names: photo-s0.5-g7.5-steps30-1
 
 
 def default_name(jobs: list[Job], from_job_file: bool = False) -> str:
     """The output name template: the input's stem, its strength, what else varies, its seed."""
     parts = ["{row}-{stem}" if from_job_file else "{stem}", "s{strength}"]
     swept = varying(jobs)
-    parts += [f"{PREFIX[key]}{{{key}}}" for key in ("guidance", "steps") if key in swept]
+    parts += [f"{SWEPT_NAME_PREFIX[key]}{{{key}}}" for key in ("guidance", "steps") if key in swept]
     parts.append("{seed}")
-    if any(job.images > 1 for job in jobs):
+    if any(job.image_count > 1 for job in jobs):
         parts.append("{index}")
     return "-".join(parts)
 
@@ -36,17 +36,20 @@ class _NameFormatter(string.Formatter):
     """str.format with numbers written short (0.5, not 0.500000) and unknown fields refused."""
 
     def get_field(self, field_name, args, kwargs):
+        """A plain field's value; anything else (indexing, attributes) is refused."""
         if field_name not in NAME_FIELDS:  # no {seed[0]}, {stem.upper}: plain fields only
             return self.get_value(field_name, args, kwargs), field_name
         return super().get_field(field_name, args, kwargs)
 
     def get_value(self, key, args, kwargs):
+        """The value of a known field, else an error listing the fields."""
         if key not in kwargs:
             fields = ", ".join("{" + name + "}" for name in NAME_FIELDS)
             raise InputError(f"--name has an unknown field {{{key}}}: use {fields}")
         return kwargs[key]
 
     def format_field(self, value, format_spec):
+        """Floats written short (0.5) unless the template gives a format."""
         if isinstance(value, float) and not format_spec:
             return shown(value)
         return super().format_field(value, format_spec)
@@ -59,13 +62,15 @@ def name_outputs(
     fmt: str | None = None,
     single_file: bool = False,
 ) -> list[Job]:
-    """`jobs` with their output paths: OUTPUT/SUBFOLDER/NAME.SUFFIX from the name template
-    (`{stem}`, `{strength}`, `{seed}`, ...; default: `default_name`), or OUTPUT itself when it
-    names a single file."""
+    """`jobs` with their output paths, from the name template or a job's own name.
+
+    OUTPUT/SUBFOLDER/NAME.SUFFIX from the template (`{stem}`, `{strength}`, `{seed}`, ...;
+    default: `default_name`), or OUTPUT itself when it names a single file.
+    """
     jobs = draw_seeds(jobs)
     if single_file:
-        if len(jobs) != 1 or jobs[0].images != 1:
-            total = sum(job.images for job in jobs)
+        if len(jobs) != 1 or jobs[0].image_count != 1:
+            total = sum(job.image_count for job in jobs)
             raise InputError(
                 f"-o {output} names one file, but {total} images would be written: pass a folder"
             )
@@ -78,10 +83,10 @@ def name_outputs(
     named = []
     for job in jobs:
         paths = []
-        for index in range(job.images):
+        for index in range(job.image_count):
             if job.name is not None:
                 own = Path(job.name)
-                name = job.name if job.images == 1 else own.with_stem(f"{own.stem}-{index}")
+                name = job.name if job.image_count == 1 else own.with_stem(f"{own.stem}-{index}")
             else:
                 values = _template_values(job, index)
                 try:
@@ -145,8 +150,11 @@ class Outputs:
 
 
 def check_outputs(jobs: list[Job], overwrite: bool = False, skip_existing: bool = False) -> Outputs:
-    """Refuse a plan whose outputs collide with each other, overwrite an input, or (without
-    --overwrite or --skip-existing) replace files already there."""
+    """The outputs of `jobs`, refused where they collide, hit an input or exist already.
+
+    Files already there are refused unless `overwrite` (replace them) or `skip_existing` (keep
+    them: `Outputs.existing`).
+    """
     if overwrite and skip_existing:
         raise InputError("--overwrite and --skip-existing contradict each other: pass one")
     seen: dict[Path, Job] = {}

@@ -59,9 +59,11 @@ def run_on_ray(
     keep_images: bool = False,
     **run_options,
 ):
-    """Run every job of `batch` (runner.plan's) on `workers` Ray actors holding the engines
-    (loaded with `load_options`, Img2ImgPipeline.from_engines' arguments): runner.run's
-    outcome."""
+    """Run every job of `batch` (runner.plan's) on `workers` Ray actors: runner.run's outcome.
+
+    Each actor loads the engines once, with `load_options` (Img2ImgPipeline.from_engines'
+    arguments).
+    """
     from .progress import BatchProgress
     from .runner import Report
 

@@ -24,8 +24,11 @@ from .sheets import cell_image
 
 @dataclass(frozen=True)
 class CheckedJob:
-    """A job checked against the engines: the sampler it runs (the model's own when it names
-    none) and the UNet steps that run (strength x its scheduled steps)."""
+    """A job checked against the engines, with the sampler and UNet steps it runs.
+
+    The sampler is the model's own when the job names none; the steps that run are strength x
+    its scheduled steps.
+    """
 
     job: Job
     sampler: str
@@ -34,8 +37,7 @@ class CheckedJob:
 
 @dataclass(frozen=True)
 class Batch:
-    """A batch ready to run: every job checked against the engines, and the outputs already
-    there that are kept (--skip-existing)."""
+    """A batch ready to run: its jobs checked, and the existing outputs it keeps."""
 
     jobs: tuple[CheckedJob, ...]
     existing: tuple[Path, ...] = ()
@@ -52,8 +54,11 @@ class Report:
 
 
 def check_jobs(manifest, jobs: list[Job]) -> list[CheckedJob]:
-    """Each job checked against `manifest`'s engines (no engine loads); a prompt, sampler or
-    strength-and-steps combination that cannot run is refused here, naming the job."""
+    """Each job checked against `manifest`'s engines, refused naming the job where it cannot run.
+
+    No engine loads: a prompt, sampler or strength-and-steps combination that cannot run is found
+    from the manifest alone.
+    """
     from ..diffusion.checks import check_call
 
     checked, resolved = [], {}
@@ -71,8 +76,7 @@ def check_jobs(manifest, jobs: list[Job]) -> list[CheckedJob]:
 
 
 def plan(manifest, outputs: Outputs) -> Batch:
-    """`outputs`' jobs checked against `manifest`'s engines, once, before any work: what
-    `run` and `ray_batch.run_on_ray` take."""
+    """`outputs`' jobs checked once, before any work: what `run` and `run_on_ray` take."""
     return Batch(tuple(check_jobs(manifest, outputs.jobs)), tuple(outputs.existing))
 
 
@@ -142,8 +146,10 @@ def run(
 
 
 def report_existing(checked: CheckedJob, report: Report, progress) -> None:
-    """Report a job whose outputs all exist: kept, or failed when one of them was made with
-    other settings (as its labels say)."""
+    """Report a job whose outputs all exist: kept, or failed where one was made otherwise.
+
+    An output was made otherwise when its labels name other settings than the job's.
+    """
     job = checked.job
     reasons = (_why_not_made_by(checked, path) for path in job.outputs)
     differs = next((reason for reason in reasons if reason), None)
@@ -190,8 +196,10 @@ def transform(pipe, job: Job, image, sampler: str, callback: Callable | None = N
 
 
 def transform_many(pipe, jobs: list[tuple], callback: Callable | None = None) -> list[list]:
-    """For each (job, image, sampler), what `transform` makes of it; the jobs that share an
-    image size and settings run as one batch (Img2ImgPipeline.call_many)."""
+    """What `transform` makes of each (job, image, sampler), in shared runs where it can.
+
+    The jobs that share an image size and settings run as one batch (Img2ImgPipeline.call_many).
+    """
     return pipe.call_many([_arguments(*job) for job in jobs], callback)
 
 

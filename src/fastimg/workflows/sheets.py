@@ -21,11 +21,11 @@ SHEET_LABELS = {"strength": "strength", "guidance": "guidance", "steps": "steps"
                 "index": "image"}  # fmt: skip
 
 
-def plan_sheets(planned: Outputs, output: Path) -> dict[Path, list[Job]]:
-    """One contact sheet per input, OUTPUT/SUBFOLDER/STEM-grid.png, of its jobs' images."""
+def plan_sheets(outputs: Outputs, folder: Path) -> dict[Path, list[Job]]:
+    """One contact sheet per input, FOLDER/SUBFOLDER/STEM-grid.png, of its jobs' images."""
     sheets: dict[Path, list[Job]] = {}
-    for job in planned.jobs:
-        sheet = output / job.source.subfolder / f"{job.source.path.stem}-grid.png"
+    for job in outputs.jobs:
+        sheet = folder / job.source.subfolder / f"{job.source.path.stem}-grid.png"
         jobs = sheets.setdefault(sheet, [])
         if jobs and jobs[0].source.path != job.source.path:
             raise InputError(
@@ -33,7 +33,7 @@ def plan_sheets(planned: Outputs, output: Path) -> dict[Path, list[Job]]:
                 f"{sheet}: give inputs of one name in separate runs, or leave out --grid"
             )
         jobs.append(job)
-    outputs = {path.resolve(): job for job in planned.jobs for path in job.outputs}
+    made_by = {path.resolve(): job for job in outputs.jobs for path in job.outputs}
     for sheet, jobs in sheets.items():
         rows, columns, _ = sheet_layout(jobs)
         if max(len(rows), len(columns)) > MAX_SHEET_SIDE:
@@ -42,17 +42,19 @@ def plan_sheets(planned: Outputs, output: Path) -> dict[Path, list[Job]]:
                 f"columns, more than {MAX_SHEET_SIDE}: sweep fewer values, or leave out --grid"
             )
     for sheet in sheets:
-        if sheet.resolve() in outputs:
+        if sheet.resolve() in made_by:
             raise InputError(
                 f"the contact sheet {sheet} would replace the output of "
-                f"{outputs[sheet.resolve()].label}: choose another --name"
+                f"{made_by[sheet.resolve()].label}: choose another --name"
             )
     return sheets
 
 
 def check_sheets(sheets: dict[Path, list[Job]], overwrite: bool, skip_existing: bool) -> None:
-    """Refuse to replace a contact sheet of an earlier run unless told to (--skip-existing
-    rewrites it with the kept and the new images)."""
+    """Refuse to replace a contact sheet of an earlier run unless told to.
+
+    --skip-existing rewrites it with the kept and the new images.
+    """
     existing = [sheet for sheet in sheets if sheet.exists()]
     if existing and not (overwrite or skip_existing):
         raise InputError(
@@ -62,9 +64,8 @@ def check_sheets(sheets: dict[Path, list[Job]], overwrite: bool, skip_existing: 
 
 
 def sheet_layout(jobs: list[Job]) -> tuple[list[str], list[str], dict[Path, tuple[str, str]]]:
-    """Rows, columns and each output's (row, column): the first swept setting across, the
-    others down."""
-    keys = list(varying(jobs)) + (["index"] if any(job.images > 1 for job in jobs) else [])
+    """Rows, columns and each output's (row, column): first swept setting across, others down."""
+    keys = list(varying(jobs)) + (["index"] if any(job.image_count > 1 for job in jobs) else [])
     rows: list[str] = []
     columns: list[str] = []
     places: dict[Path, tuple[str, str]] = {}
@@ -82,8 +83,10 @@ def sheet_layout(jobs: list[Job]) -> tuple[list[str], list[str], dict[Path, tupl
 def write_sheets(
     sheets: dict[Path, list[Job]], report, metadata: bool = True, signer=None
 ) -> list[Path]:
-    """Draw and write each contact sheet from the images just made and those kept; failed
-    images are grey cells. Returns the sheets written."""
+    """Draw and write each contact sheet from the images made and kept; the sheets written.
+
+    Failed images are grey cells.
+    """
     from PIL import Image
 
     from ..media.grid import contact_sheet
@@ -127,8 +130,7 @@ def write_sheets(
 
 
 def cell_image(image, labels: dict):
-    """A contact sheet's cell of `image` (SHEET_CELL pixels on its longer side), carrying
-    `labels`."""
+    """A contact sheet's cell of `image` (SHEET_CELL pixels on its longer side), with `labels`."""
     cell = image.copy()
     cell.thumbnail((SHEET_CELL, SHEET_CELL))
     cell.info = dict(labels)

@@ -51,8 +51,11 @@ RESUME_LABELS = ("source", "model_hash", "prompt", "negative_prompt", "seed", "s
 
 @dataclass(frozen=True)
 class VideoPlan:
-    """What a run reads and writes, checked before any work: OUT's video format (None: OUT is
-    a frame folder), the folder frames are kept in (None: none), and the frames there."""
+    """What a video run reads and writes, checked before any work.
+
+    `video_format` is None where OUT is a frame folder; `frames` is the folder frames are kept in
+    (None: none), `existing` the frames there.
+    """
 
     source: Path
     dest: Path
@@ -71,8 +74,11 @@ def plan_video(
     resume: bool = False,
     fps: float | Fraction | None = None,
 ) -> VideoPlan:
-    """Refuse, before any work, an IN that cannot be read, an OUT that exists (without
-    `overwrite`), frames already there (without `resume` or `overwrite`), a missing encoder."""
+    """The plan of a video run, refused before any work where it cannot work.
+
+    Refused: an IN that cannot be read, an OUT that exists (without `overwrite`), frames already
+    there (without `resume` or `overwrite`), a missing encoder.
+    """
     source, dest = Path(source), Path(dest)
     frames_dir = None if frames_dir is None else Path(frames_dir)
     encoding = video_format(dest)
@@ -140,9 +146,12 @@ def _check_apart(source: Path, dest: Path, frames: Path | None) -> None:
 
 @dataclass
 class VideoReport:
-    """What a run did: frames read; of them, transformed, reused (input nearly the same as the
-    last transformed one) and kept (already in the frame folder, `resume`); frames written to
-    OUT this run; what became of the audio; seconds taken."""
+    """What a video run did, frame by frame and as a whole.
+
+    Frames read; of them, transformed, reused (input nearly the same as the last transformed one)
+    and kept (already in the frame folder, `resume`); frames written to OUT this run; what became
+    of the audio; seconds taken.
+    """
 
     output: Path
     frames: int = 0
@@ -155,8 +164,10 @@ class VideoReport:
 
 
 class FrameProgress(BatchProgress):
-    """BatchProgress in frames (frames/s shown); a reused frame counts as done, left out of
-    the timing like a skipped one, so the ETA holds."""
+    """BatchProgress in frames (frames/s shown), counting reused frames as done.
+
+    A reused frame is left out of the timing like a skipped one, so the ETA holds.
+    """
 
     def __init__(self, total: int, **kwargs):
         super().__init__(total, unit="frame", **kwargs)
@@ -182,12 +193,12 @@ def transform_video(
     progress: BatchProgress | None = None,
     callback: Callable | None = None,
 ) -> VideoReport:
-    """Redraw every frame of `source` with `call`'s settings and one seed (`call`'s, else a
-    random one), into `dest`.
+    """Redraw every frame of `source` into `dest` with `call`'s settings and one seed.
 
-    A frame whose input differs from the last transformed one by less than `reuse_threshold`
-    (mean absolute difference, pixels in [0, 1]; 0: never) reuses that output. `progress` is
-    a (Frame)BatchProgress; by default a quiet one reporting to `callback`.
+    The seed is `call`'s, else a random one. A frame whose input differs from the last transformed
+    one by less than `reuse_threshold` (mean absolute difference, pixels in [0, 1]; 0: never)
+    reuses that output. `progress` is a (Frame)BatchProgress; by default a quiet one reporting to
+    `callback`.
     """
     started = time.monotonic()
     source, dest = Path(source), Path(dest)
