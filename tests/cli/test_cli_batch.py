@@ -161,7 +161,11 @@ def test_run_takes_a_job_file_and_refuses_a_bad_one_before_any_work(runner, tiny
 
     jobs.write_text("image,prompt,strength\na.png,a fox,0.5\na.png,a cat,7\n")
     bad = runner.invoke(cli, ["run", str(jobs), *args, str(tmp_path / "bad")])
-    assert bad.exit_code == 1 and "row 2 (line 3): strength '7'" in bad.output
+    assert (
+        bad.exit_code == 1
+        and "row 2 (line 3): Invalid value for 'strength': 7.0 is not in the range 0<x<=1."
+        in bad.output
+    )
     assert not (tmp_path / "bad").exists()
 
 

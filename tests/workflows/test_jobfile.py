@@ -1,8 +1,11 @@
 import json
+from dataclasses import dataclass
 
 import pytest
 
+from fastimg import settings
 from fastimg.errors import InputError
+from fastimg.workflows import jobfile
 from fastimg.workflows.jobfile import read_job_file
 
 
@@ -23,11 +26,11 @@ def test_a_csv_job_file_gives_one_job_per_row_with_defaults_filling_gaps(images)
         encoding="utf-8",
     )
     a, b = read_job_file(jobs_csv, {"prompt": "a cat", "steps": 20, "seed": None})
-    assert (a.source.path, a.prompt, a.strength, a.seed, a.sampler) == (
+    assert (a.source.path, a.call.prompt, a.call.strength, a.call.seed, a.call.scheduler) == (
         images / "a.png", "a fox, in snow", 0.3, 7, "euler_a"
     )  # fmt: skip
-    assert (a.steps, a.guidance, a.row, a.name) == (20, 7.5, 1, None)
-    assert (b.prompt, b.strength, b.seed, b.row) == ("a cat", 0.8, None, 2)
+    assert (a.call.num_inference_steps, a.call.guidance_scale, a.row, a.name) == (20, 7.5, 1, None)
+    assert (b.call.prompt, b.call.strength, b.call.seed, b.row) == ("a cat", 0.8, None, 2)
     assert b.name == "cats/b-final.webp"
 
 
@@ -37,7 +40,9 @@ def test_a_jsonl_job_file_takes_numbers_or_text(images):
             {"image": str(images / "b.jpg"), "prompt": "y", "negative_prompt": "blur"}]  # fmt: skip
     jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows) + "\n\n")
     a, b = read_job_file(jobs_jsonl)
-    assert (a.steps, a.guidance, b.negative_prompt) == (30, 4.0, "blur")
+    assert (a.call.num_inference_steps, a.call.guidance_scale, b.call.negative_prompt) == (
+        30, 4.0, "blur"
+    )  # fmt: skip
 
 
 def test_every_bad_row_is_named_with_its_reason_before_any_work(images):
@@ -59,9 +64,10 @@ def test_every_bad_row_is_named_with_its_reason_before_any_work(images):
     assert "7 bad row(s); nothing was run" in message
     for expected in (
         "row 2 (line 3): image", "missing.png does not exist",
-        "row 3 (line 4): strength '1.5' is not a number above 0 up to 1",
-        "row 4 (line 5): steps '2.5' is not a whole number",
-        "row 5 (line 6): seed '-1'", "row 6 (line 7): sampler 'pndm' is not one of",
+        "row 3 (line 4): Invalid value for 'strength': 1.5 is not in the range 0<x<=1.",
+        "row 4 (line 5): Invalid value for 'steps': '2.5' is not a valid integer.",
+        "row 5 (line 6): Invalid value for 'seed': -1 is not in the range",
+        "row 6 (line 7): Invalid value for 'sampler': 'pndm' is not one of",
         "row 7 (line 8): output '../../etc/passwd' must be a name inside -o",
         "row 8 (line 9):", "jobs.csv is not an image",
     ):  # fmt: skip
@@ -77,13 +83,13 @@ def test_every_bad_row_is_named_with_its_reason_before_any_work(images):
         ("jobs.csv", "image,prompt\na.png,x,extra\n", "3 values for 2 columns"),
         ("jobs.jsonl", '{"image": "a.png"\n', "line 1 is not valid JSON"),
         ("jobs.jsonl", '["a.png"]\n', "line 1 is not a JSON object"),
-        ("jobs.jsonl", '{"image": "a.png", "prompt": 3}\n', "prompt must be text"),
+        ("jobs.jsonl", '{"image": "a.png", "prompt": 3}\n', "'prompt': 3 is not text"),
         ("jobs.jsonl", '{"image": "a.png"}\n', "no prompt (give the row one, or pass --prompt"),
         ("jobs.txt", "a.png\n", "must be a .csv (with a header row) or a .jsonl file"),
         (
             "jobs.jsonl",
             '{"image": "a.png", "prompt": "x", "seed": 1' + "0" * 400 + "}\n",
-            "seed 1000",
+            "Invalid value for 'seed': 1000",
         ),  # fmt: skip
     ],
 )
@@ -105,4 +111,46 @@ def test_a_job_file_that_is_not_utf8_or_missing_is_refused(images):
 def test_a_byte_order_mark_from_a_spreadsheet_is_accepted(images):
     (images / "jobs.csv").write_bytes("image,prompt\na.png,x\n".encode("utf-8-sig"))
     (job,) = read_job_file(images / "jobs.csv")
-    assert job.prompt == "x"
+    assert job.call.prompt == "x"
+
+
+def test_the_columns_are_the_image_every_settings_key_and_the_output():
+    keys = [setting.key for setting in settings.SETTINGS]
+    assert jobfile.columns() == ("image", *keys, "output")
+    assert {"steps", "guidance", "num_images", "sampler", "prompt_2"} <= set(keys)
+
+
+def test_a_setting_added_to_settings_is_a_job_file_column_parsed_by_the_setting(
+    images, monkeypatch
+):
+    @dataclass(frozen=True)
+    class WithEta(settings.CallSettings):
+        eta: float = 0.0
+
+    eta = settings.Setting("eta", settings.REAL, "DDIM's eta.", default=0.0, low=0, high=1)
+    monkeypatch.setattr(settings, "SETTINGS", (*settings.SETTINGS, eta))
+    monkeypatch.setitem(settings.BY_KEY, "eta", eta)
+    monkeypatch.setitem(settings.BY_NAME, "eta", eta)
+    monkeypatch.setattr(settings, "CallSettings", WithEta)
+    (images / "jobs.csv").write_text("image,prompt,eta\na.png,x,0.25\na.png,x,\n")
+    first, second = read_job_file(images / "jobs.csv")
+    assert (first.call.eta, second.call.eta, first.call.prompt) == (0.25, 0.0, "x")
+    assert "eta" in jobfile.columns()
+    (images / "jobs.csv").write_text("image,prompt,eta\na.png,x,2\n")
+    with pytest.raises(InputError) as caught:
+        read_job_file(images / "jobs.csv")
+    assert "row 1 (line 2): Invalid value for 'eta': 2.0 is not in the range 0<=x<=1." in str(
+        caught.value
+    )
+
+
+def test_sdxl_and_image_count_columns_are_read_as_the_settings_take_them(images):
+    (images / "jobs.jsonl").write_text(
+        json.dumps({"image": "a.png", "prompt": "x", "num_images": 2, "prompt_2": "y",
+                    "original_size": [1024, 768], "target_size": "512x512"}) + "\n"
+    )  # fmt: skip
+    (job,) = read_job_file(images / "jobs.jsonl")
+    assert job.call.num_images_per_prompt == 2
+    assert dict(job.call.sdxl) == {
+        "prompt_2": "y", "original_size": (1024, 768), "target_size": (512, 512)
+    }  # fmt: skip

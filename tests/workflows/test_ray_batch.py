@@ -1,4 +1,4 @@
-"""A batch spread over a local Ray cluster with Ray Data gives what run_jobs gives in-process."""
+"""A batch spread over a local Ray cluster with Ray Data gives what runner.run gives in-process."""
 
 import os
 import signal
@@ -10,7 +10,10 @@ import pytest
 from PIL import Image
 
 from fastimg.errors import InputError
-from fastimg.workflows import batch
+from fastimg.settings import CallSettings
+from fastimg.workflows import runner
+from fastimg.workflows.jobs import Sweep, plan_sweep
+from fastimg.workflows.naming import check_outputs, name_outputs
 from fastimg.workflows.sources import Source
 
 ray = pytest.importorskip("ray")
@@ -19,9 +22,16 @@ SETTINGS = {"quality": None, "metadata": True, "extra_info": {"fastimg:engines":
 
 
 def _plan(picture, out, strengths=(0.5, 0.75), seeds=(1, 2, 3), skip_existing=False):
-    sweep = batch.Sweep(strength=strengths, guidance=(3.0,), steps=(4,), seeds=seeds)
-    jobs = batch.plan_sweep([Source(picture)], "a red fox", sweep)
-    return batch.check_outputs(batch.name_outputs(jobs, out), skip_existing=skip_existing)
+    sweep = Sweep(strength=strengths, guidance=(3.0,), steps=(4,), seeds=seeds)
+    jobs = plan_sweep([Source(picture)], CallSettings("a red fox"), sweep)
+    return check_outputs(name_outputs(jobs, out), skip_existing=skip_existing)
+
+
+def _checked(engines, planned):
+    """`planned` checked on the driver from the engines' manifest, as the CLI does."""
+    from fastimg.engine_folder.manifest import load_manifest
+
+    return runner.plan(load_manifest(engines), planned)
 
 
 def _load(engines):
@@ -29,11 +39,11 @@ def _load(engines):
 
 
 def _reference(engines, planned):
-    """Each output's pixels, made in-process by run_jobs."""
+    """Each output's pixels, made in-process by runner.run."""
     from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     pipe = Img2ImgPipeline.from_engines(engines, precision="fp32")
-    report = batch.run_jobs(pipe, planned, **SETTINGS)
+    report = runner.run(pipe, runner.plan(pipe.manifest, planned), **SETTINGS)
     assert not report.failed
     return {path.name: np.asarray(Image.open(path)) for path in report.written}
 
@@ -45,17 +55,18 @@ def _check_outputs(out, expected):
         assert np.array_equal(np.asarray(Image.open(out / name)), pixels), name
 
 
-def test_ray_workers_write_each_output_once_with_run_jobs_pixels(
+def test_ray_workers_write_each_output_once_with_runner_run_pixels(
     ray_cluster, tiny, square, tmp_path
 ):
-    from fastimg.workflows.ray_batch import run_jobs_on_ray
+    from fastimg.workflows.ray_batch import run_on_ray
 
     expected = _reference(tiny[1], _plan(square, tmp_path / "local"))
     planned = _plan(square, tmp_path / "ray")
     written = []
-    report = run_jobs_on_ray(
-        planned, _load(tiny[1]), workers=2, on_written=written.append, keep_images=True, **SETTINGS
-    )
+    report = run_on_ray(
+        _checked(tiny[1], planned), _load(tiny[1]), workers=2, on_written=written.append,
+        keep_images=True, **SETTINGS
+    )  # fmt: skip
     assert not report.failed and not report.skipped
     assert report.written == [path for job in planned.jobs for path in job.outputs]
     assert sorted(written) == sorted(report.written)  # each reported once, as it was written
@@ -65,14 +76,14 @@ def test_ray_workers_write_each_output_once_with_run_jobs_pixels(
 
 
 def test_existing_outputs_are_kept_on_the_driver(ray_cluster, tiny, square, tmp_path):
-    from fastimg.workflows.ray_batch import run_jobs_on_ray
+    from fastimg.workflows.ray_batch import run_on_ray
 
     out = tmp_path / "out"
     first = _plan(square, out, strengths=(0.5,), seeds=(5, 6))
-    run_jobs_on_ray(first, _load(tiny[1]), workers=1, **SETTINGS)
+    run_on_ray(_checked(tiny[1], first), _load(tiny[1]), workers=1, **SETTINGS)
     stamps = {p: p.stat().st_mtime_ns for p in out.iterdir()}
     again = _plan(square, out, strengths=(0.5,), seeds=(5, 6, 7), skip_existing=True)
-    report = run_jobs_on_ray(again, _load(tiny[1]), workers=2, **SETTINGS)
+    report = run_on_ray(_checked(tiny[1], again), _load(tiny[1]), workers=2, **SETTINGS)
     assert sorted(report.skipped) == sorted(stamps)
     assert [p.name for p in report.written] == ["square-s0.5-7.png"]
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
@@ -100,7 +111,7 @@ def _kill_a_worker_when(outputs, killed: list, stop: threading.Event):
 
 
 def test_a_killed_worker_loses_nothing(ray_cluster, tiny, square, tmp_path):
-    from fastimg.workflows.ray_batch import run_jobs_on_ray
+    from fastimg.workflows.ray_batch import run_on_ray
 
     expected = _reference(tiny[1], _plan(square, tmp_path / "local", seeds=(1, 2, 3, 4)))
     out = tmp_path / "ray"
@@ -110,7 +121,7 @@ def test_a_killed_worker_loses_nothing(ray_cluster, tiny, square, tmp_path):
     killer = threading.Thread(target=_kill_a_worker_when, args=(outputs, killed, stop))
     killer.start()
     try:
-        report = run_jobs_on_ray(planned, _load(tiny[1]), workers=2, **SETTINGS)
+        report = run_on_ray(_checked(tiny[1], planned), _load(tiny[1]), workers=2, **SETTINGS)
     finally:
         stop.set()
         killer.join()
@@ -132,7 +143,7 @@ def test_an_impossible_job_is_refused_on_the_driver_before_ray_starts(
     monkeypatch.setattr(cluster_module, "connect", no_cluster)
     planned = _plan(square, tmp_path / "out", strengths=(0.5, 0.1), seeds=(1,))
     with pytest.raises(InputError, match="zero denoising steps") as refused:
-        ray_batch.run_jobs_on_ray(planned, _load(tiny[1]), workers=2, **SETTINGS)
+        ray_batch.run_on_ray(_checked(tiny[1], planned), _load(tiny[1]), workers=2, **SETTINGS)
     assert "strength 0.1" in str(refused.value)  # the job is named
     assert not (tmp_path / "out").exists()
 
@@ -148,9 +159,9 @@ def test_jobs_checked_from_the_manifest_alone_plan_as_the_pipeline(tiny):
     ours, theirs = plan_for(manifest, sampler, 10, 0.3), pipe.plan(sampler, 10, 0.3)
     assert ours.steps == theirs.steps == 3
     assert np.array_equal(ours.timesteps, theirs.timesteps)
-    jobs = batch.plan_sweep([Source(tiny[1] / "x.png")], "a fox",
-                            batch.Sweep(strength=(0.3, 1.0), steps=(4, 10)))  # fmt: skip
-    assert batch.check_jobs(manifest, jobs) == batch.check_jobs(pipe.manifest, jobs)
+    jobs = plan_sweep([Source(tiny[1] / "x.png")], CallSettings("a fox"),
+                      Sweep(strength=(0.3, 1.0), steps=(4, 10)))  # fmt: skip
+    assert runner.check_jobs(manifest, jobs) == runner.check_jobs(pipe.manifest, jobs)
 
 
 def test_a_ray_batch_loads_and_verifies_the_manifest_once_on_the_driver(

@@ -13,12 +13,13 @@ from fastimg.errors import EngineError, InputError, OutputError
 from fastimg.media import video_io
 from fastimg.media.label_reader import read_labels
 from fastimg.media.video_io import frame_files
+from fastimg.settings import CallSettings
 from fastimg.workflows import video
 from fastimg.workflows.video import FrameProgress, transform_video
 
 av = pytest.importorskip("av")
 
-SETTINGS = {"prompt": "a red fox", "strength": 0.5, "steps": 2, "guidance": 3.0, "seed": 0}
+CALL = CallSettings("a red fox", strength=0.5, num_inference_steps=2, guidance_scale=3.0, seed=0)
 WIDTH, HEIGHT = 64, 48
 
 
@@ -129,7 +130,7 @@ def leftovers(folder) -> list[str]:
 
 def test_a_video_keeps_its_frames_rate_times_and_audio_and_is_labelled(pipe, clip, tmp_path):
     out = tmp_path / "out.mp4"
-    report = transform_video(pipe, clip, out, **SETTINGS)
+    report = transform_video(pipe, clip, out, call=CALL)
     got, want = probe(out), probe(clip)
     assert got["frames"] == want["frames"] == 12 == report.frames == report.written
     assert got["rate"] == want["rate"] == 8
@@ -147,7 +148,7 @@ def test_a_video_keeps_its_frames_rate_times_and_audio_and_is_labelled(pipe, cli
 
 def test_webm_gets_vp9_and_the_aac_audio_re_encoded_to_opus(pipe, clip, tmp_path):
     out = tmp_path / "out.webm"
-    report = transform_video(pipe, clip, out, **SETTINGS)
+    report = transform_video(pipe, clip, out, call=CALL)
     got = probe(out)
     assert got["frames"] == 12 and got["rate"] == 8 and got["audio"] == "opus"
     assert got["audio_seconds"] == pytest.approx(1.5, abs=0.1)
@@ -159,7 +160,7 @@ def test_webm_gets_vp9_and_the_aac_audio_re_encoded_to_opus(pipe, clip, tmp_path
 def test_nearly_unchanged_frames_reuse_the_last_output(pipe, clip, tmp_path):
     lines = io.StringIO()
     progress = FrameProgress(12, stream=lines, mode="lines")
-    report = transform_video(pipe, clip, tmp_path / "frames", progress=progress, **SETTINGS)
+    report = transform_video(pipe, clip, tmp_path / "frames", progress=progress, call=CALL)
     assert (report.transformed, report.reused, report.written) == (9, 3, 12)
     names = sorted(p.name for p in (tmp_path / "frames").iterdir())
     assert names == [f"frame-{i:06d}.png" for i in range(1, 13)]
@@ -172,7 +173,7 @@ def test_nearly_unchanged_frames_reuse_the_last_output(pipe, clip, tmp_path):
     text = lines.getvalue()
     assert text.count("reused (input nearly unchanged)") == 3 and "frames/s" in text
 
-    none = transform_video(pipe, clip, tmp_path / "all", reuse_threshold=0, **SETTINGS)
+    none = transform_video(pipe, clip, tmp_path / "all", reuse_threshold=0, call=CALL)
     assert (none.transformed, none.reused) == (12, 0)
 
 
@@ -183,7 +184,7 @@ def test_every_frame_gets_the_same_seed_and_so_the_same_noise(pipe, tmp_path):
     for name, picture in (("f1.png", a), ("f2.png", b), ("f3.png", a)):
         Image.fromarray(picture).save(folder / name)
     out = tmp_path / "out"
-    report = transform_video(pipe, folder, out, reuse_threshold=0, **SETTINGS)
+    report = transform_video(pipe, folder, out, reuse_threshold=0, call=CALL)
     assert (report.transformed, report.reused) == (3, 0)
     first, second, third = (pixels(out / f"frame-{i:06d}.png") for i in (1, 2, 3))
     assert np.array_equal(first, third) and not np.array_equal(first, second)
@@ -203,11 +204,11 @@ def test_frame_folders_are_read_in_natural_order_and_made_into_a_video(pipe, tmp
     assert [p.name for p in frame_files(folder)] == [f"shot{i}.png" for i in range(1, 13)]
 
     out = tmp_path / "out.mp4"
-    report = transform_video(pipe, folder, out, fps=12, **SETTINGS)
+    report = transform_video(pipe, folder, out, fps=12, call=CALL)
     got = probe(out)
     assert got["frames"] == report.frames == 12 and got["rate"] == 12 and got["audio"] is None
     assert got["times"] == [round(i / 12, 3) for i in range(12)]
-    default = transform_video(pipe, folder, tmp_path / "default.mkv", **SETTINGS)
+    default = transform_video(pipe, folder, tmp_path / "default.mkv", call=CALL)
     assert probe(default.output)["rate"] == 24
 
 
@@ -215,23 +216,25 @@ def test_variable_frame_times_are_kept(pipe, tmp_path):
     times = [0, 125, 375, 500, 875]
     clip = make_video(tmp_path / "vfr.mkv", pictures(5, seed=3), audio_seconds=0, times_ms=times)
     out = tmp_path / "out.mkv"
-    transform_video(pipe, clip, out, **SETTINGS)
+    transform_video(pipe, clip, out, call=CALL)
     assert probe(out)["times"] == probe(clip)["times"] == [t / 1000 for t in times]
 
 
 def test_resume_keeps_the_frames_already_written(pipe, clip, tmp_path):
     out = tmp_path / "frames"
-    transform_video(pipe, clip, out, reuse_threshold=0, **SETTINGS)
+    transform_video(pipe, clip, out, reuse_threshold=0, call=CALL)
     redo = {3: pixels(out / "frame-000003.png"), 9: pixels(out / "frame-000009.png")}
     for i in redo:
         (out / f"frame-{i:06d}.png").unlink()
     stamps = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
 
     with pytest.raises(InputError, match="already holds frames .*--resume"):
-        transform_video(pipe, clip, out, reuse_threshold=0, **SETTINGS)
+        transform_video(pipe, clip, out, reuse_threshold=0, call=CALL)
     with pytest.raises(InputError, match="was made with seed '0', but this run uses '7'"):
-        transform_video(pipe, clip, out, reuse_threshold=0, resume=True, **{**SETTINGS, "seed": 7})
-    report = transform_video(pipe, clip, out, reuse_threshold=0, resume=True, **SETTINGS)
+        transform_video(
+            pipe, clip, out, reuse_threshold=0, resume=True, call=CALL.with_values(seed=7)
+        )
+    report = transform_video(pipe, clip, out, reuse_threshold=0, resume=True, call=CALL)
     assert (report.kept, report.transformed, report.written) == (10, 2, 2)
     assert {name: (out / name).stat().st_mtime_ns for name in stamps} == stamps
     for i, before in redo.items():
@@ -241,13 +244,13 @@ def test_resume_keeps_the_frames_already_written(pipe, clip, tmp_path):
 def test_an_interrupted_video_leaves_nothing_and_resumes_from_its_frames(pipe, clip, tmp_path):
     out, frames = tmp_path / "out.mp4", tmp_path / "frames"
     with pytest.raises(KeyboardInterrupt):
-        transform_video(Interrupted(pipe, 5), clip, out, frames_dir=frames, **SETTINGS)
+        transform_video(Interrupted(pipe, 5), clip, out, frames_dir=frames, call=CALL)
     assert not out.exists() and leftovers(tmp_path) == []
     assert sorted(p.name for p in frames.iterdir()) == [f"frame-{i:06d}.png" for i in (1, 2, 3, 4)]
 
     with pytest.raises(InputError, match="needs the finished frames kept"):
-        transform_video(pipe, clip, out, resume=True, **SETTINGS)
-    report = transform_video(pipe, clip, out, frames_dir=frames, resume=True, **SETTINGS)
+        transform_video(pipe, clip, out, resume=True, call=CALL)
+    report = transform_video(pipe, clip, out, frames_dir=frames, resume=True, call=CALL)
     assert (report.kept, report.frames, report.written) == (4, 12, 12)
     assert probe(out)["frames"] == 12 and len(list(frames.iterdir())) == 12
 
@@ -256,10 +259,10 @@ def test_an_existing_video_is_refused_and_kept_unless_overwritten(pipe, clip, tm
     out = tmp_path / "out.mp4"
     out.write_bytes(b"an earlier video")
     with pytest.raises(InputError, match="already exists: pass --overwrite"):
-        transform_video(pipe, clip, out, **SETTINGS)
+        transform_video(pipe, clip, out, call=CALL)
     assert out.read_bytes() == b"an earlier video"
     os.chmod(out, 0o640)
-    transform_video(pipe, clip, out, overwrite=True, **SETTINGS)
+    transform_video(pipe, clip, out, overwrite=True, call=CALL)
     assert probe(out)["frames"] == 12 and out.stat().st_mode & 0o777 == 0o640
 
 
@@ -287,8 +290,23 @@ def test_inputs_that_are_not_videos_are_refused_before_any_work(
     source = tmp_path / name
     make(source, clip)
     with pytest.raises(InputError, match=reason) as caught:
-        transform_video(pipe, source, tmp_path / "out.mp4", **SETTINGS)
+        transform_video(pipe, source, tmp_path / "out.mp4", call=CALL)
     assert str(source) in str(caught.value)
+    assert not (tmp_path / "out.mp4").exists() and leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "call,reason",
+    [
+        (CALL.with_values(strength=0.1), r"in.mp4 \(strength 0.1, seed 0\): .*zero denoising"),
+        (CALL.with_values(num_images_per_prompt=2), "one image per frame, not 2"),
+    ],
+)
+def test_settings_that_cannot_make_a_video_are_refused_before_any_work(
+    pipe, clip, tmp_path, call, reason
+):
+    with pytest.raises(InputError, match=reason):
+        transform_video(pipe, clip, tmp_path / "out.mp4", call)
     assert not (tmp_path / "out.mp4").exists() and leftovers(tmp_path) == []
 
 
@@ -325,12 +343,12 @@ def test_a_full_disk_leaves_no_partial_video_and_the_old_one_intact(
     full_disk(monkeypatch)
     out = tmp_path / "out.mp4"
     with pytest.raises(OutputError, match="No space left on device|no space left on device") as e:
-        transform_video(pipe, clip, out, **SETTINGS)
+        transform_video(pipe, clip, out, call=CALL)
     assert str(out) in str(e.value)
     assert not out.exists() and leftovers(tmp_path) == []
     out.write_bytes(b"an earlier video")
     with pytest.raises(OutputError):
-        transform_video(pipe, clip, out, overwrite=True, **SETTINGS)
+        transform_video(pipe, clip, out, overwrite=True, call=CALL)
     assert out.read_bytes() == b"an earlier video" and leftovers(tmp_path) == []
 
 
@@ -342,7 +360,7 @@ def test_a_missing_encoder_is_named_with_suffixes_that_work(clip, tmp_path, monk
 
 
 def test_no_audio_leaves_the_audio_out(pipe, clip, tmp_path):
-    report = transform_video(pipe, clip, tmp_path / "out.mp4", audio=False, **SETTINGS)
+    report = transform_video(pipe, clip, tmp_path / "out.mp4", audio=False, call=CALL)
     assert probe(tmp_path / "out.mp4")["audio"] is None and report.audio == "left out"
 
 
@@ -353,7 +371,7 @@ def test_audio_that_fits_nowhere_is_dropped_with_a_warning(pipe, clip, tmp_path,
     handler.emit = records.append
     logging.getLogger("fastimg").addHandler(handler)
     try:
-        report = transform_video(pipe, clip, tmp_path / "out.webm", **SETTINGS)
+        report = transform_video(pipe, clip, tmp_path / "out.webm", call=CALL)
     finally:
         logging.getLogger("fastimg").removeHandler(handler)
     got = probe(tmp_path / "out.webm")
@@ -363,7 +381,7 @@ def test_audio_that_fits_nowhere_is_dropped_with_a_warning(pipe, clip, tmp_path,
 
 def test_reused_video_frames_are_encoded_alike(pipe, clip, tmp_path):
     out = tmp_path / "out.mkv"
-    transform_video(pipe, clip, out, audio=False, **SETTINGS)
+    transform_video(pipe, clip, out, audio=False, call=CALL)
     frames = [frame.astype(np.int16) for frame in decoded(out)]
     change = [float(np.abs(frames[4] - frame).mean()) for frame in frames]
     assert max(change[5:8]) < 1  # the same image, up to H.264's loss
@@ -371,7 +389,7 @@ def test_reused_video_frames_are_encoded_alike(pipe, clip, tmp_path):
 
 
 def test_the_video_is_tagged_bt709_as_it_is_encoded(pipe, clip, tmp_path):
-    transform_video(pipe, clip, tmp_path / "out.mp4", audio=False, **SETTINGS)
+    transform_video(pipe, clip, tmp_path / "out.mp4", audio=False, call=CALL)
     with av.open(str(tmp_path / "out.mp4")) as container:
         frame = next(container.decode(video=0))
     assert (frame.colorspace, frame.color_range) == (video_io.BT709, video_io.LIMITED_RANGE)
@@ -379,10 +397,10 @@ def test_the_video_is_tagged_bt709_as_it_is_encoded(pipe, clip, tmp_path):
 
 def test_frames_of_another_video_are_not_resumed_and_stale_frames_are_removed(pipe, clip, tmp_path):
     out = tmp_path / "frames"
-    transform_video(pipe, clip, out, reuse_threshold=0, **SETTINGS)
+    transform_video(pipe, clip, out, reuse_threshold=0, call=CALL)
     other = make_video(tmp_path / "other.mp4", pictures(5, seed=3))
     with pytest.raises(InputError, match="was made with source 'in.mp4', but this run uses"):
-        transform_video(pipe, other, out, reuse_threshold=0, resume=True, **SETTINGS)
-    report = transform_video(pipe, other, out, reuse_threshold=0, overwrite=True, **SETTINGS)
+        transform_video(pipe, other, out, reuse_threshold=0, resume=True, call=CALL)
+    report = transform_video(pipe, other, out, reuse_threshold=0, overwrite=True, call=CALL)
     assert report.frames == 5
     assert sorted(p.name for p in out.iterdir()) == [f"frame-{i:06d}.png" for i in range(1, 6)]

@@ -1,5 +1,5 @@
 """The batch commands: transform (files, folders, sweeps, variants, contact sheets), run (job
-files) and inspect (what an image carries). Each is a thin layer over fastimg.workflows.batch."""
+files) and inspect (what an image carries). Each is a thin layer over fastimg.workflows."""
 
 import functools
 import sys
@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..settings import SDXL_ARGUMENTS, SEED_LIMIT
+from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, from_fields
 from .common import domain_errors, echo_err
 from .options import (
     c2pa_signer,
@@ -31,17 +31,19 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
     """Name, check and run `jobs` with the shared options; print each output's path."""
     from ..diffusion.pipeline import Img2ImgPipeline
     from ..media.images import parse_size
-    from ..workflows import batch
+    from ..workflows import runner
+    from ..workflows.naming import check_outputs, name_outputs
     from ..workflows.progress import BatchProgress
+    from ..workflows.sheets import check_sheets, plan_sheets, write_sheets
 
     resize = parse_size(settings["size"]) if settings["size"] is not None else None
     try:  # a plan that cannot work is a usage error, refused before anything loads
-        jobs = batch.name_outputs(
+        jobs = name_outputs(
             jobs, settings["output"], settings["name"], settings["fmt"], single_file=single
         )
-        planned = batch.check_outputs(jobs, settings["overwrite"], settings["skip_existing"])
-        sheets = batch.plan_sheets(planned, settings["output"]) if grid else {}
-        batch.check_sheets(sheets, settings["overwrite"], settings["skip_existing"])
+        planned = check_outputs(jobs, settings["overwrite"], settings["skip_existing"])
+        sheets = plan_sheets(planned, settings["output"]) if grid else {}
+        check_sheets(sheets, settings["overwrite"], settings["skip_existing"])
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
     check_ray_options(settings)
@@ -59,10 +61,8 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         pipe = Img2ImgPipeline.from_engines(**load_options)
         if resize is not None:
             check_size(resize, pipe.manifest, pipe.max_side)
-        batch.check_jobs(
-            pipe.manifest, planned.jobs
-        )  # every job can run, before the first one does
-        run = functools.partial(batch.run_jobs, pipe, planned)
+        batch = runner.plan(pipe.manifest, planned)  # every job can run, before the first does
+        run = functools.partial(runner.run, pipe, batch)
     mode = "quiet" if settings["quiet"] else "auto"
     progress = BatchProgress(len(planned.jobs), stream=sys.stderr, mode=mode)
     report = run(
@@ -77,7 +77,7 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         signer=signer,
     )
     metadata = not settings["no_metadata"]
-    for path in batch.write_sheets(sheets, planned, report, metadata, signer):
+    for path in write_sheets(sheets, report, metadata, signer):
         click.echo(str(path))
     if report.skipped:
         echo_err(f"kept {len(report.skipped)} output(s) already there (--skip-existing)")
@@ -85,32 +85,30 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         if settings["quiet"]:  # (otherwise the progress display named each as it failed)
             for job, reason in report.failed:
                 echo_err(f"error: {job.label}: {reason}")
-        failed = sum(job.count for job, _ in report.failed)
-        total = sum(job.count for job in planned.jobs)
+        failed = sum(job.image_count for job, _ in report.failed)
+        total = sum(job.image_count for job in planned.jobs)
         raise click.ClickException(
             f"{failed} of {total} images failed (each is named above); the others are written"
         )
 
 
 def _ray_runner(planned, load_options: dict, resize, settings: dict):
-    """run_jobs_on_ray with the --ray options, once every job is checked on this machine (from
+    """run_on_ray with the --ray options, once every job is checked on this machine (from
     the engines' manifest: no engines load here)."""
     from ..engine_folder.manifest import DEFAULT_MAX_SIDE, load_manifest
-    from ..workflows import batch
-    from ..workflows.ray_batch import run_jobs_on_ray
+    from ..workflows import runner
+    from ..workflows.ray_batch import run_on_ray
 
     manifest = load_manifest(load_options["folder"])
     if resize is not None:
         check_size(resize, manifest, manifest.max_side or DEFAULT_MAX_SIDE)
-    batch.check_jobs(manifest, planned.jobs)
     return functools.partial(
-        run_jobs_on_ray,
-        planned,
+        run_on_ray,
+        runner.plan(manifest, planned),
         load_options,
         workers=settings["ray_workers"] or 2,
         cpus=settings["replica_cpus"],
         address=settings["ray_address"],
-        manifest=manifest,
     )
 
 
@@ -149,12 +147,11 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     """
     import secrets
 
-    from ..workflows import batch
+    from ..workflows.jobs import Sweep, plan_sweep, variant_seeds
     from ..workflows.sources import collect_sources
 
     prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
-    given = {name: settings.pop(name) for name in SDXL_ARGUMENTS}
-    sdxl = tuple((name, value) for name, value in given.items() if value is not None)
+    sdxl = {name: settings.pop(name) for name in SDXL_ARGUMENTS}
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "
@@ -164,16 +161,16 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         if seed is not None and len(seed) > 1:
             raise click.UsageError("--variants takes one --seed to count from, not a list")
         first = seed[0] if seed else secrets.randbelow(SEED_LIMIT)
-        seed = batch.variant_seeds(first, variants)
+        seed = variant_seeds(first, variants)
     single, settings["fmt"] = output_target(settings["output"], settings["fmt"])
     if grid and single:
         raise click.UsageError("--grid writes a contact sheet beside the outputs: -o a folder")
-    sweep = batch.Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
+    sweep = Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
     sources = collect_sources(list(images), recursive=recursive, exclude=settings["output"])
+    given = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": scheduler,
+             "num_images": num_images, **sdxl}  # fmt: skip
     try:
-        jobs = batch.plan_sweep(
-            sources, prompt, sweep, negative_prompt, scheduler, num_images, sdxl
-        )
+        jobs = plan_sweep(sources, from_fields(given, parse=False), sweep)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
     _run(jobs, single, settings, grid=grid)
@@ -198,8 +195,9 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
              **settings) -> None:  # fmt: skip
     """Run the jobs of a CSV (with a header row) or JSONL file.
 
-    Columns: image, prompt, negative_prompt, strength, steps, guidance, seed, sampler, output
-    (only image is required; the options fill what a row leaves empty). Every row is checked
+    Columns: image, the settings (prompt, negative_prompt, strength, steps, guidance, seed,
+    num_images, sampler, the SDXL ones), output (only image is required; the options fill what
+    a row leaves empty). Every row is checked
     before the first image is made; outputs are named {row}-{stem}-s{strength}-{seed} unless
     a row's output column or --name says otherwise.
     """
@@ -216,7 +214,7 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
         "sampler": scheduler,
     }
     planned = read_job_file(jobs, defaults)
-    if settings["skip_existing"] and seed is None and any(job.seed is None for job in planned):
+    if settings["skip_existing"] and seed is None and any(j.call.seed is None for j in planned):
         raise click.UsageError(
             "--skip-existing needs a seed for every row (a seed column or --seed): random "
             "seeds give new names every run, so nothing would be found to skip"

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
+from ..settings import from_fields
 from ..workflows.video import DEFAULT_REUSE_THRESHOLD
 from .common import domain_errors, echo_err
 from .options import engine_options, one, prompt_options, scheduler_option, setting_option
@@ -118,17 +119,13 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
         shapes=engine["shapes"],
     )
     progress = videos.FrameProgress(total, stream=sys.stderr, mode="quiet" if quiet else "auto")
+    given = {"prompt": prompt, "negative_prompt": negative_prompt, "strength": strength,
+             "steps": steps, "guidance": guidance, "seed": seed, "sampler": scheduler}  # fmt: skip
     report = videos.transform_video(
         pipe,
         source,
         output,
-        prompt=prompt,
-        negative_prompt=negative_prompt,
-        strength=strength,
-        steps=steps,
-        guidance=guidance,
-        seed=seed,
-        sampler=scheduler,
+        from_fields(given, parse=False),
         reuse_threshold=reuse_threshold,
         audio=not no_audio,
         metadata=not no_metadata,

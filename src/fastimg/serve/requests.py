@@ -30,10 +30,10 @@ from ..settings import (
     QUALITY,
     SEED_LIMIT,
     SETTINGS,
-    CallSettings,
     from_fields,
 )
-from ..workflows import batch
+from ..workflows import runner
+from ..workflows.jobs import Job
 from ..workflows.sources import Source
 from .admission import check_length, limited
 
@@ -74,7 +74,7 @@ class Body:
 class ImageRequest:
     """A checked request: its job, the image bytes, and how to encode the result."""
 
-    job: batch.Job
+    job: Job
     sampler: str
     data: bytes
     name: str  # a safe name for the image, used in messages
@@ -88,9 +88,11 @@ class ImageRequest:
         """What requests run in one batch share (their prompts, seeds and images differ);
         None for a request that runs alone (several images, or a size not known yet)."""
         job = self.job
-        if self.size is None or job.count != 1:
+        call = job.call
+        if self.size is None or call.num_images_per_prompt != 1:
             return None
-        return (self.size, self.sampler, job.steps, job.strength, job.guidance)
+        return (self.size, self.sampler, call.num_inference_steps, call.strength,
+                call.guidance_scale)  # fmt: skip
 
 
 async def read_body(request: Request, limit: int) -> Body:
@@ -126,8 +128,9 @@ def check_body(body: Body, manifest) -> ImageRequest:
         settings = settings.with_values(seed=secrets.randbelow(SEED_LIMIT))
     settings = settings.with_values(negative_prompt=settings.negative_prompt or None)
     name = _safe_name(body.filename)
-    job = _job(settings, name)
-    ((sampler, _steps),) = batch.check_jobs(manifest, [job])
+    job = Job(Source(Path(name)), settings)
+    (checked,) = runner.check_jobs(manifest, [job])
+    sampler = checked.sampler
     source = name if body.filename else None
     return ImageRequest(job, sampler, body.data, name, source, fmt, quality)
 
@@ -148,22 +151,6 @@ def check_stream_settings(message: dict, manifest) -> ImageRequest:
         raise InputError(f"unknown setting {unknown[0]!r}: the settings are "
                          f"{', '.join(STREAM_FIELDS)}")  # fmt: skip
     return check_body(Body({**fields, "format": "jpeg"}, b"", None), manifest)
-
-
-def _job(settings: CallSettings, name: str) -> batch.Job:
-    """The workflow's Job for one request's settings (its input named `name`)."""
-    return batch.Job(
-        Source(Path(name)),
-        settings.prompt,
-        negative_prompt=settings.negative_prompt,
-        strength=settings.strength,
-        steps=settings.num_inference_steps,
-        guidance=settings.guidance_scale,
-        seed=settings.seed,
-        sampler=settings.scheduler,
-        count=settings.num_images_per_prompt,
-        sdxl=settings.sdxl,
-    )
 
 
 def _parse(key: str, raw):

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..media.images import MAX_PIXELS, decode_image
 from ..media.labels import encode_image
 from ..settings import FORMATS, MAX_IMAGES, SAMPLERS
-from ..workflows import batch
+from ..workflows import runner
 from .admission import Admission, Closed, Expired, check_pixels
 from .metrics import Metrics
 from .requests import SDXL_FIELDS, Body, ImageRequest, check_body, check_stream_settings
@@ -267,14 +267,14 @@ class Service:
         self.metrics.batch.observe(len(jobs))
         if len(jobs) > 1:
             try:
-                made = batch.transform_many(self.pipe, jobs, callback)
+                made = runner.transform_many(self.pipe, jobs, callback)
                 return [(k, images) for (k, _), images in zip(decoded, made, strict=True)]
             except InputError:
                 pass
         done = []
         for (k, _), job in zip(decoded, jobs, strict=True):
             try:
-                done.append((k, batch.transform(self.pipe, *job, callback)))
+                done.append((k, runner.transform(self.pipe, *job, callback)))
             except (Aborted, InputError) as exc:
                 if len(jobs) == 1:
                     raise

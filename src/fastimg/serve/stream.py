@@ -71,7 +71,7 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
         except InputError as exc:
             await refuse_stream(websocket, POLICY, str(exc))
             return
-        settings = {"prompt": template.job.prompt, "seed": template.job.seed,
+        settings = {"prompt": template.job.call.prompt, "seed": template.job.call.seed,
                     "sampler": template.sampler}  # fmt: skip
         await websocket.send_json({"type": "ready", "settings": settings})
         stream = Stream(service, websocket, template)

@@ -97,8 +97,10 @@ def check_job(height: int, width: int) -> dict:
 
 
 def worker() -> None:
-    """Run the check job once on one backend (argv: engines, backend, precision, device,
-    height, width, out)."""
+    """Run the check job once on one backend, in its own process.
+
+    argv: engines, backend, precision, device, height, width, out.
+    """
     from ..diffusion.pipeline import Img2ImgPipeline
 
     engines, backend, precision, device, height, width, out = sys.argv[1:8]
@@ -175,6 +177,7 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="fastimg-doctor-") as scratch:
 
         def reference(size: tuple[int, int]):
+            """The CPU reference image at `size` (onnxruntime fp32), computed once per size."""
             if size not in references:
                 png = Path(scratch) / f"reference-{size[0]}x{size[1]}.png"
                 log(f"computing the reference on onnxruntime (fp32) at {size[1]}x{size[0]}")

@@ -1,29 +1,33 @@
 """Job files: a CSV (with a header row) or JSONL file whose rows are img2img jobs, read and
-validated whole, so that a bad row is refused, with its number and reason, before any work."""
+validated whole, so that a bad row is refused, with its number and reason, before any work.
+
+The columns are `image`, every call setting's key (fastimg.settings: prompt, strength, steps,
+guidance, seed, num_images, sampler, the SDXL ones ...) and `output`; each setting's cell is
+converted and checked by the setting itself (Setting.parse, as the HTTP API's fields are).
+"""
 
 import csv
 import io
 import json
-import math
 from pathlib import Path
 
-from ..diffusion.schedules import SAMPLERS
+from .. import settings
 from ..errors import InputError
 from ..media.images import looks_like_an_image
-from ..settings import SEED_LIMIT
-from .batch import MAX_JOBS, Job
+from .jobs import MAX_JOBS, Job
 from .sources import Source
 
-COLUMNS = ("image", "prompt", "negative_prompt", "strength", "steps", "guidance", "seed",
-           "sampler", "output")  # fmt: skip
+OWN_COLUMNS = ("image", "output")  # a job's own: its input and its output name
 MAX_BYTES = 64 * 2**20
 MAX_ERRORS = 10
 
 
 def read_job_file(path: Path, defaults: dict | None = None) -> list[Job]:
-    """The jobs of a .csv or .jsonl file; `defaults` fill the columns a row leaves empty
-    (prompt, negative_prompt, strength, steps, guidance, seed, sampler); image paths are
-    relative to the file's folder. Every row is checked before any is returned."""
+    """The jobs of a .csv or .jsonl file, every row checked before any is returned.
+
+    `defaults` ({column: value}, None: no default) fill the settings' columns a row leaves empty;
+    image paths are relative to the file's folder.
+    """
     rows = _rows(path)
     if not rows:
         raise InputError(f"job file {path} has no jobs")
@@ -64,6 +68,7 @@ def _rows(path: Path) -> list[tuple[int, dict]]:
 
 
 def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) of each non-blank CSV row."""
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [name.strip() for name in next(reader, [])]
@@ -86,6 +91,7 @@ def _csv_rows(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(line number, {column: value}) of each non-blank JSON line."""
     rows = []
     for line, content in enumerate(text.splitlines(), start=1):
         if not content.strip():
@@ -101,20 +107,29 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
     return rows
 
 
+def columns() -> tuple[str, ...]:
+    """A job file's columns: image, every call setting's key (settings.SETTINGS), output."""
+    return ("image", *(setting.key for setting in settings.SETTINGS), "output")
+
+
 def _check_columns(path: Path, names: list[str], line: int | None = None) -> None:
-    unknown = [name for name in names if name not in COLUMNS]
+    """Refuse columns that are not a job file's, and a CSV header without `image`."""
+    known = columns()
+    unknown = [name for name in names if name not in known]
     where = f" line {line}" if line else ""
     if unknown:
         raise InputError(
             f"job file {path}{where} has unknown column(s) {', '.join(map(repr, unknown))}: "
-            f"the columns are {', '.join(COLUMNS)}"
+            f"the columns are {', '.join(known)}"
         )
     if line is None and "image" not in names:
         raise InputError(f"job file {path} has no 'image' column: the columns are "
-                         f"{', '.join(COLUMNS)}")  # fmt: skip
+                         f"{', '.join(known)}")  # fmt: skip
 
 
 def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
+    """Row `number` as a job, its settings' cells parsed by each setting; the first problem
+    found is raised."""
     values = {key: value for key, value in row.items() if not _empty(value)}
     values = {**{k: v for k, v in defaults.items() if v is not None}, **values}
     if "image" not in values:
@@ -127,53 +142,22 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
         raise InputError(f"{image} is not an image (PNG, JPEG, WebP, GIF, BMP or TIFF)")
     if "prompt" not in values:
         raise InputError("no prompt (give the row one, or pass --prompt for rows without)")
-    sampler = values.get("sampler")
-    if sampler is not None and sampler not in SAMPLERS:
-        raise InputError(f"sampler {sampler!r} is not one of {', '.join(SAMPLERS)}")
     name = values.get("output")
     if name is not None:
         name = _text(name, "output")
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise InputError(f"output {name!r} must be a name inside -o, not a path out of it")
-    seed = values.get("seed")
-    return Job(
-        Source(image),
-        prompt=_text(values["prompt"], "prompt"),
-        negative_prompt=_text(values["negative_prompt"], "negative_prompt")
-        if "negative_prompt" in values
-        else None,
-        strength=_real(values.get("strength", 0.8), "strength", 0.0, 1.0, low_open=True),
-        steps=int(_real(values.get("steps", 50), "steps", 1, 1000, whole=True)),
-        guidance=_real(values.get("guidance", 7.5), "guidance", 0.0, math.inf),
-        seed=None if seed is None else int(_real(seed, "seed", 0, SEED_LIMIT - 1, whole=True)),
-        sampler=sampler,
-        row=number,
-        name=name,
-    )
+    cells = {key: value for key, value in values.items() if key not in OWN_COLUMNS}
+    return Job(Source(image), settings.from_fields(cells), row=number, name=name)
 
 
 def _empty(value) -> bool:
+    """Whether a cell is empty (missing, or only whitespace): its default fills it."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
 def _text(value, column: str) -> str:
+    """A job's own text cell (image, output), refused when it is not text."""
     if not isinstance(value, str):
         raise InputError(f"{column} must be text, got {value!r}")
     return value
-
-
-def _real(value, column: str, low: float, high: float, low_open=False, whole=False) -> float:
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if isinstance(value, str) and whole and not value.strip().lstrip("+").isdigit():
-        number = math.nan
-    if whole and math.isfinite(number) and number != int(number):
-        number = math.nan
-    in_range = (number > low if low_open else number >= low) and number <= high
-    if not (math.isfinite(number) and in_range):
-        kind = "a whole number" if whole else "a number"
-        bounds = f"{'above' if low_open else 'from'} {low:g} up to {high:g}"
-        raise InputError(f"{column} {value!r} is not {kind} {bounds}")
-    return number

@@ -117,8 +117,7 @@ class BatchProgress:
                 self._event(redraw=True, line=line + self._times())
 
     def skip(self, output: str, reason: str = "skipped (exists)") -> None:
-        """`output` needs no work (it exists; a video frame reused): counted as done, left out
-        of the timing."""
+        """`output` needs no work (it exists, or a frame is reused): done, not timed."""
         with self._lock:
             self._done += 1
             self._last = output
@@ -126,8 +125,10 @@ class BatchProgress:
             self._event(redraw=False, line=f"{self._count()} {_one_line(output)}  {reason}")
 
     def aside(self, write: Callable[[], None]) -> None:
-        """Run `write` (output of its own, such as a path on stdout) without garbling the bar:
-        the bar is cleared first and drawn again after."""
+        """Run `write` (its own output, such as a path on stdout) without garbling the bar.
+
+        The bar is cleared first and drawn again after.
+        """
         with self._lock:
             if self.mode != "bar" or self._closed or not self._drawn:
                 write()

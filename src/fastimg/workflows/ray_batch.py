@@ -1,7 +1,8 @@
-"""A planned batch spread over a Ray cluster with Ray Data (`fastimg run/transform --ray`).
+"""A batch spread over a Ray cluster with Ray Data (`fastimg run/transform --ray`).
 
-Every job is checked on the driver (from the engines' manifest alone: nothing loads there),
-outputs that already exist are settled there too, and the rest run on a pool of Ray actors,
+Its jobs come checked (runner.plan, on the driver from the engines' manifest alone: nothing
+loads there), outputs that already exist are reported there too, and the rest run on a pool of
+Ray actors,
 each loading the engines once. Workers write each image with the usual atomic writes; a worker
 that dies is restarted and its job retried, rewriting the same file, so every output exists
 once. The driver streams the results into the one progress display and the Report.
@@ -17,7 +18,7 @@ from ..errors import FastImgError, InputError
 class BatchWorker:
     """One Ray Data actor: loads the engines once, then runs the job of each index it is given."""
 
-    def __init__(self, load_options: dict, jobs: list, existing: list, run_options: dict):
+    def __init__(self, load_options: dict, jobs: tuple, existing: tuple, run_options: dict):
         from ..diffusion.pipeline import Img2ImgPipeline
 
         self.pipe = Img2ImgPipeline.from_engines(**load_options)
@@ -32,12 +33,12 @@ class BatchWorker:
         return {"index": np.array(indices, dtype=np.int64), "result": np.array(results)}
 
     def run(self, index: int) -> dict:
-        """Run job `index` with batch.run_jobs; its written and kept paths and its failure."""
-        from .batch import Outputs, run_jobs
+        """Run job `index` with runner.run; its written and kept paths and its failure."""
+        from .runner import Batch, run
 
-        job = self.jobs[index]
-        kept = [path for path in job.outputs if path in self.existing]
-        report = run_jobs(self.pipe, Outputs([job], kept), **self.run_options)
+        checked = self.jobs[index]
+        kept = tuple(path for path in checked.job.outputs if path in self.existing)
+        report = run(self.pipe, Batch((checked,), kept), **self.run_options)
         return {
             "written": [str(path) for path in report.written],
             "skipped": [str(path) for path in report.skipped],
@@ -45,8 +46,8 @@ class BatchWorker:
         }
 
 
-def run_jobs_on_ray(
-    planned,
+def run_on_ray(
+    batch,
     load_options: dict,
     *,
     workers: int,
@@ -56,50 +57,49 @@ def run_jobs_on_ray(
     callback: Callable | None = None,
     on_written: Callable[[Path], None] | None = None,
     keep_images: bool = False,
-    manifest=None,
     **run_options,
 ):
-    """Run every job of `planned` on `workers` Ray actors holding the engines (loaded with
-    `load_options`, Img2ImgPipeline.from_engines' arguments): batch.run_jobs' outcome.
-    `manifest`: the engines' manifest where this process loaded it already (else loaded here)."""
-    from ..engine_folder.manifest import load_manifest
-    from .batch import Report, check_jobs
+    """Run every job of `batch` (runner.plan's) on `workers` Ray actors: runner.run's outcome.
+
+    Each actor loads the engines once, with `load_options` (Img2ImgPipeline.from_engines'
+    arguments).
+    """
     from .progress import BatchProgress
+    from .runner import Report
 
     if not (isinstance(workers, int) and workers >= 1):
         raise InputError(f"--ray-workers must be a whole number >= 1, got {workers!r}")
-    manifest = manifest or load_manifest(load_options["folder"])
-    steps = check_jobs(manifest, planned.jobs)
-    progress = progress or BatchProgress(len(planned.jobs), mode="quiet", callback=callback)
+    progress = progress or BatchProgress(len(batch.jobs), mode="quiet", callback=callback)
     report = Report()
     with progress:
-        todo = _settle_existing(planned, steps, report, progress)
+        todo = _left_to_run(batch, report, progress)
         if todo:
-            rows = _results(planned, todo, load_options, workers, cpus, address, run_options)
+            rows = _results(batch, todo, load_options, workers, cpus, address, run_options)
             for index, outcome in rows:
-                job = planned.jobs[index]
-                _record(job, steps[index][1], outcome, report, progress, on_written, keep_images)
-            _remove_leftovers([planned.jobs[index] for index in todo])
-    order = {path: n for n, path in enumerate(p for job in planned.jobs for p in job.outputs)}
-    report.written.sort(key=order.__getitem__)  # job order, as run_jobs, not finishing order
+                checked = batch.jobs[index]
+                _record(checked, outcome, report, progress, on_written, keep_images)
+            _remove_leftovers([batch.jobs[index].job for index in todo])
+    outputs = (path for checked in batch.jobs for path in checked.job.outputs)
+    order = {path: n for n, path in enumerate(outputs)}
+    report.written.sort(key=order.__getitem__)  # job order, as runner.run, not finishing order
     report.skipped.sort(key=order.__getitem__)
     return report
 
 
-def _settle_existing(planned, steps: list, report, progress) -> list[int]:
-    """Settle the jobs whose outputs all exist, as run_jobs does; the indices left to run."""
-    from .batch import settle_made
+def _left_to_run(batch, report, progress) -> list[int]:
+    """Report the jobs whose outputs all exist, as runner.run does; the indices of the rest."""
+    from .runner import report_existing
 
-    existing, todo = set(planned.existing), []
-    for index, (job, (sampler, _)) in enumerate(zip(planned.jobs, steps, strict=True)):
-        if any(path not in existing for path in job.outputs):
+    existing, todo = set(batch.existing), []
+    for index, checked in enumerate(batch.jobs):
+        if any(path not in existing for path in checked.job.outputs):
             todo.append(index)
         else:
-            settle_made(job, sampler, report, progress)
+            report_existing(checked, report, progress)
     return todo
 
 
-def _results(planned, todo, load_options, workers, cpus, address, run_options):
+def _results(batch, todo, load_options, workers, cpus, address, run_options):
     """(index, outcome) of each job in `todo` as its worker finishes it."""
     from .ray_cluster import check_room, connect, place_workers
 
@@ -122,8 +122,8 @@ def _results(planned, todo, load_options, workers, cpus, address, run_options):
         compute=data.ActorPoolStrategy(size=pool),
         fn_constructor_kwargs={
             "load_options": load_options,
-            "jobs": planned.jobs,
-            "existing": planned.existing,
+            "jobs": batch.jobs,
+            "existing": batch.existing,
             "run_options": run_options,
         },
         # a killed worker loses nothing: the actor comes back and its job runs again
@@ -162,11 +162,12 @@ def _domain_error(exc: BaseException) -> FastImgError | None:
     return None
 
 
-def _record(job, steps: int, outcome: dict, report, progress, on_written, keep_images) -> None:
-    """Add one job's outcome to `report` and `progress`, as run_jobs reports it."""
+def _record(checked, outcome: dict, report, progress, on_written, keep_images) -> None:
+    """Add one job's outcome to `report` and `progress`, as runner.run reports it."""
+    job = checked.job
     written = [Path(path) for path in outcome["written"]]
     if written:
-        progress.start(job.source.path.name, steps)
+        progress.start(job.source.path.name, checked.steps)
     for path in written:
         report.written.append(path)
         if keep_images:
@@ -184,18 +185,16 @@ def _record(job, steps: int, outcome: dict, report, progress, on_written, keep_i
 
 
 def _thumbnail(path: Path):
-    """A contact sheet's cell of the written `path`, with its labels, as run_jobs keeps them;
+    """A contact sheet's cell of the written `path`, with its labels, as runner.run keeps them;
     None when it cannot be read back (write_sheets then reads or leaves it out)."""
     from PIL import Image
 
     from ..media.label_reader import read_labels
-    from .batch import SHEET_CELL
+    from .sheets import cell_image
 
     try:
         with Image.open(path) as opened:
             image = opened.convert("RGB")
-        image.thumbnail((SHEET_CELL, SHEET_CELL))
-        image.info = {**read_labels(path)["fastimg"]}
+        return cell_image(image, read_labels(path)["fastimg"])
     except (OSError, ValueError, FastImgError):
         return None
-    return image

@@ -12,8 +12,7 @@ from ..errors import InputError, require
 
 
 def connect(address: str | None = None, log=None):
-    """Connect to the Ray cluster at `address` (else RAY_ADDRESS, else start one here); return
-    the ray module."""
+    """The ray module, connected to the cluster at `address` (else RAY_ADDRESS, else a new one)."""
     ray = require("ray", "ray")
     if ray.is_initialized():
         return ray
@@ -32,21 +31,27 @@ def connect(address: str | None = None, log=None):
 
 @dataclass(frozen=True)
 class Workers:
-    """What each replica or batch worker reserves on the cluster (`resources`, Ray's actor
-    options) and the CPU threads its sessions use (None on a GPU, where the GPU does the work)."""
+    """What each replica or batch worker reserves on the cluster, and its CPU threads.
+
+    `resources` are Ray's actor options; `threads` is None on a GPU, where the GPU does the work.
+    """
 
     resources: dict
     threads: int | None
 
     @property
     def gpu(self) -> bool:
+        """Whether each worker holds a GPU."""
         return "num_gpus" in self.resources
 
 
 def place_workers(ray, backend: str, cpus: float | None, default_cpus: float = 1) -> Workers:
-    """A whole GPU each on the GPU backends (and on auto where the cluster has GPUs), with
-    `cpus` cores (default 1); else `cpus` cores each (default `default_cpus`), whose count is
-    also the threads of its sessions, so that workers sharing a node do not fight for cores."""
+    """What each worker reserves: a whole GPU on the GPU backends, else CPU cores.
+
+    A GPU each on the GPU backends (and on auto where the cluster has GPUs), with `cpus` cores
+    (default 1); else `cpus` cores each (default `default_cpus`), whose count is also the threads
+    of its sessions, so that workers sharing a node do not fight for cores.
+    """
     if cpus is not None and cpus <= 0:
         raise InputError(f"--replica-cpus must be above 0, got {cpus}")
     if backend in GPU_BACKENDS or (backend == "auto" and cluster_has_gpus(ray)):
@@ -56,8 +61,10 @@ def place_workers(ray, backend: str, cpus: float | None, default_cpus: float = 1
 
 
 def check_room(ray, workers: Workers, count: int, flags: str) -> None:
-    """Refuse `count` workers that the cluster cannot hold at once: Ray would wait for the
-    missing ones without a word."""
+    """Refuse `count` workers that the cluster cannot hold at once.
+
+    Ray would wait for the missing ones without a word.
+    """
     have = ray.cluster_resources()
     for key, name in (("num_cpus", "CPU"), ("num_gpus", "GPU")):
         each = workers.resources.get(key, 0)

@@ -9,8 +9,8 @@ OUT once whole; any failure removes the temporary file, so OUT is never half-wri
 resume through frames kept as files (a folder OUT, or `frames_dir` beside a video OUT): with
 `resume` the frames already there are kept and only the missing ones are made.
 
-    report = transform_video(pipe, Path("in.mp4"), Path("out.mp4"), prompt="a watercolor",
-                             strength=0.5, steps=30, guidance=7.5, seed=0)
+    call = CallSettings("a watercolor", strength=0.5, num_inference_steps=30, seed=0)
+    report = transform_video(pipe, Path("in.mp4"), Path("out.mp4"), call)
 """
 
 import logging
@@ -28,8 +28,11 @@ from ..errors import InputError
 from ..media.images import load_image, resize_to
 from ..media.labels import save_image
 from ..media.video_io import Frame, VideoSink, check_encoder, open_clip, video_format
-from ..settings import SEED_LIMIT
+from ..settings import SEED_LIMIT, CallSettings
+from .jobs import Job, setting_labels
 from .progress import BatchProgress
+from .runner import CheckedJob, check_jobs, transform
+from .sources import Source
 
 log = logging.getLogger("fastimg")
 
@@ -38,8 +41,9 @@ log = logging.getLogger("fastimg")
 DEFAULT_REUSE_THRESHOLD = 0.01
 FRAME_NAME = "frame-{:06d}.png"
 FRAME_FILE = re.compile(r"frame-(\d{6,})\.png")
-SETTINGS_CHECKED = ("source", "model_hash", "prompt", "negative_prompt", "seed", "strength",
-                    "steps", "guidance", "scheduler")  # fmt: skip
+# The labels a kept frame must share with this run to be resumed into (fastimg:KEY).
+RESUME_LABELS = ("source", "model_hash", "prompt", "negative_prompt", "seed", "strength",
+                 "steps", "guidance", "scheduler")  # fmt: skip
 
 
 # --- planning ----------------------------------------------------------------------------------
@@ -47,8 +51,11 @@ SETTINGS_CHECKED = ("source", "model_hash", "prompt", "negative_prompt", "seed",
 
 @dataclass(frozen=True)
 class VideoPlan:
-    """What a run reads and writes, checked before any work: OUT's video format (None: OUT is
-    a frame folder), the folder frames are kept in (None: none), and the frames there."""
+    """What a video run reads and writes, checked before any work.
+
+    `video_format` is None where OUT is a frame folder; `frames` is the folder frames are kept in
+    (None: none), `existing` the frames there.
+    """
 
     source: Path
     dest: Path
@@ -67,8 +74,11 @@ def plan_video(
     resume: bool = False,
     fps: float | Fraction | None = None,
 ) -> VideoPlan:
-    """Refuse, before any work, an IN that cannot be read, an OUT that exists (without
-    `overwrite`), frames already there (without `resume` or `overwrite`), a missing encoder."""
+    """The plan of a video run, refused before any work where it cannot work.
+
+    Refused: an IN that cannot be read, an OUT that exists (without `overwrite`), frames already
+    there (without `resume` or `overwrite`), a missing encoder.
+    """
     source, dest = Path(source), Path(dest)
     frames_dir = None if frames_dir is None else Path(frames_dir)
     encoding = video_format(dest)
@@ -136,9 +146,12 @@ def _check_apart(source: Path, dest: Path, frames: Path | None) -> None:
 
 @dataclass
 class VideoReport:
-    """What a run did: frames read; of them, transformed, reused (input nearly the same as the
-    last transformed one) and kept (already in the frame folder, `resume`); frames written to
-    OUT this run; what became of the audio; seconds taken."""
+    """What a video run did, frame by frame and as a whole.
+
+    Frames read; of them, transformed, reused (input nearly the same as the last transformed one)
+    and kept (already in the frame folder, `resume`); frames written to OUT this run; what became
+    of the audio; seconds taken.
+    """
 
     output: Path
     frames: int = 0
@@ -151,8 +164,10 @@ class VideoReport:
 
 
 class FrameProgress(BatchProgress):
-    """BatchProgress in frames (frames/s shown); a reused frame counts as done, left out of
-    the timing like a skipped one, so the ETA holds."""
+    """BatchProgress in frames (frames/s shown), counting reused frames as done.
+
+    A reused frame is left out of the timing like a skipped one, so the ETA holds.
+    """
 
     def __init__(self, total: int, **kwargs):
         super().__init__(total, unit="frame", **kwargs)
@@ -166,14 +181,8 @@ def transform_video(
     pipe,
     source: Path,
     dest: Path,
+    call: CallSettings,
     *,
-    prompt: str,
-    negative_prompt: str | None = None,
-    strength: float = 0.5,
-    steps: int = 50,
-    guidance: float = 7.5,
-    seed: int | None = 0,
-    sampler: str | None = None,
     reuse_threshold: float = DEFAULT_REUSE_THRESHOLD,
     audio: bool = True,
     overwrite: bool = False,
@@ -184,11 +193,12 @@ def transform_video(
     progress: BatchProgress | None = None,
     callback: Callable | None = None,
 ) -> VideoReport:
-    """Redraw every frame of `source` toward `prompt` with one seed, into `dest`.
+    """Redraw every frame of `source` into `dest` with `call`'s settings and one seed.
 
-    A frame whose input differs from the last transformed one by less than `reuse_threshold`
-    (mean absolute difference, pixels in [0, 1]; 0: never) reuses that output. `progress` is
-    a (Frame)BatchProgress; by default a quiet one reporting to `callback`.
+    The seed is `call`'s, else a random one. A frame whose input differs from the last transformed
+    one by less than `reuse_threshold` (mean absolute difference, pixels in [0, 1]; 0: never)
+    reuses that output. `progress` is a (Frame)BatchProgress; by default a quiet one reporting to
+    `callback`.
     """
     started = time.monotonic()
     source, dest = Path(source), Path(dest)
@@ -196,19 +206,21 @@ def transform_video(
                       fps=fps)  # fmt: skip
     if not 0 <= reuse_threshold <= 1:
         raise InputError(f"reuse threshold {reuse_threshold!r} is not between 0 and 1")
-    seed = secrets.randbelow(SEED_LIMIT) if seed is None else seed
-    settings, run_steps = _labels_and_steps(pipe, source, prompt, negative_prompt, strength, steps,
-                                    guidance, seed, sampler)  # fmt: skip
+    seed = secrets.randbelow(SEED_LIMIT) if call.seed is None else call.seed
+    # an empty negative prompt is none (SDXL then conditions on zeros, as diffusers does)
+    call = call.with_values(seed=seed, negative_prompt=call.negative_prompt or None)
+    checked = _check_call(pipe, source, call)
+    labels = _labels(pipe, source, checked)
     kept = plan.existing if resume else {}
     if kept:
         for path in kept.values():  # each, as frames of another run may have been added
-            _check_kept(path, settings)
+            _check_kept(path, labels)
     clip = open_clip(source, fps=fps, audio=audio and plan.video_format is not None)
-    sink = VideoSink(dest, clip, settings, metadata) if plan.video_format else None
+    sink = VideoSink(dest, clip, labels, metadata) if plan.video_format else None
     if progress is None:
         progress = FrameProgress(clip.total, mode="quiet", callback=callback)
     report = VideoReport(dest)
-    run = _FrameMaker(pipe, clip, plan, settings, run_steps, reuse_threshold, metadata, progress)
+    run = _FrameMaker(pipe, clip, plan, checked, labels, reuse_threshold, metadata, progress)
     try:
         with progress:
             for item in clip.frames_and_audio():
@@ -237,43 +249,41 @@ def transform_video(
     return report
 
 
-def _labels_and_steps(
-    pipe, source, prompt, negative_prompt, strength, steps, guidance, seed, sampler
-):
-    """The run's labels (fastimg:* settings) and its UNet steps per frame; a prompt, sampler or
-    strength-and-steps pair that cannot run is refused here, before any work."""
-    from .batch import Job, check_jobs
-    from .sources import Source
+def _check_call(pipe, source: Path, call: CallSettings) -> CheckedJob:
+    """`call` checked against `pipe`'s engines (its sampler and UNet steps per frame); a
+    prompt, sampler or strength-and-steps pair that cannot run is refused here, before any
+    work."""
+    if call.num_images_per_prompt != 1:
+        raise InputError(
+            f"a video takes one image per frame, not {call.num_images_per_prompt}: "
+            "leave num_images_per_prompt at 1"
+        )
+    (checked,) = check_jobs(pipe.manifest, [Job(Source(source), call)])
+    return checked
 
-    job = Job(Source(source), prompt, negative_prompt, strength, steps, guidance, seed, sampler)
-    ((sampler, run_steps),) = check_jobs(pipe.manifest, [job])
-    settings = {
-        "fastimg:prompt": prompt,
-        "fastimg:negative_prompt": negative_prompt or "",
-        "fastimg:seed": seed,
-        "fastimg:strength": float(strength),
-        "fastimg:steps": steps,
-        "fastimg:guidance": float(guidance),
-        "fastimg:scheduler": sampler,
+
+def _labels(pipe, source: Path, checked: CheckedJob) -> dict:
+    """The run's labels: its settings (fastimg:*), the model's, and the input's name."""
+    return {
+        **setting_labels(checked.job.call, checked.sampler),
         **pipe.model_info,
         "fastimg:source": source.name,
     }
-    return settings, run_steps
 
 
-def _check_kept(path: Path, settings: dict) -> None:
+def _check_kept(path: Path, labels: dict) -> None:
     """Refuse to resume into frames made with other settings (as their labels say)."""
     from PIL import Image
 
     try:
         with Image.open(path) as image:
-            labels = dict(getattr(image, "text", {}))
+            recorded = dict(getattr(image, "text", {}))
     except (OSError, SyntaxError, ValueError) as exc:
         raise InputError(
             f"{path} cannot be read ({exc}): delete it, or pass --overwrite without --resume"
         ) from None
-    for key in SETTINGS_CHECKED:
-        old, new = labels.get(f"fastimg:{key}"), str(settings[f"fastimg:{key}"])
+    for key in RESUME_LABELS:
+        old, new = recorded.get(f"fastimg:{key}"), str(labels[f"fastimg:{key}"])
         if old is not None and old != new:
             raise InputError(
                 f"{path} was made with {key} {old!r}, but this run uses {new!r}: resume with the "
@@ -286,9 +296,9 @@ class _FrameMaker:
     """The per-frame decision: keep a frame already written, reuse the last output, or
     transform; transformed and reused frames are written to the frame folder, if any."""
 
-    def __init__(self, pipe, clip, plan, settings, run_steps, threshold, metadata, progress):
-        self.pipe, self.clip, self.plan, self.settings = pipe, clip, plan, settings
-        self.run_steps, self.threshold, self.metadata = run_steps, threshold, metadata
+    def __init__(self, pipe, clip, plan, checked, labels, threshold, metadata, progress):
+        self.pipe, self.clip, self.plan, self.checked = pipe, clip, plan, checked
+        self.labels, self.threshold, self.metadata = labels, threshold, metadata
         self.progress = progress
         self.size = None  # every input frame is brought to the first one's size
         self.last = None  # (input pixels, output image, its labels) of the last model run
@@ -307,7 +317,7 @@ class _FrameMaker:
         label = f"frame {item.index}"
         if item.index in kept:
             output = load_image(kept[item.index])
-            self.last = (pixels, output, {**self.settings, "fastimg:frame": item.index})
+            self.last = (pixels, output, {**self.labels, "fastimg:frame": item.index})
             report.kept += 1
             self.progress.skip(str(path))
             return output
@@ -319,9 +329,9 @@ class _FrameMaker:
             report.reused += 1
             getattr(self.progress, "reuse", self.progress.skip)(str(path or label))
             return output
-        self.progress.start(label, self.run_steps)
+        self.progress.start(label, self.checked.steps)
         output = self._transform(image)
-        info = {**output.info, "fastimg:source": self.settings["fastimg:source"],
+        info = {**output.info, "fastimg:source": self.labels["fastimg:source"],
                 "fastimg:frame": item.index}  # fmt: skip
         self._save(output, path, info, report)
         self.last = (pixels, output, info)
@@ -330,18 +340,11 @@ class _FrameMaker:
         return output
 
     def _transform(self, image):
-        s = self.settings
-        (output,) = self.pipe(
-            s["fastimg:prompt"],
-            image,
-            strength=s["fastimg:strength"],
-            num_inference_steps=s["fastimg:steps"],
-            guidance_scale=s["fastimg:guidance"],
-            negative_prompt=s["fastimg:negative_prompt"] or None,
-            seed=s["fastimg:seed"],  # the same seed, so the same noise, on every frame
-            scheduler=s["fastimg:scheduler"],
-            callback=lambda step, total: self.progress.step(step),
-        )
+        """The model's output for one frame: the run's settings, its one seed, so the same noise
+        on every frame."""
+        checked = self.checked
+        (output,) = transform(self.pipe, checked.job, image, checked.sampler,
+                              lambda step, total: self.progress.step(step))  # fmt: skip
         return output
 
     def _save(self, image, path: Path | None, info: dict, report: VideoReport) -> None:
