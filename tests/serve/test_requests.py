@@ -49,9 +49,19 @@ def test_text_fields_become_the_job_and_its_encoding(manifest):
         format="WEBP",
         quality="80",
     )
-    job = request.job
-    assert (job.prompt, job.negative_prompt, job.strength, job.steps) == ("a cat", None, 0.5, 4)
-    assert (job.guidance, job.seed, job.sampler, job.count) == (6.0, 7, "euler", 2)
+    call = request.job.call
+    assert (call.prompt, call.negative_prompt, call.strength, call.num_inference_steps) == (
+        "a cat",
+        None,
+        0.5,
+        4,
+    )
+    assert (call.guidance_scale, call.seed, call.scheduler, call.num_images_per_prompt) == (
+        6.0,
+        7,
+        "euler",
+        2,
+    )
     assert request.sampler == "euler" and request.data == b"image"
     assert (request.fmt, request.quality) == ("webp", 80)  # the format in any case
     assert request.name == request.source == "my_photo.png"
@@ -60,8 +70,9 @@ def test_text_fields_become_the_job_and_its_encoding(manifest):
 
 def test_json_values_and_defaults(manifest):
     request = checked(manifest, strength=0.75, steps=4.0, seed=None, quality=None)
-    assert request.job.strength == 0.75 and request.job.steps == 4
-    assert 0 <= request.job.seed < SEED_LIMIT  # drawn when not given
+    call = request.job.call
+    assert call.strength == 0.75 and call.num_inference_steps == 4
+    assert 0 <= call.seed < SEED_LIMIT  # drawn when not given
     assert (request.fmt, request.quality, request.source, request.name) == (
         "png",
         None,
@@ -95,7 +106,7 @@ def test_fields_are_refused_as_the_cli_refuses_them(manifest, fields, message):
 def test_a_streams_settings_are_a_request_without_its_image(manifest):
     message = {"type": "websocket.receive", "text": json.dumps({"prompt": "a cat", "seed": 3})}
     template = check_stream_settings(message, manifest)
-    assert (template.job.prompt, template.job.seed, template.fmt) == ("a cat", 3, "jpeg")
+    assert (template.job.call.prompt, template.job.call.seed, template.fmt) == ("a cat", 3, "jpeg")
     assert template.data == b""
     with pytest.raises(InputError, match="unknown setting 'num_images'"):
         text = json.dumps({"prompt": "a cat", "num_images": 2})
