@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # fastimg's GPU checks in one run on an offline GPU machine (device tool; ../shared/gpu-on-device.md):
 # onnxruntime-gpu arrives in pieces under /tmp/ort (part.*, an xz tarball of the unpacked wheel),
-# the other wheels in .whl/. Writes logs and bench records under $OUT. Each step is timeboxed
-# and the steps go on after a failure, so one run reports everything it can.
+# OpenVINO as .gpucarry/ov.tar.xz (the unpacked wheel less its GPU/NPU plugins and the TF,
+# Paddle, JAX and GGUF frontends), the other wheels in .whl/ (fastimg itself built here with
+# pip wheel --no-deps -w .whl .), an int8 engine folder in .gpucarry/tiny-int8. Writes logs and
+# records under $OUT. Each step is timeboxed and the steps go on after a failure, so one run
+# reports everything it can. The CPU beside the GPU (a Xeon with AMX) gives the CPU-kernel
+# figures too: OpenVINO's bf16 and int8 paths, on 2 pinned cores and on all of them.
 set -u
 OUT=${OUT:-/tmp/gpu-check-out}
 mkdir -p "$OUT"
@@ -14,31 +18,18 @@ step() { echo; echo "=== $* ($(($(date +%s) - start)) s)"; }
 step "machine"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 --version
+grep -m1 "model name" /proc/cpuinfo; nproc
+grep -o -w -E "amx_bf16|amx_int8|avx512_bf16|avx512_vnni" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
 
 step "install"
 cat /tmp/ort/part.* >/tmp/ort.tar.xz
-python3 -c "import tarfile; tarfile.open('/tmp/ort.tar.xz').extractall('/tmp/site')"
-# fastimg itself travels as a wheel in .whl too (built here: pip wheel --no-deps -w .whl .)
+mkdir -p /tmp/site
+tar -xJf /tmp/ort.tar.xz -C /tmp/site
+tar -xJf .gpucarry/ov.tar.xz -C /tmp/site
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-python3 -c "import onnxruntime as o; print(o.__version__, o.get_available_providers())"
-
-step "does the CUDA provider land without and with preload_dlls?"
-python3 - <<'EOF'
-import subprocess, sys, onnx
-from onnx import TensorProto, helper
-x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 2])
-y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 2])
-graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
-model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
-onnx.save(model, "/tmp/relu.onnx")
-for preload in (False, True):
-    code = ("import onnxruntime as o\n" + ("o.preload_dlls()\n" if preload else "")
-            + "s = o.InferenceSession('/tmp/relu.onnx', providers=['CUDAExecutionProvider'])\n"
-            + "print(s.get_providers())")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    print(f"preload_dlls={preload}:", r.stdout.strip(), r.stderr.strip()[-300:])
-EOF
+python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
+python3 -c "import openvino as ov; c = ov.Core(); print('openvino', ov.__version__, c.available_devices, c.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))"
 
 step "fastimg doctor"
 timeout 60 fastimg doctor
@@ -46,17 +37,23 @@ timeout 60 fastimg doctor
 step "GPU tests"
 timeout "$(left 200)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt -q -rs \
     tests/e2e/test_gpu.py tests/test_gpu.py tests/diffusion/test_arrays.py \
-    tests/backends tests/diffusion/test_pipeline_plans.py 2>&1 | tail -60
+    tests/backends tests/diffusion/test_pipeline_plans.py 2>&1 | tail -40
 
 step "fastimg doctor --check on the tiny model"
 timeout 120 fastimg make-model tiny -o /tmp/models/tiny >/dev/null &&
     timeout 120 fastimg export /tmp/models/tiny -o /tmp/engines/tiny >/dev/null &&
     timeout 120 fastimg doctor --check /tmp/engines/tiny
 
-step "bench: sd15 at 512, ONNX Runtime CUDA against diffusers on the same GPU"
+step "CPU kernels (AMX): bf16 and int8 against fp32, static against dynamic"
 mkdir -p "$OUT/results"
-timeout "$(left 520)" fastimg bench --model sd15 --size 512 --steps 20 --strength 0.5 \
-    --guidance 7.5 --backend onnxruntime-cuda:fp32 --no-cold-start --repeats 3 \
-    -o "$OUT/results/sd15-512-${RESULT:-gpu}-ort-cuda"
+timeout 120 taskset -c 0,1 python3 -m fastimg_bench.kernel_check .gpucarry/tiny-int8 \
+    --threads 2 -o "$OUT/results/kernel-check-amx-2cores.json" | tail -30
+timeout 120 python3 -m fastimg_bench.kernel_check .gpucarry/tiny-int8 \
+    -o "$OUT/results/kernel-check-amx-all-cores.json" >/dev/null && echo "all cores: written"
+
+step "CPU-kernel-sensitive tests on AMX (OpenVINO bf16, int8 engines, static shapes)"
+timeout "$(left 500)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt2 -q -rs \
+    tests/backends/test_openvino.py tests/e2e/test_parity.py tests/diffusion/test_pipeline_reuse.py \
+    tests/engine_folder/test_compiled_cache.py 2>&1 | tail -30
 
 step "done"
