@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("-o", "--out", type=Path, default=None, help="write the record here")
     args = parser.parse_args(argv)
-    from fastimg.machine import machine_record
+    from .record import machine as machine_record
 
     batches = [int(b) for b in args.batch.split(",")]
     record = {

@@ -28,8 +28,7 @@ def _peak_rss_mb() -> float:
 
 def child(spec: dict) -> dict:
     """Load the side `spec` names, make one image, report times since process start."""
-    from .job import Job
-    from .sides import (
+    from .contenders import (
         DIFFUSERS,
         DiffusersSide,
         FastimgSide,
@@ -37,8 +36,9 @@ def child(spec: dict) -> dict:
         parse_diffusers,
         parse_shapes,
     )
+    from .job import BenchJob
 
-    job = Job(**spec["job"])
+    job = BenchJob(**spec["job"])
     if spec.get("uncached"):  # nothing compiled is read or kept: the first run on a machine
         import fastimg.backends
 

@@ -11,17 +11,20 @@ OpenVINO's counters. Random calibration says nothing of quality: this measures s
 
 import argparse
 import logging
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m fastimg_bench.full_int8_probe", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("engines")
     parser.add_argument("size", nargs="?", type=int, default=512)
     parser.add_argument("--top", type=int, default=8)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import (
@@ -68,7 +71,8 @@ def main() -> None:
     print(f"unet {args.size}x{args.size} batch 1, fully int8: {took:.3f} s per call")
     for name, (seconds, count) in sorted(totals.items(), key=lambda kv: -kv[1][0])[: args.top]:
         print(f"  {name:<52} {count:>5} {seconds:8.3f}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -18,8 +18,7 @@ from fastimg.errors import FastImgError
 from fastimg.media.images import psnr
 
 from . import coldstart, roofline
-from .job import Job
-from .sides import (
+from .contenders import (
     DIFFUSERS,
     DiffusersSide,
     FastimgSide,
@@ -28,6 +27,9 @@ from .sides import (
     parse_backend,
     parse_shapes,
 )
+from .job import BenchJob
+from .record import machine as machine_record
+from .record import versions as package_versions
 from .stages import STAGES
 
 
@@ -81,19 +83,6 @@ def check_backends(specs: list[str]) -> list[str]:
     return resolved
 
 
-def _machine() -> dict:
-    from fastimg.machine import machine_record
-
-    return machine_record()
-
-
-def _versions() -> dict:
-    from fastimg.machine import package_version
-
-    packages = ("fastimg", "torch", "diffusers", "onnxruntime", "openvino", "numpy")
-    return {p: v for p in packages if (v := package_version(p)) is not None}
-
-
 def _summary(seconds: list[float], stages: list[dict], batch: int = 1) -> dict:
     median = statistics.median(seconds)
     per_stage = {s: statistics.median(st[s] for st in stages) for s in (*STAGES, "overhead")}
@@ -126,7 +115,7 @@ def _fidelity(image, reference) -> dict:
 def run(
     model: str,
     engines: str,
-    job: Job,
+    job: BenchJob,
     backends: list[str],
     warmup: int = 1,
     repeats: int = 3,
@@ -354,7 +343,7 @@ def _record(measured: Measured, model, engines, job, cold_start: bool, log) -> d
         }
     log("measuring the matmul peak")
     flops = m.flops
-    machine = _machine()
+    machine = machine_record()
     peaks = roofline.matmul_peak_gflops(machine["cores"])
     for name in names:
         if m.devices[name] != "cpu":
@@ -393,7 +382,7 @@ def _record(measured: Measured, model, engines, job, cold_start: bool, log) -> d
                     results[side.name][key] = {"error": str(exc)[-2000:]}
     return {
         "machine": machine,
-        "versions": _versions(),
+        "versions": package_versions("torch", "diffusers"),
         "model": model,
         "engines": engines,
         "job": {**job.to_dict(), "unet_calls": job.unet_calls(_distilled(engines))},

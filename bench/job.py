@@ -7,7 +7,7 @@ from fastimg.media.images import EXAMPLE_IMAGE, load_image
 
 
 @dataclass(frozen=True)
-class Job:
+class BenchJob:
     """Input image, prompt and settings shared by diffusers and every fastimg backend."""
 
     size: int = 512

@@ -8,6 +8,7 @@ executed layer type and the slowest layers, from OpenVINO's PERF_COUNT profiling
 """
 
 import argparse
+import sys
 import time
 from collections import defaultdict
 
@@ -73,9 +74,11 @@ def profile(engines: str, component: str, size: int, precision: str, shapes: str
     return seconds, rows, sorted(layers, reverse=True)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Print the profile of one component call."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m fastimg_bench.layers", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("engines")
     parser.add_argument("component", nargs="?", default="unet")
     parser.add_argument("size", nargs="?", type=int, default=512)
@@ -83,7 +86,7 @@ def main() -> None:
     parser.add_argument("--shapes", default="dynamic", choices=("dynamic", "static"))
     parser.add_argument("--cfg", action="store_true", help="a UNet batch of 2 (guidance)")
     parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     batch = 2 if args.cfg and args.component == "unet" else 1
     seconds, rows, layers = profile(
         args.engines, args.component, args.size, args.precision, args.shapes, batch
@@ -99,7 +102,8 @@ def main() -> None:
     print("\nslowest layers:")
     for took, name, key in layers[:15]:
         print(f"  {took:7.3f} s  {key[:40]:<40} {name[:80]}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -21,7 +21,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import shlex
 import signal
 import socket
@@ -34,25 +33,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .record import machine as machine_record
+from .record import versions as package_versions
+
 RSS_INTERVAL = 0.5  # seconds between samples of the server's VmRSS
 FLAT_TOLERANCE = 0.10  # end RSS within this fraction of the RSS after warm-up
 MAX_RETRY_WAIT = 1.0  # seconds a client honours of a 429's Retry-After, at most
 PROMPT = "a watercolour painting of a lighthouse"
-
-
-def _machine() -> dict:
-    """The CPU as bench/harness.py names it in its records."""
-    from fastimg.machine import machine_record
-
-    return machine_record()
-
-
-def _versions() -> dict:
-    from fastimg.machine import package_version
-
-    packages = ("fastimg", "onnxruntime", "openvino", "numpy", "fastapi", "uvicorn", "httpx")
-    found = {p: v for p in packages if (v := package_version(p)) is not None}
-    return {"python": platform.python_version(), **found}
 
 
 def free_port() -> int:
@@ -535,8 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     record = {
         "command": "python -m fastimg_bench.load " + shlex.join(map(str, argv)),
-        "machine": _machine(),
-        "versions": _versions(),
+        "machine": machine_record(),
+        "versions": package_versions("fastapi", "uvicorn", "httpx"),
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **record,
     }

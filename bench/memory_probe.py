@@ -8,6 +8,7 @@ with BATCH images, and prints one JSON line: the growth of the process' peak res
 (VmHWM) over that call, and fastimg.diffusion.memory's estimate for it. Run each in a fresh process.
 """
 
+import argparse
 import json
 import sys
 import time
@@ -23,15 +24,24 @@ def _peak_rss() -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     """Measure one call; print its JSON line."""
     from fastimg.backends import LoadOptions, load_session
     from fastimg.diffusion.engine_set import estimate_kind
     from fastimg.diffusion.memory import call_bytes
     from fastimg.engine_folder.manifest import load_manifest
 
-    engines, component, backend = sys.argv[1:4]
-    size, batch = int(sys.argv[4]), int(sys.argv[5])
+    parser = argparse.ArgumentParser(
+        prog="python -m fastimg_bench.memory_probe", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("engines", help="an engine folder")
+    parser.add_argument("component", help="unet, vae_encoder, vae_decoder or a text encoder")
+    parser.add_argument("backend", help="onnxruntime or openvino")
+    parser.add_argument("size", type=int, help="image side in pixels")
+    parser.add_argument("batch", type=int, help="images per call")
+    args = parser.parse_args(argv)
+    engines, component, backend = args.engines, args.component, args.backend
+    size, batch = args.size, args.batch
     manifest = load_manifest(engines)
     spec = manifest.components[component]
     names = (*spec["inputs"], *spec["outputs"])
@@ -75,7 +85,8 @@ def main() -> None:
         "seconds": round(time.perf_counter() - start, 1),
     }
     print(json.dumps(report))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -4,13 +4,14 @@ import functools
 import hashlib
 import os
 import platform
-from importlib.metadata import PackageNotFoundError, version
 
 CPU_FEATURES = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
 
 
 def package_version(package: str) -> str | None:
     """The installed version of a distribution, or None."""
+    from importlib.metadata import PackageNotFoundError, version  # (slow to import: 20 ms)
+
     try:
         return version(package)
     except PackageNotFoundError:

@@ -21,6 +21,9 @@ MAX_IMAGES = 64
 # The text encoder reads 77 tokens (a few hundred characters); longer prompts are cut, and a
 # prompt beyond this is refused before it costs memory, time and log space.
 MAX_PROMPT_CHARS = 20_000
+# A video frame whose input differs from the last transformed one by less than this (mean
+# absolute difference, pixels from 0 to 1) reuses its output (fastimg video --reuse-threshold).
+DEFAULT_REUSE_THRESHOLD = 0.01
 SHOWN = 80  # characters of a prompt quoted in a message
 # What outputs are written as (--format, the HTTP `format` field).
 FORMATS = ("png", "jpeg", "webp")

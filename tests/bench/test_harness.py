@@ -6,8 +6,8 @@ from PIL import Image
 
 from fastimg.errors import EngineError
 from fastimg_bench import harness, report
-from fastimg_bench.job import Job
-from fastimg_bench.sides import parse_backend
+from fastimg_bench.contenders import parse_backend
+from fastimg_bench.job import BenchJob
 from fastimg_bench.stages import StageClock
 
 pytest.importorskip("diffusers")
@@ -36,7 +36,7 @@ def test_backend_specs(spec, expected):
 
 
 def test_gpu_sides_are_compared_with_diffusers_on_the_gpu_in_their_precision():
-    from fastimg_bench.sides import baseline_for, diffusers_name, parse_diffusers
+    from fastimg_bench.contenders import baseline_for, diffusers_name, parse_diffusers
 
     assert harness.baselines(["onnxruntime:fp32", "openvino:bf16"]) == [("cpu", "fp32")]
     gpu = ["tensorrt:fp16", "onnxruntime-cuda:fp32", "openvino:fp32", "tensorrt:fp32"]
@@ -50,7 +50,7 @@ def test_gpu_sides_are_compared_with_diffusers_on_the_gpu_in_their_precision():
 @pytest.fixture(scope="module")
 def record(tiny):
     model, engines = tiny
-    job = Job(size=64, steps=4, strength=0.5, guidance=3.0)
+    job = BenchJob(size=64, steps=4, strength=0.5, guidance=3.0)
     return harness.run(
         str(model), str(engines), job, ["onnxruntime:fp32"], warmup=1, repeats=2, log=lambda m: 0
     )
@@ -100,7 +100,7 @@ def test_report_writes_table_json_and_chart(record, tmp_path):
 
 def test_both_sides_use_the_same_tiny_vae_and_batch(tiny_taesd):
     model, engines = tiny_taesd
-    job = Job(
+    job = BenchJob(
         size=64, steps=2, strength=0.5, guidance=0.0, batch=2, vae=str(model.parent / "taesd")
     )
     record = harness.run(
@@ -117,7 +117,7 @@ def test_both_sides_use_the_same_tiny_vae_and_batch(tiny_taesd):
 
 def test_an_lcm_model_is_measured_against_diffusers_lcm_pipeline(tiny_lcm):
     model, engines = tiny_lcm
-    job = Job(size=64, steps=4, strength=0.5, guidance=8.0, sampler="lcm")
+    job = BenchJob(size=64, steps=4, strength=0.5, guidance=8.0, sampler="lcm")
     record = harness.run(
         str(model), str(engines), job, ["onnxruntime:fp32"], warmup=0, repeats=1,
         cold_start=False, log=lambda m: 0,
@@ -128,7 +128,7 @@ def test_an_lcm_model_is_measured_against_diffusers_lcm_pipeline(tiny_lcm):
 
 def test_static_shapes_are_an_openvino_side_of_their_own(tiny):
     from fastimg.errors import InputError
-    from fastimg_bench.sides import parse_shapes
+    from fastimg_bench.contenders import parse_shapes
 
     assert parse_shapes("openvino:bf16:static") == "static"
     assert parse_shapes("openvino:fp32") == parse_shapes("openvino") == "dynamic"
@@ -140,7 +140,7 @@ def test_static_shapes_are_an_openvino_side_of_their_own(tiny):
     assert "openvino:fp32:static" in harness.default_backends()
     model, engines = tiny
     record = harness.run(
-        str(model), str(engines), Job(size=64, steps=4, strength=0.5),
+        str(model), str(engines), BenchJob(size=64, steps=4, strength=0.5),
         ["openvino:fp32", "openvino:fp32:static"], warmup=1, repeats=1, log=lambda m: 0,
     )  # fmt: skip
     static = record["sides"]["fastimg openvino fp32 static"]
@@ -170,7 +170,7 @@ def test_sides_too_big_to_share_memory_are_measured_one_at_a_time(tiny, monkeypa
 
     monkeypatch.setattr(harness.FastimgSide, "__init__", loading)
     record = harness.run(
-        str(model), str(engines), Job(size=64, steps=4, strength=0.5, guidance=3.0),
+        str(model), str(engines), BenchJob(size=64, steps=4, strength=0.5, guidance=3.0),
         ["onnxruntime:fp32", "openvino:fp32"], warmup=1, repeats=2, cold_start=False,
         log=said.append,
     )  # fmt: skip

@@ -16,7 +16,7 @@ from fastimg.errors import InputError
 pytest.importorskip("diffusers")
 
 from fastimg_bench import harness, report  # noqa: E402
-from fastimg_bench.job import Job  # noqa: E402
+from fastimg_bench.job import BenchJob  # noqa: E402
 from fastimg_bench.peers import PeerSpec, check_interpreter, parse_peer  # noqa: E402
 from fastimg_bench.peers.optimum_intel import prefix_text_encoder_keys  # noqa: E402
 
@@ -137,7 +137,7 @@ def peer_record(tiny, tmp_path_factory):
     os.environ["STAND_IN_PEER_LOG"] = str(calls)
     try:
         peers = [parse_peer(f"optimum-intel={python}"), parse_peer(f"optimum-intel:fp32={python}")]
-        job = Job(size=64, steps=4, strength=0.5, guidance=0.0)
+        job = BenchJob(size=64, steps=4, strength=0.5, guidance=0.0)
         record = harness.run(
             str(model), str(engines), job, ["onnxruntime:fp32"], warmup=1, repeats=2,
             log=lambda m: 0, peers=peers,
@@ -198,7 +198,7 @@ def test_a_peer_that_fails_to_load_is_an_error_naming_the_interpreter(tiny, tmp_
     try:
         with pytest.raises(InputError, match="could not load") as caught:
             harness.run(
-                str(model), str(engines), Job(size=64), [], warmup=0, repeats=1,
+                str(model), str(engines), BenchJob(size=64), [], warmup=0, repeats=1,
                 cold_start=False, log=lambda m: 0, peers=[parse_peer(f"optimum-intel={python}")],
             )  # fmt: skip
     finally:

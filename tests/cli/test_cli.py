@@ -404,3 +404,16 @@ def test_auto_runs_winograd_graphs_on_onnxruntime_where_openvino_would_run_fp32(
     # (where the CPU really lacks bf16, OpenVINO then compiles fp32 and says so)
     expected = "running on openvino (" if bf16 else "running on onnxruntime (fp32)"
     assert expected in result.output
+
+
+def test_a_scheduler_without_a_sampler_is_named_once_per_run(runner, tiny, picture, tmp_path):
+    import json
+    import shutil
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    manifest = json.loads((engines / "manifest.json").read_text())
+    manifest["scheduler"]["_class_name"] = "PNDMScheduler"  # sd15's, which fastimg runs as ddim
+    (engines / "manifest.json").write_text(json.dumps(manifest))
+    result = transform(runner, engines, picture, "-o", tmp_path / "out", "--seed", "1,2")
+    assert result.exit_code == 0, result.output
+    assert result.stderr.count("the model's scheduler PNDMScheduler has no fastimg sampler") == 1

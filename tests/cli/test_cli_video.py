@@ -121,3 +121,23 @@ def test_a_prompt_given_twice_is_refused(runner, tiny, clip, tmp_path):
     _refused(result, 2)
     assert "--prompt was given 2 times" in result.output
     assert not (tmp_path / "o.mp4").exists()
+
+
+def test_sdxl_settings_are_refused_on_an_sd_folder(runner, tiny, clip, tmp_path):
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "o.mp4", "--prompt-2", "fur")
+    _refused(result, 1)
+    assert "prompt_2 is an SDXL argument" in result.output
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_sdxl_settings_reach_every_frame_of_an_sdxl_video(runner, tiny_sdxl, clip, tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    firsts = []
+    for name, extra in (("plain", ()), ("sized", ("--original-size", "96x64"))):
+        out = tmp_path / name
+        result = _video(runner, tiny_sdxl[1], clip, "-o", out, "--reuse-threshold", "0", *extra)
+        assert result.exit_code == 0, result.output
+        firsts.append(np.asarray(Image.open(out / "frame-000001.png")))
+    assert not np.array_equal(*firsts)  # the size reached the UNet's time_ids

@@ -8,20 +8,21 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, from_fields
+from ..settings import SEED_LIMIT, from_fields
 from .common import domain_errors, echo_err
 from .options import (
     c2pa_signer,
     check_ray_options,
     check_size,
     engine_options,
-    one,
+    given_once,
+    more_setting_options,
     output_options,
     output_target,
+    pop_more_settings,
     prompt_options,
     ray_options,
     scheduler_option,
-    sdxl_options,
     setting_option,
     sweep_option,
 )
@@ -133,7 +134,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     is_flag=True,
     help="Also write a labelled contact sheet per input (STEM-grid.png) of the swept values.",
 )
-@sdxl_options
+@more_setting_options
 @output_options
 @engine_options
 @ray_options
@@ -150,8 +151,11 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     from ..workflows.jobs import Sweep, plan_sweep, variant_seeds
     from ..workflows.sources import collect_sources
 
-    prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
-    sdxl = {name: settings.pop(name) for name in SDXL_ARGUMENTS}
+    prompt, negative_prompt = (
+        given_once(prompt, "--prompt"),
+        given_once(negative_prompt, "--negative-prompt"),
+    )
+    more = pop_more_settings(settings)
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "
@@ -168,7 +172,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     sweep = Sweep(strength=strength, guidance=guidance, steps=steps, seeds=seed)
     sources = collect_sources(list(images), recursive=recursive, exclude=settings["output"])
     given = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": scheduler,
-             "num_images": num_images, **sdxl}  # fmt: skip
+             "num_images": num_images, **more}  # fmt: skip
     try:
         jobs = plan_sweep(sources, from_fields(given, parse=False), sweep)
     except InputError as exc:
@@ -205,8 +209,8 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
 
     single, settings["fmt"] = output_target(settings["output"], settings["fmt"])
     defaults = {
-        "prompt": one(prompt, "--prompt"),
-        "negative_prompt": one(negative_prompt, "--negative-prompt"),
+        "prompt": given_once(prompt, "--prompt"),
+        "negative_prompt": given_once(negative_prompt, "--negative-prompt"),
         "strength": strength,
         "steps": steps,
         "guidance": guidance,

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import click
 
-from ..media.images import EXAMPLE_IMAGE
 from .batch import inspect_images, run_jobs, transform
 from .checks import bench, doctor
 from .common import domain_errors, echo_err
@@ -53,7 +52,7 @@ def quickstart(workdir: Path) -> None:
 
     from ..diffusion.pipeline import Img2ImgPipeline
     from ..engine_folder.layout import MANIFEST
-    from ..media.images import load_image
+    from ..media.images import EXAMPLE_IMAGE, load_image
     from ..media.labels import save_image
 
     model, engines, result = workdir / "tiny-model", workdir / "engines", workdir / "house.png"

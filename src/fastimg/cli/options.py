@@ -72,18 +72,46 @@ def sweep_option(name: str, help_more: str = ""):
 
 
 def prompt_options(command, required: bool = True, help_prompt: str | None = None):
-    """--prompt and --negative-prompt, each given at most once (see `one`)."""
+    """--prompt and --negative-prompt, each given at most once (see `given_once`)."""
     command = setting_option("negative_prompt", multiple=True, default=None)(command)
     return setting_option(
         "prompt", help=help_prompt, multiple=True, required=required, default=None
     )(command)
 
 
-def sdxl_options(command):
-    """StableDiffusionXLImg2ImgPipeline's extra arguments (SDXL engine folders only)."""
-    for setting in reversed([s for s in SETTINGS if s.sdxl]):
+# The settings the batch and video commands declare themselves (sweeps, their own defaults);
+# every other setting gets its option from more_setting_options, SDXL's and any added later.
+OWN_OPTIONS = (
+    "prompt",
+    "negative_prompt",
+    "strength",
+    "num_inference_steps",
+    "guidance_scale",
+    "seed",
+    "scheduler",
+    "num_images_per_prompt",
+)
+
+
+def _more_settings(exclude: tuple[str, ...]) -> list[Setting]:
+    return [s for s in SETTINGS if s.name not in OWN_OPTIONS and s.name not in exclude]
+
+
+def more_setting_options(command=None, exclude: tuple[str, ...] = ()):
+    """An option for every call setting not in OWN_OPTIONS (nor `exclude`): StableDiffusionXL's
+    extra arguments, and any setting added to fastimg.settings later."""
+    if command is None:
+        return functools.partial(more_setting_options, exclude=exclude)
+    for setting in reversed(_more_settings(exclude)):
         command = setting_option(setting.name)(command)
     return command
+
+
+def pop_more_settings(options: dict, exclude: tuple[str, ...] = ()) -> dict:
+    """The values more_setting_options' options were given, taken out of a command's
+    keyword arguments, by setting key (None where not given)."""
+    return {s.key: options.pop(s.option.lstrip("-").replace("-", "_")) for s in
+            _more_settings(exclude)}  # fmt: skip
 
 
 def scheduler_option(command, help: str | None = None):
@@ -221,7 +249,7 @@ def output_options(command):
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
-def one(values: tuple[str, ...], option: str) -> str | None:
+def given_once(values: tuple[str, ...], option: str) -> str | None:
     """A text option given at most once (click would silently keep the last of several)."""
     if len(values) > 1:
         raise click.UsageError(

@@ -8,10 +8,19 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..settings import from_fields
-from ..workflows.video import DEFAULT_REUSE_THRESHOLD
+from ..settings import DEFAULT_REUSE_THRESHOLD, from_fields
 from .common import domain_errors, echo_err
-from .options import engine_options, one, prompt_options, scheduler_option, setting_option
+from .options import (
+    engine_options,
+    given_once,
+    more_setting_options,
+    pop_more_settings,
+    prompt_options,
+    scheduler_option,
+    setting_option,
+)
+
+ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output frame per frame)
 
 
 @click.command("video")
@@ -90,6 +99,7 @@ from .options import engine_options, one, prompt_options, scheduler_option, sett
     help="Write no prompt, settings or AI label into the video or the frames.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@more_setting_options(exclude=ONE_IMAGE_PER_FRAME)
 @engine_options
 @domain_errors
 def video(source, output, prompt, negative_prompt, strength, steps, guidance, seed, scheduler,
@@ -104,7 +114,10 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
     from ..diffusion.pipeline import Img2ImgPipeline
     from ..workflows import video as videos
 
-    prompt, negative_prompt = one(prompt, "--prompt"), one(negative_prompt, "--negative-prompt")
+    prompt, negative_prompt = (
+        given_once(prompt, "--prompt"),
+        given_once(negative_prompt, "--negative-prompt"),
+    )
 
     where = dict(frames_dir=frames_dir, overwrite=overwrite, resume=resume, fps=fps)
     try:  # a run that cannot work is refused before the engines load
@@ -120,7 +133,8 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
     )
     progress = videos.FrameProgress(total, stream=sys.stderr, mode="quiet" if quiet else "auto")
     given = {"prompt": prompt, "negative_prompt": negative_prompt, "strength": strength,
-             "steps": steps, "guidance": guidance, "seed": seed, "sampler": scheduler}  # fmt: skip
+             "steps": steps, "guidance": guidance, "seed": seed, "sampler": scheduler,
+             **pop_more_settings(engine, exclude=ONE_IMAGE_PER_FRAME)}  # fmt: skip
     report = videos.transform_video(
         pipe,
         source,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..engine_folder.manifest import Manifest
 from ..errors import InputError
-from ..settings import BY_NAME, SAMPLERS, CallSettings
+from ..settings import SAMPLERS, SETTINGS, CallSettings
 from . import schedules
 from .conditioning import check_sdxl_arguments
 
@@ -73,18 +73,7 @@ def check_values(settings: CallSettings) -> CallSettings:
     Python's own); the prompt is required."""
     if not isinstance(settings.prompt, str):
         raise InputError(f"prompt must be a string, got {type(settings.prompt).__name__}")
-    checked = {
-        name: BY_NAME[name].check(settings.value(name))
-        for name in (
-            "prompt",
-            "negative_prompt",
-            "strength",
-            "guidance_scale",
-            "num_inference_steps",
-            "num_images_per_prompt",
-            "seed",
-        )
-    }
+    checked = {s.name: s.check(settings.value(s.name)) for s in SETTINGS if not s.sdxl}
     return settings.with_values(**checked)
 
 

@@ -28,7 +28,7 @@ from ..errors import InputError
 from ..media.images import load_image, resize_to
 from ..media.labels import save_image
 from ..media.video_io import Frame, VideoSink, check_encoder, open_clip, video_format
-from ..settings import SEED_LIMIT, CallSettings
+from ..settings import DEFAULT_REUSE_THRESHOLD, SEED_LIMIT, CallSettings
 from .jobs import Job, setting_labels
 from .progress import BatchProgress
 from .runner import CheckedJob, check_jobs, transform
@@ -38,7 +38,6 @@ log = logging.getLogger("fastimg")
 
 # Mean absolute difference (pixels in [0, 1]) under which a frame reuses the last output: a
 # static shot's compression noise stays under it, a cut or a moving subject does not.
-DEFAULT_REUSE_THRESHOLD = 0.01
 FRAME_NAME = "frame-{:06d}.png"
 FRAME_FILE = re.compile(r"frame-(\d{6,})\.png")
 # The labels a kept frame must share with this run to be resumed into (fastimg:KEY).

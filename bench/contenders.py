@@ -5,7 +5,7 @@ import time
 
 from fastimg.backends.registry import GPU_BACKENDS
 
-from .job import Job
+from .job import BenchJob
 from .stages import StageClock, time_diffusers, time_fastimg
 
 DIFFUSERS = "diffusers"
@@ -50,7 +50,7 @@ class DiffusersSide:
     """diffusers' StableDiffusionImg2ImgPipeline: on the CPU in fp32 (the baseline of every
     side), or on the GPU in the precision of the GPU sides it is compared with."""
 
-    def __init__(self, model: str, job: Job, device: str = "cpu", precision: str = "fp32"):
+    def __init__(self, model: str, job: BenchJob, device: str = "cpu", precision: str = "fp32"):
         import torch
 
         from fastimg_export.loading import diffusers_scheduler, load_pipeline
@@ -103,7 +103,7 @@ class FastimgSide:
     def __init__(
         self,
         engines: str,
-        job: Job,
+        job: BenchJob,
         backend: str,
         precision: str,
         threads=None,
