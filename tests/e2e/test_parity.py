@@ -143,7 +143,9 @@ def test_fp16_engines_stay_close_to_fp32(tmp_path_factory, tiny, photo):
     )
     full = exact(engines)(image=photo, **settings)[0]
     half = exact(fp16)(image=photo, **settings)[0]
-    assert psnr(full, half) >= 25.0
+    # fp16 weights (ONNX Runtime on the CPU computes in fp32 where it has no fp16 kernels): 61 dB
+    # on AVX-512 BF16; fp16 arithmetic, where a CPU has it (AVX-512 FP16), costs more.
+    assert psnr(full, half) >= 35.0
 
 
 @OPENVINO
@@ -157,7 +159,9 @@ def test_bf16_stays_close_to_fp32_and_says_what_it_ran(tiny, photo):
     assert fast.info["fastimg:precision"] == bf16.precision
     if cpu_supports_bf16():
         assert (bf16.backend, bf16.precision, bf16.exact) == ("openvino", "bf16", False)
-        assert 30.0 <= psnr(full, fast) < 80.0  # close, yet really computed in another precision
+        # bf16 products, fp32 sums: 44.7-46.5 dB on AVX-512 BF16 over seeds and shapes; the
+        # bound leaves AMX's other tilings some room. Below 80: really computed in bf16.
+        assert 40.0 <= psnr(full, fast) < 80.0
     else:  # OpenVINO compiles f32 without native bf16, and the pipeline says so
         assert (bf16.backend, bf16.precision, bf16.exact) == ("openvino", "fp32", True)
         assert psnr(full, fast) >= 80.0

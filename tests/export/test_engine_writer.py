@@ -1,7 +1,6 @@
 import json
 import os
 import signal
-import time
 from pathlib import Path
 
 import numpy as np
@@ -78,8 +77,7 @@ def test_failed_verification_keeps_previous_engines_and_leaves_no_partial(
 def test_killed_export_leaves_no_folder_that_looks_valid(tiny, tmp_path):
     model, _ = tiny
     out = tmp_path / "killed"
-    proc = start_export(model, out, until="exporting unet")
-    time.sleep(0.3)
+    proc = start_export(model, out, until="exporting unet", hang=True)  # killed while staging
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not out.exists()
@@ -145,10 +143,6 @@ def test_large_models_are_saved_with_one_external_data_file(tiny, tmp_path, monk
 def test_unknown_precision_is_rejected(tiny, tmp_path):
     with pytest.raises(InputError, match="precision"):
         engine_writer.export_engines(str(tiny[0]), tmp_path / "x", precision="int4")
-
-
-def test_manifest_is_plain_json(tiny):
-    json.loads((Path(tiny[1]) / MANIFEST).read_text())
 
 
 def test_the_manifest_is_written_from_the_schema_model(tiny):

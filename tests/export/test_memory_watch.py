@@ -2,6 +2,7 @@
 
 import mmap
 import sys
+import threading
 import time
 
 import numpy as np
@@ -19,11 +20,24 @@ def test_the_peak_counts_memory_held_in_the_block_but_not_a_mapped_file(tmp_path
     weights.write_bytes(b"\1" * (256 * 2**20))
     before = anonymous_bytes()
     with PeakWatch(interval=0.02) as watch:
+        sampled = threading.Event()
+        record = watch._record
+
+        def record_and_say():
+            record()
+            sampled.set()
+
+        def sample_taken_from_now_on():
+            for _ in range(2):  # the second sample began after this call: no race with load
+                sampled.clear()
+                assert sampled.wait(30)
+
+        watch._record = record_and_say
         with open(weights, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             assert sum(m[i] for i in range(0, len(m), 4096)) == len(m) // 4096  # all touched
-            time.sleep(0.1)
+            sample_taken_from_now_on()
         held = np.ones(200 * 2**20, dtype=np.uint8)  # 200 MiB of the process's own
-        time.sleep(0.1)
+        sample_taken_from_now_on()
         del held
     assert watch.peak >= before + 190 * 2**20
     assert watch.peak < before + 400 * 2**20  # the 256 MiB mapped file is not in it

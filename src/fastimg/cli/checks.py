@@ -134,7 +134,7 @@ def bench(
     require("torch", "bench")
     require("diffusers", "bench")
     from fastimg_bench import harness, report
-    from fastimg_bench.job import Job
+    from fastimg_bench.job import BenchJob
     from fastimg_bench.models import model_and_engines
     from fastimg_bench.peers import check_interpreter, parse_peer
 
@@ -149,7 +149,7 @@ def bench(
         check_interpreter(peer)
     specs = harness.check_backends(list(backends) or harness.default_backends())
     model_path, engines, vae = model_and_engines(model, engines, vae, log=echo_err)
-    job = Job(
+    job = BenchJob(
         size=size,
         steps=steps,
         strength=strength,

@@ -16,14 +16,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backends.registry import BACKENDS
+from ..backends.registry import BACKENDS, INT8_VARIANT
 from ..backends.select import SUPPORTED, unavailable
 from ..machine import cpu_summary, module_version, package_version
 
-# PSNR a backend must reach against the CPU fp32 reference on the check job.
-# int8's loss depends on the weights quantized (the export records it per layer); random test
-# weights make it a lower bound, so its row checks that it runs in the right neighbourhood.
-MIN_PSNR = {"fp32": 40.0, "bf16": 25.0, "fp16": 25.0, "int8": 15.0}
+# PSNR a backend must reach against the CPU fp32 reference on the check job: fp32 is the same
+# arithmetic in another order; bf16 (bf16 products, fp32 sums) measured 44-47 dB and fp16
+# weights 61 dB on the tiny model (AVX-512 BF16), fp16 arithmetic costs more.
+MIN_PSNR = {"fp32": 40.0, "bf16": 40.0, "fp16": 35.0}
+# int8's loss depends on the weights quantized: the export records the int8 images' PSNR on
+# its own job; on the doctor's job and this CPU's kernels it may be 2x the RMS error (6 dB).
+INT8_MARGIN_DB = 6.02
+INT8_UNRECORDED_DB = 30.0  # folders exported before the record: a working quantization
 # Each check runs in its own interpreter, so a native crash (a segfault inside an engine) is
 # reported as a failed row instead of ending the doctor; this is its entry point.
 WORKER = "from fastimg.workflows.doctor import worker; worker()"
@@ -164,6 +168,15 @@ def check_size(manifest, backend: str, precision: str, device: int | None) -> tu
     return profile.height[1], profile.width[1]  # the profile's optimum
 
 
+def min_psnr(manifest, precision: str) -> float:
+    """The PSNR against the CPU fp32 reference that a backend must reach in `precision`."""
+    if precision != "int8":
+        return MIN_PSNR[precision]
+    quantization = manifest.variant("unet", INT8_VARIANT).get("quantization") or {}
+    recorded = (quantization.get("image") or {}).get("psnr_db")
+    return INT8_UNRECORDED_DB if recorded is None else recorded - INT8_MARGIN_DB
+
+
 def check(engines, device: int | None = None, log=print) -> list[dict]:
     """Run the check job on each runnable backend/precision; compare with the CPU reference."""
     from PIL import Image
@@ -208,6 +221,7 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
                     continue
                 expected = reference(size)
                 got = Image.open(out).convert("RGB")
+                needed = min_psnr(manifest, precision)
                 score = psnr(expected, got)
                 diff = int(np.abs(np.asarray(expected, int) - np.asarray(got, int)).max())
                 plan = f", plans {report['plan_set']}" if report.get("plan_set") else ""
@@ -216,13 +230,13 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
                 rows.append(
                     {
                         **row,
-                        "status": "ok" if score >= MIN_PSNR[precision] else "wrong",
+                        "status": "ok" if score >= needed else "wrong",
                         "psnr_db": score,
                         "max_pixel_diff": diff,
                         "seconds": report["seconds"],
                         "plan_set": report.get("plan_set"),
                         "ran": report.get("ran"),
-                        "detail": f"PSNR {score:.1f} dB (needs {MIN_PSNR[precision]:.0f}), max "
+                        "detail": f"PSNR {score:.1f} dB (needs {needed:.0f}), max "
                         f"difference {diff}, {report['seconds']:.2f} s at {size[1]}x{size[0]}"
                         f"{plan}",
                     }

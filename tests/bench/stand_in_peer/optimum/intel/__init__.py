@@ -124,4 +124,9 @@ class OVStableDiffusionImg2ImgPipeline:
         self._pipe.set_progress_bar_config(**options)
 
     def __call__(self, **kwargs):
+        image, generator = kwargs["image"], kwargs.get("generator")
+        settings = {k: v for k, v in kwargs.items() if isinstance(v, int | float | str)}
+        seed = generator.initial_seed() if generator is not None else None
+        _record(call={**settings, "image_size": list(image.size), "seed": seed,
+                      "scheduler": type(self._pipe.scheduler).__name__})  # fmt: skip
         return self._pipe(**kwargs)
