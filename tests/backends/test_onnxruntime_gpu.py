@@ -84,14 +84,16 @@ def test_tensorrt_libraries_count_as_found_from_the_wheel_or_the_loader(monkeypa
     assert onnxruntime_gpu.tensorrt_libraries_found() is True
 
 
-def test_onnxruntime_on_cuda_runs_the_standard_graphs_the_cpu_its_fused_ones():
+def test_onnxruntime_on_cuda_runs_the_standard_graphs_the_cpu_its_fused_ones(tiny):
     from fastimg.backends import graph_variant
-    from fastimg.backends.registry import INT8_VARIANT
+    from fastimg.engine_folder.manifest import load_manifest
 
-    assert graph_variant("onnxruntime-cuda", "fp32") == "onnxruntime-cuda"  # no such variant
-    assert graph_variant("onnxruntime", "fp32") == "onnxruntime"
-    assert graph_variant("openvino", "int8") == INT8_VARIANT
-    assert graph_variant("tensorrt", "fp16") == "tensorrt"
+    manifest = load_manifest(tiny[1])
+    standard = manifest.folder / "unet" / "model.onnx"
+    assert manifest.path("unet", graph_variant("onnxruntime-cuda", "fp32")) == standard
+    assert manifest.path("unet", graph_variant("tensorrt", "fp16")) == standard
+    fused = manifest.path("unet", graph_variant("onnxruntime", "fp32"))
+    assert fused != standard and fused.is_file()  # attention fused (and Winograd) for the CPU
 
 
 @pytest.mark.parametrize("layout,vae_fp16", [("tiny_sdxl", False), ("tiny", True)])

@@ -213,3 +213,57 @@ def test_sdxl_text_encoders_are_timed_as_the_text_stage_on_both_sides(
     for clock in (ours, theirs):
         assert len(clock.calls["text_encoder"]) == encoders and "text_encoder_2" not in clock.calls
         assert clock.totals(10.0)["text_encoder"] > 0
+
+
+def test_share_of_peak_is_the_rate_over_the_peak():
+    from fastimg_bench.roofline import efficiency
+
+    stages = {"text_encoder": 0.5, "vae_encoder": 1.0, "unet": 2.0, "vae_decoder": 4.0}
+    flops = {"text_encoder": 1e11, "vae_encoder": 1e12, "unet": 4e12, "vae_decoder": 0}
+    out = efficiency(stages, flops, peak=4000.0)
+    assert out["unet"] == {
+        "gflop": 4000.0, "seconds": 2.0, "gflop_per_s": 2000.0, "fraction_of_peak": 0.5
+    }  # fmt: skip
+    assert out["text_encoder"]["fraction_of_peak"] == pytest.approx(200.0 / 4000.0)
+    assert out["vae_decoder"]["fraction_of_peak"] is None  # no FLOPs counted, no share claimed
+    untimed = efficiency({**stages, "unet": 0.0}, flops, peak=4000.0)["unet"]
+    assert untimed["gflop_per_s"] is None and untimed["fraction_of_peak"] is None
+
+
+def test_the_roofline_and_best_possible_time_follow_from_the_counted_flops(record):
+    flops = record["stage_gflop"]
+    for precision, peak in record["matmul_peak_gflop_per_s"].items():
+        assert record["best_possible_seconds"][precision] == pytest.approx(
+            sum(flops.values()) / peak
+        )
+    ours = record["sides"]["fastimg onnxruntime fp32"]
+    stages = ours["stages_median_seconds"]
+    for stage, row in ours["roofline"].items():
+        assert row["seconds"] == stages[stage] and row["gflop"] == pytest.approx(flops[stage])
+        if row["gflop_per_s"] is not None:
+            assert row["gflop_per_s"] == pytest.approx(flops[stage] / stages[stage])
+            peak = record["matmul_peak_gflop_per_s"]["fp32"]
+            assert row["fraction_of_peak"] == pytest.approx(row["gflop_per_s"] / peak)
+    assert "at 100% of the peak the job would take" in report.table(record)
+
+
+def test_the_unet_flops_are_every_unet_call_of_the_job(tiny):
+    """The counter wraps the UNet's forward: the job's 2 calls under guidance (batch 2) count
+    2x the FLOPs of one batch-2 call counted directly."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from fastimg_bench.contenders import DiffusersSide
+    from fastimg_bench.roofline import stage_flops
+
+    model, _ = tiny
+    job = BenchJob(size=64, steps=4, strength=0.5, guidance=3.0)
+    side = DiffusersSide(model, job)
+    counted = stage_flops(side)
+    unet = side.pipe.unet
+    sample = torch.zeros(2, unet.config.in_channels, 8, 8)
+    hidden = torch.zeros(2, 77, unet.config.cross_attention_dim)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        unet(sample, torch.tensor([500, 500]), encoder_hidden_states=hidden)
+    assert counted["unet"] == job.unet_calls() * counter.get_total_flops()
+    assert counted["vae_encoder"] > 0 and counted["vae_decoder"] > 0
