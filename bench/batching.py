@@ -61,7 +61,8 @@ def measure(engines: str, backend: str, precision: str, size: int, batches: list
     }
 
 
-def main(argv=None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line this module takes."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("engines")
     parser.add_argument("--backend", action="append", required=True, help="backend:precision")
@@ -72,7 +73,11 @@ def main(argv=None) -> int:
     parser.add_argument("--guidance", type=float, default=0.0)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("-o", "--out", type=Path, default=None, help="write the record here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     from .record import machine as machine_record
 
     batches = [int(b) for b in args.batch.split(",")]

@@ -17,14 +17,19 @@ import time
 from pathlib import Path
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
+    """The command line this module takes."""
     parser = argparse.ArgumentParser(
         prog="python -m fastimg_bench.full_int8_probe", description=__doc__.splitlines()[0]
     )
     parser.add_argument("engines")
     parser.add_argument("size", nargs="?", type=int, default=512)
     parser.add_argument("--top", type=int, default=8)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     import nncf
     import openvino as ov
     from nncf.quantization.advanced_parameters import (

@@ -65,13 +65,18 @@ def measure(engines: Path, threads: int | None = None) -> dict:
     return result
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Measure and print (and write, with -o) the figures as JSON."""
+def parser() -> argparse.ArgumentParser:
+    """The command line this module takes."""
     parser = argparse.ArgumentParser(prog="python -m fastimg_bench.kernel_check")
     parser.add_argument("engines", type=Path, help="an engine folder (with --int8: its int8 too)")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads [every core]")
     parser.add_argument("-o", "--output", type=Path, default=None, help="also write the JSON")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure and print (and write, with -o) the figures as JSON."""
+    args = parser().parse_args(argv)
     result = measure(args.engines, args.threads)
     text = json.dumps(result, indent=1)
     print(text)

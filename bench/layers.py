@@ -74,8 +74,8 @@ def profile(engines: str, component: str, size: int, precision: str, shapes: str
     return seconds, rows, sorted(layers, reverse=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print the profile of one component call."""
+def parser() -> argparse.ArgumentParser:
+    """The command line this module takes."""
     parser = argparse.ArgumentParser(
         prog="python -m fastimg_bench.layers", description=__doc__.splitlines()[0]
     )
@@ -86,7 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--shapes", default="dynamic", choices=("dynamic", "static"))
     parser.add_argument("--cfg", action="store_true", help="a UNet batch of 2 (guidance)")
     parser.add_argument("--top", type=int, default=25)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print the profile of one component call."""
+    args = parser().parse_args(argv)
     batch = 2 if args.cfg and args.component == "unet" else 1
     seconds, rows, layers = profile(
         args.engines, args.component, args.size, args.precision, args.shapes, batch

@@ -24,13 +24,8 @@ def _peak_rss() -> int:
     raise OSError("no VmHWM in /proc/self/status")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Measure one call; print its JSON line."""
-    from fastimg.backends import LoadOptions, load_session
-    from fastimg.diffusion.engine_set import estimate_kind
-    from fastimg.diffusion.memory import call_bytes
-    from fastimg.engine_folder.manifest import load_manifest
-
+def parser() -> argparse.ArgumentParser:
+    """The command line this module takes."""
     parser = argparse.ArgumentParser(
         prog="python -m fastimg_bench.memory_probe", description=__doc__.splitlines()[0]
     )
@@ -39,7 +34,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("backend", help="onnxruntime or openvino")
     parser.add_argument("size", type=int, help="image side in pixels")
     parser.add_argument("batch", type=int, help="images per call")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Measure one call; print its JSON line."""
+    from fastimg.backends import LoadOptions, load_session
+    from fastimg.diffusion.engine_set import estimate_kind
+    from fastimg.diffusion.memory import call_bytes
+    from fastimg.engine_folder.manifest import load_manifest
+
+    args = parser().parse_args(argv)
     engines, component, backend = args.engines, args.component, args.backend
     size, batch = args.size, args.batch
     manifest = load_manifest(engines)

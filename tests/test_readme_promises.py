@@ -96,3 +96,37 @@ def test_the_workflows_run_as_the_readme_types_them(tiny, photo, tmp_path, monke
     assert read_labels(tmp_path / "signed" / "photo-s0.8-42.png")["c2pa"]
     assert len(list((tmp_path / "clip-frames").iterdir())) == 6
     assert (tmp_path / "clip-painted.mp4").is_file()
+
+
+def _bench_commands() -> list[tuple[str, list[str]]]:
+    """Every `python -m fastimg_bench.NAME ...` the READMEs show (code blocks and inline code),
+    as (NAME, words after it)."""
+    import re
+    import shlex
+
+    found = []
+    for readme in (README, README.parent / "bench" / "results" / "README.md"):
+        text = readme.read_text()
+        spans = re.findall(r"```bash\n(.*?)```", text, re.S) + re.findall(r"`([^`\n]+)`", text)
+        for span in spans:
+            for line in span.replace("\\\n", " ").splitlines():
+                match = re.search(r"python -m fastimg_bench\.(\w+)(.*)", line)
+                if match and "git checkout" not in line:  # (a record made by older code)
+                    words = shlex.split(match.group(2).split("  #")[0].split(";")[0])
+                    found.append((match.group(1), words))
+    return found
+
+
+def test_every_bench_command_the_readmes_show_exists_with_its_options():
+    import importlib
+
+    commands = _bench_commands()
+    assert len(commands) >= 8
+    for name, words in commands:
+        module = importlib.import_module(f"fastimg_bench.{name}")
+        parser = module.parser()
+        known = {flag for action in parser._actions for flag in action.option_strings}
+        used = {word.split("=")[0] for word in words if word.startswith("-")}
+        assert used <= known, (name, words, used - known)
+        needed = [a.option_strings for a in parser._actions if a.required and a.option_strings]
+        assert all(set(flags) & used for flags in needed), (name, words, needed)

@@ -50,13 +50,13 @@ def test_static_and_dynamic_shapes_make_the_same_image(own_engines, photo):
     static = Img2ImgPipeline.from_engines(
         own_engines, backend="openvino", precision="fp32", shapes="static"
     )
-    unet = static._loaded[None].sessions["unet"].session
+    unet = static.engines._loaded[None].sessions["unet"].session
     assert unet.static_shapes is None  # nothing compiled before a call says the shapes
     for size in (64, 96):
         ours, theirs = _transform(static, photo, size), _transform(dynamic, photo, size)
         assert psnr(ours, theirs) >= 60.0 and np.abs(ours.astype(int) - theirs).max() <= 1
         assert unet.static_shapes["sample"] == (2, 4, size // 8, size // 8)  # guided: batch 2
-    assert dynamic._loaded[None].sessions["unet"].session.static_shapes is None
+    assert dynamic.engines._loaded[None].sessions["unet"].session.static_shapes is None
 
 
 def test_auto_compiles_a_shape_on_its_second_call_and_holds_one_model(own_engines, photo):
@@ -65,7 +65,7 @@ def test_auto_compiles_a_shape_on_its_second_call_and_holds_one_model(own_engine
     pipe = Img2ImgPipeline.from_engines(
         own_engines, backend="openvino", precision="fp32", shapes="auto"
     )
-    sessions = {name: s.session for name, s in pipe._loaded[None].sessions.items()}
+    sessions = {name: s.session for name, s in pipe.engines._loaded[None].sessions.items()}
     _transform(pipe, photo, 64)  # the UNet runs 2 steps (its 2nd call compiles); the rest once
     assert sessions["unet"].static_shapes["sample"][2:] == (8, 8)
     assert sessions["vae_encoder"].static_shapes is None
