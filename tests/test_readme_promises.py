@@ -10,10 +10,13 @@ from fastimg.diffusion.engine_set import describe_run
 README = Path(__file__).parents[1] / "README.md"
 
 
-def test_the_opening_names_the_exact_path_and_the_fast_one():
-    opening = README.read_text().split("\n## ")[0]
-    assert "**The exact path**, `--precision fp32`" in opening
-    assert "**The fast path**" in opening and "every run says which one it took" in opening
+def test_the_readme_names_the_exact_path_and_the_fast_one_right_after_the_quick_start():
+    sections = README.read_text().split("\n## ")
+    assert sections[1].startswith("Quick start") and "git clone" in sections[1]
+    paths = sections[2]
+    assert paths.startswith("The exact path and the fast path")
+    assert "**The exact path**, `--precision fp32`" in paths and "**The fast path**" in paths
+    assert "Every run prints `running on BACKEND (PRECISION)`" in paths
 
 
 def test_the_default_is_fast_where_the_cpu_has_bf16_and_exact_where_it_has_not(monkeypatch):
