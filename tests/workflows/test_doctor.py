@@ -8,7 +8,7 @@ from fastimg.workflows import doctor
 
 def test_bf16_and_fp16_must_stay_close_to_fp32(tiny):
     manifest = load_manifest(tiny[1])
-    assert doctor.min_psnr(manifest, "bf16") == 40.0
+    assert doctor.min_psnr(manifest, "bf16") == 35.0
     assert doctor.min_psnr(manifest, "fp16") == 35.0
     assert doctor.min_psnr(manifest, "fp32") == 40.0
 
