@@ -108,3 +108,11 @@ def test_unsupported_scheduler_settings_are_refused_not_approximated():
         schedules.resolve_config({**SD15, "rescale_betas_zero_snr": True}, "ddim")
     with pytest.raises(InputError, match="unknown sampler"):
         schedules.resolve_config(SD15, "pndm")
+
+
+def test_a_schedule_past_the_trained_timesteps_is_refused_naming_the_most_that_fit():
+    config = {**SD15, "timestep_spacing": "leading", "steps_offset": 1}
+    with pytest.raises(InputError, match="timestep at 1000, .* use at most 999 steps"):
+        schedules.make_plan(config, "ddim", 1000, 1.0)
+    assert schedules.make_plan(config, "ddim", 999, 1.0).steps == 999
+    assert schedules.make_plan(config, "euler", 1000, 1.0).steps == 1000  # sigmas: as diffusers

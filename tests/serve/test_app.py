@@ -172,6 +172,8 @@ def test_info_describes_the_engines(server, pipe):
         ({"strength": "1.5"}, "Invalid value for 'strength': 1.5 is not in the range 0<x<=1"),
         ({"sampler": "nope"}, "Invalid value for 'sampler': 'nope' is not one of"),
         ({"strength": "0.1", "steps": "4"}, "runs zero denoising steps"),
+        # past the trained timesteps: a 422 naming the most that fit, not a 500 IndexError
+        ({"strength": "1", "steps": "1000", "sampler": "ddim"}, "use at most 999 steps"),
         ({"seed": "-1"}, "Invalid value for 'seed'"),
         ({"colour": "red"}, "unknown field 'colour'"),
         ({"prompt_2": "fur"}, "prompt_2"),  # an SDXL field on an SD 1.x folder

@@ -374,6 +374,21 @@ class Plan:
         return len(self.timesteps)
 
 
+def _check_within_training(config, sampler: str, steps: int, timesteps, trained: int) -> None:
+    """Refuse a step count whose schedule reaches past the last trained timestep, naming the
+    largest count that fits: DDIM's 'leading' spacing with steps_offset 1 at 1000 steps asks for
+    alphas_cumprod[1000] of 0..999, where diffusers fails with an IndexError."""
+    if timesteps.max() < trained:
+        return
+    fits = next(n for n in range(steps - 1, 0, -1) if full_schedule(config, sampler, n)[0].max()
+                < trained)  # fmt: skip
+    raise InputError(
+        f"{steps} steps put the first timestep at {int(timesteps.max())}, past this model's "
+        f"{trained} trained timesteps ({config.get('timestep_spacing', 'leading')} spacing, "
+        f"steps_offset {config.get('steps_offset', 0)}): use at most {fits} steps"
+    )
+
+
 def _vp(sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     alpha = 1.0 / np.sqrt(sigmas.astype(np.float64) ** 2 + 1.0)
     return alpha, sigmas * alpha
@@ -405,6 +420,8 @@ def make_plan(
     else:
         start = img2img_start(steps, strength)
         timesteps, sigmas = full_schedule(config, sampler, steps)
+        if sampler in ("ddim", "lcm"):  # (they index alphas_cumprod by timestep)
+            _check_within_training(config, sampler, steps, timesteps, trained)
     ac = alphas_cumprod(config).astype(np.float64)
     ts = timesteps[start:]
     common = {"sampler": sampler, "prediction_type": config["prediction_type"]}
