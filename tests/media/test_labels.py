@@ -194,6 +194,23 @@ def test_a1111_parser_reads_back_every_value(prompt, negative, model):
     assert parsed["Denoising strength"] == "0.3" and parsed["Version"] == f"fastimg {VERSION}"
 
 
+@pytest.mark.parametrize(
+    "prompt,negative",
+    [
+        ("a cat\nNegative prompt: spoofed", ""),
+        ("Negative prompt: all of it", ""),
+        ("a cat\n   Negative prompt: indented", "blurry"),
+        ("a cat", "lowres\nNegative prompt: inside the negative"),
+    ],
+)
+def test_a_prompt_cannot_forge_the_negative_prompt_a1111_reads(prompt, negative):
+    settings = {**SETTINGS, "fastimg:prompt": prompt, "fastimg:negative_prompt": negative}
+    parsed = parse_generation_parameters(labels.parameters_text(settings, (64, 48)))
+    assert parsed["Negative prompt"].replace("\u200b", "") == negative
+    assert parsed["Prompt"].replace("\u200b", "") == prompt
+    assert parsed["Seed"] == "1234"  # the settings line is still the settings line
+
+
 # --- XMP ---------------------------------------------------------------------------------------
 
 

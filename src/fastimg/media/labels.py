@@ -74,9 +74,26 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
     line = ", ".join(
         f"{k}: {_quote(encodable_text(v))}" for k, v in fields.items() if v is not None
     )
-    negative = encodable_text(settings.get("fastimg:negative_prompt") or "")
+    negative = _prompt_text(settings.get("fastimg:negative_prompt") or "")
     negative_line = f"\nNegative prompt: {negative}" if negative else ""
-    return f"{encodable_text(settings['fastimg:prompt'])}{negative_line}\n{line}".strip()
+    return f"{_prompt_text(settings['fastimg:prompt'])}{negative_line}\n{line}".strip()
+
+
+NEGATIVE_LINE = "Negative prompt:"
+# Put before a prompt's line that A1111 would otherwise read as the start of the negative
+# prompt: not whitespace to str.strip, so the line no longer starts with NEGATIVE_LINE there.
+ZERO_WIDTH_SPACE = "\u200b"
+
+
+def _prompt_text(text: str) -> str:
+    """A prompt as the infotext holds it: its lines kept, except that a line A1111 would take for
+    the start of the negative prompt ("Negative prompt: ...", a forged negative in every reader)
+    starts with a zero-width space."""
+    lines = encodable_text(text).split("\n")
+    return "\n".join(
+        ZERO_WIDTH_SPACE + line if line.strip().startswith(NEGATIVE_LINE) else line
+        for line in lines
+    )
 
 
 def _short_number(value) -> str:
