@@ -60,6 +60,30 @@ def test_binding_beyond_loopback_needs_an_api_key(runner, tmp_path, monkeypatch)
     assert str(missing) in keyed.output
 
 
+@pytest.mark.parametrize("key", [" s3cret", "s3cret\n", "clé", "ключ", "two words"])
+def test_a_key_no_client_could_send_is_refused_at_start(runner, tmp_path, monkeypatch, key):
+    pytest.importorskip("fastapi")
+    monkeypatch.delenv("FASTIMG_API_KEY", raising=False)
+    result = runner.invoke(serve, [str(tmp_path / "no-engines"), "--api-key", key])
+    assert result.exit_code == 2 and "printable ASCII without spaces" in result.output
+    from_env = runner.invoke(serve, [str(tmp_path / "no-engines")], env={"FASTIMG_API_KEY": key})
+    assert from_env.exit_code == 2 and "FASTIMG_API_KEY" in from_env.output
+
+
+def test_the_server_takes_no_client_address_from_forwarded_headers(monkeypatch):
+    pytest.importorskip("uvicorn")
+    import uvicorn
+
+    from fastimg.serve import server
+    from fastimg.serve.service import ServeOptions
+
+    made = {}
+    monkeypatch.setattr(uvicorn, "Config", lambda app, **options: made.update(options) or 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # (stopped before a socket opens)
+        server.run_server(ServeOptions(), "127.0.0.1", 8000, load=lambda: None)
+    assert made["proxy_headers"] is False
+
+
 def test_without_the_serve_extra_the_command_names_it(runner, monkeypatch, tmp_path):
     for name in [m for m in sys.modules if m == "fastimg.serve" or m.startswith("fastimg.serve.")]:
         monkeypatch.delitem(sys.modules, name)

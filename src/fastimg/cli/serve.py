@@ -135,8 +135,14 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
     With --ray the same API runs as Ray Serve replicas behind Ray's proxy on HOST:PORT.
     """
     from ..engine_folder.manifest import load_manifest
-    from ..serve.admission import is_loopback
+    from ..errors import InputError
+    from ..serve.admission import check_api_key, is_loopback
 
+    if api_key:
+        try:
+            check_api_key(api_key)
+        except InputError as exc:
+            raise click.BadParameter(str(exc), param_hint="--api-key / FASTIMG_API_KEY") from None
     if not api_key and not is_loopback(host):
         raise click.UsageError(
             f"--host {host} serves other machines too: pass --api-key (or set "

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator
 
 from PIL import Image, UnidentifiedImageError
 
+from ..errors import InputError
+
 # Until a run has been timed, Retry-After assumes one takes this long.
 FIRST_GUESS_SECONDS = 5.0
 SMOOTHING = 0.2  # weight of the newest run in the moving average of run times
@@ -224,6 +226,17 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False  # a host name: it may resolve to anything
+
+
+def check_api_key(api_key: str) -> None:
+    """Refuse a key no client could send: HTTP carries header values as Latin-1 and the token is
+    read without surrounding spaces, so only visible ASCII characters can ever match."""
+    if not (api_key and api_key.isascii() and api_key.isprintable() and " " not in api_key):
+        raise InputError(
+            "the API key must be printable ASCII without spaces (a client's Authorization header "
+            'could never match it): make one with  python -c "import secrets; '
+            'print(secrets.token_urlsafe())"'
+        )
 
 
 def authorized(header: str | None, api_key: str) -> bool:

@@ -49,7 +49,10 @@ def run_server(options: ServeOptions, host: str, port: int, load=None) -> None:
     """
     app = create_app(options, load)
     service = app.state.service
-    config = uvicorn.Config(app, host=host, port=port, log_level="info", server_header=False)
+    # No proxy headers: X-Forwarded-For from a loopback client is not the client's address.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="info", server_header=False, proxy_headers=False
+    )
     server = Server(config, service)
     service.on_failure = lambda message: setattr(server, "should_exit", True)
     server.run()
