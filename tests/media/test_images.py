@@ -3,6 +3,7 @@ import pytest
 from PIL import Image
 
 from fastimg.errors import InputError
+from fastimg.media import images
 from fastimg.media.images import load_image, to_pixels, to_uint8
 
 
@@ -105,3 +106,23 @@ def test_high_bit_depth_grayscale_is_scaled_by_its_range_not_clipped(mode, top):
     assert gray[0, 0] == 0 and gray[0, -1] == 255
     assert abs(gray[0, 32] - 130) <= 2  # mid-grey stays mid-grey (32/63 of white)
     assert len(np.unique(gray)) > 32  # a ramp, not black and white
+
+
+def test_deep_grayscale_converts_without_a_float64_copy_of_the_whole_image():
+    import tracemalloc
+
+    side = 1024
+    values = (np.arange(side * side, dtype=np.uint32) * 2654435761 % 65536).astype(np.uint16)
+    image = Image.frombytes("I;16", (side, side), values.tobytes())
+    tracemalloc.start()
+    try:
+        rgb = images.to_rgb(image)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    whole = values.reshape(side, side).astype(np.float64) / 65535.0  # the old way, for reference
+    expected = (whole.clip(0, 1) * 255).round().astype(np.uint8)
+    assert np.array_equal(np.asarray(rgb)[..., 0], expected)  # the same pixels
+    # 9 bytes a pixel: its 16-bit copy, the gray and RGB results (the whole-image float64 way
+    # held 32.6, measured with the same tracemalloc count)
+    assert peak < 12 * side * side

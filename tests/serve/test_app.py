@@ -252,6 +252,18 @@ def test_a_pixel_bomb_is_refused_from_its_header(server, side):
     assert "over the limit" in response.json()["detail"]
 
 
+def test_a_side_the_engines_cannot_take_is_refused_from_its_header(server, monkeypatch):
+    from fastimg.serve import service as service_module
+
+    client, service = server
+    monkeypatch.setattr(service_module, "decode_image", lambda *a, **k: pytest.fail("decoded"))
+    side = service.pipe.max_side + 64  # within the 64 megapixels, beyond the engines' side
+    upload = {"image": ("wide.png", png_header(side, 64), "image/png")}
+    response = client.post("/v1/img2img", files=upload, data=SETTINGS)
+    assert response.status_code == 422
+    assert f"{side}x64 pixels is larger than these engines take" in response.json()["detail"]
+
+
 def test_uploads_over_the_limit_are_refused(pipe, picture):
     noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     big = io.BytesIO()

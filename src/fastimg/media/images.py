@@ -15,6 +15,8 @@ from ..errors import InputError
 log = logging.getLogger("fastimg")
 
 MIN_SIDE = 16  # smaller images give latents torch draws noise for on another code path
+# Rows of a deep (16/32-bit) grayscale image converted at a time: its float64 band, not the whole.
+DEEP_ROWS = 256
 MAX_PIXELS = 64_000_000  # 8000 x 8000; larger files are refused before they are decoded
 # The photo the doctor, the bench and the int8 calibration transform (shipped with fastimg).
 EXAMPLE_IMAGE = Path(__file__).parents[1] / "assets" / "example.png"
@@ -124,9 +126,13 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        scaled = values / _full_scale(image.mode, values)
-        return Image.fromarray((scaled.clip(0, 1) * 255).round().astype(np.uint8)).convert("RGB")
+        values = np.asarray(image)  # its own 16/32-bit type: no float64 copy of the whole image
+        full = _full_scale(image.mode, values)
+        gray = np.empty(values.shape, np.uint8)
+        for top in range(0, len(values), DEEP_ROWS):  # float64 a band at a time
+            band = values[top : top + DEEP_ROWS].astype(np.float64) / full
+            gray[top : top + DEEP_ROWS] = (band.clip(0, 1) * 255).round()
+        return Image.fromarray(gray).convert("RGB")
     return image.convert("RGB")
 
 
@@ -144,20 +150,28 @@ def _full_scale(mode: str, values: np.ndarray) -> float:
     return float(2**31 - 1)
 
 
-def to_pixels(image: Image.Image, multiple: int, max_side: int | None = None) -> np.ndarray:
-    """float32 NCHW in [-1, 1], each side floored to `multiple` and Lanczos-resized (diffusers)."""
-    image = to_rgb(image)
-    width, height = (side - side % multiple for side in image.size)
+def check_sides(size: tuple[int, int], multiple: int, max_side: int | None) -> tuple[int, int]:
+    """The (width, height) an image of `size` runs at (each side floored to `multiple`), refused
+    when a side is under MIN_SIDE or over `max_side`; callers with only the file's header check
+    it before decoding."""
+    width, height = (side - side % multiple for side in size)
     if min(width, height) < max(MIN_SIDE, multiple):
         raise InputError(
-            f"image of {image.size[0]}x{image.size[1]} pixels is too small: each side needs at "
+            f"image of {size[0]}x{size[1]} pixels is too small: each side needs at "
             f"least {max(MIN_SIDE, multiple)} pixels"
         )
     if max_side is not None and max(width, height) > max_side:
         raise InputError(
-            f"image of {image.size[0]}x{image.size[1]} pixels is larger than these engines take "
+            f"image of {size[0]}x{size[1]} pixels is larger than these engines take "
             f"(sides up to {max_side} px): shrink it, e.g. with --size {max_side}"
         )
+    return width, height
+
+
+def to_pixels(image: Image.Image, multiple: int, max_side: int | None = None) -> np.ndarray:
+    """float32 NCHW in [-1, 1], each side floored to `multiple` and Lanczos-resized (diffusers)."""
+    image = to_rgb(image)
+    width, height = check_sides(image.size, multiple, max_side)
     if (width, height) != image.size:
         image = image.resize((width, height), resample=Image.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / np.float32(255.0)

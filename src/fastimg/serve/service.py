@@ -21,7 +21,7 @@ from ..backends.registry import serve_batch
 from ..diffusion.schedules import default_sampler
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import InputError
-from ..media.images import MAX_PIXELS, decode_image
+from ..media.images import MAX_PIXELS, check_sides, decode_image
 from ..media.labels import encode_image
 from ..settings import FORMATS, MAX_IMAGES, SAMPLERS
 from ..workflows import runner
@@ -184,6 +184,8 @@ class Service:
         size = check_pixels(request.data, request.name, self.options.max_pixels)
         if size is None:
             decode_image(request.data, request.name, self.options.max_pixels)
+        elif self.pipe is not None:  # sides these engines cannot take: refused before decoding
+            check_sides(size, self.pipe.manifest.vae_scale_factor, self.pipe.max_side)
         return size
 
     async def admit_and_run(self, request: ImageRequest, abort: threading.Event, deadline: float):
