@@ -221,7 +221,8 @@ def test_a_file_that_is_no_image_is_refused(server, tmp_path):
 
 def test_a_jpeg_whose_labels_are_over_64_kib_is_refused_naming_no_server_path(server, picture):
     client, service = server
-    before = count(service, "422")
+    runs = lambda: service.metrics.registry.get_sample_value("fastimg_batch_requests_count")  # noqa: E731
+    before, ran = count(service, "422"), runs()
     long = "fox " * 5000  # 20,000 characters each: labels over a JPEG segment's 64 KiB
     fields = dict(prompt=long, negative_prompt=long, format="jpeg")
     response = client.post("/v1/img2img", **multipart(picture, **fields))
@@ -230,6 +231,30 @@ def test_a_jpeg_whose_labels_are_over_64_kib_is_refused_naming_no_server_path(se
     assert "64 KiB" in detail and "PNG or WebP" in detail
     assert tempfile.gettempdir() not in detail and "fastimg-serve" not in detail
     assert count(service, "422") == before + 1
+    assert runs() == ran  # refused before it ran, not after
+
+
+def test_a_request_whose_output_cannot_be_written_fails_alone_in_its_batch(server, monkeypatch):
+    from fastimg.serve import service as service_module
+    from fastimg.serve.requests import Body
+
+    client, service = server
+    real = service_module.encode_image
+
+    def encode(image, settings, fmt, *args, **kwargs):
+        if settings.get("fastimg:seed") == 2:  # (after the admission check: a write that fails)
+            raise service_module.InputError("the disk is full")
+        return real(image, settings, fmt, *args, **kwargs)
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (64, 64), (90, 120, 200)).save(buffer, format="PNG")
+    request = service.check_request(Body({**SETTINGS, "seed": "1"}, buffer.getvalue(), "a.png"))
+    other = service.check_request(Body({**SETTINGS, "seed": "2"}, buffer.getvalue(), "b.png"))
+    monkeypatch.setattr(service_module, "encode_image", encode)
+    entries = [service_module.Entry(r, threading.Event(), None) for r in (request, other)]
+    first, second = service._work(entries)
+    assert isinstance(second, service_module.InputError) and "disk is full" in str(second)
+    assert first.encoded and first.settings["fastimg:seed"] == 1
 
 
 def png_header(width: int, height: int) -> bytes:

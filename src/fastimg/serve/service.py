@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from PIL import Image
 from prometheus_client import Counter
 
 from ..backends.registry import serve_batch
@@ -169,13 +170,36 @@ class Service:
     # --- a request -----------------------------------------------------------------------------
 
     def check_request(self, body: Body) -> ImageRequest:
-        """A body's fields checked against the loaded engines (InputError: 422)."""
-        return check_body(body, self.pipe.manifest)
+        """A body's fields checked against the loaded engines (InputError: 422), its outputs'
+        labels included."""
+        return self._labels_fit(check_body(body, self.pipe.manifest))
 
     def stream_request(self, message: dict) -> ImageRequest:
         """A stream's first message checked as a request's fields are: an ImageRequest to fill
         with each frame."""
-        return check_stream_settings(message, self.pipe.manifest)
+        return self._labels_fit(check_stream_settings(message, self.pipe.manifest))
+
+    def _labels_fit(self, request: ImageRequest) -> ImageRequest:
+        """`request`, refused before it runs where its outputs could not carry their labels (a
+        JPEG's metadata holds 64 KiB: a prompt of 20,000 '<' escapes past it), by encoding a
+        small image with the labels its images will have."""
+        call = request.job.call
+        labels = {
+            "fastimg:prompt": call.prompt,
+            "fastimg:negative_prompt": call.negative_prompt or "",
+            "fastimg:seed": call.seed,
+            "fastimg:strength": call.strength,
+            "fastimg:steps": call.num_inference_steps,
+            "fastimg:guidance": call.guidance_scale,
+            "fastimg:scheduler": request.sampler,
+            "fastimg:backend": self.pipe.backend,
+            "fastimg:precision": self.pipe.precision,
+            **self.pipe.model_info,
+            "fastimg:index": call.num_images_per_prompt - 1,
+            **({"fastimg:source": request.source} if request.source else {}),
+        }
+        encode_image(Image.new("RGB", (8, 8)), labels, request.fmt, request.quality)
+        return request
 
     def image_size(self, request: ImageRequest) -> tuple[int, int] | None:
         """The image's (width, height) from its header: over the pixel limit, refused (413); a
@@ -257,7 +281,10 @@ class Service:
             if isinstance(results, BaseException):
                 outcomes[k] = results
                 continue
-            outcomes[k] = _encode(entries[k].request, results)
+            try:  # one request's output that cannot be written fails that request alone
+                outcomes[k] = _encode(entries[k].request, results)
+            except InputError as exc:
+                outcomes[k] = exc
         return outcomes
 
     def _transform(self, entries: list[Entry], decoded: list, callback):
