@@ -388,3 +388,30 @@ def test_metrics_count_what_happened(server, picture):
                  "fastimg_stage_seconds_count{stage=\"unet\"}"):  # fmt: skip
         assert line in text
     assert count(service, "ok") >= 1
+
+
+def test_a_loopback_server_answers_only_to_loopback_names_and_allowed_ones(pipe):
+    # DNS rebinding: a page's own name pointed at 127.0.0.1 still arrives in the Host header.
+    options = ServeOptions(allow_hosts=("studio.local",))
+    with live(options, lambda: pipe) as (client, service):
+        ready(client)
+        for host in ("attacker.example", "attacker.example:8000", "127.0.0.1.nip.io"):
+            refused = client.get("/v1/info", headers={"Host": host})
+            assert refused.status_code == 403 and "--allow-host" in refused.json()["detail"]
+        for host in ("localhost", "127.0.0.1:9", "[::1]:9", "studio.local:8000"):
+            assert client.get("/v1/health", headers={"Host": host}).status_code == 200
+
+
+def test_pages_from_elsewhere_are_refused_unless_named_with_cors(pipe, picture):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        before = count(service, "ok")
+        evil = {"Origin": "http://evil.example"}
+        response = client.post("/v1/img2img", headers=evil, **multipart(picture))
+        assert response.status_code == 403 and "--cors" in response.json()["detail"]
+        assert count(service, "ok") == before  # refused before it ran (no preflight stops it)
+        own = {"Origin": f"http://127.0.0.1:{client.base_url.port}"}  # this server's page
+        assert client.post("/v1/img2img", headers=own, **multipart(picture)).status_code == 200
+    with live(ServeOptions(cors=("http://evil.example",)), lambda: pipe) as (client, _):
+        ready(client)
+        assert client.post("/v1/img2img", headers=evil, **multipart(picture)).status_code == 200

@@ -17,7 +17,7 @@ pytest.importorskip("httpx")
 pytest.importorskip("uvicorn")
 websockets = pytest.importorskip("websockets")
 
-from websockets.exceptions import ConnectionClosed  # noqa: E402
+from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 from fastimg.serve import ServeOptions  # noqa: E402
@@ -40,7 +40,7 @@ def png(image: Image.Image) -> bytes:
     return buffer.getvalue()
 
 
-def open_stream(client, key: str | None = None, origin: str | None = None):
+def open_stream(client, key: str | None = None, origin: str | None = None, headers=None):
     """A WebSocket to the server of `client` (httpx), offering the key as the page does."""
     url = f"ws://{client.base_url.host}:{client.base_url.port}/v1/stream"
     protocols = ["fastimg"]
@@ -48,7 +48,7 @@ def open_stream(client, key: str | None = None, origin: str | None = None):
         token = base64.urlsafe_b64encode(key.encode()).rstrip(b"=").decode()
         protocols.append(f"fastimg.key.{token}")
     return connect(url, subprotocols=protocols, origin=origin, max_size=None, proxy=None,
-                   open_timeout=30)  # fmt: skip
+                   open_timeout=30, additional_headers=headers)  # fmt: skip
 
 
 def message(ws) -> dict:
@@ -159,18 +159,27 @@ def test_bad_settings_are_named_then_closed_with_1008(pipe, first, detail):
             assert closed_with(ws) == 1008
 
 
-def test_with_an_api_key_the_stream_needs_it(pipe, frames):
+def test_with_an_api_key_the_stream_needs_it_before_the_handshake_completes(pipe, frames):
     with live(ServeOptions(api_key="s3cret ü"), lambda: pipe) as (client, service):
         ready(client)
         for key in (None, "wrong", "s3cret"):
-            with open_stream(client, key) as ws:
-                error = message(ws)
-                assert error["type"] == "error" and "API key" in error["detail"]
-                assert closed_with(ws) == 1008
+            with pytest.raises(InvalidStatus) as refused:
+                open_stream(client, key)
+            assert refused.value.response.status_code == 403
         with started(client=client, key="s3cret ü") as ws:
             ws.send(frames[0])
             assert result(ws)[0]["frame"] == 1
         assert client.get("/").status_code == 200  # the page needs no key: it holds none
+
+
+def test_a_stream_takes_the_key_as_a_bearer_header_too(pipe, frames):
+    with live(ServeOptions(api_key="s3cret"), lambda: pipe) as (client, service):
+        ready(client)
+        with started(client=client, headers={"Authorization": "Bearer s3cret"}) as ws:
+            ws.send(frames[0])
+            assert result(ws)[0]["frame"] == 1
+        with pytest.raises(InvalidStatus):
+            open_stream(client, headers={"Authorization": "Bearer wrong"})
 
 
 def test_streams_take_run_slots_from_the_same_admission(pipe, frames):
@@ -252,6 +261,7 @@ def test_only_this_servers_page_and_the_cors_origins_may_open_a_stream(pipe):
         for origin in (own, "https://app.example", None):
             with started(client=client, origin=origin):
                 pass
-        with open_stream(client, origin="https://evil.example") as ws:
-            assert "pages from https://evil.example may not" in message(ws)["detail"]
-            assert closed_with(ws) == 1008
+        with pytest.raises(InvalidStatus) as refused:  # before the handshake completes
+            open_stream(client, origin="https://evil.example")
+        assert refused.value.response.status_code == 403
+        assert b"pages from https://evil.example may not" in refused.value.response.body

@@ -83,6 +83,15 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     "beyond loopback. Prefer the environment variable: arguments are visible to other users.",
 )
 @click.option(
+    "--allow-host",
+    "allow_hosts",
+    multiple=True,
+    metavar="NAME",
+    help="Also answer requests naming this host (a name a reverse proxy or your LAN uses); "
+    "repeatable. On loopback the server answers only to 127.0.0.1, ::1 and localhost, so a "
+    "web page cannot reach it through a name of its own (DNS rebinding).",
+)
+@click.option(
     "--cors",
     multiple=True,
     metavar="ORIGIN",
@@ -122,9 +131,9 @@ def _engines_as_argument(command: click.Command) -> click.Command:
 def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | None,
           max_queue: int, timeout: float,
           max_upload_mb: float, max_pixels: int | None, api_key: str | None,
-          cors: tuple[str, ...], on_ray: bool, replicas: str | None, replica_cpus: int | None,
-          ray_address: str | None, backend: str, precision: str, device: int | None,
-          shapes: str) -> None:  # fmt: skip
+          allow_hosts: tuple[str, ...], cors: tuple[str, ...], on_ray: bool,
+          replicas: str | None, replica_cpus: int | None, ray_address: str | None,
+          backend: str, precision: str, device: int | None, shapes: str) -> None:  # fmt: skip
     """Serve img2img on the engines in ENGINES over HTTP, loading them once.
 
     POST /v1/img2img takes an image (multipart file `image`, or base64 in JSON) and the
@@ -168,6 +177,8 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         max_pixels=max_pixels or MAX_PIXELS,
         api_key=api_key or None,
         cors=tuple(cors),
+        bind_host=host,
+        allow_hosts=tuple(allow_hosts),
     )
     if on_ray:
         _serve_on_ray(options, host, port, replicas, replica_cpus, ray_address)

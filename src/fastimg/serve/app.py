@@ -31,6 +31,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import EngineError, FastImgError, InputError
 from .admission import Busy, Closed, Expired, TooLarge, authorized
+from .guard import RequestGuard, allowed_hosts
 from .requests import ImageRequest, Refusal, read_body
 from .service import Result, ServeOptions, Service, retrieve
 from .stream import open_stream
@@ -96,6 +97,9 @@ def create_app(options: ServeOptions, load=None, wait_for_engines: bool = False)
         openapi_url=None,
     )
     app.state.service = service
+    app.add_middleware(
+        RequestGuard, hosts=allowed_hosts(options.bind_host, options.allow_hosts), cors=options.cors
+    )
     if options.cors:
         app.add_middleware(
             CORSMiddleware,

@@ -3,6 +3,7 @@
 import contextlib
 import signal
 import threading
+from dataclasses import replace
 
 import uvicorn
 from uvicorn.server import HANDLED_SIGNALS
@@ -47,7 +48,7 @@ def run_server(options: ServeOptions, host: str, port: int, load=None) -> None:
     On a signal it stops admitting, lets running requests finish, and returns. Engines that
     cannot be loaded stop the server with an EngineError.
     """
-    app = create_app(options, load)
+    app = create_app(replace(options, bind_host=host), load)
     service = app.state.service
     # No proxy headers: X-Forwarded-For from a loopback client is not the client's address.
     config = uvicorn.Config(

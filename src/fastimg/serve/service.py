@@ -52,6 +52,8 @@ class ServeOptions:
     max_pixels: int = MAX_PIXELS
     api_key: str | None = None
     cors: tuple[str, ...] = ()
+    bind_host: str | None = None  # the address it listens on (None: loopback)
+    allow_hosts: tuple[str, ...] = ()  # Host names it answers to beyond loopback ones
 
 
 class Aborted(Exception):

@@ -14,9 +14,11 @@ another is transformed waits in a slot of one: a newer frame replaces it (counte
 "dropped", the total so far, as "received" is). Each transform takes a run slot through the
 same admission as the HTTP requests. With an API key, the client offers the subprotocol
 fastimg.key.BASE64URL(KEY) (browsers cannot send headers; a query parameter would end up in
-access logs). Refusals send an "error" message then close: 1008 for a missing key or bad
+access logs) or sends Authorization: Bearer KEY; without it the handshake is refused (HTTP 403)
+before anything is accepted. Refusals after it send an "error" message then close: 1008 for bad
 settings, 1013 while the engines load, 1001 when the server is shutting down (after the frame
-that runs is sent). Browsers may open it from this server's page and the --cors origins only.
+that runs is sent). Browsers may open it from this server's page and the --cors origins only
+(serve.guard refuses the others' handshakes).
 """
 
 import asyncio
@@ -31,7 +33,7 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from ..errors import FastImgError, InputError
-from .admission import Busy, Closed, Expired
+from .admission import Busy, Closed, Expired, authorized
 from .requests import ImageRequest
 from .service import Service, retrieve
 
@@ -48,20 +50,15 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
     """Accept /v1/stream, check its origin, key and settings, then run it until the client
     leaves or the server stops."""
     offered = websocket.scope.get("subprotocols", [])
+    key = service.options.api_key
+    bearer = websocket.headers.get("authorization")
+    if key and not (key_offered(offered, key) or authorized(bearer, key)):
+        # Refused before the handshake completes (HTTP 403): nothing is accepted without the
+        # key. (Pages from elsewhere were refused before this, by the RequestGuard.)
+        await websocket.close(code=POLICY)
+        return
     await websocket.accept(STREAM_PROTOCOL if STREAM_PROTOCOL in offered else None)
     try:
-        origin = websocket.headers.get("origin")
-        if not same_origin(origin, websocket.headers.get("host"), service.options.cors):
-            detail = (
-                f"pages from {origin} may not use this stream: start the server with --cors ORIGIN"
-            )
-            await refuse_stream(websocket, POLICY, detail)
-            return
-        key = service.options.api_key
-        if key and not key_offered(offered, key):
-            detail = f"missing or wrong API key: offer the subprotocol {KEY_PROTOCOL}BASE64URL(KEY)"
-            await refuse_stream(websocket, POLICY, detail)
-            return
         if not service.accepting:
             code = GOING_AWAY if service.state == "stopping" else TRY_AGAIN
             await refuse_stream(websocket, code, service.unavailable_reason())
@@ -194,15 +191,6 @@ class Stream:
         self.service.frames.labels(outcome).inc()
         async with self.sending:
             await self.websocket.send_json({"type": "error", "detail": detail, **extra})
-
-
-def same_origin(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
-    """Whether a WebSocket may be opened from `origin`: browsers send one and apply no CORS
-    to WebSockets, so a page elsewhere could otherwise use the stream (clients that are no
-    browser send none)."""
-    if origin is None or origin in allowed:
-        return True
-    return origin.partition("://")[2] == host
 
 
 def key_offered(subprotocols: list[str], api_key: str) -> bool:
