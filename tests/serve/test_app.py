@@ -415,3 +415,23 @@ def test_pages_from_elsewhere_are_refused_unless_named_with_cors(pipe, picture):
     with live(ServeOptions(cors=("http://evil.example",)), lambda: pipe) as (client, _):
         ready(client)
         assert client.post("/v1/img2img", headers=evil, **multipart(picture)).status_code == 200
+
+
+def test_an_internal_error_tells_the_client_an_incident_id_and_nothing_of_the_server(
+    server, picture, monkeypatch, caplog
+):
+    from fastimg.workflows import runner
+
+    client, service = server
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("index 1000 is out of bounds in /srv/secret/schedules.py")
+
+    monkeypatch.setattr(runner, "transform", broken)
+    with caplog.at_level("ERROR", logger="fastimg"):
+        response = client.post("/v1/img2img", **multipart(picture))
+    assert response.status_code == 500
+    detail = response.json()["detail"]
+    assert "incident" in detail and "secret" not in detail and "RuntimeError" not in detail
+    incident = detail.split("incident ")[1].split(")")[0]
+    assert incident in caplog.text and "/srv/secret/schedules.py" in caplog.text

@@ -265,3 +265,28 @@ def test_only_this_servers_page_and_the_cors_origins_may_open_a_stream(pipe):
             open_stream(client, origin="https://evil.example")
         assert refused.value.response.status_code == 403
         assert b"pages from https://evil.example may not" in refused.value.response.body
+
+
+def test_a_stream_that_sends_no_settings_is_closed(pipe):
+    with live(ServeOptions(stream_settings_seconds=0.5), lambda: pipe) as (client, service):
+        ready(client)
+        with open_stream(client) as ws:
+            assert "no settings within 0.5 s" in message(ws)["detail"]
+            assert closed_with(ws) == 1008
+        assert service.stream_clients == {}  # its count is given back
+
+
+def test_open_streams_are_capped_per_client_and_in_all(pipe):
+    options = ServeOptions(max_streams=3, max_streams_per_client=2)
+    with live(options, lambda: pipe) as (client, service):
+        ready(client)
+        with started(client=client), started(client=client):
+            with open_stream(client) as third:
+                assert "2 streams from 127.0.0.1 are open" in message(third)["detail"]
+                assert closed_with(third) == 1013
+        with started(client=client):  # the two closed: room again
+            pass
+        service.stream_clients["192.0.2.7"] = 3  # (others' sockets, as they would count)
+        with open_stream(client) as fourth:
+            assert "3 streams are open, the most this server takes" in message(fourth)["detail"]
+            assert closed_with(fourth) == 1013

@@ -83,6 +83,14 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     "beyond loopback. Prefer the environment variable: arguments are visible to other users.",
 )
 @click.option(
+    "--max-streams",
+    type=click.IntRange(1, 10_000),
+    default=16,
+    show_default=True,
+    help="/v1/stream connections open at once (4 at most from one client address); each must "
+    "send its settings within 10 s.",
+)
+@click.option(
     "--allow-host",
     "allow_hosts",
     multiple=True,
@@ -131,7 +139,7 @@ def _engines_as_argument(command: click.Command) -> click.Command:
 def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | None,
           max_queue: int, timeout: float,
           max_upload_mb: float, max_pixels: int | None, api_key: str | None,
-          allow_hosts: tuple[str, ...], cors: tuple[str, ...], on_ray: bool,
+          max_streams: int, allow_hosts: tuple[str, ...], cors: tuple[str, ...], on_ray: bool,
           replicas: str | None, replica_cpus: int | None, ray_address: str | None,
           backend: str, precision: str, device: int | None, shapes: str) -> None:  # fmt: skip
     """Serve img2img on the engines in ENGINES over HTTP, loading them once.
@@ -177,6 +185,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         max_pixels=max_pixels or MAX_PIXELS,
         api_key=api_key or None,
         cors=tuple(cors),
+        max_streams=max_streams,
         bind_host=host,
         allow_hosts=tuple(allow_hosts),
     )

@@ -33,7 +33,7 @@ from ..errors import EngineError, FastImgError, InputError
 from .admission import Busy, Closed, Expired, TooLarge, authorized
 from .guard import RequestGuard, allowed_hosts
 from .requests import ImageRequest, Refusal, read_body
-from .service import Result, ServeOptions, Service, retrieve
+from .service import Result, ServeOptions, Service, internal_error, retrieve
 from .stream import open_stream
 
 log = logging.getLogger("fastimg")
@@ -191,9 +191,8 @@ async def _img2img(service: Service, request: Request) -> Response:
         return Response(status_code=499)  # nobody is there to read it
     except FastImgError as exc:
         return refuse(500, str(exc), "error")
-    except Exception as exc:
-        log.exception("img2img request failed")
-        return refuse(500, f"internal error: {type(exc).__name__}: {exc}", "error")
+    except Exception:
+        return refuse(500, internal_error("img2img request"), "error")
     service.metrics.count("ok")
     service.metrics.images.inc(len(result.encoded))
     service.metrics.latency.observe(time.monotonic() - arrived)

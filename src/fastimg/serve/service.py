@@ -9,6 +9,7 @@ hands each request its encoded images (decoded from and encoded to memory).
 import asyncio
 import functools
 import logging
+import secrets
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +53,9 @@ class ServeOptions:
     max_pixels: int = MAX_PIXELS
     api_key: str | None = None
     cors: tuple[str, ...] = ()
+    max_streams: int = 16  # /v1/stream connections open at once, in all
+    max_streams_per_client: int = 4  # of them from one client address
+    stream_settings_seconds: float = 10.0  # a stream's settings must come within this
     bind_host: str | None = None  # the address it listens on (None: loopback)
     allow_hosts: tuple[str, ...] = ()  # Host names it answers to beyond loopback ones
 
@@ -93,7 +97,8 @@ class Service:
         self.on_failure = None  # called with the message when the engines cannot be loaded
         self._load = load or self._load_engines
         self.max_batch = options.max_batch or 1  # (None: set by the backend once loaded)
-        self.streams: set = set()  # the open /v1/stream connections (each has `stop()`)
+        self.streams: set = set()  # the running /v1/stream connections (each has `stop()`)
+        self.stream_clients: dict[str, int] = {}  # open stream sockets per client address
         self.frames = Counter(
             "fastimg_stream_frames",
             "Frames received on /v1/stream by outcome (ok, dropped, error, busy)",
@@ -350,6 +355,15 @@ def _encode(request: ImageRequest, images: list) -> Result:
     settings = {k: v for k, v in images[0].info.items() if k.startswith("fastimg:")}
     settings.pop("fastimg:index", None)
     return Result({**settings, **source}, encoded)
+
+
+def internal_error(what: str) -> str:
+    """The message a client gets for a failure that is fastimg's own: an id to quote, with the
+    traceback logged under it here (the client learns nothing of the server's internals). Call
+    it while handling the exception."""
+    incident = secrets.token_hex(4)
+    log.exception("%s failed (incident %s)", what, incident)
+    return f"internal error (incident {incident}): the server's log has the details"
 
 
 def retrieve(task: asyncio.Future) -> None:

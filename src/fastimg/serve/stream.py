@@ -35,7 +35,7 @@ from starlette.websockets import WebSocketDisconnect
 from ..errors import FastImgError, InputError
 from .admission import Busy, Closed, Expired, authorized
 from .requests import ImageRequest
-from .service import Service, retrieve
+from .service import Service, internal_error, retrieve
 
 log = logging.getLogger("fastimg")
 
@@ -58,13 +58,26 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
         await websocket.close(code=POLICY)
         return
     await websocket.accept(STREAM_PROTOCOL if STREAM_PROTOCOL in offered else None)
+    client = websocket.client.host if websocket.client else "?"
+    clients = service.stream_clients
+    clients[client] = clients.get(client, 0) + 1
     try:
         if not service.accepting:
             code = GOING_AWAY if service.state == "stopping" else TRY_AGAIN
             await refuse_stream(websocket, code, service.unavailable_reason())
             return
+        crowded = _crowded(service, client)
+        if crowded:
+            await refuse_stream(websocket, TRY_AGAIN, crowded)
+            return
         try:
-            template = service.stream_request(await websocket.receive())
+            wait = service.options.stream_settings_seconds
+            first = await asyncio.wait_for(websocket.receive(), wait)
+            template = service.stream_request(first)
+        except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11 on)
+            detail = f"no settings within {wait:g} s: send them first, as a JSON text message"
+            await refuse_stream(websocket, POLICY, detail)
+            return
         except InputError as exc:
             await refuse_stream(websocket, POLICY, str(exc))
             return
@@ -81,6 +94,23 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
             service.streams.discard(stream)
     except WebSocketDisconnect:
         pass  # the client left
+    finally:
+        clients[client] -= 1
+        if not clients[client]:
+            del clients[client]
+
+
+def _crowded(service: Service, client: str) -> str | None:
+    """Why one more stream socket is refused (this one counted already), or None."""
+    options, open_now = service.options, sum(service.stream_clients.values())
+    if open_now > options.max_streams:
+        return f"{options.max_streams} streams are open, the most this server takes: try later"
+    if service.stream_clients[client] > options.max_streams_per_client:
+        return (
+            f"{options.max_streams_per_client} streams from {client} are open, the most one "
+            "client may have: close one first"
+        )
+    return None
 
 
 class Stream:
@@ -170,9 +200,8 @@ class Stream:
         except FastImgError as exc:
             await self._error(str(exc), frame=index)
             return True
-        except Exception as exc:
-            log.exception("stream frame failed")
-            await self._error(f"internal error: {type(exc).__name__}: {exc}", frame=index)
+        except Exception:
+            await self._error(internal_error("stream frame"), frame=index)
             return True
         finally:
             if not work.done():
