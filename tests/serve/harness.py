@@ -14,11 +14,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
-import uvicorn
 from PIL import Image
 
 from fastimg.serve import ServeOptions, create_app
-from fastimg.serve.server import Server
+from fastimg.serve.server import Server, uvicorn_config
 
 SETTINGS = {"prompt": "a cat", "strength": "0.6", "steps": "3", "guidance": "5", "seed": "11"}
 CALL = dict(strength=0.6, num_inference_steps=3, guidance_scale=5.0, seed=11)
@@ -28,7 +27,7 @@ CALL = dict(strength=0.6, num_inference_steps=3, guidance_scale=5.0, seed=11)
 def live(options: ServeOptions, load=None):
     """A server on a free loopback port, in a thread; yields (client, service)."""
     app = create_app(options, load)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+    config = uvicorn_config(app, "127.0.0.1", 0, options, log_level="warning")
     server = Server(config, app.state.service)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

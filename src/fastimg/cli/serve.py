@@ -83,6 +83,29 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     "beyond loopback. Prefer the environment variable: arguments are visible to other users.",
 )
 @click.option(
+    "--max-connections",
+    type=click.IntRange(8, 100_000),
+    default=256,
+    show_default=True,
+    help="Sockets open at once (503 beyond them), an eighth of them at most from one client "
+    "address; each must send its request head within --header-timeout.",
+)
+@click.option(
+    "--header-timeout",
+    type=click.FloatRange(0.1, 600),
+    default=10.0,
+    show_default=True,
+    help="Seconds a request's line and headers may take (idle and slowloris sockets are "
+    "closed); an upload must then come at --min-upload-rate at least.",
+)
+@click.option(
+    "--min-upload-rate",
+    type=click.FloatRange(1, 1e9),
+    default=16.0,
+    show_default=True,
+    help="KiB/s an upload must come at, on average, once its head is in (408 otherwise).",
+)
+@click.option(
     "--max-streams",
     type=click.IntRange(1, 10_000),
     default=16,
@@ -139,6 +162,7 @@ def _engines_as_argument(command: click.Command) -> click.Command:
 def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | None,
           max_queue: int, timeout: float,
           max_upload_mb: float, max_pixels: int | None, api_key: str | None,
+          max_connections: int, header_timeout: float, min_upload_rate: float,
           max_streams: int, allow_hosts: tuple[str, ...], cors: tuple[str, ...], on_ray: bool,
           replicas: str | None, replica_cpus: int | None, ray_address: str | None,
           backend: str, precision: str, device: int | None, shapes: str) -> None:  # fmt: skip
@@ -185,6 +209,10 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         max_pixels=max_pixels or MAX_PIXELS,
         api_key=api_key or None,
         cors=tuple(cors),
+        max_connections=max_connections,
+        max_connections_per_client=max(1, max_connections // 8),
+        head_seconds=header_timeout,
+        body_bytes_per_second=min_upload_rate * 1024,
         max_streams=max_streams,
         bind_host=host,
         allow_hosts=tuple(allow_hosts),

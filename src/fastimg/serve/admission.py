@@ -47,6 +47,10 @@ class TooLarge(Exception):
     """An upload over the size limit, or an image over the pixel limit (HTTP 413)."""
 
 
+class SlowUpload(Exception):
+    """An upload that came slower than the server takes (HTTP 408)."""
+
+
 class Admission:
     """At most `workers` requests run at once and at most `max_queue` wait, in arrival order.
 
@@ -180,6 +184,31 @@ async def limited(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[byt
         seen += len(chunk)
         if seen > limit:
             raise TooLarge(_over(seen, limit, at_least=True))
+        yield chunk
+
+
+async def paced(
+    chunks: AsyncIterator[bytes], rate: float, grace: float, deadline: float
+) -> AsyncIterator[bytes]:
+    """`chunks` as they arrive, dropped (SlowUpload) where, after `grace` seconds, fewer than
+    `rate` bytes a second on average have come, and (Expired) at the loop time `deadline`: a
+    client sending a byte now and then (slowloris) holds no upload slot for long."""
+    loop = asyncio.get_running_loop()
+    start, seen, iterator = loop.time(), 0, chunks.__aiter__()
+    while True:
+        due = min(start + grace + seen / rate, deadline)
+        try:
+            chunk = await asyncio.wait_for(iterator.__anext__(), max(due - loop.time(), 0.001))
+        except StopAsyncIteration:
+            return
+        except asyncio.TimeoutError:
+            if due >= deadline:
+                raise Expired() from None
+            raise SlowUpload(
+                f"the upload came slower than {rate / 1024:.0f} KiB/s ({seen} bytes in "
+                f"{loop.time() - start:.0f} s): send it faster, or a smaller image"
+            ) from None
+        seen += len(chunk)
         yield chunk
 
 

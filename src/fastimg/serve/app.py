@@ -30,7 +30,7 @@ from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
 from ..errors import EngineError, FastImgError, InputError
-from .admission import Busy, Closed, Expired, TooLarge, authorized
+from .admission import Busy, Closed, Expired, SlowUpload, TooLarge, authorized
 from .guard import RequestGuard, allowed_hosts
 from .requests import ImageRequest, Refusal, read_body
 from .service import Result, ServeOptions, Service, internal_error, retrieve
@@ -167,7 +167,9 @@ async def _img2img(service: Service, request: Request) -> Response:
     try:
         if not service.accepting:
             raise Refusal(503, service.unavailable_reason())
-        body = await read_body(request, service.options.max_upload_bytes)
+        o = service.options
+        pace = (o.body_bytes_per_second, o.head_seconds, deadline)
+        body = await read_body(request, o.max_upload_bytes, pace)
         checked = service.check_request(body)
         size = await asyncio.to_thread(service.image_size, checked)
         checked = dataclasses.replace(checked, size=size)
@@ -177,6 +179,8 @@ async def _img2img(service: Service, request: Request) -> Response:
         return exc.response()
     except TooLarge as exc:
         return refuse(413, str(exc))
+    except SlowUpload as exc:
+        return refuse(408, str(exc), "timeout")
     except InputError as exc:
         return refuse(422, str(exc))
     except Busy as exc:

@@ -35,7 +35,7 @@ from ..settings import (
 from ..workflows import runner
 from ..workflows.jobs import Job
 from ..workflows.sources import Source
-from .admission import check_length, limited
+from .admission import check_length, limited, paced
 
 # How the result of one request is encoded (not call settings).
 OUTPUT_FIELDS = {FORMAT.key: FORMAT, QUALITY.key: QUALITY}
@@ -95,12 +95,14 @@ class ImageRequest:
                 call.guidance_scale)  # fmt: skip
 
 
-async def read_body(request: Request, limit: int) -> Body:
+async def read_body(request: Request, limit: int, pace=None) -> Body:
     """The request's fields and image, read within `limit` bytes: multipart/form-data (the
-    file `image`) or application/json (`image` as base64)."""
+    file `image`) or application/json (`image` as base64); `pace` (rate, grace, deadline) drops
+    an upload that comes too slowly or past the request's deadline (admission.paced)."""
     check_length(request.headers.get("content-length"), limit)
     kind = request.headers.get("content-type", "").partition(";")[0].strip().lower()
-    body = limited(request.stream(), limit)
+    chunks = request.stream() if pace is None else paced(request.stream(), *pace)
+    body = limited(chunks, limit)
     if kind == "multipart/form-data":
         return await _read_multipart(request, body)
     if kind == "application/json":

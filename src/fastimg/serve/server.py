@@ -10,6 +10,7 @@ from uvicorn.server import HANDLED_SIGNALS
 
 from ..errors import EngineError
 from .app import create_app
+from .connections import guarded_protocol
 from .service import ServeOptions, Service
 
 
@@ -42,6 +43,23 @@ class Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
 
+def uvicorn_config(app, host: str, port: int, options: ServeOptions, **more) -> uvicorn.Config:
+    """uvicorn's configuration for the app with `options`' connection limits: HTTP/1.1 with a
+    deadline for each request head and a cap per client address, `max_connections` in all."""
+    settings = dict(log_level="info", server_header=False, timeout_keep_alive=5)
+    settings.update(more)
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        # No proxy headers: X-Forwarded-For from a loopback client is not the client's address.
+        proxy_headers=False,
+        http=guarded_protocol(options.head_seconds, options.max_connections_per_client),
+        limit_concurrency=options.max_connections,
+        **settings,
+    )
+
+
 def run_server(options: ServeOptions, host: str, port: int, load=None) -> None:
     """Run the API on host:port until SIGTERM or SIGINT; the engines load once it is up.
 
@@ -50,10 +68,7 @@ def run_server(options: ServeOptions, host: str, port: int, load=None) -> None:
     """
     app = create_app(replace(options, bind_host=host), load)
     service = app.state.service
-    # No proxy headers: X-Forwarded-For from a loopback client is not the client's address.
-    config = uvicorn.Config(
-        app, host=host, port=port, log_level="info", server_header=False, proxy_headers=False
-    )
+    config = uvicorn_config(app, host, port, options)
     server = Server(config, service)
     service.on_failure = lambda message: setattr(server, "should_exit", True)
     server.run()

@@ -53,6 +53,10 @@ class ServeOptions:
     max_pixels: int = MAX_PIXELS
     api_key: str | None = None
     cors: tuple[str, ...] = ()
+    max_connections: int = 256  # sockets open at once (beyond them: 503)
+    max_connections_per_client: int = 32  # of them from one client address
+    head_seconds: float = 10.0  # a request's head (line and headers) must come within this
+    body_bytes_per_second: float = 16_384  # an upload slower than this on average is dropped
     max_streams: int = 16  # /v1/stream connections open at once, in all
     max_streams_per_client: int = 4  # of them from one client address
     stream_settings_seconds: float = 10.0  # a stream's settings must come within this
