@@ -21,6 +21,10 @@ class ManifestError(EngineError):
     """An engine folder's manifest.json is missing, unreadable or of an unknown format."""
 
 
+class Cancelled(FastImgError):
+    """A call stopped between its stages because its caller asked (`should_stop`)."""
+
+
 class MissingDependencyError(FastImgError):
     """An optional dependency is not installed."""
 

@@ -60,7 +60,7 @@ def test_calls_that_cannot_share_a_batch_run_apart_in_their_order(tiny):
     ]
     calls_made = []
     run = pipe._run
-    pipe._run = lambda group, callback: calls_made.append(len(group)) or run(group, callback)
+    pipe._run = lambda group, *rest: calls_made.append(len(group)) or run(group, *rest)
     together = assert_same_as_alone(pipe, calls)
     assert sorted(calls_made[: len(calls_made) - len(calls)]) == [1, 1, 1, 2]
     assert [image.info["fastimg:prompt"] for (image,) in together] == list("xyzwv")
@@ -87,7 +87,7 @@ def test_sdxl_conditioning_rows_follow_their_call_in_a_batch(tiny_sdxl, tiny_sdx
 def test_every_call_is_checked_before_any_runs(tiny):
     pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
     ran = []
-    pipe._run = lambda group, callback: ran.append(group)
+    pipe._run = lambda group, *rest: ran.append(group)
     (a,) = pictures(1)
     with pytest.raises(InputError, match="strength"):
         pipe.call_many([dict(prompt="ok", image=a), dict(prompt="bad", image=a, strength=2.0)])
@@ -96,3 +96,33 @@ def test_every_call_is_checked_before_any_runs(tiny):
     with pytest.raises(InputError, match="unknown argument 'callback'"):  # one for all calls
         pipe.call_many([dict(prompt="ok", image=a, callback=print)])
     assert ran == []
+
+
+def test_should_stop_stops_a_call_between_its_engine_calls(tiny, photo):
+    from fastimg.errors import Cancelled
+
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
+    ran = []
+    pipe.wrap_sessions(lambda name, session: _Counting(name, session, ran))
+    asked = []
+
+    def should_stop() -> bool:  # no before encoding, yes before decoding
+        asked.append(len(ran))
+        return len(asked) > 1
+
+    call = dict(prompt="a cat", image=photo, strength=0.5, num_inference_steps=4, seed=1)
+    with pytest.raises(Cancelled, match="before decoding"):
+        pipe.call_many([call], should_stop=should_stop)
+    assert "unet" in ran and "vae_decoder" not in ran  # the UNet ran; no decoder call followed
+    (image,) = pipe.call_many([call], should_stop=lambda: False)[0]
+    assert image.size == (88, 64)
+
+
+class _Counting:
+    def __init__(self, name, session, ran):
+        self.name, self.session, self.ran = name, session, ran
+        self.input_names, self.output_names = session.input_names, session.output_names
+
+    def run(self, feeds):
+        self.ran.append(self.name)
+        return self.session.run(feeds)

@@ -91,11 +91,11 @@ class Gated:
         held = self._held(callback, self.entered, self.release)
         return self.pipe(prompt, image, callback=held, **settings)
 
-    def call_many(self, calls, callback=None):
+    def call_many(self, calls, callback=None, should_stop=None):
         self.batches.append([call["prompt"] for call in calls])
         self.prompts += self.batches[-1]
         held = self._held(callback, self.batch_entered, self.batch_release)
-        return self.pipe.call_many(calls, held)
+        return self.pipe.call_many(calls, held, should_stop)
 
     def _held(self, callback, entered: threading.Event, release: threading.Event):
         def held(step, total):

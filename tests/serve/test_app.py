@@ -435,3 +435,22 @@ def test_an_internal_error_tells_the_client_an_incident_id_and_nothing_of_the_se
     assert "incident" in detail and "secret" not in detail and "RuntimeError" not in detail
     incident = detail.split("incident ")[1].split(")")[0]
     assert incident in caplog.text and "/srv/secret/schedules.py" in caplog.text
+
+
+def test_a_request_over_the_cost_budget_is_refused_with_its_numbers_before_it_runs(pipe, picture):
+    with live(ServeOptions(max_megapixel_steps=0.05), lambda: pipe) as (client, service):
+        ready(client)
+        runs = service.metrics.registry.get_sample_value("fastimg_batch_requests_count")
+        fields = {"num_images": "8", "steps": "4", "strength": "0.5"}  # 88x64 x 8 x (2 + 2)
+        response = client.post("/v1/img2img", **multipart(picture, **fields))
+        assert response.status_code == 422
+        assert (
+            "costs 0.2 megapixel-steps (88x64 px x 8 image(s) x (2 UNet steps"
+            in (response.json()["detail"])
+        )
+        assert service.metrics.registry.get_sample_value("fastimg_batch_requests_count") == runs
+        assert client.post("/v1/img2img", **multipart(picture)).status_code == 200  # 0.03
+    with live(ServeOptions(max_response_bytes=60_000), lambda: pipe) as (client, _):
+        ready(client)
+        response = client.post("/v1/img2img", **multipart(picture, num_images="4"))
+        assert response.status_code == 422 and "a response may hold" in response.json()["detail"]

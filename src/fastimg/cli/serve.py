@@ -83,6 +83,21 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     "beyond loopback. Prefer the environment variable: arguments are visible to other users.",
 )
 @click.option(
+    "--max-megapixel-steps",
+    type=click.FloatRange(0.01),
+    default=64.0,
+    show_default=True,
+    help="What one request may cost: megapixels x images x (UNet steps + 2 VAE passes); "
+    "more is refused (422, with the numbers) before it waits.",
+)
+@click.option(
+    "--max-response-mb",
+    type=click.FloatRange(0.1),
+    default=64.0,
+    show_default=True,
+    help="The most one response's images may hold, uncompressed.",
+)
+@click.option(
     "--max-connections",
     type=click.IntRange(8, 100_000),
     default=256,
@@ -162,6 +177,7 @@ def _engines_as_argument(command: click.Command) -> click.Command:
 def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | None,
           max_queue: int, timeout: float,
           max_upload_mb: float, max_pixels: int | None, api_key: str | None,
+          max_megapixel_steps: float, max_response_mb: float,
           max_connections: int, header_timeout: float, min_upload_rate: float,
           max_streams: int, allow_hosts: tuple[str, ...], cors: tuple[str, ...], on_ray: bool,
           replicas: str | None, replica_cpus: int | None, ray_address: str | None,
@@ -209,6 +225,8 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         max_pixels=max_pixels or MAX_PIXELS,
         api_key=api_key or None,
         cors=tuple(cors),
+        max_megapixel_steps=max_megapixel_steps,
+        max_response_bytes=int(max_response_mb * 2**20),
         max_connections=max_connections,
         max_connections_per_client=max(1, max_connections // 8),
         head_seconds=header_timeout,

@@ -21,7 +21,7 @@ from ..backends import SHAPES, Engines
 from ..backends.registry import describe
 from ..backends.select import resolve
 from ..engine_folder.manifest import Manifest, load_manifest
-from ..errors import EngineError, InputError
+from ..errors import Cancelled, EngineError, InputError
 from ..media import images
 from ..settings import SDXL_ARGUMENTS, CallSettings
 from . import conditioning, samplers, schedules
@@ -81,6 +81,12 @@ class Request:
     def key(self) -> tuple:
         """What calls batched together must share: the image size and the sampling."""
         return (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
+
+
+def _stop_point(should_stop, stage: str) -> None:
+    """Raise Cancelled where the caller no longer wants the call's images."""
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"stopped before {stage}: the caller asked")
 
 
 def _generators(rngs: list, rows: list[int]):
@@ -236,16 +242,18 @@ class Img2ImgPipeline:
         rng: TorchCompatibleGenerator,
         engines: Engines | None = None,
         chunk: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
         """Scaled latents of the images (`chunk` per encoder call at most): from a KL encoder's
         moments, a sample mean + std * eps (one draw of the generator); from a tiny encoder
-        (TAESD), its latents as they are."""
+        (TAESD), its latents as they are. `should_stop` is asked before each encoder call."""
         engines = engines or self.engines.default()
         xp, encoder = engines.xp, engines.sessions["vae_encoder"]
         chunk = chunk or len(pixels)
-        outs = [
-            encoder.run({"sample": pixels[j : j + chunk]}) for j in range(0, len(pixels), chunk)
-        ]
+        outs = []
+        for j in range(0, len(pixels), chunk):
+            _stop_point(should_stop, "encoding the image")
+            outs.append(encoder.run({"sample": pixels[j : j + chunk]}))
         out = {
             name: outs[0][name] if len(outs) == 1 else xp.concatenate([o[name] for o in outs])
             for name in outs[0]
@@ -327,13 +335,19 @@ class Img2ImgPipeline:
         return x
 
     def decode(
-        self, latents: np.ndarray, engines: Engines | None = None, chunk: int | None = None
+        self,
+        latents: np.ndarray,
+        engines: Engines | None = None,
+        chunk: int | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> np.ndarray:
-        """uint8 NHWC images from latents, decoded `chunk` images at a time."""
+        """uint8 NHWC images from latents, decoded `chunk` images at a time (`should_stop` is
+        asked before each decoder call)."""
         engines = engines or self.engines.default()
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
         chunk, decoded = chunk or len(scaled), []
         for j in range(0, len(scaled), chunk):
+            _stop_point(should_stop, "decoding the images")
             part = {"latent_sample": scaled[j : j + chunk]}
             pixels = engines.sessions["vae_decoder"].run(part)["sample"]
             decoded.append(
@@ -353,6 +367,7 @@ class Img2ImgPipeline:
         seed: int | None = None,
         scheduler: str | None = None,
         callback: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
         prompt_2: str | None = None,
         negative_prompt_2: str | None = None,
         original_size: tuple[int, int] | None = None,
@@ -368,6 +383,8 @@ class Img2ImgPipeline:
         SDXL folders also take StableDiffusionXLImg2ImgPipeline's `prompt_2`,
         `negative_prompt_2`, `original_size`, `crops_coords_top_left`, `target_size` (base) and
         `aesthetic_score`, `negative_aesthetic_score` (refiner); None means diffusers' default.
+        `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
+        engine calls, raises Cancelled when it says so (call_many's).
         """
         request = self._prepare(
             prompt=prompt,
@@ -387,22 +404,27 @@ class Img2ImgPipeline:
             aesthetic_score=aesthetic_score,
             negative_aesthetic_score=negative_aesthetic_score,
         )
-        return self._run([request], callback)[0]
+        return self._run([request], callback, should_stop)[0]
 
     def call_many(
-        self, calls: list[dict], callback: Callable[[int, int], None] | None = None
+        self,
+        calls: list[dict],
+        callback: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[list[Image.Image]]:
         """Several calls (each a dict of __call__'s arguments less `callback`), those with the
         same image size, sampler, steps, strength and guidance run as one batch per engine
         call; each call's images are the ones __call__ gives it alone (its own seed's noise,
-        prompt and image). Every call is checked before any runs."""
+        prompt and image). Every call is checked before any runs. `should_stop`, asked between
+        the stages and their engine calls (the UNet's steps: `callback`), raises Cancelled when it
+        says so: a caller that no longer wants the images frees the engines within one call."""
         requests = [self._prepare(**call) for call in calls]
         groups: dict[tuple, list[int]] = {}
         for k, request in enumerate(requests):
             groups.setdefault(request.key, []).append(k)
         results: list[list[Image.Image]] = [[] for _ in requests]
         for members in groups.values():
-            made = self._run([requests[k] for k in members], callback)
+            made = self._run([requests[k] for k in members], callback, should_stop)
             for k, images_made in zip(members, made, strict=True):
                 results[k] = images_made
         return results
@@ -444,7 +466,7 @@ class Img2ImgPipeline:
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
         )
 
-    def _run(self, group: list[Request], callback) -> list[list[Image.Image]]:
+    def _run(self, group: list[Request], callback, should_stop=None) -> list[list[Image.Image]]:
         """Run requests that share a key as one batch; each request's images, in order."""
         # 1. The engines for the call's shape, and how many images each engine call takes.
         first = group[0]
@@ -471,14 +493,15 @@ class Img2ImgPipeline:
             rngs = [r.rng for r in group]
             pixels = np.concatenate([r.pixels for r in group]) if len(group) > 1 else first.pixels
             per_encode = 1 if describe(engines.backend).plan_sets else chunk
-            z = self.encode_image(pixels, _generators(rngs, [1] * len(group)), engines, per_encode)
+            z = self.encode_image(pixels, _generators(rngs, [1] * len(group)), engines, per_encode,
+                                  should_stop)  # fmt: skip
             z = xp.repeat(z, counts, axis=0) if len(group) > 1 else xp.repeat(z, total, axis=0)
             # 5. Noise to the plan's first step, then the sampler loop over the UNet.
             noise = _generators(rngs, counts)
             latents = self.denoise(z, embeddings, first.plan, first.guidance_scale, noise,
                                    callback, engines, chunk, extra)  # fmt: skip
             # 6. Decode.
-            decoded = self.decode(latents, engines, chunk)
+            decoded = self.decode(latents, engines, chunk, should_stop)
         self.engines.keep(engines, held)
         # 7. Each request's images, labelled with what made them.
         results, start = [], 0

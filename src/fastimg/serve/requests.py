@@ -81,6 +81,7 @@ class ImageRequest:
     source: str | None  # the uploaded file's name, labelled into the outputs
     fmt: str
     quality: int | None
+    unet_steps: int = 0  # the UNet steps a call runs (strength x the scheduled steps)
     size: tuple[int, int] | None = None  # (width, height) from the image's header
 
     @property
@@ -134,7 +135,7 @@ def check_body(body: Body, manifest) -> ImageRequest:
     (checked,) = runner.check_jobs(manifest, [job])
     sampler = checked.sampler
     source = name if body.filename else None
-    return ImageRequest(job, sampler, body.data, name, source, fmt, quality)
+    return ImageRequest(job, sampler, body.data, name, source, fmt, quality, checked.steps)
 
 
 def check_stream_settings(message: dict, manifest) -> ImageRequest:

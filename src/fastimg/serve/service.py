@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from ..backends.registry import serve_batch
 from ..diffusion.schedules import default_sampler
 from ..engine_folder.manifest import Manifest, load_manifest
-from ..errors import InputError
+from ..errors import Cancelled, InputError
 from ..media.images import MAX_PIXELS, check_sides, decode_image
 from ..media.labels import encode_image
 from ..settings import FORMATS, MAX_IMAGES, SAMPLERS
@@ -57,6 +57,10 @@ class ServeOptions:
     max_connections_per_client: int = 32  # of them from one client address
     head_seconds: float = 10.0  # a request's head (line and headers) must come within this
     body_bytes_per_second: float = 16_384  # an upload slower than this on average is dropped
+    # What one request may ask for: megapixels x images x (UNet steps + 2 VAE passes), and
+    # the raw bytes of its images (a 1024 px, 8-image request took 5 GB and 33 s on 2 cores).
+    max_megapixel_steps: float = 64.0
+    max_response_bytes: int = 64 << 20
     max_streams: int = 16  # /v1/stream connections open at once, in all
     max_streams_per_client: int = 4  # of them from one client address
     stream_settings_seconds: float = 10.0  # a stream's settings must come within this
@@ -220,8 +224,31 @@ class Service:
         if size is None:
             decode_image(request.data, request.name, self.options.max_pixels)
         elif self.pipe is not None:  # sides these engines cannot take: refused before decoding
-            check_sides(size, self.pipe.manifest.vae_scale_factor, self.pipe.max_side)
+            multiple = self.pipe.manifest.vae_scale_factor
+            width, height = check_sides(size, multiple, self.pipe.max_side)
+            self._check_cost(request, width, height)
         return size
+
+    def _check_cost(self, request: ImageRequest, width: int, height: int) -> None:
+        """Refuse (422, with the numbers) a request over the server's budget of megapixel-steps
+        or of response bytes, before it waits for a slot."""
+        o, images = self.options, request.job.call.num_images_per_prompt
+        passes = request.unet_steps + 2
+        cost = width * height / 1e6 * images * passes
+        if cost > o.max_megapixel_steps:
+            raise InputError(
+                f"this request costs {cost:.1f} megapixel-steps ({width}x{height} px x {images} "
+                f"image(s) x ({request.unet_steps} UNet steps + 2 VAE passes)), over the "
+                f"{o.max_megapixel_steps:g} this server takes (--max-megapixel-steps): ask for "
+                "fewer images or steps, or a smaller image"
+            )
+        raw = width * height * 3 * images
+        if raw > o.max_response_bytes:
+            raise InputError(
+                f"{images} image(s) of {width}x{height} px make up to {raw / 2**20:.0f} MiB, over "
+                f"the {o.max_response_bytes / 2**20:.0f} MiB a response may hold "
+                "(--max-response-mb): ask for fewer images, or a smaller one"
+            )
 
     async def admit_and_run(self, request: ImageRequest, abort: threading.Event, deadline: float):
         """Wait for a slot, then run with the waiters that can share the run (same batch key,
@@ -272,9 +299,13 @@ class Service:
         """Decode, run (as one batch when there are several) and encode, in a worker thread;
         each entry's Result, or the error that ended it."""
 
+        def nobody_waits() -> bool:
+            """Whether every request of the run has gone (its client left, its deadline passed)."""
+            return all(entry.abort.is_set() for entry in entries)
+
         def callback(step: int, total: int) -> None:
-            """Stop the run between steps once no request of it is waiting any more."""
-            if all(entry.abort.is_set() for entry in entries):
+            """Stop the run between UNet steps once no request of it is waiting any more."""
+            if nobody_waits():
                 raise Aborted()
 
         outcomes: list = [None] * len(entries)
@@ -288,9 +319,12 @@ class Service:
                 decoded.append((k, image))
             except (Aborted, InputError) as exc:
                 outcomes[k] = exc
-        for k, results in self._transform(entries, decoded, callback):
+        for k, results in self._transform(entries, decoded, callback, nobody_waits):
             if isinstance(results, BaseException):
                 outcomes[k] = results
+                continue
+            if entries[k].abort.is_set():  # gone: its images are not encoded
+                outcomes[k] = Aborted()
                 continue
             try:  # one request's output that cannot be written fails that request alone
                 outcomes[k] = _encode(entries[k].request, results)
@@ -298,7 +332,7 @@ class Service:
                 outcomes[k] = exc
         return outcomes
 
-    def _transform(self, entries: list[Entry], decoded: list, callback):
+    def _transform(self, entries: list[Entry], decoded: list, callback, should_stop):
         """(index, images or error) of each decoded request: one batched run, or, when the
         batch is refused as a whole (one request's input), each request alone."""
         jobs = [(entries[k].request.job, image, entries[k].request.sampler) for k, image in decoded]
@@ -307,15 +341,17 @@ class Service:
         self.metrics.batch.observe(len(jobs))
         if len(jobs) > 1:
             try:
-                made = runner.transform_many(self.pipe, jobs, callback)
+                made = runner.transform_many(self.pipe, jobs, callback, should_stop)
                 return [(k, images) for (k, _), images in zip(decoded, made, strict=True)]
+            except Cancelled:
+                return [(k, Aborted()) for k, _ in decoded]
             except InputError:
                 pass
         done = []
         for (k, _), job in zip(decoded, jobs, strict=True):
             try:
-                done.append((k, runner.transform(self.pipe, *job, callback)))
-            except (Aborted, InputError) as exc:
+                done.append((k, runner.transform(self.pipe, *job, callback, should_stop)))
+            except (Aborted, Cancelled, InputError) as exc:
                 if len(jobs) == 1:
                     raise
                 done.append((k, exc))

@@ -190,17 +190,23 @@ def _label_matches(recorded: str, value) -> bool:
     return str(recorded) == str(value)
 
 
-def transform(pipe, job: Job, image, sampler: str, callback: Callable | None = None) -> list:
-    """The images `pipe` makes of `image` with `job`'s settings and the resolved `sampler`."""
-    return pipe(**_arguments(job, image, sampler), callback=callback)
+def transform(
+    pipe, job: Job, image, sampler: str, callback: Callable | None = None, should_stop=None
+) -> list:
+    """The images `pipe` makes of `image` with `job`'s settings and the resolved `sampler`
+    (`should_stop`: Img2ImgPipeline.call_many's)."""
+    stop = {} if should_stop is None else {"should_stop": should_stop}
+    return pipe(**_arguments(job, image, sampler), callback=callback, **stop)
 
 
-def transform_many(pipe, jobs: list[tuple], callback: Callable | None = None) -> list[list]:
+def transform_many(
+    pipe, jobs: list[tuple], callback: Callable | None = None, should_stop=None
+) -> list[list]:
     """What `transform` makes of each (job, image, sampler), in shared runs where it can.
 
     The jobs that share an image size and settings run as one batch (Img2ImgPipeline.call_many).
     """
-    return pipe.call_many([_arguments(*job) for job in jobs], callback)
+    return pipe.call_many([_arguments(*job) for job in jobs], callback, should_stop)
 
 
 def _arguments(job: Job, image, sampler: str) -> dict:
