@@ -270,3 +270,22 @@ def test_a_taken_waiter_that_leaves_gives_back_no_slot():
         assert gate.running == 0
 
     run(scenario())
+
+
+def test_uploads_in_progress_count_against_the_slots_and_the_queue():
+    async def scenario():
+        admission = Admission(workers=1, max_queue=1)
+        with admission.upload(), admission.upload():
+            with pytest.raises(Busy):  # two bodies arriving: as many as would ever run or wait
+                with admission.upload():
+                    pass
+        assert admission.uploading == 0
+        loop = asyncio.get_running_loop()
+        assert await admission.acquire(loop.time() + 5)  # one running
+        with admission.upload():
+            with pytest.raises(Busy):
+                with admission.upload():
+                    pass
+        admission.release()
+
+    asyncio.run(scenario())

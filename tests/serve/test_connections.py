@@ -105,3 +105,32 @@ def test_one_client_cannot_hold_every_socket(pipe):
         time.sleep(0.2)
         with httpx.Client(base_url=client.base_url) as fresh:
             assert fresh.get("/v1/health").status_code == 200
+
+
+def test_unfinished_uploads_hold_queue_places_and_newcomers_get_429(pipe, picture):
+    options = ServeOptions(workers=1, max_queue=1, head_seconds=30, body_bytes_per_second=1)
+    with live(options, lambda: pipe) as (client, service):
+        ready(client)
+        data = picture.read_bytes()
+        head = (
+            b"POST /v1/img2img HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(data) * 10}\r\n\r\n".encode()
+        )
+        held = [_socket(client) for _ in range(2)]
+        try:
+            for sock in held:  # bodies that never finish
+                sock.sendall(head + data[:100])
+            deadline = time.monotonic() + 10
+            while service.admission.uploading < 2 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert service.admission.uploading == 2
+            refused = client.post("/v1/img2img", content=b"{}",
+                                  headers={"Content-Type": "application/json"})  # fmt: skip
+            assert refused.status_code == 429 and "Retry-After" in refused.headers
+        finally:
+            for sock in held:
+                sock.close()
+        deadline = time.monotonic() + 10
+        while service.admission.uploading and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert service.admission.uploading == 0  # places given back when the clients left

@@ -7,6 +7,7 @@ anything is decoded, and the bearer key. Everything here runs on the event loop 
 """
 
 import asyncio
+import contextlib
 import hmac
 import io
 import ipaddress
@@ -67,6 +68,7 @@ class Admission:
             raise ValueError(f"workers must be >= 1 and max_queue >= 0, got {workers}, {max_queue}")
         self.workers, self.max_queue = workers, max_queue
         self.running = 0
+        self.uploading = 0  # requests whose bodies are still arriving
         self.closed = False
         self._waiting: deque[asyncio.Future] = deque()
         self._riders: dict[asyncio.Future, tuple] = {}  # a waiter's (batch key, payload)
@@ -76,6 +78,21 @@ class Admission:
     def waiting(self) -> int:
         """Requests in the queue now."""
         return len(self._waiting)
+
+    @contextlib.contextmanager
+    def upload(self):
+        """Hold a place while a request's body arrives: uploads count against the slots and the
+        queue, so clients cannot make the server hold more bodies than it would ever queue
+        (429 at once beyond that, before a byte of the body is read)."""
+        if self.closed:
+            raise Closed()
+        if self.running + self.waiting + self.uploading >= self.workers + self.max_queue:
+            raise Busy(self.retry_after())
+        self.uploading += 1
+        try:
+            yield
+        finally:
+            self.uploading -= 1
 
     async def acquire(self, deadline: float, key=None, payload=None) -> bool:
         """Take a run slot (True), waiting in the queue until `deadline` (the loop's clock) at

@@ -169,7 +169,8 @@ async def _img2img(service: Service, request: Request) -> Response:
             raise Refusal(503, service.unavailable_reason())
         o = service.options
         pace = (o.body_bytes_per_second, o.head_seconds, deadline)
-        body = await read_body(request, o.max_upload_bytes, pace)
+        with service.admission.upload():
+            body = await read_body(request, o.max_upload_bytes, pace)
         checked = service.check_request(body)
         size = await asyncio.to_thread(service.image_size, checked)
         checked = dataclasses.replace(checked, size=size)
