@@ -7,6 +7,7 @@ import pytest
 
 from fastimg import machine
 from fastimg.diffusion import memory
+from fastimg.diffusion.engine_set import fused_components
 from fastimg.diffusion.pipeline import Img2ImgPipeline
 from fastimg.engine_folder.manifest import Manifest
 from fastimg.errors import InputError
@@ -174,7 +175,7 @@ def test_the_pipeline_checks_a_winograd_call_against_its_own_estimate(
     tiny_winograd, photo, monkeypatch
 ):
     pipe = Img2ImgPipeline.from_engines(tiny_winograd[1], backend="onnxruntime")
-    fused = pipe.engines.fused("onnxruntime")
+    fused = fused_components(pipe.manifest, "onnxruntime")
     standard = memory.peak_bytes(pipe.manifest, 64, 64, 1, True, fused)
     winograd = memory.peak_bytes(pipe.manifest, 64, 64, 1, True, fused, variant="onnxruntime")
     assert winograd > standard
@@ -207,7 +208,7 @@ def test_memory_freed_by_the_process_counts_as_free_again():
 
 def test_memory_the_engines_kept_from_an_earlier_call_is_theirs_to_reuse(tiny, photo, monkeypatch):
     pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
-    fused = pipe.engines.fused("onnxruntime")
+    fused = fused_components(pipe.manifest, "onnxruntime")
     one = memory.peak_bytes(pipe.manifest, 64, 88, 1, True, fused)
     two = memory.peak_bytes(pipe.manifest, 64, 88, 2, True, fused)
     free = [int(one / memory.SHARE) + 1]

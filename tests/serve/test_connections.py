@@ -134,3 +134,21 @@ def test_unfinished_uploads_hold_queue_places_and_newcomers_get_429(pipe, pictur
         while service.admission.uploading and time.monotonic() < deadline:
             time.sleep(0.01)
         assert service.admission.uploading == 0  # places given back when the clients left
+
+
+def test_stream_sockets_leave_no_count_behind_on_the_http_cap(pipe):
+    from websockets.exceptions import InvalidStatus
+
+    from tests.serve.test_stream import open_stream, started
+
+    options = ServeOptions(head_seconds=30, max_connections_per_client=3)
+    with live(options, lambda: pipe) as (client, _):
+        ready(client)
+        for _ in range(5):  # more than the cap, one after another
+            with started(client=client):
+                pass
+            with pytest.raises(InvalidStatus):  # (refused handshakes count the same way)
+                open_stream(client, origin="https://evil.example")
+        time.sleep(0.2)
+        with httpx.Client(base_url=client.base_url) as fresh:
+            assert fresh.get("/v1/health").status_code == 200

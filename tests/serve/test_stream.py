@@ -291,3 +291,12 @@ def test_open_streams_are_capped_per_client_and_in_all(pipe):
         with open_stream(client) as fourth:
             assert "3 streams are open, the most this server takes" in message(fourth)["detail"]
             assert closed_with(fourth) == 1013
+
+
+def test_a_frame_over_the_cost_budget_is_refused_and_the_stream_goes_on(pipe, frames):
+    with live(ServeOptions(max_megapixel_steps=0.001), lambda: pipe) as (client, service):
+        ready(client)
+        with started(client=client) as ws:
+            ws.send(frames[0])
+            error = message(ws)
+            assert error["type"] == "error" and "megapixel-steps" in error["detail"]

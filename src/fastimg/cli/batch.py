@@ -201,9 +201,8 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
 
     Columns: image, the settings (prompt, negative_prompt, strength, steps, guidance, seed,
     num_images, sampler, the SDXL ones), output (only image is required; the options fill what
-    a row leaves empty). Every row is checked
-    before the first image is made; outputs are named {row}-{stem}-s{strength}-{seed} unless
-    a row's output column or --name says otherwise.
+    a row leaves empty). Every row is checked before the first image is made; outputs are named
+    {row}-{stem}-s{strength}-{seed} unless a row's output column or --name says otherwise.
     """
     from ..workflows.jobfile import read_job_file
 

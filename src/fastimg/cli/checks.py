@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 
 from ..errors import InputError
-from ..settings import SAMPLERS
+from ..settings import BY_NAME, SAMPLERS
 from .common import domain_errors, echo_err
+from .options import click_type
 
 
 @click.command()
@@ -66,7 +67,7 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
 )
 @click.option("--guidance", type=click.FloatRange(0), default=0.0, show_default=True)
 @click.option("--sampler", type=click.Choice(SAMPLERS), default="ddim", show_default=True)
-@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, show_default=True)
+@click.option("--seed", type=click_type(BY_NAME["seed"]), default=0, show_default=True)
 @click.option(
     "--backend",
     "backends",

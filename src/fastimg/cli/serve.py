@@ -85,7 +85,7 @@ def _engines_as_argument(command: click.Command) -> click.Command:
 @click.option(
     "--max-megapixel-steps",
     type=click.FloatRange(0.01),
-    default=64.0,
+    default=256.0,
     show_default=True,
     help="What one request may cost: megapixels x images x (UNet steps + 2 VAE passes); "
     "more is refused (422, with the numbers) before it waits.",

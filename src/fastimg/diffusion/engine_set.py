@@ -185,14 +185,6 @@ class EngineSet:
 
     # --- memory ---------------------------------------------------------------------------------
 
-    def fused(self, backend: str) -> frozenset:
-        """The components `backend` runs with attention fused (never holding the scores)."""
-        return fused_components(self.manifest, backend)
-
-    def estimate_kind(self, backend: str, precision: str) -> dict:
-        """What the memory estimate needs to know of `backend` (estimate_kind)."""
-        return estimate_kind(self.manifest, backend, precision)
-
     def max_side(self, device: str) -> int:
         """The longest image side these engines take here: what the manifest states, bounded
         by what one image's activations can have of the memory free now (plan sets bound
@@ -203,7 +195,7 @@ class EngineSet:
             fits = memory.largest_side(
                 self.manifest,
                 machine.free_bytes(device),
-                **self.estimate_kind(self.backend, self.precision),
+                **estimate_kind(self.manifest, self.backend, self.precision),
             )
         sides = [side for side in (stated, fits) if side is not None]
         return min(sides) if sides else DEFAULT_MAX_SIDE
@@ -215,7 +207,7 @@ class EngineSet:
         refused with the numbers when one image cannot fit in the memory free."""
         if describe(engines.backend).plan_sets:  # (their activation memory is set at load)
             return total, 0
-        kind = self.estimate_kind(engines.backend, engines.precision)
+        kind = estimate_kind(self.manifest, engines.backend, engines.precision)
         free = machine.free_bytes(engines.device)
         if free is not None:  # what earlier calls left with the engines is theirs to reuse
             with self._lock:

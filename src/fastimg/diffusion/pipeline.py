@@ -23,7 +23,7 @@ from ..backends.select import resolve
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import Cancelled, EngineError, InputError
 from ..media import images
-from ..settings import SDXL_ARGUMENTS, CallSettings
+from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
 from . import conditioning, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
@@ -171,6 +171,16 @@ class Img2ImgPipeline:
     def precision(self) -> str:
         """The precision the engines run in (what the backend compiled here)."""
         return self.engines.precision
+
+    @property
+    def tokenizer(self):
+        """The (first) text encoder's tokenizer."""
+        return self.prompts.tokenizer
+
+    @property
+    def tokenizers(self) -> dict:
+        """Each text encoder's tokenizer, by encoder."""
+        return self.prompts.tokenizers
 
     @property
     def exact(self) -> bool:
@@ -367,7 +377,6 @@ class Img2ImgPipeline:
         seed: int | None = None,
         scheduler: str | None = None,
         callback: Callable[[int, int], None] | None = None,
-        should_stop: Callable[[], bool] | None = None,
         prompt_2: str | None = None,
         negative_prompt_2: str | None = None,
         original_size: tuple[int, int] | None = None,
@@ -375,6 +384,8 @@ class Img2ImgPipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        *,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[Image.Image]:
         """Transform `image` toward `prompt`; the same seed gives diffusers' image for it.
 
@@ -443,7 +454,7 @@ class Img2ImgPipeline:
             image = images.load_image(image)
         if not isinstance(image, Image.Image):
             raise InputError(f"image must be a PIL image or a path, got {type(image).__name__}")
-        seed = secrets.randbelow(2**32) if settings.seed is None else settings.seed
+        seed = secrets.randbelow(SEED_LIMIT) if settings.seed is None else settings.seed
         negative_prompt = settings.negative_prompt
         if self.distilled and negative_prompt:
             log.warning(

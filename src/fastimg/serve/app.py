@@ -7,10 +7,13 @@
     GET  /             the web page (static/; served without a key: it holds no secrets)
     WS   /v1/stream    webcam frames in, transformed JPEGs out; the newest frame wins
 
-A request is read within the upload limit, its fields checked as the CLI checks them (422),
-its image header checked against the pixel limit (413), then it waits for a run slot (429
-when the queue is full, 504 past its deadline) and runs in a worker thread, never on the
-event loop. A client that goes away is dropped from the queue, or stopped at the next step.
+Every route first passes serve.guard (Host and Origin: 403). A request takes an upload place
+(429 when uploads, waiters and runs fill the slots and the queue), is read within the upload
+limit (413) at the least upload rate (408) and its deadline (504), its fields checked as the
+CLI checks them (422), its image header against the pixel limit (413), the engines' sides and
+the cost budget (422); then it waits for a run slot (429 when the queue is full, 504 past its
+deadline) and runs in a worker thread, never on the event loop. A client that goes away is
+dropped from the queue, or stopped at the next engine call.
 """
 
 import asyncio

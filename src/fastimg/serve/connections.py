@@ -29,19 +29,23 @@ def guarded_protocol(head_seconds: float, per_client: int) -> type:
             open_by_client[client] = open_by_client.get(client, 0) + 1
             self._counted = client
             if open_by_client[client] > per_client:
-                self.logger.warning("%s holds %d connections: closing one", client, per_client)
+                self.logger.warning("%s holds %d connections already: closing its newest", client,
+                                    per_client)  # fmt: skip
                 transport.close()
                 return
             self._await_head()
 
         def connection_lost(self, exc) -> None:
             self._cancel_head_timer()
+            self._uncount()
+            super().connection_lost(exc)
+
+        def _uncount(self) -> None:
             if self._counted is not None:
                 open_by_client[self._counted] -= 1
                 if not open_by_client[self._counted]:
                     del open_by_client[self._counted]
                 self._counted = None
-            super().connection_lost(exc)
 
         def handle_events(self) -> None:
             super().handle_events()
@@ -49,7 +53,10 @@ def guarded_protocol(head_seconds: float, per_client: int) -> type:
                 self._cancel_head_timer()  # a request's head came: its body has its own deadline
 
         def handle_websocket_upgrade(self, event) -> None:
+            # The socket passes to the WebSocket protocol, which is told when it closes (this
+            # one is not): its count ends here; open streams are counted by the stream.
             self._cancel_head_timer()
+            self._uncount()
             super().handle_websocket_upgrade(event)
 
         def on_response_complete(self) -> None:

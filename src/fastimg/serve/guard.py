@@ -25,21 +25,33 @@ def host_name(host: str) -> str:
 
 
 def allowed_hosts(bind_host: str | None, extra: tuple[str, ...]) -> frozenset | None:
-    """The Host names a server bound to `bind_host` answers to: loopback names on loopback (with
-    `extra`); on other addresses only `extra` where given, else any (None)."""
+    """The Host names a server bound to `bind_host` answers to: on loopback its own address,
+    the loopback names and `extra` (any loopback IP address is always taken: rebinding needs a
+    name); on other addresses only `extra` where given, else any (None)."""
     from .admission import is_loopback
 
     names = frozenset(host_name(name) for name in extra)
     if bind_host is None or is_loopback(bind_host):
-        return frozenset(LOOPBACK_NAMES) | names
+        return frozenset(LOOPBACK_NAMES) | {host_name(bind_host or "127.0.0.1")} | names
     return names or None
+
+
+def _loopback_address(name: str) -> bool:
+    """Whether `name` is a loopback IP address (127.0.0.0/8, ::1), not a name."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 class RequestGuard:
     """ASGI middleware refusing (403) requests whose Host or Origin the server does not serve."""
 
     def __init__(self, app, hosts: frozenset | None, cors: tuple[str, ...]):
-        self.app, self.hosts, self.cors = app, hosts, cors
+        self.app, self.hosts = app, hosts
+        self.cors = tuple(origin.rstrip("/") for origin in cors)  # (as browsers send them)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] in ("http", "websocket"):
@@ -52,14 +64,16 @@ class RequestGuard:
 
     def refusal(self, host: str | None, origin: str | None) -> str | None:
         """Why a request naming `host` from `origin` is refused, or None."""
-        if self.hosts is not None and (host is None or host_name(host) not in self.hosts):
-            return (
-                f"this server does not answer to the host {host!r}: use one it is bound to "
-                "(127.0.0.1, localhost) or start it with --allow-host NAME"
-            )
-        if origin is None or origin in self.cors:
+        if self.hosts is not None:
+            name = host_name(host) if host else None
+            if name is None or not (name in self.hosts or _loopback_address(name)):
+                return (
+                    f"this server does not answer to the host {host!r}: use one it is bound to "
+                    "(127.0.0.1, localhost) or start it with --allow-host NAME"
+                )
+        if origin is None or "*" in self.cors or origin.rstrip("/") in self.cors:
             return None
-        if origin.partition("://")[2].lower() == (host or "").lower():
+        if host and origin.partition("://")[2].lower() == host.lower():
             return None  # the page this server serves
         return f"pages from {origin} may not use this server: start it with --cors ORIGIN"
 

@@ -27,6 +27,7 @@ from ..media.images import MAX_PIXELS, check_sides, decode_image
 from ..media.labels import encode_image
 from ..settings import FORMATS, MAX_IMAGES, SAMPLERS
 from ..workflows import runner
+from ..workflows.jobs import setting_labels
 from .admission import Admission, Closed, Expired, check_pixels
 from .metrics import Metrics
 from .requests import SDXL_FIELDS, Body, ImageRequest, check_body, check_stream_settings
@@ -59,7 +60,8 @@ class ServeOptions:
     body_bytes_per_second: float = 16_384  # an upload slower than this on average is dropped
     # What one request may ask for: megapixels x images x (UNet steps + 2 VAE passes), and
     # the raw bytes of its images (a 1024 px, 8-image request took 5 GB and 33 s on 2 cores).
-    max_megapixel_steps: float = 64.0
+    # 256 takes SDXL at 1024 px, 4 images, the default 50 steps at strength 0.8 (176).
+    max_megapixel_steps: float = 256.0
     max_response_bytes: int = 64 << 20
     max_streams: int = 16  # /v1/stream connections open at once, in all
     max_streams_per_client: int = 4  # of them from one client address
@@ -200,13 +202,7 @@ class Service:
         small image with the labels its images will have."""
         call = request.job.call
         labels = {
-            "fastimg:prompt": call.prompt,
-            "fastimg:negative_prompt": call.negative_prompt or "",
-            "fastimg:seed": call.seed,
-            "fastimg:strength": call.strength,
-            "fastimg:steps": call.num_inference_steps,
-            "fastimg:guidance": call.guidance_scale,
-            "fastimg:scheduler": request.sampler,
+            **setting_labels(call, request.sampler),
             "fastimg:backend": self.pipe.backend,
             "fastimg:precision": self.pipe.precision,
             **self.pipe.model_info,

@@ -33,7 +33,7 @@ from fastapi import WebSocket
 from starlette.websockets import WebSocketDisconnect
 
 from ..errors import FastImgError, InputError
-from .admission import Busy, Closed, Expired, authorized
+from .admission import Busy, Closed, Expired, TooLarge, authorized
 from .requests import ImageRequest
 from .service import Service, internal_error, retrieve
 
@@ -177,6 +177,12 @@ class Stream:
                               f"{o.max_upload_bytes} bytes: send smaller frames")  # fmt: skip
             return True
         request = dataclasses.replace(self.template, data=data, name=f"frame-{index}")
+        try:  # the HTTP requests' header checks: pixels, sides and the cost budget
+            size = await asyncio.to_thread(service.image_size, request)
+        except (TooLarge, InputError) as exc:
+            await self._error(str(exc), frame=index)
+            return True
+        request = dataclasses.replace(request, size=size)
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         abort = threading.Event()
