@@ -78,5 +78,4 @@ def guarded_protocol(head_seconds: float, per_client: int) -> type:
             if self.cycle is None or self.cycle.response_complete:
                 self.transport.close()
 
-    GuardedH11Protocol.open_by_client = open_by_client
     return GuardedH11Protocol

@@ -10,6 +10,7 @@ checked on every route, HTTP and WebSocket alike, before anything else runs.
   origin is refused. Clients that are no browser send no Origin and are not affected.
 """
 
+import ipaddress
 import json
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
@@ -38,8 +39,6 @@ def allowed_hosts(bind_host: str | None, extra: tuple[str, ...]) -> frozenset | 
 
 def _loopback_address(name: str) -> bool:
     """Whether `name` is a loopback IP address (127.0.0.0/8, ::1), not a name."""
-    import ipaddress
-
     try:
         return ipaddress.ip_address(name).is_loopback
     except ValueError:
