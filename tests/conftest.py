@@ -1,14 +1,18 @@
 """Shared fixtures: random-weight tiny models and their exported engines, built once a session."""
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
-# Verification stamps and other per-user caches go to a throwaway folder, not ~/.cache.
+# Verification stamps and other per-user caches go to a throwaway folder, not ~/.cache,
+# removed when the run ends.
 os.environ["FASTIMG_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastimg-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FASTIMG_CACHE_DIR"], ignore_errors=True)
 
 
 def _build(

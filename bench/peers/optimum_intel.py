@@ -4,11 +4,16 @@ The pipeline runs in a worker process of the peer's interpreter (optimum_intel_w
 a copy of the model its older transformers reads correctly, and on the same image, size,
 sampler, seed and steps as every other side. Its OpenVINO IR and compiled blobs are cached per
 model, and the blobs also per precision, shape, CPU and peer versions.
+
+Every file the worker writes lies under the peer cache: its temp folder (TMPDIR, where
+optimum-intel exports before the IR is saved) is a scratch folder there, removed when the side
+finishes, and one left by a killed run is removed by the next.
 """
 
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -24,6 +29,10 @@ WORKER = Path(__file__).with_name("optimum_intel_worker.py")
 TEXT_PREFIX = "text_model."
 # Exporting a model to OpenVINO IR on first use can take minutes on a small machine.
 READY_TIMEOUT = 3600.0
+# A worker asked to quit removes its temp folder on the way out (gigabytes after an export).
+EXIT_TIMEOUT = 300.0
+# A worker told to stop (SIGTERM) is given this long to clean up before it is killed.
+STOP_TIMEOUT = 30.0
 
 
 def cache_root() -> Path:
@@ -95,6 +104,30 @@ def prepare_model(model: str, root: Path, log=print) -> Path:
     return folder
 
 
+def scratch_folder(root: Path) -> Path:
+    """A new scratch folder of this process under `root`/scratch (the harness' input image
+    and the worker's temp folder), after removing those left by processes that have ended."""
+    parent = root / "scratch"
+    parent.mkdir(parents=True, exist_ok=True)
+    for left in parent.iterdir():
+        owner = left.name.partition("-")[0]
+        if not owner.isdigit() or not _alive(int(owner)):
+            shutil.rmtree(left, ignore_errors=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=parent))
+    (folder / "tmp").mkdir()
+    return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 def blob_cache(folder: Path, spec: PeerSpec, versions: dict, static: bool, job) -> Path:
     """The OpenVINO CACHE_DIR of one precision, shape, CPU and set of peer versions."""
     from fastimg.engine_folder.compiled_cache import cache_key
@@ -112,7 +145,7 @@ def blob_cache(folder: Path, spec: PeerSpec, versions: dict, static: bool, job) 
 class Worker:
     """One worker process of the peer's interpreter, answering one JSON line per request."""
 
-    def __init__(self, python: str, spec: dict, log=print):
+    def __init__(self, python: str, spec: dict, temp: Path, log=print):
         self._stderr = deque(maxlen=40)
         self.process = subprocess.Popen(
             [python, str(WORKER), json.dumps(spec)],
@@ -121,6 +154,7 @@ class Worker:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            env={**os.environ, "TMPDIR": str(temp), "FASTIMG_PEER_TEMP": str(temp)},
         )
         self._log = log
         threading.Thread(target=self._drain, daemon=True).start()
@@ -152,16 +186,28 @@ class Worker:
         return self.reply(timeout)
 
     def close(self) -> dict:
-        """Ask the worker to quit; what it reports on the way out (its peak memory)."""
+        """Ask the worker to quit and wait while it cleans up; what it reports on the way out
+        (its peak memory)."""
         if self.process.poll() is not None:
             return {}
         try:
-            return self.ask({"quit": True}, timeout=60)
-        except (RuntimeError, OSError, ValueError):
+            reply = self.ask({"quit": True}, timeout=60)
+            self.process.wait(timeout=EXIT_TIMEOUT)
+            return reply
+        except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired):
             return {}
         finally:
-            self.process.kill() if self.process.poll() is None else None
-            self.process.wait()
+            self.stop()
+
+    def stop(self) -> None:
+        """End the worker now: SIGTERM (it cleans up on the way out), then SIGKILL."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.process.wait()
 
 
 def _read_line(stream, timeout: float | None) -> str:
@@ -189,19 +235,21 @@ class OptimumIntelSide:
         root = cache_root()
         self.folder = prepare_model(model, root, log=log)
         self.cache = blob_cache(self.folder, spec, self.versions, self.static, job)
-        self._scratch = Path(tempfile.mkdtemp(prefix="fastimg-peer-"))
+        self._scratch = scratch_folder(root)
         self.image_path = self._scratch / "input.png"
-        job.load_image().save(self.image_path)
-        self.worker = self.start(self.cache)
         try:
+            job.load_image().save(self.image_path)
+            self.worker = self.start(self.cache)
             ready = self.worker.reply(timeout=READY_TIMEOUT)
         except RuntimeError as exc:
-            self.close()
             self.finish()
             raise InputError(
                 f"{spec.name} could not load {model} in {spec.python}: {exc}. Check its "
                 f"environment against {RECIPE}"
             ) from None
+        except BaseException:  # interrupted while the worker exports or compiles
+            self.finish()
+            raise
         self.precision = ready["precision"]
         default = " (its default)" if spec.precision == "default" else ""
         self.name = f"{spec.name} {self.precision}{default}"
@@ -229,7 +277,7 @@ class OptimumIntelSide:
 
     def start(self, cache: Path | None) -> Worker:
         """A fresh worker process (its compiled blobs in `cache`, or none cached)."""
-        return Worker(self.peer.python, self.worker_spec(cache), log=self._log)
+        return Worker(self.peer.python, self.worker_spec(cache), self._scratch / "tmp", self._log)
 
     def request(self, out: Path) -> dict:
         """The job as the worker takes it, its first image written to `out`."""
@@ -259,7 +307,8 @@ class OptimumIntelSide:
 
     def close(self) -> dict:
         """End the worker; its peak memory."""
-        return self.worker.close()
+        worker = getattr(self, "worker", None)
+        return {} if worker is None else worker.close()
 
     def cold_start(self, cached: bool) -> dict:
         """A fresh worker to its first image, with the compiled blobs cached or not at all."""
@@ -268,8 +317,10 @@ class OptimumIntelSide:
         try:
             ready = worker.reply(timeout=READY_TIMEOUT)
             first = worker.ask(self.request(self._scratch / "cold.png"))
-        finally:
-            peak = worker.close()
+        except BaseException:
+            worker.stop()
+            raise
+        peak = worker.close()
         return {
             "seconds": first["done"] - spawned,
             "interpreter_to_main_seconds": ready["started"] - spawned,
@@ -280,7 +331,11 @@ class OptimumIntelSide:
         }
 
     def finish(self) -> None:
-        """Remove the side's scratch files (after its cold starts)."""
+        """Stop the worker if it still runs and remove the side's scratch files (after its
+        cold starts)."""
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.stop()
         shutil.rmtree(self._scratch, ignore_errors=True)
 
 

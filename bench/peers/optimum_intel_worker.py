@@ -7,15 +7,24 @@ the size and images per call, whether the job uses classifier-free guidance, the
 and config) and an OpenVINO CACHE_DIR or null.
 Then each line on stdin is a JSON request ({"run": {...}} or {"quit": true}) and each reply one
 JSON line on stdout. This file imports only the peer's own packages and the standard library.
+
+The harness gives the worker a temp folder of its own in the peer cache (TMPDIR, and
+FASTIMG_PEER_TEMP to say so): the worker empties it once an export is saved and on the way
+out, on a quit, SIGTERM or the end of its parent.
 """
 
 import time
 
 STARTED = time.time()
 
+import gc  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 STAGES = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
@@ -43,12 +52,18 @@ def load(spec: dict, log):
     ir = Path(spec["ir"])
     if not (ir / "model_index.json").is_file():
         log(f"exporting {spec['model']} to OpenVINO IR in {ir}")
-        pipe = OVStableDiffusionImg2ImgPipeline.from_pretrained(
+        staging = ir.with_name(ir.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)  # left by an export that was killed
+        exported = OVStableDiffusionImg2ImgPipeline.from_pretrained(
             spec["model"], export=True, compile=False
         )
-        staging = ir.with_name(ir.name + ".partial")
-        pipe.save_pretrained(staging)
+        exported.save_pretrained(staging)
         os.replace(staging, ir)
+        # optimum-intel exports to a TemporaryDirectory the pipeline keeps until it is
+        # collected, or until exit: gigabytes in the temp folder while the IR is compiled.
+        del exported
+        gc.collect()
+        empty_temp_folder()
     pipe = OVStableDiffusionImg2ImgPipeline.from_pretrained(
         str(ir), compile=False, ov_config=ov_config
     )
@@ -66,6 +81,32 @@ def load(spec: dict, log):
     pipe.scheduler = getattr(diffusers, scheduler["class"]).from_config(scheduler["config"])
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def empty_temp_folder() -> None:
+    """Remove what this process left in its own temp folder (TMPDIR, given by the harness)."""
+    own = os.environ.get("FASTIMG_PEER_TEMP")
+    if not own or os.path.realpath(own) != os.path.realpath(tempfile.gettempdir()):
+        return  # a temp folder the harness did not make for this worker alone
+    for entry in Path(own).iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def exit_cleanly_on_signals() -> None:
+    """SIGTERM, and the end of the harness that started this process, end it through
+    SystemExit, so that temporary folders are removed on the way out."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, daemon=True).start()
 
 
 def unbatch_guidance(unet, images: int) -> None:
@@ -146,6 +187,15 @@ def main() -> None:
     def log(text: str) -> None:
         print(f"[optimum-intel] {text}", file=sys.stderr, flush=True)
 
+    exit_cleanly_on_signals()
+    try:
+        serve(spec, replies, requests, log)
+    finally:
+        empty_temp_folder()
+
+
+def serve(spec: dict, replies, requests, log) -> None:
+    """Load the pipeline, say it is ready, then answer requests until a quit or end of input."""
     try:
         pipe = load(spec, log)
     except Exception as exc:  # reported to the harness as one line, then the process ends

@@ -1,10 +1,15 @@
 """Peers in the bench: the --peer form, the refusals of a missing or broken interpreter, the
 model copy for older transformers, and a whole run against a stand-in optimum-intel."""
 
+import getpass
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +23,10 @@ pytest.importorskip("diffusers")
 from fastimg_bench import harness, report  # noqa: E402
 from fastimg_bench.job import BenchJob  # noqa: E402
 from fastimg_bench.peers import PeerSpec, check_interpreter, parse_peer  # noqa: E402
-from fastimg_bench.peers.optimum_intel import prefix_text_encoder_keys  # noqa: E402
+from fastimg_bench.peers.optimum_intel import (  # noqa: E402
+    prefix_text_encoder_keys,
+    scratch_folder,
+)
 
 STAND_IN = Path(__file__).with_name("stand_in_peer")
 
@@ -133,8 +141,11 @@ def peer_record(tiny, tmp_path_factory):
         f'#!/bin/sh\nPYTHONPATH="{STAND_IN}" exec "{sys.executable}" "$@"\n',
     )
     calls = folder / "calls.jsonl"
+    temp = folder / "system-temp"  # the run's temp folder, watched for what it leaves there
+    temp.mkdir()
     os.environ["FASTIMG_PEER_CACHE"] = str(folder / "cache")
     os.environ["STAND_IN_PEER_LOG"] = str(calls)
+    os.environ["TMPDIR"], tempfile.tempdir = str(temp), str(temp)
     try:
         peers = [parse_peer(f"optimum-intel={python}"), parse_peer(f"optimum-intel:fp32={python}")]
         job = BenchJob(size=64, steps=4, strength=0.5, guidance=0.0)
@@ -144,6 +155,8 @@ def peer_record(tiny, tmp_path_factory):
         )  # fmt: skip
     finally:
         del os.environ["FASTIMG_PEER_CACHE"], os.environ["STAND_IN_PEER_LOG"]
+        del os.environ["TMPDIR"]
+        tempfile.tempdir = None
     return record, [json.loads(line) for line in calls.read_text().splitlines()], folder
 
 
@@ -236,3 +249,110 @@ def test_no_peer_process_outlives_the_run(peer_record):
     while left() and time.monotonic() < deadline:
         time.sleep(0.2)
     assert left() == []
+
+
+def test_a_run_leaves_nothing_in_the_temp_folder_or_the_scratch(peer_record):
+    _, calls, folder = peer_record
+    exports = [c["export_folder"] for c in calls if "export_folder" in c]
+    assert len(exports) == 1  # optimum-intel's export went to a temporary folder ...
+    assert Path(exports[0]).is_relative_to(folder / "cache" / "scratch")  # ... in the cache
+    assert left_in(folder / "system-temp") == []
+    assert list((folder / "cache" / "scratch").iterdir()) == []
+
+
+def left_in(temp: Path) -> list[str]:
+    """What a run left in its temp folder, less the fixed-name files other libraries reuse from
+    run to run (onnxruntime's 51-byte `.ses` stamp, torch's `torchinductor_USER` cache)."""
+    reused = {".ses", f"torchinductor_{getpass.getuser()}"}
+    return sorted(entry.name for entry in temp.iterdir() if entry.name not in reused)
+
+
+HARNESS = """
+import sys
+from fastimg_bench import harness
+from fastimg_bench.job import BenchJob
+from fastimg_bench.peers import parse_peer
+harness.run(sys.argv[1], sys.argv[2], BenchJob(size=64, steps=2), [], warmup=0, repeats=1,
+            cold_start=False, log=print, peers=[parse_peer("optimum-intel=" + sys.argv[3])])
+"""
+
+
+@pytest.fixture
+def exporting_run(tiny, tmp_path, stand_in_python):
+    """A bench run in its own process group, returned while its peer worker is exporting
+    (the stand-in waits there): (the run, the worker's pid, its export folder, tmp_path)."""
+    model, engines = tiny
+    (tmp_path / "system-temp").mkdir()
+    calls = tmp_path / "calls.jsonl"
+    env = {
+        **os.environ,
+        "TMPDIR": str(tmp_path / "system-temp"),
+        "FASTIMG_PEER_CACHE": str(tmp_path / "cache"),
+        "STAND_IN_PEER_LOG": str(calls),
+        "STAND_IN_EXPORT_SECONDS": "120",
+    }
+    run = subprocess.Popen(
+        [sys.executable, "-c", HARNESS, str(model), str(engines), str(stand_in_python)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while run.poll() is None and time.monotonic() < deadline:
+        exports = [json.loads(line) for line in calls.read_text().splitlines()] if (
+            calls.is_file()) else []  # fmt: skip
+        exports = [e for e in exports if "export_folder" in e]
+        if exports:
+            yield run, exports[0]["pid"], Path(exports[0]["export_folder"]), tmp_path
+            break
+        time.sleep(0.2)
+    else:
+        run.kill()
+        pytest.fail(f"the worker never started exporting: {run.communicate()}")
+    if run.poll() is None:
+        os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+
+
+def _ended(pid: int, within: float = 60) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_an_interrupted_run_leaves_nothing_behind(exporting_run):
+    run, worker, export, folder = exporting_run
+    assert export.is_dir()
+    os.killpg(run.pid, signal.SIGINT)  # Ctrl-C: the harness and its worker both get it
+    _, err = run.communicate(timeout=120)
+    assert run.returncode != 0 and "KeyboardInterrupt" in err
+    assert _ended(worker)
+    assert left_in(folder / "system-temp") == []
+    assert list((folder / "cache" / "scratch").iterdir()) == []
+
+
+def test_a_killed_worker_leaves_nothing_behind(exporting_run):
+    run, worker, export, folder = exporting_run
+    os.kill(worker, signal.SIGKILL)  # its export folder is left where it was ...
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 1 and "could not load" in err
+    assert not export.exists()  # ... and removed with the harness' scratch
+    assert left_in(folder / "system-temp") == []
+    assert list((folder / "cache" / "scratch").iterdir()) == []
+
+
+def test_a_killed_run_ends_its_worker_and_the_next_run_sweeps_its_scratch(exporting_run):
+    run, worker, export, folder = exporting_run
+    os.kill(run.pid, signal.SIGKILL)  # the harness alone: its worker sees its parent end
+    run.wait()
+    assert _ended(worker)
+    assert not export.exists()  # the worker emptied its temp folder on the way out
+    assert left_in(folder / "system-temp") == []
+    left = list((folder / "cache" / "scratch").iterdir())
+    assert len(left) == 1  # the killed harness' own scratch (its input image) ...
+    fresh = scratch_folder(folder / "cache")
+    assert list((folder / "cache" / "scratch").iterdir()) == [fresh]  # ... swept by the next

@@ -3,16 +3,23 @@ pipeline, for testing the bench's peer worker and harness where optimum-intel is
 
 It keeps optimum-intel's surface that the worker uses: from_pretrained(export=, compile=,
 ov_config=), save_pretrained, reshape, compile, the four parts with forward methods, and the
-UNet's OpenVINO model (inputs, reshape) and compiled request (get_property).
+UNet's OpenVINO model (inputs, reshape) and compiled request (get_property). Like
+optimum-intel, an export goes to a TemporaryDirectory that lives as long as the process
+(optimum-intel's pipeline holds it; here a module list does), removed only on the way out.
 """
 
 import json
 import os
+import tempfile
+import time
 from pathlib import Path
 
 import diffusers
 
 CALLS = os.environ.get("STAND_IN_PEER_LOG")  # each call appended here as a JSON line
+# Seconds an export waits once its temporary folder holds the model (to interrupt it there).
+EXPORT_SECONDS = float(os.environ.get("STAND_IN_EXPORT_SECONDS", "0"))
+_EXPORTS = []  # the export folders, alive until the interpreter ends
 
 
 def _record(**what) -> None:
@@ -93,6 +100,15 @@ class OVStableDiffusionImg2ImgPipeline:
         pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(
             path, safety_checker=None, requires_safety_checker=False
         )
+        if export:
+            folder = tempfile.TemporaryDirectory()
+            _EXPORTS.append(folder)
+            pipe.save_pretrained(folder.name)
+            _record(export_folder=folder.name, pid=os.getpid())
+            time.sleep(EXPORT_SECONDS)
+            pipe = diffusers.StableDiffusionImg2ImgPipeline.from_pretrained(
+                folder.name, safety_checker=None, requires_safety_checker=False
+            )
         return cls(pipe, ov_config or {})
 
     def save_pretrained(self, folder):
