@@ -7,6 +7,7 @@ import numpy as np
 
 from ..errors import EngineError
 from ..machine import available_cores
+from .scratch import scratch_given_back
 
 
 class OnnxRuntimeSession:
@@ -40,9 +41,19 @@ class OnnxRuntimeSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the graph on `feeds`; every output comes back by name."""
+        options = _arena_shrinking_options() if scratch_given_back() else None
         with self._slots:
-            outputs = self._session.run(self.output_names, feeds)
+            outputs = self._session.run(self.output_names, feeds, options)
         return dict(zip(self.output_names, outputs, strict=True))
+
+
+def _arena_shrinking_options():
+    """Run options that give the CPU arena's memory back when the run ends."""
+    import onnxruntime as ort
+
+    options = ort.RunOptions()
+    options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+    return options
 
 
 def load_session(path: Path, options) -> OnnxRuntimeSession:

@@ -18,6 +18,7 @@ from ..errors import EngineError, require
 from ..machine import available_cores
 from . import SHAPES
 from .pool import Pool
+from .scratch import scratch_given_back
 
 log = logging.getLogger("fastimg")
 
@@ -80,7 +81,7 @@ class OpenVinoSession:
             model = self._compile(str(path), cache_dir)
             # On a CPU without native bf16 OpenVINO quietly compiles f32: say what it runs.
             self.precision = compiled_precision(model.get_property("INFERENCE_PRECISION_HINT"))
-            self._requests = Pool(model.create_infer_request, max_concurrency)
+            self._requests = self._pool(model)
         # A port may carry several tensor names; the graph's own I/O name is the one wanted.
         self.input_names = [_name(port, names) for port in model.inputs]
         self.output_names = [_name(port, names) for port in model.outputs]
@@ -117,9 +118,13 @@ class OpenVinoSession:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run the compiled model on `feeds`; outputs are copied out of the request."""
-        with self._requests_for(feeds).lend() as request:
+        requests = self._requests_for(feeds)
+        with requests.lend() as request:
             result = request.infer(feeds)
-            return {name: np.array(result[name]) for name in self.output_names}
+            outputs = {name: np.array(result[name]) for name in self.output_names}
+        if scratch_given_back():
+            requests.release_if_idle()
+        return outputs
 
     @property
     def static_shapes(self) -> dict[str, tuple[int, ...]] | None:
@@ -151,7 +156,7 @@ class OpenVinoSession:
             return self._requests
 
     def _pool(self, compiled) -> Pool:
-        return Pool(compiled.create_infer_request, self._max_concurrency)
+        return Pool(compiled.create_infer_request, self._max_concurrency, compiled.release_memory)
 
     def _compile_static(self, shapes: dict[str, tuple[int, ...]]):
         ov = require("openvino", "openvino")

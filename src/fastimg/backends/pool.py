@@ -15,10 +15,10 @@ class Pool(Generic[T]):
     worker that could not be made frees its place for the next caller.
     """
 
-    def __init__(self, make: Callable[[], T], size: int):
+    def __init__(self, make: Callable[[], T], size: int, release: Callable[[], None] = None):
         if not (isinstance(size, int) and size >= 1):
             raise ValueError(f"a pool needs at least one worker, got {size!r}")
-        self._make, self.size = make, size
+        self._make, self.size, self._release = make, size, release
         self._idle: list[T] = []
         self._made = 0
         self._changed = threading.Condition()
@@ -33,6 +33,15 @@ class Pool(Generic[T]):
             with self._changed:
                 self._idle.append(worker)
                 self._changed.notify()
+
+    def release_if_idle(self) -> bool:
+        """Run the pool's `release` (free the workers' scratch memory) if no worker is lent
+        now, holding every caller off meanwhile; whether it ran."""
+        with self._changed:
+            if self._release is None or len(self._idle) != self._made:
+                return False
+            self._release()
+            return True
 
     def _take(self) -> T:
         with self._changed:

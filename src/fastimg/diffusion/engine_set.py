@@ -4,12 +4,14 @@ dropped first), with `auto`'s fallback for a call that no plan set fits.
 
 It also answers what the memory estimate needs of the engines that run a call: which
 components run attention fused, which graph keeps per-call scratch memory, which graph
-variant runs, and what earlier calls left with the engines (theirs to reuse).
+variant runs, and what earlier calls left with the engines (theirs to reuse); and whether a
+call is so far above the ones before it that it gives its scratch memory back as it runs.
 """
 
 import logging
+import statistics
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 
 from .. import machine
@@ -25,6 +27,9 @@ log = logging.getLogger("fastimg")
 
 # Plan sets kept loaded at once (each holds its engines and activation memory).
 MAX_PLAN_SETS = 2
+# A call holding more than OUTLIER_FACTOR times the median of the last RECENT_CALLS calls'
+# memory (and than OUTLIER_FACTOR one-image calls of FLOOR_SIDE px) gives its scratch back.
+OUTLIER_FACTOR, RECENT_CALLS, FLOOR_SIDE = 4, 16, 512
 
 
 def describe_run(backend: str, precision: str) -> str:
@@ -84,6 +89,7 @@ class EngineSet:
         # backends keep that memory for the next call (OpenVINO's scratch, ONNX Runtime's
         # arena), so it is no longer free, yet theirs to reuse.
         self._kept: dict[str, int] = {}
+        self._recent: dict[str, deque] = {}  # per loaded engines, the last calls' bytes
         self._loaded: OrderedDict[str | None, Engines] = OrderedDict()
         self._fallback: Engines | None = None
         self._wrap: Callable[[str, object], object] | None = None
@@ -235,7 +241,29 @@ class EngineSet:
         )
         return chunk, held
 
-    def keep(self, engines: Engines, held: int) -> None:
-        """Record that a call held `held` bytes on `engines` (the backend keeps them)."""
+    def gives_back(self, engines: Engines, held: int) -> bool:
+        """Whether a call holding `held` bytes on `engines` is an outlier that gives its
+        scratch memory back as it runs: above OUTLIER_FACTOR times both the recent calls'
+        median and a one-image FLOOR_SIDE px call (with CFG)."""
+        if held <= 0:  # plan sets: their activation memory is fixed at load
+            return False
+        kind = estimate_kind(self.manifest, engines.backend, engines.precision)
+        floor = memory.peak_bytes(
+            self.manifest, FLOOR_SIDE, FLOOR_SIDE, 1, True,
+            kind["fused"], kind["scratch"], kind["variant"],
+        )  # fmt: skip
+        with self._lock:
+            recent = self._recent.setdefault(engines.label, deque(maxlen=RECENT_CALLS))
+            typical = max(statistics.median(recent), floor) if recent else floor
+            recent.append(held)
+        return held > OUTLIER_FACTOR * typical
+
+    def settle(self, engines: Engines, held: int, given_back: bool) -> None:
+        """After a call that held `held` bytes on `engines`: what it gave back goes back to
+        the system; else the backend keeps it for the next call (and the estimate counts it
+        as theirs to reuse)."""
+        if given_back:
+            machine.return_freed_memory()
+            return
         with self._lock:
             self._kept[engines.label] = max(self._kept.get(engines.label, 0), held)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from ..backends import SHAPES, Engines
 from ..backends.registry import describe
+from ..backends.scratch import giving_back_scratch
 from ..backends.select import resolve
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import Cancelled, EngineError, InputError
@@ -486,8 +487,33 @@ class Img2ImgPipeline:
         total = sum(counts)
         engines = self.engines.for_call(height, width, total)
         chunk, held = self.engines.images_per_call(engines, height, width, total, first.cfg)
-        # GPU backends run all of the call's array work on their device and stream, in order.
-        with engines.activate():
+        give_back = self.engines.gives_back(engines, held)
+        try:
+            decoded = self._images(group, engines, chunk, callback, should_stop, give_back)
+        finally:
+            self.engines.settle(engines, held, give_back)
+        # 7. Each request's images, labelled with what made them.
+        results, start = [], 0
+        for request in group:
+            labels = self._labels(request, engines)
+            made = []
+            for k, array in enumerate(decoded[start : start + request.count]):
+                result = Image.fromarray(array)
+                result.info.update(labels, **{"fastimg:index": k})
+                made.append(result)
+            results.append(made)
+            start += request.count
+        return results
+
+    def _images(self, group, engines, chunk, callback, should_stop, give_back):
+        """Steps 2-6 of `_run`: the group's decoded images as uint8 arrays, in order."""
+        first = group[0]
+        height, width = first.pixels.shape[2], first.pixels.shape[3]
+        counts = [request.count for request in group]
+        total = sum(counts)
+        # GPU backends run all of the call's array work on their device and stream, in order;
+        # a call far larger than the ones before gives its scratch memory back as it runs.
+        with engines.activate(), giving_back_scratch(give_back):
             xp = engines.xp
             # 2. Text: each request's prompts encoded, stacked per image.
             texts = [
@@ -512,20 +538,7 @@ class Img2ImgPipeline:
             latents = self.denoise(z, embeddings, first.plan, first.guidance_scale, noise,
                                    callback, engines, chunk, extra)  # fmt: skip
             # 6. Decode.
-            decoded = self.decode(latents, engines, chunk, should_stop)
-        self.engines.keep(engines, held)
-        # 7. Each request's images, labelled with what made them.
-        results, start = [], 0
-        for request in group:
-            labels = self._labels(request, engines)
-            made = []
-            for k, array in enumerate(decoded[start : start + request.count]):
-                result = Image.fromarray(array)
-                result.info.update(labels, **{"fastimg:index": k})
-                made.append(result)
-            results.append(made)
-            start += request.count
-        return results
+            return self.decode(latents, engines, chunk, should_stop)
 
     def _conditioning(self, group, texts, counts, height, width) -> dict:
         """The extra UNet inputs of the requests of a batch, one row per image."""

@@ -45,6 +45,9 @@ MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 MAX_SETTINGS_HEADER = 8192  # clients refuse response headers much beyond this
 SHORT_PROMPT = 200  # characters of a prompt kept when the settings header would be too long
 STATIC = Path(__file__).parent / "static"
+# After a response of more than this many bytes is sent, the memory its images took (encoded,
+# base64, JSON) goes back to the system, TRIM_DELAY seconds later, in a thread.
+LARGE_RESPONSE, TRIM_DELAY = 4 * 2**20, 1.0
 # The page's resources come from this server only (it must work offline, too).
 PAGE_POLICY = ("default-src 'self'; img-src 'self' blob: data:; media-src 'self' blob:; "
                "connect-src 'self' ws: wss:; style-src 'self'; script-src 'self'")  # fmt: skip
@@ -204,7 +207,18 @@ async def _img2img(service: Service, request: Request) -> Response:
     service.metrics.count("ok")
     service.metrics.images.inc(len(result.encoded))
     service.metrics.latency.observe(time.monotonic() - arrived)
+    if sum(len(data) for data in result.encoded) > LARGE_RESPONSE:
+        _give_back_memory_soon()
     return _respond(result, checked.fmt)
+
+
+def _give_back_memory_soon() -> None:
+    """Hand freed memory back to the system once a large response has been sent (glibc keeps
+    it for reuse otherwise: hundreds of MB after a request of many large images)."""
+    from ..machine import return_freed_memory
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(TRIM_DELAY, lambda: loop.run_in_executor(None, return_freed_memory))
 
 
 async def _run_while_connected(
