@@ -215,7 +215,9 @@ def picture(tmp_path, photo):
 def ray_cluster():
     """One local Ray cluster (2 CPUs, 127.0.0.1) for a module; skipped without Ray."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from fastimg.workflows.ray_cluster import start_local
+
+    start_local(ray, num_cpus=2)
     yield ray
     ray.shutdown()
 

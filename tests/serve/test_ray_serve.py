@@ -129,6 +129,22 @@ def test_the_replicas_serve_the_api_with_its_key(served):
     assert _pixels(response).shape == (64, 64, 3)
 
 
+def test_the_replicas_and_ray_listen_on_loopback_alone(served):
+    import os
+
+    from tests.workflows.test_ray_cluster import (
+        descendants,
+        listeners,
+        need_ss,
+        outside_loopback,
+    )
+
+    need_ss()
+    found = listeners(descendants(os.getpid()) | {os.getpid()})
+    assert any(address.endswith(f":{served.rsplit(':', 1)[1]}") for address, _ in found)
+    assert not outside_loopback(found), outside_loopback(found)
+
+
 def test_a_replica_killed_while_requests_run_loses_none(served):
     import ray
 

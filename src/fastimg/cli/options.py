@@ -317,12 +317,17 @@ def ray_options(command):
             "--ray",
             is_flag=True,
             help="Spread the batch over a Ray cluster (workers each load the engines once); "
-            "needs fastimg[ray].",
+            "needs fastimg[ray]. Without --ray-address, Ray starts on this machine bound to "
+            "127.0.0.1, its dashboard off.",
         ),
         click.option(
             "--ray-address",
             default=None,
-            help="Ray cluster to join [default: RAY_ADDRESS, else Ray started on this machine].",
+            help="Ray cluster to join (host:6379, ray://host:10001, or auto for the one `ray "
+            "start` runs here) [default: RAY_ADDRESS, else Ray started on this machine on "
+            "127.0.0.1]. A multi-node cluster needs a trusted network and Ray's TLS and token "
+            "settings (RAY_USE_TLS, RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY, RAY_TLS_CA_CERT; "
+            "RAY_AUTH_MODE=token).",
         ),
         click.option(
             "--ray-workers",

@@ -148,8 +148,9 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     "--ray",
     "on_ray",
     is_flag=True,
-    help="Serve with Ray Serve: replicas on a Ray cluster (this machine's unless "
-    "--ray-address), each loading the engines once (needs fastimg[ray]).",
+    help="Serve with Ray Serve: replicas on a Ray cluster, each loading the engines once "
+    "(needs fastimg[ray]). Without --ray-address, Ray starts on this machine bound to "
+    "127.0.0.1, its dashboard off.",
 )
 @click.option(
     "--replicas",
@@ -169,8 +170,11 @@ def _engines_as_argument(command: click.Command) -> click.Command:
     "--ray-address",
     default=None,
     metavar="ADDR",
-    help="--ray: the cluster to join (ray://host:10001 or host:6379) [default: RAY_ADDRESS, "
-    "else Ray started on this machine].",
+    help="--ray: the cluster to join (host:6379, ray://host:10001, or auto for the one `ray "
+    "start` runs here) [default: RAY_ADDRESS, else Ray started on this machine on 127.0.0.1]. "
+    "A multi-node cluster needs a trusted network and Ray's TLS and token settings "
+    "(RAY_USE_TLS, RAY_TLS_SERVER_CERT, RAY_TLS_SERVER_KEY, RAY_TLS_CA_CERT; "
+    "RAY_AUTH_MODE=token).",
 )
 @engine_options
 @domain_errors

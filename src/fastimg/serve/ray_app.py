@@ -13,7 +13,7 @@ import threading
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..workflows.ray_cluster import check_room, connect, place_workers
+from ..workflows.ray_cluster import LOOPBACK, check_room, connect, place_workers
 from .app import create_app
 from .service import ServeOptions
 
@@ -24,6 +24,7 @@ class Replica:
     """One replica: the fastimg app over its own pipeline (Ray Serve builds it at start)."""
 
     def __init__(self, options: ServeOptions):
+        _internal_grpc_on_loopback()  # before Ray Serve starts that server, once this returns
         self._options = options
         self._app = None
 
@@ -36,6 +37,21 @@ class Replica:
         service = self._app.state.service if self._app is not None else None
         if service is not None and service.state == "failed":
             raise RuntimeError(f"the engines could not be loaded: {service.error}")
+
+
+def _internal_grpc_on_loopback() -> None:
+    """On a cluster started here (its node on 127.0.0.1), have this replica's inter-deployment
+    gRPC server listen on 127.0.0.1: Ray Serve puts it on every interface ([::]) whatever the
+    node's address."""
+    import ray
+    from ray.serve._private import replica
+
+    add_port = getattr(replica, "add_port_to_grpc_server", None)
+    if add_port is None or ray.util.get_node_ip_address() != LOOPBACK:
+        return
+    replica.add_port_to_grpc_server = lambda server, address: add_port(
+        server, address.replace("[::]:", f"{LOOPBACK}:", 1)
+    )
 
 
 @dataclass(frozen=True)

@@ -1,24 +1,44 @@
 """Joining a Ray cluster for `serve --ray` and the batch commands' `--ray` (fastimg[ray]).
 
 Each replica or batch worker loads the engines once and holds them; this module says what one
-asks of the cluster (CPUs, a GPU) and connects to it.
+asks of the cluster (CPUs, a GPU) and connects to it: to the cluster the user names, else to one
+started here whose every server listens on 127.0.0.1.
 """
 
+import contextlib
 import os
 from dataclasses import dataclass
 
 from ..backends.registry import GPU_BACKENDS
 from ..errors import InputError, require
 
+LOOPBACK = "127.0.0.1"
+# Ray gives a node 127.0.0.1 only where it takes multi-node clusters to be off (as on Windows and
+# macOS); the GCS, the raylet, the workers and the agents then listen on 127.0.0.1, not on every
+# interface. Usage stats would report to Ray's servers.
+LOOPBACK_ENVIRONMENT = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+
 
 def connect(address: str | None = None, log=None):
-    """The ray module, connected to the cluster at `address` (else RAY_ADDRESS, else a new one)."""
+    """The ray module, joined to the cluster at `address` (else RAY_ADDRESS), else to a new
+    one on this machine that listens on 127.0.0.1 alone."""
     ray = require("ray", "ray")
     if ray.is_initialized():
         return ray
     address = address or os.environ.get("RAY_ADDRESS") or None
-    if log is not None:
-        log(f"joining the Ray cluster at {address}" if address else "starting Ray on this machine")
+    if address is None:
+        if log is not None:
+            log("starting Ray on this machine, on 127.0.0.1 alone (its dashboard off)")
+        start_local(ray)
+    else:
+        if log is not None:
+            log(f"joining the Ray cluster at {address}")
+        join(ray, address)
+    return ray
+
+
+def join(ray, address: str) -> None:
+    """Join the running cluster at `address`, or say how to start one."""
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False)
     except ConnectionError as exc:
@@ -26,7 +46,46 @@ def connect(address: str | None = None, log=None):
             f"no Ray cluster answers at {address}: start one (ray start --head) or leave out "
             f"--ray-address to start Ray on this machine ({exc})"
         ) from None
-    return ray
+
+
+def start_local(ray, num_cpus: int | None = None) -> None:
+    """Start a Ray cluster of this machine alone, every server on 127.0.0.1, no dashboard."""
+    with _loopback_node():
+        ray.init(
+            address="local",  # a new cluster, never one that `ray start` left running here
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _node_ip_address=LOOPBACK,
+        )
+    node = ray.util.get_node_ip_address()
+    if node != LOOPBACK:
+        ray.shutdown()
+        raise InputError(
+            f"Ray {ray.__version__} started on {node}, not on {LOOPBACK} alone, so other "
+            "machines could reach it: start a cluster yourself (ray start --head) on a trusted "
+            "network and join it with --ray-address"
+        )
+
+
+@contextlib.contextmanager
+def _loopback_node():
+    """Ray's settings, while it starts, that put this machine's node on 127.0.0.1."""
+    from ray._private import ray_constants
+
+    saved = {name: os.environ.get(name) for name in LOOPBACK_ENVIRONMENT}
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ.update(LOOPBACK_ENVIRONMENT)  # for the processes Ray starts
+    ray_constants.ENABLE_RAY_CLUSTER = False  # for this one, which read it when ray was imported
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @dataclass(frozen=True)
