@@ -94,13 +94,17 @@ class Server:
         self.log = tempfile.NamedTemporaryFile(prefix="fastimg-load-server-", suffix=".log")
         self.args = [str(engines), "--host", "127.0.0.1", "--port", str(self.port), *serve_args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "fastimg", "serve", *self.args],
+            self.command(),
             stdout=self.log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
         self.rss = RssSampler(self.proc.pid)
         self.rss.start()
+
+    def command(self) -> list[str]:
+        """The command line that starts the server (a test may start it another way)."""
+        return [sys.executable, "-m", "fastimg", "serve", *self.args]
 
     def tail(self, lines: int = 30) -> str:
         self.log.flush()

@@ -6,8 +6,8 @@ fastimg drives them. That TensorRT itself runs the plans is verified only on a G
 """
 
 import threading
-import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -76,6 +76,7 @@ class FakeContext:
     def __init__(self, cp, streams):
         self.cp, self.streams, self.shapes, self.addresses = cp, streams, {}, {}
         self.executions = []
+        self.on_execute = None  # called first in each launch (TensorRT releases the GIL there)
 
     def set_device_memory(self, ptr, size):
         pass
@@ -93,7 +94,8 @@ class FakeContext:
         self.addresses[name] = ptr
 
     def execute_async_v3(self, stream_ptr):
-        time.sleep(0.001)  # TensorRT releases the GIL while it launches
+        if self.on_execute is not None:
+            self.on_execute()
         x = self.cp.arrays[self.addresses["x"]]
         y = self.cp.arrays[self.addresses["y"]]
 
@@ -196,23 +198,54 @@ def test_static_profiles_replay_a_graph_captured_on_a_private_stream():
     assert context.executions == [shared.stream.ptr, shared.capture_stream.ptr]
 
 
-def test_threads_sharing_a_session_each_get_their_own_result():
-    run, _, _ = session(static=True)
-    errors = []
+class WatchedLock:
+    """A lock that calls `on_contended` when a thread finds it held (and then waits for it)."""
 
-    def work(k):
-        for j in range(20):
-            x = np.full((1, 1 + (k + j) % 6), k * 100 + j, np.float32)
-            y = run.run({"x": x})["y"]
-            if not np.array_equal(y, 2 * x):
-                errors.append((k, j))
+    def __init__(self, on_contended):
+        self._lock, self.on_contended, self.contended = threading.Lock(), on_contended, False
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert errors == []
+    def __enter__(self):
+        if not self._lock.acquire(blocking=False):
+            self.contended = True
+            self.on_contended()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("second_side", [4, 6], ids=["same-shape", "other-shape"])
+def test_a_thread_arriving_mid_launch_waits_and_each_gets_its_own_result(static, second_side):
+    """A second thread runs while the first is inside its launch, forced: the first holds there
+    until the second has found the session's lock taken (or, were there no lock, has finished:
+    having overwritten the first's input buffers, same shape, or rebound its tensors, other)."""
+    run, context, shared = session(static=static)
+    launched, go_on = threading.Event(), threading.Event()
+    shared.lock = WatchedLock(on_contended=go_on.set)
+
+    def hold_the_first_launch():
+        if not launched.is_set():
+            launched.set()
+            assert go_on.wait(60), "the second run neither waited nor finished"
+
+    context.on_execute = hold_the_first_launch
+    first = np.arange(4, dtype=np.float32).reshape(1, 4)
+    second = np.full((1, second_side), 100, np.float32)
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(run.run, {"x": first})
+        assert launched.wait(60), "the first run never launched"
+        b = pool.submit(run.run, {"x": second})
+        b.add_done_callback(lambda _: go_on.set())
+        np.testing.assert_array_equal(a.result()["y"], 2 * first)
+        np.testing.assert_array_equal(b.result()["y"], 2 * second)
+    assert shared.lock.contended  # the second run waited for the first
+    # One launch each, in order (a static session captures after a slot's first launch, and
+    # replays that graph for the same shape instead of launching).
+    first_runs = [shared.stream.ptr, shared.capture_stream.ptr] if static else [shared.stream.ptr]
+    second_runs = [] if static and second_side == 4 else first_runs
+    assert context.executions == first_runs + second_runs
 
 
 def test_the_session_describes_its_graph_for_the_manifest_check():

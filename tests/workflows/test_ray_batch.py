@@ -3,7 +3,6 @@
 import os
 import signal
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -89,46 +88,58 @@ def test_existing_outputs_are_kept_on_the_driver(ray_cluster, tiny, square, tmp_
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
 
 
-def _worker_pids():
-    """PIDs of the live Ray Data map workers (from the GCS actor table: no dashboard needed)."""
-    from ray._private import state
-
-    actors = state.actors(actor_state_name="ALIVE").values()
-    return [actor["Pid"] for actor in actors if "MapWorker" in actor["ActorClassName"]]
-
-
-def _kill_a_worker_when(outputs, killed: list, stop: threading.Event):
-    """SIGKILL one map worker once `outputs()` finds the first output; note how many were out."""
-    while not stop.is_set():
-        done = outputs()
-        if done:
-            pids = _worker_pids()
-            if pids:
-                os.kill(pids[0], signal.SIGKILL)
-                killed.append((pids[0], done))
-                return
-        time.sleep(0.01)
-
-
-def test_a_killed_worker_loses_nothing(ray_cluster, tiny, square, tmp_path):
-    from fastimg.workflows.ray_batch import run_on_ray
+def test_a_killed_worker_loses_nothing(ray_cluster, tiny, square, tmp_path, monkeypatch):
+    """A worker is killed in the middle of a job, forced: the first try of job 0 says which
+    process runs it and waits there, before any of its work, until it is killed."""
+    from fastimg.workflows import ray_batch
 
     expected = _reference(tiny[1], _plan(square, tmp_path / "local", seeds=(1, 2, 3, 4)))
     out = tmp_path / "ray"
     planned = _plan(square, out, seeds=(1, 2, 3, 4))
+    held = tmp_path / "held"  # holds the PID of job 0's first try, once it has begun
+    held.mkdir()
+
+    class HeldWorker(ray_batch.BatchWorker):  # (a local class: Ray ships it by value)
+        def run(self, index):
+            import os
+            import time
+
+            first_try = held / "pid"
+            if index == 0 and not first_try.exists():
+                (held / "pid.tmp").write_text(str(os.getpid()))
+                os.replace(held / "pid.tmp", first_try)
+                deadline = time.monotonic() + 300  # (only where the test never kills it)
+                while time.monotonic() < deadline:
+                    time.sleep(0.05)
+            return super().run(index)
+
+    monkeypatch.setattr(ray_batch, "BatchWorker", HeldWorker)
     killed, stop = [], threading.Event()
-    outputs = lambda: out.exists() and sum(p.suffix == ".png" for p in out.iterdir())  # noqa: E731
-    killer = threading.Thread(target=_kill_a_worker_when, args=(outputs, killed, stop))
+
+    def kill_the_first_try():
+        while not stop.is_set():
+            if (held / "pid").exists():
+                pid = int((held / "pid").read_text())
+                job_0_done = any(path.exists() for path in planned.jobs[0].outputs)
+                os.kill(pid, signal.SIGKILL)
+                killed.append((pid, job_0_done))
+                return
+            stop.wait(0.01)
+
+    killer = threading.Thread(target=kill_the_first_try)
     killer.start()
     try:
-        report = run_on_ray(_checked(tiny[1], planned), _load(tiny[1]), workers=2, **SETTINGS)
+        report = ray_batch.run_on_ray(
+            _checked(tiny[1], planned), _load(tiny[1]), workers=2, **SETTINGS
+        )
     finally:
         stop.set()
         killer.join()
-    assert killed and killed[0][1] < len(expected), "no worker was killed mid-batch"
+    assert len(killed) == 1 and killed[0][0] != os.getpid()
+    assert killed[0][1] is False  # killed before job 0 had written anything: it ran again
     assert not report.failed
     assert sorted(report.written) == sorted(p for job in planned.jobs for p in job.outputs)
-    _check_outputs(out, expected)
+    _check_outputs(out, expected)  # job 0's image too, from its second try, and no temporaries
 
 
 def test_an_impossible_job_is_refused_on_the_driver_before_ray_starts(
