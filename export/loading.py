@@ -59,10 +59,44 @@ def _is_xl_file(path: Path) -> bool:
     return any(key.startswith("conditioner.embedders.") for key in keys)
 
 
+# The components of a model_index.json that the export takes: what SD 1.x/2.x and SDXL img2img
+# pipelines hold. safety_checker and feature_extractor are dropped knowingly (fastimg runs no
+# safety checker; a call's images are labelled as AI-made instead), and so is an SDXL
+# watermarker (not a component of the index). Any other non-null component is refused by name.
+EXPORTED_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae",
+                       "scheduler")  # fmt: skip
+DROPPED_COMPONENTS = ("safety_checker", "feature_extractor")
+# What to do instead, for the components fastimg knows it does not export.
+NOT_EXPORTED = {
+    "controlnet": "fastimg does not export ControlNets yet: export the pipeline without it "
+    "(a StableDiffusionImg2ImgPipeline folder)",
+    "image_encoder": "fastimg does not export IP-Adapter image encoders: export the pipeline "
+    "without it (set image_encoder to null in model_index.json)",
+}
+
+
+def check_components(model_index: dict, where: str = "this pipeline") -> None:
+    """Refuse a model_index.json that lists a component the export would otherwise drop."""
+    for name, value in model_index.items():
+        if name.startswith("_") or not isinstance(value, list | tuple) or len(value) != 2:
+            continue  # config values (requires_safety_checker, ...), not components
+        if value[0] is None or value[1] is None:
+            continue  # a component left out (null)
+        if name in EXPORTED_COMPONENTS or name in DROPPED_COMPONENTS:
+            continue
+        fix = NOT_EXPORTED.get(
+            name,
+            "fastimg exports SD 1.x/2.x and SDXL img2img pipelines (text encoders, tokenizers, "
+            "UNet, VAE, scheduler): export a pipeline without it",
+        )
+        raise InputError(f"{where} has a {name} ({value[1]}), which the export would drop: {fix}")
+
+
 def pipeline_class(model_index: dict):
     """The img2img pipeline class for a model_index.json, and the options it loads with."""
     import diffusers
 
+    check_components(model_index, f"the {model_index.get('_class_name') or 'pipeline'} model")
     if is_sdxl_index(model_index):
         return diffusers.StableDiffusionXLImg2ImgPipeline, dict(add_watermarker=False)
     return diffusers.StableDiffusionImg2ImgPipeline, dict(
