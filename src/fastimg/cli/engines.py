@@ -14,6 +14,7 @@ ARCHITECTURES = (
     *("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sdxl-turbo", "sdxl", "sdxl-refiner", "sdxl-turbo"),
     *("taesd", "taesdxl"),
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
+    "tiny-controlnet",
 )
 
 
