@@ -25,7 +25,7 @@ from fastimg.errors import EngineError, InputError, OutputError
 
 from . import attention, onnx_export, verify, winograd
 from .folders import replace_folder, writer_lock
-from .loading import check_vae_fits, load_pipeline, load_vae
+from .loading import add_controlnet, check_vae_fits, load_controlnet, load_pipeline, load_vae
 from .lora import check_sources, fuse_loras
 from .memory_model import WINOGRAD_ACTIVATIONS, memory_model
 from .memory_watch import PeakWatch
@@ -103,6 +103,23 @@ def _xl_entries(pipe, folder: Path, first: dict) -> dict:
     return entries
 
 
+def _control_entry(pipe, source: str) -> dict:
+    """The manifest's `control`: the ControlNet components, the UNet that takes their
+    residuals, and the residuals' names (the ControlNet's outputs, that UNet's inputs)."""
+    config = pipe.controlnet.config
+    return {
+        "controlnets": [
+            {
+                "component": "controlnet",
+                "source": str(source),
+                "conditioning_channels": int(config.conditioning_channels),
+            }
+        ],
+        "unet": "unet_control",
+        "residuals": onnx_export.residual_names(pipe.unet.config),
+    }
+
+
 def _write_scheduler(pipe, folder: Path) -> dict:
     config = {k: (list(v) if isinstance(v, tuple) else v) for k, v in pipe.scheduler.config.items()}
     config["_class_name"] = type(pipe.scheduler).__name__
@@ -148,11 +165,13 @@ def export_engines(
     vae: str | None = None,
     loras: list[str] = (),
     int8_images: int = 0,
+    controlnets: list[str] = (),
 ) -> Path:
     """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`;
     `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE; `loras`
     ('FILE_OR_ID[:SCALE]') are fused into the weights first; `int8_images` > 0 also writes
-    an int8 UNet for OpenVINO, calibrated on that many images."""
+    an int8 UNet for OpenVINO, calibrated on that many images; `controlnets` (folders or hub
+    ids, one for now) are exported beside the UNet, with a UNet that takes their residuals."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if int8_images:
@@ -162,20 +181,30 @@ def export_engines(
         if int8_images < 2:
             raise InputError("an int8 export needs at least 2 calibration images")
     lora_sources = check_sources(list(loras))
+    if len(controlnets) > 1:
+        raise InputError(
+            f"{len(controlnets)} ControlNets were given: fastimg exports one ControlNet per "
+            "engine folder for now; pass one --controlnet"
+        )
     out = Path(out).absolute()
     _check_destination(out, overwrite)
     with writer_lock(out), PeakWatch() as memory:
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
-        written = _export_locked(model, out, precision, log, vae, lora_sources, int8_images)
+        written = _export_locked(
+            model, out, precision, log, vae, lora_sources, int8_images, list(controlnets)
+        )
     log(f"peak memory: {memory.describe()}")
     return written
 
 
 def _export_locked(
-    model: str, out: Path, precision: str, log, vae, loras, int8_images: int = 0
+    model: str, out: Path, precision: str, log, vae, loras, int8_images: int = 0, controlnets=()
 ) -> Path:
     log(f"loading {model}")
     pipe = load_pipeline(model)
+    for source in controlnets:
+        log(f"loading the ControlNet {source}")
+        add_controlnet(pipe, load_controlnet(source), source)
     if vae is not None:
         log(f"loading the VAE {vae}")
         replacement = load_vae(vae)
@@ -225,6 +254,8 @@ def _export_locked(
         }
         if onnx_export.is_sdxl(pipe):
             manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
+        if onnx_export.has_controlnet(pipe):
+            manifest["control"] = _control_entry(pipe, controlnets[0] if controlnets else model)
         fix = "this is a bug in the export; please report it"
         text = serialise(manifest, f"the manifest written for {model}", fix)
         (staging / MANIFEST).write_text(text)
@@ -265,7 +296,7 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
     specs = onnx_export.component_specs(pipe)
     modules = onnx_export.torch_modules(pipe)
     names = onnx_export.component_names(pipe)
-    order = sorted(names, key=lambda name: name == "unet")
+    order = sorted(names, key=lambda name: name in ("unet", "unet_control"))
     entries = {}
     for k, name in enumerate(order):
         started = time.perf_counter()
@@ -316,7 +347,7 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
 
 
 # The pipeline attribute whose weights each exported component reads.
-OWNER = {"vae_encoder": "vae", "vae_decoder": "vae"}
+OWNER = {"vae_encoder": "vae", "vae_decoder": "vae", "unet_control": "unet"}
 
 
 def release_weights(pipe, remaining) -> None:

@@ -59,10 +59,58 @@ def _is_xl_file(path: Path) -> bool:
     return any(key.startswith("conditioner.embedders.") for key in keys)
 
 
+# The components of a model_index.json that the export takes: what SD 1.x/2.x and SDXL img2img
+# pipelines hold. safety_checker and feature_extractor are dropped knowingly (fastimg runs no
+# safety checker; a call's images are labelled as AI-made instead), and so is an SDXL
+# watermarker (not a component of the index). Any other non-null component is refused by name.
+EXPORTED_COMPONENTS = ("text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet", "vae",
+                       "scheduler", "controlnet")  # fmt: skip
+DROPPED_COMPONENTS = ("safety_checker", "feature_extractor")
+# What to do instead, for the components fastimg knows it does not export.
+NOT_EXPORTED = {
+    "image_encoder": "fastimg does not export IP-Adapter image encoders: export the pipeline "
+    "without it (set image_encoder to null in model_index.json)",
+}
+
+
+def check_components(model_index: dict, where: str = "this pipeline") -> None:
+    """Refuse a model_index.json that lists a component the export would otherwise drop."""
+    for name, value in model_index.items():
+        if name.startswith("_") or not isinstance(value, list | tuple) or len(value) != 2:
+            continue  # config values (requires_safety_checker, ...), not components
+        if value[0] is None or value[1] is None:
+            continue  # a component left out (null)
+        if name in EXPORTED_COMPONENTS or name in DROPPED_COMPONENTS:
+            continue
+        fix = NOT_EXPORTED.get(
+            name,
+            "fastimg exports SD 1.x/2.x and SDXL img2img pipelines (text encoders, tokenizers, "
+            "UNet, VAE, scheduler): export a pipeline without it",
+        )
+        raise InputError(f"{where} has a {name} ({value[1]}), which the export would drop: {fix}")
+
+
 def pipeline_class(model_index: dict):
     """The img2img pipeline class for a model_index.json, and the options it loads with."""
     import diffusers
 
+    where = f"the {model_index.get('_class_name') or 'pipeline'} model"
+    check_components(model_index, where)
+    controlnet = model_index.get("controlnet") or [None, None]
+    if controlnet[1] is not None:
+        if is_sdxl_index(model_index):
+            raise InputError(
+                f"{where} is an SDXL pipeline with a ControlNet: fastimg exports ControlNets for "
+                "SD 1.x/2.x models only for now; export it without the ControlNet"
+            )
+        if controlnet[1] != "ControlNetModel":
+            raise InputError(
+                f"{where} has a {controlnet[1]} as its controlnet: fastimg exports one "
+                "ControlNetModel per model for now; pass one with --controlnet"
+            )
+        return diffusers.StableDiffusionControlNetImg2ImgPipeline, dict(
+            safety_checker=None, requires_safety_checker=False
+        )
     if is_sdxl_index(model_index):
         return diffusers.StableDiffusionXLImg2ImgPipeline, dict(add_watermarker=False)
     return diffusers.StableDiffusionImg2ImgPipeline, dict(
@@ -189,9 +237,88 @@ def _attempt(load, what: str):
         ) from None
 
 
+def load_controlnet(source: str):
+    """A ControlNetModel from its folder (or a pipeline folder with a controlnet/ inside) or a
+    hub id."""
+    import json
+
+    import diffusers
+
+    quiet_hub_logging()
+    path = Path(source)
+    if path.exists():
+        if path.is_dir() and not (path / "config.json").is_file():
+            path = path / "controlnet"
+        config = path / "config.json"
+        try:
+            name = json.loads(config.read_text()).get("_class_name")
+        except (OSError, ValueError, AttributeError):
+            name = None
+        if name != "ControlNetModel":
+            raise InputError(
+                f"{source} is not a ControlNet folder (its config.json names "
+                f"{name or 'no ControlNetModel'}): pass a folder written by "
+                "ControlNetModel.save_pretrained, a pipeline folder with a controlnet/ in it, "
+                "or a hub id such as lllyasviel/control_v11p_sd15_canny"
+            )
+        return _attempt(lambda: diffusers.ControlNetModel.from_pretrained(path), f"{path}")
+    if path.suffix or source.startswith((".", "/", "~")):
+        raise InputError(f"ControlNet {source} does not exist: check the path")
+    load = diffusers.ControlNetModel.from_pretrained
+    return _attempt(lambda: load(source), f"hub ControlNet {source}")
+
+
+def add_controlnet(pipe, controlnet, source: str) -> None:
+    """Give a plain SD 1.x/2.x pipeline the ControlNet to export beside its UNet."""
+    if is_sdxl(pipe):
+        raise InputError(
+            f"the ControlNet {source} was given for an SDXL model: fastimg exports ControlNets "
+            "for SD 1.x/2.x models only for now"
+        )
+    if getattr(pipe, "controlnet", None) is not None:
+        raise InputError(
+            f"the model already has a ControlNet, and {source} was given too: fastimg exports "
+            "one ControlNet per engine folder for now; leave out --controlnet"
+        )
+    check_controlnet_fits(pipe.unet.config, controlnet.config, source)
+    pipe.controlnet = controlnet.eval()
+
+
+def check_controlnet_fits(unet, controlnet, source: str) -> None:
+    """Refuse a ControlNet (config) whose residuals or text width are not the UNet's (config)."""
+    from .onnx_export import residual_layout
+
+    width, wanted = controlnet.cross_attention_dim, unet.cross_attention_dim
+    if width != wanted:
+        raise InputError(
+            f"the ControlNet {source} attends to {width}-wide text embeddings, but this model's "
+            f"UNet to {wanted}-wide ones: it is a ControlNet for another base model (SD 1.x is "
+            "768, SD 2.x 1024)"
+        )
+    if residual_layout(controlnet) != residual_layout(unet):
+        raise InputError(
+            f"the ControlNet {source}'s blocks ({list(controlnet.block_out_channels)} channels, "
+            f"{controlnet.layers_per_block} layers each) are not this UNet's "
+            f"({list(unet.block_out_channels)}, {unet.layers_per_block}): it is a ControlNet "
+            "for another base model"
+        )
+    if unet.get("time_cond_proj_dim") is not None:
+        raise InputError(
+            "this model's UNet is LCM-distilled (time_cond_proj_dim): fastimg does not export "
+            f"ControlNets (such as {source}) for LCM-distilled UNets yet"
+        )
+    if controlnet.get("global_pool_conditions"):
+        raise InputError(
+            f"the ControlNet {source} pools its conditions (global_pool_conditions, guess "
+            "mode): fastimg does not export such ControlNets yet"
+        )
+
+
 def check_supported(pipe) -> None:
     """Refuse pipelines whose UNet needs inputs fastimg does not export yet."""
     config = pipe.unet.config
+    if getattr(pipe, "controlnet", None) is not None:
+        check_controlnet_fits(config, pipe.controlnet.config, "of this pipeline")
     added = config.get("addition_embed_type")
     if not is_sdxl(pipe):
         if added is not None:

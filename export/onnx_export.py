@@ -31,11 +31,16 @@ class ComponentSpec:
 SD_COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 
+# A pipeline with a ControlNet also has these graphs: the ControlNet, and the UNet that takes its
+# residuals (beside the plain UNet, so that a call without control runs the plain one).
+CONTROL_COMPONENTS = ("controlnet", "unet_control")
+
+
 def component_names(pipe) -> tuple[str, ...]:
-    """The graphs exported for this pipeline: SD's four, or SDXL's with text_encoder_2 (and
-    no text_encoder for the refiner)."""
+    """The graphs exported for this pipeline: SD's four (and the control graphs where it has
+    a ControlNet), or SDXL's with text_encoder_2 (and no text_encoder for the refiner)."""
     if not is_sdxl(pipe):
-        return SD_COMPONENTS
+        return SD_COMPONENTS + (CONTROL_COMPONENTS if has_controlnet(pipe) else ())
     first = ("text_encoder",) if pipe.text_encoder is not None else ()
     return (*first, "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
 
@@ -43,6 +48,43 @@ def component_names(pipe) -> tuple[str, ...]:
 def is_sdxl(pipe) -> bool:
     """Whether the pipeline has SDXL's second text encoder and added conditioning."""
     return hasattr(pipe, "text_encoder_2")
+
+
+def has_controlnet(pipe) -> bool:
+    """Whether the pipeline carries a ControlNet to export."""
+    return getattr(pipe, "controlnet", None) is not None
+
+
+def residual_layout(config) -> list[tuple[int, int]]:
+    """(channels, level) of each down-block residual a UNet (or ControlNet) of this config
+    gives and takes, the mid block's last: conv_in's, each layer's, each downsampler's."""
+    blocks = list(config.block_out_channels)
+    layers = config.layers_per_block
+    layers = [layers] * len(blocks) if isinstance(layers, int) else list(layers)
+    layout = [(blocks[0], 0)]
+    for level, channels in enumerate(blocks):
+        layout += [(channels, level)] * layers[level]
+        if level < len(blocks) - 1:
+            layout.append((channels, level + 1))
+    return [*layout, (blocks[-1], len(blocks) - 1)]
+
+
+def residual_names(config) -> list[str]:
+    """The ONNX names of the residuals: down_block_res_0, ..., mid_block_res."""
+    count = len(residual_layout(config)) - 1
+    return [*(f"down_block_res_{k}" for k in range(count)), "mid_block_res"]
+
+
+def _residual_specs(config) -> dict:
+    """The residuals' specs: at level d, the latent sides divided by 2**d (rounded up)."""
+    specs = {}
+    for name, (channels, level) in zip(
+        residual_names(config), residual_layout(config), strict=True
+    ):
+        side = "" if level == 0 else f"_div{2**level}"
+        shape = ["batch", channels, f"latent_height{side}", f"latent_width{side}"]
+        specs[name] = ("float32", shape)
+    return specs
 
 
 def component_specs(pipe) -> dict[str, ComponentSpec]:
@@ -74,6 +116,28 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
         "vae_decoder": ComponentSpec(
             {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
         ),
+        **(_control_specs(pipe, lat, hidden) if has_controlnet(pipe) else {}),
+    }
+
+
+def _control_specs(pipe, lat: list, hidden: int) -> dict:
+    """The ControlNet (pixels 0..1 in, its scaled residuals out) and the UNet taking them."""
+    text = {
+        "sample": ("float32", lat),
+        "timestep": ("float32", ["batch"]),
+        "encoder_hidden_states": ("float32", ["batch", "sequence", hidden]),
+    }
+    residuals = _residual_specs(pipe.unet.config)
+    return {
+        "controlnet": ComponentSpec(
+            {
+                **text,
+                "controlnet_cond": ("float32", ["batch", 3, "height", "width"]),
+                "conditioning_scale": ("float32", [1]),
+            },
+            residuals,
+        ),
+        "unet_control": ComponentSpec({**text, **residuals}, {"out_sample": ("float32", lat)}),
     }
 
 
@@ -225,7 +289,35 @@ def torch_modules(pipe) -> dict:
                 return_dict=False,
             )[0]
 
+    class ControlNet(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, scale):
+            down, mid = self.model(sample, timestep, encoder_hidden_states, controlnet_cond,
+                                   conditioning_scale=scale, return_dict=False)  # fmt: skip
+            return (*down, mid)
+
+    class UNetControl(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, sample, timestep, encoder_hidden_states, *residuals):
+            return self.model(
+                sample,
+                timestep,
+                encoder_hidden_states,
+                down_block_additional_residuals=residuals[:-1],
+                mid_block_additional_residual=residuals[-1],
+                return_dict=False,
+            )[0]
+
     vae = {"vae_encoder": VaeEncoder(pipe.vae).eval(), "vae_decoder": VaeDecoder(pipe.vae).eval()}
+    if has_controlnet(pipe):
+        vae["controlnet"] = ControlNet(pipe.controlnet).eval()
+        vae["unet_control"] = UNetControl(pipe.unet).eval()
     if is_sdxl(pipe):
         encoders = {
             name: PenultimateTextEncoder(getattr(pipe, name)).eval()
@@ -264,6 +356,8 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
     if name.startswith("text_encoder"):
         vocab = min(encoder.config.vocab_size, len(tokenizer))
         return (torch.randint(0, vocab, (batch, length), generator=g),)
+    if name in CONTROL_COMPONENTS:
+        return _control_inputs(pipe, name, batch, (h, w), g, length, hidden)
     if name == "unet":
         inputs = (
             torch.randn(batch, latent, h, w, generator=g),
@@ -281,6 +375,29 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
     if name == "vae_encoder":
         return (torch.rand(batch, 3, h * factor, w * factor, generator=g) * 2 - 1,)
     return (torch.randn(batch, latent, h, w, generator=g),)
+
+
+def _control_inputs(pipe, name: str, batch: int, latent_hw, g, length: int, hidden: int):
+    """Random inputs of the ControlNet or of the UNet that takes its residuals."""
+    import torch
+
+    h, w = latent_hw
+    factor = vae_scale_factor(pipe)
+    inputs = (
+        torch.randn(batch, pipe.vae.config.latent_channels, h, w, generator=g),
+        torch.rand(batch, generator=g) * 999,
+        torch.randn(batch, length, hidden, generator=g),
+    )
+    if name == "controlnet":
+        cond = torch.rand(batch, 3, h * factor, w * factor, generator=g)
+        return (*inputs, cond, torch.tensor([0.7]))
+    residuals = []
+    for channels, level in residual_layout(pipe.unet.config):
+        side_h, side_w = h, w
+        for _ in range(level):
+            side_h, side_w = (side_h + 1) // 2, (side_w + 1) // 2
+        residuals.append(torch.randn(batch, channels, side_h, side_w, generator=g) * 0.1)
+    return (*inputs, *residuals)
 
 
 # Traced at a latent size that is not a multiple of the UNet's up-factor, so diffusers takes its

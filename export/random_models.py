@@ -479,6 +479,41 @@ def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
+# StableDiffusionControlNetImg2ImgPipeline layouts: name -> the base architecture.
+CONTROLNETS = {"tiny-controlnet": "tiny"}
+# Large enough for the residuals to move the images clearly (random UNets barely react to less).
+ZERO_CONV_STD = 0.5
+
+
+def build_controlnet_pipeline(arch: str, seed: int = 0):
+    """A StableDiffusionControlNetImg2ImgPipeline on the base architecture's random pipeline,
+    whose ControlNet's zero convolutions are random (diffusers zeroes them, which would hide
+    a ControlNet that is ignored)."""
+    import diffusers
+    import torch
+
+    base = build_pipeline(CONTROLNETS[arch], seed)
+    torch.manual_seed(seed + 2)
+    controlnet = diffusers.ControlNetModel.from_unet(
+        base.unet, conditioning_embedding_out_channels=(8, 16, 32, 32)
+    )
+    zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+              controlnet.controlnet_cond_embedding.conv_out]  # fmt: skip
+    with torch.no_grad():
+        for conv in zeroed:
+            conv.weight.normal_(0.0, ZERO_CONV_STD)
+            conv.bias.normal_(0.0, ZERO_CONV_STD)
+    parts = {name: getattr(base, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
+    return diffusers.StableDiffusionControlNetImg2ImgPipeline(
+        **parts,
+        controlnet=controlnet.eval(),
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     """Write a random-weight diffusers pipeline folder (a VAE folder for a VAE name, a
     .safetensors file for a LoRA name) to `out`."""
@@ -489,6 +524,11 @@ def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
         if out.suffix != ".safetensors":
             raise InputError(f"a LoRA is one .safetensors file: name it {out.stem}.safetensors")
         return write_random_lora(arch, out, seed)
-    model = build_vae(arch, seed) if arch in VAES else build_pipeline(arch, seed)
+    if arch in VAES:
+        model = build_vae(arch, seed)
+    elif arch in CONTROLNETS:
+        model = build_controlnet_pipeline(arch, seed)
+    else:
+        model = build_pipeline(arch, seed)
     model.save_pretrained(out)
     return out

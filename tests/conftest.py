@@ -73,6 +73,12 @@ def tiny_int8(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_controlnet(tmp_path_factory):
+    """(model folder, engine folder) of the tiny model with a ControlNet (random zero convs)."""
+    return _build(tmp_path_factory, "tiny-controlnet")
+
+
+@pytest.fixture(scope="session")
 def tiny_v(tmp_path_factory):
     """(model folder, engine folder) of the tiny v-prediction, SD-2.x-style model."""
     return _build(tmp_path_factory, "tiny-v")

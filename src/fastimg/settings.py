@@ -256,6 +256,32 @@ SETTINGS = (
     Setting("target_size", PAIR, "SDXL base: HEIGHTxWIDTH [the input's size].", sdxl=True),
     Setting("aesthetic_score", REAL, "SDXL refiner: [6.0].", sdxl=True),
     Setting("negative_aesthetic_score", REAL, "SDXL refiner: [2.5].", sdxl=True),
+    Setting(
+        "controlnet_conditioning_scale",
+        REAL,
+        "ControlNet: how strongly the control image steers [1.0].",
+        default=1.0,
+        field="control_scale",
+        low=0,
+    ),
+    Setting(
+        "control_guidance_start",
+        REAL,
+        "ControlNet: the fraction of the steps before it starts [0].",
+        default=0.0,
+        field="control_start",
+        low=0,
+        high=1,
+    ),
+    Setting(
+        "control_guidance_end",
+        REAL,
+        "ControlNet: the fraction of the steps after which it stops [1].",
+        default=1.0,
+        field="control_end",
+        low=0,
+        high=1,
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -277,6 +303,10 @@ class CallSettings:
     seed: int | None = None
     num_images_per_prompt: int = 1
     scheduler: str | None = None
+    controlnet_conditioning_scale: float = 1.0
+    control_guidance_start: float = 0.0
+    control_guidance_end: float = 1.0
+    control_image: object = None  # a path or a PIL image (not a text setting: no HTTP field)
     sdxl: tuple[tuple[str, object], ...] = ()
 
     def arguments(self) -> dict:

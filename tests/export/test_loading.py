@@ -116,3 +116,42 @@ def test_a_single_file_sdxl_checkpoint_loads_as_sdxl(tmp_path, monkeypatch, key,
         monkeypatch.setattr(getattr(diffusers, name), "from_single_file", loading)
     with pytest.raises(InputError, match=f"{chosen} asked to load model.safetensors"):
         load_pipeline(str(path))
+
+
+def _write_index(folder: Path, **components) -> Path:
+    import json
+
+    index = {
+        "_class_name": "StableDiffusionControlNetImg2ImgPipeline",
+        "_diffusers_version": "0.30.0",
+        "requires_safety_checker": False,
+        "safety_checker": [None, None],
+        "feature_extractor": ["transformers", "CLIPImageProcessor"],
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        **components,
+    }
+    folder.mkdir(exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps(index))
+    return folder
+
+
+@pytest.mark.parametrize(
+    "component,library,message",
+    [
+        ("image_encoder", "transformers", "image_encoder .*IP-Adapter"),
+        ("prior", "diffusers", "prior .*export a pipeline without it"),
+    ],
+)
+def test_a_component_the_export_would_drop_is_refused_by_name(
+    tmp_path, component, library, message
+):
+    folder = _write_index(tmp_path / "model", **{component: [library, "SomeModel"]})
+    with pytest.raises(InputError, match=message):
+        load_pipeline(str(folder))
+
+
+def test_null_components_and_config_values_are_not_components(tmp_path):
+    from fastimg_export.loading import check_components
+
+    check_components({"image_encoder": [None, None], "requires_safety_checker": True,
+                      "force_zeros_for_empty_prompt": ["not", "a", "pair"]})  # fmt: skip

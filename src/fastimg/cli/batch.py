@@ -134,13 +134,21 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     is_flag=True,
     help="Also write a labelled contact sheet per input (STEM-grid.png) of the swept values.",
 )
+@click.option(
+    "--control-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="ControlNet: the image that steers every output (resized to each input's size); "
+    "the engines need a ControlNet (fastimg export --controlnet).",
+)
 @more_setting_options
 @output_options
 @engine_options
 @ray_options
 @domain_errors
 def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, variants,
-              scheduler, num_images, recursive, grid, **settings) -> None:  # fmt: skip
+              scheduler, num_images, recursive, grid, control_image,
+              **settings) -> None:  # fmt: skip
     """Transform IMAGES (files or folders) toward --prompt with the engines in --engines.
 
     Lists sweep: --strength 0.25,0.5,0.75 makes three images per input, named apart
@@ -174,7 +182,10 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
     given = {"prompt": prompt, "negative_prompt": negative_prompt, "sampler": scheduler,
              "num_images": num_images, **more}  # fmt: skip
     try:
-        jobs = plan_sweep(sources, from_fields(given, parse=False), sweep)
+        call = from_fields(given, parse=False)
+        if control_image is not None:
+            call = call.with_values(control_image=str(control_image))
+        jobs = plan_sweep(sources, call, sweep)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
     _run(jobs, single, settings, grid=grid)

@@ -14,6 +14,7 @@ ARCHITECTURES = (
     *("tiny-sdxl", "tiny-sdxl-refiner", "tiny-sdxl-turbo", "sdxl", "sdxl-refiner", "sdxl-turbo"),
     *("taesd", "taesdxl"),
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
+    "tiny-controlnet",
 )
 
 
@@ -84,6 +85,14 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     show_default=True,
     help="Calibration images for --int8 (one is held out to measure the error).",
 )
+@click.option(
+    "--controlnet",
+    "controlnets",
+    multiple=True,
+    metavar="FOLDER_OR_ID",
+    help="Export a ControlNet (a ControlNetModel folder or hub id) beside the UNet, for "
+    "transform --control-image; SD 1.x/2.x models, one ControlNet for now.",
+)
 @domain_errors
 def export(
     model: str,
@@ -94,6 +103,7 @@ def export(
     loras: tuple[str, ...],
     int8: bool,
     int8_images: int,
+    controlnets: tuple[str, ...],
 ) -> None:
     """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
     from ..errors import require
@@ -111,6 +121,7 @@ def export(
         vae=vae,
         loras=list(loras),
         int8_images=int8_images if int8 else 0,
+        controlnets=list(controlnets),
     )
     click.echo(f"engines written to {output}")
 

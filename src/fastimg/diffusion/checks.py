@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..settings import SAMPLERS, SETTINGS, CallSettings
 from . import schedules
 from .conditioning import check_sdxl_arguments
+from .control import check_settings as check_control
 
 log = logging.getLogger("fastimg")
 
@@ -82,6 +83,7 @@ def check_call(manifest: Manifest, settings: CallSettings) -> CheckedCall:
     the plan (a strength and step count that run no step are refused here)."""
     settings = check_values(settings)
     micro = check_sdxl_arguments(manifest, dict(settings.sdxl))
+    check_control(manifest, settings)
     sampler = resolve_sampler(manifest, settings.scheduler)
     plan = plan_for(manifest, sampler, settings.num_inference_steps, settings.strength)
     return CheckedCall(settings, sampler, plan, micro)

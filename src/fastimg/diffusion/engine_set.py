@@ -129,10 +129,13 @@ class EngineSet:
                 engines.sessions = {n: wrap(n, s) for n, s in engines.sessions.items()}
 
     def _load(self, backend: str, precision: str, plans=None) -> Engines:
+        components = self.manifest.component_names
+        if plans is None:  # (TensorRT plan sets hold no ControlNet yet)
+            components = (*components, *self.manifest.control_components)
         engines = load_engines(
             backend,
             self.manifest,
-            self.manifest.component_names,
+            components,
             precision,
             plans=plans,
             shapes=self.shapes,

@@ -28,6 +28,7 @@ from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
 from . import conditioning, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
+from .control import Control, ControlRun, prepare_control
 from .engine_set import EngineSet, describe_run
 from .prompts import PromptEncoder
 from .rng import StackedGenerators, TorchCompatibleGenerator
@@ -77,11 +78,13 @@ class Request:
     steps: int
     guidance_scale: float
     cfg: bool
+    control: Control | None = None
 
     @property
     def key(self) -> tuple:
-        """What calls batched together must share: the image size and the sampling."""
-        return (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
+        """What calls batched together must share: the image size, the sampling, the control."""
+        shared = (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
+        return (*shared, self.control and self.control.key)
 
 
 def _stop_point(should_stop, stage: str) -> None:
@@ -289,10 +292,12 @@ class Img2ImgPipeline:
         engines: Engines | None = None,
         chunk: int | None = None,
         conditioning: dict | None = None,
+        control_run: ControlRun | None = None,
     ) -> np.ndarray:
         """Noise the latents to the plan's first timestep, then run the sampler over the UNet
         (`chunk` images per UNet call at most: the images are independent, so memory, not
-        the result, depends on it; `conditioning`: extra UNet inputs, one row per image)."""
+        the result, depends on it; `conditioning`: extra UNet inputs, one row per image;
+        `control_run`: the ControlNet whose residuals steer it)."""
         engines = engines or self.engines.default()
         xp, unet = engines.xp, engines.sessions["unet"]
         n = latents.shape[0]
@@ -323,7 +328,10 @@ class Img2ImgPipeline:
                 x_in = xp.concatenate([x_in, x_in])
             t = xp.full(x_in.shape[0], plan.timesteps[i], dtype=np.float32)
             feeds.update(sample=x_in, timestep=t, encoder_hidden_states=emb)
-            out = unet.run(feeds)
+            session = unet
+            if control_run is not None:
+                session = control_run.step(feeds, i, j, len(emb) // (1 + cfg), cfg, unet)
+            out = session.run(feeds)
             out = out["out_sample"]
             finite.append((i, _finite(out)))
             if cfg:
@@ -385,6 +393,10 @@ class Img2ImgPipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
+        control_image: Image.Image | str | Path | None = None,
+        controlnet_conditioning_scale: float = 1.0,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
         *,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Image.Image]:
@@ -395,6 +407,9 @@ class Img2ImgPipeline:
         SDXL folders also take StableDiffusionXLImg2ImgPipeline's `prompt_2`,
         `negative_prompt_2`, `original_size`, `crops_coords_top_left`, `target_size` (base) and
         `aesthetic_score`, `negative_aesthetic_score` (refiner); None means diffusers' default.
+        Folders with a ControlNet take StableDiffusionControlNetImg2ImgPipeline's
+        `control_image` (without one, the plain UNet runs), `controlnet_conditioning_scale`,
+        `control_guidance_start` and `control_guidance_end`.
         `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
         engine calls, raises Cancelled when it says so (call_many's).
         """
@@ -415,6 +430,10 @@ class Img2ImgPipeline:
             target_size=target_size,
             aesthetic_score=aesthetic_score,
             negative_aesthetic_score=negative_aesthetic_score,
+            control_image=control_image,
+            controlnet_conditioning_scale=controlnet_conditioning_scale,
+            control_guidance_start=control_guidance_start,
+            control_guidance_end=control_guidance_end,
         )
         return self._run([request], callback, should_stop)[0]
 
@@ -462,13 +481,14 @@ class Img2ImgPipeline:
                 "an LCM-distilled model takes no negative prompt (as in diffusers): ignored"
             )
             negative_prompt = None
+        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
         return Request(
             prompt=settings.prompt,
             negative_prompt=negative_prompt,
             micro=checked.micro,
             seed=seed,
             rng=TorchCompatibleGenerator(seed),
-            pixels=images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side),
+            pixels=pixels,
             count=settings.num_images_per_prompt,
             sampler=checked.sampler,
             plan=checked.plan,
@@ -476,6 +496,7 @@ class Img2ImgPipeline:
             steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale,
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
+            control=prepare_control(settings, pixels.shape[2], pixels.shape[3]),
         )
 
     def _run(self, group: list[Request], callback, should_stop=None) -> list[list[Image.Image]]:
@@ -535,8 +556,11 @@ class Img2ImgPipeline:
             z = xp.repeat(z, counts, axis=0) if len(group) > 1 else xp.repeat(z, total, axis=0)
             # 5. Noise to the plan's first step, then the sampler loop over the UNet.
             noise = _generators(rngs, counts)
+            run = first.control and ControlRun(
+                engines, self.manifest, [r.control for r in group], counts, first.plan.steps
+            )
             latents = self.denoise(z, embeddings, first.plan, first.guidance_scale, noise,
-                                   callback, engines, chunk, extra)  # fmt: skip
+                                   callback, engines, chunk, extra, run)  # fmt: skip
             # 6. Decode.
             return self.decode(latents, engines, chunk, should_stop)
 

@@ -155,6 +155,20 @@ class Manifest:
         """Every component the pipeline loads: the text encoders, unet, vae_encoder/decoder."""
         return (*self.text_encoders, *COMPONENTS[1:])
 
+    @property
+    def control(self) -> dict:
+        """The ControlNets, the UNet that takes their residuals and the residuals' names
+        ({} where the folder has no ControlNet)."""
+        return self.data.get("control") or {}
+
+    @property
+    def control_components(self) -> tuple[str, ...]:
+        """The ControlNet components and the UNet taking their residuals (() where none)."""
+        control = self.control
+        if not control:
+            return ()
+        return (*(c["component"] for c in control["controlnets"]), control["unet"])
+
     def tokenizer_of(self, encoder: str) -> dict:
         """The tokenizer entry that feeds `encoder`."""
         return self.data[TOKENIZER_OF[encoder]]

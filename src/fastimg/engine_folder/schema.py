@@ -309,6 +309,23 @@ class Lora(_Strict):
     scale: Annotated[float, Field(ge=-10, le=10)]
 
 
+class ControlNet(_Strict):
+    """One exported ControlNet: its component and where it came from."""
+
+    component: Name
+    source: Text | None = None
+    conditioning_channels: Annotated[int, Field(ge=1, le=16)] = 3
+
+
+class Control(_Strict):
+    """The ControlNets of the folder, the UNet component that takes their residuals (beside
+    the plain UNet), and the residuals' names: each ControlNet's outputs, that UNet's inputs."""
+
+    controlnets: Annotated[list[ControlNet], Field(min_length=1, max_length=1)]
+    unet: Name
+    residuals: Annotated[list[Name], Field(min_length=1, max_length=64)]
+
+
 class EngineManifest(_Strict):
     """manifest.json as the runtime reads it."""
 
@@ -334,6 +351,23 @@ class EngineManifest(_Strict):
     tools: dict[Name, Text] = {}
     tensorrt: TensorRT = TensorRT()
     memory: dict[Literal[COMPONENTS], MemoryModel] = {}  # type: ignore[valid-type]
+    control: Control | None = None  # (folders without a ControlNet have none)
+
+    @model_validator(mode="after")
+    def _control_complete(self):
+        if self.control is None:
+            return self
+        unet = self.control.unet
+        for name in (unet, *(c.component for c in self.control.controlnets)):
+            if name not in self.components or name in COMPONENTS:
+                raise ValueError(f"control names {name}, which is not a control component")
+        residuals = set(self.control.residuals)
+        for c in self.control.controlnets:
+            if set(self.components[c.component].outputs) != residuals:
+                raise ValueError(f"{c.component}'s outputs are not control.residuals")
+        if not residuals <= set(self.components[unet].inputs):
+            raise ValueError(f"{unet} does not take every one of control.residuals")
+        return self
 
     @model_validator(mode="after")
     def _complete(self):

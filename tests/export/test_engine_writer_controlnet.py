@@ -1,0 +1,108 @@
+import json
+
+import pytest
+
+from fastimg.errors import InputError
+
+pytest.importorskip("torch")
+from fastimg_export import loading, random_models  # noqa: E402
+
+
+def test_a_controlnet_pipeline_exports_the_controlnet_and_a_unet_taking_its_residuals(
+    tiny_controlnet,
+):
+    from fastimg.engine_folder.manifest import load_manifest
+
+    manifest = load_manifest(tiny_controlnet[1])
+    control = manifest.control
+    assert manifest.control_components == ("controlnet", "unet_control")
+    residuals = control["residuals"]
+    assert residuals[-1] == "mid_block_res" and len(residuals) == 5  # conv_in, 2 + 1 layers
+    controlnet = manifest.components["controlnet"]
+    assert list(controlnet["inputs"]) == ["sample", "timestep", "encoder_hidden_states",
+                                          "controlnet_cond", "conditioning_scale"]  # fmt: skip
+    assert controlnet["inputs"]["controlnet_cond"]["shape"] == ["batch", 3, "height", "width"]
+    assert list(controlnet["outputs"]) == residuals
+    unet = manifest.components["unet_control"]
+    assert list(unet["inputs"])[3:] == residuals
+    for name in ("controlnet", "unet_control", "unet"):  # verified against PyTorch
+        parity = manifest.components[name]["parity"]
+        assert parity["max_rel_error"] <= parity["tolerance"]
+    assert list(manifest.components["unet"]["inputs"]) == ["sample", "timestep",
+                                                           "encoder_hidden_states"]  # fmt: skip
+
+
+def test_a_folder_without_control_still_loads(tiny_controlnet, tmp_path):
+    """Older folders (and folders exported without a ControlNet) have no `control`."""
+    from fastimg.engine_folder.manifest import Manifest
+
+    data = json.loads((tiny_controlnet[1] / "manifest.json").read_text())
+    data.pop("control")
+    for name in ("controlnet", "unet_control"):
+        data["components"].pop(name)
+    manifest = Manifest.from_data(tmp_path, data)
+    assert manifest.control == {} and manifest.control_components == ()
+
+
+def test_a_control_entry_naming_a_missing_component_is_refused(tiny_controlnet, tmp_path):
+    from fastimg.engine_folder.manifest import Manifest
+    from fastimg.errors import ManifestError
+
+    data = json.loads((tiny_controlnet[1] / "manifest.json").read_text())
+    data["components"].pop("unet_control")
+    with pytest.raises(ManifestError, match="unet_control"):
+        Manifest.from_data(tmp_path, data)
+
+
+def _controlnet(**config):
+    import diffusers
+
+    unet = dict(random_models.ARCHITECTURES["tiny"]["unet"])
+    unet.pop("up_block_types"), unet.pop("sample_size")
+    return diffusers.ControlNetModel(
+        **{**unet, **config}, conditioning_embedding_out_channels=(8, 16, 32, 32)
+    )
+
+
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        ({"cross_attention_dim": 48}, "48-wide text embeddings, but this model's UNet to 32"),
+        ({"layers_per_block": 2}, "blocks .* are not this UNet's"),
+        ({"global_pool_conditions": True}, "global_pool_conditions"),
+    ],
+)
+def test_a_controlnet_that_does_not_fit_the_unet_is_refused_by_name(config, message):
+    pipe = random_models.build_pipeline("tiny")
+    with pytest.raises(InputError, match=message):
+        loading.add_controlnet(pipe, _controlnet(**config), "cn")
+
+
+def test_a_controlnet_for_an_sdxl_model_is_refused():
+    pipe = random_models.build_pipeline("tiny-sdxl")
+    with pytest.raises(InputError, match="SDXL"):
+        loading.add_controlnet(pipe, _controlnet(), "cn")
+
+
+def test_a_folder_that_is_no_controlnet_is_refused(tmp_path):
+    (tmp_path / "config.json").write_text('{"_class_name": "AutoencoderKL"}')
+    with pytest.raises(InputError, match="not a ControlNet folder .*AutoencoderKL"):
+        loading.load_controlnet(str(tmp_path))
+
+
+def test_export_controlnet_adds_one_to_a_plain_model(tiny_controlnet, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.engine_folder.manifest import load_manifest
+
+    model = random_models.write_random_model("tiny", tmp_path / "model")
+    controlnet = tiny_controlnet[0] / "controlnet"
+    args = ["export", str(model), "-o", str(tmp_path / "engines"), "--controlnet", str(controlnet)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tmp_path / "engines")
+    assert manifest.control["controlnets"][0]["source"] == str(controlnet)
+    two = ["export", str(model), "-o", str(tmp_path / "e2"), *args[-2:], *args[-2:]]
+    twice = CliRunner().invoke(cli, two)
+    assert twice.exit_code == 1 and "one ControlNet per engine folder" in twice.output

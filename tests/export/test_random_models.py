@@ -1,0 +1,19 @@
+import pytest
+
+pytest.importorskip("torch")
+from fastimg_export import random_models  # noqa: E402
+
+
+def test_tiny_controlnet_is_a_controlnet_img2img_folder_whose_zero_convolutions_are_not_zero(
+    tmp_path,
+):
+    import diffusers
+
+    folder = random_models.write_random_model("tiny-controlnet", tmp_path / "model")
+    pipe = diffusers.StableDiffusionControlNetImg2ImgPipeline.from_pretrained(folder)
+    controlnet = pipe.controlnet
+    convs = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
+             controlnet.controlnet_cond_embedding.conv_out]  # fmt: skip
+    for conv in convs:
+        assert conv.weight.abs().min() > 0 and conv.bias.abs().min() > 0
+    assert controlnet.config.cross_attention_dim == pipe.unet.config.cross_attention_dim
