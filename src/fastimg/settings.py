@@ -259,8 +259,8 @@ SETTINGS = (
     Setting(
         "controlnet_conditioning_scale",
         REAL,
-        "ControlNet: how strongly the control image steers [1.0].",
-        default=1.0,
+        "ControlNet: how strongly the control image steers [0.8, as diffusers' img2img].",
+        default=0.8,
         field="control_scale",
         low=0,
     ),
@@ -303,7 +303,7 @@ class CallSettings:
     seed: int | None = None
     num_images_per_prompt: int = 1
     scheduler: str | None = None
-    controlnet_conditioning_scale: float = 1.0
+    controlnet_conditioning_scale: float = 0.8
     control_guidance_start: float = 0.0
     control_guidance_end: float = 1.0
     control_image: object = None  # a path or a PIL image (not a text setting: no HTTP field)

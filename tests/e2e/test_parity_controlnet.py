@@ -71,3 +71,13 @@ def test_scale_zero_or_no_control_image_is_plain_img2img(pair, photo, control_im
                 **settings)  # fmt: skip
     for p, z in zip(plain, zero, strict=True):
         assert np.array_equal(np.asarray(p), np.asarray(z))
+
+
+def test_the_control_defaults_are_diffusers_img2img_defaults(pair, photo, control_image):
+    backend, ref, config, ours = pair
+    settings = dict(SETTINGS, guidance_scale=7.5)  # no scale, start or end on either side
+    expected = run_reference(ref, config, "ddim", photo, seed=5, control_image=control_image,
+                             **settings)  # fmt: skip
+    got = ours(image=photo, seed=5, scheduler="ddim", control_image=control_image, **settings)
+    for e, g in zip(expected, got, strict=True):
+        assert psnr(e, g) >= MIN_PSNR  # (diffusers' img2img scale is 0.8, its txt2img's 1.0)

@@ -394,7 +394,7 @@ class Img2ImgPipeline:
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
         control_image: Image.Image | str | Path | None = None,
-        controlnet_conditioning_scale: float = 1.0,
+        controlnet_conditioning_scale: float = 0.8,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
         *,

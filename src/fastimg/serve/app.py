@@ -215,10 +215,19 @@ async def _img2img(service: Service, request: Request) -> Response:
 def _give_back_memory_soon() -> None:
     """Hand freed memory back to the system once a large response has been sent (glibc keeps
     it for reuse otherwise: hundreds of MB after a request of many large images)."""
+    loop = asyncio.get_running_loop()
+    loop.call_later(TRIM_DELAY, lambda: loop.run_in_executor(None, _give_back_memory))
+
+
+def _give_back_memory() -> None:
+    """Collect what reference cycles hold (a sent response can sit in one) and hand the freed
+    memory back to the system."""
+    import gc
+
     from ..machine import return_freed_memory
 
-    loop = asyncio.get_running_loop()
-    loop.call_later(TRIM_DELAY, lambda: loop.run_in_executor(None, return_freed_memory))
+    gc.collect()
+    return_freed_memory()
 
 
 async def _run_while_connected(
