@@ -11,7 +11,7 @@ a call) are the EngineSet's; the checks of a call's settings are fastimg.diffusi
 import logging
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -22,80 +22,22 @@ from ..backends.registry import describe
 from ..backends.scratch import giving_back_scratch
 from ..backends.select import resolve
 from ..engine_folder.manifest import Manifest, load_manifest
-from ..errors import Cancelled, EngineError, InputError
+from ..errors import InputError
 from ..media import images
 from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
 from . import conditioning, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
-from .control import Control, ControlRun, prepare_control
+from .control import ControlRun, prepare_control
 from .engine_set import EngineSet, describe_run
 from .prompts import PromptEncoder
-from .rng import StackedGenerators, TorchCompatibleGenerator
+from .request import Request, check_finite, finite, generators, nan_error, stop_point
+from .rng import TorchCompatibleGenerator
 
 log = logging.getLogger("fastimg")
 
 # What __call__ takes besides the image, the callback and the SDXL arguments.
 CALL_ARGUMENTS = tuple(f.name for f in fields(CallSettings) if f.name != "sdxl")
-
-
-def _nan_error(stage: str, engines: Engines) -> EngineError:
-    fix = (
-        "run with --precision fp32 (the exact path)"
-        if engines.precision != "fp32"
-        else "the engine overflowed even in fp32: check the model, or export it again"
-    )
-    return EngineError(
-        f"NaN or Inf appeared in the {stage} on {engines.backend} ({engines.precision}): {fix}"
-    )
-
-
-def _check_finite(array, stage: str, engines: Engines):
-    if not bool(_finite(array)):
-        raise _nan_error(stage, engines)
-    return array
-
-
-def _finite(array):
-    """Whether every element is finite, as a 0-d array (no host round trip on a GPU)."""
-    return (array == array).all() & (abs(array) != float("inf")).all()
-
-
-@dataclass(frozen=True)
-class Request:
-    """One call checked and ready to run; calls with the same `key` can share engine calls."""
-
-    prompt: str
-    negative_prompt: str | None
-    micro: dict
-    seed: int
-    rng: TorchCompatibleGenerator
-    pixels: np.ndarray
-    count: int
-    sampler: str
-    plan: schedules.Plan
-    strength: float
-    steps: int
-    guidance_scale: float
-    cfg: bool
-    control: Control | None = None
-
-    @property
-    def key(self) -> tuple:
-        """What calls batched together must share: the image size, the sampling, the control."""
-        shared = (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
-        return (*shared, self.control and self.control.key)
-
-
-def _stop_point(should_stop, stage: str) -> None:
-    """Raise Cancelled where the caller no longer wants the call's images."""
-    if should_stop is not None and should_stop():
-        raise Cancelled(f"stopped before {stage}: the caller asked")
-
-
-def _generators(rngs: list, rows: list[int]):
-    """One generator for one request, else each request's rows drawn from its own."""
-    return rngs[0] if len(rngs) == 1 else StackedGenerators(rngs, rows)
 
 
 class Img2ImgPipeline:
@@ -266,16 +208,16 @@ class Img2ImgPipeline:
         chunk = chunk or len(pixels)
         outs = []
         for j in range(0, len(pixels), chunk):
-            _stop_point(should_stop, "encoding the image")
+            stop_point(should_stop, "encoding the image")
             outs.append(encoder.run({"sample": pixels[j : j + chunk]}))
         out = {
             name: outs[0][name] if len(outs) == 1 else xp.concatenate([o[name] for o in outs])
             for name in outs[0]
         }
         if "latents" in out:
-            z = _check_finite(out["latents"], "VAE encoder output", engines)
+            z = check_finite(out["latents"], "VAE encoder output", engines)
         else:
-            moments = _check_finite(out["latent_parameters"], "VAE encoder output", engines)
+            moments = check_finite(out["latent_parameters"], "VAE encoder output", engines)
             mean, logvar = xp.split(moments, 2, axis=1)
             std = xp.exp(np.float32(0.5) * logvar.clip(-30.0, 20.0))
             z = mean + std * xp.asarray(rng.randn(mean.shape))
@@ -306,7 +248,7 @@ class Img2ImgPipeline:
         x = samplers.add_noise(latents, xp.asarray(rng.randn(latents.shape)), plan)
         if xp is not np:  # the loop's noise goes to the device in one copy, drawn in order
             rng = PredrawnNoise(rng, latents.shape, samplers.noise_draws(plan), xp)
-        finite = []  # (step, flag), read once after the loop: no host sync inside it
+        flags = []  # (step, flag), read once after the loop: no host sync inside it
 
         # One row per image, or (SDXL's text_embeds, time_ids) [negatives, positives] under CFG.
         extra = {name: xp.asarray(rows) for name, rows in (conditioning or {}).items()}
@@ -333,7 +275,7 @@ class Img2ImgPipeline:
                 session = control_run.step(feeds, i, j, len(emb) // (1 + cfg), cfg, unet)
             out = session.run(feeds)
             out = out["out_sample"]
-            finite.append((i, _finite(out)))
+            flags.append((i, finite(out)))
             if cfg:
                 uncond, text = xp.split(out, 2)
                 out = uncond + np.float32(guidance_scale) * (text - uncond)
@@ -348,9 +290,9 @@ class Img2ImgPipeline:
             return samplers.predict(out, x, plan, i)
 
         x = samplers.SAMPLE[plan.sampler](denoise, x, plan, rng)
-        for i, ok in finite:
+        for i, ok in flags:
             if not bool(ok):
-                raise _nan_error(f"UNet output at step {i + 1}", engines)
+                raise nan_error(f"UNet output at step {i + 1}", engines)
         return x
 
     def decode(
@@ -366,12 +308,10 @@ class Img2ImgPipeline:
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
         chunk, decoded = chunk or len(scaled), []
         for j in range(0, len(scaled), chunk):
-            _stop_point(should_stop, "decoding the images")
+            stop_point(should_stop, "decoding the images")
             part = {"latent_sample": scaled[j : j + chunk]}
             pixels = engines.sessions["vae_decoder"].run(part)["sample"]
-            decoded.append(
-                to_host(images.to_uint8(_check_finite(pixels, "decoded image", engines)))
-            )
+            decoded.append(to_host(images.to_uint8(check_finite(pixels, "decoded image", engines))))
         return decoded[0] if len(decoded) == 1 else np.concatenate(decoded)
 
     def __call__(
@@ -551,11 +491,11 @@ class Img2ImgPipeline:
             rngs = [r.rng for r in group]
             pixels = np.concatenate([r.pixels for r in group]) if len(group) > 1 else first.pixels
             per_encode = 1 if describe(engines.backend).plan_sets else chunk
-            z = self.encode_image(pixels, _generators(rngs, [1] * len(group)), engines, per_encode,
+            z = self.encode_image(pixels, generators(rngs, [1] * len(group)), engines, per_encode,
                                   should_stop)  # fmt: skip
             z = xp.repeat(z, counts, axis=0) if len(group) > 1 else xp.repeat(z, total, axis=0)
             # 5. Noise to the plan's first step, then the sampler loop over the UNet.
-            noise = _generators(rngs, counts)
+            noise = generators(rngs, counts)
             run = first.control and ControlRun(
                 engines, self.manifest, [r.control for r in group], counts, first.plan.steps
             )

@@ -1,0 +1,73 @@
+"""One img2img call checked and ready to run (`Request`), and the small rules the pipeline's
+stages share: where a call may stop, whose generator draws which rows, NaN checks."""
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backends import Engines
+from ..errors import Cancelled, EngineError
+from . import schedules
+from .control import Control
+from .rng import StackedGenerators, TorchCompatibleGenerator
+
+
+def nan_error(stage: str, engines: Engines) -> EngineError:
+    """The error for NaN or Inf in a stage's output, with the fix for its precision."""
+    fix = (
+        "run with --precision fp32 (the exact path)"
+        if engines.precision != "fp32"
+        else "the engine overflowed even in fp32: check the model, or export it again"
+    )
+    return EngineError(
+        f"NaN or Inf appeared in the {stage} on {engines.backend} ({engines.precision}): {fix}"
+    )
+
+
+def check_finite(array, stage: str, engines: Engines):
+    """`array`, or nan_error raised where it holds NaN or Inf."""
+    if not bool(finite(array)):
+        raise nan_error(stage, engines)
+    return array
+
+
+def finite(array):
+    """Whether every element is finite, as a 0-d array (no host round trip on a GPU)."""
+    return (array == array).all() & (abs(array) != float("inf")).all()
+
+
+@dataclass(frozen=True)
+class Request:
+    """One call checked and ready to run; calls with the same `key` can share engine calls."""
+
+    prompt: str
+    negative_prompt: str | None
+    micro: dict
+    seed: int
+    rng: TorchCompatibleGenerator
+    pixels: np.ndarray
+    count: int
+    sampler: str
+    plan: schedules.Plan
+    strength: float
+    steps: int
+    guidance_scale: float
+    cfg: bool
+    control: Control | None = None
+
+    @property
+    def key(self) -> tuple:
+        """What calls batched together must share: the image size, the sampling, the control."""
+        shared = (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
+        return (*shared, self.control and self.control.key)
+
+
+def stop_point(should_stop, stage: str) -> None:
+    """Raise Cancelled where the caller no longer wants the call's images."""
+    if should_stop is not None and should_stop():
+        raise Cancelled(f"stopped before {stage}: the caller asked")
+
+
+def generators(rngs: list, rows: list[int]):
+    """One generator for one request, else each request's rows drawn from its own."""
+    return rngs[0] if len(rngs) == 1 else StackedGenerators(rngs, rows)
