@@ -76,6 +76,8 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> float | None:
         value = rss_mb(self.pid)
+        if value == 0:  # (a process still being exec'd has no memory of its own yet)
+            value = None
         if value is not None:
             self.samples.append((round(time.monotonic() - self.started_at, 2), round(value, 1)))
         return value
