@@ -146,3 +146,29 @@ def test_transform_with_canny(tiny_controlnet, photo, tmp_path):
     assert result.exit_code == 0, result.output
     with Image.open(tmp_path / "out.png") as image:
         assert "preprocessor: canny" in image.info["parameters"]
+
+
+def test_run_takes_control_image_and_preprocess_columns(tiny_controlnet, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.media.label_reader import read_labels
+
+    (tmp_path / "sketches").mkdir()
+    photo.save(tmp_path / "in.png")
+    photo.transpose(0).save(tmp_path / "sketches" / "c.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,prompt,seed,steps,control_image,control_preprocess,control_scale,output\n"
+        "in.png,a fox,1,3,sketches/c.png,scribble,0.5,given.png\n"
+        "in.png,a fox,1,3,,scribble,,own.png\n"
+        "in.png,a fox,1,3,,,,plain.png\n"
+    )
+    out = tmp_path / "out"
+    args = ["run", str(tmp_path / "jobs.csv"), "--engines", str(tiny_controlnet[1]), "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    given, own, plain = (read_labels(out / n) for n in ("given.png", "own.png", "plain.png"))
+    assert "weight: 0.5" in given["parameters"] and "weight: 0.8" in own["parameters"]
+    assert "ControlNet" not in plain["parameters"]
+    pixels = [np.asarray(Image.open(out / n)) for n in ("given.png", "own.png", "plain.png")]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
