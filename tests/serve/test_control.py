@@ -111,3 +111,23 @@ def test_a_control_image_for_engines_without_controlnet_is_refused(pipe, picture
         alone = client.post("/v1/img2img", **multipart(picture, control_preprocess="canny"))
         assert alone.status_code == 422
         assert "control_preprocess was given" in alone.json()["detail"]
+
+
+def test_a_stream_makes_each_frames_control_with_control_preprocess(server, picture):
+    pytest.importorskip("websockets")
+    from tests.serve.test_stream import result, started
+
+    client, _ = server
+    settings = {"prompt": "a cat", "strength": 0.6, "steps": 3, "guidance": 5, "seed": 11,
+                "control_preprocess": "scribble"}  # fmt: skip
+    with started(settings, client=client) as ws:
+        ws.send(picture.read_bytes())
+        _, jpeg = result(ws)
+    fields = {key: str(value) for key, value in settings.items()}
+    files = {"image": ("f.png", picture.read_bytes(), "image/png")}
+    http = client.post("/v1/img2img", files=files, data={**fields, "format": "jpeg"})
+    assert http.status_code == 200, http.text
+    np.testing.assert_array_equal(decoded(jpeg), decoded(http.content))
+    del fields["control_preprocess"]
+    plain = client.post("/v1/img2img", files=files, data={**fields, "format": "jpeg"})
+    assert not np.array_equal(decoded(plain.content), decoded(jpeg))  # the control steered it
