@@ -77,3 +77,24 @@ def test_preprocess_none_is_the_image_as_given_and_unknown_names_are_refused():
     assert control_images.preprocess(image, None) is image
     with pytest.raises(InputError, match="unknown control preprocessor 'depth': choose one of"):
         control_images.preprocess(image, "depth")
+
+
+def test_a_call_with_canny_is_refused_before_any_work_without_opencv(
+    tiny_controlnet, photo, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    monkeypatch.setitem(sys.modules, "cv2", None)
+    control_images.check_available("scribble")  # needs nothing
+    photo.save(tmp_path / "in.png")
+    args = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_controlnet[1]),
+            "--prompt", "a fox", "--control-preprocess", "canny",
+            "-o", str(tmp_path / "o.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1
+    assert "cv2 is not installed: install it with  pip install 'fastimg[controlnet]'" in (
+        result.output
+    )
+    assert not (tmp_path / "o.png").exists()

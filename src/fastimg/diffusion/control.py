@@ -75,6 +75,7 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
             "ControlNet: export the model with  fastimg export MODEL --controlnet CONTROLNET  "
             f"(or leave out {what})"
         )
+    control_images.check_available(settings.control_preprocess)
     if settings.control_guidance_start >= settings.control_guidance_end:
         raise InputError(
             f"control_guidance_start ({settings.control_guidance_start}) must be below "

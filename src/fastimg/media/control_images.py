@@ -20,7 +20,7 @@ SCRIBBLE_THRESHOLD = 127  # a darkest channel below this is a stroke
 
 def canny(image: Image.Image, low: int = CANNY_THRESHOLDS[0], high: int = CANNY_THRESHOLDS[1]):
     """The Canny edges of `image` (grayscale), white on black, as an RGB image."""
-    cv2 = require("cv2", "controlnet")
+    cv2 = require(*NEEDS["canny"])
     gray = np.asarray(to_rgb(image).convert("L"), dtype=np.uint8)
     edges = cv2.Canny(gray, low, high)
     return Image.fromarray(np.repeat(edges[:, :, None], 3, axis=2), "RGB")
@@ -35,6 +35,14 @@ def scribble(image: Image.Image, threshold: int = SCRIBBLE_THRESHOLD) -> Image.I
 
 PREPROCESSORS = {"canny": canny, "scribble": scribble}
 assert tuple(PREPROCESSORS) == CONTROL_PREPROCESSORS
+NEEDS = {"canny": ("cv2", "controlnet")}  # what a preprocessor imports: (module, its extra)
+
+
+def check_available(name: str | None) -> None:
+    """Raise MissingDependencyError, naming the extra, when preprocessor `name` cannot run here
+    (checked with a call, before any work)."""
+    if name in NEEDS:
+        require(*NEEDS[name])
 
 
 def preprocess(image: Image.Image, name: str | None) -> Image.Image:
