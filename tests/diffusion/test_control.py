@@ -120,10 +120,10 @@ def test_transform_makes_the_control_image_and_labels_it(tiny_controlnet, photo,
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     labels = read_labels(tmp_path / "out.png")
-    assert (
-        'ControlNet 0: "preprocessor: scribble, weight: 0.8, starting/ending: (0, 0.5)"'
-        in (labels["parameters"])
-    )
+    # the ControlNet's name: its source's (here the pipeline folder's, "model")
+    assert labels["fastimg"]["fastimg:control_model"] == "model"
+    expected = 'ControlNet 0: "preprocessor: scribble, model: model, weight: 0.8, starting/ending:'
+    assert f'{expected} (0, 0.5)"' in labels["parameters"]
     assert labels["fastimg"]["fastimg:control_preprocess"] == "scribble"
     result = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "x.png"), "--control-preprocess",
                                       "sketch"])  # fmt: skip

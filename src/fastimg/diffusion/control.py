@@ -44,6 +44,15 @@ class Control:
         return control_labels(self.preprocessor, self.scale, self.start, self.end)
 
 
+def model_label(manifest: Manifest) -> dict:
+    """The fastimg:control_model label: the ControlNet's name (its source's, as the folder's
+    model_name is; its component's where the manifest names no source)."""
+    first = manifest.control["controlnets"][0]
+    name = Path(str(first.get("source") or first["component"]))
+    return {"fastimg:control_model": name.stem if name.suffix in (".safetensors", ".ckpt")
+            else name.name}  # fmt: skip
+
+
 def control_labels(preprocessor: str | None, scale: float, start: float, end: float) -> dict:
     """The fastimg:* labels of an image a ControlNet steered (media.labels writes them into the
     A1111 parameters as its ControlNet extension does)."""

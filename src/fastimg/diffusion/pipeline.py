@@ -28,7 +28,7 @@ from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
 from . import conditioning, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
-from .control import ControlRun, prepare_control
+from .control import ControlRun, model_label, prepare_control
 from .engine_set import EngineSet, describe_run
 from .prompts import PromptEncoder
 from .request import Request, check_finite, finite, generators, nan_error, stop_point
@@ -536,5 +536,5 @@ class Img2ImgPipeline:
         if engines.plan_set:
             labels["fastimg:plan_set"] = engines.plan_set
         if request.control is not None:
-            labels.update(request.control.labels())
+            labels.update(request.control.labels(), **model_label(self.manifest))
         return labels

@@ -86,9 +86,11 @@ def _control_text(settings: dict) -> str | None:
     if "fastimg:control_scale" not in settings:
         return None
     start, end = settings["fastimg:control_start"], settings["fastimg:control_end"]
+    model = re.sub(r"[,:\n]", "_", str(settings.get("fastimg:control_model") or ""))
     return (
         f"preprocessor: {settings.get('fastimg:control_preprocess') or 'none'}, "
-        f"weight: {_short_number(settings['fastimg:control_scale'])}, "
+        + (f"model: {model}, " if model else "")
+        + f"weight: {_short_number(settings['fastimg:control_scale'])}, "
         f"starting/ending: ({_short_number(start)}, {_short_number(end)})"
     )
 
