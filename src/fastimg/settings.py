@@ -21,6 +21,9 @@ MAX_IMAGES = 64
 # The text encoder reads 77 tokens (a few hundred characters); longer prompts are cut, and a
 # prompt beyond this is refused before it costs memory, time and log space.
 MAX_PROMPT_CHARS = 20_000
+# What a control image can be made with first (fastimg.media.control_images, ControlNet's own
+# annotators): canny's edges, a scribble's strokes.
+CONTROL_PREPROCESSORS = ("canny", "scribble")
 # A video frame whose input differs from the last transformed one by less than this (mean
 # absolute difference, pixels from 0 to 1) reuses its output (fastimg video --reuse-threshold).
 DEFAULT_REUSE_THRESHOLD = 0.01
@@ -282,6 +285,13 @@ SETTINGS = (
         low=0,
         high=1,
     ),
+    Setting(
+        "control_preprocess",
+        CHOICE,
+        "ControlNet: make the control image first: canny (its edges), scribble (dark lines on "
+        "light paper); without a control image, from the input image [none: as given].",
+        choices=CONTROL_PREPROCESSORS,
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -306,6 +316,7 @@ class CallSettings:
     controlnet_conditioning_scale: float = 0.8
     control_guidance_start: float = 0.0
     control_guidance_end: float = 1.0
+    control_preprocess: str | None = None
     control_image: object = None  # a path or a PIL image (not a text setting: no HTTP field)
     sdxl: tuple[tuple[str, object], ...] = ()
 

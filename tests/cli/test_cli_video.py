@@ -141,3 +141,21 @@ def test_sdxl_settings_reach_every_frame_of_an_sdxl_video(runner, tiny_sdxl, cli
         assert result.exit_code == 0, result.output
         firsts.append(np.asarray(Image.open(out / "frame-000001.png")))
     assert not np.array_equal(*firsts)  # the size reached the UNet's time_ids
+
+
+def test_control_preprocess_makes_each_frames_control(runner, tiny_controlnet, tmp_path):
+    from PIL import Image
+
+    clip = make_video(tmp_path / "in.mp4", pictures(3), audio_seconds=0)
+    out = tmp_path / "frames"
+    common = [clip, "-o", out, "--reuse-threshold", "0", "--seed", "5"]
+    result = _video(runner, tiny_controlnet[1], *common, "--control-preprocess", "scribble")
+    assert result.exit_code == 0, result.output
+    with Image.open(out / "frame-000002.png") as frame:
+        assert frame.info["fastimg:control_preprocess"] == "scribble"
+        assert 'ControlNet 0: "preprocessor: scribble' in frame.info["parameters"]
+    (out / "frame-000003.png").unlink()
+    other = _video(runner, tiny_controlnet[1], *common, "--resume", "--control-preprocess",
+                   "scribble", "--control-scale", "0.3")  # fmt: skip
+    _refused(other, 1)
+    assert "was made with control_scale '0.8', but this run uses '0.3'" in other.output

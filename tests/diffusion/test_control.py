@@ -1,6 +1,8 @@
 import json
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fastimg.diffusion.control import check_settings, keep
 from fastimg.engine_folder.manifest import Manifest, load_manifest
@@ -61,3 +63,112 @@ def test_transform_takes_a_control_image(tiny_controlnet, photo, tmp_path):
     wrong[-1] = str(tmp_path / "out2.png")
     result = CliRunner().invoke(cli, wrong)
     assert result.exit_code == 1 and "must be below" in result.output
+
+
+def test_control_preprocess_without_a_control_image_steers_from_the_input(
+    tiny_controlnet, tmp_path
+):
+    manifest = load_manifest(tiny_controlnet[1])
+    check_settings(manifest, CallSettings(prompt="p", control_preprocess="scribble",
+                                          controlnet_conditioning_scale=0.5))  # fmt: skip
+    without = _without_control(tiny_controlnet[1], tmp_path)
+    with pytest.raises(InputError, match="control_preprocess was given, but the engine folder"):
+        check_settings(without, CallSettings(prompt="p", control_preprocess="scribble"))
+
+
+def test_prepare_control_makes_the_control_image_at_the_init_images_size(photo):
+    from fastimg.diffusion.control import prepare_control
+    from fastimg.media.control_images import scribble
+
+    call = CallSettings(prompt="p", control_preprocess="scribble")
+    control = prepare_control(call, 64, 88, photo)  # from the init image, resized first
+    expected = np.asarray(scribble(photo.resize((88, 64), resample=Image.LANCZOS)))
+    np.testing.assert_array_equal(control.pixels[0].transpose(1, 2, 0) * 255, expected)
+    assert control.preprocessor == "scribble" and control.key == (0.8, 0.0, 1.0)
+    assert prepare_control(CallSettings(prompt="p"), 64, 88, photo) is None
+    given = prepare_control(call.with_values(control_image=photo.transpose(0)), 64, 88, photo)
+    assert not np.array_equal(given.pixels, control.pixels)  # the control image, not the init
+
+
+def test_a_preprocessed_control_is_the_preprocessed_image_given(tiny_controlnet, photo):
+    from fastimg import Img2ImgPipeline
+    from fastimg.media.control_images import scribble
+
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
+    common = {"prompt": "a fox", "image": photo, "num_inference_steps": 3, "seed": 3}
+    made = pipe(**common, control_preprocess="scribble")[0]
+    sized = photo.resize((88, 64), resample=Image.LANCZOS)  # the init image's pixels
+    given = pipe(**common, control_image=scribble(sized))[0]
+    plain = pipe(**common)[0]
+    np.testing.assert_array_equal(np.asarray(made), np.asarray(given))
+    assert not np.array_equal(np.asarray(made), np.asarray(plain))
+    assert made.info["fastimg:control_preprocess"] == "scribble"
+    assert made.info["fastimg:control_scale"] == 0.8 and "fastimg:control_end" in made.info
+    assert "fastimg:control_scale" not in plain.info
+
+
+def test_transform_makes_the_control_image_and_labels_it(tiny_controlnet, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.media.label_reader import read_labels
+
+    photo.save(tmp_path / "in.png")
+    args = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_controlnet[1]),
+            "--prompt", "a fox", "--steps", "3", "--seed", "1", "--control-preprocess",
+            "scribble", "--control-end", "0.5", "-o", str(tmp_path / "out.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    labels = read_labels(tmp_path / "out.png")
+    # the ControlNet's name: its source's (here the pipeline folder's, "model")
+    assert labels["fastimg"]["fastimg:control_model"] == "model"
+    expected = 'ControlNet 0: "preprocessor: scribble, model: model, weight: 0.8, starting/ending:'
+    assert f'{expected} (0, 0.5)"' in labels["parameters"]
+    assert labels["fastimg"]["fastimg:control_preprocess"] == "scribble"
+    result = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "x.png"), "--control-preprocess",
+                                      "sketch"])  # fmt: skip
+    assert result.exit_code == 2 and "'sketch' is not one of 'canny', 'scribble'" in result.output
+
+
+def test_transform_with_canny(tiny_controlnet, photo, tmp_path):
+    pytest.importorskip("cv2")
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    photo.save(tmp_path / "in.png")
+    photo.transpose(0).save(tmp_path / "control.png")
+    args = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_controlnet[1]),
+            "--prompt", "a fox", "--steps", "3", "--seed", "1", "--control-image",
+            str(tmp_path / "control.png"), "--control-preprocess", "canny",
+            "-o", str(tmp_path / "out.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    with Image.open(tmp_path / "out.png") as image:
+        assert "preprocessor: canny" in image.info["parameters"]
+
+
+def test_run_takes_control_image_and_preprocess_columns(tiny_controlnet, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.media.label_reader import read_labels
+
+    (tmp_path / "sketches").mkdir()
+    photo.save(tmp_path / "in.png")
+    photo.transpose(0).save(tmp_path / "sketches" / "c.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,prompt,seed,steps,control_image,control_preprocess,control_scale,output\n"
+        "in.png,a fox,1,3,sketches/c.png,scribble,0.5,given.png\n"
+        "in.png,a fox,1,3,,scribble,,own.png\n"
+        "in.png,a fox,1,3,,,,plain.png\n"
+    )
+    out = tmp_path / "out"
+    args = ["run", str(tmp_path / "jobs.csv"), "--engines", str(tiny_controlnet[1]), "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    given, own, plain = (read_labels(out / n) for n in ("given.png", "own.png", "plain.png"))
+    assert "weight: 0.5" in given["parameters"] and "weight: 0.8" in own["parameters"]
+    assert "ControlNet" not in plain["parameters"]
+    pixels = [np.asarray(Image.open(out / n)) for n in ("given.png", "own.png", "plain.png")]
+    assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])

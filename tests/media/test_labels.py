@@ -153,6 +153,20 @@ def test_parameters_text_without_negative_prompt_or_model():
     )
 
 
+def test_parameters_text_has_a_controlnet_as_a1111s_extension_writes_it():
+    control = {"fastimg:control_preprocess": "canny", "fastimg:control_scale": 0.8,
+               "fastimg:control_start": 0.0, "fastimg:control_end": 0.75}  # fmt: skip
+    text = labels.parameters_text({**SETTINGS, **control}, (64, 48))
+    assert 'ControlNet 0: "preprocessor: canny, weight: 0.8, starting/ending: (0, 0.75)"' in text
+    parsed = parse_generation_parameters(text)  # A1111 reads it back as one field
+    assert parsed["ControlNet 0"] == "preprocessor: canny, weight: 0.8, starting/ending: (0, 0.75)"
+    assert parsed["Version"] == f"fastimg {VERSION}"
+    assert "ControlNet" not in labels.parameters_text(SETTINGS, (64, 48))
+    named = {**SETTINGS, **control, "fastimg:control_model": "sd-controlnet-canny, v1: x"}
+    text = labels.parameters_text(named, (64, 48))
+    assert 'ControlNet 0: "preprocessor: canny, model: sd-controlnet-canny_ v1_ x, weight:' in text
+
+
 @pytest.mark.parametrize(
     "scheduler,name",
     [

@@ -28,11 +28,12 @@ def checked(manifest, filename=None, **fields):
     return check_body(Body({"prompt": "a cat", **fields}, b"image", filename), manifest)
 
 
-def test_the_fields_are_the_settings_plus_the_image_and_its_encoding():
-    assert set(FIELDS) == {"image", "format", "quality", *BY_KEY}  # a new setting is a field
+def test_the_fields_are_the_settings_plus_the_images_and_its_encoding():
+    # a new setting is a field
+    assert set(FIELDS) == {"image", "control_image", "format", "quality", *BY_KEY}
     assert SDXL_FIELDS == tuple(setting.key for setting in SETTINGS if setting.sdxl)
     assert SDXL_FIELDS[0] == "prompt_2"
-    assert set(STREAM_FIELDS) == set(FIELDS) - {"image", "format", "num_images"}
+    assert set(STREAM_FIELDS) == set(FIELDS) - {"image", "control_image", "format", "num_images"}
 
 
 def test_text_fields_become_the_job_and_its_encoding(manifest):

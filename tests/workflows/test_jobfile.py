@@ -116,7 +116,7 @@ def test_a_byte_order_mark_from_a_spreadsheet_is_accepted(images):
 
 def test_the_columns_are_the_image_every_settings_key_and_the_output():
     keys = [setting.key for setting in settings.SETTINGS]
-    assert jobfile.columns() == ("image", *keys, "output")
+    assert jobfile.columns() == ("image", *keys, "control_image", "output")
     assert {"steps", "guidance", "num_images", "sampler", "prompt_2"} <= set(keys)
 
 
@@ -154,3 +154,40 @@ def test_sdxl_and_image_count_columns_are_read_as_the_settings_take_them(images)
     assert dict(job.call.sdxl) == {
         "prompt_2": "y", "original_size": (1024, 768), "target_size": (512, 512)
     }  # fmt: skip
+
+
+def test_control_image_and_preprocess_columns(images):
+    (images / "edges").mkdir()
+    (images / "a.png").rename(images / "edges" / "c.png")
+    jobs_csv = images / "jobs.csv"
+    jobs_csv.write_text(
+        "image,prompt,control_image,control_preprocess,control_scale\n"
+        "b.jpg,x,edges/c.png,canny,0.5\n"
+        "b.jpg,y,,scribble,\n"
+        "b.jpg,z,,,\n"
+    )
+    a, b, c = read_job_file(jobs_csv)
+    assert (a.call.control_image, a.call.control_preprocess) == (
+        str(images / "edges" / "c.png"), "canny"
+    )  # fmt: skip
+    assert a.call.controlnet_conditioning_scale == 0.5
+    assert (b.call.control_image, b.call.control_preprocess) == (None, "scribble")
+    assert (c.call.control_image, c.call.control_preprocess) == (None, None)
+
+
+def test_bad_control_cells_are_named(images):
+    jobs_jsonl = images / "jobs.jsonl"
+    rows = [{"image": "a.png", "prompt": "x", "control_image": "gone.png"},
+            {"image": "a.png", "prompt": "x", "control_image": 3},
+            {"image": "a.png", "prompt": "x", "control_image": "jobs.jsonl"},
+            {"image": "a.png", "prompt": "x", "control_preprocess": "depth"}]  # fmt: skip
+    jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows))
+    with pytest.raises(InputError) as caught:
+        read_job_file(jobs_jsonl)
+    message = str(caught.value)
+    assert "4 bad row(s)" in message
+    gone = images / "gone.png"
+    assert f"row 1 (line 1): control_image (the ControlNet's image) {gone} does not" in message
+    assert "row 2 (line 2): control_image must be text, got 3" in message
+    assert "row 3 (line 3): " in message and "jobs.jsonl is not an image" in message
+    assert "row 4 (line 4): Invalid value for 'control_preprocess': 'depth' is not" in message

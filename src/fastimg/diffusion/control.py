@@ -2,7 +2,10 @@
 as its prepare_control_image does (RGB, the init image's size, 0..1, doubled under CFG), and at
 each step the ControlNet's residuals, scaled by controlnet_conditioning_scale inside its
 control_guidance_start..end window (controlnet_keep), fed to the UNet that takes them. A step
-whose scale is 0 runs the plain UNet (the residuals would all be zero).
+whose scale is 0 runs the plain UNet (the residuals would all be zero). A control_preprocess
+(media.control_images: canny, scribble) makes the control image first, at the init image's size;
+with one and no control image, the init image is made into the control (as A1111's ControlNet
+does in img2img).
 """
 
 from dataclasses import dataclass
@@ -13,7 +16,7 @@ from PIL import Image
 
 from ..engine_folder.manifest import Manifest
 from ..errors import EngineError, InputError
-from ..media import images
+from ..media import control_images, images
 from ..settings import BY_NAME, CallSettings
 
 # The control settings, by diffusers' name, and their defaults.
@@ -29,11 +32,36 @@ class Control:
     scale: float
     start: float
     end: float
+    preprocessor: str | None = None
 
     @property
     def key(self) -> tuple:
         """What calls batched together must share."""
         return (self.scale, self.start, self.end)
+
+    def labels(self) -> dict:
+        """The fastimg:* labels of an image it steered."""
+        return control_labels(self.preprocessor, self.scale, self.start, self.end)
+
+
+def model_label(manifest: Manifest) -> dict:
+    """The fastimg:control_model label: the ControlNet's name (its source's, as the folder's
+    model_name is; its component's where the manifest names no source)."""
+    first = manifest.control["controlnets"][0]
+    name = Path(str(first.get("source") or first["component"]))
+    return {"fastimg:control_model": name.stem if name.suffix in (".safetensors", ".ckpt")
+            else name.name}  # fmt: skip
+
+
+def control_labels(preprocessor: str | None, scale: float, start: float, end: float) -> dict:
+    """The fastimg:* labels of an image a ControlNet steered (media.labels writes them into the
+    A1111 parameters as its ControlNet extension does)."""
+    return {
+        "fastimg:control_preprocess": preprocessor or "none",
+        "fastimg:control_scale": float(scale),
+        "fastimg:control_start": float(start),
+        "fastimg:control_end": float(end),
+    }
 
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
@@ -41,19 +69,22 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
     control image, and a window that ends before it starts (as diffusers' check_inputs)."""
     given = [name for name in CONTROL_SETTINGS
              if getattr(settings, name) != BY_NAME[name].default]  # fmt: skip
-    if settings.control_image is None:
+    if settings.control_image is None and settings.control_preprocess is None:
         if given:
             raise InputError(
                 f"{', '.join(BY_NAME[n].key for n in given)} steer a ControlNet, but no control "
-                "image was given: pass control_image (--control-image), or leave them out"
+                "image was given: pass control_image (--control-image) or control_preprocess "
+                "(--control-preprocess, to make one from the input image), or leave them out"
             )
         return
     if not manifest.control:
+        what = "a control image" if settings.control_image is not None else "control_preprocess"
         raise InputError(
-            f"a control image was given, but the engine folder {manifest.folder} has no "
+            f"{what} was given, but the engine folder {manifest.folder} has no "
             "ControlNet: export the model with  fastimg export MODEL --controlnet CONTROLNET  "
-            "(or leave out the control image)"
+            f"(or leave out {what})"
         )
+    control_images.check_available(settings.control_preprocess)
     if settings.control_guidance_start >= settings.control_guidance_end:
         raise InputError(
             f"control_guidance_start ({settings.control_guidance_start}) must be below "
@@ -61,12 +92,18 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
         )
 
 
-def prepare_control(settings: CallSettings, height: int, width: int) -> Control | None:
-    """The call's control (None without a control image), its image read and prepared as
-    diffusers' prepare_control_image does, at the init image's `height` x `width` pixels."""
+def prepare_control(
+    settings: CallSettings, height: int, width: int, init_image: Image.Image | None = None
+) -> Control | None:
+    """The call's control (None without a control image or preprocessor), its image read and
+    prepared as diffusers' prepare_control_image does, at the init image's `height` x `width`
+    pixels, then made by the call's control_preprocess (from `init_image` without an image)."""
     image = settings.control_image
+    preprocessor = settings.control_preprocess
     if image is None:
-        return None
+        if preprocessor is None or init_image is None:
+            return None
+        image = init_image
     if isinstance(image, str | Path):
         image = images.load_image(image)
     if not isinstance(image, Image.Image):
@@ -74,12 +111,14 @@ def prepare_control(settings: CallSettings, height: int, width: int) -> Control 
     image = images.to_rgb(image)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.LANCZOS)
+    image = control_images.preprocess(image, preprocessor)
     pixels = (np.asarray(image, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None]
     return Control(
         pixels.copy(),
         settings.controlnet_conditioning_scale,
         settings.control_guidance_start,
         settings.control_guidance_end,
+        preprocessor,
     )
 
 

@@ -28,7 +28,7 @@ from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
 from . import conditioning, samplers, schedules
 from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
-from .control import ControlRun, prepare_control
+from .control import ControlRun, model_label, prepare_control
 from .engine_set import EngineSet, describe_run
 from .prompts import PromptEncoder
 from .request import Request, check_finite, finite, generators, nan_error, stop_point
@@ -337,6 +337,7 @@ class Img2ImgPipeline:
         controlnet_conditioning_scale: float = 0.8,
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
+        control_preprocess: str | None = None,
         *,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Image.Image]:
@@ -349,7 +350,8 @@ class Img2ImgPipeline:
         `aesthetic_score`, `negative_aesthetic_score` (refiner); None means diffusers' default.
         Folders with a ControlNet take StableDiffusionControlNetImg2ImgPipeline's
         `control_image` (without one, the plain UNet runs), `controlnet_conditioning_scale`,
-        `control_guidance_start` and `control_guidance_end`.
+        `control_guidance_start` and `control_guidance_end`, and fastimg's `control_preprocess`
+        ("canny", "scribble": the control image made first; from `image` without one).
         `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
         engine calls, raises Cancelled when it says so (call_many's).
         """
@@ -374,6 +376,7 @@ class Img2ImgPipeline:
             controlnet_conditioning_scale=controlnet_conditioning_scale,
             control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end,
+            control_preprocess=control_preprocess,
         )
         return self._run([request], callback, should_stop)[0]
 
@@ -436,7 +439,7 @@ class Img2ImgPipeline:
             steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale,
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
-            control=prepare_control(settings, pixels.shape[2], pixels.shape[3]),
+            control=prepare_control(settings, pixels.shape[2], pixels.shape[3], image),
         )
 
     def _run(self, group: list[Request], callback, should_stop=None) -> list[list[Image.Image]]:
@@ -532,4 +535,6 @@ class Img2ImgPipeline:
         }
         if engines.plan_set:
             labels["fastimg:plan_set"] = engines.plan_set
+        if request.control is not None:
+            labels.update(request.control.labels(), **model_label(self.manifest))
         return labels

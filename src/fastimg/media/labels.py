@@ -69,6 +69,7 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
         "Model hash": settings.get("fastimg:model_hash") or None,
         "Model": settings.get("fastimg:model") or None,
         "Denoising strength": _short_number(settings["fastimg:strength"]),
+        "ControlNet 0": _control_text(settings),
         "Version": f"fastimg {version()}",
     }
     line = ", ".join(
@@ -77,6 +78,21 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
     negative = _prompt_text(settings.get("fastimg:negative_prompt") or "")
     negative_line = f"\nNegative prompt: {negative}" if negative else ""
     return f"{_prompt_text(settings['fastimg:prompt'])}{negative_line}\n{line}".strip()
+
+
+def _control_text(settings: dict) -> str | None:
+    """A ControlNet's settings as A1111's ControlNet extension writes them (None: no ControlNet
+    steered the image)."""
+    if "fastimg:control_scale" not in settings:
+        return None
+    start, end = settings["fastimg:control_start"], settings["fastimg:control_end"]
+    model = re.sub(r"[,:\n]", "_", str(settings.get("fastimg:control_model") or ""))
+    return (
+        f"preprocessor: {settings.get('fastimg:control_preprocess') or 'none'}, "
+        + (f"model: {model}, " if model else "")
+        + f"weight: {_short_number(settings['fastimg:control_scale'])}, "
+        f"starting/ending: ({_short_number(start)}, {_short_number(end)})"
+    )
 
 
 NEGATIVE_LINE = "Negative prompt:"

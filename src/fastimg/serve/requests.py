@@ -3,9 +3,10 @@ fastimg.settings defines them (the HTTP field of each setting is its `key`), its
 bytes until a worker decodes it.
 
 The fields are the call settings (SETTINGS: a setting added there is a field here), plus the
-`image` and how the result is encoded (`format`, `quality`). Values arrive as text (multipart)
-or JSON and are refused with the CLI's wording: "Invalid value for 'strength': 1.5 is not in
-the range 0<x<=1."
+`image`, the ControlNet's `control_image` (a second file, or base64 in JSON, checked and
+decoded as the image is) and how the result is encoded (`format`, `quality`). Values arrive as
+text (multipart) or JSON and are refused with the CLI's wording: "Invalid value for
+'strength': 1.5 is not in the range 0<x<=1."
 """
 
 import base64
@@ -39,11 +40,12 @@ from .admission import check_length, limited, paced
 
 # How the result of one request is encoded (not call settings).
 OUTPUT_FIELDS = {FORMAT.key: FORMAT, QUALITY.key: QUALITY}
-FIELDS = ("image", *(setting.key for setting in SETTINGS), *OUTPUT_FIELDS)
+FILES = ("image", "control_image")  # the fields that carry an image
+FIELDS = ("image", *(setting.key for setting in SETTINGS), *OUTPUT_FIELDS, "control_image")
 SDXL_FIELDS = tuple(setting.key for setting in SETTINGS if setting.sdxl)
 # The stream's settings: a request's fields less its image and the shape of its output (one
 # JPEG per frame).
-STREAM_FIELDS = tuple(key for key in FIELDS if key not in ("image", "format", "num_images"))
+STREAM_FIELDS = tuple(key for key in FIELDS if key not in (*FILES, "format", "num_images"))
 MAX_FIELD_BYTES = 1 << 20  # a text field of a multipart body (prompts are 20,000 chars at most)
 UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
 
@@ -62,17 +64,19 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class Body:
-    """A request body as sent: its fields (text or JSON values), the image's bytes, and the
-    uploaded file's own name (None for JSON)."""
+    """A request body as sent: its fields (text or JSON values), the image's bytes, the
+    uploaded file's own name (None for JSON) and the control image's bytes (None: none sent)."""
 
     fields: dict
     data: bytes
     filename: str | None
+    control: bytes | None = None
 
 
 @dataclass(frozen=True)
 class ImageRequest:
-    """A checked request: its job, the image bytes, and how to encode the result."""
+    """A checked request: its job, the image bytes, and how to encode the result; `control`,
+    the control image's bytes (its job's control_image until a worker decodes them)."""
 
     job: Job
     sampler: str
@@ -83,6 +87,7 @@ class ImageRequest:
     quality: int | None
     unet_steps: int = 0  # the UNet steps a call runs (strength x the scheduled steps)
     size: tuple[int, int] | None = None  # (width, height) from the image's header
+    control: bytes | None = None
 
     @property
     def batch_key(self) -> tuple | None:
@@ -92,8 +97,11 @@ class ImageRequest:
         call = job.call
         if self.size is None or call.num_images_per_prompt != 1:
             return None
+        control = (self.control is not None, call.control_preprocess,
+                   call.controlnet_conditioning_scale, call.control_guidance_start,
+                   call.control_guidance_end)  # fmt: skip
         return (self.size, self.sampler, call.num_inference_steps, call.strength,
-                call.guidance_scale)  # fmt: skip
+                call.guidance_scale, control)  # fmt: skip
 
 
 async def read_body(request: Request, limit: int, pace=None) -> Body:
@@ -130,12 +138,15 @@ def check_body(body: Body, manifest) -> ImageRequest:
     if settings.seed is None:
         settings = settings.with_values(seed=secrets.randbelow(SEED_LIMIT))
     settings = settings.with_values(negative_prompt=settings.negative_prompt or None)
+    if body.control is not None:  # (checked as given; the worker decodes it)
+        settings = settings.with_values(control_image=body.control)
     name = _safe_name(body.filename)
     job = Job(Source(Path(name)), settings)
     (checked,) = runner.check_jobs(manifest, [job])
     sampler = checked.sampler
     source = name if body.filename else None
-    return ImageRequest(job, sampler, body.data, name, source, fmt, quality, checked.steps)
+    return ImageRequest(job, sampler, body.data, name, source, fmt, quality, checked.steps,
+                        control=body.control)  # fmt: skip
 
 
 def check_stream_settings(message: dict, manifest) -> ImageRequest:
@@ -167,7 +178,7 @@ async def _read_multipart(request: Request, body) -> Body:
     parser = MultiPartParser(
         request.headers,
         body,
-        max_files=1,
+        max_files=len(FILES),
         max_fields=len(FIELDS),
         max_part_size=MAX_FIELD_BYTES,
     )
@@ -176,21 +187,26 @@ async def _read_multipart(request: Request, body) -> Body:
     except MultiPartException as exc:
         raise Refusal(400, f"the multipart body cannot be read: {exc.message}") from None
     try:
-        fields, upload = {}, None
+        fields, uploads = {}, {}
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if key != "image":
-                    raise InputError(f"the file goes in the field 'image', not {key!r}")
-                upload = value
-            elif key == "image":
-                raise InputError("the field 'image' must be a file (the picture), not text")
+                if key not in FILES:
+                    raise InputError(f"the file goes in the field 'image' (or 'control_image', "
+                                     f"the ControlNet's), not {key!r}")  # fmt: skip
+                if key in uploads:
+                    raise InputError(f"the field {key!r} is given twice: give it once")
+                uploads[key] = value
+            elif key in FILES:
+                raise InputError(f"the field {key!r} must be a file (the picture), not text")
             elif key in fields:
                 raise InputError(f"the field {key!r} is given twice: give it once")
             else:
                 fields[key] = value
+        upload, control = uploads.get("image"), uploads.get("control_image")
         if upload is None:
             raise InputError("no image: send the picture as the file field 'image'")
-        return Body(fields, await upload.read(), upload.filename or None)
+        control_data = None if control is None else await control.read()
+        return Body(fields, await upload.read(), upload.filename or None, control_data)
     finally:
         await form.close()
 
@@ -205,13 +221,22 @@ def _read_json(raw: bytes) -> Body:
     image = fields.pop("image", None)
     if not isinstance(image, str) or not image:
         raise InputError("no image: send the picture as base64 text in the field 'image'")
-    if image.startswith("data:"):  # a data URL, as a browser's FileReader makes it
-        image = image.partition(",")[2]
+    control = fields.pop("control_image", None)
+    if control is not None and (not isinstance(control, str) or not control):
+        raise InputError("the field 'control_image' must be the ControlNet's picture as base64 "
+                         "text")  # fmt: skip
+    data = _base64(image, "image")
+    return Body(fields, data, None, None if control is None else _base64(control, "control_image"))
+
+
+def _base64(text: str, field: str) -> bytes:
+    """A JSON image field's bytes: base64, or a data URL as a browser's FileReader makes it."""
+    if text.startswith("data:"):
+        text = text.partition(",")[2]
     try:
-        data = base64.b64decode(image, validate=True)
+        return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError("the field 'image' is not valid base64") from None
-    return Body(fields, data, None)
+        raise InputError(f"the field {field!r} is not valid base64") from None
 
 
 def _safe_name(filename: str | None) -> str:

@@ -7,6 +7,7 @@ hands each request its encoded images (decoded from and encoded to memory).
 """
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import secrets
@@ -216,6 +217,10 @@ class Service:
         """The image's (width, height) from its header: over the pixel limit, refused (413); a
         file that is no image is refused as the CLI refuses it (422). Nothing is decoded but a
         file whose header Pillow cannot read, for the loader's message."""
+        if request.control is not None:  # resized to the image's size: only the pixel limit
+            name = f"control_image of {request.name}"
+            if check_pixels(request.control, name, self.options.max_pixels) is None:
+                decode_image(request.control, name, self.options.max_pixels)
         size = check_pixels(request.data, request.name, self.options.max_pixels)
         if size is None:
             decode_image(request.data, request.name, self.options.max_pixels)
@@ -312,7 +317,7 @@ class Service:
                     raise Aborted()
                 request = entry.request
                 image = decode_image(request.data, request.name, self.options.max_pixels)
-                decoded.append((k, image))
+                decoded.append((k, image, self._job(request)))
             except (Aborted, InputError) as exc:
                 outcomes[k] = exc
         for k, results in self._transform(entries, decoded, callback, nobody_waits):
@@ -328,23 +333,32 @@ class Service:
                 outcomes[k] = exc
         return outcomes
 
+    def _job(self, request: ImageRequest):
+        """The request's job, its control image (if any) decoded within the pixel limit."""
+        if request.control is None:
+            return request.job
+        name = f"control_image of {request.name}"
+        control = decode_image(request.control, name, self.options.max_pixels)
+        call = request.job.call.with_values(control_image=control)
+        return dataclasses.replace(request.job, call=call)
+
     def _transform(self, entries: list[Entry], decoded: list, callback, should_stop):
         """(index, images or error) of each decoded request: one batched run, or, when the
         batch is refused as a whole (one request's input), each request alone."""
-        jobs = [(entries[k].request.job, image, entries[k].request.sampler) for k, image in decoded]
+        jobs = [(job, image, entries[k].request.sampler) for k, image, job in decoded]
         if not jobs:
             return []
         self.metrics.batch.observe(len(jobs))
         if len(jobs) > 1:
             try:
                 made = runner.transform_many(self.pipe, jobs, callback, should_stop)
-                return [(k, images) for (k, _), images in zip(decoded, made, strict=True)]
+                return [(k, images) for (k, *_), images in zip(decoded, made, strict=True)]
             except Cancelled:
-                return [(k, Aborted()) for k, _ in decoded]
+                return [(k, Aborted()) for k, *_ in decoded]
             except InputError:
                 pass
         done = []
-        for (k, _), job in zip(decoded, jobs, strict=True):
+        for (k, *_), job in zip(decoded, jobs, strict=True):
             try:
                 done.append((k, runner.transform(self.pipe, *job, callback, should_stop)))
             except (Aborted, Cancelled, InputError) as exc:

@@ -2,8 +2,9 @@
 validated whole, so that a bad row is refused, with its number and reason, before any work.
 
 The columns are `image`, every call setting's key (fastimg.settings: prompt, strength, steps,
-guidance, seed, num_images, sampler, the SDXL ones ...) and `output`; each setting's cell is
-converted and checked by the setting itself (Setting.parse, as the HTTP API's fields are).
+guidance, seed, num_images, sampler, the SDXL ones, the ControlNet's ...), `control_image` and
+`output`; each setting's cell is converted and checked by the setting itself (Setting.parse, as
+the HTTP API's fields are). `image` and `control_image` are paths from the file's folder.
 """
 
 import csv
@@ -17,7 +18,8 @@ from ..media.images import looks_like_an_image
 from .jobs import MAX_JOBS, Job
 from .sources import Source
 
-OWN_COLUMNS = ("image", "output")  # a job's own: its input and its output name
+# A job's own: its input, its ControlNet's control image and its output name.
+OWN_COLUMNS = ("image", "control_image", "output")
 MAX_BYTES = 64 * 2**20
 MAX_ERRORS = 10
 
@@ -108,8 +110,9 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def columns() -> tuple[str, ...]:
-    """A job file's columns: image, every call setting's key (settings.SETTINGS), output."""
-    return ("image", *(setting.key for setting in settings.SETTINGS), "output")
+    """A job file's columns: image, every call setting's key (settings.SETTINGS),
+    control_image, output."""
+    return ("image", *(setting.key for setting in settings.SETTINGS), "control_image", "output")
 
 
 def _check_columns(path: Path, names: list[str], line: int | None = None) -> None:
@@ -134,12 +137,7 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
     values = {**{k: v for k, v in defaults.items() if v is not None}, **values}
     if "image" not in values:
         raise InputError("no image")
-    image = Path(_text(values["image"], "image"))
-    image = image if image.is_absolute() else folder / image
-    if not image.is_file():
-        raise InputError(f"image {image} does not exist or is not a file")
-    if not looks_like_an_image(image):
-        raise InputError(f"{image} is not an image (PNG, JPEG, WebP, GIF, BMP or TIFF)")
+    image = _image(values["image"], "image", folder)
     if "prompt" not in values:
         raise InputError("no prompt (give the row one, or pass --prompt for rows without)")
     name = values.get("output")
@@ -148,7 +146,23 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
         if Path(name).is_absolute() or ".." in Path(name).parts:
             raise InputError(f"output {name!r} must be a name inside -o, not a path out of it")
     cells = {key: value for key, value in values.items() if key not in OWN_COLUMNS}
-    return Job(Source(image), settings.from_fields(cells), row=number, name=name)
+    call = settings.from_fields(cells)
+    if "control_image" in values:
+        control = _image(values["control_image"], "control_image", folder)
+        call = call.with_values(control_image=str(control))
+    return Job(Source(image), call, row=number, name=name)
+
+
+def _image(value, column: str, folder: Path) -> Path:
+    """An image cell's file (relative to the job file's `folder`), refused unless it is one."""
+    image = Path(_text(value, column))
+    image = image if image.is_absolute() else folder / image
+    if not image.is_file():
+        what = "image" if column == "image" else f"{column} (the ControlNet's image)"
+        raise InputError(f"{what} {image} does not exist or is not a file")
+    if not looks_like_an_image(image):
+        raise InputError(f"{image} is not an image (PNG, JPEG, WebP, GIF, BMP or TIFF)")
+    return image
 
 
 def _empty(value) -> bool:

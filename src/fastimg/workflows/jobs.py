@@ -12,6 +12,7 @@ import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..diffusion.control import control_labels
 from ..errors import InputError
 from ..settings import BY_KEY, SEED_LIMIT, CallSettings
 from .sources import Source
@@ -127,7 +128,7 @@ def shown(value) -> str:
 
 def setting_labels(call: CallSettings, sampler: str) -> dict:
     """The fastimg:* labels, as the pipeline writes them, of an image of `call` on `sampler`."""
-    return {
+    labels = {
         "fastimg:prompt": call.prompt,
         "fastimg:negative_prompt": call.negative_prompt or "",
         "fastimg:seed": call.seed,
@@ -136,3 +137,8 @@ def setting_labels(call: CallSettings, sampler: str) -> dict:
         "fastimg:guidance": float(call.guidance_scale),
         "fastimg:scheduler": sampler,
     }
+    if call.control_image is not None or call.control_preprocess is not None:
+        scale, start, end = (call.controlnet_conditioning_scale, call.control_guidance_start,
+                             call.control_guidance_end)  # fmt: skip
+        labels.update(control_labels(call.control_preprocess, scale, start, end))
+    return labels

@@ -281,7 +281,8 @@ def _check_kept(path: Path, labels: dict) -> None:
         raise InputError(
             f"{path} cannot be read ({exc}): delete it, or pass --overwrite without --resume"
         ) from None
-    for key in RESUME_LABELS:
+    control = [k.removeprefix("fastimg:") for k in labels if k.startswith("fastimg:control_")]
+    for key in (*RESUME_LABELS, *control):  # (the ControlNet's settings, where one steers)
         old, new = recorded.get(f"fastimg:{key}"), str(labels[f"fastimg:{key}"])
         if old is not None and old != new:
             raise InputError(
