@@ -15,6 +15,7 @@ ARCHITECTURES = (
     *("taesd", "taesdxl"),
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
     "tiny-controlnet",
+    "tiny-inpaint",
 )
 
 
