@@ -93,3 +93,35 @@ def test_checks_of_a_call_with_or_without_a_mask():
         masks.check_settings(_manifest(7), CallSettings("x", mask_image=mask))
     with pytest.raises(InputError, match="with a control image"):
         masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, control_image=mask))
+
+
+def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    photo.save(tmp_path / "in.png")
+    white = np.zeros((68, 90), np.uint8)
+    white[10:50, 30:80] = 255
+    Image.fromarray(white).save(tmp_path / "mask.png")
+    Image.new("L", (90, 68)).save(tmp_path / "empty.png")
+    (tmp_path / "text.png").write_text("not an image")
+    base = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_inpaint[1]),
+            "--prompt", "a fox", "--steps", "4", "--seed", "1"]  # fmt: skip
+
+    def run(*more, out="out.png"):
+        return CliRunner().invoke(cli, [*base, *more, "-o", str(tmp_path / out)])
+
+    result = run("--mask", str(tmp_path / "mask.png"))
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "out.png").is_file()
+    result = run("--mask", str(tmp_path / "mask.png"), "--mask-invert", out="inv.png")
+    assert result.exit_code == 0, result.output
+    for more, message in [
+        ((), "needs a mask"),
+        (("--mask", str(tmp_path / "empty.png")), "the mask is empty"),
+        (("--mask", str(tmp_path / "text.png")), "text.png is not an image"),
+    ]:
+        result = run(*more, out="bad.png")
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "bad.png").exists()

@@ -6,12 +6,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastimg.backends.select import installed
 from fastimg.media.images import psnr
 
 from .test_parity import MIN_PSNR, exact, record, reference, run_reference
 
 torch = pytest.importorskip("torch")
 diffusers = pytest.importorskip("diffusers")
+
+OPENVINO = pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[openvino]")
 
 
 @pytest.fixture(scope="module")
@@ -24,14 +27,23 @@ def mask():
     return Image.fromarray((values * 255).round().astype(np.uint8))
 
 
-@pytest.fixture(scope="module", params=["tiny", "tiny_inpaint"])
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("tiny", "onnxruntime"),
+        ("tiny_inpaint", "onnxruntime"),
+        pytest.param(("tiny_inpaint", "openvino"), marks=OPENVINO),
+    ],  # fmt: skip
+    ids=lambda p: "-".join(p),
+)
 def pair(request):
-    model, engines = request.getfixturevalue(request.param)
+    name, backend = request.param
+    model, engines = request.getfixturevalue(name)
     ref = reference(model)
     if type(ref).__name__ != "StableDiffusionInpaintPipeline":  # the plain model's parts
         ref = diffusers.StableDiffusionInpaintPipeline(**ref.components)
         ref.set_progress_bar_config(disable=True)
-    return request.param, ref, dict(ref.scheduler.config), exact(engines)
+    return f"{name} {backend}", ref, dict(ref.scheduler.config), exact(engines, backend)
 
 
 SETTINGS = dict(prompt="a red fox in the snow", num_inference_steps=10,

@@ -6,6 +6,7 @@ A plain (4-channel) UNet denoises everything, and after every step the kept regi
 takes [latents, mask, masked image latents] and nothing is put back.
 """
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
         return
     if not isinstance(settings.mask_invert, bool):
         raise InputError(f"mask_invert must be True or False, got {settings.mask_invert!r}")
+    if isinstance(settings.mask_image, str | Path):  # a batch's mask file: read once, up front
+        path = Path(settings.mask_image)
+        stat = path.stat() if path.is_file() else None
+        _check_file(str(path), stat and (stat.st_mtime_ns, stat.st_size), settings.mask_invert)
     unet = manifest.unet_in_channels
     if unet != manifest.latent_channels and not manifest.inpainting:
         raise InputError(
@@ -78,15 +83,27 @@ def prepare_mask(settings: CallSettings, pixels: np.ndarray, factor: int) -> Mas
     height, width = pixels.shape[2], pixels.shape[3]
     binary = binarize(image, height, width, settings.mask_invert)
     if not binary.any():
-        raise InputError(
-            "the mask is empty (all black after binarizing at 50%): there is nothing to "
-            "repaint; paint white where the image should change (or pass --mask-invert)"
-        )
+        raise _empty_mask()
     mask = binary[None, None]
     return Mask(
         pixels=mask,
         latent=to_latent_size(mask, height // factor, width // factor),
         masked_pixels=(pixels * (mask < 0.5)).astype(np.float32),
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _check_file(path: str, version, invert: bool) -> None:
+    """Refuse a mask file that is not an image or repaints nothing at its own size."""
+    image = images.load_image(path)
+    if not binarize(image, image.height, image.width, invert).any():
+        raise _empty_mask()
+
+
+def _empty_mask() -> InputError:
+    return InputError(
+        "the mask is empty (all black after binarizing at 50%): there is nothing to "
+        "repaint; paint white where the image should change (or pass --mask-invert)"
     )
 
 
