@@ -46,6 +46,11 @@ def pair(request):
     return f"{name} {backend}", ref, dict(ref.scheduler.config), exact(engines, backend)
 
 
+# The exact path lands at 85 dB or more; a start at strength 1 that is img2img's (the image
+# noised to the first step) instead of diffusers' inpainting one (pure noise x init_noise_sigma)
+# still gives 46 dB on this random model, so MIN_PSNR alone would not tell them apart.
+EXACT_PSNR = 60.0
+
 SETTINGS = dict(prompt="a red fox in the snow", num_inference_steps=10,
                 negative_prompt="blurry", num_images_per_prompt=2)  # fmt: skip
 
@@ -64,7 +69,7 @@ def test_output_matches_diffusers(pair, photo, mask, sampler, guidance, strength
         record(model=name, inpaint=True, sampler=sampler, guidance=guidance, strength=strength,
                psnr_db=psnr(e, g))  # fmt: skip
         print(f"{name} {sampler} cfg {guidance} strength {strength}: {psnr(e, g):.1f} dB")
-        assert psnr(e, g) >= MIN_PSNR
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
     assert psnr(got[0], got[1]) < MIN_PSNR  # fresh noise per image: not vacuous
 
 
@@ -104,3 +109,30 @@ def test_mask_invert_swaps_what_is_repainted(tiny, photo, mask):
     a = ours(image=photo, mask_image=mask, mask_invert=True, **settings)[0]
     b = ours(image=photo, mask_image=inverted, **settings)[0]
     assert psnr(a, b) >= MIN_PSNR
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m"])
+def test_other_samplers_match_diffusers(tiny, photo, mask, sampler):
+    """euler_a draws from the generator in its loop: after the masked image's draw, which a
+    plain UNet's call makes for nothing, as diffusers does."""
+    model, engines = tiny
+    ref = diffusers.StableDiffusionInpaintPipeline(**reference(model).components)
+    ref.set_progress_bar_config(disable=True)
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    expected = run_reference(ref, dict(ref.scheduler.config), sampler, photo, seed=7,
+                             mask_image=mask, height=64, width=88, **settings)  # fmt: skip
+    got = exact(engines)(image=photo, seed=7, scheduler=sampler, mask_image=mask, **settings)
+    for e, g in zip(expected, got, strict=True):
+        assert psnr(e, g) >= MIN_PSNR
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_inpaint"])
+def test_batched_masked_calls_are_the_calls_alone(request, photo, mask, name):
+    ours = exact(request.getfixturevalue(name)[1])
+    other = Image.fromarray(255 - np.asarray(mask))
+    calls = [dict(SETTINGS, image=photo, mask_image=m, seed=s, guidance_scale=7.5,
+                  strength=0.6, scheduler="ddim") for m, s in ((mask, 1), (other, 2))]  # fmt: skip
+    batched = ours.call_many(calls)
+    for call, images in zip(calls, batched, strict=True):
+        for alone, together in zip(ours(**call), images, strict=True):
+            assert psnr(alone, together) >= MIN_PSNR
