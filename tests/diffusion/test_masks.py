@@ -112,6 +112,8 @@ def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):
     def run(*more, out="out.png"):
         return CliRunner().invoke(cli, [*base, *more, "-o", str(tmp_path / out)])
 
+    info = CliRunner().invoke(cli, ["info", str(tiny_inpaint[1])])
+    assert "the UNet takes a mask (9 channels)" in info.output
     result = run("--mask", str(tmp_path / "mask.png"))
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out.png").is_file()
