@@ -34,3 +34,13 @@ def test_tiny_inpaint_exports_a_9_channel_unet_the_manifest_names(tiny_inpaint):
     assert data["components"]["unet"]["inputs"]["sample"]["shape"][1] == 9
     manifest = load_manifest(engines)
     assert manifest.inpainting and manifest.unet_in_channels == 9
+
+
+def test_an_int8_unet_is_refused_for_an_inpainting_model(tiny_inpaint, tmp_path):
+    pytest.importorskip("nncf")
+    from fastimg.errors import InputError
+    from fastimg_export.engine_writer import export_engines
+
+    with pytest.raises(InputError, match="not exported for inpainting models"):
+        export_engines(str(tiny_inpaint[0]), tmp_path / "e", log=lambda m: None, int8_images=2)
+    assert not (tmp_path / "e").exists()
