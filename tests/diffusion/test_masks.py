@@ -116,9 +116,10 @@ def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):
     assert "the UNet takes a mask (9 channels)" in info.output
     result = run("--mask", str(tmp_path / "mask.png"))
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "out.png").is_file()
+    assert Image.open(tmp_path / "out.png").info["fastimg:mask"] == "given"
     result = run("--mask", str(tmp_path / "mask.png"), "--mask-invert", out="inv.png")
     assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "inv.png").info["fastimg:mask"] == "inverted"
     for more, message in [
         ((), "needs a mask"),
         (("--mask", str(tmp_path / "empty.png")), "the mask is empty"),

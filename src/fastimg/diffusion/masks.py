@@ -31,6 +31,12 @@ class Mask:
     pixels: np.ndarray
     latent: np.ndarray
     masked_pixels: np.ndarray
+    inverted: bool = False
+
+    @property
+    def label(self) -> str:
+        """What an image made with this mask is labelled with (fastimg:mask)."""
+        return "inverted" if self.inverted else "given"
 
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
@@ -89,6 +95,7 @@ def prepare_mask(settings: CallSettings, pixels: np.ndarray, factor: int) -> Mas
         pixels=mask,
         latent=to_latent_size(mask, height // factor, width // factor),
         masked_pixels=(pixels * (mask < 0.5)).astype(np.float32),
+        inverted=settings.mask_invert,
     )
 
 

@@ -557,4 +557,6 @@ class Img2ImgPipeline:
         }
         if engines.plan_set:
             labels["fastimg:plan_set"] = engines.plan_set
+        if request.mask is not None:
+            labels["fastimg:mask"] = request.mask.label
         return labels
