@@ -25,7 +25,14 @@ from fastimg.errors import EngineError, InputError, OutputError
 
 from . import attention, onnx_export, verify, winograd
 from .folders import replace_folder, writer_lock
-from .loading import add_controlnet, check_vae_fits, load_controlnet, load_pipeline, load_vae
+from .loading import (
+    add_controlnet,
+    check_vae_fits,
+    is_inpainting,
+    load_controlnet,
+    load_pipeline,
+    load_vae,
+)
 from .lora import check_sources, fuse_loras
 from .memory_model import WINOGRAD_ACTIVATIONS, memory_model
 from .memory_watch import PeakWatch
@@ -202,6 +209,10 @@ def _export_locked(
 ) -> Path:
     log(f"loading {model}")
     pipe = load_pipeline(model)
+    if int8_images and is_inpainting(pipe):
+        raise InputError(
+            "an int8 UNet is not exported for inpainting models yet: leave out --int8-images"
+        )
     for source in controlnets:
         log(f"loading the ControlNet {source}")
         add_controlnet(pipe, load_controlnet(source), source)
@@ -240,6 +251,7 @@ def _export_locked(
             "vae_scale_factor": onnx_export.vae_scale_factor(pipe),
             "vae_scaling_factor": float(pipe.vae.config.scaling_factor),
             "latent_channels": int(pipe.vae.config.latent_channels),
+            "unet_in_channels": int(pipe.unet.config.in_channels),
             "vae": {
                 "kind": onnx_export.vae_kind(pipe.vae),
                 "source": vae or str(model),

@@ -112,7 +112,16 @@ def pipeline_class(model_index: dict):
             safety_checker=None, requires_safety_checker=False
         )
     if is_sdxl_index(model_index):
+        if "Inpaint" in str(model_index.get("_class_name", "")):
+            raise InputError(
+                f"{where} is an SDXL inpainting pipeline: fastimg exports SD 1.x/2.x "
+                "inpainting models only for now"
+            )
         return diffusers.StableDiffusionXLImg2ImgPipeline, dict(add_watermarker=False)
+    if model_index.get("_class_name") == "StableDiffusionInpaintPipeline":
+        return diffusers.StableDiffusionInpaintPipeline, dict(
+            safety_checker=None, requires_safety_checker=False
+        )
     return diffusers.StableDiffusionImg2ImgPipeline, dict(
         safety_checker=None, requires_safety_checker=False
     )
@@ -189,7 +198,7 @@ TINY_VAES = {"madebyollin/taesd": False, "madebyollin/taesdxl": True}  # hub id:
 def check_vae_fits(pipe, vae, source: str) -> None:
     """Refuse a VAE whose latents are not the ones the model's UNet denoises."""
     latent, unet = vae.config.latent_channels, pipe.unet.config.in_channels
-    if latent != unet:
+    if unet not in (latent, 2 * latent + 1):  # (an inpainting UNet's: latents, mask, masked)
         raise InputError(
             f"the VAE {source} makes {latent}-channel latents, but this model's UNet takes "
             f"{unet}: it is a VAE for another architecture"
@@ -314,9 +323,33 @@ def check_controlnet_fits(unet, controlnet, source: str) -> None:
         )
 
 
+def is_inpainting(pipe) -> bool:
+    """Whether the UNet also takes a mask and the masked image's latents (9 channels for SD)."""
+    config = pipe.unet.config
+    return config.get("in_channels", 4) != config.get("out_channels", 4)
+
+
 def check_supported(pipe) -> None:
     """Refuse pipelines whose UNet needs inputs fastimg does not export yet."""
     config = pipe.unet.config
+    latent = pipe.vae.config.get("latent_channels", 4)
+    if config.get("in_channels", latent) not in (latent, 2 * latent + 1):
+        raise InputError(
+            f"this UNet takes {config.get('in_channels')} input channels: fastimg exports "
+            f"UNets taking the {latent} latent channels, or {2 * latent + 1} for inpainting "
+            "(latents, mask, masked image latents)"
+        )
+    if is_inpainting(pipe):
+        if is_sdxl(pipe) or getattr(pipe, "controlnet", None) is not None:
+            raise InputError(
+                "this inpainting UNet comes with SDXL or a ControlNet: fastimg exports SD "
+                "1.x/2.x inpainting models without a ControlNet only for now"
+            )
+        if config.get("time_cond_proj_dim") is not None:
+            raise InputError(
+                "this inpainting UNet is LCM-distilled (time_cond_proj_dim): fastimg does not "
+                "export LCM-distilled inpainting UNets yet"
+            )
     if getattr(pipe, "controlnet", None) is not None:
         check_controlnet_fits(config, pipe.controlnet.config, "of this pipeline")
     added = config.get("addition_embed_type")

@@ -95,6 +95,8 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
     latent = pipe.vae.config.latent_channels
     lat = ["batch", latent, "latent_height", "latent_width"]
     img = ["batch", 3, "height", "width"]
+    # An inpainting UNet takes the latents, the mask and the masked image's latents.
+    unet_in = ["batch", int(pipe.unet.config.in_channels), "latent_height", "latent_width"]
     return {
         "text_encoder": ComponentSpec(
             {"input_ids": ("int64", ["batch", "sequence"])},
@@ -105,7 +107,7 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
         ),
         "unet": ComponentSpec(
             {
-                "sample": ("float32", lat),
+                "sample": ("float32", unet_in),
                 "timestep": ("float32", ["batch"]),
                 "encoder_hidden_states": ("float32", ["batch", "sequence", hidden]),
                 **_unet_conditioning(pipe.unet.config),
@@ -360,7 +362,7 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
         return _control_inputs(pipe, name, batch, (h, w), g, length, hidden)
     if name == "unet":
         inputs = (
-            torch.randn(batch, latent, h, w, generator=g),
+            torch.randn(batch, pipe.unet.config.in_channels, h, w, generator=g),
             torch.rand(batch, generator=g) * 999,
             torch.randn(batch, length, hidden, generator=g),
         )

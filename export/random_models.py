@@ -514,6 +514,35 @@ def build_controlnet_pipeline(arch: str, seed: int = 0):
     )
 
 
+# StableDiffusionInpaintPipeline layouts: name -> the base architecture, its UNet taking
+# latents, the mask and the masked image's latents (4 + 1 + 4 channels).
+INPAINTS = {"tiny-inpaint": "tiny"}
+INPAINT_CHANNELS = 9
+
+
+def build_inpaint_pipeline(arch: str, seed: int = 0):
+    """A StableDiffusionInpaintPipeline on the base architecture's random pipeline, with a
+    random 9-channel UNet of the same layout."""
+    import diffusers
+    import torch
+
+    base = build_pipeline(INPAINTS[arch], seed)
+    torch.manual_seed(seed + 3)
+    spec = ARCHITECTURES[INPAINTS[arch]]
+    unet = diffusers.UNet2DConditionModel(in_channels=INPAINT_CHANNELS, out_channels=4,
+                                          **spec["unet"])  # fmt: skip
+    return diffusers.StableDiffusionInpaintPipeline(
+        vae=base.vae,
+        text_encoder=base.text_encoder,
+        tokenizer=base.tokenizer,
+        unet=unet.eval(),
+        scheduler=base.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
 def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     """Write a random-weight diffusers pipeline folder (a VAE folder for a VAE name, a
     .safetensors file for a LoRA name) to `out`."""
@@ -528,6 +557,8 @@ def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
         model = build_vae(arch, seed)
     elif arch in CONTROLNETS:
         model = build_controlnet_pipeline(arch, seed)
+    elif arch in INPAINTS:
+        model = build_inpaint_pipeline(arch, seed)
     else:
         model = build_pipeline(arch, seed)
     model.save_pretrained(out)

@@ -79,6 +79,13 @@ def tiny_controlnet(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_inpaint(tmp_path_factory):
+    """(model folder, engine folder) of the tiny StableDiffusionInpaintPipeline (9-channel
+    UNet: latents, mask, masked image latents)."""
+    return _build(tmp_path_factory, "tiny-inpaint")
+
+
+@pytest.fixture(scope="session")
 def tiny_v(tmp_path_factory):
     """(model folder, engine folder) of the tiny v-prediction, SD-2.x-style model."""
     return _build(tmp_path_factory, "tiny-v")

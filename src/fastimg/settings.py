@@ -318,6 +318,8 @@ class CallSettings:
     control_guidance_end: float = 1.0
     control_preprocess: str | None = None
     control_image: object = None  # a path or a PIL image (not a text setting: no HTTP field)
+    mask_image: object = None  # likewise: white is repainted, black kept
+    mask_invert: bool = False  # black is repainted, white kept
     sdxl: tuple[tuple[str, object], ...] = ()
 
     def arguments(self) -> dict:

@@ -116,3 +116,15 @@ def test_a_schedule_past_the_trained_timesteps_is_refused_naming_the_most_that_f
         schedules.make_plan(config, "ddim", 1000, 1.0)
     assert schedules.make_plan(config, "ddim", 999, 1.0).steps == 999
     assert schedules.make_plan(config, "euler", 1000, 1.0).steps == 1000  # sigmas: as diffusers
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("sampler", ["euler", "euler_a", "ddim", "dpmpp_2m"])
+def test_init_noise_sigma_is_the_schedulers(sampler, spacing):
+    """Pure noise's scale in the sampler state, as diffusers' inpainting starts at strength 1."""
+    config = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+              "steps_offset": 1, "timestep_spacing": spacing}  # fmt: skip
+    scheduler = diffusers_scheduler(config, sampler)
+    scheduler.set_timesteps(10)
+    plan = schedules.make_plan(config, sampler, 10, 1.0)
+    assert plan.init_noise_sigma == pytest.approx(float(scheduler.init_noise_sigma), rel=1e-6)

@@ -157,6 +157,7 @@ def test_fields_a_manifest_leaves_out_take_the_schema_defaults():
     manifest = Manifest.from_data(None, data)
     assert manifest.model_family is None and manifest.precision == "fp32"
     assert manifest.latent_channels == 4 and manifest.vae_kind == "kl"
+    assert manifest.unet_in_channels == 4 and not manifest.inpainting  # (older folders)
     assert manifest.memory_model("unet") is None and manifest.loras == []
     assert manifest.component_precision("unet") == "fp16"
     assert manifest.component_precision("vae_decoder") == "fp32"

@@ -141,13 +141,21 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     help="ControlNet: the image that steers every output (resized to each input's size); "
     "the engines need a ControlNet (fastimg export --controlnet).",
 )
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Inpainting: white repaints, black keeps (resized to each input's size); needed by "
+    "inpainting engines, taken by plain ones too.",
+)
+@click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
 @more_setting_options
 @output_options
 @engine_options
 @ray_options
 @domain_errors
 def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, variants,
-              scheduler, num_images, recursive, grid, control_image,
+              scheduler, num_images, recursive, grid, control_image, mask, mask_invert,
               **settings) -> None:  # fmt: skip
     """Transform IMAGES (files or folders) toward --prompt with the engines in --engines.
 
@@ -185,6 +193,8 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         call = from_fields(given, parse=False)
         if control_image is not None:
             call = call.with_values(control_image=str(control_image))
+        if mask is not None or mask_invert:
+            call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert)
         jobs = plan_sweep(sources, call, sweep)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None

@@ -15,6 +15,7 @@ ARCHITECTURES = (
     *("taesd", "taesdxl"),
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
     "tiny-controlnet",
+    "tiny-inpaint",
 )
 
 
@@ -150,8 +151,11 @@ def info(engines: Path, verify: bool) -> None:
         f"scheduler       {sched.get('_class_name')} ({sched.get('prediction_type', 'epsilon')}, "
         f"{sched.get('timestep_spacing', 'default')} spacing) -> sampler "
         f"{default_sampler(sched) or 'ddim (no equivalent)'}",
-        "components:",
     ]
+    if manifest.inpainting:
+        channels = manifest.unet_in_channels
+        lines.append(f"inpainting      the UNet takes a mask ({channels} channels): --mask FILE")
+    lines.append("components:")
     for name, entry in manifest.components.items():
         size = sum(f["bytes"] for f in entry["files"].values()) / 1e6
         parity = entry.get("parity", {})

@@ -12,6 +12,7 @@ from ..settings import SAMPLERS, SETTINGS, CallSettings
 from . import schedules
 from .conditioning import check_sdxl_arguments
 from .control import check_settings as check_control
+from .masks import check_settings as check_mask
 
 log = logging.getLogger("fastimg")
 
@@ -84,6 +85,7 @@ def check_call(manifest: Manifest, settings: CallSettings) -> CheckedCall:
     settings = check_values(settings)
     micro = check_sdxl_arguments(manifest, dict(settings.sdxl))
     check_control(manifest, settings)
+    check_mask(manifest, settings)
     sampler = resolve_sampler(manifest, settings.scheduler)
     plan = plan_for(manifest, sampler, settings.num_inference_steps, settings.strength)
     return CheckedCall(settings, sampler, plan, micro)

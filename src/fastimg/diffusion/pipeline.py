@@ -30,6 +30,7 @@ from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
 from .control import ControlRun, model_label, prepare_control
 from .engine_set import EngineSet, describe_run
+from .masks import MaskRun, encodes_image, prepare_mask
 from .prompts import PromptEncoder
 from .request import Request, check_finite, finite, generators, nan_error, stop_point
 from .rng import TorchCompatibleGenerator
@@ -235,17 +236,23 @@ class Img2ImgPipeline:
         chunk: int | None = None,
         conditioning: dict | None = None,
         control_run: ControlRun | None = None,
+        mask_run: MaskRun | None = None,
     ) -> np.ndarray:
         """Noise the latents to the plan's first timestep, then run the sampler over the UNet
         (`chunk` images per UNet call at most: the images are independent, so memory, not
         the result, depends on it; `conditioning`: extra UNet inputs, one row per image;
-        `control_run`: the ControlNet whose residuals steer it)."""
+        `control_run`: the ControlNet whose residuals steer it; `mask_run`: the masks that
+        say what is repainted)."""
         engines = engines or self.engines.default()
         xp, unet = engines.xp, engines.sessions["unet"]
         n = latents.shape[0]
         chunk = chunk or n
         cfg = embeddings.shape[0] == 2 * n
-        x = samplers.add_noise(latents, xp.asarray(rng.randn(latents.shape)), plan)
+        eps = xp.asarray(rng.randn(latents.shape))
+        if mask_run is None:
+            x = samplers.add_noise(latents, eps, plan)
+        else:  # (diffusers' inpainting starts its own way and encodes the masked image now)
+            x = mask_run.start(latents, eps, plan)
         if xp is not np:  # the loop's noise goes to the device in one copy, drawn in order
             rng = PredrawnNoise(rng, latents.shape, samplers.noise_draws(plan), xp)
         flags = []  # (step, flag), read once after the loop: no host sync inside it
@@ -265,6 +272,7 @@ class Img2ImgPipeline:
             """The guided noise prediction for images j .. j + len(x_in) - 1."""
             emb = embeddings[j : j + len(x_in)]
             feeds = {name: rows_for(name, j, len(x_in)) for name in extra}
+            x_in = mask_run.unet_input(x_in, j) if mask_run else x_in
             if cfg:
                 emb = xp.concatenate([emb, embeddings[n + j : n + j + len(x_in)]])
                 x_in = xp.concatenate([x_in, x_in])
@@ -289,7 +297,8 @@ class Img2ImgPipeline:
                 callback(i + 1, plan.steps)
             return samplers.predict(out, x, plan, i)
 
-        x = samplers.SAMPLE[plan.sampler](denoise, x, plan, rng)
+        after = mask_run.after_step if mask_run else None
+        x = samplers.SAMPLE[plan.sampler](denoise, x, plan, rng, after)
         for i, ok in flags:
             if not bool(ok):
                 raise nan_error(f"UNet output at step {i + 1}", engines)
@@ -338,6 +347,8 @@ class Img2ImgPipeline:
         control_guidance_start: float = 0.0,
         control_guidance_end: float = 1.0,
         control_preprocess: str | None = None,
+        mask_image: Image.Image | str | Path | None = None,
+        mask_invert: bool = False,
         *,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Image.Image]:
@@ -352,6 +363,9 @@ class Img2ImgPipeline:
         `control_image` (without one, the plain UNet runs), `controlnet_conditioning_scale`,
         `control_guidance_start` and `control_guidance_end`, and fastimg's `control_preprocess`
         ("canny", "scribble": the control image made first; from `image` without one).
+        `mask_image` inpaints as
+        StableDiffusionInpaintPipeline: white is repainted, black kept (`mask_invert` swaps);
+        inpainting folders (a 9-channel UNet) need one, plain ones take one too.
         `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
         engine calls, raises Cancelled when it says so (call_many's).
         """
@@ -377,6 +391,8 @@ class Img2ImgPipeline:
             control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end,
             control_preprocess=control_preprocess,
+            mask_image=mask_image,
+            mask_invert=mask_invert,
         )
         return self._run([request], callback, should_stop)[0]
 
@@ -440,6 +456,7 @@ class Img2ImgPipeline:
             guidance_scale=settings.guidance_scale,
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
             control=prepare_control(settings, pixels.shape[2], pixels.shape[3], image),
+            mask=prepare_mask(settings, pixels, self.manifest.vae_scale_factor),
         )
 
     def _run(self, group: list[Request], callback, should_stop=None) -> list[list[Image.Image]]:
@@ -494,16 +511,25 @@ class Img2ImgPipeline:
             rngs = [r.rng for r in group]
             pixels = np.concatenate([r.pixels for r in group]) if len(group) > 1 else first.pixels
             per_encode = 1 if describe(engines.backend).plan_sets else chunk
-            z = self.encode_image(pixels, generators(rngs, [1] * len(group)), engines, per_encode,
-                                  should_stop)  # fmt: skip
-            z = xp.repeat(z, counts, axis=0) if len(group) > 1 else xp.repeat(z, total, axis=0)
+            one_each = generators(rngs, [1] * len(group))
+            if first.mask is None or encodes_image(self.manifest, first.strength):
+                z = self.encode_image(pixels, one_each, engines, per_encode, should_stop)
+                z = xp.repeat(z, counts, axis=0)
+            else:  # an inpainting UNet at strength 1 starts from noise alone
+                factor, channels = self.manifest.vae_scale_factor, self.manifest.latent_channels
+                z = xp.zeros((total, channels, height // factor, width // factor), np.float32)
             # 5. Noise to the plan's first step, then the sampler loop over the UNet.
             noise = generators(rngs, counts)
             run = first.control and ControlRun(
                 engines, self.manifest, [r.control for r in group], counts, first.plan.steps
             )
+            masking = first.mask and MaskRun(
+                self.manifest, [r.mask for r in group], counts, first.strength, xp,
+                lambda p: self.encode_image(p, one_each, engines, per_encode, should_stop),
+                one_each,
+            )  # fmt: skip
             latents = self.denoise(z, embeddings, first.plan, first.guidance_scale, noise,
-                                   callback, engines, chunk, extra, run)  # fmt: skip
+                                   callback, engines, chunk, extra, run, masking)  # fmt: skip
             # 6. Decode.
             return self.decode(latents, engines, chunk, should_stop)
 
@@ -537,4 +563,6 @@ class Img2ImgPipeline:
             labels["fastimg:plan_set"] = engines.plan_set
         if request.control is not None:
             labels.update(request.control.labels(), **model_label(self.manifest))
+        if request.mask is not None:
+            labels["fastimg:mask"] = request.mask.label
         return labels

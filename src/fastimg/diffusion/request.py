@@ -9,6 +9,7 @@ from ..backends import Engines
 from ..errors import Cancelled, EngineError
 from . import schedules
 from .control import Control
+from .masks import Mask
 from .rng import StackedGenerators, TorchCompatibleGenerator
 
 
@@ -54,12 +55,14 @@ class Request:
     guidance_scale: float
     cfg: bool
     control: Control | None = None
+    mask: Mask | None = None
 
     @property
     def key(self) -> tuple:
-        """What calls batched together must share: the image size, the sampling, the control."""
+        """What calls batched together must share: the image size, the sampling, the control,
+        whether a mask is given."""
         shared = (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
-        return (*shared, self.control and self.control.key)
+        return (*shared, self.control and self.control.key, self.mask is not None)
 
 
 def stop_point(should_stop, stage: str) -> None:

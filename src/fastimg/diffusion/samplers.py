@@ -14,6 +14,9 @@ import numpy as np
 from .schedules import Plan
 
 Denoiser = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+# after(x, i): the state after step i as the caller changes it (inpainting puts back the kept
+# region's latents), as a pipeline's code after scheduler.step does.
+After = Callable[[np.ndarray, int], np.ndarray] | None
 
 
 def _f32(value) -> np.float32:
@@ -24,25 +27,29 @@ def _clip(x0: np.ndarray, plan: Plan) -> np.ndarray:
     return x0 if plan.clip_sample is None else x0.clip(-plan.clip_sample, plan.clip_sample)
 
 
-def ddim(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
+def ddim(denoise: Denoiser, x: np.ndarray, plan: Plan, rng, after: After = None) -> np.ndarray:
     """Deterministic DDIM, eta = 0 (Song et al. 2020, eq. 12)."""
     for i in range(plan.steps):
         x0, eps = denoise(x, i)
         x = _f32(plan.alpha_next[i]) * _clip(x0, plan) + _f32(plan.sigma_next[i]) * eps
+        if after is not None:
+            x = after(x, i)
     return x
 
 
-def euler(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
+def euler(denoise: Denoiser, x: np.ndarray, plan: Plan, rng, after: After = None) -> np.ndarray:
     """Euler's method on the probability-flow ODE (Karras et al. 2022, Algorithm 2, no churn)."""
     for i in range(plan.steps):
         sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
         x0, _ = denoise(x, i)
         d = (x - x0) / _f32(sigma)
         x = x + d * _f32(sigma_next - sigma)
+        if after is not None:
+            x = after(x, i)
     return x
 
 
-def euler_a(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
+def euler_a(denoise: Denoiser, x: np.ndarray, plan: Plan, rng, after: After = None) -> np.ndarray:
     """Ancestral Euler: a deterministic step to sigma_down, then fresh noise of size sigma_up."""
     for i in range(plan.steps):
         sigma, sigma_next = plan.sigmas[i], plan.sigmas[i + 1]
@@ -52,10 +59,12 @@ def euler_a(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
         d = (x - x0) / _f32(sigma)
         x = x + d * _f32(sigma_down - sigma)
         x = x + rng.randn(x.shape) * _f32(sigma_up)
+        if after is not None:
+            x = after(x, i)
     return x
 
 
-def dpmpp_2m(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
+def dpmpp_2m(denoise: Denoiser, x: np.ndarray, plan: Plan, rng, after: After = None) -> np.ndarray:
     """DPM-Solver++(2M), midpoint form (Lu et al. 2022, Algorithm 2); first order where planned."""
     alpha, sigma = plan.alpha, plan.sigma
     with np.errstate(divide="ignore"):
@@ -76,10 +85,12 @@ def dpmpp_2m(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
         else:
             x = decay * x + gain * x0
         x0_prev = x0
+        if after is not None:
+            x = after(x, i)
     return x
 
 
-def lcm(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
+def lcm(denoise: Denoiser, x: np.ndarray, plan: Plan, rng, after: After = None) -> np.ndarray:
     """Latent Consistency Model multistep sampling (Luo et al. 2023, Algorithm 1)."""
     for i in range(plan.steps):
         x0, _ = denoise(x, i)
@@ -87,6 +98,8 @@ def lcm(denoise: Denoiser, x: np.ndarray, plan: Plan, rng) -> np.ndarray:
         if i < plan.steps - 1:
             noise = rng.randn(x.shape)
             x = _f32(plan.alpha_next[i]) * x + _f32(plan.sigma_next[i]) * noise
+        if after is not None:
+            x = after(x, i)
     return x
 
 
@@ -109,6 +122,13 @@ def add_noise(z: np.ndarray, eps: np.ndarray, plan: Plan) -> np.ndarray:
     """Noise the clean latent z to the run's first timestep (the scheduler's add_noise)."""
     a, b = plan.noise_scales
     return _f32(a) * z + _f32(b) * eps
+
+
+def noise_scales_at(plan: Plan, i: int) -> tuple[float, float]:
+    """(a, b) with x = a * z + b * eps at step i: the scheduler's add_noise at that step."""
+    if plan.sampler in ("euler", "euler_a"):
+        return 1.0, float(plan.sigmas[i])
+    return float(plan.alpha[i]), float(plan.sigma[i])
 
 
 def predict(out: np.ndarray, x: np.ndarray, plan: Plan, i: int) -> tuple[np.ndarray, np.ndarray]:

@@ -367,6 +367,7 @@ class Plan:
     c_out: np.ndarray | None = None
     second_order: np.ndarray | None = None  # dpm: whether step i is a 2nd-order step
     clip_sample: float | None = None  # ddim/lcm: clamp x0 to +-this
+    init_noise_sigma: float = 1.0  # the scheduler's: pure noise's scale in the sampler state
 
     @property
     def steps(self) -> int:
@@ -392,6 +393,14 @@ def _check_within_training(config, sampler: str, steps: int, timesteps, trained:
 def _vp(sigmas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     alpha = 1.0 / np.sqrt(sigmas.astype(np.float64) ** 2 + 1.0)
     return alpha, sigmas * alpha
+
+
+def _init_noise_sigma(config: dict, sigmas: np.ndarray) -> float:
+    """Euler's init_noise_sigma: the largest sigma, or sqrt(sigma^2 + 1) for leading spacing."""
+    top = float(np.float32(sigmas.max()))
+    if config["timestep_spacing"] in ("linspace", "trailing"):
+        return top
+    return float(np.sqrt(np.float32(top) ** 2 + np.float32(1.0)))
 
 
 def make_plan(
@@ -461,6 +470,7 @@ def make_plan(
             sigma=sigma,
             noise_scales=(1.0, float(run_sigmas[0])),
             sigmas=run_sigmas,
+            init_noise_sigma=_init_noise_sigma(config, sigmas),
         )
     n_total = len(timesteps)
     absolute = np.arange(start, n_total)

@@ -85,6 +85,16 @@ class Manifest:
         return self.model.latent_channels
 
     @property
+    def unet_in_channels(self) -> int:
+        """Channels of the UNet's sample input (latent_channels, or more for inpainting)."""
+        return self.model.unet_in_channels or self.model.latent_channels
+
+    @property
+    def inpainting(self) -> bool:
+        """Whether the UNet takes a mask and the masked image's latents beside the latents."""
+        return self.unet_in_channels == 2 * self.latent_channels + 1
+
+    @property
     def vae_kind(self) -> str:
         """'kl' (SD's VAE) or 'tiny' (TAESD)."""
         return self.model.vae.kind

@@ -84,7 +84,7 @@ def input_shapes(profile: Profile, manifest) -> dict[str, dict[str, tuple[tuple,
     UNet image), the VAE decoder every image.
     """
     factor = manifest.vae_scale_factor
-    channels = manifest.latent_channels
+    channels, unet_channels = manifest.latent_channels, manifest.unet_in_channels
     hidden = manifest.components["unet"]["inputs"]["encoder_hidden_states"]["shape"][-1]
     h, w, b = profile.height, profile.width, profile.batch
     lat_h, lat_w = tuple(v // factor for v in h), tuple(v // factor for v in w)
@@ -94,7 +94,7 @@ def input_shapes(profile: Profile, manifest) -> dict[str, dict[str, tuple[tuple,
 
     unet_batch = (b[0], 2 * b[1], 2 * b[2])
     unet = {
-        "sample": shapes(lambda k: (unet_batch[k], channels, lat_h[k], lat_w[k])),
+        "sample": shapes(lambda k: (unet_batch[k], unet_channels, lat_h[k], lat_w[k])),
         "timestep": shapes(lambda k: (unet_batch[k],)),
         "encoder_hidden_states": shapes(lambda k: (unet_batch[k], TEXT_LENGTH, hidden)),
     }

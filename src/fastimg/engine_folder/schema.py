@@ -339,6 +339,9 @@ class EngineManifest(_Strict):
     vae_scale_factor: Annotated[int, Field(ge=1, le=64)]
     vae_scaling_factor: Annotated[float, Field(gt=0, le=100)]
     latent_channels: Annotated[int, Field(ge=1, le=64)] = 4
+    # The UNet's sample channels: 2 * latent_channels + 1 for an inpainting UNet (latents,
+    # mask, masked image latents); folders written before it have none (latent_channels).
+    unet_in_channels: Annotated[int, Field(ge=1, le=129)] | None = None
     vae: Vae = Vae()
     loras: Annotated[list[Lora], Field(max_length=64)] = []
     shapes: Shapes = Shapes()

@@ -1,0 +1,130 @@
+"""The mask prepared as StableDiffusionInpaintPipeline prepares it, and the checks of a call
+with a mask."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastimg.diffusion import masks
+from fastimg.engine_folder.manifest import Manifest
+from fastimg.errors import InputError
+from fastimg.settings import CallSettings
+from tests.manifests import complete
+
+
+def _mask(seed: int = 0, size=(90, 68), mode="L") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    values = (rng.random((size[1], size[0])) * 255).astype(np.uint8)
+    return Image.fromarray(values).convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "1"])
+def test_binarize_is_diffusers_mask_processor(mode):
+    torch = pytest.importorskip("torch")
+    from diffusers.image_processor import VaeImageProcessor
+
+    image = _mask(mode=mode)
+    processor = VaeImageProcessor(vae_scale_factor=8, do_normalize=False, do_binarize=True,
+                                  do_convert_grayscale=True)  # fmt: skip
+    expected = processor.preprocess(image, height=64, width=88)[0, 0].numpy()
+    got = masks.binarize(image, 64, 88)
+    assert got.dtype == np.float32 and set(np.unique(got)) <= {0.0, 1.0}
+    assert np.array_equal(got, expected)
+    down = torch.nn.functional.interpolate(torch.from_numpy(got)[None, None], size=(8, 11))
+    assert np.array_equal(masks.to_latent_size(got[None, None], 8, 11), down.numpy())
+
+
+def test_to_latent_size_is_torch_nearest_for_any_size():
+    torch = pytest.importorskip("torch")
+    mask = (np.random.default_rng(1).random((1, 1, 37, 53)) > 0.5).astype(np.float32)
+    for size in [(5, 7), (9, 13), (37, 53)]:
+        down = torch.nn.functional.interpolate(torch.from_numpy(mask), size=size).numpy()
+        assert np.array_equal(masks.to_latent_size(mask, *size), down)
+
+
+def test_invert_swaps_repainted_and_kept():
+    image = _mask(2)
+    plain = masks.binarize(image, 64, 88)
+    inverted = masks.binarize(image, 64, 88, invert=True)
+    values = np.asarray(image.resize((88, 64), Image.LANCZOS), np.float32) / 255
+    undecided = values == 0.5  # (exactly 0.5 is repainted either way, as diffusers binarizes)
+    assert np.array_equal(inverted[~undecided], 1 - plain[~undecided])
+
+
+def test_prepare_mask_blacks_out_the_repainted_region_and_refuses_an_empty_mask():
+    pixels = np.full((1, 3, 64, 88), 0.5, np.float32)
+    white = np.zeros((68, 90), np.uint8)
+    white[:34] = 255
+    mask = masks.prepare_mask(CallSettings("x", mask_image=Image.fromarray(white)), pixels, 8)
+    assert mask.pixels.shape == (1, 1, 64, 88) and mask.latent.shape == (1, 1, 8, 11)
+    assert np.all(mask.masked_pixels[..., :30, :] == 0)
+    assert np.all(mask.masked_pixels[..., 34:, :] == 0.5)
+    empty = CallSettings("x", mask_image=Image.new("L", (90, 68)))
+    with pytest.raises(InputError, match="the mask is empty"):
+        masks.prepare_mask(empty, pixels, 8)
+    with pytest.raises(InputError, match="mask_image must be a PIL image or a path"):
+        masks.prepare_mask(CallSettings("x", mask_image=3), pixels, 8)
+
+
+def test_a_mask_file_that_is_not_an_image_is_an_input_error(tmp_path):
+    path = tmp_path / "mask.png"
+    path.write_text("not an image")
+    pixels = np.zeros((1, 3, 64, 88), np.float32)
+    with pytest.raises(InputError, match="mask.png"):
+        masks.prepare_mask(CallSettings("x", mask_image=str(path)), pixels, 8)
+
+
+def _manifest(channels: int | None = None) -> Manifest:
+    unet = {"inputs": {"sample": {"dtype": "float32", "shape": [1]}}}
+    fields = {} if channels is None else {"unet_in_channels": channels}
+    return Manifest.from_data(None, complete({"unet": unet}, **fields))
+
+
+def test_checks_of_a_call_with_or_without_a_mask():
+    mask = Image.new("L", (8, 8), 255)
+    masks.check_settings(_manifest(), CallSettings("x"))
+    masks.check_settings(_manifest(), CallSettings("x", mask_image=mask))  # plain: fine
+    masks.check_settings(_manifest(9), CallSettings("x", mask_image=mask))
+    with pytest.raises(InputError, match="inpainting UNet, which needs a mask"):
+        masks.check_settings(_manifest(9), CallSettings("x"))
+    with pytest.raises(InputError, match="no mask was given"):
+        masks.check_settings(_manifest(), CallSettings("x", mask_invert=True))
+    with pytest.raises(InputError, match="cannot take a mask"):
+        masks.check_settings(_manifest(7), CallSettings("x", mask_image=mask))
+    with pytest.raises(InputError, match="with a control image"):
+        masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, control_image=mask))
+
+
+def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    photo.save(tmp_path / "in.png")
+    white = np.zeros((68, 90), np.uint8)
+    white[10:50, 30:80] = 255
+    Image.fromarray(white).save(tmp_path / "mask.png")
+    Image.new("L", (90, 68)).save(tmp_path / "empty.png")
+    (tmp_path / "text.png").write_text("not an image")
+    base = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_inpaint[1]),
+            "--prompt", "a fox", "--steps", "4", "--seed", "1"]  # fmt: skip
+
+    def run(*more, out="out.png"):
+        return CliRunner().invoke(cli, [*base, *more, "-o", str(tmp_path / out)])
+
+    info = CliRunner().invoke(cli, ["info", str(tiny_inpaint[1])])
+    assert "the UNet takes a mask (9 channels)" in info.output
+    result = run("--mask", str(tmp_path / "mask.png"))
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out.png").info["fastimg:mask"] == "given"
+    result = run("--mask", str(tmp_path / "mask.png"), "--mask-invert", out="inv.png")
+    assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "inv.png").info["fastimg:mask"] == "inverted"
+    for more, message in [
+        ((), "needs a mask"),
+        (("--mask", str(tmp_path / "empty.png")), "the mask is empty"),
+        (("--mask", str(tmp_path / "text.png")), "text.png is not an image"),
+    ]:
+        result = run(*more, out="bad.png")
+        assert result.exit_code == 1 and message in result.output, result.output
+        assert "Traceback" not in result.output and not (tmp_path / "bad.png").exists()

@@ -1,0 +1,138 @@
+"""fastimg's inpainting against diffusers' StableDiffusionInpaintPipeline, same seed, same
+settings: on the plain tiny model (4-channel UNet: the kept region put back after each step)
+and on tiny-inpaint (9-channel UNet: latents, mask, masked image latents)."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastimg.backends.select import installed
+from fastimg.media.images import psnr
+
+from .test_parity import MIN_PSNR, exact, record, reference, run_reference
+
+torch = pytest.importorskip("torch")
+diffusers = pytest.importorskip("diffusers")
+
+OPENVINO = pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[openvino]")
+
+
+@pytest.fixture(scope="module")
+def mask():
+    """The photo's size (90 x 68): a white block to repaint, soft values around it that the
+    binarizing at 0.5 must cut alike, black elsewhere."""
+    values = np.zeros((68, 90), np.float32)
+    values[10:50, 30:80] = 1.0
+    values[10:50, 20:30] = np.linspace(0.2, 0.9, 10)[None, :]
+    return Image.fromarray((values * 255).round().astype(np.uint8))
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        ("tiny", "onnxruntime"),
+        ("tiny_inpaint", "onnxruntime"),
+        pytest.param(("tiny_inpaint", "openvino"), marks=OPENVINO),
+    ],  # fmt: skip
+    ids=lambda p: "-".join(p),
+)
+def pair(request):
+    name, backend = request.param
+    model, engines = request.getfixturevalue(name)
+    ref = reference(model)
+    if type(ref).__name__ != "StableDiffusionInpaintPipeline":  # the plain model's parts
+        ref = diffusers.StableDiffusionInpaintPipeline(**ref.components)
+        ref.set_progress_bar_config(disable=True)
+    return f"{name} {backend}", ref, dict(ref.scheduler.config), exact(engines, backend)
+
+
+# The exact path lands at 85 dB or more; a start at strength 1 that is img2img's (the image
+# noised to the first step) instead of diffusers' inpainting one (pure noise x init_noise_sigma)
+# still gives 46 dB on this random model, so MIN_PSNR alone would not tell them apart.
+EXACT_PSNR = 60.0
+
+SETTINGS = dict(prompt="a red fox in the snow", num_inference_steps=10,
+                negative_prompt="blurry", num_images_per_prompt=2)  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+@pytest.mark.parametrize("guidance", [1.0, 7.5])
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_output_matches_diffusers(pair, photo, mask, sampler, guidance, strength):
+    name, ref, config, ours = pair
+    settings = dict(SETTINGS, guidance_scale=guidance, strength=strength)
+    expected = run_reference(ref, config, sampler, photo, seed=11, mask_image=mask, height=64,
+                             width=88, **settings)  # fmt: skip
+    got = ours(image=photo, seed=11, scheduler=sampler, mask_image=mask, **settings)
+    for e, g in zip(expected, got, strict=True):
+        assert g.size == e.size == (88, 64)
+        record(model=name, inpaint=True, sampler=sampler, guidance=guidance, strength=strength,
+               psnr_db=psnr(e, g))  # fmt: skip
+        print(f"{name} {sampler} cfg {guidance} strength {strength}: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+    assert psnr(got[0], got[1]) < MIN_PSNR  # fresh noise per image: not vacuous
+
+
+def test_the_mask_matters(tiny, photo, mask):
+    """Inpainting is not plain img2img: the repainted block differs from plain img2img's, and
+    the kept region's latents are the image's, whatever the prompt (another prompt changes
+    the repainted block mostly: the decoder's attention block reaches the whole image)."""
+    ours = exact(tiny[1])
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6, seed=4, scheduler="ddim")
+    plain = np.asarray(ours(image=photo, **settings)[0], dtype=np.float64)
+    masked = np.asarray(ours(image=photo, mask_image=mask, **settings)[0], dtype=np.float64)
+    other = dict(settings, prompt="a blue whale in the sea")
+    other = np.asarray(ours(image=photo, mask_image=mask, **other)[0], dtype=np.float64)
+    inside, outside = np.zeros((64, 88), bool), np.zeros((64, 88), bool)
+    inside[16:40, 40:72] = True  # well inside the repainted block
+    outside[58:, :] = True  # well below it
+    change = np.abs(plain - masked).mean(axis=2)
+    by_prompt = np.abs(other - masked).mean(axis=2)
+    print(f"against plain img2img inside {change[inside].mean():.2f}; another prompt inside "
+          f"{by_prompt[inside].mean():.2f}, outside {by_prompt[outside].mean():.2f}")  # fmt: skip
+    assert change[inside].mean() > 1.0
+    assert by_prompt[inside].mean() > 4 * by_prompt[outside].mean()  # (29 and 5 here)
+
+
+def test_an_inpainting_unet_uses_the_mask(tiny_inpaint, photo, mask):
+    ours = exact(tiny_inpaint[1])
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=1.0, seed=4, scheduler="ddim")
+    a = ours(image=photo, mask_image=mask, **settings)[0]
+    b = ours(image=photo, mask_image=Image.fromarray(255 - np.asarray(mask)), **settings)[0]
+    assert psnr(a, b) < MIN_PSNR - 10
+
+
+def test_mask_invert_swaps_what_is_repainted(tiny, photo, mask):
+    ours = exact(tiny[1])
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6, seed=4, scheduler="ddim")
+    inverted = Image.fromarray(255 - np.asarray(mask))
+    a = ours(image=photo, mask_image=mask, mask_invert=True, **settings)[0]
+    b = ours(image=photo, mask_image=inverted, **settings)[0]
+    assert psnr(a, b) >= MIN_PSNR
+
+
+@pytest.mark.parametrize("sampler", ["euler_a", "dpmpp_2m"])
+def test_other_samplers_match_diffusers(tiny, photo, mask, sampler):
+    """euler_a draws from the generator in its loop: after the masked image's draw, which a
+    plain UNet's call makes for nothing, as diffusers does."""
+    model, engines = tiny
+    ref = diffusers.StableDiffusionInpaintPipeline(**reference(model).components)
+    ref.set_progress_bar_config(disable=True)
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    expected = run_reference(ref, dict(ref.scheduler.config), sampler, photo, seed=7,
+                             mask_image=mask, height=64, width=88, **settings)  # fmt: skip
+    got = exact(engines)(image=photo, seed=7, scheduler=sampler, mask_image=mask, **settings)
+    for e, g in zip(expected, got, strict=True):
+        assert psnr(e, g) >= MIN_PSNR
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_inpaint"])
+def test_batched_masked_calls_are_the_calls_alone(request, photo, mask, name):
+    ours = exact(request.getfixturevalue(name)[1])
+    other = Image.fromarray(255 - np.asarray(mask))
+    calls = [dict(SETTINGS, image=photo, mask_image=m, seed=s, guidance_scale=7.5,
+                  strength=0.6, scheduler="ddim") for m, s in ((mask, 1), (other, 2))]  # fmt: skip
+    batched = ours.call_many(calls)
+    for call, images in zip(calls, batched, strict=True):
+        for alone, together in zip(ours(**call), images, strict=True):
+            assert psnr(alone, together) >= MIN_PSNR
