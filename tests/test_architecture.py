@@ -12,7 +12,7 @@ SRC = Path(__file__).parents[1] / "src"
 # Bottom first; a module may import its own layer and the ones below it.
 LAYERS = (
     ("errors", "atomic", "machine", "gpu", "settings"),
-    ("engine_folder", "media"),
+    ("engine_folder", "media", "lora"),
     ("backends",),
     ("diffusion",),
     ("workflows",),

@@ -55,6 +55,7 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         "precision": settings["precision"],
         "device": settings["device"],
         "shapes": settings["shapes"],
+        "loras": settings["loras"],
     }
     if settings["ray"]:
         run = _ray_runner(planned, load_options, resize, settings)

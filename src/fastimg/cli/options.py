@@ -177,6 +177,15 @@ def engine_options(command):
             "second call on, so a size seen once pays no compile). In fp32 the images are the "
             "same within a pixel; bf16 and int8 kernels for exact shapes round otherwise.",
         ),
+        click.option(
+            "--lora",
+            "loras",
+            metavar="FILE[:SCALE]",
+            multiple=True,
+            help="A LoRA .safetensors (diffusers/PEFT or kohya) applied at run time at SCALE "
+            "(1.0 by default), on engines exported without it; repeatable. ONNX Runtime and "
+            "OpenVINO fp32/bf16.",
+        ),
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 

@@ -185,7 +185,8 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
           max_connections: int, header_timeout: float, min_upload_rate: float,
           max_streams: int, allow_hosts: tuple[str, ...], cors: tuple[str, ...], on_ray: bool,
           replicas: str | None, replica_cpus: int | None, ray_address: str | None,
-          backend: str, precision: str, device: int | None, shapes: str) -> None:  # fmt: skip
+          backend: str, precision: str, device: int | None, shapes: str,
+          loras: tuple[str, ...]) -> None:  # fmt: skip
     """Serve img2img on the engines in ENGINES over HTTP, loading them once.
 
     POST /v1/img2img takes an image (multipart file `image`, or base64 in JSON) and the
@@ -221,6 +222,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         precision=precision,
         device=device,
         shapes=shapes,
+        loras=tuple(loras),
         workers=workers,
         max_batch=max_batch,
         max_queue=max_queue,

@@ -130,6 +130,7 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
         precision=engine["precision"],
         device=engine["device"],
         shapes=engine["shapes"],
+        loras=engine["loras"],
     )
     progress = videos.FrameProgress(total, stream=sys.stderr, mode="quiet" if quiet else "auto")
     given = {"prompt": prompt, "negative_prompt": negative_prompt, "strength": strength,

@@ -23,6 +23,7 @@ from ..backends.scratch import giving_back_scratch
 from ..backends.select import resolve
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import InputError
+from ..lora.files import parse_lora_spec
 from ..media import images
 from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
 from . import conditioning, samplers, schedules
@@ -30,6 +31,7 @@ from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
 from .control import ControlRun, model_label, prepare_control
 from .engine_set import EngineSet, describe_run
+from .loras import PipelineLoras
 from .masks import MaskRun, encodes_image, prepare_mask
 from .prompts import PromptEncoder
 from .request import Request, check_finite, finite, generators, nan_error, stop_point
@@ -85,6 +87,8 @@ class Img2ImgPipeline:
             manifest, self.backend, resolved, options, shapes, backend == "auto", precision
         )
         self.max_side = self.engines.max_side(self.device)
+        self.loras = PipelineLoras(self.engines)
+        self.prompts.state = self.loras.adapters.state
         # What outputs name the model by (A1111's "Model" and "Model hash" read them).
         self.model_info = {
             "fastimg:model": manifest.model_name,
@@ -102,9 +106,12 @@ class Img2ImgPipeline:
         max_concurrency: int = 1,
         device: int | None = None,
         shapes: str = "dynamic",
+        loras: tuple[str, ...] = (),
     ) -> "Img2ImgPipeline":
-        """Load every engine of an exported folder on the backend asked for (auto: fastest)."""
-        return cls(
+        """Load every engine of an exported folder on the backend asked for (auto: fastest),
+        and the LoRAs `loras` ('FILE[:SCALE]' each) at run time."""
+        specs = [parse_lora_spec(spec) for spec in loras]  # a bad one fails before loading
+        pipe = cls(
             load_manifest(folder),
             backend=backend,
             precision=precision,
@@ -113,6 +120,9 @@ class Img2ImgPipeline:
             device=device,
             shapes=shapes,
         )
+        for path, scale in specs:
+            pipe.load_lora(path, scale=scale)
+        return pipe
 
     @property
     def precision(self) -> str:
@@ -170,6 +180,19 @@ class Img2ImgPipeline:
     def wrap_sessions(self, wrap: Callable[[str, object], object]) -> None:
         """Replace every session, now and as plan sets load, by wrap(component, session)."""
         self.engines.wrap_sessions(wrap)
+
+    def load_lora(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
+        """Load a LoRA .safetensors (diffusers/PEFT or kohya) at `scale`, used from the next
+        call as diffusers' load_lora_weights + fuse_lora(lora_scale=scale); its name."""
+        return self.loras.load(path, name, scale)
+
+    def set_lora_scales(self, scales: dict[str, float]) -> None:
+        """Set loaded LoRAs' scales by name (0 turns one off), from the next call."""
+        self.loras.adapters.set_scales(scales)
+
+    def unload_lora(self, name: str) -> None:
+        """Stop using and forget the LoRA `name`."""
+        self.loras.adapters.unload(name)
 
     # --- the stages -------------------------------------------------------------------------
 
@@ -565,4 +588,6 @@ class Img2ImgPipeline:
             labels.update(request.control.labels(), **model_label(self.manifest))
         if request.mask is not None:
             labels["fastimg:mask"] = request.mask.label
+        if self.loras.adapters.active:
+            labels["fastimg:loras"] = self.loras.adapters.label()
         return labels

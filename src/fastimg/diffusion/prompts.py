@@ -3,6 +3,7 @@ one encoder, or SDXL's two (penultimate states concatenated, pooled from text_en
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -22,6 +23,8 @@ class PromptEncoder:
         self.tokenizer = next(iter(self.tokenizers.values()))
         self._lock = threading.Lock()
         self.cache: OrderedDict[tuple, dict] = OrderedDict()
+        # What else changes the text encoders' output (the active LoRAs): part of the key.
+        self.state: Callable[[], tuple] = tuple
 
     def encode(
         self,
@@ -41,6 +44,7 @@ class PromptEncoder:
         key = (prompt, prompt_2, negative_prompt, negative_prompt_2, cfg, engines.label)
         if not cfg:
             key = (prompt, prompt_2, None, None, cfg, engines.label)
+        key = (*key, self.state())
         with self._lock:
             cached = self.cache.get(key)
             if cached is not None:

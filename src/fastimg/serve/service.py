@@ -46,6 +46,7 @@ class ServeOptions:
     precision: str = "auto"
     device: int | None = None
     shapes: str = "dynamic"
+    loras: tuple[str, ...] = ()  # 'FILE[:SCALE]' each, loaded with the engines
     workers: int = 1  # requests running at once (the pipeline's max_concurrency)
     max_batch: int | None = None  # requests per engine run (None: the backend's serve_batch)
     threads: int | None = None  # CPU threads of the pipeline (None: every core here)
@@ -119,6 +120,7 @@ class Service:
 
     def _load_engines(self):
         from ..diffusion.pipeline import Img2ImgPipeline
+        from ..lora.files import parse_lora_spec
 
         o = self.options
         pipe = Img2ImgPipeline(
@@ -130,6 +132,8 @@ class Service:
             device=o.device,
             shapes=o.shapes,
         )
+        for path, scale in map(parse_lora_spec, o.loras):
+            pipe.load_lora(path, scale=scale)
         if pipe.device == "cpu":  # (a GPU run returns before the device is done: untimed)
             pipe.wrap_sessions(self.metrics.timed)
         return pipe

@@ -1,0 +1,143 @@
+"""LoRAs at run time on loaded engines: each adapted graph gets a branched twin (built once per
+set of adapted layers, beside the original), and its session runs the twin while a LoRA is
+active and the plain graph otherwise, so calls without a LoRA keep the plain engines' speed."""
+
+import threading
+
+from ..backends import LoadOptions, load_session
+from ..backends.checked import CheckedSession
+from ..backends.registry import describe
+from ..errors import InputError
+from ..lora.adapters import GRAPHS, Adapters, match_layers, model_of
+from ..lora.graph import find_targets, load_graph, variant_key, write_branched_graph
+
+
+class LoraSession:
+    """A component's session that runs its branched graph with the active LoRAs' projections,
+    or its plain graph when none of them adapts it."""
+
+    def __init__(self, plain, component: str, adapters: Adapters):
+        self.plain, self.component, self.adapters = plain, component, adapters
+        self.input_names, self.output_names = plain.input_names, plain.output_names
+        for attribute in ("device", "stream", "precision"):
+            if hasattr(plain, attribute):
+                setattr(self, attribute, getattr(plain, attribute))
+        self.branched = None
+        self.order: list = []
+        self.matched: dict[str, dict] = {}  # LoRA name -> its layers by module path
+
+    def run(self, feeds: dict) -> dict:
+        """Run the plain graph, or the branched one with the active LoRAs' projections."""
+        model = model_of(self.component)
+        extra = None
+        if self.branched is not None:
+            extra = self.adapters.feeds(model, self.order, self.matched)
+        if extra is None:
+            return self.plain.run(feeds)
+        return self.branched.run({**feeds, **extra})
+
+
+class PipelineLoras:
+    """The LoRAs of one pipeline: loading one reads and checks it against every graph it
+    adapts, and (re)builds a graph's branched twin when it adapts layers the twin lacks."""
+
+    def __init__(self, engine_set):
+        self.engine_set, self.manifest = engine_set, engine_set.manifest
+        self.adapters = Adapters()
+        self._lock = threading.Lock()
+        self._targets: dict[str, dict] = {}
+
+    def load(self, path, name: str | None = None, scale: float = 1.0) -> str:
+        """Load the LoRA file at `path` as `name` at `scale`; its name."""
+        self._check_backend()
+        with self._lock:
+            name = self.adapters.load(path, name, scale)
+            try:
+                self._attach(name)
+            except Exception:
+                self.adapters.unload(name)
+                raise
+        return name
+
+    def _check_backend(self) -> None:
+        backend, precision = self.engine_set.backend, self.engine_set.precision
+        if describe(backend).plan_sets or describe(backend).gpu:
+            raise InputError(
+                f"LoRAs at run time are not available on {backend} yet: fuse the LoRA at "
+                "export (fastimg export MODEL --lora FILE), or run on onnxruntime or openvino"
+            )
+        if "int8" in precision:
+            raise InputError(
+                "LoRAs at run time do not apply to the int8 UNet: load the engines in fp32 or "
+                "bf16, or fuse the LoRA at export (fastimg export MODEL --lora FILE --int8)"
+            )
+
+    def _attach(self, name: str) -> None:
+        """Match the LoRA to each graph it adapts and make sure each twin covers it."""
+        lora = self.adapters.loras[name]
+        engines = self.engine_set.default()
+        unknown = [m for m in lora.models if not any(c in engines.sessions for c in GRAPHS[m])]
+        if unknown:
+            raise InputError(
+                f"the LoRA {lora.path.name} adapts {', '.join(unknown)}, which this engine "
+                "folder does not have: it was made for another architecture"
+            )
+        for component, session in list(engines.sessions.items()):
+            model = model_of(component)
+            if model not in lora.models:
+                continue
+            if not isinstance(session, LoraSession):
+                session = engines.sessions[component] = LoraSession(
+                    session, component, self.adapters
+                )
+            targets = self._graph_targets(component)
+            session.matched[name] = match_layers(lora, model, targets)
+            needed = sorted({m for layers in session.matched.values() for m in layers})
+            if set(needed) - {t.module for t in session.order}:
+                session.order, session.branched = self._branched(component, needed)
+
+    def _graph_targets(self, component: str) -> dict:
+        if component not in self._targets:
+            self._targets[component] = find_targets(load_graph(self.manifest.path(component)))
+        return self._targets[component]
+
+    def _branched(self, component: str, modules: list[str]):
+        """The twin of `component` branched at `modules`, written beside it and loaded."""
+        source = self.manifest.path(component)
+        key = variant_key(self.manifest.graph_digest((component,)), modules)
+        path = source.with_name(f"{source.stem}.lora-{key}.onnx")
+        model = load_graph(source)
+        try:
+            order = write_branched_graph(model, modules, path)
+        except OSError as exc:
+            raise InputError(
+                f"cannot write the LoRA graph beside {source} ({exc.strerror}): run-time LoRAs "
+                "need the engine folder writable"
+            ) from None
+        spec = self.manifest.components[component]
+        inputs = dict(spec["inputs"])
+        for index, target in enumerate(order):
+            down, up = target.input_names(index)
+            rank = f"lora_rank_{index}"
+            if target.op == "MatMul":
+                shapes = ([target.width_in, rank], [rank, target.width_out])
+            else:
+                shapes = ([rank, target.width_in, *target.kernel], [target.width_out, rank, 1, 1])
+            inputs[down] = {"dtype": "float32", "shape": shapes[0]}
+            inputs[up] = {"dtype": "float32", "shape": shapes[1]}
+        options = self.engine_set.options
+        load = LoadOptions(
+            threads=options.get("threads"),
+            precision=self.engine_set.precision,
+            max_concurrency=options.get("max_concurrency", 1),
+            names=(*inputs, *spec["outputs"]),
+        )
+        session = load_session(self.engine_set.backend, path, load)
+        checked = CheckedSession(
+            session,
+            component,
+            {**spec, "inputs": inputs},
+            self.manifest.vae_scale_factor,
+            self.engine_set.backend,
+        )
+        return order, checked

@@ -1,0 +1,188 @@
+"""The LoRAs loaded into a pipeline, their scales, and the projections they feed a branched
+graph: several LoRAs at once are one branch of their summed ranks, a scale is folded into the
+up projection, so switching LoRAs or scales costs a few concatenations and no recompile."""
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import InputError
+from .files import MAX_SCALE, LoraFile, LoraLayer, read_lora
+from .graph import Target
+
+# The graphs each LoRA model adapts (the ControlNet folders' UNet graph too).
+GRAPHS = {
+    "unet": ("unet", "unet_control"),
+    "text_encoder": ("text_encoder",),
+    "text_encoder_2": ("text_encoder_2",),
+}
+
+
+def model_of(component: str) -> str | None:
+    """The LoRA model ('unet', 'text_encoder', ...) a component's graph belongs to."""
+    return next((model for model, graphs in GRAPHS.items() if component in graphs), None)
+
+
+def _plain(path: str, dotted: bool) -> str:
+    """A module path as both sides spell it (CLIP's text_model prefix dropped)."""
+    path = path.removeprefix("text_model.").removeprefix("text_model_")
+    return path if dotted else path.replace(".", "_")
+
+
+def match_layers(lora: LoraFile, model: str, targets: dict[str, Target]) -> dict[str, LoraLayer]:
+    """The LoRA's layers for `model` by the graph's module paths; a layer that matches no layer
+    of the graph, or whose shape does not fit it, is refused by name."""
+    index = {_plain(module, lora.dotted): module for module in targets}
+    last = max((_encoder_layer(m) for m in targets), default=-1)
+    matched, unmatched = {}, []
+    for module, layer in lora.layers.get(model, {}).items():
+        found = index.get(_plain(module, lora.dotted))
+        if found is None and model != "unet" and _encoder_layer(module) > last >= 0:
+            continue  # a text encoder layer after the one whose states the graph gives
+        if found is None:
+            unmatched.append(module)
+            continue
+        matched[found] = _fitted(lora.path, module, layer, targets[found])
+    if unmatched:
+        raise InputError(
+            f"the LoRA {lora.path.name} adapts {model} layers this model does not have "
+            f"({', '.join(unmatched[:3])}{', ...' if len(unmatched) > 3 else ''}): it was made "
+            "for another architecture or base model"
+        )
+    return matched
+
+
+def _encoder_layer(module: str) -> int:
+    """N of a text encoder's `encoder.layers.N.` module (-1 for any other module)."""
+    found = re.search(r"layers[._](\d+)[._]", module)
+    return int(found.group(1)) if found else -1
+
+
+def _fitted(path: Path, module: str, layer: LoraLayer, target: Target) -> LoraLayer:
+    """The layer in the shapes its graph layer takes (a 1x1 conv's pair made 4-D)."""
+    down, up = layer.down, layer.up
+    if target.op == "Conv" and down.ndim == 2:
+        down, up = down[:, :, None, None], up[:, :, None, None]
+    if target.op == "MatMul" and down.ndim == 4 and down.shape[2:] == (1, 1):
+        down, up = down[:, :, 0, 0], up[:, :, 0, 0]
+    want_down = (target.width_in, *target.kernel)
+    if tuple(down.shape[1:]) != want_down or up.shape[0] != target.width_out:
+        raise InputError(
+            f"the LoRA {path.name} has {module} of shape {list(up.shape[:1])}x"
+            f"{list(down.shape[1:])}, the model's layer is {target.width_out}x{list(want_down)}: "
+            "it was made for another architecture or base model"
+        )
+    return LoraLayer(np.ascontiguousarray(down), np.ascontiguousarray(up), layer.alpha)
+
+
+class Adapters:
+    """LoRAs by name with their scales; the feeds of each branched graph, rebuilt when they
+    change (scale 0 or unloaded: the plain graph runs)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.loras: dict[str, LoraFile] = {}
+        self.scales: dict[str, float] = {}
+        self._feeds: dict[tuple, dict | None] = {}
+
+    def load(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
+        """Read a LoRA file under `name` (default: the file's stem) at `scale`; its name."""
+        lora = read_lora(path)
+        name = name or lora.path.stem
+        with self._lock:
+            self.loras[name] = lora
+            self.scales[name] = _checked_scale(scale, name)
+            self._feeds.clear()
+        return name
+
+    def unload(self, name: str) -> None:
+        """Forget the LoRA `name`."""
+        with self._lock:
+            self._known(name)
+            del self.loras[name], self.scales[name]
+            self._feeds.clear()
+
+    def set_scales(self, scales: dict[str, float]) -> None:
+        """Set the named LoRAs' scales (0 turns one off); the others keep theirs."""
+        with self._lock:
+            for name in scales:
+                self._known(name)
+            for name, scale in scales.items():
+                self.scales[name] = _checked_scale(scale, name)
+            self._feeds.clear()
+
+    def _known(self, name: str) -> None:
+        if name not in self.loras:
+            loaded = ", ".join(sorted(self.loras)) or "none"
+            raise InputError(f"no LoRA named {name!r} is loaded (loaded: {loaded})")
+
+    @property
+    def active(self) -> dict[str, float]:
+        """The loaded LoRAs whose scale is not 0, with their scales."""
+        return {name: s for name, s in self.scales.items() if s != 0.0}
+
+    def state(self) -> tuple:
+        """The active LoRAs and scales, as a cache key of what they change."""
+        with self._lock:
+            return tuple(sorted((n, str(self.loras[n].path), s) for n, s in self.active.items()))
+
+    def label(self) -> str:
+        """'name:scale, ...' of the active LoRAs (the fastimg:loras label)."""
+        return ", ".join(f"{name}:{scale:g}" for name, scale in sorted(self.active.items()))
+
+    def feeds(self, model: str, order: list[Target], matched: dict) -> dict | None:
+        """The projections of the active LoRAs for a graph branched at `order` (None when none
+        of them adapts `model`): `matched[name]` is each LoRA's layers by module path."""
+        key = (model, tuple(t.module for t in order))
+        with self._lock:
+            if key not in self._feeds:
+                self._feeds[key] = self._build(order, matched)
+            return self._feeds[key]
+
+    def _build(self, order: list[Target], matched: dict) -> dict | None:
+        active = [(matched[n], s) for n, s in self.active.items() if matched.get(n)]
+        if not active:
+            return None
+        feeds = {}
+        for index, target in enumerate(order):
+            downs, ups = [], []
+            for layers, scale in active:
+                layer = layers.get(target.module)
+                if layer is None:
+                    continue
+                gain = np.float32(scale * layer.factor)
+                if target.op == "MatMul":
+                    downs.append(layer.down.T)
+                    ups.append(gain * layer.up.T)
+                else:
+                    downs.append(layer.down)
+                    ups.append(gain * layer.up)
+            down_name, up_name = target.input_names(index)
+            if not downs:  # a rank-1 branch of zeros: this layer unchanged
+                downs, ups = _zero_pair(target)
+            axis_down, axis_up = (1, 0) if target.op == "MatMul" else (0, 1)
+            feeds[down_name] = np.ascontiguousarray(np.concatenate(downs, axis=axis_down))
+            feeds[up_name] = np.ascontiguousarray(np.concatenate(ups, axis=axis_up))
+        return feeds
+
+
+def _zero_pair(target: Target) -> tuple[list, list]:
+    if target.op == "MatMul":
+        return [np.zeros((target.width_in, 1), np.float32)], [
+            np.zeros((1, target.width_out), np.float32)
+        ]
+    return [np.zeros((1, target.width_in, *target.kernel), np.float32)], [
+        np.zeros((target.width_out, 1, 1, 1), np.float32)
+    ]
+
+
+def _checked_scale(scale, name: str) -> float:
+    try:
+        value = float(scale)
+    except (TypeError, ValueError):
+        raise InputError(f"the scale of LoRA {name!r} ({scale!r}) is not a number") from None
+    if not -MAX_SCALE <= value <= MAX_SCALE:
+        raise InputError(f"the scale of LoRA {name!r} ({value}) must lie between -10 and 10")
+    return value

@@ -1,0 +1,146 @@
+"""A component's ONNX graph with a low-rank branch beside each adapted layer, its two
+projections graph inputs: a LoRA (or several, or new scales) is then a new feed, not a new
+export or a recompile.
+
+Each adapted layer is found by the module path the exporter writes into its node names
+(`/model/down_blocks.0/.../attn1/to_q/MatMul`); a MatMul on a 2-D weight gets
+`x @ down @ up` added to its output, a Conv gets `conv(conv(x, down), up)` (the down
+projection with the layer's own kernel, strides and padding). The weights stay where they are
+(the new graph lies beside the original and shares its external data).
+"""
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+
+LAYER_OPS = ("MatMul", "Conv")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One layer a LoRA can adapt: its module path, op, and input and output widths."""
+
+    module: str
+    op: str
+    width_in: int
+    width_out: int
+    kernel: tuple[int, ...] = ()
+
+    def input_names(self, index: int) -> tuple[str, str]:
+        """The graph inputs of its down and up projections."""
+        return f"lora_down_{index}", f"lora_up_{index}"
+
+
+def _module_of(node_name: str) -> str | None:
+    """'down_blocks.0.attentions.0...to_q' from '/model/down_blocks.0/.../to_q/MatMul'."""
+    parts = node_name.strip("/").split("/")
+    if len(parts) < 3 or parts[0] != "model":
+        return None
+    return ".".join(parts[1:-1])
+
+
+def load_graph(path: Path):
+    """The ONNX model at `path`, its external weights left on disk."""
+    try:
+        import onnx
+    except ImportError:
+        raise InputError(
+            "onnx is not installed: run-time LoRAs need it, install it with  pip install "
+            "fastimg[lora]"
+        ) from None
+    return onnx.load(str(path), load_external_data=False)
+
+
+def find_targets(model) -> dict[str, Target]:
+    """Every layer of the graph a LoRA can adapt, by module path."""
+    weights = {init.name: tuple(init.dims) for init in model.graph.initializer}
+    targets = {}
+    for node in model.graph.node:
+        if node.op_type not in LAYER_OPS or len(node.input) < 2:
+            continue
+        module, shape = _module_of(node.name), weights.get(node.input[1])
+        if module is None or shape is None:
+            continue
+        if node.op_type == "MatMul" and len(shape) == 2:
+            targets[module] = Target(module, "MatMul", shape[0], shape[1])
+        elif node.op_type == "Conv" and len(shape) == 4 and _groups(node) == 1:
+            targets[module] = Target(module, "Conv", shape[1], shape[0], tuple(shape[2:]))
+    return targets
+
+
+def _groups(node) -> int:
+    return next((a.i for a in node.attribute if a.name == "group"), 1)
+
+
+def variant_key(source_digest: str, modules: list[str]) -> str:
+    """The name of the graph with branches at `modules` of the graph `source_digest`."""
+    text = source_digest + "\n" + "\n".join(sorted(modules))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def write_branched_graph(model, modules: list[str], path: Path) -> list[Target]:
+    """Write `model` with a LoRA branch at each of `modules` (in that order) to `path`, beside
+    the original so that its external data resolves; the targets in input order."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    targets = find_targets(model)
+    nodes = {_module_of(n.name): n for n in model.graph.node if n.op_type in LAYER_OPS}
+    order = [targets[m] for m in modules]
+    added = []
+    for index, target in enumerate(order):
+        node = nodes[target.module]
+        down_name, up_name = target.input_names(index)
+        rank = f"lora_rank_{index}"
+        if target.op == "MatMul":
+            down_shape, up_shape = [target.width_in, rank], [rank, target.width_out]
+        else:
+            down_shape = [rank, target.width_in, *target.kernel]
+            up_shape = [target.width_out, rank, 1, 1]
+        model.graph.input.extend(
+            [
+                helper.make_tensor_value_info(down_name, TensorProto.FLOAT, down_shape),
+                helper.make_tensor_value_info(up_name, TensorProto.FLOAT, up_shape),
+            ]
+        )
+        base = node.output[0]
+        plain = f"{base}__plain"
+        node.output[0] = plain
+        low, delta = f"{base}__lora_low", f"{base}__lora_delta"
+        if target.op == "MatMul":
+            first = helper.make_node("MatMul", [node.input[0], down_name], [low])
+            second = helper.make_node("MatMul", [low, up_name], [delta])
+        else:
+            kept = [a for a in node.attribute if a.name in ("strides", "pads", "dilations",
+                                                           "auto_pad")]  # fmt: skip
+            first = helper.make_node("Conv", [node.input[0], down_name], [low])
+            first.attribute.extend(kept)
+            second = helper.make_node("Conv", [low, up_name], [delta])
+        add = helper.make_node("Add", [plain, delta], [base])
+        for extra in (first, second, add):
+            extra.name = f"{node.name}__lora_{extra.op_type}_{len(added)}"
+            added.append((node, extra))
+    _insert_after(model.graph, added)
+    tmp = path.with_name(path.name + ".tmp")
+    onnx.save(model, str(tmp))
+    tmp.replace(path)
+    return order
+
+
+def _insert_after(graph, added: list) -> None:
+    """Put each new node right after the layer it branches from (the order stays topological)."""
+    from onnx import NodeProto
+
+    after: dict[str, list] = {}
+    for node, extra in added:
+        after.setdefault(node.name, []).append(extra)
+    ordered = []
+    for node in graph.node:
+        for kept in (node, *after.get(node.name, [])):
+            copy = NodeProto()
+            copy.CopyFrom(kept)
+            ordered.append(copy)
+    del graph.node[:]
+    graph.node.extend(ordered)

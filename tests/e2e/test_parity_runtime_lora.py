@@ -1,0 +1,150 @@
+"""LoRAs applied at run time on engines exported without them, against diffusers with the same
+LoRAs loaded and fused (load_lora_weights, set_adapters, fuse_lora)."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import psnr
+from tests.e2e.test_parity import OPENVINO, reference, run_reference
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+pytest.importorskip("onnx")
+
+SETTINGS = dict(prompt="a red fox", strength=0.7, num_inference_steps=4, guidance_scale=5.0)
+
+
+@pytest.fixture(scope="module")
+def lora_files(tmp_path_factory):
+    """Two random LoRAs of the tiny model (UNet and text encoder, up projections not zero)."""
+    from fastimg_export.random_models import write_random_model
+
+    root = tmp_path_factory.mktemp("runtime-loras")
+    return [write_random_model("tiny-lora", root / f"style{k}.safetensors", seed=k) for k in (0, 1)]
+
+
+@pytest.fixture
+def engines(tiny, tmp_path):
+    """A private copy of the tiny engines (the LoRA graphs are written beside its graphs)."""
+    return shutil.copytree(tiny[1], tmp_path / "engines")
+
+
+def diffusers_with(model, loras: list, scales: list, lora_scale: float = 1.0):
+    pipe = reference(model)
+    names = [f"l{k}" for k in range(len(loras))]
+    for name, path in zip(names, loras, strict=True):
+        pipe.load_lora_weights(str(path), adapter_name=name)
+    pipe.set_adapters(names, adapter_weights=scales)
+    pipe.fuse_lora(adapter_names=names, lora_scale=lora_scale)
+    return pipe
+
+
+@pytest.mark.parametrize("scale", [0.5, 1.3])
+def test_one_lora_at_run_time_matches_diffusers_fused(tiny, engines, lora_files, photo, scale):
+    ref = diffusers_with(tiny[0], lora_files[:1], [1.0], lora_scale=scale)
+    config = dict(ref.scheduler.config)
+    expected = run_reference(ref, config, "ddim", photo, seed=2, **SETTINGS)
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    plain = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    pipe.load_lora(lora_files[0], scale=scale)
+    got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+    assert psnr(plain[0], got[0]) < 40.0  # the LoRA changed the image: not a vacuous match
+    assert got[0].info["fastimg:loras"] == f"style0:{scale:g}"
+
+
+def test_two_loras_with_their_own_scales_match_diffusers(tiny, engines, lora_files, photo):
+    ref = diffusers_with(tiny[0], lora_files, [0.6, 0.9])
+    config = dict(ref.scheduler.config)
+    expected = run_reference(ref, config, "euler_a", photo, seed=3, **SETTINGS)
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    first = pipe.load_lora(lora_files[0], scale=0.6)
+    pipe.load_lora(lora_files[1], scale=0.9)
+    got = pipe(image=photo, seed=3, scheduler="euler_a", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+    pipe.set_lora_scales({first: 0.0})  # only the second one now
+    alone = pipe(image=photo, seed=3, scheduler="euler_a", **SETTINGS)
+    ref_alone = diffusers_with(tiny[0], lora_files[1:], [0.9])
+    expected_alone = run_reference(ref_alone, config, "euler_a", photo, seed=3, **SETTINGS)
+    assert psnr(expected_alone[0], alone[0]) >= 40.0
+    assert psnr(got[0], alone[0]) < 40.0
+
+
+def test_scale_zero_and_unloading_give_the_plain_engines_images(engines, lora_files, photo):
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    plain = np.asarray(pipe(image=photo, seed=4, **SETTINGS)[0])
+    name = pipe.load_lora(lora_files[0], scale=1.0)
+    assert not np.array_equal(plain, np.asarray(pipe(image=photo, seed=4, **SETTINGS)[0]))
+    pipe.set_lora_scales({name: 0})
+    off = pipe(image=photo, seed=4, **SETTINGS)[0]
+    assert np.array_equal(plain, np.asarray(off)) and "fastimg:loras" not in off.info
+    pipe.set_lora_scales({name: 1.0})
+    pipe.unload_lora(name)
+    assert np.array_equal(plain, np.asarray(pipe(image=photo, seed=4, **SETTINGS)[0]))
+
+
+def test_the_prompt_cache_is_keyed_by_the_active_loras(engines, lora_files, photo):
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    name = pipe.load_lora(lora_files[0], scale=1.0)
+    with_lora = pipe.encode_prompt("a red fox", None, cfg=True)
+    pipe.set_lora_scales({name: 0})
+    without = pipe.encode_prompt("a red fox", None, cfg=True)
+    assert not np.allclose(with_lora, without)  # its text encoder LoRA counts, not a stale entry
+
+
+def test_a_kohya_file_is_the_same_lora(tiny, engines, lora_files, photo, tmp_path):
+    from safetensors.numpy import save_file
+
+    from fastimg.lora.files import read_safetensors
+
+    tensors, _ = read_safetensors(lora_files[0])
+    kohya = {}
+    for key, array in tensors.items():
+        model, _, rest = key.partition(".")
+        stem, _, which = rest.rpartition(".lora_")
+        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te_"}[model]
+        name = prefix + stem.replace(".", "_")
+        part = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[which]
+        kohya[f"{name}.{part}"] = array
+        kohya[f"{name}.alpha"] = np.array(8.0, np.float32)  # alpha 8 at rank 4: twice the scale
+    path = tmp_path / "kohya.safetensors"
+    save_file(kohya, str(path))
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    pipe.load_lora(path, scale=0.5)
+    got = pipe(image=photo, seed=2, **SETTINGS)
+    pipe.unload_lora("kohya")
+    pipe.load_lora(lora_files[0], scale=1.0)
+    same = pipe(image=photo, seed=2, **SETTINGS)
+    assert psnr(same[0], got[0]) >= 60.0  # 0.5 x alpha/rank 2 = the PEFT file at 1.0
+    ref = diffusers_with(tiny[0], [path], [1.0], lora_scale=0.5)
+    expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+
+
+def test_an_sdxl_lora_at_run_time_matches_diffusers(tiny_sdxl, photo, tmp_path):
+    from fastimg_export.random_models import write_random_model
+
+    model, folder = tiny_sdxl
+    engines = shutil.copytree(folder, tmp_path / "engines")
+    lora = write_random_model("tiny-sdxl-lora", tmp_path / "xl.safetensors")
+    ref = diffusers_with(model, [lora], [1.0], lora_scale=0.7)
+    expected = run_reference(ref, dict(ref.scheduler.config), "euler", photo, seed=2, **SETTINGS)
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    plain = pipe(image=photo, seed=2, scheduler="euler", **SETTINGS)
+    pipe.load_lora(lora, scale=0.7)
+    got = pipe(image=photo, seed=2, scheduler="euler", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+    assert psnr(plain[0], got[0]) < 40.0
+
+
+@OPENVINO
+def test_openvino_runs_the_same_lora(tiny, engines, lora_files, photo):
+    ref = diffusers_with(tiny[0], lora_files[:1], [1.0], lora_scale=0.8)
+    expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
+    pipe = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="fp32")
+    pipe.load_lora(lora_files[0], scale=0.8)
+    got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
