@@ -133,3 +133,30 @@ def test_every_bench_command_the_readmes_show_exists_with_its_options():
         assert used <= known, (name, words, used - known)
         needed = [a.option_strings for a in parser._actions if a.required and a.option_strings]
         assert all(set(flags) & used for flags in needed), (name, words, needed)
+
+
+def test_the_lora_commands_run_as_the_readme_types_them(tiny, photo, tmp_path, monkeypatch):
+    import shutil
+
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+    from fastimg.media.label_reader import read_labels
+
+    pytest.importorskip("onnx")
+    from fastimg_export.random_models import write_random_model
+
+    part = README.read_text().split("## LoRAs at run time")[1].split("\n## ")[0]
+    monkeypatch.chdir(tmp_path)
+    photo.save("photo.jpg")
+    engines = shutil.copytree(tiny[1], tmp_path / "engines" / "tiny")
+    for seed, name in enumerate(("watercolor", "ink")):
+        write_random_model("tiny-lora", tmp_path / "styles" / f"{name}.safetensors", seed=seed)
+    labels = []
+    for words in _commands(part):
+        words = [str(engines) if word == "engines/sd15" else word for word in words]
+        result = CliRunner().invoke(cli, words)
+        assert result.exit_code == 0, (words, result.output)
+        (written,) = [line for line in result.output.splitlines() if line.endswith(".png")]
+        labels.append(read_labels(written)["fastimg"]["fastimg:loras"])
+    assert labels == ["watercolor:0.8", "ink:0.7, watercolor:0.5"]
