@@ -85,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python -m fastimg_bench.lora_switch " + " ".join(sys.argv[1:] or argv or []),
         "machine": machine(),
         "versions": versions(),
-        "job": {"size": args.size, "steps": args.steps, "strength": args.strength,
-                "backend": args.backend, "precision": pipe.precision},  # fmt: skip
+        "job": {
+            "size": args.size,
+            "steps": args.steps,
+            "strength": args.strength,
+            "backend": args.backend,
+            "precision": pipe.precision,
+        },  # fmt: skip
         "seconds": {
             "call_no_lora": plain,
             "load_first_lora": load_a,
@@ -113,9 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.model:
         record["seconds"]["re_export_with_lora"] = _reexport(args.model, args.lora_a)
-        record["ratios"]["re_export_over_load"] = (
-            record["seconds"]["re_export_with_lora"] / load_a
-        )
+        record["ratios"]["re_export_over_load"] = record["seconds"]["re_export_with_lora"] / load_a
     text = json.dumps(record, indent=2)
     print(text)
     if args.output:
@@ -129,8 +132,9 @@ def _reexport(model: str, lora: Path) -> float:
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("TMPDIR")) as scratch:
         return _timed(
-            lambda: export_engines(model, Path(scratch) / "e", log=lambda m: None,
-                                   loras=[f"{lora}:1.0"])  # fmt: skip
+            lambda: export_engines(
+                model, Path(scratch) / "e", log=lambda m: None, loras=[f"{lora}:1.0"]
+            )  # fmt: skip
         )
 
 

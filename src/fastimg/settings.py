@@ -292,6 +292,12 @@ SETTINGS = (
         "light paper); without a control image, from the input image [none: as given].",
         choices=CONTROL_PREPROCESSORS,
     ),
+    Setting(
+        "lora_scales",
+        TEXT,
+        "LoRAs of this call by name, NAME:SCALE,... among those loaded (--lora, serve --lora); "
+        "the others are off [default: each loaded one at its scale].",
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -317,6 +323,7 @@ class CallSettings:
     control_guidance_start: float = 0.0
     control_guidance_end: float = 1.0
     control_preprocess: str | None = None
+    lora_scales: str | None = None  # (the Python API also takes a {name: scale} dict)
     control_image: object = None  # a path or a PIL image (not a text setting: no HTTP field)
     mask_image: object = None  # likewise: white is repainted, black kept
     mask_invert: bool = False  # black is repainted, white kept

@@ -73,3 +73,25 @@ def test_the_lora_option_is_in_every_command_that_loads_engines(runner):
     for command in (["transform"], ["run"], ["video"], ["serve"]):
         result = runner.invoke(cli, [*command, "--help"])
         assert "--lora FILE[:SCALE]" in result.output, command
+
+
+def test_a_job_file_picks_each_rows_loras(runner, engines, picture, style, tmp_path):
+    jobs = tmp_path / "jobs.csv"
+    jobs.write_text(
+        "image,prompt,seed,lora_scales,output\n"
+        f"{picture},a fox,1,style:0.4,a.png\n"
+        f"{picture},a fox,1,style:0,b.png\n"
+        f"{picture},a fox,1,,c.png\n"
+    )
+    out = tmp_path / "out"
+    result = runner.invoke(cli, ["run", str(jobs), "--engines", str(engines), "-o", str(out),
+                                 "--steps", "3", "--lora", f"{style}:0.9"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labels = [Image.open(out / name).text.get("fastimg:loras") for name in ("a.png", "b.png",
+                                                                              "c.png")]  # fmt: skip
+    assert labels == ["style:0.4", None, "style:0.9"]
+    bad = tmp_path / "bad.csv"
+    bad.write_text(f"image,prompt,lora_scales\n{picture},a fox,cubism:1\n")
+    refused = runner.invoke(cli, ["run", str(bad), "--engines", str(engines), "-o", str(out),
+                                  "--lora", str(style)])  # fmt: skip
+    assert refused.exit_code != 0 and "no LoRA named 'cubism' is loaded" in refused.output

@@ -74,16 +74,20 @@ def test_two_loras_with_their_own_scales_match_diffusers(tiny, engines, lora_fil
 
 
 def test_scale_zero_and_unloading_give_the_plain_engines_images(engines, lora_files, photo):
+    def within_a_level(a, b) -> bool:  # the twin runs the graph ONNX Runtime's fusions skip
+        return np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16)).max() <= 1
+
     pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
-    plain = np.asarray(pipe(image=photo, seed=4, **SETTINGS)[0])
+    plain = pipe(image=photo, seed=4, **SETTINGS)[0]
     name = pipe.load_lora(lora_files[0], scale=1.0)
-    assert not np.array_equal(plain, np.asarray(pipe(image=photo, seed=4, **SETTINGS)[0]))
+    assert not within_a_level(plain, pipe(image=photo, seed=4, **SETTINGS)[0])
     pipe.set_lora_scales({name: 0})
     off = pipe(image=photo, seed=4, **SETTINGS)[0]
-    assert np.array_equal(plain, np.asarray(off)) and "fastimg:loras" not in off.info
+    assert within_a_level(plain, off) and "fastimg:loras" not in off.info
     pipe.set_lora_scales({name: 1.0})
     pipe.unload_lora(name)
-    assert np.array_equal(plain, np.asarray(pipe(image=photo, seed=4, **SETTINGS)[0]))
+    assert within_a_level(plain, pipe(image=photo, seed=4, **SETTINGS)[0])
+    assert pipe.sessions["unet"].plain is None  # the plain graph's weights were let go
 
 
 def test_the_prompt_cache_is_keyed_by_the_active_loras(engines, lora_files, photo):

@@ -41,7 +41,7 @@ def test_a_branch_of_zeros_and_a_branch_of_a_lora_do_what_they_say(tiny, tmp_pat
     plain = ort.InferenceSession(str(source)).run(None, feeds)[0]
     branched = ort.InferenceSession(str(path))
     adapters = Adapters()
-    nothing = adapters._build(order, {})
+    nothing = adapters._build(order, {}, {})
     assert nothing is None  # no LoRA: the plain graph runs, not this one
     zeros = {}
     for index, target in enumerate(order):
@@ -58,7 +58,7 @@ def test_a_branch_of_zeros_and_a_branch_of_a_lora_do_what_they_say(tiny, tmp_pat
     }  # fmt: skip
     adapters.loras["x"], adapters.scales["x"] = lora, 1.0
     matched = {"x": match_layers(lora, "unet", find_targets(model))}
-    changed = branched.run(None, {**feeds, **adapters._build(order, matched)})[0]
+    changed = branched.run(None, {**feeds, **adapters._build(order, matched, {"x": 1.0})})[0]
     assert not np.allclose(changed, plain, atol=1e-3)
     assert variant_key("a", modules) == variant_key("a", modules[::-1]) != variant_key("b", modules)
 

@@ -1,6 +1,7 @@
 """LoRAs at run time on loaded engines: each adapted graph gets a branched twin (built once per
-set of adapted layers, beside the original), and its session runs the twin while a LoRA is
-active and the plain graph otherwise, so calls without a LoRA keep the plain engines' speed."""
+set of adapted layers, beside the original). A pipeline that never loads a LoRA runs its plain
+graphs; once a LoRA loads, the twin replaces the plain graph for every call (with no LoRA
+active its branches are fed zeros), so the weights are held once, not twice."""
 
 import threading
 
@@ -8,13 +9,13 @@ from ..backends import LoadOptions, load_session
 from ..backends.checked import CheckedSession
 from ..backends.registry import describe
 from ..errors import InputError
-from ..lora.adapters import GRAPHS, Adapters, match_layers, model_of
+from ..lora.adapters import GRAPHS, Adapters, match_layers, model_of, zero_feeds
 from ..lora.graph import find_targets, load_graph, variant_key, write_branched_graph
 
 
 class LoraSession:
-    """A component's session that runs its branched graph with the active LoRAs' projections,
-    or its plain graph when none of them adapts it."""
+    """A component's session that runs its branched graph with the active LoRAs' projections
+    (zeros where none adapts a layer); the plain graph only until the twin is loaded."""
 
     def __init__(self, plain, component: str, adapters: Adapters):
         self.plain, self.component, self.adapters = plain, component, adapters
@@ -22,19 +23,22 @@ class LoraSession:
         for attribute in ("device", "stream", "precision"):
             if hasattr(plain, attribute):
                 setattr(self, attribute, getattr(plain, attribute))
-        self.branched = None
+        self.branched, self.zeros = None, {}
         self.order: list = []
         self.matched: dict[str, dict] = {}  # LoRA name -> its layers by module path
 
     def run(self, feeds: dict) -> dict:
-        """Run the plain graph, or the branched one with the active LoRAs' projections."""
-        model = model_of(self.component)
-        extra = None
-        if self.branched is not None:
-            extra = self.adapters.feeds(model, self.order, self.matched)
-        if extra is None:
+        """Run the branched graph with the active LoRAs' projections (the plain one before it
+        is loaded)."""
+        if self.branched is None:
             return self.plain.run(feeds)
-        return self.branched.run({**feeds, **extra})
+        extra = self.adapters.feeds(model_of(self.component), self.order, self.matched)
+        return self.branched.run({**feeds, **(extra or self.zeros)})
+
+    def replace_graph(self, order: list, branched, zeros: dict) -> None:
+        """Run `branched` from now on, and let the plain graph's weights go."""
+        self.order, self.branched, self.zeros = order, branched, zeros
+        self.plain = None
 
 
 class PipelineLoras:
@@ -94,7 +98,7 @@ class PipelineLoras:
             session.matched[name] = match_layers(lora, model, targets)
             needed = sorted({m for layers in session.matched.values() for m in layers})
             if set(needed) - {t.module for t in session.order}:
-                session.order, session.branched = self._branched(component, needed)
+                session.replace_graph(*self._branched(component, needed))
 
     def _graph_targets(self, component: str) -> dict:
         if component not in self._targets:
@@ -140,4 +144,4 @@ class PipelineLoras:
             self.manifest.vae_scale_factor,
             self.engine_set.backend,
         )
-        return order, checked
+        return order, checked, zero_feeds(order)

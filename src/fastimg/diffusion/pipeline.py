@@ -23,6 +23,7 @@ from ..backends.scratch import giving_back_scratch
 from ..backends.select import resolve
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import InputError
+from ..lora.adapters import label_of
 from ..lora.files import parse_lora_spec
 from ..media import images
 from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
@@ -372,6 +373,7 @@ class Img2ImgPipeline:
         control_preprocess: str | None = None,
         mask_image: Image.Image | str | Path | None = None,
         mask_invert: bool = False,
+        lora_scales: dict | str | None = None,
         *,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Image.Image]:
@@ -388,7 +390,8 @@ class Img2ImgPipeline:
         ("canny", "scribble": the control image made first; from `image` without one).
         `mask_image` inpaints as
         StableDiffusionInpaintPipeline: white is repainted, black kept (`mask_invert` swaps);
-        inpainting folders (a 9-channel UNet) need one, plain ones take one too.
+        inpainting folders (a 9-channel UNet) need one, plain ones take one too. `lora_scales`
+        ({name: scale} of loaded LoRAs, the others off) overrides the loaded scales for this call.
         `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
         engine calls, raises Cancelled when it says so (call_many's).
         """
@@ -416,6 +419,7 @@ class Img2ImgPipeline:
             control_preprocess=control_preprocess,
             mask_image=mask_image,
             mask_invert=mask_invert,
+            lora_scales=lora_scales,
         )
         return self._run([request], callback, should_stop)[0]
 
@@ -449,6 +453,7 @@ class Img2ImgPipeline:
         unknown = [name for name in arguments if name not in CALL_ARGUMENTS]
         if unknown:
             raise InputError(f"unknown argument {unknown[0]!r}")
+        loras = self.loras.adapters.for_call(arguments.pop("lora_scales", None))
         settings = CallSettings(**arguments, sdxl=tuple(sdxl.items()))
         checked = check_call(self.manifest, settings)
         settings = checked.settings
@@ -480,6 +485,7 @@ class Img2ImgPipeline:
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
             control=prepare_control(settings, pixels.shape[2], pixels.shape[3], image),
             mask=prepare_mask(settings, pixels, self.manifest.vae_scale_factor),
+            loras=loras,
         )
 
     def _run(self, group: list[Request], callback, should_stop=None) -> list[list[Image.Image]]:
@@ -493,7 +499,8 @@ class Img2ImgPipeline:
         chunk, held = self.engines.images_per_call(engines, height, width, total, first.cfg)
         give_back = self.engines.gives_back(engines, held)
         try:
-            decoded = self._images(group, engines, chunk, callback, should_stop, give_back)
+            with self.loras.adapters.using(first.loras):
+                decoded = self._images(group, engines, chunk, callback, should_stop, give_back)
         finally:
             self.engines.settle(engines, held, give_back)
         # 7. Each request's images, labelled with what made them.
@@ -588,6 +595,6 @@ class Img2ImgPipeline:
             labels.update(request.control.labels(), **model_label(self.manifest))
         if request.mask is not None:
             labels["fastimg:mask"] = request.mask.label
-        if self.loras.adapters.active:
-            labels["fastimg:loras"] = self.loras.adapters.label()
+        if request.loras:
+            labels["fastimg:loras"] = label_of(request.loras)
         return labels

@@ -56,13 +56,14 @@ class Request:
     cfg: bool
     control: Control | None = None
     mask: Mask | None = None
+    loras: tuple = ()  # the LoRAs and scales it runs with, (name, scale) sorted
 
     @property
     def key(self) -> tuple:
         """What calls batched together must share: the image size, the sampling, the control,
-        whether a mask is given."""
+        whether a mask is given, the LoRAs."""
         shared = (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
-        return (*shared, self.control and self.control.key, self.mask is not None)
+        return (*shared, self.control and self.control.key, self.mask is not None, self.loras)
 
 
 def stop_point(should_stop, stage: str) -> None:

@@ -2,8 +2,11 @@
 graph: several LoRAs at once are one branch of their summed ranks, a scale is folded into the
 up projection, so switching LoRAs or scales costs a few concatenations and no recompile."""
 
+import contextlib
+import contextvars
 import re
 import threading
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +15,9 @@ from ..errors import InputError
 from .files import MAX_SCALE, LoraFile, LoraLayer, read_lora
 from .graph import Target
 
+FEEDS_KEPT = 8  # the projections of this many (graph, LoRAs and scales) are kept built
+# The LoRAs and scales of the call running in this context (None: the loaded ones' scales).
+_CALL: contextvars.ContextVar[tuple | None] = contextvars.ContextVar("lora_call", default=None)
 # The graphs each LoRA model adapts (the ControlNet folders' UNet graph too).
 GRAPHS = {
     "unet": ("unet", "unet_control"),
@@ -85,7 +91,7 @@ class Adapters:
         self._lock = threading.Lock()
         self.loras: dict[str, LoraFile] = {}
         self.scales: dict[str, float] = {}
-        self._feeds: dict[tuple, dict | None] = {}
+        self._feeds: OrderedDict[tuple, dict | None] = OrderedDict()
 
     def load(self, path: str | Path, name: str | None = None, scale: float = 1.0) -> str:
         """Read a LoRA file under `name` (default: the file's stem) at `scale`; its name."""
@@ -94,7 +100,7 @@ class Adapters:
         with self._lock:
             self.loras[name] = lora
             self.scales[name] = _checked_scale(scale, name)
-            self._feeds.clear()
+            self._feeds.clear()  # a LoRA loaded again under a name has new projections
         return name
 
     def unload(self, name: str) -> None:
@@ -102,7 +108,6 @@ class Adapters:
         with self._lock:
             self._known(name)
             del self.loras[name], self.scales[name]
-            self._feeds.clear()
 
     def set_scales(self, scales: dict[str, float]) -> None:
         """Set the named LoRAs' scales (0 turns one off); the others keep theirs."""
@@ -111,7 +116,6 @@ class Adapters:
                 self._known(name)
             for name, scale in scales.items():
                 self.scales[name] = _checked_scale(scale, name)
-            self._feeds.clear()
 
     def _known(self, name: str) -> None:
         if name not in self.loras:
@@ -120,29 +124,56 @@ class Adapters:
 
     @property
     def active(self) -> dict[str, float]:
-        """The loaded LoRAs whose scale is not 0, with their scales."""
-        return {name: s for name, s in self.scales.items() if s != 0.0}
+        """The LoRAs whose scale is not 0, with their scales: the running call's, else the
+        loaded ones'."""
+        call = _CALL.get()
+        scales = dict(call) if call is not None else self.scales
+        return {name: s for name, s in scales.items() if s != 0.0 and name in self.loras}
+
+    def for_call(self, given: "str | dict | None") -> tuple:
+        """A call's LoRAs and scales: `given` ({name: scale} or 'NAME:SCALE,...', the others
+        off), else the loaded ones' scales now; as sorted (name, scale) pairs."""
+        if given is None:
+            with self._lock:
+                return tuple(sorted(self.active.items()))
+        if isinstance(given, str):
+            given = dict(_pair(part, self) for part in given.split(",") if part.strip())
+        for name in given:
+            self._known(name)
+        chosen = {name: _checked_scale(scale, name) for name, scale in given.items()}
+        return tuple(sorted((n, s) for n, s in chosen.items() if s != 0.0))
+
+    @contextlib.contextmanager
+    def using(self, loras: tuple):
+        """Run what is inside with the LoRAs and scales `loras` (for_call's)."""
+        token = _CALL.set(loras)
+        try:
+            yield
+        finally:
+            _CALL.reset(token)
 
     def state(self) -> tuple:
         """The active LoRAs and scales, as a cache key of what they change."""
         with self._lock:
             return tuple(sorted((n, str(self.loras[n].path), s) for n, s in self.active.items()))
 
-    def label(self) -> str:
-        """'name:scale, ...' of the active LoRAs (the fastimg:loras label)."""
-        return ", ".join(f"{name}:{scale:g}" for name, scale in sorted(self.active.items()))
-
     def feeds(self, model: str, order: list[Target], matched: dict) -> dict | None:
         """The projections of the active LoRAs for a graph branched at `order` (None when none
         of them adapts `model`): `matched[name]` is each LoRA's layers by module path."""
-        key = (model, tuple(t.module for t in order))
         with self._lock:
-            if key not in self._feeds:
-                self._feeds[key] = self._build(order, matched)
-            return self._feeds[key]
+            active = self.active
+            key = (model, tuple(t.module for t in order), tuple(sorted(active.items())),
+                   tuple(id(self.loras[n]) for n in sorted(active)))  # fmt: skip
+            if key in self._feeds:
+                self._feeds.move_to_end(key)
+                return self._feeds[key]
+            feeds = self._feeds[key] = self._build(order, matched, active)
+            while len(self._feeds) > FEEDS_KEPT:
+                self._feeds.popitem(last=False)
+            return feeds
 
-    def _build(self, order: list[Target], matched: dict) -> dict | None:
-        active = [(matched[n], s) for n, s in self.active.items() if matched.get(n)]
+    def _build(self, order: list[Target], matched: dict, scales: dict) -> dict | None:
+        active = [(matched[n], s) for n, s in scales.items() if matched.get(n)]
         if not active:
             return None
         feeds = {}
@@ -166,6 +197,33 @@ class Adapters:
             feeds[down_name] = np.ascontiguousarray(np.concatenate(downs, axis=axis_down))
             feeds[up_name] = np.ascontiguousarray(np.concatenate(ups, axis=axis_up))
         return feeds
+
+
+def _pair(part: str, adapters: Adapters) -> tuple[str, float]:
+    """('name', scale) of one 'NAME:SCALE' (or 'NAME', at 1) of a call's LoRAs."""
+    name, sep, scale = part.strip().rpartition(":")
+    if not sep:
+        return part.strip(), 1.0
+    try:
+        return name, float(scale)
+    except ValueError:
+        raise InputError(
+            f"LoRA scale {scale!r} of {name!r} is not a number: write NAME:SCALE, e.g. {name}:0.8"
+        ) from None
+
+
+def label_of(loras: tuple) -> str:
+    """'name:scale, ...' of a call's LoRAs (the fastimg:loras label)."""
+    return ", ".join(f"{name}:{scale:g}" for name, scale in loras)
+
+
+def zero_feeds(order: list[Target]) -> dict:
+    """Rank-1 projections of zeros for every branch: the graph computes the plain model."""
+    feeds = {}
+    for index, target in enumerate(order):
+        (down,), (up,) = _zero_pair(target)
+        feeds.update(zip(target.input_names(index), (down, up), strict=True))
+    return feeds
 
 
 def _zero_pair(target: Target) -> tuple[list, list]:

@@ -396,6 +396,7 @@ class Service:
             "workers": o.workers,
             "max_queue": o.max_queue,
             "timeout": o.timeout,
+            "loras": dict(pipe.loras.adapters.scales),  # preloaded (serve --lora): lora_scales
         }
 
 
