@@ -1,0 +1,270 @@
+"""A1111's API (stable-diffusion-webui's /sdapi/v1), spoken by Krita and Photoshop plugins,
+chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
+
+    POST /sdapi/v1/img2img     JSON as A1111 takes it (compat_a1111_fields); answers
+                               {"images": [base64 PNG], "parameters": {...}, "info": "JSON"}
+    GET  /sdapi/v1/samplers    A1111's names of the samplers fastimg runs
+    GET  /sdapi/v1/schedulers  the schedulers those take
+    GET  /sdapi/v1/sd-models   the one model the server runs
+    GET  /sdapi/v1/options     what clients read (the model); POST: only what it already is
+    GET  /sdapi/v1/progress    A1111's progress shape: the requests running and waiting
+    POST /sdapi/v1/interrupt   stops the A1111 requests in flight at their next step; each
+                               answers with the images it had finished
+    GET  /sdapi/v1/scripts     none (clients probe it for extensions)
+
+An img2img request passes the same admission, deadline, metrics, key and labels as
+/v1/img2img (app.answer); its images are /v1/img2img's with the same settings and seed.
+"""
+
+import asyncio
+import base64
+import dataclasses
+import io
+import json
+import threading
+import time
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from PIL import Image
+
+from ..errors import InputError
+from ..media.images import decode_image
+from ..media.labels import parameters_text
+from ..media.vocabulary import version
+from .admission import check_length, limited, paced
+from .compat_a1111_fields import (
+    A1111_NAMES,
+    A1111Request,
+    a1111_message,
+    read_request,
+    sampler_list,
+)
+from .requests import Body, Refusal
+from .service import Service
+
+A1111_IMG2IMG = "/sdapi/v1/img2img"
+PREFIX = "/sdapi/v1"
+
+
+def add_a1111_routes(app: FastAPI, service: Service, guarded: list, answer) -> None:
+    """The /sdapi/v1 routes on `app`, behind the key (`guarded`); img2img through `answer`."""
+    interrupts: set[threading.Event] = set()  # the stop flags of A1111 requests in flight
+
+    @app.post(A1111_IMG2IMG, dependencies=guarded)
+    async def img2img(request: Request) -> Response:
+        """A1111's img2img: one image in, batch_size x n_iter out (each with its own seed)."""
+
+        async def work(deadline: float, run):
+            """The A1111 request read, checked and run: its response and its images."""
+            o = service.options
+            with service.admission.upload():
+                pace = (o.body_bytes_per_second, o.head_seconds, deadline)
+                payload = await _read_json(request, o.max_upload_bytes, pace)
+            try:
+                read = read_request(payload, model_title(service),
+                                    o.workers + o.max_queue)  # fmt: skip
+                checked = await asyncio.to_thread(_checked, service, read)
+            except InputError as exc:
+                raise InputError(a1111_message(str(exc))) from None
+            interrupt = threading.Event()
+            interrupts.add(interrupt)
+            try:
+                results = await run(checked, interrupt)
+            finally:
+                interrupts.discard(interrupt)
+            done = [result for result in results if result is not None]
+            encoded = [result.encoded[0] for result in done]
+            return JSONResponse(_answer(service, read, done, encoded)), encoded
+
+        return await answer(service, request, work)
+
+    @app.get(f"{PREFIX}/samplers", dependencies=guarded)
+    async def samplers() -> Response:
+        """A1111's names of the samplers fastimg runs."""
+        return JSONResponse(sampler_list())
+
+    @app.get(f"{PREFIX}/schedulers", dependencies=guarded)
+    async def schedulers() -> Response:
+        """The schedulers the samplers take (automatic: each sampler's own)."""
+        return JSONResponse([
+            {"name": "automatic", "label": "Automatic", "aliases": None, "default_rho": -1,
+             "need_inner_model": False},
+            {"name": "karras", "label": "Karras", "aliases": None, "default_rho": 7.0,
+             "need_inner_model": False},
+        ])  # fmt: skip
+
+    @app.get(f"{PREFIX}/sd-models", dependencies=guarded)
+    async def sd_models() -> Response:
+        """The one model this server runs, as A1111 lists a checkpoint."""
+        if service.pipe is None:
+            return _unavailable(service)
+        name, short, sha = _model(service)
+        return JSONResponse([{"title": model_title(service), "model_name": name, "hash": short,
+                              "sha256": sha, "filename": str(service.options.engines or name),
+                              "config": None}])  # fmt: skip
+
+    @app.get(f"{PREFIX}/options", dependencies=guarded)
+    async def options() -> Response:
+        """The options clients read: the model, the output format, the etas the samplers run."""
+        if service.pipe is None:
+            return _unavailable(service)
+        return JSONResponse(_options(service))
+
+    @app.post(f"{PREFIX}/options", dependencies=guarded)
+    async def set_options(request: Request) -> Response:
+        """Options can only be set to what they are (one model, loaded once): 422 otherwise."""
+        if service.pipe is None:
+            return _unavailable(service)
+        try:
+            wanted = await request.json()
+        except ValueError:
+            return Refusal(400, "the body is not valid JSON").response()
+        current = _options(service)
+        for key, value in (wanted if isinstance(wanted, dict) else {"": wanted}).items():
+            if current.get(key, object()) != value and not (
+                key == "sd_model_checkpoint" and value == _model(service)[0]
+            ):
+                return Refusal(422, f"option {key!r} cannot be set to {value!r} on fastimg: "
+                               f"it runs {current.get(key)!r}").response()  # fmt: skip
+        return JSONResponse(None)
+
+    @app.get(f"{PREFIX}/progress", dependencies=guarded)
+    async def progress() -> Response:
+        """A1111's progress shape: how many requests are running or waiting."""
+        admission = service.admission
+        jobs = admission.running + admission.waiting
+        state = {"skipped": False, "interrupted": False, "stopping_generation": False,
+                 "job": "img2img" if jobs else "", "job_count": jobs,
+                 "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "job_no": 0,
+                 "sampling_step": 0, "sampling_steps": 0}  # fmt: skip
+        return JSONResponse({"progress": 0.0, "eta_relative": 0.0, "state": state,
+                             "current_image": None, "textinfo": None})  # fmt: skip
+
+    @app.post(f"{PREFIX}/interrupt", dependencies=guarded)
+    async def interrupt() -> Response:
+        """Stop the A1111 requests in flight at their next step."""
+        for flag in list(interrupts):
+            flag.set()
+        return JSONResponse(None)
+
+    @app.get(f"{PREFIX}/scripts", dependencies=guarded)
+    async def scripts() -> Response:
+        """No scripts (clients look here for extensions such as ControlNet)."""
+        return JSONResponse({"txt2img": [], "img2img": []})
+
+
+def model_title(service: Service) -> str:
+    """The model as A1111 titles a checkpoint: 'name [hash]'."""
+    name, short, _ = _model(service)
+    return f"{name} [{short}]"
+
+
+def _model(service: Service) -> tuple[str, str, str]:
+    """(name, short hash, long hash) of the model the server runs."""
+    info = service.pipe.model_info
+    long = service.pipe.manifest.graph_digest(("unet",))
+    return str(info.get("fastimg:model")), str(info.get("fastimg:model_hash")), long
+
+
+def _options(service: Service) -> dict:
+    """The A1111 options that say what this server does."""
+    return {"sd_model_checkpoint": model_title(service), "sd_checkpoint_hash": _model(service)[2],
+            "samples_format": "png", "eta_ddim": 0.0, "eta_ancestral": 1.0,
+            "img2img_fix_steps": False, "upscaler_for_img2img": None,
+            "CLIP_stop_at_last_layers": 1}  # fmt: skip
+
+
+def _unavailable(service: Service) -> Response:
+    return JSONResponse({"detail": service.unavailable_reason()}, status_code=503)
+
+
+async def _read_json(request: Request, limit: int, pace):
+    """The JSON body, read within the upload limit at the server's least rate."""
+    check_length(request.headers.get("content-length"), limit)
+    raw = b"".join([chunk async for chunk in limited(paced(request.stream(), *pace), limit)])
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        raise Refusal(400, f"the body is not valid JSON: {exc}") from None
+
+
+def _checked(service: Service, read: A1111Request) -> list:
+    """The request's image resized as A1111 does, and one checked fastimg request per image
+    (each with its own seed), within the server's limits for all of them together."""
+    data = _resized(read.data, read.size, read.resize_mode, service.options.max_pixels)
+    first = service.check_request(Body(read.fields, data, None))
+    size = service.image_size(first)
+    first = dataclasses.replace(first, size=size)
+    if len(read.seeds) > 1:  # the cost and response bytes of all of them
+        call = first.job.call.with_values(num_images_per_prompt=len(read.seeds))
+        service.image_size(_with_call(first, call))
+    return [first] + [_with_call(first, first.job.call.with_values(seed=s)) for s in read.seeds[1:]]
+
+
+def _with_call(request, call):
+    """`request` with its job's call settings replaced."""
+    return dataclasses.replace(request, job=dataclasses.replace(request.job, call=call))
+
+
+def _resized(data: bytes, size: tuple[int, int], mode: int, max_pixels: int) -> bytes:
+    """The image at `size`, as A1111's images.resize_image makes it with no upscaler (Lanczos):
+    mode 0 stretches it, mode 1 scales it to cover and crops the middle. An image already at
+    `size` is kept as sent."""
+    image = decode_image(data, "init_images", max_pixels)
+    width, height = size
+    if image.size == size:
+        return data
+    if width * height > max_pixels:
+        limit = f"{max_pixels / 1e6:.1f} megapixels"
+        raise InputError(f"width x height ({width}x{height}) is over the {limit} this server "
+                         "takes: ask for a smaller size")  # fmt: skip
+    if mode == 0:
+        image = image.resize(size, Image.LANCZOS)
+    else:  # (A1111's arithmetic, to the pixel)
+        ratio, source_ratio = width / height, image.width / image.height
+        cover_w = width if ratio > source_ratio else image.width * height // image.height
+        cover_h = height if ratio <= source_ratio else image.height * width // image.width
+        covered = image.resize((cover_w, cover_h), Image.LANCZOS)
+        image = Image.new("RGB", size)
+        image.paste(covered, box=(width // 2 - cover_w // 2, height // 2 - cover_h // 2))
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _answer(service: Service, read: A1111Request, results: list, encoded: list) -> dict:
+    """A1111's answer: the images (base64 PNG), the request's parameters, and `info` (a JSON
+    string: the seeds, prompts and infotexts)."""
+    width, height = read.size
+    settings = [result.settings for result in results]
+    infotexts = [parameters_text(s, _size(data)) for s, data in zip(settings, encoded, strict=True)]
+    seeds = [s["fastimg:seed"] for s in settings] or read.seeds
+    prompt, negative = read.given.get("prompt", ""), read.given.get("negative_prompt", "")
+    first = settings[0] if settings else {}
+    info = {
+        "prompt": prompt, "all_prompts": [prompt] * len(seeds),
+        "negative_prompt": negative, "all_negative_prompts": [negative] * len(seeds),
+        "seed": seeds[0], "all_seeds": seeds, "subseed": -1, "all_subseeds": [-1] * len(seeds),
+        "subseed_strength": 0, "width": width, "height": height,
+        "sampler_name": A1111_NAMES.get(first.get("fastimg:scheduler")),
+        "cfg_scale": read.given.get("cfg_scale"), "steps": read.given.get("steps"),
+        "batch_size": read.given.get("batch_size"), "restore_faces": False,
+        "face_restoration_model": None, "sd_model_name": first.get("fastimg:model"),
+        "sd_model_hash": first.get("fastimg:model_hash"),
+        "seed_resize_from_w": -1, "seed_resize_from_h": -1,
+        "denoising_strength": read.given.get("denoising_strength"),
+        "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts,
+        "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
+        "is_using_inpainting_conditioning": False, "version": f"fastimg {version()}",
+        "interrupted": len(results) < len(read.seeds),
+    }  # fmt: skip
+    images = [base64.b64encode(data).decode("ascii") for data in encoded]
+    return {"images": images if read.send_images else [], "parameters": read.given,
+            "info": json.dumps(info)}  # fmt: skip
+
+
+def _size(data: bytes) -> tuple[int, int]:
+    """An encoded image's (width, height), from its header."""
+    with Image.open(io.BytesIO(data)) as image:
+        return image.size
