@@ -1,0 +1,173 @@
+"""A1111's /sdapi/v1 through the real `webuiapi` client against a live server on the tiny model:
+its images equal /v1/img2img's with the same settings and seeds, its listings, its refusals."""
+
+import base64
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("fastapi")
+webuiapi = pytest.importorskip("webuiapi")
+
+from fastimg.media.label_reader import read_labels  # noqa: E402
+from fastimg.media.vocabulary import TRAINED_ALGORITHMIC_MEDIA  # noqa: E402
+from fastimg.serve import ServeOptions  # noqa: E402
+from tests.serve.harness import count, decoded, gated_server, live, ready, wait_for  # noqa: E402
+
+A1111 = dict(prompt="a cat", denoising_strength=0.6, steps=3, cfg_scale=5, sampler_name="Euler")
+OURS = {"prompt": "a cat", "strength": "0.6", "steps": "3", "guidance": "5", "sampler": "euler"}
+
+
+@pytest.fixture(scope="module")
+def server(tiny):
+    """A live server on the tiny model (the engines loaded by the app) and a webuiapi client."""
+    options = ServeOptions(engines=tiny[1], backend="onnxruntime", precision="fp32")
+    with live(options) as (client, service):
+        ready(client)
+        api = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port)
+        yield client, service, api
+
+
+def ours(client, image: Image.Image, **fields) -> np.ndarray:
+    """/v1/img2img's image for `image` with OURS and `fields`."""
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    files = {"image": ("in.png", data.getvalue(), "image/png")}
+    response = client.post("/v1/img2img", files=files, data={**OURS, **fields})
+    assert response.status_code == 200, response.text
+    return decoded(response.content)
+
+
+def test_webuiapi_img2img_equals_v1_img2img_seed_by_seed(server, photo, tmp_path):
+    client, service, api = server
+    ok = count(service, "ok") or 0
+    result = api.img2img(images=[photo], width=90, height=68, seed=11, batch_size=2, **A1111)
+    assert len(result.images) == 2
+    for image, seed in zip(result.images, (11, 12), strict=True):
+        expected = ours(client, photo, seed=str(seed))
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), expected)
+    assert result.info["seed"] == 11 and result.info["all_seeds"] == [11, 12]
+    assert result.info["sampler_name"] == "Euler" and result.info["width"] == 90
+    assert "Seed: 12" in result.info["infotexts"][1]
+    assert result.info["infotexts"][0].startswith("a cat\nSteps: 3, Sampler: Euler, CFG scale: 5")
+    assert result.parameters["prompt"] == "a cat" and result.parameters["init_images"] is None
+    assert count(service, "ok") == ok + 3  # the A1111 request and ours, counted alike
+
+    saved = tmp_path / "a1111.png"
+    saved.write_bytes(base64.b64decode(result.json["images"][0]))
+    labels = read_labels(saved)
+    assert labels["digital_source_type"] == TRAINED_ALGORITHMIC_MEDIA
+    assert labels["parameters"] == result.info["infotexts"][0]
+
+
+@pytest.mark.parametrize("mode", [0, 1])
+def test_width_and_height_resize_as_a1111_does(server, photo, mode):
+    client, _, api = server
+    result = api.img2img(images=[photo], width=48, height=64, seed=5, resize_mode=mode, **A1111)
+    if mode == 0:  # just resize: stretched
+        resized = photo.resize((48, 64), Image.LANCZOS)
+    else:  # crop and resize: 90x68 scaled to cover 48x64 (84x64), its middle kept
+        resized = Image.new("RGB", (48, 64))
+        resized.paste(photo.resize((84, 64), Image.LANCZOS), box=(24 - 42, 0))
+    assert result.image.size == (48, 64)
+    expected = ours(client, resized, seed="5")
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), expected)
+
+
+def test_a_random_seed_is_reported_and_reproduces(server, photo):
+    client, _, api = server
+    result = api.img2img(images=[photo], width=90, height=68, seed=-1, **A1111)
+    seed = result.info["seed"]
+    assert result.info["all_seeds"] == [seed] and 0 <= seed < 2**32
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")),
+                                  ours(client, photo, seed=str(seed)))  # fmt: skip
+
+
+def test_the_listings_clients_read(server, pipe):
+    client, _, api = server
+    assert {"Euler a", "Euler", "DDIM", "DPM++ 2M", "LCM"} <= set(api.util_get_sampler_names())
+    name, short = pipe.model_info["fastimg:model"], pipe.model_info["fastimg:model_hash"]
+    assert api.util_get_model_names() == [f"{name} [{short}]"]
+    assert api.util_get_current_model() == f"{name} [{short}]"
+    assert api.get_options()["samples_format"] == "png"
+    api.util_set_model(f"{name} [{short}]")  # the model it runs: accepted
+    progress = api.get_progress()
+    assert progress["state"]["job_count"] == 0 and progress["progress"] == 0.0
+    assert "automatic" in api.util_get_scheduler_names()
+
+
+def test_another_model_cannot_be_chosen(server):
+    _, _, api = server
+    with pytest.raises(RuntimeError) as raised:
+        wanted = {"sd_model_checkpoint": "other.safetensors"}
+        api._to_api_result(api.session.post(f"{api.baseurl}/options", json=wanted))
+    assert raised.value.args[0] == 422 and "sd_model_checkpoint" in raised.value.args[1]
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"tiling": True}, "the field 'tiling' (True) is one fastimg cannot honour"),
+        ({"restore_faces": True}, "'restore_faces'"),
+        ({"sampler_name": "Heun"}, "sampler_name 'Heun' is not one fastimg runs: send one of"),
+        ({"cfg_scale": -1}, "Invalid value for 'cfg_scale'"),
+        ({"denoising_strength": 1.5}, "Invalid value for 'denoising_strength'"),
+        ({"resize_mode": 2}, "resize_mode 2 is not supported"),
+        ({"subseed_strength": 0.5}, "'subseed_strength'"),
+        ({"styles": ["cinematic"]}, "'styles'"),
+        ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "CLIP_stop_at_last_layers"),
+        ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "'ControlNet'"),
+        ({"sampler_name": "DDIM", "eta": 1.0}, "eta 1.0 with 'DDIM'"),
+        ({"batch_size": 0}, "batch_size must be a whole number of at least 1"),
+    ],
+)
+def test_what_fastimg_cannot_honour_is_refused_by_name(server, photo, fields, message):
+    _, service, api = server
+    refused = count(service, "422") or 0
+    with pytest.raises(RuntimeError) as raised:
+        api.img2img(images=[photo], **{**A1111, "width": 90, "height": 68, **fields})
+    status, text = raised.value.args
+    assert status == 422 and message in json.loads(text)["detail"]
+    assert count(service, "422") == refused + 1
+
+
+def test_unknown_fields_and_missing_images_are_refused(server):
+    client, _, _ = server
+    unknown = client.post("/sdapi/v1/img2img", json={"init_images": ["x"], "colour": "red"})
+    assert unknown.status_code == 422 and "unknown field 'colour'" in unknown.json()["detail"]
+    none = client.post("/sdapi/v1/img2img", json={"prompt": "a cat"})
+    assert none.status_code == 422 and "init_images must hold one image" in none.json()["detail"]
+    broken = client.post("/sdapi/v1/img2img", json={"init_images": ["*not base64*"]})
+    assert broken.status_code == 422 and "'init_images' is not valid base64" in broken.text
+
+
+def test_the_api_key_guards_the_a1111_routes(pipe, photo):
+    with live(ServeOptions(api_key="s3cret"), lambda: pipe) as (client, service):
+        ready(client)
+        api = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port)
+        with pytest.raises(RuntimeError) as raised:
+            api.img2img(images=[photo], width=90, height=68, seed=3, **A1111)
+        assert raised.value.args[0] == 401 and count(service, "401") == 1
+        api.session.headers["Authorization"] = "Bearer s3cret"
+        result = api.img2img(images=[photo], width=90, height=68, seed=3, **A1111)
+        assert result.image.size == (88, 64)  # (the engines' multiple of 8, as /v1/img2img)
+
+
+def test_interrupt_stops_the_a1111_requests_in_flight(pipe, photo):
+    with gated_server(pipe) as (client, service, gated, pool):
+        api = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port)
+        answer = pool.submit(api.img2img, images=[photo], width=90, height=68, seed=1,
+                             batch_size=2, **A1111)  # fmt: skip
+        assert gated.entered.wait(30)  # the first image runs, the second waits
+        progress = api.get_progress()["state"]
+        assert progress["job_count"] == 2 and progress["job"] == "img2img"
+        assert api.interrupt() is None
+        gated.release.set()
+        result = answer.result(60)
+        assert result.images == [] and result.info["interrupted"] is True
+        assert result.info["all_seeds"] == [1, 2]
+        wait_for(lambda: service.admission.running == 0)
+        assert gated.steps == [1]  # stopped at its next step; the second never ran
