@@ -19,17 +19,14 @@ An img2img request passes the same admission, deadline, metrics, key and labels 
 import asyncio
 import base64
 import dataclasses
-import io
 import json
 import threading
 import time
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from PIL import Image
 
 from ..errors import InputError
-from ..media.images import decode_image
 from ..media.labels import parameters_text
 from ..media.vocabulary import version
 from .admission import check_length, limited, paced
@@ -40,6 +37,7 @@ from .compat_a1111_fields import (
     read_request,
     sampler_list,
 )
+from .compat_images import image_size, resized
 from .requests import Body, Refusal
 from .service import Service
 
@@ -192,7 +190,7 @@ async def _read_json(request: Request, limit: int, pace):
 def _checked(service: Service, read: A1111Request) -> list:
     """The request's image resized as A1111 does, and one checked fastimg request per image
     (each with its own seed), within the server's limits for all of them together."""
-    data = _resized(read.data, read.size, read.resize_mode, service.options.max_pixels)
+    data = resized(read.data, read.size, read.resize_mode, service.options.max_pixels)
     first = service.check_request(Body(read.fields, data, None))
     size = service.image_size(first)
     first = dataclasses.replace(first, size=size)
@@ -207,38 +205,14 @@ def _with_call(request, call):
     return dataclasses.replace(request, job=dataclasses.replace(request.job, call=call))
 
 
-def _resized(data: bytes, size: tuple[int, int], mode: int, max_pixels: int) -> bytes:
-    """The image at `size`, as A1111's images.resize_image makes it with no upscaler (Lanczos):
-    mode 0 stretches it, mode 1 scales it to cover and crops the middle. An image already at
-    `size` is kept as sent."""
-    image = decode_image(data, "init_images", max_pixels)
-    width, height = size
-    if image.size == size:
-        return data
-    if width * height > max_pixels:
-        limit = f"{max_pixels / 1e6:.1f} megapixels"
-        raise InputError(f"width x height ({width}x{height}) is over the {limit} this server "
-                         "takes: ask for a smaller size")  # fmt: skip
-    if mode == 0:
-        image = image.resize(size, Image.LANCZOS)
-    else:  # (A1111's arithmetic, to the pixel)
-        ratio, source_ratio = width / height, image.width / image.height
-        cover_w = width if ratio > source_ratio else image.width * height // image.height
-        cover_h = height if ratio <= source_ratio else image.height * width // image.width
-        covered = image.resize((cover_w, cover_h), Image.LANCZOS)
-        image = Image.new("RGB", size)
-        image.paste(covered, box=(width // 2 - cover_w // 2, height // 2 - cover_h // 2))
-    out = io.BytesIO()
-    image.save(out, format="PNG", compress_level=1)
-    return out.getvalue()
-
-
 def _answer(service: Service, read: A1111Request, results: list, encoded: list) -> dict:
     """A1111's answer: the images (base64 PNG), the request's parameters, and `info` (a JSON
     string: the seeds, prompts and infotexts)."""
     width, height = read.size
     settings = [result.settings for result in results]
-    infotexts = [parameters_text(s, _size(data)) for s, data in zip(settings, encoded, strict=True)]
+    infotexts = [
+        parameters_text(s, image_size(data)) for s, data in zip(settings, encoded, strict=True)
+    ]
     seeds = [s["fastimg:seed"] for s in settings] or read.seeds
     prompt, negative = read.given.get("prompt", ""), read.given.get("negative_prompt", "")
     first = settings[0] if settings else {}
@@ -262,9 +236,3 @@ def _answer(service: Service, read: A1111Request, results: list, encoded: list) 
     images = [base64.b64encode(data).decode("ascii") for data in encoded]
     return {"images": images if read.send_images else [], "parameters": read.given,
             "info": json.dumps(info)}  # fmt: skip
-
-
-def _size(data: bytes) -> tuple[int, int]:
-    """An encoded image's (width, height), from its header."""
-    with Image.open(io.BytesIO(data)) as image:
-        return image.size
