@@ -7,6 +7,7 @@
     GET  /             the web page (static/; served without a key: it holds no secrets)
     WS   /v1/stream    webcam frames in, transformed JPEGs out; the newest frame wins
     /sdapi/v1/...      A1111's API (compat_a1111): img2img, samplers, sd-models, options...
+    POST /v1/images/edits  OpenAI's image edits (compat_openai); GET /v1/models
 
 Every route first passes serve.guard (Host and Origin: 403). A request takes an upload place
 (429 when uploads, waiters and runs fill the slots and the queue), is read within the upload
@@ -36,6 +37,7 @@ from starlette.staticfiles import StaticFiles
 from ..errors import Cancelled, EngineError, FastImgError, InputError
 from .admission import Busy, Closed, Expired, SlowUpload, TooLarge, authorized
 from .compat_a1111 import A1111_IMG2IMG, add_a1111_routes
+from .compat_openai import add_openai_routes
 from .guard import RequestGuard, allowed_hosts
 from .requests import ImageRequest, Refusal, read_body
 from .service import Aborted, Result, ServeOptions, Service, internal_error, retrieve
@@ -158,6 +160,7 @@ def create_app(options: ServeOptions, load=None, wait_for_engines: bool = False)
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     add_a1111_routes(app, service, guarded, answer)
+    add_openai_routes(app, service, answer)
 
     return app
 
