@@ -151,9 +151,17 @@ def test_the_api_key_guards_the_a1111_routes(pipe, photo):
         with pytest.raises(RuntimeError) as raised:
             api.img2img(images=[photo], width=90, height=68, seed=3, **A1111)
         assert raised.value.args[0] == 401 and count(service, "401") == 1
-        api.session.headers["Authorization"] = "Bearer s3cret"
+        wrong = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port,
+                                  username="me", password="wrong")  # fmt: skip
+        assert wrong.session.get(f"{wrong.baseurl}/samplers").status_code == 401  # (guarded too)
+        # the key as the password of A1111's --api-auth (webuiapi's username and password)
+        api = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port,
+                                username="me", password="s3cret")  # fmt: skip
         result = api.img2img(images=[photo], width=90, height=68, seed=3, **A1111)
         assert result.image.size == (88, 64)  # (the engines' multiple of 8, as /v1/img2img)
+        bearer = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port)
+        bearer.session.headers["Authorization"] = "Bearer s3cret"
+        assert bearer.util_get_sampler_names()
 
 
 def test_interrupt_stops_the_a1111_requests_in_flight(pipe, photo):

@@ -36,7 +36,7 @@ from starlette.staticfiles import StaticFiles
 
 from ..errors import Cancelled, EngineError, FastImgError, InputError
 from .admission import Busy, Closed, Expired, SlowUpload, TooLarge, authorized
-from .compat_a1111 import A1111_IMG2IMG, add_a1111_routes
+from .compat_a1111 import add_a1111_routes
 from .compat_openai import add_openai_routes
 from .guard import RequestGuard, allowed_hosts
 from .requests import ImageRequest, Refusal, read_body
@@ -91,7 +91,7 @@ def create_app(options: ServeOptions, load=None, wait_for_engines: bool = False)
         """401 without the API key (when there is one)."""
         key = options.api_key
         if key and not authorized(request.headers.get("authorization"), key):
-            if request.url.path in ("/v1/img2img", A1111_IMG2IMG):
+            if request.url.path == "/v1/img2img":
                 service.metrics.count("401")
             raise HTTPException(
                 401,
@@ -159,7 +159,7 @@ def create_app(options: ServeOptions, load=None, wait_for_engines: bool = False)
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    add_a1111_routes(app, service, guarded, answer)
+    add_a1111_routes(app, service, answer)
     add_openai_routes(app, service, answer)
 
     return app

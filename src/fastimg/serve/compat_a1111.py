@@ -23,13 +23,13 @@ import json
 import threading
 import time
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
 from ..errors import InputError
 from ..media.labels import parameters_text
 from ..media.vocabulary import version
-from .admission import check_length, limited, paced
+from .admission import authorized, check_length, limited, paced
 from .compat_a1111_fields import (
     A1111_NAMES,
     A1111Request,
@@ -45,8 +45,9 @@ A1111_IMG2IMG = "/sdapi/v1/img2img"
 PREFIX = "/sdapi/v1"
 
 
-def add_a1111_routes(app: FastAPI, service: Service, guarded: list, answer) -> None:
-    """The /sdapi/v1 routes on `app`, behind the key (`guarded`); img2img through `answer`."""
+def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
+    """The /sdapi/v1 routes on `app`, behind the server's key; img2img through `answer`."""
+    guarded = [Depends(_authorize(service))]
     interrupts: set[threading.Event] = set()  # the stop flags of A1111 requests in flight
 
     @app.post(A1111_IMG2IMG, dependencies=guarded)
@@ -150,6 +151,39 @@ def add_a1111_routes(app: FastAPI, service: Service, guarded: list, answer) -> N
     async def scripts() -> Response:
         """No scripts (clients look here for extensions such as ControlNet)."""
         return JSONResponse({"txt2img": [], "img2img": []})
+
+
+def _authorize(service: Service):
+    """The routes' guard: 401 without the server's key, as a bearer token or as the password of
+    HTTP Basic (A1111's --api-auth, which plugins and webuiapi send; any user name)."""
+
+    async def authorize(request: Request) -> None:
+        """401 without the key (when the server has one); counted for img2img."""
+        key, header = service.options.api_key, request.headers.get("authorization")
+        if not key or authorized(header, key) or _basic(header, key):
+            return
+        if request.url.path == A1111_IMG2IMG:
+            service.metrics.count("401")
+        raise HTTPException(
+            401,
+            "missing or wrong API key: send  Authorization: Bearer KEY, or the key as the "
+            "password of the A1111 server's user (--api-auth; any user name)",
+            headers={"WWW-Authenticate": 'Basic realm="fastimg"'},
+        )
+
+    return authorize
+
+
+def _basic(header: str | None, key: str) -> bool:
+    """Whether an Authorization header is HTTP Basic with `key` as its password."""
+    scheme, _, token = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return False
+    try:
+        password = base64.b64decode(token.strip(), validate=True).decode("utf-8").partition(":")[2]
+    except (ValueError, UnicodeDecodeError):
+        return False
+    return authorized(f"Bearer {password}", key)
 
 
 def model_title(service: Service) -> str:
