@@ -179,3 +179,52 @@ def test_interrupt_stops_the_a1111_requests_in_flight(pipe, photo):
         assert result.info["all_seeds"] == [1, 2]
         wait_for(lambda: service.admission.running == 0)
         assert gated.steps == [1]  # stopped at its next step; the second never ran
+
+
+def halves(size, left: int, right: int, mode: str = "L") -> Image.Image:
+    """An image of `size`, its left half `left` and its right half `right`."""
+    image = Image.new(mode, size, right)
+    image.paste(left, (0, 0, size[0] // 2, size[1]))
+    return image
+
+
+INPAINT = dict(mask_blur=0, inpainting_fill=1, inpaint_full_res=False)
+PIPE_CALL = dict(strength=0.6, num_inference_steps=3, guidance_scale=5.0, scheduler="euler")
+
+
+@pytest.mark.parametrize("invert", [0, 1])
+def test_a_mask_inpaints_as_the_pipeline_does(server, pipe, photo, invert):
+    _, _, api = server
+    mask = halves(photo.size, 255, 0)  # the left half repainted
+    sent = mask if not invert else halves(photo.size, 0, 255)
+    result = api.img2img(images=[photo], mask_image=sent, inpainting_mask_invert=invert,
+                         width=90, height=68, seed=11, **INPAINT, **A1111)  # fmt: skip
+    expected = pipe("a cat", photo, mask_image=mask, seed=11, **PIPE_CALL)[0]
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected))
+    unmasked = pipe("a cat", photo, seed=11, **PIPE_CALL)[0]
+    assert not np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(unmasked))
+
+
+def test_a_masks_alpha_marks_what_is_repainted(server, pipe, photo):
+    _, _, api = server
+    mask = halves(photo.size, (0, 0, 0, 255), (0, 0, 0, 0), "RGBA")  # opaque: repainted
+    result = api.img2img(images=[photo], mask_image=mask, width=90, height=68, seed=4,
+                         **INPAINT, **A1111)  # fmt: skip
+    expected = pipe("a cat", photo, mask_image=halves(photo.size, 255, 0), seed=4, **PIPE_CALL)
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected[0]))
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({}, "the field 'mask_blur' (4) is one fastimg cannot honour: fastimg's masks are hard"),
+        ({"mask_blur": 0}, "'inpainting_fill' (0)"),
+        ({"mask_blur": 0, "inpainting_fill": 1}, "'inpaint_full_res' (True)"),
+    ],
+)
+def test_inpainting_fields_fastimg_cannot_honour_are_refused(server, photo, fields, message):
+    _, _, api = server
+    with pytest.raises(RuntimeError) as raised:
+        api.img2img(images=[photo], mask_image=halves(photo.size, 255, 0), width=90, height=68,
+                    **fields, **A1111)  # fmt: skip
+    assert raised.value.args[0] == 422 and message in json.loads(raised.value.args[1])["detail"]

@@ -37,7 +37,7 @@ from .compat_a1111_fields import (
     read_request,
     sampler_list,
 )
-from .compat_images import image_size, resized
+from .compat_images import a1111_mask, image_size, resized
 from .requests import Body, Refusal
 from .service import Service
 
@@ -228,6 +228,10 @@ def _checked(service: Service, read: A1111Request) -> list:
     first = service.check_request(Body(read.fields, data, None))
     size = service.image_size(first)
     first = dataclasses.replace(first, size=size)
+    if read.mask is not None:  # (size None: a masked request runs alone, never batched)
+        mask = a1111_mask(read.mask, read.size, read.resize_mode, service.options.max_pixels)
+        call = first.job.call.with_values(mask_image=mask, mask_invert=read.mask_invert)
+        first = dataclasses.replace(_with_call(first, call), size=None)
     if len(read.seeds) > 1:  # the cost and response bytes of all of them
         call = first.job.call.with_values(num_images_per_prompt=len(read.seeds))
         service.image_size(_with_call(first, call))
@@ -264,7 +268,8 @@ def _answer(service: Service, read: A1111Request, results: list, encoded: list) 
         "denoising_strength": read.given.get("denoising_strength"),
         "extra_generation_params": {}, "index_of_first_image": 0, "infotexts": infotexts,
         "styles": [], "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "clip_skip": 1,
-        "is_using_inpainting_conditioning": False, "version": f"fastimg {version()}",
+        "is_using_inpainting_conditioning": service.pipe.manifest.inpainting,
+        "version": f"fastimg {version()}",
         "interrupted": len(results) < len(read.seeds),
     }  # fmt: skip
     images = [base64.b64encode(data).decode("ascii") for data in encoded]

@@ -4,7 +4,9 @@ value that changes nothing here, or is refused by name (422) with what to send i
 
 A1111 gives each image of a batch its own seed (seed, seed + 1, ...): an A1111 request of
 `batch_size` x `n_iter` images is that many fastimg requests of one image each, every one equal
-to /v1/img2img with its seed.
+to /v1/img2img with its seed. A `mask` (white, or opaque where it has alpha, is repainted) runs
+as the pipeline's mask_image: hard-edged, from the original, at the whole picture's size, so
+A1111's mask_blur, inpainting_fill and inpaint_full_res must say so.
 """
 
 import base64
@@ -84,21 +86,26 @@ NEUTRAL = {
     "infotext": (_off, "leave it out"),
     "latent_mask": (_off, "leave it out"),
     "user": (_any, ""),
-    # inpainting's fields: read only with a mask
-    "mask": (_off, "masks are not supported on /sdapi/v1/img2img yet: leave it out"),
-    "mask_blur": (_any, ""),
-    "mask_blur_x": (_any, ""),
-    "mask_blur_y": (_any, ""),
-    "mask_round": (_any, ""),
-    "inpainting_fill": (_any, ""),
-    "inpaint_full_res": (_any, ""),
-    "inpaint_full_res_padding": (_any, ""),
-    "inpainting_mask_invert": (_any, ""),
+}
+# Inpainting's fields, read only with a `mask` (any value without one): (accepted, what to send).
+HARD_EDGED = "fastimg's masks are hard-edged (binarized as diffusers' inpainting does): send 0"
+WITH_MASK = {
+    "mask_blur": (_off, HARD_EDGED),
+    "mask_blur_x": (_off, HARD_EDGED),
+    "mask_blur_y": (_off, HARD_EDGED),
+    "mask_round": (lambda v: v in (None, True), "fastimg binarizes the mask: send true"),
+    "inpainting_fill": (
+        lambda v: v in (None, 1),
+        "fastimg starts from the image under the mask (A1111's 1, original): send 1",
+    ),
+    "inpaint_full_res": (_off, "fastimg inpaints at the whole picture's size: send false"),
+    "inpaint_full_res_padding": (_any, ""),  # (only read with inpaint_full_res)
+    "inpainting_mask_invert": (lambda v: v in (None, 0, 1), "send 0 (white repainted) or 1"),
 }
 HANDLED = ("init_images", *RENAMED, "seed", "sampler_name", "sampler_index", "scheduler",
            "width", "height", "batch_size", "n_iter", "resize_mode", "eta", "send_images",
-           "override_settings", "alwayson_scripts")  # fmt: skip
-FIELDS = (*HANDLED, *NEUTRAL)
+           "override_settings", "alwayson_scripts", "mask")  # fmt: skip
+FIELDS = (*HANDLED, *NEUTRAL, *WITH_MASK)
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,8 @@ class A1111Request:
     resize_mode: int
     seeds: list[int]
     send_images: bool
+    mask: bytes | None  # the mask's bytes (white: repainted), as sent
+    mask_invert: bool
     given: dict  # the request's fields with A1111's defaults, for the answer's `parameters`
 
 
@@ -125,7 +134,9 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r}: fastimg's /sdapi/v1/img2img takes "
                          f"{', '.join(FIELDS)}")  # fmt: skip
-    for key, (neutral, fix) in NEUTRAL.items():
+    mask = payload.get("mask")
+    checks = {**NEUTRAL, **(WITH_MASK if mask is not None else {})}
+    for key, (neutral, fix) in checks.items():
         if key in payload and not neutral(payload[key]):
             raise InputError(f"the field {key!r} ({payload[key]!r}) is one fastimg cannot "
                              f"honour: {fix or 'leave it out'}")  # fmt: skip
@@ -155,8 +166,13 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
     if sampler is not None:
         fields["sampler"] = sampler
     given.update(seed=seeds[0], init_images=None, mask=None)
-    return A1111Request(data, fields, sampler, (width, height), mode, seeds,
-                        bool(given.get("send_images", True)), given)  # fmt: skip
+    if mask is not None and not isinstance(mask, str):
+        raise InputError("mask must be an image as base64 text (white: repainted)")
+    mask_data = None if mask is None else decode_base64(mask, "mask")
+    invert = bool(given.get("inpainting_mask_invert", 0))
+    send_images = bool(given.get("send_images", True))
+    return A1111Request(data, fields, sampler, (width, height), mode, seeds, send_images,
+                        mask=mask_data, mask_invert=invert, given=given)  # fmt: skip
 
 
 def a1111_message(message: str) -> str:
