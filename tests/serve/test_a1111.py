@@ -119,7 +119,7 @@ def test_another_model_cannot_be_chosen(server):
         ({"subseed_strength": 0.5}, "'subseed_strength'"),
         ({"styles": ["cinematic"]}, "'styles'"),
         ({"override_settings": {"CLIP_stop_at_last_layers": 2}}, "CLIP_stop_at_last_layers"),
-        ({"alwayson_scripts": {"ControlNet": {"args": [{"enabled": True}]}}}, "'ControlNet'"),
+        ({"alwayson_scripts": {"ADetailer": {"args": [True, {"ad_model": "face"}]}}}, "ADetailer"),
         ({"sampler_name": "DDIM", "eta": 1.0}, "eta 1.0 with 'DDIM'"),
         ({"batch_size": 0}, "batch_size must be a whole number of at least 1"),
     ],

@@ -26,14 +26,17 @@ import time
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
+from ..diffusion.control import model_label
 from ..errors import InputError
 from ..media.labels import parameters_text
 from ..media.vocabulary import version
-from .admission import authorized, check_length, limited, paced
+from .admission import authorized, check_length, check_pixels, limited, paced
+from .compat_a1111_control import check_unit, unit_image
 from .compat_a1111_fields import (
     A1111_NAMES,
     A1111Request,
     a1111_message,
+    decode_base64,
     read_request,
     sampler_list,
 )
@@ -225,7 +228,11 @@ def _checked(service: Service, read: A1111Request) -> list:
     """The request's image resized as A1111 does, and one checked fastimg request per image
     (each with its own seed), within the server's limits for all of them together."""
     data = resized(read.data, read.size, read.resize_mode, service.options.max_pixels)
-    first = service.check_request(Body(read.fields, data, None))
+    fields, control = read.fields, None
+    if read.control is not None:
+        control = _control(service, read.control, data)
+        fields = {**fields, **read.control.fields}
+    first = service.check_request(Body(fields, data, None, control))
     size = service.image_size(first)
     first = dataclasses.replace(first, size=size)
     if read.mask is not None:  # (size None: a masked request runs alone, never batched)
@@ -236,6 +243,20 @@ def _checked(service: Service, read: A1111Request) -> list:
         call = first.job.call.with_values(num_images_per_prompt=len(read.seeds))
         service.image_size(_with_call(first, call))
     return [first] + [_with_call(first, first.job.call.with_values(seed=s)) for s in read.seeds[1:]]
+
+
+def _control(service: Service, unit, data: bytes) -> bytes:
+    """The ControlNet unit's image (the init image's without one), checked against the image
+    and the engines' ControlNet."""
+    control = unit_image(unit, decode_base64) or data
+    name = "the ControlNet unit's image"
+    control_size = check_pixels(control, name, service.options.max_pixels)
+    if control_size is None:
+        raise InputError(f"{name} is not an image: send a PNG or JPEG as base64")
+    manifest = service.pipe.manifest
+    served = model_label(manifest)["fastimg:control_model"] if manifest.control else ""
+    check_unit(unit, control_size, image_size(data), served)
+    return control
 
 
 def _with_call(request, call):

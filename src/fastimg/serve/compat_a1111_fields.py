@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..media.labels import SAMPLER_NAMES
 from ..settings import SAMPLERS, SEED_LIMIT
+from .compat_a1111_control import SCRIPT, ControlUnit, read_units
 
 # A1111's field -> fastimg's field, for the settings both have.
 RENAMED = {
@@ -122,6 +123,7 @@ class A1111Request:
     send_images: bool
     mask: bytes | None  # the mask's bytes (white: repainted), as sent
     mask_invert: bool
+    control: ControlUnit | None  # the enabled ControlNet unit
     given: dict  # the request's fields with A1111's defaults, for the answer's `parameters`
 
 
@@ -165,14 +167,15 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
     fields["seed"] = seeds[0]
     if sampler is not None:
         fields["sampler"] = sampler
-    given.update(seed=seeds[0], init_images=None, mask=None)
+    given.update(seed=seeds[0], init_images=None, mask=None, alwayson_scripts={})
     if mask is not None and not isinstance(mask, str):
         raise InputError("mask must be an image as base64 text (white: repainted)")
     mask_data = None if mask is None else decode_base64(mask, "mask")
     invert = bool(given.get("inpainting_mask_invert", 0))
     send_images = bool(given.get("send_images", True))
     return A1111Request(data, fields, sampler, (width, height), mode, seeds, send_images,
-                        mask=mask_data, mask_invert=invert, given=given)  # fmt: skip
+                        mask=mask_data, mask_invert=invert, given=given,
+                        control=read_units(payload.get("alwayson_scripts")))  # fmt: skip
 
 
 def a1111_message(message: str) -> str:
@@ -228,8 +231,11 @@ def _check_override_settings(settings, model_title: str) -> None:
 
 
 def _check_scripts(scripts) -> None:
-    """alwayson_scripts may only hold scripts turned off (no args, or args [false])."""
+    """alwayson_scripts may only hold ControlNet units and scripts turned off (no args, or
+    args [false])."""
     for name, script in (scripts or {}).items():
+        if name.lower() == SCRIPT:
+            continue  # (read by compat_a1111_control)
         args = script.get("args") if isinstance(script, dict) else script
         if args in (None, [], [False]):
             continue
