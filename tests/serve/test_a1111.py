@@ -4,6 +4,7 @@ its images equal /v1/img2img's with the same settings and seeds, its listings, i
 import base64
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -15,7 +16,15 @@ webuiapi = pytest.importorskip("webuiapi")
 from fastimg.media.label_reader import read_labels  # noqa: E402
 from fastimg.media.vocabulary import TRAINED_ALGORITHMIC_MEDIA  # noqa: E402
 from fastimg.serve import ServeOptions  # noqa: E402
-from tests.serve.harness import count, decoded, gated_server, live, ready, wait_for  # noqa: E402
+from tests.serve.harness import (  # noqa: E402
+    Gated,
+    count,
+    decoded,
+    gated_server,
+    live,
+    ready,
+    wait_for,
+)
 
 A1111 = dict(prompt="a cat", denoising_strength=0.6, steps=3, cfg_scale=5, sampler_name="Euler")
 OURS = {"prompt": "a cat", "strength": "0.6", "steps": "3", "guidance": "5", "sampler": "euler"}
@@ -228,3 +237,39 @@ def test_inpainting_fields_fastimg_cannot_honour_are_refused(server, photo, fiel
         api.img2img(images=[photo], mask_image=halves(photo.size, 255, 0), width=90, height=68,
                     **fields, **A1111)  # fmt: skip
     assert raised.value.args[0] == 422 and message in json.loads(raised.value.args[1])["detail"]
+
+
+class ReportsThenHolds(Gated):
+    """The tiny pipeline, each run held once its first step has been reported to the server."""
+
+    def _held(self, callback, entered, release):
+        def held(step, total):
+            if callback is not None:
+                callback(step, total)
+            if step == 1:
+                entered.set()
+                assert release.wait(60)
+
+        return held
+
+
+def test_progress_reports_the_running_step(pipe, photo):
+    gated = ReportsThenHolds(pipe)
+    try:
+        with live(ServeOptions(), lambda: gated) as (client, _):
+            ready(client)
+            api = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port)
+            settings = {**A1111, "denoising_strength": 1.0, "steps": 4}  # (4 UNet steps)
+            with ThreadPoolExecutor(1) as pool:
+                answer = pool.submit(api.img2img, images=[photo], width=90, height=68, seed=1,
+                                     **settings)  # fmt: skip
+                assert gated.entered.wait(30)
+                progress = api.get_progress()
+                gated.release.set()
+                assert answer.result(60).image.size == (88, 64)
+            assert progress["state"]["sampling_step"] == 1
+            assert progress["state"]["sampling_steps"] == 4 and progress["progress"] == 0.25
+            idle = api.get_progress()
+            assert idle["progress"] == 0.0 and idle["state"]["job_count"] == 0
+    finally:
+        gated.release.set()

@@ -1,13 +1,15 @@
 """A1111's API (stable-diffusion-webui's /sdapi/v1), spoken by Krita and Photoshop plugins,
 chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
 
-    POST /sdapi/v1/img2img     JSON as A1111 takes it (compat_a1111_fields); answers
+    POST /sdapi/v1/img2img     JSON as A1111 takes it (compat_a1111_fields; a mask, one
+                               ControlNet unit: compat_a1111_control); answers
                                {"images": [base64 PNG], "parameters": {...}, "info": "JSON"}
     GET  /sdapi/v1/samplers    A1111's names of the samplers fastimg runs
     GET  /sdapi/v1/schedulers  the schedulers those take
     GET  /sdapi/v1/sd-models   the one model the server runs
     GET  /sdapi/v1/options     what clients read (the model); POST: only what it already is
-    GET  /sdapi/v1/progress    A1111's progress shape: the requests running and waiting
+    GET  /sdapi/v1/progress    A1111's progress shape: the requests running and waiting, the
+                               newest run's UNet step
     POST /sdapi/v1/interrupt   stops the A1111 requests in flight at their next step; each
                                answers with the images it had finished
     GET  /sdapi/v1/scripts     none (clients probe it for extensions)
@@ -133,15 +135,17 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
 
     @app.get(f"{PREFIX}/progress", dependencies=guarded)
     async def progress() -> Response:
-        """A1111's progress shape: how many requests are running or waiting."""
+        """A1111's progress shape: the requests running or waiting, and the UNet step of the
+        newest run (progress: its fraction of the steps; no ETA, no preview image)."""
         admission = service.admission
         jobs = admission.running + admission.waiting
+        step, steps = (service.last_step or (0, 0)) if admission.running else (0, 0)
         state = {"skipped": False, "interrupted": False, "stopping_generation": False,
                  "job": "img2img" if jobs else "", "job_count": jobs,
                  "job_timestamp": time.strftime("%Y%m%d%H%M%S"), "job_no": 0,
-                 "sampling_step": 0, "sampling_steps": 0}  # fmt: skip
-        return JSONResponse({"progress": 0.0, "eta_relative": 0.0, "state": state,
-                             "current_image": None, "textinfo": None})  # fmt: skip
+                 "sampling_step": step, "sampling_steps": steps}  # fmt: skip
+        return JSONResponse({"progress": step / steps if steps else 0.0, "eta_relative": 0.0,
+                             "state": state, "current_image": None, "textinfo": None})  # fmt: skip
 
     @app.post(f"{PREFIX}/interrupt", dependencies=guarded)
     async def interrupt() -> Response:
