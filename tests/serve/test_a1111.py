@@ -143,6 +143,29 @@ def test_what_fastimg_cannot_honour_is_refused_by_name(server, photo, fields, me
     assert count(service, "422") == refused + 1
 
 
+def test_a_request_with_only_an_image_runs_with_a1111s_defaults(server, photo):
+    client, _, _ = server
+    data = io.BytesIO()
+    photo.save(data, format="PNG")
+    body = {"init_images": [base64.b64encode(data.getvalue()).decode()], "width": 64,
+            "height": 64}  # fmt: skip
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    assert info["prompt"] == "" and info["steps"] == 20 and info["denoising_strength"] == 0.75
+    assert info["cfg_scale"] == 7.0 and len(response.json()["images"]) == 1
+
+
+def test_options_bodies_are_held_to_a_small_size(server):
+    client, _, _ = server
+    big = client.post("/sdapi/v1/options", json={"sd_vae": "x" * (70 << 10)})
+    assert big.status_code == 413
+    broken = client.post(
+        "/sdapi/v1/options", content=b"{", headers={"content-type": "application/json"}
+    )
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["detail"]
+
+
 def test_unknown_fields_and_missing_images_are_refused(server):
     client, _, _ = server
     unknown = client.post("/sdapi/v1/img2img", json={"init_images": ["x"], "colour": "red"})

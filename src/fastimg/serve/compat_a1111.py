@@ -32,7 +32,16 @@ from ..diffusion.control import model_label
 from ..errors import InputError
 from ..media.labels import parameters_text
 from ..media.vocabulary import version
-from .admission import authorized, check_length, check_pixels, limited, paced
+from .admission import (
+    Expired,
+    SlowUpload,
+    TooLarge,
+    authorized,
+    check_length,
+    check_pixels,
+    limited,
+    paced,
+)
 from .compat_a1111_control import check_unit, unit_image
 from .compat_a1111_fields import (
     A1111_NAMES,
@@ -48,6 +57,7 @@ from .service import Service
 
 A1111_IMG2IMG = "/sdapi/v1/img2img"
 PREFIX = "/sdapi/v1"
+OPTIONS_BYTES = 64 << 10  # the most a POST /sdapi/v1/options body may hold
 
 
 def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
@@ -120,10 +130,17 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
         """Options can only be set to what they are (one model, loaded once): 422 otherwise."""
         if service.pipe is None:
             return _unavailable(service)
-        try:
-            wanted = await request.json()
-        except ValueError:
-            return Refusal(400, "the body is not valid JSON").response()
+        o = service.options
+        deadline = asyncio.get_running_loop().time() + min(o.timeout, o.head_seconds)
+        try:  # (a small body, read at the server's least upload rate)
+            pace = (o.body_bytes_per_second, o.head_seconds, deadline)
+            wanted = await _read_json(request, OPTIONS_BYTES, pace)
+        except Refusal as exc:
+            return exc.response()
+        except TooLarge as exc:
+            return Refusal(413, str(exc)).response()
+        except (SlowUpload, Expired):
+            return Refusal(408, "the options came too slowly: send them at once").response()
         current = _options(service)
         for key, value in (wanted if isinstance(wanted, dict) else {"": wanted}).items():
             if current.get(key, object()) != value and not (
