@@ -166,6 +166,40 @@ def test_options_bodies_are_held_to_a_small_size(server):
     assert broken.status_code == 400 and "not valid JSON" in broken.json()["detail"]
 
 
+def png_bytes(image) -> bytes:
+    data = io.BytesIO()
+    image.save(data, format="PNG")
+    return data.getvalue()
+
+
+@pytest.mark.parametrize(
+    "fields,message",
+    [
+        ({"override_settings": [1]}, "override_settings must be an object"),
+        ({"alwayson_scripts": "x"}, "alwayson_scripts must be an object"),
+        ({"alwayson_scripts": {"controlnet": {"args": 5}}}, "alwayson_scripts.controlnet must"),
+        ({"seed_resize_from_h": "big"}, "'seed_resize_from_h'"),
+        ({"prompt": 5}, "'prompt'"),
+        ({"steps": "many"}, "Invalid value for 'steps'"),
+        ({"width": 64.5}, "width must be a whole number"),
+        ({"seed": "11"}, "seed must be a whole number"),
+        ({"init_images": "abc"}, "init_images must hold one image"),
+        ({"mask": "truncated", "mask_blur": 0, "inpainting_fill": 1, "inpaint_full_res": False},
+         "the field 'mask' cannot be read as an image"),
+    ],
+)  # fmt: skip
+def test_values_of_the_wrong_kind_are_refused_by_name_not_failed(server, photo, fields, message):
+    client, service, _ = server
+    errors = count(service, "error") or 0
+    image = base64.b64encode(png_bytes(photo)).decode()
+    if fields.get("mask") == "truncated":
+        fields = {**fields, "mask": base64.b64encode(png_bytes(photo)[:80]).decode()}
+    body = {"init_images": [image], "width": 90, "height": 68, "steps": 3, **fields}
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == 422 and message in response.json()["detail"], response.text
+    assert (count(service, "error") or 0) == errors  # (no 500)
+
+
 def test_unknown_fields_and_missing_images_are_refused(server):
     client, _, _ = server
     unknown = client.post("/sdapi/v1/img2img", json={"init_images": ["x"], "colour": "red"})

@@ -136,6 +136,15 @@ def test_a_mask_without_transparency_is_refused(server, picture):
     assert raised.value.body["param"] == "mask" and "no transparency" in raised.value.message
 
 
+def test_a_mask_that_cannot_be_read_is_refused(server, picture):
+    _, _, client = server
+    truncated = png(Image.new("RGBA", load_image(picture).size))[:80]
+    with pytest.raises(openai.UnprocessableEntityError) as raised:
+        client.images.edit(image=("in.png", picture.read_bytes(), "image/png"), prompt="a cat",
+                           mask=("mask.png", truncated, "image/png"))  # fmt: skip
+    assert raised.value.body["param"] == "mask" and "cannot be read" in raised.value.message
+
+
 def test_another_model_is_not_found(server, picture, pipe):
     _, _, client = server
     with pytest.raises(openai.NotFoundError) as raised:

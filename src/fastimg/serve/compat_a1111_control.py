@@ -49,6 +49,8 @@ def read_units(scripts: dict | None) -> ControlUnit | None:
     """The one enabled ControlNet unit of `alwayson_scripts` (None: none enabled)."""
     script = next((v for k, v in (scripts or {}).items() if k.lower() == SCRIPT), None)
     args = script.get("args") if isinstance(script, dict) else script
+    if not isinstance(args or [], list):
+        raise InputError('alwayson_scripts.controlnet must be {"args": [unit, ...]}')
     units = [unit for unit in args or [] if unit is not False and _enabled(unit)]
     if not units:
         return None

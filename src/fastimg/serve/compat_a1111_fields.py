@@ -138,8 +138,11 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
                          f"{', '.join(FIELDS)}")  # fmt: skip
     mask = payload.get("mask")
     checks = {**NEUTRAL, **(WITH_MASK if mask is not None else {})}
+    for key in ("override_settings", "alwayson_scripts"):
+        if not isinstance(payload.get(key) or {}, dict):
+            raise InputError(f'{key} must be an object: {{"name": value, ...}}')
     for key, (neutral, fix) in checks.items():
-        if key in payload and not neutral(payload[key]):
+        if key in payload and not _holds(neutral, payload[key]):
             raise InputError(f"the field {key!r} ({payload[key]!r}) is one fastimg cannot "
                              f"honour: {fix or 'leave it out'}")  # fmt: skip
     given = {**DEFAULTS, **{k: v for k, v in payload.items() if v is not None}}
@@ -219,6 +222,14 @@ def _check_eta(eta, sampler: str | None) -> None:
         return
     raise InputError(f"eta {eta!r} with {A1111_NAMES[sampler]!r}: fastimg's runs eta {runs:g}; "
                      f"send {runs:g} or leave it out")  # fmt: skip
+
+
+def _holds(neutral, value) -> bool:
+    """Whether `value` is one that changes nothing (a value of the wrong type is not)."""
+    try:
+        return bool(neutral(value))
+    except TypeError:
+        return False
 
 
 def _check_override_settings(settings, model_title: str) -> None:

@@ -51,12 +51,16 @@ def a1111_mask(data: bytes, size: tuple[int, int], mode: int, max_pixels: int) -
     `size`, resized as the image is (`resized`'s modes)."""
     if check_pixels(data, "mask", max_pixels) is None:
         raise InputError("the field 'mask' is not an image: send a PNG, white where to repaint")
-    with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as opened:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (checked above)
-        mask = ImageOps.exif_transpose(opened)
-        if "A" in mask.getbands():  # (as A1111's create_binary_mask reads one)
-            mask = mask.getchannel("A").point(lambda a: 255 if a > 128 else 0)
-        mask = mask.convert("L")
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as opened:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (checked above)
+            mask = ImageOps.exif_transpose(opened)
+            if "A" in mask.getbands():  # (as A1111's create_binary_mask reads one)
+                mask = mask.getchannel("A").point(lambda a: 255 if a > 128 else 0)
+            mask = mask.convert("L")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"the field 'mask' cannot be read as an image ({exc}): send a PNG, "
+                         "white where to repaint") from None  # fmt: skip
     if mask.size == size:
         return mask
     if mode == 0:

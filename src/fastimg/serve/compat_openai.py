@@ -224,13 +224,18 @@ def _mask(data: bytes, image: bytes, max_pixels: int) -> Image.Image:
     if check_pixels(data, "mask", max_pixels) is None:
         raise InputError("the mask is not an image: send a PNG whose transparent pixels mark "
                          "what to edit")  # fmt: skip
-    with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as opened:
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (checked above)
-        mask = ImageOps.exif_transpose(opened)
-        if "A" not in mask.getbands() and "transparency" not in mask.info:
-            raise InputError("the mask has no transparency: send a PNG whose transparent "
-                             "pixels (alpha 0) mark what to edit")  # fmt: skip
-        alpha = mask.convert("RGBA").getchannel("A")
+    try:
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as opened:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # (checked above)
+            mask = ImageOps.exif_transpose(opened)
+            transparent = "A" in mask.getbands() or "transparency" in mask.info
+            alpha = mask.convert("RGBA").getchannel("A")
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"the mask cannot be read as an image ({exc}): send a PNG whose "
+                         "transparent pixels mark what to edit") from None  # fmt: skip
+    if not transparent:
+        raise InputError("the mask has no transparency: send a PNG whose transparent "
+                         "pixels (alpha 0) mark what to edit")  # fmt: skip
     with Image.open(io.BytesIO(image)) as source:
         wanted = ImageOps.exif_transpose(source).size
     if alpha.size != wanted:
