@@ -209,6 +209,7 @@ class A1111Answer:
 
 
 def _post_a1111(client, url: str, image: bytes, seed: int, settings: dict, timeout: float):
+    """The load's request as A1111's JSON, on /sdapi/v1/img2img."""
     from PIL import Image
 
     with Image.open(io.BytesIO(image)) as opened:

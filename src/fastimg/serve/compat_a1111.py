@@ -232,6 +232,7 @@ def _options(service: Service) -> dict:
 
 
 def _unavailable(service: Service) -> Response:
+    """503 with why the engines are not there (loading, failed, stopping)."""
     return JSONResponse({"detail": service.unavailable_reason()}, status_code=503)
 
 

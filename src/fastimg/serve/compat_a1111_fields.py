@@ -48,10 +48,12 @@ A1111_NAMES = {**{name: SAMPLER_NAMES[name] for name in SAMPLERS}, "dpmpp_2m_kar
 
 
 def _off(value) -> bool:
+    """Whether a field is off: unset, false, zero or empty."""
     return value in (None, False, 0, "", [], {})
 
 
 def _any(value) -> bool:
+    """Any value: the field changes nothing here."""
     return True
 
 

@@ -129,6 +129,7 @@ def _unauthorized(service: Service, request: Request) -> Response | None:
 
 
 def _model(service: Service) -> str:
+    """The name of the model the server runs."""
     return str(service.pipe.model_info.get("fastimg:model"))
 
 
