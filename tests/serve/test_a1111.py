@@ -108,6 +108,14 @@ def test_the_listings_clients_read(server, pipe):
     assert "automatic" in api.util_get_scheduler_names()
 
 
+def test_routes_fastimg_does_not_serve_say_which_it_does(server):
+    client, _, _ = server
+    txt2img = client.post("/sdapi/v1/txt2img", json={"prompt": "a cat"})
+    assert txt2img.status_code == 404
+    assert "fastimg does not serve /sdapi/v1/txt2img" in txt2img.json()["detail"]
+    assert "/sdapi/v1/img2img" in txt2img.json()["detail"]
+
+
 def test_another_model_cannot_be_chosen(server):
     _, _, api = server
     with pytest.raises(RuntimeError) as raised:

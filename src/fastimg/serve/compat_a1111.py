@@ -13,6 +13,7 @@ chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
     POST /sdapi/v1/interrupt   stops the A1111 requests in flight at their next step; each
                                answers with the images it had finished
     GET  /sdapi/v1/scripts     none (clients probe it for extensions)
+    any other /sdapi/v1 route  404 naming those above (txt2img, upscalers... are not served)
 
 An img2img request passes the same admission, deadline, metrics, key and labels as
 /v1/img2img (app.answer); its images are /v1/img2img's with the same settings and seed.
@@ -175,6 +176,14 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
     async def scripts() -> Response:
         """No scripts (clients look here for extensions such as ControlNet)."""
         return JSONResponse({"txt2img": [], "img2img": []})
+
+    served = sorted(route.path for route in app.routes if route.path.startswith(PREFIX))
+
+    @app.api_route(PREFIX + "/{rest:path}", methods=["GET", "POST"], dependencies=guarded)
+    async def elsewhere(rest: str) -> Response:
+        """Any other A1111 route (txt2img, upscalers...): 404 naming the ones served."""
+        return Refusal(404, f"fastimg does not serve {PREFIX}/{rest}: it transforms images "
+                       f"(img2img); it serves {', '.join(served)}").response()  # fmt: skip
 
 
 def _authorize(service: Service):
