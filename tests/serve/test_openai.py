@@ -166,3 +166,28 @@ def test_the_bearer_key(pipe, picture):
         answer = client_of(http, "s3cret").images.edit(image=image, prompt="a cat",
                                                        extra_body=EXTRA)  # fmt: skip
         assert len(answer.data) == 1
+
+
+def test_while_the_engines_load_both_apis_answer_503(pipe, picture):
+    import threading
+
+    loaded = threading.Event()
+
+    def load():
+        assert loaded.wait(60)
+        return pipe
+
+    with live(ServeOptions(), load) as (http, service):
+        try:
+            with pytest.raises(openai.InternalServerError) as raised:
+                client_of(http).images.edit(image=("in.png", picture.read_bytes(), "image/png"),
+                                            prompt="a cat")  # fmt: skip
+            assert raised.value.status_code == 503
+            assert raised.value.body["type"] == "server_error"
+            assert "loading" in raised.value.body["message"]
+            a1111 = http.post("/sdapi/v1/img2img", json={"init_images": ["x"]})
+            assert a1111.status_code == 503 and "loading" in a1111.json()["detail"]
+            assert http.get("/sdapi/v1/sd-models").status_code == 503
+            assert count(service, "503") == 2
+        finally:
+            loaded.set()
