@@ -338,3 +338,22 @@ def test_progress_reports_the_running_step(pipe, photo):
             assert idle["progress"] == 0.0 and idle["state"]["job_count"] == 0
     finally:
         gated.release.set()
+
+
+def test_an_a1111_batch_rides_the_servers_batching(pipe, photo):
+    with gated_server(pipe, max_batch=2) as (client, service, gated, pool):
+        api = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port)
+        files = {"image": ("in.png", png_bytes(photo), "image/png")}
+        holder = pool.submit(client.post, "/v1/img2img", files=files,
+                             data={**OURS, "prompt": "a dog", "seed": "3"})  # fmt: skip
+        assert gated.entered.wait(30)  # the slot is held: the A1111 images wait together
+        answer = pool.submit(api.img2img, images=[photo], width=90, height=68, seed=11,
+                             batch_size=2, **A1111)  # fmt: skip
+        wait_for(lambda: service.admission.waiting == 2)
+        gated.release.set()
+        assert holder.result(60).status_code == 200
+        result = answer.result(60)
+    assert gated.batches == [["a cat", "a cat"]]  # one engine run for both images
+    for image, seed in zip(result.images, (11, 12), strict=True):
+        expected = pipe("a cat", photo, seed=seed, **PIPE_CALL)[0]
+        np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(expected))
