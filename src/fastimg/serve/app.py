@@ -271,15 +271,16 @@ async def _run_while_connected(
         work.add_done_callback(retrieve)  # its error may come after nobody awaits it
     try:
         pending = set(works)
-        while pending:
+        while True:
             await asyncio.wait(pending | {left}, return_when=asyncio.FIRST_COMPLETED)
             for work in works:
                 if work.done() and not _succeeded(work, interrupt):
                     work.result()  # raises its error
+            pending = {work for work in works if not work.done()}
+            if not pending:  # (done as the client leaves: answered, as before)
+                return [None if work.exception() else work.result() for work in works]
             if left.done():
                 raise ClientLeft()
-            pending = {work for work in works if not work.done()}
-        return [None if work.exception() else work.result() for work in works]  # (None: stopped)
     finally:
         left.cancel()
         abort.set()  # a run still going (client gone, deadline passed) stops at its next step
