@@ -106,6 +106,10 @@ def test_the_listings_clients_read(server, pipe):
     progress = api.get_progress()
     assert progress["state"]["job_count"] == 0 and progress["progress"] == 0.0
     assert "automatic" in api.util_get_scheduler_names()
+    # what plugins list at start-up and fastimg has none of: empty, in A1111's shapes
+    assert api.get_upscalers() == [] and api.get_sd_vae() == [] and api.get_loras() == []
+    assert api.get_embeddings() == {"loaded": {}, "skipped": {}}
+    assert api.get_prompt_styles() == [] and api.get_face_restorers() == []
 
 
 def test_routes_fastimg_does_not_serve_say_which_it_does(server):

@@ -13,6 +13,7 @@ chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
     POST /sdapi/v1/interrupt   stops the A1111 requests in flight at their next step; each
                                answers with the images it had finished
     GET  /sdapi/v1/scripts     none (clients probe it for extensions)
+    GET  /sdapi/v1/upscalers, sd-vae, loras, embeddings, ...: empty (fastimg has none)
     any other /sdapi/v1 route  404 naming those above (txt2img, upscalers... are not served)
 
 An img2img request passes the same admission, deadline, metrics, key and labels as
@@ -59,6 +60,11 @@ from .service import Service
 A1111_IMG2IMG = "/sdapi/v1/img2img"
 PREFIX = "/sdapi/v1"
 OPTIONS_BYTES = 64 << 10  # the most a POST /sdapi/v1/options body may hold
+# Listings plugins read at start-up of what fastimg has none of (upscalers, VAEs apart from the
+# engines' own, hypernetworks, LoRA files, embeddings, styles, face restorers), in A1111's shapes.
+NONE_HERE = {"upscalers": [], "latent-upscale-modes": [], "sd-vae": [], "hypernetworks": [],
+             "loras": [], "face-restorers": [], "realesrgan-models": [], "prompt-styles": [],
+             "embeddings": {"loaded": {}, "skipped": {}}}  # fmt: skip
 
 
 def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
@@ -177,6 +183,9 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
         """No scripts (clients look here for extensions such as ControlNet)."""
         return JSONResponse({"txt2img": [], "img2img": []})
 
+    for path, empty in NONE_HERE.items():
+        _add_empty_listing(app, path, empty, guarded)
+
     served = sorted(route.path for route in app.routes if route.path.startswith(PREFIX))
 
     @app.api_route(PREFIX + "/{rest:path}", methods=["GET", "POST"], dependencies=guarded)
@@ -184,6 +193,16 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
         """Any other A1111 route (txt2img, upscalers...): 404 naming the ones served."""
         return Refusal(404, f"fastimg does not serve {PREFIX}/{rest}: it transforms images "
                        f"(img2img); it serves {', '.join(served)}").response()  # fmt: skip
+
+
+def _add_empty_listing(app: FastAPI, path: str, empty, guarded: list) -> None:
+    """GET /sdapi/v1/`path`: the empty listing of something fastimg has none of."""
+
+    async def listing() -> Response:
+        """None here: an empty listing in A1111's shape."""
+        return JSONResponse(empty)
+
+    app.add_api_route(f"{PREFIX}/{path}", listing, methods=["GET"], dependencies=guarded)
 
 
 def _authorize(service: Service):
