@@ -11,6 +11,9 @@ a request that gets no response at all is "lost". After a 429 a client waits its
 (at most 1 s) before its next request. After the load, seed 0 is asked for alone once more and
 must give the reference image again. Finally the server gets SIGTERM and must exit 0.
 
+With --api a1111 the clients call A1111's /sdapi/v1/img2img instead (JSON, the image in base64,
+the seed in `info`), with the same settings, references and checks.
+
 Reported: p50/p95/p99 latency of the 200s, images/s, counts by status, lost, corrupted, and the
 server's RSS (when ready, after warm-up, peak, end; flat when the end is within 10 % of the value
 after warm-up). The exit status is 1 when anything was lost or corrupted, the image after the
@@ -18,6 +21,7 @@ load differed, or the server did not exit 0.
 """
 
 import argparse
+import base64
 import io
 import json
 import os
@@ -176,13 +180,47 @@ def pixels(data: bytes) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
-def post(client, url: str, image: bytes, seed: int, settings: dict, timeout: float):
+def post(client, url: str, image: bytes, seed: int, settings: dict, timeout: float,
+         api: str = "fastimg"):  # fmt: skip
+    """One img2img request on `api` (fastimg: /v1/img2img; a1111: /sdapi/v1/img2img, answered
+    as /v1/img2img's: its image as the content, its seed in X-Fastimg-Seed)."""
+    if api == "a1111":
+        return _post_a1111(client, url, image, seed, settings, timeout)
     return client.post(
         f"{url}/v1/img2img",
         files={"image": ("load.png", image, "image/png")},
         data={**settings, "seed": str(seed), "format": "png"},
         timeout=timeout,
     )
+
+
+class A1111Answer:
+    """A 200 of /sdapi/v1/img2img as the load reads a /v1/img2img one."""
+
+    def __init__(self, response):
+        self.status_code, self.text = response.status_code, response.text[:200]
+        try:  # (an answer that cannot be read has no seed and no image: corrupted)
+            answer = response.json()
+            seed = json.loads(answer["info"])["seed"]
+            self.content = base64.b64decode(answer["images"][0])
+        except (ValueError, KeyError, IndexError, TypeError):
+            seed, self.content = None, b""
+        self.headers = {**response.headers, "x-fastimg-seed": str(seed)}
+
+
+def _post_a1111(client, url: str, image: bytes, seed: int, settings: dict, timeout: float):
+    """The load's request as A1111's JSON, on /sdapi/v1/img2img."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(image)) as opened:
+        width, height = opened.size
+    body = {"init_images": [base64.b64encode(image).decode("ascii")],
+            "prompt": settings["prompt"], "steps": int(settings["steps"]),
+            "denoising_strength": float(settings["strength"]),
+            "cfg_scale": float(settings["guidance"]), "seed": seed, "width": width,
+            "height": height}  # fmt: skip
+    response = client.post(f"{url}/sdapi/v1/img2img", json=body, timeout=timeout)
+    return A1111Answer(response) if response.status_code == 200 else response
 
 
 class Load:
@@ -207,7 +245,7 @@ class Load:
 
 
 def client_loop(load: Load, url: str, image: bytes, settings: dict, timeout: float,
-                references: dict, client_id: int) -> None:  # fmt: skip
+                references: dict, client_id: int, api: str = "fastimg") -> None:  # fmt: skip
     import httpx
 
     with httpx.Client() as client:
@@ -216,7 +254,7 @@ def client_loop(load: Load, url: str, image: bytes, settings: dict, timeout: flo
             record = {"client": client_id, "index": index, "seed": seed}
             started = time.monotonic()
             try:
-                response = post(client, url, image, seed, settings, timeout)
+                response = post(client, url, image, seed, settings, timeout, api)
             except httpx.HTTPError as exc:
                 record.update(status=None, error=f"{type(exc).__name__}: {exc}")
             else:
@@ -300,7 +338,7 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
         size: int = 64, steps: int = 2, strength: float = 0.6, guidance: float = 5.0,
         seeds: int = 4, workers: int = 1, max_queue: int = 16, timeout: float = 300.0,
         backend: str = "auto", ready_timeout: float = 900.0, log=print,
-        max_batch: int | None = None) -> dict:  # fmt: skip
+        max_batch: int | None = None, api: str = "fastimg") -> dict:  # fmt: skip
     """Start the server, load it, check the results, stop it; the full record."""
     import httpx
 
@@ -334,7 +372,7 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
             references, reference_s = {}, []
             for seed in range(seeds):
                 started = time.monotonic()
-                response = post(probe, server.url, image, seed, settings, client_timeout)
+                response = post(probe, server.url, image, seed, settings, client_timeout, api)
                 reference_s.append(time.monotonic() - started)
                 if response.status_code != 200:
                     raise RuntimeError(
@@ -353,7 +391,7 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
         threads = [
             threading.Thread(
                 target=client_loop,
-                args=(load, server.url, image, settings, client_timeout, references, k),
+                args=(load, server.url, image, settings, client_timeout, references, k, api),
                 daemon=True,
             )
             for k in range(clients)
@@ -374,7 +412,7 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
         with httpx.Client() as probe:  # the server alone again: the same image for seed 0
             after = batch_counts(probe, server.url)
             requests_run, runs = (a - b for a, b in zip(after, batches_before, strict=True))
-            response = post(probe, server.url, image, 0, settings, client_timeout)
+            response = post(probe, server.url, image, 0, settings, client_timeout, api)
             alone_after = response.status_code == 200 and _matches(response, 0, references[0])
         log("stopping the server (SIGTERM)")
         exit_code = server.terminate(timeout=60)
@@ -418,6 +456,7 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
             "backend": backend,
             "max_batch": max_batch,
             "prompt": PROMPT,
+            "api": api,
         },
         "engine_runs_during_load": runs,
         "requests_per_engine_run": requests_run / runs if runs else None,
@@ -500,6 +539,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=300.0, help="the server's --timeout")
     p.add_argument("--backend", default="auto")
     p.add_argument("--ready-timeout", type=float, default=900.0)
+    p.add_argument("--api", choices=("fastimg", "a1111"), default="fastimg",
+                   help="the route called: /v1/img2img or A1111's /sdapi/v1/img2img")  # fmt: skip
     p.add_argument("-o", "--out", type=Path, required=True, help="OUT.json")
     return p
 
@@ -525,6 +566,7 @@ def main(argv: list[str] | None = None) -> int:
         backend=args.backend,
         ready_timeout=args.ready_timeout,
         max_batch=args.max_batch,
+        api=args.api,
     )
     record = {
         "command": "python -m fastimg_bench.load " + shlex.join(map(str, argv)),

@@ -103,6 +103,32 @@ def test_queued_requests_are_batched_under_load_and_each_image_is_still_its_own(
     assert 1.0 < record["requests_per_engine_run"] <= 4.0
 
 
+def test_the_load_through_a1111s_endpoint_loses_and_corrupts_nothing(tiny, tmp_path):
+    out = tmp_path / "load.json"
+    argv = [str(tiny[1]), "--clients", "2", "--seconds", "6", "--requests", "8", "--seeds", "2",
+            "--backend", "onnxruntime", "--api", "a1111", "-o", str(out)]  # fmt: skip
+
+    assert load.main(argv) == 0
+
+    record = json.loads(out.read_text())
+    assert record["settings"]["api"] == "a1111" and "--api a1111" in record["command"]
+    assert record["lost"] == 0 and record["corrupted"] == 0
+    assert record["by_status"]["200"] >= 1 and record["seed_0_alone_after_load_matches"]
+    assert {r["status"] for r in record["records"]} <= {200, 429}
+
+
+def test_an_a1111_answer_is_read_as_a_v1_img2img_one():
+    import base64
+
+    import httpx
+
+    body = {"images": [base64.b64encode(b"PNG").decode()], "info": json.dumps({"seed": 7})}
+    read = load.A1111Answer(httpx.Response(200, json=body))
+    assert read.content == b"PNG" and read.headers["x-fastimg-seed"] == "7"
+    broken = load.A1111Answer(httpx.Response(200, json={"images": []}))
+    assert broken.content == b"" and broken.headers["x-fastimg-seed"] == "None"
+
+
 def test_a_pixel_changed_or_a_wrong_seed_counts_as_corrupted():
     import numpy as np
 

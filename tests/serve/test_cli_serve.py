@@ -30,6 +30,7 @@ def test_help_lists_the_options(runner):
                    "--backend", "--precision", "--device", "--shapes"):  # fmt: skip
         assert option in result.output
     assert "--engines" not in result.output  # ENGINES is the argument
+    assert "/sdapi/v1" in result.output and "base_url" in result.output  # (issue 30's clients)
 
 
 def test_the_cli_imports_nothing_of_the_server():

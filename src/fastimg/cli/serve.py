@@ -193,8 +193,11 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
     transform's fields (prompt, negative_prompt, strength, steps, guidance, seed, sampler,
     num_images, format, quality) and returns the image with its settings and seed in the
     X-Fastimg-* headers and in its labels. GET /v1/health, /v1/info and /metrics
-    (Prometheus) say how it is doing. SIGTERM stops admitting, finishes what runs, and exits.
-    With --ray the same API runs as Ray Serve replicas behind Ray's proxy on HOST:PORT.
+    (Prometheus) say how it is doing. A1111 clients (Krita and Photoshop plugins, webuiapi)
+    take http://HOST:PORT as their A1111 server (/sdapi/v1); OpenAI SDKs take
+    http://HOST:PORT/v1 as their base_url (images.edit). SIGTERM stops admitting, finishes
+    what runs, and exits. With --ray the same API runs as Ray Serve replicas behind Ray's
+    proxy on HOST:PORT.
     """
     from ..engine_folder.manifest import load_manifest
     from ..errors import InputError

@@ -6,6 +6,8 @@
     GET  /metrics      Prometheus text
     GET  /             the web page (static/; served without a key: it holds no secrets)
     WS   /v1/stream    webcam frames in, transformed JPEGs out; the newest frame wins
+    /sdapi/v1/...      A1111's API (compat_a1111): img2img, samplers, sd-models, options...
+    POST /v1/images/edits  OpenAI's image edits (compat_openai); GET /v1/models
 
 Every route first passes serve.guard (Host and Origin: 403). A request takes an upload place
 (429 when uploads, waiters and runs fill the slots and the queue), is read within the upload
@@ -32,11 +34,13 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.requests import ClientDisconnect
 from starlette.staticfiles import StaticFiles
 
-from ..errors import EngineError, FastImgError, InputError
+from ..errors import Cancelled, EngineError, FastImgError, InputError
 from .admission import Busy, Closed, Expired, SlowUpload, TooLarge, authorized
+from .compat_a1111 import add_a1111_routes
+from .compat_openai import add_openai_routes
 from .guard import RequestGuard, allowed_hosts
 from .requests import ImageRequest, Refusal, read_body
-from .service import Result, ServeOptions, Service, internal_error, retrieve
+from .service import Aborted, Result, ServeOptions, Service, internal_error, retrieve
 from .stream import open_stream
 
 log = logging.getLogger("fastimg")
@@ -155,12 +159,34 @@ def create_app(options: ServeOptions, load=None, wait_for_engines: bool = False)
         return FileResponse(STATIC / "index.html", headers={"Content-Security-Policy": PAGE_POLICY})
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    add_a1111_routes(app, service, answer)
+    add_openai_routes(app, service, answer)
 
     return app
 
 
 async def _img2img(service: Service, request: Request) -> Response:
-    """POST /v1/img2img: read, check, run; every refusal answered with its status and counted."""
+    """POST /v1/img2img: read, check, run."""
+
+    async def work(deadline: float, run) -> tuple[Response, list[bytes]]:
+        """The request read, checked and run: its response and its images."""
+        o = service.options
+        pace = (o.body_bytes_per_second, o.head_seconds, deadline)
+        with service.admission.upload():
+            body = await read_body(request, o.max_upload_bytes, pace)
+        checked = service.check_request(body)
+        size = await asyncio.to_thread(service.image_size, checked)
+        checked = dataclasses.replace(checked, size=size)
+        (result,) = await run([checked])
+        return _respond(result, checked.fmt), result.encoded
+
+    return await answer(service, request, work)
+
+
+async def answer(service: Service, request: Request, work) -> Response:
+    """A request answered by `work(deadline, run)` (it reads, checks and runs it with
+    `run([checked, ...])` -> Results, and returns (response, images)); every refusal answered
+    with its status and counted, as every route that runs the engines counts them."""
     arrived = time.monotonic()
     deadline = asyncio.get_running_loop().time() + service.options.timeout
 
@@ -170,17 +196,15 @@ async def _img2img(service: Service, request: Request) -> Response:
         service.metrics.count(refusal.outcome)
         return refusal.response()
 
+    def run(checked: list[ImageRequest], interrupt: threading.Event | None = None):
+        """The checked requests run together while the client stays (ClientLeft otherwise);
+        once `interrupt` is set they stop, and those stopped give None in place of a Result."""
+        return _run_while_connected(service, request, checked, deadline, interrupt)
+
     try:
         if not service.accepting:
             raise Refusal(503, service.unavailable_reason())
-        o = service.options
-        pace = (o.body_bytes_per_second, o.head_seconds, deadline)
-        with service.admission.upload():
-            body = await read_body(request, o.max_upload_bytes, pace)
-        checked = service.check_request(body)
-        size = await asyncio.to_thread(service.image_size, checked)
-        checked = dataclasses.replace(checked, size=size)
-        result = await _run_while_connected(service, request, checked, deadline)
+        response, encoded = await work(deadline, run)
     except Refusal as exc:
         service.metrics.count(exc.outcome)
         return exc.response()
@@ -205,11 +229,11 @@ async def _img2img(service: Service, request: Request) -> Response:
     except Exception:
         return refuse(500, internal_error("img2img request"), "error")
     service.metrics.count("ok")
-    service.metrics.images.inc(len(result.encoded))
+    service.metrics.images.inc(len(encoded))
     service.metrics.latency.observe(time.monotonic() - arrived)
-    if sum(len(data) for data in result.encoded) > LARGE_RESPONSE:
+    if sum(len(data) for data in encoded) > LARGE_RESPONSE:
         _give_back_memory_soon()
-    return _respond(result, checked.fmt)
+    return response
 
 
 def _give_back_memory_soon() -> None:
@@ -231,24 +255,50 @@ def _give_back_memory() -> None:
 
 
 async def _run_while_connected(
-    service: Service, request: Request, checked: ImageRequest, deadline: float
-) -> Result:
-    """Wait for a slot and run, while watching for the client to leave (ClientLeft)."""
-    abort = threading.Event()
+    service: Service,
+    request: Request,
+    checked: list[ImageRequest],
+    deadline: float,
+    interrupt: threading.Event | None = None,
+) -> list[Result | None]:
+    """Wait for slots and run the requests (the service may batch them), while watching for
+    the client to leave (ClientLeft); the first failure fails them all, except that once
+    `interrupt` (their stop flag) is set, a request it stopped gives None."""
+    abort = interrupt or threading.Event()
     left = asyncio.ensure_future(_disconnected(request))
-    work = asyncio.ensure_future(service.admit_and_run(checked, abort, deadline))
-    work.add_done_callback(retrieve)  # its error may come after nobody awaits it
+    works = [asyncio.ensure_future(service.admit_and_run(one, abort, deadline)) for one in checked]
+    for work in works:
+        work.add_done_callback(retrieve)  # its error may come after nobody awaits it
     try:
-        await asyncio.wait({left, work}, return_when=asyncio.FIRST_COMPLETED)
-        if work.done():
-            return work.result()
-        raise ClientLeft()
+        pending = set(works)
+        while True:
+            await asyncio.wait(pending | {left}, return_when=asyncio.FIRST_COMPLETED)
+            for work in works:
+                if work.done() and not _succeeded(work, interrupt):
+                    work.result()  # raises its error
+            pending = {work for work in works if not work.done()}
+            if not pending:  # (done as the client leaves: answered, as before)
+                return [None if work.exception() else work.result() for work in works]
+            if left.done():
+                raise ClientLeft()
     finally:
         left.cancel()
         abort.set()  # a run still going (client gone, deadline passed) stops at its next step
-        if not work.done():
+        unfinished = [work for work in works if not work.done()]
+        for work in unfinished:
             work.cancel()  # a queued request leaves the queue without running
-            await asyncio.wait({work})
+        if unfinished:
+            await asyncio.wait(unfinished)
+
+
+def _succeeded(work: asyncio.Future, interrupt: threading.Event | None) -> bool:
+    """Whether a finished run gave its Result, or was stopped by `interrupt` once it was set."""
+    if work.cancelled():
+        return False
+    error = work.exception()
+    if error is None:
+        return True
+    return interrupt is not None and interrupt.is_set() and isinstance(error, (Aborted, Cancelled))
 
 
 async def _disconnected(request: Request) -> None:

@@ -109,6 +109,7 @@ class Service:
         self.on_failure = None  # called with the message when the engines cannot be loaded
         self._load = load or self._load_engines
         self.max_batch = options.max_batch or 1  # (None: set by the backend once loaded)
+        self.last_step: tuple[int, int] | None = None  # (UNet step, of total) of the newest run
         self.streams: set = set()  # the running /v1/stream connections (each has `stop()`)
         self.stream_clients: dict[str, int] = {}  # open stream sockets per client address
         self.frames = Counter(
@@ -310,6 +311,7 @@ class Service:
 
         def callback(step: int, total: int) -> None:
             """Stop the run between UNet steps once no request of it is waiting any more."""
+            self.last_step = (step, total)  # (the newest run's, for A1111's /progress)
             if nobody_waits():
                 raise Aborted()
 
