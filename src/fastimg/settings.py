@@ -292,6 +292,20 @@ SETTINGS = (
         "light paper); without a control image, from the input image [none: as given].",
         choices=CONTROL_PREPROCESSORS,
     ),
+    # (No range here: a negative one is refused with its fix by diffusion.masks, exit 1.)
+    Setting(
+        "mask_blur",
+        WHOLE,
+        "Inpainting: blur the mask by PX pixels first (Gaussian radius, as diffusers' "
+        "mask_processor.blur) for a soft seam [0: none].",
+    ),
+    Setting(
+        "padding_mask_crop",
+        WHOLE,
+        "Inpainting, with --inpaint-area masked: the pixels around the masked region that are "
+        "transformed with it at the engine's size (diffusers' padding_mask_crop) [32].",
+        field="mask_padding",
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -320,6 +334,9 @@ class CallSettings:
     control_image: object = None  # a path or a PIL image (not a text setting: no HTTP field)
     mask_image: object = None  # likewise: white is repainted, black kept
     mask_invert: bool = False  # black is repainted, white kept
+    mask_blur: int | None = None
+    padding_mask_crop: int | None = None  # None: the whole image (A1111's "whole picture")
+    keep_unmasked: bool = False  # the original pixels pasted back outside the mask
     sdxl: tuple[tuple[str, object], ...] = ()
 
     def arguments(self) -> dict:

@@ -3,11 +3,12 @@ with a mask."""
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from fastimg.diffusion import masks
 from fastimg.engine_folder.manifest import Manifest
 from fastimg.errors import InputError
+from fastimg.media import images
 from fastimg.settings import CallSettings
 from tests.manifests import complete
 
@@ -128,3 +129,114 @@ def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):
         result = run(*more, out="bad.png")
         assert result.exit_code == 1 and message in result.output, result.output
         assert "Traceback" not in result.output and not (tmp_path / "bad.png").exists()
+
+
+def test_the_only_masked_steps_are_diffusers_image_processor():
+    """crop_region, resize_and_fill and apply_overlay against VaeImageProcessor's own, on
+    masks whose boxes hit each edge and both aspect-ratio branches."""
+    pytest.importorskip("torch")
+    from diffusers.image_processor import VaeImageProcessor
+
+    from fastimg.diffusion import inpaint_area
+
+    processor = VaeImageProcessor(vae_scale_factor=8)
+    rng = np.random.default_rng(3)
+    image = Image.fromarray((rng.random((68, 90, 3)) * 255).astype(np.uint8))
+    boxes = [(24, 44, 50, 70), (0, 10, 0, 90), (30, 68, 85, 90), (5, 60, 40, 45), (33, 34, 2, 3)]
+    for (top, bottom, left, right), pad, (w, h) in zip(
+        boxes, [4, 0, 16, 3, 100], [(88, 64), (64, 88), (64, 64), (88, 64), (40, 96)],
+        strict=True,
+    ):  # fmt: skip
+        values = np.zeros((68, 90), np.uint8)
+        values[top:bottom, left:right] = 200
+        mask = Image.fromarray(values).filter(ImageFilter.GaussianBlur(2))
+        crop = inpaint_area.crop_region(mask, w, h, pad)
+        assert crop == processor.get_crop_region(mask, w, h, pad=pad)
+        for picture in (image, mask):
+            expected = processor._resize_and_fill(picture.crop(crop), w, h)
+            got = inpaint_area.resize_and_fill(picture.crop(crop), w, h)
+            assert np.array_equal(np.asarray(got), np.asarray(expected))
+        made = Image.fromarray((rng.random((h, w, 3)) * 255).astype(np.uint8))
+        for box in (crop, None):
+            made_here = made if box else made.resize(image.size)
+            expected = processor.apply_overlay(mask, image, made_here, box)
+            got = inpaint_area.apply_overlay(mask, image, made_here, box)
+            assert np.array_equal(np.asarray(got), np.asarray(expected))
+
+
+def test_blur_only_masked_and_keep_unmasked_in_the_prepared_mask():
+    pixels = np.linspace(-1, 1, 3 * 64 * 88, dtype=np.float32).reshape(1, 3, 64, 88)
+    white = np.zeros((64, 88), np.uint8)
+    white[20:40, 30:50] = 255
+    given = Image.fromarray(white)
+    plain = masks.prepare_mask(CallSettings("x", mask_image=given), pixels, 8)
+    assert plain.overlay is None and plain.image_pixels is pixels and plain.settings == ()
+    blurred = masks.prepare_mask(CallSettings("x", mask_image=given, mask_blur=6), pixels, 8)
+    assert not np.array_equal(blurred.pixels, plain.pixels)  # the seam moves, binarized
+    assert blurred.labels() == {"fastimg:mask": "given", "fastimg:mask_blur": 6}
+    kept = masks.prepare_mask(CallSettings("x", mask_image=given, keep_unmasked=True), pixels, 8)
+    gray, original, crop = kept.overlay
+    assert crop is None and np.array_equal(np.asarray(gray), white)
+    assert np.array_equal(np.asarray(original), images.to_uint8(pixels)[0])
+    only = CallSettings("x", mask_image=given, padding_mask_crop=2, mask_invert=False)
+    cropped = masks.prepare_mask(only, pixels, 8)
+    assert cropped.overlay[2] == (24, 18, 57, 42)  # the 24 x 24 padded box, widened to 88:64
+    assert cropped.image_pixels.shape == pixels.shape
+    assert not np.array_equal(cropped.image_pixels, pixels)
+    assert cropped.pixels.mean() > 2 * plain.pixels.mean()  # the block fills more of the crop
+    inverted = masks.prepare_mask(only.with_values(mask_invert=True), pixels, 8)
+    assert inverted.overlay[2] == (0, 0, 88, 64)  # all but the block: the whole image
+    assert np.array_equal(np.asarray(inverted.overlay[0]), 255 - white)
+
+
+def test_checks_of_the_mask_settings():
+    mask = Image.new("L", (8, 8), 255)
+    shaping = [
+        ("mask_blur", "--mask-blur PX"),
+        ("padding_mask_crop", "--inpaint-area masked"),
+        ("keep_unmasked", "--keep-unmasked"),
+    ]
+    for name, option in shaping:
+        value = True if name == "keep_unmasked" else 4
+        with pytest.raises(InputError, match=f"{name} \\({option}\\) shapes a mask, but no"):
+            masks.check_settings(_manifest(), CallSettings("x", **{name: value}))
+    masks.check_settings(_manifest(), CallSettings("x", mask_blur=0))  # (no blur: nothing given)
+    for name, option in [("mask_blur", "--mask-blur"), ("padding_mask_crop", "--mask-padding")]:
+        with pytest.raises(InputError, match=f"{name} \\({option}\\) is a number of pixels, 0"):
+            masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, **{name: -1}))
+    with pytest.raises(InputError, match="keep_unmasked must be True or False"):
+        masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, keep_unmasked=1))
+
+
+def test_transform_only_masked_with_a_blurred_mask(tiny_inpaint, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    photo.save(tmp_path / "in.png")
+    white = np.zeros((68, 90), np.uint8)
+    white[24:44, 50:70] = 255
+    Image.fromarray(white).save(tmp_path / "mask.png")
+    base = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_inpaint[1]),
+            "--prompt", "a fox", "--steps", "4", "--seed", "1", "--mask",
+            str(tmp_path / "mask.png")]  # fmt: skip
+
+    def run(*more, out="out.png"):
+        return CliRunner().invoke(cli, [*base, *more, "-o", str(tmp_path / out)])
+
+    result = run("--inpaint-area", "masked", "--mask-blur", "3")
+    assert result.exit_code == 0, result.output
+    out = Image.open(tmp_path / "out.png")
+    assert out.size == photo.size  # pasted back over the original, not the engine's 88 x 64
+    assert out.info["fastimg:mask_padding"] == "32" and out.info["fastimg:mask_blur"] == "3"
+    assert np.array_equal(np.asarray(out.convert("RGB"))[:, :12], np.asarray(photo)[:, :12])
+    for more, message in [
+        (("--mask-padding", "8"), "--mask-padding pads the region that --inpaint-area masked"),
+        (("--mask-blur", "-3"), "mask_blur (--mask-blur) is a number of pixels, 0 or more"),
+        (("--inpaint-area", "masked", "--mask-padding", "-1"), "padding_mask_crop (--mask-pad"),
+    ]:
+        result = run(*more, out="bad.png")
+        assert result.exit_code == 1 and message in result.output, result.output
+        errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+        assert len(errors) == 1 and "Traceback" not in result.output
+        assert not (tmp_path / "bad.png").exists()

@@ -136,3 +136,52 @@ def test_batched_masked_calls_are_the_calls_alone(request, photo, mask, name):
     for call, images in zip(calls, batched, strict=True):
         for alone, together in zip(ours(**call), images, strict=True):
             assert psnr(alone, together) >= MIN_PSNR
+
+
+@pytest.fixture(scope="module")
+def small_mask():
+    """A 20 x 20 block to repaint, away from the edges: its padded box is a small crop."""
+    values = np.zeros((68, 90), np.uint8)
+    values[24:44, 50:70] = 255
+    return Image.fromarray(values)
+
+
+@pytest.mark.parametrize("size", [(180, 136), (45, 34)])
+def test_a_blurred_mask_of_another_size_matches_diffusers(pair, photo, mask, size):
+    """mask_blur is diffusers' mask_processor.blur on the mask as given (here at twice and
+    half the image's size), before the pipeline resizes and binarizes it."""
+    name, ref, config, ours = pair
+    other = mask.resize(size, resample=Image.BILINEAR)
+    blurred = ref.mask_processor.blur(other, blur_factor=3)
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    expected = run_reference(ref, config, "euler", photo, seed=5, mask_image=blurred,
+                             height=64, width=88, **settings)  # fmt: skip
+    got = ours(image=photo, seed=5, scheduler="euler", mask_image=other, mask_blur=3, **settings)
+    unblurred = ours(image=photo, seed=5, scheduler="euler", mask_image=other, **settings)
+    for e, g, u in zip(expected, got, unblurred, strict=True):
+        print(f"{name} mask {size} blurred: {psnr(e, g):.1f} dB (unblurred {psnr(e, u):.1f})")
+        assert g.size == (88, 64) and psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+    assert got[0].info["fastimg:mask_blur"] == 3
+
+
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_only_masked_with_padding_matches_diffusers(pair, photo, small_mask, strength):
+    """padding_mask_crop: the masked block's padded box (widened to 88:64) transformed at
+    88 x 64 and pasted back over the 90 x 68 original through the blurred mask."""
+    name, ref, config, ours = pair
+    blurred = ref.mask_processor.blur(small_mask, blur_factor=2)
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=strength)
+    expected = run_reference(ref, config, "ddim", photo, seed=3, mask_image=blurred, height=64,
+                             width=88, padding_mask_crop=4, **settings)  # fmt: skip
+    got = ours(image=photo, seed=3, scheduler="ddim", mask_image=small_mask, mask_blur=2,
+               padding_mask_crop=4, **settings)  # fmt: skip
+    original = np.asarray(photo)
+    for e, g in zip(expected, got, strict=True):
+        assert g.size == e.size == photo.size  # the original's, not the engine's
+        print(f"{name} only masked, strength {strength}: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+        ours_pixels = np.asarray(g)
+        assert np.array_equal(ours_pixels[:16], original[:16])  # far outside the box: kept
+        assert np.abs(ours_pixels[28:40, 54:66].astype(int) - original[28:40, 54:66]).mean() > 5
+    assert got[0].info["fastimg:mask_padding"] == 4
+    assert psnr(got[0], got[1]) < MIN_PSNR

@@ -16,6 +16,7 @@ from .options import (
     check_size,
     engine_options,
     given_once,
+    inpaint_options,
     more_setting_options,
     output_options,
     output_target,
@@ -26,6 +27,7 @@ from .options import (
     setting_option,
     sweep_option,
 )
+from .options import inpaint_area as set_inpaint_area
 
 
 def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
@@ -149,6 +151,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     "inpainting engines, taken by plain ones too.",
 )
 @click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
+@inpaint_options
 @more_setting_options
 @output_options
 @engine_options
@@ -156,7 +159,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
 @domain_errors
 def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, variants,
               scheduler, num_images, recursive, grid, control_image, mask, mask_invert,
-              **settings) -> None:  # fmt: skip
+              inpaint_area: str, keep_unmasked: bool, **settings) -> None:  # fmt: skip
     """Transform IMAGES (files or folders) toward --prompt with the engines in --engines.
 
     Lists sweep: --strength 0.25,0.5,0.75 makes three images per input, named apart
@@ -172,6 +175,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         given_once(negative_prompt, "--negative-prompt"),
     )
     more = pop_more_settings(settings)
+    set_inpaint_area(more, inpaint_area)
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "
@@ -193,8 +197,9 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         call = from_fields(given, parse=False)
         if control_image is not None:
             call = call.with_values(control_image=str(control_image))
-        if mask is not None or mask_invert:
-            call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert)
+        if mask is not None or mask_invert or keep_unmasked:
+            call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert,
+                                    keep_unmasked=keep_unmasked)  # fmt: skip
         jobs = plan_sweep(sources, call, sweep)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
