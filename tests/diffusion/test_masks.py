@@ -230,6 +230,15 @@ def test_transform_only_masked_with_a_blurred_mask(tiny_inpaint, photo, tmp_path
     assert out.size == photo.size  # pasted back over the original, not the engine's 88 x 64
     assert out.info["fastimg:mask_padding"] == "32" and out.info["fastimg:mask_blur"] == "3"
     assert np.array_equal(np.asarray(out.convert("RGB"))[:, :12], np.asarray(photo)[:, :12])
+    photo.crop((0, 0, 88, 64)).save(tmp_path / "in88.png")
+    Image.fromarray(white[:64, :88]).save(tmp_path / "mask88.png")
+    base[1], base[-1] = str(tmp_path / "in88.png"), str(tmp_path / "mask88.png")
+    result = run("--keep-unmasked", out="kept.png")
+    assert result.exit_code == 0, result.output
+    kept = np.asarray(Image.open(tmp_path / "kept.png").convert("RGB"))
+    outside = white[:64, :88] == 0
+    assert np.array_equal(kept[outside], np.asarray(photo)[:64, :88][outside])
+    assert not np.array_equal(kept[~outside], np.asarray(photo)[:64, :88][~outside])
     for more, message in [
         (("--mask-padding", "8"), "--mask-padding pads the region that --inpaint-area masked"),
         (("--mask-blur", "-3"), "mask_blur (--mask-blur) is a number of pixels, 0 or more"),
