@@ -249,3 +249,34 @@ def test_transform_only_masked_with_a_blurred_mask(tiny_inpaint, photo, tmp_path
         errors = [line for line in result.output.splitlines() if line.startswith("Error")]
         assert len(errors) == 1 and "Traceback" not in result.output
         assert not (tmp_path / "bad.png").exists()
+
+
+def test_a_job_file_with_a_mask_column_runs(tiny_inpaint, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    photo.crop((0, 0, 88, 64)).save(tmp_path / "in.png")
+    white = np.zeros((64, 88), np.uint8)
+    white[10:40, 20:60] = 255
+    Image.fromarray(white).save(tmp_path / "mask.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,prompt,mask,keep_unmasked,mask_blur,seed,steps\n"
+        "in.png,a fox,mask.png,true,2,1,3\n"
+        "in.png,a fox,,,,1,3\n"
+    )
+    out = tmp_path / "out"
+    args = ["run", str(tmp_path / "jobs.csv"), "--engines", str(tiny_inpaint[1]), "-o", str(out)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "needs a mask" in result.output, result.output  # row 2
+    assert not out.exists()  # every row is checked before any runs
+    (tmp_path / "jobs.csv").write_text(
+        "image,prompt,mask,keep_unmasked,mask_blur,seed,steps\nin.png,a fox,mask.png,true,2,1,3\n"
+    )
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (made,) = out.iterdir()
+    image = Image.open(made)
+    assert (image.info["fastimg:keep_unmasked"], image.info["fastimg:mask_blur"]) == ("True", "2")
+    soft = np.asarray(Image.fromarray(white).filter(ImageFilter.GaussianBlur(2))) == 0
+    assert np.array_equal(np.asarray(image.convert("RGB"))[soft], np.asarray(photo)[:64, :88][soft])

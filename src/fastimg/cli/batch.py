@@ -226,7 +226,8 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
     """Run the jobs of a CSV (with a header row) or JSONL file.
 
     Columns: image, the settings (prompt, negative_prompt, strength, steps, guidance, seed,
-    num_images, sampler, the SDXL ones, the ControlNet's), control_image (a path, as image's),
+    num_images, sampler, the SDXL ones, the ControlNet's, mask_blur, mask_padding),
+    control_image and mask (paths, as image's), mask_invert and keep_unmasked (true/false),
     output (only image is required; the options fill what a row leaves empty). Every row is
     checked before the first image is made; outputs are named {row}-{stem}-s{strength}-{seed}
     unless a row's output column or --name says otherwise.

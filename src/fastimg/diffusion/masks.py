@@ -42,7 +42,7 @@ class Mask:
     image_pixels: np.ndarray | None = None
     # What an output is pasted over: (the mask, the original, the crop box or None), or None.
     overlay: tuple | None = None
-    settings: tuple[tuple[str, object], ...] = ()  # blur, padding, keep: those given
+    tags: tuple[tuple[str, object], ...] = ()  # mask_labels' (label, value) pairs
 
     @property
     def label(self) -> str:
@@ -51,7 +51,7 @@ class Mask:
 
     def labels(self) -> dict:
         """fastimg:mask and the mask settings given (fastimg:mask_blur, ...)."""
-        return {"fastimg:mask": self.label, **{f"fastimg:{k}": v for k, v in self.settings}}
+        return dict(self.tags)
 
     def finish(self, image: Image.Image) -> Image.Image:
         """An output as the call returns it: pasted over the original through the mask where
@@ -156,11 +156,6 @@ def prepare_mask(
     if not binary.any():
         raise _empty_mask()
     mask = binary[None, None]
-    given = [
-        ("mask_blur", settings.mask_blur or None),
-        ("mask_padding", settings.padding_mask_crop),
-        ("keep_unmasked", settings.keep_unmasked or None),
-    ]
     return Mask(
         pixels=mask,
         latent=to_latent_size(mask, height // factor, width // factor),
@@ -168,8 +163,22 @@ def prepare_mask(
         inverted=invert,
         image_pixels=pixels,
         overlay=overlay,
-        settings=tuple((k, v) for k, v in given if v is not None),
+        tags=tuple(mask_labels(settings).items()),
     )
+
+
+def mask_labels(settings: CallSettings) -> dict:
+    """The fastimg:* labels of an image made with `settings`' mask (none without one):
+    fastimg:mask (given, or inverted) and the mask settings given."""
+    if settings.mask_image is None:
+        return {}
+    given = {
+        "mask": "inverted" if settings.mask_invert else "given",
+        "mask_blur": settings.mask_blur or None,
+        "mask_padding": settings.padding_mask_crop,
+        "keep_unmasked": settings.keep_unmasked or None,
+    }
+    return {f"fastimg:{key}": value for key, value in given.items() if value is not None}
 
 
 def mask_picture(image: Image.Image, blur: float | None = None) -> Image.Image:
