@@ -369,6 +369,20 @@ def from_fields(values: dict, parse: bool = True) -> CallSettings:
     return CallSettings(**given, sdxl=sdxl)
 
 
+# What a true-or-false job-file cell or HTTP field may say (JSON's own booleans too).
+FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_flag(value, name: str) -> bool:
+    """A true-or-false value as text or JSON arrive: true/false, yes/no, 1/0, or a boolean."""
+    if isinstance(value, bool):
+        return value
+    word = FLAG_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
+    if word is None:
+        raise InputError(f"{name} must be true or false, got {value!r}")
+    return word
+
+
 def check_prompt(text: str) -> None:
     """Refuse a prompt that is too long or not valid Unicode, quoting only its start."""
     if len(text) > MAX_PROMPT_CHARS:

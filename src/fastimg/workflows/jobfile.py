@@ -24,8 +24,6 @@ from .sources import Source
 # A job's own: its input, its ControlNet's control image, its mask and its output name.
 MASK_FLAGS = ("mask_invert", "keep_unmasked")
 OWN_COLUMNS = ("image", "control_image", "mask", *MASK_FLAGS, "output")
-# What a true or false cell may say (JSON's own booleans too).
-FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 MAX_BYTES = 64 * 2**20
 MAX_ERRORS = 10
 
@@ -159,7 +157,7 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
         call = call.with_values(control_image=str(control))
     if "mask" in values:
         call = call.with_values(mask_image=str(_image(values["mask"], "mask", folder)))
-    flags = {name: _flag(values[name], name) for name in MASK_FLAGS if name in values}
+    flags = {name: settings.parse_flag(values[name], name) for name in MASK_FLAGS if name in values}
     return Job(Source(image), call.with_values(**flags), row=number, name=name)
 
 
@@ -175,16 +173,6 @@ def _image(value, column: str, folder: Path) -> Path:
     if not looks_like_an_image(image):
         raise InputError(f"{image} is not an image (PNG, JPEG, WebP, GIF, BMP or TIFF)")
     return image
-
-
-def _flag(value, column: str) -> bool:
-    """A true-or-false cell: JSON's true and false, or true/false, yes/no, 1/0 as text."""
-    if isinstance(value, bool):
-        return value
-    word = FLAG_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
-    if word is None:
-        raise InputError(f"{column} must be true or false, got {value!r}")
-    return word
 
 
 def _empty(value) -> bool:
