@@ -170,7 +170,11 @@ def test_blur_only_masked_and_keep_unmasked_in_the_prepared_mask():
     white[20:40, 30:50] = 255
     given = Image.fromarray(white)
     plain = masks.prepare_mask(CallSettings("x", mask_image=given), pixels, 8)
-    assert plain.overlay is None and plain.image_pixels is pixels and plain.settings == ()
+    assert (
+        plain.overlay is None
+        and plain.image_pixels is pixels
+        and plain.tags == (("fastimg:mask", "given"),)
+    )
     blurred = masks.prepare_mask(CallSettings("x", mask_image=given, mask_blur=6), pixels, 8)
     assert not np.array_equal(blurred.pixels, plain.pixels)  # the seam moves, binarized
     assert blurred.labels() == {"fastimg:mask": "given", "fastimg:mask_blur": 6}
@@ -280,3 +284,27 @@ def test_a_job_file_with_a_mask_column_runs(tiny_inpaint, photo, tmp_path):
     assert (image.info["fastimg:keep_unmasked"], image.info["fastimg:mask_blur"]) == ("True", "2")
     soft = np.asarray(Image.fromarray(white).filter(ImageFilter.GaussianBlur(2))) == 0
     assert np.array_equal(np.asarray(image.convert("RGB"))[soft], np.asarray(photo)[:64, :88][soft])
+
+
+@pytest.mark.parametrize(
+    "more,message",
+    [
+        (("--inpaint-area", "masked"), "padding_mask_crop (--inpaint-area masked) shapes a mask"),
+        (("--keep-unmasked",), "keep_unmasked (--keep-unmasked) shapes a mask, but no mask"),
+        (("--mask-blur", "4"), "mask_blur (--mask-blur PX) shapes a mask, but no mask was given"),
+        (("--mask-padding", "8"), "--mask-padding pads the region that --inpaint-area masked"),
+    ],
+)
+def test_mask_options_without_a_mask_are_one_line_and_exit_1(tiny, photo, tmp_path, more, message):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    photo.save(tmp_path / "in.png")
+    args = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny[1]), "--prompt", "a fox",
+            "--steps", "2", *more, "-o", str(tmp_path / "out.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and message in result.output, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1 and "pass one" in errors[0] or "add --inpaint-area" in errors[0]
+    assert not (tmp_path / "out.png").exists()
