@@ -306,5 +306,5 @@ def test_mask_options_without_a_mask_are_one_line_and_exit_1(tiny, photo, tmp_pa
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 1 and message in result.output, result.output
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
-    assert len(errors) == 1 and "pass one" in errors[0] or "add --inpaint-area" in errors[0]
+    assert len(errors) == 1 and ("pass one" in errors[0] or "add --inpaint-area" in errors[0])
     assert not (tmp_path / "out.png").exists()
