@@ -206,8 +206,11 @@ def test_checks_of_the_mask_settings():
             masks.check_settings(_manifest(), CallSettings("x", **{name: value}))
     masks.check_settings(_manifest(), CallSettings("x", mask_blur=0))  # (no blur: nothing given)
     for name, option in [("mask_blur", "--mask-blur"), ("padding_mask_crop", "--mask-padding")]:
-        with pytest.raises(InputError, match=f"{name} \\({option}\\) is a number of pixels, 0"):
-            masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, **{name: -1}))
+        for value in (-1, 10**30):
+            with pytest.raises(InputError, match=f"{name} \\({option}\\) is a number of pixels"):
+                masks.check_settings(
+                    _manifest(), CallSettings("x", mask_image=mask, **{name: value})
+                )
     with pytest.raises(InputError, match="keep_unmasked must be True or False"):
         masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, keep_unmasked=1))
 

@@ -25,6 +25,8 @@ from ..settings import BY_NAME, CallSettings
 from . import samplers, schedules
 from .inpaint_area import apply_overlay, crop_region, resize_and_fill
 
+# The largest blur radius or padding taken, in pixels (PIL refuses radii past 2**31).
+MAX_MASK_PIXELS = 1 << 16
 # PIL modes convert("L") reads as diffusers does; others (16-bit, float, CMYK) go through RGB.
 PLAIN_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 
@@ -63,8 +65,9 @@ class Mask:
 
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
-    """Refuse an inpainting folder without a mask, and masks where fastimg cannot match
-    diffusers yet (SDXL, an LCM-distilled UNet, a ControlNet)."""
+    """Refuse an inpainting folder without a mask, mask settings without a mask or out of
+    range, and masks where fastimg cannot match diffusers yet (SDXL, an LCM-distilled UNet, a
+    ControlNet)."""
     shaping = {
         "mask_invert": (settings.mask_invert, "--mask-invert"),
         "mask_blur": (settings.mask_blur, "--mask-blur PX"),
@@ -78,7 +81,8 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
                 "mask (white: repaint, black: keep): pass mask_image (--mask FILE)"
             )
         for name, (value, option) in shaping.items():
-            if value is not None and value is not False and not (name == "mask_blur" and not value):
+            unset = value is None or value is False or (name == "mask_blur" and value == 0)
+            if not unset:
                 raise InputError(
                     f"{name} ({option}) shapes a mask, but no mask was given: pass one "
                     "(mask_image, --mask FILE) or leave it out"
@@ -89,10 +93,10 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
             raise InputError(f"{name} must be True or False, got {shaping[name][0]!r}")
     for name, fix in (("mask_blur", "0 for none"), ("padding_mask_crop", "e.g. 32")):
         value = shaping[name][0]
-        if value is not None and value < 0:
+        if value is not None and not 0 <= value <= MAX_MASK_PIXELS:
             raise InputError(
-                f"{name} ({BY_NAME[name].option}) is a number of pixels, 0 or more, got "
-                f"{value}: pass {fix}"
+                f"{name} ({BY_NAME[name].option}) is a number of pixels, 0 or more (at most "
+                f"{MAX_MASK_PIXELS}), got {value}: pass {fix}"
             )
     if isinstance(settings.mask_image, str | Path):  # a batch's mask file: read once, up front
         path = Path(settings.mask_image)
