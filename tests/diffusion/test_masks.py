@@ -311,3 +311,24 @@ def test_mask_options_without_a_mask_are_one_line_and_exit_1(tiny, photo, tmp_pa
     errors = [line for line in result.output.splitlines() if line.startswith("Error")]
     assert len(errors) == 1 and ("pass one" in errors[0] or "add --inpaint-area" in errors[0])
     assert not (tmp_path / "out.png").exists()
+
+
+def test_only_masked_with_a_mask_of_another_size_is_resized_to_the_original():
+    """diffusers wants the mask at the image's size for padding_mask_crop (its apply_overlay
+    pastes through it); fastimg resizes a mask of another size to the original's first."""
+    image = Image.fromarray((np.random.default_rng(5).random((68, 90, 3)) * 255).astype(np.uint8))
+    pixels = images.to_pixels(image, 8)
+    half = np.zeros((34, 45), np.uint8)
+    half[10:20, 20:30] = 255
+    settings = CallSettings("x", mask_image=Image.fromarray(half), padding_mask_crop=4)
+    mask = masks.prepare_mask(settings, pixels, 8, image)
+    gray, original, crop = mask.overlay
+    assert gray.size == original.size == image.size and np.array_equal(original, image)
+    x1, y1, x2, y2 = crop
+    assert x1 <= 40 - 4 and y1 <= 20 - 4 and x2 >= 60 + 4 and y2 >= 40 + 4  # the block, padded
+    assert mask.pixels.shape == (1, 1, 64, 88) and mask.image_pixels.shape == pixels.shape
+    made = Image.new("RGB", (88, 64), (255, 0, 0))
+    out = np.asarray(mask.finish(made))
+    assert out.shape == (68, 90, 3)
+    assert np.array_equal(out[:10], np.asarray(image)[:10])  # far from the block: the original
+    assert (out[25:35, 45:55] == (255, 0, 0)).all()  # inside it: the result
