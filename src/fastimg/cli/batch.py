@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..settings import SEED_LIMIT, from_fields
 from .common import domain_errors, echo_err
 from .options import (
+    apply_inpaint_area,
     c2pa_signer,
     check_ray_options,
     check_size,
@@ -27,7 +28,6 @@ from .options import (
     setting_option,
     sweep_option,
 )
-from .options import inpaint_area as set_inpaint_area
 
 
 def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
@@ -175,7 +175,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         given_once(negative_prompt, "--negative-prompt"),
     )
     more = pop_more_settings(settings)
-    set_inpaint_area(more, inpaint_area)
+    apply_inpaint_area(more, inpaint_area)
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "

@@ -387,7 +387,7 @@ def inpaint_options(command):
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 
 
-def inpaint_area(more: dict, area: str) -> None:
+def apply_inpaint_area(more: dict, area: str) -> None:
     """Set the settings' mask_padding from --inpaint-area: refused without 'masked', 32 by
     default with it."""
     if area != "masked":

@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..settings import DEFAULT_REUSE_THRESHOLD, from_fields
 from .common import domain_errors, echo_err
 from .options import (
+    apply_inpaint_area,
     engine_options,
     given_once,
     inpaint_options,
@@ -20,7 +21,6 @@ from .options import (
     scheduler_option,
     setting_option,
 )
-from .options import inpaint_area as set_inpaint_area
 
 ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output frame per frame)
 
@@ -131,7 +131,7 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
     )
 
     more = pop_more_settings(engine, exclude=ONE_IMAGE_PER_FRAME)
-    set_inpaint_area(more, inpaint_area)
+    apply_inpaint_area(more, inpaint_area)
     where = dict(frames_dir=frames_dir, overwrite=overwrite, resume=resume, fps=fps)
     try:  # a run that cannot work is refused before the engines load
         total = videos.plan_video(source, output, **where).total
