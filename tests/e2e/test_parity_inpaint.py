@@ -165,21 +165,21 @@ def test_a_blurred_mask_of_another_size_matches_diffusers(pair, photo, mask, siz
     assert got[0].info["fastimg:mask_blur"] == 3
 
 
-@pytest.mark.parametrize("strength", [0.6, 1.0])
-def test_only_masked_with_padding_matches_diffusers(pair, photo, small_mask, strength):
+@pytest.mark.parametrize("sampler,strength", [("ddim", 0.6), ("ddim", 1.0), ("euler_a", 0.6)])
+def test_only_masked_with_padding_matches_diffusers(pair, photo, small_mask, sampler, strength):
     """padding_mask_crop: the masked block's padded box (widened to 88:64) transformed at
     88 x 64 and pasted back over the 90 x 68 original through the blurred mask."""
     name, ref, config, ours = pair
     blurred = ref.mask_processor.blur(small_mask, blur_factor=2)
     settings = dict(SETTINGS, guidance_scale=7.5, strength=strength)
-    expected = run_reference(ref, config, "ddim", photo, seed=3, mask_image=blurred, height=64,
+    expected = run_reference(ref, config, sampler, photo, seed=3, mask_image=blurred, height=64,
                              width=88, padding_mask_crop=4, **settings)  # fmt: skip
-    got = ours(image=photo, seed=3, scheduler="ddim", mask_image=small_mask, mask_blur=2,
+    got = ours(image=photo, seed=3, scheduler=sampler, mask_image=small_mask, mask_blur=2,
                padding_mask_crop=4, **settings)  # fmt: skip
     original = np.asarray(photo)
     for e, g in zip(expected, got, strict=True):
         assert g.size == e.size == photo.size  # the original's, not the engine's
-        print(f"{name} only masked, strength {strength}: {psnr(e, g):.1f} dB")
+        print(f"{name} only masked, {sampler} strength {strength}: {psnr(e, g):.1f} dB")
         assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
         ours_pixels = np.asarray(g)
         assert np.array_equal(ours_pixels[:16], original[:16])  # far outside the box: kept
