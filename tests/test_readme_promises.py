@@ -160,3 +160,44 @@ def test_the_lora_commands_run_as_the_readme_types_them(tiny, photo, tmp_path, m
         (written,) = [line for line in result.output.splitlines() if line.endswith(".png")]
         labels.append(read_labels(written)["fastimg"]["fastimg:loras"])
     assert labels == ["watercolor:0.8", "ink:0.7, watercolor:0.5"]
+
+
+def test_the_mask_recipes_run_as_the_readme_types_them(tiny_inpaint, photo, tmp_path, monkeypatch):
+    """The "new sofa", "new background" and "only masked" commands of the README's masks
+    part, on the tiny inpainting model (its export is the tests' own)."""
+    import numpy as np
+    from click.testing import CliRunner
+    from PIL import Image, ImageFilter
+
+    from fastimg.cli import cli
+
+    part = README.read_text().split("### Masks (inpainting)")[1].split("\n## ")[0]
+    monkeypatch.chdir(tmp_path)
+    room = photo.crop((0, 0, 88, 64))
+    room.save("room.png")
+    photo.save("portrait.png")
+    for name, (top, bottom, left, right) in {"sofa-mask.png": (30, 60, 10, 70),
+                                             "person-mask.png": (5, 68, 30, 60),
+                                             "lamp-mask.png": (8, 24, 60, 72)}.items():  # fmt: skip
+        values = np.zeros((64, 88) if name != "person-mask.png" else (68, 90), np.uint8)
+        values[top:bottom, left:right] = 255
+        Image.fromarray(values).save(name)
+    commands = [words for words in _commands(part) if words[0] == "transform"]
+    assert len(commands) == 3
+    made = []
+    for words in commands:
+        words = [str(tiny_inpaint[1]) if word == "engines/sd15-inpaint" else word for word in words]
+        before = set(Path("out").glob("*")) if Path("out").exists() else set()
+        result = CliRunner().invoke(cli, words)
+        assert result.exit_code == 0, (words, result.output)
+        (new,) = set(Path("out").glob("*")) - before
+        made.append(Image.open(new))
+    sofa, background, lamp = made
+    kept = np.asarray(Image.open("sofa-mask.png").filter(ImageFilter.GaussianBlur(4))) == 0
+    assert np.array_equal(np.asarray(sofa.convert("RGB"))[kept], np.asarray(room)[kept])
+    assert sofa.info["fastimg:keep_unmasked"] == "True" and sofa.info["fastimg:mask_blur"] == "4"
+    assert background.info["fastimg:mask"] == "inverted" and background.size == (88, 64)
+    assert lamp.info["fastimg:mask_padding"] == "32" and lamp.size == (88, 64)
+    outside = np.asarray(Image.open("lamp-mask.png")) == 0  # (pasted back through the mask)
+    assert not np.array_equal(np.asarray(lamp.convert("RGB"))[~outside], np.asarray(room)[~outside])
+    assert np.array_equal(np.asarray(lamp.convert("RGB"))[outside], np.asarray(room)[outside])

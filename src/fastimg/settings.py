@@ -298,6 +298,20 @@ SETTINGS = (
         "LoRAs of this call by name, NAME:SCALE,... among those loaded (--lora, serve --lora); "
         "the others are off [default: each loaded one at its scale].",
     ),
+    # (No range here: a negative one is refused with its fix by diffusion.masks, exit 1.)
+    Setting(
+        "mask_blur",
+        WHOLE,
+        "Inpainting: blur the mask by PX pixels first (Gaussian radius, as diffusers' "
+        "mask_processor.blur) for a soft seam [0: none].",
+    ),
+    Setting(
+        "padding_mask_crop",
+        WHOLE,
+        "Inpainting, with --inpaint-area masked: the pixels around the masked region that are "
+        "transformed with it at the engine's size (diffusers' padding_mask_crop) [32].",
+        field="mask_padding",
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -327,6 +341,9 @@ class CallSettings:
     control_image: object = None  # a path or a PIL image (not a text setting: no HTTP field)
     mask_image: object = None  # likewise: white is repainted, black kept
     mask_invert: bool = False  # black is repainted, white kept
+    mask_blur: int | None = None
+    padding_mask_crop: int | None = None  # None: the whole image (A1111's "whole picture")
+    keep_unmasked: bool = False  # the original pixels pasted back outside the mask
     sdxl: tuple[tuple[str, object], ...] = ()
 
     def arguments(self) -> dict:
@@ -357,6 +374,20 @@ def from_fields(values: dict, parse: bool = True) -> CallSettings:
         given[setting.name] = setting.parse(value) if parse else value
     sdxl = tuple((name, given.pop(name)) for name in SDXL_ARGUMENTS if name in given)
     return CallSettings(**given, sdxl=sdxl)
+
+
+# What a true-or-false job-file cell or HTTP field may say (JSON's own booleans too).
+FLAG_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_flag(value, name: str) -> bool:
+    """A true-or-false value as text or JSON arrive: true/false, yes/no, 1/0, or a boolean."""
+    if isinstance(value, bool):
+        return value
+    word = FLAG_WORDS.get(value.strip().lower()) if isinstance(value, str) else None
+    if word is None:
+        raise InputError(f"{name} must be true or false, got {value!r}")
+    return word
 
 
 def check_prompt(text: str) -> None:

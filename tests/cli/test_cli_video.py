@@ -159,3 +159,43 @@ def test_control_preprocess_makes_each_frames_control(runner, tiny_controlnet, t
                    "scribble", "--control-scale", "0.3")  # fmt: skip
     _refused(other, 1)
     assert "was made with control_scale '0.8', but this run uses '0.3'" in other.output
+
+
+def test_a_mask_folder_gives_each_frame_its_mask(runner, tiny, tmp_path):
+    """--mask DIR: the frames' masks in name order; with --keep-unmasked each output frame is
+    its input outside its own mask, and a static frame with a new mask is not reused."""
+    import numpy as np
+    from PIL import Image
+
+    frames, masks = tmp_path / "in", tmp_path / "masks"
+    frames.mkdir(), masks.mkdir()
+    inputs = pictures(3, static=(1, 2))  # three times the same picture
+    for i, picture in enumerate(inputs, start=1):
+        Image.fromarray(picture).save(frames / f"f{i}.png")
+    height, width = inputs[0].shape[:2]
+    for i, left in enumerate((0, width // 3, 2 * width // 3), start=1):
+        values = np.zeros((height, width), np.uint8)
+        values[:, left : left + width // 3] = 255
+        Image.fromarray(values).save(masks / f"m{i}.png")
+    out = tmp_path / "out"
+    result = _video(runner, tiny[1], frames, "-o", out, "--mask", masks, "--keep-unmasked",
+                    "--seed", "5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "3 transformed, 0 reused" in result.stderr
+    for i in range(1, 4):
+        made = np.asarray(Image.open(out / f"frame-{i:06d}.png").convert("RGB"))
+        outside = np.asarray(Image.open(masks / f"m{i}.png")) == 0
+        assert np.array_equal(made[outside], inputs[i - 1][outside])
+        assert not np.array_equal(made[~outside], inputs[i - 1][~outside])
+    one = _video(runner, tiny[1], frames, "-o", tmp_path / "one", "--mask", masks / "m2.png",
+                 "--inpaint-area", "masked", "--seed", "5")  # fmt: skip
+    assert one.exit_code == 0 and "1 transformed, 2 reused" in one.stderr, one.output
+    with Image.open(tmp_path / "one" / "frame-000001.png") as frame:
+        assert frame.info["fastimg:mask"] == "given" and frame.info["fastimg:mask_padding"] == "32"
+    (masks / "m3.png").unlink()
+    short = _video(runner, tiny[1], frames, "-o", tmp_path / "short", "--mask", masks)
+    _refused(short, 1)
+    assert f"the mask folder {masks} holds 2 masks for 3 frames" in short.stderr
+    padding = _video(runner, tiny[1], frames, "-o", tmp_path / "p", "--mask-padding", "8")
+    _refused(padding, 1)
+    assert "--mask-padding pads the region that --inpaint-area masked" in padding.stderr

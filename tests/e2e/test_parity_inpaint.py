@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from fastimg.backends.select import installed
+from fastimg.diffusion.masks import mask_picture
 from fastimg.media.images import psnr
 
 from .test_parity import MIN_PSNR, exact, record, reference, run_reference
@@ -136,3 +137,88 @@ def test_batched_masked_calls_are_the_calls_alone(request, photo, mask, name):
     for call, images in zip(calls, batched, strict=True):
         for alone, together in zip(ours(**call), images, strict=True):
             assert psnr(alone, together) >= MIN_PSNR
+
+
+@pytest.fixture(scope="module")
+def small_mask():
+    """A 20 x 20 block to repaint, away from the edges: its padded box is a small crop."""
+    values = np.zeros((68, 90), np.uint8)
+    values[24:44, 50:70] = 255
+    return Image.fromarray(values)
+
+
+@pytest.mark.parametrize("size", [(180, 136), (45, 34)])
+def test_a_blurred_mask_of_another_size_matches_diffusers(pair, photo, mask, size):
+    """mask_blur is diffusers' mask_processor.blur on the mask as given (here at twice and
+    half the image's size), before the pipeline resizes and binarizes it."""
+    name, ref, config, ours = pair
+    other = mask.resize(size, resample=Image.BILINEAR)
+    blurred = ref.mask_processor.blur(other, blur_factor=3)
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    expected = run_reference(ref, config, "euler", photo, seed=5, mask_image=blurred,
+                             height=64, width=88, **settings)  # fmt: skip
+    got = ours(image=photo, seed=5, scheduler="euler", mask_image=other, mask_blur=3, **settings)
+    unblurred = ours(image=photo, seed=5, scheduler="euler", mask_image=other, **settings)
+    for e, g, u in zip(expected, got, unblurred, strict=True):
+        print(f"{name} mask {size} blurred: {psnr(e, g):.1f} dB (unblurred {psnr(e, u):.1f})")
+        assert g.size == (88, 64) and psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+    assert got[0].info["fastimg:mask_blur"] == 3
+
+
+@pytest.mark.parametrize("sampler,strength", [("ddim", 0.6), ("ddim", 1.0), ("euler_a", 0.6)])
+def test_only_masked_with_padding_matches_diffusers(pair, photo, small_mask, sampler, strength):
+    """padding_mask_crop: the masked block's padded box (widened to 88:64) transformed at
+    88 x 64 and pasted back over the 90 x 68 original through the blurred mask."""
+    name, ref, config, ours = pair
+    blurred = ref.mask_processor.blur(small_mask, blur_factor=2)
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=strength)
+    expected = run_reference(ref, config, sampler, photo, seed=3, mask_image=blurred, height=64,
+                             width=88, padding_mask_crop=4, **settings)  # fmt: skip
+    got = ours(image=photo, seed=3, scheduler=sampler, mask_image=small_mask, mask_blur=2,
+               padding_mask_crop=4, **settings)  # fmt: skip
+    original = np.asarray(photo)
+    for e, g in zip(expected, got, strict=True):
+        assert g.size == e.size == photo.size  # the original's, not the engine's
+        print(f"{name} only masked, {sampler} strength {strength}: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+        ours_pixels = np.asarray(g)
+        assert np.array_equal(ours_pixels[:16], original[:16])  # far outside the box: kept
+        assert np.abs(ours_pixels[28:40, 54:66].astype(int) - original[28:40, 54:66]).mean() > 5
+    assert got[0].info["fastimg:mask_padding"] == 4
+    assert psnr(got[0], got[1]) < MIN_PSNR
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny_inpaint"])
+def test_keep_unmasked_pastes_the_original_back_outside_the_mask(request, photo, mask, name):
+    """Outside the (blurred) mask the output is the input exactly with keep_unmasked, and
+    not without (the VAE's round trip; slightly off on a trained VAE); inside, the same
+    repainted pixels either way.
+    Against diffusers: its output through apply_overlay with the blurred mask."""
+    model, engines = request.getfixturevalue(name)
+    ours = exact(engines)
+    image, given = photo.crop((0, 0, 88, 64)), mask.crop((0, 0, 88, 64))  # the engine's size
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6, seed=2, scheduler="ddim")
+    kept = ours(image=image, mask_image=given, mask_blur=2, keep_unmasked=True, **settings)
+    plain = ours(image=image, mask_image=given, mask_blur=2, **settings)
+    blurred = np.asarray(mask_picture(given, 2))
+    outside, inside = blurred == 0, blurred == 255
+    source = np.asarray(image)
+    for k, p in zip(kept, plain, strict=True):
+        k, p = np.asarray(k), np.asarray(p)
+        assert outside.sum() > 2000 and inside.sum() > 1000
+        assert np.array_equal(k[outside], source[outside])
+        drift = np.abs(p[outside].astype(int) - source[outside]).mean()
+        print(f"{name}: outside the mask without keep_unmasked, {drift:.2f} levels off")
+        assert drift > 0.5  # (a random tiny VAE is far from the identity: 70 levels here)
+        assert np.array_equal(k[inside], p[inside])
+    assert kept[0].info["fastimg:keep_unmasked"] is True
+    ref = reference(model)
+    if type(ref).__name__ != "StableDiffusionInpaintPipeline":
+        ref = diffusers.StableDiffusionInpaintPipeline(**ref.components)
+        ref.set_progress_bar_config(disable=True)
+    soft = ref.mask_processor.blur(given, blur_factor=2)
+    call = {k: v for k, v in settings.items() if k not in ("seed", "scheduler")}
+    expected = run_reference(ref, dict(ref.scheduler.config), "ddim", image, seed=2,
+                             mask_image=soft, height=64, width=88, **call)  # fmt: skip
+    for e, k in zip(expected, kept, strict=True):
+        assert psnr(ref.image_processor.apply_overlay(soft, image, e), k) >= EXACT_PSNR

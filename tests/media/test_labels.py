@@ -167,6 +167,21 @@ def test_parameters_text_has_a_controlnet_as_a1111s_extension_writes_it():
     assert 'ControlNet 0: "preprocessor: canny, model: sd-controlnet-canny_ v1_ x, weight:' in text
 
 
+def test_parameters_text_has_the_mask_settings_as_a1111_writes_them():
+    masked = {
+        **SETTINGS,
+        "fastimg:mask": "given",
+        "fastimg:mask_blur": 4,
+        "fastimg:mask_padding": 32,
+    }
+    text = labels.parameters_text(masked, (64, 48))
+    assert "Mask blur: 4, Inpaint area: Only masked, Masked area padding: 32" in text
+    parsed = parse_generation_parameters(text)
+    assert parsed["Inpaint area"] == "Only masked" and parsed["Masked area padding"] == "32"
+    plain = labels.parameters_text({**SETTINGS, "fastimg:mask": "given"}, (64, 48))
+    assert "Mask blur" not in plain and "Inpaint area" not in plain
+
+
 @pytest.mark.parametrize(
     "scheduler,name",
     [

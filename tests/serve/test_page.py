@@ -196,3 +196,65 @@ def test_stream_mode_sends_webcam_frames_and_shows_frames_per_second(browser, pi
         by_id(browser, "stream").click()  # stop
         wait(browser, lambda d: by_id(d, "stream").text == "Stream")
         wait(browser, lambda d: not service.streams)
+
+
+def _page_mask(driver) -> np.ndarray:
+    """The mask the page sends (white: painted), read back as grayscale."""
+    import io
+
+    from PIL import Image
+
+    data_url = driver.execute_async_script(
+        "const done = arguments[arguments.length - 1];"
+        "maskBlob().then((b) => { const r = new FileReader();"
+        "r.onload = () => done(r.result); r.readAsDataURL(b); });"
+    )
+    with Image.open(io.BytesIO(base64.b64decode(data_url.partition(",")[2]))) as image:
+        return np.asarray(image.convert("L"))
+
+
+def test_a_mask_painted_with_the_brush_inpaints(browser, pipe, picture, tmp_path, artifacts):
+    """The brush paints white over the input, the eraser takes it back, an uploaded mask
+    replaces it; the page sends the mask (and keep_unmasked) beside the image, as the HTTP API
+    takes them."""
+    from PIL import Image
+    from selenium.webdriver import ActionChains
+
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        by_id(browser, "file").send_keys(str(picture))
+        wait(browser, lambda d: by_id(d, "mask").is_displayed())
+        fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11)
+        canvas = by_id(browser, "mask")
+        by_id(browser, "brush").click()
+        strokes = ActionChains(browser).move_to_element_with_offset(canvas, -20, 0)
+        strokes.click_and_hold().move_by_offset(40, 0).move_by_offset(0, 10).release().perform()
+        painted = _page_mask(browser)
+        assert painted.shape == (68, 90) and 100 < (painted > 127).sum() < 68 * 90 / 2
+        by_id(browser, "eraser").click()
+        strokes = ActionChains(browser).move_to_element_with_offset(canvas, -20, 0)
+        strokes.click_and_hold().move_by_offset(10, 0).release().perform()
+        erased = _page_mask(browser)
+        assert (erased > 127).sum() < (painted > 127).sum()
+        by_id(browser, "keep-unmasked").click()
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        assert "mask given" in by_id(browser, "settings").text
+        browser.save_screenshot(artifacts("mask"))
+        fields = {"prompt": "a cat", "steps": "3", "strength": "0.6", "seed": "11",
+                  "keep_unmasked": "true"}  # fmt: skip
+        Image.fromarray(erased).save(tmp_path / "mask.png")
+        files = {"image": ("in.png", picture.read_bytes()),
+                 "mask": ("mask.png", (tmp_path / "mask.png").read_bytes())}  # fmt: skip
+        http = client.post("/v1/img2img", files=files, data=fields)
+        assert http.status_code == 200, http.text
+        np.testing.assert_array_equal(decoded(result_pixels_png(browser)), decoded(http.content))
+
+        uploaded = np.zeros((68, 90), np.uint8)
+        uploaded[:, 45:] = 255
+        Image.fromarray(uploaded).save(tmp_path / "upload.png")
+        by_id(browser, "mask-file").send_keys(str(tmp_path / "upload.png"))
+        wait(browser, lambda d: (_page_mask(d) > 127).sum() == 68 * 45)
+        by_id(browser, "clear-mask").click()
+        assert (_page_mask(browser) == 0).all()

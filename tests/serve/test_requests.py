@@ -30,7 +30,8 @@ def checked(manifest, filename=None, **fields):
 
 def test_the_fields_are_the_settings_plus_the_images_and_its_encoding():
     # a new setting is a field
-    assert set(FIELDS) == {"image", "control_image", "format", "quality", *BY_KEY}
+    assert set(FIELDS) == {"image", "control_image", "mask", "mask_invert", "keep_unmasked",
+                           "format", "quality", *BY_KEY}  # fmt: skip
     assert SDXL_FIELDS == tuple(setting.key for setting in SETTINGS if setting.sdxl)
     assert SDXL_FIELDS[0] == "prompt_2"
     assert set(STREAM_FIELDS) == set(FIELDS) - {"image", "control_image", "format", "num_images"}

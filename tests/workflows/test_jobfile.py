@@ -116,7 +116,8 @@ def test_a_byte_order_mark_from_a_spreadsheet_is_accepted(images):
 
 def test_the_columns_are_the_image_every_settings_key_and_the_output():
     keys = [setting.key for setting in settings.SETTINGS]
-    assert jobfile.columns() == ("image", *keys, "control_image", "output")
+    assert jobfile.columns() == ("image", *keys, "control_image", "mask", "mask_invert",
+                                 "keep_unmasked", "output")  # fmt: skip
     assert {"steps", "guidance", "num_images", "sampler", "prompt_2"} <= set(keys)
 
 
@@ -191,3 +192,41 @@ def test_bad_control_cells_are_named(images):
     assert "row 2 (line 2): control_image must be text, got 3" in message
     assert "row 3 (line 3): " in message and "jobs.jsonl is not an image" in message
     assert "row 4 (line 4): Invalid value for 'control_preprocess': 'depth' is not" in message
+
+
+def test_mask_columns(images):
+    """mask is a path as image is; mask_blur and mask_padding are settings; mask_invert and
+    keep_unmasked are true or false (JSON's booleans, or words in a CSV)."""
+    (images / "masks").mkdir()
+    (images / "a.png").rename(images / "masks" / "m.png")
+    jobs_csv = images / "jobs.csv"
+    jobs_csv.write_text(
+        "image,prompt,mask,mask_invert,keep_unmasked,mask_blur,mask_padding\n"
+        "b.jpg,x,masks/m.png,true,No,4,16\n"
+        "b.jpg,y,masks/m.png,,,,\n"
+        "b.jpg,z,,,,,\n"
+    )
+    a, b, c = read_job_file(jobs_csv)
+    mask = str(images / "masks" / "m.png")
+    assert (a.call.mask_image, a.call.mask_invert, a.call.keep_unmasked) == (mask, True, False)
+    assert (a.call.mask_blur, a.call.padding_mask_crop) == (4, 16)
+    assert (b.call.mask_image, b.call.mask_invert, b.call.padding_mask_crop) == (mask, False, None)
+    assert (c.call.mask_image, c.call.mask_blur) == (None, None)
+    jobs_jsonl = images / "jobs.jsonl"
+    row = {"image": "b.jpg", "prompt": "x", "mask": "masks/m.png"}
+    rows = [{**row, "keep_unmasked": True}, {**row, "mask": "gone.png"},
+            {**row, "mask_invert": "maybe"}, {**row, "mask_blur": "soft"}]  # fmt: skip
+    jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows[:1]))
+    (job,) = read_job_file(jobs_jsonl)
+    assert job.call.keep_unmasked is True
+    jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows))
+    with pytest.raises(InputError) as caught:
+        read_job_file(jobs_jsonl)
+    message = str(caught.value)
+    assert "3 bad row(s)" in message
+    gone = images / "gone.png"
+    assert f"row 2 (line 2): mask (white repaints, black keeps) {gone} does not" in message
+    assert "row 3 (line 3): mask_invert must be true or false, got 'maybe'" in message
+    assert (
+        "row 4 (line 4): Invalid value for 'mask_blur': 'soft' is not a valid integer." in message
+    )

@@ -11,11 +11,13 @@ from ..errors import InputError
 from ..settings import SEED_LIMIT, from_fields
 from .common import domain_errors, echo_err
 from .options import (
+    apply_inpaint_area,
     c2pa_signer,
     check_ray_options,
     check_size,
     engine_options,
     given_once,
+    inpaint_options,
     more_setting_options,
     output_options,
     output_target,
@@ -150,6 +152,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     "inpainting engines, taken by plain ones too.",
 )
 @click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
+@inpaint_options
 @more_setting_options
 @output_options
 @engine_options
@@ -157,7 +160,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
 @domain_errors
 def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, variants,
               scheduler, num_images, recursive, grid, control_image, mask, mask_invert,
-              **settings) -> None:  # fmt: skip
+              inpaint_area: str, keep_unmasked: bool, **settings) -> None:  # fmt: skip
     """Transform IMAGES (files or folders) toward --prompt with the engines in --engines.
 
     Lists sweep: --strength 0.25,0.5,0.75 makes three images per input, named apart
@@ -173,6 +176,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         given_once(negative_prompt, "--negative-prompt"),
     )
     more = pop_more_settings(settings)
+    apply_inpaint_area(more, inpaint_area)
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "
@@ -194,8 +198,9 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         call = from_fields(given, parse=False)
         if control_image is not None:
             call = call.with_values(control_image=str(control_image))
-        if mask is not None or mask_invert:
-            call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert)
+        if mask is not None or mask_invert or keep_unmasked:
+            call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert,
+                                    keep_unmasked=keep_unmasked)  # fmt: skip
         jobs = plan_sweep(sources, call, sweep)
     except InputError as exc:
         raise click.UsageError(str(exc)) from None
@@ -222,8 +227,9 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
     """Run the jobs of a CSV (with a header row) or JSONL file.
 
     Columns: image, the settings (prompt, negative_prompt, strength, steps, guidance, seed,
-    num_images, sampler, the SDXL ones, the ControlNet's, lora_scales: NAME:SCALE,... of the
-    --lora LoRAs), control_image (a path, as image's),
+    num_images, sampler, the SDXL ones, the ControlNet's, mask_blur, mask_padding,
+    lora_scales: NAME:SCALE,... of the --lora LoRAs), control_image and mask (paths, as
+    image's), mask_invert and keep_unmasked (true/false),
     output (only image is required; the options fill what a row leaves empty). Every row is
     checked before the first image is made; outputs are named {row}-{stem}-s{strength}-{seed}
     unless a row's output column or --name says otherwise.

@@ -39,7 +39,9 @@ def click_type(setting: Setting) -> click.ParamType:
             return click.FLOAT
         return click.FloatRange(setting.low, high, min_open=setting.low_open)
     if setting.kind == WHOLE:
-        return click.IntRange(setting.low, high)
+        return (
+            click.INT if setting.low is None and high is None else click.IntRange(setting.low, high)
+        )
     if setting.kind == CHOICE:
         return click.Choice(setting.choices)
     if setting.kind == PAIR:
@@ -367,3 +369,41 @@ def check_ray_options(settings: dict) -> None:
 
 
 RAY_SETTINGS = ("ray_address", "ray_workers", "replica_cpus")
+
+
+# A1111's default "only masked padding, pixels".
+DEFAULT_MASK_PADDING = 32
+
+
+def inpaint_options(command):
+    """--inpaint-area and --keep-unmasked, beside --mask and the settings' --mask-blur and
+    --mask-padding."""
+    options = [
+        click.option(
+            "--inpaint-area",
+            type=click.Choice(["whole", "masked"]),
+            default="whole",
+            show_default=True,
+            help="Inpainting: 'masked' transforms only the masked region and --mask-padding "
+            "around it, at the engine's size, and pastes it back (A1111's 'only masked').",
+        ),
+        click.option(
+            "--keep-unmasked",
+            is_flag=True,
+            help="Inpainting: paste the original pixels back outside the (blurred) mask.",
+        ),
+    ]
+    return functools.reduce(lambda f, option: option(f), reversed(options), command)
+
+
+def apply_inpaint_area(more: dict, area: str) -> None:
+    """Set the settings' mask_padding from --inpaint-area: refused without 'masked', 32 by
+    default with it."""
+    if area != "masked":
+        if more.get("mask_padding") is not None:
+            raise InputError(
+                "--mask-padding pads the region that --inpaint-area masked transforms: add "
+                "--inpaint-area masked (or leave out --mask-padding)"
+            )
+    elif more.get("mask_padding") is None:
+        more["mask_padding"] = DEFAULT_MASK_PADDING

@@ -11,8 +11,10 @@ from ..errors import InputError
 from ..settings import DEFAULT_REUSE_THRESHOLD, from_fields
 from .common import domain_errors, echo_err
 from .options import (
+    apply_inpaint_area,
     engine_options,
     given_once,
+    inpaint_options,
     more_setting_options,
     pop_more_settings,
     prompt_options,
@@ -99,12 +101,21 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
     help="Write no prompt, settings or AI label into the video or the frames.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+@click.option(
+    "--mask",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Inpainting: white repaints, black keeps; one mask FILE for every frame, or a DIR "
+    "of masks matched to the frames in name order.",
+)
+@click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
+@inpaint_options
 @more_setting_options(exclude=ONE_IMAGE_PER_FRAME)
 @engine_options
 @domain_errors
 def video(source, output, prompt, negative_prompt, strength, steps, guidance, seed, scheduler,
           reuse_threshold, no_audio, fps, frames_dir, overwrite, resume, no_metadata, quiet,
-          **engine) -> None:  # fmt: skip
+          mask, mask_invert, inpaint_area, keep_unmasked, **engine) -> None:  # fmt: skip
     """Redraw IN (a video file, or a folder of frame images) frame by frame toward --prompt.
 
     The output video keeps IN's frame rate, frame times and audio; a folder -o gets
@@ -119,6 +130,8 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
         given_once(negative_prompt, "--negative-prompt"),
     )
 
+    more = pop_more_settings(engine, exclude=ONE_IMAGE_PER_FRAME)
+    apply_inpaint_area(more, inpaint_area)
     where = dict(frames_dir=frames_dir, overwrite=overwrite, resume=resume, fps=fps)
     try:  # a run that cannot work is refused before the engines load
         total = videos.plan_video(source, output, **where).total
@@ -135,12 +148,16 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
     progress = videos.FrameProgress(total, stream=sys.stderr, mode="quiet" if quiet else "auto")
     given = {"prompt": prompt, "negative_prompt": negative_prompt, "strength": strength,
              "steps": steps, "guidance": guidance, "seed": seed, "sampler": scheduler,
-             **pop_more_settings(engine, exclude=ONE_IMAGE_PER_FRAME)}  # fmt: skip
+             **more}  # fmt: skip
+    call = from_fields(given, parse=False)
+    if mask is not None or mask_invert or keep_unmasked:
+        call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert,
+                                keep_unmasked=keep_unmasked)  # fmt: skip
     report = videos.transform_video(
         pipe,
         source,
         output,
-        from_fields(given, parse=False),
+        call,
         reuse_threshold=reuse_threshold,
         audio=not no_audio,
         metadata=not no_metadata,

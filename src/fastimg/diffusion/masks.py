@@ -4,6 +4,11 @@ binarized at 0.5) and brought to the latents' size as prepare_mask_latents does 
 A plain (4-channel) UNet denoises everything, and after every step the kept region's latents
 (the image's, noised to the next step with the call's noise) are put back; an inpainting UNet
 takes [latents, mask, masked image latents] and nothing is put back.
+
+Around that, as diffusers' docs and pipeline do: `mask_blur` blurs the mask first
+(mask_processor.blur), `padding_mask_crop` transforms only the masked region's padded box at
+the engine's size and pastes it back (A1111's "only masked"), and `keep_unmasked` pastes the
+original pixels back outside the (blurred) mask (apply_overlay, fastimg.diffusion.inpaint_area).
 """
 
 import functools
@@ -11,14 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageFilter, ImageOps
 
 from ..engine_folder.manifest import Manifest
 from ..errors import InputError
 from ..media import images
-from ..settings import CallSettings
+from ..settings import BY_NAME, CallSettings
 from . import samplers, schedules
+from .inpaint_area import apply_overlay, crop_region, resize_and_fill
 
+# The largest blur radius or padding taken, in pixels (PIL refuses radii past 2**31).
+MAX_MASK_PIXELS = 1 << 16
 # PIL modes convert("L") reads as diffusers does; others (16-bit, float, CMYK) go through RGB.
 PLAIN_MODES = ("1", "L", "LA", "P", "RGB", "RGBA")
 
@@ -32,31 +40,69 @@ class Mask:
     latent: np.ndarray
     masked_pixels: np.ndarray
     inverted: bool = False
+    # The pixels the engines transform: the image's, or with padding_mask_crop the crop's.
+    image_pixels: np.ndarray | None = None
+    # What an output is pasted over: (the mask, the original, the crop box or None), or None.
+    overlay: tuple | None = None
+    tags: tuple[tuple[str, object], ...] = ()  # mask_labels' (label, value) pairs
 
     @property
     def label(self) -> str:
         """What an image made with this mask is labelled with (fastimg:mask)."""
         return "inverted" if self.inverted else "given"
 
+    def labels(self) -> dict:
+        """fastimg:mask and the mask settings given (fastimg:mask_blur, ...)."""
+        return dict(self.tags)
+
+    def finish(self, image: Image.Image) -> Image.Image:
+        """An output as the call returns it: pasted over the original through the mask where
+        the call crops or keeps the unmasked pixels, else as the engines made it."""
+        if self.overlay is None:
+            return image
+        mask, original, crop = self.overlay
+        return apply_overlay(mask, original, image, crop)
+
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
-    """Refuse an inpainting folder without a mask, and masks where fastimg cannot match
-    diffusers yet (SDXL, an LCM-distilled UNet, a ControlNet)."""
+    """Refuse an inpainting folder without a mask, mask settings without a mask or out of
+    range, and masks where fastimg cannot match diffusers yet (SDXL, an LCM-distilled UNet, a
+    ControlNet)."""
+    shaping = {
+        "mask_invert": (settings.mask_invert, "--mask-invert"),
+        "mask_blur": (settings.mask_blur, "--mask-blur PX"),
+        "padding_mask_crop": (settings.padding_mask_crop, "--inpaint-area masked"),
+        "keep_unmasked": (settings.keep_unmasked, "--keep-unmasked"),
+    }
     if settings.mask_image is None:
         if manifest.inpainting:
             raise InputError(
                 f"the engine folder {manifest.folder} holds an inpainting UNet, which needs a "
                 "mask (white: repaint, black: keep): pass mask_image (--mask FILE)"
             )
-        if settings.mask_invert:
-            raise InputError("mask_invert inverts a mask, but no mask was given: pass one")
+        for name, (value, option) in shaping.items():
+            unset = value is None or value is False or (name == "mask_blur" and value == 0)
+            if not unset:
+                raise InputError(
+                    f"{name} ({option}) shapes a mask, but no mask was given: pass one "
+                    "(mask_image, --mask FILE) or leave it out"
+                )
         return
-    if not isinstance(settings.mask_invert, bool):
-        raise InputError(f"mask_invert must be True or False, got {settings.mask_invert!r}")
+    for name in ("mask_invert", "keep_unmasked"):
+        if not isinstance(shaping[name][0], bool):
+            raise InputError(f"{name} must be True or False, got {shaping[name][0]!r}")
+    for name, fix in (("mask_blur", "0 for none"), ("padding_mask_crop", "e.g. 32")):
+        value = shaping[name][0]
+        if value is not None and not 0 <= value <= MAX_MASK_PIXELS:
+            raise InputError(
+                f"{name} ({BY_NAME[name].option}) is a number of pixels, 0 or more (at most "
+                f"{MAX_MASK_PIXELS}), got {value}: pass {fix}"
+            )
     if isinstance(settings.mask_image, str | Path):  # a batch's mask file: read once, up front
         path = Path(settings.mask_image)
         stat = path.stat() if path.is_file() else None
-        _check_file(str(path), stat and (stat.st_mtime_ns, stat.st_size), settings.mask_invert)
+        version = stat and (stat.st_mtime_ns, stat.st_size)
+        _check_file(str(path), version, settings.mask_invert, settings.mask_blur)
     unet = manifest.unet_in_channels
     if unet != manifest.latent_channels and not manifest.inpainting:
         raise InputError(
@@ -76,18 +122,41 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
             )
 
 
-def prepare_mask(settings: CallSettings, pixels: np.ndarray, factor: int) -> Mask | None:
+def prepare_mask(
+    settings: CallSettings, pixels: np.ndarray, factor: int, image: Image.Image | None = None
+) -> Mask | None:
     """The call's mask (None without one), read and prepared for an image of `pixels`
-    (1 x 3 x H x W in [-1, 1]) whose latents are `factor` times smaller."""
-    image = settings.mask_image
-    if image is None:
+    (1 x 3 x H x W in [-1, 1]) whose latents are `factor` times smaller; `image` is the
+    original the output is pasted over (padding_mask_crop, keep_unmasked)."""
+    source = settings.mask_image
+    if source is None:
         return None
-    if isinstance(image, str | Path):
-        image = images.load_image(image)
-    if not isinstance(image, Image.Image):
-        raise InputError(f"mask_image must be a PIL image or a path, got {type(image).__name__}")
-    height, width = pixels.shape[2], pixels.shape[3]
-    binary = binarize(image, height, width, settings.mask_invert)
+    if isinstance(source, str | Path):
+        source = images.load_image(source)
+    if not isinstance(source, Image.Image):
+        raise InputError(f"mask_image must be a PIL image or a path, got {type(source).__name__}")
+    picture = mask_picture(source, settings.mask_blur)
+    invert, height, width = settings.mask_invert, pixels.shape[2], pixels.shape[3]
+    overlay = None
+    if settings.padding_mask_crop is not None:  # the masked region's box, at the engine's size
+        original = images.to_rgb(image or Image.fromarray(images.to_uint8(pixels)[0]))
+        if picture.size != original.size:  # (diffusers wants them alike; fastimg resizes it)
+            picture = picture.resize(original.size, resample=Image.LANCZOS)
+        if not binarize(picture, picture.height, picture.width, invert).any():
+            raise _empty_mask()
+        gray = overlay_mask(picture, invert)
+        crop = crop_region(gray, width, height, settings.padding_mask_crop)
+        pixels = images.to_pixels(resize_and_fill(original.crop(crop), width, height), factor)
+        binary = binarize(resize_and_fill(picture.crop(crop), width, height), height, width,
+                          invert)  # fmt: skip
+        overlay = (gray, original, crop)
+    else:
+        binary = binarize(picture, height, width, invert)
+        if settings.keep_unmasked:
+            gray = overlay_mask(picture, invert)
+            if gray.size != (width, height):
+                gray = gray.resize((width, height), resample=Image.LANCZOS)
+            overlay = (gray, Image.fromarray(images.to_uint8(pixels)[0]), None)
     if not binary.any():
         raise _empty_mask()
     mask = binary[None, None]
@@ -95,14 +164,50 @@ def prepare_mask(settings: CallSettings, pixels: np.ndarray, factor: int) -> Mas
         pixels=mask,
         latent=to_latent_size(mask, height // factor, width // factor),
         masked_pixels=(pixels * (mask < 0.5)).astype(np.float32),
-        inverted=settings.mask_invert,
+        inverted=invert,
+        image_pixels=pixels,
+        overlay=overlay,
+        tags=tuple(mask_labels(settings).items()),
     )
 
 
+def mask_labels(settings: CallSettings) -> dict:
+    """The fastimg:* labels of an image made with `settings`' mask (none without one):
+    fastimg:mask (given, or inverted) and the mask settings given."""
+    if settings.mask_image is None:
+        return {}
+    given = {
+        "mask": "inverted" if settings.mask_invert else "given",
+        "mask_blur": settings.mask_blur or None,
+        "mask_padding": settings.padding_mask_crop,
+        "keep_unmasked": settings.keep_unmasked or None,
+    }
+    return {f"fastimg:{key}": value for key, value in given.items() if value is not None}
+
+
+def mask_picture(image: Image.Image, blur: float | None = None) -> Image.Image:
+    """The mask as given, in a mode diffusers reads (others through RGB), Gaussian-blurred by
+    `blur` pixels first where asked (diffusers' mask_processor.blur)."""
+    if image.mode not in PLAIN_MODES:
+        image = images.to_rgb(image)
+    if blur:
+        if image.mode in ("1", "P"):  # (PIL blurs neither)
+            image = image.convert("L")
+        image = image.filter(ImageFilter.GaussianBlur(blur))
+    return image
+
+
+def overlay_mask(picture: Image.Image, invert: bool) -> Image.Image:
+    """The grayscale mask the output is pasted through (white: the output, black: the
+    original), inverted with mask_invert."""
+    gray = picture.convert("L")
+    return ImageOps.invert(gray) if invert else gray
+
+
 @functools.lru_cache(maxsize=8)
-def _check_file(path: str, version, invert: bool) -> None:
+def _check_file(path: str, version, invert: bool, blur) -> None:
     """Refuse a mask file that is not an image or repaints nothing at its own size."""
-    image = images.load_image(path)
+    image = mask_picture(images.load_image(path), blur)
     if not binarize(image, image.height, image.width, invert).any():
         raise _empty_mask()
 

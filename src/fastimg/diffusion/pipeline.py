@@ -373,6 +373,9 @@ class Img2ImgPipeline:
         control_preprocess: str | None = None,
         mask_image: Image.Image | str | Path | None = None,
         mask_invert: bool = False,
+        mask_blur: int | None = None,
+        padding_mask_crop: int | None = None,
+        keep_unmasked: bool = False,
         lora_scales: dict | str | None = None,
         *,
         should_stop: Callable[[], bool] | None = None,
@@ -390,8 +393,11 @@ class Img2ImgPipeline:
         ("canny", "scribble": the control image made first; from `image` without one).
         `mask_image` inpaints as
         StableDiffusionInpaintPipeline: white is repainted, black kept (`mask_invert` swaps);
-        inpainting folders (a 9-channel UNet) need one, plain ones take one too. `lora_scales`
-        ({name: scale} of loaded LoRAs, the others off) overrides the loaded scales for this call.
+        inpainting folders (a 9-channel UNet) need one, plain ones take one too. `mask_blur`
+        blurs it first (mask_processor.blur), `padding_mask_crop` transforms only the masked
+        region with that padding and pastes it back, `keep_unmasked` pastes the original
+        pixels back outside the (blurred) mask. `lora_scales` ({name: scale} of loaded LoRAs, the
+        others off) overrides the loaded scales for this call.
         `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
         engine calls, raises Cancelled when it says so (call_many's).
         """
@@ -419,6 +425,9 @@ class Img2ImgPipeline:
             control_preprocess=control_preprocess,
             mask_image=mask_image,
             mask_invert=mask_invert,
+            mask_blur=mask_blur,
+            padding_mask_crop=padding_mask_crop,
+            keep_unmasked=keep_unmasked,
             lora_scales=lora_scales,
         )
         return self._run([request], callback, should_stop)[0]
@@ -469,6 +478,8 @@ class Img2ImgPipeline:
             )
             negative_prompt = None
         pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
+        mask = prepare_mask(settings, pixels, self.manifest.vae_scale_factor, image)
+        pixels = pixels if mask is None else mask.image_pixels  # (a crop's, "only masked")
         return Request(
             prompt=settings.prompt,
             negative_prompt=negative_prompt,
@@ -484,7 +495,7 @@ class Img2ImgPipeline:
             guidance_scale=settings.guidance_scale,
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
             control=prepare_control(settings, pixels.shape[2], pixels.shape[3], image),
-            mask=prepare_mask(settings, pixels, self.manifest.vae_scale_factor),
+            mask=mask,
             loras=loras,
         )
 
@@ -510,6 +521,7 @@ class Img2ImgPipeline:
             made = []
             for k, array in enumerate(decoded[start : start + request.count]):
                 result = Image.fromarray(array)
+                result = request.mask.finish(result) if request.mask else result
                 result.info.update(labels, **{"fastimg:index": k})
                 made.append(result)
             results.append(made)
@@ -594,7 +606,7 @@ class Img2ImgPipeline:
         if request.control is not None:
             labels.update(request.control.labels(), **model_label(self.manifest))
         if request.mask is not None:
-            labels["fastimg:mask"] = request.mask.label
+            labels.update(request.mask.labels())
         if request.loras:
             labels["fastimg:loras"] = label_of(request.loras)
         return labels

@@ -69,6 +69,9 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
         "Model hash": settings.get("fastimg:model_hash") or None,
         "Model": settings.get("fastimg:model") or None,
         "Denoising strength": _short_number(settings["fastimg:strength"]),
+        "Mask blur": settings.get("fastimg:mask_blur"),
+        "Inpaint area": "Only masked" if "fastimg:mask_padding" in settings else None,
+        "Masked area padding": settings.get("fastimg:mask_padding"),
         "ControlNet 0": _control_text(settings),
         "Version": f"fastimg {version()}",
     }

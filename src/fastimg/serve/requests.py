@@ -3,8 +3,9 @@ fastimg.settings defines them (the HTTP field of each setting is its `key`), its
 bytes until a worker decodes it.
 
 The fields are the call settings (SETTINGS: a setting added there is a field here), plus the
-`image`, the ControlNet's `control_image` (a second file, or base64 in JSON, checked and
-decoded as the image is) and how the result is encoded (`format`, `quality`). Values arrive as
+`image`, the ControlNet's `control_image` and the inpainting `mask` (more files, or base64 in
+JSON, checked and decoded as the image is), `mask_invert` and `keep_unmasked` (true or false),
+and how the result is encoded (`format`, `quality`). Values arrive as
 text (multipart) or JSON and are refused with the CLI's wording: "Invalid value for
 'strength': 1.5 is not in the range 0<x<=1."
 """
@@ -32,6 +33,7 @@ from ..settings import (
     SEED_LIMIT,
     SETTINGS,
     from_fields,
+    parse_flag,
 )
 from ..workflows import runner
 from ..workflows.jobs import Job
@@ -40,12 +42,16 @@ from .admission import check_length, limited, paced
 
 # How the result of one request is encoded (not call settings).
 OUTPUT_FIELDS = {FORMAT.key: FORMAT, QUALITY.key: QUALITY}
-FILES = ("image", "control_image")  # the fields that carry an image
-FIELDS = ("image", *(setting.key for setting in SETTINGS), *OUTPUT_FIELDS, "control_image")
+FILES = ("image", "control_image", "mask")  # the fields that carry an image
+MASK_FLAGS = ("mask_invert", "keep_unmasked")  # true or false
+FIELDS = ("image", *(setting.key for setting in SETTINGS), *OUTPUT_FIELDS, "control_image",
+          "mask", *MASK_FLAGS)  # fmt: skip
 SDXL_FIELDS = tuple(setting.key for setting in SETTINGS if setting.sdxl)
-# The stream's settings: a request's fields less its image and the shape of its output (one
-# JPEG per frame).
-STREAM_FIELDS = tuple(key for key in FIELDS if key not in (*FILES, "format", "num_images"))
+# The stream's settings: a request's fields less its images and the shape of its output (one
+# JPEG per frame); its one mask (base64) goes with every frame.
+STREAM_FIELDS = tuple(
+    key for key in FIELDS if key not in ("image", "control_image", "format", "num_images")
+)
 MAX_FIELD_BYTES = 1 << 20  # a text field of a multipart body (prompts are 20,000 chars at most)
 UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
 
@@ -65,18 +71,21 @@ class Refusal(Exception):
 @dataclass(frozen=True)
 class Body:
     """A request body as sent: its fields (text or JSON values), the image's bytes, the
-    uploaded file's own name (None for JSON) and the control image's bytes (None: none sent)."""
+    uploaded file's own name (None for JSON), the control image's and the mask's bytes (None:
+    none sent)."""
 
     fields: dict
     data: bytes
     filename: str | None
     control: bytes | None = None
+    mask: bytes | None = None
 
 
 @dataclass(frozen=True)
 class ImageRequest:
     """A checked request: its job, the image bytes, and how to encode the result; `control`,
-    the control image's bytes (its job's control_image until a worker decodes them)."""
+    the control image's bytes (its job's control_image until a worker decodes them); `mask`,
+    the mask's, likewise."""
 
     job: Job
     sampler: str
@@ -88,6 +97,7 @@ class ImageRequest:
     unet_steps: int = 0  # the UNet steps a call runs (strength x the scheduled steps)
     size: tuple[int, int] | None = None  # (width, height) from the image's header
     control: bytes | None = None
+    mask: bytes | None = None
 
     @property
     def batch_key(self) -> tuple | None:
@@ -100,8 +110,9 @@ class ImageRequest:
         control = (self.control is not None, call.control_preprocess,
                    call.controlnet_conditioning_scale, call.control_guidance_start,
                    call.control_guidance_end)  # fmt: skip
+        mask = (self.mask is not None, call.padding_mask_crop is not None)
         return (self.size, self.sampler, call.num_inference_steps, call.strength,
-                call.guidance_scale, control)  # fmt: skip
+                call.guidance_scale, control, mask)  # fmt: skip
 
 
 async def read_body(request: Request, limit: int, pace=None) -> Body:
@@ -129,24 +140,29 @@ def check_body(body: Body, manifest) -> ImageRequest:
     unknown = [key for key in body.fields if key not in FIELDS]
     if unknown:
         raise InputError(f"unknown field {unknown[0]!r}: the fields are {', '.join(FIELDS)}")
-    values = {key: _parse(key, value) for key, value in body.fields.items() if value is not None}
+    fields = dict(body.fields)
+    flags = {name: parse_flag(fields.pop(name), name) for name in MASK_FLAGS
+             if fields.get(name) is not None}  # fmt: skip
+    values = {key: _parse(key, value) for key, value in fields.items() if value is not None}
     if "prompt" not in values:
         raise InputError("prompt is required: what the image should become")
     fmt = values.pop(FORMAT.key, "png")
     quality = values.pop(QUALITY.key, None)
-    settings = from_fields(values, parse=False)
+    settings = from_fields(values, parse=False).with_values(**flags)
     if settings.seed is None:
         settings = settings.with_values(seed=secrets.randbelow(SEED_LIMIT))
     settings = settings.with_values(negative_prompt=settings.negative_prompt or None)
     if body.control is not None:  # (checked as given; the worker decodes it)
         settings = settings.with_values(control_image=body.control)
+    if body.mask is not None:  # (likewise)
+        settings = settings.with_values(mask_image=body.mask)
     name = _safe_name(body.filename)
     job = Job(Source(Path(name)), settings)
     (checked,) = runner.check_jobs(manifest, [job])
     sampler = checked.sampler
     source = name if body.filename else None
     return ImageRequest(job, sampler, body.data, name, source, fmt, quality, checked.steps,
-                        control=body.control)  # fmt: skip
+                        control=body.control, mask=body.mask)  # fmt: skip
 
 
 def check_stream_settings(message: dict, manifest) -> ImageRequest:
@@ -164,7 +180,8 @@ def check_stream_settings(message: dict, manifest) -> ImageRequest:
     if unknown:
         raise InputError(f"unknown setting {unknown[0]!r}: the settings are "
                          f"{', '.join(STREAM_FIELDS)}")  # fmt: skip
-    return check_body(Body({**fields, "format": "jpeg"}, b"", None), manifest)
+    mask = _image_field(fields.pop("mask", None), "mask", "the inpainting mask")
+    return check_body(Body({**fields, "format": "jpeg"}, b"", None, mask=mask), manifest)
 
 
 def _parse(key: str, raw):
@@ -192,7 +209,7 @@ async def _read_multipart(request: Request, body) -> Body:
             if isinstance(value, UploadFile):
                 if key not in FILES:
                     raise InputError(f"the file goes in the field 'image' (or 'control_image', "
-                                     f"the ControlNet's), not {key!r}")  # fmt: skip
+                                     f"the ControlNet's, or 'mask'), not {key!r}")  # fmt: skip
                 if key in uploads:
                     raise InputError(f"the field {key!r} is given twice: give it once")
                 uploads[key] = value
@@ -202,11 +219,13 @@ async def _read_multipart(request: Request, body) -> Body:
                 raise InputError(f"the field {key!r} is given twice: give it once")
             else:
                 fields[key] = value
-        upload, control = uploads.get("image"), uploads.get("control_image")
+        upload = uploads.get("image")
         if upload is None:
             raise InputError("no image: send the picture as the file field 'image'")
+        control, mask = uploads.get("control_image"), uploads.get("mask")
         control_data = None if control is None else await control.read()
-        return Body(fields, await upload.read(), upload.filename or None, control_data)
+        mask_data = None if mask is None else await mask.read()
+        return Body(fields, await upload.read(), upload.filename or None, control_data, mask_data)
     finally:
         await form.close()
 
@@ -221,12 +240,18 @@ def _read_json(raw: bytes) -> Body:
     image = fields.pop("image", None)
     if not isinstance(image, str) or not image:
         raise InputError("no image: send the picture as base64 text in the field 'image'")
-    control = fields.pop("control_image", None)
-    if control is not None and (not isinstance(control, str) or not control):
-        raise InputError("the field 'control_image' must be the ControlNet's picture as base64 "
-                         "text")  # fmt: skip
-    data = _base64(image, "image")
-    return Body(fields, data, None, None if control is None else _base64(control, "control_image"))
+    control = _image_field(fields.pop("control_image", None), "control_image", "the ControlNet's")
+    mask = _image_field(fields.pop("mask", None), "mask", "the inpainting mask")
+    return Body(fields, _base64(image, "image"), None, control, mask)
+
+
+def _image_field(value, field: str, what: str) -> bytes | None:
+    """A JSON body's second picture (None: not sent), refused unless it is base64 text."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value:
+        raise InputError(f"the field {field!r} must be {what} picture as base64 text")
+    return _base64(value, field)
 
 
 def _base64(text: str, field: str) -> bytes:

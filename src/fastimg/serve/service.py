@@ -222,10 +222,11 @@ class Service:
         """The image's (width, height) from its header: over the pixel limit, refused (413); a
         file that is no image is refused as the CLI refuses it (422). Nothing is decoded but a
         file whose header Pillow cannot read, for the loader's message."""
-        if request.control is not None:  # resized to the image's size: only the pixel limit
-            name = f"control_image of {request.name}"
-            if check_pixels(request.control, name, self.options.max_pixels) is None:
-                decode_image(request.control, name, self.options.max_pixels)
+        for field, data in (("control_image", request.control), ("mask", request.mask)):
+            if data is not None:  # resized to the image's size: only the pixel limit
+                name = f"{field} of {request.name}"
+                if check_pixels(data, name, self.options.max_pixels) is None:
+                    decode_image(data, name, self.options.max_pixels)
         size = check_pixels(request.data, request.name, self.options.max_pixels)
         if size is None:
             decode_image(request.data, request.name, self.options.max_pixels)
@@ -340,13 +341,17 @@ class Service:
         return outcomes
 
     def _job(self, request: ImageRequest):
-        """The request's job, its control image (if any) decoded within the pixel limit."""
-        if request.control is None:
+        """The request's job, its control image and mask (if any) decoded within the pixel
+        limit."""
+        pictures = {}
+        for name, field, data in (("control_image", "control_image", request.control),
+                                  ("mask_image", "mask", request.mask)):  # fmt: skip
+            if data is not None:
+                where = f"{field} of {request.name}"
+                pictures[name] = decode_image(data, where, self.options.max_pixels)
+        if not pictures:
             return request.job
-        name = f"control_image of {request.name}"
-        control = decode_image(request.control, name, self.options.max_pixels)
-        call = request.job.call.with_values(control_image=control)
-        return dataclasses.replace(request.job, call=call)
+        return dataclasses.replace(request.job, call=request.job.call.with_values(**pictures))
 
     def _transform(self, entries: list[Entry], decoded: list, callback, should_stop):
         """(index, images or error) of each decoded request: one batched run, or, when the

@@ -2,9 +2,12 @@
 validated whole, so that a bad row is refused, with its number and reason, before any work.
 
 The columns are `image`, every call setting's key (fastimg.settings: prompt, strength, steps,
-guidance, seed, num_images, sampler, the SDXL ones, the ControlNet's ...), `control_image` and
-`output`; each setting's cell is converted and checked by the setting itself (Setting.parse, as
-the HTTP API's fields are). `image` and `control_image` are paths from the file's folder.
+guidance, seed, num_images, sampler, the SDXL ones, the ControlNet's, mask_blur, mask_padding
+...), `control_image`, `mask`, `mask_invert`, `keep_unmasked` and `output`; each setting's cell
+is converted and checked by the setting itself (Setting.parse, as the HTTP API's fields are).
+`image`, `control_image` and `mask` are paths from the file's folder; `mask_invert` and
+`keep_unmasked` are true or false; a `mask_padding` transforms only the masked region
+(--inpaint-area masked).
 """
 
 import csv
@@ -18,8 +21,9 @@ from ..media.images import looks_like_an_image
 from .jobs import MAX_JOBS, Job
 from .sources import Source
 
-# A job's own: its input, its ControlNet's control image and its output name.
-OWN_COLUMNS = ("image", "control_image", "output")
+# A job's own: its input, its ControlNet's control image, its mask and its output name.
+MASK_FLAGS = ("mask_invert", "keep_unmasked")
+OWN_COLUMNS = ("image", "control_image", "mask", *MASK_FLAGS, "output")
 MAX_BYTES = 64 * 2**20
 MAX_ERRORS = 10
 
@@ -111,8 +115,9 @@ def _jsonl_rows(path: Path, text: str) -> list[tuple[int, dict]]:
 
 def columns() -> tuple[str, ...]:
     """A job file's columns: image, every call setting's key (settings.SETTINGS),
-    control_image, output."""
-    return ("image", *(setting.key for setting in settings.SETTINGS), "control_image", "output")
+    control_image, mask, mask_invert, keep_unmasked, output."""
+    keys = (setting.key for setting in settings.SETTINGS)
+    return ("image", *keys, "control_image", "mask", *MASK_FLAGS, "output")
 
 
 def _check_columns(path: Path, names: list[str], line: int | None = None) -> None:
@@ -150,7 +155,10 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
     if "control_image" in values:
         control = _image(values["control_image"], "control_image", folder)
         call = call.with_values(control_image=str(control))
-    return Job(Source(image), call, row=number, name=name)
+    if "mask" in values:
+        call = call.with_values(mask_image=str(_image(values["mask"], "mask", folder)))
+    flags = {name: settings.parse_flag(values[name], name) for name in MASK_FLAGS if name in values}
+    return Job(Source(image), call.with_values(**flags), row=number, name=name)
 
 
 def _image(value, column: str, folder: Path) -> Path:
@@ -158,7 +166,9 @@ def _image(value, column: str, folder: Path) -> Path:
     image = Path(_text(value, column))
     image = image if image.is_absolute() else folder / image
     if not image.is_file():
-        what = "image" if column == "image" else f"{column} (the ControlNet's image)"
+        what = {"image": "image", "mask": "mask (white repaints, black keeps)"}.get(
+            column, f"{column} (the ControlNet's image)"
+        )
         raise InputError(f"{what} {image} does not exist or is not a file")
     if not looks_like_an_image(image):
         raise InputError(f"{image} is not an image (PNG, JPEG, WebP, GIF, BMP or TIFF)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..diffusion.control import control_labels
+from ..diffusion.masks import mask_labels
 from ..errors import InputError
 from ..settings import BY_KEY, SEED_LIMIT, CallSettings
 from .sources import Source
@@ -141,4 +142,4 @@ def setting_labels(call: CallSettings, sampler: str) -> dict:
         scale, start, end = (call.controlnet_conditioning_scale, call.control_guidance_start,
                              call.control_guidance_end)  # fmt: skip
         labels.update(control_labels(call.control_preprocess, scale, start, end))
-    return labels
+    return {**labels, **mask_labels(call)}

@@ -11,6 +11,9 @@ resume through frames kept as files (a folder OUT, or `frames_dir` beside a vide
 
     call = CallSettings("a watercolor", strength=0.5, num_inference_steps=30, seed=0)
     report = transform_video(pipe, Path("in.mp4"), Path("out.mp4"), call)
+
+A call's `mask_image` is one mask for every frame, or a folder of masks matched to the frames
+in natural name order (the first mask for the first frame, ...).
 """
 
 import logging
@@ -18,16 +21,17 @@ import re
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 
+from ..diffusion.masks import check_settings as check_mask
 from ..errors import InputError
 from ..media.images import load_image, resize_to
 from ..media.labels import save_image
-from ..media.video_io import Frame, VideoSink, check_encoder, open_clip, video_format
+from ..media.video_io import Frame, VideoSink, check_encoder, frame_files, open_clip, video_format
 from ..settings import DEFAULT_REUSE_THRESHOLD, SEED_LIMIT, CallSettings
 from .jobs import Job, setting_labels
 from .progress import BatchProgress
@@ -208,6 +212,9 @@ def transform_video(
     seed = secrets.randbelow(SEED_LIMIT) if call.seed is None else call.seed
     # an empty negative prompt is none (SDXL then conditions on zeros, as diffusers does)
     call = call.with_values(seed=seed, negative_prompt=call.negative_prompt or None)
+    masks = _mask_files(pipe, call, plan.total)
+    if masks:
+        call = call.with_values(mask_image=str(masks[0]))
     checked = _check_call(pipe, source, call)
     labels = _labels(pipe, source, checked)
     kept = plan.existing if resume else {}
@@ -220,6 +227,7 @@ def transform_video(
         progress = FrameProgress(clip.total, mode="quiet", callback=callback)
     report = VideoReport(dest)
     run = _FrameMaker(pipe, clip, plan, checked, labels, reuse_threshold, metadata, progress)
+    run.masks = masks
     try:
         with progress:
             for item in clip.frames_and_audio():
@@ -246,6 +254,23 @@ def transform_video(
         clip.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _mask_files(pipe, call: CallSettings, frames: int) -> list[Path]:
+    """A mask folder's files, one a frame in name order, each checked ([] for one mask file
+    or none); refused where there are fewer masks than frames."""
+    folder = call.mask_image
+    if not (isinstance(folder, str | Path) and Path(folder).is_dir()):
+        return []
+    found = frame_files(Path(folder))
+    if len(found) < frames:
+        raise InputError(
+            f"the mask folder {folder} holds {len(found)} masks for {frames} frames: give one "
+            "mask a frame (matched in name order), or one mask file for every frame"
+        )
+    for path in found[:frames]:
+        check_mask(pipe.manifest, call.with_values(mask_image=str(path)))
+    return found
 
 
 def _check_call(pipe, source: Path, call: CallSettings) -> CheckedJob:
@@ -281,8 +306,9 @@ def _check_kept(path: Path, labels: dict) -> None:
         raise InputError(
             f"{path} cannot be read ({exc}): delete it, or pass --overwrite without --resume"
         ) from None
-    control = [k.removeprefix("fastimg:") for k in labels if k.startswith("fastimg:control_")]
-    for key in (*RESUME_LABELS, *control):  # (the ControlNet's settings, where one steers)
+    control = [k.removeprefix("fastimg:") for k in labels
+               if k.startswith(("fastimg:control_", "fastimg:mask", "fastimg:keep_"))]  # fmt: skip
+    for key in (*RESUME_LABELS, *control):  # (a ControlNet's or a mask's settings, if any)
         old, new = recorded.get(f"fastimg:{key}"), str(labels[f"fastimg:{key}"])
         if old is not None and old != new:
             raise InputError(
@@ -302,6 +328,8 @@ class _FrameMaker:
         self.progress = progress
         self.size = None  # every input frame is brought to the first one's size
         self.last = None  # (input pixels, output image, its labels) of the last model run
+        self.masks: list[Path] = []  # a mask folder's files, one a frame ([]: one mask or none)
+        self.last_mask = None  # the mask of the last model run, from a mask folder
 
     def frame(self, item: Frame, kept: dict[int, Path], report: VideoReport):
         """The output image for `item`, made, reused or loaded."""
@@ -315,13 +343,16 @@ class _FrameMaker:
         folder = self.plan.frames
         path = None if folder is None else folder / FRAME_NAME.format(item.index)
         label = f"frame {item.index}"
+        mask = self._mask(item.index)
         if item.index in kept:
             output = load_image(kept[item.index])
             self.last = (pixels, output, {**self.labels, "fastimg:frame": item.index})
+            self.last_mask = mask
             report.kept += 1
             self.progress.skip(str(path))
             return output
-        if self.last is not None and difference(pixels, self.last[0]) < self.threshold:
+        same = self.last is not None and mask == self.last_mask
+        if same and difference(pixels, self.last[0]) < self.threshold:
             output, labels = self.last[1], self.last[2]
             info = {**labels, "fastimg:frame": item.index,
                     "fastimg:reused_from": labels["fastimg:frame"]}  # fmt: skip
@@ -330,20 +361,31 @@ class _FrameMaker:
             getattr(self.progress, "reuse", self.progress.skip)(str(path or label))
             return output
         self.progress.start(label, self.checked.steps)
-        output = self._transform(image)
+        output = self._transform(image, mask)
         info = {**output.info, "fastimg:source": self.labels["fastimg:source"],
                 "fastimg:frame": item.index}  # fmt: skip
         self._save(output, path, info, report)
-        self.last = (pixels, output, info)
+        self.last, self.last_mask = (pixels, output, info), mask
         report.transformed += 1
         self.progress.finish(str(path or label))
         return output
 
-    def _transform(self, image):
+    def _mask(self, index: int) -> Path | None:
+        """Frame `index`'s mask from a mask folder (None: one mask for all, or none)."""
+        if self.masks and index > len(self.masks):  # (a video longer than its header said)
+            raise InputError(
+                f"the mask folder holds {len(self.masks)} masks, but the video has more frames: "
+                "give one mask a frame"
+            )
+        return self.masks[index - 1] if self.masks else None
+
+    def _transform(self, image, mask: Path | None = None):
         """The model's output for one frame: the run's settings, its one seed, so the same noise
-        on every frame."""
-        checked = self.checked
-        (output,) = transform(self.pipe, checked.job, image, checked.sampler,
+        on every frame (and its own mask, from a mask folder)."""
+        checked, job = self.checked, self.checked.job
+        if mask is not None:
+            job = replace(job, call=job.call.with_values(mask_image=str(mask)))
+        (output,) = transform(self.pipe, job, image, checked.sampler,
                               lambda step, total: self.progress.step(step))  # fmt: skip
         return output
 

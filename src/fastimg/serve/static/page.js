@@ -1,5 +1,6 @@
-// The fastimg page: an image (file, drop or webcam frame) and settings in, the transformed
-// image out through POST /v1/img2img; or, in stream mode, webcam frames over the WebSocket
+// The fastimg page: an image (file, drop or webcam frame), settings and optionally a mask
+// (painted with a brush and an eraser over the input, or uploaded) in, the transformed image
+// out through POST /v1/img2img; or, in stream mode, webcam frames over the WebSocket
 // /v1/stream (the server keeps only the newest frame while it is busy).
 "use strict";
 
@@ -72,7 +73,82 @@ function useImage(blob) {
   $("input").src = URL.createObjectURL(blob);
   $("input").hidden = false;
   $("transform").disabled = false;
+  $("input").addEventListener("load", resetMask, { once: true });
 }
+
+// --- the mask: white (shown half-transparent over the input) repaints, the rest is kept --------
+
+let masked = false; // whether anything is painted or uploaded
+let tool = null; // "brush", "eraser" or null (not painting)
+
+function resetMask() {
+  // A clear mask the input's own size, over it.
+  const canvas = $("mask");
+  canvas.width = $("input").naturalWidth;
+  canvas.height = $("input").naturalHeight;
+  canvas.hidden = false;
+  masked = false;
+}
+
+function useTool(name) {
+  tool = tool === name ? null : name;
+  for (const other of ["brush", "eraser"]) {
+    $(other).setAttribute("aria-pressed", String(tool === other));
+  }
+  $("mask").classList.toggle("painting", !!tool);
+}
+
+function paint(event) {
+  // One dab of the brush (white) or the eraser (clear) under the pointer.
+  if (!tool || !(event.buttons & 1)) return;
+  const canvas = $("mask");
+  const box = canvas.getBoundingClientRect();
+  const x = ((event.clientX - box.left) * canvas.width) / box.width;
+  const y = ((event.clientY - box.top) * canvas.height) / box.height;
+  const radius = (Number($("brush-size").value) * canvas.width) / box.width / 2;
+  const context = canvas.getContext("2d");
+  context.globalCompositeOperation = tool === "eraser" ? "destination-out" : "source-over";
+  context.fillStyle = "#fff";
+  context.beginPath();
+  context.arc(x, y, radius, 0, 2 * Math.PI);
+  context.fill();
+  masked = masked || tool === "brush";
+  event.preventDefault();
+}
+
+function maskBlob() {
+  // The mask as the server takes it: white where painted, black elsewhere, a PNG.
+  const painted = $("mask");
+  const canvas = document.createElement("canvas");
+  canvas.width = painted.width;
+  canvas.height = painted.height;
+  const context = canvas.getContext("2d");
+  context.fillStyle = "#000";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(painted, 0, 0);
+  return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+}
+
+$("brush").addEventListener("click", () => useTool("brush"));
+$("eraser").addEventListener("click", () => useTool("eraser"));
+$("clear-mask").addEventListener("click", resetMask);
+$("mask").addEventListener("pointerdown", paint);
+$("mask").addEventListener("pointermove", paint);
+$("mask-file").addEventListener("change", () => {
+  // An uploaded mask (white repaints), stretched over the input.
+  const file = $("mask-file").files[0];
+  if (!file || $("mask").hidden) return;
+  const picture = new Image();
+  picture.addEventListener("load", () => {
+    const canvas = $("mask");
+    const context = canvas.getContext("2d");
+    context.globalCompositeOperation = "source-over";
+    context.clearRect(0, 0, canvas.width, canvas.height);
+    context.drawImage(picture, 0, 0, canvas.width, canvas.height);
+    masked = true;
+  });
+  picture.src = URL.createObjectURL(file);
+});
 
 $("file").addEventListener("change", () => {
   if ($("file").files.length) useImage($("file").files[0]);
@@ -107,6 +183,7 @@ async function toggleWebcam() {
   }
   $("video").hidden = !camera;
   $("input").hidden = !!camera;
+  $("mask").hidden = !!camera || !source; // (painted over the input, not the live picture)
   $("snap").hidden = $("stream").hidden = !camera;
   $("webcam").textContent = camera ? "Stop webcam" : "Webcam";
 }
@@ -141,6 +218,11 @@ async function transform() {
   const form = new FormData();
   form.append("image", source, source.name || "image.png");
   for (const [name, value] of Object.entries(settings())) form.append(name, value);
+  if (masked && !$("mask").hidden) {
+    form.append("mask", await maskBlob(), "mask.png");
+    if ($("keep-unmasked").checked) form.append("keep_unmasked", "true");
+    if ($("only-masked").checked) form.append("mask_padding", "32");
+  }
   showError("");
   $("transform").disabled = true;
   $("timing").textContent = "transforming…";
@@ -179,7 +261,7 @@ function describe(header) {
   const s = JSON.parse(header);
   const v = (key) => s[`fastimg:${key}`];
   return `seed ${v("seed")} · strength ${v("strength")} · steps ${v("steps")} · ` +
-    `guidance ${v("guidance")} · ${v("scheduler")}`;
+    `guidance ${v("guidance")} · ${v("scheduler")}` + (v("mask") ? ` · mask ${v("mask")}` : "");
 }
 
 function show(entry) {
