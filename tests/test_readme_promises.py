@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fastimg.backends import select
 from fastimg.diffusion.engine_set import describe_run
@@ -133,3 +135,41 @@ def test_every_bench_command_the_readmes_show_exists_with_its_options():
         assert used <= known, (name, words, used - known)
         needed = [a.option_strings for a in parser._actions if a.required and a.option_strings]
         assert all(set(flags) & used for flags in needed), (name, words, needed)
+
+
+def test_the_controlnet_recipes_run_as_the_readme_types_them(tiny_controlnet, photo, tmp_path,
+                                                             monkeypatch):  # fmt: skip
+    pytest.importorskip("cv2")
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+    from fastimg.media.label_reader import read_labels
+
+    use = README.read_text().split("## Use")[1].split("\n## ")[0]
+    part = use.split("- **ControlNet**")[1].split("\n- ")[0]
+    assert "`tiny-controlnet`" in use.split("fastimg make-model ARCH")[1]
+    monkeypatch.chdir(tmp_path)
+    photo.save("room.jpg")
+    sketch = np.full((64, 88, 3), 245, np.uint8)
+    sketch[10:54, 20] = sketch[10, 20:70] = sketch[10:54, 70] = 30  # dark strokes on paper
+    Image.fromarray(sketch).save("sketch.png")
+    commands = _commands(part)
+    exports = [words for words in commands if words[0] == "export"]
+    transforms = [words for words in commands if words[0] == "transform"]
+    assert len(exports) == len(transforms) == 2 and len(commands) == 4
+    preprocessors = []
+    for export, words in zip(exports, transforms, strict=True):
+        folder = export[export.index("-o") + 1]
+        assert "--controlnet" in export and words[words.index("--engines") + 1] == folder
+        assert float(words[words.index("--strength") + 1]) >= 0.85  # high strength, kept lines
+        words = [str(tiny_controlnet[1]) if word == folder else word for word in words]
+        out = tmp_path / "out"
+        for old in out.glob("*"):
+            old.unlink()
+        result = CliRunner().invoke(cli, words)
+        assert result.exit_code == 0, (words, result.output)
+        (made,) = out.iterdir()
+        labels = read_labels(made)["fastimg"]
+        preprocessors.append(labels["fastimg:control_preprocess"])
+        assert labels["fastimg:control_model"]
+    assert preprocessors == ["scribble", "canny"]
