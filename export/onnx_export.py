@@ -55,6 +55,22 @@ def has_controlnet(pipe) -> bool:
     return getattr(pipe, "controlnet", None) is not None
 
 
+def controlnet_component(k: int) -> str:
+    """The component name of the k-th ControlNet: controlnet, controlnet_1, ... (the folder
+    names diffusers saves a MultiControlNetModel's ControlNets under)."""
+    return "controlnet" if k == 0 else f"controlnet_{k}"
+
+
+def controlnets(pipe) -> list[tuple[str, object]]:
+    """(component name, ControlNetModel) of each ControlNet the pipeline carries, in order
+    (a MultiControlNetModel's nets one by one)."""
+    model = getattr(pipe, "controlnet", None)
+    if model is None:
+        return []
+    nets = list(getattr(model, "nets", None) or [model])
+    return [(controlnet_component(k), net) for k, net in enumerate(nets)]
+
+
 def residual_layout(config) -> list[tuple[int, int]]:
     """(channels, level) of each down-block residual a UNet (or ControlNet) of this config
     gives and takes, the mid block's last: conv_in's, each layer's, each downsampler's."""

@@ -353,8 +353,16 @@ class EngineManifest(_Strict):
     files: Files = {}
     tools: dict[Name, Text] = {}
     tensorrt: TensorRT = TensorRT()
-    memory: dict[Literal[COMPONENTS], MemoryModel] = {}  # type: ignore[valid-type]
+    # per component (SD's four; a ControlNet folder's ControlNets and unet_control too)
+    memory: Annotated[dict[Name, MemoryModel], Field(max_length=64)] = {}
     control: Control | None = None  # (folders without a ControlNet have none)
+
+    @model_validator(mode="after")
+    def _memory_of_components(self):
+        for name in self.memory:
+            if name not in self.components:
+                raise ValueError(f"memory names {name}, which is not one of the components")
+        return self
 
     @model_validator(mode="after")
     def _control_complete(self):
