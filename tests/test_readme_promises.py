@@ -137,8 +137,9 @@ def test_every_bench_command_the_readmes_show_exists_with_its_options():
         assert all(set(flags) & used for flags in needed), (name, words, needed)
 
 
-def test_the_controlnet_recipes_run_as_the_readme_types_them(tiny_controlnet, photo, tmp_path,
-                                                             monkeypatch):  # fmt: skip
+def test_the_controlnet_recipes_run_as_the_readme_types_them(
+    tiny_controlnet, tiny_multi_controlnet, photo, tmp_path, monkeypatch
+):
     pytest.importorskip("cv2")
     from click.testing import CliRunner
 
@@ -153,23 +154,28 @@ def test_the_controlnet_recipes_run_as_the_readme_types_them(tiny_controlnet, ph
     sketch = np.full((64, 88, 3), 245, np.uint8)
     sketch[10:54, 20] = sketch[10, 20:70] = sketch[10:54, 70] = 30  # dark strokes on paper
     Image.fromarray(sketch).save("sketch.png")
+    Image.fromarray(255 - sketch).save("edges.png")  # control images made elsewhere
+    ramp = np.tile(np.linspace(0, 255, 88).astype(np.uint8), (64, 1))  # near to far
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save("depth.png")
     commands = _commands(part)
     exports = [words for words in commands if words[0] == "export"]
     transforms = [words for words in commands if words[0] == "transform"]
-    assert len(exports) == len(transforms) == 2 and len(commands) == 4
-    preprocessors = []
+    assert len(exports) == len(transforms) == 3 and len(commands) == 6
+    engines = {1: tiny_controlnet[1], 2: tiny_multi_controlnet[1]}  # by ControlNets exported
+    made_labels = []
     for export, words in zip(exports, transforms, strict=True):
         folder = export[export.index("-o") + 1]
-        assert "--controlnet" in export and words[words.index("--engines") + 1] == folder
+        controlnets = export.count("--controlnet")
+        assert controlnets >= 1 and words[words.index("--engines") + 1] == folder
         assert float(words[words.index("--strength") + 1]) >= 0.85  # high strength, kept lines
-        words = [str(tiny_controlnet[1]) if word == folder else word for word in words]
+        words = [str(engines[controlnets]) if word == folder else word for word in words]
         out = tmp_path / "out"
         for old in out.glob("*"):
             old.unlink()
         result = CliRunner().invoke(cli, words)
         assert result.exit_code == 0, (words, result.output)
         (made,) = out.iterdir()
-        labels = read_labels(made)["fastimg"]
-        preprocessors.append(labels["fastimg:control_preprocess"])
-        assert labels["fastimg:control_model"]
-    assert preprocessors == ["scribble", "canny"]
+        made_labels.append(read_labels(made)["fastimg"])
+    assert [labels["fastimg:control_preprocess"] for labels in made_labels] == [
+        "scribble", "canny", "none"]  # fmt: skip
+    assert made_labels[2]["fastimg:control_scale"] == "[1.0, 0.6]"  # one per ControlNet

@@ -342,10 +342,10 @@ class Img2ImgPipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
-        control_image: Image.Image | str | Path | None = None,
-        controlnet_conditioning_scale: float = 0.8,
-        control_guidance_start: float = 0.0,
-        control_guidance_end: float = 1.0,
+        control_image: Image.Image | str | Path | list | None = None,
+        controlnet_conditioning_scale: float | list[float] = 0.8,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
         control_preprocess: str | None = None,
         mask_image: Image.Image | str | Path | None = None,
         mask_invert: bool = False,
@@ -362,7 +362,8 @@ class Img2ImgPipeline:
         Folders with a ControlNet take StableDiffusionControlNetImg2ImgPipeline's
         `control_image` (without one, the plain UNet runs), `controlnet_conditioning_scale`,
         `control_guidance_start` and `control_guidance_end`, and fastimg's `control_preprocess`
-        ("canny", "scribble": the control image made first; from `image` without one).
+        ("canny", "scribble": the control image made first; from `image` without one); with
+        several ControlNets, lists in their order (MultiControlNetModel: residuals summed).
         `mask_image` inpaints as
         StableDiffusionInpaintPipeline: white is repainted, black kept (`mask_invert` swaps);
         inpainting folders (a 9-channel UNet) need one, plain ones take one too.
@@ -562,7 +563,8 @@ class Img2ImgPipeline:
         if engines.plan_set:
             labels["fastimg:plan_set"] = engines.plan_set
         if request.control is not None:
-            labels.update(request.control.labels(), **model_label(self.manifest))
+            count = len(request.control.pixels)
+            labels.update(request.control.labels(), **model_label(self.manifest, count))
         if request.mask is not None:
             labels["fastimg:mask"] = request.mask.label
         return labels

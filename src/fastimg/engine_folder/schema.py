@@ -309,6 +309,9 @@ class Lora(_Strict):
     scale: Annotated[float, Field(ge=-10, le=10)]
 
 
+MAX_CONTROLNETS = 8  # ControlNets one folder may hold (their residuals are summed)
+
+
 class ControlNet(_Strict):
     """One exported ControlNet: its component and where it came from."""
 
@@ -321,7 +324,7 @@ class Control(_Strict):
     """The ControlNets of the folder, the UNet component that takes their residuals (beside
     the plain UNet), and the residuals' names: each ControlNet's outputs, that UNet's inputs."""
 
-    controlnets: Annotated[list[ControlNet], Field(min_length=1, max_length=1)]
+    controlnets: Annotated[list[ControlNet], Field(min_length=1, max_length=MAX_CONTROLNETS)]
     unet: Name
     residuals: Annotated[list[Name], Field(min_length=1, max_length=64)]
 
