@@ -46,6 +46,37 @@ def baseline_for(spec: str) -> tuple[str, str]:
     return "cuda", "fp16" if precision == "fp16" else "fp32"
 
 
+def controlnet_pipeline(pipe, controlnet: str):
+    """diffusers' StableDiffusionControlNetImg2ImgPipeline on `pipe`'s components and the
+    ControlNet folder (or hub id) `controlnet`, checked to fit its UNet as the export checks."""
+    import diffusers
+
+    from fastimg_export.loading import add_controlnet, load_controlnet
+
+    if getattr(pipe, "controlnet", None) is not None:
+        from fastimg.errors import InputError
+
+        raise InputError(
+            "the model already has a ControlNet: bench --controlnet takes a plain model (its "
+            "UNet, VAE and text encoder) and the ControlNet apart"
+        )
+    add_controlnet(pipe, load_controlnet(controlnet), controlnet)
+    parts = ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")
+    return diffusers.StableDiffusionControlNetImg2ImgPipeline(
+        **{name: getattr(pipe, name) for name in parts},
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def control_arguments(job: BenchJob) -> dict:
+    """The control image both sides take, by diffusers' name ({} without a ControlNet; the
+    scale, start and end are both sides' defaults)."""
+    image = job.control_image()
+    return {} if image is None else {"control_image": image}
+
+
 class DiffusersSide:
     """diffusers' StableDiffusionImg2ImgPipeline: on the CPU in fp32 (the baseline of every
     side), or on the GPU in the precision of the GPU sides it is compared with."""
@@ -58,6 +89,8 @@ class DiffusersSide:
         self._torch, self.job = torch, job
         self.name, self.device = diffusers_name(device, precision), device
         self.pipe = load_pipeline(model)
+        if job.controlnet is not None:  # the ControlNet img2img pipeline on the same components
+            self.pipe = controlnet_pipeline(self.pipe, job.controlnet)
         if job.vae is not None:  # the same autoencoder as the fastimg engines
             from fastimg_export.loading import load_vae
 
@@ -76,6 +109,7 @@ class DiffusersSide:
         self.clock = StageClock()
         time_diffusers(self.pipe, self.clock)
         self.image = job.load_image()
+        self.control = control_arguments(job)
 
     def once(self):
         """One image, and the per-stage seconds of making it."""
@@ -90,6 +124,7 @@ class DiffusersSide:
             guidance_scale=job.guidance,
             num_images_per_prompt=job.batch,
             generator=self._torch.Generator("cpu").manual_seed(job.seed),  # CPU noise anywhere
+            **self.control,
         ).images[0]
         if self.device != "cpu":
             self._torch.cuda.synchronize()
@@ -128,6 +163,7 @@ class FastimgSide:
         self.clock = StageClock()
         time_fastimg(self.pipe, self.clock)
         self.image = job.load_image()
+        self.control = control_arguments(job)
 
     def once(self):
         """One image, and the per-stage seconds of making it."""
@@ -143,6 +179,7 @@ class FastimgSide:
             num_images_per_prompt=job.batch,
             seed=job.seed,
             scheduler=job.sampler,
+            **self.control,
         )
         seconds = time.perf_counter() - start
         return image, seconds, self.clock.totals(seconds)

@@ -30,7 +30,7 @@ from .contenders import (
 from .job import BenchJob
 from .record import machine as machine_record
 from .record import versions as package_versions
-from .stages import STAGES
+from .stages import CONTROLNET, STAGES
 
 
 def default_backends() -> list[str]:
@@ -85,7 +85,8 @@ def check_backends(specs: list[str]) -> list[str]:
 
 def _summary(seconds: list[float], stages: list[dict], batch: int = 1) -> dict:
     median = statistics.median(seconds)
-    per_stage = {s: statistics.median(st[s] for st in stages) for s in (*STAGES, "overhead")}
+    names = [s for s in (*STAGES, CONTROLNET, "overhead") if all(s in st for st in stages)]
+    per_stage = {s: statistics.median(st[s] for st in stages) for s in names}
     unet_calls = [t for st in stages for t in st["unet_calls"]]
     return {
         "seconds": seconds,

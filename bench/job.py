@@ -20,10 +20,21 @@ class BenchJob:
     image: str = str(EXAMPLE_IMAGE)
     batch: int = 1  # images per call (num_images_per_prompt), as a stream batch
     vae: str | None = None  # a VAE folder in place of the model's own, on both sides
+    controlnet: str | None = None  # a ControlNet folder both sides run (its control image:
+    # the input's scribble, control_image)
 
     def load_image(self):
         """The input image, resized to size x size."""
         return load_image(Path(self.image)).resize((self.size, self.size))
+
+    def control_image(self):
+        """The ControlNet's control image: the input image's scribble (dark strokes as white
+        lines), the same pixels on every side; None without a ControlNet."""
+        if self.controlnet is None:
+            return None
+        from fastimg.media.control_images import scribble
+
+        return scribble(self.load_image())
 
     def unet_calls(self, distilled: bool = False) -> int:
         """UNet evaluations per call (steps actually run at this strength; an LCM-distilled

@@ -5,13 +5,14 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from .stages import STAGES
+from .stages import CONTROLNET, STAGES
 
 COLOURS = {
     "text_encoder": (120, 170, 220),
     "vae_encoder": (90, 180, 120),
     "unet": (230, 150, 60),
     "vae_decoder": (170, 110, 200),
+    CONTROLNET: (220, 90, 90),  # (a job with a ControlNet only)
     "overhead": (150, 150, 150),
 }
 
@@ -51,6 +52,11 @@ def table(record: dict) -> str:
             f"{_fmt(fid.get('psnr_db'), '{:.1f}'):>8}{_fmt(fid.get('max_pixel_diff'), '{}'):>8}"
             f"{_fmt((s.get('vs_fastimg_fp32') or {}).get('psnr_db'), '{:.1f}'):>8}"
         )
+    for name, s in record["sides"].items():  # (the table's columns have no room for it)
+        if CONTROLNET in s["stages_median_seconds"]:
+            rows.append(
+                f"{name}: the ControlNet took {s['stages_median_seconds'][CONTROLNET]:.2f} s"
+            )
     rows += _peer_rows(record)
     for label, reason in (record.get("failed_sides") or {}).items():
         rows.append(f"not measured: {label}: {reason}")
@@ -127,8 +133,8 @@ def chart(record: dict, path: Path) -> None:
         y = top + row * (bar_h + gap)
         draw.text((10, y + bar_h // 3), name, fill="black", font=font)
         x = left
-        for stage in (*STAGES, "overhead"):
-            w = max(0.0, s["stages_median_seconds"][stage]) * scale
+        for stage in (*STAGES, CONTROLNET, "overhead"):
+            w = max(0.0, s["stages_median_seconds"].get(stage, 0.0)) * scale
             draw.rectangle([x, y, x + w, y + bar_h], fill=COLOURS[stage])
             x += w
         label = f"{s['median_seconds']:.2f} s"
@@ -137,7 +143,10 @@ def chart(record: dict, path: Path) -> None:
         draw.text((x + 8, y + bar_h // 3), label, fill="black", font=font)
     y = height - 35
     x = 10
+    controlled = any(CONTROLNET in s["stages_median_seconds"] for s in sides.values())
     for stage, colour in COLOURS.items():
+        if stage == CONTROLNET and not controlled:
+            continue
         draw.rectangle([x, y, x + 14, y + 14], fill=colour)
         draw.text((x + 20, y + 2), stage.replace("_", " "), fill="black", font=font)
         x += 140

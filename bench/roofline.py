@@ -20,7 +20,7 @@ def stage_flops(diffusers_side) -> dict:
         def wrapper(*args, **kwargs):
             with FlopCounterMode(display=False) as counter:
                 result = function(*args, **kwargs)
-            counts[stage] += counter.get_total_flops()
+            counts[stage] = counts.get(stage, 0) + counter.get_total_flops()
             return result
 
         return wrapper

@@ -5,6 +5,8 @@ from collections import defaultdict
 from functools import wraps
 
 STAGES = ("text_encoder", "vae_encoder", "unet", "vae_decoder")
+# A job with a ControlNet (fastimg bench --controlnet) also has this stage: every ControlNet call.
+CONTROLNET = "controlnet"
 
 
 class StageClock:
@@ -33,8 +35,11 @@ class StageClock:
     def totals(self, end_to_end: float) -> dict:
         """Seconds per stage for the last call, UNet calls listed, and the time outside them."""
         stages = {stage: sum(self.calls.get(stage, [])) for stage in STAGES}
+        if CONTROLNET in self.calls:
+            stages[CONTROLNET] = sum(self.calls[CONTROLNET])
         stages["unet_calls"] = list(self.calls.get("unet", []))
-        stages["overhead"] = end_to_end - sum(stages[s] for s in STAGES)
+        timed = sum(stages[s] for s in STAGES) + stages.get(CONTROLNET, 0.0)
+        stages["overhead"] = end_to_end - timed
         return stages
 
 
@@ -73,8 +78,13 @@ def _cuda_timed(stage: str, session, clock: StageClock):
 
 
 def stage_of(component: str) -> str:
-    """The stage a component's time counts under: SDXL's two text encoders share one."""
-    return "text_encoder" if component.startswith("text_encoder") else component
+    """The stage a component's time counts under: SDXL's two text encoders share one; every
+    ControlNet counts as the controlnet stage, the UNet taking their residuals as the unet."""
+    if component.startswith("text_encoder"):
+        return "text_encoder"
+    if component.startswith("controlnet"):
+        return CONTROLNET
+    return "unet" if component == "unet_control" else component
 
 
 def time_fastimg(pipe, clock: StageClock) -> None:
@@ -93,6 +103,7 @@ def diffusers_stages(pipe) -> list[tuple[str, object, str]]:
         ("unet", pipe.unet, "forward"),
         ("vae_encoder", pipe.vae, "encode"),
         ("vae_decoder", pipe.vae, "decode"),
+        *([(CONTROLNET, pipe.controlnet, "forward")] if getattr(pipe, "controlnet", None) else []),
     ]
 
 

@@ -110,19 +110,21 @@ def _xl_entries(pipe, folder: Path, first: dict) -> dict:
     return entries
 
 
-def _control_entry(pipe, source: str) -> dict:
-    """The manifest's `control`: the ControlNet components, the UNet that takes their
-    residuals, and the residuals' names (the ControlNet's outputs, that UNet's inputs)."""
-    config = pipe.controlnet.config
+def _control_entry(pipe, sources: list[str]) -> dict:
+    """The manifest's `control`: the ControlNet components in order (`sources`: where each
+    came from), the UNet that takes their summed residuals, and the residuals' names (each
+    ControlNet's outputs, that UNet's inputs)."""
+    nets = onnx_export.controlnets(pipe)
     return {
         "controlnets": [
             {
-                "component": "controlnet",
+                "component": name,
                 "source": str(source),
-                "conditioning_channels": int(config.conditioning_channels),
+                "conditioning_channels": int(net.config.conditioning_channels),
             }
+            for (name, net), source in zip(nets, sources, strict=True)
         ],
-        "unet": "unet_control",
+        "unet": onnx_export.CONTROL_UNET,
         "residuals": onnx_export.residual_names(pipe.unet.config),
     }
 
@@ -178,7 +180,8 @@ def export_engines(
     `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE; `loras`
     ('FILE_OR_ID[:SCALE]') are fused into the weights first; `int8_images` > 0 also writes
     an int8 UNet for OpenVINO, calibrated on that many images; `controlnets` (folders or hub
-    ids, one for now) are exported beside the UNet, with a UNet that takes their residuals."""
+    ids, in order, after any the model has) are exported beside the UNet, each its own
+    component, with a UNet that takes their summed residuals."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if int8_images:
@@ -188,11 +191,6 @@ def export_engines(
         if int8_images < 2:
             raise InputError("an int8 export needs at least 2 calibration images")
     lora_sources = check_sources(list(loras))
-    if len(controlnets) > 1:
-        raise InputError(
-            f"{len(controlnets)} ControlNets were given: fastimg exports one ControlNet per "
-            "engine folder for now; pass one --controlnet"
-        )
     out = Path(out).absolute()
     _check_destination(out, overwrite)
     with writer_lock(out), PeakWatch() as memory:
@@ -213,9 +211,11 @@ def _export_locked(
         raise InputError(
             "an int8 UNet is not exported for inpainting models yet: leave out --int8-images"
         )
+    sources = [str(model)] * len(onnx_export.controlnets(pipe))  # the model's own ControlNets
     for source in controlnets:
         log(f"loading the ControlNet {source}")
         add_controlnet(pipe, load_controlnet(source), source)
+        sources.append(source)
     if vae is not None:
         log(f"loading the VAE {vae}")
         replacement = load_vae(vae)
@@ -267,7 +267,7 @@ def _export_locked(
         if onnx_export.is_sdxl(pipe):
             manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
         if onnx_export.has_controlnet(pipe):
-            manifest["control"] = _control_entry(pipe, controlnets[0] if controlnets else model)
+            manifest["control"] = _control_entry(pipe, sources)
         fix = "this is a bug in the export; please report it"
         text = serialise(manifest, f"the manifest written for {model}", fix)
         (staging / MANIFEST).write_text(text)
@@ -308,7 +308,7 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
     specs = onnx_export.component_specs(pipe)
     modules = onnx_export.torch_modules(pipe)
     names = onnx_export.component_names(pipe)
-    order = sorted(names, key=lambda name: name in ("unet", "unet_control"))
+    order = sorted(names, key=lambda name: name in ("unet", onnx_export.CONTROL_UNET))
     entries = {}
     for k, name in enumerate(order):
         started = time.perf_counter()
@@ -362,12 +362,17 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
 OWNER = {"vae_encoder": "vae", "vae_decoder": "vae", "unet_control": "unet"}
 
 
+def _owner(name: str) -> str:
+    """The pipeline attribute of component `name` (every ControlNet: controlnet)."""
+    return "controlnet" if name.startswith("controlnet") else OWNER.get(name, name)
+
+
 def release_weights(pipe, remaining) -> None:
     """Free the weights of every torch model that none of the `remaining` components reads;
     configs stay, so the manifest can still be written from them."""
-    needed = {OWNER.get(name, name) for name in remaining}
+    needed = {_owner(name) for name in remaining}
     for name in onnx_export.component_names(pipe):
-        owner = OWNER.get(name, name)
+        owner = _owner(name)
         model = getattr(pipe, owner)
         if owner not in needed and model is not None and model.device.type != "meta":
             model.to("meta")

@@ -103,10 +103,11 @@ def pipeline_class(model_index: dict):
                 f"{where} is an SDXL pipeline with a ControlNet: fastimg exports ControlNets for "
                 "SD 1.x/2.x models only for now; export it without the ControlNet"
             )
-        if controlnet[1] != "ControlNetModel":
+        if controlnet[1] not in ("ControlNetModel", "MultiControlNetModel"):
             raise InputError(
-                f"{where} has a {controlnet[1]} as its controlnet: fastimg exports one "
-                "ControlNetModel per model for now; pass one with --controlnet"
+                f"{where} has a {controlnet[1]} as its controlnet: fastimg exports "
+                "ControlNetModels (one, or several as a MultiControlNetModel); pass them with "
+                "--controlnet"
             )
         return diffusers.StableDiffusionControlNetImg2ImgPipeline, dict(
             safety_checker=None, requires_safety_checker=False
@@ -278,19 +279,20 @@ def load_controlnet(source: str):
 
 
 def add_controlnet(pipe, controlnet, source: str) -> None:
-    """Give a plain SD 1.x/2.x pipeline the ControlNet to export beside its UNet."""
+    """Give an SD 1.x/2.x pipeline a ControlNet to export beside its UNet, after any it has
+    (several are a MultiControlNetModel, as diffusers holds them)."""
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    from .onnx_export import controlnets
+
     if is_sdxl(pipe):
         raise InputError(
             f"the ControlNet {source} was given for an SDXL model: fastimg exports ControlNets "
             "for SD 1.x/2.x models only for now"
         )
-    if getattr(pipe, "controlnet", None) is not None:
-        raise InputError(
-            f"the model already has a ControlNet, and {source} was given too: fastimg exports "
-            "one ControlNet per engine folder for now; leave out --controlnet"
-        )
     check_controlnet_fits(pipe.unet.config, controlnet.config, source)
-    pipe.controlnet = controlnet.eval()
+    nets = [net for _, net in controlnets(pipe)] + [controlnet.eval()]
+    pipe.controlnet = nets[0] if len(nets) == 1 else MultiControlNetModel(nets).eval()
 
 
 def check_controlnet_fits(unet, controlnet, source: str) -> None:
@@ -350,8 +352,10 @@ def check_supported(pipe) -> None:
                 "this inpainting UNet is LCM-distilled (time_cond_proj_dim): fastimg does not "
                 "export LCM-distilled inpainting UNets yet"
             )
-    if getattr(pipe, "controlnet", None) is not None:
-        check_controlnet_fits(config, pipe.controlnet.config, "of this pipeline")
+    from .onnx_export import controlnets
+
+    for name, net in controlnets(pipe):
+        check_controlnet_fits(config, net.config, f"{name} of this pipeline")
     added = config.get("addition_embed_type")
     if not is_sdxl(pipe):
         if added is not None:

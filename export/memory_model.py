@@ -21,7 +21,12 @@ LIVE = {"vae_decoder": 13, "vae_encoder": 6, "unet": 100}
 # and 3072 for the standard graph); the UNet's converted layers are its smallest (323 MiB at 512
 # px, 2 images, against an estimate of 1000). Rounded up, as LIVE is.
 WINOGRAD_ACTIVATIONS = {"vae_decoder": 1.8, "vae_encoder": 1.8}
-WEIGHTS_FACTOR = {"unet": 0.6}
+WEIGHTS_FACTOR = {"unet": 0.6, "unet_control": 0.6, "controlnet": 0.6}
+# A ControlNet is the UNet's down and mid blocks (taken to hold the UNet's LIVE channels: not
+# measured, rounded up as the UNet's) and a conditioning embedding at the full pixel resolution
+# (its first convolutions, about COND_LIVE tensors of its first channels). The UNet that takes
+# the residuals holds them too: every down residual and the mid one, in fp32.
+COND_LIVE = 4
 SCORE_BYTES = 2 * 4  # an fp32 attention score matrix and its softmax
 
 
@@ -41,9 +46,35 @@ def memory_model(pipe) -> dict:
     }
     model["vae_encoder"]["per_token_pair"] = model["vae_decoder"]["per_token_pair"] = vae_scores
     model["unet"]["per_token_pair"] = _unet_scores(unet)
+    model.update(_control_models(pipe, model["unet"], levels))
     for component, entry in model.items():
-        entry["weights_factor"] = WEIGHTS_FACTOR.get(component, 0.0)
+        kind = "controlnet" if component.startswith("controlnet") else component
+        entry["weights_factor"] = WEIGHTS_FACTOR.get(kind, 0.0)
     return model
+
+
+def _control_models(pipe, unet: dict, levels: int) -> dict:
+    """The coefficients of each ControlNet and of the UNet taking their residuals (none
+    without a ControlNet)."""
+    from .onnx_export import controlnets, residual_layout
+
+    nets = controlnets(pipe)
+    if not nets:
+        return {}
+    latent = 4**levels  # image pixels per latent pixel
+    residuals = sum(4 * channels / (latent * 4**level)
+                    for channels, level in residual_layout(pipe.unet.config))  # fmt: skip
+    models = {"unet_control": {"per_pixel": unet["per_pixel"] + residuals,
+                               "per_token_pair": unet["per_token_pair"]}}  # fmt: skip
+    for name, net in nets:
+        config = net.config
+        embedding = config.conditioning_embedding_out_channels[0]
+        models[name] = {
+            "per_pixel": LIVE["unet"] * config.block_out_channels[0] * 4 / latent
+            + COND_LIVE * embedding * 4,
+            "per_token_pair": _unet_scores(config),
+        }
+    return models
 
 
 def _unet_scores(config) -> float:

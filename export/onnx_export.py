@@ -31,16 +31,18 @@ class ComponentSpec:
 SD_COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 
 
-# A pipeline with a ControlNet also has these graphs: the ControlNet, and the UNet that takes its
-# residuals (beside the plain UNet, so that a call without control runs the plain one).
-CONTROL_COMPONENTS = ("controlnet", "unet_control")
+# A pipeline with ControlNets also has these graphs: each ControlNet (controlnet, controlnet_1,
+# ...: see controlnets), and the UNet that takes their summed residuals (beside the plain UNet,
+# so that a call without control runs the plain one).
+CONTROL_UNET = "unet_control"
 
 
 def component_names(pipe) -> tuple[str, ...]:
     """The graphs exported for this pipeline: SD's four (and the control graphs where it has
     a ControlNet), or SDXL's with text_encoder_2 (and no text_encoder for the refiner)."""
     if not is_sdxl(pipe):
-        return SD_COMPONENTS + (CONTROL_COMPONENTS if has_controlnet(pipe) else ())
+        control = tuple(name for name, _ in controlnets(pipe))
+        return SD_COMPONENTS + ((*control, CONTROL_UNET) if control else ())
     first = ("text_encoder",) if pipe.text_encoder is not None else ()
     return (*first, "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
 
@@ -53,6 +55,22 @@ def is_sdxl(pipe) -> bool:
 def has_controlnet(pipe) -> bool:
     """Whether the pipeline carries a ControlNet to export."""
     return getattr(pipe, "controlnet", None) is not None
+
+
+def controlnet_component(k: int) -> str:
+    """The component name of the k-th ControlNet: controlnet, controlnet_1, ... (the folder
+    names diffusers saves a MultiControlNetModel's ControlNets under)."""
+    return "controlnet" if k == 0 else f"controlnet_{k}"
+
+
+def controlnets(pipe) -> list[tuple[str, object]]:
+    """(component name, ControlNetModel) of each ControlNet the pipeline carries, in order
+    (a MultiControlNetModel's nets one by one)."""
+    model = getattr(pipe, "controlnet", None)
+    if model is None:
+        return []
+    nets = list(getattr(model, "nets", None) or [model])
+    return [(controlnet_component(k), net) for k, net in enumerate(nets)]
 
 
 def residual_layout(config) -> list[tuple[int, int]]:
@@ -130,16 +148,17 @@ def _control_specs(pipe, lat: list, hidden: int) -> dict:
         "encoder_hidden_states": ("float32", ["batch", "sequence", hidden]),
     }
     residuals = _residual_specs(pipe.unet.config)
+    controlnet = ComponentSpec(
+        {
+            **text,
+            "controlnet_cond": ("float32", ["batch", 3, "height", "width"]),
+            "conditioning_scale": ("float32", [1]),
+        },
+        residuals,
+    )
     return {
-        "controlnet": ComponentSpec(
-            {
-                **text,
-                "controlnet_cond": ("float32", ["batch", 3, "height", "width"]),
-                "conditioning_scale": ("float32", [1]),
-            },
-            residuals,
-        ),
-        "unet_control": ComponentSpec({**text, **residuals}, {"out_sample": ("float32", lat)}),
+        **{name: controlnet for name, _ in controlnets(pipe)},
+        CONTROL_UNET: ComponentSpec({**text, **residuals}, {"out_sample": ("float32", lat)}),
     }
 
 
@@ -318,8 +337,9 @@ def torch_modules(pipe) -> dict:
 
     vae = {"vae_encoder": VaeEncoder(pipe.vae).eval(), "vae_decoder": VaeDecoder(pipe.vae).eval()}
     if has_controlnet(pipe):
-        vae["controlnet"] = ControlNet(pipe.controlnet).eval()
-        vae["unet_control"] = UNetControl(pipe.unet).eval()
+        for name, net in controlnets(pipe):
+            vae[name] = ControlNet(net).eval()
+        vae[CONTROL_UNET] = UNetControl(pipe.unet).eval()
     if is_sdxl(pipe):
         encoders = {
             name: PenultimateTextEncoder(getattr(pipe, name)).eval()
@@ -358,7 +378,7 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
     if name.startswith("text_encoder"):
         vocab = min(encoder.config.vocab_size, len(tokenizer))
         return (torch.randint(0, vocab, (batch, length), generator=g),)
-    if name in CONTROL_COMPONENTS:
+    if name.startswith("controlnet") or name == CONTROL_UNET:
         return _control_inputs(pipe, name, batch, (h, w), g, length, hidden)
     if name == "unet":
         inputs = (
@@ -390,7 +410,7 @@ def _control_inputs(pipe, name: str, batch: int, latent_hw, g, length: int, hidd
         torch.rand(batch, generator=g) * 999,
         torch.randn(batch, length, hidden, generator=g),
     )
-    if name == "controlnet":
+    if name != CONTROL_UNET:  # a ControlNet
         cond = torch.rand(batch, 3, h * factor, w * factor, generator=g)
         return (*inputs, cond, torch.tensor([0.7]))
     residuals = []

@@ -480,22 +480,22 @@ def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
 
 
 # StableDiffusionControlNetImg2ImgPipeline layouts: name -> the base architecture.
-CONTROLNETS = {"tiny-controlnet": "tiny"}
+# ControlNet img2img layouts: name -> (the base architecture, how many ControlNets: several
+# are a MultiControlNetModel, saved as controlnet/, controlnet_1/, ...).
+CONTROLNETS = {"tiny-controlnet": ("tiny", 1), "tiny-multi-controlnet": ("tiny", 2)}
 # Large enough for the residuals to move the images clearly (random UNets barely react to less).
 ZERO_CONV_STD = 0.5
 
 
-def build_controlnet_pipeline(arch: str, seed: int = 0):
-    """A StableDiffusionControlNetImg2ImgPipeline on the base architecture's random pipeline,
-    whose ControlNet's zero convolutions are random (diffusers zeroes them, which would hide
-    a ControlNet that is ignored)."""
+def random_controlnet(unet, seed: int):
+    """A ControlNet (from_unet) of `unet`'s layout whose zero convolutions are random
+    (diffusers zeroes them, which would hide a ControlNet that is ignored)."""
     import diffusers
     import torch
 
-    base = build_pipeline(CONTROLNETS[arch], seed)
-    torch.manual_seed(seed + 2)
+    torch.manual_seed(seed)
     controlnet = diffusers.ControlNetModel.from_unet(
-        base.unet, conditioning_embedding_out_channels=(8, 16, 32, 32)
+        unet, conditioning_embedding_out_channels=(8, 16, 32, 32)
     )
     zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
               controlnet.controlnet_cond_embedding.conv_out]  # fmt: skip
@@ -503,10 +503,22 @@ def build_controlnet_pipeline(arch: str, seed: int = 0):
         for conv in zeroed:
             conv.weight.normal_(0.0, ZERO_CONV_STD)
             conv.bias.normal_(0.0, ZERO_CONV_STD)
+    return controlnet.eval()
+
+
+def build_controlnet_pipeline(arch: str, seed: int = 0):
+    """A StableDiffusionControlNetImg2ImgPipeline on the base architecture's random pipeline,
+    with one or several random ControlNets (random_controlnet, each its own seed)."""
+    import diffusers
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    name, count = CONTROLNETS[arch]
+    base = build_pipeline(name, seed)
+    nets = [random_controlnet(base.unet, seed + 2 + k) for k in range(count)]
     parts = {name: getattr(base, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
     return diffusers.StableDiffusionControlNetImg2ImgPipeline(
         **parts,
-        controlnet=controlnet.eval(),
+        controlnet=nets[0] if count == 1 else MultiControlNetModel(nets).eval(),
         scheduler=base.scheduler,
         safety_checker=None,
         feature_extractor=None,

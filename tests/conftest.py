@@ -79,6 +79,13 @@ def tiny_controlnet(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_multi_controlnet(tmp_path_factory):
+    """(model folder, engine folder) of the tiny model with two ControlNets (a
+    MultiControlNetModel pipeline folder: controlnet/, controlnet_1/; random zero convs)."""
+    return _build(tmp_path_factory, "tiny-multi-controlnet")
+
+
+@pytest.fixture(scope="session")
 def tiny_inpaint(tmp_path_factory):
     """(model folder, engine folder) of the tiny StableDiffusionInpaintPipeline (9-channel
     UNet: latents, mask, masked image latents)."""

@@ -2,7 +2,9 @@
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fastimg.backends import select
 from fastimg.diffusion.engine_set import describe_run
@@ -201,3 +203,47 @@ def test_the_mask_recipes_run_as_the_readme_types_them(tiny_inpaint, photo, tmp_
     outside = np.asarray(Image.open("lamp-mask.png")) == 0  # (pasted back through the mask)
     assert not np.array_equal(np.asarray(lamp.convert("RGB"))[~outside], np.asarray(room)[~outside])
     assert np.array_equal(np.asarray(lamp.convert("RGB"))[outside], np.asarray(room)[outside])
+
+
+def test_the_controlnet_recipes_run_as_the_readme_types_them(
+    tiny_controlnet, tiny_multi_controlnet, photo, tmp_path, monkeypatch
+):
+    pytest.importorskip("cv2")
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+    from fastimg.media.label_reader import read_labels
+
+    use = README.read_text().split("## Use")[1].split("\n## ")[0]
+    part = use.split("- **ControlNet**")[1].split("\n- ")[0]
+    assert "`tiny-controlnet`" in use.split("fastimg make-model ARCH")[1]
+    monkeypatch.chdir(tmp_path)
+    photo.save("room.jpg")
+    sketch = np.full((64, 88, 3), 245, np.uint8)
+    sketch[10:54, 20] = sketch[10, 20:70] = sketch[10:54, 70] = 30  # dark strokes on paper
+    Image.fromarray(sketch).save("sketch.png")
+    Image.fromarray(255 - sketch).save("edges.png")  # control images made elsewhere
+    ramp = np.tile(np.linspace(0, 255, 88).astype(np.uint8), (64, 1))  # near to far
+    Image.fromarray(np.stack([ramp] * 3, axis=-1)).save("depth.png")
+    commands = _commands(part)
+    exports = [words for words in commands if words[0] == "export"]
+    transforms = [words for words in commands if words[0] == "transform"]
+    assert len(exports) == len(transforms) == 3 and len(commands) == 6
+    engines = {1: tiny_controlnet[1], 2: tiny_multi_controlnet[1]}  # by ControlNets exported
+    made_labels = []
+    for export, words in zip(exports, transforms, strict=True):
+        folder = export[export.index("-o") + 1]
+        controlnets = export.count("--controlnet")
+        assert controlnets >= 1 and words[words.index("--engines") + 1] == folder
+        assert float(words[words.index("--strength") + 1]) >= 0.85  # high strength, kept lines
+        words = [str(engines[controlnets]) if word == folder else word for word in words]
+        out = tmp_path / "out"
+        for old in out.glob("*"):
+            old.unlink()
+        result = CliRunner().invoke(cli, words)
+        assert result.exit_code == 0, (words, result.output)
+        (made,) = out.iterdir()
+        made_labels.append(read_labels(made)["fastimg"])
+    assert [labels["fastimg:control_preprocess"] for labels in made_labels] == [
+        "scribble", "canny", "none"]  # fmt: skip
+    assert made_labels[2]["fastimg:control_scale"] == "[1.0, 0.6]"  # one per ControlNet

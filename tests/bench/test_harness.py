@@ -267,3 +267,33 @@ def test_the_unet_flops_are_every_unet_call_of_the_job(tiny):
         unet(sample, torch.tensor([500, 500]), encoder_hidden_states=hidden)
     assert counted["unet"] == job.unet_calls() * counter.get_total_flops()
     assert counted["vae_encoder"] > 0 and counted["vae_decoder"] > 0
+
+
+def test_a_controlnet_job_is_measured_against_diffusers_controlnet_pipeline(tiny, tiny_controlnet):
+    # tiny-controlnet is tiny (the same seed, the same weights) with a ControlNet: diffusers
+    # runs tiny's components with that ControlNet, fastimg the engines exported with it
+    model, engines = tiny[0], tiny_controlnet[1]
+    controlnet = tiny_controlnet[0] / "controlnet"
+    job = BenchJob(size=64, steps=4, strength=0.5, guidance=3.0, controlnet=str(controlnet))
+    record = harness.run(
+        str(model), str(engines), job, ["onnxruntime:fp32"], warmup=0, repeats=1,
+        cold_start=False, log=lambda m: 0,
+    )  # fmt: skip
+    ours, ref = record["sides"]["fastimg onnxruntime fp32"], record["sides"]["diffusers"]
+    assert ours["vs_diffusers"]["psnr_db"] >= 40.0  # the same ControlNet and control image
+    for side in (ours, ref):  # the ControlNet's calls are their own stage, not overhead
+        assert side["stages_median_seconds"]["controlnet"] > 0
+        assert side["stages_median_seconds"]["unet"] > 0
+    assert record["stage_gflop"]["controlnet"] > 0
+    assert record["job"]["controlnet"] == str(controlnet)
+    plain = BenchJob(size=64, steps=4, strength=0.5, guidance=3.0)
+    without = harness.run(
+        str(model), str(tiny[1]), plain, ["onnxruntime:fp32"], warmup=0, repeats=1,
+        cold_start=False, log=lambda m: 0,
+    )  # fmt: skip
+    assert "controlnet" not in without["stage_gflop"]
+    # the control changes the image: the ControlNet ran on both sides, not only its clock
+    assert (
+        harness._fidelity(record["images"]["diffusers"], without["images"]["diffusers"])["psnr_db"]
+        < 35
+    )

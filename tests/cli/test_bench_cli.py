@@ -37,3 +37,29 @@ def test_bench_refuses_bad_settings(tiny, tmp_path, extra, message):
     assert result.exit_code == 1
     assert message in result.output
     assert not (tmp_path / "r.json").exists()
+
+
+def test_bench_controlnet_random_builds_exports_and_measures_it(tiny, tmp_path, monkeypatch):
+    from fastimg.engine_folder.manifest import load_manifest
+
+    model, _ = tiny
+    monkeypatch.chdir(tmp_path)
+    args = ["bench", "--model", str(model), "--size", "64", "--controlnet", "random",
+            "--backend", "onnxruntime:fp32", "--warmup", "0", "--repeats", "1",
+            "--no-cold-start", "-o", str(tmp_path / "run")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    # a random ControlNet of the model's UNet, and engines exported with it
+    assert (tmp_path / "models" / "model-controlnet" / "config.json").is_file()
+    manifest = load_manifest(tmp_path / "engines" / "model-controlnet-random")
+    assert manifest.control_components == ("controlnet", "unet_control")
+    data = json.loads((tmp_path / "run.json").read_text())
+    ours = data["sides"]["fastimg onnxruntime fp32"]
+    assert ours["vs_diffusers"]["psnr_db"] >= 40.0
+    assert ours["stages_median_seconds"]["controlnet"] > 0
+    assert data["job"]["controlnet"].endswith("model-controlnet")
+    assert "fastimg onnxruntime fp32: the ControlNet took" in result.output
+    assert (tmp_path / "run.png").is_file()
+    peer = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "p"), "--peer",
+                                    "optimum-intel=/nonexistent/python"])  # fmt: skip
+    assert peer.exit_code == 1 and "a peer runs no ControlNet" in peer.output

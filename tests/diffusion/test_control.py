@@ -83,11 +83,12 @@ def test_prepare_control_makes_the_control_image_at_the_init_images_size(photo):
     call = CallSettings(prompt="p", control_preprocess="scribble")
     control = prepare_control(call, 64, 88, photo)  # from the init image, resized first
     expected = np.asarray(scribble(photo.resize((88, 64), resample=Image.LANCZOS)))
-    np.testing.assert_array_equal(control.pixels[0].transpose(1, 2, 0) * 255, expected)
-    assert control.preprocessor == "scribble" and control.key == (0.8, 0.0, 1.0)
+    (pixels,) = control.pixels  # one ControlNet's: 1 x 3 x H x W
+    np.testing.assert_array_equal(pixels[0].transpose(1, 2, 0) * 255, expected)
+    assert control.preprocessor == "scribble" and control.key == ((0.8,), (0.0,), (1.0,))
     assert prepare_control(CallSettings(prompt="p"), 64, 88, photo) is None
     given = prepare_control(call.with_values(control_image=photo.transpose(0)), 64, 88, photo)
-    assert not np.array_equal(given.pixels, control.pixels)  # the control image, not the init
+    assert not np.array_equal(given.pixels[0], pixels)  # the control image, not the init
 
 
 def test_a_preprocessed_control_is_the_preprocessed_image_given(tiny_controlnet, photo):
@@ -172,3 +173,76 @@ def test_run_takes_control_image_and_preprocess_columns(tiny_controlnet, photo, 
     assert "ControlNet" not in plain["parameters"]
     pixels = [np.asarray(Image.open(out / n)) for n in ("given.png", "own.png", "plain.png")]
     assert not np.array_equal(pixels[0], pixels[1]) and not np.array_equal(pixels[1], pixels[2])
+
+
+def _lines_image(seed: int) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    on = (rng.random((64, 88)) > 0.85).astype(np.uint8) * 255
+    return Image.fromarray(np.stack([on] * 3, axis=-1))
+
+
+def test_transform_takes_a_control_image_per_controlnet(tiny_multi_controlnet, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.label_reader import read_labels
+
+    photo.save(tmp_path / "in.png")
+    for k in (1, 2, 3):
+        _lines_image(k).save(tmp_path / f"c{k}.png")
+    base = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_multi_controlnet[1]),
+            "--prompt", "a fox", "--steps", "3", "--seed", "1", "--backend", "onnxruntime",
+            "--precision", "fp32"]  # fmt: skip
+    two = ["--control-image", str(tmp_path / "c1.png"), "--control-image", str(tmp_path / "c2.png")]
+    args = [*base, *two, "--control-scale", "0.5", "--control-scale", "1.5", "--control-end",
+            "0.5", "-o", str(tmp_path / "out.png")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    labels = read_labels(tmp_path / "out.png")
+    assert labels["fastimg"]["fastimg:control_scale"] == "[0.5, 1.5]"
+    assert labels["fastimg"]["fastimg:control_end"] == "[0.5, 0.5]"  # one value for both
+    assert 'ControlNet 0: "preprocessor: none, model: model, weight: 0.5, starting/ending: (0, ' \
+        '0.5)"' in labels["parameters"]  # fmt: skip
+    assert 'ControlNet 1: "preprocessor: none, model: model, weight: 1.5' in labels["parameters"]
+    # the same as the Python API's call with diffusers' lists
+    pipe = Img2ImgPipeline.from_engines(tiny_multi_controlnet[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+    (expected,) = pipe("a fox", Image.open(tmp_path / "in.png"), num_inference_steps=3, seed=1,
+                       control_image=[_lines_image(1), _lines_image(2)],
+                       controlnet_conditioning_scale=[0.5, 1.5], control_guidance_end=0.5,
+                       strength=0.8)  # fmt: skip
+    with Image.open(tmp_path / "out.png") as made:
+        assert np.array_equal(np.asarray(made.convert("RGB")), np.asarray(expected))
+
+    three = [*two, "--control-image", str(tmp_path / "c3.png")]
+    result = CliRunner().invoke(cli, [*base, *three, "-o", str(tmp_path / "x.png")])
+    assert result.exit_code == 1
+    # one line naming the problem and the fix (after the engines' "running on" line)
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "3 control images were given, but the engine folder" in line
+    assert "has 2 ControlNets (controlnet, controlnet_1): give at most 2" in line
+    result = CliRunner().invoke(cli, [*base, *two[:2], "--control-scale", "0.5", "--control-scale",
+                                      "1", "-o", str(tmp_path / "x.png")])  # fmt: skip
+    assert result.exit_code == 1
+    (line,) = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert "control_scale has 2 values for 1 control image: give one value for all" in line
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_several_control_images_are_checked_against_the_controlnets(
+    tiny_controlnet, tiny_multi_controlnet
+):
+    one, two = load_manifest(tiny_controlnet[1]), load_manifest(tiny_multi_controlnet[1])
+    images = ["a.png", "b.png"]
+    with pytest.raises(InputError, match="2 control images were given, but .* has 1 ControlNet "):
+        check_settings(one, CallSettings(prompt="p", control_image=tuple(images)))
+    check_settings(two, CallSettings(prompt="p", control_image=tuple(images)))
+    check_settings(two, CallSettings(prompt="p", control_image="a.png"))  # the first alone
+    with pytest.raises(InputError, match=r"control_guidance_start \(0.5\) must be below"):
+        check_settings(two, CallSettings(prompt="p", control_image=tuple(images),
+                                         control_guidance_start=(0.0, 0.5),
+                                         control_guidance_end=(1.0, 0.5)))  # fmt: skip
+    with pytest.raises(InputError, match="control_end has 3 values for 2 control images"):
+        check_settings(two, CallSettings(prompt="p", control_image=tuple(images),
+                                         control_guidance_end=(1.0, 0.5, 0.7)))  # fmt: skip

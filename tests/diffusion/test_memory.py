@@ -221,3 +221,72 @@ def test_memory_the_engines_kept_from_an_earlier_call_is_theirs_to_reuse(tiny, p
     assert two > one
     with pytest.raises(InputError, match="GiB"):  # more than they kept is checked as ever
         pipe(num_images_per_prompt=2, **{**job, "image": photo.resize((200, 150))})
+
+
+def _with_control(**models) -> Manifest:
+    """SD15_LIKE with a ControlNet and the UNet taking its residuals (`models`: their memory)."""
+    from tests.manifests import component
+
+    residual = {"down_block_res_0": {"dtype": "float32", "shape": [1]}}
+    data = complete(
+        components={
+            "controlnet": component("controlnet", outputs=residual),
+            "unet_control": component("unet_control", inputs=residual),
+        },
+        memory={**SD15_LIKE.data["memory"], **models},
+        control={
+            "controlnets": [{"component": "controlnet"}],
+            "unet": "unet_control",
+            "residuals": ["down_block_res_0"],
+        },  # fmt: skip
+    )
+    return Manifest.from_data(None, data)
+
+
+def test_a_controlnet_folders_estimate_counts_the_controlnet_and_the_unet_taking_it():
+    controlled = _with_control(
+        controlnet={"per_pixel": 700, "per_token_pair": 8},
+        unet_control={"per_pixel": 650, "per_token_pair": 8},
+    )
+    plain = memory.needs(SD15_LIKE, 512, 512, 2, True)
+    got = memory.needs(controlled, 512, 512, 2, True)
+    assert set(got) == {*plain, "controlnet", "unet_control"}
+    # batched as the UNet is: 2 images, doubled under CFG
+    assert got["controlnet"] == memory.call_bytes(controlled, "controlnet", 512, 512, 4)
+    assert got["unet_control"] == 4 * (650 * 512 * 512 + 8 * 4096**2) > got["unet"]
+    # a ControlNet whose coefficient is the largest sets the peak (a 2048 px call: refused
+    # with its name), and fewer images fit per call than in the plain folder
+    heavy = _with_control(controlnet={"per_pixel": 20_000, "per_token_pair": 8})
+    with pytest.raises(InputError, match="for the controlnet"):
+        memory.images_per_call(heavy, 1024, 1024, 1, True, 16 * GiB)
+    assert memory.images_per_call(heavy, 512, 512, 64, True, 32 * GiB) < memory.images_per_call(
+        SD15_LIKE, 512, 512, 64, True, 32 * GiB
+    )
+
+
+def test_a_controlnet_folder_without_their_coefficients_counts_them_as_the_unet():
+    older = _with_control()  # exported before the control components had coefficients
+    got = memory.needs(older, 512, 512, 1, True)
+    assert got["controlnet"] == got["unet_control"] == got["unet"]
+
+
+def test_memory_names_only_components():
+    from fastimg.errors import ManifestError
+
+    with pytest.raises(ManifestError, match="memory names controlnet"):
+        manifest(controlnet={"per_pixel": 1, "per_token_pair": 0})
+
+
+def test_the_export_records_the_control_components_coefficients(tiny_controlnet):
+    from fastimg.engine_folder.manifest import load_manifest
+
+    folder = load_manifest(tiny_controlnet[1])
+    unet, controlnet = folder.memory_model("unet"), folder.memory_model("controlnet")
+    unet_control = folder.memory_model("unet_control")
+    assert controlnet is not None and unet_control is not None
+    # the UNet taking residuals holds them too; the ControlNet its conditioning embedding
+    assert unet_control.per_pixel > unet.per_pixel
+    assert unet_control.per_token_pair == unet.per_token_pair
+    assert controlnet.per_pixel > 0 and controlnet.weights_factor == unet.weights_factor
+    needs = memory.needs(folder, 256, 256, 1, True)
+    assert {"controlnet", "unet_control"} <= set(needs)

@@ -40,6 +40,7 @@ def test_a_folder_without_control_still_loads(tiny_controlnet, tmp_path):
     data.pop("control")
     for name in ("controlnet", "unet_control"):
         data["components"].pop(name)
+        data["memory"].pop(name)  # (recorded since the memory estimate counts them)
     manifest = Manifest.from_data(tmp_path, data)
     assert manifest.control == {} and manifest.control_components == ()
 
@@ -90,7 +91,9 @@ def test_a_folder_that_is_no_controlnet_is_refused(tmp_path):
         loading.load_controlnet(str(tmp_path))
 
 
-def test_export_controlnet_adds_one_to_a_plain_model(tiny_controlnet, tmp_path):
+def test_export_controlnet_adds_one_to_a_plain_model_or_several(
+    tiny_controlnet, tiny_multi_controlnet, tmp_path
+):
     from click.testing import CliRunner
 
     from fastimg.cli.main import cli
@@ -103,6 +106,41 @@ def test_export_controlnet_adds_one_to_a_plain_model(tiny_controlnet, tmp_path):
     assert result.exit_code == 0, result.output
     manifest = load_manifest(tmp_path / "engines")
     assert manifest.control["controlnets"][0]["source"] == str(controlnet)
-    two = ["export", str(model), "-o", str(tmp_path / "e2"), *args[-2:], *args[-2:]]
+    # two, in the order given: each its own component, their residuals for one UNet
+    second = tiny_multi_controlnet[0] / "controlnet_1"
+    two = ["export", str(model), "-o", str(tmp_path / "e2"), *args[-2:], "--controlnet",
+           str(second)]  # fmt: skip
     twice = CliRunner().invoke(cli, two)
-    assert twice.exit_code == 1 and "one ControlNet per engine folder" in twice.output
+    assert twice.exit_code == 0, twice.output
+    manifest = load_manifest(tmp_path / "e2")
+    assert [(c["component"], c["source"]) for c in manifest.control["controlnets"]] == [
+        ("controlnet", str(controlnet)), ("controlnet_1", str(second))]  # fmt: skip
+    assert manifest.control_components == ("controlnet", "controlnet_1", "unet_control")
+    for name in manifest.control_components:  # verified against PyTorch, memory modelled
+        parity = manifest.components[name]["parity"]
+        assert parity["max_rel_error"] <= parity["tolerance"]
+        assert manifest.memory_model(name) is not None
+    assert list(manifest.components["controlnet_1"]["outputs"]) == manifest.control["residuals"]
+
+
+def test_a_multi_controlnet_pipeline_exports_each_controlnet(tiny_multi_controlnet):
+    from fastimg.engine_folder.manifest import load_manifest
+
+    model, engines = tiny_multi_controlnet
+    assert json.loads((model / "model_index.json").read_text())["controlnet"][1] == (
+        "MultiControlNetModel"
+    )
+    manifest = load_manifest(engines)
+    names = [c["component"] for c in manifest.control["controlnets"]]
+    assert names == ["controlnet", "controlnet_1"]
+    sums = {(engines / name / "model.onnx").read_bytes() for name in ("controlnet", "controlnet_1")}
+    assert len(sums) == 2  # two ControlNets, not one twice
+
+
+def test_a_pipeline_index_with_other_controlnet_kinds_is_refused_by_name():
+    index = {"_class_name": "StableDiffusionControlNetImg2ImgPipeline", "unet": ["d", "U"]}
+    for kind in ("ControlNetModel", "MultiControlNetModel"):
+        cls, _ = loading.pipeline_class({**index, "controlnet": ["diffusers", kind]})
+        assert cls.__name__ == "StableDiffusionControlNetImg2ImgPipeline"
+    with pytest.raises(InputError, match="has a ControlNetXSAdapter as its controlnet"):
+        loading.pipeline_class({**index, "controlnet": ["diffusers", "ControlNetXSAdapter"]})

@@ -182,6 +182,20 @@ def test_parameters_text_has_the_mask_settings_as_a1111_writes_them():
     assert "Mask blur" not in plain and "Inpaint area" not in plain
 
 
+def test_parameters_text_has_one_field_per_controlnet():
+    control = {"fastimg:control_preprocess": "none", "fastimg:control_scale": [0.5, 1.25],
+               "fastimg:control_start": [0.0, 0.3], "fastimg:control_end": [1.0, 0.9],
+               "fastimg:control_model": ["canny", "depth"]}  # fmt: skip
+    parsed = parse_generation_parameters(labels.parameters_text({**SETTINGS, **control}, (64, 48)))
+    assert parsed["ControlNet 0"] == (
+        "preprocessor: none, model: canny, weight: 0.5, starting/ending: (0, 1)"
+    )
+    assert parsed["ControlNet 1"] == (
+        "preprocessor: none, model: depth, weight: 1.25, starting/ending: (0.3, 0.9)"
+    )
+    assert parsed["Version"] == f"fastimg {VERSION}"
+
+
 @pytest.mark.parametrize(
     "scheduler,name",
     [

@@ -131,3 +131,14 @@ def test_a_stream_makes_each_frames_control_with_control_preprocess(server, pict
     del fields["control_preprocess"]
     plain = client.post("/v1/img2img", files=files, data={**fields, "format": "jpeg"})
     assert not np.array_equal(decoded(plain.content), decoded(jpeg))  # the control steered it
+
+
+def test_info_names_the_controlnets_and_the_preprocessors(server, pipe):
+    client, _ = server
+    info = client.get("/v1/info").json()
+    assert info["controlnets"] == ["controlnet"]
+    assert info["control_preprocessors"] == ["canny", "scribble"]
+    with live(ServeOptions(), lambda: pipe) as (plain, _):
+        ready(plain)
+        info = plain.get("/v1/info").json()
+        assert info["controlnets"] == [] and info["control_preprocessors"] == []

@@ -115,6 +115,7 @@ def test_an_uploaded_image_is_transformed_and_shown_with_its_timing(
         ready(client)
         browser.get(str(client.base_url) + "/")
         wait(browser, lambda d: by_id(d, "sampler").find_elements("tag name", "option")[1:])
+        assert not by_id(browser, "control").is_displayed()  # (no ControlNet in these engines)
         by_id(browser, "file").send_keys(str(picture))
         fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11, guidance=4.5)
         assert by_id(browser, "strength-value").text == "0.60"
@@ -258,3 +259,77 @@ def test_a_mask_painted_with_the_brush_inpaints(browser, pipe, picture, tmp_path
         wait(browser, lambda d: (_page_mask(d) > 127).sum() == 68 * 45)
         by_id(browser, "clear-mask").click()
         assert (_page_mask(browser) == 0).all()
+
+
+# The page's requests, as the server receives them: each FormData's entries, files as
+# [name, file name, size] (installed in the page before a transform).
+RECORD_REQUESTS = """
+window.sent = [];
+const original = window.fetch;
+window.fetch = (url, init) => {
+  if (init && init.body instanceof FormData) {
+    window.sent.push([...init.body.entries()].map(([name, value]) =>
+      value instanceof Blob ? [name, value.name, value.size] : [name, value]));
+  }
+  return original(url, init);
+};
+"""
+
+
+@pytest.fixture(scope="module")
+def control_pipe(tiny_controlnet):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    return Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime", precision="fp32")
+
+
+def test_a_control_image_and_preprocessor_steer_the_transform(
+    browser, control_pipe, picture, photo, tmp_path, artifacts
+):
+    sketch = tmp_path / "sketch.png"
+    photo.transpose(0).save(sketch)
+    with live(ServeOptions(), lambda: control_pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        wait(browser, lambda d: by_id(d, "control").is_displayed())
+        assert "controlnet" in by_id(browser, "control").text  # the ControlNet's name
+        options = by_id(browser, "control-preprocess").find_elements("tag name", "option")
+        assert [o.get_attribute("value") for o in options] == ["", "canny", "scribble"]
+        by_id(browser, "file").send_keys(str(picture))
+        by_id(browser, "control-file").send_keys(str(sketch))
+        wait(browser, lambda d: by_id(d, "control-preview").is_displayed())
+        by_id(browser, "control-preprocess").send_keys("scribble")
+        fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11, guidance=5)
+        fill(browser, **{"control-scale": 0.5})
+        browser.execute_script(RECORD_REQUESTS)
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        assert by_id(browser, "error").is_displayed() is False
+        (sent,) = browser.execute_script("return window.sent;")
+        fields = dict((entry[0], entry[1:]) for entry in sent)
+        assert fields["image"] == ["in.png", picture.stat().st_size]
+        assert fields["control_image"] == ["sketch.png", sketch.stat().st_size]
+        assert fields["control_preprocess"] == ["scribble"] and fields["control_scale"] == ["0.5"]
+        assert "control scribble 0.5" in by_id(browser, "settings").text
+        browser.save_screenshot(artifacts("control"))
+
+        form = {"prompt": "a cat", "steps": "3", "strength": "0.6", "seed": "11", "guidance": "5",
+                "control_preprocess": "scribble", "control_scale": "0.5"}  # fmt: skip
+        files = {"image": ("in.png", picture.read_bytes()),
+                 "control_image": ("sketch.png", sketch.read_bytes())}  # fmt: skip
+        http = client.post("/v1/img2img", files=files, data=form)
+        assert http.status_code == 200, http.text
+        np.testing.assert_array_equal(decoded(result_pixels_png(browser)), decoded(http.content))
+        from_input = client.post("/v1/img2img", files={"image": files["image"]}, data=form)
+        assert not np.array_equal(decoded(from_input.content), decoded(http.content))
+
+        by_id(browser, "control-clear").click()  # the preprocessor alone: from the input image
+        assert not by_id(browser, "control-preview").is_displayed()
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: len(d.find_elements("css selector", "#history img")) == 2)
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        second = browser.execute_script("return window.sent;")[1]
+        assert [entry[0] for entry in second if entry[0].startswith("control")] == [
+            "control_preprocess", "control_scale"]  # fmt: skip
+        np.testing.assert_array_equal(decoded(result_pixels_png(browser)),
+                                      decoded(from_input.content))  # fmt: skip

@@ -11,16 +11,19 @@ from ..errors import InputError
 from ..settings import SEED_LIMIT, from_fields
 from .common import domain_errors, echo_err
 from .options import (
+    CONTROL_SETTINGS,
     apply_inpaint_area,
     c2pa_signer,
     check_ray_options,
     check_size,
+    control_list_options,
     engine_options,
     given_once,
     inpaint_options,
     more_setting_options,
     output_options,
     output_target,
+    pop_control_lists,
     pop_more_settings,
     prompt_options,
     ray_options,
@@ -140,9 +143,10 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
 @click.option(
     "--control-image",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
+    multiple=True,
     help="ControlNet: the image that steers every output (resized to each input's size); "
-    "the engines need a ControlNet (fastimg export --controlnet).",
+    "the engines need a ControlNet (fastimg export --controlnet). Repeat it for several "
+    "ControlNets, one image each in their order.",
 )
 @click.option(
     "--mask",
@@ -153,7 +157,8 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
 )
 @click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
 @inpaint_options
-@more_setting_options
+@more_setting_options(exclude=CONTROL_SETTINGS)
+@control_list_options
 @output_options
 @engine_options
 @ray_options
@@ -175,8 +180,9 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
         given_once(prompt, "--prompt"),
         given_once(negative_prompt, "--negative-prompt"),
     )
-    more = pop_more_settings(settings)
+    more = pop_more_settings(settings, exclude=CONTROL_SETTINGS)
     apply_inpaint_area(more, inpaint_area)
+    controls = pop_control_lists(settings)
     if settings["skip_existing"] and seed is None:
         raise click.UsageError(
             "--skip-existing needs --seed: random seeds give new names every run, so nothing "
@@ -196,8 +202,10 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
              "num_images": num_images, **more}  # fmt: skip
     try:
         call = from_fields(given, parse=False)
-        if control_image is not None:
-            call = call.with_values(control_image=str(control_image))
+        if control_image:  # one per ControlNet, in their order
+            paths = tuple(str(path) for path in control_image)
+            call = call.with_values(control_image=paths[0] if len(paths) == 1 else paths)
+        call = call.with_values(**controls)
         if mask is not None or mask_invert or keep_unmasked:
             call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert,
                                     keep_unmasked=keep_unmasked)  # fmt: skip

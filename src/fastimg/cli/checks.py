@@ -108,6 +108,15 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     "optimum-intel=/path/to/venv/bin/python (its default precision; :fp32 or :bf16 to set "
     "one). bench/peers/README.md makes that environment.",
 )
+@click.option(
+    "--controlnet",
+    default=None,
+    metavar="FOLDER_OR_ID",
+    help="Measure img2img with a ControlNet on both sides: diffusers' "
+    "StableDiffusionControlNetImg2ImgPipeline on the model's components against engines "
+    "exported with it (the control image: the input's scribble). 'random' builds a "
+    "random-weight ControlNet of the model's UNet in models/NAME-controlnet.",
+)
 @domain_errors
 def bench(
     model: str,
@@ -127,6 +136,7 @@ def bench(
     vae: str | None,
     batch: int,
     peers: tuple[str, ...],
+    controlnet: str | None,
 ) -> None:
     """Time one img2img job in diffusers, in each fastimg backend and in each peer runtime
     (needs fastimg[bench])."""
@@ -145,11 +155,15 @@ def bench(
     peer_specs = [parse_peer(text) for text in peers]
     if peer_specs and vae is not None:
         raise InputError("a peer runs the model's own VAE: leave out --vae, or the --peer")
+    if peer_specs and controlnet is not None:
+        raise InputError("a peer runs no ControlNet: leave out --controlnet, or the --peer")
     for peer in peer_specs:  # a missing or broken interpreter is refused before any loading
         echo_err(f"checking the {peer.name} interpreter {peer.python}")
         check_interpreter(peer)
     specs = harness.check_backends(list(backends) or harness.default_backends())
-    model_path, engines, vae = model_and_engines(model, engines, vae, log=echo_err)
+    model_path, engines, vae, controlnet = model_and_engines(
+        model, engines, vae, log=echo_err, controlnet=controlnet
+    )
     job = BenchJob(
         size=size,
         steps=steps,
@@ -159,6 +173,7 @@ def bench(
         seed=seed,
         batch=batch,
         vae=vae,
+        controlnet=controlnet,
     )
     record = harness.run(
         model_path,
@@ -173,7 +188,7 @@ def bench(
     )
     out = out or Path("bench/results") / (
         f"{Path(engines).name}-{size}" + (f"-batch{batch}" if batch > 1 else "")
-    )
+    )  # (with --controlnet the engines' name says which)
     command = " ".join(["fastimg bench", *sys.argv[2:]])
     written = report.save(record, out, command, images=save_images)
     click.echo(report.table(record))

@@ -15,6 +15,7 @@ ARCHITECTURES = (
     *("taesd", "taesdxl"),
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
     "tiny-controlnet",
+    "tiny-multi-controlnet",
     "tiny-inpaint",
 )
 
@@ -92,7 +93,8 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     multiple=True,
     metavar="FOLDER_OR_ID",
     help="Export a ControlNet (a ControlNetModel folder or hub id) beside the UNet, for "
-    "transform --control-image; SD 1.x/2.x models, one ControlNet for now.",
+    "transform --control-image; repeat it for several (their residuals summed, as diffusers' "
+    "MultiControlNetModel; control images go to them in this order). SD 1.x/2.x models.",
 )
 @domain_errors
 def export(

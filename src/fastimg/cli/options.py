@@ -116,6 +116,33 @@ def pop_more_settings(options: dict, exclude: tuple[str, ...] = ()) -> dict:
             _more_settings(exclude)}  # fmt: skip
 
 
+# The ControlNet settings fastimg transform takes repeated: one value for all ControlNets, or
+# one per --control-image in their order.
+CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
+                    "control_guidance_end")  # fmt: skip
+
+
+def control_list_options(command):
+    """--control-scale, --control-start and --control-end, each repeatable (one per ControlNet)."""
+    for name in reversed(CONTROL_SETTINGS):
+        setting = BY_NAME[name]
+        help = f"{setting.help.rstrip('.')}; repeat it for one per --control-image."
+        command = setting_option(name, help=help, multiple=True, default=None)(command)
+    return command
+
+
+def pop_control_lists(options: dict) -> dict:
+    """The values control_list_options' options were given, taken out of a command's keyword
+    arguments, by diffusers' name: one value, or a tuple of one per ControlNet (left out where
+    not given)."""
+    values = {}
+    for name in CONTROL_SETTINGS:
+        given = options.pop(BY_NAME[name].option.lstrip("-").replace("-", "_"))
+        if given:
+            values[name] = given[0] if len(given) == 1 else tuple(given)
+    return values
+
+
 def scheduler_option(command, help: str | None = None):
     """--scheduler: a sampler, or the model's own scheduler."""
     return setting_option("scheduler", help=help)(command)

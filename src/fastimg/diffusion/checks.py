@@ -11,6 +11,7 @@ from ..errors import InputError
 from ..settings import SAMPLERS, SETTINGS, CallSettings
 from . import schedules
 from .conditioning import check_sdxl_arguments
+from .control import CONTROL_SETTINGS
 from .control import check_settings as check_control
 from .masks import check_settings as check_mask
 
@@ -75,8 +76,21 @@ def check_values(settings: CallSettings) -> CallSettings:
     Python's own); the prompt is required."""
     if not isinstance(settings.prompt, str):
         raise InputError(f"prompt must be a string, got {type(settings.prompt).__name__}")
-    checked = {s.name: s.check(settings.value(s.name)) for s in SETTINGS if not s.sdxl}
+    checked = {s.name: _checked(s, settings.value(s.name)) for s in SETTINGS if not s.sdxl}
+    images = settings.control_image
+    if isinstance(images, list | tuple):  # several ControlNets' images ([] or one: as given)
+        checked["control_image"] = None if not images else tuple(images)
     return settings.with_values(**checked)
+
+
+def _checked(setting, value):
+    """One setting's value checked; a ControlNet setting's list (one per ControlNet) each."""
+    if setting.name in CONTROL_SETTINGS and isinstance(value, list | tuple):
+        if not value:
+            raise InputError(f"{setting.name} is an empty list: give one value, or one each")
+        values = tuple(setting.check(v) for v in value)
+        return values[0] if len(values) == 1 else values
+    return setting.check(value)
 
 
 def check_call(manifest: Manifest, settings: CallSettings) -> CheckedCall:

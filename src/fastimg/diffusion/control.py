@@ -2,10 +2,15 @@
 as its prepare_control_image does (RGB, the init image's size, 0..1, doubled under CFG), and at
 each step the ControlNet's residuals, scaled by controlnet_conditioning_scale inside its
 control_guidance_start..end window (controlnet_keep), fed to the UNet that takes them. A step
-whose scale is 0 runs the plain UNet (the residuals would all be zero). A control_preprocess
+whose scales are all 0 runs the plain UNet (the residuals would all be zero). A control_preprocess
 (media.control_images: canny, scribble) makes the control image first, at the init image's size;
 with one and no control image, the init image is made into the control (as A1111's ControlNet
 does in img2img).
+
+Several ControlNets (diffusers' MultiControlNetModel): control_image is a list, one image per
+ControlNet in the folder's order (fewer leave the last ControlNets out: they do not run); a
+scale, start or end is one value for all or a list, one per image; each ControlNet runs at its
+own scale x keep and their residuals are summed in order, as MultiControlNetModel.forward does.
 """
 
 from dataclasses import dataclass
@@ -26,12 +31,13 @@ CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
 
 @dataclass(frozen=True)
 class Control:
-    """One call's control: its image as pixels (1 x 3 x H x W, 0..1) and its settings."""
+    """One call's control: per ControlNet that runs (in order), its image as pixels
+    (1 x 3 x H x W, 0..1) and its scale, start and end."""
 
-    pixels: np.ndarray
-    scale: float
-    start: float
-    end: float
+    pixels: tuple[np.ndarray, ...]
+    scale: tuple[float, ...]
+    start: tuple[float, ...]
+    end: tuple[float, ...]
     preprocessor: str | None = None
 
     @property
@@ -41,27 +47,64 @@ class Control:
 
     def labels(self) -> dict:
         """The fastimg:* labels of an image it steered."""
-        return control_labels(self.preprocessor, self.scale, self.start, self.end)
+        count = len(self.pixels)
+        return control_labels(self.preprocessor, self.scale, self.start, self.end, count)
 
 
-def model_label(manifest: Manifest) -> dict:
-    """The fastimg:control_model label: the ControlNet's name (its source's, as the folder's
-    model_name is; its component's where the manifest names no source)."""
-    first = manifest.control["controlnets"][0]
-    name = Path(str(first.get("source") or first["component"]))
-    return {"fastimg:control_model": name.stem if name.suffix in (".safetensors", ".ckpt")
-            else name.name}  # fmt: skip
+def model_label(manifest: Manifest, count: int = 1) -> dict:
+    """The fastimg:control_model label: the name of the ControlNet (its source's, as the
+    folder's model_name is; its component's where the manifest names no source), a list of
+    the first `count` ones' where several ran."""
+    names = []
+    for entry in manifest.control["controlnets"][:count]:
+        name = Path(str(entry.get("source") or entry["component"]))
+        names.append(name.stem if name.suffix in (".safetensors", ".ckpt") else name.name)
+    return {"fastimg:control_model": names[0] if len(names) == 1 else names}
 
 
-def control_labels(preprocessor: str | None, scale: float, start: float, end: float) -> dict:
-    """The fastimg:* labels of an image a ControlNet steered (media.labels writes them into the
-    A1111 parameters as its ControlNet extension does)."""
+def _one_or_list(values: tuple) -> float | list[float]:
+    """One ControlNet's value as a number, several ControlNets' as a list."""
+    return float(values[0]) if len(values) == 1 else [float(v) for v in values]
+
+
+def control_labels(preprocessor: str | None, scale, start, end, count: int = 1) -> dict:
+    """The fastimg:* labels of an image `count` ControlNets steered (scale, start and end: one
+    value for all or one each; media.labels writes them into the A1111 parameters as its
+    ControlNet extension does)."""
     return {
         "fastimg:control_preprocess": preprocessor or "none",
-        "fastimg:control_scale": float(scale),
-        "fastimg:control_start": float(start),
-        "fastimg:control_end": float(end),
+        "fastimg:control_scale": _one_or_list(per_controlnet(scale, count, "control_scale")),
+        "fastimg:control_start": _one_or_list(per_controlnet(start, count, "control_start")),
+        "fastimg:control_end": _one_or_list(per_controlnet(end, count, "control_end")),
     }
+
+
+def control_images_of(settings: CallSettings) -> tuple:
+    """The call's control images, in ControlNet order (() for none)."""
+    image = settings.control_image
+    if image is None:
+        return ()
+    return tuple(image) if isinstance(image, list | tuple) else (image,)
+
+
+def per_controlnet(value, count: int, key: str) -> tuple[float, ...]:
+    """A scale, start or end for each of `count` ControlNets: one value (or a list of one)
+    for all, else one per control image."""
+    values = tuple(value) if isinstance(value, list | tuple) else (value,)
+    if len(values) == 1:
+        return values * count
+    if len(values) != count:
+        raise InputError(
+            f"{key} has {len(values)} values for {count} control image"
+            f"{'s' * (count != 1)}: give one value for all, or one per control image, in "
+            "ControlNet order"
+        )
+    return values
+
+
+def controlnets_used(settings: CallSettings) -> int:
+    """How many ControlNets a call runs: one per control image (one for a preprocessor alone)."""
+    return len(control_images_of(settings)) or int(settings.control_preprocess is not None)
 
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
@@ -84,12 +127,24 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
             "ControlNet: export the model with  fastimg export MODEL --controlnet CONTROLNET  "
             f"(or leave out {what})"
         )
-    control_images.check_available(settings.control_preprocess)
-    if settings.control_guidance_start >= settings.control_guidance_end:
+    names = [c["component"] for c in manifest.control["controlnets"]]
+    count = controlnets_used(settings)
+    if count > len(names):
         raise InputError(
-            f"control_guidance_start ({settings.control_guidance_start}) must be below "
-            f"control_guidance_end ({settings.control_guidance_end})"
+            f"{count} control images were given, but the engine folder {manifest.folder} has "
+            f"{len(names)} ControlNet{'s' * (len(names) > 1)} ({', '.join(names)}): give at most "
+            f"{len(names)}, one per ControlNet in that order (or export more with "
+            "fastimg export MODEL --controlnet A --controlnet B)"
         )
+    control_images.check_available(settings.control_preprocess)
+    per_controlnet(settings.controlnet_conditioning_scale, count, "control_scale")  # (its length)
+    starts = per_controlnet(settings.control_guidance_start, count, "control_start")
+    ends = per_controlnet(settings.control_guidance_end, count, "control_end")
+    for start, end in zip(starts, ends, strict=True):
+        if start >= end:
+            raise InputError(
+                f"control_guidance_start ({start}) must be below control_guidance_end ({end})"
+            )
 
 
 def prepare_control(
@@ -98,12 +153,26 @@ def prepare_control(
     """The call's control (None without a control image or preprocessor), its image read and
     prepared as diffusers' prepare_control_image does, at the init image's `height` x `width`
     pixels, then made by the call's control_preprocess (from `init_image` without an image)."""
-    image = settings.control_image
+    given = control_images_of(settings)
     preprocessor = settings.control_preprocess
-    if image is None:
+    if not given:
         if preprocessor is None or init_image is None:
             return None
-        image = init_image
+        given = (init_image,)
+    pixels = tuple(_pixels(image, height, width, preprocessor) for image in given)
+    count = len(pixels)
+    return Control(
+        pixels,
+        per_controlnet(settings.controlnet_conditioning_scale, count, "control_scale"),
+        per_controlnet(settings.control_guidance_start, count, "control_start"),
+        per_controlnet(settings.control_guidance_end, count, "control_end"),
+        preprocessor,
+    )
+
+
+def _pixels(image, height: int, width: int, preprocessor: str | None) -> np.ndarray:
+    """One control image read, resized to `height` x `width` and made by `preprocessor`, as
+    1 x 3 x H x W pixels in 0..1."""
     if isinstance(image, str | Path):
         image = images.load_image(image)
     if not isinstance(image, Image.Image):
@@ -113,13 +182,7 @@ def prepare_control(
         image = image.resize((width, height), resample=Image.LANCZOS)
     image = control_images.preprocess(image, preprocessor)
     pixels = (np.asarray(image, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None]
-    return Control(
-        pixels.copy(),
-        settings.controlnet_conditioning_scale,
-        settings.control_guidance_start,
-        settings.control_guidance_end,
-        preprocessor,
-    )
+    return pixels.copy()
 
 
 def keep(steps: int, start: float, end: float) -> list[float]:
@@ -128,35 +191,45 @@ def keep(steps: int, start: float, end: float) -> list[float]:
 
 
 class ControlRun:
-    """The ControlNet of one batch: per step, its residuals for images j .. j + count - 1."""
+    """The ControlNets of one batch: per step, their summed residuals for images
+    j .. j + count - 1 (the calls of a batch share their scales and windows: Control.key)."""
 
     def __init__(self, engines, manifest: Manifest, controls: list, counts: list[int], steps: int):
-        control = manifest.control
-        names = [c["component"] for c in control["controlnets"]]
+        control, first = manifest.control, controls[0]
+        names = [c["component"] for c in control["controlnets"]][: len(first.pixels)]
         missing = [n for n in (*names, control["unet"]) if n not in engines.sessions]
         if missing:
             raise EngineError(
                 f"the {engines.backend} backend has not loaded {', '.join(missing)}: it does "
                 "not run ControlNets yet; run with --backend onnxruntime or openvino"
             )
-        xp, first = engines.xp, controls[0]
-        self.controlnet = engines.sessions[names[0]]
+        xp = engines.xp
+        self.controlnets = [engines.sessions[name] for name in names]
         self.unet = engines.sessions[control["unet"]]
-        rows = [np.repeat(c.pixels, n, axis=0) for c, n in zip(controls, counts, strict=True)]
-        self.rows = xp.asarray(np.concatenate(rows))
-        self.scales = [first.scale * k for k in keep(steps, first.start, first.end)]
+        self.rows = []  # per ControlNet, its control image's rows: one per image of the batch
+        for k in range(len(names)):
+            rows = [np.repeat(c.pixels[k], n, 0) for c, n in zip(controls, counts, strict=True)]
+            self.rows.append(xp.asarray(np.concatenate(rows)))
+        windows = [keep(steps, s, e) for s, e in zip(first.start, first.end, strict=True)]
+        # per step, each ControlNet's scale x controlnet_keep (diffusers' cond_scale)
+        self.scales = [[scale * kept[i] for scale, kept in zip(first.scale, windows, strict=True)]
+                       for i in range(steps)]  # fmt: skip
         self.xp = xp
 
     def step(self, feeds: dict, i: int, j: int, count: int, cfg: bool, plain):
-        """The UNet session to run at step i, with the ControlNet's residuals added to `feeds`
-        (the plain UNet where the step's scale is 0)."""
-        scale = self.scales[i]
-        if scale == 0:
+        """The UNet session to run at step i, with the ControlNets' summed residuals added to
+        `feeds` (the plain UNet where every scale of the step is 0)."""
+        if not any(self.scales[i]):
             return plain
-        rows = self.rows[j : j + count]
-        cond = self.xp.concatenate([rows, rows]) if cfg else rows
-        scale_feed = self.xp.asarray(np.array([scale], dtype=np.float32))
         inputs = {name: feeds[name] for name in ("sample", "timestep", "encoder_hidden_states")}
-        feeds.update(self.controlnet.run({**inputs, "controlnet_cond": cond,
-                                          "conditioning_scale": scale_feed}))  # fmt: skip
+        summed = None
+        for net, all_rows, scale in zip(self.controlnets, self.rows, self.scales[i], strict=True):
+            if scale == 0:  # (its residuals are zeros: diffusers adds them, changing nothing)
+                continue
+            rows = all_rows[j : j + count]
+            cond = self.xp.concatenate([rows, rows]) if cfg else rows
+            scale_feed = self.xp.asarray(np.array([scale], dtype=np.float32))
+            out = net.run({**inputs, "controlnet_cond": cond, "conditioning_scale": scale_feed})
+            summed = out if summed is None else {k: summed[k] + v for k, v in out.items()}
+        feeds.update(summed)
         return self.unet

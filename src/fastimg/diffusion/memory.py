@@ -8,7 +8,9 @@ of `batch` images of H x W pixels needs about
 bytes beyond the loaded weights, T = (H / f) * (W / f): scratch set up per call, convolution
 activations growing with the pixels, attention scores with the square of the latent tokens.
 Where the backend runs attention fused (OpenVINO; ONNX Runtime on the MultiHeadAttention
-variants) the scores are never held whole and the last term is left out. A call that cannot
+variants) the scores are never held whole and the last term is left out. A ControlNet folder's
+ControlNets and the UNet taking their residuals run per step at the UNet's batch and count as
+components too (folders exported before they had coefficients: as the UNet). A call that cannot
 fit in the memory free now is refused with the numbers before it starts; a large batch runs in
 chunks of the images that fit, so it needs no more memory than a small one; and the largest
 side the engines take follows from the same formula.
@@ -90,11 +92,17 @@ def needs(
     """Estimated bytes of each component's call when `images` images run per call (`fused`:
     the components whose attention the backend runs fused; `scratch`, `variant`: see
     call_bytes)."""
-    per_call = {"vae_encoder": 1, "unet": images * (2 if cfg else 1), "vae_decoder": images}
+    unet_batch = images * (2 if cfg else 1)
+    per_call = {"vae_encoder": 1, "unet": unet_batch, "vae_decoder": images}
+    per_call.update(dict.fromkeys(manifest.control_components, unet_batch))
     estimates = {}
     for component, batch in per_call.items():
         fuses = component in fused
         estimate = call_bytes(manifest, component, height, width, batch, fuses, scratch, variant)
+        if estimate is None and component in manifest.control_components:
+            # a ControlNet folder exported before its components had coefficients: the
+            # UNet's (a ControlNet is its down half; the UNet taking residuals, the UNet)
+            estimate = call_bytes(manifest, "unet", height, width, batch, fuses, scratch, variant)
         if estimate is not None:
             estimates[component] = estimate
     return estimates

@@ -23,7 +23,6 @@ from ..backends.scratch import giving_back_scratch
 from ..backends.select import resolve
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import InputError
-from ..lora.adapters import label_of
 from ..lora.files import parse_lora_spec
 from ..media import images
 from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
@@ -366,10 +365,10 @@ class Img2ImgPipeline:
         target_size: tuple[int, int] | None = None,
         aesthetic_score: float | None = None,
         negative_aesthetic_score: float | None = None,
-        control_image: Image.Image | str | Path | None = None,
-        controlnet_conditioning_scale: float = 0.8,
-        control_guidance_start: float = 0.0,
-        control_guidance_end: float = 1.0,
+        control_image: Image.Image | str | Path | list | None = None,
+        controlnet_conditioning_scale: float | list[float] = 0.8,
+        control_guidance_start: float | list[float] = 0.0,
+        control_guidance_end: float | list[float] = 1.0,
         control_preprocess: str | None = None,
         mask_image: Image.Image | str | Path | None = None,
         mask_invert: bool = False,
@@ -390,7 +389,8 @@ class Img2ImgPipeline:
         Folders with a ControlNet take StableDiffusionControlNetImg2ImgPipeline's
         `control_image` (without one, the plain UNet runs), `controlnet_conditioning_scale`,
         `control_guidance_start` and `control_guidance_end`, and fastimg's `control_preprocess`
-        ("canny", "scribble": the control image made first; from `image` without one).
+        ("canny", "scribble": the control image made first; from `image` without one); with
+        several ControlNets, lists in their order (MultiControlNetModel: residuals summed).
         `mask_image` inpaints as
         StableDiffusionInpaintPipeline: white is repainted, black kept (`mask_invert` swaps);
         inpainting folders (a 9-channel UNet) need one, plain ones take one too. `mask_blur`
@@ -517,7 +517,9 @@ class Img2ImgPipeline:
         # 7. Each request's images, labelled with what made them.
         results, start = [], 0
         for request in group:
-            labels = self._labels(request, engines)
+            control = request.control
+            control = model_label(self.manifest, len(control.pixels)) if control is not None else {}
+            labels = request.labels(engines, {**self.model_info, **control})
             made = []
             for k, array in enumerate(decoded[start : start + request.count]):
                 result = Image.fromarray(array)
@@ -586,27 +588,3 @@ class Img2ImgPipeline:
             for r, t, c in zip(group, texts, counts, strict=True)
         ]  # fmt: skip
         return conditioning.build(self.conditioning, calls, counts, group[0].cfg)
-
-    def _labels(self, request: Request, engines: Engines) -> dict:
-        """What each image of `request` is labelled with."""
-        labels = {
-            "fastimg:prompt": request.prompt,
-            "fastimg:negative_prompt": request.negative_prompt or "",
-            "fastimg:seed": request.seed,
-            "fastimg:strength": request.strength,
-            "fastimg:steps": request.steps,
-            "fastimg:guidance": request.guidance_scale,
-            "fastimg:scheduler": request.sampler,
-            "fastimg:backend": engines.backend,
-            "fastimg:precision": engines.precision,
-            **self.model_info,
-        }
-        if engines.plan_set:
-            labels["fastimg:plan_set"] = engines.plan_set
-        if request.control is not None:
-            labels.update(request.control.labels(), **model_label(self.manifest))
-        if request.mask is not None:
-            labels.update(request.mask.labels())
-        if request.loras:
-            labels["fastimg:loras"] = label_of(request.loras)
-        return labels

@@ -7,6 +7,7 @@ import numpy as np
 
 from ..backends import Engines
 from ..errors import Cancelled, EngineError
+from ..lora.adapters import label_of
 from . import schedules
 from .control import Control
 from .masks import Mask
@@ -64,6 +65,31 @@ class Request:
         whether a mask is given, the LoRAs."""
         shared = (self.pixels.shape, self.sampler, self.steps, self.strength, self.guidance_scale)
         return (*shared, self.control and self.control.key, self.mask is not None, self.loras)
+
+    def labels(self, engines: Engines, model: dict) -> dict:
+        """What each of its images is labelled with: its settings, what ran it, and `model`
+        (the model's and any ControlNet's names)."""
+        labels = {
+            "fastimg:prompt": self.prompt,
+            "fastimg:negative_prompt": self.negative_prompt or "",
+            "fastimg:seed": self.seed,
+            "fastimg:strength": self.strength,
+            "fastimg:steps": self.steps,
+            "fastimg:guidance": self.guidance_scale,
+            "fastimg:scheduler": self.sampler,
+            "fastimg:backend": engines.backend,
+            "fastimg:precision": engines.precision,
+            **model,
+        }
+        if engines.plan_set:
+            labels["fastimg:plan_set"] = engines.plan_set
+        if self.control is not None:
+            labels.update(self.control.labels())
+        if self.mask is not None:
+            labels.update(self.mask.labels())
+        if self.loras:
+            labels["fastimg:loras"] = label_of(self.loras)
+        return labels
 
 
 def stop_point(should_stop, stage: str) -> None:

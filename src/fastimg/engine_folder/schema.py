@@ -309,6 +309,9 @@ class Lora(_Strict):
     scale: Annotated[float, Field(ge=-10, le=10)]
 
 
+MAX_CONTROLNETS = 8  # ControlNets one folder may hold (their residuals are summed)
+
+
 class ControlNet(_Strict):
     """One exported ControlNet: its component and where it came from."""
 
@@ -321,7 +324,7 @@ class Control(_Strict):
     """The ControlNets of the folder, the UNet component that takes their residuals (beside
     the plain UNet), and the residuals' names: each ControlNet's outputs, that UNet's inputs."""
 
-    controlnets: Annotated[list[ControlNet], Field(min_length=1, max_length=1)]
+    controlnets: Annotated[list[ControlNet], Field(min_length=1, max_length=MAX_CONTROLNETS)]
     unet: Name
     residuals: Annotated[list[Name], Field(min_length=1, max_length=64)]
 
@@ -353,8 +356,16 @@ class EngineManifest(_Strict):
     files: Files = {}
     tools: dict[Name, Text] = {}
     tensorrt: TensorRT = TensorRT()
-    memory: dict[Literal[COMPONENTS], MemoryModel] = {}  # type: ignore[valid-type]
+    # per component (SD's four; a ControlNet folder's ControlNets and unet_control too)
+    memory: Annotated[dict[Name, MemoryModel], Field(max_length=64)] = {}
     control: Control | None = None  # (folders without a ControlNet have none)
+
+    @model_validator(mode="after")
+    def _memory_of_components(self):
+        for name in self.memory:
+            if name not in self.components:
+                raise ValueError(f"memory names {name}, which is not one of the components")
+        return self
 
     @model_validator(mode="after")
     def _control_complete(self):

@@ -72,7 +72,7 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
         "Mask blur": settings.get("fastimg:mask_blur"),
         "Inpaint area": "Only masked" if "fastimg:mask_padding" in settings else None,
         "Masked area padding": settings.get("fastimg:mask_padding"),
-        "ControlNet 0": _control_text(settings),
+        **_control_fields(settings),
         "Version": f"fastimg {version()}",
     }
     line = ", ".join(
@@ -83,19 +83,32 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
     return f"{_prompt_text(settings['fastimg:prompt'])}{negative_line}\n{line}".strip()
 
 
-def _control_text(settings: dict) -> str | None:
-    """A ControlNet's settings as A1111's ControlNet extension writes them (None: no ControlNet
-    steered the image)."""
+def _control_fields(settings: dict) -> dict:
+    """The ControlNets' settings as A1111's ControlNet extension writes them, "ControlNet 0",
+    "ControlNet 1", ... (none where no ControlNet steered the image; several ControlNets'
+    labels are lists, one value each)."""
     if "fastimg:control_scale" not in settings:
-        return None
-    start, end = settings["fastimg:control_start"], settings["fastimg:control_end"]
-    model = re.sub(r"[,:\n]", "_", str(settings.get("fastimg:control_model") or ""))
-    return (
-        f"preprocessor: {settings.get('fastimg:control_preprocess') or 'none'}, "
-        + (f"model: {model}, " if model else "")
-        + f"weight: {_short_number(settings['fastimg:control_scale'])}, "
-        f"starting/ending: ({_short_number(start)}, {_short_number(end)})"
-    )
+        return {}
+
+    def each(key: str) -> list:
+        value = settings.get(key)
+        return list(value) if isinstance(value, list | tuple) else [value]
+
+    scales = each("fastimg:control_scale")
+    starts, ends = each("fastimg:control_start"), each("fastimg:control_end")
+    models = each("fastimg:control_model")
+    preprocessor = settings.get("fastimg:control_preprocess") or "none"
+    fields = {}
+    for k, scale in enumerate(scales):
+        model = re.sub(r"[,:\n]", "_", str(models[min(k, len(models) - 1)] or ""))
+        start, end = starts[min(k, len(starts) - 1)], ends[min(k, len(ends) - 1)]
+        fields[f"ControlNet {k}"] = (
+            f"preprocessor: {preprocessor}, "
+            + (f"model: {model}, " if model else "")
+            + f"weight: {_short_number(scale)}, "
+            f"starting/ending: ({_short_number(start)}, {_short_number(end)})"
+        )
+    return fields
 
 
 NEGATIVE_LINE = "Negative prompt:"

@@ -26,7 +26,7 @@ from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import Cancelled, InputError
 from ..media.images import MAX_PIXELS, check_sides, decode_image
 from ..media.labels import encode_image
-from ..settings import FORMATS, MAX_IMAGES, SAMPLERS
+from ..settings import CONTROL_PREPROCESSORS, FORMATS, MAX_IMAGES, SAMPLERS
 from ..workflows import runner
 from ..workflows.jobs import setting_labels
 from .admission import Admission, Closed, Expired, check_pixels
@@ -397,6 +397,9 @@ class Service:
             "max_upload_bytes": o.max_upload_bytes,
             "max_images": MAX_IMAGES,
             "sdxl_fields": list(SDXL_FIELDS) if manifest.text_conditioning else [],
+            # ControlNets, in the order control images go to them (none: no control fields)
+            "controlnets": controlnet_names(manifest),
+            "control_preprocessors": list(CONTROL_PREPROCESSORS) if manifest.control else [],
             "samplers": list(SAMPLERS),
             "default_sampler": default_sampler(manifest.scheduler) or "ddim",
             "formats": list(FORMATS),
@@ -405,6 +408,11 @@ class Service:
             "timeout": o.timeout,
             "loras": dict(pipe.loras.adapters.scales),  # preloaded (serve --lora): lora_scales
         }
+
+
+def controlnet_names(manifest: Manifest) -> list[str]:
+    """The engine folder's ControlNets by component name, in ControlNet order ([]: none)."""
+    return [c["component"] for c in (manifest.control or {}).get("controlnets", [])]
 
 
 def _encode(request: ImageRequest, images: list) -> Result:

@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..diffusion.control import control_labels
+from ..diffusion.control import control_labels, controlnets_used
 from ..diffusion.masks import mask_labels
 from ..errors import InputError
 from ..settings import BY_KEY, SEED_LIMIT, CallSettings
@@ -141,5 +141,6 @@ def setting_labels(call: CallSettings, sampler: str) -> dict:
     if call.control_image is not None or call.control_preprocess is not None:
         scale, start, end = (call.controlnet_conditioning_scale, call.control_guidance_start,
                              call.control_guidance_end)  # fmt: skip
-        labels.update(control_labels(call.control_preprocess, scale, start, end))
+        count = controlnets_used(call)
+        labels.update(control_labels(call.control_preprocess, scale, start, end, count))
     return {**labels, **mask_labels(call)}

@@ -11,6 +11,7 @@ let source = null; // the input image (a Blob)
 let camera = null; // the webcam's MediaStream
 let socket = null; // the stream's WebSocket
 let history = [];
+let control = null; // the ControlNet's control image (a Blob), when the engines have one
 
 // --- settings ---------------------------------------------------------------------------------
 
@@ -24,6 +25,11 @@ function settings() {
     seed: $("seed").value,
     sampler: $("sampler").value,
   };
+  if (!$("control").hidden) {
+    // The ControlNet's settings (the control image itself travels as a file, see transform).
+    fields.control_preprocess = $("control-preprocess").value;
+    fields.control_scale = $("control-scale").value;
+  }
   // Empty fields are left to the server (a random seed, the default guidance and sampler).
   return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== ""));
 }
@@ -55,6 +61,25 @@ async function loadInfo() {
   const sampler = $("sampler");
   sampler.length = 1;
   for (const name of info.samplers) sampler.add(new Option(name, name));
+  showControl(info);
+}
+
+function showControl(info) {
+  // The ControlNet's fields, only where the engines have a ControlNet.
+  const names = info.controlnets || [];
+  $("control").hidden = !names.length;
+  $("control").querySelector("legend").textContent = `ControlNet (${names.join(", ")})`;
+  const preprocess = $("control-preprocess");
+  preprocess.length = 1;
+  for (const name of info.control_preprocessors || []) preprocess.add(new Option(name, name));
+  if (!names.length) useControl(null);
+}
+
+function useControl(blob) {
+  control = blob;
+  $("control-preview").hidden = !blob;
+  if (blob) $("control-preview").src = URL.createObjectURL(blob);
+  else $("control-file").value = "";
 }
 
 async function detail(response) {
@@ -153,6 +178,10 @@ $("mask-file").addEventListener("change", () => {
 $("file").addEventListener("change", () => {
   if ($("file").files.length) useImage($("file").files[0]);
 });
+$("control-file").addEventListener("change", () => {
+  if ($("control-file").files.length) useControl($("control-file").files[0]);
+});
+$("control-clear").addEventListener("click", () => useControl(null));
 
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => {
@@ -217,6 +246,9 @@ if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
 async function transform() {
   const form = new FormData();
   form.append("image", source, source.name || "image.png");
+  if (control && !$("control").hidden) {
+    form.append("control_image", control, control.name || "control.png");
+  }
   for (const [name, value] of Object.entries(settings())) form.append(name, value);
   if (masked && !$("mask").hidden) {
     form.append("mask", await maskBlob(), "mask.png");
@@ -260,8 +292,10 @@ function describe(header) {
   if (!header) return "";
   const s = JSON.parse(header);
   const v = (key) => s[`fastimg:${key}`];
+  const control = v("control_scale") === undefined ? ""
+    : ` · control ${v("control_preprocess")} ${v("control_scale")}`;
   return `seed ${v("seed")} · strength ${v("strength")} · steps ${v("steps")} · ` +
-    `guidance ${v("guidance")} · ${v("scheduler")}` + (v("mask") ? ` · mask ${v("mask")}` : "");
+    `guidance ${v("guidance")} · ${v("scheduler")}${control}` + (v("mask") ? ` · mask ${v("mask")}` : "");
 }
 
 function show(entry) {
