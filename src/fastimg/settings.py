@@ -296,7 +296,7 @@ SETTINGS = (
         "lora_scales",
         TEXT,
         "LoRAs of this call by name, NAME:SCALE,... among those loaded (--lora, serve --lora); "
-        "the others are off [default: each loaded one at its scale].",
+        "the others are off; none: no LoRA [default: each loaded one at its scale].",
     ),
     # (No range here: a negative one is refused with its fix by diffusion.masks, exit 1.)
     Setting(

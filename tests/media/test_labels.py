@@ -577,3 +577,9 @@ def test_encode_image_refuses_what_save_image_refuses(noise):
     long = {**SETTINGS, "fastimg:prompt": "fox " * 20000}
     with pytest.raises(InputError, match="cannot write upload.jpg: its labels .* over the 64 KiB"):
         labels.encode_image(noise, long, "jpeg", name="upload.jpg")
+
+
+def test_parameters_text_names_the_loras_in_the_prompt_as_a1111_does():
+    text = labels.parameters_text({**SETTINGS, "fastimg:loras": "ink:0.8, oil:1"}, (64, 48))
+    assert text.splitlines()[0].endswith(" <lora:ink:0.8> <lora:oil:1>")
+    assert "<lora:" not in labels.parameters_text(SETTINGS, (64, 48))

@@ -1,6 +1,7 @@
 """Run-time LoRAs behind the HTTP API: serve --lora preloads them, /v1/info lists them, and a
 request picks its LoRAs and scales by name (never by path) with its lora_scales field."""
 
+import base64
 import io
 import shutil
 
@@ -65,3 +66,33 @@ def test_a_lora_the_server_has_not_loaded_is_a_422_naming_them(served, picture, 
     detail = response.json()["detail"]
     wanted = "is not a number" if given.endswith("loud") else "is loaded (loaded: ink, oil)"
     assert wanted in detail, detail
+
+
+def test_a1111_prompts_name_their_loras_as_a1111_does(served, photo):
+    webuiapi = pytest.importorskip("webuiapi")
+    from tests.serve.test_a1111 import A1111, ours
+
+    client, _ = served
+    api = webuiapi.WebUIApi(host=client.base_url.host, port=client.base_url.port)
+    listed = client.get("/sdapi/v1/loras").json()
+    assert [entry["name"] for entry in listed] == ["ink", "oil"]
+    settings = {**A1111, "width": 90, "height": 68, "seed": 11}
+    settings["prompt"] = "a cat <lora:oil:0.5>"
+    tagged = api.img2img(images=[photo], **settings)
+    expected = ours(client, photo, seed="11", lora_scales="oil:0.5")
+    np.testing.assert_array_equal(np.asarray(tagged.image.convert("RGB")), expected)
+    assert tagged.info["infotexts"][0].startswith("a cat <lora:oil:0.5>\nSteps: 3")
+    settings["prompt"] = "a cat"  # no tag: no LoRA, as in A1111 (not the preloaded ink at 0.8)
+    untagged = api.img2img(images=[photo], **settings)
+    plain = ours(client, photo, seed="11", lora_scales="none")
+    np.testing.assert_array_equal(np.asarray(untagged.image.convert("RGB")), plain)
+    settings["prompt"] = "a cat <lora:cubism:1>"
+    refused = client.post("/sdapi/v1/img2img", json={**settings, "init_images": [
+        base64.b64encode(photo_png(photo)).decode()]})  # fmt: skip
+    assert refused.status_code == 422 and "no LoRA named 'cubism'" in refused.text
+
+
+def photo_png(photo) -> bytes:
+    data = io.BytesIO()
+    photo.save(data, format="PNG")
+    return data.getvalue()

@@ -132,12 +132,14 @@ class Adapters:
 
     def for_call(self, given: "str | dict | None") -> tuple:
         """A call's LoRAs and scales: `given` ({name: scale} or 'NAME:SCALE,...', the others
-        off), else the loaded ones' scales now; as sorted (name, scale) pairs."""
+        off; 'none': no LoRA), else the loaded ones' scales now; as sorted (name, scale)
+        pairs."""
         if given is None:
             with self._lock:
                 return tuple(sorted(self.active.items()))
         if isinstance(given, str):
-            given = dict(_pair(part, self) for part in given.split(",") if part.strip())
+            parts = [] if given.strip() == "none" else given.split(",")
+            given = dict(_pair(part, self) for part in parts if part.strip())
         for name in given:
             self._known(name)
         chosen = {name: _checked_scale(scale, name) for name, scale in given.items()}

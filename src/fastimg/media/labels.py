@@ -80,7 +80,15 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
     )
     negative = _prompt_text(settings.get("fastimg:negative_prompt") or "")
     negative_line = f"\nNegative prompt: {negative}" if negative else ""
-    return f"{_prompt_text(settings['fastimg:prompt'])}{negative_line}\n{line}".strip()
+    prompt = _prompt_text(settings["fastimg:prompt"]) + _lora_tags(settings)
+    return f"{prompt}{negative_line}\n{line}".strip()
+
+
+def _lora_tags(settings: dict) -> str:
+    """The call's LoRAs as A1111 writes them into the prompt: ' <lora:NAME:SCALE>' each."""
+    loras = str(settings.get("fastimg:loras") or "")
+    pairs = [part.strip().rpartition(":") for part in loras.split(",") if part.strip()]
+    return "".join(f" <lora:{name}:{scale}>" for name, _, scale in pairs)
 
 
 def _control_fields(settings: dict) -> dict:

@@ -13,7 +13,8 @@ chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
     POST /sdapi/v1/interrupt   stops the A1111 requests in flight at their next step; each
                                answers with the images it had finished
     GET  /sdapi/v1/scripts     none (clients probe it for extensions)
-    GET  /sdapi/v1/upscalers, sd-vae, loras, embeddings, ...: empty (fastimg has none)
+    GET  /sdapi/v1/loras: the LoRAs serve --lora loaded (prompts name them: <lora:NAME:SCALE>)
+    GET  /sdapi/v1/upscalers, sd-vae, embeddings, ...: empty (fastimg has none)
     any other /sdapi/v1 route  404 naming those above (txt2img, upscalers... are not served)
 
 An img2img request passes the same admission, deadline, metrics, key and labels as
@@ -63,7 +64,7 @@ OPTIONS_BYTES = 64 << 10  # the most a POST /sdapi/v1/options body may hold
 # Listings plugins read at start-up of what fastimg has none of (upscalers, VAEs apart from the
 # engines' own, hypernetworks, LoRA files, embeddings, styles, face restorers), in A1111's shapes.
 NONE_HERE = {"upscalers": [], "latent-upscale-modes": [], "sd-vae": [], "hypernetworks": [],
-             "loras": [], "face-restorers": [], "realesrgan-models": [], "prompt-styles": [],
+             "face-restorers": [], "realesrgan-models": [], "prompt-styles": [],
              "embeddings": {"loaded": {}, "skipped": {}}}  # fmt: skip
 
 
@@ -185,6 +186,15 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
 
     for path, empty in NONE_HERE.items():
         _add_empty_listing(app, path, empty, guarded)
+
+    @app.get(f"{PREFIX}/loras", dependencies=guarded)
+    async def loras() -> Response:
+        """The LoRAs the server loaded (serve --lora), which prompts name as <lora:NAME:SCALE>."""
+        pipe = service.pipe
+        loaded = {} if pipe is None else pipe.loras.adapters.loras
+        listed = [{"name": name, "alias": name, "path": lora.path.name, "metadata": {}}
+                  for name, lora in sorted(loaded.items())]  # fmt: skip
+        return JSONResponse(listed)
 
     served = sorted(route.path for route in app.routes if route.path.startswith(PREFIX))
 

@@ -11,6 +11,7 @@ A1111's mask_blur, inpainting_fill and inpaint_full_res must say so.
 
 import base64
 import binascii
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -170,6 +171,8 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
     seeds = _seeds(given["seed"], count)
     fields = {ours: given[theirs] for theirs, ours in RENAMED.items() if theirs in given}
     fields["seed"] = seeds[0]
+    if isinstance(fields.get("prompt"), str):  # (another type is refused by name later)
+        fields["prompt"], fields["lora_scales"] = lora_tags(fields["prompt"])
     if sampler is not None:
         fields["sampler"] = sampler
     given.update(seed=seeds[0], init_images=None, mask=None, alwayson_scripts={})
@@ -181,6 +184,15 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
     return A1111Request(data, fields, sampler, (width, height), mode, seeds, send_images,
                         mask=mask_data, mask_invert=invert, given=given,
                         control=read_units(payload.get("alwayson_scripts")))  # fmt: skip
+
+
+def lora_tags(prompt: str) -> tuple[str, str]:
+    """A1111's `<lora:NAME:SCALE>` tags taken out of a prompt: the prompt without them, and the
+    call's lora_scales ('none' without tags: in A1111 only the LoRAs a prompt names apply)."""
+    tags = re.findall(r"<lora:([^:>]+)(?::([^:>]*))?(?::[^>]*)?>", prompt)
+    text = re.sub(r"\s*<lora:[^>]*>", "", prompt).strip()
+    scales = ",".join(f"{name.strip()}:{scale.strip() or 1}" for name, scale in tags)
+    return text, scales or "none"
 
 
 def a1111_message(message: str) -> str:
