@@ -96,3 +96,22 @@ def photo_png(photo) -> bytes:
     data = io.BytesIO()
     photo.save(data, format="PNG")
     return data.getvalue()
+
+
+def test_a_stream_runs_each_frame_with_its_loras(served, picture):
+    pytest.importorskip("websockets")
+    from tests.serve.test_stream import result, started
+
+    client, _ = served
+    settings = {"prompt": "a cat", "strength": 0.6, "steps": 3, "guidance": 5, "seed": 11}
+    with started({**settings, "lora_scales": "oil:0.5"}, client=client) as ws:
+        ws.send(picture.read_bytes())
+        _, jpeg = result(ws)
+    fields = {key: str(value) for key, value in settings.items()}
+    files = {"image": ("f.png", picture.read_bytes(), "image/png")}
+    same = client.post("/v1/img2img", files=files,
+                       data={**fields, "format": "jpeg", "lora_scales": "oil:0.5"})  # fmt: skip
+    other = client.post("/v1/img2img", files=files,
+                        data={**fields, "format": "jpeg", "lora_scales": "none"})  # fmt: skip
+    np.testing.assert_array_equal(decoded(jpeg), decoded(same.content))
+    assert not np.array_equal(decoded(jpeg), decoded(other.content))

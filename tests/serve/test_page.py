@@ -333,3 +333,37 @@ def test_a_control_image_and_preprocessor_steer_the_transform(
             "control_preprocess", "control_scale"]  # fmt: skip
         np.testing.assert_array_equal(decoded(result_pixels_png(browser)),
                                       decoded(from_input.content))  # fmt: skip
+
+
+def test_the_loaded_loras_get_a_scale_each_and_steer_the_transform(
+    browser, tiny, picture, tmp_path, artifacts
+):
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    from fastimg_export.random_models import write_random_model
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    styles = [write_random_model("tiny-lora", tmp_path / f"{name}.safetensors", seed=k)
+              for k, name in enumerate(("ink", "oil"))]  # fmt: skip
+    options = ServeOptions(engines=engines, backend="onnxruntime", precision="fp32",
+                           loras=(f"{styles[0]}:0.8", f"{styles[1]}:0"))  # fmt: skip
+    with live(options) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        wait(browser, lambda d: by_id(d, "loras").is_displayed())
+        assert by_id(browser, "lora-ink").get_attribute("value") == "0.8"
+        by_id(browser, "file").send_keys(str(picture))
+        fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11, guidance=5)
+        fill(browser, **{"lora-ink": 0, "lora-oil": 0.5})
+        browser.execute_script(RECORD_REQUESTS)
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        (sent,) = browser.execute_script("return window.sent;")
+        assert dict((entry[0], entry[1:]) for entry in sent)["lora_scales"] == ["oil:0.5"]
+        browser.save_screenshot(artifacts("loras"))
+        form = {"prompt": "a cat", "steps": "3", "strength": "0.6", "seed": "11", "guidance": "5",
+                "lora_scales": "oil:0.5"}  # fmt: skip
+        http = client.post("/v1/img2img", files={"image": ("in.png", picture.read_bytes())},
+                           data=form)  # fmt: skip
+        assert http.status_code == 200, http.text
+        np.testing.assert_array_equal(decoded(result_pixels_png(browser)), decoded(http.content))

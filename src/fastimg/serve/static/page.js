@@ -30,6 +30,12 @@ function settings() {
     fields.control_preprocess = $("control-preprocess").value;
     fields.control_scale = $("control-scale").value;
   }
+  const loras = [...$("lora-list").querySelectorAll("input")];
+  if (loras.length) {
+    // Each LoRA the server loaded at the scale set here (0: off), as the call's lora_scales.
+    const chosen = loras.filter((input) => Number(input.value) !== 0);
+    fields.lora_scales = chosen.map((input) => `${input.name}:${input.value}`).join(",") || "none";
+  }
   // Empty fields are left to the server (a random seed, the default guidance and sampler).
   return Object.fromEntries(Object.entries(fields).filter(([, value]) => value !== ""));
 }
@@ -62,6 +68,22 @@ async function loadInfo() {
   sampler.length = 1;
   for (const name of info.samplers) sampler.add(new Option(name, name));
   showControl(info);
+  showLoras(info.loras || {});
+}
+
+function showLoras(loras) {
+  // A scale per LoRA the server loaded (serve --lora), set to its loaded scale.
+  const list = $("lora-list");
+  list.replaceChildren();
+  for (const [name, scale] of Object.entries(loras)) {
+    const input = Object.assign(document.createElement("input"), {
+      type: "number", name, value: scale, min: -10, max: 10, step: 0.05, id: `lora-${name}`,
+    });
+    const label = document.createElement("label");
+    label.append(`${name} `, input);
+    list.append(label);
+  }
+  $("loras").hidden = !Object.keys(loras).length;
 }
 
 function showControl(info) {
