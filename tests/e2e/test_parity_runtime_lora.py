@@ -152,3 +152,53 @@ def test_openvino_runs_the_same_lora(tiny, engines, lora_files, photo):
     pipe.load_lora(lora_files[0], scale=0.8)
     got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
     assert psnr(expected[0], got[0]) >= 40.0
+
+
+def _ldm(name: str, per_block: int) -> str:
+    """diffusers' underscored UNet attention path in kohya's LDM spelling (the inverse map)."""
+    import re
+
+    down = re.match(r"down_blocks_(\d+)_attentions_(\d+)_(.+)$", name)
+    if down:
+        return f"input_blocks_{1 + int(down[1]) * per_block + int(down[2])}_1_{down[3]}"
+    up = re.match(r"up_blocks_(\d+)_attentions_(\d+)_(.+)$", name)
+    if up:
+        return f"output_blocks_{int(up[1]) * per_block + int(up[2])}_1_{up[3]}"
+    return name.replace("mid_block_attentions_0_", "middle_block_1_")
+
+
+def test_a_kohya_sdxl_file_in_ldm_names_matches_diffusers(tiny_sdxl, photo, tmp_path):
+    from safetensors.numpy import save_file
+
+    from fastimg.lora.files import read_safetensors
+    from fastimg_export.random_models import write_random_model
+
+    model, folder = tiny_sdxl
+    engines = shutil.copytree(folder, tmp_path / "engines")
+    peft = write_random_model("tiny-sdxl-lora", tmp_path / "xl.safetensors")
+    kohya = {}
+    for key, array in read_safetensors(peft)[0].items():
+        model_name, _, rest = key.partition(".")
+        stem, _, which = rest.rpartition(".lora_")
+        prefix = {"unet": "lora_unet_", "text_encoder": "lora_te1_",
+                  "text_encoder_2": "lora_te2_"}[model_name]  # fmt: skip
+        name = stem.replace(".", "_")
+        if model_name == "unet":
+            assert "attentions" in name  # (the random LoRA adapts attention projections)
+            name = _ldm(name, per_block=2)  # tiny SDXL: 1 layer per block, + its sampler
+        part = {"A.weight": "lora_down.weight", "B.weight": "lora_up.weight"}[which]
+        kohya[f"{prefix}{name}.{part}"] = array
+        kohya[f"{prefix}{name}.alpha"] = np.array(array.shape[0] if which == "A.weight"
+                                                  else array.shape[1], np.float32)  # fmt: skip
+    path = tmp_path / "kohya-xl.safetensors"
+    save_file(kohya, str(path))
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    pipe.load_lora(path, scale=0.7)
+    got = pipe(image=photo, seed=2, scheduler="euler", **SETTINGS)
+    pipe.unload_lora("kohya-xl")
+    pipe.load_lora(peft, scale=0.7)
+    same = pipe(image=photo, seed=2, scheduler="euler", **SETTINGS)
+    assert psnr(same[0], got[0]) >= 60.0
+    ref = diffusers_with(model, [path], [1.0], lora_scale=0.7)
+    expected = run_reference(ref, dict(ref.scheduler.config), "euler", photo, seed=2, **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0

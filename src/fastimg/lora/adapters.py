@@ -14,6 +14,7 @@ import numpy as np
 from ..errors import InputError
 from .files import MAX_SCALE, LoraFile, LoraLayer, read_lora
 from .graph import Target
+from .ldm_names import is_ldm_name, layers_per_block, to_diffusers
 
 FEEDS_KEPT = 8  # the projections of this many (graph, LoRAs and scales) are kept built
 # The LoRAs and scales of the call running in this context (None: the loaded ones' scales).
@@ -42,9 +43,13 @@ def match_layers(lora: LoraFile, model: str, targets: dict[str, Target]) -> dict
     of the graph, or whose shape does not fit it, is refused by name."""
     index = {_plain(module, lora.dotted): module for module in targets}
     last = max((_encoder_layer(m) for m in targets), default=-1)
+    per_block = layers_per_block(targets)
     matched, unmatched = {}, []
     for module, layer in lora.layers.get(model, {}).items():
-        found = index.get(_plain(module, lora.dotted))
+        name = _plain(module, lora.dotted)
+        if model == "unet" and not lora.dotted and is_ldm_name(name):  # kohya's SDXL spelling
+            name = to_diffusers(name, per_block)
+        found = index.get(name)
         if found is None and model != "unet" and _encoder_layer(module) > last >= 0:
             continue  # a text encoder layer after the one whose states the graph gives
         if found is None:
