@@ -202,3 +202,33 @@ def test_a_kohya_sdxl_file_in_ldm_names_matches_diffusers(tiny_sdxl, photo, tmp_
     ref = diffusers_with(model, [path], [1.0], lora_scale=0.7)
     expected = run_reference(ref, dict(ref.scheduler.config), "euler", photo, seed=2, **SETTINGS)
     assert psnr(expected[0], got[0]) >= 40.0
+
+
+def test_a_lora_of_convolutions_and_linears_matches_diffusers(tiny, engines, photo, tmp_path):
+    """An LCM-LoRA-like file: 3x3 resnet convolutions, strided downsamplers, 1x1 projections,
+    the time embedding's linears and the feed-forwards, besides the attention projections."""
+    import diffusers
+    from peft import LoraConfig, inject_adapter_in_model
+    from peft.utils import get_peft_model_state_dict
+
+    unet = reference(tiny[0]).unet
+    torch.manual_seed(5)
+    targets = ["to_q", "to_out.0", "conv1", "conv2", "conv_shortcut", "proj_in", "proj_out",
+               "time_emb_proj", "ff.net.2", "downsamplers.0.conv", "linear_1"]  # fmt: skip
+    config = LoraConfig(r=4, lora_alpha=2, init_lora_weights=False, target_modules=targets)
+    inject_adapter_in_model(config, unet)
+    layers = get_peft_model_state_dict(unet)
+    assert any(value.ndim == 4 and value.shape[-1] == 3 for value in layers.values())
+    diffusers.StableDiffusionImg2ImgPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=layers, weight_name="convs.safetensors",
+        unet_lora_adapter_metadata=config.to_dict(),
+    )  # fmt: skip
+    path = tmp_path / "convs.safetensors"
+    ref = diffusers_with(tiny[0], [path], [1.0], lora_scale=0.9)
+    expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    plain = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    pipe.load_lora(path, scale=0.9)
+    got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+    assert psnr(plain[0], got[0]) < 40.0

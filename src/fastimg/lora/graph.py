@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-LAYER_OPS = ("MatMul", "Conv")
+LAYER_OPS = ("MatMul", "Gemm", "Conv")
 
 
 @dataclass(frozen=True)
@@ -65,13 +65,29 @@ def find_targets(model) -> dict[str, Target]:
             continue
         if node.op_type == "MatMul" and len(shape) == 2:
             targets[module] = Target(module, "MatMul", shape[0], shape[1])
+        elif node.op_type == "Gemm" and len(shape) == 2 and _plain_gemm(node):
+            # (a Linear on 2-D input: x @ W.T + b; its branch is a MatMul's)
+            width_in, width_out = shape[::-1] if _attribute(node, "transB", 0) else shape
+            targets[module] = Target(module, "MatMul", width_in, width_out)
         elif node.op_type == "Conv" and len(shape) == 4 and _groups(node) == 1:
             targets[module] = Target(module, "Conv", shape[1], shape[0], tuple(shape[2:]))
     return targets
 
 
 def _groups(node) -> int:
-    return next((a.i for a in node.attribute if a.name == "group"), 1)
+    return _attribute(node, "group", 1)
+
+
+def _attribute(node, name: str, default):
+    found = next((a for a in node.attribute if a.name == name), None)
+    if found is None:
+        return default
+    return found.i if found.type == found.INT else found.f
+
+
+def _plain_gemm(node) -> bool:
+    """A Gemm that is a Linear: A not transposed, alpha 1 (then x @ down @ up adds to it)."""
+    return _attribute(node, "transA", 0) == 0 and _attribute(node, "alpha", 1.0) == 1.0
 
 
 def variant_key(source_digest: str, modules: list[str]) -> str:
@@ -109,7 +125,7 @@ def write_branched_graph(model, modules: list[str], path: Path) -> list[Target]:
         plain = f"{base}__plain"
         node.output[0] = plain
         low, delta = f"{base}__lora_low", f"{base}__lora_delta"
-        if target.op == "MatMul":
+        if target.op == "MatMul":  # (a MatMul's or a Gemm's layer)
             first = helper.make_node("MatMul", [node.input[0], down_name], [low])
             second = helper.make_node("MatMul", [low, up_name], [delta])
         else:
