@@ -9,8 +9,6 @@ as the pipeline's mask_image: hard-edged, from the original, at the whole pictur
 A1111's mask_blur, inpainting_fill and inpaint_full_res must say so.
 """
 
-import base64
-import binascii
 import re
 import secrets
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from ..errors import InputError
 from ..media.labels import SAMPLER_NAMES
 from ..settings import SAMPLERS, SEED_LIMIT
 from .compat_a1111_control import SCRIPT, ControlUnit, read_units
+from .requests import decode_base64
 
 # A1111's field -> fastimg's field, for the settings both have.
 RENAMED = {
@@ -285,15 +284,3 @@ def _seeds(seed, count: int) -> list[int]:
         raise InputError(f"seed {seed} + {count} images goes past the largest seed, "
                          f"{SEED_LIMIT - 1}: send a smaller seed or -1")  # fmt: skip
     return [seed + k for k in range(count)]
-
-
-def decode_base64(text: str, field: str) -> bytes:
-    """An image field's bytes: base64, or a data URL (webuiapi sends data:image/png;base64,...)."""
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise InputError(
-            f"the field {field!r} is not valid base64: send the image's bytes as base64 text"
-        ) from None

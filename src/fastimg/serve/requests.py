@@ -242,7 +242,7 @@ def _read_json(raw: bytes) -> Body:
         raise InputError("no image: send the picture as base64 text in the field 'image'")
     control = _image_field(fields.pop("control_image", None), "control_image", "the ControlNet's")
     mask = _image_field(fields.pop("mask", None), "mask", "the inpainting mask")
-    return Body(fields, _base64(image, "image"), None, control, mask)
+    return Body(fields, decode_base64(image, "image"), None, control, mask)
 
 
 def _image_field(value, field: str, what: str) -> bytes | None:
@@ -251,17 +251,19 @@ def _image_field(value, field: str, what: str) -> bytes | None:
         return None
     if not isinstance(value, str) or not value:
         raise InputError(f"the field {field!r} must be {what} picture as base64 text")
-    return _base64(value, field)
+    return decode_base64(value, field)
 
 
-def _base64(text: str, field: str) -> bytes:
-    """A JSON image field's bytes: base64, or a data URL as a browser's FileReader makes it."""
+def decode_base64(text: str, field: str) -> bytes:
+    """An image field's bytes: base64, or a data URL (a browser's FileReader, webuiapi)."""
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
-        raise InputError(f"the field {field!r} is not valid base64") from None
+        raise InputError(
+            f"the field {field!r} is not valid base64: send the image's bytes as base64 text"
+        ) from None
 
 
 def _safe_name(filename: str | None) -> str:
