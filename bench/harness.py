@@ -254,8 +254,8 @@ def _alternated(makers, warmup: int, repeats: int, log) -> Measured:
             for side in sides:
                 measured.once(side, f"repeat {r + 1}/{repeats}", log)
         measured.count_flops(sides[0], log)
-    except BaseException:
-        _close_peers(measured.peer_sides)
+    except BaseException as exc:
+        _close_peers(measured.peer_sides, now=isinstance(exc, KeyboardInterrupt))
         raise
     sides.clear()  # free every loaded model before the fresh processes load theirs
     gc.collect()
@@ -288,15 +288,20 @@ def _one_at_a_time(makers, warmup: int, repeats: int, log) -> Measured:
                 measured.peer_memory[side.name] = side.close().get("peak_rss_mb")
             side = None
             gc.collect()
-    except BaseException:
-        _close_peers(measured.peer_sides)
+    except BaseException as exc:
+        _close_peers(measured.peer_sides, now=isinstance(exc, KeyboardInterrupt))
         raise
     return measured
 
 
-def _close_peers(peer_sides: list) -> None:
+def _close_peers(peer_sides: list, now: bool = False) -> None:
+    """End the peers' workers: asked to quit, or (`now`: Ctrl-C) stopped at once, since one
+    busy exporting reads no quit for minutes."""
     for side in peer_sides:
-        side.close()
+        if now:
+            side.stop()
+        else:
+            side.close()
         side.finish()
 
 

@@ -310,6 +310,12 @@ class OptimumIntelSide:
         worker = getattr(self, "worker", None)
         return {} if worker is None else worker.close()
 
+    def stop(self) -> None:
+        """End the worker now, without waiting for what it is doing (the run was interrupted)."""
+        worker = getattr(self, "worker", None)
+        if worker is not None:
+            worker.stop()
+
     def cold_start(self, cached: bool) -> dict:
         """A fresh worker to its first image, with the compiled blobs cached or not at all."""
         spawned = time.time()

@@ -297,3 +297,25 @@ def test_a_controlnet_job_is_measured_against_diffusers_controlnet_pipeline(tiny
         harness._fidelity(record["images"]["diffusers"], without["images"]["diffusers"])["psnr_db"]
         < 35
     )
+
+
+def test_ctrl_c_stops_the_peers_at_once_instead_of_asking_them_to_quit():
+    from fastimg_bench.harness import _close_peers
+
+    class Peer:
+        def __init__(self):
+            self.calls = []
+
+        def close(self):
+            self.calls.append("close")
+
+        def stop(self):
+            self.calls.append("stop")
+
+        def finish(self):
+            self.calls.append("finish")
+
+    asked, interrupted = Peer(), Peer()
+    _close_peers([asked])
+    _close_peers([interrupted], now=True)
+    assert asked.calls == ["close", "finish"] and interrupted.calls == ["stop", "finish"]
