@@ -89,8 +89,8 @@ def _fitted(path: Path, module: str, layer: LoraLayer, target: Target) -> LoraLa
 
 
 class Adapters:
-    """LoRAs by name with their scales; the feeds of each branched graph, rebuilt when they
-    change (scale 0 or unloaded: the plain graph runs)."""
+    """LoRAs by name with their scales; the feeds of each branched graph, built for each set of
+    active LoRAs and scales and kept for the next calls with the same."""
 
     def __init__(self):
         self._lock = threading.Lock()
