@@ -199,3 +199,32 @@ def test_a_mask_folder_gives_each_frame_its_mask(runner, tiny, tmp_path):
     padding = _video(runner, tiny[1], frames, "-o", tmp_path / "p", "--mask-padding", "8")
     _refused(padding, 1)
     assert "--mask-padding pads the region that --inpaint-area masked" in padding.stderr
+
+
+def test_a_lora_reaches_every_frame_and_lora_scales_choose_among_them(runner, tiny, tmp_path):
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    from fastimg_export.random_models import write_random_model
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    style = write_random_model("tiny-lora", tmp_path / "ink.safetensors")
+    clip = make_video(tmp_path / "in.mp4", pictures(3), audio_seconds=0)
+    frames = {}
+    for name, extra in (("plain", ()), ("ink", ("--lora", f"{style}:0.7")),
+                        ("off", ("--lora", str(style), "--lora-scales", "none"))):  # fmt: skip
+        out = tmp_path / name
+        result = _video(runner, engines, clip, "-o", out, "--reuse-threshold", "0", "--seed", "5",
+                        *extra)  # fmt: skip
+        assert result.exit_code == 0, result.output
+        with Image.open(out / "frame-000003.png") as frame:
+            frames[name] = (np.asarray(frame.convert("RGB"), np.int16), frame.info)
+    assert frames["ink"][1]["fastimg:loras"] == "ink:0.7"
+    assert "<lora:ink:0.7>" in frames["ink"][1]["parameters"]
+    assert "fastimg:loras" not in frames["off"][1]
+    assert np.abs(frames["ink"][0] - frames["plain"][0]).max() > 1
+    assert np.abs(frames["off"][0] - frames["plain"][0]).max() <= 1  # (the twin's zero branches)
