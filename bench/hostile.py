@@ -127,21 +127,8 @@ def drive(server, clients: int, seconds: float, image: bytes, settings: dict,
           references: dict, timeout: float) -> dict:  # fmt: skip
     """`clients` clients for `seconds` against the server; the load bench's summary."""
     load = bench_load.Load(None, seconds, len(references))
-    threads = [
-        threading.Thread(
-            target=bench_load.client_loop,
-            args=(load, server.url, image, settings, timeout, references, k),
-            daemon=True,
-        )
-        for k in range(clients)
-    ]
-    began = time.monotonic()
-    load.deadline = began + seconds
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return bench_load.summarize(load.records, time.monotonic() - began)
+    wall = bench_load.run_clients(load, clients, server.url, image, settings, timeout, references)
+    return bench_load.summarize(load.records, wall)
 
 
 def bomb_png_16bit(side: int = 8000) -> bytes:

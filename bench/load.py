@@ -292,6 +292,35 @@ def _percentiles(values: list[float]) -> dict:
     return {"p50": p50, "p95": p95, "p99": p99, "mean": a.mean(), "max": a.max()}
 
 
+def run_clients(
+    load: Load,
+    clients: int,
+    url: str,
+    image: bytes,
+    settings: dict,
+    timeout: float,
+    references: dict,
+    api: str = "fastimg",
+) -> float:
+    """`clients` client loops against `url` until `load`'s budget or seconds run out; the
+    seconds they ran."""
+    threads = [
+        threading.Thread(
+            target=client_loop,
+            args=(load, url, image, settings, timeout, references, k, api),
+            daemon=True,
+        )
+        for k in range(clients)
+    ]
+    began = time.monotonic()
+    load.deadline = began + load.seconds
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.monotonic() - began
+
+
 def summarize(records: list[dict], wall: float) -> dict:
     by_status = {"200": 0, "429": 0, "504": 0, "other": 0}
     for r in records:
@@ -388,21 +417,9 @@ def run(engines: str, clients: int, seconds: float, max_requests: int | None = N
             f"{clients} clients for {seconds:g} s"
             + (f" or {max_requests} requests" if max_requests else "")
         )
-        threads = [
-            threading.Thread(
-                target=client_loop,
-                args=(load, server.url, image, settings, client_timeout, references, k, api),
-                daemon=True,
-            )
-            for k in range(clients)
-        ]
         began = time.monotonic()
-        load.deadline = began + seconds
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        wall = time.monotonic() - began
+        wall = run_clients(load, clients, server.url, image, settings, client_timeout,
+                           references, api)  # fmt: skip
         load_start_t, load_end_t = (
             began - server.rss.started_at,
             time.monotonic() - server.rss.started_at,
