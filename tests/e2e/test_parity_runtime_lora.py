@@ -145,12 +145,71 @@ def test_an_sdxl_lora_at_run_time_matches_diffusers(tiny_sdxl, photo, tmp_path):
 
 
 @OPENVINO
-def test_openvino_runs_the_same_lora(tiny, engines, lora_files, photo):
+def test_openvino_runs_the_same_lora_and_caches_its_compiled_twin(tiny, engines, lora_files, photo):
+    from fastimg.backends.registry import describe
+
     ref = diffusers_with(tiny[0], lora_files[:1], [1.0], lora_scale=0.8)
     expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
     pipe = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="fp32")
     pipe.load_lora(lora_files[0], scale=0.8)
     got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+
+    def twin_blobs():
+        found = (engines / describe("openvino").cache).glob("*-lora-*/**/*.blob")
+        return sorted((path, path.stat().st_mtime_ns) for path in found)
+
+    compiled = twin_blobs()
+    assert {path.parent.name.split("-lora-")[0] for path, _ in compiled} >= {"unet"}
+    again = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="fp32")
+    again.load_lora(lora_files[0], scale=0.8)
+    assert twin_blobs() == compiled  # the twin loaded from its cache, not compiled again
+    assert psnr(got[0], again(image=photo, seed=2, scheduler="ddim", **SETTINGS)[0]) >= 60.0
+
+
+@OPENVINO
+@pytest.mark.parametrize(("precision", "shapes"), [("bf16", "dynamic"), ("fp32", "static")])
+def test_openvino_bf16_and_static_shapes_take_loras(
+    tiny, engines, lora_files, photo, precision, shapes
+):
+    ref = diffusers_with(tiny[0], lora_files[:1], [1.0], lora_scale=0.8)
+    expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
+    pipe = Img2ImgPipeline.from_engines(
+        engines, backend="openvino", precision=precision, shapes=shapes
+    )
+    plain = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    pipe.load_lora(lora_files[0], scale=0.8)
+    got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    if pipe.exact:  # fp32, or bf16 compiled as f32 on a CPU without it
+        assert psnr(expected[0], got[0]) >= 40.0
+    else:  # bf16 products: the LoRA's image, far closer to diffusers' than the plain one is
+        assert psnr(expected[0], got[0]) >= psnr(expected[0], plain[0]) + 6.0
+    assert got[0].info["fastimg:loras"] == "style0:0.8"
+
+
+def test_lora_ready_compiles_the_twins_once_then_loras_load_without_compiling(
+    tiny, engines, lora_files, photo, monkeypatch
+):
+    from fastimg.diffusion import loras as loras_module
+
+    before = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    plain = before(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    pipe = Img2ImgPipeline.from_engines(
+        engines, backend="onnxruntime", precision="fp32", lora_ready=True
+    )
+    compiled = []
+    load_session = loras_module.load_session
+    monkeypatch.setattr(
+        loras_module, "load_session", lambda *a, **k: compiled.append(a) or load_session(*a, **k)
+    )
+    no_lora = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    pipe.load_lora(lora_files[0], scale=0.6)
+    pipe.load_lora(lora_files[1], scale=0.9)
+    got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    assert compiled == []  # both LoRAs were feeds of the twins compiled at load
+    assert psnr(plain[0], no_lora[0]) >= 60.0  # the twins with no LoRA: the plain graphs
+    ref = diffusers_with(tiny[0], lora_files, [0.6, 0.9])
+    expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
     assert psnr(expected[0], got[0]) >= 40.0
 
 
@@ -204,7 +263,7 @@ def test_a_kohya_sdxl_file_in_ldm_names_matches_diffusers(tiny_sdxl, photo, tmp_
     assert psnr(expected[0], got[0]) >= 40.0
 
 
-def test_a_lora_of_convolutions_and_linears_matches_diffusers(tiny, engines, photo, tmp_path):
+def _lora_of_convolutions(tiny, tmp_path):
     """An LCM-LoRA-like file: 3x3 resnet convolutions, strided downsamplers, 1x1 projections,
     the time embedding's linears and the feed-forwards, besides the attention projections."""
     import diffusers
@@ -223,7 +282,11 @@ def test_a_lora_of_convolutions_and_linears_matches_diffusers(tiny, engines, pho
         tmp_path, unet_lora_layers=layers, weight_name="convs.safetensors",
         unet_lora_adapter_metadata=config.to_dict(),
     )  # fmt: skip
-    path = tmp_path / "convs.safetensors"
+    return tmp_path / "convs.safetensors"
+
+
+def test_a_lora_of_convolutions_and_linears_matches_diffusers(tiny, engines, photo, tmp_path):
+    path = _lora_of_convolutions(tiny, tmp_path)
     ref = diffusers_with(tiny[0], [path], [1.0], lora_scale=0.9)
     expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
     pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
@@ -232,3 +295,16 @@ def test_a_lora_of_convolutions_and_linears_matches_diffusers(tiny, engines, pho
     got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
     assert psnr(expected[0], got[0]) >= 40.0
     assert psnr(plain[0], got[0]) < 40.0
+
+
+@OPENVINO
+def test_openvino_refuses_a_lora_of_wide_convolutions_by_name(tiny, engines, photo, tmp_path):
+    from fastimg.errors import InputError
+
+    path = _lora_of_convolutions(tiny, tmp_path)
+    pipe = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="fp32")
+    with pytest.raises(
+        InputError, match=r"convolution\(s\) wider than 1x1 .*--backend onnxruntime"
+    ):
+        pipe.load_lora(path)
+    assert pipe.loras.adapters.loras == {}  # nothing half-loaded

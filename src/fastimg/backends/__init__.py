@@ -153,35 +153,10 @@ def load_engines(
         return Engines(
             backend, plans.precision, sessions, plans.key, "cuda", device or 0, shared.stream
         )
-    if backend == "openvino":
-        from .openvino import compile_config
-
-        options = compile_config(precision, threads, max_concurrency)  # what is compiled with
-    else:
-        options = {"device": device}
     sessions = {}
     for name in components:
-        # ONNX Runtime's TensorRT engines are built in fp16, except for a VAE that overflows in
-        # it (SDXL's): that one is fp32, and keyed so.
-        fp16 = not (name.startswith("vae") and manifest.vae_overflows_in_fp16)
-        kept_fp32 = backend == "onnxruntime-tensorrt" and not fp16
-        compiled_with = {**options, "fp16": False} if kept_fp32 else options
-        cache_dir = compiled_cache(backend, manifest, name, precision, compiled_with)
-
-        def static_cache(input_shapes: dict, name=name) -> Path | None:
-            keyed = {**options, "static_shapes": input_shapes}
-            return compiled_cache(backend, manifest, name, precision, keyed, label="-static")
-
-        load = LoadOptions(
-            threads=threads,
-            precision=precision,
-            cache_dir=cache_dir,
-            max_concurrency=max_concurrency,
-            device=device,
-            names=(*manifest.components[name]["inputs"], *manifest.components[name]["outputs"]),
-            shapes=shapes if description.static_shapes else "dynamic",
-            static_cache=static_cache,
-            fp16=fp16,
+        load = component_options(
+            backend, manifest, name, precision, threads, max_concurrency, device, shapes
         )
         session = load_session(
             backend, manifest.path(name, graph_variant(backend, precision)), load
@@ -199,6 +174,55 @@ def load_engines(
         None,
         "cuda" if gpu else "cpu",
         (device or 0) if gpu else None,
+    )
+
+
+def component_options(
+    backend: str,
+    manifest,
+    name: str,
+    precision: str,
+    threads: int | None = None,
+    max_concurrency: int = 1,
+    device: int | None = None,
+    shapes: str = "dynamic",
+    graph: str | None = None,
+    inputs: dict | None = None,
+) -> LoadOptions:
+    """How component `name` loads on a resolved CPU-or-ORT backend, its compiled cache keyed to
+    the backend, precision, device and graph; `graph` names a variant built from it at run time
+    (a LoRA twin: cached apart, under COMPONENT-lora), `inputs` its inputs if they differ."""
+    if backend == "openvino":
+        from .openvino import compile_config
+
+        options = compile_config(precision, threads, max_concurrency)  # what is compiled with
+    else:
+        options = {"device": device}
+    if graph is not None:
+        options = {**options, "graph_variant": graph}
+    label = "" if graph is None else "-lora"
+    # ONNX Runtime's TensorRT engines are built in fp16, except for a VAE that overflows in
+    # it (SDXL's): that one is fp32, and keyed so.
+    fp16 = not (name.startswith("vae") and manifest.vae_overflows_in_fp16)
+    kept_fp32 = backend == "onnxruntime-tensorrt" and not fp16
+    compiled_with = {**options, "fp16": False} if kept_fp32 else options
+    cache_dir = compiled_cache(backend, manifest, name, precision, compiled_with, label=label)
+
+    def static_cache(input_shapes: dict) -> Path | None:
+        keyed = {**options, "static_shapes": input_shapes}
+        return compiled_cache(backend, manifest, name, precision, keyed, label=label + "-static")
+
+    spec = manifest.components[name]
+    return LoadOptions(
+        threads=threads,
+        precision=precision,
+        cache_dir=cache_dir,
+        max_concurrency=max_concurrency,
+        device=device,
+        names=(*(inputs or spec["inputs"]), *spec["outputs"]),
+        shapes=shapes if describe(backend).static_shapes else "dynamic",
+        static_cache=static_cache,
+        fp16=fp16,
     )
 
 

@@ -1,11 +1,12 @@
-"""LoRAs at run time on loaded engines: each adapted graph gets a branched twin (built once per
-set of adapted layers, beside the original). A pipeline that never loads a LoRA runs its plain
-graphs; once a LoRA loads, the twin replaces the plain graph for every call (with no LoRA
-active its branches are fed zeros), so the weights are held once, not twice."""
+"""LoRAs at run time on loaded engines: each adapted graph gets a branched twin, built once
+beside the original with a branch at every layer a LoRA can adapt. A pipeline that never loads
+a LoRA runs its plain graphs; once a LoRA loads (or `prepare` is called), the twin replaces the
+plain graph for every call (with no LoRA active its branches are fed zeros), so the weights are
+held once, not twice, and every later LoRA is a new feed, not a new graph."""
 
 import threading
 
-from ..backends import LoadOptions, load_session
+from ..backends import component_options, load_session
 from ..backends.checked import CheckedSession
 from ..backends.registry import describe
 from ..errors import InputError
@@ -43,7 +44,7 @@ class LoraSession:
 
 class PipelineLoras:
     """The LoRAs of one pipeline: loading one reads and checks it against every graph it
-    adapts, and (re)builds a graph's branched twin when it adapts layers the twin lacks."""
+    adapts, and builds a graph's branched twin the first time a LoRA adapts it."""
 
     def __init__(self, engine_set):
         self.engine_set, self.manifest = engine_set, engine_set.manifest
@@ -86,19 +87,54 @@ class PipelineLoras:
                 f"the LoRA {lora.path.name} adapts {', '.join(unknown)}, which this engine "
                 "folder does not have: it was made for another architecture"
             )
-        for component, session in list(engines.sessions.items()):
-            model = model_of(component)
-            if model not in lora.models:
-                continue
-            if not isinstance(session, LoraSession):
-                session = engines.sessions[component] = LoraSession(
-                    session, component, self.adapters
-                )
-            targets = self._graph_targets(component)
-            session.matched[name] = match_layers(lora, model, targets)
-            needed = sorted({m for layers in session.matched.values() for m in layers})
-            if set(needed) - {t.module for t in session.order}:
-                session.replace_graph(*self._branched(component, needed))
+        matched = {  # (every key checked before a twin is compiled)
+            component: match_layers(lora, model_of(component), self._graph_targets(component))
+            for component in engines.sessions
+            if model_of(component) in lora.models
+        }
+        for component, layers in matched.items():
+            self._check_branchable(lora.path.name, component, layers)
+        for component, layers in matched.items():
+            self._twin(engines, component).matched[name] = layers
+
+    def prepare(self) -> None:
+        """Load now the twin of every graph a LoRA can adapt, so that loading a LoRA later takes
+        milliseconds (its file read and checked), not the seconds of compiling a twin."""
+        self._check_backend()
+        with self._lock:
+            engines = self.engine_set.default()
+            for component in list(engines.sessions):
+                if model_of(component) is not None:
+                    self._twin(engines, component)
+
+    def _twin(self, engines, component: str) -> LoraSession:
+        """The component's session, running its twin branched at every layer a LoRA can adapt
+        (one twin per graph, whatever LoRAs come later)."""
+        session = engines.sessions[component]
+        if not isinstance(session, LoraSession):
+            session = engines.sessions[component] = LoraSession(session, component, self.adapters)
+        if session.branched is None:
+            modules = sorted(self._branchable(component))
+            session.replace_graph(*self._branched(component, modules))
+        return session
+
+    def _branchable(self, component: str) -> dict:
+        """The layers of the component's graph this backend can branch: OpenVINO compiles no
+        convolution whose weights are a run-time input, so there only the linear layers and
+        the 1x1 convolutions (branched as MatMuls)."""
+        targets = self._graph_targets(component)
+        if self.engine_set.backend != "openvino":
+            return targets
+        return {m: t for m, t in targets.items() if t.op == "MatMul" or t.pointwise}
+
+    def _check_branchable(self, file: str, component: str, layers: dict) -> None:
+        left = sorted(set(layers) - set(self._branchable(component)))
+        if left:
+            raise InputError(
+                f"the LoRA {file} adapts {len(left)} convolution(s) wider than 1x1 ({left[0]}, "
+                f"...), which {self.engine_set.backend} cannot take at run time: run it with "
+                "--backend onnxruntime, or fuse it at export (fastimg export MODEL --lora FILE)"
+            )
 
     def _graph_targets(self, component: str) -> dict:
         if component not in self._targets:
@@ -110,9 +146,11 @@ class PipelineLoras:
         source = self.manifest.path(component)
         key = variant_key(self.manifest.graph_digest((component,)), modules)
         path = source.with_name(f"{source.stem}.lora-{key}.onnx")
-        model = load_graph(source)
+        targets = self._graph_targets(component)
+        order = [targets[module] for module in modules]
         try:
-            order = write_branched_graph(model, modules, path)
+            if not path.is_file():  # (named by its source and branches: one written is the same)
+                write_branched_graph(load_graph(source), modules, path)
         except OSError as exc:
             raise InputError(
                 f"cannot write the LoRA graph beside {source} ({exc.strerror}): run-time LoRAs "
@@ -129,12 +167,18 @@ class PipelineLoras:
                 shapes = ([rank, target.width_in, *target.kernel], [target.width_out, rank, 1, 1])
             inputs[down] = {"dtype": "float32", "shape": shapes[0]}
             inputs[up] = {"dtype": "float32", "shape": shapes[1]}
-        options = self.engine_set.options
-        load = LoadOptions(
+        options, backend = self.engine_set.options, self.engine_set.backend
+        # (dynamic shapes even where the plain graph's are static: the branches' ranks change
+        # with the LoRAs, and a compile per rank would make switching cost seconds)
+        load = component_options(
+            backend,
+            self.manifest,
+            component,
+            self.engine_set.precision,
             threads=options.get("threads"),
-            precision=self.engine_set.precision,
             max_concurrency=options.get("max_concurrency", 1),
-            names=(*inputs, *spec["outputs"]),
+            graph=key,
+            inputs=inputs,
         )
         session = load_session(self.engine_set.backend, path, load)
         checked = CheckedSession(

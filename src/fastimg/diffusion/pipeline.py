@@ -107,9 +107,11 @@ class Img2ImgPipeline:
         device: int | None = None,
         shapes: str = "dynamic",
         loras: tuple[str, ...] = (),
+        lora_ready: bool = False,
     ) -> "Img2ImgPipeline":
         """Load every engine of an exported folder on the backend asked for (auto: fastest),
-        and the LoRAs `loras` ('FILE[:SCALE]' each) at run time."""
+        and the LoRAs `loras` ('FILE[:SCALE]' each) at run time; `lora_ready` compiles the
+        LoRA graphs now (pipe.loras.prepare()), so that each later load_lora takes milliseconds."""
         specs = [parse_lora_spec(spec) for spec in loras]  # a bad one fails before loading
         pipe = cls(
             load_manifest(folder),
@@ -120,6 +122,8 @@ class Img2ImgPipeline:
             device=device,
             shapes=shapes,
         )
+        if lora_ready:
+            pipe.loras.prepare()
         for path, scale in specs:
             pipe.load_lora(path, scale=scale)
         return pipe

@@ -27,6 +27,7 @@ class Target:
     width_in: int
     width_out: int
     kernel: tuple[int, ...] = ()
+    pointwise: bool = False  # a 1x1 conv of stride 1, unpadded: its branch is MatMuls
 
     def input_names(self, index: int) -> tuple[str, str]:
         """The graph inputs of its down and up projections."""
@@ -70,7 +71,9 @@ def find_targets(model) -> dict[str, Target]:
             width_in, width_out = shape[::-1] if _attribute(node, "transB", 0) else shape
             targets[module] = Target(module, "MatMul", width_in, width_out)
         elif node.op_type == "Conv" and len(shape) == 4 and _groups(node) == 1:
-            targets[module] = Target(module, "Conv", shape[1], shape[0], tuple(shape[2:]))
+            kernel = tuple(shape[2:])
+            pointwise = _pointwise(node, kernel)
+            targets[module] = Target(module, "Conv", shape[1], shape[0], kernel, pointwise)
     return targets
 
 
@@ -90,9 +93,13 @@ def _plain_gemm(node) -> bool:
     return _attribute(node, "transA", 0) == 0 and _attribute(node, "alpha", 1.0) == 1.0
 
 
+# How the branches are written: a graph written under another format is another graph.
+BRANCH_FORMAT = 2  # 2: 1x1 convolutions branched as MatMuls
+
+
 def variant_key(source_digest: str, modules: list[str]) -> str:
     """The name of the graph with branches at `modules` of the graph `source_digest`."""
-    text = source_digest + "\n" + "\n".join(sorted(modules))
+    text = f"{BRANCH_FORMAT}\n{source_digest}\n" + "\n".join(sorted(modules))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -126,16 +133,20 @@ def write_branched_graph(model, modules: list[str], path: Path) -> list[Target]:
         node.output[0] = plain
         low, delta = f"{base}__lora_low", f"{base}__lora_delta"
         if target.op == "MatMul":  # (a MatMul's or a Gemm's layer)
-            first = helper.make_node("MatMul", [node.input[0], down_name], [low])
-            second = helper.make_node("MatMul", [low, up_name], [delta])
+            branch = [
+                helper.make_node("MatMul", [node.input[0], down_name], [low]),
+                helper.make_node("MatMul", [low, up_name], [delta]),
+            ]
+        elif target.pointwise:
+            branch = _pointwise_branch(node.input[0], down_name, up_name, base)
         else:
             kept = [a for a in node.attribute if a.name in ("strides", "pads", "dilations",
                                                            "auto_pad")]  # fmt: skip
             first = helper.make_node("Conv", [node.input[0], down_name], [low])
             first.attribute.extend(kept)
-            second = helper.make_node("Conv", [low, up_name], [delta])
-        add = helper.make_node("Add", [plain, delta], [base])
-        for extra in (first, second, add):
+            branch = [first, helper.make_node("Conv", [low, up_name], [delta])]
+        branch.append(helper.make_node("Add", [plain, delta], [base]))
+        for extra in branch:
             extra.name = f"{node.name}__lora_{extra.op_type}_{len(added)}"
             added.append((node, extra))
     _insert_after(model.graph, added)
@@ -143,6 +154,40 @@ def write_branched_graph(model, modules: list[str], path: Path) -> list[Target]:
     onnx.save(model, str(tmp))
     tmp.replace(path)
     return order
+
+
+def _pointwise(node, kernel: tuple) -> bool:
+    """A 1x1 convolution of stride 1 without padding: a MatMul over the channels."""
+    if kernel != (1, 1):
+        return False
+    for attribute in node.attribute:
+        if attribute.name in ("strides", "dilations") and any(v != 1 for v in attribute.ints):
+            return False
+        if attribute.name == "pads" and any(attribute.ints):
+            return False
+        if attribute.name == "auto_pad" and attribute.s not in (b"NOTSET", b"VALID"):
+            return False
+    return True
+
+
+def _pointwise_branch(x: str, down: str, up: str, base: str) -> list:
+    """A 1x1 conv's branch as MatMuls over the channels (channels last and back): OpenVINO
+    compiles no convolution whose weights are a run-time input, but MatMuls it does."""
+    from onnx import helper
+
+    def node(op, inputs, suffix, **attributes):
+        return helper.make_node(op, inputs, [f"{base}__lora_{suffix}"], **attributes)
+
+    return [
+        node("Transpose", [x], "x_last", perm=[0, 2, 3, 1]),
+        node("Flatten", [down], "down_2d", axis=1),  # (rank, in)
+        node("Transpose", [f"{base}__lora_down_2d"], "down_t", perm=[1, 0]),
+        node("MatMul", [f"{base}__lora_x_last", f"{base}__lora_down_t"], "low"),
+        node("Flatten", [up], "up_2d", axis=1),  # (out, rank)
+        node("Transpose", [f"{base}__lora_up_2d"], "up_t", perm=[1, 0]),
+        node("MatMul", [f"{base}__lora_low", f"{base}__lora_up_t"], "delta_last"),
+        node("Transpose", [f"{base}__lora_delta_last"], "delta", perm=[0, 3, 1, 2]),
+    ]
 
 
 def _insert_after(graph, added: list) -> None:
