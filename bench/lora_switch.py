@@ -43,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--strength", type=float, default=0.5)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--ready", action="store_true", help="compile the LoRA graphs first (lora_ready)"
+    )
     p.add_argument("-o", "--output", type=Path)
     return p
 
@@ -68,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
                                         precision=args.precision)  # fmt: skip
     pipe(**call)  # warm-up
     plain = calls()
+    ready = {}
+    if args.ready:
+        ready["prepare_twins_at_load"] = _timed(pipe.loras.prepare)
+        ready["call_no_lora_on_twins"] = calls()
     rss_before = _rss_mb()
     load_a = _timed(lambda: pipe.load_lora(args.lora_a, name="a"))
     rss_a = _rss_mb()
@@ -103,11 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             "change_scale": rescale,
             "first_call_after_scale": first_after_rescale,
             "call_no_lora_after": plain_again,
+            **ready,
         },
         "ratios": {
             "with_lora_over_no_lora": with_a / plain,
             "no_lora_after_over_before": plain_again / plain,
             "first_call_after_switch_over_call": first_after_switch / with_a,
+            **(
+                {"no_lora_on_twins_over_plain": ready["call_no_lora_on_twins"] / plain}
+                if ready
+                else {}
+            ),
         },
         "memory_mb": {
             "file_a": args.lora_a.stat().st_size / 2**20,

@@ -34,6 +34,10 @@ def test_transform_with_a_lora_is_the_python_apis_image(runner, engines, picture
     assert result.exit_code == 0, result.output
     written = Image.open(out)
     assert written.text["fastimg:loras"] == "style:0.8"
+    from fastimg.lora.files import read_lora
+
+    hashes = f'Lora hashes: "style: {read_lora(style).short_hash}"'
+    assert "<lora:style:0.8>" in written.text["parameters"] and hashes in written.text["parameters"]
     pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
     pipe.load_lora(style, scale=0.8)
     (expected,) = pipe(prompt="a red fox", image=Image.open(picture).convert("RGB"),

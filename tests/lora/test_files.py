@@ -106,3 +106,21 @@ def test_a_lora_spec_takes_an_optional_scale():
         parse_lora_spec("style.safetensors:strong")
     with pytest.raises(InputError, match="between -10 and 10"):
         parse_lora_spec("style.safetensors:11")
+
+
+def test_the_short_hash_is_a1111s_hash_of_the_tensors_not_the_metadata(tmp_path):
+    import hashlib
+
+    down, up = pair()
+    tensors = {"unet.mid_block.attn1.to_q.lora_A.weight": down,
+               "unet.mid_block.attn1.to_q.lora_B.weight": up}  # fmt: skip
+    first = read_lora(write(tmp_path / "a.safetensors", tensors, {"ss_output_name": "a"}))
+    renamed = read_lora(write(tmp_path / "b.safetensors", tensors, {"ss_output_name": "bb"}))
+    data = (tmp_path / "a.safetensors").read_bytes()
+    header = struct.unpack("<Q", data[:8])[0]
+    assert first.short_hash == hashlib.sha256(data[8 + header :]).hexdigest()[:12]
+    assert renamed.short_hash == first.short_hash  # the same weights under other metadata
+    other = read_lora(
+        write(tmp_path / "c.safetensors", dict(zip(tensors, pair(seed=1), strict=True)))
+    )
+    assert other.short_hash != first.short_hash

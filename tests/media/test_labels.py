@@ -583,3 +583,11 @@ def test_parameters_text_names_the_loras_in_the_prompt_as_a1111_does():
     text = labels.parameters_text({**SETTINGS, "fastimg:loras": "ink:0.8, oil:1"}, (64, 48))
     assert text.splitlines()[0].endswith(" <lora:ink:0.8> <lora:oil:1>")
     assert "<lora:" not in labels.parameters_text(SETTINGS, (64, 48))
+
+
+def test_parameters_text_lists_the_loras_hashes_as_a1111_does():
+    settings = {**SETTINGS, "fastimg:loras": "ink:0.8, oil:1",
+                "fastimg:lora_hashes": "ink: 0123456789ab, oil: ba9876543210"}  # fmt: skip
+    line = labels.parameters_text(settings, (64, 48)).splitlines()[-1]
+    assert 'Lora hashes: "ink: 0123456789ab, oil: ba9876543210", Version: fastimg' in line
+    assert "Lora hashes" not in labels.parameters_text(SETTINGS, (64, 48))

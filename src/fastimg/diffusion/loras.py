@@ -97,6 +97,12 @@ class PipelineLoras:
         for component, layers in matched.items():
             self._twin(engines, component).matched[name] = layers
 
+    def hashes(self, loras: tuple) -> dict:
+        """The label of a call's LoRAs' A1111 hashes ("Lora hashes": 'name: hash, ...')."""
+        known = [(name, self.adapters.loras.get(name)) for name, _ in loras]
+        text = ", ".join(f"{name}: {lora.short_hash}" for name, lora in known if lora)
+        return {"fastimg:lora_hashes": text} if text else {}
+
     def prepare(self) -> None:
         """Load now the twin of every graph a LoRA can adapt, so that loading a LoRA later takes
         milliseconds (its file read and checked), not the seconds of compiling a twin."""

@@ -523,7 +523,8 @@ class Img2ImgPipeline:
         for request in group:
             control = request.control
             control = model_label(self.manifest, len(control.pixels)) if control is not None else {}
-            labels = request.labels(engines, {**self.model_info, **control})
+            model = {**self.model_info, **control, **self.loras.hashes(request.loras)}
+            labels = request.labels(engines, model)
             made = []
             for k, array in enumerate(decoded[start : start + request.count]):
                 result = Image.fromarray(array)

@@ -5,6 +5,8 @@ Formats that are not plain low-rank pairs (LoHa, LoKr, DoRA, OFT, full weight di
 refused naming what they are, never half applied.
 """
 
+import functools
+import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -78,6 +80,18 @@ class LoraFile:
     def models(self) -> list[str]:
         """The models this LoRA adapts."""
         return sorted(self.layers)
+
+    @functools.cached_property
+    def short_hash(self) -> str:
+        """A1111's hash of a LoRA (sd-webui-additional-networks' "addnet" hash: the SHA-256 of
+        the file after its JSON header), its first 12 hex digits as "Lora hashes" writes them."""
+        digest = hashlib.sha256()
+        with open(self.path, "rb") as file:
+            header = int.from_bytes(file.read(8), "little")
+            file.seek(8 + header)
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()[:12]
 
     @property
     def nbytes(self) -> int:

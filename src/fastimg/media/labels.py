@@ -73,6 +73,7 @@ def parameters_text(settings: dict, size: tuple[int, int]) -> str:
         "Inpaint area": "Only masked" if "fastimg:mask_padding" in settings else None,
         "Masked area padding": settings.get("fastimg:mask_padding"),
         **_control_fields(settings),
+        "Lora hashes": settings.get("fastimg:lora_hashes") or None,
         "Version": f"fastimg {version()}",
     }
     line = ", ".join(
