@@ -10,30 +10,16 @@ import hashlib
 from pathlib import Path
 
 from fastimg.errors import InputError
+from fastimg.lora.files import parse_lora_spec
 
 LORA_SUFFIXES = (".safetensors", ".bin", ".pt")
-
-
-def parse_lora(spec: str) -> tuple[str, float]:
-    """'file.safetensors:0.8' -> ('file.safetensors', 0.8); no ':SCALE' means 1.0."""
-    source, sep, scale = spec.rpartition(":")
-    if sep and source and not scale.startswith(("/", "\\")):
-        try:
-            value = float(scale)
-        except ValueError:
-            pass
-        else:
-            if not -10 <= value <= 10:
-                raise InputError(f"LoRA scale {value} in {spec!r} must lie between -10 and 10")
-            return source, value
-    return spec, 1.0
 
 
 def check_sources(specs: list[str]) -> list[tuple[str, float]]:
     """The parsed --lora values; a local path that is not a file is refused before loading."""
     loras = []
     for spec in specs:
-        source, scale = parse_lora(spec)
+        source, scale = parse_lora_spec(spec)  # (the runtime's --lora parser: one syntax)
         path = Path(source)
         looks_local = path.suffix in LORA_SUFFIXES or source.startswith((".", "/", "~"))
         if path.exists() and not path.is_file():

@@ -363,13 +363,26 @@ def test_a_lora_that_does_not_fit_is_refused_before_any_export_work(
         ("latent-consistency/lcm-lora-sdv1-5", ("latent-consistency/lcm-lora-sdv1-5", 1.0)),
         ("org/name:-0.5", ("org/name", -0.5)),
         ("C:/loras/a.safetensors", ("C:/loras/a.safetensors", 1.0)),
+        ("C:\\loras\\a.safetensors:0.5", ("C:\\loras\\a.safetensors", 0.5)),
     ],
 )
-def test_lora_specs_are_parsed(spec, parsed):
+def test_export_and_run_time_read_lora_specs_alike(spec, parsed):
     pytest.importorskip("torch")
-    from fastimg_export.lora import parse_lora
+    from fastimg_export import lora
 
-    assert parse_lora(spec) == parsed
+    assert lora.parse_lora_spec(spec) == parsed  # the export's own, the runtime's parser
+
+
+def test_export_refuses_a_lora_scale_that_is_no_number(runner, tiny, tmp_path):
+    pytest.importorskip("torch")
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"")
+    out = tmp_path / "engines"
+    result = runner.invoke(
+        cli, ["export", str(tiny[0]), "-o", str(out), "--lora", f"{lora}:strong"]
+    )
+    assert result.exit_code != 0 and "LoRA scale 'strong'" in result.output
+    assert "is not a number" in result.output and not out.exists()
 
 
 def test_static_shapes_give_the_same_images_as_dynamic_ones(runner, tiny, picture, tmp_path):
