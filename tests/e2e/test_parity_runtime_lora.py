@@ -298,13 +298,33 @@ def test_a_lora_of_convolutions_and_linears_matches_diffusers(tiny, engines, pho
 
 
 @OPENVINO
-def test_openvino_refuses_a_lora_of_wide_convolutions_by_name(tiny, engines, photo, tmp_path):
-    from fastimg.errors import InputError
+def test_openvino_takes_a_lora_of_wide_convolutions_at_fixed_ranks(
+    tiny, engines, lora_files, photo, tmp_path, monkeypatch
+):
+    """OpenVINO compiles no convolution whose weights' shape is open: a 3x3 conv's branch gets
+    a fixed rank (the loaded LoRAs' ranks summed); a LoRA within it loads without a compile."""
+    from fastimg.diffusion import loras as loras_module
 
     path = _lora_of_convolutions(tiny, tmp_path)
+    ref = diffusers_with(tiny[0], [path], [1.0], lora_scale=0.9)
+    expected = run_reference(ref, dict(ref.scheduler.config), "ddim", photo, seed=2, **SETTINGS)
     pipe = Img2ImgPipeline.from_engines(engines, backend="openvino", precision="fp32")
-    with pytest.raises(
-        InputError, match=r"convolution\(s\) wider than 1x1 .*--backend onnxruntime"
-    ):
-        pipe.load_lora(path)
-    assert pipe.loras.adapters.loras == {}  # nothing half-loaded
+    pipe.load_lora(path, name="convs", scale=0.9)
+    got = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+    unet = pipe.engines.default().sessions["unet"]
+    fixed = {t.module: t.rank for t in unet.order if t.rank is not None}
+    assert fixed and set(fixed.values()) == {4}  # the file's rank 4, on its 3x3 convolutions
+    compiled = []
+    load_session = loras_module.load_session
+    monkeypatch.setattr(
+        loras_module, "load_session", lambda *a, **k: compiled.append(a) or load_session(*a, **k)
+    )
+    pipe.load_lora(lora_files[0], scale=0.5)  # attention and text encoder layers only
+    pipe.set_lora_scales({"convs": 0.0})
+    assert [c[1].parent.name for c in compiled] == ["text_encoder"]  # the UNet's: a feed
+    pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    pipe.load_lora(path, name="convs_again", scale=0.4)  # ranks 4 + 4 no longer fit
+    assert [c[1].parent.name for c in compiled] == ["text_encoder", "unet"]
+    unet = pipe.engines.default().sessions["unet"]
+    assert {t.rank for t in unet.order if t.rank is not None} == {8}

@@ -31,7 +31,9 @@ def test_a_branch_of_zeros_and_a_branch_of_a_lora_do_what_they_say(tiny, tmp_pat
     modules = ["down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q",
                "down_blocks.0.resnets.0.conv1"]  # fmt: skip
     path = source.with_name("model.lora-test.onnx")
-    order = write_branched_graph(model, modules, path)
+    targets = find_targets(model)
+    order = [targets[module] for module in modules]
+    write_branched_graph(model, order, path)
     rng = np.random.default_rng(0)
     feeds = {
         "sample": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
@@ -74,3 +76,45 @@ def test_a_lora_of_another_architecture_is_refused_by_its_layers(tiny, tmp_path)
     elsewhere.layers["unet"] = {"input_blocks.1.1.proj_in": wide.layers["unet"][module]}
     with pytest.raises(InputError, match="input_blocks.1.1.proj_in"):
         match_layers(elsewhere, "unet", targets)
+
+
+def test_a_fixed_rank_is_padded_with_zeros_and_computes_the_same_delta(tiny, tmp_path):
+    import dataclasses
+
+    manifest = load_manifest(shutil.copytree(tiny[1], tmp_path / "engines"))
+    source = manifest.path("unet")
+    model = load_graph(source)
+    targets = find_targets(model)
+    conv, proj = "down_blocks.0.resnets.0.conv1", "down_blocks.0.attentions.0.proj_in"
+    assert targets[proj].pointwise and not targets[conv].pointwise
+    dynamic = [targets[proj], targets[conv]]
+    fixed = [targets[proj], dataclasses.replace(targets[conv], rank=5)]
+    assert fixed[1].spelled == f"{conv}@5" and dynamic[1].spelled == conv
+    rng = np.random.default_rng(1)
+    lora = LoraFile(tmp_path / "x.safetensors")
+    lora.layers["unet"] = {
+        conv: LoraLayer(rng.standard_normal((2, 32, 3, 3)).astype(np.float32),
+                        rng.standard_normal((32, 2, 1, 1)).astype(np.float32), 2.0),
+        proj: LoraLayer(rng.standard_normal((3, 32, 1, 1)).astype(np.float32),
+                        rng.standard_normal((32, 3, 1, 1)).astype(np.float32), 3.0),
+    }  # fmt: skip
+    adapters = Adapters()
+    adapters.loras["x"], adapters.scales["x"] = lora, 1.0
+    matched = {"x": match_layers(lora, "unet", targets)}
+    feeds = {
+        "sample": rng.standard_normal((1, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array([500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((1, 77, 32)).astype(np.float32),
+    }
+    outputs = []
+    for name, order in (("dynamic", dynamic), ("fixed", fixed)):
+        path = source.with_name(f"model.lora-{name}.onnx")
+        write_branched_graph(load_graph(source), order, path)
+        projections = adapters._build(order, matched, {"x": 0.7})
+        outputs.append(ort.InferenceSession(str(path)).run(None, {**feeds, **projections})[0])
+        if name == "fixed":
+            assert projections["lora_down_1"].shape == (5, 32, 3, 3)  # rank 2, padded to 5
+            assert not projections["lora_down_1"][2:].any()
+    plain = ort.InferenceSession(str(source)).run(None, feeds)[0]
+    np.testing.assert_allclose(outputs[0], outputs[1], atol=1e-5)
+    assert not np.allclose(outputs[0], plain, atol=1e-3)

@@ -4,6 +4,7 @@ a LoRA runs its plain graphs; once a LoRA loads (or `prepare` is called), the tw
 plain graph for every call (with no LoRA active its branches are fed zeros), so the weights are
 held once, not twice, and every later LoRA is a new feed, not a new graph."""
 
+import dataclasses
 import threading
 
 from ..backends import component_options, load_session
@@ -93,9 +94,7 @@ class PipelineLoras:
             if model_of(component) in lora.models
         }
         for component, layers in matched.items():
-            self._check_branchable(lora.path.name, component, layers)
-        for component, layers in matched.items():
-            self._twin(engines, component).matched[name] = layers
+            self._twin(engines, component, {name: layers}).matched[name] = layers
 
     def hashes(self, loras: tuple) -> dict:
         """The label of a call's LoRAs' A1111 hashes ("Lora hashes": 'name: hash, ...')."""
@@ -113,50 +112,57 @@ class PipelineLoras:
                 if model_of(component) is not None:
                     self._twin(engines, component)
 
-    def _twin(self, engines, component: str) -> LoraSession:
+    def _twin(self, engines, component: str, adding: dict | None = None) -> LoraSession:
         """The component's session, running its twin branched at every layer a LoRA can adapt
-        (one twin per graph, whatever LoRAs come later)."""
+        (one twin per graph, whatever LoRAs come later; on OpenVINO, rebuilt when a LoRA
+        `adding` adapts wider convolutions than its fixed ranks take)."""
         session = engines.sessions[component]
         if not isinstance(session, LoraSession):
             session = engines.sessions[component] = LoraSession(session, component, self.adapters)
-        if session.branched is None:
-            modules = sorted(self._branchable(component))
-            session.replace_graph(*self._branched(component, modules))
+        ranks = self._fixed_ranks(component, {**session.matched, **(adding or {})})
+        held = {t.module: t.rank for t in session.order if t.rank is not None}
+        if session.branched is None or any(r > held.get(m, 0) for m, r in ranks.items()):
+            ranks = {m: max(r, held.get(m, 0)) for m, r in ranks.items()}
+            targets = self._graph_targets(component)
+            order = [targets[m] for m in sorted(self._branchable(component))]
+            order += [dataclasses.replace(targets[m], rank=r) for m, r in sorted(ranks.items())]
+            session.replace_graph(*self._branched(component, order))
         return session
 
     def _branchable(self, component: str) -> dict:
-        """The layers of the component's graph this backend can branch: OpenVINO compiles no
-        convolution whose weights are a run-time input, so there only the linear layers and
-        the 1x1 convolutions (branched as MatMuls)."""
+        """The layers of the component's graph branched whatever LoRAs come: OpenVINO compiles
+        no convolution whose weights' shape is not fixed, so there the linear layers and the
+        1x1 convolutions (branched as MatMuls); a wider one only once a LoRA adapts it, at a
+        fixed rank (_fixed_ranks)."""
         targets = self._graph_targets(component)
         if self.engine_set.backend != "openvino":
             return targets
         return {m: t for m, t in targets.items() if t.op == "MatMul" or t.pointwise}
 
-    def _check_branchable(self, file: str, component: str, layers: dict) -> None:
-        left = sorted(set(layers) - set(self._branchable(component)))
-        if left:
-            raise InputError(
-                f"the LoRA {file} adapts {len(left)} convolution(s) wider than 1x1 ({left[0]}, "
-                f"...), which {self.engine_set.backend} cannot take at run time: run it with "
-                "--backend onnxruntime, or fuse it at export (fastimg export MODEL --lora FILE)"
-            )
+    def _fixed_ranks(self, component: str, matched: dict) -> dict[str, int]:
+        """Per layer outside _branchable, the ranks of all `matched` LoRAs adapting it summed
+        (any mix of them active at once fits)."""
+        branchable, ranks = self._branchable(component), {}
+        for layers in matched.values():
+            for module, layer in layers.items():
+                if module not in branchable:
+                    ranks[module] = ranks.get(module, 0) + layer.rank
+        return ranks
 
     def _graph_targets(self, component: str) -> dict:
         if component not in self._targets:
             self._targets[component] = find_targets(load_graph(self.manifest.path(component)))
         return self._targets[component]
 
-    def _branched(self, component: str, modules: list[str]):
-        """The twin of `component` branched at `modules`, written beside it and loaded."""
+    def _branched(self, component: str, order: list):
+        """The twin of `component` branched at the targets `order`, written beside it and
+        loaded."""
         source = self.manifest.path(component)
-        key = variant_key(self.manifest.graph_digest((component,)), modules)
+        key = variant_key(self.manifest.graph_digest((component,)), [t.spelled for t in order])
         path = source.with_name(f"{source.stem}.lora-{key}.onnx")
-        targets = self._graph_targets(component)
-        order = [targets[module] for module in modules]
         try:
             if not path.is_file():  # (named by its source and branches: one written is the same)
-                write_branched_graph(load_graph(source), modules, path)
+                write_branched_graph(load_graph(source), order, path)
         except OSError as exc:
             raise InputError(
                 f"cannot write the LoRA graph beside {source} ({exc.strerror}): run-time LoRAs "
@@ -166,7 +172,7 @@ class PipelineLoras:
         inputs = dict(spec["inputs"])
         for index, target in enumerate(order):
             down, up = target.input_names(index)
-            rank = f"lora_rank_{index}"
+            rank = target.rank or f"lora_rank_{index}"
             if target.op == "MatMul":
                 shapes = ([target.width_in, rank], [rank, target.width_out])
             else:

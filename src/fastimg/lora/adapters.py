@@ -169,7 +169,7 @@ class Adapters:
         of them adapts `model`): `matched[name]` is each LoRA's layers by module path."""
         with self._lock:
             active = self.active
-            key = (model, tuple(t.module for t in order), tuple(sorted(active.items())),
+            key = (model, tuple(order), tuple(sorted(active.items())),
                    tuple(id(self.loras[n]) for n in sorted(active)))  # fmt: skip
             if key in self._feeds:
                 self._feeds.move_to_end(key)
@@ -201,8 +201,12 @@ class Adapters:
             if not downs:  # a rank-1 branch of zeros: this layer unchanged
                 downs, ups = _zero_pair(target)
             axis_down, axis_up = (1, 0) if target.op == "MatMul" else (0, 1)
-            feeds[down_name] = np.ascontiguousarray(np.concatenate(downs, axis=axis_down))
-            feeds[up_name] = np.ascontiguousarray(np.concatenate(ups, axis=axis_up))
+            down = np.concatenate(downs, axis=axis_down)
+            up = np.concatenate(ups, axis=axis_up)
+            if target.rank is not None:  # a fixed rank: the rest of it zeros
+                down, up = _padded(down, axis_down, target.rank), _padded(up, axis_up, target.rank)
+            feeds[down_name] = np.ascontiguousarray(down)
+            feeds[up_name] = np.ascontiguousarray(up)
         return feeds
 
 
@@ -225,7 +229,8 @@ def label_of(loras: tuple) -> str:
 
 
 def zero_feeds(order: list[Target]) -> dict:
-    """Rank-1 projections of zeros for every branch: the graph computes the plain model."""
+    """Projections of zeros for every branch (rank 1, or its fixed rank): the graph computes the
+    plain model."""
     feeds = {}
     for index, target in enumerate(order):
         (down,), (up,) = _zero_pair(target)
@@ -234,13 +239,21 @@ def zero_feeds(order: list[Target]) -> dict:
 
 
 def _zero_pair(target: Target) -> tuple[list, list]:
+    rank = target.rank or 1
     if target.op == "MatMul":
-        return [np.zeros((target.width_in, 1), np.float32)], [
-            np.zeros((1, target.width_out), np.float32)
+        return [np.zeros((target.width_in, rank), np.float32)], [
+            np.zeros((rank, target.width_out), np.float32)
         ]
-    return [np.zeros((1, target.width_in, *target.kernel), np.float32)], [
-        np.zeros((target.width_out, 1, 1, 1), np.float32)
+    return [np.zeros((rank, target.width_in, *target.kernel), np.float32)], [
+        np.zeros((target.width_out, rank, 1, 1), np.float32)
     ]
+
+
+def _padded(array: np.ndarray, axis: int, rank: int) -> np.ndarray:
+    """`array` with zeros appended along `axis` up to `rank`."""
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, rank - array.shape[axis])
+    return np.pad(array, widths)
 
 
 def _checked_scale(scale, name: str) -> float:

@@ -28,6 +28,12 @@ class Target:
     width_out: int
     kernel: tuple[int, ...] = ()
     pointwise: bool = False  # a 1x1 conv of stride 1, unpadded: its branch is MatMuls
+    rank: int | None = None  # a fixed rank for its branch (OpenVINO's wider convs); else any
+
+    @property
+    def spelled(self) -> str:
+        """Its module path, and its fixed rank if it has one (a twin's name is made of these)."""
+        return self.module if self.rank is None else f"{self.module}@{self.rank}"
 
     def input_names(self, index: int) -> tuple[str, str]:
         """The graph inputs of its down and up projections."""
@@ -103,20 +109,18 @@ def variant_key(source_digest: str, modules: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def write_branched_graph(model, modules: list[str], path: Path) -> list[Target]:
-    """Write `model` with a LoRA branch at each of `modules` (in that order) to `path`, beside
-    the original so that its external data resolves; the targets in input order."""
+def write_branched_graph(model, order: list[Target], path: Path) -> None:
+    """Write `model` with a LoRA branch at each target of `order` (its inputs in that order) to
+    `path`, beside the original so that its external data resolves."""
     import onnx
     from onnx import TensorProto, helper
 
-    targets = find_targets(model)
     nodes = {_module_of(n.name): n for n in model.graph.node if n.op_type in LAYER_OPS}
-    order = [targets[m] for m in modules]
     added = []
     for index, target in enumerate(order):
         node = nodes[target.module]
         down_name, up_name = target.input_names(index)
-        rank = f"lora_rank_{index}"
+        rank = target.rank or f"lora_rank_{index}"
         if target.op == "MatMul":
             down_shape, up_shape = [target.width_in, rank], [rank, target.width_out]
         else:
@@ -153,7 +157,6 @@ def write_branched_graph(model, modules: list[str], path: Path) -> list[Target]:
     tmp = path.with_name(path.name + ".tmp")
     onnx.save(model, str(tmp))
     tmp.replace(path)
-    return order
 
 
 def _pointwise(node, kernel: tuple) -> bool:
