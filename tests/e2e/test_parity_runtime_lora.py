@@ -328,3 +328,20 @@ def test_openvino_takes_a_lora_of_wide_convolutions_at_fixed_ranks(
     assert [c[1].parent.name for c in compiled] == ["text_encoder", "unet"]
     unet = pipe.engines.default().sessions["unet"]
     assert {t.rank for t in unet.order if t.rank is not None} == {8}
+
+
+def test_an_lcm_lora_switches_the_fast_mode_on_for_one_call(tiny, engines, photo, tmp_path):
+    """LCM-LoRA as people use it at run time: one call with it, the LCM sampler, 4 steps and
+    no CFG (diffusers: the LoRA fused, LCMScheduler); the next call without it is the plain one."""
+    path = _lora_of_convolutions(tiny, tmp_path)
+    fast = dict(prompt="a red fox", strength=0.6, num_inference_steps=4, guidance_scale=1.0)
+    ref = diffusers_with(tiny[0], [path], [1.0])
+    expected = run_reference(ref, dict(ref.scheduler.config), "lcm", photo, seed=4, **fast)
+    pipe = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    plain = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    pipe.load_lora(path, name="lcm", scale=0.0)  # loaded, off unless a call turns it on
+    got = pipe(image=photo, seed=4, scheduler="lcm", lora_scales={"lcm": 1.0}, **fast)
+    after = pipe(image=photo, seed=2, scheduler="ddim", **SETTINGS)
+    assert psnr(expected[0], got[0]) >= 40.0
+    assert got[0].info["fastimg:loras"] == "lcm:1" and "fastimg:loras" not in after[0].info
+    assert psnr(plain[0], after[0]) >= 60.0
