@@ -109,3 +109,48 @@ def test_a_server_url_must_be_http():
         LoadEngines().load("", "auto", "auto", server_url="ftp://x")
     (handle,) = LoadEngines().load("", "auto", "auto", server_url="http://127.0.0.1:9/")
     assert handle == EnginesHandle("", "auto", "auto", (), "http://127.0.0.1:9")
+
+
+def test_loras_load_with_the_engines_and_their_scales_apply_per_run(
+    tiny, torch, pictures, tmp_path
+):
+    pytest.importorskip("onnx")
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg_export.random_models import write_random_model
+
+    style = write_random_model("tiny-lora", tmp_path / "style.safetensors")
+    (handle,) = LoadEngines().load(str(tiny[1]), "onnxruntime", "fp32", loras=f"{style}:0.8\n")
+    image = comfy_image(pictures[:1], torch)
+    styled, labels = Img2Img().transform(handle, image, **CALL)
+    plain, _ = Img2Img().transform(handle, image, **CALL, lora_scales="none")
+    assert labels[0]["fastimg:loras"] == "style:0.8"
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", precision="fp32")
+    pipe.load_lora(style, scale=0.8)
+    for made, scales in ((styled, None), (plain, "none")):
+        (expected,) = pipe("a red barn", pictures[0], strength=0.6, num_inference_steps=4,
+                           guidance_scale=5.0, scheduler="euler", seed=42,
+                           lora_scales=scales)  # fmt: skip
+        as_saved = np.clip(255.0 * made[0].numpy(), 0, 255).astype(np.uint8)
+        assert np.array_equal(as_saved, np.asarray(expected))
+    assert not np.array_equal(styled.numpy(), plain.numpy())
+
+
+def test_a_control_image_reaches_the_controlnet(tiny_controlnet, torch, pictures):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    folder = str(tiny_controlnet[1])
+    (handle,) = LoadEngines().load(folder, "onnxruntime", "fp32")
+    control = Image.fromarray(np.full((32, 48, 3), 200, np.uint8))
+    image, labels = Img2Img().transform(
+        handle, comfy_image(pictures[:1], torch), **CALL,
+        control_image=comfy_image([control], torch), control_scale=0.5,
+    )  # fmt: skip
+    pipe = Img2ImgPipeline.from_engines(folder, backend="onnxruntime", precision="fp32")
+    (expected,) = pipe("a red barn", pictures[0], strength=0.6, num_inference_steps=4,
+                       guidance_scale=5.0, scheduler="euler", seed=42, control_image=control,
+                       controlnet_conditioning_scale=0.5)  # fmt: skip
+    as_saved = np.clip(255.0 * image[0].numpy(), 0, 255).astype(np.uint8)
+    assert np.array_equal(as_saved, np.asarray(expected))
+    assert (
+        "fastimg:control_scale" in labels[0] or "fastimg:controlnet_conditioning_scale" in labels[0]
+    )
