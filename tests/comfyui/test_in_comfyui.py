@@ -241,3 +241,50 @@ def test_a_mask_of_another_size_is_an_execution_error_with_fastimgs_line(comfy, 
     assert error["exception_type"] == "fastimg.errors.InputError"
     assert error["exception_message"].strip() == str(expected.value)
     assert "\n" not in error["exception_message"].strip()
+
+
+LOAD_AND_READ_BACK = """
+const [workflow, done] = arguments;
+(async () => {
+  try {
+    await window.app.loadApiJson(workflow, "fastimg_img2img.json");  // what a dropped file does
+    const queued = await window.app.graphToPrompt();
+    const widgets = Object.fromEntries(window.app.graph.nodes.map(
+      (node) => [String(node.id), (node.widgets || []).map((widget) => widget.name)]));
+    done({output: queued.output, widgets: widgets});
+  } catch (error) { done({error: String(error)}); }
+})();
+"""
+
+
+def test_the_example_workflow_opens_in_comfyuis_page_with_comfyuis_seed_control(comfy):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if not (chromium and chromedriver):
+        pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
+    url, base = comfy
+    installed = base / "custom_nodes" / "comfyui-fastimg" / "example_workflows" / WORKFLOW
+    workflow = json.loads(installed.read_text())
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(chromedriver))
+    try:
+        driver.set_script_timeout(120)
+        driver.get(url)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not driver.execute_script("return !!(window.app && window.app.graph)"):
+            assert time.monotonic() < deadline, "ComfyUI's page did not load"
+            time.sleep(1)
+        read = driver.execute_async_script(LOAD_AND_READ_BACK, workflow)
+    finally:
+        driver.quit()
+    assert "error" not in read, read
+    assert {node: read["output"][node]["class_type"] for node in read["output"]} == {
+        node: workflow[node]["class_type"] for node in workflow
+    }
+    defaults = {"3": {"control_scale": 0.8, "lora_scales": ""}}  # the optional widgets
+    for node, data in workflow.items():
+        assert read["output"][node]["inputs"] == {**data["inputs"], **defaults.get(node, {})}
+    assert "control_after_generate" in read["widgets"]["3"]  # ComfyUI's seed control
