@@ -8,7 +8,7 @@ one-line message); errors while running are fastimg's own, whose text is that on
 from pathlib import Path
 
 from ..backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
-from ..errors import FastImgError
+from ..errors import FastImgError, InputError
 from ..settings import SAMPLERS, SEED_LIMIT, SETTINGS
 from .engines import EnginesHandle, parse_loras
 
@@ -25,6 +25,7 @@ class LoadEngines:
 
     @classmethod
     def INPUT_TYPES(cls):
+        """The inputs ComfyUI draws: folder, backend, precision; LoRAs, server address."""
         return {
             "required": {
                 "engines_folder": ("STRING", {"default": "", "tooltip": "An exported folder."}),
@@ -47,6 +48,7 @@ class LoadEngines:
 
     @classmethod
     def VALIDATE_INPUTS(cls, engines_folder):
+        """True, or fastimg's message when the folder is missing or broken (a node error)."""
         # Only the folder: ComfyUI reports a refusal once per input this method takes.
         if not engines_folder.strip():
             return True  # a server_url, or load() says what is missing
@@ -60,12 +62,14 @@ class LoadEngines:
 
     @classmethod
     def IS_CHANGED(cls, engines_folder, backend, precision, loras="", server_url=""):
+        """What makes ComfyUI run the node again: the handle's key."""
         try:  # the manifest's time is in the key: a re-exported folder loads anew
             return repr(_handle(engines_folder, backend, precision, loras, server_url).key())
         except FastImgError:
             return float("nan")  # never equal to itself: ComfyUI runs the node, which says why
 
     def load(self, engines_folder, backend, precision, loras="", server_url=""):
+        """The engines handle, its engines loaded (or the server's address)."""
         handle = _handle(engines_folder, backend, precision, loras, server_url)
         if not handle.url:
             handle.pipeline()
@@ -78,6 +82,7 @@ class Img2Img:
 
     @classmethod
     def INPUT_TYPES(cls):
+        """The img2img inputs, by fastimg transform's names; control, mask, LoRAs optional."""
         return {
             "required": {
                 "engines": (ENGINES,),
@@ -108,6 +113,7 @@ class Img2Img:
 
     @classmethod
     def VALIDATE_INPUTS(cls, sampler):
+        """True, or fastimg's message for an unknown sampler (a node error)."""
         if sampler == DEFAULT_SAMPLER:
             return True
         try:
@@ -119,6 +125,7 @@ class Img2Img:
     def transform(self, engines, image, prompt, negative_prompt, strength, steps, guidance,
                   sampler, seed, control_image=None, control_scale=0.8, mask=None,
                   lora_scales=""):  # fmt: skip
+        """(the images, their labels) of every image of the batch."""
         from .run import transform_batch
 
         settings = {
@@ -141,6 +148,7 @@ class SaveImage:
 
     @classmethod
     def INPUT_TYPES(cls):
+        """Images with their labels, a file name prefix; ComfyUI's prompt and workflow."""
         return {
             "required": {
                 "images": ("IMAGE",),
@@ -156,6 +164,7 @@ class SaveImage:
     CATEGORY = CATEGORY
 
     def save(self, images, labels, filename_prefix="fastimg", prompt=None, extra_pnginfo=None):
+        """Write the PNGs; ComfyUI's UI and /history list them."""
         from .saving import save_batch
 
         return {"ui": {"images": save_batch(images, labels, filename_prefix, prompt,
@@ -163,12 +172,11 @@ class SaveImage:
 
 
 def _handle(folder: str, backend: str, precision: str, loras: str, url: str) -> EnginesHandle:
+    """The handle of the Load node's inputs (its folder, or a checked server address)."""
     from .remote import check_url
 
     url = check_url(url) if url.strip() else ""
     if not url and not folder.strip():
-        from ..errors import InputError
-
         raise InputError("no engine folder: give the folder fastimg export wrote (or a server_url)")
     return EnginesHandle(folder.strip(), backend, precision, parse_loras(loras), url)
 
