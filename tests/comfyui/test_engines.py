@@ -38,3 +38,19 @@ def test_loras_are_one_file_a_line():
         "a.safetensors:0.5",
         "b.safetensors",
     )
+
+
+def test_only_the_last_pipelines_used_stay_loaded(tiny, monkeypatch):
+    from fastimg.comfyui import engines
+
+    monkeypatch.setattr(engines, "MAX_LOADED", 2)
+    first = EnginesHandle(str(tiny[1]), "onnxruntime", "fp32")
+    second = EnginesHandle(str(tiny[1]), "onnxruntime", "auto")
+    third = EnginesHandle(str(tiny[1]), "auto", "fp32")
+    kept = first.pipeline()
+    second.pipeline()
+    assert first.pipeline() is kept  # used last: second is now the oldest
+    third.pipeline()
+    assert loaded_count() == 2
+    assert first.pipeline() is kept
+    assert loaded_count() == 2

@@ -1,13 +1,16 @@
 """The engines handle the Load node passes on, and the pipelines loaded once per handle: a
-queue run that names the same folder, backend, precision and LoRAs reuses the loaded engines."""
+queue run that names the same folder, backend, precision and LoRAs reuses the loaded engines.
+The last MAX_LOADED pipelines used stay loaded; an older one is let go (its memory with it)."""
 
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..engine_folder.layout import MANIFEST
 
-_LOADED: dict[tuple, object] = {}
+MAX_LOADED = 2  # a model and the one being switched to; each may hold gigabytes
+_LOADED: OrderedDict[tuple, object] = OrderedDict()
 _LOCK = threading.Lock()
 
 
@@ -38,15 +41,19 @@ class EnginesHandle:
         key = self.key()
         with _LOCK:  # one load per key, even when two queue runs ask at once
             pipe = _LOADED.get(key)
-            if pipe is None:
+            if pipe is not None:
+                _LOADED.move_to_end(key)
+            else:  # room first, so that no more than MAX_LOADED are ever held here
+                for old in [k for k in _LOADED if k[0] == key[0] and k[1] != key[1]]:
+                    del _LOADED[old]  # the folder was re-exported: its old engines go
+                while len(_LOADED) >= MAX_LOADED:
+                    _LOADED.popitem(last=False)
                 pipe = Img2ImgPipeline.from_engines(
                     Path(self.folder).expanduser(),
                     backend=self.backend,
                     precision=self.precision,
                     loras=self.loras,
                 )
-                for old in [k for k in _LOADED if k[0] == key[0] and k[1] != key[1]]:
-                    del _LOADED[old]  # the folder was re-exported: its old engines go
                 _LOADED[key] = pipe
             return pipe
 
