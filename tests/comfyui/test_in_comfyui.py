@@ -23,7 +23,7 @@ import pytest
 from PIL import Image
 
 from fastimg.comfyui.install import HERE, WORKFLOW
-from fastimg.comfyui.tensors import to_pil_mask
+from fastimg.comfyui.tensors import to_pil_masks
 from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import FastImgError
 from fastimg.settings import SETTINGS
@@ -228,7 +228,7 @@ def test_a_mask_of_another_size_is_an_execution_error_with_fastimgs_line(comfy, 
     url, _ = comfy
     small = picture.resize((32, 32)).convert("RGBA")
     with pytest.raises(FastImgError) as expected:
-        to_pil_mask(np.zeros((1, 32, 32), np.float32), picture.size)
+        to_pil_masks(np.zeros((1, 32, 32), np.float32), picture.size)
     workflow = _workflow(tiny[1], _upload(url, picture, "d.png"))
     workflow["5"] = {"class_type": "LoadImage", "inputs": {"image": _upload(url, small, "e.png")}}
     workflow["3"]["inputs"]["mask"] = ["5", 1]

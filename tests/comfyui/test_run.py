@@ -68,3 +68,27 @@ def test_comfyuis_cancel_stops_the_run_as_comfyuis_interruption(tiny, comfy, ima
     with pytest.raises(Interrupted):
         transform_batch(handle, image, SETTINGS)
     assert comfy["updates"] == 0
+
+
+def test_masks_and_control_images_go_one_for_all_or_one_each(tiny, torch, image):
+    from fastimg.errors import InputError
+
+    handle = EnginesHandle(str(tiny[1]), "onnxruntime", "fp32")
+    pair = torch.cat([image, image.flip(1)])
+    masks = torch.ones((2, 32, 32))
+    masks[0, :, 16:] = 0.0  # the first repaints its left half, the second all
+    each, _ = transform_batch(handle, pair, SETTINGS, mask=masks)
+    pipe = handle.pipeline()
+    for index, picture in enumerate(comfy_pictures(pair)):
+        mask = Image.fromarray(np.rint(masks[index].numpy() * 255).astype(np.uint8))
+        (expected,) = pipe(image=picture, mask_image=mask, **SETTINGS)
+        got = np.clip(255.0 * each[index].numpy(), 0, 255).astype(np.uint8)
+        assert np.array_equal(got, np.asarray(expected))
+    with pytest.raises(InputError, match="3 mask images for 2 images: give one mask image"):
+        transform_batch(handle, pair, SETTINGS, mask=torch.zeros((3, 32, 32)))
+    with pytest.raises(InputError, match="2 control images for 1 images"):
+        transform_batch(handle, image, SETTINGS, control_image=pair)
+
+
+def comfy_pictures(batch) -> list[Image.Image]:
+    return [Image.fromarray(np.rint(one.numpy() * 255).astype(np.uint8)) for one in batch]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.comfyui.tensors import to_image_batch, to_pil_images, to_pil_mask
+from fastimg.comfyui.tensors import to_image_batch, to_pil_images, to_pil_masks
 from fastimg.errors import InputError
 
 from .conftest import comfy_image
@@ -68,13 +68,15 @@ def test_an_alpha_channel_goes_onto_white_as_fastimg_reads_rgba_files(torch):
 
 
 def test_a_mask_is_white_where_comfyui_masks_and_must_match_the_image(torch):
-    mask = torch.zeros((1, 8, 16))
+    mask = torch.zeros((2, 8, 16))
     mask[0, :, :8] = 1.0
-    converted = to_pil_mask(mask, (16, 8))
-    assert converted.mode == "L" and converted.size == (16, 8)
-    assert np.asarray(converted)[:, :8].min() == 255 and np.asarray(converted)[:, 8:].max() == 0
+    first, second = to_pil_masks(mask, (16, 8))
+    assert first.mode == "L" and first.size == (16, 8)
+    assert np.asarray(first)[:, :8].min() == 255 and np.asarray(first)[:, 8:].max() == 0
+    assert np.asarray(second).max() == 0
+    assert len(to_pil_masks(mask[0], (16, 8))) == 1  # a mask without its batch axis
     with pytest.raises(InputError, match="the mask is 16x8 but the image is 8x8"):
-        to_pil_mask(mask, (8, 8))
+        to_pil_masks(mask, (8, 8))
 
 
 def test_the_node_package_imports_without_torch():

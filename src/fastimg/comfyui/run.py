@@ -4,7 +4,7 @@ and labels out."""
 from ..errors import Cancelled, InputError
 from ..settings import CallSettings
 from .engines import EnginesHandle
-from .tensors import to_image_batch, to_pil_images, to_pil_mask
+from .tensors import to_image_batch, to_pil_images, to_pil_masks
 
 
 def transform_batch(engines: EnginesHandle, image, settings: dict, control_image=None, mask=None):
@@ -13,13 +13,15 @@ def transform_batch(engines: EnginesHandle, image, settings: dict, control_image
     if not isinstance(engines, EnginesHandle):
         raise InputError("connect the engines input to a Load fastimg engines node")
     images = to_pil_images(image)
-    controls = _controls(control_image, len(images))
-    mask_image = None if mask is None else to_pil_mask(mask, images[0].size)
-    call = CallSettings(**settings, mask_image=mask_image)
+    controls = None if control_image is None else to_pil_images(control_image, "control image")
+    masks = None if mask is None else to_pil_masks(mask, images[0].size)
+    controls, masks = _each(controls, len(images), "control"), _each(masks, len(images), "mask")
+    call = CallSettings(**settings)
     outputs, labels = [], []
     progress = _progress(len(images) * _steps(call))
-    for picture, control in zip(images, controls, strict=True):
-        made = _transform_one(engines, picture, call.with_values(control_image=control), progress)
+    for picture, control, mask_image in zip(images, controls, masks, strict=True):
+        one = call.with_values(control_image=control, mask_image=mask_image)
+        made = _transform_one(engines, picture, one, progress)
         for result in made:
             outputs.append(result)
             labels.append(_labels(result.info, engines))
@@ -42,19 +44,18 @@ def _transform_one(engines: EnginesHandle, picture, call: CallSettings, progress
         raise
 
 
-def _controls(control_image, count: int) -> list:
-    """One control image per input image: none, one for all, or one each."""
-    if control_image is None:
+def _each(given: list | None, count: int, what: str) -> list:
+    """One control image or mask per input image: none, one for all, or one each."""
+    if given is None:
         return [None] * count
-    controls = to_pil_images(control_image, "control image")
-    if len(controls) == 1:
-        return controls * count
-    if len(controls) != count:
+    if len(given) == 1:
+        return given * count
+    if len(given) != count:
         raise InputError(
-            f"{len(controls)} control images for {count} images: give one control image, or "
+            f"{len(given)} {what} images for {count} images: give one {what} image for all, or "
             "one per image"
         )
-    return controls
+    return given
 
 
 def _labels(info: dict, engines: EnginesHandle) -> dict:

@@ -36,23 +36,23 @@ def to_pil_images(images, what: str = "image") -> list[Image.Image]:
     return [_pil(a) for a in arrays]
 
 
-def to_pil_mask(mask, size: tuple[int, int]) -> Image.Image:
-    """The fastimg mask (L: white is repainted) of a ComfyUI MASK's first image, which must be
+def to_pil_masks(mask, size: tuple[int, int]) -> list[Image.Image]:
+    """The fastimg masks (L: white is repainted) of a ComfyUI MASK batch, each of which must be
     `size` (width, height), the image's."""
     array = _numpy(mask, "mask")
-    if array.ndim == 3:
-        array = array[0]
-    if array.ndim != 2:
+    if array.ndim == 2:
+        array = array[None]
+    if array.ndim != 3 or 0 in array.shape:
         raise InputError(
             f"the mask is not a ComfyUI MASK (batch, height, width), got the shape "
             f"{tuple(array.shape)}: connect a MASK output, such as Load Image's"
         )
-    if (array.shape[1], array.shape[0]) != size:
+    if (array.shape[2], array.shape[1]) != size:
         raise InputError(
-            f"the mask is {array.shape[1]}x{array.shape[0]} but the image is "
+            f"the mask is {array.shape[2]}x{array.shape[1]} but the image is "
             f"{size[0]}x{size[1]}: give a mask of the image's size"
         )
-    return Image.fromarray(_uint8(array), mode="L")
+    return [Image.fromarray(_uint8(one), mode="L") for one in array]
 
 
 def to_image_batch(images: list[Image.Image]):
