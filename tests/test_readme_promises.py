@@ -273,7 +273,7 @@ def test_the_comfyui_commands_run_as_the_readme_types_them(tiny, tmp_path, monke
     nodes = tmp_path / "ComfyUI" / "custom_nodes" / "comfyui-fastimg"
     shown = section.split("$(cat ~/")[1].split(")")[0]
     workflow = json.loads((tmp_path / shown).read_text())
-    assert (tmp_path / shown).parent.parent == nodes
+    assert (tmp_path / shown).parent == nodes
     assert workflow["2"]["inputs"]["engines_folder"] == str(tiny[1].resolve())
     assert workflow["3"]["inputs"]["prompt"] in section  # the transform line's settings
     assert (tmp_path / "same-as-comfyui.png").is_file()

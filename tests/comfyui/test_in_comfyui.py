@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fastimg.comfyui.install import HERE, WORKFLOW
+from fastimg.comfyui.install import API_WORKFLOW, HERE, WORKFLOW
 from fastimg.comfyui.tensors import to_pil_masks
 from fastimg.engine_folder.manifest import load_manifest
 from fastimg.errors import FastImgError
@@ -113,7 +113,7 @@ def _upload(url: str, picture: Image.Image, name: str) -> str:
 
 def _workflow(engines: Path, image: str, **changes) -> dict:
     """The example workflow the package ships, on `engines` and `image`, with `changes`."""
-    workflow = json.loads((HERE / "example_workflows" / WORKFLOW).read_text())
+    workflow = json.loads((HERE / API_WORKFLOW).read_text())
     workflow["1"]["inputs"]["image"] = image
     workflow["2"]["inputs"].update(
         engines_folder=str(engines), backend="onnxruntime", precision="fp32"
@@ -244,27 +244,30 @@ def test_a_mask_of_another_size_is_an_execution_error_with_fastimgs_line(comfy, 
 
 
 LOAD_AND_READ_BACK = """
-const [workflow, done] = arguments;
+const [done] = arguments;
 (async () => {
   try {
-    await window.app.loadApiJson(workflow, "fastimg_img2img.json");  // what a dropped file does
+    const templates = await (await fetch("/api/workflow_templates")).json();
+    // what the template browser does with a custom node's example workflow
+    const page = await (await fetch(
+      "/api/workflow_templates/comfyui-fastimg/fastimg_img2img.json")).json();
+    await window.app.loadGraphData(page, true, true, "fastimg_img2img");
     const queued = await window.app.graphToPrompt();
-    const widgets = Object.fromEntries(window.app.graph.nodes.map(
-      (node) => [String(node.id), (node.widgets || []).map((widget) => widget.name)]));
-    done({output: queued.output, widgets: widgets});
+    const widgets = Object.fromEntries(window.app.graph.nodes.map((node) => [String(node.id),
+      Object.fromEntries((node.widgets || []).map((widget) => [widget.name, widget.value]))]));
+    done({templates: templates, output: queued.output, widgets: widgets});
   } catch (error) { done({error: String(error)}); }
 })();
 """
 
 
-def test_the_example_workflow_opens_in_comfyuis_page_with_comfyuis_seed_control(comfy):
+def test_the_example_workflow_opens_from_comfyuis_templates_as_its_api_twin(comfy):
     webdriver = pytest.importorskip("selenium.webdriver", reason="needs selenium")
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if not (chromium and chromedriver):
         pytest.skip("needs chromium and chromedriver (apt-get install chromium chromium-driver)")
     url, base = comfy
-    installed = base / "custom_nodes" / "comfyui-fastimg" / "example_workflows" / WORKFLOW
-    workflow = json.loads(installed.read_text())
+    workflow = json.loads((base / "custom_nodes" / "comfyui-fastimg" / API_WORKFLOW).read_text())
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
@@ -277,14 +280,15 @@ def test_the_example_workflow_opens_in_comfyuis_page_with_comfyuis_seed_control(
         while not driver.execute_script("return !!(window.app && window.app.graph)"):
             assert time.monotonic() < deadline, "ComfyUI's page did not load"
             time.sleep(1)
-        read = driver.execute_async_script(LOAD_AND_READ_BACK, workflow)
+        read = driver.execute_async_script(LOAD_AND_READ_BACK)
     finally:
         driver.quit()
     assert "error" not in read, read
+    assert read["templates"]["comfyui-fastimg"] == [Path(WORKFLOW).stem]
     assert {node: read["output"][node]["class_type"] for node in read["output"]} == {
         node: workflow[node]["class_type"] for node in workflow
     }
     defaults = {"3": {"control_scale": 0.8, "lora_scales": ""}}  # the optional widgets
-    for node, data in workflow.items():
+    for node, data in workflow.items():  # the installed twins name the same engines
         assert read["output"][node]["inputs"] == {**data["inputs"], **defaults.get(node, {})}
-    assert "control_after_generate" in read["widgets"]["3"]  # ComfyUI's seed control
+    assert read["widgets"]["3"]["control_after_generate"] == "fixed"  # ComfyUI's seed control

@@ -21,12 +21,17 @@ def test_install_writes_the_node_folder_comfyui_loads(tmp_path):
     meta = tomllib.loads((folder / "pyproject.toml").read_text())
     assert {"PublisherId", "DisplayName", "Icon"} <= set(meta["tool"]["comfy"])
     assert meta["project"]["name"] == "comfyui-fastimg"
-    workflow = json.loads((folder / "example_workflows" / "fastimg_img2img.json").read_text())
+    workflow = json.loads((folder / "fastimg_img2img_api.json").read_text())
     assert workflow["2"]["inputs"]["engines_folder"] == str((tmp_path / "e").resolve())
     assert {node["class_type"] for node in workflow.values()} == {
         "LoadImage", "FastimgLoadEngines", "FastimgImg2Img", "FastimgSaveImage"
     }  # fmt: skip
     assert (tmp_path / "input" / workflow["1"]["inputs"]["image"]).is_file()
+    page = json.loads((folder / "example_workflows" / "fastimg_img2img.json").read_text())
+    widgets = {node["type"]: node["widgets_values"] for node in page["nodes"]}
+    assert widgets["FastimgLoadEngines"][0] == str((tmp_path / "e").resolve())
+    assert widgets["LoadImage"][0] == workflow["1"]["inputs"]["image"]
+    assert len(page["links"]) == 4  # image, engines, image and labels on to the save node
     again = CliRunner().invoke(cli, ["comfyui", "install", str(tmp_path)])  # an update
     assert again.exit_code == 0, again.output
 

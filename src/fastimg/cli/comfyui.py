@@ -26,12 +26,13 @@ def install(comfyui_dir: Path, engines: Path | None) -> None:
     ComfyUI's Python must import fastimg too: install fastimg there (python -m pip install
     fastimg with the python that runs ComfyUI), then restart ComfyUI.
     """
-    from ..comfyui.install import EXAMPLE_INPUT, WORKFLOW
+    from ..comfyui.install import API_WORKFLOW, EXAMPLE_INPUT
     from ..comfyui.install import install as install_nodes
 
     target = install_nodes(comfyui_dir, engines)
     click.echo(str(target))
     echo_err(
-        f"installed; restart ComfyUI and open {target / 'example_workflows' / WORKFLOW} "
-        f"(it transforms input/{EXAMPLE_INPUT})"
+        f"installed; restart ComfyUI: its templates list {target.name}'s fastimg_img2img "
+        f"(it transforms input/{EXAMPLE_INPUT}); {target / API_WORKFLOW} is the same workflow "
+        "for ComfyUI's /prompt"
     )

@@ -1,5 +1,7 @@
 """`fastimg comfyui install`: the folder ComfyUI loads from custom_nodes, pointing at this
-fastimg (a two-line __init__.py), with the registry metadata and the example workflow."""
+fastimg (a two-line __init__.py), with the registry metadata and the example workflow: in
+ComfyUI's workflow format under example_workflows/ (its template browser lists those), and in
+its API format beside it (what ComfyUI's /prompt takes)."""
 
 import json
 import shutil
@@ -11,7 +13,8 @@ from ..media.images import EXAMPLE_IMAGE
 
 NODE_FOLDER = "comfyui-fastimg"
 EXAMPLE_INPUT = "fastimg-example.png"  # the example workflow's Load Image picture
-WORKFLOW = "fastimg_img2img.json"
+WORKFLOW = "fastimg_img2img.json"  # example_workflows/: the page's format (nodes and links)
+API_WORKFLOW = "fastimg_img2img_api.json"  # the API format: {node id: class_type, inputs}
 HERE = Path(__file__).parent
 SHIM = '''"""fastimg's ComfyUI nodes, written by `fastimg comfyui install`."""
 
@@ -42,13 +45,18 @@ def install(comfyui: str | Path, engines: str | Path | None = None) -> Path:
         raise InputError(
             f"{target} exists and is not a folder fastimg wrote: move it away, then install again"
         )
-    workflow = json.loads((HERE / "example_workflows" / WORKFLOW).read_text(encoding="utf-8"))
+    page = json.loads((HERE / "example_workflows" / WORKFLOW).read_text(encoding="utf-8"))
+    api = json.loads((HERE / API_WORKFLOW).read_text(encoding="utf-8"))
     if engines is not None:
-        workflow["2"]["inputs"]["engines_folder"] = str(Path(engines).expanduser().resolve())
+        folder = str(Path(engines).expanduser().resolve())
+        api["2"]["inputs"]["engines_folder"] = folder
+        (loader,) = [node for node in page["nodes"] if node["type"] == "FastimgLoadEngines"]
+        loader["widgets_values"][0] = folder  # its first widget
     files = {
         "__init__.py": SHIM.encode("utf-8"),
         "pyproject.toml": (HERE / "pyproject.toml").read_bytes(),
-        f"example_workflows/{WORKFLOW}": (json.dumps(workflow, indent=2) + "\n").encode("utf-8"),
+        f"example_workflows/{WORKFLOW}": (json.dumps(page, indent=1) + "\n").encode("utf-8"),
+        API_WORKFLOW: (json.dumps(api, indent=2) + "\n").encode("utf-8"),
     }
     try:
         for name, data in files.items():
