@@ -183,6 +183,18 @@ def test_the_example_workflow_gives_fastimg_transforms_image_with_its_labels(
     }
 
 
+def test_an_engine_folder_from_another_node_loads_when_the_run_comes(comfy, tiny, picture):
+    url, _ = comfy
+    workflow = _workflow(tiny[1], _upload(url, picture, "f.png"))
+    workflow["6"] = {"class_type": "PrimitiveString", "inputs": {"value": str(tiny[1])}}
+    workflow["2"]["inputs"]["engines_folder"] = ["6", 0]
+    queued = _queue(url, workflow)
+    assert queued.status_code == 200, queued.text
+    entry = _finished(url, queued.json()["prompt_id"])
+    assert entry["status"]["status_str"] == "success", entry["status"]
+    assert len(entry["outputs"]["4"]["images"]) == 1
+
+
 def _node_error(answer, node: str) -> list[str]:
     assert answer.status_code == 400, answer.text
     assert "Traceback" not in answer.text

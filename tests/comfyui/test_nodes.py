@@ -79,6 +79,11 @@ def test_a_missing_or_broken_folder_fails_validation_with_fastimgs_line(tiny, tm
     assert "manifest" in LoadEngines.VALIDATE_INPUTS(str(tmp_path / "empty"))
 
 
+def test_values_from_other_nodes_are_left_to_the_run():
+    assert LoadEngines.VALIDATE_INPUTS() is True  # ComfyUI leaves linked inputs out
+    assert Img2Img.VALIDATE_INPUTS() is True
+
+
 def test_an_unknown_sampler_fails_validation_with_fastimgs_line():
     assert Img2Img.VALIDATE_INPUTS("default") is True
     assert Img2Img.VALIDATE_INPUTS("euler_a") is True

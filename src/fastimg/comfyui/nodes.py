@@ -47,10 +47,11 @@ class LoadEngines:
     CATEGORY = CATEGORY
 
     @classmethod
-    def VALIDATE_INPUTS(cls, engines_folder):
+    def VALIDATE_INPUTS(cls, engines_folder=None):
         """True, or fastimg's message when the folder is missing or broken (a node error)."""
-        # Only the folder: ComfyUI reports a refusal once per input this method takes.
-        if not engines_folder.strip():
+        # Only the folder: ComfyUI reports a refusal once per input this method takes. A folder
+        # from another node's output is not known yet (None): load() checks it.
+        if not isinstance(engines_folder, str) or not engines_folder.strip():
             return True  # a server_url, or load() says what is missing
         from ..engine_folder.manifest import load_manifest
 
@@ -112,9 +113,9 @@ class Img2Img:
     CATEGORY = CATEGORY
 
     @classmethod
-    def VALIDATE_INPUTS(cls, sampler):
+    def VALIDATE_INPUTS(cls, sampler=None):
         """True, or fastimg's message for an unknown sampler (a node error)."""
-        if sampler == DEFAULT_SAMPLER:
+        if sampler is None or sampler == DEFAULT_SAMPLER:  # None: another node's output
             return True
         try:
             SETTING["scheduler"].check(sampler)
