@@ -16,7 +16,7 @@ LAYERS = (
     ("backends",),
     ("diffusion",),
     ("workflows",),
-    ("serve",),
+    ("serve", "comfyui"),
     ("cli", "__main__"),
 )
 LAYER_OF = {name: level for level, names in enumerate(LAYERS) for name in names}

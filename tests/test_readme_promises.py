@@ -58,6 +58,8 @@ def test_every_option_the_readme_shows_exists():
     assert len(commands) >= 10
     for words in commands:
         command = cli.commands[words[0]]
+        if hasattr(command, "commands"):  # a group: its subcommand has the options
+            command = command.commands[words[1]]
         known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
         used = {w.split("=")[0] for w in words[1:] if w.startswith("-")}
         assert used <= known, (words, used - known)
@@ -247,3 +249,31 @@ def test_the_controlnet_recipes_run_as_the_readme_types_them(
     assert [labels["fastimg:control_preprocess"] for labels in made_labels] == [
         "scribble", "canny", "none"]  # fmt: skip
     assert made_labels[2]["fastimg:control_scale"] == "[1.0, 0.6]"  # one per ControlNet
+
+
+def test_the_comfyui_commands_run_as_the_readme_types_them(tiny, tmp_path, monkeypatch):
+    import json
+
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+
+    section = README.read_text().split("## ComfyUI")[1].split("\n## ")[0]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ComfyUI" / "custom_nodes").mkdir(parents=True)
+    (tmp_path / "engines").mkdir()
+    (tmp_path / "engines" / "sd15").symlink_to(tiny[1])
+    ran = []
+    for words in _commands(section):
+        words = [str(tmp_path) + word[1:] if word.startswith("~/") else word for word in words]
+        result = CliRunner().invoke(cli, words)
+        assert result.exit_code == 0, (words, result.output)
+        ran.append(words[0])
+    assert ran == ["comfyui", "transform"]
+    nodes = tmp_path / "ComfyUI" / "custom_nodes" / "comfyui-fastimg"
+    shown = section.split("$(cat ~/")[1].split(")")[0]
+    workflow = json.loads((tmp_path / shown).read_text())
+    assert (tmp_path / shown).parent == nodes
+    assert workflow["2"]["inputs"]["engines_folder"] == str(tiny[1].resolve())
+    assert workflow["3"]["inputs"]["prompt"] in section  # the transform line's settings
+    assert (tmp_path / "same-as-comfyui.png").is_file()

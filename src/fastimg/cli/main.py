@@ -7,6 +7,7 @@ import click
 
 from .batch import inspect_images, run_jobs, transform
 from .checks import bench, doctor
+from .comfyui import comfyui
 from .common import domain_errors, echo_err
 from .engines import build, export, info, make_model
 from .serve import serve
@@ -89,6 +90,7 @@ cli.add_command(run_jobs)
 cli.add_command(inspect_images)
 cli.add_command(video)
 cli.add_command(serve)
+cli.add_command(comfyui)
 
 
 def main() -> None:

@@ -235,18 +235,23 @@ def save_image(
     quality: int | None = None,
     metadata: bool = True,
     signer=None,
+    text: dict[str, str] | None = None,
 ) -> Path:
     """Write `image` atomically as PNG, JPEG or WebP (by `fmt` or the suffix) with its labels.
 
     `quality` (1-100) is for JPEG and WebP, 95 by default for both; PNG ignores it. With
     `metadata=False` the file carries no text chunks, EXIF or XMP, nor anything from
     `image.info`. `signer` (c2pa.load_signer) adds a signed C2PA manifest (without
-    the settings when `metadata=False`). A write that fails is an OutputError, and leaves no
-    partial file.
+    the settings when `metadata=False`). `text`: more PNG text chunks, written as given after
+    the labels (ComfyUI's prompt and workflow). A write that fails is an OutputError, and
+    leaves no partial file.
     """
     path = Path(path)
     fmt = output_format(path, fmt)
     bare, options = _encoding(image, settings, fmt, quality, metadata, path)
+    if text and metadata and fmt == "PNG":
+        for key, value in text.items():
+            options["pnginfo"].add_text(key, value)
     if signer is None:
 
         def write(f):
