@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 from ..engine_folder.manifest import Manifest
 from ..errors import InputError
-from ..settings import SAMPLERS, SETTINGS, CallSettings
+from ..settings import AS_GIVEN, SAMPLERS, SETTINGS, CallSettings
 from . import schedules
 from .conditioning import check_sdxl_arguments
-from .control import CONTROL_SETTINGS
 from .control import check_settings as check_control
 from .masks import check_settings as check_mask
 
@@ -85,10 +84,10 @@ def check_values(settings: CallSettings) -> CallSettings:
 
 def _checked(setting, value):
     """One setting's value checked; a ControlNet setting's list (one per ControlNet) each."""
-    if setting.name in CONTROL_SETTINGS and isinstance(value, list | tuple):
+    if setting.per_controlnet and isinstance(value, list | tuple):
         if not value:
             raise InputError(f"{setting.name} is an empty list: give one value, or one each")
-        values = tuple(setting.check(v) for v in value)
+        values = tuple(None if v == AS_GIVEN else setting.check(v) for v in value)
         return values[0] if len(values) == 1 else values
     return setting.check(value)
 
