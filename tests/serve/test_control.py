@@ -142,3 +142,52 @@ def test_info_names_the_controlnets_and_the_preprocessors(server, pipe):
         ready(plain)
         info = plain.get("/v1/info").json()
         assert info["controlnets"] == [] and info["control_preprocessors"] == []
+
+
+@pytest.fixture(scope="module")
+def multi_pipe(tiny_multi_controlnet):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    return Img2ImgPipeline.from_engines(tiny_multi_controlnet[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+
+
+def test_a_control_image_per_controlnet(multi_pipe, picture, photo):
+    """Repeated control_image parts (or a JSON list), in ControlNet order, with the control
+    settings one each: the Python call's image; too many are refused by name."""
+    sketches = [photo.transpose(0), photo.transpose(1)]
+    pngs = [_png(sketch) for sketch in sketches]
+    lists = {"control_scale": "0.5;1.5", "control_preprocess": "none;scribble"}
+    with live(ServeOptions(max_pixels=MAX_PIXELS), lambda: multi_pipe) as (client, _):
+        ready(client)
+        form = multipart(picture, **lists)
+        controls = [("control_image", (f"c{k}.png", p, "image/png")) for k, p in enumerate(pngs)]
+        files = [("image", form["files"]["image"]), *controls]
+        response = client.post("/v1/img2img", files=files, data=form["data"])
+        assert response.status_code == 200, response.text
+        expected = multi_pipe("a cat", load_image(picture), **CALL, control_image=sketches,
+                              controlnet_conditioning_scale=[0.5, 1.5],
+                              control_preprocess=[None, "scribble"])  # fmt: skip
+        np.testing.assert_array_equal(decoded(response.content), np.asarray(expected[0]))
+        settings = json.loads(response.headers["x-fastimg-settings"])
+        assert settings["fastimg:control_scale"] == [0.5, 1.5]
+        assert settings["fastimg:control_preprocess"] == ["none", "scribble"]
+
+        image = base64.b64encode(picture.read_bytes()).decode()
+        as_text = [base64.b64encode(png).decode() for png in pngs]
+        body = {**SETTINGS, "image": image, "control_image": as_text, "control_scale": [0.5, 1.5],
+                "control_preprocess": ["none", "scribble"]}  # fmt: skip
+        as_json = client.post("/v1/img2img", json=body)
+        assert as_json.status_code == 200, as_json.text
+        np.testing.assert_array_equal(decoded(as_json.content), decoded(response.content))
+
+        for changed, message in (
+            ({"control_image": as_text * 2}, "4 control images were given, but the engine folder"),
+            ({"control_image": []}, "the field 'control_image' is an empty list"),
+            ({"control_image": [as_text[0], 3]}, "'control_image' must be the ControlNet's"),
+            ({"control_scale": [0.5, 1, 2]}, "control_scale has 3 values for 2 control images"),
+            ({"control_end": "1;x"}, "Invalid value for 'control_end': 'x' is not a valid"),
+        ):
+            refused = client.post("/v1/img2img", json={**body, **changed})
+            assert refused.status_code == 422, refused.text
+            assert message in refused.json()["detail"]

@@ -222,7 +222,8 @@ class Service:
         """The image's (width, height) from its header: over the pixel limit, refused (413); a
         file that is no image is refused as the CLI refuses it (422). Nothing is decoded but a
         file whose header Pillow cannot read, for the loader's message."""
-        for field, data in (("control_image", request.control), ("mask", request.mask)):
+        pictures = [("control_image", data) for data in request.controls]
+        for field, data in (*pictures, ("mask", request.mask)):
             if data is not None:  # resized to the image's size: only the pixel limit
                 name = f"{field} of {request.name}"
                 if check_pixels(data, name, self.options.max_pixels) is None:
@@ -341,14 +342,16 @@ class Service:
         return outcomes
 
     def _job(self, request: ImageRequest):
-        """The request's job, its control image and mask (if any) decoded within the pixel
+        """The request's job, its control images and mask (if any) decoded within the pixel
         limit."""
-        pictures = {}
-        for name, field, data in (("control_image", "control_image", request.control),
-                                  ("mask_image", "mask", request.mask)):  # fmt: skip
-            if data is not None:
-                where = f"{field} of {request.name}"
-                pictures[name] = decode_image(data, where, self.options.max_pixels)
+        pictures, where = {}, f"of {request.name}"
+        if request.controls:
+            made = tuple(decode_image(data, f"control_image {where}", self.options.max_pixels)
+                         for data in request.controls)  # fmt: skip
+            pictures["control_image"] = made[0] if len(made) == 1 else made
+        if request.mask is not None:
+            pictures["mask_image"] = decode_image(request.mask, f"mask {where}",
+                                                  self.options.max_pixels)  # fmt: skip
         if not pictures:
             return request.job
         return dataclasses.replace(request.job, call=request.job.call.with_values(**pictures))
