@@ -561,6 +561,10 @@ def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty: choose another path")
+    if arch == "tiny-depth":
+        from .depth import write_random_depth
+
+        return write_random_depth(out, seed)
     if arch in LORAS:
         if out.suffix != ".safetensors":
             raise InputError(f"a LoRA is one .safetensors file: name it {out.stem}.safetensors")

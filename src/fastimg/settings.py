@@ -22,8 +22,10 @@ MAX_IMAGES = 64
 # prompt beyond this is refused before it costs memory, time and log space.
 MAX_PROMPT_CHARS = 20_000
 # What a control image can be made with first (fastimg.media.control_images, ControlNet's own
-# annotators): canny's edges, a scribble's strokes.
-CONTROL_PREPROCESSORS = ("canny", "scribble")
+# annotators): canny's edges, a scribble's strokes; depth, by the engine folder's depth model
+# (fastimg.diffusion.depth).
+CONTROL_PREPROCESSORS = ("canny", "scribble", "depth")
+MODEL_PREPROCESSORS = ("depth",)  # run by a model of the engine folder
 # Several ControlNets' values in one job-file cell or HTTP field, in ControlNet order: 1.0;0.5
 # (JSON takes a list); a control_preprocess entry `none` takes its image as given.
 LIST_SEPARATOR = ";"
@@ -319,7 +321,8 @@ SETTINGS = (
         "control_preprocess",
         CHOICE,
         "ControlNet: make the control image first: canny (its edges), scribble (dark lines on "
-        "light paper); without a control image, from the input image [none: as given].",
+        "light paper), depth (a depth map, by the engines' depth model: export --depth-model); "
+        "without a control image, from the input image [none: as given].",
         choices=CONTROL_PREPROCESSORS,
         per_controlnet=True,
     ),

@@ -17,6 +17,7 @@ ARCHITECTURES = (
     "tiny-controlnet",
     "tiny-multi-controlnet",
     "tiny-inpaint",
+    "tiny-depth",  # a DPT depth model, for export --depth-model
 )
 
 
@@ -96,6 +97,13 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     "transform --control-image; repeat it for several (their residuals summed, as diffusers' "
     "MultiControlNetModel; control images go to them in this order). SD 1.x/2.x models.",
 )
+@click.option(
+    "--depth-model",
+    default=None,
+    metavar="FOLDER_OR_ID",
+    help="Export a DPT depth model (e.g. Intel/dpt-large) beside the ControlNet, for "
+    "--control-preprocess depth (a depth map of the input made by the engines, no torch).",
+)
 @domain_errors
 def export(
     model: str,
@@ -107,6 +115,7 @@ def export(
     int8: bool,
     int8_images: int,
     controlnets: tuple[str, ...],
+    depth_model: str | None,
 ) -> None:
     """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
     from ..errors import require
@@ -125,6 +134,7 @@ def export(
         loras=list(loras),
         int8_images=int8_images if int8 else 0,
         controlnets=list(controlnets),
+        depth_model=depth_model,
     )
     click.echo(f"engines written to {output}")
 

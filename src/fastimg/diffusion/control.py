@@ -26,6 +26,7 @@ from ..engine_folder.manifest import Manifest
 from ..errors import EngineError, InputError
 from ..media import control_images, images
 from ..settings import AS_GIVEN, BY_NAME, CallSettings
+from . import depth
 
 # The control settings, by diffusers' name, and their defaults.
 CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
@@ -162,6 +163,8 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
         )
     for name in per_controlnet(preprocessors_of(settings) or (None,), count, "control_preprocess"):
         control_images.check_available(name)
+        if name == "depth":
+            depth.check_available(manifest)
     per_controlnet(settings.controlnet_conditioning_scale, count, "control_scale")  # (its length)
     starts = per_controlnet(settings.control_guidance_start, count, "control_start")
     ends = per_controlnet(settings.control_guidance_end, count, "control_end")
@@ -173,19 +176,23 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
 
 
 def prepare_control(
-    settings: CallSettings, height: int, width: int, init_image: Image.Image | None = None
+    settings: CallSettings,
+    height: int,
+    width: int,
+    init_image: Image.Image | None = None,
+    engines=None,
 ) -> Control | None:
     """The call's control (None without a control image or preprocessor), its images read and
     prepared as diffusers' prepare_control_image does, at the init image's `height` x `width`
     pixels, then made by their control_preprocess (a ControlNet past the control images given
-    takes `init_image`)."""
+    takes `init_image`); `engines` (an EngineSet) runs the depth model of preprocessor depth."""
     given = control_images_of(settings)
     count = controlnets_used(settings)
     if not given and (init_image is None or not any(preprocessors_of(settings))):
         return None
     makers = per_controlnet(preprocessors_of(settings) or (None,), count, "control_preprocess")
     sources = given + (init_image,) * (count - len(given))
-    pixels = tuple(_pixels(image, height, width, maker)
+    pixels = tuple(_pixels(image, height, width, maker, engines)
                    for image, maker in zip(sources, makers, strict=True))  # fmt: skip
     return Control(
         pixels,
@@ -196,7 +203,7 @@ def prepare_control(
     )
 
 
-def _pixels(image, height: int, width: int, preprocessor: str | None) -> np.ndarray:
+def _pixels(image, height: int, width: int, preprocessor: str | None, engines) -> np.ndarray:
     """One control image read, resized to `height` x `width` and made by `preprocessor`, as
     1 x 3 x H x W pixels in 0..1."""
     if isinstance(image, str | Path):
@@ -206,7 +213,10 @@ def _pixels(image, height: int, width: int, preprocessor: str | None) -> np.ndar
     image = images.to_rgb(image)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.LANCZOS)
-    image = control_images.preprocess(image, preprocessor)
+    if preprocessor == "depth":
+        image = depth.depth_image(image, engines)
+    else:
+        image = control_images.preprocess(image, preprocessor)
     pixels = (np.asarray(image, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None]
     return pixels.copy()
 

@@ -26,7 +26,7 @@ from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import Cancelled, InputError
 from ..media.images import MAX_PIXELS, check_sides, decode_image
 from ..media.labels import encode_image
-from ..settings import CONTROL_PREPROCESSORS, FORMATS, MAX_IMAGES, SAMPLERS
+from ..settings import CONTROL_PREPROCESSORS, FORMATS, MAX_IMAGES, MODEL_PREPROCESSORS, SAMPLERS
 from ..workflows import runner
 from ..workflows.jobs import setting_labels
 from .admission import Admission, Closed, Expired, check_pixels
@@ -402,7 +402,7 @@ class Service:
             "sdxl_fields": list(SDXL_FIELDS) if manifest.text_conditioning else [],
             # ControlNets, in the order control images go to them (none: no control fields)
             "controlnets": controlnet_names(manifest),
-            "control_preprocessors": list(CONTROL_PREPROCESSORS) if manifest.control else [],
+            "control_preprocessors": control_preprocessors(manifest),
             "samplers": list(SAMPLERS),
             "default_sampler": default_sampler(manifest.scheduler) or "ddim",
             "formats": list(FORMATS),
@@ -411,6 +411,13 @@ class Service:
             "timeout": o.timeout,
             "loras": dict(pipe.loras.adapters.scales),  # preloaded (serve --lora): lora_scales
         }
+
+
+def control_preprocessors(manifest: Manifest) -> list[str]:
+    """The preprocessors a request may name ([]: no ControlNet; depth: with a depth model)."""
+    if not manifest.control:
+        return []
+    return [p for p in CONTROL_PREPROCESSORS if p not in MODEL_PREPROCESSORS or manifest.depth]
 
 
 def controlnet_names(manifest: Manifest) -> list[str]:
