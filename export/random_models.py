@@ -529,6 +529,7 @@ def build_controlnet_pipeline(arch: str, seed: int = 0):
 # StableDiffusionInpaintPipeline layouts: name -> the base architecture, its UNet taking
 # latents, the mask and the masked image's latents (4 + 1 + 4 channels).
 INPAINTS = {"tiny-inpaint": "tiny"}
+DEPTHS = {"tiny-depth": "DPTForDepthEstimation"}  # (fastimg_export.depth: export --depth-model)
 INPAINT_CHANNELS = 9
 
 
@@ -561,7 +562,7 @@ def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty: choose another path")
-    if arch == "tiny-depth":
+    if arch in DEPTHS:
         from .depth import write_random_depth
 
         return write_random_depth(out, seed)

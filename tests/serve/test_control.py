@@ -191,3 +191,14 @@ def test_a_control_image_per_controlnet(multi_pipe, picture, photo):
             refused = client.post("/v1/img2img", json={**body, **changed})
             assert refused.status_code == 422, refused.text
             assert message in refused.json()["detail"]
+
+
+def test_info_lists_depth_only_where_the_folder_has_a_depth_model(
+    tiny_controlnet, tiny_controlnet_depth
+):
+    from fastimg.engine_folder.manifest import load_manifest
+    from fastimg.serve.service import control_preprocessors
+
+    assert control_preprocessors(load_manifest(tiny_controlnet[1])) == ["canny", "scribble"]
+    with_depth = load_manifest(tiny_controlnet_depth[1])
+    assert control_preprocessors(with_depth) == ["canny", "scribble", "depth"]
