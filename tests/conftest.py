@@ -89,6 +89,13 @@ def tiny_multi_controlnet(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_controlnet(tmp_path_factory):
+    """(model folder, engine folder) of a StableDiffusionXLControlNetImg2ImgPipeline on the
+    tiny SDXL base layout (its ControlNet takes text_embeds and time_ids; random zero convs)."""
+    return _build(tmp_path_factory, "tiny-sdxl-controlnet")
+
+
+@pytest.fixture(scope="session")
 def tiny_controlnet_depth(tmp_path_factory):
     """(model folder, engine folder) of tiny-controlnet exported with the tiny random DPT depth
     model (make-model tiny-depth, in model/../depth) for control_preprocess depth."""

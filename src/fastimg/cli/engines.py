@@ -16,6 +16,7 @@ ARCHITECTURES = (
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
     "tiny-controlnet",
     "tiny-multi-controlnet",
+    "tiny-sdxl-controlnet",
     "tiny-inpaint",
     "tiny-depth",  # a DPT depth model, for export --depth-model
 )
@@ -95,7 +96,8 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     metavar="FOLDER_OR_ID",
     help="Export a ControlNet (a ControlNetModel folder or hub id) beside the UNet, for "
     "transform --control-image; repeat it for several (their residuals summed, as diffusers' "
-    "MultiControlNetModel; control images go to them in this order). SD 1.x/2.x models.",
+    "MultiControlNetModel; control images go to them in this order). SD 1.x/2.x and SDXL "
+    "base models, each with ControlNets made for it.",
 )
 @click.option(
     "--depth-model",

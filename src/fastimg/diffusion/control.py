@@ -33,6 +33,10 @@ CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
                     "control_guidance_end")  # fmt: skip
 
 
+# What a ControlNet takes of the UNet's feeds (SDXL's: its added text_embeds and time_ids too).
+CONTROLNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")
+
+
 @dataclass(frozen=True)
 class Control:
     """One call's control: per ControlNet that runs (in order), its image as pixels
@@ -257,7 +261,7 @@ class ControlRun:
         `feeds` (the plain UNet where every scale of the step is 0)."""
         if not any(self.scales[i]):
             return plain
-        inputs = {name: feeds[name] for name in ("sample", "timestep", "encoder_hidden_states")}
+        inputs = {name: feeds[name] for name in CONTROLNET_INPUTS if name in feeds}
         summed = None
         for net, all_rows, scale in zip(self.controlnets, self.rows, self.scales[i], strict=True):
             if scale == 0:  # (its residuals are zeros: diffusers adds them, changing nothing)
