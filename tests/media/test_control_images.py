@@ -76,8 +76,8 @@ def test_scribble_of_a_drawn_rectangle_is_white_on_black():
 def test_preprocess_none_is_the_image_as_given_and_unknown_names_are_refused():
     image = _rectangle()
     assert control_images.preprocess(image, None) is image
-    with pytest.raises(InputError, match="unknown control preprocessor 'depth': choose one of"):
-        control_images.preprocess(image, "depth")
+    with pytest.raises(InputError, match="unknown control preprocessor 'blur': choose one of"):
+        control_images.preprocess(image, "blur")
 
 
 def test_a_call_with_canny_is_refused_before_any_work_without_opencv(

@@ -95,8 +95,11 @@ def test_bad_control_images_are_refused_as_bad_images_are(server, picture, photo
         assert refused.status_code == 422 and message in refused.json()["detail"]
     window = send("ok.png", _png(photo), control_start="0.6", control_end="0.4")
     assert window.status_code == 422 and "must be below" in window.json()["detail"]
-    preprocess = client.post("/v1/img2img", **multipart(picture, control_preprocess="depth"))
-    assert preprocess.status_code == 422 and "'depth' is not one of" in preprocess.json()["detail"]
+    preprocess = client.post("/v1/img2img", **multipart(picture, control_preprocess="blur"))
+    assert preprocess.status_code == 422 and "'blur' is not one of" in preprocess.json()["detail"]
+    depth = client.post("/v1/img2img", **multipart(picture, control_preprocess="depth"))
+    assert depth.status_code == 422  # (this folder has no depth model)
+    assert "control_preprocess depth needs a depth model" in depth.json()["detail"]
 
 
 def test_a_control_image_for_engines_without_controlnet_is_refused(pipe, picture, photo):

@@ -181,7 +181,7 @@ def test_bad_control_cells_are_named(images):
     rows = [{"image": "a.png", "prompt": "x", "control_image": "gone.png"},
             {"image": "a.png", "prompt": "x", "control_image": 3},
             {"image": "a.png", "prompt": "x", "control_image": "jobs.jsonl"},
-            {"image": "a.png", "prompt": "x", "control_preprocess": "depth"}]  # fmt: skip
+            {"image": "a.png", "prompt": "x", "control_preprocess": "blur"}]  # fmt: skip
     jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows))
     with pytest.raises(InputError) as caught:
         read_job_file(jobs_jsonl)
@@ -191,7 +191,7 @@ def test_bad_control_cells_are_named(images):
     assert f"row 1 (line 1): control_image (the ControlNet's image) {gone} does not" in message
     assert "row 2 (line 2): control_image must be text, got 3" in message
     assert "row 3 (line 3): " in message and "jobs.jsonl is not an image" in message
-    assert "row 4 (line 4): Invalid value for 'control_preprocess': 'depth' is not" in message
+    assert "row 4 (line 4): Invalid value for 'control_preprocess': 'blur' is not" in message
 
 
 def test_mask_columns(images):
