@@ -76,3 +76,43 @@ def test_scales_and_windows_match_diffusers(pair, photo, control_image, guidance
 @pytest.mark.parametrize("guidance", [1.0, 5.0])
 def test_strength_one_matches_diffusers(pair, photo, control_image, guidance):
     compare(pair, photo, control_image, "euler", strength=1.0, guidance_scale=guidance)
+
+
+@pytest.fixture(scope="module")
+def two_controlnets(tiny_sdxl_controlnet, tmp_path_factory):
+    """tiny-sdxl-controlnet exported with a second random SDXL ControlNet (--controlnet), and
+    diffusers' pipeline holding both as a MultiControlNetModel."""
+    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
+
+    from fastimg_export.engine_writer import export_engines
+    from fastimg_export.random_controlnets import random_controlnet
+
+    model = tiny_sdxl_controlnet[0]
+    root = tmp_path_factory.mktemp("tiny-sdxl-two-controlnets")
+    ref = reference(model)
+    second = random_controlnet(ref.unet, seed=9)
+    second.save_pretrained(root / "second")
+    engines = export_engines(str(model), root / "engines", log=lambda m: None,
+                             controlnets=[str(root / "second")])  # fmt: skip
+    ref.controlnet = MultiControlNetModel([ref.controlnet, second]).eval()
+    return ref, dict(ref.scheduler.config), exact(engines)
+
+
+@pytest.mark.parametrize("guidance", [1.0, 5.0])
+def test_two_controlnets_match_diffusers_multi_controlnet(two_controlnets, photo, control_image,
+                                                          guidance):  # fmt: skip
+    ref, config, ours = two_controlnets
+    second = control_image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    control = dict(control_image=[control_image, second], controlnet_conditioning_scale=[0.5, 1.5],
+                   control_guidance_start=[0.0, 0.2], control_guidance_end=[1.0, 0.7])  # fmt: skip
+    settings = dict(prompt="a red fox in the snow", num_inference_steps=6, guidance_scale=guidance)
+    (expected,) = run_reference(ref, config, "euler", photo, seed=11, **control, **settings)
+    (got,) = ours(image=photo, seed=11, scheduler="euler", **control, **settings)
+    one = {key: value[:1] for key, value in control.items()}  # the first ControlNet alone
+    (first,) = ours(image=photo, seed=11, scheduler="euler", **one, **settings)
+    record(model="tiny-sdxl-controlnet x2", backend="onnxruntime", guidance=guidance,
+           psnr_db=psnr(expected, got), second_effect_db=psnr(got, first))  # fmt: skip
+    print(f"two SDXL ControlNets, cfg {guidance}: {psnr(expected, got):.1f} dB against diffusers, "
+          f"{psnr(got, first):.1f} dB against the first alone")  # fmt: skip
+    assert psnr(expected, got) >= MIN_PSNR
+    assert psnr(got, first) < MIN_PSNR - 5  # the second ControlNet moved the image
