@@ -266,3 +266,29 @@ def test_several_controlnets_steer_every_frame(runner, tiny_multi_controlnet, tm
                    *["--control-preprocess", "scribble"] * 3)  # fmt: skip
     _refused(three, 1)
     assert "3 control preprocessors were given, but the engine folder" in three.stderr
+
+
+def test_control_preprocess_depth_maps_each_frame(runner, tiny_controlnet_depth, tmp_path):
+    """--control-preprocess depth: each frame's depth map, made by the folder's depth model."""
+    import numpy as np
+    from PIL import Image
+
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    frames = tmp_path / "in"
+    frames.mkdir()
+    inputs = pictures(2)
+    for i, picture in enumerate(inputs, start=1):
+        Image.fromarray(picture).save(frames / f"f{i}.png")
+    out = tmp_path / "out"
+    result = _video(runner, tiny_controlnet_depth[1], frames, "-o", out, "--reuse-threshold",
+                    "0", "--seed", "5", "--control-preprocess", "depth")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet_depth[1], backend="onnxruntime")
+    for i, picture in enumerate(inputs, start=1):
+        (expected,) = pipe("a red fox", Image.fromarray(picture), strength=0.5, seed=5,
+                           num_inference_steps=2, guidance_scale=3,
+                           control_preprocess="depth")  # fmt: skip
+        with Image.open(out / f"frame-{i:06d}.png") as frame:
+            assert np.array_equal(np.asarray(frame.convert("RGB")), np.asarray(expected))
+            assert frame.info["fastimg:control_preprocess"] == "depth"

@@ -205,3 +205,17 @@ def test_info_lists_depth_only_where_the_folder_has_a_depth_model(
     assert control_preprocessors(load_manifest(tiny_controlnet[1])) == ["canny", "scribble"]
     with_depth = load_manifest(tiny_controlnet_depth[1])
     assert control_preprocessors(with_depth) == ["canny", "scribble", "depth"]
+
+
+def test_control_preprocess_depth_over_http(tiny_controlnet_depth, picture):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet_depth[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+    with live(ServeOptions(max_pixels=MAX_PIXELS), lambda: pipe) as (client, _):
+        ready(client)
+        assert client.get("/v1/info").json()["control_preprocessors"][-1] == "depth"
+        response = client.post("/v1/img2img", **multipart(picture, control_preprocess="depth"))
+        assert response.status_code == 200, response.text
+    expected = pipe("a cat", load_image(picture), **CALL, control_preprocess="depth")
+    np.testing.assert_array_equal(decoded(response.content), np.asarray(expected[0]))
