@@ -238,7 +238,7 @@ def test_several_controlnets_take_a_list_per_cell(images):
     jobs_csv = images / "jobs.csv"
     jobs_csv.write_text(
         "image,prompt,control_image,control_preprocess,control_scale,control_end\n"
-        'b.jpg,x,a.png; b.jpg,none;scribble,1.0;0.5,0.6\n'
+        "b.jpg,x,a.png; b.jpg,none;scribble,1.0;0.5,0.6\n"
         "b.jpg,y,,canny;scribble,,\n"
     )
     a, b = read_job_file(jobs_csv)

@@ -182,8 +182,10 @@ def _image(value, column: str, folder: Path) -> Path:
 def _control_images(value, folder: Path) -> str | tuple[str, ...]:
     """A control_image cell's files: one path, or one per ControlNet (`a.png;b.png`, or a JSON
     list), each checked as an image cell is."""
-    paths = value if isinstance(value, list) else _text(value, "control_image").split(
-        settings.LIST_SEPARATOR
+    paths = (
+        value
+        if isinstance(value, list)
+        else _text(value, "control_image").split(settings.LIST_SEPARATOR)
     )
     if not paths or any(_empty(p) for p in paths):
         raise InputError(
