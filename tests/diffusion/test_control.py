@@ -307,3 +307,16 @@ def test_run_takes_a_list_of_control_images_per_row(tiny_multi_controlnet, photo
     two, one = (np.asarray(Image.open(out / n).convert("RGB")) for n in ("two.png", "one.png"))
     assert np.array_equal(two, np.asarray(expected))
     assert not np.array_equal(two, one)
+
+
+def test_a_preprocessor_none_is_the_image_as_given():
+    from fastimg.diffusion.checks import check_values
+
+    assert check_values(CallSettings(prompt="p", control_preprocess="none")).control_preprocess \
+        is None  # fmt: skip
+    both = check_values(CallSettings(prompt="p", control_preprocess=["none", "scribble"]))
+    assert both.control_preprocess == (None, "scribble")
+    with pytest.raises(InputError, match="must be one value or a flat list"):
+        check_values(CallSettings(prompt="p", controlnet_conditioning_scale=[[0.5], 1.0]))
+    with pytest.raises(InputError, match="unknown control_preprocess 'blur'"):
+        check_values(CallSettings(prompt="p", control_preprocess=["blur"]))

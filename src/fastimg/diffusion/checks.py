@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from ..engine_folder.manifest import Manifest
 from ..errors import InputError
-from ..settings import AS_GIVEN, SAMPLERS, SETTINGS, CallSettings
+from ..settings import AS_GIVEN, CHOICE, SAMPLERS, SETTINGS, CallSettings
 from . import schedules
 from .conditioning import check_sdxl_arguments
 from .control import check_settings as check_control
@@ -87,8 +87,12 @@ def _checked(setting, value):
     if setting.per_controlnet and isinstance(value, list | tuple):
         if not value:
             raise InputError(f"{setting.name} is an empty list: give one value, or one each")
-        values = tuple(None if v == AS_GIVEN else setting.check(v) for v in value)
+        if any(isinstance(v, list | tuple) for v in value):
+            raise InputError(f"{setting.name} must be one value or a flat list, got {value!r}")
+        values = tuple(_checked(setting, v) for v in value)
         return values[0] if len(values) == 1 else values
+    if setting.per_controlnet and setting.kind == CHOICE and value == AS_GIVEN:
+        return None  # (a preprocessor 'none': the image as given)
     return setting.check(value)
 
 
