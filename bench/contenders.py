@@ -47,7 +47,7 @@ def baseline_for(spec: str) -> tuple[str, str]:
 
 
 def controlnet_pipeline(pipe, controlnet: str):
-    """diffusers' StableDiffusionControlNetImg2ImgPipeline on `pipe`'s components and the
+    """diffusers' StableDiffusion(XL)ControlNetImg2ImgPipeline on `pipe`'s components and the
     ControlNet folder (or hub id) `controlnet`, checked to fit its UNet as the export checks."""
     import diffusers
 
@@ -61,6 +61,15 @@ def controlnet_pipeline(pipe, controlnet: str):
             "UNet, VAE and text encoder) and the ControlNet apart"
         )
     add_controlnet(pipe, load_controlnet(controlnet), controlnet)
+    if hasattr(pipe, "text_encoder_2"):  # SDXL: StableDiffusionXLControlNetImg2ImgPipeline
+        parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet",
+                 "controlnet", "scheduler")  # fmt: skip
+        return diffusers.StableDiffusionXLControlNetImg2ImgPipeline(
+            **{name: getattr(pipe, name) for name in parts},
+            requires_aesthetics_score=bool(pipe.config.requires_aesthetics_score),
+            force_zeros_for_empty_prompt=bool(pipe.config.force_zeros_for_empty_prompt),
+            add_watermarker=False,
+        )
     parts = ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")
     return diffusers.StableDiffusionControlNetImg2ImgPipeline(
         **{name: getattr(pipe, name) for name in parts},

@@ -67,7 +67,7 @@ def _random_controlnet(model: str, folder: Path, log) -> str:
     """A random-weight ControlNet of `model`'s UNet in `folder`, built if absent."""
     if not (folder / "config.json").is_file():
         from fastimg_export.loading import load_pipeline
-        from fastimg_export.random_models import random_controlnet
+        from fastimg_export.random_controlnets import random_controlnet
 
         log(f"building a random-weight ControlNet of {model}'s UNet in {folder}")
         random_controlnet(load_pipeline(model).unet, seed=2).save_pretrained(folder)

@@ -175,13 +175,15 @@ def export_engines(
     loras: list[str] = (),
     int8_images: int = 0,
     controlnets: list[str] = (),
+    depth_model: str | None = None,
 ) -> Path:
     """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`;
     `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE; `loras`
     ('FILE_OR_ID[:SCALE]') are fused into the weights first; `int8_images` > 0 also writes
     an int8 UNet for OpenVINO, calibrated on that many images; `controlnets` (folders or hub
     ids, in order, after any the model has) are exported beside the UNet, each its own
-    component, with a UNet that takes their summed residuals."""
+    component, with a UNet that takes their summed residuals; `depth_model` (a DPT folder or hub
+    id) is exported as the `depth` component, for control_preprocess depth."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if int8_images:
@@ -196,15 +198,17 @@ def export_engines(
     with writer_lock(out), PeakWatch() as memory:
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
         written = _export_locked(
-            model, out, precision, log, vae, lora_sources, int8_images, list(controlnets)
-        )
+            model, out, precision, log, vae, lora_sources, int8_images, list(controlnets),
+            depth_model,
+        )  # fmt: skip
     log(f"peak memory: {memory.describe()}")
     return written
 
 
 def _export_locked(
-    model: str, out: Path, precision: str, log, vae, loras, int8_images: int = 0, controlnets=()
-) -> Path:
+    model: str, out: Path, precision: str, log, vae, loras, int8_images: int = 0, controlnets=(),
+    depth_model: str | None = None,
+) -> Path:  # fmt: skip
     log(f"loading {model}")
     pipe = load_pipeline(model)
     if int8_images and is_inpainting(pipe):
@@ -216,6 +220,12 @@ def _export_locked(
         log(f"loading the ControlNet {source}")
         add_controlnet(pipe, load_controlnet(source), source)
         sources.append(source)
+    if depth_model is not None and not onnx_export.has_controlnet(pipe):
+        raise InputError(
+            "--depth-model makes control images for a ControlNet, and this model has none: "
+            "export it with  --controlnet CONTROLNET  too (a depth ControlNet, e.g. "
+            "lllyasviel/control_v11f1p_sd15_depth), or leave out --depth-model"
+        )
     if vae is not None:
         log(f"loading the VAE {vae}")
         replacement = load_vae(vae)
@@ -268,6 +278,10 @@ def _export_locked(
             manifest.update(_xl_entries(pipe, staging, manifest["tokenizer"]))
         if onnx_export.has_controlnet(pipe):
             manifest["control"] = _control_entry(pipe, sources)
+        if depth_model is not None:
+            from .depth import export_depth
+
+            components["depth"], manifest["depth"] = export_depth(depth_model, staging, log)
         fix = "this is a bug in the export; please report it"
         text = serialise(manifest, f"the manifest written for {model}", fix)
         (staging / MANIFEST).write_text(text)

@@ -98,17 +98,14 @@ def pipeline_class(model_index: dict):
     check_components(model_index, where)
     controlnet = model_index.get("controlnet") or [None, None]
     if controlnet[1] is not None:
-        if is_sdxl_index(model_index):
-            raise InputError(
-                f"{where} is an SDXL pipeline with a ControlNet: fastimg exports ControlNets for "
-                "SD 1.x/2.x models only for now; export it without the ControlNet"
-            )
         if controlnet[1] not in ("ControlNetModel", "MultiControlNetModel"):
             raise InputError(
                 f"{where} has a {controlnet[1]} as its controlnet: fastimg exports "
                 "ControlNetModels (one, or several as a MultiControlNetModel); pass them with "
                 "--controlnet"
             )
+        if is_sdxl_index(model_index):
+            return diffusers.StableDiffusionXLControlNetImg2ImgPipeline, dict(add_watermarker=False)
         return diffusers.StableDiffusionControlNetImg2ImgPipeline, dict(
             safety_checker=None, requires_safety_checker=False
         )
@@ -279,16 +276,16 @@ def load_controlnet(source: str):
 
 
 def add_controlnet(pipe, controlnet, source: str) -> None:
-    """Give an SD 1.x/2.x pipeline a ControlNet to export beside its UNet, after any it has
-    (several are a MultiControlNetModel, as diffusers holds them)."""
+    """Give an SD 1.x/2.x or SDXL base pipeline a ControlNet to export beside its UNet, after
+    any it has (several are a MultiControlNetModel, as diffusers holds them)."""
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
     from .onnx_export import controlnets
 
-    if is_sdxl(pipe):
+    if is_sdxl(pipe) and pipe.text_encoder is None:
         raise InputError(
-            f"the ControlNet {source} was given for an SDXL model: fastimg exports ControlNets "
-            "for SD 1.x/2.x models only for now"
+            f"the ControlNet {source} was given for an SDXL refiner: fastimg exports ControlNets "
+            "for SD 1.x/2.x and SDXL base models"
         )
     check_controlnet_fits(pipe.unet.config, controlnet.config, source)
     nets = [net for _, net in controlnets(pipe)] + [controlnet.eval()]
@@ -299,6 +296,21 @@ def check_controlnet_fits(unet, controlnet, source: str) -> None:
     """Refuse a ControlNet (config) whose residuals or text width are not the UNet's (config)."""
     from .onnx_export import residual_layout
 
+    kind, wanted = controlnet.get("addition_embed_type"), unet.get("addition_embed_type")
+    if kind != wanted:
+        made, model = (("SDXL", "an SD 1.x/2.x") if kind == "text_time" else
+                       ("SD 1.x/2.x", "an SDXL"))  # fmt: skip
+        raise InputError(
+            f"the ControlNet {source} is made for {made} (added conditioning {kind!r}), but "
+            f"this is {model} model (its UNet's: {wanted!r}): pass a ControlNet made for this "
+            "architecture"
+        )
+    added, embeds = (c.get("projection_class_embeddings_input_dim") for c in (controlnet, unet))
+    if added != embeds:
+        raise InputError(
+            f"the ControlNet {source} embeds {added} added values, this model's UNet {embeds}: "
+            "it is a ControlNet for another base model"
+        )
     width, wanted = controlnet.cross_attention_dim, unet.cross_attention_dim
     if width != wanted:
         raise InputError(

@@ -40,11 +40,17 @@ CONTROL_UNET = "unet_control"
 def component_names(pipe) -> tuple[str, ...]:
     """The graphs exported for this pipeline: SD's four (and the control graphs where it has
     a ControlNet), or SDXL's with text_encoder_2 (and no text_encoder for the refiner)."""
+    control = tuple(name for name, _ in controlnets(pipe))
+    control = (*control, CONTROL_UNET) if control else ()
     if not is_sdxl(pipe):
-        control = tuple(name for name, _ in controlnets(pipe))
-        return SD_COMPONENTS + ((*control, CONTROL_UNET) if control else ())
+        return SD_COMPONENTS + control
     first = ("text_encoder",) if pipe.text_encoder is not None else ()
-    return (*first, "text_encoder_2", "unet", "vae_encoder", "vae_decoder")
+    return (*first, "text_encoder_2", "unet", "vae_encoder", "vae_decoder", *control)
+
+
+def text_encoder_names(pipe) -> tuple[str, ...]:
+    """The pipeline's exported text encoders: text_encoder (SD, SDXL base), text_encoder_2."""
+    return tuple(name for name in component_names(pipe) if name.startswith("text_encoder"))
 
 
 def is_sdxl(pipe) -> bool:
@@ -140,26 +146,27 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
     }
 
 
-def _control_specs(pipe, lat: list, hidden: int) -> dict:
-    """The ControlNet (pixels 0..1 in, its scaled residuals out) and the UNet taking them."""
+def _control_specs(pipe, lat: list, hidden: int, added: dict | None = None) -> dict:
+    """The ControlNet (pixels 0..1 in, its scaled residuals out) and the UNet taking them;
+    `added`: SDXL's text_embeds and time_ids, which both take after the text."""
     text = {
         "sample": ("float32", lat),
         "timestep": ("float32", ["batch"]),
         "encoder_hidden_states": ("float32", ["batch", "sequence", hidden]),
     }
+    added = added or {}
     residuals = _residual_specs(pipe.unet.config)
     controlnet = ComponentSpec(
         {
             **text,
             "controlnet_cond": ("float32", ["batch", 3, "height", "width"]),
             "conditioning_scale": ("float32", [1]),
+            **added,
         },
         residuals,
     )
-    return {
-        **{name: controlnet for name, _ in controlnets(pipe)},
-        CONTROL_UNET: ComponentSpec({**text, **residuals}, {"out_sample": ("float32", lat)}),
-    }
+    unet = ComponentSpec({**text, **added, **residuals}, {"out_sample": ("float32", lat)})
+    return {**{name: controlnet for name, _ in controlnets(pipe)}, CONTROL_UNET: unet}
 
 
 def _xl_specs(pipe) -> dict[str, ComponentSpec]:
@@ -170,22 +177,27 @@ def _xl_specs(pipe) -> dict[str, ComponentSpec]:
     img = ["batch", 3, "height", "width"]
     width = int(pipe.unet.config.cross_attention_dim)
     specs = {}
-    for name in component_names(pipe)[:-3]:
+    for name in text_encoder_names(pipe):
         encoder = getattr(pipe, name)
         outputs = {"hidden_states": ("float32", ["batch", "sequence", encoder.config.hidden_size])}
         if name == "text_encoder_2":
             outputs["text_embeds"] = ("float32", ["batch", encoder.config.projection_dim])
         specs[name] = ComponentSpec({"input_ids": ("int64", ["batch", "sequence"])}, outputs)
+    added = {
+        "text_embeds": ("float32", ["batch", pipe.text_encoder_2.config.projection_dim]),
+        "time_ids": ("float32", ["batch", time_id_count(pipe)]),
+    }
     specs["unet"] = ComponentSpec(
         {
             "sample": ("float32", lat),
             "timestep": ("float32", ["batch"]),
             "encoder_hidden_states": ("float32", ["batch", "sequence", width]),
-            "text_embeds": ("float32", ["batch", pipe.text_encoder_2.config.projection_dim]),
-            "time_ids": ("float32", ["batch", time_id_count(pipe)]),
+            **added,
         },
         {"out_sample": ("float32", lat)},
     )
+    if has_controlnet(pipe):
+        specs.update(_control_specs(pipe, lat, width, added))
     specs["vae_encoder"] = ComponentSpec({"sample": ("float32", img)}, _encoder_output(pipe.vae))
     specs["vae_decoder"] = ComponentSpec(
         {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
@@ -320,16 +332,28 @@ def torch_modules(pipe) -> dict:
                                    conditioning_scale=scale, return_dict=False)  # fmt: skip
             return (*down, mid)
 
-    class UNetControl(torch.nn.Module):
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
+    class ControlNetXL(ControlNet):
+        def forward(self, sample, timestep, encoder_hidden_states, controlnet_cond, scale,
+                    text_embeds, time_ids):  # fmt: skip
+            added = {"text_embeds": text_embeds, "time_ids": time_ids}
+            down, mid = self.model(sample, timestep, encoder_hidden_states, controlnet_cond,
+                                   conditioning_scale=scale, added_cond_kwargs=added,
+                                   return_dict=False)  # fmt: skip
+            return (*down, mid)
 
-        def forward(self, sample, timestep, encoder_hidden_states, *residuals):
+    class UNetControl(torch.nn.Module):
+        def __init__(self, model, added: int = 0):
+            super().__init__()
+            self.model, self.added = model, added  # (SDXL: text_embeds, time_ids first)
+
+        def forward(self, sample, timestep, encoder_hidden_states, *rest):
+            added, residuals = rest[: self.added], rest[self.added :]
+            conditions = {"text_embeds": added[0], "time_ids": added[1]} if added else None
             return self.model(
                 sample,
                 timestep,
                 encoder_hidden_states,
+                added_cond_kwargs=conditions,
                 down_block_additional_residuals=residuals[:-1],
                 mid_block_additional_residual=residuals[-1],
                 return_dict=False,
@@ -338,12 +362,12 @@ def torch_modules(pipe) -> dict:
     vae = {"vae_encoder": VaeEncoder(pipe.vae).eval(), "vae_decoder": VaeDecoder(pipe.vae).eval()}
     if has_controlnet(pipe):
         for name, net in controlnets(pipe):
-            vae[name] = ControlNet(net).eval()
-        vae[CONTROL_UNET] = UNetControl(pipe.unet).eval()
+            vae[name] = (ControlNetXL if is_sdxl(pipe) else ControlNet)(net).eval()
+        vae[CONTROL_UNET] = UNetControl(pipe.unet, 2 if is_sdxl(pipe) else 0).eval()
     if is_sdxl(pipe):
         encoders = {
             name: PenultimateTextEncoder(getattr(pipe, name)).eval()
-            for name in component_names(pipe)[:-3]
+            for name in text_encoder_names(pipe)
         }
         return {**encoders, "unet": UNetXL(pipe.unet).eval(), **vae}
     return {
@@ -387,9 +411,7 @@ def sample_inputs(pipe, name: str, batch: int, latent_hw: tuple[int, int], seed:
             torch.randn(batch, length, hidden, generator=g),
         )
         if is_sdxl(pipe):  # a pooled embedding, and sizes (or an aesthetic score) as time ids
-            pooled = torch.randn(batch, pipe.text_encoder_2.config.projection_dim, generator=g)
-            sizes = torch.randint(0, 1025, (batch, time_id_count(pipe)), generator=g)
-            return (*inputs, pooled, sizes.float())
+            return (*inputs, *_added_inputs(pipe, batch, g))
         cond_dim = pipe.unet.config.get("time_cond_proj_dim")
         if cond_dim is not None:  # a guidance embedding: sines and cosines
             inputs += (torch.rand(batch, cond_dim, generator=g) * 2 - 1,)
@@ -410,16 +432,27 @@ def _control_inputs(pipe, name: str, batch: int, latent_hw, g, length: int, hidd
         torch.rand(batch, generator=g) * 999,
         torch.randn(batch, length, hidden, generator=g),
     )
+    added = _added_inputs(pipe, batch, g) if is_sdxl(pipe) else ()
     if name != CONTROL_UNET:  # a ControlNet
         cond = torch.rand(batch, 3, h * factor, w * factor, generator=g)
-        return (*inputs, cond, torch.tensor([0.7]))
+        return (*inputs, cond, torch.tensor([0.7]), *added)
     residuals = []
     for channels, level in residual_layout(pipe.unet.config):
         side_h, side_w = h, w
         for _ in range(level):
             side_h, side_w = (side_h + 1) // 2, (side_w + 1) // 2
         residuals.append(torch.randn(batch, channels, side_h, side_w, generator=g) * 0.1)
-    return (*inputs, *residuals)
+    return (*inputs, *added, *residuals)
+
+
+def _added_inputs(pipe, batch: int, g) -> tuple:
+    """SDXL's added conditioning: a pooled text embedding, and sizes (or an aesthetic score)
+    as time ids."""
+    import torch
+
+    pooled = torch.randn(batch, pipe.text_encoder_2.config.projection_dim, generator=g)
+    sizes = torch.randint(0, 1025, (batch, time_id_count(pipe)), generator=g)
+    return pooled, sizes.float()
 
 
 # Traced at a latent size that is not a multiple of the UNet's up-factor, so diffusers takes its

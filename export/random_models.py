@@ -11,6 +11,7 @@ from fastimg.errors import InputError
 
 from . import clip_vocab
 from .loading import quiet_hub_logging
+from .random_controlnets import CONTROLNETS, build_controlnet_pipeline
 
 _SD_BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
@@ -479,56 +480,10 @@ def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
     return out
 
 
-# StableDiffusionControlNetImg2ImgPipeline layouts: name -> the base architecture.
-# ControlNet img2img layouts: name -> (the base architecture, how many ControlNets: several
-# are a MultiControlNetModel, saved as controlnet/, controlnet_1/, ...).
-CONTROLNETS = {"tiny-controlnet": ("tiny", 1), "tiny-multi-controlnet": ("tiny", 2)}
-# Large enough for the residuals to move the images clearly (random UNets barely react to less).
-ZERO_CONV_STD = 0.5
-
-
-def random_controlnet(unet, seed: int):
-    """A ControlNet (from_unet) of `unet`'s layout whose zero convolutions are random
-    (diffusers zeroes them, which would hide a ControlNet that is ignored)."""
-    import diffusers
-    import torch
-
-    torch.manual_seed(seed)
-    controlnet = diffusers.ControlNetModel.from_unet(
-        unet, conditioning_embedding_out_channels=(8, 16, 32, 32)
-    )
-    zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block,
-              controlnet.controlnet_cond_embedding.conv_out]  # fmt: skip
-    with torch.no_grad():
-        for conv in zeroed:
-            conv.weight.normal_(0.0, ZERO_CONV_STD)
-            conv.bias.normal_(0.0, ZERO_CONV_STD)
-    return controlnet.eval()
-
-
-def build_controlnet_pipeline(arch: str, seed: int = 0):
-    """A StableDiffusionControlNetImg2ImgPipeline on the base architecture's random pipeline,
-    with one or several random ControlNets (random_controlnet, each its own seed)."""
-    import diffusers
-    from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
-
-    name, count = CONTROLNETS[arch]
-    base = build_pipeline(name, seed)
-    nets = [random_controlnet(base.unet, seed + 2 + k) for k in range(count)]
-    parts = {name: getattr(base, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
-    return diffusers.StableDiffusionControlNetImg2ImgPipeline(
-        **parts,
-        controlnet=nets[0] if count == 1 else MultiControlNetModel(nets).eval(),
-        scheduler=base.scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-
-
 # StableDiffusionInpaintPipeline layouts: name -> the base architecture, its UNet taking
 # latents, the mask and the masked image's latents (4 + 1 + 4 channels).
 INPAINTS = {"tiny-inpaint": "tiny"}
+DEPTHS = {"tiny-depth": "DPTForDepthEstimation"}  # (fastimg_export.depth: export --depth-model)
 INPAINT_CHANNELS = 9
 
 
@@ -561,6 +516,10 @@ def write_random_model(arch: str, out: Path, seed: int = 0) -> Path:
     out = Path(out)
     if out.exists() and (out.is_file() or any(out.iterdir())):
         raise InputError(f"{out} already exists and is not empty: choose another path")
+    if arch in DEPTHS:
+        from .depth import write_random_depth
+
+        return write_random_depth(out, seed)
     if arch in LORAS:
         if out.suffix != ".safetensors":
             raise InputError(f"a LoRA is one .safetensors file: name it {out.stem}.safetensors")

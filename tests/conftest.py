@@ -22,12 +22,14 @@ def _build(
     vae: str | None = None,
     lora=None,
     int8_images: int = 0,
+    depth: bool = False,
 ):
     pytest.importorskip("torch")
     from fastimg_export.engine_writer import export_engines
     from fastimg_export.random_models import write_random_model
 
     label = f"{arch}-{vae or 'own'}-{lora and lora[0]}-{precision}" + ("-int8" * bool(int8_images))
+    label += "-depth" * depth
     root = tmp_path_factory.mktemp(label)
     model = write_random_model(arch, root / "model")
     vae_folder = None if vae is None else str(write_random_model(vae, root / vae))
@@ -43,6 +45,7 @@ def _build(
         vae=vae_folder,
         loras=loras,
         int8_images=int8_images,
+        depth_model=str(write_random_model("tiny-depth", root / "depth")) if depth else None,
     )
     return model, engines
 
@@ -83,6 +86,20 @@ def tiny_multi_controlnet(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with two ControlNets (a
     MultiControlNetModel pipeline folder: controlnet/, controlnet_1/; random zero convs)."""
     return _build(tmp_path_factory, "tiny-multi-controlnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_controlnet(tmp_path_factory):
+    """(model folder, engine folder) of a StableDiffusionXLControlNetImg2ImgPipeline on the
+    tiny SDXL base layout (its ControlNet takes text_embeds and time_ids; random zero convs)."""
+    return _build(tmp_path_factory, "tiny-sdxl-controlnet")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet_depth(tmp_path_factory):
+    """(model folder, engine folder) of tiny-controlnet exported with the tiny random DPT depth
+    model (make-model tiny-depth, in model/../depth) for control_preprocess depth."""
+    return _build(tmp_path_factory, "tiny-controlnet", depth=True)
 
 
 @pytest.fixture(scope="session")

@@ -22,8 +22,14 @@ MAX_IMAGES = 64
 # prompt beyond this is refused before it costs memory, time and log space.
 MAX_PROMPT_CHARS = 20_000
 # What a control image can be made with first (fastimg.media.control_images, ControlNet's own
-# annotators): canny's edges, a scribble's strokes.
-CONTROL_PREPROCESSORS = ("canny", "scribble")
+# annotators): canny's edges, a scribble's strokes; depth, by the engine folder's depth model
+# (fastimg.diffusion.depth).
+CONTROL_PREPROCESSORS = ("canny", "scribble", "depth")
+MODEL_PREPROCESSORS = ("depth",)  # run by a model of the engine folder
+# Several ControlNets' values in one job-file cell or HTTP field, in ControlNet order: 1.0;0.5
+# (JSON takes a list); a control_preprocess entry `none` takes its image as given.
+LIST_SEPARATOR = ";"
+AS_GIVEN = "none"
 # A video frame whose input differs from the last transformed one by less than this (mean
 # absolute difference, pixels from 0 to 1) reuses its output (fastimg video --reuse-threshold).
 DEFAULT_REUSE_THRESHOLD = 0.01
@@ -70,6 +76,7 @@ class Setting:
     choices: tuple[str, ...] = ()
     sdxl: bool = False  # SDXL engine folders only
     sweeps: bool = False  # `fastimg transform` takes a comma-separated list of values
+    per_controlnet: bool = False  # one value for all ControlNets, or a list (LIST_SEPARATOR)
 
     @property
     def key(self) -> str:
@@ -124,6 +131,8 @@ class Setting:
         """A value that arrived as text or JSON (a job-file cell, an HTTP field) converted
         and checked against the setting's range and cap, with click's wording."""
         what = f"Invalid value for {self.key!r}"
+        if self.per_controlnet and _is_list(raw):
+            return self._parse_list(raw)
         if self.kind == TEXT:
             if not isinstance(raw, str):
                 raise InputError(f"{what}: {raw!r} is not text.")
@@ -163,6 +172,21 @@ class Setting:
             raise InputError(f"{what}: {number} is not in the range {self.range_text()}.")
         return number
 
+    def _parse_list(self, raw):
+        """One value per ControlNet (a JSON list, or text split at LIST_SEPARATOR), each parsed
+        (`none` in a preprocessor's list: None); one value alone is that value."""
+        items = raw.split(LIST_SEPARATOR) if isinstance(raw, str) else raw
+        items = [item.strip() if isinstance(item, str) else item for item in items]
+        if not items or any(item in ("", None) or isinstance(item, list) for item in items):
+            raise InputError(
+                f"Invalid value for {self.key!r}: {raw!r} has an empty value: give one value "
+                f"for all ControlNets, or one each separated by {LIST_SEPARATOR!r}."
+            )
+        values = tuple(
+            None if self.kind == CHOICE and item == AS_GIVEN else self.parse(item) for item in items
+        )
+        return values[0] if len(values) == 1 else values
+
     def _in_range(self, number: float, high: float | None) -> bool:
         low = self.low
         above = low is None or (number > low if self.low_open else number >= low)
@@ -179,6 +203,11 @@ class Setting:
 
 def _show(number: float) -> str:
     return f"{number:g}" if isinstance(number, float) else str(number)
+
+
+def _is_list(raw) -> bool:
+    """Whether a raw value holds several values: a JSON list, or text with LIST_SEPARATOR."""
+    return isinstance(raw, list) or (isinstance(raw, str) and LIST_SEPARATOR in raw)
 
 
 def _integer(value) -> bool:
@@ -265,6 +294,7 @@ SETTINGS = (
         "ControlNet: how strongly the control image steers [0.8, as diffusers' img2img].",
         default=0.8,
         field="control_scale",
+        per_controlnet=True,
         low=0,
     ),
     Setting(
@@ -273,6 +303,7 @@ SETTINGS = (
         "ControlNet: the fraction of the steps before it starts [0].",
         default=0.0,
         field="control_start",
+        per_controlnet=True,
         low=0,
         high=1,
     ),
@@ -282,6 +313,7 @@ SETTINGS = (
         "ControlNet: the fraction of the steps after which it stops [1].",
         default=1.0,
         field="control_end",
+        per_controlnet=True,
         low=0,
         high=1,
     ),
@@ -289,8 +321,10 @@ SETTINGS = (
         "control_preprocess",
         CHOICE,
         "ControlNet: make the control image first: canny (its edges), scribble (dark lines on "
-        "light paper); without a control image, from the input image [none: as given].",
+        "light paper), depth (a depth map, by the engines' depth model: export --depth-model); "
+        "without a control image, from the input image [none: as given].",
         choices=CONTROL_PREPROCESSORS,
+        per_controlnet=True,
     ),
     Setting(
         "lora_scales",

@@ -319,3 +319,21 @@ def test_ctrl_c_stops_the_peers_at_once_instead_of_asking_them_to_quit():
     _close_peers([asked])
     _close_peers([interrupted], now=True)
     assert asked.calls == ["close", "finish"] and interrupted.calls == ["stop", "finish"]
+
+
+def test_an_sdxl_controlnet_job_is_measured_against_diffusers_sdxl_controlnet_pipeline(
+    tiny_sdxl, tiny_sdxl_controlnet
+):
+    # tiny-sdxl-controlnet is tiny-sdxl (the same seed, the same weights) with a ControlNet
+    model, engines = tiny_sdxl[0], tiny_sdxl_controlnet[1]
+    controlnet = tiny_sdxl_controlnet[0] / "controlnet"
+    job = BenchJob(size=64, steps=4, strength=0.5, guidance=3.0, controlnet=str(controlnet))
+    record = harness.run(
+        str(model), str(engines), job, ["onnxruntime:fp32"], warmup=0, repeats=1,
+        cold_start=False, log=lambda m: 0,
+    )  # fmt: skip
+    ours, ref = record["sides"]["fastimg onnxruntime fp32"], record["sides"]["diffusers"]
+    assert ours["vs_diffusers"]["psnr_db"] >= 40.0
+    for side in (ours, ref):
+        assert side["stages_median_seconds"]["controlnet"] > 0
+    assert record["stage_gflop"]["controlnet"] > 0

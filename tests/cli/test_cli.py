@@ -216,9 +216,9 @@ def test_cli_architectures_are_the_exporters():
     pytest.importorskip("torch")
     from fastimg.cli.engines import ARCHITECTURES
     from fastimg_export.random_models import ARCHITECTURES as PIPELINES
-    from fastimg_export.random_models import CONTROLNETS, INPAINTS, LORAS, VAES
+    from fastimg_export.random_models import CONTROLNETS, DEPTHS, INPAINTS, LORAS, VAES
 
-    BUILT = {**PIPELINES, **VAES, **LORAS, **CONTROLNETS, **INPAINTS}
+    BUILT = {**PIPELINES, **VAES, **LORAS, **CONTROLNETS, **INPAINTS, **DEPTHS}
 
     assert ARCHITECTURES == tuple(BUILT)
 

@@ -228,3 +228,67 @@ def test_a_lora_reaches_every_frame_and_lora_scales_choose_among_them(runner, ti
     assert "fastimg:loras" not in frames["off"][1]
     assert np.abs(frames["ink"][0] - frames["plain"][0]).max() > 1
     assert np.abs(frames["off"][0] - frames["plain"][0]).max() <= 1  # (the twin's zero branches)
+
+
+def test_several_controlnets_steer_every_frame(runner, tiny_multi_controlnet, tmp_path):
+    """--control-image for the first ControlNet, the second made from each frame by its own
+    --control-preprocess: each frame is the Python call's on that frame."""
+    import numpy as np
+    from PIL import Image
+
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    frames = tmp_path / "in"
+    frames.mkdir()
+    inputs = pictures(2)
+    for i, picture in enumerate(inputs, start=1):
+        Image.fromarray(picture).save(frames / f"f{i}.png")
+    sketch = tmp_path / "sketch.png"
+    Image.fromarray(255 - inputs[0]).save(sketch)
+    out = tmp_path / "out"
+    result = _video(runner, tiny_multi_controlnet[1], frames, "-o", out, "--reuse-threshold", "0",
+                    "--seed", "5", "--control-image", sketch, "--control-preprocess", "none",
+                    "--control-preprocess", "scribble", "--control-scale", "0.5",
+                    "--control-scale", "1.5")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_multi_controlnet[1], backend="onnxruntime")
+    for i, picture in enumerate(inputs, start=1):
+        (expected,) = pipe("a red fox", Image.fromarray(picture), strength=0.5, seed=5,
+                           num_inference_steps=2, guidance_scale=3,
+                           control_image=[Image.open(sketch)],
+                           control_preprocess=[None, "scribble"],
+                           controlnet_conditioning_scale=[0.5, 1.5])  # fmt: skip
+        with Image.open(out / f"frame-{i:06d}.png") as frame:
+            assert np.array_equal(np.asarray(frame.convert("RGB")), np.asarray(expected))
+            assert frame.info["fastimg:control_preprocess"] == "['none', 'scribble']"
+            assert 'ControlNet 1: "preprocessor: scribble' in frame.info["parameters"]
+    three = _video(runner, tiny_multi_controlnet[1], frames, "-o", tmp_path / "x",
+                   *["--control-preprocess", "scribble"] * 3)  # fmt: skip
+    _refused(three, 1)
+    assert "3 control preprocessors were given, but the engine folder" in three.stderr
+
+
+def test_control_preprocess_depth_maps_each_frame(runner, tiny_controlnet_depth, tmp_path):
+    """--control-preprocess depth: each frame's depth map, made by the folder's depth model."""
+    import numpy as np
+    from PIL import Image
+
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    frames = tmp_path / "in"
+    frames.mkdir()
+    inputs = pictures(2)
+    for i, picture in enumerate(inputs, start=1):
+        Image.fromarray(picture).save(frames / f"f{i}.png")
+    out = tmp_path / "out"
+    result = _video(runner, tiny_controlnet_depth[1], frames, "-o", out, "--reuse-threshold",
+                    "0", "--seed", "5", "--control-preprocess", "depth")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet_depth[1], backend="onnxruntime")
+    for i, picture in enumerate(inputs, start=1):
+        (expected,) = pipe("a red fox", Image.fromarray(picture), strength=0.5, seed=5,
+                           num_inference_steps=2, guidance_scale=3,
+                           control_preprocess="depth")  # fmt: skip
+        with Image.open(out / f"frame-{i:06d}.png") as frame:
+            assert np.array_equal(np.asarray(frame.convert("RGB")), np.asarray(expected))
+            assert frame.info["fastimg:control_preprocess"] == "depth"

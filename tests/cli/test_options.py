@@ -25,8 +25,9 @@ def test_transform_takes_every_setting_with_its_range(setting):
     high = setting.high if setting.high is not None else setting.cap
     if setting.kind in (settings.REAL, settings.WHOLE) and (setting.low, high) != (None, None):
         assert _bounds(param.type) == (setting.low, high)
-    if setting.kind == settings.CHOICE:
-        assert tuple(param.type.choices) == setting.choices
+    if setting.kind == settings.CHOICE:  # (one per ControlNet: 'none' takes its image as given)
+        none = (settings.AS_GIVEN,) * setting.per_controlnet
+        assert tuple(param.type.choices) == (*setting.choices, *none)
 
 
 def test_video_takes_every_setting_but_the_images_per_call():

@@ -85,7 +85,7 @@ def test_prepare_control_makes_the_control_image_at_the_init_images_size(photo):
     expected = np.asarray(scribble(photo.resize((88, 64), resample=Image.LANCZOS)))
     (pixels,) = control.pixels  # one ControlNet's: 1 x 3 x H x W
     np.testing.assert_array_equal(pixels[0].transpose(1, 2, 0) * 255, expected)
-    assert control.preprocessor == "scribble" and control.key == ((0.8,), (0.0,), (1.0,))
+    assert control.preprocessor == ("scribble",) and control.key == ((0.8,), (0.0,), (1.0,))
     assert prepare_control(CallSettings(prompt="p"), 64, 88, photo) is None
     given = prepare_control(call.with_values(control_image=photo.transpose(0)), 64, 88, photo)
     assert not np.array_equal(given.pixels[0], pixels)  # the control image, not the init
@@ -246,3 +246,77 @@ def test_several_control_images_are_checked_against_the_controlnets(
     with pytest.raises(InputError, match="control_end has 3 values for 2 control images"):
         check_settings(two, CallSettings(prompt="p", control_image=tuple(images),
                                          control_guidance_end=(1.0, 0.5, 0.7)))  # fmt: skip
+
+
+def test_a_preprocessor_per_controlnet_makes_the_controlnets_past_the_images_from_the_init(
+    photo, tiny_multi_controlnet
+):
+    from fastimg.diffusion.control import controlnets_used, prepare_control
+    from fastimg.media.control_images import scribble
+
+    sketch = photo.transpose(0)
+    made = scribble(photo.resize((88, 64), resample=Image.LANCZOS))
+    both = CallSettings(prompt="p", control_preprocess=(None, "scribble"))
+    assert controlnets_used(both) == 2
+    control = prepare_control(both, 64, 88, photo)  # no image: both from the init image
+    assert control.preprocessor == (None, "scribble") and len(control.pixels) == 2
+    resized = np.asarray(photo.resize((88, 64), resample=Image.LANCZOS), dtype=np.float32) / 255
+    np.testing.assert_allclose(control.pixels[0][0].transpose(1, 2, 0), resized)
+    np.testing.assert_array_equal(control.pixels[1][0].transpose(1, 2, 0) * 255, made)
+    given = prepare_control(both.with_values(control_image=sketch), 64, 88, photo)
+    assert not np.array_equal(given.pixels[0], control.pixels[0])  # the sketch, as given
+    np.testing.assert_array_equal(given.pixels[1], control.pixels[1])  # the init's scribble
+    assert control.labels()["fastimg:control_preprocess"] == ["none", "scribble"]
+    two = load_manifest(tiny_multi_controlnet[1])
+    check_settings(two, both)
+    three = both.with_values(control_preprocess=("scribble",) * 3)
+    with pytest.raises(InputError, match="3 control preprocessors were given, but .* has 2"):
+        check_settings(two, three)
+    with pytest.raises(InputError, match="control_preprocess has 2 values for 3 control images"):
+        prepare_control(both.with_values(control_image=(sketch,) * 3), 64, 88, photo)
+
+
+def test_run_takes_a_list_of_control_images_per_row(tiny_multi_controlnet, photo, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.label_reader import read_labels
+
+    photo.save(tmp_path / "in.png")
+    _lines_image(1).save(tmp_path / "c1.png")
+    (tmp_path / "jobs.csv").write_text(
+        "image,prompt,seed,steps,control_image,control_preprocess,control_scale,output\n"
+        "in.png,a fox,1,3,c1.png;in.png,none;scribble,0.5;1.5,two.png\n"
+        "in.png,a fox,1,3,c1.png,,0.5,one.png\n"
+    )
+    out = tmp_path / "out"
+    args = ["run", str(tmp_path / "jobs.csv"), "--engines", str(tiny_multi_controlnet[1]),
+            "-o", str(out), "--backend", "onnxruntime", "--precision", "fp32"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    labels = read_labels(out / "two.png")
+    assert labels["fastimg"]["fastimg:control_scale"] == "[0.5, 1.5]"
+    assert 'ControlNet 1: "preprocessor: scribble, model: model, weight: 1.5' in \
+        labels["parameters"]  # fmt: skip
+    pipe = Img2ImgPipeline.from_engines(tiny_multi_controlnet[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+    (expected,) = pipe("a fox", photo, num_inference_steps=3, seed=1, strength=0.8,
+                       control_image=[_lines_image(1)], control_preprocess=["none", "scribble"],
+                       controlnet_conditioning_scale=[0.5, 1.5])  # fmt: skip
+    two, one = (np.asarray(Image.open(out / n).convert("RGB")) for n in ("two.png", "one.png"))
+    assert np.array_equal(two, np.asarray(expected))
+    assert not np.array_equal(two, one)
+
+
+def test_a_preprocessor_none_is_the_image_as_given():
+    from fastimg.diffusion.checks import check_values
+
+    assert check_values(CallSettings(prompt="p", control_preprocess="none")).control_preprocess \
+        is None  # fmt: skip
+    both = check_values(CallSettings(prompt="p", control_preprocess=["none", "scribble"]))
+    assert both.control_preprocess == (None, "scribble")
+    with pytest.raises(InputError, match="must be one value or a flat list"):
+        check_values(CallSettings(prompt="p", controlnet_conditioning_scale=[[0.5], 1.0]))
+    with pytest.raises(InputError, match="unknown control_preprocess 'blur'"):
+        check_values(CallSettings(prompt="p", control_preprocess=["blur"]))

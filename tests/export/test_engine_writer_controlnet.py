@@ -79,10 +79,15 @@ def test_a_controlnet_that_does_not_fit_the_unet_is_refused_by_name(config, mess
         loading.add_controlnet(pipe, _controlnet(**config), "cn")
 
 
-def test_a_controlnet_for_an_sdxl_model_is_refused():
+def test_a_controlnet_for_another_architecture_is_refused(tiny_sdxl_controlnet):
     pipe = random_models.build_pipeline("tiny-sdxl")
-    with pytest.raises(InputError, match="SDXL"):
+    with pytest.raises(InputError, match=r"cn is made for SD 1.x/2.x \(added conditioning None"
+                                         r"\), but this is an SDXL model"):  # fmt: skip
         loading.add_controlnet(pipe, _controlnet(), "cn")
+    xl = loading.load_controlnet(str(tiny_sdxl_controlnet[0]))
+    plain = random_models.build_pipeline("tiny")
+    with pytest.raises(InputError, match="is made for SDXL .* but this is an SD 1.x/2.x model"):
+        loading.add_controlnet(plain, xl, "xl")
 
 
 def test_a_folder_that_is_no_controlnet_is_refused(tmp_path):
@@ -144,3 +149,34 @@ def test_a_pipeline_index_with_other_controlnet_kinds_is_refused_by_name():
         assert cls.__name__ == "StableDiffusionControlNetImg2ImgPipeline"
     with pytest.raises(InputError, match="has a ControlNetXSAdapter as its controlnet"):
         loading.pipeline_class({**index, "controlnet": ["diffusers", "ControlNetXSAdapter"]})
+
+
+def test_an_sdxl_controlnet_takes_the_unets_added_conditioning(tiny_sdxl_controlnet, tmp_path):
+    """tiny-sdxl-controlnet (a StableDiffusionXLControlNetImg2ImgPipeline folder) exports its
+    ControlNet with SDXL's text_embeds and time_ids, and so does --controlnet on a plain SDXL
+    base model."""
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.engine_folder.manifest import load_manifest
+
+    manifest = load_manifest(tiny_sdxl_controlnet[1])
+    assert manifest.control_components == ("controlnet", "unet_control")
+    controlnet = manifest.components["controlnet"]
+    assert list(controlnet["inputs"]) == ["sample", "timestep", "encoder_hidden_states",
+                                          "controlnet_cond", "conditioning_scale", "text_embeds",
+                                          "time_ids"]  # fmt: skip
+    unet = manifest.components["unet_control"]
+    assert list(unet["inputs"])[3:5] == ["text_embeds", "time_ids"]
+    assert list(unet["inputs"])[5:] == manifest.control["residuals"]
+    for name in manifest.control_components:
+        parity = manifest.components[name]["parity"]
+        assert parity["max_rel_error"] <= parity["tolerance"]
+    model = random_models.write_random_model("tiny-sdxl", tmp_path / "model")
+    args = ["export", str(model), "-o", str(tmp_path / "engines"), "--controlnet",
+            str(tiny_sdxl_controlnet[0] / "controlnet")]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    added = load_manifest(tmp_path / "engines")
+    assert added.control["controlnets"][0]["source"] == args[-1]
+    assert added.components["controlnet"]["inputs"] == controlnet["inputs"]

@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw
 
 from fastimg.errors import InputError, MissingDependencyError
 from fastimg.media import control_images
-from fastimg.settings import CONTROL_PREPROCESSORS
+from fastimg.settings import CONTROL_PREPROCESSORS, MODEL_PREPROCESSORS
 
 
 def _rectangle(mode: str = "RGB") -> Image.Image:
@@ -17,7 +17,8 @@ def _rectangle(mode: str = "RGB") -> Image.Image:
 
 
 def test_the_preprocessors_are_the_settings_choices():
-    assert tuple(control_images.PREPROCESSORS) == CONTROL_PREPROCESSORS
+    # (depth is a model's: fastimg.diffusion.depth runs the engine folder's)
+    assert (*control_images.PREPROCESSORS, *MODEL_PREPROCESSORS) == CONTROL_PREPROCESSORS
 
 
 def test_canny_finds_the_edges_of_a_rectangle():
@@ -75,8 +76,8 @@ def test_scribble_of_a_drawn_rectangle_is_white_on_black():
 def test_preprocess_none_is_the_image_as_given_and_unknown_names_are_refused():
     image = _rectangle()
     assert control_images.preprocess(image, None) is image
-    with pytest.raises(InputError, match="unknown control preprocessor 'depth': choose one of"):
-        control_images.preprocess(image, "depth")
+    with pytest.raises(InputError, match="unknown control preprocessor 'blur': choose one of"):
+        control_images.preprocess(image, "blur")
 
 
 def test_a_call_with_canny_is_refused_before_any_work_without_opencv(

@@ -95,8 +95,11 @@ def test_bad_control_images_are_refused_as_bad_images_are(server, picture, photo
         assert refused.status_code == 422 and message in refused.json()["detail"]
     window = send("ok.png", _png(photo), control_start="0.6", control_end="0.4")
     assert window.status_code == 422 and "must be below" in window.json()["detail"]
-    preprocess = client.post("/v1/img2img", **multipart(picture, control_preprocess="depth"))
-    assert preprocess.status_code == 422 and "'depth' is not one of" in preprocess.json()["detail"]
+    preprocess = client.post("/v1/img2img", **multipart(picture, control_preprocess="blur"))
+    assert preprocess.status_code == 422 and "'blur' is not one of" in preprocess.json()["detail"]
+    depth = client.post("/v1/img2img", **multipart(picture, control_preprocess="depth"))
+    assert depth.status_code == 422  # (this folder has no depth model)
+    assert "control_preprocess depth needs a depth model" in depth.json()["detail"]
 
 
 def test_a_control_image_for_engines_without_controlnet_is_refused(pipe, picture, photo):
@@ -142,3 +145,77 @@ def test_info_names_the_controlnets_and_the_preprocessors(server, pipe):
         ready(plain)
         info = plain.get("/v1/info").json()
         assert info["controlnets"] == [] and info["control_preprocessors"] == []
+
+
+@pytest.fixture(scope="module")
+def multi_pipe(tiny_multi_controlnet):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    return Img2ImgPipeline.from_engines(tiny_multi_controlnet[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+
+
+def test_a_control_image_per_controlnet(multi_pipe, picture, photo):
+    """Repeated control_image parts (or a JSON list), in ControlNet order, with the control
+    settings one each: the Python call's image; too many are refused by name."""
+    sketches = [photo.transpose(0), photo.transpose(1)]
+    pngs = [_png(sketch) for sketch in sketches]
+    lists = {"control_scale": "0.5;1.5", "control_preprocess": "none;scribble"}
+    with live(ServeOptions(max_pixels=MAX_PIXELS), lambda: multi_pipe) as (client, _):
+        ready(client)
+        form = multipart(picture, **lists)
+        controls = [("control_image", (f"c{k}.png", p, "image/png")) for k, p in enumerate(pngs)]
+        files = [("image", form["files"]["image"]), *controls]
+        response = client.post("/v1/img2img", files=files, data=form["data"])
+        assert response.status_code == 200, response.text
+        expected = multi_pipe("a cat", load_image(picture), **CALL, control_image=sketches,
+                              controlnet_conditioning_scale=[0.5, 1.5],
+                              control_preprocess=[None, "scribble"])  # fmt: skip
+        np.testing.assert_array_equal(decoded(response.content), np.asarray(expected[0]))
+        settings = json.loads(response.headers["x-fastimg-settings"])
+        assert settings["fastimg:control_scale"] == [0.5, 1.5]
+        assert settings["fastimg:control_preprocess"] == ["none", "scribble"]
+
+        image = base64.b64encode(picture.read_bytes()).decode()
+        as_text = [base64.b64encode(png).decode() for png in pngs]
+        body = {**SETTINGS, "image": image, "control_image": as_text, "control_scale": [0.5, 1.5],
+                "control_preprocess": ["none", "scribble"]}  # fmt: skip
+        as_json = client.post("/v1/img2img", json=body)
+        assert as_json.status_code == 200, as_json.text
+        np.testing.assert_array_equal(decoded(as_json.content), decoded(response.content))
+
+        for changed, message in (
+            ({"control_image": as_text * 2}, "4 control images were given, but the engine folder"),
+            ({"control_image": []}, "the field 'control_image' is an empty list"),
+            ({"control_image": [as_text[0], 3]}, "'control_image' must be the ControlNet's"),
+            ({"control_scale": [0.5, 1, 2]}, "control_scale has 3 values for 2 control images"),
+            ({"control_end": "1;x"}, "Invalid value for 'control_end': 'x' is not a valid"),
+        ):
+            refused = client.post("/v1/img2img", json={**body, **changed})
+            assert refused.status_code == 422, refused.text
+            assert message in refused.json()["detail"]
+
+
+def test_info_lists_depth_only_where_the_folder_has_a_depth_model(
+    tiny_controlnet, tiny_controlnet_depth
+):
+    from fastimg.engine_folder.manifest import load_manifest
+    from fastimg.serve.service import control_preprocessors
+
+    assert control_preprocessors(load_manifest(tiny_controlnet[1])) == ["canny", "scribble"]
+    with_depth = load_manifest(tiny_controlnet_depth[1])
+    assert control_preprocessors(with_depth) == ["canny", "scribble", "depth"]
+
+
+def test_control_preprocess_depth_over_http(tiny_controlnet_depth, picture):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet_depth[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+    with live(ServeOptions(max_pixels=MAX_PIXELS), lambda: pipe) as (client, _):
+        ready(client)
+        assert client.get("/v1/info").json()["control_preprocessors"][-1] == "depth"
+        response = client.post("/v1/img2img", **multipart(picture, control_preprocess="depth"))
+        assert response.status_code == 200, response.text
+    expected = pipe("a cat", load_image(picture), **CALL, control_preprocess="depth")
+    np.testing.assert_array_equal(decoded(response.content), np.asarray(expected[0]))

@@ -335,6 +335,61 @@ def test_a_control_image_and_preprocessor_steer_the_transform(
                                       decoded(from_input.content))  # fmt: skip
 
 
+def test_a_control_image_or_preprocessor_per_controlnet(
+    browser, tiny_multi_controlnet, picture, photo, tmp_path, artifacts
+):
+    """One unit per ControlNet: the first ControlNet's image and the second's preprocessor
+    (from the input image) go as the HTTP API's lists; a ControlNet left empty before a used
+    one runs at scale 0 on the input image."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_multi_controlnet[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+    sketch = tmp_path / "sketch.png"
+    photo.transpose(0).save(sketch)
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        wait(browser, lambda d: by_id(d, "control").is_displayed())
+        assert "controlnet_1" in by_id(browser, "control").text  # a unit each, named
+        by_id(browser, "file").send_keys(str(picture))
+        by_id(browser, "control-file").send_keys(str(sketch))
+        wait(browser, lambda d: by_id(d, "control-preview").is_displayed())
+        by_id(browser, "control-preprocess-1").send_keys("scribble")
+        fill(browser, prompt="a cat", steps=3, strength=0.6, seed=11, guidance=5)
+        fill(browser, **{"control-scale": 0.5, "control-scale-1": 1.5})
+        browser.execute_script(RECORD_REQUESTS)
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        assert by_id(browser, "error").is_displayed() is False, by_id(browser, "error").text
+        (sent,) = browser.execute_script("return window.sent;")
+        fields = [entry for entry in sent if entry[0].startswith("control")]
+        assert fields == [["control_image", "sketch.png", sketch.stat().st_size],
+                          ["control_preprocess", "none;scribble"],
+                          ["control_scale", "0.5;1.5"]]  # fmt: skip
+        browser.save_screenshot(artifacts("two-controlnets"))
+        form = {"prompt": "a cat", "steps": "3", "strength": "0.6", "seed": "11", "guidance": "5",
+                "control_preprocess": "none;scribble", "control_scale": "0.5;1.5"}  # fmt: skip
+        files = [("image", ("in.png", picture.read_bytes())),
+                 ("control_image", ("sketch.png", sketch.read_bytes()))]  # fmt: skip
+        http = client.post("/v1/img2img", files=files, data=form)
+        assert http.status_code == 200, http.text
+        np.testing.assert_array_equal(decoded(result_pixels_png(browser)), decoded(http.content))
+
+        by_id(browser, "control-clear").click()  # the first ControlNet left empty
+        by_id(browser, "control-preprocess-1").send_keys("none")
+        by_id(browser, "control-file-1").send_keys(str(sketch))
+        by_id(browser, "transform").click()
+        wait(browser, lambda d: len(d.find_elements("css selector", "#history img")) == 2)
+        wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
+        assert by_id(browser, "error").is_displayed() is False, by_id(browser, "error").text
+        second = browser.execute_script("return window.sent;")[1]
+        fields = [entry for entry in second if entry[0].startswith("control")]
+        assert fields == [["control_image", "in.png", picture.stat().st_size],
+                          ["control_image", "sketch.png", sketch.stat().st_size],
+                          ["control_scale", "0;1.5"]]  # fmt: skip
+
+
 def test_the_loaded_loras_get_a_scale_each_and_steer_the_transform(
     browser, tiny, picture, tmp_path, artifacts
 ):

@@ -181,7 +181,7 @@ def test_bad_control_cells_are_named(images):
     rows = [{"image": "a.png", "prompt": "x", "control_image": "gone.png"},
             {"image": "a.png", "prompt": "x", "control_image": 3},
             {"image": "a.png", "prompt": "x", "control_image": "jobs.jsonl"},
-            {"image": "a.png", "prompt": "x", "control_preprocess": "depth"}]  # fmt: skip
+            {"image": "a.png", "prompt": "x", "control_preprocess": "blur"}]  # fmt: skip
     jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows))
     with pytest.raises(InputError) as caught:
         read_job_file(jobs_jsonl)
@@ -191,7 +191,7 @@ def test_bad_control_cells_are_named(images):
     assert f"row 1 (line 1): control_image (the ControlNet's image) {gone} does not" in message
     assert "row 2 (line 2): control_image must be text, got 3" in message
     assert "row 3 (line 3): " in message and "jobs.jsonl is not an image" in message
-    assert "row 4 (line 4): Invalid value for 'control_preprocess': 'depth' is not" in message
+    assert "row 4 (line 4): Invalid value for 'control_preprocess': 'blur' is not" in message
 
 
 def test_mask_columns(images):
@@ -230,3 +230,46 @@ def test_mask_columns(images):
     assert (
         "row 4 (line 4): Invalid value for 'mask_blur': 'soft' is not a valid integer." in message
     )
+
+
+def test_several_controlnets_take_a_list_per_cell(images):
+    """control_image and the control settings: one value per ControlNet, `;` between them in a
+    CSV cell, a JSON list in a JSONL row."""
+    jobs_csv = images / "jobs.csv"
+    jobs_csv.write_text(
+        "image,prompt,control_image,control_preprocess,control_scale,control_end\n"
+        "b.jpg,x,a.png; b.jpg,none;scribble,1.0;0.5,0.6\n"
+        "b.jpg,y,,canny;scribble,,\n"
+    )
+    a, b = read_job_file(jobs_csv)
+    assert a.call.control_image == (str(images / "a.png"), str(images / "b.jpg"))
+    assert a.call.control_preprocess == (None, "scribble")
+    assert a.call.controlnet_conditioning_scale == (1.0, 0.5)
+    assert a.call.control_guidance_end == 0.6  # one value for both
+    assert (b.call.control_image, b.call.control_preprocess) == (None, ("canny", "scribble"))
+    jobs_jsonl = images / "jobs.jsonl"
+    row = {"image": "a.png", "prompt": "x", "control_image": ["a.png", "b.jpg"],
+           "control_scale": [1, 0.25], "control_start": "0;0.5"}  # fmt: skip
+    jobs_jsonl.write_text(json.dumps(row))
+    (job,) = read_job_file(jobs_jsonl)
+    assert job.call.control_image == (str(images / "a.png"), str(images / "b.jpg"))
+    assert job.call.controlnet_conditioning_scale == (1.0, 0.25)
+    assert job.call.control_guidance_start == (0.0, 0.5)
+
+
+def test_bad_control_lists_are_named(images):
+    jobs_jsonl = images / "jobs.jsonl"
+    rows = [{"image": "a.png", "prompt": "x", "control_image": "a.png;"},
+            {"image": "a.png", "prompt": "x", "control_image": ["a.png", "gone.png"]},
+            {"image": "a.png", "prompt": "x", "control_image": []},
+            {"image": "a.png", "prompt": "x", "control_scale": "1;;2"}]  # fmt: skip
+    jobs_jsonl.write_text("\n".join(json.dumps(row) for row in rows))
+    with pytest.raises(InputError) as caught:
+        read_job_file(jobs_jsonl)
+    message = str(caught.value)
+    assert "4 bad row(s)" in message
+    assert "row 1 (line 1): control_image 'a.png;' must be a path, or one path per" in message
+    gone = images / "gone.png"
+    assert f"row 2 (line 2): control_image (the ControlNet's image) {gone} does not" in message
+    assert "row 3 (line 3): control_image [] must be a path" in message
+    assert "row 4 (line 4): Invalid value for 'control_scale': '1;;2' has an empty value" in message

@@ -16,7 +16,9 @@ ARCHITECTURES = (
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
     "tiny-controlnet",
     "tiny-multi-controlnet",
+    "tiny-sdxl-controlnet",
     "tiny-inpaint",
+    "tiny-depth",  # a DPT depth model, for export --depth-model
 )
 
 
@@ -94,7 +96,15 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     metavar="FOLDER_OR_ID",
     help="Export a ControlNet (a ControlNetModel folder or hub id) beside the UNet, for "
     "transform --control-image; repeat it for several (their residuals summed, as diffusers' "
-    "MultiControlNetModel; control images go to them in this order). SD 1.x/2.x models.",
+    "MultiControlNetModel; control images go to them in this order). SD 1.x/2.x and SDXL "
+    "base models, each with ControlNets made for it.",
+)
+@click.option(
+    "--depth-model",
+    default=None,
+    metavar="FOLDER_OR_ID",
+    help="Export a DPT depth model (e.g. Intel/dpt-large) beside the ControlNet, for "
+    "--control-preprocess depth (a depth map of the input made by the engines, no torch).",
 )
 @domain_errors
 def export(
@@ -107,6 +117,7 @@ def export(
     int8: bool,
     int8_images: int,
     controlnets: tuple[str, ...],
+    depth_model: str | None,
 ) -> None:
     """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
     from ..errors import require
@@ -125,6 +136,7 @@ def export(
         loras=list(loras),
         int8_images=int8_images if int8 else 0,
         controlnets=list(controlnets),
+        depth_model=depth_model,
     )
     click.echo(f"engines written to {output}")
 

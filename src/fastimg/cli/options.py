@@ -11,7 +11,18 @@ from ..backends import SHAPES
 from ..backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
 from ..errors import InputError
 from ..media.formats import IMAGE_FILE_SUFFIXES
-from ..settings import BY_NAME, CHOICE, FORMATS, PAIR, REAL, SETTINGS, WHOLE, Setting, parse_pair
+from ..settings import (
+    AS_GIVEN,
+    BY_NAME,
+    CHOICE,
+    FORMATS,
+    PAIR,
+    REAL,
+    SETTINGS,
+    WHOLE,
+    Setting,
+    parse_pair,
+)
 
 _UNSET = object()
 
@@ -116,18 +127,22 @@ def pop_more_settings(options: dict, exclude: tuple[str, ...] = ()) -> dict:
             _more_settings(exclude)}  # fmt: skip
 
 
-# The ControlNet settings fastimg transform takes repeated: one value for all ControlNets, or
-# one per --control-image in their order.
+# The ControlNet settings fastimg transform and video take repeated: one value for all
+# ControlNets, or one per ControlNet in their order.
 CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
-                    "control_guidance_end")  # fmt: skip
+                    "control_guidance_end", "control_preprocess")  # fmt: skip
 
 
 def control_list_options(command):
-    """--control-scale, --control-start and --control-end, each repeatable (one per ControlNet)."""
+    """--control-scale, --control-start, --control-end and --control-preprocess, each
+    repeatable (one per ControlNet; a preprocessor 'none' takes its image as given)."""
     for name in reversed(CONTROL_SETTINGS):
         setting = BY_NAME[name]
-        help = f"{setting.help.rstrip('.')}; repeat it for one per --control-image."
-        command = setting_option(name, help=help, multiple=True, default=None)(command)
+        help = f"{setting.help.rstrip('.')}; repeat it for one per ControlNet."
+        options = {}
+        if setting.choices:
+            options["type"] = click.Choice((*setting.choices, AS_GIVEN))
+        command = setting_option(name, help=help, multiple=True, default=None, **options)(command)
     return command
 
 

@@ -11,11 +11,14 @@ from ..errors import InputError
 from ..settings import DEFAULT_REUSE_THRESHOLD, from_fields
 from .common import domain_errors, echo_err
 from .options import (
+    CONTROL_SETTINGS,
     apply_inpaint_area,
+    control_list_options,
     engine_options,
     given_once,
     inpaint_options,
     more_setting_options,
+    pop_control_lists,
     pop_more_settings,
     prompt_options,
     scheduler_option,
@@ -110,12 +113,23 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
 )
 @click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
 @inpaint_options
-@more_setting_options(exclude=ONE_IMAGE_PER_FRAME)
+@click.option(
+    "--control-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="ControlNet: an image that steers every frame. Repeat it for several ControlNets, one "
+    "each in their order; a ControlNet past them takes each frame, made by its "
+    "--control-preprocess (canny and scribble of every frame: --control-preprocess canny "
+    "--control-preprocess scribble).",
+)
+@more_setting_options(exclude=(*ONE_IMAGE_PER_FRAME, *CONTROL_SETTINGS))
+@control_list_options
 @engine_options
 @domain_errors
 def video(source, output, prompt, negative_prompt, strength, steps, guidance, seed, scheduler,
           reuse_threshold, no_audio, fps, frames_dir, overwrite, resume, no_metadata, quiet,
-          mask, mask_invert, inpaint_area, keep_unmasked, **engine) -> None:  # fmt: skip
+          mask, mask_invert, inpaint_area, keep_unmasked, control_image,
+          **engine) -> None:  # fmt: skip
     """Redraw IN (a video file, or a folder of frame images) frame by frame toward --prompt.
 
     The output video keeps IN's frame rate, frame times and audio; a folder -o gets
@@ -130,7 +144,8 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
         given_once(negative_prompt, "--negative-prompt"),
     )
 
-    more = pop_more_settings(engine, exclude=ONE_IMAGE_PER_FRAME)
+    more = pop_more_settings(engine, exclude=(*ONE_IMAGE_PER_FRAME, *CONTROL_SETTINGS))
+    controls = pop_control_lists(engine)
     apply_inpaint_area(more, inpaint_area)
     where = dict(frames_dir=frames_dir, overwrite=overwrite, resume=resume, fps=fps)
     try:  # a run that cannot work is refused before the engines load
@@ -149,7 +164,10 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
     given = {"prompt": prompt, "negative_prompt": negative_prompt, "strength": strength,
              "steps": steps, "guidance": guidance, "seed": seed, "sampler": scheduler,
              **more}  # fmt: skip
-    call = from_fields(given, parse=False)
+    call = from_fields(given, parse=False).with_values(**controls)
+    if control_image:  # one per ControlNet, in their order
+        paths = tuple(str(path) for path in control_image)
+        call = call.with_values(control_image=paths[0] if len(paths) == 1 else paths)
     if mask is not None or mask_invert or keep_unmasked:
         call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert,
                                 keep_unmasked=keep_unmasked)  # fmt: skip

@@ -8,10 +8,9 @@ from dataclasses import dataclass
 
 from ..engine_folder.manifest import Manifest
 from ..errors import InputError
-from ..settings import SAMPLERS, SETTINGS, CallSettings
+from ..settings import AS_GIVEN, CHOICE, SAMPLERS, SETTINGS, CallSettings
 from . import schedules
 from .conditioning import check_sdxl_arguments
-from .control import CONTROL_SETTINGS
 from .control import check_settings as check_control
 from .masks import check_settings as check_mask
 
@@ -85,11 +84,15 @@ def check_values(settings: CallSettings) -> CallSettings:
 
 def _checked(setting, value):
     """One setting's value checked; a ControlNet setting's list (one per ControlNet) each."""
-    if setting.name in CONTROL_SETTINGS and isinstance(value, list | tuple):
+    if setting.per_controlnet and isinstance(value, list | tuple):
         if not value:
             raise InputError(f"{setting.name} is an empty list: give one value, or one each")
-        values = tuple(setting.check(v) for v in value)
+        if any(isinstance(v, list | tuple) for v in value):
+            raise InputError(f"{setting.name} must be one value or a flat list, got {value!r}")
+        values = tuple(_checked(setting, v) for v in value)
         return values[0] if len(values) == 1 else values
+    if setting.per_controlnet and setting.kind == CHOICE and value == AS_GIVEN:
+        return None  # (a preprocessor 'none': the image as given)
     return setting.check(value)
 
 

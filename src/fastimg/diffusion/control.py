@@ -9,8 +9,11 @@ does in img2img).
 
 Several ControlNets (diffusers' MultiControlNetModel): control_image is a list, one image per
 ControlNet in the folder's order (fewer leave the last ControlNets out: they do not run); a
-scale, start or end is one value for all or a list, one per image; each ControlNet runs at its
-own scale x keep and their residuals are summed in order, as MultiControlNetModel.forward does.
+scale, start or end is one value for all or a list, one per ControlNet; each ControlNet runs at
+its own scale x keep and their residuals are summed in order, as MultiControlNetModel.forward
+does. control_preprocess is likewise one preprocessor for all or a list, one per ControlNet
+(None: its image as given); a list longer than the control images runs the ControlNets past
+them on the init image, each made by its own preprocessor (canny and scribble of each frame).
 """
 
 from dataclasses import dataclass
@@ -22,11 +25,16 @@ from PIL import Image
 from ..engine_folder.manifest import Manifest
 from ..errors import EngineError, InputError
 from ..media import control_images, images
-from ..settings import BY_NAME, CallSettings
+from ..settings import AS_GIVEN, BY_NAME, CallSettings
+from . import depth
 
 # The control settings, by diffusers' name, and their defaults.
 CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
                     "control_guidance_end")  # fmt: skip
+
+
+# What a ControlNet takes of the UNet's feeds (SDXL's: its added text_embeds and time_ids too).
+CONTROLNET_INPUTS = ("sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids")
 
 
 @dataclass(frozen=True)
@@ -38,7 +46,7 @@ class Control:
     scale: tuple[float, ...]
     start: tuple[float, ...]
     end: tuple[float, ...]
-    preprocessor: str | None = None
+    preprocessor: tuple[str | None, ...] = (None,)
 
     @property
     def key(self) -> tuple:
@@ -67,24 +75,42 @@ def _one_or_list(values: tuple) -> float | list[float]:
     return float(values[0]) if len(values) == 1 else [float(v) for v in values]
 
 
-def control_labels(preprocessor: str | None, scale, start, end, count: int = 1) -> dict:
-    """The fastimg:* labels of an image `count` ControlNets steered (scale, start and end: one
-    value for all or one each; media.labels writes them into the A1111 parameters as its
-    ControlNet extension does)."""
+def _preprocessor_label(preprocessor) -> str | list[str]:
+    """The preprocessor label: one name ('none': as given), or one per ControlNet."""
+    names = [p or AS_GIVEN for p in _as_tuple(preprocessor)]
+    return names[0] if len(set(names)) == 1 else names
+
+
+def control_labels(preprocessor, scale, start, end, count: int = 1) -> dict:
+    """The fastimg:* labels of an image `count` ControlNets steered (preprocessor, scale,
+    start and end: one value for all or one each; media.labels writes them into the A1111
+    parameters as its ControlNet extension does)."""
     return {
-        "fastimg:control_preprocess": preprocessor or "none",
+        "fastimg:control_preprocess": _preprocessor_label(preprocessor),
         "fastimg:control_scale": _one_or_list(per_controlnet(scale, count, "control_scale")),
         "fastimg:control_start": _one_or_list(per_controlnet(start, count, "control_start")),
         "fastimg:control_end": _one_or_list(per_controlnet(end, count, "control_end")),
     }
 
 
+def _as_tuple(value) -> tuple:
+    """One value or a list of values as a tuple."""
+    return tuple(value) if isinstance(value, list | tuple) else (value,)
+
+
 def control_images_of(settings: CallSettings) -> tuple:
     """The call's control images, in ControlNet order (() for none)."""
     image = settings.control_image
-    if image is None:
+    return () if image is None else _as_tuple(image)
+
+
+def preprocessors_of(settings: CallSettings) -> tuple:
+    """The call's preprocessors as given: () for none, else one for all or one per ControlNet
+    (None or 'none': as given)."""
+    given = _as_tuple(settings.control_preprocess)
+    if given == (None,):
         return ()
-    return tuple(image) if isinstance(image, list | tuple) else (image,)
+    return tuple(None if p == AS_GIVEN else p for p in given)
 
 
 def per_controlnet(value, count: int, key: str) -> tuple[float, ...]:
@@ -103,8 +129,9 @@ def per_controlnet(value, count: int, key: str) -> tuple[float, ...]:
 
 
 def controlnets_used(settings: CallSettings) -> int:
-    """How many ControlNets a call runs: one per control image (one for a preprocessor alone)."""
-    return len(control_images_of(settings)) or int(settings.control_preprocess is not None)
+    """How many ControlNets a call runs: one per control image, or one per preprocessor of a
+    longer list (one for a preprocessor alone)."""
+    return max(len(control_images_of(settings)), len(preprocessors_of(settings)))
 
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
@@ -112,7 +139,7 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
     control image, and a window that ends before it starts (as diffusers' check_inputs)."""
     given = [name for name in CONTROL_SETTINGS
              if getattr(settings, name) != BY_NAME[name].default]  # fmt: skip
-    if settings.control_image is None and settings.control_preprocess is None:
+    if settings.control_image is None and not any(preprocessors_of(settings)):
         if given:
             raise InputError(
                 f"{', '.join(BY_NAME[n].key for n in given)} steer a ControlNet, but no control "
@@ -130,13 +157,18 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
     names = [c["component"] for c in manifest.control["controlnets"]]
     count = controlnets_used(settings)
     if count > len(names):
+        what = ("control images" if count == len(control_images_of(settings))
+                else "control preprocessors")  # fmt: skip
         raise InputError(
-            f"{count} control images were given, but the engine folder {manifest.folder} has "
+            f"{count} {what} were given, but the engine folder {manifest.folder} has "
             f"{len(names)} ControlNet{'s' * (len(names) > 1)} ({', '.join(names)}): give at most "
             f"{len(names)}, one per ControlNet in that order (or export more with "
             "fastimg export MODEL --controlnet A --controlnet B)"
         )
-    control_images.check_available(settings.control_preprocess)
+    for name in per_controlnet(preprocessors_of(settings) or (None,), count, "control_preprocess"):
+        control_images.check_available(name)
+        if name == "depth":
+            depth.check_available(manifest)
     per_controlnet(settings.controlnet_conditioning_scale, count, "control_scale")  # (its length)
     starts = per_controlnet(settings.control_guidance_start, count, "control_start")
     ends = per_controlnet(settings.control_guidance_end, count, "control_end")
@@ -148,29 +180,34 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
 
 
 def prepare_control(
-    settings: CallSettings, height: int, width: int, init_image: Image.Image | None = None
+    settings: CallSettings,
+    height: int,
+    width: int,
+    init_image: Image.Image | None = None,
+    engines=None,
 ) -> Control | None:
-    """The call's control (None without a control image or preprocessor), its image read and
+    """The call's control (None without a control image or preprocessor), its images read and
     prepared as diffusers' prepare_control_image does, at the init image's `height` x `width`
-    pixels, then made by the call's control_preprocess (from `init_image` without an image)."""
+    pixels, then made by their control_preprocess (a ControlNet past the control images given
+    takes `init_image`); `engines` (an EngineSet) runs the depth model of preprocessor depth."""
     given = control_images_of(settings)
-    preprocessor = settings.control_preprocess
-    if not given:
-        if preprocessor is None or init_image is None:
-            return None
-        given = (init_image,)
-    pixels = tuple(_pixels(image, height, width, preprocessor) for image in given)
-    count = len(pixels)
+    count = controlnets_used(settings)
+    if not given and (init_image is None or not any(preprocessors_of(settings))):
+        return None
+    makers = per_controlnet(preprocessors_of(settings) or (None,), count, "control_preprocess")
+    sources = given + (init_image,) * (count - len(given))
+    pixels = tuple(_pixels(image, height, width, maker, engines)
+                   for image, maker in zip(sources, makers, strict=True))  # fmt: skip
     return Control(
         pixels,
         per_controlnet(settings.controlnet_conditioning_scale, count, "control_scale"),
         per_controlnet(settings.control_guidance_start, count, "control_start"),
         per_controlnet(settings.control_guidance_end, count, "control_end"),
-        preprocessor,
+        makers,
     )
 
 
-def _pixels(image, height: int, width: int, preprocessor: str | None) -> np.ndarray:
+def _pixels(image, height: int, width: int, preprocessor: str | None, engines) -> np.ndarray:
     """One control image read, resized to `height` x `width` and made by `preprocessor`, as
     1 x 3 x H x W pixels in 0..1."""
     if isinstance(image, str | Path):
@@ -180,7 +217,10 @@ def _pixels(image, height: int, width: int, preprocessor: str | None) -> np.ndar
     image = images.to_rgb(image)
     if image.size != (width, height):
         image = image.resize((width, height), resample=Image.LANCZOS)
-    image = control_images.preprocess(image, preprocessor)
+    if preprocessor == "depth":
+        image = depth.depth_image(image, engines)
+    else:
+        image = control_images.preprocess(image, preprocessor)
     pixels = (np.asarray(image, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None]
     return pixels.copy()
 
@@ -221,7 +261,7 @@ class ControlRun:
         `feeds` (the plain UNet where every scale of the step is 0)."""
         if not any(self.scales[i]):
             return plain
-        inputs = {name: feeds[name] for name in ("sample", "timestep", "encoder_hidden_states")}
+        inputs = {name: feeds[name] for name in CONTROLNET_INPUTS if name in feeds}
         summed = None
         for net, all_rows, scale in zip(self.controlnets, self.rows, self.scales[i], strict=True):
             if scale == 0:  # (its residuals are zeros: diffusers adds them, changing nothing)

@@ -131,7 +131,8 @@ class EngineSet:
     def _load(self, backend: str, precision: str, plans=None) -> Engines:
         components = self.manifest.component_names
         if plans is None:  # (TensorRT plan sets hold no ControlNet yet)
-            components = (*components, *self.manifest.control_components)
+            components = (*components, *self.manifest.control_components,
+                          *self.manifest.depth_components)  # fmt: skip
         engines = load_engines(
             backend,
             self.manifest,

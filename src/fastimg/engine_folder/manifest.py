@@ -179,6 +179,16 @@ class Manifest:
             return ()
         return (*(c["component"] for c in control["controlnets"]), control["unet"])
 
+    @property
+    def depth(self) -> dict:
+        """The depth model of control_preprocess depth ({} where the folder has none)."""
+        return self.data.get("depth") or {}
+
+    @property
+    def depth_components(self) -> tuple[str, ...]:
+        """The depth model's component (() where none)."""
+        return (self.depth["component"],) if self.depth else ()
+
     def tokenizer_of(self, encoder: str) -> dict:
         """The tokenizer entry that feeds `encoder`."""
         return self.data[TOKENIZER_OF[encoder]]

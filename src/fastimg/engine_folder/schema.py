@@ -329,6 +329,19 @@ class Control(_Strict):
     residuals: Annotated[list[Name], Field(min_length=1, max_length=64)]
 
 
+class Depth(_Strict):
+    """The depth model of control_preprocess depth: its component and how its input is made
+    (DPTImageProcessor's fixed size, resampling filter, rescale factor, mean and std)."""
+
+    component: Name
+    source: Text | None = None
+    size: Annotated[list[Annotated[int, Field(ge=8, le=4096)]], Field(min_length=2, max_length=2)]
+    resample: Literal["bicubic", "bilinear"] = "bicubic"
+    rescale_factor: Annotated[float, Field(gt=0, le=1)] = 1 / 255
+    mean: Annotated[list[Annotated[float, Field(ge=-10, le=10)]], Field(min_length=3, max_length=3)]
+    std: Annotated[list[Annotated[float, Field(gt=0, le=10)]], Field(min_length=3, max_length=3)]
+
+
 class EngineManifest(_Strict):
     """manifest.json as the runtime reads it."""
 
@@ -359,12 +372,21 @@ class EngineManifest(_Strict):
     # per component (SD's four; a ControlNet folder's ControlNets and unet_control too)
     memory: Annotated[dict[Name, MemoryModel], Field(max_length=64)] = {}
     control: Control | None = None  # (folders without a ControlNet have none)
+    depth: Depth | None = None  # (exported with --depth-model only)
 
     @model_validator(mode="after")
     def _memory_of_components(self):
         for name in self.memory:
             if name not in self.components:
                 raise ValueError(f"memory names {name}, which is not one of the components")
+        return self
+
+    @model_validator(mode="after")
+    def _depth_is_a_component(self):
+        if self.depth is not None:
+            name = self.depth.component
+            if name not in self.components or name in COMPONENTS:
+                raise ValueError(f"depth names {name}, which is not a depth component")
         return self
 
     @model_validator(mode="after")

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import InputError, require
-from ..settings import CONTROL_PREPROCESSORS
+from ..settings import CONTROL_PREPROCESSORS, MODEL_PREPROCESSORS
 from .images import to_rgb
 
 CANNY_THRESHOLDS = (100, 200)  # low, high: ControlNet's canny annotator's defaults
@@ -33,8 +33,8 @@ def scribble(image: Image.Image, threshold: int = SCRIBBLE_THRESHOLD) -> Image.I
     return Image.fromarray(np.repeat(strokes[:, :, None], 3, axis=2), "RGB")
 
 
-PREPROCESSORS = {"canny": canny, "scribble": scribble}
-assert tuple(PREPROCESSORS) == CONTROL_PREPROCESSORS
+PREPROCESSORS = {"canny": canny, "scribble": scribble}  # (depth: diffusion.depth, a model's)
+assert (*PREPROCESSORS, *MODEL_PREPROCESSORS) == CONTROL_PREPROCESSORS
 NEEDS = {"canny": ("cv2", "controlnet")}  # what a preprocessor imports: (module, its extra)
 
 

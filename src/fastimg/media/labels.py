@@ -106,11 +106,12 @@ def _control_fields(settings: dict) -> dict:
     scales = each("fastimg:control_scale")
     starts, ends = each("fastimg:control_start"), each("fastimg:control_end")
     models = each("fastimg:control_model")
-    preprocessor = settings.get("fastimg:control_preprocess") or "none"
+    preprocessors = each("fastimg:control_preprocess")
     fields = {}
     for k, scale in enumerate(scales):
         model = re.sub(r"[,:\n]", "_", str(models[min(k, len(models) - 1)] or ""))
         start, end = starts[min(k, len(starts) - 1)], ends[min(k, len(ends) - 1)]
+        preprocessor = preprocessors[min(k, len(preprocessors) - 1)] or "none"
         fields[f"ControlNet {k}"] = (
             f"preprocessor: {preprocessor}, "
             + (f"model: {model}, " if model else "")

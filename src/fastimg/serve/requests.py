@@ -5,7 +5,9 @@ bytes until a worker decodes it.
 The fields are the call settings (SETTINGS: a setting added there is a field here), plus the
 `image`, the ControlNet's `control_image` and the inpainting `mask` (more files, or base64 in
 JSON, checked and decoded as the image is), `mask_invert` and `keep_unmasked` (true or false),
-and how the result is encoded (`format`, `quality`). Values arrive as
+and how the result is encoded (`format`, `quality`). Several ControlNets: `control_image` once
+per ControlNet in their order (repeated file parts, or a JSON list of base64 texts), and the
+control settings one value for all or one each (`1.0;0.5`, or a JSON list). Values arrive as
 text (multipart) or JSON and are refused with the CLI's wording: "Invalid value for
 'strength': 1.5 is not in the range 0<x<=1."
 """
@@ -24,6 +26,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import Request
 from starlette.websockets import WebSocketDisconnect
 
+from ..engine_folder.schema import MAX_CONTROLNETS
 from ..errors import InputError
 from ..settings import (
     BY_KEY,
@@ -43,6 +46,7 @@ from .admission import check_length, limited, paced
 # How the result of one request is encoded (not call settings).
 OUTPUT_FIELDS = {FORMAT.key: FORMAT, QUALITY.key: QUALITY}
 FILES = ("image", "control_image", "mask")  # the fields that carry an image
+MAX_FILES = len(FILES) + MAX_CONTROLNETS - 1  # (control_image: one per ControlNet)
 MASK_FLAGS = ("mask_invert", "keep_unmasked")  # true or false
 FIELDS = ("image", *(setting.key for setting in SETTINGS), *OUTPUT_FIELDS, "control_image",
           "mask", *MASK_FLAGS)  # fmt: skip
@@ -77,7 +81,7 @@ class Body:
     fields: dict
     data: bytes
     filename: str | None
-    control: bytes | None = None
+    control: bytes | tuple[bytes, ...] | None = None  # (several: one per ControlNet)
     mask: bytes | None = None
 
 
@@ -96,8 +100,13 @@ class ImageRequest:
     quality: int | None
     unet_steps: int = 0  # the UNet steps a call runs (strength x the scheduled steps)
     size: tuple[int, int] | None = None  # (width, height) from the image's header
-    control: bytes | None = None
+    control: bytes | tuple[bytes, ...] | None = None
     mask: bytes | None = None
+
+    @property
+    def controls(self) -> tuple[bytes, ...]:
+        """The control images' bytes, one per ControlNet in their order (() for none)."""
+        return control_tuple(self.control)
 
     @property
     def batch_key(self) -> tuple | None:
@@ -107,7 +116,7 @@ class ImageRequest:
         call = job.call
         if self.size is None or call.num_images_per_prompt != 1:
             return None
-        control = (self.control is not None, call.control_preprocess,
+        control = (len(self.controls), call.control_preprocess,
                    call.controlnet_conditioning_scale, call.control_guidance_start,
                    call.control_guidance_end)  # fmt: skip
         mask = (self.mask is not None, call.padding_mask_crop is not None)
@@ -195,7 +204,7 @@ async def _read_multipart(request: Request, body) -> Body:
     parser = MultiPartParser(
         request.headers,
         body,
-        max_files=len(FILES),
+        max_files=MAX_FILES,
         max_fields=len(FIELDS),
         max_part_size=MAX_FIELD_BYTES,
     )
@@ -210,21 +219,22 @@ async def _read_multipart(request: Request, body) -> Body:
                 if key not in FILES:
                     raise InputError(f"the file goes in the field 'image' (or 'control_image', "
                                      f"the ControlNet's, or 'mask'), not {key!r}")  # fmt: skip
-                if key in uploads:
+                if key in uploads and key != "control_image":
                     raise InputError(f"the field {key!r} is given twice: give it once")
-                uploads[key] = value
+                uploads.setdefault(key, []).append(value)
             elif key in FILES:
                 raise InputError(f"the field {key!r} must be a file (the picture), not text")
             elif key in fields:
                 raise InputError(f"the field {key!r} is given twice: give it once")
             else:
                 fields[key] = value
-        upload = uploads.get("image")
-        if upload is None:
+        if "image" not in uploads:
             raise InputError("no image: send the picture as the file field 'image'")
-        control, mask = uploads.get("control_image"), uploads.get("mask")
-        control_data = None if control is None else await control.read()
-        mask_data = None if mask is None else await mask.read()
+        (upload,) = uploads["image"]
+        controls = tuple([await control.read() for control in uploads.get("control_image", [])])
+        mask = uploads.get("mask")
+        mask_data = None if mask is None else await mask[0].read()
+        control_data = controls[0] if len(controls) == 1 else controls or None
         return Body(fields, await upload.read(), upload.filename or None, control_data, mask_data)
     finally:
         await form.close()
@@ -240,7 +250,13 @@ def _read_json(raw: bytes) -> Body:
     image = fields.pop("image", None)
     if not isinstance(image, str) or not image:
         raise InputError("no image: send the picture as base64 text in the field 'image'")
-    control = _image_field(fields.pop("control_image", None), "control_image", "the ControlNet's")
+    control = fields.pop("control_image", None)
+    if isinstance(control, list):  # one per ControlNet
+        if not control:
+            raise InputError("the field 'control_image' is an empty list: leave it out")
+        control = tuple(_image_field(c, "control_image", "the ControlNet's") for c in control)
+    else:
+        control = _image_field(control, "control_image", "the ControlNet's")
     mask = _image_field(fields.pop("mask", None), "mask", "the inpainting mask")
     return Body(fields, decode_base64(image, "image"), None, control, mask)
 
@@ -252,6 +268,13 @@ def _image_field(value, field: str, what: str) -> bytes | None:
     if not isinstance(value, str) or not value:
         raise InputError(f"the field {field!r} must be {what} picture as base64 text")
     return decode_base64(value, field)
+
+
+def control_tuple(control) -> tuple[bytes, ...]:
+    """A request's control images as a tuple: () for none, one per ControlNet."""
+    if control is None:
+        return ()
+    return control if isinstance(control, tuple) else (control,)
 
 
 def decode_base64(text: str, field: str) -> bytes:

@@ -26,7 +26,7 @@ from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import Cancelled, InputError
 from ..media.images import MAX_PIXELS, check_sides, decode_image
 from ..media.labels import encode_image
-from ..settings import CONTROL_PREPROCESSORS, FORMATS, MAX_IMAGES, SAMPLERS
+from ..settings import CONTROL_PREPROCESSORS, FORMATS, MAX_IMAGES, MODEL_PREPROCESSORS, SAMPLERS
 from ..workflows import runner
 from ..workflows.jobs import setting_labels
 from .admission import Admission, Closed, Expired, check_pixels
@@ -222,7 +222,8 @@ class Service:
         """The image's (width, height) from its header: over the pixel limit, refused (413); a
         file that is no image is refused as the CLI refuses it (422). Nothing is decoded but a
         file whose header Pillow cannot read, for the loader's message."""
-        for field, data in (("control_image", request.control), ("mask", request.mask)):
+        pictures = [("control_image", data) for data in request.controls]
+        for field, data in (*pictures, ("mask", request.mask)):
             if data is not None:  # resized to the image's size: only the pixel limit
                 name = f"{field} of {request.name}"
                 if check_pixels(data, name, self.options.max_pixels) is None:
@@ -341,14 +342,16 @@ class Service:
         return outcomes
 
     def _job(self, request: ImageRequest):
-        """The request's job, its control image and mask (if any) decoded within the pixel
+        """The request's job, its control images and mask (if any) decoded within the pixel
         limit."""
-        pictures = {}
-        for name, field, data in (("control_image", "control_image", request.control),
-                                  ("mask_image", "mask", request.mask)):  # fmt: skip
-            if data is not None:
-                where = f"{field} of {request.name}"
-                pictures[name] = decode_image(data, where, self.options.max_pixels)
+        pictures, where = {}, f"of {request.name}"
+        if request.controls:
+            made = tuple(decode_image(data, f"control_image {where}", self.options.max_pixels)
+                         for data in request.controls)  # fmt: skip
+            pictures["control_image"] = made[0] if len(made) == 1 else made
+        if request.mask is not None:
+            pictures["mask_image"] = decode_image(request.mask, f"mask {where}",
+                                                  self.options.max_pixels)  # fmt: skip
         if not pictures:
             return request.job
         return dataclasses.replace(request.job, call=request.job.call.with_values(**pictures))
@@ -399,7 +402,7 @@ class Service:
             "sdxl_fields": list(SDXL_FIELDS) if manifest.text_conditioning else [],
             # ControlNets, in the order control images go to them (none: no control fields)
             "controlnets": controlnet_names(manifest),
-            "control_preprocessors": list(CONTROL_PREPROCESSORS) if manifest.control else [],
+            "control_preprocessors": control_preprocessors(manifest),
             "samplers": list(SAMPLERS),
             "default_sampler": default_sampler(manifest.scheduler) or "ddim",
             "formats": list(FORMATS),
@@ -408,6 +411,13 @@ class Service:
             "timeout": o.timeout,
             "loras": dict(pipe.loras.adapters.scales),  # preloaded (serve --lora): lora_scales
         }
+
+
+def control_preprocessors(manifest: Manifest) -> list[str]:
+    """The preprocessors a request may name ([]: no ControlNet; depth: with a depth model)."""
+    if not manifest.control:
+        return []
+    return [p for p in CONTROL_PREPROCESSORS if p not in MODEL_PREPROCESSORS or manifest.depth]
 
 
 def controlnet_names(manifest: Manifest) -> list[str]:

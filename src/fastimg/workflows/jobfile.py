@@ -8,6 +8,11 @@ is converted and checked by the setting itself (Setting.parse, as the HTTP API's
 `image`, `control_image` and `mask` are paths from the file's folder; `mask_invert` and
 `keep_unmasked` are true or false; a `mask_padding` transforms only the masked region
 (--inpaint-area masked).
+
+Several ControlNets: `control_image` holds one path per ControlNet in their order, separated by
+`;` (sketch.png;room-edges.png), or a JSON list in a JSONL file; `control_scale`,
+`control_start`, `control_end` and `control_preprocess` likewise hold one value for all or one
+per ControlNet (1.0;0.5; a preprocessor `none` takes its image as given).
 """
 
 import csv
@@ -153,8 +158,7 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
     cells = {key: value for key, value in values.items() if key not in OWN_COLUMNS}
     call = settings.from_fields(cells)
     if "control_image" in values:
-        control = _image(values["control_image"], "control_image", folder)
-        call = call.with_values(control_image=str(control))
+        call = call.with_values(control_image=_control_images(values["control_image"], folder))
     if "mask" in values:
         call = call.with_values(mask_image=str(_image(values["mask"], "mask", folder)))
     flags = {name: settings.parse_flag(values[name], name) for name in MASK_FLAGS if name in values}
@@ -163,7 +167,7 @@ def _job(row: dict, number: int, folder: Path, defaults: dict) -> Job:
 
 def _image(value, column: str, folder: Path) -> Path:
     """An image cell's file (relative to the job file's `folder`), refused unless it is one."""
-    image = Path(_text(value, column))
+    image = Path(_text(value, column).strip())
     image = image if image.is_absolute() else folder / image
     if not image.is_file():
         what = {"image": "image", "mask": "mask (white repaints, black keeps)"}.get(
@@ -173,6 +177,23 @@ def _image(value, column: str, folder: Path) -> Path:
     if not looks_like_an_image(image):
         raise InputError(f"{image} is not an image (PNG, JPEG, WebP, GIF, BMP or TIFF)")
     return image
+
+
+def _control_images(value, folder: Path) -> str | tuple[str, ...]:
+    """A control_image cell's files: one path, or one per ControlNet (`a.png;b.png`, or a JSON
+    list), each checked as an image cell is."""
+    paths = (
+        value
+        if isinstance(value, list)
+        else _text(value, "control_image").split(settings.LIST_SEPARATOR)
+    )
+    if not paths or any(_empty(p) for p in paths):
+        raise InputError(
+            f"control_image {value!r} must be a path, or one path per ControlNet separated by "
+            f"{settings.LIST_SEPARATOR!r}, with none empty"
+        )
+    images = tuple(str(_image(path, "control_image", folder)) for path in paths)
+    return images[0] if len(images) == 1 else images
 
 
 def _empty(value) -> bool:

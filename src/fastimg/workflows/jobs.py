@@ -12,7 +12,7 @@ import secrets
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..diffusion.control import control_labels, controlnets_used
+from ..diffusion.control import control_labels, controlnets_used, preprocessors_of
 from ..diffusion.masks import mask_labels
 from ..errors import InputError
 from ..settings import BY_KEY, SEED_LIMIT, CallSettings
@@ -138,7 +138,7 @@ def setting_labels(call: CallSettings, sampler: str) -> dict:
         "fastimg:guidance": float(call.guidance_scale),
         "fastimg:scheduler": sampler,
     }
-    if call.control_image is not None or call.control_preprocess is not None:
+    if call.control_image is not None or any(preprocessors_of(call)):
         scale, start, end = (call.controlnet_conditioning_scale, call.control_guidance_start,
                              call.control_guidance_end)  # fmt: skip
         count = controlnets_used(call)

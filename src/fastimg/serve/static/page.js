@@ -11,7 +11,8 @@ let source = null; // the input image (a Blob)
 let camera = null; // the webcam's MediaStream
 let socket = null; // the stream's WebSocket
 let history = [];
-let control = null; // the ControlNet's control image (a Blob), when the engines have one
+let controls = []; // per ControlNet of the engines, its control image (a Blob) or null
+const DEFAULT_CONTROL_SCALE = "0.8"; // (the server's, for a ControlNet whose scale is empty)
 
 // --- settings ---------------------------------------------------------------------------------
 
@@ -25,11 +26,7 @@ function settings() {
     seed: $("seed").value,
     sampler: $("sampler").value,
   };
-  if (!$("control").hidden) {
-    // The ControlNet's settings (the control image itself travels as a file, see transform).
-    fields.control_preprocess = $("control-preprocess").value;
-    fields.control_scale = $("control-scale").value;
-  }
+  Object.assign(fields, controlSettings());
   const loras = [...$("lora-list").querySelectorAll("input")];
   if (loras.length) {
     // Each LoRA the server loaded at the scale set here (0: off), as the call's lora_scales.
@@ -87,21 +84,77 @@ function showLoras(loras) {
 }
 
 function showControl(info) {
-  // The ControlNet's fields, only where the engines have a ControlNet.
+  // One unit (image, preprocessor, scale) per ControlNet of the engines, in their order; the
+  // first unit's elements have the plain ids (control-file...), the next ones -1, -2...
   const names = info.controlnets || [];
   $("control").hidden = !names.length;
   $("control").querySelector("legend").textContent = `ControlNet (${names.join(", ")})`;
-  const preprocess = $("control-preprocess");
-  preprocess.length = 1;
-  for (const name of info.control_preprocessors || []) preprocess.add(new Option(name, name));
-  if (!names.length) useControl(null);
+  const units = $("control-units");
+  units.replaceChildren();
+  controls = names.map(() => null);
+  names.forEach((name, k) => {
+    const unit = $("control-unit").content.firstElementChild.cloneNode(true);
+    for (const element of unit.querySelectorAll("[data-id]")) {
+      element.id = element.dataset.id + (k ? `-${k}` : "");
+    }
+    unit.querySelector(".unit-name").textContent = names.length > 1 ? name : "";
+    const preprocess = unit.querySelector("select");
+    for (const p of info.control_preprocessors || []) preprocess.add(new Option(p, p));
+    const file = unit.querySelector("input[type=file]");
+    file.addEventListener("change", () => {
+      if (file.files.length) useControl(k, file.files[0]);
+    });
+    unit.querySelector("button").addEventListener("click", () => useControl(k, null));
+    units.append(unit);
+  });
 }
 
-function useControl(blob) {
-  control = blob;
-  $("control-preview").hidden = !blob;
-  if (blob) $("control-preview").src = URL.createObjectURL(blob);
-  else $("control-file").value = "";
+function unitOf(k) {
+  return $("control-units").children[k];
+}
+
+function useControl(k, blob) {
+  controls[k] = blob;
+  const unit = unitOf(k);
+  const preview = unit.querySelector("img");
+  preview.hidden = !blob;
+  if (blob) preview.src = URL.createObjectURL(blob);
+  else unit.querySelector("input[type=file]").value = "";
+}
+
+function usedControls() {
+  // How many ControlNets the call steers with: up to the last one with an image or a
+  // preprocessor (the server's lists are positional, one value per ControlNet in order).
+  if ($("control").hidden) return 0;
+  let used = 0;
+  controls.forEach((blob, k) => {
+    if (blob || unitOf(k).querySelector("select").value) used = k + 1;
+  });
+  return used;
+}
+
+function controlSettings() {
+  // The ControlNets' settings, one value each separated by ';' (the images go as files, see
+  // controlImages). A ControlNet left empty before a used one runs at scale 0.
+  const fields = {};
+  const units = [...Array(usedControls()).keys()].map(unitOf);
+  const preprocessors = units.map((unit) => unit.querySelector("select").value || "none");
+  if (preprocessors.some((p) => p !== "none")) fields.control_preprocess = preprocessors.join(";");
+  const scales = units.map((unit, k) => {
+    const given = unit.querySelector("input[type=number]").value;
+    return controls[k] || preprocessors[k] !== "none" ? given : "0";
+  });
+  if (scales.some((scale) => scale !== "")) {
+    fields.control_scale = scales.map((scale) => scale || DEFAULT_CONTROL_SCALE).join(";");
+  }
+  return fields;
+}
+
+function controlImages() {
+  // The control images to send, in ControlNet order up to the last one given; a ControlNet
+  // without its own takes the input image (made by its preprocessor, if any).
+  const last = controls.reduce((found, blob, k) => (blob ? k : found), -1);
+  return controls.slice(0, last + 1).map((blob) => blob || source);
 }
 
 async function detail(response) {
@@ -200,10 +253,6 @@ $("mask-file").addEventListener("change", () => {
 $("file").addEventListener("change", () => {
   if ($("file").files.length) useImage($("file").files[0]);
 });
-$("control-file").addEventListener("change", () => {
-  if ($("control-file").files.length) useControl($("control-file").files[0]);
-});
-$("control-clear").addEventListener("click", () => useControl(null));
 
 const drop = $("drop");
 drop.addEventListener("dragover", (event) => {
@@ -268,7 +317,7 @@ if (navigator.mediaDevices && navigator.mediaDevices.getUserMedia) {
 async function transform() {
   const form = new FormData();
   form.append("image", source, source.name || "image.png");
-  if (control && !$("control").hidden) {
+  for (const control of $("control").hidden ? [] : controlImages()) {
     form.append("control_image", control, control.name || "control.png");
   }
   for (const [name, value] of Object.entries(settings())) form.append(name, value);
