@@ -109,7 +109,9 @@ def pipeline_class(model_index: dict):
                 "ControlNetModels (one, or several as a MultiControlNetModel); pass them with "
                 "--controlnet"
             )
-        return diffusers.StableDiffusionControlNetImg2ImgPipeline, dict(
+        inpaint = "Inpaint" in str(model_index.get("_class_name", ""))
+        kind = "Inpaint" if inpaint else "Img2Img"
+        return getattr(diffusers, f"StableDiffusionControlNet{kind}Pipeline"), dict(
             safety_checker=None, requires_safety_checker=False
         )
     if is_sdxl_index(model_index):
@@ -318,6 +320,13 @@ def check_controlnet_fits(unet, controlnet, source: str) -> None:
             "this model's UNet is LCM-distilled (time_cond_proj_dim): fastimg does not export "
             f"ControlNets (such as {source}) for LCM-distilled UNets yet"
         )
+    latent = unet.get("out_channels", 4)
+    if controlnet.get("in_channels", latent) != latent:
+        raise InputError(
+            f"the ControlNet {source} takes {controlnet.get('in_channels')} input channels, but "
+            f"a ControlNet sees the {latent} latent channels (an inpainting UNet's mask and "
+            "masked image go to the UNet only): use a ControlNet of the plain base model"
+        )
     if controlnet.get("global_pool_conditions"):
         raise InputError(
             f"the ControlNet {source} pools its conditions (global_pool_conditions, guess "
@@ -342,10 +351,10 @@ def check_supported(pipe) -> None:
             "(latents, mask, masked image latents)"
         )
     if is_inpainting(pipe):
-        if is_sdxl(pipe) or getattr(pipe, "controlnet", None) is not None:
+        if is_sdxl(pipe):
             raise InputError(
-                "this inpainting UNet comes with SDXL or a ControlNet: fastimg exports SD "
-                "1.x/2.x inpainting models without a ControlNet only for now"
+                "this is an SDXL inpainting UNet: fastimg exports SD 1.x/2.x inpainting models "
+                "only for now"
             )
         if config.get("time_cond_proj_dim") is not None:
             raise InputError(

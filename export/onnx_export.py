@@ -136,12 +136,13 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
         "vae_decoder": ComponentSpec(
             {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
         ),
-        **(_control_specs(pipe, lat, hidden) if has_controlnet(pipe) else {}),
+        **(_control_specs(pipe, lat, hidden, unet_in) if has_controlnet(pipe) else {}),
     }
 
 
-def _control_specs(pipe, lat: list, hidden: int) -> dict:
-    """The ControlNet (pixels 0..1 in, its scaled residuals out) and the UNet taking them."""
+def _control_specs(pipe, lat: list, hidden: int, unet_in: list) -> dict:
+    """The ControlNet (pixels 0..1 in, its scaled residuals out) and the UNet taking them
+    (the latents, for an inpainting UNet also the mask and masked image: `unet_in`)."""
     text = {
         "sample": ("float32", lat),
         "timestep": ("float32", ["batch"]),
@@ -158,7 +159,9 @@ def _control_specs(pipe, lat: list, hidden: int) -> dict:
     )
     return {
         **{name: controlnet for name, _ in controlnets(pipe)},
-        CONTROL_UNET: ComponentSpec({**text, **residuals}, {"out_sample": ("float32", lat)}),
+        CONTROL_UNET: ComponentSpec(
+            {**text, "sample": ("float32", unet_in), **residuals}, {"out_sample": ("float32", lat)}
+        ),
     }
 
 
@@ -405,8 +408,11 @@ def _control_inputs(pipe, name: str, batch: int, latent_hw, g, length: int, hidd
 
     h, w = latent_hw
     factor = vae_scale_factor(pipe)
+    channels = (
+        pipe.unet.config.in_channels if name == CONTROL_UNET else pipe.vae.config.latent_channels
+    )
     inputs = (
-        torch.randn(batch, pipe.vae.config.latent_channels, h, w, generator=g),
+        torch.randn(batch, channels, h, w, generator=g),
         torch.rand(batch, generator=g) * 999,
         torch.randn(batch, length, hidden, generator=g),
     )

@@ -482,7 +482,10 @@ def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
 # StableDiffusionControlNetImg2ImgPipeline layouts: name -> the base architecture.
 # ControlNet img2img layouts: name -> (the base architecture, how many ControlNets: several
 # are a MultiControlNetModel, saved as controlnet/, controlnet_1/, ...).
-CONTROLNETS = {"tiny-controlnet": ("tiny", 1), "tiny-multi-controlnet": ("tiny", 2)}
+# tiny-inpaint-controlnet: StableDiffusionControlNetInpaintPipeline, a 9-channel UNet steered by a
+# ControlNet of the plain layout (it takes the 4 latent channels, as diffusers feeds it).
+CONTROLNETS = {"tiny-controlnet": ("tiny", 1), "tiny-multi-controlnet": ("tiny", 2),
+               "tiny-inpaint-controlnet": ("tiny-inpaint", 1)}  # fmt: skip
 # Large enough for the residuals to move the images clearly (random UNets barely react to less).
 ZERO_CONV_STD = 0.5
 
@@ -507,16 +510,20 @@ def random_controlnet(unet, seed: int):
 
 
 def build_controlnet_pipeline(arch: str, seed: int = 0):
-    """A StableDiffusionControlNetImg2ImgPipeline on the base architecture's random pipeline,
-    with one or several random ControlNets (random_controlnet, each its own seed)."""
+    """A StableDiffusionControlNetImg2ImgPipeline (Inpaint on an inpainting base) on the base
+    architecture's random pipeline, with one or several random ControlNets (random_controlnet,
+    each its own seed; of the plain layout for an inpainting UNet)."""
     import diffusers
     from diffusers.models.controlnets.multicontrolnet import MultiControlNetModel
 
     name, count = CONTROLNETS[arch]
-    base = build_pipeline(name, seed)
-    nets = [random_controlnet(base.unet, seed + 2 + k) for k in range(count)]
+    inpaint = name in INPAINTS
+    base = build_inpaint_pipeline(name, seed) if inpaint else build_pipeline(name, seed)
+    plain = build_pipeline(INPAINTS[name], seed).unet if inpaint else base.unet
+    nets = [random_controlnet(plain, seed + 2 + k) for k in range(count)]
     parts = {name: getattr(base, name) for name in ("vae", "text_encoder", "tokenizer", "unet")}
-    return diffusers.StableDiffusionControlNetImg2ImgPipeline(
+    kind = "Inpaint" if inpaint else "Img2Img"
+    return getattr(diffusers, f"StableDiffusionControlNet{kind}Pipeline")(
         **parts,
         controlnet=nets[0] if count == 1 else MultiControlNetModel(nets).eval(),
         scheduler=base.scheduler,

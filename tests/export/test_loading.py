@@ -72,7 +72,7 @@ def _fake(unet: dict, sdxl: bool, vae: dict | None = None):
             {"in_channels": 9, "out_channels": 4, "addition_embed_type": "text_time"},
             True,
             None,
-            "inpainting UNet comes with SDXL",
+            "SDXL inpainting UNet",
         ),
         (
             {"in_channels": 9, "out_channels": 4, "time_cond_proj_dim": 256},

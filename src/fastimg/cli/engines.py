@@ -16,6 +16,7 @@ ARCHITECTURES = (
     *("tiny-lora", "sd15-lora", "tiny-sdxl-lora"),
     "tiny-controlnet",
     "tiny-multi-controlnet",
+    "tiny-inpaint-controlnet",
     "tiny-inpaint",
 )
 

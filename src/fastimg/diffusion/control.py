@@ -23,6 +23,7 @@ from ..engine_folder.manifest import Manifest
 from ..errors import EngineError, InputError
 from ..media import control_images, images
 from ..settings import BY_NAME, CallSettings
+from .inpaint_area import resize_and_fill
 
 # The control settings, by diffusers' name, and their defaults.
 CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
@@ -148,18 +149,25 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
 
 
 def prepare_control(
-    settings: CallSettings, height: int, width: int, init_image: Image.Image | None = None
+    settings: CallSettings,
+    height: int,
+    width: int,
+    init_image: Image.Image | None = None,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Control | None:
     """The call's control (None without a control image or preprocessor), its image read and
     prepared as diffusers' prepare_control_image does, at the init image's `height` x `width`
-    pixels, then made by the call's control_preprocess (from `init_image` without an image)."""
+    pixels, then made by the call's control_preprocess (from `init_image` without an image).
+    With `crop` (an inpainting call's "only masked" box in `init_image`), each control image is
+    cut to that box and fills height x width, as the init image is."""
     given = control_images_of(settings)
     preprocessor = settings.control_preprocess
     if not given:
         if preprocessor is None or init_image is None:
             return None
         given = (init_image,)
-    pixels = tuple(_pixels(image, height, width, preprocessor) for image in given)
+    frame = crop and (init_image.size, crop)
+    pixels = tuple(_pixels(image, height, width, preprocessor, frame) for image in given)
     count = len(pixels)
     return Control(
         pixels,
@@ -170,15 +178,20 @@ def prepare_control(
     )
 
 
-def _pixels(image, height: int, width: int, preprocessor: str | None) -> np.ndarray:
-    """One control image read, resized to `height` x `width` and made by `preprocessor`, as
-    1 x 3 x H x W pixels in 0..1."""
+def _pixels(image, height: int, width: int, preprocessor: str | None, frame=None) -> np.ndarray:
+    """One control image read, resized to `height` x `width` (`frame`: (the original's size,
+    a box of it) to cut first, as diffusers' control_image_processor with crops_coords) and
+    made by `preprocessor`, as 1 x 3 x H x W pixels in 0..1."""
     if isinstance(image, str | Path):
         image = images.load_image(image)
     if not isinstance(image, Image.Image):
         raise InputError(f"control_image must be a PIL image or a path, got {type(image).__name__}")
     image = images.to_rgb(image)
-    if image.size != (width, height):
+    if frame is not None:  # (a control image of another size is brought to the original's)
+        size, box = frame
+        image = image if image.size == size else image.resize(size, resample=Image.LANCZOS)
+        image = resize_and_fill(image.crop(box), width, height)
+    elif image.size != (width, height):
         image = image.resize((width, height), resample=Image.LANCZOS)
     image = control_images.preprocess(image, preprocessor)
     pixels = (np.asarray(image, dtype=np.float32) / np.float32(255.0)).transpose(2, 0, 1)[None]
@@ -214,7 +227,7 @@ class ControlRun:
         # per step, each ControlNet's scale x controlnet_keep (diffusers' cond_scale)
         self.scales = [[scale * kept[i] for scale, kept in zip(first.scale, windows, strict=True)]
                        for i in range(steps)]  # fmt: skip
-        self.xp = xp
+        self.xp, self.latent_channels = xp, manifest.latent_channels
 
     def step(self, feeds: dict, i: int, j: int, count: int, cfg: bool, plain):
         """The UNet session to run at step i, with the ControlNets' summed residuals added to
@@ -222,6 +235,8 @@ class ControlRun:
         if not any(self.scales[i]):
             return plain
         inputs = {name: feeds[name] for name in ("sample", "timestep", "encoder_hidden_states")}
+        # (an inpainting UNet takes [latents, mask, masked image]; a ControlNet the latents)
+        inputs["sample"] = inputs["sample"][:, : self.latent_channels]
         summed = None
         for net, all_rows, scale in zip(self.controlnets, self.rows, self.scales[i], strict=True):
             if scale == 0:  # (its residuals are zeros: diffusers adds them, changing nothing)

@@ -494,7 +494,7 @@ class Img2ImgPipeline:
             steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale,
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
-            control=prepare_control(settings, pixels.shape[2], pixels.shape[3], image),
+            control=prepare_control(settings, *pixels.shape[2:], image, mask and mask.crop),
             mask=mask,
             loras=loras,
         )
