@@ -115,12 +115,8 @@ def pipeline_class(model_index: dict):
             safety_checker=None, requires_safety_checker=False
         )
     if is_sdxl_index(model_index):
-        if "Inpaint" in str(model_index.get("_class_name", "")):
-            raise InputError(
-                f"{where} is an SDXL inpainting pipeline: fastimg exports SD 1.x/2.x "
-                "inpainting models only for now"
-            )
-        return diffusers.StableDiffusionXLImg2ImgPipeline, dict(add_watermarker=False)
+        kind = "Inpaint" if "Inpaint" in str(model_index.get("_class_name", "")) else "Img2Img"
+        return getattr(diffusers, f"StableDiffusionXL{kind}Pipeline"), dict(add_watermarker=False)
     if model_index.get("_class_name") == "StableDiffusionInpaintPipeline":
         return diffusers.StableDiffusionInpaintPipeline, dict(
             safety_checker=None, requires_safety_checker=False
@@ -351,11 +347,6 @@ def check_supported(pipe) -> None:
             "(latents, mask, masked image latents)"
         )
     if is_inpainting(pipe):
-        if is_sdxl(pipe):
-            raise InputError(
-                "this is an SDXL inpainting UNet: fastimg exports SD 1.x/2.x inpainting models "
-                "only for now"
-            )
         if config.get("time_cond_proj_dim") is not None:
             raise InputError(
                 "this inpainting UNet is LCM-distilled (time_cond_proj_dim): fastimg does not "

@@ -179,9 +179,10 @@ def _xl_specs(pipe) -> dict[str, ComponentSpec]:
         if name == "text_encoder_2":
             outputs["text_embeds"] = ("float32", ["batch", encoder.config.projection_dim])
         specs[name] = ComponentSpec({"input_ids": ("int64", ["batch", "sequence"])}, outputs)
+    unet_in = ["batch", int(pipe.unet.config.in_channels), "latent_height", "latent_width"]
     specs["unet"] = ComponentSpec(
         {
-            "sample": ("float32", lat),
+            "sample": ("float32", unet_in),
             "timestep": ("float32", ["batch"]),
             "encoder_hidden_states": ("float32", ["batch", "sequence", width]),
             "text_embeds": ("float32", ["batch", pipe.text_encoder_2.config.projection_dim]),

@@ -139,6 +139,13 @@ def tiny_sdxl(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_inpaint(tmp_path_factory):
+    """(model folder, engine folder) of the tiny StableDiffusionXLInpaintPipeline (the SDXL
+    base layout with a 9-channel UNet: latents, mask, masked image latents)."""
+    return _build(tmp_path_factory, "tiny-sdxl-inpaint")
+
+
+@pytest.fixture(scope="session")
 def tiny_sdxl_int8(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL base with an int8 UNet for OpenVINO."""
     pytest.importorskip("nncf")

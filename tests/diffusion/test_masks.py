@@ -10,7 +10,7 @@ from fastimg.engine_folder.manifest import Manifest
 from fastimg.errors import InputError
 from fastimg.media import images
 from fastimg.settings import CallSettings
-from tests.manifests import complete, component
+from tests.manifests import SPEC, complete, component
 
 
 def _mask(seed: int = 0, size=(90, 68), mode="L") -> Image.Image:
@@ -98,8 +98,11 @@ def test_checks_of_a_call_with_or_without_a_mask():
     tokenizer_2 = {"path": "tokenizer_2/tokenizer.json", "max_length": 77, "pad_id": 0}
     sdxl = Manifest.from_data(None, complete({"unet": unet, "text_encoder_2": component(
         "text_encoder_2")}, text_conditioning=xl, tokenizer_2=tokenizer_2))  # fmt: skip
-    with pytest.raises(InputError, match="a mask was given with an SDXL folder: .* SD 1.x/2.x"):
-        masks.check_settings(sdxl, CallSettings("x", mask_image=mask))
+    masks.check_settings(sdxl, CallSettings("x", mask_image=mask))  # SDXL inpaints too
+    lcm = {"inputs": {"sample": unet["inputs"]["sample"], "timestep_cond": SPEC}}
+    with pytest.raises(InputError, match="a mask was given with an LCM-distilled UNet"):
+        masks.check_settings(Manifest.from_data(None, complete({"unet": lcm})),
+                             CallSettings("x", mask_image=mask))  # fmt: skip
 
 
 def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):

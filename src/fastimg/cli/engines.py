@@ -18,6 +18,7 @@ ARCHITECTURES = (
     "tiny-multi-controlnet",
     "tiny-inpaint-controlnet",
     "tiny-inpaint",
+    "tiny-sdxl-inpaint",
 )
 
 

@@ -113,16 +113,11 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
             f"the engine folder {manifest.folder}'s UNet takes {unet} channels, neither the "
             "latents alone nor an inpainting UNet's: it cannot take a mask"
         )
-    refused = [
-        (manifest.text_conditioning, "an SDXL folder"),
-        ("timestep_cond" in manifest.components["unet"]["inputs"], "an LCM-distilled UNet"),
-    ]
-    for found, what in refused:
-        if found:
-            raise InputError(
-                f"a mask was given with {what}: fastimg inpaints with SD 1.x/2.x models for "
-                "now; leave out the mask or use an SD 1.x/2.x engine folder"
-            )
+    if "timestep_cond" in manifest.components["unet"]["inputs"]:
+        raise InputError(
+            "a mask was given with an LCM-distilled UNet: fastimg does not inpaint with LCMs "
+            "yet; leave out the mask or use another engine folder"
+        )
 
 
 def prepare_mask(
