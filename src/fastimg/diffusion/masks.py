@@ -71,7 +71,7 @@ class Mask:
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
     """Refuse an inpainting folder without a mask, mask settings without a mask or out of
-    range, and masks where fastimg cannot match diffusers yet (SDXL, an LCM-distilled UNet)."""
+    range, an empty mask file, and a mask for a UNet that cannot take one."""
     shaping = {
         "mask_invert": (settings.mask_invert, "--mask-invert"),
         "mask_blur": (settings.mask_blur, "--mask-blur PX"),
@@ -112,11 +112,6 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
         raise InputError(
             f"the engine folder {manifest.folder}'s UNet takes {unet} channels, neither the "
             "latents alone nor an inpainting UNet's: it cannot take a mask"
-        )
-    if "timestep_cond" in manifest.components["unet"]["inputs"]:
-        raise InputError(
-            "a mask was given with an LCM-distilled UNet: fastimg does not inpaint with LCMs "
-            "yet; leave out the mask or use another engine folder"
         )
 
 
