@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastimg.backends.select import installed
 from fastimg.media.images import psnr
 
 from .test_parity import MIN_PSNR, exact, record, reference, run_reference
@@ -108,3 +109,20 @@ def test_only_masked_crops_the_control_image_as_diffusers(pair, photo, control_i
         print(f"{name} only masked, control {control_size}: {psnr(e, g):.1f} dB")
         assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
         assert np.array_equal(np.asarray(g)[:16], np.asarray(photo)[:16])  # far outside: kept
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[openvino]")
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_openvino_matches_diffusers(tiny_inpaint_controlnet, photo, mask, control_image, strength):
+    """The 9-channel UNet taking the ControlNet's residuals, on OpenVINO's exact path."""
+    model, engines = tiny_inpaint_controlnet
+    ref = reference(model)
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=strength)
+    expected = run_reference(ref, dict(ref.scheduler.config), "euler", photo, seed=6,
+                             mask_image=mask, height=64, width=88, control_image=control_image,
+                             **settings)  # fmt: skip
+    got = exact(engines, "openvino")(image=photo, seed=6, scheduler="euler", mask_image=mask,
+                                     control_image=control_image, **settings)  # fmt: skip
+    for e, g in zip(expected, got, strict=True):
+        print(f"openvino strength {strength}: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fastimg.backends.select import installed
 from fastimg.diffusion import schedules
 from fastimg.media.images import psnr
 
@@ -111,3 +112,14 @@ def test_blur_only_masked_and_micro_conditioning_match_diffusers(pair, photo, ma
     )
     assert got[0].size == photo.size  # pasted back over the original
     assert np.array_equal(np.asarray(got[0])[:16], np.asarray(photo)[:16])
+
+
+@pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[openvino]")
+@pytest.mark.parametrize("strength", [0.6, 1.0])
+def test_openvino_matches_diffusers(tiny_sdxl_inpaint, photo, mask, strength):
+    """The 9-channel SDXL UNet on OpenVINO's exact path."""
+    model, engines = tiny_sdxl_inpaint
+    ref = _inpaint_reference(model)
+    pair = ("tiny_sdxl_inpaint openvino", ref, dict(ref.scheduler.config),
+            exact(engines, "openvino"))  # fmt: skip
+    compare(pair, photo, mask, "euler", strength=strength, guidance_scale=5.0)
