@@ -289,14 +289,14 @@ def _checked(service: Service, read: A1111Request) -> list:
     """The request's image resized as A1111 does, and one checked fastimg request per image
     (each with its own seed), within the server's limits for all of them together."""
     data = resized(read.data, read.size, read.resize_mode, service.options.max_pixels)
-    mask = None
+    original, mask = data, None
     if read.mask is not None:
         mask = a1111_mask(read.mask, read.size, read.resize_mode, service.options.max_pixels)
         if read.mask_fill:  # (A1111's inpainting_fill 0: the masked region filled first)
             data = filled(data, mask, read.mask_call["mask_blur"], read.mask_invert)
     fields, control = read.fields, None
     if read.control is not None:
-        control = _control(service, read.control, data)
+        control = _control(service, read.control, original)  # (the image before any fill)
         fields = {**fields, **read.control.fields}
     first = service.check_request(Body(fields, data, None, control))
     size = service.image_size(first)
