@@ -106,16 +106,14 @@ def pipeline_class(model_index: dict):
             )
         if is_sdxl_index(model_index):
             return diffusers.StableDiffusionXLControlNetImg2ImgPipeline, dict(add_watermarker=False)
-        return diffusers.StableDiffusionControlNetImg2ImgPipeline, dict(
+        inpaint = "Inpaint" in str(model_index.get("_class_name", ""))
+        kind = "Inpaint" if inpaint else "Img2Img"
+        return getattr(diffusers, f"StableDiffusionControlNet{kind}Pipeline"), dict(
             safety_checker=None, requires_safety_checker=False
         )
     if is_sdxl_index(model_index):
-        if "Inpaint" in str(model_index.get("_class_name", "")):
-            raise InputError(
-                f"{where} is an SDXL inpainting pipeline: fastimg exports SD 1.x/2.x "
-                "inpainting models only for now"
-            )
-        return diffusers.StableDiffusionXLImg2ImgPipeline, dict(add_watermarker=False)
+        kind = "Inpaint" if "Inpaint" in str(model_index.get("_class_name", "")) else "Img2Img"
+        return getattr(diffusers, f"StableDiffusionXL{kind}Pipeline"), dict(add_watermarker=False)
     if model_index.get("_class_name") == "StableDiffusionInpaintPipeline":
         return diffusers.StableDiffusionInpaintPipeline, dict(
             safety_checker=None, requires_safety_checker=False
@@ -330,6 +328,13 @@ def check_controlnet_fits(unet, controlnet, source: str) -> None:
             "this model's UNet is LCM-distilled (time_cond_proj_dim): fastimg does not export "
             f"ControlNets (such as {source}) for LCM-distilled UNets yet"
         )
+    latent = unet.get("out_channels", 4)
+    if controlnet.get("in_channels", latent) != latent:
+        raise InputError(
+            f"the ControlNet {source} takes {controlnet.get('in_channels')} input channels, but "
+            f"a ControlNet sees the {latent} latent channels (an inpainting UNet's mask and "
+            "masked image go to the UNet only): use a ControlNet of the plain base model"
+        )
     if controlnet.get("global_pool_conditions"):
         raise InputError(
             f"the ControlNet {source} pools its conditions (global_pool_conditions, guess "
@@ -354,11 +359,6 @@ def check_supported(pipe) -> None:
             "(latents, mask, masked image latents)"
         )
     if is_inpainting(pipe):
-        if is_sdxl(pipe) or getattr(pipe, "controlnet", None) is not None:
-            raise InputError(
-                "this inpainting UNet comes with SDXL or a ControlNet: fastimg exports SD "
-                "1.x/2.x inpainting models without a ControlNet only for now"
-            )
         if config.get("time_cond_proj_dim") is not None:
             raise InputError(
                 "this inpainting UNet is LCM-distilled (time_cond_proj_dim): fastimg does not "

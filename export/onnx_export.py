@@ -142,12 +142,13 @@ def component_specs(pipe) -> dict[str, ComponentSpec]:
         "vae_decoder": ComponentSpec(
             {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
         ),
-        **(_control_specs(pipe, lat, hidden) if has_controlnet(pipe) else {}),
+        **(_control_specs(pipe, lat, hidden, unet_in) if has_controlnet(pipe) else {}),
     }
 
 
-def _control_specs(pipe, lat: list, hidden: int, added: dict | None = None) -> dict:
-    """The ControlNet (pixels 0..1 in, its scaled residuals out) and the UNet taking them;
+def _control_specs(pipe, lat: list, hidden: int, unet_in: list, added: dict | None = None) -> dict:
+    """The ControlNet (pixels 0..1 in, its scaled residuals out) and the UNet taking them
+    (the latents, for an inpainting UNet also the mask and masked image: `unet_in`);
     `added`: SDXL's text_embeds and time_ids, which both take after the text."""
     text = {
         "sample": ("float32", lat),
@@ -165,7 +166,10 @@ def _control_specs(pipe, lat: list, hidden: int, added: dict | None = None) -> d
         },
         residuals,
     )
-    unet = ComponentSpec({**text, **added, **residuals}, {"out_sample": ("float32", lat)})
+    unet = ComponentSpec(
+        {**text, "sample": ("float32", unet_in), **added, **residuals},
+        {"out_sample": ("float32", lat)},
+    )
     return {**{name: controlnet for name, _ in controlnets(pipe)}, CONTROL_UNET: unet}
 
 
@@ -187,9 +191,10 @@ def _xl_specs(pipe) -> dict[str, ComponentSpec]:
         "text_embeds": ("float32", ["batch", pipe.text_encoder_2.config.projection_dim]),
         "time_ids": ("float32", ["batch", time_id_count(pipe)]),
     }
+    unet_in = ["batch", int(pipe.unet.config.in_channels), "latent_height", "latent_width"]
     specs["unet"] = ComponentSpec(
         {
-            "sample": ("float32", lat),
+            "sample": ("float32", unet_in),
             "timestep": ("float32", ["batch"]),
             "encoder_hidden_states": ("float32", ["batch", "sequence", width]),
             **added,
@@ -197,7 +202,7 @@ def _xl_specs(pipe) -> dict[str, ComponentSpec]:
         {"out_sample": ("float32", lat)},
     )
     if has_controlnet(pipe):
-        specs.update(_control_specs(pipe, lat, width, added))
+        specs.update(_control_specs(pipe, lat, width, unet_in, added))
     specs["vae_encoder"] = ComponentSpec({"sample": ("float32", img)}, _encoder_output(pipe.vae))
     specs["vae_decoder"] = ComponentSpec(
         {"latent_sample": ("float32", lat)}, {"sample": ("float32", img)}
@@ -427,8 +432,11 @@ def _control_inputs(pipe, name: str, batch: int, latent_hw, g, length: int, hidd
 
     h, w = latent_hw
     factor = vae_scale_factor(pipe)
+    channels = (
+        pipe.unet.config.in_channels if name == CONTROL_UNET else pipe.vae.config.latent_channels
+    )
     inputs = (
-        torch.randn(batch, pipe.vae.config.latent_channels, h, w, generator=g),
+        torch.randn(batch, channels, h, w, generator=g),
         torch.rand(batch, generator=g) * 999,
         torch.randn(batch, length, hidden, generator=g),
     )

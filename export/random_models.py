@@ -482,14 +482,14 @@ def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
 
 # StableDiffusionInpaintPipeline layouts: name -> the base architecture, its UNet taking
 # latents, the mask and the masked image's latents (4 + 1 + 4 channels).
-INPAINTS = {"tiny-inpaint": "tiny"}
+INPAINTS = {"tiny-inpaint": "tiny", "tiny-sdxl-inpaint": "tiny-sdxl"}
 DEPTHS = {"tiny-depth": "DPTForDepthEstimation"}  # (fastimg_export.depth: export --depth-model)
 INPAINT_CHANNELS = 9
 
 
 def build_inpaint_pipeline(arch: str, seed: int = 0):
-    """A StableDiffusionInpaintPipeline on the base architecture's random pipeline, with a
-    random 9-channel UNet of the same layout."""
+    """A StableDiffusionInpaintPipeline (StableDiffusionXLInpaintPipeline for an SDXL base) on
+    the base architecture's random pipeline, with a random 9-channel UNet of the same layout."""
     import diffusers
     import torch
 
@@ -498,6 +498,11 @@ def build_inpaint_pipeline(arch: str, seed: int = 0):
     spec = ARCHITECTURES[INPAINTS[arch]]
     unet = diffusers.UNet2DConditionModel(in_channels=INPAINT_CHANNELS, out_channels=4,
                                           **spec["unet"])  # fmt: skip
+    if INPAINTS[arch] in XL_ARCHITECTURES:
+        flags = {k: base.config[k] for k in ("requires_aesthetics_score",
+                                             "force_zeros_for_empty_prompt")}  # fmt: skip
+        parts = {**base.components, "unet": unet.eval(), **flags}
+        return diffusers.StableDiffusionXLInpaintPipeline(**parts, add_watermarker=False)
     return diffusers.StableDiffusionInpaintPipeline(
         vae=base.vae,
         text_encoder=base.text_encoder,

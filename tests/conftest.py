@@ -110,6 +110,13 @@ def tiny_inpaint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_inpaint_controlnet(tmp_path_factory):
+    """(model folder, engine folder) of the tiny StableDiffusionControlNetInpaintPipeline: the
+    9-channel UNet and a ControlNet of the plain layout (it sees the 4 latent channels)."""
+    return _build(tmp_path_factory, "tiny-inpaint-controlnet")
+
+
+@pytest.fixture(scope="session")
 def tiny_v(tmp_path_factory):
     """(model folder, engine folder) of the tiny v-prediction, SD-2.x-style model."""
     return _build(tmp_path_factory, "tiny-v")
@@ -146,6 +153,13 @@ def tiny_sdxl(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL base layout (two text encoders,
     text_time added conditioning, Euler leading)."""
     return _build(tmp_path_factory, "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_inpaint(tmp_path_factory):
+    """(model folder, engine folder) of the tiny StableDiffusionXLInpaintPipeline (the SDXL
+    base layout with a 9-channel UNet: latents, mask, masked image latents)."""
+    return _build(tmp_path_factory, "tiny-sdxl-inpaint")
 
 
 @pytest.fixture(scope="session")

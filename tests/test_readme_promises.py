@@ -166,9 +166,12 @@ def test_the_lora_commands_run_as_the_readme_types_them(tiny, photo, tmp_path, m
     assert labels == ["watercolor:0.8", "ink:0.7, watercolor:0.5"]
 
 
-def test_the_mask_recipes_run_as_the_readme_types_them(tiny_inpaint, photo, tmp_path, monkeypatch):
-    """The "new sofa", "new background" and "only masked" commands of the README's masks
-    part, on the tiny inpainting model (its export is the tests' own)."""
+def test_the_mask_recipes_run_as_the_readme_types_them(
+    tiny_inpaint, tiny_inpaint_controlnet, photo, tmp_path, monkeypatch
+):
+    """The "new sofa", "new background", "only masked" and mask-with-ControlNet commands of the
+    README's masks part, on the tiny inpainting models (their exports are the tests' own)."""
+    pytest.importorskip("cv2")
     import numpy as np
     from click.testing import CliRunner
     from PIL import Image, ImageFilter
@@ -187,16 +190,19 @@ def test_the_mask_recipes_run_as_the_readme_types_them(tiny_inpaint, photo, tmp_
         values[top:bottom, left:right] = 255
         Image.fromarray(values).save(name)
     commands = [words for words in _commands(part) if words[0] == "transform"]
-    assert len(commands) == 3
+    assert len(commands) == 4
+    folders = {"engines/sd15-inpaint": str(tiny_inpaint[1]),
+               "engines/sd15-inpaint-canny": str(tiny_inpaint_controlnet[1])}  # fmt: skip
     made = []
     for words in commands:
-        words = [str(tiny_inpaint[1]) if word == "engines/sd15-inpaint" else word for word in words]
+        words = [folders.get(word, word) for word in words]
         before = set(Path("out").glob("*")) if Path("out").exists() else set()
         result = CliRunner().invoke(cli, words)
         assert result.exit_code == 0, (words, result.output)
         (new,) = set(Path("out").glob("*")) - before
         made.append(Image.open(new))
-    sofa, background, lamp = made
+    sofa, background, lamp, steered = made
+    assert steered.info["fastimg:control_preprocess"] == "canny" and "fastimg:mask" in steered.info
     kept = np.asarray(Image.open("sofa-mask.png").filter(ImageFilter.GaussianBlur(4))) == 0
     assert np.array_equal(np.asarray(sofa.convert("RGB"))[kept], np.asarray(room)[kept])
     assert sofa.info["fastimg:keep_unmasked"] == "True" and sofa.info["fastimg:mask_blur"] == "4"

@@ -161,6 +161,27 @@ def test_control_preprocess_makes_each_frames_control(runner, tiny_controlnet, t
     assert "was made with control_scale '0.8', but this run uses '0.3'" in other.output
 
 
+def test_a_mask_and_a_controlnet_steer_every_frame(runner, tiny_controlnet, tmp_path):
+    """--mask with --control-preprocess: each frame repainted inside the mask only (kept
+    outside with --keep-unmasked), steered by its own scribble."""
+    import numpy as np
+    from PIL import Image
+
+    clip = make_video(tmp_path / "in.mp4", pictures(2), audio_seconds=0)
+    values = np.zeros((64, 64), np.uint8)
+    values[16:48, 16:48] = 255
+    Image.fromarray(values).save(tmp_path / "mask.png")
+    out = tmp_path / "frames"
+    result = _video(runner, tiny_controlnet[1], clip, "-o", out, "--reuse-threshold", "0",
+                    "--seed", "5", "--mask", tmp_path / "mask.png", "--keep-unmasked",
+                    "--control-preprocess", "scribble")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    for name in ("frame-000001.png", "frame-000002.png"):
+        with Image.open(out / name) as frame:
+            assert frame.info["fastimg:mask"] == "given"
+            assert frame.info["fastimg:control_preprocess"] == "scribble"
+
+
 def test_a_mask_folder_gives_each_frame_its_mask(runner, tiny, tmp_path):
     """--mask DIR: the frames' masks in name order; with --keep-unmasked each output frame is
     its input outside its own mask, and a static frame with a new mask is not reused."""

@@ -91,6 +91,33 @@ def test_prepare_control_makes_the_control_image_at_the_init_images_size(photo):
     assert not np.array_equal(given.pixels[0], pixels)  # the control image, not the init
 
 
+def test_only_masked_cuts_the_control_image_as_diffusers_control_image_processor(photo):
+    """With an inpainting call's padding_mask_crop box, the control image is cropped to it and
+    fills the engine's size (VaeImageProcessor.preprocess with crops_coords, resize_mode fill);
+    one of another size is brought to the init image's size first."""
+    pytest.importorskip("torch")
+    from diffusers.image_processor import VaeImageProcessor
+
+    from fastimg.diffusion.control import prepare_control
+
+    processor = VaeImageProcessor(vae_scale_factor=8, do_convert_rgb=True, do_normalize=False)
+    sketch = photo.transpose(0)
+    for box in [(24, 18, 57, 42), (0, 10, 90, 60), (40, 0, 60, 68)]:
+        call = CallSettings(prompt="p", control_image=sketch)
+        (pixels,) = prepare_control(call, 64, 88, photo, crop=box).pixels
+        expected = processor.preprocess(sketch, height=64, width=88, crops_coords=box,
+                                        resize_mode="fill")  # fmt: skip
+        np.testing.assert_allclose(pixels, expected.numpy(), atol=1e-6)
+        half = call.with_values(control_image=sketch.resize((45, 34), Image.LANCZOS))
+        (scaled,) = prepare_control(half, 64, 88, photo, crop=box).pixels
+        at_photo = sketch.resize((45, 34), Image.LANCZOS).resize(photo.size, Image.LANCZOS)
+        expected = processor.preprocess(at_photo, height=64, width=88, crops_coords=box,
+                                        resize_mode="fill")  # fmt: skip
+        np.testing.assert_allclose(scaled, expected.numpy(), atol=1e-6)
+    uncut = prepare_control(CallSettings(prompt="p", control_image=sketch), 64, 88, photo)
+    assert not np.array_equal(uncut.pixels[0], pixels)
+
+
 def test_a_preprocessed_control_is_the_preprocessed_image_given(tiny_controlnet, photo):
     from fastimg import Img2ImgPipeline
     from fastimg.media.control_images import scribble

@@ -10,7 +10,7 @@ from fastimg.engine_folder.manifest import Manifest
 from fastimg.errors import InputError
 from fastimg.media import images
 from fastimg.settings import CallSettings
-from tests.manifests import complete
+from tests.manifests import SPEC, complete, component
 
 
 def _mask(seed: int = 0, size=(90, 68), mode="L") -> Image.Image:
@@ -92,8 +92,16 @@ def test_checks_of_a_call_with_or_without_a_mask():
         masks.check_settings(_manifest(), CallSettings("x", mask_invert=True))
     with pytest.raises(InputError, match="cannot take a mask"):
         masks.check_settings(_manifest(7), CallSettings("x", mask_image=mask))
-    with pytest.raises(InputError, match="with a control image"):
-        masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, control_image=mask))
+    masks.check_settings(_manifest(), CallSettings("x", mask_image=mask, control_image=mask))
+    xl = {"text_encoders": ["text_encoder", "text_encoder_2"], "pooled": "text_encoder_2"}
+    unet = {"inputs": {"sample": {"dtype": "float32", "shape": [1]}}}
+    tokenizer_2 = {"path": "tokenizer_2/tokenizer.json", "max_length": 77, "pad_id": 0}
+    sdxl = Manifest.from_data(None, complete({"unet": unet, "text_encoder_2": component(
+        "text_encoder_2")}, text_conditioning=xl, tokenizer_2=tokenizer_2))  # fmt: skip
+    masks.check_settings(sdxl, CallSettings("x", mask_image=mask))  # SDXL inpaints too
+    lcm = {"inputs": {"sample": unet["inputs"]["sample"], "timestep_cond": SPEC}}
+    masks.check_settings(Manifest.from_data(None, complete({"unet": lcm})),
+                         CallSettings("x", mask_image=mask))  # an LCM too  # fmt: skip
 
 
 def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):
@@ -332,3 +340,51 @@ def test_only_masked_with_a_mask_of_another_size_is_resized_to_the_original():
     assert out.shape == (68, 90, 3)
     assert np.array_equal(out[:10], np.asarray(image)[:10])  # far from the block: the original
     assert (out[25:35, 45:55] == (255, 0, 0)).all()  # inside it: the result
+
+
+def test_a_mask_and_a_control_image_through_the_cli_and_a_job_file(tiny_controlnet, photo,
+                                                                   tmp_path):  # fmt: skip
+    """--mask with --control-image (and the mask and control_image columns of a job file) is
+    the Python call with mask_image and control_image."""
+    from click.testing import CliRunner
+
+    from fastimg import Img2ImgPipeline
+    from fastimg.cli.main import cli
+
+    photo.save(tmp_path / "in.png")
+    white = np.zeros((68, 90), np.uint8)
+    white[10:50, 30:80] = 255
+    Image.fromarray(white).save(tmp_path / "mask.png")
+    photo.transpose(0).save(tmp_path / "sketch.png")
+    out = tmp_path / "out.png"
+    args = ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_controlnet[1]),
+            "--prompt", "a fox", "--steps", "3", "--seed", "1", "--mask",
+            str(tmp_path / "mask.png"), "--control-image", str(tmp_path / "sketch.png"),
+            "--control-scale", "0.5", "--inpaint-area", "masked", "--backend", "onnxruntime",
+            "--precision", "fp32", "-o", str(out)]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime",
+                                        precision="fp32")  # fmt: skip
+    call = dict(prompt="a fox", num_inference_steps=3, seed=1, controlnet_conditioning_scale=0.5,
+                padding_mask_crop=32)  # fmt: skip
+    expected = pipe(image=photo, mask_image=Image.fromarray(white),
+                    control_image=photo.transpose(0), **call)[0]  # fmt: skip
+    made = Image.open(out)
+    assert np.array_equal(np.asarray(made.convert("RGB")), np.asarray(expected))
+    assert made.info["fastimg:mask"] == "given" and made.info["fastimg:control_scale"] == "0.5"
+    call.pop("controlnet_conditioning_scale")
+    without = pipe(image=photo, mask_image=Image.fromarray(white), **call)[0]
+    assert not np.array_equal(np.asarray(without), np.asarray(expected))
+
+    (tmp_path / "jobs.csv").write_text(
+        "image,prompt,mask,control_image,control_scale,mask_padding,seed,steps\n"
+        "in.png,a fox,mask.png,sketch.png,0.5,32,1,3\n"
+    )
+    folder = tmp_path / "jobs"
+    args = ["run", str(tmp_path / "jobs.csv"), "--engines", str(tiny_controlnet[1]), "-o",
+            str(folder), "--backend", "onnxruntime", "--precision", "fp32"]  # fmt: skip
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    (job,) = folder.iterdir()
+    assert np.array_equal(np.asarray(Image.open(job).convert("RGB")), np.asarray(expected))

@@ -222,3 +222,24 @@ def test_keep_unmasked_pastes_the_original_back_outside_the_mask(request, photo,
                              mask_image=soft, height=64, width=88, **call)  # fmt: skip
     for e, k in zip(expected, kept, strict=True):
         assert psnr(ref.image_processor.apply_overlay(soft, image, e), k) >= EXACT_PSNR
+
+
+@pytest.mark.parametrize("strength,guidance", [(0.6, 1.0), (0.5, 5.0), (1.0, 5.0)])
+def test_an_lcm_distilled_unet_inpaints_as_diffusers(tiny_lcm, photo, mask, strength, guidance):
+    """StableDiffusionInpaintPipeline with the LCM's scheduler: guided by its timestep_cond,
+    no CFG batch, and the steps cut from the whole schedule by the strength (not the
+    LatentConsistencyModelImg2ImgPipeline's schedule the strength cuts, as without a mask)."""
+    model, engines = tiny_lcm
+    ref = diffusers.StableDiffusionInpaintPipeline(**reference(model).components)
+    ref.set_progress_bar_config(disable=True)
+    settings = dict(prompt="a red fox in the snow", num_inference_steps=4, strength=strength,
+                    guidance_scale=guidance, num_images_per_prompt=2)  # fmt: skip
+    expected = run_reference(ref, dict(ref.scheduler.config), "lcm", photo, seed=3,
+                             mask_image=mask, height=64, width=88, **settings)  # fmt: skip
+    ours = exact(engines)
+    got = ours(image=photo, seed=3, scheduler="lcm", mask_image=mask, **settings)
+    for e, g in zip(expected, got, strict=True):
+        print(f"tiny-lcm strength {strength} guidance {guidance}: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+    plain = ours(image=photo, seed=3, scheduler="lcm", **settings)[0]
+    assert psnr(got[0], plain) < MIN_PSNR  # the mask changes the run

@@ -55,3 +55,14 @@ def test_input_shapes_follow_how_the_pipeline_calls_each_engine(tiny):
     assert unet["timestep"] == ((1,), (4,), (6,))
     assert unet["encoder_hidden_states"][2] == (6, 77, 32)
     assert shapes["vae_decoder"]["latent_sample"][2] == (3, 4, 64, 48)
+
+
+def test_an_sdxl_inpainting_unets_profile_takes_its_9_channels(tiny_sdxl_inpaint):
+    """The GPU backends' profiles give an inpainting UNet its sample's 9 channels (latents,
+    mask, masked image latents) beside SDXL's rows of added conditioning; the decoder 4."""
+    manifest = load_manifest(tiny_sdxl_inpaint[1])
+    shapes = input_shapes(Profile((256, 256, 512), (384, 384, 384), (1, 2, 3)), manifest)
+    unet = shapes["unet"]
+    assert unet["sample"] == ((1, 9, 32, 48), (4, 9, 32, 48), (6, 9, 64, 48))
+    assert [s[0] for s in unet["time_ids"]] == [1, 4, 6] and "text_embeds" in unet
+    assert shapes["vae_decoder"]["latent_sample"][2] == (3, 4, 64, 48)

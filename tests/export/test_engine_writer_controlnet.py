@@ -71,6 +71,7 @@ def _controlnet(**config):
         ({"cross_attention_dim": 48}, "48-wide text embeddings, but this model's UNet to 32"),
         ({"layers_per_block": 2}, "blocks .* are not this UNet's"),
         ({"global_pool_conditions": True}, "global_pool_conditions"),
+        ({"in_channels": 9}, "takes 9 input channels, but a ControlNet sees the 4 latent"),
     ],
 )
 def test_a_controlnet_that_does_not_fit_the_unet_is_refused_by_name(config, message):
@@ -180,3 +181,41 @@ def test_an_sdxl_controlnet_takes_the_unets_added_conditioning(tiny_sdxl_control
     added = load_manifest(tmp_path / "engines")
     assert added.control["controlnets"][0]["source"] == args[-1]
     assert added.components["controlnet"]["inputs"] == controlnet["inputs"]
+
+
+def test_an_inpainting_controlnet_pipeline_exports_a_9_channel_unet_taking_residuals(
+    tiny_inpaint_controlnet,
+):
+    """StableDiffusionControlNetInpaintPipeline: the UNets take [latents, mask, masked image
+    latents], the ControlNet the latents alone (as diffusers feeds them), all verified."""
+    from fastimg.engine_folder.manifest import load_manifest
+
+    model, engines = tiny_inpaint_controlnet
+    index = json.loads((model / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionControlNetInpaintPipeline"
+    cls, _ = loading.pipeline_class(index)
+    assert cls.__name__ == "StableDiffusionControlNetInpaintPipeline"
+    manifest = load_manifest(engines)
+    assert manifest.inpainting and manifest.control_components == ("controlnet", "unet_control")
+    inputs = {name: manifest.components[name]["inputs"]["sample"]["shape"][1]
+              for name in ("unet", "unet_control", "controlnet")}  # fmt: skip
+    assert inputs == {"unet": 9, "unet_control": 9, "controlnet": 4}
+    for name in ("controlnet", "unet_control", "unet"):
+        parity = manifest.components[name]["parity"]
+        assert parity["max_rel_error"] <= parity["tolerance"]
+
+
+def test_export_controlnet_adds_one_to_an_inpainting_model(tiny_controlnet, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+    from fastimg.engine_folder.manifest import load_manifest
+
+    model = random_models.write_random_model("tiny-inpaint", tmp_path / "model")
+    controlnet = tiny_controlnet[0] / "controlnet"
+    args = ["export", str(model), "-o", str(tmp_path / "engines"), "--controlnet", str(controlnet)]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    manifest = load_manifest(tmp_path / "engines")
+    assert manifest.inpainting and manifest.control["controlnets"][0]["source"] == str(controlnet)
+    assert manifest.components["unet_control"]["inputs"]["sample"]["shape"][1] == 9

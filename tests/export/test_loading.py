@@ -69,12 +69,6 @@ def _fake(unet: dict, sdxl: bool, vae: dict | None = None):
         ({"addition_embed_type": "text_time"}, True, {"latents_mean": [0.0] * 4}, "latents_mean"),
         ({"in_channels": 7, "out_channels": 4}, False, None, "takes 7 input channels"),
         (
-            {"in_channels": 9, "out_channels": 4, "addition_embed_type": "text_time"},
-            True,
-            None,
-            "inpainting UNet comes with SDXL",
-        ),
-        (
             {"in_channels": 9, "out_channels": 4, "time_cond_proj_dim": 256},
             False,
             None,
@@ -170,11 +164,12 @@ def test_null_components_and_config_values_are_not_components(tmp_path):
                       "force_zeros_for_empty_prompt": ["not", "a", "pair"]})  # fmt: skip
 
 
-def test_an_inpainting_index_loads_as_the_inpaint_pipeline_and_sdxl_inpainting_is_refused():
+def test_an_inpainting_index_loads_as_the_inpaint_pipeline_sdxl_too():
     from fastimg_export.loading import pipeline_class
 
     cls, options = pipeline_class({"_class_name": "StableDiffusionInpaintPipeline"})
     assert cls.__name__ == "StableDiffusionInpaintPipeline"
     assert options["safety_checker"] is None
-    with pytest.raises(InputError, match="SDXL inpainting pipeline"):
-        pipeline_class({"_class_name": "StableDiffusionXLInpaintPipeline"})
+    cls, options = pipeline_class({"_class_name": "StableDiffusionXLInpaintPipeline"})
+    assert cls.__name__ == "StableDiffusionXLInpaintPipeline"
+    assert options == {"add_watermarker": False}

@@ -277,7 +277,8 @@ def test_a_mask_inpaints_as_the_pipeline_does(server, pipe, photo, invert):
     sent = mask if not invert else halves(photo.size, 0, 255)
     result = api.img2img(images=[photo], mask_image=sent, inpainting_mask_invert=invert,
                          width=90, height=68, seed=11, **INPAINT, **A1111)  # fmt: skip
-    expected = pipe("a cat", photo, mask_image=mask, seed=11, **PIPE_CALL)[0]
+    # (A1111 pastes the original back outside the mask: keep_unmasked)
+    expected = pipe("a cat", photo, mask_image=mask, seed=11, keep_unmasked=True, **PIPE_CALL)[0]
     np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected))
     unmasked = pipe("a cat", photo, seed=11, **PIPE_CALL)[0]
     assert not np.array_equal(np.asarray(result.image.convert("RGB")), np.asarray(unmasked))
@@ -288,16 +289,89 @@ def test_a_masks_alpha_marks_what_is_repainted(server, pipe, photo):
     mask = halves(photo.size, (0, 0, 0, 255), (0, 0, 0, 0), "RGBA")  # opaque: repainted
     result = api.img2img(images=[photo], mask_image=mask, width=90, height=68, seed=4,
                          **INPAINT, **A1111)  # fmt: skip
-    expected = pipe("a cat", photo, mask_image=halves(photo.size, 255, 0), seed=4, **PIPE_CALL)
+    expected = pipe("a cat", photo, mask_image=halves(photo.size, 255, 0), seed=4,
+                    keep_unmasked=True, **PIPE_CALL)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected[0]))
+
+
+def a1111_json(client, photo, mask, status=200, **fields):
+    """/sdapi/v1/img2img's image for A1111 JSON of `fields` (or its 422 detail)."""
+    body = {"init_images": [base64.b64encode(png_bytes(photo)).decode()], "width": 90,
+            "height": 68, "mask": base64.b64encode(png_bytes(mask)).decode(), **fields}  # fmt: skip
+    response = client.post("/sdapi/v1/img2img", json=body)
+    assert response.status_code == status, response.text
+    if status != 200:
+        return response.json()["detail"]
+    image = Image.open(io.BytesIO(base64.b64decode(response.json()["images"][0])))
+    return np.asarray(image.convert("RGB"))
+
+
+def block(size, box) -> Image.Image:
+    """A black mask of `size`, white (repainted) inside `box` (left, top, right, bottom)."""
+    image = Image.new("L", size, 0)
+    image.paste(255, box)
+    return image
+
+
+@pytest.mark.parametrize(
+    "fields,call",
+    [
+        # webuiapi's (and A1111's) defaults: blur 4, fill, only masked with no padding
+        ({}, dict(mask_blur=4, padding_mask_crop=0, fill=True)),
+        ({"mask_blur": 3, "inpainting_fill": 1, "inpaint_full_res": True,
+          "inpaint_full_res_padding": 8}, dict(mask_blur=3, padding_mask_crop=8)),
+        ({"mask_blur_x": 2, "mask_blur_y": 2, "inpainting_fill": 0,
+          "inpaint_full_res": False}, dict(mask_blur=2, fill=True)),
+        ({"mask_blur": 2, "inpainting_fill": 1, "inpaint_full_res": False,
+          "inpainting_mask_invert": 1}, dict(mask_blur=2, mask_invert=True)),
+    ],
+)  # fmt: skip
+def test_a1111s_mask_fields_are_the_pipelines_mask_settings(server, pipe, photo, fields, call):
+    """mask_blur (without it, mask_blur_x and _y when alike; webuiapi has neither),
+    inpaint_full_res + padding (padding_mask_crop), inpainting_fill 0 (the masked region
+    filled first, as A1111's masking.fill) and 1; the original pasted back (keep_unmasked)."""
+    from fastimg.serve.compat_a1111_mask import filled
+
+    client, _, api = server
+    mask = block(photo.size, (30, 20, 60, 50))
+    if "mask_blur_x" in fields:  # (webuiapi has no mask_blur_x and _y: as A1111's JSON)
+        got = a1111_json(client, photo, mask, seed=5, **{**A1111, **fields})
+    else:
+        result = api.img2img(images=[photo], mask_image=mask, width=90, height=68, seed=5,
+                             **{**A1111, **fields})  # fmt: skip
+        got = np.asarray(result.image.convert("RGB"))
+    call = dict(call)
+    image = photo
+    if call.pop("fill", False):
+        image = Image.open(io.BytesIO(filled(png_bytes(photo), mask, call["mask_blur"],
+                                             call.get("mask_invert", False))))  # fmt: skip
+    expected = pipe("a cat", image, mask_image=mask, seed=5, keep_unmasked=True, **call,
+                    **PIPE_CALL)[0]  # fmt: skip
+    np.testing.assert_array_equal(got, np.asarray(expected))
+    if "padding_mask_crop" in call:  # pasted back over the original, the far rows its own
+        assert got.shape == (68, 90, 3) and np.array_equal(got[:8], np.asarray(photo)[:8])
+
+
+def test_a1111s_fill_fills_the_masked_region_from_around_it(photo):
+    from fastimg.serve.compat_a1111_mask import fill
+
+    left = Image.new("RGB", (90, 68), (200, 20, 20))
+    left.paste((20, 20, 200), (45, 0, 90, 68))  # red left half, blue right half
+    mask = block(left.size, (30, 10, 60, 58))
+    out = np.asarray(fill(left, mask)).astype(int)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], np.asarray(left)[outside])  # the image kept exactly
+    assert out[34, 32, 0] > out[34, 32, 2] and out[34, 57, 2] > out[34, 57, 0]  # colours flow in
+    assert 20 < out[34, 45, 0] < 200 and 20 < out[34, 45, 2] < 200  # mixed in the middle
 
 
 @pytest.mark.parametrize(
     "fields,message",
     [
-        ({}, "the field 'mask_blur' (4) is one fastimg cannot honour: fastimg's masks are hard"),
-        ({"mask_blur": 0}, "'inpainting_fill' (0)"),
-        ({"mask_blur": 0, "inpainting_fill": 1}, "'inpaint_full_res' (True)"),
+        ({"inpainting_fill": 2}, "'inpainting_fill' (2) is one fastimg cannot honour: it runs 1"),
+        ({"inpainting_fill": 3}, "not 2 (latent noise) or 3 (latent nothing); send 0 or 1"),
+        ({"mask_blur": -1}, "the field 'mask_blur' (-1) must be a whole number of pixels"),
+        ({"inpaint_full_res_padding": "wide"}, "'inpaint_full_res_padding' ('wide') must be"),
     ],
 )
 def test_inpainting_fields_fastimg_cannot_honour_are_refused(server, photo, fields, message):
@@ -361,3 +435,12 @@ def test_an_a1111_batch_rides_the_servers_batching(pipe, photo):
     for image, seed in zip(result.images, (11, 12), strict=True):
         expected = pipe("a cat", photo, seed=seed, **PIPE_CALL)[0]
         np.testing.assert_array_equal(np.asarray(image.convert("RGB")), np.asarray(expected))
+
+
+def test_mask_blurs_that_differ_across_and_down_are_refused(server, photo):
+    client, _, _ = server
+    mask = block(photo.size, (30, 20, 60, 50))
+    detail = a1111_json(client, photo, mask, status=422, mask_blur_x=2, mask_blur_y=3, **A1111)
+    assert "mask_blur_x (2) and mask_blur_y (3) differ: fastimg blurs a mask alike" in detail
+    detail = a1111_json(client, photo, mask, status=422, mask_blur_x=2, **A1111)  # (y: 4)
+    assert "mask_blur_y (4) differ" in detail

@@ -219,3 +219,21 @@ def test_control_preprocess_depth_over_http(tiny_controlnet_depth, picture):
         assert response.status_code == 200, response.text
     expected = pipe("a cat", load_image(picture), **CALL, control_preprocess="depth")
     np.testing.assert_array_equal(decoded(response.content), np.asarray(expected[0]))
+
+
+def test_a_mask_part_with_a_control_image_inpaints_as_the_python_call(server, control_pipe,
+                                                                      picture, photo):  # fmt: skip
+    client, _ = server
+    values = np.zeros((68, 90), np.uint8)
+    values[20:50, 30:70] = 255
+    form = multipart(picture, control_scale="0.5", mask_blur="2")
+    form["files"]["control_image"] = ("sketch.png", _png(photo.transpose(0)), "image/png")
+    form["files"]["mask"] = ("mask.png", _png(Image.fromarray(values)), "image/png")
+    response = client.post("/v1/img2img", **form)
+    assert response.status_code == 200, response.text
+    call = {"control_image": photo.transpose(0), "controlnet_conditioning_scale": 0.5,
+            "mask_image": Image.fromarray(values), "mask_blur": 2}  # fmt: skip
+    expected = control_pipe("a cat", load_image(picture), **CALL, **call)
+    np.testing.assert_array_equal(decoded(response.content), np.asarray(expected[0]))
+    settings = json.loads(response.headers["x-fastimg-settings"])
+    assert settings["fastimg:mask"] == "given" and settings["fastimg:control_scale"] == 0.5

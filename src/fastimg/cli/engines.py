@@ -17,7 +17,9 @@ ARCHITECTURES = (
     "tiny-controlnet",
     "tiny-multi-controlnet",
     "tiny-sdxl-controlnet",
+    "tiny-inpaint-controlnet",
     "tiny-inpaint",
+    "tiny-sdxl-inpaint",
     "tiny-depth",  # a DPT depth model, for export --depth-model
 )
 

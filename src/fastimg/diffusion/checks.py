@@ -57,16 +57,20 @@ def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
     return own
 
 
-def plan_for(manifest: Manifest, sampler: str, steps: int, strength: float) -> schedules.Plan:
-    """The per-step coefficients of a call on `manifest`'s engines."""
+def plan_for(
+    manifest: Manifest, sampler: str, steps: int, strength: float, masked: bool = False
+) -> schedules.Plan:
+    """The per-step coefficients of a call on `manifest`'s engines (`masked`: an inpainting
+    call's)."""
     return schedules.make_plan(
         manifest.scheduler,
         sampler,
         steps,
         strength,
         # an LCM-distilled UNet (timestep_cond input) cuts its schedule by the strength, as
-        # LatentConsistencyModelImg2ImgPipeline
-        strength_in_schedule="timestep_cond" in manifest.components["unet"]["inputs"],
+        # LatentConsistencyModelImg2ImgPipeline; masked, it is StableDiffusionInpaintPipeline's
+        strength_in_schedule="timestep_cond" in manifest.components["unet"]["inputs"]
+        and not masked,
     )
 
 
@@ -104,5 +108,6 @@ def check_call(manifest: Manifest, settings: CallSettings) -> CheckedCall:
     check_control(manifest, settings)
     check_mask(manifest, settings)
     sampler = resolve_sampler(manifest, settings.scheduler)
-    plan = plan_for(manifest, sampler, settings.num_inference_steps, settings.strength)
+    plan = plan_for(manifest, sampler, settings.num_inference_steps, settings.strength,
+                    settings.mask_image is not None)  # fmt: skip
     return CheckedCall(settings, sampler, plan, micro)

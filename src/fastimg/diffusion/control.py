@@ -27,6 +27,7 @@ from ..errors import EngineError, InputError
 from ..media import control_images, images
 from ..settings import AS_GIVEN, BY_NAME, CallSettings
 from . import depth
+from .inpaint_area import resize_and_fill
 
 # The control settings, by diffusers' name, and their defaults.
 CONTROL_SETTINGS = ("controlnet_conditioning_scale", "control_guidance_start",
@@ -185,18 +186,22 @@ def prepare_control(
     width: int,
     init_image: Image.Image | None = None,
     engines=None,
+    crop: tuple[int, int, int, int] | None = None,
 ) -> Control | None:
     """The call's control (None without a control image or preprocessor), its images read and
     prepared as diffusers' prepare_control_image does, at the init image's `height` x `width`
     pixels, then made by their control_preprocess (a ControlNet past the control images given
-    takes `init_image`); `engines` (an EngineSet) runs the depth model of preprocessor depth."""
+    takes `init_image`); `engines` (an EngineSet) runs the depth model of preprocessor depth.
+    With `crop` (an inpainting call's "only masked" box in `init_image`), each control image is
+    cut to that box and fills height x width, as the init image is."""
     given = control_images_of(settings)
     count = controlnets_used(settings)
     if not given and (init_image is None or not any(preprocessors_of(settings))):
         return None
     makers = per_controlnet(preprocessors_of(settings) or (None,), count, "control_preprocess")
     sources = given + (init_image,) * (count - len(given))
-    pixels = tuple(_pixels(image, height, width, maker, engines)
+    frame = crop and (init_image.size, crop)
+    pixels = tuple(_pixels(image, height, width, maker, engines, frame)
                    for image, maker in zip(sources, makers, strict=True))  # fmt: skip
     return Control(
         pixels,
@@ -207,15 +212,22 @@ def prepare_control(
     )
 
 
-def _pixels(image, height: int, width: int, preprocessor: str | None, engines) -> np.ndarray:
-    """One control image read, resized to `height` x `width` and made by `preprocessor`, as
-    1 x 3 x H x W pixels in 0..1."""
+def _pixels(
+    image, height: int, width: int, preprocessor: str | None, engines, frame=None
+) -> np.ndarray:
+    """One control image read, resized to `height` x `width` (`frame`: (the original's size,
+    a box of it) to cut first, as diffusers' control_image_processor with crops_coords) and
+    made by `preprocessor`, as 1 x 3 x H x W pixels in 0..1."""
     if isinstance(image, str | Path):
         image = images.load_image(image)
     if not isinstance(image, Image.Image):
         raise InputError(f"control_image must be a PIL image or a path, got {type(image).__name__}")
     image = images.to_rgb(image)
-    if image.size != (width, height):
+    if frame is not None:  # (a control image of another size is brought to the original's)
+        size, box = frame
+        image = image if image.size == size else image.resize(size, resample=Image.LANCZOS)
+        image = resize_and_fill(image.crop(box), width, height)
+    elif image.size != (width, height):
         image = image.resize((width, height), resample=Image.LANCZOS)
     if preprocessor == "depth":
         image = depth.depth_image(image, engines)
@@ -254,7 +266,7 @@ class ControlRun:
         # per step, each ControlNet's scale x controlnet_keep (diffusers' cond_scale)
         self.scales = [[scale * kept[i] for scale, kept in zip(first.scale, windows, strict=True)]
                        for i in range(steps)]  # fmt: skip
-        self.xp = xp
+        self.xp, self.latent_channels = xp, manifest.latent_channels
 
     def step(self, feeds: dict, i: int, j: int, count: int, cfg: bool, plain):
         """The UNet session to run at step i, with the ControlNets' summed residuals added to
@@ -262,6 +274,8 @@ class ControlRun:
         if not any(self.scales[i]):
             return plain
         inputs = {name: feeds[name] for name in CONTROLNET_INPUTS if name in feeds}
+        # (an inpainting UNet takes [latents, mask, masked image]; a ControlNet the latents)
+        inputs["sample"] = inputs["sample"][:, : self.latent_channels]
         summed = None
         for net, all_rows, scale in zip(self.controlnets, self.rows, self.scales[i], strict=True):
             if scale == 0:  # (its residuals are zeros: diffusers adds them, changing nothing)

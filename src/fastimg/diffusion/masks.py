@@ -47,6 +47,11 @@ class Mask:
     tags: tuple[tuple[str, object], ...] = ()  # mask_labels' (label, value) pairs
 
     @property
+    def crop(self) -> tuple[int, int, int, int] | None:
+        """The box of the original that the engines transform (padding_mask_crop), or None."""
+        return self.overlay and self.overlay[2]
+
+    @property
     def label(self) -> str:
         """What an image made with this mask is labelled with (fastimg:mask)."""
         return "inverted" if self.inverted else "given"
@@ -66,8 +71,7 @@ class Mask:
 
 def check_settings(manifest: Manifest, settings: CallSettings) -> None:
     """Refuse an inpainting folder without a mask, mask settings without a mask or out of
-    range, and masks where fastimg cannot match diffusers yet (SDXL, an LCM-distilled UNet, a
-    ControlNet)."""
+    range, an empty mask file, and a mask for a UNet that cannot take one."""
     shaping = {
         "mask_invert": (settings.mask_invert, "--mask-invert"),
         "mask_blur": (settings.mask_blur, "--mask-blur PX"),
@@ -109,17 +113,6 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
             f"the engine folder {manifest.folder}'s UNet takes {unet} channels, neither the "
             "latents alone nor an inpainting UNet's: it cannot take a mask"
         )
-    refused = [
-        (manifest.text_conditioning, "an SDXL folder"),
-        ("timestep_cond" in manifest.components["unet"]["inputs"], "an LCM-distilled UNet"),
-        (settings.control_image is not None, "a control image"),
-    ]
-    for found, what in refused:
-        if found:
-            raise InputError(
-                f"a mask was given with {what}: fastimg inpaints with SD 1.x/2.x models "
-                f"without a ControlNet for now; leave out the mask (or {what})"
-            )
 
 
 def prepare_mask(

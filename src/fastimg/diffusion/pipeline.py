@@ -498,7 +498,9 @@ class Img2ImgPipeline:
             steps=settings.num_inference_steps,
             guidance_scale=settings.guidance_scale,
             cfg=settings.guidance_scale > 1.0 and not self.distilled,
-            control=prepare_control(settings, *pixels.shape[2:], image, self.engines),
+            control=prepare_control(
+                settings, *pixels.shape[2:], image, self.engines, mask and mask.crop
+            ),
             mask=mask,
             loras=loras,
         )

@@ -54,6 +54,7 @@ from .compat_a1111_fields import (
     read_request,
     sampler_list,
 )
+from .compat_a1111_mask import filled
 from .compat_images import a1111_mask, image_size, resized
 from .requests import Body, Refusal
 from .service import Service
@@ -288,16 +289,21 @@ def _checked(service: Service, read: A1111Request) -> list:
     """The request's image resized as A1111 does, and one checked fastimg request per image
     (each with its own seed), within the server's limits for all of them together."""
     data = resized(read.data, read.size, read.resize_mode, service.options.max_pixels)
+    original, mask = data, None
+    if read.mask is not None:
+        mask = a1111_mask(read.mask, read.size, read.resize_mode, service.options.max_pixels)
+        if read.mask_fill:  # (A1111's inpainting_fill 0: the masked region filled first)
+            data = filled(data, mask, read.mask_call["mask_blur"], read.mask_invert)
     fields, control = read.fields, None
     if read.control is not None:
-        control = _control(service, read.control, data)
+        control = _control(service, read.control, original)  # (the image before any fill)
         fields = {**fields, **read.control.fields}
     first = service.check_request(Body(fields, data, None, control))
     size = service.image_size(first)
     first = dataclasses.replace(first, size=size)
-    if read.mask is not None:  # (size None: a masked request runs alone, never batched)
-        mask = a1111_mask(read.mask, read.size, read.resize_mode, service.options.max_pixels)
-        call = first.job.call.with_values(mask_image=mask, mask_invert=read.mask_invert)
+    if mask is not None:  # (size None: a masked request runs alone, never batched)
+        call = first.job.call.with_values(mask_image=mask, mask_invert=read.mask_invert,
+                                          **read.mask_call)  # fmt: skip
         first = dataclasses.replace(_with_call(first, call), size=None)
     if len(read.seeds) > 1:  # the cost and response bytes of all of them
         call = first.job.call.with_values(num_images_per_prompt=len(read.seeds))

@@ -5,8 +5,7 @@ value that changes nothing here, or is refused by name (422) with what to send i
 A1111 gives each image of a batch its own seed (seed, seed + 1, ...): an A1111 request of
 `batch_size` x `n_iter` images is that many fastimg requests of one image each, every one equal
 to /v1/img2img with its seed. A `mask` (white, or opaque where it has alpha, is repainted) runs
-as the pipeline's mask_image: hard-edged, from the original, at the whole picture's size, so
-A1111's mask_blur, inpainting_fill and inpaint_full_res must say so.
+as the pipeline's mask_image, with A1111's inpainting fields read as compat_a1111_mask says.
 """
 
 import re
@@ -17,6 +16,7 @@ from ..errors import InputError
 from ..media.labels import SAMPLER_NAMES
 from ..settings import SAMPLERS, SEED_LIMIT
 from .compat_a1111_control import SCRIPT, ControlUnit, read_units
+from .compat_a1111_mask import mask_settings
 from .requests import decode_base64
 
 # A1111's field -> fastimg's field, for the settings both have.
@@ -91,18 +91,20 @@ NEUTRAL = {
     "user": (_any, ""),
 }
 # Inpainting's fields, read only with a `mask` (any value without one): (accepted, what to send).
-HARD_EDGED = "fastimg's masks are hard-edged (binarized as diffusers' inpainting does): send 0"
+# The blur, fill and "only masked" ones are checked as compat_a1111_mask reads them.
 WITH_MASK = {
-    "mask_blur": (_off, HARD_EDGED),
-    "mask_blur_x": (_off, HARD_EDGED),
-    "mask_blur_y": (_off, HARD_EDGED),
+    **dict.fromkeys(
+        (
+            "mask_blur",
+            "mask_blur_x",
+            "mask_blur_y",
+            "inpainting_fill",
+            "inpaint_full_res",
+            "inpaint_full_res_padding",
+        ),
+        (_any, ""),
+    ),  # fmt: skip
     "mask_round": (lambda v: v in (None, True), "fastimg binarizes the mask: send true"),
-    "inpainting_fill": (
-        lambda v: v in (None, 1),
-        "fastimg starts from the image under the mask (A1111's 1, original): send 1",
-    ),
-    "inpaint_full_res": (_off, "fastimg inpaints at the whole picture's size: send false"),
-    "inpaint_full_res_padding": (_any, ""),  # (only read with inpaint_full_res)
     "inpainting_mask_invert": (lambda v: v in (None, 0, 1), "send 0 (white repainted) or 1"),
 }
 HANDLED = ("init_images", *RENAMED, "seed", "sampler_name", "sampler_index", "scheduler",
@@ -125,6 +127,8 @@ class A1111Request:
     send_images: bool
     mask: bytes | None  # the mask's bytes (white: repainted), as sent
     mask_invert: bool
+    mask_call: dict  # the mask's call settings (compat_a1111_mask.mask_settings), {} without one
+    mask_fill: bool  # whether the masked region is filled first (inpainting_fill 0)
     control: ControlUnit | None  # the enabled ControlNet unit
     given: dict  # the request's fields with A1111's defaults, for the answer's `parameters`
 
@@ -179,10 +183,12 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
         raise InputError("mask must be an image as base64 text (white: repainted)")
     mask_data = None if mask is None else decode_base64(mask, "mask")
     invert = bool(given.get("inpainting_mask_invert", 0))
+    mask_call, fill = mask_settings(given) if mask is not None else ({}, False)
     send_images = bool(given.get("send_images", True))
+    control = read_units(payload.get("alwayson_scripts"))
     return A1111Request(data, fields, sampler, (width, height), mode, seeds, send_images,
-                        mask=mask_data, mask_invert=invert, given=given,
-                        control=read_units(payload.get("alwayson_scripts")))  # fmt: skip
+                        mask=mask_data, mask_invert=invert, mask_call=mask_call, mask_fill=fill,
+                        control=control, given=given)  # fmt: skip
 
 
 def lora_tags(prompt: str) -> tuple[str, str]:
