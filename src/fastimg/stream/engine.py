@@ -160,12 +160,14 @@ class StreamEngine:
         if self._filter is not None and self._filter.skip(pixels):
             self._skip(tag)
         else:
-            self._run(pixels, tag)
+            with self._loras():
+                self._run(pixels, tag)
         return self._ready.popleft() if self._ready else None
 
     def flush(self) -> list[StreamFrame]:
         """Finish the frames still in flight (end of the source), in input order."""
-        self._drain()
+        with self._loras():
+            self._drain()
         done = list(self._ready)
         self._ready.clear()
         return done
@@ -182,10 +184,16 @@ class StreamEngine:
         settings = replace(self._settings, **changes)
         derived = self._derive(settings)  # (nothing changes when it is refused)
         if self._plan_key(derived) != self._plan_key(self._derived):
-            self._drain()  # frames in flight finish on the steps they started with
+            with self._loras():
+                self._drain()  # frames in flight finish on the steps they started with
         self._settings, self._derived, self._text = settings, derived, None
 
     # --- frames -----------------------------------------------------------------------------
+
+    def _loras(self):
+        """The pipeline's loaded LoRAs at their scales now, as a single call runs them."""
+        adapters = self.pipeline.loras.adapters
+        return adapters.using(adapters.for_call(None))
 
     @staticmethod
     def _plan_key(derived: _Derived) -> tuple:
@@ -361,6 +369,7 @@ class StreamEngine:
             seed=s.seed, rng=None, pixels=None, count=1, sampler=checked.sampler,
             plan=checked.plan, strength=call.strength, steps=call.num_inference_steps,
             guidance_scale=call.guidance_scale, cfg=derived.cfg,
+            loras=self.pipeline.loras.adapters.for_call(None),
         )  # fmt: skip
         labels = request.labels(engines, self.pipeline.model_info)
         labels["fastimg:index"] = 0
