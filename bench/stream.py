@@ -8,6 +8,7 @@ back to back, as fast as each side takes them; a frame's latency runs from its p
 moment its output comes back (with the stream batch, some pushes later).
 """
 
+import os
 import time
 
 import numpy as np
@@ -142,6 +143,8 @@ def run(model: str, engines: str, job: BenchJob, specs: list[str], options: dict
             first = psnr(images[name][0], images["diffusers"][0])
             side["psnr_first_frame_vs_diffusers_db"] = first
     return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "load_average": list(os.getloadavg()),  # (other work on the machine slows both sides)
         "machine": machine_record(),
         "versions": package_versions("torch", "diffusers"),
         "model": model,

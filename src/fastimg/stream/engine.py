@@ -10,7 +10,9 @@ change that:
 - `similarity`: the stochastic similarity filter; a skipped frame reuses the last output.
 - `feedback`: that fraction of the last output's latents is blended into the frame's clean
   latents before the noise is added.
-Prompts are encoded once (and again only when update() changes them); nothing recompiles.
+Prompts are encoded once (and again only when update() changes them); nothing recompiles. A
+prompt, seed or guidance change applies from the next UNet call, to the frames in flight too
+(as StreamDiffusion's); a strength change first finishes the frames in flight on their steps.
 """
 
 from collections import deque
