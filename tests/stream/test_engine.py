@@ -177,3 +177,21 @@ def test_bad_frames_and_options_are_refused_by_name(tiny_pipe):
         StreamEngine(tiny_pipe, StreamSettings("a cat", feedback=1.0))
     with pytest.raises(InputError, match="similarity"):
         StreamEngine(tiny_pipe, StreamSettings("a cat", similarity=0.0))
+
+
+@pytest.mark.parametrize(
+    "folder,sampler,steps",
+    [("tiny_taesd", "lcm", 4), ("tiny_turbo", "euler_a", 4), ("tiny_lcm", "lcm", 3)],
+)
+def test_stream_batch_on_taesd_turbo_and_lcm_distilled_folders(request, frames, folder, sampler,
+                                                                steps):  # fmt: skip
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(request.getfixturevalue(folder)[1], backend="onnxruntime")
+    s = StreamSettings("a cat", strength=0.5, steps=steps, guidance=2.0, sampler=sampler, seed=6,
+                       stream_batch=True)  # fmt: skip
+    outs = run_all(StreamEngine(pipe, s), frames[:3])
+    assert [o.tag for o in outs] == [0, 1, 2]
+    assert pipe.plan(sampler, steps, 0.5).steps >= 2  # frames did share UNet batches
+    for out in outs:
+        assert psnr(out.image, single(pipe, frames[out.tag], s)) >= 40
