@@ -141,7 +141,7 @@ def run(model: str, engines: str, job: BenchJob, specs: list[str], options: dict
         side["speedup_vs_diffusers"] = side["fps"] / baseline["fps"]
         if not options:  # every frame is the single call, diffusers' image for it
             first = psnr(images[name][0], images["diffusers"][0])
-            side["psnr_first_frame_vs_diffusers_db"] = first
+            side["psnr_first_frame_vs_diffusers_db"] = first if first < float("inf") else "inf"
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "load_average": list(os.getloadavg()),  # (other work on the machine slows both sides)
