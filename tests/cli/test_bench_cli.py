@@ -91,4 +91,5 @@ def test_bench_stream_all_off_gives_diffusers_images(tiny, tmp_path):
     result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "stream")])
     assert result.exit_code == 0, result.output
     ours = json.loads((tmp_path / "stream.json").read_text())["sides"]
-    assert ours["fastimg stream onnxruntime fp32"]["psnr_first_frame_vs_diffusers_db"] >= 40
+    db = ours["fastimg stream onnxruntime fp32"]["psnr_first_frame_vs_diffusers_db"]
+    assert db == "inf" or db >= 40
