@@ -315,6 +315,7 @@ def test_stream_options_run_the_stream_engine_with_its_batch(pipe, frames):
             hello = message(ws)
             assert hello["type"] == "ready" and hello["settings"]["stream_batch"] is True
             ws.send(frames[0])  # two steps run: the first frame comes out with the second
+            assert message(ws) == {"type": "pending", "frame": 1, "received": 1, "dropped": 0}
             ws.send(frames[1])
             meta, jpeg = result(ws)
             assert meta["frame"] == 1 and meta["skipped"] is False

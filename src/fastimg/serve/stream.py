@@ -11,7 +11,8 @@
 The settings are those of POST /v1/img2img but one image per frame, always JPEG (`quality`
 applies); a missing seed is drawn once, for the whole stream. StreamDiffusion's options may come
 with them (fastimg.stream.engine): "stream_batch" (true: frames at different steps share one
-UNet batch, and a result is that of an earlier frame: none while the batch fills), "rcfg"
+UNet batch, and a result is that of an earlier frame; while the batch fills, a frame taken in
+is answered {"type": "pending", "frame": n, "received", "dropped"} instead), "rcfg"
 ("none", "self", "onetime", "full"), "similarity" (a threshold: a frame much like the last one
 is skipped and the last output sent again, its result says "skipped": true), "max_skip",
 "feedback"; without them each frame is the single-image call, as before. A frame that arrives while
@@ -255,6 +256,8 @@ class Stream:
         counts = {"received": self.received, "dropped": self.dropped}
         if self.engine is not None:
             if result is None:  # the stream batch fills: this frame comes out later
+                async with self.sending:
+                    await self.websocket.send_json({"type": "pending", "frame": index, **counts})
                 return True
             out, result = result
             index, counts = out.tag, {**counts, "skipped": out.skipped}
