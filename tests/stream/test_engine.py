@@ -195,3 +195,20 @@ def test_stream_batch_on_taesd_turbo_and_lcm_distilled_folders(request, frames, 
     assert pipe.plan(sampler, steps, 0.5).steps >= 2  # frames did share UNet batches
     for out in outs:
         assert psnr(out.image, single(pipe, frames[out.tag], s)) >= 40
+
+
+def test_frames_run_with_the_pipelines_loaded_loras(tiny, frames, tmp_path):
+    pytest.importorskip("torch")
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg_export.random_models import write_random_model
+
+    lora = write_random_model("tiny-lora", tmp_path / "style.safetensors")
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime", loras=(f"{lora}:0.8",))
+    s = StreamSettings("a cat", strength=0.75, steps=4, sampler="euler", seed=2,
+                       stream_batch=True)  # fmt: skip
+    outs = run_all(StreamEngine(pipe, s), frames[:2])
+    with_lora = single(pipe, frames[0], s)
+    assert psnr(outs[0].image, with_lora) >= 40
+    assert outs[0].image.info["fastimg:loras"] == with_lora.info["fastimg:loras"]
+    pipe.set_lora_scales({name: 0.0 for name in pipe.loras.adapters.scales})
+    assert psnr(outs[0].image, single(pipe, frames[0], s)) < 40  # the LoRA did change it
