@@ -159,7 +159,8 @@ class StreamEngine:
         """Feed one input frame; returns the output that is ready now (with the stream batch the
         output of an earlier frame, None while the batch fills)."""
         pixels = self._pixels(image)
-        if self._filter is not None and self._filter.skip(pixels):
+        reusable = self._last is not None or self._flights  # (none after a failed first frame)
+        if self._filter is not None and self._filter.skip(pixels) and reusable:
             self._skip(tag)
         else:
             with self._loras():
