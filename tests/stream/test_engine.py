@@ -175,6 +175,8 @@ def test_bad_frames_and_options_are_refused_by_name(tiny_pipe):
         StreamEngine(tiny_pipe, StreamSettings("a cat", rcfg="half"))
     with pytest.raises(InputError, match="feedback"):
         StreamEngine(tiny_pipe, StreamSettings("a cat", feedback=1.0))
+    with pytest.raises(InputError, match="seed must be a whole number"):
+        StreamEngine(tiny_pipe, StreamSettings("a cat", seed=None))
     with pytest.raises(InputError, match="similarity"):
         StreamEngine(tiny_pipe, StreamSettings("a cat", similarity=0.0))
 

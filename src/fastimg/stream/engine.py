@@ -90,6 +90,9 @@ class _Derived:
 
 def _check_options(s: StreamSettings) -> None:
     """The stream's own options checked (the call's settings are check_call's)."""
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int):
+        raise InputError(f"a stream's seed must be a whole number (one for every frame), got "
+                         f"{s.seed!r}")  # fmt: skip
     if not isinstance(s.stream_batch, bool):
         raise InputError(f"stream_batch must be true or false, got {s.stream_batch!r}")
     if s.similarity is not None and not (
