@@ -10,6 +10,7 @@ from .checks import bench, doctor
 from .common import domain_errors, echo_err
 from .engines import build, export, info, make_model
 from .serve import serve
+from .stream import stream
 from .video import video
 
 
@@ -89,6 +90,7 @@ cli.add_command(run_jobs)
 cli.add_command(inspect_images)
 cli.add_command(video)
 cli.add_command(serve)
+cli.add_command(stream)
 
 
 def main() -> None:

@@ -1,0 +1,1 @@
+"""Real-time img2img on a stream of frames: a camera, a video, a frame folder or raw frames."""
