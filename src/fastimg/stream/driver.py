@@ -132,7 +132,8 @@ def run_stream(
     report: Callable[[str], None] = log.warning,
 ) -> StreamReport:
     """Stream `source`'s frames through `engine` into `sinks` until the stream ends; return
-    what happened. `report` gets one line per event (a broken frame, a stall, an end).
+    what happened. `report` gets one line per frame broken or refused; how the stream ended
+    is the report's (`ended`, and `error` where it did not end well).
 
     A file or folder source is played at its frame rate, its frames dropped while the engine is
     busy as a camera's are; with `every_frame` the reader waits for the engine instead, so no
@@ -178,7 +179,6 @@ def _loop(slot, engine, sinks, stall_timeout, result: StreamReport, report) -> b
                 f"the source sent no frame for {stall_timeout:g} s (a camera unplugged or "
                 "frozen, a pipe that stopped writing?): stopped"
             )
-            report(result.error)
             return True
         if isinstance(item, _End):
             result.ended, result.error = item.reason, item.error

@@ -70,6 +70,8 @@ class PreviewSink:
     def close(self) -> None:
         """Stop serving; viewers' streams end."""
         with self.changed:
+            if self.closed:
+                return
             self.closed = True
             self.changed.notify_all()
         self.server.shutdown()

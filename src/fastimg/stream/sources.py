@@ -111,7 +111,9 @@ def open_source(
             raise InputError("raw frames on stdin (-) need their size: pass --size WIDTHxHEIGHT")
         import sys
 
-        return RawSource(stdin or sys.stdin.buffer, size, fps)
+        # the unbuffered file: a reader thread blocked in it holds no lock at the exit
+        stdin = stdin or getattr(sys.stdin.buffer, "raw", sys.stdin.buffer)
+        return RawSource(stdin, size, fps)
     camera = camera_spec(source, size, fps, system)
     if camera is not None:
         return CameraSource(camera)
