@@ -1,6 +1,6 @@
 """The layers of src/fastimg import downward only, and no module imports itself back.
 
-    cli  ->  serve  ->  workflows  ->  diffusion  ->  backends  ->  engine_folder, media  ->  ground
+    cli  ->  serve  ->  workflows, stream  ->  diffusion  ->  backends  ->  engine_folder, media  ->  ground
 
 Imports inside functions count too. ARCHITECTURE.md says what lives in each layer.
 """
@@ -15,7 +15,7 @@ LAYERS = (
     ("engine_folder", "media", "lora"),
     ("backends",),
     ("diffusion",),
-    ("workflows",),
+    ("workflows", "stream"),
     ("serve",),
     ("cli", "__main__"),
 )
