@@ -106,6 +106,31 @@ def test_a_video_file_streams_and_max_frames_ends_it(runner, tiny, tmp_path):
     assert "ended: 2 frames read (--max-frames)" in result.stderr
 
 
+def test_the_preview_is_served_while_the_stream_runs_and_its_address_printed(
+    runner, tiny, tmp_path
+):
+    (tmp_path / "in").mkdir()
+    for i, values in enumerate(frames(2)):
+        Image.fromarray(values).save(tmp_path / "in" / f"{i}.png")
+    result = _stream(runner, tiny[1], tmp_path / "in", "--preview", "0", "--every-frame")
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("preview: ")]
+    assert line.startswith("preview: http://127.0.0.1:") and "2 outputs" in result.stderr
+
+
+def test_a_preview_port_in_use_is_refused_in_one_line(runner, tmp_path):
+    import socket
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "a.png")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _one_line_error(_stream(runner, tmp_path, tmp_path / "in", "--preview", port))
+    assert f"--preview {port}: cannot serve on 127.0.0.1:{port}" in line
+
+
 def test_a_stream_without_an_output_is_refused(runner, tmp_path):
     result = _stream(runner, tmp_path, tmp_path)
     assert result.exit_code == 2 and "the stream has no output: pass -o FOLDER" in result.stderr
