@@ -251,3 +251,24 @@ def test_a_stopped_slot_releases_a_waiting_reader():
     slot.stop()
     reader.join(10)
     assert not reader.is_alive() and slot.get(1).index == 1
+
+
+def test_a_live_device_faster_than_the_engine_loses_frames_only_to_drops():
+    """A real FFmpeg input device (lavfi's test pattern, read as a camera is) into a slow engine:
+    every frame read is transformed or dropped, and the outputs keep the input order."""
+    pytest.importorskip("av")
+    import time
+
+    from fastimg.stream.sources import CameraSource, CameraSpec
+
+    class Slow(LaggingEngine):
+        def push(self, image, tag):
+            time.sleep(0.02)
+            return super().push(image, tag)
+
+    camera = CameraSource(CameraSpec("testsrc=size=32x24:rate=200:duration=0.2", "lavfi"))
+    sink = Sink()
+    report = run_stream(camera, Slow(1), [sink])
+    assert report.read == 40 and report.transformed + report.dropped == 40
+    indices = [tag.index for tag, _, _ in sink.written]
+    assert indices == sorted(set(indices)) and len(indices) == report.transformed

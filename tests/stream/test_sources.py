@@ -165,3 +165,14 @@ def test_an_image_or_a_damaged_file_given_as_a_video_is_refused(tmp_path):
         open_source(str(tmp_path / "junk.mp4"))
     with pytest.raises(InputError, match="--fps is for a folder"):
         open_source(str(tmp_path / "junk.mp4"), fps=5)
+
+
+def test_a_live_device_is_read_as_a_camera_is(tmp_path):
+    """FFmpeg's lavfi test pattern is an input device as v4l2 is: the camera path read for real."""
+    pytest.importorskip("av")
+    camera = CameraSource(CameraSpec("testsrc=size=32x24:rate=10:duration=0.5", "lavfi"))
+    got = list(camera.frames())
+    assert [item.index for item in got] == [1, 2, 3, 4, 5] and camera.live
+    assert [item.time for item in got] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
+    assert got[0].image.size == (32, 24) and got[0].image.mode == "RGB"
+    assert camera.name == "camera testsrc=size=32x24:rate=10:duration=0.5"

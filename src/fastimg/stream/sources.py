@@ -298,7 +298,7 @@ class CameraSource(_Decoded):
             raise InputError(
                 f"camera {spec.device} ({spec.format}) cannot be opened: {_reason(exc)} (in use "
                 f"by another program, or no such camera: list them with  "
-                f"{LIST_CAMERAS[spec.format]})"
+                f"{LIST_CAMERAS.get(spec.format, 'ffmpeg -devices')})"
             ) from None
         if not container.streams.video:
             container.close()
