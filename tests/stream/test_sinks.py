@@ -165,3 +165,13 @@ def test_the_frame_log_says_which_input_frame_each_output_came_from(tmp_path):
     ]
     with pytest.raises(InputError, match="already exists"):
         FrameLog(tmp_path / "frames.jsonl")
+
+
+def test_the_extra_the_refusal_names_installs_pyvirtualcam_and_pyav():
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
+    extras = project["project"]["optional-dependencies"]
+    assert any(need.startswith("pyvirtualcam") for need in extras["stream"])
+    assert "fastimg[video]" in extras["stream"]
