@@ -168,8 +168,9 @@ def test_the_frame_log_says_which_input_frame_each_output_came_from(tmp_path):
 
 
 def test_the_extra_the_refusal_names_installs_pyvirtualcam_and_pyav():
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())
     extras = project["project"]["optional-dependencies"]
