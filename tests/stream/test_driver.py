@@ -272,3 +272,69 @@ def test_a_live_device_faster_than_the_engine_loses_frames_only_to_drops():
     assert report.read == 40 and report.transformed + report.dropped == 40
     indices = [tag.index for tag, _, _ in sink.written]
     assert indices == sorted(set(indices)) and len(indices) == report.transformed
+
+
+def test_a_sink_that_fails_ends_the_stream_with_its_error_and_every_sink_is_closed():
+    from fastimg.errors import OutputError
+
+    class Full(Sink):
+        def write(self, image, tag, skipped):
+            if tag.index == 2:
+                raise OutputError("cannot write out/frame-000002.png: no space left on device")
+            super().write(image, tag, skipped)
+
+    full, other = Full(), Sink()
+    report = run_stream(FakeSource([frame(i) for i in range(1, 9)]), LaggingEngine(), [full, other],
+                        every_frame=True)  # fmt: skip
+    assert report.ended == "error" and report.error.endswith("no space left on device")
+    assert full.closed and other.closed and report.written == 1
+
+
+def test_outputs_wait_for_a_slow_sink_in_a_short_queue_not_an_unbounded_one():
+    from fastimg.stream.driver import WRITES_WAITING
+
+    release, writing = threading.Event(), threading.Event()
+
+    class Stuck(Sink):
+        def write(self, image, tag, skipped):
+            writing.set()
+            assert release.wait(30)
+            super().write(image, tag, skipped)
+
+    engine, sink = LaggingEngine(), Stuck()
+    items = [frame(i) for i in range(1, 20)]
+    done = threading.Thread(
+        target=run_stream, args=(FakeSource(items), engine, [sink]), kwargs={"every_frame": True}
+    )
+    done.start()
+    assert writing.wait(30)
+    # one output in the sink, WRITES_WAITING queued, one pushed and waiting for room: no more
+    for _ in range(50):
+        if len(engine.pushed) == WRITES_WAITING + 2:
+            break
+        threading.Event().wait(0.05)
+    assert len(engine.pushed) == WRITES_WAITING + 2
+    release.set()
+    done.join(30)
+    assert [tag.index for tag, _, _ in sink.written] == list(range(1, 20))
+
+
+def test_ctrl_c_is_seen_while_the_loop_waits_for_a_frame_whatever_thread_it_landed_on():
+    """A signal taken by another thread (the reader's, the engine's pool) leaves the main thread
+    asleep in its lock wait: the loop waits in short slices, so Ctrl-C still ends it."""
+    import _thread
+
+    never = threading.Event()
+
+    class Interrupting(Sink):
+        def write(self, image, tag, skipped):
+            super().write(image, tag, skipped)
+            threading.Timer(0.2, _thread.interrupt_main).start()  # the signal's flag, no wake-up
+
+    sink = Interrupting()
+    try:
+        report = run_stream(FakeSource([frame(1), never.wait]), LaggingEngine(), [sink],
+                            stall_timeout=600)  # fmt: skip
+    finally:
+        never.set()
+    assert report.ended == "interrupted (Ctrl-C)" and len(sink.written) == 1 and sink.closed

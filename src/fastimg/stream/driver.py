@@ -1,7 +1,7 @@
 """The real-time loop: a reader thread keeps only the newest input frame in a one-frame slot
 (older ones are dropped and counted, never queued), the calling thread pushes each frame it
-takes into the stream engine and writes the outputs to the sinks, each tagged with the input
-frame it came from (its number and time).
+takes into the stream engine, and a writer thread writes the outputs to the sinks (at most
+two waiting), each tagged with the input frame it came from (its number and time).
 
 The stream ends cleanly, its sinks finished, at the source's end, at Ctrl-C, when the source
 sends nothing for `stall_timeout` seconds, when the source fails, or when an output is closed
@@ -11,6 +11,7 @@ sends nothing for `stall_timeout` seconds, when the source fails, or when an out
 """
 
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,10 @@ from .sources import BrokenFrame, InputFrame
 log = logging.getLogger("fastimg")
 
 FAILURES_IN_A_ROW = 3  # frames the engine refuses in a row before the stream gives up
+WRITES_WAITING = 2  # outputs queued for the sinks before the loop waits for them
+# The loop waits in slices this long: a signal that lands on another thread (ONNX Runtime's,
+# the reader's) does not wake a lock wait, so Ctrl-C is seen only when the wait ends.
+WAKE_EVERY = 0.1
 STALLED = object()
 
 
@@ -109,7 +114,7 @@ class FrameSlot:
                 left = self.arrived + stall_timeout - self.clock()
                 if left <= 0:
                     return STALLED
-                self.changed.wait(left)
+                self.changed.wait(min(left, WAKE_EVERY))
             item, self.item = self.item, None
             self.changed.notify_all()
             return item if item is not None else self.end
@@ -148,12 +153,14 @@ def run_stream(
         name="fastimg-stream-reader",
     )  # fmt: skip
     reader.start()
-    finished = False
+    writer = _Writer(sinks, result)
     try:
-        finished = _loop(slot, engine, sinks, stall_timeout, result, report)
-        if finished:
-            for out in engine.flush():
-                _write(sinks, out, result)
+        try:
+            if _loop(slot, engine, writer, stall_timeout, result, report):
+                for out in engine.flush():
+                    writer.put(out)
+        finally:
+            writer.finish()  # the outputs already made are written, whatever ended the stream
     except KeyboardInterrupt:
         result.ended = "interrupted (Ctrl-C)"
     except SinkClosed as exc:
@@ -168,7 +175,7 @@ def run_stream(
     return result
 
 
-def _loop(slot, engine, sinks, stall_timeout, result: StreamReport, report) -> bool:
+def _loop(slot, engine, writer, stall_timeout, result: StreamReport, report) -> bool:
     """Take frames until the source ends (True) or the stream has to stop (False)."""
     refused = 0
     while True:
@@ -196,7 +203,7 @@ def _loop(slot, engine, sinks, stall_timeout, result: StreamReport, report) -> b
             continue
         refused, result.transformed = 0, result.transformed + 1
         if out is not None:
-            _write(sinks, out, result)
+            writer.put(out)
 
 
 def _read(source, slot: FrameSlot, pace: bool, max_frames, result: StreamReport, report) -> None:
@@ -230,12 +237,56 @@ def _read(source, slot: FrameSlot, pace: bool, max_frames, result: StreamReport,
         frames.close()
 
 
-def _write(sinks: list, out, result: StreamReport) -> None:
-    """One engine output to every sink."""
-    for sink in sinks:
-        sink.write(out.image, out.tag, out.skipped)
-    result.written += 1
-    result.reused += bool(out.skipped)
+class _Writer:
+    """The sinks, written from a thread of their own behind a queue of at most WRITES_WAITING
+    outputs (the loop waits while it is full), so that encoding overlaps the engine's work.
+    A sink's failure is raised in the loop at its next output, and by `finish`."""
+
+    def __init__(self, sinks: list, result: StreamReport):
+        self.sinks, self.result = sinks, result
+        self.waiting = queue.Queue(maxsize=WRITES_WAITING)
+        self.failure: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True, name="fastimg-stream-writer")
+        self.thread.start()
+
+    def put(self, out) -> None:
+        """Queue one engine output for every sink."""
+        self._raise()
+        self._offer(out)
+
+    def finish(self) -> None:
+        """Write what is queued, stop the thread; raise a sink's failure."""
+        self._offer(None)  # (the writer drains the queue, even after a failure)
+        while self.thread.is_alive():
+            self.thread.join(WAKE_EVERY)
+        self._raise()
+
+    def _offer(self, item) -> None:
+        while True:
+            try:
+                self.waiting.put(item, timeout=WAKE_EVERY)
+                return
+            except queue.Full:
+                continue
+
+    def _raise(self) -> None:
+        if self.failure is not None:
+            failure, self.failure = self.failure, None
+            raise failure
+
+    def _run(self) -> None:
+        failed = False
+        while (out := self.waiting.get()) is not None:
+            if failed:
+                continue  # (the queue is drained so that the loop never waits on it)
+            try:
+                for sink in self.sinks:
+                    sink.write(out.image, out.tag, out.skipped)
+            except Exception as exc:  # raised again in the loop's thread
+                self.failure, failed = exc, True
+                continue
+            self.result.written += 1
+            self.result.reused += bool(out.skipped)
 
 
 def _close(sinks: list, result: StreamReport) -> None:
