@@ -176,3 +176,35 @@ def test_a_live_device_is_read_as_a_camera_is(tmp_path):
     assert [item.time for item in got] == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4])
     assert got[0].image.size == (32, 24) and got[0].image.mode == "RGB"
     assert camera.name == "camera testsrc=size=32x24:rate=10:duration=0.5"
+
+
+def test_a_damaged_frame_in_a_video_is_a_broken_frame_and_the_frames_after_it_come(tmp_path):
+    pytest.importorskip("av")
+    from tests.workflows.test_video import make_video, pictures
+
+    data = bytearray(make_video(tmp_path / "clip.mp4", pictures(12), audio_seconds=0).read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 300] = bytes(300)
+    (tmp_path / "damaged.mp4").write_bytes(data)
+    got = list(open_source(str(tmp_path / "damaged.mp4")).frames())
+    assert [item.index for item in got] == list(range(1, 13))
+    (broken,) = [item for item in got if isinstance(item, BrokenFrame)]
+    assert broken.reason.startswith("it cannot be decoded: invalid data")
+
+
+def test_a_video_that_ends_before_the_frames_it_states_says_so_in_a_broken_frame(tmp_path):
+    av = pytest.importorskip("av")
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as out:  # (the index first)
+        stream = out.add_stream("libx264", rate=8, width=32, height=24)
+        for values in pixels(12, 32, 24):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(values, format="rgb24")))
+        out.mux(stream.encode(None))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) * 2 // 3])
+    got = list(open_source(str(path)).frames())
+    assert isinstance(got[-1], BrokenFrame) and 1 < len(got) < 13
+    assert got[-1].reason == (
+        f"the video ends here, after {len(got) - 1} of the 12 frames it states (truncated?)"
+    )

@@ -201,6 +201,8 @@ class FolderSource:
 class _Decoded:
     """Frames decoded from a PyAV container opened on first use (a file or a camera)."""
 
+    stated = 0  # the frame count a file states (0: none, or a camera)
+
     def open(self):
         raise NotImplementedError
 
@@ -216,6 +218,10 @@ class _Decoded:
                 try:
                     packet = next(packets)
                 except StopIteration:
+                    if index < self.stated:
+                        yield BrokenFrame(index + 1, f"the video ends here, after {index} of "
+                                                     f"the {self.stated} frames it states "
+                                                     "(truncated?)")  # fmt: skip
                     return
                 except (av.error.FFmpegError, OSError) as exc:
                     yield BrokenFrame(index + 1, f"{self.name} cannot be read on: {_reason(exc)}")
@@ -252,6 +258,7 @@ class VideoSource(_Decoded):
         container = self.open()
         stream = container.streams.video[0]
         self.rate = Fraction(stream.average_rate or stream.guessed_rate or DEFAULT_FPS)
+        self.stated = stream.frames or 0
         container.close()
 
     def open(self):
