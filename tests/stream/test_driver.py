@@ -172,9 +172,10 @@ def test_a_source_that_fails_ends_the_stream_with_its_error():
     def fail():
         raise InputError("camera /dev/video0 was unplugged")
 
-    report, _, sink, _ = stream([frame(1), fail])
+    report, engine, sink, _ = stream([frame(1), frame(2), fail], LaggingEngine(1))
     assert report.ended == "error" and report.error == "fake: camera /dev/video0 was unplugged"
-    assert len(sink.written) == 1 and sink.closed
+    assert [tag.index for tag, _, _ in sink.written] == [1, 2]  # the frame in flight finished
+    assert engine.flushed and sink.closed
 
 
 def test_a_frame_the_engine_refuses_is_skipped_and_refusals_in_a_row_end_the_stream():

@@ -176,7 +176,8 @@ def run_stream(
 
 
 def _loop(slot, engine, writer, stall_timeout, result: StreamReport, report) -> bool:
-    """Take frames until the source ends (True) or the stream has to stop (False)."""
+    """Take frames until the source ends, stalls or fails (True: the engine's frames in flight
+    are finished) or the engine refuses too many (False)."""
     refused = 0
     while True:
         item = slot.get(stall_timeout)
@@ -189,7 +190,7 @@ def _loop(slot, engine, writer, stall_timeout, result: StreamReport, report) -> 
             return True
         if isinstance(item, _End):
             result.ended, result.error = item.reason, item.error
-            return item.error is None
+            return True
         tag = FrameTag(item.index, item.time)
         try:
             out = engine.push(item.image, tag)
