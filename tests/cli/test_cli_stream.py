@@ -136,6 +136,15 @@ def test_a_stream_without_an_output_is_refused(runner, tmp_path):
     assert result.exit_code == 2 and "the stream has no output: pass -o FOLDER" in result.stderr
 
 
+def test_raw_frames_are_not_written_to_a_terminal(runner, tmp_path, monkeypatch):
+    import importlib
+
+    command = importlib.import_module("fastimg.cli.stream")  # (the module, not the command)
+    monkeypatch.setattr(command, "_stdout_is_a_terminal", lambda: True)
+    result = _stream(runner, tmp_path, tmp_path, "-o", "-")
+    assert result.exit_code == 2 and "pipe them into a player (| ffplay" in result.stderr
+
+
 def test_raw_frames_without_their_size_are_refused_in_one_line(runner, tmp_path):
     line = _one_line_error(_stream(runner, tmp_path, "-", "-o", "-", input=b""))
     assert "pass --size WIDTHxHEIGHT" in line

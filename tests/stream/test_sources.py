@@ -208,3 +208,8 @@ def test_a_video_that_ends_before_the_frames_it_states_says_so_in_a_broken_frame
     assert got[-1].reason == (
         f"the video ends here, after {len(got) - 1} of the 12 frames it states (truncated?)"
     )
+
+
+def test_a_size_for_a_folder_or_a_video_is_refused(tmp_path):
+    with pytest.raises(InputError, match="--size is for raw frames on stdin or a camera"):
+        open_source(str(tmp_path), size=(64, 48))

@@ -4,6 +4,7 @@ fastimg.stream."""
 
 import functools
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -169,6 +170,11 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         )
     if list(outputs).count("-") > 1:
         raise click.UsageError("-o - was given twice: stdout takes one stream")
+    if "-" in outputs and _stdout_is_a_terminal():
+        raise click.UsageError(
+            "-o - writes raw frames, not for a terminal: pipe them into a player (| ffplay -f "
+            "rawvideo -pixel_format rgb24 -video_size WxH -)"
+        )
     settings = StreamSettings(
         prompt=prompt,
         negative_prompt=negative_prompt or "",
@@ -248,6 +254,10 @@ def _sinks(outputs, virtual_camera, preview, frame_log, frames, no_metadata, ove
             sink.close()
         raise
     return made
+
+
+def _stdout_is_a_terminal() -> bool:
+    return sys.stdout.isatty()
 
 
 class _StdoutSize:

@@ -118,6 +118,8 @@ def open_source(
     if camera is not None:
         return CameraSource(camera)
     path = Path(source)
+    if size is not None and path.exists():
+        raise InputError(f"--size is for raw frames on stdin or a camera: {path} has its own")
     if path.is_dir():
         return FolderSource(path, fps)
     if path.is_file():
