@@ -65,8 +65,8 @@ class StreamReport:
         return (
             f"{self.read} frames read, {self.transformed} transformed, {self.dropped} dropped "
             f"(the engine was busy), {self.broken} broken, {self.failed} refused; "
-            f"{self.written} outputs ({self.reused} reused); {self.seconds:.1f} s; "
-            f"ended: {self.ended}"
+            f"{self.written} outputs ({self.reused} reused) in {self.seconds:.1f} s, "
+            f"{self.written / max(self.seconds, 1e-9):.1f}/s; ended: {self.ended}"
         )
 
 
