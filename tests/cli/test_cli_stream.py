@@ -131,6 +131,16 @@ def test_a_preview_port_in_use_is_refused_in_one_line(runner, tmp_path):
     assert f"--preview {port}: cannot serve on 127.0.0.1:{port}" in line
 
 
+def test_engines_that_cannot_load_leave_no_output_behind(runner, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "a.png")
+    log = tmp_path / "frames.jsonl"
+    result = _stream(runner, tmp_path / "no-engines", tmp_path / "in", "-o", tmp_path / "out",
+                     "--frame-log", log)  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not log.exists() and not (tmp_path / "out").exists()
+
+
 def test_a_stream_without_an_output_is_refused(runner, tmp_path):
     result = _stream(runner, tmp_path, tmp_path)
     assert result.exit_code == 2 and "the stream has no output: pass -o FOLDER" in result.stderr

@@ -176,3 +176,8 @@ def test_the_extra_the_refusal_names_installs_pyvirtualcam_and_pyav():
     extras = project["project"]["optional-dependencies"]
     assert any(need.startswith("pyvirtualcam") for need in extras["stream"])
     assert "fastimg[video]" in extras["stream"]
+
+
+def test_a_frame_log_of_a_stream_that_made_nothing_is_not_left_behind(tmp_path):
+    FrameLog(tmp_path / "frames.jsonl").close()
+    assert not (tmp_path / "frames.jsonl").exists()

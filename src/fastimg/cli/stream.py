@@ -203,15 +203,16 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
             shapes=engine["shapes"],
             loras=engine["loras"],
         )
+        stream_engine = StreamEngine(pipe, settings)
         if not quiet:
             echo_err(f"streaming {frames.name}: Ctrl-C ends the stream")
-    except (FastImgError, click.ClickException):
+    except BaseException:  # (Ctrl-C while the engines load too): the outputs are let go
         for sink in sinks:
             sink.close()
         raise
     report = run_stream(
         frames,
-        StreamEngine(pipe, settings),
+        stream_engine,
         sinks,
         stall_timeout=stall_timeout,
         every_frame=every_frame,

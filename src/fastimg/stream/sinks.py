@@ -165,7 +165,8 @@ class VirtualCameraSink:
 
 class FrameLog:
     """One JSON line per output: its number, the input frame it came from and that frame's
-    time, whether it was reused; for outputs that carry no labels (stdout, a virtual camera)."""
+    time, whether it was reused; for outputs that carry no labels (stdout, a virtual camera).
+    Opened when made, so that a path that cannot be written is refused before any work."""
 
     def __init__(self, path: Path, overwrite: bool = False):
         self.path = Path(path)
@@ -186,5 +187,7 @@ class FrameLog:
         self.file.flush()
 
     def close(self) -> None:
-        """Close the log."""
+        """Close the log (removed where no output was made: the stream never ran)."""
         self.file.close()
+        if self.count == 0:
+            self.path.unlink(missing_ok=True)
