@@ -141,6 +141,25 @@ def test_engines_that_cannot_load_leave_no_output_behind(runner, tmp_path):
     assert not log.exists() and not (tmp_path / "out").exists()
 
 
+def test_a_lora_reaches_every_streamed_frame(runner, tiny, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    import shutil
+
+    from fastimg_export.random_models import write_random_model
+
+    style = write_random_model("tiny-lora", tmp_path / "style.safetensors")
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    (tmp_path / "in").mkdir()
+    for i, values in enumerate(frames(2)):
+        Image.fromarray(values).save(tmp_path / "in" / f"{i}.png")
+    result = _stream(runner, engines, tmp_path / "in", "-o", tmp_path / "out", "--every-frame",
+                     "--lora", f"{style}:0.8")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = sorted((tmp_path / "out").iterdir())
+    assert [Image.open(path).text["fastimg:loras"] for path in written] == ["style:0.8"] * 2
+
+
 def test_a_stream_without_an_output_is_refused(runner, tmp_path):
     result = _stream(runner, tmp_path, tmp_path)
     assert result.exit_code == 2 and "the stream has no output: pass -o FOLDER" in result.stderr
