@@ -339,3 +339,11 @@ def test_ctrl_c_is_seen_while_the_loop_waits_for_a_frame_whatever_thread_it_land
     finally:
         never.set()
     assert report.ended == "interrupted (Ctrl-C)" and len(sink.written) == 1 and sink.closed
+
+
+def test_the_rate_is_said_as_the_stream_goes():
+    lines = []
+    report = run_stream(FakeSource([frame(i) for i in range(1, 4)]), LaggingEngine(), [Sink()],
+                        every_frame=True, status=lines.append, status_every=0)  # fmt: skip
+    assert len(lines) == 3 and report.transformed == 3
+    assert lines[-1].startswith("3 frames transformed, ") and lines[-1].endswith("; 0 dropped")

@@ -218,6 +218,7 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         every_frame=every_frame,
         max_frames=max_frames,
         report=echo_err,
+        status=None if quiet else echo_err,
     )
     if not quiet:
         echo_err(report.summary())

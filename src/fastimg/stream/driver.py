@@ -135,6 +135,8 @@ def run_stream(
     every_frame: bool = False,
     max_frames: int | None = None,
     report: Callable[[str], None] = log.warning,
+    status: Callable[[str], None] | None = None,
+    status_every: float = 10.0,
 ) -> StreamReport:
     """Stream `source`'s frames through `engine` into `sinks` until the stream ends; return
     what happened. `report` gets one line per frame broken or refused; how the stream ended
@@ -142,7 +144,8 @@ def run_stream(
 
     A file or folder source is played at its frame rate, its frames dropped while the engine is
     busy as a camera's are; with `every_frame` the reader waits for the engine instead, so no
-    frame is dropped. `max_frames` ends the stream after that many frames read.
+    frame is dropped. `max_frames` ends the stream after that many frames read. `status` gets
+    a line on the stream's rate every `status_every` seconds.
     """
     started = time.monotonic()
     result = StreamReport()
@@ -156,7 +159,8 @@ def run_stream(
     writer = _Writer(sinks, result)
     try:
         try:
-            if _loop(slot, engine, writer, stall_timeout, result, report):
+            ticker = _Ticker(status, status_every, slot, result)
+            if _loop(slot, engine, writer, stall_timeout, result, report, ticker):
                 for out in engine.flush():
                     writer.put(out)
         finally:
@@ -175,7 +179,7 @@ def run_stream(
     return result
 
 
-def _loop(slot, engine, writer, stall_timeout, result: StreamReport, report) -> bool:
+def _loop(slot, engine, writer, stall_timeout, result: StreamReport, report, ticker) -> bool:
     """Take frames until the source ends, stalls or fails (True: the engine's frames in flight
     are finished) or the engine refuses too many (False)."""
     refused = 0
@@ -203,6 +207,7 @@ def _loop(slot, engine, writer, stall_timeout, result: StreamReport, report) -> 
                 return False
             continue
         refused, result.transformed = 0, result.transformed + 1
+        ticker.tick()
         if out is not None:
             writer.put(out)
 
@@ -236,6 +241,26 @@ def _read(source, slot: FrameSlot, pace: bool, max_frames, result: StreamReport,
         slot.finish("error", f"{source.name} failed: {type(exc).__name__}: {exc}")
     finally:
         frames.close()
+
+
+class _Ticker:
+    """A line on the stream's rate, every `every` seconds: frames transformed, and dropped."""
+
+    def __init__(self, status, every: float, slot: FrameSlot, result: StreamReport):
+        self.status, self.every, self.slot, self.result = status, every, slot, result
+        self.since, self.transformed = time.monotonic(), 0
+
+    def tick(self) -> None:
+        """Say the rate where it is time to."""
+        now = time.monotonic()
+        if self.status is None or now - self.since < self.every:
+            return
+        rate = (self.result.transformed - self.transformed) / max(now - self.since, 1e-9)
+        self.status(
+            f"{self.result.transformed} frames transformed, {rate:.1f}/s lately; "
+            f"{self.slot.dropped} dropped"
+        )
+        self.since, self.transformed = now, self.result.transformed
 
 
 class _Writer:
