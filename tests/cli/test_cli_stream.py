@@ -160,6 +160,13 @@ def test_a_lora_reaches_every_streamed_frame(runner, tiny, tmp_path):
     assert [Image.open(path).text["fastimg:loras"] for path in written] == ["style:0.8"] * 2
 
 
+def test_an_output_that_is_the_source_is_refused(runner, tmp_path):
+    result = _stream(runner, tmp_path, tmp_path, "-o", tmp_path / ".")
+    assert result.exit_code == 2 and "is SOURCE itself: write the outputs somewhere else" in (
+        result.stderr
+    )
+
+
 def test_a_stream_without_an_output_is_refused(runner, tmp_path):
     result = _stream(runner, tmp_path, tmp_path)
     assert result.exit_code == 2 and "the stream has no output: pass -o FOLDER" in result.stderr

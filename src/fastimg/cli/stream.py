@@ -170,6 +170,10 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         )
     if list(outputs).count("-") > 1:
         raise click.UsageError("-o - was given twice: stdout takes one stream")
+    if source != "-" and any(
+        out != "-" and Path(out).resolve() == Path(source).resolve() for out in outputs
+    ):
+        raise click.UsageError(f"-o {source} is SOURCE itself: write the outputs somewhere else")
     if "-" in outputs and _stdout_is_a_terminal():
         raise click.UsageError(
             "-o - writes raw frames, not for a terminal: pipe them into a player (| ffplay -f "
