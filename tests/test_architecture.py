@@ -2,6 +2,8 @@
 
     cli -> serve -> workflows, stream -> diffusion -> backends -> engine_folder, media -> ground
 
+(stream, the real-time streams, sits beside workflows.)
+
 Imports inside functions count too. ARCHITECTURE.md says what lives in each layer.
 """
 
