@@ -1,6 +1,8 @@
 """The layers of src/fastimg import downward only, and no module imports itself back.
 
-    cli  ->  serve  ->  workflows  ->  diffusion  ->  backends  ->  engine_folder, media  ->  ground
+    cli -> serve -> workflows, stream -> diffusion -> backends -> engine_folder, media -> ground
+
+(stream, the real-time streams, sits beside workflows.)
 
 Imports inside functions count too. ARCHITECTURE.md says what lives in each layer.
 """
@@ -15,7 +17,7 @@ LAYERS = (
     ("engine_folder", "media", "lora"),
     ("backends",),
     ("diffusion",),
-    ("workflows",),
+    ("workflows", "stream"),
     ("serve", "comfyui"),
     ("cli", "__main__"),
 )

@@ -44,7 +44,7 @@ def _commands(text: str | None = None) -> list[list[str]]:
     for block in re.findall(r"```bash\n(.*?)```", text or README.read_text(), re.S):
         for line in block.replace("\\\n", " ").splitlines():
             line = line.split("  #")[0].strip()
-            for part in line.split("&&"):
+            for part in re.split(r"&&|\|", line):  # (a pipeline's commands each)
                 words = shlex.split(part.strip())
                 if words[:1] == ["fastimg"]:
                     commands.append(words[1:])
@@ -61,7 +61,7 @@ def test_every_option_the_readme_shows_exists():
         if hasattr(command, "commands"):  # a group: its subcommand has the options
             command = command.commands[words[1]]
         known = {opt for param in command.params for opt in param.opts + param.secondary_opts}
-        used = {w.split("=")[0] for w in words[1:] if w.startswith("-")}
+        used = {w.split("=")[0] for w in words[1:] if w.startswith("-") and w != "-"}  # (-: stdio)
         assert used <= known, (words, used - known)
 
 
@@ -283,3 +283,57 @@ def test_the_comfyui_commands_run_as_the_readme_types_them(tiny, tmp_path, monke
     assert workflow["2"]["inputs"]["engines_folder"] == str(tiny[1].resolve())
     assert workflow["3"]["inputs"]["prompt"] in section  # the transform line's settings
     assert (tmp_path / "same-as-comfyui.png").is_file()
+
+
+def test_the_stream_recipes_run_as_the_readme_types_them(tiny, tmp_path, monkeypatch):
+    """The webcam recipes name each OS's camera as its capture format does (here, with no
+    camera, each is refused in one line); the stdin, video file and folder recipes run."""
+    pytest.importorskip("av")
+    import json
+
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+    from fastimg.stream.sources import camera_spec
+    from tests.workflows.test_video import make_video, pictures
+
+    part = README.read_text().split("## Webcam / live stream")[1].split("\n## ")[0]
+    commands = _commands(part)
+    assert len(commands) == 7 and all(words[0] == "stream" for words in commands)
+    cameras = {"/dev/video0": ("Linux", "v4l2"), "0": ("Darwin", "avfoundation"),
+               "video=Integrated Camera": ("Windows", "dshow")}  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    make_video(tmp_path / "clip.mp4", pictures(6), audio_seconds=0)
+    Path("frames").mkdir()
+    for i, values in enumerate(pictures(3, seed=1)):
+        Image.fromarray(values).save(f"frames/{i}.png")
+    refused = 0
+    for words in commands:
+        words = [str(tiny[1]) if word == "engines/sd-turbo-taesd" else word for word in words]
+        source = words[1]
+        if source in cameras:
+            system, capture = cameras[source]
+            assert camera_spec(source, system=system).format == capture
+            if Path("/dev/video0").exists():
+                continue  # (a real camera here: not streamed from in a test)
+            result = CliRunner().invoke(cli, words)
+            assert result.exit_code == 1 and "Traceback" not in result.output
+            (line,) = result.stderr.splitlines()
+            assert "does not exist" in line
+            refused += 1
+            continue
+        size = words[words.index("--size") + 1] if "--size" in words else None
+        raw = None
+        if source == "-":
+            width, height = map(int, size.split("x"))
+            raw = np.zeros((2, height, width, 3), np.uint8).tobytes()
+        result = CliRunner().invoke(cli, words, input=raw)
+        assert result.exit_code == 0, (words, result.output)
+    assert refused in (0, 4)
+    live = {p.name for p in Path("live").iterdir()}  # (stdin is live: frame 1 may be dropped)
+    assert "frame-000002.png" in live and live <= {"frame-000001.png", "frame-000002.png"}
+    assert sorted(p.name for p in Path("painted").iterdir()) == [
+        "frame-000001.png", "frame-000002.png", "frame-000003.png"]  # fmt: skip
+    kept = [json.loads(line)["input_frame"] for line in Path("live.jsonl").read_text().splitlines()]
+    assert kept and kept == sorted(set(kept)) and set(kept) <= set(range(1, 7))
+    assert Path("live.mp4").is_file()

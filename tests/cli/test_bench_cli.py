@@ -63,3 +63,33 @@ def test_bench_controlnet_random_builds_exports_and_measures_it(tiny, tmp_path, 
     peer = CliRunner().invoke(cli, [*args[:-1], str(tmp_path / "p"), "--peer",
                                     "optimum-intel=/nonexistent/python"])  # fmt: skip
     assert peer.exit_code == 1 and "a peer runs no ControlNet" in peer.output
+
+
+def test_bench_stream_writes_fps_latency_and_skips(tiny, tmp_path):
+    model, engines = tiny
+    args = ["bench", "--stream", "--model", str(model), "--engines", str(engines), "--size", "64"]
+    args += ["--backend", "onnxruntime:fp32", "--warmup", "1", "--frames", "8", "--steps", "4"]
+    args += ["--strength", "0.75", "--sampler", "euler", "--stream-batch", "--similarity", "0.98"]
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "stream")])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "stream.json").read_text())
+    assert data["command"].startswith("fastimg bench")
+    assert data["stream_options"] == {"stream_batch": True, "similarity": 0.98}
+    ours, theirs = data["sides"]["fastimg stream onnxruntime fp32"], data["sides"]["diffusers"]
+    assert ours["skipped"] == 2  # the clip's two still frames, identical to the one before
+    assert theirs["skipped"] == 0 and ours["speedup_vs_diffusers"] > 0
+    for side in (ours, theirs):
+        lat = side["latency_seconds"]
+        assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and side["fps"] > 0
+    assert "lat p50" in result.output
+
+
+def test_bench_stream_all_off_gives_diffusers_images(tiny, tmp_path):
+    model, engines = tiny
+    args = ["bench", "--stream", "--model", str(model), "--engines", str(engines), "--size", "64"]
+    args += ["--backend", "onnxruntime:fp32", "--warmup", "0", "--frames", "2"]
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "stream")])
+    assert result.exit_code == 0, result.output
+    ours = json.loads((tmp_path / "stream.json").read_text())["sides"]
+    db = ours["fastimg stream onnxruntime fp32"]["psnr_first_frame_vs_diffusers_db"]
+    assert db == "inf" or db >= 40

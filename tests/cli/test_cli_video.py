@@ -1,8 +1,10 @@
 import click
+import numpy as np
 import pytest
 
 from fastimg.cli.video import video
 from fastimg.media import video_io
+from fastimg.media.images import psnr
 from tests.workflows.test_video import full_disk, leftovers, make_video, pictures, probe
 
 pytest.importorskip("av")
@@ -313,3 +315,53 @@ def test_control_preprocess_depth_maps_each_frame(runner, tiny_controlnet_depth,
         with Image.open(out / f"frame-{i:06d}.png") as frame:
             assert np.array_equal(np.asarray(frame.convert("RGB")), np.asarray(expected))
             assert frame.info["fastimg:control_preprocess"] == "depth"
+
+
+@pytest.fixture(scope="module")
+def still_frames(tmp_path_factory):
+    """Six PNG frames; frames 3 and 4 repeat frame 2 exactly."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("still")
+    for k, pixels in enumerate(pictures(6, static=(2, 3)), 1):
+        Image.fromarray(pixels).save(folder / f"f{k}.png")
+    return folder
+
+
+def _frames_of(folder):
+    from PIL import Image
+
+    return [np.asarray(Image.open(p)) for p in sorted(folder.glob("frame-*.png"))]
+
+
+def test_stream_batch_writes_every_frame_as_the_single_calls_do(runner, tiny, clip, tmp_path):
+    base = ["--scheduler", "euler", "--strength", "0.75", "--steps", "4", "--no-audio"]
+    group = click.Group()
+    group.add_command(video)
+    common = ["--engines", str(tiny[1]), "--backend", "onnxruntime", "--prompt", "a red fox"]
+    alone = runner.invoke(group, ["video", str(clip), "-o", str(tmp_path / "alone"), *common,
+                                  *base, "--reuse-threshold", "0"])  # fmt: skip
+    assert alone.exit_code == 0, alone.output
+    batched = runner.invoke(group, ["video", str(clip), "-o", str(tmp_path / "batch"), *common,
+                                    *base, "--stream-batch"])  # fmt: skip
+    assert batched.exit_code == 0, batched.output
+    assert "12 frames" in batched.stderr and "12 transformed, 0 reused" in batched.stderr
+    got, expected = _frames_of(tmp_path / "batch"), _frames_of(tmp_path / "alone")
+    assert len(got) == len(expected) == 12
+    assert min(psnr(a, b) for a, b in zip(got, expected, strict=True)) >= 40
+
+
+def test_the_similarity_filter_reuses_repeated_frames(runner, tiny, still_frames, tmp_path):
+    out = tmp_path / "out"
+    result = _video(runner, tiny[1], still_frames, "-o", out, "--similarity", "0.98")
+    assert result.exit_code == 0, result.output
+    assert "6 frames" in result.stderr and "4 transformed, 2 reused" in result.stderr
+    frames = _frames_of(out)
+    assert (frames[2] == frames[1]).all() and (frames[3] == frames[1]).all()
+
+
+def test_stream_options_refuse_resume_and_masks(runner, tiny, clip, tmp_path):
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "out", "--feedback", "0.2",
+                    "--resume")  # fmt: skip
+    _refused(result, 1)
+    assert "leave out --resume and --mask" in result.stderr

@@ -74,7 +74,7 @@ def test_an_sdxl_lora_on_an_sd1_model_is_refused(runner, engines, picture, tmp_p
 
 
 def test_the_lora_option_is_in_every_command_that_loads_engines(runner):
-    for command in (["transform"], ["run"], ["video"], ["serve"]):
+    for command in (["transform"], ["run"], ["video"], ["stream"], ["serve"]):
         result = runner.invoke(cli, [*command, "--help"])
         assert "--lora FILE[:SCALE]" in result.output, command
 

@@ -20,6 +20,7 @@ websockets = pytest.importorskip("websockets")
 from websockets.exceptions import ConnectionClosed, InvalidStatus  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
+from fastimg.media.images import psnr  # noqa: E402
 from fastimg.serve import ServeOptions  # noqa: E402
 from tests.serve.harness import Gated, decoded, live, ready, wait_for  # noqa: E402
 
@@ -300,3 +301,60 @@ def test_a_frame_over_the_cost_budget_is_refused_and_the_stream_goes_on(pipe, fr
             ws.send(frames[0])
             error = message(ws)
             assert error["type"] == "error" and "megapixel-steps" in error["detail"]
+
+
+BATCHED = {**SETTINGS, "strength": 0.5, "steps": 4, "sampler": "euler", "stream_batch": True}
+
+
+def test_stream_options_run_the_stream_engine_with_its_batch(pipe, frames):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        ws = open_stream(client)
+        with ws:
+            ws.send(json.dumps(BATCHED))
+            hello = message(ws)
+            assert hello["type"] == "ready" and hello["settings"]["stream_batch"] is True
+            ws.send(frames[0])  # two steps run: the first frame comes out with the second
+            assert message(ws) == {"type": "pending", "frame": 1, "received": 1, "dropped": 0}
+            ws.send(frames[1])
+            meta, jpeg = result(ws)
+            assert meta["frame"] == 1 and meta["skipped"] is False
+            ws.send(frames[2])
+            assert result(ws)[0]["frame"] == 2
+        fields = {k: str(v) for k, v in BATCHED.items() if k != "stream_batch"}
+        http = client.post("/v1/img2img", files={"image": ("f.png", frames[0], "image/png")},
+                           data={**fields, "format": "jpeg"})  # fmt: skip
+        assert http.status_code == 200, http.text
+        assert psnr(decoded(jpeg), decoded(http.content)) >= 35  # the single call, later
+
+
+def test_a_frame_the_similarity_filter_skips_sends_the_last_output_again(pipe, frames):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        with started({**SETTINGS, "similarity": 0.5}, client=client) as ws:
+            ws.send(frames[0])
+            first, jpeg = result(ws)
+            ws.send(frames[0])
+            again, jpeg_again = result(ws)
+    assert (first["frame"], first["skipped"]) == (1, False)
+    assert (again["frame"], again["skipped"]) == (2, True) and jpeg_again == jpeg
+
+
+@pytest.mark.parametrize(
+    "options,detail",
+    [
+        ({"rcfg": "half"}, "rcfg must be one of"),
+        ({"stream_batch": "yes"}, "stream_batch must be a JSON bool"),
+        ({"stream_batch": True, "sampler": "dpmpp_2m"}, "--sampler lcm"),
+        ({"feedback": 1.5}, "feedback must be in [0, 1)"),
+        ({"feedback": 0.2, "lora_scales": "none"}, "without a mask or lora_scales"),
+    ],
+)
+def test_bad_stream_options_are_named_then_closed_with_1008(pipe, options, detail):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        with open_stream(client) as ws:
+            ws.send(json.dumps({**SETTINGS, **options}))
+            error = message(ws)
+            assert error["type"] == "error" and detail in error["detail"]
+            assert closed_with(ws) == 1008

@@ -117,6 +117,42 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     "exported with it (the control image: the input's scribble). 'random' builds a "
     "random-weight ControlNet of the model's UNet in models/NAME-controlnet.",
 )
+@click.option(
+    "--stream",
+    is_flag=True,
+    help="Measure the stream engine instead: frames per second, latency p50/p95/p99 and frames "
+    "skipped over a clip made from the input image, beside diffusers frame by frame.",
+)
+@click.option(
+    "--frames", type=click.IntRange(2), default=24, show_default=True, help="With --stream."
+)
+@click.option("--stream-batch", is_flag=True, help="With --stream: the denoising batch.")
+@click.option(
+    "--rcfg",
+    type=click.Choice(["none", "self", "onetime", "full"]),
+    default="none",
+    show_default=True,
+    help="With --stream: residual CFG.",
+)
+@click.option(
+    "--similarity",
+    type=click.FloatRange(0, 1, min_open=True),
+    default=None,
+    help="With --stream: the similarity filter's threshold [default: off].",
+)
+@click.option(
+    "--feedback",
+    type=click.FloatRange(0, 1, max_open=True),
+    default=0.0,
+    show_default=True,
+    help="With --stream: the latent feedback fraction.",
+)
+@click.option(
+    "--diffusers/--no-diffusers",
+    default=True,
+    show_default=True,
+    help="With --stream: also run diffusers frame by frame.",
+)
 @domain_errors
 def bench(
     model: str,
@@ -137,6 +173,13 @@ def bench(
     batch: int,
     peers: tuple[str, ...],
     controlnet: str | None,
+    stream: bool,
+    frames: int,
+    stream_batch: bool,
+    rcfg: str,
+    similarity: float | None,
+    feedback: float,
+    diffusers: bool,
 ) -> None:
     """Time one img2img job in diffusers, in each fastimg backend and in each peer runtime
     (needs fastimg[bench])."""
@@ -164,6 +207,15 @@ def bench(
     model_path, engines, vae, controlnet = model_and_engines(
         model, engines, vae, log=echo_err, controlnet=controlnet
     )
+    if stream:
+        options = {"stream_batch": stream_batch, "rcfg": rcfg, "similarity": similarity,
+                   "feedback": feedback}  # fmt: skip
+        options = {k: v for k, v in options.items() if v not in (False, "none", None, 0.0)}
+        job = BenchJob(size=size, steps=steps, strength=strength, guidance=guidance,
+                       sampler=sampler, seed=seed, vae=vae)  # fmt: skip
+        _stream_bench(model_path, engines, job, specs if backends else specs[:1], options, frames,
+                      warmup, out, diffusers)  # fmt: skip
+        return
     job = BenchJob(
         size=size,
         steps=steps,
@@ -194,3 +246,23 @@ def bench(
     click.echo(report.table(record))
     for path in written:
         click.echo(f"wrote {path}")
+
+
+def _stream_bench(model, engines, job, specs, options, frames, warmup, out, diffusers) -> None:
+    """`fastimg bench --stream`: the stream engine's record, written to OUT.json."""
+    import json
+
+    from fastimg_bench import stream
+
+    from ..atomic import write_atomically
+
+    record = stream.run(model, engines, job, specs, options, frames, warmup, echo_err,
+                        diffusers=diffusers)  # fmt: skip
+    record["command"] = " ".join(["fastimg bench", *sys.argv[2:]])
+    out = out or Path("bench/results") / f"stream-{Path(engines).name}-{job.size}"
+    path = out.with_name(out.name + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (json.dumps(record, indent=2) + "\n").encode()
+    write_atomically(path, lambda f: f.write(text))
+    click.echo(stream.table(record))
+    click.echo(f"wrote {path}")

@@ -11,6 +11,7 @@ from .comfyui import comfyui
 from .common import domain_errors, echo_err
 from .engines import build, export, info, make_model
 from .serve import serve
+from .stream import stream
 from .video import video
 
 
@@ -91,6 +92,7 @@ cli.add_command(inspect_images)
 cli.add_command(video)
 cli.add_command(serve)
 cli.add_command(comfyui)
+cli.add_command(stream)
 
 
 def main() -> None:

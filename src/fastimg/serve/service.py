@@ -202,6 +202,62 @@ class Service:
         with each frame."""
         return self._labels_fit(check_stream_settings(message, self.pipe.manifest))
 
+    def stream_engine(self, template: ImageRequest, options: dict):
+        """The StreamEngine of a stream whose settings ask for StreamDiffusion's options
+        (`options`: stream_batch, rcfg, similarity, max_skip, feedback); InputError where the
+        settings or the options cannot run so."""
+        from ..stream.engine import StreamEngine, StreamSettings
+
+        call = template.job.call
+        if template.mask is not None or call.lora_scales is not None:
+            raise InputError(
+                "the stream options (stream_batch, rcfg, similarity, max_skip, feedback) run "
+                "without a mask or lora_scales: leave those out, or the options"
+            )
+        settings = StreamSettings(
+            prompt=call.prompt,
+            negative_prompt=call.negative_prompt or "",
+            strength=call.strength,
+            steps=call.num_inference_steps,
+            guidance=call.guidance_scale,
+            sampler=template.sampler,
+            seed=call.seed,
+            **options,
+        )
+        return StreamEngine(self.pipe, settings)
+
+    async def push_frame(self, engine, lock: threading.Lock, request: ImageRequest, tag,
+                         deadline: float):  # fmt: skip
+        """Push one stream frame into its StreamEngine once a run slot is free (the HTTP
+        requests' admission): (the StreamFrame that came out, its Result), or None while the
+        stream batch fills. Busy, Closed or Expired as admit_and_run."""
+        loop = asyncio.get_running_loop()
+        await self.admission.acquire(deadline)
+        started = time.monotonic()
+
+        def work():
+            image = decode_image(request.data, request.name, self.options.max_pixels)
+            with lock:  # (a frame that outlived its deadline may still run)
+                out = engine.push(image, tag)
+            return None if out is None else (out, _encode(request, [out.image]))
+
+        try:
+            running = loop.run_in_executor(self.executor, work)
+        except BaseException:
+            self.admission.release()
+            raise
+
+        def finished(future: asyncio.Future) -> None:
+            self.admission.release()
+            if not future.cancelled() and future.exception() is None:
+                self.admission.observe(time.monotonic() - started)
+
+        running.add_done_callback(finished)
+        try:
+            return await asyncio.wait_for(asyncio.shield(running), deadline - loop.time())
+        except asyncio.TimeoutError:
+            raise Expired() from None
+
     def _labels_fit(self, request: ImageRequest) -> ImageRequest:
         """`request`, refused before it runs where its outputs could not carry their labels (a
         JPEG's metadata holds 64 KiB: a prompt of 20,000 '<' escapes past it), by encoding a

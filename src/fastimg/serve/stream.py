@@ -9,7 +9,13 @@
             stream goes on
 
 The settings are those of POST /v1/img2img but one image per frame, always JPEG (`quality`
-applies); a missing seed is drawn once, for the whole stream. A frame that arrives while
+applies); a missing seed is drawn once, for the whole stream. StreamDiffusion's options may come
+with them (fastimg.stream.engine): "stream_batch" (true: frames at different steps share one
+UNet batch, and a result is that of an earlier frame; while the batch fills, a frame taken in
+is answered {"type": "pending", "frame": n, "received", "dropped"} instead), "rcfg"
+("none", "self", "onetime", "full"), "similarity" (a threshold: a frame much like the last one
+is skipped and the last output sent again, its result says "skipped": true), "max_skip",
+"feedback"; without them each frame is the single-image call, as before. A frame that arrives while
 another is transformed waits in a slot of one: a newer frame replaces it (counted in
 "dropped", the total so far, as "received" is). Each transform takes a run slot through the
 same admission as the HTTP requests. With an API key, the client offers the subprotocol
@@ -25,6 +31,7 @@ import asyncio
 import base64
 import dataclasses
 import hmac
+import json
 import logging
 import threading
 import time
@@ -44,6 +51,9 @@ KEY_PROTOCOL = "fastimg.key."  # + the API key in base64url: a browser cannot se
 # WebSocket close codes (RFC 6455, 7.4.1)
 GOING_AWAY, POLICY, TRY_AGAIN = 1001, 1008, 1013
 MAX_REASON_BYTES = 123  # a close frame's reason
+# StreamDiffusion's options a stream's settings may carry, and the JSON types each takes.
+ENGINE_OPTIONS = {"stream_batch": (bool,), "rcfg": (str,), "similarity": (int, float),
+                  "max_skip": (int,), "feedback": (int, float)}  # fmt: skip
 
 
 async def open_stream(service: Service, websocket: WebSocket) -> None:
@@ -73,7 +83,9 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
         try:
             wait = service.options.stream_settings_seconds
             first = await asyncio.wait_for(websocket.receive(), wait)
+            first, options = engine_options(first)
             template = service.stream_request(first)
+            engine = service.stream_engine(template, options) if options else None
         except asyncio.TimeoutError:  # (TimeoutError itself from Python 3.11 on)
             detail = f"no settings within {wait:g} s: send them first, as a JSON text message"
             await refuse_stream(websocket, POLICY, detail)
@@ -82,9 +94,9 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
             await refuse_stream(websocket, POLICY, str(exc))
             return
         settings = {"prompt": template.job.call.prompt, "seed": template.job.call.seed,
-                    "sampler": template.sampler}  # fmt: skip
+                    "sampler": template.sampler, **options}  # fmt: skip
         await websocket.send_json({"type": "ready", "settings": settings})
-        stream = Stream(service, websocket, template)
+        stream = Stream(service, websocket, template, engine)
         service.streams.add(stream)
         if service.admission.closed:  # (stopped while the settings came)
             stream.stop()
@@ -98,6 +110,25 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
         clients[client] -= 1
         if not clients[client]:
             del clients[client]
+
+
+def engine_options(message: dict) -> tuple[dict, dict]:
+    """The settings message less StreamDiffusion's options, and those options (checked for
+    their JSON type; their values are the StreamEngine's to check)."""
+    try:
+        fields = json.loads(message.get("text") or "")
+    except ValueError:
+        return message, {}  # (stream_request says what is wrong with it)
+    if not isinstance(fields, dict):
+        return message, {}
+    options = {key: fields.pop(key) for key in list(fields) if key in ENGINE_OPTIONS}
+    for key, value in options.items():
+        kinds = ENGINE_OPTIONS[key]
+        wrong = isinstance(value, bool) and bool not in kinds
+        if wrong or not isinstance(value, kinds) and not (key == "similarity" and value is None):
+            raise InputError(f"{key} must be a JSON {kinds[0].__name__.replace('str', 'string')}"
+                             f", got {value!r}")  # fmt: skip
+    return {**message, "text": json.dumps(fields)}, options
 
 
 def _crowded(service: Service, client: str) -> str | None:
@@ -117,8 +148,10 @@ class Stream:
     """One /v1/stream connection: a receiver keeps the newest frame in `newest`; `run`
     transforms whatever is newest each time the previous transform is done."""
 
-    def __init__(self, service: Service, websocket: WebSocket, template: ImageRequest):
+    def __init__(self, service: Service, websocket: WebSocket, template: ImageRequest,
+                 engine=None):  # fmt: skip
         self.service, self.websocket, self.template = service, websocket, template
+        self.engine, self.engine_lock = engine, threading.Lock()  # (None: single calls)
         self.newest: tuple[int, bytes] | None = None
         self.received = self.dropped = 0
         self.changed = asyncio.Event()  # a frame came, the client left, or the server stops
@@ -187,7 +220,11 @@ class Stream:
         started = time.monotonic()
         abort = threading.Event()
         deadline = loop.time() + o.timeout
-        work = asyncio.ensure_future(service.admit_and_run(request, abort, deadline))
+        if self.engine is not None:
+            run = service.push_frame(self.engine, self.engine_lock, request, index, deadline)
+        else:
+            run = service.admit_and_run(request, abort, deadline)
+        work = asyncio.ensure_future(run)
         work.add_done_callback(retrieve)
         try:
             await asyncio.wait({work, receiver}, return_when=asyncio.FIRST_COMPLETED)
@@ -217,6 +254,13 @@ class Stream:
         service.frames.labels("ok").inc()
         ms = round((time.monotonic() - started) * 1000, 1)
         counts = {"received": self.received, "dropped": self.dropped}
+        if self.engine is not None:
+            if result is None:  # the stream batch fills: this frame comes out later
+                async with self.sending:
+                    await self.websocket.send_json({"type": "pending", "frame": index, **counts})
+                return True
+            out, result = result
+            index, counts = out.tag, {**counts, "skipped": out.skipped}
         async with self.sending:
             await self.websocket.send_json({"type": "result", "frame": index, "ms": ms, **counts})
             await self.websocket.send_bytes(result.encoded[0])

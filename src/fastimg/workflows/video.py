@@ -14,6 +14,10 @@ resume through frames kept as files (a folder OUT, or `frames_dir` beside a vide
 
 A call's `mask_image` is one mask for every frame, or a folder of masks matched to the frames
 in natural name order (the first mask for the first frame, ...).
+
+`stream` (StreamDiffusion's options of fastimg.stream.engine: stream_batch, rcfg, similarity,
+max_skip, feedback) runs the frames through one StreamEngine instead; its similarity filter
+then takes the place of `reuse_threshold`.
 """
 
 import logging
@@ -195,6 +199,7 @@ def transform_video(
     metadata: bool = True,
     progress: BatchProgress | None = None,
     callback: Callable | None = None,
+    stream: dict | None = None,
 ) -> VideoReport:
     """Redraw every frame of `source` into `dest` with `call`'s settings and one seed.
 
@@ -213,6 +218,7 @@ def transform_video(
     # an empty negative prompt is none (SDXL then conditions on zeros, as diffusers does)
     call = call.with_values(seed=seed, negative_prompt=call.negative_prompt or None)
     masks = _mask_files(pipe, call, plan.total)
+    engine = stream and _stream_engine(pipe, call, stream, resume, source)
     if masks:
         call = call.with_values(mask_image=str(masks[0]))
     checked = _check_call(pipe, source, call)
@@ -230,7 +236,9 @@ def transform_video(
     run.masks = masks
     try:
         with progress:
-            for item in clip.frames_and_audio():
+            if engine:
+                _stream_frames(engine, clip, sink, run, report)
+            for item in () if engine else clip.frames_and_audio():
                 if not isinstance(item, Frame):
                     sink.audio(item)
                     continue
@@ -254,6 +262,65 @@ def transform_video(
         clip.close()
     report.seconds = time.monotonic() - started
     return report
+
+
+def _stream_engine(pipe, call: CallSettings, stream: dict, resume: bool, source: Path):
+    """The StreamEngine of a run with StreamDiffusion's options, refused where the run asks
+    for what it cannot do."""
+    from ..stream.engine import StreamEngine, StreamSettings
+
+    if resume or call.mask_image is not None:
+        raise InputError(
+            "the stream options (--stream-batch, --rcfg, --similarity, --feedback) run the "
+            "whole video in one stream: leave out --resume and --mask, or the options"
+        )
+    checked = _check_call(pipe, source, call)
+    settings = StreamSettings(
+        prompt=call.prompt,
+        negative_prompt=call.negative_prompt or "",
+        strength=call.strength,
+        steps=call.num_inference_steps,
+        guidance=call.guidance_scale,
+        sampler=checked.sampler,
+        seed=call.seed,
+        **stream,
+    )
+    return StreamEngine(pipe, settings)
+
+
+def _stream_frames(engine, clip, sink, run: "_FrameMaker", report: VideoReport) -> None:
+    """Every frame through the StreamEngine, written in order as its output comes out."""
+    waiting: dict[int, Frame] = {}  # frames in flight (the stream batch), by index
+
+    def write(out) -> None:
+        item = waiting.pop(out.tag)
+        path = None if run.plan.frames is None else run.plan.frames / FRAME_NAME.format(item.index)
+        info = {**out.image.info, "fastimg:source": run.labels["fastimg:source"],
+                "fastimg:frame": item.index}  # fmt: skip
+        run._save(out.image, path, info, report)
+        if out.skipped:
+            report.reused += 1
+            getattr(run.progress, "reuse", run.progress.skip)(str(path or f"frame {item.index}"))
+        else:
+            report.transformed += 1
+            run.progress.finish(str(path or f"frame {item.index}"))
+        if sink is not None:
+            sink.write(item, out.image)
+            report.written += 1
+
+    for item in clip.frames_and_audio():
+        if not isinstance(item, Frame):
+            sink.audio(item)
+            continue
+        report.frames += 1
+        run.progress.total = max(run.progress.total, item.index)
+        waiting[item.index] = item
+        run.progress.start(f"frame {item.index}", run.checked.steps)
+        out = engine.push(item.image, item.index)
+        if out is not None:
+            write(out)
+    for out in engine.flush():
+        write(out)
 
 
 def _mask_files(pipe, call: CallSettings, frames: int) -> list[Path]:

@@ -1,0 +1,386 @@
+"""The stream engine: video frames in, transformed frames out, over one img2img pipeline.
+
+Every frame runs as the single-image call with the same settings and seed would (the same
+noise each frame, so a still input gives a still output), unless StreamDiffusion's options
+change that:
+- `stream_batch`: frames at different steps share one UNet batch (the denoising batch); a
+  frame's output comes `steps run - 1` pushes later, and is the one it would be alone.
+- `rcfg` "self" / "onetime": residual CFG (lcm sampler), guidance without a negative image per
+  step ("onetime": one negative image per frame).
+- `similarity`: the stochastic similarity filter; a skipped frame reuses the last output.
+- `feedback`: that fraction of the last output's latents is blended into the frame's clean
+  latents before the noise is added.
+Prompts are encoded once (and again only when update() changes them); nothing recompiles. A
+prompt, seed or guidance change applies from the next UNet call, to the frames in flight too
+(as StreamDiffusion's); a strength change first finishes the frames in flight on their steps.
+"""
+
+from collections import deque
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from PIL import Image
+
+from ..diffusion import conditioning, samplers
+from ..diffusion.checks import CheckedCall, check_call
+from ..diffusion.request import Request, check_finite
+from ..diffusion.rng import TorchCompatibleGenerator
+from ..errors import InputError
+from ..media import images
+from ..settings import CallSettings
+from . import rcfg, stages
+from .similarity import SimilarityFilter
+
+UPDATABLE = ("prompt", "negative_prompt", "seed", "strength", "guidance")
+
+
+@dataclass(frozen=True)
+class StreamSettings:
+    """What a stream runs with: the single-image call's settings and StreamDiffusion's options."""
+
+    prompt: str
+    negative_prompt: str = ""
+    strength: float = 0.5
+    steps: int = 2  # num_inference_steps as in the single-image call
+    guidance: float = 0.0  # guidance_scale
+    sampler: str | None = None  # None: the engine folder's default
+    seed: int = 0
+    width: int | None = None  # None: the first frame's size rounded as the pipeline does
+    height: int | None = None
+    stream_batch: bool = False  # StreamDiffusion's denoising batch
+    rcfg: str = "none"  # "none" | "self" | "onetime" (residual CFG); "full" = plain CFG
+    similarity: float | None = None  # stochastic similarity filter threshold (None: off)
+    max_skip: int = 10  # at most this many frames skipped in a row
+    feedback: float = 0.0  # fraction of the previous output's latents blended in
+
+
+@dataclass(frozen=True)
+class StreamFrame:
+    """One output frame, with the tag of the input frame it came from."""
+
+    image: Image.Image  # the output (its .info carries fastimg's settings keys)
+    tag: object
+    skipped: bool  # True when the similarity filter reused the last output
+
+
+@dataclass
+class _Flight:
+    """A frame between its first and last step (the stage path)."""
+
+    tag: object
+    x: object  # the sampler state, one row
+    stage: int = 0
+    residual: object = None  # its RCFG residual noise
+    followers: list = field(default_factory=list)  # tags of skipped frames reusing its output
+
+
+@dataclass(frozen=True)
+class _Derived:
+    """What the settings give: the checked call, and how its frames run."""
+
+    checked: CheckedCall
+    cfg: bool  # plain CFG (a negative image per step)
+    staged: bool  # steps run through the stage path (stream batch or residual CFG)
+
+    @property
+    def plan(self):
+        """The call's per-step plan."""
+        return self.checked.plan
+
+
+def _check_options(s: StreamSettings) -> None:
+    """The stream's own options checked (the call's settings are check_call's)."""
+    if isinstance(s.seed, bool) or not isinstance(s.seed, int):
+        raise InputError(f"a stream's seed must be a whole number (one for every frame), got "
+                         f"{s.seed!r}")  # fmt: skip
+    if not isinstance(s.stream_batch, bool):
+        raise InputError(f"stream_batch must be true or false, got {s.stream_batch!r}")
+    if s.similarity is not None and not (
+        isinstance(s.similarity, int | float) and 0 < s.similarity <= 1
+    ):
+        raise InputError(f"similarity must be in (0, 1] (or off), got {s.similarity!r}")
+    if not (isinstance(s.max_skip, int) and s.max_skip >= 0):
+        raise InputError(f"max_skip must be a whole number >= 0, got {s.max_skip!r}")
+    if not (isinstance(s.feedback, int | float) and 0 <= s.feedback < 1):
+        raise InputError(f"feedback must be in [0, 1), got {s.feedback!r}")
+    for name in ("width", "height"):
+        value = getattr(s, name)
+        if value is not None and not (isinstance(value, int) and value > 0):
+            raise InputError(f"{name} must be a whole number of pixels, got {value!r}")
+
+
+class StreamEngine:
+    """Frames through an Img2ImgPipeline, one thread: push() each, flush() at the end."""
+
+    def __init__(self, pipeline, settings: StreamSettings):
+        self.pipeline = pipeline
+        self._derived = self._derive(settings)
+        self._settings = settings
+        self._size: tuple[int, int] | None = None
+        self._engines = None
+        self._text = None  # (embeddings, extra rows) of the current prompt, by size
+        self._noise = None  # (key, starting noise, loop noise) of the current seed and plan
+        self._flights: list[_Flight] = []  # newest first
+        self._ready: deque[StreamFrame] = deque()
+        self._last: Image.Image | None = None
+        self._last_latents = None
+        self._filter = None
+        if settings.similarity is not None:
+            self._filter = SimilarityFilter(settings.similarity, settings.max_skip, settings.seed)
+
+    @property
+    def settings(self) -> StreamSettings:
+        """The settings the next frame runs with."""
+        return self._settings
+
+    def _derive(self, s: StreamSettings) -> _Derived:
+        """Check `s` against the pipeline's engines; what its frames run with."""
+        _check_options(s)
+        pipe = self.pipeline
+        call = CallSettings(
+            prompt=s.prompt,
+            negative_prompt=s.negative_prompt or None,
+            strength=s.strength,
+            num_inference_steps=s.steps,
+            guidance_scale=s.guidance,
+            seed=s.seed,
+            scheduler=s.sampler,
+        )
+        checked = check_call(pipe.manifest, call)
+        if pipe.distilled and checked.settings.negative_prompt:
+            checked = replace(checked, settings=checked.settings.with_values(negative_prompt=None))
+        rcfg.check(s.rcfg, checked.plan, pipe.distilled)
+        if s.stream_batch:
+            stages.check_staged(checked.plan.sampler, "--stream-batch")
+        residual = s.rcfg in ("self", "onetime")
+        cfg = s.guidance > 1.0 and not pipe.distilled and not residual
+        return _Derived(checked, cfg, s.stream_batch or residual)
+
+    # --- the contract ---------------------------------------------------------------------
+
+    def push(self, image: Image.Image, tag: object) -> StreamFrame | None:
+        """Feed one input frame; returns the output that is ready now (with the stream batch the
+        output of an earlier frame, None while the batch fills)."""
+        pixels = self._pixels(image)
+        reusable = self._last is not None or self._flights  # (none after a failed first frame)
+        if self._filter is not None and self._filter.skip(pixels) and reusable:
+            self._skip(tag)
+        else:
+            with self._loras():
+                self._run(pixels, tag)
+        return self._ready.popleft() if self._ready else None
+
+    def flush(self) -> list[StreamFrame]:
+        """Finish the frames still in flight (end of the source), in input order."""
+        with self._loras():
+            self._drain()
+        done = list(self._ready)
+        self._ready.clear()
+        return done
+
+    def update(self, **changes) -> None:
+        """Change prompt / negative_prompt / seed / strength / guidance between frames, no
+        warm-up."""
+        unknown = [name for name in changes if name not in UPDATABLE]
+        if unknown:
+            raise InputError(
+                f"update() cannot change {', '.join(unknown)}: only {', '.join(UPDATABLE)} "
+                "change while a stream runs; start a new stream for the others"
+            )
+        settings = replace(self._settings, **changes)
+        derived = self._derive(settings)  # (nothing changes when it is refused)
+        if self._plan_key(derived) != self._plan_key(self._derived):
+            with self._loras():
+                self._drain()  # frames in flight finish on the steps they started with
+        self._settings, self._derived, self._text = settings, derived, None
+
+    # --- frames -----------------------------------------------------------------------------
+
+    def _loras(self):
+        """The pipeline's loaded LoRAs at their scales now, as a single call runs them."""
+        adapters = self.pipeline.loras.adapters
+        return adapters.using(adapters.for_call(None))
+
+    @staticmethod
+    def _plan_key(derived: _Derived) -> tuple:
+        c = derived.checked
+        return (c.sampler, c.settings.num_inference_steps, c.settings.strength)
+
+    def _pixels(self, image: Image.Image) -> np.ndarray:
+        """The frame as the pipeline's pixels, at the stream's size."""
+        if not isinstance(image, Image.Image):
+            raise InputError(f"a frame must be a PIL image, got {type(image).__name__}")
+        pipe, s = self.pipeline, self._settings
+        factor = pipe.manifest.vae_scale_factor
+        if self._size is None:
+            wanted = (s.width or image.width, s.height or image.height)
+            self._size = images.check_sides(wanted, factor, pipe.max_side)
+        if image.size != self._size:
+            image = images.to_rgb(image).resize(self._size, resample=Image.LANCZOS)
+        return images.to_pixels(image, factor, pipe.max_side)
+
+    def _skip(self, tag) -> None:
+        """A skipped frame: the newest frame in flight's output, or the last one, reused."""
+        if self._flights:
+            self._flights[0].followers.append(tag)
+        else:
+            self._ready.append(StreamFrame(self._last, tag, True))
+
+    def _run(self, pixels: np.ndarray, tag) -> None:
+        """Encode the frame, then denoise it alone or as the newest row of the batch."""
+        pipe, s, derived = self.pipeline, self._settings, self._derived
+        engines = self._engines_for(pixels)
+        with engines.activate():
+            xp = engines.xp
+            rng = TorchCompatibleGenerator(s.seed)  # the single call's generator, drawn alike
+            z = pipe.encode_image(pixels, rng, engines)
+            if s.feedback and self._last_latents is not None:
+                f = np.float32(s.feedback)
+                z = (np.float32(1) - f) * z + f * self._last_latents
+            embeddings, extra = self._text_for(engines, pixels)
+            if not derived.staged:
+                x = pipe.denoise(z, embeddings, derived.plan, s.guidance, rng, engines=engines,
+                                 conditioning=extra)  # fmt: skip
+                self._emit([_Flight(tag, x)], engines)
+                return
+            eps, _ = self._noise_for(rng, z.shape, xp)
+            flight = _Flight(tag, samplers.add_noise(z, eps, derived.plan))
+            flight.residual = eps if s.rcfg == "self" else None
+            if s.stream_batch:
+                self._flights.insert(0, flight)
+                self._emit(self._advance(self._flights, engines, pixels), engines)
+                return
+            done: list[_Flight] = []
+            while not done:
+                done = self._advance([flight], engines, pixels)
+            self._emit(done, engines)
+
+    def _drain(self) -> None:
+        """Run the frames in flight to their last step (no new frame enters)."""
+        while self._flights:
+            engines = self._engines
+            with engines.activate():
+                self._emit(self._advance(self._flights, engines, None), engines)
+
+    def _engines_for(self, pixels: np.ndarray):
+        if self._engines is None:
+            rows = self._derived.plan.steps if self._settings.stream_batch else 1
+            self._engines = self.pipeline.engines_for(pixels.shape[2], pixels.shape[3], rows)
+        return self._engines
+
+    def _text_for(self, engines, pixels):
+        """The prompt's embeddings and extra UNet rows, encoded once per prompt and size."""
+        if self._text is None:
+            pipe, s, derived = self.pipeline, self._settings, self._derived
+            checked = derived.checked
+            negatives = derived.cfg or s.rcfg == "onetime"
+            micro = checked.micro
+            text = pipe.encode_text(
+                checked.settings.prompt, checked.settings.negative_prompt, negatives, engines,
+                micro.get("prompt_2"), micro.get("negative_prompt_2"),
+            )  # fmt: skip
+            call = conditioning.ConditioningCall(
+                1, s.guidance, negatives, pixels.shape[2], pixels.shape[3],
+                text.get("text_embeds"), micro,
+                bool(pipe.manifest.text_conditioning.get("requires_aesthetics_score")),
+            )  # fmt: skip
+            extra = conditioning.build(pipe.conditioning, [call], [1], negatives)
+            self._text = (text["encoder_hidden_states"], extra)
+        return self._text
+
+    def _noise_for(self, rng, shape, xp):
+        """The starting noise and the loop's noise, drawn as the single call draws them (the
+        same for every frame of one seed: drawn once)."""
+        plan = self._derived.plan
+        key = (self._settings.seed, tuple(shape), self._plan_key(self._derived))
+        if self._noise is None or self._noise[0] != key:
+            eps = xp.asarray(rng.randn(shape))
+            loop = [xp.asarray(rng.randn(shape)) for _ in range(stages.stage_noise_count(plan))]
+            self._noise = (key, eps, loop)
+        return self._noise[1], self._noise[2]
+
+    def _advance(self, flights: list[_Flight], engines, pixels) -> list[_Flight]:
+        """One UNet call moving every flight one step; the flights that finished, oldest first."""
+        s, derived = self._settings, self._derived
+        plan, xp = derived.plan, engines.xp
+        embeddings, extra = self._text_for(engines, pixels)
+        positive, negative = embeddings[-1:], embeddings[:1]
+        x_in = xp.concatenate([f.x * np.float32(plan.input_scale[f.stage]) for f in flights])
+        t = np.array([plan.timesteps[f.stage] for f in flights], dtype=np.float32)
+        rows = len(flights)
+        if derived.cfg:  # plain CFG: every row again with the negative prompt
+            negatives = list(range(rows))
+        elif s.rcfg == "onetime":  # a frame's first step only
+            negatives = [k for k, f in enumerate(flights) if f.stage == 0]
+        else:
+            negatives = []
+        feeds = {
+            "sample": xp.concatenate([x_in[negatives], x_in]),
+            "timestep": xp.asarray(np.concatenate([t[negatives], t])),
+            "encoder_hidden_states": xp.concatenate(
+                [xp.repeat(negative, len(negatives), axis=0), xp.repeat(positive, rows, axis=0)]
+            ),
+        }
+        for name, built in extra.items():
+            built = xp.asarray(built)
+            feeds[name] = xp.concatenate(
+                [xp.repeat(built[:1], len(negatives), axis=0), xp.repeat(built[-1:], rows, axis=0)]
+            )
+        out = engines.sessions["unet"].run(feeds)["out_sample"]
+        out = check_finite(out, "UNet output", engines)
+        uncond, text = out[: len(negatives)], out[len(negatives) :]
+        loop = self._noise[2] if self._noise is not None else []
+        for k, f in enumerate(flights):
+            pred = text[k : k + 1]
+            if derived.cfg:
+                u = uncond[k : k + 1]
+                pred = u + np.float32(s.guidance) * (pred - u)
+            elif f.residual is not None or k in negatives:
+                if k in negatives:  # "onetime": the residual starts as the negative image
+                    f.residual = uncond[negatives.index(k) : negatives.index(k) + 1]
+                text_k = pred
+                pred = rcfg.guide(text_k, f.residual, s.guidance) if s.guidance > 1 else text_k
+            x0, eps = samplers.predict(pred, f.x, plan, f.stage)
+            noise = stages.stage_noise(plan, loop, f.stage)
+            if f.residual is not None and f.stage < plan.steps - 1:
+                f.residual = rcfg.next_residual(plan, f.stage, pred, f.residual, noise)
+            f.x = stages.step(plan, f.stage, f.x, x0, eps, noise)
+            f.stage += 1
+        done = [f for f in flights if f.stage == plan.steps]
+        for f in done:
+            if f in self._flights:
+                self._flights.remove(f)
+        return done[::-1]
+
+    def _emit(self, done: list[_Flight], engines) -> None:
+        """Decode finished frames into the ready queue, each followed by its skipped frames."""
+        if not done:
+            return
+        pipe = self.pipeline
+        decoded = pipe.decode(engines.xp.concatenate([f.x for f in done]), engines)
+        labels = self._labels(engines)
+        for f, pixels in zip(done, decoded, strict=True):
+            image = Image.fromarray(pixels)
+            image.info.update(labels)
+            self._ready.append(StreamFrame(image, f.tag, False))
+            self._ready.extend(StreamFrame(image, tag, True) for tag in f.followers)
+            self._last, self._last_latents = image, f.x
+
+    def _labels(self, engines) -> dict:
+        """What each output is labelled with: the single call's keys, and the stream's options."""
+        s, checked, derived = self._settings, self._derived.checked, self._derived
+        call = checked.settings
+        request = Request(
+            prompt=call.prompt, negative_prompt=call.negative_prompt, micro=checked.micro,
+            seed=s.seed, rng=None, pixels=None, count=1, sampler=checked.sampler,
+            plan=checked.plan, strength=call.strength, steps=call.num_inference_steps,
+            guidance_scale=call.guidance_scale, cfg=derived.cfg,
+            loras=self.pipeline.loras.adapters.for_call(None),
+        )  # fmt: skip
+        labels = request.labels(engines, self.pipeline.model_info)
+        labels["fastimg:index"] = 0
+        defaults = StreamSettings(prompt="")
+        for name in ("stream_batch", "rcfg", "similarity", "feedback"):
+            if getattr(s, name) != getattr(defaults, name):
+                labels[f"fastimg:{name}"] = getattr(s, name)
+        return labels

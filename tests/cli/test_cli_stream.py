@@ -1,0 +1,270 @@
+"""fastimg stream through the command line, on the tiny engines: a frame folder with a broken
+frame into frames, a video and a frame log; raw frames from stdin to stdout; a video file; the
+refusals (no output, a missing camera, no pyvirtualcam, stdin without its size), and a stream
+that stalls or is stopped with Ctrl-C in a real process."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastimg.cli.stream import stream
+
+SIZE = (32, 24)
+
+
+def frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    """`count` random frames of SIZE, in 8x8 blocks."""
+    rng = np.random.default_rng(seed)
+    blocks = rng.integers(0, 256, (count, SIZE[1] // 8, SIZE[0] // 8, 3), dtype=np.uint8)
+    return list(blocks.repeat(8, axis=1).repeat(8, axis=2))
+
+
+def _stream(runner, engines, *args, **kwargs):
+    group = click.Group()  # as the fastimg command group will hold it
+    group.add_command(stream)
+    words = ["stream", *map(str, args), "--engines", str(engines), "--backend", "onnxruntime",
+             "--prompt", "a red fox", "--steps", "2"]  # fmt: skip
+    return runner.invoke(group, words, **kwargs)
+
+
+def _one_line_error(result, code: int = 1) -> str:
+    assert result.exit_code == code, result.output
+    assert "Traceback" not in result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    return line
+
+
+def test_a_frame_folder_streams_into_frames_a_video_and_a_log_past_a_broken_frame(
+    runner, tiny, tmp_path
+):
+    pytest.importorskip("av")
+    from fastimg.media.label_reader import read_labels
+
+    source = tmp_path / "in"
+    source.mkdir()
+    for i, values in enumerate(frames(4), 1):
+        Image.fromarray(values).save(source / f"shot{i}.png")
+    whole = (source / "shot2.png").read_bytes()
+    (source / "shot2.png").write_bytes(whole[:60])
+    out, video, log = tmp_path / "out", tmp_path / "live.mp4", tmp_path / "frames.jsonl"
+    result = _stream(runner, tiny[1], source, "-o", out, "-o", video, "--frame-log", log,
+                     "--every-frame", "--fps", "10")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert f"frame 2 of {source} is broken (image {source / 'shot2.png'} is damaged" in (
+        result.stderr
+    )
+    assert "4 frames read" not in result.stderr and "3 frames read, 3 transformed" in (
+        result.stderr
+    )
+    assert "1 broken" in result.stderr and "ended: end of source" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "frame-000001.png", "frame-000003.png", "frame-000004.png"]  # fmt: skip
+    labels = read_labels(out / "frame-000003.png")["fastimg"]
+    assert labels["fastimg:input_frame"] == "3" and labels["fastimg:prompt"] == "a red fox"
+    assert [json.loads(line)["input_frame"] for line in log.read_text().splitlines()] == [1, 3, 4]
+    import av
+
+    with av.open(str(video)) as container:
+        times = [float(f.time) for f in container.decode(video=0)]
+    assert times == pytest.approx([0.0, 0.2, 0.3])
+
+
+def test_raw_frames_from_stdin_come_out_raw_on_stdout_and_a_short_read_is_reported(runner, tiny):
+    sent = frames(3)
+    data = b"".join(values.tobytes() for values in sent) + b"\0" * 50
+    size = f"{SIZE[0]}x{SIZE[1]}"
+    result = _stream(runner, tiny[1], "-", "--size", size, "-o", "-", "--every-frame",
+                     input=data)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    out = np.frombuffer(result.stdout_bytes, np.uint8)
+    assert out.size == 3 * SIZE[0] * SIZE[1] * 3  # 3 frames of the input's size
+    assert f"stdout: rgb24 frames of {size}" in result.stderr
+    assert "frame 4 of stdin is broken (stdin ended mid-frame: 50 of the 2304 bytes" in (
+        result.stderr
+    )
+
+
+def test_a_video_file_streams_and_max_frames_ends_it(runner, tiny, tmp_path):
+    pytest.importorskip("av")
+    from tests.workflows.test_video import make_video, pictures
+
+    make_video(tmp_path / "clip.mp4", pictures(6), audio_seconds=0)
+    result = _stream(runner, tiny[1], tmp_path / "clip.mp4", "-o", tmp_path / "out",
+                     "--every-frame", "--max-frames", "2")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "frame-000001.png", "frame-000002.png"]  # fmt: skip
+    assert "ended: 2 frames read (--max-frames)" in result.stderr
+
+
+def test_the_preview_is_served_while_the_stream_runs_and_its_address_printed(
+    runner, tiny, tmp_path
+):
+    (tmp_path / "in").mkdir()
+    for i, values in enumerate(frames(2)):
+        Image.fromarray(values).save(tmp_path / "in" / f"{i}.png")
+    result = _stream(runner, tiny[1], tmp_path / "in", "--preview", "0", "--every-frame")
+    assert result.exit_code == 0, result.output
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("preview: ")]
+    assert line.startswith("preview: http://127.0.0.1:") and "2 outputs" in result.stderr
+
+
+def test_a_preview_port_in_use_is_refused_in_one_line(runner, tmp_path):
+    import socket
+
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "a.png")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        line = _one_line_error(_stream(runner, tmp_path, tmp_path / "in", "--preview", port))
+    assert f"--preview {port}: cannot serve on 127.0.0.1:{port}" in line
+
+
+def test_engines_that_cannot_load_leave_no_output_behind(runner, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "a.png")
+    log = tmp_path / "frames.jsonl"
+    result = _stream(runner, tmp_path / "no-engines", tmp_path / "in", "-o", tmp_path / "out",
+                     "--frame-log", log)  # fmt: skip
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert not log.exists() and not (tmp_path / "out").exists()
+
+
+def test_a_lora_reaches_every_streamed_frame(runner, tiny, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("torch")
+    import shutil
+
+    from fastimg_export.random_models import write_random_model
+
+    style = write_random_model("tiny-lora", tmp_path / "style.safetensors")
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    (tmp_path / "in").mkdir()
+    for i, values in enumerate(frames(2)):
+        Image.fromarray(values).save(tmp_path / "in" / f"{i}.png")
+    result = _stream(runner, engines, tmp_path / "in", "-o", tmp_path / "out", "--every-frame",
+                     "--lora", f"{style}:0.8")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    written = sorted((tmp_path / "out").iterdir())
+    assert [Image.open(path).text["fastimg:loras"] for path in written] == ["style:0.8"] * 2
+
+
+def test_an_output_that_is_the_source_is_refused(runner, tmp_path):
+    result = _stream(runner, tmp_path, tmp_path, "-o", tmp_path / ".")
+    assert result.exit_code == 2 and "is SOURCE itself: write the outputs somewhere else" in (
+        result.stderr
+    )
+
+
+def test_a_stream_without_an_output_is_refused(runner, tmp_path):
+    result = _stream(runner, tmp_path, tmp_path)
+    assert result.exit_code == 2 and "the stream has no output: pass -o FOLDER" in result.stderr
+
+
+def test_raw_frames_are_not_written_to_a_terminal(runner, tmp_path, monkeypatch):
+    import importlib
+
+    command = importlib.import_module("fastimg.cli.stream")  # (the module, not the command)
+    monkeypatch.setattr(command, "_stdout_is_a_terminal", lambda: True)
+    result = _stream(runner, tmp_path, tmp_path, "-o", "-")
+    assert result.exit_code == 2 and "pipe them into a player (| ffplay" in result.stderr
+
+
+def test_raw_frames_without_their_size_are_refused_in_one_line(runner, tmp_path):
+    line = _one_line_error(_stream(runner, tmp_path, "-", "-o", "-", input=b""))
+    assert "pass --size WIDTHxHEIGHT" in line
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the v4l2 device path is Linux's")
+def test_a_missing_camera_is_refused_in_one_line_before_the_engines_load(runner, tmp_path):
+    line = _one_line_error(_stream(runner, tmp_path / "no-engines", "/dev/video987", "-o", "out"))
+    assert "camera /dev/video987 does not exist" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_virtual_camera_without_pyvirtualcam_is_refused_naming_the_extra(
+    runner, tmp_path, monkeypatch
+):
+    monkeypatch.setitem(sys.modules, "pyvirtualcam", None)
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "a.png")
+    line = _one_line_error(_stream(runner, tmp_path, tmp_path / "in", "--virtual-camera"))
+    assert "pip install 'fastimg[stream]'" in line
+
+
+def test_an_output_folder_holding_frames_is_refused_without_overwrite(runner, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "a.png")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "frame-000001.png").write_bytes(b"kept")
+    line = _one_line_error(_stream(runner, tmp_path, tmp_path / "in", "-o", tmp_path / "out"))
+    assert "already holds frames: pass --overwrite" in line
+    assert (tmp_path / "out" / "frame-000001.png").read_bytes() == b"kept"
+
+
+def _process(engines, *args) -> subprocess.Popen:
+    """fastimg stream - in its own process, Ctrl-C handled as in a terminal (a test run in the
+    background inherits SIGINT ignored)."""
+    root = Path(__file__).parents[2]
+    code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+            "from fastimg.cli import main; sys.argv[0] = 'fastimg'; main()")  # fmt: skip
+    words = [sys.executable, "-c", code, "stream", "-", "--size", f"{SIZE[0]}x{SIZE[1]}",
+             "--engines", str(engines), "--backend", "onnxruntime", "--prompt", "a red fox",
+             "--steps", "2", *map(str, args)]  # fmt: skip
+    return subprocess.Popen(words, stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
+
+
+def _wait_for(path: Path, process: subprocess.Popen) -> None:
+    for _ in range(600):
+        if path.exists() or process.poll() is not None:
+            return
+        time.sleep(0.2)
+
+
+def test_a_source_that_stalls_ends_the_stream_after_the_timeout_in_one_line(tiny, tmp_path):
+    process = _process(tiny[1], "-o", tmp_path / "out", "--stall-timeout", "2")
+    try:
+        process.stdin.write(frames(1)[0].tobytes())
+        process.stdin.flush()  # then nothing more, the pipe left open
+        process.wait(timeout=300)
+        stderr = process.stderr.read()
+    finally:
+        process.kill()
+    stderr = stderr.decode()
+    assert process.returncode == 1, stderr
+    assert "Error: the source sent no frame for 2 s" in stderr and "Traceback" not in stderr
+    assert (tmp_path / "out" / "frame-000001.png").is_file()
+
+
+def test_ctrl_c_ends_the_stream_cleanly_with_its_outputs_whole(tiny, tmp_path):
+    pytest.importorskip("av")
+    out = tmp_path / "out"
+    process = _process(tiny[1], "-o", out, "-o", tmp_path / "live.mp4", "--stall-timeout", "600")
+    try:
+        process.stdin.write(frames(1)[0].tobytes())
+        process.stdin.flush()
+        _wait_for(out / "frame-000001.png", process)
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=300)
+        stderr = process.stderr.read()
+    finally:
+        process.kill()
+    stderr = stderr.decode()
+    assert process.returncode == 0, stderr
+    assert "ended: interrupted (Ctrl-C)" in stderr and "Traceback" not in stderr
+    import av
+
+    with av.open(str(tmp_path / "live.mp4")) as container:
+        assert len(list(container.decode(video=0))) == 1
