@@ -74,7 +74,7 @@ def test_bench_stream_writes_fps_latency_and_skips(tiny, tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "stream.json").read_text())
     assert data["command"].startswith("fastimg bench")
-    assert data["stream_options"] == {"stream_batch": True, "similarity": 0.98}
+    assert data["stream_options"] == {"stream_batch": True, "similarity": 0.98, "max_skip": 10}
     ours, theirs = data["sides"]["fastimg stream onnxruntime fp32"], data["sides"]["diffusers"]
     assert ours["skipped"] == 2  # the clip's two still frames, identical to the one before
     assert theirs["skipped"] == 0 and ours["speedup_vs_diffusers"] > 0

@@ -9,7 +9,7 @@ import click
 from ..errors import InputError
 from ..settings import BY_NAME, SAMPLERS
 from .common import domain_errors, echo_err
-from .options import click_type
+from .options import click_type, stream_engine_given, stream_engine_options
 
 
 @click.command()
@@ -126,27 +126,7 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
 @click.option(
     "--frames", type=click.IntRange(2), default=24, show_default=True, help="With --stream."
 )
-@click.option("--stream-batch", is_flag=True, help="With --stream: the denoising batch.")
-@click.option(
-    "--rcfg",
-    type=click.Choice(["none", "self", "onetime", "full"]),
-    default="none",
-    show_default=True,
-    help="With --stream: residual CFG.",
-)
-@click.option(
-    "--similarity",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=None,
-    help="With --stream: the similarity filter's threshold [default: off].",
-)
-@click.option(
-    "--feedback",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="With --stream: the latent feedback fraction.",
-)
+@stream_engine_options
 @click.option(
     "--diffusers/--no-diffusers",
     default=True,
@@ -175,11 +155,8 @@ def bench(
     controlnet: str | None,
     stream: bool,
     frames: int,
-    stream_batch: bool,
-    rcfg: str,
-    similarity: float | None,
-    feedback: float,
     diffusers: bool,
+    **stream_options,
 ) -> None:
     """Time one img2img job in diffusers, in each fastimg backend and in each peer runtime
     (needs fastimg[bench])."""
@@ -208,9 +185,7 @@ def bench(
         model, engines, vae, log=echo_err, controlnet=controlnet
     )
     if stream:
-        options = {"stream_batch": stream_batch, "rcfg": rcfg, "similarity": similarity,
-                   "feedback": feedback}  # fmt: skip
-        options = {k: v for k, v in options.items() if v not in (False, "none", None, 0.0)}
+        options = stream_engine_given(stream_options)
         job = BenchJob(size=size, steps=steps, strength=strength, guidance=guidance,
                        sampler=sampler, seed=seed, vae=vae)  # fmt: skip
         _stream_bench(model_path, engines, job, specs if backends else specs[:1], options, frames,

@@ -449,3 +449,66 @@ def apply_inpaint_area(more: dict, area: str) -> None:
             )
     elif more.get("mask_padding") is None:
         more["mask_padding"] = DEFAULT_MASK_PADDING
+
+
+# The stream engine's options (StreamSettings' StreamDiffusion fields), as commands take them.
+STREAM_ENGINE = ("stream_batch", "rcfg", "similarity", "max_skip", "feedback")
+
+
+def stream_engine_options(command):
+    """StreamDiffusion's options of the stream engine (fastimg stream, video, bench --stream);
+    stream_engine_given collects the ones set."""
+    options = [
+        click.option(
+            "--stream-batch",
+            is_flag=True,
+            help="StreamDiffusion's denoising batch: frames at different steps share one UNet "
+            "call (samplers ddim, euler, euler_a, lcm); each frame's output is the one it gets "
+            "alone, steps - 1 frames later.",
+        ),
+        click.option(
+            "--rcfg",
+            type=click.Choice(["none", "self", "onetime", "full"]),
+            default="none",
+            show_default=True,
+            help="Residual CFG (StreamDiffusion, --scheduler lcm): self or onetime guide without "
+            "a negative UNet image per step; none and full: plain CFG where --guidance > 1.",
+        ),
+        click.option(
+            "--similarity",
+            type=click.FloatRange(0, 1, min_open=True),
+            default=None,
+            help="StreamDiffusion's similarity filter threshold (e.g. 0.98): a frame this "
+            "similar to the last one transformed is skipped at random, more often the more "
+            "similar, reusing the last output [default: off].",
+        ),
+        click.option(
+            "--max-skip",
+            type=click.IntRange(0),
+            default=10,
+            show_default=True,
+            help="With --similarity: at most this many frames skipped in a row.",
+        ),
+        click.option(
+            "--feedback",
+            type=click.FloatRange(0, 1, max_open=True),
+            default=0.0,
+            show_default=True,
+            help="Blend this fraction of the last output's latents into each frame's start, for "
+            "steadier frames (0: off).",
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def stream_engine_given(options: dict) -> dict:
+    """Pop the stream engine's options from a command's arguments; those set (max_skip only
+    with the similarity filter), as StreamSettings' keywords."""
+    given = {name: options.pop(name) for name in STREAM_ENGINE}
+    chosen = {name: value for name, value in given.items()
+              if name != "max_skip" and value not in (False, "none", None, 0.0)}  # fmt: skip
+    if "similarity" in chosen:
+        chosen["max_skip"] = given["max_skip"]
+    return chosen

@@ -11,7 +11,15 @@ import click
 
 from ..errors import FastImgError
 from .common import domain_errors, echo_err
-from .options import engine_options, given_once, prompt_options, scheduler_option, setting_option
+from .options import (
+    engine_options,
+    given_once,
+    prompt_options,
+    scheduler_option,
+    setting_option,
+    stream_engine_given,
+    stream_engine_options,
+)
 
 
 class Size(click.ParamType):
@@ -86,37 +94,7 @@ class Size(click.ParamType):
     help="Transform frames at this size [default: the first frame's, rounded as the pipeline "
     "does].",
 )
-@click.option(
-    "--stream-batch", is_flag=True, help="StreamDiffusion's denoising batch (outputs lag)."
-)
-@click.option(
-    "--rcfg",
-    type=click.Choice(["none", "self", "onetime", "full"]),
-    default="none",
-    show_default=True,
-    help="Residual classifier-free guidance (full: plain CFG).",
-)
-@click.option(
-    "--similarity",
-    type=click.FloatRange(0, 1),
-    default=None,
-    help="Reuse the last output for a frame this similar to the last one transformed "
-    "(stochastic similarity filter) [default: off].",
-)
-@click.option(
-    "--max-skip",
-    type=click.IntRange(0),
-    default=10,
-    show_default=True,
-    help="At most this many frames reused in a row.",
-)
-@click.option(
-    "--feedback",
-    type=click.FloatRange(0, 1),
-    default=0.0,
-    show_default=True,
-    help="The share of the previous output blended into each frame (steadier, slower to react).",
-)
+@stream_engine_options
 @click.option(
     "--every-frame",
     is_flag=True,
@@ -144,9 +122,8 @@ class Size(click.ParamType):
 @engine_options
 @domain_errors
 def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative_prompt, strength,
-           steps, guidance, seed, scheduler, size, fps, resize, stream_batch, rcfg, similarity,
-           max_skip, feedback, every_frame, stall_timeout, max_frames, overwrite, no_metadata,
-           quiet, **engine) -> None:  # fmt: skip
+           steps, guidance, seed, scheduler, size, fps, resize, every_frame, stall_timeout,
+           max_frames, overwrite, no_metadata, quiet, **engine) -> None:  # fmt: skip
     """Redraw SOURCE's frames toward --prompt in real time, until it ends or Ctrl-C.
 
     SOURCE is a camera (Linux: /dev/video0 or 0; macOS: 0; Windows: video=NAME), a video
@@ -189,11 +166,7 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         seed=seed,
         width=resize and resize[0],
         height=resize and resize[1],
-        stream_batch=stream_batch,
-        rcfg=rcfg,
-        similarity=similarity,
-        max_skip=max_skip,
-        feedback=feedback,
+        **stream_engine_given(engine),
     )
     frames = open_source(source, size=size, fps=fps)  # refused before the engines load
     sinks = []

@@ -23,6 +23,8 @@ from .options import (
     prompt_options,
     scheduler_option,
     setting_option,
+    stream_engine_given,
+    stream_engine_options,
 )
 
 ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output frame per frame)
@@ -65,7 +67,7 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
     show_default=True,
     help="A frame whose input differs from the last transformed one by less than this (mean "
     "absolute difference, pixels from 0 to 1) reuses its output, skipping the model; 0 "
-    "transforms every frame.",
+    "transforms every frame. With --similarity, the similarity filter decides instead.",
 )
 @click.option(
     "--no-audio",
@@ -112,43 +114,7 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
     "of masks matched to the frames in name order.",
 )
 @click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
-@click.option(
-    "--stream-batch",
-    is_flag=True,
-    help="StreamDiffusion's denoising batch: frames at different steps share one UNet call "
-    "(samplers ddim, euler, euler_a, lcm); each frame's output is the one it gets alone.",
-)
-@click.option(
-    "--rcfg",
-    type=click.Choice(["none", "self", "onetime", "full"]),
-    default="none",
-    show_default=True,
-    help="Residual CFG (StreamDiffusion, --scheduler lcm): self or onetime guide without a "
-    "negative UNet image per step; none and full: plain CFG where --guidance > 1.",
-)
-@click.option(
-    "--similarity",
-    type=click.FloatRange(0, 1, min_open=True),
-    default=None,
-    help="StreamDiffusion's similarity filter threshold (e.g. 0.98): a frame this similar to "
-    "the last one transformed is skipped at random, more often the more similar, reusing "
-    "the last output (in place of --reuse-threshold) [default: off].",
-)
-@click.option(
-    "--max-skip",
-    type=click.IntRange(0),
-    default=10,
-    show_default=True,
-    help="With --similarity: at most this many frames skipped in a row.",
-)
-@click.option(
-    "--feedback",
-    type=click.FloatRange(0, 1, max_open=True),
-    default=0.0,
-    show_default=True,
-    help="Blend this fraction of the last output's latents into each frame's start, for "
-    "steadier frames (0: off).",
-)
+@stream_engine_options
 @inpaint_options
 @click.option(
     "--control-image",
@@ -165,8 +131,8 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
 @domain_errors
 def video(source, output, prompt, negative_prompt, strength, steps, guidance, seed, scheduler,
           reuse_threshold, no_audio, fps, frames_dir, overwrite, resume, no_metadata, quiet,
-          mask, mask_invert, stream_batch, rcfg, similarity, max_skip, feedback, inpaint_area,
-          keep_unmasked, control_image, **engine) -> None:  # fmt: skip
+          mask, mask_invert, inpaint_area, keep_unmasked, control_image,
+          **engine) -> None:  # fmt: skip
     """Redraw IN (a video file, or a folder of frame images) frame by frame toward --prompt.
 
     The output video keeps IN's frame rate, frame times and audio; a folder -o gets
@@ -181,6 +147,7 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
         given_once(negative_prompt, "--negative-prompt"),
     )
 
+    stream = stream_engine_given(engine)
     more = pop_more_settings(engine, exclude=(*ONE_IMAGE_PER_FRAME, *CONTROL_SETTINGS))
     controls = pop_control_lists(engine)
     apply_inpaint_area(more, inpaint_area)
@@ -208,11 +175,6 @@ def video(source, output, prompt, negative_prompt, strength, steps, guidance, se
     if mask is not None or mask_invert or keep_unmasked:
         call = call.with_values(mask_image=mask and str(mask), mask_invert=mask_invert,
                                 keep_unmasked=keep_unmasked)  # fmt: skip
-    stream = {"stream_batch": stream_batch, "rcfg": rcfg, "similarity": similarity,
-              "feedback": feedback}  # fmt: skip
-    stream = {k: v for k, v in stream.items() if v not in (False, "none", None, 0.0)}
-    if stream and similarity is not None:
-        stream["max_skip"] = max_skip
     report = videos.transform_video(
         pipe,
         source,

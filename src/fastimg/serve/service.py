@@ -214,16 +214,7 @@ class Service:
                 "the stream options (stream_batch, rcfg, similarity, max_skip, feedback) run "
                 "without a mask or lora_scales: leave those out, or the options"
             )
-        settings = StreamSettings(
-            prompt=call.prompt,
-            negative_prompt=call.negative_prompt or "",
-            strength=call.strength,
-            steps=call.num_inference_steps,
-            guidance=call.guidance_scale,
-            sampler=template.sampler,
-            seed=call.seed,
-            **options,
-        )
+        settings = StreamSettings.from_call(call, template.sampler, **options)
         return StreamEngine(self.pipe, settings)
 
     async def push_frame(self, engine, lock: threading.Lock, request: ImageRequest, tag,

@@ -53,6 +53,21 @@ class StreamSettings:
     max_skip: int = 10  # at most this many frames skipped in a row
     feedback: float = 0.0  # fraction of the previous output's latents blended in
 
+    @classmethod
+    def from_call(cls, call, sampler: str | None, **options) -> "StreamSettings":
+        """A stream's settings from a single call's (CallSettings; `sampler`: the one it
+        resolved to) and StreamDiffusion's `options`."""
+        return cls(
+            prompt=call.prompt,
+            negative_prompt=call.negative_prompt or "",
+            strength=call.strength,
+            steps=call.num_inference_steps,
+            guidance=call.guidance_scale,
+            sampler=sampler,
+            seed=call.seed,
+            **options,
+        )
+
 
 @dataclass(frozen=True)
 class StreamFrame:

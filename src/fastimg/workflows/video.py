@@ -275,16 +275,7 @@ def _stream_engine(pipe, call: CallSettings, stream: dict, resume: bool, source:
             "whole video in one stream: leave out --resume and --mask, or the options"
         )
     checked = _check_call(pipe, source, call)
-    settings = StreamSettings(
-        prompt=call.prompt,
-        negative_prompt=call.negative_prompt or "",
-        strength=call.strength,
-        steps=call.num_inference_steps,
-        guidance=call.guidance_scale,
-        sampler=checked.sampler,
-        seed=call.seed,
-        **stream,
-    )
+    settings = StreamSettings.from_call(call, checked.sampler, **stream)
     return StreamEngine(pipe, settings)
 
 
