@@ -238,3 +238,5 @@ def test_the_info_routes_list_what_the_folder_runs(api, with_depth, multi):
 
     names = multi[2].controlnet_model_list()
     assert len(names) == 2 and names == controlnet_names(multi[0].manifest)
+    elsewhere = multi[1].post("/controlnet/detect", json={})
+    assert elsewhere.status_code == 404 and "/controlnet/module_list" in elsewhere.json()["detail"]

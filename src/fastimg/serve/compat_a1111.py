@@ -17,7 +17,8 @@ chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
     GET  /sdapi/v1/upscalers, sd-vae, embeddings, ...: empty (fastimg has none)
     any other /sdapi/v1 route  404 naming those above (txt2img, upscalers... are not served)
     GET  /controlnet/version, model_list, module_list: the ControlNet extension's info routes
-                               (the folder's ControlNets; the modules a unit may send here)
+                               (the folder's ControlNets; the modules a unit may send here);
+                               its others (detect, ...) 404 naming these
 
 An img2img request passes the same admission, deadline, metrics, key and labels as
 /v1/img2img (app.answer); its images are /v1/img2img's with the same settings and seed.
@@ -238,6 +239,15 @@ def _add_controlnet_routes(app: FastAPI, service: Service, guarded: list) -> Non
         if service.pipe is None:
             return _unavailable(service)
         return JSONResponse({"module_list": module_list(service.pipe.manifest)})
+
+    served = sorted(route.path for route in app.routes if route.path.startswith(f"/{SCRIPT}/"))
+
+    @app.api_route(f"/{SCRIPT}/{{rest:path}}", methods=["GET", "POST"], dependencies=guarded)
+    async def controlnet_elsewhere(rest: str) -> Response:
+        """Any other route of the extension (detect, settings...): 404 naming the ones served."""
+        return Refusal(404, f"fastimg does not serve /{SCRIPT}/{rest}: its ControlNets run as "
+                       "units of /sdapi/v1/img2img; it serves "
+                       f"{', '.join(served)}").response()  # fmt: skip
 
 
 def _add_empty_listing(app: FastAPI, path: str, empty, guarded: list) -> None:

@@ -13,7 +13,8 @@ ignored.
 from dataclasses import dataclass
 
 from ..diffusion.control import model_label
-from ..errors import InputError
+from ..errors import InputError, MissingDependencyError
+from ..media import control_images
 from ..settings import AS_GIVEN
 
 SCRIPT = "controlnet"
@@ -182,8 +183,21 @@ def check_unit_size(unit: ControlUnit, control_size, image_size) -> None:
 
 
 def module_list(manifest) -> list[str]:
-    """The modules a unit may send here (the depth ones where the folder has a depth model)."""
-    return [m for m, p in MODULES.items() if p != "depth" or (manifest and manifest.depth)]
+    """The modules a unit may send here: those whose preprocessor runs on this machine (the
+    depth ones where the folder has a depth model)."""
+    return [module for module, name in MODULES.items() if _runs_here(name, manifest)]
+
+
+def _runs_here(preprocessor: str | None, manifest) -> bool:
+    """Whether `preprocessor` can run here (its optional dependency installed, its model in
+    the folder)."""
+    if preprocessor == "depth":
+        return bool(manifest.depth)
+    try:
+        control_images.check_available(preprocessor)
+    except MissingDependencyError:
+        return False
+    return True
 
 
 def _enabled(unit) -> bool:
