@@ -227,6 +227,17 @@ def test_a_depth_unit_runs_the_folders_depth_model(with_depth, photo):
     np.testing.assert_array_equal(image_of(raw(client, photo, unit)), np.asarray(expected[0]))
 
 
+def test_a_webuiapi_depth_unit_makes_its_images_depth_map(with_depth, photo):
+    """webuiapi's ControlNetUnit with module 'depth' and an image: its depth map steers."""
+    pipe, _, api = with_depth
+    flipped = photo.transpose(0)
+    result = run(api, photo, webuiapi.ControlNetUnit(image=flipped, module="depth", weight=0.6))
+    expected = pipe("a cat", photo, control_image=flipped, control_preprocess="depth",
+                    controlnet_conditioning_scale=0.6, **PIPE_CALL)  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected[0]))
+    assert "preprocessor: depth" in result.info["infotexts"][0]
+
+
 def test_the_info_routes_list_what_the_folder_runs(api, with_depth, multi):
     _, _, depth_api = with_depth
     assert api.controlnet_version() == 2
