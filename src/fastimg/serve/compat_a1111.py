@@ -1,8 +1,8 @@
 """A1111's API (stable-diffusion-webui's /sdapi/v1), spoken by Krita and Photoshop plugins,
 chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
 
-    POST /sdapi/v1/img2img     JSON as A1111 takes it (compat_a1111_fields; a mask, one
-                               ControlNet unit: compat_a1111_control); answers
+    POST /sdapi/v1/img2img     JSON as A1111 takes it (compat_a1111_fields; a mask,
+                               ControlNet units: compat_a1111_control); answers
                                {"images": [base64 PNG], "parameters": {...}, "info": "JSON"}
     GET  /sdapi/v1/samplers    A1111's names of the samplers fastimg runs
     GET  /sdapi/v1/schedulers  the schedulers those take
@@ -16,6 +16,9 @@ chat bots and the `webuiapi` client, over the same Service as /v1/img2img.
     GET  /sdapi/v1/loras: the LoRAs serve --lora loaded (prompts name them: <lora:NAME:SCALE>)
     GET  /sdapi/v1/upscalers, sd-vae, embeddings, ...: empty (fastimg has none)
     any other /sdapi/v1 route  404 naming those above (txt2img, upscalers... are not served)
+    GET  /controlnet/version, model_list, module_list: the ControlNet extension's info routes
+                               (the folder's ControlNets; the modules a unit may send here);
+                               its others (detect, ...) 404 naming these
 
 An img2img request passes the same admission, deadline, metrics, key and labels as
 /v1/img2img (app.answer); its images are /v1/img2img's with the same settings and seed.
@@ -31,7 +34,6 @@ import time
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse, Response
 
-from ..diffusion.control import model_label
 from ..errors import InputError
 from ..media.labels import parameters_text
 from ..media.vocabulary import version
@@ -45,7 +47,16 @@ from .admission import (
     limited,
     paced,
 )
-from .compat_a1111_control import check_unit, unit_image
+from .compat_a1111_control import (
+    API_VERSION,
+    SCRIPT,
+    check_unit_size,
+    check_units,
+    controlnet_names,
+    module_list,
+    unit_fields,
+    unit_image,
+)
 from .compat_a1111_fields import (
     A1111_NAMES,
     A1111Request,
@@ -197,6 +208,7 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
                   for name, lora in sorted(loaded.items())]  # fmt: skip
         return JSONResponse(listed)
 
+    _add_controlnet_routes(app, service, guarded)
     served = sorted(route.path for route in app.routes if route.path.startswith(PREFIX))
 
     @app.api_route(PREFIX + "/{rest:path}", methods=["GET", "POST"], dependencies=guarded)
@@ -204,6 +216,38 @@ def add_a1111_routes(app: FastAPI, service: Service, answer) -> None:
         """Any other A1111 route (txt2img, upscalers...): 404 naming the ones served."""
         return Refusal(404, f"fastimg does not serve {PREFIX}/{rest}: it transforms images "
                        f"(img2img); it serves {', '.join(served)}").response()  # fmt: skip
+
+
+def _add_controlnet_routes(app: FastAPI, service: Service, guarded: list) -> None:
+    """The ControlNet extension's info routes, as its clients read them."""
+
+    @app.get(f"/{SCRIPT}/version", dependencies=guarded)
+    async def controlnet_version() -> Response:
+        """The extension's API version the units are read in."""
+        return JSONResponse({"version": API_VERSION})
+
+    @app.get(f"/{SCRIPT}/model_list", dependencies=guarded)
+    async def controlnet_models() -> Response:
+        """The engine folder's ControlNets, in the order the enabled units steer them."""
+        if service.pipe is None:
+            return _unavailable(service)
+        return JSONResponse({"model_list": controlnet_names(service.pipe.manifest)})
+
+    @app.get(f"/{SCRIPT}/module_list", dependencies=guarded)
+    async def controlnet_modules() -> Response:
+        """The modules a unit may send (the depth ones where the folder has a depth model)."""
+        if service.pipe is None:
+            return _unavailable(service)
+        return JSONResponse({"module_list": module_list(service.pipe.manifest)})
+
+    served = sorted(route.path for route in app.routes if route.path.startswith(f"/{SCRIPT}/"))
+
+    @app.api_route(f"/{SCRIPT}/{{rest:path}}", methods=["GET", "POST"], dependencies=guarded)
+    async def controlnet_elsewhere(rest: str) -> Response:
+        """Any other route of the extension (detect, settings...): 404 naming the ones served."""
+        return Refusal(404, f"fastimg does not serve /{SCRIPT}/{rest}: its ControlNets run as "
+                       "units of /sdapi/v1/img2img; it serves "
+                       f"{', '.join(served)}").response()  # fmt: skip
 
 
 def _add_empty_listing(app: FastAPI, path: str, empty, guarded: list) -> None:
@@ -295,9 +339,9 @@ def _checked(service: Service, read: A1111Request) -> list:
         if read.mask_fill:  # (A1111's inpainting_fill 0: the masked region filled first)
             data = filled(data, mask, read.mask_call["mask_blur"], read.mask_invert)
     fields, control = read.fields, None
-    if read.control is not None:
-        control = _control(service, read.control, original)  # (the image before any fill)
-        fields = {**fields, **read.control.fields}
+    if read.control:
+        control = _controls(service, read.control, original)  # (the image before any fill)
+        fields = {**fields, **unit_fields(read.control)}
     first = service.check_request(Body(fields, data, None, control))
     size = service.image_size(first)
     first = dataclasses.replace(first, size=size)
@@ -311,18 +355,20 @@ def _checked(service: Service, read: A1111Request) -> list:
     return [first] + [_with_call(first, first.job.call.with_values(seed=s)) for s in read.seeds[1:]]
 
 
-def _control(service: Service, unit, data: bytes) -> bytes:
-    """The ControlNet unit's image (the init image's without one), checked against the image
-    and the engines' ControlNet."""
-    control = unit_image(unit, decode_base64) or data
-    name = "the ControlNet unit's image"
-    control_size = check_pixels(control, name, service.options.max_pixels)
-    if control_size is None:
-        raise InputError(f"{name} is not an image: send a PNG or JPEG as base64")
-    manifest = service.pipe.manifest
-    served = model_label(manifest)["fastimg:control_model"] if manifest.control else ""
-    check_unit(unit, control_size, image_size(data), served)
-    return control
+def _controls(service: Service, units: tuple, data: bytes) -> bytes | tuple[bytes, ...]:
+    """The ControlNet units' images (the init image's for a unit without one), one per
+    ControlNet in order, checked against the image and the engines' ControlNets."""
+    check_units(units, service.pipe.manifest)
+    controls = []
+    for unit in units:
+        control = unit_image(unit, decode_base64) or data
+        name = f"the ControlNet unit {unit.index}'s image"
+        control_size = check_pixels(control, name, service.options.max_pixels)
+        if control_size is None:
+            raise InputError(f"{name} is not an image: send a PNG or JPEG as base64")
+        check_unit_size(unit, control_size, image_size(data))
+        controls.append(control)
+    return controls[0] if len(controls) == 1 else tuple(controls)
 
 
 def _with_call(request, call):

@@ -129,7 +129,7 @@ class A1111Request:
     mask_invert: bool
     mask_call: dict  # the mask's call settings (compat_a1111_mask.mask_settings), {} without one
     mask_fill: bool  # whether the masked region is filled first (inpainting_fill 0)
-    control: ControlUnit | None  # the enabled ControlNet unit
+    control: tuple[ControlUnit, ...]  # the enabled ControlNet units, in order (() for none)
     given: dict  # the request's fields with A1111's defaults, for the answer's `parameters`
 
 
