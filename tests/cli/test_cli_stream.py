@@ -321,3 +321,35 @@ def test_an_empty_prompt_file_is_refused_in_one_line(runner, tmp_path):
              "--prompt-file", str(tmp_path / "p.txt")]  # fmt: skip
     result = runner.invoke(group, words)
     assert "is empty: write the prompt in it" in _one_line_error(result)
+
+
+@pytest.mark.parametrize("given", ["--control-image", "--control-preprocess"])
+def test_a_control_steers_every_frame_as_the_single_call(runner, tiny_controlnet, tmp_path, given):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for i, values in enumerate(frames(3, seed=3), 1):
+        Image.fromarray(values).save(source / f"shot{i}.png")
+    steer = source / "shot3.png"  # (a frame too: the stream reads it as one)
+    words = ["--control-image", steer] if given == "--control-image" else [given, "canny"]
+    result = _stream(runner, tiny_controlnet[1], source, "-o", out, "--every-frame",
+                     "--max-frames", "2", "--control-scale", "1.5", *words)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
+    control = {"control_image": str(steer)} if given == "--control-image" else {
+        "control_preprocess": "canny"}  # fmt: skip
+    for k in (1, 2):
+        frame = Image.open(source / f"shot{k}.png")
+        alone = pipe("a red fox", frame, strength=0.5, num_inference_steps=2, seed=0,
+                     controlnet_conditioning_scale=1.5, **control)[0]  # fmt: skip
+        assert psnr(Image.open(out / f"frame-{k:06d}.png"), alone) >= 40
+
+
+def test_a_control_with_the_stream_batch_is_refused_in_one_line(runner, tiny_controlnet, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "shot1.png")
+    words = ["--control-preprocess", "canny", "--stream-batch", "--scheduler", "lcm"]
+    result = _stream(runner, tiny_controlnet[1], tmp_path / "in", "-o", tmp_path / "out", *words)
+    assert "runs without --stream-batch and --rcfg self/onetime" in _one_line_error(result)

@@ -11,7 +11,15 @@ import click
 
 from ..errors import FastImgError
 from .common import domain_errors, echo_err
-from .options import engine_options, given_once, prompt_options, scheduler_option, setting_option
+from .options import (
+    control_list_options,
+    engine_options,
+    given_once,
+    pop_control_lists,
+    prompt_options,
+    scheduler_option,
+    setting_option,
+)
 
 
 class Size(click.ParamType):
@@ -149,12 +157,21 @@ class Size(click.ParamType):
     "--no-metadata", is_flag=True, help="Write no prompt, settings or AI label into the outputs."
 )
 @click.option("--quiet", "-q", is_flag=True, help="Report only errors.")
+@click.option(
+    "--control-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="ControlNet: an image that steers every frame (read once). Repeat it for several "
+    "ControlNets, one each in their order; a ControlNet past them takes each frame, made by its "
+    "--control-preprocess (canny edges of every frame: --control-preprocess canny).",
+)
+@control_list_options
 @engine_options
 @domain_errors
 def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative_prompt,
            prompt_file, strength, steps, guidance, seed, scheduler, size, fps, resize,
            stream_batch, rcfg, similarity, max_skip, feedback, every_frame, stall_timeout,
-           max_frames, overwrite, no_metadata, quiet, **engine) -> None:  # fmt: skip
+           max_frames, overwrite, no_metadata, quiet, control_image, **engine) -> None:  # fmt: skip
     """Redraw SOURCE's frames toward --prompt in real time, until it ends or Ctrl-C.
 
     With --prompt-file FILE instead, the prompt is FILE's text, followed while the stream runs:
@@ -166,6 +183,7 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
     reported and skipped; a source silent for --stall-timeout seconds ends the stream.
     """
     from ..diffusion.pipeline import Img2ImgPipeline
+    from ..media.images import load_image
     from ..stream.driver import run_stream
     from ..stream.engine import StreamEngine, StreamSettings
     from ..stream.live import LivePrompt, PromptFile
@@ -199,6 +217,10 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
             "-o - writes raw frames, not for a terminal: pipe them into a player (| ffplay -f "
             "rawvideo -pixel_format rgb24 -video_size WxH -)"
         )
+    control = pop_control_lists(engine)
+    if control_image:  # read once, one per ControlNet in their order
+        loaded = tuple(load_image(path) for path in control_image)
+        control["control_image"] = loaded[0] if len(loaded) == 1 else loaded
     settings = StreamSettings(
         prompt=prompt,
         negative_prompt=negative_prompt or "",
@@ -214,6 +236,7 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         similarity=similarity,
         max_skip=max_skip,
         feedback=feedback,
+        control=control or None,
     )
     frames = open_source(source, size=size, fps=fps)  # refused before the engines load
     sinks = []
