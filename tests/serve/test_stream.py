@@ -429,3 +429,41 @@ def test_a_bad_change_is_named_and_the_stream_goes_on_unchanged(pipe, frames, ch
             np.testing.assert_array_equal(
                 decoded(jpeg), decoded(http_jpeg(client, frames[0], SETTINGS))
             )
+
+
+@pytest.fixture(scope="module")
+def control_pipe(tiny_controlnet):
+    """The tiny model with a ControlNet on ONNX Runtime fp32."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    return Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime", precision="fp32")
+
+
+@pytest.mark.parametrize("options", [{}, {"feedback": 0.0}], ids=["single-calls", "engine"])
+@pytest.mark.parametrize("given", ["control_image", "control_preprocess"])
+def test_a_streams_control_steers_each_frame_as_the_single_call(
+    control_pipe, frames, options, given
+):
+    controlled = {**SETTINGS, "control_scale": 1.5}
+    if given == "control_image":  # sent once, base64, for every frame
+        sent = {"control_image": base64.b64encode(frames[3]).decode()}
+    else:  # made from each frame
+        sent = {"control_preprocess": "canny"}
+    with live(ServeOptions(), lambda: control_pipe) as (client, service):
+        ready(client)
+        with started({**controlled, **sent, **options}, client=client) as ws:
+            jpegs = []
+            for frame in frames[:2]:
+                ws.send(frame)
+                jpegs.append(result(ws)[1])
+        for frame, jpeg in zip(frames[:2], jpegs, strict=True):
+            files = {"image": ("f.png", frame, "image/png")}
+            if given == "control_image":
+                files["control_image"] = ("c.png", frames[3], "image/png")
+            fields = {key: str(value) for key, value in {**controlled, **sent}.items()
+                      if key != "control_image"}  # fmt: skip
+            http = client.post("/v1/img2img", files=files, data={**fields, "format": "jpeg"})
+            assert http.status_code == 200, http.text
+            plain = http_jpeg(client, frame, SETTINGS)
+            np.testing.assert_array_equal(decoded(jpeg), decoded(http.content))
+            assert psnr(decoded(jpeg), decoded(plain)) < 40  # (the control shows)

@@ -222,6 +222,7 @@ class Service:
             guidance=call.guidance_scale,
             sampler=template.sampler,
             seed=call.seed,
+            control=stream_control(self._job(template).call),
             **options,
         )
         return StreamEngine(self.pipe, settings)
@@ -467,6 +468,15 @@ class Service:
             "timeout": o.timeout,
             "loras": dict(pipe.loras.adapters.scales),  # preloaded (serve --lora): lora_scales
         }
+
+
+def stream_control(call) -> dict | None:
+    """A call's ControlNet settings as StreamSettings.control takes them (None: no control)."""
+    names = ("control_image", "control_preprocess", "controlnet_conditioning_scale",
+             "control_guidance_start", "control_guidance_end")  # fmt: skip
+    if call.control_image is None and call.control_preprocess is None:
+        return None
+    return {name: getattr(call, name) for name in names if getattr(call, name) is not None}
 
 
 def control_preprocessors(manifest: Manifest) -> list[str]:

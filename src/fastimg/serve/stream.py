@@ -13,7 +13,8 @@
             change applies from the next frame transformed, without a warm-up
 
 The settings are those of POST /v1/img2img but one image per frame, always JPEG (`quality`
-applies); a missing seed is drawn once, for the whole stream. StreamDiffusion's options may come
+applies; a `mask` and fixed `control_image`s come base64, once); a missing seed is drawn once,
+for the whole stream. StreamDiffusion's options may come
 with them (fastimg.stream.engine): "stream_batch" (true: frames at different steps share one
 UNet batch, and a result is that of an earlier frame; while the batch fills, a frame taken in
 is answered {"type": "pending", "frame": n, "received", "dropped"} instead), "rcfg"
