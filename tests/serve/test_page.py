@@ -261,6 +261,54 @@ def test_a_mask_painted_with_the_brush_inpaints(browser, pipe, picture, tmp_path
         assert (_page_mask(browser) == 0).all()
 
 
+# The stream's settings message as the page sends it (installed in the page before a stream).
+RECORD_STREAM = """
+window.streamed = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  if (typeof data === "string") window.streamed.push(JSON.parse(data));
+  return send.call(this, data);
+};
+"""
+
+
+def test_stream_mode_sends_the_painted_mask_once_with_its_options(
+    browser, pipe, picture, artifacts
+):
+    from selenium.webdriver import ActionChains
+
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        by_id(browser, "file").send_keys(str(picture))
+        wait(browser, lambda d: by_id(d, "mask").is_displayed())
+        fill(browser, prompt="a cat", steps=2, strength=0.5, seed=5)
+        by_id(browser, "brush").click()
+        strokes = ActionChains(browser).move_to_element_with_offset(by_id(browser, "mask"), -20, 0)
+        strokes.click_and_hold().move_by_offset(40, 0).release().perform()
+        painted = _page_mask(browser)
+        by_id(browser, "keep-unmasked").click()
+        browser.execute_script(RECORD_STREAM)
+        by_id(browser, "webcam").click()  # Chromium's fake camera
+        wait(browser, lambda d: by_id(d, "stream").is_displayed())
+        by_id(browser, "stream").click()
+        wait(browser, lambda d: frame_count(service, "ok") >= 2)
+        assert by_id(browser, "settings").text == "stream · seed 5 · mask given"
+        assert by_id(browser, "error").is_displayed() is False
+        (sent,) = browser.execute_script("return window.streamed;")
+        assert sent["keep_unmasked"] == "true" and "mask_padding" not in sent
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(base64.b64decode(sent["mask"]))) as mask:
+            np.testing.assert_array_equal(np.asarray(mask.convert("L")), painted)
+        assert 100 < (painted > 127).sum()
+        browser.save_screenshot(artifacts("stream-mask"))
+        by_id(browser, "stream").click()  # stop
+        wait(browser, lambda d: not service.streams)
+
+
 # The page's requests, as the server receives them: each FormData's entries, files as
 # [name, file name, size] (installed in the page before a transform).
 RECORD_REQUESTS = """

@@ -412,14 +412,19 @@ function startStream() {
   socket = new WebSocket(url, key ? ["fastimg", keyProtocol(key)] : ["fastimg"]);
   socket.binaryType = "blob";
   const stats = { results: [], meta: null, shown: null, timer: null, sending: false };
-  socket.addEventListener("open", () => socket.send(JSON.stringify(settings())));
+  socket.addEventListener("open", async () => {
+    const fields = await streamSettings();
+    stats.masked = "mask" in fields;
+    socket.send(JSON.stringify(fields));
+  });
   socket.addEventListener("message", (event) => {
     if (event.data instanceof Blob) return showFrame(event.data, stats);
     const message = JSON.parse(event.data);
     if (message.type === "ready") {
       showError("");
       stats.timer = setInterval(() => offerFrame(stats), FRAME_INTERVAL_MS);
-      $("settings").textContent = `stream · seed ${message.settings.seed}`;
+      const mask = stats.masked ? " · mask given" : "";
+      $("settings").textContent = `stream · seed ${message.settings.seed}${mask}`;
     } else if (message.type === "result") {
       stats.meta = message;
     } else if (message.type === "error") {
@@ -435,6 +440,27 @@ function startStream() {
     $("stream").textContent = "Stream";
   });
   $("stream").textContent = "Stop stream";
+}
+
+async function streamSettings() {
+  // The stream's settings: the form's, and the mask painted (over the last picture; sent once,
+  // base64) with its options, as a single transform sends them. The server stretches the mask
+  // over every frame, as over an image of another size.
+  const fields = settings();
+  if (masked) {
+    fields.mask = await base64Of(await maskBlob());
+    if ($("keep-unmasked").checked) fields.keep_unmasked = "true";
+    if ($("only-masked").checked) fields.mask_padding = "32";
+  }
+  return fields;
+}
+
+function base64Of(blob) {
+  return new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.split(",")[1]);
+    reader.readAsDataURL(blob);
+  });
 }
 
 async function offerFrame(stats) {
