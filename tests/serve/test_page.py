@@ -309,6 +309,32 @@ def test_stream_mode_sends_the_painted_mask_once_with_its_options(
         wait(browser, lambda d: not service.streams)
 
 
+def test_a_prompt_or_seed_changed_while_streaming_goes_as_a_change_message(browser, pipe):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        fill(browser, prompt="a cat", steps=2, strength=0.5, seed=5)
+        browser.execute_script(RECORD_STREAM)
+        by_id(browser, "webcam").click()  # Chromium's fake camera
+        wait(browser, lambda d: by_id(d, "stream").is_displayed())
+        by_id(browser, "stream").click()
+        wait(browser, lambda d: frame_count(service, "ok") >= 1)
+        fill(browser, prompt="a dog in the snow", seed=9)
+        wait(browser, lambda d: by_id(d, "settings").text == "stream · seed 9 · changed")
+        ok = frame_count(service, "ok")
+        wait(browser, lambda d: frame_count(service, "ok") >= ok + 2)  # the stream goes on
+        sent = browser.execute_script("return window.streamed;")
+        assert sent[0]["prompt"] == "a cat" and sent[0]["seed"] == "5"
+        changes = {key: value for change in sent[1:] for key, value in change.items()}
+        assert changes == {"prompt": "a dog in the snow", "seed": "9"}
+        (stream,) = service.streams
+        assert stream.template.job.call.prompt == "a dog in the snow"
+        assert stream.template.job.call.seed == 9
+        assert by_id(browser, "error").is_displayed() is False
+        by_id(browser, "stream").click()  # stop
+        wait(browser, lambda d: not service.streams)
+
+
 # The page's requests, as the server receives them: each FormData's entries, files as
 # [name, file name, size] (installed in the page before a transform).
 RECORD_REQUESTS = """

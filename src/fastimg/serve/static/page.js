@@ -394,6 +394,7 @@ $("strength").addEventListener("input", () => {
 });
 $("random").addEventListener("click", () => {
   $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0];
+  $("seed").dispatchEvent(new Event("input")); // (a running stream takes it)
 });
 $("key").addEventListener("change", loadInfo);
 
@@ -415,6 +416,7 @@ function startStream() {
   socket.addEventListener("open", async () => {
     const fields = await streamSettings();
     stats.masked = "mask" in fields;
+    liveSent = { ...fields };
     socket.send(JSON.stringify(fields));
   });
   socket.addEventListener("message", (event) => {
@@ -425,6 +427,9 @@ function startStream() {
       stats.timer = setInterval(() => offerFrame(stats), FRAME_INTERVAL_MS);
       const mask = stats.masked ? " · mask given" : "";
       $("settings").textContent = `stream · seed ${message.settings.seed}${mask}`;
+    } else if (message.type === "updated") {
+      const mask = stats.masked ? " · mask given" : "";
+      $("settings").textContent = `stream · seed ${message.settings.seed}${mask} · changed`;
     } else if (message.type === "result") {
       stats.meta = message;
     } else if (message.type === "error") {
@@ -437,9 +442,39 @@ function startStream() {
       showError(`the stream closed (${event.code}) ${event.reason}`);
     }
     socket = null;
+    liveSent = null;
     $("stream").textContent = "Stream";
   });
   $("stream").textContent = "Stop stream";
+}
+
+// While a stream runs, these fields change it from the next frame (no restart, no warm-up):
+// the changed ones go as a JSON message, a moment after the last keystroke.
+const LIVE_FIELDS = { prompt: "prompt", negative: "negative_prompt", strength: "strength",
+  guidance: "guidance", seed: "seed" };
+const LIVE_DELAY_MS = 300;
+let liveSent = null; // the stream's settings as last sent
+let liveTimer = null;
+
+function sendChanges() {
+  if (!socket || socket.readyState !== WebSocket.OPEN || !liveSent) return;
+  const changes = {};
+  for (const [id, name] of Object.entries(LIVE_FIELDS)) {
+    const value = $(id).value;
+    if (value !== (liveSent[name] ?? "") && !(name === "seed" && value === "")) {
+      changes[name] = value;
+    }
+  }
+  if (!Object.keys(changes).length) return;
+  Object.assign(liveSent, changes);
+  socket.send(JSON.stringify(changes));
+}
+
+for (const id of Object.keys(LIVE_FIELDS)) {
+  $(id).addEventListener("input", () => {
+    clearTimeout(liveTimer);
+    liveTimer = setTimeout(sendChanges, LIVE_DELAY_MS);
+  });
 }
 
 async function streamSettings() {
