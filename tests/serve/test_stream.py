@@ -467,3 +467,15 @@ def test_a_streams_control_steers_each_frame_as_the_single_call(
             plain = http_jpeg(client, frame, SETTINGS)
             np.testing.assert_array_equal(decoded(jpeg), decoded(http.content))
             assert psnr(decoded(jpeg), decoded(plain)) < 40  # (the control shows)
+
+
+def test_a_control_with_the_stream_batch_is_refused_by_name_then_closed(control_pipe):
+    settings = {**BATCHED, "sampler": "lcm", "control_preprocess": "canny"}
+    with live(ServeOptions(), lambda: control_pipe) as (client, service):
+        ready(client)
+        with open_stream(client) as ws:
+            ws.send(json.dumps(settings))
+            error = message(ws)
+            assert error["type"] == "error"
+            assert "runs without --stream-batch and --rcfg self/onetime" in error["detail"]
+            assert closed_with(ws) == 1008
