@@ -496,3 +496,30 @@ def test_the_loaded_loras_get_a_scale_each_and_steer_the_transform(
                            data=form)  # fmt: skip
         assert http.status_code == 200, http.text
         np.testing.assert_array_equal(decoded(result_pixels_png(browser)), decoded(http.content))
+
+
+def test_stream_mode_sends_the_control_image_once_with_the_settings(
+    browser, control_pipe, photo, tmp_path
+):
+    sketch = tmp_path / "sketch.png"
+    photo.transpose(0).save(sketch)
+    with live(ServeOptions(), lambda: control_pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        wait(browser, lambda d: by_id(d, "control").is_displayed())
+        by_id(browser, "control-file").send_keys(str(sketch))
+        wait(browser, lambda d: by_id(d, "control-preview").is_displayed())
+        fill(browser, prompt="a cat", steps=2, strength=0.5, seed=5)
+        browser.execute_script(RECORD_STREAM)
+        by_id(browser, "webcam").click()  # Chromium's fake camera
+        wait(browser, lambda d: by_id(d, "stream").is_displayed())
+        by_id(browser, "stream").click()
+        wait(browser, lambda d: frame_count(service, "ok") >= 2)
+        assert by_id(browser, "error").is_displayed() is False
+        (sent,) = browser.execute_script("return window.streamed;")
+        assert [base64.b64decode(image) for image in sent["control_image"]] == [
+            sketch.read_bytes()]  # fmt: skip
+        (stream,) = service.streams
+        assert stream.template.controls == (sketch.read_bytes(),)
+        by_id(browser, "stream").click()  # stop
+        wait(browser, lambda d: not service.streams)

@@ -415,6 +415,7 @@ function startStream() {
   const stats = { results: [], meta: null, shown: null, timer: null, sending: false };
   socket.addEventListener("open", async () => {
     const fields = await streamSettings();
+    if (!fields) return socket.close(1000);
     stats.masked = "mask" in fields;
     liveSent = { ...fields };
     socket.send(JSON.stringify(fields));
@@ -478,10 +479,20 @@ for (const id of Object.keys(LIVE_FIELDS)) {
 }
 
 async function streamSettings() {
-  // The stream's settings: the form's, and the mask painted (over the last picture; sent once,
-  // base64) with its options, as a single transform sends them. The server stretches the mask
-  // over every frame, as over an image of another size.
+  // The stream's settings: the form's, the ControlNets' control images, and the mask painted
+  // (over the last picture) with its options, as a single transform sends them; the pictures
+  // base64, sent once. The server stretches the mask over every frame, as over an image of
+  // another size. Null (an error shown) where the controls cannot go as a stream's.
   const fields = settings();
+  const given = $("control").hidden ? [] : controlImages();
+  const gap = given.findIndex((blob, k) => !controls[k]);
+  if (gap >= 0) {
+    // (a ControlNet without its own image would take the still input, not each frame)
+    showError(`stream mode: ControlNet ${gap + 1} has no control image but a later one has: ` +
+      "give it one, or clear the later ones (a ControlNet without one takes each frame)");
+    return null;
+  }
+  if (given.length) fields.control_image = await Promise.all(given.map(base64Of));
   if (masked) {
     fields.mask = await base64Of(await maskBlob());
     if ($("keep-unmasked").checked) fields.keep_unmasked = "true";
