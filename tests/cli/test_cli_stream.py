@@ -213,14 +213,14 @@ def test_an_output_folder_holding_frames_is_refused_without_overwrite(runner, tm
     assert (tmp_path / "out" / "frame-000001.png").read_bytes() == b"kept"
 
 
-def _process(engines, *args) -> subprocess.Popen:
+def _process(engines, *args, prompt=("--prompt", "a red fox")) -> subprocess.Popen:
     """fastimg stream - in its own process, Ctrl-C handled as in a terminal (a test run in the
     background inherits SIGINT ignored)."""
     root = Path(__file__).parents[2]
     code = ("import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
             "from fastimg.cli import main; sys.argv[0] = 'fastimg'; main()")  # fmt: skip
     words = [sys.executable, "-c", code, "stream", "-", "--size", f"{SIZE[0]}x{SIZE[1]}",
-             "--engines", str(engines), "--backend", "onnxruntime", "--prompt", "a red fox",
+             "--engines", str(engines), "--backend", "onnxruntime", *map(str, prompt),
              "--steps", "2", *map(str, args)]  # fmt: skip
     return subprocess.Popen(words, stdin=subprocess.PIPE, stderr=subprocess.PIPE, cwd=root,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})  # fmt: skip
@@ -268,3 +268,88 @@ def test_ctrl_c_ends_the_stream_cleanly_with_its_outputs_whole(tiny, tmp_path):
 
     with av.open(str(tmp_path / "live.mp4")) as container:
         assert len(list(container.decode(video=0))) == 1
+
+
+def test_a_prompt_file_changed_mid_stream_applies_from_the_next_frame(tiny, tmp_path):
+    from fastimg.media.label_reader import read_labels
+
+    out, prompt = tmp_path / "out", tmp_path / "prompt.txt"
+    prompt.write_text("a red fox\n")
+    process = _process(tiny[1], "-o", out, "--every-frame", "--stall-timeout", "600",
+                       prompt=("--prompt-file", prompt))  # fmt: skip
+    try:
+        process.stdin.write(frames(1)[0].tobytes())
+        process.stdin.flush()
+        _wait_for(out / "frame-000001.png", process)
+        prompt.write_text("a blue heron in the fog")  # (another size: seen as changed)
+        process.stdin.write(frames(1)[0].tobytes())
+        process.stdin.close()  # the source ends after frame 2
+        process.wait(timeout=300)
+        stderr = process.stderr.read().decode()
+    finally:
+        process.kill()
+    assert process.returncode == 0, stderr
+    assert "prompt: 'a blue heron in the fog' from this frame on" in stderr
+    first = read_labels(out / "frame-000001.png")["fastimg"]
+    second = read_labels(out / "frame-000002.png")["fastimg"]
+    assert first["fastimg:prompt"] == "a red fox"
+    assert second["fastimg:prompt"] == "a blue heron in the fog"
+
+
+@pytest.mark.parametrize(
+    "words,detail",
+    [
+        ([], "give the prompt as --prompt TEXT or --prompt-file FILE"),
+        (["--prompt", "x", "--prompt-file", "p.txt"], "one of them"),
+    ],
+)
+def test_the_prompt_comes_from_one_of_prompt_and_prompt_file(runner, tmp_path, words, detail):
+    group = click.Group()
+    group.add_command(stream)
+    result = runner.invoke(
+        group,
+        ["stream", str(tmp_path), "-o", str(tmp_path / "o"), "--engines", str(tmp_path), *words],
+    )
+    assert result.exit_code == 2 and detail in result.stderr
+
+
+def test_an_empty_prompt_file_is_refused_in_one_line(runner, tmp_path):
+    (tmp_path / "p.txt").write_text("")
+    group = click.Group()
+    group.add_command(stream)
+    words = ["stream", str(tmp_path), "-o", str(tmp_path / "o"), "--engines", str(tmp_path),
+             "--prompt-file", str(tmp_path / "p.txt")]  # fmt: skip
+    result = runner.invoke(group, words)
+    assert "is empty: write the prompt in it" in _one_line_error(result)
+
+
+@pytest.mark.parametrize("given", ["--control-image", "--control-preprocess"])
+def test_a_control_steers_every_frame_as_the_single_call(runner, tiny_controlnet, tmp_path, given):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for i, values in enumerate(frames(3, seed=3), 1):
+        Image.fromarray(values).save(source / f"shot{i}.png")
+    steer = source / "shot3.png"  # (a frame too: the stream reads it as one)
+    words = ["--control-image", steer] if given == "--control-image" else [given, "canny"]
+    result = _stream(runner, tiny_controlnet[1], source, "-o", out, "--every-frame",
+                     "--max-frames", "2", "--control-scale", "1.5", *words)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
+    control = {"control_image": str(steer)} if given == "--control-image" else {
+        "control_preprocess": "canny"}  # fmt: skip
+    for k in (1, 2):
+        frame = Image.open(source / f"shot{k}.png")
+        alone = pipe("a red fox", frame, strength=0.5, num_inference_steps=2, seed=0,
+                     controlnet_conditioning_scale=1.5, **control)[0]  # fmt: skip
+        assert psnr(Image.open(out / f"frame-{k:06d}.png"), alone) >= 40
+
+
+def test_a_control_with_the_stream_batch_is_refused_in_one_line(runner, tiny_controlnet, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "shot1.png")
+    words = ["--control-preprocess", "canny", "--stream-batch", "--scheduler", "lcm"]
+    result = _stream(runner, tiny_controlnet[1], tmp_path / "in", "-o", tmp_path / "out", *words)
+    assert "runs without --stream-batch and --rcfg self/onetime" in _one_line_error(result)

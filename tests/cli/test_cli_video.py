@@ -365,3 +365,31 @@ def test_stream_options_refuse_resume_and_masks(runner, tiny, clip, tmp_path):
                     "--resume")  # fmt: skip
     _refused(result, 1)
     assert "leave out --resume and --mask" in result.stderr
+
+
+def test_the_stream_options_keep_the_controlnets_control(runner, tiny_controlnet, tmp_path):
+    """--similarity runs the frames through the stream engine: each still carries its
+    --control-preprocess control (the engine is built from the call's control settings)."""
+    from PIL import Image
+
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    frames = tmp_path / "in"
+    frames.mkdir()
+    inputs = pictures(2)
+    for i, picture in enumerate(inputs, start=1):
+        Image.fromarray(picture).save(frames / f"f{i}.png")
+    out = tmp_path / "out"
+    result = _video(runner, tiny_controlnet[1], frames, "-o", out, "--seed", "5",
+                    "--similarity", "0.999", "--control-preprocess", "scribble")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
+    for i, picture in enumerate(inputs, start=1):
+        (expected,) = pipe("a red fox", Image.fromarray(picture), strength=0.5, seed=5,
+                           num_inference_steps=2, guidance_scale=3,
+                           control_preprocess="scribble")  # fmt: skip
+        (plain,) = pipe("a red fox", Image.fromarray(picture), strength=0.5, seed=5,
+                        num_inference_steps=2, guidance_scale=3)  # fmt: skip
+        with Image.open(out / f"frame-{i:06d}.png") as frame:
+            got = frame.convert("RGB")
+        assert psnr(got, expected) >= 40 > psnr(got, plain)

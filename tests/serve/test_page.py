@@ -261,6 +261,80 @@ def test_a_mask_painted_with_the_brush_inpaints(browser, pipe, picture, tmp_path
         assert (_page_mask(browser) == 0).all()
 
 
+# The stream's settings message as the page sends it (installed in the page before a stream).
+RECORD_STREAM = """
+window.streamed = [];
+const send = WebSocket.prototype.send;
+WebSocket.prototype.send = function (data) {
+  if (typeof data === "string") window.streamed.push(JSON.parse(data));
+  return send.call(this, data);
+};
+"""
+
+
+def test_stream_mode_sends_the_painted_mask_once_with_its_options(
+    browser, pipe, picture, artifacts
+):
+    from selenium.webdriver import ActionChains
+
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        by_id(browser, "file").send_keys(str(picture))
+        wait(browser, lambda d: by_id(d, "mask").is_displayed())
+        fill(browser, prompt="a cat", steps=2, strength=0.5, seed=5)
+        by_id(browser, "brush").click()
+        strokes = ActionChains(browser).move_to_element_with_offset(by_id(browser, "mask"), -20, 0)
+        strokes.click_and_hold().move_by_offset(40, 0).release().perform()
+        painted = _page_mask(browser)
+        by_id(browser, "keep-unmasked").click()
+        browser.execute_script(RECORD_STREAM)
+        by_id(browser, "webcam").click()  # Chromium's fake camera
+        wait(browser, lambda d: by_id(d, "stream").is_displayed())
+        by_id(browser, "stream").click()
+        wait(browser, lambda d: frame_count(service, "ok") >= 2)
+        assert by_id(browser, "settings").text == "stream · seed 5 · mask given"
+        assert by_id(browser, "error").is_displayed() is False
+        (sent,) = browser.execute_script("return window.streamed;")
+        assert sent["keep_unmasked"] == "true" and "mask_padding" not in sent
+        import io
+
+        from PIL import Image
+
+        with Image.open(io.BytesIO(base64.b64decode(sent["mask"]))) as mask:
+            np.testing.assert_array_equal(np.asarray(mask.convert("L")), painted)
+        assert 100 < (painted > 127).sum()
+        browser.save_screenshot(artifacts("stream-mask"))
+        by_id(browser, "stream").click()  # stop
+        wait(browser, lambda d: not service.streams)
+
+
+def test_a_prompt_or_seed_changed_while_streaming_goes_as_a_change_message(browser, pipe):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        fill(browser, prompt="a cat", steps=2, strength=0.5, seed=5)
+        browser.execute_script(RECORD_STREAM)
+        by_id(browser, "webcam").click()  # Chromium's fake camera
+        wait(browser, lambda d: by_id(d, "stream").is_displayed())
+        by_id(browser, "stream").click()
+        wait(browser, lambda d: frame_count(service, "ok") >= 1)
+        fill(browser, prompt="a dog in the snow", seed=9)
+        wait(browser, lambda d: by_id(d, "settings").text == "stream · seed 9 · changed")
+        ok = frame_count(service, "ok")
+        wait(browser, lambda d: frame_count(service, "ok") >= ok + 2)  # the stream goes on
+        sent = browser.execute_script("return window.streamed;")
+        assert sent[0]["prompt"] == "a cat" and sent[0]["seed"] == "5"
+        changes = {key: value for change in sent[1:] for key, value in change.items()}
+        assert changes == {"prompt": "a dog in the snow", "seed": "9"}
+        (stream,) = service.streams
+        assert stream.template.job.call.prompt == "a dog in the snow"
+        assert stream.template.job.call.seed == 9
+        assert by_id(browser, "error").is_displayed() is False
+        by_id(browser, "stream").click()  # stop
+        wait(browser, lambda d: not service.streams)
+
+
 # The page's requests, as the server receives them: each FormData's entries, files as
 # [name, file name, size] (installed in the page before a transform).
 RECORD_REQUESTS = """
@@ -422,3 +496,30 @@ def test_the_loaded_loras_get_a_scale_each_and_steer_the_transform(
                            data=form)  # fmt: skip
         assert http.status_code == 200, http.text
         np.testing.assert_array_equal(decoded(result_pixels_png(browser)), decoded(http.content))
+
+
+def test_stream_mode_sends_the_control_image_once_with_the_settings(
+    browser, control_pipe, photo, tmp_path
+):
+    sketch = tmp_path / "sketch.png"
+    photo.transpose(0).save(sketch)
+    with live(ServeOptions(), lambda: control_pipe) as (client, service):
+        ready(client)
+        browser.get(str(client.base_url) + "/")
+        wait(browser, lambda d: by_id(d, "control").is_displayed())
+        by_id(browser, "control-file").send_keys(str(sketch))
+        wait(browser, lambda d: by_id(d, "control-preview").is_displayed())
+        fill(browser, prompt="a cat", steps=2, strength=0.5, seed=5)
+        browser.execute_script(RECORD_STREAM)
+        by_id(browser, "webcam").click()  # Chromium's fake camera
+        wait(browser, lambda d: by_id(d, "stream").is_displayed())
+        by_id(browser, "stream").click()
+        wait(browser, lambda d: frame_count(service, "ok") >= 2)
+        assert by_id(browser, "error").is_displayed() is False
+        (sent,) = browser.execute_script("return window.streamed;")
+        assert [base64.b64decode(image) for image in sent["control_image"]] == [
+            sketch.read_bytes()]  # fmt: skip
+        (stream,) = service.streams
+        assert stream.template.controls == (sketch.read_bytes(),)
+        by_id(browser, "stream").click()  # stop
+        wait(browser, lambda d: not service.streams)

@@ -34,7 +34,7 @@ def test_the_fields_are_the_settings_plus_the_images_and_its_encoding():
                            "format", "quality", *BY_KEY}  # fmt: skip
     assert SDXL_FIELDS == tuple(setting.key for setting in SETTINGS if setting.sdxl)
     assert SDXL_FIELDS[0] == "prompt_2"
-    assert set(STREAM_FIELDS) == set(FIELDS) - {"image", "control_image", "format", "num_images"}
+    assert set(STREAM_FIELDS) == set(FIELDS) - {"image", "format", "num_images"}
 
 
 def test_text_fields_become_the_job_and_its_encoding(manifest):

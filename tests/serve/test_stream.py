@@ -23,6 +23,7 @@ from websockets.sync.client import connect  # noqa: E402
 from fastimg.media.images import psnr  # noqa: E402
 from fastimg.serve import ServeOptions  # noqa: E402
 from tests.serve.harness import Gated, decoded, live, ready, wait_for  # noqa: E402
+from tests.stream.conftest import CountingSession  # noqa: E402
 
 SETTINGS = {"prompt": "a cat", "strength": 0.6, "steps": 3, "guidance": 5, "seed": 11}
 
@@ -357,4 +358,124 @@ def test_bad_stream_options_are_named_then_closed_with_1008(pipe, options, detai
             ws.send(json.dumps({**SETTINGS, **options}))
             error = message(ws)
             assert error["type"] == "error" and detail in error["detail"]
+            assert closed_with(ws) == 1008
+
+
+def http_jpeg(client, frame: bytes, settings: dict) -> bytes:
+    """The HTTP API's JPEG of `frame` with `settings` (the single call)."""
+    fields = {key: str(value) for key, value in settings.items()}
+    http = client.post("/v1/img2img", files={"image": ("f.png", frame, "image/png")},
+                       data={**fields, "format": "jpeg"})  # fmt: skip
+    assert http.status_code == 200, http.text
+    return http.content
+
+
+CHANGE = {"prompt": "a dog in the rain", "seed": 5, "strength": 0.7, "guidance": 3}
+
+
+@pytest.mark.parametrize("options", [{}, {"feedback": 0.0}], ids=["single-calls", "engine"])
+def test_a_settings_change_mid_stream_applies_from_the_next_frame(pipe, frames, options):
+    change = {**CHANGE, "prompt": f"{CHANGE['prompt']} {sorted(options)}"}  # (not cached yet)
+    text = CountingSession(pipe.sessions["text_encoder"])
+    pipe.sessions["text_encoder"], original = text, pipe.sessions["text_encoder"]
+    loads = []
+    try:
+        with live(ServeOptions(), lambda: loads.append(1) or pipe) as (client, service):
+            ready(client)
+            with started({**SETTINGS, **options}, client=client) as ws:
+                ws.send(frames[0])
+                _, before = result(ws)
+                ws.send(json.dumps(change))
+                updated = message(ws)
+                assert updated["type"] == "updated"
+                assert updated["settings"]["prompt"] == change["prompt"]
+                assert updated["settings"]["seed"] == 5
+                calls = text.calls
+                ws.send(frames[0])
+                meta, after = result(ws)
+                assert meta["frame"] == 2
+                ws.send(frames[0])
+                result(ws)
+                if options:  # the engine encodes the new prompt once, not per frame
+                    assert text.calls - calls == 1
+            pipe.sessions["text_encoder"] = original
+            single_before = http_jpeg(client, frames[0], SETTINGS)
+            single_after = http_jpeg(client, frames[0], {**SETTINGS, **change})
+    finally:
+        pipe.sessions["text_encoder"] = original
+    assert loads == [1]  # nothing reloaded
+    assert psnr(decoded(before), decoded(single_before)) >= 35
+    assert psnr(decoded(after), decoded(single_after)) >= 35
+    assert psnr(decoded(after), decoded(before)) < 30  # (the change shows)
+
+
+@pytest.mark.parametrize(
+    "change,detail",
+    [
+        ({"steps": 8}, "'steps' cannot change while a stream runs"),
+        ({"strength": 3}, "the change was refused, the settings stay"),
+        ([1, 2], "settings changes as a JSON object"),
+    ],
+)
+def test_a_bad_change_is_named_and_the_stream_goes_on_unchanged(pipe, frames, change, detail):
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        with started(client=client) as ws:
+            ws.send(json.dumps(change))
+            error = message(ws)
+            assert error["type"] == "error" and detail in error["detail"]
+            ws.send(frames[0])
+            _, jpeg = result(ws)
+            np.testing.assert_array_equal(
+                decoded(jpeg), decoded(http_jpeg(client, frames[0], SETTINGS))
+            )
+
+
+@pytest.fixture(scope="module")
+def control_pipe(tiny_controlnet):
+    """The tiny model with a ControlNet on ONNX Runtime fp32."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    return Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime", precision="fp32")
+
+
+@pytest.mark.parametrize("options", [{}, {"feedback": 0.0}], ids=["single-calls", "engine"])
+@pytest.mark.parametrize("given", ["control_image", "control_preprocess"])
+def test_a_streams_control_steers_each_frame_as_the_single_call(
+    control_pipe, frames, options, given
+):
+    controlled = {**SETTINGS, "control_scale": 1.5}
+    if given == "control_image":  # sent once, base64, for every frame
+        sent = {"control_image": base64.b64encode(frames[3]).decode()}
+    else:  # made from each frame
+        sent = {"control_preprocess": "canny"}
+    with live(ServeOptions(), lambda: control_pipe) as (client, service):
+        ready(client)
+        with started({**controlled, **sent, **options}, client=client) as ws:
+            jpegs = []
+            for frame in frames[:2]:
+                ws.send(frame)
+                jpegs.append(result(ws)[1])
+        for frame, jpeg in zip(frames[:2], jpegs, strict=True):
+            files = {"image": ("f.png", frame, "image/png")}
+            if given == "control_image":
+                files["control_image"] = ("c.png", frames[3], "image/png")
+            fields = {key: str(value) for key, value in {**controlled, **sent}.items()
+                      if key != "control_image"}  # fmt: skip
+            http = client.post("/v1/img2img", files=files, data={**fields, "format": "jpeg"})
+            assert http.status_code == 200, http.text
+            plain = http_jpeg(client, frame, SETTINGS)
+            np.testing.assert_array_equal(decoded(jpeg), decoded(http.content))
+            assert psnr(decoded(jpeg), decoded(plain)) < 40  # (the control shows)
+
+
+def test_a_control_with_the_stream_batch_is_refused_by_name_then_closed(control_pipe):
+    settings = {**BATCHED, "sampler": "lcm", "control_preprocess": "canny"}
+    with live(ServeOptions(), lambda: control_pipe) as (client, service):
+        ready(client)
+        with open_stream(client) as ws:
+            ws.send(json.dumps(settings))
+            error = message(ws)
+            assert error["type"] == "error"
+            assert "runs without --stream-batch and --rcfg self/onetime" in error["detail"]
             assert closed_with(ws) == 1008

@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -214,3 +216,35 @@ def test_frames_run_with_the_pipelines_loaded_loras(tiny, frames, tmp_path):
     assert outs[0].image.info["fastimg:loras"] == with_lora.info["fastimg:loras"]
     pipe.set_lora_scales({name: 0.0 for name in pipe.loras.adapters.scales})
     assert psnr(outs[0].image, single(pipe, frames[0], s)) < 40  # the LoRA did change it
+
+
+@pytest.fixture(scope="module")
+def control_pipe(tiny_controlnet):
+    """The tiny model with a ControlNet, on ONNX Runtime (fp32)."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    return Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
+
+
+@pytest.mark.parametrize("given", ["preprocess", "image"])
+def test_a_frame_with_a_control_equals_the_single_call_with_it(control_pipe, frames, given):
+    if given == "preprocess":  # the control made from each frame
+        control = {"control_preprocess": "canny", "controlnet_conditioning_scale": 1.5}
+    else:  # one fixed control image for every frame
+        control = {"control_image": frames[5], "controlnet_conditioning_scale": 1.5}
+    s = StreamSettings("a cat", strength=0.6, steps=3, guidance=4.0, seed=2, control=control)
+    engine = StreamEngine(control_pipe, s)
+    outs = [engine.push(frame, k) for k, frame in enumerate(frames[:2])]
+    for frame, out in zip(frames[:2], outs, strict=True):
+        alone = control_pipe("a cat", frame, strength=0.6, num_inference_steps=3,
+                             guidance_scale=4.0, seed=2, **control)[0]  # fmt: skip
+        assert psnr(out.image, alone) >= 40
+    plain = single(control_pipe, frames[0], replace(s, control=None))
+    assert psnr(outs[0].image, plain) < 40  # (the control shows)
+
+
+def test_a_control_with_the_stage_path_is_refused_by_name(control_pipe):
+    s = StreamSettings("a cat", steps=2, sampler="lcm", stream_batch=True,
+                       control={"control_preprocess": "canny"})  # fmt: skip
+    with pytest.raises(InputError, match="runs without --stream-batch and --rcfg self"):
+        StreamEngine(control_pipe, s)

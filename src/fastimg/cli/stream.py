@@ -12,8 +12,10 @@ import click
 from ..errors import FastImgError
 from .common import domain_errors, echo_err
 from .options import (
+    control_list_options,
     engine_options,
     given_once,
+    pop_control_lists,
     prompt_options,
     scheduler_option,
     setting_option,
@@ -68,7 +70,15 @@ class Size(click.ParamType):
     default=None,
     help="Write one JSON line per output: the input frame it came from (number, time).",
 )
-@functools.partial(prompt_options, help_prompt="What every frame should become.")
+@functools.partial(prompt_options, required=False, help_prompt="What every frame should become.")
+@click.option(
+    "--prompt-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Read the prompt from this text file instead of --prompt, and again whenever the file "
+    "changes while the stream runs: the new prompt applies from the next frame, encoded once, "
+    "without a reload or a warm-up (edit it, or echo 'a watercolor' > FILE).",
+)
 @setting_option("strength", default=0.5, show_default=True)
 @setting_option("num_inference_steps", default=2, show_default=True)
 @setting_option("guidance_scale", default=0.0, show_default=True)
@@ -119,12 +129,25 @@ class Size(click.ParamType):
     "--no-metadata", is_flag=True, help="Write no prompt, settings or AI label into the outputs."
 )
 @click.option("--quiet", "-q", is_flag=True, help="Report only errors.")
+@click.option(
+    "--control-image",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    multiple=True,
+    help="ControlNet: an image that steers every frame (read once). Repeat it for several "
+    "ControlNets, one each in their order; a ControlNet past them takes each frame, made by its "
+    "--control-preprocess (canny edges of every frame: --control-preprocess canny).",
+)
+@control_list_options
 @engine_options
 @domain_errors
-def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative_prompt, strength,
-           steps, guidance, seed, scheduler, size, fps, resize, every_frame, stall_timeout,
-           max_frames, overwrite, no_metadata, quiet, **engine) -> None:  # fmt: skip
+def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative_prompt,
+           prompt_file, strength, steps, guidance, seed, scheduler, size, fps, resize,
+           every_frame, stall_timeout, max_frames, overwrite, no_metadata, quiet, control_image,
+           **engine) -> None:  # fmt: skip
     """Redraw SOURCE's frames toward --prompt in real time, until it ends or Ctrl-C.
+
+    With --prompt-file FILE instead, the prompt is FILE's text, followed while the stream runs:
+    save a new prompt into FILE and it applies from the next frame.
 
     SOURCE is a camera (Linux: /dev/video0 or 0; macOS: 0; Windows: video=NAME), a video
     file, a folder of frames, or - for raw rgb24 frames on stdin (--size WxH). Frames that come
@@ -132,14 +155,24 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
     reported and skipped; a source silent for --stall-timeout seconds ends the stream.
     """
     from ..diffusion.pipeline import Img2ImgPipeline
+    from ..media.images import load_image
     from ..stream.driver import run_stream
     from ..stream.engine import StreamEngine, StreamSettings
+    from ..stream.live import LivePrompt, PromptFile
     from ..stream.sources import open_source
 
     prompt, negative_prompt = (
         given_once(prompt, "--prompt"),
         given_once(negative_prompt, "--negative-prompt"),
     )
+    if (prompt is None) == (prompt_file is None):
+        raise click.UsageError(
+            "give the prompt as --prompt TEXT or --prompt-file FILE (re-read when it changes), "
+            "one of them"
+        )
+    if prompt_file is not None:
+        prompt_file = PromptFile(prompt_file)
+        prompt = prompt_file.read()
     if not (outputs or virtual_camera or preview is not None or frame_log):
         raise click.UsageError(
             "the stream has no output: pass -o FOLDER, -o VIDEO.mp4, -o -, --virtual-camera or "
@@ -156,6 +189,10 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
             "-o - writes raw frames, not for a terminal: pipe them into a player (| ffplay -f "
             "rawvideo -pixel_format rgb24 -video_size WxH -)"
         )
+    control = pop_control_lists(engine)
+    if control_image:  # read once, one per ControlNet in their order
+        loaded = tuple(load_image(path) for path in control_image)
+        control["control_image"] = loaded[0] if len(loaded) == 1 else loaded
     settings = StreamSettings(
         prompt=prompt,
         negative_prompt=negative_prompt or "",
@@ -167,6 +204,7 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         width=resize and resize[0],
         height=resize and resize[1],
         **stream_engine_given(engine),
+        control=control or None,
     )
     frames = open_source(source, size=size, fps=fps)  # refused before the engines load
     sinks = []
@@ -181,6 +219,8 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
             loras=engine["loras"],
         )
         stream_engine = StreamEngine(pipe, settings)
+        if prompt_file is not None:
+            stream_engine = LivePrompt(stream_engine, prompt_file, echo_err)
         if not quiet:
             echo_err(f"streaming {frames.name}: Ctrl-C ends the stream")
     except BaseException:  # (Ctrl-C while the engines load too): the outputs are let go

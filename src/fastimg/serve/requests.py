@@ -52,10 +52,8 @@ FIELDS = ("image", *(setting.key for setting in SETTINGS), *OUTPUT_FIELDS, "cont
           "mask", *MASK_FLAGS)  # fmt: skip
 SDXL_FIELDS = tuple(setting.key for setting in SETTINGS if setting.sdxl)
 # The stream's settings: a request's fields less its images and the shape of its output (one
-# JPEG per frame); its one mask (base64) goes with every frame.
-STREAM_FIELDS = tuple(
-    key for key in FIELDS if key not in ("image", "control_image", "format", "num_images")
-)
+# JPEG per frame); its one mask and its fixed control images (base64) go with every frame.
+STREAM_FIELDS = tuple(key for key in FIELDS if key not in ("image", "format", "num_images"))
 MAX_FIELD_BYTES = 1 << 20  # a text field of a multipart body (prompts are 20,000 chars at most)
 UNSAFE_NAME_CHARS = re.compile(r"[^\w.-]")
 
@@ -189,8 +187,10 @@ def check_stream_settings(message: dict, manifest) -> ImageRequest:
     if unknown:
         raise InputError(f"unknown setting {unknown[0]!r}: the settings are "
                          f"{', '.join(STREAM_FIELDS)}")  # fmt: skip
+    control = _control_field(fields.pop("control_image", None))
     mask = _image_field(fields.pop("mask", None), "mask", "the inpainting mask")
-    return check_body(Body({**fields, "format": "jpeg"}, b"", None, mask=mask), manifest)
+    body = Body({**fields, "format": "jpeg"}, b"", None, control, mask)
+    return check_body(body, manifest)
 
 
 def _parse(key: str, raw):
@@ -250,15 +250,18 @@ def _read_json(raw: bytes) -> Body:
     image = fields.pop("image", None)
     if not isinstance(image, str) or not image:
         raise InputError("no image: send the picture as base64 text in the field 'image'")
-    control = fields.pop("control_image", None)
+    control = _control_field(fields.pop("control_image", None))
+    mask = _image_field(fields.pop("mask", None), "mask", "the inpainting mask")
+    return Body(fields, decode_base64(image, "image"), None, control, mask)
+
+
+def _control_field(control) -> bytes | tuple[bytes, ...] | None:
+    """A JSON control_image: one base64 picture, or a list of one per ControlNet."""
     if isinstance(control, list):  # one per ControlNet
         if not control:
             raise InputError("the field 'control_image' is an empty list: leave it out")
-        control = tuple(_image_field(c, "control_image", "the ControlNet's") for c in control)
-    else:
-        control = _image_field(control, "control_image", "the ControlNet's")
-    mask = _image_field(fields.pop("mask", None), "mask", "the inpainting mask")
-    return Body(fields, decode_base64(image, "image"), None, control, mask)
+        return tuple(_image_field(c, "control_image", "the ControlNet's") for c in control)
+    return _image_field(control, "control_image", "the ControlNet's")
 
 
 def _image_field(value, field: str, what: str) -> bytes | None:

@@ -206,7 +206,7 @@ class Service:
         """The StreamEngine of a stream whose settings ask for StreamDiffusion's options
         (`options`: stream_batch, rcfg, similarity, max_skip, feedback); InputError where the
         settings or the options cannot run so."""
-        from ..stream.engine import StreamEngine, StreamSettings
+        from ..stream.engine import StreamEngine, StreamSettings, call_control
 
         call = template.job.call
         if template.mask is not None or call.lora_scales is not None:
@@ -214,7 +214,9 @@ class Service:
                 "the stream options (stream_batch, rcfg, similarity, max_skip, feedback) run "
                 "without a mask or lora_scales: leave those out, or the options"
             )
-        settings = StreamSettings.from_call(call, template.sampler, **options)
+        settings = StreamSettings.from_call(
+            call, template.sampler, control=call_control(self._job(template).call), **options
+        )
         return StreamEngine(self.pipe, settings)
 
     async def push_frame(self, engine, lock: threading.Lock, request: ImageRequest, tag,

@@ -7,9 +7,14 @@
             transformed frame n as a binary JPEG message
     server: {"type": "error", "detail": ..., ["frame": n]}  a frame refused; the
             stream goes on
+    client: {"prompt": ..., "seed": ...}  a change, mid-stream (JSON text): any of prompt,
+            negative_prompt, seed, strength, guidance
+    server: {"type": "updated", "settings": {"prompt", "seed", "strength", "guidance"}}; the
+            change applies from the next frame transformed, without a warm-up
 
 The settings are those of POST /v1/img2img but one image per frame, always JPEG (`quality`
-applies); a missing seed is drawn once, for the whole stream. StreamDiffusion's options may come
+applies; a `mask` and fixed `control_image`s come base64, once); a missing seed is drawn once,
+for the whole stream. StreamDiffusion's options may come
 with them (fastimg.stream.engine): "stream_batch" (true: frames at different steps share one
 UNet batch, and a result is that of an earlier frame; while the batch fills, a frame taken in
 is answered {"type": "pending", "frame": n, "received", "dropped"} instead), "rcfg"
@@ -52,6 +57,8 @@ KEY_PROTOCOL = "fastimg.key."  # + the API key in base64url: a browser cannot se
 GOING_AWAY, POLICY, TRY_AGAIN = 1001, 1008, 1013
 MAX_REASON_BYTES = 123  # a close frame's reason
 # StreamDiffusion's options a stream's settings may carry, and the JSON types each takes.
+# The settings a message may change while a stream runs (StreamEngine.update()'s).
+UPDATABLE = ("prompt", "negative_prompt", "seed", "strength", "guidance")
 ENGINE_OPTIONS = {"stream_batch": (bool,), "rcfg": (str,), "similarity": (int, float),
                   "max_skip": (int,), "feedback": (int, float)}  # fmt: skip
 
@@ -96,7 +103,8 @@ async def open_stream(service: Service, websocket: WebSocket) -> None:
         settings = {"prompt": template.job.call.prompt, "seed": template.job.call.seed,
                     "sampler": template.sampler, **options}  # fmt: skip
         await websocket.send_json({"type": "ready", "settings": settings})
-        stream = Stream(service, websocket, template, engine)
+        fields = {**json.loads(first["text"]), "seed": template.job.call.seed}
+        stream = Stream(service, websocket, template, engine, fields)
         service.streams.add(stream)
         if service.admission.closed:  # (stopped while the settings came)
             stream.stop()
@@ -149,8 +157,9 @@ class Stream:
     transforms whatever is newest each time the previous transform is done."""
 
     def __init__(self, service: Service, websocket: WebSocket, template: ImageRequest,
-                 engine=None):  # fmt: skip
+                 engine=None, fields: dict | None = None):  # fmt: skip
         self.service, self.websocket, self.template = service, websocket, template
+        self.fields = fields or {}  # the settings as sent (the drawn seed in), for changes
         self.engine, self.engine_lock = engine, threading.Lock()  # (None: single calls)
         self.newest: tuple[int, bytes] | None = None
         self.received = self.dropped = 0
@@ -171,7 +180,7 @@ class Stream:
                 return
             data = message.get("bytes")
             if data is None:
-                await self._error("send frames as binary messages (JPEG or PNG)")
+                await self._change(message.get("text"))
                 continue
             self.received += 1
             if self.newest is not None:
@@ -265,6 +274,48 @@ class Stream:
             await self.websocket.send_json({"type": "result", "frame": index, "ms": ms, **counts})
             await self.websocket.send_bytes(result.encoded[0])
         return True
+
+    async def _change(self, text: str | None) -> None:
+        """Apply a settings change from the next frame on: a new template, and on the engine
+        path StreamEngine.update() between two frames (the prompt encoded once, no warm-up)."""
+        try:
+            changes = json.loads(text or "")
+        except ValueError:
+            changes = None
+        if not isinstance(changes, dict) or not changes:
+            await self._error("send frames as binary messages (JPEG or PNG), and settings "
+                              'changes as a JSON object: {"prompt": ...}')  # fmt: skip
+            return
+        fixed = [key for key in changes if key not in UPDATABLE]
+        if fixed:
+            await self._error(f"{fixed[0]!r} cannot change while a stream runs: only "
+                              f"{', '.join(UPDATABLE)} do; open a new stream for the "
+                              "others")  # fmt: skip
+            return
+        fields = {**self.fields, **changes}
+        message = {"type": "websocket.receive", "text": json.dumps(fields)}
+        try:
+            template = self.service.stream_request(message)
+            if self.engine is not None:
+                await asyncio.to_thread(self._update_engine, template, set(changes))
+        except InputError as exc:
+            await self._error(f"the change was refused, the settings stay: {exc}")
+            return
+        self.fields, self.template = fields, template
+        call = template.job.call
+        settings = {"prompt": call.prompt, "negative_prompt": call.negative_prompt,
+                    "seed": call.seed, "strength": call.strength,
+                    "guidance": call.guidance_scale}  # fmt: skip
+        async with self.sending:
+            await self.websocket.send_json({"type": "updated", "settings": settings})
+
+    def _update_engine(self, template: ImageRequest, changed: set[str]) -> None:
+        call = template.job.call
+        values = {"prompt": call.prompt, "negative_prompt": call.negative_prompt or "",
+                  "seed": call.seed, "strength": call.strength,
+                  "guidance": call.guidance_scale}  # fmt: skip
+        with self.engine_lock:  # (between two frames)
+            self.engine.update(**{key: values[key] for key in changed})
 
     async def _error(self, detail: str, outcome: str = "error", **extra) -> None:
         self.service.frames.labels(outcome).inc()

@@ -10,6 +10,9 @@ change that:
 - `similarity`: the stochastic similarity filter; a skipped frame reuses the last output.
 - `feedback`: that fraction of the last output's latents is blended into the frame's clean
   latents before the noise is added.
+- `control`: a ControlNet folder's control settings (control_image, control_preprocess, ...,
+  as the single call takes them): each frame is steered as that call would be (a ControlNet
+  without a control image takes the frame, made by its preprocessor); not with the stage path.
 Prompts are encoded once (and again only when update() changes them); nothing recompiles. A
 prompt, seed or guidance change applies from the next UNet call, to the frames in flight too
 (as StreamDiffusion's); a strength change first finishes the frames in flight on their steps.
@@ -23,6 +26,7 @@ from PIL import Image
 
 from ..diffusion import conditioning, samplers
 from ..diffusion.checks import CheckedCall, check_call
+from ..diffusion.control import ControlRun, prepare_control
 from ..diffusion.request import Request, check_finite
 from ..diffusion.rng import TorchCompatibleGenerator
 from ..errors import InputError
@@ -52,11 +56,16 @@ class StreamSettings:
     similarity: float | None = None  # stochastic similarity filter threshold (None: off)
     max_skip: int = 10  # at most this many frames skipped in a row
     feedback: float = 0.0  # fraction of the previous output's latents blended in
+    # A ControlNet's settings by CallSettings' names (control_image, control_preprocess,
+    # controlnet_conditioning_scale, control_guidance_start, control_guidance_end); None: none
+    control: dict | None = None
 
     @classmethod
     def from_call(cls, call, sampler: str | None, **options) -> "StreamSettings":
         """A stream's settings from a single call's (CallSettings; `sampler`: the one it
-        resolved to) and StreamDiffusion's `options`."""
+        resolved to, its ControlNet settings unless `options` give `control`) and
+        StreamDiffusion's `options`."""
+        options.setdefault("control", call_control(call))
         return cls(
             prompt=call.prompt,
             negative_prompt=call.negative_prompt or "",
@@ -67,6 +76,15 @@ class StreamSettings:
             seed=call.seed,
             **options,
         )
+
+
+def call_control(call) -> dict | None:
+    """A call's ControlNet settings as StreamSettings.control takes them (None: no control)."""
+    names = ("control_image", "control_preprocess", "controlnet_conditioning_scale",
+             "control_guidance_start", "control_guidance_end")  # fmt: skip
+    if call.control_image is None and call.control_preprocess is None:
+        return None
+    return {name: getattr(call, name) for name in names if getattr(call, name) is not None}
 
 
 @dataclass(frozen=True)
@@ -160,6 +178,7 @@ class StreamEngine:
             guidance_scale=s.guidance,
             seed=s.seed,
             scheduler=s.sampler,
+            **(s.control or {}),
         )
         checked = check_call(pipe.manifest, call)
         if pipe.distilled and checked.settings.negative_prompt:
@@ -168,6 +187,12 @@ class StreamEngine:
         if s.stream_batch:
             stages.check_staged(checked.plan.sampler, "--stream-batch")
         residual = s.rcfg in ("self", "onetime")
+        if s.control and (s.stream_batch or residual):
+            raise InputError(
+                "a ControlNet's control (--control-image, --control-preprocess) runs without "
+                "--stream-batch and --rcfg self/onetime (their stage path feeds no ControlNet "
+                "yet): turn those off, or leave the control out"
+            )
         cfg = s.guidance > 1.0 and not pipe.distilled and not residual
         return _Derived(checked, cfg, s.stream_batch or residual)
 
@@ -182,7 +207,7 @@ class StreamEngine:
             self._skip(tag)
         else:
             with self._loras():
-                self._run(pixels, tag)
+                self._run(pixels, tag, image)
         return self._ready.popleft() if self._ready else None
 
     def flush(self) -> list[StreamFrame]:
@@ -241,7 +266,7 @@ class StreamEngine:
         else:
             self._ready.append(StreamFrame(self._last, tag, True))
 
-    def _run(self, pixels: np.ndarray, tag) -> None:
+    def _run(self, pixels: np.ndarray, tag, image: Image.Image) -> None:
         """Encode the frame, then denoise it alone or as the newest row of the batch."""
         pipe, s, derived = self.pipeline, self._settings, self._derived
         engines = self._engines_for(pixels)
@@ -254,8 +279,9 @@ class StreamEngine:
                 z = (np.float32(1) - f) * z + f * self._last_latents
             embeddings, extra = self._text_for(engines, pixels)
             if not derived.staged:
+                control = self._control_for(image, pixels, engines)
                 x = pipe.denoise(z, embeddings, derived.plan, s.guidance, rng, engines=engines,
-                                 conditioning=extra)  # fmt: skip
+                                 conditioning=extra, control_run=control)  # fmt: skip
                 self._emit([_Flight(tag, x)], engines)
                 return
             eps, _ = self._noise_for(rng, z.shape, xp)
@@ -269,6 +295,16 @@ class StreamEngine:
             while not done:
                 done = self._advance([flight], engines, pixels)
             self._emit(done, engines)
+
+    def _control_for(self, image: Image.Image, pixels: np.ndarray, engines):
+        """The frame's ControlNet run as the single call makes it (None without a control)."""
+        if not self._settings.control:
+            return None
+        plan, settings = self._derived.plan, self._derived.checked.settings
+        control = prepare_control(settings, pixels.shape[2], pixels.shape[3], image, engines)
+        if control is None:
+            return None
+        return ControlRun(engines, self.pipeline.manifest, [control], [1], plan.steps)
 
     def _drain(self) -> None:
         """Run the frames in flight to their last step (no new frame enters)."""

@@ -394,6 +394,7 @@ $("strength").addEventListener("input", () => {
 });
 $("random").addEventListener("click", () => {
   $("seed").value = crypto.getRandomValues(new Uint32Array(1))[0];
+  $("seed").dispatchEvent(new Event("input")); // (a running stream takes it)
 });
 $("key").addEventListener("change", loadInfo);
 
@@ -412,14 +413,24 @@ function startStream() {
   socket = new WebSocket(url, key ? ["fastimg", keyProtocol(key)] : ["fastimg"]);
   socket.binaryType = "blob";
   const stats = { results: [], meta: null, shown: null, timer: null, sending: false };
-  socket.addEventListener("open", () => socket.send(JSON.stringify(settings())));
+  socket.addEventListener("open", async () => {
+    const fields = await streamSettings();
+    if (!fields) return socket.close(1000);
+    stats.masked = "mask" in fields;
+    liveSent = { ...fields };
+    socket.send(JSON.stringify(fields));
+  });
   socket.addEventListener("message", (event) => {
     if (event.data instanceof Blob) return showFrame(event.data, stats);
     const message = JSON.parse(event.data);
     if (message.type === "ready") {
       showError("");
       stats.timer = setInterval(() => offerFrame(stats), FRAME_INTERVAL_MS);
-      $("settings").textContent = `stream · seed ${message.settings.seed}`;
+      const mask = stats.masked ? " · mask given" : "";
+      $("settings").textContent = `stream · seed ${message.settings.seed}${mask}`;
+    } else if (message.type === "updated") {
+      const mask = stats.masked ? " · mask given" : "";
+      $("settings").textContent = `stream · seed ${message.settings.seed}${mask} · changed`;
     } else if (message.type === "result") {
       stats.meta = message;
     } else if (message.type === "error") {
@@ -432,9 +443,70 @@ function startStream() {
       showError(`the stream closed (${event.code}) ${event.reason}`);
     }
     socket = null;
+    liveSent = null;
     $("stream").textContent = "Stream";
   });
   $("stream").textContent = "Stop stream";
+}
+
+// While a stream runs, these fields change it from the next frame (no restart, no warm-up):
+// the changed ones go as a JSON message, a moment after the last keystroke.
+const LIVE_FIELDS = { prompt: "prompt", negative: "negative_prompt", strength: "strength",
+  guidance: "guidance", seed: "seed" };
+const LIVE_DELAY_MS = 300;
+let liveSent = null; // the stream's settings as last sent
+let liveTimer = null;
+
+function sendChanges() {
+  if (!socket || socket.readyState !== WebSocket.OPEN || !liveSent) return;
+  const changes = {};
+  for (const [id, name] of Object.entries(LIVE_FIELDS)) {
+    const value = $(id).value;
+    if (value !== (liveSent[name] ?? "") && !(name === "seed" && value === "")) {
+      changes[name] = value;
+    }
+  }
+  if (!Object.keys(changes).length) return;
+  Object.assign(liveSent, changes);
+  socket.send(JSON.stringify(changes));
+}
+
+for (const id of Object.keys(LIVE_FIELDS)) {
+  $(id).addEventListener("input", () => {
+    clearTimeout(liveTimer);
+    liveTimer = setTimeout(sendChanges, LIVE_DELAY_MS);
+  });
+}
+
+async function streamSettings() {
+  // The stream's settings: the form's, the ControlNets' control images, and the mask painted
+  // (over the last picture) with its options, as a single transform sends them; the pictures
+  // base64, sent once. The server stretches the mask over every frame, as over an image of
+  // another size. Null (an error shown) where the controls cannot go as a stream's.
+  const fields = settings();
+  const given = $("control").hidden ? [] : controlImages();
+  const gap = given.findIndex((blob, k) => !controls[k]);
+  if (gap >= 0) {
+    // (a ControlNet without its own image would take the still input, not each frame)
+    showError(`stream mode: ControlNet ${gap + 1} has no control image but a later one has: ` +
+      "give it one, or clear the later ones (a ControlNet without one takes each frame)");
+    return null;
+  }
+  if (given.length) fields.control_image = await Promise.all(given.map(base64Of));
+  if (masked) {
+    fields.mask = await base64Of(await maskBlob());
+    if ($("keep-unmasked").checked) fields.keep_unmasked = "true";
+    if ($("only-masked").checked) fields.mask_padding = "32";
+  }
+  return fields;
+}
+
+function base64Of(blob) {
+  return new Promise((resolve) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.split(",")[1]);
+    reader.readAsDataURL(blob);
+  });
 }
 
 async function offerFrame(stats) {
