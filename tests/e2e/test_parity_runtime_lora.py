@@ -345,3 +345,48 @@ def test_an_lcm_lora_switches_the_fast_mode_on_for_one_call(tiny, engines, photo
     assert psnr(expected[0], got[0]) >= 40.0
     assert got[0].info["fastimg:loras"] == "lcm:1" and "fastimg:loras" not in after[0].info
     assert psnr(plain[0], after[0]) >= 60.0
+
+
+LORA_RUN = """
+import sys
+import numpy as np
+from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.media.images import EXAMPLE_IMAGE, load_image
+
+engines, lora, precision = sys.argv[1:]
+pipe = Img2ImgPipeline.from_engines(engines, backend="openvino", precision=precision)
+pipe.load_lora(lora, scale=0.8)
+image = load_image(EXAMPLE_IMAGE).resize((96, 64))
+(out,) = pipe(prompt="a cat", image=image, strength=0.5, num_inference_steps=4, seed=3)
+print(pipe.precision, float(np.asarray(out, dtype=np.float64).mean()))
+"""
+
+
+@OPENVINO
+def test_the_twins_compiled_cache_across_processes_and_precisions(engines, lora_files):
+    """fp32 twice, then bf16, then fp32 again, each in its own process: the second fp32 run
+    loads the first's compiled twin, bf16 compiles its own (its own keyed folder, never the
+    fp32 blobs), and the last fp32 run gives the first's image."""
+    import subprocess
+    import sys
+
+    from fastimg.backends.registry import describe
+
+    def run(precision: str) -> str:
+        command = [sys.executable, "-c", LORA_RUN, str(engines), str(lora_files[0]), precision]
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip()
+
+    def twin_blobs() -> dict:
+        found = (engines / describe("openvino").cache).glob("unet-lora-*/*.blob")
+        return {path: path.stat().st_mtime_ns for path in found}
+
+    first = run("fp32")
+    after_fp32 = twin_blobs()
+    assert after_fp32 and run("fp32") == first
+    assert twin_blobs() == after_fp32  # loaded from the cache, not compiled again
+    bf16 = run("bf16")
+    if bf16.split()[0] == "bf16":  # (a CPU without bf16 compiles f32: the same key then)
+        assert {p.parent for p in twin_blobs()} > {p.parent for p in after_fp32}
+    assert run("fp32") == first
