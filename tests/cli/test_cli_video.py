@@ -191,10 +191,8 @@ def test_a_mask_folder_gives_each_frame_its_mask(runner, tiny, tmp_path):
     from PIL import Image
 
     frames, masks = tmp_path / "in", tmp_path / "masks"
-    frames.mkdir(), masks.mkdir()
-    inputs = pictures(3, static=(1, 2))  # three times the same picture
-    for i, picture in enumerate(inputs, start=1):
-        Image.fromarray(picture).save(frames / f"f{i}.png")
+    masks.mkdir()
+    inputs = _frame_folder(frames, 3, static=(1, 2))  # three times the same picture
     height, width = inputs[0].shape[:2]
     for i, left in enumerate((0, width // 3, 2 * width // 3), start=1):
         values = np.zeros((height, width), np.uint8)
@@ -262,10 +260,7 @@ def test_several_controlnets_steer_every_frame(runner, tiny_multi_controlnet, tm
     from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     frames = tmp_path / "in"
-    frames.mkdir()
-    inputs = pictures(2)
-    for i, picture in enumerate(inputs, start=1):
-        Image.fromarray(picture).save(frames / f"f{i}.png")
+    inputs = _frame_folder(frames, 2)
     sketch = tmp_path / "sketch.png"
     Image.fromarray(255 - inputs[0]).save(sketch)
     out = tmp_path / "out"
@@ -299,10 +294,7 @@ def test_control_preprocess_depth_maps_each_frame(runner, tiny_controlnet_depth,
     from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     frames = tmp_path / "in"
-    frames.mkdir()
-    inputs = pictures(2)
-    for i, picture in enumerate(inputs, start=1):
-        Image.fromarray(picture).save(frames / f"f{i}.png")
+    inputs = _frame_folder(frames, 2)
     out = tmp_path / "out"
     result = _video(runner, tiny_controlnet_depth[1], frames, "-o", out, "--reuse-threshold",
                     "0", "--seed", "5", "--control-preprocess", "depth")  # fmt: skip
@@ -326,6 +318,18 @@ def still_frames(tmp_path_factory):
     for k, pixels in enumerate(pictures(6, static=(2, 3)), 1):
         Image.fromarray(pixels).save(folder / f"f{k}.png")
     return folder
+
+
+def _frame_folder(folder, count: int, **kinds) -> list:
+    """`folder` made with `count` PNG frames f1.png, f2.png, ... of pictures(count, **kinds);
+    their pixels."""
+    from PIL import Image
+
+    folder.mkdir()
+    inputs = pictures(count, **kinds)
+    for i, picture in enumerate(inputs, start=1):
+        Image.fromarray(picture).save(folder / f"f{i}.png")
+    return inputs
 
 
 def _frames_of(folder):
@@ -375,10 +379,7 @@ def test_the_stream_options_keep_the_controlnets_control(runner, tiny_controlnet
     from fastimg.diffusion.pipeline import Img2ImgPipeline
 
     frames = tmp_path / "in"
-    frames.mkdir()
-    inputs = pictures(2)
-    for i, picture in enumerate(inputs, start=1):
-        Image.fromarray(picture).save(frames / f"f{i}.png")
+    inputs = _frame_folder(frames, 2)
     out = tmp_path / "out"
     result = _video(runner, tiny_controlnet[1], frames, "-o", out, "--seed", "5",
                     "--similarity", "0.999", "--control-preprocess", "scribble")  # fmt: skip
