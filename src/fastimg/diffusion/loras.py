@@ -37,9 +37,10 @@ class LoraSession:
         extra = self.adapters.feeds(model_of(self.component), self.order, self.matched)
         return self.branched.run({**feeds, **(extra or self.zeros)})
 
-    def replace_graph(self, order: list, branched, zeros: dict) -> None:
-        """Run `branched` from now on, and let the plain graph's weights go."""
-        self.order, self.branched, self.zeros = order, branched, zeros
+    def replace_graph(self, order: list, branched) -> None:
+        """Run `branched` (its branches at the targets `order`) from now on, and let the plain
+        graph's weights go."""
+        self.order, self.branched, self.zeros = order, branched, zero_feeds(order)
         self.plain = None
 
 
@@ -126,7 +127,7 @@ class PipelineLoras:
             targets = self._graph_targets(component)
             order = [targets[m] for m in sorted(self._branchable(component))]
             order += [dataclasses.replace(targets[m], rank=r) for m, r in sorted(ranks.items())]
-            session.replace_graph(*self._branched(component, order))
+            session.replace_graph(order, self._branched(component, order))
         return session
 
     def _branchable(self, component: str) -> dict:
@@ -155,8 +156,8 @@ class PipelineLoras:
         return self._targets[component]
 
     def _branched(self, component: str, order: list):
-        """The twin of `component` branched at the targets `order`, written beside it and
-        loaded."""
+        """The twin of `component` branched at the targets `order`, written beside it, loaded
+        and checked."""
         source = self.manifest.path(component)
         key = variant_key(self.manifest.graph_digest((component,)), [t.spelled for t in order])
         path = source.with_name(f"{source.stem}.lora-{key}.onnx")
@@ -171,14 +172,9 @@ class PipelineLoras:
         spec = self.manifest.components[component]
         inputs = dict(spec["inputs"])
         for index, target in enumerate(order):
-            down, up = target.input_names(index)
-            rank = target.rank or f"lora_rank_{index}"
-            if target.op == "MatMul":
-                shapes = ([target.width_in, rank], [rank, target.width_out])
-            else:
-                shapes = ([rank, target.width_in, *target.kernel], [target.width_out, rank, 1, 1])
-            inputs[down] = {"dtype": "float32", "shape": shapes[0]}
-            inputs[up] = {"dtype": "float32", "shape": shapes[1]}
+            for name, shape in zip(target.input_names(index), target.input_shapes(index),
+                                   strict=True):  # fmt: skip
+                inputs[name] = {"dtype": "float32", "shape": shape}
         options, backend = self.engine_set.options, self.engine_set.backend
         # (dynamic shapes even where the plain graph's are static: the branches' ranks change
         # with the LoRAs, and a compile per rank would make switching cost seconds)
@@ -193,11 +189,10 @@ class PipelineLoras:
             inputs=inputs,
         )
         session = load_session(self.engine_set.backend, path, load)
-        checked = CheckedSession(
+        return CheckedSession(
             session,
             component,
             {**spec, "inputs": inputs},
             self.manifest.vae_scale_factor,
             self.engine_set.backend,
         )
-        return order, checked, zero_feeds(order)

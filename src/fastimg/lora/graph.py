@@ -39,6 +39,13 @@ class Target:
         """The graph inputs of its down and up projections."""
         return f"lora_down_{index}", f"lora_up_{index}"
 
+    def input_shapes(self, index: int) -> tuple[list, list]:
+        """The shapes of those inputs (the rank fixed, or named lora_rank_INDEX)."""
+        rank = self.rank or f"lora_rank_{index}"
+        if self.op == "MatMul":
+            return [self.width_in, rank], [rank, self.width_out]
+        return [rank, self.width_in, *self.kernel], [self.width_out, rank, 1, 1]
+
 
 def _module_of(node_name: str) -> str | None:
     """'down_blocks.0.attentions.0...to_q' from '/model/down_blocks.0/.../to_q/MatMul'."""
@@ -120,12 +127,7 @@ def write_branched_graph(model, order: list[Target], path: Path) -> None:
     for index, target in enumerate(order):
         node = nodes[target.module]
         down_name, up_name = target.input_names(index)
-        rank = target.rank or f"lora_rank_{index}"
-        if target.op == "MatMul":
-            down_shape, up_shape = [target.width_in, rank], [rank, target.width_out]
-        else:
-            down_shape = [rank, target.width_in, *target.kernel]
-            up_shape = [target.width_out, rank, 1, 1]
+        down_shape, up_shape = target.input_shapes(index)
         model.graph.input.extend(
             [
                 helper.make_tensor_value_info(down_name, TensorProto.FLOAT, down_shape),
