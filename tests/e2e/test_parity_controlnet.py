@@ -3,7 +3,6 @@ same seed, same settings, on the tiny-controlnet model (random, non-zero zero co
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from fastimg.backends.select import installed
 from fastimg.media.images import psnr
@@ -13,14 +12,6 @@ from .test_parity import MIN_PSNR, exact, record, reference, run_reference
 torch = pytest.importorskip("torch")
 
 OPENVINO = pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[openvino]")
-
-
-@pytest.fixture(scope="module")
-def control_image():
-    """A deterministic edge-like image of the photo's size (floored alike to 88 x 64)."""
-    rng = np.random.default_rng(5)
-    lines = (rng.random((68, 90)) > 0.85).astype(np.float32)
-    return Image.fromarray((np.stack([lines] * 3, axis=-1) * 255).astype(np.uint8))
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", pytest.param("openvino", marks=OPENVINO)])

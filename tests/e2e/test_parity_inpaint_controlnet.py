@@ -30,13 +30,6 @@ def mask():
     return Image.fromarray(values)
 
 
-@pytest.fixture(scope="module")
-def control_image():
-    """A deterministic edge-like image of the photo's size."""
-    lines = (np.random.default_rng(5).random((68, 90)) > 0.85).astype(np.uint8) * 255
-    return Image.fromarray(np.stack([lines] * 3, axis=-1))
-
-
 @pytest.fixture(scope="module", params=["tiny_controlnet", "tiny_inpaint_controlnet"])
 def pair(request):
     model, engines = request.getfixturevalue(request.param)

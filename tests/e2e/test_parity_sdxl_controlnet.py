@@ -2,7 +2,6 @@
 same seed, same settings, on tiny-sdxl-controlnet (its ControlNet takes text_embeds and
 time_ids; random, non-zero zero convolutions)."""
 
-import numpy as np
 import pytest
 from PIL import Image
 
@@ -12,14 +11,6 @@ from fastimg.media.images import psnr
 from .test_parity import MIN_PSNR, OPENVINO, exact, record, reference, run_reference
 
 torch = pytest.importorskip("torch")
-
-
-@pytest.fixture(scope="module")
-def control_image():
-    """A deterministic edge-like image of the photo's size (floored alike to 88 x 64)."""
-    rng = np.random.default_rng(5)
-    lines = (rng.random((68, 90)) > 0.85).astype(np.float32)
-    return Image.fromarray((np.stack([lines] * 3, axis=-1) * 255).astype(np.uint8))
 
 
 @pytest.fixture(scope="module", params=["onnxruntime", pytest.param("openvino", marks=OPENVINO)])
