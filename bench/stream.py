@@ -23,6 +23,7 @@ from .record import versions as package_versions
 
 PAN_PIXELS = 3  # how far the view moves each frame
 STILL_EVERY = 4  # every this many frames, one repeats the frame before
+OFF = " (options off)"  # the name's suffix of a side run with every stream option off
 
 
 def clip(job: BenchJob, count: int) -> list[Image.Image]:
@@ -51,8 +52,9 @@ def spread(seconds: list[float]) -> dict:
 
 
 def run_fastimg(engines: str, job: BenchJob, spec: str, options: dict, frames: list,
-                warmup: int) -> dict:  # fmt: skip
-    """The StreamEngine over `frames` on backend `spec`, after `warmup` frames of another."""
+                warmup: int, suffix: str = "") -> dict:  # fmt: skip
+    """The StreamEngine over `frames` on backend `spec`, after `warmup` frames of another
+    (`suffix`: added to the side's name)."""
     from fastimg.diffusion.pipeline import Img2ImgPipeline
     from fastimg.stream.engine import StreamEngine, StreamSettings
 
@@ -83,7 +85,7 @@ def run_fastimg(engines: str, job: BenchJob, spec: str, options: dict, frames: l
         came_out(out)
     seconds = time.perf_counter() - start
     return {
-        "name": f"fastimg stream {pipe.backend} {pipe.precision}",
+        "name": f"fastimg stream {pipe.backend} {pipe.precision}{suffix}",
         "seconds": seconds,
         "fps": len(frames) / seconds,
         "frame_seconds": spread(pushes),
@@ -123,9 +125,13 @@ def run(model: str, engines: str, job: BenchJob, specs: list[str], options: dict
     frames = clip(job, count)
     sides = {}
     for spec in specs:
-        log(f"streaming {count} frames on fastimg {spec} ({options or 'all options off'})")
-        side = run_fastimg(engines, job, spec, options, frames, warmup)
-        sides[side["name"]] = side
+        # with options, the same backend with every option off too, in the same run: their
+        # ratio is the options' own gain, free of how loaded the machine was on another day
+        for given in ({}, options) if options else ({},):
+            log(f"streaming {count} frames on fastimg {spec} ({given or 'all options off'})")
+            suffix = OFF if options and not given else ""
+            side = run_fastimg(engines, job, spec, given, frames, warmup, suffix)
+            sides[side["name"]] = side
     if diffusers:
         log(f"running diffusers on the {count} frames one by one")
         side = run_diffusers(model, job, frames, warmup)
@@ -136,10 +142,13 @@ def run(model: str, engines: str, job: BenchJob, specs: list[str], options: dict
         side["p95_latency_over_mean_frame"] = side["latency_seconds"]["p95"] / (
             side["seconds"] / count
         )
+        off = sides.get(name + OFF)
+        if off is not None:
+            side["speedup_vs_options_off"] = side["fps"] / off["fps"]
         if baseline is None or side is baseline:
             continue
         side["speedup_vs_diffusers"] = side["fps"] / baseline["fps"]
-        if not options:  # every frame is the single call, diffusers' image for it
+        if name.endswith(OFF) or not options:  # each frame the single call: diffusers' image
             first = psnr(images[name][0], images["diffusers"][0])
             side["psnr_first_frame_vs_diffusers_db"] = first if first < float("inf") else "inf"
     return {

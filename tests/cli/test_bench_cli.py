@@ -78,7 +78,13 @@ def test_bench_stream_writes_fps_latency_and_skips(tiny, tmp_path):
     ours, theirs = data["sides"]["fastimg stream onnxruntime fp32"], data["sides"]["diffusers"]
     assert ours["skipped"] == 2  # the clip's two still frames, identical to the one before
     assert theirs["skipped"] == 0 and ours["speedup_vs_diffusers"] > 0
-    for side in (ours, theirs):
+    # the same backend with every option off ran in the same run: the options' own gain
+    off = data["sides"]["fastimg stream onnxruntime fp32 (options off)"]
+    assert off["skipped"] == 0 and "speedup_vs_options_off" not in off
+    assert ours["speedup_vs_options_off"] == pytest.approx(ours["fps"] / off["fps"])
+    db = off["psnr_first_frame_vs_diffusers_db"]  # all off: each frame is the single call
+    assert db == "inf" or db >= 40
+    for side in (ours, off, theirs):
         lat = side["latency_seconds"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["p99"] and side["fps"] > 0
     assert "lat p50" in result.output

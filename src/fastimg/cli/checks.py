@@ -121,7 +121,8 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     "--stream",
     is_flag=True,
     help="Measure the stream engine instead: frames per second, latency p50/p95/p99 and frames "
-    "skipped over a clip made from the input image, beside diffusers frame by frame.",
+    "skipped over a clip made from the input image, beside diffusers frame by frame; with "
+    "stream options, each backend also with every option off, for the options' own gain.",
 )
 @click.option(
     "--frames", type=click.IntRange(2), default=24, show_default=True, help="With --stream."
