@@ -243,3 +243,32 @@ def test_an_lcm_distilled_unet_inpaints_as_diffusers(tiny_lcm, photo, mask, stre
         assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
     plain = ours(image=photo, seed=3, scheduler="lcm", **settings)[0]
     assert psnr(got[0], plain) < MIN_PSNR  # the mask changes the run
+
+
+@pytest.mark.parametrize("strength,guidance", [(0.6, 1.0), (0.5, 5.0), (1.0, 5.0)])
+def test_an_lcm_distilled_inpainting_unet_inpaints_as_diffusers(tiny_lcm_inpaint, photo, mask,
+                                                                 strength, guidance):  # fmt: skip
+    """tiny-lcm-inpaint, a 9-channel LCM-distilled UNet (timestep_cond), exported and run as
+    StableDiffusionInpaintPipeline with its LCMScheduler runs it: no CFG batch, the mask and
+    the masked image's latents beside the latents, strength 1 starting from noise alone."""
+    model, engines = tiny_lcm_inpaint
+    ref = reference(model)
+    assert type(ref).__name__ == "StableDiffusionInpaintPipeline"
+    assert ref.unet.config.in_channels == 9 and ref.unet.config.time_cond_proj_dim is not None
+    settings = dict(prompt="a red fox in the snow", num_inference_steps=4, strength=strength,
+                    guidance_scale=guidance, num_images_per_prompt=2)  # fmt: skip
+    expected = run_reference(ref, dict(ref.scheduler.config), "lcm", photo, seed=5,
+                             mask_image=mask, height=64, width=88, **settings)  # fmt: skip
+    ours = exact(engines)
+    assert "timestep_cond" in ours.conditioning and ours.manifest.inpainting
+    got = ours(image=photo, seed=5, scheduler="lcm", mask_image=mask, **settings)
+    for e, g in zip(expected, got, strict=True):
+        record(model="tiny-lcm-inpaint", inpaint=True, sampler="lcm", guidance=guidance,
+               strength=strength, psnr_db=psnr(e, g))  # fmt: skip
+        print(f"tiny-lcm-inpaint strength {strength} guidance {guidance}: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+    assert psnr(got[0], got[1]) < MIN_PSNR  # fresh noise per image: not vacuous
+    other = ours(image=photo, seed=5, scheduler="lcm", mask_image=mask,
+                 **dict(settings, guidance_scale=guidance + 3.0))  # fmt: skip
+    # the guidance reaches the UNet (timestep_cond; on this random UNet it moves little)
+    assert not np.array_equal(np.asarray(got[0]), np.asarray(other[0]))
