@@ -272,3 +272,74 @@ def test_an_lcm_distilled_inpainting_unet_inpaints_as_diffusers(tiny_lcm_inpaint
                  **dict(settings, guidance_scale=guidance + 3.0))  # fmt: skip
     # the guidance reaches the UNet (timestep_cond; on this random UNet it moves little)
     assert not np.array_equal(np.asarray(got[0]), np.asarray(other[0]))
+
+
+def run_a1111_latent_fill(pair, photo, mask, content, sampler, seed, **settings):
+    """diffusers' inpainting with A1111's init_latent fill (inpainting_fill 2 or 3,
+    StableDiffusionProcessingImg2Img.init) done on the image's latents before prepare_latents
+    noises them: A1111's noise is the image's seed's first draw, the starting noise."""
+    from fastimg_export.loading import diffusers_scheduler
+
+    _, ref, config, _ = pair
+    ref.scheduler = diffusers_scheduler(config, sampler)
+    binary = ref.mask_processor.preprocess(mask, height=64, width=88)
+    latmask = torch.nn.functional.interpolate(binary, size=(8, 11))  # 1: repainted
+    plain, calls = ref.scheduler.add_noise, []
+
+    def add_noise(init_latent, noise, timesteps):
+        if not calls:  # prepare_latents' (a plain UNet's later ones noise the kept region)
+            keep, nmask = 1.0 - latmask, latmask  # A1111's self.mask and self.nmask
+            if content == "latent_noise":
+                init_latent = init_latent * keep + noise * nmask
+            else:
+                init_latent = init_latent * keep
+        calls.append(timesteps)
+        return plain(init_latent, noise, timesteps)
+
+    ref.scheduler.add_noise = add_noise
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return ref(image=photo, mask_image=mask, generator=generator, height=64, width=88,
+               **settings).images  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+@pytest.mark.parametrize("content", ["latent_noise", "latent_nothing"])
+def test_latent_masked_content_is_a1111s_fill_on_diffusers_start(pair, photo, mask, content,
+                                                                 sampler):  # fmt: skip
+    """masked_content latent_noise and latent_nothing (A1111's inpainting_fill 2 and 3) on a
+    plain and an inpainting UNet: diffusers' inpainting, its start latents filled first."""
+    name, _, _, ours = pair
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    expected = run_a1111_latent_fill(pair, photo, mask, content, sampler, 11, **settings)
+    got = ours(image=photo, seed=11, scheduler=sampler, mask_image=mask, masked_content=content,
+               **settings)  # fmt: skip
+    original = ours(image=photo, seed=11, scheduler=sampler, mask_image=mask, **settings)
+    for e, g, o in zip(expected, got, original, strict=True):
+        print(f"{name} {content} {sampler}: {psnr(e, g):.1f} dB, {psnr(g, o):.1f} dB to original")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+        assert psnr(g, o) < MIN_PSNR  # the fill changed the run
+    assert got[0].info["fastimg:masked_content"] == content
+    at_one = dict(settings, strength=1.0)  # the start is noise alone: nothing to fill
+    same = [ours(image=photo, seed=11, scheduler=sampler, mask_image=mask, **at_one, **more)[0]
+            for more in ({}, {"masked_content": content})]  # fmt: skip
+    assert np.array_equal(np.asarray(same[0]), np.asarray(same[1]))
+
+
+def test_fill_masked_content_is_diffusers_on_the_filled_image(pair, photo, mask):
+    """masked_content fill (A1111's inpainting_fill 0): the image at the engine's size filled
+    from around the masked region (masking.fill under the mask) is what diffusers inpaints."""
+    from fastimg.diffusion.masked_content import fill
+
+    name, ref, config, ours = pair
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    sized = photo.resize((88, 64), resample=Image.LANCZOS)
+    filled = fill(sized, mask.resize((88, 64), resample=Image.LANCZOS))
+    expected = run_reference(ref, config, "ddim", filled, seed=2, mask_image=mask, height=64,
+                             width=88, **settings)  # fmt: skip
+    got = ours(image=photo, seed=2, scheduler="ddim", mask_image=mask, masked_content="fill",
+               **settings)  # fmt: skip
+    ours_filled = ours(image=filled, seed=2, scheduler="ddim", mask_image=mask, **settings)
+    for e, g, f in zip(expected, got, ours_filled, strict=True):
+        print(f"{name} fill: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+        assert np.array_equal(np.asarray(g), np.asarray(f))
