@@ -139,6 +139,20 @@ def test_batched_masked_calls_are_the_calls_alone(request, photo, mask, name):
             assert psnr(alone, together) >= MIN_PSNR
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny_inpaint"])
+def test_batched_calls_fill_each_its_own_masked_content(request, photo, mask, name):
+    """call_many batches calls of different masked_content: each image is its call's alone."""
+    ours = exact(request.getfixturevalue(name)[1])
+    contents = ("latent_noise", None, "latent_nothing")
+    calls = [dict(SETTINGS, image=photo, mask_image=mask, seed=4, guidance_scale=7.5,
+                  strength=0.6, scheduler="ddim", masked_content=c) for c in contents]  # fmt: skip
+    batched = ours.call_many(calls)
+    for call, images in zip(calls, batched, strict=True):
+        for alone, together in zip(ours(**call), images, strict=True):
+            assert psnr(alone, together) >= EXACT_PSNR
+    assert psnr(batched[0][0], batched[1][0]) < MIN_PSNR  # (same seed: only the fill differs)
+
+
 @pytest.fixture(scope="module")
 def small_mask():
     """A 20 x 20 block to repaint, away from the edges: its padded box is a small crop."""
