@@ -358,12 +358,6 @@ def check_supported(pipe) -> None:
             f"UNets taking the {latent} latent channels, or {2 * latent + 1} for inpainting "
             "(latents, mask, masked image latents)"
         )
-    if is_inpainting(pipe):
-        if config.get("time_cond_proj_dim") is not None:
-            raise InputError(
-                "this inpainting UNet is LCM-distilled (time_cond_proj_dim): fastimg does not "
-                "export LCM-distilled inpainting UNets yet"
-            )
     from .onnx_export import controlnets
 
     for name, net in controlnets(pipe):

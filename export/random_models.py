@@ -481,8 +481,13 @@ def write_random_lora(arch: str, out: Path, seed: int = 0) -> Path:
 
 
 # StableDiffusionInpaintPipeline layouts: name -> the base architecture, its UNet taking
-# latents, the mask and the masked image's latents (4 + 1 + 4 channels).
-INPAINTS = {"tiny-inpaint": "tiny", "tiny-sdxl-inpaint": "tiny-sdxl"}
+# latents, the mask and the masked image's latents (4 + 1 + 4 channels); tiny-lcm-inpaint's is
+# LCM-distilled as tiny-lcm's (timestep_cond), with its LCMScheduler.
+INPAINTS = {
+    "tiny-inpaint": "tiny",
+    "tiny-sdxl-inpaint": "tiny-sdxl",
+    "tiny-lcm-inpaint": "tiny-lcm",
+}
 DEPTHS = {"tiny-depth": "DPTForDepthEstimation"}  # (fastimg_export.depth: export --depth-model)
 INPAINT_CHANNELS = 9
 

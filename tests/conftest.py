@@ -110,6 +110,13 @@ def tiny_inpaint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_lcm_inpaint(tmp_path_factory):
+    """(model folder, engine folder) of tiny-lcm as a 9-channel inpainting model: an
+    LCM-distilled inpainting UNet (timestep_cond input) with the LCMScheduler."""
+    return _build(tmp_path_factory, "tiny-lcm-inpaint")
+
+
+@pytest.fixture(scope="session")
 def tiny_inpaint_controlnet(tmp_path_factory):
     """(model folder, engine folder) of the tiny StableDiffusionControlNetInpaintPipeline: the
     9-channel UNet and a ControlNet of the plain layout (it sees the 4 latent channels)."""

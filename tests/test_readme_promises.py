@@ -169,8 +169,9 @@ def test_the_lora_commands_run_as_the_readme_types_them(tiny, photo, tmp_path, m
 def test_the_mask_recipes_run_as_the_readme_types_them(
     tiny_inpaint, tiny_inpaint_controlnet, photo, tmp_path, monkeypatch
 ):
-    """The "new sofa", "new background", "only masked" and mask-with-ControlNet commands of the
-    README's masks part, on the tiny inpainting models (their exports are the tests' own)."""
+    """The "new sofa", "new background", "only masked", masked content and mask-with-ControlNet
+    commands of the README's masks part, on the tiny inpainting models (their exports are the
+    tests' own)."""
     pytest.importorskip("cv2")
     import numpy as np
     from click.testing import CliRunner
@@ -190,7 +191,7 @@ def test_the_mask_recipes_run_as_the_readme_types_them(
         values[top:bottom, left:right] = 255
         Image.fromarray(values).save(name)
     commands = [words for words in _commands(part) if words[0] == "transform"]
-    assert len(commands) == 4
+    assert len(commands) == 5
     folders = {"engines/sd15-inpaint": str(tiny_inpaint[1]),
                "engines/sd15-inpaint-canny": str(tiny_inpaint_controlnet[1])}  # fmt: skip
     made = []
@@ -201,7 +202,8 @@ def test_the_mask_recipes_run_as_the_readme_types_them(
         assert result.exit_code == 0, (words, result.output)
         (new,) = set(Path("out").glob("*")) - before
         made.append(Image.open(new))
-    sofa, background, lamp, steered = made
+    sofa, background, lamp, shelf, steered = made
+    assert shelf.info["fastimg:masked_content"] == "latent_noise"
     assert steered.info["fastimg:control_preprocess"] == "canny" and "fastimg:mask" in steered.info
     kept = np.asarray(Image.open("sofa-mask.png").filter(ImageFilter.GaussianBlur(4))) == 0
     assert np.array_equal(np.asarray(sofa.convert("RGB"))[kept], np.asarray(room)[kept])

@@ -38,6 +38,8 @@ SHOWN = 80  # characters of a prompt quoted in a message
 FORMATS = ("png", "jpeg", "webp")
 
 # The samplers fastimg runs (diffusion.samplers has one function each).
+# What the masked region starts from (A1111's inpainting_fill 1, 0, 2, 3: diffusion.masked_content).
+MASKED_CONTENTS = ("original", "fill", "latent_noise", "latent_nothing")
 SAMPLERS = ("ddim", "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_karras", "lcm")
 
 # The arguments only SDXL engine folders take (StableDiffusionXLImg2ImgPipeline's names).
@@ -346,6 +348,15 @@ SETTINGS = (
         "transformed with it at the engine's size (diffusers' padding_mask_crop) [32].",
         field="mask_padding",
     ),
+    Setting(
+        "masked_content",
+        CHOICE,
+        "Inpainting: what the masked region starts from (A1111's masked content): original "
+        "(the image), fill (painted from the colours around it first), latent_noise (its "
+        "latents replaced by the seed's noise), latent_nothing (by zeros); the latent ones "
+        "change nothing at strength 1 [original].",
+        choices=MASKED_CONTENTS,
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -378,6 +389,7 @@ class CallSettings:
     mask_blur: int | None = None
     padding_mask_crop: int | None = None  # None: the whole image (A1111's "whole picture")
     keep_unmasked: bool = False  # the original pixels pasted back outside the mask
+    masked_content: str | None = None  # None: "original"
     sdxl: tuple[tuple[str, object], ...] = ()
 
     def arguments(self) -> dict:

@@ -129,6 +129,19 @@ def test_transform_with_a_mask_end_to_end(tiny_inpaint, photo, tmp_path):
     result = run("--mask", str(tmp_path / "mask.png"), "--mask-invert", out="inv.png")
     assert result.exit_code == 0, result.output
     assert Image.open(tmp_path / "inv.png").info["fastimg:mask"] == "inverted"
+    for content in ("latent_noise", "latent_nothing", "fill"):
+        result = run("--mask", str(tmp_path / "mask.png"), "--strength", "0.7",
+                     "--masked-content", content, out=f"{content}.png")  # fmt: skip
+        assert result.exit_code == 0, result.output
+        made = Image.open(tmp_path / f"{content}.png")
+        assert made.info["fastimg:masked_content"] == content
+    result = run("--mask", str(tmp_path / "mask.png"), "--strength", "0.7", out="orig.png")
+    assert result.exit_code == 0, result.output
+    original = np.asarray(Image.open(tmp_path / "orig.png"))
+    for content in ("latent_noise", "latent_nothing", "fill"):
+        assert not np.array_equal(np.asarray(Image.open(tmp_path / f"{content}.png")), original)
+    result = run("--mask", str(tmp_path / "mask.png"), "--masked-content", "noise", out="x.png")
+    assert result.exit_code == 2 and "'noise' is not one of 'original', 'fill'" in result.output
     for more, message in [
         ((), "needs a mask"),
         (("--mask", str(tmp_path / "empty.png")), "the mask is empty"),
@@ -286,13 +299,15 @@ def test_a_job_file_with_a_mask_column_runs(tiny_inpaint, photo, tmp_path):
     assert result.exit_code == 1 and "needs a mask" in result.output, result.output  # row 2
     assert not out.exists()  # every row is checked before any runs
     (tmp_path / "jobs.csv").write_text(
-        "image,prompt,mask,keep_unmasked,mask_blur,seed,steps\nin.png,a fox,mask.png,true,2,1,3\n"
+        "image,prompt,mask,keep_unmasked,mask_blur,masked_content,seed,steps\n"
+        "in.png,a fox,mask.png,true,2,latent_nothing,1,3\n"
     )
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     (made,) = out.iterdir()
     image = Image.open(made)
     assert (image.info["fastimg:keep_unmasked"], image.info["fastimg:mask_blur"]) == ("True", "2")
+    assert image.info["fastimg:masked_content"] == "latent_nothing"
     soft = np.asarray(Image.fromarray(white).filter(ImageFilter.GaussianBlur(2))) == 0
     assert np.array_equal(np.asarray(image.convert("RGB"))[soft], np.asarray(photo)[:64, :88][soft])
 
@@ -303,6 +318,7 @@ def test_a_job_file_with_a_mask_column_runs(tiny_inpaint, photo, tmp_path):
         (("--inpaint-area", "masked"), "padding_mask_crop (--inpaint-area masked) shapes a mask"),
         (("--keep-unmasked",), "keep_unmasked (--keep-unmasked) shapes a mask, but no mask"),
         (("--mask-blur", "4"), "mask_blur (--mask-blur PX) shapes a mask, but no mask was given"),
+        (("--masked-content", "fill"), "masked_content (--masked-content) shapes a mask, but no"),
         (("--mask-padding", "8"), "--mask-padding pads the region that --inpaint-area masked"),
     ],
 )

@@ -139,6 +139,20 @@ def test_batched_masked_calls_are_the_calls_alone(request, photo, mask, name):
             assert psnr(alone, together) >= MIN_PSNR
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny_inpaint"])
+def test_batched_calls_fill_each_its_own_masked_content(request, photo, mask, name):
+    """call_many batches calls of different masked_content: each image is its call's alone."""
+    ours = exact(request.getfixturevalue(name)[1])
+    contents = ("latent_noise", None, "latent_nothing")
+    calls = [dict(SETTINGS, image=photo, mask_image=mask, seed=4, guidance_scale=7.5,
+                  strength=0.6, scheduler="ddim", masked_content=c) for c in contents]  # fmt: skip
+    batched = ours.call_many(calls)
+    for call, images in zip(calls, batched, strict=True):
+        for alone, together in zip(ours(**call), images, strict=True):
+            assert psnr(alone, together) >= EXACT_PSNR
+    assert psnr(batched[0][0], batched[1][0]) < MIN_PSNR  # (same seed: only the fill differs)
+
+
 @pytest.fixture(scope="module")
 def small_mask():
     """A 20 x 20 block to repaint, away from the edges: its padded box is a small crop."""
@@ -243,3 +257,103 @@ def test_an_lcm_distilled_unet_inpaints_as_diffusers(tiny_lcm, photo, mask, stre
         assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
     plain = ours(image=photo, seed=3, scheduler="lcm", **settings)[0]
     assert psnr(got[0], plain) < MIN_PSNR  # the mask changes the run
+
+
+@pytest.mark.parametrize("strength,guidance", [(0.6, 1.0), (0.5, 5.0), (1.0, 5.0)])
+def test_an_lcm_distilled_inpainting_unet_inpaints_as_diffusers(tiny_lcm_inpaint, photo, mask,
+                                                                 strength, guidance):  # fmt: skip
+    """tiny-lcm-inpaint, a 9-channel LCM-distilled UNet (timestep_cond), exported and run as
+    StableDiffusionInpaintPipeline with its LCMScheduler runs it: no CFG batch, the mask and
+    the masked image's latents beside the latents, strength 1 starting from noise alone."""
+    model, engines = tiny_lcm_inpaint
+    ref = reference(model)
+    assert type(ref).__name__ == "StableDiffusionInpaintPipeline"
+    assert ref.unet.config.in_channels == 9 and ref.unet.config.time_cond_proj_dim is not None
+    settings = dict(prompt="a red fox in the snow", num_inference_steps=4, strength=strength,
+                    guidance_scale=guidance, num_images_per_prompt=2)  # fmt: skip
+    expected = run_reference(ref, dict(ref.scheduler.config), "lcm", photo, seed=5,
+                             mask_image=mask, height=64, width=88, **settings)  # fmt: skip
+    ours = exact(engines)
+    assert "timestep_cond" in ours.conditioning and ours.manifest.inpainting
+    got = ours(image=photo, seed=5, scheduler="lcm", mask_image=mask, **settings)
+    for e, g in zip(expected, got, strict=True):
+        record(model="tiny-lcm-inpaint", inpaint=True, sampler="lcm", guidance=guidance,
+               strength=strength, psnr_db=psnr(e, g))  # fmt: skip
+        print(f"tiny-lcm-inpaint strength {strength} guidance {guidance}: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+    assert psnr(got[0], got[1]) < MIN_PSNR  # fresh noise per image: not vacuous
+    other = ours(image=photo, seed=5, scheduler="lcm", mask_image=mask,
+                 **dict(settings, guidance_scale=guidance + 3.0))  # fmt: skip
+    # the guidance reaches the UNet (timestep_cond; on this random UNet it moves little)
+    assert not np.array_equal(np.asarray(got[0]), np.asarray(other[0]))
+
+
+def run_a1111_latent_fill(pair, photo, mask, content, sampler, seed, **settings):
+    """diffusers' inpainting with A1111's init_latent fill (inpainting_fill 2 or 3,
+    StableDiffusionProcessingImg2Img.init) done on the image's latents before prepare_latents
+    noises them: A1111's noise is the image's seed's first draw, the starting noise."""
+    from fastimg_export.loading import diffusers_scheduler
+
+    _, ref, config, _ = pair
+    ref.scheduler = diffusers_scheduler(config, sampler)
+    binary = ref.mask_processor.preprocess(mask, height=64, width=88)
+    latmask = torch.nn.functional.interpolate(binary, size=(8, 11))  # 1: repainted
+    plain, calls = ref.scheduler.add_noise, []
+
+    def add_noise(init_latent, noise, timesteps):
+        if not calls:  # prepare_latents' (a plain UNet's later ones noise the kept region)
+            keep, nmask = 1.0 - latmask, latmask  # A1111's self.mask and self.nmask
+            if content == "latent_noise":
+                init_latent = init_latent * keep + noise * nmask
+            else:
+                init_latent = init_latent * keep
+        calls.append(timesteps)
+        return plain(init_latent, noise, timesteps)
+
+    ref.scheduler.add_noise = add_noise
+    generator = torch.Generator("cpu").manual_seed(seed)
+    return ref(image=photo, mask_image=mask, generator=generator, height=64, width=88,
+               **settings).images  # fmt: skip
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler"])
+@pytest.mark.parametrize("content", ["latent_noise", "latent_nothing"])
+def test_latent_masked_content_is_a1111s_fill_on_diffusers_start(pair, photo, mask, content,
+                                                                 sampler):  # fmt: skip
+    """masked_content latent_noise and latent_nothing (A1111's inpainting_fill 2 and 3) on a
+    plain and an inpainting UNet: diffusers' inpainting, its start latents filled first."""
+    name, _, _, ours = pair
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    expected = run_a1111_latent_fill(pair, photo, mask, content, sampler, 11, **settings)
+    got = ours(image=photo, seed=11, scheduler=sampler, mask_image=mask, masked_content=content,
+               **settings)  # fmt: skip
+    original = ours(image=photo, seed=11, scheduler=sampler, mask_image=mask, **settings)
+    for e, g, o in zip(expected, got, original, strict=True):
+        print(f"{name} {content} {sampler}: {psnr(e, g):.1f} dB, {psnr(g, o):.1f} dB to original")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+        assert psnr(g, o) < MIN_PSNR  # the fill changed the run
+    assert got[0].info["fastimg:masked_content"] == content
+    at_one = dict(settings, strength=1.0)  # the start is noise alone: nothing to fill
+    same = [ours(image=photo, seed=11, scheduler=sampler, mask_image=mask, **at_one, **more)[0]
+            for more in ({}, {"masked_content": content})]  # fmt: skip
+    assert np.array_equal(np.asarray(same[0]), np.asarray(same[1]))
+
+
+def test_fill_masked_content_is_diffusers_on_the_filled_image(pair, photo, mask):
+    """masked_content fill (A1111's inpainting_fill 0): the image at the engine's size filled
+    from around the masked region (masking.fill under the mask) is what diffusers inpaints."""
+    from fastimg.diffusion.masked_content import fill
+
+    name, ref, config, ours = pair
+    settings = dict(SETTINGS, guidance_scale=7.5, strength=0.6)
+    sized = photo.resize((88, 64), resample=Image.LANCZOS)
+    filled = fill(sized, mask.resize((88, 64), resample=Image.LANCZOS))
+    expected = run_reference(ref, config, "ddim", filled, seed=2, mask_image=mask, height=64,
+                             width=88, **settings)  # fmt: skip
+    got = ours(image=photo, seed=2, scheduler="ddim", mask_image=mask, masked_content="fill",
+               **settings)  # fmt: skip
+    ours_filled = ours(image=filled, seed=2, scheduler="ddim", mask_image=mask, **settings)
+    for e, g, f in zip(expected, got, ours_filled, strict=True):
+        print(f"{name} fill: {psnr(e, g):.1f} dB")
+        assert psnr(e, g) >= max(MIN_PSNR, EXACT_PSNR)
+        assert np.array_equal(np.asarray(g), np.asarray(f))

@@ -68,12 +68,6 @@ def _fake(unet: dict, sdxl: bool, vae: dict | None = None):
         ),
         ({"addition_embed_type": "text_time"}, True, {"latents_mean": [0.0] * 4}, "latents_mean"),
         ({"in_channels": 7, "out_channels": 4}, False, None, "takes 7 input channels"),
-        (
-            {"in_channels": 9, "out_channels": 4, "time_cond_proj_dim": 256},
-            False,
-            None,
-            "LCM-distilled inpainting",
-        ),
     ],
 )
 def test_unsupported_layouts_are_refused_with_the_reason(unet, sdxl, vae, message):

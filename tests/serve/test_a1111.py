@@ -317,21 +317,20 @@ def block(size, box) -> Image.Image:
     "fields,call",
     [
         # webuiapi's (and A1111's) defaults: blur 4, fill, only masked with no padding
-        ({}, dict(mask_blur=4, padding_mask_crop=0, fill=True)),
+        ({}, dict(mask_blur=4, padding_mask_crop=0, masked_content="fill")),
         ({"mask_blur": 3, "inpainting_fill": 1, "inpaint_full_res": True,
           "inpaint_full_res_padding": 8}, dict(mask_blur=3, padding_mask_crop=8)),
         ({"mask_blur_x": 2, "mask_blur_y": 2, "inpainting_fill": 0,
-          "inpaint_full_res": False}, dict(mask_blur=2, fill=True)),
+          "inpaint_full_res": False}, dict(mask_blur=2, masked_content="fill")),
         ({"mask_blur": 2, "inpainting_fill": 1, "inpaint_full_res": False,
           "inpainting_mask_invert": 1}, dict(mask_blur=2, mask_invert=True)),
     ],
 )  # fmt: skip
 def test_a1111s_mask_fields_are_the_pipelines_mask_settings(server, pipe, photo, fields, call):
     """mask_blur (without it, mask_blur_x and _y when alike; webuiapi has neither),
-    inpaint_full_res + padding (padding_mask_crop), inpainting_fill 0 (the masked region
-    filled first, as A1111's masking.fill) and 1; the original pasted back (keep_unmasked)."""
-    from fastimg.serve.compat_a1111_mask import filled
-
+    inpaint_full_res + padding (padding_mask_crop), inpainting_fill 0 (masked_content fill:
+    the masked region filled first, as A1111's masking.fill) and 1; the original pasted back
+    (keep_unmasked)."""
     client, _, api = server
     mask = block(photo.size, (30, 20, 60, 50))
     if "mask_blur_x" in fields:  # (webuiapi has no mask_blur_x and _y: as A1111's JSON)
@@ -340,36 +339,39 @@ def test_a1111s_mask_fields_are_the_pipelines_mask_settings(server, pipe, photo,
         result = api.img2img(images=[photo], mask_image=mask, width=90, height=68, seed=5,
                              **{**A1111, **fields})  # fmt: skip
         got = np.asarray(result.image.convert("RGB"))
-    call = dict(call)
-    image = photo
-    if call.pop("fill", False):
-        image = Image.open(io.BytesIO(filled(png_bytes(photo), mask, call["mask_blur"],
-                                             call.get("mask_invert", False))))  # fmt: skip
-    expected = pipe("a cat", image, mask_image=mask, seed=5, keep_unmasked=True, **call,
+    expected = pipe("a cat", photo, mask_image=mask, seed=5, keep_unmasked=True, **call,
                     **PIPE_CALL)[0]  # fmt: skip
     np.testing.assert_array_equal(got, np.asarray(expected))
     if "padding_mask_crop" in call:  # pasted back over the original, the far rows its own
         assert got.shape == (68, 90, 3) and np.array_equal(got[:8], np.asarray(photo)[:8])
 
 
-def test_a1111s_fill_fills_the_masked_region_from_around_it(photo):
-    from fastimg.serve.compat_a1111_mask import fill
-
-    left = Image.new("RGB", (90, 68), (200, 20, 20))
-    left.paste((20, 20, 200), (45, 0, 90, 68))  # red left half, blue right half
-    mask = block(left.size, (30, 10, 60, 58))
-    out = np.asarray(fill(left, mask)).astype(int)
-    outside = np.asarray(mask) == 0
-    assert np.array_equal(out[outside], np.asarray(left)[outside])  # the image kept exactly
-    assert out[34, 32, 0] > out[34, 32, 2] and out[34, 57, 2] > out[34, 57, 0]  # colours flow in
-    assert 20 < out[34, 45, 0] < 200 and 20 < out[34, 45, 2] < 200  # mixed in the middle
+@pytest.mark.parametrize("fill,content", [(2, "latent_noise"), (3, "latent_nothing")])
+def test_inpainting_fill_2_and_3_are_the_pipelines_latent_fills(server, pipe, photo, fill,
+                                                                content):  # fmt: skip
+    """inpainting_fill 2 (latent noise) and 3 (latent nothing) run as masked_content does,
+    and give another image than 1 (original)."""
+    _, _, api = server
+    mask = block(photo.size, (30, 20, 60, 50))
+    fields = {**A1111, **INPAINT}
+    got = {
+        given: np.asarray(api.img2img(images=[photo], mask_image=mask, width=90, height=68,
+                                      seed=5, **{**fields, "inpainting_fill": given})
+                          .image.convert("RGB"))
+        for given in (1, fill)
+    }  # fmt: skip
+    expected = pipe("a cat", photo, mask_image=mask, seed=5, keep_unmasked=True,
+                    masked_content=content, **PIPE_CALL)[0]  # fmt: skip
+    np.testing.assert_array_equal(got[fill], np.asarray(expected))
+    assert not np.array_equal(got[fill], got[1])
+    assert expected.info["fastimg:masked_content"] == content
 
 
 @pytest.mark.parametrize(
     "fields,message",
     [
-        ({"inpainting_fill": 2}, "'inpainting_fill' (2) is one fastimg cannot honour: it runs 1"),
-        ({"inpainting_fill": 3}, "not 2 (latent noise) or 3 (latent nothing); send 0 or 1"),
+        ({"inpainting_fill": 4}, "'inpainting_fill' (4) is not one of A1111's: send 0 (fill)"),
+        ({"inpainting_fill": True}, "1 (original), 2 (latent noise) or 3 (latent nothing)"),
         ({"mask_blur": -1}, "the field 'mask_blur' (-1) must be a whole number of pixels"),
         ({"inpaint_full_res_padding": "wide"}, "'inpaint_full_res_padding' ('wide') must be"),
     ],

@@ -65,24 +65,17 @@ def test_a_unit_without_an_image_takes_the_init_image(api, control_pipe, photo):
 def test_a_unit_with_a_mask_inpaints_steered_by_the_image_before_its_fill(api, control_pipe,
                                                                           photo):  # fmt: skip
     """A mask with a unit (A1111's defaults: blur 4, fill, only masked): the pipeline's call
-    with mask_image and control_image, the control the init image as sent, not the filled one."""
-    import io
-
+    with mask_image, masked_content fill and control_image, the init image as sent."""
     from PIL import Image
-
-    from fastimg.serve.compat_a1111_mask import filled
 
     mask = Image.new("L", photo.size, 0)
     mask.paste(255, (30, 20, 60, 50))
     unit = webuiapi.ControlNetUnit(weight=0.7)
     result = api.img2img(images=[photo], mask_image=mask, alwayson_scripts={},
                          controlnet_units=[unit], **A1111)  # fmt: skip
-    data = io.BytesIO()
-    photo.save(data, format="PNG")
-    image = Image.open(io.BytesIO(filled(data.getvalue(), mask, 4, False)))
-    expected = control_pipe("a cat", image, control_image=photo, controlnet_conditioning_scale=0.7,
+    expected = control_pipe("a cat", photo, control_image=photo, controlnet_conditioning_scale=0.7,
                             mask_image=mask, mask_blur=4, padding_mask_crop=0, keep_unmasked=True,
-                            **PIPE_CALL)  # fmt: skip
+                            masked_content="fill", **PIPE_CALL)  # fmt: skip
     np.testing.assert_array_equal(np.asarray(result.image.convert("RGB")), np.asarray(expected[0]))
 
 

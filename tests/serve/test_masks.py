@@ -43,17 +43,18 @@ def _mask() -> Image.Image:
 def test_a_mask_file_inpaints_as_the_python_call(server, pipe, picture):
     client, _ = server
     fields = {"mask_invert": "true", "keep_unmasked": "yes", "mask_blur": "2",
-              "mask_padding": "8"}  # fmt: skip
+              "mask_padding": "8", "masked_content": "latent_noise"}  # fmt: skip
     form = multipart(picture, **fields)
     form["files"]["mask"] = ("mask.png", _png(_mask()), "image/png")
     response = client.post("/v1/img2img", **form)
     assert response.status_code == 200, response.text
     call = dict(mask_image=_mask(), mask_invert=True, keep_unmasked=True, mask_blur=2,
-                padding_mask_crop=8)  # fmt: skip
+                padding_mask_crop=8, masked_content="latent_noise")  # fmt: skip
     expected = pipe("a cat", load_image(picture), **CALL, **call)
     np.testing.assert_array_equal(decoded(response.content), np.asarray(expected[0]))
     settings = json.loads(response.headers["x-fastimg-settings"])
     assert settings["fastimg:mask"] == "inverted" and settings["fastimg:mask_padding"] == 8
+    assert settings["fastimg:masked_content"] == "latent_noise"
 
     as_url = "data:image/png;base64," + base64.b64encode(_png(_mask())).decode()
     image = base64.b64encode(picture.read_bytes()).decode()

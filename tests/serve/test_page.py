@@ -216,10 +216,11 @@ def _page_mask(driver) -> np.ndarray:
 
 def test_a_mask_painted_with_the_brush_inpaints(browser, pipe, picture, tmp_path, artifacts):
     """The brush paints white over the input, the eraser takes it back, an uploaded mask
-    replaces it; the page sends the mask (and keep_unmasked) beside the image, as the HTTP API
-    takes them."""
+    replaces it; the page sends the mask (and keep_unmasked, masked_content) beside the image,
+    as the HTTP API takes them."""
     from PIL import Image
     from selenium.webdriver import ActionChains
+    from selenium.webdriver.support.ui import Select
 
     with live(ServeOptions(), lambda: pipe) as (client, service):
         ready(client)
@@ -239,12 +240,13 @@ def test_a_mask_painted_with_the_brush_inpaints(browser, pipe, picture, tmp_path
         erased = _page_mask(browser)
         assert (erased > 127).sum() < (painted > 127).sum()
         by_id(browser, "keep-unmasked").click()
+        Select(by_id(browser, "masked-content")).select_by_value("latent_noise")
         by_id(browser, "transform").click()
         wait(browser, lambda d: re.fullmatch(r"\d+ ms", by_id(d, "timing").text))
         assert "mask given" in by_id(browser, "settings").text
         browser.save_screenshot(artifacts("mask"))
         fields = {"prompt": "a cat", "steps": "3", "strength": "0.6", "seed": "11",
-                  "keep_unmasked": "true"}  # fmt: skip
+                  "keep_unmasked": "true", "masked_content": "latent_noise"}  # fmt: skip
         Image.fromarray(erased).save(tmp_path / "mask.png")
         files = {"image": ("in.png", picture.read_bytes()),
                  "mask": ("mask.png", (tmp_path / "mask.png").read_bytes())}  # fmt: skip
@@ -297,6 +299,7 @@ def test_stream_mode_sends_the_painted_mask_once_with_its_options(
         assert by_id(browser, "error").is_displayed() is False
         (sent,) = browser.execute_script("return window.streamed;")
         assert sent["keep_unmasked"] == "true" and "mask_padding" not in sent
+        assert "masked_content" not in sent  # (the image: the default, not sent)
         import io
 
         from PIL import Image

@@ -236,8 +236,8 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
 
     Columns: image, the settings (prompt, negative_prompt, strength, steps, guidance, seed,
     num_images, sampler, the SDXL ones, the ControlNet's, mask_blur, mask_padding,
-    lora_scales: NAME:SCALE,... of the --lora LoRAs), control_image and mask (paths, as
-    image's), mask_invert and keep_unmasked (true/false); several ControlNets: one
+    masked_content, lora_scales: NAME:SCALE,... of the --lora LoRAs), control_image and
+    mask (paths, as image's), mask_invert and keep_unmasked (true/false); several ControlNets: one
     control_image and control_* value each, separated by ';' (a.png;b.png, 1.0;0.5),
     output (only image is required; the options fill what a row leaves empty). Every row is
     checked before the first image is made; outputs are named {row}-{stem}-s{strength}-{seed}

@@ -20,6 +20,7 @@ ARCHITECTURES = (
     "tiny-inpaint-controlnet",
     "tiny-inpaint",
     "tiny-sdxl-inpaint",
+    "tiny-lcm-inpaint",
     "tiny-depth",  # a DPT depth model, for export --depth-model
 )
 

@@ -7,8 +7,9 @@ takes [latents, mask, masked image latents] and nothing is put back.
 
 Around that, as diffusers' docs and pipeline do: `mask_blur` blurs the mask first
 (mask_processor.blur), `padding_mask_crop` transforms only the masked region's padded box at
-the engine's size and pastes it back (A1111's "only masked"), and `keep_unmasked` pastes the
-original pixels back outside the (blurred) mask (apply_overlay, fastimg.diffusion.inpaint_area).
+the engine's size and pastes it back (A1111's "only masked"), `keep_unmasked` pastes the
+original pixels back outside the (blurred) mask (apply_overlay, fastimg.diffusion.inpaint_area),
+and `masked_content` says what the masked region starts from (fastimg.diffusion.masked_content).
 """
 
 import functools
@@ -24,6 +25,7 @@ from ..media import images
 from ..settings import BY_NAME, CallSettings
 from . import samplers, schedules
 from .inpaint_area import apply_overlay, crop_region, resize_and_fill
+from .masked_content import FILL, ORIGINAL, fill_latents, filled_pixels
 
 # The largest blur radius or padding taken, in pixels (PIL refuses radii past 2**31).
 MAX_MASK_PIXELS = 1 << 16
@@ -45,6 +47,7 @@ class Mask:
     # What an output is pasted over: (the mask, the original, the crop box or None), or None.
     overlay: tuple | None = None
     tags: tuple[tuple[str, object], ...] = ()  # mask_labels' (label, value) pairs
+    content: str = ORIGINAL  # what the masked region starts from (masked_content)
 
     @property
     def crop(self) -> tuple[int, int, int, int] | None:
@@ -77,6 +80,7 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
         "mask_blur": (settings.mask_blur, "--mask-blur PX"),
         "padding_mask_crop": (settings.padding_mask_crop, "--inpaint-area masked"),
         "keep_unmasked": (settings.keep_unmasked, "--keep-unmasked"),
+        "masked_content": (settings.masked_content, "--masked-content"),
     }
     if settings.mask_image is None:
         if manifest.inpainting:
@@ -140,18 +144,21 @@ def prepare_mask(
         gray = overlay_mask(picture, invert)
         crop = crop_region(gray, width, height, settings.padding_mask_crop)
         pixels = images.to_pixels(resize_and_fill(original.crop(crop), width, height), factor)
-        binary = binarize(resize_and_fill(picture.crop(crop), width, height), height, width,
-                          invert)  # fmt: skip
+        region = resize_and_fill(picture.crop(crop), width, height)
+        binary, fill_mask = binarize(region, height, width, invert), overlay_mask(region, invert)
         overlay = (gray, original, crop)
     else:
-        binary = binarize(picture, height, width, invert)
+        binary, fill_mask = binarize(picture, height, width, invert), overlay_mask(picture, invert)
         if settings.keep_unmasked:
-            gray = overlay_mask(picture, invert)
+            gray = fill_mask
             if gray.size != (width, height):
                 gray = gray.resize((width, height), resample=Image.LANCZOS)
             overlay = (gray, Image.fromarray(images.to_uint8(pixels)[0]), None)
     if not binary.any():
         raise _empty_mask()
+    content = settings.masked_content or ORIGINAL
+    if content == FILL:  # (the pixels the engines see; the overlay keeps the original's)
+        pixels = filled_pixels(pixels, fill_mask, factor)
     mask = binary[None, None]
     return Mask(
         pixels=mask,
@@ -161,6 +168,7 @@ def prepare_mask(
         image_pixels=pixels,
         overlay=overlay,
         tags=tuple(mask_labels(settings).items()),
+        content=content,
     )
 
 
@@ -174,6 +182,7 @@ def mask_labels(settings: CallSettings) -> dict:
         "mask_blur": settings.mask_blur or None,
         "mask_padding": settings.padding_mask_crop,
         "keep_unmasked": settings.keep_unmasked or None,
+        "masked_content": settings.masked_content,
     }
     return {f"fastimg:{key}": value for key, value in given.items() if value is not None}
 
@@ -248,11 +257,14 @@ class MaskRun:
         self.mask = xp.asarray(_rows([m.latent for m in masks], counts))
         self.masked_pixels = np.concatenate([m.masked_pixels for m in masks])
         self.encode, self.rng = encode, rng  # the masked image's encoder, one row a request
+        self.contents = [m.content for m in masks]
 
     def start(self, z, eps, plan: schedules.Plan):
         """The first sampler state, as diffusers' prepare_latents (at strength 1 pure noise
         x init_noise_sigma, else the image's latents noised to the first step), then the
-        masked image's latents, as prepare_mask_latents (one more draw of each generator)."""
+        masked image's latents, as prepare_mask_latents (one more draw of each generator).
+        The latents' masked region is first filled as masked_content says (eps: the noise)."""
+        z = fill_latents(z, self.mask, eps, self.contents, self.counts, self.xp)
         self.z, self.eps, self.plan = z, eps, plan
         xp = self.xp
         if self.inpainting:

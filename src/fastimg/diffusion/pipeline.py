@@ -379,6 +379,7 @@ class Img2ImgPipeline:
         mask_blur: int | None = None,
         padding_mask_crop: int | None = None,
         keep_unmasked: bool = False,
+        masked_content: str | None = None,
         lora_scales: dict | str | None = None,
         *,
         should_stop: Callable[[], bool] | None = None,
@@ -395,13 +396,14 @@ class Img2ImgPipeline:
         `control_guidance_start` and `control_guidance_end`, and fastimg's `control_preprocess`
         ("canny", "scribble": the control image made first; from `image` without one); with
         several ControlNets, lists in their order (MultiControlNetModel: residuals summed).
-        `mask_image` inpaints as
-        StableDiffusionInpaintPipeline: white is repainted, black kept (`mask_invert` swaps);
-        inpainting folders (a 9-channel UNet) need one, plain ones take one too. `mask_blur`
-        blurs it first (mask_processor.blur), `padding_mask_crop` transforms only the masked
-        region with that padding and pastes it back, `keep_unmasked` pastes the original
-        pixels back outside the (blurred) mask. `lora_scales` ({name: scale} of loaded LoRAs, the
-        others off) overrides the loaded scales for this call.
+        `mask_image` inpaints as StableDiffusionInpaintPipeline: white is repainted, black kept
+        (`mask_invert` swaps); inpainting folders (a 9-channel UNet) need one, plain ones take
+        one too. `mask_blur` blurs it first (mask_processor.blur), `padding_mask_crop`
+        transforms only the masked region with that padding and pastes it back, `keep_unmasked`
+        pastes the original pixels back outside the (blurred) mask, `masked_content` (A1111's:
+        "original", "fill", "latent_noise", "latent_nothing") is what the masked region starts
+        from. `lora_scales` ({name: scale} of loaded LoRAs, the others off) overrides the loaded
+        scales for this call.
         `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
         engine calls, raises Cancelled when it says so (call_many's).
         """
@@ -432,6 +434,7 @@ class Img2ImgPipeline:
             mask_blur=mask_blur,
             padding_mask_crop=padding_mask_crop,
             keep_unmasked=keep_unmasked,
+            masked_content=masked_content,
             lora_scales=lora_scales,
         )
         return self._run([request], callback, should_stop)[0]

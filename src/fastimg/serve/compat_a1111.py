@@ -65,7 +65,6 @@ from .compat_a1111_fields import (
     read_request,
     sampler_list,
 )
-from .compat_a1111_mask import filled
 from .compat_images import a1111_mask, image_size, resized
 from .requests import Body, Refusal
 from .service import Service
@@ -333,14 +332,12 @@ def _checked(service: Service, read: A1111Request) -> list:
     """The request's image resized as A1111 does, and one checked fastimg request per image
     (each with its own seed), within the server's limits for all of them together."""
     data = resized(read.data, read.size, read.resize_mode, service.options.max_pixels)
-    original, mask = data, None
+    mask = None
     if read.mask is not None:
         mask = a1111_mask(read.mask, read.size, read.resize_mode, service.options.max_pixels)
-        if read.mask_fill:  # (A1111's inpainting_fill 0: the masked region filled first)
-            data = filled(data, mask, read.mask_call["mask_blur"], read.mask_invert)
     fields, control = read.fields, None
     if read.control:
-        control = _controls(service, read.control, original)  # (the image before any fill)
+        control = _controls(service, read.control, data)  # (the image as sent: unfilled)
         fields = {**fields, **unit_fields(read.control)}
     first = service.check_request(Body(fields, data, None, control))
     size = service.image_size(first)

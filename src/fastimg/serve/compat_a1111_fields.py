@@ -128,7 +128,6 @@ class A1111Request:
     mask: bytes | None  # the mask's bytes (white: repainted), as sent
     mask_invert: bool
     mask_call: dict  # the mask's call settings (compat_a1111_mask.mask_settings), {} without one
-    mask_fill: bool  # whether the masked region is filled first (inpainting_fill 0)
     control: tuple[ControlUnit, ...]  # the enabled ControlNet units, in order (() for none)
     given: dict  # the request's fields with A1111's defaults, for the answer's `parameters`
 
@@ -183,12 +182,12 @@ def read_request(payload, model_title: str, max_images: int) -> A1111Request:
         raise InputError("mask must be an image as base64 text (white: repainted)")
     mask_data = None if mask is None else decode_base64(mask, "mask")
     invert = bool(given.get("inpainting_mask_invert", 0))
-    mask_call, fill = mask_settings(given) if mask is not None else ({}, False)
+    mask_call = mask_settings(given) if mask is not None else {}
     send_images = bool(given.get("send_images", True))
     control = read_units(payload.get("alwayson_scripts"))
     return A1111Request(data, fields, sampler, (width, height), mode, seeds, send_images,
-                        mask=mask_data, mask_invert=invert, mask_call=mask_call, mask_fill=fill,
-                        control=control, given=given)  # fmt: skip
+                        mask=mask_data, mask_invert=invert, mask_call=mask_call, control=control,
+                        given=given)  # fmt: skip
 
 
 def lora_tags(prompt: str) -> tuple[str, str]:

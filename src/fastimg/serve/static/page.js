@@ -325,6 +325,7 @@ async function transform() {
     form.append("mask", await maskBlob(), "mask.png");
     if ($("keep-unmasked").checked) form.append("keep_unmasked", "true");
     if ($("only-masked").checked) form.append("mask_padding", "32");
+    if ($("masked-content").value) form.append("masked_content", $("masked-content").value);
   }
   showError("");
   $("transform").disabled = true;
@@ -497,6 +498,7 @@ async function streamSettings() {
     fields.mask = await base64Of(await maskBlob());
     if ($("keep-unmasked").checked) fields.keep_unmasked = "true";
     if ($("only-masked").checked) fields.mask_padding = "32";
+    if ($("masked-content").value) fields.masked_content = $("masked-content").value;
   }
   return fields;
 }
