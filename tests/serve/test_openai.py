@@ -99,6 +99,25 @@ def test_a_mask_repaints_where_it_is_transparent(server, picture, pipe):
     assert not np.array_equal(got, np.asarray(unmasked))
 
 
+def test_a_masks_own_settings_come_as_extra_fields(server, picture, pipe):
+    _, _, client = server
+    image = load_image(picture)
+    mask = Image.new("RGBA", image.size, (0, 0, 0, 255))
+    mask.paste((0, 0, 0, 0), (0, 0, image.width // 2, image.height))
+    extra = {**EXTRA, "mask_blur": 4, "masked_content": "latent_noise"}
+    answer = client.images.edit(image=("in.png", picture.read_bytes(), "image/png"),
+                                mask=("mask.png", png(mask), "image/png"), prompt="a cat",
+                                extra_body=extra)  # fmt: skip
+    ours = Image.new("L", image.size, 0)
+    ours.paste(255, (0, 0, image.width // 2, image.height))
+    expected = pipe("a cat", image, mask_image=ours, mask_blur=4, masked_content="latent_noise",
+                    **CALL)[0]  # fmt: skip
+    (got,) = images_of(answer)
+    np.testing.assert_array_equal(got, np.asarray(expected))
+    plain = pipe("a cat", image, mask_image=ours, **CALL)[0]
+    assert not np.array_equal(got, np.asarray(plain))  # the settings were used, not dropped
+
+
 def test_models_lists_what_the_server_runs(server, pipe):
     _, _, client = server
     assert [model.id for model in client.models.list()] == [pipe.model_info["fastimg:model"]]

@@ -197,15 +197,11 @@ def _checked(service: Service, form: Form) -> tuple:
     data = form.data
     if size is not None:
         data = resized(data, size, 0, service.options.max_pixels, "image")
-    checked = service.check_request(Body(ours, data, form.filename))
-    checked = dataclasses.replace(checked, size=service.image_size(checked))
-    if form.mask is not None:
-        mask = _mask(form.mask, form.data, service.options.max_pixels)
-        call = checked.job.call.with_values(mask_image=mask)
-        # (size None: a masked request runs alone, never batched with others)
-        checked = dataclasses.replace(checked, job=dataclasses.replace(checked.job, call=call),
-                                      size=None)  # fmt: skip
-    return checked, size
+    # the mask goes in as /v1/img2img's mask part, so that the mask's own settings (mask_blur,
+    # masked_content, ...) sent as extra fields are checked with it, not refused as maskless
+    mask = None if form.mask is None else _mask(form.mask, form.data, service.options.max_pixels)
+    checked = service.check_request(Body(ours, data, form.filename, mask=mask))
+    return dataclasses.replace(checked, size=service.image_size(checked)), size
 
 
 def _size(text) -> tuple[int, int] | None:
@@ -219,9 +215,9 @@ def _size(text) -> tuple[int, int] | None:
     return int(match[1]), int(match[2])
 
 
-def _mask(data: bytes, image: bytes, max_pixels: int) -> Image.Image:
+def _mask(data: bytes, image: bytes, max_pixels: int) -> bytes:
     """OpenAI's mask (transparent where the image is to be edited, at the image's size) as
-    fastimg's: white where it repaints, black where it keeps."""
+    fastimg's, a PNG: white where it repaints, black where it keeps."""
     if check_pixels(data, "mask", max_pixels) is None:
         raise InputError("the mask is not an image: send a PNG whose transparent pixels mark "
                          "what to edit")  # fmt: skip
@@ -242,7 +238,9 @@ def _mask(data: bytes, image: bytes, max_pixels: int) -> Image.Image:
     if alpha.size != wanted:
         raise InputError(f"the mask is {alpha.width}x{alpha.height} but the image is "
                          f"{wanted[0]}x{wanted[1]}: send a mask of the image's size")  # fmt: skip
-    return alpha.point(lambda a: 255 if a == 0 else 0)
+    out = io.BytesIO()
+    alpha.point(lambda a: 255 if a == 0 else 0).save(out, format="PNG")
+    return out.getvalue()
 
 
 def _answer(service: Service, checked, result, size) -> dict:
