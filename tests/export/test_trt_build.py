@@ -373,3 +373,32 @@ def test_a_plan_set_built_without_the_controlnets_is_refused_by_name_not_the_fol
     (engines / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(EngineError, match=r"no plans for controlnet, unet_control .*--rebuild"):
         find_plans(load_manifest(engines), "10.13.0", "8.9")
+
+
+def test_the_fp16_graphs_parsed_for_controlnet_residual_unet_and_depth_plans_compute_alike(
+    tiny_controlnet_depth, tmp_path
+):
+    """What fp16 plans are built from (trt_build's fp16 copies, float32 I/O kept) runs on ONNX
+    Runtime's CPU within 1% of the fp32 graph, at the profile's largest shapes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from fastimg.engine_folder.profiles import input_shapes
+    from fastimg_export.trt_build import _source_onnx
+
+    manifest = load_manifest(tiny_controlnet_depth[1])
+    shapes = input_shapes(Profile((64,) * 3, (88,) * 3), manifest)
+    for component in ("controlnet", "unet_control", "depth"):
+        fp16 = _source_onnx(manifest, component, "fp16", tmp_path)
+        assert fp16 != manifest.path(component)
+        rng = np.random.default_rng(0)
+        feeds = {n: rng.standard_normal(s[2]).astype(np.float32)
+                 for n, s in shapes[component].items()}  # fmt: skip
+        for name, value in (("timestep", 500), ("conditioning_scale", 1)):
+            if name in feeds:
+                feeds[name] = np.full(feeds[name].shape, value, np.float32)
+        exact = ort.InferenceSession(str(manifest.path(component))).run(None, feeds)
+        half = ort.InferenceSession(str(fp16)).run(None, feeds)
+        for a, b in zip(exact, half, strict=True):
+            assert b.dtype == np.float32 and b.shape == a.shape
+            assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max(), component
