@@ -402,3 +402,17 @@ def test_the_fp16_graphs_parsed_for_controlnet_residual_unet_and_depth_plans_com
         for a, b in zip(exact, half, strict=True):
             assert b.dtype == np.float32 and b.shape == a.shape
             assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max(), component
+
+
+def test_a_plan_set_naming_a_component_the_folder_lacks_is_refused(tiny, tmp_path):
+    from fastimg.errors import ManifestError
+    from tests.plan_sets import write_plan_sets
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    write_plan_sets(engines, [(Profile((64,) * 3, (64,) * 3), "8.9", "fp16")])
+    data = json.loads((engines / "manifest.json").read_text())
+    (entry,) = data["tensorrt"]["engines"].values()
+    entry["components"]["controlnet"] = entry["components"]["unet"]  # no ControlNet here
+    (engines / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="has plans for controlnet, .* not for text_encoder"):
+        load_manifest(engines)
