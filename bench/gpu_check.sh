@@ -35,9 +35,18 @@ step "fastimg doctor"
 timeout 60 fastimg doctor
 
 step "GPU tests"
+NEW_KINDS="controlnets_masks_and_depth or controlnet or depth or inpaint"
 timeout "$(left 200)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt -q -rs \
     tests/e2e/test_gpu.py tests/test_gpu.py tests/diffusion/test_arrays.py \
-    tests/backends tests/diffusion/test_pipeline_plans.py 2>&1 | tail -40
+    tests/backends tests/diffusion/test_pipeline_plans.py -k "not ($NEW_KINDS)" 2>&1 | tail -40
+
+step "GPU tests: ControlNets, masks and the depth model on the GPU backends (issues 26, 27)"
+# Exports seven tiny folders (ControlNet, two ControlNets, SDXL ControlNet, depth, inpainting,
+# inpainting + ControlNet); each folder kind on onnxruntime-cuda (and TensorRT where installed)
+# against ONNX Runtime fp32 on the CPU, and through stand-in plan sets; prints each PSNR.
+timeout "$(left 380)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt3 -q -rs -s \
+    tests/e2e/test_gpu.py tests/diffusion/test_pipeline_plans.py -k "$NEW_KINDS" 2>&1 |
+    grep -E "dB|passed|failed|FAILED|SKIPPED|Error" | tail -60
 
 step "fastimg doctor --check on the tiny model"
 timeout 120 fastimg make-model tiny -o /tmp/models/tiny >/dev/null &&

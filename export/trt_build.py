@@ -22,7 +22,7 @@ from fastimg.atomic import make_staging_folder, write_atomically
 from fastimg.backends.tensorrt_plans import PRECISIONS, engine_key, trt_release
 from fastimg.engine_folder.layout import MANIFEST
 from fastimg.engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest, load_manifest
-from fastimg.engine_folder.profiles import Profile, input_shapes
+from fastimg.engine_folder.profiles import Profile, input_shapes, is_static_input
 from fastimg.engine_folder.schema import serialise
 from fastimg.errors import EngineError, InputError, require
 from fastimg.gpu import device_properties
@@ -101,10 +101,11 @@ def _build_plan(trt, logger, onnx_path: Path, shapes: dict, opt_level: int, cach
     config.builder_optimization_level = opt_level
     config.set_timing_cache(cache, False)
     config.progress_monitor = progress_monitor(trt, log)
-    profile = builder.create_optimization_profile()
-    for name, (low, opt, high) in shapes.items():
-        profile.set_shape(name, low, opt, high)
-    config.add_optimization_profile(profile)
+    if shapes:  # (a graph of fixed shapes only, the depth model's, needs no profile)
+        profile = builder.create_optimization_profile()
+        for name, (low, opt, high) in shapes.items():
+            profile.set_shape(name, low, opt, high)
+        config.add_optimization_profile(profile)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise EngineError(
@@ -112,6 +113,21 @@ def _build_plan(trt, logger, onnx_path: Path, shapes: dict, opt_level: int, cach
             "usual cause: close other GPU programs or build a smaller profile)"
         )
     return bytes(plan)
+
+
+def dynamic_shapes(manifest: Manifest, profile: Profile) -> dict[str, dict]:
+    """component -> its inputs' profile shapes, for every component a plan set holds
+    (runtime_components), less the inputs of fixed shape (TensorRT profiles size dynamic
+    inputs only: a ControlNet's conditioning_scale, the depth model's pixel_values)."""
+    shapes = input_shapes(profile, manifest)
+    return {
+        component: {
+            name: shape
+            for name, shape in shapes[component].items()
+            if not is_static_input(manifest.components[component]["inputs"][name])
+        }
+        for component in manifest.runtime_components
+    }
 
 
 def build_engines(
@@ -124,8 +140,9 @@ def build_engines(
     log=print,
     device: int | None = None,
 ) -> str:
-    """Build a plan per component (SDXL: both text encoders) of `profile` for this GPU (CUDA
-    device `device`, default: the current one); return their key (kept if built already)."""
+    """Build a plan per component the runtime runs (SDXL: both text encoders; ControlNets, the
+    UNet taking their residuals, the depth model) of `profile` for this GPU (CUDA device
+    `device`, default: the current one); return their key (kept if built already)."""
     if precision not in PRECISIONS or vae_precision not in PRECISIONS:
         raise InputError(f"precisions must be one of {', '.join(PRECISIONS)}")
     if opt_level not in OPT_LEVELS:
@@ -166,7 +183,7 @@ def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild,
     cache = config_for_cache.create_timing_cache(
         cache_path.read_bytes() if cache_path.is_file() else b""
     )
-    shapes = input_shapes(profile, manifest)
+    shapes = dynamic_shapes(manifest, profile)
     staging = make_staging_folder(root, f".{key}.partial-{os.getpid()}-")
     on_device = contextlib.nullcontext()
     if device is not None:
@@ -175,7 +192,7 @@ def _build_locked(folder, profile, precision, vae_precision, opt_level, rebuild,
         with on_device:  # TensorRT builds on the current CUDA device
             entries = {}
             scratch = staging / ".fp16-onnx"  # inside staging: a killed build leaves one folder
-            for component in manifest.component_names:  # SDXL: both text encoders
+            for component in manifest.runtime_components:  # SDXL: both text encoders
                 wanted = vae_precision if component.startswith("vae") else precision
                 log(f"building {component} ({wanted}, {profile.key()})")
                 started = time.perf_counter()

@@ -224,6 +224,14 @@ def photo():
     return Image.fromarray((big * 255).astype(np.uint8))
 
 
+@pytest.fixture(scope="session")
+def control_image():
+    """A deterministic edge-like image of the photo's size (floored alike to 88 x 64): the
+    ControlNet tests' control image (parity, plan sets, GPU)."""
+    lines = (np.random.default_rng(5).random((68, 90)) > 0.85).astype(np.uint8) * 255
+    return Image.fromarray(np.stack([lines] * 3, axis=-1))
+
+
 def cuda_gpu_present() -> bool:
     """Whether a CUDA GPU is usable from this process (through CuPy)."""
     try:

@@ -21,7 +21,7 @@ def write_plan_sets(
     for k, (profile, capability, precision) in enumerate(sets):
         key = engine_key(trt, capability, profile, precision, "fp32", 3, f"{k:010d}")
         components = {}
-        for component in manifest.component_names:
+        for component in manifest.runtime_components:  # (ControlNets, depth model too)
             rel = f"tensorrt/{key}/{component}.plan"
             (engines / rel).parent.mkdir(parents=True, exist_ok=True)
             (engines / rel).write_bytes(b"plan")

@@ -140,7 +140,7 @@ FAKE_TRT = types.SimpleNamespace(
 )
 
 
-def session(static: bool):
+def session(static: bool, engine_class=None):
     cp = FakeCuPy()
     stream, capture = cp.cuda.Stream(), cp.cuda.Stream()
     streams = {stream.ptr: stream, capture.ptr: capture}
@@ -154,7 +154,7 @@ def session(static: bool):
         activations=types.SimpleNamespace(ptr=1),
         activation_bytes=1,
     )
-    engine = FakeEngine(cp, streams)
+    engine = (engine_class or FakeEngine)(cp, streams)
     return tensorrt.TensorRTSession(shared, engine, use_graphs=static), engine.context, shared
 
 
@@ -251,3 +251,46 @@ def test_a_thread_arriving_mid_launch_waits_and_each_gets_its_own_result(static,
 def test_the_session_describes_its_graph_for_the_manifest_check():
     run, _, _ = session(static=False)
     assert run.signature == {"x": ("float32", 2), "y": ("float32", 2)}
+
+
+class ScaledEngine(FakeEngine):
+    """x (dynamic) and s (fixed shape (1,), as a ControlNet's conditioning_scale) in, y out."""
+
+    num_io_tensors = 3
+
+    def __init__(self, cp, streams):
+        super().__init__(cp, streams)
+        context = self.context
+        plain = context.execute_async_v3
+
+        def execute(stream_ptr):  # y = 2 x s, read from the bound s at launch (and replay)
+            assert plain(stream_ptr)
+            s = context.cp.arrays[context.addresses["s"]]
+            y = context.cp.arrays[context.addresses["y"]]
+            step = lambda: y.__imul__(s[0])  # noqa: E731
+            stream = context.streams[stream_ptr]
+            stream.capturing.append(step) if stream.capturing is not None else step()
+            return True
+
+        context.execute_async_v3 = execute
+
+    def get_tensor_name(self, i):
+        return ("x", "s", "y")[i]
+
+    def get_tensor_mode(self, name):
+        return "out" if name == "y" else "in"
+
+    def get_tensor_shape(self, name):
+        return (1,) if name == "s" else (-1, -1)
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_an_input_of_fixed_shape_is_bound_but_given_no_shape(static):
+    """TensorRT sets shapes of dynamic inputs only; a fixed-shape input (a ControlNet's scale)
+    is copied into its bound buffer each run, so a replayed CUDA graph reads the new value."""
+    run, context, _ = session(static=static, engine_class=ScaledEngine)
+    x = np.arange(4, dtype=np.float32).reshape(1, 4)
+    for scale in (1.0, 0.5, 2.0):
+        got = run.run({"x": x, "s": np.array([scale], np.float32)})["y"]
+        np.testing.assert_array_equal(got, 2 * x * scale)
+    assert run.dynamic == {"x"} and "s" not in context.shapes and "s" in context.addresses

@@ -112,3 +112,23 @@ def test_the_check_job_takes_a_size_the_tensorrt_plans_admit(tiny, tmp_path, mon
     assert doctor.check_size(manifest, "tensorrt", "fp16", None) == (512, 512)
     assert doctor.check_size(manifest, "tensorrt", "fp32", None) == doctor.CHECK_SIZE
     assert doctor.check_size(manifest, "openvino", "bf16", None) == doctor.CHECK_SIZE
+
+
+def test_build_of_a_controlnet_folder_builds_its_controlnet_and_residual_unet(
+    tiny_controlnet, tmp_path, monkeypatch
+):
+    """fastimg build as a user types it, on a ControlNet folder (a stand-in TensorRT)."""
+    import shutil
+
+    from fastimg_export import trt_build
+    from tests.export.test_trt_build import FakeTensorRT
+
+    engines = shutil.copytree(tiny_controlnet[1], tmp_path / "engines")
+    monkeypatch.setitem(sys.modules, "tensorrt", FakeTensorRT())
+    monkeypatch.setattr(trt_build, "device_properties", lambda device=None: ("NVIDIA L4", "8.9"))
+    result = CliRunner().invoke(cli, ["build", str(engines), "--height", "64", "--width", "88"])
+    assert result.exit_code == 0, result.output
+    for component in ("unet", "controlnet", "unet_control"):
+        assert f"building {component} (fp16, h64_w88_b1)" in result.output
+        assert len(list((engines / "tensorrt").glob(f"*/{component}.plan"))) == 1
+    assert "ControlNets" in CliRunner().invoke(cli, ["build", "--help"]).output

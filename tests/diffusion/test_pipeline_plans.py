@@ -198,3 +198,74 @@ def test_the_fallback_keeps_the_precision_asked_for(plans, photo, monkeypatch):
     (image,) = pipe(image=photo.resize((256, 256)), **JOB)
     assert asked[-1] == ("auto", "fp32")  # not "auto": that would pick bf16 on this CPU
     assert image.info["fastimg:precision"] == "fp32"
+
+
+CONTROL_JOB = dict(JOB, guidance_scale=4.0, controlnet_conditioning_scale=0.8)
+
+
+@pytest.mark.parametrize(
+    "layout", ["tiny_controlnet_depth", "tiny_multi_controlnet", "tiny_sdxl_controlnet"]
+)
+def test_a_controlnet_call_runs_every_controlnet_and_the_residual_unet_on_the_plan_set(
+    layout, request, tmp_path, photo, control_image
+):
+    """The plan set holds the ControlNets and the UNet taking their residuals; each runs within
+    its plan's profile, and the image is the one the CPU backend makes of the same feeds."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        engines, keys, loaded = _with_plan_sets(
+            request.getfixturevalue(layout)[1], tmp_path, monkeypatch
+        )
+        pipe = Img2ImgPipeline.from_engines(engines)
+        manifest = pipe.manifest
+        names = [c["component"] for c in manifest.control["controlnets"]]
+        job = {**CONTROL_JOB, "control_image": [control_image] * len(names)}
+        (image,) = pipe(image=photo, **job)
+        assert image.info["fastimg:plan_set"] == keys["A"]
+        sessions = pipe.engines._loaded[keys["A"]].sessions
+        assert set(sessions) == set(manifest.runtime_components)
+        assert all(sessions[name].runs > 0 for name in (*names, manifest.control["unet"]))
+        cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+        (expected,) = cpu(image=photo, **job)
+        assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_control_preprocess_depth_runs_the_plan_sets_depth_model_on_the_first_call(
+    tiny_controlnet_depth, tmp_path, photo
+):
+    """No plan set is loaded before the first call: the depth model runs on the one that fits
+    the image (the call's), within its fixed-size profile."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        engines, keys, loaded = _with_plan_sets(tiny_controlnet_depth[1], tmp_path, monkeypatch)
+        pipe = Img2ImgPipeline.from_engines(engines)
+        (image,) = pipe(image=photo, control_preprocess="depth", **CONTROL_JOB)
+        assert image.info["fastimg:plan_set"] == keys["A"] and loaded == [keys["A"]]
+        assert pipe.engines._loaded[keys["A"]].sessions["depth"].runs == 1
+        cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+        (expected,) = cpu(image=photo, control_preprocess="depth", **CONTROL_JOB)
+        assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+@pytest.mark.parametrize("layout", ["tiny_inpaint", "tiny_inpaint_controlnet"])
+def test_an_inpainting_unets_9_channel_sample_runs_within_the_plan_profile(
+    layout, request, tmp_path, photo, control_image
+):
+    from PIL import Image
+
+    mask = np.zeros((68, 90), np.uint8)
+    mask[10:50, 30:80] = 255
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        engines, keys, loaded = _with_plan_sets(
+            request.getfixturevalue(layout)[1], tmp_path, monkeypatch
+        )
+        pipe = Img2ImgPipeline.from_engines(engines)
+        job = {**JOB, "guidance_scale": 4.0, "mask_image": Image.fromarray(mask)}
+        if pipe.manifest.control:
+            job["control_image"] = control_image
+        (image,) = pipe(image=photo, **job)
+        assert image.info["fastimg:plan_set"] == keys["A"]
+        sessions = pipe.engines._loaded[keys["A"]].sessions
+        ran = "unet_control" if pipe.manifest.control else "unet"
+        assert pipe.manifest.unet_in_channels == 9 and sessions[ran].runs > 0
+        cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+        (expected,) = cpu(image=photo, **job)
+        assert np.array_equal(np.asarray(image), np.asarray(expected))

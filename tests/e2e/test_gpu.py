@@ -106,3 +106,97 @@ def test_tensorrt_builds_sdxl_plans_that_match_the_cpu(
     calls = [{**job, "image": photo_module, "seed": seed} for seed in (5, 6)]
     for (batched,), call in zip(gpu.call_many(calls), calls, strict=True):  # two per call
         assert psnr(cpu(**call)[0], batched) >= min_psnr
+
+
+# ControlNets, masks and the depth model on the GPU backends (issues 26, 27): each folder kind
+# against ONNX Runtime fp32 on the CPU, same call.
+def _mask():
+    """The photo's size (90 x 68): a white block to repaint, black elsewhere."""
+    import numpy as np
+    from PIL import Image
+
+    values = np.zeros((68, 90), np.uint8)
+    values[10:50, 30:80] = 255
+    return Image.fromarray(values)
+
+
+def _call(kind: str, control_image) -> dict:
+    """The call's control and mask arguments for each folder kind."""
+    control = {"control_image": control_image, "controlnet_conditioning_scale": 1.2}
+    return {
+        "controlnet": control,
+        "multi": {
+            "control_image": [control_image] * 2,
+            "controlnet_conditioning_scale": [0.8, 1.3],
+        },
+        "depth": {"control_preprocess": "depth"},
+        "mask": {"mask_image": _mask()},
+        "mask+controlnet": {**control, "mask_image": _mask()},
+    }[kind]
+
+
+GPU_CASES = [
+    ("tiny_controlnet", "controlnet"),
+    ("tiny_multi_controlnet", "multi"),
+    ("tiny_sdxl_controlnet", "controlnet"),
+    ("tiny_controlnet_depth", "depth"),
+    ("tiny", "mask"),  # a plain 4-channel UNet: the kept region put back after each step
+    ("tiny_inpaint", "mask"),  # the 9-channel inpainting UNet
+    ("tiny_inpaint_controlnet", "mask+controlnet"),
+]
+
+
+@pytest.mark.parametrize("layout,kind", GPU_CASES)
+def test_onnxruntime_cuda_runs_controlnets_masks_and_depth_as_the_cpu(
+    layout, kind, request, photo, control_image
+):
+    folder = request.getfixturevalue(layout)
+    _require("onnxruntime-cuda", folder)
+    job = {**JOB, "scheduler": "euler_a", **_call(kind, control_image)}
+    cpu = Img2ImgPipeline.from_engines(folder[1], backend="onnxruntime", precision="fp32")
+    gpu = Img2ImgPipeline.from_engines(folder[1], backend="onnxruntime-cuda", device=0)
+    (expected,), (got,) = cpu(image=photo, **job), gpu(image=photo, **job)
+    assert got.info["fastimg:backend"] == "onnxruntime-cuda"
+    print(f"onnxruntime-cuda {layout} {kind}: {psnr(expected, got):.1f} dB")
+    assert psnr(expected, got) >= 40.0
+    if kind != "mask":  # the ControlNets steered it
+        plain = {k: v for k, v in job.items() if not k.startswith("control")}
+        (unsteered,) = gpu(image=photo, **plain)
+        assert "fastimg:control_scale" in got.info and psnr(got, unsteered) < 40.0
+
+
+@pytest.mark.parametrize("precision,min_psnr", [("fp32", 35.0), ("fp16", 25.0)])
+@pytest.mark.parametrize("static", [True, False])
+@pytest.mark.parametrize(
+    "layout,kind",
+    [("tiny_controlnet_depth", "depth"), ("tiny_multi_controlnet", "multi"),
+     ("tiny_inpaint_controlnet", "mask+controlnet")],
+)  # fmt: skip
+def test_tensorrt_plan_sets_run_controlnets_masks_and_depth_as_the_cpu(
+    layout, kind, static, precision, min_psnr, request, tmp_path, photo, control_image
+):
+    """The plan set holds every ControlNet, the residual UNet and the depth model; a static
+    profile replays each from its CUDA graph (the second call is the same image)."""
+    pytest.importorskip("tensorrt")
+    import shutil
+
+    from fastimg.engine_folder.manifest import load_manifest
+    from fastimg.engine_folder.profiles import Profile
+    from fastimg_export.trt_build import build_engines
+
+    engines = shutil.copytree(request.getfixturevalue(layout)[1], tmp_path / "engines")
+    height, width = (64, 64, 64), ((88, 88, 88) if static else (64, 88, 128))
+    key = build_engines(engines, Profile(height, width), precision=precision, log=print)
+    _require("tensorrt", (None, engines))
+    manifest = load_manifest(engines)
+    plans = manifest.plan_sets[key]["components"]
+    assert sorted(plans) == sorted(manifest.runtime_components)
+    job = {**JOB, "scheduler": "ddim", **_call(kind, control_image)}
+    cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    gpu = Img2ImgPipeline.from_engines(engines, backend="tensorrt", precision=precision)
+    (expected,) = cpu(image=photo, **job)
+    (first,), (again,) = gpu(image=photo, **job), gpu(image=photo, **job)
+    assert first.info["fastimg:plan_set"] == key
+    print(f"tensorrt {precision} {layout} {kind}: {psnr(expected, first):.1f} dB")
+    assert psnr(expected, first) >= min_psnr
+    assert psnr(first, again) == float("inf")

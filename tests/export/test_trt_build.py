@@ -111,7 +111,10 @@ class FakeTensorRT(types.ModuleType):
                 if trt.hang_on and trt.hang_on in str(network.path):
                     print("building", trt.hang_on, flush=True)
                     time.sleep(600)
-                trt.built.append((network.path, config.profiles[0].shapes))
+                # (None: no profile, as for a graph of fixed shapes)
+                trt.built.append(
+                    (network.path, (config.profiles or [None])[0] and config.profiles[0].shapes)
+                )
                 return f"plan of {network.path}".encode()
 
         class NetworkDefinitionCreationFlag:
@@ -318,4 +321,98 @@ def test_a_plan_set_missing_a_component_of_the_folder_is_refused(tiny_sdxl, tmp_
     del entry["components"]["text_encoder_2"]
     (engines / "manifest.json").write_text(json.dumps(data))
     with pytest.raises(ManifestError, match="has plans for .* not for .*text_encoder_2"):
+        load_manifest(engines)
+
+
+def test_a_controlnet_folders_plan_set_holds_its_controlnet_residual_unet_and_depth_model(
+    tiny_controlnet_depth, tmp_path, monkeypatch
+):
+    from fastimg.engine_folder.profiles import input_shapes
+    from fastimg_export import trt_build
+
+    monkeypatch.setattr(trt_build, "device_properties", lambda device=None: ("NVIDIA L4", "8.9"))
+    engines = shutil.copytree(tiny_controlnet_depth[1], tmp_path / "engines")
+    manifest = load_manifest(engines)
+    fake = FakeTensorRT()
+    profile = Profile((64, 64, 128), (64, 64, 128), (1, 1, 2))
+    key = build(engines, fake, monkeypatch, profile=profile)
+    shapes = {path.split("/")[-2]: s for path, s in fake.built}
+    assert sorted(shapes) == sorted(manifest.runtime_components)
+    assert {"controlnet", "unet_control", "depth"} <= set(shapes)
+    full = input_shapes(profile, manifest)
+    # Inputs of fixed shape are left out of the profile; a graph of fixed shapes gets none.
+    assert shapes["controlnet"] == {k: v for k, v in full["controlnet"].items()
+                                    if k != "conditioning_scale"}  # fmt: skip
+    assert shapes["unet_control"] == full["unet_control"] and shapes["depth"] is None
+    plans = find_plans(load_manifest(engines, full_check=True), "10.13.0", "8.9", 128, 64, 2)
+    assert plans.key == key and sorted(plans.paths) == sorted(manifest.runtime_components)
+    entry = load_manifest(engines).data["tensorrt"]["engines"][key]
+    assert {entry["components"][c]["precision"] for c in ("controlnet", "unet_control")} == {"fp16"}
+    # The key's graph digest covers the ControlNet: another ControlNet is another key.
+    data = json.loads((engines / "manifest.json").read_text())
+    files = data["components"]["controlnet"]["files"]
+    files[min(files)]["sha256"] = "0" * 64
+    assert Manifest.from_data(engines, data).graph_digest() != manifest.graph_digest()
+
+
+def test_a_plan_set_built_without_the_controlnets_is_refused_by_name_not_the_folder(
+    tiny_controlnet, tmp_path
+):
+    """Plans an earlier fastimg built of a ControlNet folder (the four components only): the
+    folder still loads (the CPU backends run it), and TensorRT names the plans to rebuild."""
+    from tests.plan_sets import write_plan_sets
+
+    engines = shutil.copytree(tiny_controlnet[1], tmp_path / "engines")
+    write_plan_sets(engines, [(Profile((64,) * 3, (64,) * 3), "8.9", "fp16")])
+    data = json.loads((engines / "manifest.json").read_text())
+    manifest = Manifest.from_data(engines, data)
+    (entry,) = data["tensorrt"]["engines"].values()
+    for name in manifest.control_components:
+        del entry["components"][name]
+    entry["graph_sha256"] = manifest.graph_digest(manifest.component_names)
+    (engines / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(EngineError, match=r"no plans for controlnet, unet_control .*--rebuild"):
+        find_plans(load_manifest(engines), "10.13.0", "8.9")
+
+
+def test_the_fp16_graphs_parsed_for_controlnet_residual_unet_and_depth_plans_compute_alike(
+    tiny_controlnet_depth, tmp_path
+):
+    """What fp16 plans are built from (trt_build's fp16 copies, float32 I/O kept) runs on ONNX
+    Runtime's CPU within 1% of the fp32 graph, at the profile's largest shapes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from fastimg.engine_folder.profiles import input_shapes
+    from fastimg_export.trt_build import _source_onnx
+
+    manifest = load_manifest(tiny_controlnet_depth[1])
+    shapes = input_shapes(Profile((64,) * 3, (88,) * 3), manifest)
+    for component in ("controlnet", "unet_control", "depth"):
+        fp16 = _source_onnx(manifest, component, "fp16", tmp_path)
+        assert fp16 != manifest.path(component)
+        rng = np.random.default_rng(0)
+        feeds = {n: rng.standard_normal(s[2]).astype(np.float32)
+                 for n, s in shapes[component].items()}  # fmt: skip
+        for name, value in (("timestep", 500), ("conditioning_scale", 1)):
+            if name in feeds:
+                feeds[name] = np.full(feeds[name].shape, value, np.float32)
+        exact = ort.InferenceSession(str(manifest.path(component))).run(None, feeds)
+        half = ort.InferenceSession(str(fp16)).run(None, feeds)
+        for a, b in zip(exact, half, strict=True):
+            assert b.dtype == np.float32 and b.shape == a.shape
+            assert np.abs(a - b).max() <= 1e-2 * np.abs(a).max(), component
+
+
+def test_a_plan_set_naming_a_component_the_folder_lacks_is_refused(tiny, tmp_path):
+    from fastimg.errors import ManifestError
+    from tests.plan_sets import write_plan_sets
+
+    engines = shutil.copytree(tiny[1], tmp_path / "engines")
+    write_plan_sets(engines, [(Profile((64,) * 3, (64,) * 3), "8.9", "fp16")])
+    data = json.loads((engines / "manifest.json").read_text())
+    (entry,) = data["tensorrt"]["engines"].values()
+    entry["components"]["controlnet"] = entry["components"]["unet"]  # no ControlNet here
+    (engines / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="has plans for controlnet, .* not for text_encoder"):
         load_manifest(engines)

@@ -243,6 +243,21 @@ def test_a_frame_with_a_control_equals_the_single_call_with_it(control_pipe, fra
     assert psnr(outs[0].image, plain) < 40  # (the control shows)
 
 
+def test_a_frame_with_a_depth_control_equals_the_single_call_with_it(tiny_controlnet_depth, frames):
+    """control_preprocess depth in a stream: each frame's depth map made by the folder's depth
+    model, as the single call makes it."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet_depth[1], backend="onnxruntime")
+    control = {"control_preprocess": "depth", "controlnet_conditioning_scale": 1.5}
+    s = StreamSettings("a cat", strength=0.6, steps=3, guidance=4.0, seed=2, control=control)
+    out = StreamEngine(pipe, s).push(frames[0], 0)
+    alone = pipe("a cat", frames[0], strength=0.6, num_inference_steps=3, guidance_scale=4.0,
+                 seed=2, **control)[0]  # fmt: skip
+    assert psnr(out.image, alone) >= 40
+    assert psnr(out.image, single(pipe, frames[0], replace(s, control=None))) < 40
+
+
 def test_a_control_with_the_stage_path_is_refused_by_name(control_pipe):
     s = StreamSettings("a cat", steps=2, sampler="lcm", stream_batch=True,
                        control={"control_preprocess": "canny"})  # fmt: skip

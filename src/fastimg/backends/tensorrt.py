@@ -78,6 +78,8 @@ class TensorRTSession:
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         is_input = {n: engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = [n for n in names if is_input[n]]
+        # Inputs of fixed shape (a ControlNet's conditioning_scale) take no shape at run time.
+        self.dynamic = {n for n in self.input_names if -1 in tuple(engine.get_tensor_shape(n))}
         self.output_names = [n for n in names if not is_input[n]]
         self.dtypes = {n: trt.nptype(engine.get_tensor_dtype(n)) for n in names}
         self.signature = {
@@ -91,7 +93,7 @@ class TensorRTSession:
         if slot is None:
             cp = self.cp
             for name, shape in signature:
-                if not self.context.set_input_shape(name, shape):
+                if name in self.dynamic and not self.context.set_input_shape(name, shape):
                     self._bound = None
                     raise EngineError(
                         f"input {name} of shape {shape} is outside this engine's profile: "
@@ -109,7 +111,8 @@ class TensorRTSession:
         self._slots.move_to_end(signature)
         if self._bound != signature:
             for name, shape in signature:
-                self.context.set_input_shape(name, shape)
+                if name in self.dynamic:
+                    self.context.set_input_shape(name, shape)
             for name, array in {**slot.inputs, **slot.outputs}.items():
                 self.context.set_tensor_address(name, array.data.ptr)
             self._bound = signature

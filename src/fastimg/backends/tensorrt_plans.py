@@ -76,6 +76,14 @@ def find_plans(
     graph = manifest.graph_digest()
     current = {k: e for k, e in sets.items() if e.get("graph_sha256") == graph}
     if not current:
+        lacking = [c for c in manifest.runtime_components
+                   if any(c not in e["components"] for e in sets.values())]  # fmt: skip
+        if lacking:
+            raise EngineError(
+                f"the TensorRT engines in {manifest.folder} have no plans for "
+                f"{', '.join(lacking)} (built by a fastimg that did not build them): rebuild "
+                f"with  {build} --rebuild"
+            )
         raise EngineError(
             f"the TensorRT engines in {manifest.folder} were built from other graphs than the "
             f"ONNX files there now (exported again since?): rebuild with  {build} --rebuild"

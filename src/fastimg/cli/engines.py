@@ -249,7 +249,8 @@ def build(
     rebuild: bool,
     device: int | None,
 ) -> None:
-    """Build TensorRT engines for this GPU from ENGINES' ONNX (needs fastimg[tensorrt])."""
+    """Build TensorRT engines for this GPU from ENGINES' ONNX, one per component: ControlNets,
+    the UNet taking their residuals and the depth model included (needs fastimg[tensorrt])."""
     from ..engine_folder.manifest import load_manifest
     from ..engine_folder.profiles import Profile, parse_range
     from ..errors import require

@@ -34,7 +34,8 @@ def depth_image(image: Image.Image, engines) -> Image.Image:
     manifest = engines.manifest
     check_available(manifest)
     entry = manifest.depth
-    loaded = engines.default()
+    # (a plan-set backend's engines for the image's size: none may be loaded before a call)
+    loaded = engines.for_call(image.height, image.width, 1)
     session = loaded.sessions.get(entry["component"])
     if session is None:
         raise EngineError(

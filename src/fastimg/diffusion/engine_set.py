@@ -129,14 +129,10 @@ class EngineSet:
                 engines.sessions = {n: wrap(n, s) for n, s in engines.sessions.items()}
 
     def _load(self, backend: str, precision: str, plans=None) -> Engines:
-        components = self.manifest.component_names
-        if plans is None:  # (TensorRT plan sets hold no ControlNet yet)
-            components = (*components, *self.manifest.control_components,
-                          *self.manifest.depth_components)  # fmt: skip
         engines = load_engines(
             backend,
             self.manifest,
-            components,
+            self.manifest.runtime_components,  # (a plan set holds a plan for each)
             precision,
             plans=plans,
             shapes=self.shapes,

@@ -10,5 +10,3 @@ COMPONENTS = ("text_encoder", "unet", "vae_encoder", "vae_decoder")
 # tokenizer: the manifest's text_conditioning.text_encoders names those present.
 TEXT_ENCODERS = ("text_encoder", "text_encoder_2")
 TOKENIZER_OF = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
-# Every component a TensorRT plan set may hold a plan for.
-PLAN_COMPONENTS = (*TEXT_ENCODERS, *COMPONENTS[1:])

@@ -189,6 +189,12 @@ class Manifest:
         """The depth model's component (() where none)."""
         return (self.depth["component"],) if self.depth else ()
 
+    @property
+    def runtime_components(self) -> tuple[str, ...]:
+        """Every component the runtime may run: component_names, then the ControlNets and the
+        UNet taking their residuals, then the depth model (what a TensorRT plan set holds)."""
+        return (*self.component_names, *self.control_components, *self.depth_components)
+
     def tokenizer_of(self, encoder: str) -> dict:
         """The tokenizer entry that feeds `encoder`."""
         return self.data[TOKENIZER_OF[encoder]]
@@ -240,10 +246,10 @@ class Manifest:
         return opened
 
     def graph_digest(self, components: tuple[str, ...] | None = None) -> str:
-        """SHA-256 over the recorded hashes of the components' files (default: all the folder
-        has): which graphs these are."""
+        """SHA-256 over the recorded hashes of the components' files (default: every one the
+        runtime may run, runtime_components): which graphs these are."""
         digest = hashlib.sha256()
-        for component in components or self.component_names:
+        for component in components or self.runtime_components:
             files = self.components[component].get("files", {})
             for rel in sorted(files):
                 digest.update(f"{component}/{rel}:{files[rel].get('sha256')}\n".encode())

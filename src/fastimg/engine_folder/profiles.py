@@ -8,7 +8,7 @@ gives TensorRT and the runtime checks a request against before running anything.
 import re
 from dataclasses import asdict, dataclass
 
-from ..errors import InputError
+from ..errors import InputError, ManifestError
 
 Range = tuple[int, int, int]
 TEXT_LENGTH = 77
@@ -81,31 +81,64 @@ def input_shapes(profile: Profile, manifest) -> dict[str, dict[str, tuple[tuple,
 
     Each text encoder sees 1 or 2 prompts (2 under guidance), the VAE encoder one image, the
     UNet every image twice under guidance (with SDXL's text_embeds and time_ids a row per
-    UNet image), the VAE decoder every image.
+    UNet image), the VAE decoder every image. Each ControlNet sees the UNet's rows with its
+    control image at the image's size; the UNet taking their residuals, the UNet's rows and
+    each residual at its level's latent size (the manifest's latent_height_divN: rounded up).
+    The depth model takes its processor's fixed size. Every other input is sized as the
+    manifest gives it: an inpainting UNet's 9-channel sample, an LCM's timestep_cond.
     """
     factor = manifest.vae_scale_factor
-    channels, unet_channels = manifest.latent_channels, manifest.unet_in_channels
-    hidden = manifest.components["unet"]["inputs"]["encoder_hidden_states"]["shape"][-1]
     h, w, b = profile.height, profile.width, profile.batch
+    channels = manifest.latent_channels
     lat_h, lat_w = tuple(v // factor for v in h), tuple(v // factor for v in w)
-
-    def shapes(make):
-        return tuple(make(k) for k in range(3))
-
-    unet_batch = (b[0], 2 * b[1], 2 * b[2])
-    unet = {
-        "sample": shapes(lambda k: (unet_batch[k], unet_channels, lat_h[k], lat_w[k])),
-        "timestep": shapes(lambda k: (unet_batch[k],)),
-        "encoder_hidden_states": shapes(lambda k: (unet_batch[k], TEXT_LENGTH, hidden)),
+    unet_rows = {  # the symbolic dimensions of the components run per UNet row
+        "batch": (b[0], 2 * b[1], 2 * b[2]),
+        "sequence": (TEXT_LENGTH,) * 3,
+        "latent_height": lat_h,
+        "latent_width": lat_w,
+        "height": h,
+        "width": w,
     }
-    for name, spec in manifest.components["unet"]["inputs"].items():
-        if name not in unet:  # extra conditioning, one row per image: [batch, n, ...]
-            rest = tuple(spec["shape"][1:])
-            unet[name] = shapes(lambda k, rest=rest: (unet_batch[k], *rest))
     text = {"input_ids": ((1, TEXT_LENGTH), (2, TEXT_LENGTH), (2, TEXT_LENGTH))}
-    return {
+    shapes = {
         **{encoder: text for encoder in manifest.text_encoders},
-        "vae_encoder": {"sample": shapes(lambda k: (1, 3, h[k], w[k]))},
-        "unet": unet,
-        "vae_decoder": {"latent_sample": shapes(lambda k: (b[k], channels, lat_h[k], lat_w[k]))},
+        "vae_encoder": {"sample": _ranges([(1,) * 3, (3,) * 3, h, w])},
+        "vae_decoder": {"latent_sample": _ranges([b, (channels,) * 3, lat_h, lat_w])},
     }
+    for component in ("unet", *manifest.control_components, *manifest.depth_components):
+        inputs = manifest.components[component]["inputs"]
+        shapes[component] = {
+            name: _sized(spec["shape"], unet_rows, f"{component}'s input {name}")
+            for name, spec in inputs.items()
+        }
+    return shapes
+
+
+def is_static_input(spec: dict) -> bool:
+    """Whether a manifest input has fixed dimensions only (a TensorRT profile leaves it out)."""
+    return all(isinstance(d, int) for d in spec["shape"])
+
+
+def _ranges(dims: list[Range]) -> tuple[tuple, tuple, tuple]:
+    """Per-dimension (min, opt, max) as (min shape, opt shape, max shape)."""
+    return tuple(tuple(r[k] for r in dims) for k in range(3))
+
+
+def _sized(shape: list, symbols: dict[str, Range], what: str) -> tuple[tuple, tuple, tuple]:
+    """A manifest shape's (min, opt, max): numbers as they are, named dimensions from
+    `symbols` (NAME_divN: NAME's sizes divided by N, rounded up, as a stride-2 convolution
+    with padding halves a side)."""
+    dims = []
+    for dim in shape:
+        if isinstance(dim, int):
+            dims.append((dim,) * 3)
+            continue
+        base, _, divisor = dim.partition("_div")
+        if base not in symbols or (divisor and not divisor.isdigit()):
+            raise ManifestError(
+                f"{what} has a dimension {dim!r} that fastimg cannot size for a TensorRT "
+                "profile: export the folder again with this fastimg"
+            )
+        step = int(divisor or 1)
+        dims.append(tuple(-(-v // step) for v in symbols[base]))
+    return _ranges(dims)

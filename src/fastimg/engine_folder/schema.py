@@ -27,7 +27,6 @@ from .layout import (
     COMPONENTS,
     FORMAT,
     FORMAT_VERSION,
-    PLAN_COMPONENTS,
     TEXT_ENCODERS,
     TOKENIZER_OF,
 )
@@ -274,7 +273,8 @@ class PlanSet(_Strict):
     precision: Literal["fp16", "fp32"]
     vae_precision: Literal["fp16", "fp32"]
     profile: Profile
-    components: dict[Literal[PLAN_COMPONENTS], PlanComponent]  # type: ignore[valid-type]
+    # (which components: EngineManifest checks them against the folder's)
+    components: Annotated[dict[Name, PlanComponent], Field(max_length=64)]
     graph_sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
 
 
@@ -414,11 +414,21 @@ class EngineManifest(_Strict):
         if missing:
             raise ValueError(f"components lacks {', '.join(missing)}")
         needed = {*encoders, *COMPONENTS[1:]}
+        # A plan set may also hold the ControlNets, their UNet and the depth model (one built
+        # before fastimg built those has none: its graph digest no longer matches the folder's).
+        extras = set()
+        if self.control is not None:
+            extras |= {self.control.unet, *(c.component for c in self.control.controlnets)}
+        if self.depth is not None:
+            extras.add(self.depth.component)
         for key, plans in self.tensorrt.engines.items():
-            if set(plans.components) != needed:
+            if not needed <= set(plans.components) <= needed | extras:
+                wanted = ", ".join(sorted(needed))
+                if extras:
+                    wanted += f" (and {', '.join(sorted(extras))})"
                 raise ValueError(
                     f"the TensorRT plan set {key} has plans for "
-                    f"{', '.join(sorted(plans.components))}, not for {', '.join(sorted(needed))} "
+                    f"{', '.join(sorted(plans.components))}, not for {wanted} "
                     "(build it again with  fastimg build FOLDER --rebuild, or remove "
                     "tensorrt.engines."
                     f"{key} from the manifest)"

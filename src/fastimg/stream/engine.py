@@ -301,7 +301,9 @@ class StreamEngine:
         if not self._settings.control:
             return None
         plan, settings = self._derived.plan, self._derived.checked.settings
-        control = prepare_control(settings, pixels.shape[2], pixels.shape[3], image, engines)
+        # (the engine set, not the frame's engines: depth runs on the engines for its size)
+        control = prepare_control(settings, pixels.shape[2], pixels.shape[3], image,
+                                  self.pipeline.engines)  # fmt: skip
         if control is None:
             return None
         return ControlRun(engines, self.pipeline.manifest, [control], [1], plan.steps)
