@@ -252,8 +252,9 @@ class ControlRun:
         missing = [n for n in (*names, control["unet"]) if n not in engines.sessions]
         if missing:
             raise EngineError(
-                f"the {engines.backend} backend has not loaded {', '.join(missing)}: it does "
-                "not run ControlNets yet; run with --backend onnxruntime or openvino"
+                f"the {engines.backend} backend has not loaded {', '.join(missing)} (engines "
+                "built before the folder had them): rebuild them (fastimg build FOLDER --rebuild) "
+                "or run with --backend onnxruntime or openvino"
             )
         xp = engines.xp
         self.controlnets = [engines.sessions[name] for name in names]
