@@ -417,6 +417,24 @@ RAY_SETTINGS = ("ray_address", "ray_workers", "replica_cpus")
 DEFAULT_MASK_PADDING = 32
 
 
+def mask_options(help_mask: str, folders: bool = False):
+    """--mask FILE (a DIR too where `folders`) and --mask-invert, as transform, video and
+    stream take them; `help_mask` says what the mask applies to."""
+
+    def add(command):
+        command = click.option(
+            "--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps."
+        )(command)
+        return click.option(
+            "--mask",
+            type=click.Path(exists=True, dir_okay=folders, path_type=Path),
+            default=None,
+            help=f"Inpainting: white repaints, black keeps; {help_mask}",
+        )(command)
+
+    return add
+
+
 def inpaint_options(command):
     """--inpaint-area and --keep-unmasked, beside --mask and the settings' --mask-blur and
     --mask-padding."""
