@@ -266,6 +266,8 @@ def test_stream_batch_with_a_fixed_control_gives_each_frame_its_single_call(
                          guidance_scale=guidance, scheduler=sampler, **control)[0]  # fmt: skip
     for out in outs:
         assert psnr(out.image, alone) >= 40
+        for key in ("fastimg:control_model", "fastimg:control_scale", "fastimg:control_end"):
+            assert out.image.info[key] == alone.info[key]
     plain = single(control_pipe, frames[0], replace(s, control=None))
     assert psnr(outs[-1].image, plain) < 40  # (the control shows)
 

@@ -435,6 +435,13 @@ def mask_options(help_mask: str, folders: bool = False):
     return add
 
 
+keep_unmasked_option = click.option(
+    "--keep-unmasked",
+    is_flag=True,
+    help="Inpainting: paste the original pixels back outside the (blurred) mask.",
+)
+
+
 def inpaint_options(command):
     """--inpaint-area and --keep-unmasked, beside --mask and the settings' --mask-blur and
     --mask-padding."""
@@ -447,11 +454,7 @@ def inpaint_options(command):
             help="Inpainting: 'masked' transforms only the masked region and --mask-padding "
             "around it, at the engine's size, and pastes it back (A1111's 'only masked').",
         ),
-        click.option(
-            "--keep-unmasked",
-            is_flag=True,
-            help="Inpainting: paste the original pixels back outside the (blurred) mask.",
-        ),
+        keep_unmasked_option,
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 

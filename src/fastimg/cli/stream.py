@@ -15,6 +15,7 @@ from .options import (
     control_list_options,
     engine_options,
     given_once,
+    keep_unmasked_option,
     mask_options,
     pop_control_lists,
     prompt_options,
@@ -141,11 +142,7 @@ class Size(click.ParamType):
 @control_list_options
 @mask_options("one mask FILE for every frame (resized to the stream's size; read once).")
 @setting_option("mask_blur")
-@click.option(
-    "--keep-unmasked",
-    is_flag=True,
-    help="Inpainting: paste each frame's pixels back outside the (blurred) mask.",
-)
+@keep_unmasked_option
 @engine_options
 @domain_errors
 def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative_prompt,

@@ -32,7 +32,7 @@ from PIL import Image
 
 from ..diffusion import conditioning, samplers
 from ..diffusion.checks import CheckedCall, check_call
-from ..diffusion.control import ControlRun, prepare_control
+from ..diffusion.control import ControlRun, model_label, prepare_control
 from ..diffusion.masks import MaskRun, encodes_image, mask_labels, prepare_mask
 from ..diffusion.request import Request, check_finite
 from ..diffusion.rng import TorchCompatibleGenerator
@@ -317,7 +317,7 @@ class StreamEngine:
                 x = pipe.denoise(z, embeddings, derived.plan, s.guidance, rng, engines=engines,
                                  conditioning=extra, control_run=run,
                                  mask_run=masking)  # fmt: skip
-                self._emit([_Flight(tag, x, mask=mask)], engines)
+                self._emit([_Flight(tag, x, control=control, mask=mask)], engines)
                 return
             eps, drawn, _ = self._noise_for(rng, z.shape, xp, mask is not None)
             flight = _Flight(tag, None, control=control, mask=mask)
@@ -476,6 +476,9 @@ class StreamEngine:
             image = Image.fromarray(pixels)
             image = f.mask.finish(image) if f.mask is not None else image
             image.info.update(labels)
+            if f.control is not None:  # (as the single call labels its control)
+                count = len(f.control.pixels)
+                image.info.update(f.control.labels(), **model_label(pipe.manifest, count))
             self._ready.append(StreamFrame(image, f.tag, False))
             self._ready.extend(StreamFrame(image, tag, True) for tag in f.followers)
             self._last, self._last_latents = image, f.x
