@@ -109,3 +109,23 @@ def test_only_masked_is_refused_in_a_stream(tiny_pipe, mask):
 def test_an_inpainting_folder_needs_a_mask_in_a_stream(inpaint_pipe):
     with pytest.raises(InputError, match="needs a mask"):
         StreamEngine(inpaint_pipe, StreamSettings("a cat"))
+
+
+def test_a_mask_and_a_controlnet_together_on_the_stream_batch(tiny_inpaint_controlnet, frames,
+                                                              mask):  # fmt: skip
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_inpaint_controlnet[1], backend="onnxruntime")
+    control = {"control_preprocess": "canny", "controlnet_conditioning_scale": 1.5,
+               "control_guidance_end": 0.6}  # fmt: skip
+    s = StreamSettings("a cat", strength=0.75, steps=4, guidance=2.0, sampler="euler", seed=4,
+                       stream_batch=True, mask={"mask_image": mask}, control=control)  # fmt: skip
+    outs = outputs(StreamEngine(pipe, s), frames[:4])
+    assert [o.tag for o in outs] == [0, 1, 2, 3]
+    for out in outs:  # the 9-channel UNet's rows, each steered by its own frame's edges
+        frame = frames[out.tag]
+        alone = pipe("a cat", frame, strength=0.75, num_inference_steps=4, seed=4, mask_image=mask,
+                     guidance_scale=2.0, scheduler="euler", **control)[0]  # fmt: skip
+        assert psnr(out.image, alone) >= 40
+    plain = masked_call(pipe, frames[0], s)
+    assert psnr(outs[0].image, plain) < 40  # (the control shows)
