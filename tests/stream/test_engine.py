@@ -306,3 +306,21 @@ def test_stream_batch_with_a_control_made_from_each_frame(control_pipe, frames):
         alone = control_pipe("a cat", frames[out.tag], strength=0.75, num_inference_steps=4,
                              guidance_scale=0.0, seed=2, scheduler="lcm", **control)[0]  # fmt: skip
         assert psnr(out.image, alone) >= 40
+
+
+def test_stream_batch_with_a_control_on_an_sdxl_controlnet(tiny_sdxl_controlnet, frames):
+    """SDXL's ControlNet takes the rows' text_embeds and time_ids too."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_sdxl_controlnet[1], backend="onnxruntime")
+    control = {"control_image": frames[5], "controlnet_conditioning_scale": 1.5,
+               "control_guidance_start": 0.3}  # fmt: skip
+    s = StreamSettings("a cat", strength=0.75, steps=4, guidance=2.0, sampler="euler", seed=2,
+                       stream_batch=True, control=control)  # fmt: skip
+    outs = run_all(StreamEngine(pipe, s), frames[:3])
+    assert [o.tag for o in outs] == [0, 1, 2]
+    for out in outs:
+        alone = pipe("a cat", frames[out.tag], strength=0.75, num_inference_steps=4, seed=2,
+                     guidance_scale=2.0, scheduler="euler", **control)[0]  # fmt: skip
+        assert psnr(out.image, alone) >= 40
+    assert psnr(outs[0].image, single(pipe, frames[0], replace(s, control=None))) < 40

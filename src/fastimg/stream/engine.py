@@ -432,10 +432,10 @@ class StreamEngine:
             )
         unet = engines.sessions["unet"]
         if any(f.control is not None for f in flights):  # each row its frame's, at its step
-            rows = [flights[k] for k in negatives] + flights
+            batch = [flights[k] for k in negatives] + flights
             unet = guides.control_session(
-                engines, self.pipeline.manifest, [f.control for f in rows],
-                [f.stage for f in rows], plan.steps, feeds, unet,
+                engines, self.pipeline.manifest, [f.control for f in batch],
+                [f.stage for f in batch], plan.steps, feeds, unet,
             )  # fmt: skip
         out = unet.run(feeds)["out_sample"]
         out = check_finite(out, "UNet output", engines)
