@@ -355,8 +355,9 @@ def test_a_control_with_the_stream_batch_steers_every_frame(runner, tiny_control
     source.mkdir()
     for i, values in enumerate(frames(3, seed=4), 1):
         Image.fromarray(values).save(source / f"shot{i}.png")
+    # (strength 1 on the 2 steps: both stages batched)
     words = ["--control-preprocess", "canny", "--stream-batch", "--scheduler", "lcm",
-             "--every-frame", "--strength", "1.0"]  # fmt: skip (2 steps: both stages batched)
+             "--every-frame", "--strength", "1.0"]  # fmt: skip
     result = _stream(runner, tiny_controlnet[1], source, "-o", out, *words)
     assert result.exit_code == 0, result.output
     pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
