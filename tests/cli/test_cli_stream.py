@@ -397,3 +397,13 @@ def test_a_mask_repaints_every_frame_as_the_single_masked_call(runner, tiny, tmp
 def test_mask_settings_without_a_mask_are_refused_in_one_line(runner, tmp_path):
     result = _stream(runner, tmp_path, tmp_path, "-o", tmp_path / "out", "--mask-invert")
     assert "--mask-invert shape a mask, but no --mask was given" in _one_line_error(result, 2)
+
+
+def test_an_empty_mask_is_refused_in_one_line_before_any_frame(runner, tiny, tmp_path):
+    (tmp_path / "in").mkdir()
+    Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "shot1.png")
+    Image.new("L", SIZE, 0).save(tmp_path / "black.png")
+    result = _stream(runner, tiny[1], tmp_path / "in", "-o", tmp_path / "out", "--mask",
+                     tmp_path / "black.png")  # fmt: skip
+    assert "the mask is empty" in _one_line_error(result)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

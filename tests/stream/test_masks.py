@@ -106,6 +106,15 @@ def test_only_masked_is_refused_in_a_stream(tiny_pipe, mask):
         StreamEngine(tiny_pipe, s)
 
 
+def test_an_empty_mask_is_refused_when_the_stream_starts(tiny_pipe, mask):
+    black = Image.new("L", mask.size, 0)
+    with pytest.raises(InputError, match="the mask is empty"):
+        StreamEngine(tiny_pipe, StreamSettings("a cat", mask={"mask_image": black}))
+    inverted = {"mask_image": mask.point(lambda v: 255), "mask_invert": True}
+    with pytest.raises(InputError, match="the mask is empty"):
+        StreamEngine(tiny_pipe, StreamSettings("a cat", mask=inverted))
+
+
 def test_an_inpainting_folder_needs_a_mask_in_a_stream(inpaint_pipe):
     with pytest.raises(InputError, match="needs a mask"):
         StreamEngine(inpaint_pipe, StreamSettings("a cat"))

@@ -199,7 +199,7 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         loaded = tuple(load_image(path) for path in control_image)
         control["control_image"] = loaded[0] if len(loaded) == 1 else loaded
     shaping = {"mask_invert": mask_invert, "mask_blur": mask_blur, "keep_unmasked": keep_unmasked}
-    masking = {"mask_image": mask and load_image(mask), **shaping} if mask else None
+    masking = {"mask_image": str(mask), **shaping} if mask else None  # (checked, read once)
     if not mask and any(shaping.values()):
         given = [f"--{name.replace('_', '-')}" for name, value in shaping.items() if value]
         raise click.UsageError(

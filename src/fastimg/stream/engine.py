@@ -33,7 +33,13 @@ from PIL import Image
 from ..diffusion import conditioning, samplers
 from ..diffusion.checks import CheckedCall, check_call
 from ..diffusion.control import ControlRun, model_label, prepare_control
-from ..diffusion.masks import MaskRun, encodes_image, mask_labels, prepare_mask
+from ..diffusion.masks import (
+    MaskRun,
+    check_not_empty,
+    encodes_image,
+    mask_labels,
+    prepare_mask,
+)
 from ..diffusion.request import Request, check_finite
 from ..diffusion.rng import TorchCompatibleGenerator
 from ..errors import InputError
@@ -209,9 +215,12 @@ class StreamEngine:
                 "a stream transforms whole frames: padding_mask_crop (--inpaint-area masked) "
                 "is for single images; leave it out (the mask still says what is repainted)"
             )
-        if isinstance(checked.settings.mask_image, str | Path):  # read once, not every frame
-            mask = images.load_image(checked.settings.mask_image)
+        mask = checked.settings.mask_image
+        if isinstance(mask, str | Path):  # read once, not every frame
+            mask = images.load_image(mask)
             checked = replace(checked, settings=checked.settings.with_values(mask_image=mask))
+        elif mask is not None:  # (an empty mask refused now, not at every frame)
+            check_not_empty(mask, checked.settings.mask_invert, checked.settings.mask_blur)
         if pipe.distilled and checked.settings.negative_prompt:
             checked = replace(checked, settings=checked.settings.with_values(negative_prompt=None))
         rcfg.check(s.rcfg, checked.plan, pipe.distilled)
