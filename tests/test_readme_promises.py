@@ -301,7 +301,7 @@ def test_the_stream_recipes_run_as_the_readme_types_them(tiny, tmp_path, monkeyp
 
     part = README.read_text().split("## Webcam / live stream")[1].split("\n## ")[0]
     commands = _commands(part)
-    assert len(commands) == 7 and all(words[0] == "stream" for words in commands)
+    assert len(commands) == 8 and all(words[0] == "stream" for words in commands)
     cameras = {"/dev/video0": ("Linux", "v4l2"), "0": ("Darwin", "avfoundation"),
                "video=Integrated Camera": ("Windows", "dshow")}  # fmt: skip
     monkeypatch.chdir(tmp_path)
@@ -309,6 +309,9 @@ def test_the_stream_recipes_run_as_the_readme_types_them(tiny, tmp_path, monkeyp
     Path("frames").mkdir()
     for i, values in enumerate(pictures(3, seed=1)):
         Image.fromarray(values).save(f"frames/{i}.png")
+    background = np.full(pictures(1)[0].shape[:2], 255, np.uint8)
+    background[8:-8, 8:-8] = 0  # (a person in the middle, kept)
+    Image.fromarray(background).save("mask.png")
     refused = 0
     for words in commands:
         words = [str(tiny[1]) if word == "engines/sd-turbo-taesd" else word for word in words]
@@ -339,3 +342,5 @@ def test_the_stream_recipes_run_as_the_readme_types_them(tiny, tmp_path, monkeyp
     kept = [json.loads(line)["input_frame"] for line in Path("live.jsonl").read_text().splitlines()]
     assert kept and kept == sorted(set(kept)) and set(kept) <= set(range(1, 7))
     assert Path("live.mp4").is_file()
+    beach = sorted(Path("beach").iterdir())
+    assert len(beach) == 3 and Image.open(beach[0]).text["fastimg:mask_blur"] == "4"

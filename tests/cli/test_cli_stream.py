@@ -347,9 +347,63 @@ def test_a_control_steers_every_frame_as_the_single_call(runner, tiny_controlnet
         assert psnr(Image.open(out / f"frame-{k:06d}.png"), alone) >= 40
 
 
-def test_a_control_with_the_stream_batch_is_refused_in_one_line(runner, tiny_controlnet, tmp_path):
+def test_a_control_with_the_stream_batch_steers_every_frame(runner, tiny_controlnet, tmp_path):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for i, values in enumerate(frames(3, seed=4), 1):
+        Image.fromarray(values).save(source / f"shot{i}.png")
+    # (strength 1 on the 2 steps: both stages batched)
+    words = ["--control-preprocess", "canny", "--stream-batch", "--scheduler", "lcm",
+             "--every-frame", "--strength", "1.0"]  # fmt: skip
+    result = _stream(runner, tiny_controlnet[1], source, "-o", out, *words)
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
+    for k in (1, 2, 3):
+        frame = Image.open(source / f"shot{k}.png")
+        alone = pipe("a red fox", frame, strength=1.0, num_inference_steps=2, seed=0,
+                     guidance_scale=0, scheduler="lcm", control_preprocess="canny")[0]  # fmt: skip
+        assert psnr(Image.open(out / f"frame-{k:06d}.png"), alone) >= 40
+
+
+def test_a_mask_repaints_every_frame_as_the_single_masked_call(runner, tiny, tmp_path):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
+
+    source, out = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    for i, values in enumerate(frames(2, seed=5), 1):
+        Image.fromarray(values).save(source / f"shot{i}.png")
+    picture = np.zeros((SIZE[1], SIZE[0]), dtype=np.uint8)
+    picture[4:16, 8:24] = 255
+    Image.fromarray(picture).save(tmp_path / "mask.png")
+    words = ["--mask", tmp_path / "mask.png", "--mask-invert", "--mask-blur", "2",
+             "--stream-batch", "--scheduler", "euler", "--every-frame"]  # fmt: skip
+    result = _stream(runner, tiny[1], source, "-o", out, *words)
+    assert result.exit_code == 0, result.output
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
+    for k in (1, 2):
+        frame = Image.open(source / f"shot{k}.png")
+        alone = pipe("a red fox", frame, strength=0.5, num_inference_steps=2, seed=0,
+                     guidance_scale=0.0, scheduler="euler", mask_image=tmp_path / "mask.png",
+                     mask_invert=True, mask_blur=2)[0]  # fmt: skip
+        with Image.open(out / f"frame-{k:06d}.png") as made:
+            assert psnr(made, alone) >= 40
+            assert made.text["fastimg:mask"] == "inverted"
+
+
+def test_mask_settings_without_a_mask_are_refused_in_one_line(runner, tmp_path):
+    result = _stream(runner, tmp_path, tmp_path, "-o", tmp_path / "out", "--mask-invert")
+    assert "--mask-invert shape a mask, but no --mask was given" in _one_line_error(result, 2)
+
+
+def test_an_empty_mask_is_refused_in_one_line_before_any_frame(runner, tiny, tmp_path):
     (tmp_path / "in").mkdir()
     Image.fromarray(frames(1)[0]).save(tmp_path / "in" / "shot1.png")
-    words = ["--control-preprocess", "canny", "--stream-batch", "--scheduler", "lcm"]
-    result = _stream(runner, tiny_controlnet[1], tmp_path / "in", "-o", tmp_path / "out", *words)
-    assert "runs without --stream-batch and --rcfg self/onetime" in _one_line_error(result)
+    Image.new("L", SIZE, 0).save(tmp_path / "black.png")
+    result = _stream(runner, tiny[1], tmp_path / "in", "-o", tmp_path / "out", "--mask",
+                     tmp_path / "black.png")  # fmt: skip
+    assert "the mask is empty" in _one_line_error(result)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -364,11 +364,43 @@ def test_the_similarity_filter_reuses_repeated_frames(runner, tiny, still_frames
     assert (frames[2] == frames[1]).all() and (frames[3] == frames[1]).all()
 
 
-def test_stream_options_refuse_resume_and_masks(runner, tiny, clip, tmp_path):
+def test_stream_options_refuse_resume_and_a_mask_folder(runner, tiny, clip, tmp_path):
     result = _video(runner, tiny[1], clip, "-o", tmp_path / "out", "--feedback", "0.2",
                     "--resume")  # fmt: skip
     _refused(result, 1)
-    assert "leave out --resume and --mask" in result.stderr
+    assert "leave out --resume, or the options" in result.stderr
+    masks = tmp_path / "masks"
+    _frame_folder(masks, 12)
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "out", "--feedback", "0.2",
+                    "--mask", masks)  # fmt: skip
+    _refused(result, 1)
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("Error")]
+    assert "is a folder, a mask per frame, but the stream options" in line
+    assert "run one mask for every frame: pass one mask file" in line
+
+
+def test_the_stream_batch_repaints_every_frame_with_one_mask(runner, tiny, tmp_path):
+    """--stream-batch with --mask FILE: each frame as the frame-by-frame masked run makes it."""
+    import numpy as np
+    from PIL import Image
+
+    frames = tmp_path / "in"
+    _frame_folder(frames, 3)
+    values = np.zeros((64, 64), np.uint8)
+    values[16:48, 8:40] = 255
+    Image.fromarray(values).save(tmp_path / "mask.png")
+    base = ["--seed", "5", "--mask", tmp_path / "mask.png", "--scheduler", "euler",
+            "--strength", "0.75", "--steps", "4"]  # fmt: skip
+    alone = _video(runner, tiny[1], frames, "-o", tmp_path / "alone", *base,
+                   "--reuse-threshold", "0")  # fmt: skip
+    assert alone.exit_code == 0, alone.output
+    batched = _video(runner, tiny[1], frames, "-o", tmp_path / "batch", *base, "--stream-batch")
+    assert batched.exit_code == 0, batched.output
+    got, expected = _frames_of(tmp_path / "batch"), _frames_of(tmp_path / "alone")
+    assert len(got) == len(expected) == 3
+    assert min(psnr(a, b) for a, b in zip(got, expected, strict=True)) >= 40
+    with Image.open(tmp_path / "batch" / "frame-000001.png") as frame:
+        assert frame.info["fastimg:mask"] == "given"
 
 
 def test_the_stream_options_keep_the_controlnets_control(runner, tiny_controlnet, tmp_path):

@@ -348,7 +348,7 @@ def test_a_frame_the_similarity_filter_skips_sends_the_last_output_again(pipe, f
         ({"stream_batch": "yes"}, "stream_batch must be a JSON bool"),
         ({"stream_batch": True, "sampler": "dpmpp_2m"}, "--sampler lcm"),
         ({"feedback": 1.5}, "feedback must be in [0, 1)"),
-        ({"feedback": 0.2, "lora_scales": "none"}, "without a mask or lora_scales"),
+        ({"feedback": 0.2, "lora_scales": "none"}, "leave out lora_scales, or the options"),
     ],
 )
 def test_bad_stream_options_are_named_then_closed_with_1008(pipe, options, detail):
@@ -469,13 +469,47 @@ def test_a_streams_control_steers_each_frame_as_the_single_call(
             assert psnr(decoded(jpeg), decoded(plain)) < 40  # (the control shows)
 
 
-def test_a_control_with_the_stream_batch_is_refused_by_name_then_closed(control_pipe):
-    settings = {**BATCHED, "sampler": "lcm", "control_preprocess": "canny"}
+def test_a_control_with_the_stream_batch_steers_each_frame(control_pipe, frames):
+    settings = {**BATCHED, "sampler": "lcm", "control_preprocess": "canny", "guidance": 0}
     with live(ServeOptions(), lambda: control_pipe) as (client, service):
         ready(client)
-        with open_stream(client) as ws:
-            ws.send(json.dumps(settings))
-            error = message(ws)
-            assert error["type"] == "error"
-            assert "runs without --stream-batch and --rcfg self/onetime" in error["detail"]
-            assert closed_with(ws) == 1008
+        with started(settings, client=client) as ws:
+            for frame in frames[:4]:
+                ws.send(frame)
+                meta = message(ws)
+                if meta["type"] == "pending":
+                    continue
+                assert meta["type"] == "result", meta
+                jpeg = ws.recv(timeout=60)
+                fields = {k: str(v) for k, v in settings.items() if k != "stream_batch"}
+                files = {"image": ("f.png", frames[meta["frame"] - 1], "image/png")}
+                http = client.post("/v1/img2img", files=files, data={**fields, "format": "jpeg"})
+                assert http.status_code == 200, http.text
+                assert psnr(decoded(jpeg), decoded(http.content)) >= 35  # (JPEG both)
+
+
+@pytest.mark.parametrize("options", [{}, {"stream_batch": True}], ids=["single", "batch"])
+def test_a_streams_mask_repaints_each_frame_as_the_http_masked_call(pipe, frames, options):
+    picture = np.zeros(decoded(frames[0]).shape[:2], dtype=np.uint8)
+    picture[: picture.shape[0] // 2] = 255
+    mask = png(Image.fromarray(picture))
+    settings = {**SETTINGS, "sampler": "euler", "mask": base64.b64encode(mask).decode(),
+                "mask_invert": True, **options}  # fmt: skip
+    with live(ServeOptions(), lambda: pipe) as (client, service):
+        ready(client)
+        with started(settings, client=client) as ws:
+            ws.send(frames[0])
+            first = message(ws)
+            if first["type"] == "pending":
+                ws.send(frames[1])
+                first = message(ws)
+            assert first["type"] == "result" and first["frame"] == 1, first
+            jpeg = ws.recv(timeout=60)
+        fields = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                  for k, v in settings.items() if k not in ("mask", *options)}  # fmt: skip
+        files = {"image": ("f.png", frames[0], "image/png"), "mask": ("m.png", mask, "image/png")}
+        http = client.post("/v1/img2img", files=files, data={**fields, "format": "jpeg"})
+        assert http.status_code == 200, http.text
+        assert psnr(decoded(jpeg), decoded(http.content)) >= 35  # (JPEG both)
+        plain = http_jpeg(client, frames[0], {**SETTINGS, "sampler": "euler"})
+        assert psnr(decoded(jpeg), decoded(plain)) < 35  # (the mask shows)

@@ -258,8 +258,84 @@ def test_a_frame_with_a_depth_control_equals_the_single_call_with_it(tiny_contro
     assert psnr(out.image, single(pipe, frames[0], replace(s, control=None))) < 40
 
 
-def test_a_control_with_the_stage_path_is_refused_by_name(control_pipe):
-    s = StreamSettings("a cat", steps=2, sampler="lcm", stream_batch=True,
-                       control={"control_preprocess": "canny"})  # fmt: skip
-    with pytest.raises(InputError, match="runs without --stream-batch and --rcfg self"):
-        StreamEngine(control_pipe, s)
+def diffusers_keep(steps: int, start: float, end: float) -> list[float]:
+    """controlnet_keep as StableDiffusionControlNetImg2ImgPipeline computes it."""
+    return [1.0 - float(i / steps < start or (i + 1) / steps > end) for i in range(steps)]
+
+
+@pytest.mark.parametrize(
+    "sampler,guidance,window",
+    [("euler", 3.0, (0.0, 0.5)), ("lcm", 0.0, (0.4, 1.0)), ("ddim", 0.0, (0.0, 1.0))],
+)
+def test_stream_batch_with_a_fixed_control_gives_each_frame_its_single_call(
+    control_pipe, frames, sampler, guidance, window
+):
+    control = {"control_image": frames[5], "controlnet_conditioning_scale": 1.5,
+               "control_guidance_start": window[0], "control_guidance_end": window[1]}  # fmt: skip
+    s = StreamSettings("a cat", strength=0.75, steps=4, guidance=guidance, sampler=sampler,
+                       seed=2, stream_batch=True, control=control)  # fmt: skip
+    still = [frames[0]] * 5  # a still input: the steady state is every frame's single call
+    outs = run_all(StreamEngine(control_pipe, s), still)
+    assert [o.tag for o in outs] == [0, 1, 2, 3, 4]
+    alone = control_pipe("a cat", frames[0], strength=0.75, num_inference_steps=4, seed=2,
+                         guidance_scale=guidance, scheduler=sampler, **control)[0]  # fmt: skip
+    for out in outs:
+        assert psnr(out.image, alone) >= 40
+        for key in ("fastimg:control_model", "fastimg:control_scale", "fastimg:control_end"):
+            assert out.image.info[key] == alone.info[key]
+    plain = single(control_pipe, frames[0], replace(s, control=None))
+    assert psnr(outs[-1].image, plain) < 40  # (the control shows)
+
+
+@pytest.mark.parametrize("window", [(0.0, 0.5), (0.4, 1.0)])
+def test_the_control_window_is_evaluated_at_each_rows_step(control_pipe, frames, window):
+    name = control_pipe.manifest.control["controlnets"][0]["component"]
+    sessions = control_pipe.sessions
+    net = CountingSession(sessions[name])
+    sessions[name], original = net, sessions[name]
+    control = {"control_image": frames[5], "control_guidance_start": window[0],
+               "control_guidance_end": window[1]}  # fmt: skip
+    s = StreamSettings("a cat", strength=0.75, steps=4, sampler="lcm", seed=2,
+                       stream_batch=True, control=control)  # fmt: skip
+    try:
+        engine = StreamEngine(control_pipe, s)
+        for k in range(4):
+            engine.push(frames[k], k)
+    finally:
+        sessions[name] = original
+    steps = control_pipe.plan("lcm", 4, 0.75).steps
+    kept = diffusers_keep(steps, *window)
+    # push k runs one UNet call over the frames in flight, at steps 0 .. min(k, steps - 1):
+    # the ControlNet runs on the rows inside the window only, and not at all where none is
+    steered = [sum(kept[: min(k, steps - 1) + 1]) for k in range(4)]
+    assert net.rows == [int(n) for n in steered if n]
+
+
+def test_stream_batch_with_a_control_made_from_each_frame(control_pipe, frames):
+    control = {"control_preprocess": "canny", "controlnet_conditioning_scale": 1.5}
+    s = StreamSettings("a cat", strength=0.75, steps=4, sampler="lcm", seed=2,
+                       stream_batch=True, control=control)  # fmt: skip
+    outs = run_all(StreamEngine(control_pipe, s), frames[:4])
+    assert [o.tag for o in outs] == [0, 1, 2, 3]
+    for out in outs:  # each frame with its own edges, though frames share UNet batches
+        alone = control_pipe("a cat", frames[out.tag], strength=0.75, num_inference_steps=4,
+                             guidance_scale=0.0, seed=2, scheduler="lcm", **control)[0]  # fmt: skip
+        assert psnr(out.image, alone) >= 40
+
+
+def test_stream_batch_with_a_control_on_an_sdxl_controlnet(tiny_sdxl_controlnet, frames):
+    """SDXL's ControlNet takes the rows' text_embeds and time_ids too."""
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_sdxl_controlnet[1], backend="onnxruntime")
+    control = {"control_image": frames[5], "controlnet_conditioning_scale": 1.5,
+               "control_guidance_start": 0.3}  # fmt: skip
+    s = StreamSettings("a cat", strength=0.75, steps=4, guidance=2.0, sampler="euler", seed=2,
+                       stream_batch=True, control=control)  # fmt: skip
+    outs = run_all(StreamEngine(pipe, s), frames[:3])
+    assert [o.tag for o in outs] == [0, 1, 2]
+    for out in outs:
+        alone = pipe("a cat", frames[out.tag], strength=0.75, num_inference_steps=4, seed=2,
+                     guidance_scale=2.0, scheduler="euler", **control)[0]  # fmt: skip
+        assert psnr(out.image, alone) >= 40
+    assert psnr(outs[0].image, single(pipe, frames[0], replace(s, control=None))) < 40

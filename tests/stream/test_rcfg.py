@@ -16,9 +16,25 @@ from .conftest import CountingSession
 PROMPT, NEGATIVE, GUIDANCE, SEED, DELTA = "a cat", "blur", 3.0, 11, 1.0
 
 
-def streamdiffusion(pipe, frames, plan, mode: str) -> list:
+def unet_call(pipe, feeds: dict, control=None):
+    """The UNet's noise prediction; with `control` (the control image's pixels, its scale),
+    as StreamDiffusion's ControlNet forks run it: the ControlNet over the whole UNet batch,
+    every row with the control image, then the UNet with its residuals."""
+    if control is None:
+        return pipe.sessions["unet"].run(feeds)["out_sample"]
+    pixels, scale = control
+    spec = pipe.manifest.control
+    net = pipe.sessions[spec["controlnets"][0]["component"]]
+    cond = np.repeat(pixels, len(feeds["sample"]), axis=0)
+    residuals = net.run({**feeds, "controlnet_cond": cond,
+                         "conditioning_scale": np.array([scale], np.float32)})  # fmt: skip
+    return pipe.sessions[spec["unet"]].run({**feeds, **residuals})["out_sample"]
+
+
+def streamdiffusion(pipe, frames, plan, mode: str, control=None) -> list:
     """StreamDiffusion's outputs (latents) of `frames` with its denoising batch; the first
-    stages - 1 outputs are of the zero-filled buffer, as StreamDiffusion's."""
+    stages - 1 outputs are of the zero-filled buffer, as StreamDiffusion's (`control`: see
+    unet_call)."""
     n = plan.steps
     config = schedules.resolve_config(pipe.manifest.scheduler, "lcm")
     ac = schedules.alphas_cumprod(config).astype(np.float64)
@@ -30,7 +46,6 @@ def streamdiffusion(pipe, frames, plan, mode: str) -> list:
     c_out = col(scaled_t / np.sqrt(scaled_t**2 + 0.25))
     positive = pipe.encode_prompt(PROMPT, None, cfg=False)
     negative = pipe.encode_prompt(PROMPT, NEGATIVE, cfg=True)[:1]
-    unet = pipe.sessions["unet"]
     buffer, stock, outs = None, None, []
     for frame in frames:
         rng = TorchCompatibleGenerator(SEED)
@@ -45,8 +60,8 @@ def streamdiffusion(pipe, frames, plan, mode: str) -> list:
             sample = np.concatenate([x[:1], x])
             timestep = np.concatenate([t[:1], t])
             emb = np.concatenate([negative, emb])
-        pred = unet.run({"sample": sample, "timestep": timestep.astype(np.float32),
-                         "encoder_hidden_states": emb})["out_sample"]  # fmt: skip
+        pred = unet_call(pipe, {"sample": sample, "timestep": timestep.astype(np.float32),
+                                "encoder_hidden_states": emb}, control)  # fmt: skip
         if mode == "onetime":
             pred, stock = pred[1:], np.concatenate([pred[:1], stock[1:]])
         uncond = stock * np.float32(DELTA)
@@ -104,3 +119,26 @@ def test_residual_cfg_is_refused_on_an_lcm_distilled_model(tiny_lcm):
     pipe = Img2ImgPipeline.from_engines(tiny_lcm[1], backend="onnxruntime")
     with pytest.raises(InputError, match="--rcfg none"):
         StreamEngine(pipe, StreamSettings(PROMPT, rcfg="onetime"))
+
+
+@pytest.mark.parametrize("mode", ["self", "onetime"])
+def test_residual_cfg_with_a_controlnet_follows_streamdiffusion(tiny_controlnet, frames, mode):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(tiny_controlnet[1], backend="onnxruntime")
+    scale = 1.5
+    control = {"control_image": frames[5], "controlnet_conditioning_scale": scale}
+    s = StreamSettings(PROMPT, NEGATIVE, strength=0.75, steps=4, guidance=GUIDANCE,
+                       sampler="lcm", seed=SEED, stream_batch=True, rcfg=mode,
+                       control=control)  # fmt: skip
+    plan = pipe.plan("lcm", 4, 0.75)
+    pixels = (np.asarray(frames[5], np.float32) / np.float32(255)).transpose(2, 0, 1)[None]
+    expected = streamdiffusion(pipe, frames[:4], plan, mode, (pixels, scale))[plan.steps - 1 :]
+    engine = StreamEngine(pipe, s)
+    outs = [engine.push(frame, k) for k, frame in enumerate(frames[:4])]
+    outs = [o for o in outs if o is not None] + engine.flush()
+    assert [o.tag for o in outs] == [0, 1, 2, 3]
+    for out, latents in zip(outs, expected, strict=False):  # frames 0 and 1
+        assert psnr(out.image, pipe.decode(latents)[0]) >= 40
+    uncontrolled = streamdiffusion(pipe, frames[:4], plan, mode)[plan.steps - 1]
+    assert psnr(outs[0].image, pipe.decode(uncontrolled)[0]) < 40  # (the control shows)

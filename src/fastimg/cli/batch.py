@@ -20,6 +20,7 @@ from .options import (
     engine_options,
     given_once,
     inpaint_options,
+    mask_options,
     more_setting_options,
     output_options,
     output_target,
@@ -148,14 +149,8 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
     "the engines need a ControlNet (fastimg export --controlnet). Repeat it for several "
     "ControlNets, one image each in their order.",
 )
-@click.option(
-    "--mask",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    default=None,
-    help="Inpainting: white repaints, black keeps (resized to each input's size); needed by "
-    "inpainting engines, taken by plain ones too.",
-)
-@click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
+@mask_options("resized to each input's size; needed by inpainting engines, taken by plain "
+              "ones too.")  # fmt: skip
 @inpaint_options
 @more_setting_options(exclude=CONTROL_SETTINGS)
 @control_list_options

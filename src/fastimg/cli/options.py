@@ -417,6 +417,31 @@ RAY_SETTINGS = ("ray_address", "ray_workers", "replica_cpus")
 DEFAULT_MASK_PADDING = 32
 
 
+def mask_options(help_mask: str, folders: bool = False):
+    """--mask FILE (a DIR too where `folders`) and --mask-invert, as transform, video and
+    stream take them; `help_mask` says what the mask applies to."""
+
+    def add(command):
+        command = click.option(
+            "--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps."
+        )(command)
+        return click.option(
+            "--mask",
+            type=click.Path(exists=True, dir_okay=folders, path_type=Path),
+            default=None,
+            help=f"Inpainting: white repaints, black keeps; {help_mask}",
+        )(command)
+
+    return add
+
+
+keep_unmasked_option = click.option(
+    "--keep-unmasked",
+    is_flag=True,
+    help="Inpainting: paste the original pixels back outside the (blurred) mask.",
+)
+
+
 def inpaint_options(command):
     """--inpaint-area and --keep-unmasked, beside --mask and the settings' --mask-blur and
     --mask-padding."""
@@ -429,11 +454,7 @@ def inpaint_options(command):
             help="Inpainting: 'masked' transforms only the masked region and --mask-padding "
             "around it, at the engine's size, and pastes it back (A1111's 'only masked').",
         ),
-        click.option(
-            "--keep-unmasked",
-            is_flag=True,
-            help="Inpainting: paste the original pixels back outside the (blurred) mask.",
-        ),
+        keep_unmasked_option,
     ]
     return functools.reduce(lambda f, option: option(f), reversed(options), command)
 

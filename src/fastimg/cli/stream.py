@@ -15,6 +15,8 @@ from .options import (
     control_list_options,
     engine_options,
     given_once,
+    keep_unmasked_option,
+    mask_options,
     pop_control_lists,
     prompt_options,
     scheduler_option,
@@ -138,12 +140,15 @@ class Size(click.ParamType):
     "--control-preprocess (canny edges of every frame: --control-preprocess canny).",
 )
 @control_list_options
+@mask_options("one mask FILE for every frame (resized to the stream's size; read once).")
+@setting_option("mask_blur")
+@keep_unmasked_option
 @engine_options
 @domain_errors
 def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative_prompt,
            prompt_file, strength, steps, guidance, seed, scheduler, size, fps, resize,
            every_frame, stall_timeout, max_frames, overwrite, no_metadata, quiet, control_image,
-           **engine) -> None:  # fmt: skip
+           mask, mask_invert, mask_blur, keep_unmasked, **engine) -> None:  # fmt: skip
     """Redraw SOURCE's frames toward --prompt in real time, until it ends or Ctrl-C.
 
     With --prompt-file FILE instead, the prompt is FILE's text, followed while the stream runs:
@@ -193,6 +198,14 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
     if control_image:  # read once, one per ControlNet in their order
         loaded = tuple(load_image(path) for path in control_image)
         control["control_image"] = loaded[0] if len(loaded) == 1 else loaded
+    shaping = {"mask_invert": mask_invert, "mask_blur": mask_blur, "keep_unmasked": keep_unmasked}
+    masking = {"mask_image": str(mask), **shaping} if mask else None  # (checked, read once)
+    if not mask and any(shaping.values()):
+        given = [f"--{name.replace('_', '-')}" for name, value in shaping.items() if value]
+        raise click.UsageError(
+            f"{', '.join(given)} shape a mask, but no --mask was given: pass --mask FILE "
+            "(white repaints, black keeps), or leave them out"
+        )
     settings = StreamSettings(
         prompt=prompt,
         negative_prompt=negative_prompt or "",
@@ -205,6 +218,7 @@ def stream(source, outputs, virtual_camera, preview, frame_log, prompt, negative
         height=resize and resize[1],
         **stream_engine_given(engine),
         control=control or None,
+        mask=masking,
     )
     frames = open_source(source, size=size, fps=fps)  # refused before the engines load
     sinks = []

@@ -17,6 +17,7 @@ from .options import (
     engine_options,
     given_once,
     inpaint_options,
+    mask_options,
     more_setting_options,
     pop_control_lists,
     pop_more_settings,
@@ -106,14 +107,8 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
     help="Write no prompt, settings or AI label into the video or the frames.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-@click.option(
-    "--mask",
-    type=click.Path(exists=True, path_type=Path),
-    default=None,
-    help="Inpainting: white repaints, black keeps; one mask FILE for every frame, or a DIR "
-    "of masks matched to the frames in name order.",
-)
-@click.option("--mask-invert", is_flag=True, help="Inpainting: black repaints, white keeps.")
+@mask_options("one mask FILE for every frame, or a DIR of masks matched to the frames in "
+              "name order (one FILE with the stream options).", folders=True)  # fmt: skip
 @stream_engine_options
 @inpaint_options
 @click.option(

@@ -209,7 +209,12 @@ def overlay_mask(picture: Image.Image, invert: bool) -> Image.Image:
 @functools.lru_cache(maxsize=8)
 def _check_file(path: str, version, invert: bool, blur) -> None:
     """Refuse a mask file that is not an image or repaints nothing at its own size."""
-    image = mask_picture(images.load_image(path), blur)
+    check_not_empty(images.load_image(path), invert, blur)
+
+
+def check_not_empty(image: Image.Image, invert: bool = False, blur=None) -> None:
+    """Refuse a mask that repaints nothing at its own size (after its blur and inversion)."""
+    image = mask_picture(image, blur)
     if not binarize(image, image.height, image.width, invert).any():
         raise _empty_mask()
 

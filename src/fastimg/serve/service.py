@@ -206,17 +206,19 @@ class Service:
         """The StreamEngine of a stream whose settings ask for StreamDiffusion's options
         (`options`: stream_batch, rcfg, similarity, max_skip, feedback); InputError where the
         settings or the options cannot run so."""
-        from ..stream.engine import StreamEngine, StreamSettings, call_control
+        from ..stream.engine import StreamEngine, StreamSettings, call_control, call_mask
 
         call = template.job.call
-        if template.mask is not None or call.lora_scales is not None:
+        if call.lora_scales is not None:
             raise InputError(
                 "the stream options (stream_batch, rcfg, similarity, max_skip, feedback) run "
-                "without a mask or lora_scales: leave those out, or the options"
+                "with the loaded LoRAs' scales: leave out lora_scales, or the options"
             )
+        decoded = self._job(template).call  # (its control images and mask, once)
         settings = StreamSettings.from_call(
-            call, template.sampler, control=call_control(self._job(template).call), **options
-        )
+            call, template.sampler, control=call_control(decoded), mask=call_mask(decoded),
+            **options,
+        )  # fmt: skip
         return StreamEngine(self.pipe, settings)
 
     async def push_frame(self, engine, lock: threading.Lock, request: ImageRequest, tag,

@@ -20,7 +20,8 @@ UNet batch, and a result is that of an earlier frame; while the batch fills, a f
 is answered {"type": "pending", "frame": n, "received", "dropped"} instead), "rcfg"
 ("none", "self", "onetime", "full"), "similarity" (a threshold: a frame much like the last one
 is skipped and the last output sent again, its result says "skipped": true), "max_skip",
-"feedback"; without them each frame is the single-image call, as before. A frame that arrives while
+"feedback" (with the control images and the mask too; not padding_mask_crop); without them
+each frame is the single-image call, as before. A frame that arrives while
 another is transformed waits in a slot of one: a newer frame replaces it (counted in
 "dropped", the total so far, as "received" is). Each transform takes a run slot through the
 same admission as the HTTP requests. With an API key, the client offers the subprotocol

@@ -12,7 +12,12 @@ change that:
   latents before the noise is added.
 - `control`: a ControlNet folder's control settings (control_image, control_preprocess, ...,
   as the single call takes them): each frame is steered as that call would be (a ControlNet
-  without a control image takes the frame, made by its preprocessor); not with the stage path.
+  without a control image takes the frame, made by its preprocessor); on the stage path each
+  frame in flight is one row with its own control image and step (stream.guides).
+- `mask`: one mask for every frame (mask_image, mask_invert, mask_blur, keep_unmasked, as the
+  single call takes them): each frame is inpainted as that call would be, on a plain UNet
+  (the kept region put back after every step) and on an inpainting UNet (mask and masked
+  image latents beside each row); not "only masked" (padding_mask_crop).
 Prompts are encoded once (and again only when update() changes them); nothing recompiles. A
 prompt, seed or guidance change applies from the next UNet call, to the frames in flight too
 (as StreamDiffusion's); a strength change first finishes the frames in flight on their steps.
@@ -20,19 +25,27 @@ prompt, seed or guidance change applies from the next UNet call, to the frames i
 
 from collections import deque
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from ..diffusion import conditioning, samplers
 from ..diffusion.checks import CheckedCall, check_call
-from ..diffusion.control import ControlRun, prepare_control
+from ..diffusion.control import ControlRun, model_label, prepare_control
+from ..diffusion.masks import (
+    MaskRun,
+    check_not_empty,
+    encodes_image,
+    mask_labels,
+    prepare_mask,
+)
 from ..diffusion.request import Request, check_finite
 from ..diffusion.rng import TorchCompatibleGenerator
 from ..errors import InputError
 from ..media import images
 from ..settings import CallSettings
-from . import rcfg, stages
+from . import guides, rcfg, stages
 from .similarity import SimilarityFilter
 
 UPDATABLE = ("prompt", "negative_prompt", "seed", "strength", "guidance")
@@ -59,13 +72,17 @@ class StreamSettings:
     # A ControlNet's settings by CallSettings' names (control_image, control_preprocess,
     # controlnet_conditioning_scale, control_guidance_start, control_guidance_end); None: none
     control: dict | None = None
+    # One mask for every frame, by CallSettings' names (mask_image, mask_invert, mask_blur,
+    # keep_unmasked); None: none
+    mask: dict | None = None
 
     @classmethod
     def from_call(cls, call, sampler: str | None, **options) -> "StreamSettings":
         """A stream's settings from a single call's (CallSettings; `sampler`: the one it
-        resolved to, its ControlNet settings unless `options` give `control`) and
-        StreamDiffusion's `options`."""
+        resolved to, its ControlNet and mask settings unless `options` give `control` or
+        `mask`) and StreamDiffusion's `options`."""
         options.setdefault("control", call_control(call))
+        options.setdefault("mask", call_mask(call))
         return cls(
             prompt=call.prompt,
             negative_prompt=call.negative_prompt or "",
@@ -87,6 +104,14 @@ def call_control(call) -> dict | None:
     return {name: getattr(call, name) for name in names if getattr(call, name) is not None}
 
 
+def call_mask(call) -> dict | None:
+    """A call's mask settings as StreamSettings.mask takes them (None: no mask)."""
+    if call.mask_image is None:
+        return None
+    names = ("mask_image", "mask_invert", "mask_blur", "padding_mask_crop", "keep_unmasked")
+    return {name: getattr(call, name) for name in names if getattr(call, name) is not None}
+
+
 @dataclass(frozen=True)
 class StreamFrame:
     """One output frame, with the tag of the input frame it came from."""
@@ -104,6 +129,9 @@ class _Flight:
     x: object  # the sampler state, one row
     stage: int = 0
     residual: object = None  # its RCFG residual noise
+    control: object = None  # its ControlNets' control (diffusion.control.Control), or None
+    mask: object = None  # its mask (diffusion.masks.Mask), or None
+    mask_run: object = None  # its MaskRun on the stage path, or None
     followers: list = field(default_factory=list)  # tags of skipped frames reusing its output
 
 
@@ -179,20 +207,26 @@ class StreamEngine:
             seed=s.seed,
             scheduler=s.sampler,
             **(s.control or {}),
+            **(s.mask or {}),
         )
         checked = check_call(pipe.manifest, call)
+        if checked.settings.padding_mask_crop is not None:
+            raise InputError(
+                "a stream transforms whole frames: padding_mask_crop (--inpaint-area masked) "
+                "is for single images; leave it out (the mask still says what is repainted)"
+            )
+        mask = checked.settings.mask_image
+        if isinstance(mask, str | Path):  # read once, not every frame
+            mask = images.load_image(mask)
+            checked = replace(checked, settings=checked.settings.with_values(mask_image=mask))
+        elif mask is not None:  # (an empty mask refused now, not at every frame)
+            check_not_empty(mask, checked.settings.mask_invert, checked.settings.mask_blur)
         if pipe.distilled and checked.settings.negative_prompt:
             checked = replace(checked, settings=checked.settings.with_values(negative_prompt=None))
         rcfg.check(s.rcfg, checked.plan, pipe.distilled)
         if s.stream_batch:
             stages.check_staged(checked.plan.sampler, "--stream-batch")
         residual = s.rcfg in ("self", "onetime")
-        if s.control and (s.stream_batch or residual):
-            raise InputError(
-                "a ControlNet's control (--control-image, --control-preprocess) runs without "
-                "--stream-batch and --rcfg self/onetime (their stage path feeds no ControlNet "
-                "yet): turn those off, or leave the control out"
-            )
         cfg = s.guidance > 1.0 and not pipe.distilled and not residual
         return _Derived(checked, cfg, s.stream_batch or residual)
 
@@ -273,19 +307,34 @@ class StreamEngine:
         with engines.activate():
             xp = engines.xp
             rng = TorchCompatibleGenerator(s.seed)  # the single call's generator, drawn alike
-            z = pipe.encode_image(pixels, rng, engines)
+            settings, manifest = derived.checked.settings, pipe.manifest
+            mask = prepare_mask(settings, pixels, manifest.vae_scale_factor, image)
+            if mask is None or encodes_image(manifest, settings.strength):
+                z = pipe.encode_image(pixels, rng, engines)
+            else:  # an inpainting UNet at strength 1 starts from noise alone
+                factor = manifest.vae_scale_factor
+                z = xp.zeros((1, manifest.latent_channels, pixels.shape[2] // factor,
+                              pixels.shape[3] // factor), np.float32)  # fmt: skip
             if s.feedback and self._last_latents is not None:
                 f = np.float32(s.feedback)
                 z = (np.float32(1) - f) * z + f * self._last_latents
             embeddings, extra = self._text_for(engines, pixels)
+            control = self._control_for(image, pixels, engines)
             if not derived.staged:
-                control = self._control_for(image, pixels, engines)
+                run = control and ControlRun(engines, manifest, [control], [1], derived.plan.steps)
+                masking = mask and self._mask_run(mask, engines, rng)
                 x = pipe.denoise(z, embeddings, derived.plan, s.guidance, rng, engines=engines,
-                                 conditioning=extra, control_run=control)  # fmt: skip
-                self._emit([_Flight(tag, x)], engines)
+                                 conditioning=extra, control_run=run,
+                                 mask_run=masking)  # fmt: skip
+                self._emit([_Flight(tag, x, control=control, mask=mask)], engines)
                 return
-            eps, _ = self._noise_for(rng, z.shape, xp)
-            flight = _Flight(tag, samplers.add_noise(z, eps, derived.plan))
+            eps, drawn, _ = self._noise_for(rng, z.shape, xp, mask is not None)
+            flight = _Flight(tag, None, control=control, mask=mask)
+            if mask is None:
+                flight.x = samplers.add_noise(z, eps, derived.plan)
+            else:  # (the masked image's draw is the single call's, drawn once for the seed)
+                flight.mask_run = self._mask_run(mask, engines, stages.Given(drawn))
+                flight.x = flight.mask_run.start(z, eps, derived.plan)
             flight.residual = eps if s.rcfg == "self" else None
             if s.stream_batch:
                 self._flights.insert(0, flight)
@@ -297,16 +346,26 @@ class StreamEngine:
             self._emit(done, engines)
 
     def _control_for(self, image: Image.Image, pixels: np.ndarray, engines):
-        """The frame's ControlNet run as the single call makes it (None without a control)."""
+        """The frame's control as the single call makes it (None without one)."""
         if not self._settings.control:
             return None
-        plan, settings = self._derived.plan, self._derived.checked.settings
+        settings = self._derived.checked.settings
         # (the engine set, not the frame's engines: depth runs on the engines for its size)
-        control = prepare_control(settings, pixels.shape[2], pixels.shape[3], image,
-                                  self.pipeline.engines)  # fmt: skip
-        if control is None:
-            return None
-        return ControlRun(engines, self.pipeline.manifest, [control], [1], plan.steps)
+        return prepare_control(settings, pixels.shape[2], pixels.shape[3], image,
+                               self.pipeline.engines)  # fmt: skip
+
+    def _mask_run(self, mask, engines, rng) -> MaskRun:
+        """A frame's MaskRun, its masked image encoded with `rng`'s draw as the single call's."""
+        pipe, strength = self.pipeline, self._derived.checked.settings.strength
+        encode = lambda p: pipe.encode_image(p, rng, engines)  # noqa: E731
+        return MaskRun(pipe.manifest, [mask], [1], strength, engines.xp, encode, rng)
+
+    @staticmethod
+    def _unet_row(flight: _Flight, plan):
+        """A flight's UNet sample row: its scaled state (an inpainting UNet's: with its mask
+        and masked image latents beside it)."""
+        row = flight.x * np.float32(plan.input_scale[flight.stage])
+        return row if flight.mask_run is None else flight.mask_run.unet_input(row, 0)
 
     def _drain(self) -> None:
         """Run the frames in flight to their last step (no new frame enters)."""
@@ -341,16 +400,19 @@ class StreamEngine:
             self._text = (text["encoder_hidden_states"], extra)
         return self._text
 
-    def _noise_for(self, rng, shape, xp):
-        """The starting noise and the loop's noise, drawn as the single call draws them (the
-        same for every frame of one seed: drawn once)."""
+    def _noise_for(self, rng, shape, xp, masked: bool = False):
+        """The starting noise, a masked call's draw for its masked image (KL VAEs; else
+        None) and the loop's noise, drawn as the single call draws them (the same for every
+        frame of one seed: drawn once)."""
         plan = self._derived.plan
-        key = (self._settings.seed, tuple(shape), self._plan_key(self._derived))
+        key = (self._settings.seed, tuple(shape), self._plan_key(self._derived), masked)
         if self._noise is None or self._noise[0] != key:
             eps = xp.asarray(rng.randn(shape))
+            kl = self.pipeline.manifest.vae_kind == "kl"
+            drawn = xp.asarray(rng.randn(shape)) if masked and kl else None
             loop = [xp.asarray(rng.randn(shape)) for _ in range(stages.stage_noise_count(plan))]
-            self._noise = (key, eps, loop)
-        return self._noise[1], self._noise[2]
+            self._noise = (key, eps, drawn, loop)
+        return self._noise[1:]
 
     def _advance(self, flights: list[_Flight], engines, pixels) -> list[_Flight]:
         """One UNet call moving every flight one step; the flights that finished, oldest first."""
@@ -358,7 +420,7 @@ class StreamEngine:
         plan, xp = derived.plan, engines.xp
         embeddings, extra = self._text_for(engines, pixels)
         positive, negative = embeddings[-1:], embeddings[:1]
-        x_in = xp.concatenate([f.x * np.float32(plan.input_scale[f.stage]) for f in flights])
+        x_in = xp.concatenate([self._unet_row(f, plan) for f in flights])
         t = np.array([plan.timesteps[f.stage] for f in flights], dtype=np.float32)
         rows = len(flights)
         if derived.cfg:  # plain CFG: every row again with the negative prompt
@@ -379,10 +441,17 @@ class StreamEngine:
             feeds[name] = xp.concatenate(
                 [xp.repeat(built[:1], len(negatives), axis=0), xp.repeat(built[-1:], rows, axis=0)]
             )
-        out = engines.sessions["unet"].run(feeds)["out_sample"]
+        unet = engines.sessions["unet"]
+        if any(f.control is not None for f in flights):  # each row its frame's, at its step
+            batch = [flights[k] for k in negatives] + flights
+            unet = guides.control_session(
+                engines, self.pipeline.manifest, [f.control for f in batch],
+                [f.stage for f in batch], plan.steps, feeds, unet,
+            )  # fmt: skip
+        out = unet.run(feeds)["out_sample"]
         out = check_finite(out, "UNet output", engines)
         uncond, text = out[: len(negatives)], out[len(negatives) :]
-        loop = self._noise[2] if self._noise is not None else []
+        loop = self._noise[3] if self._noise is not None else []
         for k, f in enumerate(flights):
             pred = text[k : k + 1]
             if derived.cfg:
@@ -398,6 +467,8 @@ class StreamEngine:
             if f.residual is not None and f.stage < plan.steps - 1:
                 f.residual = rcfg.next_residual(plan, f.stage, pred, f.residual, noise)
             f.x = stages.step(plan, f.stage, f.x, x0, eps, noise)
+            if f.mask_run is not None:  # a plain UNet's kept region back, at the next step
+                f.x = f.mask_run.after_step(f.x, f.stage)
             f.stage += 1
         done = [f for f in flights if f.stage == plan.steps]
         for f in done:
@@ -414,7 +485,11 @@ class StreamEngine:
         labels = self._labels(engines)
         for f, pixels in zip(done, decoded, strict=True):
             image = Image.fromarray(pixels)
+            image = f.mask.finish(image) if f.mask is not None else image
             image.info.update(labels)
+            if f.control is not None:  # (as the single call labels its control)
+                count = len(f.control.pixels)
+                image.info.update(f.control.labels(), **model_label(pipe.manifest, count))
             self._ready.append(StreamFrame(image, f.tag, False))
             self._ready.extend(StreamFrame(image, tag, True) for tag in f.followers)
             self._last, self._last_latents = image, f.x
@@ -431,6 +506,7 @@ class StreamEngine:
             loras=self.pipeline.loras.adapters.for_call(None),
         )  # fmt: skip
         labels = request.labels(engines, self.pipeline.model_info)
+        labels.update(mask_labels(call))
         labels["fastimg:index"] = 0
         defaults = StreamSettings(prompt="")
         for name in ("stream_batch", "rcfg", "similarity", "feedback"):

@@ -56,7 +56,7 @@ def one_step(plan: Plan, i: int) -> Plan:
     return replace(plan, **sliced)
 
 
-class _Given:
+class Given:
     """A generator whose one draw is a noise array fixed beforehand."""
 
     def __init__(self, noise):
@@ -69,7 +69,7 @@ class _Given:
 
 def step(plan: Plan, i: int, x, x0, eps, noise=None):
     """The state after step i of the plan from state x, given the model's (x0, eps) at x."""
-    x = samplers.SAMPLE[plan.sampler](lambda _x, _i: (x0, eps), x, one_step(plan, i), _Given(noise))
+    x = samplers.SAMPLE[plan.sampler](lambda _x, _i: (x0, eps), x, one_step(plan, i), Given(noise))
     if plan.sampler == "lcm" and i < plan.steps - 1:  # lcm's re-noising between its steps
         x = np.float32(plan.alpha_next[i]) * x + np.float32(plan.sigma_next[i]) * noise
     return x

@@ -217,8 +217,8 @@ def transform_video(
     seed = secrets.randbelow(SEED_LIMIT) if call.seed is None else call.seed
     # an empty negative prompt is none (SDXL then conditions on zeros, as diffusers does)
     call = call.with_values(seed=seed, negative_prompt=call.negative_prompt or None)
-    masks = _mask_files(pipe, call, plan.total)
     engine = stream and _stream_engine(pipe, call, stream, resume, source)
+    masks = _mask_files(pipe, call, plan.total)
     if masks:
         call = call.with_values(mask_image=str(masks[0]))
     checked = _check_call(pipe, source, call)
@@ -269,10 +269,17 @@ def _stream_engine(pipe, call: CallSettings, stream: dict, resume: bool, source:
     for what it cannot do."""
     from ..stream.engine import StreamEngine, StreamSettings
 
-    if resume or call.mask_image is not None:
+    if resume:
         raise InputError(
             "the stream options (--stream-batch, --rcfg, --similarity, --feedback) run the "
-            "whole video in one stream: leave out --resume and --mask, or the options"
+            "whole video in one stream: leave out --resume, or the options"
+        )
+    mask = call.mask_image
+    if isinstance(mask, str | Path) and Path(mask).is_dir():
+        raise InputError(
+            f"--mask {mask} is a folder, a mask per frame, but the stream options (--stream-batch"
+            ", --rcfg, --similarity, --feedback) run one mask for every frame: pass one mask "
+            "file, or leave out the options"
         )
     checked = _check_call(pipe, source, call)
     settings = StreamSettings.from_call(call, checked.sampler, **stream)
