@@ -139,40 +139,57 @@ def only(data: dict, names: tuple[str, ...]) -> dict:
     return {**data, "components": components}
 
 
-def check_images(folder: Path, data: dict, size: int, mixes: dict[str, tuple], log=print) -> dict:
-    """PSNR against fp32's image on CHECK_JOB at `size` of the image of each mix (label -> the
-    components int8 in it; () is the default path: precision auto), all on OpenVINO; what
-    was compiled is removed again (it is keyed to this machine)."""
-    from fastimg.backends.registry import describe
-    from fastimg.diffusion.pipeline import Img2ImgPipeline
-    from fastimg.engine_folder.manifest import Manifest
-    from fastimg.machine import cpu_summary
-    from fastimg.media.images import EXAMPLE_IMAGE, load_image, psnr
+class ImageCheck:
+    """Images of CHECK_JOB at `size` on OpenVINO from the engine folder `folder` with int8
+    graphs for some components only, each compared with fp32's (computed once); what was
+    compiled is removed by close() (it is keyed to this machine)."""
 
-    photo = load_image(EXAMPLE_IMAGE).resize((size, size))
+    def __init__(self, folder: Path, size: int, log=print):
+        from fastimg.media.images import EXAMPLE_IMAGE, load_image
 
-    def image(names: tuple, precision: str):
-        manifest = Manifest.from_data(folder, only(data, names))
+        self.folder, self.size, self.log = folder, size, log
+        self.photo = load_image(EXAMPLE_IMAGE).resize((size, size))
+        self.reference = None
+        self.records: dict[tuple, dict] = {}
+
+    def image(self, data: dict, names: tuple, precision: str):
+        """The image with int8 graphs for `names` only, the others in `precision`."""
+        from fastimg.diffusion.pipeline import Img2ImgPipeline
+        from fastimg.engine_folder.manifest import Manifest
+
+        manifest = Manifest.from_data(self.folder, only(data, names))
         pipe = Img2ImgPipeline(manifest, backend="openvino", precision=precision)
-        (picture,) = pipe(image=photo, **CHECK_JOB)
+        (picture,) = pipe(image=self.photo, **CHECK_JOB)
         del pipe
         gc.collect()
         return picture
 
-    reference = image((), "fp32")
-    records = {}
-    try:
-        for label, names in mixes.items():
-            measured = min(psnr(image(names, "int8" if names else "auto"), reference), IDENTICAL_DB)
-            log(f"  {label}: image {measured:.1f} dB from fp32's ({size}x{size}, OpenVINO)")
-            records[label] = {
+    def psnr(self, data: dict, names: tuple, label: str) -> dict:
+        """The record of the image with int8 graphs for `names` (none: the default path,
+        precision auto) against fp32's; measured once per set of names."""
+        from fastimg.machine import cpu_summary
+        from fastimg.media.images import psnr
+
+        key = tuple(sorted(names))
+        if key not in self.records:
+            if self.reference is None:
+                self.reference = self.image(data, (), "fp32")
+            picture = self.image(data, names, "int8" if names else "auto")
+            measured = min(psnr(picture, self.reference), IDENTICAL_DB)
+            self.records[key] = {
                 "psnr_db": round(measured, 2),
-                "job": {**CHECK_JOB, "size": size},
+                "job": {**CHECK_JOB, "size": self.size},
                 "measured_on": cpu_summary()[:256],
             }
-    finally:
-        shutil.rmtree(folder / describe("openvino").cache, ignore_errors=True)
-    return records
+        size = f"{self.size}x{self.size}"
+        self.log(f"  {label}: image {self.records[key]['psnr_db']:.1f} dB from fp32's ({size})")
+        return self.records[key]
+
+    def close(self) -> None:
+        """Remove what the runs compiled from the folder."""
+        from fastimg.backends.registry import describe
+
+        shutil.rmtree(self.folder / describe("openvino").cache, ignore_errors=True)
 
 
 def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, log=print) -> None:
@@ -183,39 +200,41 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
         n for n, e in data["components"].items() if INT8_VARIANT in e.get("variants", {})
     )
     log(f"measuring each int8 graph alone ({', '.join(quantized)}) against its default path")
-    mixes = {f"{name} int8 alone": (name,) for name in quantized}
-    images = check_images(folder, data, size, {"default path": (), **mixes}, log)
-    measured = {}
-    for name in quantized:
-        speed = time_component(folder, data["components"][name], feeds[name][-1])
-        log(
-            f"  {name}: int8 {speed['int8_seconds']:.3f} s, {speed['default_path']} "
-            f"{speed['default_seconds']:.3f} s ({speed['speed_ratio']:.2f}x)"
-        )
-        measured[name] = {"speed": speed, "image": images[f"{name} int8 alone"]}
-    kept = apply_choices(folder, data, measured)
-    for name in quantized:
-        record = (
-            data["components"][name].get("int8_dropped")
-            or (data["components"][name]["variants"][INT8_VARIANT]["quantization"])
-        )
-        log(f"  {name}: {record['reason']}")
-    (mix,) = check_images(folder, data, size, {"int8 mix": tuple(kept)}, log).values()
-    # Errors add up: while the mix is under the bound, the least accurate droppable one goes.
-    while mix["psnr_db"] < MIN_PSNR_DB and any(n not in ALWAYS_KEPT for n in kept):
-        worst = min(
-            (n for n in kept if n not in ALWAYS_KEPT),
-            key=lambda n: measured[n]["image"]["psnr_db"],
-        )
-        reason = f"dropped: the mix with it gave {mix['psnr_db']:.1f} dB, under {MIN_PSNR_DB:g}"
-        drop(folder, data, worst, reason)
-        kept.remove(worst)
-        log(f"  {worst}: {reason}")
-        (mix,) = check_images(folder, data, size, {"int8 mix": tuple(kept)}, log).values()
+    check = ImageCheck(folder, size, log)
+    try:
+        default = check.psnr(data, (), "default path")
+        measured = {}
+        for name in quantized:
+            image = check.psnr(data, (name,), f"{name} int8 alone")
+            speed = time_component(folder, data["components"][name], feeds[name][-1])
+            log(
+                f"  {name}: int8 {speed['int8_seconds']:.3f} s, {speed['default_path']} "
+                f"{speed['default_seconds']:.3f} s ({speed['speed_ratio']:.2f}x)"
+            )
+            measured[name] = {"speed": speed, "image": image}
+        kept = apply_choices(folder, data, measured)
+        for name in quantized:
+            entry = data["components"][name]
+            record = entry.get("int8_dropped") or entry["variants"][INT8_VARIANT]["quantization"]
+            log(f"  {name}: {record['reason']}")
+        mix = check.psnr(data, tuple(kept), "int8 mix")
+        # Errors add up: while the mix is under the bound, the least accurate droppable goes.
+        while mix["psnr_db"] < MIN_PSNR_DB and any(n not in ALWAYS_KEPT for n in kept):
+            worst = min(
+                (n for n in kept if n not in ALWAYS_KEPT),
+                key=lambda n: measured[n]["image"]["psnr_db"],
+            )
+            reason = f"dropped: the mix with it gave {mix['psnr_db']:.1f} dB, under {MIN_PSNR_DB:g}"
+            drop(folder, data, worst, reason)
+            kept.remove(worst)
+            log(f"  {worst}: {reason}")
+            mix = check.psnr(data, tuple(kept), "int8 mix")
+    finally:
+        check.close()
     data["int8"] = {
         "components": kept,
         "image": mix,
-        "default_path_image": images["default path"],
+        "default_path_image": default,
         "min_speedup": MIN_SPEEDUP,
         "min_psnr_db": MIN_PSNR_DB,
         "compared_against": __doc__.split("\n\n")[2].replace("\n", " ")[:1000],
