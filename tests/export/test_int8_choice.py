@@ -152,3 +152,26 @@ def test_a_folder_with_a_unet_only_int8_record_still_loads_and_runs(tiny_int8, t
     assert images["int8"].info["fastimg:precision"] == "int8"
     assert psnr(images["int8"], images["fp32"]) == pytest.approx(record["psnr_db"], abs=0.5)
     assert not np.array_equal(np.asarray(images["int8"]), np.asarray(images["fp32"]))
+
+
+def _toggle_vae_decoder(data):
+    data["int8"]["components"] = sorted(set(data["int8"]["components"]) ^ {"vae_decoder"})
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_toggle_vae_decoder, "int8.components are not the components with an int8 variant"),
+        (lambda d: d["int8"]["image"].update(psnr_db=-1.0), "int8.image.psnr_db"),
+        (lambda d: d["components"]["unet"]["variants"][INT8]["quantization"]["speed"].update(
+            speed_ratio="fast"), "speed.speed_ratio"),
+    ],
+)  # fmt: skip
+def test_the_schema_checks_the_int8_records_the_runtime_reads(tiny_int8, change, message):
+    from fastimg.errors import ManifestError
+
+    data = copy.deepcopy(load_manifest(tiny_int8[1]).data)
+    change(data)
+    with pytest.raises(ManifestError) as raised:
+        Manifest.from_data(tiny_int8[1], data)
+    assert all(part in str(raised.value) for part in message.split("."))
