@@ -235,21 +235,16 @@ def _export_locked(
     remove_stale_staging(out.parent, f".{out.name}.partial-*")
     staging = make_staging_folder(out.parent, f".{out.name}.partial-{os.getpid()}-")
     try:
-        feeds = []
+        feeds = {}
         if int8_images:  # first, while the whole torch pipeline is there to run
-            from .quantize import calibration_feeds
+            from .calibration import calibration_feeds
 
-            log(f"running {int8_images} calibration images for the int8 UNet")
+            log(f"running {int8_images} calibration images for the int8 graphs")
             feeds = calibration_feeds(pipe, int8_images, log)
         components = _export_components(pipe, staging, precision, log)
         if int8_images:
-            from .quantize import write_int8_unet
-
             scale = onnx_export.vae_scale_factor(pipe)
-            variant, files = write_int8_unet(feeds, staging, int8_images, scale, log)
-            unet = components["unet"]
-            unet.setdefault("variants", {})[INT8_VARIANT] = variant
-            unet["files"].update(file_entries(staging, files))
+            _write_int8(components, feeds, staging, int8_images, scale, log)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -285,11 +280,11 @@ def _export_locked(
         fix = "this is a bug in the export; please report it"
         text = serialise(manifest, f"the manifest written for {model}", fix)
         (staging / MANIFEST).write_text(text)
-        if int8_images:  # the int8 images' distance from fp32's, measured on the whole folder
-            from .quantize import image_error
+        if int8_images:  # each int8 graph measured alone on the whole folder; the mix chosen
+            from .int8_choice import select_int8
 
-            size = variant["quantization"]["calibration"]["size"]
-            variant["quantization"]["image"] = image_error(staging, size, log)
+            size = components["unet"]["variants"][INT8_VARIANT]["quantization"]["calibration"]
+            select_int8(staging, manifest, feeds, size["size"], log)
             text = serialise(manifest, f"the manifest written for {model}", fix)
             (staging / MANIFEST).write_text(text)
         replace_folder(staging, out)
@@ -302,6 +297,20 @@ def _export_locked(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return out
+
+
+def _write_int8(components: dict, feeds: dict, staging: Path, images: int, scale: int, log):
+    """The int8 UNet (hybrid) and the other components' int8 graphs written beside their
+    exported graphs, each listed as its component's int8 variant."""
+    from .int8_components import candidates, write_int8_component
+    from .quantize import write_int8_unet
+
+    written = {"unet": write_int8_unet(feeds["unet"], staging, images, scale, log)}
+    for name in candidates(components):
+        written[name] = write_int8_component(name, feeds[name], staging, images, log)
+    for name, (variant, files) in written.items():
+        components[name].setdefault("variants", {})[INT8_VARIANT] = variant
+        components[name]["files"].update(file_entries(staging, files))
 
 
 def _disk_full(out: Path) -> OutputError:

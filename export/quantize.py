@@ -15,74 +15,11 @@ import numpy as np
 
 from fastimg.errors import require
 
+from .calibration import CALIBRATION_GUIDANCE, CALIBRATION_STEPS, CALIBRATION_STRENGTH
+
 METHOD = "hybrid-int8"
-CALIBRATION_PROMPTS = (
-    "a watercolor painting of a cozy house at sunset",
-    "a photo of a red fox in the snow, detailed fur",
-    "an oil painting of a harbour at night, moonlight",
-    "a pencil sketch of a city street, crosshatching",
-)
-CALIBRATION_STEPS, CALIBRATION_STRENGTH, CALIBRATION_GUIDANCE = 4, 0.75, 7.5
 WORST_LAYERS = 20  # the layers with the largest error, listed by name in the manifest
-# The img2img call whose images int8 and fp32 are compared on at export (CFG on, two UNet
-# steps), at the model's native size; recorded in the manifest with the PSNR it gave.
-IDENTICAL_DB = 999.0  # recorded where the images are equal (PSNR infinite)
-CHECK_JOB = {
-    "prompt": CALIBRATION_PROMPTS[1],
-    "strength": 0.5,
-    "num_inference_steps": 4,
-    "guidance_scale": 3.0,
-    "seed": 0,
-}
 INT8_FILE = "model.int8.xml"
-
-
-def calibration_feeds(pipe, images: int, log=print) -> list[dict[str, np.ndarray]]:
-    """UNet inputs (by ONNX input name) that diffusers' img2img makes on `images` calibration
-    images at the model's native size, with classifier-free guidance (its CFG batch); SDXL's
-    text_embeds and time_ids among them."""
-    import torch
-
-    from fastimg.media.images import EXAMPLE_IMAGE, load_image
-
-    side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    photo = load_image(EXAMPLE_IMAGE).resize((side, side))
-    variants = [photo, photo.transpose(0), photo.transpose(1), photo.rotate(90)]
-    feeds: list[dict[str, np.ndarray]] = []
-
-    def capture(module, args, kwargs):
-        sample = kwargs.get("sample", args[0] if args else None)
-        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        batch = sample.shape[0]
-        feed = {
-            "sample": sample.float().numpy().copy(),
-            "timestep": np.broadcast_to(
-                np.asarray(timestep, dtype=np.float32).reshape(-1), (batch,)
-            ).copy(),
-            "encoder_hidden_states": kwargs["encoder_hidden_states"].float().numpy().copy(),
-        }
-        if kwargs.get("timestep_cond") is not None:
-            feed["timestep_cond"] = kwargs["timestep_cond"].float().numpy().copy()
-        for name, value in (kwargs.get("added_cond_kwargs") or {}).items():  # SDXL's text_time
-            feed[name] = value.float().numpy().copy()
-        feeds.append(feed)
-
-    hook = pipe.unet.register_forward_pre_hook(capture, with_kwargs=True)
-    pipe.set_progress_bar_config(disable=True)  # each image is logged instead
-    try:
-        for index in range(images):
-            log(f"  calibration image {index + 1}/{images} ({side}x{side})")
-            pipe(
-                prompt=CALIBRATION_PROMPTS[index % len(CALIBRATION_PROMPTS)],
-                image=variants[index % len(variants)],
-                strength=CALIBRATION_STRENGTH,
-                num_inference_steps=CALIBRATION_STEPS,
-                guidance_scale=CALIBRATION_GUIDANCE,
-                generator=torch.Generator("cpu").manual_seed(index),
-            )
-    finally:
-        hook.remove()
-    return feeds
 
 
 def weighted_matmuls(model) -> list[str]:
@@ -189,20 +126,10 @@ def write_int8_unet(
     onnx_path = staging / "unet" / "model.onnx"
     quantized = quantize_unet(onnx_path, feeds)
     errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
-    xml = onnx_path.with_name(INT8_FILE)
-    ov.save_model(quantized, str(xml), compress_to_fp16=False)
-    from fastimg.atomic import public_mode
-
-    for path in (xml, xml.with_suffix(".bin")):
-        public_mode(path)
-    log(
-        f"  unet int8: output relative RMS error {errors['output_relative_rms_error']:.3g}, "
-        f"{errors['layers']} layers (median {errors['median_relative_rms_error']:.3g}, "
-        f"worst {errors['max_relative_rms_error']:.3g}), {time.perf_counter() - started:.1f} s"
-    )
+    files = save_int8(quantized, onnx_path)
+    log_errors("unet", errors, started, log)
     variant = {
-        "path": f"unet/{INT8_FILE}",
-        "weights": f"unet/{xml.with_suffix('.bin').name}",
+        **variant_paths("unet", files),
         "quantization": {
             "method": METHOD,
             "calibration": {
@@ -216,30 +143,31 @@ def write_int8_unet(
             "error": errors,
         },
     }
-    return variant, [xml, xml.with_suffix(".bin")]
+    return variant, files
 
 
-def image_error(folder: Path, size: int, log=print) -> dict:
-    """The PSNR of the int8 UNet's image against fp32's, both on OpenVINO, on CHECK_JOB at
-    `size` x `size` (the example photo), in the complete engine folder `folder`; what it
-    compiled is removed again (it is keyed to this machine)."""
-    import shutil
+def save_int8(quantized, onnx_path: Path) -> list[Path]:
+    """Save an int8 openvino.Model as INT8_FILE (+ .bin) beside `onnx_path`: the files."""
+    ov = require("openvino", "int8")
+    from fastimg.atomic import public_mode
 
-    from fastimg.backends.registry import describe
-    from fastimg.diffusion.pipeline import Img2ImgPipeline
-    from fastimg.engine_folder.manifest import load_manifest
-    from fastimg.machine import cpu_summary
-    from fastimg.media.images import EXAMPLE_IMAGE, load_image, psnr
+    xml = onnx_path.with_name(INT8_FILE)
+    ov.save_model(quantized, str(xml), compress_to_fp16=False)
+    files = [xml, xml.with_suffix(".bin")]
+    for path in files:
+        public_mode(path)
+    return files
 
-    manifest = load_manifest(folder)
-    photo = load_image(EXAMPLE_IMAGE).resize((size, size))
-    images = {}
-    for precision in ("fp32", "int8"):
-        pipe = Img2ImgPipeline(manifest, backend="openvino", precision=precision)
-        (images[precision],) = pipe(image=photo, **CHECK_JOB)
-        del pipe
-    shutil.rmtree(folder / describe("openvino").cache, ignore_errors=True)
-    measured = min(psnr(images["int8"], images["fp32"]), IDENTICAL_DB)
-    log(f"  unet int8: images {measured:.1f} dB from fp32's ({size}x{size}, OpenVINO)")
-    return {"psnr_db": round(measured, 2), "job": {**CHECK_JOB, "size": size},
-            "measured_on": cpu_summary()[:256]}  # fmt: skip
+
+def variant_paths(name: str, files: list[Path]) -> dict:
+    """The manifest variant's path and weights of component `name`'s int8 `files`."""
+    return {"path": f"{name}/{files[0].name}", "weights": f"{name}/{files[1].name}"}
+
+
+def log_errors(name: str, errors: dict, started: float, log=print) -> None:
+    """One line of what quantizing component `name` cost, and how long it took."""
+    log(
+        f"  {name} int8: output relative RMS error {errors['output_relative_rms_error']:.3g}, "
+        f"{errors['layers']} layers (median {errors['median_relative_rms_error']:.3g}, "
+        f"worst {errors['max_relative_rms_error']:.3g}), {time.perf_counter() - started:.1f} s"
+    )

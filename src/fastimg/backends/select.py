@@ -51,9 +51,9 @@ def unavailable(
         if not installed("openvino"):
             return "not installed: pip install 'fastimg[openvino]'"
         if precision == "int8" and manifest is not None:
-            if INT8_VARIANT not in manifest.components["unet"].get("variants", {}):
+            if not any(INT8_VARIANT in c.get("variants", {}) for c in manifest.components.values()):
                 return (
-                    "these engines have no int8 UNet: export them with  fastimg export MODEL "
+                    "these engines have no int8 graph: export them with  fastimg export MODEL "
                     "-o FOLDER --int8  (needs fastimg[int8])"
                 )
         return None

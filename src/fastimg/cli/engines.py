@@ -82,8 +82,11 @@ def make_model(arch: str, output: Path, seed: int) -> None:
 @click.option(
     "--int8",
     is_flag=True,
-    help="Also write an int8 UNet for OpenVINO (--precision int8 at run time), quantized "
-    "with NNCF on calibration images; its error is recorded (needs fastimg[int8]).",
+    help="Also write int8 graphs for OpenVINO (--precision int8 at run time), quantized "
+    "with NNCF on calibration images: the UNet (hybrid), the VAE (full int8) and the text "
+    "encoder's weights, each VAE and text encoder graph kept only where measured faster "
+    "than its default path and close enough to fp32; the figures are recorded (needs "
+    "fastimg[int8]).",
 )
 @click.option(
     "--int8-images",
@@ -197,6 +200,17 @@ def info(engines: Path, verify: bool) -> None:
                     f"worst {error['max_relative_rms_error']:.3g})"
                 )
             lines.append(line)
+            if variant.get("quantization", {}).get("reason"):
+                lines.append(f"      {'':<14} {variant['quantization']['reason']}")
+        if "int8_dropped" in entry:
+            dropped = entry["int8_dropped"]
+            lines.append(f"      {'int8 (none)':<14} {dropped['method']} {dropped['reason']}")
+    if "int8" in manifest.data:
+        mix = manifest.data["int8"]
+        lines.append(
+            f"int8            --precision int8 runs {', '.join(mix['components'])} in int8: "
+            f"image {mix['image']['psnr_db']:.1f} dB from fp32's"
+        )
     for lora in manifest.loras:
         lines.append(
             f"lora            {lora.name} at scale {lora.scale:g} "

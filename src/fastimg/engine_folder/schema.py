@@ -127,12 +127,38 @@ class ImageError(_Strict):
     measured_on: Annotated[str, StringConstraints(max_length=256)]
 
 
+class Speed(_Strict):
+    """A quantized graph's speed alone against its component's default path, measured at
+    export on the CPU the image was measured on."""
+
+    int8_seconds: Annotated[float, Field(gt=0, le=1e6)]
+    default_seconds: Annotated[float, Field(gt=0, le=1e6)]
+    speed_ratio: Annotated[float, Field(gt=0, le=1e6)]  # default_seconds / int8_seconds
+    default_path: Annotated[str, StringConstraints(max_length=256)]
+    runs: Annotated[int, Field(ge=1, le=10_000)]
+
+
 class Quantization(_Strict):
-    """How a quantized variant was made and what it cost."""
+    """How a quantized variant was made, what it cost and whether it was chosen (folders
+    exported before the choice was measured have no speed, chosen or reason)."""
 
     method: Annotated[str, StringConstraints(max_length=64)]
     error: QuantizationError
     image: ImageError | None = None  # (folders exported before it was measured have none)
+    speed: Speed | None = None
+    chosen: bool | None = None
+    reason: Annotated[str, StringConstraints(max_length=1000)] | None = None
+
+
+class Int8Mix(_Strict):
+    """The int8 graphs --precision int8 runs (the others run at the default precision), the
+    bounds they were chosen by, and the mix's image against fp32's."""
+
+    components: Annotated[list[Name], Field(min_length=1, max_length=16)]
+    image: ImageError
+    default_path_image: ImageError | None = None
+    min_speedup: Annotated[float, Field(gt=0, le=100)]
+    min_psnr_db: Annotated[float, Field(ge=0, le=1000)]
 
 
 class Winograd(_Strict):
@@ -162,6 +188,8 @@ class Component(_Strict):
     inputs: Annotated[dict[Name, TensorSpec], Field(min_length=1, max_length=16)]
     outputs: Annotated[dict[Name, TensorSpec], Field(min_length=1, max_length=16)]
     variants: Annotated[dict[Name, Variant], Field(max_length=8)] = {}
+    # An int8 graph measured at export and dropped (its file deleted): the figures and why.
+    int8_dropped: Quantization | None = None
     vocab_size: Annotated[int, Field(ge=1, le=10_000_000)] | None = None  # text encoders
 
 
@@ -373,12 +401,22 @@ class EngineManifest(_Strict):
     memory: Annotated[dict[Name, MemoryModel], Field(max_length=64)] = {}
     control: Control | None = None  # (folders without a ControlNet have none)
     depth: Depth | None = None  # (exported with --depth-model only)
+    int8: Int8Mix | None = None  # (exported with --int8 after the choice was measured only)
 
     @model_validator(mode="after")
     def _memory_of_components(self):
         for name in self.memory:
             if name not in self.components:
                 raise ValueError(f"memory names {name}, which is not one of the components")
+        return self
+
+    @model_validator(mode="after")
+    def _int8_mix_is_the_variants(self):
+        if self.int8 is None:
+            return self
+        variants = {n for n, c in self.components.items() if "openvino-int8" in c.variants}
+        if set(self.int8.components) != variants:
+            raise ValueError("int8.components are not the components with an int8 variant")
         return self
 
     @model_validator(mode="after")

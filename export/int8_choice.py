@@ -1,0 +1,241 @@
+"""Which int8 graphs `--precision int8` runs: each component's is kept only where it pays.
+
+At export every int8 graph is measured alone on this CPU: its speed against the component's
+default path, and the final image's PSNR against fp32's when only that component is int8. A
+component keeps its int8 file where it is at least MIN_SPEEDUP times as fast and its image at
+least MIN_PSNR_DB from fp32's; otherwise the file is deleted and the manifest says why, with
+the figures. The UNet's int8 (what --int8 asks for) is always kept, its figures recorded too.
+
+The default path compared against is the component's fp32 graph on OpenVINO compiled with the
+runtime's --precision int8 settings, i.e. at OpenVINO's default precision (bf16 on a CPU with
+bf16, else fp32): that is what --precision int8 runs a component without an int8 graph in, and
+what the default CPU path (openvino, precision auto) runs on a bf16 CPU, so a kept int8 graph
+beats what would run in its place.
+"""
+
+import gc
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+from fastimg.backends.registry import INT8_VARIANT
+from fastimg.errors import require
+
+from .calibration import CALIBRATION_PROMPTS, Feeds
+
+MIN_SPEEDUP = 1.05  # within 5 % is the noise of a few runs; int8 costs image quality
+MIN_PSNR_DB = 30.0  # a working int8 graph gives 37-45 dB on the tiny test model; noise < 15
+ALWAYS_KEPT = ("unet",)
+WARMUP, TIMED_RUNS = 1, 3
+IDENTICAL_DB = 999.0  # recorded where the images are equal (PSNR infinite)
+# The img2img call whose images int8 and fp32 are compared on at export (CFG on, two UNet
+# steps), at the model's native size; recorded in the manifest with the PSNR it gave.
+CHECK_JOB = {
+    "prompt": CALIBRATION_PROMPTS[1],
+    "strength": 0.5,
+    "num_inference_steps": 4,
+    "guidance_scale": 3.0,
+    "seed": 0,
+}
+
+
+def choose(name: str, speed_ratio: float, psnr_db: float) -> tuple[bool, str]:
+    """Whether component `name`'s int8 graph is kept, given its measured speed ratio (its
+    default path's seconds over int8's) and its image's PSNR against fp32, and why."""
+    figures = f"{speed_ratio:.2f}x its default path's speed, image {psnr_db:.1f} dB from fp32's"
+    if name in ALWAYS_KEPT:
+        return True, f"kept: the UNet's int8 is what --int8 asks for ({figures})"
+    if psnr_db < MIN_PSNR_DB:
+        return False, f"dropped: image under the {MIN_PSNR_DB:g} dB bound ({figures})"
+    if speed_ratio < MIN_SPEEDUP:
+        return False, f"dropped: not {MIN_SPEEDUP:g}x as fast as its default path ({figures})"
+    return True, f"kept: {figures}"
+
+
+def apply_choices(folder: Path, data: dict, measured: dict[str, dict]) -> list[str]:
+    """Record each measured component's figures (`measured`: name -> {'speed', 'image'}) and
+    choice in the manifest `data`; a dropped component's int8 variant leaves `data` (its
+    record moves to the component's 'int8_dropped') and its files are deleted from
+    `folder`. The kept components' names."""
+    kept = []
+    for name, figures in measured.items():
+        entry = data["components"][name]
+        variant = entry["variants"][INT8_VARIANT]
+        quantization = variant["quantization"]
+        quantization["image"] = figures["image"]
+        quantization["speed"] = figures["speed"]
+        chosen, reason = choose(name, figures["speed"]["speed_ratio"], figures["image"]["psnr_db"])
+        quantization["chosen"], quantization["reason"] = chosen, reason
+        if chosen:
+            kept.append(name)
+        else:
+            drop(folder, data, name, reason)
+    return kept
+
+
+def drop(folder: Path, data: dict, name: str, reason: str) -> None:
+    """Move component `name`'s int8 variant record to its 'int8_dropped' (not chosen, with
+    `reason`) and delete its files from `folder`."""
+    entry = data["components"][name]
+    variant = entry["variants"].pop(INT8_VARIANT)
+    entry["int8_dropped"] = {**variant["quantization"], "chosen": False, "reason": reason}
+    for rel in (variant["path"], variant["weights"]):
+        entry["files"].pop(rel, None)
+        (folder / rel).unlink(missing_ok=True)
+
+
+def time_component(folder: Path, entry: dict, feed: dict) -> dict:
+    """Seconds of one run of a component's int8 graph and of its default path (see the
+    module's doc) on `feed`, each compiled as the runtime compiles --precision int8; after
+    WARMUP runs each, TIMED_RUNS of each taken in turn (so that a change in the machine's
+    load falls on both), the median of each."""
+    ov = require("openvino", "int8")
+    from fastimg.backends.openvino import compile_config, compiled_precision
+
+    config = compile_config("int8", None, 1)
+    paths = {"int8": entry["variants"][INT8_VARIANT]["path"], "default": entry["path"]}
+    compiled = {
+        k: ov.Core().compile_model(str(folder / rel), "CPU", config) for k, rel in paths.items()
+    }
+    precision = compiled_precision(compiled["default"].get_property("INFERENCE_PRECISION_HINT"))
+    requests = {k: model.create_infer_request() for k, model in compiled.items()}
+    for request in requests.values():
+        for _ in range(WARMUP):
+            request.infer(feed)
+    runs = {k: [] for k in requests}
+    for _ in range(TIMED_RUNS):
+        for label, request in requests.items():
+            started = time.perf_counter()
+            request.infer(feed)
+            runs[label].append(time.perf_counter() - started)
+    del requests, compiled
+    gc.collect()
+    seconds = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "int8_seconds": seconds["int8"],
+        "default_seconds": seconds["default"],
+        "speed_ratio": round(seconds["default"] / seconds["int8"], 4),
+        "default_path": f"openvino {precision} (OpenVINO's default here)",
+        "runs": TIMED_RUNS,
+        "warmup": WARMUP,
+        "input_shapes": {k: [int(d) for d in v.shape] for k, v in feed.items()},
+        "all_seconds": {k: [round(x, 5) for x in v] for k, v in runs.items()},
+    }
+
+
+def only(data: dict, names: tuple[str, ...]) -> dict:
+    """A copy of the manifest `data` with int8 variants (and their files) for `names` only."""
+    components = {}
+    for name, entry in data["components"].items():
+        variants = dict(entry.get("variants", {}))
+        variant = variants.get(INT8_VARIANT)
+        files = dict(entry["files"])
+        if variant is not None and name not in names:
+            del variants[INT8_VARIANT]
+            for rel in (variant["path"], variant.get("weights")):
+                files.pop(rel, None)
+        components[name] = {**entry, "variants": variants, "files": files}
+    return {**data, "components": components}
+
+
+class ImageCheck:
+    """Images of CHECK_JOB at `size` on OpenVINO from the engine folder `folder` with int8
+    graphs for some components only, each compared with fp32's (computed once); what was
+    compiled is removed by close() (it is keyed to this machine)."""
+
+    def __init__(self, folder: Path, size: int, log=print):
+        from fastimg.media.images import EXAMPLE_IMAGE, load_image
+
+        self.folder, self.size, self.log = folder, size, log
+        self.photo = load_image(EXAMPLE_IMAGE).resize((size, size))
+        self.reference = None
+        self.records: dict[tuple, dict] = {}
+
+    def image(self, data: dict, names: tuple, precision: str):
+        """The image with int8 graphs for `names` only, the others in `precision`."""
+        from fastimg.diffusion.pipeline import Img2ImgPipeline
+        from fastimg.engine_folder.manifest import Manifest
+
+        manifest = Manifest.from_data(self.folder, only(data, names))
+        pipe = Img2ImgPipeline(manifest, backend="openvino", precision=precision)
+        (picture,) = pipe(image=self.photo, **CHECK_JOB)
+        del pipe
+        gc.collect()
+        return picture
+
+    def psnr(self, data: dict, names: tuple, label: str) -> dict:
+        """The record of the image with int8 graphs for `names` (none: the default path,
+        precision auto) against fp32's; measured once per set of names."""
+        from fastimg.machine import cpu_summary
+        from fastimg.media.images import psnr
+
+        key = tuple(sorted(names))
+        if key not in self.records:
+            if self.reference is None:
+                self.reference = self.image(data, (), "fp32")
+            picture = self.image(data, names, "int8" if names else "auto")
+            measured = min(psnr(picture, self.reference), IDENTICAL_DB)
+            self.records[key] = {
+                "psnr_db": round(measured, 2),
+                "job": {**CHECK_JOB, "size": self.size},
+                "measured_on": cpu_summary()[:256],
+            }
+        size = f"{self.size}x{self.size}"
+        self.log(f"  {label}: image {self.records[key]['psnr_db']:.1f} dB from fp32's ({size})")
+        return self.records[key]
+
+    def close(self) -> None:
+        """Remove what the runs compiled from the folder."""
+        from fastimg.backends.registry import describe
+
+        shutil.rmtree(self.folder / describe("openvino").cache, ignore_errors=True)
+
+
+def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, log=print) -> None:
+    """Measure each int8 graph of the complete engine folder `folder` (manifest `data`, its
+    held-out calibration inputs the last of `feeds`), keep the ones that pay (apply_choices)
+    and record in data['int8'] the chosen mix and its image's PSNR against fp32."""
+    quantized = tuple(
+        n for n, e in data["components"].items() if INT8_VARIANT in e.get("variants", {})
+    )
+    log(f"measuring each int8 graph alone ({', '.join(quantized)}) against its default path")
+    check = ImageCheck(folder, size, log)
+    try:
+        default = check.psnr(data, (), "default path")
+        measured = {}
+        for name in quantized:
+            image = check.psnr(data, (name,), f"{name} int8 alone")
+            speed = time_component(folder, data["components"][name], feeds[name][-1])
+            log(
+                f"  {name}: int8 {speed['int8_seconds']:.3f} s, {speed['default_path']} "
+                f"{speed['default_seconds']:.3f} s ({speed['speed_ratio']:.2f}x)"
+            )
+            measured[name] = {"speed": speed, "image": image}
+        kept = apply_choices(folder, data, measured)
+        for name in quantized:
+            entry = data["components"][name]
+            record = entry.get("int8_dropped") or entry["variants"][INT8_VARIANT]["quantization"]
+            log(f"  {name}: {record['reason']}")
+        mix = check.psnr(data, tuple(kept), "int8 mix")
+        # Errors add up: while the mix is under the bound, the least accurate droppable goes.
+        while mix["psnr_db"] < MIN_PSNR_DB and any(n not in ALWAYS_KEPT for n in kept):
+            worst = min(
+                (n for n in kept if n not in ALWAYS_KEPT),
+                key=lambda n: measured[n]["image"]["psnr_db"],
+            )
+            reason = f"dropped: the mix with it gave {mix['psnr_db']:.1f} dB, under {MIN_PSNR_DB:g}"
+            drop(folder, data, worst, reason)
+            kept.remove(worst)
+            log(f"  {worst}: {reason}")
+            mix = check.psnr(data, tuple(kept), "int8 mix")
+    finally:
+        check.close()
+    data["int8"] = {
+        "components": kept,
+        "image": mix,
+        "default_path_image": default,
+        "min_speedup": MIN_SPEEDUP,
+        "min_psnr_db": MIN_PSNR_DB,
+        "compared_against": __doc__.split("\n\n")[2].replace("\n", " ")[:1000],
+    }
