@@ -18,7 +18,7 @@ from ..errors import EngineError, require
 from ..machine import available_cores
 from . import SHAPES
 from .pool import Pool
-from .scratch import scratch_given_back
+from .scratch import give_back_after_the_call, scratch_given_back
 
 log = logging.getLogger("fastimg")
 
@@ -124,7 +124,34 @@ class OpenVinoSession:
             outputs = {name: np.array(result[name]) for name in self.output_names}
         if scratch_given_back():
             requests.release_if_idle()
+            give_back_after_the_call(self)
         return outputs
+
+    def give_back(self) -> None:
+        """After a call far larger than the usual: the held model compiled again (from the
+        compiled cache) with new requests, unless a caller runs on it now.
+
+        release_memory frees the activations only: the requests keep input and output
+        tensors of the largest shapes they ran, and the compiled model its scratchpads and
+        the kernels and buffers it set up per shape (a 1024 px, 8-image call on the tiny
+        engines left 256 MiB behind); a model compiled anew holds none of them.
+        """
+        with self._lock:
+            if self._requests is None or self._requests.busy():
+                return
+            key = self._shape_key
+            # The old model goes before the new one loads (its weights are not held twice).
+            self._requests, self._shape_key = None, None
+            try:
+                if key is None:
+                    compiled = self._compile(str(self._path), self._cache_dir)
+                else:
+                    compiled = self._compile_static(dict(key))
+            except EngineError as exc:  # the next call compiles what it needs
+                log.warning("%s was not compiled again after giving its memory back: %s",
+                            self._path, exc)  # fmt: skip
+                return
+            self._requests, self._shape_key = self._pool(compiled), key
 
     @property
     def static_shapes(self) -> dict[str, tuple[int, ...]] | None:
@@ -135,7 +162,10 @@ class OpenVinoSession:
     def _requests_for(self, feeds: dict[str, np.ndarray]) -> Pool:
         """The requests of the model that runs these feeds, compiled for them if need be."""
         if self.shapes == "dynamic":
-            return self._requests
+            with self._lock:
+                if self._requests is None:  # its compile in give_back() failed: again
+                    self._requests = self._pool(self._compile(str(self._path), self._cache_dir))
+                return self._requests
         key = tuple(sorted((name, tuple(array.shape)) for name, array in feeds.items()))
         with self._lock:
             if key == self._shape_key:
