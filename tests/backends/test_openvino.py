@@ -228,6 +228,7 @@ def test_a_call_that_gives_back_ends_with_its_model_compiled_anew(own_engines, t
         assert session._requests is held  # not between the runs of the call
     renewed = session._requests
     assert renewed is not held and renewed is not None  # its requests and model let go
+    assert renewed._made == 1  # and the new model already ran once, on the usual shapes
     assert session.static_shapes == (
         None if shapes == "dynamic" else {"latent_sample": (1, 4, 8, 8)}
     )
