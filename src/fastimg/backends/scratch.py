@@ -4,9 +4,10 @@ Backends keep the activation memory of their largest run for the next one (ONNX 
 arena, OpenVINO's infer-request buffers): right for calls alike, wrong after one far larger
 than the rest, whose gigabytes would stay with the process. The call that is such an outlier
 runs inside `giving_back_scratch()`: each backend's run() asks `scratch_given_back()`, and a
-session that holds more than its runs can free (OpenVINO's compiled model keeps kernels and
-buffers sized for the largest shapes it ran) asks `give_back_after_the_call(self)` to have its
-`give_back()` called once, as the call's context ends.
+session that keeps more than its runs can free (OpenVINO's compiled model and requests, ONNX
+Runtime's session: buffers and kernels sized for the largest shapes they ran) asks
+`give_back_after_the_call(self)` to have its `give_back()` (a load anew) called once, as the
+call's context ends.
 """
 
 import contextlib
