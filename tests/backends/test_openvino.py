@@ -201,3 +201,59 @@ def test_a_cache_entry_written_by_another_process_at_once_falls_back_to_compilin
     session = OpenVinoSession(own_engines / "vae_decoder" / "model.onnx", cache_dir=tmp_path)
     assert "latent_sample" in session.input_names
     assert ["CACHE_DIR" in c for c in configs] == [True, False]
+
+
+def _decoder(engines, **options):
+    from fastimg.backends.openvino import OpenVinoSession
+
+    return OpenVinoSession(
+        engines / "vae_decoder" / "model.onnx", threads=1, cache_dir=engines / "ov", **options
+    )
+
+
+@pytest.mark.parametrize("shapes", ["dynamic", "static"])
+def test_a_call_that_gives_back_ends_with_its_model_compiled_anew(own_engines, tmp_path, shapes):
+    import numpy as np
+
+    from fastimg.backends.scratch import giving_back_scratch
+
+    static = {"static_cache": lambda _: tmp_path} if shapes == "static" else {}
+    session = _decoder(own_engines, shapes=shapes, **static)
+    feeds = {session.input_names[0]: np.ones((1, 4, 8, 8), np.float32)}
+    expected = session.run(feeds)[session.output_names[0]]
+    held = session._requests
+    with giving_back_scratch():
+        session.run(feeds)
+        session.run(feeds)
+        assert session._requests is held  # not between the runs of the call
+    renewed = session._requests
+    assert renewed is not held and renewed is not None  # its requests and model let go
+    assert renewed._made == 1  # and the new model already ran once, on the usual shapes
+    assert session.static_shapes == (
+        None if shapes == "dynamic" else {"latent_sample": (1, 4, 8, 8)}
+    )
+    np.testing.assert_array_equal(session.run(feeds)[session.output_names[0]], expected)
+    assert session._requests is renewed  # and an ordinary run keeps it
+
+
+def test_a_model_in_use_is_not_compiled_anew_and_a_failed_compile_is_tried_again(
+    own_engines, monkeypatch
+):
+    import numpy as np
+
+    from fastimg.errors import EngineError
+
+    session = _decoder(own_engines)
+    feeds = {session.input_names[0]: np.ones((1, 4, 8, 8), np.float32)}
+    expected = session.run(feeds)[session.output_names[0]]
+    held = session._requests
+    with held.lend():  # another caller runs on it
+        session.give_back()
+    assert session._requests is held
+    real = session._compile
+    monkeypatch.setattr(session, "_compile", lambda *a: (_ for _ in ()).throw(
+        EngineError("no memory for it")))  # fmt: skip
+    session.give_back()
+    assert session._requests is None  # the old model was let go before the compile
+    monkeypatch.setattr(session, "_compile", real)
+    np.testing.assert_array_equal(session.run(feeds)[session.output_names[0]], expected)

@@ -104,6 +104,31 @@ def test_onnx_runtime_shrinks_its_arena_after_a_run_that_gives_back(tiny, monkey
     assert all(np.array_equal(plain[k], shrunk[k]) for k in plain)  # the same outputs
 
 
+def test_onnx_runtime_loads_its_session_anew_after_a_call_that_gives_back(tiny, monkeypatch):
+    from fastimg.backends.onnxruntime import OnnxRuntimeSession
+    from fastimg.errors import EngineError
+
+    session = OnnxRuntimeSession(tiny[1] / "vae_decoder" / "model.onnx", threads=1)
+    latents = {session.input_names[0]: np.ones((1, 4, 8, 8), np.float32)}
+    expected = session.run(latents)[session.output_names[0]]
+    held = session._session
+    with giving_back_scratch():
+        session.run(latents)
+        session.run(latents)
+        assert session._session is held  # not between the runs of the call
+    renewed = session._session
+    assert renewed is not held and renewed is not None
+    np.testing.assert_array_equal(session.run(latents)[session.output_names[0]], expected)
+    with session._slots:  # a caller runs on it: it stays
+        session.give_back()
+    assert session._session is renewed
+    monkeypatch.setattr(session, "_load", lambda: (_ for _ in ()).throw(EngineError("no")))
+    session.give_back()
+    assert session._session is None  # let go before the load that failed
+    monkeypatch.undo()
+    np.testing.assert_array_equal(session.run(latents)[session.output_names[0]], expected)
+
+
 @pytest.mark.skipif(not installed("openvino"), reason="needs fastimg[openvino]")
 def test_openvino_releases_its_requests_memory_after_a_run_that_gives_back(tiny):
     from fastimg.backends.openvino import OpenVinoSession

@@ -18,7 +18,7 @@ from ..errors import EngineError, require
 from ..machine import available_cores
 from . import SHAPES
 from .pool import Pool
-from .scratch import scratch_given_back
+from .scratch import give_back_after_the_call, scratch_given_back
 
 log = logging.getLogger("fastimg")
 
@@ -69,6 +69,7 @@ class OpenVinoSession:
         self._max_concurrency, self.shapes = max_concurrency, shapes
         self._cache_dir, self._static_cache = cache_dir, static_cache
         self._seen: Counter = Counter()
+        self._usual = None  # the last ordinary run's input shapes and dtypes
         self._lock = threading.Lock()
         self._shape_key = None  # the shapes the held model was compiled for (None: dynamic)
         if shapes == "static":  # nothing compiled until the first call says the shapes
@@ -124,7 +125,47 @@ class OpenVinoSession:
             outputs = {name: np.array(result[name]) for name in self.output_names}
         if scratch_given_back():
             requests.release_if_idle()
+            give_back_after_the_call(self)
+        else:  # what the model is compiled for and warmed on after a far larger call
+            self._usual = {name: (array.shape, array.dtype) for name, array in feeds.items()}
         return outputs
+
+    def give_back(self) -> None:
+        """After a call far larger than the usual: the model of the usual runs' shapes
+        compiled again (from the compiled cache) with new requests and warmed on those shapes,
+        unless a caller runs on the held one now.
+
+        release_memory frees the activations only: the requests keep input and output
+        tensors of the largest shapes they ran, and the compiled model its scratchpads and
+        the kernels and buffers it set up per shape (a 1024 px, 8-image call on the tiny
+        engines left 256 MiB behind); a model compiled anew holds none of them. Its first run
+        sets up its kernels (150 ms on the tiny engines): the far larger call pays for it.
+        """
+        with self._lock:
+            if self._requests is None or self._requests.busy():
+                return
+            usual = self._usual
+            key = None if usual is None else tuple(sorted((n, s) for n, (s, _) in usual.items()))
+            if self.shapes == "dynamic" or (self.shapes == "auto" and self._seen[key] < 2):
+                key = None
+            # The old model goes before the new one loads (its weights are not held twice).
+            self._requests, self._shape_key = None, None
+            if key is None and self.shapes == "static":
+                return  # no usual shapes yet: the next call compiles its own
+            try:
+                if key is None:
+                    compiled = self._compile(str(self._path), self._cache_dir)
+                else:
+                    compiled = self._compile_static(dict(key))
+            except EngineError as exc:  # the next call compiles what it needs
+                log.warning("%s was not compiled again after giving its memory back: %s",
+                            self._path, exc)  # fmt: skip
+                return
+            requests = self._pool(compiled)
+            if usual is not None:
+                with requests.lend() as request:
+                    request.infer({n: np.zeros(s, d) for n, (s, d) in usual.items()})
+            self._requests, self._shape_key = requests, key
 
     @property
     def static_shapes(self) -> dict[str, tuple[int, ...]] | None:
@@ -135,7 +176,10 @@ class OpenVinoSession:
     def _requests_for(self, feeds: dict[str, np.ndarray]) -> Pool:
         """The requests of the model that runs these feeds, compiled for them if need be."""
         if self.shapes == "dynamic":
-            return self._requests
+            with self._lock:
+                if self._requests is None:  # its compile in give_back() failed: again
+                    self._requests = self._pool(self._compile(str(self._path), self._cache_dir))
+                return self._requests
         key = tuple(sorted((name, tuple(array.shape)) for name, array in feeds.items()))
         with self._lock:
             if key == self._shape_key:

@@ -34,6 +34,11 @@ class Pool(Generic[T]):
                 self._idle.append(worker)
                 self._changed.notify()
 
+    def busy(self) -> bool:
+        """Whether a worker is lent now."""
+        with self._changed:
+            return len(self._idle) != self._made
+
     def release_if_idle(self) -> bool:
         """Run the pool's `release` (free the workers' scratch memory) if no worker is lent
         now, holding every caller off meanwhile; whether it ran."""
