@@ -33,6 +33,8 @@ AS_GIVEN = "none"
 # A video frame whose input differs from the last transformed one by less than this (mean
 # absolute difference, pixels from 0 to 1) reuses its output (fastimg video --reuse-threshold).
 DEFAULT_REUSE_THRESHOLD = 0.01
+# The smallest VAE decoder tile, in pixels (8 latents of an SD VAE).
+VAE_MIN_TILE = 64
 SHOWN = 80  # characters of a prompt quoted in a message
 # What outputs are written as (--format, the HTTP `format` field).
 FORMATS = ("png", "jpeg", "webp")
@@ -346,6 +348,14 @@ SETTINGS = (
         "transformed with it at the engine's size (diffusers' padding_mask_crop) [32].",
         field="mask_padding",
     ),
+    Setting(
+        "vae_tile_size",
+        WHOLE,
+        "Decode in overlapping tiles of PX pixels (a multiple of 8), blended: less memory for "
+        "large images, not faster; the image differs slightly (README: Tiled VAE decoding) "
+        "[default: whole].",
+        low=VAE_MIN_TILE,
+    ),
 )
 BY_NAME = {setting.name: setting for setting in SETTINGS}
 BY_KEY = {setting.key: setting for setting in SETTINGS}
@@ -378,6 +388,7 @@ class CallSettings:
     mask_blur: int | None = None
     padding_mask_crop: int | None = None  # None: the whole image (A1111's "whole picture")
     keep_unmasked: bool = False  # the original pixels pasted back outside the mask
+    vae_tile_size: int | None = None  # None: the whole image decoded at once
     sdxl: tuple[tuple[str, object], ...] = ()
 
     def arguments(self) -> dict:
