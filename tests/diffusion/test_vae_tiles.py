@@ -14,6 +14,8 @@ from fastimg.media.images import psnr, to_pixels, to_uint8
 # (256 x 256 images, ONNX Runtime fp32), as the README's "Tiled VAE decoding" states it: a
 # decoder's GroupNorm and attention see only their tile, so small tiles differ more.
 TINY_BOUND_DB = {128: 23.0, 192: 31.0}
+# TAESD has no GroupNorm or attention: its tiles differ only within a layer's reach of a seam.
+TAESD_BOUND_DB = 60.0
 
 
 @pytest.fixture(scope="module")
@@ -117,3 +119,13 @@ def test_bad_tile_sizes_are_refused_in_one_line_before_any_work(pipe, photo, siz
     with pytest.raises(InputError, match=message) as caught:
         pipe("a fox", photo, strength=0.5, num_inference_steps=4, vae_tile_size=size)
     assert "\n" not in str(caught.value)
+
+
+def test_taesd_tiles_equal_the_whole_decode_but_for_rounding_at_the_seams(tiny_taesd):
+    pipe = Img2ImgPipeline.from_engines(tiny_taesd[1], backend="onnxruntime", precision="fp32")
+    pixels = to_pixels(smooth_image(256, 0), 8, 1024)
+    z = pipe.encode_image(pixels, TorchCompatibleGenerator(0))
+    decoder = pipe.sessions["vae_decoder"]
+    whole = to_uint8(decode_tiled(decoder, z, None, 8))
+    tiled = to_uint8(decode_tiled(decoder, z, 128, 8))
+    assert psnr(whole, tiled) >= TAESD_BOUND_DB

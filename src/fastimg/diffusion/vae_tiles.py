@@ -3,9 +3,10 @@ linearly across each overlap into the whole image (diffusers' AutoencoderKL.tile
 quarter of a tile overlapped, a linear blend; here the tiles are spread evenly so that the
 last one ends at the edge and every tile has the same shape).
 
-A KL decoder's GroupNorm takes its statistics over each tile rather than the whole image, so
-a tiled image differs from the whole one by a bounded amount (TILED_PSNR_DB); TAESD has no
-GroupNorm, and its tiles differ from the whole only where a seam lies within a layer's reach.
+A KL decoder's GroupNorm and its middle block's attention see one tile rather than the whole
+image, so a tiled image differs from the whole one, the more the smaller the tiles (the bounds
+measured are the README's, "Tiled VAE decoding"); TAESD has neither, and its tiles differ from
+the whole only where a seam lies within a layer's reach.
 """
 
 import math
@@ -17,9 +18,6 @@ from ..errors import InputError
 from ..settings import VAE_MIN_TILE
 
 OVERLAP = 0.25  # of a tile, as diffusers' tile_overlap_factor
-# The least PSNR of a tiled decode against the whole one measured here (tests/diffusion/
-# test_vae_tiles.py; bench/results/vae-tiles-*.json for the sd15-size VAE), in dB.
-TILED_PSNR_DB = 30.0
 
 
 def check_tile_size(manifest: Manifest, size: int | None) -> None:
