@@ -34,8 +34,9 @@ def check_finite(array, stage: str, engines: Engines):
 
 
 def finite(array):
-    """Whether every element is finite, as a 0-d array (no host round trip on a GPU)."""
-    return (array == array).all() & (abs(array) != float("inf")).all()
+    """Whether every element is finite, as a 0-d array (no host round trip on a GPU: CuPy
+    takes NumPy's ufuncs); one pass and a boolean temporary, a quarter of the array's bytes."""
+    return np.isfinite(array).all()
 
 
 @dataclass(frozen=True)
