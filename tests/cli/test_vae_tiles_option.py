@@ -57,3 +57,14 @@ def test_bad_tile_sizes_are_refused_in_one_line(runner, tiny, wide, tmp_path, si
     assert message in result.output
     assert len([line for line in result.output.splitlines() if "rror" in line]) == 1
     assert not (tmp_path / "o.png").exists()
+
+
+def test_transform_help_and_the_readme_say_the_real_time_recipe_decodes_with_taesd(runner):
+    from pathlib import Path
+
+    result = runner.invoke(cli, ["transform", "--help"])
+    assert result.exit_code == 0
+    assert "decodes with TAESD" in result.output and "--vae-tile-size" in result.output
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    near_real_time = readme.split("## Near real time")[1].split("\n## ")[0]
+    assert "The real-time recipe's VAE is TAESD" in near_real_time
