@@ -209,10 +209,11 @@ class Service:
         from ..stream.engine import StreamEngine, StreamSettings, call_control
 
         call = template.job.call
-        if template.mask is not None or call.lora_scales is not None:
+        given = (call.lora_scales, call.vae_tile_size)
+        if template.mask is not None or any(value is not None for value in given):
             raise InputError(
                 "the stream options (stream_batch, rcfg, similarity, max_skip, feedback) run "
-                "without a mask or lora_scales: leave those out, or the options"
+                "without a mask, lora_scales or vae_tile_size: leave those out, or the options"
             )
         settings = StreamSettings.from_call(
             call, template.sampler, control=call_control(self._job(template).call), **options
