@@ -352,7 +352,7 @@ SETTINGS = (
         "vae_tile_size",
         WHOLE,
         "Decode in overlapping tiles of PX pixels (a multiple of 8), blended: each decoder run "
-        "sees one tile; slower here (1.3-2.3x at 512 with 256 px tiles), and the image differs "
+        "sees one tile; slower here (1.3-2.3x the whole at 512 and 1024 px), and the image differs "
         "(README: Tiled VAE decoding) [default: whole].",
         low=VAE_MIN_TILE,
     ),
