@@ -426,3 +426,10 @@ def test_the_stream_options_keep_the_controlnets_control(runner, tiny_controlnet
         with Image.open(out / f"frame-{i:06d}.png") as frame:
             got = frame.convert("RGB")
         assert psnr(got, expected) >= 40 > psnr(got, plain)
+
+
+def test_stream_options_refuse_vae_tiles_by_name(runner, tiny, clip, tmp_path):
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "out", "--similarity", "0.98",
+                    "--vae-tile-size", "64")  # fmt: skip
+    _refused(result, 1)
+    assert "leave out --vae-tile-size" in result.stderr

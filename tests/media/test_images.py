@@ -25,6 +25,13 @@ def test_uint8_matches_diffusers_postprocessing():
     np.testing.assert_array_equal(to_uint8(x), expected)
 
 
+def test_uint8_images_come_c_ordered_so_pil_takes_their_buffer_as_it_is():
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 16, 24)).astype(np.float32)
+    images = to_uint8(x)
+    assert images.shape == (2, 16, 24, 3) and images.flags.c_contiguous
+    assert Image.fromarray(images[1]).getpixel((5, 3)) == tuple(images[1, 3, 5])
+
+
 @pytest.mark.parametrize("mode", ["RGBA", "P", "L", "CMYK", "LA", "I;16"])
 def test_other_modes_are_converted_to_rgb(tmp_path, mode):
     rgb = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 48, 3), dtype=np.uint8))

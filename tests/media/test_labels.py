@@ -591,3 +591,19 @@ def test_parameters_text_lists_the_loras_hashes_as_a1111_does():
     line = labels.parameters_text(settings, (64, 48)).splitlines()[-1]
     assert 'Lora hashes: "ink: 0123456789ab, oil: ba9876543210", Version: fastimg' in line
     assert "Lora hashes" not in labels.parameters_text(SETTINGS, (64, 48))
+
+
+def test_pngs_are_written_fast_and_lossless_and_as_small_as_pillows_default_on_a_photo(tmp_path):
+    # A photograph-like image: smooth shapes under sensor noise.
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:128, 0:128] / 128
+    waves = np.stack([np.sin(5 * x + 3 * y), np.cos(17 * x * y), np.sin(7 * x)], -1) * 0.5 + 0.5
+    pixels = (np.clip(waves + rng.normal(0, 0.02, waves.shape), 0, 1) * 255).astype(np.uint8)
+    photo = Image.fromarray(pixels)
+    path = labels.save_image(photo, tmp_path / "out.png", SETTINGS, metadata=False)
+    photo.save(tmp_path / "default.png")
+    assert np.array_equal(np.asarray(Image.open(path)), pixels)
+    idat = b"".join(body for kind, body in png_chunks(path.read_bytes()) if kind == b"IDAT")
+    assert zlib.decompress(idat)  # (a valid zlib stream, however it was matched)
+    assert idat[1] >> 6 == 0  # FLEVEL 0: deflated at the fastest level (RFC 1950)
+    assert path.stat().st_size <= 1.02 * (tmp_path / "default.png").stat().st_size

@@ -348,7 +348,8 @@ def test_a_frame_the_similarity_filter_skips_sends_the_last_output_again(pipe, f
         ({"stream_batch": "yes"}, "stream_batch must be a JSON bool"),
         ({"stream_batch": True, "sampler": "dpmpp_2m"}, "--sampler lcm"),
         ({"feedback": 1.5}, "feedback must be in [0, 1)"),
-        ({"feedback": 0.2, "lora_scales": "none"}, "leave out lora_scales, or the options"),
+        ({"feedback": 0.2, "lora_scales": "none"}, "leave out lora_scales and vae_tile_size"),
+        ({"similarity": 0.9, "vae_tile_size": 64}, "leave out lora_scales and vae_tile_size"),
     ],
 )
 def test_bad_stream_options_are_named_then_closed_with_1008(pipe, options, detail):

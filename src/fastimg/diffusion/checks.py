@@ -13,6 +13,7 @@ from . import schedules
 from .conditioning import check_sdxl_arguments
 from .control import check_settings as check_control
 from .masks import check_settings as check_mask
+from .vae_tiles import check_tile_size
 
 log = logging.getLogger("fastimg")
 
@@ -107,6 +108,7 @@ def check_call(manifest: Manifest, settings: CallSettings) -> CheckedCall:
     micro = check_sdxl_arguments(manifest, dict(settings.sdxl))
     check_control(manifest, settings)
     check_mask(manifest, settings)
+    check_tile_size(manifest, settings.vae_tile_size)
     sampler = resolve_sampler(manifest, settings.scheduler)
     plan = plan_for(manifest, sampler, settings.num_inference_steps, settings.strength,
                     settings.mask_image is not None)  # fmt: skip

@@ -26,7 +26,7 @@ from ..errors import InputError
 from ..lora.files import parse_lora_spec
 from ..media import images
 from ..settings import SDXL_ARGUMENTS, SEED_LIMIT, CallSettings
-from . import conditioning, samplers, schedules
+from . import conditioning, samplers, schedules, vae_tiles
 from .arrays import PredrawnNoise, namespace, to_host
 from .checks import check_call, plan_for
 from .control import ControlRun, model_label, prepare_control
@@ -308,8 +308,7 @@ class Img2ImgPipeline:
             session = unet
             if control_run is not None:
                 session = control_run.step(feeds, i, j, len(emb) // (1 + cfg), cfg, unet)
-            out = session.run(feeds)
-            out = out["out_sample"]
+            out = session.run(feeds)["out_sample"]
             flags.append((i, finite(out)))
             if cfg:
                 uncond, text = xp.split(out, 2)
@@ -337,16 +336,17 @@ class Img2ImgPipeline:
         engines: Engines | None = None,
         chunk: int | None = None,
         should_stop: Callable[[], bool] | None = None,
+        tile_size: int | None = None,
     ) -> np.ndarray:
         """uint8 NHWC images from latents, decoded `chunk` images at a time (`should_stop` is
-        asked before each decoder call)."""
+        asked before each decoder call), in tiles of `tile_size` pixels if given (vae_tiles)."""
         engines = engines or self.engines.default()
         scaled = latents / np.float32(self.manifest.vae_scaling_factor)
-        chunk, decoded = chunk or len(scaled), []
+        chunk, decoded, factor = chunk or len(scaled), [], self.manifest.vae_scale_factor
         for j in range(0, len(scaled), chunk):
             stop_point(should_stop, "decoding the images")
-            part = {"latent_sample": scaled[j : j + chunk]}
-            pixels = engines.sessions["vae_decoder"].run(part)["sample"]
+            decoder, part = engines.sessions["vae_decoder"], scaled[j : j + chunk]
+            pixels = vae_tiles.decode_tiled(decoder, part, tile_size, factor, engines.xp)
             decoded.append(to_host(images.to_uint8(check_finite(pixels, "decoded image", engines))))
         return decoded[0] if len(decoded) == 1 else np.concatenate(decoded)
 
@@ -381,6 +381,7 @@ class Img2ImgPipeline:
         keep_unmasked: bool = False,
         masked_content: str | None = None,
         lora_scales: dict | str | None = None,
+        vae_tile_size: int | None = None,
         *,
         should_stop: Callable[[], bool] | None = None,
     ) -> list[Image.Image]:
@@ -403,7 +404,7 @@ class Img2ImgPipeline:
         pastes the original pixels back outside the (blurred) mask, `masked_content` (A1111's:
         "original", "fill", "latent_noise", "latent_nothing") is what the masked region starts
         from. `lora_scales` ({name: scale} of loaded LoRAs, the others off) overrides the loaded
-        scales for this call.
+        scales for this call. `vae_tile_size` decodes in tiles of that many pixels.
         `callback(step, total)` follows the UNet's steps; `should_stop()`, asked between the
         engine calls, raises Cancelled when it says so (call_many's).
         """
@@ -429,14 +430,10 @@ class Img2ImgPipeline:
             control_guidance_start=control_guidance_start,
             control_guidance_end=control_guidance_end,
             control_preprocess=control_preprocess,
-            mask_image=mask_image,
-            mask_invert=mask_invert,
-            mask_blur=mask_blur,
-            padding_mask_crop=padding_mask_crop,
-            keep_unmasked=keep_unmasked,
-            masked_content=masked_content,
-            lora_scales=lora_scales,
-        )
+            mask_image=mask_image, mask_invert=mask_invert, mask_blur=mask_blur,
+            padding_mask_crop=padding_mask_crop, keep_unmasked=keep_unmasked,
+            masked_content=masked_content, lora_scales=lora_scales, vae_tile_size=vae_tile_size,
+        )  # fmt: skip
         return self._run([request], callback, should_stop)[0]
 
     def call_many(
@@ -506,6 +503,7 @@ class Img2ImgPipeline:
             ),
             mask=mask,
             loras=loras,
+            vae_tile_size=settings.vae_tile_size,
         )
 
     def _run(self, group: list[Request], callback, should_stop=None) -> list[list[Image.Image]]:
@@ -585,7 +583,7 @@ class Img2ImgPipeline:
             latents = self.denoise(z, embeddings, first.plan, first.guidance_scale, noise,
                                    callback, engines, chunk, extra, run, masking)  # fmt: skip
             # 6. Decode.
-            return self.decode(latents, engines, chunk, should_stop)
+            return self.decode(latents, engines, chunk, should_stop, first.vae_tile_size)
 
     def _conditioning(self, group, texts, counts, height, width) -> dict:
         """The extra UNet inputs of the requests of a batch, one row per image."""

@@ -181,8 +181,15 @@ def to_pixels(image: Image.Image, multiple: int, max_side: int | None = None) ->
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     """NHWC uint8 from decoder output in [-1, 1], rounded like diffusers' postprocess (NumPy or
     CuPy in, the same kind out)."""
-    images = (pixels * np.float32(0.5) + np.float32(0.5)).clip(0, 1).transpose(0, 2, 3, 1)
-    return (images * 255).round().astype(np.uint8)
+    planes = ((pixels * np.float32(0.5) + np.float32(0.5)).clip(0, 1) * 255).round()
+    planes = planes.astype(np.uint8)
+    # Channel by channel into a C-ordered NHWC array: PIL then takes its buffer as it is (a
+    # transposed view cost Image.fromarray a strided copy, several times this loop).
+    n, channels, height, width = planes.shape
+    images = np.empty_like(planes, shape=(n, height, width, channels))
+    for c in range(channels):
+        images[..., c] = planes[:, c]
+    return images
 
 
 def psnr(a, b) -> float:

@@ -11,6 +11,7 @@ import io
 import json
 import re
 import struct
+import zlib
 from pathlib import Path
 from xml.sax.saxutils import escape
 
@@ -35,6 +36,9 @@ from .vocabulary import (
 )
 
 DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95}
+# PNGs are deflated at level 1 with run-length matching: 2-4x faster than Pillow's level 6 and
+# as small on photographs; a flat synthetic image comes out larger (bench/results/README.md).
+PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 # Modes each format stores as they are; any other mode is converted to RGB (alpha onto white).
 STORED_MODES = {
     "PNG": {"1", "L", "LA", "I", "I;16", "RGB", "RGBA"},
@@ -303,6 +307,8 @@ def _encoding(image, settings: dict, fmt: str, quality, metadata: bool, where) -
     options = {}
     if fmt in DEFAULT_QUALITY:
         options["quality"] = _checked_quality(quality, fmt)
+    if fmt == "PNG":
+        options.update(PNG_OPTIONS)
     bare = _storable_copy(image, fmt)
     if metadata:
         options.update(_label_options(fmt, settings, bare.size, where))

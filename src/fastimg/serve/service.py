@@ -209,10 +209,12 @@ class Service:
         from ..stream.engine import StreamEngine, StreamSettings, call_control, call_mask
 
         call = template.job.call
-        if call.lora_scales is not None:
+        given = (call.lora_scales, call.vae_tile_size)
+        if any(value is not None for value in given):
             raise InputError(
                 "the stream options (stream_batch, rcfg, similarity, max_skip, feedback) run "
-                "with the loaded LoRAs' scales: leave out lora_scales, or the options"
+                "with the loaded LoRAs' scales and whole VAE decoding: leave out lora_scales and "
+                "vae_tile_size, or the options"
             )
         decoded = self._job(template).call  # (its control images and mask, once)
         settings = StreamSettings.from_call(

@@ -281,6 +281,11 @@ def _stream_engine(pipe, call: CallSettings, stream: dict, resume: bool, source:
             ", --rcfg, --similarity, --feedback) run one mask for every frame: pass one mask "
             "file, or leave out the options"
         )
+    if call.vae_tile_size is not None:
+        raise InputError(
+            "the stream options (--stream-batch, --rcfg, --similarity, --feedback) decode the "
+            "frames whole: leave out --vae-tile-size, or the options"
+        )
     checked = _check_call(pipe, source, call)
     settings = StreamSettings.from_call(call, checked.sampler, **stream)
     return StreamEngine(pipe, settings)
