@@ -94,7 +94,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Measure and write the record."""
     from fastimg.diffusion.pipeline import Img2ImgPipeline
-    from fastimg_bench.record import machine, versions
+    from fastimg_bench.record import machine, save, versions
     from fastimg_bench.stages import StageClock, time_fastimg
 
     args = parser().parse_args(argv)
@@ -147,9 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         "profile_of_replayed_call": top_functions(lambda: pipe(**job)),
     }
     print(json.dumps({k: record[k] for k in ("replayed_call_s", "png_s", "share_of_call")}))
-    with open(args.output, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
+    save(record, args.output)
     return 0
 
 

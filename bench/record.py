@@ -1,5 +1,6 @@
 """What every bench record says about where it was made: the machine and the versions."""
 
+import json
 import platform
 
 RUNTIME_PACKAGES = ("fastimg", "onnxruntime", "openvino", "numpy")
@@ -19,3 +20,10 @@ def versions(*packages: str) -> dict:
     wanted = dict.fromkeys((*RUNTIME_PACKAGES, *packages))
     found = {p: v for p in wanted if (v := package_version(p)) is not None}
     return {"python": platform.python_version(), **found}
+
+
+def save(record: dict, path) -> None:
+    """Write `record` to `path` as indented JSON, one line at the end."""
+    with open(path, "w") as f:
+        json.dump(record, f, indent=1)
+        f.write("\n")

@@ -168,7 +168,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Measure, print each row as it is made, and write the record."""
     from fastimg.engine_folder.manifest import load_manifest
-    from fastimg_bench.record import machine, versions
+    from fastimg_bench.record import machine, save, versions
 
     args = parser().parse_args(argv)
     manifest = load_manifest(args.engines)
@@ -191,9 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         record["shapes"] = shapes(manifest, precisions, args.shapes_size, args.repeats,
                                   args.warmup, log)  # fmt: skip
     record["load_average_end"] = os.getloadavg()
-    with open(args.output, "w") as f:
-        json.dump(record, f, indent=1)
-        f.write("\n")
+    save(record, args.output)
     return 0
 
 
