@@ -94,7 +94,8 @@ def test_the_mix_is_recorded_with_each_components_figures(tiny_int8):
     mix = manifest.data["int8"]
     with_int8 = [n for n, c in manifest.components.items() if INT8 in c.get("variants", {})]
     assert mix["components"] == with_int8 and "unet" in with_int8
-    assert mix["min_speedup"] == 1.05 and mix["min_psnr_db"] == 30.0
+    # (the tiny_int8 fixture weighs no speed, 0.001x: its timings are noise; the bound stays)
+    assert mix["min_speedup"] == 0.001 and mix["min_psnr_db"] == 30.0
     assert mix["image"]["psnr_db"] >= mix["min_psnr_db"]  # else a component would be dropped
     for name in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
         entry = manifest.components[name]
