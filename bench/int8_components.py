@@ -66,12 +66,12 @@ def time_vae(engines: Path, graphs: Path, size: int, runs: int) -> dict:
     default precision and at fp32 (compiled as the runtime does), one warm-up each, then
     `runs` rounds of the three in turn."""
     import statistics
-    import time
 
     import numpy as np
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config, compiled_precision
+    from fastimg_export.int8_choice import alternated_seconds
 
     rng = np.random.default_rng(0)
     feeds = {
@@ -98,13 +98,7 @@ def time_vae(engines: Path, graphs: Path, size: int, runs: int) -> dict:
                 compiled.get_property("INFERENCE_PRECISION_HINT")
             )
             requests[label] = compiled.create_infer_request()
-            requests[label].infer(feed)  # warm-up
-        seconds = {label: [] for label in requests}
-        for _ in range(runs):
-            for label, request in requests.items():
-                started = time.perf_counter()
-                request.infer(feed)
-                seconds[label].append(time.perf_counter() - started)
+        seconds = alternated_seconds(requests, feed, 1, runs)
         median = {label: statistics.median(values) for label, values in seconds.items()}
         results[name] = {
             "size": size,

@@ -85,6 +85,21 @@ def drop(folder: Path, data: dict, name: str, reason: str) -> None:
         (folder / rel).unlink(missing_ok=True)
 
 
+def alternated_seconds(requests: dict, feed: dict, warmup: int, runs: int) -> dict:
+    """Seconds of each of `runs` runs of every infer request in `requests` on `feed`, taken in
+    turn (so that a change in the machine's load falls on all), after `warmup` runs each."""
+    for request in requests.values():
+        for _ in range(warmup):
+            request.infer(feed)
+    seconds = {label: [] for label in requests}
+    for _ in range(runs):
+        for label, request in requests.items():
+            started = time.perf_counter()
+            request.infer(feed)
+            seconds[label].append(time.perf_counter() - started)
+    return seconds
+
+
 def time_component(folder: Path, entry: dict, feed: dict) -> dict:
     """Seconds of one run of a component's int8 graph and of its default path (see the
     module's doc) on `feed`, each compiled as the runtime compiles --precision int8; after
@@ -100,15 +115,7 @@ def time_component(folder: Path, entry: dict, feed: dict) -> dict:
     }
     precision = compiled_precision(compiled["default"].get_property("INFERENCE_PRECISION_HINT"))
     requests = {k: model.create_infer_request() for k, model in compiled.items()}
-    for request in requests.values():
-        for _ in range(WARMUP):
-            request.infer(feed)
-    runs = {k: [] for k in requests}
-    for _ in range(TIMED_RUNS):
-        for label, request in requests.items():
-            started = time.perf_counter()
-            request.infer(feed)
-            runs[label].append(time.perf_counter() - started)
+    runs = alternated_seconds(requests, feed, WARMUP, TIMED_RUNS)
     del requests, compiled
     gc.collect()
     seconds = {k: statistics.median(v) for k, v in runs.items()}
