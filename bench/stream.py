@@ -16,7 +16,7 @@ from PIL import Image
 
 from fastimg.media.images import psnr
 
-from .contenders import DiffusersSide, parse_backend
+from .contenders import DiffusersSide, parse_backend, parse_shapes
 from .job import BenchJob
 from .record import machine as machine_record
 from .record import versions as package_versions
@@ -59,7 +59,11 @@ def run_fastimg(engines: str, job: BenchJob, spec: str, options: dict, frames: l
     from fastimg.stream.engine import StreamEngine, StreamSettings
 
     backend, precision = parse_backend(spec)
-    pipe = Img2ImgPipeline.from_engines(engines, backend=backend, precision=precision)
+    shapes = parse_shapes(spec)
+    pipe = Img2ImgPipeline.from_engines(
+        engines, backend=backend, precision=precision, shapes=shapes
+    )
+    shown = "" if shapes == "dynamic" else f" {shapes}"  # as the image bench names its sides
     settings = StreamSettings(job.prompt, strength=job.strength, steps=job.steps,
                               guidance=job.guidance, sampler=job.sampler, seed=job.seed,
                               **options)  # fmt: skip
@@ -85,7 +89,7 @@ def run_fastimg(engines: str, job: BenchJob, spec: str, options: dict, frames: l
         came_out(out)
     seconds = time.perf_counter() - start
     return {
-        "name": f"fastimg stream {pipe.backend} {pipe.precision}{suffix}",
+        "name": f"fastimg stream {pipe.backend} {pipe.precision}{shown}{suffix}",
         "seconds": seconds,
         "fps": len(frames) / seconds,
         "frame_seconds": spread(pushes),

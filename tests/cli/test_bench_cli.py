@@ -99,3 +99,16 @@ def test_bench_stream_all_off_gives_diffusers_images(tiny, tmp_path):
     ours = json.loads((tmp_path / "stream.json").read_text())["sides"]
     db = ours["fastimg stream onnxruntime fp32"]["psnr_first_frame_vs_diffusers_db"]
     assert db == "inf" or db >= 40
+
+
+def test_bench_stream_measures_openvino_static_shapes_as_a_side_of_its_own(tiny, tmp_path):
+    pytest.importorskip("openvino")
+    model, engines = tiny
+    args = ["bench", "--stream", "--model", str(model), "--engines", str(engines), "--size", "64"]
+    args += ["--backend", "openvino:fp32", "--backend", "openvino:fp32:static", "--no-diffusers"]
+    args += ["--warmup", "0", "--frames", "2"]
+    result = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "stream")])
+    assert result.exit_code == 0, result.output
+    sides = json.loads((tmp_path / "stream.json").read_text())["sides"]
+    assert set(sides) == {"fastimg stream openvino fp32", "fastimg stream openvino fp32 static"}
+    assert all(side["fps"] > 0 for side in sides.values())

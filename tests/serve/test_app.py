@@ -289,6 +289,24 @@ def test_a_side_the_engines_cannot_take_is_refused_from_its_header(server, monke
     assert f"{side}x64 pixels is larger than these engines take" in response.json()["detail"]
 
 
+def test_a_side_too_large_to_decode_whole_is_taken_in_tiles(server, monkeypatch):
+    from fastimg import machine
+
+    client, service = server
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": 32 * 2**20)
+    monkeypatch.setattr(service.pipe, "max_side", 128)  # as if loaded with 32 MiB free
+    tiled = service.pipe.engines.max_side(service.pipe.device, 64)
+    assert tiled > 128  # the tiny decoder is what bounds the whole image at 32 MiB
+    buffer = io.BytesIO()
+    Image.new("RGB", (tiled, 64), (90, 140, 30)).save(buffer, format="PNG")
+    upload = {"image": ("wide.png", buffer.getvalue(), "image/png")}
+    whole = client.post("/v1/img2img", files=upload, data=SETTINGS)
+    assert whole.status_code == 422 and "sides up to 128 px" in whole.json()["detail"]
+    tiles = client.post("/v1/img2img", files=upload, data={**SETTINGS, "vae_tile_size": "64"})
+    assert tiles.status_code == 200, tiles.text
+    assert Image.open(io.BytesIO(tiles.content)).size == (tiled, 64)
+
+
 def test_uploads_over_the_limit_are_refused(pipe, picture):
     noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     big = io.BytesIO()

@@ -191,10 +191,10 @@ class EngineSet:
 
     # --- memory ---------------------------------------------------------------------------------
 
-    def max_side(self, device: str) -> int:
+    def max_side(self, device: str, tile: int | None = None) -> int:
         """The longest image side these engines take here: what the manifest states, bounded
         by what one image's activations can have of the memory free now (plan sets bound
-        their own sizes)."""
+        their own sizes; `tile`: the decoder runs on tiles of that many pixels)."""
         stated = self.manifest.max_side
         fits = None
         if not describe(self.backend).plan_sets:
@@ -202,43 +202,45 @@ class EngineSet:
                 self.manifest,
                 machine.free_bytes(device),
                 **estimate_kind(self.manifest, self.backend, self.precision),
+                tile=tile,
             )
         sides = [side for side in (stated, fits) if side is not None]
         return min(sides) if sides else DEFAULT_MAX_SIDE
 
-    def images_per_call(
-        self, engines: Engines, height: int, width: int, total: int, cfg: bool
-    ) -> tuple[int, int]:
-        """(images per engine call, bytes that call holds) for `total` images on `engines`,
-        refused with the numbers when one image cannot fit in the memory free."""
+    def side_limit(self, device: str, tile: int | None, untiled: int) -> tuple[int, Callable]:
+        """(the longest side a call decoding in `tile`-pixel tiles takes here, or `untiled`,
+        the side taken at load, for whole decoding; what a refusal of a larger image adds:
+        for whole decoding, how tiles would help where the decoder is what bounds the side)."""
+        if tile:
+            return self.max_side(device, tile), str
+        stated = self.manifest.max_side
+        if describe(self.backend).plan_sets or (stated is not None and stated <= untiled):
+            return untiled, str  # (tiles cannot lift a bound the memory does not set)
+
+        def hint() -> str:
+            free = machine.free_bytes(device)
+            kind = estimate_kind(self.manifest, self.backend, self.precision)
+            return memory.tiles_hint(self.manifest, free, True, **kind, height=untiled + 1)
+
+        return untiled, hint
+
+    def images_per_call(self, engines: Engines, request, total: int) -> tuple[int, int]:
+        """(images per engine call, bytes that call holds) for `total` images of `request`'s
+        size, guidance and VAE tiling on `engines`, refused with the numbers when one image
+        cannot fit in the memory free."""
         if describe(engines.backend).plan_sets:  # (their activation memory is set at load)
             return total, 0
+        height, width = request.pixels.shape[2:]
         kind = estimate_kind(self.manifest, engines.backend, engines.precision)
+        kind["tile"] = request.vae_tile_size
         free = machine.free_bytes(engines.device)
         if free is not None:  # what earlier calls left with the engines is theirs to reuse
             with self._lock:
                 free += self._kept.get(engines.label, 0)
         chunk = memory.images_per_call(
-            self.manifest,
-            height,
-            width,
-            total,
-            cfg,
-            free,
-            kind["fused"],
-            kind["scratch"],
-            kind["variant"],
+            self.manifest, height, width, total, request.cfg, free, **kind
         )
-        held = memory.peak_bytes(
-            self.manifest,
-            height,
-            width,
-            chunk,
-            cfg,
-            kind["fused"],
-            kind["scratch"],
-            kind["variant"],
-        )
+        held = memory.peak_bytes(self.manifest, height, width, chunk, request.cfg, **kind)
         return chunk, held
 
     def gives_back(self, engines: Engines, held: int) -> bool:

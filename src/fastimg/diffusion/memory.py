@@ -13,7 +13,8 @@ ControlNets and the UNet taking their residuals run per step at the UNet's batch
 components too (folders exported before they had coefficients: as the UNet). A call that cannot
 fit in the memory free now is refused with the numbers before it starts; a large batch runs in
 chunks of the images that fit, so it needs no more memory than a small one; and the largest
-side the engines take follows from the same formula.
+side the engines take follows from the same formula. A call decoding in tiles (vae_tile_size)
+runs the VAE decoder on one tile at a time: its estimate is a tile's, plus the image it builds.
 """
 
 from ..errors import InputError
@@ -24,6 +25,7 @@ SHARE = 0.8
 MAX_IMAGES_PER_CALL = 8
 SIDE_STEP = 64
 LARGEST_SIDE = 16_384
+SUGGESTED_TILE = 512  # pixels a side: what the refusals offer (diffusers' VAE tile size)
 
 
 def call_bytes(
@@ -88,17 +90,22 @@ def needs(
     fused: frozenset = frozenset(),
     scratch: str | None = None,
     variant: str | None = None,
+    *,
+    tile: int | None = None,
 ) -> dict[str, int]:
     """Estimated bytes of each component's call when `images` images run per call (`fused`:
     the components whose attention the backend runs fused; `scratch`, `variant`: see
-    call_bytes)."""
+    call_bytes; `tile`: the decoder runs on tiles of that many pixels a side)."""
     unet_batch = images * (2 if cfg else 1)
     per_call = {"vae_encoder": 1, "unet": unet_batch, "vae_decoder": images}
     per_call.update(dict.fromkeys(manifest.control_components, unet_batch))
     estimates = {}
     for component, batch in per_call.items():
         fuses = component in fused
-        estimate = call_bytes(manifest, component, height, width, batch, fuses, scratch, variant)
+        h, w = (height, width) if component != "vae_decoder" else tiled(height, width, tile)
+        estimate = call_bytes(manifest, component, h, w, batch, fuses, scratch, variant)
+        if estimate is not None and (h, w) != (height, width):
+            estimate += batch * 3 * height * width * 4  # the whole image the tiles blend into
         if estimate is None and component in manifest.control_components:
             # a ControlNet folder exported before its components had coefficients: the
             # UNet's (a ControlNet is its down half; the UNet taking residuals, the UNet)
@@ -106,6 +113,14 @@ def needs(
         if estimate is not None:
             estimates[component] = estimate
     return estimates
+
+
+def tiled(height: int, width: int, tile: int | None) -> tuple[int, int]:
+    """The sides of the decoder's largest call when it decodes in tiles of `tile` pixels
+    (the image's own where `tile` is None or the image fits in one)."""
+    if not tile:
+        return height, width
+    return min(height, tile), min(width, tile)
 
 
 def images_per_call(
@@ -118,18 +133,22 @@ def images_per_call(
     fused: frozenset = frozenset(),
     scratch: str | None = None,
     variant: str | None = None,
+    *,
+    tile: int | None = None,
 ) -> int:
-    """How many of `images` to run per engine call so that the call fits in `free` bytes;
-    an InputError with the numbers when not even one image fits."""
+    """How many of `images` to run per engine call so that the call fits in `free` bytes
+    (`tile`: see needs); an InputError with the numbers when not even one image fits."""
     cap = min(images, MAX_IMAGES_PER_CALL)
-    one = needs(manifest, height, width, 1, cfg, fused, scratch, variant)
+    one = needs(manifest, height, width, 1, cfg, fused, scratch, variant, tile=tile)
     if free is None or not one:
         return cap
     budget = free * SHARE
     component, need = max(one.items(), key=lambda item: item[1])
     if need > budget:
-        side = largest_side(manifest, free, cfg, fused, scratch, variant)
+        side = largest_side(manifest, free, cfg, fused, scratch, variant, tile=tile)
         fix = f"use a smaller image, e.g. --size {side}" if side else "free some memory first"
+        if component == "vae_decoder" and not tile:
+            fix += tiles_hint(manifest, free, cfg, fused, scratch, variant, height, width)
         factor = activation_factor(manifest, component, variant)
         if factor > 1:  # ONNX Runtime's Winograd graphs: OpenVINO's standard ones hold less
             fix += f", or run it with --backend openvino (about {factor:g}x less here)"
@@ -140,7 +159,8 @@ def images_per_call(
     fits = 1
     while (
         fits < cap
-        and peak_bytes(manifest, height, width, fits + 1, cfg, fused, scratch, variant) <= budget
+        and peak_bytes(manifest, height, width, fits + 1, cfg, fused, scratch, variant, tile=tile)
+        <= budget
     ):
         fits += 1
     return fits
@@ -153,27 +173,55 @@ def largest_side(
     fused: frozenset = frozenset(),
     scratch: str | None = None,
     variant: str | None = None,
+    *,
+    tile: int | None = None,
 ) -> int | None:
-    """The longest side of a square image whose one-image call fits in `free` bytes; None
-    when it cannot be known, or not even the smallest fits now (each call checks again)."""
-    if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch, variant):
+    """The longest side of a square image whose one-image call fits in `free` bytes (`tile`:
+    see needs); None when it cannot be known, or not even the smallest fits now (each call
+    checks again)."""
+    kind = {"fused": fused, "scratch": scratch, "variant": variant, "tile": tile}
+    if free is None or not needs(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, **kind):
         return None
     budget = free * SHARE
-    if peak_bytes(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, fused, scratch, variant) > budget:
+    if peak_bytes(manifest, SIDE_STEP, SIDE_STEP, 1, cfg, **kind) > budget:
         return None
     side = SIDE_STEP
     while side < LARGEST_SIDE:
         bigger = side + SIDE_STEP
-        if peak_bytes(manifest, bigger, bigger, 1, cfg, fused, scratch, variant) > budget:
+        if peak_bytes(manifest, bigger, bigger, 1, cfg, **kind) > budget:
             break
         side = bigger
     return side
 
 
+def tiles_hint(manifest, free, cfg, fused, scratch, variant, height=0, width=0) -> str:
+    """What decoding in SUGGESTED_TILE tiles would allow where the decoder is what does not
+    fit: ", or decode in tiles ..." with the largest side it takes ("" where it gains nothing,
+    or the `height` x `width` image would still not fit)."""
+    tile = SUGGESTED_TILE - SUGGESTED_TILE % manifest.vae_scale_factor
+    untiled = largest_side(manifest, free, cfg, fused, scratch, variant) or 0
+    side = largest_side(manifest, free, cfg, fused, scratch, variant, tile=tile) or 0
+    if side <= untiled or max(height, width) > side:
+        return ""
+    return (
+        f", or decode the VAE in tiles, which takes sides up to {side} px here: "
+        f"--vae-tile-size {tile}"
+    )
+
+
 def peak_bytes(
-    manifest, height, width, images, cfg, fused=frozenset(), scratch=None, variant=None
+    manifest,
+    height,
+    width,
+    images,
+    cfg,
+    fused=frozenset(),
+    scratch=None,
+    variant=None,
+    *,
+    tile: int | None = None,
 ) -> int:
     """The estimated bytes of the largest component call when `images` images run per call
-    (0 without a memory model)."""
-    estimates = needs(manifest, height, width, images, cfg, fused, scratch, variant)
+    (`tile`: see needs; 0 without a memory model)."""
+    estimates = needs(manifest, height, width, images, cfg, fused, scratch, variant, tile=tile)
     return max(estimates.values(), default=0)

@@ -481,7 +481,8 @@ class Img2ImgPipeline:
                 "an LCM-distilled model takes no negative prompt (as in diffusers): ignored"
             )
             negative_prompt = None
-        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, self.max_side)
+        limit = self.engines.side_limit(self.device, settings.vae_tile_size, self.max_side)
+        pixels = images.to_pixels(image, self.manifest.vae_scale_factor, *limit)
         mask = prepare_mask(settings, pixels, self.manifest.vae_scale_factor, image)
         pixels = pixels if mask is None else mask.image_pixels  # (a crop's, "only masked")
         return Request(
@@ -514,7 +515,7 @@ class Img2ImgPipeline:
         counts = [request.count for request in group]
         total = sum(counts)
         engines = self.engines.for_call(height, width, total)
-        chunk, held = self.engines.images_per_call(engines, height, width, total, first.cfg)
+        chunk, held = self.engines.images_per_call(engines, first, total)
         give_back = self.engines.gives_back(engines, held)
         try:
             with self.loras.adapters.using(first.loras):

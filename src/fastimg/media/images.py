@@ -5,6 +5,7 @@ import io
 import logging
 import re
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +151,12 @@ def _full_scale(mode: str, values: np.ndarray) -> float:
     return float(2**31 - 1)
 
 
-def check_sides(size: tuple[int, int], multiple: int, max_side: int | None) -> tuple[int, int]:
+def check_sides(
+    size: tuple[int, int], multiple: int, max_side: int | None, hint: Callable[[], str] = str
+) -> tuple[int, int]:
     """The (width, height) an image of `size` runs at (each side floored to `multiple`), refused
-    when a side is under MIN_SIDE or over `max_side`; callers with only the file's header check
-    it before decoding."""
+    when a side is under MIN_SIDE or over `max_side` (the refusal ending with what `hint()`
+    says); callers with only the file's header check it before decoding."""
     width, height = (side - side % multiple for side in size)
     if min(width, height) < max(MIN_SIDE, multiple):
         raise InputError(
@@ -163,15 +166,18 @@ def check_sides(size: tuple[int, int], multiple: int, max_side: int | None) -> t
     if max_side is not None and max(width, height) > max_side:
         raise InputError(
             f"image of {size[0]}x{size[1]} pixels is larger than these engines take "
-            f"(sides up to {max_side} px): shrink it, e.g. with --size {max_side}"
+            f"(sides up to {max_side} px): shrink it, e.g. with --size {max_side}{hint()}"
         )
     return width, height
 
 
-def to_pixels(image: Image.Image, multiple: int, max_side: int | None = None) -> np.ndarray:
-    """float32 NCHW in [-1, 1], each side floored to `multiple` and Lanczos-resized (diffusers)."""
+def to_pixels(
+    image: Image.Image, multiple: int, max_side: int | None = None, hint: Callable[[], str] = str
+) -> np.ndarray:
+    """float32 NCHW in [-1, 1], each side floored to `multiple` and Lanczos-resized (diffusers);
+    refused as check_sides says."""
     image = to_rgb(image)
-    width, height = check_sides(image.size, multiple, max_side)
+    width, height = check_sides(image.size, multiple, max_side, hint)
     if (width, height) != image.size:
         image = image.resize((width, height), resample=Image.LANCZOS)
     array = np.asarray(image, dtype=np.float32) / np.float32(255.0)

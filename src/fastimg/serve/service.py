@@ -285,8 +285,11 @@ class Service:
         if size is None:
             decode_image(request.data, request.name, self.options.max_pixels)
         elif self.pipe is not None:  # sides these engines cannot take: refused before decoding
-            multiple = self.pipe.manifest.vae_scale_factor
-            width, height = check_sides(size, multiple, self.pipe.max_side)
+            multiple, pipe = self.pipe.manifest.vae_scale_factor, self.pipe
+            limit = pipe.engines.side_limit(
+                pipe.device, request.job.call.vae_tile_size, pipe.max_side
+            )
+            width, height = check_sides(size, multiple, *limit)
             self._check_cost(request, width, height)
         return size
 
