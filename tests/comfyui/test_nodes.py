@@ -157,3 +157,33 @@ def test_a_control_image_reaches_the_controlnet(tiny_controlnet, torch, pictures
     as_saved = np.clip(255.0 * image[0].numpy(), 0, 255).astype(np.uint8)
     assert np.array_equal(as_saved, np.asarray(expected))
     assert labels[0]["fastimg:control_scale"] == 0.5
+
+
+def test_img2img_shapes_the_mask_with_blur_and_masked_content(tiny, torch, pictures):
+    (handle,) = LoadEngines().load(str(tiny[1]), "onnxruntime", "fp32")
+    options = Img2Img.INPUT_TYPES()["optional"]
+    assert options["masked_content"][0] == ["original", "fill", "latent_noise", "latent_nothing"]
+    # saved workflows list widget values in input order: the older inputs keep their places
+    assert list(options) == ["control_image", "control_scale", "mask", "lora_scales",
+                             "mask_blur", "masked_content"]  # fmt: skip
+    mask = torch.zeros((1, 32, 48))
+    mask[0, 8:24, 12:36] = 1.0
+    mask_picture = Image.fromarray((mask[0].numpy() * 255).astype(np.uint8))
+    image = comfy_image(pictures[:1], torch)
+    plain, _ = Img2Img().transform(handle, image, **CALL, mask=mask)
+    shaped, labels = Img2Img().transform(
+        handle, image, **CALL, mask=mask, mask_blur=4, masked_content="fill"
+    )
+    (expected,) = handle.pipeline()("a red barn", pictures[0], strength=0.6,
+                                    num_inference_steps=4, guidance_scale=5.0,
+                                    scheduler="euler", seed=42, mask_image=mask_picture,
+                                    mask_blur=4, masked_content="fill")  # fmt: skip
+    got = np.clip(255.0 * shaped[0].numpy(), 0, 255).astype(np.uint8)
+    assert np.array_equal(got, np.asarray(expected))
+    assert not np.array_equal(got, np.clip(255.0 * plain[0].numpy(), 0, 255).astype(np.uint8))
+    assert labels[0]["fastimg:masked_content"] == "fill" and labels[0]["fastimg:mask_blur"] == 4
+    unmasked, _ = Img2Img().transform(handle, image, **CALL, mask_blur=4, masked_content="fill")
+    (alone,) = handle.pipeline()("a red barn", pictures[0], strength=0.6, num_inference_steps=4,
+                                 guidance_scale=5.0, scheduler="euler", seed=42)  # fmt: skip
+    got = np.clip(255.0 * unmasked[0].numpy(), 0, 255).astype(np.uint8)
+    assert np.array_equal(got, np.asarray(alone))  # without a mask they shape nothing

@@ -9,8 +9,10 @@ from pathlib import Path
 
 from ..backends.registry import BACKEND_CHOICES, PRECISION_CHOICES
 from ..errors import FastImgError, InputError
-from ..settings import SAMPLERS, SEED_LIMIT, SETTINGS
+from ..settings import MASKED_CONTENTS, SAMPLERS, SEED_LIMIT, SETTINGS
 from .engines import EnginesHandle, parse_loras
+
+ORIGINAL = MASKED_CONTENTS[0]  # the default: the masked region starts from the image
 
 CATEGORY = "fastimg"
 ENGINES = "FASTIMG_ENGINES"
@@ -104,6 +106,12 @@ class Img2Img:
                 "lora_scales": ("STRING", {"default": "",
                                            "tooltip": "NAME:SCALE,... of the loaded LoRAs; "
                                                       "'none': all off; empty: as loaded."}),
+                # (after the older inputs: saved workflows list widget values in order)
+                "mask_blur": ("INT", {"default": 0, "min": 0, "max": 256,
+                                      "tooltip": "Blur the mask by PX pixels first (soft seam)."}),
+                "masked_content": (list(MASKED_CONTENTS), {"default": ORIGINAL,
+                                   "tooltip": "What the masked region starts from (A1111's "
+                                              "masked content)."}),
             },
         }  # fmt: skip
 
@@ -125,7 +133,7 @@ class Img2Img:
 
     def transform(self, engines, image, prompt, negative_prompt, strength, steps, guidance,
                   sampler, seed, control_image=None, control_scale=0.8, mask=None,
-                  lora_scales=""):  # fmt: skip
+                  mask_blur=0, masked_content=ORIGINAL, lora_scales=""):  # fmt: skip
         """(the images, their labels) of every image of the batch."""
         from .run import transform_batch
 
@@ -139,6 +147,11 @@ class Img2Img:
             "seed": seed,
             "controlnet_conditioning_scale": control_scale,
             "lora_scales": lora_scales.strip() or None,
+            # (shaping a mask: left unset without one, as fastimg transform refuses them)
+            "mask_blur": (mask_blur or None) if mask is not None else None,
+            "masked_content": masked_content
+            if mask is not None and masked_content != ORIGINAL
+            else None,
         }
         return transform_batch(engines, image, settings, control_image, mask)
 
