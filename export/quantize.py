@@ -116,13 +116,13 @@ def layer_errors(reference, quantized, feed: dict[str, np.ndarray]) -> dict:
         outputs[label] = [np.asarray(result[port]) for port in compiled.outputs]
         del compiled, result
     errors = {
-        name: _relative_rms(outputs["int8"][index + 1], outputs["fp32"][index + 1])
+        name: relative_rms(outputs["int8"][index + 1], outputs["fp32"][index + 1])
         for index, name in enumerate(names)
     }
     ranked = sorted(errors.items(), key=lambda item: item[1], reverse=True)
     values = np.array(list(errors.values())) if errors else np.zeros(1)
     return {
-        "output_relative_rms_error": _relative_rms(outputs["int8"][0], outputs["fp32"][0]),
+        "output_relative_rms_error": relative_rms(outputs["int8"][0], outputs["fp32"][0]),
         "layers": len(errors),
         "median_relative_rms_error": float(np.median(values)),
         "max_relative_rms_error": float(values.max()),
@@ -133,7 +133,8 @@ def layer_errors(reference, quantized, feed: dict[str, np.ndarray]) -> dict:
     }
 
 
-def _relative_rms(ours: np.ndarray, reference: np.ndarray) -> float:
+def relative_rms(ours: np.ndarray, reference: np.ndarray) -> float:
+    """The RMS of `ours - reference` over the RMS of `reference`."""
     scale = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
     error = float(np.sqrt(np.mean(np.square(ours - reference, dtype=np.float64))))
     return error / scale if scale > 0 else error
