@@ -116,7 +116,7 @@ def rescue(
     reference = ov.Core().read_model(str(onnx_path))
     int8 = ov.Core().read_model(str(staging / variant["path"]))
     ranked = added_errors(reference, int8, {k: v[-1:] for k, v in held_out.items()})
-    worst = [name for name, _ in ranked[: max(FLOAT_LAYER_STEPS)]]
+    worst = [layer for layer, _ in ranked[: max(FLOAT_LAYER_STEPS)]]
     del reference, int8
     last = {}
 
