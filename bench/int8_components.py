@@ -5,7 +5,9 @@
 
 The export times each int8 graph alone against its component's default path and measures the
 image with only it int8 (export/int8_choice.py); this gathers those figures from the manifest
-with the machine, the command that made them and the load average while they were measured.
+with the machine, the command that made them and the load average while they were measured:
+the UNet's methods (the kept one and the other, --int8-unet auto) and, for a VAE graph quantized
+again with layers in float, those layers and each attempt's figures.
 --vae-size also times the VAE's int8 graphs (from DIR/vae_encoder/model.int8.xml etc. where
 given: the export deletes the ones it drops) at that size against the same graph's fp32 ONNX
 compiled at OpenVINO's default precision and at fp32, runs taken in turn.
@@ -57,8 +59,25 @@ def record(engines: Path) -> dict:
             "output_relative_rms_error": error["output_relative_rms_error"],
             "median_layer_relative_rms_error": error["median_relative_rms_error"],
             "worst_layers": error["worst_layers"][:5],
+            "float_layers": quantization.get("float_layers", []),
+            "attempts": quantization.get("attempts", []),
+            "other_methods": [
+                _method_figures(other) for other in entry.get("int8_alternatives", [])
+            ],
         }
     return {"components": components, "mix": manifest.data.get("int8")}
+
+
+def _method_figures(quantization: dict) -> dict:
+    """The figures of an int8 method the export measured and did not keep."""
+    return {
+        "method": quantization["method"],
+        "reason": quantization.get("reason"),
+        "speed": quantization.get("speed"),
+        "image_psnr_db_alone": (quantization.get("image") or {}).get("psnr_db"),
+        "output_relative_rms_error": quantization["error"]["output_relative_rms_error"],
+        "median_layer_relative_rms_error": quantization["error"]["median_relative_rms_error"],
+    }
 
 
 def time_vae(engines: Path, graphs: Path, size: int, runs: int) -> dict:

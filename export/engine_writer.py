@@ -176,11 +176,13 @@ def export_engines(
     int8_images: int = 0,
     controlnets: list[str] = (),
     depth_model: str | None = None,
+    int8_unet: str = "auto",
 ) -> Path:
     """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`;
     `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE; `loras`
     ('FILE_OR_ID[:SCALE]') are fused into the weights first; `int8_images` > 0 also writes
-    an int8 UNet for OpenVINO, calibrated on that many images; `controlnets` (folders or hub
+    an int8 UNet for OpenVINO, calibrated on that many images (`int8_unet`: its method,
+    'hybrid', 'full' or 'auto': both measured, one kept); `controlnets` (folders or hub
     ids, in order, after any the model has) are exported beside the UNet, each its own
     component, with a UNet that takes their summed residuals; `depth_model` (a DPT folder or hub
     id) is exported as the `depth` component, for control_preprocess depth."""
@@ -192,6 +194,8 @@ def export_engines(
         require("nncf", "int8")  # before any export work
         if int8_images < 2:
             raise InputError("an int8 export needs at least 2 calibration images")
+    if int8_unet not in ("auto", "hybrid", "full"):
+        raise InputError(f"int8_unet must be auto, hybrid or full, got {int8_unet!r}")
     lora_sources = check_sources(list(loras))
     out = Path(out).absolute()
     _check_destination(out, overwrite)
@@ -199,7 +203,7 @@ def export_engines(
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
         written = _export_locked(
             model, out, precision, log, vae, lora_sources, int8_images, list(controlnets),
-            depth_model,
+            depth_model, int8_unet,
         )  # fmt: skip
     log(f"peak memory: {memory.describe()}")
     return written
@@ -207,7 +211,7 @@ def export_engines(
 
 def _export_locked(
     model: str, out: Path, precision: str, log, vae, loras, int8_images: int = 0, controlnets=(),
-    depth_model: str | None = None,
+    depth_model: str | None = None, int8_unet: str = "auto",
 ) -> Path:  # fmt: skip
     log(f"loading {model}")
     pipe = load_pipeline(model)
@@ -244,7 +248,7 @@ def _export_locked(
         components = _export_components(pipe, staging, precision, log)
         if int8_images:
             scale = onnx_export.vae_scale_factor(pipe)
-            _write_int8(components, feeds, staging, int8_images, scale, log)
+            _write_int8(components, feeds, staging, int8_images, scale, log, int8_unet)
         manifest = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -299,13 +303,16 @@ def _export_locked(
     return out
 
 
-def _write_int8(components: dict, feeds: dict, staging: Path, images: int, scale: int, log):
-    """The int8 UNet (hybrid) and the other components' int8 graphs written beside their
-    exported graphs, each listed as its component's int8 variant."""
+def _write_int8(
+    components: dict, feeds: dict, staging: Path, images: int, scale: int, log, unet="auto"
+):
+    """The int8 UNet (by the methods `unet` names) and the other components' int8 graphs
+    written beside their exported graphs, each listed as its component's int8 variant."""
     from .int8_components import candidates, write_int8_component
-    from .quantize import write_int8_unet
+    from .quantize import unet_methods, write_int8_unet
 
-    written = {"unet": write_int8_unet(feeds["unet"], staging, images, scale, log)}
+    methods = unet_methods(unet)
+    written = {"unet": write_int8_unet(feeds["unet"], staging, images, scale, log, methods)}
     for name in candidates(components):
         written[name] = write_int8_component(name, feeds[name], staging, images, log)
     for name, (variant, files) in written.items():

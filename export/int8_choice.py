@@ -22,6 +22,8 @@ from pathlib import Path
 from fastimg.backends.registry import INT8_VARIANT
 from fastimg.errors import require
 
+from . import int8_mixed
+from . import int8_unet_method as unet_method
 from .calibration import CALIBRATION_PROMPTS, Feeds
 
 MIN_SPEEDUP = 1.05  # within 5 % is the noise of a few runs; int8 costs image quality
@@ -171,13 +173,14 @@ class ImageCheck:
         gc.collect()
         return picture
 
-    def psnr(self, data: dict, names: tuple, label: str) -> dict:
+    def psnr(self, data: dict, names: tuple, label: str, graphs: str = "") -> dict:
         """The record of the image with int8 graphs for `names` (none: the default path,
-        precision auto) against fp32's; measured once per set of names."""
+        precision auto) against fp32's; measured once per set of names and `graphs` (what
+        tells apart other int8 graphs for the same names)."""
         from fastimg.machine import cpu_summary
         from fastimg.media.images import psnr
 
-        key = tuple(sorted(names))
+        key = (tuple(sorted(names)), graphs)
         if key not in self.records:
             if self.reference is None:
                 self.reference = self.image(data, (), "fp32")
@@ -193,10 +196,24 @@ class ImageCheck:
         return self.records[key]
 
     def close(self) -> None:
-        """Remove what the runs compiled from the folder."""
+        """Remove what the runs compiled from the folder (also once an int8 file changed)."""
         from fastimg.backends.registry import describe
 
         shutil.rmtree(self.folder / describe("openvino").cache, ignore_errors=True)
+
+
+def _choose_unet_method(folder: Path, data: dict, measure, check) -> tuple[dict, str]:
+    """Measure each of the UNet's int8 graphs alone (int8_unet_method), keep one: its figures
+    and why it was kept."""
+    written = unet_method.candidates(data)
+    measured = {}
+    for variant in written:
+        method = variant["quantization"]["method"]
+        measured[method] = measure(unet_method.with_variant(data, "unet", variant), "unet", method)
+    chosen, reasons = unet_method.choose_method(measured, MIN_PSNR_DB, MIN_SPEEDUP)
+    unet_method.keep_method(folder, data, chosen, measured, reasons)
+    check.close()  # the kept graph may have moved to the path another was compiled from
+    return measured[chosen], reasons[chosen]
 
 
 def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, log=print) -> None:
@@ -210,16 +227,44 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
     check = ImageCheck(folder, size, log)
     try:
         default = check.psnr(data, (), "default path")
-        measured = {}
-        for name in quantized:
-            image = check.psnr(data, (name,), f"{name} int8 alone")
+
+        def measure(data: dict, name: str, graphs: str = "") -> dict:
+            label = f"{name} int8 alone" + (f" ({graphs})" if graphs else "")
+            image = check.psnr(data, (name,), label, graphs)
             speed = time_component(folder, data["components"][name], feeds[name][-1])
             log(
-                f"  {name}: int8 {speed['int8_seconds']:.3f} s, {speed['default_path']} "
+                f"  {label}: int8 {speed['int8_seconds']:.3f} s, {speed['default_path']} "
                 f"{speed['default_seconds']:.3f} s ({speed['speed_ratio']:.2f}x)"
             )
-            measured[name] = {"speed": speed, "image": image}
+            return {"speed": speed, "image": image}
+
+        measured, unet_reason = {}, None
+        for name in quantized:
+            if name == "unet" and unet_method.candidates(data):
+                measured[name], unet_reason = _choose_unet_method(folder, data, measure, check)
+                continue
+            measured[name] = measure(data, name)
+            figures = measured[name]
+            if (
+                int8_mixed.rescuable(name)
+                and figures["image"]["psnr_db"] < MIN_PSNR_DB
+                and figures["speed"]["speed_ratio"] >= MIN_SPEEDUP
+            ):
+
+                def measure_again(data: dict, name: str, graphs: str) -> dict:
+                    check.close()  # the int8 file changed: nothing compiled from it is kept
+                    return measure(data, name, graphs)
+
+                bounds = (MIN_PSNR_DB, MIN_SPEEDUP)
+                measured[name] = int8_mixed.rescue(
+                    folder, data, name, feeds[name], measure_again, figures, bounds, log
+                )
+                check.close()
         kept = apply_choices(folder, data, measured)
+        if unet_reason is not None:  # why this method, besides why the UNet keeps int8
+            data["components"]["unet"]["variants"][INT8_VARIANT]["quantization"]["reason"] = (
+                unet_reason
+            )
         for name in quantized:
             entry = data["components"][name]
             record = entry.get("int8_dropped") or entry["variants"][INT8_VARIANT]["quantization"]

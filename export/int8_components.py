@@ -15,9 +15,9 @@ from pathlib import Path
 from fastimg.errors import require
 
 from .calibration import Feeds
-from .quantize import layer_errors, log_errors, save_int8, variant_paths
+from .quantize import FULL_INT8, layer_errors, log_errors, save_int8, variant_paths
 
-FULL_INT8 = "full-int8"  # convolutions' weights and activations quantized (NNCF, MIXED preset)
+# FULL_INT8 here: convolutions' weights and activations quantized (NNCF, MIXED preset)
 INT8_WEIGHTS = "int8-weights"  # MatMul weights compressed to int8, asymmetric, data-free
 METHODS = {
     "vae_encoder": FULL_INT8,
@@ -36,9 +36,10 @@ def candidates(components) -> list[str]:
     return [name for name in components if name in METHODS]
 
 
-def quantize_component(name: str, onnx_path: Path, feeds: Feeds):
+def quantize_component(name: str, onnx_path: Path, feeds: Feeds, in_float: tuple[str, ...] = ()):
     """Component `name`'s graph at `onnx_path` quantized by its METHODS entry: an
-    openvino.Model (the VAE's calibrated on `feeds`)."""
+    openvino.Model (the VAE's calibrated on `feeds`, the layers named in `in_float` left in
+    floating point)."""
     ov = require("openvino", "int8")
     nncf = require("nncf", "int8")
     logging.getLogger("nncf").setLevel(logging.WARNING)  # not a line per layer it skips
@@ -50,6 +51,7 @@ def quantize_component(name: str, onnx_path: Path, feeds: Feeds):
         nncf.Dataset(feeds),
         preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations: SiLU's are one-sided
         subset_size=len(feeds),
+        ignored_scope=nncf.IgnoredScope(names=list(in_float)) if in_float else None,
     )
 
 

@@ -1,12 +1,16 @@
-"""An int8 UNet for OpenVINO, through NNCF (hybrid quantization).
+"""An int8 UNet for OpenVINO, through NNCF, by one of two methods.
 
-The weights of MatMuls with constant weights are compressed to int8 (their activations stay in
-floating point); convolutions and the remaining activations (attention's products among them)
-are quantized to int8 from statistics of real UNet inputs, which the exported pipeline itself
-produces on calibration images. AMX and VNNI run int8 products at twice the bf16 rate. What
-quantization cost is measured layer by layer and on the UNet's output, and recorded.
+hybrid-int8: the weights of MatMuls with constant weights are compressed to int8 (their
+activations stay in floating point); convolutions and the remaining activations (attention's
+products among them) are quantized to int8 from statistics of real UNet inputs, which the
+exported pipeline itself produces on calibration images.
+full-int8: the same, with the weighted MatMuls' activations quantized too, after SmoothQuant
+moves their activations' outlier channels into the weights (NNCF's, alpha SMOOTH_QUANT_ALPHA):
+every product then runs on int8 inputs, which AMX and VNNI run at twice the bf16 rate.
+What quantization cost is measured layer by layer and on the UNet's output, and recorded.
 """
 
+import gc
 import logging
 import time
 from pathlib import Path
@@ -17,9 +21,20 @@ from fastimg.errors import require
 
 from .calibration import CALIBRATION_GUIDANCE, CALIBRATION_STEPS, CALIBRATION_STRENGTH
 
-METHOD = "hybrid-int8"
+HYBRID_INT8, FULL_INT8 = "hybrid-int8", "full-int8"
+UNET_METHODS = {"hybrid": HYBRID_INT8, "full": FULL_INT8}  # export --int8-unet, besides auto
+# NNCF's default for MatMuls under ModelType.TRANSFORMER (0.95 moves most of an outlier
+# channel's range into the weights); convolutions are not smoothed, as in the hybrid.
+SMOOTH_QUANT_ALPHA = 0.95
 WORST_LAYERS = 20  # the layers with the largest error, listed by name in the manifest
 INT8_FILE = "model.int8.xml"
+CANDIDATE_FILE = "model.int8-{method}.xml"  # a method's graph written to be measured
+
+
+def unet_methods(choice: str) -> tuple[str, ...]:
+    """The UNet int8 methods written for export --int8-unet `choice` ('auto': both, the
+    hybrid first)."""
+    return (HYBRID_INT8, FULL_INT8) if choice == "auto" else (UNET_METHODS[choice],)
 
 
 def weighted_matmuls(model) -> list[str]:
@@ -38,8 +53,8 @@ def weighted_matmuls(model) -> list[str]:
     return names
 
 
-def quantize_unet(onnx_path: Path, feeds: list[dict[str, np.ndarray]]):
-    """The UNet at `onnx_path` quantized (hybrid int8) on `feeds`: an openvino.Model."""
+def quantize_unet(onnx_path: Path, feeds: list[dict[str, np.ndarray]], method: str = HYBRID_INT8):
+    """The UNet at `onnx_path` quantized by `method` on `feeds`: an openvino.Model."""
     ov = require("openvino", "int8")
     nncf = require("nncf", "int8")
     from nncf.quantization.advanced_parameters import (
@@ -49,6 +64,18 @@ def quantize_unet(onnx_path: Path, feeds: list[dict[str, np.ndarray]]):
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # not a line per layer it skips
     model = ov.Core().read_model(str(onnx_path))
+    if method == FULL_INT8:
+        return nncf.quantize(
+            model,
+            nncf.Dataset(feeds),
+            model_type=nncf.ModelType.TRANSFORMER,
+            subset_size=len(feeds),
+            advanced_parameters=AdvancedQuantizationParameters(
+                smooth_quant_alphas=AdvancedSmoothQuantParameters(
+                    convolution=-1, matmul=SMOOTH_QUANT_ALPHA
+                )
+            ),
+        )
     weighted = weighted_matmuls(model)
     compressed = nncf.compress_weights(
         model,
@@ -89,13 +116,13 @@ def layer_errors(reference, quantized, feed: dict[str, np.ndarray]) -> dict:
         outputs[label] = [np.asarray(result[port]) for port in compiled.outputs]
         del compiled, result
     errors = {
-        name: _relative_rms(outputs["int8"][index + 1], outputs["fp32"][index + 1])
+        name: relative_rms(outputs["int8"][index + 1], outputs["fp32"][index + 1])
         for index, name in enumerate(names)
     }
     ranked = sorted(errors.items(), key=lambda item: item[1], reverse=True)
     values = np.array(list(errors.values())) if errors else np.zeros(1)
     return {
-        "output_relative_rms_error": _relative_rms(outputs["int8"][0], outputs["fp32"][0]),
+        "output_relative_rms_error": relative_rms(outputs["int8"][0], outputs["fp32"][0]),
         "layers": len(errors),
         "median_relative_rms_error": float(np.median(values)),
         "max_relative_rms_error": float(values.max()),
@@ -106,52 +133,65 @@ def layer_errors(reference, quantized, feed: dict[str, np.ndarray]) -> dict:
     }
 
 
-def _relative_rms(ours: np.ndarray, reference: np.ndarray) -> float:
+def relative_rms(ours: np.ndarray, reference: np.ndarray) -> float:
+    """The RMS of `ours - reference` over the RMS of `reference`."""
     scale = float(np.sqrt(np.mean(np.square(reference, dtype=np.float64))))
     error = float(np.sqrt(np.mean(np.square(ours - reference, dtype=np.float64))))
     return error / scale if scale > 0 else error
 
 
 def write_int8_unet(
-    feeds: list[dict[str, np.ndarray]], staging: Path, images: int, vae_scale_factor: int, log=print
+    feeds: list[dict[str, np.ndarray]],
+    staging: Path,
+    images: int,
+    vae_scale_factor: int,
+    log=print,
+    methods: tuple[str, ...] = (HYBRID_INT8,),
 ) -> tuple[dict, list[Path]]:
-    """Write unet/model.int8.xml (+ .bin) beside the exported UNet, quantized on the
-    `calibration_feeds` made from `images` images: its manifest variant entry (with the
-    recorded error) and the files written."""
+    """Write the UNet quantized by each of `methods` beside the exported UNet, calibrated on
+    the `calibration_feeds` made from `images` images: the first's manifest variant entry
+    (unet/model.int8.xml, with the recorded error; the others' entries, in files of their own,
+    listed in its 'candidates' until the export has measured and chosen one) and the files."""
     ov = require("openvino", "int8")
-    started = time.perf_counter()
     feeds = list(feeds)
     held_out = feeds.pop()  # measured on, never calibrated on
-    log(f"quantizing the UNet to int8 ({METHOD}) on {len(feeds)} calibration UNet calls")
     onnx_path = staging / "unet" / "model.onnx"
-    quantized = quantize_unet(onnx_path, feeds)
-    errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
-    files = save_int8(quantized, onnx_path)
-    log_errors("unet", errors, started, log)
-    variant = {
-        **variant_paths("unet", files),
-        "quantization": {
-            "method": METHOD,
-            "calibration": {
-                "unet_calls": len(feeds),
-                "images": images,
-                "size": int(held_out["sample"].shape[-1]) * vae_scale_factor,
-                "steps": CALIBRATION_STEPS,
-                "strength": CALIBRATION_STRENGTH,
-                "guidance": CALIBRATION_GUIDANCE,
-            },
-            "error": errors,
-        },
+    calibration = {
+        "unet_calls": len(feeds),
+        "images": images,
+        "size": int(held_out["sample"].shape[-1]) * vae_scale_factor,
+        "steps": CALIBRATION_STEPS,
+        "strength": CALIBRATION_STRENGTH,
+        "guidance": CALIBRATION_GUIDANCE,
     }
+    variants, files = [], []
+    for index, method in enumerate(methods):
+        started = time.perf_counter()
+        log(f"quantizing the UNet to int8 ({method}) on {len(feeds)} calibration UNet calls")
+        quantized = quantize_unet(onnx_path, feeds, method)
+        errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
+        name = INT8_FILE if index == 0 else CANDIDATE_FILE.format(method=method)
+        written = save_int8(quantized, onnx_path, name)
+        del quantized
+        gc.collect()  # the next method's graph is as big
+        log_errors(f"unet ({method})", errors, started, log)
+        quantization = {"method": method, "calibration": calibration, "error": errors}
+        if method == FULL_INT8:
+            quantization["smooth_quant_alpha"] = SMOOTH_QUANT_ALPHA
+        variants.append({**variant_paths("unet", written), "quantization": quantization})
+        files += written
+    variant = variants[0]
+    if len(variants) > 1:
+        variant["candidates"] = variants[1:]
     return variant, files
 
 
-def save_int8(quantized, onnx_path: Path) -> list[Path]:
-    """Save an int8 openvino.Model as INT8_FILE (+ .bin) beside `onnx_path`: the files."""
+def save_int8(quantized, onnx_path: Path, name: str = INT8_FILE) -> list[Path]:
+    """Save an int8 openvino.Model as `name` (+ .bin) beside `onnx_path`: the files."""
     ov = require("openvino", "int8")
     from fastimg.atomic import public_mode
 
-    xml = onnx_path.with_name(INT8_FILE)
+    xml = onnx_path.with_name(name)
     ov.save_model(quantized, str(xml), compress_to_fp16=False)
     files = [xml, xml.with_suffix(".bin")]
     for path in files:

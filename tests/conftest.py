@@ -23,6 +23,7 @@ def _build(
     lora=None,
     int8_images: int = 0,
     depth: bool = False,
+    int8_unet: str = "auto",
 ):
     pytest.importorskip("torch")
     from fastimg_export.engine_writer import export_engines
@@ -46,6 +47,7 @@ def _build(
         loras=loras,
         int8_images=int8_images,
         depth_model=str(write_random_model("tiny-depth", root / "depth")) if depth else None,
+        int8_unet=int8_unet,
     )
     return model, engines
 
@@ -78,6 +80,20 @@ def tiny_int8(tmp_path_factory):
     pytest.importorskip("nncf")
     with mock.patch("fastimg_export.int8_choice.MIN_SPEEDUP", 0.001):
         return _build(tmp_path_factory, "tiny", int8_images=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_other_unet(tmp_path_factory, tiny_int8):
+    """(model folder, engine folder) of the tiny model with an int8 UNet only (no other int8
+    graph), by the method that tiny_int8's export measured and did not keep."""
+    from unittest import mock
+
+    from fastimg.engine_folder.manifest import load_manifest
+
+    (other,) = load_manifest(tiny_int8[1]).components["unet"]["int8_alternatives"]
+    method = {"hybrid-int8": "hybrid", "full-int8": "full"}[other["method"]]
+    with mock.patch("fastimg_export.int8_components.candidates", lambda components: []):
+        return _build(tmp_path_factory, "tiny", int8_images=3, int8_unet=method)
 
 
 @pytest.fixture(scope="session")

@@ -19,3 +19,6 @@ def test_the_record_lists_each_quantized_component_and_the_mix(tiny_int8, tmp_pa
     for name, figures in record["components"].items():
         assert figures["speed"]["speed_ratio"] > 0 and 0 < figures["image_psnr_db_alone"] < 999
         assert figures["chosen"] is (name in record["mix"]["components"])
+    (other,) = record["components"]["unet"]["other_methods"]  # --int8-unet auto: both measured
+    assert {other["method"], record["components"]["unet"]["method"]} == {"hybrid-int8", "full-int8"}
+    assert other["speed"]["speed_ratio"] > 0 and other["reason"].startswith("not kept")

@@ -26,7 +26,7 @@ def test_the_manifest_lists_the_int8_unet_its_files_and_its_error(tiny_int8):
         entry = unet["files"][f"unet/{rel}"] if f"unet/{rel}" in unet["files"] else None
         assert entry and entry["bytes"] == (engines / "unet" / rel).stat().st_size
     quantization = variant["quantization"]
-    assert quantization["method"] == "hybrid-int8"
+    assert quantization["method"] in ("hybrid-int8", "full-int8")  # auto: one kept
     assert quantization["calibration"]["unet_calls"] > 0  # one image held out of it
     error = quantization["error"]
     assert error["layers"] > 10 and len(error["worst_layers"]) == min(20, error["layers"])
@@ -123,9 +123,10 @@ def test_the_cli_exports_and_runs_int8(tiny, tmp_path, photo):
     runner = CliRunner()
     out = tmp_path / "engines"
     args = ["export", str(tiny[0]), "-o", str(out), "--int8", "--int8-images", "2"]
-    result = runner.invoke(cli, args)
+    result = runner.invoke(cli, [*args, "--int8-unet", "full"])  # the one method asked for
     assert result.exit_code == 0, result.output
-    assert "unet int8: output relative RMS error" in result.output
+    assert "unet (full-int8) int8: output relative RMS error" in result.output
+    assert "hybrid-int8" not in result.output
     assert "vae_decoder int8: output relative RMS error" in result.output
     assert "measuring each int8 graph alone" in result.output
     assert not (out / "openvino_cache").exists()  # what measuring int8 compiled is not shipped
@@ -143,7 +144,7 @@ def test_the_cli_exports_and_runs_int8(tiny, tmp_path, photo):
     assert "running on openvino (int8): the fast path" in result.output
     result = runner.invoke(cli, ["info", str(out)])
     assert result.exit_code == 0
-    assert "openvino-int8  unet/model.int8.xml  hybrid-int8: output relative RMS error" in (
+    assert "openvino-int8  unet/model.int8.xml  full-int8: output relative RMS error" in (
         result.output
     )
 

@@ -83,10 +83,21 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     "--int8",
     is_flag=True,
     help="Also write int8 graphs for OpenVINO (--precision int8 at run time), quantized "
-    "with NNCF on calibration images: the UNet (hybrid), the VAE (full int8) and the text "
-    "encoder's weights, each VAE and text encoder graph kept only where measured faster "
-    "than its default path and close enough to fp32; the figures are recorded (needs "
-    "fastimg[int8]).",
+    "with NNCF on calibration images: the UNet (see --int8-unet), the VAE (full int8; a VAE "
+    "graph too far from fp32 is quantized again with its worst layers in float) and the "
+    "text encoder's weights, each VAE and text encoder graph kept only where measured "
+    "faster than its default path and close enough to fp32; the figures are recorded "
+    "(needs fastimg[int8]).",
+)
+@click.option(
+    "--int8-unet",
+    type=click.Choice(["auto", "hybrid", "full"]),
+    default="auto",
+    show_default=True,
+    help="The int8 UNet's method for --int8: hybrid (MatMul weights int8, their activations "
+    "in float; convolutions int8), full (MatMul activations int8 too, after SmoothQuant), "
+    "or auto: both written and measured, the faster one whose image is close enough to "
+    "fp32's kept (the hybrid where neither is); auto costs a second UNet quantization.",
 )
 @click.option(
     "--int8-images",
@@ -122,6 +133,7 @@ def export(
     loras: tuple[str, ...],
     int8: bool,
     int8_images: int,
+    int8_unet: str,
     controlnets: tuple[str, ...],
     depth_model: str | None,
 ) -> None:
@@ -143,6 +155,7 @@ def export(
         int8_images=int8_images if int8 else 0,
         controlnets=list(controlnets),
         depth_model=depth_model,
+        int8_unet=int8_unet,
     )
     click.echo(f"engines written to {output}")
 
@@ -205,6 +218,8 @@ def info(engines: Path, verify: bool) -> None:
         if "int8_dropped" in entry:
             dropped = entry["int8_dropped"]
             lines.append(f"      {'int8 (none)':<14} {dropped['method']} {dropped['reason']}")
+        for other in entry.get("int8_alternatives", []):
+            lines.append(f"      {'int8 (other)':<14} {other['reason']}")
     if "int8" in manifest.data:
         mix = manifest.data["int8"]
         lines.append(

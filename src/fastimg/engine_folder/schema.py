@@ -138,6 +138,17 @@ class Speed(_Strict):
     runs: Annotated[int, Field(ge=1, le=10_000)]
 
 
+LayerName = Annotated[str, StringConstraints(max_length=256)]
+
+
+class FloatAttempt(_Strict):
+    """One quantization of a graph with some layers left in float, and what it measured."""
+
+    float_layers: Annotated[list[LayerName], Field(max_length=256)]
+    psnr_db: Annotated[float, Field(ge=0, le=1000)]
+    speed_ratio: Annotated[float, Field(gt=0, le=1e6)]
+
+
 class Quantization(_Strict):
     """How a quantized variant was made, what it cost and whether it was chosen (folders
     exported before the choice was measured have no speed, chosen or reason)."""
@@ -148,6 +159,10 @@ class Quantization(_Strict):
     speed: Speed | None = None
     chosen: bool | None = None
     reason: Annotated[str, StringConstraints(max_length=1000)] | None = None
+    smooth_quant_alpha: Annotated[float, Field(ge=0, le=1)] | None = None  # (full-int8 UNet)
+    # Layers left in float where full int8 lost too much, and each attempt's figures.
+    float_layers: Annotated[list[LayerName], Field(max_length=256)] = []
+    attempts: Annotated[list[FloatAttempt], Field(max_length=16)] = []
 
 
 class Int8Mix(_Strict):
@@ -190,6 +205,8 @@ class Component(_Strict):
     variants: Annotated[dict[Name, Variant], Field(max_length=8)] = {}
     # An int8 graph measured at export and dropped (its file deleted): the figures and why.
     int8_dropped: Quantization | None = None
+    # Other int8 methods measured at export and not kept (their files deleted): why.
+    int8_alternatives: Annotated[list[Quantization], Field(max_length=4)] = []
     vocab_size: Annotated[int, Field(ge=1, le=10_000_000)] | None = None  # text encoders
 
 
