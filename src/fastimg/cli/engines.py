@@ -83,10 +83,11 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     "--int8",
     is_flag=True,
     help="Also write int8 graphs for OpenVINO (--precision int8 at run time), quantized "
-    "with NNCF on calibration images: the UNet (hybrid), the VAE (full int8) and the text "
-    "encoder's weights, each VAE and text encoder graph kept only where measured faster "
-    "than its default path and close enough to fp32; the figures are recorded (needs "
-    "fastimg[int8]).",
+    "with NNCF on calibration images: the UNet (hybrid), the VAE (full int8), the text "
+    "encoder's weights and, with ControlNets, each ControlNet and the UNet taking their "
+    "residuals (hybrid, calibrated with control images), each VAE, text encoder and "
+    "ControlNet graph kept only where measured faster than its default path and close "
+    "enough to fp32; the figures are recorded (needs fastimg[int8]).",
 )
 @click.option(
     "--int8-images",
