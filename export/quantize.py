@@ -81,18 +81,20 @@ def layer_errors(reference, quantized, feed: dict[str, np.ndarray]) -> dict:
     wanted = set(convolutions + weighted_matmuls(reference))
     names = sorted(name for name in wanted if name in present)
     own = len(reference.outputs)  # the graph's outputs come first, then the layers'
-    outputs = {}
+    outputs, layers = {}, {}
     for label, model in (("int8", quantized), ("fp32", reference)):
         model = model.clone()
         ops = {op.get_friendly_name(): op for op in model.get_ops()}
-        model.add_outputs([ops[name].output(0) for name in names])
+        added = model.add_outputs([ops[name].output(0) for name in names])
+        # A layer whose output is already the graph's (SDXL's pooled text_embeds) is not added.
+        layers[label] = [next(k for k, out in enumerate(model.outputs) if out == p) for p in added]
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         result = compiled(feed)
         outputs[label] = [np.asarray(result[port]) for port in compiled.outputs]
         del compiled, result
     errors = {
-        name: _relative_rms(outputs["int8"][own + index], outputs["fp32"][own + index])
-        for index, name in enumerate(names)
+        name: _relative_rms(outputs["int8"][layers["int8"][i]], outputs["fp32"][layers["fp32"][i]])
+        for i, name in enumerate(names)
     }
     output_errors = [_relative_rms(outputs["int8"][k], outputs["fp32"][k]) for k in range(own)]
     ranked = sorted(errors.items(), key=lambda item: item[1], reverse=True)
