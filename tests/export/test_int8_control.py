@@ -151,6 +151,12 @@ def test_the_cli_runs_int8_with_a_control_image(exported, tmp_path, photo, ran):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "o.png").is_file()
     assert "unet_control/model.int8.xml" in ran
+    result = CliRunner().invoke(cli, ["info", str(engines)])
+    assert result.exit_code == 0, result.output
+    assert "openvino-int8  unet_control/model.int8.xml  hybrid-int8: output relative" in (
+        result.output
+    )
+    assert "dB with a control image)" in result.output
 
 
 def test_an_int8_run_without_a_control_image_is_unchanged(exported, ran):

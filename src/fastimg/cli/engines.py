@@ -211,6 +211,11 @@ def info(engines: Path, verify: bool) -> None:
         lines.append(
             f"int8            --precision int8 runs {', '.join(mix['components'])} in int8: "
             f"image {mix['image']['psnr_db']:.1f} dB from fp32's"
+            + (
+                f" ({mix['control_image']['psnr_db']:.1f} dB with a control image)"
+                if "control_image" in mix
+                else ""
+            )
         )
     for lora in manifest.loras:
         lines.append(
