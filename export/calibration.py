@@ -25,11 +25,7 @@ def calibration_feeds(pipe, images: int, log=print) -> dict[str, Feeds]:
     text_embeds and time_ids among them), 'vae_encoder', 'vae_decoder' and each text encoder."""
     import torch
 
-    from fastimg.media.images import EXAMPLE_IMAGE, load_image
-
-    side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
-    photo = load_image(EXAMPLE_IMAGE).resize((side, side))
-    variants = [photo, photo.transpose(0), photo.transpose(1), photo.rotate(90)]
+    side, variants = calibration_images(pipe)
     feeds: dict[str, Feeds] = {"unet": [], "vae_encoder": [], "vae_decoder": []}
     undo = [_hook_unet(pipe.unet, feeds["unet"])]
     undo += _hook_vae(pipe.vae, feeds)
@@ -55,6 +51,29 @@ def calibration_feeds(pipe, images: int, log=print) -> dict[str, Feeds]:
     return feeds
 
 
+def calibration_images(pipe) -> tuple[int, list]:
+    """The side of the model's native size and the calibration images at that size (the
+    example photo, flipped and turned), taken in turn."""
+    from fastimg.media.images import EXAMPLE_IMAGE, load_image
+
+    side = int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+    photo = load_image(EXAMPLE_IMAGE).resize((side, side))
+    return side, [photo, photo.transpose(0), photo.transpose(1), photo.rotate(90)]
+
+
+def unet_feed(sample, timestep, encoder_hidden_states) -> dict[str, np.ndarray]:
+    """The inputs every denoiser graph (UNet, ControlNet) takes first, as the graph takes them:
+    the timestep a float per batch row."""
+    batch = sample.shape[0]
+    return {
+        "sample": _array(sample),
+        "timestep": np.broadcast_to(
+            np.asarray(timestep, dtype=np.float32).reshape(-1), (batch,)
+        ).copy(),
+        "encoder_hidden_states": _array(encoder_hidden_states),
+    }
+
+
 def _array(tensor) -> np.ndarray:
     return tensor.detach().float().numpy().copy()
 
@@ -63,14 +82,7 @@ def _hook_unet(unet, feeds: Feeds):
     def capture(module, args, kwargs):
         sample = kwargs.get("sample", args[0] if args else None)
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        batch = sample.shape[0]
-        feed = {
-            "sample": _array(sample),
-            "timestep": np.broadcast_to(
-                np.asarray(timestep, dtype=np.float32).reshape(-1), (batch,)
-            ).copy(),
-            "encoder_hidden_states": _array(kwargs["encoder_hidden_states"]),
-        }
+        feed = unet_feed(sample, timestep, kwargs["encoder_hidden_states"])
         if kwargs.get("timestep_cond") is not None:
             feed["timestep_cond"] = _array(kwargs["timestep_cond"])
         for name, value in (kwargs.get("added_cond_kwargs") or {}).items():  # SDXL's text_time

@@ -241,10 +241,7 @@ def _export_locked(
     try:
         feeds = {}
         if int8_images:  # first, while the whole torch pipeline is there to run
-            from .calibration import calibration_feeds
-
-            log(f"running {int8_images} calibration images for the int8 graphs")
-            feeds = calibration_feeds(pipe, int8_images, log)
+            feeds = _calibration_feeds(pipe, int8_images, log)
         components = _export_components(pipe, staging, precision, log)
         if int8_images:
             scale = onnx_export.vae_scale_factor(pipe)
@@ -303,16 +300,36 @@ def _export_locked(
     return out
 
 
+def _calibration_feeds(pipe, images: int, log) -> dict:
+    """Every component's calibration inputs: the plain img2img's, and with ControlNets also
+    the ControlNet img2img's for the ControlNets and unet_control."""
+    from .calibration import calibration_feeds
+    from .control_calibration import control_feeds, plain_img2img
+
+    log(f"running {images} calibration images for the int8 graphs")
+    feeds = calibration_feeds(plain_img2img(pipe), images, log)
+    if onnx_export.has_controlnet(pipe):
+        log(f"running {images} calibration images with control for the ControlNets' int8 graphs")
+        feeds.update(control_feeds(pipe, images, log))
+    return feeds
+
+
 def _write_int8(
     components: dict, feeds: dict, staging: Path, images: int, scale: int, log, unet="auto"
 ):
-    """The int8 UNet (by the methods `unet` names) and the other components' int8 graphs
-    written beside their exported graphs, each listed as its component's int8 variant."""
+    """The int8 UNet (by the methods `unet` names), the ControlNets' and unet_control's (by
+    the first of them) and the other components' int8 graphs written beside their exported
+    graphs, each listed as its component's int8 variant."""
+    from . import int8_control
     from .int8_components import candidates, write_int8_component
     from .quantize import unet_methods, write_int8_unet
 
     methods = unet_methods(unet)
     written = {"unet": write_int8_unet(feeds["unet"], staging, images, scale, log, methods)}
+    for name in int8_control.candidates(components):
+        written[name] = int8_control.write_int8_control(
+            name, feeds[name], staging, images, scale, log, methods[0]
+        )
     for name in candidates(components):
         written[name] = write_int8_component(name, feeds[name], staging, images, log)
     for name, (variant, files) in written.items():

@@ -4,7 +4,10 @@ At export every int8 graph is measured alone on this CPU: its speed against the 
 default path, and the final image's PSNR against fp32's when only that component is int8. A
 component keeps its int8 file where it is at least MIN_SPEEDUP times as fast and its image at
 least MIN_PSNR_DB from fp32's; otherwise the file is deleted and the manifest says why, with
-the figures. The UNet's int8 (what --int8 asks for) is always kept, its figures recorded too.
+the figures. The UNet's int8 (what --int8 asks for) is always kept, its figures recorded too,
+and so is unet_control's (the same UNet taking ControlNet residuals: --precision int8 runs the
+UNet in int8 with a control image as without one). The ControlNets and unet_control are
+measured on CHECK_JOB with a control image (int8_control.check_call).
 
 The default path compared against is the component's fp32 graph on OpenVINO compiled with the
 runtime's --precision int8 settings, i.e. at OpenVINO's default precision (bf16 on a CPU with
@@ -25,10 +28,11 @@ from fastimg.errors import require
 from . import int8_mixed
 from . import int8_unet_method as unet_method
 from .calibration import CALIBRATION_PROMPTS, Feeds
+from .int8_control import check_call, uses_control
 
 MIN_SPEEDUP = 1.05  # within 5 % is the noise of a few runs; int8 costs image quality
 MIN_PSNR_DB = 30.0  # a working int8 graph gives 37-45 dB on the tiny test model; noise < 15
-ALWAYS_KEPT = ("unet",)
+ALWAYS_KEPT = ("unet", "unet_control")
 WARMUP, TIMED_RUNS = 1, 3
 IDENTICAL_DB = 999.0  # recorded where the images are equal (PSNR infinite)
 # The img2img call whose images int8 and fp32 are compared on at export (CFG on, two UNet
@@ -160,6 +164,8 @@ class ImageCheck:
         self.photo = load_image(EXAMPLE_IMAGE).resize((size, size))
         self.reference = None
         self.records: dict[tuple, dict] = {}
+        self.call: dict = {}  # more arguments of the call (a control image), self.job says which
+        self.job: dict = {}
 
     def image(self, data: dict, names: tuple, precision: str):
         """The image with int8 graphs for `names` only, the others in `precision`."""
@@ -168,7 +174,7 @@ class ImageCheck:
 
         manifest = Manifest.from_data(self.folder, only(data, names))
         pipe = Img2ImgPipeline(manifest, backend="openvino", precision=precision)
-        (picture,) = pipe(image=self.photo, **CHECK_JOB)
+        (picture,) = pipe(image=self.photo, **self.call, **CHECK_JOB)
         del pipe
         gc.collect()
         return picture
@@ -188,7 +194,7 @@ class ImageCheck:
             measured = min(psnr(picture, self.reference), IDENTICAL_DB)
             self.records[key] = {
                 "psnr_db": round(measured, 2),
-                "job": {**CHECK_JOB, "size": self.size},
+                "job": {**CHECK_JOB, "size": self.size, **self.job},
                 "measured_on": cpu_summary()[:256],
             }
         size = f"{self.size}x{self.size}"
@@ -224,13 +230,17 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
         n for n, e in data["components"].items() if INT8_VARIANT in e.get("variants", {})
     )
     log(f"measuring each int8 graph alone ({', '.join(quantized)}) against its default path")
-    check = ImageCheck(folder, size, log)
+    check, control = ImageCheck(folder, size, log), None
+    if "control" in data:  # the ControlNets' graphs run only with a control image
+        control = ImageCheck(folder, size, log)
+        control.call, control.job = check_call(data, control.photo)
     try:
         default = check.psnr(data, (), "default path")
 
         def measure(data: dict, name: str, graphs: str = "") -> dict:
             label = f"{name} int8 alone" + (f" ({graphs})" if graphs else "")
-            image = check.psnr(data, (name,), label, graphs)
+            on = control if control is not None and uses_control(name) else check
+            image = on.psnr(data, (name,), label, graphs)
             speed = time_component(folder, data["components"][name], feeds[name][-1])
             log(
                 f"  {label}: int8 {speed['int8_seconds']:.3f} s, {speed['default_path']} "
@@ -269,18 +279,15 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
             entry = data["components"][name]
             record = entry.get("int8_dropped") or entry["variants"][INT8_VARIANT]["quantization"]
             log(f"  {name}: {record['reason']}")
-        mix = check.psnr(data, tuple(kept), "int8 mix")
-        # Errors add up: while the mix is under the bound, the least accurate droppable goes.
-        while mix["psnr_db"] < MIN_PSNR_DB and any(n not in ALWAYS_KEPT for n in kept):
-            worst = min(
-                (n for n in kept if n not in ALWAYS_KEPT),
-                key=lambda n: measured[n]["image"]["psnr_db"],
-            )
-            reason = f"dropped: the mix with it gave {mix['psnr_db']:.1f} dB, under {MIN_PSNR_DB:g}"
-            drop(folder, data, worst, reason)
-            kept.remove(worst)
-            log(f"  {worst}: {reason}")
-            mix = check.psnr(data, tuple(kept), "int8 mix")
+        mix = _within_bound(check, folder, data, kept, measured, "int8 mix", log)
+        if control is not None:
+            with_control = {
+                "control_image": _within_bound(
+                    control, folder, data, kept, measured, "int8 mix with control", log
+                ),
+                "control_default_path_image": control.psnr(data, (), "default path with control"),
+            }
+            mix = check.psnr(data, tuple(kept), "int8 mix")  # (the same, unless one was dropped)
     finally:
         check.close()
     data["int8"] = {
@@ -290,4 +297,22 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
         "min_speedup": MIN_SPEEDUP,
         "min_psnr_db": MIN_PSNR_DB,
         "compared_against": __doc__.split("\n\n")[2].replace("\n", " ")[:1000],
+        **(with_control if control is not None else {}),
     }
+
+
+def _within_bound(check, folder: Path, data: dict, kept: list, measured: dict, label, log) -> dict:
+    """The image record of the int8 mix `kept` on `check`'s job; errors add up: while it is
+    under the bound, the least accurate droppable component is dropped (from `kept` too)."""
+    mix = check.psnr(data, tuple(kept), label)
+    while mix["psnr_db"] < MIN_PSNR_DB and any(n not in ALWAYS_KEPT for n in kept):
+        worst = min(
+            (n for n in kept if n not in ALWAYS_KEPT),
+            key=lambda n: measured[n]["image"]["psnr_db"],
+        )
+        reason = f"dropped: the mix with it gave {mix['psnr_db']:.1f} dB, under {MIN_PSNR_DB:g}"
+        drop(folder, data, worst, reason)
+        kept.remove(worst)
+        log(f"  {worst}: {reason}")
+        mix = check.psnr(data, tuple(kept), label)
+    return mix

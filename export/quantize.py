@@ -96,8 +96,9 @@ def quantize_unet(onnx_path: Path, feeds: list[dict[str, np.ndarray]], method: s
 
 def layer_errors(reference, quantized, feed: dict[str, np.ndarray]) -> dict:
     """Relative RMS error of every convolution's and weighted MatMul's output, and of the
-    UNet's output, the int8 graph against the fp32 one on `feed`'s last row (the prompt's;
-    the first, under guidance, is the negative prompt's, all zeros for SDXL without one)."""
+    graph's output (the worst of its outputs: a ControlNet has one per residual), the int8
+    graph against the fp32 one on `feed`'s last row (the prompt's; the first, under
+    guidance, is the negative prompt's, all zeros for SDXL without one)."""
     ov = require("openvino", "int8")
     feed = {name: array[-1:] for name, array in feed.items()}
     convolutions = [
@@ -106,23 +107,27 @@ def layer_errors(reference, quantized, feed: dict[str, np.ndarray]) -> dict:
     present = {op.get_friendly_name(): op for op in quantized.get_ops()}
     wanted = set(convolutions + weighted_matmuls(reference))
     names = sorted(name for name in wanted if name in present)
-    outputs = {}
+    own = len(reference.outputs)  # the graph's outputs come first, then the layers'
+    outputs, layers = {}, {}
     for label, model in (("int8", quantized), ("fp32", reference)):
         model = model.clone()
         ops = {op.get_friendly_name(): op for op in model.get_ops()}
-        model.add_outputs([ops[name].output(0) for name in names])
+        added = model.add_outputs([ops[name].output(0) for name in names])
+        # A layer whose output is already the graph's (SDXL's pooled text_embeds) is not added.
+        layers[label] = [next(k for k, out in enumerate(model.outputs) if out == p) for p in added]
         compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
         result = compiled(feed)
         outputs[label] = [np.asarray(result[port]) for port in compiled.outputs]
         del compiled, result
     errors = {
-        name: relative_rms(outputs["int8"][index + 1], outputs["fp32"][index + 1])
-        for index, name in enumerate(names)
+        name: relative_rms(outputs["int8"][layers["int8"][i]], outputs["fp32"][layers["fp32"][i]])
+        for i, name in enumerate(names)
     }
+    output_errors = [relative_rms(outputs["int8"][k], outputs["fp32"][k]) for k in range(own)]
     ranked = sorted(errors.items(), key=lambda item: item[1], reverse=True)
     values = np.array(list(errors.values())) if errors else np.zeros(1)
     return {
-        "output_relative_rms_error": relative_rms(outputs["int8"][0], outputs["fp32"][0]),
+        "output_relative_rms_error": max(output_errors),
         "layers": len(errors),
         "median_relative_rms_error": float(np.median(values)),
         "max_relative_rms_error": float(values.max()),

@@ -84,10 +84,11 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     is_flag=True,
     help="Also write int8 graphs for OpenVINO (--precision int8 at run time), quantized "
     "with NNCF on calibration images: the UNet (see --int8-unet), the VAE (full int8; a VAE "
-    "graph too far from fp32 is quantized again with its worst layers in float) and the "
-    "text encoder's weights, each VAE and text encoder graph kept only where measured "
-    "faster than its default path and close enough to fp32; the figures are recorded "
-    "(needs fastimg[int8]).",
+    "graph too far from fp32 is quantized again with its worst layers in float), the text "
+    "encoder's weights and, with ControlNets, each ControlNet and the UNet taking their "
+    "residuals (the UNet's method, calibrated with control images), each VAE, text encoder "
+    "and ControlNet graph kept only where measured faster than its default path and close "
+    "enough to fp32; the figures are recorded (needs fastimg[int8]).",
 )
 @click.option(
     "--int8-unet",
@@ -97,7 +98,8 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     help="The int8 UNet's method for --int8: hybrid (MatMul weights int8, their activations "
     "in float; convolutions int8), full (MatMul activations int8 too, after SmoothQuant), "
     "or auto: both written and measured, the faster one whose image is close enough to "
-    "fp32's kept (the hybrid where neither is); auto costs a second UNet quantization.",
+    "fp32's kept (the hybrid where neither is); auto costs a second UNet quantization. "
+    "ControlNets take the method named, the hybrid under auto.",
 )
 @click.option(
     "--int8-images",
@@ -225,6 +227,11 @@ def info(engines: Path, verify: bool) -> None:
         lines.append(
             f"int8            --precision int8 runs {', '.join(mix['components'])} in int8: "
             f"image {mix['image']['psnr_db']:.1f} dB from fp32's"
+            + (
+                f" ({mix['control_image']['psnr_db']:.1f} dB with a control image)"
+                if "control_image" in mix
+                else ""
+            )
         )
     for lora in manifest.loras:
         lines.append(

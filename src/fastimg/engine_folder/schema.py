@@ -172,6 +172,9 @@ class Int8Mix(_Strict):
     components: Annotated[list[Name], Field(min_length=1, max_length=16)]
     image: ImageError
     default_path_image: ImageError | None = None
+    # With ControlNets: the mix's and the default path's images on the job with a control image.
+    control_image: ImageError | None = None
+    control_default_path_image: ImageError | None = None
     min_speedup: Annotated[float, Field(gt=0, le=100)]
     min_psnr_db: Annotated[float, Field(ge=0, le=1000)]
 

@@ -1,0 +1,235 @@
+"""int8 ControlNets: the ControlNets and the UNet taking their residuals quantized at export
+(calibrated on diffusers' ControlNet img2img), recorded, and run by --precision int8 with a
+control image."""
+
+import json
+import shutil
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from fastimg.cli import cli
+from fastimg.engine_folder.layout import MANIFEST
+from fastimg.engine_folder.manifest import Manifest, load_manifest
+
+pytest.importorskip("nncf")
+pytest.importorskip("openvino")
+pytest.importorskip("torch")
+
+INT8 = "openvino-int8"
+CONTROL = ("controlnet", "unet_control")
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model folder, engine folder, the export's output) of tiny-controlnet exported with
+    --int8 as a user types it; every int8 graph that keeps the image is kept whatever its
+    measured speed (the tiny model's timings are noise), as for the tiny_int8 fixture."""
+    from fastimg_export.random_models import write_random_model
+
+    root = tmp_path_factory.mktemp("int8-control")
+    model = write_random_model("tiny-controlnet", root / "model")
+    out = root / "engines"
+    with mock.patch("fastimg_export.int8_choice.MIN_SPEEDUP", 0.001):
+        result = CliRunner().invoke(
+            cli, ["export", str(model), "-o", str(out), "--int8", "--int8-images", "3"]
+        )
+    assert result.exit_code == 0, result.output
+    return model, out, result.output
+
+
+@pytest.fixture()
+def ran(monkeypatch):
+    """The graph files (relative to the engine folder) OpenVINO sessions ran, in order."""
+    from fastimg.backends.openvino import OpenVinoSession
+
+    paths = []
+    original = OpenVinoSession.run
+
+    def run(self, feeds):
+        path = Path(self._path)
+        paths.append(f"{path.parent.name}/{path.name}")
+        return original(self, feeds)
+
+    monkeypatch.setattr(OpenVinoSession, "run", run)
+    return paths
+
+
+def _check_job(engines, record: str):
+    """The photo, the control arguments and the job of the int8 mix's image record `record`."""
+    from fastimg.media.images import EXAMPLE_IMAGE, load_image
+    from fastimg_export.int8_control import check_call
+
+    data = load_manifest(engines).data
+    job = dict(data["int8"][record]["job"])
+    job.pop("control_image", None)
+    photo = load_image(EXAMPLE_IMAGE).resize((job.pop("size"),) * 2)
+    call, _ = check_call(data, photo)
+    return photo, call, job
+
+
+def _image(engines, precision: str, manifest=None, **arguments):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    if manifest is None:
+        pipe = Img2ImgPipeline.from_engines(engines, "openvino", precision)
+    else:
+        pipe = Img2ImgPipeline(manifest, backend="openvino", precision=precision)
+    (picture,) = pipe(**arguments)
+    return picture
+
+
+def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exported):
+    from fastimg_export.quantize import METHOD
+
+    _, engines, output = exported
+    assert "running 3 calibration images with control" in output
+    assert "controlnet int8: output relative RMS error" in output
+    assert "unet_control int8: output relative RMS error" in output
+    data = json.loads((engines / MANIFEST).read_text())
+    unet_calls = data["components"]["unet"]["variants"][INT8]["quantization"]["calibration"]
+    for name in CONTROL:
+        entry = data["components"][name]
+        record = entry["variants"][INT8]["quantization"] if INT8 in entry["variants"] else None
+        record = record or entry["int8_dropped"]  # (measured, and dropped with its reason)
+        assert record["method"] == METHOD
+        calibration = record["calibration"]
+        # The same images and steps as the UNet's own calibration, the ControlNet run's calls.
+        assert calibration["calls"] == unet_calls["unet_calls"] > 0
+        assert "edges" in calibration["control_images"]
+        assert record["error"]["layers"] > 0 and record["error"]["worst_layers"]
+        assert 0 < record["error"]["output_relative_rms_error"] < 0.5
+        assert record["image"]["job"]["control_image"].startswith("the input image's edges")
+        assert record["speed"]["speed_ratio"] > 0 and record["reason"]
+    unet_control = data["components"]["unet_control"]
+    variant = unet_control["variants"][INT8]
+    assert variant["path"] == "unet_control/model.int8.xml"
+    assert (
+        variant["quantization"]["chosen"]
+        and "--int8 asks for" in (variant["quantization"]["reason"])
+    )
+    for rel in (variant["path"], variant["weights"]):
+        assert rel in unet_control["files"] and (engines / rel).is_file()
+    mix = data["int8"]
+    assert "unet_control" in mix["components"]
+    assert mix["control_image"]["psnr_db"] >= 30.0  # the export's bound, with control too
+    assert mix["control_image"]["job"]["control_image"].startswith("the input image's edges")
+    load_manifest(engines)  # the schema takes the records
+
+
+def test_an_int8_run_with_a_control_image_runs_the_int8_control_graphs(exported, ran):
+    from fastimg.media.images import psnr
+
+    _, engines, _ = exported
+    photo, call, job = _check_job(engines, "control_image")
+    ours = _image(engines, "int8", image=photo, **call, **job)
+    data = load_manifest(engines).data
+    for name in CONTROL:
+        wanted = "model.int8.xml" if name in data["int8"]["components"] else "model.onnx"
+        assert f"{name}/{wanted}" in ran
+    assert "unet_control/model.int8.xml" in ran
+    assert not any(path.startswith("unet/") for path in ran)  # the plain UNet did not run
+    assert ours.info["fastimg:precision"] == "int8"
+    reference = _image(engines, "fp32", image=photo, **call, **job)
+    # The export measured this on this CPU with the same kernels: the same image again.
+    assert psnr(ours, reference) == pytest.approx(data["int8"]["control_image"]["psnr_db"], abs=0.5)
+
+
+def test_the_cli_runs_int8_with_a_control_image(exported, tmp_path, photo, ran):
+    _, engines, _ = exported
+    photo.save(tmp_path / "in.png")
+    photo.transpose(0).save(tmp_path / "edges.png")
+    result = CliRunner().invoke(
+        cli,
+        ["transform", str(tmp_path / "in.png"), "--engines", str(engines), "--prompt", "a fox",
+         "--precision", "int8", "--control-image", str(tmp_path / "edges.png"),
+         "-o", str(tmp_path / "o.png"), "--steps", "2"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o.png").is_file()
+    assert "unet_control/model.int8.xml" in ran
+    result = CliRunner().invoke(cli, ["info", str(engines)])
+    assert result.exit_code == 0, result.output
+    assert "openvino-int8  unet_control/model.int8.xml  hybrid-int8: output relative" in (
+        result.output
+    )
+    assert "dB with a control image)" in result.output
+
+
+def test_an_int8_run_without_a_control_image_is_unchanged(exported, ran):
+    from fastimg_export.int8_choice import only
+
+    _, engines, _ = exported
+    photo, _, job = _check_job(engines, "image")
+    ours = _image(engines, "int8", image=photo, **job)
+    assert not any(path.split("/")[0] in CONTROL for path in ran)
+    # The same image as the folder without the ControlNets' int8 graphs gives.
+    data = load_manifest(engines).data
+    plain = tuple(name for name in data["int8"]["components"] if name not in CONTROL)
+    manifest = Manifest.from_data(engines, _without_control_int8(only(data, plain)))
+    before = _image(engines, "int8", manifest, image=photo, **job)
+    assert np.array_equal(np.asarray(ours), np.asarray(before))
+
+
+def _without_control_int8(data: dict) -> dict:
+    """The manifest `data` as an export before int8 ControlNets wrote it: no int8 records for
+    the ControlNet components, no control image records in the int8 mix."""
+    data = json.loads(json.dumps(data))
+    for name in CONTROL:
+        data["components"][name].pop("int8_dropped", None)
+        data["components"][name]["variants"].pop(INT8, None)
+    mix = data["int8"]
+    mix["components"] = [name for name in mix["components"] if name not in CONTROL]
+    mix.pop("control_image")
+    mix.pop("control_default_path_image")
+    return data
+
+
+def test_a_folder_without_int8_controlnet_records_still_loads_and_runs(exported, tmp_path, ran):
+    _, engines, _ = exported
+    folder = shutil.copytree(engines, tmp_path / "engines")
+    data = _without_control_int8(load_manifest(folder).data)
+    for name in CONTROL:
+        for rel in [r for r in data["components"][name]["files"] if "int8" in r]:
+            data["components"][name]["files"].pop(rel)
+            (folder / rel).unlink()
+    (folder / MANIFEST).write_text(json.dumps(data))
+    photo, call, job = _check_job(engines, "control_image")
+    picture = _image(folder, "int8", image=photo, **call, **job)
+    assert picture.info["fastimg:precision"] == "int8"
+    assert "controlnet/model.onnx" in ran and "unet_control/model.onnx" in ran
+
+
+def test_calibration_with_control_leaves_the_unets_own_inputs_unchanged(exported):
+    import diffusers
+
+    from fastimg_export.calibration import calibration_feeds
+    from fastimg_export.engine_writer import _calibration_feeds
+    from fastimg_export.loading import load_pipeline
+    from fastimg_export.onnx_export import residual_names
+
+    model, _, _ = exported
+    pipe = load_pipeline(str(model))  # the ControlNet img2img pipeline folder
+    feeds = _calibration_feeds(pipe, 2, log=lambda m: None)
+    plain = diffusers.StableDiffusionImg2ImgPipeline(
+        **{n: getattr(pipe, n) for n in ("vae", "text_encoder", "tokenizer", "unet", "scheduler")},
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    reference = calibration_feeds(plain, 2, log=lambda m: None)
+    assert len(feeds["unet"]) == len(reference["unet"]) > 0
+    for ours, theirs in zip(feeds["unet"], reference["unet"], strict=True):
+        assert ours.keys() == theirs.keys() == {"sample", "timestep", "encoder_hidden_states"}
+        for key in ours:
+            np.testing.assert_array_equal(ours[key], theirs[key])
+    residuals = residual_names(pipe.unet.config)
+    assert len(feeds["unet_control"]) == len(feeds["controlnet"]) == len(feeds["unet"])
+    for feed in feeds["unet_control"]:
+        assert set(residuals) <= feed.keys()
+    first, second = feeds["controlnet"][0], feeds["controlnet"][-1]
+    assert first["conditioning_scale"].shape == (1,)
+    # The first image's control image is the image itself, the second's its edges (0 or 1).
+    assert len(np.unique(first["controlnet_cond"])) > 2
+    assert set(np.unique(second["controlnet_cond"])) <= {0.0, 1.0}
