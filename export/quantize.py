@@ -28,7 +28,7 @@ UNET_METHODS = {"hybrid": HYBRID_INT8, "full": FULL_INT8}  # export --int8-unet,
 SMOOTH_QUANT_ALPHA = 0.95
 WORST_LAYERS = 20  # the layers with the largest error, listed by name in the manifest
 INT8_FILE = "model.int8.xml"
-CANDIDATE_FILE = "model.int8-{method}.xml"  # a method's graph written to be measured
+CANDIDATE_FILE = "model.{method}.xml"  # another method's graph, written to be measured
 
 
 def unet_methods(choice: str) -> tuple[str, ...]:

@@ -83,7 +83,7 @@ def _image(engines, precision: str, manifest=None, **arguments):
 
 
 def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exported):
-    from fastimg_export.quantize import METHOD
+    from fastimg_export.quantize import HYBRID_INT8 as METHOD  # (ControlNets: auto takes it)
 
     _, engines, output = exported
     assert "running 3 calibration images with control" in output

@@ -6,7 +6,9 @@ import shutil
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
+from fastimg.cli import cli
 from fastimg.engine_folder.layout import MANIFEST
 
 pytest.importorskip("nncf")
@@ -116,6 +118,9 @@ def test_a_vae_decoder_under_an_unreachable_bound_keeps_its_worst_layers_in_floa
     for rel in (variant["path"], variant["weights"]):  # the manifest names the new files
         assert data["components"]["vae_decoder"]["files"][rel]["sha256"] == sha256(engines / rel)
     Manifest.from_data(engines, data)  # the records are what the schema takes
+    (engines / MANIFEST).write_text(json.dumps(data))
+    shown = CliRunner().invoke(cli, ["info", str(engines)]).output
+    assert f"4 layers in float (tried 0: {first['image']['psnr_db']:.1f} dB, 2: " in shown
     # the graph on disk is the one measured: the image again, from fresh compiles
     check.close()
     again = ImageCheck(engines, size, log=lambda line: None)

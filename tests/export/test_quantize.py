@@ -192,7 +192,8 @@ def test_the_cli_exports_and_runs_an_int8_sdxl_refiner(tmp_path, photo):
     args = ["export", str(model), "-o", str(out), "--int8-images", "2", "--int8"]
     result = runner.invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert "unet int8: output relative RMS error" in result.output
+    for method in ("hybrid-int8", "full-int8"):  # (--int8-unet auto: both, then one kept)
+        assert f"unet ({method}) int8: output relative RMS error" in result.output
     photo.save(tmp_path / "in.png")
     result = runner.invoke(
         cli,

@@ -217,9 +217,11 @@ def info(engines: Path, verify: bool) -> None:
             lines.append(line)
             if variant.get("quantization", {}).get("reason"):
                 lines.append(f"      {'':<14} {variant['quantization']['reason']}")
+            lines += _float_layers(variant.get("quantization", {}))
         if "int8_dropped" in entry:
             dropped = entry["int8_dropped"]
             lines.append(f"      {'int8 (none)':<14} {dropped['method']} {dropped['reason']}")
+            lines += _float_layers(dropped)
         for other in entry.get("int8_alternatives", []):
             lines.append(f"      {'int8 (other)':<14} {other['reason']}")
     if "int8" in manifest.data:
@@ -312,3 +314,12 @@ def build(
         device=device,
     )
     click.echo(f"TensorRT engines {key} ready in {engines / 'tensorrt' / key}")
+
+
+def _float_layers(quantization: dict) -> list[str]:
+    """The info line of an int8 graph quantized again with layers in float (none otherwise)."""
+    attempts = quantization.get("attempts", [])
+    if not attempts:
+        return []
+    tried = ", ".join(f"{len(a['float_layers'])}: {a['psnr_db']:.1f} dB" for a in attempts)
+    return [f"      {'':<14} {len(quantization['float_layers'])} layers in float (tried {tried})"]
