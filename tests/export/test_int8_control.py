@@ -209,7 +209,7 @@ def test_calibration_with_control_leaves_the_unets_own_inputs_unchanged(exported
     from fastimg_export.calibration import calibration_feeds
     from fastimg_export.engine_writer import _calibration_feeds
     from fastimg_export.loading import load_pipeline
-    from fastimg_export.onnx_export import residual_names
+    from fastimg_export.onnx_export import component_specs, residual_names
 
     model, _, _ = exported
     pipe = load_pipeline(str(model))  # the ControlNet img2img pipeline folder
@@ -226,10 +226,26 @@ def test_calibration_with_control_leaves_the_unets_own_inputs_unchanged(exported
             np.testing.assert_array_equal(ours[key], theirs[key])
     residuals = residual_names(pipe.unet.config)
     assert len(feeds["unet_control"]) == len(feeds["controlnet"]) == len(feeds["unet"])
-    for feed in feeds["unet_control"]:
-        assert set(residuals) <= feed.keys()
+    specs = component_specs(pipe)
+    for name in CONTROL:  # every input of the exported graph, by its name
+        assert all(feed.keys() == specs[name].inputs.keys() for feed in feeds[name])
+    assert set(residuals) <= feeds["unet_control"][0].keys()
     first, second = feeds["controlnet"][0], feeds["controlnet"][-1]
     assert first["conditioning_scale"].shape == (1,)
     # The first image's control image is the image itself, the second's its edges (0 or 1).
     assert len(np.unique(first["controlnet_cond"])) > 2
     assert set(np.unique(second["controlnet_cond"])) <= {0.0, 1.0}
+
+
+def test_sdxl_control_calibration_feeds_every_input_of_the_exported_graphs(tmp_path):
+    from fastimg_export.control_calibration import control_feeds
+    from fastimg_export.loading import load_pipeline
+    from fastimg_export.onnx_export import component_specs
+    from fastimg_export.random_models import write_random_model
+
+    pipe = load_pipeline(str(write_random_model("tiny-sdxl-controlnet", tmp_path / "model")))
+    feeds = control_feeds(pipe, 1, log=lambda m: None)
+    specs = component_specs(pipe)
+    for name in CONTROL:  # SDXL's text_embeds and time_ids among them, by the graphs' names
+        assert feeds[name] and all(feed.keys() == specs[name].inputs.keys() for feed in feeds[name])
+        assert {"text_embeds", "time_ids"} <= feeds[name][0].keys()
