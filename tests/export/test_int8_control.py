@@ -249,3 +249,25 @@ def test_sdxl_control_calibration_feeds_every_input_of_the_exported_graphs(tmp_p
     for name in CONTROL:  # SDXL's text_embeds and time_ids among them, by the graphs' names
         assert feeds[name] and all(feed.keys() == specs[name].inputs.keys() for feed in feeds[name])
         assert {"text_embeds", "time_ids"} <= feeds[name][0].keys()
+
+
+def test_the_plain_mix_drops_only_graphs_its_job_runs(tmp_path):
+    """A mix under the bound on the job without a control image drops the least accurate graph
+    that job runs, never a ControlNet (which it does not run), however low its own figure."""
+    from fastimg_export.int8_choice import _within_bound
+
+    class Check:  # the image is under the bound while the VAE decoder's int8 is in the mix
+        def psnr(self, data, names, label):
+            return {"psnr_db": 25.0 if "vae_decoder" in names else 35.0}
+
+    names = ["unet", "vae_decoder", "controlnet", "unet_control"]
+    data = {"components": {n: {"files": {}, "variants": {INT8: {
+        "path": f"{n}/model.int8.xml", "weights": f"{n}/model.int8.bin", "quantization": {}}}}
+        for n in names}}  # fmt: skip
+    measured = {n: {"image": {"psnr_db": {"controlnet": 31.0}.get(n, 33.0)}} for n in names}
+    kept, plain = list(names), ["unet", "vae_decoder"]
+    mix = _within_bound(Check(), tmp_path, data, kept, plain, measured, "int8 mix", print)
+    assert mix["psnr_db"] == 35.0
+    assert kept == ["unet", "controlnet", "unet_control"] and plain == ["unet"]
+    assert "int8_dropped" in data["components"]["vae_decoder"]
+    assert INT8 in data["components"]["controlnet"]["variants"]
