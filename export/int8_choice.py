@@ -279,11 +279,12 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
             entry = data["components"][name]
             record = entry.get("int8_dropped") or entry["variants"][INT8_VARIANT]["quantization"]
             log(f"  {name}: {record['reason']}")
-        mix = _within_bound(check, folder, data, kept, measured, "int8 mix", log)
+        plain = [name for name in kept if not uses_control(name)]  # what the plain job runs
+        mix = _within_bound(check, folder, data, kept, plain, measured, "int8 mix", log)
         if control is not None:
             with_control = {
                 "control_image": _within_bound(
-                    control, folder, data, kept, measured, "int8 mix with control", log
+                    control, folder, data, kept, kept, measured, "int8 mix with control", log
                 ),
                 "control_default_path_image": control.psnr(data, (), "default path with control"),
             }
@@ -301,18 +302,21 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
     }
 
 
-def _within_bound(check, folder: Path, data: dict, kept: list, measured: dict, label, log) -> dict:
+def _within_bound(check, folder, data: dict, kept: list, runs: list, measured, label, log) -> dict:
     """The image record of the int8 mix `kept` on `check`'s job; errors add up: while it is
-    under the bound, the least accurate droppable component is dropped (from `kept` too)."""
+    under the bound, the least accurate droppable component of those the job `runs` is
+    dropped (from `kept` and `runs` too)."""
     mix = check.psnr(data, tuple(kept), label)
-    while mix["psnr_db"] < MIN_PSNR_DB and any(n not in ALWAYS_KEPT for n in kept):
+    while mix["psnr_db"] < MIN_PSNR_DB and any(n not in ALWAYS_KEPT for n in runs):
         worst = min(
-            (n for n in kept if n not in ALWAYS_KEPT),
+            (n for n in runs if n not in ALWAYS_KEPT),
             key=lambda n: measured[n]["image"]["psnr_db"],
         )
         reason = f"dropped: the mix with it gave {mix['psnr_db']:.1f} dB, under {MIN_PSNR_DB:g}"
         drop(folder, data, worst, reason)
         kept.remove(worst)
+        if runs is not kept:
+            runs.remove(worst)
         log(f"  {worst}: {reason}")
         mix = check.psnr(data, tuple(kept), label)
     return mix

@@ -209,7 +209,7 @@ def test_calibration_with_control_leaves_the_unets_own_inputs_unchanged(exported
     from fastimg_export.calibration import calibration_feeds
     from fastimg_export.engine_writer import _calibration_feeds
     from fastimg_export.loading import load_pipeline
-    from fastimg_export.onnx_export import residual_names
+    from fastimg_export.onnx_export import component_specs, residual_names
 
     model, _, _ = exported
     pipe = load_pipeline(str(model))  # the ControlNet img2img pipeline folder
@@ -226,10 +226,48 @@ def test_calibration_with_control_leaves_the_unets_own_inputs_unchanged(exported
             np.testing.assert_array_equal(ours[key], theirs[key])
     residuals = residual_names(pipe.unet.config)
     assert len(feeds["unet_control"]) == len(feeds["controlnet"]) == len(feeds["unet"])
-    for feed in feeds["unet_control"]:
-        assert set(residuals) <= feed.keys()
+    specs = component_specs(pipe)
+    for name in CONTROL:  # every input of the exported graph, by its name
+        assert all(feed.keys() == specs[name].inputs.keys() for feed in feeds[name])
+    assert set(residuals) <= feeds["unet_control"][0].keys()
     first, second = feeds["controlnet"][0], feeds["controlnet"][-1]
     assert first["conditioning_scale"].shape == (1,)
     # The first image's control image is the image itself, the second's its edges (0 or 1).
     assert len(np.unique(first["controlnet_cond"])) > 2
     assert set(np.unique(second["controlnet_cond"])) <= {0.0, 1.0}
+
+
+def test_sdxl_control_calibration_feeds_every_input_of_the_exported_graphs(tmp_path):
+    from fastimg_export.control_calibration import control_feeds
+    from fastimg_export.loading import load_pipeline
+    from fastimg_export.onnx_export import component_specs
+    from fastimg_export.random_models import write_random_model
+
+    pipe = load_pipeline(str(write_random_model("tiny-sdxl-controlnet", tmp_path / "model")))
+    feeds = control_feeds(pipe, 1, log=lambda m: None)
+    specs = component_specs(pipe)
+    for name in CONTROL:  # SDXL's text_embeds and time_ids among them, by the graphs' names
+        assert feeds[name] and all(feed.keys() == specs[name].inputs.keys() for feed in feeds[name])
+        assert {"text_embeds", "time_ids"} <= feeds[name][0].keys()
+
+
+def test_the_plain_mix_drops_only_graphs_its_job_runs(tmp_path):
+    """A mix under the bound on the job without a control image drops the least accurate graph
+    that job runs, never a ControlNet (which it does not run), however low its own figure."""
+    from fastimg_export.int8_choice import _within_bound
+
+    class Check:  # the image is under the bound while the VAE decoder's int8 is in the mix
+        def psnr(self, data, names, label):
+            return {"psnr_db": 25.0 if "vae_decoder" in names else 35.0}
+
+    names = ["unet", "vae_decoder", "controlnet", "unet_control"]
+    data = {"components": {n: {"files": {}, "variants": {INT8: {
+        "path": f"{n}/model.int8.xml", "weights": f"{n}/model.int8.bin", "quantization": {}}}}
+        for n in names}}  # fmt: skip
+    measured = {n: {"image": {"psnr_db": {"controlnet": 31.0}.get(n, 33.0)}} for n in names}
+    kept, plain = list(names), ["unet", "vae_decoder"]
+    mix = _within_bound(Check(), tmp_path, data, kept, plain, measured, "int8 mix", print)
+    assert mix["psnr_db"] == 35.0
+    assert kept == ["unet", "controlnet", "unet_control"] and plain == ["unet"]
+    assert "int8_dropped" in data["components"]["vae_decoder"]
+    assert INT8 in data["components"]["controlnet"]["variants"]
