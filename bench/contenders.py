@@ -49,8 +49,7 @@ def baseline_for(spec: str) -> tuple[str, str]:
 def controlnet_pipeline(pipe, controlnet: str):
     """diffusers' StableDiffusion(XL)ControlNetImg2ImgPipeline on `pipe`'s components and the
     ControlNet folder (or hub id) `controlnet`, checked to fit its UNet as the export checks."""
-    import diffusers
-
+    from fastimg_export.control_calibration import controlnet_img2img
     from fastimg_export.loading import add_controlnet, load_controlnet
 
     if getattr(pipe, "controlnet", None) is not None:
@@ -61,22 +60,7 @@ def controlnet_pipeline(pipe, controlnet: str):
             "UNet, VAE and text encoder) and the ControlNet apart"
         )
     add_controlnet(pipe, load_controlnet(controlnet), controlnet)
-    if hasattr(pipe, "text_encoder_2"):  # SDXL: StableDiffusionXLControlNetImg2ImgPipeline
-        parts = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "unet",
-                 "controlnet", "scheduler")  # fmt: skip
-        return diffusers.StableDiffusionXLControlNetImg2ImgPipeline(
-            **{name: getattr(pipe, name) for name in parts},
-            requires_aesthetics_score=bool(pipe.config.requires_aesthetics_score),
-            force_zeros_for_empty_prompt=bool(pipe.config.force_zeros_for_empty_prompt),
-            add_watermarker=False,
-        )
-    parts = ("vae", "text_encoder", "tokenizer", "unet", "controlnet", "scheduler")
-    return diffusers.StableDiffusionControlNetImg2ImgPipeline(
-        **{name: getattr(pipe, name) for name in parts},
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return controlnet_img2img(pipe)
 
 
 def control_arguments(job: BenchJob) -> dict:
