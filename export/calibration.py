@@ -23,9 +23,6 @@ def calibration_feeds(pipe, images: int, log=print) -> dict[str, Feeds]:
     """Each component's inputs (by ONNX input name) that diffusers' img2img makes on `images`
     calibration images at the model's native size, with classifier-free guidance: 'unet' (SDXL's
     text_embeds and time_ids among them), 'vae_encoder', 'vae_decoder' and each text encoder."""
-    import torch
-
-    side, variants = calibration_images(pipe)
     feeds: dict[str, Feeds] = {"unet": [], "vae_encoder": [], "vae_decoder": []}
     undo = [_hook_unet(pipe.unet, feeds["unet"])]
     undo += _hook_vae(pipe.vae, feeds)
@@ -33,22 +30,34 @@ def calibration_feeds(pipe, images: int, log=print) -> dict[str, Feeds]:
         if getattr(pipe, name, None) is not None:
             feeds[name] = []
             undo.append(_hook_text_encoder(getattr(pipe, name), feeds[name]))
+    run_calibration(pipe, images, undo, log)
+    return feeds
+
+
+def run_calibration(pipe, images: int, undo: list, log=print, label: str = "", extra=None) -> None:
+    """Run `pipe` (its img2img, hooked to collect inputs) on `images` calibration images with
+    the calibration settings, `extra(image, index)` giving more arguments; then remove the
+    hooks `undo` (also on failure). `label` ends each image's log line."""
+    import torch
+
+    side, variants = calibration_images(pipe)
     pipe.set_progress_bar_config(disable=True)  # each image is logged instead
     try:
         for index in range(images):
-            log(f"  calibration image {index + 1}/{images} ({side}x{side})")
+            log(f"  calibration image {index + 1}/{images}{label} ({side}x{side})")
+            image = variants[index % len(variants)]
             pipe(
                 prompt=CALIBRATION_PROMPTS[index % len(CALIBRATION_PROMPTS)],
-                image=variants[index % len(variants)],
+                image=image,
                 strength=CALIBRATION_STRENGTH,
                 num_inference_steps=CALIBRATION_STEPS,
                 guidance_scale=CALIBRATION_GUIDANCE,
                 generator=torch.Generator("cpu").manual_seed(index),
+                **(extra(image, index) if extra else {}),
             )
     finally:
         for remove in undo:
             remove()
-    return feeds
 
 
 def calibration_images(pipe) -> tuple[int, list]:

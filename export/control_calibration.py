@@ -12,15 +12,7 @@ activation ranges differ between the two, so the calibration sees both.
 
 import numpy as np
 
-from .calibration import (
-    CALIBRATION_GUIDANCE,
-    CALIBRATION_PROMPTS,
-    CALIBRATION_STEPS,
-    CALIBRATION_STRENGTH,
-    Feeds,
-    calibration_images,
-    unet_feed,
-)
+from .calibration import Feeds, run_calibration, unet_feed
 from .onnx_export import CONTROL_UNET, controlnets, residual_names
 
 EDGE_THRESHOLD = 24  # of Pillow's FIND_EDGES response (0..255): the strong edges only
@@ -94,33 +86,18 @@ def control_feeds(pipe, images: int, log=print) -> dict[str, Feeds]:
     """Each ControlNet's and the residual-taking UNet's inputs (by ONNX input name) that
     diffusers' ControlNet img2img makes on `images` calibration images, with the settings
     and prompts of the UNet's own calibration: {'controlnet': [...], ..., 'unet_control'}."""
-    import torch
-
     nets = controlnets(pipe)
     control = controlnet_img2img(pipe)
     feeds: dict[str, Feeds] = {name: [] for name, _ in nets}
     feeds[CONTROL_UNET] = []
     undo = [_hook_controlnet(net, feeds[name]) for name, net in nets]
     undo.append(_hook_unet_control(pipe.unet, residual_names(pipe.unet.config), feeds))
-    control.set_progress_bar_config(disable=True)
-    side, variants = calibration_images(pipe)
-    try:
-        for index in range(images):
-            log(f"  calibration image {index + 1}/{images} with control ({side}x{side})")
-            image = variants[index % len(variants)]
-            hint = control_image(image, index)
-            control(
-                prompt=CALIBRATION_PROMPTS[index % len(CALIBRATION_PROMPTS)],
-                image=image,
-                control_image=hint if len(nets) == 1 else [hint] * len(nets),
-                strength=CALIBRATION_STRENGTH,
-                num_inference_steps=CALIBRATION_STEPS,
-                guidance_scale=CALIBRATION_GUIDANCE,
-                generator=torch.Generator("cpu").manual_seed(index),
-            )
-    finally:
-        for remove in undo:
-            remove()
+
+    def control_argument(image, index: int) -> dict:
+        hint = control_image(image, index)
+        return {"control_image": hint if len(nets) == 1 else [hint] * len(nets)}
+
+    run_calibration(control, images, undo, log, " with control", control_argument)
     return feeds
 
 
