@@ -70,3 +70,15 @@ def test_an_image_too_large_to_decode_whole_runs_in_tiles(tiny, monkeypatch):
     assert out.size == (tiled_side, tiled_side)
     with pytest.raises(InputError, match=f"sides up to {tiled_side} px"):
         pipe(**{**job, "image": image.resize((tiled_side + 64,) * 2)}, vae_tile_size=64)
+
+
+def test_tiles_never_lower_the_side_taken_whole_at_load(tiny, monkeypatch):
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
+    whole = pipe.max_side
+    # less free now than at load (what earlier calls left with the engines is theirs to reuse,
+    # and the call's own check counts it): the side check must not refuse what it took whole
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": 8 * 2**20)
+    assert pipe.engines.max_side(pipe.device, 64) < whole
+    assert pipe.engines.side_limit(pipe.device, 64, whole)[0] == whole
+    monkeypatch.setattr(machine, "free_bytes", lambda device="cpu": 64 * 2**30)
+    assert pipe.engines.side_limit(pipe.device, 64, 128)[0] > 128  # and tiles still lift it

@@ -210,9 +210,10 @@ class EngineSet:
     def side_limit(self, device: str, tile: int | None, untiled: int) -> tuple[int, Callable]:
         """(the longest side a call decoding in `tile`-pixel tiles takes here, or `untiled`,
         the side taken at load, for whole decoding; what a refusal of a larger image adds:
-        for whole decoding, how tiles would help where the decoder is what bounds the side)."""
-        if tile:
-            return self.max_side(device, tile), str
+        for whole decoding, how tiles would help where the decoder is what bounds the side).
+        Tiles never lower the side: a side taken whole at load is taken in tiles too."""
+        if tile:  # (memory free now is less than at load by what the engines hold since)
+            return max(untiled, self.max_side(device, tile)), str
         stated = self.manifest.max_side
         if describe(self.backend).plan_sets or (stated is not None and stated <= untiled):
             return untiled, str  # (tiles cannot lift a bound the memory does not set)
