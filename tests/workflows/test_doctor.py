@@ -32,3 +32,49 @@ def test_int8_of_a_folder_with_an_int8_unet_only_is_held_to_the_unets_record(tin
 
 def test_int8_of_a_folder_exported_before_the_record_needs_a_working_quantization(tiny):
     assert doctor.min_psnr(load_manifest(tiny[1]), "int8") == doctor.INT8_UNRECORDED_DB
+
+
+def test_the_check_jobs_run_every_engine_a_call_can_run(
+    tiny, tiny_inpaint_controlnet, tiny_multi_controlnet, tiny_controlnet_depth
+):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
+
+    assert list(doctor.check_jobs(load_manifest(tiny[1]), 64, 64)) == ["plain"]
+    (many,) = [doctor.check_jobs(load_manifest(tiny_multi_controlnet[1]), 64, 64)["control"]]
+    assert len(many["control_image"]) == len(load_manifest(tiny_multi_controlnet[1]).control[
+        "controlnets"]) > 1  # fmt: skip
+    depth = doctor.check_jobs(load_manifest(tiny_controlnet_depth[1]), 64, 64)["control"]
+    assert depth["control_preprocess"] == "depth" and "control_image" not in depth
+    jobs = doctor.check_jobs(load_manifest(tiny_inpaint_controlnet[1]), 64, 64)
+    assert list(jobs) == ["plain", "control"]
+    assert all(job["mask_image"].getextrema() == (0, 255) for job in jobs.values())
+    pipe = Img2ImgPipeline.from_engines(tiny_inpaint_controlnet[1], backend="onnxruntime")
+    plain, control = (pipe(**job)[0] for job in jobs.values())
+    assert psnr(plain, control) < 40  # the ControlNet steered the second
+
+
+def test_a_row_is_ok_only_where_every_check_job_reaches_its_bound(tiny_inpaint_controlnet):
+    pytest.importorskip("openvino")
+    checked = doctor.check(tiny_inpaint_controlnet[1], log=lambda m: None)
+    rows = {(r["backend"], r["precision"]): r for r in checked}
+    fp32 = rows["openvino", "fp32"]
+    assert fp32["status"] == "ok" and set(fp32["job_psnr_db"]) == {"plain", "control"}
+    assert min(fp32["job_psnr_db"].values()) == fp32["psnr_db"] >= doctor.MIN_PSNR["fp32"]
+    assert "with control: PSNR" in fp32["detail"]
+
+
+def test_a_check_job_under_its_bound_makes_the_row_wrong(tiny, tmp_path):
+    from PIL import Image
+
+    manifest = load_manifest(tiny[1])
+    reference = Image.new("RGB", (32, 32), (100, 100, 100))
+    out = tmp_path / "openvino-bf16.png"
+    reference.save(tmp_path / "openvino-bf16-plain.png")
+    Image.new("RGB", (32, 32), (140, 100, 100)).save(tmp_path / "openvino-bf16-control.png")
+    report = {"seconds": 0.1, "ran": "bf16"}
+    expected = {"plain": reference, "control": reference}
+    row = doctor._compare(manifest, "bf16", report, expected, out)
+    assert row["status"] == "wrong" and row["psnr_db"] == row["job_psnr_db"]["control"] < 35
+    assert row["max_pixel_diff"] == 40
+    assert doctor._compare(manifest, "bf16", report, {"plain": reference}, out)["status"] == "ok"

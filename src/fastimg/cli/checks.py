@@ -18,7 +18,9 @@ from .options import click_type, stream_engine_given, stream_engine_options
     "check_engines",
     type=click.Path(path_type=Path),
     default=None,
-    help="Run every available backend on these engines against the CPU reference.",
+    help="Run every available backend on these engines against the CPU reference (with a "
+    "mask for an inpainting UNet, and once more with control images where the folder has "
+    "ControlNets).",
 )
 @click.option(
     "--device",

@@ -1,8 +1,8 @@
 """`fastimg doctor`: what this machine offers fastimg, and whether each backend computes right.
 
-The check runs one fixed img2img job on every backend that can run here, each in a fresh
-process, and compares each image with the CPU reference (ONNX Runtime, fp32) -- the way to
-verify a GPU install.
+The check runs fixed img2img jobs (one, and one with control images where the folder has
+ControlNets) on every backend that can run here, each backend in a fresh process, and compares
+each image with the CPU reference (ONNX Runtime, fp32) -- the way to verify a GPU install.
 """
 
 import json
@@ -88,23 +88,46 @@ def _ort_providers() -> str:
     return ", ".join(onnxruntime.get_available_providers())
 
 
-def check_job(height: int, width: int) -> dict:
-    """The fixed job every backend runs: small, guided, a few DDIM steps."""
+def check_jobs(manifest, height: int, width: int) -> dict[str, dict]:
+    """The fixed jobs every backend runs, by label: small, guided, a few DDIM steps; "plain"
+    (with a mask where the folder's UNet inpaints), and "control" beside it where the folder
+    has ControlNets (the input as the control image of each, or the folder's depth model's
+    map of it), so every engine a call can run is checked."""
+    from PIL import Image
+
     from ..media.images import EXAMPLE_IMAGE, load_image
 
-    return dict(
+    image = load_image(EXAMPLE_IMAGE).resize((width, height))
+    plain = dict(
         prompt="a watercolor house",
-        image=load_image(EXAMPLE_IMAGE).resize((width, height)),
+        image=image,
         strength=0.5,
         num_inference_steps=4,
         guidance_scale=7.5,
         seed=0,
         scheduler="ddim",
     )
+    if manifest.inpainting:  # (it refuses a call without a mask): its middle repainted
+        mask = Image.new("L", (width, height), 0)
+        mask.paste(255, (width // 4, height // 4, width * 3 // 4, height * 3 // 4))
+        plain["mask_image"] = mask
+    jobs = {"plain": plain}
+    if manifest.control:
+        count = len(manifest.control["controlnets"])
+        if manifest.depth_components:
+            jobs["control"] = {**plain, "control_preprocess": "depth"}
+        else:
+            jobs["control"] = {**plain, "control_image": image if count == 1 else [image] * count}
+    return jobs
+
+
+def _image_path(out: Path, label: str) -> Path:
+    """Where the worker writes job `label`'s image, beside `out`."""
+    return out.with_name(f"{out.stem}-{label}.png")
 
 
 def worker() -> None:
-    """Run the check job once on one backend, in its own process.
+    """Run the check jobs once each on one backend, in its own process.
 
     argv: engines, backend, precision, device, height, width, out.
     """
@@ -114,17 +137,16 @@ def worker() -> None:
     pipe = Img2ImgPipeline.from_engines(
         engines, backend=backend, precision=precision, device=int(device) if device else None
     )
-    job = check_job(int(height), int(width))
-    pipe(**job)  # the first call compiles and warms up
-    start = time.perf_counter()
-    (image,) = pipe(**job)
-    seconds = time.perf_counter() - start
-    image.save(out)
-    report = {
-        "seconds": seconds,
-        "ran": image.info["fastimg:precision"],
-        "plan_set": image.info.get("fastimg:plan_set"),
-    }
+    seconds, ran, plan_set = {}, None, None
+    for label, job in check_jobs(pipe.manifest, int(height), int(width)).items():
+        pipe(**job)  # the first call compiles and warms up
+        start = time.perf_counter()
+        (image,) = pipe(**job)
+        seconds[label] = time.perf_counter() - start
+        image.save(_image_path(Path(out), label))
+        ran = ran or image.info["fastimg:precision"]
+        plan_set = plan_set or image.info.get("fastimg:plan_set")
+    report = {"seconds": seconds["plain"], "job_seconds": seconds, "ran": ran, "plan_set": plan_set}
     print(json.dumps(report), flush=True)
 
 
@@ -171,11 +193,15 @@ def check_size(manifest, backend: str, precision: str, device: int | None) -> tu
     return profile.height[1], profile.width[1]  # the profile's optimum
 
 
-def min_psnr(manifest, precision: str) -> float:
-    """The PSNR against the CPU fp32 reference that a backend must reach in `precision`."""
+def min_psnr(manifest, precision: str, job: str = "plain") -> float:
+    """The PSNR against the CPU fp32 reference that a backend must reach in `precision` on
+    check job `job` ("control": the int8 mix's record with a control image, where kept)."""
     if precision != "int8":
         return MIN_PSNR[precision]
-    if manifest.model.int8 is not None:  # the mix of int8 graphs --precision int8 runs
+    with_control = (manifest.data.get("int8") or {}).get("control_image")
+    if job == "control" and with_control is not None:
+        recorded = with_control["psnr_db"]
+    elif manifest.model.int8 is not None:  # the mix of int8 graphs --precision int8 runs
         recorded = manifest.model.int8.image.psnr_db
     else:  # folders exported with an int8 UNet only
         quantization = manifest.variant("unet", INT8_VARIANT).get("quantization") or {}
@@ -184,19 +210,20 @@ def min_psnr(manifest, precision: str) -> float:
 
 
 def check(engines, device: int | None = None, log=print) -> list[dict]:
-    """Run the check job on each runnable backend/precision; compare with the CPU reference."""
+    """Run the check jobs on each runnable backend/precision; compare with the CPU reference."""
     from PIL import Image
 
     from ..engine_folder.manifest import load_manifest
     from ..errors import EngineError
-    from ..media.images import psnr
 
     manifest = load_manifest(engines)
+    labels = list(check_jobs(manifest, *CHECK_SIZE))
     rows, references = [], {}
     with tempfile.TemporaryDirectory(prefix="fastimg-doctor-") as scratch:
 
-        def reference(size: tuple[int, int]):
-            """The CPU reference image at `size` (onnxruntime fp32), computed once per size."""
+        def reference(size: tuple[int, int]) -> dict:
+            """The CPU reference images at `size` (onnxruntime fp32) by check job, computed
+            once per size."""
             if size not in references:
                 png = Path(scratch) / f"reference-{size[0]}x{size[1]}.png"
                 log(f"computing the reference on onnxruntime (fp32) at {size[1]}x{size[0]}")
@@ -205,7 +232,9 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
                     raise EngineError(
                         f"the CPU reference (onnxruntime fp32) failed: {report['error']}"
                     )
-                references[size] = Image.open(png).convert("RGB")
+                references[size] = {
+                    label: Image.open(_image_path(png, label)).convert("RGB") for label in labels
+                }
             return references[size]
 
         reference(CHECK_SIZE)
@@ -225,26 +254,38 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
                 if "error" in report:
                     rows.append({**row, "status": "failed", "detail": report["error"]})
                     continue
-                expected = reference(size)
-                got = Image.open(out).convert("RGB")
-                needed = min_psnr(manifest, precision)
-                score = psnr(expected, got)
-                diff = int(np.abs(np.asarray(expected, int) - np.asarray(got, int)).max())
-                plan = f", plans {report['plan_set']}" if report.get("plan_set") else ""
-                if report.get("ran", precision) != precision:
-                    plan += f"; ran as {report['ran']} (no native {precision} here)"
-                rows.append(
-                    {
-                        **row,
-                        "status": "ok" if score >= needed else "wrong",
-                        "psnr_db": score,
-                        "max_pixel_diff": diff,
-                        "seconds": report["seconds"],
-                        "plan_set": report.get("plan_set"),
-                        "ran": report.get("ran"),
-                        "detail": f"PSNR {score:.1f} dB (needs {needed:.0f}), max "
-                        f"difference {diff}, {report['seconds']:.2f} s at {size[1]}x{size[0]}"
-                        f"{plan}",
-                    }
-                )
+                rows.append({**row, **_compare(manifest, precision, report, reference(size), out)})
     return rows
+
+
+def _compare(manifest, precision: str, report: dict, expected: dict, out: Path) -> dict:
+    """A row's verdict: each check job's image (beside `out`) against its reference in
+    `expected`; "ok" only where every job reaches its bound."""
+    from PIL import Image
+
+    from ..media.images import psnr
+
+    scores, diffs, notes, ok = {}, {}, [], True
+    for label, reference in expected.items():
+        got = Image.open(_image_path(out, label)).convert("RGB")
+        needed = min_psnr(manifest, precision, label)
+        scores[label] = psnr(reference, got)
+        diffs[label] = int(np.abs(np.asarray(reference, int) - np.asarray(got, int)).max())
+        ok = ok and scores[label] >= needed
+        named = "" if label == "plain" else f"with {label}: "
+        notes.append(f"{named}PSNR {scores[label]:.1f} dB (needs {needed:.0f}), max difference "
+                     f"{diffs[label]}")  # fmt: skip
+    height, width = next(iter(expected.values())).size[::-1]
+    plan = f", plans {report['plan_set']}" if report.get("plan_set") else ""
+    if report.get("ran", precision) != precision:
+        plan += f"; ran as {report['ran']} (no native {precision} here)"
+    return {
+        "status": "ok" if ok else "wrong",
+        "psnr_db": min(scores.values()),
+        "max_pixel_diff": max(diffs.values()),
+        "job_psnr_db": scores,
+        "seconds": report["seconds"],
+        "plan_set": report.get("plan_set"),
+        "ran": report.get("ran"),
+        "detail": f"{'; '.join(notes)}, {report['seconds']:.2f} s at {width}x{height}{plan}",
+    }
