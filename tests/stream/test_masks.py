@@ -138,3 +138,26 @@ def test_a_mask_and_a_controlnet_together_on_the_stream_batch(tiny_inpaint_contr
         assert psnr(out.image, alone) >= 40
     plain = masked_call(pipe, frames[0], s)
     assert psnr(outs[0].image, plain) < 40  # (the control shows)
+
+
+@pytest.mark.parametrize("model,stream_batch", [("tiny_pipe", False), ("inpaint_pipe", True)])
+def test_the_mask_is_blurred_and_binarized_once_and_each_frame_filled_as_its_call(
+    request, frames, mask, model, stream_batch, monkeypatch
+):
+    from fastimg.diffusion import masks
+
+    pipe = request.getfixturevalue(model)
+    made = []
+    real = masks.mask_picture
+    monkeypatch.setattr(masks, "mask_picture", lambda *a: made.append(1) or real(*a))
+    given = {"mask_image": mask, "mask_blur": 3, "keep_unmasked": True, "masked_content": "fill"}
+    s = StreamSettings("a cat", strength=0.6, steps=2, sampler="euler", seed=3, mask=given,
+                       stream_batch=stream_batch)  # fmt: skip
+    engine = StreamEngine(pipe, s)
+    first = engine.push(frames[0], 0)
+    once = len(made)  # (the start's check that it repaints something, the first frame's)
+    outs = [first] * (first is not None) + outputs(engine, [frames[1], frames[0]])
+    assert len(made) == once and len(outs) == 3
+    for out, frame in zip(outs, [frames[0], frames[1], frames[0]], strict=True):
+        # the masked region filled from each frame's own pixels before it is encoded
+        assert psnr(out.image, masked_call(pipe, frame, s)) >= 40

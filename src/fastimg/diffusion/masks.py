@@ -119,23 +119,60 @@ def check_settings(manifest: Manifest, settings: CallSettings) -> None:
         )
 
 
-def prepare_mask(
-    settings: CallSettings, pixels: np.ndarray, factor: int, image: Image.Image | None = None
-) -> Mask | None:
-    """The call's mask (None without one), read and prepared for an image of `pixels`
-    (1 x 3 x H x W in [-1, 1]) whose latents are `factor` times smaller; `image` is the
-    original the output is pasted over (padding_mask_crop, keep_unmasked)."""
+@dataclass(frozen=True)
+class MaskGeometry:
+    """What a mask (without padding_mask_crop) gives every image of one size, whatever its
+    pixels: computed once for a stream's frames."""
+
+    size: tuple[int, int]  # (height, width) of the images it is for
+    binary: np.ndarray  # H x W, 1 = repaint
+    gray: Image.Image  # the grayscale mask the output is pasted through, at the mask's size
+    keep: Image.Image | None  # `gray` at the image's size (keep_unmasked), else None
+
+
+def mask_geometry(settings: CallSettings, height: int, width: int) -> MaskGeometry:
+    """The call's mask (padding_mask_crop unset) blurred, binarized and inverted as asked for
+    an image of `height` x `width`; an InputError where it repaints nothing."""
+    picture = mask_picture(_mask_source(settings), settings.mask_blur)
+    invert = settings.mask_invert
+    binary, gray = binarize(picture, height, width, invert), overlay_mask(picture, invert)
+    keep = None
+    if settings.keep_unmasked:
+        keep = gray
+        if keep.size != (width, height):
+            keep = keep.resize((width, height), resample=Image.LANCZOS)
+    if not binary.any():
+        raise _empty_mask()
+    return MaskGeometry((height, width), binary, gray, keep)
+
+
+def _mask_source(settings: CallSettings) -> Image.Image:
+    """The call's mask_image as a PIL image (a path read)."""
     source = settings.mask_image
-    if source is None:
-        return None
     if isinstance(source, str | Path):
         source = images.load_image(source)
     if not isinstance(source, Image.Image):
         raise InputError(f"mask_image must be a PIL image or a path, got {type(source).__name__}")
-    picture = mask_picture(source, settings.mask_blur)
+    return source
+
+
+def prepare_mask(
+    settings: CallSettings,
+    pixels: np.ndarray,
+    factor: int,
+    image: Image.Image | None = None,
+    geometry: MaskGeometry | None = None,
+) -> Mask | None:
+    """The call's mask (None without one), read and prepared for an image of `pixels`
+    (1 x 3 x H x W in [-1, 1]) whose latents are `factor` times smaller; `image` is the
+    original the output is pasted over (padding_mask_crop, keep_unmasked); `geometry`: the
+    mask's mask_geometry for this size, where the caller keeps it."""
+    if settings.mask_image is None:
+        return None
     invert, height, width = settings.mask_invert, pixels.shape[2], pixels.shape[3]
     overlay = None
     if settings.padding_mask_crop is not None:  # the masked region's box, at the engine's size
+        picture = mask_picture(_mask_source(settings), settings.mask_blur)
         original = images.to_rgb(image or Image.fromarray(images.to_uint8(pixels)[0]))
         if picture.size != original.size:  # (diffusers wants them alike; fastimg resizes it)
             picture = picture.resize(original.size, resample=Image.LANCZOS)
@@ -148,12 +185,11 @@ def prepare_mask(
         binary, fill_mask = binarize(region, height, width, invert), overlay_mask(region, invert)
         overlay = (gray, original, crop)
     else:
-        binary, fill_mask = binarize(picture, height, width, invert), overlay_mask(picture, invert)
-        if settings.keep_unmasked:
-            gray = fill_mask
-            if gray.size != (width, height):
-                gray = gray.resize((width, height), resample=Image.LANCZOS)
-            overlay = (gray, Image.fromarray(images.to_uint8(pixels)[0]), None)
+        if geometry is None or geometry.size != (height, width):
+            geometry = mask_geometry(settings, height, width)
+        binary, fill_mask = geometry.binary, geometry.gray
+        if geometry.keep is not None:
+            overlay = (geometry.keep, Image.fromarray(images.to_uint8(pixels)[0]), None)
     if not binary.any():
         raise _empty_mask()
     content = settings.masked_content or ORIGINAL

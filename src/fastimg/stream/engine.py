@@ -37,6 +37,7 @@ from ..diffusion.masks import (
     MaskRun,
     check_not_empty,
     encodes_image,
+    mask_geometry,
     mask_labels,
     prepare_mask,
 )
@@ -185,6 +186,7 @@ class StreamEngine:
         self._ready: deque[StreamFrame] = deque()
         self._last: Image.Image | None = None
         self._last_latents = None
+        self._mask_geometry = None  # the mask's blur and binarizing at the frames' size, kept
         self._filter = None
         if settings.similarity is not None:
             self._filter = SimilarityFilter(settings.similarity, settings.max_skip, settings.seed)
@@ -293,6 +295,17 @@ class StreamEngine:
             image = images.to_rgb(image).resize(self._size, resample=Image.LANCZOS)
         return images.to_pixels(image, factor, pipe.max_side)
 
+    def _mask_for(self, settings, pixels: np.ndarray, image: Image.Image):
+        """The frame's mask (None without one); what does not depend on the frame's pixels
+        (blur, binarizing, inverting: the mask is the stream's) is computed once."""
+        if settings.mask_image is None:
+            return None
+        size = tuple(pixels.shape[2:])
+        if self._mask_geometry is None or self._mask_geometry.size != size:
+            self._mask_geometry = mask_geometry(settings, *size)
+        factor = self.pipeline.manifest.vae_scale_factor
+        return prepare_mask(settings, pixels, factor, image, self._mask_geometry)
+
     def _skip(self, tag) -> None:
         """A skipped frame: the newest frame in flight's output, or the last one, reused."""
         if self._flights:
@@ -308,9 +321,10 @@ class StreamEngine:
             xp = engines.xp
             rng = TorchCompatibleGenerator(s.seed)  # the single call's generator, drawn alike
             settings, manifest = derived.checked.settings, pipe.manifest
-            mask = prepare_mask(settings, pixels, manifest.vae_scale_factor, image)
+            mask = self._mask_for(settings, pixels, image)
             if mask is None or encodes_image(manifest, settings.strength):
-                z = pipe.encode_image(pixels, rng, engines)
+                # (masked_content fill: the pixels the engines see have the region filled)
+                z = pipe.encode_image(pixels if mask is None else mask.image_pixels, rng, engines)
             else:  # an inpainting UNet at strength 1 starts from noise alone
                 factor = manifest.vae_scale_factor
                 z = xp.zeros((1, manifest.latent_channels, pixels.shape[2] // factor,
