@@ -10,6 +10,7 @@ import pytest
 
 from fastimg.engine_folder.layout import MANIFEST
 from fastimg.engine_folder.manifest import Manifest, load_manifest
+from tests.conftest import TINY_INT8_MIN_PSNR_DB
 
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
@@ -94,8 +95,9 @@ def test_the_mix_is_recorded_with_each_components_figures(tiny_int8):
     mix = manifest.data["int8"]
     with_int8 = [n for n, c in manifest.components.items() if INT8 in c.get("variants", {})]
     assert mix["components"] == with_int8 and "unet" in with_int8
-    # (the tiny_int8 fixture weighs no speed, 0.001x: its timings are noise; the bound stays)
-    assert mix["min_speedup"] == 0.001 and mix["min_psnr_db"] == 30.0
+    # (the tiny_int8 fixture weighs no speed, 0.001x: its timings are noise; and its bound is
+    # TINY_INT8_MIN_PSNR_DB: its error moves with the CPU's kernels)
+    assert mix["min_speedup"] == 0.001 and mix["min_psnr_db"] == TINY_INT8_MIN_PSNR_DB
     assert mix["image"]["psnr_db"] >= mix["min_psnr_db"]  # else a component would be dropped
     for name in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
         entry = manifest.components[name]

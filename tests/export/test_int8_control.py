@@ -5,7 +5,6 @@ control image."""
 import json
 import shutil
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
@@ -14,6 +13,7 @@ from click.testing import CliRunner
 from fastimg.cli import cli
 from fastimg.engine_folder.layout import MANIFEST
 from fastimg.engine_folder.manifest import Manifest, load_manifest
+from tests.conftest import tiny_int8_bounds
 
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
@@ -26,14 +26,13 @@ CONTROL = ("controlnet", "unet_control")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(model folder, engine folder, the export's output) of tiny-controlnet exported with
-    --int8 as a user types it; every int8 graph that keeps the image is kept whatever its
-    measured speed (the tiny model's timings are noise), as for the tiny_int8 fixture."""
+    --int8 as a user types it, by the tiny_int8 fixture's rule (tiny_int8_bounds)."""
     from fastimg_export.random_models import write_random_model
 
     root = tmp_path_factory.mktemp("int8-control")
     model = write_random_model("tiny-controlnet", root / "model")
     out = root / "engines"
-    with mock.patch("fastimg_export.int8_choice.MIN_SPEEDUP", 0.001):
+    with tiny_int8_bounds():
         result = CliRunner().invoke(
             cli, ["export", str(model), "-o", str(out), "--int8", "--int8-images", "3"]
         )
@@ -115,7 +114,7 @@ def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exp
         assert rel in unet_control["files"] and (engines / rel).is_file()
     mix = data["int8"]
     assert "unet_control" in mix["components"]
-    assert mix["control_image"]["psnr_db"] >= 30.0  # the export's bound, with control too
+    assert mix["control_image"]["psnr_db"] >= mix["min_psnr_db"]  # the bound, with control too
     assert mix["control_image"]["job"]["control_image"].startswith("the input image's edges")
     load_manifest(engines)  # the schema takes the records
 
