@@ -208,10 +208,11 @@ def tiny_sdxl_inpaint(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_sdxl_int8(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL base with int8 graphs for OpenVINO, by
-    tiny_int8's rule."""
+    tiny_int8's rule; the UNet by the hybrid method alone (--int8-unet auto measuring both
+    methods is tiny_int8's)."""
     pytest.importorskip("nncf")
     with tiny_int8_bounds():
-        return _build(tmp_path_factory, "tiny-sdxl", int8_images=3)
+        return _build(tmp_path_factory, "tiny-sdxl", int8_images=3, int8_unet="hybrid")
 
 
 @pytest.fixture(scope="session")
