@@ -45,16 +45,19 @@ def spied(pipe) -> list:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_only_a_call_far_above_the_ones_before_gives_its_scratch_back(tiny, backend):
+def test_only_a_call_far_above_the_ones_before_gives_its_scratch_back(tiny, backend, monkeypatch):
+    # (the floor at the small calls' side: the big call need only be far above those, the
+    # floor's own part is test_the_rule_follows_the_recent_calls_and_a_floor's)
+    monkeypatch.setattr(engine_set, "FLOOR_SIDE", 64)
     pipe = Img2ImgPipeline.from_engines(tiny[1], backend=backend, precision="fp32")
     runs = spied(pipe)
-    small, big = Image.new("RGB", (64, 64), "gray"), Image.new("RGB", (1024, 1024), "gray")
+    small, big = Image.new("RGB", (64, 64), "gray"), Image.new("RGB", (256, 256), "gray")
     job = dict(num_inference_steps=2, strength=1.0, seed=0)
     for _ in range(3):
         pipe("a", image=small, **job)
     assert runs and not any(given for *_, given in runs)  # alike calls keep their memory
     runs.clear()
-    pipe("b", image=big, num_images_per_prompt=4, **job)  # 4 x 256 times the pixels
+    pipe("b", image=big, num_images_per_prompt=2, **job)  # 2 x 16 times the pixels
     assert {name for name, *_ in runs} == {"text_encoder", "vae_encoder", "unet", "vae_decoder"}
     assert all(given for *_, given in runs)  # every run of the call, each component
     runs.clear()
