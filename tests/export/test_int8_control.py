@@ -26,16 +26,17 @@ CONTROL = ("controlnet", "unet_control")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(model folder, engine folder, the export's output) of tiny-controlnet exported with
-    --int8 as a user types it, by the tiny_int8 fixture's rule (tiny_int8_bounds)."""
+    --int8 as a user types it, by the tiny_int8 fixture's rule (tiny_int8_bounds); the UNet
+    by the hybrid method alone, the one --int8-unet auto gives the ControlNets
+    (test_auto_quantizes_the_controlnets_with_the_hybrid_method)."""
     from fastimg_export.random_models import write_random_model
 
     root = tmp_path_factory.mktemp("int8-control")
     model = write_random_model("tiny-controlnet", root / "model")
     out = root / "engines"
+    args = ["export", str(model), "-o", str(out), "--int8", "--int8-images", "3"]
     with tiny_int8_bounds():
-        result = CliRunner().invoke(
-            cli, ["export", str(model), "-o", str(out), "--int8", "--int8-images", "3"]
-        )
+        result = CliRunner().invoke(cli, [*args, "--int8-unet", "hybrid"])
     assert result.exit_code == 0, result.output
     return model, out, result.output
 
@@ -82,7 +83,7 @@ def _image(engines, precision: str, manifest=None, **arguments):
 
 
 def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exported):
-    from fastimg_export.quantize import HYBRID_INT8 as METHOD  # (ControlNets: auto takes it)
+    from fastimg_export.quantize import HYBRID_INT8 as METHOD
 
     _, engines, output = exported
     assert "running 3 calibration images with control" in output
@@ -117,6 +118,34 @@ def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exp
     assert mix["control_image"]["psnr_db"] >= mix["min_psnr_db"]  # the bound, with control too
     assert mix["control_image"]["job"]["control_image"].startswith("the input image's edges")
     load_manifest(engines)  # the schema takes the records
+
+
+@pytest.mark.parametrize("choice,expected", [("auto", "hybrid-int8"), ("full", "full-int8")])
+def test_auto_quantizes_the_controlnets_with_the_hybrid_method(
+    choice, expected, tmp_path, monkeypatch
+):
+    from fastimg_export import engine_writer, int8_components, int8_control, quantize
+
+    methods = {}
+
+    def unet(feeds, staging, images, scale, log, chosen):
+        methods["unet"] = chosen
+        return {"path": "unet"}, []
+
+    def control(name, feeds, staging, images, scale, log, method):
+        methods[name] = method
+        return {"path": name}, []
+
+    monkeypatch.setattr(quantize, "write_int8_unet", unet)
+    monkeypatch.setattr(int8_control, "write_int8_control", control)
+    monkeypatch.setattr(int8_components, "write_int8_component", lambda name, *a: ({}, []))
+    names = ("text_encoder", "unet", "controlnet", "unet_control", "vae_decoder")
+    components = {name: {"files": {}} for name in names}
+    feeds = dict.fromkeys(names, [])
+    engine_writer._write_int8(components, feeds, tmp_path, 3, 8, print, choice)
+    assert methods["controlnet"] == methods["unet_control"] == expected
+    assert methods["unet"] == quantize.unet_methods(choice)  # auto: both, the hybrid first
+    assert all("openvino-int8" in components[name]["variants"] for name in names)
 
 
 def test_an_int8_run_with_a_control_image_runs_the_int8_control_graphs(exported, ran):
