@@ -31,12 +31,16 @@ export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
 python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
 python3 -c "import openvino as ov; c = ov.Core(); print('openvino', ov.__version__, c.available_devices, c.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))"
 
+# In one process here, without pyproject's -n auto (pytest-xdist is not carried, and -s below
+# prints each PSNR, which workers would swallow).
+serial=(-o "addopts=-m 'not slow'" -p no:xdist -p no:cacheprovider)
+
 step "fastimg doctor"
 timeout 60 fastimg doctor
 
 step "GPU tests"
 NEW_KINDS="controlnets_masks_and_depth or controlnet or depth or inpaint"
-timeout "$(left 200)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt -q -rs \
+timeout "$(left 200)" python3 -m pytest "${serial[@]}" --basetemp /tmp/pt -q -rs \
     tests/e2e/test_gpu.py tests/test_gpu.py tests/diffusion/test_arrays.py \
     tests/backends tests/diffusion/test_pipeline_plans.py -k "not ($NEW_KINDS)" 2>&1 | tail -40
 
@@ -44,7 +48,7 @@ step "GPU tests: ControlNets, masks and the depth model on the GPU backends (iss
 # Exports seven tiny folders (ControlNet, two ControlNets, SDXL ControlNet, depth, inpainting,
 # inpainting + ControlNet); each folder kind on onnxruntime-cuda (and TensorRT where installed)
 # against ONNX Runtime fp32 on the CPU, and through stand-in plan sets; prints each PSNR.
-timeout "$(left 380)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt3 -q -rs -s \
+timeout "$(left 380)" python3 -m pytest "${serial[@]}" --basetemp /tmp/pt3 -q -rs -s \
     tests/e2e/test_gpu.py tests/diffusion/test_pipeline_plans.py -k "$NEW_KINDS" 2>&1 |
     grep -E "dB|passed|failed|FAILED|SKIPPED|Error" | tail -60
 
@@ -61,7 +65,7 @@ timeout 120 python3 -m fastimg_bench.kernel_check .gpucarry/tiny-int8 \
     -o "$OUT/results/kernel-check-amx-all-cores.json" >/dev/null && echo "all cores: written"
 
 step "CPU-kernel-sensitive tests on AMX (OpenVINO bf16, int8 engines, static shapes)"
-timeout "$(left 500)" python3 -m pytest -p no:cacheprovider --basetemp /tmp/pt2 -q -rs \
+timeout "$(left 500)" python3 -m pytest "${serial[@]}" --basetemp /tmp/pt2 -q -rs \
     tests/backends/test_openvino.py tests/e2e/test_parity.py tests/diffusion/test_pipeline_reuse.py \
     tests/engine_folder/test_compiled_cache.py 2>&1 | tail -30
 

@@ -271,6 +271,24 @@ def control_image():
     return Image.fromarray(np.stack([lines] * 3, axis=-1))
 
 
+# What one test process holds at its peak (the tiny fixtures it builds, diffusers beside the
+# engines, a Ray cluster): the memory each -n auto worker is given.
+WORKER_GIB = 8
+MAX_WORKERS = 8
+
+
+def pytest_xdist_auto_num_workers(config) -> int:
+    """The test processes of `-n auto` (pyproject's addopts): one per core this process may
+    run on, as many as the memory holds, at most MAX_WORKERS; one where the full-size tests
+    are selected (an sd15 export alone takes 13-16 GiB)."""
+    selection = (config.getoption("markexpr") or "").strip()
+    if "slow" in selection and selection != "not slow":
+        return 1
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    cores = len(os.sched_getaffinity(0))
+    return max(1, min(cores, int(memory_gib // WORKER_GIB), MAX_WORKERS))
+
+
 def cuda_gpu_present() -> bool:
     """Whether a CUDA GPU is usable from this process (through CuPy)."""
     try:
