@@ -277,6 +277,7 @@ WORKER_GIB = 8
 MAX_WORKERS = 8
 
 
+@pytest.hookimpl(optionalhook=True)  # (xdist's hook: a run without xdist, -p no:xdist, has none)
 def pytest_xdist_auto_num_workers(config) -> int:
     """The test processes of `-n auto` (pyproject's addopts): one per core this process may
     run on, as many as the memory holds, at most MAX_WORKERS; one where the full-size tests

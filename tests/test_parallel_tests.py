@@ -1,11 +1,18 @@
 """How many processes `python -m pytest` runs the tests in (pyproject's -n auto)."""
 
 import os
+import re
+import subprocess
+import sys
+from importlib.metadata import requires
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from tests import conftest
+
+ROOT = Path(__file__).parents[1]
 
 
 def config(markexpr: str) -> SimpleNamespace:
@@ -26,9 +33,18 @@ def test_the_full_size_tests_run_in_one_process(selection):
     assert conftest.pytest_xdist_auto_num_workers(config(selection)) == 1
 
 
-def test_the_tests_run_in_parallel_as_typed(pytestconfig):
-    from importlib.metadata import requires
-
-    options = pytestconfig.getini("addopts")  # pyproject's, what `python -m pytest` runs with
-    assert "-n" in options and options[options.index("-n") + 1] == "auto"
+def test_the_tests_run_in_parallel_as_typed():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    (addopts,) = re.findall(r"^addopts = (.*)$", pyproject, re.M)  # what `python -m pytest` adds
+    assert "-n auto" in addopts and "not slow" in addopts
     assert any(r.startswith("pytest-xdist") and 'extra == "dev"' in r for r in requires("fastimg"))
+
+
+def test_the_tests_run_without_xdist_too():
+    """bench/gpu_check.sh runs them in one process where xdist is not installed: the
+    conftest's xdist hook is optional there."""
+    command = [sys.executable, "-m", "pytest", "-o", "addopts=-m 'not slow'", "-p", "no:xdist",
+               "-p", "no:cacheprovider", "-q", "--co", "tests/test_parallel_tests.py"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "INTERNALERROR" not in result.stdout and "6 tests collected" in result.stdout
