@@ -41,9 +41,9 @@ def test_the_check_jobs_run_every_engine_a_call_can_run(
     from fastimg.media.images import psnr
 
     assert list(doctor.check_jobs(load_manifest(tiny[1]), 64, 64)) == ["plain"]
-    (many,) = [doctor.check_jobs(load_manifest(tiny_multi_controlnet[1]), 64, 64)["control"]]
-    assert len(many["control_image"]) == len(load_manifest(tiny_multi_controlnet[1]).control[
-        "controlnets"]) > 1  # fmt: skip
+    several = load_manifest(tiny_multi_controlnet[1])
+    many = doctor.check_jobs(several, 64, 64)["control"]
+    assert len(many["control_image"]) == len(several.control["controlnets"]) > 1
     depth = doctor.check_jobs(load_manifest(tiny_controlnet_depth[1]), 64, 64)["control"]
     assert depth["control_preprocess"] == "depth" and "control_image" not in depth
     jobs = doctor.check_jobs(load_manifest(tiny_inpaint_controlnet[1]), 64, 64)

@@ -183,15 +183,15 @@ def prepare_mask(
         pixels = images.to_pixels(resize_and_fill(original.crop(crop), width, height), factor)
         region = resize_and_fill(picture.crop(crop), width, height)
         binary, fill_mask = binarize(region, height, width, invert), overlay_mask(region, invert)
+        if not binary.any():
+            raise _empty_mask()
         overlay = (gray, original, crop)
-    else:
+    else:  # (mask_geometry refuses an empty mask, once)
         if geometry is None or geometry.size != (height, width):
             geometry = mask_geometry(settings, height, width)
         binary, fill_mask = geometry.binary, geometry.gray
         if geometry.keep is not None:
             overlay = (geometry.keep, Image.fromarray(images.to_uint8(pixels)[0]), None)
-    if not binary.any():
-        raise _empty_mask()
     content = settings.masked_content or ORIGINAL
     if content == FILL:  # (the pixels the engines see; the overlay keeps the original's)
         pixels = filled_pixels(pixels, fill_mask, factor)
