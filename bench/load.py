@@ -80,8 +80,8 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> float | None:
         value = rss_mb(self.pid)
-        if value == 0:  # (a process still being exec'd has no memory of its own yet)
-            value = None
+        if value is not None and value < 1:  # (a process still being exec'd has (almost) no
+            value = None  # memory of its own yet; an interpreter holds several MiB)
         if value is not None:
             self.samples.append((round(time.monotonic() - self.started_at, 2), round(value, 1)))
         return value
