@@ -3,7 +3,10 @@
 diffusers' img2img runs on a few calibration images (the example photo, flipped and turned)
 while hooks record what each component receives, by the exported graph's input names: the text
 encoders' token ids, the VAE encoder's image, the UNet's inputs at every step (with the CFG
-batch) and the VAE decoder's latents.
+batch) and the VAE decoder's latents. It runs the sampler the runtime runs by default on the
+model (its own scheduler, or ddim where fastimg has no equivalent: sd15's PNDM), so that the
+UNet is calibrated on the runtime's timesteps and the VAE decoder on latents like those it
+will decode (on the random-weight sd15 PNDM's latents were 4x the spread of the runtime's).
 """
 
 import numpy as np
@@ -36,12 +39,17 @@ def calibration_feeds(pipe, images: int, log=print) -> dict[str, Feeds]:
 
 def run_calibration(pipe, images: int, undo: list, log=print, label: str = "", extra=None) -> None:
     """Run `pipe` (its img2img, hooked to collect inputs) on `images` calibration images with
-    the calibration settings, `extra(image, index)` giving more arguments; then remove the
-    hooks `undo` (also on failure). `label` ends each image's log line."""
+    the calibration settings and the runtime's sampler, `extra(image, index)` giving more
+    arguments; then put its scheduler back and remove the hooks `undo` (also on failure).
+    `label` ends each image's log line."""
     import torch
+
+    from .loading import runtime_scheduler
 
     side, variants = calibration_images(pipe)
     pipe.set_progress_bar_config(disable=True)  # each image is logged instead
+    own = pipe.scheduler  # what the manifest records: put back after
+    pipe.scheduler = runtime_scheduler(own)
     try:
         for index in range(images):
             log(f"  calibration image {index + 1}/{images}{label} ({side}x{side})")
@@ -56,6 +64,7 @@ def run_calibration(pipe, images: int, undo: list, log=print, label: str = "", e
                 **(extra(image, index) if extra else {}),
             )
     finally:
+        pipe.scheduler = own
         for remove in undo:
             remove()
 

@@ -219,6 +219,16 @@ def diffusers_scheduler(config: dict, sampler: str):
     return cls.from_config({**config, **schedules.SAMPLER_OVERRIDES.get(sampler, {})})
 
 
+def runtime_scheduler(scheduler):
+    """diffusers' scheduler for the sampler `fastimg transform` runs by default on a model whose
+    own scheduler is `scheduler`: that one where fastimg has it, else ddim with its config."""
+    from fastimg.diffusion import schedules
+
+    config = dict(scheduler.config)
+    named = {**config, "_class_name": type(scheduler).__name__}
+    return diffusers_scheduler(config, schedules.default_sampler(named) or "ddim")
+
+
 def quiet_hub_logging() -> None:
     """Silence diffusers' and transformers' progress bars and advisory warnings."""
     import diffusers
