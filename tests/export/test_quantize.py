@@ -43,7 +43,7 @@ def test_the_manifest_lists_the_int8_unet_its_files_and_its_error(tiny_int8):
 
 def test_the_recorded_output_error_is_the_int8_graphs_as_it_runs(tiny_int8):
     """Each layer made an output too, OpenVINO runs an int8 graph otherwise (the tiny decoder's
-    output error about 3x): the output's error is measured on the graph as it is."""
+    output error 2-3x): the output's error is measured on the graph as it is."""
     import openvino as ov
 
     from fastimg_export.quantize import layer_errors, relative_rms
