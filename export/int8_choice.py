@@ -7,7 +7,10 @@ least MIN_PSNR_DB from fp32's; otherwise the file is deleted and the manifest sa
 the figures. The UNet's int8 (what --int8 asks for) is always kept, its figures recorded too,
 and so is unet_control's (the same UNet taking ControlNet residuals: --precision int8 runs the
 UNet in int8 with a control image as without one). The ControlNets and unet_control are
-measured on CHECK_JOB with a control image (int8_control.check_call).
+measured on CHECK_JOB with a control image (int8_control.check_call). Where the UNet's two
+methods were measured (--int8-unet auto), it keeps one first (int8_unet_method); where it keeps
+full int8, unet_control and the ControlNets are quantized by it too and each keeps the method
+its own figures choose, by the same rule.
 
 The default path compared against is the component's fp32 graph on OpenVINO compiled with the
 runtime's --precision int8 settings, i.e. at OpenVINO's default precision (bf16 on a CPU with
@@ -28,7 +31,7 @@ from fastimg.errors import require
 from . import int8_mixed
 from . import int8_unet_method as unet_method
 from .calibration import CALIBRATION_PROMPTS, Feeds
-from .int8_control import check_call, uses_control
+from .int8_control import check_call, uses_control, write_candidate
 
 MIN_SPEEDUP = 1.05  # within 5 % is the noise of a few runs; int8 costs image quality
 MIN_PSNR_DB = 30.0  # a working int8 graph gives 37-45 dB on the tiny test model; noise < 15
@@ -208,18 +211,28 @@ class ImageCheck:
         shutil.rmtree(self.folder / describe("openvino").cache, ignore_errors=True)
 
 
-def _choose_unet_method(folder: Path, data: dict, measure, check) -> tuple[dict, str]:
-    """Measure each of the UNet's int8 graphs alone (int8_unet_method), keep one: its figures
-    and why it was kept."""
-    written = unet_method.candidates(data)
+def _choose_method(folder: Path, data: dict, name: str, measure, check) -> tuple[dict, str]:
+    """Measure each of component `name`'s int8 graphs alone (int8_unet_method), keep one:
+    its figures and why it was kept."""
+    written = unet_method.candidates(data, name)
     measured = {}
     for variant in written:
         method = variant["quantization"]["method"]
-        measured[method] = measure(unet_method.with_variant(data, "unet", variant), "unet", method)
+        measured[method] = measure(unet_method.with_variant(data, name, variant), name, method)
     chosen, reasons = unet_method.choose_method(measured, MIN_PSNR_DB, MIN_SPEEDUP)
-    unet_method.keep_method(folder, data, chosen, measured, reasons)
+    unet_method.keep_method(folder, data, chosen, measured, reasons, name)
     check.close()  # the kept graph may have moved to the path another was compiled from
     return measured[chosen], reasons[chosen]
+
+
+def _follow_unet(folder: Path, data: dict, name: str, feeds: Feeds, log) -> None:
+    """Where the UNet kept another int8 method than control component `name` was quantized
+    by, quantize it by the UNet's too (int8_control.write_candidate), to measure both."""
+    method = data["components"]["unet"]["variants"][INT8_VARIANT]["quantization"]["method"]
+    if data["components"][name]["variants"][INT8_VARIANT]["quantization"]["method"] == method:
+        return
+    log(f"  {name}: the UNet kept {method}: quantizing it by {method} too, to measure both")
+    write_candidate(folder, data, name, feeds, method, log)
 
 
 def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, log=print) -> None:
@@ -248,10 +261,13 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
             )
             return {"speed": speed, "image": image}
 
-        measured, unet_reason = {}, None
-        for name in quantized:
-            if name == "unet" and unet_method.candidates(data):
-                measured[name], unet_reason = _choose_unet_method(folder, data, measure, check)
+        measured, methods = {}, {}  # methods: why a method was kept, where two were measured
+        unet_chose = bool(unet_method.candidates(data))  # auto: the UNet's method is measured
+        for name in sorted(quantized, key=lambda n: n != "unet"):  # the UNet's choice first
+            if unet_chose and uses_control(name):
+                _follow_unet(folder, data, name, feeds[name], log)
+            if unet_method.candidates(data, name):
+                measured[name], methods[name] = _choose_method(folder, data, name, measure, check)
                 continue
             measured[name] = measure(data, name)
             figures = measured[name]
@@ -270,11 +286,12 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
                     folder, data, name, feeds[name], measure_again, figures, bounds, log
                 )
                 check.close()
+        measured = {name: measured[name] for name in quantized}  # the manifest's order
         kept = apply_choices(folder, data, measured)
-        if unet_reason is not None:  # why this method, besides why the UNet keeps int8
-            data["components"]["unet"]["variants"][INT8_VARIANT]["quantization"]["reason"] = (
-                unet_reason
-            )
+        for name, why in methods.items():  # why this method, besides why int8 is kept
+            entry = data["components"][name]
+            record = entry.get("int8_dropped") or entry["variants"][INT8_VARIANT]["quantization"]
+            record["reason" if name in ALWAYS_KEPT else "method_reason"] = why
         for name in quantized:
             entry = data["components"][name]
             record = entry.get("int8_dropped") or entry["variants"][INT8_VARIANT]["quantization"]

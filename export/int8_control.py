@@ -1,20 +1,30 @@
 """int8 graphs of a folder's ControlNets and of the UNet taking their residuals (unet_control).
 
 Both are the UNet's kind of network (a ControlNet is a copy of the UNet's encoder and middle
-block), so they are quantized with the UNet's method (quantize.quantize_unet: the one --int8-unet
-forces, else the hybrid, as they are not measured method against method), on what they
+block), so they are quantized with the UNet's method (quantize.quantize_unet), on what they
 received while diffusers' ControlNet img2img ran on the calibration images
-(control_calibration), and their error is measured layer by layer on a held-out call.
+(control_calibration), and their error is measured layer by layer on a held-out call. At
+writing, that is the method --int8-unet forces, else the hybrid; where auto then keeps the
+UNet's full int8 graph, each is quantized by that method too (write_candidate) and keeps the
+method its own figures choose (int8_choice).
 """
 
+import gc
 import time
 from pathlib import Path
+
+from fastimg.backends.registry import INT8_VARIANT
+from fastimg.engine_folder.integrity import sha256
 
 from .calibration import CALIBRATION_GUIDANCE, CALIBRATION_STEPS, CALIBRATION_STRENGTH, Feeds
 from .control_calibration import edges
 from .onnx_export import CONTROL_UNET
 from .quantize import (
+    CANDIDATE_FILE,
+    FULL_INT8,
     HYBRID_INT8,
+    INT8_FILE,
+    SMOOTH_QUANT_ALPHA,
     layer_errors,
     log_errors,
     quantize_unet,
@@ -55,22 +65,12 @@ def write_int8_control(
     """Write NAME/model.int8.xml (+ .bin) beside ControlNet component `name` (or
     unet_control), quantized by `method` (quantize.quantize_unet's) on its `feeds` (the last
     held out to measure the error on): its manifest variant entry and the files written."""
-    from fastimg.errors import require
-
-    ov = require("openvino", "int8")
-    started = time.perf_counter()
     feeds = list(feeds)
-    held_out = feeds.pop()
-    log(f"quantizing {name} to int8 ({method}) on {len(feeds)} calibration calls")
-    onnx_path = staging / name / "model.onnx"
-    quantized = quantize_unet(onnx_path, feeds, method)
-    errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
-    files = save_int8(quantized, onnx_path)
-    log_errors(name, errors, started, log)
+    files, errors = _quantize(name, feeds, staging, method, INT8_FILE, log)
     calibration = {
-        "calls": len(feeds),
+        "calls": len(feeds) - 1,
         "images": images,
-        "size": int(held_out["sample"].shape[-1]) * vae_scale_factor,
+        "size": int(feeds[-1]["sample"].shape[-1]) * vae_scale_factor,
         "steps": CALIBRATION_STEPS,
         "strength": CALIBRATION_STRENGTH,
         "guidance": CALIBRATION_GUIDANCE,
@@ -79,3 +79,43 @@ def write_int8_control(
     }
     quantization = {"method": method, "calibration": calibration, "error": errors}
     return {**variant_paths(name, files), "quantization": quantization}, files
+
+
+def write_candidate(folder: Path, data: dict, name: str, feeds: Feeds, method: str, log=print):
+    """Quantize component `name` of the engine folder `folder` (manifest `data`) by `method`
+    too, on the same `feeds` as its int8 graph, into NAME/CANDIDATE_FILE: listed in its int8
+    variant's 'candidates' (and its files in the component's) until one method is kept
+    (int8_unet_method.keep_method)."""
+    entry = data["components"][name]
+    variant = entry["variants"][INT8_VARIANT]
+    file_name = CANDIDATE_FILE.format(method=method)
+    files, errors = _quantize(name, list(feeds), folder, method, file_name, log)
+    calibration = variant["quantization"]["calibration"]
+    quantization = {"method": method, "calibration": calibration, "error": errors}
+    if method == FULL_INT8:
+        quantization["smooth_quant_alpha"] = SMOOTH_QUANT_ALPHA
+    variant["candidates"] = [{**variant_paths(name, files), "quantization": quantization}]
+    for path in files:
+        rel = str(path.relative_to(folder))
+        entry["files"][rel] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def _quantize(
+    name: str, feeds: list, folder: Path, method: str, file_name: str, log
+) -> tuple[list[Path], dict]:
+    """Quantize component `name` (NAME/model.onnx in `folder`) by `method` on `feeds` (the
+    last held out to measure the error on) into NAME/`file_name`: the files and the errors."""
+    from fastimg.errors import require
+
+    ov = require("openvino", "int8")
+    started = time.perf_counter()
+    calls, held_out = feeds[:-1], feeds[-1]
+    log(f"quantizing {name} to int8 ({method}) on {len(calls)} calibration calls")
+    onnx_path = folder / name / "model.onnx"
+    quantized = quantize_unet(onnx_path, calls, method)
+    errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
+    files = save_int8(quantized, onnx_path, file_name)
+    del quantized
+    gc.collect()
+    log_errors(name if method == HYBRID_INT8 else f"{name} ({method})", errors, started, log)
+    return files, errors

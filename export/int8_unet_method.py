@@ -1,4 +1,5 @@
-"""Which of the UNet's int8 graphs the export keeps when both methods were written (auto).
+"""Which of the UNet's int8 graphs the export keeps when both methods were written (auto),
+and of unet_control's and the ControlNets' where they were quantized by both (int8_control).
 
 Each method's graph is measured alone, as int8_choice measures the other components: its speed
 against the UNet's default path and the image's PSNR against fp32's. The faster among those at
@@ -60,10 +61,10 @@ def choose_method(
     return chosen, reasons
 
 
-def candidates(data: dict) -> list[dict]:
-    """The UNet's int8 variants written to be measured (its variant first), or [] where one
-    method was asked for."""
-    variant = data["components"]["unet"].get("variants", {}).get(INT8_VARIANT)
+def candidates(data: dict, name: str = "unet") -> list[dict]:
+    """Component `name`'s int8 variants written to be measured (its variant first), or []
+    where one method was written."""
+    variant = data["components"][name].get("variants", {}).get(INT8_VARIANT)
     if variant is None or not variant.get("candidates"):
         return []
     return [{k: v for k, v in variant.items() if k != "candidates"}, *variant["candidates"]]
@@ -77,11 +78,14 @@ def with_variant(data: dict, name: str, variant: dict) -> dict:
     return data
 
 
-def keep_method(folder: Path, data: dict, chosen: str, measured: dict, reasons: dict) -> None:
-    """Make the UNet's `chosen` method's graph its int8 variant, at unet/INT8_FILE; record the
-    others' figures (`measured`, `reasons`) in its 'int8_alternatives' and delete their files."""
-    entry = data["components"]["unet"]
-    written = candidates(data)
+def keep_method(
+    folder: Path, data: dict, chosen: str, measured: dict, reasons: dict, name: str = "unet"
+) -> None:
+    """Make component `name`'s `chosen` method's graph its int8 variant, at NAME/INT8_FILE;
+    record the others' figures (`measured`, `reasons`) in its 'int8_alternatives' and delete
+    their files."""
+    entry = data["components"][name]
+    written = candidates(data, name)
     kept = next(v for v in written if v["quantization"]["method"] == chosen)
     alternatives = []
     for variant in written:
@@ -93,8 +97,8 @@ def keep_method(folder: Path, data: dict, chosen: str, measured: dict, reasons: 
         for rel in (variant["path"], variant["weights"]):
             entry["files"].pop(rel, None)
             (folder / rel).unlink(missing_ok=True)
-    if kept["path"] != f"unet/{INT8_FILE}":
-        renamed = {"path": f"unet/{INT8_FILE}", "weights": f"unet/{Path(INT8_FILE).stem}.bin"}
+    if kept["path"] != f"{name}/{INT8_FILE}":
+        renamed = {"path": f"{name}/{INT8_FILE}", "weights": f"{name}/{Path(INT8_FILE).stem}.bin"}
         for key, rel in renamed.items():
             entry["files"].pop(kept[key])
             (folder / kept[key]).replace(folder / rel)

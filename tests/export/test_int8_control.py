@@ -4,7 +4,9 @@ control image."""
 
 import json
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -21,24 +23,47 @@ pytest.importorskip("torch")
 
 INT8 = "openvino-int8"
 CONTROL = ("controlnet", "unet_control")
+HYBRID, FULL = "hybrid-int8", "full-int8"
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     """(model folder, engine folder, the export's output) of tiny-controlnet exported with
-    --int8 as a user types it, by the tiny_int8 fixture's rule (tiny_int8_bounds); the UNet
-    by the hybrid method alone, the one --int8-unet auto gives the ControlNets
-    (test_auto_quantizes_the_controlnets_with_the_hybrid_method)."""
+    --int8 as a user types it, by the tiny_int8 fixture's rule (tiny_int8_bounds), the UNet
+    keeping full int8 (unet_keeps_full): the ControlNet and unet_control are quantized by
+    both methods and keep one each by their own figures."""
     from fastimg_export.random_models import write_random_model
 
     root = tmp_path_factory.mktemp("int8-control")
     model = write_random_model("tiny-controlnet", root / "model")
     out = root / "engines"
     args = ["export", str(model), "-o", str(out), "--int8", "--int8-images", "3"]
-    with tiny_int8_bounds():
-        result = CliRunner().invoke(cli, [*args, "--int8-unet", "hybrid"])
+    with tiny_int8_bounds(), unet_keeps_full():
+        result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     return model, out, result.output
+
+
+@contextmanager
+def unet_keeps_full():
+    """The UNet's int8 method choice made full int8, as sd15's at 256 is on an AVX-512 VNNI
+    CPU (the tiny UNet's timings are noise); both its graphs are still measured, and every
+    other choice is the export's own."""
+    from fastimg_export import int8_choice, int8_unet_method
+
+    original = int8_choice._choose_method
+
+    def forced(figures, *bounds):
+        return FULL, {m: f"{'kept' if m == FULL else 'not kept'}: the test's" for m in figures}
+
+    def choose(folder, data, name, measure, check):
+        if name != "unet":
+            return original(folder, data, name, measure, check)
+        with mock.patch.object(int8_unet_method, "choose_method", forced):
+            return original(folder, data, name, measure, check)
+
+    with mock.patch.object(int8_choice, "_choose_method", choose):
+        yield
 
 
 @pytest.fixture()
@@ -83,8 +108,6 @@ def _image(engines, precision: str, manifest=None, **arguments):
 
 
 def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exported):
-    from fastimg_export.quantize import HYBRID_INT8 as METHOD
-
     _, engines, output = exported
     assert "running 3 calibration images with control" in output
     assert "controlnet int8: output relative RMS error" in output
@@ -95,22 +118,22 @@ def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exp
         entry = data["components"][name]
         record = entry["variants"][INT8]["quantization"] if INT8 in entry["variants"] else None
         record = record or entry["int8_dropped"]  # (measured, and dropped with its reason)
-        assert record["method"] == METHOD
-        calibration = record["calibration"]
-        # The same images and steps as the UNet's own calibration, the ControlNet run's calls.
-        assert calibration["calls"] == unet_calls["unet_calls"] > 0
-        assert "edges" in calibration["control_images"]
-        assert record["error"]["layers"] > 0 and record["error"]["worst_layers"]
-        assert 0 < record["error"]["output_relative_rms_error"] < 0.5
-        assert record["image"]["job"]["control_image"].startswith("the input image's edges")
-        assert record["speed"]["speed_ratio"] > 0 and record["reason"]
+        (other,) = entry["int8_alternatives"]  # (unet_keeps_full: both methods measured)
+        for quantization in (record, other):
+            calibration = quantization["calibration"]
+            # The same images and steps as the UNet's own calibration, the ControlNet run's.
+            assert calibration["calls"] == unet_calls["unet_calls"] > 0
+            assert "edges" in calibration["control_images"]
+            assert quantization["error"]["layers"] > 0 and quantization["error"]["worst_layers"]
+            assert 0 < quantization["error"]["output_relative_rms_error"] < 0.5
+            image = quantization["image"]
+            assert image["job"]["control_image"].startswith("the input image's edges")
+            assert quantization["speed"]["speed_ratio"] > 0 and quantization["reason"]
     unet_control = data["components"]["unet_control"]
     variant = unet_control["variants"][INT8]
     assert variant["path"] == "unet_control/model.int8.xml"
-    assert (
-        variant["quantization"]["chosen"]
-        and "--int8 asks for" in (variant["quantization"]["reason"])
-    )
+    quantization = variant["quantization"]
+    assert quantization["chosen"] and quantization["reason"].startswith("kept")
     for rel in (variant["path"], variant["weights"]):
         assert rel in unet_control["files"] and (engines / rel).is_file()
     mix = data["int8"]
@@ -118,6 +141,49 @@ def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exp
     assert mix["control_image"]["psnr_db"] >= mix["min_psnr_db"]  # the bound, with control too
     assert mix["control_image"]["job"]["control_image"].startswith("the input image's edges")
     load_manifest(engines)  # the schema takes the records
+
+
+def test_the_control_graphs_measure_the_method_the_unet_kept_and_keep_one(exported):
+    _, engines, output = exported
+    data = json.loads((engines / MANIFEST).read_text())
+    assert data["components"]["unet"]["variants"][INT8]["quantization"]["method"] == FULL
+    for name in CONTROL:
+        assert f"{name}: the UNet kept {FULL}: quantizing it by {FULL} too" in output
+        assert f"{name} ({FULL}) int8: output relative RMS error" in output
+        entry = data["components"][name]
+        record = entry.get("int8_dropped") or entry["variants"][INT8]["quantization"]
+        (other,) = entry["int8_alternatives"]
+        assert {record["method"], other["method"]} == {HYBRID, FULL}
+        full = record if record["method"] == FULL else other
+        assert full["smooth_quant_alpha"] == 0.95
+        why = record["reason"] if name == "unet_control" else record["method_reason"]
+        assert why.startswith("kept") and f"{record['method']}: " in why
+        assert other["chosen"] is False and other["reason"].startswith("not kept")
+        assert f"{other['method']}: " in other["reason"]
+        # One graph is left, at the int8 path, and the manifest lists what is on disk.
+        on_disk = sorted(path.name for path in (engines / name).iterdir())
+        assert not any(FULL in file or HYBRID in file for file in on_disk)
+        assert sorted(entry["files"]) == [f"{name}/{file}" for file in on_disk]
+    info = CliRunner().invoke(cli, ["info", str(engines)]).output
+    assert info.count("int8 (other)   not kept") == 1 + len(CONTROL)  # the UNet's and theirs
+
+
+def test_control_graphs_are_quantized_again_only_where_the_unet_kept_another_method(monkeypatch):
+    from fastimg_export import int8_choice
+
+    written = []
+    monkeypatch.setattr(int8_choice, "write_candidate", lambda *args: written.append(args[2]))
+
+    def manifest(unet: str, control: str) -> dict:
+        methods = {"unet": unet, "controlnet": control, "unet_control": control}
+        return {"components": {n: {"variants": {INT8: {"quantization": {"method": m}}}}
+                               for n, m in methods.items()}}  # fmt: skip
+
+    for unet, control, redo in ((HYBRID, HYBRID, False), (FULL, FULL, False), (FULL, HYBRID, True)):
+        written.clear()
+        for name in CONTROL:
+            int8_choice._follow_unet(Path(), manifest(unet, control), name, [], print)
+        assert written == (list(CONTROL) if redo else [])
 
 
 @pytest.mark.parametrize("choice,expected", [("auto", "hybrid-int8"), ("full", "full-int8")])
@@ -181,7 +247,8 @@ def test_the_cli_runs_int8_with_a_control_image(exported, tmp_path, photo, ran):
     assert "unet_control/model.int8.xml" in ran
     result = CliRunner().invoke(cli, ["info", str(engines)])
     assert result.exit_code == 0, result.output
-    assert "openvino-int8  unet_control/model.int8.xml  hybrid-int8: output relative" in (
+    method = load_manifest(engines).components["unet_control"]["variants"][INT8]["quantization"]
+    assert f"openvino-int8  unet_control/model.int8.xml  {method['method']}: output" in (
         result.output
     )
     assert "dB with a control image)" in result.output

@@ -99,7 +99,8 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     "in float; convolutions int8), full (MatMul activations int8 too, after SmoothQuant), "
     "or auto: both written and measured, the faster one whose image is close enough to "
     "fp32's kept (the hybrid where neither is); auto costs a second UNet quantization. "
-    "ControlNets take the method named, the hybrid under auto.",
+    "ControlNets and the UNet taking their residuals take the method named; under auto the "
+    "hybrid, and where the UNet keeps full, full too, each keeping the one its figures choose.",
 )
 @click.option(
     "--int8-images",
