@@ -226,7 +226,7 @@ def runtime_scheduler(scheduler):
 
     config = dict(scheduler.config)
     named = {**config, "_class_name": type(scheduler).__name__}
-    return diffusers_scheduler(config, schedules.default_sampler(named) or "ddim")
+    return diffusers_scheduler(config, schedules.runtime_sampler(named))
 
 
 def quiet_hub_logging() -> None:

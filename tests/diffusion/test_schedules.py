@@ -70,6 +70,9 @@ def test_default_sampler_follows_the_model_scheduler_class():
     karras = {"_class_name": "DPMSolverMultistepScheduler", "use_karras_sigmas": True}
     assert schedules.default_sampler(karras) == "dpmpp_2m_karras"
     assert schedules.default_sampler(SD15) is None
+    # What runs by default: the own scheduler's sampler, ddim where there is none (PNDM).
+    assert schedules.runtime_sampler(karras) == "dpmpp_2m_karras"
+    assert schedules.runtime_sampler(SD15) == schedules.FALLBACK_SAMPLER == "ddim"
 
 
 @pytest.mark.parametrize("sampler", schedules.SAMPLERS)

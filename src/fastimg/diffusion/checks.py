@@ -44,18 +44,18 @@ def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
                 f"unknown scheduler {scheduler!r}: choose one of {', '.join(SAMPLERS)}"
             )
         return scheduler
-    own = schedules.default_sampler(manifest.scheduler)
-    if own is None:
+    sampler = schedules.runtime_sampler(manifest.scheduler)
+    if schedules.default_sampler(manifest.scheduler) is None:
         name = manifest.scheduler.get("_class_name")
         if (manifest.folder, name) not in _WARNED:
             _WARNED.add((manifest.folder, name))
             log.warning(
-                "the model's scheduler %s has no fastimg sampler; using ddim with its config "
+                "the model's scheduler %s has no fastimg sampler; using %s with its config "
                 "(choose one with --scheduler)",
                 name,
+                sampler,
             )
-        return "ddim"
-    return own
+    return sampler
 
 
 def plan_for(

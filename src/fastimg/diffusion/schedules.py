@@ -140,6 +140,14 @@ def default_sampler(scheduler_config: dict) -> str | None:
     return sampler
 
 
+FALLBACK_SAMPLER = "ddim"  # what runs where the model's own scheduler has no equivalent
+
+
+def runtime_sampler(scheduler_config: dict) -> str:
+    """The sampler fastimg runs by default on a model: its own scheduler's, else ddim."""
+    return default_sampler(scheduler_config) or FALLBACK_SAMPLER
+
+
 def resolve_config(scheduler_config: dict, sampler: str) -> dict:
     """The config diffusers would run `sampler` with, built from a model's scheduler config."""
     if sampler not in SAMPLERS:

@@ -21,7 +21,7 @@ from PIL import Image
 from prometheus_client import Counter
 
 from ..backends.registry import serve_batch
-from ..diffusion.schedules import default_sampler
+from ..diffusion.schedules import runtime_sampler
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import Cancelled, InputError
 from ..media.images import MAX_PIXELS, check_sides, decode_image
@@ -460,7 +460,7 @@ class Service:
             "controlnets": controlnet_names(manifest),
             "control_preprocessors": control_preprocessors(manifest),
             "samplers": list(SAMPLERS),
-            "default_sampler": default_sampler(manifest.scheduler) or "ddim",
+            "default_sampler": runtime_sampler(manifest.scheduler),
             "formats": list(FORMATS),
             "workers": o.workers,
             "max_queue": o.max_queue,
