@@ -46,6 +46,16 @@ def baseline_for(spec: str) -> tuple[str, str]:
     return "cuda", "fp16" if precision == "fp16" else "fp32"
 
 
+def baselines(specs: list[str]) -> list[tuple[str, str]]:
+    """The diffusers runs a benchmark of `specs` needs: the CPU fp32 one (every side's PSNR
+    reference), and each GPU side's on the same GPU in its precision."""
+    needed = [("cpu", "fp32")]
+    for spec in specs:
+        if baseline_for(spec) not in needed:
+            needed.append(baseline_for(spec))
+    return needed
+
+
 def controlnet_pipeline(pipe, controlnet: str):
     """diffusers' StableDiffusion(XL)ControlNetImg2ImgPipeline on `pipe`'s components and the
     ControlNet folder (or hub id) `controlnet`, checked to fit its UNet as the export checks."""

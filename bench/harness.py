@@ -23,6 +23,7 @@ from .contenders import (
     DiffusersSide,
     FastimgSide,
     baseline_for,
+    baselines,
     diffusers_name,
     parse_backend,
     parse_shapes,
@@ -49,16 +50,6 @@ def default_backends() -> list[str]:
                 if backend == "openvino":  # its static shapes, measured beside the dynamic
                     specs.append(f"{backend}:{precision}:static")
     return specs
-
-
-def baselines(specs: list[str]) -> list[tuple[str, str]]:
-    """The diffusers runs a benchmark of `specs` needs: the CPU fp32 one (every side's PSNR
-    reference), and each GPU side's on the same GPU in its precision."""
-    needed = [("cpu", "fp32")]
-    for spec in specs:
-        if baseline_for(spec) not in needed:
-            needed.append(baseline_for(spec))
-    return needed
 
 
 def check_backends(specs: list[str]) -> list[str]:

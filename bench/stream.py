@@ -16,7 +16,15 @@ from PIL import Image
 
 from fastimg.media.images import psnr
 
-from .contenders import DiffusersSide, parse_backend, parse_shapes
+from .contenders import (
+    DIFFUSERS,
+    DiffusersSide,
+    baseline_for,
+    baselines,
+    diffusers_name,
+    parse_backend,
+    parse_shapes,
+)
 from .job import BenchJob
 from .record import machine as machine_record
 from .record import versions as package_versions
@@ -95,13 +103,16 @@ def run_fastimg(engines: str, job: BenchJob, spec: str, options: dict, frames: l
         "frame_seconds": spread(pushes),
         "latency_seconds": spread(latency),
         "skipped": sum(out.skipped for out in outputs.values()),
+        "backend_spec": spec,
         "images": [outputs[k].image for k in sorted(outputs)],
     }
 
 
-def run_diffusers(model: str, job: BenchJob, frames: list, warmup: int) -> dict:
-    """diffusers' img2img pipeline on each frame in turn (its latency: the frame's call)."""
-    side = DiffusersSide(model, job)
+def run_diffusers(model: str, job: BenchJob, frames: list, warmup: int, device: str = "cpu",
+                  precision: str = "fp32") -> dict:  # fmt: skip
+    """diffusers' img2img pipeline on each frame in turn (its latency: the frame's call), on
+    `device` in `precision`."""
+    side = DiffusersSide(model, job, device, precision)
     for frame in frames[:warmup]:
         side.image = frame
         side.once()
@@ -136,12 +147,13 @@ def run(model: str, engines: str, job: BenchJob, specs: list[str], options: dict
             suffix = OFF if options and not given else ""
             side = run_fastimg(engines, job, spec, given, frames, warmup, suffix)
             sides[side["name"]] = side
-    if diffusers:
-        log(f"running diffusers on the {count} frames one by one")
-        side = run_diffusers(model, job, frames, warmup)
-        sides[side["name"]] = side
+    if diffusers:  # on the CPU in fp32 (every image's reference), and on each side's GPU
+        for device, precision in baselines(specs):
+            log(f"running diffusers ({device}, {precision}) on the {count} frames one by one")
+            side = run_diffusers(model, job, frames, warmup, device, precision)
+            sides[side["name"]] = side
     images = {name: side.pop("images") for name, side in sides.items()}
-    baseline = sides.get("diffusers")
+    reference = sides.get(DIFFUSERS)
     for name, side in sides.items():
         side["p95_latency_over_mean_frame"] = side["latency_seconds"]["p95"] / (
             side["seconds"] / count
@@ -149,11 +161,14 @@ def run(model: str, engines: str, job: BenchJob, specs: list[str], options: dict
         off = sides.get(name + OFF)
         if off is not None:
             side["speedup_vs_options_off"] = side["fps"] / off["fps"]
-        if baseline is None or side is baseline:
+        if "backend_spec" not in side:  # a diffusers side
             continue
-        side["speedup_vs_diffusers"] = side["fps"] / baseline["fps"]
-        if name.endswith(OFF) or not options:  # each frame the single call: diffusers' image
-            first = psnr(images[name][0], images["diffusers"][0])
+        baseline = sides.get(diffusers_name(*baseline_for(side["backend_spec"])))
+        if baseline is not None:  # diffusers on the same device (and GPU precision)
+            side["speedup_vs_diffusers"] = side["fps"] / baseline["fps"]
+            side["speedup_against"] = baseline["name"]
+        if reference is not None and (name.endswith(OFF) or not options):
+            first = psnr(images[name][0], images[DIFFUSERS][0])  # each frame the single call
             side["psnr_first_frame_vs_diffusers_db"] = first if first < float("inf") else "inf"
     return {
         "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

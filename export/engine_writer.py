@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastimg import __version__
 from fastimg.atomic import make_staging_folder
-from fastimg.backends.registry import INT8_VARIANT
+from fastimg.backends.registry import CUDA_FP16_VARIANT, INT8_VARIANT
 from fastimg.engine_folder.integrity import sha256
 from fastimg.engine_folder.layout import FORMAT, FORMAT_VERSION, MANIFEST
 from fastimg.engine_folder.schema import serialise
@@ -36,6 +36,8 @@ from .loading import (
 from .lora import check_sources, fuse_loras
 from .memory_model import WINOGRAD_ACTIVATIONS, memory_model
 from .memory_watch import PeakWatch
+
+CUDA_FP16_FILE = "model.fp16.onnx"  # a component's fp16 graph for the GPU (--cuda-fp16)
 
 PRECISIONS = ("fp32", "fp16")
 
@@ -177,6 +179,7 @@ def export_engines(
     controlnets: list[str] = (),
     depth_model: str | None = None,
     int8_unet: str = "auto",
+    cuda_fp16: bool = False,
 ) -> Path:
     """Export `model` (folder, checkpoint or hub id) to a verified ONNX engine folder `out`;
     `vae` (a folder or hub id, e.g. TAESD) replaces the model's own VAE; `loras`
@@ -185,7 +188,9 @@ def export_engines(
     'hybrid', 'full' or 'auto': both measured, one kept); `controlnets` (folders or hub
     ids, in order, after any the model has) are exported beside the UNet, each its own
     component, with a UNet that takes their summed residuals; `depth_model` (a DPT folder or hub
-    id) is exported as the `depth` component, for control_preprocess depth."""
+    id) is exported as the `depth` component, for control_preprocess depth; `cuda_fp16` also
+    writes each component's graph in fp16 for ONNX Runtime CUDA (a VAE that overflows in fp16
+    stays fp32)."""
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if int8_images:
@@ -203,7 +208,7 @@ def export_engines(
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
         written = _export_locked(
             model, out, precision, log, vae, lora_sources, int8_images, list(controlnets),
-            depth_model, int8_unet,
+            depth_model, int8_unet, cuda_fp16,
         )  # fmt: skip
     log(f"peak memory: {memory.describe()}")
     return written
@@ -211,7 +216,7 @@ def export_engines(
 
 def _export_locked(
     model: str, out: Path, precision: str, log, vae, loras, int8_images: int = 0, controlnets=(),
-    depth_model: str | None = None, int8_unet: str = "auto",
+    depth_model: str | None = None, int8_unet: str = "auto", cuda_fp16: bool = False,
 ) -> Path:  # fmt: skip
     log(f"loading {model}")
     pipe = load_pipeline(model)
@@ -242,7 +247,7 @@ def _export_locked(
         feeds = {}
         if int8_images:  # first, while the whole torch pipeline is there to run
             feeds = _calibration_feeds(pipe, int8_images, log)
-        components = _export_components(pipe, staging, precision, log)
+        components = _export_components(pipe, staging, precision, log, cuda_fp16)
         if int8_images:
             scale = onnx_export.vae_scale_factor(pipe)
             _write_int8(components, feeds, staging, int8_images, scale, log, int8_unet)
@@ -348,10 +353,11 @@ def _disk_full(out: Path) -> OutputError:
     )
 
 
-def _export_components(pipe, staging: Path, precision: str, log) -> dict:
-    """Export, save and verify each component; the UNet goes last, and each torch model's
-    weights are freed as soon as no later component needs them, so that SDXL's 10 GB UNet is
-    exported and checked with little else in memory."""
+def _export_components(pipe, staging: Path, precision: str, log, cuda_fp16: bool = False) -> dict:
+    """Export, save and verify each component (`cuda_fp16`: its fp16 graph for ONNX Runtime
+    CUDA too); the UNet goes last, and each torch model's weights are freed as soon as no
+    later component needs them, so that SDXL's 10 GB UNet is exported and checked with little
+    else in memory."""
     specs = onnx_export.component_specs(pipe)
     modules = onnx_export.torch_modules(pipe)
     names = onnx_export.component_names(pipe)
@@ -398,6 +404,8 @@ def _export_components(pipe, staging: Path, precision: str, log) -> dict:
             entries[name]["variants"] = {"onnxruntime": fused}
             entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
             fused["path"] = f"{name}/{fused['path']}"
+        if cuda_fp16 and wanted == "fp32":
+            _add_cuda_fp16_graph(pipe, name, reference, dest, entries[name], staging, log)
     # The runtime checks that the tokenizer's ids fit the text encoder's embedding.
     for name in entries:
         if name.startswith("text_encoder"):
@@ -435,6 +443,32 @@ def _component_precision(pipe, name: str, precision: str) -> str:
 def _vae_overflows_in_fp16(pipe) -> bool:
     """Whether diffusers would upcast this VAE: SDXL's pipeline does where force_upcast is set."""
     return bool(onnx_export.is_sdxl(pipe) and pipe.vae.config.get("force_upcast", False))
+
+
+def _add_cuda_fp16_graph(pipe, name: str, reference, dest: Path, entry: dict, staging, log):
+    """Write NAME/model.fp16.onnx beside the fp32 graph `dest`: the graph in fp16 (float32
+    inputs and outputs kept) that ONNX Runtime CUDA runs in fp16, verified against PyTorch,
+    listed in `entry` as its CUDA_FP16_VARIANT; not for a VAE that overflows in fp16."""
+    if name.startswith("vae") and _vae_overflows_in_fp16(pipe):
+        log(f"  {name}: no fp16 graph for the GPU: this VAE overflows in fp16 (it runs fp32)")
+        return
+    started = time.perf_counter()
+    half = dest.with_name(CUDA_FP16_FILE)
+    files = onnx_export.save_model(dest, half, fp16=True, data_file=CUDA_FP16_FILE + "_data")
+    parity = verify.compare(reference, half)
+    parity["tolerance"] = tolerance = verify.TOLERANCE["fp16"]
+    if not parity["max_rel_error"] <= tolerance:
+        raise EngineError(
+            f"{name} converted to fp16 for the GPU differs from PyTorch: relative error "
+            f"{parity['max_rel_error']:.3g} exceeds {tolerance:g}; no engine was written"
+        )
+    log(
+        f"  {name}: fp16 graph for the GPU, relative error {parity['max_rel_error']:.3g} "
+        f"(limit {tolerance:g}), {time.perf_counter() - started:.1f} s"
+    )
+    variant = {"path": f"{name}/{half.name}", "precision": "fp16", "parity": parity}
+    entry.setdefault("variants", {})[CUDA_FP16_VARIANT] = variant
+    entry["files"].update(file_entries(staging, files))
 
 
 def _write_onnxruntime_graph(reference, dest: Path, tolerance: float, log) -> dict | None:

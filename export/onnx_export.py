@@ -495,8 +495,9 @@ def export_component(pipe, name: str, module, spec: ComponentSpec, scratch: Path
     return raw
 
 
-def save_model(raw: Path, dest: Path, fp16: bool) -> list[Path]:
-    """Re-save a raw export as `dest` (external data in one file when large); return its files."""
+def save_model(raw: Path, dest: Path, fp16: bool, data_file: str = DATA_FILE) -> list[Path]:
+    """Re-save a raw export as `dest` (external data in one file, `data_file` beside it, when
+    large); return its files."""
     import onnx
 
     model = onnx.load(str(raw))
@@ -529,9 +530,9 @@ def save_model(raw: Path, dest: Path, fp16: bool) -> list[Path]:
         str(dest),
         save_as_external_data=external,
         all_tensors_to_one_file=True,
-        location=DATA_FILE,
+        location=data_file,
     )
-    files = [dest, dest.parent / DATA_FILE] if external else [dest]
+    files = [dest, dest.parent / data_file] if external else [dest]
     from fastimg.atomic import public_mode
 
     for path in files:  # onnx writes external data readable by its owner only

@@ -24,13 +24,14 @@ def _build(
     int8_images: int = 0,
     depth: bool = False,
     int8_unet: str = "auto",
+    cuda_fp16: bool = False,
 ):
     pytest.importorskip("torch")
     from fastimg_export.engine_writer import export_engines
     from fastimg_export.random_models import write_random_model
 
     label = f"{arch}-{vae or 'own'}-{lora and lora[0]}-{precision}" + ("-int8" * bool(int8_images))
-    label += "-depth" * depth
+    label += "-depth" * depth + "-cuda-fp16" * cuda_fp16
     root = tmp_path_factory.mktemp(label)
     model = write_random_model(arch, root / "model")
     vae_folder = None if vae is None else str(write_random_model(vae, root / vae))
@@ -48,6 +49,7 @@ def _build(
         int8_images=int8_images,
         depth_model=str(write_random_model("tiny-depth", root / "depth")) if depth else None,
         int8_unet=int8_unet,
+        cuda_fp16=cuda_fp16,
     )
     return model, engines
 
@@ -68,6 +70,13 @@ def tiny_winograd(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(winograd, "MIN_CHANNELS", 8)
         return _build(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_cuda_fp16(tmp_path_factory):
+    """(model folder, engine folder) of the tiny model with fp16 graphs for ONNX Runtime CUDA
+    (export --cuda-fp16)."""
+    return _build(tmp_path_factory, "tiny", cuda_fp16=True)
 
 
 @pytest.fixture(scope="session")

@@ -96,6 +96,27 @@ def test_onnxruntime_on_cuda_runs_the_standard_graphs_the_cpu_its_fused_ones(tin
     assert fused != standard and fused.is_file()  # attention fused (and Winograd) for the CPU
 
 
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_onnxruntime_cuda_in_fp16_loads_the_fp16_graphs(tiny_cuda_fp16, precision, monkeypatch):
+    import fastimg.backends as backends
+    from fastimg.engine_folder.manifest import load_manifest
+
+    manifest = load_manifest(tiny_cuda_fp16[1])
+    opened = {}
+
+    class StandIn:
+        def __init__(self, path, provider, device):
+            opened[path.parent.name] = path.name
+
+    monkeypatch.setattr(onnxruntime_gpu, "OnnxRuntimeCudaSession", StandIn)
+    monkeypatch.setattr(backends, "_checked", lambda session, *args: session)
+    names = manifest.component_names
+    engines = backends.load_engines("onnxruntime-cuda", manifest, names, precision)
+    wanted = "model.fp16.onnx" if precision == "fp16" else "model.onnx"
+    assert opened == dict.fromkeys(manifest.component_names, wanted)
+    assert engines.label == f"onnxruntime-cuda {precision}" and engines.device == "cuda"
+
+
 @pytest.mark.parametrize("layout,vae_fp16", [("tiny_sdxl", False), ("tiny", True)])
 def test_the_tensorrt_provider_keeps_a_vae_that_overflows_in_fp16_in_fp32(
     layout, vae_fp16, request, monkeypatch

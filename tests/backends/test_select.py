@@ -171,3 +171,26 @@ def test_onnxruntime_tensorrt_without_tensorrts_libraries_says_so(only, monkeypa
     assert "libnvinfer.so.10" in select.unavailable("onnxruntime-tensorrt")
     monkeypatch.setattr(onnxruntime_gpu, "tensorrt_libraries_found", lambda: True)
     assert select.unavailable("onnxruntime-tensorrt") is None
+
+
+def test_onnxruntime_cuda_runs_fp16_where_the_folder_has_fp16_graphs(
+    only, monkeypatch, tiny, tiny_cuda_fp16
+):
+    from fastimg.backends import onnxruntime_gpu
+    from fastimg.engine_folder.manifest import load_manifest
+
+    only("onnxruntime", "cupy", gpu=True)
+    monkeypatch.setattr(onnxruntime_gpu, "cuda_providers", lambda: ["CUDAExecutionProvider"])
+    with_fp16, without = load_manifest(tiny_cuda_fp16[1]), load_manifest(tiny[1])
+    # By default fp16 where export --cuda-fp16 wrote its graphs, fp32 where it did not.
+    assert select.resolve("onnxruntime-cuda", manifest=with_fp16) == ("onnxruntime-cuda", "fp16")
+    assert select.resolve("onnxruntime-cuda", manifest=without) == ("onnxruntime-cuda", "fp32")
+    assert select.resolve("onnxruntime-cuda", "fp32", with_fp16) == ("onnxruntime-cuda", "fp32")
+    with pytest.raises(EngineError, match=r"no fp16 graphs for the GPU.*--cuda-fp16"):
+        select.resolve("onnxruntime-cuda", "fp16", without)
+    # auto asked for fp16 finds it on ONNX Runtime CUDA when TensorRT is not there.
+    assert select.resolve("auto", "fp16", with_fp16) == ("onnxruntime-cuda", "fp16")
+    with pytest.raises(InputError, match="onnxruntime-cuda: these engines have no fp16 graphs"):
+        select.resolve("auto", "fp16", without)
+    with pytest.raises(InputError, match=r"add --backend onnxruntime-cuda \(or tensorrt\)"):
+        select.resolve("onnxruntime", "fp16")

@@ -56,6 +56,24 @@ def test_onnxruntime_cuda_matches_the_cpu(tiny, reference, photo_module, sampler
     assert psnr(reference(sampler), got) >= 40.0
 
 
+@pytest.mark.parametrize("sampler", ["ddim", "euler_a"])
+def test_onnxruntime_cuda_runs_export_cuda_fp16_graphs_close_to_the_cpu(
+    tiny_cuda_fp16, photo_module, sampler
+):
+    _require("onnxruntime-cuda", tiny_cuda_fp16)
+    engines = tiny_cuda_fp16[1]
+    cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
+    gpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime-cuda", device=0)
+    assert gpu.precision == "fp16"  # the folder's fp16 graphs are ONNX Runtime CUDA's default
+    call = {**JOB, "scheduler": sampler}
+    got = gpu(image=photo_module, **call)[0]
+    assert got.info["fastimg:backend"] == "onnxruntime-cuda"
+    assert got.info["fastimg:precision"] == "fp16"
+    value = psnr(cpu(image=photo_module, **call)[0], got)
+    print(f"onnxruntime-cuda fp16 {sampler}: {value:.1f} dB")
+    assert value >= 35.0  # fp16's bound (the doctor's); fp32 on the GPU reaches 40
+
+
 @pytest.mark.parametrize("precision,min_psnr", [("fp32", 35.0), ("fp16", 25.0)])
 @pytest.mark.parametrize("static", [True, False])
 def test_tensorrt_builds_and_matches_the_cpu(

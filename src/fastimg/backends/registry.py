@@ -10,6 +10,8 @@ from dataclasses import dataclass
 PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 # The manifest's name for a component's int8 OpenVINO graph (what --precision int8 loads).
 INT8_VARIANT = "openvino-int8"
+# The manifest's name for a component's fp16 graph for the GPU (export --cuda-fp16).
+CUDA_FP16_VARIANT = "cuda-fp16"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class Backend:
     plan_sets: bool = False  # it loads prebuilt plans per call shape (TensorRT)
     serve_batch: int = 1  # requests the server runs per engine run by default
     auto: bool = True  # `--backend auto` may choose it
+    fp16_variant: str | None = None  # the manifest variant it runs in fp16, where it has one
 
     @property
     def gpu(self) -> bool:
@@ -47,6 +50,8 @@ class Backend:
         (bench/results/README.md)."""
         if precision == "int8" and "int8" in self.precisions:
             return INT8_VARIANT
+        if precision == "fp16" and self.fp16_variant is not None:
+            return self.fp16_variant
         return self.name
 
 
@@ -62,12 +67,14 @@ REGISTRY = {
             "fastimg.backends.tensorrt:TensorRTEngines",
             plan_sets=True,
         ),
+        # fp16: the graphs export --cuda-fp16 writes (a folder exported in fp16: its own).
         Backend(
             "onnxruntime-cuda",
             "cuda",
-            ("fp32",),
+            ("fp32", "fp16"),
             "gpu",
             "fastimg.backends.onnxruntime_gpu:load_cuda_session",
+            fp16_variant=CUDA_FP16_VARIANT,
         ),
         # Requests per engine run measured to pay on OpenVINO (requests with images of their
         # own, bench/results/batching-sd15-256.json, 2-core EPYC): 1.37x (2) and 1.43x (4)

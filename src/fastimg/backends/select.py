@@ -10,12 +10,25 @@ import importlib.util
 import logging
 
 from ..errors import EngineError, InputError, MissingDependencyError
-from .registry import AUTO_ORDER, BACKEND_CHOICES, INT8_VARIANT, PRECISION_CHOICES, REGISTRY
+from .registry import (
+    AUTO_ORDER,
+    BACKEND_CHOICES,
+    CUDA_FP16_VARIANT,
+    INT8_VARIANT,
+    PRECISION_CHOICES,
+    REGISTRY,
+)
 
 log = logging.getLogger("fastimg")
 
 # The precisions each backend runs (its default first).
 SUPPORTED = {name: backend.precisions for name, backend in REGISTRY.items()}
+# What to add to run a precision the backend asked for does not.
+PRECISION_HINTS = {
+    "bf16": "--backend openvino",
+    "int8": "--backend openvino",
+    "fp16": "--backend onnxruntime-cuda (or tensorrt)",
+}
 
 
 def installed(package: str) -> bool:
@@ -79,6 +92,11 @@ def unavailable(
                 "TensorRT's libraries (libnvinfer.so.10) are not found: pip install "
                 "'fastimg[tensorrt]'"
             )
+        if precision == "fp16" and manifest is not None and not has_fp16_graphs(manifest):
+            return (
+                "these engines have no fp16 graphs for the GPU: export them with  fastimg "
+                "export MODEL -o FOLDER --cuda-fp16"
+            )
         return None
     if not installed("tensorrt"):
         return "TensorRT is not installed: pip install 'fastimg[tensorrt]'"
@@ -126,8 +144,7 @@ def resolve(
     if precision == "auto":
         precision = _default_precision(backend, manifest, device)
     if precision not in SUPPORTED[backend]:
-        hint = {"bf16": "--backend openvino", "fp16": "--backend tensorrt"}.get(precision, "")
-        hint = {"int8": "--backend openvino"}.get(precision, hint)
+        hint = PRECISION_HINTS.get(precision, "")
         raise InputError(
             f"{precision} does not run on the {backend} backend (it runs "
             f"{', '.join(SUPPORTED[backend])})" + (f": add {hint}" if hint else "")
@@ -160,6 +177,14 @@ def _auto(precision: str, manifest, device, exclude) -> str:
     raise InputError(f"no backend here runs {precision}: {'; '.join(reasons)}")
 
 
+def has_fp16_graphs(manifest) -> bool:
+    """Whether ONNX Runtime CUDA can run this engine folder in fp16: its UNet has an fp16 graph
+    for the GPU (export --cuda-fp16), or the folder was exported in fp16."""
+    return bool(manifest.variant("unet", CUDA_FP16_VARIANT)) or (
+        manifest.component_precision("unet") == "fp16"
+    )
+
+
 def has_winograd_graphs(manifest) -> bool:
     """Whether ONNX Runtime's graphs of this engine folder run convolutions in Winograd form:
     in fp32 on the CPU they ran sd15's 512 job 1.38x faster than OpenVINO (2-core AVX2 EPYC,
@@ -172,6 +197,8 @@ def has_winograd_graphs(manifest) -> bool:
 def _default_precision(backend: str, manifest, device) -> str:
     if backend == "openvino":
         return "bf16" if cpu_supports_bf16() else "fp32"
+    if backend == "onnxruntime-cuda" and manifest is not None and has_fp16_graphs(manifest):
+        return "fp16"
     if backend == "tensorrt" and manifest is not None:
         # fp16 where plans for this TensorRT and GPU exist in fp16, else what exists.
         for precision in SUPPORTED["tensorrt"]:

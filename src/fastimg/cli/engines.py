@@ -126,6 +126,14 @@ def make_model(arch: str, output: Path, seed: int) -> None:
     help="Export a DPT depth model (e.g. Intel/dpt-large) beside the ControlNet, for "
     "--control-preprocess depth (a depth map of the input made by the engines, no torch).",
 )
+@click.option(
+    "--cuda-fp16",
+    is_flag=True,
+    help="Also write each component's graph in fp16 for ONNX Runtime CUDA (--backend "
+    "onnxruntime-cuda runs them by default, --precision fp16), each verified against PyTorch; "
+    "a VAE that overflows in fp16 (SDXL's) keeps running in fp32. Adds about half the "
+    "folder's size.",
+)
 @domain_errors
 def export(
     model: str,
@@ -139,6 +147,7 @@ def export(
     int8_unet: str,
     controlnets: tuple[str, ...],
     depth_model: str | None,
+    cuda_fp16: bool,
 ) -> None:
     """Export MODEL (diffusers folder, .safetensors file or hub id) to verified ONNX engines."""
     from ..errors import require
@@ -159,6 +168,7 @@ def export(
         controlnets=list(controlnets),
         depth_model=depth_model,
         int8_unet=int8_unet,
+        cuda_fp16=cuda_fp16,
     )
     click.echo(f"engines written to {output}")
 
