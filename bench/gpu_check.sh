@@ -7,29 +7,8 @@
 # records under $OUT. Each step is timeboxed and the steps go on after a failure, so one run
 # reports everything it can. The CPU beside the GPU (a Xeon with AMX) gives the CPU-kernel
 # figures too: OpenVINO's bf16 and int8 paths, on 2 pinned cores and on all of them.
-set -u
-OUT=${OUT:-/tmp/gpu-check-out}
-mkdir -p "$OUT"
-exec > >(tee "$OUT/gpu-check.log") 2>&1
-start=$(date +%s)
-left() { echo $(($1 - ($(date +%s) - start))); }
-step() { echo; echo "=== $* ($(($(date +%s) - start)) s)"; }
-
-step "machine"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
-python3 --version
-grep -m1 "model name" /proc/cpuinfo; nproc
-grep -o -w -E "amx_bf16|amx_int8|avx512_bf16|avx512_vnni" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
-
-step "install"
-cat /tmp/ort/part.* >/tmp/ort.tar.xz
-mkdir -p /tmp/site
-tar -xJf /tmp/ort.tar.xz -C /tmp/site
-tar -xJf .gpucarry/ov.tar.xz -C /tmp/site
-python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
-export PYTHONPATH=/tmp/site PATH=/tmp/site/bin:$PATH PYTHONUNBUFFERED=1
-python3 -c "import onnxruntime as o; print('onnxruntime', o.__version__, o.get_available_providers())"
-python3 -c "import openvino as ov; c = ov.Core(); print('openvino', ov.__version__, c.available_devices, c.get_property('CPU', 'OPTIMIZATION_CAPABILITIES'))"
+# Issue 29's stream figures are bench/gpu_stream.sh's, a run of their own (each run < 600 s).
+source "$(dirname "$0")/device_setup.sh"
 
 # In one process here, without pyproject's -n auto (pytest-xdist is not carried, and -s below
 # prints each PSNR, which workers would swallow).
@@ -52,9 +31,9 @@ timeout "$(left 380)" python3 -m pytest "${serial[@]}" --basetemp /tmp/pt3 -q -r
     tests/e2e/test_gpu.py tests/diffusion/test_pipeline_plans.py -k "$NEW_KINDS" 2>&1 |
     grep -E "dB|passed|failed|FAILED|SKIPPED|Error" | tail -60
 
-step "fastimg doctor --check on the tiny model"
+step "fastimg doctor --check on the tiny model, with fp16 graphs for ONNX Runtime CUDA"
 timeout 120 fastimg make-model tiny -o /tmp/models/tiny >/dev/null &&
-    timeout 120 fastimg export /tmp/models/tiny -o /tmp/engines/tiny >/dev/null &&
+    timeout 120 fastimg export /tmp/models/tiny -o /tmp/engines/tiny --cuda-fp16 >/dev/null &&
     timeout 120 fastimg doctor --check /tmp/engines/tiny
 
 step "CPU kernels (AMX): bf16 and int8 against fp32, static against dynamic"
