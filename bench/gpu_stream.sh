@@ -2,10 +2,11 @@
 # Issue 29's stream figures in one run on the lent GPU machine (the carried wheels installed as
 # gpu_check.sh says; diffusers among them): the random-weight SD-Turbo with the TAESD-shaped
 # autoencoder, exported on the machine's CPU with --cuda-fp16; `fastimg bench --stream` at each
-# size on ONNX Runtime CUDA in fp16 and fp32 (with the stream batch, and each side again with it
-# off) beside diffusers frame by frame on the same GPU in fp16 and on the CPU (the images'
-# reference); then, with the time left, the same stream on 2 pinned cores of the Xeon beside it
-# (OpenVINO bf16, AMX) for the CPU targets. Records and logs under $OUT/results.
+# size on ONNX Runtime CUDA in fp16 with CUDA graphs (static shapes) and without, and in fp32
+# (with the stream batch, and each side again with it off) beside diffusers frame by frame on
+# the same GPU in fp16 and fp32 and on the CPU (the images' reference); then, with the time
+# left, the same stream on 2 pinned cores of the Xeon beside it (OpenVINO bf16, AMX) for the CPU
+# targets. Records and logs under $OUT/results.
 # A dry run elsewhere: SKIP_INSTALL=1 STREAM_MODEL=tiny STREAM_SIZES=64 GPU_SIDES="--backend
 # onnxruntime:fp32" CPU_SIDES="--backend onnxruntime:fp32" bash bench/gpu_stream.sh
 LOG_NAME=gpu-stream
@@ -14,7 +15,7 @@ BUDGET=${BUDGET:-570}  # seconds: the device tool's limit for one command is 600
 MODEL=${STREAM_MODEL:-sd-turbo}
 VAE=${STREAM_VAE:-taesd}
 SIZES=${STREAM_SIZES:-"512 256"}
-GPU_SIDES=${GPU_SIDES:-"--backend onnxruntime-cuda:fp16 --backend onnxruntime-cuda:fp32"}
+GPU_SIDES=${GPU_SIDES:-"--backend onnxruntime-cuda:fp16:static --backend onnxruntime-cuda:fp16 --backend onnxruntime-cuda:fp32"}
 CPU_SIDES=${CPU_SIDES:-"--backend openvino:bf16"}
 WORK=${WORK:-/tmp/stream-work}
 mkdir -p "$WORK" "$OUT/results"

@@ -55,6 +55,7 @@ def default_backends() -> list[str]:
 def check_backends(specs: list[str]) -> list[str]:
     """The specs resolved ('auto' made concrete); an unusable one raises before any loading."""
     from fastimg.backends import SHAPES
+    from fastimg.backends.registry import REGISTRY, describe
     from fastimg.backends.select import resolve
     from fastimg.errors import InputError
 
@@ -66,9 +67,10 @@ def check_backends(specs: list[str]) -> list[str]:
             raise InputError(
                 f"--backend {spec}: shapes {shapes!r} is not one of {', '.join(SHAPES)}"
             )
-        if shapes != "dynamic" and backend != "openvino":
+        if shapes != "dynamic" and not describe(backend).static_shapes:
+            able = " and ".join(n for n, b in REGISTRY.items() if b.static_shapes)
             raise InputError(
-                f"--backend {spec}: static shapes are OpenVINO's (openvino:{precision}:{shapes})"
+                f"--backend {spec}: static shapes are for {able} (openvino:{precision}:{shapes})"
             )
         resolved.append(f"{backend}:{precision}" + ("" if shapes == "dynamic" else f":{shapes}"))
     return resolved

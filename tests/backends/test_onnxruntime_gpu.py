@@ -105,7 +105,7 @@ def test_onnxruntime_cuda_in_fp16_loads_the_fp16_graphs(tiny_cuda_fp16, precisio
     opened = {}
 
     class StandIn:
-        def __init__(self, path, provider, device):
+        def __init__(self, path, provider, device, shapes):
             opened[path.parent.name] = path.name
 
     monkeypatch.setattr(onnxruntime_gpu, "OnnxRuntimeCudaSession", StandIn)

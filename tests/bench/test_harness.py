@@ -133,7 +133,7 @@ def test_static_shapes_are_an_openvino_side_of_their_own(tiny):
     assert parse_shapes("openvino:bf16:static") == "static"
     assert parse_shapes("openvino:fp32") == parse_shapes("openvino") == "dynamic"
     assert harness.check_backends(["openvino:fp32:auto"]) == ["openvino:fp32:auto"]
-    with pytest.raises(InputError, match="static shapes are OpenVINO's"):
+    with pytest.raises(InputError, match="static shapes are for onnxruntime-cuda and openvino"):
         harness.check_backends(["onnxruntime:fp32:static"])
     with pytest.raises(InputError, match="'frozen' is not one of"):
         harness.check_backends(["openvino:fp32:frozen"])

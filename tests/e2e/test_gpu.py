@@ -74,6 +74,24 @@ def test_onnxruntime_cuda_runs_export_cuda_fp16_graphs_close_to_the_cpu(
     assert value >= 35.0  # fp16's bound (the doctor's); fp32 on the GPU reaches 40
 
 
+@pytest.mark.parametrize("precision,min_psnr", [("fp32", 40.0), ("fp16", 35.0)])
+def test_onnxruntime_cuda_replays_static_shapes_from_cuda_graphs(
+    tiny_cuda_fp16, reference, photo_module, precision, min_psnr
+):
+    _require("onnxruntime-cuda", tiny_cuda_fp16)
+    gpu = Img2ImgPipeline.from_engines(
+        tiny_cuda_fp16[1], backend="onnxruntime-cuda", precision=precision, device=0,
+        shapes="static",
+    )  # fmt: skip
+    images = [gpu(image=photo_module, **{**JOB, "scheduler": "ddim"})[0] for _ in range(2)]
+    unet = gpu.engines_for(64, 64, 1).sessions["unet"].session
+    print(f"onnxruntime-cuda {precision} static: UNet graph {unet._graph is not None}, "
+          f"{psnr(reference('ddim'), images[1]):.1f} dB")  # fmt: skip
+    assert unet._graph is not None  # the UNet's calls replayed from a captured CUDA graph
+    for image in images:  # the first call captures, the second replays
+        assert psnr(reference("ddim"), image) >= min_psnr
+
+
 @pytest.mark.parametrize("precision,min_psnr", [("fp32", 35.0), ("fp16", 25.0)])
 @pytest.mark.parametrize("static", [True, False])
 def test_tensorrt_builds_and_matches_the_cpu(

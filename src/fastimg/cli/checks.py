@@ -75,7 +75,8 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     "backends",
     multiple=True,
     help="backend:precision to measure, repeatable; openvino:fp32:static (or :auto) for "
-    "OpenVINO's static shapes [default: every one installed here, OpenVINO both ways].",
+    "OpenVINO's static shapes, onnxruntime-cuda:fp16:static for CUDA graphs [default: every "
+    "one installed here, OpenVINO both ways].",
 )
 @click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
 @click.option("--repeats", type=click.IntRange(1), default=3, show_default=True)
