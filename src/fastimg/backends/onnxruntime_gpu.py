@@ -5,7 +5,7 @@ IOBinding. ONNX Runtime runs on its own stream, so inputs are synchronized befor
 runs of one session are serialized (the GPU would gain nothing from overlapping them).
 
 With static shapes (--shapes static, or auto: from a shape's second call) the CUDA provider
-also replays each call's exact shapes from a CUDA graph (cuda_graphs): one graph at a time, the
+also replays each call's exact shapes from a CUDA graph (CudaGraph): one graph at a time, the
 latest shape to qualify, beside the session that runs every other shape.
 """
 
