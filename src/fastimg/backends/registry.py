@@ -67,7 +67,8 @@ REGISTRY = {
             "fastimg.backends.tensorrt:TensorRTEngines",
             plan_sets=True,
         ),
-        # fp16: the graphs export --cuda-fp16 writes (a folder exported in fp16: its own).
+        # fp16: the graphs export --cuda-fp16 writes (a folder exported in fp16: its own), its
+        # default where a folder has them (select).
         Backend(
             "onnxruntime-cuda",
             "cuda",

@@ -50,8 +50,8 @@ class Img2ImgPipeline:
     diffusers; bf16 and fp16 are fast and close); `max_concurrency` is how many engine runs
     may overlap per component when threads share the pipeline; `device` is the CUDA device
     index for the GPU backends (default: the current one); `shapes` is whether OpenVINO also
-    compiles each call's exact shapes ("static"; "auto": from a shape's second call on).
-    """
+    compiles each call's exact shapes ("static"; "auto": from a shape's second call on), and
+    ONNX Runtime CUDA replays them from CUDA graphs."""
 
     def __init__(
         self,
