@@ -114,11 +114,18 @@ def time_component(folder: Path, entry: dict, feed: dict) -> dict:
     module's doc) on `feed`, each compiled as the runtime compiles --precision int8; after
     WARMUP runs each, TIMED_RUNS of each taken in turn (so that a change in the machine's
     load falls on both), the median of each."""
+    return time_graphs(folder, entry, {"int8": entry["variants"][INT8_VARIANT]}, feed)["int8"]
+
+
+def time_graphs(folder: Path, entry: dict, variants: dict[str, dict], feed: dict) -> dict:
+    """time_component's record for each of a component's int8 `variants` (label -> variant
+    entry), all timed in one run, in turn with each other and with the default path: two
+    methods' graphs are compared on the same load, and against the same default path."""
     ov = require("openvino", "int8")
     from fastimg.backends.openvino import compile_config, compiled_precision
 
     config = compile_config("int8", None, 1)
-    paths = {"int8": entry["variants"][INT8_VARIANT]["path"], "default": entry["path"]}
+    paths = {"default": entry["path"], **{k: v["path"] for k, v in variants.items()}}
     compiled = {
         k: ov.Core().compile_model(str(folder / rel), "CPU", config) for k, rel in paths.items()
     }
@@ -129,14 +136,20 @@ def time_component(folder: Path, entry: dict, feed: dict) -> dict:
     gc.collect()
     seconds = {k: statistics.median(v) for k, v in runs.items()}
     return {
-        "int8_seconds": seconds["int8"],
-        "default_seconds": seconds["default"],
-        "speed_ratio": round(seconds["default"] / seconds["int8"], 4),
-        "default_path": f"openvino {precision} (OpenVINO's default here)",
-        "runs": TIMED_RUNS,
-        "warmup": WARMUP,
-        "input_shapes": {k: [int(d) for d in v.shape] for k, v in feed.items()},
-        "all_seconds": {k: [round(x, 5) for x in v] for k, v in runs.items()},
+        label: {
+            "int8_seconds": seconds[label],
+            "default_seconds": seconds["default"],
+            "speed_ratio": round(seconds["default"] / seconds[label], 4),
+            "default_path": f"openvino {precision} (OpenVINO's default here)",
+            "runs": TIMED_RUNS,
+            "warmup": WARMUP,
+            "input_shapes": {k: [int(d) for d in v.shape] for k, v in feed.items()},
+            "all_seconds": {
+                "int8": [round(x, 5) for x in runs[label]],
+                "default": [round(x, 5) for x in runs["default"]],
+            },
+        }
+        for label in variants
     }
 
 
@@ -211,14 +224,15 @@ class ImageCheck:
         shutil.rmtree(self.folder / describe("openvino").cache, ignore_errors=True)
 
 
-def _choose_method(folder: Path, data: dict, name: str, measure, check) -> tuple[dict, str]:
-    """Measure each of component `name`'s int8 graphs alone (int8_unet_method), keep one:
-    its figures and why it was kept."""
-    written = unet_method.candidates(data, name)
+def _choose_method(folder: Path, data: dict, name: str, measure, check, feed) -> tuple[dict, str]:
+    """Measure each of component `name`'s int8 graphs alone (int8_unet_method; their speeds
+    in one run, on `feed`), keep one: its figures and why it was kept."""
+    written = {v["quantization"]["method"]: v for v in unet_method.candidates(data, name)}
+    speeds = time_graphs(folder, data["components"][name], written, feed)
     measured = {}
-    for variant in written:
-        method = variant["quantization"]["method"]
-        measured[method] = measure(unet_method.with_variant(data, name, variant), name, method)
+    for method, variant in written.items():
+        with_it = unet_method.with_variant(data, name, variant)
+        measured[method] = measure(with_it, name, method, speeds[method])
     chosen, reasons = unet_method.choose_method(measured, MIN_PSNR_DB, MIN_SPEEDUP)
     unet_method.keep_method(folder, data, chosen, measured, reasons, name)
     check.close()  # the kept graph may have moved to the path another was compiled from
@@ -250,11 +264,12 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
     try:
         default = check.psnr(data, (), "default path")
 
-        def measure(data: dict, name: str, graphs: str = "") -> dict:
+        def measure(data: dict, name: str, graphs: str = "", speed=None) -> dict:
             label = f"{name} int8 alone" + (f" ({graphs})" if graphs else "")
             on = control if control is not None and uses_control(name) else check
             image = on.psnr(data, (name,), label, graphs)
-            speed = time_component(folder, data["components"][name], feeds[name][-1])
+            if speed is None:  # (else timed already, beside the other graphs of `name`)
+                speed = time_component(folder, data["components"][name], feeds[name][-1])
             log(
                 f"  {label}: int8 {speed['int8_seconds']:.3f} s, {speed['default_path']} "
                 f"{speed['default_seconds']:.3f} s ({speed['speed_ratio']:.2f}x)"
@@ -267,7 +282,9 @@ def select_int8(folder: Path, data: dict, feeds: dict[str, Feeds], size: int, lo
             if unet_chose and uses_control(name):
                 _follow_unet(folder, data, name, feeds[name], log)
             if unet_method.candidates(data, name):
-                measured[name], methods[name] = _choose_method(folder, data, name, measure, check)
+                measured[name], methods[name] = _choose_method(
+                    folder, data, name, measure, check, feeds[name][-1]
+                )
                 continue
             measured[name] = measure(data, name)
             figures = measured[name]

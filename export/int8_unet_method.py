@@ -2,7 +2,9 @@
 and of unet_control's and the ControlNets' where they were quantized by both (int8_control).
 
 Each method's graph is measured alone, as int8_choice measures the other components: its speed
-against the UNet's default path and the image's PSNR against fp32's. The faster among those at
+against the UNet's default path and the image's PSNR against fp32's, the methods' graphs and the
+default path timed in one run, in turn (int8_choice.time_graphs), so that neither method's ratio
+carries a load or a default-path timing the other's did not. The faster among those at
 or above the PSNR bound is kept; full int8 replaces the hybrid only where it is at least
 `min_speedup` times the hybrid's speed (closer is the noise of a few runs, and the hybrid is the
 more accurate as a rule); where neither reaches the bound, the hybrid is kept (--int8 asks for

@@ -56,11 +56,11 @@ def unet_keeps_full():
     def forced(figures, *bounds):
         return FULL, {m: f"{'kept' if m == FULL else 'not kept'}: the test's" for m in figures}
 
-    def choose(folder, data, name, measure, check):
+    def choose(folder, data, name, *measuring):
         if name != "unet":
-            return original(folder, data, name, measure, check)
+            return original(folder, data, name, *measuring)
         with mock.patch.object(int8_unet_method, "choose_method", forced):
-            return original(folder, data, name, measure, check)
+            return original(folder, data, name, *measuring)
 
     with mock.patch.object(int8_choice, "_choose_method", choose):
         yield
@@ -160,6 +160,8 @@ def test_the_control_graphs_measure_the_method_the_unet_kept_and_keep_one(export
         assert why.startswith("kept") and f"{record['method']}: " in why
         assert other["chosen"] is False and other["reason"].startswith("not kept")
         assert f"{other['method']}: " in other["reason"]
+        # Both timed in one run, in turn, against the same default-path timings.
+        assert record["speed"]["all_seconds"]["default"] == other["speed"]["all_seconds"]["default"]
         # One graph is left, at the int8 path, and the manifest lists what is on disk.
         on_disk = sorted(path.name for path in (engines / name).iterdir())
         assert not any(FULL in file or HYBRID in file for file in on_disk)

@@ -57,6 +57,11 @@ def test_auto_keeps_one_unet_graph_and_records_the_others_figures(tiny_int8):
     )
     assert other["chosen"] is False and other["reason"].startswith("not kept")
     assert 0 < other["image"]["psnr_db"] < 999 and other["speed"]["speed_ratio"] > 0
+    # Timed in one run, in turn: the same default path's seconds under both ratios.
+    ours, theirs = kept["quantization"]["speed"], other["speed"]
+    assert ours["default_seconds"] == theirs["default_seconds"]
+    assert ours["all_seconds"]["default"] == theirs["all_seconds"]["default"]
+    assert ours["all_seconds"]["int8"] != theirs["all_seconds"]["int8"]
     assert other["error"]["layers"] > 10 and other["calibration"]["unet_calls"] > 0
     full = kept["quantization"] if kept["quantization"]["method"] == FULL else other
     assert full["smooth_quant_alpha"] == 0.95
