@@ -77,7 +77,7 @@ def write_int8_control(
         "run": "diffusers' ControlNet img2img on the calibration images",
         "control_images": "the calibration image itself and its edges, in turn",
     }
-    quantization = {"method": method, "calibration": calibration, "error": errors}
+    quantization = _record(method, calibration, errors)
     return {**variant_paths(name, files), "quantization": quantization}, files
 
 
@@ -90,14 +90,19 @@ def write_candidate(folder: Path, data: dict, name: str, feeds: Feeds, method: s
     variant = entry["variants"][INT8_VARIANT]
     file_name = CANDIDATE_FILE.format(method=method)
     files, errors = _quantize(name, list(feeds), folder, method, file_name, log)
-    calibration = variant["quantization"]["calibration"]
-    quantization = {"method": method, "calibration": calibration, "error": errors}
-    if method == FULL_INT8:
-        quantization["smooth_quant_alpha"] = SMOOTH_QUANT_ALPHA
+    quantization = _record(method, variant["quantization"]["calibration"], errors)
     variant["candidates"] = [{**variant_paths(name, files), "quantization": quantization}]
     for path in files:
         rel = str(path.relative_to(folder))
         entry["files"][rel] = {"bytes": path.stat().st_size, "sha256": sha256(path)}
+
+
+def _record(method: str, calibration: dict, errors: dict) -> dict:
+    """The manifest's quantization record of a graph quantized by `method`."""
+    record = {"method": method, "calibration": calibration, "error": errors}
+    if method == FULL_INT8:
+        record["smooth_quant_alpha"] = SMOOTH_QUANT_ALPHA
+    return record
 
 
 def _quantize(
