@@ -6,12 +6,14 @@
 # (with the stream batch, and each side again with it off) beside diffusers frame by frame on
 # the same GPU in fp16 and fp32 and on the CPU (the images' reference); then, with the time
 # left, the same stream on 2 pinned cores of the Xeon beside it (OpenVINO bf16, AMX) for the CPU
-# targets. Records and logs under $OUT/results.
+# targets; and where the TensorRT-RTX plugin was carried (unpacked in /tmp/rtx), whether ONNX
+# Runtime's TensorRT-RTX provider runs here (bench/trt_rtx_probe.py). Records and logs under
+# $OUT/results.
 # A dry run elsewhere: SKIP_INSTALL=1 STREAM_MODEL=tiny STREAM_SIZES=64 GPU_SIDES="--backend
 # onnxruntime:fp32" CPU_SIDES="--backend onnxruntime:fp32" bash bench/gpu_stream.sh
 LOG_NAME=gpu-stream
 source "$(dirname "$0")/device_setup.sh"
-BUDGET=${BUDGET:-570}  # seconds: the device tool's limit for one command is 600
+BUDGET=${BUDGET:-540}  # seconds: the device tool's limit for one command is 600
 MODEL=${STREAM_MODEL:-sd-turbo}
 VAE=${STREAM_VAE:-taesd}
 SIZES=${STREAM_SIZES:-"512 256"}
@@ -39,6 +41,16 @@ for size in $SIZES; do
         $GPU_SIDES --stream-batch --frames 24 --warmup 4 \
         -o "$OUT/results/stream-$MODEL-$VAE-$size-gpu" 2>&1 | tail -12
 done
+
+if [ -d /tmp/rtx ]; then  # the TensorRT-RTX plugin wheel, unpacked (carried like /tmp/ort)
+    # It runs on the plain onnxruntime (the machine's own), not beside onnxruntime-gpu.
+    for graph in vae_decoder unet; do
+        step "ONNX Runtime's TensorRT-RTX provider on the $graph graph"
+        PYTHONPATH=/tmp/rtx timeout 60 python3 bench/trt_rtx_probe.py \
+            "$engines/$graph/model.onnx" -o "$OUT/results/trt-rtx-probe-$graph.json" | tail -12
+        grep -q '"stage": "done"' "$OUT/results/trt-rtx-probe-$graph.json" 2>/dev/null || break
+    done
+fi
 
 step "the stream on 2 pinned CPU cores at ${SIZES##* } (what is left of the budget)"
 # shellcheck disable=SC2086
