@@ -180,8 +180,7 @@ class OnnxRuntimeCudaSession:
         outputs = {}
         for name, value in zip(self.output_names, binding.get_outputs(), strict=True):
             shape = tuple(value.shape())  # every fastimg engine output is float32
-            memory = cp.cuda.UnownedMemory(value.data_ptr(), math.prod(shape) * 4, value)
-            outputs[name] = cp.ndarray(shape, cp.float32, cp.cuda.MemoryPointer(memory, 0)).copy()
+            outputs[name] = device_view(cp, value, shape, cp.float32).copy()
         return outputs
 
 
@@ -247,8 +246,8 @@ def free_dimensions(inputs, feeds: dict) -> dict[str, int]:
 
 
 def device_view(cp, value, shape: tuple, dtype):
-    """A CuPy array over the device memory of the onnxruntime OrtValue `value` (kept alive by
-    the caller)."""
+    """A CuPy array over the device memory of the onnxruntime OrtValue `value` (kept alive as
+    the memory's owner while the array lives)."""
     size = math.prod(shape) * cp.dtype(dtype).itemsize
     memory = cp.cuda.UnownedMemory(value.data_ptr(), size, value)
     return cp.ndarray(shape, dtype, cp.cuda.MemoryPointer(memory, 0))

@@ -197,8 +197,8 @@ def has_winograd_graphs(manifest) -> bool:
 def _default_precision(backend: str, manifest, device) -> str:
     if backend == "openvino":
         return "bf16" if cpu_supports_bf16() else "fp32"
-    if backend == "onnxruntime-cuda" and manifest is not None and has_fp16_graphs(manifest):
-        return "fp16"
+    if REGISTRY[backend].fp16_variant and manifest is not None and has_fp16_graphs(manifest):
+        return "fp16"  # the graphs export --cuda-fp16 wrote for it
     if backend == "tensorrt" and manifest is not None:
         # fp16 where plans for this TensorRT and GPU exist in fp16, else what exists.
         for precision in SUPPORTED["tensorrt"]:

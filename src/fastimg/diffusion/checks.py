@@ -44,18 +44,19 @@ def resolve_sampler(manifest: Manifest, scheduler: str | None) -> str:
                 f"unknown scheduler {scheduler!r}: choose one of {', '.join(SAMPLERS)}"
             )
         return scheduler
-    sampler = schedules.runtime_sampler(manifest.scheduler)
-    if schedules.default_sampler(manifest.scheduler) is None:
-        name = manifest.scheduler.get("_class_name")
-        if (manifest.folder, name) not in _WARNED:
-            _WARNED.add((manifest.folder, name))
-            log.warning(
-                "the model's scheduler %s has no fastimg sampler; using %s with its config "
-                "(choose one with --scheduler)",
-                name,
-                sampler,
-            )
-    return sampler
+    own = schedules.default_sampler(manifest.scheduler)
+    if own is not None:
+        return own
+    name = manifest.scheduler.get("_class_name")
+    if (manifest.folder, name) not in _WARNED:
+        _WARNED.add((manifest.folder, name))
+        log.warning(
+            "the model's scheduler %s has no fastimg sampler; using %s with its config "
+            "(choose one with --scheduler)",
+            name,
+            schedules.FALLBACK_SAMPLER,
+        )
+    return schedules.FALLBACK_SAMPLER
 
 
 def plan_for(
