@@ -34,8 +34,9 @@ from .record import versions as package_versions
 from .stages import CONTROLNET, STAGES
 
 
-def default_backends() -> list[str]:
-    """Every backend/precision pair this machine can run (GPU ones where a GPU is usable)."""
+def default_backends(manifest=None) -> list[str]:
+    """Every backend/precision pair this machine can run (GPU ones where a GPU is usable), on
+    `manifest`'s engine folder where it is given."""
     from fastimg.backends.select import SUPPORTED, cpu_supports_bf16, unavailable
 
     specs = []
@@ -45,6 +46,10 @@ def default_backends() -> list[str]:
         for precision in SUPPORTED[backend]:
             if precision == "int8":
                 continue  # only engines exported with --int8 have it: asked for by name
+            if manifest is None and (backend, precision) == ("onnxruntime", "fp16"):
+                continue  # only engines exported in fp16 have it
+            if manifest is not None and unavailable(backend, manifest, precision=precision):
+                continue  # (fp32 on engines exported in fp16, fp16 on fp32 ones)
             if precision != "bf16" or cpu_supports_bf16():
                 specs.append(f"{backend}:{precision}")
                 if backend == "openvino":  # its static shapes, measured beside the dynamic
@@ -52,8 +57,9 @@ def default_backends() -> list[str]:
     return specs
 
 
-def check_backends(specs: list[str]) -> list[str]:
-    """The specs resolved ('auto' made concrete); an unusable one raises before any loading."""
+def check_backends(specs: list[str], manifest=None) -> list[str]:
+    """The specs resolved ('auto' made concrete; on `manifest`'s engine folder where it is
+    given); an unusable one raises before any loading."""
     from fastimg.backends import SHAPES
     from fastimg.backends.registry import REGISTRY, describe
     from fastimg.backends.select import resolve
@@ -61,7 +67,7 @@ def check_backends(specs: list[str]) -> list[str]:
 
     resolved = []
     for spec in specs:
-        backend, precision = resolve(*parse_backend(spec))
+        backend, precision = resolve(*parse_backend(spec), manifest)
         shapes = parse_shapes(spec)
         if shapes not in SHAPES:
             raise InputError(

@@ -95,12 +95,13 @@ def _preprocess_entry(processor, source: str) -> dict:
     }
 
 
-def export_depth(source: str, staging: Path, log) -> tuple[dict, dict]:
-    """Export the depth model `source` into `staging`/depth, verified against PyTorch: (its
-    component entry, the manifest's `depth` entry)."""
+def export_depth(source: str, staging: Path, log, cuda_fp16: bool = False) -> tuple[dict, dict]:
+    """Export the depth model `source` into `staging`/depth, verified against PyTorch (and in
+    fp16 for ONNX Runtime CUDA too, with `cuda_fp16`): (its component entry, the manifest's
+    `depth` entry)."""
     import torch
 
-    from .engine_writer import file_entries
+    from .engine_writer import add_cuda_fp16_graph, file_entries
 
     log(f"loading the depth model {source}")
     model, preprocess = load_depth_model(source)
@@ -153,6 +154,8 @@ def export_depth(source: str, staging: Path, log) -> tuple[dict, dict]:
         "outputs": {OUTPUT: {"dtype": "float32", "shape": out_shape}},
         "parity": parity,
     }
+    if cuda_fp16:
+        add_cuda_fp16_graph(None, COMPONENT, reference, dest, component, staging, log)
     return component, {"component": COMPONENT, "source": str(source), **preprocess}
 
 

@@ -282,7 +282,9 @@ def _export_locked(
         if depth_model is not None:
             from .depth import export_depth
 
-            components["depth"], manifest["depth"] = export_depth(depth_model, staging, log)
+            components["depth"], manifest["depth"] = export_depth(
+                depth_model, staging, log, cuda_fp16
+            )
         fix = "this is a bug in the export; please report it"
         text = serialise(manifest, f"the manifest written for {model}", fix)
         (staging / MANIFEST).write_text(text)
@@ -405,7 +407,7 @@ def _export_components(pipe, staging: Path, precision: str, log, cuda_fp16: bool
             entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
             fused["path"] = f"{name}/{fused['path']}"
         if cuda_fp16 and wanted == "fp32":
-            _add_cuda_fp16_graph(pipe, name, reference, dest, entries[name], staging, log)
+            add_cuda_fp16_graph(pipe, name, reference, dest, entries[name], staging, log)
     # The runtime checks that the tokenizer's ids fit the text encoder's embedding.
     for name in entries:
         if name.startswith("text_encoder"):
@@ -445,10 +447,11 @@ def _vae_overflows_in_fp16(pipe) -> bool:
     return bool(onnx_export.is_sdxl(pipe) and pipe.vae.config.get("force_upcast", False))
 
 
-def _add_cuda_fp16_graph(pipe, name: str, reference, dest: Path, entry: dict, staging, log):
+def add_cuda_fp16_graph(pipe, name: str, reference, dest: Path, entry: dict, staging, log):
     """Write NAME/model.fp16.onnx beside the fp32 graph `dest`: the graph in fp16 (float32
     inputs and outputs kept) that ONNX Runtime CUDA runs in fp16, verified against PyTorch,
-    listed in `entry` as its CUDA_FP16_VARIANT; not for a VAE that overflows in fp16."""
+    listed in `entry` as its CUDA_FP16_VARIANT; not for a VAE of `pipe` that overflows in fp16
+    (`pipe` None: not a VAE)."""
     if name.startswith("vae") and _vae_overflows_in_fp16(pipe):
         log(f"  {name}: no fp16 graph for the GPU: this VAE overflows in fp16 (it runs fp32)")
         return

@@ -33,3 +33,11 @@ def complete(components: dict | None = None, **fields) -> dict:
         "components": entries,
         **fields,
     }
+
+
+def exported_in(precision: str):
+    """A Manifest of a folder whose UNet was exported in `precision` (fp16: export
+    --precision fp16, which leaves no fp32 graphs)."""
+    from fastimg.engine_folder.manifest import Manifest
+
+    return Manifest.from_data(None, complete({"unet": {"precision": precision}}))

@@ -344,3 +344,10 @@ def test_the_stream_recipes_run_as_the_readme_types_them(tiny, tmp_path, monkeyp
     assert Path("live.mp4").is_file()
     beach = sorted(Path("beach").iterdir())
     assert len(beach) == 3 and Image.open(beach[0]).text["fastimg:mask_blur"] == "4"
+
+
+def test_a_folder_exported_in_fp16_is_never_called_the_exact_path():
+    for precision in ("fp32", "fp16", "bf16"):
+        line = describe_run("openvino", precision, fp16_export=True)
+        assert "exact path, matching" not in line and "no exact path" in line
+    assert "fp32 arithmetic on fp16 weights" in describe_run("openvino", "fp32", fp16_export=True)

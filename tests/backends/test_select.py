@@ -2,6 +2,7 @@ import pytest
 
 from fastimg.backends import select
 from fastimg.errors import EngineError, InputError, MissingDependencyError
+from tests.manifests import exported_in
 
 
 @pytest.fixture
@@ -56,7 +57,7 @@ def test_auto_with_a_precision_picks_a_backend_that_runs_it(ready):
     ready("tensorrt", "openvino", "onnxruntime")
     assert select.resolve("auto", "bf16") == ("openvino", "bf16")
     assert select.resolve("auto", "fp16") == ("tensorrt", "fp16")
-    ready("openvino", "onnxruntime")
+    ready("openvino")
     with pytest.raises(InputError, match="no backend here runs fp16"):
         select.resolve("auto", "fp16")
 
@@ -192,5 +193,47 @@ def test_onnxruntime_cuda_runs_fp16_where_the_folder_has_fp16_graphs(
     assert select.resolve("auto", "fp16", with_fp16) == ("onnxruntime-cuda", "fp16")
     with pytest.raises(InputError, match="onnxruntime-cuda: these engines have no fp16 graphs"):
         select.resolve("auto", "fp16", without)
-    with pytest.raises(InputError, match=r"add --backend onnxruntime-cuda \(or tensorrt\)"):
-        select.resolve("onnxruntime", "fp16")
+    with pytest.raises(EngineError, match=r"add --backend onnxruntime-cuda \(or tensorrt\)"):
+        select.resolve("onnxruntime", "fp16", without)
+
+
+def test_a_folder_exported_in_fp16_runs_and_is_named_fp16_on_onnxruntime(only, monkeypatch):
+    from fastimg.backends import onnxruntime_gpu
+
+    half, full = exported_in("fp16"), exported_in("fp32")
+    only("onnxruntime")
+    assert select.resolve("onnxruntime", manifest=half) == ("onnxruntime", "fp16")
+    assert select.resolve(manifest=half) == ("onnxruntime", "fp16")
+    assert select.resolve("auto", "fp16", half) == ("onnxruntime", "fp16")
+    assert select.resolve(manifest=full) == ("onnxruntime", "fp32")
+    # It has no fp32 graphs: fp32 is refused with the fix, never run under fp32's name.
+    for backend in ("onnxruntime", "auto"):
+        with pytest.raises((EngineError, InputError), match=r"exported in fp16.*no fp32 graphs"):
+            select.resolve(backend, "fp32", half)
+    with pytest.raises(EngineError, match=r"fp16 on the CPU runs only engines exported in fp16"):
+        select.resolve("onnxruntime", "fp16", full)
+    only("onnxruntime", "cupy", gpu=True)
+    monkeypatch.setattr(onnxruntime_gpu, "cuda_providers", lambda: ["CUDAExecutionProvider"])
+    assert select.resolve("onnxruntime-cuda", manifest=half) == ("onnxruntime-cuda", "fp16")
+    with pytest.raises(EngineError, match=r"exported in fp16.*no fp32 graphs"):
+        select.resolve("onnxruntime-cuda", "fp32", half)
+
+
+def test_onnxruntimes_tensorrt_provider_builds_fp16_from_fp32_graphs(only, monkeypatch):
+    from fastimg.backends import onnxruntime_gpu
+
+    only("onnxruntime", "cupy", gpu=True)
+    monkeypatch.setattr(onnxruntime_gpu, "cuda_providers", lambda: ["TensorrtExecutionProvider"])
+    monkeypatch.setattr(onnxruntime_gpu, "tensorrt_libraries_found", lambda: True)
+    full = exported_in("fp32")  # no --cuda-fp16 graphs, which TensorRT does not need
+    assert select.unavailable("onnxruntime-tensorrt", full, precision="fp16") is None
+    assert select.resolve("onnxruntime-tensorrt", "fp16", full) == ("onnxruntime-tensorrt", "fp16")
+
+
+def test_fp16_on_the_cpu_is_never_auto_s_choice_without_a_folder_exported_in_fp16(ready):
+    ready("openvino", "onnxruntime")
+    with pytest.raises(InputError, match="no backend here runs fp16"):
+        select.resolve("auto", "fp16")
+    with pytest.raises(InputError, match="no backend here runs fp16"):
+        select.resolve("auto", "fp16", exported_in("fp32"))
+    assert select.resolve("auto", "fp16", exported_in("fp16")) == ("onnxruntime", "fp16")

@@ -337,3 +337,20 @@ def test_an_sdxl_controlnet_job_is_measured_against_diffusers_sdxl_controlnet_pi
     for side in (ours, ref):
         assert side["stages_median_seconds"]["controlnet"] > 0
     assert record["stage_gflop"]["controlnet"] > 0
+
+
+def test_the_sides_follow_the_graphs_a_folder_has(monkeypatch):
+    """A folder exported in fp16 has no fp32 graphs: its ONNX Runtime side is fp16, and fp32
+    asked of it is refused before any side loads; an fp32 folder never gets a CPU fp16 side."""
+    from fastimg.backends import select
+    from fastimg.errors import InputError
+    from tests.manifests import exported_in
+
+    monkeypatch.setattr(select, "installed", lambda name: name == "onnxruntime")
+    monkeypatch.setattr(select, "gpu_present", lambda: False)
+    half, full = exported_in("fp16"), exported_in("fp32")
+    assert harness.default_backends() == harness.default_backends(full) == ["onnxruntime:fp32"]
+    assert harness.default_backends(half) == ["onnxruntime:fp16"]
+    assert harness.check_backends(["onnxruntime:fp16"], half) == ["onnxruntime:fp16"]
+    with pytest.raises((InputError, EngineError), match="exported in fp16"):
+        harness.check_backends(["onnxruntime"], half)  # a bare name is fp32

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from PIL import Image
 
 from fastimg.cli import cli
@@ -246,3 +247,32 @@ def test_an_engine_failing_mid_run_is_one_line_naming_the_component(
     assert "latent_sample [1, 4, 8, 11]" in line
     assert ("ran out of memory" if failure is MemoryError else "Failed to allocate") in line
     assert not out.exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_fp16(tmp_path_factory):
+    """An engine folder of the tiny model exported whole in fp16 (export --precision fp16)."""
+    pytest.importorskip("torch")
+    from fastimg_export.random_models import write_random_model
+
+    root = tmp_path_factory.mktemp("tiny-fp16")
+    model = write_random_model("tiny", root / "model")
+    result = CliRunner().invoke(cli, ["export", str(model), "-o", str(root / "e"),
+                                      "--precision", "fp16"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return root / "e"
+
+
+def test_a_folder_exported_in_fp16_runs_as_fp16_and_refuses_fp32(
+    runner, tiny_fp16, picture, tmp_path
+):
+    out = tmp_path / "o.png"
+    refused = transform(runner, tiny_fp16, picture, "--backend", "onnxruntime",
+                        "--precision", "fp32", "-o", out)  # fmt: skip
+    assert refused.exit_code == 1 and not out.exists()
+    (line,) = [ln for ln in refused.output.splitlines() if "exported in fp16" in ln]
+    assert "no fp32 graphs" in line and "without --precision fp16" in line
+    ran = transform(runner, tiny_fp16, picture, "--backend", "onnxruntime", "-o", out)
+    assert ran.exit_code == 0, ran.output
+    assert "running on onnxruntime (fp16)" in ran.output and "no exact path" in ran.output
+    assert Image.open(out).info["fastimg:precision"] == "fp16"

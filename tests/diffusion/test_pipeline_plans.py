@@ -269,3 +269,14 @@ def test_an_inpainting_unets_9_channel_sample_runs_within_the_plan_profile(
         cpu = Img2ImgPipeline.from_engines(engines, backend="onnxruntime", precision="fp32")
         (expected,) = cpu(image=photo, **job)
         assert np.array_equal(np.asarray(image), np.asarray(expected))
+
+
+def test_a_fallback_from_a_folder_exported_in_fp16_is_not_asked_for_fp32():
+    """Such a folder has no fp32 graphs for ONNX Runtime to fall back on: auto picks its
+    precision (fp16 there); any other folder keeps the precision asked for."""
+    from tests.manifests import exported_in
+
+    half, full = exported_in("fp16"), exported_in("fp32")
+    assert engine_set.fallback_precision("fp32", half) == "auto"
+    assert engine_set.fallback_precision("fp32", full) == "fp32"
+    assert engine_set.fallback_precision("auto", half) == "auto"

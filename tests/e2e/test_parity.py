@@ -10,6 +10,7 @@ import pytest
 from fastimg.backends.select import installed
 from fastimg.diffusion import schedules
 from fastimg.diffusion.pipeline import Img2ImgPipeline
+from fastimg.errors import EngineError
 from fastimg.media.images import psnr
 
 torch = pytest.importorskip("torch")
@@ -142,10 +143,18 @@ def test_fp16_engines_stay_close_to_fp32(tmp_path_factory, tiny, photo):
         scheduler="euler",
     )
     full = exact(engines)(image=photo, **settings)[0]
-    half = exact(fp16)(image=photo, **settings)[0]
+    pipe = Img2ImgPipeline.from_engines(fp16, backend="onnxruntime")
+    half = pipe(image=photo, **settings)[0]
     # fp16 weights (ONNX Runtime on the CPU computes in fp32 where it has no fp16 kernels): 61 dB
     # on AVX-512 BF16; fp16 arithmetic, where a CPU has it (AVX-512 FP16), costs more.
     assert psnr(full, half) >= 35.0
+    # What ran is what the image and the run say: the folder's fp16 graphs, not the exact path.
+    assert (pipe.precision, pipe.exact, half.info["fastimg:precision"]) == ("fp16", False, "fp16")
+    with pytest.raises(EngineError, match=r"exported in fp16.*no fp32 graphs.*without --precision"):
+        exact(fp16)
+    if installed("openvino"):  # fp32 arithmetic on fp16 weights: not the exact path either
+        openvino = Img2ImgPipeline.from_engines(fp16, backend="openvino", precision="fp32")
+        assert (openvino.precision, openvino.exact) == ("fp32", False)
 
 
 @OPENVINO

@@ -71,7 +71,7 @@ def test_a_vae_that_overflows_in_fp16_gets_no_fp16_graph(monkeypatch, tmp_path):
     monkeypatch.setattr(engine_writer, "_vae_overflows_in_fp16", lambda pipe: True)
     said, entry = [], {"files": {}}
     for name in ("vae_encoder", "vae_decoder"):
-        engine_writer._add_cuda_fp16_graph(None, name, None, tmp_path, entry, tmp_path, said.append)
+        engine_writer.add_cuda_fp16_graph(None, name, None, tmp_path, entry, tmp_path, said.append)
     assert entry == {"files": {}} and not list(tmp_path.iterdir())
     assert said == [f"  {n}: no fp16 graph for the GPU: this VAE overflows in fp16 (it runs fp32)"
                     for n in ("vae_encoder", "vae_decoder")]  # fmt: skip
@@ -89,7 +89,9 @@ def test_the_export_option_as_a_user_types_it(tmp_path):
     data = json.loads((tmp_path / "e" / MANIFEST).read_text())
     assert all(VARIANT in entry["variants"] for entry in data["components"].values())
     info = CliRunner().invoke(cli, ["info", str(tmp_path / "e")]).output
-    assert f"{VARIANT:<14} unet/model.fp16.onnx" in info
+    (line,) = [ln for ln in info.splitlines() if f"{VARIANT:<14} unet/model.fp16.onnx" in ln]
+    rel = data["components"]["unet"]["variants"][VARIANT]["parity"]["max_rel_error"]
+    assert line.endswith(f"vs torch: rel {rel:.2e} (limit 0.03)")  # its own check, its bound
 
 
 def test_a_large_graphs_fp16_weights_go_to_a_data_file_of_their_own(tiny_cuda_fp16, monkeypatch):
@@ -113,3 +115,20 @@ def test_a_large_graphs_fp16_weights_go_to_a_data_file_of_their_own(tiny_cuda_fp
     for path in (full[0], half[0]):
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()][0] == "sample"
+
+
+def test_the_depth_model_gets_an_fp16_graph_too(tmp_path):
+    """export --depth-model with --cuda-fp16: the depth map runs in fp16 on the GPU as well."""
+    import onnxruntime as ort
+
+    from fastimg_export.depth import export_depth, write_random_depth
+
+    source = write_random_depth(tmp_path / "dpt")
+    said = []
+    entry, _ = export_depth(str(source), tmp_path / "staging", said.append, cuda_fp16=True)
+    variant = entry["variants"][VARIANT]
+    assert variant["path"] == "depth/model.fp16.onnx" and variant["path"] in entry["files"]
+    assert variant["parity"]["max_rel_error"] <= variant["parity"]["tolerance"] == 3e-2
+    assert any(line.startswith("  depth: fp16 graph for the GPU") for line in said)
+    session = ort.InferenceSession(str(tmp_path / "staging" / variant["path"]))
+    assert [i.type for i in session.get_inputs()] == ["tensor(float)"]  # bound as float32

@@ -87,7 +87,15 @@ def test_fp16_export_keeps_the_sdxl_vae_in_fp32(tiny_sdxl_refiner, tmp_path, pho
         "vae_decoder": "fp32",
     }
     assert components["vae_decoder"]["parity"]["tolerance"] == 1e-3
-    pipe = Img2ImgPipeline.from_engines(folder, backend="onnxruntime", precision="fp32")
+    from click.testing import CliRunner
+
+    from fastimg.cli.main import cli
+
+    info = CliRunner().invoke(cli, ["info", str(folder)]).output.splitlines()
+    named = {line.split()[0]: line for line in info if line.startswith("  ") and "vs torch" in line}
+    assert named["vae_decoder"].endswith(", in fp32") and named["unet"].endswith("(limit 0.03)")
+    pipe = Img2ImgPipeline.from_engines(folder, backend="onnxruntime")
+    assert pipe.precision == "fp16"  # the folder's own graphs: it has no fp32 UNet
     assert pipe("a cat", photo, strength=0.5, num_inference_steps=2, seed=1)[0].size == (88, 64)
 
 

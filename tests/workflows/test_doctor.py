@@ -78,3 +78,24 @@ def test_a_check_job_under_its_bound_makes_the_row_wrong(tiny, tmp_path):
     assert row["status"] == "wrong" and row["psnr_db"] == row["job_psnr_db"]["control"] < 35
     assert row["max_pixel_diff"] == 40
     assert doctor._compare(manifest, "bf16", report, {"plain": reference}, out)["status"] == "ok"
+
+
+def test_a_folder_exported_in_fp16_is_checked_against_its_own_graphs_on_the_cpu(monkeypatch):
+    """It has no fp32 graphs to run: the reference is ONNX Runtime running its fp16 ones."""
+    from fastimg.engine_folder import manifest as manifests
+    from fastimg.errors import EngineError
+    from tests.manifests import exported_in
+
+    half = exported_in("fp16")
+    monkeypatch.setattr(manifests, "load_manifest", lambda folder: half)
+    ran = []
+
+    def run_isolated(engines, backend, precision, *rest):
+        ran.append((backend, precision))
+        return {"error": "stopped here"}
+
+    monkeypatch.setattr(doctor, "run_isolated", run_isolated)
+    said = []
+    with pytest.raises(EngineError, match=r"the CPU reference on onnxruntime \(fp16\) failed"):
+        doctor.check("engines", log=said.append)
+    assert ran == [("onnxruntime", "fp16")] and "on onnxruntime (fp16)" in said[0]

@@ -94,10 +94,11 @@ REGISTRY = {
             static_shapes=True,
             serve_batch=4,
         ),
+        # fp16: a folder exported in fp16 (export --precision fp16), which has no fp32 graphs.
         Backend(
             "onnxruntime",
             "cpu",
-            ("fp32",),
+            ("fp32", "fp16"),
             "fastimg",
             "fastimg.backends.onnxruntime:load_session",
             fused_attention="variant",

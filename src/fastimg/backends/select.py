@@ -59,7 +59,7 @@ def unavailable(
     """Why `backend` cannot run here (in `precision`, if given; None when it can), in words a
     user can act on."""
     if backend == "onnxruntime":
-        return None
+        return _graph_precision_reason(backend, manifest, precision)
     if backend == "openvino":
         if not installed("openvino"):
             return "not installed: pip install 'fastimg[openvino]'"
@@ -92,12 +92,7 @@ def unavailable(
                 "TensorRT's libraries (libnvinfer.so.10) are not found: pip install "
                 "'fastimg[tensorrt]'"
             )
-        if precision == "fp16" and manifest is not None and not has_fp16_graphs(manifest):
-            return (
-                "these engines have no fp16 graphs for the GPU: export them with  fastimg "
-                "export MODEL -o FOLDER --cuda-fp16"
-            )
-        return None
+        return _graph_precision_reason(backend, manifest, precision)
     if not installed("tensorrt"):
         return "TensorRT is not installed: pip install 'fastimg[tensorrt]'"
     if manifest is not None:
@@ -156,7 +151,10 @@ def _auto(precision: str, manifest, device, exclude) -> str:
     wanted = [
         b
         for b in AUTO_ORDER
-        if (precision == "auto" or precision in SUPPORTED[b]) and b not in exclude
+        if (precision == "auto" or precision in SUPPORTED[b])
+        and b not in exclude
+        # (fp16 on the CPU is a folder exported in fp16, never a choice for others)
+        and not (b == "onnxruntime" and precision == "fp16" and not exported_in_fp16(manifest))
     ]
     if (
         {"openvino", "onnxruntime"} <= set(wanted)
@@ -177,12 +175,42 @@ def _auto(precision: str, manifest, device, exclude) -> str:
     raise InputError(f"no backend here runs {precision}: {'; '.join(reasons)}")
 
 
+def _graph_precision_reason(backend: str, manifest, precision: str) -> str | None:
+    """Why ONNX Runtime (which runs a folder's graphs as they were exported) has no graph in
+    `precision` for this folder; None where it has."""
+    if precision == "fp32" and exported_in_fp16(manifest):
+        return (
+            "these engines were exported in fp16 (export --precision fp16) and have no fp32 "
+            "graphs: run them in fp16 (leave --precision out, or ask for fp16), or export the "
+            "model again without --precision fp16 for the exact fp32 path"
+        )
+    if precision != "fp16" or backend == "onnxruntime-tensorrt":
+        return None  # TensorRT builds its fp16 engines from the fp32 graphs
+    if manifest is None:
+        return None  # which graphs a folder has is checked again once it is loaded
+    if backend == "onnxruntime" and not exported_in_fp16(manifest):
+        return (
+            "fp16 on the CPU runs only engines exported in fp16 (export --precision fp16); "
+            f"these are fp32. For fp16 on a GPU add {PRECISION_HINTS['fp16']}"
+        )
+    if not has_fp16_graphs(manifest):
+        return (
+            "these engines have no fp16 graphs for the GPU: export them with  fastimg "
+            "export MODEL -o FOLDER --cuda-fp16"
+        )
+    return None
+
+
+def exported_in_fp16(manifest) -> bool:
+    """Whether the engine folder was exported in fp16 (export --precision fp16): its graphs are
+    fp16 (an SDXL VAE's excepted), so ONNX Runtime has no fp32 ones to run."""
+    return manifest is not None and manifest.component_precision("unet") == "fp16"
+
+
 def has_fp16_graphs(manifest) -> bool:
     """Whether ONNX Runtime CUDA can run this engine folder in fp16: its UNet has an fp16 graph
     for the GPU (export --cuda-fp16), or the folder was exported in fp16."""
-    return bool(manifest.variant("unet", CUDA_FP16_VARIANT)) or (
-        manifest.component_precision("unet") == "fp16"
-    )
+    return bool(manifest.variant("unet", CUDA_FP16_VARIANT)) or exported_in_fp16(manifest)
 
 
 def has_winograd_graphs(manifest) -> bool:
@@ -197,8 +225,13 @@ def has_winograd_graphs(manifest) -> bool:
 def _default_precision(backend: str, manifest, device) -> str:
     if backend == "openvino":
         return "bf16" if cpu_supports_bf16() else "fp32"
-    if REGISTRY[backend].fp16_variant and manifest is not None and has_fp16_graphs(manifest):
-        return "fp16"  # the graphs export --cuda-fp16 wrote for it
+    if (
+        "fp16" in SUPPORTED[backend]
+        and not REGISTRY[backend].plan_sets  # (TensorRT's plan sets decide, below)
+        and manifest is not None
+        and _graph_precision_reason(backend, manifest, "fp16") is None
+    ):
+        return "fp16"  # the folder has fp16 graphs for it (--cuda-fp16, or exported in fp16)
     if backend == "tensorrt" and manifest is not None:
         # fp16 where plans for this TensorRT and GPU exist in fp16, else what exists.
         for precision in SUPPORTED["tensorrt"]:

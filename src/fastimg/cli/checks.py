@@ -174,6 +174,7 @@ def bench(
     from fastimg_bench.peers import check_interpreter, parse_peer
 
     from ..diffusion import schedules
+    from ..engine_folder.manifest import load_manifest
 
     schedules.img2img_start(steps, strength)  # refuses a zero-step job before any loading
     peer_specs = [parse_peer(text) for text in peers]
@@ -188,6 +189,9 @@ def bench(
     model_path, engines, vae, controlnet = model_and_engines(
         model, engines, vae, log=echo_err, controlnet=controlnet
     )
+    # Again on the folder: which precisions its graphs have (engines exported in fp16).
+    manifest = load_manifest(engines)
+    specs = harness.check_backends(list(backends) or harness.default_backends(manifest), manifest)
     if stream:
         options = stream_engine_given(stream_options)
         job = BenchJob(size=size, steps=steps, strength=strength, guidance=guidance,

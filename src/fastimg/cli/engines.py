@@ -129,10 +129,10 @@ def make_model(arch: str, output: Path, seed: int) -> None:
 @click.option(
     "--cuda-fp16",
     is_flag=True,
-    help="Also write each component's graph in fp16 for ONNX Runtime CUDA (--backend "
-    "onnxruntime-cuda runs them by default, --precision fp16), each verified against PyTorch; "
-    "a VAE that overflows in fp16 (SDXL's) keeps running in fp32. Adds about half the "
-    "folder's size.",
+    help="Also write each component's graph (ControlNets' and the depth model's too) in fp16 "
+    "for ONNX Runtime CUDA (--backend onnxruntime-cuda runs them by default, --precision "
+    "fp16), each verified against PyTorch; a VAE that overflows in fp16 (SDXL's) keeps "
+    "running in fp32. Adds about half the folder's size.",
 )
 @domain_errors
 def export(
@@ -205,9 +205,11 @@ def info(engines: Path, verify: bool) -> None:
     for name, entry in manifest.components.items():
         size = sum(f["bytes"] for f in entry["files"].values()) / 1e6
         parity = entry.get("parity", {})
+        own = manifest.component_precision(name)
         lines.append(
             f"  {name:<13} {entry['path']:<26} {size:9.1f} MB  vs torch: rel "
             f"{parity.get('max_rel_error', float('nan')):.2e} (limit {parity.get('tolerance')})"
+            + (f", in {own}" if own != manifest.precision else "")
         )
         for side in ("inputs", "outputs"):
             io = ", ".join(
@@ -217,6 +219,11 @@ def info(engines: Path, verify: bool) -> None:
             lines.append(f"      {side:<8} {io}")
         for backend, variant in entry.get("variants", {}).items():
             line = f"      {backend:<14} {variant['path']}"
+            if "parity" in variant:  # checked against PyTorch as the component was
+                checked = variant["parity"]
+                error = checked.get("max_rel_error", float("nan"))
+                tolerance = checked.get("tolerance", parity.get("tolerance"))
+                line = f"{line:<56} vs torch: rel {error:.2e} (limit {tolerance})"
             if "quantization" in variant:
                 q, error = variant["quantization"], variant["quantization"]["error"]
                 line += (

@@ -204,7 +204,8 @@ def engine_options(command):
             help="fp32 matches diffusers (the exact path); bf16 (OpenVINO on CPUs with "
             "AVX-512 BF16 or AMX) is the fast path, 3.6x ONNX Runtime fp32 on sd15 on a 2-core "
             "AMX Xeon and 44-47 dB from fp32; fp16 is TensorRT's, and ONNX Runtime CUDA's on "
-            "engines exported with --cuda-fp16; int8 runs the int8 graphs of "
+            "engines exported with --cuda-fp16 (engines exported with --precision fp16 run "
+            "fp16 only); int8 runs the int8 graphs of "
             "engines exported with --int8 (OpenVINO: the UNet, the VAE and text encoder where "
             "the export measured them to pay), the rest at the default precision.",
         ),

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from .. import machine
 from ..backends import Engines, graph_variant, load_engines, select
 from ..backends.registry import describe
-from ..backends.select import resolve
+from ..backends.select import exported_in_fp16, resolve
 from ..engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest
 from ..errors import EngineError
 from . import memory
@@ -32,14 +32,28 @@ MAX_PLAN_SETS = 2
 OUTLIER_FACTOR, RECENT_CALLS, FLOOR_SIDE = 4, 16, 512
 
 
-def describe_run(backend: str, precision: str) -> str:
-    """What a run on this backend and precision promises, in one line."""
-    if precision == "fp32":
+def describe_run(backend: str, precision: str, fp16_export: bool = False) -> str:
+    """What a run on this backend and precision promises, in one line (`fp16_export`: the
+    folder was exported in fp16, so it has no exact path)."""
+    if precision == "fp32" and not fp16_export:
         return f"running on {backend} (fp32): the exact path, matching diffusers"
+    if not fp16_export:
+        return (
+            f"running on {backend} ({precision}): the fast path, close to but not exactly "
+            "diffusers' output (--precision fp32 is the exact path)"
+        )
+    arithmetic = "fp32 arithmetic on fp16 weights" if precision == "fp32" else "the fast path"
     return (
-        f"running on {backend} ({precision}): the fast path, close to but not exactly "
-        "diffusers' output (--precision fp32 is the exact path)"
+        f"running on {backend} ({precision}): {arithmetic}, close to but not exactly diffusers' "
+        "output (engines exported in fp16 have no exact path: export without --precision fp16)"
     )
+
+
+def fallback_precision(asked: str, manifest: Manifest) -> str:
+    """The precision a fallback backend is asked for: the one asked of the pipeline, so that
+    an exact (fp32) pipeline stays exact; 'auto' where that was fp32 on a folder exported in
+    fp16, which has no fp32 graphs for ONNX Runtime to fall back on."""
+    return "auto" if asked == "fp32" and exported_in_fp16(manifest) else asked
 
 
 def fused_components(manifest: Manifest, backend: str) -> frozenset:
@@ -175,10 +189,9 @@ class EngineSet:
     def _fallback_engines(self, reason: str) -> Engines:
         with self._loading:
             if self._fallback is None:
-                # The precision asked for is kept: an exact (fp32) pipeline stays exact.
                 backend, precision = resolve(
                     "auto",
-                    self._asked_precision,
+                    fallback_precision(self._asked_precision, self.manifest),
                     self.manifest,
                     self.options["device"],
                     exclude=(self.backend,),

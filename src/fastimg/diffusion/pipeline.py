@@ -20,7 +20,7 @@ from PIL import Image
 from ..backends import SHAPES, Engines
 from ..backends.registry import describe
 from ..backends.scratch import giving_back_scratch
-from ..backends.select import resolve
+from ..backends.select import exported_in_fp16, resolve
 from ..engine_folder.manifest import Manifest, load_manifest
 from ..errors import InputError
 from ..lora.files import parse_lora_spec
@@ -94,7 +94,7 @@ class Img2ImgPipeline:
             "fastimg:model": manifest.model_name,
             "fastimg:model_hash": manifest.graph_digest(("unet",))[:10],
         }
-        log.info(describe_run(self.backend, self.precision))
+        log.info(describe_run(self.backend, self.precision, exported_in_fp16(manifest)))
 
     @classmethod
     def from_engines(
@@ -145,8 +145,8 @@ class Img2ImgPipeline:
 
     @property
     def exact(self) -> bool:
-        """Whether this pipeline runs the exact path (fp32, matching diffusers' images)."""
-        return self.precision == "fp32"
+        """Whether this pipeline runs the exact path (fp32 graphs in fp32, matching diffusers)."""
+        return self.precision == "fp32" and not exported_in_fp16(self.manifest)
 
     @property
     def device(self) -> str:

@@ -21,6 +21,8 @@ def nan_error(stage: str, engines: Engines) -> EngineError:
         if engines.precision != "fp32"
         else "the engine overflowed even in fp32: check the model, or export it again"
     )
+    if engines.precision == "fp16":  # fp32 is refused on a folder that has no fp32 graphs
+        fix += " (engines exported with --precision fp16: export them again without it first)"
     return EngineError(
         f"NaN or Inf appeared in the {stage} on {engines.backend} ({engines.precision}): {fix}"
     )

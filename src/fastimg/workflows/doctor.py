@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ..backends.registry import BACKENDS, INT8_VARIANT, describe
-from ..backends.select import SUPPORTED, unavailable
+from ..backends.select import SUPPORTED, exported_in_fp16, unavailable
 from ..machine import cpu_summary, module_version, package_version
 
-# What every other backend's image is compared with: the exact path on the CPU.
+# What every other backend's image is compared with: the exact path on the CPU (a folder
+# exported in fp16, which has no fp32 graphs: its fp16 graphs on the CPU).
 REFERENCE = ("onnxruntime", "fp32")
-# PSNR a backend must reach against the CPU fp32 reference on the check job: fp32 is the same
+# PSNR a backend must reach against the CPU reference on the check job: fp32 is the same
 # arithmetic in another order; bf16 (bf16 products, fp32 sums) measured 39.4 dB on this job at
 # 128 px and 44-47 dB on the parity tests' (tiny model, AVX-512 BF16); fp16 keeps 3 more bits
 # of mantissa than bf16. A broken engine gives noise, far below either.
@@ -219,18 +220,18 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
     manifest = load_manifest(engines)
     rows, references = [], {}
     with tempfile.TemporaryDirectory(prefix="fastimg-doctor-") as scratch:
+        cpu_reference = (REFERENCE[0], "fp16" if exported_in_fp16(manifest) else REFERENCE[1])
+        named = "{} ({})".format(*cpu_reference)
 
         def reference(size: tuple[int, int]) -> dict:
-            """The CPU reference images at `size` (onnxruntime fp32) by check job, computed
-            once per size."""
+            """The CPU reference images at `size` (onnxruntime, the folder's own graphs) by
+            check job, computed once per size."""
             if size not in references:
                 png = Path(scratch) / f"reference-{size[0]}x{size[1]}.png"
-                log(f"computing the reference on onnxruntime (fp32) at {size[1]}x{size[0]}")
-                report = run_isolated(engines, *REFERENCE, None, size, png)
+                log(f"computing the reference on {named} at {size[1]}x{size[0]}")
+                report = run_isolated(engines, *cpu_reference, None, size, png)
                 if "error" in report:
-                    raise EngineError(
-                        f"the CPU reference (onnxruntime fp32) failed: {report['error']}"
-                    )
+                    raise EngineError(f"the CPU reference on {named} failed: {report['error']}")
                 references[size] = {  # (by the check jobs the worker ran: job_seconds')
                     label: Image.open(_image_path(png, label)).convert("RGB")
                     for label in report["job_seconds"]
