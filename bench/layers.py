@@ -30,7 +30,7 @@ def feeds_for(manifest, component: str, size: int, batch: int) -> dict[str, np.n
     rng = np.random.default_rng(0)
     feeds = {}
     for name, tensor in spec["inputs"].items():
-        shape = [dims.get(d, d) if isinstance(d, str) else d for d in tensor["shape"]]
+        shape = [_dimension(d, dims) if isinstance(d, str) else d for d in tensor["shape"]]
         if tensor["dtype"].startswith("int"):
             feeds[name] = rng.integers(0, 1000, size=shape).astype(tensor["dtype"])
         elif name == "timestep":
@@ -38,6 +38,15 @@ def feeds_for(manifest, component: str, size: int, batch: int) -> dict[str, np.n
         else:
             feeds[name] = rng.standard_normal(shape).astype(np.float32)
     return feeds
+
+
+def _dimension(name: str, dims: dict) -> int:
+    """A named dimension's size: `dims`'s, or a ControlNet residual's (latent_height_div4),
+    as the runtime sizes it."""
+    from fastimg.engine_folder.profiles import divided, divided_dimension
+
+    base, divisor = divided_dimension(name)
+    return divided(dims[base], divisor)
 
 
 def profile(engines: str, component: str, size: int, precision: str, shapes: str, batch: int):

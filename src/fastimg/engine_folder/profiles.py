@@ -124,21 +124,34 @@ def _ranges(dims: list[Range]) -> tuple[tuple, tuple, tuple]:
     return tuple(tuple(r[k] for r in dims) for k in range(3))
 
 
+def divided_dimension(name: str) -> tuple[str, int | None]:
+    """A named dimension's base and divisor: ('latent_height', 4) for 'latent_height_div4' (a
+    ControlNet residual's side), (name, 1) for a plain one, (base, None) for a bad divisor."""
+    base, _, divisor = name.partition("_div")
+    if not divisor:
+        return name, 1
+    return base, int(divisor) if divisor.isdigit() else None
+
+
+def divided(size: int, divisor: int) -> int:
+    """A side of `size` divided by `divisor`, rounded up, as a stride-2 convolution with padding
+    halves a side."""
+    return -(-size // divisor)
+
+
 def _sized(shape: list, symbols: dict[str, Range], what: str) -> tuple[tuple, tuple, tuple]:
     """A manifest shape's (min, opt, max): numbers as they are, named dimensions from
-    `symbols` (NAME_divN: NAME's sizes divided by N, rounded up, as a stride-2 convolution
-    with padding halves a side)."""
+    `symbols` (NAME_divN: NAME's sizes divided by N, rounded up: divided)."""
     dims = []
     for dim in shape:
         if isinstance(dim, int):
             dims.append((dim,) * 3)
             continue
-        base, _, divisor = dim.partition("_div")
-        if base not in symbols or (divisor and not divisor.isdigit()):
+        base, step = divided_dimension(dim)
+        if base not in symbols or step is None:
             raise ManifestError(
                 f"{what} has a dimension {dim!r} that fastimg cannot size for a TensorRT "
                 "profile: export the folder again with this fastimg"
             )
-        step = int(divisor or 1)
-        dims.append(tuple(-(-v // step) for v in symbols[base]))
+        dims.append(tuple(divided(v, step) for v in symbols[base]))
     return _ranges(dims)

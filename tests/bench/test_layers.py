@@ -1,0 +1,40 @@
+"""fastimg_bench.layers: one call's inputs for any component, and its profile per layer type."""
+
+import pytest
+
+from fastimg.engine_folder.manifest import load_manifest
+from fastimg_bench import layers
+
+
+def test_the_unet_taking_control_gets_each_residual_at_its_level(tiny_controlnet):
+    manifest = load_manifest(tiny_controlnet[1])
+    feeds = layers.feeds_for(manifest, "unet_control", 64, 1)
+    latent = 64 // manifest.vae_scale_factor
+    assert feeds["sample"].shape[2:] == (latent, latent)
+    sides = {}
+    for name, spec in manifest.components["unet_control"]["inputs"].items():
+        if name.startswith(("down_block_res", "mid_block_res")):
+            height = spec["shape"][2]  # latent_height, or latent_height_divK further down
+            divisor = int(height.split("_div")[1]) if "_div" in height else 1
+            assert feeds[name].shape[2:] == (latent // divisor,) * 2
+            sides[name] = divisor
+    assert max(sides.values()) > 1 and sides["down_block_res_0"] == 1
+
+
+def test_a_profile_counts_the_layers_of_one_call(tiny_controlnet, capsys):
+    pytest.importorskip("openvino")
+    assert layers.main([str(tiny_controlnet[1]), "controlnet", "64", "fp32", "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("controlnet 64x64 batch 1 fp32 dynamic:") and "slowest layers:" in out
+
+
+def test_a_residual_of_an_odd_latent_side_is_rounded_up_as_the_unet_rounds(tiny_controlnet):
+    manifest = load_manifest(tiny_controlnet[1])
+    feeds = layers.feeds_for(manifest, "unet_control", 9 * manifest.vae_scale_factor, 1)
+    divisors = []
+    for name, spec in manifest.components["unet_control"]["inputs"].items():
+        height = spec["shape"][2] if len(spec["shape"]) > 2 else None
+        if isinstance(height, str) and "_div" in height:
+            divisors.append(int(height.split("_div")[1]))
+            assert feeds[name].shape[2] == -(-9 // divisors[-1])  # 9 / 2 -> 5, as a conv rounds
+    assert divisors and max(divisors) > 1
