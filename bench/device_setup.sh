@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The start of every device script (sourced by gpu_check.sh and gpu_stream.sh): the log under
-# $OUT/LOG_NAME, the clock (left N: seconds left of a budget of N from the start; step: a
-# heading with the time so far), what the machine is, and the install of the carried wheels
-# (see gpu_check.sh; SKIP_INSTALL=1 uses what is installed, for a dry run on another machine).
+# The start of every device script (sourced by gpu_check.sh, gpu_stream.sh, amx_figures.sh):
+# the log under $OUT/LOG_NAME, the clock (left N: seconds left of a budget of N from the
+# start; step: a heading with the time so far), what the machine is, and the install of the
+# carried wheels (see gpu_check.sh; SKIP_INSTALL=1 uses what is installed, for a dry run on
+# another machine).
 set -u
 OUT=${OUT:-/tmp/gpu-check-out}
 mkdir -p "$OUT"
