@@ -7,11 +7,12 @@
 #   2. SD-Turbo + TAESD at 512, one UNet call, bf16 and int8 (issue 24: <= 0.6 s);
 #   3. the stream at 256 and 512, bf16 and int8 (issue 29: >= 5 and >= 1.5 frames/s,
 #      >= 5x diffusers frame by frame);
-#   4. the ControlNet job at 512 in bf16 and int8, a random ControlNet of the UNet (issue 26:
-#      >= 4x diffusers);
-#   5. per-layer profiles of the UNet at 512 (bf16, int8) and the attention probe (issue 24).
-# Several hours on 2 cores (the int8 exports calibrate at CALIBRATION px: 256 by default, as
-# the EPYC records did); each step is timeboxed and the steps go on after a failure. Records
+#   4. per-layer profiles of the UNet at 512 (bf16, int8) and the attention probe (issue 24);
+#   5. the ControlNet job at 512 in bf16 and int8, a random ControlNet of the UNet (issue 26:
+#      >= 4x diffusers).
+# Several hours on 2 cores: each int8 export (calibrated at CALIBRATION px: 256 by default, as
+# the EPYC records did) runs just before the first step that measures it, so a run cut off
+# keeps what it measured; each step is timeboxed and the steps go on after a failure. Records
 # and logs under $OUT. The peer's virtual environment is built once as bench/peers/README.md
 # says (PEER=/path/to/python to use another; SKIP_PEER=1 to leave it out).
 # A dry run elsewhere (minutes): SKIP_PEER=1 SD=tiny TURBO=tiny VAE=own SIZES=64 JOB_SIZE=64 \
@@ -75,29 +76,30 @@ fi
 peer_args=()
 [ "${SKIP_PEER:-0}" != 1 ] && [ -x "$PEER" ] && peer_args=(--peer "optimum-intel:bf16=$PEER")
 
-step "exports with int8 graphs calibrated at $CALIBRATION px: $SD, $TURBO + $VAE, $SD + ControlNet"
-sd_calibration=$(calibration_copy "$SD")
-turbo_calibration=$(calibration_copy "$TURBO")
-# (each folder holds the fp32 graphs the bf16 sides run, and the int8 graphs beside them)
-# shellcheck disable=SC2046  # vae_args is words or nothing
-for job in "$sd_calibration engines/$SD-int8 --int8 --int8-images 3" \
-           "$turbo_calibration engines/$TURBO-$VAE-int8 $(vae_args) --int8 --int8-images 3" \
-           "$sd_calibration engines/$SD-cn-int8 --controlnet models/$SD-controlnet --int8 --int8-images 3"; do
-    read -r -a words <<<"$job"  # (paths without spaces)
-    [ -d "${words[1]}" ] && continue
-    log=$OUT/results/export-$(basename "${words[1]}").log
+# An engine folder with the fp32 graphs the bf16 sides run and int8 graphs beside them,
+# calibrated at CALIBRATION px, made just before the step that measures it (a run cut off
+# keeps the figures already made): export_int8 MODEL FOLDER [EXPORT OPTION...]
+export_int8() {
+    local model=$1 folder=$2
+    [ -d "$folder" ] && return
+    step "export $folder with int8 graphs calibrated at $CALIBRATION px"
+    local log=$OUT/results/export-$(basename "$folder").log started
     started=$(date +%s)
-    timeout 7200 "${pin[@]}" fastimg export "${words[0]}" -o "${words[@]:1}" >"$log" 2>&1
+    timeout 7200 "${pin[@]}" fastimg export "$(calibration_copy "$model")" -o "$folder" "${@:3}" \
+        --int8 --int8-images 3 >"$log" 2>&1
     echo "  exit $? after $(($(date +%s) - started)) s; the whole log: $log"
     grep -E "kept|dropped|alone|int8 mix|rror|Traceback|Killed" "$log" | tail -40
-done
+}
 
+export_int8 "$SD" "engines/$SD-int8"
 step "issue 24: the $SD job at $JOB_SIZE against diffusers and optimum-intel bf16"
 timeout 5400 "${pin[@]}" fastimg bench --model "models/$SD" --engines "engines/$SD-int8" --size "$JOB_SIZE" \
     --backend openvino:bf16 --backend openvino:bf16:static --backend openvino:int8 \
     --backend openvino:int8:static "${peer_args[@]}" --repeats 3 \
     -o "$OUT/results/$SD-$JOB_SIZE-amx-2cores" 2>&1 | tee "$OUT/results/$SD-$JOB_SIZE.log" | tail -30
 
+# shellcheck disable=SC2046  # vae_args is words or nothing
+export_int8 "$TURBO" "engines/$TURBO-$VAE-int8" $(vae_args)
 step "issue 24: $TURBO + $VAE at $JOB_SIZE, one UNet call"
 # shellcheck disable=SC2046
 timeout 1800 "${pin[@]}" fastimg bench --model "models/$TURBO" --engines "engines/$TURBO-$VAE-int8" \
@@ -116,13 +118,6 @@ for size in $SIZES; do
         tee "$OUT/results/stream-$size.log" | tail -12
 done
 
-step "issue 26: the ControlNet job at $JOB_SIZE"
-timeout 5400 "${pin[@]}" fastimg bench --model "models/$SD" --engines "engines/$SD-cn-int8" \
-    --size "$JOB_SIZE" --controlnet "models/$SD-controlnet" --backend openvino:bf16 \
-    --backend openvino:int8 --repeats 3 --no-cold-start \
-    -o "$OUT/results/$SD-controlnet-$JOB_SIZE-amx-2cores" 2>&1 |
-    tee "$OUT/results/$SD-controlnet.log" | tail -20
-
 step "issue 24: where the UNet's time goes at $JOB_SIZE (bf16, int8), and attention alone"
 for precision in bf16 int8; do
     timeout 900 "${pin[@]}" python3 -m fastimg_bench.layers "engines/$SD-int8" unet "$JOB_SIZE" "$precision" \
@@ -131,5 +126,13 @@ for precision in bf16 int8; do
 done
 timeout 600 "${pin[@]}" python3 -m fastimg_bench.attention_probe --head-dims 32,40,48,64 \
     -o "$OUT/results/attention-probe-amx-2cores.json"
+
+export_int8 "$SD" "engines/$SD-cn-int8" --controlnet "models/$SD-controlnet"
+step "issue 26: the ControlNet job at $JOB_SIZE"
+timeout 5400 "${pin[@]}" fastimg bench --model "models/$SD" --engines "engines/$SD-cn-int8" \
+    --size "$JOB_SIZE" --controlnet "models/$SD-controlnet" --backend openvino:bf16 \
+    --backend openvino:int8 --repeats 3 --no-cold-start \
+    -o "$OUT/results/$SD-controlnet-$JOB_SIZE-amx-2cores" 2>&1 |
+    tee "$OUT/results/$SD-controlnet.log" | tail -20
 
 step "done"
