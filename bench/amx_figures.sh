@@ -5,8 +5,8 @@
 #      bf16, with OpenVINO bf16 dynamic and static and the int8 mix (issue 24: >= 1.25x and
 #      >= 1.6x the peer's bf16), cold start and peak memory as the bench records them;
 #   2. SD-Turbo + TAESD at 512, one UNet call, bf16 and int8 (issue 24: <= 0.6 s);
-#   3. the stream at 256 and 512, bf16 and int8 (issue 29: >= 5 and >= 1.5 frames/s,
-#      >= 5x diffusers frame by frame);
+#   3. the stream at 256 and 512, bf16, int8 and int8 with static shapes (issue 29: >= 5 and
+#      >= 1.5 frames/s, >= 5x diffusers frame by frame);
 #   4. per-layer profiles of the UNet at 512 (bf16, int8) and the attention probe (issue 24);
 #   5. the ControlNet job at 512 in bf16 and int8, a random ControlNet of the UNet (issue 26:
 #      >= 4x diffusers).
@@ -113,7 +113,8 @@ for size in $SIZES; do
     # shellcheck disable=SC2046
     timeout 2400 "${pin[@]}" fastimg bench --stream --model "models/$TURBO" \
         --engines "engines/$TURBO-$VAE-int8" $(vae_args) --size "$size" --steps 2 --strength 0.5 \
-        --sampler euler_a --backend openvino:bf16 --backend openvino:int8 --frames 24 --warmup 2 \
+        --sampler euler_a --backend openvino:bf16 --backend openvino:int8 \
+        --backend openvino:int8:static --frames 24 --warmup 2 \
         -o "$OUT/results/stream-$TURBO-$VAE-$size-amx-2cores" 2>&1 |
         tee "$OUT/results/stream-$size.log" | tail -12
 done

@@ -4,7 +4,7 @@ sd15's UNet spends most of its attention time at its 64x64 latent level (4096 to
 of 40 channels); this says what a kernel there can give.
 
     python -m fastimg_bench.attention_probe [--tokens 4096] [--heads 8] [--head-dims 40]
-        [--precision bf16] [--repeats 5] [-o FILE.json]
+        [--precision bf16] [--repeats 5] [--ov-config KEY=VALUE ...] [-o FILE.json]
 """
 
 import argparse
@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from . import ov_config
 
 
 def attention_model(form: str, heads: int, tokens: int, head_dim: int):
@@ -31,12 +33,15 @@ def attention_model(form: str, heads: int, tokens: int, head_dim: int):
     return ov.Model([out], [q, k, v], form)
 
 
-def measure(form: str, heads: int, tokens: int, head_dim: int, precision: str, repeats: int):
+def measure(
+    form: str, heads: int, tokens: int, head_dim: int, precision: str, repeats: int,
+    extra: dict | None = None,
+):  # fmt: skip
     """(median seconds of one call, its GFLOP/s (the two products), the precision OpenVINO
-    compiled and the kernels it ran; the call's output)."""
+    compiled and the kernels it ran; the call's output), compiled with `extra` properties."""
     import openvino as ov
 
-    config = {"INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True}
+    config = {"INFERENCE_PRECISION_HINT": precision, "PERF_COUNT": True, **(extra or {})}
     compiled = ov.Core().compile_model(
         attention_model(form, heads, tokens, head_dim), "CPU", config
     )
@@ -75,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--head-dims", default="40", help="comma-separated, e.g. 32,40,48,64")
     parser.add_argument("--precision", default="bf16", choices=("bf16", "f32"))
     parser.add_argument("--repeats", type=int, default=5)
+    ov_config.add_option(parser)
     parser.add_argument("-o", "--out", type=Path)
     return parser
 
@@ -86,12 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     from .record import save
 
     args = parser().parse_args(argv)
+    extra = ov_config.parse(args.ov_config)
     rows = []
     for head_dim in (int(d) for d in args.head_dims.split(",")):
         outputs = {}
         for form in ("exported", "sdpa"):
             row, outputs[form] = measure(
-                form, args.heads, args.tokens, head_dim, args.precision, args.repeats
+                form, args.heads, args.tokens, head_dim, args.precision, args.repeats, extra
             )
             rows.append({"form": form, "head_dim": head_dim, **row})
             print(
@@ -104,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
             np.abs(outputs["sdpa"] - outputs["exported"]).max() / scale
         )
     result = {"cpu": cpu_summary(), "tokens": args.tokens, "heads": args.heads,
-              "precision": args.precision, "repeats": args.repeats, "rows": rows}  # fmt: skip
+              "precision": args.precision, "repeats": args.repeats, "ov_config": extra,
+              "rows": rows}  # fmt: skip
     if args.out:
         save(result, args.out)
         print(f"wrote {args.out}")

@@ -1,6 +1,7 @@
 """Where a component's time goes on OpenVINO: its performance counters, per layer type.
 
     python -m fastimg_bench.layers ENGINES [COMPONENT] [SIZE] [PRECISION] [--shapes static]
+        [--ov-config KEY=VALUE ...]
 
 compiles COMPONENT (default unet) as the runtime does, runs it on one call of a SIZE x SIZE
 image (the UNet with a CFG batch of 2 when --cfg is given, else 1) and prints the time per
@@ -13,6 +14,8 @@ import time
 from collections import defaultdict
 
 import numpy as np
+
+from . import ov_config
 
 
 def feeds_for(manifest, component: str, size: int, batch: int) -> dict[str, np.ndarray]:
@@ -49,8 +52,12 @@ def _dimension(name: str, dims: dict) -> int:
     return divided(dims[base], divisor)
 
 
-def profile(engines: str, component: str, size: int, precision: str, shapes: str, batch: int):
-    """(seconds of one call, per-type rows, slowest layers) from OpenVINO's counters."""
+def profile(
+    engines: str, component: str, size: int, precision: str, shapes: str, batch: int,
+    extra: dict | None = None,
+):  # fmt: skip
+    """(seconds of one call, per-type rows, slowest layers) from OpenVINO's counters, compiled
+    as the runtime compiles plus the `extra` properties."""
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config
@@ -63,7 +70,7 @@ def profile(engines: str, component: str, size: int, precision: str, shapes: str
     feeds = feeds_for(manifest, component, size, batch)
     if shapes == "static":
         model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
-    config = {**compile_config(precision, None, 1), "PERF_COUNT": True}
+    config = {**compile_config(precision, None, 1), "PERF_COUNT": True, **(extra or {})}
     request = core.compile_model(model, "CPU", config).create_infer_request()
     request.infer(feeds)  # the first call allocates
     start = time.perf_counter()
@@ -95,6 +102,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", default="dynamic", choices=("dynamic", "static"))
     parser.add_argument("--cfg", action="store_true", help="a UNet batch of 2 (guidance)")
     parser.add_argument("--top", type=int, default=25)
+    ov_config.add_option(parser)
     return parser
 
 
@@ -103,12 +111,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     batch = 2 if args.cfg and args.component == "unet" else 1
     seconds, rows, layers = profile(
-        args.engines, args.component, args.size, args.precision, args.shapes, batch
-    )
+        args.engines, args.component, args.size, args.precision, args.shapes, batch,
+        ov_config.parse(args.ov_config),
+    )  # fmt: skip
     total = sum(r[1][0] for r in rows)
     print(
         f"{args.component} {args.size}x{args.size} batch {batch} {args.precision} "
-        f"{args.shapes}: {seconds:.3f} s per call, {total:.3f} s in counted layers"
+        f"{args.shapes}{''.join(f' {pair}' for pair in args.ov_config)}: {seconds:.3f} s per "
+        f"call, {total:.3f} s in counted layers"
     )
     print(f"{'layer type (kernel)':<58}{'count':>6}{'seconds':>9}{'share':>7}")
     for key, (took, count) in rows[: args.top]:

@@ -22,3 +22,13 @@ def test_both_forms_are_timed_per_head_size_and_compute_the_same(tmp_path):
         assert row["gflop"] == pytest.approx(4 * 2 * 64 * 64 * row["head_dim"] / 1e9, rel=1e-3)
     sdpa = [r for r in result["rows"] if r["form"] == "sdpa"]
     assert all(r["max_relative_difference_to_exported"] < 1e-4 for r in sdpa)  # f32: same math
+
+
+def test_an_openvino_property_reaches_every_compile_and_the_record(tmp_path):
+    from fastimg_bench import attention_probe
+
+    out = tmp_path / "attention.json"
+    args = ["--tokens", "32", "--heads", "1", "--head-dims", "8", "--precision", "f32"]
+    argv = [*args, "--repeats", "1", "--ov-config", "INFERENCE_NUM_THREADS=1", "-o", str(out)]
+    assert attention_probe.main(argv) == 0
+    assert json.loads(out.read_text())["ov_config"] == {"INFERENCE_NUM_THREADS": "1"}

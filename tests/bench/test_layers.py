@@ -28,6 +28,15 @@ def test_a_profile_counts_the_layers_of_one_call(tiny_controlnet, capsys):
     assert out.startswith("controlnet 64x64 batch 1 fp32 dynamic:") and "slowest layers:" in out
 
 
+def test_a_profile_compiles_with_the_properties_it_is_given(tiny_controlnet, capsys):
+    pytest.importorskip("openvino")
+    argv = [str(tiny_controlnet[1]), "controlnet", "64", "fp32", "--top", "3"]
+    assert layers.main([*argv, "--ov-config", "SNIPPETS_MODE=DISABLE"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("controlnet 64x64 batch 1 fp32 dynamic SNIPPETS_MODE=DISABLE:")
+    assert "Subgraph" not in out  # no snippet subgraphs were made
+
+
 def test_a_residual_of_an_odd_latent_side_is_rounded_up_as_the_unet_rounds(tiny_controlnet):
     manifest = load_manifest(tiny_controlnet[1])
     feeds = layers.feeds_for(manifest, "unet_control", 9 * manifest.vae_scale_factor, 1)
