@@ -15,6 +15,8 @@
 # keeps what it measured; each step is timeboxed and the steps go on after a failure. Records
 # and logs under $OUT. The peer's virtual environment is built once as bench/peers/README.md
 # says (PEER=/path/to/python to use another; SKIP_PEER=1 to leave it out).
+# Disk: about 65 GB (models and engine folders under WORK, 45 GB with OpenVINO's compiled
+# caches; the peer's venv and caches, 18 GB): left in place, they and a CI run filled 100 GB.
 # A dry run elsewhere (minutes): SKIP_PEER=1 SD=tiny TURBO=tiny VAE=own SIZES=64 JOB_SIZE=64 \
 #   CALIBRATION=64 CORES=0 OUT=/tmp/amx-dry WORK=/tmp/amx-dry-work bash bench/amx_figures.sh
 set -u
