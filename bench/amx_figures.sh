@@ -20,6 +20,7 @@
 # A dry run elsewhere (minutes): SKIP_PEER=1 SD=tiny TURBO=tiny VAE=own SIZES=64 JOB_SIZE=64 \
 #   CALIBRATION=64 CORES=0 OUT=/tmp/amx-dry WORK=/tmp/amx-dry-work bash bench/amx_figures.sh
 set -u
+{ # read whole before it runs: an edit to this file during its hours changes nothing
 export SKIP_INSTALL=1 LOG_NAME=amx-figures
 OUT=$(realpath -m "${OUT:-bench/results/amx-$(date -u +%Y-%m-%d)}")  # absolute: the run cds
 WORK=$(realpath -m "${WORK:-/tmp/amx-work}")
@@ -139,3 +140,5 @@ timeout 5400 "${pin[@]}" fastimg bench --model "models/$SD" --engines "engines/$
     tee "$OUT/results/$SD-controlnet.log" | tail -20
 
 step "done"
+exit
+}
