@@ -25,6 +25,7 @@ from fastimg.errors import EngineError, InputError, OutputError
 
 from . import attention, onnx_export, verify, winograd
 from .folders import replace_folder, writer_lock
+from .heap import libraries_frozen
 from .loading import (
     add_controlnet,
     check_vae_fits,
@@ -204,7 +205,7 @@ def export_engines(
     lora_sources = check_sources(list(loras))
     out = Path(out).absolute()
     _check_destination(out, overwrite)
-    with writer_lock(out), PeakWatch() as memory:
+    with writer_lock(out), PeakWatch() as memory, libraries_frozen(int8=bool(int8_images)):
         _check_destination(out, overwrite)  # again: another writer may have finished meanwhile
         written = _export_locked(
             model, out, precision, log, vae, lora_sources, int8_images, list(controlnets),
