@@ -165,8 +165,9 @@ def run(
 def fit_together(model: str, engines: str, sides: int) -> bool:
     """Whether every side's weights (each about the engine folder's) fit in the memory free
     now, twice over for what the runtimes copy or compile."""
-    from fastimg.machine import free_bytes
+    from fastimg.machine import free_bytes, return_freed_memory
 
+    return_freed_memory()
     free = free_bytes("cpu")
     # (*.onnx* takes the graphs and their external weights, model.onnx_data)
     weights = sum(f.stat().st_size for f in Path(engines).rglob("*.onnx*") if f.is_file())

@@ -90,8 +90,9 @@ def machine_record() -> dict:
 
 
 def free_bytes(device: str = "cpu") -> int | None:
-    """Memory free for activations now: MemAvailable on Linux (after handing back what this
-    process has freed), the GPU's free memory on CUDA; None where it cannot be known."""
+    """Memory free for activations now: MemAvailable on Linux (what this process has freed
+    counts once handed back: return_freed_memory), the GPU's free memory on CUDA; None where
+    it cannot be known."""
     if device.startswith("cuda"):
         try:
             import cupy
@@ -99,7 +100,6 @@ def free_bytes(device: str = "cpu") -> int | None:
             return int(cupy.cuda.runtime.memGetInfo()[0])
         except Exception:  # no CuPy or no driver: nothing to go by
             return None
-    return_freed_memory()
     try:
         with open("/proc/meminfo") as f:
             for line in f:

@@ -19,7 +19,7 @@ from ..backends import Engines, graph_variant, load_engines, select
 from ..backends.registry import describe
 from ..backends.select import exported_in_fp16, resolve
 from ..engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest
-from ..errors import EngineError
+from ..errors import EngineError, InputError
 from . import memory
 from .arrays import namespace
 
@@ -211,6 +211,7 @@ class EngineSet:
         stated = self.manifest.max_side
         fits = None
         if not describe(self.backend).plan_sets:
+            machine.return_freed_memory()
             fits = memory.largest_side(
                 self.manifest,
                 machine.free_bytes(device),
@@ -232,6 +233,7 @@ class EngineSet:
             return untiled, str  # (tiles cannot lift a bound the memory does not set)
 
         def hint() -> str:
+            machine.return_freed_memory()
             free = machine.free_bytes(device)
             kind = estimate_kind(self.manifest, self.backend, self.precision)
             return memory.tiles_hint(self.manifest, free, True, **kind, height=untiled + 1)
@@ -247,13 +249,25 @@ class EngineSet:
         height, width = request.pixels.shape[2:]
         kind = estimate_kind(self.manifest, engines.backend, engines.precision)
         kind["tile"] = request.vae_tile_size
-        free = machine.free_bytes(engines.device)
-        if free is not None:  # what earlier calls left with the engines is theirs to reuse
-            with self._lock:
-                free += self._kept.get(engines.label, 0)
-        chunk = memory.images_per_call(
-            self.manifest, height, width, total, request.cfg, free, **kind
-        )
+
+        def fitting() -> int:
+            free = machine.free_bytes(engines.device)
+            if free is not None:  # what earlier calls left with the engines is theirs to reuse
+                with self._lock:
+                    free += self._kept.get(engines.label, 0)
+            return memory.images_per_call(
+                self.manifest, height, width, total, request.cfg, free, **kind
+            )
+
+        try:
+            chunk = fitting()
+        except InputError:
+            chunk = 0
+        if chunk < min(total, memory.MAX_IMAGES_PER_CALL):
+            # What this process freed counts once handed back: malloc_trim, milliseconds a
+            # call (and the next call's pages faulted in again), so only where it may matter.
+            machine.return_freed_memory()
+            chunk = fitting()
         held = memory.peak_bytes(self.manifest, height, width, chunk, request.cfg, **kind)
         return chunk, held
 
