@@ -7,6 +7,7 @@ from PIL import Image
 
 from fastimg.cli import cli
 from fastimg.engine_folder.manifest import load_manifest
+from fastimg.media import labels
 from tests.corpus import awkward_images, bad_files, flip_a_byte, write
 
 
@@ -165,11 +166,11 @@ def test_a_failed_write_keeps_the_existing_output(runner, tiny, picture, tmp_pat
     out = tmp_path / "o.png"
     out.write_bytes(b"previous result")
 
-    def broken_save(self, fp, *args, **kwargs):
+    def broken_save(fp, *args, **kwargs):
         fp.write(b"half a png")
         raise OSError("disk full")
 
-    monkeypatch.setattr(Image.Image, "save", broken_save)
+    monkeypatch.setattr(labels, "_encode_into", broken_save)  # (whichever encoder writes it)
     result = transform(runner, tiny[1], picture, "-o", out, "--overwrite")
     assert result.exit_code != 0
     assert out.read_bytes() == b"previous result"
@@ -183,15 +184,15 @@ def test_a_full_disk_fails_that_output_and_the_batch_goes_on(
 
     second = tmp_path / "second.png"
     Image.open(picture).save(second)
-    real_save, calls = Image.Image.save, []
+    real_save, calls = labels._encode_into, []
 
-    def full_once(self, fp, *args, **kwargs):
+    def full_once(fp, *args, **kwargs):
         calls.append(1)
         if len(calls) == 1:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return real_save(self, fp, *args, **kwargs)
+        return real_save(fp, *args, **kwargs)
 
-    monkeypatch.setattr(Image.Image, "save", full_once)
+    monkeypatch.setattr(labels, "_encode_into", full_once)
     out = tmp_path / "out"
     result = transform(runner, tiny[1], picture, second, "-o", out, "--seed", "1")
     assert result.exit_code == 1

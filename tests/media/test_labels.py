@@ -430,11 +430,11 @@ def test_output_format_from_argument_or_suffix(tmp_path):
 def test_a_failed_write_is_an_output_error_leaving_nothing(tmp_path, noise, monkeypatch):
     old = labels.save_image(noise, tmp_path / "out.jpg", SETTINGS).read_bytes()
 
-    def disk_full(self, fp, *args, **kwargs):
+    def disk_full(fp, *args, **kwargs):
         fp.write(b"half an image")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(Image.Image, "save", disk_full)
+    monkeypatch.setattr(labels, "_encode_into", disk_full)  # (Pillow's and fastimg's encoders)
     for name in ("out.jpg", "new.png"):
         with pytest.raises(OutputError) as info:
             labels.save_image(noise, tmp_path / name, SETTINGS)

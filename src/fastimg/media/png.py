@@ -1,0 +1,82 @@
+"""8-bit grey, RGB and RGBA images encoded as PNG in a fraction of Pillow's time.
+
+Pillow filters every row four ways in C before deflating it: on a 512-pixel image of noise (a
+random-weight model's output) that took 24 ms, more than the rest of a one-step call outside
+its engines. Here each block of rows is filtered three ways at once in NumPy (None, Sub, Up),
+each row keeps the filter whose bytes sum smallest as signed values (libpng's heuristic), and
+zlib deflates at level 1 with run-length matching: noise in 7 ms, a photo in about half
+Pillow's time, the files 0-15 % larger than Pillow's at level 1. Any other mode is Pillow's.
+"""
+
+import struct
+import zlib
+
+import numpy as np
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COLOR_TYPES = {"L": 0, "RGB": 2, "RGBA": 6}
+ROWS_PER_BLOCK = 64  # (bounds the filters' scratch: 3 candidates of 64 rows)
+NONE, SUB, UP = 0, 1, 2
+
+
+def takes(image) -> bool:
+    """Whether `image` (PIL) is in a mode this encoder writes."""
+    return image.mode in COLOR_TYPES
+
+
+def encode(image, pnginfo=None) -> bytes:
+    """The PNG file of `image` (PIL, a mode `takes`), with the text and private chunks of
+    `pnginfo` (PIL.PngImagePlugin.PngInfo) before the pixels, as Pillow writes them, and those
+    it marks after_idat after them."""
+    if not takes(image):
+        raise ValueError(f"{image.mode} images are written by Pillow, not fastimg.media.png")
+    width, height = image.size
+    before, after = [], []
+    for cid, data, *rest in pnginfo.chunks if pnginfo is not None else ():
+        (after if rest and rest[0] else before).append(_chunk(cid, data))
+    header = struct.pack(">IIBBBBB", width, height, 8, COLOR_TYPES[image.mode], 0, 0, 0)
+    return b"".join(
+        [SIGNATURE, _chunk(b"IHDR", header), *before, _chunk(b"IDAT", _deflated(image)),
+         *after, _chunk(b"IEND", b"")]
+    )  # fmt: skip
+
+
+def _chunk(cid: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data))
+        + cid
+        + data
+        + struct.pack(">I", zlib.crc32(data, zlib.crc32(cid)))
+    )
+
+
+def _deflated(image) -> bytes:
+    """The image's filtered rows, deflated."""
+    pixels = np.asarray(image)
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = np.ascontiguousarray(pixels).reshape(pixels.shape[0], -1)
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    parts, previous = [], np.zeros_like(rows[:1])
+    for start in range(0, len(rows), ROWS_PER_BLOCK):
+        block = rows[start : start + ROWS_PER_BLOCK]
+        parts.append(compressor.compress(_filtered(block, previous, channels)))
+        previous = block[-1:]
+    parts.append(compressor.flush())
+    return b"".join(parts)
+
+
+def _filtered(block: np.ndarray, previous: np.ndarray, channels: int) -> bytes:
+    """`block`'s rows, each led by its filter's byte and filtered by it; `previous`: the row
+    above the first (zeros above the image's first row, as PNG's filters take them)."""
+    count, width = block.shape
+    candidates = np.empty((3, count, width), np.uint8)
+    candidates[NONE] = block
+    candidates[SUB, :, :channels] = block[:, :channels]
+    np.subtract(block[:, channels:], block[:, :-channels], out=candidates[SUB, :, channels:])
+    np.subtract(block, np.concatenate([previous, block[:-1]]), out=candidates[UP])
+    cost = np.abs(candidates.view(np.int8), dtype=np.int16).sum(axis=2, dtype=np.int64)
+    chosen = cost.argmin(axis=0)
+    out = np.empty((count, width + 1), np.uint8)
+    out[:, 0] = chosen
+    out[:, 1:] = candidates[chosen, np.arange(count)]
+    return out.tobytes()
