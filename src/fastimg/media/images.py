@@ -180,14 +180,25 @@ def to_pixels(
     width, height = check_sides(image.size, multiple, max_side, hint)
     if (width, height) != image.size:
         image = image.resize((width, height), resample=Image.LANCZOS)
-    array = np.asarray(image, dtype=np.float32) / np.float32(255.0)
-    return (array.transpose(2, 0, 1)[None] * np.float32(2.0) - np.float32(1.0)).copy()
+    array = np.asarray(image)
+    # Channel by channel into the NCHW result, each operation in place (diffusers' x / 255 * 2 - 1
+    # in float32, rounded as it rounds): four passes over one array, no temporaries.
+    pixels = np.empty((1, 3, height, width), np.float32)
+    for c in range(3):
+        np.divide(array[..., c], np.float32(255.0), out=pixels[0, c], dtype=np.float32)
+    pixels *= np.float32(2.0)
+    pixels -= np.float32(1.0)
+    return pixels
 
 
 def to_uint8(pixels: np.ndarray) -> np.ndarray:
     """NHWC uint8 from decoder output in [-1, 1], rounded like diffusers' postprocess (NumPy or
     CuPy in, the same kind out)."""
-    planes = ((pixels * np.float32(0.5) + np.float32(0.5)).clip(0, 1) * 255).round()
+    planes = pixels * np.float32(0.5)  # (then in place: one array, no temporaries)
+    planes += np.float32(0.5)
+    planes.clip(0, 1, out=planes)
+    planes *= 255
+    planes.round(out=planes)
     planes = planes.astype(np.uint8)
     # Channel by channel into a C-ordered NHWC array: PIL then takes its buffer as it is (a
     # transposed view cost Image.fromarray a strided copy, several times this loop).
