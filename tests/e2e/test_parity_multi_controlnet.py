@@ -41,20 +41,21 @@ SETTINGS = dict(prompt="a red fox in the snow", strength=0.8, num_inference_step
                 negative_prompt="blurry", num_images_per_prompt=2)  # fmt: skip
 
 
-@pytest.mark.parametrize("sampler", ["ddim", "euler"])
-@pytest.mark.parametrize("guidance", [1.0, 7.5])
+SCALES = dict(controlnet_conditioning_scale=[0.5, 1.0])
+WINDOWS = dict(
+    controlnet_conditioning_scale=1.5, control_guidance_start=[0.0, 0.3],
+    control_guidance_end=[0.6, 1.0],
+)  # fmt: skip
+
+
+# Every pair of sampler, guidance and control (and each with each backend) in 4 of their 8
+# combinations a backend: each case runs diffusers and two of ours, ten steps each.
 @pytest.mark.parametrize(
-    "control",
-    [
-        dict(controlnet_conditioning_scale=[0.5, 1.0]),
-        dict(
-            controlnet_conditioning_scale=1.5,
-            control_guidance_start=[0.0, 0.3],
-            control_guidance_end=[0.6, 1.0],
-        ),  # fmt: skip
-    ],
-    ids=["scales", "windows"],
-)
+    "sampler,guidance,control",
+    [("ddim", 1.0, SCALES), ("ddim", 7.5, WINDOWS), ("euler", 1.0, WINDOWS),
+     ("euler", 7.5, SCALES)],
+    ids=["ddim-1.0-scales", "ddim-7.5-windows", "euler-1.0-windows", "euler-7.5-scales"],
+)  # fmt: skip
 def test_two_controlnets_match_diffusers(pair, photo, controls, sampler, guidance, control):
     backend, ref, config, ours = pair
     settings = dict(SETTINGS, guidance_scale=guidance)
