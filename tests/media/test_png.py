@@ -41,13 +41,13 @@ def _structured(shape, seed=0) -> np.ndarray:
 )  # fmt: skip
 def test_pillow_reads_back_the_same_pixels_in_the_same_mode(mode, shape):
     pixels = _structured(shape)
-    back = _read(png.encode(Image.fromarray(pixels, mode)))
+    back = _read(png.encode(Image.fromarray(pixels)))
     assert back.format == "PNG" and back.mode == mode and back.size == (shape[1], shape[0])
     assert np.array_equal(np.asarray(back), pixels)
 
 
 def test_rows_are_filtered_by_none_sub_and_up_each_where_it_pays():
-    data = png.encode(Image.fromarray(_structured((256, 256, 3)), "RGB"))
+    data = png.encode(Image.fromarray(_structured((256, 256, 3))))
     start = data.index(b"IDAT") + 4
     (length,) = np.frombuffer(data[start - 8 : start - 4], ">u4")
     raw = np.frombuffer(zlib.decompress(data[start : start + int(length)]), np.uint8)
@@ -79,7 +79,7 @@ def test_files_stay_near_pillows_size_at_level_1():
     waves = [np.sin(9 * x + 5 * y), np.cos(23 * x * y), np.sin(11 * x) * np.cos(7 * y)]
     photo_like = ((np.stack(waves, -1) * 0.5 + 0.5) * 255).astype(np.uint8)
     for pixels in (photo_like, _structured((512, 512, 3))):
-        image = Image.fromarray(pixels, "RGB")
+        image = Image.fromarray(pixels)
         pillows = io.BytesIO()
         image.save(pillows, "PNG", compress_level=1, compress_type=zlib.Z_RLE)
         assert len(png.encode(image)) <= 1.2 * len(pillows.getvalue())
@@ -100,7 +100,7 @@ def test_labelled_files_in_other_modes_are_still_written_by_pillow(tmp_path, mod
 
 
 def test_labelled_rgb_files_are_written_by_this_encoder(tmp_path):
-    image = Image.fromarray(_structured((64, 48, 3)), "RGB")
+    image = Image.fromarray(_structured((64, 48, 3)))
     written = save_image(image, tmp_path / "out.png", SETTINGS)
     data = written.read_bytes()
     assert data.count(b"IDAT") == 1  # (Pillow splits its data into 64 KiB chunks and more)
