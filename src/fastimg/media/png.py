@@ -73,7 +73,8 @@ def _filtered(block: np.ndarray, previous: np.ndarray, channels: int) -> bytes:
     candidates[NONE] = block
     candidates[SUB, :, :channels] = block[:, :channels]
     np.subtract(block[:, channels:], block[:, :-channels], out=candidates[SUB, :, channels:])
-    np.subtract(block, np.concatenate([previous, block[:-1]]), out=candidates[UP])
+    np.subtract(block[:1], previous, out=candidates[UP, :1])
+    np.subtract(block[1:], block[:-1], out=candidates[UP, 1:])
     cost = np.abs(candidates.view(np.int8), dtype=np.int16).sum(axis=2, dtype=np.int64)
     chosen = cost.argmin(axis=0)
     out = np.empty((count, width + 1), np.uint8)
