@@ -1,9 +1,13 @@
 """Shared fixtures: random-weight tiny models and their exported engines, built once a session."""
 
 import atexit
+import fcntl
+import functools
+import json
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +17,46 @@ from PIL import Image
 # removed when the run ends.
 os.environ["FASTIMG_CACHE_DIR"] = tempfile.mkdtemp(prefix="fastimg-test-cache-")
 atexit.register(shutil.rmtree, os.environ["FASTIMG_CACHE_DIR"], ignore_errors=True)
+
+
+class _SharedFolders:
+    """tmp_path_factory's mktemp, in one folder that every test process sees."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    def mktemp(self, basename: str) -> Path:
+        """ROOT/BASENAME, new."""
+        path = self.root / basename
+        path.mkdir(parents=True)
+        return path
+
+
+def built_once(fixture):
+    """A session fixture of (model folder, engine folder), built by the first test process
+    that asks for it and read by the others (pytest-xdist runs a session per process, which
+    built each fixture once per process). The model folders are shared (read only, as the
+    manifests name them); each process gets its own copy of the engine folder, in which it
+    compiles and caches as before."""
+
+    @functools.wraps(fixture)
+    def wrapper(tmp_path_factory, **others):
+        if not os.environ.get("PYTEST_XDIST_WORKER"):
+            return fixture(tmp_path_factory, **others)
+        shared = tmp_path_factory.getbasetemp().parent / "built-once" / fixture.__name__
+        shared.parent.mkdir(exist_ok=True)
+        with open(shared.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            record = shared.with_suffix(".json")
+            if not record.exists():
+                shutil.rmtree(shared, ignore_errors=True)  # what a failed build left
+                model, engines = fixture(_SharedFolders(shared), **others)
+                record.write_text(json.dumps([str(model), str(engines)]))
+            model, engines = map(Path, json.loads(record.read_text()))
+        own = tmp_path_factory.mktemp(fixture.__name__) / engines.name
+        return model, shutil.copytree(engines, own, symlinks=True)
+
+    return wrapper
 
 
 def _build(
@@ -55,12 +99,14 @@ def _build(
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny(tmp_path_factory):
     """(model folder, engine folder) of the tiny SD-1.x-style model."""
     return _build(tmp_path_factory, "tiny")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_winograd(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with every 3x3 convolution of 8 to 64
     channels in Winograd form for ONNX Runtime (full-size models have them from 128)."""
@@ -73,6 +119,7 @@ def tiny_winograd(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_cuda_fp16(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with fp16 graphs for ONNX Runtime CUDA
     (export --cuda-fp16)."""
@@ -80,6 +127,7 @@ def tiny_cuda_fp16(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_int8(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with int8 graphs for OpenVINO: every
     one is kept whatever its measured speed and from TINY_INT8_MIN_PSNR_DB, so that the tests
@@ -107,6 +155,7 @@ def tiny_int8_bounds():
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_int8_other_unet(tmp_path_factory, tiny_int8):
     """(model folder, engine folder) of the tiny model with an int8 UNet only (no other int8
     graph), by the method that tiny_int8's export measured and did not keep."""
@@ -121,12 +170,14 @@ def tiny_int8_other_unet(tmp_path_factory, tiny_int8):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_controlnet(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with a ControlNet (random zero convs)."""
     return _build(tmp_path_factory, "tiny-controlnet")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_multi_controlnet(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with two ControlNets (a
     MultiControlNetModel pipeline folder: controlnet/, controlnet_1/; random zero convs)."""
@@ -134,6 +185,7 @@ def tiny_multi_controlnet(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl_controlnet(tmp_path_factory):
     """(model folder, engine folder) of a StableDiffusionXLControlNetImg2ImgPipeline on the
     tiny SDXL base layout (its ControlNet takes text_embeds and time_ids; random zero convs)."""
@@ -141,6 +193,7 @@ def tiny_sdxl_controlnet(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_controlnet_depth(tmp_path_factory):
     """(model folder, engine folder) of tiny-controlnet exported with the tiny random DPT depth
     model (make-model tiny-depth, in model/../depth) for control_preprocess depth."""
@@ -148,6 +201,7 @@ def tiny_controlnet_depth(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_inpaint(tmp_path_factory):
     """(model folder, engine folder) of the tiny StableDiffusionInpaintPipeline (9-channel
     UNet: latents, mask, masked image latents)."""
@@ -155,6 +209,7 @@ def tiny_inpaint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_lcm_inpaint(tmp_path_factory):
     """(model folder, engine folder) of tiny-lcm as a 9-channel inpainting model: an
     LCM-distilled inpainting UNet (timestep_cond input) with the LCMScheduler."""
@@ -162,6 +217,7 @@ def tiny_lcm_inpaint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_inpaint_controlnet(tmp_path_factory):
     """(model folder, engine folder) of the tiny StableDiffusionControlNetInpaintPipeline: the
     9-channel UNet and a ControlNet of the plain layout (it sees the 4 latent channels)."""
@@ -169,18 +225,21 @@ def tiny_inpaint_controlnet(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_v(tmp_path_factory):
     """(model folder, engine folder) of the tiny v-prediction, SD-2.x-style model."""
     return _build(tmp_path_factory, "tiny-v")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_lcm(tmp_path_factory):
     """(model folder, engine folder) of the tiny LCM-distilled model (timestep_cond input)."""
     return _build(tmp_path_factory, "tiny-lcm")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_taesd(tmp_path_factory):
     """(model folder, engine folder) of the tiny model exported with a TAESD-shaped tiny VAE
     (random weights) in place of its own; the VAE folder is beside the model, as `taesd`."""
@@ -188,6 +247,7 @@ def tiny_taesd(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_lora(tmp_path_factory):
     """(model folder, engine folder) of the tiny model with tiny-lora (UNet and text encoder)
     fused at scale 0.8; the LoRA file is model/../tiny-lora.safetensors."""
@@ -195,12 +255,14 @@ def tiny_lora(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_turbo(tmp_path_factory):
     """(model folder, engine folder) of the tiny SD-Turbo layout (Euler ancestral, trailing)."""
     return _build(tmp_path_factory, "tiny-turbo")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL base layout (two text encoders,
     text_time added conditioning, Euler leading)."""
@@ -208,6 +270,7 @@ def tiny_sdxl(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl_inpaint(tmp_path_factory):
     """(model folder, engine folder) of the tiny StableDiffusionXLInpaintPipeline (the SDXL
     base layout with a 9-channel UNet: latents, mask, masked image latents)."""
@@ -215,6 +278,7 @@ def tiny_sdxl_inpaint(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl_int8(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL base with int8 graphs for OpenVINO, by
     tiny_int8's rule; the UNet by the hybrid method alone (--int8-unet auto measuring both
@@ -225,6 +289,7 @@ def tiny_sdxl_int8(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl_refiner(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL refiner layout (text_encoder_2 only,
     aesthetic score in the time ids)."""
@@ -232,6 +297,7 @@ def tiny_sdxl_refiner(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl_taesdxl(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL base exported with a TAESDXL-shaped tiny
     VAE (written beside the model as taesdxl/)."""
@@ -239,6 +305,7 @@ def tiny_sdxl_taesdxl(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl_lora(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL base with tiny-sdxl-lora (UNet and both
     text encoders) fused at scale 0.7; the LoRA file is model/../tiny-sdxl-lora.safetensors."""
@@ -246,18 +313,21 @@ def tiny_sdxl_lora(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def tiny_sdxl_turbo(tmp_path_factory):
     """(model folder, engine folder) of the tiny SDXL-Turbo layout (Euler ancestral, trailing)."""
     return _build(tmp_path_factory, "tiny-sdxl-turbo")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def sd15(tmp_path_factory):
     """(model folder, engine folder) of the full-size SD 1.5 architecture (slow: about 8 GB)."""
     return _build(tmp_path_factory, "sd15")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def sd2_v(tmp_path_factory):
     """(model folder, engine folder) of the full-size SD 2.x v-prediction architecture (slow)."""
     return _build(tmp_path_factory, "sd2-v")
@@ -319,18 +389,21 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
+@built_once
 def lcm(tmp_path_factory):
     """The full-size LCM-distilled SD 1.5 architecture (slow)."""
     return _build(tmp_path_factory, "lcm")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def sd_turbo(tmp_path_factory):
     """The full-size SD-Turbo architecture (slow)."""
     return _build(tmp_path_factory, "sd-turbo")
 
 
 @pytest.fixture(scope="session")
+@built_once
 def sd15_taesd_lora(tmp_path_factory):
     """Full-size SD 1.5 with TAESD in place of its VAE and sd15-lora fused at 1.0 (slow)."""
     return _build(tmp_path_factory, "sd15", vae="taesd", lora=("sd15-lora", 1.0))
