@@ -12,7 +12,12 @@ from PIL import Image
 
 from fastimg.errors import InputError
 from fastimg.serve import ServeOptions
-from fastimg.serve.ray_app import Replicas, default_replicas, deployment_options
+from fastimg.serve.ray_app import (
+    PROXY_ROUNDS,
+    Replicas,
+    default_replicas,
+    deployment_options,
+)
 
 KEY = "ray-test-key"
 FIELDS = {"prompt": "a fox", "strength": "0.5", "steps": "4", "seed": "7"}
@@ -33,6 +38,8 @@ def test_a_fixed_count_is_num_replicas_and_a_range_autoscales_on_queue_length():
     assert fixed["ray_actor_options"] == {"num_cpus": 2}
     # one request more than a replica admits reaches it, so its own 429 answers first
     assert fixed["max_ongoing_requests"] == 2 + 8 + 1
+    # the proxy queues rounds of that for all replicas while it asks them how busy they are
+    assert fixed["max_queued_requests"] == PROXY_ROUNDS * 3 * (2 + 8 + 1)
     assert fixed["graceful_shutdown_timeout_s"] == 30.0
     scaled = deployment_options(options, Replicas(1, 4), {"num_cpus": 1, "num_gpus": 1})
     assert "num_replicas" not in scaled

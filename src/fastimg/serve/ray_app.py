@@ -80,15 +80,23 @@ def default_replicas(ray, gpus: bool, cpus: float) -> Replicas:
     return Replicas(max(1, count), max(1, count))
 
 
+# Rounds of what the replicas take at once that the proxy queues (see deployment_options).
+PROXY_ROUNDS = 4
+
+
 def deployment_options(options: ServeOptions, replicas: Replicas, resources: dict) -> dict:
     """Ray Serve's settings for the deployment: the replicas' count or autoscaling, the
     resources each reserves, and queues that leave the 429s to each replica's own admission."""
+    admitted = options.workers + options.max_queue + 1
     settings = {
         "name": APP_NAME,
         "ray_actor_options": resources,
         # one more than a replica admits, so that its own queue (429 + Retry-After) speaks first
-        "max_ongoing_requests": options.workers + options.max_queue + 1,
-        "max_queued_requests": max(1, options.max_queue),
+        "max_ongoing_requests": admitted,
+        # a request counts as queued at the proxy until a replica is chosen for it (which asks
+        # the replicas how busy they are, slower on a loaded machine): with one place, a burst
+        # of four got Ray's 503 three times before any replica's admission could answer
+        "max_queued_requests": PROXY_ROUNDS * replicas.high * admitted,
         "graceful_shutdown_timeout_s": options.timeout,
     }
     if replicas.low == replicas.high:
