@@ -47,4 +47,45 @@ def test_the_tests_run_without_xdist_too():
                "-p", "no:cacheprovider", "-q", "--co", "tests/test_parallel_tests.py"]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "INTERNALERROR" not in result.stdout and "6 tests collected" in result.stdout
+    assert "INTERNALERROR" not in result.stdout and "7 tests collected" in result.stdout
+
+
+class _Factory:
+    """What built_once asks of tmp_path_factory, for one xdist process's base folder."""
+
+    def __init__(self, base):
+        self.base = base
+        base.mkdir(parents=True)
+
+    def getbasetemp(self):
+        return self.base
+
+    def mktemp(self, name):
+        path = self.base / name
+        path.mkdir()
+        return path
+
+
+def test_a_fixture_is_built_by_one_process_and_its_engines_copied_for_each(tmp_path, monkeypatch):
+    calls = []
+
+    def tiny_thing(tmp_path_factory):
+        calls.append(tmp_path_factory)
+        root = tmp_path_factory.mktemp("label")
+        (root / "model").mkdir()
+        (root / "engines").mkdir()
+        (root / "engines" / "manifest.json").write_text("{}")
+        return root / "model", root / "engines"
+
+    built = conftest.built_once(tiny_thing)
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw0")
+    model0, engines0 = built(_Factory(tmp_path / "popen-gw0"))
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+    model1, engines1 = built(_Factory(tmp_path / "popen-gw1"))
+    assert len(calls) == 1  # the second process read what the first built
+    assert model0 == model1 and model0.is_relative_to(tmp_path / "built-once")
+    assert engines0 != engines1 and engines0.is_relative_to(tmp_path / "popen-gw0")
+    assert (engines1 / "manifest.json").read_text() == "{}"  # a copy of its own for each
+    monkeypatch.delenv("PYTEST_XDIST_WORKER")
+    built(_Factory(tmp_path / "alone"))
+    assert len(calls) == 2  # without xdist: the fixture as written
