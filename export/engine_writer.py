@@ -37,6 +37,7 @@ from .loading import (
 from .lora import check_sources, fuse_loras
 from .memory_model import WINOGRAD_ACTIVATIONS, memory_model
 from .memory_watch import PeakWatch
+from .openvino_graph import write_openvino_graph
 
 CUDA_FP16_FILE = "model.fp16.onnx"  # a component's fp16 graph for the GPU (--cuda-fp16)
 
@@ -402,11 +403,18 @@ def _export_components(pipe, staging: Path, precision: str, log, cuda_fp16: bool
             **specs[name].io(),
             "parity": parity,
         }
-        fused = _write_onnxruntime_graph(reference, dest, tolerance, log)
-        if fused is not None:
-            entries[name]["variants"] = {"onnxruntime": fused}
-            entries[name]["files"].update(file_entries(staging, [dest.parent / fused["path"]]))
-            fused["path"] = f"{name}/{fused['path']}"
+        rewritten = {"onnxruntime": _write_onnxruntime_graph(reference, dest, tolerance, log)}
+        if wanted == "fp32":  # (the rewrite's constants are fp32)
+            rewritten["openvino"] = write_openvino_graph(reference, dest, tolerance, log)
+        for backend, variant in rewritten.items():
+            if variant is not None:
+                entries[name].setdefault("variants", {})[backend] = variant
+                entries[name]["files"].update(
+                    file_entries(staging, [dest.parent / variant["path"]])
+                )
+                variant["path"] = f"{name}/{variant['path']}"
+                if "data" in variant:
+                    variant["data"] = [f"{name}/{rel}" for rel in variant["data"]]
         if cuda_fp16 and wanted == "fp32":
             add_cuda_fp16_graph(pipe, name, reference, dest, entries[name], staging, log)
     # The runtime checks that the tokenizer's ids fit the text encoder's embedding.
@@ -496,11 +504,9 @@ def _rewritten_graph(reference, dest: Path, tolerance, log, convolutions_too):
     if fused_count == 0 and convolutions == 0:
         return None, 0
     fused = dest.with_name("model.ort.onnx")
-    onnx.save(graph, str(fused))
-    parity = verify.compare(reference, fused)
+    parity = verify.save_rewritten(reference, graph, fused, tolerance)
     name = reference.name
-    if not parity["max_rel_error"] <= tolerance:
-        fused.unlink()
+    if not fused.exists():
         log(
             f"  {name}: ONNX Runtime's rewritten graph differs from PyTorch "
             f"({parity['max_rel_error']:.3g})"

@@ -60,3 +60,15 @@ def compare(ref: Reference, model_path: Path) -> dict:
         "max_rel_error": max_rel,
         "shapes": [[b, *hw] for b, hw in CHECK_SHAPES],
     }
+
+
+def save_rewritten(ref: Reference, graph, path: Path, tolerance: float) -> dict:
+    """Save the rewritten ONNX `graph` at `path` and compare it with the reference outputs;
+    where its relative error exceeds `tolerance` the file is removed again. The errors."""
+    import onnx
+
+    onnx.save(graph, str(path))
+    parity = compare(ref, path)
+    if not parity["max_rel_error"] <= tolerance:
+        path.unlink()
+    return parity

@@ -50,5 +50,6 @@ def test_export_records_the_fused_variant_for_onnxruntime_only(tiny):
     assert variant["fused_attention"] > 0 and variant["parity"]["max_rel_error"] <= 1e-3
     assert variant["path"] in unet["files"]  # hashed and size-checked like every file
     assert manifest.path("unet", "onnxruntime").name == "model.ort.onnx"
-    assert manifest.path("unet", "openvino").name == "model.onnx"
     assert manifest.path("unet").name == "model.onnx"
+    own = onnx.load(str(manifest.path("unet", "openvino")))  # (its GroupNorms rewritten)
+    assert not any(n.op_type == "MultiHeadAttention" for n in own.graph.node)

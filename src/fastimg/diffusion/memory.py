@@ -67,11 +67,13 @@ def activation_factor(manifest, component: str, variant: str | None) -> float:
 
 def weight_bytes(manifest, component: str, variant: str | None = None) -> int:
     """Bytes of the files of the graph a backend loads for `component`: the variant's own
-    (the int8 UNet) where the component has `variant`, else the standard graph's."""
+    (the int8 UNet) and the standard graph's data it reads (OpenVINO's graph) where the
+    component has `variant`, else the standard graph's."""
     entry = manifest.components[component]
     files, variants = entry.get("files", {}), entry.get("variants", {})
     if variant in variants:
         chosen = {variants[variant].get("path"), variants[variant].get("weights")}
+        chosen.update(variants[variant].get("data", []))
         return sum(files[rel]["bytes"] for rel in chosen if rel in files)
     others = {rel for v in variants.values() for rel in (v.get("path"), v.get("weights"))}
     return sum(

@@ -193,6 +193,8 @@ class Variant(_Strict):
 
     path: RelPath
     weights: RelPath | None = None  # an OpenVINO IR's .bin, opened with its .xml
+    # the external data it reads that is the standard graph's (its weights, not copied)
+    data: Annotated[list[RelPath], Field(max_length=64)] = []
     quantization: Quantization | None = None
     winograd: Winograd | None = None
 

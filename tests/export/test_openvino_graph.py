@@ -1,0 +1,69 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("openvino")
+pytest.importorskip("torch")
+
+from fastimg.engine_folder.manifest import Manifest, load_manifest  # noqa: E402
+
+
+def test_the_components_with_group_norms_get_an_openvino_graph_verified_like_theirs(tiny):
+    manifest = load_manifest(tiny[1])
+    for name in ("unet", "vae_encoder", "vae_decoder"):
+        entry = manifest.components[name]
+        variant = entry["variants"]["openvino"]
+        assert variant["path"] == f"{name}/model.ov.onnx" and variant["path"] in entry["files"]
+        assert variant["group_norms"] > 0
+        assert variant["parity"]["max_rel_error"] <= entry["parity"]["tolerance"]
+    assert "openvino" not in manifest.components["text_encoder"].get("variants", {})  # none
+
+
+def test_openvino_runs_its_graph_and_its_images_are_the_standard_graphs(tiny, photo, monkeypatch):
+    from fastimg.backends.openvino import OpenVinoSession
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+    from fastimg.media.images import psnr
+
+    ran, original = [], OpenVinoSession.run
+
+    def run(self, feeds):
+        ran.append(f"{Path(self._path).parent.name}/{Path(self._path).name}")
+        return original(self, feeds)
+
+    monkeypatch.setattr(OpenVinoSession, "run", run)
+    manifest = load_manifest(tiny[1])
+    job = dict(prompt="a cat", image=photo, strength=0.6, num_inference_steps=4, seed=3)
+    (ours,) = Img2ImgPipeline(manifest, backend="openvino", precision="fp32")(**job)
+    rewritten = {f"{n}/model.ov.onnx" for n in ("vae_encoder", "unet", "vae_decoder")}
+    assert set(ran) == {"text_encoder/model.onnx", *rewritten}
+    standard = {**manifest.data}
+    standard["components"] = {
+        name: {**entry, "variants": {}} for name, entry in manifest.data["components"].items()
+    }
+    ran.clear()
+    (theirs,) = Img2ImgPipeline(Manifest.from_data(tiny[1], standard), "openvino", "fp32")(**job)
+    assert {path.split("/")[1] for path in ran} == {"model.onnx"}
+    assert psnr(ours, theirs) >= 60  # the same function, to fp32's rounding
+
+
+def test_a_rewritten_graph_that_fails_parity_is_not_kept(tmp_path, monkeypatch):
+    from fastimg_export import openvino_graph, verify
+    from fastimg_export.engine_writer import export_engines
+    from fastimg_export.random_models import write_random_model
+
+    real, told = verify.compare, []
+
+    def compare(reference, path):
+        found = real(reference, path)
+        return {**found, "max_rel_error": 1.0} if path.name == "model.ov.onnx" else found
+
+    monkeypatch.setattr(openvino_graph.verify, "compare", compare)
+    model = write_random_model("tiny", tmp_path / "model")
+    out = export_engines(str(model), tmp_path / "engines", log=told.append)
+    manifest = load_manifest(out)
+    for name, entry in manifest.components.items():
+        assert "openvino" not in entry.get("variants", {}), name
+        assert not (out / name / "model.ov.onnx").exists()
+    assert any("OpenVINO's rewritten graph differs from PyTorch" in line for line in told)
+    assert np.isfinite(manifest.components["unet"]["parity"]["max_rel_error"])
