@@ -158,9 +158,10 @@ def load_engines(
         load = component_options(
             backend, manifest, name, precision, threads, max_concurrency, device, shapes
         )
-        session = load_session(
-            backend, manifest.path(name, graph_variant(backend, precision)), load
-        )
+        variant = graph_variant(backend, precision)
+        if not manifest.variant(name, variant):  # (a component kept in bf16 beside int8 ones)
+            variant = backend  # its own graph where it has one (OpenVINO's), else the standard
+        session = load_session(backend, manifest.path(name, variant), load)
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).
     effective = sorted({getattr(s, "precision", precision) for s in sessions.values()})
