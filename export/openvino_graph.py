@@ -2,8 +2,9 @@
 reductions (group_norm), written beside it and verified against PyTorch like it.
 
 On a 2-core AMX Xeon the rewrite made sd15's VAE decoder and encoder at 512 about 9 % faster in
-bf16, at the same PSNR against fp32 (bench/results/README.md, group-norm-probe). The int8 graphs
-are still quantized from the exported graph; ONNX Runtime and the GPU backends keep their own.
+bf16, at the same PSNR against fp32 (bench/results/README.md, group-norm-probe). OpenVINO runs
+it in fp32 and bf16, and for the components an int8 run keeps in bf16; the int8 graphs are still
+quantized from the exported graph. ONNX Runtime and the GPU backends keep their own.
 """
 
 from pathlib import Path
