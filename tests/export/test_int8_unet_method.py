@@ -67,7 +67,9 @@ def test_auto_keeps_one_unet_graph_and_records_the_others_figures(tiny_int8):
     assert full["smooth_quant_alpha"] == 0.95
     # the other's files are gone, from the folder and from the manifest
     on_disk = sorted(path.name for path in (engines / "unet").iterdir())
-    assert on_disk == ["model.int8.bin", "model.int8.xml", "model.onnx", "model.ort.onnx"]
+    assert on_disk == [
+        "model.int8.bin", "model.int8.xml", "model.onnx", "model.ort.onnx", "model.ov.onnx"
+    ]  # fmt: skip
     assert sorted(unet["files"]) == [f"unet/{name}" for name in on_disk]
     assert "int8 (other)   not kept" in CliRunner().invoke(cli, ["info", str(engines)]).output
 
