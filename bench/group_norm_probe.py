@@ -1,15 +1,15 @@
 """The exported GroupNorms against their per-channel reductions (fastimg_export.group_norm), on
-OpenVINO with static shapes:
+OpenVINO:
 
     python -m fastimg_bench.group_norm_probe ENGINES [--component vae_decoder ...] [--size 512]
-        [--precision bf16 ...] [--repeats 4] [-o OUT.json]
+        [--precision bf16 ...] [--repeats 4] [--shapes static|dynamic] [-o OUT.json]
 
 Each component's fp32 graph as exported and the same graph rewritten are compiled as the runtime
-compiles them (compile_config) for one call of a SIZE x SIZE image; after a warm-up each, the two
-are timed in turn REPEATS times (so that a change in the machine's load falls on both), and each
-precision's output is compared with the exported graph's in fp32 (PSNR, outputs taken as [-1, 1]
-images, as the decoder's are). The int8 graphs are not probed: they are quantized from the graph
-at export.
+compiles them (compile_config), for the shapes of one call of a SIZE x SIZE image alone (static,
+the default) or for any (dynamic); after a warm-up each, the two are timed in turn REPEATS times
+(so that a change in the machine's load falls on both), and each precision's output is compared
+with the exported graph's in fp32 (PSNR, outputs taken as [-1, 1] images, as the decoder's are).
+The int8 graphs are not probed: they are quantized from the graph at export.
 """
 
 import argparse
@@ -46,24 +46,25 @@ def psnr(image, reference) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
 
 
-def request_for(path: Path, feeds: dict, precision: str):
+def request_for(path: Path, feeds: dict, precision: str, shapes: str = "static"):
     """An infer request of the graph at `path`, compiled as the runtime compiles it in
-    `precision`, for the shapes of `feeds`."""
+    `precision`, for the shapes of `feeds` (static) or for any (dynamic)."""
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config
 
     core = ov.Core()
     model = core.read_model(str(path))
-    model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+    if shapes == "static":
+        model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
     return core.compile_model(
         model, "CPU", compile_config(precision, None, 1)
     ).create_infer_request()
 
 
-def probe(graphs: dict[str, Path], feeds: dict, precision: str, repeats: int) -> dict:
+def probe(graphs: dict, feeds: dict, precision: str, repeats: int, shapes: str = "static") -> dict:
     """Each graph's seconds per call (after a warm-up, the graphs in turn) and output."""
-    requests = {label: request_for(path, feeds, precision) for label, path in graphs.items()}
+    requests = {label: request_for(p, feeds, precision, shapes) for label, p in graphs.items()}
     outputs = {label: request.infer(feeds)[0].copy() for label, request in requests.items()}
     seconds = {label: [] for label in requests}
     for _ in range(repeats):
@@ -83,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--precision", action="append", help="fp32 or bf16 (default: bf16)")
     p.add_argument("--repeats", type=int, default=4)
+    p.add_argument("--shapes", choices=("static", "dynamic"), default="static")
     p.add_argument("-o", "--output", help="write the record as JSON here")
     return p
 
@@ -103,11 +105,12 @@ def main(argv: list[str] | None = None) -> int:
         try:
             reference = request_for(graph, feeds, "fp32").infer(feeds)[0].copy()
             for precision in precisions:
-                got = probe(graphs, feeds, precision, args.repeats)
+                got = probe(graphs, feeds, precision, args.repeats, args.shapes)
                 median = {k: statistics.median(v) for k, v in got["seconds"].items()}
                 row = {
                     "component": component,
                     "precision": precision,
+                    "shapes": args.shapes,
                     "median_seconds": median,
                     "speed_ratio": round(median["exported"] / median["reductions"], 4),
                     "psnr_db_vs_exported_fp32": {
@@ -118,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 rows.append(row)
                 print(
-                    f"{component} {precision} {args.size}: exported {median['exported']:.3f} s, "
+                    f"{component} {precision} {args.shapes} {args.size}: "
+                    f"exported {median['exported']:.3f} s, "
                     f"reductions {median['reductions']:.3f} s ({row['speed_ratio']:.3f}x); "
                     f"PSNR vs fp32 {row['psnr_db_vs_exported_fp32']}"
                 )

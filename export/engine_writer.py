@@ -17,7 +17,7 @@ from pathlib import Path
 
 from fastimg import __version__
 from fastimg.atomic import make_staging_folder
-from fastimg.backends.registry import CUDA_FP16_VARIANT, INT8_VARIANT
+from fastimg.backends.registry import CUDA_FP16_VARIANT, INT8_VARIANT, STATIC_VARIANT
 from fastimg.engine_folder.integrity import sha256
 from fastimg.engine_folder.layout import FORMAT, FORMAT_VERSION, MANIFEST
 from fastimg.engine_folder.schema import serialise
@@ -405,7 +405,7 @@ def _export_components(pipe, staging: Path, precision: str, log, cuda_fp16: bool
         }
         rewritten = {"onnxruntime": _write_onnxruntime_graph(reference, dest, tolerance, log)}
         if wanted == "fp32":  # (the rewrite's constants are fp32)
-            rewritten["openvino"] = write_openvino_graph(reference, dest, tolerance, log)
+            rewritten[STATIC_VARIANT] = write_openvino_graph(reference, dest, tolerance, log)
         for backend, variant in rewritten.items():
             if variant is not None:
                 entries[name].setdefault("variants", {})[backend] = variant

@@ -125,8 +125,7 @@ def time_graphs(folder: Path, entry: dict, variants: dict[str, dict], feed: dict
     from fastimg.backends.openvino import compile_config, compiled_precision
 
     config = compile_config("int8", None, 1)
-    default = entry.get("variants", {}).get("openvino", entry)["path"]  # OpenVINO's own graph
-    paths = {"default": default, **{k: v["path"] for k, v in variants.items()}}
+    paths = {"default": entry["path"], **{k: v["path"] for k, v in variants.items()}}
     compiled = {
         k: ov.Core().compile_model(str(folder / rel), "CPU", config) for k, rel in paths.items()
     }

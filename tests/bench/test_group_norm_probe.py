@@ -25,7 +25,7 @@ def test_the_probe_times_both_graphs_in_turn_and_compares_them_with_fp32(tiny, t
     for component in ("vae_decoder", "unet"):  # in fp32 the same function, to rounding
         assert rows[component, "fp32"]["psnr_db_vs_exported_fp32"]["reductions"] >= 90
     assert not list(tiny[1].rglob("model.group-norm-probe.onnx"))  # its graphs removed
-    assert "vae_decoder bf16 64: exported" in capsys.readouterr().out
+    assert "vae_decoder bf16 static 64: exported" in capsys.readouterr().out
 
 
 def test_a_graph_without_group_norms_is_refused_by_name(tiny):

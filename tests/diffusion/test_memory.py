@@ -148,11 +148,11 @@ def test_scratch_follows_the_weights_of_the_graph_that_runs():
     fp32 = memory.call_bytes(manifest, "unet", 64, 64, 1, scratch="openvino")
     int8 = memory.call_bytes(manifest, "unet", 64, 64, 1, scratch="openvino-int8")
     assert fp32 == plain + 5 * GiB and int8 == plain + GiB + 2**19
-    # OpenVINO's own graph (GroupNorms rewritten) reads the standard graph's weights file
+    # OpenVINO's static-shapes graph (GroupNorms rewritten) reads the standard graph's weights
     files["unet/model.ov.onnx"] = {"bytes": 2**20, "sha256": SHA}
-    variants["openvino"] = {"path": "unet/model.ov.onnx", "data": ["unet/model.onnx_data"]}
+    variants["openvino-static"] = {"path": "unet/model.ov.onnx", "data": ["unet/model.onnx_data"]}
     manifest = Manifest.from_data(None, complete({"unet": unet}, memory={"unet": model}))
-    assert memory.weight_bytes(manifest, "unet", "openvino") == 9 * GiB + 2**20
+    assert memory.weight_bytes(manifest, "unet", "openvino-static") == 9 * GiB + 2**20
     assert memory.weight_bytes(manifest, "unet") == 10 * GiB  # (not the rewritten graph's)
 
 

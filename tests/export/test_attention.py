@@ -51,5 +51,5 @@ def test_export_records_the_fused_variant_for_onnxruntime_only(tiny):
     assert variant["path"] in unet["files"]  # hashed and size-checked like every file
     assert manifest.path("unet", "onnxruntime").name == "model.ort.onnx"
     assert manifest.path("unet").name == "model.onnx"
-    own = onnx.load(str(manifest.path("unet", "openvino")))  # (its GroupNorms rewritten)
+    own = onnx.load(str(manifest.path("unet", "openvino-static")))  # (its GroupNorms rewritten)
     assert not any(n.op_type == "MultiHeadAttention" for n in own.graph.node)

@@ -131,7 +131,7 @@ def test_large_models_are_saved_with_one_external_data_file(tiny, tmp_path, monk
     # (OpenVINO's: about 25 named nodes a GroupNorm, a tenth of the tiny UNet's data).
     assert files["unet/model.ort.onnx"]["bytes"] < files["unet/model.onnx_data"]["bytes"] / 10
     assert files["unet/model.ov.onnx"]["bytes"] < files["unet/model.onnx_data"]["bytes"] / 5
-    variant = load_manifest(out).components["unet"]["variants"]["openvino"]
+    variant = load_manifest(out).components["unet"]["variants"]["openvino-static"]
     assert variant["data"] == ["unet/model.onnx_data"]  # what its memory estimate counts
     assert files["unet/model.onnx_data"]["bytes"] > files["unet/model.onnx"]["bytes"]
     assert os.path.getsize(out / "unet" / "model.onnx") < 1_000_000

@@ -13,14 +13,16 @@ def test_the_components_with_group_norms_get_an_openvino_graph_verified_like_the
     manifest = load_manifest(tiny[1])
     for name in ("unet", "vae_encoder", "vae_decoder"):
         entry = manifest.components[name]
-        variant = entry["variants"]["openvino"]
+        variant = entry["variants"]["openvino-static"]
         assert variant["path"] == f"{name}/model.ov.onnx" and variant["path"] in entry["files"]
         assert variant["group_norms"] > 0
         assert variant["parity"]["max_rel_error"] <= entry["parity"]["tolerance"]
-    assert "openvino" not in manifest.components["text_encoder"].get("variants", {})  # none
+    assert "openvino-static" not in manifest.components["text_encoder"].get("variants", {})
 
 
-def test_openvino_runs_its_graph_and_its_images_are_the_standard_graphs(tiny, photo, monkeypatch):
+def test_openvino_runs_it_with_static_shapes_and_its_images_are_the_standard_graphs(
+    tiny, photo, monkeypatch
+):
     from fastimg.backends.openvino import OpenVinoSession
     from fastimg.diffusion.pipeline import Img2ImgPipeline
     from fastimg.media.images import psnr
@@ -34,17 +36,23 @@ def test_openvino_runs_its_graph_and_its_images_are_the_standard_graphs(tiny, ph
     monkeypatch.setattr(OpenVinoSession, "run", run)
     manifest = load_manifest(tiny[1])
     job = dict(prompt="a cat", image=photo, strength=0.6, num_inference_steps=4, seed=3)
-    (ours,) = Img2ImgPipeline(manifest, backend="openvino", precision="fp32")(**job)
+    (ours,) = Img2ImgPipeline(manifest, "openvino", "fp32", shapes="static")(**job)
     rewritten = {f"{n}/model.ov.onnx" for n in ("vae_encoder", "unet", "vae_decoder")}
     assert set(ran) == {"text_encoder/model.onnx", *rewritten}
+    ran.clear()
+    (dynamic,) = Img2ImgPipeline(manifest, "openvino", "fp32")(**job)
+    assert {path.split("/")[1] for path in ran} == {"model.onnx"}  # dynamic: the exported graphs
     standard = {**manifest.data}
     standard["components"] = {
         name: {**entry, "variants": {}} for name, entry in manifest.data["components"].items()
     }
     ran.clear()
-    (theirs,) = Img2ImgPipeline(Manifest.from_data(tiny[1], standard), "openvino", "fp32")(**job)
+    plain = Img2ImgPipeline(
+        Manifest.from_data(tiny[1], standard), "openvino", "fp32", shapes="static"
+    )
+    (theirs,) = plain(**job)
     assert {path.split("/")[1] for path in ran} == {"model.onnx"}
-    assert psnr(ours, theirs) >= 60  # the same function, to fp32's rounding
+    assert psnr(ours, theirs) >= 60 and psnr(ours, dynamic) >= 60  # one function, to rounding
 
 
 def test_a_rewritten_graph_that_fails_parity_is_not_kept(tmp_path, monkeypatch):
@@ -63,7 +71,7 @@ def test_a_rewritten_graph_that_fails_parity_is_not_kept(tmp_path, monkeypatch):
     out = export_engines(str(model), tmp_path / "engines", log=told.append)
     manifest = load_manifest(out)
     for name, entry in manifest.components.items():
-        assert "openvino" not in entry.get("variants", {}), name
+        assert "openvino-static" not in entry.get("variants", {}), name
         assert not (out / name / "model.ov.onnx").exists()
     assert any("OpenVINO's rewritten graph differs from PyTorch" in line for line in told)
     assert np.isfinite(manifest.components["unet"]["parity"]["max_rel_error"])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InputError
-from .registry import BACKENDS, REGISTRY, describe
+from .registry import BACKENDS, REGISTRY, STATIC_VARIANT, describe
 
 if TYPE_CHECKING:
     import numpy as np
@@ -159,8 +159,8 @@ def load_engines(
             backend, manifest, name, precision, threads, max_concurrency, device, shapes
         )
         variant = graph_variant(backend, precision)
-        if not manifest.variant(name, variant):  # (a component kept in bf16 beside int8 ones)
-            variant = backend  # its own graph where it has one (OpenVINO's), else the standard
+        if not manifest.variant(name, variant) and load.shapes != "dynamic":
+            variant = STATIC_VARIANT  # (where the component has one, else the standard graph)
         session = load_session(backend, manifest.path(name, variant), load)
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).

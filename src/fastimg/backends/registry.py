@@ -12,6 +12,9 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8")
 INT8_VARIANT = "openvino-int8"
 # The manifest's name for a component's fp16 graph for the GPU (export --cuda-fp16).
 CUDA_FP16_VARIANT = "cuda-fp16"
+# The manifest's name for a component's graph OpenVINO compiles for each call's exact shapes
+# (GroupNorms as reductions: faster there, not with dynamic shapes; export/openvino_graph.py).
+STATIC_VARIANT = "openvino-static"
 
 
 @dataclass(frozen=True)
