@@ -99,6 +99,14 @@ def test_labelled_files_in_other_modes_are_still_written_by_pillow(tmp_path, mod
     assert _read(encode_image(image, SETTINGS, "png")).mode == mode
 
 
+def test_a_32_bit_grey_image_is_written_in_16_bits(tmp_path):
+    values = np.array([[0, 1, 300, 65535, 70000, -4]], np.int32)  # PNG has no 32-bit samples
+    written = save_image(Image.fromarray(values), tmp_path / "out.png", SETTINGS)
+    back = Image.open(written)
+    assert back.mode == "I;16" and "a red fox" in back.text["parameters"]
+    assert np.asarray(back).tolist() == [[0, 1, 300, 65535, 65535, 0]]
+
+
 def test_labelled_rgb_files_are_written_by_this_encoder(tmp_path):
     image = Image.fromarray(_structured((64, 48, 3)))
     written = save_image(image, tmp_path / "out.png", SETTINGS)

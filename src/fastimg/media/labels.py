@@ -42,7 +42,7 @@ DEFAULT_QUALITY = {"JPEG": 95, "WEBP": 95}
 PNG_OPTIONS = {"compress_level": 1, "compress_type": zlib.Z_RLE}
 # Modes each format stores as they are; any other mode is converted to RGB (alpha onto white).
 STORED_MODES = {
-    "PNG": {"1", "L", "LA", "I", "I;16", "RGB", "RGBA"},
+    "PNG": {"1", "L", "LA", "I;16", "RGB", "RGBA"},
     "JPEG": {"L", "RGB"},
     "WEBP": {"RGB", "RGBA"},
 }
@@ -345,6 +345,8 @@ def _storable_copy(image: Image.Image, fmt: str) -> Image.Image:
     (Pillow writes e.g. an input's ICC profile and transparency from `info`)."""
     if image.mode in STORED_MODES[fmt]:
         bare = image.copy()
+    elif fmt == "PNG" and image.mode == "I":  # (32-bit: what older Pillows opened 16-bit files as)
+        bare = image.convert("I;16")  # PNG's deepest grey, 0-65535 kept, the rest clipped
     else:
         bare = to_rgb(image)
     bare.info = {}
