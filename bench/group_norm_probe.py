@@ -15,7 +15,6 @@ The int8 graphs are not probed: they are quantized from the graph at export.
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +39,10 @@ def rewritten_copy(graph: Path) -> Path:
 
 
 def psnr(image, reference) -> float:
-    """PSNR of two [-1, 1] arrays taken as images (clipped), in dB."""
-    a, b = (np.clip((x + 1) / 2, 0, 1) for x in (image, reference))
-    mse = float(np.mean((a - b) ** 2))
-    return float("inf") if mse == 0 else float(10 * np.log10(1 / mse))
+    """PSNR of two [-1, 1] arrays taken as images (clipped, not rounded to 8 bits), in dB."""
+    from fastimg.media.images import psnr as image_psnr
+
+    return image_psnr(*(np.clip((x + 1) / 2, 0, 1) * 255 for x in (image, reference)))
 
 
 def request_for(path: Path, feeds: dict, precision: str, shapes: str = "static"):
@@ -64,15 +63,11 @@ def request_for(path: Path, feeds: dict, precision: str, shapes: str = "static")
 
 def probe(graphs: dict, feeds: dict, precision: str, repeats: int, shapes: str = "static") -> dict:
     """Each graph's seconds per call (after a warm-up, the graphs in turn) and output."""
+    from fastimg_export.int8_choice import alternated_seconds
+
     requests = {label: request_for(p, feeds, precision, shapes) for label, p in graphs.items()}
     outputs = {label: request.infer(feeds)[0].copy() for label, request in requests.items()}
-    seconds = {label: [] for label in requests}
-    for _ in range(repeats):
-        for label, request in requests.items():
-            start = time.perf_counter()
-            request.infer(feeds)
-            seconds[label].append(time.perf_counter() - start)
-    return {"seconds": seconds, "outputs": outputs}
+    return {"seconds": alternated_seconds(requests, feeds, 0, repeats), "outputs": outputs}
 
 
 def parser() -> argparse.ArgumentParser:
