@@ -60,11 +60,12 @@ def profile(
     as the runtime compiles plus the `extra` properties."""
     import openvino as ov
 
+    from fastimg.backends import component_variant
     from fastimg.backends.openvino import compile_config
     from fastimg.engine_folder.manifest import load_manifest
 
     manifest = load_manifest(engines)
-    variant = "openvino-int8" if precision == "int8" else "openvino"
+    variant = component_variant("openvino", manifest, component, precision, shapes)
     core = ov.Core()
     model = core.read_model(str(manifest.path(component, variant)))
     feeds = feeds_for(manifest, component, size, batch)

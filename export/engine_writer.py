@@ -292,9 +292,11 @@ def _export_locked(
         (staging / MANIFEST).write_text(text)
         if int8_images:  # each int8 graph measured alone on the whole folder; the mix chosen
             from .int8_choice import select_int8
+            from .int8_static import add_static_int8
 
             size = components["unet"]["variants"][INT8_VARIANT]["quantization"]["calibration"]
             select_int8(staging, manifest, feeds, size["size"], log)
+            add_static_int8(staging, manifest, feeds, size["size"], log)
             text = serialise(manifest, f"the manifest written for {model}", fix)
             (staging / MANIFEST).write_text(text)
         replace_folder(staging, out)

@@ -22,6 +22,14 @@ from onnx import helper, numpy_helper
 
 from .onnx_graph import GraphIndex, drop_dead_nodes, drop_unused_initializers
 
+SCOPE = "channel_reductions"  # the name under which each rewritten GroupNorm's nodes are
+# The nodes of a rewritten GroupNorm that int8 quantization leaves in float (a pattern of
+# NNCF's IgnoredScope): all but the three that read its input (its mean, its centring, its
+# scaling), so that the input is quantized once, as the exported GroupNorm's is, and the small
+# per-channel statistics are not (quantizers on them made the sd15 VAE decoder slower than
+# the exported graph's int8, bench/results/README.md).
+FLOAT_NODES = rf".*/{SCOPE}/(?!(channel_mean|centred|scaled)$).*"
+
 
 def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     """The rank of every value ONNX's shape inference knows one for."""
@@ -116,7 +124,7 @@ def reduce_group_norms(model: onnx.ModelProto, base_dir="") -> int:
         if found is None or ranks.get(found[1], 0) < 3:
             continue
         chain, x, y, groups, gamma, beta, epsilon = found
-        name = norm.name.rsplit("/", 1)[0] + "/channel_reductions"
+        name = f"{norm.name.rsplit('/', 1)[0]}/{SCOPE}"
         args = (name, x, y, groups, gamma, beta, epsilon, ranks[x], opset)
         nodes, constants = _reductions(*args)
         replaced[id(chain[-1])] = nodes

@@ -25,7 +25,7 @@ import statistics
 import time
 from pathlib import Path
 
-from fastimg.backends.registry import INT8_VARIANT
+from fastimg.backends.registry import INT8_STATIC_VARIANT, INT8_VARIANT
 from fastimg.errors import require
 
 from . import int8_mixed
@@ -83,12 +83,23 @@ def apply_choices(folder: Path, data: dict, measured: dict[str, dict]) -> list[s
     return kept
 
 
-def drop(folder: Path, data: dict, name: str, reason: str) -> None:
-    """Move component `name`'s int8 variant record to its 'int8_dropped' (not chosen, with
-    `reason`) and delete its files from `folder`."""
+def drop(
+    folder: Path, data: dict, name: str, reason: str, variant_name: str = INT8_VARIANT
+) -> None:
+    """Move component `name`'s int8 variant record (`variant_name`'s) to its 'int8_dropped'
+    (its 'int8_static_dropped') as not chosen, with `reason`, and delete its files from
+    `folder`; the int8 graph takes the one for static shapes quantized from it along."""
     entry = data["components"][name]
-    variant = entry["variants"].pop(INT8_VARIANT)
-    entry["int8_dropped"] = {**variant["quantization"], "chosen": False, "reason": reason}
+    variant = entry["variants"].pop(variant_name)
+    record = "int8_static_dropped" if variant_name == INT8_STATIC_VARIANT else "int8_dropped"
+    entry[record] = {**variant["quantization"], "chosen": False, "reason": reason}
+    remove_files(folder, entry, variant)
+    if variant_name == INT8_VARIANT and INT8_STATIC_VARIANT in entry["variants"]:
+        remove_files(folder, entry, entry["variants"].pop(INT8_STATIC_VARIANT))
+
+
+def remove_files(folder: Path, entry: dict, variant: dict) -> None:
+    """Delete a variant's files from `folder` and from its component's `entry`."""
     for rel in (variant["path"], variant["weights"]):
         entry["files"].pop(rel, None)
         (folder / rel).unlink(missing_ok=True)
@@ -154,29 +165,32 @@ def time_graphs(folder: Path, entry: dict, variants: dict[str, dict], feed: dict
 
 
 def only(data: dict, names: tuple[str, ...]) -> dict:
-    """A copy of the manifest `data` with int8 variants (and their files) for `names` only."""
+    """A copy of the manifest `data` with int8 variants (and their files) for `names` only
+    (and no record of the chosen mix, which this is not)."""
     components = {}
     for name, entry in data["components"].items():
         variants = dict(entry.get("variants", {}))
-        variant = variants.get(INT8_VARIANT)
         files = dict(entry["files"])
-        if variant is not None and name not in names:
-            del variants[INT8_VARIANT]
-            for rel in (variant["path"], variant.get("weights")):
-                files.pop(rel, None)
+        for label in (INT8_VARIANT, INT8_STATIC_VARIANT):
+            variant = variants.get(label)
+            if variant is not None and name not in names:
+                del variants[label]
+                for rel in (variant["path"], variant.get("weights")):
+                    files.pop(rel, None)
         components[name] = {**entry, "variants": variants, "files": files}
-    return {**data, "components": components}
+    return {**{k: v for k, v in data.items() if k != "int8"}, "components": components}
 
 
 class ImageCheck:
     """Images of CHECK_JOB at `size` on OpenVINO from the engine folder `folder` with int8
-    graphs for some components only, each compared with fp32's (computed once); what was
-    compiled is removed by close() (it is keyed to this machine)."""
+    graphs for some components only, each compared with fp32's (computed once), compiled for
+    `shapes` (the runtime's --shapes); what was compiled is removed by close() (it is keyed to
+    this machine)."""
 
-    def __init__(self, folder: Path, size: int, log=print):
+    def __init__(self, folder: Path, size: int, log=print, shapes: str = "dynamic"):
         from fastimg.media.images import EXAMPLE_IMAGE, load_image
 
-        self.folder, self.size, self.log = folder, size, log
+        self.folder, self.size, self.log, self.shapes = folder, size, log, shapes
         self.photo = load_image(EXAMPLE_IMAGE).resize((size, size))
         self.reference = None
         self.records: dict[tuple, dict] = {}
@@ -189,7 +203,9 @@ class ImageCheck:
         from fastimg.engine_folder.manifest import Manifest
 
         manifest = Manifest.from_data(self.folder, only(data, names))
-        pipe = Img2ImgPipeline(manifest, backend="openvino", precision=precision)
+        pipe = Img2ImgPipeline(
+            manifest, backend="openvino", precision=precision, shapes=self.shapes
+        )
         (picture,) = pipe(image=self.photo, **self.call, **CHECK_JOB)
         del pipe
         gc.collect()

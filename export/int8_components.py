@@ -14,6 +14,7 @@ from pathlib import Path
 
 from fastimg.errors import require
 
+from . import group_norm
 from .calibration import Feeds
 from .quantize import FULL_INT8, layer_errors, log_errors, save_int8, variant_paths
 
@@ -51,7 +52,9 @@ def quantize_component(name: str, onnx_path: Path, feeds: Feeds, in_float: tuple
         nncf.Dataset(feeds),
         preset=nncf.QuantizationPreset.MIXED,  # asymmetric activations: SiLU's are one-sided
         subset_size=len(feeds),
-        ignored_scope=nncf.IgnoredScope(names=list(in_float)) if in_float else None,
+        ignored_scope=nncf.IgnoredScope(
+            names=list(in_float), patterns=[group_norm.FLOAT_NODES], validate=False
+        ),
     )
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import InputError
-from .registry import BACKENDS, REGISTRY, STATIC_VARIANT, describe
+from .registry import BACKENDS, REGISTRY, describe
 
 if TYPE_CHECKING:
     import numpy as np
@@ -62,6 +62,23 @@ class Engines:
 def graph_variant(backend: str, precision: str) -> str:
     """The manifest variant `backend` runs in `precision` where a component has one."""
     return describe(backend).graph_variant(precision)
+
+
+def component_variant(
+    backend: str, manifest, component: str, precision: str, shapes: str = "dynamic"
+) -> str | None:
+    """The manifest variant `backend` loads for `component` in `precision` (None: the standard
+    graph). Where it compiles each call's shapes (`shapes` static or auto) it loads the static
+    counterpart of that graph where the component has one (OpenVINO: its GroupNorm graph for
+    the standard one, the int8 graph quantized from it for the int8 one)."""
+    description = describe(backend)
+    variant = description.graph_variant(precision)
+    own = bool(manifest.variant(component, variant))
+    if shapes != "dynamic" and description.static_shapes:
+        static = dict(description.static_graphs).get(variant if own else None)
+        if static and manifest.variant(component, static):
+            return static
+    return variant if own else None
 
 
 def compiled_cache(
@@ -158,9 +175,7 @@ def load_engines(
         load = component_options(
             backend, manifest, name, precision, threads, max_concurrency, device, shapes
         )
-        variant = graph_variant(backend, precision)
-        if not manifest.variant(name, variant) and load.shapes != "dynamic":
-            variant = STATIC_VARIANT  # (where the component has one, else the standard graph)
+        variant = component_variant(backend, manifest, name, precision, load.shapes)
         session = load_session(backend, manifest.path(name, variant), load)
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).

@@ -15,6 +15,8 @@ CUDA_FP16_VARIANT = "cuda-fp16"
 # The manifest's name for a component's graph OpenVINO compiles for each call's exact shapes
 # (GroupNorms as reductions: faster there, not with dynamic shapes; export/openvino_graph.py).
 STATIC_VARIANT = "openvino-static"
+# The int8 graph quantized from that one, which --precision int8 runs with those shapes.
+INT8_STATIC_VARIANT = "openvino-int8-static"
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class Backend:
     serve_batch: int = 1  # requests the server runs per engine run by default
     auto: bool = True  # `--backend auto` may choose it
     fp16_variant: str | None = None  # the manifest variant it runs in fp16, where it has one
+    # Where it compiles each call's exact shapes, the variant it loads instead of another:
+    # (variant, its static counterpart) pairs, variant None standing for the standard graph.
+    static_graphs: tuple[tuple[str | None, str], ...] = ()
 
     @property
     def gpu(self) -> bool:
@@ -95,6 +100,7 @@ REGISTRY = {
             fused_attention="all",
             per_call_scratch=True,
             static_shapes=True,
+            static_graphs=((INT8_VARIANT, INT8_STATIC_VARIANT), (None, STATIC_VARIANT)),
             serve_batch=4,
         ),
         # fp16: a folder exported in fp16 (export --precision fp16), which has no fp32 graphs.

@@ -210,9 +210,17 @@ class Component(_Strict):
     variants: Annotated[dict[Name, Variant], Field(max_length=8)] = {}
     # An int8 graph measured at export and dropped (its file deleted): the figures and why.
     int8_dropped: Quantization | None = None
+    # The same for the int8 graph for static shapes (quantized from OpenVINO's GroupNorm graph).
+    int8_static_dropped: Quantization | None = None
     # Other int8 methods measured at export and not kept (their files deleted): why.
     int8_alternatives: Annotated[list[Quantization], Field(max_length=4)] = []
     vocab_size: Annotated[int, Field(ge=1, le=10_000_000)] | None = None  # text encoders
+
+    @model_validator(mode="after")
+    def _static_int8_beside_int8(self):
+        if "openvino-int8-static" in self.variants and "openvino-int8" not in self.variants:
+            raise ValueError("an int8 graph for static shapes without its int8 graph")
+        return self
 
 
 class Tokenizer(_Strict):
