@@ -6,7 +6,8 @@ On a 2-core AMX Xeon, sd15 at 512 in bf16 with static shapes, the rewrite made t
 1.12x, the encoder 1.08x and the UNet 1.03x as fast at the same PSNR against fp32; compiled for
 dynamic shapes the VAEs were 0.96-0.99x (bench/results/README.md, group-norm-probe), so dynamic
 shapes keep the exported graph. It also serves the components an int8 run keeps in bf16, with
-static shapes; the int8 graphs are still quantized from the exported graph.
+static shapes, and a kept int8 VAE graph is quantized from it again for static shapes where
+that pays (int8_static).
 """
 
 from pathlib import Path

@@ -216,3 +216,24 @@ def test_a_folder_exported_before_it_runs_its_int8_graph_with_static_shapes(
     pipe = Img2ImgPipeline.from_engines(engines, "openvino", "int8", shapes="static")
     pipe(prompt="a cat", image=photo, strength=0.6, num_inference_steps=2, seed=1)
     assert all(loaded[name] == "model.int8.xml" for name in names)
+
+
+def test_info_lists_the_static_int8_graph_or_why_there_is_none(tiny_int8, tmp_path):
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+    from fastimg_export.int8_choice import drop
+
+    engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
+    data = json.loads((engines / MANIFEST).read_text())
+    names = [n for n, c in data["components"].items() if STATIC_INT8 in c.get("variants", {})]
+    if not names:
+        pytest.skip("the export kept no int8 VAE graph for static shapes on this CPU")
+    info = CliRunner().invoke(cli, ["info", str(engines)]).output
+    assert info.count("model.int8-static.xml") == len(names)
+    assert info.count("kept for static shapes: ") == len(names)
+    drop(engines, data, names[0], "dropped: a test", STATIC_INT8)
+    (engines / MANIFEST).write_text(json.dumps(data))
+    info = CliRunner().invoke(cli, ["info", str(engines)]).output
+    assert "int8 static (none) dropped: a test" in info
+    assert info.count("model.int8-static.xml") == len(names) - 1

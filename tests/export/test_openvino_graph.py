@@ -75,3 +75,34 @@ def test_a_rewritten_graph_that_fails_parity_is_not_kept(tmp_path, monkeypatch):
         assert not (out / name / "model.ov.onnx").exists()
     assert any("OpenVINO's rewritten graph differs from PyTorch" in line for line in told)
     assert np.isfinite(manifest.components["unet"]["parity"]["max_rel_error"])
+
+
+def test_with_auto_shapes_a_shapes_first_call_compiles_the_exported_graph_and_its_second_this_one(
+    tiny, photo, monkeypatch
+):
+    from fastimg.backends.openvino import OpenVinoSession
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    compiled = []
+    dynamic, static = OpenVinoSession._compile_dynamic, OpenVinoSession._compile_static
+
+    def compile_dynamic(self):
+        compiled.append(f"{Path(self._path).parent.name}/{Path(self._dynamic_path).name}")
+        return dynamic(self)
+
+    def compile_static(self, shapes):  # (compiled, or taken from its cache)
+        compiled.append(f"{Path(self._path).parent.name}/{Path(self._path).name} static")
+        return static(self, shapes)
+
+    monkeypatch.setattr(OpenVinoSession, "_compile_dynamic", compile_dynamic)
+    monkeypatch.setattr(OpenVinoSession, "_compile_static", compile_static)
+    pipe = Img2ImgPipeline(load_manifest(tiny[1]), "openvino", "fp32", shapes="auto")
+    rewritten = ("vae_encoder", "unet", "vae_decoder")
+    assert set(compiled) == {"text_encoder/model.onnx", *(f"{n}/model.onnx" for n in rewritten)}
+    job = dict(prompt="a cat", image=photo, strength=0.6, num_inference_steps=2, seed=3)
+    pipe(**job)
+    pipe(**job)  # the second call of these shapes: compiled for them, from the GroupNorm graph
+    static = {f"{n}/model.ov.onnx static" for n in rewritten}
+    assert static <= set(compiled)
+    others = set(compiled) - static - {f"{n}/model.onnx" for n in (*rewritten, "text_encoder")}
+    assert others <= {"text_encoder/model.onnx static"}

@@ -1,6 +1,7 @@
 """Engine backends behind one small interface: load a component, run it on named arrays."""
 
 import contextlib
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,7 +125,8 @@ class LoadOptions:
 
     `names` are the graph's I/O names as the manifest gives them; `shapes` and `static_cache`
     (shapes -> cache folder) say whether OpenVINO also compiles each call's exact shapes;
-    `fp16` False keeps ONNX Runtime's TensorRT engines in fp32 (a VAE that overflows in fp16).
+    `fp16` False keeps ONNX Runtime's TensorRT engines in fp32 (a VAE that overflows in fp16);
+    `dynamic_path` is the graph compiled for dynamic shapes where it is not the loaded one.
     """
 
     threads: int | None = None
@@ -136,6 +138,7 @@ class LoadOptions:
     shapes: str = "dynamic"
     static_cache: object = None
     fp16: bool = True
+    dynamic_path: Path | None = None  # --shapes auto: the graph for a shape's first call
 
 
 def load_session(backend: str, path: Path, options: LoadOptions = LoadOptions()) -> Session:
@@ -176,6 +179,9 @@ def load_engines(
             backend, manifest, name, precision, threads, max_concurrency, device, shapes
         )
         variant = component_variant(backend, manifest, name, precision, load.shapes)
+        if load.shapes == "auto":  # a shape's first call runs the graph for dynamic shapes
+            dynamic = component_variant(backend, manifest, name, precision)
+            load = dataclasses.replace(load, dynamic_path=manifest.path(name, dynamic))
         session = load_session(backend, manifest.path(name, variant), load)
         sessions[name] = _checked(session, backend, manifest, name)
     # What the sessions really compiled (OpenVINO runs bf16 as fp32 on CPUs without bf16).

@@ -60,11 +60,15 @@ class OpenVinoSession:
         names: tuple[str, ...] = (),
         shapes: str = "dynamic",
         static_cache: Callable[[dict], Path | None] | None = None,
+        dynamic_path: Path | None = None,
     ):
         ov = require("openvino", "openvino")
         if shapes not in SHAPES:
             raise ValueError(f"shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
         self._core, self._path, self._names = ov.Core(), path, names
+        # What is compiled for dynamic shapes: with 'auto' OpenVINO's graph for them, where the
+        # graph for exact shapes is another (a GroupNorm graph: slower compiled dynamic).
+        self._dynamic_path = dynamic_path or path
         self._config = compile_config(precision, threads, max_concurrency)
         self._max_concurrency, self.shapes = max_concurrency, shapes
         self._cache_dir, self._static_cache = cache_dir, static_cache
@@ -79,7 +83,7 @@ class OpenVinoSession:
 
             self.precision = "bf16" if precision == "bf16" and cpu_supports_bf16() else "fp32"
         else:
-            model = self._compile(str(path), cache_dir)
+            model = self._compile_dynamic()
             # On a CPU without native bf16 OpenVINO quietly compiles f32: say what it runs.
             self.precision = compiled_precision(model.get_property("INFERENCE_PRECISION_HINT"))
             self._requests = self._pool(model)
@@ -154,7 +158,7 @@ class OpenVinoSession:
                 return  # no usual shapes yet: the next call compiles its own
             try:
                 if key is None:
-                    compiled = self._compile(str(self._path), self._cache_dir)
+                    compiled = self._compile_dynamic()
                 else:
                     compiled = self._compile_static(dict(key))
             except EngineError as exc:  # the next call compiles what it needs
@@ -178,7 +182,7 @@ class OpenVinoSession:
         if self.shapes == "dynamic":
             with self._lock:
                 if self._requests is None:  # its compile in give_back() failed: again
-                    self._requests = self._pool(self._compile(str(self._path), self._cache_dir))
+                    self._requests = self._pool(self._compile_dynamic())
                 return self._requests
         key = tuple(sorted((name, tuple(array.shape)) for name, array in feeds.items()))
         with self._lock:
@@ -191,7 +195,7 @@ class OpenVinoSession:
                 if self._shape_key is not None or self._requests is None:
                     # (callers still running keep their model alive until they are done)
                     self._requests, self._shape_key = None, None
-                    self._requests = self._pool(self._compile(str(self._path), self._cache_dir))
+                    self._requests = self._pool(self._compile_dynamic())
                 return self._requests
             # The old model goes before the new one is compiled (and stays gone if that fails).
             self._requests, self._shape_key = None, None
@@ -201,6 +205,9 @@ class OpenVinoSession:
 
     def _pool(self, compiled) -> Pool:
         return Pool(compiled.create_infer_request, self._max_concurrency, compiled.release_memory)
+
+    def _compile_dynamic(self):
+        return self._compile(str(self._dynamic_path), self._cache_dir)
 
     def _compile_static(self, shapes: dict[str, tuple[int, ...]]):
         ov = require("openvino", "openvino")
@@ -281,4 +288,5 @@ def load_session(path: Path, options) -> OpenVinoSession:
         names=options.names,
         shapes=options.shapes,
         static_cache=options.static_cache,
+        dynamic_path=options.dynamic_path,
     )

@@ -240,6 +240,9 @@ def info(engines: Path, verify: bool) -> None:
             dropped = entry["int8_dropped"]
             lines.append(f"      {'int8 (none)':<14} {dropped['method']} {dropped['reason']}")
             lines += _float_layers(dropped)
+        if "int8_static_dropped" in entry:  # (the int8 graph runs with static shapes too)
+            dropped = entry["int8_static_dropped"]
+            lines.append(f"      {'int8 static (none)':<14} {dropped['reason']}")
         for other in entry.get("int8_alternatives", []):
             lines.append(f"      {'int8 (other)':<14} {other['reason']}")
     if "int8" in manifest.data:
