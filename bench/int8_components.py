@@ -38,7 +38,7 @@ def parser() -> argparse.ArgumentParser:
 def record(engines: Path) -> dict:
     """Each quantized component's method, calibration, error, image PSNR, speed and choice,
     and the mix, from the manifest of the engine folder `engines`."""
-    from fastimg.backends.registry import INT8_VARIANT
+    from fastimg.backends.registry import INT8_STATIC_VARIANT, INT8_VARIANT
     from fastimg.engine_folder.manifest import load_manifest
 
     manifest = load_manifest(engines)
@@ -65,6 +65,13 @@ def record(engines: Path) -> dict:
                 _method_figures(other) for other in entry.get("int8_alternatives", [])
             ],
         }
+        static = entry.get("variants", {}).get(INT8_STATIC_VARIANT)
+        static = static["quantization"] if static else entry.get("int8_static_dropped")
+        if static is not None:  # (the int8 graph for static shapes, kept or not)
+            components[name]["static_shapes"] = {
+                "chosen": static.get("chosen"),
+                **_method_figures(static),
+            }
     return {"components": components, "mix": manifest.data.get("int8")}
 
 

@@ -36,11 +36,13 @@ def smooth_image(side: int):
 
 def load(manifest, component: str, side: str, shapes: str = "dynamic"):
     """`component` loaded as the runtime loads it on side 'backend:precision'."""
-    from fastimg.backends import component_options, graph_variant, load_session
+    from fastimg.backends import component_options, component_variant, load_session
 
     backend, precision = side.split(":")
     options = component_options(backend, manifest, component, precision, shapes=shapes)
-    path = manifest.path(component, graph_variant(backend, precision))
+    path = manifest.path(
+        component, component_variant(backend, manifest, component, precision, shapes)
+    )
     return load_session(backend, path, options)
 
 

@@ -35,6 +35,11 @@ def test_each_kept_int8_vae_graph_gets_one_for_static_shapes_measured_and_record
     names = _vaes_with_int8(manifest)
     if not names:
         pytest.skip("the export kept no int8 VAE graph on this CPU")
+    # (the fixture weighs no speed: a graph its image bound does not drop is kept)
+    assert any(manifest.variant(name, STATIC_INT8) for name in names)
+    static_mix = manifest.data["int8"]["static_image"]
+    assert static_mix["psnr_db"] >= TINY_INT8_MIN_PSNR_DB
+    assert static_mix["psnr_db"] != manifest.data["int8"]["image"]["psnr_db"]  # other graphs
     for name in names:
         entry = manifest.components[name]
         int8 = entry["variants"][INT8]["quantization"]
@@ -72,6 +77,16 @@ def test_each_kept_int8_vae_graph_gets_one_for_static_shapes_measured_and_record
         assert quantized_inside and quantized_inside <= KEPT_INPUTS
 
 
+def _static_names(data: dict) -> list[str]:
+    """The components with a static int8 graph; a skip where no int8 VAE graph was kept."""
+    vaes = (data["components"][n] for n in ("vae_encoder", "vae_decoder"))
+    if not any(INT8 in entry.get("variants", {}) for entry in vaes):
+        pytest.skip("the export kept no int8 VAE graph on this CPU")
+    names = [n for n, c in data["components"].items() if STATIC_INT8 in c.get("variants", {})]
+    assert names, "the tiny export kept no int8 VAE graph for static shapes"
+    return names
+
+
 def _loaded(monkeypatch) -> dict:
     from fastimg import backends
 
@@ -93,8 +108,9 @@ def test_int8_with_static_shapes_runs_them_and_dynamic_shapes_the_int8_graphs(
 
     manifest = load_manifest(tiny_int8[1])
     static = [n for n in _vaes_with_int8(manifest) if manifest.variant(n, STATIC_INT8)]
-    if not static:
-        pytest.skip("the export kept no int8 VAE graph for static shapes on this CPU")
+    if not _vaes_with_int8(manifest):
+        pytest.skip("the export kept no int8 VAE graph on this CPU")
+    assert static, "the tiny export kept no int8 VAE graph for static shapes"
     loaded = _loaded(monkeypatch)
     job = dict(prompt="a cat", image=photo, strength=0.6, num_inference_steps=4, seed=3)
     images = {}
@@ -118,9 +134,7 @@ def test_dropping_a_components_int8_graph_drops_its_static_one_too(tiny_int8, tm
 
     engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
     data = json.loads((engines / MANIFEST).read_text())
-    names = [n for n, c in data["components"].items() if STATIC_INT8 in c.get("variants", {})]
-    if not names:
-        pytest.skip("the export kept no int8 VAE graph for static shapes on this CPU")
+    names = _static_names(data)
     name = names[0]
     static = data["components"][name]["variants"][STATIC_INT8]
     without = only(data, ("unet",))["components"][name]
@@ -202,9 +216,7 @@ def test_a_folder_exported_before_it_runs_its_int8_graph_with_static_shapes(
 
     engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
     data = json.loads((engines / MANIFEST).read_text())
-    names = [n for n, c in data["components"].items() if STATIC_INT8 in c.get("variants", {})]
-    if not names:
-        pytest.skip("the export kept no int8 VAE graph for static shapes on this CPU")
+    names = _static_names(data)
     for name in names:
         entry = data["components"][name]
         variant = entry["variants"].pop(STATIC_INT8)
@@ -226,9 +238,7 @@ def test_info_lists_the_static_int8_graph_or_why_there_is_none(tiny_int8, tmp_pa
 
     engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
     data = json.loads((engines / MANIFEST).read_text())
-    names = [n for n, c in data["components"].items() if STATIC_INT8 in c.get("variants", {})]
-    if not names:
-        pytest.skip("the export kept no int8 VAE graph for static shapes on this CPU")
+    names = _static_names(data)
     info = CliRunner().invoke(cli, ["info", str(engines)]).output
     assert info.count("model.int8-static.xml") == len(names)
     assert info.count("kept for static shapes: ") == len(names)
@@ -237,3 +247,95 @@ def test_info_lists_the_static_int8_graph_or_why_there_is_none(tiny_int8, tmp_pa
     info = CliRunner().invoke(cli, ["info", str(engines)]).output
     assert "int8 static (none) dropped: a test" in info
     assert info.count("model.int8-static.xml") == len(names) - 1
+
+
+def _without_static_graphs(engines: Path) -> dict:
+    """The manifest data of `engines` with its static int8 graphs (and their files) removed."""
+    data = json.loads((engines / MANIFEST).read_text())
+    for name in _static_names(data):
+        entry = data["components"][name]
+        variant = entry["variants"].pop(STATIC_INT8)
+        for rel in (variant["path"], variant["weights"]):
+            del entry["files"][rel]
+            (engines / rel).unlink()
+    return data
+
+
+def test_a_static_int8_graph_that_fails_is_left_out_and_the_export_stands(
+    tiny_int8, tmp_path, monkeypatch
+):
+    from fastimg_export import int8_static
+
+    engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
+    data = _without_static_graphs(engines)
+    size = data["components"]["unet"]["variants"][INT8]["quantization"]["calibration"]["size"]
+
+    def broken(folder, data, name, feeds, log):
+        (folder / name / "model.int8-static.xml").write_text("half written")
+        raise RuntimeError(f"NNCF failed on {name}")
+
+    monkeypatch.setattr(int8_static, "write_static_int8", broken)
+    lines = []
+    feeds = {name: [{}] for name in ("vae_encoder", "vae_decoder")}
+    int8_static.add_static_int8(engines, data, feeds, size, lines.append)
+    for name in int8_static.candidates(data) or ("vae_encoder", "vae_decoder"):
+        assert STATIC_INT8 not in data["components"][name]["variants"]
+        assert not (engines / name / "model.int8-static.xml").exists()
+    assert any("NNCF failed on vae_decoder" in line for line in lines)
+    assert data["int8"]["static_image"]["psnr_db"] > 0  # the mix with static shapes measured
+    Manifest.from_data(engines, data)  # what the export then writes is a valid manifest
+
+
+def test_the_mix_under_the_bound_with_static_shapes_drops_static_graphs_not_int8_ones(
+    tiny_int8, tmp_path, monkeypatch
+):
+    from fastimg_export import int8_choice, int8_static
+
+    engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
+    data = json.loads((engines / MANIFEST).read_text())
+    names = _static_names(data)
+    size = data["components"]["unet"]["variants"][INT8]["quantization"]["calibration"]["size"]
+    monkeypatch.setattr(int8_choice, "MIN_PSNR_DB", 999.0)  # no image reaches it
+    check = int8_choice.ImageCheck(engines, size, shapes="static")
+    lines = []
+    try:
+        mix = int8_static._mix_within_bound(check, engines, data, lines.append)
+    finally:
+        check.close()
+    assert mix["psnr_db"] < 999
+    for name in names:
+        entry = data["components"][name]
+        assert STATIC_INT8 not in entry["variants"] and INT8 in entry["variants"]
+        assert "under 999" in entry["int8_static_dropped"]["reason"]
+        assert not (engines / name / "model.int8-static.xml").exists()
+    assert len(lines) == len(names)
+
+
+def test_int8_with_auto_shapes_compiles_the_int8_graph_first_and_the_static_one_second(
+    tiny_int8, photo, monkeypatch
+):
+    from fastimg.backends.openvino import OpenVinoSession
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    manifest = load_manifest(tiny_int8[1])
+    names = _static_names(manifest.data)
+    compiled = []
+    dynamic, static = OpenVinoSession._compile_dynamic, OpenVinoSession._compile_static
+
+    def compile_dynamic(self):
+        compiled.append(f"{Path(self._path).parent.name}/{Path(self._dynamic_path).name}")
+        return dynamic(self)
+
+    def compile_static(self, shapes):
+        compiled.append(f"{Path(self._path).parent.name}/{Path(self._path).name} static")
+        return static(self, shapes)
+
+    monkeypatch.setattr(OpenVinoSession, "_compile_dynamic", compile_dynamic)
+    monkeypatch.setattr(OpenVinoSession, "_compile_static", compile_static)
+    pipe = Img2ImgPipeline(manifest, "openvino", "int8", shapes="auto")
+    job = dict(prompt="a cat", image=photo, strength=0.6, num_inference_steps=2, seed=3)
+    pipe(**job)
+    assert {f"{n}/model.int8.xml" for n in names} <= set(compiled)
+    assert not any(c.endswith(" static") for c in compiled if c.split("/")[0] in names)
+    pipe(**job)  # these shapes' second call
+    assert {f"{n}/model.int8-static.xml static" for n in names} <= set(compiled)

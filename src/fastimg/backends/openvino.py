@@ -108,16 +108,17 @@ class OpenVinoSession:
         config = dict(self._config)
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
+        graph = model if isinstance(model, str) else self._path  # (a path: the one compiled)
         try:
             return self._core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises untyped RuntimeErrors
             if cache_dir is not None and "filesystem error" in str(exc):
                 # Another process wrote the same cache entry at the same moment (Ray workers
                 # starting together): compile without the cache rather than fail.
-                log.info("compiling %s without its cache (%s)", self._path, exc)
+                log.info("compiling %s without its cache (%s)", graph, exc)
                 return self._compile(model, None)
             raise EngineError(
-                f"OpenVINO cannot load {self._path}: {exc}. Re-export the engine folder, "
+                f"OpenVINO cannot load {graph}: {exc}. Re-export the engine folder, "
                 "or run with --backend onnxruntime"
             ) from None
 

@@ -175,6 +175,8 @@ class Int8Mix(_Strict):
     # With ControlNets: the mix's and the default path's images on the job with a control image.
     control_image: ImageError | None = None
     control_default_path_image: ImageError | None = None
+    # The mix with static shapes (--shapes static or auto), its int8 graphs for them included.
+    static_image: ImageError | None = None
     min_speedup: Annotated[float, Field(gt=0, le=100)]
     min_psnr_db: Annotated[float, Field(ge=0, le=1000)]
 
