@@ -165,8 +165,8 @@ def time_graphs(folder: Path, entry: dict, variants: dict[str, dict], feed: dict
 
 
 def only(data: dict, names: tuple[str, ...]) -> dict:
-    """A copy of the manifest `data` with int8 variants (and their files) for `names` only
-    (and no record of the chosen mix, which this is not)."""
+    """A copy of the manifest `data` with int8 variants (and their files) for `names` only,
+    its record of the mix (where it has one) naming those of them the mix has, if any."""
     components = {}
     for name, entry in data["components"].items():
         variants = dict(entry.get("variants", {}))
@@ -178,7 +178,13 @@ def only(data: dict, names: tuple[str, ...]) -> dict:
                 for rel in (variant["path"], variant.get("weights")):
                     files.pop(rel, None)
         components[name] = {**entry, "variants": variants, "files": files}
-    return {**{k: v for k, v in data.items() if k != "int8"}, "components": components}
+    copy = {**data, "components": components}
+    mix = data.get("int8")
+    if mix is not None:
+        copy.pop("int8")
+        if kept := [name for name in mix["components"] if name in names]:
+            copy["int8"] = {**mix, "components": kept}
+    return copy
 
 
 class ImageCheck:

@@ -240,6 +240,8 @@ def test_info_lists_the_static_int8_graph_or_why_there_is_none(tiny_int8, tmp_pa
     data = json.loads((engines / MANIFEST).read_text())
     names = _static_names(data)
     info = CliRunner().invoke(cli, ["info", str(engines)]).output
+    static_mix = data["int8"]["static_image"]["psnr_db"]
+    assert f"; {static_mix:.1f} dB with static shapes" in info
     assert info.count("model.int8-static.xml") == len(names)
     assert info.count("kept for static shapes: ") == len(names)
     drop(engines, data, names[0], "dropped: a test", STATIC_INT8)

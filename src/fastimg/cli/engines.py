@@ -255,6 +255,11 @@ def info(engines: Path, verify: bool) -> None:
                 if "control_image" in mix
                 else ""
             )
+            + (
+                f"; {mix['static_image']['psnr_db']:.1f} dB with static shapes"
+                if "static_image" in mix
+                else ""
+            )
         )
     for lora in manifest.loras:
         lines.append(
