@@ -341,3 +341,27 @@ def test_int8_with_auto_shapes_compiles_the_int8_graph_first_and_the_static_one_
     assert not any(c.endswith(" static") for c in compiled if c.split("/")[0] in names)
     pipe(**job)  # these shapes' second call
     assert {f"{n}/model.int8-static.xml static" for n in names} <= set(compiled)
+
+
+def test_the_cli_runs_the_static_int8_graphs_as_its_help_says(
+    tiny_int8, tmp_path, photo, monkeypatch
+):
+    from click.testing import CliRunner
+
+    from fastimg.cli import cli
+
+    help_text = " ".join(CliRunner().invoke(cli, ["transform", "--help"]).output.split())
+    assert "int8 runs the VAE graphs the export quantized for exact shapes" in help_text
+    names = _static_names(load_manifest(tiny_int8[1]).data)
+    photo.save(tmp_path / "in.png")
+    for shapes, graph in (("static", "model.int8-static.xml"), ("dynamic", "model.int8.xml")):
+        loaded = _loaded(monkeypatch)
+        result = CliRunner().invoke(
+            cli,
+            ["transform", str(tmp_path / "in.png"), "--engines", str(tiny_int8[1]),
+             "--prompt", "a fox", "--precision", "int8", "--shapes", shapes,
+             "-o", str(tmp_path / f"{shapes}.png"), "--steps", "2"],
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        assert all(loaded[name] == graph for name in names)
+        assert (tmp_path / f"{shapes}.png").is_file()

@@ -222,7 +222,9 @@ def engine_options(command):
             show_default=True,
             help="OpenVINO: also compile each call's exact shapes (static; auto: from a shape's "
             "second call on, so a size seen once pays no compile). In fp32 the images are the "
-            "same within a pixel; bf16 and int8 kernels for exact shapes round otherwise. ONNX "
+            "same within a pixel; bf16 and int8 kernels for exact shapes round otherwise, and "
+            "int8 runs the VAE graphs the export quantized for exact shapes where it kept one "
+            "(fastimg info: openvino-int8-static). ONNX "
             "Runtime CUDA: replay those shapes from a CUDA graph (one shape at a time, its "
             "weights held a second time on the GPU).",
         ),
