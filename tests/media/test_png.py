@@ -114,3 +114,18 @@ def test_labelled_rgb_files_are_written_by_this_encoder(tmp_path):
     assert data.count(b"IDAT") == 1  # (Pillow splits its data into 64 KiB chunks and more)
     assert np.array_equal(np.asarray(_read(data)), np.asarray(image))
     assert "a red fox" in _read(data).text["parameters"]
+
+
+@pytest.mark.parametrize("height", [png.PIECE_ROWS - 1, png.PIECE_ROWS, 2 * png.PIECE_ROWS + 45])
+def test_pieces_deflated_on_threads_make_the_same_file_as_on_one(monkeypatch, height):
+    image = Image.fromarray(_structured((height, 96, 3), seed=height))
+    monkeypatch.setattr(png, "available_cores", lambda: 2)
+    threaded = png.encode(image)
+    monkeypatch.setattr(png, "available_cores", lambda: 1)
+    assert png.encode(image) == threaded
+    assert np.array_equal(np.asarray(_read(threaded)), np.asarray(image))
+    start = threaded.index(b"IDAT") + 4
+    (length,) = np.frombuffer(threaded[start - 8 : start - 4], ">u4")
+    # (zlib checks the stream's checksum over all the pieces' rows as it ends)
+    rows = zlib.decompress(threaded[start : start + int(length)])
+    assert len(rows) == height * (96 * 3 + 1)
