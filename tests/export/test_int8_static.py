@@ -248,6 +248,7 @@ def test_info_lists_the_static_int8_graph_or_why_there_is_none(tiny_int8, tmp_pa
     (engines / MANIFEST).write_text(json.dumps(data))
     info = CliRunner().invoke(cli, ["info", str(engines)]).output
     assert "int8 static (none) dropped: a test" in info
+    _assert_paths_in_one_column(info, load_manifest(engines))
     assert info.count("model.int8-static.xml") == len(names) - 1
 
 
@@ -365,3 +366,18 @@ def test_the_cli_runs_the_static_int8_graphs_as_its_help_says(
         assert result.exit_code == 0, result.output
         assert all(loaded[name] == graph for name in names)
         assert (tmp_path / f"{shapes}.png").is_file()
+
+
+def _assert_paths_in_one_column(info: str, manifest: Manifest):
+    """Every graph variant's path and int8 record in `fastimg info` starts in one column,
+    past the longest label."""
+    labels = {"int8 static (none)", "int8 (none)", "int8 (other)"}
+    labels.update(*(entry.get("variants", {}) for entry in manifest.components.values()))
+    starts = [
+        len(line) - len(line[6 + len(label) :].lstrip())
+        for line in info.splitlines()
+        for label in labels
+        if line.startswith(" " * 6 + label + " ")
+    ]
+    assert len(starts) > len(manifest.components) and len(set(starts)) == 1, info
+    assert starts[0] > 6 + max(map(len, labels)), info

@@ -202,6 +202,7 @@ def info(engines: Path, verify: bool) -> None:
         channels = manifest.unet_in_channels
         lines.append(f"inpainting      the UNet takes a mask ({channels} channels): --mask FILE")
     lines.append("components:")
+    column = _variant_column(manifest)
     for name, entry in manifest.components.items():
         size = sum(f["bytes"] for f in entry["files"].values()) / 1e6
         parity = entry.get("parity", {})
@@ -218,12 +219,12 @@ def info(engines: Path, verify: bool) -> None:
             )
             lines.append(f"      {side:<8} {io}")
         for backend, variant in entry.get("variants", {}).items():
-            line = f"      {backend:<14} {variant['path']}"
+            line = f"      {backend:<{column}} {variant['path']}"
             if "parity" in variant:  # checked against PyTorch as the component was
                 checked = variant["parity"]
                 error = checked.get("max_rel_error", float("nan"))
                 tolerance = checked.get("tolerance", parity.get("tolerance"))
-                line = f"{line:<56} vs torch: rel {error:.2e} (limit {tolerance})"
+                line = f"{line:<{column + 42}} vs torch: rel {error:.2e} (limit {tolerance})"
             if "quantization" in variant:
                 q, error = variant["quantization"], variant["quantization"]["error"]
                 line += (
@@ -234,17 +235,17 @@ def info(engines: Path, verify: bool) -> None:
                 )
             lines.append(line)
             if variant.get("quantization", {}).get("reason"):
-                lines.append(f"      {'':<14} {variant['quantization']['reason']}")
+                lines.append(f"      {'':<{column}} {variant['quantization']['reason']}")
             lines += _float_layers(variant.get("quantization", {}))
         if "int8_dropped" in entry:
             dropped = entry["int8_dropped"]
-            lines.append(f"      {'int8 (none)':<14} {dropped['method']} {dropped['reason']}")
+            lines.append(f"      {'int8 (none)':<{column}} {dropped['method']} {dropped['reason']}")
             lines += _float_layers(dropped)
         if "int8_static_dropped" in entry:  # (the int8 graph runs with static shapes too)
             dropped = entry["int8_static_dropped"]
-            lines.append(f"      {'int8 static (none)':<14} {dropped['reason']}")
+            lines.append(f"      {'int8 static (none)':<{column}} {dropped['reason']}")
         for other in entry.get("int8_alternatives", []):
-            lines.append(f"      {'int8 (other)':<14} {other['reason']}")
+            lines.append(f"      {'int8 (other)':<{column}} {other['reason']}")
     if "int8" in manifest.data:
         mix = manifest.data["int8"]
         lines.append(
@@ -278,6 +279,15 @@ def info(engines: Path, verify: bool) -> None:
             f"verified        SHA-256 of all {len(manifest.verified)} files fastimg opens match"
         )
     click.echo("\n".join(lines))
+
+
+def _variant_column(manifest) -> int:
+    """The width of the column naming each component's graph variants and int8 records."""
+    labels = ["int8 (other)"]
+    for entry in manifest.components.values():
+        labels += entry.get("variants", {})
+        labels += ["int8 static (none)"] if "int8_static_dropped" in entry else []
+    return max(map(len, labels))
 
 
 @click.command()
