@@ -26,6 +26,8 @@ def test_doctor_check_compares_each_backend_with_the_cpu_reference(tiny):
     assert result.exit_code == 0, result.output
     assert row(result.output, "openvino fp32").split()[2] == "ok"
     assert "PSNR" in row(result.output, "openvino fp32")
+    static = row(result.output, "openvino bf16, static shapes")
+    assert static.split()[4] == "ok" and "PSNR" in static
     assert row(result.output, "tensorrt fp16").split()[2] == "skipped"
 
 
@@ -56,7 +58,9 @@ def test_doctor_check_fails_when_a_backend_computes_wrong(tiny, monkeypatch):
     result = CliRunner().invoke(cli, ["doctor", "--check", str(tiny[1])])
     assert result.exit_code == 1
     assert row(result.output, "openvino bf16").split()[2] == "wrong"
+    assert row(result.output, "openvino bf16, static shapes").split()[4] == "wrong"
     assert row(result.output, "openvino fp32").split()[2] == "ok"
+    assert "openvino bf16; openvino bf16, static shapes" in result.output.splitlines()[-1]
 
 
 def test_build_without_tensorrt_names_the_extra(tiny, monkeypatch):

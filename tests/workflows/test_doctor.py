@@ -1,8 +1,10 @@
 """What the doctor asks of each precision against the CPU fp32 reference."""
 
+import copy
+
 import pytest
 
-from fastimg.engine_folder.manifest import load_manifest
+from fastimg.engine_folder.manifest import Manifest, load_manifest
 from fastimg.workflows import doctor
 
 
@@ -18,6 +20,18 @@ def test_int8_is_held_to_the_error_its_export_recorded(tiny_int8):
     manifest = load_manifest(tiny_int8[1])
     recorded = manifest.data["int8"]["image"]["psnr_db"]  # the mix --precision int8 runs
     assert doctor.min_psnr(manifest, "int8") == pytest.approx(recorded - 6.02)
+
+
+def test_int8_with_static_shapes_is_held_to_the_mixs_record_for_them(tiny_int8):
+    pytest.importorskip("openvino")
+    manifest = load_manifest(tiny_int8[1])
+    static = manifest.data["int8"]["static_image"]["psnr_db"]
+    assert doctor.min_psnr(manifest, "int8", shapes="static") == pytest.approx(static - 6.02)
+    data = copy.deepcopy(manifest.data)
+    del data["int8"]["static_image"]  # a folder exported before the record: the mix's own
+    before = Manifest.from_data(tiny_int8[1], data)
+    recorded = data["int8"]["image"]["psnr_db"]
+    assert doctor.min_psnr(before, "int8", shapes="static") == pytest.approx(recorded - 6.02)
 
 
 def test_int8_of_a_folder_with_an_int8_unet_only_is_held_to_the_unets_record(tiny_int8):
@@ -57,11 +71,15 @@ def test_the_check_jobs_run_every_engine_a_call_can_run(
 def test_a_row_is_ok_only_where_every_check_job_reaches_its_bound(tiny_inpaint_controlnet):
     pytest.importorskip("openvino")
     checked = doctor.check(tiny_inpaint_controlnet[1], log=lambda m: None)
-    rows = {(r["backend"], r["precision"]): r for r in checked}
-    fp32 = rows["openvino", "fp32"]
-    assert fp32["status"] == "ok" and set(fp32["job_psnr_db"]) == {"plain", "control"}
-    assert min(fp32["job_psnr_db"].values()) == fp32["psnr_db"] >= doctor.MIN_PSNR["fp32"]
-    assert "with control: PSNR" in fp32["detail"]
+    rows = {(r["backend"], r["precision"], r.get("shapes")): r for r in checked}
+    assert len(rows) == len(checked)
+    for shapes in ("dynamic", "static"):  # (OpenVINO compiles the calls' exact shapes too)
+        fp32 = rows["openvino", "fp32", shapes]
+        assert fp32["status"] == "ok" and set(fp32["job_psnr_db"]) == {"plain", "control"}
+        assert min(fp32["job_psnr_db"].values()) == fp32["psnr_db"] >= doctor.MIN_PSNR["fp32"]
+        assert "with control: PSNR" in fp32["detail"]
+    skipped = [r for r in checked if r["status"] == "skipped"]  # (TensorRT: not installed)
+    assert skipped and all("shapes" not in r for r in skipped)  # one row where nothing ran
 
 
 def test_a_check_job_under_its_bound_makes_the_row_wrong(tiny, tmp_path):

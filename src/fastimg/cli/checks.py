@@ -42,14 +42,12 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
     rows = checkup.check(check_engines, device=device, log=echo_err)
     click.echo(f"\ncheck against ONNX Runtime fp32 on the CPU ({check_engines}):")
     for row in rows:
-        click.echo(
-            f"  {row['backend'] + ' ' + row['precision']:<26}{row['status']:<9}{row['detail']}"
-        )
+        click.echo(f"  {checkup.row_label(row):<34}{row['status']:<9}{row['detail']}")
     bad = [r for r in rows if r["status"] in ("wrong", "failed")]
     if bad:
         raise click.ClickException(
-            f"{len(bad)} backend(s) gave wrong results or failed: "
-            + ", ".join(f"{r['backend']} {r['precision']}" for r in bad)
+            f"{len(bad)} check(s) gave wrong results or failed: "
+            + "; ".join(map(checkup.row_label, bad))
         )
 
 

@@ -3,6 +3,8 @@
 The check runs fixed img2img jobs (one, and one with control images where the folder has
 ControlNets) on every backend that can run here, each backend in a fresh process, and compares
 each image with the CPU reference (ONNX Runtime, fp32) -- the way to verify a GPU install.
+A backend that can also compile each call's exact shapes (`--shapes static`: OpenVINO, with the
+graphs the export wrote for them; ONNX Runtime CUDA's CUDA graphs) is checked that way too.
 """
 
 import json
@@ -130,13 +132,17 @@ def _image_path(out: Path, label: str) -> Path:
 def worker() -> None:
     """Run the check jobs once each on one backend, in its own process.
 
-    argv: engines, backend, precision, device, height, width, out.
+    argv: engines, backend, precision, device, height, width, out, shapes.
     """
     from ..diffusion.pipeline import Img2ImgPipeline
 
-    engines, backend, precision, device, height, width, out = sys.argv[1:8]
+    engines, backend, precision, device, height, width, out, shapes = sys.argv[1:9]
     pipe = Img2ImgPipeline.from_engines(
-        engines, backend=backend, precision=precision, device=int(device) if device else None
+        engines,
+        backend=backend,
+        precision=precision,
+        device=int(device) if device else None,
+        shapes=shapes,
     )
     seconds, ran, plan_set = {}, None, None
     for label, job in check_jobs(pipe.manifest, int(height), int(width)).items():
@@ -152,11 +158,17 @@ def worker() -> None:
 
 
 def run_isolated(
-    engines, backend: str, precision: str, device: int | None, size: tuple[int, int], out: Path
+    engines,
+    backend: str,
+    precision: str,
+    device: int | None,
+    size: tuple[int, int],
+    out: Path,
+    shapes: str = "dynamic",
 ) -> dict:
-    """Run the check job on one backend in a fresh interpreter; its report, or why it failed."""
+    """Run the check jobs on one backend in a fresh interpreter; its report, or why it failed."""
     command = [sys.executable, "-c", WORKER, str(engines), backend, precision]
-    command += ["" if device is None else str(device), *map(str, size), str(out)]
+    command += ["" if device is None else str(device), *map(str, size), str(out), shapes]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -194,16 +206,20 @@ def check_size(manifest, backend: str, precision: str, device: int | None) -> tu
     return profile.height[1], profile.width[1]  # the profile's optimum
 
 
-def min_psnr(manifest, precision: str, job: str = "plain") -> float:
+def min_psnr(manifest, precision: str, job: str = "plain", shapes: str = "dynamic") -> float:
     """The PSNR against the CPU fp32 reference that a backend must reach in `precision` on
-    check job `job` ("control": the int8 mix's record with a control image, where kept)."""
+    check job `job` ("control": the int8 mix's record with a control image, where kept) with
+    `shapes` ("static": the mix's record with static shapes, where kept)."""
     if precision != "int8":
         return MIN_PSNR[precision]
+    mix = manifest.model.int8
     with_control = (manifest.data.get("int8") or {}).get("control_image")
     if job == "control" and with_control is not None:
         recorded = with_control["psnr_db"]
-    elif manifest.model.int8 is not None:  # the mix of int8 graphs --precision int8 runs
-        recorded = manifest.model.int8.image.psnr_db
+    elif mix is not None and shapes == "static" and mix.static_image is not None:
+        recorded = mix.static_image.psnr_db
+    elif mix is not None:  # the mix of int8 graphs --precision int8 runs
+        recorded = mix.image.psnr_db
     else:  # folders exported with an int8 UNet only
         quantization = manifest.variant("unet", INT8_VARIANT).get("quantization") or {}
         recorded = (quantization.get("image") or {}).get("psnr_db")
@@ -249,17 +265,31 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
                     rows.append({**row, "status": "skipped", "detail": reason})
                     continue
                 size = check_size(manifest, backend, precision, device)
-                log(f"checking {backend} ({precision})")
-                out = Path(scratch) / f"{backend}-{precision}.png"
-                report = run_isolated(engines, backend, precision, device, size, out)
-                if "error" in report:
-                    rows.append({**row, "status": "failed", "detail": report["error"]})
-                    continue
-                rows.append({**row, **_compare(manifest, precision, report, reference(size), out)})
+                for shapes in (
+                    ("dynamic", "static") if describe(backend).static_shapes else ("dynamic",)
+                ):
+                    row = {**row, "shapes": shapes}
+                    named = "" if shapes == "dynamic" else ", static shapes"
+                    log(f"checking {backend} ({precision}{named})")
+                    out = Path(scratch) / f"{backend}-{precision}-{shapes}.png"
+                    report = run_isolated(engines, backend, precision, device, size, out, shapes)
+                    if "error" in report:
+                        rows.append({**row, "status": "failed", "detail": report["error"]})
+                        continue
+                    compared = _compare(manifest, precision, report, reference(size), out, shapes)
+                    rows.append({**row, **compared})
     return rows
 
 
-def _compare(manifest, precision: str, report: dict, expected: dict, out: Path) -> dict:
+def row_label(row: dict) -> str:
+    """'openvino int8', 'openvino int8, static shapes': which check a row reports."""
+    static = ", static shapes" if row.get("shapes") == "static" else ""
+    return f"{row['backend']} {row['precision']}{static}"
+
+
+def _compare(
+    manifest, precision: str, report: dict, expected: dict, out: Path, shapes: str = "dynamic"
+) -> dict:
     """A row's verdict: each check job's image (beside `out`) against its reference in
     `expected`; "ok" only where every job reaches its bound."""
     from PIL import Image
@@ -269,7 +299,7 @@ def _compare(manifest, precision: str, report: dict, expected: dict, out: Path) 
     scores, diffs, notes, ok = {}, {}, [], True
     for label, reference in expected.items():
         got = Image.open(_image_path(out, label)).convert("RGB")
-        needed = min_psnr(manifest, precision, label)
+        needed = min_psnr(manifest, precision, label, shapes)
         scores[label] = psnr(reference, got)
         diffs[label] = int(np.abs(np.asarray(reference, int) - np.asarray(got, int)).max())
         ok = ok and scores[label] >= needed
