@@ -2,6 +2,9 @@
 Pillow's encoder for the modes it leaves to it."""
 
 import io
+import os
+import select
+import signal
 import zlib
 
 import numpy as np
@@ -129,3 +132,21 @@ def test_pieces_deflated_on_threads_make_the_same_file_as_on_one(monkeypatch, he
     # (zlib checks the stream's checksum over all the pieces' rows as it ends)
     rows = zlib.decompress(threaded[start : start + int(length)])
     assert len(rows) == height * (96 * 3 + 1)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+def test_a_forked_child_deflates_on_threads_of_its_own():
+    image = Image.fromarray(_structured((2 * png.PIECE_ROWS, 64, 3)))
+    expected = png.encode(image)  # (the parent's pool has started)
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # a child that hung on its parent's threads would never write
+        os.write(write, b"1" if png.encode(image) == expected else b"0")
+        os._exit(0)
+    os.close(write)
+    try:
+        ready, _, _ = select.select([read], [], [], 30)
+        assert ready and os.read(read, 1) == b"1"
+    finally:
+        os.kill(child, signal.SIGKILL)  # (a hung child is not left behind)
+        os.waitpid(child, 0)

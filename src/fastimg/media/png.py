@@ -14,6 +14,7 @@ loses nothing by not seeing the one before it. The pieces are cut by rows, not b
 a file's bytes are the same on every machine.
 """
 
+import os
 import struct
 import threading
 import zlib
@@ -98,6 +99,16 @@ def _deflated_piece(rows: np.ndarray, start: int, channels: int, last: bool):
         previous = block[-1:]
     parts.append(compressor.flush(zlib.Z_FINISH if last else zlib.Z_SYNC_FLUSH))
     return filtered, b"".join(parts)
+
+
+def _forget_threads() -> None:
+    """In a forked child: the parent's threads are not there, so the pool starts anew."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_threads)
 
 
 def _threads() -> ThreadPoolExecutor:
