@@ -150,3 +150,12 @@ def test_a_forked_child_deflates_on_threads_of_its_own():
     finally:
         os.kill(child, signal.SIGKILL)  # (a hung child is not left behind)
         os.waitpid(child, 0)
+
+
+def test_zlib_ng_and_zlib_write_the_same_file(monkeypatch):
+    pytest.importorskip("zlib_ng")
+    assert png.deflating is not zlib  # (a dependency: the speed is what it is there for)
+    image = Image.fromarray(_structured((png.PIECE_ROWS + 9, 130, 3)))
+    with_ng = png.encode(image)
+    monkeypatch.setattr(png, "deflating", zlib)
+    assert png.encode(image) == with_ng
