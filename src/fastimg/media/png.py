@@ -4,8 +4,9 @@ Pillow filters every row four ways in C before deflating it: on a 512-pixel imag
 random-weight model's output) that took 24 ms, more than the rest of a one-step call outside
 its engines. Here each block of rows is filtered three ways at once in NumPy (None, Sub, Up),
 each row keeps the filter whose bytes sum smallest as signed values (libpng's heuristic), and
-zlib deflates at level 1 with run-length matching: noise in 7 ms, a photograph in about three
-quarters of Pillow's time and about 10 % more bytes than its level 1. Any other mode is Pillow's.
+zlib deflates at level 1 with run-length matching: noise in 7 ms on one core, a photograph in
+about three quarters of Pillow's time and about 10 % more bytes than its level 1. Any other mode
+is Pillow's.
 
 zlib-ng deflates where it is installed (a dependency; zlib where its wheel was not had): the
 same bytes as zlib, in 0.57x its time on run-length matching.
