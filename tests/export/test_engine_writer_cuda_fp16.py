@@ -89,7 +89,9 @@ def test_the_export_option_as_a_user_types_it(tmp_path):
     data = json.loads((tmp_path / "e" / MANIFEST).read_text())
     assert all(VARIANT in entry["variants"] for entry in data["components"].values())
     info = CliRunner().invoke(cli, ["info", str(tmp_path / "e")]).output
-    (line,) = [ln for ln in info.splitlines() if f"{VARIANT:<14} unet/model.fp16.onnx" in ln]
+    (line,) = [
+        ln for ln in info.splitlines() if ln.split()[:2] == [VARIANT, "unet/model.fp16.onnx"]
+    ]
     rel = data["components"]["unet"]["variants"][VARIANT]["parity"]["max_rel_error"]
     assert line.endswith(f"vs torch: rel {rel:.2e} (limit 0.03)")  # its own check, its bound
 
