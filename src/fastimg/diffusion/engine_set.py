@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 from .. import machine
 from ..backends import Engines, graph_variant, load_engines, select
-from ..backends.registry import describe
+from ..backends.registry import BACKENDS, describe
 from ..backends.select import exported_in_fp16, resolve
 from ..engine_folder.manifest import DEFAULT_MAX_SIDE, Manifest
 from ..errors import EngineError, InputError
@@ -96,6 +96,14 @@ class EngineSet:
     ):
         self.manifest, self.backend, self.precision = manifest, backend, precision
         self.options, self.shapes = options, shapes
+        if shapes != "dynamic" and not describe(backend).static_shapes:
+            log.warning(
+                "shapes %r does nothing on %s, which runs every shape on one compiled graph "
+                "(%s compile each call's exact shapes)",
+                shapes,
+                backend,
+                " and ".join(n for n in BACKENDS if describe(n).static_shapes),
+            )
         self._auto, self._asked_precision = auto, asked_precision
         self._lock = threading.Lock()  # the loaded engines and what calls left with them
         self._loading = threading.Lock()  # one plan set loads at a time, outside self._lock
