@@ -12,18 +12,10 @@ activation ranges differ between the two, so the calibration sees both.
 
 import numpy as np
 
+from fastimg.media.control_images import edges
+
 from .calibration import Feeds, run_calibration, unet_feed
 from .onnx_export import CONTROL_UNET, controlnets, residual_names
-
-EDGE_THRESHOLD = 24  # of Pillow's FIND_EDGES response (0..255): the strong edges only
-
-
-def edges(image):
-    """The image's edges as white lines on black (RGB), as a canny control image looks."""
-    from PIL import ImageFilter
-
-    response = image.convert("L").filter(ImageFilter.FIND_EDGES)
-    return response.point(lambda v: 255 if v > EDGE_THRESHOLD else 0).convert("RGB")
 
 
 def control_image(image, index: int):

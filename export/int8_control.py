@@ -15,9 +15,9 @@ from pathlib import Path
 
 from fastimg.backends.registry import INT8_VARIANT
 from fastimg.engine_folder.integrity import sha256
+from fastimg.media.control_images import edges
 
 from .calibration import CALIBRATION_GUIDANCE, CALIBRATION_STEPS, CALIBRATION_STRENGTH, Feeds
-from .control_calibration import edges
 from .onnx_export import CONTROL_UNET
 from .quantize import (
     CANDIDATE_FILE,

@@ -369,3 +369,16 @@ def test_the_plain_mix_drops_only_graphs_its_job_runs(tmp_path):
     assert kept == ["unet", "controlnet", "unet_control"] and plain == ["unet"]
     assert "int8_dropped" in data["components"]["vae_decoder"]
     assert INT8 in data["components"]["controlnet"]["variants"]
+
+
+def test_the_doctor_checks_int8_with_control_on_the_export_s_control_image(exported):
+    from fastimg.media.control_images import edges
+    from fastimg.workflows import doctor
+
+    manifest = load_manifest(exported[1])
+    jobs = doctor.check_jobs(manifest, 128, 128, doctor.job_set(manifest, "int8"))
+    size = manifest.data["int8"]["image"]["job"]["size"]
+    assert jobs["plain"]["image"].size == (size, size)
+    hint = jobs["control"]["control_image"]  # (what int8_control.check_call gives the export)
+    assert np.array_equal(np.asarray(hint), np.asarray(edges(jobs["plain"]["image"])))
+    assert "control_image" in manifest.data["int8"]  # the record it is held to

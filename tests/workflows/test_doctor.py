@@ -34,6 +34,36 @@ def test_int8_with_static_shapes_is_held_to_the_mixs_record_for_them(tiny_int8):
     assert doctor.min_psnr(before, "int8", shapes="static") == pytest.approx(recorded - 6.02)
 
 
+def test_int8_runs_the_export_s_image_check_the_bound_it_is_held_to_was_measured_on(
+    tiny_int8, tiny
+):
+    pytest.importorskip("openvino")
+    manifest = load_manifest(tiny_int8[1])
+    recorded = manifest.data["int8"]["image"]["job"]
+    assert doctor.job_set(manifest, "int8") == doctor.INT8_RECORD
+    assert doctor.job_set(manifest, "bf16") == doctor.STANDARD
+    assert doctor.job_set(load_manifest(tiny[1]), "int8") == doctor.STANDARD  # no record
+    (job,) = doctor.check_jobs(manifest, 128, 128, doctor.INT8_RECORD).values()
+    assert job["image"].size == (recorded["size"], recorded["size"]) and "scheduler" not in job
+    assert {key: job[key] for key in doctor.RECORDED_CALL} == {
+        key: recorded[key] for key in doctor.RECORDED_CALL
+    }
+
+
+def test_the_doctors_int8_rows_reach_the_error_the_export_recorded(tiny_int8):
+    """On the export's own job, on the CPU it was measured on, each int8 row gives the image
+    its record says (the standard job's guided call took the tiny model to 29.7 dB, under the
+    36.8 dB record's bound)."""
+    pytest.importorskip("openvino")
+    manifest = load_manifest(tiny_int8[1])
+    rows = {r.get("shapes"): r for r in doctor.check(tiny_int8[1], log=lambda m: None)
+            if r["backend"] == "openvino" and r["precision"] == "int8"}  # fmt: skip
+    for shapes, record in (("dynamic", "image"), ("static", "static_image")):
+        recorded = manifest.data["int8"][record]["psnr_db"]
+        assert rows[shapes]["status"] == "ok", rows[shapes]["detail"]
+        assert abs(rows[shapes]["psnr_db"] - recorded) < 1.5, (rows[shapes], recorded)
+
+
 def test_int8_of_a_folder_with_an_int8_unet_only_is_held_to_the_unets_record(tiny_int8):
     from fastimg.engine_folder.manifest import Manifest
 

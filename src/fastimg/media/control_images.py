@@ -16,6 +16,7 @@ from .images import to_rgb
 
 CANNY_THRESHOLDS = (100, 200)  # low, high: ControlNet's canny annotator's defaults
 SCRIBBLE_THRESHOLD = 127  # a darkest channel below this is a stroke
+EDGE_THRESHOLD = 24  # of Pillow's FIND_EDGES response (0..255): the strong edges only
 
 
 def canny(image: Image.Image, low: int = CANNY_THRESHOLDS[0], high: int = CANNY_THRESHOLDS[1]):
@@ -31,6 +32,15 @@ def scribble(image: Image.Image, threshold: int = SCRIBBLE_THRESHOLD) -> Image.I
     pixels = np.asarray(to_rgb(image), dtype=np.uint8)
     strokes = np.where(pixels.min(axis=2) < threshold, 255, 0).astype(np.uint8)
     return Image.fromarray(np.repeat(strokes[:, :, None], 3, axis=2), "RGB")
+
+
+def edges(image: Image.Image) -> Image.Image:
+    """The image's edges as white lines on black (RGB), as a canny control image looks, made
+    by Pillow alone: the control image of the int8 export's image check (and the doctor's)."""
+    from PIL import ImageFilter
+
+    response = image.convert("L").filter(ImageFilter.FIND_EDGES)
+    return response.point(lambda v: 255 if v > EDGE_THRESHOLD else 0).convert("RGB")
 
 
 PREPROCESSORS = {"canny": canny, "scribble": scribble}  # (depth: diffusion.depth, a model's)

@@ -39,6 +39,11 @@ INT8_UNRECORDED_DB = 30.0  # folders exported before the record: a working quant
 WORKER = "from fastimg.workflows.doctor import worker; worker()"
 CHECK_TIMEOUT_S = 1800
 CHECK_SIZE = (128, 128)  # height, width of the check job, where the engines take it
+# The check jobs a row runs: the standard ones, or for int8 the export's own image check, whose
+# PSNR its record gives (on another job the same graphs are further from fp32, or nearer: the
+# tiny int8 model measured 36.8 dB at export and 29.7 dB on the standard job).
+STANDARD, INT8_RECORD = "standard", "int8-record"
+RECORDED_CALL = ("prompt", "strength", "num_inference_steps", "guidance_scale", "seed")
 
 
 def machine_report() -> list[tuple[str, str]]:
@@ -91,37 +96,62 @@ def _ort_providers() -> str:
     return ", ".join(onnxruntime.get_available_providers())
 
 
-def check_jobs(manifest, height: int, width: int) -> dict[str, dict]:
-    """The fixed jobs every backend runs, by label: small, guided, a few DDIM steps; "plain"
+def check_jobs(manifest, height: int, width: int, jobs: str = STANDARD) -> dict[str, dict]:
+    """The fixed jobs a backend runs, by label: small, guided, a few DDIM steps; "plain"
     (with a mask where the folder's UNet inpaints), and "control" beside it where the folder
     has ControlNets (the input as the control image of each, or the folder's depth model's
-    map of it), so every engine a call can run is checked."""
+    map of it), so every engine a call can run is checked. `jobs` INT8_RECORD: the int8
+    export's image check as its record gives it (its size, the input's edges as the control
+    image), in place of the standard call."""
     from PIL import Image
 
+    from ..media.control_images import edges
     from ..media.images import EXAMPLE_IMAGE, load_image
 
+    recorded = _int8_job(manifest) if jobs == INT8_RECORD else None
+    if recorded is not None:
+        height = width = recorded["size"]
     image = load_image(EXAMPLE_IMAGE).resize((width, height))
-    plain = dict(
-        prompt="a watercolor house",
-        image=image,
-        strength=0.5,
-        num_inference_steps=4,
-        guidance_scale=7.5,
-        seed=0,
-        scheduler="ddim",
-    )
+    if recorded is not None:  # (the folder's own scheduler, as the export ran it)
+        plain = {"image": image, **{key: recorded[key] for key in RECORDED_CALL}}
+    else:
+        plain = dict(
+            prompt="a watercolor house",
+            image=image,
+            strength=0.5,
+            num_inference_steps=4,
+            guidance_scale=7.5,
+            seed=0,
+            scheduler="ddim",
+        )
     if manifest.inpainting:  # (it refuses a call without a mask): its middle repainted
         mask = Image.new("L", (width, height), 0)
         mask.paste(255, (width // 4, height // 4, width * 3 // 4, height * 3 // 4))
         plain["mask_image"] = mask
-    jobs = {"plain": plain}
+    checks = {"plain": plain}
     if manifest.control:
         count = len(manifest.control["controlnets"])
-        if manifest.depth_components:
-            jobs["control"] = {**plain, "control_preprocess": "depth"}
+        if recorded is not None:
+            hint = edges(image)
+            checks["control"] = {**plain, "control_image": hint if count == 1 else [hint] * count}
+        elif manifest.depth_components:
+            checks["control"] = {**plain, "control_preprocess": "depth"}
         else:
-            jobs["control"] = {**plain, "control_image": image if count == 1 else [image] * count}
-    return jobs
+            checks["control"] = {**plain, "control_image": image if count == 1 else [image] * count}
+    return checks
+
+
+def job_set(manifest, precision: str) -> str:
+    """The check jobs a row in `precision` runs: int8 runs the export's image check where its
+    record says what that was (the PSNR it is held to is that job's), else STANDARD."""
+    return INT8_RECORD if precision == "int8" and _int8_job(manifest) is not None else STANDARD
+
+
+def _int8_job(manifest) -> dict | None:
+    """The job of the int8 record min_psnr holds a folder to (the mix's, else the UNet's)."""
+    mix = manifest.data.get("int8") or {}
+    unet = manifest.variant("unet", INT8_VARIANT).get("quantization") or {}
+    return (mix.get("image") or unet.get("image") or {}).get("job")
 
 
 def _image_path(out: Path, label: str) -> Path:
@@ -132,11 +162,11 @@ def _image_path(out: Path, label: str) -> Path:
 def worker() -> None:
     """Run the check jobs once each on one backend, in its own process.
 
-    argv: engines, backend, precision, device, height, width, out, shapes.
+    argv: engines, backend, precision, device, height, width, out, shapes, jobs (check_jobs').
     """
     from ..diffusion.pipeline import Img2ImgPipeline
 
-    engines, backend, precision, device, height, width, out, shapes = sys.argv[1:9]
+    engines, backend, precision, device, height, width, out, shapes, jobs = sys.argv[1:10]
     pipe = Img2ImgPipeline.from_engines(
         engines,
         backend=backend,
@@ -145,7 +175,7 @@ def worker() -> None:
         shapes=shapes,
     )
     seconds, ran, plan_set = {}, None, None
-    for label, job in check_jobs(pipe.manifest, int(height), int(width)).items():
+    for label, job in check_jobs(pipe.manifest, int(height), int(width), jobs).items():
         pipe(**job)  # the first call compiles and warms up
         start = time.perf_counter()
         (image,) = pipe(**job)
@@ -165,10 +195,11 @@ def run_isolated(
     size: tuple[int, int],
     out: Path,
     shapes: str = "dynamic",
+    jobs: str = STANDARD,
 ) -> dict:
     """Run the check jobs on one backend in a fresh interpreter; its report, or why it failed."""
     command = [sys.executable, "-c", WORKER, str(engines), backend, precision]
-    command += ["" if device is None else str(device), *map(str, size), str(out), shapes]
+    command += ["" if device is None else str(device), *map(str, size), str(out), shapes, jobs]
     try:
         proc = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -239,20 +270,22 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
         cpu_reference = (REFERENCE[0], "fp16" if exported_in_fp16(manifest) else REFERENCE[1])
         named = "{} ({})".format(*cpu_reference)
 
-        def reference(size: tuple[int, int]) -> dict:
-            """The CPU reference images at `size` (onnxruntime, the folder's own graphs) by
-            check job, computed once per size."""
-            if size not in references:
-                png = Path(scratch) / f"reference-{size[0]}x{size[1]}.png"
-                log(f"computing the reference on {named} at {size[1]}x{size[0]}")
-                report = run_isolated(engines, *cpu_reference, None, size, png)
+        def reference(size: tuple[int, int], jobs: str = STANDARD) -> dict:
+            """The CPU reference images of check jobs `jobs` at `size` (onnxruntime, the
+            folder's own graphs) by check job, computed once each."""
+            if (size, jobs) not in references:
+                png = Path(scratch) / f"reference-{size[0]}x{size[1]}-{jobs}.png"
+                which = f"at {size[1]}x{size[0]}"
+                which = which if jobs == STANDARD else "on the int8 export's image check"
+                log(f"computing the reference on {named} {which}")
+                report = run_isolated(engines, *cpu_reference, None, size, png, "dynamic", jobs)
                 if "error" in report:
                     raise EngineError(f"the CPU reference on {named} failed: {report['error']}")
-                references[size] = {  # (by the check jobs the worker ran: job_seconds')
+                references[size, jobs] = {  # (by the check jobs the worker ran: job_seconds')
                     label: Image.open(_image_path(png, label)).convert("RGB")
                     for label in report["job_seconds"]
                 }
-            return references[size]
+            return references[size, jobs]
 
         reference(CHECK_SIZE)
         for backend in BACKENDS:
@@ -265,18 +298,22 @@ def check(engines, device: int | None = None, log=print) -> list[dict]:
                     rows.append({**row, "status": "skipped", "detail": reason})
                     continue
                 size = check_size(manifest, backend, precision, device)
+                jobs = job_set(manifest, precision)
                 for shapes in (
                     ("dynamic", "static") if describe(backend).static_shapes else ("dynamic",)
                 ):
                     row = {**row, "shapes": shapes}
-                    named = "" if shapes == "dynamic" else ", static shapes"
-                    log(f"checking {backend} ({precision}{named})")
+                    how = "" if shapes == "dynamic" else ", static shapes"
+                    log(f"checking {backend} ({precision}{how})")
                     out = Path(scratch) / f"{backend}-{precision}-{shapes}.png"
-                    report = run_isolated(engines, backend, precision, device, size, out, shapes)
+                    report = run_isolated(
+                        engines, backend, precision, device, size, out, shapes, jobs
+                    )
                     if "error" in report:
                         rows.append({**row, "status": "failed", "detail": report["error"]})
                         continue
-                    compared = _compare(manifest, precision, report, reference(size), out, shapes)
+                    expected = reference(size, jobs)
+                    compared = _compare(manifest, precision, report, expected, out, shapes)
                     rows.append({**row, **compared})
     return rows
 
