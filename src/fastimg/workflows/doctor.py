@@ -131,13 +131,11 @@ def check_jobs(manifest, height: int, width: int, jobs: str = STANDARD) -> dict[
     checks = {"plain": plain}
     if manifest.control:
         count = len(manifest.control["controlnets"])
-        if recorded is not None:
-            hint = edges(image)
-            checks["control"] = {**plain, "control_image": hint if count == 1 else [hint] * count}
-        elif manifest.depth_components:
+        if recorded is None and manifest.depth_components:
             checks["control"] = {**plain, "control_preprocess": "depth"}
-        else:
-            checks["control"] = {**plain, "control_image": image if count == 1 else [image] * count}
+        else:  # (the export's check gave every ControlNet the input's edges)
+            hint = image if recorded is None else edges(image)
+            checks["control"] = {**plain, "control_image": hint if count == 1 else [hint] * count}
     return checks
 
 
@@ -147,11 +145,24 @@ def job_set(manifest, precision: str) -> str:
     return INT8_RECORD if precision == "int8" and _int8_job(manifest) is not None else STANDARD
 
 
-def _int8_job(manifest) -> dict | None:
-    """The job of the int8 record min_psnr holds a folder to (the mix's, else the UNet's)."""
+def _int8_record(manifest, job: str = "plain", shapes: str = "dynamic") -> dict | None:
+    """The export's record of the int8 image (its PSNR from fp32 and the job it was measured
+    on) that check job `job` with `shapes` is held to: the mix's with a control image for
+    "control", with static shapes for "static" (each where kept), else the mix's own; for a
+    folder exported with an int8 UNet only, the UNet's; None where there is none."""
     mix = manifest.data.get("int8") or {}
-    unet = manifest.variant("unet", INT8_VARIANT).get("quantization") or {}
-    return (mix.get("image") or unet.get("image") or {}).get("job")
+    if job == "control" and mix.get("control_image") is not None:
+        return mix["control_image"]
+    if shapes == "static" and mix.get("static_image") is not None:
+        return mix["static_image"]
+    if mix:  # the mix of int8 graphs --precision int8 runs
+        return mix["image"]
+    return (manifest.variant("unet", INT8_VARIANT).get("quantization") or {}).get("image")
+
+
+def _int8_job(manifest) -> dict | None:
+    """The job of the int8 records min_psnr holds a folder to (one job for all of them)."""
+    return (_int8_record(manifest) or {}).get("job")
 
 
 def _image_path(out: Path, label: str) -> Path:
@@ -239,21 +250,10 @@ def check_size(manifest, backend: str, precision: str, device: int | None) -> tu
 
 def min_psnr(manifest, precision: str, job: str = "plain", shapes: str = "dynamic") -> float:
     """The PSNR against the CPU fp32 reference that a backend must reach in `precision` on
-    check job `job` ("control": the int8 mix's record with a control image, where kept) with
-    `shapes` ("static": the mix's record with static shapes, where kept)."""
+    check job `job` with `shapes`: int8 its record's (_int8_record) less INT8_MARGIN_DB."""
     if precision != "int8":
         return MIN_PSNR[precision]
-    mix = manifest.model.int8
-    with_control = (manifest.data.get("int8") or {}).get("control_image")
-    if job == "control" and with_control is not None:
-        recorded = with_control["psnr_db"]
-    elif mix is not None and shapes == "static" and mix.static_image is not None:
-        recorded = mix.static_image.psnr_db
-    elif mix is not None:  # the mix of int8 graphs --precision int8 runs
-        recorded = mix.image.psnr_db
-    else:  # folders exported with an int8 UNet only
-        quantization = manifest.variant("unet", INT8_VARIANT).get("quantization") or {}
-        recorded = (quantization.get("image") or {}).get("psnr_db")
+    recorded = (_int8_record(manifest, job, shapes) or {}).get("psnr_db")
     return INT8_UNRECORDED_DB if recorded is None else recorded - INT8_MARGIN_DB
 
 
