@@ -115,6 +115,40 @@ def test_precisions_in_sequence_across_processes_on_one_folder(tmp_path, tiny, p
     assert (tmp_path / "out5.png").is_file()
 
 
+@OPENVINO
+def test_shapes_and_precisions_in_sequence_across_processes_on_one_int8_folder(
+    tmp_path, tiny_int8, photo
+):
+    """The static-shapes caches (imported as blobs, not rehashed by OpenVINO) hand each run
+    what it compiled: int8's static-shapes graphs to int8, the GroupNorm graphs to bf16."""
+    import numpy as np
+    from PIL import Image
+
+    pytest.importorskip("nncf")
+    engines = shutil.copytree(tiny_int8[1], tmp_path / "engines")
+    shutil.rmtree(engines / OPENVINO_CACHE, ignore_errors=True)
+    image = tmp_path / "in.png"
+    photo.save(image)
+    runs = [
+        ["--precision", "int8", "--shapes", "static"],
+        ["--precision", "bf16", "--shapes", "static"],
+        ["--precision", "int8"],
+        ["--precision", "int8", "--shapes", "auto"],
+        ["--precision", "int8", "--shapes", "static"],  # from the cache run 0 wrote
+        ["--precision", "bf16", "--shapes", "static"],  # from run 1's
+    ]
+    common = ["--prompt", "a house", "--steps", "4", "--seed", "1", "--strength", "0.5"]
+    for k, options in enumerate(runs):
+        out = str(tmp_path / f"out{k}.png")
+        proc = _fastimg("transform", str(image), "--engines", str(engines), *common, *options,
+                        "-o", out)  # fmt: skip
+        assert proc.returncode == 0, f"run {k} ({options}): {proc.returncode}\n{proc.stderr}"
+    pixels = [np.asarray(Image.open(tmp_path / f"out{k}.png")) for k in range(len(runs))]
+    assert np.array_equal(pixels[0], pixels[4]) and np.array_equal(pixels[1], pixels[5])
+    assert not np.array_equal(pixels[0], pixels[1])  # (each its own graphs and kernels)
+    assert any((engines / OPENVINO_CACHE).glob("*-static*/**/*.blob"))
+
+
 def test_only_the_most_recently_used_keys_of_a_component_are_kept(tmp_path):
     import os
 
