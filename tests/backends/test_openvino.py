@@ -161,6 +161,59 @@ def test_a_cached_static_compile_is_imported_from_its_blob_without_compiling(
     np.testing.assert_array_equal(second.run(feeds)[second.output_names[0]], expected)
 
 
+def _static_decoder(engines, tmp_path):
+    from fastimg.backends.openvino import OpenVinoSession
+
+    return OpenVinoSession(
+        engines / "vae_decoder" / "model.onnx",
+        shapes="static",
+        cache_dir=tmp_path / "dynamic",
+        static_cache=lambda shapes: tmp_path / "static",
+    )
+
+
+def test_a_static_start_with_its_io_recorded_reads_no_graph(own_engines, tmp_path, monkeypatch):
+    import numpy as np
+
+    from fastimg.backends.openvino import OpenVinoSession
+
+    (tmp_path / "dynamic").mkdir()
+    (tmp_path / "static").mkdir()
+    first = _static_decoder(own_engines, tmp_path)
+    assert (tmp_path / "dynamic" / "io-model.onnx.json").is_file()
+    feeds = {"latent_sample": np.random.default_rng(0).standard_normal((1, 4, 8, 8))}
+    feeds = {name: array.astype(np.float32) for name, array in feeds.items()}
+    expected = first.run(feeds)["sample"]
+
+    # A cold start with its shapes compiled: the I/O from the record, the model from its blob.
+    monkeypatch.setattr(OpenVinoSession, "_read", lambda self: pytest.fail("read the graph"))
+    second = _static_decoder(own_engines, tmp_path)
+    assert (second.input_names, second.output_names) == (first.input_names, first.output_names)
+    assert second.signature == first.signature == {
+        "latent_sample": ("f32", 4), "sample": ("f32", 4)
+    }  # fmt: skip
+    np.testing.assert_array_equal(second.run(feeds)["sample"], expected)
+
+
+@pytest.mark.parametrize(
+    "record", ["not json", '{"inputs": []}', '{"inputs": [[1, "f32", 4]], "outputs": []}']
+)
+def test_a_damaged_io_record_is_read_from_the_graph_again(own_engines, tmp_path, record):
+    (tmp_path / "dynamic").mkdir()
+    (tmp_path / "static").mkdir()
+    (tmp_path / "dynamic" / "io-model.onnx.json").write_text(record)
+    session = _static_decoder(own_engines, tmp_path)
+    assert (session.input_names, session.output_names) == (["latent_sample"], ["sample"])
+    assert "latent_sample" in (tmp_path / "dynamic" / "io-model.onnx.json").read_text()
+
+
+def test_a_graph_whose_io_cannot_be_recorded_still_loads(own_engines, tmp_path):
+    (tmp_path / "static").mkdir()
+    session = _static_decoder(own_engines, tmp_path)  # its cache folder "dynamic" is missing
+    assert session.signature["sample"] == ("f32", 4)
+    assert not (tmp_path / "dynamic").exists()
+
+
 @pytest.mark.parametrize("damage", ["body", "header"])
 def test_a_damaged_static_blob_is_compiled_again(own_engines, tmp_path, damage):
     import numpy as np

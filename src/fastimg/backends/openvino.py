@@ -5,6 +5,7 @@ plans its kernels and memory for those sizes): always ('static'), or from the se
 shape on ('auto'), so that a size seen once does not pay a compile.
 """
 
+import json
 import logging
 import re
 import threading
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import write_atomically
 from ..errors import EngineError, require
 from ..machine import available_cores
 from . import SHAPES
@@ -77,23 +79,37 @@ class OpenVinoSession:
         self._lock = threading.Lock()
         self._shape_key = None  # the shapes the held model was compiled for (None: dynamic)
         if shapes == "static":  # nothing compiled until the first call says the shapes
-            model = self._read()
+            io = self._recorded_io()
             self._requests = None
             from .select import cpu_supports_bf16
 
             self.precision = "bf16" if precision == "bf16" and cpu_supports_bf16() else "fp32"
         else:
             model = self._compile_dynamic()
+            io = graph_io(model, names)
             # On a CPU without native bf16 OpenVINO quietly compiles f32: say what it runs.
             self.precision = compiled_precision(model.get_property("INFERENCE_PRECISION_HINT"))
             self._requests = self._pool(model)
-        # A port may carry several tensor names; the graph's own I/O name is the one wanted.
-        self.input_names = [_name(port, names) for port in model.inputs]
-        self.output_names = [_name(port, names) for port in model.outputs]
-        self.signature = {
-            _name(port, names): (port.get_element_type().get_type_name(), _rank(port))
-            for port in [*model.inputs, *model.outputs]
-        }
+        self.input_names = [name for name, _, _ in io["inputs"]]
+        self.output_names = [name for name, _, _ in io["outputs"]]
+        self.signature = {name: (dtype, rank) for name, dtype, rank in io["inputs"] + io["outputs"]}
+
+    def _recorded_io(self) -> dict:
+        """The graph's I/O (names, element types, ranks), recorded beside its compiled models
+        the first time it is read, so that a later start with its shapes compiled reads no
+        graph: reading the SD-Turbo text encoder (1.3 GB of weights inside its ONNX) took
+        4.6 s, more than importing every component's compiled model."""
+        record = None if self._cache_dir is None else self._cache_dir / f"io-{self._path.name}.json"
+        if record is not None and (io := _valid_io(record)) is not None:
+            return io
+        io = graph_io(self._read(), self._names)
+        if record is not None:
+            text = json.dumps(io).encode()
+            try:
+                write_atomically(record, lambda f: f.write(text))
+            except OSError as exc:  # a read-only folder: read the graph again next time
+                log.info("%s's inputs and outputs are not recorded (%s)", self._path, exc)
+        return io
 
     def _read(self):
         try:
@@ -266,6 +282,34 @@ def _compiled_start(blob: Path) -> int | None:
         return None
     match = CACHE_HEADER.match(head)
     return match.end() if match else None
+
+
+def graph_io(model, names: tuple[str, ...]) -> dict:
+    """{'inputs': [[name, element type, rank], ...], 'outputs': [...]} of a model or compiled
+    model, each port named by the manifest's name for it."""
+    return {
+        side: [
+            [_name(port, names), port.get_element_type().get_type_name(), _rank(port)]
+            for port in ports
+        ]
+        for side, ports in (("inputs", model.inputs), ("outputs", model.outputs))
+    }
+
+
+def _valid_io(record: Path) -> dict | None:
+    """The I/O `record` holds, or None where it is missing or not what graph_io writes."""
+    try:
+        io = json.loads(record.read_text())
+        rows = [row for side in ("inputs", "outputs") for row in io[side]]
+        if all(_valid_port(*row) for row in rows):
+            return io
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    return None
+
+
+def _valid_port(name, dtype, rank) -> bool:
+    return isinstance(name, str) and isinstance(dtype, str) and (rank is None or type(rank) is int)
 
 
 def _rank(port) -> int | None:
