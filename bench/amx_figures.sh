@@ -4,7 +4,8 @@
 #   1. the sd15 job (512, DDIM 4 steps x 0.5, guidance 0) against diffusers and optimum-intel
 #      bf16, with OpenVINO bf16 dynamic and static and the int8 mix (issue 24: >= 1.25x and
 #      >= 1.6x the peer's bf16), cold start and peak memory as the bench records them;
-#   2. SD-Turbo + TAESD at 512, one UNet call, bf16 and int8 (issue 24: <= 0.6 s);
+#   2. SD-Turbo + TAESD at 512, one UNet call, bf16 and int8 (issue 24: <= 0.6 s), and what
+#      its int8 call with static shapes spends outside the engines (issue 24: under 2 %);
 #   3. the stream at 256 and 512, bf16, int8 and int8 with static shapes (issue 29: >= 5 and
 #      >= 1.5 frames/s, >= 5x diffusers frame by frame);
 #   4. per-layer profiles of the UNet at 512 (bf16, int8) and the attention probe (issue 24);
@@ -17,6 +18,7 @@
 # says (PEER=/path/to/python to use another; SKIP_PEER=1 to leave it out).
 # Disk: about 65 GB (models and engine folders under WORK, 45 GB with OpenVINO's compiled
 # caches; the peer's venv and caches, 18 GB): left in place, they and a CI run filled 100 GB.
+# CORES=0-15 measures on 16 cores (the GPU machine's Xeon); the records are named for the count.
 # A dry run elsewhere (minutes): SKIP_PEER=1 SD=tiny TURBO=tiny VAE=own SIZES=64 JOB_SIZE=64 \
 #   CALIBRATION=64 CORES=0 OUT=/tmp/amx-dry WORK=/tmp/amx-dry-work bash bench/amx_figures.sh
 set -u
@@ -36,6 +38,7 @@ PEER=${PEER:-/tmp/peer-venv/bin/python}
 mkdir -p "$WORK/models" "$WORK/engines" "$OUT/results"
 cd "$WORK" || exit 1
 pin=(taskset -c "$CORES")  # the cores every measured step runs on
+tag=amx-$("${pin[@]}" nproc)cores  # in every record's name: amx-2cores, amx-16cores
 vae_args() { [ "$VAE" = own ] || echo "--vae $WORK/models/$VAE"; }
 
 # A copy of MODEL whose UNet's native size is CALIBRATION px (hardlinked weights, its own
@@ -99,7 +102,7 @@ step "issue 24: the $SD job at $JOB_SIZE against diffusers and optimum-intel bf1
 timeout 5400 "${pin[@]}" fastimg bench --model "models/$SD" --engines "engines/$SD-int8" --size "$JOB_SIZE" \
     --backend openvino:bf16 --backend openvino:bf16:static --backend openvino:int8 \
     --backend openvino:int8:static "${peer_args[@]}" --repeats 3 \
-    -o "$OUT/results/$SD-$JOB_SIZE-amx-2cores" 2>&1 | tee "$OUT/results/$SD-$JOB_SIZE.log" | tail -30
+    -o "$OUT/results/$SD-$JOB_SIZE-$tag" 2>&1 | tee "$OUT/results/$SD-$JOB_SIZE.log" | tail -30
 
 # shellcheck disable=SC2046  # vae_args is words or nothing
 export_int8 "$TURBO" "engines/$TURBO-$VAE-int8" $(vae_args)
@@ -107,9 +110,14 @@ step "issue 24: $TURBO + $VAE at $JOB_SIZE, one UNet call"
 # shellcheck disable=SC2046
 timeout 1800 "${pin[@]}" fastimg bench --model "models/$TURBO" --engines "engines/$TURBO-$VAE-int8" \
     $(vae_args) --size "$JOB_SIZE" --steps 2 --strength 0.5 --sampler euler_a \
-    --backend openvino:bf16 --backend openvino:int8 --backend openvino:int8:static --repeats 5 \
-    -o "$OUT/results/$TURBO-$VAE-$JOB_SIZE-amx-2cores" 2>&1 | tee "$OUT/results/$TURBO.log" |
+    --backend openvino:bf16 --backend openvino:bf16:static --backend openvino:int8 \
+    --backend openvino:int8:static --repeats 5 \
+    -o "$OUT/results/$TURBO-$VAE-$JOB_SIZE-$tag" 2>&1 | tee "$OUT/results/$TURBO.log" |
     tail -20
+step "issue 24: what that int8 call with static shapes spends outside its engines"
+timeout 900 "${pin[@]}" python3 -m fastimg_bench.overhead "engines/$TURBO-$VAE-int8" \
+    --precision int8 --shapes static --size "$JOB_SIZE" --real 3 --repeats 30 \
+    -o "$OUT/results/overhead-$TURBO-$VAE-$JOB_SIZE-int8-static-$tag.json" | tail -12
 
 for size in $SIZES; do
     step "issue 29: the stream at $size"
@@ -118,25 +126,25 @@ for size in $SIZES; do
         --engines "engines/$TURBO-$VAE-int8" $(vae_args) --size "$size" --steps 2 --strength 0.5 \
         --sampler euler_a --backend openvino:bf16 --backend openvino:int8 \
         --backend openvino:int8:static --frames 24 --warmup 2 \
-        -o "$OUT/results/stream-$TURBO-$VAE-$size-amx-2cores" 2>&1 |
+        -o "$OUT/results/stream-$TURBO-$VAE-$size-$tag" 2>&1 |
         tee "$OUT/results/stream-$size.log" | tail -12
 done
 
 step "issue 24: where the UNet's time goes at $JOB_SIZE (bf16, int8), and attention alone"
 for precision in bf16 int8; do
     timeout 900 "${pin[@]}" python3 -m fastimg_bench.layers "engines/$SD-int8" unet "$JOB_SIZE" "$precision" \
-        >"$OUT/results/layers-unet-$precision-$JOB_SIZE-amx-2cores.txt" 2>&1
-    head -16 "$OUT/results/layers-unet-$precision-$JOB_SIZE-amx-2cores.txt"
+        >"$OUT/results/layers-unet-$precision-$JOB_SIZE-$tag.txt" 2>&1
+    head -16 "$OUT/results/layers-unet-$precision-$JOB_SIZE-$tag.txt"
 done
 timeout 600 "${pin[@]}" python3 -m fastimg_bench.attention_probe --head-dims 32,40,48,64 \
-    -o "$OUT/results/attention-probe-amx-2cores.json"
+    -o "$OUT/results/attention-probe-$tag.json"
 
 export_int8 "$SD" "engines/$SD-cn-int8" --controlnet "models/$SD-controlnet"
 step "issue 26: the ControlNet job at $JOB_SIZE"
 timeout 5400 "${pin[@]}" fastimg bench --model "models/$SD" --engines "engines/$SD-cn-int8" \
     --size "$JOB_SIZE" --controlnet "models/$SD-controlnet" --backend openvino:bf16 \
     --backend openvino:int8 --repeats 3 --no-cold-start \
-    -o "$OUT/results/$SD-controlnet-$JOB_SIZE-amx-2cores" 2>&1 |
+    -o "$OUT/results/$SD-controlnet-$JOB_SIZE-$tag" 2>&1 |
     tee "$OUT/results/$SD-controlnet.log" | tail -20
 
 step "done"

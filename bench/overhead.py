@@ -80,6 +80,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("engines")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--shapes", default="dynamic", choices=("dynamic", "static", "auto"))
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--strength", type=float, default=0.5)
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser().parse_args(argv)
     pipe = Img2ImgPipeline.from_engines(args.engines, backend=args.backend,
-                                        precision=args.precision)  # fmt: skip
+                                        precision=args.precision, shapes=args.shapes)  # fmt: skip
     image = test_image(args.size)
     job = dict(prompt="a watercolor fox", image=image, strength=args.strength, seed=1,
                num_inference_steps=args.steps, guidance_scale=args.guidance,
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         "vae": pipe.manifest.vae_kind,
         "backend": pipe.backend,
         "precision": pipe.precision,
+        "shapes": args.shapes,
         "size": args.size,
         "real_calls": real,
         "replayed_call_s": {
