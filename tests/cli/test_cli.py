@@ -58,7 +58,8 @@ def test_same_seed_same_image_and_matches_the_python_api(runner, tiny, picture, 
         )
         assert result.exit_code == 0, result.output
     assert np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
-    api = Img2ImgPipeline.from_engines(tiny[1])(
+    # One image: the CLI asks for no shapes, the backend's choice for one size (OpenVINO: static).
+    api = Img2ImgPipeline.from_engines(tiny[1], shapes=None)(
         "a red fox",
         Image.open(picture),
         strength=0.5,
@@ -401,6 +402,53 @@ def test_static_shapes_give_the_same_images_as_dynamic_ones(runner, tiny, pictur
     assert list((engines / "openvino_cache").glob("unet-static-*"))
     result = transform(runner, engines, picture, "-o", tmp_path / "x.png", "--shapes", "frozen")
     assert result.exit_code == 2 and "'frozen' is not one of" in result.output
+
+
+@pytest.mark.parametrize(
+    ("inputs", "extra", "asked"),
+    [
+        (1, [], None),  # one image: the backend's choice for one size
+        (2, [], "dynamic"),  # two images of their own sizes: no compile per size
+        (2, ["--size", "64x64"], None),  # resized to one size
+        (1, ["--guidance", "1,3"], "dynamic"),  # a UNet batch of 1, then of 2
+        (1, ["--shapes", "dynamic"], "dynamic"),
+        (2, ["--shapes", "static"], "static"),
+    ],
+)
+def test_the_shapes_transform_asks_for_follow_the_image_sizes_of_the_run(
+    runner, tiny, photo, tmp_path, monkeypatch, inputs, extra, asked
+):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    paths = []
+    for k in range(inputs):
+        paths.append(tmp_path / f"in{k}.png")
+        photo.resize((64 + 8 * k, 64)).save(paths[-1])
+    load, asks = Img2ImgPipeline.from_engines, []
+    monkeypatch.setattr(Img2ImgPipeline, "from_engines", classmethod(
+        lambda cls, *a, **kw: asks.append(kw["shapes"]) or load(*a, **kw)))  # fmt: skip
+    result = transform(runner, tiny[1], *paths, "-o", tmp_path / "out", "--seed", "1", *extra)
+    assert result.exit_code == 0, result.output
+    assert asks == [asked]
+
+
+def test_one_image_runs_static_shapes_on_openvino_as_a_user_types_it(runner, tiny, picture,
+                                                                      tmp_path):  # fmt: skip
+    import shutil
+
+    engines = shutil.copytree(
+        tiny[1], tmp_path / "engines", ignore=shutil.ignore_patterns("openvino_cache")
+    )
+    result = transform(runner, engines, picture, "-o", tmp_path / "a.png", "--backend", "openvino")
+    assert result.exit_code == 0, result.output
+    assert list((engines / "openvino_cache").glob("unet-static-*/*.blob"))  # compiled for it
+    shutil.rmtree(engines / "openvino_cache")
+    other = tmp_path / "other.png"
+    Image.open(picture).resize((72, 64)).save(other)
+    result = transform(runner, engines, picture, other, "-o", tmp_path / "two", "--backend",
+                       "openvino")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert not list((engines / "openvino_cache").glob("unet-static-*/*.blob"))
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -407,3 +407,22 @@ def test_an_empty_mask_is_refused_in_one_line_before_any_frame(runner, tiny, tmp
                      tmp_path / "black.png")  # fmt: skip
     assert "the mask is empty" in _one_line_error(result)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+@pytest.mark.parametrize(("given", "asked"), [([], None), (["--shapes", "dynamic"], "dynamic")])
+def test_a_stream_asks_for_the_shapes_of_one_image_size(runner, tiny, tmp_path, monkeypatch,
+                                                         given, asked):  # fmt: skip
+    from PIL import Image
+
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    (tmp_path / "in").mkdir()
+    for k, frame in enumerate(frames(2)):
+        Image.fromarray(frame).save(tmp_path / "in" / f"{k}.png")
+    load, asks = Img2ImgPipeline.from_engines, []
+    monkeypatch.setattr(Img2ImgPipeline, "from_engines", classmethod(
+        lambda cls, *a, **kw: asks.append(kw["shapes"]) or load(*a, **kw)))  # fmt: skip
+    result = _stream(runner, tiny[1], tmp_path / "in", "-o", tmp_path / "out", "--every-frame",
+                     *given)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert asks == [asked]

@@ -433,3 +433,14 @@ def test_stream_options_refuse_vae_tiles_by_name(runner, tiny, clip, tmp_path):
                     "--vae-tile-size", "64")  # fmt: skip
     _refused(result, 1)
     assert "leave out --vae-tile-size" in result.stderr
+
+
+def test_a_video_asks_for_the_shapes_of_one_image_size(runner, tiny, clip, tmp_path, monkeypatch):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    load, asks = Img2ImgPipeline.from_engines, []
+    monkeypatch.setattr(Img2ImgPipeline, "from_engines", classmethod(
+        lambda cls, *a, **kw: asks.append(kw["shapes"]) or load(*a, **kw)))  # fmt: skip
+    result = _video(runner, tiny[1], clip, "-o", tmp_path / "out.mp4")
+    assert result.exit_code == 0, result.output
+    assert asks == [None]  # every frame one size: the backend's choice (OpenVINO: static)

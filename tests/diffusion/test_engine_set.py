@@ -33,3 +33,16 @@ def test_shapes_a_backend_compiles_raise_no_warning(tiny, warnings):
     Img2ImgPipeline.from_engines(tiny[1], backend="openvino", precision="fp32", shapes="static")
     Img2ImgPipeline.from_engines(tiny[1], backend="onnxruntime")
     assert not [r for r in warnings.records if "does nothing" in r.getMessage()]
+
+
+@pytest.mark.parametrize(
+    ("backend", "resolved"), [("openvino", "static"), ("onnxruntime", "dynamic")]
+)
+def test_no_shapes_asked_is_the_backends_choice_for_one_image_size(tiny, warnings, backend,
+                                                                    resolved):  # fmt: skip
+    pytest.importorskip("openvino")
+    pipe = Img2ImgPipeline.from_engines(tiny[1], backend=backend, precision="fp32", shapes=None)
+    assert pipe.engines.shapes == resolved
+    unet = pipe.engines.primary().sessions["unet"].session
+    assert getattr(unet, "shapes", "dynamic") == resolved
+    assert not [r for r in warnings.records if r.levelno >= logging.WARNING]

@@ -280,3 +280,16 @@ def test_serve_loads_and_verifies_the_manifest_once(runner, tiny, monkeypatch):
     result = runner.invoke(serve, [str(tiny[1]), "--backend", "onnxruntime"])
     assert result.exit_code == 0, result.output
     assert loaded[0].manifest.folder == tiny[1] and verified == [tiny[1]]
+
+
+@pytest.mark.parametrize(("given", "asked"), [([], "dynamic"), (["--shapes", "auto"], "auto")])
+def test_serve_runs_dynamic_shapes_unless_asked(runner, tiny, monkeypatch, given, asked):
+    # Requests come in every size and are batched together: a compile per size would not pay.
+    pytest.importorskip("fastapi")
+    import fastimg.serve
+
+    served = []
+    monkeypatch.setattr(fastimg.serve, "run_server", lambda options, *_: served.append(options))
+    result = runner.invoke(serve, [str(tiny[1]), "--backend", "openvino", *given])
+    assert result.exit_code == 0, result.output
+    assert served[0].shapes == asked

@@ -78,3 +78,22 @@ def test_draw_seeds_fills_only_the_missing_ones():
     assert drawn.call == FOX.with_values(seed=drawn.call.seed)
     with pytest.raises(InputError, match="more than 100000"):
         plan_sweep(_sources("a.png"), FOX, Sweep(seeds=tuple(range(100_001))))
+
+
+def test_one_image_size_is_one_input_or_inputs_resized_to_one_size_with_one_call_shape():
+    from fastimg.workflows.jobs import one_image_size
+
+    one = plan_sweep(_sources("a.png"), FOX, Sweep(strength=(0.3, 0.6), seeds=(1, 2)))
+    assert one_image_size(one, resized=False)
+    two = plan_sweep(_sources("a.png", "b.png"), FOX, Sweep(seeds=(1,)))
+    assert not one_image_size(two, resized=False)  # two inputs: sizes of their own
+    assert one_image_size(two, resized=True)  # --size: one size for every input
+    cfg_on_and_off = plan_sweep(_sources("a.png"), FOX, Sweep(guidance=(1.0, 7.5), seeds=(1,)))
+    assert not one_image_size(cfg_on_and_off, resized=True)  # a UNet batch of 1, then 2
+    guided = plan_sweep(_sources("a.png"), FOX, Sweep(guidance=(3.0, 7.5), seeds=(1,)))
+    assert one_image_size(guided, resized=False)
+    more_images = [*one, Job(one[0].source, one[0].call.with_values(num_images_per_prompt=2))]
+    assert not one_image_size(more_images, resized=True)
+    other_prompt = [*one, Job(one[0].source, one[0].call.with_values(prompt="a hare"))]
+    assert not one_image_size(other_prompt, resized=True)
+    assert one_image_size([], resized=False)

@@ -36,6 +36,10 @@ class Backend:
     fused_attention: str = "none"
     per_call_scratch: bool = False  # it keeps each call's scratch memory with the weights
     static_shapes: bool = False  # it can also compile each call's exact shapes (--shapes)
+    # The shapes setting of a run of one image size (a single image, a video, a stream) that
+    # asks for none: OpenVINO compiles that size once (cached on disk) and runs it faster; ONNX
+    # Runtime CUDA's CUDA graphs would hold the weights twice on the GPU, so they are asked for.
+    one_size_shapes: str = "dynamic"
     plan_sets: bool = False  # it loads prebuilt plans per call shape (TensorRT)
     serve_batch: int = 1  # requests the server runs per engine run by default
     auto: bool = True  # `--backend auto` may choose it
@@ -100,6 +104,7 @@ REGISTRY = {
             fused_attention="all",
             per_call_scratch=True,
             static_shapes=True,
+            one_size_shapes="static",
             static_graphs=((INT8_VARIANT, INT8_STATIC_VARIANT), (None, STATIC_VARIANT)),
             serve_batch=4,
         ),

@@ -60,7 +60,8 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         "backend": settings["backend"],
         "precision": settings["precision"],
         "device": settings["device"],
-        "shapes": settings["shapes"],
+        # Asked for none: the backend's choice for one image size where the run has one.
+        "shapes": settings["shapes"] or _default_shapes(planned.jobs, resize is not None),
         "loras": settings["loras"],
     }
     if settings["ray"]:
@@ -98,6 +99,14 @@ def _run(jobs, single: bool, settings: dict, grid: bool = False) -> None:
         raise click.ClickException(
             f"{failed} of {total} images failed (each is named above); the others are written"
         )
+
+
+def _default_shapes(jobs, resized: bool) -> str | None:
+    """None (the backend's choice for a run of one image size) where every call of `jobs` has
+    the same shapes, else dynamic shapes (a compile per size would cost more than it saves)."""
+    from ..workflows.jobs import one_image_size
+
+    return None if one_image_size(jobs, resized) else "dynamic"
 
 
 def _ray_runner(planned, load_options: dict, resize, settings: dict):

@@ -218,10 +218,13 @@ def engine_options(command):
         click.option(
             "--shapes",
             type=click.Choice(SHAPES),
-            default="dynamic",
-            show_default=True,
+            default=None,
             help="OpenVINO: also compile each call's exact shapes (static; auto: from a shape's "
-            "second call on, so a size seen once pays no compile). In fp32 the images are the "
+            "second call on, so a size seen once pays no compile). By default OpenVINO runs "
+            "static where every call has one image size (one input or --size, a video, a "
+            "stream: compiled once, then read from the engines' openvino_cache), else dynamic, "
+            "and dynamic in serve; on a 2-core AMX Xeon static ran the 512 stream in int8 1.2x "
+            "as fast (bench/results/README.md). In fp32 the images are the "
             "same within a pixel; bf16 and int8 kernels for exact shapes round otherwise, and "
             "int8 runs the VAE graphs the export quantized for exact shapes where it kept one "
             "(fastimg info: openvino-int8-static). ONNX "

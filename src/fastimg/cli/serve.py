@@ -185,7 +185,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
           max_connections: int, header_timeout: float, min_upload_rate: float,
           max_streams: int, allow_hosts: tuple[str, ...], cors: tuple[str, ...], on_ray: bool,
           replicas: str | None, replica_cpus: int | None, ray_address: str | None,
-          backend: str, precision: str, device: int | None, shapes: str,
+          backend: str, precision: str, device: int | None, shapes: str | None,
           loras: tuple[str, ...]) -> None:  # fmt: skip
     """Serve img2img on the engines in ENGINES over HTTP, loading them once.
 
@@ -224,7 +224,7 @@ def serve(engines: Path, host: str, port: int, workers: int, max_batch: int | No
         backend=backend,
         precision=precision,
         device=device,
-        shapes=shapes,
+        shapes=shapes or "dynamic",  # requests of every size, batched together
         loras=tuple(loras),
         workers=workers,
         max_batch=max_batch,

@@ -95,6 +95,8 @@ class EngineSet:
         asked_precision: str,
     ):
         self.manifest, self.backend, self.precision = manifest, backend, precision
+        if shapes is None:  # a run of one image size that asked for none: the backend's choice
+            shapes = describe(backend).one_size_shapes
         self.options, self.shapes = options, shapes
         if shapes != "dynamic" and not describe(backend).static_shapes:
             log.warning(

@@ -50,8 +50,8 @@ class Img2ImgPipeline:
     diffusers; bf16 and fp16 are fast and close); `max_concurrency` is how many engine runs
     may overlap per component when threads share the pipeline; `device` is the CUDA device
     index for the GPU backends (default: the current one); `shapes` is whether OpenVINO also
-    compiles each call's exact shapes ("static"; "auto": from a shape's second call on), and
-    ONNX Runtime CUDA replays them from CUDA graphs."""
+    compiles each call's exact shapes ("static"; "auto": from a shape's second call on; None: the
+    backend's choice for one image size), and ONNX Runtime CUDA replays them from CUDA graphs."""
 
     def __init__(
         self,
@@ -61,7 +61,7 @@ class Img2ImgPipeline:
         threads: int | None = None,
         max_concurrency: int = 1,
         device: int | None = None,
-        shapes: str = "dynamic",
+        shapes: str | None = "dynamic",
     ):
         if not (isinstance(max_concurrency, int) and max_concurrency >= 1):
             raise InputError(
@@ -69,7 +69,7 @@ class Img2ImgPipeline:
             )
         if device is not None and not (isinstance(device, int) and device >= 0):
             raise InputError(f"device must be a CUDA device index (0, 1, ...), got {device!r}")
-        if shapes not in SHAPES:
+        if shapes is not None and shapes not in SHAPES:
             raise InputError(f"shapes must be one of {', '.join(SHAPES)}, got {shapes!r}")
         self.manifest, self.shapes = manifest, shapes
         self.backend, resolved = resolve(backend, precision, manifest, device=device)
@@ -105,7 +105,7 @@ class Img2ImgPipeline:
         threads: int | None = None,
         max_concurrency: int = 1,
         device: int | None = None,
-        shapes: str = "dynamic",
+        shapes: str | None = "dynamic",
         loras: tuple[str, ...] = (),
         lora_ready: bool = False,
     ) -> "Img2ImgPipeline":

@@ -117,6 +117,19 @@ def _refuse_shared_stems(sources: list[Source]) -> None:
             )
 
 
+def one_image_size(jobs: list[Job], resized: bool) -> bool:
+    """Whether every call of `jobs` gives the engines the same shapes: one input (or every
+    input resized to one size), and one prompt, images per call and guidance on or off (a CFG
+    batch of 2) throughout. Such a run is what static shapes pay for: one compile."""
+    inputs = {job.source.path for job in jobs}
+    calls = {
+        (job.call.prompt, job.call.negative_prompt, job.call.num_images_per_prompt,
+         job.call.guidance_scale > 1)
+        for job in jobs
+    }  # fmt: skip
+    return len(calls) <= 1 and (resized or len(inputs) <= 1)
+
+
 def varying(jobs: list[Job]) -> tuple[str, ...]:
     """The swept settings that take more than one value among `jobs`, in SWEPT order."""
     return tuple(key for key in SWEPT if len({job.value_by_key(key) for job in jobs}) > 1)
