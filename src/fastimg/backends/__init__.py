@@ -232,6 +232,10 @@ def component_options(
 
     def static_cache(input_shapes: dict) -> Path | None:
         keyed = {**options, "static_shapes": input_shapes}
+        if backend == "openvino":  # the graph is rewritten before it is compiled for them
+            from .openvino_rewrites import REWRITES
+
+            keyed["rewrites"] = list(REWRITES)
         return compiled_cache(backend, manifest, name, precision, keyed, label=label + "-static")
 
     spec = manifest.components[name]

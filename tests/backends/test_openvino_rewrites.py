@@ -1,0 +1,116 @@
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+
+def _geglu(weights: np.ndarray, bias: np.ndarray, transposed: bool = False):
+    """diffusers' GEGLU as exported: a projection to twice the width, its halves sliced apart,
+    the value times the GELU of the gate."""
+    from openvino import opset13 as ops
+
+    x = ops.parameter([2, 5, weights.shape[1] if transposed else weights.shape[0]], np.float32)
+    projected = ops.add(ops.matmul(x, ops.constant(weights), False, transposed), ops.constant(bias))
+    half = bias.shape[0] // 2
+    value, gate = (
+        ops.slice(projected, ops.constant([a]), ops.constant([b]), ops.constant([1]),
+                  ops.constant([-1]))
+        for a, b in ((0, half), (half, 2**62))
+    )  # fmt: skip
+    return ov.Model([ops.multiply(value, ops.gelu(gate, "erf"))], [x])
+
+
+def _run(model, x):
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return compiled(x)[0]
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_a_sliced_projection_becomes_one_matmul_per_slice_with_the_same_output(transposed):
+    from fastimg.backends.openvino_rewrites import split_projections
+
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((8, 12) if not transposed else (12, 8)).astype(np.float32)
+    bias = rng.standard_normal(12).astype(np.float32)
+    x = rng.standard_normal((2, 5, 8)).astype(np.float32)
+    expected = _run(_geglu(weights, bias, transposed), x)
+
+    model = _geglu(weights, bias, transposed)
+    assert split_projections(model) == 1
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert "Slice" not in kinds and kinds.count("MatMul") == 2
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-6, atol=1e-6)
+
+
+def test_compressed_weights_are_left_as_they_are():
+    from openvino import opset13 as ops
+
+    from fastimg.backends.openvino_rewrites import split_projections
+
+    weights = np.ones((8, 12), np.float16)
+    x = ops.parameter([2, 5, 8], np.float32)
+    decompressed = ops.convert(ops.constant(weights), np.float32)  # fp16 weights
+    projected = ops.add(
+        ops.matmul(x, decompressed, False, False), ops.constant(np.ones(12, np.float32))
+    )
+    halves = [ops.slice(projected, ops.constant([a]), ops.constant([b]), ops.constant([1]),
+                        ops.constant([-1])) for a, b in ((0, 6), (6, 12))]  # fmt: skip
+    model = ov.Model([ops.multiply(*halves)], [x])
+    assert split_projections(model) == 0
+    assert [op.get_type_name() for op in model.get_ordered_ops()].count("Slice") == 2
+
+
+def test_a_projection_read_whole_elsewhere_is_left_as_it_is():
+    from openvino import opset13 as ops
+
+    from fastimg.backends.openvino_rewrites import split_projections
+
+    x = ops.parameter([2, 5, 8], np.float32)
+    projected = ops.add(ops.matmul(x, ops.constant(np.ones((8, 12), np.float32)), False, False),
+                        ops.constant(np.ones(12, np.float32)))  # fmt: skip
+    half = ops.slice(projected, ops.constant([0]), ops.constant([6]), ops.constant([1]),
+                     ops.constant([-1]))  # fmt: skip
+    model = ov.Model([half, ops.relu(projected)], [x])
+    assert split_projections(model) == 0
+
+
+def test_the_tiny_unet_compiled_for_static_shapes_runs_its_projections_split(tiny, tmp_path):
+    from fastimg.backends.openvino import OpenVinoSession
+
+    path = tiny[1] / "unet" / "model.onnx"
+    rng = np.random.default_rng(0)
+    feeds = {
+        "sample": rng.standard_normal((2, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array([500.0, 500.0], np.float32),
+        "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
+    }
+    model = ov.Core().read_model(str(path))
+    model.reshape({name: list(array.shape) for name, array in feeds.items()})
+    from fastimg.backends.openvino_rewrites import split_projections
+
+    assert split_projections(model) > 0  # the tiny UNet's GEGLUs
+    static = OpenVinoSession(path, shapes="static", threads=1)
+    dynamic = OpenVinoSession(path, threads=1)
+    ours, theirs = static.run(feeds)["out_sample"], dynamic.run(feeds)["out_sample"]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_static_compiled_cache_is_keyed_by_the_rewrites(tiny, tmp_path, monkeypatch):
+    import json
+    import shutil
+
+    from fastimg.backends import component_options, openvino_rewrites
+    from fastimg.engine_folder.manifest import load_manifest
+
+    engines = shutil.copytree(
+        tiny[1], tmp_path / "engines", ignore=shutil.ignore_patterns("openvino_cache")
+    )
+    manifest = load_manifest(engines)
+    shapes = {"sample": [1, 4, 8, 8]}
+    folder = component_options("openvino", manifest, "unet", "fp32").static_cache(shapes)
+    assert json.loads((folder / "key.json").read_text())["options"]["rewrites"] == list(
+        openvino_rewrites.REWRITES
+    )
+    monkeypatch.setattr(openvino_rewrites, "REWRITES", ("another rewrite",))
+    other = component_options("openvino", manifest, "unet", "fp32").static_cache(shapes)
+    assert other != folder  # blobs compiled before a rewrite changed are never imported

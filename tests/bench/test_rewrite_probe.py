@@ -1,0 +1,28 @@
+"""fastimg_bench.rewrite_probe: a graph for static shapes as read against rewritten."""
+
+import json
+
+import pytest
+
+pytest.importorskip("openvino")
+
+from fastimg_bench import rewrite_probe  # noqa: E402
+
+
+def test_the_probe_times_both_graphs_in_turn_and_compares_their_outputs(tiny, tmp_path, capsys):
+    out = tmp_path / "probe.json"
+    args = [str(tiny[1]), "--size", "64", "--precision", "fp32", "--repeats", "2", "-o", str(out)]
+    assert rewrite_probe.main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["command"].endswith(" ".join(args)) and record["machine"]["cores"] >= 1
+    (row,) = record["rows"]
+    assert row["component"] == "unet" and row["graph"].startswith("unet/")
+    assert all(len(row["seconds"][label]) == 2 for label in ("as read", "rewritten"))
+    assert row["speed_ratio"] > 0
+    assert row["relative_rms_difference"] < 1e-5  # in fp32 the same function, to rounding
+    assert "unet fp32 static 64: as read" in capsys.readouterr().out
+
+
+def test_a_graph_with_nothing_to_rewrite_is_refused_by_name(tiny):
+    with pytest.raises(SystemExit, match="has nothing the runtime rewrites"):
+        rewrite_probe.main([str(tiny[1]), "--component", "vae_decoder", "--size", "64"])
