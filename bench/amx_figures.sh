@@ -8,7 +8,8 @@
 #      its int8 call with static shapes spends outside the engines (issue 24: under 2 %);
 #   3. the stream at 256 and 512, bf16, int8 and int8 with static shapes (issue 29: >= 5 and
 #      >= 1.5 frames/s, >= 5x diffusers frame by frame);
-#   4. per-layer profiles of the UNet at 512 (bf16, int8) and the attention probe (issue 24);
+#   4. per-layer profiles of the UNet at 512 (bf16, int8), the attention probe and the static
+#      graphs' GEGLU rewrite (issue 24);
 #   5. the ControlNet job at 512 in bf16 and int8, a random ControlNet of the UNet (issue 26:
 #      >= 4x diffusers).
 # Several hours on 2 cores: each int8 export (calibrated at CALIBRATION px: 256 by default, as
@@ -138,6 +139,8 @@ for precision in bf16 int8; do
 done
 timeout 600 "${pin[@]}" python3 -m fastimg_bench.attention_probe --head-dims 32,40,48,64 \
     -o "$OUT/results/attention-probe-$tag.json"
+timeout 900 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
+    --precision bf16 --repeats 5 -o "$OUT/results/rewrite-probe-unet-$JOB_SIZE-$tag.json"
 
 export_int8 "$SD" "engines/$SD-cn-int8" --controlnet "models/$SD-controlnet"
 step "issue 26: the ControlNet job at $JOB_SIZE"
