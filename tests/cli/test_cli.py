@@ -442,6 +442,7 @@ def test_one_image_runs_static_shapes_on_openvino_as_a_user_types_it(runner, tin
     result = transform(runner, engines, picture, "-o", tmp_path / "a.png", "--backend", "openvino")
     assert result.exit_code == 0, result.output
     assert list((engines / "openvino_cache").glob("unet-static-*/*.blob"))  # compiled for it
+    assert "openvino compiles each image size once (static shapes" in result.stderr
     shutil.rmtree(engines / "openvino_cache")
     other = tmp_path / "other.png"
     Image.open(picture).resize((72, 64)).save(other)
@@ -449,6 +450,7 @@ def test_one_image_runs_static_shapes_on_openvino_as_a_user_types_it(runner, tin
                        "openvino")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert not list((engines / "openvino_cache").glob("unet-static-*/*.blob"))
+    assert "static shapes" not in result.stderr
 
 
 @pytest.mark.parametrize("bf16", [False, True])

@@ -97,6 +97,12 @@ class EngineSet:
         self.manifest, self.backend, self.precision = manifest, backend, precision
         if shapes is None:  # a run of one image size that asked for none: the backend's choice
             shapes = describe(backend).one_size_shapes
+            if shapes == "static":  # (its first run of a size is the slower for it: say why)
+                log.info(
+                    "%s compiles each image size once (static shapes, kept in the engines' "
+                    "compiled cache; --shapes dynamic compiles one graph for every size)",
+                    backend,
+                )
         self.options, self.shapes = options, shapes
         if shapes != "dynamic" and not describe(backend).static_shapes:
             log.warning(
