@@ -277,3 +277,20 @@ def test_a_folder_exported_in_fp16_runs_as_fp16_and_refuses_fp32(
     assert ran.exit_code == 0, ran.output
     assert "running on onnxruntime (fp16)" in ran.output and "no exact path" in ran.output
     assert Image.open(out).info["fastimg:precision"] == "fp16"
+
+
+@pytest.mark.parametrize("where", ["images", "engines", "control-image"])
+def test_a_nul_character_in_a_path_is_a_usage_error(runner, tiny, picture, tmp_path, where):
+    args = {"images": "in\x00.png", "engines": str(tiny[1]), "control-image": None}
+    if where != "images":
+        args["images"] = str(picture)
+    if where == "engines":
+        args["engines"] = "engines\x00"
+    words = ["transform", args["images"], "--engines", args["engines"], "--prompt", "a fox",
+             "-o", str(tmp_path / "out")]  # fmt: skip
+    if where == "control-image":
+        words += ["--control-image", "edges\x00.png"]
+    result = runner.invoke(cli, words)
+    assert result.exit_code == 2 and isinstance(result.exception, SystemExit)
+    assert "holds a NUL character" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()

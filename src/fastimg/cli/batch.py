@@ -9,7 +9,7 @@ import click
 
 from ..errors import InputError
 from ..settings import SEED_LIMIT, from_fields
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 from .options import (
     CONTROL_SETTINGS,
     apply_inpaint_area,
@@ -130,7 +130,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
 
 
 @click.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=PathType(path_type=Path))
 @prompt_options
 @sweep_option("strength")
 @sweep_option("num_inference_steps")
@@ -152,7 +152,7 @@ def _ray_runner(planned, load_options: dict, resize, settings: dict):
 )
 @click.option(
     "--control-image",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=PathType(exists=True, dir_okay=False, path_type=Path),
     multiple=True,
     help="ControlNet: the image that steers every output (resized to each input's size); "
     "the engines need a ControlNet (fastimg export --controlnet). Repeat it for several "
@@ -225,7 +225,7 @@ def transform(images, prompt, negative_prompt, strength, steps, guidance, seed, 
 
 
 @click.command("run")
-@click.argument("jobs", type=click.Path(path_type=Path))
+@click.argument("jobs", type=PathType(path_type=Path))
 @setting_option("prompt", help="Prompt of rows that have none.", multiple=True, default=None)
 @setting_option(
     "negative_prompt", help="Negative prompt of rows that have none.", multiple=True, default=None
@@ -274,7 +274,7 @@ def run_jobs(jobs, prompt, negative_prompt, strength, steps, guidance, seed, sch
 
 
 @click.command("inspect")
-@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("images", nargs=-1, required=True, type=PathType(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, one object per image.")
 @domain_errors
 def inspect_images(images: tuple[Path, ...], as_json: bool) -> None:

@@ -8,7 +8,7 @@ import click
 
 from ..errors import InputError
 from ..settings import BY_NAME, SAMPLERS
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 from .options import click_type, stream_engine_given, stream_engine_options
 
 
@@ -16,7 +16,7 @@ from .options import click_type, stream_engine_given, stream_engine_options
 @click.option(
     "--check",
     "check_engines",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     default=None,
     help="Run every available backend on these engines against the CPU reference (with a "
     "mask for an inpainting UNet, and once more with control images where the folder has "
@@ -82,7 +82,7 @@ def doctor(check_engines: Path | None, device: int | None) -> None:
 @click.option(
     "-o",
     "--out",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     default=None,
     help="Writes OUT.json and OUT.png [default: bench/results/NAME-SIZE].",
 )

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import click
 
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 
 
 @click.group()
@@ -13,10 +13,10 @@ def comfyui() -> None:
 
 
 @comfyui.command()
-@click.argument("comfyui_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("comfyui_dir", type=PathType(file_okay=False, path_type=Path))
 @click.option(
     "--engines",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=PathType(file_okay=False, path_type=Path),
     help="Engine folder the example workflow loads [default: fastimg-quickstart/engines].",
 )
 @domain_errors

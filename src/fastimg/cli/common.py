@@ -23,3 +23,14 @@ def domain_errors(command):
 def echo_err(message: str) -> None:
     """A message for the person at the terminal (stderr), apart from the command's output."""
     click.echo(message, err=True)
+
+
+class PathType(click.Path):
+    """click.Path that refuses a NUL character with a usage error (os.stat raises a bare
+    ValueError on it, which click.Path lets through as a traceback)."""
+
+    def convert(self, value, param, ctx):
+        """The path, checked as click.Path checks it, after refusing a NUL character."""
+        if isinstance(value, str) and "\x00" in value:
+            self.fail(f"{value!r} is not a path: it holds a NUL character", param, ctx)
+        return super().convert(value, param, ctx)

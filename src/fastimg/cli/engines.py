@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 
 # export/random_models.py defines them: pipelines, standalone VAEs, LoRA files
 ARCHITECTURES = (
@@ -30,7 +30,7 @@ ARCHITECTURES = (
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     required=True,
     help="Folder (a .safetensors file for a LoRA).",
 )
@@ -53,7 +53,7 @@ def make_model(arch: str, output: Path, seed: int) -> None:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     required=True,
     help="Engine folder to create.",
 )
@@ -174,7 +174,7 @@ def export(
 
 
 @click.command()
-@click.argument("engines", type=click.Path(path_type=Path))
+@click.argument("engines", type=PathType(path_type=Path))
 @click.option("--verify", is_flag=True, help="Re-hash every file against the manifest (SHA-256).")
 @domain_errors
 def info(engines: Path, verify: bool) -> None:
@@ -291,7 +291,7 @@ def _variant_column(manifest) -> int:
 
 
 @click.command()
-@click.argument("engines", type=click.Path(path_type=Path))
+@click.argument("engines", type=PathType(path_type=Path))
 @click.option("--height", default="512", show_default=True, help="N, MIN-MAX or MIN:OPT:MAX px.")
 @click.option("--width", default="512", show_default=True, help="N, MIN-MAX or MIN:OPT:MAX px.")
 @click.option("--batch", default="1", show_default=True, help="Images per call: N or MIN-MAX.")

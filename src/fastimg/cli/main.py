@@ -8,7 +8,7 @@ import click
 from .batch import inspect_images, run_jobs, transform
 from .checks import bench, doctor
 from .comfyui import comfyui
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 from .engines import build, export, info, make_model
 from .serve import serve
 from .stream import stream
@@ -38,7 +38,7 @@ def cli() -> None:
 @cli.command()
 @click.option(
     "--workdir",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     default=Path("fastimg-quickstart"),
     show_default=True,
     help="Where the model, engines and result go.",

@@ -23,6 +23,7 @@ from ..settings import (
     Setting,
     parse_pair,
 )
+from .common import PathType
 
 _UNSET = object()
 
@@ -185,7 +186,7 @@ def engine_options(command):
     options = [
         click.option(
             "--engines",
-            type=click.Path(path_type=Path),
+            type=PathType(path_type=Path),
             required=True,
             help="Engine folder written by fastimg export.",
         ),
@@ -250,7 +251,7 @@ def output_options(command):
         click.option(
             "-o",
             "--output",
-            type=click.Path(path_type=Path),
+            type=PathType(path_type=Path),
             required=True,
             help="Output folder (or one .png/.jpg/.webp file for a single image).",
         ),
@@ -280,14 +281,14 @@ def output_options(command):
         ),
         click.option(
             "--c2pa-cert",
-            type=click.Path(path_type=Path),
+            type=PathType(path_type=Path),
             default=None,
             help="Sign each output with C2PA Content Credentials: the PEM certificate chain "
             "(signing certificate first); needs --c2pa-key and fastimg[c2pa].",
         ),
         click.option(
             "--c2pa-key",
-            type=click.Path(path_type=Path),
+            type=PathType(path_type=Path),
             default=None,
             help="The PEM private key of --c2pa-cert.",
         ),
@@ -437,7 +438,7 @@ def mask_options(help_mask: str, folders: bool = False):
         )(command)
         return click.option(
             "--mask",
-            type=click.Path(exists=True, dir_okay=folders, path_type=Path),
+            type=PathType(exists=True, dir_okay=folders, path_type=Path),
             default=None,
             help=f"Inpainting: white repaints, black keeps; {help_mask}",
         )(command)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .batch import engine_options
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 
 
 def _engines_as_argument(command: click.Command) -> click.Command:
@@ -22,7 +22,7 @@ def _engines_as_argument(command: click.Command) -> click.Command:
 
 @_engines_as_argument
 @click.command("serve")
-@click.argument("engines", type=click.Path(path_type=Path))
+@click.argument("engines", type=PathType(path_type=Path))
 @click.option(
     "--host",
     default="127.0.0.1",

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import FastImgError
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 from .options import (
     control_list_options,
     engine_options,
@@ -68,14 +68,14 @@ class Size(click.ParamType):
 )
 @click.option(
     "--frame-log",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     default=None,
     help="Write one JSON line per output: the input frame it came from (number, time).",
 )
 @functools.partial(prompt_options, required=False, help_prompt="What every frame should become.")
 @click.option(
     "--prompt-file",
-    type=click.Path(path_type=Path, dir_okay=False),
+    type=PathType(path_type=Path, dir_okay=False),
     default=None,
     help="Read the prompt from this text file instead of --prompt, and again whenever the file "
     "changes while the stream runs: the new prompt applies from the next frame, encoded once, "
@@ -133,7 +133,7 @@ class Size(click.ParamType):
 @click.option("--quiet", "-q", is_flag=True, help="Report only errors.")
 @click.option(
     "--control-image",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=PathType(exists=True, dir_okay=False, path_type=Path),
     multiple=True,
     help="ControlNet: an image that steers every frame (read once). Repeat it for several "
     "ControlNets, one each in their order; a ControlNet past them takes each frame, made by its "

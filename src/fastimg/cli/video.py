@@ -9,7 +9,7 @@ import click
 
 from ..errors import InputError
 from ..settings import DEFAULT_REUSE_THRESHOLD, from_fields
-from .common import domain_errors, echo_err
+from .common import PathType, domain_errors, echo_err
 from .options import (
     CONTROL_SETTINGS,
     apply_inpaint_area,
@@ -32,11 +32,11 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
 
 
 @click.command("video")
-@click.argument("source", metavar="IN", type=click.Path(path_type=Path))
+@click.argument("source", metavar="IN", type=PathType(path_type=Path))
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     required=True,
     help="A video (.mp4, .mov, .mkv: H.264; .webm: VP9), or a folder for one PNG per frame.",
 )
@@ -85,7 +85,7 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
 )
 @click.option(
     "--frames-dir",
-    type=click.Path(path_type=Path),
+    type=PathType(path_type=Path),
     default=None,
     help="Also keep each frame as a PNG in this folder, so that --resume can finish an "
     "interrupted video.",
@@ -113,7 +113,7 @@ ONE_IMAGE_PER_FRAME = ("num_images_per_prompt",)  # (a video has one output fram
 @inpaint_options
 @click.option(
     "--control-image",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    type=PathType(exists=True, dir_okay=False, path_type=Path),
     multiple=True,
     help="ControlNet: an image that steers every frame. Repeat it for several ControlNets, one "
     "each in their order; a ControlNet past them takes each frame, made by its "
