@@ -8,6 +8,11 @@ Each component's graph for static shapes (the one `--shapes static` runs) is com
 the runtime compiles it (compile_config), for the shapes of one call of a SIZE x SIZE image; after
 a warm-up each, the two are timed in turn REPEATS times (a change in the machine's load falls on
 both), and the rewritten output is compared with the one as read (relative RMS difference).
+
+With `--precision int8` the rewrite happens where the export does it, before quantizing: the
+component's standard graph is quantized twice by `--int8-method` (NNCF, as `fastimg export
+--int8` quantizes a UNet), as read and rewritten, on CALIBRATION_CALLS random inputs of a
+CALIBRATION_SIZE image (the speed does not depend on what it is calibrated on).
 """
 
 import argparse
@@ -19,23 +24,54 @@ import numpy as np
 from . import record
 from .layers import feeds_for
 
+LABELS = ("as read", "rewritten")
 
-def requests_for(path, feeds: dict, precision: str) -> dict:
-    """Infer requests of the graph at `path` for the shapes of `feeds`: as read, rewritten."""
+
+def graphs_for(path, precision: str, method: str, calibration: list[dict]) -> dict:
+    """The graph at `path` as read and rewritten (for int8: each quantized by `method` on
+    `calibration`): openvino.Models, by label."""
+    import openvino as ov
+
+    from fastimg.backends.openvino_rewrites import split_projections
+
+    graphs = {}
+    for label in LABELS:
+        model = ov.Core().read_model(str(path))
+        if label == "rewritten" and split_projections(model) == 0:
+            raise SystemExit(f"error: {path} has nothing the runtime rewrites")
+        if precision == "int8":
+            from fastimg_export.quantize import quantize_model
+
+            model = quantize_model(model, calibration, method)
+        graphs[label] = model
+    return graphs
+
+
+def requests_for(graphs: dict, feeds: dict, precision: str) -> dict:
+    """An infer request of each of `graphs`, compiled for the shapes of `feeds`, by label."""
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config
-    from fastimg.backends.openvino_rewrites import split_projections
 
     core, requests = ov.Core(), {}
-    for label in ("as read", "rewritten"):
-        model = core.read_model(str(path))
+    for label, model in graphs.items():
         model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
-        if label == "rewritten" and split_projections(model) == 0:
-            raise SystemExit(f"error: {path} has nothing the runtime rewrites")
         config = compile_config(precision, None, 1)
         requests[label] = core.compile_model(model, "CPU", config).create_infer_request()
     return requests
+
+
+def calibration_feeds(manifest, component: str, size: int, calls: int) -> list[dict]:
+    """`calls` random inputs of `component` for a size x size image, each its own."""
+    rng = np.random.default_rng(1)
+    feeds = []
+    for _ in range(calls):
+        feed = feeds_for(manifest, component, size, 1)
+        for name, array in feed.items():
+            if array.dtype == np.float32 and name != "timestep":
+                feed[name] = rng.standard_normal(array.shape).astype(np.float32)
+        feeds.append(feed)
+    return feeds
 
 
 def parser() -> argparse.ArgumentParser:
@@ -45,7 +81,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("engines")
     p.add_argument("--component", action="append", help="default: unet")
     p.add_argument("--size", type=int, default=512)
-    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16"))
+    p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "int8"))
+    p.add_argument("--int8-method", default="full", choices=("full", "hybrid"))
+    p.add_argument("--calibration-size", type=int, default=256)
+    p.add_argument("--calibration-calls", type=int, default=3)
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("-o", "--output", help="write the record as JSON here")
     return p
@@ -56,14 +95,24 @@ def main(argv: list[str] | None = None) -> int:
     from fastimg.backends import component_variant
     from fastimg.engine_folder.manifest import load_manifest
     from fastimg_export.int8_choice import alternated_seconds
+    from fastimg_export.quantize import UNET_METHODS
 
     args = parser().parse_args(argv)
     manifest = load_manifest(args.engines)
+    int8 = args.precision == "int8"
+    method = UNET_METHODS[args.int8_method]
     rows = []
     for component in args.component or ["unet"]:
-        variant = component_variant("openvino", manifest, component, args.precision, "static")
+        variant, calibration = None, []  # int8: the standard graph, quantized as exported
+        if int8:
+            sizes = args.calibration_size, args.calibration_calls
+            calibration = calibration_feeds(manifest, component, *sizes)
+        else:
+            variant = component_variant("openvino", manifest, component, args.precision, "static")
         feeds = feeds_for(manifest, component, args.size, 1)
-        requests = requests_for(manifest.path(component, variant), feeds, args.precision)
+        graphs = graphs_for(manifest.path(component, variant), args.precision, method, calibration)
+        requests = requests_for(graphs, feeds, args.precision)
+        del graphs
         out = {label: r.infer(feeds)[0].copy() for label, r in requests.items()}
         seconds = alternated_seconds(requests, feeds, 0, args.repeats)
         median = {label: statistics.median(s) for label, s in seconds.items()}
@@ -78,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
             ),
             "seconds": seconds,
         }
+        if int8:
+            row["int8_method"] = method
+            row["calibration"] = {"size": args.calibration_size, "calls": args.calibration_calls}
         rows.append(row)
         print(
             f"{component} {args.precision} static {args.size}: as read {median['as read']:.3f} s, "

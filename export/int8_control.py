@@ -28,6 +28,7 @@ from .quantize import (
     layer_errors,
     log_errors,
     quantize_unet,
+    read_unet,
     save_int8,
     variant_paths,
 )
@@ -110,15 +111,12 @@ def _quantize(
 ) -> tuple[list[Path], dict]:
     """Quantize component `name` (NAME/model.onnx in `folder`) by `method` on `feeds` (the
     last held out to measure the error on) into NAME/`file_name`: the files and the errors."""
-    from fastimg.errors import require
-
-    ov = require("openvino", "int8")
     started = time.perf_counter()
     calls, held_out = feeds[:-1], feeds[-1]
     log(f"quantizing {name} to int8 ({method}) on {len(calls)} calibration calls")
     onnx_path = folder / name / "model.onnx"
     quantized = quantize_unet(onnx_path, calls, method)
-    errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
+    errors = layer_errors(read_unet(onnx_path), quantized, held_out)
     files = save_int8(quantized, onnx_path, file_name)
     del quantized
     gc.collect()

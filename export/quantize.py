@@ -53,9 +53,25 @@ def weighted_matmuls(model) -> list[str]:
     return names
 
 
+def read_unet(onnx_path: Path):
+    """The UNet (or ControlNet) graph at `onnx_path` as it is quantized and measured: each
+    sliced projection (GEGLU's) split into a MatMul per slice, as the runtime compiles float
+    graphs for static shapes (openvino_rewrites), which it cannot do to an int8 graph."""
+    ov = require("openvino", "int8")
+    from fastimg.backends.openvino_rewrites import split_projections
+
+    model = ov.Core().read_model(str(onnx_path))
+    split_projections(model)
+    return model
+
+
 def quantize_unet(onnx_path: Path, feeds: list[dict[str, np.ndarray]], method: str = HYBRID_INT8):
     """The UNet at `onnx_path` quantized by `method` on `feeds`: an openvino.Model."""
-    ov = require("openvino", "int8")
+    return quantize_model(read_unet(onnx_path), feeds, method)
+
+
+def quantize_model(model, feeds: list[dict[str, np.ndarray]], method: str = HYBRID_INT8):
+    """A UNet-like openvino.Model quantized by `method` on `feeds`: an openvino.Model."""
     nncf = require("nncf", "int8")
     from nncf.quantization.advanced_parameters import (
         AdvancedQuantizationParameters,
@@ -63,7 +79,6 @@ def quantize_unet(onnx_path: Path, feeds: list[dict[str, np.ndarray]], method: s
     )
 
     logging.getLogger("nncf").setLevel(logging.WARNING)  # not a line per layer it skips
-    model = ov.Core().read_model(str(onnx_path))
     if method == FULL_INT8:
         return nncf.quantize(
             model,
@@ -164,7 +179,6 @@ def write_int8_unet(
     the `calibration_feeds` made from `images` images: the first's manifest variant entry
     (unet/model.int8.xml, with the recorded error; the others' entries, in files of their own,
     listed in its 'candidates' until the export has measured and chosen one) and the files."""
-    ov = require("openvino", "int8")
     feeds = list(feeds)
     held_out = feeds.pop()  # measured on, never calibrated on
     onnx_path = staging / "unet" / "model.onnx"
@@ -181,7 +195,7 @@ def write_int8_unet(
         started = time.perf_counter()
         log(f"quantizing the UNet to int8 ({method}) on {len(feeds)} calibration UNet calls")
         quantized = quantize_unet(onnx_path, feeds, method)
-        errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
+        errors = layer_errors(read_unet(onnx_path), quantized, held_out)
         name = INT8_FILE if index == 0 else CANDIDATE_FILE.format(method=method)
         written = save_int8(quantized, onnx_path, name)
         del quantized

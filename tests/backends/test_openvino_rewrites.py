@@ -36,9 +36,13 @@ def test_a_sliced_projection_becomes_one_matmul_per_slice_with_the_same_output(t
     expected = _run(_geglu(weights, bias, transposed), x)
 
     model = _geglu(weights, bias, transposed)
+    (add,) = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Add"]
     assert split_projections(model) == 1
     kinds = [op.get_type_name() for op in model.get_ordered_ops()]
     assert "Slice" not in kinds and kinds.count("MatMul") == 2
+    products = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"}
+    # named after the projection, so that the int8 export's per-layer errors say which
+    assert products == {f"{add}/columns_0_6/MatMul", f"{add}/columns_6_12/MatMul"}
     np.testing.assert_allclose(_run(model, x), expected, rtol=1e-6, atol=1e-6)
 
 

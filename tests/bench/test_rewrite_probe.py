@@ -26,3 +26,19 @@ def test_the_probe_times_both_graphs_in_turn_and_compares_their_outputs(tiny, tm
 def test_a_graph_with_nothing_to_rewrite_is_refused_by_name(tiny):
     with pytest.raises(SystemExit, match="has nothing the runtime rewrites"):
         rewrite_probe.main([str(tiny[1]), "--component", "vae_decoder", "--size", "64"])
+
+
+def test_the_int8_probe_quantizes_the_graph_as_read_and_rewritten(tiny, tmp_path, capsys):
+    pytest.importorskip("nncf")
+    out = tmp_path / "probe.json"
+    args = [str(tiny[1]), "--size", "64", "--precision", "int8", "--int8-method", "full",
+            "--calibration-size", "64", "--calibration-calls", "2", "--repeats", "2",
+            "-o", str(out)]  # fmt: skip
+    assert rewrite_probe.main(args) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["graph"] == "unet/model.onnx"  # the graph the export quantizes
+    assert row["int8_method"] == "full-int8"
+    assert row["calibration"] == {"size": 64, "calls": 2}
+    assert all(len(row["seconds"][label]) == 2 for label in ("as read", "rewritten"))
+    assert 0 < row["relative_rms_difference"] < 0.3  # two quantizations: int8 rounding each
+    assert "unet int8 static 64: as read" in capsys.readouterr().out

@@ -16,6 +16,7 @@ from fastimg.cli import cli
 from fastimg.engine_folder.layout import MANIFEST
 from fastimg.engine_folder.manifest import Manifest, load_manifest
 from tests.conftest import tiny_int8_bounds
+from tests.export.exporting import sliced_projections, split_projection_pairs
 
 pytest.importorskip("nncf")
 pytest.importorskip("openvino")
@@ -136,6 +137,12 @@ def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exp
     assert quantization["chosen"] and quantization["reason"].startswith("kept")
     for rel in (variant["path"], variant["weights"]):
         assert rel in unet_control["files"] and (engines / rel).is_file()
+    for name in CONTROL:  # GEGLU's projections split before quantizing, as the UNet's
+        variant = data["components"][name]["variants"].get(INT8)
+        if variant:
+            projections = sliced_projections(engines / name / "model.onnx")
+            assert projections > 0
+            assert split_projection_pairs(engines / variant["path"]) == projections
     mix = data["int8"]
     assert "unet_control" in mix["components"]
     assert mix["control_image"]["psnr_db"] >= mix["min_psnr_db"]  # the bound, with control too

@@ -41,6 +41,24 @@ def test_the_manifest_lists_the_int8_unet_its_files_and_its_error(tiny_int8):
     assert "unet/model.int8.bin" in manifest.opened_files()
 
 
+def test_the_int8_unet_runs_its_sliced_projections_as_a_matmul_per_slice(
+    tiny_int8, tiny_int8_other_unet
+):
+    """The runtime splits GEGLU's projection only in float graphs (openvino_rewrites): the
+    export splits it before quantizing, by either method, so that no int8 graph runs a
+    slicing kernel there either."""
+    from tests.export.exporting import sliced_projections, split_projection_pairs
+
+    methods = set()
+    for _, engines in (tiny_int8, tiny_int8_other_unet):
+        variant = load_manifest(engines).components["unet"]["variants"]["openvino-int8"]
+        methods.add(variant["quantization"]["method"])
+        projections = sliced_projections(engines / "unet" / "model.onnx")
+        assert projections > 0  # the tiny UNet's transformer blocks
+        assert split_projection_pairs(engines / variant["path"]) == projections
+    assert methods == {"hybrid-int8", "full-int8"}
+
+
 def test_the_recorded_output_error_is_the_int8_graphs_as_it_runs(tiny_int8):
     """Each layer made an output too, OpenVINO runs an int8 graph otherwise (the tiny decoder's
     output error 2-3x): the output's error is measured on the graph as it is."""
