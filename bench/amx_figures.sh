@@ -136,11 +136,18 @@ for precision in bf16 int8; do
     timeout 900 "${pin[@]}" python3 -m fastimg_bench.layers "engines/$SD-int8" unet "$JOB_SIZE" "$precision" \
         >"$OUT/results/layers-unet-$precision-$JOB_SIZE-$tag.txt" 2>&1
     head -16 "$OUT/results/layers-unet-$precision-$JOB_SIZE-$tag.txt"
+    # the default path for one image size (static shapes: projections split, GroupNorm graph)
+    timeout 900 "${pin[@]}" python3 -m fastimg_bench.layers "engines/$SD-int8" unet "$JOB_SIZE" "$precision" \
+        --shapes static >"$OUT/results/layers-unet-$precision-static-$JOB_SIZE-$tag.txt" 2>&1
+    head -16 "$OUT/results/layers-unet-$precision-static-$JOB_SIZE-$tag.txt"
 done
 timeout 600 "${pin[@]}" python3 -m fastimg_bench.attention_probe --head-dims 32,40,48,64 \
     -o "$OUT/results/attention-probe-$tag.json"
 timeout 900 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
     --precision bf16 --repeats 5 -o "$OUT/results/rewrite-probe-unet-$JOB_SIZE-$tag.json"
+timeout 1800 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
+    --precision int8 --int8-method full --repeats 5 \
+    -o "$OUT/results/rewrite-probe-unet-$JOB_SIZE-int8-$tag.json"
 
 export_int8 "$SD" "engines/$SD-cn-int8" --controlnet "models/$SD-controlnet"
 step "issue 26: the ControlNet job at $JOB_SIZE"

@@ -62,6 +62,7 @@ def profile(
 
     from fastimg.backends import component_variant
     from fastimg.backends.openvino import compile_config
+    from fastimg.backends.openvino_rewrites import split_projections
     from fastimg.engine_folder.manifest import load_manifest
 
     manifest = load_manifest(engines)
@@ -71,6 +72,7 @@ def profile(
     feeds = feeds_for(manifest, component, size, batch)
     if shapes == "static":
         model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+        split_projections(model)  # as the runtime compiles a graph for static shapes
     config = {**compile_config(precision, None, 1), "PERF_COUNT": True, **(extra or {})}
     request = core.compile_model(model, "CPU", config).create_infer_request()
     request.infer(feeds)  # the first call allocates

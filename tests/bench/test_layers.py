@@ -28,6 +28,17 @@ def test_a_profile_counts_the_layers_of_one_call(tiny_controlnet, capsys):
     assert out.startswith("controlnet 64x64 batch 1 fp32 dynamic:") and "slowest layers:" in out
 
 
+def test_a_static_profile_runs_the_graph_the_runtime_compiles_for_static_shapes(tiny, capsys):
+    pytest.importorskip("openvino")
+    argv = [str(tiny[1]), "unet", "64", "fp32", "--shapes", "static", "--top", "400"]
+    assert layers.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("unet 64x64 batch 1 fp32 static:")
+    assert (
+        "ff/net.0/proj/Add/columns_" in out
+    )  # GEGLU's projections split, as openvino_rewrites does
+
+
 def test_a_profile_compiles_with_the_properties_it_is_given(tiny_controlnet, capsys):
     pytest.importorskip("openvino")
     argv = [str(tiny_controlnet[1]), "controlnet", "64", "fp32", "--top", "3"]
