@@ -9,6 +9,10 @@ the runtime compiles it (compile_config), for the shapes of one call of a SIZE x
 a warm-up each, the two are timed in turn REPEATS times (a change in the machine's load falls on
 both), and the rewritten output is compared with the one as read (relative RMS difference).
 
+`--rewrite attention-heads` probes a rewrite the runtime does not make: each attention's query
+and key heads zero-padded to HEAD_WIDTH channels (openvino_rewrites.pad_attention_heads), both
+sides with the projections split as the runtime splits them (float precisions only).
+
 With `--precision int8` the rewrite happens where the export does it, before quantizing: the
 component's standard graph is quantized twice by `--int8-method` (NNCF, as `fastimg export
 --int8` quantizes a UNet), as read and rewritten, on CALIBRATION_CALLS random inputs of a
@@ -25,20 +29,36 @@ from . import record
 from .layers import feeds_for
 
 LABELS = ("as read", "rewritten")
+PROBED = ("projection-slices", "attention-heads")
 
 
-def graphs_for(path, precision: str, method: str, calibration: list[dict]) -> dict:
-    """The graph at `path` as read and rewritten (for int8: each quantized by `method` on
-    `calibration`): openvino.Models, by label."""
+def rewrite(model, label: str, probed: str, head_width: int) -> int:
+    """Rewrite `model` as side `label` of probing rewrite `probed`: how many parts the probed
+    rewrite changed (0 on the side as read)."""
+    from fastimg.backends.openvino_rewrites import pad_attention_heads, split_projections
+
+    if probed == "projection-slices":
+        return split_projections(model) if label == "rewritten" else 0
+    split_projections(model)  # what the runtime compiles for static shapes, on both sides
+    return pad_attention_heads(model, head_width) if label == "rewritten" else 0
+
+
+def graphs_for(
+    path, feeds: dict, precision: str, method: str, calibration: list[dict],
+    probed: str = "projection-slices", head_width: int = 64,
+) -> dict:  # fmt: skip
+    """The graph at `path` as read and rewritten by `probed`, for the shapes of `feeds` (for
+    int8: each quantized by `method` on `calibration`, of their own shapes): openvino.Models,
+    by label."""
     import openvino as ov
-
-    from fastimg.backends.openvino_rewrites import split_projections
 
     graphs = {}
     for label in LABELS:
         model = ov.Core().read_model(str(path))
-        if label == "rewritten" and split_projections(model) == 0:
-            raise SystemExit(f"error: {path} has nothing the runtime rewrites")
+        if precision != "int8":  # rewritten as the runtime rewrites: for exact shapes
+            model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+        if rewrite(model, label, probed, head_width) == 0 and label == "rewritten":
+            raise SystemExit(f"error: {path} has nothing {probed} rewrites")
         if precision == "int8":
             from fastimg_export.quantize import quantize_model
 
@@ -82,6 +102,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--component", action="append", help="default: unet")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "int8"))
+    p.add_argument("--rewrite", default=PROBED[0], choices=PROBED)
+    p.add_argument("--head-width", type=int, default=64, help="--rewrite attention-heads")
     p.add_argument("--int8-method", default="full", choices=("full", "hybrid"))
     p.add_argument("--calibration-size", type=int, default=256)
     p.add_argument("--calibration-calls", type=int, default=3)
@@ -98,6 +120,8 @@ def main(argv: list[str] | None = None) -> int:
     from fastimg_export.quantize import UNET_METHODS
 
     args = parser().parse_args(argv)
+    if args.rewrite == "attention-heads" and args.precision == "int8":
+        parser().error("--rewrite attention-heads rewrites float graphs: --precision fp32 or bf16")
     manifest = load_manifest(args.engines)
     int8 = args.precision == "int8"
     method = UNET_METHODS[args.int8_method]
@@ -110,7 +134,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             variant = component_variant("openvino", manifest, component, args.precision, "static")
         feeds = feeds_for(manifest, component, args.size, 1)
-        graphs = graphs_for(manifest.path(component, variant), args.precision, method, calibration)
+        path = manifest.path(component, variant)
+        graphs = graphs_for(path, feeds, args.precision, method, calibration, args.rewrite,
+                            args.head_width)  # fmt: skip
         requests = requests_for(graphs, feeds, args.precision)
         del graphs
         out = {label: r.infer(feeds)[0].copy() for label, r in requests.items()}
@@ -133,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(
             f"{component} {args.precision} static {args.size}: as read {median['as read']:.3f} s, "
-            f"rewritten {median['rewritten']:.3f} s ({row['speed_ratio']:.3f}x), relative RMS "
-            f"difference {row['relative_rms_difference']:.2e}"
+            f"rewritten ({args.rewrite}) {median['rewritten']:.3f} s ({row['speed_ratio']:.3f}x), "
+            f"relative RMS difference {row['relative_rms_difference']:.2e}"
         )
     if args.output:
         record.save(
@@ -144,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 "engines": str(args.engines),
                 "size": args.size,
                 "precision": args.precision,
+                "rewrite": args.rewrite,
+                **({"head_width": args.head_width} if args.rewrite == "attention-heads" else {}),
                 "repeats": args.repeats,
                 "machine": record.machine(),
                 "versions": record.versions(),

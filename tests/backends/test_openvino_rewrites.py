@@ -118,3 +118,72 @@ def test_the_static_compiled_cache_is_keyed_by_the_rewrites(tiny, tmp_path, monk
     monkeypatch.setattr(openvino_rewrites, "REWRITES", ("another rewrite",))
     other = component_options("openvino", manifest, "unet", "fp32").static_cache(shapes)
     assert other != folder  # blobs compiled before a rewrite changed are never imported
+
+
+def _attention(heads: int, dim: int, tokens: int = 6, width: int = 5, bias: bool = False):
+    """Self-attention as torch exports scaled_dot_product_attention: the query, key and value
+    projected, reshaped to [1, -1, heads, dim], transposed, the query and key each scaled by the
+    square root of the scale; random weights."""
+    from openvino import opset13 as ops
+
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, tokens, width], np.float32)
+    shape = ops.constant(np.array([1, -1, heads, dim], np.int64))
+    root = ops.constant(np.array([dim**-0.25], np.float32))
+
+    def side(order, scaled=True):
+        projected = ops.matmul(x, ops.constant(rng.standard_normal((width, heads * dim)).astype(
+            np.float32)), False, False)  # fmt: skip
+        if bias:
+            projected = ops.add(projected, ops.constant(
+                rng.standard_normal(heads * dim).astype(np.float32)))  # fmt: skip
+        moved = ops.transpose(ops.reshape(projected, shape, False), ops.constant(order))
+        return ops.multiply(moved, root) if scaled else moved
+
+    scores = ops.softmax(ops.matmul(side([0, 2, 1, 3]), side([0, 2, 3, 1]), False, False), -1)
+    out = ops.matmul(scores, side([0, 2, 1, 3], scaled=False), False, False)
+    return ov.Model([out], [x])
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_attention_heads_padded_with_zeros_give_the_same_attention(bias):
+    from fastimg.backends.openvino_rewrites import pad_attention_heads
+
+    x = np.random.default_rng(1).standard_normal((1, 6, 5)).astype(np.float32)
+    expected = _run(_attention(2, 3, bias=bias), x)
+    model = _attention(2, 3, bias=bias)
+    assert pad_attention_heads(model, width=8) == 1
+    shapes = [list(op.get_output_partial_shape(0).to_shape()) for op in model.get_ordered_ops()
+              if op.get_type_name() == "Transpose"]  # fmt: skip
+    # the query's and key's heads 8 wide, the value's as they were
+    assert sorted(shapes) == [[1, 2, 6, 3], [1, 2, 6, 8], [1, 2, 8, 6]]
+    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_heads_as_wide_as_asked_are_left_as_they_are():
+    from fastimg.backends.openvino_rewrites import pad_attention_heads
+
+    assert pad_attention_heads(_attention(2, 8), width=8) == 0
+    model = _attention(2, 3)
+    assert pad_attention_heads(model, width=4) == 1
+    assert pad_attention_heads(model, width=4) == 0  # (its heads are 4 wide now)
+
+
+def test_the_tiny_unet_with_its_heads_padded_gives_the_same_output(tiny):
+    from fastimg.backends.openvino_rewrites import pad_attention_heads
+
+    path = tiny[1] / "unet" / "model.onnx"
+    feeds = {
+        "sample": np.random.default_rng(0).standard_normal((1, 4, 8, 8)).astype(np.float32),
+        "timestep": np.array([500.0], np.float32),
+        "encoder_hidden_states": np.random.default_rng(1).standard_normal((1, 77, 32)).astype(
+            np.float32),
+    }  # fmt: skip
+    outputs = []
+    for pad in (False, True):
+        model = ov.Core().read_model(str(path))
+        model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+        if pad:
+            assert pad_attention_heads(model, width=16) > 0
+        outputs.append(_run(model, feeds))
+    np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)

@@ -24,7 +24,7 @@ def test_the_probe_times_both_graphs_in_turn_and_compares_their_outputs(tiny, tm
 
 
 def test_a_graph_with_nothing_to_rewrite_is_refused_by_name(tiny):
-    with pytest.raises(SystemExit, match="has nothing the runtime rewrites"):
+    with pytest.raises(SystemExit, match="has nothing projection-slices rewrites"):
         rewrite_probe.main([str(tiny[1]), "--component", "vae_decoder", "--size", "64"])
 
 
@@ -42,3 +42,21 @@ def test_the_int8_probe_quantizes_the_graph_as_read_and_rewritten(tiny, tmp_path
     assert all(len(row["seconds"][label]) == 2 for label in ("as read", "rewritten"))
     assert 0 < row["relative_rms_difference"] < 0.3  # two quantizations: int8 rounding each
     assert "unet int8 static 64: as read" in capsys.readouterr().out
+
+
+def test_the_probe_pads_attention_heads_over_the_graph_the_runtime_runs(tiny, tmp_path):
+    out = tmp_path / "probe.json"
+    args = [str(tiny[1]), "--size", "64", "--precision", "fp32", "--rewrite", "attention-heads",
+            "--head-width", "16", "--repeats", "2", "-o", str(out)]  # fmt: skip
+    assert rewrite_probe.main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["rewrite"] == "attention-heads" and record["head_width"] == 16
+    (row,) = record["rows"]
+    assert row["relative_rms_difference"] < 1e-5  # zeros added to both sides of each product
+
+
+def test_padding_heads_of_an_int8_graph_is_refused_before_any_work(tiny, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        rewrite_probe.main([str(tiny[1]), "--precision", "int8", "--rewrite", "attention-heads"])
+    assert exit_info.value.code == 2
+    assert "--rewrite attention-heads rewrites float graphs" in capsys.readouterr().err
