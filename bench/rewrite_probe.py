@@ -10,7 +10,7 @@ a warm-up each, the two are timed in turn REPEATS times (a change in the machine
 both), and the rewritten output is compared with the one as read (relative RMS difference).
 
 `--rewrite attention-heads` probes a rewrite the runtime does not make: each attention's query
-and key heads zero-padded to HEAD_WIDTH channels (openvino_rewrites.pad_attention_heads), both
+and key heads zero-padded to HEAD_WIDTH channels (fastimg_bench.head_padding), both
 sides with the projections split as the runtime splits them (float precisions only).
 
 With `--precision int8` the rewrite happens where the export does it, before quantizing: the
@@ -35,7 +35,9 @@ PROBED = ("projection-slices", "attention-heads")
 def rewrite(model, label: str, probed: str, head_width: int) -> int:
     """Rewrite `model` as side `label` of probing rewrite `probed`: how many parts the probed
     rewrite changed (0 on the side as read)."""
-    from fastimg.backends.openvino_rewrites import pad_attention_heads, split_projections
+    from fastimg.backends.openvino_rewrites import split_projections
+
+    from .head_padding import pad_attention_heads
 
     if probed == "projection-slices":
         return split_projections(model) if label == "rewritten" else 0
@@ -53,18 +55,18 @@ def graphs_for(
     import openvino as ov
 
     graphs = {}
-    for label in LABELS:
+    for label in reversed(LABELS):  # (the rewritten first: nothing quantized if it finds none)
         model = ov.Core().read_model(str(path))
         if precision != "int8":  # rewritten as the runtime rewrites: for exact shapes
             model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
         if rewrite(model, label, probed, head_width) == 0 and label == "rewritten":
-            raise SystemExit(f"error: {path} has nothing {probed} rewrites")
+            raise SystemExit(f"error: {path} has nothing that --rewrite {probed} rewrites")
         if precision == "int8":
             from fastimg_export.quantize import quantize_model
 
             model = quantize_model(model, calibration, method)
         graphs[label] = model
-    return graphs
+    return {label: graphs[label] for label in LABELS}
 
 
 def requests_for(graphs: dict, feeds: dict, precision: str) -> dict:

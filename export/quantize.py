@@ -56,7 +56,9 @@ def weighted_matmuls(model) -> list[str]:
 def read_unet(onnx_path: Path):
     """The UNet (or ControlNet) graph at `onnx_path` as it is quantized and measured: each
     sliced projection (GEGLU's) split into a MatMul per slice, as the runtime compiles float
-    graphs for static shapes (openvino_rewrites), which it cannot do to an int8 graph."""
+    graphs for static shapes (openvino_rewrites), which it cannot do to an int8 graph. (Full
+    int8's SmoothQuant then smooths the two halves' shared input by one scale, as it does any
+    MatMuls reading one input, where it smoothed the whole projection before.)"""
     ov = require("openvino", "int8")
     from fastimg.backends.openvino_rewrites import split_projections
 

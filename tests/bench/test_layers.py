@@ -34,9 +34,8 @@ def test_a_static_profile_runs_the_graph_the_runtime_compiles_for_static_shapes(
     assert layers.main(argv) == 0
     out = capsys.readouterr().out
     assert out.startswith("unet 64x64 batch 1 fp32 static:")
-    assert (
-        "ff/net.0/proj/Add/columns_" in out
-    )  # GEGLU's projections split, as openvino_rewrites does
+    # GEGLU's projections split, as openvino_rewrites splits them
+    assert "ff/net.0/proj/Add/columns_" in out
 
 
 def test_a_profile_compiles_with_the_properties_it_is_given(tiny_controlnet, capsys):

@@ -24,7 +24,7 @@ def test_the_probe_times_both_graphs_in_turn_and_compares_their_outputs(tiny, tm
 
 
 def test_a_graph_with_nothing_to_rewrite_is_refused_by_name(tiny):
-    with pytest.raises(SystemExit, match="has nothing projection-slices rewrites"):
+    with pytest.raises(SystemExit, match="has nothing that --rewrite projection-slices rewrites"):
         rewrite_probe.main([str(tiny[1]), "--component", "vae_decoder", "--size", "64"])
 
 

@@ -109,6 +109,8 @@ def _image(engines, precision: str, manifest=None, **arguments):
 
 
 def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exported):
+    from fastimg_export.quantize import read_unet, weighted_matmuls
+
     _, engines, output = exported
     assert "running 3 calibration images with control" in output
     assert "controlnet int8: output relative RMS error" in output
@@ -120,6 +122,11 @@ def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exp
         record = entry["variants"][INT8]["quantization"] if INT8 in entry["variants"] else None
         record = record or entry["int8_dropped"]  # (measured, and dropped with its reason)
         (other,) = entry["int8_alternatives"]  # (unet_keeps_full: both methods measured)
+        # each GEGLU half measured as a layer of its own: split before quantizing, as the UNet
+        reference = read_unet(engines / name / "model.onnx")
+        convolutions = [op for op in reference.get_ops() if op.get_type_name() == "Convolution"]
+        layers = len(convolutions) + len(weighted_matmuls(reference))
+        assert record["error"]["layers"] == other["error"]["layers"] == layers
         for quantization in (record, other):
             calibration = quantization["calibration"]
             # The same images and steps as the UNet's own calibration, the ControlNet run's.
@@ -137,12 +144,10 @@ def test_the_controlnet_and_its_unet_get_int8_graphs_calibrated_with_control(exp
     assert quantization["chosen"] and quantization["reason"].startswith("kept")
     for rel in (variant["path"], variant["weights"]):
         assert rel in unet_control["files"] and (engines / rel).is_file()
-    for name in CONTROL:  # GEGLU's projections split before quantizing, as the UNet's
-        variant = data["components"][name]["variants"].get(INT8)
-        if variant:
-            projections = sliced_projections(engines / name / "model.onnx")
-            assert projections > 0
-            assert split_projection_pairs(engines / variant["path"]) == projections
+    # GEGLU's projections split before quantizing, as the UNet's (unet_control's graph is kept)
+    projections = sliced_projections(engines / "unet_control" / "model.onnx")
+    assert projections > 0
+    assert split_projection_pairs(engines / variant["path"]) == projections
     mix = data["int8"]
     assert "unet_control" in mix["components"]
     assert mix["control_image"]["psnr_db"] >= mix["min_psnr_db"]  # the bound, with control too

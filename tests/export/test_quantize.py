@@ -47,6 +47,7 @@ def test_the_int8_unet_runs_its_sliced_projections_as_a_matmul_per_slice(
     """The runtime splits GEGLU's projection only in float graphs (openvino_rewrites): the
     export splits it before quantizing, by either method, so that no int8 graph runs a
     slicing kernel there either."""
+    from fastimg_export.quantize import read_unet, weighted_matmuls
     from tests.export.exporting import sliced_projections, split_projection_pairs
 
     methods = set()
@@ -56,6 +57,11 @@ def test_the_int8_unet_runs_its_sliced_projections_as_a_matmul_per_slice(
         projections = sliced_projections(engines / "unet" / "model.onnx")
         assert projections > 0  # the tiny UNet's transformer blocks
         assert split_projection_pairs(engines / variant["path"]) == projections
+        # every layer measured, each half among them (the fp32 reference is split alike)
+        reference = read_unet(engines / "unet" / "model.onnx")
+        convolutions = [op for op in reference.get_ops() if op.get_type_name() == "Convolution"]
+        layers = len(convolutions) + len(weighted_matmuls(reference))
+        assert variant["quantization"]["error"]["layers"] == layers
     assert methods == {"hybrid-int8", "full-int8"}
 
 
