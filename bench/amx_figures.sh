@@ -141,6 +141,15 @@ for precision in bf16 int8; do
         --shapes static >"$OUT/results/layers-unet-$precision-static-$JOB_SIZE-$tag.txt" 2>&1
     head -16 "$OUT/results/layers-unet-$precision-static-$JOB_SIZE-$tag.txt"
 done
+# the peer's UNet (the IR optimum-intel converted from torch, left by the sd15 job's peer side),
+# profiled as the peer runs it: bf16, static shapes, no rewrite of ours
+peer_unet=$(ls "${FASTIMG_PEER_CACHE:-$HOME/.cache/fastimg/peers}/$SD"-*/ir-*/unet/openvino_model.xml \
+    2>/dev/null | head -1 || true)
+if [ -n "$peer_unet" ]; then
+    timeout 900 "${pin[@]}" python3 -m fastimg_bench.layers "engines/$SD-int8" unet "$JOB_SIZE" bf16 \
+        --shapes static --graph "$peer_unet" >"$OUT/results/layers-peer-unet-bf16-static-$JOB_SIZE-$tag.txt" 2>&1
+    head -16 "$OUT/results/layers-peer-unet-bf16-static-$JOB_SIZE-$tag.txt"
+fi
 timeout 600 "${pin[@]}" python3 -m fastimg_bench.attention_probe --head-dims 32,40,48,64 \
     -o "$OUT/results/attention-probe-$tag.json"
 timeout 900 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \

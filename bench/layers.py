@@ -1,11 +1,15 @@
 """Where a component's time goes on OpenVINO: its performance counters, per layer type.
 
     python -m fastimg_bench.layers ENGINES [COMPONENT] [SIZE] [PRECISION] [--shapes static]
-        [--ov-config KEY=VALUE ...]
+        [--ov-config KEY=VALUE ...] [--graph PATH]
 
 compiles COMPONENT (default unet) as the runtime does, runs it on one call of a SIZE x SIZE
 image (the UNet with a CFG batch of 2 when --cfg is given, else 1) and prints the time per
 executed layer type and the slowest layers, from OpenVINO's PERF_COUNT profiling.
+
+`--graph PATH` profiles another graph of that component on the same inputs, compiled as it is
+(no rewrite of the runtime's), with the same properties: the IR optimum-intel converts from torch
+(its peer cache's ir-*/unet/openvino_model.xml, bench/peers/README.md), to set beside ours.
 """
 
 import argparse
@@ -54,10 +58,10 @@ def _dimension(name: str, dims: dict) -> int:
 
 def profile(
     engines: str, component: str, size: int, precision: str, shapes: str, batch: int,
-    extra: dict | None = None,
+    extra: dict | None = None, graph: str | None = None,
 ):  # fmt: skip
     """(seconds of one call, per-type rows, slowest layers) from OpenVINO's counters, compiled
-    as the runtime compiles plus the `extra` properties."""
+    as the runtime compiles plus the `extra` properties (`graph`: that graph, as it is)."""
     import openvino as ov
 
     from fastimg.backends import component_variant
@@ -68,11 +72,14 @@ def profile(
     manifest = load_manifest(engines)
     variant = component_variant("openvino", manifest, component, precision, shapes)
     core = ov.Core()
-    model = core.read_model(str(manifest.path(component, variant)))
+    model = core.read_model(graph or str(manifest.path(component, variant)))
     feeds = feeds_for(manifest, component, size, batch)
+    if graph is not None:
+        feeds = feeds_by_port(model, feeds)
     if shapes == "static":
         model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
-        split_projections(model)  # as the runtime compiles a graph for static shapes
+        if graph is None:
+            split_projections(model)  # as the runtime compiles a graph for static shapes
     config = {**compile_config(precision, None, 1), "PERF_COUNT": True, **(extra or {})}
     request = core.compile_model(model, "CPU", config).create_infer_request()
     request.infer(feeds)  # the first call allocates
@@ -93,6 +100,21 @@ def profile(
     return seconds, rows, sorted(layers, reverse=True)
 
 
+def feeds_by_port(model, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`feeds` renamed to `model`'s input names and cast to their element types; an input the
+    feeds lack is named in the error."""
+    matched = {}
+    for port in model.inputs:
+        name = next((n for n in port.get_names() if n in feeds), None)
+        if name is None:
+            raise SystemExit(
+                f"error: the graph's input {port.get_any_name()} is not one of the component's "
+                f"({', '.join(feeds)})"
+            )
+        matched[port.get_any_name()] = feeds[name].astype(port.get_element_type().to_dtype())
+    return matched
+
+
 def parser() -> argparse.ArgumentParser:
     """The command line this module takes."""
     parser = argparse.ArgumentParser(
@@ -105,6 +127,7 @@ def parser() -> argparse.ArgumentParser:
     parser.add_argument("--shapes", default="dynamic", choices=("dynamic", "static"))
     parser.add_argument("--cfg", action="store_true", help="a UNet batch of 2 (guidance)")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--graph", help="profile this graph of the component, as it is")
     ov_config.add_option(parser)
     return parser
 
@@ -115,11 +138,12 @@ def main(argv: list[str] | None = None) -> int:
     batch = 2 if args.cfg and args.component == "unet" else 1
     seconds, rows, layers = profile(
         args.engines, args.component, args.size, args.precision, args.shapes, batch,
-        ov_config.parse(args.ov_config),
+        ov_config.parse(args.ov_config), args.graph,
     )  # fmt: skip
     total = sum(r[1][0] for r in rows)
     print(
-        f"{args.component} {args.size}x{args.size} batch {batch} {args.precision} "
+        f"{args.component}{f' ({args.graph})' if args.graph else ''} {args.size}x{args.size} "
+        f"batch {batch} {args.precision} "
         f"{args.shapes}{''.join(f' {pair}' for pair in args.ov_config)}: {seconds:.3f} s per "
         f"call, {total:.3f} s in counted layers"
     )

@@ -57,3 +57,38 @@ def test_a_residual_of_an_odd_latent_side_is_rounded_up_as_the_unet_rounds(tiny_
             divisors.append(int(height.split("_div")[1]))
             assert feeds[name].shape[2] == -(-9 // divisors[-1])  # 9 / 2 -> 5, as a conv rounds
     assert divisors and max(divisors) > 1
+
+
+def _peer_like_unet(path, timestep_name="timestep"):
+    """An IR of the UNet's inputs in another graph's names and types (an int64 timestep, as a
+    converter may write it), its output the sample doubled plus the timestep: `path`."""
+    import numpy as np
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    sample = ops.parameter([-1, 4, -1, -1], np.float32, name="sample")
+    timestep = ops.parameter([-1], np.int64, name=timestep_name)
+    context = ops.parameter([-1, -1, 32], np.float32, name="encoder_hidden_states")
+    shift = ops.reshape(ops.convert(timestep, np.float32), ops.constant([-1, 1, 1, 1]), False)
+    mean = ops.reduce_mean(context, ops.constant([1, 2]), False)
+    out = ops.add(ops.add(ops.multiply(sample, ops.constant(np.float32(2))), shift),
+                  ops.reshape(mean, ops.constant([-1, 1, 1, 1]), False))  # fmt: skip
+    ov.save_model(ov.Model([out], [sample, timestep, context]), str(path))
+    return path
+
+
+def test_another_graph_of_the_component_runs_on_the_same_inputs_as_it_is(tiny, tmp_path, capsys):
+    pytest.importorskip("openvino")
+    graph = _peer_like_unet(tmp_path / "openvino_model.xml")
+    argv = [str(tiny[1]), "unet", "64", "fp32", "--shapes", "static", "--graph", str(graph)]
+    assert layers.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"unet ({graph}) 64x64 batch 1 fp32 static:")
+    assert "slowest layers:" in out
+
+
+def test_a_graph_with_an_input_the_component_lacks_is_refused_by_name(tiny, tmp_path):
+    pytest.importorskip("openvino")
+    graph = _peer_like_unet(tmp_path / "other.xml", timestep_name="t")
+    with pytest.raises(SystemExit, match="the graph's input t is not one of the component's"):
+        layers.main([str(tiny[1]), "unet", "64", "fp32", "--graph", str(graph)])
