@@ -141,6 +141,10 @@ for precision in bf16 int8; do
         --shapes static >"$OUT/results/layers-unet-$precision-static-$JOB_SIZE-$tag.txt" 2>&1
     head -16 "$OUT/results/layers-unet-$precision-static-$JOB_SIZE-$tag.txt"
 done
+# the VAE decoder as the int8 job runs it (static shapes): what is not a convolution
+timeout 900 "${pin[@]}" python3 -m fastimg_bench.layers "engines/$SD-int8" vae_decoder "$JOB_SIZE" int8 \
+    --shapes static >"$OUT/results/layers-vae_decoder-int8-static-$JOB_SIZE-$tag.txt" 2>&1
+head -16 "$OUT/results/layers-vae_decoder-int8-static-$JOB_SIZE-$tag.txt"
 # the peer's UNet (the IR optimum-intel converted from torch, left by the sd15 job's peer side),
 # profiled as the peer runs it: bf16, static shapes, no rewrite of ours
 peer_unet=$(ls "${FASTIMG_PEER_CACHE:-$HOME/.cache/fastimg/peers}/$SD"-*/ir-*/unet/openvino_model.xml \
