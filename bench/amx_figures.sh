@@ -9,7 +9,7 @@
 #   3. the stream at 256 and 512, bf16, int8 and int8 with static shapes (issue 29: >= 5 and
 #      >= 1.5 frames/s, >= 5x diffusers frame by frame);
 #   4. per-layer profiles of the UNet at 512 (bf16, int8), the attention probe and the static
-#      graphs' GEGLU rewrite (issue 24);
+#      graphs' rewrites (GEGLU's projections, the upsamplings' convolutions; issue 24);
 #   5. the ControlNet job at 512 in bf16 and int8, a random ControlNet of the UNet (issue 26:
 #      >= 4x diffusers).
 # Several hours on 2 cores: each int8 export (calibrated at CALIBRATION px: 256 by default, as
@@ -166,6 +166,14 @@ timeout 900 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8
 timeout 1800 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
     --precision int8 --int8-method full --repeats 5 \
     -o "$OUT/results/rewrite-probe-unet-$JOB_SIZE-int8-$tag.json"
+# the upsamplings' convolutions run per output phase: the float graphs as the runtime compiles
+# them for static shapes, and the VAE decoder's int8 graph as the export quantizes it
+timeout 1800 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
+    --precision bf16 --rewrite upsampled-convolutions --component vae_decoder --component unet \
+    --repeats 5 -o "$OUT/results/rewrite-probe-upsampled-$JOB_SIZE-$tag.json"
+timeout 1800 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
+    --precision int8 --rewrite upsampled-convolutions --component vae_decoder --repeats 5 \
+    -o "$OUT/results/rewrite-probe-upsampled-vae_decoder-$JOB_SIZE-int8-$tag.json"
 
 export_int8 "$SD" "engines/$SD-cn-int8" --controlnet "models/$SD-controlnet"
 step "issue 26: the ControlNet job at $JOB_SIZE"

@@ -66,7 +66,7 @@ def profile(
 
     from fastimg.backends import component_variant
     from fastimg.backends.openvino import compile_config
-    from fastimg.backends.openvino_rewrites import split_projections
+    from fastimg.backends.openvino_rewrites import rewrite
     from fastimg.engine_folder.manifest import load_manifest
 
     manifest = load_manifest(engines)
@@ -79,7 +79,7 @@ def profile(
     if shapes == "static":
         model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
         if graph is None:
-            split_projections(model)  # as the runtime compiles a graph for static shapes
+            rewrite(model)  # as the runtime compiles a graph for static shapes
     config = {**compile_config(precision, None, 1), "PERF_COUNT": True, **(extra or {})}
     request = core.compile_model(model, "CPU", config).create_infer_request()
     request.infer(feeds)  # the first call allocates

@@ -7,16 +7,21 @@ runtime rewrites it (fastimg.backends.openvino_rewrites), on OpenVINO:
 Each component's graph for static shapes (the one `--shapes static` runs) is compiled twice as
 the runtime compiles it (compile_config), for the shapes of one call of a SIZE x SIZE image; after
 a warm-up each, the two are timed in turn REPEATS times (a change in the machine's load falls on
-both), and the rewritten output is compared with the one as read (relative RMS difference).
+both), and the rewritten output is compared with the one as read (relative RMS difference), and
+each with the graph's in fp32.
 
-`--rewrite attention-heads` probes a rewrite the runtime does not make: each attention's query
+`--rewrite` names the rewrite probed: one of the runtime's (projection-slices, the default, or
+upsampled-convolutions: each convolution of a nearest 2x upsampling run per output phase,
+fastimg.backends.openvino_upsampling), its other rewrites made on both sides. `--rewrite
+attention-heads` probes a rewrite the runtime does not make: each attention's query
 and key heads zero-padded to HEAD_WIDTH channels (fastimg_bench.head_padding), both
 sides with the projections split as the runtime splits them (float precisions only).
 
 With `--precision int8` the rewrite happens where the export does it, before quantizing: the
-component's standard graph is quantized twice by `--int8-method` (NNCF, as `fastimg export
---int8` quantizes a UNet), as read and rewritten, on CALIBRATION_CALLS random inputs of a
-CALIBRATION_SIZE image (the speed does not depend on what it is calibrated on).
+component's standard graph is quantized twice (a UNet's by `--int8-method`, a VAE's fully, by
+NNCF, as `fastimg export --int8` quantizes them), as read and rewritten, on CALIBRATION_CALLS
+random inputs of a CALIBRATION_SIZE image (the speed does not depend on what it is calibrated
+on).
 """
 
 import argparse
@@ -29,29 +34,36 @@ from . import record
 from .layers import feeds_for
 
 LABELS = ("as read", "rewritten")
-PROBED = ("projection-slices", "attention-heads")
+PROBED = ("projection-slices", "upsampled-convolutions", "attention-heads")
 
 
 def rewrite(model, label: str, probed: str, head_width: int) -> int:
     """Rewrite `model` as side `label` of probing rewrite `probed`: how many parts the probed
     rewrite changed (0 on the side as read)."""
-    from fastimg.backends.openvino_rewrites import split_projections
+    from fastimg.backends import openvino_rewrites
+    from fastimg.backends.openvino_upsampling import fold_upsampling
 
     from .head_padding import pad_attention_heads
 
-    if probed == "projection-slices":
-        return split_projections(model) if label == "rewritten" else 0
-    split_projections(model)  # what the runtime compiles for static shapes, on both sides
-    return pad_attention_heads(model, head_width) if label == "rewritten" else 0
+    if probed == "attention-heads":
+        openvino_rewrites.rewrite(model)  # what the runtime compiles for static shapes
+        return pad_attention_heads(model, head_width) if label == "rewritten" else 0
+    openvino_rewrites.folded(model)
+    runtime = {"projection-slices": openvino_rewrites.split_projections,
+               "upsampled-convolutions": fold_upsampling}  # fmt: skip
+    for name, made in runtime.items():  # the others on both sides, as the runtime makes them
+        if name != probed:
+            made(model)
+    return runtime[probed](model) if label == "rewritten" else 0
 
 
 def graphs_for(
     path, feeds: dict, precision: str, method: str, calibration: list[dict],
-    probed: str = "projection-slices", head_width: int = 64,
+    probed: str = "projection-slices", head_width: int = 64, component: str = "unet",
 ) -> dict:  # fmt: skip
     """The graph at `path` as read and rewritten by `probed`, for the shapes of `feeds` (for
-    int8: each quantized by `method` on `calibration`, of their own shapes): openvino.Models,
-    by label."""
+    int8: each quantized on `calibration`, of their own shapes, as the export quantizes
+    `component`; a UNet by `method`): openvino.Models, by label."""
     import openvino as ov
 
     graphs = {}
@@ -62,11 +74,20 @@ def graphs_for(
         if rewrite(model, label, probed, head_width) == 0 and label == "rewritten":
             raise SystemExit(f"error: {path} has nothing that --rewrite {probed} rewrites")
         if precision == "int8":
-            from fastimg_export.quantize import quantize_model
-
-            model = quantize_model(model, calibration, method)
+            model = quantized(component, model, calibration, method)
         graphs[label] = model
     return {label: graphs[label] for label in LABELS}
+
+
+def quantized(component: str, model, calibration: list[dict], method: str):
+    """`model` quantized as the export quantizes `component`: a VAE's fully
+    (int8_components), a UNet's by `method`."""
+    from fastimg_export.int8_components import METHODS, quantize_read
+    from fastimg_export.quantize import quantize_model
+
+    if component in METHODS:
+        return quantize_read(component, model, calibration)
+    return quantize_model(model, calibration, method)
 
 
 def requests_for(graphs: dict, feeds: dict, precision: str) -> dict:
@@ -81,6 +102,16 @@ def requests_for(graphs: dict, feeds: dict, precision: str) -> dict:
         config = compile_config(precision, None, 1)
         requests[label] = core.compile_model(model, "CPU", config).create_infer_request()
     return requests
+
+
+def fp32_output(path, feeds: dict) -> np.ndarray:
+    """The first output of the graph at `path` as read, in fp32, on `feeds`."""
+    import openvino as ov
+
+    from fastimg.backends.openvino import compile_config
+
+    compiled = ov.Core().compile_model(str(path), "CPU", compile_config("fp32", None, 1))
+    return compiled.create_infer_request().infer(feeds)[0].copy()
 
 
 def calibration_feeds(manifest, component: str, size: int, calls: int) -> list[dict]:
@@ -118,8 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     """Probe each component; print a line each, write the record."""
     from fastimg.backends import component_variant
     from fastimg.engine_folder.manifest import load_manifest
+    from fastimg_export import int8_components
     from fastimg_export.int8_choice import alternated_seconds
-    from fastimg_export.quantize import UNET_METHODS
+    from fastimg_export.quantize import UNET_METHODS, relative_rms
 
     args = parser().parse_args(argv)
     if args.rewrite == "attention-heads" and args.precision == "int8":
@@ -138,10 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         feeds = feeds_for(manifest, component, args.size, 1)
         path = manifest.path(component, variant)
         graphs = graphs_for(path, feeds, args.precision, method, calibration, args.rewrite,
-                            args.head_width)  # fmt: skip
+                            args.head_width, component)  # fmt: skip
         requests = requests_for(graphs, feeds, args.precision)
         del graphs
         out = {label: r.infer(feeds)[0].copy() for label, r in requests.items()}
+        reference = fp32_output(path, feeds)
         seconds = alternated_seconds(requests, feeds, 0, args.repeats)
         median = {label: statistics.median(s) for label, s in seconds.items()}
         difference = out["rewritten"] - out["as read"]
@@ -153,16 +186,20 @@ def main(argv: list[str] | None = None) -> int:
             "relative_rms_difference": float(
                 np.sqrt(np.mean(difference**2) / np.mean(out["as read"] ** 2))
             ),
+            "relative_rms_error_vs_fp32": {
+                label: relative_rms(output, reference) for label, output in out.items()
+            },
             "seconds": seconds,
         }
         if int8:
-            row["int8_method"] = method
+            row["int8_method"] = int8_components.METHODS.get(component, method)
             row["calibration"] = {"size": args.calibration_size, "calls": args.calibration_calls}
         rows.append(row)
         print(
             f"{component} {args.precision} static {args.size}: as read {median['as read']:.3f} s, "
             f"rewritten ({args.rewrite}) {median['rewritten']:.3f} s ({row['speed_ratio']:.3f}x), "
-            f"relative RMS difference {row['relative_rms_difference']:.2e}"
+            f"relative RMS difference {row['relative_rms_difference']:.2e}; against fp32: "
+            + ", ".join(f"{k} {v:.2e}" for k, v in row["relative_rms_error_vs_fp32"].items())
         )
     if args.output:
         record.save(

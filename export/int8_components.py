@@ -37,19 +37,36 @@ def candidates(components) -> list[str]:
     return [name for name in components if name in METHODS]
 
 
+def read_component(name: str, path: Path):
+    """Component `name`'s graph at `path` as it is quantized and measured: a VAE's with each
+    convolution of an upsampled image run per output phase (openvino_upsampling), as the
+    runtime compiles float graphs for static shapes, which it cannot do to an int8 graph."""
+    ov = require("openvino", "int8")
+    from fastimg.backends.openvino_rewrites import folded
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    model = ov.Core().read_model(str(path))
+    if METHODS.get(name) == FULL_INT8 and folded(model):
+        fold_upsampling(model)
+    return model
+
+
 def quantize_component(name: str, onnx_path: Path, feeds: Feeds, in_float: tuple[str, ...] = ()):
     """Component `name`'s graph at `onnx_path` quantized by its METHODS entry: an
     openvino.Model (the VAE's calibrated on `feeds`, the layers named in `in_float` left in
     floating point)."""
-    ov = require("openvino", "int8")
+    return quantize_read(name, read_component(name, onnx_path), feeds, in_float, onnx_path)
+
+
+def quantize_read(name: str, model, feeds: Feeds, in_float: tuple[str, ...] = (), path=None):
+    """quantize_component on a graph already read (from `path`, named in errors)."""
     nncf = require("nncf", "int8")
     logging.getLogger("nncf").setLevel(logging.WARNING)  # not a line per layer it skips
-    model = ov.Core().read_model(str(onnx_path))
     # (NNCF's own check is off: the GroupNorm pattern matches nothing in an exported graph)
     missing = set(in_float) - {op.get_friendly_name() for op in model.get_ops()}
     if missing:
         raise EngineError(
-            f"{onnx_path} has no layer named {', '.join(sorted(missing))} to leave in float; "
+            f"{path or name} has no layer named {', '.join(sorted(missing))} to leave in float; "
             "this is a bug in the export, please report it"
         )
     if METHODS[name] == INT8_WEIGHTS:
@@ -71,7 +88,6 @@ def write_int8_component(
     """Write NAME/model.int8.xml (+ .bin) beside component `name`'s exported graph, from its
     calibration `feeds` (one per calibration image; the last held out to measure the error
     on): its manifest variant entry and the files written."""
-    ov = require("openvino", "int8")
     started = time.perf_counter()
     feeds = list(feeds)
     held_out = feeds.pop()
@@ -81,7 +97,7 @@ def write_int8_component(
     log(f"quantizing {name} to int8 ({method}) {how}")
     onnx_path = staging / name / "model.onnx"
     quantized = quantize_component(name, onnx_path, calibrated)
-    errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
+    errors = layer_errors(read_component(name, onnx_path), quantized, held_out)
     files = save_int8(quantized, onnx_path)
     log_errors(name, errors, started, log)
     shape = next(iter(held_out.values())).shape

@@ -23,7 +23,7 @@ from fastimg.engine_folder.integrity import sha256
 from fastimg.errors import require
 
 from .calibration import Feeds
-from .int8_components import METHODS, quantize_component
+from .int8_components import METHODS, quantize_component, read_component
 from .quantize import FULL_INT8, layer_errors, log_errors, relative_rms, save_int8, weighted_matmuls
 
 FLOAT_LAYER_STEPS = (2, 4, 8, 16)
@@ -113,7 +113,7 @@ def rescue(
     onnx_path = staging / entry["path"]
     calibration, held_out = list(feeds[:-1]), feeds[-1]
     ov = require("openvino", "int8")
-    reference = ov.Core().read_model(str(onnx_path))
+    reference = read_component(name, onnx_path)
     int8 = ov.Core().read_model(str(staging / variant["path"]))
     ranked = added_errors(reference, int8, {k: v[-1:] for k, v in held_out.items()})
     worst = [layer for layer, _ in ranked[: max(FLOAT_LAYER_STEPS)]]
@@ -124,7 +124,7 @@ def rescue(
         started = time.perf_counter()
         log(f"quantizing {name} to int8 again with its {len(layers)} worst layers in float")
         quantized = quantize_component(name, onnx_path, calibration, tuple(layers))
-        errors = layer_errors(ov.Core().read_model(str(onnx_path)), quantized, held_out)
+        errors = layer_errors(read_component(name, onnx_path), quantized, held_out)
         files = save_int8(quantized, onnx_path)
         del quantized
         log_errors(name, errors, started, log)

@@ -27,7 +27,7 @@ from fastimg.errors import require
 
 from . import int8_choice
 from .calibration import Feeds
-from .int8_components import METHODS, quantize_component
+from .int8_components import METHODS, quantize_component, read_component
 from .quantize import FULL_INT8, layer_errors, log_errors, save_int8, variant_paths
 
 STATIC_INT8_FILE = "model.int8-static.xml"
@@ -49,7 +49,6 @@ def write_static_int8(folder: Path, data: dict, name: str, feeds: Feeds, log=pri
     """Quantize component `name`'s GroupNorm graph in `folder` like its int8 graph (the same
     calibration `feeds`, the last held out, and float layers), write it beside it and list it
     as the component's INT8_STATIC_VARIANT in the manifest `data`: that variant's entry."""
-    ov = require("openvino", "int8")
     started = time.perf_counter()
     entry = data["components"][name]
     int8 = entry["variants"][INT8_VARIANT]["quantization"]
@@ -59,7 +58,7 @@ def write_static_int8(folder: Path, data: dict, name: str, feeds: Feeds, log=pri
     in_float = tuple(int8.get("float_layers", []))
     log(f"quantizing {name}'s GroupNorm graph to int8 ({int8['method']}), for static shapes")
     quantized = quantize_component(name, source, feeds, in_float)
-    errors = layer_errors(ov.Core().read_model(str(source)), quantized, held_out)
+    errors = layer_errors(read_component(name, source), quantized, held_out)
     files = save_int8(quantized, source, STATIC_INT8_FILE)
     del quantized
     gc.collect()

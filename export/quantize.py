@@ -58,7 +58,8 @@ def read_unet(onnx_path: Path):
     sliced projection (GEGLU's) split into a MatMul per slice, as the runtime compiles float
     graphs for static shapes (openvino_rewrites), which it cannot do to an int8 graph. (Full
     int8's SmoothQuant then smooths the two halves' shared input by one scale, as it does any
-    MatMuls reading one input, where it smoothed the whole projection before.)"""
+    MatMuls reading one input, where it smoothed the whole projection before.) Its upsamplings
+    stay: they go to the skip connections' sizes, known at run time (openvino_upsampling)."""
     ov = require("openvino", "int8")
     from fastimg.backends.openvino_rewrites import split_projections
 

@@ -20,7 +20,25 @@ def test_the_probe_times_both_graphs_in_turn_and_compares_their_outputs(tiny, tm
     assert all(len(row["seconds"][label]) == 2 for label in ("as read", "rewritten"))
     assert row["speed_ratio"] > 0
     assert row["relative_rms_difference"] < 1e-5  # in fp32 the same function, to rounding
+    assert set(row["relative_rms_error_vs_fp32"]) == {"as read", "rewritten"}
+    assert max(row["relative_rms_error_vs_fp32"].values()) < 1e-5
     assert "unet fp32 static 64: as read" in capsys.readouterr().out
+
+
+def test_the_upsamplings_are_probed_with_the_projections_split_on_both_sides(tiny, tmp_path):
+    out = tmp_path / "probe.json"
+    args = [str(tiny[1]), "--component", "vae_decoder", "--component", "unet", "--size", "64",
+            "--precision", "bf16", "--rewrite", "upsampled-convolutions", "--repeats", "2",
+            "-o", str(out)]  # fmt: skip
+    assert rewrite_probe.main(args) == 0
+    record = json.loads(out.read_text())
+    assert record["rewrite"] == "upsampled-convolutions"
+    assert [row["component"] for row in record["rows"]] == ["vae_decoder", "unet"]
+    for row in record["rows"]:
+        errors = row["relative_rms_error_vs_fp32"]
+        # bf16 rounds otherwise once per phase's summed kernel: no further from fp32 (a CPU
+        # without bf16 compiles fp32: the rewrite then adds rounding only, under 1e-5)
+        assert errors["rewritten"] < min(1.5 * errors["as read"] + 1e-5, 0.1)
 
 
 def test_a_graph_with_nothing_to_rewrite_is_refused_by_name(tiny):
@@ -42,6 +60,19 @@ def test_the_int8_probe_quantizes_the_graph_as_read_and_rewritten(tiny, tmp_path
     assert all(len(row["seconds"][label]) == 2 for label in ("as read", "rewritten"))
     assert 0 < row["relative_rms_difference"] < 0.3  # two quantizations: int8 rounding each
     assert "unet int8 static 64: as read" in capsys.readouterr().out
+
+
+def test_the_int8_probe_quantizes_a_vae_decoder_as_the_export_does(tiny, tmp_path):
+    pytest.importorskip("nncf")
+    out = tmp_path / "probe.json"
+    args = [str(tiny[1]), "--component", "vae_decoder", "--size", "64", "--precision", "int8",
+            "--rewrite", "upsampled-convolutions", "--calibration-size", "64",
+            "--calibration-calls", "2", "--repeats", "2", "-o", str(out)]  # fmt: skip
+    assert rewrite_probe.main(args) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["graph"] == "vae_decoder/model.onnx" and row["int8_method"] == "full-int8"
+    assert 0 < row["relative_rms_difference"] < 0.5  # two quantizations: int8 rounding each
+    assert all(0 < error < 0.5 for error in row["relative_rms_error_vs_fp32"].values())
 
 
 def test_the_probe_pads_attention_heads_over_the_graph_the_runtime_runs(tiny, tmp_path):

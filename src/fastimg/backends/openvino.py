@@ -19,7 +19,7 @@ from ..atomic import write_atomically
 from ..errors import EngineError, require
 from ..machine import available_cores
 from . import SHAPES
-from .openvino_rewrites import split_projections
+from .openvino_rewrites import rewrite
 from .pool import Pool
 from .scratch import give_back_after_the_call, scratch_given_back
 
@@ -242,7 +242,7 @@ class OpenVinoSession:
                 if (name := _name(port, self._names)) in shapes
             }
         )
-        split_projections(model)  # (what the static cache's key names as its REWRITES)
+        rewrite(model)  # (what the static cache's key names as its REWRITES)
         return self._compile(model, cache)
 
     def _import_cached(self, cache: Path):

@@ -1,4 +1,6 @@
-"""Rewrites of a graph OpenVINO compiles for one call's exact shapes, each exact in arithmetic.
+"""Rewrites of a graph OpenVINO compiles for one call's exact shapes, each exact in arithmetic:
+a sliced projection split (here), and an upsampling's convolution run per output phase
+(openvino_upsampling).
 
 A projection whose output is sliced apart (diffusers' GEGLU: one MatMul to twice the
 feed-forward's width, then its value and gate halves) becomes one MatMul per slice, over that
@@ -16,17 +18,33 @@ export splits a UNet's or ControlNet's projections before quantizing it to int8
 import numpy as np
 
 from ..errors import require
+from .openvino_upsampling import fold_upsampling
 
 # What the graphs compiled for exact shapes are rewritten by: part of their cache key.
-REWRITES = ("projection-slices",)
+REWRITES = ("projection-slices", "upsampled-convolutions")
+
+
+def rewrite(model) -> dict[str, int]:
+    """Rewrite `model` (its shapes static) by each of REWRITES, its constants folded first: how
+    many parts each rewrite changed. A graph with compressed weights (int8, fp16) is left as it
+    is: folding its constants would decompress them."""
+    if not folded(model):
+        return dict.fromkeys(REWRITES, 0)
+    return {
+        "projection-slices": _split(model),
+        "upsampled-convolutions": fold_upsampling(model),
+    }
 
 
 def split_projections(model) -> int:
     """Rewrite each sliced projection of `model` (its ranks static) into one MatMul per slice;
     how many were rewritten. A graph with compressed weights (int8, fp16) is left as it is:
     folding its constants would decompress them."""
-    if not folded(model):  # (the slices' bounds become constants)
-        return 0
+    return _split(model) if folded(model) else 0  # (the slices' bounds become constants)
+
+
+def _split(model) -> int:
+    """split_projections on a graph whose constants are folded."""
     from openvino import opset13 as ops
 
     count = 0

@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+
+ov = pytest.importorskip("openvino")
+
+RNG = np.random.default_rng(0)
+WEIGHTS = RNG.standard_normal((6, 5, 3, 3)).astype(np.float32)
+BIAS = RNG.standard_normal((1, 6, 1, 1)).astype(np.float32)
+
+
+def _upsampled(shape, weights=WEIGHTS, bias=BIAS, how="scales", factor=2.0, mode="nearest",
+               stride=1, pads=1, extra_reader=False):  # fmt: skip
+    """diffusers' Upsample2D as exported: a nearest 2x upsampling, then a 3x3 convolution and
+    its bias."""
+    from openvino import opset13 as ops
+
+    x = ops.parameter(shape, np.float32)
+    if how == "scales":
+        target = ops.constant(np.array([1, 1, factor, factor], np.float32))
+    else:  # sizes, from the input's own shape
+        target = ops.multiply(ops.shape_of(x), ops.constant(np.array([1, 1, 2, 2], np.int64)))
+    up = ops.interpolate(x, target, mode, how, coordinate_transformation_mode="asymmetric",
+                         nearest_mode="floor")  # fmt: skip
+    filters = weights if isinstance(weights, ov.Node) else ops.constant(weights)
+    conv = ops.convolution(up, filters, [stride] * 2, [pads] * 2, [pads] * 2, [1, 1])
+    outputs = [ops.add(conv, ops.constant(bias)) if bias is not None else conv]
+    if extra_reader:
+        outputs.append(ops.relu(up))
+    return ov.Model(outputs, [x])
+
+
+def _run(model, x):
+    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return [compiled(x)[k] for k in range(len(compiled.outputs))]
+
+
+def _kinds(model) -> list[str]:
+    return [op.get_type_name() for op in model.get_ordered_ops()]
+
+
+@pytest.mark.parametrize("bias", [BIAS, None])
+def test_an_upsampled_convolution_runs_per_phase_with_the_same_output(bias):
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    x = RNG.standard_normal((2, 5, 7, 4)).astype(np.float32)
+    expected = _run(_upsampled(list(x.shape), bias=bias), x)
+    model = _upsampled(list(x.shape), bias=bias)
+    assert fold_upsampling(model) == 1
+    kinds = _kinds(model)
+    assert "Interpolate" not in kinds and kinds.count("DepthToSpace") == 1
+    kernels = [
+        op.input_value(1).get_partial_shape().to_shape()
+        for op in model.get_ops()
+        if op.get_type_name() == "Convolution"
+    ]
+    assert [list(k) for k in kernels] == [[6, 5, 2, 2]] * 4
+    # the bias is added by each phase's convolution (fused there), not after interleaving
+    assert kinds.count("Add") == (4 if bias is not None else 0)
+    np.testing.assert_allclose(_run(model, x)[0], expected[0], rtol=1e-5, atol=1e-5)
+
+
+def test_doubling_scales_are_rewritten_for_every_size_a_dynamic_graph_takes():
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    model = _upsampled([-1, 5, -1, -1])
+    assert fold_upsampling(model) == 1
+    for shape in [(1, 5, 1, 1), (2, 5, 3, 8), (1, 5, 9, 5)]:
+        x = RNG.standard_normal(shape).astype(np.float32)
+        expected = _run(_upsampled([-1, 5, -1, -1]), x)[0]
+        ours = _run(model, x)[0]
+        assert ours.shape == (shape[0], 6, 2 * shape[2], 2 * shape[3])
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_sizes_known_only_at_run_time_are_left_as_they_are():
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    # (a UNet's upsampling to its skip connection's size: doubled for sizes the UNet divides)
+    assert fold_upsampling(_upsampled([-1, 5, -1, -1], how="sizes")) == 0
+    static = _upsampled([1, 5, 4, 4], how="sizes")  # shape inference makes it a doubling
+    assert fold_upsampling(static) == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"mode": "linear"},
+        {"factor": 3.0},
+        {"stride": 2},
+        {"pads": 0},
+        {"weights": RNG.standard_normal((6, 5, 1, 1)).astype(np.float32), "pads": 0},
+    ],
+    ids=["linear", "3x", "stride-2", "unpadded", "1x1"],
+)
+def test_what_is_not_a_nearest_doubling_read_by_a_padded_3x3_convolution_is_left_alone(change):
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    model = _upsampled([1, 5, 4, 4], **change)
+    assert fold_upsampling(model) == 0
+    assert "Interpolate" in _kinds(model)
+
+
+def test_compressed_weights_are_left_as_they_are():
+    from openvino import opset13 as ops
+
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    fp16 = ops.convert(ops.constant(WEIGHTS.astype(np.float16)), np.float32)
+    assert fold_upsampling(_upsampled([1, 5, 4, 4], weights=fp16)) == 0
+
+
+def test_an_upsampling_read_elsewhere_too_stays_for_that_reader():
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    x = RNG.standard_normal((1, 5, 3, 3)).astype(np.float32)
+    expected = _run(_upsampled(list(x.shape), extra_reader=True), x)
+    model = _upsampled(list(x.shape), extra_reader=True)
+    assert fold_upsampling(model) == 1
+    assert _kinds(model).count("Interpolate") == 1
+    for ours, theirs in zip(_run(model, x), expected, strict=True):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_the_tiny_vae_decoder_compiled_for_static_shapes_runs_its_upsamplings_per_phase(tiny):
+    from fastimg.backends.openvino import OpenVinoSession
+    from fastimg.backends.openvino_rewrites import rewrite
+
+    path = tiny[1] / "vae_decoder" / "model.onnx"
+    feeds = {"latent_sample": RNG.standard_normal((1, 4, 8, 6)).astype(np.float32)}
+    model = ov.Core().read_model(str(path))
+    model.reshape({"latent_sample": [1, 4, 8, 6]})
+    upsamplings = sum(op.get_type_name() == "Interpolate" for op in model.get_ops())
+    assert upsamplings > 0 and rewrite(model)["upsampled-convolutions"] == upsamplings
+    static = OpenVinoSession(path, shapes="static", threads=1)
+    dynamic = OpenVinoSession(path, threads=1)
+    ours, theirs = static.run(feeds)["sample"], dynamic.run(feeds)["sample"]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+def test_the_tiny_unet_for_static_shapes_runs_its_upsamplings_per_phase(tiny):
+    from fastimg.backends.openvino_rewrites import rewrite
+
+    model = ov.Core().read_model(str(tiny[1] / "unet" / "model.onnx"))
+    assert rewrite(model)["upsampled-convolutions"] == 0  # dynamic: sizes from the skips
+    model.reshape({"sample": [2, 4, 8, 8], "encoder_hidden_states": [2, 77, 32]})
+    upsamplings = sum(op.get_type_name() == "Interpolate" for op in model.get_ops())
+    assert upsamplings > 0 and rewrite(model)["upsampled-convolutions"] == upsamplings
+
+
+def test_an_upsampling_to_one_less_than_twice_is_left_as_it_is():
+    from openvino import opset13 as ops
+
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    # upsampled to 5x8 from 3x4 (a UNet's skip of 5 rows, halved to 3): the convolution's
+    # zero padding falls inside the doubled image, so no phase convolution equals it
+    x = ops.parameter([1, 5, 3, 4], np.float32)
+    sizes = ops.constant(np.array([1, 5, 5, 8], np.int64))
+    up = ops.interpolate(x, sizes, "nearest", "sizes", coordinate_transformation_mode="asymmetric",
+                         nearest_mode="floor")  # fmt: skip
+    conv = ops.convolution(up, ops.constant(WEIGHTS), [1, 1], [1, 1], [1, 1], [1, 1])
+    assert fold_upsampling(ov.Model([conv], [x])) == 0
