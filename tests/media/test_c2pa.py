@@ -101,10 +101,13 @@ def payload(data: bytes, fmt: str) -> tuple[int, int]:
             if kind == b"IDAT":
                 return pos + 8, pos + 8 + length
             pos += 12 + length
-    if fmt == "JPEG":
-        sos = data.index(b"\xff\xda")
-        (length,) = struct.unpack_from(">H", data, sos + 2)
-        return sos + 2 + length, data.rindex(b"\xff\xd9")
+    if fmt == "JPEG":  # the segments walked from the start: a signature's bytes may hold FFDA
+        pos = 2
+        while data[pos + 1] != 0xDA:
+            (length,) = struct.unpack_from(">H", data, pos + 2)
+            pos += 2 + length
+        (length,) = struct.unpack_from(">H", data, pos + 2)
+        return pos + 2 + length, data.rindex(b"\xff\xd9")
     pos = 12
     while True:
         kind, length = struct.unpack_from("<4sI", data, pos)
@@ -125,6 +128,14 @@ def tamper(data: bytes, fmt: str) -> bytes:
             flipped += 1
         i += 2
     return bytes(out)
+
+
+def test_the_jpeg_scan_is_found_past_segments_whose_bytes_hold_its_marker():
+    plain = encode("JPEG")
+    segment = b"\xff\xeb" + struct.pack(">H", 8) + b"\xff\xda\xff\xff\x00\x01"  # APP11
+    marked = plain[:2] + segment + plain[2:]  # (a C2PA manifest goes in APP11 segments)
+    start, end = payload(plain, "JPEG")
+    assert payload(marked, "JPEG") == (start + len(segment), end + len(segment))
 
 
 # --- signing and reading back ------------------------------------------------------------------
