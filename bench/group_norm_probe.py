@@ -51,11 +51,13 @@ def request_for(path: Path, feeds: dict, precision: str, shapes: str = "static")
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config
+    from fastimg.backends.openvino_rewrites import rewrite
 
     core = ov.Core()
     model = core.read_model(str(path))
-    if shapes == "static":
+    if shapes == "static":  # rewritten as the runtime rewrites a graph for static shapes
         model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+        rewrite(model)
     return core.compile_model(
         model, "CPU", compile_config(precision, None, 1)
     ).create_infer_request()

@@ -113,6 +113,7 @@ def ov_variants(manifest, component: str, feeds: dict, precision: str) -> dict:
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config
+    from fastimg.backends.openvino_rewrites import rewrite
 
     core, path = ov.Core(), str(manifest.path(component, "openvino"))
     latency = compile_config(precision, None, 1)
@@ -121,9 +122,10 @@ def ov_variants(manifest, component: str, feeds: dict, precision: str) -> dict:
     for name, config, static in (("dynamic", latency, False), ("static", latency, True),
                                  ("dynamic_throughput", throughput, False)):  # fmt: skip
         model = core.read_model(path)
-        if static:
+        if static:  # rewritten as the runtime rewrites a graph compiled for static shapes
             model.reshape({port: ov.PartialShape(list(feeds[port.get_any_name()].shape))
                            for port in model.inputs})  # fmt: skip
+            rewrite(model)
         compiled[name] = core.compile_model(model, "CPU", config).create_infer_request()
     return {name: (lambda r=request: r.infer(feeds)) for name, request in compiled.items()}
 

@@ -38,15 +38,17 @@ def candidates(components) -> list[str]:
 
 
 def read_component(name: str, path: Path):
-    """Component `name`'s graph at `path` as it is quantized and measured: a VAE's with each
-    convolution of an upsampled image run per output phase (openvino_upsampling), as the
-    runtime compiles float graphs for static shapes, which it cannot do to an int8 graph."""
+    """Component `name`'s graph at `path` as it is quantized and measured: a VAE decoder's
+    with each convolution of an upsampled image run per output phase (openvino_upsampling), as
+    the runtime compiles float graphs for static shapes, which it cannot do to an int8 graph
+    (its constants folded first; a graph without upsampling is left as read)."""
     ov = require("openvino", "int8")
     from fastimg.backends.openvino_rewrites import folded
     from fastimg.backends.openvino_upsampling import fold_upsampling
 
     model = ov.Core().read_model(str(path))
-    if METHODS.get(name) == FULL_INT8 and folded(model):
+    upsampled = any(op.get_type_name() == "Interpolate" for op in model.get_ops())
+    if METHODS.get(name) == FULL_INT8 and upsampled and folded(model):
         fold_upsampling(model)
     return model
 

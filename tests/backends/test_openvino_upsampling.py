@@ -100,6 +100,40 @@ def test_what_is_not_a_nearest_doubling_read_by_a_padded_3x3_convolution_is_left
     assert "Interpolate" in _kinds(model)
 
 
+def test_scales_that_happen_to_double_a_static_size_are_left_alone():
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    # 4 rows x 2.2 = 8 rows, but each reads row floor(i / 2.2), not i // 2
+    model = _upsampled([1, 5, 4, 4], factor=2.2)
+    assert list(model.output(0).get_partial_shape().to_shape()) == [1, 6, 8, 8]
+    assert fold_upsampling(model) == 0
+
+
+@pytest.mark.parametrize("axes", [None, [2, 3]])
+def test_interpolate_4s_inputs_are_read_too(axes):
+    from openvino import opset10
+    from openvino import opset13 as ops
+
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    def graph():  # Interpolate-4: (data, sizes, scales, [axes])
+        x = ops.parameter([-1, 5, -1, -1], np.float32)
+        scales = [2.0, 2.0] if axes else [1.0, 1.0, 2.0, 2.0]
+        up = opset10.interpolate(
+            x, ops.constant(np.zeros(len(scales), np.int64)), ops.constant(np.float32(scales)),
+            "nearest", "scales", coordinate_transformation_mode="asymmetric", nearest_mode="floor",
+            axes=None if axes is None else ops.constant(np.int64(axes)),
+        )  # fmt: skip
+        conv = ops.convolution(up, ops.constant(WEIGHTS), [1, 1], [1, 1], [1, 1], [1, 1])
+        return ov.Model([conv], [x])
+
+    model = graph()
+    assert "opset4" in {op.get_type_info().version_id for op in model.get_ops()}
+    assert fold_upsampling(model) == 1
+    x = RNG.standard_normal((1, 5, 3, 5)).astype(np.float32)
+    np.testing.assert_allclose(_run(model, x)[0], _run(graph(), x)[0], rtol=1e-5, atol=1e-5)
+
+
 def test_compressed_weights_are_left_as_they_are():
     from openvino import opset13 as ops
 

@@ -23,7 +23,7 @@ def fold_upsampling(model) -> int:
     """Rewrite each 3x3 convolution of `model` that reads a nearest 2x upsampling of its input
     (its shapes static, or doubled by constant scales) into four 2x2 convolutions of the input,
     one per output phase, interleaved; how many convolutions were rewritten. Convolutions
-    whose weights are compressed (int8, fp16) are left as they are."""
+    whose weights are not fp32 constants (compressed: int8, fp16) are left as they are."""
     from openvino import opset13 as ops
 
     count = 0
@@ -42,7 +42,7 @@ def fold_upsampling(model) -> int:
             for a in (0, 1):
                 for b in (0, 1):
                     kernel = np.einsum("ry,oiyx,cx->oirc", PHASE_TAPS[a], weights, PHASE_TAPS[b])
-                    kernel = ops.constant(np.ascontiguousarray(kernel, dtype=weights.dtype))
+                    kernel = ops.constant(np.ascontiguousarray(kernel))
                     phase = ops.convolution(x, kernel, [1, 1], [1 - a, 1 - b], [a, b], [1, 1])
                     phase.set_friendly_name(f"{name}/phase_{a}{b}")
                     if bias is not None:
@@ -75,10 +75,13 @@ def _doubles(node) -> bool:
     source, result = node.get_input_partial_shape(0), node.get_output_partial_shape(0)
     if not source.rank.is_static or source.rank.get_length() != 4:
         return False
+    # (in scales mode the source pixel is floor(i / scale): doubled sizes need a scale of 2)
+    if attributes.get("shape_calculation_mode") == "scales" and _scales(node) != {2: 2, 3: 2}:
+        return False
     if source.is_static and result.is_static:
         (n, c, h, w), out = source.to_shape(), result.to_shape()
         return list(out) == [n, c, 2 * h, 2 * w]
-    return attributes.get("shape_calculation_mode") == "scales" and _scales(node) == {2: 2, 3: 2}
+    return attributes.get("shape_calculation_mode") == "scales"
 
 
 def _scales(node) -> dict[int, float] | None:
@@ -103,7 +106,7 @@ def _constant(node, index: int) -> np.ndarray | None:
 
 
 def _three_by_three(conv) -> np.ndarray | None:
-    """The float weights of `conv` where it is a 3x3 convolution with stride 1, no dilation,
+    """The fp32 weights of `conv` where it is a 3x3 convolution with stride 1, no dilation,
     and a padding of 1 on every side; else None."""
     if conv.get_type_name() != "Convolution":
         return None
@@ -111,7 +114,7 @@ def _three_by_three(conv) -> np.ndarray | None:
     weights = _constant(conv, 1)
     if (
         weights is None
-        or weights.dtype.kind != "f"
+        or weights.dtype != np.float32
         or weights.shape[2:] != (3, 3)
         or attributes["strides"] != [1, 1]
         or attributes["dilations"] != [1, 1]
