@@ -31,6 +31,7 @@ import sys
 import numpy as np
 
 from . import record
+from .group_norm_probe import request_for
 from .layers import feeds_for
 
 LABELS = ("as read", "rewritten")
@@ -41,7 +42,6 @@ def rewrite(model, label: str, probed: str, head_width: int) -> int:
     """Rewrite `model` as side `label` of probing rewrite `probed`: how many parts the probed
     rewrite changed (0 on the side as read)."""
     from fastimg.backends import openvino_rewrites
-    from fastimg.backends.openvino_upsampling import fold_upsampling
 
     from .head_padding import pad_attention_heads
 
@@ -49,12 +49,13 @@ def rewrite(model, label: str, probed: str, head_width: int) -> int:
         openvino_rewrites.rewrite(model)  # what the runtime compiles for static shapes
         return pad_attention_heads(model, head_width) if label == "rewritten" else 0
     openvino_rewrites.folded(model)
-    runtime = {"projection-slices": openvino_rewrites.split_projections,
-               "upsampled-convolutions": fold_upsampling}  # fmt: skip
-    for name, made in runtime.items():  # the others on both sides, as the runtime makes them
+    counted = 0
+    for name, made in openvino_rewrites.REWRITTEN_BY.items():  # the others on both sides
         if name != probed:
             made(model)
-    return runtime[probed](model) if label == "rewritten" else 0
+        elif label == "rewritten":
+            counted = made(model)
+    return counted
 
 
 def graphs_for(
@@ -106,12 +107,7 @@ def requests_for(graphs: dict, feeds: dict, precision: str) -> dict:
 
 def fp32_output(path, feeds: dict) -> np.ndarray:
     """The first output of the graph at `path` as read, in fp32, on `feeds`."""
-    import openvino as ov
-
-    from fastimg.backends.openvino import compile_config
-
-    compiled = ov.Core().compile_model(str(path), "CPU", compile_config("fp32", None, 1))
-    return compiled.create_infer_request().infer(feeds)[0].copy()
+    return request_for(path, feeds, "fp32", shapes="dynamic").infer(feeds)[0].copy()
 
 
 def calibration_feeds(manifest, component: str, size: int, calls: int) -> list[dict]:
@@ -177,15 +173,12 @@ def main(argv: list[str] | None = None) -> int:
         reference = fp32_output(path, feeds)
         seconds = alternated_seconds(requests, feeds, 0, args.repeats)
         median = {label: statistics.median(s) for label, s in seconds.items()}
-        difference = out["rewritten"] - out["as read"]
         row = {
             "component": component,
             "graph": str(manifest.path(component, variant).relative_to(manifest.folder)),
             "median_seconds": median,
             "speed_ratio": round(median["as read"] / median["rewritten"], 4),
-            "relative_rms_difference": float(
-                np.sqrt(np.mean(difference**2) / np.mean(out["as read"] ** 2))
-            ),
+            "relative_rms_difference": relative_rms(out["rewritten"], out["as read"]),
             "relative_rms_error_vs_fp32": {
                 label: relative_rms(output, reference) for label, output in out.items()
             },

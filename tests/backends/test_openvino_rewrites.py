@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from tests.backends.openvino_graphs import run_f32
+
 ov = pytest.importorskip("openvino")
 
 
@@ -20,11 +22,6 @@ def _geglu(weights: np.ndarray, bias: np.ndarray, transposed: bool = False):
     return ov.Model([ops.multiply(value, ops.gelu(gate, "erf"))], [x])
 
 
-def _run(model, x):
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return compiled(x)[0]
-
-
 @pytest.mark.parametrize("transposed", [False, True])
 def test_a_sliced_projection_becomes_one_matmul_per_slice_with_the_same_output(transposed):
     from fastimg.backends.openvino_rewrites import split_projections
@@ -33,7 +30,7 @@ def test_a_sliced_projection_becomes_one_matmul_per_slice_with_the_same_output(t
     weights = rng.standard_normal((8, 12) if not transposed else (12, 8)).astype(np.float32)
     bias = rng.standard_normal(12).astype(np.float32)
     x = rng.standard_normal((2, 5, 8)).astype(np.float32)
-    expected = _run(_geglu(weights, bias, transposed), x)
+    expected = run_f32(_geglu(weights, bias, transposed), x)[0]
 
     model = _geglu(weights, bias, transposed)
     (add,) = [op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "Add"]
@@ -43,7 +40,7 @@ def test_a_sliced_projection_becomes_one_matmul_per_slice_with_the_same_output(t
     products = {op.get_friendly_name() for op in model.get_ops() if op.get_type_name() == "MatMul"}
     # named after the projection, so that the int8 export's per-layer errors say which
     assert products == {f"{add}/columns_0_6/MatMul", f"{add}/columns_6_12/MatMul"}
-    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(run_f32(model, x)[0], expected, rtol=1e-6, atol=1e-6)
 
 
 def test_compressed_weights_are_left_as_they_are():

@@ -1,6 +1,8 @@
 import numpy as np
 import pytest
 
+from tests.backends.openvino_graphs import run_f32
+
 ov = pytest.importorskip("openvino")
 
 RNG = np.random.default_rng(0)
@@ -29,11 +31,6 @@ def _upsampled(shape, weights=WEIGHTS, bias=BIAS, how="scales", factor=2.0, mode
     return ov.Model(outputs, [x])
 
 
-def _run(model, x):
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return [compiled(x)[k] for k in range(len(compiled.outputs))]
-
-
 def _kinds(model) -> list[str]:
     return [op.get_type_name() for op in model.get_ordered_ops()]
 
@@ -43,7 +40,7 @@ def test_an_upsampled_convolution_runs_per_phase_with_the_same_output(bias):
     from fastimg.backends.openvino_upsampling import fold_upsampling
 
     x = RNG.standard_normal((2, 5, 7, 4)).astype(np.float32)
-    expected = _run(_upsampled(list(x.shape), bias=bias), x)
+    expected = run_f32(_upsampled(list(x.shape), bias=bias), x)
     model = _upsampled(list(x.shape), bias=bias)
     assert fold_upsampling(model) == 1
     kinds = _kinds(model)
@@ -56,7 +53,7 @@ def test_an_upsampled_convolution_runs_per_phase_with_the_same_output(bias):
     assert [list(k) for k in kernels] == [[6, 5, 2, 2]] * 4
     # the bias is added by each phase's convolution (fused there), not after interleaving
     assert kinds.count("Add") == (4 if bias is not None else 0)
-    np.testing.assert_allclose(_run(model, x)[0], expected[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_f32(model, x)[0], expected[0], rtol=1e-5, atol=1e-5)
 
 
 def test_doubling_scales_are_rewritten_for_every_size_a_dynamic_graph_takes():
@@ -66,8 +63,8 @@ def test_doubling_scales_are_rewritten_for_every_size_a_dynamic_graph_takes():
     assert fold_upsampling(model) == 1
     for shape in [(1, 5, 1, 1), (2, 5, 3, 8), (1, 5, 9, 5)]:
         x = RNG.standard_normal(shape).astype(np.float32)
-        expected = _run(_upsampled([-1, 5, -1, -1]), x)[0]
-        ours = _run(model, x)[0]
+        expected = run_f32(_upsampled([-1, 5, -1, -1]), x)[0]
+        ours = run_f32(model, x)[0]
         assert ours.shape == (shape[0], 6, 2 * shape[2], 2 * shape[3])
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
@@ -131,7 +128,7 @@ def test_interpolate_4s_inputs_are_read_too(axes):
     assert "opset4" in {op.get_type_info().version_id for op in model.get_ops()}
     assert fold_upsampling(model) == 1
     x = RNG.standard_normal((1, 5, 3, 5)).astype(np.float32)
-    np.testing.assert_allclose(_run(model, x)[0], _run(graph(), x)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run_f32(model, x)[0], run_f32(graph(), x)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_compressed_weights_are_left_as_they_are():
@@ -147,11 +144,11 @@ def test_an_upsampling_read_elsewhere_too_stays_for_that_reader():
     from fastimg.backends.openvino_upsampling import fold_upsampling
 
     x = RNG.standard_normal((1, 5, 3, 3)).astype(np.float32)
-    expected = _run(_upsampled(list(x.shape), extra_reader=True), x)
+    expected = run_f32(_upsampled(list(x.shape), extra_reader=True), x)
     model = _upsampled(list(x.shape), extra_reader=True)
     assert fold_upsampling(model) == 1
     assert _kinds(model).count("Interpolate") == 1
-    for ours, theirs in zip(_run(model, x), expected, strict=True):
+    for ours, theirs in zip(run_f32(model, x), expected, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-5)
 
 

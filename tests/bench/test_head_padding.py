@@ -3,6 +3,8 @@
 import numpy as np
 import pytest
 
+from tests.backends.openvino_graphs import run_f32
+
 ov = pytest.importorskip("openvino")
 
 from fastimg_bench.head_padding import pad_attention_heads  # noqa: E402
@@ -40,24 +42,19 @@ def _attention(heads: int, dim: int, transposed=False, bias=None, scale=None, ex
     return ov.Model([out, *extra], [x])
 
 
-def _run(model, feeds):
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    return compiled(feeds)[0]
-
-
 @pytest.mark.parametrize(
     ("transposed", "bias"), [(False, None), (True, None), (False, "after"), (True, "before")]
 )
 def test_heads_padded_with_zeros_give_the_same_attention(transposed, bias):
     x = np.random.default_rng(1).standard_normal((1, 6, 5)).astype(np.float32)
-    expected = _run(_attention(2, 3, transposed, bias), x)
+    expected = run_f32(_attention(2, 3, transposed, bias), x)[0]
     model = _attention(2, 3, transposed, bias)
     assert pad_attention_heads(model, width=8) == 1
     shapes = [list(op.get_output_partial_shape(0).to_shape()) for op in model.get_ordered_ops()
               if op.get_type_name() == "Transpose"]  # fmt: skip
     # the query's and key's heads 8 wide, the value's as they were
     assert sorted(shapes) == [[1, 2, 6, 3], [1, 2, 6, 8], [1, 2, 8, 6]]
-    np.testing.assert_allclose(_run(model, x), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(run_f32(model, x)[0], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_heads_as_wide_as_asked_are_left_as_they_are():
@@ -78,10 +75,9 @@ def test_heads_as_wide_as_asked_are_left_as_they_are():
 def test_an_attention_the_padding_would_change_is_left_as_it_is(build):
     x = np.random.default_rng(1).standard_normal((1, 6, 5)).astype(np.float32)
     model = build()
-    expected = ov.Core().compile_model(build(), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(x)
+    expected = run_f32(build(), x)
     assert pad_attention_heads(model, width=8) == 0
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    for ours, theirs in zip(compiled(x).values(), expected.values(), strict=True):
+    for ours, theirs in zip(run_f32(model, x), expected, strict=True):
         np.testing.assert_allclose(ours, theirs, rtol=1e-6)
 
 
@@ -99,5 +95,5 @@ def test_the_tiny_unet_with_its_heads_padded_gives_the_same_output(tiny):
         model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
         if pad:
             assert pad_attention_heads(model, width=16) > 0
-        outputs.append(_run(model, feeds))
+        outputs.append(run_f32(model, feeds)[0])
     np.testing.assert_allclose(outputs[1], outputs[0], rtol=1e-4, atol=1e-5)

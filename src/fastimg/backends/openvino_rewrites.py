@@ -20,9 +20,6 @@ import numpy as np
 from ..errors import require
 from .openvino_upsampling import fold_upsampling
 
-# What the graphs compiled for exact shapes are rewritten by: part of their cache key.
-REWRITES = ("projection-slices", "upsampled-convolutions")
-
 
 def rewrite(model) -> dict[str, int]:
     """Rewrite `model` (its shapes static) by each of REWRITES, its constants folded first: how
@@ -30,10 +27,7 @@ def rewrite(model) -> dict[str, int]:
     is: folding its constants would decompress them."""
     if not folded(model):
         return dict.fromkeys(REWRITES, 0)
-    return {
-        "projection-slices": _split(model),
-        "upsampled-convolutions": fold_upsampling(model),
-    }
+    return {name: made(model) for name, made in REWRITTEN_BY.items()}
 
 
 def split_projections(model) -> int:
@@ -63,6 +57,12 @@ def _split(model) -> int:
             node.output(0).replace(shifted.output(0))
         count += 1
     return count
+
+
+# Each rewrite of a graph whose constants are folded, by name, in the order they are made.
+REWRITTEN_BY = {"projection-slices": _split, "upsampled-convolutions": fold_upsampling}
+# What the graphs compiled for exact shapes are rewritten by: part of their cache key.
+REWRITES = tuple(REWRITTEN_BY)
 
 
 def _sliced_projection(add):
