@@ -174,6 +174,10 @@ timeout 1800 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int
 timeout 1800 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
     --precision int8 --rewrite upsampled-convolutions --component vae_decoder --repeats 5 \
     -o "$OUT/results/rewrite-probe-upsampled-vae_decoder-$JOB_SIZE-int8-$tag.json"
+# the same for dynamic shapes (serve, the Python API): the decoder's phases hold at every size
+timeout 1800 "${pin[@]}" python3 -m fastimg_bench.rewrite_probe "engines/$SD-int8" --size "$JOB_SIZE" \
+    --precision bf16 --rewrite upsampled-convolutions --component vae_decoder --shapes dynamic \
+    --repeats 5 -o "$OUT/results/rewrite-probe-upsampled-vae_decoder-$JOB_SIZE-dynamic-$tag.json"
 
 export_int8 "$SD" "engines/$SD-cn-int8" --controlnet "models/$SD-controlnet"
 step "issue 26: the ControlNet job at $JOB_SIZE"

@@ -2,10 +2,12 @@
 runtime rewrites it (fastimg.backends.openvino_rewrites), on OpenVINO:
 
     python -m fastimg_bench.rewrite_probe ENGINES [--component unet ...] [--size 512]
-        [--precision bf16] [--repeats 10] [-o OUT.json]
+        [--precision bf16] [--shapes static] [--repeats 10] [-o OUT.json]
 
 Each component's graph for static shapes (the one `--shapes static` runs) is compiled twice as
-the runtime compiles it (compile_config), for the shapes of one call of a SIZE x SIZE image; after
+the runtime compiles it (compile_config), for the shapes of one call of a SIZE x SIZE image
+(`--shapes dynamic`: the graph the runtime compiles for dynamic shapes, compiled so and rewritten
+where the rewrite holds at every size, run on those shapes; float precisions only); after
 a warm-up each, the two are timed in turn REPEATS times (a change in the machine's load falls on
 both), and the rewritten output is compared with the one as read (relative RMS difference), and
 each with the graph's in fp32.
@@ -61,16 +63,18 @@ def rewrite(model, label: str, probed: str, head_width: int) -> int:
 def graphs_for(
     path, feeds: dict, precision: str, method: str, calibration: list[dict],
     probed: str = "projection-slices", head_width: int = 64, component: str = "unet",
+    shapes: str = "static",
 ) -> dict:  # fmt: skip
-    """The graph at `path` as read and rewritten by `probed`, for the shapes of `feeds` (for
-    int8: each quantized on `calibration`, of their own shapes, as the export quantizes
-    `component`; a UNet by `method`): openvino.Models, by label."""
+    """The graph at `path` as read and rewritten by `probed`, for the shapes of `feeds` (with
+    `shapes` dynamic: for every size; for int8: each quantized on `calibration`, of their own
+    shapes, as the export quantizes `component`; a UNet by `method`): openvino.Models, by
+    label."""
     import openvino as ov
 
     graphs = {}
     for label in reversed(LABELS):  # (the rewritten first: nothing quantized if it finds none)
         model = ov.Core().read_model(str(path))
-        if precision != "int8":  # rewritten as the runtime rewrites: for exact shapes
+        if precision != "int8" and shapes == "static":  # rewritten as the runtime does
             model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
         if rewrite(model, label, probed, head_width) == 0 and label == "rewritten":
             raise SystemExit(f"error: {path} has nothing that --rewrite {probed} rewrites")
@@ -91,15 +95,17 @@ def quantized(component: str, model, calibration: list[dict], method: str):
     return quantize_model(model, calibration, method)
 
 
-def requests_for(graphs: dict, feeds: dict, precision: str) -> dict:
-    """An infer request of each of `graphs`, compiled for the shapes of `feeds`, by label."""
+def requests_for(graphs: dict, feeds: dict, precision: str, shapes: str = "static") -> dict:
+    """An infer request of each of `graphs`, compiled for the shapes of `feeds` (`shapes`
+    static) or as they are, by label."""
     import openvino as ov
 
     from fastimg.backends.openvino import compile_config
 
     core, requests = ov.Core(), {}
     for label, model in graphs.items():
-        model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
+        if shapes == "static":
+            model.reshape({name: ov.PartialShape(list(a.shape)) for name, a in feeds.items()})
         config = compile_config(precision, None, 1)
         requests[label] = core.compile_model(model, "CPU", config).create_infer_request()
     return requests
@@ -131,6 +137,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--component", action="append", help="default: unet")
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--precision", default="bf16", choices=("fp32", "bf16", "int8"))
+    p.add_argument("--shapes", default="static", choices=("static", "dynamic"))
     p.add_argument("--rewrite", default=PROBED[0], choices=PROBED)
     p.add_argument("--head-width", type=int, default=64, help="--rewrite attention-heads")
     p.add_argument("--int8-method", default="full", choices=("full", "hybrid"))
@@ -152,6 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.rewrite == "attention-heads" and args.precision == "int8":
         parser().error("--rewrite attention-heads rewrites float graphs: --precision fp32 or bf16")
+    if args.shapes == "dynamic" and args.precision == "int8":
+        parser().error("--shapes dynamic probes float graphs: --precision fp32 or bf16")
     manifest = load_manifest(args.engines)
     int8 = args.precision == "int8"
     method = UNET_METHODS[args.int8_method]
@@ -162,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
             sizes = args.calibration_size, args.calibration_calls
             calibration = calibration_feeds(manifest, component, *sizes)
         else:
-            variant = component_variant("openvino", manifest, component, args.precision, "static")
+            variant = component_variant(
+                "openvino", manifest, component, args.precision, args.shapes
+            )
         feeds = feeds_for(manifest, component, args.size, 1)
         path = manifest.path(component, variant)
         graphs = graphs_for(path, feeds, args.precision, method, calibration, args.rewrite,
-                            args.head_width, component)  # fmt: skip
-        requests = requests_for(graphs, feeds, args.precision)
+                            args.head_width, component, args.shapes)  # fmt: skip
+        requests = requests_for(graphs, feeds, args.precision, args.shapes)
         del graphs
         out = {label: r.infer(feeds)[0].copy() for label, r in requests.items()}
         reference = fp32_output(path, feeds)
@@ -189,7 +200,8 @@ def main(argv: list[str] | None = None) -> int:
             row["calibration"] = {"size": args.calibration_size, "calls": args.calibration_calls}
         rows.append(row)
         print(
-            f"{component} {args.precision} static {args.size}: as read {median['as read']:.3f} s, "
+            f"{component} {args.precision} {args.shapes} {args.size}: "
+            f"as read {median['as read']:.3f} s, "
             f"rewritten ({args.rewrite}) {median['rewritten']:.3f} s ({row['speed_ratio']:.3f}x), "
             f"relative RMS difference {row['relative_rms_difference']:.2e}; against fp32: "
             + ", ".join(f"{k} {v:.2e}" for k, v in row["relative_rms_error_vs_fp32"].items())
@@ -202,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                 "engines": str(args.engines),
                 "size": args.size,
                 "precision": args.precision,
+                "shapes": args.shapes,
                 "rewrite": args.rewrite,
                 **({"head_width": args.head_width} if args.rewrite == "attention-heads" else {}),
                 "repeats": args.repeats,

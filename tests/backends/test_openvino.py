@@ -76,10 +76,22 @@ def test_auto_compiles_a_shape_on_its_second_call_and_holds_one_model(own_engine
     assert sessions["unet"].static_shapes["sample"][2:] == (9, 9)  # one model held, the newest
 
 
-def test_static_compiles_are_cached_per_shape_and_reused_by_a_new_process(own_engines, photo):
-    import json
+def _one_call_in_a_new_process(engines, shapes: str) -> None:
+    """One 64 px call on `engines` (OpenVINO fp32, `shapes` shapes) in a process of its own."""
     import subprocess
     import sys
+
+    code = (
+        "from PIL import Image; from fastimg.diffusion.pipeline import Img2ImgPipeline; "
+        f"p = Img2ImgPipeline.from_engines({str(engines)!r}, backend='openvino', "
+        f"precision='fp32', shapes={shapes!r}); "
+        "p('a red fox', Image.new('RGB', (64, 64)), strength=0.5, num_inference_steps=4, seed=1)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_static_compiles_are_cached_per_shape_and_reused_by_a_new_process(own_engines, photo):
+    import json
 
     from fastimg.diffusion.pipeline import Img2ImgPipeline
 
@@ -93,15 +105,58 @@ def test_static_compiles_are_cached_per_shape_and_reused_by_a_new_process(own_en
     assert sorted(s["sample"][2] for s in shapes) == [8, 12]
     assert all(any(p.suffix == ".blob" for p in f.iterdir()) for f in folders)
     stamps = {p: p.stat().st_mtime_ns for f in folders for p in f.glob("*.blob")}
-    code = (
-        "from PIL import Image; from fastimg.diffusion.pipeline import Img2ImgPipeline; "
-        f"p = Img2ImgPipeline.from_engines({str(own_engines)!r}, backend='openvino', "
-        "precision='fp32', shapes='static'); "
-        "p('a red fox', Image.new('RGB', (64, 64)), strength=0.5, num_inference_steps=4, seed=1)"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+    _one_call_in_a_new_process(own_engines, "static")
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # loaded, not compiled again
     assert sorted((own_engines / "openvino_cache").glob("unet-static-*")) == folders
+
+
+def test_dynamic_compiles_are_cached_rewritten_and_reused_by_a_new_process(own_engines, photo):
+    from fastimg.diffusion.pipeline import Img2ImgPipeline
+
+    pipe = Img2ImgPipeline.from_engines(own_engines, backend="openvino", precision="fp32")
+    _transform(pipe, photo, 64)
+    blobs = sorted((own_engines / "openvino_cache").glob("*/dynamic-model.onnx/*.blob"))
+    components = sorted(blob.parent.parent.name.rsplit("-", 1)[0] for blob in blobs)
+    assert components == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
+    stamps = {blob: blob.stat().st_mtime_ns for blob in blobs}
+    _one_call_in_a_new_process(own_engines, "dynamic")
+    assert {blob: blob.stat().st_mtime_ns for blob in stamps} == stamps  # imported, not compiled
+    assert sorted((own_engines / "openvino_cache").glob("*/dynamic-model.onnx/*.blob")) == blobs
+
+
+def test_a_cached_dynamic_compile_is_imported_from_its_blob_without_reading_the_graph(
+    own_engines, tmp_path, monkeypatch
+):
+    import numpy as np
+
+    from fastimg.backends.openvino import OpenVinoSession
+
+    path = own_engines / "vae_decoder" / "model.onnx"
+    first = OpenVinoSession(path, cache_dir=tmp_path)
+    feeds = {"latent_sample": np.random.default_rng(0).standard_normal((1, 4, 7, 9))}
+    feeds = {name: array.astype(np.float32) for name, array in feeds.items()}
+    expected = first.run(feeds)["sample"]
+    assert len(list((tmp_path / "dynamic-model.onnx").glob("*.blob"))) == 1
+
+    monkeypatch.setattr(OpenVinoSession, "_read", lambda *a: pytest.fail("read the graph"))
+    monkeypatch.setattr(OpenVinoSession, "_compile", lambda *a: pytest.fail("compiled again"))
+    second = OpenVinoSession(path, cache_dir=tmp_path)
+    assert second.signature == first.signature
+    np.testing.assert_array_equal(second.run(feeds)["sample"], expected)
+
+
+def test_a_dynamic_compile_in_a_folder_that_cannot_be_written_is_not_cached(own_engines, tmp_path):
+    import numpy as np
+
+    from fastimg.backends.openvino import OpenVinoSession
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "dynamic-model.onnx").write_text("a file where the folder would go")
+    session = OpenVinoSession(own_engines / "vae_decoder" / "model.onnx", cache_dir=cache)
+    feeds = {"latent_sample": np.ones((1, 4, 8, 8), np.float32)}
+    assert session.run(feeds)["sample"].shape == (1, 3, 64, 64)
+    assert sorted(p.name for p in cache.iterdir()) == ["dynamic-model.onnx"]
 
 
 def test_an_unknown_shapes_mode_is_refused(tiny):

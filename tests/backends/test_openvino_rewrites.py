@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tests.backends.openvino_graphs import run_f32
+from tests.backends.openvino_graphs import compiled_layers, run_f32
 
 ov = pytest.importorskip("openvino")
 
@@ -75,7 +75,8 @@ def test_a_projection_read_whole_elsewhere_is_left_as_it_is():
     assert split_projections(model) == 0
 
 
-def test_the_tiny_unet_compiled_for_static_shapes_runs_its_projections_split(tiny, tmp_path):
+@pytest.mark.parametrize("shapes", ["static", "dynamic"])
+def test_the_tiny_unet_runs_its_projections_split_compiled_for_either_shapes(tiny, shapes):
     from fastimg.backends.openvino import OpenVinoSession
 
     path = tiny[1] / "unet" / "model.onnx"
@@ -85,18 +86,22 @@ def test_the_tiny_unet_compiled_for_static_shapes_runs_its_projections_split(tin
         "timestep": np.array([500.0, 500.0], np.float32),
         "encoder_hidden_states": rng.standard_normal((2, 77, 32)).astype(np.float32),
     }
+    as_read = ov.Core().read_model(str(path))
+    (expected,) = run_f32(as_read, feeds)
     model = ov.Core().read_model(str(path))
-    model.reshape({name: list(array.shape) for name, array in feeds.items()})
+    if shapes == "static":
+        model.reshape({name: list(array.shape) for name, array in feeds.items()})
     from fastimg.backends.openvino_rewrites import split_projections
 
-    assert split_projections(model) > 0  # the tiny UNet's GEGLUs
-    static = OpenVinoSession(path, shapes="static", threads=1)
-    dynamic = OpenVinoSession(path, threads=1)
-    ours, theirs = static.run(feeds)["out_sample"], dynamic.run(feeds)["out_sample"]
-    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    halves = 2 * split_projections(model)  # the tiny UNet's GEGLUs, each in two halves
+    assert halves > 0
+    session = OpenVinoSession(path, shapes=shapes, threads=1)
+    np.testing.assert_allclose(session.run(feeds)["out_sample"], expected, rtol=1e-4, atol=1e-4)
+    split = [names for _, names in compiled_layers(session) if "/columns_" in names]
+    assert len(split) >= halves
 
 
-def test_the_static_compiled_cache_is_keyed_by_the_rewrites(tiny, tmp_path, monkeypatch):
+def test_the_compiled_caches_are_keyed_by_the_rewrites(tiny, tmp_path, monkeypatch):
     import json
     import shutil
 
@@ -112,6 +117,12 @@ def test_the_static_compiled_cache_is_keyed_by_the_rewrites(tiny, tmp_path, monk
     assert json.loads((folder / "key.json").read_text())["options"]["rewrites"] == list(
         openvino_rewrites.REWRITES
     )
+    dynamic = component_options("openvino", manifest, "unet", "fp32").cache_dir
+    assert json.loads((dynamic / "key.json").read_text())["options"]["rewrites"] == list(
+        openvino_rewrites.REWRITES
+    )
     monkeypatch.setattr(openvino_rewrites, "REWRITES", ("another rewrite",))
-    other = component_options("openvino", manifest, "unet", "fp32").static_cache(shapes)
-    assert other != folder  # blobs compiled before a rewrite changed are never imported
+    options = component_options("openvino", manifest, "unet", "fp32")
+    # blobs compiled before a rewrite changed are never imported, for either shapes
+    assert options.static_cache(shapes) != folder
+    assert options.cache_dir != dynamic

@@ -1,4 +1,4 @@
-"""fastimg_bench.rewrite_probe: a graph for static shapes as read against rewritten."""
+"""fastimg_bench.rewrite_probe: a graph for static or dynamic shapes as read against rewritten."""
 
 import json
 
@@ -25,13 +25,17 @@ def test_the_probe_times_both_graphs_in_turn_and_compares_their_outputs(tiny, tm
     assert "unet fp32 static 64: as read" in capsys.readouterr().out
 
 
+def _probed(engines, out, *options: str) -> dict:
+    """The probe's record of `engines` at 64 px, 2 repeats, with `options`."""
+    assert rewrite_probe.main([str(engines), "--size", "64", "--repeats", "2", *options,
+                               "-o", str(out)]) == 0  # fmt: skip
+    return json.loads(out.read_text())
+
+
 def test_the_upsamplings_are_probed_with_the_projections_split_on_both_sides(tiny, tmp_path):
-    out = tmp_path / "probe.json"
-    args = [str(tiny[1]), "--component", "vae_decoder", "--component", "unet", "--size", "64",
-            "--precision", "bf16", "--rewrite", "upsampled-convolutions", "--repeats", "2",
-            "-o", str(out)]  # fmt: skip
-    assert rewrite_probe.main(args) == 0
-    record = json.loads(out.read_text())
+    record = _probed(tiny[1], tmp_path / "probe.json", "--component", "vae_decoder",
+                     "--component", "unet", "--precision", "bf16",
+                     "--rewrite", "upsampled-convolutions")  # fmt: skip
     assert record["rewrite"] == "upsampled-convolutions"
     assert [row["component"] for row in record["rows"]] == ["vae_decoder", "unet"]
     for row in record["rows"]:
@@ -39,6 +43,24 @@ def test_the_upsamplings_are_probed_with_the_projections_split_on_both_sides(tin
         # bf16 rounds otherwise once per phase's summed kernel: no further from fp32 (a CPU
         # without bf16 compiles fp32: the rewrite then adds rounding only, under 1e-5)
         assert errors["rewritten"] < min(1.5 * errors["as read"] + 1e-5, 0.1)
+
+
+def test_the_probe_compiles_the_graph_for_dynamic_shapes_where_asked(tiny, tmp_path, capsys):
+    options = ["--precision", "fp32", "--rewrite", "upsampled-convolutions", "--shapes", "dynamic"]
+    record = _probed(tiny[1], tmp_path / "probe.json", "--component", "vae_decoder", *options)
+    (row,) = record["rows"]
+    assert record["shapes"] == "dynamic" and row["graph"] == "vae_decoder/model.onnx"
+    assert row["relative_rms_difference"] < 1e-5
+    assert "vae_decoder fp32 dynamic 64: as read" in capsys.readouterr().out
+    # a UNet's upsamplings go to the skips' sizes: nothing to rewrite for every size
+    with pytest.raises(SystemExit, match="has nothing that --rewrite upsampled-convolutions"):
+        _probed(tiny[1], tmp_path / "unet.json", "--component", "unet", *options)
+
+
+def test_an_int8_probe_for_dynamic_shapes_is_refused_before_any_work(tiny, capsys):
+    with pytest.raises(SystemExit):
+        rewrite_probe.main([str(tiny[1]), "--precision", "int8", "--shapes", "dynamic"])
+    assert "--shapes dynamic probes float graphs" in capsys.readouterr().err
 
 
 def test_a_graph_with_nothing_to_rewrite_is_refused_by_name(tiny):

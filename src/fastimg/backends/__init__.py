@@ -216,8 +216,10 @@ def component_options(
     (a LoRA twin: cached apart, under COMPONENT-lora), `inputs` its inputs if they differ."""
     if backend == "openvino":
         from .openvino import compile_config
+        from .openvino_rewrites import REWRITES
 
         options = compile_config(precision, threads, max_concurrency)  # what is compiled with
+        options["rewrites"] = list(REWRITES)  # and what the graph is rewritten by before
     else:
         options = {"device": device}
     if graph is not None:
@@ -232,10 +234,6 @@ def component_options(
 
     def static_cache(input_shapes: dict) -> Path | None:
         keyed = {**options, "static_shapes": input_shapes}
-        if backend == "openvino":  # the graph is rewritten before it is compiled for them
-            from .openvino_rewrites import REWRITES
-
-            keyed["rewrites"] = list(REWRITES)
         return compiled_cache(backend, manifest, name, precision, keyed, label=label + "-static")
 
     spec = manifest.components[name]

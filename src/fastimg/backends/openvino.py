@@ -112,20 +112,21 @@ class OpenVinoSession:
                 log.info("%s's inputs and outputs are not recorded (%s)", self._path, exc)
         return io
 
-    def _read(self):
+    def _read(self, path: Path | None = None):
+        path = path or self._path
         try:
-            return self._core.read_model(str(self._path))
+            return self._core.read_model(str(path))
         except Exception as exc:  # OpenVINO raises untyped RuntimeErrors
             raise EngineError(
-                f"OpenVINO cannot read {self._path}: {exc}. Re-export the engine folder, "
+                f"OpenVINO cannot read {path}: {exc}. Re-export the engine folder, "
                 "or run with --backend onnxruntime"
             ) from None
 
-    def _compile(self, model, cache_dir: Path | None):
+    def _compile(self, model, cache_dir: Path | None, graph: Path):
+        """`model` (read from `graph`) compiled, into `cache_dir` where one is given."""
         config = dict(self._config)
         if cache_dir is not None:
             config["CACHE_DIR"] = str(cache_dir)
-        graph = model if isinstance(model, str) else self._path  # (a path: the one compiled)
         try:
             return self._core.compile_model(model, "CPU", config)
         except Exception as exc:  # OpenVINO raises untyped RuntimeErrors
@@ -133,7 +134,7 @@ class OpenVinoSession:
                 # Another process wrote the same cache entry at the same moment (Ray workers
                 # starting together): compile without the cache rather than fail.
                 log.info("compiling %s without its cache (%s)", graph, exc)
-                return self._compile(model, None)
+                return self._compile(model, None, graph)
             raise EngineError(
                 f"OpenVINO cannot load {graph}: {exc}. Re-export the engine folder, "
                 "or run with --backend onnxruntime"
@@ -225,7 +226,27 @@ class OpenVinoSession:
         return Pool(compiled.create_infer_request, self._max_concurrency, compiled.release_memory)
 
     def _compile_dynamic(self):
-        return self._compile(str(self._dynamic_path), self._cache_dir)
+        """The graph for dynamic shapes, rewritten where the rewrite holds at every size:
+        imported from its compiled blob where there is one, without reading the graph."""
+        cache = self._dynamic_cache()
+        if cache is not None and (compiled := self._import_cached(cache)) is not None:
+            return compiled
+        model = self._read(self._dynamic_path)
+        rewrite(model)  # (what the compiled cache's key names as its REWRITES)
+        return self._compile(model, cache, self._dynamic_path)
+
+    def _dynamic_cache(self) -> Path | None:
+        """The folder the graph for dynamic shapes is compiled into: its own in the compiled
+        cache, as a blob there is imported without OpenVINO checking which graph it holds."""
+        if self._cache_dir is None:
+            return None
+        folder = self._cache_dir / f"dynamic-{self._dynamic_path.name}"
+        try:
+            folder.mkdir(exist_ok=True)
+        except OSError as exc:  # a read-only folder: compiled each time
+            log.info("%s will not be cached (%s)", self._dynamic_path, exc)
+            return None
+        return folder
 
     def _compile_static(self, shapes: dict[str, tuple[int, ...]]):
         ov = require("openvino", "openvino")
@@ -243,15 +264,16 @@ class OpenVinoSession:
             }
         )
         rewrite(model)  # (what the static cache's key names as its REWRITES)
-        return self._compile(model, cache)
+        return self._compile(model, cache, self._path)
 
     def _import_cached(self, cache: Path):
         """The model compiled into `cache` before, imported from the mapped blob; else None.
 
-        Handing OpenVINO the reshaped graph with its CACHE_DIR would find the same blob, but only
-        after hashing the whole graph, whose weights then stay in memory beside the imported copy
-        (10.3 instead of 7.0 GB for the sd15 UNet). The folder's key already covers what that hash
-        checks (graph, shapes, options, OpenVINO's version), so the blob is imported directly.
+        Handing OpenVINO the rewritten graph with its CACHE_DIR would find the same blob, but only
+        after reading and hashing the whole graph, whose weights then stay in memory beside the
+        imported copy (10.3 instead of 7.0 GB for the sd15 UNet). The folder's key already covers
+        what that hash checks (graph, shapes, options, rewrites, OpenVINO's version), so the blob
+        is imported directly.
         """
         ov = require("openvino", "openvino")
         blobs = sorted(cache.glob("*.blob"), key=lambda p: p.stat().st_mtime, reverse=True)

@@ -1,6 +1,8 @@
-"""Rewrites of a graph OpenVINO compiles for one call's exact shapes, each exact in arithmetic:
-a sliced projection split (here), and an upsampling's convolution run per output phase
-(openvino_upsampling).
+"""Rewrites of a graph before OpenVINO compiles it, each exact in arithmetic: a sliced projection
+split (here), and an upsampling's convolution run per output phase (openvino_upsampling). Each
+holds for the graph's sizes: a graph compiled for dynamic shapes is rewritten where the rewrite
+holds at every size (its projections, a VAE decoder's upsamplings by constant scales), one
+compiled for exact shapes also where it holds at those.
 
 A projection whose output is sliced apart (diffusers' GEGLU: one MatMul to twice the
 feed-forward's width, then its value and gate halves) becomes one MatMul per slice, over that
@@ -10,8 +12,7 @@ time: bench/results/amx-2026-12-05/results/layers-unet-bf16-512-amx-2cores.txt),
 halves' consumers read strided rows. With the rewrite, SD-Turbo's UNet at 512 in bf16 with
 static shapes took 2.024 s against 2.087 s a call (1.031x; 2-core AMD EPYC, 10 calls of each in
 turn: python -m fastimg_bench.rewrite_probe, bench/results/README.md, epyc-2026-12-06b).
-Graphs compiled for dynamic shapes are compiled from their file, as OpenVINO caches them. The
-export splits a UNet's or ControlNet's projections before quantizing it to int8
+The export splits a UNet's or ControlNet's projections before quantizing it to int8
 (fastimg_export.quantize.read_unet): 1.018x for SD-Turbo's full-int8 UNet, same machine.
 """
 
@@ -22,9 +23,9 @@ from .openvino_upsampling import fold_upsampling
 
 
 def rewrite(model) -> dict[str, int]:
-    """Rewrite `model` (its shapes static) by each of REWRITES, its constants folded first: how
-    many parts each rewrite changed. A graph with compressed weights (int8, fp16) is left as it
-    is: folding its constants would decompress them."""
+    """Rewrite `model` by each of REWRITES where it holds at the sizes its shapes allow, its
+    constants folded first: how many parts each rewrite changed. A graph with compressed
+    weights (int8, fp16) is left as it is: folding its constants would decompress them."""
     if not folded(model):
         return dict.fromkeys(REWRITES, 0)
     return {name: made(model) for name, made in REWRITTEN_BY.items()}
@@ -61,7 +62,7 @@ def _split(model) -> int:
 
 # Each rewrite of a graph whose constants are folded, by name, in the order they are made.
 REWRITTEN_BY = {"projection-slices": _split, "upsampled-convolutions": fold_upsampling}
-# What the graphs compiled for exact shapes are rewritten by: part of their cache key.
+# What every float graph is rewritten by before it is compiled: part of its cache key.
 REWRITES = tuple(REWRITTEN_BY)
 
 
