@@ -59,7 +59,9 @@ def read_unet(onnx_path: Path):
     graphs for static shapes (openvino_rewrites), which it cannot do to an int8 graph. (Full
     int8's SmoothQuant then smooths the two halves' shared input by one scale, as it does any
     MatMuls reading one input, where it smoothed the whole projection before.) Its upsamplings
-    stay: they go to the skip connections' sizes, known at run time (openvino_upsampling)."""
+    stay: run per phase, cropped to the skip connections' sizes (openvino_upsampling), its int8
+    graph was no faster (1.005x for sd15's full int8 at 512 on a 2-core EPYC: bench/results,
+    epyc-2026-12-06e)."""
     ov = require("openvino", "int8")
     from fastimg.backends.openvino_rewrites import split_projections
 

@@ -121,8 +121,13 @@ def test_the_compiled_caches_are_keyed_by_the_rewrites(tiny, tmp_path, monkeypat
     assert json.loads((dynamic / "key.json").read_text())["options"]["rewrites"] == list(
         openvino_rewrites.REWRITES
     )
-    monkeypatch.setattr(openvino_rewrites, "REWRITES", ("another rewrite",))
-    options = component_options("openvino", manifest, "unet", "fp32")
-    # blobs compiled before a rewrite changed are never imported, for either shapes
-    assert options.static_cache(shapes) != folder
-    assert options.cache_dir != dynamic
+    assert json.loads((dynamic / "key.json").read_text())["options"]["rewrites_revision"] == (
+        openvino_rewrites.REVISION
+    )
+    # blobs compiled before a rewrite was added or changed are never imported, for either shapes
+    for name, value in [("REWRITES", ("another rewrite",)), ("REVISION", -1)]:
+        with monkeypatch.context() as patched:
+            patched.setattr(openvino_rewrites, name, value)
+            options = component_options("openvino", manifest, "unet", "fp32")
+            assert options.static_cache(shapes) != folder
+            assert options.cache_dir != dynamic

@@ -69,13 +69,68 @@ def test_doubling_scales_are_rewritten_for_every_size_a_dynamic_graph_takes():
         np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_sizes_known_only_at_run_time_are_left_as_they_are():
+def _to_a_skip(weights=WEIGHTS, bias=BIAS, axes: bool = False):
+    """diffusers' Upsample2D in a UNet as exported: an upsampling to its skip connection's size
+    (the skip an input here), a 3x3 convolution and its bias."""
+    from openvino import opset13 as ops
+
+    x = ops.parameter([-1, 5, -1, -1], np.float32)
+    skip = ops.parameter([-1, 2, -1, -1], np.float32)
+    spatial = ops.gather(ops.shape_of(skip), ops.constant(np.int64([2, 3])), ops.constant(0))
+    if axes:
+        sizes, given_axes = spatial, ops.constant(np.int64([2, 3]))
+    else:
+        own = ops.gather(ops.shape_of(x), ops.constant(np.int64([0, 1])), ops.constant(0))
+        sizes, given_axes = ops.concat([own, spatial], 0), None
+    up = ops.interpolate(x, sizes, "nearest", "sizes", axes=given_axes,
+                         coordinate_transformation_mode="asymmetric",
+                         nearest_mode="floor")  # fmt: skip
+    conv = ops.convolution(up, ops.constant(weights), [1, 1], [1, 1], [1, 1], [1, 1])
+    return ov.Model([ops.add(conv, ops.constant(bias)) if bias is not None else conv], [x, skip])
+
+
+SKIPS = [((4, 3), (8, 6)), ((4, 3), (7, 6)), ((4, 3), (8, 5)), ((4, 3), (7, 5)), ((1, 2), (1, 3))]
+
+
+@pytest.mark.parametrize("axes", [False, True], ids=["sizes", "axes"])
+@pytest.mark.parametrize("bias", [BIAS, None], ids=["bias", "no-bias"])
+def test_an_upsampling_to_a_skips_size_runs_per_phase_at_every_size_a_skip_takes(axes, bias):
     from fastimg.backends.openvino_upsampling import fold_upsampling
 
-    # (a UNet's upsampling to its skip connection's size: doubled for sizes the UNet divides)
-    assert fold_upsampling(_upsampled([-1, 5, -1, -1], how="sizes")) == 0
+    model = _to_a_skip(bias=bias, axes=axes)
+    assert fold_upsampling(model) == 1
+    assert _kinds(model).count("DepthToSpace") == 1
+    for (height, width), (rows, columns) in SKIPS:  # twice the input's side, or one less
+        feeds = [RNG.standard_normal((2, 5, height, width)).astype(np.float32),
+                 np.zeros((2, 2, rows, columns), np.float32)]  # fmt: skip
+        (expected,) = run_f32(_to_a_skip(bias=bias, axes=axes), feeds)
+        (ours,) = run_f32(model, feeds)
+        assert ours.shape == expected.shape == (2, 6, rows, columns)
+        np.testing.assert_allclose(ours, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_an_upsampling_to_a_size_no_skip_takes_gives_nan_not_a_wrong_image():
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    model = _to_a_skip()
+    assert fold_upsampling(model) == 1
+    x = RNG.standard_normal((1, 5, 4, 3)).astype(np.float32)
+    feeds = [x, np.zeros((1, 2, 6, 6), np.float32)]  # a skip of 6 rows for 4: neither 8 nor 7
+    assert np.isnan(run_f32(model, feeds)[0]).all()
+    assert np.isfinite(run_f32(_to_a_skip(), feeds)[0]).all()  # what the graph as read makes
+
+
+def test_sizes_known_only_at_run_time_run_per_phase_and_static_doublings_simply():
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    dynamic = _upsampled([-1, 5, -1, -1], how="sizes")  # cropped to its run-time sizes
+    assert fold_upsampling(dynamic) == 1
+    x = RNG.standard_normal((1, 5, 3, 4)).astype(np.float32)
+    expected = run_f32(_upsampled([-1, 5, -1, -1], how="sizes"), x)[0]
+    np.testing.assert_allclose(run_f32(dynamic, x)[0], expected, rtol=1e-5, atol=1e-5)
     static = _upsampled([1, 5, 4, 4], how="sizes")  # shape inference makes it a doubling
     assert fold_upsampling(static) == 1
+    assert "Slice" not in _kinds(static)  # no crop, no correction
 
 
 @pytest.mark.parametrize(
@@ -184,43 +239,53 @@ def test_the_tiny_vae_decoder_compiled_for_dynamic_shapes_runs_its_upsamplings_p
         np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_the_tiny_unet_for_static_shapes_runs_its_upsamplings_per_phase(tiny):
+@pytest.mark.parametrize("shape", [None, [2, 4, 8, 8], [2, 4, 5, 7]], ids=["dynamic", "8x8", "5x7"])
+def test_the_tiny_unet_runs_its_upsamplings_per_phase_for_either_shapes(tiny, shape):
     from fastimg.backends.openvino_rewrites import rewrite
 
     model = ov.Core().read_model(str(tiny[1] / "unet" / "model.onnx"))
-    assert rewrite(model)["upsampled-convolutions"] == 0  # dynamic: sizes from the skips
-    model.reshape({"sample": [2, 4, 8, 8], "encoder_hidden_states": [2, 77, 32]})
+    if shape is not None:
+        model.reshape({"sample": shape, "encoder_hidden_states": [2, 77, 32]})
     upsamplings = sum(op.get_type_name() == "Interpolate" for op in model.get_ops())
     assert upsamplings > 0 and rewrite(model)["upsampled-convolutions"] == upsamplings
 
 
-def test_the_tiny_unet_for_dynamic_shapes_keeps_its_upsamplings_exact_at_odd_sizes(tiny):
-    """Its upsamplings go to the skips' sizes, one less than twice at odd sizes, where the
-    phases would not hold: compiled for dynamic shapes, it keeps them."""
+def test_the_tiny_unet_for_dynamic_shapes_runs_its_upsamplings_exact_at_odd_sizes(tiny):
+    """Its upsamplings go to the skips' sizes, one less than twice at odd sizes: compiled for
+    dynamic shapes, it runs them per phase, cropped, at every size."""
     from fastimg.backends.openvino import OpenVinoSession
 
     path = tiny[1] / "unet" / "model.onnx"
     session = OpenVinoSession(path, threads=1)
-    assert "Interpolate" in [kind for kind, _ in compiled_layers(session)]
-    feeds = {
-        "sample": RNG.standard_normal((1, 4, 5, 7)).astype(np.float32),
-        "timestep": np.array([500.0], np.float32),
-        "encoder_hidden_states": RNG.standard_normal((1, 77, 32)).astype(np.float32),
-    }
-    (expected,) = run_f32(ov.Core().read_model(str(path)), feeds)
-    np.testing.assert_allclose(session.run(feeds)["out_sample"], expected, rtol=1e-4, atol=1e-4)
+    assert "DepthToSpace" in [kind for kind, _ in compiled_layers(session)]
+    for height, width in [(5, 7), (8, 8), (9, 6)]:
+        feeds = {
+            "sample": RNG.standard_normal((1, 4, height, width)).astype(np.float32),
+            "timestep": np.array([500.0], np.float32),
+            "encoder_hidden_states": RNG.standard_normal((1, 77, 32)).astype(np.float32),
+        }
+        (expected,) = run_f32(ov.Core().read_model(str(path)), feeds)
+        ours = session.run(feeds)["out_sample"]
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
 
 
-def test_an_upsampling_to_one_less_than_twice_is_left_as_it_is():
+@pytest.mark.parametrize(("sizes", "rewritten"), [((5, 8), 1), ((5, 7), 1), ((4, 8), 0)])
+def test_a_static_upsampling_to_one_less_than_twice_runs_per_phase_cropped(sizes, rewritten):
     from openvino import opset13 as ops
 
     from fastimg.backends.openvino_upsampling import fold_upsampling
 
-    # upsampled to 5x8 from 3x4 (a UNet's skip of 5 rows, halved to 3): the convolution's
-    # zero padding falls inside the doubled image, so no phase convolution equals it
-    x = ops.parameter([1, 5, 3, 4], np.float32)
-    sizes = ops.constant(np.array([1, 5, 5, 8], np.int64))
-    up = ops.interpolate(x, sizes, "nearest", "sizes", coordinate_transformation_mode="asymmetric",
-                         nearest_mode="floor")  # fmt: skip
-    conv = ops.convolution(up, ops.constant(WEIGHTS), [1, 1], [1, 1], [1, 1], [1, 1])
-    assert fold_upsampling(ov.Model([conv], [x])) == 0
+    def graph():  # upsampled from 3x4 (a UNet's skip of 5 rows, halved to 3)
+        x = ops.parameter([1, 5, 3, 4], np.float32)
+        target = ops.constant(np.array([1, 5, *sizes], np.int64))
+        up = ops.interpolate(x, target, "nearest", "sizes",
+                             coordinate_transformation_mode="asymmetric",
+                             nearest_mode="floor")  # fmt: skip
+        conv = ops.convolution(up, ops.constant(WEIGHTS), [1, 1], [1, 1], [1, 1], [1, 1])
+        return ov.Model([conv], [x])
+
+    model = graph()
+    # (4 rows from 3 is no skip's size: each reads row floor(i * 3 / 4), left as it is)
+    assert fold_upsampling(model) == rewritten
+    x = RNG.standard_normal((1, 5, 3, 4)).astype(np.float32)
+    np.testing.assert_allclose(run_f32(model, x)[0], run_f32(graph(), x)[0], rtol=1e-5, atol=1e-5)

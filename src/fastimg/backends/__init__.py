@@ -216,10 +216,10 @@ def component_options(
     (a LoRA twin: cached apart, under COMPONENT-lora), `inputs` its inputs if they differ."""
     if backend == "openvino":
         from .openvino import compile_config
-        from .openvino_rewrites import REWRITES
+        from .openvino_rewrites import cache_key
 
         options = compile_config(precision, threads, max_concurrency)  # what is compiled with
-        options["rewrites"] = list(REWRITES)  # and what the graph is rewritten by before
+        options.update(cache_key())  # and what the graph is rewritten by before
     else:
         options = {"device": device}
     if graph is not None:

@@ -232,7 +232,7 @@ class OpenVinoSession:
         if cache is not None and (compiled := self._import_cached(cache)) is not None:
             return compiled
         model = self._read(self._dynamic_path)
-        rewrite(model)  # (what the compiled cache's key names as its REWRITES)
+        rewrite(model)  # (what the compiled cache's key names: openvino_rewrites.cache_key)
         return self._compile(model, cache, self._dynamic_path)
 
     def _dynamic_cache(self) -> Path | None:
@@ -263,7 +263,7 @@ class OpenVinoSession:
                 if (name := _name(port, self._names)) in shapes
             }
         )
-        rewrite(model)  # (what the static cache's key names as its REWRITES)
+        rewrite(model)  # (what the static cache's key names: openvino_rewrites.cache_key)
         return self._compile(model, cache, self._path)
 
     def _import_cached(self, cache: Path):

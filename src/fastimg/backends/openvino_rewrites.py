@@ -1,8 +1,7 @@
 """Rewrites of a graph before OpenVINO compiles it, each exact in arithmetic: a sliced projection
 split (here), and an upsampling's convolution run per output phase (openvino_upsampling). Each
-holds for the graph's sizes: a graph compiled for dynamic shapes is rewritten where the rewrite
-holds at every size (its projections, a VAE decoder's upsamplings by constant scales), one
-compiled for exact shapes also where it holds at those.
+holds at every size the graph takes: its projections, a VAE decoder's upsamplings (by constant
+scales), a UNet's (to its skip connections' sizes, cropped), for dynamic shapes as for exact ones.
 
 A projection whose output is sliced apart (diffusers' GEGLU: one MatMul to twice the
 feed-forward's width, then its value and gate halves) becomes one MatMul per slice, over that
@@ -62,8 +61,16 @@ def _split(model) -> int:
 
 # Each rewrite of a graph whose constants are folded, by name, in the order they are made.
 REWRITTEN_BY = {"projection-slices": _split, "upsampled-convolutions": fold_upsampling}
-# What every float graph is rewritten by before it is compiled: part of its cache key.
+# What every float graph is rewritten by before it is compiled, and the revision of what they
+# make (raised whenever a rewrite changes what it makes; 2: a UNet's upsamplings to its skips'
+# sizes): both part of its cache key, so that no blob compiled before is imported.
 REWRITES = tuple(REWRITTEN_BY)
+REVISION = 2
+
+
+def cache_key() -> dict:
+    """What a compiled cache's key holds of the rewrites its graphs were compiled after."""
+    return {"rewrites": list(REWRITES), "rewrites_revision": REVISION}
 
 
 def _sliced_projection(add):
