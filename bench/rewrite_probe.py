@@ -1,4 +1,4 @@
-"""A component compiled for one call's exact shapes, as read against rewritten the way the
+"""A component compiled for one call's shapes, as read against rewritten the way the
 runtime rewrites it (fastimg.backends.openvino_rewrites), on OpenVINO:
 
     python -m fastimg_bench.rewrite_probe ENGINES [--component unet ...] [--size 512]
@@ -161,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--rewrite attention-heads rewrites float graphs: --precision fp32 or bf16")
     if args.shapes == "dynamic" and args.precision == "int8":
         parser().error("--shapes dynamic probes float graphs: --precision fp32 or bf16")
+    if args.shapes == "dynamic" and args.rewrite == "attention-heads":
+        parser().error("--rewrite attention-heads is probed for static shapes: leave out --shapes")
     manifest = load_manifest(args.engines)
     int8 = args.precision == "int8"
     method = UNET_METHODS[args.int8_method]

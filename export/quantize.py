@@ -55,13 +55,12 @@ def weighted_matmuls(model) -> list[str]:
 
 def read_unet(onnx_path: Path):
     """The UNet (or ControlNet) graph at `onnx_path` as it is quantized and measured: each
-    sliced projection (GEGLU's) split into a MatMul per slice, as the runtime compiles float
-    graphs for static shapes (openvino_rewrites), which it cannot do to an int8 graph. (Full
-    int8's SmoothQuant then smooths the two halves' shared input by one scale, as it does any
-    MatMuls reading one input, where it smoothed the whole projection before.) Its upsamplings
-    stay: run per phase, cropped to the skip connections' sizes (openvino_upsampling), its int8
-    graph was no faster (1.005x for sd15's full int8 at 512 on a 2-core EPYC: bench/results,
-    epyc-2026-12-06e)."""
+    sliced projection (GEGLU's) split into a MatMul per slice, as the runtime splits the float
+    graphs it compiles (openvino_rewrites), which it cannot do to an int8 graph. (Full int8's
+    SmoothQuant then smooths the two halves' shared input by one scale, as it does any MatMuls
+    reading one input, where it smoothed the whole projection before.) Its upsamplings stay as
+    exported: quantized from their per-phase form (openvino_upsampling), sd15's full int8 UNet
+    was 1.005x as fast (bench/results, epyc-2026-12-06e)."""
     ov = require("openvino", "int8")
     from fastimg.backends.openvino_rewrites import split_projections
 

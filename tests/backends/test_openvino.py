@@ -1,6 +1,7 @@
 import pytest
 
 from fastimg.backends.openvino import compile_config, compiled_precision
+from tests.backends.openvino_graphs import compiled_layers
 
 ov = pytest.importorskip("openvino")
 
@@ -115,6 +116,8 @@ def test_dynamic_compiles_are_cached_rewritten_and_reused_by_a_new_process(own_e
 
     pipe = Img2ImgPipeline.from_engines(own_engines, backend="openvino", precision="fp32")
     _transform(pipe, photo, 64)
+    decoder = pipe.engines._loaded[None].sessions["vae_decoder"].session
+    assert "DepthToSpace" in [kind for kind, _ in compiled_layers(decoder)]  # rewritten
     blobs = sorted((own_engines / "openvino_cache").glob("*/dynamic-model.onnx/*.blob"))
     components = sorted(blob.parent.parent.name.rsplit("-", 1)[0] for blob in blobs)
     assert components == ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
@@ -143,6 +146,38 @@ def test_a_cached_dynamic_compile_is_imported_from_its_blob_without_reading_the_
     second = OpenVinoSession(path, cache_dir=tmp_path)
     assert second.signature == first.signature
     np.testing.assert_array_equal(second.run(feeds)["sample"], expected)
+
+
+@pytest.mark.parametrize("record", ["missing", "another size"])
+def test_a_blob_not_marked_whole_is_compiled_again_not_imported(own_engines, tmp_path, record):
+    """Another process may be writing the blob still: only one its record marks whole loads."""
+    import json
+
+    import numpy as np
+
+    from fastimg.backends.openvino import OpenVinoSession
+
+    path = own_engines / "vae_decoder" / "model.onnx"
+    feeds = {"latent_sample": np.ones((1, 4, 8, 8), np.float32)}
+    expected = OpenVinoSession(path, cache_dir=tmp_path).run(feeds)["sample"]
+    marker = tmp_path / "dynamic-model.onnx" / "blob.json"
+    if record == "missing":
+        marker.unlink()
+    else:
+        marker.write_text(json.dumps({**json.loads(marker.read_text()), "bytes": 1}))
+    compiled = []
+    real = OpenVinoSession._compile
+
+    def counted(self, *args):
+        compiled.append(args[-1])
+        return real(self, *args)
+
+    with pytest.MonkeyPatch.context() as patched:
+        patched.setattr(OpenVinoSession, "_compile", counted)
+        again = OpenVinoSession(path, cache_dir=tmp_path)
+    assert compiled == [path]
+    np.testing.assert_array_equal(again.run(feeds)["sample"], expected)
+    assert json.loads(marker.read_text())["bytes"] > 1  # marked whole again
 
 
 def test_a_dynamic_compile_in_a_folder_that_cannot_be_written_is_not_cached(own_engines, tmp_path):

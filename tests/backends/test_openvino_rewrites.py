@@ -114,20 +114,17 @@ def test_the_compiled_caches_are_keyed_by_the_rewrites(tiny, tmp_path, monkeypat
     manifest = load_manifest(engines)
     shapes = {"sample": [1, 4, 8, 8]}
     folder = component_options("openvino", manifest, "unet", "fp32").static_cache(shapes)
-    assert json.loads((folder / "key.json").read_text())["options"]["rewrites"] == list(
-        openvino_rewrites.REWRITES
-    )
     dynamic = component_options("openvino", manifest, "unet", "fp32").cache_dir
-    assert json.loads((dynamic / "key.json").read_text())["options"]["rewrites"] == list(
-        openvino_rewrites.REWRITES
-    )
-    assert json.loads((dynamic / "key.json").read_text())["options"]["rewrites_revision"] == (
-        openvino_rewrites.REVISION
-    )
+    for keyed in (folder, dynamic):
+        options = json.loads((keyed / "key.json").read_text())["options"]
+        assert options["rewrites"] == list(openvino_rewrites.REWRITES)
+        assert options["rewrites_code"] == openvino_rewrites.cache_key()["rewrites_code"]
     # blobs compiled before a rewrite was added or changed are never imported, for either shapes
-    for name, value in [("REWRITES", ("another rewrite",)), ("REVISION", -1)]:
+    changed = {"rewrites": ["another rewrite"], "rewrites_code": "0" * 16}
+    for name, value in changed.items():
         with monkeypatch.context() as patched:
-            patched.setattr(openvino_rewrites, name, value)
+            key = {**openvino_rewrites.cache_key(), name: value}
+            patched.setattr(openvino_rewrites, "cache_key", lambda key=key: key)
             options = component_options("openvino", manifest, "unet", "fp32")
             assert options.static_cache(shapes) != folder
             assert options.cache_dir != dynamic

@@ -233,7 +233,7 @@ class OpenVinoSession:
             return compiled
         model = self._read(self._dynamic_path)
         rewrite(model)  # (what the compiled cache's key names: openvino_rewrites.cache_key)
-        return self._compile(model, cache, self._dynamic_path)
+        return self._compile_into(model, cache, self._dynamic_path)
 
     def _dynamic_cache(self) -> Path | None:
         """The folder the graph for dynamic shapes is compiled into: its own in the compiled
@@ -264,7 +264,21 @@ class OpenVinoSession:
             }
         )
         rewrite(model)  # (what the static cache's key names: openvino_rewrites.cache_key)
-        return self._compile(model, cache, self._path)
+        return self._compile_into(model, cache, self._path)
+
+    def _compile_into(self, model, cache: Path | None, graph: Path):
+        """`model` compiled into `cache`, its blob then marked whole (_import_cached imports
+        no other: OpenVINO writes a blob in place, and another process may be writing it)."""
+        compiled = self._compile(model, cache, graph)
+        if cache is not None:
+            blobs = sorted(cache.glob("*.blob"), key=lambda p: p.stat().st_mtime, reverse=True)
+            if blobs:  # (none where the cache could not be written: compiled without it)
+                record = json.dumps({"blob": blobs[0].name, "bytes": blobs[0].stat().st_size})
+                try:
+                    write_atomically(cache / WHOLE_BLOB, lambda f: f.write(record.encode()))
+                except OSError as exc:
+                    log.info("%s's compiled blob is not marked (%s)", graph, exc)
+        return compiled
 
     def _import_cached(self, cache: Path):
         """The model compiled into `cache` before, imported from the mapped blob; else None.
@@ -276,16 +290,16 @@ class OpenVinoSession:
         is imported directly.
         """
         ov = require("openvino", "openvino")
-        blobs = sorted(cache.glob("*.blob"), key=lambda p: p.stat().st_mtime, reverse=True)
-        if not blobs or (start := _compiled_start(blobs[0])) is None:
+        blob = _whole_blob(cache)
+        if blob is None or (start := _compiled_start(blob)) is None:
             return None
         try:
-            mapped = np.memmap(blobs[0], dtype=np.uint8, mode="c", offset=start)
+            mapped = np.memmap(blob, dtype=np.uint8, mode="c", offset=start)
             compiled = self._core.import_model(
                 ov.Tensor(mapped, shared_memory=True), "CPU", self._config
             )
         except Exception as exc:  # OpenVINO raises untyped RuntimeErrors
-            log.info("compiling %s again: its cached blob was refused (%s)", self._path, exc)
+            log.info("compiling again: the cached blob %s was refused (%s)", blob, exc)
             return None
         compiled.blob = mapped  # the compiled model reads its weights from the mapping
         return compiled
@@ -295,6 +309,21 @@ class OpenVinoSession:
 CACHE_HEADER = re.compile(
     rb'<\?xml version="1\.0"\?><compiled_blob [^>]*header_size_alignment="0"/>\n'
 )
+
+
+# Beside a cached blob: its name and size, written once OpenVINO has written it whole.
+WHOLE_BLOB = "blob.json"
+
+
+def _whole_blob(cache: Path) -> Path | None:
+    """The blob in `cache` that its record marks as written whole, else None."""
+    try:
+        record = json.loads((cache / WHOLE_BLOB).read_text())
+        blob = cache / record["blob"]
+        whole = blob.parent == cache and blob.stat().st_size == record["bytes"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return blob if whole else None
 
 
 def _compiled_start(blob: Path) -> int | None:

@@ -15,6 +15,8 @@ The export splits a UNet's or ControlNet's projections before quantizing it to i
 (fastimg_export.quantize.read_unet): 1.018x for SD-Turbo's full-int8 UNet, same machine.
 """
 
+from pathlib import Path
+
 import numpy as np
 
 from ..errors import require
@@ -61,16 +63,22 @@ def _split(model) -> int:
 
 # Each rewrite of a graph whose constants are folded, by name, in the order they are made.
 REWRITTEN_BY = {"projection-slices": _split, "upsampled-convolutions": fold_upsampling}
-# What every float graph is rewritten by before it is compiled, and the revision of what they
-# make (raised whenever a rewrite changes what it makes; 2: a UNet's upsamplings to its skips'
-# sizes): both part of its cache key, so that no blob compiled before is imported.
+# What every float graph is rewritten by before it is compiled: part of its cache key.
 REWRITES = tuple(REWRITTEN_BY)
-REVISION = 2
 
 
 def cache_key() -> dict:
-    """What a compiled cache's key holds of the rewrites its graphs were compiled after."""
-    return {"rewrites": list(REWRITES), "rewrites_revision": REVISION}
+    """What a compiled cache's key holds of the rewrites its graphs were compiled after: their
+    names, and a digest of the code that makes them (a blob compiled after a rewrite that has
+    changed since is never imported)."""
+    import hashlib
+
+    from . import openvino_upsampling
+
+    digest = hashlib.sha256()
+    for module in (__file__, openvino_upsampling.__file__):
+        digest.update(Path(module).read_bytes())
+    return {"rewrites": list(REWRITES), "rewrites_code": digest.hexdigest()[:16]}
 
 
 def _sliced_projection(add):

@@ -16,7 +16,8 @@ where the doubled image's last row was: the phases, cropped to the skip's size, 
 convolution on that last row (the kernel's bottom row applied to the source's last row, once
 doubled along the columns) and that last column. Those differences are computed from the
 source's last row and column alone and taken off where the skip is odd (times 0 where it is
-even). A size that is neither (no diffusers UNet makes one) makes the output NaN, not wrong.
+even): the same sums in arithmetic at every size, rounded otherwise on those edges. A size that
+is neither (no diffusers UNet makes one) makes the output NaN, not wrong.
 """
 
 import numpy as np
@@ -111,7 +112,7 @@ def _cropped(phases, x, sizes, weights: np.ndarray, name: str):
     corner = ops.convolution(part(last_row, -1, end, 3), kernel(slice(2, 3), slice(2, 3)),
                              [1, 1], [0, 0], [0, 0], [1, 1])  # fmt: skip
     for node, edge in ((row, "last_row"), (column, "last_column"), (corner, "corner")):
-        node.set_friendly_name(f"{name}/phases/{edge}")  # (an int8 export's layers, by name)
+        node.set_friendly_name(f"{name}/phases/{edge}")
     row = ops.multiply(ops.slice(row, _i64([0]), width, _i64([1]), _i64([3])), odd_rows)
     column = ops.slice(column, _i64([0]), height, _i64([1]), _i64([2]))
     column = ops.concat([part(column, 0, -1, 2), ops.subtract(
