@@ -120,6 +120,20 @@ def test_an_upsampling_to_a_size_no_skip_takes_gives_nan_not_a_wrong_image():
     assert np.isfinite(run_f32(_to_a_skip(), feeds)[0]).all()  # what the graph as read makes
 
 
+def test_a_constant_size_for_inputs_of_any_size_is_left_alone():
+    from openvino import opset13 as ops
+
+    from fastimg.backends.openvino_upsampling import fold_upsampling
+
+    x = ops.parameter([1, 5, -1, -1], np.float32)  # 16x16 from 8x8, but also from 5x5
+    target = ops.constant(np.array([1, 5, 16, 16], np.int64))
+    up = ops.interpolate(x, target, "nearest", "sizes",
+                         coordinate_transformation_mode="asymmetric",
+                         nearest_mode="floor")  # fmt: skip
+    conv = ops.convolution(up, ops.constant(WEIGHTS), [1, 1], [1, 1], [1, 1], [1, 1])
+    assert fold_upsampling(ov.Model([conv], [x])) == 0
+
+
 def test_sizes_known_only_at_run_time_run_per_phase_and_static_doublings_simply():
     from fastimg.backends.openvino_upsampling import fold_upsampling
 

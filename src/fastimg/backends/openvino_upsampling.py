@@ -154,6 +154,8 @@ def _skip_sizes(node):
             or out[3] not in (2 * w - 1, 2 * w)
         ):
             return None
+    elif _constant(node, 1) is not None:  # one size for inputs of any size: no skip's
+        return None
     axes_at = 2 if node.get_type_info().version_id == "opset11" else 3
     given = node.input_value(1)
     if given.get_partial_shape().rank.get_length() != 1:
